@@ -1,0 +1,75 @@
+// swift-tools-version: 6.1
+//
+// Imports point one way (see the README, "Layout"):
+//   gridit-bench -> GriditModels -> GriditTensor -> CBLAS, CGriditKernels
+//                -> GriditCheckpoint -> GriditTensor
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "gridit",
+    products: [
+        .executable(name: "gridit-bench", targets: ["gridit-bench"]),
+        .library(name: "GriditModels", targets: ["GriditModels"]),
+        .library(name: "GriditCheckpoint", targets: ["GriditCheckpoint"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // System libraries, found through pkg-config.
+        .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+
+        // Hot elementwise loops in C so that clang vectorises them; chosen per CPU at load time.
+        .target(
+            name: "CGriditKernels",
+            cSettings: [.unsafeFlags(["-O3", "-ffp-contract=fast"])]
+        ),
+        .target(
+            name: "GriditTensor",
+            dependencies: ["CBLAS", "CGriditKernels"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "GriditCheckpoint",
+            dependencies: ["GriditTensor"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "GriditModels",
+            dependencies: ["GriditTensor"],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "gridit-bench",
+            dependencies: [
+                "GriditModels", "GriditCheckpoint", "GriditTensor",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "GriditTensorTests",
+            dependencies: ["GriditTensor"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "GriditCheckpointTests",
+            dependencies: ["GriditCheckpoint", "GriditTensor"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "GriditModelsTests",
+            dependencies: ["GriditModels", "GriditCheckpoint", "GriditTensor"],
+            resources: [.copy("Fixtures")],
+            swiftSettings: swiftSettings
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,103 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A whole file mapped read-only (`PROT_READ`, `MAP_SHARED`) into memory.
+///
+/// Mapping reads nothing: pages come in from the page cache when first touched, so a 2.7 GB
+/// checkpoint costs almost no resident memory until a tensor is used, and several processes
+/// mapping one file share its pages. The mapping lives until the last reference goes (`deinit`
+/// unmaps), which is why borrowed tensors keep their `MappedFile` as storage owner.
+///
+/// The file must not be truncated or rewritten while mapped: touching a page past a shrunken end
+/// raises SIGBUS. Checkpoints are published by atomic rename (see `SafetensorsWriter`), which
+/// replaces the directory entry and leaves mapped files intact.
+///
+/// `@unchecked Sendable`: every field is immutable after `init` and the memory is read-only.
+public final class MappedFile: @unchecked Sendable {
+    /// Best-effort access-pattern hints (`posix_madvise`); failures are ignored.
+    public enum Advice: Sendable {
+        case normal, sequential, random, willNeed, dontNeed
+
+        var value: Int32 {
+            switch self {
+            case .normal: return POSIX_MADV_NORMAL
+            case .sequential: return POSIX_MADV_SEQUENTIAL
+            case .random: return POSIX_MADV_RANDOM
+            case .willNeed: return POSIX_MADV_WILLNEED
+            case .dontNeed: return POSIX_MADV_DONTNEED
+            }
+        }
+    }
+
+    /// First byte of the mapping; page-aligned.
+    public let base: UnsafeRawPointer
+    /// Length of the file and of the mapping, in bytes (> 0).
+    public let size: Int
+    public let path: String
+
+    /// Opens and maps `path`. `advice`, if given, is applied to the whole mapping (best effort).
+    ///
+    /// Throws `CheckpointError` `.fileNotFound`, `.unreadable` (permissions, not a regular file,
+    /// `fstat`/`mmap` failure; the message names the call and the errno text) or `.empty`.
+    public init(path: String, advice: Advice? = nil) throws(CheckpointError) {
+        self.path = path
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            let code = errno
+            let notFound = code == ENOENT || code == ENOTDIR
+            throw CheckpointError.syscall(
+                "open", errno: code, path: path, as: notFound ? .fileNotFound : .unreadable,
+                hint: notFound ? "check the path" : Hints.permissions)
+        }
+        // The mapping keeps its own reference to the file; the descriptor is not needed after mmap.
+        defer { close(fd) }
+
+        var info = stat()
+        guard fstat(fd, &info) == 0 else {
+            throw CheckpointError.syscall("fstat", errno: errno, path: path, as: .unreadable)
+        }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            let what = info.st_mode & S_IFMT == S_IFDIR ? "a directory" : "not a regular file"
+            throw CheckpointError(code: .unreadable, path: path, message: "cannot map \(what)",
+                                  hint: Hints.permissions)
+        }
+        guard info.st_size > 0 else {
+            // mmap of 0 bytes fails with EINVAL; say what is actually wrong.
+            throw CheckpointError(code: .empty, path: path, message: "the file is empty (0 bytes)",
+                                  hint: Hints.incomplete)
+        }
+        guard let size = Int(exactly: info.st_size) else {
+            throw CheckpointError(code: .unreadable, path: path, message: "file size \(info.st_size) does not fit")
+        }
+        let mapped = mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0)
+        guard let mapped, mapped != UnsafeMutableRawPointer(bitPattern: -1) else {
+            throw CheckpointError.syscall(
+                "mmap", errno: errno, path: path, as: .unreadable,
+                hint: "check free address space and vm.max_map_count")
+        }
+        self.base = UnsafeRawPointer(mapped)
+        self.size = size
+        if let advice { self.advise(advice) }
+    }
+
+    deinit {
+        munmap(UnsafeMutableRawPointer(mutating: base), size)
+    }
+
+    /// The mapped bytes.
+    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: size) }
+
+    /// Hints the kernel about `range` (default: the whole file); widened to whole pages.
+    /// Returns false if the hint was refused; that is never an error.
+    @discardableResult
+    public func advise(_ advice: Advice, range: Range<Int>? = nil) -> Bool {
+        let range = (range ?? 0..<size).clamped(to: 0..<size)
+        guard !range.isEmpty else { return true }
+        let page = max(Int(sysconf(Int32(_SC_PAGESIZE))), 1)
+        let start = range.lowerBound / page * page
+        let result = posix_madvise(UnsafeMutableRawPointer(mutating: base + start), range.upperBound - start,
+                                   advice.value)
+        return result == 0
+    }
+}

@@ -1,0 +1,61 @@
+import GriditTensor
+
+/// One row of a model's binding table: checkpoint key (verbatim PyTorch state-dict name),
+/// expected shape, and where the tensor goes in the model's weights.
+public struct Binding<Weights> {
+    public let key: String
+    public let shape: [Int]
+    public let optional: Bool
+    let path: WritableKeyPath<Weights, Tensor?>
+
+    init(_ key: String, _ shape: [Int], _ path: WritableKeyPath<Weights, Tensor?>, optional: Bool = false) {
+        self.key = key
+        self.shape = shape
+        self.path = path
+        self.optional = optional
+    }
+}
+
+public enum BindingError: Error, CustomStringConvertible, Equatable {
+    case missing(key: String, expected: [Int])
+    case shapeMismatch(key: String, expected: [Int], found: [Int])
+    case unused(keys: [String])
+    case source(key: String, message: String)
+
+    public var description: String {
+        switch self {
+        case let .missing(key, expected):
+            return "checkpoint lacks '\(key)' (expected shape \(expected)); is the config right for this checkpoint?"
+        case let .shapeMismatch(key, expected, found):
+            return "checkpoint tensor '\(key)' has shape \(found) but the config expects \(expected); "
+                + "check depth/hidden_size/patch_size/in_channels/num_classes in the config"
+        case let .unused(keys):
+            let shown = keys.prefix(5).joined(separator: ", ")
+            return "checkpoint holds \(keys.count) tensor(s) the model does not use (\(shown)\(keys.count > 5 ? ", ..." : "")); "
+                + "the config does not describe this checkpoint"
+        case let .source(key, message):
+            return "cannot read '\(key)': \(message)"
+        }
+    }
+}
+
+/// Binds a whole table from `source`: every key found once with its shape, and every tensor in the
+/// source used. Tensors are taken as the source lends them (borrowed from a mapping when F32).
+func bind<Weights>(_ table: [Binding<Weights>], from source: any TensorSource, into weights: inout Weights) throws {
+    var used = Set<String>()
+    for b in table {
+        guard let shape = source.shape(of: b.key) else {
+            if b.optional { continue }
+            throw BindingError.missing(key: b.key, expected: b.shape)
+        }
+        guard shape == b.shape else { throw BindingError.shapeMismatch(key: b.key, expected: b.shape, found: shape) }
+        do {
+            weights[keyPath: b.path] = try source.tensor(named: b.key)
+        } catch {
+            throw BindingError.source(key: b.key, message: "\(error)")
+        }
+        used.insert(b.key)
+    }
+    let unused = source.tensorNames.filter { !used.contains($0) }.sorted()
+    if !unused.isEmpty { throw BindingError.unused(keys: unused) }
+}

@@ -1,0 +1,200 @@
+import CBLAS
+import CGriditKernels
+import Dispatch
+import Glibc
+
+// Kernels over contiguous float32 tensors. Output is passed last (`into:`) and is overwritten.
+// Every kernel here has a naive twin in Tests/GriditTensorTests/NaiveKernels.swift.
+
+public enum BLAS {
+    /// Threads OpenBLAS uses for one product. Set once, explicitly: never left implicit.
+    public static func setThreadCount(_ n: Int) { openblas_set_num_threads(Int32(max(1, n))) }
+    public static var threadCount: Int { Int(openblas_get_num_threads()) }
+}
+
+/// y = x · Wᵀ + b (PyTorch `nn.Linear`), with W in PyTorch's (out, in) layout used in place.
+/// x: (M, K) rows; weight: (N, K); bias: (N) or nil; y: (M, N).
+public func linear(_ x: UnsafePointer<Float>, rows M: Int, weight: Tensor, bias: Tensor?,
+                   into y: UnsafeMutablePointer<Float>) {
+    precondition(weight.rank == 2, "linear: weight must be (out, in), got \(weight.shape)")
+    let N = weight.shape[0], K = weight.shape[1]
+    var beta: Float = 0
+    if let bias {
+        precondition(bias.count == N, "linear: bias \(bias.shape) vs weight \(weight.shape)")
+        gk_fill_rows(y, bias.pointer, M, N)
+        beta = 1
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(M), Int32(N), Int32(K),
+                1, x, Int32(K), weight.pointer, Int32(K), beta, y, Int32(N))
+}
+
+/// Tensor form of `linear`: x (..., K) -> y (..., N), rows = every leading dim.
+public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, into y: Tensor) {
+    let K = weight.shape[1]
+    precondition(x.shape.last == K, "linear: x \(x.shape) vs weight \(weight.shape)")
+    precondition(y.count == x.count / K * weight.shape[0], "linear: y \(y.shape) wrong for x \(x.shape)")
+    linear(x.pointer, rows: x.count / K, weight: weight, bias: bias, into: y.mutablePointer)
+}
+
+/// Layer norm without affine over the last dim, then `x*(1+scale)+shift` when given.
+/// x, out: (T, D); shift, scale: pointers to (D) or nil.
+public func layerNormModulate(_ x: UnsafePointer<Float>, rows T: Int, dim D: Int, eps: Float = 1e-6,
+                              shift: UnsafePointer<Float>?, scale: UnsafePointer<Float>?,
+                              into out: UnsafeMutablePointer<Float>) {
+    gk_layernorm_modulate(out, x, shift, scale, T, D, eps)
+}
+
+/// GELU, tanh approximation, in place.
+public func geluTanh(_ x: UnsafeMutablePointer<Float>, count n: Int) { gk_gelu_tanh(x, n) }
+
+/// SiLU: out = x * sigmoid(x). out may alias x.
+public func silu(_ x: UnsafePointer<Float>, count n: Int, into out: UnsafeMutablePointer<Float>) {
+    gk_silu(out, x, n)
+}
+
+/// out = exp(x) by the polynomial the softmax, SiLU and GELU kernels share (max rel. error ~2e-7).
+public func exponential(_ x: UnsafePointer<Float>, count n: Int, into out: UnsafeMutablePointer<Float>) {
+    gk_exp(out, x, n)
+}
+
+/// Row-wise softmax of `scale * x`, in place. x: (rows, cols) with row stride `ld`.
+public func softmaxRows(_ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int, ld: Int? = nil, scale: Float = 1) {
+    gk_softmax_rows(x, rows, cols, ld ?? cols, scale)
+}
+
+/// x += gate ⊙ y, gate broadcast over rows. x, y: (T, D); gate: (D).
+public func gateResidual(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, gate: UnsafePointer<Float>,
+                         rows T: Int, dim D: Int) {
+    gk_gate_residual(x, y, gate, T, D)
+}
+
+/// Multi-head self-attention core: softmax(q kᵀ / sqrt(HD)) v for each (batch element, head).
+/// qkv: (N, T, 3D) laid out [q | k | v] per token, each (NH, HD) head-major within D (timm's layout);
+/// scores: scratch of `workers` * T * T floats; out: (N, T, D), heads concatenated in head order.
+///
+/// The (n, head) pairs are spread over `workers` threads, each running single-threaded GEMMs: the
+/// products here are thin (K = HD), and OpenBLAS splits those across threads poorly. Each pair
+/// writes its own columns of `out`, and its arithmetic does not depend on the split.
+public func selfAttention(qkv: UnsafePointer<Float>, batch N: Int, tokens T: Int, dim D: Int, heads NH: Int,
+                          workers: Int, scores: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+    precondition(D % NH == 0, "selfAttention: dim \(D) not divisible by heads \(NH)")
+    let HD = D / NH
+    let ld = Int32(3 * D)
+    let scale = 1 / Float(HD).squareRoot()
+    let pairs = N * NH
+    let workers = max(1, min(workers, pairs))
+    let blasThreads = BLAS.threadCount
+    if workers > 1 { BLAS.setThreadCount(1) }
+    defer { if workers > 1 { BLAS.setThreadCount(blasThreads) } }
+    let qkvAddress = Int(bitPattern: qkv), outAddress = Int(bitPattern: out), scoresAddress = Int(bitPattern: scores)
+    DispatchQueue.concurrentPerform(iterations: workers) { worker in
+        let qkv = UnsafePointer<Float>(bitPattern: qkvAddress)!
+        let out = UnsafeMutablePointer<Float>(bitPattern: outAddress)!
+        let s = UnsafeMutablePointer<Float>(bitPattern: scoresAddress)! + worker * T * T
+        var pair = worker
+        while pair < pairs {
+            let (n, h) = (pair / NH, pair % NH)
+            let base = qkv + n * T * 3 * D + h * HD
+            // scores (T, T) = q (T, HD) · kᵀ
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(T), Int32(T), Int32(HD),
+                        1, base, ld, base + D, ld, 0, s, Int32(T))
+            gk_softmax_rows(s, T, T, T, scale)
+            // out[n, :, h*HD ..< (h+1)*HD] (T, HD) = scores (T, T) · v (T, HD)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(T), Int32(HD), Int32(T),
+                        1, s, Int32(T), base + 2 * D, ld, 0, out + n * T * D + h * HD, Int32(D))
+            pair += workers
+        }
+    }
+}
+
+/// Patch embedding as a matrix product: a conv with kernel = stride = P is im2col + linear.
+/// x: (N, C, H, W); patches: scratch (N*T, C*P*P) with T = (H/P)(W/P), row-major patch order;
+/// weight: (D, C, P, P) as PyTorch stores a Conv2d; bias (D); out: (N, T, D).
+public func patchEmbed(_ x: Tensor, patch P: Int, weight: Tensor, bias: Tensor,
+                       patches: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+    precondition(x.rank == 4, "patchEmbed: x must be (N, C, H, W), got \(x.shape)")
+    let (N, C, H, W) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+    precondition(H % P == 0 && W % P == 0, "patchEmbed: \(H)x\(W) not divisible by patch \(P)")
+    precondition(weight.shape == [weight.shape[0], C, P, P], "patchEmbed: weight \(weight.shape) vs C=\(C) P=\(P)")
+    let (h, w) = (H / P, W / P)
+    let K = C * P * P
+    let src = x.pointer
+    // patches[(n, i, j), (c, pi, pj)] = x[n, c, i*P+pi, j*P+pj]: the column order matches the
+    // flattened (C, P, P) conv weight.
+    for n in 0..<N {
+        for i in 0..<h {
+            for j in 0..<w {
+                let row = patches + ((n * h + i) * w + j) * K
+                for c in 0..<C {
+                    for pi in 0..<P {
+                        let s = src + ((n * C + c) * H + i * P + pi) * W + j * P
+                        (row + (c * P + pi) * P).update(from: s, count: P)
+                    }
+                }
+            }
+        }
+    }
+    linear(patches, rows: N * h * w, weight: weight.reshaped([weight.shape[0], K]), bias: bias, into: out)
+}
+
+/// Inverse of patchify for the model output: tokens (N, T, P*P*C) -> image (N, C, H, W) with
+/// H = h*P, W = w*P; each token's vector is laid out (pi, pj, c), channel fastest.
+public func unpatchify(_ tokens: UnsafePointer<Float>, batch N: Int, gridH h: Int, gridW w: Int, patch P: Int,
+                       channels C: Int, into out: UnsafeMutablePointer<Float>) {
+    let H = h * P, W = w * P
+    for n in 0..<N {
+        for i in 0..<h {
+            for j in 0..<w {
+                let tok = tokens + ((n * h + i) * w + j) * P * P * C
+                for pi in 0..<P {
+                    for pj in 0..<P {
+                        let v = tok + (pi * P + pj) * C
+                        for c in 0..<C {
+                            out[((n * C + c) * H + i * P + pi) * W + j * P + pj] = v[c]
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sinusoidal timestep embedding: for each t, [cos(t·f_i), sin(t·f_i)] with
+/// f_i = exp(-ln(maxPeriod)·i/half), i < half = dim/2 (cos first). Computed in double.
+/// out: (N, dim).
+public func timestepEmbedding(_ t: [Float], dim: Int = 256, maxPeriod: Double = 10000,
+                              into out: UnsafeMutablePointer<Float>) {
+    let half = dim / 2
+    for (n, tv) in t.enumerated() {
+        let row = out + n * dim
+        for i in 0..<half {
+            let arg = Double(tv) * exp(-log(maxPeriod) * Double(i) / Double(half))
+            row[i] = Float(cos(arg))
+            row[half + i] = Float(sin(arg))
+        }
+        if dim % 2 == 1 { row[dim - 1] = 0 }
+    }
+}
+
+/// 2-D sin-cos position embedding of a (gridH, gridW) patch grid: token (r, c) gets
+/// [emb_{D/2}(c), emb_{D/2}(r)] (the first half encodes the column), where
+/// emb_d(p) = [sin(p·ω_i), cos(p·ω_i)], ω_i = 10000^(-i/(d/2)), i < d/2. Returns (T, D).
+public func sinCosPositionEmbedding2D(dim D: Int, gridH: Int, gridW: Int) -> Tensor {
+    precondition(D % 4 == 0, "sinCosPositionEmbedding2D: dim \(D) must be divisible by 4")
+    let out = Tensor(zeros: [gridH * gridW, D])
+    let p = out.mutablePointer
+    let quarter = D / 4
+    for r in 0..<gridH {
+        for c in 0..<gridW {
+            let row = p + (r * gridW + c) * D
+            for (base, pos) in [(0, c), (D / 2, r)] {
+                for i in 0..<quarter {
+                    let omega = 1 / pow(10000.0, Double(i) / Double(quarter))
+                    row[base + i] = Float(sin(Double(pos) * omega))
+                    row[base + quarter + i] = Float(cos(Double(pos) * omega))
+                }
+            }
+        }
+    }
+    return out
+}

@@ -1,0 +1,171 @@
+import Foundation
+import GriditTensor
+import Testing
+
+// Each optimized kernel against its naive twin, on odd shapes (not multiples of any vector width).
+
+@Test(arguments: [(1, 1, 1), (7, 13, 5), (33, 17, 70), (3, 65, 129)])
+func linearMatchesNaive(shape: (Int, Int, Int)) {
+    let (M, N, K) = shape
+    let x = testValues(M * K, seed: 1), w = testValues(N * K, seed: 2), b = testValues(N, seed: 3)
+    let y = Tensor(zeros: [M, N])
+    linear(Tensor(x, shape: [M, K]), weight: Tensor(w, shape: [N, K]), bias: Tensor(b, shape: [N]), into: y)
+    #expect(maxAbsDiff(y.toArray(), Naive.linear(x, w, b, M: M, N: N, K: K), "linear \(shape)") <= 1e-5)
+    let y0 = Tensor(zeros: [M, N])
+    linear(Tensor(x, shape: [M, K]), weight: Tensor(w, shape: [N, K]), bias: nil, into: y0)
+    #expect(maxAbsDiff(y0.toArray(), Naive.linear(x, w, nil, M: M, N: N, K: K), "linear no bias \(shape)") <= 1e-5)
+}
+
+@Test(arguments: [(1, 4), (5, 12), (17, 1152), (3, 37)])
+func layerNormModulateMatchesNaive(shape: (Int, Int)) {
+    let (T, D) = shape
+    let x = testValues(T * D, seed: 4, scale: 3).map { $0 + 0.5 }
+    let shift = testValues(D, seed: 5), scale = testValues(D, seed: 6)
+    let out = Tensor(zeros: [T, D])
+    x.withUnsafeBufferPointer { xp in
+        layerNormModulate(xp.baseAddress!, rows: T, dim: D, shift: shift, scale: scale, into: out.mutablePointer)
+    }
+    let ref = Naive.layerNormModulate(x, T: T, D: D, eps: 1e-6, shift: shift, scale: scale)
+    #expect(maxAbsDiff(out.toArray(), ref, "layerNormModulate \(shape)") <= 1e-5)
+    x.withUnsafeBufferPointer { xp in
+        layerNormModulate(xp.baseAddress!, rows: T, dim: D, shift: nil, scale: nil, into: out.mutablePointer)
+    }
+    let plain = Naive.layerNormModulate(x, T: T, D: D, eps: 1e-6, shift: nil, scale: nil)
+    #expect(maxAbsDiff(out.toArray(), plain, "layerNorm \(shape)") <= 1e-5)
+}
+
+@Test func layerNormOfConstantRowIsZero() {
+    // Variance 0: the eps keeps it finite, and the result is exactly the shift.
+    let x = [Float](repeating: 7, count: 9), shift = testValues(9, seed: 1), scale = testValues(9, seed: 2)
+    let out = Tensor(zeros: [1, 9])
+    layerNormModulate(x, rows: 1, dim: 9, shift: shift, scale: scale, into: out.mutablePointer)
+    #expect(out.toArray() == shift)
+}
+
+@Test func geluAndSiluMatchNaive() {
+    // Wide range, odd count, including values where tanh/exp saturate.
+    let x = testValues(1001, seed: 7, scale: 12) + [0, -0.0, 1e-8, -30, 30, 88, -88, 100, -100]
+    let g = Tensor(x, shape: [x.count])
+    geluTanh(g.mutablePointer, count: x.count)
+    #expect(maxAbsDiff(g.toArray(), Naive.gelu(x), "gelu") <= 2e-6 * 100)
+    let relErr = zip(g.toArray(), Naive.gelu(x)).map { abs($0 - $1) / max(1, abs($1)) }.max()!
+    #expect(relErr <= 1e-6)
+    let s = Tensor(zeros: [x.count])
+    silu(x, count: x.count, into: s.mutablePointer)
+    let sRel = zip(s.toArray(), Naive.silu(x)).map { abs($0 - $1) / max(1, abs($1)) }.max()!
+    print("silu: max rel diff = \(sRel)")
+    #expect(sRel <= 1e-6)
+}
+
+@Test(arguments: [(1, 1), (3, 7), (5, 257), (2, 1024)])
+func softmaxMatchesNaive(shape: (Int, Int)) {
+    let (rows, cols) = shape
+    let x = testValues(rows * cols, seed: 8, scale: 20)
+    let t = Tensor(x, shape: [rows, cols])
+    softmaxRows(t.mutablePointer, rows: rows, cols: cols, scale: 0.3)
+    #expect(maxAbsDiff(t.toArray(), Naive.softmaxRows(x, rows: rows, cols: cols, scale: 0.3), "softmax \(shape)") <= 1e-6)
+}
+
+@Test(arguments: [(1, 5, 12, 3, 1), (2, 17, 40, 4, 2), (3, 9, 24, 2, 4), (1, 33, 72, 1, 3)])
+func attentionMatchesNaive(shape: (Int, Int, Int, Int, Int)) {
+    let (N, T, D, NH, workers) = shape
+    let qkv = testValues(N * T * 3 * D, seed: 9, scale: 2)
+    let out = Tensor(zeros: [N, T, D]), scores = Tensor(zeros: [workers, T, T])
+    selfAttention(qkv: qkv, batch: N, tokens: T, dim: D, heads: NH, workers: workers,
+                  scores: scores.mutablePointer, into: out.mutablePointer)
+    #expect(maxAbsDiff(out.toArray(), Naive.attention(qkv, N: N, T: T, D: D, NH: NH), "attention \(shape)") <= 1e-5)
+}
+
+@Test func attentionIsIdenticalForEveryWorkerCount() {
+    let (N, T, D, NH) = (2, 19, 24, 3)
+    let qkv = testValues(N * T * 3 * D, seed: 10)
+    var results: [[Float]] = []
+    for workers in [1, 2, 5] {
+        let out = Tensor(zeros: [N, T, D]), scores = Tensor(zeros: [workers, T, T])
+        selfAttention(qkv: qkv, batch: N, tokens: T, dim: D, heads: NH, workers: workers,
+                      scores: scores.mutablePointer, into: out.mutablePointer)
+        results.append(out.toArray())
+    }
+    #expect(results[0] == results[1] && results[1] == results[2])
+}
+
+@Test(arguments: [(1, 3, 6, 6, 2, 5), (2, 4, 8, 8, 4, 7), (1, 8, 16, 16, 8, 3), (2, 1, 4, 12, 2, 6)])
+func patchEmbedMatchesNaive(shape: (Int, Int, Int, Int, Int, Int)) {
+    let (N, C, H, W, P, D) = shape
+    let x = testValues(N * C * H * W, seed: 11), w = testValues(D * C * P * P, seed: 12), b = testValues(D, seed: 13)
+    let T = (H / P) * (W / P)
+    let out = Tensor(zeros: [N, T, D]), patches = Tensor(zeros: [N * T, C * P * P])
+    patchEmbed(Tensor(x, shape: [N, C, H, W]), patch: P, weight: Tensor(w, shape: [D, C, P, P]),
+               bias: Tensor(b, shape: [D]), patches: patches.mutablePointer, into: out.mutablePointer)
+    let ref = Naive.patchEmbed(x, w, b, N: N, C: C, H: H, W: W, P: P, D: D)
+    #expect(maxAbsDiff(out.toArray(), ref, "patchEmbed \(shape)") <= 1e-5)
+}
+
+@Test(arguments: [(1, 2, 3, 2, 5), (2, 4, 4, 4, 3), (1, 1, 2, 8, 8)])
+func unpatchifyMatchesNaive(shape: (Int, Int, Int, Int, Int)) {
+    let (N, h, w, P, C) = shape
+    let tok = testValues(N * h * w * P * P * C, seed: 14)
+    let out = Tensor(zeros: [N, C, h * P, w * P])
+    unpatchify(tok, batch: N, gridH: h, gridW: w, patch: P, channels: C, into: out.mutablePointer)
+    #expect(out.toArray() == Naive.unpatchify(tok, N: N, h: h, w: w, P: P, C: C))
+}
+
+@Test func patchEmbedThenUnpatchifyOrderAgree() {
+    // With an identity projection, patchify followed by unpatchify must give back the image when the
+    // token vector order (c, pi, pj) is converted to (pi, pj, c): a check that both use row-major patches.
+    let (N, C, S, P) = (1, 2, 4, 2)
+    let D = C * P * P
+    var eye = [Float](repeating: 0, count: D * D)
+    for i in 0..<D { eye[i * D + i] = 1 }
+    let x = testValues(N * C * S * S, seed: 15)
+    let T = (S / P) * (S / P)
+    let tokens = Tensor(zeros: [N, T, D]), patches = Tensor(zeros: [N * T, D])
+    patchEmbed(Tensor(x, shape: [N, C, S, S]), patch: P, weight: Tensor(eye, shape: [D, C, P, P]),
+               bias: Tensor(zeros: [D]), patches: patches.mutablePointer, into: tokens.mutablePointer)
+    var reordered = [Float](repeating: 0, count: N * T * D)  // (c, pi, pj) -> (pi, pj, c)
+    let tk = tokens.toArray()
+    for t in 0..<T { for c in 0..<C { for q in 0..<(P * P) { reordered[t * D + q * C + c] = tk[t * D + c * P * P + q] } } }
+    let back = Tensor(zeros: [N, C, S, S])
+    unpatchify(reordered, batch: N, gridH: S / P, gridW: S / P, patch: P, channels: C, into: back.mutablePointer)
+    #expect(back.toArray() == x)
+}
+
+@Test func expPolynomialIsAccurate() {
+    let x = testValues(4097, seed: 16, scale: 87)
+    let out = [Float](unsafeUninitializedCapacity: x.count) { buf, n in
+        exponential(x, count: x.count, into: buf.baseAddress!)
+        n = x.count
+    }
+    let rel = zip(out, x).map { abs(Double($0) - exp(Double($1))) / exp(Double($1)) }.max()!
+    print("exp: max rel diff = \(rel)")
+    #expect(rel <= 5e-7)
+}
+
+@Test func timestepEmbeddingIsCosFirst() {
+    let out = Tensor(zeros: [2, 256])
+    timestepEmbedding([0, 999], into: out.mutablePointer)
+    let v = out.toArray()
+    #expect(v[0..<128].allSatisfy { $0 == 1 } && v[128..<256].allSatisfy { $0 == 0 })  // t = 0: cos = 1, sin = 0
+    // Frequency i = 1 at t = 999: cos(999 * exp(-ln(1e4)/128)).
+    let f1 = exp(-log(10000.0) / 128)
+    #expect(abs(Double(v[256 + 1]) - cos(999 * f1)) < 1e-7)
+    #expect(abs(Double(v[256 + 129]) - sin(999 * f1)) < 1e-7)
+}
+
+@Test func positionEmbeddingFirstHalfEncodesColumn() {
+    let pe = sinCosPositionEmbedding2D(dim: 8, gridH: 3, gridW: 2).toArray()  // (6, 8)
+    // Token (r=2, c=1) is index 5: first half from column 1, second half from row 2.
+    // d = 4 per half: [sin(p), sin(p/100), cos(p), cos(p/100)] with ω = 10000^(-i/2).
+    let expected: [Double] = [sin(1), sin(0.01), cos(1), cos(0.01), sin(2), sin(0.02), cos(2), cos(0.02)]
+    let got = Array(pe[40..<48]).map(Double.init)
+    #expect(zip(got, expected).allSatisfy { abs($0 - $1) < 1e-7 })
+}
+
+@Test func tensorViewsShareStorage() {
+    let t = Tensor((0..<12).map(Float.init), shape: [3, 4])
+    let s = t.slice(1..<3).reshaped([8])
+    #expect(s.toArray() == (4..<12).map(Float.init))
+    s.mutablePointer[0] = 99
+    #expect(t.toArray()[4] == 99)
+    #expect(!t.isBorrowed)
+}

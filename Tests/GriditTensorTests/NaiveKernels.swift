@@ -1,0 +1,137 @@
+import Foundation
+import GriditTensor
+
+// Naive twins of the optimized kernels: plain loops in double precision, written straight from the
+// definitions, as the reference that the optimized kernels are checked against.
+
+enum Naive {
+    /// y (M, N) = x (M, K) · wᵀ (w: (N, K)) + b
+    static func linear(_ x: [Float], _ w: [Float], _ b: [Float]?, M: Int, N: Int, K: Int) -> [Float] {
+        var y = [Float](repeating: 0, count: M * N)
+        for m in 0..<M {
+            for n in 0..<N {
+                var acc = Double(b?[n] ?? 0)
+                for k in 0..<K { acc += Double(x[m * K + k]) * Double(w[n * K + k]) }
+                y[m * N + n] = Float(acc)
+            }
+        }
+        return y
+    }
+
+    static func layerNormModulate(_ x: [Float], T: Int, D: Int, eps: Double, shift: [Float]?, scale: [Float]?) -> [Float] {
+        var out = x
+        for t in 0..<T {
+            let row = (0..<D).map { Double(x[t * D + $0]) }
+            let mean = row.reduce(0, +) / Double(D)
+            let variance = row.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(D)
+            for d in 0..<D {
+                var v = (row[d] - mean) / (variance + eps).squareRoot()
+                if let shift, let scale { v = v * (1 + Double(scale[d])) + Double(shift[d]) }
+                out[t * D + d] = Float(v)
+            }
+        }
+        return out
+    }
+
+    static func gelu(_ x: [Float]) -> [Float] {
+        x.map { v in
+            let d = Double(v)
+            return Float(0.5 * d * (1 + tanh((2 / Double.pi).squareRoot() * (d + 0.044715 * d * d * d))))
+        }
+    }
+
+    static func silu(_ x: [Float]) -> [Float] { x.map { Float(Double($0) / (1 + exp(-Double($0)))) } }
+
+    static func softmaxRows(_ x: [Float], rows: Int, cols: Int, scale: Double) -> [Float] {
+        var out = x
+        for r in 0..<rows {
+            let row = (0..<cols).map { Double(x[r * cols + $0]) * scale }
+            let m = row.max()!
+            let e = row.map { exp($0 - m) }
+            let s = e.reduce(0, +)
+            for c in 0..<cols { out[r * cols + c] = Float(e[c] / s) }
+        }
+        return out
+    }
+
+    /// qkv (N, T, 3D) -> (N, T, D), per head softmax(q kᵀ/sqrt(HD)) v.
+    static func attention(_ qkv: [Float], N: Int, T: Int, D: Int, NH: Int) -> [Float] {
+        let HD = D / NH
+        var out = [Float](repeating: 0, count: N * T * D)
+        for n in 0..<N {
+            for h in 0..<NH {
+                func at(_ t: Int, _ part: Int, _ i: Int) -> Double { Double(qkv[(n * T + t) * 3 * D + part * D + h * HD + i]) }
+                for i in 0..<T {
+                    var s = (0..<T).map { j in (0..<HD).reduce(0.0) { $0 + at(i, 0, $1) * at(j, 1, $1) } / Double(HD).squareRoot() }
+                    let m = s.max()!
+                    s = s.map { exp($0 - m) }
+                    let z = s.reduce(0, +)
+                    for d in 0..<HD {
+                        var acc = 0.0
+                        for j in 0..<T { acc += s[j] / z * at(j, 2, d) }
+                        out[(n * T + i) * D + h * HD + d] = Float(acc)
+                    }
+                }
+            }
+        }
+        return out
+    }
+
+    /// Conv2d with kernel = stride = P: x (N, C, H, W), w (D, C, P, P) -> tokens (N, T, D), row-major patches.
+    static func patchEmbed(_ x: [Float], _ w: [Float], _ b: [Float], N: Int, C: Int, H: Int, W: Int, P: Int, D: Int) -> [Float] {
+        let (h, wd) = (H / P, W / P)
+        var out = [Float](repeating: 0, count: N * h * wd * D)
+        for n in 0..<N {
+            for i in 0..<h {
+                for j in 0..<wd {
+                    for o in 0..<D {
+                        var acc = Double(b[o])
+                        for c in 0..<C {
+                            for pi in 0..<P {
+                                for pj in 0..<P {
+                                    acc += Double(x[((n * C + c) * H + i * P + pi) * W + j * P + pj])
+                                        * Double(w[((o * C + c) * P + pi) * P + pj])
+                                }
+                            }
+                        }
+                        out[((n * h + i) * wd + j) * D + o] = Float(acc)
+                    }
+                }
+            }
+        }
+        return out
+    }
+
+    /// tokens (N, h*w, P*P*C) with vector layout (pi, pj, c) -> (N, C, h*P, w*P)
+    static func unpatchify(_ tok: [Float], N: Int, h: Int, w: Int, P: Int, C: Int) -> [Float] {
+        var out = [Float](repeating: 0, count: N * C * h * P * w * P)
+        for n in 0..<N {
+            for c in 0..<C {
+                for y in 0..<(h * P) {
+                    for x in 0..<(w * P) {
+                        let token = (y / P) * w + x / P
+                        out[((n * C + c) * h * P + y) * w * P + x] = tok[((n * h * w) + token) * P * P * C + ((y % P) * P + x % P) * C + c]
+                    }
+                }
+            }
+        }
+        return out
+    }
+}
+
+/// Deterministic test data: a linear congruential stream mapped to [-1, 1).
+func testValues(_ count: Int, seed: UInt64, scale: Float = 1) -> [Float] {
+    var s = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+    return (0..<count).map { _ in
+        s = s &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+        return (Float(s >> 40) / Float(1 << 24) * 2 - 1) * scale
+    }
+}
+
+/// Largest absolute difference; prints it so test logs show how close each kernel came.
+func maxAbsDiff(_ a: [Float], _ b: [Float], _ label: String) -> Float {
+    precondition(a.count == b.count, "\(label): \(a.count) vs \(b.count) values")
+    let d = zip(a, b).map { abs($0 - $1) }.max() ?? 0
+    print("\(label): max |diff| = \(d)")
+    return d
+}
