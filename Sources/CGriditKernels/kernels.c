@@ -124,6 +124,24 @@ void gk_softmax_rows(float *x, size_t rows, size_t cols, size_t ld, float scale)
 }
 
 GK_CLONES
+void gk_softmax_rows_unnormalized(float *x, size_t rows, size_t cols, size_t ld, float scale, float *sums) {
+    for (size_t r = 0; r < rows; r++) {
+        float *row = x + r * ld;
+        float m = gk_max(row, cols);
+        for (size_t c = 0; c < cols; c++) row[c] = gk_expf((row[c] - m) * scale);
+        sums[r] = gk_sum(row, cols);
+    }
+}
+
+GK_CLONES
+void gk_divide_rows(float *x, const float *sums, size_t rows, size_t cols, size_t ld) {
+    for (size_t r = 0; r < rows; r++) {
+        float inv = 1.0f / sums[r];
+        for (size_t c = 0; c < cols; c++) x[r * ld + c] *= inv;
+    }
+}
+
+GK_CLONES
 void gk_gate_residual(float *x, const float *y, const float *gate, size_t T, size_t D) {
     for (size_t t = 0; t < T; t++) {
         float *xr = x + t * D;

@@ -70,7 +70,7 @@ public struct DiTWeights: Sendable {
 public final class DiTWorkspace {
     public let batch: Int
     let x, h, qkv, attn, proj, mlp: Tensor            // (N,T,D) (N,T,D) (N,T,3D) (N,T,D) (N,T,D) (N,T,M)
-    let scores: Tensor                                // (workers, T, T)
+    let scores: Tensor                                // attention scratch, per worker a tile of scores
     /// Threads that attention spreads its (batch, head) pairs over.
     public let workers: Int
     let patches: Tensor                               // (N*T, Cin*P*P)
@@ -91,7 +91,7 @@ public final class DiTWorkspace {
         proj = Tensor(zeros: [N, T, D])
         mlp = Tensor(zeros: [N, T, M])
         self.workers = max(1, workers)
-        scores = Tensor(zeros: [self.workers, T, T])
+        scores = Tensor(zeros: [attentionScratchCount(tokens: T, workers: self.workers)])
         patches = Tensor(zeros: [N * T, c.embedInChannels * c.patchSize * c.patchSize])
         embedIn = Tensor(zeros: c.conditionChannels > 0 ? [N, c.embedInChannels, c.inputSize, c.inputSize] : [0])
         freq = Tensor(zeros: [N, DiTConfiguration.frequencyDim])
@@ -202,7 +202,7 @@ public struct DiT: Sendable {
             }
             linear(ws.h, weight: block.qkvWeight!, bias: block.qkvBias!, into: ws.qkv)
             selfAttention(qkv: ws.qkv.pointer, batch: N, tokens: T, dim: D, heads: c.numHeads, workers: ws.workers,
-                          scores: ws.scores.mutablePointer, into: ws.attn.mutablePointer)
+                          scores: ws.scores, into: ws.attn.mutablePointer)
             linear(ws.attn, weight: block.projWeight!, bias: block.projBias!, into: ws.proj)
             for n in 0..<N {
                 let m = ws.mod.pointer + n * 6 * D

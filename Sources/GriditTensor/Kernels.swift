@@ -68,41 +68,60 @@ public func gateResidual(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Fl
     gk_gate_residual(x, y, gate, T, D)
 }
 
+/// Query rows per attention tile: a (rows, T) block of scores stays in L2 (64 x 1024 floats = 256 KB).
+public let attentionRowTile = 96
+
+/// Floats of scratch that `selfAttention` needs for `workers` threads over T tokens.
+public func attentionScratchCount(tokens T: Int, workers: Int) -> Int { max(1, workers) * attentionRowTile * (T + 1) }
+
 /// Multi-head self-attention core: softmax(q kᵀ / sqrt(HD)) v for each (batch element, head).
 /// qkv: (N, T, 3D) laid out [q | k | v] per token, each (NH, HD) head-major within D (timm's layout);
-/// scores: scratch of `workers` * T * T floats; out: (N, T, D), heads concatenated in head order.
+/// scores: scratch of at least `attentionScratchCount(tokens:workers:)` floats; out: (N, T, D),
+/// heads concatenated in head order.
 ///
-/// The (n, head) pairs are spread over `workers` threads, each running single-threaded GEMMs: the
-/// products here are thin (K = HD), and OpenBLAS splits those across threads poorly. Each pair
-/// writes its own columns of `out`, and its arithmetic does not depend on the split.
+/// Work items are (n, head, tile of `attentionRowTile` query rows), spread over `workers` threads,
+/// each running single-threaded GEMMs: the products are thin (K = HD), which OpenBLAS splits across
+/// threads poorly, and a tile's scores stay in cache between the two products and the softmax.
+/// Every item writes its own rows and columns of `out`, and its arithmetic does not depend on the
+/// split, so the result is the same for every worker count.
 public func selfAttention(qkv: UnsafePointer<Float>, batch N: Int, tokens T: Int, dim D: Int, heads NH: Int,
-                          workers: Int, scores: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+                          workers: Int, scores: Tensor, into out: UnsafeMutablePointer<Float>) {
     precondition(D % NH == 0, "selfAttention: dim \(D) not divisible by heads \(NH)")
+    precondition(scores.count >= attentionScratchCount(tokens: T, workers: workers),
+                 "selfAttention: scratch of \(scores.count) floats, need \(attentionScratchCount(tokens: T, workers: workers))")
     let HD = D / NH
     let ld = Int32(3 * D)
     let scale = 1 / Float(HD).squareRoot()
-    let pairs = N * NH
-    let workers = max(1, min(workers, pairs))
+    let tiles = (T + attentionRowTile - 1) / attentionRowTile
+    let items = N * NH * tiles
+    let workers = max(1, min(workers, items))
     let blasThreads = BLAS.threadCount
-    if workers > 1 { BLAS.setThreadCount(1) }
-    defer { if workers > 1 { BLAS.setThreadCount(blasThreads) } }
-    let qkvAddress = Int(bitPattern: qkv), outAddress = Int(bitPattern: out), scoresAddress = Int(bitPattern: scores)
+    if blasThreads != 1 { BLAS.setThreadCount(1) }
+    defer { if blasThreads != 1 { BLAS.setThreadCount(blasThreads) } }
+    let qkvAddress = Int(bitPattern: qkv), outAddress = Int(bitPattern: out)
+    let scoresAddress = Int(bitPattern: scores.mutablePointer)
     DispatchQueue.concurrentPerform(iterations: workers) { worker in
         let qkv = UnsafePointer<Float>(bitPattern: qkvAddress)!
         let out = UnsafeMutablePointer<Float>(bitPattern: outAddress)!
-        let s = UnsafeMutablePointer<Float>(bitPattern: scoresAddress)! + worker * T * T
-        var pair = worker
-        while pair < pairs {
-            let (n, h) = (pair / NH, pair % NH)
-            let base = qkv + n * T * 3 * D + h * HD
-            // scores (T, T) = q (T, HD) · kᵀ
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(T), Int32(T), Int32(HD),
-                        1, base, ld, base + D, ld, 0, s, Int32(T))
-            gk_softmax_rows(s, T, T, T, scale)
-            // out[n, :, h*HD ..< (h+1)*HD] (T, HD) = scores (T, T) · v (T, HD)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(T), Int32(HD), Int32(T),
-                        1, s, Int32(T), base + 2 * D, ld, 0, out + n * T * D + h * HD, Int32(D))
-            pair += workers
+        let s = UnsafeMutablePointer<Float>(bitPattern: scoresAddress)! + worker * attentionRowTile * (T + 1)
+        let sums = s + attentionRowTile * T
+        var item = worker
+        while item < items {
+            let (n, h, tile) = (item / (NH * tiles), item / tiles % NH, item % tiles)
+            let r0 = tile * attentionRowTile
+            let rows = min(attentionRowTile, T - r0)
+            let head = qkv + n * T * 3 * D + h * HD
+            // scores (rows, T) = q[r0 ..< r0+rows] (rows, HD) · kᵀ
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(T), Int32(HD),
+                        1, head + r0 * 3 * D, ld, head + D, ld, 0, s, Int32(T))
+            // Unnormalised softmax; its row sums divide the (rows, HD) output, not the (rows, T) scores.
+            gk_softmax_rows_unnormalized(s, rows, T, T, scale, sums)
+            // out[n, r0 ..< r0+rows, h*HD ..< (h+1)*HD] (rows, HD) = scores (rows, T) · v (T, HD)
+            let o = out + (n * T + r0) * D + h * HD
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(HD), Int32(T),
+                        1, s, Int32(T), head + 2 * D, ld, 0, o, Int32(D))
+            gk_divide_rows(o, sums, rows, HD, D)
+            item += workers
         }
     }
 }

@@ -69,11 +69,9 @@ extension GriditBench {
         @Option(help: "Preset: \(DiTConfiguration.presetNames.joined(separator: ", ")).") var model = "DiT-XL/2"
         @Option(help: "Latent (input) size.") var inputSize = 64
         @Option(help: "Batch size.") var batch = 1
-        @Option(help: "Timed forwards (after one warm-up).") var repeat_ = 5
+        @Option(name: .customLong("repeat"), help: "Timed forwards (after one warm-up).") var repetitions = 5
         @Flag(help: "Print one JSON line instead of text.") var json = false
         @OptionGroup var threads: ThreadOptions
-
-        enum CodingKeys: String, CodingKey { case model, inputSize, batch, repeat_ = "repeat", json, threads }
 
         func run() throws {
             BLAS.setThreadCount(threads.threads)
@@ -83,7 +81,7 @@ extension GriditBench {
             let x = RandomWeights.tensor([batch, config.inChannels, inputSize, inputSize], seed: 2, std: 1)
             let t = (0..<batch).map { Float(($0 * 137 + 500) % 1000) }
             var times: [Double] = []
-            for i in 0...max(1, repeat_) {
+            for i in 0...max(1, repetitions) {
                 let start = DispatchTime.now()
                 try dit.forward(x: x, t: t, workspace: ws)
                 let ms = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e6

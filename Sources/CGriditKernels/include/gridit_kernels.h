@@ -22,6 +22,13 @@ void gk_silu(float *out, const float *x, size_t n);
 /// Each of the `rows` rows of x (row stride `ld`, `cols` used) becomes softmax(scale * row), in place.
 void gk_softmax_rows(float *x, size_t rows, size_t cols, size_t ld, float scale);
 
+/// Like gk_softmax_rows without the division: row becomes exp(scale * (row - max)), and
+/// sums[r] receives the row's sum, so the caller can normalise a smaller product instead.
+void gk_softmax_rows_unnormalized(float *x, size_t rows, size_t cols, size_t ld, float scale, float *sums);
+
+/// x[r, c] *= 1 / sums[r] for c < cols; x has row stride ld.
+void gk_divide_rows(float *x, const float *sums, size_t rows, size_t cols, size_t ld);
+
 /// x[t,:] += gate * y[t,:]; x, y: (T, D); gate: (D).
 void gk_gate_residual(float *x, const float *y, const float *gate, size_t T, size_t D);
 
