@@ -3,6 +3,8 @@
 // Imports point one way (see the README, "Layout"):
 //   gridit-bench -> GriditModels -> GriditTensor -> CBLAS, CGriditKernels
 //                -> GriditCheckpoint -> GriditTensor
+//   GriditPipeline -> GriditModels, GriditTensor        (diffusion, sampling, grids)
+//   GriditStore -> GRDB                                 (SQLite job queue, migrations/)
 import PackageDescription
 
 let swiftSettings: [SwiftSetting] = [
@@ -19,6 +21,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
     ],
     targets: [
         // System libraries, found through pkg-config.
@@ -46,6 +49,16 @@ let package = Package(
             dependencies: ["GriditTensor"],
             swiftSettings: swiftSettings
         ),
+        .target(
+            name: "GriditPipeline",
+            dependencies: ["GriditModels", "GriditTensor"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "GriditStore",
+            dependencies: [.product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "gridit-bench",
             dependencies: [
@@ -68,6 +81,17 @@ let package = Package(
             name: "GriditModelsTests",
             dependencies: ["GriditModels", "GriditCheckpoint", "GriditTensor"],
             resources: [.copy("Fixtures")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "GriditPipelineTests",
+            dependencies: ["GriditPipeline", "GriditModels", "GriditCheckpoint", "GriditTensor"],
+            resources: [.copy("Fixtures")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "GriditStoreTests",
+            dependencies: ["GriditStore"],
             swiftSettings: swiftSettings
         ),
     ],

@@ -1,0 +1,1 @@
+// Diffusion schedule, samplers, counter-based noise and grid layout (GriDiT sampling core).

@@ -1,0 +1,1 @@
+// Durable SQLite job queue: migrations, JobStore, job state machine.
