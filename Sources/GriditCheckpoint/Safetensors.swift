@@ -135,20 +135,12 @@ public struct SafetensorsFile: TensorSource, Sendable {
             let out = Tensor(zeros: info.shape)
             UnsafeMutableRawPointer(out.mutablePointer).copyMemory(from: source, byteCount: count * 4)
             return out
-        case .f16:
+        case .f16, .bf16:
+            let decode = info.dtype == .f16 ? HalfPrecision.float(fromHalfBits:) : HalfPrecision.float(fromBFloat16Bits:)
             let out = Tensor(zeros: info.shape)
             let destination = out.mutablePointer
             for i in 0..<count {
-                let bits = UInt16(littleEndian: source.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))
-                destination[i] = HalfPrecision.float(fromHalfBits: bits)
-            }
-            return out
-        case .bf16:
-            let out = Tensor(zeros: info.shape)
-            let destination = out.mutablePointer
-            for i in 0..<count {
-                let bits = UInt16(littleEndian: source.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))
-                destination[i] = HalfPrecision.float(fromBFloat16Bits: bits)
+                destination[i] = decode(UInt16(littleEndian: source.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
             }
             return out
         default:

@@ -112,7 +112,9 @@ extension GriditBench {
         @Option(help: "Model config JSON.") var config: String?
         @Option(help: "Preset instead of a config file.") var model: String?
         @Option(help: "Latent size for --model.") var inputSize = 64
-        @Option(help: "Write a random F32 checkpoint of --model to --checkpoint first.") var create = false
+        @Flag(help: "Write a random F32 checkpoint of --model to --checkpoint first.") var create = false
+        @Flag(help: "Then run one forward pass (batch 1) and report resident memory again.") var forward = false
+        @OptionGroup var threads: ThreadOptions
 
         func run() throws {
             let cfg: DiTConfiguration
@@ -130,6 +132,13 @@ extension GriditBench {
             let size = (try? FileManager.default.attributesOfItem(atPath: checkpoint)[.size] as? Int) ?? 0
             print(String(format: "checkpoint %.2f GB mapped, %d blocks bound; resident before %.1f MB, after %.1f MB",
                          Double(size) / 1e9, dit.weights.blocks.count, Double(before) / 1e6, Double(after) / 1e6))
+            guard forward else { return }
+            BLAS.setThreadCount(threads.threads)
+            let ws = DiTWorkspace(config: cfg, batch: 1)
+            let x = RandomWeights.tensor([1, cfg.inChannels, cfg.inputSize, cfg.inputSize], seed: 2, std: 1)
+            try dit.forward(x: x, t: [500], workspace: ws)
+            print(String(format: "after one forward: resident %.1f MB (weights are file-backed pages of the mapping), "
+                         + "activations %.1f MB", Double(residentBytes()) / 1e6, Double(ws.byteCount) / 1e6))
         }
     }
 }

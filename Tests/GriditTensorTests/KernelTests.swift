@@ -57,6 +57,15 @@ func layerNormModulateMatchesNaive(shape: (Int, Int)) {
     #expect(sRel <= 1e-6)
 }
 
+@Test(arguments: [(1, 1), (3, 19), (7, 1152)])
+func gateResidualMatchesNaive(shape: (Int, Int)) {
+    let (T, D) = shape
+    let x = testValues(T * D, seed: 17), y = testValues(T * D, seed: 18), gate = testValues(D, seed: 19)
+    let out = Tensor(x, shape: [T, D])
+    gateResidual(out.mutablePointer, y, gate: gate, rows: T, dim: D)
+    #expect(maxAbsDiff(out.toArray(), Naive.gateResidual(x, y, gate, D: D), "gateResidual \(shape)") <= 1e-6)
+}
+
 @Test(arguments: [(1, 1), (3, 7), (5, 257), (2, 1024)])
 func softmaxMatchesNaive(shape: (Int, Int)) {
     let (rows, cols) = shape

@@ -18,6 +18,11 @@ enum Naive {
         return y
     }
 
+    /// x[t, d] + gate[d] * y[t, d]
+    static func gateResidual(_ x: [Float], _ y: [Float], _ gate: [Float], D: Int) -> [Float] {
+        (0..<x.count).map { Float(Double(x[$0]) + Double(gate[$0 % D]) * Double(y[$0])) }
+    }
+
     static func layerNormModulate(_ x: [Float], T: Int, D: Int, eps: Double, shift: [Float]?, scale: [Float]?) -> [Float] {
         var out = x
         for t in 0..<T {
