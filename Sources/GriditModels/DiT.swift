@@ -71,7 +71,8 @@ public final class DiTWorkspace {
     public let batch: Int
     let x, h, qkv, attn, proj, mlp: Tensor            // (N,T,D) (N,T,D) (N,T,3D) (N,T,D) (N,T,D) (N,T,M)
     let scores: Tensor                                // attention scratch, per worker a tile of scores
-    /// Threads that attention spreads its (batch, head) pairs over.
+    /// Threads of a pass: OpenBLAS threads for the linear layers, and the workers that attention
+    /// spreads its (batch, head, row tile) items over.
     public let workers: Int
     let patches: Tensor                               // (N*T, Cin*P*P)
     let embedIn: Tensor                               // (N, C+Cc, H, W) when a condition is concatenated
@@ -141,8 +142,7 @@ public struct DiT: Sendable {
     public func forward(x: Tensor, t: [Float], y: [Int]? = nil, condition: Tensor? = nil,
                         workspace ws: DiTWorkspace) throws -> Tensor {
         let c = config
-        let (N, T, D, M) = (ws.batch, c.tokens, c.hiddenSize, c.mlpHidden)
-        let S = c.inputSize
+        let (N, S) = (ws.batch, c.inputSize)
         try check(x.shape == [N, c.inChannels, S, S], "x has shape \(x.shape), expected \([N, c.inChannels, S, S])")
         try check(t.count == N, "\(t.count) timesteps for a batch of \(N)")
         if c.numClasses > 0 {
@@ -160,6 +160,14 @@ public struct DiT: Sendable {
         } else {
             try check(condition == nil, "this model takes no condition (condition_channels 0)")
         }
+        return BLAS.exclusive(threads: ws.workers) { run(x: x, t: t, y: y, condition: condition, workspace: ws) }
+    }
+
+    /// The pass itself, on validated inputs, holding the compute lock.
+    private func run(x: Tensor, t: [Float], y: [Int]?, condition: Tensor?, workspace ws: DiTWorkspace) -> Tensor {
+        let c = config
+        let (N, T, D, M) = (ws.batch, c.tokens, c.hiddenSize, c.mlpHidden)
+        let S = c.inputSize
         let w = weights
 
         // Patch embedding (+ condition on channels) and position embedding.

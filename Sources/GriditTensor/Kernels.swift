@@ -7,9 +7,48 @@ import Glibc
 // Every kernel here has a naive twin in Tests/GriditTensorTests/NaiveKernels.swift.
 
 public enum BLAS {
-    /// Threads OpenBLAS uses for one product. Set once, explicitly: never left implicit.
+    /// Threads OpenBLAS uses for one product. Set explicitly: never left implicit.
     public static func setThreadCount(_ n: Int) { openblas_set_num_threads(Int32(max(1, n))) }
     public static var threadCount: Int { Int(openblas_get_num_threads()) }
+
+    /// Runs `body` holding the process-wide compute lock, with OpenBLAS set to `threads` threads.
+    ///
+    /// OpenBLAS' thread count is one global setting. A forward pass changes it (attention runs
+    /// single-threaded products on several workers) and relies on it, so passes hold this lock:
+    /// two passes at once would only fight over the same cores anyway. The lock is recursive, so
+    /// kernels that need it can take it again inside a pass.
+    public static func exclusive<T>(threads: Int, _ body: () throws -> T) rethrows -> T {
+        computeLock.lock()
+        defer { computeLock.unlock() }
+        let saved = threadCount
+        if saved != threads { setThreadCount(threads) }
+        defer { if saved != threads { setThreadCount(saved) } }
+        return try body()
+    }
+
+    private static let computeLock = RecursiveMutex()
+}
+
+/// A recursive pthread mutex (GriditTensor does not link Foundation).
+final class RecursiveMutex: @unchecked Sendable {
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+
+    init() {
+        mutex = .allocate(capacity: 1)
+        var attr = pthread_mutexattr_t()
+        pthread_mutexattr_init(&attr)
+        pthread_mutexattr_settype(&attr, Int32(PTHREAD_MUTEX_RECURSIVE))
+        pthread_mutex_init(mutex, &attr)
+        pthread_mutexattr_destroy(&attr)
+    }
+
+    func lock() { pthread_mutex_lock(mutex) }
+    func unlock() { pthread_mutex_unlock(mutex) }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
 }
 
 /// y = x · Wᵀ + b (PyTorch `nn.Linear`), with W in PyTorch's (out, in) layout used in place.
@@ -89,15 +128,20 @@ public func selfAttention(qkv: UnsafePointer<Float>, batch N: Int, tokens T: Int
     precondition(D % NH == 0, "selfAttention: dim \(D) not divisible by heads \(NH)")
     precondition(scores.count >= attentionScratchCount(tokens: T, workers: workers),
                  "selfAttention: scratch of \(scores.count) floats, need \(attentionScratchCount(tokens: T, workers: workers))")
-    let HD = D / NH
-    let ld = Int32(3 * D)
-    let scale = 1 / Float(HD).squareRoot()
+    let scale = 1 / Float(D / NH).squareRoot()
     let tiles = (T + attentionRowTile - 1) / attentionRowTile
     let items = N * NH * tiles
     let workers = max(1, min(workers, items))
-    let blasThreads = BLAS.threadCount
-    if blasThreads != 1 { BLAS.setThreadCount(1) }
-    defer { if blasThreads != 1 { BLAS.setThreadCount(blasThreads) } }
+    BLAS.exclusive(threads: 1) {
+        attentionItems(qkv: qkv, tokens: T, dim: D, heads: NH, tiles: tiles, items: items, workers: workers,
+                       scale: scale, scores: scores, into: out)
+    }
+}
+
+private func attentionItems(qkv: UnsafePointer<Float>, tokens T: Int, dim D: Int, heads NH: Int, tiles: Int, items: Int,
+                            workers: Int, scale: Float, scores: Tensor, into out: UnsafeMutablePointer<Float>) {
+    let HD = D / NH
+    let ld = Int32(3 * D)
     let qkvAddress = Int(bitPattern: qkv), outAddress = Int(bitPattern: out)
     let scoresAddress = Int(bitPattern: scores.mutablePointer)
     DispatchQueue.concurrentPerform(iterations: workers) { worker in

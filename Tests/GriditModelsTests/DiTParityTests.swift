@@ -93,3 +93,30 @@ func halfPrecisionCheckpointsMatchReference(dtype: String) throws {
     let pos = try NPYArray(path: fixture("pos2d.out.npy")).floatTensor()
     #expect(maxAbsDiff(sinCosPositionEmbedding2D(dim: 64, gridH: 4, gridW: 4), pos, "2-D sin-cos") <= 1e-6)
 }
+
+@Test func outputIsBitIdenticalForAnyThreadCount() throws {
+    // DiT-S/2 shapes at a 32 latent (256 tokens): large enough that OpenBLAS does split its
+    // products across threads. Same seed and weights must give the same bytes at 1 and 2 threads.
+    let config = try DiTConfiguration.preset("DiT-S/2", inputSize: 32)
+    var source = TensorDictionary()
+    for (i, b) in DiTWeights.table(config).enumerated() where !b.optional {
+        source.tensors[b.key] = Tensor(seededValues(b.shape.reduce(1, *), seed: UInt64(i), scale: 0.05), shape: b.shape)
+    }
+    let model = try DiT(config: config, source: source)
+    let x = Tensor(seededValues(2 * 4 * 32 * 32, seed: 999, scale: 1), shape: [2, 4, 32, 32])
+    var outputs: [[Float]] = []
+    for threads in [1, 2] {
+        let ws = DiTWorkspace(config: config, batch: 2, workers: threads)
+        outputs.append(try model.forward(x: x, t: [10, 900], workspace: ws).toArray())
+    }
+    #expect(outputs[0].map(\.bitPattern) == outputs[1].map(\.bitPattern))
+}
+
+/// Deterministic values in [-scale, scale) from a linear congruential stream.
+func seededValues(_ count: Int, seed: UInt64, scale: Float) -> [Float] {
+    var s = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+    return (0..<count).map { _ in
+        s = s &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+        return (Float(s >> 40) / Float(1 << 24) * 2 - 1) * scale
+    }
+}
