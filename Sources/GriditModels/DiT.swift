@@ -71,8 +71,8 @@ public final class DiTWorkspace {
     public let batch: Int
     let x, h, qkv, attn, proj, mlp: Tensor            // (N,T,D) (N,T,D) (N,T,3D) (N,T,D) (N,T,D) (N,T,M)
     let scores: Tensor                                // attention scratch, per worker a tile of scores
-    /// Threads of a pass: OpenBLAS threads for the linear layers, and the workers that attention
-    /// spreads its (batch, head, row tile) items over.
+    /// Threads of a pass: the workers that the fixed schedules of the linear layers (row blocks)
+    /// and of attention ((batch, head, row tile) items) are spread over. OpenBLAS runs at 1 thread.
     public let workers: Int
     let patches: Tensor                               // (N*T, Cin*P*P)
     let embedIn: Tensor                               // (N, C+Cc, H, W) when a condition is concatenated
@@ -160,7 +160,9 @@ public struct DiT: Sendable {
         } else {
             try check(condition == nil, "this model takes no condition (condition_channels 0)")
         }
-        return BLAS.exclusive(threads: ws.workers) { run(x: x, t: t, y: y, condition: condition, workspace: ws) }
+        // All parallelism is the workspace's own fixed schedule over single-threaded products (see
+        // `linearRows`), so a sample's output bits do not depend on its batch or the thread count.
+        return BLAS.exclusive(threads: 1) { run(x: x, t: t, y: y, condition: condition, workspace: ws) }
     }
 
     /// The pass itself, on validated inputs, holding the compute lock.
@@ -169,6 +171,11 @@ public struct DiT: Sendable {
         let (N, T, D, M) = (ws.batch, c.tokens, c.hiddenSize, c.mlpHidden)
         let S = c.inputSize
         let w = weights
+        /// y = x · Wᵀ + b over rows that form samples of `segment` rows.
+        func linear(_ x: Tensor, weight: Tensor?, bias: Tensor?, into y: Tensor, segment: Int) {
+            linearRows(x.pointer, rows: x.count / weight!.shape[1], segment: segment, weight: weight!, bias: bias,
+                       workers: ws.workers, into: y.mutablePointer)
+        }
 
         // Patch embedding (+ condition on channels) and position embedding.
         var embedIn = x
@@ -181,17 +188,18 @@ public struct DiT: Sendable {
             }
             embedIn = ws.embedIn
         }
-        patchEmbed(embedIn, patch: c.patchSize, weight: w.xEmbedWeight!, bias: w.xEmbedBias!,
-                   patches: ws.patches.mutablePointer, into: ws.x.mutablePointer)
+        patchify(embedIn, patch: c.patchSize, into: ws.patches.mutablePointer)
+        let xEmbed = w.xEmbedWeight!.reshaped([D, c.embedInChannels * c.patchSize * c.patchSize])
+        linear(ws.patches, weight: xEmbed, bias: w.xEmbedBias, into: ws.x, segment: T)
         for n in 0..<N {
             gateResidualOnes(ws.x.mutablePointer + n * T * D, posEmbed.pointer, count: T * D)
         }
 
         // Conditioning vector c = t_embedder(t) (+ y_embedder(y)), then SiLU(c) for every adaLN.
         timestepEmbedding(t, dim: DiTConfiguration.frequencyDim, into: ws.freq.mutablePointer)
-        linear(ws.freq, weight: w.tEmbed0Weight!, bias: w.tEmbed0Bias!, into: ws.tHidden)
+        linear(ws.freq, weight: w.tEmbed0Weight, bias: w.tEmbed0Bias, into: ws.tHidden, segment: 1)
         silu(ws.tHidden.pointer, count: N * D, into: ws.tHidden.mutablePointer)
-        linear(ws.tHidden, weight: w.tEmbed2Weight!, bias: w.tEmbed2Bias!, into: ws.c)
+        linear(ws.tHidden, weight: w.tEmbed2Weight, bias: w.tEmbed2Bias, into: ws.c, segment: 1)
         if let y, let table = w.yEmbedTable {
             for (n, label) in y.enumerated() {
                 gateResidualOnes(ws.c.mutablePointer + n * D, table.pointer + label * D, count: D)
@@ -201,17 +209,17 @@ public struct DiT: Sendable {
 
         for block in w.blocks {
             // mod (N, 6D) = [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp]
-            linear(ws.cSiLU, weight: block.adaLNWeight!, bias: block.adaLNBias!, into: ws.mod)
+            linear(ws.cSiLU, weight: block.adaLNWeight, bias: block.adaLNBias, into: ws.mod, segment: 1)
             for n in 0..<N {
                 let m = ws.mod.pointer + n * 6 * D
                 let xn = ws.x.mutablePointer + n * T * D
                 let hn = ws.h.mutablePointer + n * T * D
                 layerNormModulate(xn, rows: T, dim: D, shift: m, scale: m + D, into: hn)
             }
-            linear(ws.h, weight: block.qkvWeight!, bias: block.qkvBias!, into: ws.qkv)
+            linear(ws.h, weight: block.qkvWeight, bias: block.qkvBias, into: ws.qkv, segment: T)
             selfAttention(qkv: ws.qkv.pointer, batch: N, tokens: T, dim: D, heads: c.numHeads, workers: ws.workers,
                           scores: ws.scores, into: ws.attn.mutablePointer)
-            linear(ws.attn, weight: block.projWeight!, bias: block.projBias!, into: ws.proj)
+            linear(ws.attn, weight: block.projWeight, bias: block.projBias, into: ws.proj, segment: T)
             for n in 0..<N {
                 let m = ws.mod.pointer + n * 6 * D
                 let xn = ws.x.mutablePointer + n * T * D
@@ -219,9 +227,9 @@ public struct DiT: Sendable {
                 layerNormModulate(xn, rows: T, dim: D, shift: m + 3 * D, scale: m + 4 * D,
                                   into: ws.h.mutablePointer + n * T * D)
             }
-            linear(ws.h, weight: block.fc1Weight!, bias: block.fc1Bias!, into: ws.mlp)
+            linear(ws.h, weight: block.fc1Weight, bias: block.fc1Bias, into: ws.mlp, segment: T)
             geluTanh(ws.mlp.mutablePointer, count: N * T * M)
-            linear(ws.mlp, weight: block.fc2Weight!, bias: block.fc2Bias!, into: ws.proj)
+            linear(ws.mlp, weight: block.fc2Weight, bias: block.fc2Bias, into: ws.proj, segment: T)
             for n in 0..<N {
                 gateResidual(ws.x.mutablePointer + n * T * D, ws.proj.pointer + n * T * D,
                              gate: ws.mod.pointer + n * 6 * D + 5 * D, rows: T, dim: D)
@@ -230,13 +238,13 @@ public struct DiT: Sendable {
 
         // Final layer: adaLN (shift, scale), modulate, linear to P*P*Cout per token, unpatchify.
         let finalMod = Tensor(storage: ws.mod.storage, shape: [N, 2 * D], offset: ws.mod.offset)  // reuses mod
-        linear(ws.cSiLU, weight: w.finalAdaLNWeight!, bias: w.finalAdaLNBias!, into: finalMod)
+        linear(ws.cSiLU, weight: w.finalAdaLNWeight, bias: w.finalAdaLNBias, into: finalMod, segment: 1)
         for n in 0..<N {
             let m = finalMod.pointer + n * 2 * D
             layerNormModulate(ws.x.pointer + n * T * D, rows: T, dim: D, shift: m, scale: m + D,
                               into: ws.h.mutablePointer + n * T * D)
         }
-        linear(ws.h, weight: w.finalLinearWeight!, bias: w.finalLinearBias!, into: ws.finalTokens)
+        linear(ws.h, weight: w.finalLinearWeight, bias: w.finalLinearBias, into: ws.finalTokens, segment: T)
         unpatchify(ws.finalTokens.pointer, batch: N, gridH: c.gridSize, gridW: c.gridSize, patch: c.patchSize,
                    channels: c.outChannels, into: ws.output.mutablePointer)
         return ws.output

@@ -67,6 +67,40 @@ public func linear(_ x: UnsafePointer<Float>, rows M: Int, weight: Tensor, bias:
                 1, x, Int32(K), weight.pointer, Int32(K), beta, y, Int32(N))
 }
 
+/// Rows per work item of `linearRows`: a fixed height, so the work items of a sample do not depend
+/// on the batch it is in or on the number of workers.
+public let linearRowBlock = 128
+
+/// `linear` over `M` rows made of samples of `segment` rows each, as a fixed schedule of
+/// single-threaded products: each sample is cut into blocks of `linearRowBlock` rows (never
+/// crossing a sample boundary), and the blocks are spread over `workers` threads.
+///
+/// Why: OpenBLAS' result bits depend on how a product is partitioned (its own threading, and the
+/// row count of a call). Here every block is the same call whatever the batch composition and
+/// the worker count, so a sample's output is bit-identical in any batch, at any thread count.
+/// Call with OpenBLAS at one thread (`BLAS.exclusive(threads: 1)`).
+public func linearRows(_ x: UnsafePointer<Float>, rows M: Int, segment: Int, weight: Tensor, bias: Tensor?,
+                       workers: Int, into y: UnsafeMutablePointer<Float>) {
+    precondition(segment > 0 && M % segment == 0, "linearRows: \(M) rows are not whole samples of \(segment)")
+    let N = weight.shape[0], K = weight.shape[1]
+    let blocksPerSample = (segment + linearRowBlock - 1) / linearRowBlock
+    let items = M / segment * blocksPerSample
+    let workers = max(1, min(workers, items))
+    let xAddress = Int(bitPattern: x), yAddress = Int(bitPattern: y)
+    let run: @Sendable (Int) -> Void = { worker in
+        let x = UnsafePointer<Float>(bitPattern: xAddress)!, y = UnsafeMutablePointer<Float>(bitPattern: yAddress)!
+        var item = worker
+        while item < items {
+            let (sample, block) = (item / blocksPerSample, item % blocksPerSample)
+            let r0 = sample * segment + block * linearRowBlock
+            let rows = min(linearRowBlock, segment - block * linearRowBlock)
+            linear(x + r0 * K, rows: rows, weight: weight, bias: bias, into: y + r0 * N)
+            item += workers
+        }
+    }
+    if workers == 1 { run(0) } else { DispatchQueue.concurrentPerform(iterations: workers, execute: run) }
+}
+
 /// Tensor form of `linear`: x (..., K) -> y (..., N), rows = every leading dim.
 public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, into y: Tensor) {
     let K = weight.shape[1]
@@ -170,20 +204,16 @@ private func attentionItems(qkv: UnsafePointer<Float>, tokens T: Int, dim D: Int
     }
 }
 
-/// Patch embedding as a matrix product: a conv with kernel = stride = P is im2col + linear.
-/// x: (N, C, H, W); patches: scratch (N*T, C*P*P) with T = (H/P)(W/P), row-major patch order;
-/// weight: (D, C, P, P) as PyTorch stores a Conv2d; bias (D); out: (N, T, D).
-public func patchEmbed(_ x: Tensor, patch P: Int, weight: Tensor, bias: Tensor,
-                       patches: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
-    precondition(x.rank == 4, "patchEmbed: x must be (N, C, H, W), got \(x.shape)")
+/// Patchify (im2col for a conv with kernel = stride = P): x (N, C, H, W) -> patches (N*T, C*P*P),
+/// T = (H/P)(W/P) in row-major patch order; each row is ordered (c, pi, pj) like the flattened
+/// (D, C, P, P) conv weight, so the patch embedding is `linear(patches, weight (D, C*P*P))`.
+public func patchify(_ x: Tensor, patch P: Int, into patches: UnsafeMutablePointer<Float>) {
+    precondition(x.rank == 4, "patchify: x must be (N, C, H, W), got \(x.shape)")
     let (N, C, H, W) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
-    precondition(H % P == 0 && W % P == 0, "patchEmbed: \(H)x\(W) not divisible by patch \(P)")
-    precondition(weight.shape == [weight.shape[0], C, P, P], "patchEmbed: weight \(weight.shape) vs C=\(C) P=\(P)")
+    precondition(H % P == 0 && W % P == 0, "patchify: \(H)x\(W) not divisible by patch \(P)")
     let (h, w) = (H / P, W / P)
     let K = C * P * P
     let src = x.pointer
-    // patches[(n, i, j), (c, pi, pj)] = x[n, c, i*P+pi, j*P+pj]: the column order matches the
-    // flattened (C, P, P) conv weight.
     for n in 0..<N {
         for i in 0..<h {
             for j in 0..<w {
@@ -197,7 +227,17 @@ public func patchEmbed(_ x: Tensor, patch P: Int, weight: Tensor, bias: Tensor,
             }
         }
     }
-    linear(patches, rows: N * h * w, weight: weight.reshaped([weight.shape[0], K]), bias: bias, into: out)
+}
+
+/// Patch embedding: patchify + linear. x: (N, C, H, W); weight (D, C, P, P) as PyTorch stores a
+/// Conv2d; bias (D); patches: scratch (N*T, C*P*P); out: (N, T, D).
+public func patchEmbed(_ x: Tensor, patch P: Int, weight: Tensor, bias: Tensor,
+                       patches: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+    let C = x.shape[1]
+    precondition(weight.shape == [weight.shape[0], C, P, P], "patchEmbed: weight \(weight.shape) vs C=\(C) P=\(P)")
+    patchify(x, patch: P, into: patches)
+    let rows = x.shape[0] * (x.shape[2] / P) * (x.shape[3] / P)
+    linear(patches, rows: rows, weight: weight.reshaped([weight.shape[0], C * P * P]), bias: bias, into: out)
 }
 
 /// Inverse of patchify for the model output: tokens (N, T, P*P*C) -> image (N, C, H, W) with
