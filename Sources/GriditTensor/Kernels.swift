@@ -67,13 +67,15 @@ public func linear(_ x: UnsafePointer<Float>, rows M: Int, weight: Tensor, bias:
                 1, x, Int32(K), weight.pointer, Int32(K), beta, y, Int32(N))
 }
 
-/// Rows per work item of `linearRows`: a fixed height, so the work items of a sample do not depend
-/// on the batch it is in or on the number of workers.
-public let linearRowBlock = 128
+/// Rows per work item of `linearRows` for samples of `segment` rows: a function of the sample size
+/// only, so the work items of a sample never depend on the batch it is in or on the thread count.
+/// Larger blocks re-pack each weight matrix less often; 128 keeps two blocks for 256-token models.
+/// Changing this changes output bits: outputs are reproducible for a given value.
+public func linearRowBlock(segment: Int) -> Int { segment <= 512 ? 128 : 256 }
 
 /// `linear` over `M` rows made of samples of `segment` rows each, as a fixed schedule of
-/// single-threaded products: each sample is cut into blocks of `linearRowBlock` rows (never
-/// crossing a sample boundary), and the blocks are spread over `workers` threads.
+/// single-threaded products: each sample is cut into blocks of `linearRowBlock(segment:)` rows
+/// (never crossing a sample boundary), and the blocks are spread over `workers` threads.
 ///
 /// Why: OpenBLAS' result bits depend on how a product is partitioned (its own threading, and the
 /// row count of a call). Here every block is the same call whatever the batch composition and
@@ -83,7 +85,8 @@ public func linearRows(_ x: UnsafePointer<Float>, rows M: Int, segment: Int, wei
                        workers: Int, into y: UnsafeMutablePointer<Float>) {
     precondition(segment > 0 && M % segment == 0, "linearRows: \(M) rows are not whole samples of \(segment)")
     let N = weight.shape[0], K = weight.shape[1]
-    let blocksPerSample = (segment + linearRowBlock - 1) / linearRowBlock
+    let rowBlock = linearRowBlock(segment: segment)
+    let blocksPerSample = (segment + rowBlock - 1) / rowBlock
     let items = M / segment * blocksPerSample
     let workers = max(1, min(workers, items))
     let xAddress = Int(bitPattern: x), yAddress = Int(bitPattern: y)
@@ -92,8 +95,8 @@ public func linearRows(_ x: UnsafePointer<Float>, rows M: Int, segment: Int, wei
         var item = worker
         while item < items {
             let (sample, block) = (item / blocksPerSample, item % blocksPerSample)
-            let r0 = sample * segment + block * linearRowBlock
-            let rows = min(linearRowBlock, segment - block * linearRowBlock)
+            let r0 = sample * segment + block * rowBlock
+            let rows = min(rowBlock, segment - block * rowBlock)
             linear(x + r0 * K, rows: rows, weight: weight, bias: bias, into: y + r0 * N)
             item += workers
         }

@@ -1,1 +1,0 @@
-// Diffusion schedule, samplers, counter-based noise and grid layout (GriDiT sampling core).

@@ -1,0 +1,156 @@
+// One reverse-diffusion step on float32 tensors (method spec §4): p_mean_variance for an
+// epsilon-predicting model, the ancestral DDPM step and the DDIM step.
+//
+// Coefficients are taken from the Double arrays of `GaussianDiffusion` and cast to Float, then all
+// arithmetic is float32, element by element, in the reference's order of operations.
+// Every function writes into caller-owned tensors and allocates nothing; `into` may be `x` itself.
+import GriditTensor
+import Glibc
+
+/// Float32 coefficients of one spaced step k.
+struct StepCoefficients {
+    let sqrtRecip, sqrtRecipm1, coef1, coef2: Float
+    let minLog, maxLog, fixedLog: Float
+    let alphaBar, alphaBarPrev: Float
+}
+
+extension GaussianDiffusion {
+    func coefficients(_ k: Int, variance: VarianceType) -> StepCoefficients {
+        let fixed: Double = switch variance {
+        case .learnedRange, .fixedSmall: posteriorLogVarianceClipped[k]
+        case .fixedLarge: fixedLargeLogVariance[k]
+        }
+        return StepCoefficients(
+            sqrtRecip: Float(sqrtRecipAlphasCumprod[k]), sqrtRecipm1: Float(sqrtRecipm1AlphasCumprod[k]),
+            coef1: Float(posteriorMeanCoef1[k]), coef2: Float(posteriorMeanCoef2[k]),
+            minLog: Float(posteriorLogVarianceClipped[k]), maxLog: Float(logBetas[k]),
+            fixedLog: Float(fixed),
+            alphaBar: Float(alphasCumprod[k]), alphaBarPrev: Float(alphasCumprodPrev[k]))
+    }
+
+    /// Checks x (N, C, H, W) against the model output (N, C or 2C, H, W) and returns (N, C·H·W); the optional tensors must be shaped like x.
+    func checkShapes(x: Tensor, modelOutput: Tensor, k: Int, variance: VarianceType,
+                     _ a: Tensor?, _ b: Tensor?, _ third: Tensor? = nil) throws -> (n: Int, inner: Int) {
+        guard (0..<count).contains(k) else { throw DiffusionError.invalidStep(k, count: count) }
+        guard x.rank >= 2 else { throw DiffusionError.shapeMismatch("x must be (N, C, …), got \(x.shape)") }
+        let n = x.shape[0], c = x.shape[1]
+        let channels = variance == .learnedRange ? 2 * c : c
+        var expected = x.shape
+        expected[1] = channels
+        guard modelOutput.shape == expected else {
+            throw DiffusionError.shapeMismatch("model output \(modelOutput.shape), expected \(expected) for \(variance)")
+        }
+        func same(_ t: Tensor?) throws {
+            if let t, t.shape != x.shape { throw DiffusionError.shapeMismatch("\(t.shape) vs x \(x.shape)") }
+        }
+        try same(a)
+        try same(b)
+        try same(third)
+        return (n, x.count / max(n, 1))
+    }
+
+    /// p(x_{k−1} | x_k): the predicted x0, the posterior mean and its log variance, written into
+    /// `predX0`, `mean`, `logVariance` (each shaped like x).
+    ///
+    /// x: (N, C, H, W); modelOutput: (N, 2C, H, W) for `.learnedRange` (ε then v), (N, C, H, W)
+    /// otherwise. `clipDenoised` clamps x0 to [-1, 1] (off in every official script).
+    public func pMeanVariance(x: Tensor, modelOutput: Tensor, k: Int, variance: VarianceType = .learnedRange,
+                              clipDenoised: Bool = false,
+                              predX0: Tensor, mean: Tensor, logVariance: Tensor) throws {
+        let (n, inner) = try checkShapes(x: x, modelOutput: modelOutput, k: k, variance: variance,
+                                         predX0, mean, logVariance)
+        let cf = coefficients(k, variance: variance)
+        let learned = variance == .learnedRange
+        let xs = x.pointer, out = modelOutput.pointer
+        let x0p = predX0.mutablePointer, mp = mean.mutablePointer, lp = logVariance.mutablePointer
+        for b in 0..<n {
+            let eps = out + b * (learned ? 2 : 1) * inner
+            let v = eps + inner
+            let base = b * inner
+            for i in 0..<inner {
+                let xi = xs[base + i]
+                var x0 = cf.sqrtRecip * xi - cf.sqrtRecipm1 * eps[i]
+                if clipDenoised { x0 = min(max(x0, -1), 1) }
+                let logVar: Float
+                if learned {
+                    let frac = (v[i] + 1) / 2
+                    logVar = frac * cf.maxLog + (1 - frac) * cf.minLog
+                } else {
+                    logVar = cf.fixedLog
+                }
+                x0p[base + i] = x0
+                mp[base + i] = cf.coef1 * x0 + cf.coef2 * xi
+                lp[base + i] = logVar
+            }
+        }
+    }
+
+    /// Ancestral DDPM step: x_{k−1} = mean + [k ≠ 0]·exp(½·logvar)·z, into `into` (may be x).
+    /// `noise` z is shaped like x; it is not read at k = 0 and may then be nil.
+    public func pSample(x: Tensor, modelOutput: Tensor, k: Int, noise: Tensor?, into: Tensor,
+                        variance: VarianceType = .learnedRange, clipDenoised: Bool = false) throws {
+        let (n, inner) = try checkShapes(x: x, modelOutput: modelOutput, k: k, variance: variance,
+                                         noise, into)
+        if k != 0 && noise == nil { throw DiffusionError.shapeMismatch("noise is required at k = \(k)") }
+        let cf = coefficients(k, variance: variance)
+        let learned = variance == .learnedRange
+        let xs = x.pointer, out = modelOutput.pointer, dst = into.mutablePointer
+        let z = k != 0 ? noise!.pointer : nil
+        for b in 0..<n {
+            let eps = out + b * (learned ? 2 : 1) * inner
+            let v = eps + inner
+            let base = b * inner
+            for i in 0..<inner {
+                let xi = xs[base + i]
+                var x0 = cf.sqrtRecip * xi - cf.sqrtRecipm1 * eps[i]
+                if clipDenoised { x0 = min(max(x0, -1), 1) }
+                let mean = cf.coef1 * x0 + cf.coef2 * xi
+                if let z {
+                    let logVar: Float
+                    if learned {
+                        let frac = (v[i] + 1) / 2
+                        logVar = frac * cf.maxLog + (1 - frac) * cf.minLog
+                    } else {
+                        logVar = cf.fixedLog
+                    }
+                    dst[base + i] = mean + expf(0.5 * logVar) * z[base + i]
+                } else {
+                    dst[base + i] = mean
+                }
+            }
+        }
+    }
+
+    /// DDIM step with `eta` (0: deterministic, 1: DDPM-like variance), into `into` (may be x):
+    /// ε is re-derived from x0, σ = η·sqrt((1−ᾱ_prev)/(1−ᾱ))·sqrt(1−ᾱ/ᾱ_prev),
+    /// x_{k−1} = x0·sqrt(ᾱ_prev) + sqrt(1−ᾱ_prev−σ²)·ε + [k ≠ 0]·σ·z.
+    /// The variance channels of a learned-sigma model are ignored (pass `.learnedRange` so the
+    /// output's channel count is checked; the fixed variances behave the same here).
+    public func ddimSample(x: Tensor, modelOutput: Tensor, k: Int, eta: Float, noise: Tensor?, into: Tensor,
+                           variance: VarianceType = .learnedRange, clipDenoised: Bool = false) throws {
+        let (n, inner) = try checkShapes(x: x, modelOutput: modelOutput, k: k, variance: variance,
+                                         noise, into)
+        let useNoise = k != 0 && eta != 0
+        if useNoise && noise == nil { throw DiffusionError.shapeMismatch("noise is required at k = \(k) with eta \(eta)") }
+        let cf = coefficients(k, variance: variance)
+        let learned = variance == .learnedRange
+        let ab = cf.alphaBar, abPrev = cf.alphaBarPrev
+        let sigma = eta * ((1 - abPrev) / (1 - ab)).squareRoot() * (1 - ab / abPrev).squareRoot()
+        let sqrtAbPrev = abPrev.squareRoot()
+        let dirCoef = (1 - abPrev - sigma * sigma).squareRoot()
+        let xs = x.pointer, out = modelOutput.pointer, dst = into.mutablePointer
+        let z = useNoise ? noise!.pointer : nil
+        for b in 0..<n {
+            let epsIn = out + b * (learned ? 2 : 1) * inner
+            let base = b * inner
+            for i in 0..<inner {
+                let xi = xs[base + i]
+                var x0 = cf.sqrtRecip * xi - cf.sqrtRecipm1 * epsIn[i]
+                if clipDenoised { x0 = min(max(x0, -1), 1) }
+                let eps = (cf.sqrtRecip * xi - x0) / cf.sqrtRecipm1
+                let meanPred = x0 * sqrtAbPrev + dirCoef * eps
+                dst[base + i] = z.map { meanPred + sigma * $0[base + i] } ?? meanPred
+            }
+        }
+    }
+}

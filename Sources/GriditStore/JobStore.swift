@@ -1,0 +1,165 @@
+import Foundation
+
+/// What a client asks to run. `submit` validates it and creates the `job` row.
+public struct JobSubmission: Hashable, Sendable {
+    /// Generation parameters as a JSON text (validated as JSON, otherwise opaque to the store).
+    public var params: String
+    /// Number of frames (> 0).
+    public var length: Int
+    public var priority: Int
+    /// Same owner + same key ⇒ the existing job is returned instead of a new one.
+    public var idempotencyKey: String?
+    public var maxAttempts: Int
+    public var pipelineDigest: String?
+    /// Earliest start; nil means now.
+    public var notBefore: Date?
+
+    public init(
+        params: String, length: Int, priority: Int = 0, idempotencyKey: String? = nil,
+        maxAttempts: Int = 3, pipelineDigest: String? = nil, notBefore: Date? = nil
+    ) {
+        self.params = params
+        self.length = length
+        self.priority = priority
+        self.idempotencyKey = idempotencyKey
+        self.maxAttempts = maxAttempts
+        self.pipelineDigest = pipelineDigest
+        self.notBefore = notBefore
+    }
+}
+
+public struct SubmitResult: Hashable, Sendable {
+    public var job: Job
+    /// True when an earlier submit with the same owner and idempotency key created `job`.
+    public var deduplicated: Bool
+
+    public init(job: Job, deduplicated: Bool) {
+        self.job = job
+        self.deduplicated = deduplicated
+    }
+}
+
+/// A claimed job and the fencing token every later write for it must carry.
+public struct ClaimedJob: Hashable, Sendable {
+    public var job: Job
+    public var token: LeaseToken
+
+    public init(job: Job, token: LeaseToken) {
+        self.job = job
+        self.token = token
+    }
+}
+
+/// Returned to a worker by `heartbeat` and `saveProgress`.
+public struct LeaseStatus: Hashable, Sendable {
+    /// A user asked to cancel: stop at the next step boundary and call `acknowledgeCancel`.
+    public var cancelRequested: Bool
+    public var leaseExpiresAt: Date
+
+    public init(cancelRequested: Bool, leaseExpiresAt: Date) {
+        self.cancelRequested = cancelRequested
+        self.leaseExpiresAt = leaseExpiresAt
+    }
+}
+
+public struct JobFilter: Hashable, Sendable {
+    /// Empty means every state.
+    public var states: Set<JobState>
+    public var ownerUID: UInt32?
+    /// At most this many jobs, ordered by id (newest last).
+    public var limit: Int
+
+    public init(states: Set<JobState> = [], ownerUID: UInt32? = nil, limit: Int = 1000) {
+        self.states = states
+        self.ownerUID = ownerUID
+        self.limit = limit
+    }
+}
+
+/// A job deleted by `prune`; the caller removes `outputDir` from disk.
+public struct PrunedJob: Hashable, Sendable {
+    public var id: Int64
+    public var state: JobState
+    public var outputDir: String?
+
+    public init(id: Int64, state: JobState, outputDir: String?) {
+        self.id = id
+        self.state = state
+        self.outputDir = outputDir
+    }
+}
+
+/// The durable job queue, independent of the database behind it.
+///
+/// The methods are `async` because a store's work is I/O that must not hold one of the two
+/// cooperative threads on the target machine: GRDB runs it on its own serial writer queue (and
+/// `synchronous = FULL` fsyncs each commit), and a future PostgreSQL backend (D7) is async by
+/// nature, so the same protocol and conformance suite serve both.
+///
+/// Every method takes the clock as `now` (the daemon passes `Date()`, tests pass fixed instants),
+/// applies the rules of `JobStateMachine`, and throws only `StoreError` (typed throws). Each method is one
+/// transaction. Worker writes (`heartbeat`, `saveProgress`, `complete`, `fail`,
+/// `acknowledgeCancel`, `releaseLease`) are fenced by the lease token: a stale worker gets
+/// `leaseLost` (job still live) or `invalidTransition` (job already terminal) and changes nothing.
+public protocol JobStore: Sendable {
+    /// Creates a queued job, or returns the existing one for a repeated (owner, idempotency key),
+    /// whatever its state. Throws `queueFull` when queued + retryable + running >= `maxQueued`.
+    func submit(_ submission: JobSubmission, owner: UInt32, maxQueued: Int, now: Date) async throws(StoreError) -> SubmitResult
+
+    /// Atomically takes the highest-priority (FIFO within a priority) claimable job whose
+    /// `notBefore <= now`, unless the queue is paused. Nil when there is nothing to run.
+    func claim(workerID: String, leaseDuration: TimeInterval, now: Date) async throws(StoreError) -> ClaimedJob?
+
+    /// Extends the lease to `now + leaseDuration`. Call about every `leaseDuration / 3`.
+    func heartbeat(id: Int64, token: LeaseToken, leaseDuration: TimeInterval, now: Date) async throws(StoreError) -> LeaseStatus
+
+    /// Records progress (the resume point after a crash). Does not extend the lease.
+    func saveProgress(id: Int64, token: LeaseToken, progress: JobProgress, now: Date) async throws(StoreError) -> LeaseStatus
+
+    /// `running → succeeded`. Commit point of the job: write the files first, then call this.
+    func complete(id: Int64, token: LeaseToken, outputDir: String, now: Date) async throws(StoreError) -> Job
+
+    /// Records the error in the history; `retryable` with attempts left → `retryable` after a
+    /// backoff, otherwise → `failed` (→ `canceled` if a cancel was requested meanwhile).
+    func fail(
+        id: Int64, token: LeaseToken, errorClass: String, message: String, retryable: Bool, now: Date
+    ) async throws(StoreError) -> Job
+
+    /// The worker stopped because `cancelRequested` was set: `running → canceled`.
+    func acknowledgeCancel(id: Int64, token: LeaseToken, now: Date) async throws(StoreError) -> Job
+
+    /// Graceful shutdown: `running → queued` at its saved progress, no crash counted.
+    func releaseLease(id: Int64, token: LeaseToken, now: Date) async throws(StoreError) -> Job
+
+    /// `queued`/`retryable → canceled` at once; `running` → `cancelRequested` (the worker sees it
+    /// in `heartbeat`/`saveProgress`). Only the owner or an admin; others get `forbidden`.
+    func cancel(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StoreError) -> Job
+
+    /// `failed`/`canceled`/`dead → queued` with attempts and crashes reset and progress kept.
+    /// Only the owner or an admin.
+    func retry(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StoreError) -> Job
+
+    /// Running jobs whose lease expired (`leaseExpiresAt <= now`) count a crash and go back to
+    /// `queued` (resuming from their progress), or to `dead` at `RetryPolicy.maxCrashes`.
+    /// Returns the recovered jobs as they are now.
+    func recoverExpiredLeases(now: Date) async throws(StoreError) -> [Job]
+
+    /// At daemon start, under the state directory lock: every `running` job is orphaned whatever
+    /// its lease says; same outcome as `recoverExpiredLeases`.
+    func recoverOrphanedJobs(now: Date) async throws(StoreError) -> [Job]
+
+    /// Persisted: a paused queue accepts submits but `claim` returns nil.
+    func setPaused(_ paused: Bool) async throws(StoreError)
+    func isPaused() async throws(StoreError) -> Bool
+
+    /// The job with its queue position. Throws `notFound`.
+    func get(id: Int64) async throws(StoreError) -> Job
+    /// Jobs by id, with queue positions for waiting jobs.
+    func list(_ filter: JobFilter) async throws(StoreError) -> [Job]
+    /// The job's error history, oldest first. Throws `notFound`.
+    func errors(id: Int64) async throws(StoreError) -> [JobErrorRecord]
+
+    /// Deletes terminal jobs finished at or before `now - olderThan` (and their error history).
+    /// Returns them so that the caller deletes their output directories.
+    func prune(olderThan: TimeInterval, now: Date) async throws(StoreError) -> [PrunedJob]
+}

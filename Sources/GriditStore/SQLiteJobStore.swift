@@ -1,0 +1,467 @@
+import Foundation
+import GRDB
+
+/// `JobStore` on one SQLite file through a GRDB `DatabasePool`.
+///
+/// Connection settings: WAL (the pool's mode: readers never block the writer), `synchronous =
+/// FULL` (a commit survives power loss), foreign keys on, a busy timeout. Every write is one
+/// `BEGIN IMMEDIATE` transaction, so a write never upgrades a read lock midway and never gets a
+/// late `SQLITE_BUSY`. Reads run in snapshot transactions on reader connections.
+///
+/// Open one store per file per process (GRDB rule 1), after taking the `StateDirectoryLock`.
+/// Opening applies any pending migrations and refuses (`schemaTooNew`) a database that records
+/// a migration this binary does not know.
+public final class SQLiteJobStore: JobStore {
+    public let path: String
+    public let machine: JobStateMachine
+    private let pool: DatabasePool
+
+    /// - Parameters:
+    ///   - path: the database file, normally `<stateDir>/jobs.sqlite`; created if missing.
+    ///   - busyTimeout: how long a connection waits on another's lock before `busy`.
+    ///   - migrations: the schema to apply; leave the default (`SchemaMigration.all`) outside tests.
+    public init(
+        path: String, policy: RetryPolicy = RetryPolicy(), busyTimeout: TimeInterval = 5,
+        migrations: [SchemaMigration] = SchemaMigration.all
+    ) throws(StoreError) {
+        self.path = path
+        self.machine = JobStateMachine(policy: policy)
+        var config = Configuration()
+        config.foreignKeysEnabled = true
+        config.busyMode = .timeout(busyTimeout)
+        config.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+        }
+        do {
+            pool = try DatabasePool(path: path, configuration: config)
+            // GRDB sets `synchronous = NORMAL` on the writer when it enables WAL, after
+            // prepareDatabase; the writer is one long-lived connection, so set FULL on it here.
+            try pool.writeWithoutTransaction { db in
+                try db.execute(sql: "PRAGMA synchronous = FULL")
+            }
+            let known = Set(migrations.map(\.identifier))
+            let unknown = try pool.writeWithoutTransaction { db -> [String] in
+                guard try db.tableExists("grdb_migrations") else { return [] }
+                return try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations ORDER BY identifier")
+                    .filter { !known.contains($0) }
+            }
+            guard unknown.isEmpty else {
+                throw StoreError(
+                    .schemaTooNew,
+                    "the job database \(path) was migrated by a newer griditd (unknown migrations: "
+                        + unknown.joined(separator: ", ") + "; this binary knows up to "
+                        + (migrations.last?.identifier ?? "none")
+                        + "). Run the newer griditd, or point --state-dir at another directory")
+            }
+            try SchemaMigration.migrator(migrations).migrate(pool)
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            let translated = Self.translate(error)
+            throw StoreError(translated.code, "opening the job database \(path): \(translated.message)")
+        }
+    }
+
+    /// Closes every connection; later calls fail.
+    public func close() throws(StoreError) {
+        do { try pool.close() } catch { throw Self.translate(error) }
+    }
+
+    /// Migration identifiers recorded in the database, in the order applied.
+    public func appliedMigrations() throws(StoreError) -> [String] {
+        do {
+            return try pool.read { db in
+                try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations ORDER BY rowid")
+            }
+        } catch { throw Self.translate(error) }
+    }
+
+    /// The writer connection's `journal_mode`, `synchronous`, `foreign_keys` and `busy_timeout`.
+    public func connectionSettings() throws(StoreError) -> [String: String] {
+        do {
+            return try pool.writeWithoutTransaction { db in
+                var settings: [String: String] = [:]
+                for name in ["journal_mode", "synchronous", "foreign_keys", "busy_timeout"] {
+                    settings[name] = try String.fetchOne(db, sql: "PRAGMA \(name)")
+                }
+                return settings
+            }
+        } catch { throw Self.translate(error) }
+    }
+
+    // MARK: - JobStore
+
+    public func submit(_ submission: JobSubmission, owner: UInt32, maxQueued: Int, now: Date) async throws(StoreError) -> SubmitResult {
+        guard submission.length > 0, submission.maxAttempts >= 1 else {
+            throw StoreError(.invalidArgument, "length (\(submission.length)) and maxAttempts (\(submission.maxAttempts)) must be at least 1")
+        }
+        if let key = submission.idempotencyKey, key.isEmpty || key.utf8.count > 200 {
+            throw StoreError(.invalidArgument, "an idempotency key must be 1 to 200 bytes long")
+        }
+        let nowMs = now.unixMillis
+        return try await write { db in
+            guard try Bool.fetchOne(db, sql: "SELECT json_valid(?)", arguments: [submission.params]) == true else {
+                throw StoreError(.invalidArgument, "params must be a JSON text")
+            }
+            if let key = submission.idempotencyKey,
+               let id = try Int64.fetchOne(
+                   db, sql: "SELECT id FROM job WHERE owner_uid = ? AND idempotency_key = ?",
+                   arguments: [Int64(owner), key])
+            {
+                return SubmitResult(job: try Self.fetchJob(db, id: id), deduplicated: true)
+            }
+            let live = try Int.fetchOne(
+                db, sql: "SELECT count(*) FROM job WHERE state IN ('queued', 'retryable', 'running')") ?? 0
+            guard live < maxQueued else {
+                throw StoreError(
+                    .queueFull,
+                    "the queue is full (\(live) queued or running jobs, max_queued \(maxQueued)); "
+                        + "wait for jobs to finish, cancel some, or raise max_queued")
+            }
+            let id = try Int64.fetchOne(
+                db,
+                sql: """
+                    INSERT INTO job (owner_uid, idempotency_key, state, priority, params, pipeline_digest,
+                                     length, created_at, updated_at, max_attempts, not_before)
+                    VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)
+                    RETURNING id
+                    """,
+                arguments: [
+                    Int64(owner), submission.idempotencyKey, submission.priority, submission.params,
+                    submission.pipelineDigest, submission.length, nowMs, nowMs, submission.maxAttempts,
+                    submission.notBefore?.unixMillis ?? nowMs,
+                ])!
+            return SubmitResult(job: try Self.fetchJob(db, id: id), deduplicated: false)
+        }
+    }
+
+    public func claim(workerID: String, leaseDuration: TimeInterval, now: Date) async throws(StoreError) -> ClaimedJob? {
+        guard !workerID.isEmpty, leaseDuration > 0, leaseDuration.isFinite else {
+            throw StoreError(.invalidArgument, "claim needs a non-empty worker id and a positive lease (got \"\(workerID)\", \(leaseDuration) s)")
+        }
+        let token = LeaseToken.random()
+        let nowMs = now.unixMillis
+        let expiresMs = now.addingTimeInterval(leaseDuration).unixMillis
+        return try await write { db in
+            // One statement: pick and take the job atomically (mirrors JobEvent.claim).
+            let row = try Row.fetchOne(
+                db,
+                sql: """
+                    UPDATE job
+                       SET state = 'running', attempt = attempt + 1, lease_owner = :worker,
+                           lease_token = :token, lease_expires_at = :expires,
+                           started_at = coalesce(started_at, :now), updated_at = :now
+                     WHERE id = (SELECT id FROM job
+                                  WHERE state IN ('queued', 'retryable') AND not_before <= :now
+                                    AND (SELECT paused FROM queue_state WHERE id = 1) = 0
+                                  ORDER BY priority DESC, id
+                                  LIMIT 1)
+                    RETURNING *
+                    """,
+                arguments: ["worker": workerID, "token": token.rawValue, "expires": expiresMs, "now": nowMs])
+            guard let row else { return nil }
+            return ClaimedJob(job: try Self.decodeJob(row), token: token)
+        }
+    }
+
+    public func heartbeat(id: Int64, token: LeaseToken, leaseDuration: TimeInterval, now: Date) async throws(StoreError) -> LeaseStatus {
+        let job = try await transition(id, .heartbeat(token: token, leaseDuration: leaseDuration), now: now)
+        return LeaseStatus(cancelRequested: job.cancelRequested, leaseExpiresAt: job.leaseExpiresAt ?? now)
+    }
+
+    public func saveProgress(id: Int64, token: LeaseToken, progress: JobProgress, now: Date) async throws(StoreError) -> LeaseStatus {
+        let job = try await transition(id, .saveProgress(token: token, progress: progress), now: now)
+        return LeaseStatus(cancelRequested: job.cancelRequested, leaseExpiresAt: job.leaseExpiresAt ?? now)
+    }
+
+    public func complete(id: Int64, token: LeaseToken, outputDir: String, now: Date) async throws(StoreError) -> Job {
+        try await transition(id, .succeed(token: token, outputDir: outputDir), now: now)
+    }
+
+    public func fail(
+        id: Int64, token: LeaseToken, errorClass: String, message: String, retryable: Bool, now: Date
+    ) async throws(StoreError) -> Job {
+        try await transition(
+            id, .fail(token: token, errorClass: errorClass, message: message, retryable: retryable), now: now)
+    }
+
+    public func acknowledgeCancel(id: Int64, token: LeaseToken, now: Date) async throws(StoreError) -> Job {
+        try await transition(id, .acknowledgeCancel(token: token), now: now)
+    }
+
+    public func releaseLease(id: Int64, token: LeaseToken, now: Date) async throws(StoreError) -> Job {
+        try await transition(id, .releaseLease(token: token), now: now)
+    }
+
+    public func cancel(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StoreError) -> Job {
+        try await transition(id, .cancel, now: now) { job in
+            try Self.authorize(job, requesterUID: requesterUID, isAdmin: isAdmin, action: "cancel")
+        }
+    }
+
+    public func retry(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StoreError) -> Job {
+        try await transition(id, .retry, now: now) { job in
+            try Self.authorize(job, requesterUID: requesterUID, isAdmin: isAdmin, action: "retry")
+        }
+    }
+
+    public func recoverExpiredLeases(now: Date) async throws(StoreError) -> [Job] {
+        try await recover(.leaseExpired, now: now)
+    }
+
+    public func recoverOrphanedJobs(now: Date) async throws(StoreError) -> [Job] {
+        try await recover(.orphaned, now: now)
+    }
+
+    public func setPaused(_ paused: Bool) async throws(StoreError) {
+        try await write { db in
+            try db.execute(sql: "UPDATE queue_state SET paused = ? WHERE id = 1", arguments: [paused ? 1 : 0])
+        }
+    }
+
+    public func isPaused() async throws(StoreError) -> Bool {
+        try await read { db in
+            try Int.fetchOne(db, sql: "SELECT paused FROM queue_state WHERE id = 1") == 1
+        }
+    }
+
+    public func get(id: Int64) async throws(StoreError) -> Job {
+        try await read { db in try Self.fetchJob(db, id: id) }
+    }
+
+    public func list(_ filter: JobFilter) async throws(StoreError) -> [Job] {
+        var conditions: [String] = []
+        var arguments: StatementArguments = []
+        if !filter.states.isEmpty {
+            let states = filter.states.map(\.rawValue).sorted()
+            conditions.append("job.state IN (\(Array(repeating: "?", count: states.count).joined(separator: ", ")))")
+            arguments += StatementArguments(states)
+        }
+        if let owner = filter.ownerUID {
+            conditions.append("job.owner_uid = ?")
+            arguments += [Int64(owner)]
+        }
+        arguments += [max(0, filter.limit)]
+        let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+        let sql = Self.selectWithPosition + " \(whereClause) ORDER BY job.id LIMIT ?"
+        let finalArguments = arguments
+        return try await read { db in
+            try Row.fetchAll(db, sql: sql, arguments: finalArguments).map(Self.decodeJob)
+        }
+    }
+
+    public func errors(id: Int64) async throws(StoreError) -> [JobErrorRecord] {
+        try await read { db in
+            guard try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM job WHERE id = ?)", arguments: [id]) == true else {
+                throw Self.notFound(id)
+            }
+            return try Row.fetchAll(
+                db, sql: "SELECT * FROM job_error WHERE job_id = ? ORDER BY at, rowid", arguments: [id]
+            ).map { row in
+                JobErrorRecord(
+                    jobID: row["job_id"], attempt: row["attempt"], at: Date(unixMillis: row["at"]),
+                    errorClass: row["class"], message: row["message"])
+            }
+        }
+    }
+
+    public func prune(olderThan: TimeInterval, now: Date) async throws(StoreError) -> [PrunedJob] {
+        let cutoff = now.addingTimeInterval(-olderThan).unixMillis
+        let terminal = JobState.terminal.map { "'\($0.rawValue)'" }.joined(separator: ", ")
+        let machine = self.machine
+        return try await write { db in
+            let rows = try Row.fetchAll(
+                db,
+                sql: "SELECT * FROM job WHERE state IN (\(terminal)) AND finished_at <= ? ORDER BY id",
+                arguments: [cutoff])
+            var pruned: [PrunedJob] = []
+            for row in rows {
+                let job = try Self.decodeJob(row)
+                let transition = try machine.apply(.prune, to: job, now: now)
+                try Self.apply(transition, db)
+                pruned.append(PrunedJob(id: job.id, state: job.state, outputDir: job.outputDir))
+            }
+            return pruned
+        }
+    }
+
+    // MARK: - Transactions
+
+    /// Runs `body` in one `BEGIN IMMEDIATE` transaction on the writer, translating errors.
+    private func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(StoreError) -> T {
+        do {
+            return try await pool.writeWithoutTransaction { db in
+                var result: T?
+                try db.inTransaction(.immediate) {
+                    result = try body(db)
+                    return .commit
+                }
+                return result!
+            }
+        } catch {
+            throw Self.translate(error)
+        }
+    }
+
+    private func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(StoreError) -> T {
+        do {
+            return try await pool.read(body)
+        } catch {
+            throw Self.translate(error)
+        }
+    }
+
+    /// Read the row, apply `event` with the state machine, write the result: one transaction.
+    private func transition(
+        _ id: Int64, _ event: JobEvent, now: Date,
+        authorize: (@Sendable (Job) throws -> Void)? = nil
+    ) async throws(StoreError) -> Job {
+        let machine = self.machine
+        let now = Date(unixMillis: now.unixMillis)  // the columns' resolution, so SQL and Swift agree
+        return try await write { db in
+            let job = try Self.fetchJob(db, id: id)
+            try authorize?(job)
+            let transition = try machine.apply(event, to: job, now: now)
+            try Self.apply(transition, db)
+            return try Self.fetchJob(db, id: id)
+        }
+    }
+
+    private func recover(_ event: JobEvent, now: Date) async throws(StoreError) -> [Job] {
+        let machine = self.machine
+        let nowMs = now.unixMillis
+        let now = Date(unixMillis: nowMs)  // the columns' resolution, so SQL and Swift agree
+        return try await write { db in
+            let sql = event == .orphaned
+                ? "SELECT * FROM job WHERE state = 'running' ORDER BY id"
+                : "SELECT * FROM job WHERE state = 'running' AND lease_expires_at <= ? ORDER BY id"
+            let rows = try Row.fetchAll(db, sql: sql, arguments: event == .orphaned ? [] : [nowMs])
+            var recovered: [Job] = []
+            for row in rows {
+                let transition = try machine.apply(event, to: try Self.decodeJob(row), now: now)
+                try Self.apply(transition, db)
+                recovered.append(transition.job)
+            }
+            return recovered
+        }
+    }
+
+    private static func authorize(_ job: Job, requesterUID: UInt32, isAdmin: Bool, action: String) throws {
+        guard isAdmin || job.ownerUID == requesterUID else {
+            throw StoreError(
+                .forbidden,
+                "uid \(requesterUID) may not \(action) job \(job.id), which belongs to uid \(job.ownerUID); ask its owner or an admin",
+                jobID: job.id)
+        }
+    }
+
+    // MARK: - Rows
+
+    private static let selectWithPosition = """
+        WITH waiting AS (
+          SELECT id, row_number() OVER (ORDER BY priority DESC, id) AS queue_position
+            FROM job WHERE state IN ('queued', 'retryable'))
+        SELECT job.*, waiting.queue_position FROM job LEFT JOIN waiting ON waiting.id = job.id
+        """
+
+    static func fetchJob(_ db: Database, id: Int64) throws -> Job {
+        guard let row = try Row.fetchOne(db, sql: selectWithPosition + " WHERE job.id = ?", arguments: [id]) else {
+            throw notFound(id)
+        }
+        return try decodeJob(row)
+    }
+
+    private static func notFound(_ id: Int64) -> StoreError {
+        StoreError(.notFound, "no job \(id); it may have been pruned (`griditctl jobs list` shows the others)", jobID: id)
+    }
+
+    static func decodeJob(_ row: Row) throws -> Job {
+        let stateText: String = row["state"]
+        guard let state = JobState(rawValue: stateText) else {
+            throw StoreError(.database, "job \(row["id"] as Int64): unknown state '\(stateText)'")
+        }
+        let progressText: String = row["progress"]
+        let progress: JobProgress
+        do {
+            progress = try JSONDecoder().decode(JobProgress.self, from: Data(progressText.utf8))
+        } catch {
+            throw StoreError(.database, "job \(row["id"] as Int64): unreadable progress \(progressText): \(error)")
+        }
+        let owner: Int64 = row["owner_uid"]
+        return Job(
+            id: row["id"],
+            ownerUID: UInt32(truncatingIfNeeded: owner),
+            idempotencyKey: row["idempotency_key"],
+            state: state,
+            priority: row["priority"],
+            params: row["params"],
+            pipelineDigest: row["pipeline_digest"],
+            length: row["length"],
+            createdAt: Date(unixMillis: row["created_at"]),
+            updatedAt: Date(unixMillis: row["updated_at"]),
+            startedAt: (row["started_at"] as Int64?).map(Date.init(unixMillis:)),
+            finishedAt: (row["finished_at"] as Int64?).map(Date.init(unixMillis:)),
+            attempt: row["attempt"],
+            maxAttempts: row["max_attempts"],
+            crashCount: row["crash_count"],
+            cancelRequested: row["cancel_requested"] as Int64 != 0,
+            leaseOwner: row["lease_owner"],
+            leaseToken: (row["lease_token"] as Int64?).map(LeaseToken.init(rawValue:)),
+            leaseExpiresAt: (row["lease_expires_at"] as Int64?).map(Date.init(unixMillis:)),
+            notBefore: Date(unixMillis: row["not_before"]),
+            progress: progress,
+            errorClass: row["error_class"],
+            errorMessage: row["error_message"],
+            outputDir: row["output_dir"],
+            queuePosition: row.hasColumn("queue_position") ? row["queue_position"] : nil)
+    }
+
+    /// Writes a state-machine transition: the new row (every mutable column) and its effects.
+    private static func apply(_ transition: JobTransition, _ db: Database) throws {
+        let job = transition.job
+        for effect in transition.effects {
+            switch effect {
+            case .recordError(let record):
+                try db.execute(
+                    sql: "INSERT INTO job_error (job_id, attempt, at, class, message) VALUES (?, ?, ?, ?, ?)",
+                    arguments: [record.jobID, record.attempt, record.at.unixMillis, record.errorClass, record.message])
+            case .delete:
+                try db.execute(sql: "DELETE FROM job WHERE id = ?", arguments: [job.id])
+                return
+            }
+        }
+        let progress = String(decoding: try JSONEncoder().encode(job.progress), as: UTF8.self)
+        let values: [(any DatabaseValueConvertible)?] = [
+            job.state.rawValue, job.priority, job.updatedAt.unixMillis, job.startedAt?.unixMillis,
+            job.finishedAt?.unixMillis, job.attempt, job.maxAttempts, job.crashCount,
+            job.cancelRequested ? 1 : 0, job.leaseOwner, job.leaseToken?.rawValue,
+            job.leaseExpiresAt?.unixMillis, job.notBefore.unixMillis, progress, job.errorClass,
+            job.errorMessage, job.outputDir, job.id,
+        ]
+        try db.execute(
+            sql: """
+                UPDATE job SET state = ?, priority = ?, updated_at = ?, started_at = ?, finished_at = ?,
+                       attempt = ?, max_attempts = ?, crash_count = ?, cancel_requested = ?,
+                       lease_owner = ?, lease_token = ?, lease_expires_at = ?, not_before = ?,
+                       progress = ?, error_class = ?, error_message = ?, output_dir = ?
+                 WHERE id = ?
+                """,
+            arguments: StatementArguments(values))
+    }
+
+    /// Maps GRDB errors to `StoreError` (style 3.3); `StoreError`s pass through.
+    static func translate(_ error: any Error) -> StoreError {
+        if let error = error as? StoreError { return error }
+        if let error = error as? DatabaseError {
+            let detail = "\(error.resultCode): \(error.message ?? "no message")"
+            if error.resultCode == .SQLITE_BUSY || error.resultCode == .SQLITE_LOCKED {
+                return StoreError(
+                    .busy,
+                    "the job database stayed locked past the busy timeout (\(detail)); "
+                        + "only one griditd may use a state directory")
+            }
+            return StoreError(.database, "SQLite error \(detail)")
+        }
+        return StoreError(.database, "\(error)")
+    }
+}

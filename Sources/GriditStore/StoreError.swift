@@ -1,0 +1,64 @@
+/// The one error type thrown by `GriditStore`.
+///
+/// A struct with a nested `Code` so that new cases do not break callers that switch on them
+/// (style 3.3). `message` names the problem and, where there is one, the fix.
+public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        fileprivate enum Value: String, Hashable, Sendable {
+            case queueFull = "queue_full"
+            case notFound = "not_found"
+            case leaseLost = "lease_lost"
+            case forbidden
+            case invalidTransition = "invalid_transition"
+            case invalidArgument = "invalid_argument"
+            case schemaTooNew = "schema_too_new"
+            case locked
+            case busy
+            case database
+            case io
+        }
+        fileprivate let value: Value
+
+        /// `queued + retryable + running >= maxQueued`; the job was not created. (griditctl: exit 75)
+        public static let queueFull = Code(value: .queueFull)
+        /// No job with that id (it may have been pruned).
+        public static let notFound = Code(value: .notFound)
+        /// The caller's lease token no longer owns the job (re-claimed, canceled, recovered).
+        /// The worker must stop working on the job and write nothing more for it.
+        public static let leaseLost = Code(value: .leaseLost)
+        /// The requester does not own the job and is not an admin.
+        public static let forbidden = Code(value: .forbidden)
+        /// The event is not allowed from the job's current state (terminal states are final).
+        public static let invalidTransition = Code(value: .invalidTransition)
+        /// A parameter is out of range (empty worker id, length < 1, params not JSON, ...).
+        public static let invalidArgument = Code(value: .invalidArgument)
+        /// The database was migrated by a newer griditd; this binary refuses to touch it.
+        public static let schemaTooNew = Code(value: .schemaTooNew)
+        /// Another process holds the state directory lock.
+        public static let locked = Code(value: .locked)
+        /// SQLite stayed busy past the busy timeout.
+        public static let busy = Code(value: .busy)
+        /// Any other SQLite error (constraint, corruption, disk full, ...).
+        public static let database = Code(value: .database)
+        /// A system call failed (open, flock, write).
+        public static let io = Code(value: .io)
+
+        /// Stable snake_case name, suitable for the control protocol and logs.
+        public var name: String { value.rawValue }
+        public var description: String { value.rawValue }
+    }
+
+    public var code: Code
+    /// What went wrong and what to do about it.
+    public var message: String
+    /// The job concerned, when there is one.
+    public var jobID: Int64?
+
+    public init(_ code: Code, _ message: String, jobID: Int64? = nil) {
+        self.code = code
+        self.message = message
+        self.jobID = jobID
+    }
+
+    public var description: String { "\(code.name): \(message)" }
+}

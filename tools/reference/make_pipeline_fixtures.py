@@ -1,0 +1,167 @@
+"""Generate the numerical fixtures of GriditPipelineTests from the PyTorch references.
+
+Regenerate (from the repository root, with a virtualenv that has tools/requirements.txt):
+
+    <venv>/bin/python tools/reference/make_pipeline_fixtures.py [--out DIR]
+
+Default output: Tests/GriditPipelineTests/Fixtures/. Deterministic (fixed torch.Generator seed,
+float64 evaluation). Uses the tiny unconditional learned-sigma model of GriditModelsTests
+(uncond.safetensors + uncond.config.json, copied next to the fixtures) and
+diffusion_reference.py. Steps are computed in float64 and saved as float32; schedule arrays are
+saved as float64 (int64 for the timestep map).
+
+Files
+-----
+    uncond.safetensors, uncond.config.json      the model (copied)
+    sched.<spec>.<array>.npy                    spec in {250, ddim50}; array in timestep_map (int64),
+                                                betas, alphas_cumprod, coef1, coef2, logvar_clipped,
+                                                posterior_variance (float64)
+    <case>.x.npy          (2, 4, 8, 8) x_k
+    <case>.z.npy          (2, 4, 8, 8) the noise z
+    <case>.out.npy        (2, 8, 8, 8) model output at t = timestep_map[k] (float64 model)
+    <case>.x0.npy / .mean.npy / .logvar.npy      p_mean_variance (learned range)
+    <case>.ddpm.npy       ancestral step x_{k-1} = mean + [k!=0] exp(logvar/2) z
+    <case>.fixed_large.npy / .fixed_small.npy    the same step with the eps channels only
+    <case>.known.npy      (2, 4, 8, 8) clean known grid (frames at positions 0, 1 = grid row 0)
+    <case>.replace_official.npy / .replace_previous.npy
+                          ddpm result with positions 0, 1 (latent rows 0..3; K=2, S=4) set to
+                          sqrt(a) known + sqrt(1-a) z, a = ab[k] / ab_prev[k]
+    <case>.ddim_eta0.npy / .ddim_eta1.npy        (ddim50 case only)
+
+Cases: ddpm250_k249, ddpm250_k120, ddpm250_k0 (spec "250"), ddim50_k25 (spec "ddim50").
+
+Whole loops (spec "10", seed 45, 2x2 grids of 4x4 frames, grid ids 3 and 7; see make_loops):
+    loop.xT.npy           (2, 4, 8, 8) x_T from the keyed Philox streams
+    loop.prev.npy         (4, 8, 8) the previous grid whose row 1 is copied into grid 7's row 0
+    loop_ddpm.x0.npy      DDPM result; loop_ddim.x0.npy: DDIM eta 0 result (same replacement)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from diffusion_reference import Diffusion, grid_noise  # noqa: E402
+from dit_reference import DiT, DiTConfig, load_weights  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODEL_DIR = REPO_ROOT / "Tests" / "GriditModelsTests" / "Fixtures"
+DEFAULT_OUT = REPO_ROOT / "Tests" / "GriditPipelineTests" / "Fixtures"
+SIZE_LIMIT = 1_000_000
+SEED = 2024
+LOOP_SEED = 45
+
+
+def save(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def f32(t: torch.Tensor) -> np.ndarray:
+    return t.detach().numpy().astype(np.float32)
+
+
+def make_loops(model, out: Path, gen: torch.Generator) -> None:
+    """Whole 10-step loops on two grids (ids 3 and 7), noise from the keyed Philox streams.
+
+    Grid 7 extends a previous grid the official way: after every step but k = 0, its grid row 0
+    becomes sqrt(a) prev_row1 + sqrt(1-a) z_row1 (a = ab[k], z = that step's noise of grid 7, read
+    at the SOURCE row), i.e. `sample[:, :, 0:S] = (sqrt(a) prev + sqrt(1-a) z)[:, :, S:2S]`.
+    """
+    k_side, s, c = 2, 4, 4
+    d = Diffusion("10")
+    grids = [3, 7]
+    prev = (torch.rand((c, 8, 8), generator=gen, dtype=torch.float32) * 2 - 1).double()
+    x_t = np.stack([grid_noise(k_side, s, c, LOOP_SEED, "initial", g, 0) for g in grids])
+    save(out / "loop.xT.npy", x_t)
+    save(out / "loop.prev.npy", f32(prev))
+    for name, eta in (("loop_ddpm", None), ("loop_ddim", 0.0)):
+        x = torch.from_numpy(x_t).double()
+        for k in reversed(range(d.count)):
+            t = torch.full((len(grids),), float(d.timestep_map[k]), dtype=torch.float64)
+            with torch.no_grad():
+                mo = model(x, t)
+            z = torch.from_numpy(np.stack([grid_noise(k_side, s, c, LOOP_SEED, "step", g, k) for g in grids])).double()
+            x = d.p_sample(x, mo, k, z) if eta is None else d.ddim_sample(x, mo, k, z, eta)
+            if k != 0:
+                a = d.ab[k]
+                noised = math.sqrt(a) * prev + math.sqrt(1 - a) * z[1]
+                x[1, :, 0:s, :] = noised[:, s:2 * s, :]
+        save(out / f"{name}.x0.npy", f32(x))
+        print(f"{name:<14} max |x0| {x.abs().max():.3f}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = ap.parse_args()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ".gitkeep").unlink(missing_ok=True)
+    torch.set_num_threads(1)
+
+    for name in ("uncond.safetensors", "uncond.config.json"):
+        shutil.copyfile(MODEL_DIR / name, out / name)
+    cfg = DiTConfig.from_json((MODEL_DIR / "uncond.config.json").read_text())
+    model = DiT(cfg, attn_impl="math").double()
+    load_weights(model, load_file(str(MODEL_DIR / "uncond.safetensors")))
+    model.eval()
+
+    diffs = {"250": Diffusion("250"), "ddim50": Diffusion("ddim50")}
+    for spec, d in diffs.items():
+        arrays = {
+            "timestep_map": d.timestep_map.astype(np.int64),
+            "betas": d.betas, "alphas_cumprod": d.ab, "coef1": d.coef1, "coef2": d.coef2,
+            "logvar_clipped": d.post_logvar_clipped, "posterior_variance": d.post_var,
+        }
+        for key, arr in arrays.items():
+            save(out / f"sched.{spec}.{key}.npy", arr)
+
+    gen = torch.Generator().manual_seed(SEED)
+    n, c, s = 2, cfg.in_channels, cfg.input_size
+    cases = [("ddpm250_k249", "250", 249), ("ddpm250_k120", "250", 120), ("ddpm250_k0", "250", 0),
+             ("ddim50_k25", "ddim50", 25)]
+    rows, cols = slice(0, 4), slice(0, 8)  # K = 2, S = 4: grid row 0 = positions 0 and 1
+    for name, spec, k in cases:
+        d = diffs[spec]
+        x = torch.randn((n, c, s, s), generator=gen, dtype=torch.float32).double()
+        z = torch.randn((n, c, s, s), generator=gen, dtype=torch.float32).double()
+        known = (torch.rand((n, c, s, s), generator=gen, dtype=torch.float32) * 2 - 1).double()
+        t = torch.full((n,), float(d.timestep_map[k]), dtype=torch.float64)
+        with torch.no_grad():
+            mo = model(x, t).float().double()  # the Swift side gets the float32 output
+        x0, mean, logvar = d.p_mean_variance(x, mo, k)
+        ddpm = d.p_sample(x, mo, k, z)
+        files = {"x": x, "z": z, "out": mo, "x0": x0, "mean": mean, "logvar": logvar, "ddpm": ddpm,
+                 "known": known,
+                 "fixed_large": d.p_sample(x, mo[:, :c], k, z, variance="fixed_large"),
+                 "fixed_small": d.p_sample(x, mo[:, :c], k, z, variance="fixed_small"),
+                 "replace_official": d.replace(ddpm, known, z, rows, cols, k, "official"),
+                 "replace_previous": d.replace(ddpm, known, z, rows, cols, k, "previous")}
+        if spec.startswith("ddim"):
+            files["ddim_eta0"] = d.ddim_sample(x, mo, k, z, 0.0)
+            files["ddim_eta1"] = d.ddim_sample(x, mo, k, z, 1.0)
+        for key, tensor in files.items():
+            save(out / f"{name}.{key}.npy", f32(tensor))
+        print(f"{name:<14} t={int(d.timestep_map[k]):<4} |x_k-1| max {ddpm.abs().max():.3f}")
+
+    make_loops(model, out, gen)
+
+    total = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+    print(f"fixtures: {total} bytes in {out}")
+    if total > SIZE_LIMIT:
+        print(f"error: fixture folder exceeds {SIZE_LIMIT} bytes", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
