@@ -1,0 +1,222 @@
+import CBLAS
+import CGriditKernels
+import Glibc
+
+// Image kernels of the VAE over (N, C, H, W) tensors: 2-D convolution as im2col + GEMM with the
+// PyTorch (Cout, Cin, KH, KW) weight in place, group norm (optionally fused with SiLU), nearest 2x
+// upsampling, and single-head spatial self-attention. Products run on OpenBLAS at whatever thread
+// count the caller set (`BLAS.exclusive`).
+
+/// Zero padding of a convolution's input: rows added on top/bottom, columns on left/right.
+public struct ConvPadding: Equatable, Sendable {
+    public var top, left, bottom, right: Int
+    public init(top: Int, left: Int, bottom: Int, right: Int) {
+        (self.top, self.left, self.bottom, self.right) = (top, left, bottom, right)
+    }
+    /// `p` on every side (PyTorch `padding=p`).
+    public static func same(_ p: Int) -> ConvPadding { ConvPadding(top: p, left: p, bottom: p, right: p) }
+    /// diffusers' encoder downsample: `F.pad(x, (0, 1, 0, 1))` (right and bottom only), then padding 0.
+    public static let downsample = ConvPadding(top: 0, left: 0, bottom: 1, right: 1)
+}
+
+/// Output size of a convolution along one axis.
+public func convOutputSize(_ size: Int, kernel: Int, stride: Int, padBefore: Int, padAfter: Int) -> Int {
+    (size + padBefore + padAfter - kernel) / stride + 1
+}
+
+/// Floats of im2col scratch per GEMM tile: a tile is a run of whole output rows whose columns
+/// (Cin*KH*KW, rows*Wo) stay within this budget (at least one row), 8M floats = 32 MB.
+public let convColumnBudget = 8 << 20
+
+/// 2-D convolution (cross-correlation, like `torch.nn.functional.conv2d`).
+/// x: (N, Cin, H, W); weight: (Cout, Cin, KH, KW); bias: (Cout) or nil; out: (N, Cout, Ho, Wo).
+/// With `accumulate` the result is added to `out` (a fused residual), else `out` is overwritten.
+/// 1x1 convolutions with stride 1 and no padding multiply the input in place (no im2col); others
+/// run in tiles of whole output rows whose im2col columns fit `columnBudget` floats.
+public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, padding: ConvPadding,
+                   into out: Tensor, accumulate: Bool = false, columnBudget: Int = convColumnBudget) {
+    precondition(x.rank == 4 && weight.rank == 4, "conv2d: x \(x.shape), weight \(weight.shape)")
+    let (N, Cin, H, W) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+    let (Cout, KH, KW) = (weight.shape[0], weight.shape[2], weight.shape[3])
+    precondition(weight.shape[1] == Cin, "conv2d: weight \(weight.shape) vs input channels \(Cin)")
+    precondition(stride >= 1, "conv2d: stride \(stride)")
+    let Ho = convOutputSize(H, kernel: KH, stride: stride, padBefore: padding.top, padAfter: padding.bottom)
+    let Wo = convOutputSize(W, kernel: KW, stride: stride, padBefore: padding.left, padAfter: padding.right)
+    precondition(Ho >= 1 && Wo >= 1, "conv2d: empty output for input \(x.shape), kernel \(KH)x\(KW)")
+    precondition(out.shape == [N, Cout, Ho, Wo], "conv2d: out \(out.shape), expected \([N, Cout, Ho, Wo])")
+    if let bias { precondition(bias.count == Cout, "conv2d: bias \(bias.shape) vs \(Cout) channels") }
+    let K = Cin * KH * KW
+    let plane = Ho * Wo
+    let o = out.mutablePointer
+    // Bias first, so the GEMM always accumulates (beta = 1).
+    for n in 0..<N {
+        for c in 0..<Cout {
+            let row = o + (n * Cout + c) * plane
+            let b = bias.map { $0.pointer[c] } ?? 0
+            if accumulate {
+                if b != 0 { for i in 0..<plane { row[i] += b } }
+            } else {
+                row.update(repeating: b, count: plane)
+            }
+        }
+    }
+    let pointwise = KH == 1 && KW == 1 && stride == 1 && padding == .same(0)
+    let tileRows = pointwise ? Ho : max(1, min(Ho, columnBudget / max(1, K * Wo)))
+    let cols = pointwise ? nil : UnsafeMutablePointer<Float>.allocate(capacity: K * tileRows * Wo)
+    defer { cols?.deallocate() }
+    let src = x.pointer
+    for n in 0..<N {
+        let xs = src + n * Cin * H * W
+        let os = o + n * Cout * plane
+        var r0 = 0
+        while r0 < Ho {
+            let rows = min(tileRows, Ho - r0)
+            let cw = rows * Wo
+            let b: UnsafePointer<Float>
+            if let cols {
+                im2col(xs, channels: Cin, height: H, width: W, kernelH: KH, kernelW: KW, stride: stride,
+                       padTop: padding.top, padLeft: padding.left, outRow0: r0, outRows: rows, outW: Wo, into: cols)
+                b = UnsafePointer(cols)
+            } else {
+                b = xs
+            }
+            // out[:, r0*Wo ..< (r0+rows)*Wo] (Cout, cw) += weight (Cout, K) · cols (K, cw)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(Cout), Int32(cw), Int32(K),
+                        1, weight.pointer, Int32(K), b, Int32(cw), 1, os + r0 * Wo, Int32(plane))
+            r0 += rows
+        }
+    }
+}
+
+/// Allocating form of `conv2d`.
+public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, padding: ConvPadding) -> Tensor {
+    let Ho = convOutputSize(x.shape[2], kernel: weight.shape[2], stride: stride, padBefore: padding.top, padAfter: padding.bottom)
+    let Wo = convOutputSize(x.shape[3], kernel: weight.shape[3], stride: stride, padBefore: padding.left, padAfter: padding.right)
+    let out = Tensor(zeros: [x.shape[0], weight.shape[0], Ho, Wo])
+    conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding, into: out)
+    return out
+}
+
+/// im2col of one sample (C, H, W) for output rows [outRow0, outRow0 + outRows): cols is
+/// (C*KH*KW, outRows*outW), row (c, ki, kj) in the order of the flattened weight; zeros outside.
+func im2col(_ x: UnsafePointer<Float>, channels C: Int, height H: Int, width W: Int, kernelH KH: Int, kernelW KW: Int,
+            stride S: Int, padTop: Int, padLeft: Int, outRow0: Int, outRows: Int, outW Wo: Int,
+            into cols: UnsafeMutablePointer<Float>) {
+    let cw = outRows * Wo
+    for c in 0..<C {
+        let plane = x + c * H * W
+        for ki in 0..<KH {
+            for kj in 0..<KW {
+                let row = cols + ((c * KH + ki) * KW + kj) * cw
+                for r in 0..<outRows {
+                    let dst = row + r * Wo
+                    let iy = (outRow0 + r) * S + ki - padTop
+                    if iy < 0 || iy >= H {
+                        dst.update(repeating: 0, count: Wo)
+                        continue
+                    }
+                    let line = plane + iy * W
+                    if S == 1 {
+                        // ix = ox + kj - padLeft: copy the in-range span, zero the edges.
+                        let shift = kj - padLeft
+                        let lo = max(0, -shift), hi = min(Wo, W - shift)
+                        if lo > 0 { dst.update(repeating: 0, count: min(lo, Wo)) }
+                        if hi > lo { (dst + lo).update(from: line + lo + shift, count: hi - lo) }
+                        if hi < Wo { (dst + max(hi, 0)).update(repeating: 0, count: Wo - max(hi, 0)) }
+                    } else {
+                        for ox in 0..<Wo {
+                            let ix = ox * S + kj - padLeft
+                            dst[ox] = ix >= 0 && ix < W ? line[ix] : 0
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Group norm (`torch.nn.GroupNorm`): per sample and group of C/G channels, normalise by the
+/// group's mean and (biased) variance, then `* weight[c] + bias[c]`; optionally SiLU after.
+/// Statistics are accumulated in double. x, out: (N, C, H, W) (out may alias x).
+public func groupNorm(_ x: Tensor, groups G: Int, weight: Tensor, bias: Tensor, eps: Float = 1e-6,
+                      silu fuseSiLU: Bool = false, into out: Tensor) {
+    precondition(x.rank == 4 && out.shape == x.shape, "groupNorm: x \(x.shape), out \(out.shape)")
+    let (N, C) = (x.shape[0], x.shape[1])
+    let plane = x.shape[2] * x.shape[3]
+    precondition(G > 0 && C % G == 0, "groupNorm: \(C) channels not divisible by \(G) groups")
+    precondition(weight.count == C && bias.count == C, "groupNorm: affine \(weight.shape)/\(bias.shape) vs \(C) channels")
+    let per = C / G
+    let count = Double(per * plane)
+    let (src, dst, w, b) = (x.pointer, out.mutablePointer, weight.pointer, bias.pointer)
+    for n in 0..<N {
+        for g in 0..<G {
+            let base = (n * C + g * per) * plane
+            var sum = 0.0
+            for i in 0..<(per * plane) { sum += Double(src[base + i]) }
+            let mean = sum / count
+            var sq = 0.0
+            for i in 0..<(per * plane) {
+                let d = Double(src[base + i]) - mean
+                sq += d * d
+            }
+            let inv = 1 / (sq / count + Double(eps)).squareRoot()
+            for cc in 0..<per {
+                let c = g * per + cc
+                let scale = Float(inv * Double(w[c]))
+                let shift = Float(Double(b[c]) - mean * inv * Double(w[c]))
+                let s = src + base + cc * plane, d = dst + base + cc * plane
+                for i in 0..<plane { d[i] = s[i] * scale + shift }
+                if fuseSiLU { gk_silu(d, d, plane) }
+            }
+        }
+    }
+}
+
+/// Nearest-neighbour 2x upsampling (`F.interpolate(scale_factor=2, mode="nearest")`).
+/// x: (N, C, H, W) -> out: (N, C, 2H, 2W).
+public func upsampleNearest2x(_ x: Tensor, into out: Tensor) {
+    precondition(x.rank == 4, "upsampleNearest2x: x \(x.shape)")
+    let (N, C, H, W) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+    precondition(out.shape == [N, C, 2 * H, 2 * W], "upsampleNearest2x: out \(out.shape) for x \(x.shape)")
+    let (src, dst) = (x.pointer, out.mutablePointer)
+    for p in 0..<(N * C) {
+        let s = src + p * H * W, d = dst + p * 4 * H * W
+        for y in 0..<H {
+            let row = d + 2 * y * 2 * W
+            for xx in 0..<W {
+                let v = s[y * W + xx]
+                row[2 * xx] = v
+                row[2 * xx + 1] = v
+            }
+            (row + 2 * W).update(from: row, count: 2 * W)
+        }
+    }
+}
+
+/// (C, T) <-> (T, C) transpose of one sample: src (rows, cols) -> dst (cols, rows).
+public func transpose2D(_ src: UnsafePointer<Float>, rows: Int, cols: Int, into dst: UnsafeMutablePointer<Float>) {
+    for r in 0..<rows {
+        for c in 0..<cols { dst[c * rows + r] = src[r * cols + c] }
+    }
+}
+
+/// Query rows per tile of `singleHeadAttention`: the (tile, T) scores stay bounded (T = 4096 for
+/// a 64x64 latent: 256 x 4096 floats = 4 MB).
+public let spatialAttentionRowTile = 256
+
+/// Single-head attention softmax(q kᵀ · scale) v for one sample. q, k, v, out: (T, D) rows;
+/// scores: scratch of at least min(T, `spatialAttentionRowTile`) * T floats.
+public func singleHeadAttention(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                tokens T: Int, dim D: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
+                                into out: UnsafeMutablePointer<Float>) {
+    var r0 = 0
+    while r0 < T {
+        let rows = min(spatialAttentionRowTile, T - r0)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(T), Int32(D),
+                    1, q + r0 * D, Int32(D), k, Int32(D), 0, scores, Int32(T))
+        gk_softmax_rows(scores, rows, T, T, scale)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(D), Int32(T),
+                    1, scores, Int32(T), v, Int32(D), 0, out + r0 * D, Int32(D))
+        r0 += rows
+    }
+}

@@ -1,0 +1,133 @@
+import Foundation
+import GriditCheckpoint
+import GriditModels
+import GriditTensor
+import Testing
+
+// Parity of the VAE (AutoencoderKL) with the independent PyTorch reference
+// (tools/reference/vae_reference.py; fixtures from tools/reference/make_vae_fixtures.py, outputs
+// computed in float64). Tiny model: block_out_channels [8, 16, 16], layers_per_block 2, 4 groups.
+
+let vaeTolerance: Float = 1e-3
+
+func loadVAEFixture() throws -> AutoencoderKL {
+    let config = try AutoencoderKLConfiguration.load(path: fixture("vae.config.json"))
+    return try AutoencoderKL(config: config, source: try SafetensorsFile(path: fixture("vae.safetensors")))
+}
+
+@Test func vaeDecoderMatchesReference() throws {
+    let vae = try loadVAEFixture()
+    let latent = try NPYArray(path: fixture("vae.latent.npy")).floatTensor()
+    let want = try NPYArray(path: fixture("vae.decoded.npy")).floatTensor()
+    let out = try vae.decode(latent, threads: 2)
+    #expect(out.shape == [2, 3, 24, 20])
+    #expect(maxAbsDiff(out, want, "vae decode") <= vaeTolerance)
+}
+
+@Test func vaeEncoderMatchesReference() throws {
+    let vae = try loadVAEFixture()
+    let image = try NPYArray(path: fixture("vae.image.npy")).floatTensor()
+    let (mean, logvar) = try vae.encode(image, threads: 2)
+    #expect(mean.shape == [2, 4, 4, 3] && logvar.shape == [2, 4, 4, 3])
+    #expect(maxAbsDiff(mean, try NPYArray(path: fixture("vae.mean.npy")).floatTensor(), "vae encode mean") <= vaeTolerance)
+    #expect(maxAbsDiff(logvar, try NPYArray(path: fixture("vae.logvar.npy")).floatTensor(), "vae encode logvar") <= vaeTolerance)
+}
+
+@Test func vaeBatchElementsAreIndependent() throws {
+    let vae = try loadVAEFixture()
+    let latent = try NPYArray(path: fixture("vae.latent.npy")).floatTensor()
+    let both = try vae.decode(latent, threads: 1)
+    let second = try vae.decode(latent.slice(1..<2).copy(), threads: 1)
+    let d = zip(both.slice(1..<2).toArray(), second.toArray()).map { abs($0 - $1) }.max()!
+    print("vae batch independence: max |diff| = \(d)")
+    #expect(d <= 1e-5)
+}
+
+@Test func vaeTableHasDiffusersKeys() {
+    let table = AutoencoderKLWeights.table(.stableDiffusion)
+    let keys = table.map(\.key)
+    #expect(Set(keys).count == keys.count)
+    let shapes = Dictionary(uniqueKeysWithValues: table.map { ($0.key, $0.shape) })
+    #expect(shapes["encoder.conv_in.weight"] == [128, 3, 3, 3])
+    #expect(shapes["encoder.down_blocks.1.resnets.0.conv_shortcut.weight"] == [256, 128, 1, 1])
+    #expect(shapes["encoder.down_blocks.0.downsamplers.0.conv.weight"] == [128, 128, 3, 3])
+    #expect(shapes["encoder.down_blocks.3.downsamplers.0.conv.weight"] == nil)
+    #expect(shapes["encoder.mid_block.attentions.0.to_q.weight"] == [512, 512])
+    #expect(shapes["encoder.mid_block.attentions.0.to_out.0.bias"] == [512])
+    #expect(shapes["encoder.conv_out.weight"] == [8, 512, 3, 3])
+    #expect(shapes["quant_conv.weight"] == [8, 8, 1, 1])
+    #expect(shapes["post_quant_conv.weight"] == [4, 4, 1, 1])
+    #expect(shapes["decoder.conv_in.weight"] == [512, 4, 3, 3])
+    #expect(shapes["decoder.up_blocks.0.resnets.2.conv2.weight"] == [512, 512, 3, 3])
+    #expect(shapes["decoder.up_blocks.2.resnets.0.conv_shortcut.weight"] == [256, 512, 1, 1])
+    #expect(shapes["decoder.up_blocks.3.resnets.0.conv_shortcut.weight"] == [128, 256, 1, 1])
+    #expect(shapes["decoder.up_blocks.2.upsamplers.0.conv.weight"] == [256, 256, 3, 3])
+    #expect(shapes["decoder.up_blocks.3.upsamplers.0.conv.weight"] == nil)
+    #expect(shapes["decoder.conv_out.weight"] == [3, 128, 3, 3])
+    // The diffusers SD VAE state dict has 248 tensors.
+    #expect(keys.count == 248)
+}
+
+@Test func vaeBindingIsTotal() throws {
+    let config = try AutoencoderKLConfiguration.load(path: fixture("vae.config.json"))
+    let file = try SafetensorsFile(path: fixture("vae.safetensors"))
+    var d = TensorDictionary()
+    for name in file.tensorNames { d.tensors[name] = try file.tensor(named: name) }
+    #expect(Set(d.tensorNames) == Set(AutoencoderKLWeights.table(config).map(\.key)))
+    var missing = d
+    missing.tensors["decoder.mid_block.attentions.0.to_k.bias"] = nil
+    #expect(throws: BindingError.missing(key: "decoder.mid_block.attentions.0.to_k.bias", expected: [16])) {
+        try AutoencoderKL(config: config, source: missing)
+    }
+    var extra = d
+    extra.tensors["decoder.up_blocks.0.resnets.3.norm1.weight"] = Tensor(zeros: [16])
+    #expect(throws: BindingError.unused(keys: ["decoder.up_blocks.0.resnets.3.norm1.weight"])) {
+        try AutoencoderKL(config: config, source: extra)
+    }
+    var wrong = d
+    wrong.tensors["quant_conv.weight"] = Tensor(zeros: [8, 8, 3, 3])
+    #expect(throws: BindingError.shapeMismatch(key: "quant_conv.weight", expected: [8, 8, 1, 1], found: [8, 8, 3, 3])) {
+        try AutoencoderKL(config: config, source: wrong)
+    }
+}
+
+@Test func vaeConvolutionMatchesNaive() {
+    // conv2d against a direct loop on random data: stride 1, stride 2 with the asymmetric
+    // downsample padding, and row tiling (a column budget of 1 gives one output row per tile).
+    var rng = SystemRandomNumberGenerator()
+    let (N, Cin, H, W, Cout) = (2, 3, 7, 6, 5)
+    let x = Tensor((0..<(N * Cin * H * W)).map { _ in Float.random(in: -1...1, using: &rng) }, shape: [N, Cin, H, W])
+    let w = Tensor((0..<(Cout * Cin * 9)).map { _ in Float.random(in: -1...1, using: &rng) }, shape: [Cout, Cin, 3, 3])
+    let b = Tensor((0..<Cout).map { _ in Float.random(in: -1...1, using: &rng) }, shape: [Cout])
+    for (stride, pad) in [(1, ConvPadding.same(1)), (2, ConvPadding.downsample), (2, ConvPadding.same(1))] {
+        let out = conv2d(x, weight: w, bias: b, stride: stride, padding: pad)
+        let (Ho, Wo) = (out.shape[2], out.shape[3])
+        let tiled = Tensor(zeros: out.shape)
+        conv2d(x, weight: w, bias: b, stride: stride, padding: pad, into: tiled, columnBudget: 1)
+        var maxd: Float = 0
+        for n in 0..<N { for co in 0..<Cout { for oy in 0..<Ho { for ox in 0..<Wo {
+            var s = Double(b.pointer[co])
+            for ci in 0..<Cin { for ki in 0..<3 { for kj in 0..<3 {
+                let iy = oy * stride + ki - pad.top, ix = ox * stride + kj - pad.left
+                if iy >= 0 && iy < H && ix >= 0 && ix < W {
+                    s += Double(x.pointer[((n * Cin + ci) * H + iy) * W + ix]) * Double(w.pointer[((co * Cin + ci) * 3 + ki) * 3 + kj])
+                }
+            } } }
+            let i = ((n * Cout + co) * Ho + oy) * Wo + ox
+            maxd = max(maxd, abs(Float(s) - out.pointer[i]), abs(Float(s) - tiled.pointer[i]))
+        } } } }
+        print("conv2d stride \(stride) \(pad): max |diff| vs naive (untiled and tiled) = \(maxd)")
+        #expect(maxd <= 1e-5)
+    }
+}
+
+@Test func vaeConfigReadsDiffusersFields() throws {
+    let json = """
+    {"_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [128, 256, 512, 512],
+     "in_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
+     "out_channels": 3, "sample_size": 512, "scaling_factor": 0.18215}
+    """
+    let c = try JSONDecoder().decode(AutoencoderKLConfiguration.self, from: Data(json.utf8))
+    #expect(c == .stableDiffusion)
+    #expect(c.downsampleFactor == 8)
+}
