@@ -247,23 +247,26 @@ public struct AutoencoderKL: Sendable {
     }
 
     /// image (N, in_channels, H, W), values in [-1, 1] -> posterior (mean, logvar), each
-    /// (N, latent_channels, H/f, W/f) for H, W multiples of f; logvar clamped to [-30, 20]. `threads`: OpenBLAS threads for the pass.
+    /// (N, latent_channels, H/f, W/f) for H, W multiples of f; logvar clamped to [-30, 20]. `threads`: workers
+    /// of the convolutions; every product is single-threaded on a fixed schedule, so the result bits
+    /// depend neither on `threads` nor on the batch.
     public func encode(_ image: Tensor, threads: Int = BLAS.threadCount) throws -> (mean: Tensor, logvar: Tensor) {
         guard image.rank == 4, image.shape[1] == config.inChannels, image.shape[2] >= 2, image.shape[3] >= 2 else {
             throw ModelError.invalidInput("VAE encode: image \(image.shape), expected (N, \(config.inChannels), H, W)")
         }
-        return BLAS.exclusive(threads: threads) {
+        return BLAS.exclusive(threads: 1) {
+            let w = threads
             let e = weights.encoder
-            var h = conv3x3(image, e.convIn)
+            var h = conv3x3(image, e.convIn, w)
             for stage in e.stages {
-                for r in stage.resnets { h = resnet(h, r) }
+                for r in stage.resnets { h = resnet(h, r, w) }
                 if stage.hasResample {
-                    h = conv2d(h, weight: stage.resample.weight!, bias: stage.resample.bias, stride: 2, padding: .downsample)
+                    h = conv(h, stage.resample, stride: 2, padding: .downsample, w)
                 }
             }
-            h = midBlock(h, e.mid)
-            h = conv3x3(normSiLU(h, e.normOut), e.convOut)
-            let m = conv2d(h, weight: weights.quantConv.weight!, bias: weights.quantConv.bias, padding: .same(0))
+            h = midBlock(h, e.mid, w)
+            h = conv3x3(normSiLU(h, e.normOut), e.convOut, w)
+            let m = conv(h, weights.quantConv, padding: .same(0), w)
             let (N, z, hh, ww) = (m.shape[0], config.latentChannels, m.shape[2], m.shape[3])
             let mean = Tensor(zeros: [N, z, hh, ww]), logvar = Tensor(zeros: [N, z, hh, ww])
             let size = z * hh * ww
@@ -282,27 +285,32 @@ public struct AutoencoderKL: Sendable {
         guard latent.rank == 4, latent.shape[1] == config.latentChannels else {
             throw ModelError.invalidInput("VAE decode: latent \(latent.shape), expected (N, \(config.latentChannels), h, w)")
         }
-        return BLAS.exclusive(threads: threads) {
+        return BLAS.exclusive(threads: 1) {
+            let w = threads
             let d = weights.decoder
-            var h = conv2d(latent, weight: weights.postQuantConv.weight!, bias: weights.postQuantConv.bias, padding: .same(0))
-            h = conv3x3(h, d.convIn)
-            h = midBlock(h, d.mid)
+            var h = conv(latent, weights.postQuantConv, padding: .same(0), w)
+            h = conv3x3(h, d.convIn, w)
+            h = midBlock(h, d.mid, w)
             for stage in d.stages {
-                for r in stage.resnets { h = resnet(h, r) }
+                for r in stage.resnets { h = resnet(h, r, w) }
                 if stage.hasResample {
                     let up = Tensor(zeros: [h.shape[0], h.shape[1], 2 * h.shape[2], 2 * h.shape[3]])
                     upsampleNearest2x(h, into: up)
-                    h = conv3x3(up, stage.resample)
+                    h = conv3x3(up, stage.resample, w)
                 }
             }
-            return conv3x3(normSiLU(h, d.normOut), d.convOut)
+            return conv3x3(normSiLU(h, d.normOut), d.convOut, w)
         }
     }
 
     // MARK: blocks
 
-    private func conv3x3(_ x: Tensor, _ p: VAEParam) -> Tensor {
-        conv2d(x, weight: p.weight!, bias: p.bias, padding: .same(1))
+    private func conv3x3(_ x: Tensor, _ p: VAEParam, _ workers: Int) -> Tensor {
+        conv(x, p, padding: .same(1), workers)
+    }
+
+    private func conv(_ x: Tensor, _ p: VAEParam, stride: Int = 1, padding: ConvPadding, _ workers: Int) -> Tensor {
+        conv2d(x, weight: p.weight!, bias: p.bias, stride: stride, padding: padding, workers: workers)
     }
 
     private func normSiLU(_ x: Tensor, _ p: VAEParam) -> Tensor {
@@ -312,21 +320,22 @@ public struct AutoencoderKL: Sendable {
     }
 
     /// shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x)))))).
-    private func resnet(_ x: Tensor, _ r: VAEResnetWeights) -> Tensor {
-        let h = conv3x3(normSiLU(x, r.norm1), r.conv1)
+    private func resnet(_ x: Tensor, _ r: VAEResnetWeights, _ workers: Int) -> Tensor {
+        let h = conv3x3(normSiLU(x, r.norm1), r.conv1, workers)
         let h2 = normSiLU(h, r.norm2)
         let out: Tensor
         if r.inChannels != r.outChannels {
-            out = conv2d(x, weight: r.shortcut.weight!, bias: r.shortcut.bias, padding: .same(0))
+            out = conv(x, r.shortcut, padding: .same(0), workers)
         } else {
             out = x.copy()
         }
-        conv2d(h2, weight: r.conv2.weight!, bias: r.conv2.bias, padding: .same(1), into: out, accumulate: true)
+        conv2d(h2, weight: r.conv2.weight!, bias: r.conv2.bias, padding: .same(1), into: out, accumulate: true,
+               workers: workers)
         return out
     }
 
-    private func midBlock(_ x: Tensor, _ m: VAEMidBlockWeights) -> Tensor {
-        resnet(attention(resnet(x, m.resnet0), m.attention), m.resnet1)
+    private func midBlock(_ x: Tensor, _ m: VAEMidBlockWeights, _ workers: Int) -> Tensor {
+        resnet(attention(resnet(x, m.resnet0, workers), m.attention), m.resnet1, workers)
     }
 
     /// x + to_out(softmax(q kᵀ / sqrt(C)) v) over the H*W positions, q/k/v from group_norm(x).

@@ -1,10 +1,12 @@
 import CBLAS
 import CGriditKernels
+import Dispatch
 import Glibc
 
 // Image kernels of the VAE over (N, C, H, W) tensors: 2-D convolution as im2col + GEMM with the
 // PyTorch (Cout, Cin, KH, KW) weight in place, group norm (optionally fused with SiLU), nearest 2x
-// upsampling, and single-head spatial self-attention. Products run on OpenBLAS at whatever thread
+// upsampling, and single-head spatial self-attention. Convolutions run their own fixed schedule of
+// single-threaded products over `workers`; the attention's products run at the OpenBLAS thread
 // count the caller set (`BLAS.exclusive`).
 
 /// Zero padding of a convolution's input: rows added on top/bottom, columns on left/right.
@@ -34,7 +36,7 @@ public let convColumnBudget = 8 << 20
 /// 1x1 convolutions with stride 1 and no padding multiply the input in place (no im2col); others
 /// run in tiles of whole output rows whose im2col columns fit `columnBudget` floats.
 public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, padding: ConvPadding,
-                   into out: Tensor, accumulate: Bool = false, columnBudget: Int = convColumnBudget) {
+                   into out: Tensor, accumulate: Bool = false, columnBudget: Int = convColumnBudget, workers: Int = 1) {
     precondition(x.rank == 4 && weight.rank == 4, "conv2d: x \(x.shape), weight \(weight.shape)")
     let (N, Cin, H, W) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
     let (Cout, KH, KW) = (weight.shape[0], weight.shape[2], weight.shape[3])
@@ -62,14 +64,22 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, 
     }
     let pointwise = KH == 1 && KW == 1 && stride == 1 && padding == .same(0)
     let tileRows = pointwise ? Ho : max(1, min(Ho, columnBudget / max(1, K * Wo)))
-    let cols = pointwise ? nil : UnsafeMutablePointer<Float>.allocate(capacity: K * tileRows * Wo)
-    defer { cols?.deallocate() }
-    let src = x.pointer
-    for n in 0..<N {
-        let xs = src + n * Cin * H * W
-        let os = o + n * Cout * plane
-        var r0 = 0
-        while r0 < Ho {
+    // Work items are (sample, tile of output rows); the tiling depends only on the layer's shape,
+    // and each item is one single-threaded product, so the output bits do not depend on the batch
+    // or on `workers` (the same scheme as `linearRows`).
+    let tilesPerSample = (Ho + tileRows - 1) / tileRows
+    let items = N * tilesPerSample
+    let workers = max(1, min(workers, items))
+    let (xAddress, oAddress) = (Int(bitPattern: x.pointer), Int(bitPattern: o))
+    let run: @Sendable (Int) -> Void = { worker in
+        let src = UnsafePointer<Float>(bitPattern: xAddress)!, o = UnsafeMutablePointer<Float>(bitPattern: oAddress)!
+        let cols = pointwise ? nil : UnsafeMutablePointer<Float>.allocate(capacity: K * tileRows * Wo)
+        defer { cols?.deallocate() }
+        var item = worker
+        while item < items {
+            let (n, r0) = (item / tilesPerSample, item % tilesPerSample * tileRows)
+            let xs = src + n * Cin * H * W
+            let os = o + n * Cout * plane
             let rows = min(tileRows, Ho - r0)
             let cw = rows * Wo
             let b: UnsafePointer<Float>
@@ -83,17 +93,21 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, 
             // out[:, r0*Wo ..< (r0+rows)*Wo] (Cout, cw) += weight (Cout, K) · cols (K, cw)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(Cout), Int32(cw), Int32(K),
                         1, weight.pointer, Int32(K), b, Int32(cw), 1, os + r0 * Wo, Int32(plane))
-            r0 += rows
+            item += workers
         }
+    }
+    BLAS.exclusive(threads: 1) {
+        if workers == 1 { run(0) } else { DispatchQueue.concurrentPerform(iterations: workers, execute: run) }
     }
 }
 
 /// Allocating form of `conv2d`.
-public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, padding: ConvPadding) -> Tensor {
+public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, padding: ConvPadding,
+                   workers: Int = 1) -> Tensor {
     let Ho = convOutputSize(x.shape[2], kernel: weight.shape[2], stride: stride, padBefore: padding.top, padAfter: padding.bottom)
     let Wo = convOutputSize(x.shape[3], kernel: weight.shape[3], stride: stride, padBefore: padding.left, padAfter: padding.right)
     let out = Tensor(zeros: [x.shape[0], weight.shape[0], Ho, Wo])
-    conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding, into: out)
+    conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding, into: out, workers: workers)
     return out
 }
 
