@@ -335,11 +335,11 @@ public struct AutoencoderKL: Sendable {
     }
 
     private func midBlock(_ x: Tensor, _ m: VAEMidBlockWeights, _ workers: Int) -> Tensor {
-        resnet(attention(resnet(x, m.resnet0, workers), m.attention), m.resnet1, workers)
+        resnet(attention(resnet(x, m.resnet0, workers), m.attention, workers), m.resnet1, workers)
     }
 
     /// x + to_out(softmax(q kᵀ / sqrt(C)) v) over the H*W positions, q/k/v from group_norm(x).
-    private func attention(_ x: Tensor, _ a: VAEAttentionWeights) -> Tensor {
+    private func attention(_ x: Tensor, _ a: VAEAttentionWeights, _ workers: Int) -> Tensor {
         let (N, C, H, W) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
         let T = H * W
         let normed = Tensor(zeros: x.shape)
@@ -347,17 +347,20 @@ public struct AutoencoderKL: Sendable {
                   into: normed)
         let tokens = Tensor(zeros: [T, C]), q = Tensor(zeros: [T, C]), k = Tensor(zeros: [T, C]), v = Tensor(zeros: [T, C])
         let o = Tensor(zeros: [T, C]), proj = Tensor(zeros: [T, C])
-        let scores = Tensor(zeros: [min(T, spatialAttentionRowTile) * T])
+        let scores = Tensor(zeros: [attentionScratchCount(tokens: T, workers: workers)])
         let out = x.copy()
-        let scale = 1 / Float(C).squareRoot()
+        func project(_ x: Tensor, _ p: VAEParam, into y: Tensor) {
+            linearRows(x.pointer, rows: T, segment: T, weight: p.weight!, bias: p.bias, workers: workers,
+                       into: y.mutablePointer)
+        }
         for n in 0..<N {
             transpose2D(normed.pointer + n * C * T, rows: C, cols: T, into: tokens.mutablePointer)
-            linear(tokens, weight: a.query.weight!, bias: a.query.bias, into: q)
-            linear(tokens, weight: a.key.weight!, bias: a.key.bias, into: k)
-            linear(tokens, weight: a.value.weight!, bias: a.value.bias, into: v)
-            singleHeadAttention(q: q.pointer, k: k.pointer, v: v.pointer, tokens: T, dim: C, scale: scale,
-                                scores: scores.mutablePointer, into: o.mutablePointer)
-            linear(o, weight: a.out.weight!, bias: a.out.bias, into: proj)
+            project(tokens, a.query, into: q)
+            project(tokens, a.key, into: k)
+            project(tokens, a.value, into: v)
+            GriditTensor.attention(q: q.pointer, k: k.pointer, v: v.pointer, rowStride: C, batch: 1, tokens: T,
+                                   dim: C, heads: 1, workers: workers, scores: scores, into: o.mutablePointer)
+            project(o, a.out, into: proj)
             // out[n] (C, T) += projᵀ
             let dst = out.mutablePointer + n * C * T, src = proj.pointer
             for t in 0..<T {

@@ -12,6 +12,21 @@ struct StepCoefficients {
     let sqrtRecip, sqrtRecipm1, coef1, coef2: Float
     let minLog, maxLog, fixedLog: Float
     let alphaBar, alphaBarPrev: Float
+    let learned: Bool
+
+    /// x0 = sqrt(1/ᾱ')·x − sqrt(1/ᾱ'−1)·ε, optionally clipped to [-1, 1].
+    @inline(__always) func predictX0(x: Float, eps: Float, clip: Bool) -> Float {
+        let x0 = sqrtRecip * x - sqrtRecipm1 * eps
+        return clip ? min(max(x0, -1), 1) : x0
+    }
+
+    /// Learned range: interpolate between the clipped posterior and β' log variances by (v+1)/2;
+    /// otherwise the fixed log variance.
+    @inline(__always) func logVariance(v: Float) -> Float {
+        guard learned else { return fixedLog }
+        let frac = (v + 1) / 2
+        return frac * maxLog + (1 - frac) * minLog
+    }
 }
 
 extension GaussianDiffusion {
@@ -25,7 +40,8 @@ extension GaussianDiffusion {
             coef1: Float(posteriorMeanCoef1[k]), coef2: Float(posteriorMeanCoef2[k]),
             minLog: Float(posteriorLogVarianceClipped[k]), maxLog: Float(logBetas[k]),
             fixedLog: Float(fixed),
-            alphaBar: Float(alphasCumprod[k]), alphaBarPrev: Float(alphasCumprodPrev[k]))
+            alphaBar: Float(alphasCumprod[k]), alphaBarPrev: Float(alphasCumprodPrev[k]),
+            learned: variance == .learnedRange)
     }
 
     /// Checks x (N, C, H, W) against the model output (N, C or 2C, H, W) and returns (N, C·H·W); the optional tensors must be shaped like x.
@@ -69,18 +85,10 @@ extension GaussianDiffusion {
             let base = b * inner
             for i in 0..<inner {
                 let xi = xs[base + i]
-                var x0 = cf.sqrtRecip * xi - cf.sqrtRecipm1 * eps[i]
-                if clipDenoised { x0 = min(max(x0, -1), 1) }
-                let logVar: Float
-                if learned {
-                    let frac = (v[i] + 1) / 2
-                    logVar = frac * cf.maxLog + (1 - frac) * cf.minLog
-                } else {
-                    logVar = cf.fixedLog
-                }
+                let x0 = cf.predictX0(x: xi, eps: eps[i], clip: clipDenoised)
                 x0p[base + i] = x0
                 mp[base + i] = cf.coef1 * x0 + cf.coef2 * xi
-                lp[base + i] = logVar
+                lp[base + i] = cf.logVariance(v: learned ? v[i] : 0)
             }
         }
     }
@@ -102,17 +110,10 @@ extension GaussianDiffusion {
             let base = b * inner
             for i in 0..<inner {
                 let xi = xs[base + i]
-                var x0 = cf.sqrtRecip * xi - cf.sqrtRecipm1 * eps[i]
-                if clipDenoised { x0 = min(max(x0, -1), 1) }
+                let x0 = cf.predictX0(x: xi, eps: eps[i], clip: clipDenoised)
                 let mean = cf.coef1 * x0 + cf.coef2 * xi
                 if let z {
-                    let logVar: Float
-                    if learned {
-                        let frac = (v[i] + 1) / 2
-                        logVar = frac * cf.maxLog + (1 - frac) * cf.minLog
-                    } else {
-                        logVar = cf.fixedLog
-                    }
+                    let logVar = cf.logVariance(v: learned ? v[i] : 0)
                     dst[base + i] = mean + expf(0.5 * logVar) * z[base + i]
                 } else {
                     dst[base + i] = mean
@@ -145,8 +146,7 @@ extension GaussianDiffusion {
             let base = b * inner
             for i in 0..<inner {
                 let xi = xs[base + i]
-                var x0 = cf.sqrtRecip * xi - cf.sqrtRecipm1 * epsIn[i]
-                if clipDenoised { x0 = min(max(x0, -1), 1) }
+                let x0 = cf.predictX0(x: xi, eps: epsIn[i], clip: clipDenoised)
                 let eps = (cf.sqrtRecip * xi - x0) / cf.sqrtRecipm1
                 let meanPred = x0 * sqrtAbPrev + dirCoef * eps
                 dst[base + i] = z.map { meanPred + sigma * $0[base + i] } ?? meanPred

@@ -1,13 +1,11 @@
 import CBLAS
 import CGriditKernels
-import Dispatch
 import Glibc
 
 // Image kernels of the VAE over (N, C, H, W) tensors: 2-D convolution as im2col + GEMM with the
 // PyTorch (Cout, Cin, KH, KW) weight in place, group norm (optionally fused with SiLU), nearest 2x
-// upsampling, and single-head spatial self-attention. Convolutions run their own fixed schedule of
-// single-threaded products over `workers`; the attention's products run at the OpenBLAS thread
-// count the caller set (`BLAS.exclusive`).
+// upsampling. Convolutions run a fixed schedule of single-threaded products over `workers`
+// (`parallelItems`), so their bits depend neither on the batch nor on the thread count.
 
 /// Zero padding of a convolution's input: rows added on top/bottom, columns on left/right.
 public struct ConvPadding: Equatable, Sendable {
@@ -70,34 +68,27 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, 
     let tilesPerSample = (Ho + tileRows - 1) / tileRows
     let items = N * tilesPerSample
     let workers = max(1, min(workers, items))
-    let (xAddress, oAddress) = (Int(bitPattern: x.pointer), Int(bitPattern: o))
-    let run: @Sendable (Int) -> Void = { worker in
-        let src = UnsafePointer<Float>(bitPattern: xAddress)!, o = UnsafeMutablePointer<Float>(bitPattern: oAddress)!
-        let cols = pointwise ? nil : UnsafeMutablePointer<Float>.allocate(capacity: K * tileRows * Wo)
-        defer { cols?.deallocate() }
-        var item = worker
-        while item < items {
+    let cols = pointwise ? nil : UnsafeMutablePointer<Float>.allocate(capacity: workers * K * tileRows * Wo)
+    defer { cols?.deallocate() }
+    let src = x.pointer
+    BLAS.exclusive(threads: 1) {
+        parallelItems(items, workers: workers) { item, worker in
             let (n, r0) = (item / tilesPerSample, item % tilesPerSample * tileRows)
             let xs = src + n * Cin * H * W
             let os = o + n * Cout * plane
             let rows = min(tileRows, Ho - r0)
             let cw = rows * Wo
-            let b: UnsafePointer<Float>
+            var b = xs
             if let cols {
+                let scratch = cols + worker * K * tileRows * Wo
                 im2col(xs, channels: Cin, height: H, width: W, kernelH: KH, kernelW: KW, stride: stride,
-                       padTop: padding.top, padLeft: padding.left, outRow0: r0, outRows: rows, outW: Wo, into: cols)
-                b = UnsafePointer(cols)
-            } else {
-                b = xs
+                       padTop: padding.top, padLeft: padding.left, outRow0: r0, outRows: rows, outW: Wo, into: scratch)
+                b = UnsafePointer(scratch)
             }
             // out[:, r0*Wo ..< (r0+rows)*Wo] (Cout, cw) += weight (Cout, K) · cols (K, cw)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(Cout), Int32(cw), Int32(K),
                         1, weight.pointer, Int32(K), b, Int32(cw), 1, os + r0 * Wo, Int32(plane))
-            item += workers
         }
-    }
-    BLAS.exclusive(threads: 1) {
-        if workers == 1 { run(0) } else { DispatchQueue.concurrentPerform(iterations: workers, execute: run) }
     }
 }
 
@@ -214,23 +205,3 @@ public func transpose2D(_ src: UnsafePointer<Float>, rows: Int, cols: Int, into 
     }
 }
 
-/// Query rows per tile of `singleHeadAttention`: the (tile, T) scores stay bounded (T = 4096 for
-/// a 64x64 latent: 256 x 4096 floats = 4 MB).
-public let spatialAttentionRowTile = 256
-
-/// Single-head attention softmax(q kᵀ · scale) v for one sample. q, k, v, out: (T, D) rows;
-/// scores: scratch of at least min(T, `spatialAttentionRowTile`) * T floats.
-public func singleHeadAttention(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-                                tokens T: Int, dim D: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
-                                into out: UnsafeMutablePointer<Float>) {
-    var r0 = 0
-    while r0 < T {
-        let rows = min(spatialAttentionRowTile, T - r0)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(T), Int32(D),
-                    1, q + r0 * D, Int32(D), k, Int32(D), 0, scores, Int32(T))
-        gk_softmax_rows(scores, rows, T, T, scale)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(D), Int32(T),
-                    1, scores, Int32(T), v, Int32(D), 0, out + r0 * D, Int32(D))
-        r0 += rows
-    }
-}

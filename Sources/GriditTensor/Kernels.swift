@@ -88,20 +88,35 @@ public func linearRows(_ x: UnsafePointer<Float>, rows M: Int, segment: Int, wei
     let rowBlock = linearRowBlock(segment: segment)
     let blocksPerSample = (segment + rowBlock - 1) / rowBlock
     let items = M / segment * blocksPerSample
-    let workers = max(1, min(workers, items))
-    let xAddress = Int(bitPattern: x), yAddress = Int(bitPattern: y)
-    let run: @Sendable (Int) -> Void = { worker in
-        let x = UnsafePointer<Float>(bitPattern: xAddress)!, y = UnsafeMutablePointer<Float>(bitPattern: yAddress)!
-        var item = worker
-        while item < items {
-            let (sample, block) = (item / blocksPerSample, item % blocksPerSample)
-            let r0 = sample * segment + block * rowBlock
-            let rows = min(rowBlock, segment - block * rowBlock)
-            linear(x + r0 * K, rows: rows, weight: weight, bias: bias, into: y + r0 * N)
-            item += workers
+    parallelItems(items, workers: workers) { item, _ in
+        let (sample, block) = (item / blocksPerSample, item % blocksPerSample)
+        let r0 = sample * segment + block * rowBlock
+        let rows = min(rowBlock, segment - block * rowBlock)
+        linear(x + r0 * K, rows: rows, weight: weight, bias: bias, into: y + r0 * N)
+    }
+}
+
+/// Runs `body(item, worker)` for items 0..<count, item i on worker i % workers, on
+/// min(workers, count) threads; returns when all are done. The schedules built on it (row blocks,
+/// attention tiles, convolution tiles) fix their items independently of `workers`, so their
+/// results do not depend on it; `worker` indexes per-thread scratch.
+public func parallelItems(_ count: Int, workers: Int, _ body: (_ item: Int, _ worker: Int) -> Void) {
+    let workers = max(1, min(workers, count))
+    guard workers > 1 else {
+        for item in 0..<count { body(item, 0) }
+        return
+    }
+    withoutActuallyEscaping(body) { body in
+        // Items write disjoint outputs; the body only has to outlive this call, which it does.
+        nonisolated(unsafe) let body = body
+        DispatchQueue.concurrentPerform(iterations: workers) { worker in
+            var item = worker
+            while item < count {
+                body(item, worker)
+                item += workers
+            }
         }
     }
-    if workers == 1 { run(0) } else { DispatchQueue.concurrentPerform(iterations: workers, execute: run) }
 }
 
 /// Tensor form of `linear`: x (..., K) -> y (..., N), rows = every leading dim.
@@ -144,65 +159,58 @@ public func gateResidual(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Fl
     gk_gate_residual(x, y, gate, T, D)
 }
 
-/// Query rows per attention tile: a (rows, T) block of scores stays in L2 (64 x 1024 floats = 256 KB).
+/// Query rows per attention tile: a (rows, T) block of scores stays in L2 (96 x 1024 floats = 384 KB
+/// of the 512 KB L2 measured on). Changing it changes output bits.
 public let attentionRowTile = 96
 
-/// Floats of scratch that `selfAttention` needs for `workers` threads over T tokens.
+/// Floats of scratch that the attention kernels need for `workers` threads over T tokens.
 public func attentionScratchCount(tokens T: Int, workers: Int) -> Int { max(1, workers) * attentionRowTile * (T + 1) }
 
-/// Multi-head self-attention core: softmax(q kᵀ / sqrt(HD)) v for each (batch element, head).
-/// qkv: (N, T, 3D) laid out [q | k | v] per token, each (NH, HD) head-major within D (timm's layout);
-/// scores: scratch of at least `attentionScratchCount(tokens:workers:)` floats; out: (N, T, D),
-/// heads concatenated in head order.
+/// Multi-head self-attention over packed projections: qkv (N, T, 3D) laid out [q | k | v] per
+/// token, each (NH, HD) head-major within D (timm's layout); out: (N, T, D), heads concatenated.
+public func selfAttention(qkv: UnsafePointer<Float>, batch N: Int, tokens T: Int, dim D: Int, heads NH: Int,
+                          workers: Int, scores: Tensor, into out: UnsafeMutablePointer<Float>) {
+    attention(q: qkv, k: qkv + D, v: qkv + 2 * D, rowStride: 3 * D, batch: N, tokens: T, dim: D, heads: NH,
+              workers: workers, scores: scores, into: out)
+}
+
+/// softmax(q kᵀ / sqrt(HD)) v for each (batch element, head). q, k, v: (N, T, D) views whose
+/// token rows are `rowStride` floats apart (D for separate tensors, 3D inside a packed qkv);
+/// scores: scratch of at least `attentionScratchCount(tokens:workers:)` floats; out: (N, T, D).
 ///
 /// Work items are (n, head, tile of `attentionRowTile` query rows), spread over `workers` threads,
 /// each running single-threaded GEMMs: the products are thin (K = HD), which OpenBLAS splits across
 /// threads poorly, and a tile's scores stay in cache between the two products and the softmax.
 /// Every item writes its own rows and columns of `out`, and its arithmetic does not depend on the
 /// split, so the result is the same for every worker count.
-public func selfAttention(qkv: UnsafePointer<Float>, batch N: Int, tokens T: Int, dim D: Int, heads NH: Int,
-                          workers: Int, scores: Tensor, into out: UnsafeMutablePointer<Float>) {
-    precondition(D % NH == 0, "selfAttention: dim \(D) not divisible by heads \(NH)")
+public func attention(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, rowStride ld: Int,
+                      batch N: Int, tokens T: Int, dim D: Int, heads NH: Int, workers: Int, scores: Tensor,
+                      into out: UnsafeMutablePointer<Float>) {
+    precondition(D % NH == 0, "attention: dim \(D) not divisible by heads \(NH)")
     precondition(scores.count >= attentionScratchCount(tokens: T, workers: workers),
-                 "selfAttention: scratch of \(scores.count) floats, need \(attentionScratchCount(tokens: T, workers: workers))")
-    let scale = 1 / Float(D / NH).squareRoot()
-    let tiles = (T + attentionRowTile - 1) / attentionRowTile
-    let items = N * NH * tiles
-    let workers = max(1, min(workers, items))
-    BLAS.exclusive(threads: 1) {
-        attentionItems(qkv: qkv, tokens: T, dim: D, heads: NH, tiles: tiles, items: items, workers: workers,
-                       scale: scale, scores: scores, into: out)
-    }
-}
-
-private func attentionItems(qkv: UnsafePointer<Float>, tokens T: Int, dim D: Int, heads NH: Int, tiles: Int, items: Int,
-                            workers: Int, scale: Float, scores: Tensor, into out: UnsafeMutablePointer<Float>) {
+                 "attention: scratch of \(scores.count) floats, need \(attentionScratchCount(tokens: T, workers: workers))")
     let HD = D / NH
-    let ld = Int32(3 * D)
-    let qkvAddress = Int(bitPattern: qkv), outAddress = Int(bitPattern: out)
-    let scoresAddress = Int(bitPattern: scores.mutablePointer)
-    DispatchQueue.concurrentPerform(iterations: workers) { worker in
-        let qkv = UnsafePointer<Float>(bitPattern: qkvAddress)!
-        let out = UnsafeMutablePointer<Float>(bitPattern: outAddress)!
-        let s = UnsafeMutablePointer<Float>(bitPattern: scoresAddress)! + worker * attentionRowTile * (T + 1)
-        let sums = s + attentionRowTile * T
-        var item = worker
-        while item < items {
+    let scale = 1 / Float(HD).squareRoot()
+    let tiles = (T + attentionRowTile - 1) / attentionRowTile
+    let scratch = scores.mutablePointer
+    BLAS.exclusive(threads: 1) {
+        parallelItems(N * NH * tiles, workers: workers) { item, worker in
             let (n, h, tile) = (item / (NH * tiles), item / tiles % NH, item % tiles)
+            let s = scratch + worker * attentionRowTile * (T + 1)
+            let sums = s + attentionRowTile * T
             let r0 = tile * attentionRowTile
             let rows = min(attentionRowTile, T - r0)
-            let head = qkv + n * T * 3 * D + h * HD
+            let head = n * T * ld + h * HD
             // scores (rows, T) = q[r0 ..< r0+rows] (rows, HD) · kᵀ
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(T), Int32(HD),
-                        1, head + r0 * 3 * D, ld, head + D, ld, 0, s, Int32(T))
+                        1, q + head + r0 * ld, Int32(ld), k + head, Int32(ld), 0, s, Int32(T))
             // Unnormalised softmax; its row sums divide the (rows, HD) output, not the (rows, T) scores.
             gk_softmax_rows_unnormalized(s, rows, T, T, scale, sums)
             // out[n, r0 ..< r0+rows, h*HD ..< (h+1)*HD] (rows, HD) = scores (rows, T) · v (T, HD)
             let o = out + (n * T + r0) * D + h * HD
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(HD), Int32(T),
-                        1, s, Int32(T), head + 2 * D, ld, 0, o, Int32(D))
+                        1, s, Int32(T), v + head, Int32(ld), 0, o, Int32(D))
             gk_divide_rows(o, sums, rows, HD, D)
-            item += workers
         }
     }
 }
@@ -210,6 +218,7 @@ private func attentionItems(qkv: UnsafePointer<Float>, tokens T: Int, dim D: Int
 /// Patchify (im2col for a conv with kernel = stride = P): x (N, C, H, W) -> patches (N*T, C*P*P),
 /// T = (H/P)(W/P) in row-major patch order; each row is ordered (c, pi, pj) like the flattened
 /// (D, C, P, P) conv weight, so the patch embedding is `linear(patches, weight (D, C*P*P))`.
+/// patches: (N*T, C*P*P).
 public func patchify(_ x: Tensor, patch P: Int, into patches: UnsafeMutablePointer<Float>) {
     precondition(x.rank == 4, "patchify: x must be (N, C, H, W), got \(x.shape)")
     let (N, C, H, W) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
@@ -230,17 +239,6 @@ public func patchify(_ x: Tensor, patch P: Int, into patches: UnsafeMutablePoint
             }
         }
     }
-}
-
-/// Patch embedding: patchify + linear. x: (N, C, H, W); weight (D, C, P, P) as PyTorch stores a
-/// Conv2d; bias (D); patches: scratch (N*T, C*P*P); out: (N, T, D).
-public func patchEmbed(_ x: Tensor, patch P: Int, weight: Tensor, bias: Tensor,
-                       patches: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
-    let C = x.shape[1]
-    precondition(weight.shape == [weight.shape[0], C, P, P], "patchEmbed: weight \(weight.shape) vs C=\(C) P=\(P)")
-    patchify(x, patch: P, into: patches)
-    let rows = x.shape[0] * (x.shape[2] / P) * (x.shape[3] / P)
-    linear(patches, rows: rows, weight: weight.reshaped([weight.shape[0], C * P * P]), bias: bias, into: out)
 }
 
 /// Inverse of patchify for the model output: tokens (N, T, P*P*C) -> image (N, C, H, W) with

@@ -14,7 +14,7 @@ struct GriditBench: ParsableCommand {
 }
 
 struct ThreadOptions: ParsableArguments {
-    @Option(help: "OpenBLAS threads.")
+    @Option(help: "Worker threads of a forward pass (each runs single-threaded OpenBLAS products).")
     var threads: Int = ProcessInfo.processInfo.activeProcessorCount
 }
 
@@ -41,7 +41,6 @@ extension GriditBench {
         }
 
         func run() throws {
-            BLAS.setThreadCount(threads.threads)
             let config = try DiTConfiguration.load(path: config)
             let file = try SafetensorsFile(path: checkpoint)
             let model = try DiT(config: config, source: file)
@@ -53,7 +52,7 @@ extension GriditBench {
             var labels: [Int]? = try y.map { try NPYArray(path: $0).integers() }
             if let label { labels = Array(repeating: label, count: n) }
             let cond = try condition.map { try NPYArray(path: $0).floatTensor() }
-            let ws = DiTWorkspace(config: config, batch: n)
+            let ws = DiTWorkspace(config: config, batch: n, workers: threads.threads)
             let start = DispatchTime.now()
             let output = try model.forward(x: xs, t: ts, y: labels, condition: cond, workspace: ws)
             let ms = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e6
@@ -74,10 +73,9 @@ extension GriditBench {
         @OptionGroup var threads: ThreadOptions
 
         func run() throws {
-            BLAS.setThreadCount(threads.threads)
             let config = try DiTConfiguration.preset(model, inputSize: inputSize)
             let dit = try DiT(config: config, source: RandomWeights.source(for: config, seed: 1))
-            let ws = DiTWorkspace(config: config, batch: batch)
+            let ws = DiTWorkspace(config: config, batch: batch, workers: threads.threads)
             let x = RandomWeights.tensor([batch, config.inChannels, inputSize, inputSize], seed: 2, std: 1)
             let t = (0..<batch).map { Float(($0 * 137 + 500) % 1000) }
             var times: [Double] = []
@@ -133,8 +131,7 @@ extension GriditBench {
             print(String(format: "checkpoint %.2f GB mapped, %d blocks bound; resident before %.1f MB, after %.1f MB",
                          Double(size) / 1e9, dit.weights.blocks.count, Double(before) / 1e6, Double(after) / 1e6))
             guard forward else { return }
-            BLAS.setThreadCount(threads.threads)
-            let ws = DiTWorkspace(config: cfg, batch: 1)
+            let ws = DiTWorkspace(config: cfg, batch: 1, workers: threads.threads)
             let x = RandomWeights.tensor([1, cfg.inChannels, cfg.inputSize, cfg.inputSize], seed: 2, std: 1)
             try dit.forward(x: x, t: [500], workspace: ws)
             print(String(format: "after one forward: resident %.1f MB (weights are file-backed pages of the mapping), "

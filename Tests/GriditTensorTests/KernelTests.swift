@@ -98,6 +98,15 @@ func attentionMatchesNaive(shape: (Int, Int, Int, Int, Int)) {
     #expect(results[0] == results[1] && results[1] == results[2])
 }
 
+/// The DiT's patch embedding: patchify, then a linear layer over the flattened (D, C, P, P) weight.
+func patchEmbed(_ x: Tensor, patch P: Int, weight: Tensor, bias: Tensor,
+                patches: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+    patchify(x, patch: P, into: patches)
+    let rows = x.shape[0] * (x.shape[2] / P) * (x.shape[3] / P)
+    linear(patches, rows: rows, weight: weight.reshaped([weight.shape[0], weight.count / weight.shape[0]]), bias: bias,
+           into: out)
+}
+
 @Test(arguments: [(1, 3, 6, 6, 2, 5), (2, 4, 8, 8, 4, 7), (1, 8, 16, 16, 8, 3), (2, 1, 4, 12, 2, 6)])
 func patchEmbedMatchesNaive(shape: (Int, Int, Int, Int, Int, Int)) {
     let (N, C, H, W, P, D) = shape
