@@ -55,6 +55,11 @@ let package = Package(
             dependencies: ["GriditModels", "GriditTensor"],
             swiftSettings: swiftSettings
         ),
+        // Wire types and output formatting shared by griditd and griditctl (Foundation only).
+        .target(
+            name: "GriditAPI",
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "GriditStore",
             dependencies: [.product(name: "GRDB", package: "GRDB.swift")],
@@ -88,6 +93,11 @@ let package = Package(
             name: "GriditPipelineTests",
             dependencies: ["GriditPipeline", "GriditModels", "GriditCheckpoint", "GriditTensor"],
             resources: [.copy("Fixtures")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "GriditAPITests",
+            dependencies: ["GriditAPI"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
