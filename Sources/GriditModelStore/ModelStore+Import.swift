@@ -207,6 +207,11 @@ extension ModelStore {
         }
         TestHooks.pause(at: "import.committed")
         writeRefs()
+        let linked = toPublish.filter { $0.method == .hardlink && stored[$0.digest] == "hardlink" }.count
+        if linked > 0 {
+            warnings.append("\(linked) file(s) were hardlinked: each source file IS the stored blob now and was made read-only (0444); "
+                + "do not edit it in place (verify would find it changed). Use --link copy to keep the sources independent")
+        }
         for t in tags {
             if let site = sites.first(where: { siteRefs($0).contains { $0.name == t.name && $0.tag == t.tag } }) {
                 warnings.append("\(t.name):\(t.tag) also exists in the site root \(site.path), which is searched first; use \(t.name)@\(digest) to run this version")
