@@ -235,7 +235,7 @@ final class IngestFile {
                 try writeAll(fd, chunk, path: path)
                 stream.update(chunk)
                 progress?(stream.count)
-                TestHooks.pause(at: "import.copying")
+                if stream.count >= Int64(ioChunkSize) { TestHooks.pause(at: "import.copying") }
             }
             try finish(fd, path: path)
             return IngestFile(root: root, path: path, fd: fd, method: .copy, digest: stream.finalize(),

@@ -69,9 +69,10 @@ public enum StoreChecks {
                     return PathProblem(path: current, message: "\(current) does not exist", fix: "check the path, or mount the site root")
                 }
                 if access(parent, W_OK | X_OK) != 0 {
+                    let code = errno
                     return PathProblem(
                         path: parent,
-                        message: "\(current) does not exist and \(userDescription()) cannot create it: \(parent) is \(describe(parent)) (\(String(cString: strerror(errno))))",
+                        message: "\(current) does not exist and \(userDescription()) cannot create it: \(parent) is \(describe(parent)) (\(String(cString: strerror(code))))",
                         fix: fixFor(missing: absolute))
                 }
                 return nil  // creatable
@@ -82,19 +83,21 @@ public enum StoreChecks {
                                    fix: "remove or rename \(current), or choose another --state-dir")
             }
             if access(current, X_OK) != 0 {
+                let code = errno
                 return PathProblem(
                     path: current,
-                    message: "\(userDescription()) cannot enter \(current): it is \(describe(current)) (\(String(cString: strerror(errno))))",
+                    message: "\(userDescription()) cannot enter \(current): it is \(describe(current)) (\(String(cString: strerror(code))))",
                     fix: "give search permission on \(current) (e.g. chmod o+x \(current)), or choose another --state-dir")
             }
             if isLast {
                 let mode = needWrite ? W_OK | X_OK : R_OK | X_OK
                 if access(current, mode) != 0 {
-                    let readOnlyFS = errno == EROFS
+                    let code = errno
+                    let readOnlyFS = code == EROFS
                     return PathProblem(
                         path: current,
                         message: "\(userDescription()) cannot \(needWrite ? "write" : "read") \(current): it is \(describe(current))"
-                            + (readOnlyFS ? " on a read-only filesystem" : "") + " (\(String(cString: strerror(errno))))",
+                            + (readOnlyFS ? " on a read-only filesystem" : "") + " (\(String(cString: strerror(code))))",
                         fix: readOnlyFS ? fixForReadOnly(current) : fixFor(owner: current, write: needWrite))
                 }
             }
@@ -162,9 +165,14 @@ public enum StoreChecks {
                                     fix: problem.fix)]
         }
         guard access(source, R_OK) == 0, let id = FileIdentity.of(path: source) else {
+            let code = errno
+            if code == ENOENT {
+                return [ModelStoreCheck(name: "import source", status: .error, path: source,
+                                        message: "\(source) does not exist", fix: "check the path")]
+            }
             return [ModelStoreCheck(name: "import source", status: .error, path: source,
-                                    message: "\(userDescription()) cannot read \(source): \(String(cString: strerror(errno)))",
-                                    fix: "check the path and its permissions (\(describe(source)))")]
+                                    message: "\(userDescription()) cannot read \(source): \(String(cString: strerror(code)))",
+                                    fix: "check its permissions (\(describe(source))) and those of the directories above it")]
         }
         var checks = [ModelStoreCheck(name: "import source", status: .ok, path: source, message: "\(source) is readable")]
         if link == .hardlink || link == .auto, let store = FileIdentity.of(path: stateDirectory), store.device != id.device {

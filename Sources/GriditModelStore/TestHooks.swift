@@ -9,7 +9,7 @@ import Glibc
 /// `GRIDIT_TEST_PAUSE_FILE` (if set), so that a test can `kill -9` it exactly there. Without the
 /// variable a point costs one comparison.
 ///
-/// Labels in an import: `import.copying` (a blob partly written to ingest/), `import.ingested`
+/// Labels in an import: `import.copying` (a file over 1 MiB partly copied to ingest/), `import.ingested`
 /// (every file in ingest/ and validated, nothing published), `import.published` (blobs under
 /// their names, database not yet committed), `import.committed` (tag committed).
 public enum TestHooks {
