@@ -94,3 +94,40 @@ struct GCTests {
         #expect(FileManager.default.fileExists(atPath: ingest + "live.partial"))
     }
 }
+
+@Suite("Mappings of other processes")
+struct OtherProcessTests {
+    @Test("gc keeps a blob another process maps, and ps shows that process", .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3")))
+    func otherProcessMapping() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let store = try ModelStore(stateDirectory: dir.file("state"))
+        let v1 = try store.importModel(from: try writePipeline(in: dir.file("v1")), name: "tiny:v1", link: .copy)
+        let weights = try #require(v1.blobs[2].path)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = ["-c", """
+            import mmap, sys, time
+            f = open(sys.argv[1], "rb"); m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ); m[0]
+            print("mapped", flush=True); time.sleep(60)
+            """, weights]
+        let out = Pipe()
+        process.standardOutput = out
+        try process.run()
+        defer {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        let line = String(decoding: out.fileHandleForReading.availableData, as: UTF8.self)
+        #expect(line.hasPrefix("mapped"))
+
+        let ps = store.ps()
+        let entry = try #require(ps.entries.first { $0.pid == process.processIdentifier })
+        #expect(entry.blobs.map(\.digest) == [v1.blobs[2].digest])
+        #expect(entry.blobs[0].resident > 0)
+        _ = try store.remove("tiny:v1")
+        let gc = try store.gc()
+        #expect(gc.keptMapped == [v1.blobs[2].digest])
+        #expect(FileManager.default.fileExists(atPath: weights))
+    }
+}
