@@ -30,8 +30,10 @@ public struct ModelBlob: Codable, Sendable, Equatable {
     /// identical blob was already in a store root.
     public var stored: String?
 
-    public init(role: String, digest: String, size: Int64, mediaType: String, path: String? = nil,
-                stored: String? = nil) {
+    public init(
+        role: String, digest: String, size: Int64, mediaType: String, path: String? = nil,
+        stored: String? = nil
+    ) {
         self.role = role
         self.digest = digest
         self.size = size
@@ -60,8 +62,10 @@ public struct ModelImportResult: Codable, Sendable, Equatable {
     public var bytesWritten: Int64
     public var warnings: [String]
 
-    public init(reference: String, digest: String, size: Int64, previous: String?, blobs: [ModelBlob],
-                bytesWritten: Int64, warnings: [String]) {
+    public init(
+        reference: String, digest: String, size: Int64, previous: String?, blobs: [ModelBlob],
+        bytesWritten: Int64, warnings: [String]
+    ) {
         self.reference = reference
         self.digest = digest
         self.size = size
@@ -91,8 +95,10 @@ public struct ModelListEntry: Codable, Sendable, Equatable {
     /// Nil for the writable root; the path of the read-only site root that holds it otherwise.
     public var root: String?
 
-    public init(name: String?, tag: String?, digest: String, size: Int64, created: Timestamp, loaded: Bool,
-                jobs: Int, root: String?) {
+    public init(
+        name: String?, tag: String?, digest: String, size: Int64, created: Timestamp, loaded: Bool,
+        jobs: Int, root: String?
+    ) {
         self.name = name
         self.tag = tag
         self.digest = digest
@@ -159,9 +165,11 @@ public struct ModelShowResult: Codable, Sendable, Equatable {
     public var jobs: [Int64]
     public var loaded: Bool
 
-    public init(digest: String, references: [String], created: Timestamp, size: Int64, root: String?,
-                source: String?, manifest: JSONValue, configs: [String: JSONValue], blobs: [ModelBlob],
-                history: [ModelTagEvent], jobs: [Int64], loaded: Bool) {
+    public init(
+        digest: String, references: [String], created: Timestamp, size: Int64, root: String?,
+        source: String?, manifest: JSONValue, configs: [String: JSONValue], blobs: [ModelBlob],
+        history: [ModelTagEvent], jobs: [Int64], loaded: Bool
+    ) {
         self.digest = digest
         self.references = references
         self.created = created
@@ -227,8 +235,10 @@ public struct ModelVerifyEntry: Codable, Sendable, Equatable {
     /// `NAME:TAG` (or digests of untagged versions) that reference the blob.
     public var usedBy: [String]
 
-    public init(digest: String, path: String?, size: Int64?, status: ModelVerifyStatus, actual: String? = nil,
-                quarantinedTo: String? = nil, message: String? = nil, usedBy: [String] = []) {
+    public init(
+        digest: String, path: String?, size: Int64?, status: ModelVerifyStatus, actual: String? = nil,
+        quarantinedTo: String? = nil, message: String? = nil, usedBy: [String] = []
+    ) {
         self.digest = digest
         self.path = path
         self.size = size
@@ -288,8 +298,10 @@ public struct ModelGCResult: Codable, Sendable, Equatable {
     /// Unreferenced blobs kept because a process has them mapped.
     public var keptMapped: [String]
 
-    public init(dryRun: Bool, removedBlobs: [String], removedManifests: [String], removedTemporary: [String],
-                freedBytes: Int64, keptMapped: [String]) {
+    public init(
+        dryRun: Bool, removedBlobs: [String], removedManifests: [String], removedTemporary: [String],
+        freedBytes: Int64, keptMapped: [String]
+    ) {
         self.dryRun = dryRun
         self.removedBlobs = removedBlobs
         self.removedManifests = removedManifests
@@ -355,8 +367,10 @@ public struct ModelPSEntry: Codable, Sendable, Equatable {
     /// Set for mappings found in another process (`/proc/PID/maps`).
     public var pid: Int32?
 
-    public init(key: String, references: [String], leases: Int, lastUsed: Timestamp?, expiresAt: Timestamp?,
-                blobs: [ModelMappedBlob], pid: Int32? = nil) {
+    public init(
+        key: String, references: [String], leases: Int, lastUsed: Timestamp?, expiresAt: Timestamp?,
+        blobs: [ModelMappedBlob], pid: Int32? = nil
+    ) {
         self.key = key
         self.references = references
         self.leases = leases
@@ -406,5 +420,18 @@ public struct ModelStoreCheck: Codable, Sendable, Equatable {
 public struct ModelStoreCheckResult: Codable, Sendable, Equatable {
     public var checks: [ModelStoreCheck]
     public init(checks: [ModelStoreCheck]) { self.checks = checks }
+    /// No check failed (warnings allowed).
     public var ok: Bool { !checks.contains { $0.status == .error } }
+
+    enum CodingKeys: String, CodingKey { case checks, ok }
+
+    public init(from decoder: any Decoder) throws {
+        checks = try decoder.container(keyedBy: CodingKeys.self).decode([ModelStoreCheck].self, forKey: .checks)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(checks, forKey: .checks)
+        try c.encode(ok, forKey: .ok)
+    }
 }

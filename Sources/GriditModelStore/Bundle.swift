@@ -13,7 +13,7 @@ import CModelStore
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 struct BundleIndex: Codable, Equatable {
@@ -36,12 +36,15 @@ enum BundleReader {
     }
 
     /// Reads the whole bundle at `path` into ingest files of `root`, checking every entry.
-    static func read(path: String, into root: StoreRoot, progress: ((String, Int64) -> Void)? = nil)
+    static func read(
+        path: String, into root: StoreRoot, progress: ((String, Int64) -> Void)? = nil
+    )
         throws(ModelStoreError) -> Contents
     {
         func bad(_ why: String) -> ModelStoreError {
-            ModelStoreError(.invalidInput, "bundle \(path): \(why); nothing was imported",
-                            hint: "use a bundle written by `griditd models export` / `griditctl models export`")
+            ModelStoreError(
+                .invalidInput, "bundle \(path): \(why); nothing was imported",
+                hint: "use a bundle written by `griditd models export` / `griditctl models export`")
         }
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw posixError("open", path: path, errno: errno) }
@@ -69,9 +72,12 @@ enum BundleReader {
             var name = raw
             while name.hasPrefix("./") { name.removeFirst(2) }
             if name.hasPrefix("/") { throw bad("entry '\(raw)' has an absolute path") }
-            if name.split(separator: "/").contains("..") { throw bad("entry '\(raw)' has a '..' path that escapes the bundle") }
+            if name.split(separator: "/").contains("..") {
+                throw bad("entry '\(raw)' has a '..' path that escapes the bundle")
+            }
             if let target = archive_entry_hardlink(entry) {
-                throw bad("entry '\(raw)' is a hard link (to '\(String(cString: target))'); bundles hold regular files only")
+                throw bad(
+                    "entry '\(raw)' is a hard link (to '\(String(cString: target))'); bundles hold regular files only")
             }
             let type = UInt32(archive_entry_filetype(entry))
             if type == symlinkType || archive_entry_symlink(entry) != nil {
@@ -79,11 +85,15 @@ enum BundleReader {
             }
             if type == directoryType {
                 let dir = name.hasSuffix("/") ? String(name.dropLast()) : name
-                guard ["", ".", "blobs", "blobs/sha256"].contains(dir) else { throw bad("unexpected directory '\(raw)'") }
+                guard ["", ".", "blobs", "blobs/sha256"].contains(dir) else {
+                    throw bad("unexpected directory '\(raw)'")
+                }
                 continue
             }
             guard type == regularFile else {
-                throw bad("entry '\(raw)' is a device, FIFO or socket (type \(String(type, radix: 8))); bundles hold regular files only")
+                throw bad(
+                    "entry '\(raw)' is a device, FIFO or socket (type \(String(type, radix: 8))); bundles hold regular files only"
+                )
             }
             guard seen.insert(name).inserted else { throw bad("entry '\(raw)' appears twice") }
 
@@ -98,11 +108,14 @@ enum BundleReader {
                     throw bad("format '\(index!.format)'; this griditd reads \(BundleIndex.format)")
                 }
             } else if name.hasPrefix("blobs/sha256/"), let digest = BlobDigest("sha256:" + name.dropFirst(13)),
-                      digest.hex == String(name.dropFirst(13)) {
+                digest.hex == String(name.dropFirst(13))
+            {
                 let file = try IngestFile.fromStream(into: root, progress: progress.map { p in { p(name, $0) } }) {
                     buffer throws(ModelStoreError) in
                     let n = archive_read_data(a, buffer.baseAddress, buffer.count)
-                    guard n >= 0 else { throw bad("reading '\(raw)' failed (\(archiveMessage())); the bundle is truncated or corrupt") }
+                    guard n >= 0 else {
+                        throw bad("reading '\(raw)' failed (\(archiveMessage())); the bundle is truncated or corrupt")
+                    }
                     return n
                 }
                 guard file.digest == digest else {
@@ -113,14 +126,17 @@ enum BundleReader {
                 }
                 blobs[digest] = file
             } else {
-                throw bad("unexpected entry '\(raw)' (a bundle holds \(BundleIndex.entryName) and blobs/sha256/<64 hex>)")
+                throw bad(
+                    "unexpected entry '\(raw)' (a bundle holds \(BundleIndex.entryName) and blobs/sha256/<64 hex>)")
             }
         }
         guard let index else { throw bad("it has no \(BundleIndex.entryName)") }
         return Contents(index: index, blobs: blobs)
     }
 
-    private static func readSmall(_ a: OpaquePointer, limit: Int, bad: (String) -> ModelStoreError) throws(ModelStoreError) -> [UInt8] {
+    private static func readSmall(
+        _ a: OpaquePointer, limit: Int, bad: (String) -> ModelStoreError
+    ) throws(ModelStoreError) -> [UInt8] {
         var bytes: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 64 << 10)
         while true {

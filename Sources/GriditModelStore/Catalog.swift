@@ -5,7 +5,7 @@ import GRDB
 import GriditStore
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 enum Catalog {
@@ -31,7 +31,8 @@ enum Catalog {
         var reference: String { "\(name):\(tag)" }
     }
 
-    static let liveStates = JobState.allCases.filter { !$0.isTerminal }.map { "'\($0.rawValue)'" }.joined(separator: ", ")
+    static let liveStates = JobState.allCases.filter { !$0.isTerminal }.map { "'\($0.rawValue)'" }.joined(
+        separator: ", ")
 
     // MARK: Manifests
 
@@ -60,18 +61,26 @@ enum Catalog {
 
     /// Manifests whose digest starts with `sha256:<hex>`.
     static func manifests(_ db: Database, prefix hex: String) throws -> [BlobDigest] {
-        try String.fetchAll(db, sql: "SELECT digest FROM model_manifest WHERE substr(digest, 8, ?) = ?",
-                            arguments: [hex.count, hex]).compactMap(BlobDigest.init)
+        try String.fetchAll(
+            db, sql: "SELECT digest FROM model_manifest WHERE substr(digest, 8, ?) = ?",
+            arguments: [hex.count, hex]
+        ).compactMap(BlobDigest.init)
     }
 
     private static func manifestRow(_ r: Row) -> ManifestRow {
-        ManifestRow(digest: BlobDigest(r["digest"] as String)!, size: r["size"], createdAt: r["created_at"], source: r["source"])
+        ManifestRow(
+            digest: BlobDigest(r["digest"] as String)!, size: r["size"], createdAt: r["created_at"], source: r["source"]
+        )
     }
 
     static func blobs(_ db: Database, of manifest: BlobDigest) throws -> [BlobRow] {
-        try Row.fetchAll(db, sql: "SELECT * FROM model_manifest_blob WHERE manifest = ? ORDER BY rowid",
-                         arguments: [manifest.description]).map { r in
-            BlobRow(role: r["role"], digest: BlobDigest(r["digest"] as String)!, size: r["size"], mediaType: r["media_type"])
+        try Row.fetchAll(
+            db, sql: "SELECT * FROM model_manifest_blob WHERE manifest = ? ORDER BY rowid",
+            arguments: [manifest.description]
+        ).map { r in
+            BlobRow(
+                role: r["role"], digest: BlobDigest(r["digest"] as String)!, size: r["size"], mediaType: r["media_type"]
+            )
         }
     }
 
@@ -104,22 +113,28 @@ enum Catalog {
     }
 
     static func tag(_ db: Database, name: String, tag: String) throws -> TagRow? {
-        try Row.fetchOne(db, sql: "SELECT * FROM model_tag WHERE name = ? AND tag = ?", arguments: [name, tag]).map(tagRow)
+        try Row.fetchOne(db, sql: "SELECT * FROM model_tag WHERE name = ? AND tag = ?", arguments: [name, tag]).map(
+            tagRow)
     }
 
     static func tags(_ db: Database, pointingAt digest: BlobDigest) throws -> [TagRow] {
-        try Row.fetchAll(db, sql: "SELECT * FROM model_tag WHERE manifest = ? ORDER BY name, tag",
-                         arguments: [digest.description]).map(tagRow)
+        try Row.fetchAll(
+            db, sql: "SELECT * FROM model_tag WHERE manifest = ? ORDER BY name, tag",
+            arguments: [digest.description]
+        ).map(tagRow)
     }
 
     private static func tagRow(_ r: Row) -> TagRow {
-        TagRow(name: r["name"], tag: r["tag"], manifest: BlobDigest(r["manifest"] as String)!, updatedAt: r["updated_at"])
+        TagRow(
+            name: r["name"], tag: r["tag"], manifest: BlobDigest(r["manifest"] as String)!, updatedAt: r["updated_at"])
     }
 
     /// Points NAME:TAG at `manifest` and appends the change to the history (unless nothing
     /// changed). Returns what the tag pointed to before.
     @discardableResult
-    static func setTag(_ db: Database, name: String, tag: String, manifest: BlobDigest, action: String, at: Int64) throws
+    static func setTag(
+        _ db: Database, name: String, tag: String, manifest: BlobDigest, action: String, at: Int64
+    ) throws
         -> BlobDigest?
     {
         let previous = try self.tag(db, name: name, tag: tag)?.manifest
@@ -140,7 +155,8 @@ enum Catalog {
         guard let previous = try self.tag(db, name: name, tag: tag)?.manifest else { return nil }
         try db.execute(sql: "DELETE FROM model_tag WHERE name = ? AND tag = ?", arguments: [name, tag])
         try db.execute(
-            sql: "INSERT INTO model_tag_event (name, tag, action, manifest, previous, at) VALUES (?, ?, 'rm', NULL, ?, ?)",
+            sql:
+                "INSERT INTO model_tag_event (name, tag, action, manifest, previous, at) VALUES (?, ?, 'rm', NULL, ?, ?)",
             arguments: [name, tag, previous.description, at])
         return previous
     }
@@ -152,11 +168,14 @@ enum Catalog {
     }
 
     /// The history of one tag, or of every tag that pointed at `digest`, oldest first.
-    static func history(_ db: Database, name: String? = nil, tag: String? = nil, digest: BlobDigest? = nil) throws -> [EventRow] {
+    static func history(
+        _ db: Database, name: String? = nil, tag: String? = nil, digest: BlobDigest? = nil
+    ) throws -> [EventRow] {
         let rows: [Row]
         if let name, let tag {
-            rows = try Row.fetchAll(db, sql: "SELECT * FROM model_tag_event WHERE name = ? AND tag = ? ORDER BY id",
-                                    arguments: [name, tag])
+            rows = try Row.fetchAll(
+                db, sql: "SELECT * FROM model_tag_event WHERE name = ? AND tag = ? ORDER BY id",
+                arguments: [name, tag])
         } else if let digest {
             rows = try Row.fetchAll(
                 db,
@@ -170,9 +189,10 @@ enum Catalog {
             rows = try Row.fetchAll(db, sql: "SELECT * FROM model_tag_event ORDER BY id")
         }
         return rows.map { r in
-            EventRow(name: r["name"], tag: r["tag"], action: r["action"],
-                     manifest: (r["manifest"] as String?).flatMap(BlobDigest.init),
-                     previous: (r["previous"] as String?).flatMap(BlobDigest.init), at: r["at"])
+            EventRow(
+                name: r["name"], tag: r["tag"], action: r["action"],
+                manifest: (r["manifest"] as String?).flatMap(BlobDigest.init),
+                previous: (r["previous"] as String?).flatMap(BlobDigest.init), at: r["at"])
         }
     }
 
@@ -182,8 +202,10 @@ enum Catalog {
     static func liveJobPins(_ db: Database) throws -> [BlobDigest: [Int64]] {
         var out: [BlobDigest: [Int64]] = [:]
         for r in try Row.fetchAll(
-            db, sql: "SELECT id, pipeline_digest FROM job WHERE state IN (\(liveStates)) AND pipeline_digest IS NOT NULL ORDER BY id")
-        {
+            db,
+            sql:
+                "SELECT id, pipeline_digest FROM job WHERE state IN (\(liveStates)) AND pipeline_digest IS NOT NULL ORDER BY id"
+        ) {
             if let d = BlobDigest(r["pipeline_digest"] as String) { out[d, default: []].append(r["id"]) }
         }
         return out
@@ -193,15 +215,18 @@ enum Catalog {
 
     static func checked(_ db: Database, path: String) throws -> (digest: BlobDigest, identity: FileIdentity)? {
         guard let r = try Row.fetchOne(db, sql: "SELECT * FROM model_blob_check WHERE path = ?", arguments: [path]),
-              let digest = BlobDigest(r["digest"] as String)
+            let digest = BlobDigest(r["digest"] as String)
         else { return nil }
         let identity = FileIdentity(
-            size: r["size"], device: UInt64(bitPattern: r["device"] as Int64), inode: UInt64(bitPattern: r["inode"] as Int64),
+            size: r["size"], device: UInt64(bitPattern: r["device"] as Int64),
+            inode: UInt64(bitPattern: r["inode"] as Int64),
             mtimeNs: r["mtime_ns"], ctimeNs: r["ctime_ns"], mode: UInt32(S_IFREG))
         return (digest, identity)
     }
 
-    static func recordCheck(_ db: Database, path: String, digest: BlobDigest, identity id: FileIdentity, at: Int64) throws {
+    static func recordCheck(
+        _ db: Database, path: String, digest: BlobDigest, identity id: FileIdentity, at: Int64
+    ) throws {
         try db.execute(
             sql: """
                 INSERT INTO model_blob_check (path, digest, size, device, inode, mtime_ns, ctime_ns, checked_at)
@@ -210,8 +235,10 @@ enum Catalog {
                   inode = excluded.inode, mtime_ns = excluded.mtime_ns, ctime_ns = excluded.ctime_ns,
                   checked_at = excluded.checked_at
                 """,
-            arguments: [path, digest.description, id.size, Int64(bitPattern: id.device), Int64(bitPattern: id.inode),
-                        id.mtimeNs, id.ctimeNs, at])
+            arguments: [
+                path, digest.description, id.size, Int64(bitPattern: id.device), Int64(bitPattern: id.inode),
+                id.mtimeNs, id.ctimeNs, at,
+            ])
     }
 
     static func forgetCheck(_ db: Database, path: String) throws {

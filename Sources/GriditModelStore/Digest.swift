@@ -2,7 +2,7 @@ import Crypto
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A SHA-256 content digest, written `sha256:<64 lower-case hex>` (OCI style).
@@ -34,7 +34,9 @@ public struct BlobDigest: Hashable, Sendable, Comparable, CustomStringConvertibl
 
     public static func < (a: BlobDigest, b: BlobDigest) -> Bool { a.hex < b.hex }
 
-    static func isHexDigit(_ c: UInt8) -> Bool { (48...57).contains(c) || (97...102).contains(c) || (65...70).contains(c) }
+    static func isHexDigit(_ c: UInt8) -> Bool {
+        (48...57).contains(c) || (97...102).contains(c) || (65...70).contains(c)
+    }
 
     static func hexString(_ digest: SHA256.Digest) -> String {
         digest.map { byte in
@@ -76,7 +78,9 @@ let ioChunkSize = 1 << 20
 
 /// Hashes the whole file open at `fd` from offset 0 with `pread` (the descriptor's offset is
 /// untouched). `progress` gets the bytes done after each chunk.
-func hashFile(fd: Int32, path: String, progress: ((Int64) -> Void)? = nil) throws(ModelStoreError) -> (BlobDigest, Int64) {
+func hashFile(
+    fd: Int32, path: String, progress: ((Int64) -> Void)? = nil
+) throws(ModelStoreError) -> (BlobDigest, Int64) {
     var stream = DigestStream()
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ioChunkSize, alignment: 4096)
     defer { buffer.deallocate() }
@@ -109,15 +113,26 @@ func posixError(_ call: String, path: String, errno code: Int32, hint: String? =
     let message = "\(call) \(path) failed: \(text)"
     switch code {
     case EACCES, EPERM:
-        return ModelStoreError(.permission, message, hint: hint ?? "check the owner and mode of \(path) and of every directory above it (griditd models check names the one that denies access)")
+        return ModelStoreError(
+            .permission, message,
+            hint: hint
+                ?? "check the owner and mode of \(path) and of every directory above it (griditd models check names the one that denies access)"
+        )
     case EROFS:
-        return ModelStoreError(.permission, message + " (read-only filesystem)", hint: hint ?? "under systemd with ProtectSystem=strict add the directory to ReadWritePaths= in a drop-in, or remount it read-write")
+        return ModelStoreError(
+            .permission, message + " (read-only filesystem)",
+            hint: hint
+                ?? "under systemd with ProtectSystem=strict add the directory to ReadWritePaths= in a drop-in, or remount it read-write"
+        )
     case ENOSPC, EDQUOT:
-        return ModelStoreError(.noSpace, message, hint: hint ?? "free space on the filesystem of \(path), then run `models gc`")
+        return ModelStoreError(
+            .noSpace, message, hint: hint ?? "free space on the filesystem of \(path), then run `models gc`")
     case ENOENT, ENOTDIR:
         return ModelStoreError(.notFound, message, hint: hint ?? "check the path")
     case EXDEV:
-        return ModelStoreError(.crossDevice, message, hint: hint ?? "use --link copy (or auto), or keep the file on the store's filesystem")
+        return ModelStoreError(
+            .crossDevice, message, hint: hint ?? "use --link copy (or auto), or keep the file on the store's filesystem"
+        )
     default:
         return ModelStoreError(.io, message, hint: hint)
     }

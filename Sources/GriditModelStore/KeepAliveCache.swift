@@ -70,9 +70,11 @@ public final class BlobMappings: Sendable {
 
     func snapshot() -> Snapshot {
         let (pins, shared, reporters) = state.withLock { s in
-            (s.pins.sorted { $0.key < $1.key }.map { ($0.value.owner, $0.value.blobs) },
-             s.shared.compactMapValues { entry in entry.file.map { (entry.path, $0) } },
-             Array(s.reporters.values))
+            (
+                s.pins.sorted { $0.key < $1.key }.map { ($0.value.owner, $0.value.blobs) },
+                s.shared.compactMapValues { entry in entry.file.map { (entry.path, $0) } },
+                Array(s.reporters.values)
+            )
         }
         return Snapshot(pins: pins, shared: shared, caches: reporters.flatMap { $0() })
     }
@@ -149,7 +151,8 @@ public final class KeepAliveCache<Value: Sendable>: Sendable {
     /// - Parameters:
     ///   - keepAlive: seconds an idle entry stays loaded (default 10 minutes).
     ///   - now: the clock (tests inject one).
-    public init(mappings: BlobMappings, keepAlive: TimeInterval = 600, now: @escaping @Sendable () -> Date = { Date() }) {
+    public init(mappings: BlobMappings, keepAlive: TimeInterval = 600, now: @escaping @Sendable () -> Date = { Date() })
+    {
         self.mappings = mappings
         self.keepAlive = keepAlive
         self.now = now
@@ -169,8 +172,9 @@ public final class KeepAliveCache<Value: Sendable>: Sendable {
         if let hit = take(key) { return hit }
         let pin = mappings.pin(blobs, owner: key)
         let value = try load(LoadContext(key: key, mappings: mappings))
-        let entry = Entry(value: value, pin: pin, blobs: blobs, references: references, leases: 1,
-                          lastUsed: now(), keepAlive: keepAlive ?? self.keepAlive)
+        let entry = Entry(
+            value: value, pin: pin, blobs: blobs, references: references, leases: 1,
+            lastUsed: now(), keepAlive: keepAlive ?? self.keepAlive)
         entries.withLock { $0[key] = entry }
         return CacheLease(key: key, value: value) { [weak self] in self?.release(key) }
     }
@@ -234,9 +238,10 @@ public final class KeepAliveCache<Value: Sendable>: Sendable {
     private func report() -> [CacheReport] {
         entries.withLock { e in
             e.sorted { $0.key < $1.key }.map { key, entry in
-                CacheReport(key: key, references: entry.references, leases: entry.leases, lastUsed: entry.lastUsed,
-                            expiresAt: entry.leases == 0 ? entry.lastUsed.addingTimeInterval(entry.keepAlive) : nil,
-                            blobs: entry.blobs)
+                CacheReport(
+                    key: key, references: entry.references, leases: entry.leases, lastUsed: entry.lastUsed,
+                    expiresAt: entry.leases == 0 ? entry.lastUsed.addingTimeInterval(entry.keepAlive) : nil,
+                    blobs: entry.blobs)
             }
         }
     }

@@ -17,7 +17,7 @@ import Foundation
 import GriditAPI
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// One store root.
@@ -75,8 +75,10 @@ final class IngestFile {
     private let fd: Int32
     private var consumed = false
 
-    private init(root: StoreRoot, path: String, fd: Int32, method: Method, digest: BlobDigest, size: Int64,
-                 bytesWritten: Int64) {
+    private init(
+        root: StoreRoot, path: String, fd: Int32, method: Method, digest: BlobDigest, size: Int64,
+        bytesWritten: Int64
+    ) {
         self.root = root
         self.path = path
         self.fd = fd
@@ -106,8 +108,10 @@ final class IngestFile {
     ) throws(ModelStoreError) -> IngestFile {
         let src = open(source, O_RDONLY | O_CLOEXEC)
         guard src >= 0 else {
-            throw posixError("open", path: source, errno: errno,
-                             hint: errno == ENOENT ? "check the path (relative paths in a pipeline file are relative to its folder)" : nil)
+            throw posixError(
+                "open", path: source, errno: errno,
+                hint: errno == ENOENT
+                    ? "check the path (relative paths in a pipeline file are relative to its folder)" : nil)
         }
         defer { close(src) }
         guard let id = FileIdentity.of(fd: src) else { throw posixError("fstat", path: source, errno: errno) }
@@ -118,12 +122,13 @@ final class IngestFile {
         let report = progress.map { p in { (done: Int64) in p(done, sourceTotal) } }
 
         var lastError: ModelStoreError?
-        let tries: [Method] = switch mode {
-        case .auto: [.reflink, .hardlink, .copy]
-        case .reflink: [.reflink]
-        case .hardlink: [.hardlink]
-        case .copy: [.copy]
-        }
+        let tries: [Method] =
+            switch mode {
+            case .auto: [.reflink, .hardlink, .copy]
+            case .reflink: [.reflink]
+            case .hardlink: [.hardlink]
+            case .copy: [.copy]
+            }
         for method in tries {
             do {
                 switch method {
@@ -146,13 +151,15 @@ final class IngestFile {
             let code = errno
             close(fd)
             unlink(path)
-            throw posixError("reflink (FICLONE) into", path: root.ingestDirectory, errno: code,
-                             hint: "this filesystem cannot clone files; use --link auto, hardlink or copy")
+            throw posixError(
+                "reflink (FICLONE) into", path: root.ingestDirectory, errno: code,
+                hint: "this filesystem cannot clone files; use --link auto, hardlink or copy")
         }
         do throws(ModelStoreError) {
             try finish(fd, path: path)
             let (digest, size) = try hashFile(fd: fd, path: path, progress: progress)
-            return IngestFile(root: root, path: path, fd: fd, method: .reflink, digest: digest, size: size, bytesWritten: 0)
+            return IngestFile(
+                root: root, path: path, fd: fd, method: .reflink, digest: digest, size: size, bytesWritten: 0)
         } catch {
             close(fd)
             unlink(path)
@@ -172,10 +179,11 @@ final class IngestFile {
         let path = joinPath(root.ingestDirectory, UUID().uuidString.lowercased() + ".partial")
         // Link the very inode opened (not whatever the path names by now).
         guard linkat(AT_FDCWD, "/proc/self/fd/\(src)", AT_FDCWD, path, AT_SYMLINK_FOLLOW) == 0 else {
-            throw posixError("hardlink \(source) into", path: root.ingestDirectory, errno: errno,
-                             hint: errno == EPERM
-                                 ? "the kernel refuses links to files this user does not own (fs.protected_hardlinks); use --link copy"
-                                 : nil)
+            throw posixError(
+                "hardlink \(source) into", path: root.ingestDirectory, errno: errno,
+                hint: errno == EPERM
+                    ? "the kernel refuses links to files this user does not own (fs.protected_hardlinks); use --link copy"
+                    : nil)
         }
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
@@ -187,11 +195,13 @@ final class IngestFile {
         do throws(ModelStoreError) {
             // The blob and the source are one file: making it read-only protects both.
             guard fchmod(fd, 0o444) == 0 else {
-                throw posixError("making the hardlinked file read-only: chmod", path: source, errno: errno,
-                                 hint: "only the file's owner (or root) can hardlink it into the store; use --link copy")
+                throw posixError(
+                    "making the hardlinked file read-only: chmod", path: source, errno: errno,
+                    hint: "only the file's owner (or root) can hardlink it into the store; use --link copy")
             }
             let (digest, size) = try hashFile(fd: fd, path: path, progress: progress)
-            return IngestFile(root: root, path: path, fd: fd, method: .hardlink, digest: digest, size: size, bytesWritten: 0)
+            return IngestFile(
+                root: root, path: path, fd: fd, method: .hardlink, digest: digest, size: size, bytesWritten: 0)
         } catch {
             close(fd)
             unlink(path)
@@ -238,8 +248,9 @@ final class IngestFile {
                 if stream.count >= Int64(ioChunkSize) { TestHooks.pause(at: "import.copying") }
             }
             try finish(fd, path: path)
-            return IngestFile(root: root, path: path, fd: fd, method: .copy, digest: stream.finalize(),
-                              size: stream.count, bytesWritten: stream.count)
+            return IngestFile(
+                root: root, path: path, fd: fd, method: .copy, digest: stream.finalize(),
+                size: stream.count, bytesWritten: stream.count)
         } catch {
             close(fd)
             unlink(path)
@@ -314,6 +325,8 @@ func requireSpace(_ bytes: Int64, in directory: String) throws(ModelStoreError) 
         throw ModelStoreError(
             .noSpace,
             "importing needs \(formatBytes(bytes)) but the filesystem of \(directory) has \(formatBytes(free)) free",
-            hint: "free space (griditd models gc removes unreferenced blobs), or use --link hardlink from the same filesystem")
+            hint:
+                "free space (griditd models gc removes unreferenced blobs), or use --link hardlink from the same filesystem"
+        )
     }
 }

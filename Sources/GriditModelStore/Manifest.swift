@@ -75,7 +75,9 @@ public struct PipelineManifest: Codable, Sendable, Equatable {
     /// reference of the pipeline is the digest listed for its role.
     public static func decode(_ bytes: some DataProtocol, name: String) throws(ModelStoreError) -> PipelineManifest {
         func bad(_ why: String) -> ModelStoreError {
-            ModelStoreError(.invalidInput, "manifest \(name): \(why)", hint: "re-export the model, or import its pipeline.json again")
+            ModelStoreError(
+                .invalidInput, "manifest \(name): \(why)",
+                hint: "re-export the model, or import its pipeline.json again")
         }
         let m: PipelineManifest
         do {
@@ -83,13 +85,17 @@ public struct PipelineManifest: Codable, Sendable, Equatable {
         } catch {
             throw bad("not a pipeline manifest (\(error))")
         }
-        guard m.mediaType == MediaType.manifest else { throw bad("media type is '\(m.mediaType)', expected \(MediaType.manifest)") }
+        guard m.mediaType == MediaType.manifest else {
+            throw bad("media type is '\(m.mediaType)', expected \(MediaType.manifest)")
+        }
         do { try m.pipeline.validateFields() } catch { throw bad("\(error)") }
         let roles = Dictionary(m.blobs.map { ($0.role, $0) }, uniquingKeysWith: { a, _ in a })
         guard roles.count == m.blobs.count else { throw bad("a role is listed twice") }
         let referenced = m.pipeline.files
         guard Set(referenced.map(\.role)) == Set(roles.keys) else {
-            throw bad("the blob list (\(m.blobs.map(\.role.rawValue))) differs from the pipeline's files (\(referenced.map(\.role.rawValue)))")
+            throw bad(
+                "the blob list (\(m.blobs.map(\.role.rawValue))) differs from the pipeline's files (\(referenced.map(\.role.rawValue)))"
+            )
         }
         for (role, reference) in referenced where BlobDigest(reference) != roles[role]!.digest {
             throw bad("\(role.rawValue) is '\(reference)' but the blob list says \(roles[role]!.digest)")

@@ -4,7 +4,7 @@ import GriditPipeline
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 extension ModelStore {
@@ -42,8 +42,11 @@ extension ModelStore {
             return try importBundle(source, tags: requested.map { [$0] }, progress: progress)
         }
         guard let first = head[0..<n].first(where: { ![9, 10, 13, 32].contains($0) }), first == UInt8(ascii: "{") else {
-            throw ModelStoreError(.invalidInput, "\(source) is neither a pipeline JSON nor a bundle (tar)",
-                                  hint: "import the pipeline.json that lists the model files (docs/PIPELINE_FORMAT.md), or a file from `models export`")
+            throw ModelStoreError(
+                .invalidInput, "\(source) is neither a pipeline JSON nor a bundle (tar)",
+                hint:
+                    "import the pipeline.json that lists the model files (docs/PIPELINE_FORMAT.md), or a file from `models export`"
+            )
         }
         return try importPipeline(source, tag: requested, link: link, progress: progress)
     }
@@ -64,8 +67,9 @@ extension ModelStore {
         } else if let name = spec.name {
             tag = try ModelReference.parseTag(name)
         } else {
-            throw ModelStoreError(.invalidReference, "\(path) has no \"name\"; say what to call the version",
-                                  hint: "add --name NAME:TAG (e.g. --name moving-digits:v1)")
+            throw ModelStoreError(
+                .invalidReference, "\(path) has no \"name\"; say what to call the version",
+                hint: "add --name NAME:TAG (e.g. --name moving-digits:v1)")
         }
         var names: [PipelineSpec.FileRole: String] = [:]
         var byPath: [String: IngestFile] = [:]
@@ -77,8 +81,9 @@ extension ModelStore {
                 continue
             }
             do {
-                let f = try IngestFile.fromFile(file, into: local, mode: link,
-                                                progress: progress.map { p in { p(file, $0, $1) } })
+                let f = try IngestFile.fromFile(
+                    file, into: local, mode: link,
+                    progress: progress.map { p in { p(file, $0, $1) } })
                 byPath[file] = f
                 ingested[role] = f
             } catch {
@@ -88,16 +93,19 @@ extension ModelStore {
         try PipelineValidation.validate(spec.mapFiles { role, _ in ingested[role]!.path }, names: names)
         let manifest = PipelineManifest(spec: spec, files: ingested.mapValues { ($0.digest, $0.size) })
         let manifestFile = try IngestFile.fromBytes(manifest.encoded(), into: local)
-        return try commit(manifest: manifest, manifestFile: manifestFile, files: Array(byPath.values),
-                          existing: [:], source: path, tags: [tag])
+        return try commit(
+            manifest: manifest, manifestFile: manifestFile, files: Array(byPath.values),
+            existing: [:], source: path, tags: [tag])
     }
 
     private func importBundle(
         _ path: String, tags requested: [(name: String, tag: String)]?, progress: ImportProgress?
     ) throws(ModelStoreError) -> ModelImportResult {
-        let contents = try BundleReader.read(path: path, into: local, progress: progress.map { p in { p($0, $1, nil) } })
+        let contents = try BundleReader.read(
+            path: path, into: local, progress: progress.map { p in { p($0, $1, nil) } })
         func bad(_ why: String) -> ModelStoreError {
-            ModelStoreError(.invalidInput, "bundle \(path): \(why); nothing was imported", hint: "export the bundle again")
+            ModelStoreError(
+                .invalidInput, "bundle \(path): \(why); nothing was imported", hint: "export the bundle again")
         }
         let manifestDigest = contents.index.manifest
         let manifestPath: String
@@ -108,7 +116,8 @@ extension ModelStore {
         } else {
             throw bad("it does not hold its manifest \(manifestDigest)")
         }
-        guard let bytes = FileManager.default.contents(atPath: manifestPath), bytes.count <= PipelineManifest.maxSize else {
+        guard let bytes = FileManager.default.contents(atPath: manifestPath), bytes.count <= PipelineManifest.maxSize
+        else {
             throw bad("its manifest is unreadable or too large")
         }
         let manifest = try PipelineManifest.decode(bytes, name: "\(manifestDigest) in \(path)")
@@ -132,7 +141,8 @@ extension ModelStore {
         if let extra = contents.blobs.keys.sorted().first(where: { !listed.contains($0) }) {
             throw bad("it holds blobs/sha256/\(extra.hex), which its manifest does not list")
         }
-        let names = Dictionary(uniqueKeysWithValues: manifest.blobs.map { ($0.role, "\(path):blobs/sha256/\($0.digest.hex)") })
+        let names = Dictionary(
+            uniqueKeysWithValues: manifest.blobs.map { ($0.role, "\(path):blobs/sha256/\($0.digest.hex)") })
         try PipelineValidation.validate(manifest.pipeline.mapFiles { role, _ in paths[role]! }, names: names)
 
         var tags = requested ?? []
@@ -140,13 +150,15 @@ extension ModelStore {
             for text in contents.index.tags { tags.append(try ModelReference.parseTag(text)) }
         }
         guard !tags.isEmpty else {
-            throw ModelStoreError(.invalidReference, "bundle \(path) names no tag; say what to call the version",
-                                  hint: "add --name NAME:TAG")
+            throw ModelStoreError(
+                .invalidReference, "bundle \(path) names no tag; say what to call the version",
+                hint: "add --name NAME:TAG")
         }
         let files = contents.blobs.filter { $0.key != manifestDigest }.map(\.value)
         let manifestFile = contents.blobs[manifestDigest]
-        return try commit(manifest: manifest, manifestDigest: manifestDigest, manifestSize: Int64(bytes.count),
-                          manifestFile: manifestFile, files: files, existing: existing, source: path, tags: tags)
+        return try commit(
+            manifest: manifest, manifestDigest: manifestDigest, manifestSize: Int64(bytes.count),
+            manifestFile: manifestFile, files: files, existing: existing, source: path, tags: tags)
     }
 
     /// Publishes the ingested files and the manifest, then commits the version and its tags in one
@@ -193,39 +205,57 @@ extension ModelStore {
 
         let at = nowMillis
         let published = toPublish.map(\.digest).filter { !(stored[$0] ?? "").hasPrefix("existing") }
-        let blobRows = manifest.blobs.map { Catalog.BlobRow(role: $0.role.rawValue, digest: $0.digest, size: $0.size, mediaType: $0.mediaType) }
-        let size = (manifestSize ?? manifestFile?.size ?? 0)
-            + Dictionary(manifest.blobs.map { ($0.digest, $0.size) }, uniquingKeysWith: { a, _ in a }).values.reduce(0, +)
-        let manifestRow = Catalog.ManifestRow(digest: digest, size: manifestSize ?? manifestFile!.size, createdAt: at, source: source)
+        let blobRows = manifest.blobs.map {
+            Catalog.BlobRow(role: $0.role.rawValue, digest: $0.digest, size: $0.size, mediaType: $0.mediaType)
+        }
+        let size =
+            (manifestSize ?? manifestFile?.size ?? 0)
+            + Dictionary(manifest.blobs.map { ($0.digest, $0.size) }, uniquingKeysWith: { a, _ in a }).values.reduce(
+                0, +)
+        let manifestRow = Catalog.ManifestRow(
+            digest: digest, size: manifestSize ?? manifestFile!.size, createdAt: at, source: source)
         let previous: [BlobDigest?] = try write { db in
             try Catalog.insertManifest(db, manifestRow, blobs: blobRows)
             for d in published {
                 let path = local.blobPath(d)
-                if let id = FileIdentity.of(path: path) { try Catalog.recordCheck(db, path: path, digest: d, identity: id, at: at) }
+                if let id = FileIdentity.of(path: path) {
+                    try Catalog.recordCheck(db, path: path, digest: d, identity: id, at: at)
+                }
             }
-            return try tags.map { t in try Catalog.setTag(db, name: t.name, tag: t.tag, manifest: digest, action: "import", at: at) }
+            return try tags.map { t in
+                try Catalog.setTag(db, name: t.name, tag: t.tag, manifest: digest, action: "import", at: at)
+            }
         }
         TestHooks.pause(at: "import.committed")
         writeRefs()
         let linked = toPublish.filter { $0.method == .hardlink && stored[$0.digest] == "hardlink" }.count
         if linked > 0 {
-            warnings.append("\(linked) file(s) were hardlinked: each source file IS the stored blob now and was made read-only (0444); "
-                + "do not edit it in place (verify would find it changed). Use --link copy to keep the sources independent")
+            warnings.append(
+                "\(linked) file(s) were hardlinked: each source file IS the stored blob now and was made read-only (0444); "
+                    + "do not edit it in place (verify would find it changed). Use --link copy to keep the sources independent"
+            )
         }
         for t in tags {
             if let site = sites.first(where: { siteRefs($0).contains { $0.name == t.name && $0.tag == t.tag } }) {
-                warnings.append("\(t.name):\(t.tag) also exists in the site root \(site.path), which is searched first; use \(t.name)@\(digest) to run this version")
+                warnings.append(
+                    "\(t.name):\(t.tag) also exists in the site root \(site.path), which is searched first; use \(t.name)@\(digest) to run this version"
+                )
             }
         }
 
-        var blobs = [ModelBlob(role: "manifest", digest: digest.description, size: manifestRow.size,
-                               mediaType: MediaType.manifest, path: blobPath(digest), stored: stored[digest])]
+        var blobs = [
+            ModelBlob(
+                role: "manifest", digest: digest.description, size: manifestRow.size,
+                mediaType: MediaType.manifest, path: blobPath(digest), stored: stored[digest])
+        ]
         blobs += manifest.blobs.map { b in
-            ModelBlob(role: b.role.rawValue, digest: b.digest.description, size: b.size, mediaType: b.mediaType,
-                      path: blobPath(b.digest), stored: stored[b.digest])
+            ModelBlob(
+                role: b.role.rawValue, digest: b.digest.description, size: b.size, mediaType: b.mediaType,
+                path: blobPath(b.digest), stored: stored[b.digest])
         }
-        return ModelImportResult(reference: "\(tags[0].name):\(tags[0].tag)", digest: digest.description, size: size,
-                                 previous: previous[0]?.description, blobs: blobs, bytesWritten: written, warnings: warnings)
+        return ModelImportResult(
+            reference: "\(tags[0].name):\(tags[0].tag)", digest: digest.description, size: size,
+            previous: previous[0]?.description, blobs: blobs, bytesWritten: written, warnings: warnings)
     }
 
     /// The path of an intact copy of `digest` in any root, or nil. A corrupt copy in the writable

@@ -12,14 +12,14 @@
 // Every call blocks (file I/O, hashing, SQLite): call it from a dedicated thread, not from
 // Swift's cooperative pool.
 import Foundation
+import GRDB
 import GriditAPI
 import GriditPipeline
-import GRDB
 import GriditStore
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 public final class ModelStore: Sendable {
@@ -72,8 +72,9 @@ public final class ModelStore: Sendable {
             }
             if let problem = StoreChecks.writeProblem(stateDirectory) { throw problem }
         } else if !FileIdentity.exists(directory: stateDirectory) {
-            throw ModelStoreError(.notFound, "there is no state directory \(stateDirectory)",
-                                  hint: "check --state-dir (or GRIDIT_STATE_DIR)")
+            throw ModelStoreError(
+                .notFound, "there is no state directory \(stateDirectory)",
+                hint: "check --state-dir (or GRIDIT_STATE_DIR)")
         }
         let canonical = Self.canonical(stateDirectory)
         self.stateDirectory = canonical
@@ -86,20 +87,24 @@ public final class ModelStore: Sendable {
         } else {
             let path = joinPath(canonical, StateDatabase.fileName)
             if access == .readOnly, !FileManager.default.fileExists(atPath: path) {
-                throw ModelStoreError(.notFound, "there is no state database \(path) yet",
-                                      hint: "start griditd, or run a `griditd models` command that changes the store")
+                throw ModelStoreError(
+                    .notFound, "there is no state database \(path) yet",
+                    hint: "start griditd, or run a `griditd models` command that changes the store")
             }
             do {
                 self.database = try StateDatabase(path: path, migrate: access == .readWrite)
             } catch {
-                throw ModelStoreError(.database, error.message, hint: error.code == .schemaTooNew ? "use the newer griditd" : nil)
+                throw ModelStoreError(
+                    .database, error.message, hint: error.code == .schemaTooNew ? "use the newer griditd" : nil)
             }
         }
         let applied: [String]
         do { applied = try self.database.appliedMigrations() } catch { throw ModelStoreError(.database, error.message) }
         guard applied.contains(Self.migration) else {
-            throw ModelStoreError(.database, "the state database \(self.database.path) has no model store tables (migration \(Self.migration))",
-                                  hint: "upgrade the running griditd, or stop it and run this command again")
+            throw ModelStoreError(
+                .database,
+                "the state database \(self.database.path) has no model store tables (migration \(Self.migration))",
+                hint: "upgrade the running griditd, or stop it and run this command again")
         }
         if access == .readWrite { writeRefs() }
     }
@@ -115,8 +120,9 @@ public final class ModelStore: Sendable {
 
     func requireWritable(_ what: String) throws(ModelStoreError) {
         guard access == .readWrite else {
-            throw ModelStoreError(.daemonRunning, "\(what) changes the store, and a running griditd owns \(stateDirectory)",
-                                  hint: "use `griditctl models …` (the daemon does it), or stop griditd first")
+            throw ModelStoreError(
+                .daemonRunning, "\(what) changes the store, and a running griditd owns \(stateDirectory)",
+                hint: "use `griditctl models …` (the daemon does it), or stop griditd first")
         }
     }
 
@@ -144,21 +150,29 @@ public final class ModelStore: Sendable {
                 if let entry = siteRefs(site).first(where: { $0.name == name && $0.tag == tag }) { return entry.digest }
             }
             if let row = try read({ try Catalog.tag($0, name: name, tag: tag) }) { return row.manifest }
-            let known = try read { db in try Catalog.tags(db).filter { $0.name == name }.map(\.tag) }
+            let known =
+                try read { db in try Catalog.tags(db).filter { $0.name == name }.map(\.tag) }
                 + sites.flatMap { siteRefs($0).filter { $0.name == name }.map(\.tag) }
             throw ModelStoreError(
-                .notFound, "no model \(name):\(tag)"
-                    + (known.isEmpty ? " (no tag of \(name) exists)" : " (tags of \(name): \(Set(known).sorted().joined(separator: ", ")))"),
+                .notFound,
+                "no model \(name):\(tag)"
+                    + (known.isEmpty
+                        ? " (no tag of \(name) exists)"
+                        : " (tags of \(name): \(Set(known).sorted().joined(separator: ", ")))"),
                 hint: "`models list` shows what exists; `models import` adds a version")
         case .pinned(let name, let digest):
             guard isVersion(digest) else { throw Self.noVersion(digest) }
-            let named = try read { db in
-                try Catalog.history(db, digest: digest).contains { $0.name == name }
-                    || Catalog.tags(db, pointingAt: digest).contains { $0.name == name }
-            } || sites.contains { siteRefs($0).contains { $0.name == name && $0.digest == digest } }
+            let named =
+                try read { db in
+                    try Catalog.history(db, digest: digest).contains { $0.name == name }
+                        || Catalog.tags(db, pointingAt: digest).contains { $0.name == name }
+                } || sites.contains { siteRefs($0).contains { $0.name == name && $0.digest == digest } }
             guard named else {
-                throw ModelStoreError(.notFound, "\(digest) exists but was never tagged \(name)",
-                                      hint: "use sha256:\(digest.hex), or the name it was imported as (`models show sha256:\(digest.short)`)")
+                throw ModelStoreError(
+                    .notFound, "\(digest) exists but was never tagged \(name)",
+                    hint:
+                        "use sha256:\(digest.hex), or the name it was imported as (`models show sha256:\(digest.short)`)"
+                )
             }
             return digest
         case .digest(let digest):
@@ -168,11 +182,13 @@ public final class ModelStore: Sendable {
             var matches = Set(try read { try Catalog.manifests($0, prefix: hex) })
             for site in sites { matches.formUnion(siteRefs(site).map(\.digest).filter { $0.hex.hasPrefix(hex) }) }
             guard matches.count <= 1 else {
-                throw ModelStoreError(.invalidReference, "sha256:\(hex) is ambiguous (\(matches.count) versions start with it)",
-                                      hint: "give more digits")
+                throw ModelStoreError(
+                    .invalidReference, "sha256:\(hex) is ambiguous (\(matches.count) versions start with it)",
+                    hint: "give more digits")
             }
             guard let digest = matches.first else {
-                throw ModelStoreError(.notFound, "no version's digest starts with sha256:\(hex)", hint: "`models list` shows the digests")
+                throw ModelStoreError(
+                    .notFound, "no version's digest starts with sha256:\(hex)", hint: "`models list` shows the digests")
             }
             return digest
         }
@@ -185,7 +201,9 @@ public final class ModelStore: Sendable {
     }
 
     static func noVersion(_ digest: BlobDigest) -> ModelStoreError {
-        ModelStoreError(.notFound, "no pipeline version \(digest)", hint: "`models list` shows the versions; `models import` adds one")
+        ModelStoreError(
+            .notFound, "no pipeline version \(digest)",
+            hint: "`models list` shows the versions; `models import` adds one")
     }
 
     // MARK: - Loading (the daemon's path)
@@ -227,11 +245,14 @@ public final class ModelStore: Sendable {
             switch try inspect(digest, in: root, full: full, what: what) {
             case .absent: continue
             case .intact(let path): return path
-            case .corrupt(let path, let actual): throw try mismatch(digest, actual: actual, at: path, in: root, what: what)
+            case .corrupt(let path, let actual):
+                throw try mismatch(digest, actual: actual, at: path, in: root, what: what)
             }
         }
-        throw ModelStoreError(.notFound, "\(what): blob \(digest) is missing from every store root (\(blobRoots.map(\.path).joined(separator: ", ")))",
-                              hint: "import the model again (its blobs may have been quarantined: see quarantine/)")
+        throw ModelStoreError(
+            .notFound,
+            "\(what): blob \(digest) is missing from every store root (\(blobRoots.map(\.path).joined(separator: ", ")))",
+            hint: "import the model again (its blobs may have been quarantined: see quarantine/)")
     }
 
     enum BlobState {
@@ -242,10 +263,13 @@ public final class ModelStore: Sendable {
 
     /// Whether `root` holds an intact copy of `digest`: its stat equals the one recorded when it
     /// last hashed right (unless `full`), or it hashes right now (then the stat is recorded).
-    func inspect(_ digest: BlobDigest, in root: StoreRoot, full: Bool, what: String) throws(ModelStoreError) -> BlobState {
+    func inspect(
+        _ digest: BlobDigest, in root: StoreRoot, full: Bool, what: String
+    ) throws(ModelStoreError) -> BlobState {
         guard let (path, identity) = root.existingBlob(digest) else { return .absent }
         if !full, let recorded = try? read({ try Catalog.checked($0, path: path) }),
-           recorded.digest == digest, identity.matches(recorded.identity) {
+            recorded.digest == digest, identity.matches(recorded.identity)
+        {
             return .intact(path)
         }
         let actual: BlobDigest
@@ -257,23 +281,30 @@ public final class ModelStore: Sendable {
         guard actual == digest else { return .corrupt(path: path, actual: actual) }
         if access == .readWrite, let after = FileIdentity.of(path: path), after.matches(identity) {
             let at = nowMillis
-            _ = try? database.write { try Catalog.recordCheck($0, path: path, digest: digest, identity: identity, at: at) }
+            _ = try? database.write {
+                try Catalog.recordCheck($0, path: path, digest: digest, identity: identity, at: at)
+            }
         }
         return .intact(path)
     }
 
     /// Quarantines a corrupt blob of the writable root and describes it.
-    func mismatch(_ digest: BlobDigest, actual: BlobDigest, at path: String, in root: StoreRoot, what: String)
+    func mismatch(
+        _ digest: BlobDigest, actual: BlobDigest, at path: String, in root: StoreRoot, what: String
+    )
         throws(ModelStoreError) -> ModelStoreError
     {
         try quarantineReport(digest, actual: actual, at: path, in: root, what: what).error
     }
 
     /// The same, also returning where the blob went (nil when the root is not writable here).
-    func quarantineReport(_ digest: BlobDigest, actual: BlobDigest, at path: String, in root: StoreRoot, what: String)
+    func quarantineReport(
+        _ digest: BlobDigest, actual: BlobDigest, at path: String, in root: StoreRoot, what: String
+    )
         throws(ModelStoreError) -> (error: ModelStoreError, quarantinedTo: String?)
     {
-        var message = "\(what): blob \(path) hashes to \(actual), not \(digest): its content changed (disk error or a write to the file)"
+        var message =
+            "\(what): blob \(path) hashes to \(actual), not \(digest): its content changed (disk error or a write to the file)"
         var hint = "import the model again (griditd models import / griditctl models import)"
         var moved: String?
         if root.writable {
@@ -281,7 +312,8 @@ public final class ModelStore: Sendable {
             _ = try? database.write { try Catalog.forgetCheck($0, path: path) }
             message += "; it was moved to \(moved!)"
         } else {
-            hint = root.path == stateDirectory
+            hint =
+                root.path == stateDirectory
                 ? "stop griditd or use `griditctl models verify`, which quarantines it; then import the model again"
                 : "the blob is in the read-only site root \(root.path): ask its owner to restore it"
         }
@@ -304,7 +336,7 @@ public final class ModelStore: Sendable {
 
     func siteRefs(_ root: StoreRoot) -> [RefsFile.Entry] {
         guard let data = FileManager.default.contents(atPath: root.refsPath),
-              let refs = try? JSONDecoder().decode(RefsFile.self, from: data), refs.format == RefsFile.format
+            let refs = try? JSONDecoder().decode(RefsFile.self, from: data), refs.format == RefsFile.format
         else { return [] }
         return refs.tags
     }
@@ -312,12 +344,13 @@ public final class ModelStore: Sendable {
     /// Rewrites refs.json from the database (best effort: the database is the truth here).
     func writeRefs() {
         guard access == .readWrite,
-              let entries = try? read({ db in
-                  try Catalog.tags(db).map { t in
-                      RefsFile.Entry(name: t.name, tag: t.tag, digest: t.manifest,
-                                     created: Timestamp(unixMillis: try Catalog.manifest(db, t.manifest)?.createdAt ?? t.updatedAt))
-                  }
-              })
+            let entries = try? read({ db in
+                try Catalog.tags(db).map { t in
+                    RefsFile.Entry(
+                        name: t.name, tag: t.tag, digest: t.manifest,
+                        created: Timestamp(unixMillis: try Catalog.manifest(db, t.manifest)?.createdAt ?? t.updatedAt))
+                }
+            })
         else { return }
         let e = JSONEncoder()
         e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]

@@ -24,17 +24,21 @@ public struct OfflineSession: Sendable {
             }
         }
         guard FileIdentity.exists(directory: stateDirectory) else {
-            throw ModelStoreError(.notFound, "there is no state directory \(stateDirectory) (nothing was imported yet)",
-                                  hint: "check --state-dir (or GRIDIT_STATE_DIR); `griditd models import` creates it")
+            throw ModelStoreError(
+                .notFound, "there is no state directory \(stateDirectory) (nothing was imported yet)",
+                hint: "check --state-dir (or GRIDIT_STATE_DIR); `griditd models import` creates it")
         }
         let lock: StateDirectoryLock?
         do {
             lock = try StateDirectoryLock(stateDirectory: stateDirectory)
-        } catch where error.code == .locked {
+        } catch  where error.code == .locked {
             if mutating {
                 throw ModelStoreError(
-                    .daemonRunning, "`models \(command)` changes the store, but \(error.message.components(separatedBy: ";").first ?? error.message)",
-                    hint: "use `griditctl models \(command) …`, which asks the running daemon to do it (or stop griditd first)")
+                    .daemonRunning,
+                    "`models \(command)` changes the store, but \(error.message.components(separatedBy: ";").first ?? error.message)",
+                    hint:
+                        "use `griditctl models \(command) …`, which asks the running daemon to do it (or stop griditd first)"
+                )
             }
             lock = nil
         } catch {
@@ -43,8 +47,9 @@ public struct OfflineSession: Sendable {
             }
             lock = nil
         }
-        let store = try ModelStore(stateDirectory: stateDirectory, siteRoots: siteRoots,
-                                   access: lock == nil ? .readOnly : .readWrite)
+        let store = try ModelStore(
+            stateDirectory: stateDirectory, siteRoots: siteRoots,
+            access: lock == nil ? .readOnly : .readWrite)
         return OfflineSession(store: store, lock: lock)
     }
 }

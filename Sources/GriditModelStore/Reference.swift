@@ -12,8 +12,9 @@ public enum ModelReference: Hashable, Sendable, CustomStringConvertible {
     /// Parses a reference; errors say which part is wrong and show the accepted forms.
     public init(parsing text: String) throws(ModelStoreError) {
         func bad(_ why: String) -> ModelStoreError {
-            ModelStoreError(.invalidReference, "'\(text)' is not a model reference: \(why)",
-                            hint: "write NAME:TAG (e.g. moving-digits:v1), NAME@sha256:<64 hex> or sha256:<hex>")
+            ModelStoreError(
+                .invalidReference, "'\(text)' is not a model reference: \(why)",
+                hint: "write NAME:TAG (e.g. moving-digits:v1), NAME@sha256:<64 hex> or sha256:<hex>")
         }
         if let at = text.firstIndex(of: "@") {
             let name = String(text[..<at])
@@ -33,7 +34,8 @@ public enum ModelReference: Hashable, Sendable, CustomStringConvertible {
             }
         } else {
             let parts = text.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
-            let name = parts[0], tag = parts.count == 2 ? parts[1] : Self.defaultTag
+            let name = parts[0]
+            let tag = parts.count == 2 ? parts[1] : Self.defaultTag
             if let why = Self.nameProblem(name) { throw bad(why) }
             if let why = Self.tagProblem(tag) { throw bad(why) }
             self = .tag(name: name, tag: tag)
@@ -44,8 +46,9 @@ public enum ModelReference: Hashable, Sendable, CustomStringConvertible {
     public static func parseTag(_ text: String) throws(ModelStoreError) -> (name: String, tag: String) {
         let reference = try ModelReference(parsing: text)
         guard case .tag(let name, let tag) = reference else {
-            throw ModelStoreError(.invalidReference, "'\(text)' names a digest; a tag is NAME:TAG",
-                                  hint: "give a name and a tag, e.g. moving-digits:v2")
+            throw ModelStoreError(
+                .invalidReference, "'\(text)' names a digest; a tag is NAME:TAG",
+                hint: "give a name and a tag, e.g. moving-digits:v2")
         }
         return (name, tag)
     }
@@ -66,7 +69,7 @@ public enum ModelReference: Hashable, Sendable, CustomStringConvertible {
         guard name.utf8.count <= 128 else { return "the name is longer than 128 characters" }
         for component in name.split(separator: "/", omittingEmptySubsequences: false) {
             guard let first = component.utf8.first, let last = component.utf8.last,
-                  isLowerAlnum(first), isLowerAlnum(last)
+                isLowerAlnum(first), isLowerAlnum(last)
             else { return "name components start and end with a lower-case letter or digit ('\(name)')" }
             var previousSeparator = false
             for c in component.utf8 {
@@ -87,9 +90,14 @@ public enum ModelReference: Hashable, Sendable, CustomStringConvertible {
     static func tagProblem(_ tag: String) -> String? {
         guard let first = tag.utf8.first else { return "the tag after ':' is empty" }
         guard tag.utf8.count <= 128 else { return "the tag is longer than 128 characters" }
-        guard first != UInt8(ascii: "."), first != UInt8(ascii: "-") else { return "a tag cannot start with '.' or '-'" }
-        for c in tag.utf8 where !(isLowerAlnum(c) || (65...90).contains(c) || c == UInt8(ascii: "_")
-                                  || c == UInt8(ascii: ".") || c == UInt8(ascii: "-")) {
+        guard first != UInt8(ascii: "."), first != UInt8(ascii: "-") else {
+            return "a tag cannot start with '.' or '-'"
+        }
+        for c in tag.utf8
+        where
+            !(isLowerAlnum(c) || (65...90).contains(c) || c == UInt8(ascii: "_")
+            || c == UInt8(ascii: ".") || c == UInt8(ascii: "-"))
+        {
             return "tags use letters, digits, '_', '.' and '-' ('\(tag)')"
         }
         return nil

@@ -1,7 +1,7 @@
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Page-cache residency and other processes' mappings of blobs.
@@ -43,7 +43,7 @@ enum Residency {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
         for entry in entries {
             guard let pid = Int32(entry), pid != me,
-                  let maps = try? String(contentsOfFile: "/proc/\(entry)/maps", encoding: .utf8)
+                let maps = try? String(contentsOfFile: "/proc/\(entry)/maps", encoding: .utf8)
             else { continue }
             for line in maps.split(separator: "\n") {
                 guard let slash = line.firstIndex(of: "/") else { continue }

@@ -1,7 +1,7 @@
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Crash-test hooks: with `GRIDIT_TEST_PAUSE_AT=<label>` in the environment, the process stops

@@ -4,7 +4,7 @@ import GriditModels
 import GriditPipeline
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The checks an import makes before anything is published: the pipeline's fields, each model
@@ -34,7 +34,9 @@ enum PipelineValidation {
         func config<C>(_ role: PipelineSpec.FileRole, _ load: (String) throws -> C) throws(ModelStoreError) -> C {
             let path = paths[role]!
             if let size = FileIdentity.of(path: path)?.size, size > maxJSONSize {
-                throw fail(role, "is \(size) bytes; a model config is a small JSON file", hint: "check the file named in the pipeline")
+                throw fail(
+                    role, "is \(size) bytes; a model config is a small JSON file",
+                    hint: "check the file named in the pipeline")
             }
             do { return try load(path) } catch {
                 throw fail(role, text(error, role), hint: "see docs/MODEL_CONFIG.md")
@@ -56,13 +58,18 @@ enum PipelineValidation {
             do {
                 file = try SafetensorsFile(path: paths[role]!)
             } catch {
-                throw fail(role, "\(error.message)" + (error.tensor.map { " (tensor '\($0)')" } ?? "") + " [\(error.code)]",
-                           hint: error.hint)
+                throw fail(
+                    role, "\(error.message)" + (error.tensor.map { " (tensor '\($0)')" } ?? "") + " [\(error.code)]",
+                    hint: error.hint)
             }
             do { try bind(file) } catch {
-                let config = PipelineSpec.FileRole(rawValue: role.rawValue.replacingOccurrences(of: ".weights", with: ".config"))!
-                throw fail(role, "does not match \(config.rawValue) '\(names[config] ?? "?")': \(text(error, role))",
-                           hint: "pair each checkpoint with the config it was trained with (tools/convert_checkpoint.py writes both)")
+                let config = PipelineSpec.FileRole(
+                    rawValue: role.rawValue.replacingOccurrences(of: ".weights", with: ".config"))!
+                throw fail(
+                    role, "does not match \(config.rawValue) '\(names[config] ?? "?")': \(text(error, role))",
+                    hint:
+                        "pair each checkpoint with the config it was trained with (tools/convert_checkpoint.py writes both)"
+                )
             }
         }
         try weights(.stage1Weights) { _ = try DiT(config: s1, source: $0) }

@@ -7,7 +7,7 @@ import GriditAPI
 import GriditModelStore
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 struct Models: ParsableCommand {
@@ -31,20 +31,25 @@ struct StoreOptions: ParsableArguments {
     @Option(name: .customLong("state-dir"), help: "The state directory (env GRIDIT_STATE_DIR).")
     var stateDirectory: String = ProcessInfo.processInfo.environment["GRIDIT_STATE_DIR"] ?? "/var/lib/gridit"
 
-    @Option(name: .customLong("site-root"),
-            help: "A read-only site root, searched before the state directory; repeatable (env GRIDIT_SITE_ROOTS, colon-separated).")
+    @Option(
+        name: .customLong("site-root"),
+        help:
+            "A read-only site root, searched before the state directory; repeatable (env GRIDIT_SITE_ROOTS, colon-separated)."
+    )
     var siteRoots: [String] = []
 
     @Flag(help: "Print JSON instead of a table.")
     var json = false
 
     var allSiteRoots: [String] {
-        siteRoots + (ProcessInfo.processInfo.environment["GRIDIT_SITE_ROOTS"] ?? "").split(separator: ":").map(String.init)
+        siteRoots
+            + (ProcessInfo.processInfo.environment["GRIDIT_SITE_ROOTS"] ?? "").split(separator: ":").map(String.init)
     }
 
     func session(_ command: String, mutating: Bool) throws -> OfflineSession {
         try storeCall { () throws(ModelStoreError) in
-            try OfflineSession.open(stateDirectory: stateDirectory, siteRoots: allSiteRoots, command: command, mutating: mutating)
+            try OfflineSession.open(
+                stateDirectory: stateDirectory, siteRoots: allSiteRoots, command: command, mutating: mutating)
         }
     }
 
@@ -92,7 +97,10 @@ struct ModelsImport: ParsableCommand {
     @Option(help: "NAME:TAG to give the version (default: the bundle's tags, or the pipeline's name:latest).")
     var name: String?
 
-    @Option(help: "How files enter the store: auto (reflink, else hardlink on the same filesystem, else copy), reflink, hardlink or copy.")
+    @Option(
+        help:
+            "How files enter the store: auto (reflink, else hardlink on the same filesystem, else copy), reflink, hardlink or copy."
+    )
     var link: ModelLinkMode = .auto
 
     @OptionGroup var options: StoreOptions
@@ -101,7 +109,8 @@ struct ModelsImport: ParsableCommand {
         let session = try options.session("import", mutating: true)
         let progress = isatty(2) == 1 && !options.json ? ProgressLine() : nil
         let result = try storeCall { () throws(ModelStoreError) in
-            try session.store.importModel(from: path, name: name, link: link, progress: progress.map { p in { p.update($0, $1, $2) } })
+            try session.store.importModel(
+                from: path, name: name, link: link, progress: progress.map { p in { p.update($0, $1, $2) } })
         }
         progress?.finish()
         options.emit(result) { result.render() }
@@ -128,7 +137,8 @@ final class ProgressLine {
 
 struct ModelsList: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "list", abstract: "List tags and versions: digest, size, created, loaded, live jobs.", aliases: ["ls"])
+        commandName: "list", abstract: "List tags and versions: digest, size, created, loaded, live jobs.",
+        aliases: ["ls"])
 
     @OptionGroup var options: StoreOptions
 
@@ -218,7 +228,9 @@ struct ModelsVerify: ParsableCommand {
 struct ModelsGC: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gc",
-        abstract: "Delete untagged versions no live job pins, unreferenced blobs (unless mapped), and leftovers of interrupted imports.")
+        abstract:
+            "Delete untagged versions no live job pins, unreferenced blobs (unless mapped), and leftovers of interrupted imports."
+    )
 
     @Flag(help: "Only report what would be deleted.")
     var dryRun = false
@@ -234,7 +246,8 @@ struct ModelsGC: ParsableCommand {
 
 struct ModelsExport: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "export", abstract: "Write a version as one bundle file (tar) for `models import` on another machine.")
+        commandName: "export",
+        abstract: "Write a version as one bundle file (tar) for `models import` on another machine.")
 
     @Argument(help: "NAME:TAG, NAME@sha256:… or sha256:….")
     var reference: String
@@ -277,9 +290,14 @@ struct ModelsHistory: ParsableCommand {
         let session = try options.session("history", mutating: false)
         let events = try storeCall { () throws(ModelStoreError) in try session.store.history(name: name) }
         options.emit(events) {
-            renderTable(headers: ["when", "tag", "action", "digest", "previous"], rows: events.map { e in
-                [e.at.description, e.reference, e.action, e.digest.map(shortDigest) ?? "-", e.previous.map(shortDigest) ?? "-"]
-            })
+            renderTable(
+                headers: ["when", "tag", "action", "digest", "previous"],
+                rows: events.map { e in
+                    [
+                        e.at.description, e.reference, e.action, e.digest.map(shortDigest) ?? "-",
+                        e.previous.map(shortDigest) ?? "-",
+                    ]
+                })
         }
     }
 }
@@ -287,7 +305,8 @@ struct ModelsHistory: ParsableCommand {
 struct ModelsCheck: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "check",
-        abstract: "Check permissions and filesystems of the state directory (and of a file to import); names what to fix.")
+        abstract:
+            "Check permissions and filesystems of the state directory (and of a file to import); names what to fix.")
 
     @Option(help: "A file you mean to import.")
     var source: String?
@@ -298,8 +317,9 @@ struct ModelsCheck: ParsableCommand {
     @OptionGroup var options: StoreOptions
 
     func run() throws {
-        let result = StoreChecks.run(stateDirectory: options.stateDirectory, siteRoots: options.allSiteRoots,
-                                     source: source, link: link)
+        let result = StoreChecks.run(
+            stateDirectory: options.stateDirectory, siteRoots: options.allSiteRoots,
+            source: source, link: link)
         options.emit(result) { result.render() }
         if !result.ok { throw ExitCode(77) }
     }

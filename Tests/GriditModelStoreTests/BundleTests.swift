@@ -9,7 +9,12 @@ import Testing
 
 /// One entry of a hand-made tar.
 struct TarEntry {
-    enum Kind { case file, directory, symlink(String), hardlink(String), characterDevice }
+    enum Kind {
+        case file, directory
+        case symlink(String)
+        case hardlink(String)
+        case characterDevice
+    }
     var name: String
     var kind: Kind = .file
     var data: [UInt8] = []
@@ -82,7 +87,9 @@ struct BundleTests {
         let exported = try a.export("tiny:v1", to: dir.file("tiny.tar"))
         #expect(exported.blobs == 5 && exported.references == ["tiny:v1"])
         _ = try a.export("tiny:v1", to: dir.file("again.tar"))
-        #expect(try Data(contentsOf: URL(fileURLWithPath: dir.file("tiny.tar"))) == Data(contentsOf: URL(fileURLWithPath: dir.file("again.tar"))))
+        #expect(
+            try Data(contentsOf: URL(fileURLWithPath: dir.file("tiny.tar")))
+                == Data(contentsOf: URL(fileURLWithPath: dir.file("again.tar"))))
         let names = try readTar(dir.file("tiny.tar")).map(\.0)
         #expect(names.first == "gridit-bundle.json")
         #expect(names.dropFirst().allSatisfy { $0.hasPrefix("blobs/sha256/") })
@@ -147,18 +154,32 @@ struct BundleTests {
     }
 
     @Test func parentPath() throws { try expectHostile([TarEntry(name: "../evil", data: [1])], mention: "'..'") }
-    @Test func nestedParentPath() throws { try expectHostile([TarEntry(name: "blobs/../../evil", data: [1])], mention: "'..'") }
-    @Test func absolutePath() throws { try expectHostile([TarEntry(name: "/tmp/evil", data: [1])], mention: "absolute path") }
-    @Test func symlink() throws { try expectHostile([TarEntry(name: "blobs/sha256/x", kind: .symlink("/etc/passwd"))], mention: "symbolic link") }
-    @Test func hardlink() throws {
-        try expectHostile([TarEntry(name: "blobs/sha256/y", kind: .hardlink("gridit-bundle.json"))], at: 2, mention: "hard link")
+    @Test func nestedParentPath() throws {
+        try expectHostile([TarEntry(name: "blobs/../../evil", data: [1])], mention: "'..'")
     }
-    @Test func device() throws { try expectHostile([TarEntry(name: "blobs/null", kind: .characterDevice)], mention: "device") }
-    @Test func unknownEntry() throws { try expectHostile([TarEntry(name: "notes.txt", data: [1])], mention: "unexpected entry") }
-    @Test func unknownDirectory() throws { try expectHostile([TarEntry(name: "etc/", kind: .directory)], mention: "unexpected directory") }
+    @Test func absolutePath() throws {
+        try expectHostile([TarEntry(name: "/tmp/evil", data: [1])], mention: "absolute path")
+    }
+    @Test func symlink() throws {
+        try expectHostile([TarEntry(name: "blobs/sha256/x", kind: .symlink("/etc/passwd"))], mention: "symbolic link")
+    }
+    @Test func hardlink() throws {
+        try expectHostile(
+            [TarEntry(name: "blobs/sha256/y", kind: .hardlink("gridit-bundle.json"))], at: 2, mention: "hard link")
+    }
+    @Test func device() throws {
+        try expectHostile([TarEntry(name: "blobs/null", kind: .characterDevice)], mention: "device")
+    }
+    @Test func unknownEntry() throws {
+        try expectHostile([TarEntry(name: "notes.txt", data: [1])], mention: "unexpected entry")
+    }
+    @Test func unknownDirectory() throws {
+        try expectHostile([TarEntry(name: "etc/", kind: .directory)], mention: "unexpected directory")
+    }
     @Test func unlistedBlob() throws {
         let data: [UInt8] = [1, 2, 3]
-        try expectHostile([TarEntry(name: "blobs/sha256/" + BlobDigest(of: data).hex, data: data)], mention: "does not list")
+        try expectHostile(
+            [TarEntry(name: "blobs/sha256/" + BlobDigest(of: data).hex, data: data)], mention: "does not list")
     }
     @Test func duplicateEntry() throws {
         try expectHostile({ $0.insert($0[1], at: 2) }, mention: "appears twice")

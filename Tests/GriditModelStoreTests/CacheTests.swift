@@ -37,7 +37,8 @@ struct CacheTests {
             try cache.lease(digest.description, blobs: [weights: spec.stage1.weights], references: ["tiny:v1"]) { ctx in
                 loads.increment()
                 let mapping = try ctx.map(weights, path: spec.stage1.weights)
-                return Loaded(dit: try DiT(config: Tiny.stage1, source: try SafetensorsFile(mapping: mapping)), mapping: mapping)
+                return Loaded(
+                    dit: try DiT(config: Tiny.stage1, source: try SafetensorsFile(mapping: mapping)), mapping: mapping)
             }
         }
         let a = try lease()

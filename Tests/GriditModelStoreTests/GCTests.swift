@@ -18,8 +18,10 @@ struct GCTests {
         let dir = try TempDir()
         defer { dir.remove() }
         let store = try ModelStore(stateDirectory: dir.file("state"))
-        let v1 = try store.importModel(from: try writePipeline(in: dir.file("v1"), seed: 1, stage2Seed: 7), name: "tiny:v1")
-        let v2 = try store.importModel(from: try writePipeline(in: dir.file("v2"), seed: 2, stage2Seed: 7), name: "tiny:v2")
+        let v1 = try store.importModel(
+            from: try writePipeline(in: dir.file("v1"), seed: 1, stage2Seed: 7), name: "tiny:v1")
+        let v2 = try store.importModel(
+            from: try writePipeline(in: dir.file("v2"), seed: 2, stage2Seed: 7), name: "tiny:v2")
         #expect(try store.gc().removedBlobs.isEmpty, "everything is referenced")
 
         _ = try store.remove("tiny:v1")
@@ -29,7 +31,8 @@ struct GCTests {
         #expect(try blobFiles(store).count == 7, "a dry run deletes nothing")
 
         let real = try store.gc()
-        #expect(real.removedManifests == dry.removedManifests && real.removedBlobs.sorted() == dry.removedBlobs.sorted())
+        #expect(
+            real.removedManifests == dry.removedManifests && real.removedBlobs.sorted() == dry.removedBlobs.sorted())
         #expect(real.freedBytes == v1.blobs[0].size + v1.blobs[2].size)
         let left = try blobFiles(store)
         #expect(left == Set(v2.blobs.map { String($0.digest.dropFirst(7)) }))
@@ -46,7 +49,8 @@ struct GCTests {
         let v1 = try store.importModel(from: try writePipeline(in: dir.file("v1")), name: "tiny:v1")
         let now = Date(timeIntervalSince1970: 1_700_000_000)
         let job = try await jobs.submit(
-            JobSubmission(params: "{}", length: 16, pipelineDigest: v1.digest), owner: 1, maxQueued: 10, now: now).job
+            JobSubmission(params: "{}", length: 16, pipelineDigest: v1.digest), owner: 1, maxQueued: 10, now: now
+        ).job
         _ = try store.remove("tiny:v1")
         #expect(try store.list().models.first { $0.digest == v1.digest }?.jobs == 1)
         let kept = try store.gc()
@@ -97,7 +101,9 @@ struct GCTests {
 
 @Suite("Mappings of other processes")
 struct OtherProcessTests {
-    @Test("gc keeps a blob another process maps, and ps shows that process", .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3")))
+    @Test(
+        "gc keeps a blob another process maps, and ps shows that process",
+        .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3")))
     func otherProcessMapping() throws {
         let dir = try TempDir()
         defer { dir.remove() }
@@ -106,11 +112,14 @@ struct OtherProcessTests {
         let weights = try #require(v1.blobs[2].path)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = ["-c", """
+        process.arguments = [
+            "-c",
+            """
             import mmap, sys, time
             f = open(sys.argv[1], "rb"); m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ); m[0]
             print("mapped", flush=True); time.sleep(60)
-            """, weights]
+            """, weights,
+        ]
         let out = Pipe()
         process.standardOutput = out
         try process.run()

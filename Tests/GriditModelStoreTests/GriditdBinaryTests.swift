@@ -31,15 +31,17 @@ func griditd(_ arguments: [String], environment: [String: String] = [:], prefix:
     process.executableURL = URL(fileURLWithPath: prefix.first ?? binary)
     process.arguments = Array(prefix.dropFirst()) + (prefix.isEmpty ? [] : [binary]) + arguments
     process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-    let out = Pipe(), err = Pipe()
+    let out = Pipe()
+    let err = Pipe()
     process.standardOutput = out
     process.standardError = err
     try process.run()
     let stdout = out.fileHandleForReading.readDataToEndOfFile()
     let stderr = err.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
-    return Outcome(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
-                   stderr: String(decoding: stderr, as: UTF8.self))
+    return Outcome(
+        status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
+        stderr: String(decoding: stderr, as: UTF8.self))
 }
 
 @Suite("The griditd binary: kill -9 during import, CLI contract")
@@ -72,14 +74,16 @@ struct GriditdBinaryTests {
         #expect(process.terminationReason == .uncaughtSignal)
     }
 
-    @Test("kill -9 at any point of an import leaves no visible partial blob or tag; the next gc cleans up",
-          arguments: ["import.copying", "import.ingested", "import.published", "import.committed"])
+    @Test(
+        "kill -9 at any point of an import leaves no visible partial blob or tag; the next gc cleans up",
+        arguments: ["import.copying", "import.ingested", "import.published", "import.committed"])
     func killDuringImport(label: String) throws {
         let dir = try TempDir()
         defer { dir.remove() }
         let pipeline = try writePipeline(in: dir.file("src"), name: "big", stage1: Tiny.bigStage1)
         let state = dir.file("state")
-        let weightsSize = try FileManager.default.attributesOfItem(atPath: dir.file("src/stage1.safetensors"))[.size] as! Int
+        let weightsSize =
+            try FileManager.default.attributesOfItem(atPath: dir.file("src/stage1.safetensors"))[.size] as! Int
         #expect(weightsSize > 1 << 20, "the crash point import.copying needs a file over one I/O chunk")
         try killImport(at: label, pipeline: pipeline, state: state, marker: dir.file("paused"))
         #expect(try String(contentsOfFile: dir.file("paused"), encoding: .utf8) == label)
@@ -88,7 +92,9 @@ struct GriditdBinaryTests {
         if label == "import.copying" {
             // stage1.config is in, stage1.safetensors one chunk in.
             #expect(ingest.count == 2)
-            let sizes = try ingest.map { try FileManager.default.attributesOfItem(atPath: state + "/ingest/" + $0)[.size] as! Int }
+            let sizes = try ingest.map {
+                try FileManager.default.attributesOfItem(atPath: state + "/ingest/" + $0)[.size] as! Int
+            }
             #expect(sizes.contains(1 << 20) && weightsSize > 1 << 20, "killed mid-file")
         }
         if label == "import.ingested" { #expect(ingest.count == 5) }
@@ -107,7 +113,8 @@ struct GriditdBinaryTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: state + "/ingest").isEmpty)
         if label == "import.published" { #expect(gc.removedBlobs.count == 5, "complete but unreferenced blobs go") }
         if committed { #expect(gc.removedBlobs.isEmpty) }
-        #expect(try FileManager.default.contentsOfDirectory(atPath: state + "/blobs/sha256").count == (committed ? 5 : 0))
+        #expect(
+            try FileManager.default.contentsOfDirectory(atPath: state + "/blobs/sha256").count == (committed ? 5 : 0))
 
         // The store works afterwards.
         let result = try store.importModel(from: pipeline, name: "big:v1", link: .copy)
@@ -178,7 +185,9 @@ struct GriditdBinaryTests {
             Issue.record("running as root needs setpriv (util-linux) to drop privileges")
             return
         }
-        for file in try FileManager.default.contentsOfDirectory(atPath: dir.file("src")) { chmod(dir.file("src/" + file), 0o644) }
+        for file in try FileManager.default.contentsOfDirectory(atPath: dir.file("src")) {
+            chmod(dir.file("src/" + file), 0o644)
+        }
         let outcome = try griditd(["models", "import", pipeline, "--state-dir", locked + "/state"], prefix: asNobody)
         #expect(outcome.status == 77, "\(outcome.stderr)")
         #expect(outcome.stderr.contains("cannot create it: \(locked) is owned by"), "\(outcome.stderr)")

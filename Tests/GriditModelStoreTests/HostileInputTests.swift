@@ -10,8 +10,10 @@ import Testing
 @Suite("Hostile and broken inputs")
 struct HostileInputTests {
     /// Imports `pipeline` into a store that already holds one version, expecting failure.
-    func expectRejected(_ setup: (_ dir: TempDir, _ pipeline: String) throws -> Void,
-                        code: ModelStoreError.Code, mentions: [String]) throws {
+    func expectRejected(
+        _ setup: (_ dir: TempDir, _ pipeline: String) throws -> Void,
+        code: ModelStoreError.Code, mentions: [String]
+    ) throws {
         let dir = try TempDir()
         defer { dir.remove() }
         let store = try ModelStore(stateDirectory: dir.file("state"))
@@ -42,84 +44,98 @@ struct HostileInputTests {
     }
 
     @Test func truncatedHeader() throws {
-        try expectRejected({ dir, _ in try replaceWeights(dir, [1, 2, 3, 4]) },
-                           code: .invalidInput, mentions: ["stage1.weights", "bad/stage1.safetensors", "fewer than the 8-byte"])
+        try expectRejected(
+            { dir, _ in try replaceWeights(dir, [1, 2, 3, 4]) },
+            code: .invalidInput, mentions: ["stage1.weights", "bad/stage1.safetensors", "fewer than the 8-byte"])
     }
 
     @Test func oversizedHeader() throws {
-        try expectRejected({ dir, _ in try replaceWeights(dir, safetensors(header: "{}", declaredLength: 200_000_000)) },
-                           code: .invalidInput, mentions: ["stage1.weights", "exceeds", "header"])
+        try expectRejected(
+            { dir, _ in try replaceWeights(dir, safetensors(header: "{}", declaredLength: 200_000_000)) },
+            code: .invalidInput, mentions: ["stage1.weights", "exceeds", "header"])
     }
 
     @Test func headerLongerThanFile() throws {
-        try expectRejected({ dir, _ in try replaceWeights(dir, safetensors(header: "{}", declaredLength: 5000)) },
-                           code: .invalidInput, mentions: ["stage1.weights", "runs past the end"])
+        try expectRejected(
+            { dir, _ in try replaceWeights(dir, safetensors(header: "{}", declaredLength: 5000)) },
+            code: .invalidInput, mentions: ["stage1.weights", "runs past the end"])
     }
 
     @Test func offsetsPastTheEnd() throws {
         let header = #"{"pos_embed":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#
-        try expectRejected({ dir, _ in try replaceWeights(dir, safetensors(header: header, data: 8)) },
-                           code: .invalidInput, mentions: ["stage1.weights", "pos_embed", "past the data section"])
+        try expectRejected(
+            { dir, _ in try replaceWeights(dir, safetensors(header: header, data: 8)) },
+            code: .invalidInput, mentions: ["stage1.weights", "pos_embed", "past the data section"])
     }
 
     @Test func duplicateTensorNames() throws {
-        let header = #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#
-        try expectRejected({ dir, _ in try replaceWeights(dir, safetensors(header: header, data: 8)) },
-                           code: .invalidInput, mentions: ["stage1.weights", "'a'", "more than once"])
+        let header =
+            #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#
+        try expectRejected(
+            { dir, _ in try replaceWeights(dir, safetensors(header: header, data: 8)) },
+            code: .invalidInput, mentions: ["stage1.weights", "'a'", "more than once"])
     }
 
     @Test("a config that does not describe its weights (binding is total)")
     func configDoesNotMatchWeights() throws {
         var deeper = Tiny.stage1
         deeper.depth = 2
-        try expectRejected({ dir, _ in try writeConfig(deeper, to: dir.file("bad/stage1.config.json")) },
-                           code: .invalidInput, mentions: ["stage1.weights", "does not match stage1.config", "blocks.1"])
+        try expectRejected(
+            { dir, _ in try writeConfig(deeper, to: dir.file("bad/stage1.config.json")) },
+            code: .invalidInput, mentions: ["stage1.weights", "does not match stage1.config", "blocks.1"])
     }
 
     @Test("weights with a tensor the model does not use")
     func extraTensor() throws {
-        try expectRejected({ dir, _ in
-            var wider = Tiny.stage1
-            wider.numClasses = 10
-            try writeWeights(wider, to: dir.file("bad/stage1.safetensors"), seed: 3)
-        }, code: .invalidInput, mentions: ["y_embedder.embedding_table.weight", "does not use"])
+        try expectRejected(
+            { dir, _ in
+                var wider = Tiny.stage1
+                wider.numClasses = 10
+                try writeWeights(wider, to: dir.file("bad/stage1.safetensors"), seed: 3)
+            }, code: .invalidInput, mentions: ["y_embedder.embedding_table.weight", "does not use"])
     }
 
     @Test("a config that contradicts the pipeline geometry")
     func geometryMismatch() throws {
         var other = Tiny.stage1
         other.inputSize = 8
-        try expectRejected({ dir, _ in
-            try writeConfig(other, to: dir.file("bad/stage1.config.json"))
-            try writeWeights(other, to: dir.file("bad/stage1.safetensors"), seed: 3)
-        }, code: .invalidInput, mentions: ["input_size"])
+        try expectRejected(
+            { dir, _ in
+                try writeConfig(other, to: dir.file("bad/stage1.config.json"))
+                try writeWeights(other, to: dir.file("bad/stage1.safetensors"), seed: 3)
+            }, code: .invalidInput, mentions: ["input_size"])
     }
 
     @Test func missingFile() throws {
-        try expectRejected({ dir, _ in try FileManager.default.removeItem(atPath: dir.file("bad/stage2.safetensors")) },
-                           code: .notFound, mentions: ["stage2.weights", "bad/stage2.safetensors", "No such file"])
+        try expectRejected(
+            { dir, _ in try FileManager.default.removeItem(atPath: dir.file("bad/stage2.safetensors")) },
+            code: .notFound, mentions: ["stage2.weights", "bad/stage2.safetensors", "No such file"])
     }
 
     @Test("a directory where a file should be")
     func directoryInsteadOfFile() throws {
-        try expectRejected({ dir, _ in
-            try FileManager.default.removeItem(atPath: dir.file("bad/stage2.config.json"))
-            try FileManager.default.createDirectory(atPath: dir.file("bad/stage2.config.json"), withIntermediateDirectories: false)
-        }, code: .invalidInput, mentions: ["stage2.config", "not a regular file"])
+        try expectRejected(
+            { dir, _ in
+                try FileManager.default.removeItem(atPath: dir.file("bad/stage2.config.json"))
+                try FileManager.default.createDirectory(
+                    atPath: dir.file("bad/stage2.config.json"), withIntermediateDirectories: false)
+            }, code: .invalidInput, mentions: ["stage2.config", "not a regular file"])
     }
 
     @Test("a config that is not JSON")
     func configNotJSON() throws {
-        try expectRejected({ dir, _ in try Data("depth: 3".utf8).write(to: URL(fileURLWithPath: dir.file("bad/stage1.config.json"))) },
-                           code: .invalidInput, mentions: ["stage1.config", "bad/stage1.config.json"])
+        try expectRejected(
+            { dir, _ in try Data("depth: 3".utf8).write(to: URL(fileURLWithPath: dir.file("bad/stage1.config.json"))) },
+            code: .invalidInput, mentions: ["stage1.config", "bad/stage1.config.json"])
     }
 
     @Test("a pipeline file with a missing field names it")
     func pipelineMissingField() throws {
-        try expectRejected({ _, pipeline in
-            try Data(#"{"format":"gridit.pipeline.v1","stage1":{"config":"a","weights":"b"}}"#.utf8)
-                .write(to: URL(fileURLWithPath: pipeline))
-        }, code: .invalidInput, mentions: ["'grid'"])
+        try expectRejected(
+            { _, pipeline in
+                try Data(#"{"format":"gridit.pipeline.v1","stage1":{"config":"a","weights":"b"}}"#.utf8)
+                    .write(to: URL(fileURLWithPath: pipeline))
+            }, code: .invalidInput, mentions: ["'grid'"])
     }
 
     @Test("a path that does not exist, and one that is neither pipeline nor bundle")

@@ -17,7 +17,10 @@ struct ImportTests {
         let result = try store.importModel(from: source, name: "tiny:v1", link: .copy)
 
         #expect(result.reference == "tiny:v1")
-        #expect(result.blobs.map(\.role) == ["manifest", "stage1.config", "stage1.weights", "stage2.config", "stage2.weights"])
+        #expect(
+            result.blobs.map(\.role) == [
+                "manifest", "stage1.config", "stage1.weights", "stage2.config", "stage2.weights",
+            ])
         #expect(result.previous == nil)
         for blob in result.blobs {
             let path = try #require(blob.path)
@@ -31,7 +34,9 @@ struct ImportTests {
         let digest = try store.resolve("tiny:v1")
         #expect(digest.description == result.digest)
         let spec = try store.pipeline(digest)
-        #expect(spec.stage1.weights == store.stateDirectory + "/blobs/sha256/" + BlobDigest(try digestOf(dir.file("src/stage1.safetensors")))!.hex)
+        #expect(
+            spec.stage1.weights == store.stateDirectory + "/blobs/sha256/"
+                + BlobDigest(try digestOf(dir.file("src/stage1.safetensors")))!.hex)
         #expect(spec.grid.k == 4)
         #expect(FileManager.default.fileExists(atPath: spec.stage2!.config))
 
@@ -95,7 +100,9 @@ struct ImportTests {
         #expect(["reflink", "hardlink"].contains(auto.blobs[2].stored ?? ""))
     }
 
-    @Test("--link hardlink across filesystems fails naming both; auto copies", .enabled(if: device("/dev/shm") != device("/tmp") && device("/dev/shm") != 0))
+    @Test(
+        "--link hardlink across filesystems fails naming both; auto copies",
+        .enabled(if: device("/dev/shm") != device("/tmp") && device("/dev/shm") != 0))
     func crossFilesystem() throws {
         let dir = try TempDir()
         defer { dir.remove() }
@@ -156,9 +163,12 @@ struct ImportTests {
     @Test("references parse or fail with the accepted forms")
     func referenceParsing() throws {
         #expect(try ModelReference(parsing: "moving-digits") == .tag(name: "moving-digits", tag: "latest"))
-        #expect(try ModelReference(parsing: "org/moving_digits.v2:V1.0-rc") == .tag(name: "org/moving_digits.v2", tag: "V1.0-rc"))
+        #expect(
+            try ModelReference(parsing: "org/moving_digits.v2:V1.0-rc")
+                == .tag(name: "org/moving_digits.v2", tag: "V1.0-rc"))
         let hex = String(repeating: "ab", count: 32)
-        #expect(try ModelReference(parsing: "m@sha256:\(hex)") == .pinned(name: "m", digest: BlobDigest("sha256:" + hex)!))
+        #expect(
+            try ModelReference(parsing: "m@sha256:\(hex)") == .pinned(name: "m", digest: BlobDigest("sha256:" + hex)!))
         #expect(try ModelReference(parsing: "sha256:ABCDEF12") == .digestPrefix("abcdef12"))
         for bad in ["", "Upper:v1", "a:", "a:.x", "a@sha256:12", "sha256:12", "a//b", "-a", "a b", "a:b:c"] {
             let error = storeError { try ModelReference(parsing: bad) }

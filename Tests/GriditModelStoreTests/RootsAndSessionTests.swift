@@ -50,8 +50,9 @@ struct RootsAndSessionTests {
         let store = try ModelStore(stateDirectory: dir.path, database: database)
         let v1 = try store.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1")
         let digest = try store.resolve("tiny:v1")
-        _ = try await jobs.submit(JobSubmission(params: "{}", length: 4, pipelineDigest: digest.description), owner: 0,
-                                  maxQueued: 5, now: Date())
+        _ = try await jobs.submit(
+            JobSubmission(params: "{}", length: 4, pipelineDigest: digest.description), owner: 0,
+            maxQueued: 5, now: Date())
         #expect(try store.show("tiny:v1").jobs == [1])
         #expect(v1.digest == digest.description)
         #expect(try database.appliedMigrations() == SchemaMigration.all.map(\.identifier))
@@ -99,4 +100,15 @@ struct RootsAndSessionTests {
         #expect(ok.ok, "\(ok.render())")
         #expect(ok.checks.contains { $0.name == "free space" })
     }
+}
+
+@Test("checks of a state directory that does not exist yet: ok when it can be created")
+func checksOfMissingStateDirectory() throws {
+    let dir = try TempDir()
+    defer { dir.remove() }
+    let result = StoreChecks.run(stateDirectory: dir.file("new/state"))
+    #expect(result.ok)
+    #expect(result.checks.first?.message.contains("does not exist yet") == true)
+    let json = String(decoding: try JSONEncoder().encode(result), as: UTF8.self)
+    #expect(json.contains("\"ok\":true"))
 }

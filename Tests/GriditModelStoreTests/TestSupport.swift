@@ -27,11 +27,14 @@ struct TempDir: Sendable {
 
 /// Tiny model configs that fit a 4×4 grid of 4×4 frames, ×2 super-resolution, 1 channel.
 enum Tiny {
-    static let stage1 = DiTConfiguration(depth: 1, hiddenSize: 16, numHeads: 2, patchSize: 2, inputSize: 16, inChannels: 1)
-    static let stage2 = DiTConfiguration(depth: 1, hiddenSize: 16, numHeads: 2, patchSize: 2, inputSize: 8, inChannels: 1,
-                                         conditionChannels: 1)
+    static let stage1 = DiTConfiguration(
+        depth: 1, hiddenSize: 16, numHeads: 2, patchSize: 2, inputSize: 16, inChannels: 1)
+    static let stage2 = DiTConfiguration(
+        depth: 1, hiddenSize: 16, numHeads: 2, patchSize: 2, inputSize: 8, inChannels: 1,
+        conditionChannels: 1)
     /// Weights above one I/O chunk (1 MiB), for the crash tests.
-    static let bigStage1 = DiTConfiguration(depth: 2, hiddenSize: 128, numHeads: 4, patchSize: 2, inputSize: 16, inChannels: 1)
+    static let bigStage1 = DiTConfiguration(
+        depth: 2, hiddenSize: 128, numHeads: 4, patchSize: 2, inputSize: 16, inChannels: 1)
 }
 
 /// Random weights of `config` in the official key layout (the binding table), as safetensors.
@@ -56,8 +59,10 @@ func writeConfig(_ config: DiTConfiguration, to path: String) throws {
 
 /// A pipeline folder: pipeline.json, stage1/stage2 configs and random weights.
 @discardableResult
-func writePipeline(in dir: String, name: String? = "tiny", seed: UInt64 = 1, stage2Seed: UInt64? = nil,
-                   stage1: DiTConfiguration = Tiny.stage1) throws -> String {
+func writePipeline(
+    in dir: String, name: String? = "tiny", seed: UInt64 = 1, stage2Seed: UInt64? = nil,
+    stage1: DiTConfiguration = Tiny.stage1
+) throws -> String {
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     func p(_ n: String) -> String { (dir as NSString).appendingPathComponent(n) }
     try writeConfig(stage1, to: p("stage1.config.json"))
@@ -71,7 +76,8 @@ func writePipeline(in dir: String, name: String? = "tiny", seed: UInt64 = 1, sta
         "stage2": ["config": "stage2.config.json", "weights": "stage2.safetensors", "scale": 2],
     ]
     if let name { json["name"] = name }
-    try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys]).write(to: URL(fileURLWithPath: p("pipeline.json")))
+    try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys]).write(
+        to: URL(fileURLWithPath: p("pipeline.json")))
     return p("pipeline.json")
 }
 
