@@ -146,6 +146,7 @@ struct FileIdentity: Equatable, Sendable {
     var mtimeNs: Int64
     var ctimeNs: Int64
     var mode: UInt32
+    var owner: UInt32 = 0
     var isRegular: Bool { mode & S_IFMT == S_IFREG }
     var isDirectory: Bool { mode & S_IFMT == S_IFDIR }
 
@@ -165,6 +166,7 @@ struct FileIdentity: Equatable, Sendable {
         mtimeNs = Int64(s.st_mtim.tv_sec) * 1_000_000_000 + Int64(s.st_mtim.tv_nsec)
         ctimeNs = Int64(s.st_ctim.tv_sec) * 1_000_000_000 + Int64(s.st_ctim.tv_nsec)
         mode = UInt32(s.st_mode)
+        owner = UInt32(s.st_uid)
     }
 
     static func of(path: String) -> FileIdentity? {

@@ -193,11 +193,12 @@ final class IngestFile {
         }
         _ = flock(fd, LOCK_EX)
         do throws(ModelStoreError) {
-            // The blob and the source are one file: making it read-only protects both.
-            guard fchmod(fd, 0o444) == 0 else {
-                throw posixError(
-                    "making the hardlinked file read-only: chmod", path: source, errno: errno,
-                    hint: "only the file's owner (or root) can hardlink it into the store; use --link copy")
+            // The blob and the source will be one file, made read-only when published (so a failed
+            // import leaves the source as it was): only its owner or root can do that.
+            guard geteuid() == 0 || FileIdentity.of(fd: fd)?.owner == geteuid() else {
+                throw ModelStoreError(
+                    .permission, "cannot hardlink \(source): only its owner (or root) may make it read-only",
+                    hint: "use --link copy, or import as the file's owner")
             }
             let (digest, size) = try hashFile(fd: fd, path: path, progress: progress)
             return IngestFile(
@@ -295,6 +296,10 @@ final class IngestFile {
     func publish() throws(ModelStoreError) -> PublishOutcome {
         let destination = root.blobPath(digest)
         let outcome: PublishOutcome
+        // The blob and a hardlinked source are one file: read-only protects both.
+        if method == .hardlink, fchmod(fd, 0o444) != 0 {
+            throw posixError("making the hardlinked file read-only: chmod", path: path, errno: errno)
+        }
         if link(path, destination) == 0 {
             syncDirectory(root.blobsDirectory)
             outcome = .added

@@ -196,5 +196,18 @@ struct GriditdBinaryTests {
         let check = try griditd(["models", "check", "--state-dir", locked + "/state"], prefix: asNobody)
         #expect(check.status == 77)
         #expect(check.stdout.contains("[error] state directory"))
+
+        // A writable state directory, but a weights file this user may not read.
+        let open = dir.file("open")
+        try FileManager.default.createDirectory(atPath: open, withIntermediateDirectories: false)
+        if geteuid() == 0 { chown(open, 65534, 65534) } else { chmod(open, 0o777) }
+        chmod(dir.file("src/stage1.safetensors"), 0o600)
+        if geteuid() != 0 { chmod(dir.file("src/stage1.safetensors"), 0o000) }
+        let unreadable = try griditd(["models", "import", pipeline, "--state-dir", open + "/state"], prefix: asNobody)
+        #expect(unreadable.status == 77, "\(unreadable.stderr)")
+        #expect(unreadable.stderr.contains("stage1.weights"))
+        #expect(unreadable.stderr.contains(dir.file("src/stage1.safetensors")) && unreadable.stderr.contains("Permission denied"))
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: open + "/state/blobs/sha256")
+        #expect(leftovers.isEmpty, "nothing was stored")
     }
 }
