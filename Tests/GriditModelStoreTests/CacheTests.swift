@@ -76,8 +76,15 @@ struct CacheTests {
         #expect(cache.evictIdle() == [digest.description])
         #expect(cache.keys.isEmpty)
         #expect(!(try store.list().models[0].loaded))
-        _ = try lease()
+        let reloaded = try lease()
         #expect(loads.count == 2, "evicted entries load again")
+        #expect(!cache.unload(digest.description), "in use: not unloaded")
+        reloaded.release()
+        #expect(cache.unload(digest.description))
+        #expect(cache.keys.isEmpty)
+        #expect(store.ps().entries.allSatisfy { $0.key != digest.description })
+        // `other` and the leases' values above still hold the shared mapping: it stays in use.
+        #expect(store.mappings.inUse() == [weights])
     }
 
     @Test("gc keeps the blobs of cached models even when no tag or job references them")
