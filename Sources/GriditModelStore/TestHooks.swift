@@ -12,7 +12,7 @@ import Foundation
 /// Labels in an import: `import.copying` (a file over 1 MiB partly copied to ingest/), `import.ingested`
 /// (every file in ingest/ and validated, nothing published), `import.published` (blobs under
 /// their names, database not yet committed), `import.committed` (tag committed).
-public enum TestHooks {
+enum TestHooks {
     private static let pauseAt = ProcessInfo.processInfo.environment["GRIDIT_TEST_PAUSE_AT"]
     private static let pauseFile = ProcessInfo.processInfo.environment["GRIDIT_TEST_PAUSE_FILE"]
 
