@@ -5,6 +5,9 @@
 //                -> GriditCheckpoint -> GriditTensor
 //   GriditPipeline -> GriditModels, GriditTensor        (diffusion, sampling, grids)
 //   GriditStore -> GRDB                                 (SQLite job queue, migrations/)
+//   GriditModelStore -> GriditStore, GriditPipeline, GriditModels, GriditCheckpoint, GriditAPI,
+//                       Crypto, CModelStore (libarchive)   (content-addressed model store)
+//   griditd -> GriditModelStore, GriditAPI               (the daemon executable; `models` so far)
 import PackageDescription
 
 let swiftSettings: [SwiftSetting] = [
@@ -16,6 +19,7 @@ let package = Package(
     name: "gridit",
     products: [
         .executable(name: "gridit-bench", targets: ["gridit-bench"]),
+        .executable(name: "griditd", targets: ["griditd"]),
         .library(name: "GriditModels", targets: ["GriditModels"]),
         .library(name: "GriditCheckpoint", targets: ["GriditCheckpoint"]),
     ],
@@ -29,6 +33,8 @@ let package = Package(
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        // libarchive (model bundles) and the FICLONE ioctl (reflink import).
+        .systemLibrary(name: "CModelStore", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
 
         // Hot elementwise loops in C so that clang vectorises them; chosen per CPU at load time.
         .target(
@@ -63,6 +69,23 @@ let package = Package(
         .target(
             name: "GriditStore",
             dependencies: [.product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "GriditModelStore",
+            dependencies: [
+                "GriditStore", "GriditPipeline", "GriditModels", "GriditCheckpoint", "GriditAPI", "CModelStore",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "griditd",
+            dependencies: [
+                "GriditModelStore", "GriditAPI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
@@ -103,6 +126,14 @@ let package = Package(
         .testTarget(
             name: "GriditStoreTests",
             dependencies: ["GriditStore", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "GriditModelStoreTests",
+            dependencies: [
+                "GriditModelStore", "GriditAPI", "GriditStore", "GriditPipeline", "GriditModels", "GriditCheckpoint",
+                "GriditTensor", "CModelStore",
+            ],
             swiftSettings: swiftSettings
         ),
     ],

@@ -1,79 +1,48 @@
 import Foundation
 import GRDB
 
-/// `JobStore` on one SQLite file through a GRDB `DatabasePool`.
+/// `JobStore` on one SQLite file through a GRDB `DatabasePool` (the `StateDatabase`; its notes
+/// give the connection settings). Every write is one `BEGIN IMMEDIATE` transaction; reads run in
+/// snapshot transactions on reader connections.
 ///
-/// Connection settings: WAL (the pool's mode: readers never block the writer), `synchronous =
-/// FULL` (a commit survives power loss), foreign keys on, a busy timeout. Every write is one
-/// `BEGIN IMMEDIATE` transaction, so a write never upgrades a read lock midway and never gets a
-/// late `SQLITE_BUSY`. Reads run in snapshot transactions on reader connections.
-///
-/// Open one store per file per process (GRDB rule 1), after taking the `StateDirectoryLock`.
+/// Open one database per file per process (GRDB rule 1), after taking the `StateDirectoryLock`.
 /// Opening applies any pending migrations and refuses (`schemaTooNew`) a database that records
 /// a migration this binary does not know.
 public final class SQLiteJobStore: JobStore {
     public let path: String
     public let machine: JobStateMachine
-    private let pool: DatabasePool
+    /// The shared database (the model store uses the same one).
+    public let database: StateDatabase
+    private var pool: DatabasePool { database.pool }
 
     /// - Parameters:
     ///   - path: the database file, normally `<stateDir>/jobs.sqlite`; created if missing.
     ///   - busyTimeout: how long a connection waits on another's lock before `busy`.
     ///   - migrations: the schema to apply; leave the default (`SchemaMigration.all`) outside tests.
-    public init(
+    public convenience init(
         path: String, policy: RetryPolicy = RetryPolicy(), busyTimeout: TimeInterval = 5,
         migrations: [SchemaMigration] = SchemaMigration.all
     ) throws(StoreError) {
-        self.path = path
+        self.init(
+            database: try StateDatabase(path: path, busyTimeout: busyTimeout, migrations: migrations),
+            policy: policy)
+    }
+
+    /// A job store over an already opened (and migrated) database.
+    public init(database: StateDatabase, policy: RetryPolicy = RetryPolicy()) {
+        self.database = database
+        self.path = database.path
         self.machine = JobStateMachine(policy: policy)
-        var config = Configuration()
-        config.foreignKeysEnabled = true
-        config.busyMode = .timeout(busyTimeout)
-        config.prepareDatabase { db in
-            try db.execute(sql: "PRAGMA synchronous = FULL")
-        }
-        do {
-            pool = try DatabasePool(path: path, configuration: config)
-            // GRDB sets `synchronous = NORMAL` on the writer when it enables WAL, after
-            // prepareDatabase; the writer is one long-lived connection, so set FULL on it here.
-            try pool.writeWithoutTransaction { db in
-                try db.execute(sql: "PRAGMA synchronous = FULL")
-            }
-            let known = Set(migrations.map(\.identifier))
-            let unknown = try pool.writeWithoutTransaction { db -> [String] in
-                guard try db.tableExists("grdb_migrations") else { return [] }
-                return try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations ORDER BY identifier")
-                    .filter { !known.contains($0) }
-            }
-            guard unknown.isEmpty else {
-                throw StoreError(
-                    .schemaTooNew,
-                    "the job database \(path) was migrated by a newer griditd (unknown migrations: "
-                        + unknown.joined(separator: ", ") + "; this binary knows up to "
-                        + (migrations.last?.identifier ?? "none")
-                        + "). Run the newer griditd, or point --state-dir at another directory")
-            }
-            try SchemaMigration.migrator(migrations).migrate(pool)
-        } catch let error as StoreError {
-            throw error
-        } catch {
-            let translated = Self.translate(error)
-            throw StoreError(translated.code, "opening the job database \(path): \(translated.message)")
-        }
     }
 
     /// Closes every connection; later calls fail.
     public func close() throws(StoreError) {
-        do { try pool.close() } catch { throw Self.translate(error) }
+        try database.close()
     }
 
     /// Migration identifiers recorded in the database, in the order applied.
     public func appliedMigrations() throws(StoreError) -> [String] {
-        do {
-            return try pool.read { db in
-                try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations ORDER BY rowid")
-            }
-        } catch { throw Self.translate(error) }
+        try database.appliedMigrations()
     }
 
     /// The writer connection's `journal_mode`, `synchronous`, `foreign_keys` and `busy_timeout`.
@@ -449,19 +418,5 @@ public final class SQLiteJobStore: JobStore {
             arguments: StatementArguments(values))
     }
 
-    /// Maps GRDB errors to `StoreError` (style 3.3); `StoreError`s pass through.
-    static func translate(_ error: any Error) -> StoreError {
-        if let error = error as? StoreError { return error }
-        if let error = error as? DatabaseError {
-            let detail = "\(error.resultCode): \(error.message ?? "no message")"
-            if error.resultCode == .SQLITE_BUSY || error.resultCode == .SQLITE_LOCKED {
-                return StoreError(
-                    .busy,
-                    "the job database stayed locked past the busy timeout (\(detail)); "
-                        + "only one griditd may use a state directory")
-            }
-            return StoreError(.database, "SQLite error \(detail)")
-        }
-        return StoreError(.database, "\(error)")
-    }
+    static func translate(_ error: any Error) -> StoreError { StateDatabase.translate(error) }
 }

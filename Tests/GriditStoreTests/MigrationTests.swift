@@ -14,6 +14,7 @@ struct MigrationTests {
     /// numbered file instead. Append a line here when adding one.
     static let pinned: [String: String] = [
         "0001_create_job": "d7cd2be1dbb2261e68937ced6b191833ce6e66ab23489993a5d9d9c8ae14e56e",
+        "0002_create_model_store": "ad5edfda9a06e42556f6ecd9ab8862ace194da6a6da62c7fe2679edb232f0260",
     ]
 
     static var migrationsFolder: URL { repositoryRoot().appendingPathComponent("migrations") }

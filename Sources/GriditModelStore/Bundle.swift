@@ -1,0 +1,234 @@
+// Single-file bundles (`models export` / `models import`): a POSIX tar (pax where needed) read and
+// written with libarchive, holding exactly
+//
+//   gridit-bundle.json      {"format": "gridit.bundle.v1", "manifest": "sha256:…", "tags": ["name:tag"]}
+//   blobs/sha256/<hex>      the manifest and every blob it lists
+//
+// Reading never creates a path from an entry name: each accepted entry is streamed into a new
+// ingest file and hashed, and must hash to its name. Links, devices, directories other than
+// blobs/ and blobs/sha256/, absolute or `..` paths, duplicates and unknown names are refused
+// before anything is published. Export writes fixed metadata (mtime 0, root-owned, mode 0444),
+// so one version always gives the same bundle bytes.
+import CModelStore
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+struct BundleIndex: Codable, Equatable {
+    static let format = "gridit.bundle.v1"
+    static let entryName = "gridit-bundle.json"
+
+    var format: String
+    var manifest: BlobDigest
+    var tags: [String]
+}
+
+private let regularFile: UInt32 = 0o100000
+private let directoryType: UInt32 = 0o040000
+private let symlinkType: UInt32 = 0o120000
+
+enum BundleReader {
+    struct Contents {
+        var index: BundleIndex
+        var blobs: [BlobDigest: IngestFile]
+    }
+
+    /// Reads the whole bundle at `path` into ingest files of `root`, checking every entry.
+    static func read(
+        path: String, into root: StoreRoot, progress: ((String, Int64) -> Void)? = nil
+    )
+        throws(ModelStoreError) -> Contents
+    {
+        func bad(_ why: String) -> ModelStoreError {
+            ModelStoreError(
+                .invalidInput, "bundle \(path): \(why); nothing was imported",
+                hint: "use a bundle written by `griditd models export` / `griditctl models export`")
+        }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw posixError("open", path: path, errno: errno) }
+        defer { close(fd) }
+        guard let a = archive_read_new() else { throw ModelStoreError(.io, "libarchive: out of memory") }
+        defer { archive_read_free(a) }
+        archive_read_support_format_tar(a)
+        func archiveMessage() -> String { archive_error_string(a).map { String(cString: $0) } ?? "unknown error" }
+        guard archive_read_open_fd(a, fd, ioChunkSize) == ARCHIVE_OK else {
+            throw bad("not a tar bundle (\(archiveMessage()))")
+        }
+
+        var index: BundleIndex?
+        var blobs: [BlobDigest: IngestFile] = [:]
+        var seen = Set<String>()
+        while true {
+            var entry: OpaquePointer?
+            let status = archive_read_next_header(a, &entry)
+            if status == ARCHIVE_EOF { break }
+            guard status == ARCHIVE_OK || status == ARCHIVE_WARN, let entry else {
+                throw bad("unreadable tar header (\(archiveMessage())); the file is truncated or not a bundle")
+            }
+            guard let cName = archive_entry_pathname(entry) else { throw bad("an entry has no name") }
+            let raw = String(cString: cName)
+            var name = raw
+            while name.hasPrefix("./") { name.removeFirst(2) }
+            if name.hasPrefix("/") { throw bad("entry '\(raw)' has an absolute path") }
+            if name.split(separator: "/").contains("..") {
+                throw bad("entry '\(raw)' has a '..' path that escapes the bundle")
+            }
+            if let target = archive_entry_hardlink(entry) {
+                throw bad(
+                    "entry '\(raw)' is a hard link (to '\(String(cString: target))'); bundles hold regular files only")
+            }
+            let type = UInt32(archive_entry_filetype(entry))
+            if type == symlinkType || archive_entry_symlink(entry) != nil {
+                throw bad("entry '\(raw)' is a symbolic link; bundles hold regular files only")
+            }
+            if type == directoryType {
+                let dir = name.hasSuffix("/") ? String(name.dropLast()) : name
+                guard ["", ".", "blobs", "blobs/sha256"].contains(dir) else {
+                    throw bad("unexpected directory '\(raw)'")
+                }
+                continue
+            }
+            guard type == regularFile else {
+                throw bad(
+                    "entry '\(raw)' is a device, FIFO or socket (type \(String(type, radix: 8))); bundles hold regular files only"
+                )
+            }
+            guard seen.insert(name).inserted else { throw bad("entry '\(raw)' appears twice") }
+
+            if name == BundleIndex.entryName {
+                let bytes = try readSmall(a, limit: 1 << 20) { bad("\(raw): \($0)") }
+                do {
+                    index = try JSONDecoder().decode(BundleIndex.self, from: Data(bytes))
+                } catch {
+                    throw bad("\(BundleIndex.entryName) is not a bundle index (\(error))")
+                }
+                guard index!.format == BundleIndex.format else {
+                    throw bad("format '\(index!.format)'; this griditd reads \(BundleIndex.format)")
+                }
+            } else if name.hasPrefix("blobs/sha256/"), let digest = BlobDigest("sha256:" + name.dropFirst(13)),
+                digest.hex == String(name.dropFirst(13))
+            {
+                let file = try IngestFile.fromStream(into: root, progress: progress.map { p in { p(name, $0) } }) {
+                    buffer throws(ModelStoreError) in
+                    let n = archive_read_data(a, buffer.baseAddress, buffer.count)
+                    guard n >= 0 else {
+                        throw bad("reading '\(raw)' failed (\(archiveMessage())); the bundle is truncated or corrupt")
+                    }
+                    return n
+                }
+                guard file.digest == digest else {
+                    throw ModelStoreError(
+                        .digestMismatch,
+                        "bundle \(path): '\(raw)' hashes to \(file.digest), not to its name; the bundle is corrupt; nothing was imported",
+                        hint: "copy or export the bundle again")
+                }
+                blobs[digest] = file
+            } else {
+                throw bad(
+                    "unexpected entry '\(raw)' (a bundle holds \(BundleIndex.entryName) and blobs/sha256/<64 hex>)")
+            }
+        }
+        guard let index else { throw bad("it has no \(BundleIndex.entryName)") }
+        return Contents(index: index, blobs: blobs)
+    }
+
+    private static func readSmall(
+        _ a: OpaquePointer, limit: Int, bad: (String) -> ModelStoreError
+    ) throws(ModelStoreError) -> [UInt8] {
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 64 << 10)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { archive_read_data(a, $0.baseAddress, $0.count) }
+            guard n >= 0 else { throw bad("unreadable data") }
+            if n == 0 { return bytes }
+            bytes += buffer[0..<n]
+            guard bytes.count <= limit else { throw bad("larger than \(limit) bytes") }
+        }
+    }
+}
+
+enum BundleWriter {
+    /// One file of the bundle: its entry name and the blob file holding it.
+    struct Item {
+        var digest: BlobDigest
+        var path: String
+    }
+
+    /// Writes the bundle to `fd`, hashing every blob as it streams; a blob whose bytes do not hash
+    /// to its digest aborts the export with `digestMismatch` (the caller quarantines it).
+    /// Returns the bytes of blob content written.
+    static func write(index: BundleIndex, items: [Item], to fd: Int32, name: String) throws(ModelStoreError) -> Int64 {
+        guard let a = archive_write_new() else { throw ModelStoreError(.io, "libarchive: out of memory") }
+        defer { archive_write_free(a) }
+        func failure(_ what: String) -> ModelStoreError {
+            let message = archive_error_string(a).map { String(cString: $0) } ?? "unknown error"
+            let code = archive_errno(a)
+            if code == ENOSPC || code == EDQUOT { return posixError("writing the bundle", path: name, errno: code) }
+            return ModelStoreError(.io, "writing the bundle \(name): \(what): \(message)")
+        }
+        archive_write_set_format_pax_restricted(a)
+        archive_write_set_bytes_in_last_block(a, 1)
+        guard archive_write_open_fd(a, fd) == ARCHIVE_OK else { throw failure("open") }
+
+        func header(_ entryName: String, size: Int64) throws(ModelStoreError) {
+            guard let e = archive_entry_new() else { throw ModelStoreError(.io, "libarchive: out of memory") }
+            defer { archive_entry_free(e) }
+            archive_entry_set_pathname(e, entryName)
+            archive_entry_set_filetype(e, regularFile)
+            archive_entry_set_perm(e, 0o444)
+            archive_entry_set_size(e, size)
+            archive_entry_set_mtime(e, 0, 0)
+            guard archive_write_header(a, e) == ARCHIVE_OK else { throw failure("header of \(entryName)") }
+        }
+        func data(_ bytes: UnsafeRawBufferPointer, _ entryName: String) throws(ModelStoreError) {
+            var done = 0
+            while done < bytes.count {
+                let n = archive_write_data(a, bytes.baseAddress! + done, bytes.count - done)
+                guard n > 0 else { throw failure("data of \(entryName)") }
+                done += n
+            }
+        }
+
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let indexBytes = Array(try! e.encode(index))  // strings only: cannot fail
+        try header(BundleIndex.entryName, size: Int64(indexBytes.count))
+        var indexFailure: ModelStoreError?
+        indexBytes.withUnsafeBytes { b in
+            do throws(ModelStoreError) { try data(b, BundleIndex.entryName) } catch { indexFailure = error }
+        }
+        if let indexFailure { throw indexFailure }
+
+        var total: Int64 = 0
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ioChunkSize, alignment: 4096)
+        defer { buffer.deallocate() }
+        for item in items {
+            let src = open(item.path, O_RDONLY | O_CLOEXEC)
+            guard src >= 0 else { throw posixError("open", path: item.path, errno: errno) }
+            defer { close(src) }
+            guard let id = FileIdentity.of(fd: src) else { throw posixError("fstat", path: item.path, errno: errno) }
+            let entryName = "blobs/sha256/\(item.digest.hex)"
+            try header(entryName, size: id.size)
+            var stream = DigestStream()
+            var offset: off_t = 0
+            while offset < id.size {
+                let n = pread(src, buffer.baseAddress, min(buffer.count, Int(id.size - Int64(offset))), offset)
+                if n < 0, errno == EINTR { continue }
+                guard n > 0 else { throw posixError("read", path: item.path, errno: n < 0 ? errno : EIO) }
+                let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
+                stream.update(chunk)
+                try data(chunk, entryName)
+                offset += off_t(n)
+            }
+            let actual = stream.finalize()
+            guard actual == item.digest else {
+                throw ModelStoreError(.digestMismatch, "blob \(item.digest) at \(item.path) hashes to \(actual)")
+            }
+            total += id.size
+        }
+        guard archive_write_close(a) == ARCHIVE_OK else { throw failure("close") }
+        return total
+    }
+}

@@ -1,0 +1,337 @@
+// On-disk layout of a store root (the state directory, or a read-only site root):
+//
+//   blobs/sha256/<hex>   immutable content (mode 0444), named by its SHA-256; pipeline manifests,
+//                        model configs and safetensors weights alike
+//   ingest/<uuid>.partial  files being imported: flock-ed by the importing process while it
+//                        lives, so gc removes only those of dead importers
+//   quarantine/<hex>.<ms>  blobs whose content stopped matching their name, kept for inspection
+//   refs.json            the root's tags (NAME:TAG -> manifest digest), rewritten after every tag
+//                        change, so that the root can serve as another machine's site root
+//   jobs.sqlite          (writable root only) the state database: tags, history, manifests
+//
+// A blob appears under its name only complete and durable: it is written to ingest/, fsynced,
+// made read-only, linked to blobs/sha256/<hex> (link, not rename, so an existing blob is never
+// replaced) and the directory fsynced.
+import CModelStore
+import Foundation
+import GriditAPI
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// One store root.
+struct StoreRoot: Sendable {
+    let path: String
+    let writable: Bool
+
+    var blobsDirectory: String { joinPath(path, "blobs/sha256") }
+    var ingestDirectory: String { joinPath(path, "ingest") }
+    var quarantineDirectory: String { joinPath(path, "quarantine") }
+    var refsPath: String { joinPath(path, "refs.json") }
+
+    func blobPath(_ digest: BlobDigest) -> String { joinPath(blobsDirectory, digest.hex) }
+
+    /// The blob's file if it exists here as a regular file.
+    func existingBlob(_ digest: BlobDigest) -> (path: String, identity: FileIdentity)? {
+        let path = blobPath(digest)
+        guard let id = FileIdentity.of(path: path), id.isRegular else { return nil }
+        return (path, id)
+    }
+
+    /// Digests of every blob file (names that are not 64 hex digits are ignored).
+    func blobDigests() -> [BlobDigest] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: blobsDirectory)) ?? [])
+            .compactMap { BlobDigest("sha256:" + $0) }
+            .filter { $0.hex == $0.hex.lowercased() }
+            .sorted()
+    }
+
+    /// Moves a bad blob to quarantine/ (same filesystem: a rename). Returns the new path.
+    func quarantine(_ digest: BlobDigest, now: Date) throws(ModelStoreError) -> String {
+        let destination = joinPath(quarantineDirectory, "\(digest.hex).\(Int64(now.timeIntervalSince1970 * 1000))")
+        guard rename(blobPath(digest), destination) == 0 else {
+            throw posixError("moving the bad blob to quarantine: rename", path: blobPath(digest), errno: errno)
+        }
+        syncDirectory(blobsDirectory)
+        syncDirectory(quarantineDirectory)
+        return destination
+    }
+}
+
+/// A file being imported: a temporary file in ingest/ that holds the content (its own copy, a
+/// reflink, or a hardlink of the source), hashed once, locked against gc while this object lives,
+/// and removed on deinit unless published.
+final class IngestFile {
+    enum Method: String { case reflink, hardlink, copy }
+
+    let root: StoreRoot
+    let path: String
+    let method: Method
+    let digest: BlobDigest
+    let size: Int64
+    /// Bytes written into the store (copies only).
+    let bytesWritten: Int64
+    private let fd: Int32
+    private var consumed = false
+
+    private init(
+        root: StoreRoot, path: String, fd: Int32, method: Method, digest: BlobDigest, size: Int64,
+        bytesWritten: Int64
+    ) {
+        self.root = root
+        self.path = path
+        self.fd = fd
+        self.method = method
+        self.digest = digest
+        self.size = size
+        self.bytesWritten = bytesWritten
+    }
+
+    deinit {
+        close(fd)
+        if !consumed { unlink(path) }
+    }
+
+    /// Creates `ingest/<uuid>.partial`, exclusively, locked.
+    private static func createTemporary(in root: StoreRoot) throws(ModelStoreError) -> (String, Int32) {
+        let path = joinPath(root.ingestDirectory, UUID().uuidString.lowercased() + ".partial")
+        let fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw posixError("creating a temporary file: open", path: path, errno: errno) }
+        _ = flock(fd, LOCK_EX)
+        return (path, fd)
+    }
+
+    /// Imports the regular file `source` with `mode`; `auto` tries reflink, then hardlink, then copy.
+    static func fromFile(
+        _ source: String, into root: StoreRoot, mode: ModelLinkMode, progress: ((Int64, Int64) -> Void)? = nil
+    ) throws(ModelStoreError) -> IngestFile {
+        let src = open(source, O_RDONLY | O_CLOEXEC)
+        guard src >= 0 else {
+            throw posixError(
+                "open", path: source, errno: errno,
+                hint: errno == ENOENT
+                    ? "check the path (relative paths in a pipeline file are relative to its folder)" : nil)
+        }
+        defer { close(src) }
+        guard let id = FileIdentity.of(fd: src) else { throw posixError("fstat", path: source, errno: errno) }
+        guard id.isRegular else {
+            throw ModelStoreError(.invalidInput, "\(source) is not a regular file", hint: "name the file itself")
+        }
+        let sourceTotal = id.size
+        let report = progress.map { p in { (done: Int64) in p(done, sourceTotal) } }
+
+        var lastError: ModelStoreError?
+        let tries: [Method] =
+            switch mode {
+            case .auto: [.reflink, .hardlink, .copy]
+            case .reflink: [.reflink]
+            case .hardlink: [.hardlink]
+            case .copy: [.copy]
+            }
+        for method in tries {
+            do {
+                switch method {
+                case .reflink: return try reflink(src, source: source, into: root, progress: report)
+                case .hardlink: return try hardlink(src, source: source, identity: id, into: root, progress: report)
+                case .copy: return try copy(src, source: source, size: id.size, into: root, progress: report)
+                }
+            } catch {
+                lastError = error
+            }
+        }
+        throw lastError!
+    }
+
+    private static func reflink(
+        _ src: Int32, source: String, into root: StoreRoot, progress: ((Int64) -> Void)?
+    ) throws(ModelStoreError) -> IngestFile {
+        let (path, fd) = try createTemporary(in: root)
+        guard gridit_ficlone(fd, src) == 0 else {
+            let code = errno
+            close(fd)
+            unlink(path)
+            throw posixError(
+                "reflink (FICLONE) into", path: root.ingestDirectory, errno: code,
+                hint: "this filesystem cannot clone files; use --link auto, hardlink or copy")
+        }
+        do throws(ModelStoreError) {
+            try finish(fd, path: path)
+            let (digest, size) = try hashFile(fd: fd, path: path, progress: progress)
+            return IngestFile(
+                root: root, path: path, fd: fd, method: .reflink, digest: digest, size: size, bytesWritten: 0)
+        } catch {
+            close(fd)
+            unlink(path)
+            throw error
+        }
+    }
+
+    private static func hardlink(
+        _ src: Int32, source: String, identity: FileIdentity, into root: StoreRoot, progress: ((Int64) -> Void)?
+    ) throws(ModelStoreError) -> IngestFile {
+        if let store = FileIdentity.of(path: root.ingestDirectory), store.device != identity.device {
+            throw ModelStoreError(
+                .crossDevice,
+                "cannot hardlink \(source): it is on another filesystem (device \(identity.device)) than the store's \(root.ingestDirectory) (device \(store.device))",
+                hint: "use --link copy or --link auto, or put the file on the store's filesystem first")
+        }
+        let path = joinPath(root.ingestDirectory, UUID().uuidString.lowercased() + ".partial")
+        // Link the very inode opened (not whatever the path names by now).
+        guard linkat(AT_FDCWD, "/proc/self/fd/\(src)", AT_FDCWD, path, AT_SYMLINK_FOLLOW) == 0 else {
+            throw posixError(
+                "hardlink \(source) into", path: root.ingestDirectory, errno: errno,
+                hint: errno == EPERM
+                    ? "the kernel refuses links to files this user does not own (fs.protected_hardlinks); use --link copy"
+                    : nil)
+        }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            let code = errno
+            unlink(path)
+            throw posixError("open", path: path, errno: code)
+        }
+        _ = flock(fd, LOCK_EX)
+        do throws(ModelStoreError) {
+            // The blob and the source will be one file, made read-only when published (so a failed
+            // import leaves the source as it was): only its owner or root can do that.
+            guard geteuid() == 0 || FileIdentity.of(fd: fd)?.owner == geteuid() else {
+                throw ModelStoreError(
+                    .permission, "cannot hardlink \(source): only its owner (or root) may make it read-only",
+                    hint: "use --link copy, or import as the file's owner")
+            }
+            let (digest, size) = try hashFile(fd: fd, path: path, progress: progress)
+            return IngestFile(
+                root: root, path: path, fd: fd, method: .hardlink, digest: digest, size: size, bytesWritten: 0)
+        } catch {
+            close(fd)
+            unlink(path)
+            throw error
+        }
+    }
+
+    private static func copy(
+        _ src: Int32, source: String, size: Int64, into root: StoreRoot, progress: ((Int64) -> Void)?
+    ) throws(ModelStoreError) -> IngestFile {
+        try requireSpace(size, in: root.ingestDirectory)
+        var offset: off_t = 0
+        return try fromStream(into: root, progress: progress) { buffer throws(ModelStoreError) in
+            while true {
+                let n = pread(src, buffer.baseAddress, buffer.count, offset)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw posixError("read", path: source, errno: errno)
+                }
+                offset += off_t(n)
+                return n
+            }
+        }
+    }
+
+    /// Fills a new temporary file from `read` (which fills its buffer and returns the byte count,
+    /// 0 at the end), hashing on the way; `expected`, if given, must be the digest.
+    static func fromStream(
+        into root: StoreRoot, progress: ((Int64) -> Void)? = nil,
+        read: (UnsafeMutableRawBufferPointer) throws(ModelStoreError) -> Int
+    ) throws(ModelStoreError) -> IngestFile {
+        let (path, fd) = try createTemporary(in: root)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ioChunkSize, alignment: 4096)
+        defer { buffer.deallocate() }
+        do throws(ModelStoreError) {
+            var stream = DigestStream()
+            while true {
+                let n = try read(buffer)
+                if n == 0 { break }
+                let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
+                try writeAll(fd, chunk, path: path)
+                stream.update(chunk)
+                progress?(stream.count)
+                if stream.count >= Int64(ioChunkSize) { TestHooks.pause(at: "import.copying") }
+            }
+            try finish(fd, path: path)
+            return IngestFile(
+                root: root, path: path, fd: fd, method: .copy, digest: stream.finalize(),
+                size: stream.count, bytesWritten: stream.count)
+        } catch {
+            close(fd)
+            unlink(path)
+            throw error
+        }
+    }
+
+    /// A small in-memory blob (a manifest).
+    static func fromBytes(_ bytes: [UInt8], into root: StoreRoot) throws(ModelStoreError) -> IngestFile {
+        var done = false
+        return try fromStream(into: root) { buffer throws(ModelStoreError) in
+            guard !done else { return 0 }
+            precondition(bytes.count <= buffer.count, "manifest larger than one chunk")
+            bytes.withUnsafeBytes { buffer.copyMemory(from: $0) }
+            done = true
+            return bytes.count
+        }
+    }
+
+    private static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, path: String) throws(ModelStoreError) {
+        var done = 0
+        while done < bytes.count {
+            let n = write(fd, bytes.baseAddress! + done, bytes.count - done)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw posixError("write", path: path, errno: errno)
+            }
+            done += n
+        }
+    }
+
+    /// fsync and mode 0444: the content is final.
+    private static func finish(_ fd: Int32, path: String) throws(ModelStoreError) {
+        guard fsync(fd) == 0 else { throw posixError("fsync", path: path, errno: errno) }
+        guard fchmod(fd, 0o444) == 0 else { throw posixError("chmod", path: path, errno: errno) }
+    }
+
+    enum PublishOutcome { case added, alreadyPresent }
+
+    /// Links the content to `blobs/sha256/<hex>` unless a blob of that name exists (identical
+    /// content by construction; the caller checks it is intact). Removes the temporary file.
+    func publish() throws(ModelStoreError) -> PublishOutcome {
+        let destination = root.blobPath(digest)
+        let outcome: PublishOutcome
+        // The blob and a hardlinked source are one file: read-only protects both.
+        if method == .hardlink, fchmod(fd, 0o444) != 0 {
+            throw posixError("making the hardlinked file read-only: chmod", path: path, errno: errno)
+        }
+        if link(path, destination) == 0 {
+            syncDirectory(root.blobsDirectory)
+            outcome = .added
+        } else if errno == EEXIST {
+            outcome = .alreadyPresent
+        } else {
+            throw posixError("publishing the blob: link to", path: destination, errno: errno)
+        }
+        unlink(path)
+        consumed = true
+        return outcome
+    }
+
+    /// Drops the temporary file now (also what deinit does).
+    func discard() {
+        guard !consumed else { return }
+        unlink(path)
+        consumed = true
+    }
+}
+
+/// Throws `noSpace` when the filesystem of `directory` has fewer than `bytes` free.
+func requireSpace(_ bytes: Int64, in directory: String) throws(ModelStoreError) {
+    var s = statvfs()
+    guard statvfs(directory, &s) == 0 else { return }
+    let free = Int64(s.f_bavail) * Int64(s.f_frsize)
+    if free < bytes {
+        throw ModelStoreError(
+            .noSpace,
+            "importing needs \(formatBytes(bytes)) but the filesystem of \(directory) has \(formatBytes(free)) free",
+            hint:
+                "free space (griditd models gc removes unreferenced blobs), or use --link hardlink from the same filesystem"
+        )
+    }
+}

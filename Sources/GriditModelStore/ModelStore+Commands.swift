@@ -1,0 +1,208 @@
+import Foundation
+import GriditAPI
+import GriditPipeline
+
+extension ModelStore {
+    // MARK: list
+
+    /// Every tag (site roots' too) and every version no tag points at, with size, creation time,
+    /// whether it is loaded and how many live jobs pin it.
+    public func list() throws(ModelStoreError) -> ModelListResult {
+        let loaded = loadedKeys()
+        let (tags, manifests, pins, references) = try read { db in
+            (try Catalog.tags(db), try Catalog.manifests(db), try Catalog.liveJobPins(db), try Catalog.allBlobSizes(db))
+        }
+        var rows: [ModelListEntry] = []
+        let byDigest = Dictionary(uniqueKeysWithValues: manifests.map { ($0.digest, $0) })
+        func size(_ m: Catalog.ManifestRow) -> Int64 { m.size + (references[m.digest]?.values.reduce(0, +) ?? 0) }
+        for site in sites {
+            for entry in siteRefs(site) {
+                rows.append(
+                    ModelListEntry(
+                        name: entry.name, tag: entry.tag, digest: entry.digest.description,
+                        size: (try? siteVersionSize(entry.digest, site)) ?? 0, created: entry.created,
+                        loaded: loaded.contains(entry.digest.description), jobs: pins[entry.digest]?.count ?? 0,
+                        root: site.path))
+            }
+        }
+        for t in tags {
+            guard let m = byDigest[t.manifest] else { continue }
+            rows.append(
+                ModelListEntry(
+                    name: t.name, tag: t.tag, digest: m.digest.description, size: size(m),
+                    created: Timestamp(unixMillis: m.createdAt),
+                    loaded: loaded.contains(m.digest.description), jobs: pins[m.digest]?.count ?? 0, root: nil))
+        }
+        let tagged = Set(tags.map(\.manifest))
+        for m in manifests where !tagged.contains(m.digest) {
+            rows.append(
+                ModelListEntry(
+                    name: nil, tag: nil, digest: m.digest.description, size: size(m),
+                    created: Timestamp(unixMillis: m.createdAt),
+                    loaded: loaded.contains(m.digest.description), jobs: pins[m.digest]?.count ?? 0, root: nil))
+        }
+        return ModelListResult(models: rows)
+    }
+
+    private func siteVersionSize(_ digest: BlobDigest, _ site: StoreRoot) throws -> Int64 {
+        let path = site.blobPath(digest)
+        guard let data = FileManager.default.contents(atPath: path) else { return 0 }
+        let m = try PipelineManifest.decode(data, name: digest.description)
+        return Int64(data.count)
+            + Dictionary(m.blobs.map { ($0.digest, $0.size) }, uniquingKeysWith: { a, _ in a }).values.reduce(0, +)
+    }
+
+    /// Keys of loaded models (cache entries and mapping pins), e.g. manifest digests.
+    func loadedKeys() -> Set<String> {
+        let snapshot = mappings.snapshot()
+        return Set(snapshot.caches.map(\.key) + snapshot.pins.map(\.owner))
+    }
+
+    // MARK: show
+
+    /// The manifest, the model configs, the blobs with their paths, the tag history and the jobs
+    /// pinning the version `reference` names.
+    public func show(_ reference: String) throws(ModelStoreError) -> ModelShowResult {
+        let parsed = try ModelReference(parsing: reference)
+        let digest = try resolve(parsed)
+        let manifest = try loadManifest(digest)
+        let manifestPath = try checkedBlob(digest, what: "the manifest of \(digest)", full: false)
+        let manifestBytes = FileManager.default.contents(atPath: manifestPath) ?? Data()
+        let (row, localTags, history, pins) = try read { db in
+            let history: [Catalog.EventRow]
+            if case .tag(let name, let tag) = parsed {
+                history = try Catalog.history(db, name: name, tag: tag)
+            } else {
+                history = try Catalog.history(db, digest: digest)
+            }
+            return (
+                try Catalog.manifest(db, digest), try Catalog.tags(db, pointingAt: digest), history,
+                try Catalog.liveJobPins(db)[digest] ?? []
+            )
+        }
+        var references = sites.flatMap { site in
+            siteRefs(site).filter { $0.digest == digest }.map { "\($0.name):\($0.tag)" }
+        }
+        references += localTags.map(\.reference)
+        let site = row == nil ? sites.first { siteRefs($0).contains { $0.digest == digest } } : nil
+        let created =
+            row.map { Timestamp(unixMillis: $0.createdAt) }
+            ?? site.flatMap { s in siteRefs(s).first { $0.digest == digest }?.created }
+            ?? Timestamp(Date(timeIntervalSince1970: 0))
+
+        var configs: [String: JSONValue] = [:]
+        var blobs = [
+            ModelBlob(
+                role: "manifest", digest: digest.description, size: Int64(manifestBytes.count),
+                mediaType: MediaType.manifest, path: manifestPath)
+        ]
+        for b in manifest.blobs {
+            let path = try checkedBlob(b.digest, what: "\(b.role.rawValue) of \(digest)", full: false)
+            blobs.append(
+                ModelBlob(
+                    role: b.role.rawValue, digest: b.digest.description, size: b.size, mediaType: b.mediaType,
+                    path: path))
+            if b.mediaType != MediaType.safetensors, b.size <= PipelineValidation.maxJSONSize,
+                let data = FileManager.default.contents(atPath: path), let json = JSONValue(json: data)
+            {
+                configs[b.role.rawValue] = json
+            }
+        }
+        let size =
+            Int64(manifestBytes.count)
+            + Dictionary(manifest.blobs.map { ($0.digest, $0.size) }, uniquingKeysWith: { a, _ in a }).values.reduce(
+                0, +)
+        return ModelShowResult(
+            digest: digest.description, references: references, created: created, size: size, root: site?.path,
+            source: row?.source, manifest: JSONValue(json: manifestBytes) ?? .null, configs: configs, blobs: blobs,
+            history: history.map(Self.event), jobs: pins, loaded: loadedKeys().contains(digest.description))
+    }
+
+    static func event(_ e: Catalog.EventRow) -> ModelTagEvent {
+        ModelTagEvent(
+            name: e.name, tag: e.tag, action: e.action, digest: e.manifest?.description,
+            previous: e.previous?.description, at: Timestamp(unixMillis: e.at))
+    }
+
+    /// The history of every tag (of `name` only, if given), oldest first.
+    public func history(name: String? = nil) throws(ModelStoreError) -> [ModelTagEvent] {
+        try read { db in try Catalog.history(db) }.filter { name == nil || $0.name == name }.map(Self.event)
+    }
+
+    // MARK: tag
+
+    /// Points `destination` (NAME:TAG) at the version `source` names; the change is recorded in
+    /// the tag's history. A version of a site root gets a local record so it can be tagged here.
+    public func tag(_ source: String, _ destination: String) throws(ModelStoreError) -> ModelTagResult {
+        try requireWritable("tag")
+        let digest = try resolve(source)
+        let (name, tag) = try ModelReference.parseTag(destination)
+        let manifest = try loadManifest(digest)
+        let manifestSize = Int64(FileManager.default.contents(atPath: blobPath(digest))?.count ?? 1)
+        let at = nowMillis
+        let site = sites.first { siteRefs($0).contains { $0.digest == digest } }
+        let previous = try write { db in
+            if try Catalog.manifest(db, digest) == nil {
+                try Catalog.insertManifest(
+                    db,
+                    Catalog.ManifestRow(
+                        digest: digest, size: manifestSize, createdAt: at, source: "site root \(site?.path ?? "?")"),
+                    blobs: manifest.blobs.map {
+                        Catalog.BlobRow(
+                            role: $0.role.rawValue, digest: $0.digest, size: $0.size, mediaType: $0.mediaType)
+                    })
+            }
+            return try Catalog.setTag(db, name: name, tag: tag, manifest: digest, action: "tag", at: at)
+        }
+        writeRefs()
+        return ModelTagResult(reference: "\(name):\(tag)", digest: digest.description, previous: previous?.description)
+    }
+
+    // MARK: rm
+
+    /// Removes a tag (`NAME:TAG`), or every tag pointing at a version (`NAME@sha256:…`: of that
+    /// name; `sha256:…`: all). The version's blobs stay until `gc`, and not even gc removes them
+    /// while a live job pins the version.
+    public func remove(_ reference: String) throws(ModelStoreError) -> ModelRemoveResult {
+        try requireWritable("rm")
+        let parsed = try ModelReference(parsing: reference)
+        let at = nowMillis
+        let digest: BlobDigest
+        let targets: [(name: String, tag: String)]
+        switch parsed {
+        case .tag(let name, let tag):
+            guard let row = try read({ try Catalog.tag($0, name: name, tag: tag) }) else {
+                if let site = sites.first(where: { siteRefs($0).contains { $0.name == name && $0.tag == tag } }) {
+                    throw ModelStoreError(
+                        .readOnly, "\(name):\(tag) is in the read-only site root \(site.path)",
+                        hint: "its tags are managed on the machine that owns that root")
+                }
+                throw ModelStoreError(.notFound, "no tag \(name):\(tag)", hint: "`models list` shows the tags")
+            }
+            digest = row.manifest
+            targets = [(name, tag)]
+        case .pinned(let name, _):
+            digest = try resolve(parsed)
+            targets = try read { db in try Catalog.tags(db, pointingAt: digest) }
+                .filter { $0.name == name }.map { ($0.name, $0.tag) }
+        case .digest, .digestPrefix:
+            digest = try resolve(parsed)
+            targets = try read { db in try Catalog.tags(db, pointingAt: digest) }.map { ($0.name, $0.tag) }
+        }
+        guard !targets.isEmpty else {
+            throw ModelStoreError(
+                .notFound, "no local tag points at \(digest)", hint: "`models gc` removes untagged versions")
+        }
+        let (remaining, jobs) = try write { db in
+            for t in targets { _ = try Catalog.removeTag(db, name: t.name, tag: t.tag, at: at) }
+            return (
+                try Catalog.tags(db, pointingAt: digest).map(\.reference),
+                try Catalog.liveJobPins(db)[digest]?.count ?? 0
+            )
+        }
+        writeRefs()
+        return ModelRemoveResult(
+            removed: targets.map { "\($0.name):\($0.tag)" }, digest: digest.description,
+            remaining: remaining, jobs: jobs)
+    }
+}

@@ -1,0 +1,285 @@
+import Foundation
+import GriditAPI
+import GriditPipeline
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+extension ModelStore {
+    /// Progress of an import: the file (source path or bundle entry), bytes done, its size if known.
+    public typealias ImportProgress = (_ file: String, _ done: Int64, _ total: Int64?) -> Void
+
+    /// Imports a pipeline version: `path` is a pipeline JSON (with its files next to it, or a
+    /// folder holding `pipeline.json`) or a bundle written by `export`.
+    ///
+    /// Each file is read once, hashed on the way into ingest/ (copied, reflinked or hardlinked per
+    /// `link`), then everything is validated (configs, safetensors headers, total binding of each
+    /// model to its weights) before anything is published. Identical blobs are stored once. The
+    /// version becomes visible only when its tag commits; any error leaves the store unchanged.
+    ///
+    /// - Parameter name: `NAME:TAG` to point at the version; default: the bundle's tags, or the
+    ///   pipeline's `name` with tag `latest`.
+    public func importModel(
+        from path: String, name: String? = nil, link: ModelLinkMode = .auto, progress: ImportProgress? = nil
+    ) throws(ModelStoreError) -> ModelImportResult {
+        try requireWritable("import")
+        let requested = try name.map { (n) throws(ModelStoreError) in try ModelReference.parseTag(n) }
+        var source = path.hasPrefix("/") ? path : joinPath(FileManager.default.currentDirectoryPath, path)
+        guard let id = FileIdentity.of(path: source) else {
+            throw posixError("import: stat", path: source, errno: errno)
+        }
+        if id.isDirectory { source = joinPath(source, "pipeline.json") }
+        let fd = open(source, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw posixError("import: open", path: source, errno: errno) }
+        var head = [UInt8](repeating: 0, count: 512)
+        let n = head.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 512, 0) }
+        close(fd)
+        guard n >= 0 else { throw posixError("import: read", path: source, errno: errno) }
+        let isTar = n == 512 && Array(head[257..<262]) == Array("ustar".utf8)
+        if isTar {
+            return try importBundle(source, tags: requested.map { [$0] }, progress: progress)
+        }
+        guard let first = head[0..<n].first(where: { ![9, 10, 13, 32].contains($0) }), first == UInt8(ascii: "{") else {
+            throw ModelStoreError(
+                .invalidInput, "\(source) is neither a pipeline JSON nor a bundle (tar)",
+                hint:
+                    "import the pipeline.json that lists the model files (docs/PIPELINE_FORMAT.md), or a file from `models export`"
+            )
+        }
+        return try importPipeline(source, tag: requested, link: link, progress: progress)
+    }
+
+    private func importPipeline(
+        _ path: String, tag requested: (name: String, tag: String)?, link: ModelLinkMode, progress: ImportProgress?
+    ) throws(ModelStoreError) -> ModelImportResult {
+        if let size = FileIdentity.of(path: path)?.size, size > PipelineValidation.maxJSONSize {
+            throw ModelStoreError(.invalidInput, "\(path) is \(size) bytes; a pipeline file is a small JSON document")
+        }
+        let spec: PipelineSpec
+        do { spec = try PipelineSpec.load(path: path) } catch {
+            throw ModelStoreError(.invalidInput, "\(error)", hint: "see docs/PIPELINE_FORMAT.md")
+        }
+        let tag: (name: String, tag: String)
+        if let requested {
+            tag = requested
+        } else if let name = spec.name {
+            tag = try ModelReference.parseTag(name)
+        } else {
+            throw ModelStoreError(
+                .invalidReference, "\(path) has no \"name\"; say what to call the version",
+                hint: "add --name NAME:TAG (e.g. --name moving-digits:v1)")
+        }
+        var names: [PipelineSpec.FileRole: String] = [:]
+        var byPath: [String: IngestFile] = [:]
+        var ingested: [PipelineSpec.FileRole: IngestFile] = [:]
+        for (role, file) in spec.files {
+            names[role] = file
+            if let done = byPath[file] {
+                ingested[role] = done
+                continue
+            }
+            do {
+                let f = try IngestFile.fromFile(
+                    file, into: local, mode: link,
+                    progress: progress.map { p in { p(file, $0, $1) } })
+                byPath[file] = f
+                ingested[role] = f
+            } catch {
+                throw ModelStoreError(error.code, "\(role.rawValue) of \(path): \(error.message)", hint: error.hint)
+            }
+        }
+        try PipelineValidation.validate(spec.mapFiles { role, _ in ingested[role]!.path }, names: names)
+        let manifest = PipelineManifest(spec: spec, files: ingested.mapValues { ($0.digest, $0.size) })
+        let manifestFile = try IngestFile.fromBytes(manifest.encoded(), into: local)
+        return try commit(
+            manifest: manifest, manifestFile: manifestFile, files: Array(byPath.values),
+            existing: [:], source: path, tags: [tag])
+    }
+
+    private func importBundle(
+        _ path: String, tags requested: [(name: String, tag: String)]?, progress: ImportProgress?
+    ) throws(ModelStoreError) -> ModelImportResult {
+        let contents = try BundleReader.read(
+            path: path, into: local, progress: progress.map { p in { p($0, $1, nil) } })
+        func bad(_ why: String) -> ModelStoreError {
+            ModelStoreError(
+                .invalidInput, "bundle \(path): \(why); nothing was imported", hint: "export the bundle again")
+        }
+        let manifestDigest = contents.index.manifest
+        let manifestPath: String
+        if let file = contents.blobs[manifestDigest] {
+            manifestPath = file.path
+        } else if let existing = try intactCopy(manifestDigest) {
+            manifestPath = existing
+        } else {
+            throw bad("it does not hold its manifest \(manifestDigest)")
+        }
+        guard let bytes = FileManager.default.contents(atPath: manifestPath), bytes.count <= PipelineManifest.maxSize
+        else {
+            throw bad("its manifest is unreadable or too large")
+        }
+        let manifest = try PipelineManifest.decode(bytes, name: "\(manifestDigest) in \(path)")
+
+        var paths: [PipelineSpec.FileRole: String] = [:]
+        var existing: [BlobDigest: String] = [:]
+        for blob in manifest.blobs {
+            if let file = contents.blobs[blob.digest] {
+                guard file.size == blob.size else {
+                    throw bad("blobs/sha256/\(blob.digest.hex) has \(file.size) bytes, the manifest says \(blob.size)")
+                }
+                paths[blob.role] = file.path
+            } else if let found = try intactCopy(blob.digest) {
+                paths[blob.role] = found
+                existing[blob.digest] = found
+            } else {
+                throw bad("it lacks \(blob.role.rawValue) (\(blob.digest)) and no store root has it")
+            }
+        }
+        let listed = Set(manifest.blobs.map(\.digest) + [manifestDigest])
+        if let extra = contents.blobs.keys.sorted().first(where: { !listed.contains($0) }) {
+            throw bad("it holds blobs/sha256/\(extra.hex), which its manifest does not list")
+        }
+        let names = Dictionary(
+            uniqueKeysWithValues: manifest.blobs.map { ($0.role, "\(path):blobs/sha256/\($0.digest.hex)") })
+        try PipelineValidation.validate(manifest.pipeline.mapFiles { role, _ in paths[role]! }, names: names)
+
+        var tags = requested ?? []
+        if requested == nil {
+            for text in contents.index.tags { tags.append(try ModelReference.parseTag(text)) }
+        }
+        guard !tags.isEmpty else {
+            throw ModelStoreError(
+                .invalidReference, "bundle \(path) names no tag; say what to call the version",
+                hint: "add --name NAME:TAG")
+        }
+        let files = contents.blobs.filter { $0.key != manifestDigest }.map(\.value)
+        let manifestFile = contents.blobs[manifestDigest]
+        return try commit(
+            manifest: manifest, manifestDigest: manifestDigest, manifestSize: Int64(bytes.count),
+            manifestFile: manifestFile, files: files, existing: existing, source: path, tags: tags)
+    }
+
+    /// Publishes the ingested files and the manifest, then commits the version and its tags in one
+    /// transaction. Until the commit the blobs are `pending` (gc keeps them); a crash before it
+    /// leaves at most complete, unreferenced blobs, which the next gc removes.
+    private func commit(
+        manifest: PipelineManifest, manifestDigest: BlobDigest? = nil, manifestSize: Int64? = nil,
+        manifestFile: IngestFile?, files: [IngestFile], existing: [BlobDigest: String], source: String,
+        tags: [(name: String, tag: String)]
+    ) throws(ModelStoreError) -> ModelImportResult {
+        let digest = manifestDigest ?? manifestFile!.digest
+        let toPublish = files + (manifestFile.map { [$0] } ?? [])
+        let digests = toPublish.map(\.digest) + Array(existing.keys) + [digest]
+        pending.withLock { p in for d in digests { p[d, default: 0] += 1 } }
+        defer {
+            pending.withLock { p in
+                for d in digests {
+                    p[d]! -= 1
+                    if p[d] == 0 { p.removeValue(forKey: d) }
+                }
+            }
+        }
+        TestHooks.pause(at: "import.ingested")
+
+        var warnings: [String] = []
+        var stored: [BlobDigest: String] = [:]
+        var written: Int64 = 0
+        for file in toPublish where stored[file.digest] == nil {
+            if let path = try intactCopy(file.digest, warnings: &warnings) {
+                file.discard()
+                stored[file.digest] = path.hasPrefix(local.blobsDirectory) ? "existing" : "existing (site root)"
+                continue
+            }
+            switch try file.publish() {
+            case .added:
+                stored[file.digest] = file.method.rawValue
+                written += file.bytesWritten
+            case .alreadyPresent:
+                stored[file.digest] = "existing"
+            }
+        }
+        for d in existing.keys where stored[d] == nil { stored[d] = "existing" }
+        TestHooks.pause(at: "import.published")
+
+        let at = nowMillis
+        let published = toPublish.map(\.digest).filter { !(stored[$0] ?? "").hasPrefix("existing") }
+        let blobRows = manifest.blobs.map {
+            Catalog.BlobRow(role: $0.role.rawValue, digest: $0.digest, size: $0.size, mediaType: $0.mediaType)
+        }
+        let size =
+            (manifestSize ?? manifestFile?.size ?? 0)
+            + Dictionary(manifest.blobs.map { ($0.digest, $0.size) }, uniquingKeysWith: { a, _ in a }).values.reduce(
+                0, +)
+        let manifestRow = Catalog.ManifestRow(
+            digest: digest, size: manifestSize ?? manifestFile!.size, createdAt: at, source: source)
+        let previous: [BlobDigest?] = try write { db in
+            try Catalog.insertManifest(db, manifestRow, blobs: blobRows)
+            for d in published {
+                let path = local.blobPath(d)
+                if let id = FileIdentity.of(path: path) {
+                    try Catalog.recordCheck(db, path: path, digest: d, identity: id, at: at)
+                }
+            }
+            return try tags.map { t in
+                try Catalog.setTag(db, name: t.name, tag: t.tag, manifest: digest, action: "import", at: at)
+            }
+        }
+        TestHooks.pause(at: "import.committed")
+        writeRefs()
+        let linked = toPublish.filter { $0.method == .hardlink && stored[$0.digest] == "hardlink" }.count
+        if linked > 0 {
+            warnings.append(
+                "\(linked) file(s) were hardlinked: each source file IS the stored blob now and was made read-only (0444); "
+                    + "do not edit it in place (verify would find it changed). Use --link copy to keep the sources independent"
+            )
+        }
+        for t in tags {
+            if let site = sites.first(where: { siteRefs($0).contains { $0.name == t.name && $0.tag == t.tag } }) {
+                warnings.append(
+                    "\(t.name):\(t.tag) also exists in the site root \(site.path), which is searched first; use \(t.name)@\(digest) to run this version"
+                )
+            }
+        }
+
+        var blobs = [
+            ModelBlob(
+                role: "manifest", digest: digest.description, size: manifestRow.size,
+                mediaType: MediaType.manifest, path: blobPath(digest), stored: stored[digest])
+        ]
+        blobs += manifest.blobs.map { b in
+            ModelBlob(
+                role: b.role.rawValue, digest: b.digest.description, size: b.size, mediaType: b.mediaType,
+                path: blobPath(b.digest), stored: stored[b.digest])
+        }
+        return ModelImportResult(
+            reference: "\(tags[0].name):\(tags[0].tag)", digest: digest.description, size: size,
+            previous: previous[0]?.description, blobs: blobs, bytesWritten: written, warnings: warnings)
+    }
+
+    /// The path of an intact copy of `digest` in any root, or nil. A corrupt copy in the writable
+    /// root is quarantined (the import then stores its fresh copy) and reported in `warnings`.
+    func intactCopy(_ digest: BlobDigest) throws(ModelStoreError) -> String? {
+        var ignored: [String] = []
+        return try intactCopy(digest, warnings: &ignored)
+    }
+
+    func intactCopy(_ digest: BlobDigest, warnings: inout [String]) throws(ModelStoreError) -> String? {
+        for root in blobRoots {
+            switch try inspect(digest, in: root, full: false, what: "blob \(digest)") {
+            case .absent: continue
+            case .intact(let path): return path
+            case .corrupt(let path, let actual):
+                let error = try mismatch(digest, actual: actual, at: path, in: root, what: "the stored copy")
+                warnings.append(error.message + (root.writable ? "; replaced by the imported copy" : ""))
+            }
+        }
+        return nil
+    }
+
+    /// Where blob `digest` is read from (first root holding it; the writable root's path if none).
+    func blobPath(_ digest: BlobDigest) -> String {
+        blobRoots.first { $0.existingBlob(digest) != nil }?.blobPath(digest) ?? local.blobPath(digest)
+    }
+}

@@ -1,0 +1,320 @@
+import Foundation
+import GriditAPI
+import GriditCheckpoint
+import GriditPipeline
+import GriditStore
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+extension ModelStore {
+    // MARK: verify
+
+    /// Re-hashes every blob of the version `reference` names, or (nil) of every version plus every
+    /// blob file of the writable root. A blob that no longer hashes to its name is moved to
+    /// quarantine/ (when this process owns the state directory) and reported.
+    public func verify(
+        _ reference: String? = nil, progress: ImportProgress? = nil
+    ) throws(ModelStoreError) -> ModelVerifyResult {
+        var versions: [BlobDigest] = []
+        if let reference {
+            versions = [try resolve(reference)]
+        } else {
+            versions = try read { try Catalog.manifests($0) }.map(\.digest)
+            for site in sites {
+                for e in siteRefs(site) where !versions.contains(e.digest) { versions.append(e.digest) }
+            }
+        }
+        let labels = try versionLabels()
+        var entries: [ModelVerifyEntry] = []
+        var done: [BlobDigest: Int] = [:]
+        var hashed: Int64 = 0
+
+        func check(_ digest: BlobDigest, usedBy label: String?) throws(ModelStoreError) -> ModelVerifyStatus {
+            if let i = done[digest] {
+                if let label, !entries[i].usedBy.contains(label) { entries[i].usedBy.append(label) }
+                return entries[i].status
+            }
+            var entry = ModelVerifyEntry(
+                digest: digest.description, path: nil, size: nil, status: .missing,
+                message: "no store root holds it; import the model again", usedBy: label.map { [$0] } ?? [])
+            for root in blobRoots {
+                guard let (path, identity) = root.existingBlob(digest) else { continue }
+                entry.path = path
+                entry.size = identity.size
+                do {
+                    let (actual, size) = try hashFile(path: path) { progress?(path, $0, identity.size) }
+                    hashed += size
+                    if actual == digest {
+                        entry.status = .ok
+                        entry.message = nil
+                        if access == .readWrite {
+                            let at = nowMillis
+                            _ = try? database.write {
+                                try Catalog.recordCheck($0, path: path, digest: digest, identity: identity, at: at)
+                            }
+                        }
+                    } else {
+                        let (error, moved) = try quarantineReport(
+                            digest, actual: actual, at: path, in: root, what: "verify")
+                        entry.status = .mismatch
+                        entry.actual = actual.description
+                        entry.message = error.message + ". Fix: " + (error.hint ?? "")
+                        entry.quarantinedTo = moved
+                    }
+                } catch {
+                    entry.status = .unreadable
+                    entry.message = error.description
+                }
+                break
+            }
+            done[digest] = entries.count
+            entries.append(entry)
+            return entry.status
+        }
+
+        for version in versions {
+            let label = labels[version] ?? version.description
+            guard try check(version, usedBy: label) == .ok, let path = entries[done[version]!].path,
+                let data = FileManager.default.contents(atPath: path)
+            else { continue }
+            guard let manifest = try? PipelineManifest.decode(data, name: version.description) else {
+                entries[done[version]!].status = .mismatch
+                entries[done[version]!].message = "the manifest does not decode; import the model again"
+                continue
+            }
+            for blob in manifest.blobs { _ = try check(blob.digest, usedBy: "\(label) \(blob.role.rawValue)") }
+        }
+        if reference == nil {
+            for digest in local.blobDigests() { _ = try check(digest, usedBy: nil) }
+        }
+        return ModelVerifyResult(entries: entries, bytesHashed: hashed)
+    }
+
+    /// `NAME:TAG, …` (or nothing) for each version.
+    func versionLabels() throws(ModelStoreError) -> [BlobDigest: String] {
+        var names: [BlobDigest: [String]] = [:]
+        for t in try read({ try Catalog.tags($0) }) { names[t.manifest, default: []].append(t.reference) }
+        for site in sites { for e in siteRefs(site) { names[e.digest, default: []].append("\(e.name):\(e.tag)") } }
+        return names.mapValues { $0.joined(separator: ", ") }
+    }
+
+    // MARK: gc
+
+    /// Deletes versions no tag and no live job references, then every blob file of the writable
+    /// root that no remaining version references, unless this process or another maps it or an
+    /// import in progress is about to reference it; and removes the temporary files of dead
+    /// imports. With `dryRun` nothing is deleted. Site roots are never touched.
+    public func gc(dryRun: Bool = false) throws(ModelStoreError) -> ModelGCResult {
+        try requireWritable("gc")
+        let result: Result<ModelGCResult, ModelStoreError> = pending.withLock { pending in
+            do throws(ModelStoreError) {
+                return .success(try collect(pending: Set(pending.keys), dryRun: dryRun))
+            } catch {
+                return .failure(error)
+            }
+        }
+        return try result.get()
+    }
+
+    private func collect(pending: Set<BlobDigest>, dryRun: Bool) throws(ModelStoreError) -> ModelGCResult {
+        var inUse = mappings.inUse()
+        for digests in Residency.mappedByOtherProcesses(blobsDirectory: local.blobsDirectory).values {
+            inUse.formUnion(digests)
+        }
+
+        let (doomed, keep) = try write { db -> ([BlobDigest], Set<BlobDigest>) in
+            var kept = Set(try Catalog.tags(db).map(\.manifest))
+            kept.formUnion(try Catalog.liveJobPins(db).keys)
+            kept.formUnion(pending)
+            let doomed = try Catalog.manifests(db).map(\.digest).filter { !kept.contains($0) }
+            if !dryRun { for d in doomed { try Catalog.deleteManifest(db, d) } }
+            var keep = kept
+            for (manifest, blobs) in try Catalog.allBlobReferences(db) where kept.contains(manifest) {
+                keep.formUnion(blobs)
+            }
+            return (doomed, keep)
+        }
+
+        var removed: [String] = []
+        var keptMapped: [String] = []
+        var freed: Int64 = 0
+        var forgotten: [String] = []
+        for digest in local.blobDigests() where !keep.contains(digest) && !pending.contains(digest) {
+            if inUse.contains(digest) {
+                keptMapped.append(digest.description)
+                continue
+            }
+            let path = local.blobPath(digest)
+            let size = FileIdentity.of(path: path)?.size ?? 0
+            if !dryRun {
+                guard unlink(path) == 0 || errno == ENOENT else {
+                    throw posixError("gc: unlink", path: path, errno: errno)
+                }
+                forgotten.append(path)
+            }
+            removed.append(digest.description)
+            freed += size
+        }
+        if !forgotten.isEmpty {
+            syncDirectory(local.blobsDirectory)
+            _ = try? database.write { db in for p in forgotten { try Catalog.forgetCheck(db, path: p) } }
+        }
+
+        var temporary: [String] = []
+        for name in ((try? FileManager.default.contentsOfDirectory(atPath: local.ingestDirectory)) ?? []).sorted() {
+            let path = joinPath(local.ingestDirectory, name)
+            let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            // A live importer holds the lock; a dead one (even after kill -9) does not.
+            guard flock(fd, LOCK_EX | LOCK_NB) == 0 else { continue }
+            freed += FileIdentity.of(fd: fd)?.size ?? 0
+            if !dryRun { unlink(path) }
+            temporary.append(path)
+        }
+        return ModelGCResult(
+            dryRun: dryRun, removedBlobs: removed, removedManifests: doomed.map(\.description),
+            removedTemporary: temporary, freedBytes: freed, keptMapped: keptMapped)
+    }
+
+    // MARK: export
+
+    /// Writes the version `reference` names as a single-file bundle (tar) to `path`, or to standard
+    /// output for `-`. The file appears complete or not at all (temporary name, fsync, rename).
+    /// Every blob is re-hashed while it is written; a bad one aborts the export and is quarantined.
+    public func export(_ reference: String, to path: String) throws(ModelStoreError) -> ModelExportResult {
+        let parsed = try ModelReference(parsing: reference)
+        let digest = try resolve(parsed)
+        let manifest = try loadManifest(digest)
+        var items = [
+            BundleWriter.Item(digest: digest, path: try checkedBlob(digest, what: "the manifest", full: false))
+        ]
+        var seen: Set<BlobDigest> = [digest]
+        for b in manifest.blobs where seen.insert(b.digest).inserted {
+            items.append(
+                BundleWriter.Item(digest: b.digest, path: try checkedBlob(b.digest, what: b.role.rawValue, full: false))
+            )
+        }
+        let tags: [String]
+        if case .tag(let name, let tag) = parsed {
+            tags = ["\(name):\(tag)"]
+        } else {
+            tags = (try versionLabels()[digest] ?? "").split(separator: ",").map {
+                $0.trimmingCharacters(in: .whitespaces)
+            }
+        }
+        let index = BundleIndex(format: BundleIndex.format, manifest: digest, tags: tags)
+
+        func write(to fd: Int32, name: String) throws(ModelStoreError) {
+            do {
+                _ = try BundleWriter.write(index: index, items: items, to: fd, name: name)
+            } catch  where error.code == .digestMismatch {
+                // Find which blob failed and quarantine it through the normal path.
+                for item in items {
+                    if case .corrupt(let p, let actual) = try inspect(
+                        item.digest, in: local, full: true, what: "export")
+                    {
+                        throw try mismatch(
+                            item.digest, actual: actual, at: p, in: local, what: "export of \(reference)")
+                    }
+                }
+                throw error
+            }
+        }
+
+        if path == "-" {
+            try write(to: 1, name: "standard output")
+            return ModelExportResult(
+                digest: digest.description, references: tags, path: "-", size: 0, blobs: items.count)
+        }
+        let destination = path.hasPrefix("/") ? path : joinPath(FileManager.default.currentDirectoryPath, path)
+        let directory = (destination as NSString).deletingLastPathComponent
+        let temporary = joinPath(
+            directory, ".\((destination as NSString).lastPathComponent).partial-\(UUID().uuidString.lowercased())")
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw posixError("export: creating", path: temporary, errno: errno) }
+        var ok = false
+        defer {
+            close(fd)
+            if !ok { unlink(temporary) }
+        }
+        try write(to: fd, name: destination)
+        guard fsync(fd) == 0 else { throw posixError("export: fsync", path: temporary, errno: errno) }
+        guard rename(temporary, destination) == 0 else {
+            throw posixError("export: rename to", path: destination, errno: errno)
+        }
+        ok = true
+        syncDirectory(directory)
+        return ModelExportResult(
+            digest: digest.description, references: tags, path: destination,
+            size: FileIdentity.of(path: destination)?.size ?? 0, blobs: items.count)
+    }
+
+    // MARK: ps
+
+    /// What is mapped: this process's cache entries and pins (with resident bytes from `mincore`),
+    /// and blobs other processes map (from /proc, where this user may look).
+    public func ps() -> ModelPSResult {
+        let snapshot = mappings.snapshot()
+        let labels = (try? versionLabels()) ?? [:]
+        func references(_ key: String) -> [String] {
+            BlobDigest(key).flatMap { labels[$0] }.map { $0.components(separatedBy: ", ") } ?? []
+        }
+        func blob(_ digest: BlobDigest, _ path: String) -> ModelMappedBlob {
+            if let file = snapshot.shared[digest]?.file {
+                return ModelMappedBlob(
+                    digest: digest.description, path: path, size: Int64(file.size),
+                    resident: Residency.residentBytes(base: file.base, size: file.size))
+            }
+            return ModelMappedBlob(
+                digest: digest.description, path: path, size: FileIdentity.of(path: path)?.size ?? 0,
+                resident: Residency.residentBytes(path: path))
+        }
+        var entries: [ModelPSEntry] = []
+        var covered = Set<BlobDigest>()
+        for c in snapshot.caches {
+            covered.formUnion(c.blobs.keys)
+            entries.append(
+                ModelPSEntry(
+                    key: c.key, references: c.references.isEmpty ? references(c.key) : c.references, leases: c.leases,
+                    lastUsed: c.lastUsed.map(Timestamp.init), expiresAt: c.expiresAt.map(Timestamp.init),
+                    blobs: c.blobs.sorted { $0.key < $1.key }.map { blob($0.key, $0.value) }))
+        }
+        let cacheKeys = Set(snapshot.caches.map(\.key))
+        for pin in snapshot.pins where !cacheKeys.contains(pin.owner) {
+            covered.formUnion(pin.blobs.keys)
+            entries.append(
+                ModelPSEntry(
+                    key: pin.owner, references: references(pin.owner), leases: 1, lastUsed: nil, expiresAt: nil,
+                    blobs: pin.blobs.sorted { $0.key < $1.key }.map { blob($0.key, $0.value) }))
+        }
+        let loose = snapshot.shared.filter { !covered.contains($0.key) }
+        if !loose.isEmpty {
+            entries.append(
+                ModelPSEntry(
+                    key: "mapped", references: [], leases: 0, lastUsed: nil, expiresAt: nil,
+                    blobs: loose.sorted { $0.key < $1.key }.map { blob($0.key, $0.value.path) }))
+        }
+        for root in blobRoots {
+            for (pid, digests) in Residency.mappedByOtherProcesses(blobsDirectory: root.blobsDirectory).sorted(by: {
+                $0.key < $1.key
+            }) {
+                entries.append(
+                    ModelPSEntry(
+                        key: "pid \(pid)", references: [], leases: 0, lastUsed: nil, expiresAt: nil,
+                        blobs: digests.sorted().map { blob($0, root.blobPath($0)) }, pid: pid))
+            }
+        }
+        return ModelPSResult(entries: entries)
+    }
+
+    // MARK: checks
+
+    /// The permission and filesystem checks of this store (and of importing `source`, if given).
+    public func checks(source: String? = nil, link: ModelLinkMode? = nil) -> ModelStoreCheckResult {
+        StoreChecks.run(stateDirectory: stateDirectory, siteRoots: siteRoots, source: source, link: link)
+    }
+}

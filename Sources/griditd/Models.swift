@@ -1,0 +1,326 @@
+// `griditd models …`: the model store offline, for provisioning scripts (the same operations as
+// `griditctl models …`, which the daemon serves). Commands that change the store refuse while a
+// daemon holds the state directory; read-only ones run beside it.
+import ArgumentParser
+import Foundation
+import GriditAPI
+import GriditModelStore
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+struct Models: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "models",
+        abstract: "Manage the content-addressed model store offline.",
+        discussion: """
+            References: NAME[:TAG] (tag latest by default), NAME@sha256:<64 hex> (an exact version), \
+            sha256:<hex> (a unique prefix of 6 or more digits will do). While griditd runs on the same \
+            state directory, use `griditctl models …` for the commands that change the store.
+            Exit status: 0 ok, 1 verify found bad blobs, 64 bad usage, 65 bad input or a digest mismatch, \
+            66 not found, 74 I/O or database error, 75 a daemon owns the state directory, 77 permission denied.
+            """,
+        subcommands: [
+            ModelsImport.self, ModelsList.self, ModelsShow.self, ModelsTag.self, ModelsRemove.self, ModelsVerify.self,
+            ModelsGC.self, ModelsExport.self, ModelsPS.self, ModelsHistory.self, ModelsCheck.self,
+        ])
+}
+
+struct StoreOptions: ParsableArguments {
+    @Option(name: .customLong("state-dir"), help: "The state directory (env GRIDIT_STATE_DIR).")
+    var stateDirectory: String = ProcessInfo.processInfo.environment["GRIDIT_STATE_DIR"] ?? "/var/lib/gridit"
+
+    @Option(
+        name: .customLong("site-root"),
+        help:
+            "A read-only site root, searched before the state directory; repeatable (env GRIDIT_SITE_ROOTS, colon-separated)."
+    )
+    var siteRoots: [String] = []
+
+    @Flag(help: "Print JSON instead of a table.")
+    var json = false
+
+    var allSiteRoots: [String] {
+        siteRoots
+            + (ProcessInfo.processInfo.environment["GRIDIT_SITE_ROOTS"] ?? "").split(separator: ":").map(String.init)
+    }
+
+    func session(_ command: String, mutating: Bool) throws -> OfflineSession {
+        try storeCall { () throws(ModelStoreError) in
+            try OfflineSession.open(
+                stateDirectory: stateDirectory, siteRoots: allSiteRoots, command: command, mutating: mutating)
+        }
+    }
+
+    /// Prints `value` as JSON or as `text`.
+    func emit<T: Encodable>(_ value: T, _ text: () -> String) {
+        if json {
+            let e = JSONEncoder()
+            e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            print(String(decoding: try! e.encode(value), as: UTF8.self))  // plain value types: cannot fail
+        } else {
+            print(text(), terminator: "")
+        }
+    }
+}
+
+/// Runs a store call; a `ModelStoreError` becomes a message on stderr and an exit status.
+func storeCall<T>(_ body: () throws(ModelStoreError) -> T) throws -> T {
+    do {
+        return try body()
+    } catch {
+        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+        throw ExitCode(exitStatus(error.code))
+    }
+}
+
+func exitStatus(_ code: ModelStoreError.Code) -> Int32 {
+    switch code {
+    case .invalidReference: return 64
+    case .invalidInput, .digestMismatch: return 65
+    case .notFound: return 66
+    case .daemonRunning: return 75
+    case .permission, .readOnly: return 77
+    default: return 74
+    }
+}
+
+struct ModelsImport: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "import",
+        abstract: "Import a pipeline (pipeline.json with its files, or a folder holding one) or an exported bundle.")
+
+    @Argument(help: "pipeline.json, a folder with one, or a bundle (.tar) from `models export`.")
+    var path: String
+
+    @Option(help: "NAME:TAG to give the version (default: the bundle's tags, or the pipeline's name:latest).")
+    var name: String?
+
+    @Option(
+        help:
+            "How files enter the store: auto (reflink, else hardlink on the same filesystem, else copy), reflink, hardlink or copy."
+    )
+    var link: ModelLinkMode = .auto
+
+    @OptionGroup var options: StoreOptions
+
+    func run() throws {
+        let session = try options.session("import", mutating: true)
+        let progress = isatty(2) == 1 && !options.json ? ProgressLine() : nil
+        let result = try storeCall { () throws(ModelStoreError) in
+            try session.store.importModel(
+                from: path, name: name, link: link, progress: progress.map { p in { p.update($0, $1, $2) } })
+        }
+        progress?.finish()
+        options.emit(result) { result.render() }
+    }
+}
+
+extension ModelLinkMode: ExpressibleByArgument {}
+
+/// A progress line on stderr while files stream in.
+final class ProgressLine {
+    private var last = Date.distantPast
+
+    func update(_ file: String, _ done: Int64, _ total: Int64?) {
+        let now = Date()
+        guard now.timeIntervalSince(last) > 0.2 || done == total else { return }
+        last = now
+        let name = (file as NSString).lastPathComponent
+        let amount = total.map { "\(formatBytes(done)) / \(formatBytes($0))" } ?? formatBytes(done)
+        FileHandle.standardError.write(Data("\r\u{1B}[K\(name): \(amount)".utf8))
+    }
+
+    func finish() { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+}
+
+struct ModelsList: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "list", abstract: "List tags and versions: digest, size, created, loaded, live jobs.",
+        aliases: ["ls"])
+
+    @OptionGroup var options: StoreOptions
+
+    func run() throws {
+        let session = try options.session("list", mutating: false)
+        let result = try storeCall { () throws(ModelStoreError) in try session.store.list() }
+        options.emit(result) { result.render() }
+    }
+}
+
+struct ModelsShow: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "show", abstract: "Show a version: manifest, configs, blobs, tag history, pinning jobs.")
+
+    @Argument(help: "NAME:TAG, NAME@sha256:… or sha256:….")
+    var reference: String
+
+    @OptionGroup var options: StoreOptions
+
+    func run() throws {
+        let session = try options.session("show", mutating: false)
+        let result = try storeCall { () throws(ModelStoreError) in try session.store.show(reference) }
+        options.emit(result) { result.render() }
+    }
+}
+
+struct ModelsTag: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tag", abstract: "Point a tag at a version (the old target stays in the tag's history).")
+
+    @Argument(help: "The version: NAME:TAG, NAME@sha256:… or sha256:….")
+    var source: String
+
+    @Argument(help: "The tag to set: NAME:TAG.")
+    var destination: String
+
+    @OptionGroup var options: StoreOptions
+
+    func run() throws {
+        let session = try options.session("tag", mutating: true)
+        let result = try storeCall { () throws(ModelStoreError) in try session.store.tag(source, destination) }
+        options.emit(result) { result.render() }
+    }
+}
+
+struct ModelsRemove: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rm",
+        abstract: "Remove a tag (NAME:TAG), or every tag of a version (NAME@sha256:…, sha256:…); blobs stay until gc.")
+
+    @Argument(help: "NAME:TAG, NAME@sha256:… or sha256:….")
+    var reference: String
+
+    @OptionGroup var options: StoreOptions
+
+    func run() throws {
+        let session = try options.session("rm", mutating: true)
+        let result = try storeCall { () throws(ModelStoreError) in try session.store.remove(reference) }
+        options.emit(result) { result.render() }
+    }
+}
+
+struct ModelsVerify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify", abstract: "Re-hash blobs; bad ones are quarantined and reported (exit status 1).")
+
+    @Argument(help: "The version to verify (NAME:TAG, …).")
+    var reference: String?
+
+    @Flag(help: "Verify every version and every blob file.")
+    var all = false
+
+    @OptionGroup var options: StoreOptions
+
+    func validate() throws {
+        guard (reference == nil) == all else { throw ValidationError("give a reference or --all (not both)") }
+    }
+
+    func run() throws {
+        let session = try options.session("verify", mutating: false)
+        let result = try storeCall { () throws(ModelStoreError) in try session.store.verify(all ? nil : reference) }
+        options.emit(result) { result.render() }
+        if !result.ok { throw ExitCode(1) }
+    }
+}
+
+struct ModelsGC: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gc",
+        abstract:
+            "Delete untagged versions no live job pins, unreferenced blobs (unless mapped), and leftovers of interrupted imports."
+    )
+
+    @Flag(help: "Only report what would be deleted.")
+    var dryRun = false
+
+    @OptionGroup var options: StoreOptions
+
+    func run() throws {
+        let session = try options.session("gc", mutating: true)
+        let result = try storeCall { () throws(ModelStoreError) in try session.store.gc(dryRun: dryRun) }
+        options.emit(result) { result.render() }
+    }
+}
+
+struct ModelsExport: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "export",
+        abstract: "Write a version as one bundle file (tar) for `models import` on another machine.")
+
+    @Argument(help: "NAME:TAG, NAME@sha256:… or sha256:….")
+    var reference: String
+
+    @Option(name: .shortAndLong, help: "The bundle to write (- for standard output).")
+    var output: String
+
+    @OptionGroup var options: StoreOptions
+
+    func run() throws {
+        let session = try options.session("export", mutating: false)
+        let result = try storeCall { () throws(ModelStoreError) in try session.store.export(reference, to: output) }
+        if output != "-" { options.emit(result) { result.render() } }
+    }
+}
+
+struct ModelsPS: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ps", abstract: "What is mapped, by which process, and how much of it is resident.")
+
+    @OptionGroup var options: StoreOptions
+
+    func run() throws {
+        let session = try options.session("ps", mutating: false)
+        let result = session.store.ps()
+        options.emit(result) { result.render() }
+    }
+}
+
+struct ModelsHistory: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "history", abstract: "Every change of every tag (of NAME only, if given), oldest first.")
+
+    @Argument(help: "A model name.")
+    var name: String?
+
+    @OptionGroup var options: StoreOptions
+
+    func run() throws {
+        let session = try options.session("history", mutating: false)
+        let events = try storeCall { () throws(ModelStoreError) in try session.store.history(name: name) }
+        options.emit(events) {
+            renderTable(
+                headers: ["when", "tag", "action", "digest", "previous"],
+                rows: events.map { e in
+                    [
+                        e.at.description, e.reference, e.action, e.digest.map(shortDigest) ?? "-",
+                        e.previous.map(shortDigest) ?? "-",
+                    ]
+                })
+        }
+    }
+}
+
+struct ModelsCheck: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check",
+        abstract:
+            "Check permissions and filesystems of the state directory (and of a file to import); names what to fix.")
+
+    @Option(help: "A file you mean to import.")
+    var source: String?
+
+    @Option(help: "The --link mode you mean to use.")
+    var link: ModelLinkMode?
+
+    @OptionGroup var options: StoreOptions
+
+    func run() throws {
+        let result = StoreChecks.run(
+            stateDirectory: options.stateDirectory, siteRoots: options.allSiteRoots,
+            source: source, link: link)
+        options.emit(result) { result.render() }
+        if !result.ok { throw ExitCode(77) }
+    }
+}

@@ -1,0 +1,142 @@
+import Foundation
+import Glibc
+import GriditAPI
+import GriditModelStore
+import GriditModels
+import GriditPipeline
+import GriditStore
+import Testing
+
+@Suite("gc")
+struct GCTests {
+    func blobFiles(_ store: ModelStore) throws -> Set<String> {
+        Set(try FileManager.default.contentsOfDirectory(atPath: store.stateDirectory + "/blobs/sha256"))
+    }
+
+    @Test("gc removes untagged versions and the blobs only they used; shared blobs stay")
+    func removesUnreferenced() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let store = try ModelStore(stateDirectory: dir.file("state"))
+        let v1 = try store.importModel(
+            from: try writePipeline(in: dir.file("v1"), seed: 1, stage2Seed: 7), name: "tiny:v1")
+        let v2 = try store.importModel(
+            from: try writePipeline(in: dir.file("v2"), seed: 2, stage2Seed: 7), name: "tiny:v2")
+        #expect(try store.gc().removedBlobs.isEmpty, "everything is referenced")
+
+        _ = try store.remove("tiny:v1")
+        let dry = try store.gc(dryRun: true)
+        #expect(dry.removedManifests == [v1.digest])
+        #expect(Set(dry.removedBlobs) == [v1.digest, v1.blobs[2].digest])
+        #expect(try blobFiles(store).count == 7, "a dry run deletes nothing")
+
+        let real = try store.gc()
+        #expect(
+            real.removedManifests == dry.removedManifests && real.removedBlobs.sorted() == dry.removedBlobs.sorted())
+        #expect(real.freedBytes == v1.blobs[0].size + v1.blobs[2].size)
+        let left = try blobFiles(store)
+        #expect(left == Set(v2.blobs.map { String($0.digest.dropFirst(7)) }))
+        #expect(storeError { try store.resolve(v1.digest) }?.code == .notFound)
+        _ = try store.pipeline(try store.resolve("tiny:v2"))
+    }
+
+    @Test("a version pinned by a queued or running job survives rm and gc until the job ends")
+    func keepsWhatLiveJobsPin() async throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let store = try ModelStore(stateDirectory: dir.file("state"))
+        let jobs = SQLiteJobStore(database: store.database)
+        let v1 = try store.importModel(from: try writePipeline(in: dir.file("v1")), name: "tiny:v1")
+        let now = Date(timeIntervalSince1970: 1_700_000_000)
+        let job = try await jobs.submit(
+            JobSubmission(params: "{}", length: 16, pipelineDigest: v1.digest), owner: 1, maxQueued: 10, now: now
+        ).job
+        _ = try store.remove("tiny:v1")
+        #expect(try store.list().models.first { $0.digest == v1.digest }?.jobs == 1)
+        let kept = try store.gc()
+        #expect(kept.removedBlobs.isEmpty && kept.removedManifests.isEmpty)
+        #expect(try store.pipeline(try store.resolve(v1.digest)).grid.k == 4, "the queued job can still load it")
+
+        let claimed = try #require(try await jobs.claim(workerID: "w", leaseDuration: 60, now: now))
+        #expect(try store.gc().removedBlobs.isEmpty, "running jobs pin too")
+        _ = try await jobs.complete(id: job.id, token: claimed.token, outputDir: "/x", now: now)
+        #expect(try store.gc().removedBlobs.count == 5, "a finished job no longer pins the version")
+    }
+
+    @Test("gc keeps blobs this process maps, and deletes them once unmapped")
+    func keepsMapped() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let store = try ModelStore(stateDirectory: dir.file("state"))
+        let v1 = try store.importModel(from: try writePipeline(in: dir.file("v1")), name: "tiny:v1")
+        let weights = BlobDigest(v1.blobs[2].digest)!
+        var mapping: AnyObject? = try store.mappings.map(weights, path: v1.blobs[2].path!)
+        _ = try store.remove("tiny:v1")
+        let first = try store.gc()
+        #expect(first.keptMapped == [weights.description])
+        #expect(!first.removedBlobs.contains(weights.description))
+        #expect(FileManager.default.fileExists(atPath: v1.blobs[2].path!))
+        #expect(mapping != nil)
+        mapping = nil
+        #expect(try store.gc().removedBlobs == [weights.description])
+    }
+
+    @Test("gc removes temporary files of dead imports, not of live ones")
+    func temporaryFiles() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let store = try ModelStore(stateDirectory: dir.file("state"))
+        let ingest = store.stateDirectory + "/ingest/"
+        _ = FileManager.default.createFile(atPath: ingest + "dead.partial", contents: Data([1, 2, 3]))
+        _ = FileManager.default.createFile(atPath: ingest + "live.partial", contents: Data([4]))
+        let fd = open(ingest + "live.partial", O_RDONLY)
+        defer { close(fd) }
+        #expect(flock(fd, LOCK_EX) == 0)
+        let result = try store.gc()
+        #expect(result.removedTemporary == [ingest + "dead.partial"])
+        #expect(result.freedBytes == 3)
+        #expect(FileManager.default.fileExists(atPath: ingest + "live.partial"))
+    }
+}
+
+@Suite("Mappings of other processes")
+struct OtherProcessTests {
+    @Test(
+        "gc keeps a blob another process maps, and ps shows that process",
+        .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3")))
+    func otherProcessMapping() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let store = try ModelStore(stateDirectory: dir.file("state"))
+        let v1 = try store.importModel(from: try writePipeline(in: dir.file("v1")), name: "tiny:v1", link: .copy)
+        let weights = try #require(v1.blobs[2].path)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = [
+            "-c",
+            """
+            import mmap, sys, time
+            f = open(sys.argv[1], "rb"); m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ); m[0]
+            print("mapped", flush=True); time.sleep(60)
+            """, weights,
+        ]
+        let out = Pipe()
+        process.standardOutput = out
+        try process.run()
+        defer {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        let line = String(decoding: out.fileHandleForReading.availableData, as: UTF8.self)
+        #expect(line.hasPrefix("mapped"))
+
+        let ps = store.ps()
+        let entry = try #require(ps.entries.first { $0.pid == process.processIdentifier })
+        #expect(entry.blobs.map(\.digest) == [v1.blobs[2].digest])
+        #expect(entry.blobs[0].resident > 0)
+        _ = try store.remove("tiny:v1")
+        let gc = try store.gc()
+        #expect(gc.keptMapped == [v1.blobs[2].digest])
+        #expect(FileManager.default.fileExists(atPath: weights))
+    }
+}

@@ -1,0 +1,213 @@
+import Foundation
+import Glibc
+import GriditAPI
+import GriditModelStore
+import GriditModels
+import GriditPipeline
+import GriditStore
+import Testing
+
+/// The real `griditd` executable (built by `swift build` / `swift test` next to the test bundle).
+func griditdExecutable() throws -> String {
+    let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+    let path = exe.deletingLastPathComponent().appendingPathComponent("griditd").path
+    guard FileManager.default.isExecutableFile(atPath: path) else {
+        Issue.record("no griditd next to the tests at \(path); run `swift build --product griditd` first")
+        throw CocoaError(.fileNoSuchFile)
+    }
+    return path
+}
+
+struct Outcome {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+/// Runs griditd to completion.
+func griditd(_ arguments: [String], environment: [String: String] = [:], prefix: [String] = []) throws -> Outcome {
+    let process = Process()
+    let binary = try griditdExecutable()
+    process.executableURL = URL(fileURLWithPath: prefix.first ?? binary)
+    process.arguments = Array(prefix.dropFirst()) + (prefix.isEmpty ? [] : [binary]) + arguments
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    let out = Pipe()
+    let err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    let stdout = out.fileHandleForReading.readDataToEndOfFile()
+    let stderr = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return Outcome(
+        status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
+        stderr: String(decoding: stderr, as: UTF8.self))
+}
+
+@Suite("The griditd binary: kill -9 during import, CLI contract")
+struct GriditdBinaryTests {
+    /// Starts an import that stops at `label`, waits until it is there, and kills it with SIGKILL.
+    func killImport(at label: String, pipeline: String, state: String, marker: String) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try griditdExecutable())
+        process.arguments = ["models", "import", pipeline, "--name", "big:v1", "--link", "copy", "--state-dir", state]
+        process.environment = ProcessInfo.processInfo.environment.merging(
+            ["GRIDIT_TEST_PAUSE_AT": label, "GRIDIT_TEST_PAUSE_FILE": marker]) { $1 }
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let deadline = Date().addingTimeInterval(120)
+        while !FileManager.default.fileExists(atPath: marker) {
+            guard process.isRunning else {
+                Issue.record("griditd exited (status \(process.terminationStatus)) before reaching \(label)")
+                return
+            }
+            guard Date() < deadline else {
+                process.terminate()
+                Issue.record("griditd did not reach \(label) within 120 s")
+                return
+            }
+            usleep(20_000)
+        }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        #expect(process.terminationReason == .uncaughtSignal)
+    }
+
+    @Test(
+        "kill -9 at any point of an import leaves no visible partial blob or tag; the next gc cleans up",
+        arguments: ["import.copying", "import.ingested", "import.published", "import.committed"])
+    func killDuringImport(label: String) throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let pipeline = try writePipeline(in: dir.file("src"), name: "big", stage1: Tiny.bigStage1)
+        let state = dir.file("state")
+        let weightsSize =
+            try FileManager.default.attributesOfItem(atPath: dir.file("src/stage1.safetensors"))[.size] as! Int
+        #expect(weightsSize > 1 << 20, "the crash point import.copying needs a file over one I/O chunk")
+        try killImport(at: label, pipeline: pipeline, state: state, marker: dir.file("paused"))
+        #expect(try String(contentsOfFile: dir.file("paused"), encoding: .utf8) == label)
+
+        let ingest = try FileManager.default.contentsOfDirectory(atPath: state + "/ingest")
+        if label == "import.copying" {
+            // stage1.config is in, stage1.safetensors one chunk in.
+            #expect(ingest.count == 2)
+            let sizes = try ingest.map {
+                try FileManager.default.attributesOfItem(atPath: state + "/ingest/" + $0)[.size] as! Int
+            }
+            #expect(sizes.contains(1 << 20) && weightsSize > 1 << 20, "killed mid-file")
+        }
+        if label == "import.ingested" { #expect(ingest.count == 5) }
+
+        let store = try ModelStore(stateDirectory: state)
+        // Whatever is under blobs/ is complete: it hashes to its name.
+        for name in try FileManager.default.contentsOfDirectory(atPath: state + "/blobs/sha256") {
+            #expect(try digestOf(state + "/blobs/sha256/" + name) == "sha256:" + name)
+        }
+        let committed = label == "import.committed"
+        #expect(try store.list().models.map(\.reference) == (committed ? ["big:v1"] : []))
+        if committed { _ = try store.pipeline(try store.resolve("big:v1")) }
+
+        let gc = try store.gc()
+        #expect(gc.removedTemporary.count == ingest.count)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: state + "/ingest").isEmpty)
+        if label == "import.published" { #expect(gc.removedBlobs.count == 5, "complete but unreferenced blobs go") }
+        if committed { #expect(gc.removedBlobs.isEmpty) }
+        #expect(
+            try FileManager.default.contentsOfDirectory(atPath: state + "/blobs/sha256").count == (committed ? 5 : 0))
+
+        // The store works afterwards.
+        let result = try store.importModel(from: pipeline, name: "big:v1", link: .copy)
+        #expect(result.reference == "big:v1")
+        #expect(try store.verify(nil).ok)
+    }
+
+    @Test("--json output decodes into the result types; errors exit with their status")
+    func jsonContract() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let pipeline = try writePipeline(in: dir.file("src"))
+        let state = ["--state-dir", dir.file("state")]
+        let imported = try griditd(["models", "import", pipeline, "--name", "tiny:v1", "--json"] + state)
+        #expect(imported.status == 0, "\(imported.stderr)")
+        let result = try JSONDecoder().decode(ModelImportResult.self, from: Data(imported.stdout.utf8))
+        #expect(result.reference == "tiny:v1")
+        #expect(imported.stdout.contains("\"bytes_written\""), "snake_case keys")
+
+        let list = try griditd(["models", "list", "--json"] + state)
+        #expect(try JSONDecoder().decode(ModelListResult.self, from: Data(list.stdout.utf8)).models.count == 1)
+        let table = try griditd(["models", "list"] + state)
+        #expect(table.stdout.hasPrefix("NAME"))
+        #expect(table.stdout.contains(String(result.digest.dropFirst(7).prefix(12))))
+
+        let missing = try griditd(["models", "show", "nope:v1"] + state)
+        #expect(missing.status == 66)
+        #expect(missing.stderr.contains("error: not_found: no model nope:v1"))
+        let bad = try griditd(["models", "show", "Bad:Ref"] + state)
+        #expect(bad.status == 64)
+
+        try flipByte(result.blobs[2].path!, at: 10)
+        let verify = try griditd(["models", "verify", "--all", "--json"] + state)
+        #expect(verify.status == 1)
+        #expect(try JSONDecoder().decode(ModelVerifyResult.self, from: Data(verify.stdout.utf8)).ok == false)
+    }
+
+    @Test("with a daemon holding the state directory, mutating commands refuse and point at griditctl")
+    func daemonRunning() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let pipeline = try writePipeline(in: dir.file("src"))
+        let state = ["--state-dir", dir.file("state")]
+        #expect(try griditd(["models", "import", pipeline] + state).status == 0)
+        let daemon = try StateDirectoryLock(stateDirectory: dir.file("state"))
+        defer { daemon.release() }
+        let refused = try griditd(["models", "rm", "tiny:latest"] + state)
+        #expect(refused.status == 75)
+        #expect(refused.stderr.contains("griditctl models rm"))
+        #expect(refused.stderr.contains("pid \(getpid())"))
+        let list = try griditd(["models", "list"] + state)
+        #expect(list.status == 0 && list.stdout.contains("tiny"))
+    }
+
+    @Test("a state directory this user cannot write: the message names the component and the fix")
+    func permissionDenied() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let pipeline = try writePipeline(in: dir.file("src"))
+        let locked = dir.file("locked")
+        try FileManager.default.createDirectory(atPath: locked, withIntermediateDirectories: false)
+        chmod(locked, 0o555)
+        chmod(dir.path, 0o755)
+        chmod(dir.file("src"), 0o755)
+        // As root, permission bits do not apply: run griditd as nobody through setpriv.
+        let asNobody = geteuid() == 0 ? ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] : []
+        if !asNobody.isEmpty, !FileManager.default.isExecutableFile(atPath: asNobody[0]) {
+            Issue.record("running as root needs setpriv (util-linux) to drop privileges")
+            return
+        }
+        for file in try FileManager.default.contentsOfDirectory(atPath: dir.file("src")) {
+            chmod(dir.file("src/" + file), 0o644)
+        }
+        let outcome = try griditd(["models", "import", pipeline, "--state-dir", locked + "/state"], prefix: asNobody)
+        #expect(outcome.status == 77, "\(outcome.stderr)")
+        #expect(outcome.stderr.contains("cannot create it: \(locked) is owned by"), "\(outcome.stderr)")
+        #expect(outcome.stderr.contains("Fix:") && outcome.stderr.contains("--state-dir"))
+
+        let check = try griditd(["models", "check", "--state-dir", locked + "/state"], prefix: asNobody)
+        #expect(check.status == 77)
+        #expect(check.stdout.contains("[error] state directory"))
+
+        // A writable state directory, but a weights file this user may not read.
+        let open = dir.file("open")
+        try FileManager.default.createDirectory(atPath: open, withIntermediateDirectories: false)
+        if geteuid() == 0 { chown(open, 65534, 65534) } else { chmod(open, 0o777) }
+        chmod(dir.file("src/stage1.safetensors"), 0o600)
+        if geteuid() != 0 { chmod(dir.file("src/stage1.safetensors"), 0o000) }
+        let unreadable = try griditd(["models", "import", pipeline, "--state-dir", open + "/state"], prefix: asNobody)
+        #expect(unreadable.status == 77, "\(unreadable.stderr)")
+        #expect(unreadable.stderr.contains("stage1.weights"))
+        #expect(unreadable.stderr.contains(dir.file("src/stage1.safetensors")) && unreadable.stderr.contains("Permission denied"))
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: open + "/state/blobs/sha256")
+        #expect(leftovers.isEmpty, "nothing was stored")
+    }
+}
