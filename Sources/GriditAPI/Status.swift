@@ -153,6 +153,10 @@ public struct DaemonStatus: Codable, Hashable, Sendable {
     public var startedAt: Date
     public var uptimeSeconds: Double
     public var stateDirectory: String
+    /// Free bytes on the state directory's filesystem.
+    public var diskFreeBytes: Int64?
+    /// Below this, jobs are not started (`disk_full`).
+    public var minFreeBytes: Int64
     public var queue: QueueStatus
     public var running: [RunningJob]
     /// The caller's waiting and running jobs, with queue positions.
@@ -168,7 +172,7 @@ public struct DaemonStatus: Codable, Hashable, Sendable {
 
     public init(
         version: String, apiVersion: String, instanceID: String, pid: Int32, startedAt: Date, uptimeSeconds: Double,
-        stateDirectory: String, queue: QueueStatus, running: [RunningJob], yourJobs: [QueuedJobPosition],
+        stateDirectory: String, diskFreeBytes: Int64?, minFreeBytes: Int64, queue: QueueStatus, running: [RunningJob], yourJobs: [QueuedJobPosition],
         loadedModels: [LoadedModel], engineAvailable: Bool, modelStoreAvailable: Bool, blasThreads: Int,
         caller: CallerInfo
     ) {
@@ -179,6 +183,8 @@ public struct DaemonStatus: Codable, Hashable, Sendable {
         self.startedAt = startedAt
         self.uptimeSeconds = uptimeSeconds
         self.stateDirectory = stateDirectory
+        self.diskFreeBytes = diskFreeBytes
+        self.minFreeBytes = minFreeBytes
         self.queue = queue
         self.running = running
         self.yourJobs = yourJobs
@@ -196,6 +202,8 @@ public struct DaemonStatus: Codable, Hashable, Sendable {
         case startedAt = "started_at"
         case uptimeSeconds = "uptime_seconds"
         case stateDirectory = "state_directory"
+        case diskFreeBytes = "disk_free_bytes"
+        case minFreeBytes = "min_free_bytes"
         case yourJobs = "your_jobs"
         case loadedModels = "loaded_models"
         case engineAvailable = "engine_available"

@@ -160,7 +160,8 @@ public struct ControlAPI: Sendable {
         return .json(DaemonStatus(
             version: griditVersion, apiVersion: apiVersion, instanceID: context.configuration.instanceID,
             pid: getpid(), startedAt: context.startedAt, uptimeSeconds: now.timeIntervalSince(context.startedAt),
-            stateDirectory: context.configuration.stateDirectory, queue: queue, running: running,
+            stateDirectory: context.configuration.stateDirectory, diskFreeBytes: context.freeBytes(),
+            minFreeBytes: context.configuration.minFreeBytes, queue: queue, running: running,
             yourJobs: mine.map {
                 QueuedJobPosition(id: $0.id, state: JobStateName(rawValue: $0.state.rawValue) ?? .queued, queuePosition: $0.queuePosition)
             },

@@ -178,7 +178,11 @@ struct ControlSocketService: Service {
     let channel: NIOAsyncChannel<HTTPServer.Connection, Never>
 
     func run() async throws {
-        try await cancelWhenGracefulShutdown { try await server.serve(channel) }
+        do {
+            try await cancelWhenGracefulShutdown { try await server.serve(channel) }
+        } catch where Task.isShuttingDownGracefully || error is CancellationError {
+            // Shutdown closes the listening socket; that is the way out, not a failure.
+        }
     }
 }
 

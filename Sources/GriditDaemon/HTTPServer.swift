@@ -97,7 +97,7 @@ public struct HTTPServer: Sendable {
         self.handler = handler
     }
 
-    public typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPPart<HTTPResponseHead, ByteBuffer>>
+    public typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
 
     /// Binds (or adopts) the socket and returns the bound server channel; call `serve` next.
     /// Binding happens before READY=1, so a client that starts after READY always connects.
@@ -215,7 +215,7 @@ public struct HTTPServer: Sendable {
     }
 
     private func write(
-        _ response: HTTPResponse, to outbound: NIOAsyncChannelOutboundWriter<HTTPPart<HTTPResponseHead, ByteBuffer>>,
+        _ response: HTTPResponse, to outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>,
         keepAlive: Bool, head: HTTPRequestHead?
     ) async throws {
         var headers = HTTPHeaders()
@@ -229,7 +229,7 @@ public struct HTTPServer: Sendable {
             headers.add(name: "Content-Type", value: contentType)
             headers.add(name: "Content-Length", value: String(data.count))
             try await outbound.write(.head(HTTPResponseHead(version: version, status: response.status, headers: headers)))
-            if !isHead && !data.isEmpty { try await outbound.write(.body(ByteBuffer(bytes: data))) }
+            if !isHead && !data.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: data)))) }
             try await outbound.write(.end(nil))
         case .stream(let contentType, let producer):
             headers.add(name: "Content-Type", value: contentType)
@@ -237,7 +237,7 @@ public struct HTTPServer: Sendable {
             headers.add(name: "Cache-Control", value: "no-store")
             try await outbound.write(.head(HTTPResponseHead(version: version, status: response.status, headers: headers)))
             if !isHead {
-                try await producer { chunk in try await outbound.write(.body(ByteBuffer(bytes: chunk))) }
+                try await producer { chunk in try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: chunk)))) }
             }
             try await outbound.write(.end(nil))
         case .file(let path, let contentType, let deleteAfter):
@@ -256,7 +256,7 @@ public struct HTTPServer: Sendable {
             var sent: UInt64 = 0
             while !isHead, sent < size {
                 guard let chunk = try file.read(upToCount: 256 * 1024), !chunk.isEmpty else { break }
-                try await outbound.write(.body(ByteBuffer(bytes: chunk)))
+                try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: chunk))))
                 sent += UInt64(chunk.count)
             }
             try await outbound.write(.end(nil))

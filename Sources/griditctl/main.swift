@@ -1,1 +1,3 @@
-print("")
+import GriditCLI
+
+Griditctl.run()
