@@ -150,7 +150,7 @@ let package = Package(
         .testTarget(
             name: "GriditDaemonTests",
             dependencies: [
-                "GriditDaemon", "GriditStore", "GriditAPI",
+                "GriditDaemon", "GriditStore", "GriditAPI", "GriditCLI",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

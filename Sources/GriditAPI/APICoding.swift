@@ -34,6 +34,13 @@ public enum APICoding {
         } catch let error as APIError {
             throw error
         } catch let error as DecodingError {
+            if case .dataCorrupted(let c) = error, c.codingPath.isEmpty, c.underlyingError as? APIError == nil,
+               (try? JSONSerialization.jsonObject(with: data)) != nil
+            {
+                // Foundation reports a number it cannot represent (-1 for an unsigned field,
+                // 1e30 for an integer) as corrupt data without a path.
+                throw APIError(.badRequest, "a number is out of range for its field (negative where it cannot be, or too large)")
+            }
             throw APIError(.badRequest, describe(error))
         } catch {
             throw APIError(.badRequest, "malformed JSON: \(error)")

@@ -31,14 +31,16 @@ public struct PeerCredentials: Sendable, Hashable {
     /// `SO_PEERCRED` on Linux (asm-generic/socket.h).
     static let soPeerCred: Int32 = 17
 
-    static func read(from channel: any Channel) async throws -> PeerCredentials {
+    /// Nil when the kernel cannot tell (the connection is handled as unknown and closed).
+    static func read(from channel: any Channel) -> EventLoopFuture<PeerCredentials?> {
         guard let provider = channel as? any SocketOptionProvider else {
-            throw APIError(.internalError, "the connection is not a socket")
+            return channel.eventLoop.makeSucceededFuture(nil)
         }
-        let cred: UCred = try await provider.unsafeGetSocketOption(
-            level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(soPeerCred)
-        ).get()
-        return PeerCredentials(pid: cred.pid, uid: cred.uid, gid: cred.gid)
+        let future: EventLoopFuture<UCred> = provider.unsafeGetSocketOption(
+            level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(soPeerCred))
+        return future
+            .map { Optional(PeerCredentials(pid: $0.pid, uid: $0.uid, gid: $0.gid)) }
+            .recover { _ in nil }
     }
 }
 

@@ -61,7 +61,7 @@ public enum Daemon {
             try prepareSocketPath(configuration.socketPath)
             listen = .path(configuration.socketPath)
         }
-        let channel: NIOAsyncChannel<HTTPServer.Connection, Never>
+        let channel: NIOAsyncChannel<HTTPServer.AcceptedConnection, Never>
         do {
             channel = try await server.bind(listen, group: eventLoops)
         } catch {
@@ -175,7 +175,7 @@ public enum Daemon {
 /// Serves the control socket until shutdown (it stops last, so clients can watch the worker drain).
 struct ControlSocketService: Service {
     let server: HTTPServer
-    let channel: NIOAsyncChannel<HTTPServer.Connection, Never>
+    let channel: NIOAsyncChannel<HTTPServer.AcceptedConnection, Never>
 
     func run() async throws {
         do {

@@ -99,22 +99,35 @@ public struct HTTPServer: Sendable {
 
     public typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
 
+    /// An accepted connection and its peer, read from the kernel before any byte of the request.
+    public struct AcceptedConnection: Sendable {
+        var channel: Connection
+        var credentials: PeerCredentials?
+    }
+
     /// Binds (or adopts) the socket and returns the bound server channel; call `serve` next.
     /// Binding happens before READY=1, so a client that starts after READY always connects.
-    public func bind(_ socket: ListenSocket, group: MultiThreadedEventLoopGroup) async throws -> NIOAsyncChannel<Connection, Never> {
+    public func bind(_ socket: ListenSocket, group: MultiThreadedEventLoopGroup) async throws -> NIOAsyncChannel<AcceptedConnection, Never> {
         let limits = self.limits
-        let bootstrap = ServerBootstrap(group: group).serverChannelOption(.backlog, value: 256)
+        // A client that half-closes after its request (shutdown(SHUT_WR)) still reads the answer.
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
         var decoderLimits = NIOHTTPDecoderLimitConfiguration()
         decoderLimits.maxHeaderListSize = limits.maxHeaderBytes
         decoderLimits.maxHeaderFieldCount = 100
         let finalDecoderLimits = decoderLimits
-        let initializer: @Sendable (any Channel) -> EventLoopFuture<Connection> = { channel in
-            channel.eventLoop.makeCompletedFuture {
+        let initializer: @Sendable (any Channel) -> EventLoopFuture<AcceptedConnection> = { channel in
+            PeerCredentials.read(from: channel).flatMapThrowing { credentials in
                 try channel.pipeline.syncOperations.configureHTTPServerPipeline(
-                    withPipeliningAssistance: true, withErrorHandling: true, withOutboundHeaderValidation: true,
+                    withPipeliningAssistance: true, withErrorHandling: false, withOutboundHeaderValidation: true,
                     withEncoderConfiguration: HTTPResponseEncoder.Configuration(),
                     withDecoderLimitConfiguration: finalDecoderLimits)
-                return try Connection(wrappingChannelSynchronously: channel)
+                try channel.pipeline.syncOperations.addHandler(ParserErrorHandler())
+                let connection = try Connection(
+                    wrappingChannelSynchronously: channel,
+                    configuration: .init(isOutboundHalfClosureEnabled: true))
+                return AcceptedConnection(channel: connection, credentials: credentials)
             }
         }
         switch socket {
@@ -127,18 +140,18 @@ public struct HTTPServer: Sendable {
     }
 
     /// Accepts connections until cancelled (graceful shutdown cancels it).
-    public func serve(_ server: NIOAsyncChannel<Connection, Never>) async throws {
+    public func serve(_ server: NIOAsyncChannel<AcceptedConnection, Never>) async throws {
         let active = ConnectionCounter()
         try await withThrowingDiscardingTaskGroup { group in
             try await server.executeThenClose { inbound in
-                for try await connection in inbound {
+                for try await accepted in inbound {
                     group.addTask {
                         guard active.enter(limit: limits.maxConnections) else {
-                            await reject(connection)
+                            await reject(accepted.channel)
                             return
                         }
                         defer { active.leave() }
-                        await handle(connection)
+                        await handle(accepted)
                     }
                 }
             }
@@ -153,20 +166,30 @@ public struct HTTPServer: Sendable {
         }
     }
 
-    private func handle(_ connection: Connection) async {
-        let caller: Caller
-        do {
-            let credentials = try await PeerCredentials.read(from: connection.channel)
-            caller = authorizer.caller(for: credentials)
-        } catch {
-            logger.warning("could not read the peer's credentials; closing", metadata: ["error": "\(error)"])
+    private func handle(_ accepted: AcceptedConnection) async {
+        let connection = accepted.channel
+        guard let credentials = accepted.credentials else {
+            logger.warning("could not read the peer's credentials; closing")
             try? await connection.channel.close()
             return
         }
+        let caller = authorizer.caller(for: credentials)
         do {
+            let channel = connection.channel
             try await connection.executeThenClose { inbound, outbound in
                 var reader = RequestReader(limits: limits)
-                for try await part in inbound {
+                var parts = inbound.makeAsyncIterator()
+                // Closing a channel drops what the kernel has not taken yet, so a last answer ends
+                // with a half-close (sent once everything is flushed) and griditd waits for the
+                // client to hang up, at most 10 s.
+                func finishAfterFlush() async throws {
+                    outbound.finish()
+                    let deadline = channel.eventLoop.scheduleTask(in: .seconds(10)) { channel.close(promise: nil) }
+                    while try await parts.next() != nil {}
+                    try? await channel.closeFuture.get()
+                    deadline.cancel()
+                }
+                while let part = try await parts.next() {
                     guard let event = reader.consume(part) else { continue }
                     switch event {
                     case .expectContinue(let head):
@@ -177,12 +200,12 @@ public struct HTTPServer: Sendable {
                         let response = await respond(head: head, body: body, caller: caller)
                         log(head: head, response: response, caller: caller, started: started)
                         try await write(response, to: outbound, keepAlive: keepAlive, head: head)
-                        if !keepAlive { return }
+                        if !keepAlive { return try await finishAfterFlush() }
                     case .reject(let head, let error, let close):
                         let response = HTTPResponse.error(error)
                         log(head: head, response: response, caller: caller, started: ContinuousClock.now)
                         try await write(response, to: outbound, keepAlive: !close && head.isKeepAlive, head: head)
-                        if close || !head.isKeepAlive { return }
+                        if close || !head.isKeepAlive { return try await finishAfterFlush() }
                     }
                 }
             }
@@ -368,4 +391,50 @@ final class ConnectionCounter: Sendable {
     }
 
     func leave() { count.withLock { $0 -= 1 } }
+}
+
+/// Answers a request NIO's parser rejects (not HTTP, a bad Content-Length, oversized headers)
+/// with a JSON error body, like every other error, then closes. Replaces NIO's
+/// HTTPServerProtocolErrorHandler, which sends a bare 400.
+final class ParserErrorHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = Never
+    typealias InboundOut = Never
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private var responseInFlight = false
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard let parserError = error as? HTTPParserError else {
+            context.fireErrorCaught(error)
+            return
+        }
+        if !responseInFlight {
+            let tooLarge = parserError == .headerOverflow
+            let apiError = APIError(
+                .badRequest,
+                tooLarge ? "the request headers are larger than griditd allows (64 KiB)" : "malformed HTTP request (\(parserError))")
+            var body = APICoding.encode(ErrorResponse(error: apiError), pretty: true)
+            body.append(0x0A)
+            var headers = HTTPHeaders()
+            headers.add(name: "Content-Type", value: "application/json")
+            headers.add(name: "Content-Length", value: String(body.count))
+            headers.add(name: "Connection", value: "close")
+            let status: HTTPResponseStatus = tooLarge ? .requestHeaderFieldsTooLarge : .badRequest
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
+        } else {
+            context.close(promise: nil)
+        }
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head(let head) where head.status.code >= 200: responseInFlight = true
+        case .end: responseInFlight = false
+        default: break
+        }
+        context.write(data, promise: promise)
+    }
 }

@@ -1,0 +1,249 @@
+// griditd and griditctl as users run them: real binaries, a real database file, a real socket.
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import GriditAPI
+import GriditCLI
+import GriditStore
+import Synchronization
+import Testing
+
+@Suite("griditd process", .serialized)
+struct DaemonProcessTests {
+    @Test("500 concurrent submits from 20 clients: every accepted job exists once; idempotency keys dedupe")
+    func concurrentSubmits() throws {
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        let daemon = try DaemonProcess(directory: dir)
+        defer { daemon.stop() }
+
+        struct Outcome: Sendable {
+            var id: Int64
+            var key: String?
+            var deduplicated: Bool
+        }
+        let outcomes = Mutex<[Outcome]>([])
+        let failures = Mutex<[String]>([])
+        let clients = 20, perClient = 25
+        let group = DispatchGroup()
+        for c in 0..<clients {
+            group.enter()
+            let thread = Thread {
+                defer { group.leave() }
+                let client = daemon.client
+                for i in 0..<perClient {
+                    let n = c * perClient + i
+                    // Every fifth submit carries one of ten keys: 100 keyed submits, 10 jobs.
+                    let key = n % 5 == 0 ? "key-\((n / 5) % 10)" : nil
+                    let request = SubmitJobRequest(
+                        length: 8, parameters: GenerationParameters(seed: key == nil ? nil : 7), idempotencyKey: key)
+                    do {
+                        let reply = try client.post("/v1/jobs", request, as: SubmitJobResponse.self)
+                        outcomes.withLock { $0.append(Outcome(id: reply.job.id, key: key, deduplicated: reply.deduplicated)) }
+                    } catch {
+                        failures.withLock { $0.append("\(error)") }
+                    }
+                }
+            }
+            thread.start()
+        }
+        #expect(group.wait(timeout: .now() + 300) == .success)
+        let results = outcomes.withLock { $0 }
+        #expect(failures.withLock { $0 }.isEmpty, "\(failures.withLock { $0.prefix(3) })")
+        #expect(results.count == clients * perClient)
+
+        let unkeyed = results.filter { $0.key == nil }
+        #expect(Set(unkeyed.map(\.id)).count == unkeyed.count, "two plain submits got the same job")
+        #expect(unkeyed.allSatisfy { !$0.deduplicated })
+        var byKey: [String: Set<Int64>] = [:]
+        for r in results { if let key = r.key { byKey[key, default: []].insert(r.id) } }
+        #expect(byKey.count == 10)
+        #expect(byKey.values.allSatisfy { $0.count == 1 }, "a key mapped to several jobs: \(byKey)")
+        #expect(results.filter(\.deduplicated).count == 90)
+
+        let listed = try daemon.client.get("/v1/jobs?owner=all&limit=10000", as: JobList.self).jobs
+        let expected = Set(results.map(\.id))
+        #expect(listed.count == expected.count)
+        #expect(Set(listed.map(\.id)) == expected)
+        #expect(listed.count == 410)
+        #expect(listed.allSatisfy { $0.state == .queued })
+        #expect(daemon.stop() == 0)
+    }
+
+    @Test("malformed, oversized and hostile requests get a 4xx with a message; the daemon keeps serving")
+    func hostileRequests() throws {
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        let daemon = try DaemonProcess(directory: dir, arguments: ["--max-length", "1000"])
+        defer { daemon.stop() }
+        let s = daemon.socket
+
+        struct Case {
+            var name: String
+            var bytes: [UInt8]
+            var status: Int
+            var message: String
+        }
+        let big = String(repeating: "a", count: 10 * 1024 * 1024 + 1)
+        let nested = String(repeating: "[", count: 100_000)
+        let cases: [Case] = [
+            Case(name: "not JSON", bytes: httpRequest("POST", "/v1/jobs", body: "{length: 4"), status: 400, message: "malformed JSON"),
+            Case(name: "empty body", bytes: httpRequest("POST", "/v1/jobs", body: ""), status: 400, message: "needs a JSON body"),
+            Case(name: "unknown field", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":4,"lenght":4}"#), status: 400, message: "unknown field 'lenght'"),
+            Case(name: "unknown nested field", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":4,"parameters":{"sead":1}}"#), status: 400, message: "unknown field 'sead'"),
+            Case(name: "missing length", bytes: httpRequest("POST", "/v1/jobs", body: #"{"priority":1}"#), status: 400, message: "missing field 'length'"),
+            Case(name: "negative length", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":-5}"#), status: 400, message: "at least 1 frame"),
+            Case(name: "absurd length", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":1000000000000}"#), status: 400, message: "max 1000 frames"),
+            Case(name: "overflowing length", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":1e400}"#), status: 400, message: "malformed JSON"),
+            Case(name: "wrong type", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":"many"}"#), status: 400, message: "'length' has the wrong type"),
+            Case(name: "negative seed", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":4,"parameters":{"seed":-1}}"#), status: 400, message: "out of range"),
+            Case(name: "absurd steps", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":4,"parameters":{"steps":99999999}}"#), status: 400, message: "steps must be"),
+            Case(name: "../ output", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":4,"output":"../../etc"}"#), status: 400, message: "'..'"),
+            Case(name: "absolute output", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":4,"output":"/etc/cron.d"}"#), status: 400, message: "absolute path"),
+            Case(name: "hidden output", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":4,"output":"a/.ssh"}"#), status: 400, message: "starts with '.'"),
+            Case(name: "deep nesting", bytes: httpRequest("POST", "/v1/jobs", body: nested), status: 400, message: "malformed JSON"),
+            Case(name: "10 MiB + 1 body", bytes: httpRequest("POST", "/v1/jobs", body: big), status: 413, message: "larger than 10485760 bytes"),
+            Case(name: "lying Content-Length", bytes: Array("POST /v1/jobs HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n".utf8), status: 413, message: "larger than"),
+            Case(name: "bad Content-Length", bytes: Array("POST /v1/jobs HTTP/1.1\r\nContent-Length: -3\r\n\r\n".utf8), status: 400, message: "malformed HTTP request"),
+            Case(name: "unknown endpoint", bytes: httpRequest("GET", "/v1/nope"), status: 404, message: "no endpoint"),
+            Case(name: "wrong method", bytes: httpRequest("DELETE", "/v1/jobs"), status: 405, message: "use POST or GET"),
+            Case(name: "bad job id", bytes: httpRequest("GET", "/v1/jobs/-1"), status: 400, message: "positive integer"),
+            Case(name: "unknown job", bytes: httpRequest("GET", "/v1/jobs/777"), status: 404, message: "no job 777"),
+            Case(name: "traversal in file path", bytes: httpRequest("GET", "/v1/jobs/1/files/%2e%2e/%2e%2e/etc/passwd"), status: 404, message: ""),
+            Case(name: "unknown state filter", bytes: httpRequest("GET", "/v1/jobs?state=zombie"), status: 400, message: "unknown state 'zombie'"),
+            Case(name: "NUL in path", bytes: httpRequest("GET", "/v1/jobs/%00"), status: 400, message: "malformed request target"),
+        ]
+        // A job to point file requests at.
+        _ = try daemon.client.post("/v1/jobs", SubmitJobRequest(length: 4), as: SubmitJobResponse.self)
+        for c in cases {
+            let answer = try rawExchange(s, c.bytes)
+            let (status, code, message) = parseAnswer(answer)
+            if c.name == "traversal in file path" {
+                // The job has not finished: no output files at all, and never a file outside.
+                #expect(status == 409 || status == 404 || status == 400, "\(c.name): \(answer.prefix(300))")
+                #expect(!answer.contains("root:"), "\(c.name) leaked a file")
+                continue
+            }
+            #expect(status == c.status, "\(c.name): \(answer.prefix(400))")
+            #expect(code != nil, "\(c.name): no error body in \(answer.prefix(400))")
+            #expect(message?.contains(c.message) == true, "\(c.name): message '\(message ?? "nil")'")
+        }
+        // Garbage that is not HTTP at all, and a header bomb: the connection is refused with 400/431.
+        let garbage = try rawExchange(s, Array("\u{01}\u{02}NOT HTTP\r\n\r\n".utf8))
+        #expect(garbage.hasPrefix("HTTP/1.1 400"), "garbage: \(garbage.prefix(100))")
+        let bomb = try rawExchange(s, Array(("GET /v1/version HTTP/1.1\r\nX-Big: " + String(repeating: "b", count: 200_000) + "\r\n\r\n").utf8))
+        #expect(bomb.hasPrefix("HTTP/1.1 431"), "header bomb: \(bomb.prefix(100))")
+        #expect(parseAnswer(bomb).message?.contains("larger than griditd allows") == true)
+        #expect(parseAnswer(garbage).message?.contains("malformed HTTP request") == true)
+        // A client that half-closes after its request still gets the answer.
+        let halfClosed = try rawExchange(s, httpRequest("GET", "/v1/version"), halfClose: true)
+        #expect(halfClosed.hasPrefix("HTTP/1.1 200"), "half-closed: \(halfClosed.prefix(100))")
+        // Half a request, then the client vanishes.
+        _ = try rawExchange(s, Array("POST /v1/jobs HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"len".utf8), timeout: 2)
+
+        // Still serving, and nothing bad was stored.
+        #expect(try daemon.client.get("/v1/version", as: VersionInfo.self).apiVersion == apiVersion)
+        let jobs = try daemon.client.get("/v1/jobs?owner=all", as: JobList.self).jobs
+        #expect(jobs.count == 1)
+        #expect(daemon.stop() == 0)
+    }
+
+    @Test("a second daemon on the same state directory exits with a message naming the first")
+    func secondDaemonRefused() throws {
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        let first = try DaemonProcess(directory: dir)
+        defer { first.stop() }
+        let second = try runProcess(
+            binaryDirectory() + "/griditd",
+            ["serve", "--state-dir", first.stateDir, "--socket", dir.file("other.sock")], timeout: 60)
+        #expect(second.status == 75)
+        #expect(second.stderr.contains("another griditd (pid \(first.pid)) is using \(first.stateDir)"), "\(second.stderr)")
+        // Same socket, other state directory: refused too, the first keeps its socket.
+        let third = try runProcess(
+            binaryDirectory() + "/griditd", ["serve", "--state-dir", dir.file("state2"), "--socket", first.socket], timeout: 60)
+        #expect(third.status != 0)
+        #expect(third.stderr.contains("already listening on \(first.socket)"), "\(third.stderr)")
+        #expect(try first.client.get("/v1/version", as: VersionInfo.self).version == griditVersion)
+    }
+
+    @Test("SIGTERM exits cleanly; pause persists across restarts; --start-paused pauses")
+    func shutdownAndPause() throws {
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        do {
+            let daemon = try DaemonProcess(directory: dir)
+            _ = try daemon.client.post("/v1/jobs", SubmitJobRequest(length: 4), as: SubmitJobResponse.self)
+            #expect(try daemon.client.post("/v1/queue/pause", as: QueueStatus.self).paused)
+            let started = Date()
+            #expect(daemon.stop() == 0)
+            #expect(Date().timeIntervalSince(started) < 30)
+            #expect(!FileManager.default.fileExists(atPath: daemon.socket), "the socket file stays behind")
+            #expect(daemon.log.contains("griditd stopped"))
+        }
+        do {
+            let daemon = try DaemonProcess(directory: dir)
+            let queue = try daemon.client.get("/v1/queue", as: QueueStatus.self)
+            #expect(queue.paused)
+            #expect(queue.counts.queued == 1)
+            #expect(try daemon.client.post("/v1/queue/resume", as: QueueStatus.self).paused == false)
+            #expect(daemon.stop() == 0)
+        }
+        do {
+            let daemon = try DaemonProcess(directory: dir, arguments: ["--start-paused"])
+            #expect(try daemon.client.get("/v1/queue", as: QueueStatus.self).paused)
+            #expect(daemon.log.contains("--start-paused"))
+            #expect(daemon.stop() == 0)
+        }
+    }
+
+    @Test("jobs orphaned by crashes: requeued once with the crash counted, dead the second time")
+    func orphansAtStartup() async throws {
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        let stateDir = dir.file("state")
+        try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true)
+        let database = stateDir + "/jobs.sqlite"
+        // A worker that claimed a job and died (no release): what kill -9 leaves behind.
+        func crashWhileRunning() async throws -> Int64 {
+            let store = try SQLiteJobStore(path: database)
+            defer { try? store.close() }
+            let claimed = try #require(try await store.claim(workerID: "dead-worker", leaseDuration: 3600, now: Date()))
+            _ = try await store.saveProgress(
+                id: claimed.job.id, token: claimed.token, progress: JobProgress(stage: .sr, gridsDone: 4, framesDone: 6), now: Date())
+            return claimed.job.id
+        }
+        do {
+            let store = try SQLiteJobStore(path: database)
+            _ = try await store.submit(JobSubmission(params: "{}", length: 16), owner: 0, maxQueued: 10, now: Date())
+            _ = try await store.submit(JobSubmission(params: "{}", length: 16), owner: 0, maxQueued: 10, now: Date())
+            try store.close()
+        }
+        let id = try await crashWhileRunning()
+        do {
+            let daemon = try DaemonProcess(directory: dir)
+            let job = try daemon.client.get("/v1/jobs/\(id)", as: JobInfo.self)
+            #expect(job.state == .queued)
+            #expect(job.crashCount == 1)
+            #expect(job.progress.stage == "sr" && job.progress.framesDone == 6, "resume point kept")
+            #expect(job.errors?.first?.errorClass == "worker_crashed")
+            #expect(daemon.log.contains("recovered a job orphaned by a crash"))
+            #expect(daemon.stop() == 0)
+        }
+        #expect(try await crashWhileRunning() == id)
+        do {
+            let daemon = try DaemonProcess(directory: dir)
+            let job = try daemon.client.get("/v1/jobs/\(id)", as: JobInfo.self)
+            #expect(job.state == .dead)
+            #expect(job.errorMessage?.contains("crashed or stalled its worker 2 times") == true)
+            #expect(job.errors?.count == 2)
+            // The queue keeps going: the other job is still waiting, first in line.
+            let other = try daemon.client.get("/v1/jobs?state=queued", as: JobList.self).jobs
+            #expect(other.count == 1 && other[0].queuePosition == 1)
+            // And the dead job can be retried by its owner.
+            #expect(try daemon.client.post("/v1/jobs/\(id)/retry", as: JobInfo.self).state == .queued)
+            #expect(daemon.stop() == 0)
+        }
+    }
+}
