@@ -151,6 +151,7 @@ let package = Package(
             name: "GriditDaemonTests",
             dependencies: [
                 "GriditDaemon", "GriditStore", "GriditAPI", "GriditCLI",
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -16,8 +16,11 @@ final class WorkerThread: @unchecked Sendable {
     private var state = State()
 
     init(name: String, stackSize: Int = 16 << 20) {
-        let thread = Thread { [self] in self.loop() }
-        thread.name = name
+        let thread = Thread { [self] in
+            // Named from inside: Linux threads inherit their creator's name (here a pool thread's).
+            Thread.current.name = name
+            self.loop()
+        }
         thread.stackSize = stackSize
         thread.start()
     }
