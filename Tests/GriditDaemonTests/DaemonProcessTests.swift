@@ -246,4 +246,61 @@ struct DaemonProcessTests {
             #expect(daemon.stop() == 0)
         }
     }
+
+    @Test("griditctl against the real daemon: output, --json and the documented exit codes")
+    func griditctlExitCodes() throws {
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        let daemon = try DaemonProcess(directory: dir, arguments: ["--max-queued", "2", "--max-length", "1000"])
+        defer { daemon.stop() }
+        let ctl = binaryDirectory() + "/griditctl"
+        func run(_ args: [String], socket: String? = nil) throws -> ProcessResult {
+            try runProcess(ctl, args, environment: ["GRIDIT_SOCKET": socket ?? daemon.socket, "PATH": "/usr/bin:/bin"])
+        }
+
+        let first = try run(["submit", "--length", "16", "--seed", "5", "--json"])
+        #expect(first.status == 0, "\(first.stderr)")
+        let job = try APICoding.decoder().decode(SubmitJobResponse.self, from: Data(first.stdout.utf8)).job
+        #expect(job.parameters.seed == 5 && job.length == 16)
+        let second = try run(["submit", "--length", "4", "--priority", "3"])
+        #expect(second.status == 0 && second.stdout.hasPrefix("job \(job.id + 1) queued, queue position 1"), "\(second.stdout)")
+
+        let full = try run(["submit", "--length", "4"])
+        #expect(full.status == 75, "\(full.stderr)")
+        #expect(full.stderr.contains("the queue is full"))
+        let tooLong = try run(["submit", "--length", "5000"])
+        #expect(tooLong.status == 65 && tooLong.stderr.contains("max 1000 frames"), "\(tooLong.stderr)")
+        let usage = try run(["submit"])
+        #expect(usage.status == 2 && usage.stderr.contains("--length"), "\(usage.stderr)")
+        let unknown = try run(["jobs", "show", "99"])
+        #expect(unknown.status == 65 && unknown.stderr.contains("no job 99"))
+        let unknownJSON = try run(["jobs", "show", "99", "--json"])
+        #expect(try APICoding.decoder().decode(ErrorResponse.self, from: Data(unknownJSON.stdout.utf8)).error.code == .notFound)
+        let unreachable = try run(["status"], socket: dir.file("nobody.sock"))
+        #expect(unreachable.status == 69 && unreachable.stderr.contains("cannot reach griditd"), "\(unreachable.stderr)")
+
+        let list = try run(["jobs", "list", "--json"])
+        #expect(try APICoding.decoder().decode(JobList.self, from: Data(list.stdout.utf8)).jobs.map(\.id) == [job.id, job.id + 1])
+        let table = try run(["jobs", "list"])
+        #expect(table.stdout.hasPrefix("ID   STATE    PROGRESS"), "\(table.stdout)")
+
+        #expect(try run(["jobs", "cancel", String(job.id)]).status == 0)
+        let watch = try run(["jobs", "watch", String(job.id)])
+        #expect(watch.status == 1, "a canceled job is not a success")
+        #expect(watch.stderr.contains("job \(job.id) canceled"), "\(watch.stderr)")
+        let retry = try run(["jobs", "retry", String(job.id)])
+        #expect(retry.status == 0 && retry.stdout.contains("queued"), "\(retry.stdout)")
+
+        let status = try run(["--json", "status"])
+        let decoded = try APICoding.decoder().decode(DaemonStatus.self, from: Data(status.stdout.utf8))
+        #expect(decoded.queue.counts.queued == 2 && decoded.yourJobs.count == 2 && !decoded.engineAvailable)
+        let doctor = try run(["doctor"])
+        #expect(doctor.stdout.contains("ok   socket") && doctor.stdout.contains("FAIL engine"), "\(doctor.stdout)")
+        #expect(doctor.status == 1, "doctor fails while a check fails")
+        let version = try run(["version"])
+        #expect(version.status == 0 && version.stdout.contains("griditd   \(griditVersion)"))
+        let models = try run(["models", "list"])
+        #expect(models.status == 69 && models.stderr.contains("without the model store"), "\(models.stderr)")
+        #expect(daemon.stop() == 0)
+    }
 }
