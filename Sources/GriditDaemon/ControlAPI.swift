@@ -219,6 +219,7 @@ public struct ControlAPI: Sendable {
                     "model.digest": "\(digest ?? "none")",
                 ])
             context.monitor.wake()
+            await context.refreshStatus()
         }
         return .json(
             SubmitJobResponse(job: result.job.info(), deduplicated: result.deduplicated, instanceID: context.configuration.instanceID),
