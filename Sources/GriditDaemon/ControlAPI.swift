@@ -322,10 +322,10 @@ public struct ControlAPI: Sendable {
 
     /// Newline-delimited JSON: the job now, then every change and step, until it is terminal.
     func events(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
-        let first = try await ownedJob(request, params)
+        let id = try await ownedJob(request, params).id
         let context = self.context
-        let id = first.id
         let updates = context.monitor.watch(id)  // subscribe before the snapshot, so nothing is missed
+        let first = try await store { try await $0.get(id: id) }
         return HTTPResponse(status: .ok, body: .stream(contentType: "application/x-ndjson") { write in
             func line(_ message: JobEventMessage) -> Data {
                 var data = APICoding.encode(message)

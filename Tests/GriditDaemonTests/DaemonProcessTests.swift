@@ -291,6 +291,28 @@ struct DaemonProcessTests {
         let retry = try run(["jobs", "retry", String(job.id)])
         #expect(retry.status == 0 && retry.stdout.contains("queued"), "\(retry.stdout)")
 
+        // A watcher follows a live job and sees another client cancel it.
+        let watcher = Process()
+        watcher.executableURL = URL(fileURLWithPath: ctl)
+        watcher.arguments = ["jobs", "watch", String(job.id + 1), "--socket", daemon.socket]
+        let watchLog = dir.file("watch.log")
+        _ = FileManager.default.createFile(atPath: watchLog, contents: nil)
+        watcher.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: watchLog))
+        watcher.standardOutput = FileHandle.nullDevice
+        try watcher.run()
+        let seen = Date().addingTimeInterval(30)
+        while Date() < seen, !((try? String(contentsOfFile: watchLog, encoding: .utf8)) ?? "").contains("queued") { usleep(20_000) }
+        _ = try daemon.client.post("/v1/jobs/\(job.id + 1)/cancel", as: JobInfo.self)
+        let ended = Date().addingTimeInterval(30)
+        while watcher.isRunning && Date() < ended { usleep(20_000) }
+        #expect(!watcher.isRunning, "jobs watch did not end when the job was canceled")
+        if watcher.isRunning { watcher.terminate() }
+        watcher.waitUntilExit()
+        #expect(watcher.terminationStatus == 1)
+        let followed = (try? String(contentsOfFile: watchLog, encoding: .utf8)) ?? ""
+        #expect(followed.contains("job \(job.id + 1) queued (position 1)") && followed.contains("job \(job.id + 1) canceled"), "\(followed)")
+        #expect(try run(["jobs", "retry", String(job.id + 1)]).status == 0)
+
         let status = try run(["--json", "status"])
         let decoded = try APICoding.decoder().decode(DaemonStatus.self, from: Data(status.stdout.utf8))
         #expect(decoded.queue.counts.queued == 2 && decoded.yourJobs.count == 2 && !decoded.engineAvailable)
