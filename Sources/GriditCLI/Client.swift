@@ -81,6 +81,17 @@ public struct GriditClient: Sendable {
         return reply
     }
 
+    /// A GET whose body goes to `file` (replaced atomically).
+    public func download(_ path: String, to file: String) throws(CLIError) {
+        let reply: HTTPReply
+        do {
+            reply = try http.download(path, to: file)
+        } catch {
+            throw Self.cliError(error)
+        }
+        try Self.check(reply)
+    }
+
     /// Throws the API error a non-2xx reply carries.
     static func check(_ reply: HTTPReply) throws(CLIError) {
         guard !(200..<300).contains(reply.status) else { return }

@@ -316,16 +316,7 @@ struct OutputCopier {
             } catch {
                 throw CLIError("cannot create \(target): \(error.localizedDescription)", status: ExitStatus.failure)
             }
-            let path = "/v1/jobs/\(id)/files/" + components.map { segment(String($0)) }.joined(separator: "/")
-            do {
-                try GriditClient.check(try client.http.download(path, to: target))
-            } catch let error as ConnectionError {
-                throw GriditClient.cliError(error)
-            } catch let error as CLIError {
-                throw error
-            } catch {
-                throw CLIError("\(error)", status: ExitStatus.failure)
-            }
+            try client.download("/v1/jobs/\(id)/files/" + components.map { segment(String($0)) }.joined(separator: "/"), to: target)
         }
     }
 }

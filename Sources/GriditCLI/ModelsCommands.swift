@@ -114,13 +114,7 @@ struct Models: ParsableCommand {
         @Option(name: .shortAndLong, help: "Bundle file to write.") var output: String
 
         func run() throws {
-            let reply: HTTPReply
-            do {
-                reply = try global.client.http.download("/v1/models/\(segment(reference))/bundle", to: output)
-            } catch {
-                throw GriditClient.cliError(error)
-            }
-            try GriditClient.check(reply)
+            try global.client.download("/v1/models/\(segment(reference))/bundle", to: output)
             if global.json {
                 struct Written: Encodable { var path: String }
                 Output.printJSON(Written(path: output))

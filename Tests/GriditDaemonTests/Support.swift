@@ -146,17 +146,7 @@ func rawExchange(_ socketPath: String, _ bytes: [UInt8], timeout: Int = 10, half
     let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw TestFailure("socket()") }
     defer { close(fd) }
-    var address = sockaddr_un()
-    address.sun_family = sa_family_t(AF_UNIX)
-    withUnsafeMutableBytes(of: &address.sun_path) { raw in
-        let b = Array(socketPath.utf8)
-        raw.copyBytes(from: b)
-        raw[b.count] = 0
-    }
-    let ok = withUnsafePointer(to: &address) { p in
-        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0 }
-    }
-    guard ok else { throw TestFailure("connect \(socketPath): \(String(cString: strerror(errno)))") }
+    guard UnixSocket.connect(fd, to: socketPath) else { throw TestFailure("connect \(socketPath): \(String(cString: strerror(errno)))") }
     var tv = timeval(tv_sec: timeout, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     var offset = 0
