@@ -11,18 +11,17 @@ public struct Griditctl: ParsableCommand {
         commandName: "griditctl",
         abstract: "Submit and manage gridit jobs and models on the local griditd.",
         discussion: """
-            griditctl talks to griditd over its Unix socket (--socket, or GRIDIT_SOCKET; default
-            /run/gridit/griditd.sock). Every command takes --json for scripts.
+            griditctl talks to griditd over its Unix socket (--socket, or GRIDIT_SOCKET; default /run/gridit/griditd.sock). Every command takes --json for scripts.
 
             Exit codes:
               0   success
-              1   the job failed, was canceled or died (submit --wait, jobs watch); other errors
+              1   the job failed, was canceled or died; other errors
               2   bad command line
-              65  the daemon refused the input (bad parameters, unknown job or model, conflict)
+              65  the daemon refused the input (parameters, unknown id, conflict)
               69  griditd cannot be reached (not running, wrong --socket)
               70  griditd failed internally
               75  the queue is full or griditd is busy: retry later
-              77  permission denied (not in the 'gridit' group, another user's job, admin only)
+              77  permission denied (group, another user's job, admin only)
             """,
         version: griditVersion,
         subcommands: [

@@ -9,8 +9,7 @@ struct Submit: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Queue a sequence generation job.",
         discussion: """
-            The job is durable once this returns: it survives daemon restarts and crashes. With
-            --wait (or --out) griditctl follows it to the end, with a progress bar on a terminal.
+            The job is durable once this returns: it survives daemon restarts and crashes. With --wait (or --out) griditctl follows it to the end, with a progress bar on a terminal.
             """)
 
     @OptionGroup var global: GlobalOptions

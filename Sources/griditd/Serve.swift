@@ -9,9 +9,7 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the daemon in the foreground (systemd: Type=notify, socket activation).",
         discussion: """
-            Without systemd, griditd binds --socket itself, logs to stderr and runs until SIGTERM or
-            Ctrl-C. Under systemd it adopts the socket of griditd.socket, reports READY/STATUS/WATCHDOG
-            and logs to the journal with JOB_ID=, STAGE= fields.
+            Without systemd, griditd binds --socket itself, logs to stderr and runs until SIGTERM or Ctrl-C. Under systemd it adopts the socket of griditd.socket, reports READY/STATUS/WATCHDOG and logs to the journal with JOB_ID=, STAGE= fields.
             """)
 
     @Option(help: "Database, lock, work and output folders.")
