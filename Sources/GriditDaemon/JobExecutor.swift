@@ -15,7 +15,8 @@ public struct ExecutionItem: Sendable, Hashable {
     /// from them when the folder already holds some (after a crash, a shutdown, a retry).
     public var workDirectory: String
     /// Where `finish(into:)` must put the output folder (written under a temporary name, then
-    /// renamed); its parent exists.
+    /// renamed); its parent exists. If it already holds this job's finished output (griditd died
+    /// after the rename, before recording the success), the run is done: return `.succeeded`.
     public var outputDirectory: String
     /// The last durable progress the database holds, for logs (the work directory is the truth).
     public var resumeFrom: GriditAPI.JobProgressInfo
