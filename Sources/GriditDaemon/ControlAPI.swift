@@ -379,7 +379,10 @@ public struct ControlAPI: Sendable {
         }
         let path = root + "/" + components.joined(separator: "/")
         var st = stat()
-        guard lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+        // The file itself and every folder on the way must be inside the output (no links out).
+        let real = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
+        let realRoot = URL(fileURLWithPath: root).resolvingSymlinksInPath().path
+        guard real.hasPrefix(realRoot + "/"), lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
             throw APIError(.notFound, "no file '\(relative.prefix(100))' in the output of job \(params["id"] ?? "?")")
         }
         let type: String

@@ -325,4 +325,78 @@ struct DaemonProcessTests {
         #expect(models.status == 69 && models.stderr.contains("without the model store"), "\(models.stderr)")
         #expect(daemon.stop() == 0)
     }
+
+    /// Jobs finished before griditd starts: `outputs` maps a job's output name to its files.
+    static func finishedJobs(
+        in stateDir: String, outputs: [(name: String, files: [String: String])], finishedAt: Date
+    ) async throws -> [Int64] {
+        try FileManager.default.createDirectory(atPath: stateDir + "/outputs", withIntermediateDirectories: true)
+        let store = try SQLiteJobStore(path: stateDir + "/jobs.sqlite")
+        defer { try? store.close() }
+        var ids: [Int64] = []
+        for output in outputs {
+            _ = try await store.submit(JobSubmission(params: "{}", length: 4), owner: 0, maxQueued: 100, now: finishedAt)
+            let claimed = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: finishedAt))
+            let dir = output.name.hasPrefix("/") ? output.name : stateDir + "/outputs/" + output.name
+            for (path, text) in output.files {
+                let file = dir + "/" + path
+                try FileManager.default.createDirectory(
+                    atPath: (file as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                try text.write(toFile: file, atomically: true, encoding: .utf8)
+            }
+            _ = try await store.complete(id: claimed.job.id, token: claimed.token, outputDir: dir, now: finishedAt)
+            ids.append(claimed.job.id)
+        }
+        return ids
+    }
+
+    @Test("output files: listing and download; links and paths outside the folder are refused")
+    func outputFiles() async throws {
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        let stateDir = dir.file("state")
+        let ids = try await Self.finishedJobs(
+            in: stateDir,
+            outputs: [("job-1", ["frames/frame_00000.png": "png-bytes", "sequence.json": #"{"seed":1}"#])],
+            finishedAt: Date())
+        let secret = dir.file("secret.txt")
+        try "do not serve".write(toFile: secret, atomically: true, encoding: .utf8)
+        symlink(secret, stateDir + "/outputs/job-1/link.txt")
+        symlink(dir.path, stateDir + "/outputs/job-1/up")
+        let daemon = try DaemonProcess(directory: dir)
+        defer { daemon.stop() }
+        let list = try daemon.client.get("/v1/jobs/\(ids[0])/files", as: OutputFileList.self)
+        #expect(list.files.map(\.path) == ["frames/frame_00000.png", "sequence.json"], "links are not listed")
+        let target = dir.file("copy.png")
+        try daemon.client.download("/v1/jobs/\(ids[0])/files/frames/frame_00000.png", to: target)
+        #expect(try String(contentsOfFile: target, encoding: .utf8) == "png-bytes")
+        for hostile in ["link.txt", "up/secret.txt", "%2e%2e/%2e%2e/%2e%2e/secret.txt", "frames/%2e%2e/%2e%2e/job-1/sequence.json"] {
+            let answer = try rawExchange(daemon.socket, httpRequest("GET", "/v1/jobs/\(ids[0])/files/\(hostile)"))
+            #expect(answer.hasPrefix("HTTP/1.1 4"), "\(hostile): \(answer.prefix(200))")
+            #expect(!answer.contains("do not serve"))
+        }
+        #expect(daemon.stop() == 0)
+    }
+
+    @Test("prune deletes finished jobs and their outputs, never a folder outside the output root")
+    func pruneOutputs() async throws {
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        let stateDir = dir.file("state")
+        let outside = dir.file("elsewhere")
+        let ids = try await Self.finishedJobs(
+            in: stateDir, outputs: [("old", ["a.png": "x"]), (outside, ["keep.png": "y"])],
+            finishedAt: Date().addingTimeInterval(-3600))
+        let daemon = try DaemonProcess(directory: dir)
+        defer { daemon.stop() }
+        let ctl = binaryDirectory() + "/griditctl"
+        let result = try runProcess(ctl, ["jobs", "prune", "--older-than", "30m", "--socket", daemon.socket, "--json"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let pruned = try APICoding.decoder().decode(PruneResponse.self, from: Data(result.stdout.utf8)).pruned
+        #expect(Set(pruned.map(\.id)) == Set(ids))
+        #expect(!FileManager.default.fileExists(atPath: stateDir + "/outputs/old"))
+        #expect(FileManager.default.fileExists(atPath: outside + "/keep.png"), "a path outside the output root was deleted")
+        #expect(try daemon.client.get("/v1/jobs?owner=all", as: JobList.self).jobs.isEmpty)
+        #expect(daemon.stop() == 0)
+    }
 }
