@@ -11,11 +11,19 @@ import Testing
 
 @Suite("peer credentials", .serialized)
 struct PeerCredentialTests {
-    /// Root and setpriv are needed to run clients as other uids; everywhere else the suite is
-    /// skipped (and says why).
-    static var canSwitchUsers: Bool {
-        getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") && getgrnam("users") != nil
-    }
+    /// Root and setpriv are needed to run clients as other uids, and the Swift runtime must be
+    /// readable by them (a toolchain under /root is not); everywhere else the suite is skipped
+    /// (and says why).
+    static let canSwitchUsers: Bool = {
+        guard getuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"), getgrnam("users") != nil,
+              let dir = try? ShortTemporaryDirectory()
+        else { return false }
+        defer { dir.remove() }
+        guard let client = try? installClient(in: dir),
+              let probe = try? runProcess("/usr/bin/setpriv", ["--reuid=40001", "--regid=\(usersGID)", "--clear-groups", "--", client, "--version"])
+        else { return false }
+        return probe.status == 0
+    }()
 
     static let usersGID: gid_t = getgrnam("users")?.pointee.gr_gid ?? 100
 
@@ -37,7 +45,7 @@ struct PeerCredentialTests {
 
     @Test(
         "a caller outside the group cannot connect; a member cannot cancel another member's job",
-        .enabled(if: canSwitchUsers, "needs root, /usr/bin/setpriv and a 'users' group to run clients as other uids"))
+        .enabled(if: canSwitchUsers, "needs root, /usr/bin/setpriv, a 'users' group and a Swift runtime other uids can load"))
     func authorization() throws {
         let dir = try ShortTemporaryDirectory()
         defer { dir.remove() }
