@@ -60,8 +60,6 @@ public final class JobMonitor: Sendable {
         for w in watchers { w.yield(.changed) }
     }
 
-    public func isRunningHere(_ id: Int64) -> Bool { state.withLock { $0.running.contains(id) } }
-
     public func live(_ id: Int64) -> StepProgress? { state.withLock { $0.live[id] } }
 
     public var runningIDs: [Int64] { state.withLock { $0.running.sorted() } }

@@ -45,12 +45,6 @@ public final class SystemdNotifier: Sendable {
         if watchdogInterval != nil { send("WATCHDOG=1") }
     }
 
-    /// More time for a slow start (migrations on a large database).
-    public func extendTimeout(_ duration: Duration) {
-        let usec = duration.components.seconds * 1_000_000 + duration.components.attoseconds / 1_000_000_000_000
-        send("EXTEND_TIMEOUT_USEC=\(usec)")
-    }
-
     private func send(_ state: String) {
         guard isEnabled else { return }
         _ = sd_notify(0, state)

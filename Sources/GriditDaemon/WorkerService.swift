@@ -194,11 +194,12 @@ public struct WorkerService: Service {
         await sync(tracker, tokens: tokens, final: true)
 
         for item in batch.items {
+            defer { monitor.finished(item.jobID) }
+            // Unreadable now (database trouble): the lease runs out and the reaper requeues it.
             guard let token = tokens[item.jobID], let job = try? await context.store.get(id: item.jobID) else { continue }
             let outcome = outcomes[item.jobID]
                 ?? .failed(JobFailure(.internalError, "the engine returned no outcome for job \(item.jobID)"))
             await record(outcome, job: job, token: token, stopReason: monitor.stopReason(item.jobID), item: item)
-            monitor.finished(item.jobID)
         }
     }
 
