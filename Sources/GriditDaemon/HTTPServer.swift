@@ -423,7 +423,8 @@ final class ParserErrorHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let status: HTTPResponseStatus = tooLarge ? .requestHeaderFieldsTooLarge : .badRequest
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
             context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
+            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in bound.value.close(promise: nil) }
         } else {
             context.close(promise: nil)
         }

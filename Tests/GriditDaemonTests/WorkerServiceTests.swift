@@ -60,7 +60,7 @@ final class ScriptedExecutor: JobExecutor {
         case .succeed(let steps):
             for n in 1...steps where step(n, of: steps) != nil { return .interrupted }
             try? FileManager.default.createDirectory(atPath: item.outputDirectory, withIntermediateDirectories: true)
-            FileManager.default.createFile(atPath: item.outputDirectory + "/sequence.json", contents: Data("{}".utf8))
+            _ = FileManager.default.createFile(atPath: item.outputDirectory + "/sequence.json", contents: Data("{}".utf8))
             return .succeeded
         case .runUntilStopped:
             let deadline = Date().addingTimeInterval(60)
