@@ -17,12 +17,25 @@ public struct DaemonError: Error, CustomStringConvertible {
     public var description: String { message }
 }
 
+/// The engine and the model store, built once griditd holds the state directory's lock and the
+/// database is migrated (the model store shares that directory and database file).
+public struct DaemonComponents: Sendable {
+    public var executor: (any JobExecutor)?
+    public var catalog: (any ModelCatalog)?
+
+    public init(executor: (any JobExecutor)? = nil, catalog: (any ModelCatalog)? = nil) {
+        self.executor = executor
+        self.catalog = catalog
+    }
+}
+
 public enum Daemon {
     /// Runs griditd until SIGTERM/SIGINT. Throws `DaemonError` (or the store's error) with a
-    /// message for the operator when it cannot start.
+    /// message for the operator when it cannot start. `components` runs after the lock is taken,
+    /// the migrations are applied and orphaned jobs are recovered, before the socket opens.
     public static func run(
-        configuration: DaemonConfiguration, executor: (any JobExecutor)?, catalog: (any ModelCatalog)?,
-        logger: Logger, faults: FaultInjection = FaultInjection()
+        configuration: DaemonConfiguration, logger: Logger, faults: FaultInjection = FaultInjection(),
+        components: @Sendable (_ store: SQLiteJobStore) async throws -> DaemonComponents = { _ in DaemonComponents() }
     ) async throws {
         let layout = configuration.layout
         try prepareStateDirectory(layout.root)
@@ -45,6 +58,8 @@ public enum Daemon {
             logger.notice("queue is paused (persisted); `griditctl queue resume` starts it")
         }
 
+        let built = try await components(store)
+        let executor = built.executor, catalog = built.catalog
         let context = DaemonContext(
             configuration: configuration, store: store, executor: executor, catalog: catalog, notifier: notifier,
             faults: faults, logger: logger)

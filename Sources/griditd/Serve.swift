@@ -81,8 +81,9 @@ struct Serve: AsyncParsableCommand {
 
         do {
             let faults = try FaultInjection(environment: ProcessInfo.processInfo.environment)
-            // The engine and the model store are wired in here once their targets land.
-            try await Daemon.run(configuration: configuration, executor: nil, catalog: nil, logger: logger, faults: faults)
+            // The engine (JobExecutor) and the model store (ModelCatalog) are built in
+            // `components:` once their targets land; without them jobs are accepted and stay queued.
+            try await Daemon.run(configuration: configuration, logger: logger, faults: faults)
         } catch let error as StoreError {
             logger.critical("\(error.message)")
             throw ExitCode(error.code == .locked ? 75 : 1)
