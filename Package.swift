@@ -7,7 +7,8 @@
 //   GriditStore -> GRDB                                 (SQLite job queue, migrations/)
 //   GriditModelStore -> GriditStore, GriditPipeline, GriditModels, GriditCheckpoint, GriditAPI,
 //                       Crypto, CModelStore (libarchive)   (content-addressed model store)
-//   griditd -> GriditModelStore, GriditAPI               (the daemon executable; `models` so far)
+//   griditd -> GriditDaemon, GriditModelStore -> GriditStore, GriditAPI, CSystemd, NIO, ServiceLifecycle, Logging
+//   griditctl -> GriditCLI -> GriditAPI                 (no DB, numeric or NIO targets)
 import PackageDescription
 
 let swiftSettings: [SwiftSetting] = [
@@ -22,11 +23,15 @@ let package = Package(
         .executable(name: "griditd", targets: ["griditd"]),
         .library(name: "GriditModels", targets: ["GriditModels"]),
         .library(name: "GriditCheckpoint", targets: ["GriditCheckpoint"]),
+        .executable(name: "griditctl", targets: ["griditctl"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // System libraries, found through pkg-config.
@@ -80,12 +85,39 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // griditd's services: control socket (HTTP/1.1 over a Unix socket), worker, maintenance,
+        // systemd notify and journald logging. The engine and model store come in through protocols.
+        .target(
+            name: "GriditDaemon",
+            dependencies: [
+                "GriditStore", "GriditAPI", "CSystemd",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // griditctl's commands and its blocking Unix-socket HTTP client.
+        .target(
+            name: "GriditCLI",
+            dependencies: ["GriditAPI", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "griditd",
             dependencies: [
-                "GriditModelStore", "GriditAPI",
+                "GriditDaemon", "GriditStore", "GriditModelStore", "GriditAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "griditctl",
+            dependencies: ["GriditCLI"],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
@@ -134,6 +166,22 @@ let package = Package(
                 "GriditModelStore", "GriditAPI", "GriditStore", "GriditPipeline", "GriditModels", "GriditCheckpoint",
                 "GriditTensor", "CModelStore",
             ],
+            swiftSettings: swiftSettings
+        ),
+            name: "GriditDaemonTests",
+            dependencies: [
+                "GriditDaemon", "GriditStore", "GriditAPI", "GriditCLI",
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "InMemoryLogging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "GriditCLITests",
+            dependencies: ["GriditCLI", "GriditAPI"],
             swiftSettings: swiftSettings
         ),
     ],

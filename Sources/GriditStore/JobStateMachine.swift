@@ -186,7 +186,7 @@ public struct JobStateMachine: Hashable, Sendable {
                 next.finishedAt = now
                 next.errorMessage = "the job crashed or stalled its worker \(next.crashCount) times "
                     + "(last: \(message)); it is dead so the queue keeps draining. "
-                    + "Inspect it, then `griditctl retry \(job.id)` to run it again"
+                    + "Inspect it, then `griditctl jobs retry \(job.id)` to run it again"
             } else {
                 next.state = .queued
                 next.notBefore = now

@@ -68,11 +68,27 @@ public struct JobFilter: Hashable, Sendable {
     public var ownerUID: UInt32?
     /// At most this many jobs, ordered by id (newest last).
     public var limit: Int
+    /// Take the `limit` newest jobs instead of the oldest (the result is still ordered by id).
+    public var newest: Bool
 
-    public init(states: Set<JobState> = [], ownerUID: UInt32? = nil, limit: Int = 1000) {
+    public init(states: Set<JobState> = [], ownerUID: UInt32? = nil, limit: Int = 1000, newest: Bool = false) {
         self.states = states
         self.ownerUID = ownerUID
         self.limit = limit
+        self.newest = newest
+    }
+}
+
+/// Restricts a claim to jobs that can join a batch already being formed: same pipeline digest
+/// (nil matches jobs without one) and same priority, so batching never runs a lower-priority
+/// job ahead of a higher one.
+public struct ClaimFilter: Hashable, Sendable {
+    public var pipelineDigest: String?
+    public var priority: Int
+
+    public init(pipelineDigest: String?, priority: Int) {
+        self.pipelineDigest = pipelineDigest
+        self.priority = priority
     }
 }
 
@@ -109,6 +125,11 @@ public protocol JobStore: Sendable {
     /// Atomically takes the highest-priority (FIFO within a priority) claimable job whose
     /// `notBefore <= now`, unless the queue is paused. Nil when there is nothing to run.
     func claim(workerID: String, leaseDuration: TimeInterval, now: Date) async throws(StoreError) -> ClaimedJob?
+
+    /// Like `claim`, among the jobs that match `filter` only (batch formation). Nil when none does.
+    func claim(
+        workerID: String, leaseDuration: TimeInterval, matching filter: ClaimFilter, now: Date
+    ) async throws(StoreError) -> ClaimedJob?
 
     /// Extends the lease to `now + leaseDuration`. Call about every `leaseDuration / 3`.
     func heartbeat(id: Int64, token: LeaseToken, leaseDuration: TimeInterval, now: Date) async throws(StoreError) -> LeaseStatus
@@ -159,7 +180,18 @@ public protocol JobStore: Sendable {
     /// The job's error history, oldest first. Throws `notFound`.
     func errors(id: Int64) async throws(StoreError) -> [JobErrorRecord]
 
-    /// Deletes terminal jobs finished at or before `now - olderThan` (and their error history).
-    /// Returns them so that the caller deletes their output directories.
-    func prune(olderThan: TimeInterval, now: Date) async throws(StoreError) -> [PrunedJob]
+    /// Number of jobs in each state (states without jobs are absent).
+    func counts() async throws(StoreError) -> [JobState: Int]
+
+    /// Deletes jobs in `states` (terminal ones only; others are ignored) finished at or before
+    /// `now - olderThan`, and their error history. Returns them so that the caller deletes their
+    /// output directories.
+    func prune(olderThan: TimeInterval, states: Set<JobState>, now: Date) async throws(StoreError) -> [PrunedJob]
+}
+
+extension JobStore {
+    /// Prunes every terminal state.
+    public func prune(olderThan: TimeInterval, now: Date) async throws(StoreError) -> [PrunedJob] {
+        try await prune(olderThan: olderThan, states: Set(JobState.terminal), now: now)
+    }
 }

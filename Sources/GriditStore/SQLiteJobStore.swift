@@ -105,12 +105,32 @@ public final class SQLiteJobStore: JobStore {
     }
 
     public func claim(workerID: String, leaseDuration: TimeInterval, now: Date) async throws(StoreError) -> ClaimedJob? {
+        try await claim(workerID: workerID, leaseDuration: leaseDuration, filter: nil, now: now)
+    }
+
+    public func claim(
+        workerID: String, leaseDuration: TimeInterval, matching filter: ClaimFilter, now: Date
+    ) async throws(StoreError) -> ClaimedJob? {
+        try await claim(workerID: workerID, leaseDuration: leaseDuration, filter: filter, now: now)
+    }
+
+    private func claim(
+        workerID: String, leaseDuration: TimeInterval, filter: ClaimFilter?, now: Date
+    ) async throws(StoreError) -> ClaimedJob? {
         guard !workerID.isEmpty, leaseDuration > 0, leaseDuration.isFinite else {
             throw StoreError(.invalidArgument, "claim needs a non-empty worker id and a positive lease (got \"\(workerID)\", \(leaseDuration) s)")
         }
         let token = LeaseToken.random()
         let nowMs = now.unixMillis
         let expiresMs = now.addingTimeInterval(leaseDuration).unixMillis
+        var arguments: StatementArguments = [
+            "worker": workerID, "token": token.rawValue, "expires": expiresMs, "now": nowMs,
+        ]
+        let match = filter == nil ? "" : "AND pipeline_digest IS :digest AND priority = :priority"
+        if let filter {
+            arguments += ["digest": filter.pipelineDigest, "priority": filter.priority]
+        }
+        let finalArguments = arguments
         return try await write { db in
             // One statement: pick and take the job atomically (mirrors JobEvent.claim).
             let row = try Row.fetchOne(
@@ -123,11 +143,12 @@ public final class SQLiteJobStore: JobStore {
                      WHERE id = (SELECT id FROM job
                                   WHERE state IN ('queued', 'retryable') AND not_before <= :now
                                     AND (SELECT paused FROM queue_state WHERE id = 1) = 0
+                                    \(match)
                                   ORDER BY priority DESC, id
                                   LIMIT 1)
                     RETURNING *
                     """,
-                arguments: ["worker": workerID, "token": token.rawValue, "expires": expiresMs, "now": nowMs])
+                arguments: finalArguments)
             guard let row else { return nil }
             return ClaimedJob(job: try Self.decodeJob(row), token: token)
         }
@@ -212,7 +233,8 @@ public final class SQLiteJobStore: JobStore {
         }
         arguments += [max(0, filter.limit)]
         let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
-        let sql = Self.selectWithPosition + " \(whereClause) ORDER BY job.id LIMIT ?"
+        let inner = Self.selectWithPosition + " \(whereClause) ORDER BY job.id \(filter.newest ? "DESC" : "") LIMIT ?"
+        let sql = filter.newest ? "SELECT * FROM (\(inner)) ORDER BY id" : inner
         let finalArguments = arguments
         return try await read { db in
             try Row.fetchAll(db, sql: sql, arguments: finalArguments).map(Self.decodeJob)
@@ -234,9 +256,20 @@ public final class SQLiteJobStore: JobStore {
         }
     }
 
-    public func prune(olderThan: TimeInterval, now: Date) async throws(StoreError) -> [PrunedJob] {
+    public func counts() async throws(StoreError) -> [JobState: Int] {
+        try await read { db in
+            var counts: [JobState: Int] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT state, count(*) AS n FROM job GROUP BY state") {
+                if let state = JobState(rawValue: row["state"]) { counts[state] = row["n"] }
+            }
+            return counts
+        }
+    }
+
+    public func prune(olderThan: TimeInterval, states: Set<JobState>, now: Date) async throws(StoreError) -> [PrunedJob] {
         let cutoff = now.addingTimeInterval(-olderThan).unixMillis
-        let terminal = JobState.terminal.map { "'\($0.rawValue)'" }.joined(separator: ", ")
+        let terminal = states.filter(\.isTerminal).map { "'\($0.rawValue)'" }.sorted().joined(separator: ", ")
+        guard !terminal.isEmpty else { return [] }
         let machine = self.machine
         return try await write { db in
             let rows = try Row.fetchAll(

@@ -1,12 +1,14 @@
 // griditd: the gridit daemon executable. Thin: every subcommand parses its options and calls a
-// library target. The root lists the subcommands; each lives in its own files (`models`:
-// Models*.swift, GriditModelStore).
+// library target. The root lists the subcommands; each lives in its own files (`serve`:
+// Serve*.swift, GriditDaemon; `models`: Models*.swift, GriditModelStore).
 import ArgumentParser
+import GriditAPI
 
 @main
-struct Griditd: ParsableCommand {
+struct Griditd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "griditd",
-        abstract: "The gridit daemon and its offline tools.",
-        subcommands: [Models.self])
+        abstract: "The gridit daemon: a durable job queue and worker for GriDiT image sequences, and its offline tools.",
+        version: griditVersion,
+        subcommands: [Serve.self, Models.self])
 }

@@ -41,6 +41,10 @@ struct JobStoreConformance: Sendable {
         Case(name: "prune terminal jobs") { try await $0.prune() },
         Case(name: "list filters and queue positions") { try await $0.listAndPositions() },
         Case(name: "invalid input and unknown ids") { try await $0.invalidInput() },
+        Case(name: "claim matching a batch: same pipeline and priority") { try await $0.claimMatching() },
+        Case(name: "counts by state") { try await $0.countsByState() },
+        Case(name: "prune by state") { try await $0.pruneByState() },
+        Case(name: "list the newest jobs") { try await $0.listNewest() },
     ]
 
     // MARK: - Cases
@@ -468,5 +472,66 @@ struct JobStoreConformance: Sendable {
         #expect(await storeError { try await store.submit(submission(length: 0), owner: 1, maxQueued: 10, now: at(0)) }?.code == .invalidArgument)
         #expect(await storeError { try await store.claim(workerID: "", leaseDuration: 60, now: at(0)) }?.code == .invalidArgument)
         #expect(try await store.list(JobFilter()).isEmpty)
+    }
+
+    func claimMatching() async throws {
+        let store = try await makeStore()
+        func submit(_ digest: String?, _ priority: Int) async throws -> Int64 {
+            try await store.submit(
+                JobSubmission(params: sampleParams, length: 4, priority: priority, pipelineDigest: digest),
+                owner: 1, maxQueued: 100, now: at(0)
+            ).job.id
+        }
+        let a1 = try await submit("sha256:a", 0)
+        let b1 = try await submit("sha256:b", 0)
+        let a2 = try await submit("sha256:a", 0)
+        let aHigh = try await submit("sha256:a", 5)
+        let none = try await submit(nil, 0)
+        let a = ClaimFilter(pipelineDigest: "sha256:a", priority: 0)
+        #expect(try await store.claim(workerID: "w", leaseDuration: 60, matching: a, now: at(1))?.job.id == a1)
+        #expect(try await store.claim(workerID: "w", leaseDuration: 60, matching: a, now: at(1))?.job.id == a2)
+        #expect(try await store.claim(workerID: "w", leaseDuration: 60, matching: a, now: at(1)) == nil)
+        let unset = ClaimFilter(pipelineDigest: nil, priority: 0)
+        #expect(try await store.claim(workerID: "w", leaseDuration: 60, matching: unset, now: at(1))?.job.id == none)
+        // A paused queue gives nothing, filter or not.
+        try await store.setPaused(true)
+        let b = ClaimFilter(pipelineDigest: "sha256:b", priority: 0)
+        #expect(try await store.claim(workerID: "w", leaseDuration: 60, matching: b, now: at(1)) == nil)
+        try await store.setPaused(false)
+        #expect(try await store.claim(workerID: "w", leaseDuration: 60, now: at(1))?.job.id == aHigh)
+        #expect(try await store.claim(workerID: "w", leaseDuration: 60, matching: b, now: at(1))?.job.id == b1)
+    }
+
+    func countsByState() async throws {
+        let store = try await makeStore()
+        #expect(try await store.counts().isEmpty)
+        for _ in 0..<3 { _ = try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(0)) }
+        let claimed = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(1)))
+        _ = try await store.complete(id: claimed.job.id, token: claimed.token, outputDir: "/o", now: at(2))
+        _ = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(3)))
+        #expect(try await store.counts() == [.queued: 1, .running: 1, .succeeded: 1])
+    }
+
+    func pruneByState() async throws {
+        let store = try await makeStore()
+        let done = try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(0)).job.id
+        let claimed = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(0)))
+        _ = try await store.complete(id: done, token: claimed.token, outputDir: "/o", now: at(1))
+        let canceled = try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(0)).job.id
+        _ = try await store.cancel(id: canceled, requesterUID: 1, isAdmin: false, now: at(1))
+        // Non-terminal states in the set are ignored.
+        #expect(try await store.prune(olderThan: 0, states: [.succeeded, .queued], now: at(10)).map(\.id) == [done])
+        #expect(try await store.prune(olderThan: 0, states: [.queued], now: at(10)).isEmpty)
+        #expect(try await store.list(JobFilter()).map(\.id) == [canceled])
+    }
+
+    func listNewest() async throws {
+        let store = try await makeStore()
+        var ids: [Int64] = []
+        for _ in 0..<5 { ids.append(try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(0)).job.id) }
+        #expect(try await store.list(JobFilter(limit: 2, newest: true)).map(\.id) == Array(ids.suffix(2)))
+        #expect(try await store.list(JobFilter(limit: 2)).map(\.id) == Array(ids.prefix(2)))
+        let newest = try await store.list(JobFilter(limit: 3, newest: true))
+        #expect(newest.map(\.queuePosition) == [3, 4, 5])
     }
 }

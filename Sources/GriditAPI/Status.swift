@@ -1,0 +1,229 @@
+// Wire types of `/v1/status`, `/v1/version` and `/v1/queue`.
+import Foundation
+
+/// `GET /v1/version`: what a client checks first (griditctl refuses a daemon with another major).
+public struct VersionInfo: Codable, Hashable, Sendable {
+    public var version: String
+    public var apiVersion: String
+
+    public init(version: String = griditVersion, apiVersion: String = GriditAPI.apiVersion) {
+        self.version = version
+        self.apiVersion = apiVersion
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case version
+        case apiVersion = "api_version"
+    }
+}
+
+/// Job counts by state.
+public struct QueueCounts: Codable, Hashable, Sendable {
+    public var queued = 0
+    public var retryable = 0
+    public var running = 0
+    public var succeeded = 0
+    public var failed = 0
+    public var canceled = 0
+    public var dead = 0
+
+    public init() {}
+
+    /// Jobs waiting or running: what counts against `max_queued`.
+    public var depth: Int { queued + retryable + running }
+
+    public subscript(state: JobStateName) -> Int {
+        get {
+            switch state {
+            case .queued: queued
+            case .retryable: retryable
+            case .running: running
+            case .succeeded: succeeded
+            case .failed: failed
+            case .canceled: canceled
+            case .dead: dead
+            }
+        }
+        set {
+            switch state {
+            case .queued: queued = newValue
+            case .retryable: retryable = newValue
+            case .running: running = newValue
+            case .succeeded: succeeded = newValue
+            case .failed: failed = newValue
+            case .canceled: canceled = newValue
+            case .dead: dead = newValue
+            }
+        }
+    }
+}
+
+/// `GET /v1/queue`, and the answer to `POST /v1/queue/pause|resume`.
+public struct QueueStatus: Codable, Hashable, Sendable {
+    /// Persisted: a paused queue accepts submits but starts nothing.
+    public var paused: Bool
+    public var counts: QueueCounts
+    public var maxQueued: Int
+
+    public init(paused: Bool, counts: QueueCounts, maxQueued: Int) {
+        self.paused = paused
+        self.counts = counts
+        self.maxQueued = maxQueued
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case paused, counts
+        case maxQueued = "max_queued"
+    }
+}
+
+/// A model the daemon has mapped (from the model store's keep-alive cache).
+public struct LoadedModel: Codable, Hashable, Sendable {
+    public var digest: String
+    /// Tags pointing at the digest, if any.
+    public var names: [String]
+    /// Bytes of the mapped files resident in memory.
+    public var residentBytes: Int64?
+    /// Jobs using it now.
+    public var activeJobs: Int
+    /// When it will be unmapped if nothing uses it meanwhile.
+    public var expiresAt: Date?
+
+    public init(digest: String, names: [String], residentBytes: Int64?, activeJobs: Int, expiresAt: Date?) {
+        self.digest = digest
+        self.names = names
+        self.residentBytes = residentBytes
+        self.activeJobs = activeJobs
+        self.expiresAt = expiresAt
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case digest, names
+        case residentBytes = "resident_bytes"
+        case activeJobs = "active_jobs"
+        case expiresAt = "expires_at"
+    }
+}
+
+/// A running job, as `status` shows it.
+public struct RunningJob: Codable, Hashable, Sendable {
+    public var id: Int64
+    public var ownerUID: UInt32
+    public var pipelineDigest: String?
+    public var progress: JobProgressInfo
+
+    public init(id: Int64, ownerUID: UInt32, pipelineDigest: String?, progress: JobProgressInfo) {
+        self.id = id
+        self.ownerUID = ownerUID
+        self.pipelineDigest = pipelineDigest
+        self.progress = progress
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case id, progress
+        case ownerUID = "owner_uid"
+        case pipelineDigest = "pipeline_digest"
+    }
+}
+
+/// The caller's own waiting job and its place in the queue.
+public struct QueuedJobPosition: Codable, Hashable, Sendable {
+    public var id: Int64
+    public var state: JobStateName
+    public var queuePosition: Int?
+
+    public init(id: Int64, state: JobStateName, queuePosition: Int?) {
+        self.id = id
+        self.state = state
+        self.queuePosition = queuePosition
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case id, state
+        case queuePosition = "queue_position"
+    }
+}
+
+/// `GET /v1/status`.
+public struct DaemonStatus: Codable, Hashable, Sendable {
+    public var version: String
+    public var apiVersion: String
+    public var instanceID: String
+    public var pid: Int32
+    public var startedAt: Date
+    public var uptimeSeconds: Double
+    public var stateDirectory: String
+    /// Free bytes on the state directory's filesystem.
+    public var diskFreeBytes: Int64?
+    /// Below this, jobs are not started (`disk_full`).
+    public var minFreeBytes: Int64
+    public var queue: QueueStatus
+    public var running: [RunningJob]
+    /// The caller's waiting and running jobs, with queue positions.
+    public var yourJobs: [QueuedJobPosition]
+    public var loadedModels: [LoadedModel]
+    /// False when this griditd was built without an engine: jobs are accepted and stay queued.
+    public var engineAvailable: Bool
+    public var modelStoreAvailable: Bool
+    /// Threads the engine uses for its matrix products.
+    public var blasThreads: Int
+    /// The caller as the daemon sees it (from SO_PEERCRED).
+    public var caller: CallerInfo
+
+    public init(
+        version: String, apiVersion: String, instanceID: String, pid: Int32, startedAt: Date, uptimeSeconds: Double,
+        stateDirectory: String, diskFreeBytes: Int64?, minFreeBytes: Int64, queue: QueueStatus, running: [RunningJob], yourJobs: [QueuedJobPosition],
+        loadedModels: [LoadedModel], engineAvailable: Bool, modelStoreAvailable: Bool, blasThreads: Int,
+        caller: CallerInfo
+    ) {
+        self.version = version
+        self.apiVersion = apiVersion
+        self.instanceID = instanceID
+        self.pid = pid
+        self.startedAt = startedAt
+        self.uptimeSeconds = uptimeSeconds
+        self.stateDirectory = stateDirectory
+        self.diskFreeBytes = diskFreeBytes
+        self.minFreeBytes = minFreeBytes
+        self.queue = queue
+        self.running = running
+        self.yourJobs = yourJobs
+        self.loadedModels = loadedModels
+        self.engineAvailable = engineAvailable
+        self.modelStoreAvailable = modelStoreAvailable
+        self.blasThreads = blasThreads
+        self.caller = caller
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case version, pid, queue, running, caller
+        case apiVersion = "api_version"
+        case instanceID = "instance_id"
+        case startedAt = "started_at"
+        case uptimeSeconds = "uptime_seconds"
+        case stateDirectory = "state_directory"
+        case diskFreeBytes = "disk_free_bytes"
+        case minFreeBytes = "min_free_bytes"
+        case yourJobs = "your_jobs"
+        case loadedModels = "loaded_models"
+        case engineAvailable = "engine_available"
+        case modelStoreAvailable = "model_store_available"
+        case blasThreads = "blas_threads"
+    }
+}
+
+/// Who the daemon thinks is calling, and what they may do.
+public struct CallerInfo: Codable, Hashable, Sendable {
+    public var uid: UInt32
+    public var gid: UInt32
+    public var pid: Int32
+    /// Root, the daemon's own user, or a member of the admin group: manages every job and model.
+    public var admin: Bool
+
+    public init(uid: UInt32, gid: UInt32, pid: Int32, admin: Bool) {
+        self.uid = uid
+        self.gid = gid
+        self.pid = pid
+        self.admin = admin
+    }
+}

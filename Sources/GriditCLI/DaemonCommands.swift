@@ -1,0 +1,206 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import Foundation
+import GriditAPI
+
+struct Queue: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Pause, resume or show the queue.", subcommands: [QueueStatusCommand.self, Pause.self, Resume.self],
+        defaultSubcommand: QueueStatusCommand.self)
+
+    struct QueueStatusCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "status", abstract: "Jobs by state, and whether the queue is paused.")
+        @OptionGroup var global: GlobalOptions
+
+        func run() throws {
+            let queue = try global.client.get("/v1/queue", as: QueueStatus.self)
+            if global.json { Output.printJSON(queue) } else { Output.stdout(Queue.describe(queue)) }
+        }
+    }
+
+    struct Pause: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Stop starting jobs (persisted across restarts); the running job finishes. Admins.")
+        @OptionGroup var global: GlobalOptions
+
+        func run() throws {
+            let queue = try global.client.post("/v1/queue/pause", as: QueueStatus.self)
+            if global.json { Output.printJSON(queue) } else { Output.stdout("queue paused; \(queue.counts.queued + queue.counts.retryable) jobs waiting\n") }
+        }
+    }
+
+    struct Resume: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Start jobs again. Admins.")
+        @OptionGroup var global: GlobalOptions
+
+        func run() throws {
+            let queue = try global.client.post("/v1/queue/resume", as: QueueStatus.self)
+            if global.json { Output.printJSON(queue) } else { Output.stdout("queue resumed\n") }
+        }
+    }
+
+    static func describe(_ queue: QueueStatus) -> String {
+        let c = queue.counts
+        return """
+            Queue:      \(queue.paused ? "paused (`griditctl queue resume` starts it)" : "running")
+            Depth:      \(c.depth) of \(queue.maxQueued) (\(c.running) running, \(c.queued) queued, \(c.retryable) retrying)
+            Finished:   \(c.succeeded) succeeded, \(c.failed) failed, \(c.canceled) canceled, \(c.dead) dead
+
+            """
+    }
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show griditd's version, uptime, queue, your jobs' positions and the loaded models.")
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        let status = try global.client.get("/v1/status", as: DaemonStatus.self)
+        if global.json {
+            Output.printJSON(status)
+            return
+        }
+        var text = """
+            griditd \(status.version) (API \(status.apiVersion)), pid \(status.pid), up \(Rendering.duration(status.uptimeSeconds))
+            State dir:  \(status.stateDirectory)\(status.diskFreeBytes.map { " (\(formatBytes($0)) free)" } ?? "")
+            Engine:     \(status.engineAvailable ? "ready, \(status.blasThreads) BLAS threads" : "not in this build (jobs stay queued)")
+            Models:     \(status.modelStoreAvailable ? "\(status.loadedModels.count) loaded" : "no model store in this build")
+
+            """
+        text += Queue.describe(status.queue)
+        for job in status.running {
+            let live = job.progress.live.map { " \($0.stage) grid \($0.grid)/\($0.grids) step \($0.step)/\($0.steps)" } ?? ""
+            text += "Running:    job \(job.id) (uid \(job.ownerUID))\(live)\n"
+        }
+        if !status.yourJobs.isEmpty {
+            text += "Your jobs:  " + status.yourJobs.map { j in
+                "\(j.id) \(j.state.rawValue)" + (j.queuePosition.map { " #\($0)" } ?? "")
+            }.joined(separator: ", ") + "\n"
+        }
+        if !status.loadedModels.isEmpty {
+            text += "\n" + renderTable(
+                headers: ["model", "digest", "resident", "jobs"],
+                rows: status.loadedModels.map {
+                    [$0.names.first ?? "-", String($0.digest.prefix(19)), $0.residentBytes.map(formatBytes) ?? "-", String($0.activeJobs)]
+                })
+        }
+        Output.stdout(text)
+    }
+}
+
+/// Local and daemon-side checks, each with a fix.
+struct Doctor: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Check the socket, your group, the state directory, disk space and BLAS threads.")
+    @OptionGroup var global: GlobalOptions
+
+    struct Check: Encodable {
+        var name: String
+        var ok: Bool
+        var detail: String
+        var fix: String?
+    }
+
+    func run() throws {
+        var checks: [Check] = []
+        let path = global.socket
+        var st = stat()
+        if lstat(path, &st) != 0 {
+            checks.append(Check(
+                name: "socket", ok: false, detail: "\(path) does not exist",
+                fix: "start griditd (`systemctl enable --now griditd.socket`, or `griditd serve --socket \(path)`)"))
+        } else if (st.st_mode & S_IFMT) != S_IFSOCK {
+            checks.append(Check(name: "socket", ok: false, detail: "\(path) is not a socket", fix: "remove it and restart griditd"))
+        } else {
+            let group = groupName(st.st_gid) ?? String(st.st_gid)
+            let mode = String(st.st_mode & 0o777, radix: 8)
+            checks.append(Check(
+                name: "socket", ok: true, detail: "\(path) (mode \(mode), group \(group))",
+                fix: (st.st_mode & 0o007) != 0 ? "the socket is open to every user; SocketMode=0660 in griditd.socket" : nil))
+            let member = getuid() == 0 || getuid() == st.st_uid || currentGroups().contains(st.st_gid)
+            checks.append(Check(
+                name: "group", ok: member,
+                detail: member ? "you (uid \(getuid())) may connect" : "you (uid \(getuid())) are not in the group '\(group)'",
+                fix: member ? nil : "sudo usermod -aG \(group) $USER, then log in again"))
+        }
+        var status: DaemonStatus?
+        do {
+            status = try global.client.get("/v1/status", as: DaemonStatus.self)
+            checks.append(Check(name: "daemon", ok: true, detail: "griditd \(status!.version) answers", fix: nil))
+        } catch {
+            checks.append(Check(name: "daemon", ok: false, detail: error.message, fix: "see `journalctl -u griditd`"))
+        }
+        if let status {
+            checks.append(stateDirectoryCheck(status.stateDirectory))
+            if let free = status.diskFreeBytes {
+                let ok = free >= status.minFreeBytes * 4
+                checks.append(Check(
+                    name: "disk", ok: ok, detail: "\(formatBytes(free)) free in \(status.stateDirectory)",
+                    fix: ok ? nil : "free space or prune old jobs (`griditctl jobs prune`); below \(formatBytes(status.minFreeBytes)) no job starts"))
+            }
+            let cpus = ProcessInfo.processInfo.activeProcessorCount
+            let threads = status.blasThreads
+            checks.append(Check(
+                name: "blas", ok: threads <= cpus,
+                detail: "\(threads) BLAS thread\(threads == 1 ? "" : "s") on \(cpus) CPU\(cpus == 1 ? "" : "s")",
+                fix: threads <= cpus ? nil : "more threads than CPUs slows every product down: griditd serve --blas-threads \(cpus)"))
+            checks.append(Check(
+                name: "engine", ok: status.engineAvailable,
+                detail: status.engineAvailable ? "ready" : "this griditd has no engine; jobs stay queued",
+                fix: status.engineAvailable ? nil : "install a griditd built with the engine"))
+        }
+        if global.json {
+            Output.printJSON(checks)
+        } else {
+            for c in checks {
+                Output.stdout("\(c.ok ? "ok  " : "FAIL") \(c.name.padding(toLength: 7, withPad: " ", startingAt: 0)) \(c.detail)\n")
+                if let fix = c.fix { Output.stdout("     \(String(repeating: " ", count: 7)) fix: \(fix)\n") }
+            }
+        }
+        if checks.contains(where: { !$0.ok }) { throw ExitCode(ExitStatus.failure) }
+    }
+
+    /// Which path component keeps the daemon's state directory from being what it should.
+    private func stateDirectoryCheck(_ root: String) -> Check {
+        var st = stat()
+        guard stat(root, &st) == 0 else {
+            let reason = String(cString: strerror(errno))
+            var component = ""
+            for part in root.split(separator: "/") {
+                component += "/" + part
+                if access(component, X_OK) != 0 {
+                    return Check(
+                        name: "state", ok: true, detail: "\(root): cannot look inside \(component) as uid \(getuid()) (\(reason))",
+                        fix: nil)
+                }
+            }
+            return Check(name: "state", ok: false, detail: "\(root): \(reason)", fix: "check --state-dir")
+        }
+        let mode = st.st_mode & 0o777
+        let owner = userName(st.st_uid) ?? String(st.st_uid)
+        let worldWritable = (mode & 0o002) != 0
+        return Check(
+            name: "state", ok: !worldWritable, detail: "\(root) (owner \(owner), mode \(String(mode, radix: 8)))",
+            fix: worldWritable ? "chmod o-w \(root): any user could tamper with the job database" : nil)
+    }
+
+    private func currentGroups() -> Set<gid_t> {
+        let n = getgroups(0, nil)
+        var list = [gid_t](repeating: 0, count: Int(max(n, 0)))
+        let m = getgroups(n, &list)
+        return Set(list.prefix(Int(max(m, 0)))).union([getgid(), getegid()])
+    }
+
+    private func groupName(_ gid: gid_t) -> String? {
+        guard let g = getgrgid(gid) else { return nil }
+        return String(cString: g.pointee.gr_name)
+    }
+
+    private func userName(_ uid: uid_t) -> String? {
+        guard let p = getpwuid(uid) else { return nil }
+        return String(cString: p.pointee.pw_name)
+    }
+}

@@ -1,0 +1,151 @@
+// `griditctl`: the command line of griditd, over its Unix socket (docker/ollama style).
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import Foundation
+import GriditAPI
+
+public struct Griditctl: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "griditctl",
+        abstract: "Submit and manage gridit jobs and models on the local griditd.",
+        discussion: """
+            griditctl talks to griditd over its Unix socket (--socket, or GRIDIT_SOCKET; default /run/gridit/griditd.sock). Every command takes --json for scripts.
+
+            Exit codes:
+              0   success
+              1   the job failed, was canceled or died; other errors
+              2   bad command line
+              65  the daemon refused the input (parameters, unknown id, conflict)
+              69  griditd cannot be reached (not running, wrong --socket)
+              70  griditd failed internally
+              75  the queue is full or griditd is busy: retry later
+              77  permission denied (group, another user's job, admin only)
+            """,
+        version: griditVersion,
+        subcommands: [
+            Submit.self, Jobs.self, Queue.self, Status.self, Doctor.self, Models.self, Version.self,
+        ])
+
+    public init() {}
+
+    /// Parses, runs, prints errors as `griditctl: <message>` and exits with the documented code.
+    public static func run(_ arguments: [String]? = nil) -> Never {
+        let arguments = moveGlobalOptions(arguments ?? Array(CommandLine.arguments.dropFirst()))
+        do {
+            var command = try parseAsRoot(arguments)
+            try command.run()
+            Glibc.exit(ExitStatus.ok)
+        } catch let error as CLIError {
+            if Output.jsonRequested(arguments) {
+                let body = ErrorResponse(error: APIError(APIError.Code(rawValue: error.code ?? "error"), error.message))
+                Output.printJSON(body)
+            }
+            Output.stderr("griditctl: \(error.message)\n")
+            Glibc.exit(error.status)
+        } catch let code as ExitCode {
+            Glibc.exit(code.rawValue)
+        } catch {
+            if exitCode(for: error) == .validationFailure {
+                Output.stderr(fullMessage(for: error) + "\n")
+                Glibc.exit(ExitStatus.usage)
+            }
+            exit(withError: error)
+        }
+    }
+}
+
+extension Griditctl {
+    /// `griditctl --socket S --json jobs list` means `griditctl jobs list --socket S --json`, as
+    /// with docker: global options may come before the command.
+    static func moveGlobalOptions(_ arguments: [String]) -> [String] {
+        var leading: [String] = []
+        var rest = arguments[...]
+        while let first = rest.first {
+            if first == "--json" {
+                leading.append(first)
+                rest = rest.dropFirst()
+            } else if first == "--socket", rest.count >= 2 {
+                leading += rest.prefix(2)
+                rest = rest.dropFirst(2)
+            } else if first.hasPrefix("--socket=") {
+                leading.append(first)
+                rest = rest.dropFirst()
+            } else {
+                break
+            }
+        }
+        guard !leading.isEmpty, !rest.isEmpty else { return arguments }
+        if let dash = rest.firstIndex(of: "--") {
+            return Array(rest[..<dash]) + leading + Array(rest[dash...])
+        }
+        return Array(rest) + leading
+    }
+}
+
+/// Options every command takes.
+public struct GlobalOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("griditd's control socket.", valueName: "path"))
+    var socket: String = ProcessInfo.processInfo.environment["GRIDIT_SOCKET"] ?? "/run/gridit/griditd.sock"
+
+    @Flag(help: "Print JSON (the API's objects) instead of text.")
+    var json = false
+
+    public init() {}
+
+    var client: GriditClient { GriditClient(socketPath: socket) }
+}
+
+enum Output {
+    static func stdout(_ text: String) {
+        FileHandle.standardOutput.write(Data(text.utf8))
+    }
+
+    static func stderr(_ text: String) {
+        FileHandle.standardError.write(Data(text.utf8))
+    }
+
+    static func printJSON<T: Encodable>(_ value: T) {
+        var data = APICoding.encode(value, pretty: true)
+        data.append(0x0A)
+        FileHandle.standardOutput.write(data)
+    }
+
+    /// Pretty-prints raw JSON bytes (a model command's result).
+    static func printRawJSON(_ data: Data) {
+        if let object = try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]),
+           var pretty = try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .fragmentsAllowed])
+        {
+            pretty.append(0x0A)
+            FileHandle.standardOutput.write(pretty)
+        } else {
+            FileHandle.standardOutput.write(data)
+        }
+    }
+
+    static func jsonRequested(_ arguments: [String]) -> Bool { arguments.contains("--json") }
+
+    static var stderrIsTerminal: Bool { isatty(STDERR_FILENO) == 1 }
+}
+
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show griditctl's and griditd's versions.")
+
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        let client = VersionInfo()
+        let daemon = try? global.client.get("/v1/version", as: VersionInfo.self)
+        if global.json {
+            struct Both: Encodable {
+                var client: VersionInfo
+                var daemon: VersionInfo?
+            }
+            Output.printJSON(Both(client: client, daemon: daemon))
+            return
+        }
+        Output.stdout("griditctl \(client.version) (API \(client.apiVersion))\n")
+        Output.stdout(daemon.map { "griditd   \($0.version) (API \($0.apiVersion))\n" } ?? "griditd   not reachable at \(global.socket)\n")
+    }
+}

@@ -1,0 +1,321 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import Foundation
+import GriditAPI
+
+struct Submit: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Queue a sequence generation job.",
+        discussion: """
+            The job is durable once this returns: it survives daemon restarts and crashes. With --wait (or --out) griditctl follows it to the end, with a progress bar on a terminal.
+            """)
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(help: "Number of frames to generate.")
+    var length: Int
+
+    @Option(help: ArgumentHelp("NAME:TAG, NAME@sha256:<hex> or sha256:<hex> (default: the daemon's default model).", valueName: "ref"))
+    var model: String?
+
+    @Option(help: "Noise seed (default: a random one, recorded in the job).")
+    var seed: UInt64?
+
+    @Option(help: "Stage-1 sampling steps: a count (250) or ddimN.")
+    var steps: String?
+
+    @Option(help: "Stage-1 sampler: ddpm or ddim.")
+    var sampler: String?
+
+    @Option(help: "Stage-2 (super-resolution) steps.")
+    var srSteps: String?
+
+    @Option(help: "Stage-2 sampler.")
+    var srSampler: String?
+
+    @Option(help: "DDIM eta (0 = deterministic).")
+    var eta: Double?
+
+    @Option(help: "gridit or official.")
+    var mode: String?
+
+    @Option(help: "Grid rows carried into the next grid as known frames.")
+    var contextRows: Int?
+
+    @Flag(help: "Skip stage 2: frames stay at the low resolution.")
+    var noSR = false
+
+    @Option(help: "fp32 or bf16.")
+    var precision: String?
+
+    @Option(help: "Higher runs first; FIFO within a priority.")
+    var priority: Int?
+
+    @Option(help: "Submitting the same key again returns the same job (safe retries from scripts).")
+    var idempotencyKey: String?
+
+    @Option(help: "Attempts for transient errors before the job fails.")
+    var maxAttempts: Int?
+
+    @Option(help: ArgumentHelp("Output folder name under griditd's output root (default job-<id>).", valueName: "name"))
+    var output: String?
+
+    @Flag(help: "Follow the job until it ends; exit 1 unless it succeeded.")
+    var wait = false
+
+    @Option(help: ArgumentHelp("Copy the finished frames into this folder (implies --wait).", valueName: "dir"))
+    var out: String?
+
+    func validate() throws {
+        guard length >= 1 else { throw ValidationError("--length must be at least 1") }
+        if let out, let entries = try? FileManager.default.contentsOfDirectory(atPath: out), !entries.isEmpty {
+            throw ValidationError("--out \(out) is not empty; name a new or empty folder")
+        }
+    }
+
+    func run() throws {
+        let client = global.client
+        let request = SubmitJobRequest(
+            length: length, model: model,
+            parameters: GenerationParameters(
+                seed: seed, mode: mode, sampler: sampler, steps: steps, srSampler: srSampler, srSteps: srSteps,
+                eta: eta, contextRows: contextRows, noSR: noSR ? true : nil, precision: precision),
+            priority: priority, idempotencyKey: idempotencyKey, output: output, maxAttempts: maxAttempts)
+        let response = try client.post("/v1/jobs", request, as: SubmitJobResponse.self)
+        let job = response.job
+        guard wait || out != nil else {
+            if global.json {
+                Output.printJSON(response)
+            } else {
+                let note = response.deduplicated ? " (the idempotency key matched an earlier job)" : ""
+                let position = job.queuePosition.map { ", queue position \($0)" } ?? ""
+                Output.stdout("job \(job.id) \(job.state.rawValue)\(position)\(note)\n")
+            }
+            return
+        }
+        if !global.json { Output.stderr("job \(job.id) submitted (seed \(job.parameters.seed.map(String.init) ?? "?"))\n") }
+        let final = try JobFollower(client: client, json: global.json).follow(job.id)
+        if final.state == .succeeded, let out {
+            try OutputCopier(client: client).copy(job: final.id, into: out)
+            if !global.json { Output.stderr("frames copied to \(out)\n") }
+        }
+        try JobFollower.finish(final, json: global.json)
+    }
+}
+
+struct Jobs: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List, inspect, follow, cancel, retry and prune jobs.",
+        subcommands: [List.self, Show.self, Watch.self, Cancel.self, Retry.self, Prune.self],
+        defaultSubcommand: List.self)
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List jobs (yours; an admin sees everyone's).", aliases: ["ls"])
+
+        @OptionGroup var global: GlobalOptions
+
+        @Option(help: "Only these states, comma-separated (queued,running,retryable,succeeded,failed,canceled,dead).")
+        var state: String?
+
+        @Option(help: "Show at most this many (the newest).")
+        var limit = 100
+
+        @Flag(help: "Everyone's jobs (admins).")
+        var all = false
+
+        func validate() throws {
+            if let state {
+                for name in state.split(separator: ",") where JobStateName(rawValue: String(name)) == nil {
+                    throw ValidationError("unknown state '\(name)'; states are \(JobStateName.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+            }
+            guard (1...10_000).contains(limit) else { throw ValidationError("--limit must be 1...10000") }
+        }
+
+        func run() throws {
+            let path = withQuery("/v1/jobs", [("state", state), ("limit", String(limit)), ("owner", all ? "all" : nil)])
+            let list = try global.client.get(path, as: JobList.self)
+            if global.json { Output.printJSON(list) } else { Output.stdout(Rendering.jobsTable(list.jobs)) }
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one job, with its error history.", aliases: ["get"])
+
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Job id.") var id: Int64
+
+        func run() throws {
+            let job = try global.client.get("/v1/jobs/\(id)", as: JobInfo.self)
+            if global.json { Output.printJSON(job) } else { Output.stdout(Rendering.jobDetail(job)) }
+        }
+    }
+
+    struct Watch: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Follow a job until it ends; exit 1 unless it succeeded.")
+
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Job id.") var id: Int64
+
+        func run() throws {
+            let final = try JobFollower(client: global.client, json: global.json).follow(id)
+            try JobFollower.finish(final, json: global.json)
+        }
+    }
+
+    struct Cancel: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Cancel a job: a waiting job at once, a running one at its next step.", aliases: ["rm"])
+
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Job id.") var id: Int64
+
+        func run() throws {
+            let job = try global.client.post("/v1/jobs/\(id)/cancel", as: JobInfo.self)
+            if global.json { Output.printJSON(job); return }
+            Output.stdout(job.state == .running ? "job \(id) will stop at its next step\n" : "job \(id) \(job.state.rawValue)\n")
+        }
+    }
+
+    struct Retry: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Queue a failed, canceled or dead job again (it resumes from its saved progress).")
+
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Job id.") var id: Int64
+
+        func run() throws {
+            let job = try global.client.post("/v1/jobs/\(id)/retry", as: JobInfo.self)
+            if global.json { Output.printJSON(job); return }
+            Output.stdout("job \(id) \(job.state.rawValue)\(job.queuePosition.map { ", queue position \($0)" } ?? "")\n")
+        }
+    }
+
+    struct Prune: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Delete finished jobs and their outputs (admins).",
+            discussion: "Without --older-than the daemon's retention applies (succeeded 7 days, failed/canceled/dead 30 days).")
+
+        @OptionGroup var global: GlobalOptions
+
+        @Option(help: ArgumentHelp("Age such as 90s, 30m, 12h, 7d (0 = every finished job).", valueName: "age"))
+        var olderThan: String?
+
+        @Flag(help: "Keep the output folders on disk.")
+        var keepOutputs = false
+
+        func validate() throws {
+            if let olderThan, parseAge(olderThan) == nil {
+                throw ValidationError("--older-than '\(olderThan)' is not an age like 90s, 30m, 12h or 7d")
+            }
+        }
+
+        func run() throws {
+            let request = PruneRequest(olderThanSeconds: olderThan.flatMap(parseAge), keepOutputs: keepOutputs ? true : nil)
+            let result = try global.client.post("/v1/jobs/prune", request, as: PruneResponse.self)
+            if global.json { Output.printJSON(result); return }
+            Output.stdout("pruned \(result.pruned.count) job\(result.pruned.count == 1 ? "" : "s")\n")
+        }
+    }
+}
+
+/// "90s", "30m", "12h", "7d" or plain seconds.
+func parseAge(_ text: String) -> Double? {
+    let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
+    if let last = text.last, let unit = units[last], let n = Double(text.dropLast()), n >= 0 { return n * unit }
+    if let n = Double(text), n >= 0 { return n }
+    return nil
+}
+
+/// Follows a job's event stream to its end: a redrawn progress bar on a terminal, one line per
+/// state change otherwise. Reconnects while griditd restarts (the job is durable).
+struct JobFollower {
+    let client: GriditClient
+    let json: Bool
+
+    func follow(_ id: Int64) throws(CLIError) -> JobInfo {
+        let bar = !json && Output.stderrIsTerminal
+        var last: JobInfo?
+        var lastState: JobStateName?
+        var reconnects = 0
+        while true {
+            var drewBar = false
+            do {
+                let reply = try client.http.stream("/v1/jobs/\(id)/events") { line in
+                    guard let event = try? APICoding.decoder().decode(JobEventMessage.self, from: line) else { return true }
+                    reconnects = 0
+                    switch event.kind {
+                    case .job:
+                        guard let job = event.job else { return true }
+                        last = job
+                        if job.state != lastState, !json {
+                            if drewBar { Output.stderr("\r\u{1B}[K") }
+                            Output.stderr(Rendering.stateLine(job) + "\n")
+                            drewBar = false
+                        }
+                        lastState = job.state
+                        return !job.state.isTerminal
+                    case .step:
+                        if bar, let step = event.step {
+                            Output.stderr("\r\u{1B}[K" + Rendering.progressLine(jobID: id, step: step, width: terminalWidth()))
+                            drewBar = true
+                        }
+                        return true
+                    }
+                }
+                if drewBar { Output.stderr("\n") }
+                try GriditClient.check(reply)
+            } catch let error as ConnectionError where error.kind != .permissionDenied && reconnects < 60 {
+                if reconnects == 0 && !json { Output.stderr("griditd went away; reconnecting (the job is safe in the queue)...\n") }
+                reconnects += 1
+                sleep(1)
+                continue
+            } catch let error as ConnectionError {
+                throw GriditClient.cliError(error)
+            } catch let error as CLIError {
+                throw error
+            } catch {
+                throw CLIError("\(error)", status: ExitStatus.failure)
+            }
+            if let last, last.state.isTerminal { return last }
+            // The stream ended early (daemon restarting): look again.
+            reconnects += 1
+            if reconnects > 60 { throw CLIError("lost track of job \(id); `griditctl jobs show \(id)`", status: ExitStatus.unreachable) }
+            sleep(1)
+        }
+    }
+
+    /// Prints the outcome and exits 1 unless the job succeeded.
+    static func finish(_ job: JobInfo, json: Bool) throws {
+        if json { Output.printJSON(job) } else if job.state == .succeeded { Output.stdout((job.outputDir ?? "") + "\n") }
+        guard job.state == .succeeded else { throw ExitCode(ExitStatus.failure) }
+    }
+
+    private func terminalWidth() -> Int {
+        var size = winsize()
+        return ioctl(STDERR_FILENO, UInt(TIOCGWINSZ), &size) == 0 && size.ws_col > 0 ? Int(size.ws_col) : 100
+    }
+}
+
+/// Copies a finished job's output over the socket into a folder of the caller's.
+struct OutputCopier {
+    let client: GriditClient
+
+    func copy(job id: Int64, into directory: String) throws(CLIError) {
+        let list = try client.get("/v1/jobs/\(id)/files", as: OutputFileList.self)
+        for file in list.files {
+            let components = file.path.split(separator: "/")
+            guard !components.contains(where: { $0 == ".." || $0 == "." }) else { continue }
+            let target = directory + "/" + components.joined(separator: "/")
+            do {
+                try FileManager.default.createDirectory(
+                    atPath: (target as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            } catch {
+                throw CLIError("cannot create \(target): \(error.localizedDescription)", status: ExitStatus.failure)
+            }
+            try client.download("/v1/jobs/\(id)/files/" + components.map { segment(String($0)) }.joined(separator: "/"), to: target)
+        }
+    }
+}

@@ -1,0 +1,125 @@
+// Human output of griditctl: tables, durations, the progress bar. Pure functions (tested).
+import Foundation
+import GriditAPI
+
+enum Rendering {
+    /// "12s", "4m05s", "2h10m", "3d4h".
+    static func duration(_ seconds: Double) -> String {
+        guard seconds.isFinite, seconds >= 0 else { return "?" }
+        let s = Int(seconds.rounded())
+        if s < 60 { return "\(s)s" }
+        if s < 3600 { return String(format: "%dm%02ds", s / 60, s % 60) }
+        if s < 86_400 { return String(format: "%dh%02dm", s / 3600, (s % 3600) / 60) }
+        return "\(s / 86_400)d\((s % 86_400) / 3600)h"
+    }
+
+    /// "just now", "5 minutes ago", "2 days ago" (docker's wording).
+    static func ago(_ date: Date, now: Date = Date()) -> String {
+        let s = max(0, now.timeIntervalSince(date))
+        func unit(_ n: Int, _ name: String) -> String { "\(n) \(name)\(n == 1 ? "" : "s") ago" }
+        if s < 2 { return "just now" }
+        if s < 60 { return unit(Int(s), "second") }
+        if s < 3600 { return unit(Int(s / 60), "minute") }
+        if s < 86_400 { return unit(Int(s / 3600), "hour") }
+        return unit(Int(s / 86_400), "day")
+    }
+
+    /// The job's progress in a few characters: "grid 2 · 8/128 frames", or the live step.
+    static func progress(_ job: JobInfo) -> String {
+        if let live = job.progress.live {
+            return "\(live.stage) \(live.grid)/\(live.grids) step \(live.step)/\(live.steps)"
+        }
+        switch job.state {
+        case .succeeded: return "done"
+        case .queued where job.progress.gridsDone == 0 && job.progress.framesDone == 0: return "-"
+        default:
+            return job.progress.stage == "sr"
+                ? "sr \(job.progress.framesDone)/\(job.length) frames"
+                : "grid \(job.progress.gridsDone) done"
+        }
+    }
+
+    static func jobsTable(_ jobs: [JobInfo], now: Date = Date()) -> String {
+        renderTable(
+            headers: ["id", "state", "progress", "position", "priority", "length", "owner", "created"],
+            rows: jobs.map { job in
+                [
+                    String(job.id), job.state.rawValue + (job.cancelRequested && job.state == .running ? " (canceling)" : ""),
+                    progress(job), job.queuePosition.map(String.init) ?? "-", String(job.priority), String(job.length),
+                    String(job.ownerUID), ago(job.createdAt, now: now),
+                ]
+            })
+    }
+
+    static func jobDetail(_ job: JobInfo, now: Date = Date()) -> String {
+        var lines: [(String, String)] = [
+            ("ID", String(job.id)),
+            ("State", job.state.rawValue + (job.cancelRequested && !job.state.isTerminal ? " (cancel requested)" : "")),
+            ("Owner", "uid \(job.ownerUID)"),
+            ("Model", (job.model ?? "default") + (job.pipelineDigest.map { " (\($0))" } ?? "")),
+            ("Length", "\(job.length) frames"),
+            ("Seed", job.parameters.seed.map(String.init) ?? "-"),
+        ]
+        let p = job.parameters
+        let params = [
+            p.mode.map { "mode=\($0)" }, p.sampler.map { "sampler=\($0)" }, p.steps.map { "steps=\($0)" },
+            p.srSampler.map { "sr_sampler=\($0)" }, p.srSteps.map { "sr_steps=\($0)" }, p.eta.map { "eta=\($0)" },
+            p.contextRows.map { "context_rows=\($0)" }, p.noSR == true ? "no_sr" : nil, p.precision.map { "precision=\($0)" },
+        ].compactMap { $0 }
+        if !params.isEmpty { lines.append(("Parameters", params.joined(separator: " "))) }
+        lines.append(("Priority", String(job.priority)))
+        if let position = job.queuePosition { lines.append(("Queue position", String(position))) }
+        lines.append(("Progress", progress(job)))
+        lines.append(("Attempts", "\(job.attempt) of \(job.maxAttempts)" + (job.crashCount > 0 ? ", \(job.crashCount) crash(es)" : "")))
+        lines.append(("Created", "\(iso(job.createdAt)) (\(ago(job.createdAt, now: now)))"))
+        if let started = job.startedAt { lines.append(("Started", iso(started))) }
+        if let finished = job.finishedAt { lines.append(("Finished", iso(finished))) }
+        if job.state == .retryable { lines.append(("Next attempt", iso(job.notBefore))) }
+        if let output = job.outputDir { lines.append(("Output", output)) } else if let name = job.output { lines.append(("Output name", name)) }
+        if let key = job.idempotencyKey { lines.append(("Idempotency key", key)) }
+        if let message = job.errorMessage { lines.append(("Error", "\(job.errorClass ?? "error"): \(message)")) }
+        let width = lines.map(\.0.count).max() ?? 0
+        var text = lines.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + "   " + $0.1 }.joined(separator: "\n") + "\n"
+        if let errors = job.errors, !errors.isEmpty {
+            text += "\nErrors:\n"
+            text += renderTable(
+                headers: ["attempt", "at", "class", "message"],
+                rows: errors.map { [String($0.attempt), iso($0.at), $0.errorClass, $0.message] })
+        }
+        return text
+    }
+
+    static func iso(_ date: Date) -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime]
+        return f.string(from: date)
+    }
+
+    /// The one-line progress bar for a terminal of `width` columns:
+    /// `job 12  sr  grid 3/8  step 40/250  frame 17/128  ETA 1m20s  [######----]`.
+    static func progressLine(jobID: Int64, step: StepProgress, width: Int) -> String {
+        var text = "job \(jobID)  \(step.stage)  grid \(step.grid)/\(step.grids)  step \(step.step)/\(step.steps)"
+            + "  frame \(step.frame)/\(step.frames)"
+        if let eta = step.etaSeconds { text += "  ETA \(duration(eta))" }
+        let done = step.frames > 0 ? Double(step.frame) / Double(step.frames) : 0
+        let barWidth = min(30, width - text.count - 4)
+        if barWidth >= 10 {
+            let filled = Int((done * Double(barWidth)).rounded(.down))
+            text += "  [" + String(repeating: "#", count: filled) + String(repeating: "-", count: barWidth - filled) + "]"
+        }
+        return String(text.prefix(max(0, width - 1)))
+    }
+
+    /// A plain line per state change, for logs and non-terminals.
+    static func stateLine(_ job: JobInfo) -> String {
+        var line = "job \(job.id) \(job.state.rawValue)"
+        switch job.state {
+        case .queued: if let p = job.queuePosition { line += " (position \(p))" }
+        case .running: line += " (\(progress(job)))"
+        case .retryable: line += ": \(job.errorMessage ?? "") (next attempt \(iso(job.notBefore)))"
+        case .succeeded: if let out = job.outputDir { line += ": \(out)" }
+        case .failed, .canceled, .dead: if let m = job.errorMessage { line += ": \(m)" }
+        }
+        return line
+    }
+}

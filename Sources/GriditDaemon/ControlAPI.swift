@@ -1,0 +1,526 @@
+// The `/v1` endpoints. `ControlAPI.routes` is the table the router dispatches on and the one the
+// OpenAPI test compares with docs/openapi.yaml, so the document cannot drift from the server.
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import GriditAPI
+import GriditStore
+import Logging
+import NIOHTTP1
+
+public struct Route: Sendable {
+    public var method: HTTPMethod
+    /// `/v1/jobs/{id}`; a last segment `{path...}` takes the rest of the path.
+    public var template: String
+    let handler: @Sendable (ControlAPI, HTTPRequest, [String: String]) async throws -> HTTPResponse
+
+    var segments: [String] { template.split(separator: "/").map(String.init) }
+
+    func match(_ path: [String]) -> [String: String]? {
+        var params: [String: String] = [:]
+        let segments = self.segments
+        for (i, segment) in segments.enumerated() {
+            if segment.hasPrefix("{") && segment.hasSuffix("...}") {
+                guard path.count > i else { return nil }
+                params[String(segment.dropFirst().dropLast(4))] = path[i...].joined(separator: "/")
+                return params
+            }
+            guard i < path.count else { return nil }
+            if segment.hasPrefix("{") {
+                params[String(segment.dropFirst().dropLast())] = path[i]
+            } else if segment != path[i] {
+                return nil
+            }
+        }
+        return path.count == segments.count ? params : nil
+    }
+}
+
+public struct ControlAPI: Sendable {
+    let context: DaemonContext
+    private let gate = SubmitGate()
+
+    public init(context: DaemonContext) { self.context = context }
+
+    /// Every endpoint, in match order (literal segments before parameters).
+    public static let routes: [Route] = [
+        Route(method: .GET, template: "/v1/version") { api, _, _ in .json(VersionInfo()) },
+        Route(method: .GET, template: "/v1/status") { api, r, _ in try await api.status(r) },
+        Route(method: .GET, template: "/v1/queue") { api, _, _ in try await api.queueStatus() },
+        Route(method: .POST, template: "/v1/queue/pause") { api, r, _ in try await api.setPaused(true, r) },
+        Route(method: .POST, template: "/v1/queue/resume") { api, r, _ in try await api.setPaused(false, r) },
+        Route(method: .POST, template: "/v1/jobs") { api, r, _ in try await api.submit(r) },
+        Route(method: .GET, template: "/v1/jobs") { api, r, _ in try await api.list(r) },
+        Route(method: .POST, template: "/v1/jobs/prune") { api, r, _ in try await api.prune(r) },
+        Route(method: .GET, template: "/v1/jobs/{id}") { api, r, p in try await api.show(r, p) },
+        Route(method: .POST, template: "/v1/jobs/{id}/cancel") { api, r, p in try await api.cancel(r, p) },
+        Route(method: .POST, template: "/v1/jobs/{id}/retry") { api, r, p in try await api.retry(r, p) },
+        Route(method: .GET, template: "/v1/jobs/{id}/events") { api, r, p in try await api.events(r, p) },
+        Route(method: .GET, template: "/v1/jobs/{id}/files") { api, r, p in try await api.files(r, p) },
+        Route(method: .GET, template: "/v1/jobs/{id}/files/{path...}") { api, r, p in try await api.file(r, p) },
+        Route(method: .GET, template: "/v1/models") { api, r, _ in try await api.model(.list, r) },
+        Route(method: .GET, template: "/v1/models/ps") { api, r, _ in try await api.model(.ps, r) },
+        Route(method: .POST, template: "/v1/models/import") { api, r, _ in
+            let body = try api.decode(ImportModelRequest.self, r)
+            guard body.path.hasPrefix("/") else {
+                throw APIError(.badRequest, "path must be absolute (griditctl makes it so); got '\(body.path.prefix(100))'")
+            }
+            return try await api.model(.importPipeline(body), r)
+        },
+        Route(method: .POST, template: "/v1/models/tag") { api, r, _ in
+            try await api.model(.tag(try api.decode(TagModelRequest.self, r)), r)
+        },
+        Route(method: .POST, template: "/v1/models/verify") { api, r, _ in
+            try await api.model(.verify(try api.decode(VerifyModelsRequest.self, r, emptyAllowed: true)), r)
+        },
+        Route(method: .POST, template: "/v1/models/gc") { api, r, _ in
+            try await api.model(.gc(try api.decode(GCModelsRequest.self, r, emptyAllowed: true)), r)
+        },
+        Route(method: .GET, template: "/v1/models/{ref}") { api, r, p in try await api.model(.show(reference: p["ref"]!), r) },
+        Route(method: .DELETE, template: "/v1/models/{ref}") { api, r, p in
+            try await api.model(.remove(reference: p["ref"]!), r)
+        },
+        Route(method: .GET, template: "/v1/models/{ref}/bundle") { api, r, p in try await api.exportBundle(r, p["ref"]!) },
+    ]
+
+    /// Dispatches a request; every failure becomes an error body with a message.
+    public func handle(_ request: HTTPRequest) async -> HTTPResponse {
+        guard request.caller.isMember else {
+            return .error(APIError(
+                .forbidden,
+                "uid \(request.caller.uid) is not a member of the group '\(context.configuration.userGroup ?? "?")' "
+                    + "that may use griditd; ask an admin to run `usermod -aG \(context.configuration.userGroup ?? "gridit") "
+                    + "<user>`, then log in again"))
+        }
+        var allowed: [HTTPMethod] = []
+        for route in Self.routes {
+            guard let params = route.match(request.path) else { continue }
+            guard route.method == request.method || (route.method == .GET && request.method == .HEAD) else {
+                allowed.append(route.method)
+                continue
+            }
+            do {
+                return try await route.handler(self, request, params)
+            } catch let error as APIError {
+                return .error(error)
+            } catch {
+                context.logger.error("handler failed", metadata: ["error": "\(error)", "http.path": "\(request.rawPath)"])
+                return .error(APIError(.internalError, "internal error: \(error)"))
+            }
+        }
+        if !allowed.isEmpty {
+            var response = HTTPResponse.error(APIError(
+                .methodNotAllowed,
+                "\(request.method.rawValue) is not allowed on \(request.rawPath.prefix(200)); use \(allowed.map(\.rawValue).joined(separator: " or "))"))
+            response.headers.append(("Allow", allowed.map(\.rawValue).joined(separator: ", ")))
+            return response
+        }
+        return .error(APIError(
+            .notFound, "no endpoint \(request.method.rawValue) \(request.rawPath.prefix(200)); the API is described in docs/openapi.yaml"))
+    }
+
+    // MARK: - Queue and status
+
+    func queueStatus() async throws(APIError) -> HTTPResponse {
+        .json(try await currentQueue())
+    }
+
+    func currentQueue() async throws(APIError) -> QueueStatus {
+        let counts = try await store { try await $0.counts() }
+        let paused = try await store { try await $0.isPaused() }
+        var wire = QueueCounts()
+        for (state, n) in counts { wire[JobStateName(rawValue: state.rawValue) ?? .failed] = n }
+        return QueueStatus(paused: paused, counts: wire, maxQueued: context.configuration.maxQueued)
+    }
+
+    func setPaused(_ paused: Bool, _ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
+        try requireAdmin(request, "\(paused ? "pause" : "resume") the queue")
+        try await store { try await $0.setPaused(paused) }
+        context.logger.notice(
+            paused ? "queue paused" : "queue resumed", metadata: ["uid": "\(request.caller.uid)"])
+        if !paused { context.monitor.wake() }
+        await context.refreshStatus()
+        return .json(try await currentQueue())
+    }
+
+    func status(_ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
+        let queue = try await currentQueue()
+        var running: [RunningJob] = []
+        for id in context.monitor.runningIDs {
+            guard let job = try? await context.store.get(id: id) else { continue }
+            running.append(RunningJob(
+                id: id, ownerUID: job.ownerUID, pipelineDigest: job.pipelineDigest,
+                progress: job.info(live: context.monitor.live(id)).progress))
+        }
+        let mine = try await store {
+            try await $0.list(JobFilter(states: [.queued, .retryable, .running], ownerUID: request.caller.uid, limit: 100))
+        }
+        let now = Date()
+        return .json(DaemonStatus(
+            version: griditVersion, apiVersion: apiVersion, instanceID: context.configuration.instanceID,
+            pid: getpid(), startedAt: context.startedAt, uptimeSeconds: now.timeIntervalSince(context.startedAt),
+            stateDirectory: context.configuration.stateDirectory, diskFreeBytes: context.freeBytes(),
+            minFreeBytes: context.configuration.minFreeBytes, queue: queue, running: running,
+            yourJobs: mine.map {
+                QueuedJobPosition(id: $0.id, state: JobStateName(rawValue: $0.state.rawValue) ?? .queued, queuePosition: $0.queuePosition)
+            },
+            loadedModels: await context.catalog?.loadedModels() ?? [], engineAvailable: context.executor != nil,
+            modelStoreAvailable: context.catalog != nil, blasThreads: context.configuration.blasThreads,
+            caller: request.caller.info))
+    }
+
+    // MARK: - Jobs
+
+    func submit(_ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
+        let body = try decode(SubmitJobRequest.self, request)
+        try SubmitValidation.validate(body, maxLength: context.configuration.maxLength)
+        var digest: String?
+        if let catalog = context.catalog {
+            digest = try await catalog.resolve(body.model ?? context.configuration.defaultModel)
+        } else if let model = body.model {
+            throw APIError(
+                .notImplemented,
+                "this griditd was built without the model store, so it cannot resolve '\(model)'; submit without --model")
+        }
+        do {
+            try await context.executor?.validate(length: body.length, parameters: body.parameters, pipelineDigest: digest)
+        } catch {
+            throw APIError(error.errorClass == .modelMissing ? .notFound : .badRequest, error.message)
+        }
+        var parameters = body.parameters
+        let seedGiven = parameters.seed != nil
+        if !seedGiven { parameters.seed = UInt64.random(in: 0...(1 << 53 - 1)) }  // exact in any JSON reader
+        let stored = StoredParameters(model: body.model, parameters: parameters, output: body.output, seedGiven: seedGiven)
+        let submission = JobSubmission(
+            params: stored.json, length: body.length, priority: body.priority ?? 0, idempotencyKey: body.idempotencyKey,
+            maxAttempts: body.maxAttempts ?? 3, pipelineDigest: digest)
+        let caller = request.caller
+        let context = self.context
+        let result = try await gate.submit(output: body.output) {
+            if let output = body.output {
+                try await Self.checkOutputFree(output, owner: caller.uid, key: body.idempotencyKey, context: context)
+            }
+            return try await context.store.submit(
+                submission, owner: caller.uid, maxQueued: context.configuration.maxQueued, now: Date())
+        }
+        if result.deduplicated {
+            guard result.job.stored.matches(body, length: body.length, jobLength: result.job.length) else {
+                throw APIError(
+                    .conflict,
+                    "idempotency key '\(body.idempotencyKey ?? "")' was used for job \(result.job.id) with other parameters; "
+                        + "use a new key for a different job", jobID: result.job.id)
+            }
+        } else {
+            context.logger.info(
+                "job submitted",
+                metadata: [
+                    "job.id": "\(result.job.id)", "uid": "\(caller.uid)", "length": "\(body.length)",
+                    "model.digest": "\(digest ?? "none")",
+                ])
+            context.monitor.wake()
+            await context.refreshStatus()
+        }
+        return .json(
+            SubmitJobResponse(job: result.job.info(), deduplicated: result.deduplicated, instanceID: context.configuration.instanceID),
+            status: result.deduplicated ? .ok : .created)
+    }
+
+    /// The output folder is neither on disk nor promised to another waiting or running job.
+    private static func checkOutputFree(_ output: String, owner: UInt32, key: String?, context: DaemonContext) async throws(APIError) {
+        let live: [Job]
+        do {
+            live = try await context.store.list(JobFilter(states: [.queued, .retryable, .running], limit: 100_000))
+        } catch {
+            throw translate(error)
+        }
+        if let other = live.first(where: { $0.stored.output == output }) {
+            if let key, other.ownerUID == owner, other.idempotencyKey == key { return }  // the same job again
+            throw APIError(
+                .conflict, "job \(other.id) already writes to the output '\(output)'; choose another --output", jobID: other.id)
+        }
+        let path = context.layout.outputDirectory(name: output)
+        if FileManager.default.fileExists(atPath: path) {
+            throw APIError(.conflict, "the output folder \(path) exists already; choose another --output or remove it")
+        }
+    }
+
+    func list(_ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
+        var filter = JobFilter(limit: 100, newest: true)
+        if let states = request.query["state"], !states.isEmpty {
+            for name in states.split(separator: ",") {
+                guard let state = JobState(rawValue: String(name)) else {
+                    throw APIError(
+                        .badRequest,
+                        "unknown state '\(name.prefix(40))'; states are \(JobState.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                filter.states.insert(state)
+            }
+        }
+        if let limit = request.query["limit"] {
+            guard let n = Int(limit), (1...10_000).contains(n) else {
+                throw APIError(.badRequest, "limit must be 1...10000 (got '\(limit.prefix(20))')")
+            }
+            filter.limit = n
+        }
+        switch request.query["owner"] {
+        case nil:
+            if !request.caller.isAdmin { filter.ownerUID = request.caller.uid }
+        case "all":
+            try requireAdmin(request, "list other users' jobs")
+        case let owner?:
+            guard let uid = UInt32(owner) else { throw APIError(.badRequest, "owner must be a uid or 'all'") }
+            if uid != request.caller.uid { try requireAdmin(request, "list other users' jobs") }
+            filter.ownerUID = uid
+        }
+        let jobs = try await store { try await $0.list(filter) }
+        return .json(JobList(jobs: jobs.map { $0.info(live: context.monitor.live($0.id)) }))
+    }
+
+    func show(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
+        let job = try await ownedJob(request, params)
+        let errors = try await store { try await $0.errors(id: job.id) }
+        return .json(job.info(live: context.monitor.live(job.id), errors: errors))
+    }
+
+    func cancel(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
+        let id = try jobID(params)
+        let caller = request.caller
+        let job = try await store { try await $0.cancel(id: id, requesterUID: caller.uid, isAdmin: caller.isAdmin, now: Date()) }
+        if job.state == .running { context.monitor.requestStop(id, .cancel) }
+        context.monitor.changed(id)
+        context.logger.info("job cancel requested", metadata: ["job.id": "\(id)", "uid": "\(caller.uid)", "state": "\(job.state.rawValue)"])
+        return .json(job.info(live: context.monitor.live(id)))
+    }
+
+    func retry(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
+        let id = try jobID(params)
+        let caller = request.caller
+        let job = try await store { try await $0.retry(id: id, requesterUID: caller.uid, isAdmin: caller.isAdmin, now: Date()) }
+        context.monitor.changed(id)
+        context.monitor.wake()
+        context.logger.info("job retried", metadata: ["job.id": "\(id)", "uid": "\(caller.uid)"])
+        return .json(job.info())
+    }
+
+    func prune(_ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
+        try requireAdmin(request, "prune jobs")
+        let body = try decode(PruneRequest.self, request, emptyAllowed: true)
+        if let age = body.olderThanSeconds, !(age.isFinite && age >= 0) {
+            throw APIError(.badRequest, "older_than_seconds must be a non-negative number")
+        }
+        let pruned: [PrunedJob]
+        do {
+            pruned = try await Retention.prune(context, olderThan: body.olderThanSeconds, keepOutputs: body.keepOutputs ?? false)
+        } catch {
+            throw Self.translate(error)
+        }
+        return .json(PruneResponse(pruned: pruned.map {
+            PruneResponse.Pruned(id: $0.id, state: JobStateName(rawValue: $0.state.rawValue) ?? .failed, outputDir: $0.outputDir)
+        }))
+    }
+
+    /// Newline-delimited JSON: the job now, then every change and step, until it is terminal.
+    func events(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
+        let id = try await ownedJob(request, params).id
+        let context = self.context
+        let updates = context.monitor.watch(id)  // subscribe before the snapshot, so nothing is missed
+        let first = try await store { try await $0.get(id: id) }
+        return HTTPResponse(status: .ok, body: .stream(contentType: "application/x-ndjson") { write in
+            func line(_ message: JobEventMessage) -> Data {
+                var data = APICoding.encode(message)
+                data.append(0x0A)
+                return data
+            }
+            var job = first
+            try await write(line(JobEventMessage(kind: .job, job: job.info(live: context.monitor.live(id)))))
+            if job.state.isTerminal { return }
+            var lastStep = ContinuousClock.now - .seconds(1)
+            for await update in updates {
+                switch update {
+                case .step(let step):
+                    // At most ten step lines a second; the job lines carry every state change.
+                    guard ContinuousClock.now - lastStep >= .milliseconds(100) else { continue }
+                    lastStep = ContinuousClock.now
+                    try await write(line(JobEventMessage(kind: .step, step: step)))
+                case .changed:
+                    guard let now = try? await context.store.get(id: id) else { return }  // pruned
+                    guard now != job || now.state.isTerminal else { continue }
+                    job = now
+                    try await write(line(JobEventMessage(kind: .job, job: job.info(live: context.monitor.live(id)))))
+                    if job.state.isTerminal { return }
+                }
+            }
+        })
+    }
+
+    func files(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
+        let (_, root) = try await finishedOutput(request, params)
+        var files: [OutputFile] = []
+        let rootURL = URL(fileURLWithPath: root)
+        if let walker = FileManager.default.enumerator(at: rootURL, includingPropertiesForKeys: [.isRegularFileKey, .fileSizeKey]) {
+            for case let url as URL in walker {
+                guard let values = try? url.resourceValues(forKeys: [.isRegularFileKey, .isSymbolicLinkKey, .fileSizeKey]),
+                      values.isRegularFile == true, values.isSymbolicLink != true
+                else { continue }
+                let relative = url.standardizedFileURL.path.dropFirst(rootURL.standardizedFileURL.path.count + 1)
+                files.append(OutputFile(path: String(relative), size: Int64(values.fileSize ?? 0)))
+            }
+        }
+        return .json(OutputFileList(outputDir: root, files: files.sorted { $0.path < $1.path }))
+    }
+
+    func file(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
+        let (_, root) = try await finishedOutput(request, params)
+        let relative = params["path"] ?? ""
+        let components = relative.split(separator: "/")
+        guard !components.isEmpty, !components.contains(where: { $0 == ".." || $0 == "." }) else {
+            throw APIError(.badRequest, "file path '\(relative.prefix(100))' must be relative to the output folder, without '..'")
+        }
+        let path = root + "/" + components.joined(separator: "/")
+        var st = stat()
+        // The file itself and every folder on the way must be inside the output (no links out).
+        let real = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
+        let realRoot = URL(fileURLWithPath: root).resolvingSymlinksInPath().path
+        guard real.hasPrefix(realRoot + "/"), lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+            throw APIError(.notFound, "no file '\(relative.prefix(100))' in the output of job \(params["id"] ?? "?")")
+        }
+        let type: String
+        switch (path as NSString).pathExtension.lowercased() {
+        case "png": type = "image/png"
+        case "gif": type = "image/gif"
+        case "json": type = "application/json"
+        default: type = "application/octet-stream"
+        }
+        return HTTPResponse(status: .ok, body: .file(path: path, contentType: type, deleteAfter: false))
+    }
+
+    // MARK: - Models
+
+    func model(_ command: ModelCommand, _ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
+        let catalog = try requireCatalog()
+        if command.requiresAdmin { try requireAdmin(request, "run `models \(command.name)`") }
+        let output = try await catalog.perform(command)
+        if command.requiresAdmin {
+            context.logger.notice("models \(command.name)", metadata: ["uid": "\(request.caller.uid)"])
+        }
+        return HTTPResponse(status: .ok, body: .data(output.responseBody, contentType: "application/json"))
+    }
+
+    func exportBundle(_ request: HTTPRequest, _ reference: String) async throws(APIError) -> HTTPResponse {
+        let catalog = try requireCatalog()
+        let tmp = context.layout.tmp
+        try? FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+        let path = tmp + "/export-\(UUID().uuidString).tar"
+        do {
+            _ = try await catalog.perform(.export(reference: reference, path: path))
+        } catch {
+            try? FileManager.default.removeItem(atPath: path)
+            throw error
+        }
+        return HTTPResponse(status: .ok, body: .file(path: path, contentType: "application/x-tar", deleteAfter: true))
+    }
+
+    // MARK: - Helpers
+
+    func decode<T: Decodable>(_ type: T.Type, _ request: HTTPRequest, emptyAllowed: Bool = false) throws(APIError) -> T {
+        let body = request.body.isEmpty && emptyAllowed ? Data("{}".utf8) : request.body
+        guard !body.isEmpty else { throw APIError(.badRequest, "the request needs a JSON body") }
+        return try APICoding.decode(type, from: body)
+    }
+
+    private func requireAdmin(_ request: HTTPRequest, _ action: String) throws(APIError) {
+        guard request.caller.isAdmin else {
+            throw APIError(
+                .forbidden,
+                "uid \(request.caller.uid) may not \(action): that needs root or a member of the group "
+                    + "'\(context.configuration.adminGroup ?? "gridit-admin")'")
+        }
+    }
+
+    private func requireCatalog() throws(APIError) -> any ModelCatalog {
+        guard let catalog = context.catalog else {
+            throw APIError(.notImplemented, "this griditd was built without the model store; `griditd models` is not available either")
+        }
+        return catalog
+    }
+
+    private func jobID(_ params: [String: String]) throws(APIError) -> Int64 {
+        guard let text = params["id"], let id = Int64(text), id > 0 else {
+            throw APIError(.badRequest, "job id must be a positive integer (got '\(params["id"]?.prefix(30) ?? "")')")
+        }
+        return id
+    }
+
+    /// The job, if the caller may see it.
+    private func ownedJob(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> Job {
+        let id = try jobID(params)
+        let job = try await store { try await $0.get(id: id) }
+        guard request.caller.isAdmin || job.ownerUID == request.caller.uid else {
+            throw APIError(.forbidden, "job \(id) belongs to uid \(job.ownerUID); only its owner or an admin may see it", jobID: id)
+        }
+        return job
+    }
+
+    private func finishedOutput(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> (Job, String) {
+        let job = try await ownedJob(request, params)
+        guard job.state == .succeeded, let root = job.outputDir else {
+            throw APIError(.conflict, "job \(job.id) is \(job.state.rawValue); it has output files once it succeeded", jobID: job.id)
+        }
+        return (job, root)
+    }
+
+    private func store<T: Sendable>(_ body: (any JobStore) async throws -> T) async throws(APIError) -> T {
+        do {
+            return try await body(context.store)
+        } catch {
+            throw Self.translate(error)
+        }
+    }
+
+    static func translate(_ error: any Error) -> APIError {
+        if let error = error as? APIError { return error }
+        guard let error = error as? StoreError else { return APIError(.internalError, "internal error: \(error)") }
+        let code: APIError.Code =
+            switch error.code {
+            case .queueFull: .queueFull
+            case .notFound: .notFound
+            case .forbidden: .forbidden
+            case .invalidTransition: .invalidTransition
+            case .invalidArgument: .badRequest
+            case .leaseLost: .conflict
+            case .busy: .unavailable
+            default: .internalError
+            }
+        return APIError(code, error.message, jobID: error.jobID)
+    }
+}
+
+/// Serializes submits that name an output folder, so two of them cannot both claim one name
+/// (an actor alone would not: it is reentrant at every `await`).
+actor SubmitGate {
+    private var busy = false
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    func submit<T: Sendable>(output: String?, _ body: () async throws -> T) async throws(APIError) -> T {
+        if output != nil { await acquire() }
+        defer { if output != nil { release() } }
+        do {
+            return try await body()
+        } catch {
+            throw ControlAPI.translate(error)
+        }
+    }
+
+    private func acquire() async {
+        if !busy {
+            busy = true
+            return
+        }
+        await withCheckedContinuation { waiters.append($0) }
+    }
+
+    private func release() {
+        if waiters.isEmpty { busy = false } else { waiters.removeFirst().resume() }
+    }
+}

@@ -1,0 +1,205 @@
+// Start-up and shutdown of griditd: lock, database, crash recovery, socket, READY=1, services.
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import GriditAPI
+import GriditStore
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import UnixSignals
+
+public struct DaemonError: Error, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// The engine and the model store, built once griditd holds the state directory's lock and the
+/// database is migrated (the model store shares that directory and database file).
+public struct DaemonComponents: Sendable {
+    public var executor: (any JobExecutor)?
+    public var catalog: (any ModelCatalog)?
+
+    public init(executor: (any JobExecutor)? = nil, catalog: (any ModelCatalog)? = nil) {
+        self.executor = executor
+        self.catalog = catalog
+    }
+}
+
+public enum Daemon {
+    /// Runs griditd until SIGTERM/SIGINT. Throws `DaemonError` (or the store's error) with a
+    /// message for the operator when it cannot start. `components` runs after the lock is taken,
+    /// the migrations are applied and orphaned jobs are recovered, before the socket opens.
+    public static func run(
+        configuration: DaemonConfiguration, logger: Logger, faults: FaultInjection = FaultInjection(),
+        components: @Sendable (_ store: SQLiteJobStore) async throws -> DaemonComponents = { _ in DaemonComponents() }
+    ) async throws {
+        let layout = configuration.layout
+        try prepareStateDirectory(layout.root)
+        let lock = try StateDirectoryLock(stateDirectory: layout.root)
+        defer { lock.release() }
+        let notifier = SystemdNotifier()
+        if faults.isActive { logger.warning("test faults are active (GRIDIT_TEST_FAULTS)", metadata: ["faults": "\(faults)"]) }
+
+        let store = try SQLiteJobStore(path: layout.database)
+        defer { try? store.close() }
+        for job in try await store.recoverOrphanedJobs(now: Date()) {
+            logger.warning(
+                "recovered a job orphaned by a crash: \(job.errorMessage ?? "")",
+                metadata: ["job.id": "\(job.id)", "state": "\(job.state.rawValue)", "crashes": "\(job.crashCount)"])
+        }
+        if configuration.startPaused {
+            try await store.setPaused(true)
+            logger.notice("queue paused at start (--start-paused); `griditctl queue resume` starts it")
+        } else if try await store.isPaused() {
+            logger.notice("queue is paused (persisted); `griditctl queue resume` starts it")
+        }
+
+        let built = try await components(store)
+        let executor = built.executor, catalog = built.catalog
+        let context = DaemonContext(
+            configuration: configuration, store: store, executor: executor, catalog: catalog, notifier: notifier,
+            faults: faults, logger: logger)
+        let api = ControlAPI(context: context)
+        let server = HTTPServer(
+            authorizer: Authorizer(userGroup: configuration.userGroup, adminGroup: configuration.adminGroup),
+            logger: Logger(label: "gridit.api"), handler: { await api.handle($0) })
+
+        let eventLoops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let listen: ListenSocket
+        if let inherited = try SocketActivation.inheritedSocket() {
+            listen = .inherited(fd: inherited.fd, path: inherited.path)
+        } else {
+            try prepareSocketPath(configuration.socketPath)
+            listen = .path(configuration.socketPath)
+        }
+        let channel: NIOAsyncChannel<HTTPServer.AcceptedConnection, Never>
+        do {
+            channel = try await server.bind(listen, group: eventLoops)
+        } catch {
+            try? await eventLoops.shutdownGracefully()
+            throw DaemonError("cannot listen on \(configuration.socketPath): \(error); check that its folder exists and is writable")
+        }
+        if case .path(let path) = listen { try secureSocket(path, configuration) }
+        let socketDescription: String =
+            switch listen {
+            case .path(let p): p
+            case .inherited(let fd, let p): "\(p ?? "?") (fd \(fd) from systemd)"
+            }
+        logger.notice(
+            "griditd \(griditVersion) ready",
+            metadata: [
+                "socket": "\(socketDescription)", "state_dir": "\(layout.root)", "pid": "\(getpid())",
+                "engine": "\(executor != nil)", "model_store": "\(catalog != nil)",
+            ])
+        notifier.ready(status: "ready")
+        await context.refreshStatus()
+
+        var groupConfiguration = ServiceGroupConfiguration(
+            services: [
+                .init(service: ControlSocketService(server: server, channel: channel)),
+                .init(service: MaintenanceService(context: context)),
+                .init(service: WorkerService(context: context)),
+                // Last: the first told of shutdown, so STOPPING=1 goes out before anything stops.
+                .init(service: StoppingNotifierService(notifier: notifier)),
+            ],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: Logger(label: "gridit.lifecycle"))
+        groupConfiguration.maximumGracefulShutdownDuration = .seconds(configuration.stopTimeout)
+        groupConfiguration.maximumCancellationDuration = .seconds(5)
+        try await ServiceGroup(configuration: groupConfiguration).run()
+
+        try? await eventLoops.shutdownGracefully()
+        if case .path(let path) = listen { unlink(path) }
+        logger.notice("griditd stopped")
+    }
+
+    private static func prepareStateDirectory(_ root: String) throws {
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: root, isDirectory: &isDirectory) {
+            guard isDirectory.boolValue else { throw DaemonError("the state directory \(root) is not a folder") }
+        } else {
+            do {
+                try FileManager.default.createDirectory(
+                    atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
+            } catch {
+                throw DaemonError("cannot create the state directory \(root): \(error.localizedDescription); create it or pass --state-dir")
+            }
+        }
+        guard access(root, W_OK | X_OK) == 0 else {
+            throw DaemonError("the state directory \(root) is not writable by uid \(getuid()); fix its owner or pass --state-dir")
+        }
+    }
+
+    /// The socket's folder exists; a stale socket file is removed, a live one is refused.
+    private static func prepareSocketPath(_ path: String) throws {
+        guard path.utf8.count < 108 else {
+            throw DaemonError("the socket path \(path) is \(path.utf8.count) bytes; Unix sockets allow 107. Use a shorter --socket")
+        }
+        let folder = (path as NSString).deletingLastPathComponent
+        if !folder.isEmpty && !FileManager.default.fileExists(atPath: folder) {
+            do {
+                try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+            } catch {
+                throw DaemonError("cannot create the socket folder \(folder): \(error.localizedDescription)")
+            }
+        }
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return }
+        guard (st.st_mode & S_IFMT) == S_IFSOCK else {
+            throw DaemonError("\(path) exists and is not a socket; remove it or pass another --socket")
+        }
+        if socketAcceptsConnections(path) {
+            throw DaemonError("another griditd is already listening on \(path); stop it or pass another --socket")
+        }
+    }
+
+    static func socketAcceptsConnections(_ path: String) -> Bool {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        return UnixSocket.connect(fd, to: path)
+    }
+
+    /// Mode 0660 and the users' group on a socket griditd bound itself.
+    private static func secureSocket(_ path: String, _ configuration: DaemonConfiguration) throws {
+        if let group = configuration.socketGroup {
+            guard let gid = Authorizer.gid(of: group) else {
+                throw DaemonError("the socket group '\(group)' does not exist; create it (systemd-sysusers) or pass --socket-group")
+            }
+            guard chown(path, uid_t.max, gid) == 0 else {
+                throw DaemonError("chown of \(path) to group \(group) failed: \(String(cString: strerror(errno)))")
+            }
+        }
+        guard chmod(path, configuration.socketMode) == 0 else {
+            throw DaemonError("chmod of \(path) failed: \(String(cString: strerror(errno)))")
+        }
+    }
+}
+
+/// Serves the control socket until shutdown (it stops last, so clients can watch the worker drain).
+struct ControlSocketService: Service {
+    let server: HTTPServer
+    let channel: NIOAsyncChannel<HTTPServer.AcceptedConnection, Never>
+
+    func run() async throws {
+        do {
+            try await cancelWhenGracefulShutdown { try await server.serve(channel) }
+        } catch where Task.isShuttingDownGracefully || error is CancellationError {
+            // Shutdown closes the listening socket; that is the way out, not a failure.
+        }
+    }
+}
+
+/// Sends STOPPING=1 the moment shutdown begins.
+struct StoppingNotifierService: Service {
+    let notifier: SystemdNotifier
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        notifier.stopping(status: "stopping: checkpointing the running job")
+    }
+}

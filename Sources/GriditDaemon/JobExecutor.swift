@@ -1,0 +1,150 @@
+// What the worker needs from the engine (GriditEngine), as a protocol so that the daemon builds
+// and is tested without it. The engine adapter implements `JobExecutor` over `LoadedPipeline`,
+// resumable runs in a work directory and batched execution (CONTRACTS.md, "The engine API").
+import Foundation
+import GriditAPI
+
+/// One job of a batch, as the worker hands it to the engine.
+public struct ExecutionItem: Sendable, Hashable {
+    public var jobID: Int64
+    /// Frames to generate.
+    public var length: Int
+    /// The job's parameters with every default the daemon fills in (the seed is always set).
+    public var parameters: GenerationParameters
+    /// The job's own resumable state: the engine keeps its durable checkpoints here and resumes
+    /// from them when the folder already holds some (after a crash, a shutdown, a retry).
+    public var workDirectory: String
+    /// Where `finish(into:)` must put the output folder (written under a temporary name, then
+    /// renamed); its parent exists. If it already holds this job's finished output (griditd died
+    /// after the rename, before recording the success), the run is done: return `.succeeded`.
+    public var outputDirectory: String
+    /// The last durable progress the database holds, for logs (the work directory is the truth).
+    public var resumeFrom: GriditAPI.JobProgressInfo
+    /// 1 for the first attempt.
+    public var attempt: Int
+
+    public init(
+        jobID: Int64, length: Int, parameters: GenerationParameters, workDirectory: String, outputDirectory: String,
+        resumeFrom: GriditAPI.JobProgressInfo, attempt: Int
+    ) {
+        self.jobID = jobID
+        self.length = length
+        self.parameters = parameters
+        self.workDirectory = workDirectory
+        self.outputDirectory = outputDirectory
+        self.resumeFrom = resumeFrom
+        self.attempt = attempt
+    }
+}
+
+/// Jobs that share one pipeline (manifest digest) and run as one batch: stage-1 grids of
+/// different jobs in one batched forward, stage-2 frames batched across jobs.
+public struct ExecutionBatch: Sendable, Hashable {
+    /// Nil only for jobs submitted while the daemon had no model store.
+    public var pipelineDigest: String?
+    public var items: [ExecutionItem]
+
+    public init(pipelineDigest: String?, items: [ExecutionItem]) {
+        self.pipelineDigest = pipelineDigest
+        self.items = items
+    }
+}
+
+/// Why the worker wants a run to stop at the next step boundary.
+public enum StopReason: String, Sendable, Hashable {
+    /// A user canceled the job.
+    case cancel
+    /// SIGTERM: checkpoint and hand the job back to the queue.
+    case shutdown
+    /// Another worker owns the job now (lease expired); write nothing more.
+    case leaseLost = "lease_lost"
+}
+
+/// Callbacks the engine calls on its own (worker) thread. All are cheap and never block on I/O.
+public struct ExecutionHooks: Sendable {
+    /// After each durable unit (a finished stage-1 grid, a finished stage-2 frame batch): the
+    /// job's new resume point. The worker saves it in the database.
+    public var durable: @Sendable (_ jobID: Int64, _ progress: GriditAPI.JobProgressInfo) -> Void
+    /// After each denoising step: the live progress bar. Also the worker's liveness signal
+    /// (heartbeats and the systemd watchdog), so an engine must call it at least every few
+    /// seconds while it works, model loading included.
+    public var step: @Sendable (_ jobID: Int64, _ progress: StepProgress) -> Void
+    /// Checked between denoising steps; non-nil ⇒ throw the engine's typed "interrupted" error
+    /// for that job, leaving its work directory resumable.
+    public var shouldStop: @Sendable (_ jobID: Int64) -> StopReason?
+
+    public init(
+        durable: @escaping @Sendable (Int64, GriditAPI.JobProgressInfo) -> Void,
+        step: @escaping @Sendable (Int64, StepProgress) -> Void,
+        shouldStop: @escaping @Sendable (Int64) -> StopReason?
+    ) {
+        self.durable = durable
+        self.step = step
+        self.shouldStop = shouldStop
+    }
+}
+
+/// A classified job failure. The class decides what the queue does: invalid input and missing
+/// or corrupt models fail at once; transient errors (disk full, I/O) are retried with backoff.
+public struct JobFailure: Error, Sendable, Hashable, CustomStringConvertible {
+    public struct Class: RawRepresentable, Sendable, Hashable {
+        public var rawValue: String
+        public var retryable: Bool
+        public init(rawValue: String) {
+            self.rawValue = rawValue
+            self.retryable = false
+        }
+        public init(_ rawValue: String, retryable: Bool) {
+            self.rawValue = rawValue
+            self.retryable = retryable
+        }
+
+        /// Parameters the pipeline cannot run (e.g. more context rows than the grid has).
+        public static let invalidInput = Class("invalid_input", retryable: false)
+        /// The job's pipeline digest is not in the model store.
+        public static let modelMissing = Class("model_missing", retryable: false)
+        /// A blob failed its digest check (it is quarantined).
+        public static let digestMismatch = Class("digest_mismatch", retryable: false)
+        /// No space left on the work or output filesystem.
+        public static let diskFull = Class("disk_full", retryable: true)
+        /// Any other I/O or resource error worth another attempt (EIO, ENOMEM, ...).
+        public static let transient = Class("transient", retryable: true)
+        /// A bug: the engine broke an invariant. Not retried.
+        public static let internalError = Class("internal", retryable: false)
+    }
+
+    public var errorClass: Class
+    public var message: String
+
+    public init(_ errorClass: Class, _ message: String) {
+        self.errorClass = errorClass
+        self.message = message
+    }
+
+    public var description: String { "\(errorClass.rawValue): \(message)" }
+}
+
+/// How one job of a batch ended.
+public enum ExecutionOutcome: Sendable, Hashable {
+    /// The output folder is complete at `ExecutionItem.outputDirectory`.
+    case succeeded
+    case failed(JobFailure)
+    /// `shouldStop` returned non-nil; the work directory is resumable.
+    case interrupted
+}
+
+/// The engine as the worker drives it.
+///
+/// `execute` runs on a dedicated worker thread (never on Swift's cooperative pool) and may block
+/// it for minutes; the daemon never calls it concurrently with itself. The engine loads the
+/// pipeline for the batch's digest (through the model store's keep-alive cache), runs the
+/// batch, and reports through the hooks.
+public protocol JobExecutor: Sendable {
+    /// Checks a submit against the pipeline before the job row exists (cheap: no model is run).
+    /// Throws `.invalidInput` with a message naming the parameter, or `.modelMissing`.
+    func validate(length: Int, parameters: GenerationParameters, pipelineDigest: String?) async throws(JobFailure)
+
+    /// Runs every item to completion, failure or interruption; returns one outcome per job id.
+    /// A job missing from the result is recorded as an internal failure.
+    func execute(_ batch: ExecutionBatch, hooks: ExecutionHooks) -> [Int64: ExecutionOutcome]
+}

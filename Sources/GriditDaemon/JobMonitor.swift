@@ -1,0 +1,114 @@
+// In-memory state shared by the API and the worker: live step progress, stop requests, watchers
+// and the worker's wake-up. The database stays the truth; this only makes it fast to see.
+import Foundation
+import GriditAPI
+import Synchronization
+
+public final class JobMonitor: Sendable {
+    public enum Update: Sendable {
+        /// The job's row changed (state, durable progress): re-read it.
+        case changed
+        case step(StepProgress)
+    }
+
+    private struct State {
+        var live: [Int64: StepProgress] = [:]
+        var stops: [Int64: StopReason] = [:]
+        var watchers: [Int64: [UUID: AsyncStream<Update>.Continuation]] = [:]
+        var running: Set<Int64> = []
+    }
+
+    private let state = Mutex(State())
+    private let wakeStream: AsyncStream<Void>
+    private let wakeContinuation: AsyncStream<Void>.Continuation
+
+    public init() {
+        (wakeStream, wakeContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+    }
+
+    // MARK: Worker wake-up
+
+    /// Tells the worker to look at the queue now (a submit, a resume, a retry).
+    public func wake() { wakeContinuation.yield() }
+
+    /// Waits for a `wake()` or `timeout`, whichever comes first.
+    func waitForWake(timeout: Duration) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { [wakeStream] in
+                var iterator = wakeStream.makeAsyncIterator()
+                _ = await iterator.next()
+            }
+            group.addTask { try? await Task.sleep(for: timeout) }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    // MARK: Running jobs
+
+    func started(_ ids: [Int64]) {
+        state.withLock { s in s.running.formUnion(ids) }
+    }
+
+    func finished(_ id: Int64) {
+        let watchers = state.withLock { s -> [AsyncStream<Update>.Continuation] in
+            s.running.remove(id)
+            s.live[id] = nil
+            s.stops[id] = nil
+            return Array((s.watchers[id] ?? [:]).values)
+        }
+        for w in watchers { w.yield(.changed) }
+    }
+
+    public func live(_ id: Int64) -> StepProgress? { state.withLock { $0.live[id] } }
+
+    public var runningIDs: [Int64] { state.withLock { $0.running.sorted() } }
+
+    func publish(step: StepProgress, for id: Int64) {
+        let watchers = state.withLock { s -> [AsyncStream<Update>.Continuation] in
+            s.live[id] = step
+            return Array((s.watchers[id] ?? [:]).values)
+        }
+        for w in watchers { w.yield(.step(step)) }
+    }
+
+    /// The row of `id` changed; watchers re-read it.
+    public func changed(_ id: Int64) {
+        let watchers = state.withLock { Array(($0.watchers[id] ?? [:]).values) }
+        for w in watchers { w.yield(.changed) }
+    }
+
+    // MARK: Stop requests
+
+    /// Asks the engine to stop `id` at its next step boundary. The first reason wins, except
+    /// that a lost lease overrides everything (nothing may be written then).
+    func requestStop(_ id: Int64, _ reason: StopReason) {
+        state.withLock { s in
+            if s.stops[id] == nil || reason == .leaseLost { s.stops[id] = reason }
+        }
+    }
+
+    func requestStopAll(_ reason: StopReason) {
+        state.withLock { s in
+            for id in s.running where s.stops[id] == nil { s.stops[id] = reason }
+        }
+    }
+
+    func stopReason(_ id: Int64) -> StopReason? { state.withLock { $0.stops[id] } }
+
+    // MARK: Watchers
+
+    /// Updates about `id` until the stream's consumer goes away.
+    public func watch(_ id: Int64) -> AsyncStream<Update> {
+        let key = UUID()
+        let (stream, continuation) = AsyncStream.makeStream(of: Update.self, bufferingPolicy: .bufferingNewest(64))
+        continuation.onTermination = { [weak self] _ in
+            self?.state.withLock { s in
+                s.watchers[id]?[key] = nil
+                if s.watchers[id]?.isEmpty == true { s.watchers[id] = nil }
+            }
+        }
+        state.withLock { s in s.watchers[id, default: [:]][key] = continuation }
+        return stream
+    }
+}

@@ -1,0 +1,18 @@
+// What the daemon needs from the model store (GriditModelStore), as a protocol so that the
+// daemon builds and is tested without it (CONTRACTS.md, "The model store API"). The store adapter
+// maps its errors to `APIError` (`not_found`, `bad_request`, `conflict`, `digest_mismatch`, ...).
+import GriditAPI
+
+public protocol ModelCatalog: Sendable {
+    /// `NAME:TAG`, `NAME@sha256:<hex>` or `sha256:<hex>` → the manifest digest (`sha256:<hex>`)
+    /// the job will record. Throws `not_found` (naming the reference and `griditctl models list`)
+    /// or `bad_request` for a malformed reference.
+    func resolve(_ reference: String) async throws(APIError) -> String
+
+    /// Runs one model command (the same library call `griditd models ...` makes) and returns its
+    /// Codable result plus the human rendering.
+    func perform(_ command: ModelCommand) async throws(APIError) -> ModelCommandOutput
+
+    /// What is mapped now (the keep-alive cache), for `status`.
+    func loadedModels() async -> [LoadedModel]
+}

@@ -1,0 +1,64 @@
+// The inference thread. Swift's cooperative pool has one thread per core (two here); a
+// multi-second matrix product on it would stall the socket and the queue, so the engine runs
+// on a thread of its own and the async side only awaits its result.
+import Foundation
+import Synchronization
+
+/// One long-lived OS thread that runs submitted closures in order. `@unchecked Sendable`: the
+/// compute-thread bridge (style 3.4); `state` is only touched under `condition`.
+final class WorkerThread: @unchecked Sendable {
+    private struct State {
+        var queue: [@Sendable () -> Void] = []
+        var stopped = false
+    }
+
+    private let condition = NSCondition()
+    private var state = State()
+
+    init(name: String, stackSize: Int = 16 << 20) {
+        let thread = Thread { [self] in
+            // Named from inside: Linux threads inherit their creator's name (here a pool thread's).
+            Thread.current.name = name
+            self.loop()
+        }
+        thread.stackSize = stackSize
+        thread.start()
+    }
+
+    /// Runs `body` on the thread and returns its result. The caller's task is suspended, not
+    /// blocked; cancelling it does not interrupt `body` (the engine polls `shouldStop` instead).
+    func run<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { continuation in
+            enqueue { continuation.resume(returning: body()) }
+        }
+    }
+
+    /// Lets the thread exit after the work already queued.
+    func stop() {
+        condition.lock()
+        state.stopped = true
+        condition.signal()
+        condition.unlock()
+    }
+
+    private func enqueue(_ work: @escaping @Sendable () -> Void) {
+        condition.lock()
+        state.queue.append(work)
+        condition.signal()
+        condition.unlock()
+    }
+
+    private func loop() {
+        while true {
+            condition.lock()
+            while state.queue.isEmpty && !state.stopped { condition.wait() }
+            if state.queue.isEmpty {
+                condition.unlock()
+                return
+            }
+            let work = state.queue.removeFirst()
+            condition.unlock()
+            work()
+        }
+    }
+}

@@ -1,0 +1,3 @@
+import GriditCLI
+
+Griditctl.run()

@@ -1,0 +1,88 @@
+import ArgumentParser
+import Foundation
+import GriditAPI
+@testable import GriditCLI
+import Testing
+
+@Suite("griditctl")
+struct CLITests {
+    @Test("global options may come before the command, as with docker")
+    func globalOptionsMove() {
+        #expect(Griditctl.moveGlobalOptions(["--socket", "/s", "--json", "jobs", "list"]) == ["jobs", "list", "--socket", "/s", "--json"])
+        #expect(Griditctl.moveGlobalOptions(["--socket=/s", "status"]) == ["status", "--socket=/s"])
+        #expect(Griditctl.moveGlobalOptions(["jobs", "list", "--json"]) == ["jobs", "list", "--json"])
+        #expect(Griditctl.moveGlobalOptions(["--json"]) == ["--json"])
+    }
+
+    @Test("commands parse; bad input is a usage error naming the option")
+    func parsing() throws {
+        let submit = try Griditctl.parseAsRoot(["submit", "--length", "128", "--model", "m:v1", "--seed", "7", "--steps", "ddim50", "--wait"])
+        let s = try #require(submit as? Submit)
+        #expect(s.length == 128 && s.model == "m:v1" && s.seed == 7 && s.steps == "ddim50" && s.wait)
+        #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["submit"]) }
+        #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["submit", "--length", "0"]) }
+        #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["submit", "--length", "4", "--seed", "-1"]) }
+        #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["jobs", "list", "--state", "zombie"]) }
+        #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["models", "verify"]) }
+        #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["jobs", "prune", "--older-than", "soon"]) }
+        #expect(try Griditctl.parseAsRoot(["jobs"]) is Jobs.List, "jobs lists by default")
+        #expect(try Griditctl.parseAsRoot(["jobs", "ls", "--state", "queued,running"]) is Jobs.List)
+        #expect(try Griditctl.parseAsRoot(["models", "verify", "--all"]) is Models.Verify)
+        let usage = Griditctl.exitCode(for: ValidationError("x"))
+        #expect(usage == .validationFailure)
+    }
+
+    @Test("the exit codes are documented in the help")
+    func helpDocumentsExitCodes() {
+        let help = Griditctl.helpMessage()
+        for line in ["69  griditd cannot be reached", "75  the queue is full", "77  permission denied", "65  the daemon refused the input", "2   bad command line"] {
+            #expect(help.contains(line), "help lacks '\(line)'")
+        }
+    }
+
+    @Test("API error codes map to the documented exit codes")
+    func exitCodes() {
+        #expect(ExitStatus.forAPIError(.queueFull) == 75)
+        #expect(ExitStatus.forAPIError(.forbidden) == 77)
+        #expect(ExitStatus.forAPIError(.badRequest) == 65)
+        #expect(ExitStatus.forAPIError(.notFound) == 65)
+        #expect(ExitStatus.forAPIError(.internalError) == 70)
+        let unreachable = GriditClient.cliError(ConnectionError(kind: .unreachable, message: "x"))
+        #expect(unreachable.status == 69)
+    }
+
+    @Test("ages and durations")
+    func ages() {
+        #expect(parseAge("90s") == 90 && parseAge("30m") == 1800 && parseAge("12h") == 43_200 && parseAge("7d") == 604_800)
+        #expect(parseAge("15") == 15 && parseAge("soon") == nil && parseAge("-3d") == nil)
+        #expect(Rendering.duration(5) == "5s" && Rendering.duration(245) == "4m05s" && Rendering.duration(7800) == "2h10m")
+        let now = Date(timeIntervalSince1970: 1_000_000)
+        #expect(Rendering.ago(now.addingTimeInterval(-300), now: now) == "5 minutes ago")
+        #expect(Rendering.ago(now.addingTimeInterval(-1), now: now) == "just now")
+    }
+
+    @Test("the progress bar shows stage, grid, step, frame and ETA within the terminal width")
+    func progressBar() {
+        let step = StepProgress(stage: "sr", grid: 3, grids: 8, step: 40, steps: 250, frame: 64, frames: 128, etaSeconds: 80)
+        let line = Rendering.progressLine(jobID: 12, step: step, width: 120)
+        #expect(line.hasPrefix("job 12  sr  grid 3/8  step 40/250  frame 64/128  ETA 1m20s  ["))
+        #expect(line.contains("###############---------------]"), "half done: \(line)")
+        #expect(Rendering.progressLine(jobID: 12, step: step, width: 40).count <= 39)
+    }
+
+    @Test("jobs table")
+    func jobsTable() {
+        let now = Date(timeIntervalSince1970: 2_000_000)
+        let job = JobInfo(
+            id: 7, state: .queued, ownerUID: 1000, priority: 2, length: 128, model: nil, pipelineDigest: nil,
+            parameters: GenerationParameters(seed: 1), output: nil, idempotencyKey: nil, createdAt: now.addingTimeInterval(-120),
+            updatedAt: now, startedAt: nil, finishedAt: nil, attempt: 0, maxAttempts: 3, crashCount: 0, cancelRequested: false,
+            queuePosition: 1, notBefore: now, progress: JobProgressInfo(stage: "grid", gridsDone: 0, framesDone: 0),
+            errorClass: nil, errorMessage: nil, outputDir: nil)
+        #expect(Rendering.jobsTable([job], now: now) == """
+            ID   STATE    PROGRESS   POSITION   PRIORITY   LENGTH   OWNER   CREATED
+            7    queued   -          1          2          128      1000    2 minutes ago
+
+            """)
+    }
+}

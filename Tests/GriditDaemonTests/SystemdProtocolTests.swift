@@ -1,0 +1,107 @@
+// The systemd protocol with the real binary, without systemd: a notify socket of our own
+// ($NOTIFY_SOCKET, $WATCHDOG_USEC) and socket activation through systemd-socket-activate.
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import GriditAPI
+import GriditCLI
+import Testing
+
+/// A datagram socket that collects sd_notify messages.
+final class NotifyListener {
+    let path: String
+    private let fd: Int32
+
+    init(path: String) throws {
+        self.path = path
+        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            let b = Array(path.utf8)
+            raw.copyBytes(from: b)
+            raw[b.count] = 0
+        }
+        let ok = withUnsafePointer(to: &address) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0 }
+        }
+        guard fd >= 0, ok else { throw TestFailure("notify socket \(path): \(String(cString: strerror(errno)))") }
+        var tv = timeval(tv_sec: 0, tv_usec: 200_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// Messages received until `done` says so or `timeout` passes.
+    func collect(timeout: Double, until done: ([String]) -> Bool) -> [String] {
+        var messages: [String] = []
+        let deadline = Date().addingTimeInterval(timeout)
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while Date() < deadline && !done(messages) {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n > 0 { messages.append(String(decoding: buffer[0..<n], as: UTF8.self)) }
+        }
+        return messages
+    }
+
+    deinit { close(fd) }
+}
+
+@Suite("systemd protocol", .serialized)
+struct SystemdProtocolTests {
+    @Test("READY=1 after the socket is bound, STATUS= lines, WATCHDOG=1 from the worker loop, STOPPING=1 on SIGTERM")
+    func notify() throws {
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        let listener = try NotifyListener(path: dir.file("notify"))
+        let daemon = try DaemonProcess(
+            directory: dir, environment: ["NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "1000000"])
+        defer { daemon.stop() }
+        var messages = listener.collect(timeout: 20) { m in
+            m.contains { $0.contains("READY=1") } && m.filter { $0 == "WATCHDOG=1" }.count >= 2
+        }
+        let ready = try #require(messages.firstIndex { $0.contains("READY=1") }, "no READY=1 in \(messages)")
+        #expect(messages[ready].contains("STATUS="))
+        #expect(messages.filter { $0 == "WATCHDOG=1" }.count >= 2, "\(messages)")
+        // A submit changes the STATUS= line within a few seconds (queue depth).
+        _ = try daemon.client.post("/v1/jobs", SubmitJobRequest(length: 4), as: SubmitJobResponse.self)
+        messages = listener.collect(timeout: 20) { m in m.contains { $0.contains("STATUS=") && $0.contains("1 queued") } }
+        #expect(messages.contains { $0.contains("STATUS=idle · 1 queued") }, "\(messages)")
+        kill(daemon.pid, SIGTERM)
+        messages = listener.collect(timeout: 30) { m in m.contains { $0.contains("STOPPING=1") } }
+        #expect(messages.contains { $0.contains("STOPPING=1") }, "\(messages)")
+        #expect(daemon.stop() == 0)
+    }
+
+    @Test(
+        "socket activation: griditd serves the socket systemd passes (systemd-socket-activate)",
+        .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-socket-activate"), "needs systemd-socket-activate (package systemd)"))
+    func socketActivation() throws {
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        let socket = dir.file("activated.sock")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/systemd-socket-activate")
+        process.arguments = ["-l", socket, binaryDirectory() + "/griditd", "serve", "--state-dir", dir.file("state"), "--socket", dir.file("unused.sock")]
+        let log = dir.file("log")
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        process.standardOutput = process.standardError
+        try process.run()
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() } }
+        // The first connection starts griditd; it waits in the backlog meanwhile.
+        let client = GriditClient(socketPath: socket, timeout: 60)
+        var version: VersionInfo?
+        let deadline = Date().addingTimeInterval(60)
+        while version == nil && Date() < deadline {
+            version = try? client.get("/v1/version", as: VersionInfo.self)
+            if version == nil { usleep(50_000) }
+        }
+        #expect(version?.version == griditVersion)
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        #expect(text.contains("fd 3 from systemd"), "\(text)")
+        #expect(!FileManager.default.fileExists(atPath: dir.file("unused.sock")), "an activated griditd binds nothing itself")
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+    }
+}

@@ -1,0 +1,119 @@
+// The daemon's small pure parts: routing, request limits, submit validation, log fields, faults.
+import Foundation
+import GriditAPI
+@testable import GriditDaemon
+import Logging
+import NIOCore
+import NIOHTTP1
+import Testing
+
+@Suite("daemon units")
+struct DaemonUnitTests {
+    @Test("routes match literal segments first and take parameters")
+    func routeMatching() {
+        func route(_ method: HTTPMethod, _ path: String) -> (String, [String: String])? {
+            let parts = path.split(separator: "/").map(String.init)
+            for r in ControlAPI.routes where r.method == method {
+                if let params = r.match(parts) { return (r.template, params) }
+            }
+            return nil
+        }
+        #expect(route(.POST, "/v1/jobs/prune")?.0 == "/v1/jobs/prune")
+        #expect(route(.GET, "/v1/jobs/12")?.1 == ["id": "12"])
+        #expect(route(.GET, "/v1/models/ps")?.0 == "/v1/models/ps")
+        #expect(route(.GET, "/v1/models/moving-digits:v1")?.1 == ["ref": "moving-digits:v1"])
+        #expect(route(.GET, "/v1/jobs/3/files/frames/frame_00001.png")?.1 == ["id": "3", "path": "frames/frame_00001.png"])
+        #expect(route(.GET, "/v1/jobs/3/files")?.0 == "/v1/jobs/{id}/files")
+        #expect(route(.GET, "/v1/jobs/3/nope") == nil)
+    }
+
+    @Test("request targets are decoded per segment; NUL and non-absolute targets are refused")
+    func targets() {
+        let parsed = HTTPServer.parseTarget("/v1/models/a%3Ab%40sha256%3Aff?state=queued,running&limit=5")
+        #expect(parsed?.0 == ["v1", "models", "a:b@sha256:ff"])
+        #expect(parsed?.1 == ["state": "queued,running", "limit": "5"])
+        #expect(HTTPServer.parseTarget("/v1/x%00y") == nil)
+        #expect(HTTPServer.parseTarget("v1/jobs") == nil)
+        #expect(HTTPServer.parseTarget("/a/%2F/b")?.0 == ["a", "/", "b"], "an encoded slash stays inside its segment")
+    }
+
+    @Test("bodies over 10 MiB are drained and answered 413; a declared huge body is refused at once")
+    func bodyLimit() {
+        var limits = HTTPServerLimits()
+        limits.maxBodyBytes = 10
+        limits.maxDrainBytes = 100
+        var reader = RequestReader(limits: limits)
+        let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/v1/jobs")
+        #expect(reader.consume(.head(head)) == nil)
+        #expect(reader.consume(.body(ByteBuffer(string: "0123456789ab"))) == nil)
+        guard case .reject(_, let error, let close)? = reader.consume(.end(nil)) else {
+            Issue.record("expected a 413")
+            return
+        }
+        #expect(error.code == .payloadTooLarge && !close)
+
+        var declared = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/v1/jobs")
+        declared.headers.add(name: "Content-Length", value: "1000")
+        guard case .reject(_, let e2, true)? = reader.consume(.head(declared)) else {
+            Issue.record("expected an immediate 413 with close")
+            return
+        }
+        #expect(e2.code == .payloadTooLarge)
+
+        var ok = RequestReader(limits: limits)
+        _ = ok.consume(.head(head))
+        _ = ok.consume(.body(ByteBuffer(string: "{}")))
+        guard case .complete(_, let body)? = ok.consume(.end(nil)) else {
+            Issue.record("expected a complete request")
+            return
+        }
+        #expect(body == Data("{}".utf8))
+    }
+
+    @Test("output names: relative folders only")
+    func outputNames() throws {
+        for good in ["run-1", "cats/run_2", "a.b/c-d"] { try SubmitValidation.validateOutput(good) }
+        for bad in ["", "/etc", "../x", "a/../../b", "a//b", ".hidden", "a/./b", "sp ace", "ünï", String(repeating: "a", count: 201)] {
+            #expect(throws: APIError.self, "\(bad)") { try SubmitValidation.validateOutput(bad) }
+        }
+    }
+
+    @Test("steps: counts and ddimN in 1...10000")
+    func steps() throws {
+        try SubmitValidation.validateSteps("250", name: "steps")
+        try SubmitValidation.validateSteps("ddim50", name: "steps")
+        for bad in ["0", "-3", "ddim", "ddim0", "10001", "fast"] {
+            #expect(throws: APIError.self) { try SubmitValidation.validateSteps(bad, name: "steps") }
+        }
+    }
+
+    @Test("journald field names from metadata keys")
+    func journalFieldNames() {
+        #expect(DaemonLogHandler.journalFieldName("job.id") == "JOB_ID")
+        #expect(DaemonLogHandler.journalFieldName("stage") == "STAGE")
+        #expect(DaemonLogHandler.journalFieldName("_secret") == "SECRET")
+        #expect(DaemonLogHandler.journalFieldName("2x") == "F2X")
+        #expect(DaemonLogHandler.syslogPriority(.error) == 3)
+        #expect(DaemonLogHandler.detectSink(environment: [:]) == .stderr)
+        #expect(DaemonLogHandler.detectSink(environment: ["JOURNAL_STREAM": "1:2"]) == .stderr, "not our stderr")
+    }
+
+    @Test("test faults parse, and unknown ones are refused")
+    func faults() throws {
+        let f = try FaultInjection(environment: ["GRIDIT_TEST_FAULTS": "crash-after-claim=3,free-bytes=0"])
+        #expect(f.crashAfterClaim == [3] && f.freeBytes == 0 && f.isActive)
+        #expect(!(try FaultInjection(environment: [:])).isActive)
+        #expect(throws: FaultInjectionError.self) { try FaultInjection(environment: ["GRIDIT_TEST_FAULTS": "explode"]) }
+    }
+
+    @Test("an idempotent resubmit matches when only the daemon-chosen seed differs")
+    func idempotentMatch() {
+        let stored = StoredParameters(model: "m:v1", parameters: GenerationParameters(seed: 42, steps: "50"), output: nil, seedGiven: false)
+        let same = SubmitJobRequest(length: 8, model: "m:v1", parameters: GenerationParameters(steps: "50"))
+        #expect(stored.matches(same, length: 8, jobLength: 8))
+        var other = same
+        other.parameters.steps = "250"
+        #expect(!stored.matches(other, length: 8, jobLength: 8))
+        #expect(!stored.matches(same, length: 9, jobLength: 8))
+    }
+}

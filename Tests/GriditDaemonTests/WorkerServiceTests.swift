@@ -1,0 +1,252 @@
+// The worker with a scripted stand-in for the engine (test double, this file only) on a real
+// SQLite job store: claims and batches, fenced progress, cancel, graceful shutdown, failures.
+import Foundation
+import GriditAPI
+@testable import GriditDaemon
+import GriditStore
+import Logging
+import NIOHTTP1
+import ServiceLifecycle
+import ServiceLifecycleTestKit
+import Synchronization
+import Testing
+
+/// What each job does when the worker runs it.
+enum Script: Sendable {
+    /// `steps` denoising steps (a durable unit every other step), then an output folder.
+    case succeed(steps: Int)
+    /// Steps until `shouldStop` says otherwise (at most 60 s).
+    case runUntilStopped
+    case fail(JobFailure)
+}
+
+/// A `JobExecutor` that follows a script per job id and records what it was asked to do.
+final class ScriptedExecutor: JobExecutor {
+    let script: @Sendable (Int64, Int) -> Script
+    private let state = Mutex<(batches: [[Int64]], threads: Set<String>, stops: [Int64: StopReason])>(([], [], [:]))
+
+    init(_ script: @escaping @Sendable (_ jobID: Int64, _ attempt: Int) -> Script) { self.script = script }
+
+    var batches: [[Int64]] { state.withLock { $0.batches } }
+    var threads: Set<String> { state.withLock { $0.threads } }
+    func stopSeen(_ id: Int64) -> StopReason? { state.withLock { $0.stops[id] } }
+
+    func validate(length: Int, parameters: GenerationParameters, pipelineDigest: String?) async throws(JobFailure) {}
+
+    func execute(_ batch: ExecutionBatch, hooks: ExecutionHooks) -> [Int64: ExecutionOutcome] {
+        state.withLock {
+            $0.batches.append(batch.items.map(\.jobID))
+            $0.threads.insert(Thread.current.name ?? "?")
+        }
+        var outcomes: [Int64: ExecutionOutcome] = [:]
+        for item in batch.items {
+            outcomes[item.jobID] = run(item, script(item.jobID, item.attempt), hooks)
+        }
+        return outcomes
+    }
+
+    private func run(_ item: ExecutionItem, _ script: Script, _ hooks: ExecutionHooks) -> ExecutionOutcome {
+        let id = item.jobID
+        func step(_ n: Int, of total: Int) -> StopReason? {
+            if let reason = hooks.shouldStop(id) {
+                state.withLock { $0.stops[id] = reason }
+                return reason
+            }
+            hooks.step(id, StepProgress(stage: "grid", grid: 1, grids: 1, step: n, steps: total, frame: 0, frames: item.length))
+            if n % 2 == 0 { hooks.durable(id, JobProgressInfo(stage: "grid", gridsDone: n / 2, framesDone: 0)) }
+            return nil
+        }
+        switch script {
+        case .succeed(let steps):
+            for n in 1...steps where step(n, of: steps) != nil { return .interrupted }
+            try? FileManager.default.createDirectory(atPath: item.outputDirectory, withIntermediateDirectories: true)
+            _ = FileManager.default.createFile(atPath: item.outputDirectory + "/sequence.json", contents: Data("{}".utf8))
+            return .succeeded
+        case .runUntilStopped:
+            let deadline = Date().addingTimeInterval(60)
+            var n = 0
+            while Date() < deadline {
+                n += 1
+                if step(n, of: 1_000_000) != nil { return .interrupted }
+                usleep(5_000)
+            }
+            return .failed(JobFailure(.internalError, "the test never stopped the job"))
+        case .fail(let failure):
+            return .failed(failure)
+        }
+    }
+}
+
+/// A worker on a fresh database, run until the test body returns.
+struct WorkerHarness {
+    let directory: ShortTemporaryDirectory
+    let store: SQLiteJobStore
+    let context: DaemonContext
+    let executor: ScriptedExecutor
+
+    init(faults: FaultInjection = FaultInjection(), script: @escaping @Sendable (Int64, Int) -> Script) throws {
+        directory = try ShortTemporaryDirectory()
+        var configuration = DaemonConfiguration(stateDirectory: directory.file("state"), socketPath: directory.file("s.sock"))
+        configuration.pollInterval = 0.05
+        configuration.maxBatchJobs = 4
+        try FileManager.default.createDirectory(atPath: configuration.stateDirectory, withIntermediateDirectories: true)
+        store = try SQLiteJobStore(path: configuration.layout.database, policy: RetryPolicy(backoffBase: 0.05, backoffCap: 0.05))
+        executor = ScriptedExecutor(script)
+        context = DaemonContext(
+            configuration: configuration, store: store, executor: executor, catalog: nil, faults: faults,
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+    }
+
+    func submit(priority: Int = 0, digest: String? = nil) async throws -> Int64 {
+        let params = StoredParameters(model: nil, parameters: GenerationParameters(seed: 1), output: nil, seedGiven: true)
+        return try await store.submit(
+            JobSubmission(params: params.json, length: 8, priority: priority, maxAttempts: 2, pipelineDigest: digest),
+            owner: 1000, maxQueued: 100, now: Date()
+        ).job.id
+    }
+
+    /// Runs the worker while `body` runs, then shuts it down gracefully (as SIGTERM does).
+    func withWorker(_ body: () async throws -> Void) async throws {
+        let worker = WorkerService(context: context)
+        try await testGracefulShutdown { trigger in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await worker.run() }
+                try await body()
+                trigger.triggerGracefulShutdown()
+                try await group.waitForAll()
+            }
+        }
+    }
+
+    func waitUntil(_ what: String, timeout: Double = 30, _ condition: () async throws -> Bool) async throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if try await condition() { return }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        Issue.record("timed out waiting until \(what)")
+    }
+
+    func state(_ id: Int64) async throws -> JobState { try await store.get(id: id).state }
+}
+
+@Suite("worker")
+struct WorkerServiceTests {
+    @Test("jobs of one pipeline and priority run as one batch, on the worker thread, and succeed")
+    func batchesAndSucceeds() async throws {
+        let h = try WorkerHarness { _, _ in .succeed(steps: 4) }
+        defer { h.directory.remove() }
+        let a = try await h.submit(digest: "sha256:a")
+        let b = try await h.submit(digest: "sha256:a")
+        let other = try await h.submit(digest: "sha256:b")
+        let urgent = try await h.submit(priority: 5, digest: "sha256:a")
+        try await h.withWorker {
+            try await h.waitUntil("all succeeded") {
+                for id in [a, b, other, urgent] where try await h.state(id) != .succeeded { return false }
+                return true
+            }
+        }
+        #expect(h.executor.batches == [[urgent], [a, b], [other]])
+        #expect(h.executor.threads == ["gridit-worker"], "the engine must run on the dedicated thread")
+        let job = try await h.store.get(id: a)
+        #expect(job.outputDir == h.context.layout.outputDirectory(name: "job-\(a)"))
+        #expect(job.progress.gridsDone == 2)
+        #expect(FileManager.default.fileExists(atPath: job.outputDir! + "/sequence.json"))
+        #expect(!FileManager.default.fileExists(atPath: h.context.layout.workDirectory(job: a)), "work folder removed")
+    }
+
+    @Test("graceful shutdown (SIGTERM) checkpoints the running job and hands it back without a crash")
+    func shutdownReleasesLease() async throws {
+        let h = try WorkerHarness { _, _ in .runUntilStopped }
+        defer { h.directory.remove() }
+        let id = try await h.submit()
+        try await h.withWorker {
+            try await h.waitUntil("running with progress saved") {
+                let job = try await h.store.get(id: id)
+                return job.state == .running && job.progress.gridsDone >= 2
+            }
+        }
+        let job = try await h.store.get(id: id)
+        #expect(job.state == .queued)
+        #expect(job.crashCount == 0)
+        #expect(job.leaseToken == nil)
+        #expect(job.progress.gridsDone >= 2, "the resume point survives")
+        #expect(h.executor.stopSeen(id) == .shutdown)
+        #expect(FileManager.default.fileExists(atPath: h.context.layout.workDirectory(job: id)), "work folder kept for the resume")
+    }
+
+    @Test("cancel through the API stops a running job at its next step")
+    func cancelRunning() async throws {
+        let h = try WorkerHarness { _, _ in .runUntilStopped }
+        defer { h.directory.remove() }
+        let id = try await h.submit()
+        let api = ControlAPI(context: h.context)
+        try await h.withWorker {
+            try await h.waitUntil("running") { try await h.state(id) == .running }
+            let owner = Caller(credentials: PeerCredentials(pid: 1, uid: 1000, gid: 1000), isAdmin: false, isMember: true)
+            let response = await api.handle(HTTPRequest(
+                method: .POST, path: ["v1", "jobs", "\(id)", "cancel"], rawPath: "/v1/jobs/\(id)/cancel", query: [:],
+                headers: [:], body: Data(), caller: owner))
+            #expect(response.status == .ok)
+            try await h.waitUntil("canceled") { try await h.state(id) == .canceled }
+        }
+        #expect(h.executor.stopSeen(id) == .cancel)
+    }
+
+    @Test("transient failures back off and retry, then fail; invalid input fails at once")
+    func failureClasses() async throws {
+        let h = try WorkerHarness { id, _ in
+            id == 1 ? .fail(JobFailure(.transient, "EIO on the work folder")) : .fail(JobFailure(.invalidInput, "context_rows 9 > 3"))
+        }
+        defer { h.directory.remove() }
+        let transient = try await h.submit()
+        let invalid = try await h.submit()
+        try await h.withWorker {
+            try await h.waitUntil("both failed") {
+                let first = try await h.state(transient), second = try await h.state(invalid)
+                return first == .failed && second == .failed
+            }
+        }
+        let errors = try await h.store.errors(id: transient)
+        #expect(errors.map(\.errorClass) == ["transient", "transient"], "two attempts (max_attempts 2)")
+        #expect(try await h.store.get(id: transient).attempt == 2)
+        #expect(try await h.store.errors(id: invalid).count == 1)
+        #expect(try await h.store.get(id: invalid).errorMessage == "context_rows 9 > 3")
+    }
+
+    @Test("no space left: the job is not started; disk_full is retried with backoff, then fails")
+    func diskFull() async throws {
+        var faults = FaultInjection()
+        faults.freeBytes = 1000
+        let h = try WorkerHarness(faults: faults) { _, _ in .succeed(steps: 2) }
+        defer { h.directory.remove() }
+        let id = try await h.submit()
+        try await h.withWorker {
+            try await h.waitUntil("failed after its attempts") { try await h.state(id) == .failed }
+        }
+        #expect(h.executor.batches.isEmpty)
+        let job = try await h.store.get(id: id)
+        #expect(job.errorClass == "disk_full")
+        #expect(job.errorMessage?.contains("free some space") == true)
+        // The database is intact and usable.
+        #expect(try await h.store.counts() == [.failed: 1])
+    }
+
+    @Test("a lost lease stops the run and nothing more is written for it; the job runs again")
+    func leaseLost() async throws {
+        let h = try WorkerHarness { _, attempt in attempt == 1 ? .runUntilStopped : .succeed(steps: 2) }
+        defer { h.directory.remove() }
+        let id = try await h.submit()
+        try await h.withWorker {
+            try await h.waitUntil("running") { try await h.state(id) == .running }
+            // Another process takes the job from under the worker (what a lease expiry does; the
+            // orphan recovery does the same without waiting for the expiry).
+            let recovered = try await h.store.recoverOrphanedJobs(now: Date())
+            #expect(recovered.map(\.id) == [id])
+            try await h.waitUntil("succeeded on the second attempt") { try await h.state(id) == .succeeded }
+        }
+        #expect(h.executor.stopSeen(id) == .leaseLost)
+        let job = try await h.store.get(id: id)
+        #expect(job.attempt == 2 && job.crashCount == 1)
+    }
+}

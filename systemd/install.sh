@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs griditd and griditctl as a systemd service (Debian/Ubuntu, run as root):
+#   swift build -c release --product griditd --product griditctl && sudo systemd/install.sh
+# Options: --bin-dir DIR (where the built binaries are; default .build/release),
+#          --no-start (install only), DESTDIR=... in the environment (staging for packages).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin_dir=.build/release
+start=1
+while (($#)); do
+    case "$1" in
+        --bin-dir) bin_dir=$2; shift 2 ;;
+        --no-start) start=0; shift ;;
+        *) echo "usage: $0 [--bin-dir DIR] [--no-start]" >&2; exit 2 ;;
+    esac
+done
+dest=${DESTDIR:-}
+for b in griditd griditctl; do
+    [ -x "$bin_dir/$b" ] || { echo "$bin_dir/$b is missing: swift build -c release --product $b" >&2; exit 1; }
+done
+if [ -z "$dest" ] && [ "$(id -u)" -ne 0 ]; then echo "run as root (or set DESTDIR)" >&2; exit 1; fi
+
+install -D -m 0755 "$bin_dir/griditd" "$dest/usr/local/bin/griditd"
+install -D -m 0755 "$bin_dir/griditctl" "$dest/usr/local/bin/griditctl"
+install -D -m 0644 systemd/griditd.service "$dest/etc/systemd/system/griditd.service"
+install -D -m 0644 systemd/griditd.socket "$dest/etc/systemd/system/griditd.socket"
+install -D -m 0644 systemd/gridit.sysusers.conf "$dest/etc/sysusers.d/gridit.conf"
+install -D -m 0644 systemd/gridit.tmpfiles.conf "$dest/etc/tmpfiles.d/gridit.conf"
+install -D -m 0644 README.md "$dest/usr/local/share/doc/gridit/README.md"
+[ -n "$dest" ] && { echo "staged under $dest"; exit 0; }
+
+systemd-sysusers /etc/sysusers.d/gridit.conf
+systemd-tmpfiles --create /etc/tmpfiles.d/gridit.conf
+systemctl daemon-reload
+if ((start)); then
+    systemctl enable --now griditd.socket
+    systemctl enable --now griditd.service
+    echo "griditd is running: griditctl status (users need the 'gridit' group: usermod -aG gridit USER)"
+else
+    echo "installed; start with: systemctl enable --now griditd.socket griditd.service"
+fi
