@@ -168,6 +168,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        .testTarget(
             name: "GriditDaemonTests",
             dependencies: [
                 "GriditDaemon", "GriditStore", "GriditAPI", "GriditCLI",
