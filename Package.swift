@@ -5,6 +5,10 @@
 //                -> GriditCheckpoint -> GriditTensor
 //   GriditPipeline -> GriditModels, GriditTensor        (diffusion, sampling, grids)
 //   GriditStore -> GRDB                                 (SQLite job queue, migrations/)
+//   GriditImage -> CPNG                                 (PNG, animated PNG, contact sheet)
+//   GriditEngine -> GriditPipeline, GriditModels, GriditCheckpoint, GriditImage, Crypto
+//                                                       (pipelines, plans, resumable batched runs, outputs)
+//   griditd -> GriditEngine                             (`griditd run`)
 import PackageDescription
 
 let swiftSettings: [SwiftSetting] = [
@@ -16,6 +20,8 @@ let package = Package(
     name: "gridit",
     products: [
         .executable(name: "gridit-bench", targets: ["gridit-bench"]),
+        .executable(name: "griditd", targets: ["griditd"]),
+        .library(name: "GriditEngine", targets: ["GriditEngine"]),
         .library(name: "GriditModels", targets: ["GriditModels"]),
         .library(name: "GriditCheckpoint", targets: ["GriditCheckpoint"]),
     ],
@@ -29,6 +35,7 @@ let package = Package(
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev", "zlib1g-dev"])]),
 
         // Hot elementwise loops in C so that clang vectorises them; chosen per CPU at load time.
         .target(
@@ -53,6 +60,27 @@ let package = Package(
         .target(
             name: "GriditPipeline",
             dependencies: ["GriditModels", "GriditTensor"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "GriditImage",
+            dependencies: ["CPNG"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "GriditEngine",
+            dependencies: [
+                "GriditPipeline", "GriditModels", "GriditTensor", "GriditCheckpoint", "GriditImage",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "griditd",
+            dependencies: [
+                "GriditEngine", "GriditPipeline",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: swiftSettings
         ),
         // Wire types and output formatting shared by griditd and griditctl (Foundation only).
@@ -92,6 +120,17 @@ let package = Package(
         .testTarget(
             name: "GriditPipelineTests",
             dependencies: ["GriditPipeline", "GriditModels", "GriditCheckpoint", "GriditTensor"],
+            resources: [.copy("Fixtures")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "GriditImageTests",
+            dependencies: ["GriditImage", "CPNG"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "GriditEngineTests",
+            dependencies: ["GriditEngine", "GriditPipeline", "GriditImage", "GriditCheckpoint", "GriditModels", "GriditTensor"],
             resources: [.copy("Fixtures")],
             swiftSettings: swiftSettings
         ),

@@ -2,7 +2,7 @@
 # Installs the system libraries gridit builds against (Debian/Ubuntu). Idempotent; needs root
 # (or sudo) only when something is missing. Swift itself must already be on PATH.
 set -euo pipefail
-packages=(libopenblas-dev libsqlite3-dev libsystemd-dev pkg-config python3-venv)
+packages=(libopenblas-dev libsqlite3-dev libsystemd-dev libpng-dev zlib1g-dev pkg-config python3-venv)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
