@@ -130,7 +130,10 @@ let package = Package(
         ),
         .testTarget(
             name: "GriditEngineTests",
-            dependencies: ["GriditEngine", "GriditPipeline", "GriditImage", "GriditCheckpoint", "GriditModels", "GriditTensor"],
+            dependencies: [
+                "GriditEngine", "GriditPipeline", "GriditImage", "GriditCheckpoint", "GriditModels", "GriditTensor",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
             resources: [.copy("Fixtures")],
             swiftSettings: swiftSettings
         ),

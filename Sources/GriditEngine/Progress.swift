@@ -22,6 +22,17 @@ public struct RunProgress: Codable, Sendable, Equatable {
     /// Estimated seconds left (from this session's speed; nil before anything was measured).
     public var etaSeconds: Double?
 
+    public init(stage: RunStage, gridsDone: Int, gridsTotal: Int, framesDone: Int, framesTotal: Int, fraction: Double,
+                etaSeconds: Double?) {
+        self.stage = stage
+        self.gridsDone = gridsDone
+        self.gridsTotal = gridsTotal
+        self.framesDone = framesDone
+        self.framesTotal = framesTotal
+        self.fraction = fraction
+        self.etaSeconds = etaSeconds
+    }
+
     enum CodingKeys: String, CodingKey {
         case stage, fraction
         case gridsDone = "grids_done", gridsTotal = "grids_total", framesDone = "frames_done"
@@ -42,6 +53,17 @@ public struct StepProgress: Codable, Sendable, Equatable {
     /// Fraction of the plan's work done, 0…1, and the estimated seconds left.
     public var fraction: Double
     public var etaSeconds: Double?
+
+    public init(stage: RunStage, item: Int, itemsTotal: Int, step: Int, stepsTotal: Int, fraction: Double,
+                etaSeconds: Double?) {
+        self.stage = stage
+        self.item = item
+        self.itemsTotal = itemsTotal
+        self.step = step
+        self.stepsTotal = stepsTotal
+        self.fraction = fraction
+        self.etaSeconds = etaSeconds
+    }
 
     enum CodingKeys: String, CodingKey {
         case stage, item, step, fraction
