@@ -47,6 +47,8 @@ final class Executor {
     func run() -> [Result<Void, EngineError>] {
         guard !runs.isEmpty else { return [] }
         let now = Date()
+        // A run already complete gets its one final report here; the others after their last unit.
+        for (i, run) in runs.enumerated() where failures[i] == nil && run.isComplete { run.hooks.onProgress(run.progress) }
         for (i, run) in runs.enumerated() where failures[i] == nil && !run.isComplete {
             run.threads = options.threads
             run.sessionStart = now
@@ -75,7 +77,6 @@ final class Executor {
         return runs.indices.map { i in
             if let e = failures[i] { return .failure(e) }
             if stopped.contains(i) { return .failure(.interrupted) }
-            runs[i].hooks.onProgress(runs[i].progress)
             return .success(())
         }
     }
@@ -98,16 +99,41 @@ final class Executor {
         }
     }
 
+    /// Between steps: false once run `r` failed or is asked to stop (its items then drop out).
+    private func keepsGoing(_ r: Int) -> Bool {
+        guard failures[r] == nil else { return false }
+        if stopped.contains(r) || runs[r].hooks.shouldStop() {
+            stopped.insert(r)
+            runs[r].partialFlops = 0
+            return false
+        }
+        return true
+    }
+
+    /// Accounts one model evaluation of `work` operations of `run` and reports the step.
+    private func countStep(_ run: SequenceRun, work: Double, stage: RunStage, item: Int, of items: Int, step: Int,
+                           of steps: Int) {
+        run.sessionFlops += work
+        run.partialFlops += work
+        run.hooks.onStep(StepProgress(stage: stage, item: item, itemsTotal: items, step: step, stepsTotal: steps,
+                                      fraction: run.fraction, etaSeconds: run.eta))
+    }
+
     // MARK: Sizing
 
     /// Rows of `model` a batch may hold: the budget minus the workspace's fixed part, over the
-    /// workspace's and the items' bytes per row.
+    /// workspace's and the items' bytes per row (measured once per model on workspaces of 1 and 2).
     private func maxRows(_ model: DiT, itemFloats: Int) -> Int {
+        let key = model.config.conditionChannels > 0
+        if let rows = rowLimits[key] { return rows }
         let one = DiTWorkspace(config: model.config, batch: 1, workers: options.threads).byteCount
         let two = DiTWorkspace(config: model.config, batch: 2, workers: options.threads).byteCount
         let perRow = two - one + 4 * itemFloats, fixed = max(0, one - (two - one))
-        return max(1, min(options.maxBatch, (options.memoryBudget - fixed) / max(perRow, 1)))
+        let rows = max(1, min(options.maxBatch, (options.memoryBudget - fixed) / max(perRow, 1)))
+        rowLimits[key] = rows
+        return rows
     }
+    private var rowLimits: [Bool: Int] = [:]
 
     private func workspace(_ model: DiT, batch: Int) -> DiTWorkspace {
         let superResolution = model.config.conditionChannels > 0
@@ -171,19 +197,11 @@ final class Executor {
             }, afterStep: { i, _ in
                 let (r, g) = owners[i]
                 let run = self.runs[r]
-                guard self.failures[r] == nil else { return false }
-                if self.stopped.contains(r) || run.hooks.shouldStop() {
-                    self.stopped.insert(r)
-                    run.partialFlops = 0
-                    return false
-                }
+                guard self.keepsGoing(r) else { return false }
                 evaluations[i] += 1
                 let work = flopsPerRow * Double(run.settings.guided ? 2 : 1)
-                run.sessionFlops += work
-                run.partialFlops += work
-                run.hooks.onStep(StepProgress(stage: .stage1, item: g, itemsTotal: run.plan.grids, step: evaluations[i],
-                                              stepsTotal: run.plan.stage1.evaluationsPerItem, fraction: run.fraction,
-                                              etaSeconds: run.eta))
+                self.countStep(run, work: work, stage: .stage1, item: g, of: run.plan.grids, step: evaluations[i],
+                               of: run.plan.stage1.evaluationsPerItem)
                 guard items[i].isFinished else { return true }
                 let ok = self.attempt(r) {
                     try run.finishGrid(g, x: items[i].x)
@@ -302,18 +320,10 @@ final class Executor {
             }, afterStep: { j, _ in
                 let (r, i) = owners[j]
                 let run = self.runs[r]
-                guard self.failures[r] == nil else { return false }
-                if self.stopped.contains(r) || run.hooks.shouldStop() {
-                    self.stopped.insert(r)
-                    run.partialFlops = 0
-                    return false
-                }
+                guard self.keepsGoing(r) else { return false }
                 evaluations[j] += 1
-                run.sessionFlops += flopsPerRow
-                run.partialFlops += flopsPerRow
-                run.hooks.onStep(StepProgress(stage: .stage2, item: i, itemsTotal: run.plan.frames, step: evaluations[j],
-                                              stepsTotal: run.plan.stage2?.evaluationsPerItem ?? 0, fraction: run.fraction,
-                                              etaSeconds: run.eta))
+                self.countStep(run, work: flopsPerRow, stage: .stage2, item: i, of: run.plan.frames, step: evaluations[j],
+                               of: run.plan.stage2?.evaluationsPerItem ?? 0)
                 guard items[j].isFinished else { return true }
                 return self.attempt(r) {
                     try run.finishFrame(i, x: items[j].x)

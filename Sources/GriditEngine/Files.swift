@@ -36,7 +36,7 @@ enum Files {
     static func readTensor(_ path: String, shape: [Int]) -> Tensor? {
         guard exists(path) else { return nil }
         if let npy = try? NPYArray(path: path), npy.shape == shape, npy.dtype == .float32 {
-            return npy.floatTensor().copy()
+            return npy.floatTensor()
         }
         try? FileManager.default.removeItem(atPath: path)
         return nil

@@ -8,8 +8,8 @@ public final class ProgressPrinter {
     public let style: Style
     private let write: (String) -> Void
     private let interval: TimeInterval
-    private var lastStep = Date.distantPast
-    private var lastStage: RunStage?
+    private var lastStep = Date.distantPast, lastProgress = Date.distantPast
+    private var lastStepStage: RunStage?, lastProgressStage: RunStage?
     private var barShown = false
 
     /// `write` receives whole pieces of text (with their newlines or carriage returns).
@@ -27,10 +27,9 @@ public final class ProgressPrinter {
 
     public func step(_ s: StepProgress) {
         let now = Date()
-        let stageChanged = s.stage != lastStage
-        guard stageChanged || now.timeIntervalSince(lastStep) >= interval else { return }
+        guard s.stage != lastStepStage || now.timeIntervalSince(lastStep) >= interval else { return }
         lastStep = now
-        lastStage = s.stage
+        lastStepStage = s.stage
         switch style {
         case .none: return
         case .jsonLines: emitJSON(["event": "step", "progress": s])
@@ -48,9 +47,10 @@ public final class ProgressPrinter {
             // Every durable unit would be too many lines for long runs: throttle like the steps,
             // but always report stage changes and the end.
             let now = Date()
-            guard p.stage == .done || p.stage != lastStage || now.timeIntervalSince(lastStep) >= interval else { return }
-            lastStep = now
-            lastStage = p.stage
+            guard p.stage == .done || p.stage != lastProgressStage || now.timeIntervalSince(lastProgress) >= interval
+            else { return }
+            lastProgress = now
+            lastProgressStage = p.stage
             emitJSON(["event": "progress", "progress": p])
         case .bar:
             if p.stage == .done {

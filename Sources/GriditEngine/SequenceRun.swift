@@ -56,7 +56,7 @@ public final class SequenceRun {
     private(set) var frameDone: [Bool]
     private var gridsDoneCount = 0
     private var framesDoneCount = 0
-    private var firstUndoneFrame = 0
+    private var firstUndoneFrame = 0, firstUndoneGrid = 0
 
     let schedule1: DenoiseSchedule
     let schedule2: DenoiseSchedule?
@@ -219,8 +219,9 @@ public final class SequenceRun {
 
     /// Stage-1 grids that are not done and whose sources are, ascending, at most `limit`.
     func readyGrids(limit: Int) -> [Int] {
+        while firstUndoneGrid < plan.grids && gridDone[firstUndoneGrid] { firstUndoneGrid += 1 }
         var out: [Int] = []
-        var g = 0
+        var g = firstUndoneGrid
         let firstInBetween = plan.mode == .official ? (plan.officialExtensions ?? 0) + 1 : plan.grids
         while g < plan.grids && out.count < limit {
             if gridDone[g] { g += 1; continue }
@@ -228,7 +229,7 @@ public final class SequenceRun {
                 out.append(g)
                 g += 1
             } else if g < firstInBetween {
-                g = firstInBetween  // the chain of extensions waits; the in-between grids may not
+                g = max(g + 1, firstInBetween)  // the chain of extensions waits; the in-between grids may not
             } else {
                 break  // in-between grids (and gridit extensions) become ready in id order
             }
@@ -259,14 +260,14 @@ public final class SequenceRun {
         }
         let model = pipeline.configuration.modelLayout, image = pipeline.configuration.imageLayout
         guard let m = Files.readTensor(gridPath(g), shape: model.gridShape) else {
-            gridDone[g] = false
+            markGridMissing(g)
             throw EngineError(.transient, "grid \(g) vanished from the work directory '\(workDirectory)'",
                               hint: "run again to recompute it")
         }
         var img = m
         if pipeline.vae != nil {
             guard let i = Files.readTensor(gridImagePath(g), shape: image.gridShape) else {
-                gridDone[g] = false
+                markGridMissing(g)
                 throw EngineError(.transient, "grid \(g)'s image vanished from '\(workDirectory)'", hint: "run again")
             }
             img = i
@@ -274,6 +275,15 @@ public final class SequenceRun {
         gridCache.append((g, m, img))
         if gridCache.count > 2 * plan.k + 2 { gridCache.removeFirst() }
         return (m, img)
+    }
+
+    /// A done grid whose file is gone (or damaged): recompute it (deterministically, same bytes).
+    private func markGridMissing(_ g: Int) {
+        guard gridDone[g] else { return }
+        gridDone[g] = false
+        gridsDoneCount -= 1
+        firstUndoneGrid = min(firstUndoneGrid, g)
+        Files.remove(gridPath(g))
     }
 
     /// Marks grid `g` done after writing its files (image first: the model file marks it done).
