@@ -268,9 +268,10 @@ public struct SequencePlan: Codable, Sendable, Equatable {
                 lines.append("grids: 1 (generates \(kk), keeps \(frames))")
             } else {
                 let last = griditSpan(grids - 1).count
+                let full = last == perGrid ? grids - 1 : grids - 2
                 var g = "grids: \(grids) = 1 initial (\(kk) new)"
-                if grids > 2 { g += " + \(grids - 2) × (\(kk - perGrid) known + \(perGrid) new)" }
-                g += " + last (\(kk - last) known + \(last) new)"
+                if full > 0 { g += " + \(full) × (\(kk - perGrid) known + \(perGrid) new)" }
+                if last != perGrid { g += " + last (\(kk - last) known + \(last) new)" }
                 lines.append(g)
             }
         case .official:
