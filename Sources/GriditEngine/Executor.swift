@@ -17,39 +17,51 @@ extension SequenceRun {
     }
 
     /// Runs several runs of the same `LoadedPipeline` together, batching their grids and frames,
-    /// on the calling thread. Returns one result per run, in order: a run that fails or is stopped
-    /// does not stop the others.
-    public static func execute(_ runs: [SequenceRun], options: ExecutionOptions = ExecutionOptions())
+    /// on the calling thread, until every run is complete, failed or stopped. A run that fails or
+    /// is stopped does not stop the others.
+    ///
+    /// - `admit` is called before every batch and may return more runs (of the same pipeline) to
+    ///   join, so new jobs start without waiting for the others.
+    /// - `finished(run, result)` is called once per run as soon as it leaves (complete, failed or
+    ///   stopped), on this thread: a daemon can `finish(into:)` it right there.
+    /// Returns one result per run: the given runs in order, then the admitted ones in admission order.
+    @discardableResult
+    public static func execute(_ runs: [SequenceRun], options: ExecutionOptions = ExecutionOptions(),
+                               admit: () -> [SequenceRun] = { [] },
+                               finished: (SequenceRun, Result<Void, EngineError>) -> Void = { _, _ in })
         -> [Result<Void, EngineError>] {
-        Executor(runs: runs, options: options).run()
+        Executor(options: options).run(runs, admit: admit, finished: finished)
     }
 }
 
 /// The loop behind `SequenceRun.execute`.
 final class Executor {
-    let runs: [SequenceRun]
     let options: ExecutionOptions
+    private var runs: [SequenceRun] = []
     private var failures: [Int: EngineError] = [:]
     private var stopped: Set<Int> = []
+    private var reported: Set<Int> = []
     // One workspace per model, reallocated when the batch size changes.
     private var workspaces: [Bool: DiTWorkspace] = [:]
 
-    init(runs: [SequenceRun], options: ExecutionOptions) {
-        self.runs = runs
-        self.options = options
-        for (i, run) in runs.enumerated() where run.pipeline !== runs[0].pipeline {
-            failures[i] = EngineError(.internal, "runs batched together must share one LoadedPipeline")
-        }
-    }
+    init(options: ExecutionOptions) { self.options = options }
 
     private var pipeline: LoadedPipeline { runs[0].pipeline }
 
-    func run() -> [Result<Void, EngineError>] {
-        guard !runs.isEmpty else { return [] }
+    /// Adds runs and starts their session (timings, progress accounting).
+    private func join(_ new: [SequenceRun]) {
         let now = Date()
-        // A run already complete gets its one final report here; the others after their last unit.
-        for (i, run) in runs.enumerated() where failures[i] == nil && run.isComplete { run.hooks.onProgress(run.progress) }
-        for (i, run) in runs.enumerated() where failures[i] == nil && !run.isComplete {
+        for run in new {
+            let i = runs.count
+            runs.append(run)
+            if run.pipeline !== runs[0].pipeline {
+                failures[i] = EngineError(.internal, "runs batched together must share one LoadedPipeline")
+                continue
+            }
+            if run.isComplete {
+                run.hooks.onProgress(run.progress)  // its one final report; the others get it after their last unit
+                continue
+            }
             run.threads = options.threads
             run.sessionStart = now
             run.sessionFlops = 0
@@ -57,9 +69,30 @@ final class Executor {
             run.timings.sessions += 1
             attempt(i) { try run.saveTimings() }
         }
+    }
+
+    private func result(_ i: Int) -> Result<Void, EngineError> {
+        if let e = failures[i] { return .failure(e) }
+        if stopped.contains(i) { return .failure(.interrupted) }
+        return .success(())
+    }
+
+    /// Calls `finished` for every run that left since the last call.
+    private func report(_ finished: (SequenceRun, Result<Void, EngineError>) -> Void) {
+        for i in runs.indices where !reported.contains(i) && !isActive(i) {
+            reported.insert(i)
+            finished(runs[i], result(i))
+        }
+    }
+
+    func run(_ initial: [SequenceRun], admit: () -> [SequenceRun],
+             finished: (SequenceRun, Result<Void, EngineError>) -> Void) -> [Result<Void, EngineError>] {
+        join(initial)
         var preferFrames = false
         while true {
+            join(admit())
             checkStops()
+            report(finished)
             let active = runs.indices.filter { isActive($0) }
             if active.isEmpty { break }
             let grids = stage1Candidates(active)
@@ -74,11 +107,7 @@ final class Executor {
                 for i in active { failures[i] = EngineError(.internal, "run has nothing ready but is not complete") }
             }
         }
-        return runs.indices.map { i in
-            if let e = failures[i] { return .failure(e) }
-            if stopped.contains(i) { return .failure(.interrupted) }
-            return .success(())
-        }
+        return runs.indices.map(result)
     }
 
     private func isActive(_ i: Int) -> Bool { failures[i] == nil && !stopped.contains(i) && !runs[i].isComplete }

@@ -155,7 +155,7 @@ public struct RunSettings: Codable, Sendable, Equatable {
         if r.length < 1 { try fail("length is \(r.length)", "ask for at least 1 frame (--length)") }
         if r.length > limit {
             try fail("length \(r.length) is above the limit of \(limit) frames",
-                     "ask for fewer frames, or raise limits.max_length in the pipeline file")
+                     "ask for fewer frames, or raise the limit (limits.max_length in the pipeline file, --max-length)")
         }
         length = r.length
         seed = r.seed

@@ -62,6 +62,27 @@ private func bytes(_ folder: String, _ request: SequenceRequest, options: Execut
     }
 }
 
+@Test func runsAdmittedDuringABatchJoinAndLeaveOnTheirOwn() throws {
+    let p = try pipeline("latent")
+    let scratch = Scratch("admit")
+    let first = try SequenceRun(pipeline: p, request: latentRequest, workDirectory: scratch.path("a"))
+    let late = try SequenceRun(pipeline: p, request: SequenceRequest(length: 3, seed: 5, steps: "2", noSR: true),
+                               workDirectory: scratch.path("b"))
+    var calls = 0, left: [String] = []
+    let outcomes = SequenceRun.execute([first], options: ExecutionOptions(threads: 2, maxBatch: 4), admit: {
+        calls += 1
+        return calls == 2 ? [late] : []
+    }, finished: { run, result in
+        #expect(throws: Never.self) { try result.get() }
+        left.append(run.workDirectory)
+    })
+    #expect(outcomes.count == 2 && first.isComplete && late.isComplete)
+    // The short late run leaves first; each is reported once.
+    #expect(left == [late.workDirectory, first.workDirectory])
+    #expect(results(of: first.workDirectory) == (try bytes("latent", latentRequest)))
+    #expect(results(of: late.workDirectory) == (try bytes("latent", SequenceRequest(length: 3, seed: 5, steps: "2", noSR: true))))
+}
+
 @Test func resumingAfterAnInterruptionAtAnyPointGivesTheSameBytes() throws {
     let p = try pipeline("latent")
     let scratch = Scratch("resume")
