@@ -66,24 +66,16 @@ extension SequenceRun {
             layout.fillNoise(frame: f, of: eps,
                              key: NoiseKey(seed: settings.seed, purpose: .posterior, grid: consumer.id, step: role, frame: f))
         }
-        let latent = Tensor(zeros: layout.gridShape)
-        let scale = Float(spec.scalingFactor)
-        let (m, lv, e, out) = (mean.pointer, logvar.pointer, eps.pointer, latent.mutablePointer)
-        for i in 0..<latent.count { out[i] = scale * (m[i] + expf(0.5 * lv[i]) * e[i]) }
+        let latent = Self.scaledLatent(mean: mean, logvar: logvar, eps: eps, scale: Float(spec.scalingFactor))
         timings.vaeSeconds += Date().timeIntervalSince(started)
-        return latent
+        return latent.reshaped(layout.gridShape)
     }
 
     /// Stores finished grid `g` (its model-space x, and its VAE decode for latent pipelines).
     func finishGrid(_ g: Int, x: Tensor) throws {
         var image: Tensor?
-        if let vae = pipeline.vae, let spec = pipeline.spec.vae {
-            let started = Date()
-            let scaled = Tensor(zeros: [1] + x.shape)
-            let inv = Float(1 / spec.scalingFactor)
-            for i in 0..<x.count { scaled.mutablePointer[i] = x.pointer[i] * inv }
-            image = try vae.decode(scaled, threads: threads).reshaped(pipeline.configuration.imageLayout.gridShape)
-            timings.vaeSeconds += Date().timeIntervalSince(started)
+        if pipeline.vae != nil {
+            image = try decodeLatent(x).reshaped(pipeline.configuration.imageLayout.gridShape)
         }
         try storeGrid(g, model: x, image: image)
     }
@@ -120,17 +112,13 @@ extension SequenceRun {
         if let vae = pipeline.vae, let spec = pipeline.spec.vae {
             let started = Date()
             let (mean, logvar) = try vae.encode(up, threads: threads)
-            let scale = Float(spec.scalingFactor)
-            condition = Tensor(zeros: Array(mean.shape.dropFirst()))
-            let (m, out) = (mean.pointer, condition.mutablePointer)
+            var eps: Tensor?
             if spec.encode == .sample {
-                let eps = Tensor(zeros: condition.shape)
-                NoiseKey(seed: settings.seed, purpose: .srPosterior, grid: i).fillNormal(into: eps.mutablePointer, count: eps.count)
-                let (lv, e) = (logvar.pointer, eps.pointer)
-                for j in 0..<condition.count { out[j] = scale * (m[j] + expf(0.5 * lv[j]) * e[j]) }
-            } else {
-                for j in 0..<condition.count { out[j] = scale * m[j] }
+                eps = Tensor(zeros: mean.shape)
+                NoiseKey(seed: settings.seed, purpose: .srPosterior, grid: i).fillNormal(into: eps!.mutablePointer, count: mean.count)
             }
+            condition = Self.scaledLatent(mean: mean, logvar: logvar, eps: eps, scale: Float(spec.scalingFactor))
+                .reshaped(Array(mean.shape.dropFirst()))
             timings.vaeSeconds += Date().timeIntervalSince(started)
         }
         let channels = pipeline.stage2!.config.inChannels
@@ -141,16 +129,32 @@ extension SequenceRun {
 
     /// Writes frame `i` from its finished stage-2 sample x (model space).
     func finishFrame(_ i: Int, x: Tensor) throws {
-        var image = x
-        if let vae = pipeline.vae, let spec = pipeline.spec.vae {
-            let started = Date()
-            let scaled = Tensor(zeros: [1] + x.shape)
-            let inv = Float(1 / spec.scalingFactor)
-            for j in 0..<x.count { scaled.mutablePointer[j] = x.pointer[j] * inv }
-            image = try vae.decode(scaled, threads: threads)
-            timings.vaeSeconds += Date().timeIntervalSince(started)
+        try writeFrame(i, image: pipeline.vae == nil ? x : try decodeLatent(x))
+    }
+
+    // MARK: VAE
+
+    /// The image (1, C, H·f, W·f) of a latent x (C_z, H, W): decode(x / scaling factor).
+    private func decodeLatent(_ x: Tensor) throws -> Tensor {
+        let started = Date()
+        defer { timings.vaeSeconds += Date().timeIntervalSince(started) }
+        let scaled = Tensor(zeros: [1] + x.shape)
+        let inv = Float(1 / pipeline.spec.vae!.scalingFactor)
+        for j in 0..<x.count { scaled.mutablePointer[j] = x.pointer[j] * inv }
+        return try pipeline.vae!.decode(scaled, threads: threads)
+    }
+
+    /// scale · (mean + exp(logvar / 2) · ε) (a posterior sample), or scale · mean without ε.
+    private static func scaledLatent(mean: Tensor, logvar: Tensor, eps: Tensor?, scale: Float) -> Tensor {
+        let out = Tensor(zeros: mean.shape)
+        let (m, lv, o) = (mean.pointer, logvar.pointer, out.mutablePointer)
+        if let eps {
+            let e = eps.pointer
+            for j in 0..<out.count { o[j] = scale * (m[j] + expf(0.5 * lv[j]) * e[j]) }
+        } else {
+            for j in 0..<out.count { o[j] = scale * m[j] }
         }
-        try writeFrame(i, image: image)
+        return out
     }
 
     /// Writes frame `i` at the low resolution (no stage 2).
