@@ -78,7 +78,7 @@ let package = Package(
         .executableTarget(
             name: "griditd",
             dependencies: [
-                "GriditEngine", "GriditPipeline",
+                "GriditEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
