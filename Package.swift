@@ -9,6 +9,9 @@
 //                       Crypto, CModelStore (libarchive)   (content-addressed model store)
 //   griditd -> GriditDaemon, GriditModelStore -> GriditStore, GriditAPI, CSystemd, NIO, ServiceLifecycle, Logging
 //   griditctl -> GriditCLI -> GriditAPI                 (no DB, numeric or NIO targets)
+//   GriditImage -> CPNG                                 (PNG, animated PNG, contact sheet)
+//   GriditEngine -> GriditPipeline, GriditModels, GriditCheckpoint, GriditImage, Crypto
+//                                                       (pipelines, plans, resumable batched runs, outputs)
 import PackageDescription
 
 let swiftSettings: [SwiftSetting] = [
@@ -21,6 +24,7 @@ let package = Package(
     products: [
         .executable(name: "gridit-bench", targets: ["gridit-bench"]),
         .executable(name: "griditd", targets: ["griditd"]),
+        .library(name: "GriditEngine", targets: ["GriditEngine"]),
         .library(name: "GriditModels", targets: ["GriditModels"]),
         .library(name: "GriditCheckpoint", targets: ["GriditCheckpoint"]),
         .executable(name: "griditctl", targets: ["griditctl"]),
@@ -40,6 +44,7 @@ let package = Package(
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         // libarchive (model bundles) and the FICLONE ioctl (reflink import).
         .systemLibrary(name: "CModelStore", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
+        .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev", "zlib1g-dev"])]),
 
         // Hot elementwise loops in C so that clang vectorises them; chosen per CPU at load time.
         .target(
@@ -64,6 +69,19 @@ let package = Package(
         .target(
             name: "GriditPipeline",
             dependencies: ["GriditModels", "GriditTensor"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "GriditImage",
+            dependencies: ["CPNG"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "GriditEngine",
+            dependencies: [
+                "GriditPipeline", "GriditModels", "GriditTensor", "GriditCheckpoint", "GriditImage",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
             swiftSettings: swiftSettings
         ),
         // Wire types and output formatting shared by griditd and griditctl (Foundation only).
@@ -109,7 +127,7 @@ let package = Package(
         .executableTarget(
             name: "griditd",
             dependencies: [
-                "GriditDaemon", "GriditStore", "GriditModelStore", "GriditAPI",
+                "GriditDaemon", "GriditEngine", "GriditStore", "GriditModelStore", "GriditAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -147,6 +165,20 @@ let package = Package(
         .testTarget(
             name: "GriditPipelineTests",
             dependencies: ["GriditPipeline", "GriditModels", "GriditCheckpoint", "GriditTensor"],
+            resources: [.copy("Fixtures")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "GriditImageTests",
+            dependencies: ["GriditImage", "CPNG"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "GriditEngineTests",
+            dependencies: [
+                "GriditEngine", "GriditPipeline", "GriditImage", "GriditCheckpoint", "GriditModels", "GriditTensor",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
             resources: [.copy("Fixtures")],
             swiftSettings: swiftSettings
         ),

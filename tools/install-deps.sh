@@ -3,7 +3,7 @@
 # (or sudo) only when something is missing. Swift itself must already be on PATH.
 set -euo pipefail
 # systemd: systemd-analyze for the unit checks (tools/check-units.sh); curl: the socket API examples.
-packages=(libopenblas-dev libsqlite3-dev libsystemd-dev libarchive-dev pkg-config python3-venv systemd curl)
+packages=(libopenblas-dev libsqlite3-dev libsystemd-dev libarchive-dev libpng-dev zlib1g-dev pkg-config python3-venv systemd curl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -7,8 +7,8 @@ import Glibc
 /// A reader sees either the old file or the complete new one, never a partial write.
 ///
 /// Usage: `try AtomicFileWriter.write(to: path) { out in try out.write(bytes) }`.
-final class AtomicFileWriter {
-    let path: String
+public final class AtomicFileWriter {
+    public let path: String
     let temporaryPath: String
     private var fd: Int32
     private var renamed = false
@@ -16,7 +16,7 @@ final class AtomicFileWriter {
     private(set) var offset = 0
 
     /// Runs `body` with a writer for `path`; on any error the temporary file is removed.
-    static func write(
+    public static func write(
         to path: String, _ body: (AtomicFileWriter) throws(CheckpointError) -> Void
     ) throws(CheckpointError) {
         let writer = try AtomicFileWriter(path: path)
@@ -43,7 +43,7 @@ final class AtomicFileWriter {
     }
 
     /// Appends `bytes`, retrying short writes and EINTR.
-    func write(_ bytes: UnsafeRawBufferPointer) throws(CheckpointError) {
+    public func write(_ bytes: UnsafeRawBufferPointer) throws(CheckpointError) {
         var done = 0
         while done < bytes.count {
             let n = Glibc.write(fd, bytes.baseAddress! + done, bytes.count - done)
@@ -57,7 +57,7 @@ final class AtomicFileWriter {
         offset += done
     }
 
-    func write(_ bytes: [UInt8]) throws(CheckpointError) {
+    public func write(_ bytes: [UInt8]) throws(CheckpointError) {
         var failure: CheckpointError?
         bytes.withUnsafeBytes { raw in
             do throws(CheckpointError) { try write(raw) } catch { failure = error }

@@ -80,13 +80,17 @@ public struct CheckpointError: Error, Hashable, Sendable, CustomStringConvertibl
     public var message: String
     /// What to do about it (a default for the code when the thrower gives none).
     public var hint: String?
+    /// The errno of a failed system call (so callers can tell a full disk, ENOSPC, from the rest).
+    public var errno: Int32?
 
-    public init(code: Code, path: String, tensor: String? = nil, message: String, hint: String? = nil) {
+    public init(code: Code, path: String, tensor: String? = nil, message: String, hint: String? = nil,
+                errno: Int32? = nil) {
         self.code = code
         self.path = path
         self.tensor = tensor
         self.message = message
         self.hint = hint ?? code.defaultHint
+        self.errno = errno
     }
 
     public var description: String {
@@ -124,6 +128,7 @@ extension CheckpointError {
     static func syscall(
         _ call: String, errno code: Int32, path: String, as errorCode: Code, hint: String? = nil
     ) -> CheckpointError {
-        CheckpointError(code: errorCode, path: path, message: "\(call) failed: \(errnoText(code))", hint: hint)
+        CheckpointError(code: errorCode, path: path, message: "\(call) failed: \(errnoText(code))", hint: hint,
+                        errno: code)
     }
 }

@@ -180,7 +180,12 @@ extension GaussianDiffusion {
                 let shift = layout.offset(ofFrame: source) - layout.offset(ofFrame: f)
                 layout.forEachRow(ofFrame: f) { _, _, off in
                     let o = base + off
-                    for j in 0..<s { dst[o + j] = a * x0[o + j] + b * z[o + shift + j] }
+                    if b == 0 {
+                        // ᾱ = 1 (after the last step at the RePaint level): the clean frames, no noise read.
+                        for j in 0..<s { dst[o + j] = a * x0[o + j] }
+                    } else {
+                        for j in 0..<s { dst[o + j] = a * x0[o + j] + b * z[o + shift + j] }
+                    }
                 }
             }
         }

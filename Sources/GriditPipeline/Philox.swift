@@ -37,8 +37,18 @@ public enum NoisePurpose: UInt8, Sendable {
     case step = 1
     /// Noise used to re-noise the known frames (when not shared with the step noise).
     case replacement = 2
-    /// Anything else a caller needs (e.g. VAE posterior sampling).
+    /// Anything else a caller needs.
     case other = 3
+    /// z of a RePaint resampling jump, q(x_k | x_{k−1}) (stage 1).
+    case jump = 4
+    /// ε of a VAE posterior sample z = mean + exp(logvar/2)·ε of a stage-1 context grid.
+    case posterior = 5
+    /// x_T, step z and jump z of a stage-2 (super-resolution) frame; `grid` is the frame index.
+    case srInitial = 6
+    case srStep = 7
+    case srJump = 8
+    /// ε of the VAE posterior sample of a stage-2 condition.
+    case srPosterior = 9
 }
 
 /// The identity of one noise stream: a seed and a small tuple of position ids.

@@ -133,10 +133,12 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
         public var contextRows: Int
         /// `fp32` or `bf16`.
         public var precision: String
+        /// Classifier-free guidance scale for a class-conditional stage 1 (1 = no guidance).
+        public var cfgScale: Double
 
         public init(mode: String = "gridit", sampler: String = "ddpm", steps: String = "250", eta: Double = 0,
                     srSampler: String = "ddpm", srSteps: String = "250", contextRows: Int = 1,
-                    precision: String = "fp32") {
+                    precision: String = "fp32", cfgScale: Double = 1) {
             self.mode = mode
             self.sampler = sampler
             self.steps = steps
@@ -145,6 +147,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
             self.srSteps = srSteps
             self.contextRows = contextRows
             self.precision = precision
+            self.cfgScale = cfgScale
         }
 
         enum CodingKeys: String, CodingKey {
@@ -153,6 +156,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
             case srSteps = "sr_steps"
             case contextRows = "context_rows"
             case precision
+            case cfgScale = "cfg_scale"
         }
 
         public init(from decoder: any Decoder) throws {
@@ -166,6 +170,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
             srSteps = try Self.decodeSteps(c, .srSteps) ?? d.srSteps
             contextRows = try c.decodeIfPresent(Int.self, forKey: .contextRows) ?? d.contextRows
             precision = try c.decodeIfPresent(String.self, forKey: .precision) ?? d.precision
+            cfgScale = try c.decodeIfPresent(Double.self, forKey: .cfgScale) ?? d.cfgScale
         }
 
         /// Steps may be written as a number (50) or a respacing string ("50", "ddim50").
@@ -327,6 +332,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
         if !Self.precisions.contains(d.precision) {
             try fail("defaults.precision is '\(d.precision)'; use one of \(Self.precisions)")
         }
+        if !(d.cfgScale.isFinite && d.cfgScale >= 0) { try fail("defaults.cfg_scale is \(d.cfgScale); it must be >= 0") }
         if limits.maxLength < 1 { try fail("limits.max_length is \(limits.maxLength); it must be positive") }
         for (role, ref) in files where ref.isEmpty { try fail("\(role.rawValue) is empty") }
     }
@@ -339,6 +345,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
 
     /// Checks the models' configs against the pipeline: a stage-1 input of k frames per side, the
     /// right channel counts, a stage-2 model taking [noisy, condition] at the high resolution.
+    /// Stage 1 may be class-conditional (requests then name a class; guidance by `cfg_scale`).
     public func validate(stage1 s1: DiTConfiguration, stage2 s2: DiTConfiguration?, vae v: AutoencoderKLConfiguration?,
                          path: String? = nil) throws {
         func fail(_ m: String) throws -> Never { throw PipelineError(m, path: path) }
@@ -360,7 +367,6 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
         }
         if s1.inChannels != c { try fail("stage 1 in_channels is \(s1.inChannels), expected \(c)") }
         if s1.conditionChannels != 0 { try fail("stage 1 must not take a condition (condition_channels \(s1.conditionChannels))") }
-        if s1.numClasses != 0 { try fail("stage 1 must be unconditional (num_classes \(s1.numClasses))") }
         if s % s1.patchSize != 0 {
             try fail("a frame of \(s) pixels is not a whole number of stage-1 patches (\(s1.patchSize))")
         }

@@ -1,6 +1,6 @@
 // griditd: the gridit daemon executable. Thin: every subcommand parses its options and calls a
 // library target. The root lists the subcommands; each lives in its own files (`serve`:
-// Serve*.swift, GriditDaemon; `models`: Models*.swift, GriditModelStore).
+// Serve*.swift, GriditDaemon; `run`: Run.swift, GriditEngine; `models`: Models*.swift, GriditModelStore).
 import ArgumentParser
 import GriditAPI
 
@@ -10,5 +10,5 @@ struct Griditd: AsyncParsableCommand {
         commandName: "griditd",
         abstract: "The gridit daemon: a durable job queue and worker for GriDiT image sequences, and its offline tools.",
         version: griditVersion,
-        subcommands: [Serve.self, Models.self])
+        subcommands: [Serve.self, RunCommand.self, Models.self])
 }

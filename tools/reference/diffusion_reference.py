@@ -117,6 +117,10 @@ class Diffusion:
             return mean
         return mean + sigma * z
 
+    def renoise(self, x, k: int, z):
+        """One forward step from level k-1 up to level k: sqrt(1 - beta'_k) x + sqrt(beta'_k) z."""
+        return math.sqrt(1.0 - self.betas[k]) * x + math.sqrt(self.betas[k]) * z
+
     def replace(self, x, known_x0, z, rows: slice, cols: slice, k: int, level: str):
         """Set x[..., rows, cols] = sqrt(a)*known_x0 + sqrt(1-a)*z on that region (a new tensor).
 
@@ -128,12 +132,45 @@ class Diffusion:
         return y
 
 
+def resample_schedule(count: int, jump_length: int = 1, jump_count: int = 1) -> list[tuple[str, int, int]]:
+    """RePaint resampling (Lugmayr et al. 2022, Sec. 4.2) as a list of (kind, k, visit).
+
+    Levels run from count-1 (x_T) down to -1 (clean). Each time a denoising step lands on a level
+    that is a multiple of jump_length and at least jump_length below the top, the sample is
+    re-noised jump_length levels back up, jump_count - 1 times per such level; ("denoise", k, v)
+    goes from level k to k-1, ("renoise", k, v) from level k-1 to k; v counts earlier visits of
+    (kind, k).
+    """
+    left = {}
+    if jump_count > 1:
+        left = {lvl: jump_count - 1 for lvl in range(0, count - jump_length, jump_length)}
+    seen: dict[tuple[str, int], int] = {}
+    out = []
+
+    def emit(kind, k):
+        v = seen.get((kind, k), 0)
+        seen[(kind, k)] = v + 1
+        out.append((kind, k, v))
+
+    level = count - 1
+    while level >= 0:
+        emit("denoise", level)
+        level -= 1
+        if left.get(level, 0) > 0:
+            left[level] -= 1
+            for _ in range(jump_length):
+                level += 1
+                emit("renoise", level)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Counter-based noise: Philox4x32-10 and Box-Muller normals keyed by (seed, purpose, grid, step, frame)
 # --------------------------------------------------------------------------------------------
 
 _MASK = 0xFFFFFFFF
-PURPOSES = {"initial": 0, "step": 1, "replacement": 2, "other": 3}
+PURPOSES = {"initial": 0, "step": 1, "replacement": 2, "other": 3, "jump": 4, "posterior": 5,
+            "sr_initial": 6, "sr_step": 7, "sr_jump": 8, "sr_posterior": 9}
 
 
 def philox4x32_10(counter, key):

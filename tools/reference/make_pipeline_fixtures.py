@@ -34,6 +34,9 @@ Whole loops (spec "10", seed 45, 2x2 grids of 4x4 frames, grid ids 3 and 7; see 
     loop.xT.npy           (2, 4, 8, 8) x_T from the keyed Philox streams
     loop.prev.npy         (4, 8, 8) the previous grid whose row 1 is copied into grid 7's row 0
     loop_ddpm.x0.npy      DDPM result; loop_ddim.x0.npy: DDIM eta 0 result (same replacement)
+
+Bicubic (the stage-2 condition): bicubic.in.npy (2, 3, 5, 7) in [-1, 1]; bicubic.x{2,3,4}.npy =
+F.interpolate(mode="bicubic", align_corners=False) by that scale, evaluated in float64.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -97,6 +101,15 @@ def make_loops(model, out: Path, gen: torch.Generator) -> None:
                 x[1, :, 0:s, :] = noised[:, s:2 * s, :]
         save(out / f"{name}.x0.npy", f32(x))
         print(f"{name:<14} max |x0| {x.abs().max():.3f}")
+
+
+def make_bicubic(out: Path, gen: torch.Generator) -> None:
+    """The stage-2 condition convention: F.interpolate(mode="bicubic", align_corners=False)."""
+    x = torch.rand((2, 3, 5, 7), generator=gen, dtype=torch.float32) * 2 - 1
+    save(out / "bicubic.in.npy", f32(x))
+    for scale in (2, 3, 4):
+        y = F.interpolate(x.double(), scale_factor=scale, mode="bicubic", align_corners=False)
+        save(out / f"bicubic.x{scale}.npy", f32(y))
 
 
 def main() -> int:
@@ -154,6 +167,7 @@ def main() -> int:
         print(f"{name:<14} t={int(d.timestep_map[k]):<4} |x_k-1| max {ddpm.abs().max():.3f}")
 
     make_loops(model, out, gen)
+    make_bicubic(out, gen)
 
     total = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     print(f"fixtures: {total} bytes in {out}")
