@@ -31,6 +31,7 @@ MIN_AREA = 12.0        # smallest blob that counts as a digit, px at 64
 MASS_RANGE = (0.4, 2.5)  # per-frame foreground mass relative to the sequence median
 SUSTAINED = 0.1       # share of frames a blob count must be seen in to set the digit count
 JOIN_PX = 2.0         # dilation radius (px at 64) that joins the broken strokes of one digit
+MAX_DIGITS = 4        # more sustained blobs than this: clutter, the sequence fails
 JUMP_SLACK = 4.0       # px at 64 added to the top speed: centroid error (strokes, clipping, overlaps)
 
 
@@ -121,8 +122,8 @@ def track_sequence(frames: np.ndarray, max_speed_px: float) -> dict:
     counts = np.array([c[0] for c in comps])
     vals, freq = np.unique(counts, return_counts=True)
     k = int(vals[freq >= max(2, math.ceil(SUSTAINED * L))].max(initial=0))
-    if k == 0:
-        return {"digits": 0, "pass": False, "count_ok": False, "jump_ok": False, "bad_frames": L,
+    if k == 0 or k > MAX_DIGITS:  # nothing, or clutter: not digits (the data has 1-2)
+        return {"digits": k, "pass": False, "count_ok": False, "jump_ok": False, "bad_frames": L,
                 "max_excess": float("nan"), "centres": np.zeros((L, 0, 2))}
     reliable = counts == k
     t0 = int(np.nonzero(reliable)[0][0])

@@ -260,6 +260,7 @@ def export_pipeline(stage1: ref.DiT, stage2: ref.DiT, out_dir: str, defaults: De
             json.dump(extra, f, indent=2)
             f.write("\n")
     for name in os.listdir(tmp):
+        os.chmod(os.path.join(tmp, name), 0o644)
         fd = os.open(os.path.join(tmp, name), os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)

@@ -196,6 +196,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     share = {1: a.share1, 2: 1.0 - a.share1}
+    run_seconds = {1: 0.0, 2: 0.0}  # shares apply to this invocation's time
     limits = {1: a.max_steps1, 2: a.max_steps2}
     start = time.time()
     t_ckpt = t_export = t_log = start
@@ -213,12 +214,14 @@ def main(argv=None) -> int:
         log(fh, f"exported {a.export_dir} ({tag}: stage1 step {st[1].step}, stage2 step {st[2].step})")
 
     while not stop["flag"] and active() and time.time() - start < a.hours * 3600:
-        # The stage furthest behind its share of this run's time goes next.
-        i = min(active(), key=lambda j: st[j].seconds / max(share[j], 1e-9))
+        # The stage furthest behind its share of this invocation's time goes next.
+        i = min(active(), key=lambda j: run_seconds[j] / max(share[j], 1e-9))
         t0 = time.perf_counter()
         st[i].train_step()
         # A SIGSTOP pause is charged to the step it interrupted; it only skews the time shares.
-        st[i].seconds += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        st[i].seconds += dt
+        run_seconds[i] += dt
         now = time.time()
         if now - t_log >= a.log_every:
             for j in stages_on:
