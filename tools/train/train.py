@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common as C  # noqa: E402
 
 STAGE_SEED = {1: 1_000_003, 2: 2_000_003}  # data seed of step s = STAGE_SEED + s
+DESCRIPTION = "4x4 grids of 16x16 moving MNIST digits, x4 super-resolution to 64x64 (pixel space)"
 
 
 def parse_arch(s: str) -> tuple[int, int, int, int]:
@@ -208,8 +209,7 @@ def main(argv=None) -> int:
         if not a.export_dir:
             return
         info = {i: {"step": st[i].step, "hours": round(st[i].seconds / 3600, 3)} for i in st}
-        C.export_pipeline(st[1].ema, st[2].ema, a.export_dir, C.Defaults(),
-                          "4x4 grids of 16x16 moving MNIST digits, x4 super-resolution to 64x64 (pixel space)",
+        C.export_pipeline(st[1].ema, st[2].ema, a.export_dir, C.Defaults(), DESCRIPTION,
                           extra={"stage1": info[1], "stage2": info[2], "tag": tag})
         log(fh, f"exported {a.export_dir} ({tag}: stage1 step {st[1].step}, stage2 step {st[2].step})")
 
