@@ -136,7 +136,8 @@ def drift(first: dict, last: dict) -> dict:
     out = {}
     for k in bf:
         ratio = max(bl[k], FLOORS[k]) / max(bf[k], FLOORS[k])
-        out[k] = {"first": bf[k], "last": bl[k], "ratio": ratio, "ok": ratio <= DRIFT_FACTOR}
+        out[k] = {"first": float(bf[k]), "last": float(bl[k]), "ratio": float(ratio),
+                  "ok": bool(ratio <= DRIFT_FACTOR)}
     out["all_ok"] = all(v["ok"] for v in out.values() if isinstance(v, dict))
     return out
 

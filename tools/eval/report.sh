@@ -12,9 +12,9 @@ cd "$(dirname "$0")/../.."
 pl=${1:?pipeline folder}
 work=${2:?work folder}
 py=${3:-python3}
-n128=${N128:-16}     # 128-frame sequences, full pipeline
+n128=${N128:-12}     # 128-frame sequences, full pipeline
 n16=${N16:-32}       # 16-frame clips, stage 1 only
-noff=${NOFF:-8}      # official-mode sequences
+noff=${NOFF:-6}      # official-mode sequences
 loff=${LOFF:-128}    # their length
 threads=${THREADS:-2}
 mkdir -p "$work"
@@ -57,9 +57,7 @@ ev --gen "$work/s1_ddpm250" --name "DDPM 250" --gen "$work/s1_ddpm100" --name "D
 
 echo "== full pipeline, $loff frames, official mode (3 context rows + in-betweening), defaults' samplers"
 gen official_long "$noff" "$loff" 3 --mode official
-gen gridit_long "$noff" "$loff" 3
-ev --gen "$work/gridit_long" --name "gridit" --gen "$work/official_long" --name "official" \
-   --json "$work/modes.json" --sheet "$work/modes.png"
+ev --count "$n128" --gen "$work/official_long" --name "official" --json "$work/modes.json" --sheet "$work/modes.png"
 
 echo "== stage 2 on exact held-out pairs"
 "$py" tools/eval/sr_check.py --pipeline "$pl" --count 64 --setting ddpm:25 --setting ddpm:50 --setting ddim:25 \

@@ -198,6 +198,7 @@ def main(argv=None) -> int:
 
     share = {1: a.share1, 2: 1.0 - a.share1}
     run_seconds = {1: 0.0, 2: 0.0}  # shares apply to this invocation's time
+    typical = {1: 0.0, 2: 0.0}  # running mean of a step's time
     limits = {1: a.max_steps1, 2: a.max_steps2}
     start = time.time()
     t_ckpt = t_export = t_log = start
@@ -218,8 +219,12 @@ def main(argv=None) -> int:
         i = min(active(), key=lambda j: run_seconds[j] / max(share[j], 1e-9))
         t0 = time.perf_counter()
         st[i].train_step()
-        # A SIGSTOP pause is charged to the step it interrupted; it only skews the time shares.
+        # A step much longer than usual was most likely paused (SIGSTOP for someone's benchmark, or
+        # a burst of load): charge at most 3x the running mean so the shares stay fair.
         dt = time.perf_counter() - t0
+        if typical[i]:
+            dt = min(dt, 3.0 * typical[i])
+        typical[i] = dt if not typical[i] else 0.9 * typical[i] + 0.1 * dt
         st[i].seconds += dt
         run_seconds[i] += dt
         now = time.time()
