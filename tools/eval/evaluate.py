@@ -126,7 +126,9 @@ def _badness(m: dict) -> dict:
     }
 
 
-FLOORS = {"track_fail": 0.05, "sharp_loss": 0.05, "warp_ratio": 0.05, "flow_error": 0.05, "pca_fd": 0.5}
+# Noise floors of each badness, from real-vs-real windows of 12-16 sequences (the sharpness and flow
+# ratios of two real 16-frame windows differ by up to ~0.2 at that N).
+FLOORS = {"track_fail": 0.05, "sharp_loss": 0.2, "warp_ratio": 0.05, "flow_error": 0.2, "pca_fd": 0.5}
 
 
 def drift(first: dict, last: dict) -> dict:
