@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The quality report of a moving-digits pipeline (tools/train/README.md, "Quality"). Usage:
+#   tools/eval/report.sh PIPELINE_DIR WORK_DIR [PYTHON]
+# Sequences come from the Swift engine when GRIDITD names a `griditd` binary (`griditd run`, one
+# process per sequence, seed = 1000 * set seed + index), otherwise from the PyTorch sampler
+# (tools/train/sample.py; same schedules and modes, torch.Generator noise instead of Philox).
+# Writes WORK_DIR/<set>/seq_*/frames/*.png, WORK_DIR/*.json (one per table) and WORK_DIR/*.png
+# (contact sheets), and prints the markdown tables. Set sizes can be overridden from the
+# environment (N128, N16, NOFF, LOFF); the defaults are the ones the README's numbers used.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+pl=${1:?pipeline folder}
+work=${2:?work folder}
+py=${3:-python3}
+n128=${N128:-12}     # 128-frame sequences, full pipeline
+n16=${N16:-32}       # 16-frame clips, stage 1 only
+noff=${NOFF:-6}      # official-mode sequences
+loff=${LOFF:-128}    # their length
+threads=${THREADS:-2}
+mkdir -p "$work"
+# gen NAME COUNT LENGTH SEED [sampler flags...]
+gen() {
+    local name=$1 count=$2 length=$3 seed=$4
+    shift 4
+    [ -d "$work/$name" ] && return 0
+    if [ -n "${GRIDITD:-}" ]; then
+        mkdir -p "$work/$name.tmp"
+        for ((i = 0; i < count; i++)); do
+            "$GRIDITD" run --pipeline "$pl/pipeline.json" --length "$length" --seed $((1000 * seed + i)) \
+                --threads "$threads" --progress none --out "$work/$name.tmp/$(printf 'seq_%04d' "$i")" "$@" >/dev/null
+        done
+        mv "$work/$name.tmp" "$work/$name"
+    else
+        "$py" tools/train/sample.py --pipeline "$pl" --out "$work/$name" --quiet --count "$count" \
+            --length "$length" --seed "$seed" --threads "$threads" "$@"
+    fi
+}
+ev() { "$py" tools/eval/evaluate.py "$@"; }
+start=$SECONDS
+
+echo "== metric validation: real vs real and corruptions (64 px, 16 frames)"
+ev --validate --count 48 --length 16 --size 64 --json "$work/validate64.json" --sheet "$work/validate64.png"
+
+echo "== full pipeline, 128 frames, gridit mode, pipeline defaults (64 px; drift = last 16 vs first 16)"
+gen gridit128 "$n128" 128 1
+ev --validate --gen "$work/gridit128" --name "gridit, defaults" --json "$work/gridit128.json" \
+   --sheet "$work/gridit128.png"
+
+echo "== stage 1 alone, 16-frame grids (16 px): samplers and steps"
+gen s1_ddpm250 "$n16" 16 2 --no-sr --sampler ddpm --steps 250
+gen s1_ddpm100 "$n16" 16 2 --no-sr --sampler ddpm --steps 100
+gen s1_ddpm50 "$n16" 16 2 --no-sr --sampler ddpm --steps 50
+gen s1_ddim50 "$n16" 16 2 --no-sr --sampler ddim --steps 50 --eta 0
+ev --gen "$work/s1_ddpm250" --name "DDPM 250" --gen "$work/s1_ddpm100" --name "DDPM 100" \
+   --gen "$work/s1_ddpm50" --name "DDPM 50" --gen "$work/s1_ddim50" --name "DDIM 50 (eta 0)" \
+   --json "$work/stage1_16.json" --sheet "$work/stage1_16.png"
+
+echo "== full pipeline, $loff frames, official mode (3 context rows + in-betweening), defaults' samplers"
+gen official_long "$noff" "$loff" 3 --mode official
+ev --count "$n128" --gen "$work/official_long" --name "official" --json "$work/modes.json" --sheet "$work/modes.png"
+
+echo "== stage 2 on exact held-out pairs"
+"$py" tools/eval/sr_check.py --pipeline "$pl" --count 64 --setting ddpm:25 --setting ddpm:50 --setting ddim:25 \
+    --json "$work/sr.json"
+echo "(report: $((SECONDS - start)) s)"

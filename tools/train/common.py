@@ -1,0 +1,276 @@
+"""Shared pieces of the moving-digits training and sampling tools.
+
+The model is the independent PyTorch DiT of tools/reference/dit_reference.py (so exported keys are
+exactly the Swift binding table), the schedule is tools/reference/diffusion_reference.py (linear
+betas 1e-4..0.02 over 1000 steps, respacing). This file adds what training needs on top: the DiT
+initialisation, batched q_sample / posterior / the IDDPM hybrid loss, the data batches, EMA and
+the pipeline export.
+
+Shape legend: N batch, C channels (1), H = W model input side, K grid side in frames, S frame side.
+Pixel mapping (the project's convention, also in the Swift engine): x = u8 / 255 * 2 - 1 in, and
+u8 = clamp(floor((x + 1) / 2 * 255 + 0.5), 0, 255) out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_TOOLS = os.path.dirname(_HERE)
+for _p in (os.path.join(_TOOLS, "reference"), os.path.join(_TOOLS, "data")):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import dit_reference as ref  # noqa: E402
+import diffusion_reference as dref  # noqa: E402
+import moving_digits as md  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------
+# Data geometry (CONTRACTS.md "The trained pipeline")
+# ---------------------------------------------------------------------------------------------
+
+K = 4                    # frames per grid side
+LR = 16                  # stage-1 frame side
+SCALE = 4                # stage-2 factor
+HR = LR * SCALE          # 64: classic Moving-MNIST frame side
+DIGIT_SCALE = 28 / 64    # classic Moving MNIST: 28 px digits on a 64 px canvas
+DATA_KW = dict(digit_scale=DIGIT_SCALE, num_digits=(1, 2), digit_probs=(0.5, 0.5),
+               speed=md.DEFAULT_SPEED)
+
+
+def to_model(u8: np.ndarray) -> torch.Tensor:
+    """uint8 (...) -> float32 in [-1, 1]."""
+    return torch.from_numpy(u8.astype(np.float32) / 255.0 * 2.0 - 1.0)
+
+
+def to_u8(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """[-1, 1] -> uint8 by round-half-up, clamped."""
+    x = x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
+    return np.clip(np.floor((x + 1.0) / 2.0 * 255.0 + 0.5), 0, 255).astype(np.uint8)
+
+
+def upsample(lr: torch.Tensor, scale: int = SCALE) -> torch.Tensor:
+    """The stage-2 condition: bicubic (a = -0.75, align_corners False) of (N, C, S, S)."""
+    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
+def stage1_batch(n: int, seed: int) -> torch.Tensor:
+    """(N, 1, K*LR, K*LR) grids of 16 consecutive LR frames (exact mean-pool of a 64 px render)."""
+    s = md.sequences(n, K * K, LR, seed, "train", render_factor=SCALE, **DATA_KW)
+    return to_model(md.to_grids(s.frames, K))[:, None]
+
+
+def stage2_batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x (N, 1, HR, HR), low (N, 1, LR, LR)): exact pairs, low = mean_pool(x, 4)."""
+    low, high = md.sr_pairs(n, LR, SCALE, seed, "train", **DATA_KW)
+    return to_model(high)[:, None], to_model(low)[:, None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+
+
+def stage_config(stage: int, depth: int, hidden: int, heads: int, patch: int) -> ref.DiTConfig:
+    if stage == 1:
+        return ref.DiTConfig(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=patch,
+                             input_size=K * LR, in_channels=1, learn_sigma=True)
+    return ref.DiTConfig(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=patch,
+                         input_size=HR, in_channels=1, learn_sigma=True, condition_channels=1)
+
+
+def build_model(cfg: ref.DiTConfig, seed: int) -> ref.DiT:
+    """The reference DiT with the usual DiT initialisation (xavier linears, normal(0.02) timestep
+    MLP, zero adaLN and output layer, so every block starts as the identity)."""
+    torch.manual_seed(seed)
+    model = ref.DiT(cfg, attn_impl="sdpa")
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    w = model.x_embedder.proj.weight
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    nn.init.zeros_(model.x_embedder.proj.bias)
+    for lin in (model.t_embedder.mlp[0], model.t_embedder.mlp[2]):
+        nn.init.normal_(lin.weight, std=0.02)
+    for blk in model.blocks:
+        nn.init.zeros_(blk.adaLN_modulation[-1].weight)
+        nn.init.zeros_(blk.adaLN_modulation[-1].bias)
+    for lin in (model.final_layer.adaLN_modulation[-1], model.final_layer.linear):
+        nn.init.zeros_(lin.weight)
+        nn.init.zeros_(lin.bias)
+    return model
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# Diffusion training terms (batched over per-sample t; float64 tables cast to float32)
+# ---------------------------------------------------------------------------------------------
+
+
+class TrainDiffusion:
+    """The 1000-step schedule of diffusion_reference with per-sample gathers."""
+
+    def __init__(self):
+        d = dref.Diffusion("1000")
+        self.count = d.count
+        tab = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
+        self.sqrt_ab = tab(np.sqrt(d.ab))
+        self.sqrt_1mab = tab(np.sqrt(1.0 - d.ab))
+        self.sqrt_recip = tab(d.sqrt_recip)
+        self.sqrt_recipm1 = tab(d.sqrt_recipm1)
+        self.coef1 = tab(d.coef1)
+        self.coef2 = tab(d.coef2)
+        self.post_logvar = tab(d.post_logvar_clipped)
+        self.log_betas = tab(np.log(d.betas))
+
+    @staticmethod
+    def _g(table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return table[t].float()[:, None, None, None]
+
+    def q_sample(self, x0, t, noise):
+        return self._g(self.sqrt_ab, t) * x0 + self._g(self.sqrt_1mab, t) * noise
+
+    def hybrid_loss(self, out: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
+                    noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """IDDPM hybrid loss: mean-squared epsilon error plus the variational bound term in bits,
+        whose model mean uses the detached epsilon so it trains only the variance channels.
+        out: (N, 2C, H, W) float32. Returns (loss, mse, vb), each a scalar mean over the batch."""
+        c = x0.shape[1]
+        eps, v = out[:, :c], out[:, c:]
+        mse = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
+        g = lambda a: self._g(a, t)  # noqa: E731
+        true_mean = g(self.coef1) * x0 + g(self.coef2) * xt
+        true_logvar = g(self.post_logvar)
+        frac = (v + 1) / 2
+        model_logvar = frac * g(self.log_betas) + (1 - frac) * g(self.post_logvar)
+        x0_pred = g(self.sqrt_recip) * xt - g(self.sqrt_recipm1) * eps.detach()
+        model_mean = g(self.coef1) * x0_pred + g(self.coef2) * xt
+        kl = 0.5 * (-1.0 + model_logvar - true_logvar + torch.exp(true_logvar - model_logvar)
+                    + (true_mean - model_mean) ** 2 * torch.exp(-model_logvar))
+        kl = kl.mean(dim=(1, 2, 3)) / math.log(2.0)
+        nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar)
+        nll = nll.mean(dim=(1, 2, 3)) / math.log(2.0)
+        vb = torch.where(t == 0, nll, kl)
+        return (mse + vb).mean(), mse.mean(), vb.mean()
+
+
+def _approx_std_normal_cdf(x):
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def discretized_gaussian_log_likelihood(x, means, log_scales):
+    """log-likelihood of 8-bit data x in [-1, 1] (bins of width 2/255) under N(means, e^(2 log_scales))."""
+    centered = x - means
+    inv = torch.exp(-log_scales)
+    cdf_plus = _approx_std_normal_cdf(inv * (centered + 1.0 / 255.0))
+    cdf_min = _approx_std_normal_cdf(inv * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_1m_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    delta = cdf_plus - cdf_min
+    return torch.where(x < -0.999, log_cdf_plus,
+                       torch.where(x > 0.999, log_1m_cdf_min, torch.log(delta.clamp(min=1e-12))))
+
+
+# ---------------------------------------------------------------------------------------------
+# EMA and export
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.mul_(decay).add_(pm.detach(), alpha=1.0 - decay)
+
+
+def save_safetensors(model: ref.DiT, path: str, dtype: torch.dtype = torch.float32) -> None:
+    from safetensors.torch import save_file
+    sd = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    assert set(sd) == set(ref.expected_shapes(model.cfg)), "state dict keys differ from the binding table"
+    save_file(sd, path)
+
+
+def load_safetensors(config_path: str, weights_path: str) -> ref.DiT:
+    from safetensors.torch import load_file
+    with open(config_path) as f:
+        cfg = ref.DiTConfig.from_json(f.read())
+    model = ref.DiT(cfg, attn_impl="sdpa")
+    ref.load_weights(model, load_file(weights_path))
+    return model.eval()
+
+
+@dataclass
+class Defaults:
+    """pipeline.json defaults. Ancestral DDPM: with these small, briefly trained models the
+    deterministic DDIM (eta 0) drifts off the data at high noise levels (tools/train/README.md)."""
+    mode: str = "gridit"
+    sampler: str = "ddpm"
+    steps: int = 100
+    eta: float = 0.0
+    sr_sampler: str = "ddpm"
+    sr_steps: int = 50
+    context_rows: int = 2
+    precision: str = "fp32"
+
+
+def pipeline_json(defaults: Defaults, description: str) -> dict:
+    return {
+        "format": "gridit.pipeline.v1",
+        "name": "moving-digits",
+        "description": description,
+        "grid": {"k": K, "frame_size": LR, "channels": 1},
+        "stage1": {"config": "stage1.config.json", "weights": "stage1.safetensors"},
+        "stage2": {"config": "stage2.config.json", "weights": "stage2.safetensors", "scale": SCALE},
+        "vae": None,
+        "defaults": {"mode": defaults.mode, "sampler": defaults.sampler, "steps": defaults.steps,
+                     "eta": defaults.eta, "sr_sampler": defaults.sr_sampler, "sr_steps": defaults.sr_steps,
+                     "context_rows": defaults.context_rows, "precision": defaults.precision},
+        "limits": {"max_length": 100000},
+    }
+
+
+def export_pipeline(stage1: ref.DiT, stage2: ref.DiT, out_dir: str, defaults: Defaults,
+                    description: str, dtype: torch.dtype = torch.float32, extra: dict | None = None) -> None:
+    """Writes pipeline.json, stage{1,2}.safetensors and .config.json into a fresh temp folder next
+    to out_dir, then swaps it into place (readers see the old or the new bundle, never a mix)."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    for i, m in ((1, stage1), (2, stage2)):
+        save_safetensors(m, os.path.join(tmp, f"stage{i}.safetensors"), dtype)
+        with open(os.path.join(tmp, f"stage{i}.config.json"), "w") as f:
+            f.write(m.cfg.to_json())
+    with open(os.path.join(tmp, "pipeline.json"), "w") as f:
+        json.dump(pipeline_json(defaults, description), f, indent=2)
+        f.write("\n")
+    if extra:
+        with open(os.path.join(tmp, "training.json"), "w") as f:
+            json.dump(extra, f, indent=2)
+            f.write("\n")
+    for name in os.listdir(tmp):
+        os.chmod(os.path.join(tmp, name), 0o644)
+        fd = os.open(os.path.join(tmp, name), os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    os.chmod(tmp, 0o755)
+    if os.path.exists(out_dir):
+        old = tempfile.mkdtemp(prefix=".old-", dir=parent)
+        os.rename(out_dir, os.path.join(old, "x"))
+        os.rename(tmp, out_dir)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, out_dir)
