@@ -85,10 +85,14 @@ public struct JobFilter: Hashable, Sendable {
 public struct ClaimFilter: Hashable, Sendable {
     public var pipelineDigest: String?
     public var priority: Int
+    /// Only the job an unfiltered claim would take, if it matches: jobs joining a batch that is
+    /// already running never overtake a waiting job of another pipeline, however long it runs.
+    public var nextInLineOnly: Bool
 
-    public init(pipelineDigest: String?, priority: Int) {
+    public init(pipelineDigest: String?, priority: Int, nextInLineOnly: Bool = false) {
         self.pipelineDigest = pipelineDigest
         self.priority = priority
+        self.nextInLineOnly = nextInLineOnly
     }
 }
 

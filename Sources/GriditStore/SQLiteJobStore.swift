@@ -126,7 +126,9 @@ public final class SQLiteJobStore: JobStore {
         var arguments: StatementArguments = [
             "worker": workerID, "token": token.rawValue, "expires": expiresMs, "now": nowMs,
         ]
-        let match = filter == nil ? "" : "AND pipeline_digest IS :digest AND priority = :priority"
+        let match = "AND pipeline_digest IS :digest AND priority = :priority"
+        // The filter applies to the candidates, or (next in line only) to the one job picked.
+        let (inner, outer) = filter.map { $0.nextInLineOnly ? ("", match) : (match, "") } ?? ("", "")
         if let filter {
             arguments += ["digest": filter.pipelineDigest, "priority": filter.priority]
         }
@@ -143,9 +145,10 @@ public final class SQLiteJobStore: JobStore {
                      WHERE id = (SELECT id FROM job
                                   WHERE state IN ('queued', 'retryable') AND not_before <= :now
                                     AND (SELECT paused FROM queue_state WHERE id = 1) = 0
-                                    \(match)
+                                    \(inner)
                                   ORDER BY priority DESC, id
                                   LIMIT 1)
+                       \(outer)
                     RETURNING *
                     """,
                 arguments: finalArguments)
