@@ -240,6 +240,8 @@ public struct WorkerService: Service {
         var carried: [ClaimedJob] = []
         let lease = context.configuration.leaseDuration
         while !session.isClosed && !stopping.isSet {
+            var filter = filter
+            filter.excluding = session.memberIDs  // never a second run of a job the engine still has
             guard session.activeCount < context.configuration.maxBatchJobs,
                   let claimed = try? await context.store.claim(workerID: workerID, leaseDuration: lease, matching: filter, now: Date())
             else {
@@ -496,6 +498,9 @@ final class BatchSession: Sendable {
     }
 
     var isClosed: Bool { state.withLock { $0.closed } }
+
+    /// Every job that has been in the batch, reported or not.
+    var memberIDs: Set<Int64> { state.withLock { Set($0.members.keys) } }
 
     /// Jobs in the batch or waiting to join it, not reported yet.
     var activeCount: Int { state.withLock { s in s.members.values.filter { !$0.reported }.count } }

@@ -88,11 +88,14 @@ public struct ClaimFilter: Hashable, Sendable {
     /// Only the job an unfiltered claim would take, if it matches: jobs joining a batch that is
     /// already running never overtake a waiting job of another pipeline, however long it runs.
     public var nextInLineOnly: Bool
+    /// Jobs the claimer runs already (a job its stalled worker lost and the queue gave back).
+    public var excluding: Set<Int64>
 
-    public init(pipelineDigest: String?, priority: Int, nextInLineOnly: Bool = false) {
+    public init(pipelineDigest: String?, priority: Int, nextInLineOnly: Bool = false, excluding: Set<Int64> = []) {
         self.pipelineDigest = pipelineDigest
         self.priority = priority
         self.nextInLineOnly = nextInLineOnly
+        self.excluding = excluding
     }
 }
 

@@ -126,7 +126,10 @@ public final class SQLiteJobStore: JobStore {
         var arguments: StatementArguments = [
             "worker": workerID, "token": token.rawValue, "expires": expiresMs, "now": nowMs,
         ]
-        let match = "AND pipeline_digest IS :digest AND priority = :priority"
+        var match = "AND pipeline_digest IS :digest AND priority = :priority"
+        if let excluded = filter?.excluding, !excluded.isEmpty {
+            match += " AND id NOT IN (\(excluded.sorted().map(String.init).joined(separator: ", ")))"
+        }
         // The filter applies to the candidates, or (next in line only) to the one job picked.
         let (inner, outer) = filter.map { $0.nextInLineOnly ? ("", match) : (match, "") } ?? ("", "")
         if let filter {

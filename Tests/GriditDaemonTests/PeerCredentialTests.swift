@@ -49,7 +49,8 @@ struct PeerCredentialTests {
     func authorization() throws {
         let dir = try ShortTemporaryDirectory()
         defer { dir.remove() }
-        let daemon = try DaemonProcess(directory: dir, arguments: ["--group", "users", "--admin-group", "root"])
+        let daemon = try DaemonProcess(
+            directory: dir, arguments: ["--group", "users", "--admin-group", "root", "--start-paused"], model: tinyPipeline())
         defer { daemon.stop() }
         let client = try Self.installClient(in: dir)
         var st = stat()

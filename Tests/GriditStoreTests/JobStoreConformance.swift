@@ -505,6 +505,9 @@ struct JobStoreConformance: Sendable {
         #expect(try await store.claim(workerID: "w", leaseDuration: 60, matching: aNext, now: at(1)) == nil)
         let bNext = ClaimFilter(pipelineDigest: "sha256:b", priority: 0, nextInLineOnly: true)
         #expect(try await store.claim(workerID: "w", leaseDuration: 60, matching: bNext, now: at(1))?.job.id == b1)
+        var excluded = aNext
+        excluded.excluding = [a3]
+        #expect(try await store.claim(workerID: "w", leaseDuration: 60, matching: excluded, now: at(1)) == nil)
         #expect(try await store.claim(workerID: "w", leaseDuration: 60, matching: aNext, now: at(1))?.job.id == a3)
     }
 
