@@ -79,6 +79,8 @@ public struct WorkerService: Service {
             return []
         }
         var claimed = [first]
+        // A job that crashed a worker before runs alone: its next crash is then its own.
+        guard first.job.crashCount == 0 else { return claimed }
         let filter = ClaimFilter(pipelineDigest: first.job.pipelineDigest, priority: first.job.priority)
         while claimed.count < context.configuration.maxBatchJobs,
               let more = try await store.claim(workerID: workerID, leaseDuration: lease, matching: filter, now: Date())

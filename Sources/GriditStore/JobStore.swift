@@ -90,12 +90,19 @@ public struct ClaimFilter: Hashable, Sendable {
     public var nextInLineOnly: Bool
     /// Jobs the claimer runs already (a job its stalled worker lost and the queue gave back).
     public var excluding: Set<Int64>
+    /// Only jobs that never crashed a worker. A job that did runs alone, so that its next crash
+    /// counts against it and not against the jobs batched with it.
+    public var neverCrashed: Bool
 
-    public init(pipelineDigest: String?, priority: Int, nextInLineOnly: Bool = false, excluding: Set<Int64> = []) {
+    public init(
+        pipelineDigest: String?, priority: Int, nextInLineOnly: Bool = false, excluding: Set<Int64> = [],
+        neverCrashed: Bool = true
+    ) {
         self.pipelineDigest = pipelineDigest
         self.priority = priority
         self.nextInLineOnly = nextInLineOnly
         self.excluding = excluding
+        self.neverCrashed = neverCrashed
     }
 }
 

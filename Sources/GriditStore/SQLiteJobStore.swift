@@ -127,6 +127,7 @@ public final class SQLiteJobStore: JobStore {
             "worker": workerID, "token": token.rawValue, "expires": expiresMs, "now": nowMs,
         ]
         var match = "AND pipeline_digest IS :digest AND priority = :priority"
+        if filter?.neverCrashed == true { match += " AND crash_count = 0" }
         if let excluded = filter?.excluding, !excluded.isEmpty {
             match += " AND id NOT IN (\(excluded.sorted().map(String.init).joined(separator: ", ")))"
         }
