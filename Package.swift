@@ -217,6 +217,7 @@ let package = Package(
             name: "GriditDaemonTests",
             dependencies: [
                 "GriditDaemon", "GriditStore", "GriditAPI", "GriditCLI",
+                .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
