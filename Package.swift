@@ -230,7 +230,7 @@ let package = Package(
             name: "GriditBackendTests",
             dependencies: [
                 "GriditBackend", "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditStore", "GriditAPI",
-                "GriditCLI",
+                "GriditPipeline",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

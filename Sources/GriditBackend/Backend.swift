@@ -40,7 +40,7 @@ public enum Backend {
             options: ExecutionOptions(
                 threads: configuration.blasThreads, memoryBudget: configuration.memoryBudget,
                 maxBatch: configuration.maxBatchItems),
-            maxLength: configuration.maxLength, logger: Logger(label: "gridit.engine"))
+            logger: Logger(label: "gridit.engine"))
         let catalog = StoreCatalog(models: models, cache: cache, blocking: blocking)
         let service = ModelCacheService(cache: cache, keepAlive: configuration.modelKeepAlive, logger: Logger(label: "gridit.models"))
         return DaemonComponents(executor: executor, catalog: catalog, services: [service])

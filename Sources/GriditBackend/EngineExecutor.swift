@@ -20,22 +20,21 @@ public final class EngineExecutor: JobExecutor {
     let blocking: NIOThreadPool
     let options: ExecutionOptions
     let outputOptions: OutputOptions
-    let maxLength: Int
     let logger: Logger
     /// Configs (no weights) by manifest digest, for validating submits: content-addressed, so
     /// never stale.
     private let configurations = Mutex<[String: PipelineConfiguration]>([:])
 
+    /// The daemon checks its own length limit at submit; the engine checks the pipeline's.
     public init(
         models: ModelStore, cache: KeepAliveCache<LoadedPipeline>, blocking: NIOThreadPool, options: ExecutionOptions,
-        outputOptions: OutputOptions = OutputOptions(), maxLength: Int, logger: Logger
+        outputOptions: OutputOptions = OutputOptions(), logger: Logger
     ) {
         self.models = models
         self.cache = cache
         self.blocking = blocking
         self.options = options
         self.outputOptions = outputOptions
-        self.maxLength = maxLength
         self.logger = logger
     }
 
@@ -47,7 +46,7 @@ public final class EngineExecutor: JobExecutor {
             let configuration = try self.configuration(pipelineDigest)
             let request = try Self.request(length: length, parameters: parameters)
             do {
-                try request.validate(against: configuration, maxLength: self.maxLength)
+                try request.validate(against: configuration)
             } catch {
                 throw Self.failure(EngineError.classify(error))
             }
@@ -147,8 +146,11 @@ public final class EngineExecutor: JobExecutor {
         do { manifest = try models.manifest(BlobDigest(digest)!) } catch { throw Self.failure(error, digest: digest) }
         var byRole: [PipelineSpec.FileRole: BlobDigest] = [:]
         for blob in manifest.blobs { byRole[blob.role] = blob.digest }
+        // The weight files are what the pipeline maps (and gc must keep while it does).
         var blobs: [BlobDigest: String] = [:]
-        for (role, path) in spec.files { if let d = byRole[role] { blobs[d] = path } }
+        for (role, path) in spec.files where [.stage1Weights, .stage2Weights, .vaeWeights].contains(role) {
+            if let d = byRole[role] { blobs[d] = path }
+        }
         let identity = PipelineIdentity(digest: digest, blobs: byRole.reduce(into: [:]) { $0[$1.key.rawValue] = $1.value.description })
         do {
             return try cache.lease(digest, blobs: blobs) { context in
@@ -169,7 +171,7 @@ public final class EngineExecutor: JobExecutor {
         let request = try Self.request(length: item.length, parameters: item.parameters)
         let run: SequenceRun
         do {
-            run = try SequenceRun(pipeline: pipeline, request: request, workDirectory: item.workDirectory, maxLength: maxLength)
+            run = try SequenceRun(pipeline: pipeline, request: request, workDirectory: item.workDirectory)
         } catch {
             throw Self.failure(EngineError.classify(error))
         }

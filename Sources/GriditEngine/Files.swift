@@ -75,31 +75,17 @@ enum Files {
         }
     }
 
-    /// fsync of a regular file (after copying it into place).
-    static func syncFile(_ path: String) throws {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw EngineError.posix("open", path: path) }
-        defer { close(fd) }
-        guard fsync(fd) == 0 else { throw EngineError.posix("fsync", path: path) }
-    }
-
     static func rename(_ from: String, to: String) throws {
         guard Glibc.rename(from, to) == 0 else { throw EngineError.posix("rename to '\(to)'", path: from) }
         syncDirectory((to as NSString).deletingLastPathComponent)
     }
 
-    /// Hard-links `from` at `to` (same file system), else copies it.
+    /// Hard-links `from` at `to` (same file system), else copies it durably (through `write`, so
+    /// that a full disk is `disk_full`, not an I/O error).
     static func linkOrCopy(_ from: String, to: String) throws {
         try checkSpace(to)
         if link(from, to) == 0 { return }
-        do {
-            try FileManager.default.copyItem(atPath: from, toPath: to)
-            try syncFile(to)
-        } catch let e as EngineError {
-            throw e
-        } catch {
-            throw EngineError.posix("copy to '\(to)'", path: from, errno: (error as NSError).underlyingErrno ?? EIO)
-        }
+        try write(try read(from), to: to)
     }
 
     static func remove(_ path: String) { try? FileManager.default.removeItem(atPath: path) }

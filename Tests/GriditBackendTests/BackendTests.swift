@@ -9,6 +9,7 @@ import GriditBackend
 import GriditDaemon
 import GriditEngine
 import GriditModelStore
+import GriditPipeline
 import Testing
 
 @Suite("engine executor", .serialized)
@@ -82,8 +83,9 @@ struct EngineExecutorTests {
         let h = try Harness()
         let show = try h.models.show("tiny:latest")
         let weights = try #require(show.blobs.first { $0.role == "stage2.weights" })
-        chmod(weights.path, 0o644)
-        let fd = open(weights.path, O_WRONLY)
+        let path = try #require(weights.path)
+        chmod(path, 0o644)
+        let fd = open(path, O_WRONLY)
         var byte: UInt8 = 0x5A
         #expect(pwrite(fd, &byte, 1, off_t(weights.size - 1)) == 1)
         close(fd)
@@ -94,7 +96,7 @@ struct EngineExecutorTests {
         }
         #expect(failure.errorClass == .digestMismatch)
         #expect(failure.message.contains("quarantine"), "\(failure.message)")
-        #expect(!FileManager.default.fileExists(atPath: weights.path))
+        #expect(!FileManager.default.fileExists(atPath: path))
         #expect(try FileManager.default.contentsOfDirectory(atPath: h.root + "/quarantine").count == 1)
         #expect(h.cache.keys.isEmpty)
     }
@@ -103,12 +105,12 @@ struct EngineExecutorTests {
     func gcKeepsMapped() throws {
         let h = try Harness()
         #expect(h.run([h.item(1, length: 20, seed: 1)]).outcomes == [1: [.succeeded]])
-        _ = try h.models.remove("tiny:latest")
-        let kept = try h.models.gc()
-        #expect(kept.removedManifests == [h.digest], "the untagged version goes")
         let weights = Set(
             try h.models.manifest(BlobDigest(h.digest)!).blobs.filter { $0.role.rawValue.hasSuffix(".weights") }
                 .map(\.digest.description))
+        _ = try h.models.remove("tiny:latest")
+        let kept = try h.models.gc()
+        #expect(kept.removedManifests == [h.digest], "the untagged version goes")
         #expect(Set(kept.keptMapped).isSuperset(of: weights), "mapped weights stay: \(kept)")
         #expect(h.cache.unload(h.digest!))
         let freed = try h.models.gc()

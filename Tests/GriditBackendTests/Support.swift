@@ -45,7 +45,7 @@ final class Harness: @unchecked Sendable {
         pool.start()
         executor = EngineExecutor(
             models: models, cache: cache, blocking: pool,
-            options: ExecutionOptions(threads: 2, memoryBudget: 64 << 20, maxBatch: maxBatch), maxLength: 100_000,
+            options: ExecutionOptions(threads: 2, memoryBudget: 64 << 20, maxBatch: maxBatch),
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
         catalog = StoreCatalog(models: models, cache: cache, blocking: pool)
         digest = importModel ? try models.importModel(from: tinyPipeline(), name: "tiny:latest", link: .copy).digest : nil
