@@ -103,6 +103,30 @@ struct EngineProcessTests {
         }
     }
 
+    @Test("SIGTERM checkpoints a running job and hands it back; the next griditd finishes it with the same frames")
+    func gracefulStop() throws {
+        let request = SubmitJobRequest(length: 300, parameters: GenerationParameters(seed: 21))
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        let daemon = try DaemonProcess(directory: dir, arguments: Self.arguments, model: tinyPipeline())
+        let stopped = try daemon.client.post("/v1/jobs", request, as: SubmitJobResponse.self).job.id
+        try waitForJob(daemon, stopped) { $0.state == .running && $0.progress.framesDone >= 8 }
+        let started = Date()
+        #expect(daemon.stop() == 0)
+        #expect(Date().timeIntervalSince(started) < 30, "griditd stops at the next step")
+        #expect(daemon.log.contains("job checkpointed and handed back for shutdown"), "\(daemon.log)")
+
+        let again = try DaemonProcess(directory: dir, arguments: Self.arguments)
+        let handedBack = try again.client.get("/v1/jobs/\(stopped)", as: JobInfo.self)
+        #expect(handedBack.crashCount == 0 && handedBack.progress.framesDone >= 8, "\(handedBack)")
+        // The same job again from scratch, for the bytes an uninterrupted run writes.
+        let fresh = try again.client.post("/v1/jobs", request, as: SubmitJobResponse.self).job.id
+        let resumed = try waitForJob(again, stopped), whole = try waitForJob(again, fresh)
+        #expect(resumed.state == .succeeded && whole.state == .succeeded)
+        #expect(try frameDigests(try #require(resumed.outputDir)) == (try frameDigests(try #require(whole.outputDir))))
+        #expect(again.stop() == 0)
+    }
+
     @Test("no space left on the output filesystem: the job fails with disk_full, the database stays intact, a retry succeeds once there is room")
     func diskFull() async throws {
         // A real full filesystem where this machine lets us mount one; the engine's injected
