@@ -63,10 +63,10 @@ export GRIDIT_SOCKET=$socket
 ctl="$bin/griditctl"
 for _ in $(seq 1 300); do
     kill -0 "$daemon" 2>/dev/null || fail "griditd exited before it was ready"
-    "$ctl" version >/dev/null 2>&1 && break
+    "$ctl" status >/dev/null 2>&1 && break
     sleep 0.1
 done
-"$ctl" version >/dev/null || fail "griditd did not answer on $socket within 30 s"
+"$ctl" status >/dev/null || fail "griditd did not answer on $socket within 30 s"
 
 before=$("$ctl" models show "$model" --json 2>/dev/null | json digest || true)
 say "importing $pipeline as $model"

@@ -87,7 +87,7 @@ class Daemon:
         for _ in range(600):
             if self.proc.poll() is not None:
                 raise SystemExit("griditd exited: see " + self.log.name)
-            if self.ctl("version", check=False).returncode == 0:
+            if self.ctl("status", check=False).returncode == 0:
                 break
             time.sleep(0.1)
         self.ctl("models", "import", pipeline, "--name", "bench:latest", "--link", "copy")
