@@ -180,7 +180,7 @@ public struct WorkerService: Service {
         let hooks = ExecutionHooks(
             admit: {
                 let items = session.admit()
-                for item in items { tracker.add(item.jobID) }
+                for item in items { tracker.admitted(item.jobID) }
                 return items
             },
             finished: { id, outcome in
@@ -222,7 +222,7 @@ public struct WorkerService: Service {
             group.addTask {
                 let filter = ClaimFilter(
                     pipelineDigest: batch.pipelineDigest, priority: claimed.priority, nextInLineOnly: true)
-                return await admitMore(session, filter: filter, stopping: stopping)
+                return await admitMore(session, tracker, filter: filter, stopping: stopping)
             }
             var carried: [ClaimedJob] = []
             for await jobs in group { carried += jobs }
@@ -238,7 +238,9 @@ public struct WorkerService: Service {
 
     /// While the batch runs and has room, claims the next job in line if it shares the batch's
     /// pipeline and priority, and hands it to the engine (which admits it between batches).
-    private func admitMore(_ session: BatchSession, filter: ClaimFilter, stopping: StopFlag) async -> [ClaimedJob] {
+    private func admitMore(
+        _ session: BatchSession, _ tracker: BatchTracker, filter: ClaimFilter, stopping: StopFlag
+    ) async -> [ClaimedJob] {
         var carried: [ClaimedJob] = []
         let lease = context.configuration.leaseDuration
         while !session.isClosed && !stopping.isSet {
@@ -251,11 +253,13 @@ public struct WorkerService: Service {
                 continue
             }
             guard let ready = await start([claimed], stopping: stopping), let item = ready.batch.items.first else { continue }
+            tracker.add(waiting: item.jobID)  // before the engine can take it
             if session.offer(item, claim: claimed) {
                 context.monitor.started([item.jobID])
                 context.monitor.changed(item.jobID)
                 context.logger.info("joining the running batch", metadata: ["job.id": "\(item.jobID)"])
             } else {
+                _ = tracker.remove(item.jobID)
                 carried.append(claimed)
             }
         }
@@ -371,6 +375,9 @@ final class BatchTracker: Sendable {
     private struct Entry {
         var progress: JobProgressInfo?
         var active = false
+        /// Claimed to join, not yet taken by the engine: heartbeated while it waits (a batched
+        /// forward of a large model can outlast a lease).
+        var waiting = false
         var lastHeartbeat = Date()
     }
 
@@ -389,8 +396,11 @@ final class BatchTracker: Sendable {
 
     func activity(_ id: Int64) { entries.withLock { $0[id]?.active = true } }
 
-    /// A job that joined the running batch.
-    func add(_ id: Int64) { entries.withLock { $0[id] = $0[id] ?? Entry() } }
+    /// A job claimed to join the running batch, waiting for the engine to take it.
+    func add(waiting id: Int64) { entries.withLock { $0[id] = Entry(waiting: true) } }
+
+    /// The engine took a waiting job: from now on its own steps keep it alive.
+    func admitted(_ id: Int64) { entries.withLock { $0[id]?.waiting = false } }
 
     /// Forgets a job that left the batch; returns its progress not saved yet.
     func remove(_ id: Int64) -> Pending? {
@@ -406,7 +416,7 @@ final class BatchTracker: Sendable {
         entries.withLock { e in
             var result: [Pending] = []
             for (id, var entry) in e.sorted(by: { $0.key < $1.key }) {
-                let due = entry.active && now.timeIntervalSince(entry.lastHeartbeat) >= heartbeatEvery && !final
+                let due = (entry.active || entry.waiting) && now.timeIntervalSince(entry.lastHeartbeat) >= heartbeatEvery && !final
                 guard entry.progress != nil || due else { continue }
                 result.append(Pending(id: id, progress: entry.progress, heartbeat: due))
                 entry.progress = nil

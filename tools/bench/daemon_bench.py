@@ -96,8 +96,8 @@ class Daemon:
         return subprocess.run([os.path.join(self.bin, "griditctl"), "--socket", self.socket, *args],
                               capture_output=True, text=True, check=check)
 
-    def submit(self, length, seed, wait=False):
-        args = ["submit", "--length", str(length), "--seed", str(seed), "--json"] + (["--wait"] if wait else [])
+    def submit(self, length, seed, wait=False, extra=()):
+        args = ["submit", "--length", str(length), "--seed", str(seed), "--json", *extra] + (["--wait"] if wait else [])
         out = json.loads(self.ctl(*args).stdout)
         return out["job"]["id"] if "job" in out else out["id"]
 
@@ -145,17 +145,18 @@ def throughput(args, pipeline):
     for r in range(args.repeat):
         order = ["together", "one by one"] if r % 2 == 0 else ["one by one", "together"]
         for side in order:
-            daemon = Daemon(args.bin, pipeline, ["--max-batch-jobs", str(args.jobs)])
+            daemon = Daemon(args.bin, pipeline, ["--max-batch-jobs", str(args.jobs), *args.serve_args.split()])
             try:
                 daemon.submit(4, 999, wait=True)  # warm-up: map the model, page its weights in
                 seeds = [100 + i for i in range(args.jobs)]
+                extra = ["--no-sr"] if args.no_sr else []
                 with Paused(args.pause_pid_file):
                     start = time.monotonic()
                     if side == "together":
-                        daemon.wait_all([daemon.submit(args.length, s) for s in seeds])
+                        daemon.wait_all([daemon.submit(args.length, s, extra=extra) for s in seeds])
                     else:
                         for s in seeds:
-                            daemon.submit(args.length, s, wait=True)
+                            daemon.submit(args.length, s, wait=True, extra=extra)
                     elapsed = time.monotonic() - start
             finally:
                 daemon.stop()
@@ -163,7 +164,7 @@ def throughput(args, pipeline):
             print(f"  round {r + 1}: {side}: {elapsed:.2f} s", file=sys.stderr)
     frames = args.jobs * args.length
     together, alone = statistics.median(times["together"]), statistics.median(times["one by one"])
-    return {"jobs": args.jobs, "length": args.length, "rounds": args.repeat, "seconds": times,
+    return {"jobs": args.jobs, "length": args.length, "no_sr": args.no_sr, "rounds": args.repeat, "seconds": times,
             "together_s": together, "one_by_one_s": alone,
             "together_fps": frames / together, "one_by_one_fps": frames / alone, "speedup": alone / together}
 
@@ -212,6 +213,8 @@ def main():
     p.add_argument("--jobs", type=int, default=4)
     p.add_argument("--length", type=int, default=64, help="frames per throughput job")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--no-sr", action="store_true", help="throughput of stage 1 only (grids batched across jobs)")
+    p.add_argument("--serve-args", default="", help="more `griditd serve` options for the throughput daemons")
     p.add_argument("--memory-length", type=int, default=128)
     p.add_argument("--soak", type=int, default=100)
     p.add_argument("--soak-length", type=int, default=16)
@@ -219,6 +222,8 @@ def main():
     p.add_argument("--pause-pid-file")
     p.add_argument("--json")
     args = p.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so a paused process is always continued.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     scratch = tempfile.mkdtemp(prefix="gdb-pipe-", dir="/tmp")
     try:
         pipeline = args.pipeline
@@ -229,7 +234,8 @@ def main():
         wanted = args.only.split(",")
         if "throughput" in wanted:
             t = results["throughput"] = throughput(args, pipeline)
-            print(f"throughput: {t['jobs']} jobs x {t['length']} frames: together {t['together_s']:.2f} s "
+            print(f"throughput{' (stage 1 only)' if args.no_sr else ''}: {t['jobs']} jobs x {t['length']} frames: "
+                  f"together {t['together_s']:.2f} s "
                   f"({t['together_fps']:.2f} frames/s), one by one {t['one_by_one_s']:.2f} s "
                   f"({t['one_by_one_fps']:.2f} frames/s): {t['speedup']:.2f}x")
         if "memory" in wanted:
