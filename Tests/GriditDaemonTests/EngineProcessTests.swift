@@ -289,6 +289,23 @@ struct EngineProcessTests {
         #expect(daemon.stop() == 0)
     }
 
+    @Test("a loaded model is unmapped once idle past its keep-alive")
+    func keepAlive() throws {
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        let daemon = try DaemonProcess(directory: dir, arguments: ["--keep-alive", "1"], model: tinyPipeline())
+        defer { daemon.stop() }
+        let id = try daemon.client.post("/v1/jobs", SubmitJobRequest(length: 8), as: SubmitJobResponse.self).job.id
+        #expect(try waitForJob(daemon, id).state == .succeeded)
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline, !(try daemon.client.get("/v1/status", as: DaemonStatus.self).loadedModels.isEmpty) {
+            usleep(100_000)
+        }
+        #expect(try daemon.client.get("/v1/status", as: DaemonStatus.self).loadedModels.isEmpty)
+        #expect(daemon.log.contains("unloaded an idle model"), "\(daemon.log)")
+        #expect(daemon.stop() == 0)
+    }
+
     @Test("doctor runs the store's checks as griditd's user and fails until a model is imported")
     func doctor() throws {
         let dir = try ShortTemporaryDirectory()
