@@ -42,7 +42,8 @@ public enum Backend {
                 maxBatch: configuration.maxBatchItems),
             logger: Logger(label: "gridit.engine"))
         let catalog = StoreCatalog(models: models, cache: cache, blocking: blocking)
-        let service = ModelCacheService(cache: cache, keepAlive: configuration.modelKeepAlive, logger: Logger(label: "gridit.models"))
+        let service = ModelCacheService(
+            cache: cache, keepAlive: configuration.modelKeepAlive, logger: Logger(label: "gridit.models"))
         return DaemonComponents(executor: executor, catalog: catalog, services: [service])
     }
 }

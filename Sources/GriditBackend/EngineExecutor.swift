@@ -40,17 +40,20 @@ public final class EngineExecutor: JobExecutor {
 
     // MARK: - Validation at submit
 
-    public func validate(length: Int, parameters: GenerationParameters, pipelineDigest: String?) async throws(JobFailure) {
+    public func validate(length: Int, parameters: GenerationParameters, pipelineDigest: String?)
+        async throws(JobFailure)
+    {
         guard let pipelineDigest else { throw Self.noModel }
-        try await blocking.blocking({ () throws(JobFailure) in
-            let configuration = try self.configuration(pipelineDigest)
-            let request = try Self.request(length: length, parameters: parameters)
-            do {
-                try request.validate(against: configuration)
-            } catch {
-                throw Self.failure(EngineError.classify(error))
-            }
-        }, stopped: JobFailure(.transient, "griditd is stopping"))
+        try await blocking.blocking(
+            { () throws(JobFailure) in
+                let configuration = try self.configuration(pipelineDigest)
+                let request = try Self.request(length: length, parameters: parameters)
+                do {
+                    try request.validate(against: configuration)
+                } catch {
+                    throw Self.failure(EngineError.classify(error))
+                }
+            }, stopped: JobFailure(.transient, "griditd is stopping"))
     }
 
     /// The pipeline's configuration, read once per digest (the blobs' cheap integrity check included).
@@ -58,7 +61,9 @@ public final class EngineExecutor: JobExecutor {
         if let known = configurations.withLock({ $0[digest] }) { return known }
         let spec = try pipelineSpec(digest)
         let configuration: PipelineConfiguration
-        do { configuration = try PipelineConfiguration(spec: spec) } catch { throw Self.failure(EngineError.classify(error)) }
+        do { configuration = try PipelineConfiguration(spec: spec) } catch {
+            throw Self.failure(EngineError.classify(error))
+        }
         configurations.withLock { $0[digest] = configuration }
         return configuration
     }
@@ -151,13 +156,16 @@ public final class EngineExecutor: JobExecutor {
         for (role, path) in spec.files where [.stage1Weights, .stage2Weights, .vaeWeights].contains(role) {
             if let d = byRole[role] { blobs[d] = path }
         }
-        let identity = PipelineIdentity(digest: digest, blobs: byRole.reduce(into: [:]) { $0[$1.key.rawValue] = $1.value.description })
+        let identity = PipelineIdentity(
+            digest: digest, blobs: byRole.reduce(into: [:]) { $0[$1.key.rawValue] = $1.value.description })
         do {
             return try cache.lease(digest, blobs: blobs) { context in
-                try LoadedPipeline(spec: spec, identity: identity, map: { role, path in
-                    guard let blob = byRole[role] else { return try MappedFile(path: path) }
-                    return try context.map(blob, path: path)
-                })
+                try LoadedPipeline(
+                    spec: spec, identity: identity,
+                    map: { role, path in
+                        guard let blob = byRole[role] else { return try MappedFile(path: path) }
+                        return try context.map(blob, path: path)
+                    })
             }
         } catch let error as ModelStoreError {
             throw Self.failure(error, digest: digest)
@@ -167,7 +175,9 @@ public final class EngineExecutor: JobExecutor {
     }
 
     /// A run bound to the job's work directory (resuming what is there), reporting through `hooks`.
-    private func makeRun(_ item: ExecutionItem, pipeline: LoadedPipeline, hooks: ExecutionHooks) throws(JobFailure) -> SequenceRun {
+    private func makeRun(_ item: ExecutionItem, pipeline: LoadedPipeline, hooks: ExecutionHooks) throws(JobFailure)
+        -> SequenceRun
+    {
         let request = try Self.request(length: item.length, parameters: item.parameters)
         let run: SequenceRun
         do {
@@ -178,9 +188,11 @@ public final class EngineExecutor: JobExecutor {
         let id = item.jobID
         run.hooks = RunHooks(
             onProgress: { progress in
-                hooks.durable(id, JobProgressInfo(
-                    stage: progress.stage == .stage1 ? "grid" : "sr", gridsDone: progress.gridsDone,
-                    framesDone: progress.framesDone))
+                hooks.durable(
+                    id,
+                    JobProgressInfo(
+                        stage: progress.stage == .stage1 ? "grid" : "sr", gridsDone: progress.gridsDone,
+                        framesDone: progress.framesDone))
             },
             onStep: { [unowned run] step in hooks.step(id, Self.step(step, run: run)) },
             shouldStop: { hooks.shouldStop(id) != nil })
@@ -204,18 +216,21 @@ public final class EngineExecutor: JobExecutor {
         let output = item.outputDirectory
         guard FileManager.default.fileExists(atPath: output) else { return false }
         if let data = FileManager.default.contents(atPath: output + "/sequence.json"),
-           let summary = try? JSONDecoder().decode(SequenceSummary.self, from: data),
-           summary.pipeline.digest == run.pipeline.identity.digest, summary.settings == run.settings
+            let summary = try? JSONDecoder().decode(SequenceSummary.self, from: data),
+            summary.pipeline.digest == run.pipeline.identity.digest, summary.settings == run.settings
         {
             return true
         }
         throw JobFailure(
             .invalidInput,
-            "the output folder \(output) exists and holds something else; remove it, then `griditctl jobs retry \(item.jobID)`")
+            "the output folder \(output) exists and holds something else; remove it, then `griditctl jobs retry \(item.jobID)`"
+        )
     }
 
     /// How a run that left the batch ends: a complete one writes its output folder now.
-    private func conclude(_ run: SequenceRun, _ result: Result<Void, EngineError>, item: ExecutionItem) -> ExecutionOutcome {
+    private func conclude(_ run: SequenceRun, _ result: Result<Void, EngineError>, item: ExecutionItem)
+        -> ExecutionOutcome
+    {
         switch result {
         case .success:
             do {

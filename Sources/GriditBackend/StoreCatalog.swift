@@ -19,7 +19,9 @@ public final class StoreCatalog: ModelCatalog {
         self.blocking = blocking
     }
 
-    private func run<T: Sendable>(_ body: @escaping @Sendable () throws(ModelStoreError) -> T) async throws(APIError) -> T {
+    private func run<T: Sendable>(_ body: @escaping @Sendable () throws(ModelStoreError) -> T) async throws(APIError)
+        -> T
+    {
         do {
             return try await blocking.blocking(body, stopped: ModelStoreError(.io, "griditd is stopping"))
         } catch {
@@ -46,7 +48,8 @@ public final class StoreCatalog: ModelCatalog {
         }
         guard names.count == 1 else {
             throw ModelStoreError(
-                .invalidReference, "the model store holds several models (\(names.joined(separator: ", "))) and none is the default",
+                .invalidReference,
+                "the model store holds several models (\(names.joined(separator: ", "))) and none is the default",
                 hint: "say which with `--model NAME:TAG`, or start griditd with `--default-model NAME:TAG`")
         }
         let versions = tagged.filter { $0.name == name }
@@ -56,7 +59,9 @@ public final class StoreCatalog: ModelCatalog {
             throw ModelStoreError(
                 .invalidReference,
                 "\(name) has several versions (\(versions.compactMap(\.tag).sorted().map { "\(name):\($0)" }.joined(separator: ", "))) and no :latest",
-                hint: "say which with `--model NAME:TAG`, or tag one latest (`griditctl models tag \(name):TAG \(name):latest`)")
+                hint:
+                    "say which with `--model NAME:TAG`, or tag one latest (`griditctl models tag \(name):TAG \(name):latest`)"
+            )
         }
         return only
     }
@@ -74,7 +79,8 @@ public final class StoreCatalog: ModelCatalog {
             case .importPipeline(let request):
                 guard let link = ModelLinkMode(rawValue: request.link ?? "auto") else {
                     throw ModelStoreError(
-                        .invalidInput, "link '\(request.link ?? "")' is not one of "
+                        .invalidInput,
+                        "link '\(request.link ?? "")' is not one of "
                             + ModelLinkMode.allCases.map(\.rawValue).joined(separator: ", "))
                 }
                 let r = try models.importModel(from: request.path, name: request.name, link: link)

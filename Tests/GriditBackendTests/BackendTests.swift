@@ -1,8 +1,3 @@
-// The engine and model store adapters on a real state directory: a real SQLite file, the model
-// store's blobs and mappings, the engine running the tiny random-weight pipeline.
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import GriditAPI
 import GriditBackend
@@ -11,6 +6,12 @@ import GriditEngine
 import GriditModelStore
 import GriditPipeline
 import Testing
+
+// The engine and model store adapters on a real state directory: a real SQLite file, the model
+// store's blobs and mappings, the engine running the tiny random-weight pipeline.
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 @Suite("engine executor", .serialized)
 struct EngineExecutorTests {
@@ -27,9 +28,13 @@ struct EngineExecutorTests {
             }
         }
         let rows = await failure(40, GenerationParameters(seed: 1, contextRows: 9), digest: h.digest)
-        #expect(rows?.errorClass == .invalidInput && rows?.message.contains("context_rows") == true, "\(String(describing: rows))")
+        #expect(
+            rows?.errorClass == .invalidInput && rows?.message.contains("context_rows") == true,
+            "\(String(describing: rows))")
         let sampler = await failure(40, GenerationParameters(seed: 1, sampler: "euler"), digest: h.digest)
-        #expect(sampler?.errorClass == .invalidInput && sampler?.message.contains("sampler 'euler' is not ddpm or ddim") == true)
+        #expect(
+            sampler?.errorClass == .invalidInput
+                && sampler?.message.contains("sampler 'euler' is not ddpm or ddim") == true)
         let long = await failure(5000, GenerationParameters(seed: 1), digest: h.digest)
         #expect(long?.errorClass == .invalidInput, "the pipeline allows 1000 frames: \(String(describing: long))")
         #expect(await failure(40, GenerationParameters(seed: 1), digest: nil)?.errorClass == .modelMissing)
@@ -54,13 +59,17 @@ struct EngineExecutorTests {
         // Progress: durable units in order up to the whole plan; steps within their totals.
         let durable = recorder.durable(2)
         #expect(durable.last?.framesDone == 36 && durable.last?.stage == "sr")
-        #expect(zip(durable, durable.dropFirst()).allSatisfy { $0.framesDone <= $1.framesDone && $0.gridsDone <= $1.gridsDone })
+        #expect(
+            zip(durable, durable.dropFirst()).allSatisfy {
+                $0.framesDone <= $1.framesDone && $0.gridsDone <= $1.gridsDone
+            })
         let steps = recorder.steps(2)
         #expect(steps.contains { $0.stage == "grid" } && steps.contains { $0.stage == "sr" })
-        #expect(steps.allSatisfy { s in
-            s.grid >= 0 && s.grid <= s.grids && s.frame <= s.frames && s.step <= s.steps
-                && (s.fraction ?? -1) >= 0 && (s.fraction ?? 2) <= 1
-        })
+        #expect(
+            steps.allSatisfy { s in
+                s.grid >= 0 && s.grid <= s.grids && s.frame <= s.frames && s.step <= s.steps
+                    && (s.fraction ?? -1) >= 0 && (s.fraction ?? 2) <= 1
+            })
         #expect(batched.cache.keys == [batched.digest], "the pipeline stays loaded for the next job")
     }
 
@@ -138,7 +147,8 @@ struct StoreCatalogTests {
             _ = try await h.catalog.resolve(nil)
             Issue.record("two names must be refused")
         } catch {
-            #expect(error.code == .badRequest && error.message.contains("other, tiny") && error.message.contains("--model"))
+            #expect(
+                error.code == .badRequest && error.message.contains("other, tiny") && error.message.contains("--model"))
         }
         #expect(try await h.catalog.resolve("other:v1") == v1)
         do {
@@ -160,9 +170,11 @@ struct StoreCatalogTests {
         let loaded = await h.catalog.loadedModels()
         #expect(loaded.map(\.digest) == [h.digest] && loaded[0].names == ["tiny:latest"] && loaded[0].activeJobs == 0)
         #expect((loaded[0].residentBytes ?? 0) > 0)
-        let after = try APICoding.decoder().decode(ModelListResult.self, from: try await h.catalog.perform(.list).result)
+        let after = try APICoding.decoder().decode(
+            ModelListResult.self, from: try await h.catalog.perform(.list).result)
         #expect(after.models[0].loaded)
-        let checks = try APICoding.decoder().decode(ModelStoreCheckResult.self, from: try await h.catalog.perform(.check).result)
+        let checks = try APICoding.decoder().decode(
+            ModelStoreCheckResult.self, from: try await h.catalog.perform(.check).result)
         #expect(checks.ok && !checks.checks.isEmpty)
         do {
             _ = try await h.catalog.perform(.show(reference: "tiny:v9"))

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import GriditAPI
 import GriditBackend
@@ -12,6 +9,10 @@ import Logging
 import NIOPosix
 import Synchronization
 import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The tiny random-weight pixel pipeline of the engine tests (4×4 grids of 4×4 frames, ×2 SR).
 func tinyPipeline(_ filePath: String = #filePath) -> String {
@@ -48,7 +49,8 @@ final class Harness: @unchecked Sendable {
             options: ExecutionOptions(threads: 2, memoryBudget: 64 << 20, maxBatch: maxBatch),
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
         catalog = StoreCatalog(models: models, cache: cache, blocking: pool)
-        digest = importModel ? try models.importModel(from: tinyPipeline(), name: "tiny:latest", link: .copy).digest : nil
+        digest =
+            importModel ? try models.importModel(from: tinyPipeline(), name: "tiny:latest", link: .copy).digest : nil
         try FileManager.default.createDirectory(atPath: root + "/outputs", withIntermediateDirectories: true)
     }
 

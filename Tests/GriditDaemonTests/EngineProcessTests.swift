@@ -1,14 +1,15 @@
-// griditd with its engine and model store, as users run it: the real binaries, a real database
-// file, a real socket, the tiny random-weight pipeline (a job takes a second or two).
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import GRDB
 import GriditAPI
 import GriditCLI
 import GriditStore
 import Testing
+
+// griditd with its engine and model store, as users run it: the real binaries, a real database
+// file, a real socket, the tiny random-weight pipeline (a job takes a second or two).
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Polls `GET /v1/jobs/{id}` until `done` holds (or fails after `timeout`).
 @discardableResult
@@ -22,10 +23,13 @@ func waitForJob(
             last = job
             if done(job) { return job }
         }
-        guard daemon.process.isRunning else { throw TestFailure("griditd exited while waiting for job \(id):\n\(daemon.log)") }
+        guard daemon.process.isRunning else {
+            throw TestFailure("griditd exited while waiting for job \(id):\n\(daemon.log)")
+        }
         usleep(50_000)
     }
-    throw TestFailure("job \(id) did not get there within \(timeout) s (last: \(String(describing: last)))\n\(daemon.log)")
+    throw TestFailure(
+        "job \(id) did not get there within \(timeout) s (last: \(String(describing: last)))\n\(daemon.log)")
 }
 
 /// Waits until `path` exists (a test fault's marker), or fails.
@@ -57,7 +61,9 @@ struct EngineProcessTests {
     static let request = SubmitJobRequest(length: 64, parameters: GenerationParameters(seed: 11))
     static let arguments = ["--max-batch", "4"]
 
-    @Test("kill -9 during stage 1 and during stage 2: the job resumes and completes once, with the frames of an uninterrupted run")
+    @Test(
+        "kill -9 during stage 1 and during stage 2: the job resumes and completes once, with the frames of an uninterrupted run"
+    )
     func killAndResume() throws {
         let expected: [String]
         do {
@@ -95,7 +101,9 @@ struct EngineProcessTests {
             let job = try waitForJob(restarted, id)
             #expect(job.state == .succeeded, "\(point): \(job)")
             #expect(job.crashCount == 1 && job.attempt == 2, "\(point): resumed once after one crash: \(job)")
-            #expect(try frameDigests(try #require(job.outputDir)) == expected, "\(point): frames differ from the uninterrupted run")
+            #expect(
+                try frameDigests(try #require(job.outputDir)) == expected,
+                "\(point): frames differ from the uninterrupted run")
             #expect(entries(daemon.stateDir + "/outputs") == ["job-\(id)"], "one output, no leftovers")
             // The work folder goes right after the success is recorded.
             let gone = Date().addingTimeInterval(30)
@@ -124,13 +132,16 @@ struct EngineProcessTests {
         #expect(handedBack.crashCount == 0 && handedBack.progress.framesDone >= 8, "\(handedBack)")
         // The same job again from scratch, for the bytes an uninterrupted run writes.
         let fresh = try again.client.post("/v1/jobs", request, as: SubmitJobResponse.self).job.id
-        let resumed = try waitForJob(again, stopped), whole = try waitForJob(again, fresh)
+        let resumed = try waitForJob(again, stopped)
+        let whole = try waitForJob(again, fresh)
         #expect(resumed.state == .succeeded && whole.state == .succeeded)
         #expect(try frameDigests(try #require(resumed.outputDir)) == (try frameDigests(try #require(whole.outputDir))))
         #expect(again.stop() == 0)
     }
 
-    @Test("no space left on the output filesystem: the job fails with disk_full, the database stays intact, a retry succeeds once there is room")
+    @Test(
+        "no space left on the output filesystem: the job fails with disk_full, the database stays intact, a retry succeeds once there is room"
+    )
     func diskFull() async throws {
         // A real full filesystem where this machine lets us mount one; the engine's injected
         // ENOSPC below the output folder in any case.
@@ -145,8 +156,10 @@ struct EngineProcessTests {
         let outputs = dir.file("state/outputs")
         try FileManager.default.createDirectory(atPath: outputs, withIntermediateDirectories: true)
         // 64 KiB: a 40-frame output needs at least 40 blocks.
-        let mounted = tmpfs
-            && (try? runProcess("/bin/mount", ["-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", outputs]))?.status == 0
+        let mounted =
+            tmpfs
+            && (try? runProcess("/bin/mount", ["-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", outputs]))?.status
+                == 0
         if tmpfs && !mounted { return }  // a container without CAP_SYS_ADMIN: the injected case covers it
         defer { if mounted { _ = try? runProcess("/bin/umount", [outputs]) } }
         let environment = mounted ? [:] : ["GRIDIT_TEST_ENOSPC_UNDER": outputs]
@@ -156,8 +169,11 @@ struct EngineProcessTests {
         let failed = try waitForJob(daemon, id)
         let how = mounted ? "tmpfs" : "injected"
         #expect(failed.state == .failed && failed.errorClass == "disk_full", "\(how): \(failed.errorMessage ?? "")")
-        #expect(failed.errorMessage?.contains("No space left on device") == true, "\(how): \(failed.errorMessage ?? "")")
-        #expect(entries(outputs).filter { $0.contains("job-\(id)") }.isEmpty, "\(how): a partial output is left: \(entries(outputs))")
+        #expect(
+            failed.errorMessage?.contains("No space left on device") == true, "\(how): \(failed.errorMessage ?? "")")
+        #expect(
+            entries(outputs).filter { $0.contains("job-\(id)") }.isEmpty,
+            "\(how): a partial output is left: \(entries(outputs))")
         #expect(daemon.stop() == 0)
 
         // The database is intact, with the failure in the job's history.
@@ -224,24 +240,32 @@ struct EngineProcessTests {
         let ctl = binaryDirectory() + "/griditctl"
         let environment = ["GRIDIT_SOCKET": daemon.socket, "PATH": "/usr/bin:/bin"]
         let out = dir.file("mine")
-        let result = try runProcess(ctl, ["submit", "--length", "24", "--seed", "3", "--wait", "--out", out], environment: environment)
+        let result = try runProcess(
+            ctl, ["submit", "--length", "24", "--seed", "3", "--wait", "--out", out], environment: environment)
         #expect(result.status == 0, "\(result.stderr)")
         let output = daemon.stateDir + "/outputs/job-1"
         #expect(result.stdout == output + "\n", "stdout names the output folder: \(result.stdout)")
-        #expect(result.stderr.contains("job 1 submitted (seed 3)") && result.stderr.contains("job 1 succeeded: \(output)"))
+        #expect(
+            result.stderr.contains("job 1 submitted (seed 3)") && result.stderr.contains("job 1 succeeded: \(output)"))
         #expect(result.stderr.contains("frames copied to \(out)"), "\(result.stderr)")
         let frames = entries(out + "/frames")
         #expect(frames.count == 24 && frames.first == "frame_00000.png")
         for name in frames {
-            #expect(FileManager.default.contents(atPath: out + "/frames/" + name) == FileManager.default.contents(atPath: output + "/frames/" + name))
+            #expect(
+                FileManager.default.contents(atPath: out + "/frames/" + name)
+                    == FileManager.default.contents(atPath: output + "/frames/" + name))
         }
         #expect(FileManager.default.fileExists(atPath: out + "/sequence.json"))
         let show = try runProcess(ctl, ["jobs", "show", "1"], environment: environment)
-        #expect(show.stdout.contains("succeeded") && show.stdout.contains("Output") && show.stdout.contains(output), "\(show.stdout)")
+        #expect(
+            show.stdout.contains("succeeded") && show.stdout.contains("Output") && show.stdout.contains(output),
+            "\(show.stdout)")
         #expect(daemon.stop() == 0)
     }
 
-    @Test("models over the socket: import, list, show, tag, rm, gc; gc keeps a running job's model, and a loaded one's weights")
+    @Test(
+        "models over the socket: import, list, show, tag, rm, gc; gc keeps a running job's model, and a loaded one's weights"
+    )
     func modelsRoundTrip() throws {
         let dir = try ShortTemporaryDirectory()
         defer { dir.remove() }
@@ -271,7 +295,9 @@ struct EngineProcessTests {
         let gc = try run(["models", "gc", "--json"])
         #expect(gc.status == 0, "\(gc.stderr)")
         let collected = try APICoding.decoder().decode(ModelGCResult.self, from: Data(gc.stdout.utf8))
-        #expect(collected.removedManifests.isEmpty && collected.removedBlobs.isEmpty, "the running job's model was collected: \(collected)")
+        #expect(
+            collected.removedManifests.isEmpty && collected.removedBlobs.isEmpty,
+            "the running job's model was collected: \(collected)")
         let ps = try run(["models", "ps"])
         #expect(ps.stdout.contains(String(digest.dropFirst(7).prefix(12))), "\(ps.stdout)")
 
@@ -281,7 +307,8 @@ struct EngineProcessTests {
         daemon = try DaemonProcess(directory: dir, arguments: Self.arguments)
         #expect(try waitForJob(daemon, job.id).state == .succeeded)
         // Now nothing references the version, but the model stays loaded a while: its weights stay.
-        let second = try APICoding.decoder().decode(ModelGCResult.self, from: Data(try run(["models", "gc", "--json"]).stdout.utf8))
+        let second = try APICoding.decoder().decode(
+            ModelGCResult.self, from: Data(try run(["models", "gc", "--json"]).stdout.utf8))
         #expect(second.removedManifests == [digest], "\(second)")
         #expect(second.keptMapped.count == 2, "the two weight files are mapped: \(second)")
         let empty = try run(["models", "list", "--json"])
