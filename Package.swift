@@ -7,7 +7,8 @@
 //   GriditStore -> GRDB                                 (SQLite job queue, migrations/)
 //   GriditModelStore -> GriditStore, GriditPipeline, GriditModels, GriditCheckpoint, GriditAPI,
 //                       Crypto, CModelStore (libarchive)   (content-addressed model store)
-//   griditd -> GriditDaemon, GriditModelStore -> GriditStore, GriditAPI, CSystemd, NIO, ServiceLifecycle, Logging
+//   griditd -> GriditBackend -> GriditDaemon, GriditEngine, GriditModelStore
+//   GriditDaemon -> GriditStore, GriditAPI, CSystemd, NIO, ServiceLifecycle, Logging   (no engine, no model store)
 //   griditctl -> GriditCLI -> GriditAPI                 (no DB, numeric or NIO targets)
 //   GriditImage -> CPNG                                 (PNG, animated PNG, contact sheet)
 //   GriditEngine -> GriditPipeline, GriditModels, GriditCheckpoint, GriditImage, Crypto
@@ -118,6 +119,18 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The engine and the model store behind GriditDaemon's JobExecutor and ModelCatalog.
+        .target(
+            name: "GriditBackend",
+            dependencies: [
+                "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditStore", "GriditAPI", "GriditPipeline",
+                "GriditCheckpoint",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // griditctl's commands and its blocking Unix-socket HTTP client.
         .target(
             name: "GriditCLI",
@@ -127,7 +140,7 @@ let package = Package(
         .executableTarget(
             name: "griditd",
             dependencies: [
-                "GriditDaemon", "GriditEngine", "GriditStore", "GriditModelStore", "GriditAPI",
+                "GriditDaemon", "GriditBackend", "GriditEngine", "GriditStore", "GriditModelStore", "GriditAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -204,11 +217,22 @@ let package = Package(
             name: "GriditDaemonTests",
             dependencies: [
                 "GriditDaemon", "GriditStore", "GriditAPI", "GriditCLI",
+                .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "GriditBackendTests",
+            dependencies: [
+                "GriditBackend", "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditStore", "GriditAPI",
+                "GriditPipeline",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -99,11 +99,13 @@ public enum ModelCommand: Hashable, Sendable {
     /// Write a single-file bundle of the version to `path` (a file the daemon creates).
     case export(reference: String, path: String)
     case ps
+    /// Permission and filesystem checks of the store, as griditd's user sees them (`doctor`).
+    case check
 
     /// Changes the store (or reads every byte of it): root or the admin group only.
     public var requiresAdmin: Bool {
         switch self {
-        case .list, .show, .ps, .export: false
+        case .list, .show, .ps, .export, .check: false
         case .importPipeline, .tag, .remove, .verify, .gc: true
         }
     }
@@ -119,6 +121,7 @@ public enum ModelCommand: Hashable, Sendable {
         case .gc: "gc"
         case .export: "export"
         case .ps: "ps"
+        case .check: "check"
         }
     }
 }

@@ -166,10 +166,12 @@ public struct StepProgress: Codable, Hashable, Sendable {
     public var frames: Int
     /// Seconds left for the whole job, when the engine can tell.
     public var etaSeconds: Double?
+    /// Share of the job's work done, 0...1 (both stages, by floating-point operations).
+    public var fraction: Double?
 
     public init(
         stage: String, grid: Int, grids: Int, step: Int, steps: Int, frame: Int, frames: Int,
-        etaSeconds: Double? = nil
+        etaSeconds: Double? = nil, fraction: Double? = nil
     ) {
         self.stage = stage
         self.grid = grid
@@ -179,10 +181,11 @@ public struct StepProgress: Codable, Hashable, Sendable {
         self.frame = frame
         self.frames = frames
         self.etaSeconds = etaSeconds
+        self.fraction = fraction
     }
 
     enum CodingKeys: String, CodingKey {
-        case stage, grid, grids, step, steps, frame, frames
+        case stage, grid, grids, step, steps, frame, frames, fraction
         case etaSeconds = "eta_seconds"
     }
 }

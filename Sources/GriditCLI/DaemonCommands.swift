@@ -151,6 +151,7 @@ struct Doctor: ParsableCommand {
                 name: "engine", ok: status.engineAvailable,
                 detail: status.engineAvailable ? "ready" : "this griditd has no engine; jobs stay queued",
                 fix: status.engineAvailable ? nil : "install a griditd built with the engine"))
+            if status.modelStoreAvailable { checks += storeChecks() }
         }
         if global.json {
             Output.printJSON(checks)
@@ -161,6 +162,30 @@ struct Doctor: ParsableCommand {
             }
         }
         if checks.contains(where: { !$0.ok }) { throw ExitCode(ExitStatus.failure) }
+    }
+
+    /// The model store's permission and filesystem checks as griditd's user sees them, and
+    /// whether it holds a model to run.
+    private func storeChecks() -> [Check] {
+        let client = global.client
+        var checks: [Check] = []
+        do {
+            let result = try Models.result(ModelStoreCheckResult.self, from: try client.call("GET", "/v1/models/check"))
+            for c in result.checks {
+                checks.append(Check(
+                    name: "store", ok: c.status != .error, detail: "\(c.name): \(c.message)"
+                        + (c.status == .warning ? " (warning)" : ""), fix: c.fix))
+            }
+            let list = try Models.result(ModelListResult.self, from: try client.call("GET", "/v1/models"))
+            let names = Set(list.models.compactMap { m in m.name.map { "\($0):\(m.tag ?? "")" } }).sorted()
+            checks.append(Check(
+                name: "models", ok: !names.isEmpty,
+                detail: names.isEmpty ? "the model store holds no model" : names.joined(separator: ", "),
+                fix: names.isEmpty ? "griditctl models import PATH/pipeline.json --name NAME:TAG" : nil))
+        } catch {
+            checks.append(Check(name: "store", ok: false, detail: error.message, fix: "see `journalctl -u griditd`"))
+        }
+        return checks
     }
 
     /// Which path component keeps the daemon's state directory from being what it should.

@@ -10,6 +10,18 @@ struct Models: ParsableCommand {
         subcommands: [List.self, Show.self, Import.self, Tag.self, Remove.self, Verify.self, GC.self, Export.self, PS.self],
         defaultSubcommand: List.self)
 
+    /// The `result` of a model command's reply, decoded.
+    static func result<T: Decodable>(_ type: T.Type, from reply: HTTPReply) throws(CLIError) -> T {
+        guard let object = try? JSONSerialization.jsonObject(with: reply.body) as? [String: Any],
+              let result = object["result"],
+              let data = try? JSONSerialization.data(withJSONObject: result, options: [.fragmentsAllowed]),
+              let decoded = try? APICoding.decoder().decode(T.self, from: data)
+        else {
+            throw CLIError("griditd sent an unreadable model reply", status: ExitStatus.daemonError)
+        }
+        return decoded
+    }
+
     /// Prints a model command's reply: its `text`, or its `result` with --json.
     static func print(_ reply: HTTPReply, json: Bool) throws {
         guard let object = try? JSONSerialization.jsonObject(with: reply.body) as? [String: Any] else {

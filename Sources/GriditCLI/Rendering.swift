@@ -101,7 +101,7 @@ enum Rendering {
         var text = "job \(jobID)  \(step.stage)  grid \(step.grid)/\(step.grids)  step \(step.step)/\(step.steps)"
             + "  frame \(step.frame)/\(step.frames)"
         if let eta = step.etaSeconds { text += "  ETA \(duration(eta))" }
-        let done = step.frames > 0 ? Double(step.frame) / Double(step.frames) : 0
+        let done = step.fraction ?? (step.frames > 0 ? Double(step.frame) / Double(step.frames) : 0)
         let barWidth = min(30, width - text.count - 4)
         if barWidth >= 10 {
             let filled = Int((done * Double(barWidth)).rounded(.down))

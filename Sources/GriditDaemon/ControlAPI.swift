@@ -61,6 +61,7 @@ public struct ControlAPI: Sendable {
         Route(method: .GET, template: "/v1/jobs/{id}/files/{path...}") { api, r, p in try await api.file(r, p) },
         Route(method: .GET, template: "/v1/models") { api, r, _ in try await api.model(.list, r) },
         Route(method: .GET, template: "/v1/models/ps") { api, r, _ in try await api.model(.ps, r) },
+        Route(method: .GET, template: "/v1/models/check") { api, r, _ in try await api.model(.check, r) },
         Route(method: .POST, template: "/v1/models/import") { api, r, _ in
             let body = try api.decode(ImportModelRequest.self, r)
             guard body.path.hasPrefix("/") else {

@@ -22,10 +22,13 @@ public struct DaemonError: Error, CustomStringConvertible {
 public struct DaemonComponents: Sendable {
     public var executor: (any JobExecutor)?
     public var catalog: (any ModelCatalog)?
+    /// Their own long-lived loops (e.g. unloading idle models), run beside griditd's services.
+    public var services: [any Service]
 
-    public init(executor: (any JobExecutor)? = nil, catalog: (any ModelCatalog)? = nil) {
+    public init(executor: (any JobExecutor)? = nil, catalog: (any ModelCatalog)? = nil, services: [any Service] = []) {
         self.executor = executor
         self.catalog = catalog
+        self.services = services
     }
 }
 
@@ -102,6 +105,7 @@ public enum Daemon {
             services: [
                 .init(service: ControlSocketService(server: server, channel: channel)),
                 .init(service: MaintenanceService(context: context)),
+            ] + built.services.map { .init(service: $0) } + [
                 .init(service: WorkerService(context: context)),
                 // Last: the first told of shutdown, so STOPPING=1 goes out before anything stops.
                 .init(service: StoppingNotifierService(notifier: notifier)),

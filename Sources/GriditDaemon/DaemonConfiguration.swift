@@ -34,10 +34,17 @@ public struct DaemonConfiguration: Sendable {
     public var pruneInterval: TimeInterval = 3_600
     /// Most jobs batched together (same pipeline and priority).
     public var maxBatchJobs = 4
+    /// Bytes of activations one batched forward may take; the engine sizes its batches to it.
+    public var memoryBudget = 2 << 30
+    /// Most grids or frames in one batched forward.
+    public var maxBatchItems = 16
+    /// Seconds a loaded model stays mapped after its last job.
+    public var modelKeepAlive: TimeInterval = 600
     /// Below this many free bytes on the state filesystem a job is not started (`disk_full`).
     public var minFreeBytes: Int64 = 256 * 1024 * 1024
-    /// `NAME:TAG` used when a submit names no model.
-    public var defaultModel = "moving-digits:latest"
+    /// The model of a submit that names none; nil: the store's only model (`NAME:latest` if the
+    /// store holds one name), else the submit is refused with a message saying what to pass.
+    public var defaultModel: String?
     /// SIGTERM → the running job is checkpointed and handed back within this; then griditd
     /// cancels what is left and exits (below the unit's TimeoutStopSec=90).
     public var stopTimeout: TimeInterval = 75

@@ -69,11 +69,15 @@ public struct DaemonContext: Sendable {
 /// Test hooks for fault injection, from `GRIDIT_TEST_FAULTS` (comma-separated):
 /// - `crash-after-claim=<job id>`: abort the process right after claiming that job (poison pill);
 /// - `free-bytes=<n>`: report `n` free bytes on the state filesystem (`disk_full` without
-///   filling a disk).
+///   filling a disk);
+/// - `pause-at=grid:<n>` / `pause-at=sr:<n>`: stop the worker for good at the first denoising
+///   step of stage-1 grid n or of frame n (1-based), after writing `<state dir>/test-paused`, so
+///   that a test can `kill -9` griditd at a known point of a job.
 /// The daemon logs a warning at start when any is set.
 public struct FaultInjection: Sendable, Hashable {
     public var crashAfterClaim: Set<Int64> = []
     public var freeBytes: Int64?
+    public var pauseAt: PausePoint?
 
     public init() {}
 
@@ -84,13 +88,40 @@ public struct FaultInjection: Sendable, Hashable {
             switch (kv.first, kv.count == 2 ? kv[1] : nil) {
             case ("crash-after-claim", let v?) where Int64(v) != nil: crashAfterClaim.insert(Int64(v)!)
             case ("free-bytes", let v?) where Int64(v) != nil: freeBytes = Int64(v)!
+            case ("pause-at", let v?) where PausePoint(v) != nil: pauseAt = PausePoint(v)
             default:
-                throw FaultInjectionError(message: "GRIDIT_TEST_FAULTS: unknown fault '\(item)' (known: crash-after-claim=<id>, free-bytes=<n>)")
+                throw FaultInjectionError(
+                    message: "GRIDIT_TEST_FAULTS: unknown fault '\(item)' "
+                        + "(known: crash-after-claim=<id>, free-bytes=<n>, pause-at=grid:<n>, pause-at=sr:<n>)")
             }
         }
     }
 
-    public var isActive: Bool { !crashAfterClaim.isEmpty || freeBytes != nil }
+    public var isActive: Bool { !crashAfterClaim.isEmpty || freeBytes != nil || pauseAt != nil }
+}
+
+/// Where `pause-at` stops the worker: the first step of stage-1 grid `unit` (`grid`) or of frame
+/// `unit` (`sr`), 1-based, of any job.
+public struct PausePoint: Sendable, Hashable {
+    public var stage: String
+    public var unit: Int
+
+    init?(_ text: String) {
+        let parts = text.split(separator: ":")
+        guard parts.count == 2, ["grid", "sr"].contains(parts[0]), let n = Int(parts[1]), n >= 1 else { return nil }
+        stage = String(parts[0])
+        unit = n
+    }
+
+    func matches(_ step: StepProgress) -> Bool {
+        step.stage == stage && (stage == "grid" ? step.grid : step.frame) >= unit
+    }
+
+    /// Writes the marker and blocks the calling (worker) thread until the process is killed.
+    func hold(marker: String, job: Int64) -> Never {
+        try? Data("job \(job) paused at \(stage):\(unit)\n".utf8).write(to: URL(fileURLWithPath: marker), options: .atomic)
+        while true { sleep(3600) }
+    }
 }
 
 public struct FaultInjectionError: Error, CustomStringConvertible {

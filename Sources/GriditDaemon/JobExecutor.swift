@@ -62,6 +62,13 @@ public enum StopReason: String, Sendable, Hashable {
 
 /// Callbacks the engine calls on its own (worker) thread. All are cheap and never block on I/O.
 public struct ExecutionHooks: Sendable {
+    /// Asked between batched forwards: jobs (of the batch's pipeline) to add to the running batch,
+    /// so a new job starts without waiting for the others to finish. Each is the engine's until it
+    /// reports it through `finished`.
+    public var admit: @Sendable () -> [ExecutionItem]
+    /// Exactly once per job (given or admitted), as soon as it leaves the batch: succeeded (its
+    /// output folder complete), failed, or interrupted (its work directory resumable).
+    public var finished: @Sendable (_ jobID: Int64, _ outcome: ExecutionOutcome) -> Void
     /// After each durable unit (a finished stage-1 grid, a finished stage-2 frame batch): the
     /// job's new resume point. The worker saves it in the database.
     public var durable: @Sendable (_ jobID: Int64, _ progress: GriditAPI.JobProgressInfo) -> Void
@@ -74,10 +81,14 @@ public struct ExecutionHooks: Sendable {
     public var shouldStop: @Sendable (_ jobID: Int64) -> StopReason?
 
     public init(
+        admit: @escaping @Sendable () -> [ExecutionItem] = { [] },
+        finished: @escaping @Sendable (Int64, ExecutionOutcome) -> Void,
         durable: @escaping @Sendable (Int64, GriditAPI.JobProgressInfo) -> Void,
         step: @escaping @Sendable (Int64, StepProgress) -> Void,
         shouldStop: @escaping @Sendable (Int64) -> StopReason?
     ) {
+        self.admit = admit
+        self.finished = finished
         self.durable = durable
         self.step = step
         self.shouldStop = shouldStop
@@ -138,13 +149,14 @@ public enum ExecutionOutcome: Sendable, Hashable {
 /// `execute` runs on a dedicated worker thread (never on Swift's cooperative pool) and may block
 /// it for minutes; the daemon never calls it concurrently with itself. The engine loads the
 /// pipeline for the batch's digest (through the model store's keep-alive cache), runs the
-/// batch, and reports through the hooks.
+/// batch and the jobs `hooks.admit` adds to it, and reports through the hooks.
 public protocol JobExecutor: Sendable {
     /// Checks a submit against the pipeline before the job row exists (cheap: no model is run).
     /// Throws `.invalidInput` with a message naming the parameter, or `.modelMissing`.
     func validate(length: Int, parameters: GenerationParameters, pipelineDigest: String?) async throws(JobFailure)
 
-    /// Runs every item to completion, failure or interruption; returns one outcome per job id.
-    /// A job missing from the result is recorded as an internal failure.
-    func execute(_ batch: ExecutionBatch, hooks: ExecutionHooks) -> [Int64: ExecutionOutcome]
+    /// Runs every item (and every admitted one) to completion, failure or interruption, calling
+    /// `hooks.finished` once for each, and returns when none is left. A job it never reports is
+    /// recorded as an internal failure.
+    func execute(_ batch: ExecutionBatch, hooks: ExecutionHooks)
 }

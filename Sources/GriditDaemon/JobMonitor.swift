@@ -19,28 +19,78 @@ public final class JobMonitor: Sendable {
     }
 
     private let state = Mutex(State())
-    private let wakeStream: AsyncStream<Void>
-    private let wakeContinuation: AsyncStream<Void>.Continuation
+    /// Waiters of `waitForWake`, and whether a wake came while nobody waited (it is kept, once).
+    private let wakes = Mutex<(pending: Bool, waiters: [Waiter])>((false, []))
 
-    public init() {
-        (wakeStream, wakeContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
-    }
+    public init() {}
 
     // MARK: Worker wake-up
 
     /// Tells the worker to look at the queue now (a submit, a resume, a retry).
-    public func wake() { wakeContinuation.yield() }
+    public func wake() {
+        let waiters = wakes.withLock { w -> [Waiter] in
+            if w.waiters.isEmpty { w.pending = true }
+            defer { w.waiters = [] }
+            return w.waiters
+        }
+        for waiter in waiters { waiter.finish() }
+    }
 
-    /// Waits for a `wake()` or `timeout`, whichever comes first.
+    /// Waits for a `wake()` (or one that came since the last wait) or `timeout`, whichever comes first.
     func waitForWake(timeout: Duration) async {
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { [wakeStream] in
-                var iterator = wakeStream.makeAsyncIterator()
-                _ = await iterator.next()
+        let waiter = Waiter()
+        let early = wakes.withLock { w -> Bool in
+            if w.pending {
+                w.pending = false
+                return true
             }
-            group.addTask { try? await Task.sleep(for: timeout) }
+            w.waiters.append(waiter)
+            return false
+        }
+        if early { return }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await waiter.wait() }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                waiter.finish()
+            }
             await group.next()
             group.cancelAll()
+        }
+        wakes.withLock { w in w.waiters.removeAll { $0 === waiter } }
+    }
+
+    /// One `waitForWake`: finished by a wake, its timeout or cancellation, whichever is first.
+    private final class Waiter: Sendable {
+        private enum Phase {
+            case idle
+            case waiting(CheckedContinuation<Void, Never>)
+            case done
+        }
+        private let phase = Mutex(Phase.idle)
+
+        func wait() async {
+            await withTaskCancellationHandler {
+                await withCheckedContinuation { continuation in
+                    let done = phase.withLock { p -> Bool in
+                        if case .done = p { return true }
+                        p = .waiting(continuation)
+                        return false
+                    }
+                    if done { continuation.resume() }
+                }
+            } onCancel: {
+                finish()
+            }
+        }
+
+        func finish() {
+            let continuation = phase.withLock { p -> CheckedContinuation<Void, Never>? in
+                defer { p = .done }
+                if case .waiting(let c) = p { return c }
+                return nil
+            }
+            continuation?.resume()
         }
     }
 

@@ -5,9 +5,11 @@ import GriditAPI
 
 public protocol ModelCatalog: Sendable {
     /// `NAME:TAG`, `NAME@sha256:<hex>` or `sha256:<hex>` → the manifest digest (`sha256:<hex>`)
-    /// the job will record. Throws `not_found` (naming the reference and `griditctl models list`)
-    /// or `bad_request` for a malformed reference.
-    func resolve(_ reference: String) async throws(APIError) -> String
+    /// the job will record; nil → the store's only model (an empty store or several names is a
+    /// `not_found` / `bad_request` naming `griditctl models import` or `--model`). Throws
+    /// `not_found` (naming the reference and `griditctl models list`) or `bad_request` for a
+    /// malformed reference.
+    func resolve(_ reference: String?) async throws(APIError) -> String
 
     /// Runs one model command (the same library call `griditd models ...` makes) and returns its
     /// Codable result plus the human rendering.

@@ -34,11 +34,15 @@ public struct WorkerService: Service {
         defer { thread.stop() }
         let stopping = StopFlag()
         await withGracefulShutdownHandler {
+            // Jobs claimed to join a batch that ended before the engine took them: they start next.
+            var carried: [ClaimedJob] = []
             while !stopping.isSet {
                 context.notifier.watchdog()
                 let batch: ClaimedBatch?
                 do {
-                    batch = try await nextBatch(stopping: stopping)
+                    let claimed = carried.isEmpty ? try await claimBatch() : carried
+                    carried = []
+                    batch = claimed.isEmpty ? nil : await start(claimed, stopping: stopping)
                 } catch {
                     logger.error("claiming failed; retrying", metadata: ["error": "\(error)"])
                     await context.monitor.waitForWake(timeout: .seconds(2))
@@ -48,9 +52,10 @@ public struct WorkerService: Service {
                     await context.monitor.waitForWake(timeout: pollInterval)
                     continue
                 }
-                await run(batch, executor: executor, thread: thread, stopping: stopping)
+                carried = await run(batch, executor: executor, thread: thread, stopping: stopping)
                 await context.refreshStatus()
             }
+            for c in carried { _ = try? await context.store.releaseLease(id: c.job.id, token: c.token, now: Date()) }
         } onGracefulShutdown: {
             stopping.set()
             context.monitor.requestStopAll(.shutdown)
@@ -67,27 +72,34 @@ public struct WorkerService: Service {
     // MARK: - Claiming
 
     /// Claims the next job and up to `maxBatchJobs - 1` more of its pipeline and priority.
-    /// Jobs the worker cannot start (no disk space) are failed as transient right here.
-    private func nextBatch(stopping: StopFlag) async throws(StoreError) -> ClaimedBatch? {
+    private func claimBatch() async throws(StoreError) -> [ClaimedJob] {
         let store = context.store
         let lease = context.configuration.leaseDuration
         guard let first = try await store.claim(workerID: workerID, leaseDuration: lease, now: Date()) else {
-            return nil
+            return []
         }
         var claimed = [first]
+        // A job that crashed a worker before runs alone: its next crash is then its own.
+        guard first.job.crashCount == 0 else { return claimed }
         let filter = ClaimFilter(pipelineDigest: first.job.pipelineDigest, priority: first.job.priority)
         while claimed.count < context.configuration.maxBatchJobs,
               let more = try await store.claim(workerID: workerID, leaseDuration: lease, matching: filter, now: Date())
         {
             claimed.append(more)
         }
+        return claimed
+    }
+
+    /// Claimed jobs ready for the engine: their folders made. Jobs the worker cannot start (no
+    /// disk space) are failed as transient right here; during shutdown all are handed back.
+    private func start(_ claimed: [ClaimedJob], stopping: StopFlag) async -> ClaimedBatch? {
         for c in claimed where context.faults.crashAfterClaim.contains(c.job.id) {
             context.logger.critical("test fault: crashing after claiming job \(c.job.id)", metadata: ["job.id": "\(c.job.id)"])
             abort()
         }
         if stopping.isSet {
             // Shutdown began while we claimed: hand them straight back.
-            for c in claimed { _ = try? await store.releaseLease(id: c.job.id, token: c.token, now: Date()) }
+            for c in claimed { _ = try? await context.store.releaseLease(id: c.job.id, token: c.token, now: Date()) }
             return nil
         }
         var items: [ExecutionItem] = []
@@ -100,13 +112,17 @@ public struct WorkerService: Service {
                 await record(.failed(error), job: c.job, token: c.token, stopReason: nil)
             }
         }
-        guard !items.isEmpty else { return try await nextBatch(stopping: stopping) }
-        return ClaimedBatch(batch: ExecutionBatch(pipelineDigest: first.job.pipelineDigest, items: items), tokens: tokens)
+        guard let first = claimed.first, !items.isEmpty else { return nil }
+        return ClaimedBatch(
+            batch: ExecutionBatch(pipelineDigest: first.job.pipelineDigest, items: items), tokens: tokens,
+            priority: first.job.priority)
     }
 
     struct ClaimedBatch: Sendable {
         var batch: ExecutionBatch
         var tokens: [Int64: LeaseToken]
+        /// The jobs' priority (a batch shares one).
+        var priority: Int
     }
 
     /// Creates the job's work folder and the output's parent; checks free space.
@@ -137,14 +153,20 @@ public struct WorkerService: Service {
 
     // MARK: - Running
 
+    /// Runs a batch on the inference thread while the async side saves progress, records each
+    /// job as it leaves, and claims jobs of the same pipeline to join it. Returns jobs claimed
+    /// to join that the engine did not take before it finished.
     private func run(
         _ claimed: ClaimedBatch, executor: any JobExecutor, thread: WorkerThread, stopping: StopFlag
-    ) async {
+    ) async -> [ClaimedJob] {
         let batch = claimed.batch
-        let tokens = claimed.tokens
         let ids = batch.items.map(\.jobID)
         let monitor = context.monitor
         let notifier = context.notifier
+        let faults = context.faults
+        let pauseMarker = context.layout.root + "/test-paused"
+        let session = BatchSession(batch.items, tokens: claimed.tokens)
+        let tracker = BatchTracker(ids: ids)
         monitor.started(ids)
         for id in ids { monitor.changed(id) }
         context.logger.info(
@@ -154,9 +176,18 @@ public struct WorkerService: Service {
             ])
         await context.refreshStatus()
 
-        let tracker = BatchTracker(ids: ids)
         let (signals, signal) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let hooks = ExecutionHooks(
+            admit: {
+                let items = session.admit()
+                for item in items { tracker.admitted(item.jobID) }
+                return items
+            },
+            finished: { id, outcome in
+                session.report(id, outcome)
+                signal.yield()
+                monitor.wake()  // a slot is free: the admission loop may claim another job
+            },
             durable: { id, progress in
                 tracker.durable(id, progress)
                 signal.yield()
@@ -166,50 +197,97 @@ public struct WorkerService: Service {
                 monitor.publish(step: step, for: id)
                 notifier.watchdog()
                 signal.yield()
+                if let pause = faults.pauseAt, pause.matches(step) { pause.hold(marker: pauseMarker, job: id) }
             },
             shouldStop: { id in
                 monitor.stopReason(id) ?? (stopping.isSet ? .shutdown : nil)
             })
 
-        let outcomes = await withTaskGroup(of: [Int64: ExecutionOutcome]?.self) { group in
+        let carried = await withTaskGroup(of: [ClaimedJob].self) { group in
             group.addTask {
                 await thread.run { executor.execute(batch, hooks: hooks) }
+                let leftovers = session.close()
+                signal.finish()
+                monitor.wake()  // ends the admission loop's wait
+                return leftovers
             }
             group.addTask {
+                // One writer for progress, heartbeats and outcomes, in the order they happened.
                 for await _ in signals {
-                    await sync(tracker, tokens: tokens)
+                    await flush(session, tracker)
                     try? await Task.sleep(for: .milliseconds(200))
                 }
-                return nil
+                return []
             }
-            var result: [Int64: ExecutionOutcome] = [:]
-            for await outcome in group {
-                if let outcome {
-                    result = outcome
-                    signal.finish()
-                }
+            group.addTask {
+                let filter = ClaimFilter(
+                    pipelineDigest: batch.pipelineDigest, priority: claimed.priority, nextInLineOnly: true)
+                return await admitMore(session, tracker, filter: filter, stopping: stopping)
             }
-            return result
+            var carried: [ClaimedJob] = []
+            for await jobs in group { carried += jobs }
+            return carried
         }
-        await sync(tracker, tokens: tokens, final: true)
+        await flush(session, tracker, final: true)
+        for id in session.unreported() {
+            session.report(id, .failed(JobFailure(.internalError, "the engine returned without reporting job \(id)")))
+        }
+        await flush(session, tracker, final: true)
+        return carried
+    }
 
-        for item in batch.items {
-            defer { monitor.finished(item.jobID) }
+    /// While the batch runs and has room, claims the next job in line if it shares the batch's
+    /// pipeline and priority, and hands it to the engine (which admits it between batches).
+    private func admitMore(
+        _ session: BatchSession, _ tracker: BatchTracker, filter: ClaimFilter, stopping: StopFlag
+    ) async -> [ClaimedJob] {
+        var carried: [ClaimedJob] = []
+        let lease = context.configuration.leaseDuration
+        while !session.isClosed && !stopping.isSet {
+            var filter = filter
+            filter.excluding = session.memberIDs  // never a second run of a job the engine still has
+            guard session.activeCount < context.configuration.maxBatchJobs,
+                  let claimed = try? await context.store.claim(workerID: workerID, leaseDuration: lease, matching: filter, now: Date())
+            else {
+                await context.monitor.waitForWake(timeout: pollInterval)
+                continue
+            }
+            guard let ready = await start([claimed], stopping: stopping), let item = ready.batch.items.first else { continue }
+            tracker.add(waiting: item.jobID)  // before the engine can take it
+            if session.offer(item, claim: claimed) {
+                context.monitor.started([item.jobID])
+                context.monitor.changed(item.jobID)
+                context.logger.info("joining the running batch", metadata: ["job.id": "\(item.jobID)"])
+            } else {
+                _ = tracker.remove(item.jobID)
+                carried.append(claimed)
+            }
+        }
+        return carried
+    }
+
+    /// Saves pending progress and heartbeats, then records the outcomes reported since the last flush.
+    private func flush(_ session: BatchSession, _ tracker: BatchTracker, final: Bool = false) async {
+        await sync(tracker.take(now: Date(), heartbeatEvery: context.configuration.leaseDuration / 3, final: final), session)
+        for (id, outcome) in session.takeOutcomes() {
+            // Its last progress first (the resume point of an interrupted job), then the outcome.
+            if let last = tracker.remove(id) { await sync([last], session) }
+            defer { context.monitor.finished(id) }
             // Unreadable now (database trouble): the lease runs out and the reaper requeues it.
-            guard let token = tokens[item.jobID], let job = try? await context.store.get(id: item.jobID) else { continue }
-            let outcome = outcomes[item.jobID]
-                ?? .failed(JobFailure(.internalError, "the engine returned no outcome for job \(item.jobID)"))
-            await record(outcome, job: job, token: token, stopReason: monitor.stopReason(item.jobID), item: item)
+            guard let token = session.token(id), let item = session.item(id),
+                  let job = try? await context.store.get(id: id)
+            else { continue }
+            await record(outcome, job: job, token: token, stopReason: context.monitor.stopReason(id), item: item)
         }
     }
 
-    /// Writes the durable progress and heartbeats (fenced by the lease token); a cancel seen in
-    /// the answer, or a lost lease, becomes a stop request for the engine.
-    private func sync(_ tracker: BatchTracker, tokens: [Int64: LeaseToken], final: Bool = false) async {
+    /// Writes durable progress and heartbeats (fenced by the lease token); a cancel seen in the
+    /// answer, or a lost lease, becomes a stop request for the engine.
+    private func sync(_ pending: [BatchTracker.Pending], _ session: BatchSession) async {
         let lease = context.configuration.leaseDuration
         let now = Date()
-        for pending in tracker.take(now: now, heartbeatEvery: lease / 3, final: final) {
-            guard let token = tokens[pending.id] else { continue }
+        for pending in pending {
+            guard let token = session.token(pending.id) else { continue }
             do {
                 var status: LeaseStatus?
                 if let progress = pending.progress {
@@ -297,6 +375,9 @@ final class BatchTracker: Sendable {
     private struct Entry {
         var progress: JobProgressInfo?
         var active = false
+        /// Claimed to join, not yet taken by the engine: heartbeated while it waits (a batched
+        /// forward of a large model can outlast a lease).
+        var waiting = false
         var lastHeartbeat = Date()
     }
 
@@ -315,13 +396,27 @@ final class BatchTracker: Sendable {
 
     func activity(_ id: Int64) { entries.withLock { $0[id]?.active = true } }
 
+    /// A job claimed to join the running batch, waiting for the engine to take it.
+    func add(waiting id: Int64) { entries.withLock { $0[id] = Entry(waiting: true) } }
+
+    /// The engine took a waiting job: from now on its own steps keep it alive.
+    func admitted(_ id: Int64) { entries.withLock { $0[id]?.waiting = false } }
+
+    /// Forgets a job that left the batch; returns its progress not saved yet.
+    func remove(_ id: Int64) -> Pending? {
+        entries.withLock { e in
+            guard let entry = e.removeValue(forKey: id), let progress = entry.progress else { return nil }
+            return Pending(id: id, progress: progress, heartbeat: false)
+        }
+    }
+
     /// Progress to save, and a heartbeat for each job that made progress since its last one
     /// when `heartbeatEvery` has passed: a hung engine stops heartbeating, so its lease expires.
     func take(now: Date, heartbeatEvery: TimeInterval, final: Bool) -> [Pending] {
         entries.withLock { e in
             var result: [Pending] = []
             for (id, var entry) in e.sorted(by: { $0.key < $1.key }) {
-                let due = entry.active && now.timeIntervalSince(entry.lastHeartbeat) >= heartbeatEvery && !final
+                let due = (entry.active || entry.waiting) && now.timeIntervalSince(entry.lastHeartbeat) >= heartbeatEvery && !final
                 guard entry.progress != nil || due else { continue }
                 result.append(Pending(id: id, progress: entry.progress, heartbeat: due))
                 entry.progress = nil
@@ -334,4 +429,94 @@ final class BatchTracker: Sendable {
             return result
         }
     }
+}
+
+/// The jobs of a running batch, shared by the engine's hooks (worker thread) and the async side:
+/// their leases, the jobs claimed to join it, and the outcomes not recorded yet.
+final class BatchSession: Sendable {
+    private struct Member {
+        var item: ExecutionItem
+        var token: LeaseToken
+        /// For a job claimed to join: its claim, handed back if the engine never takes it.
+        var claim: ClaimedJob?
+        var reported = false
+    }
+
+    private struct State {
+        var members: [Int64: Member] = [:]
+        /// Claimed to join; the engine takes them at its next `admit`.
+        var inbox: [Int64] = []
+        var outcomes: [(Int64, ExecutionOutcome)] = []
+        var closed = false
+    }
+
+    private let state: Mutex<State>
+
+    init(_ items: [ExecutionItem], tokens: [Int64: LeaseToken]) {
+        var s = State()
+        for item in items {
+            if let token = tokens[item.jobID] { s.members[item.jobID] = Member(item: item, token: token) }
+        }
+        state = Mutex(s)
+    }
+
+    /// Hands a claimed job to the running batch; false once the engine has returned.
+    func offer(_ item: ExecutionItem, claim: ClaimedJob) -> Bool {
+        state.withLock { s in
+            guard !s.closed else { return false }
+            s.members[item.jobID] = Member(item: item, token: claim.token, claim: claim)
+            s.inbox.append(item.jobID)
+            return true
+        }
+    }
+
+    /// The jobs offered since the last call (the engine's `admit`).
+    func admit() -> [ExecutionItem] {
+        state.withLock { s in
+            defer { s.inbox = [] }
+            return s.inbox.compactMap { s.members[$0]?.item }
+        }
+    }
+
+    /// The engine says `id` left the batch.
+    func report(_ id: Int64, _ outcome: ExecutionOutcome) {
+        state.withLock { s in
+            guard let member = s.members[id], !member.reported else { return }
+            s.members[id]!.reported = true
+            s.outcomes.append((id, outcome))
+        }
+    }
+
+    func takeOutcomes() -> [(Int64, ExecutionOutcome)] {
+        state.withLock { s in
+            defer { s.outcomes = [] }
+            return s.outcomes
+        }
+    }
+
+    /// After the engine returned: no more offers; the jobs offered but never admitted, which
+    /// their claimer still holds, come back (they start the next batch).
+    func close() -> [ClaimedJob] {
+        state.withLock { s in
+            s.closed = true
+            defer { s.inbox = [] }
+            return s.inbox.compactMap { id in s.members.removeValue(forKey: id)?.claim }
+        }
+    }
+
+    /// Jobs the engine took and never reported.
+    func unreported() -> [Int64] {
+        state.withLock { s in s.members.filter { !$0.value.reported }.map(\.key).sorted() }
+    }
+
+    var isClosed: Bool { state.withLock { $0.closed } }
+
+    /// Every job that has been in the batch, reported or not.
+    var memberIDs: Set<Int64> { state.withLock { Set($0.members.keys) } }
+
+    /// Jobs in the batch or waiting to join it, not reported yet.
+    var activeCount: Int { state.withLock { s in s.members.values.filter { !$0.reported }.count } }
+
+    func token(_ id: Int64) -> LeaseToken? { state.withLock { $0.members[id]?.token } }
+    func item(_ id: Int64) -> ExecutionItem? { state.withLock { $0.members[id]?.item } }
 }

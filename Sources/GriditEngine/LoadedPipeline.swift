@@ -108,21 +108,25 @@ public final class LoadedPipeline: Sendable {
 
     /// Maps and binds the models `spec` names (absolute paths, as the model store hands them out).
     /// `identity` is the store's; when nil every file is hashed (`PipelineIdentity.compute`).
-    public init(spec: PipelineSpec, identity: PipelineIdentity? = nil, path: String? = nil) throws {
+    /// `map` makes the read-only mapping of a weights file; by default each file is mapped here,
+    /// while a daemon passes its model store's shared mappings (one per blob, whatever uses it).
+    public init(spec: PipelineSpec, identity: PipelineIdentity? = nil, path: String? = nil,
+                map: (_ role: PipelineSpec.FileRole, _ path: String) throws -> MappedFile = { try MappedFile(path: $1) })
+        throws {
         let configuration = try PipelineConfiguration(spec: spec, path: path)
         do {
-            let w1 = try SafetensorsFile(path: spec.stage1.weights)
+            let w1 = try SafetensorsFile(mapping: map(.stage1Weights, spec.stage1.weights))
             stage1 = try DiT(config: configuration.stage1, source: w1)
             var mapped = w1.mapping.size
             if let s2 = spec.stage2, let c2 = configuration.stage2 {
-                let w2 = try SafetensorsFile(path: s2.weights)
+                let w2 = try SafetensorsFile(mapping: map(.stage2Weights, s2.weights))
                 stage2 = try DiT(config: c2, source: w2)
                 mapped += w2.mapping.size
             } else {
                 stage2 = nil
             }
             if let v = spec.vae, let cv = configuration.vae {
-                let wv = try SafetensorsFile(path: v.weights)
+                let wv = try SafetensorsFile(mapping: map(.vaeWeights, v.weights))
                 vae = try AutoencoderKL(config: cv, source: wv)
                 mapped += wv.mapping.size
             } else {

@@ -85,10 +85,24 @@ public struct JobFilter: Hashable, Sendable {
 public struct ClaimFilter: Hashable, Sendable {
     public var pipelineDigest: String?
     public var priority: Int
+    /// Only the job an unfiltered claim would take, if it matches: jobs joining a batch that is
+    /// already running never overtake a waiting job of another pipeline, however long it runs.
+    public var nextInLineOnly: Bool
+    /// Jobs the claimer runs already (a job its stalled worker lost and the queue gave back).
+    public var excluding: Set<Int64>
+    /// Only jobs that never crashed a worker. A job that did runs alone, so that its next crash
+    /// counts against it and not against the jobs batched with it.
+    public var neverCrashed: Bool
 
-    public init(pipelineDigest: String?, priority: Int) {
+    public init(
+        pipelineDigest: String?, priority: Int, nextInLineOnly: Bool = false, excluding: Set<Int64> = [],
+        neverCrashed: Bool = true
+    ) {
         self.pipelineDigest = pipelineDigest
         self.priority = priority
+        self.nextInLineOnly = nextInLineOnly
+        self.excluding = excluding
+        self.neverCrashed = neverCrashed
     }
 }
 

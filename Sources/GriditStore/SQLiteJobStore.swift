@@ -126,7 +126,13 @@ public final class SQLiteJobStore: JobStore {
         var arguments: StatementArguments = [
             "worker": workerID, "token": token.rawValue, "expires": expiresMs, "now": nowMs,
         ]
-        let match = filter == nil ? "" : "AND pipeline_digest IS :digest AND priority = :priority"
+        var match = "AND pipeline_digest IS :digest AND priority = :priority"
+        if filter?.neverCrashed == true { match += " AND crash_count = 0" }
+        if let excluded = filter?.excluding, !excluded.isEmpty {
+            match += " AND id NOT IN (\(excluded.sorted().map(String.init).joined(separator: ", ")))"
+        }
+        // The filter applies to the candidates, or (next in line only) to the one job picked.
+        let (inner, outer) = filter.map { $0.nextInLineOnly ? ("", match) : (match, "") } ?? ("", "")
         if let filter {
             arguments += ["digest": filter.pipelineDigest, "priority": filter.priority]
         }
@@ -143,9 +149,10 @@ public final class SQLiteJobStore: JobStore {
                      WHERE id = (SELECT id FROM job
                                   WHERE state IN ('queued', 'retryable') AND not_before <= :now
                                     AND (SELECT paused FROM queue_state WHERE id = 1) = 0
-                                    \(match)
+                                    \(inner)
                                   ORDER BY priority DESC, id
                                   LIMIT 1)
+                       \(outer)
                     RETURNING *
                     """,
                 arguments: finalArguments)

@@ -1,6 +1,7 @@
 // `griditd serve`: parse, set up logging, hand over to GriditDaemon. No logic lives here.
 import ArgumentParser
 import Foundation
+import GriditBackend
 import GriditDaemon
 import GriditStore
 import Logging
@@ -39,8 +40,25 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Longest sequence a job may ask for, in frames.")
     var maxLength = 100_000
 
-    @Option(help: "Model used when a submit names none.")
-    var defaultModel = "moving-digits:latest"
+    @Option(help: "Model used when a submit names none (default: the store's only model, NAME:latest).")
+    var defaultModel: String?
+
+    @Option(
+        name: .customLong("site-root"),
+        help: "A read-only model store root searched before the state directory; repeatable (env GRIDIT_SITE_ROOTS).")
+    var siteRoots: [String] = []
+
+    @Option(help: "Bytes of activations one batched forward may take (K, M, G suffixes).")
+    var memoryBudget: String = "2G"
+
+    @Option(help: "Most grids or frames in one batched forward.")
+    var maxBatch = 16
+
+    @Option(help: "Most jobs (of one model and priority) run together.")
+    var maxBatchJobs = 4
+
+    @Option(help: "Seconds a model stays loaded after its last job.")
+    var keepAlive: Double = 600
 
     @Option(help: "Lease of a running job in seconds (heartbeats every third of it while it progresses).")
     var lease: Double = 120
@@ -58,6 +76,12 @@ struct Serve: AsyncParsableCommand {
         guard lease >= 5 else { throw ValidationError("--lease must be at least 5 seconds") }
         guard stopTimeout > 0 else { throw ValidationError("--stop-timeout must be positive") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level '\(logLevel)'") }
+        guard let budget = parseBytes(memoryBudget), budget >= 1 << 20 else {
+            throw ValidationError("--memory-budget '\(memoryBudget)' is not a size of at least 1M (e.g. 512M, 2G)")
+        }
+        guard (1...1024).contains(maxBatch) else { throw ValidationError("--max-batch must be 1...1024") }
+        guard (1...64).contains(maxBatchJobs) else { throw ValidationError("--max-batch-jobs must be 1...64") }
+        guard keepAlive >= 0 && keepAlive.isFinite else { throw ValidationError("--keep-alive must be 0 or more seconds") }
     }
 
     func run() async throws {
@@ -78,12 +102,19 @@ struct Serve: AsyncParsableCommand {
         configuration.defaultModel = defaultModel
         configuration.leaseDuration = lease
         configuration.stopTimeout = stopTimeout
+        configuration.memoryBudget = parseBytes(memoryBudget) ?? configuration.memoryBudget
+        configuration.maxBatchItems = maxBatch
+        configuration.maxBatchJobs = maxBatchJobs
+        configuration.modelKeepAlive = keepAlive
+        let sites = (siteRoots + (ProcessInfo.processInfo.environment["GRIDIT_SITE_ROOTS"] ?? "").split(separator: ":").map(String.init))
+            .map(absolute)
 
         do {
             let faults = try FaultInjection(environment: ProcessInfo.processInfo.environment)
-            // The engine (JobExecutor) and the model store (ModelCatalog) are built in
-            // `components:` once their targets land; without them jobs are accepted and stay queued.
-            try await Daemon.run(configuration: configuration, logger: logger, faults: faults)
+            let settings = configuration
+            try await Daemon.run(configuration: configuration, logger: logger, faults: faults) { store in
+                try Backend.components(configuration: settings, database: store.database, siteRoots: sites, logger: logger)
+            }
         } catch let error as StoreError {
             logger.critical("\(error.message)")
             throw ExitCode(error.code == .locked ? 75 : 1)
@@ -97,3 +128,4 @@ struct Serve: AsyncParsableCommand {
         path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
     }
 }
+

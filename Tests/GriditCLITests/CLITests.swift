@@ -68,6 +68,10 @@ struct CLITests {
         #expect(line.hasPrefix("job 12  sr  grid 3/8  step 40/250  frame 64/128  ETA 1m20s  ["))
         #expect(line.contains("###############---------------]"), "half done: \(line)")
         #expect(Rendering.progressLine(jobID: 12, step: step, width: 40).count <= 39)
+        // The engine's share of the work done (both stages) fills the bar when it is given.
+        var early = step
+        early.fraction = 0.1
+        #expect(Rendering.progressLine(jobID: 12, step: early, width: 120).contains("[###---------------------------]"))
     }
 
     @Test("jobs table")

@@ -49,7 +49,8 @@ struct PeerCredentialTests {
     func authorization() throws {
         let dir = try ShortTemporaryDirectory()
         defer { dir.remove() }
-        let daemon = try DaemonProcess(directory: dir, arguments: ["--group", "users", "--admin-group", "root"])
+        let daemon = try DaemonProcess(
+            directory: dir, arguments: ["--group", "users", "--admin-group", "root", "--start-paused"], model: tinyPipeline())
         defer { daemon.stop() }
         let client = try Self.installClient(in: dir)
         var st = stat()
@@ -81,6 +82,17 @@ struct PeerCredentialTests {
         #expect(try APICoding.decoder().decode(JobList.self, from: Data(bobsList.stdout.utf8)).jobs.isEmpty)
         #expect(try daemon.client.get("/v1/jobs/\(job.id)", as: JobInfo.self).state == .queued)
 
+        // Members read the model store but may not change it.
+        let models = try Self.griditctl(client, uid: bob, gid: Self.usersGID, ["models", "list"], socket: daemon.socket)
+        #expect(models.status == 0 && models.stdout.contains("tiny"), "\(models.stderr)")
+        for command in [["models", "rm", "tiny:latest"], ["models", "gc"], ["models", "tag", "tiny:latest", "tiny:mine"],
+                        ["models", "import", tinyPipeline(), "--name", "evil:v1"]] {
+            let refused = try Self.griditctl(client, uid: bob, gid: Self.usersGID, command, socket: daemon.socket)
+            #expect(refused.status == 77, "\(command): \(refused.stderr)")
+            #expect(refused.stderr.contains("may not run `models \(command[1])`"), "\(refused.stderr)")
+        }
+        #expect(try daemon.client.get("/v1/models/tiny:latest", as: ModelShowEnvelope.self).result.digest == job.pipelineDigest)
+
         // The owner may.
         let own = try Self.griditctl(client, uid: alice, gid: Self.usersGID, ["jobs", "cancel", String(job.id)], socket: daemon.socket)
         #expect(own.status == 0, "\(own.stderr)")
@@ -91,4 +103,9 @@ struct PeerCredentialTests {
         #expect(daemon.log.contains("uid=\(alice)"))
         #expect(daemon.stop() == 0)
     }
+}
+
+/// The body of a model command's answer.
+struct ModelShowEnvelope: Decodable {
+    var result: ModelShowResult
 }

@@ -79,6 +79,13 @@ func runProcess(_ executable: String, _ arguments: [String], environment: [Strin
         stderr: (try? String(contentsOf: err, encoding: .utf8)) ?? "")
 }
 
+/// The tiny random-weight pixel pipeline of the engine tests (4×4 grids of 4×4 frames, ×2 SR):
+/// a job of a few dozen frames takes well under a second.
+func tinyPipeline(_ filePath: String = #filePath) -> String {
+    URL(fileURLWithPath: filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("GriditEngineTests/Fixtures/pixel/pipeline.json").path
+}
+
 /// A real griditd process on a state directory and socket of its own.
 final class DaemonProcess: @unchecked Sendable {
     let directory: ShortTemporaryDirectory
@@ -87,11 +94,22 @@ final class DaemonProcess: @unchecked Sendable {
     let process = Process()
     let logPath: String
 
-    init(directory: ShortTemporaryDirectory, arguments: [String] = [], environment: [String: String] = [:]) throws {
+    /// `model`: a pipeline to import first (offline, `griditd models import`) as `tiny:latest`,
+    /// so that submits find a model.
+    init(
+        directory: ShortTemporaryDirectory, arguments: [String] = [], environment: [String: String] = [:],
+        model: String? = nil
+    ) throws {
         self.directory = directory
         stateDir = directory.file("state")
         socket = directory.file("s.sock")
         logPath = directory.file("griditd-\(UUID().uuidString.prefix(8)).log")
+        if let model {
+            let imported = try runProcess(
+                binaryDirectory() + "/griditd",
+                ["models", "import", model, "--name", "tiny:latest", "--link", "copy", "--state-dir", stateDir])
+            guard imported.status == 0 else { throw TestFailure("importing \(model): \(imported.stderr)") }
+        }
         process.executableURL = URL(fileURLWithPath: binaryDirectory() + "/griditd")
         process.arguments = ["serve", "--state-dir", stateDir, "--socket", socket] + arguments
         var env = ProcessInfo.processInfo.environment

@@ -54,7 +54,8 @@ struct SystemdProtocolTests {
         defer { dir.remove() }
         let listener = try NotifyListener(path: dir.file("notify"))
         let daemon = try DaemonProcess(
-            directory: dir, environment: ["NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "1000000"])
+            directory: dir, arguments: ["--start-paused"],
+            environment: ["NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "1000000"], model: tinyPipeline())
         defer { daemon.stop() }
         var messages = listener.collect(timeout: 20) { m in
             m.contains { $0.contains("READY=1") } && m.filter { $0 == "WATCHDOG=1" }.count >= 2

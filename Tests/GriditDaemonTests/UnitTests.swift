@@ -104,6 +104,33 @@ struct DaemonUnitTests {
         #expect(f.crashAfterClaim == [3] && f.freeBytes == 0 && f.isActive)
         #expect(!(try FaultInjection(environment: [:])).isActive)
         #expect(throws: FaultInjectionError.self) { try FaultInjection(environment: ["GRIDIT_TEST_FAULTS": "explode"]) }
+        let pause = try #require(try FaultInjection(environment: ["GRIDIT_TEST_FAULTS": "pause-at=sr:3"]).pauseAt)
+        #expect(pause.matches(StepProgress(stage: "sr", grid: 2, grids: 2, step: 1, steps: 5, frame: 3, frames: 8)))
+        #expect(!pause.matches(StepProgress(stage: "sr", grid: 2, grids: 2, step: 1, steps: 5, frame: 2, frames: 8)))
+        #expect(!pause.matches(StepProgress(stage: "grid", grid: 3, grids: 4, step: 1, steps: 5, frame: 3, frames: 8)))
+        for bad in ["pause-at=sr", "pause-at=vae:1", "pause-at=grid:0"] {
+            #expect(throws: FaultInjectionError.self) { try FaultInjection(environment: ["GRIDIT_TEST_FAULTS": bad]) }
+        }
+    }
+
+    @Test("waitForWake waits its timeout every time; a wake ends it, and one sent while nobody waits is kept once")
+    func wakeUps() async {
+        let monitor = JobMonitor()
+        let clock = ContinuousClock()
+        func timed(_ timeout: Duration) async -> Duration {
+            let start = clock.now
+            await monitor.waitForWake(timeout: timeout)
+            return clock.now - start
+        }
+        // A second wait after a timeout must wait again (a cancelled stream once made it return at once).
+        for _ in 0..<3 { #expect(await timed(.milliseconds(100)) >= .milliseconds(100)) }
+        monitor.wake()
+        #expect(await timed(.seconds(60)) < .seconds(30), "a wake sent before the wait is kept")
+        #expect(await timed(.milliseconds(100)) >= .milliseconds(100), "and kept only once")
+        async let waited = timed(.seconds(60))
+        try? await Task.sleep(for: .milliseconds(50))
+        monitor.wake()
+        #expect(await waited < .seconds(30))
     }
 
     @Test("an idempotent resubmit matches when only the daemon-chosen seed differs")

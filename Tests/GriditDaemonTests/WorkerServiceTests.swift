@@ -33,21 +33,29 @@ final class ScriptedExecutor: JobExecutor {
 
     func validate(length: Int, parameters: GenerationParameters, pipelineDigest: String?) async throws(JobFailure) {}
 
-    func execute(_ batch: ExecutionBatch, hooks: ExecutionHooks) -> [Int64: ExecutionOutcome] {
+    /// Runs the items one after the other, taking in the jobs `admit` offers between steps (as
+    /// the engine does between batched forwards); each joins the batch's record.
+    func execute(_ batch: ExecutionBatch, hooks: ExecutionHooks) {
         state.withLock {
             $0.batches.append(batch.items.map(\.jobID))
             $0.threads.insert(Thread.current.name ?? "?")
         }
-        var outcomes: [Int64: ExecutionOutcome] = [:]
-        for item in batch.items {
-            outcomes[item.jobID] = run(item, script(item.jobID, item.attempt), hooks)
+        let pending = Mutex(batch.items)
+        let admit = {
+            let joined = hooks.admit()
+            self.state.withLock { $0.batches[$0.batches.count - 1] += joined.map(\.jobID) }
+            pending.withLock { $0 += joined }
         }
-        return outcomes
+        while let item = pending.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
+            hooks.finished(item.jobID, run(item, script(item.jobID, item.attempt), hooks, admit: admit))
+            admit()
+        }
     }
 
-    private func run(_ item: ExecutionItem, _ script: Script, _ hooks: ExecutionHooks) -> ExecutionOutcome {
+    private func run(_ item: ExecutionItem, _ script: Script, _ hooks: ExecutionHooks, admit: () -> Void) -> ExecutionOutcome {
         let id = item.jobID
         func step(_ n: Int, of total: Int) -> StopReason? {
+            admit()
             if let reason = hooks.shouldStop(id) {
                 state.withLock { $0.stops[id] = reason }
                 return reason
@@ -153,6 +161,36 @@ struct WorkerServiceTests {
         #expect(job.progress.gridsDone == 2)
         #expect(FileManager.default.fileExists(atPath: job.outputDir! + "/sequence.json"))
         #expect(!FileManager.default.fileExists(atPath: h.context.layout.workDirectory(job: a)), "work folder removed")
+    }
+
+    @Test("a job of the running batch's pipeline joins it; one queued behind another pipeline's job waits its turn")
+    func admission() async throws {
+        let h = try WorkerHarness { id, _ in id == 1 ? .runUntilStopped : .succeed(steps: 2) }
+        defer { h.directory.remove() }
+        let a = try await h.submit(digest: "sha256:a")
+        let api = ControlAPI(context: h.context)
+        try await h.withWorker {
+            try await h.waitUntil("running") { try await h.state(a) == .running }
+            let joining = try await h.submit(digest: "sha256:a")
+            h.context.monitor.wake()
+            try await h.waitUntil("the second job joined the batch") { h.executor.batches == [[a, joining]] }
+            // Another pipeline's job waits first: a later job of the batch's pipeline may not overtake it.
+            let other = try await h.submit(digest: "sha256:b")
+            let later = try await h.submit(digest: "sha256:a")
+            h.context.monitor.wake()
+            try await Task.sleep(for: .milliseconds(500))  // ten admission polls
+            #expect(try await h.state(later) == .queued)
+            let owner = Caller(credentials: PeerCredentials(pid: 1, uid: 1000, gid: 1000), isAdmin: false, isMember: true)
+            _ = await api.handle(HTTPRequest(
+                method: .POST, path: ["v1", "jobs", "\(a)", "cancel"], rawPath: "/v1/jobs/\(a)/cancel", query: [:],
+                headers: [:], body: Data(), caller: owner))
+            try await h.waitUntil("all done") {
+                for id in [joining, other, later] where try await h.state(id) != .succeeded { return false }
+                return true
+            }
+            #expect(h.executor.batches == [[a, joining], [other], [later]])
+            #expect(try await h.state(a) == .canceled)
+        }
     }
 
     @Test("graceful shutdown (SIGTERM) checkpoints the running job and hands it back without a crash")

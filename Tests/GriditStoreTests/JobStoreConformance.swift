@@ -499,7 +499,25 @@ struct JobStoreConformance: Sendable {
         #expect(try await store.claim(workerID: "w", leaseDuration: 60, matching: b, now: at(1)) == nil)
         try await store.setPaused(false)
         #expect(try await store.claim(workerID: "w", leaseDuration: 60, now: at(1))?.job.id == aHigh)
-        #expect(try await store.claim(workerID: "w", leaseDuration: 60, matching: b, now: at(1))?.job.id == b1)
+        // Next in line only: b1 waits first, so an `a` job may not join; then b1 may.
+        let a3 = try await submit("sha256:a", 0)
+        let aNext = ClaimFilter(pipelineDigest: "sha256:a", priority: 0, nextInLineOnly: true)
+        #expect(try await store.claim(workerID: "w", leaseDuration: 60, matching: aNext, now: at(1)) == nil)
+        let bNext = ClaimFilter(pipelineDigest: "sha256:b", priority: 0, nextInLineOnly: true)
+        #expect(try await store.claim(workerID: "w", leaseDuration: 60, matching: bNext, now: at(1))?.job.id == b1)
+        var excluded = aNext
+        excluded.excluding = [a3]
+        #expect(try await store.claim(workerID: "w", leaseDuration: 60, matching: excluded, now: at(1)) == nil)
+        #expect(try await store.claim(workerID: "w", leaseDuration: 60, matching: aNext, now: at(1))?.job.id == a3)
+        // Jobs that crashed a worker (here: all that were running) join no batch unless the filter allows it.
+        let a4 = try await submit("sha256:a", 0)
+        _ = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(1)))
+        _ = try await store.recoverOrphanedJobs(now: at(2))
+        #expect(try await store.get(id: a4).crashCount == 1)
+        #expect(try await store.claim(workerID: "w", leaseDuration: 60, matching: a, now: at(3)) == nil)
+        var crashedToo = a
+        crashedToo.neverCrashed = false
+        #expect(try await store.claim(workerID: "w", leaseDuration: 60, matching: crashedToo, now: at(3))?.job.id == a1)
     }
 
     func countsByState() async throws {

@@ -1,0 +1,84 @@
+// GriditBackend: the engine (GriditEngine) and the model store (GriditModelStore) behind the
+// daemon's protocols (GriditDaemon's `JobExecutor` and `ModelCatalog`), so that GriditDaemon
+// builds and is tested without either. `griditd serve` calls `Backend.components`.
+//
+// - `EngineExecutor`: jobs → resumable `SequenceRun`s batched on one `LoadedPipeline`, loaded
+//   through the store's integrity check into a keep-alive cache keyed by manifest digest.
+// - `StoreCatalog`: the store's commands for the socket API, and the default model of a submit.
+// - `ModelCacheService`: unmaps models idle past their keep-alive.
+import Foundation
+import GriditDaemon
+import GriditEngine
+import GriditModelStore
+import GriditStore
+import Logging
+import NIOPosix
+import ServiceLifecycle
+
+public enum Backend {
+    /// The engine and model store of `configuration`'s state directory, sharing the job
+    /// store's database (one connection pool per file). Call after griditd holds the state
+    /// directory's lock and the database is migrated (what `Daemon.run` does before `components`).
+    public static func components(
+        configuration: DaemonConfiguration, database: StateDatabase, siteRoots: [String] = [], logger: Logger
+    ) throws -> DaemonComponents {
+        let models: ModelStore
+        do {
+            models = try ModelStore(
+                stateDirectory: configuration.stateDirectory, siteRoots: siteRoots, database: database,
+                access: .readWrite)
+        } catch {
+            throw DaemonError("the model store cannot open: \(error)")
+        }
+        let cache = KeepAliveCache<LoadedPipeline>(mappings: models.mappings, keepAlive: configuration.modelKeepAlive)
+        // Store calls block (hashing, SQLite, file copies): they run here, never on Swift's
+        // cooperative pool, and never on the inference thread.
+        let blocking = NIOThreadPool(numberOfThreads: 2)
+        blocking.start()
+        let executor = EngineExecutor(
+            models: models, cache: cache, blocking: blocking,
+            options: ExecutionOptions(
+                threads: configuration.blasThreads, memoryBudget: configuration.memoryBudget,
+                maxBatch: configuration.maxBatchItems),
+            logger: Logger(label: "gridit.engine"))
+        let catalog = StoreCatalog(models: models, cache: cache, blocking: blocking)
+        let service = ModelCacheService(
+            cache: cache, keepAlive: configuration.modelKeepAlive, logger: Logger(label: "gridit.models"))
+        return DaemonComponents(executor: executor, catalog: catalog, services: [service])
+    }
+}
+
+/// Unloads (unmaps) pipelines idle past their keep-alive, checking a few times per period.
+struct ModelCacheService: Service {
+    let cache: KeepAliveCache<LoadedPipeline>
+    let keepAlive: TimeInterval
+    let logger: Logger
+
+    func run() async throws {
+        let period = Duration.milliseconds(Int64(1000 * min(max(keepAlive / 4, 0.25), 30)))
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: period) }
+            for key in cache.evictIdle() {
+                logger.info("unloaded an idle model", metadata: ["model.digest": "\(key)"])
+            }
+        }
+    }
+}
+
+extension NIOThreadPool {
+    /// Runs blocking work on the pool; its error comes back as thrown, and `stopped` if the pool
+    /// no longer runs work (it is never shut down while griditd serves).
+    func blocking<T: Sendable, E: Error>(
+        _ body: @escaping @Sendable () throws(E) -> T, stopped: @autoclosure () -> E
+    ) async throws(E) -> T {
+        let result: Result<T, E>
+        do {
+            result = try await runIfActive { () -> Result<T, E> in
+                do throws(E) { return .success(try body()) } catch { return .failure(error) }
+            }
+        } catch {
+            throw stopped()
+        }
+        return try result.get()
+    }
+}

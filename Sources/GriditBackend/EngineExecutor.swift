@@ -1,0 +1,280 @@
+// The daemon's `JobExecutor` over GriditEngine: a batch of jobs (one pipeline digest) becomes
+// resumable `SequenceRun`s in the jobs' work directories, executed together on the worker thread
+// (stage-1 grids of every job in one batched forward, stage-2 frames in batches across jobs),
+// with jobs joining between batches; each finished run writes its output folder at once.
+import Foundation
+import GriditAPI
+import GriditCheckpoint
+import GriditDaemon
+import GriditEngine
+import GriditModelStore
+import GriditPipeline
+import Logging
+import NIOPosix
+import Synchronization
+
+public final class EngineExecutor: JobExecutor {
+    let models: ModelStore
+    /// Loaded pipelines by manifest digest; one mapping per blob, shared by every job.
+    let cache: KeepAliveCache<LoadedPipeline>
+    let blocking: NIOThreadPool
+    let options: ExecutionOptions
+    let outputOptions: OutputOptions
+    let logger: Logger
+    /// Configs (no weights) by manifest digest, for validating submits: content-addressed, so
+    /// never stale.
+    private let configurations = Mutex<[String: PipelineConfiguration]>([:])
+
+    /// The daemon checks its own length limit at submit; the engine checks the pipeline's.
+    public init(
+        models: ModelStore, cache: KeepAliveCache<LoadedPipeline>, blocking: NIOThreadPool, options: ExecutionOptions,
+        outputOptions: OutputOptions = OutputOptions(), logger: Logger
+    ) {
+        self.models = models
+        self.cache = cache
+        self.blocking = blocking
+        self.options = options
+        self.outputOptions = outputOptions
+        self.logger = logger
+    }
+
+    // MARK: - Validation at submit
+
+    public func validate(length: Int, parameters: GenerationParameters, pipelineDigest: String?)
+        async throws(JobFailure)
+    {
+        guard let pipelineDigest else { throw Self.noModel }
+        try await blocking.blocking(
+            { () throws(JobFailure) in
+                let configuration = try self.configuration(pipelineDigest)
+                let request = try Self.request(length: length, parameters: parameters)
+                do {
+                    try request.validate(against: configuration)
+                } catch {
+                    throw Self.failure(EngineError.classify(error))
+                }
+            }, stopped: JobFailure(.transient, "griditd is stopping"))
+    }
+
+    /// The pipeline's configuration, read once per digest (the blobs' cheap integrity check included).
+    func configuration(_ digest: String) throws(JobFailure) -> PipelineConfiguration {
+        if let known = configurations.withLock({ $0[digest] }) { return known }
+        let spec = try pipelineSpec(digest)
+        let configuration: PipelineConfiguration
+        do { configuration = try PipelineConfiguration(spec: spec) } catch {
+            throw Self.failure(EngineError.classify(error))
+        }
+        configurations.withLock { $0[digest] = configuration }
+        return configuration
+    }
+
+    /// The version's pipeline with absolute blob paths, after the store's integrity check.
+    private func pipelineSpec(_ digest: String) throws(JobFailure) -> PipelineSpec {
+        guard let blob = BlobDigest(digest) else {
+            throw JobFailure(.modelMissing, "'\(digest.prefix(80))' is not a manifest digest")
+        }
+        do { return try models.pipeline(blob) } catch { throw Self.failure(error, digest: digest) }
+    }
+
+    /// The engine's request for a job: the job's length and parameters (the seed is always set).
+    static func request(length: Int, parameters p: GenerationParameters) throws(JobFailure) -> SequenceRequest {
+        func parse<T: RawRepresentable>(_ value: String?, _ name: String, _ type: T.Type) throws(JobFailure) -> T?
+        where T.RawValue == String, T: CaseIterable {
+            guard let value else { return nil }
+            guard let parsed = T(rawValue: value) else {
+                let known = T.allCases.map(\.rawValue).joined(separator: " or ")
+                throw JobFailure(.invalidInput, "\(name) '\(value.prefix(40))' is not \(known)")
+            }
+            return parsed
+        }
+        return SequenceRequest(
+            length: length, seed: p.seed ?? 0, mode: try parse(p.mode, "mode", SequenceMode.self),
+            sampler: try parse(p.sampler, "sampler", SamplerName.self), steps: p.steps,
+            srSampler: try parse(p.srSampler, "sr_sampler", SamplerName.self), srSteps: p.srSteps, eta: p.eta,
+            contextRows: p.contextRows, noSR: p.noSR ?? false, precision: p.precision)
+    }
+
+    // MARK: - Execution
+
+    public func execute(_ batch: ExecutionBatch, hooks: ExecutionHooks) {
+        func failAll(_ items: [ExecutionItem], _ failure: JobFailure) {
+            for item in items { hooks.finished(item.jobID, .failed(failure)) }
+        }
+        guard let digest = batch.pipelineDigest else {
+            failAll(batch.items + hooks.admit(), Self.noModel)
+            return
+        }
+        let lease: CacheLease<LoadedPipeline>
+        do {
+            lease = try load(digest)
+        } catch {
+            if error.errorClass == .digestMismatch { cache.unload(digest) }
+            logger.error("loading the model failed: \(error.message)", metadata: ["model.digest": "\(digest)"])
+            failAll(batch.items + hooks.admit(), error)
+            return
+        }
+        defer { lease.release() }
+        let pipeline = lease.value
+        var items: [ObjectIdentifier: ExecutionItem] = [:]
+
+        /// A run for `item`, or nil once the item has been reported (it could not start, or its
+        /// output is already complete).
+        func start(_ item: ExecutionItem) -> SequenceRun? {
+            do throws(JobFailure) {
+                let run = try makeRun(item, pipeline: pipeline, hooks: hooks)
+                if try isAlreadyDone(item, run: run) {
+                    hooks.finished(item.jobID, .succeeded)
+                    return nil
+                }
+                items[ObjectIdentifier(run)] = item
+                return run
+            } catch {
+                hooks.finished(item.jobID, .failed(error))
+                return nil
+            }
+        }
+
+        let runs = batch.items.compactMap(start)
+        SequenceRun.execute(
+            runs, options: options,
+            admit: { hooks.admit().compactMap(start) },
+            finished: { run, result in
+                guard let item = items.removeValue(forKey: ObjectIdentifier(run)) else { return }
+                hooks.finished(item.jobID, self.conclude(run, result, item: item))
+            })
+    }
+
+    /// The cached pipeline of `digest`, loading it through the store (integrity check) if needed.
+    private func load(_ digest: String) throws(JobFailure) -> CacheLease<LoadedPipeline> {
+        let spec = try pipelineSpec(digest)
+        let manifest: PipelineManifest
+        do { manifest = try models.manifest(BlobDigest(digest)!) } catch { throw Self.failure(error, digest: digest) }
+        var byRole: [PipelineSpec.FileRole: BlobDigest] = [:]
+        for blob in manifest.blobs { byRole[blob.role] = blob.digest }
+        // The weight files are what the pipeline maps (and gc must keep while it does).
+        var blobs: [BlobDigest: String] = [:]
+        for (role, path) in spec.files where [.stage1Weights, .stage2Weights, .vaeWeights].contains(role) {
+            if let d = byRole[role] { blobs[d] = path }
+        }
+        let identity = PipelineIdentity(
+            digest: digest, blobs: byRole.reduce(into: [:]) { $0[$1.key.rawValue] = $1.value.description })
+        do {
+            return try cache.lease(digest, blobs: blobs) { context in
+                try LoadedPipeline(
+                    spec: spec, identity: identity,
+                    map: { role, path in
+                        guard let blob = byRole[role] else { return try MappedFile(path: path) }
+                        return try context.map(blob, path: path)
+                    })
+            }
+        } catch let error as ModelStoreError {
+            throw Self.failure(error, digest: digest)
+        } catch {
+            throw Self.failure(EngineError.classify(error))
+        }
+    }
+
+    /// A run bound to the job's work directory (resuming what is there), reporting through `hooks`.
+    private func makeRun(_ item: ExecutionItem, pipeline: LoadedPipeline, hooks: ExecutionHooks) throws(JobFailure)
+        -> SequenceRun
+    {
+        let request = try Self.request(length: item.length, parameters: item.parameters)
+        let run: SequenceRun
+        do {
+            run = try SequenceRun(pipeline: pipeline, request: request, workDirectory: item.workDirectory)
+        } catch {
+            throw Self.failure(EngineError.classify(error))
+        }
+        let id = item.jobID
+        run.hooks = RunHooks(
+            onProgress: { progress in
+                hooks.durable(
+                    id,
+                    JobProgressInfo(
+                        stage: progress.stage == .stage1 ? "grid" : "sr", gridsDone: progress.gridsDone,
+                        framesDone: progress.framesDone))
+            },
+            onStep: { [unowned run] step in hooks.step(id, Self.step(step, run: run)) },
+            shouldStop: { hooks.shouldStop(id) != nil })
+        return run
+    }
+
+    /// The live step as the API shows it: stage 1 "grid g/N", stage 2 "frame i/F" (both 1-based),
+    /// with what is durable of the other stage.
+    static func step(_ s: GriditEngine.StepProgress, run: SequenceRun) -> GriditAPI.StepProgress {
+        let plan = run.plan
+        let stage1 = s.stage == .stage1
+        return GriditAPI.StepProgress(
+            stage: stage1 ? "grid" : "sr", grid: stage1 ? s.item + 1 : run.gridsDone, grids: plan.grids, step: s.step,
+            steps: s.stepsTotal, frame: stage1 ? run.framesDone : s.item + 1, frames: plan.frames,
+            etaSeconds: s.etaSeconds, fraction: s.fraction)
+    }
+
+    /// The output folder already holds this job's finished sequence (griditd died after the
+    /// rename, before the database said so). Something else there is an error.
+    private func isAlreadyDone(_ item: ExecutionItem, run: SequenceRun) throws(JobFailure) -> Bool {
+        let output = item.outputDirectory
+        guard FileManager.default.fileExists(atPath: output) else { return false }
+        if let data = FileManager.default.contents(atPath: output + "/sequence.json"),
+            let summary = try? JSONDecoder().decode(SequenceSummary.self, from: data),
+            summary.pipeline.digest == run.pipeline.identity.digest, summary.settings == run.settings
+        {
+            return true
+        }
+        throw JobFailure(
+            .invalidInput,
+            "the output folder \(output) exists and holds something else; remove it, then `griditctl jobs retry \(item.jobID)`"
+        )
+    }
+
+    /// How a run that left the batch ends: a complete one writes its output folder now.
+    private func conclude(_ run: SequenceRun, _ result: Result<Void, EngineError>, item: ExecutionItem)
+        -> ExecutionOutcome
+    {
+        switch result {
+        case .success:
+            do {
+                try run.finish(into: item.outputDirectory, options: outputOptions)
+                return .succeeded
+            } catch {
+                return .failed(Self.failure(EngineError.classify(error)))
+            }
+        case .failure(let error) where error.code == .interrupted:
+            return .interrupted
+        case .failure(let error):
+            return .failed(Self.failure(error))
+        }
+    }
+
+    // MARK: - Errors
+
+    static let noModel = JobFailure(
+        .modelMissing,
+        "the job names no pipeline (it was submitted to a griditd without a model store); submit it again")
+
+    static func failure(_ error: EngineError) -> JobFailure {
+        let errorClass: JobFailure.Class =
+            switch error.code {
+            case .invalidInput: .invalidInput
+            case .diskFull: .diskFull
+            case .transient: .transient
+            default: .internalError
+            }
+        return JobFailure(errorClass, error.description)
+    }
+
+    static func failure(_ error: ModelStoreError, digest: String) -> JobFailure {
+        let errorClass: JobFailure.Class =
+            switch error.code {
+            case .notFound: .modelMissing
+            case .digestMismatch: .digestMismatch
+            case .invalidInput, .invalidReference: .invalidInput
+            case .noSpace: .diskFull
+            case .io, .database, .permission: .transient
+            default: .internalError
+            }
+        var message = "model \(digest): \(error.description)"
+        if error.code == .notFound { message += "; import it again (`griditctl models import PATH --name NAME:TAG`)" }
+        return JobFailure(errorClass, message)
+    }
+}

@@ -1,0 +1,186 @@
+import Foundation
+import GriditAPI
+import GriditBackend
+import GriditDaemon
+import GriditEngine
+import GriditModelStore
+import GriditPipeline
+import Testing
+
+// The engine and model store adapters on a real state directory: a real SQLite file, the model
+// store's blobs and mappings, the engine running the tiny random-weight pipeline.
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+@Suite("engine executor", .serialized)
+struct EngineExecutorTests {
+    @Test("submits are checked against the pipeline: bad parameters and missing models fail with their class")
+    func validation() async throws {
+        let h = try Harness()
+        try await h.executor.validate(length: 40, parameters: GenerationParameters(seed: 1), pipelineDigest: h.digest)
+        func failure(_ length: Int, _ parameters: GenerationParameters, digest: String?) async -> JobFailure? {
+            do {
+                try await h.executor.validate(length: length, parameters: parameters, pipelineDigest: digest)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        let rows = await failure(40, GenerationParameters(seed: 1, contextRows: 9), digest: h.digest)
+        #expect(
+            rows?.errorClass == .invalidInput && rows?.message.contains("context_rows") == true,
+            "\(String(describing: rows))")
+        let sampler = await failure(40, GenerationParameters(seed: 1, sampler: "euler"), digest: h.digest)
+        #expect(
+            sampler?.errorClass == .invalidInput
+                && sampler?.message.contains("sampler 'euler' is not ddpm or ddim") == true)
+        let long = await failure(5000, GenerationParameters(seed: 1), digest: h.digest)
+        #expect(long?.errorClass == .invalidInput, "the pipeline allows 1000 frames: \(String(describing: long))")
+        #expect(await failure(40, GenerationParameters(seed: 1), digest: nil)?.errorClass == .modelMissing)
+        let unknown = "sha256:" + String(repeating: "ab", count: 32)
+        #expect(await failure(40, GenerationParameters(seed: 1), digest: unknown)?.errorClass == .modelMissing)
+    }
+
+    @Test("jobs batched together, one joining midway, write the same bytes as each run alone")
+    func batchedMatchesSolo() throws {
+        let batched = try Harness()
+        let recorder = batched.run(
+            [batched.item(1, length: 20, seed: 1), batched.item(2, length: 36, seed: 2)],
+            joining: [batched.item(3, length: 20, seed: 3)])
+        #expect(recorder.outcomes == [1: [.succeeded], 2: [.succeeded], 3: [.succeeded]])
+        let solo = try Harness()
+        for (id, length, seed) in [(Int64(1), 20, UInt64(1)), (2, 36, 2), (3, 20, 3)] {
+            #expect(solo.run([solo.item(id, length: length, seed: seed)]).outcomes == [id: [.succeeded]])
+            let frames = try batched.frameDigests(id)
+            #expect(frames.count == length)
+            #expect(frames == (try solo.frameDigests(id)), "job \(id): batching changed its frames")
+        }
+        // Progress: durable units in order up to the whole plan; steps within their totals.
+        let durable = recorder.durable(2)
+        #expect(durable.last?.framesDone == 36 && durable.last?.stage == "sr")
+        #expect(
+            zip(durable, durable.dropFirst()).allSatisfy {
+                $0.framesDone <= $1.framesDone && $0.gridsDone <= $1.gridsDone
+            })
+        let steps = recorder.steps(2)
+        #expect(steps.contains { $0.stage == "grid" } && steps.contains { $0.stage == "sr" })
+        #expect(
+            steps.allSatisfy { s in
+                s.grid >= 0 && s.grid <= s.grids && s.frame <= s.frames && s.step <= s.steps
+                    && (s.fraction ?? -1) >= 0 && (s.fraction ?? 2) <= 1
+            })
+        #expect(batched.cache.keys == [batched.digest], "the pipeline stays loaded for the next job")
+    }
+
+    @Test("a stopped job resumes from its work directory and writes the frames an uninterrupted run writes")
+    func resumeAfterStop() throws {
+        let h = try Harness(maxBatch: 4)
+        let interrupted = h.run([h.item(1, length: 40, seed: 9)], stop: { id, r in r.durable(id).count >= 5 })
+        #expect(interrupted.outcomes == [1: [.interrupted]])
+        let frames = try FileManager.default.contentsOfDirectory(atPath: h.root + "/work/1/frames").count
+        #expect(frames > 0 && frames < 40, "stopped midway (\(frames) frames written)")
+        #expect(h.run([h.item(1, length: 40, seed: 9)]).outcomes == [1: [.succeeded]])
+        #expect(h.run([h.item(2, length: 40, seed: 9)]).outcomes == [2: [.succeeded]])
+        #expect(try h.frameDigests(1) == (try h.frameDigests(2)))
+        // The output was already complete (griditd died before recording it): a success, nothing rewritten.
+        #expect(h.run([h.item(1, length: 40, seed: 9)]).outcomes == [1: [.succeeded]])
+    }
+
+    @Test("a blob that no longer matches its digest fails the job with digest_mismatch and is quarantined")
+    func digestMismatch() throws {
+        let h = try Harness()
+        let show = try h.models.show("tiny:latest")
+        let weights = try #require(show.blobs.first { $0.role == "stage2.weights" })
+        let path = try #require(weights.path)
+        chmod(path, 0o644)
+        let fd = open(path, O_WRONLY)
+        var byte: UInt8 = 0x5A
+        #expect(pwrite(fd, &byte, 1, off_t(weights.size - 1)) == 1)
+        close(fd)
+        let recorder = h.run([h.item(1, length: 20, seed: 1)])
+        guard case .failed(let failure)? = recorder.outcomes[1]?.first else {
+            Issue.record("expected a failure, got \(recorder.outcomes)")
+            return
+        }
+        #expect(failure.errorClass == .digestMismatch)
+        #expect(failure.message.contains("quarantine"), "\(failure.message)")
+        #expect(!FileManager.default.fileExists(atPath: path))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: h.root + "/quarantine").count == 1)
+        #expect(h.cache.keys.isEmpty)
+    }
+
+    @Test("gc keeps the blobs of a loaded model even when no tag or job references it any more")
+    func gcKeepsMapped() throws {
+        let h = try Harness()
+        #expect(h.run([h.item(1, length: 20, seed: 1)]).outcomes == [1: [.succeeded]])
+        let weights = Set(
+            try h.models.manifest(BlobDigest(h.digest)!).blobs.filter { $0.role.rawValue.hasSuffix(".weights") }
+                .map(\.digest.description))
+        _ = try h.models.remove("tiny:latest")
+        let kept = try h.models.gc()
+        #expect(kept.removedManifests == [h.digest], "the untagged version goes")
+        #expect(Set(kept.keptMapped).isSuperset(of: weights), "mapped weights stay: \(kept)")
+        #expect(h.cache.unload(h.digest!))
+        let freed = try h.models.gc()
+        #expect(Set(freed.removedBlobs).isSuperset(of: weights))
+    }
+}
+
+@Suite("store catalog", .serialized)
+struct StoreCatalogTests {
+    @Test("the default model: none is an error naming `models import`, one is used, several must be named")
+    func defaultModel() async throws {
+        let h = try Harness(importModel: false)
+        await #expect(throws: APIError.self) { _ = try await h.catalog.resolve(nil) }
+        do {
+            _ = try await h.catalog.resolve(nil)
+        } catch {
+            #expect(error.code == .notFound && error.message.contains("griditctl models import"), "\(error)")
+        }
+        let v1 = try h.models.importModel(from: tinyPipeline(), name: "tiny:v1", link: .copy).digest
+        #expect(try await h.catalog.resolve(nil) == v1, "one name, one version")
+        _ = try h.models.tag("tiny:v1", "tiny:latest")
+        #expect(try await h.catalog.resolve(nil) == v1)
+        _ = try h.models.tag("tiny:v1", "other:v1")
+        do {
+            _ = try await h.catalog.resolve(nil)
+            Issue.record("two names must be refused")
+        } catch {
+            #expect(
+                error.code == .badRequest && error.message.contains("other, tiny") && error.message.contains("--model"))
+        }
+        #expect(try await h.catalog.resolve("other:v1") == v1)
+        do {
+            _ = try await h.catalog.resolve("nope:v1")
+        } catch {
+            #expect(error.code == .notFound)
+        }
+    }
+
+    @Test("model commands answer with the store's result and its rendering; loaded models are listed")
+    func commands() async throws {
+        let h = try Harness()
+        let list = try await h.catalog.perform(.list)
+        let decoded = try APICoding.decoder().decode(ModelListResult.self, from: list.result)
+        #expect(decoded.models.map(\.digest) == [h.digest] && !decoded.models[0].loaded)
+        #expect(list.text.contains("tiny") && list.text.contains("latest"))
+        #expect(await h.catalog.loadedModels().isEmpty)
+        #expect(h.run([h.item(1, length: 20, seed: 1)]).outcomes == [1: [.succeeded]])
+        let loaded = await h.catalog.loadedModels()
+        #expect(loaded.map(\.digest) == [h.digest] && loaded[0].names == ["tiny:latest"] && loaded[0].activeJobs == 0)
+        #expect((loaded[0].residentBytes ?? 0) > 0)
+        let after = try APICoding.decoder().decode(
+            ModelListResult.self, from: try await h.catalog.perform(.list).result)
+        #expect(after.models[0].loaded)
+        let checks = try APICoding.decoder().decode(
+            ModelStoreCheckResult.self, from: try await h.catalog.perform(.check).result)
+        #expect(checks.ok && !checks.checks.isEmpty)
+        do {
+            _ = try await h.catalog.perform(.show(reference: "tiny:v9"))
+            Issue.record("an unknown tag must fail")
+        } catch {
+            #expect(error.code == .notFound && error.message.contains("tiny:v9"))
+        }
+    }
+}

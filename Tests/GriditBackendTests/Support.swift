@@ -1,0 +1,117 @@
+import Foundation
+import GriditAPI
+import GriditBackend
+import GriditDaemon
+import GriditEngine
+import GriditModelStore
+import GriditStore
+import Logging
+import NIOPosix
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The tiny random-weight pixel pipeline of the engine tests (4×4 grids of 4×4 frames, ×2 SR).
+func tinyPipeline(_ filePath: String = #filePath) -> String {
+    URL(fileURLWithPath: filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("GriditEngineTests/Fixtures/pixel/pipeline.json").path
+}
+
+/// A state directory with a real database, model store (the tiny pipeline imported as
+/// `tiny:latest`), keep-alive cache and engine executor.
+final class Harness: @unchecked Sendable {
+    let root: String
+    let database: StateDatabase
+    let models: ModelStore
+    let cache: KeepAliveCache<LoadedPipeline>
+    let pool: NIOThreadPool
+    let executor: EngineExecutor
+    let catalog: StoreCatalog
+    /// The manifest digest of `tiny:latest` (nil with `importModel: false`).
+    let digest: String!
+
+    init(importModel: Bool = true, maxBatch: Int = 16) throws {
+        var template = Array("/tmp/gb-XXXXXX".utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw HarnessError("mkdtemp failed")
+        }
+        root = String(cString: made)
+        database = try StateDatabase(path: root + "/jobs.sqlite")
+        models = try ModelStore(stateDirectory: root, database: database)
+        cache = KeepAliveCache(mappings: models.mappings, keepAlive: 600)
+        pool = NIOThreadPool(numberOfThreads: 1)
+        pool.start()
+        executor = EngineExecutor(
+            models: models, cache: cache, blocking: pool,
+            options: ExecutionOptions(threads: 2, memoryBudget: 64 << 20, maxBatch: maxBatch),
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        catalog = StoreCatalog(models: models, cache: cache, blocking: pool)
+        digest =
+            importModel ? try models.importModel(from: tinyPipeline(), name: "tiny:latest", link: .copy).digest : nil
+        try FileManager.default.createDirectory(atPath: root + "/outputs", withIntermediateDirectories: true)
+    }
+
+    func item(_ id: Int64, length: Int, seed: UInt64, work: String? = nil) -> ExecutionItem {
+        ExecutionItem(
+            jobID: id, length: length, parameters: GenerationParameters(seed: seed),
+            workDirectory: work ?? root + "/work/\(id)", outputDirectory: root + "/outputs/job-\(id)",
+            resumeFrom: JobProgressInfo(stage: "grid", gridsDone: 0, framesDone: 0), attempt: 1)
+    }
+
+    /// Runs `items` as one batch on this thread; `joining` is offered at the engine's second `admit`.
+    func run(
+        _ items: [ExecutionItem], joining: [ExecutionItem] = [], digest: String? = nil,
+        stop: @escaping @Sendable (Int64, Recorder) -> Bool = { _, _ in false }
+    ) -> Recorder {
+        let recorder = Recorder()
+        let admissions = Mutex(0)
+        let hooks = ExecutionHooks(
+            admit: {
+                admissions.withLock { n in
+                    n += 1
+                    return n == 2 ? joining : []
+                }
+            },
+            finished: { id, outcome in recorder.state.withLock { $0.outcomes[id, default: []].append(outcome) } },
+            durable: { id, progress in recorder.state.withLock { $0.durable.append((id, progress)) } },
+            step: { id, step in recorder.state.withLock { $0.steps.append((id, step)) } },
+            shouldStop: { id in stop(id, recorder) ? .shutdown : nil })
+        executor.execute(ExecutionBatch(pipelineDigest: digest ?? self.digest, items: items), hooks: hooks)
+        return recorder
+    }
+
+    /// SHA-256 of every frame of a job's output folder, in order (from `sequence.json`).
+    func frameDigests(_ id: Int64) throws -> [String] {
+        let data = try Data(contentsOf: URL(fileURLWithPath: root + "/outputs/job-\(id)/sequence.json"))
+        return try JSONDecoder().decode(SequenceSummary.self, from: data).files.map(\.sha256)
+    }
+
+    deinit {
+        try? pool.syncShutdownGracefully()
+        try? database.close()
+        _ = try? Process.run(URL(fileURLWithPath: "/bin/chmod"), arguments: ["-R", "u+rwX", root]).waitUntilExit()
+        try? FileManager.default.removeItem(atPath: root)
+    }
+}
+
+/// What the hooks saw.
+final class Recorder: Sendable {
+    struct State {
+        var outcomes: [Int64: [ExecutionOutcome]] = [:]
+        var durable: [(Int64, JobProgressInfo)] = []
+        var steps: [(Int64, GriditAPI.StepProgress)] = []
+    }
+    let state = Mutex(State())
+
+    var outcomes: [Int64: [ExecutionOutcome]] { state.withLock { $0.outcomes } }
+    func durable(_ id: Int64) -> [JobProgressInfo] { state.withLock { $0.durable.filter { $0.0 == id }.map(\.1) } }
+    func steps(_ id: Int64) -> [GriditAPI.StepProgress] { state.withLock { $0.steps.filter { $0.0 == id }.map(\.1) } }
+}
+
+struct HarnessError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
