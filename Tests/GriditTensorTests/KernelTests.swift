@@ -57,6 +57,20 @@ func layerNormModulateMatchesNaive(shape: (Int, Int)) {
     #expect(sRel <= 1e-6)
 }
 
+@Test(arguments: [(1, 4), (3, 19), (7, 1152)])
+func residualLayerNormModulateMatchesNaive(shape: (Int, Int)) {
+    let (T, D) = shape
+    let x = testValues(T * D, seed: 23, scale: 2), y = testValues(T * D, seed: 24), gate = testValues(D, seed: 25)
+    let shift = testValues(D, seed: 26), scale = testValues(D, seed: 27)
+    let xs = Tensor(x, shape: [T, D]), out = Tensor(zeros: [T, D])
+    residualLayerNormModulate(xs.mutablePointer, y, gate: gate, rows: T, dim: D, shift: shift, scale: scale,
+                              into: out.mutablePointer)
+    let residual = Naive.gateResidual(x, y, gate, D: D)
+    #expect(maxAbsDiff(xs.toArray(), residual, "residual \(shape)") <= 1e-6)
+    let ref = Naive.layerNormModulate(residual, T: T, D: D, eps: 1e-6, shift: shift, scale: scale)
+    #expect(maxAbsDiff(out.toArray(), ref, "residual + layerNormModulate \(shape)") <= 1e-5)
+}
+
 @Test(arguments: [(1, 1), (3, 19), (7, 1152)])
 func gateResidualMatchesNaive(shape: (Int, Int)) {
     let (T, D) = shape
@@ -79,22 +93,39 @@ func softmaxMatchesNaive(shape: (Int, Int)) {
 func attentionMatchesNaive(shape: (Int, Int, Int, Int, Int)) {
     let (N, T, D, NH, workers) = shape
     let qkv = testValues(N * T * 3 * D, seed: 9, scale: 2)
-    let out = Tensor(zeros: [N, T, D]), scores = Tensor(zeros: [attentionScratchCount(tokens: T, workers: workers)])
+    let out = runAttention(qkv, N: N, T: T, D: D, NH: NH, workers: workers)
+    #expect(maxAbsDiff(out, Naive.attention(qkv, N: N, T: T, D: D, NH: NH), "attention \(shape)") <= 1e-5)
+}
+
+func runAttention(_ qkv: [Float], N: Int, T: Int, D: Int, NH: Int, workers: Int) -> [Float] {
+    let out = Tensor(zeros: [N, T, D])
+    let scratch = Tensor(zeros: [attentionScratchCount(batch: N, tokens: T, dim: D, heads: NH, workers: workers)])
     selfAttention(qkv: qkv, batch: N, tokens: T, dim: D, heads: NH, workers: workers,
-                  scores: scores, into: out.mutablePointer)
-    #expect(maxAbsDiff(out.toArray(), Naive.attention(qkv, N: N, T: T, D: D, NH: NH), "attention \(shape)") <= 1e-5)
+                  scratch: scratch.mutablePointer, into: out.mutablePointer)
+    return out.toArray()
+}
+
+@Test func attentionOfLongSequencesMatchesNaive() {
+    // Several key blocks (online softmax across blocks), a partial last block and a partial last
+    // query tile; large scores so the running maximum changes between blocks.
+    let (N, T, D, NH) = (1, 150, 32, 2)
+    let qkv = testValues(N * T * 3 * D, seed: 21, scale: 3)
+    let out = runAttention(qkv, N: N, T: T, D: D, NH: NH, workers: 2)
+    #expect(maxAbsDiff(out, Naive.attention(qkv, N: N, T: T, D: D, NH: NH), "attention T=150") <= 1e-5)
+}
+
+@Test func attentionOfASampleIsTheSameInAnyBatch() {
+    let (T, D, NH) = (70, 24, 3)
+    let qkv = testValues(3 * T * 3 * D, seed: 22)
+    let batch = runAttention(qkv, N: 3, T: T, D: D, NH: NH, workers: 2)
+    let second = runAttention(Array(qkv[(T * 3 * D)..<(2 * T * 3 * D)]), N: 1, T: T, D: D, NH: NH, workers: 1)
+    #expect(Array(batch[(T * D)..<(2 * T * D)]).map(\.bitPattern) == second.map(\.bitPattern))
 }
 
 @Test func attentionIsIdenticalForEveryWorkerCount() {
     let (N, T, D, NH) = (2, 19, 24, 3)
     let qkv = testValues(N * T * 3 * D, seed: 10)
-    var results: [[Float]] = []
-    for workers in [1, 2, 5] {
-        let out = Tensor(zeros: [N, T, D]), scores = Tensor(zeros: [attentionScratchCount(tokens: T, workers: workers)])
-        selfAttention(qkv: qkv, batch: N, tokens: T, dim: D, heads: NH, workers: workers,
-                      scores: scores, into: out.mutablePointer)
-        results.append(out.toArray())
-    }
+    let results = [1, 2, 5].map { runAttention(qkv, N: N, T: T, D: D, NH: NH, workers: $0) }
     #expect(results[0] == results[1] && results[1] == results[2])
 }
 
