@@ -156,3 +156,40 @@ void gk_group_norm(const float *x, float *out, size_t per, size_t plane, const f
         }
     }
 }
+
+// MARK: row passes of a batch, over the thread pool
+
+#define GK_ROW_BLOCK 64
+
+typedef struct {
+    float *x;
+    const float *y;
+    float *out;
+    size_t T, D, blocks;
+    const float *mod;
+    size_t mod_stride, gate, shift, scale;
+    float eps;
+} rows_job;
+
+static void residual_rows_task(void *ctx, size_t item, int worker) {
+    (void)worker;
+    const rows_job *j = ctx;
+    size_t n = item / j->blocks, r0 = item % j->blocks * GK_ROW_BLOCK;
+    size_t rows = j->T - r0 < GK_ROW_BLOCK ? j->T - r0 : GK_ROW_BLOCK;
+    size_t at = (n * j->T + r0) * j->D;
+    const float *m = j->mod + n * j->mod_stride;
+    if (j->y) {
+        gk_residual_layernorm_modulate(j->x + at, j->y + at, m + j->gate, j->out + at, m + j->shift, m + j->scale, rows,
+                                       j->D, j->eps);
+    } else {
+        gk_layernorm_modulate(j->out + at, j->x + at, m + j->shift, m + j->scale, rows, j->D, j->eps);
+    }
+}
+
+void gk_residual_layernorm_modulate_batch(float *x, const float *y, float *out, size_t N, size_t T, size_t D,
+                                          const float *mod, size_t mod_stride, size_t gate, size_t shift, size_t scale,
+                                          float eps, int workers) {
+    rows_job j = {.x = x, .y = y, .out = out, .T = T, .D = D, .blocks = (T + GK_ROW_BLOCK - 1) / GK_ROW_BLOCK,
+                  .mod = mod, .mod_stride = mod_stride, .gate = gate, .shift = shift, .scale = scale, .eps = eps};
+    gk_parallel_for(N * j.blocks, workers, residual_rows_task, &j);
+}

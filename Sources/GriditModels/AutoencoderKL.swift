@@ -551,9 +551,9 @@ private func blendRows(from a: Tensor, into b: Tensor, extent: Int) {
     guard e > 0, a.shape[3] == W else { return }
     for p in 0..<planes {
         for y in 0..<e {
-            let t = Float(y) / Float(e)
+            let (u, t) = blendWeights(y, e)
             let src = a.pointer + (p * Ha + Ha - e + y) * W, dst = b.mutablePointer + (p * Hb + y) * W
-            for x in 0..<W { dst[x] = src[x] * (1 - t) + dst[x] * t }
+            for x in 0..<W { dst[x] = src[x] * u + dst[x] * t }
         }
     }
 }
@@ -567,11 +567,17 @@ private func blendColumns(from a: Tensor, into b: Tensor, extent: Int) {
         for y in 0..<H {
             let src = a.pointer + (p * H + y) * Wa + Wa - e, dst = b.mutablePointer + (p * H + y) * Wb
             for x in 0..<e {
-                let t = Float(x) / Float(e)
-                dst[x] = src[x] * (1 - t) + dst[x] * t
+                let (u, t) = blendWeights(x, e)
+                dst[x] = src[x] * u + dst[x] * t
             }
         }
     }
+}
+
+/// (1 − i/e, i/e) rounded from double, as diffusers' Python scalars are.
+private func blendWeights(_ i: Int, _ e: Int) -> (Float, Float) {
+    let t = Double(i) / Double(e)
+    return (Float(1 - t), Float(t))
 }
 
 /// Copies the top-left rows x cols of every plane of `tile` into `out` at (r0, c0).

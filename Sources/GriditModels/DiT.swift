@@ -242,13 +242,10 @@ public struct DiT: Sendable {
         func tokens(_ x: Tensor, _ w: LinearWeight, gelu: Bool = false, into y: Tensor) {
             linear(x.pointer, rows: N * T, w, gelu: gelu, segment: T, into: y.mutablePointer, context: ctx)
         }
-        /// body(sample, first row, rows) over blocks of token rows, on the workers.
-        func rowBlocks(_ body: (Int, Int, Int) -> Void) {
-            let block = 64, perSample = (T + block - 1) / block
-            parallelItems(N * perSample, workers: ws.workers) { item, _ in
-                let (n, r0) = (item / perSample, item % perSample * block)
-                body(n, r0, min(block, T - r0))
-            }
+        /// h = norm(x)·(1 + scale) + shift, after x += gate ⊙ residual when given; offsets into mod.
+        func norm(residual: Tensor?, gate: Int = 0, shift: Int, scale: Int) {
+            modulatedNormRows(xs, residual: residual?.pointer, batch: N, tokens: T, dim: D, mod: mod, modStride: modWidth,
+                              gate: gate, shift: shift, scale: scale, workers: ws.workers, into: hs)
         }
 
         // Patch embedding (+ condition on channels) and position embedding.
@@ -280,30 +277,19 @@ public struct DiT: Sendable {
 
         // Block i's mod: [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] at i·6D;
         // the final layer's [shift, scale] at depth·6D.
-        rowBlocks { n, r0, rows in
-            let m = mod + n * modWidth, at = (n * T + r0) * D
-            layerNormModulate(xs + at, rows: rows, dim: D, shift: m, scale: m + D, into: hs + at)
-        }
+        norm(residual: nil, shift: 0, scale: D)
         for (i, block) in layers.blocks.enumerated() {
+            let (m, next) = (i * 6 * D, (i + 1) * 6 * D)
             tokens(ws.h, block.qkv, into: ws.qkv)
             selfAttention(qkv: ws.qkv.pointer, batch: N, tokens: T, dim: D, heads: c.numHeads, workers: ws.workers,
                           scratch: ws.attentionScratch.mutablePointer, into: ws.attn.mutablePointer)
             tokens(ws.attn, block.proj, into: ws.proj)
             // x += gate_msa ⊙ attn; h = norm(x)·(1 + scale_mlp) + shift_mlp
-            rowBlocks { n, r0, rows in
-                let m = mod + n * modWidth + i * 6 * D, at = (n * T + r0) * D
-                residualLayerNormModulate(xs + at, ws.proj.pointer + at, gate: m + 2 * D, rows: rows, dim: D,
-                                          shift: m + 3 * D, scale: m + 4 * D, into: hs + at)
-            }
+            norm(residual: ws.proj, gate: m + 2 * D, shift: m + 3 * D, scale: m + 4 * D)
             tokens(ws.h, block.fc1, gelu: true, into: ws.mlp)
             tokens(ws.mlp, block.fc2, into: ws.proj)
             // x += gate_mlp ⊙ mlp; h = the next block's (or the final layer's) modulated norm of x.
-            rowBlocks { n, r0, rows in
-                let m = mod + n * modWidth + i * 6 * D, next = mod + n * modWidth + (i + 1) * 6 * D
-                let at = (n * T + r0) * D
-                residualLayerNormModulate(xs + at, ws.proj.pointer + at, gate: m + 5 * D, rows: rows, dim: D,
-                                          shift: next, scale: next + D, into: hs + at)
-            }
+            norm(residual: ws.proj, gate: m + 5 * D, shift: next, scale: next + D)
         }
         tokens(ws.h, layers.final, into: ws.finalTokens)
         unpatchify(ws.finalTokens.pointer, batch: N, gridH: c.gridSize, gridW: c.gridSize, patch: c.patchSize,

@@ -160,6 +160,17 @@ public func residualLayerNormModulate(_ x: UnsafeMutablePointer<Float>, _ y: Uns
     gk_residual_layernorm_modulate(x, y, gate, out, shift, scale, T, D, eps)
 }
 
+/// The DiT's per-row passes over a batch, on `workers` threads. For sample n, with
+/// m = mod + n · modStride (each sample's modulation vectors, at the given offsets):
+/// y nil: h = norm(x) · (1 + m[scale...]) + m[shift...]; else first x += m[gate...] ⊙ y.
+/// x, y, h: (N, T, D).
+public func modulatedNormRows(_ x: UnsafeMutablePointer<Float>, residual y: UnsafePointer<Float>?, batch N: Int,
+                              tokens T: Int, dim D: Int, mod: UnsafePointer<Float>, modStride: Int, gate: Int = 0,
+                              shift: Int, scale: Int, eps: Float = 1e-6, workers: Int,
+                              into h: UnsafeMutablePointer<Float>) {
+    gk_residual_layernorm_modulate_batch(x, y, h, N, T, D, mod, modStride, gate, shift, scale, eps, Int32(workers))
+}
+
 /// x += gate ⊙ y, gate broadcast over rows. x, y: (T, D); gate: (D).
 public func gateResidual(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, gate: UnsafePointer<Float>,
                          rows T: Int, dim D: Int) {

@@ -105,3 +105,61 @@ func loadVAEFixture() throws -> AutoencoderKL {
     #expect(c == .stableDiffusion)
     #expect(c.downsampleFactor == 8)
 }
+
+/// ‖a − b‖₂ / ‖b‖₂.
+func relativeL2(_ a: Tensor, _ b: Tensor) -> Double {
+    let (x, y) = (a.toArray(), b.toArray())
+    let num = zip(x, y).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }
+    return (num / y.reduce(0.0) { $0 + Double($1) * Double($1) }).squareRoot()
+}
+
+@Test func tiledDecodeAndEncodeMatchDiffusers() throws {
+    // diffusers' own tiled_decode / tiled_encode of the fixture VAE with 32-pixel tiles and overlap
+    // factor 0.25 (tools/reference/make_vae_tiling_fixtures.py, float64): 4 x 4 tiles for the
+    // decode, 3 x 3 for the encode, with diffusers' blending and cropping.
+    var vae = try loadVAEFixture()
+    vae.tiling = VAETiling(tile: 32, overlap: 0.25)
+    let latent = try NPYArray(path: fixture("vae.tiled_latent.npy")).floatTensor()
+    let decoded = try vae.decode(latent, threads: 2)
+    #expect(maxAbsDiff(decoded, try NPYArray(path: fixture("vae.tiled_decoded.npy")).floatTensor(), "tiled decode") <= vaeTolerance)
+    let image = try NPYArray(path: fixture("vae.tiled_image.npy")).floatTensor()
+    let (mean, logvar) = try vae.encode(image, threads: 2)
+    #expect(maxAbsDiff(mean, try NPYArray(path: fixture("vae.tiled_mean.npy")).floatTensor(), "tiled encode mean") <= vaeTolerance)
+    #expect(maxAbsDiff(logvar, try NPYArray(path: fixture("vae.tiled_logvar.npy")).floatTensor(), "tiled encode logvar")
+        <= vaeTolerance)
+    // Tiles only see their part of the image, so tiled and untiled differ (by design, as in diffusers).
+    vae.tiling = nil
+    print("tiled vs untiled decode: relative L2 \(relativeL2(decoded, try vae.decode(latent, threads: 2)))")
+}
+
+@Test func tilingThatCoversTheImageIsExact() throws {
+    // A tile as large as the image: one tile, identical to untiled.
+    var vae = try loadVAEFixture()
+    let latent = try NPYArray(path: fixture("vae.latent.npy")).floatTensor()
+    vae.tiling = nil
+    let whole = try vae.decode(latent, threads: 2).toArray().map(\.bitPattern)
+    vae.tiling = VAETiling(tile: 4 * max(latent.shape[2], latent.shape[3]))
+    #expect(try vae.decode(latent, threads: 2).toArray().map(\.bitPattern) == whole)
+}
+
+@Test func vaeRejectsBadTiling() throws {
+    var vae = try loadVAEFixture()
+    vae.tiling = VAETiling(tile: 6)  // not a multiple of f = 4
+    #expect(throws: ModelError.self) { try vae.decode(Tensor(zeros: [1, 4, 8, 8]), threads: 1) }
+}
+
+@Test func vaeBF16IsCloseToFP32() throws {
+    guard KernelBackend.current.hasBF16 else { return }
+    let config = try AutoencoderKLConfiguration.load(path: fixture("vae.config.json"))
+    let file = try SafetensorsFile(path: fixture("vae.safetensors"))
+    let low = try AutoencoderKL(config: config, source: file, precision: .bf16)
+    #expect(low.precision == .bf16)
+    let latent = try NPYArray(path: fixture("vae.latent.npy")).floatTensor()
+    let want = try NPYArray(path: fixture("vae.decoded.npy")).floatTensor()
+    let rel = relativeL2(try low.decode(latent, threads: 2), want)
+    print("bf16 VAE decode vs float64 reference: relative L2 \(rel)")
+    #expect(rel <= 2e-2)
+    let a = try low.decode(latent, threads: 1).toArray().map(\.bitPattern)
+    let b = try low.decode(latent, threads: 3).toArray().map(\.bitPattern)
+    #expect(a == b, "bf16 decode differs between 1 and 3 threads")
+}

@@ -50,6 +50,14 @@ void gk_group_norm(const float *x, float *out, size_t per, size_t plane, const f
 void gk_residual_layernorm_modulate(float *x, const float *y, const float *gate, float *out, const float *shift,
                                     const float *scale, size_t T, size_t D, float eps);
 
+/// The DiT's row passes over a batch on the thread pool: for sample n, with m = mod + n * mod_stride,
+/// y == NULL: out = norm(x) * (1 + m[scale..]) + m[shift..];
+/// else:      x += m[gate..] * y, then out = norm(x) * (1 + m[scale..]) + m[shift..].
+/// x, y, out: (N, T, D). Row results do not depend on the split.
+void gk_residual_layernorm_modulate_batch(float *x, const float *y, float *out, size_t N, size_t T, size_t D,
+                                          const float *mod, size_t mod_stride, size_t gate, size_t shift, size_t scale,
+                                          float eps, int workers);
+
 // MARK: CPU features (gemm.c)
 
 enum { GK_ISA_PORTABLE = 0, GK_ISA_AVX512 = 1, GK_ISA_AVX512BF16 = 2 };
