@@ -81,8 +81,9 @@ final class DiTLayers: Sendable {
     let final: LinearWeight
 
     init(_ c: DiTConfiguration, _ w: DiTWeights, precision p: Precision, backend b: KernelBackend) {
+        let pack = c.parameterCount * 4 <= DiT.packFP32Limit
         func lin(_ weight: Tensor?, _ bias: Tensor?) -> LinearWeight {
-            LinearWeight(weight: weight!, bias: bias, precision: p, backend: b)
+            LinearWeight(weight: weight!, bias: bias, precision: p, backend: b, packFP32: pack)
         }
         let D = c.hiddenSize
         xEmbed = lin(w.xEmbedWeight!.reshaped([D, c.embedInChannels * c.patchSize * c.patchSize]), w.xEmbedBias)
@@ -156,6 +157,11 @@ public final class DiTWorkspace {
 }
 
 public struct DiT: Sendable {
+    /// fp32 models with at most this many bytes of weights get a packed copy of the weights of
+    /// their token products at load (faster products, twice the weight memory); larger ones (DiT-L,
+    /// DiT-XL) read their weights in place from the mapped file. bf16 weights are always packed.
+    public static let packFP32Limit = 1 << 30
+
     public let config: DiTConfiguration
     public let weights: DiTWeights
     /// (T, D): from the checkpoint when it carries `pos_embed`, else the 2-D sin-cos embedding.

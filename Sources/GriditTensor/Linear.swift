@@ -47,8 +47,10 @@ public final class ComputeContext {
 }
 
 /// A linear layer's weight (N, K) in PyTorch's (out, in) layout and bias (N), prepared once for a
-/// precision: fp32 products read the tensor in place (borrowed from a mapped file); bf16 products
-/// read it packed into the GEMM's bf16 panels (made here, half the size of the fp32 weight).
+/// precision: bf16 products read it packed into the GEMM's bf16 panels (made here, half the size of
+/// the fp32 weight); fp32 products read the tensor in place (borrowed from a mapped file, packed
+/// on the fly by every product), or a packed fp32 copy made here with `packFP32` (more memory, no
+/// packing per product: worth it for small models, whose products are short).
 public struct LinearWeight: @unchecked Sendable {
     public let weight: Tensor
     public let bias: Tensor?
@@ -59,22 +61,27 @@ public struct LinearWeight: @unchecked Sendable {
     public var outFeatures: Int { weight.shape[0] }
     public var inFeatures: Int { weight.shape[1] }
 
-    public init(weight: Tensor, bias: Tensor?, precision: Precision = .fp32, backend: KernelBackend = .current) {
+    public init(weight: Tensor, bias: Tensor?, precision: Precision = .fp32, backend: KernelBackend = .current,
+                packFP32: Bool = false) {
         precondition(weight.rank == 2, "LinearWeight: weight must be (out, in), got \(weight.shape)")
         if let bias { precondition(bias.count == weight.shape[0], "LinearWeight: bias \(bias.shape) vs \(weight.shape)") }
         self.weight = weight
         self.bias = bias
         self.precision = precision.effective(on: backend)
-        if self.precision == .bf16 {
+        if backend.ownsGEMM && (self.precision == .bf16 || packFP32) {
             let (N, K) = (weight.shape[0], weight.shape[1])
-            let buffer = AlignedBuffer(byteCount: gk_packed_b_bytes(N, K, 1))
-            let rc = gk_pack_b(weight.pointer, K, N, K, 1, buffer.base, 1)
+            let bf16: Int32 = self.precision == .bf16 ? 1 : 0
+            let buffer = AlignedBuffer(byteCount: gk_packed_b_bytes(N, K, bf16))
+            let rc = gk_pack_b(weight.pointer, K, N, K, bf16, buffer.base, 1)
             precondition(rc == 0, "LinearWeight: out of memory packing a \(weight.shape) weight")
             packed = buffer
         } else {
             packed = nil
         }
     }
+
+    /// Bytes of the packed copy (0 when the products read `weight` in place).
+    public var packedByteCount: Int { packed?.byteCount ?? 0 }
 }
 
 /// y (M, N) = x (M, K) · Wᵀ + b, then GELU (tanh form) when `gelu`. x: rows `ldx` apart (default K);
@@ -94,9 +101,9 @@ public func linear(_ x: UnsafePointer<Float>, rows M: Int, ldx: Int? = nil, _ w:
         args.bf16 = bf16 ? 1 : 0
         args.a = x
         args.lda = ldx
-        args.b = bf16 ? nil : w.weight.pointer
+        args.b = w.weight.pointer
         args.ldb = K
-        args.b_packed = bf16 ? UnsafeRawPointer(w.packed!.base) : nil
+        args.b_packed = w.packed.map { UnsafeRawPointer($0.base) }
         args.c = y
         args.ldc = ldy
         args.bias_n = w.bias?.pointer

@@ -114,19 +114,22 @@ extension GriditBench {
             let ws = dit.makeWorkspace(batch: batch, workers: threads.threads)
             let x = RandomWeights.tensor([batch, config.inChannels, config.inputSize, config.inputSize], seed: 2, std: 1)
             let t = (0..<batch).map { Float(($0 * 137 + 500) % 1000) }
-            var times: [Double] = []
+            var times: [Double] = [], cpu: [Double] = []
             for i in 0..<(max(0, warmup) + max(1, repetitions)) {
-                let start = DispatchTime.now()
+                let (start, cpu0) = (DispatchTime.now(), processCPUSeconds())
                 try dit.forward(x: x, t: t, workspace: ws)
                 let ms = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e6
-                if i >= warmup { times.append(ms) }
+                if i >= warmup {
+                    times.append(ms)
+                    cpu.append((processCPUSeconds() - cpu0) * 1e3)
+                }
             }
             let median = times.sorted()[times.count / 2]
             let gflops = config.flopsPerForward(batch: batch) / (median * 1e6)
             var record: [String: Any] = [
                 "impl": "gridit", "model": architecture.name, "input_size": config.inputSize, "batch": batch,
                 "threads": threads.threads, "precision": dit.precision.rawValue, "backend": "\(dit.backend)",
-                "times_ms": times, "median_ms": median, "gflops": gflops,
+                "times_ms": times, "median_ms": median, "gflops": gflops, "cpu_ms": cpu.sorted()[cpu.count / 2],
             ]
             if compareFp32 && dit.precision != .fp32 {
                 let low = ws.output.copy()
@@ -140,9 +143,10 @@ extension GriditBench {
                 let data = try JSONSerialization.data(withJSONObject: record, options: [.sortedKeys])
                 print(String(decoding: data, as: UTF8.self))
             } else {
-                print(String(format: "%@ input %d batch %d threads %d %@ (%@): median %.1f ms over %d, %.1f GFLOP/s",
+                print(String(format: "%@ input %d batch %d threads %d %@ (%@): median %.1f ms over %d, %.1f GFLOP/s "
+                             + "(CPU time of all threads %.1f ms)",
                              architecture.name, config.inputSize, batch, threads.threads, dit.precision.rawValue,
-                             "\(dit.backend)", median, times.count, gflops))
+                             "\(dit.backend)", median, times.count, gflops, cpu.sorted()[cpu.count / 2]))
                 if let e = record["rel_error_vs_fp32"] as? Double {
                     print(String(format: "bf16 vs fp32: relative error %.3e (L2), max |diff| %.3e", e,
                                  record["max_abs_error_vs_fp32"] as? Double ?? 0))
@@ -280,6 +284,13 @@ private func statusBytes(_ field: String) -> Int {
         return kb * 1024
     }
     return 0
+}
+
+/// CPU time used by all threads of this process, in seconds (includes the pool's brief spinning).
+func processCPUSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
 }
 
 /// ‖a − b‖₂ / ‖b‖₂ and max |a − b|.
