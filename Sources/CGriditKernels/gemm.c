@@ -24,8 +24,10 @@
 
 #define MR 8
 #define NR 48
-#define KC_F32 256
+#define KC_F32 256      // k per block; a B panel block (KC x NR) is 48 KB in either precision
 #define KC_BF16 512
+#define MC 256          // rows of A per block: an A block (MC x KC) stays in L2 across a task's panels
+#define GROUP 4         // most B panels per task (measured: fp32 K = 4608 products +40%, others even)
 #define ALIGN 64
 
 static size_t round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
@@ -231,14 +233,15 @@ typedef struct {
     unsigned char *apack_out;     // where phase 1 packs A (NULL when pre-packed)
     size_t apanels;               // panels of MR rows
     size_t b_stride;              // panel stride of pre-packed B in bytes
-    size_t npanels, msplit, mchunk;
+    size_t npanels, group, msplit, mchunk;   // a task: `group` B panels x `mchunk` rows
     unsigned char *worker_base;
     size_t worker_bytes;
 } gemm_job;
 
-// Per-worker scratch: B panel [KC][NR] (packed), fp32 staging for bf16 [KC_BF16][NR], one C tile.
+// Per-worker scratch: GROUP B panels [KC][NR] (packed), fp32 staging for bf16 [KC_BF16][NR], one C tile.
+#define BBUF_BYTES (GROUP * KC_F32 * NR * 4)
 static size_t worker_scratch_bytes(void) {
-    return round_up(KC_F32 * NR * 4, ALIGN) + round_up(KC_BF16 * NR * 4, ALIGN) + round_up(MR * NR * 4, ALIGN);
+    return round_up(BBUF_BYTES, ALIGN) + round_up(KC_BF16 * NR * 4, ALIGN) + round_up(MR * NR * 4, ALIGN);
 }
 
 static size_t packed_a_bytes(size_t M, size_t K, int bf16) {
@@ -282,60 +285,71 @@ static void pack_a_panel(const gemm_job *j, size_t p, float *staging) {
 
 static void pack_a_task(void *ctx, size_t p, int worker) {
     const gemm_job *j = ctx;
-    pack_a_panel(j, p, (float *)(j->worker_base + (size_t)worker * j->worker_bytes + round_up(KC_F32 * NR * 4, ALIGN)));
+    pack_a_panel(j, p, (float *)(j->worker_base + (size_t)worker * j->worker_bytes + round_up(BBUF_BYTES, ALIGN)));
+}
+
+// B panel q (columns 48q ..) for k in [pc, pc + kc), packed into `buf` unless pre-packed.
+GK_AVX512 static const void *b_panel(const gemm_job *j, size_t q, size_t pc, size_t kc, unsigned char *buf,
+                                     float *staging) {
+    const gk_gemm_args *g = j->g;
+    if (g->b_packed) return (const unsigned char *)g->b_packed + q * j->b_stride + pc * NR * j->esize;
+    size_t n0 = q * NR, nvalid = min_sz(NR, g->N - n0);
+    if (g->conv) {
+        if (j->bf16) {
+            pack_im2col_f32(g->conv, g->b, n0, nvalid, pc, kc, staging);
+            pairs_bf16(staging, kc, NR, (uint16_t *)buf);
+        } else {
+            pack_im2col_f32(g->conv, g->b, n0, nvalid, pc, kc, (float *)buf);
+        }
+    } else {
+        pack_panel(g->b + n0 * g->ldb + pc, g->ldb, nvalid, NR, kc, j->bf16, buf, staging);
+    }
+    return buf;
 }
 
 GK_AVX512 static void gemm_task(void *ctx, size_t t, int worker) {
     const gemm_job *j = ctx;
     const gk_gemm_args *g = j->g;
     unsigned char *ws = j->worker_base + (size_t)worker * j->worker_bytes;
-    void *bbuf = ws;
-    float *staging = (float *)(ws + round_up(KC_F32 * NR * 4, ALIGN));
-    float *tile = (float *)(ws + round_up(KC_F32 * NR * 4, ALIGN) + round_up(KC_BF16 * NR * 4, ALIGN));
-    size_t q = t / j->msplit, ms = t % j->msplit;
+    float *staging = (float *)(ws + round_up(BBUF_BYTES, ALIGN));
+    float *tile = (float *)(ws + round_up(BBUF_BYTES, ALIGN) + round_up(KC_BF16 * NR * 4, ALIGN));
+    size_t q0 = t / j->msplit * j->group, ms = t % j->msplit;
+    size_t q1 = min_sz(j->npanels, q0 + j->group);
     size_t m0 = ms * j->mchunk, m1 = min_sz(g->M, m0 + j->mchunk);
-    size_t n0 = q * NR, nvalid = min_sz(NR, g->N - n0);
+    const size_t panel_bytes = KC_F32 * NR * 4;  // = KC_BF16 * NR * 2
     for (size_t pc = 0; pc < g->K; pc += j->kc) {
         size_t kc = min_sz(j->kc, g->K - pc);
         size_t groups = j->bf16 ? (kc + 1) / 2 : kc;
-        const void *bp;
-        if (g->b_packed) {
-            bp = (const unsigned char *)g->b_packed + q * j->b_stride + pc * NR * j->esize;
-        } else if (g->conv) {
-            if (j->bf16) {
-                pack_im2col_f32(g->conv, g->b, n0, nvalid, pc, kc, staging);
-                pairs_bf16(staging, kc, NR, bbuf);
-            } else {
-                pack_im2col_f32(g->conv, g->b, n0, nvalid, pc, kc, bbuf);
-            }
-            bp = bbuf;
-        } else {
-            pack_panel(g->b + n0 * g->ldb + pc, g->ldb, nvalid, NR, kc, j->bf16, bbuf, staging);
-            bp = bbuf;
-        }
-        tile_epilogue e = {
-            .load_c = pc > 0 || g->accumulate, .finish = pc + j->kc >= g->K,
-            .bias_n = g->bias_n ? g->bias_n + n0 : NULL, .nvalid = nvalid, .gelu = g->gelu,
-        };
-        for (size_t ir = m0; ir < m1; ir += MR) {
-            const unsigned char *ap = j->apack + a_offset(j, ir / MR, pc);
-            size_t mvalid = min_sz(MR, g->M - ir);
-            e.bias_m = g->bias_m ? g->bias_m + ir : NULL;
-            e.mvalid = mvalid;
-            float *c = g->c + ir * g->ldc + n0;
-            int full = mvalid == MR && nvalid == NR;
-            float *dst = full ? c : tile;
-            size_t ldd = full ? g->ldc : NR;
-            if (!full && e.load_c) {
-                for (size_t i = 0; i < mvalid; i++) memcpy(tile + i * NR, c + i * g->ldc, nvalid * sizeof(float));
-            }
-            if (j->bf16) {
-                ukr_bf16(groups, (const uint16_t *)ap, bp, dst, ldd, &e);
-            } else {
-                ukr_f32(groups, (const float *)ap, bp, dst, ldd, &e);
-            }
-            if (!full) {
-                for (size_t i = 0; i < mvalid; i++) memcpy(c + i * g->ldc, tile + i * NR, nvalid * sizeof(float));
+        const void *bp[GROUP];
+        for (size_t q = q0; q < q1; q++) bp[q - q0] = b_panel(j, q, pc, kc, ws + (q - q0) * panel_bytes, staging);
+        tile_epilogue e = {.load_c = pc > 0 || g->accumulate, .finish = pc + j->kc >= g->K, .gelu = g->gelu};
+        for (size_t ic = m0; ic < m1; ic += MC) {
+            size_t ie = min_sz(m1, ic + MC);
+            for (size_t q = q0; q < q1; q++) {
+                size_t n0 = q * NR, nvalid = min_sz(NR, g->N - n0);
+                e.bias_n = g->bias_n ? g->bias_n + n0 : NULL;
+                e.nvalid = nvalid;
+                for (size_t ir = ic; ir < ie; ir += MR) {
+                    const unsigned char *ap = j->apack + a_offset(j, ir / MR, pc);
+                    size_t mvalid = min_sz(MR, g->M - ir);
+                    e.bias_m = g->bias_m ? g->bias_m + ir : NULL;
+                    e.mvalid = mvalid;
+                    float *c = g->c + ir * g->ldc + n0;
+                    int full = mvalid == MR && nvalid == NR;
+                    float *dst = full ? c : tile;
+                    size_t ldd = full ? g->ldc : NR;
+                    if (!full && e.load_c) {
+                        for (size_t i = 0; i < mvalid; i++) memcpy(tile + i * NR, c + i * g->ldc, nvalid * sizeof(float));
+                    }
+                    if (j->bf16) {
+                        ukr_bf16(groups, (const uint16_t *)ap, bp[q - q0], dst, ldd, &e);
+                    } else {
+                        ukr_f32(groups, (const float *)ap, bp[q - q0], dst, ldd, &e);
+                    }
+                    if (!full) {
+                        for (size_t i = 0; i < mvalid; i++) memcpy(c + i * g->ldc, tile + i * NR, nvalid * sizeof(float));
+                    }
+                }
             }
         }
     }
@@ -372,19 +386,23 @@ void gk_gemm(const gk_gemm_args *g, void *scratch, int workers) {
         return;
     }
     if (!g->a_packed) gk_parallel_for(j.apanels, workers, pack_a_task, &j);
-    // Tasks: one B panel each, times a split of the rows when there are few panels. The split only
-    // balances the threads; the arithmetic of every element is the same for any split.
+    // Tasks: up to GROUP B panels each (A blocks are reused across them from L2), times a split of
+    // the rows when there are few panels. The split only balances the threads; the arithmetic of
+    // every element is the same for any split.
     j.npanels = round_up(g->N, NR) / NR;
-    size_t want = 4 * (size_t)workers;
+    size_t want = 3 * (size_t)workers;
+    j.group = GROUP;
+    while (j.group > 1 && (j.npanels + j.group - 1) / j.group < want) j.group--;
+    size_t ngroups = (j.npanels + j.group - 1) / j.group;
     j.msplit = 1;
-    if (j.npanels < want) {
-        j.msplit = (want + j.npanels - 1) / j.npanels;
+    if (ngroups < want) {
+        j.msplit = (want + ngroups - 1) / ngroups;
         size_t max_split = (g->M + 63) / 64;
         if (j.msplit > max_split) j.msplit = max_split ? max_split : 1;
     }
     j.mchunk = round_up((g->M + j.msplit - 1) / j.msplit, MR);
     j.msplit = (g->M + j.mchunk - 1) / j.mchunk;
-    gk_parallel_for(j.npanels * j.msplit, workers, gemm_task, &j);
+    gk_parallel_for(ngroups * j.msplit, workers, gemm_task, &j);
 }
 
 static void pack_b_task(void *ctx, size_t q, int worker) {

@@ -3,8 +3,10 @@
 // One job runs at a time: `gk_parallel_for` hands tasks 0..<n to up to `workers` threads (the
 // caller is worker 0) through an atomic counter, and returns when every task is done. Which worker
 // runs a task is not fixed, so tasks must write disjoint outputs and compute the same bits whoever
-// runs them; `worker` only indexes per-thread scratch. Workers spin briefly after a job (a forward
-// pass issues jobs microseconds apart), then sleep on a futex.
+// runs them; `worker` only indexes per-thread scratch. Waiting threads (workers between jobs, the
+// caller for the last helpers) spin briefly with PAUSE (a forward pass issues jobs microseconds
+// apart), then yield the CPU for a while (on a machine with more runnable threads than cores, the
+// thread being waited for may need this core), then sleep on a futex.
 //
 // A call made while the pool is busy (another thread's job) or from inside a task runs its tasks
 // serially on the calling thread: same results, no deadlock.
@@ -13,6 +15,7 @@
 #include <errno.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <sys/syscall.h>
@@ -26,7 +29,9 @@
 #endif
 
 #define GK_MAX_WORKERS 64
-#define GK_SPIN 4000
+#define GK_SPIN_PAUSE 300   // ~15-20 us of PAUSE
+#define GK_SPIN_YIELD 100   // then ~100 us of sched_yield
+
 
 static void futex_wait(atomic_uint *addr, unsigned expected) {
     syscall(SYS_futex, (unsigned *)addr, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
@@ -34,6 +39,20 @@ static void futex_wait(atomic_uint *addr, unsigned expected) {
 
 static void futex_wake(atomic_uint *addr) {
     syscall(SYS_futex, (unsigned *)addr, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
+}
+
+// One step of a wait loop: PAUSE, then sched_yield; returns 0 once the spinning budget is spent.
+static int spin(int *spins) {
+    int n = ++*spins;
+    if (n < GK_SPIN_PAUSE) {
+        GK_PAUSE();
+        return 1;
+    }
+    if (n < GK_SPIN_PAUSE + GK_SPIN_YIELD) {
+        sched_yield();
+        return 1;
+    }
+    return 0;
 }
 
 static struct {
@@ -75,9 +94,7 @@ static void *worker_main(void *arg) {
         unsigned g;
         int spins = 0;
         while ((g = atomic_load_explicit(&pool.generation, memory_order_acquire)) == seen) {
-            if (++spins < GK_SPIN) {
-                GK_PAUSE();
-            } else {
+            if (!spin(&spins)) {
                 // seq_cst pairs with the caller's bump-then-check: it sees a sleeper or we see the bump.
                 atomic_fetch_add(&pool.sleepers, 1);
                 if (atomic_load(&pool.generation) == seen) futex_wait(&pool.generation, seen);
@@ -134,9 +151,7 @@ void gk_parallel_for(size_t tasks, int workers, gk_task_fn fn, void *ctx) {
     unsigned left;
     int spins = 0;
     while ((left = atomic_load(&pool.pending)) != 0) {
-        if (++spins < GK_SPIN) {
-            GK_PAUSE();
-        } else {
+        if (!spin(&spins)) {
             atomic_store(&pool.caller_sleeping, 1);
             if ((left = atomic_load(&pool.pending)) != 0) futex_wait(&pool.pending, left);
             atomic_store(&pool.caller_sleeping, 0);
