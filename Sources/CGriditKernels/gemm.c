@@ -27,7 +27,7 @@
 #define KC_F32 256      // k per block; a B panel block (KC x NR) is 48 KB in either precision
 #define KC_BF16 512
 #define MC 256          // rows of A per block: an A block (MC x KC) stays in L2 across a task's panels
-#define GROUP 4         // most B panels per task (measured: fp32 K = 4608 products +40%, others even)
+#define GROUP 4         // most B panels per task, when A is large (see gk_gemm)
 #define ALIGN 64
 
 static size_t round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
@@ -109,33 +109,76 @@ GK_AVX512BF16 static void pairs_bf16(const float *src, size_t kc, size_t width, 
     }
 }
 
+// dst[0 ..< n] = src[0 ..< n] (src NULL: zeros), n <= NR, with masked vector moves (runs are short:
+// library calls would cost more than the copy).
+GK_AVX512 static inline void move_run(float *dst, const float *src, size_t n) {
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = gk_mask16(n - i);
+        _mm512_mask_storeu_ps(dst + i, m, src ? _mm512_maskz_loadu_ps(m, src + i) : _mm512_setzero_ps());
+    }
+}
+
 // Column block n0 ..< n0 + nvalid of im2col(image) for k in k0 ..< k0 + kc, as fp32 [kc][NR]:
 // column n is output position (n / Wo, n % Wo), k is (c, ki, kj) like the flattened conv weight.
-static void pack_im2col_f32(const gk_conv_geometry *g, const float *img, size_t n0, size_t nvalid, size_t k0, size_t kc,
-                            float *dst) {
+// The block's positions are cut once into runs along output rows, and (c, ki, kj) advances
+// incrementally, so the loop over k does no division.
+GK_AVX512 static void pack_im2col_f32(const gk_conv_geometry *g, const float *img, size_t n0, size_t nvalid, size_t k0,
+                                      size_t kc, float *dst) {
+    struct { size_t oy, ox, len; } runs[NR];
+    size_t nruns = 0;
+    for (size_t j = 0, oy = n0 / g->Wo, ox = n0 % g->Wo; j < nvalid; oy++, ox = 0) {
+        size_t len = min_sz(nvalid - j, g->Wo - ox);
+        runs[nruns].oy = oy;
+        runs[nruns].ox = ox;
+        runs[nruns].len = len;
+        nruns++;
+        j += len;
+    }
     const size_t taps = g->KH * g->KW;
+    size_t c = k0 / taps, ki = k0 % taps / g->KW, kj = k0 % g->KW;
+    // The image rows a block reads jump between channel planes, which the hardware prefetchers
+    // do not follow: fetch the rows of the (channel, kernel row) PREFETCH_ROWS ahead.
+    enum { PREFETCH_ROWS = 4 };
+    size_t pc_ = c, pki = ki;
+    for (int a = 0; a < PREFETCH_ROWS; a++) {
+        if (++pki == g->KH) {
+            pki = 0;
+            pc_++;
+        }
+    }
     for (size_t kk = 0; kk < kc; kk++) {
-        size_t k = k0 + kk, c = k / taps, ki = k % taps / g->KW, kj = k % g->KW;
+        if (kj == 0 && pc_ < g->C) {
+            for (size_t r = 0; r < nruns; r++) {
+                long iy = (long)(runs[r].oy * g->stride + pki) - (long)g->pad_top;
+                if (iy < 0 || iy >= (long)g->H) continue;
+                const char *src = (const char *)(img + (pc_ * g->H + (size_t)iy) * g->W + runs[r].ox * g->stride);
+                for (size_t b = 0; b < (runs[r].len * g->stride + 16) * sizeof(float); b += 64) _mm_prefetch(src + b, _MM_HINT_T0);
+            }
+        }
+        if (kj == 0 && ++pki == g->KH) {
+            pki = 0;
+            pc_++;
+        }
         float *row = dst + kk * NR;
-        size_t j = 0, p = n0;
-        while (j < nvalid) {
-            size_t oy = p / g->Wo, ox = p % g->Wo;
-            size_t run = min_sz(nvalid - j, g->Wo - ox);
-            long iy = (long)(oy * g->stride + ki) - (long)g->pad_top;
+        const float *plane = img + c * g->H * g->W;
+        size_t j = 0;
+        for (size_t r = 0; r < nruns; r++) {
+            size_t run = runs[r].len;
+            long iy = (long)(runs[r].oy * g->stride + ki) - (long)g->pad_top;
             if (iy < 0 || iy >= (long)g->H) {
-                memset(row + j, 0, run * sizeof(float));
+                move_run(row + j, NULL, run);
             } else {
-                const float *line = img + (c * g->H + (size_t)iy) * g->W;
-                long ix0 = (long)(ox * g->stride + kj) - (long)g->pad_left;
+                const float *line = plane + (size_t)iy * g->W;
+                long ix0 = (long)(runs[r].ox * g->stride + kj) - (long)g->pad_left;
                 if (g->stride == 1) {
-                    // ix = ix0 + t: copy the in-range span, zero the rest.
+                    // ix = ix0 + t: copy the in-range span [lo, hi), zero the rest.
                     long lo = ix0 < 0 ? -ix0 : 0, hi = (long)g->W - ix0;
                     if (hi > (long)run) hi = (long)run;
-                    if (hi < lo) hi = lo;
                     if (lo > (long)run) lo = (long)run;
-                    memset(row + j, 0, (size_t)lo * sizeof(float));
-                    memcpy(row + j + lo, line + ix0 + lo, (size_t)(hi - lo) * sizeof(float));
-                    memset(row + j + hi, 0, (run - (size_t)hi) * sizeof(float));
+                    if (hi < lo) hi = lo;
+                    move_run(row + j, NULL, (size_t)lo);
+                    move_run(row + j + lo, line + ix0 + lo, (size_t)(hi - lo));
+                    move_run(row + j + hi, NULL, run - (size_t)hi);
                 } else {
                     for (size_t t = 0; t < run; t++) {
                         long ix = ix0 + (long)(t * g->stride);
@@ -144,9 +187,15 @@ static void pack_im2col_f32(const gk_conv_geometry *g, const float *img, size_t 
                 }
             }
             j += run;
-            p += run;
         }
-        memset(row + nvalid, 0, (NR - nvalid) * sizeof(float));
+        move_run(row + nvalid, NULL, NR - nvalid);
+        if (++kj == g->KW) {
+            kj = 0;
+            if (++ki == g->KH) {
+                ki = 0;
+                c++;
+            }
+        }
     }
 }
 
@@ -386,12 +435,14 @@ void gk_gemm(const gk_gemm_args *g, void *scratch, int workers) {
         return;
     }
     if (!g->a_packed) gk_parallel_for(j.apanels, workers, pack_a_task, &j);
-    // Tasks: up to GROUP B panels each (A blocks are reused across them from L2), times a split of
-    // the rows when there are few panels. The split only balances the threads; the arithmetic of
-    // every element is the same for any split.
+    // Tasks: B panels, times a split of the rows when there are few panels. When a k block of A
+    // (M x KC) is larger than half of L2, a task takes up to GROUP panels and reuses each A block
+    // across them from L2 (measured: DiT-XL/2's fc2, +40% fp32); otherwise one panel, which stays
+    // in L1 while the whole of A streams past it (measured: the VAE's convolutions, +10-25%). The
+    // split only balances the threads; the arithmetic of every element is the same for any split.
     j.npanels = round_up(g->N, NR) / NR;
     size_t want = 3 * (size_t)workers;
-    j.group = GROUP;
+    j.group = g->M * j.kc * j.esize > (512u << 10) ? GROUP : 1;
     while (j.group > 1 && (j.npanels + j.group - 1) / j.group < want) j.group--;
     size_t ngroups = (j.npanels + j.group - 1) / j.group;
     j.msplit = 1;
