@@ -435,14 +435,14 @@ void gk_gemm(const gk_gemm_args *g, void *scratch, int workers) {
         return;
     }
     if (!g->a_packed) gk_parallel_for(j.apanels, workers, pack_a_task, &j);
-    // Tasks: B panels, times a split of the rows when there are few panels. When a k block of A
-    // (M x KC) is larger than half of L2, a task takes up to GROUP panels and reuses each A block
-    // across them from L2 (measured: DiT-XL/2's fc2, +40% fp32); otherwise one panel, which stays
-    // in L1 while the whole of A streams past it (measured: the VAE's convolutions, +10-25%). The
+    // Tasks: B panels, times a split of the rows when there are few panels. A task streams all of
+    // packed A past its panels: when A is large (> 8 MB, a quarter of L3) a task takes up to GROUP
+    // panels and reuses each (MC x KC) block of A across them from L2 (measured: fp32 products with
+    // K = 4608, +15-40%); otherwise one panel, which stays in L1 (measured: smaller A, +5-15%). The
     // split only balances the threads; the arithmetic of every element is the same for any split.
     j.npanels = round_up(g->N, NR) / NR;
     size_t want = 3 * (size_t)workers;
-    j.group = g->M * j.kc * j.esize > (512u << 10) ? GROUP : 1;
+    j.group = round_up(g->M, MR) * j.Kp * j.esize > (8u << 20) ? GROUP : 1;
     while (j.group > 1 && (j.npanels + j.group - 1) / j.group < want) j.group--;
     size_t ngroups = (j.npanels + j.group - 1) / j.group;
     j.msplit = 1;

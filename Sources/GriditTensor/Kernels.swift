@@ -12,10 +12,10 @@ public enum BLAS {
 
     /// Runs `body` holding the process-wide compute lock, with OpenBLAS set to `threads` threads.
     ///
-    /// OpenBLAS' thread count is one global setting. A forward pass changes it (attention runs
-    /// single-threaded products on several workers) and relies on it, so passes hold this lock:
-    /// two passes at once would only fight over the same cores anyway. The lock is recursive, so
-    /// kernels that need it can take it again inside a pass.
+    /// OpenBLAS' thread count is one global setting. The fallback products set it to 1 (they run
+    /// single-threaded products on several workers) and rely on it, and every pass holds this lock:
+    /// two passes at once would only fight over the same cores (and gridit's thread pool) anyway.
+    /// The lock is recursive, so kernels that need it can take it again inside a pass.
     public static func exclusive<T>(threads: Int, _ body: () throws -> T) rethrows -> T {
         computeLock.lock()
         defer { computeLock.unlock() }
