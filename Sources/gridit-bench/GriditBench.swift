@@ -244,6 +244,7 @@ extension GriditBench {
         @Flag(help: "Write a random F32 checkpoint of --model to --checkpoint first.") var create = false
         @Flag(help: "Then run one forward pass (batch 1) and report resident memory again.") var forward = false
         @OptionGroup var threads: ThreadOptions
+        @OptionGroup var precision: PrecisionOptions
 
         func run() throws {
             let cfg: DiTConfiguration
@@ -256,13 +257,14 @@ extension GriditBench {
             }
             let before = residentBytes()
             let file = try SafetensorsFile(path: checkpoint)
-            let dit = try DiT(config: cfg, source: file)
+            let dit = try DiT(config: cfg, source: file, precision: precision.requested)
             let after = residentBytes()
             let size = (try? FileManager.default.attributesOfItem(atPath: checkpoint)[.size] as? Int) ?? 0
-            print(String(format: "checkpoint %.2f GB mapped, %d blocks bound; resident before %.1f MB, after %.1f MB",
-                         Double(size) / 1e9, dit.weights.blocks.count, Double(before) / 1e6, Double(after) / 1e6))
+            print(String(format: "checkpoint %.2f GB mapped, %d blocks bound (%@); resident before %.1f MB, after %.1f MB",
+                         Double(size) / 1e9, dit.weights.blocks.count, dit.precision.rawValue, Double(before) / 1e6,
+                         Double(after) / 1e6))
             guard forward else { return }
-            let ws = DiTWorkspace(config: cfg, batch: 1, workers: threads.threads)
+            let ws = dit.makeWorkspace(batch: 1, workers: threads.threads)
             let x = RandomWeights.tensor([1, cfg.inChannels, cfg.inputSize, cfg.inputSize], seed: 2, std: 1)
             try dit.forward(x: x, t: [500], workspace: ws)
             print(String(format: "after one forward: resident %.1f MB (weights are file-backed pages of the mapping), "
