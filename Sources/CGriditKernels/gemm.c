@@ -152,7 +152,8 @@ GK_AVX512 static void pack_im2col_f32(const gk_conv_geometry *g, const float *im
                 long iy = (long)(runs[r].oy * g->stride + pki) - (long)g->pad_top;
                 if (iy < 0 || iy >= (long)g->H) continue;
                 const char *src = (const char *)(img + (pc_ * g->H + (size_t)iy) * g->W + runs[r].ox * g->stride);
-                for (size_t b = 0; b < (runs[r].len * g->stride + 16) * sizeof(float); b += 64) _mm_prefetch(src + b, _MM_HINT_T0);
+                size_t bytes = (runs[r].len * g->stride + 16) * sizeof(float);
+                for (size_t b = 0; b < bytes; b += 64) _mm_prefetch(src + b, _MM_HINT_T0);
             }
         }
         if (kj == 0 && ++pki == g->KH) {

@@ -30,18 +30,6 @@ static inline float gk_centered_sq(const float *x, size_t n, float mean) {
     return s;
 }
 
-static inline float gk_max(const float *x, size_t n) {
-    float acc[GK_LANES];
-    for (int l = 0; l < GK_LANES; l++) acc[l] = x[0];
-    size_t i = 0;
-    for (; i + GK_LANES <= n; i += GK_LANES)
-        for (int l = 0; l < GK_LANES; l++) acc[l] = acc[l] > x[i + l] ? acc[l] : x[i + l];
-    float m = acc[0];
-    for (int l = 1; l < GK_LANES; l++) m = m > acc[l] ? m : acc[l];
-    for (; i < n; i++) m = m > x[i] ? m : x[i];
-    return m;
-}
-
 GK_CLONES
 void gk_exp(float *out, const float *x, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = gk_expf(x[i]);
@@ -60,13 +48,13 @@ static inline void layernorm_row(float *o, const float *row, const float *shift,
 }
 
 GK_CLONES
-void gk_layernorm_modulate(float *out, const float *x, const float *shift, const float *scale,
+static void layernorm_modulate(float *out, const float *x, const float *shift, const float *scale,
                            size_t T, size_t D, float eps) {
     for (size_t t = 0; t < T; t++) layernorm_row(out + t * D, x + t * D, shift, scale, D, eps);
 }
 
 GK_CLONES
-void gk_residual_layernorm_modulate(float *x, const float *y, const float *gate, float *out, const float *shift,
+static void residual_layernorm_modulate(float *x, const float *y, const float *gate, float *out, const float *shift,
                                     const float *scale, size_t T, size_t D, float eps) {
     for (size_t t = 0; t < T; t++) {
         float *xr = x + t * D;
@@ -86,44 +74,6 @@ void gk_silu(float *out, const float *x, size_t n) {
     for (size_t i = 0; i < n; i++) {
         float v = x[i];
         out[i] = v / (1.0f + gk_expf(-v));
-    }
-}
-
-GK_CLONES
-void gk_softmax_rows(float *x, size_t rows, size_t cols, size_t ld, float scale) {
-    for (size_t r = 0; r < rows; r++) {
-        float *row = x + r * ld;
-        float m = gk_max(row, cols);
-        for (size_t c = 0; c < cols; c++) row[c] = gk_expf((row[c] - m) * scale);
-        float inv = 1.0f / gk_sum(row, cols);
-        for (size_t c = 0; c < cols; c++) row[c] *= inv;
-    }
-}
-
-GK_CLONES
-void gk_softmax_rows_unnormalized(float *x, size_t rows, size_t cols, size_t ld, float scale, float *sums) {
-    for (size_t r = 0; r < rows; r++) {
-        float *row = x + r * ld;
-        float m = gk_max(row, cols);
-        for (size_t c = 0; c < cols; c++) row[c] = gk_expf((row[c] - m) * scale);
-        sums[r] = gk_sum(row, cols);
-    }
-}
-
-GK_CLONES
-void gk_divide_rows(float *x, const float *sums, size_t rows, size_t cols, size_t ld) {
-    for (size_t r = 0; r < rows; r++) {
-        float inv = 1.0f / sums[r];
-        for (size_t c = 0; c < cols; c++) x[r * ld + c] *= inv;
-    }
-}
-
-GK_CLONES
-void gk_gate_residual(float *x, const float *y, const float *gate, size_t T, size_t D) {
-    for (size_t t = 0; t < T; t++) {
-        float *xr = x + t * D;
-        const float *yr = y + t * D;
-        for (size_t d = 0; d < D; d++) xr[d] += gate[d] * yr[d];
     }
 }
 
@@ -179,10 +129,10 @@ static void residual_rows_task(void *ctx, size_t item, int worker) {
     size_t at = (n * j->T + r0) * j->D;
     const float *m = j->mod + n * j->mod_stride;
     if (j->y) {
-        gk_residual_layernorm_modulate(j->x + at, j->y + at, m + j->gate, j->out + at, m + j->shift, m + j->scale, rows,
-                                       j->D, j->eps);
+        residual_layernorm_modulate(j->x + at, j->y + at, m + j->gate, j->out + at, m + j->shift, m + j->scale, rows,
+                                    j->D, j->eps);
     } else {
-        gk_layernorm_modulate(j->out + at, j->x + at, m + j->shift, m + j->scale, rows, j->D, j->eps);
+        layernorm_modulate(j->out + at, j->x + at, m + j->shift, m + j->scale, rows, j->D, j->eps);
     }
 }
 

@@ -306,7 +306,9 @@ public struct AutoencoderKL: @unchecked Sendable {
         self.backend = backend
         let p = precision.effective(on: backend)
         self.precision = p
-        func conv(_ v: VAEParam) -> ConvWeight { ConvWeight(weight: v.weight!, bias: v.bias, precision: p, backend: backend) }
+        func conv(_ v: VAEParam) -> ConvWeight {
+            ConvWeight(weight: v.weight!, bias: v.bias, precision: p, backend: backend)
+        }
         func resnet(_ r: VAEResnetWeights) -> VAEResnet {
             VAEResnet(norm1: r.norm1, norm2: r.norm2, conv1: conv(r.conv1), conv2: conv(r.conv2),
                       shortcut: r.inChannels != r.outChannels ? conv(r.shortcut) : nil)
@@ -323,7 +325,9 @@ public struct AutoencoderKL: @unchecked Sendable {
         }
         func half(_ h: VAEHalfWeights) -> VAEHalf {
             VAEHalf(convIn: conv(h.convIn),
-                    stages: h.stages.map { VAEStage(resnets: $0.resnets.map(resnet), resample: $0.hasResample ? conv($0.resample) : nil) },
+                    stages: h.stages.map {
+                        VAEStage(resnets: $0.resnets.map(resnet), resample: $0.hasResample ? conv($0.resample) : nil)
+                    },
                     mid: (resnet(h.mid.resnet0), attention(h.mid.attention), resnet(h.mid.resnet1)),
                     normOut: h.normOut, convOut: conv(h.convOut))
         }
@@ -587,7 +591,8 @@ private func place(_ tile: Tensor, rows: Int, cols: Int, into out: Tensor, at or
     let (H, W) = (out.shape[2], out.shape[3])
     for p in 0..<planes {
         for r in 0..<rows {
-            (out.mutablePointer + (p * H + origin.0 + r) * W + origin.1).update(from: tile.pointer + (p * Ht + r) * Wt, count: cols)
+            let dst = out.mutablePointer + (p * H + origin.0 + r) * W + origin.1
+            dst.update(from: tile.pointer + (p * Ht + r) * Wt, count: cols)
         }
     }
 }

@@ -87,12 +87,13 @@ final class DiTLayers: Sendable {
         }
         let D = c.hiddenSize
         xEmbed = lin(w.xEmbedWeight!.reshaped([D, c.embedInChannels * c.patchSize * c.patchSize]), w.xEmbedBias)
-        // The per-sample products are tiny and memory-bound; bf16 halves their weight traffic.
-        tEmbed0 = FusedLinear([LinearWeight(weight: w.tEmbed0Weight!, bias: w.tEmbed0Bias, backend: b)], precision: p, backend: b)
-        tEmbed2 = FusedLinear([LinearWeight(weight: w.tEmbed2Weight!, bias: w.tEmbed2Bias, backend: b)], precision: p, backend: b)
-        let ada = w.blocks.map { LinearWeight(weight: $0.adaLNWeight!, bias: $0.adaLNBias, backend: b) }
-            + [LinearWeight(weight: w.finalAdaLNWeight!, bias: w.finalAdaLNBias, backend: b)]
-        adaLN = FusedLinear(ada, precision: p, backend: b)
+        // Per-sample products: fixed-order dot products on the weights in place (bf16: converted once).
+        func perSample(_ layers: [(Tensor?, Tensor?)]) -> FusedLinear {
+            FusedLinear(layers.map { LinearWeight(weight: $0.0!, bias: $0.1, backend: b) }, precision: p, backend: b)
+        }
+        tEmbed0 = perSample([(w.tEmbed0Weight, w.tEmbed0Bias)])
+        tEmbed2 = perSample([(w.tEmbed2Weight, w.tEmbed2Bias)])
+        adaLN = perSample(w.blocks.map { ($0.adaLNWeight, $0.adaLNBias) } + [(w.finalAdaLNWeight, w.finalAdaLNBias)])
         blocks = w.blocks.map {
             Block(qkv: lin($0.qkvWeight, $0.qkvBias), proj: lin($0.projWeight, $0.projBias),
                   fc1: lin($0.fc1Weight, $0.fc1Bias), fc2: lin($0.fc2Weight, $0.fc2Bias))
@@ -115,7 +116,7 @@ public final class DiTWorkspace {
     let embedIn: Tensor                               // (N, C+Cc, H, W) when a condition is concatenated
     let freq: Tensor                                  // (N, 256)
     let c, cSiLU, tHidden: Tensor                     // (N, D)
-    let mod: Tensor                                   // (N, depth·6D + 2D): every block's adaLN output, then the final layer's
+    let mod: Tensor                                   // (N, depth·6D + 2D): all adaLN outputs, the final layer's last
     let finalTokens: Tensor                           // (N, T, P*P*Cout)
     public let output: Tensor                         // (N, Cout, H, W)
 
@@ -133,9 +134,9 @@ public final class DiTWorkspace {
         self.workers = max(1, workers)
         attentionScratch = Tensor(zeros: [attentionScratchCount(batch: N, tokens: T, dim: D, heads: c.numHeads,
                                                                 workers: self.workers)])
-        // Scratch for the largest product: the most rows and the widest input (fp32 needs the most).
-        let probe = ComputeContext(workers: self.workers, backend: backend)
-        let scratch = max(probe.linearScratchBytes(rows: N * T, inFeatures: max(P2C, D, M)),
+        // Scratch for the largest product: the most rows and the widest input.
+        let scratch = max(ComputeContext.linearScratchBytes(rows: N * T, inFeatures: max(P2C, D, M), workers: self.workers,
+                                                            backend: backend),
                           FusedLinear.scratchBytes(rows: N, inFeatures: max(DiTConfiguration.frequencyDim, D)))
         context = ComputeContext(workers: self.workers, backend: backend, scratchBytes: scratch)
         patches = Tensor(zeros: [N * T, P2C])
@@ -174,8 +175,9 @@ public struct DiT: Sendable {
     let layers: DiTLayers
 
     /// Binds every weight from `source` through `DiTWeights.table`; the binding is total. With
-    /// `precision: .bf16` (on a CPU with AVX512_BF16) the weights of the products are converted to
-    /// bf16 once, here; fp32 weights are used in place (borrowed from a mapped file).
+    /// `precision: .bf16` (on a CPU with AVX512_BF16; elsewhere fp32, see `precision`) the weights
+    /// of the products are converted to bf16 and packed once, here. fp32 weights are packed here
+    /// for models up to `packFP32Limit`, read in place from the (mapped) source above it.
     public init(config: DiTConfiguration, source: any TensorSource, precision: Precision = .fp32,
                 backend: KernelBackend = .current) throws {
         try config.validate()
@@ -209,7 +211,8 @@ public struct DiT: Sendable {
                         workspace ws: DiTWorkspace) throws -> Tensor {
         let c = config
         let (N, S) = (ws.batch, c.inputSize)
-        try check(ws.context.backend == backend, "workspace made for the \(ws.context.backend) kernels, model uses \(backend)")
+        try check(ws.context.backend == backend,
+                  "workspace made for the \(ws.context.backend) kernels, the model uses \(backend): use makeWorkspace")
         try check(Self.isImage(x, N, c.inChannels, S), "x has shape \(x.shape), expected \([N, c.inChannels, S, S])")
         try check(t.count == N, "\(t.count) timesteps for a batch of \(N)")
         if c.numClasses > 0 {

@@ -125,14 +125,6 @@ public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, into y: Tensor) {
     linear(x.pointer, rows: x.count / K, weight: weight, bias: bias, into: y.mutablePointer)
 }
 
-/// Layer norm without affine over the last dim, then `x*(1+scale)+shift` when given.
-/// x, out: (T, D); shift, scale: pointers to (D) or nil.
-public func layerNormModulate(_ x: UnsafePointer<Float>, rows T: Int, dim D: Int, eps: Float = 1e-6,
-                              shift: UnsafePointer<Float>?, scale: UnsafePointer<Float>?,
-                              into out: UnsafeMutablePointer<Float>) {
-    gk_layernorm_modulate(out, x, shift, scale, T, D, eps)
-}
-
 /// GELU, tanh approximation, in place.
 public func geluTanh(_ x: UnsafeMutablePointer<Float>, count n: Int) { gk_gelu_tanh(x, n) }
 
@@ -146,20 +138,6 @@ public func exponential(_ x: UnsafePointer<Float>, count n: Int, into out: Unsaf
     gk_exp(out, x, n)
 }
 
-/// Row-wise softmax of `scale * x`, in place. x: (rows, cols) with row stride `ld`.
-public func softmaxRows(_ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int, ld: Int? = nil, scale: Float = 1) {
-    gk_softmax_rows(x, rows, cols, ld ?? cols, scale)
-}
-
-/// x += gate ⊙ y, then out = layer norm(x) · (1 + scale) + shift: a DiT sub-block's residual fused
-/// with the next norm. x, y, out: (T, D); gate, shift, scale: (D).
-public func residualLayerNormModulate(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>,
-                                      gate: UnsafePointer<Float>, rows T: Int, dim D: Int, eps: Float = 1e-6,
-                                      shift: UnsafePointer<Float>, scale: UnsafePointer<Float>,
-                                      into out: UnsafeMutablePointer<Float>) {
-    gk_residual_layernorm_modulate(x, y, gate, out, shift, scale, T, D, eps)
-}
-
 /// The DiT's per-row passes over a batch, on `workers` threads. For sample n, with
 /// m = mod + n · modStride (each sample's modulation vectors, at the given offsets):
 /// y nil: h = norm(x) · (1 + m[scale...]) + m[shift...]; else first x += m[gate...] ⊙ y.
@@ -169,12 +147,6 @@ public func modulatedNormRows(_ x: UnsafeMutablePointer<Float>, residual y: Unsa
                               shift: Int, scale: Int, eps: Float = 1e-6, workers: Int,
                               into h: UnsafeMutablePointer<Float>) {
     gk_residual_layernorm_modulate_batch(x, y, h, N, T, D, mod, modStride, gate, shift, scale, eps, Int32(workers))
-}
-
-/// x += gate ⊙ y, gate broadcast over rows. x, y: (T, D); gate: (D).
-public func gateResidual(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, gate: UnsafePointer<Float>,
-                         rows T: Int, dim D: Int) {
-    gk_gate_residual(x, y, gate, T, D)
 }
 
 /// Floats of scratch that `attention` needs for these shapes and `workers` threads.

@@ -40,9 +40,9 @@ public final class ComputeContext {
         return scratch.base
     }
 
-    /// Scratch bytes of `linear` over `rows` rows of `inFeatures` values.
-    public func linearScratchBytes(rows M: Int, inFeatures K: Int) -> Int {
-        backend.ownsGEMM ? gk_gemm_scratch_bytes(M, K, 0, 0, Int32(workers)) : 0
+    /// Scratch bytes of `linear` over `rows` rows of `inFeatures` values (either precision).
+    public static func linearScratchBytes(rows M: Int, inFeatures K: Int, workers: Int, backend: KernelBackend) -> Int {
+        backend.ownsGEMM ? gk_gemm_scratch_bytes(M, K, 0, 0, Int32(max(1, workers))) : 0
     }
 }
 

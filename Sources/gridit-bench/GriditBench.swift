@@ -134,7 +134,8 @@ extension GriditBench {
             if compareFp32 && dit.precision != .fp32 {
                 let low = ws.output.copy()
                 let reference = try DiT(config: config, source: source, precision: .fp32)
-                let high = try reference.forward(x: x, t: t, workspace: reference.makeWorkspace(batch: batch, workers: threads.threads))
+                let refWorkspace = reference.makeWorkspace(batch: batch, workers: threads.threads)
+                let high = try reference.forward(x: x, t: t, workspace: refWorkspace)
                 let error = relativeError(low.toArray(), high.toArray())
                 record["rel_error_vs_fp32"] = error.l2
                 record["max_abs_error_vs_fp32"] = error.maxAbs
@@ -182,7 +183,11 @@ extension GriditBench {
             var times: [Double] = []
             for i in 0..<(max(0, warmup) + max(1, repetitions)) {
                 let start = DispatchTime.now()
-                if encode { _ = try vae.encode(input, threads: threads.threads) } else { _ = try vae.decode(input, threads: threads.threads) }
+                if encode {
+                    _ = try vae.encode(input, threads: threads.threads)
+                } else {
+                    _ = try vae.decode(input, threads: threads.threads)
+                }
                 let ms = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e6
                 if i >= warmup { times.append(ms) }
             }
@@ -219,7 +224,8 @@ extension GriditBench {
 
         func run() throws {
             let config = try architecture.configuration()
-            let dit = try DiT(config: config, source: RandomWeights.source(for: config, seed: 1), precision: precision.requested)
+            let source = RandomWeights.source(for: config, seed: 1)
+            let dit = try DiT(config: config, source: source, precision: precision.requested)
             let ws = dit.makeWorkspace(batch: batch, workers: threads.threads)
             let x = RandomWeights.tensor([batch, config.inChannels, config.inputSize, config.inputSize], seed: 2, std: 1)
             let t = [Float](repeating: 500, count: batch)

@@ -34,7 +34,8 @@ func runFixture(_ name: String, checkpoint: String? = nil, expected: String? = n
     let t = try NPYArray(path: fixture("\(name).t.npy")).floatTensor().toArray()
     let y = config.numClasses > 0 ? try NPYArray(path: fixture("\(name).y.npy")).integers() : nil
     let cond = config.conditionChannels > 0 ? try NPYArray(path: fixture("\(name).cond.npy")).floatTensor() : nil
-    let out = try model.forward(x: x, t: t, y: y, condition: cond, workspace: model.makeWorkspace(batch: x.shape[0], workers: workers))
+    let ws = model.makeWorkspace(batch: x.shape[0], workers: workers)
+    let out = try model.forward(x: x, t: t, y: y, condition: cond, workspace: ws)
     let want = try NPYArray(path: fixture(expected ?? "\(name).out.npy")).floatTensor()
     return (out.copy(), want, model)
 }

@@ -93,7 +93,8 @@ func fusedLinearMatchesNaiveAndIgnoresRowCount(_ c: ProductCase) {
     }
     // Row 4 alone gives the bytes it gets among 6 rows.
     let one = Tensor(zeros: [1, fused.outFeatures])
-    fused.apply(Array(x[(4 * K)..<(5 * K)]), rows: 1, into: one.mutablePointer, context: ComputeContext(workers: 1, backend: c.backend))
+    let single = ComputeContext(workers: 1, backend: c.backend)
+    fused.apply(Array(x[(4 * K)..<(5 * K)]), rows: 1, into: one.mutablePointer, context: single)
     #expect(Array(y.toArray()[(4 * fused.outFeatures)..<(5 * fused.outFeatures)]).map(\.bitPattern)
         == one.toArray().map(\.bitPattern))
 }

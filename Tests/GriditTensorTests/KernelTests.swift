@@ -16,30 +16,44 @@ func linearMatchesNaive(shape: (Int, Int, Int)) {
     #expect(maxAbsDiff(y0.toArray(), Naive.linear(x, w, nil, M: M, N: N, K: K), "linear no bias \(shape)") <= 1e-5)
 }
 
-@Test(arguments: [(1, 4), (5, 12), (17, 1152), (3, 37)])
-func layerNormModulateMatchesNaive(shape: (Int, Int)) {
-    let (T, D) = shape
-    let x = testValues(T * D, seed: 4, scale: 3).map { $0 + 0.5 }
-    let shift = testValues(D, seed: 5), scale = testValues(D, seed: 6)
-    let out = Tensor(zeros: [T, D])
-    x.withUnsafeBufferPointer { xp in
-        layerNormModulate(xp.baseAddress!, rows: T, dim: D, shift: shift, scale: scale, into: out.mutablePointer)
+/// The DiT's row passes over a batch: N samples of T rows, each with its own modulation vectors at
+/// offsets of a (N, W) mod matrix; with and without the gated residual.
+@Test(arguments: [(1, 1, 4), (2, 70, 12), (3, 5, 1152), (2, 130, 37)])
+func modulatedNormRowsMatchNaive(shape: (Int, Int, Int)) {
+    let (N, T, D) = shape
+    let W = 5 * D + 3  // gate at 1, shift at D + 2, scale at 3D + 3 (offsets not multiples of anything)
+    let (gate, shift, scale) = (1, D + 2, 3 * D + 3)
+    let x = testValues(N * T * D, seed: 4, scale: 3).map { $0 + 0.5 }, y = testValues(N * T * D, seed: 24)
+    let mod = testValues(N * W, seed: 5)
+    for withResidual in [false, true] {
+        let xs = Tensor(x, shape: [N, T, D]), h = Tensor(zeros: [N, T, D])
+        y.withUnsafeBufferPointer { yp in
+            modulatedNormRows(xs.mutablePointer, residual: withResidual ? yp.baseAddress : nil, batch: N, tokens: T,
+                              dim: D, mod: mod, modStride: W, gate: gate, shift: shift, scale: scale, workers: 2,
+                              into: h.mutablePointer)
+        }
+        var refX: [Float] = [], refH: [Float] = []
+        for n in 0..<N {
+            let rows = Array(x[(n * T * D)..<((n + 1) * T * D)])
+            let m = Array(mod[(n * W)..<((n + 1) * W)])
+            let g = Array(m[gate..<(gate + D)]), sh = Array(m[shift..<(shift + D)]), sc = Array(m[scale..<(scale + D)])
+            let xr = withResidual ? Naive.gateResidual(rows, Array(y[(n * T * D)..<((n + 1) * T * D)]), g, D: D) : rows
+            refX += xr
+            refH += Naive.layerNormModulate(xr, T: T, D: D, eps: 1e-6, shift: sh, scale: sc)
+        }
+        #expect(maxAbsDiff(xs.toArray(), refX, "residual \(shape)") <= 1e-6)
+        #expect(maxAbsDiff(h.toArray(), refH, "modulated norm \(shape) residual \(withResidual)") <= 1e-5)
     }
-    let ref = Naive.layerNormModulate(x, T: T, D: D, eps: 1e-6, shift: shift, scale: scale)
-    #expect(maxAbsDiff(out.toArray(), ref, "layerNormModulate \(shape)") <= 1e-5)
-    x.withUnsafeBufferPointer { xp in
-        layerNormModulate(xp.baseAddress!, rows: T, dim: D, shift: nil, scale: nil, into: out.mutablePointer)
-    }
-    let plain = Naive.layerNormModulate(x, T: T, D: D, eps: 1e-6, shift: nil, scale: nil)
-    #expect(maxAbsDiff(out.toArray(), plain, "layerNorm \(shape)") <= 1e-5)
 }
 
-@Test func layerNormOfConstantRowIsZero() {
+@Test func layerNormOfConstantRowIsTheShift() {
     // Variance 0: the eps keeps it finite, and the result is exactly the shift.
-    let x = [Float](repeating: 7, count: 9), shift = testValues(9, seed: 1), scale = testValues(9, seed: 2)
-    let out = Tensor(zeros: [1, 9])
-    layerNormModulate(x, rows: 1, dim: 9, shift: shift, scale: scale, into: out.mutablePointer)
-    #expect(out.toArray() == shift)
+    let D = 9
+    let x = [Float](repeating: 7, count: D), mod = testValues(2 * D, seed: 1)
+    let xs = Tensor(x, shape: [1, 1, D]), h = Tensor(zeros: [1, 1, D])
+    modulatedNormRows(xs.mutablePointer, residual: nil, batch: 1, tokens: 1, dim: D, mod: mod, modStride: 2 * D,
+                      shift: 0, scale: D, workers: 1, into: h.mutablePointer)
+    #expect(h.toArray() == Array(mod[0..<D]))
 }
 
 @Test func geluAndSiluMatchNaive() {
@@ -55,38 +69,6 @@ func layerNormModulateMatchesNaive(shape: (Int, Int)) {
     let sRel = zip(s.toArray(), Naive.silu(x)).map { abs($0 - $1) / max(1, abs($1)) }.max()!
     print("silu: max rel diff = \(sRel)")
     #expect(sRel <= 1e-6)
-}
-
-@Test(arguments: [(1, 4), (3, 19), (7, 1152)])
-func residualLayerNormModulateMatchesNaive(shape: (Int, Int)) {
-    let (T, D) = shape
-    let x = testValues(T * D, seed: 23, scale: 2), y = testValues(T * D, seed: 24), gate = testValues(D, seed: 25)
-    let shift = testValues(D, seed: 26), scale = testValues(D, seed: 27)
-    let xs = Tensor(x, shape: [T, D]), out = Tensor(zeros: [T, D])
-    residualLayerNormModulate(xs.mutablePointer, y, gate: gate, rows: T, dim: D, shift: shift, scale: scale,
-                              into: out.mutablePointer)
-    let residual = Naive.gateResidual(x, y, gate, D: D)
-    #expect(maxAbsDiff(xs.toArray(), residual, "residual \(shape)") <= 1e-6)
-    let ref = Naive.layerNormModulate(residual, T: T, D: D, eps: 1e-6, shift: shift, scale: scale)
-    #expect(maxAbsDiff(out.toArray(), ref, "residual + layerNormModulate \(shape)") <= 1e-5)
-}
-
-@Test(arguments: [(1, 1), (3, 19), (7, 1152)])
-func gateResidualMatchesNaive(shape: (Int, Int)) {
-    let (T, D) = shape
-    let x = testValues(T * D, seed: 17), y = testValues(T * D, seed: 18), gate = testValues(D, seed: 19)
-    let out = Tensor(x, shape: [T, D])
-    gateResidual(out.mutablePointer, y, gate: gate, rows: T, dim: D)
-    #expect(maxAbsDiff(out.toArray(), Naive.gateResidual(x, y, gate, D: D), "gateResidual \(shape)") <= 1e-6)
-}
-
-@Test(arguments: [(1, 1), (3, 7), (5, 257), (2, 1024)])
-func softmaxMatchesNaive(shape: (Int, Int)) {
-    let (rows, cols) = shape
-    let x = testValues(rows * cols, seed: 8, scale: 20)
-    let t = Tensor(x, shape: [rows, cols])
-    softmaxRows(t.mutablePointer, rows: rows, cols: cols, scale: 0.3)
-    #expect(maxAbsDiff(t.toArray(), Naive.softmaxRows(x, rows: rows, cols: cols, scale: 0.3), "softmax \(shape)") <= 1e-6)
 }
 
 @Test(arguments: [(1, 5, 12, 3, 1), (2, 17, 40, 4, 2), (3, 9, 24, 2, 4), (1, 33, 72, 1, 3), (1, 150, 16, 2, 2)])

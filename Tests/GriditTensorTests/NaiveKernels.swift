@@ -76,18 +76,6 @@ enum Naive {
 
     static func silu(_ x: [Float]) -> [Float] { x.map { Float(Double($0) / (1 + exp(-Double($0)))) } }
 
-    static func softmaxRows(_ x: [Float], rows: Int, cols: Int, scale: Double) -> [Float] {
-        var out = x
-        for r in 0..<rows {
-            let row = (0..<cols).map { Double(x[r * cols + $0]) * scale }
-            let m = row.max()!
-            let e = row.map { exp($0 - m) }
-            let s = e.reduce(0, +)
-            for c in 0..<cols { out[r * cols + c] = Float(e[c] / s) }
-        }
-        return out
-    }
-
     /// qkv (N, T, 3D) -> (N, T, D), per head softmax(q kᵀ/sqrt(HD)) v.
     static func attention(_ qkv: [Float], N: Int, T: Int, D: Int, NH: Int) -> [Float] {
         let HD = D / NH

@@ -68,7 +68,10 @@ def main() -> int:
     gen = torch.Generator().manual_seed(0)
     decode, encode = build(args.impl, gen)
     n, s = args.batch, args.size
-    x = torch.rand((n, 3, s, s), generator=gen) * 2 - 1 if args.encode else torch.randn((n, 4, s // 8, s // 8), generator=gen)
+    if args.encode:
+        x = torch.rand((n, 3, s, s), generator=gen) * 2 - 1
+    else:
+        x = torch.randn((n, 4, s // 8, s // 8), generator=gen)
     run = encode if args.encode else decode
 
     def once():

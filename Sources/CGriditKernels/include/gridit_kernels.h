@@ -9,29 +9,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/// out[t,:] = norm(x[t,:]) * (1 + scale) + shift, norm = layer norm without affine (eps).
-/// x, out: (T, D); shift, scale: (D) or both NULL for a plain layer norm. out may alias x.
-void gk_layernorm_modulate(float *out, const float *x, const float *shift, const float *scale,
-                           size_t T, size_t D, float eps);
-
 /// x = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), in place, n elements.
 void gk_gelu_tanh(float *x, size_t n);
 
 /// out = x * sigmoid(x), n elements; out may alias x.
 void gk_silu(float *out, const float *x, size_t n);
-
-/// Each of the `rows` rows of x (row stride `ld`, `cols` used) becomes softmax(scale * row), in place.
-void gk_softmax_rows(float *x, size_t rows, size_t cols, size_t ld, float scale);
-
-/// Like gk_softmax_rows without the division: row becomes exp(scale * (row - max)), and
-/// sums[r] receives the row's sum, so the caller can normalise a smaller product instead.
-void gk_softmax_rows_unnormalized(float *x, size_t rows, size_t cols, size_t ld, float scale, float *sums);
-
-/// x[r, c] *= 1 / sums[r] for c < cols; x has row stride ld.
-void gk_divide_rows(float *x, const float *sums, size_t rows, size_t cols, size_t ld);
-
-/// x[t,:] += gate * y[t,:]; x, y: (T, D); gate: (D).
-void gk_gate_residual(float *x, const float *y, const float *gate, size_t T, size_t D);
 
 /// out[t,:] = row, for t < T; row: (D). Used to start a GEMM from its bias (beta = 1).
 void gk_fill_rows(float *out, const float *row, size_t T, size_t D);
@@ -45,15 +27,11 @@ void gk_exp(float *out, const float *x, size_t n);
 void gk_group_norm(const float *x, float *out, size_t per, size_t plane, const float *weight, const float *bias,
                    float eps, int silu);
 
-/// x[t,:] += gate * y[t,:], then out[t,:] = norm(x[t,:]) * (1 + scale) + shift (layer norm without
-/// affine, eps): the residual of one DiT sub-block fused with the norm of the next. x, y, out: (T, D).
-void gk_residual_layernorm_modulate(float *x, const float *y, const float *gate, float *out, const float *shift,
-                                    const float *scale, size_t T, size_t D, float eps);
-
 /// The DiT's row passes over a batch on the thread pool: for sample n, with m = mod + n * mod_stride,
 /// y == NULL: out = norm(x) * (1 + m[scale..]) + m[shift..];
-/// else:      x += m[gate..] * y, then out = norm(x) * (1 + m[scale..]) + m[shift..].
-/// x, y, out: (N, T, D). Row results do not depend on the split.
+/// else:      x += m[gate..] * y, then out = norm(x) * (1 + m[scale..]) + m[shift..]
+/// (the residual of one DiT sub-block fused with the norm of the next); norm = layer norm without
+/// affine (eps). x, y, out: (N, T, D); out may not alias x. Row results do not depend on the split.
 void gk_residual_layernorm_modulate_batch(float *x, const float *y, float *out, size_t N, size_t T, size_t D,
                                           const float *mod, size_t mod_stride, size_t gate, size_t shift, size_t scale,
                                           float eps, int workers);
