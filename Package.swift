@@ -52,6 +52,8 @@ let package = Package(
             name: "CGriditKernels",
             cSettings: [.unsafeFlags(["-O3", "-ffp-contract=fast"])]
         ),
+        // Counts heap allocations (gridit-bench's `allocations` check); linked into nothing else.
+        .target(name: "CAllocCounter"),
         .target(
             name: "GriditTensor",
             dependencies: ["CBLAS", "CGriditKernels"],
@@ -154,7 +156,7 @@ let package = Package(
         .executableTarget(
             name: "gridit-bench",
             dependencies: [
-                "GriditModels", "GriditCheckpoint", "GriditTensor",
+                "GriditModels", "GriditCheckpoint", "GriditTensor", "CAllocCounter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

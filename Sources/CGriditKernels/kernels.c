@@ -1,33 +1,5 @@
 #include "gridit_kernels.h"
-#include <math.h>
-#include <stdint.h>
-#include <string.h>
-
-#if defined(__x86_64__) && defined(__clang__)
-#define GK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define GK_CLONES
-#endif
-
-// exp(x) for float, max relative error about 2e-7 on [-87, 88]: x = n ln2 + r, |r| <= ln2/2,
-// exp(r) by a degree-6 polynomial, 2^n by building the exponent bits. No branches, so it vectorises.
-static inline float gk_expf(float x) {
-    x = fminf(fmaxf(x, -87.3f), 88.7f);
-    float n = floorf(x * 1.44269504088896341f + 0.5f);
-    float r = x - n * 0.693359375f;      // ln2 split in two parts so r is exact
-    r = r + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
+#include "gk_math.h"
 
 // Reductions keep 16 independent partial results: the loops vectorise without reassociation
 // flags, and the summation order is fixed by the code, not by the vector width of the CPU.
@@ -58,50 +30,43 @@ static inline float gk_centered_sq(const float *x, size_t n, float mean) {
     return s;
 }
 
-static inline float gk_max(const float *x, size_t n) {
-    float acc[GK_LANES];
-    for (int l = 0; l < GK_LANES; l++) acc[l] = x[0];
-    size_t i = 0;
-    for (; i + GK_LANES <= n; i += GK_LANES)
-        for (int l = 0; l < GK_LANES; l++) acc[l] = acc[l] > x[i + l] ? acc[l] : x[i + l];
-    float m = acc[0];
-    for (int l = 1; l < GK_LANES; l++) m = m > acc[l] ? m : acc[l];
-    for (; i < n; i++) m = m > x[i] ? m : x[i];
-    return m;
-}
-
 GK_CLONES
 void gk_exp(float *out, const float *x, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = gk_expf(x[i]);
 }
 
+static inline void layernorm_row(float *o, const float *row, const float *shift, const float *scale, size_t D,
+                                 float eps) {
+    float mean = gk_sum(row, D) / (float)D;
+    float sq = gk_centered_sq(row, D, mean);
+    float rstd = 1.0f / sqrtf(sq / (float)D + eps);
+    if (shift && scale) {
+        for (size_t d = 0; d < D; d++) o[d] = (row[d] - mean) * rstd * (1.0f + scale[d]) + shift[d];
+    } else {
+        for (size_t d = 0; d < D; d++) o[d] = (row[d] - mean) * rstd;
+    }
+}
+
 GK_CLONES
-void gk_layernorm_modulate(float *out, const float *x, const float *shift, const float *scale,
+static void layernorm_modulate(float *out, const float *x, const float *shift, const float *scale,
                            size_t T, size_t D, float eps) {
+    for (size_t t = 0; t < T; t++) layernorm_row(out + t * D, x + t * D, shift, scale, D, eps);
+}
+
+GK_CLONES
+static void residual_layernorm_modulate(float *x, const float *y, const float *gate, float *out, const float *shift,
+                                    const float *scale, size_t T, size_t D, float eps) {
     for (size_t t = 0; t < T; t++) {
-        const float *row = x + t * D;
-        float *o = out + t * D;
-        float mean = gk_sum(row, D) / (float)D;
-        float sq = gk_centered_sq(row, D, mean);
-        float rstd = 1.0f / sqrtf(sq / (float)D + eps);
-        if (shift && scale) {
-            for (size_t d = 0; d < D; d++) o[d] = (row[d] - mean) * rstd * (1.0f + scale[d]) + shift[d];
-        } else {
-            for (size_t d = 0; d < D; d++) o[d] = (row[d] - mean) * rstd;
-        }
+        float *xr = x + t * D;
+        const float *yr = y + t * D;
+        for (size_t d = 0; d < D; d++) xr[d] += gate[d] * yr[d];
+        layernorm_row(out + t * D, xr, shift, scale, D, eps);
     }
 }
 
 GK_CLONES
 void gk_gelu_tanh(float *x, size_t n) {
-    const float k0 = 0.7978845608028654f, k1 = 0.044715f;
-    for (size_t i = 0; i < n; i++) {
-        float v = x[i];
-        float u = k0 * (v + k1 * v * v * v);
-        u = fminf(fmaxf(u, -10.0f), 10.0f);       // tanh(10) is 1 in float
-        float th = 1.0f - 2.0f / (gk_expf(2.0f * u) + 1.0f);
-        x[i] = 0.5f * v * (1.0f + th);
-    }
+    for (size_t i = 0; i < n; i++) x[i] = gk_gelu1(x[i]);
 }
 
 GK_CLONES
@@ -112,44 +77,69 @@ void gk_silu(float *out, const float *x, size_t n) {
     }
 }
 
-GK_CLONES
-void gk_softmax_rows(float *x, size_t rows, size_t cols, size_t ld, float scale) {
-    for (size_t r = 0; r < rows; r++) {
-        float *row = x + r * ld;
-        float m = gk_max(row, cols);
-        for (size_t c = 0; c < cols; c++) row[c] = gk_expf((row[c] - m) * scale);
-        float inv = 1.0f / gk_sum(row, cols);
-        for (size_t c = 0; c < cols; c++) row[c] *= inv;
-    }
-}
-
-GK_CLONES
-void gk_softmax_rows_unnormalized(float *x, size_t rows, size_t cols, size_t ld, float scale, float *sums) {
-    for (size_t r = 0; r < rows; r++) {
-        float *row = x + r * ld;
-        float m = gk_max(row, cols);
-        for (size_t c = 0; c < cols; c++) row[c] = gk_expf((row[c] - m) * scale);
-        sums[r] = gk_sum(row, cols);
-    }
-}
-
-GK_CLONES
-void gk_divide_rows(float *x, const float *sums, size_t rows, size_t cols, size_t ld) {
-    for (size_t r = 0; r < rows; r++) {
-        float inv = 1.0f / sums[r];
-        for (size_t c = 0; c < cols; c++) x[r * ld + c] *= inv;
-    }
-}
-
-GK_CLONES
-void gk_gate_residual(float *x, const float *y, const float *gate, size_t T, size_t D) {
-    for (size_t t = 0; t < T; t++) {
-        float *xr = x + t * D;
-        const float *yr = y + t * D;
-        for (size_t d = 0; d < D; d++) xr[d] += gate[d] * yr[d];
-    }
-}
-
 void gk_fill_rows(float *out, const float *row, size_t T, size_t D) {
     for (size_t t = 0; t < T; t++) memcpy(out + t * D, row, D * sizeof(float));
+}
+
+GK_CLONES
+void gk_group_norm(const float *x, float *out, size_t per, size_t plane, const float *weight, const float *bias,
+                   float eps, int silu) {
+    size_t n = per * plane;
+    double sum = 0;
+    for (size_t c = 0; c < per; c++) sum += gk_sum(x + c * plane, plane);
+    float mean = (float)(sum / (double)n);
+    double sq = 0;
+    for (size_t c = 0; c < per; c++) sq += gk_centered_sq(x + c * plane, plane, mean);
+    double rstd = 1.0 / sqrt(sq / (double)n + eps);
+    for (size_t c = 0; c < per; c++) {
+        float scale = (float)(rstd * weight[c]);
+        float shift = (float)(bias[c] - mean * rstd * weight[c]);
+        const float *s = x + c * plane;
+        float *d = out + c * plane;
+        if (silu) {
+            for (size_t i = 0; i < plane; i++) {
+                float v = s[i] * scale + shift;
+                d[i] = v / (1.0f + gk_expf(-v));
+            }
+        } else {
+            for (size_t i = 0; i < plane; i++) d[i] = s[i] * scale + shift;
+        }
+    }
+}
+
+// MARK: row passes of a batch, over the thread pool
+
+#define GK_ROW_BLOCK 64
+
+typedef struct {
+    float *x;
+    const float *y;
+    float *out;
+    size_t T, D, blocks;
+    const float *mod;
+    size_t mod_stride, gate, shift, scale;
+    float eps;
+} rows_job;
+
+static void residual_rows_task(void *ctx, size_t item, int worker) {
+    (void)worker;
+    const rows_job *j = ctx;
+    size_t n = item / j->blocks, r0 = item % j->blocks * GK_ROW_BLOCK;
+    size_t rows = j->T - r0 < GK_ROW_BLOCK ? j->T - r0 : GK_ROW_BLOCK;
+    size_t at = (n * j->T + r0) * j->D;
+    const float *m = j->mod + n * j->mod_stride;
+    if (j->y) {
+        residual_layernorm_modulate(j->x + at, j->y + at, m + j->gate, j->out + at, m + j->shift, m + j->scale, rows,
+                                    j->D, j->eps);
+    } else {
+        layernorm_modulate(j->out + at, j->x + at, m + j->shift, m + j->scale, rows, j->D, j->eps);
+    }
+}
+
+void gk_residual_layernorm_modulate_batch(float *x, const float *y, float *out, size_t N, size_t T, size_t D,
+                                          const float *mod, size_t mod_stride, size_t gate, size_t shift, size_t scale,
+                                          float eps, int workers) {
+    rows_job j = {.x = x, .y = y, .out = out, .T = T, .D = D, .blocks = (T + GK_ROW_BLOCK - 1) / GK_ROW_BLOCK,
+                  .mod = mod, .mod_stride = mod_stride, .gate = gate, .shift = shift, .scale = scale, .eps = eps};
+    gk_parallel_for(N * j.blocks, workers, residual_rows_task, &j);
 }

@@ -230,53 +230,139 @@ public struct AutoencoderKLWeights: Sendable {
     }
 }
 
+/// How `encode` and `decode` split large images, as diffusers' `AutoencoderKL.enable_tiling()`
+/// does: an image (or latent) larger than one tile on a side is processed in tiles of `tile`
+/// pixels (`tile / f` latent values) that overlap by `overlap` of a tile, each blended linearly
+/// into its upper and left neighbours over the overlap; then the tiles are cropped and joined.
+/// Activation memory is then that of one tile, whatever the image size. Tiles see only their part
+/// of the image (group norm statistics, mid-block attention), so the result approximates the
+/// untiled one, as in diffusers.
+public struct VAETiling: Sendable, Equatable {
+    /// Tile size in pixels, a multiple of the downsample factor.
+    public var tile: Int
+    /// Fraction of a tile shared with the next one, in [0, 1).
+    public var overlap: Double
+
+    public init(tile: Int, overlap: Double = 0.25) {
+        self.tile = tile
+        self.overlap = overlap
+    }
+
+    /// diffusers' defaults for the SD VAE (`sample_size` 512, overlap factor 0.25).
+    public static let diffusers = VAETiling(tile: 512, overlap: 0.25)
+}
+
+/// The layers of one half (encoder or decoder) prepared for a precision and backend.
+struct VAEResnet {
+    let norm1, norm2: VAEParam
+    let conv1, conv2: ConvWeight
+    let shortcut: ConvWeight?
+}
+
+struct VAEAttention {
+    let norm: VAEParam
+    let qkv: LinearWeight                           // (3C, C): to_q, to_k, to_v stacked
+    let out: LinearWeight                           // (C, C)
+}
+
+struct VAEStage {
+    let resnets: [VAEResnet]
+    let resample: ConvWeight?
+}
+
+struct VAEHalf {
+    let convIn: ConvWeight
+    let stages: [VAEStage]
+    let mid: (VAEResnet, VAEAttention, VAEResnet)
+    let normOut: VAEParam
+    let convOut: ConvWeight
+}
+
 /// The VAE: `encode` gives the diagonal-Gaussian posterior's mean and log-variance, `decode` maps
-/// latents to images. Stateless after binding; activations are allocated per call.
-public struct AutoencoderKL: Sendable {
+/// latents to images. Stateless after binding; activations are allocated per call (and freed as
+/// soon as the next layer has read them), so memory follows the image size, or the tile size when
+/// `tiling` applies.
+public struct AutoencoderKL: @unchecked Sendable {
     public let config: AutoencoderKLConfiguration
     public let weights: AutoencoderKLWeights
+    /// The precision of the convolutions and projections: the one asked for, or fp32 where the CPU
+    /// lacks AVX512_BF16.
+    public let precision: Precision
+    public let backend: KernelBackend
+    /// When and how large inputs are tiled (nil: never); see `VAETiling`.
+    public var tiling: VAETiling? = .diffusers
+    let encoder, decoder: VAEHalf
+    let quantConv, postQuantConv: ConvWeight
 
     /// Binds every tensor of the table from `source` (total: missing, misshapen or unused tensors
-    /// throw `BindingError`).
-    public init(config: AutoencoderKLConfiguration, source: any TensorSource) throws {
+    /// throw `BindingError`), then prepares the layers for `precision` (bf16 weights packed once).
+    public init(config: AutoencoderKLConfiguration, source: any TensorSource, precision: Precision = .fp32,
+                backend: KernelBackend = .current) throws {
         try config.validate()
         var w = AutoencoderKLWeights(config)
         try bind(AutoencoderKLWeights.table(config), from: source, into: &w)
         self.config = config
         self.weights = w
+        self.backend = backend
+        let p = precision.effective(on: backend)
+        self.precision = p
+        func conv(_ v: VAEParam) -> ConvWeight {
+            ConvWeight(weight: v.weight!, bias: v.bias, precision: p, backend: backend)
+        }
+        func resnet(_ r: VAEResnetWeights) -> VAEResnet {
+            VAEResnet(norm1: r.norm1, norm2: r.norm2, conv1: conv(r.conv1), conv2: conv(r.conv2),
+                      shortcut: r.inChannels != r.outChannels ? conv(r.shortcut) : nil)
+        }
+        func attention(_ a: VAEAttentionWeights) -> VAEAttention {
+            let C = a.query.weight!.shape[0]
+            let w = Tensor(zeros: [3 * C, C]), b = Tensor(zeros: [3 * C])
+            for (i, part) in [a.query, a.key, a.value].enumerated() {
+                (w.mutablePointer + i * C * C).update(from: part.weight!.pointer, count: C * C)
+                (b.mutablePointer + i * C).update(from: part.bias!.pointer, count: C)
+            }
+            return VAEAttention(norm: a.groupNorm, qkv: LinearWeight(weight: w, bias: b, precision: p, backend: backend),
+                                out: LinearWeight(weight: a.out.weight!, bias: a.out.bias, precision: p, backend: backend))
+        }
+        func half(_ h: VAEHalfWeights) -> VAEHalf {
+            VAEHalf(convIn: conv(h.convIn),
+                    stages: h.stages.map {
+                        VAEStage(resnets: $0.resnets.map(resnet), resample: $0.hasResample ? conv($0.resample) : nil)
+                    },
+                    mid: (resnet(h.mid.resnet0), attention(h.mid.attention), resnet(h.mid.resnet1)),
+                    normOut: h.normOut, convOut: conv(h.convOut))
+        }
+        encoder = half(w.encoder)
+        decoder = half(w.decoder)
+        quantConv = conv(w.quantConv)
+        postQuantConv = conv(w.postQuantConv)
     }
 
     /// image (N, in_channels, H, W), values in [-1, 1] -> posterior (mean, logvar), each
     /// (N, latent_channels, H/f, W/f) for H, W multiples of f; logvar clamped to [-30, 20]. `threads`: workers
-    /// of the convolutions; every product is single-threaded on a fixed schedule, so the result bits
-    /// depend neither on `threads` nor on the batch.
+    /// of the kernels; the result bits depend neither on `threads` nor on the batch.
     public func encode(_ image: Tensor, threads: Int = BLAS.threadCount) throws -> (mean: Tensor, logvar: Tensor) {
         guard image.rank == 4, image.shape[1] == config.inChannels, image.shape[2] >= 2, image.shape[3] >= 2 else {
             throw ModelError.invalidInput("VAE encode: image \(image.shape), expected (N, \(config.inChannels), H, W)")
         }
-        return BLAS.exclusive(threads: 1) {
-            let w = threads
-            let e = weights.encoder
-            var h = conv3x3(image, e.convIn, w)
-            for stage in e.stages {
-                for r in stage.resnets { h = resnet(h, r, w) }
-                if stage.hasResample {
-                    h = conv(h, stage.resample, stride: 2, padding: .downsample, w)
-                }
+        try checkTiling()
+        let ctx = context(threads)
+        let moments: Tensor = BLAS.exclusive(threads: 1) {
+            let f = config.downsampleFactor
+            if let tiling, image.shape[2] > tiling.tile || image.shape[3] > tiling.tile {
+                return tiled(image, tile: tiling.tile, outputTile: tiling.tile / f, overlap: tiling.overlap,
+                             outputScale: (1, f)) { encodeMoments($0, ctx) }
             }
-            h = midBlock(h, e.mid, w)
-            h = conv3x3(normSiLU(h, e.normOut), e.convOut, w)
-            let m = conv(h, weights.quantConv, padding: .same(0), w)
-            let (N, z, hh, ww) = (m.shape[0], config.latentChannels, m.shape[2], m.shape[3])
-            let mean = Tensor(zeros: [N, z, hh, ww]), logvar = Tensor(zeros: [N, z, hh, ww])
-            let size = z * hh * ww
-            for n in 0..<N {
-                mean.mutablePointer.advanced(by: n * size).update(from: m.pointer + n * 2 * size, count: size)
-                let lv = logvar.mutablePointer + n * size, src = m.pointer + n * 2 * size + size
-                for i in 0..<size { lv[i] = min(max(src[i], -30), 20) }
-            }
-            return (mean, logvar)
+            return encodeMoments(image, ctx)
         }
+        let (N, z, hh, ww) = (moments.shape[0], config.latentChannels, moments.shape[2], moments.shape[3])
+        let mean = Tensor(zeros: [N, z, hh, ww]), logvar = Tensor(zeros: [N, z, hh, ww])
+        let size = z * hh * ww
+        for n in 0..<N {
+            mean.mutablePointer.advanced(by: n * size).update(from: moments.pointer + n * 2 * size, count: size)
+            let lv = logvar.mutablePointer + n * size, src = moments.pointer + n * 2 * size + size
+            for i in 0..<size { lv[i] = min(max(src[i], -30), 20) }
+        }
+        return (mean, logvar)
     }
 
     /// latent (N, latent_channels, h, w) (already divided by the scale factor) ->
@@ -285,88 +371,228 @@ public struct AutoencoderKL: Sendable {
         guard latent.rank == 4, latent.shape[1] == config.latentChannels else {
             throw ModelError.invalidInput("VAE decode: latent \(latent.shape), expected (N, \(config.latentChannels), h, w)")
         }
+        try checkTiling()
+        let ctx = context(threads)
         return BLAS.exclusive(threads: 1) {
-            let w = threads
-            let d = weights.decoder
-            var h = conv(latent, weights.postQuantConv, padding: .same(0), w)
-            h = conv3x3(h, d.convIn, w)
-            h = midBlock(h, d.mid, w)
-            for stage in d.stages {
-                for r in stage.resnets { h = resnet(h, r, w) }
-                if stage.hasResample {
-                    let up = Tensor(zeros: [h.shape[0], h.shape[1], 2 * h.shape[2], 2 * h.shape[3]])
-                    upsampleNearest2x(h, into: up)
-                    h = conv3x3(up, stage.resample, w)
-                }
+            let f = config.downsampleFactor
+            if let tiling, latent.shape[2] * f > tiling.tile || latent.shape[3] * f > tiling.tile {
+                return tiled(latent, tile: tiling.tile / f, outputTile: tiling.tile, overlap: tiling.overlap,
+                             outputScale: (f, 1)) { decodeLatent($0, ctx) }
             }
-            return conv3x3(normSiLU(h, d.normOut), d.convOut, w)
+            return decodeLatent(latent, ctx)
         }
+    }
+
+    private func checkTiling() throws {
+        guard let t = tiling else { return }
+        let f = config.downsampleFactor
+        guard t.tile >= f, t.tile % f == 0, t.overlap >= 0, t.overlap < 1 else {
+            throw ModelError.invalidInput("VAE tiling: tile \(t.tile) must be a positive multiple of \(f), overlap "
+                                          + "\(t.overlap) in [0, 1)")
+        }
+    }
+
+    /// A compute context for `threads` workers with scratch for the largest convolution.
+    private func context(_ threads: Int) -> ComputeContext {
+        let ctx = ComputeContext(workers: threads, backend: backend)
+        var bytes = max(quantConv.scratchBytes(context: ctx), postQuantConv.scratchBytes(context: ctx))
+        func add(_ r: VAEResnet) {
+            bytes = max(bytes, r.conv1.scratchBytes(context: ctx), r.conv2.scratchBytes(context: ctx),
+                        r.shortcut?.scratchBytes(context: ctx) ?? 0)
+        }
+        for h in [encoder, decoder] {
+            bytes = max(bytes, h.convIn.scratchBytes(context: ctx), h.convOut.scratchBytes(context: ctx))
+            add(h.mid.0)
+            add(h.mid.2)
+            for s in h.stages {
+                s.resnets.forEach(add)
+                bytes = max(bytes, s.resample?.scratchBytes(context: ctx) ?? 0)
+            }
+        }
+        ctx.reserve(scratchBytes: bytes)
+        return ctx
+    }
+
+    /// Runs `body` on overlapping tiles of `x` and blends the results (diffusers' tiled_encode and
+    /// tiled_decode). `tile`: input tile size; `outputTile`: the size of its result; outputScale
+    /// (num, den): output size = input size · num / den.
+    private func tiled(_ x: Tensor, tile: Int, outputTile: Int, overlap: Double,
+                       outputScale: (Int, Int), _ body: (Tensor) -> Tensor) -> Tensor {
+        let (N, H, W) = (x.shape[0], x.shape[2], x.shape[3])
+        let (num, den) = outputScale
+        let step = max(1, Int(Double(tile) * (1 - overlap)))
+        let limit = step * num / den                // output rows each tile keeps
+        let blend = outputTile - limit              // rows blended with the previous tile
+        let (OH, OW) = (H * num / den, W * num / den)
+        var out: Tensor?
+        var above: [Tensor] = []           // blended tiles of the previous row
+        for (ti, i) in stride(from: 0, to: H, by: step).enumerated() {
+            var row: [Tensor] = []
+            for (tj, j) in stride(from: 0, to: W, by: step).enumerated() {
+                let piece = crop(x, rows: i..<min(i + tile, H), cols: j..<min(j + tile, W))
+                let y = body(piece)
+                if out == nil { out = Tensor(zeros: [N, y.shape[1], OH, OW]) }
+                if ti > 0 { blendRows(from: above[tj], into: y, extent: blend) }
+                if tj > 0 { blendColumns(from: row[tj - 1], into: y, extent: blend) }
+                row.append(y)
+                // Keep the first `limit` rows and columns of the blended tile.
+                let (r0, c0) = (ti * limit, tj * limit)
+                let rows = min(limit, y.shape[2], OH - r0), cols = min(limit, y.shape[3], OW - c0)
+                place(y, rows: rows, cols: cols, into: out!, at: (r0, c0))
+            }
+            above = row
+        }
+        return out!
+    }
+
+    // MARK: halves
+
+    private func encodeMoments(_ image: Tensor, _ ctx: ComputeContext) -> Tensor {
+        let e = encoder
+        var h = conv(image, e.convIn, padding: .same(1), ctx)
+        for stage in e.stages {
+            for r in stage.resnets { h = resnet(h, r, ctx) }
+            if let resample = stage.resample { h = conv(h, resample, stride: 2, padding: .downsample, ctx) }
+        }
+        h = midBlock(h, e.mid, ctx)
+        h = conv(normSiLU(h, e.normOut, ctx), e.convOut, padding: .same(1), ctx)
+        return conv(h, quantConv, padding: .same(0), ctx)
+    }
+
+    private func decodeLatent(_ latent: Tensor, _ ctx: ComputeContext) -> Tensor {
+        let d = decoder
+        var h = conv(latent, postQuantConv, padding: .same(0), ctx)
+        h = conv(h, d.convIn, padding: .same(1), ctx)
+        h = midBlock(h, d.mid, ctx)
+        for stage in d.stages {
+            for r in stage.resnets { h = resnet(h, r, ctx) }
+            if let resample = stage.resample {
+                let up = Tensor(zeros: [h.shape[0], h.shape[1], 2 * h.shape[2], 2 * h.shape[3]])
+                upsampleNearest2x(h, into: up)
+                h = up  // frees the low-resolution tensor before the convolution allocates its output
+                h = conv(h, resample, padding: .same(1), ctx)
+            }
+        }
+        return conv(normSiLU(h, d.normOut, ctx), d.convOut, padding: .same(1), ctx)
     }
 
     // MARK: blocks
 
-    private func conv3x3(_ x: Tensor, _ p: VAEParam, _ workers: Int) -> Tensor {
-        conv(x, p, padding: .same(1), workers)
+    private func conv(_ x: Tensor, _ w: ConvWeight, stride: Int = 1, padding: ConvPadding, _ ctx: ComputeContext) -> Tensor {
+        conv2d(x, w, stride: stride, padding: padding, context: ctx)
     }
 
-    private func conv(_ x: Tensor, _ p: VAEParam, stride: Int = 1, padding: ConvPadding, _ workers: Int) -> Tensor {
-        conv2d(x, weight: p.weight!, bias: p.bias, stride: stride, padding: padding, workers: workers)
-    }
-
-    private func normSiLU(_ x: Tensor, _ p: VAEParam) -> Tensor {
+    private func normSiLU(_ x: Tensor, _ p: VAEParam, _ ctx: ComputeContext) -> Tensor {
         let out = Tensor(zeros: x.shape)
-        groupNorm(x, groups: config.normNumGroups, weight: p.weight!, bias: p.bias!, eps: 1e-6, silu: true, into: out)
+        groupNorm(x, groups: config.normNumGroups, weight: p.weight!, bias: p.bias!, eps: 1e-6, silu: true, into: out,
+                  workers: ctx.workers)
         return out
     }
 
-    /// shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x)))))).
-    private func resnet(_ x: Tensor, _ r: VAEResnetWeights, _ workers: Int) -> Tensor {
-        let h = conv3x3(normSiLU(x, r.norm1), r.conv1, workers)
-        let h2 = normSiLU(h, r.norm2)
-        let out: Tensor
-        if r.inChannels != r.outChannels {
-            out = conv(x, r.shortcut, padding: .same(0), workers)
-        } else {
-            out = x.copy()
-        }
-        conv2d(h2, weight: r.conv2.weight!, bias: r.conv2.bias, padding: .same(1), into: out, accumulate: true,
-               workers: workers)
+    /// shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x)))))). Consumes x: with an identity
+    /// shortcut, conv2 accumulates into x's storage (callers pass tensors they no longer need).
+    private func resnet(_ x: Tensor, _ r: VAEResnet, _ ctx: ComputeContext) -> Tensor {
+        let h = conv(normSiLU(x, r.norm1, ctx), r.conv1, padding: .same(1), ctx)
+        groupNorm(h, groups: config.normNumGroups, weight: r.norm2.weight!, bias: r.norm2.bias!, eps: 1e-6, silu: true,
+                  into: h, workers: ctx.workers)
+        let out = r.shortcut.map { conv(x, $0, padding: .same(0), ctx) } ?? x
+        conv2d(h, r.conv2, padding: .same(1), into: out, accumulate: true, context: ctx)
         return out
     }
 
-    private func midBlock(_ x: Tensor, _ m: VAEMidBlockWeights, _ workers: Int) -> Tensor {
-        resnet(attention(resnet(x, m.resnet0, workers), m.attention, workers), m.resnet1, workers)
+    private func midBlock(_ x: Tensor, _ m: (VAEResnet, VAEAttention, VAEResnet), _ ctx: ComputeContext) -> Tensor {
+        resnet(attention(resnet(x, m.0, ctx), m.1, ctx), m.2, ctx)
     }
 
     /// x + to_out(softmax(q kᵀ / sqrt(C)) v) over the H*W positions, q/k/v from group_norm(x).
-    private func attention(_ x: Tensor, _ a: VAEAttentionWeights, _ workers: Int) -> Tensor {
+    /// Consumes x (the residual is added into its storage).
+    private func attention(_ x: Tensor, _ a: VAEAttention, _ ctx: ComputeContext) -> Tensor {
         let (N, C, H, W) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
         let T = H * W
         let normed = Tensor(zeros: x.shape)
-        groupNorm(x, groups: config.normNumGroups, weight: a.groupNorm.weight!, bias: a.groupNorm.bias!, eps: 1e-6,
-                  into: normed)
-        let tokens = Tensor(zeros: [T, C]), q = Tensor(zeros: [T, C]), k = Tensor(zeros: [T, C]), v = Tensor(zeros: [T, C])
+        groupNorm(x, groups: config.normNumGroups, weight: a.norm.weight!, bias: a.norm.bias!, eps: 1e-6,
+                  into: normed, workers: ctx.workers)
+        let tokens = Tensor(zeros: [T, C]), qkv = Tensor(zeros: [T, 3 * C])
         let o = Tensor(zeros: [T, C]), proj = Tensor(zeros: [T, C])
-        let scores = Tensor(zeros: [attentionScratchCount(tokens: T, workers: workers)])
-        let out = x.copy()
-        func project(_ x: Tensor, _ p: VAEParam, into y: Tensor) {
-            linearRows(x.pointer, rows: T, segment: T, weight: p.weight!, bias: p.bias, workers: workers,
-                       into: y.mutablePointer)
-        }
+        let scratch = Tensor(zeros: [attentionScratchCount(batch: 1, tokens: T, dim: C, heads: 1, workers: ctx.workers)])
         for n in 0..<N {
             transpose2D(normed.pointer + n * C * T, rows: C, cols: T, into: tokens.mutablePointer)
-            project(tokens, a.query, into: q)
-            project(tokens, a.key, into: k)
-            project(tokens, a.value, into: v)
-            GriditTensor.attention(q: q.pointer, k: k.pointer, v: v.pointer, rowStride: C, batch: 1, tokens: T,
-                                   dim: C, heads: 1, workers: workers, scores: scores, into: o.mutablePointer)
-            project(o, a.out, into: proj)
-            // out[n] (C, T) += projᵀ
-            let dst = out.mutablePointer + n * C * T, src = proj.pointer
+            linear(tokens.pointer, rows: T, a.qkv, segment: T, into: qkv.mutablePointer, context: ctx)
+            GriditTensor.attention(q: qkv.pointer, k: qkv.pointer + C, v: qkv.pointer + 2 * C, rowStride: 3 * C,
+                                   batch: 1, tokens: T, dim: C, heads: 1, workers: ctx.workers,
+                                   scratch: scratch.mutablePointer, into: o.mutablePointer)
+            linear(o.pointer, rows: T, a.out, segment: T, into: proj.mutablePointer, context: ctx)
+            // x[n] (C, T) += projᵀ
+            let dst = x.mutablePointer + n * C * T, src = proj.pointer
             for t in 0..<T {
                 for c in 0..<C { dst[c * T + t] += src[t * C + c] }
             }
         }
-        return out
+        return x
+    }
+}
+
+// MARK: tiles
+
+/// Rows and columns of every (n, c) plane of x, as a new tensor.
+private func crop(_ x: Tensor, rows: Range<Int>, cols: Range<Int>) -> Tensor {
+    let (N, C, H, W) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+    if rows == 0..<H && cols == 0..<W { return x.copy() }
+    let out = Tensor(zeros: [N, C, rows.count, cols.count])
+    for p in 0..<(N * C) {
+        for (r, y) in rows.enumerated() {
+            (out.mutablePointer + (p * rows.count + r) * cols.count)
+                .update(from: x.pointer + (p * H + y) * W + cols.lowerBound, count: cols.count)
+        }
+    }
+    return out
+}
+
+/// diffusers' blend_v: the first `extent` rows of b fade in over the last `extent` rows of a.
+private func blendRows(from a: Tensor, into b: Tensor, extent: Int) {
+    let e = min(a.shape[2], b.shape[2], extent)
+    let (planes, Ha, Hb, W) = (b.shape[0] * b.shape[1], a.shape[2], b.shape[2], b.shape[3])
+    guard e > 0, a.shape[3] == W else { return }
+    for p in 0..<planes {
+        for y in 0..<e {
+            let (u, t) = blendWeights(y, e)
+            let src = a.pointer + (p * Ha + Ha - e + y) * W, dst = b.mutablePointer + (p * Hb + y) * W
+            for x in 0..<W { dst[x] = src[x] * u + dst[x] * t }
+        }
+    }
+}
+
+/// diffusers' blend_h: the first `extent` columns of b fade in over the last `extent` columns of a.
+private func blendColumns(from a: Tensor, into b: Tensor, extent: Int) {
+    let e = min(a.shape[3], b.shape[3], extent)
+    let (planes, H, Wa, Wb) = (b.shape[0] * b.shape[1], b.shape[2], a.shape[3], b.shape[3])
+    guard e > 0, a.shape[2] == H else { return }
+    for p in 0..<planes {
+        for y in 0..<H {
+            let src = a.pointer + (p * H + y) * Wa + Wa - e, dst = b.mutablePointer + (p * H + y) * Wb
+            for x in 0..<e {
+                let (u, t) = blendWeights(x, e)
+                dst[x] = src[x] * u + dst[x] * t
+            }
+        }
+    }
+}
+
+/// (1 − i/e, i/e) rounded from double, as diffusers' Python scalars are.
+private func blendWeights(_ i: Int, _ e: Int) -> (Float, Float) {
+    let t = Double(i) / Double(e)
+    return (Float(1 - t), Float(t))
+}
+
+/// Copies the top-left rows x cols of every plane of `tile` into `out` at (r0, c0).
+private func place(_ tile: Tensor, rows: Int, cols: Int, into out: Tensor, at origin: (Int, Int)) {
+    guard rows > 0, cols > 0 else { return }
+    let (planes, Ht, Wt) = (tile.shape[0] * tile.shape[1], tile.shape[2], tile.shape[3])
+    let (H, W) = (out.shape[2], out.shape[3])
+    for p in 0..<planes {
+        for r in 0..<rows {
+            let dst = out.mutablePointer + (p * H + origin.0 + r) * W + origin.1
+            dst.update(from: tile.pointer + (p * Ht + r) * Wt, count: cols)
+        }
     }
 }

@@ -66,24 +66,64 @@ public struct DiTWeights: Sendable {
     }
 }
 
-/// Activations for one batch size, allocated once and reused by every forward of that shape.
+/// The layers of a DiT prepared for its precision and backend (bf16 weights packed once, the adaLN
+/// projections of all blocks fused into one product).
+final class DiTLayers: Sendable {
+    struct Block {
+        let qkv, proj, fc1, fc2: LinearWeight
+    }
+
+    let xEmbed: LinearWeight
+    let tEmbed0, tEmbed2: FusedLinear
+    /// Every block's adaLN projection then the final layer's: (N, D) -> (N, depth·6D + 2D).
+    let adaLN: FusedLinear
+    let blocks: [Block]
+    let final: LinearWeight
+
+    init(_ c: DiTConfiguration, _ w: DiTWeights, precision p: Precision, backend b: KernelBackend) {
+        let pack = c.parameterCount * 4 <= DiT.packFP32Limit
+        func lin(_ weight: Tensor?, _ bias: Tensor?) -> LinearWeight {
+            LinearWeight(weight: weight!, bias: bias, precision: p, backend: b, packFP32: pack)
+        }
+        let D = c.hiddenSize
+        xEmbed = lin(w.xEmbedWeight!.reshaped([D, c.embedInChannels * c.patchSize * c.patchSize]), w.xEmbedBias)
+        // Per-sample products: fixed-order dot products on the weights in place (bf16: converted once).
+        func perSample(_ layers: [(Tensor?, Tensor?)]) -> FusedLinear {
+            FusedLinear(layers.map { LinearWeight(weight: $0.0!, bias: $0.1, backend: b) }, precision: p, backend: b)
+        }
+        tEmbed0 = perSample([(w.tEmbed0Weight, w.tEmbed0Bias)])
+        tEmbed2 = perSample([(w.tEmbed2Weight, w.tEmbed2Bias)])
+        adaLN = perSample(w.blocks.map { ($0.adaLNWeight, $0.adaLNBias) } + [(w.finalAdaLNWeight, w.finalAdaLNBias)])
+        blocks = w.blocks.map {
+            Block(qkv: lin($0.qkvWeight, $0.qkvBias), proj: lin($0.projWeight, $0.projBias),
+                  fc1: lin($0.fc1Weight, $0.fc1Bias), fc2: lin($0.fc2Weight, $0.fc2Bias))
+        }
+        final = lin(w.finalLinearWeight, w.finalLinearBias)
+    }
+}
+
+/// Activations for one batch size, allocated once and reused by every forward of that shape; a
+/// forward pass allocates nothing.
 public final class DiTWorkspace {
     public let batch: Int
     let x, h, qkv, attn, proj, mlp: Tensor            // (N,T,D) (N,T,D) (N,T,3D) (N,T,D) (N,T,D) (N,T,M)
-    let scores: Tensor                                // attention scratch, per worker a tile of scores
-    /// Threads of a pass: the workers that the fixed schedules of the linear layers (row blocks)
-    /// and of attention ((batch, head, row tile) items) are spread over. OpenBLAS runs at 1 thread.
+    let attentionScratch: Tensor                      // attention: packed keys/values and per-worker tiles
+    /// Threads of a pass: the workers that every product, the attention (batch, head, query tile)
+    /// items and the row-wise passes are spread over.
     public let workers: Int
+    let context: ComputeContext
     let patches: Tensor                               // (N*T, Cin*P*P)
     let embedIn: Tensor                               // (N, C+Cc, H, W) when a condition is concatenated
     let freq: Tensor                                  // (N, 256)
     let c, cSiLU, tHidden: Tensor                     // (N, D)
-    let mod: Tensor                                   // (N, 6D)
+    let mod: Tensor                                   // (N, depth·6D + 2D): all adaLN outputs, the final layer's last
     let finalTokens: Tensor                           // (N, T, P*P*Cout)
     public let output: Tensor                         // (N, Cout, H, W)
 
-    public init(config c: DiTConfiguration, batch N: Int, workers: Int = BLAS.threadCount) {
+    public init(config c: DiTConfiguration, batch N: Int, workers: Int = BLAS.threadCount,
+                backend: KernelBackend = .current) {
         let (T, D, M) = (c.tokens, c.hiddenSize, c.mlpHidden)
+        let P2C = c.embedInChannels * c.patchSize * c.patchSize
         batch = N
         x = Tensor(zeros: [N, T, D])
         h = Tensor(zeros: [N, T, D])
@@ -92,39 +132,61 @@ public final class DiTWorkspace {
         proj = Tensor(zeros: [N, T, D])
         mlp = Tensor(zeros: [N, T, M])
         self.workers = max(1, workers)
-        scores = Tensor(zeros: [attentionScratchCount(tokens: T, workers: self.workers)])
-        patches = Tensor(zeros: [N * T, c.embedInChannels * c.patchSize * c.patchSize])
+        attentionScratch = Tensor(zeros: [attentionScratchCount(batch: N, tokens: T, dim: D, heads: c.numHeads,
+                                                                workers: self.workers)])
+        // Scratch for the largest product: the most rows and the widest input.
+        let scratch = max(ComputeContext.linearScratchBytes(rows: N * T, inFeatures: max(P2C, D, M), workers: self.workers,
+                                                            backend: backend),
+                          FusedLinear.scratchBytes(rows: N, inFeatures: max(DiTConfiguration.frequencyDim, D)))
+        context = ComputeContext(workers: self.workers, backend: backend, scratchBytes: scratch)
+        patches = Tensor(zeros: [N * T, P2C])
         embedIn = Tensor(zeros: c.conditionChannels > 0 ? [N, c.embedInChannels, c.inputSize, c.inputSize] : [0])
         freq = Tensor(zeros: [N, DiTConfiguration.frequencyDim])
         self.c = Tensor(zeros: [N, D])
         cSiLU = Tensor(zeros: [N, D])
         tHidden = Tensor(zeros: [N, D])
-        mod = Tensor(zeros: [N, 6 * D])
+        mod = Tensor(zeros: [N, c.depth * 6 * D + 2 * D])
         finalTokens = Tensor(zeros: [N, T, c.patchSize * c.patchSize * c.outChannels])
         output = Tensor(zeros: [N, c.outChannels, c.inputSize, c.inputSize])
     }
 
-    /// Bytes held by this workspace's activations.
+    /// Bytes held by this workspace's activations and scratch.
     public var byteCount: Int {
-        [x, h, qkv, attn, proj, mlp, scores, patches, embedIn, freq, c, cSiLU, tHidden, mod, finalTokens, output]
-            .reduce(0) { $0 + $1.count * 4 }
+        [x, h, qkv, attn, proj, mlp, attentionScratch, patches, embedIn, freq, c, cSiLU, tHidden, mod, finalTokens,
+         output].reduce(0) { $0 + $1.count * 4 } + context.scratch.byteCount
     }
 }
 
 public struct DiT: Sendable {
+    /// fp32 models with at most this many bytes of weights get a packed copy of the weights of
+    /// their token products at load (faster products, twice the weight memory); larger ones (DiT-L,
+    /// DiT-XL) read their weights in place from the mapped file. bf16 weights are always packed.
+    public static let packFP32Limit = 1 << 30
+
     public let config: DiTConfiguration
     public let weights: DiTWeights
     /// (T, D): from the checkpoint when it carries `pos_embed`, else the 2-D sin-cos embedding.
     public let posEmbed: Tensor
     public let posEmbedFromCheckpoint: Bool
+    /// The precision the products run in: the one asked for, or fp32 where the CPU lacks AVX512_BF16.
+    public let precision: Precision
+    /// The kernels the products run on (workspaces must be made for the same backend).
+    public let backend: KernelBackend
+    let layers: DiTLayers
 
-    /// Binds every weight from `source` through `DiTWeights.table`; the binding is total.
-    public init(config: DiTConfiguration, source: any TensorSource) throws {
+    /// Binds every weight from `source` through `DiTWeights.table`; the binding is total. With
+    /// `precision: .bf16` (on a CPU with AVX512_BF16; elsewhere fp32, see `precision`) the weights
+    /// of the products are converted to bf16 and packed once, here. fp32 weights are packed here
+    /// for models up to `packFP32Limit`, read in place from the (mapped) source above it.
+    public init(config: DiTConfiguration, source: any TensorSource, precision: Precision = .fp32,
+                backend: KernelBackend = .current) throws {
         try config.validate()
         var w = DiTWeights(depth: config.depth)
         try bind(DiTWeights.table(config), from: source, into: &w)
         self.config = config
         self.weights = w
+        self.backend = backend
+        self.precision = precision.effective(on: backend)
         if let p = w.posEmbed {
             posEmbed = p.reshaped([config.tokens, config.hiddenSize])
             posEmbedFromCheckpoint = true
@@ -132,6 +194,12 @@ public struct DiT: Sendable {
             posEmbed = sinCosPositionEmbedding2D(dim: config.hiddenSize, gridH: config.gridSize, gridW: config.gridSize)
             posEmbedFromCheckpoint = false
         }
+        layers = DiTLayers(config, w, precision: self.precision, backend: backend)
+    }
+
+    /// A workspace for `batch` samples on `workers` threads, on this model's backend.
+    public func makeWorkspace(batch: Int, workers: Int = BLAS.threadCount) -> DiTWorkspace {
+        DiTWorkspace(config: config, batch: batch, workers: workers, backend: backend)
     }
 
     /// One forward pass. x: (N, C, H, W); t: N timesteps on the original 0..999 scale;
@@ -143,7 +211,9 @@ public struct DiT: Sendable {
                         workspace ws: DiTWorkspace) throws -> Tensor {
         let c = config
         let (N, S) = (ws.batch, c.inputSize)
-        try check(x.shape == [N, c.inChannels, S, S], "x has shape \(x.shape), expected \([N, c.inChannels, S, S])")
+        try check(ws.context.backend == backend,
+                  "workspace made for the \(ws.context.backend) kernels, the model uses \(backend): use makeWorkspace")
+        try check(Self.isImage(x, N, c.inChannels, S), "x has shape \(x.shape), expected \([N, c.inChannels, S, S])")
         try check(t.count == N, "\(t.count) timesteps for a batch of \(N)")
         if c.numClasses > 0 {
             guard let y else { throw ModelError.invalidInput("class-conditional model needs labels y") }
@@ -155,26 +225,36 @@ public struct DiT: Sendable {
         }
         if c.conditionChannels > 0 {
             guard let condition else { throw ModelError.invalidInput("super-resolution model needs a condition") }
-            try check(condition.shape == [N, c.conditionChannels, S, S],
+            try check(Self.isImage(condition, N, c.conditionChannels, S),
                       "condition has shape \(condition.shape), expected \([N, c.conditionChannels, S, S])")
         } else {
             try check(condition == nil, "this model takes no condition (condition_channels 0)")
         }
-        // All parallelism is the workspace's own fixed schedule over single-threaded products (see
-        // `linearRows`), so a sample's output bits do not depend on its batch or the thread count.
+        // Every kernel's arithmetic is fixed per sample (see `linear`, `attention`), so a sample's
+        // output bits do not depend on its batch or the thread count. The lock keeps passes apart.
         return BLAS.exclusive(threads: 1) { run(x: x, t: t, y: y, condition: condition, workspace: ws) }
     }
 
-    /// The pass itself, on validated inputs, holding the compute lock.
+    private static func isImage(_ x: Tensor, _ N: Int, _ C: Int, _ S: Int) -> Bool {
+        x.rank == 4 && x.shape[0] == N && x.shape[1] == C && x.shape[2] == S && x.shape[3] == S
+    }
+
+    /// The pass itself, on validated inputs, holding the compute lock. Allocates nothing.
     private func run(x: Tensor, t: [Float], y: [Int]?, condition: Tensor?, workspace ws: DiTWorkspace) -> Tensor {
         let c = config
-        let (N, T, D, M) = (ws.batch, c.tokens, c.hiddenSize, c.mlpHidden)
+        let (N, T, D) = (ws.batch, c.tokens, c.hiddenSize)
         let S = c.inputSize
-        let w = weights
-        /// y = x · Wᵀ + b over rows that form samples of `segment` rows.
-        func linear(_ x: Tensor, weight: Tensor?, bias: Tensor?, into y: Tensor, segment: Int) {
-            linearRows(x.pointer, rows: x.count / weight!.shape[1], segment: segment, weight: weight!, bias: bias,
-                       workers: ws.workers, into: y.mutablePointer)
+        let ctx = ws.context
+        let modWidth = c.depth * 6 * D + 2 * D
+        let (xs, hs, mod) = (ws.x.mutablePointer, ws.h.mutablePointer, ws.mod.pointer)
+        /// y = x · Wᵀ + b over all N·T token rows.
+        func tokens(_ x: Tensor, _ w: LinearWeight, gelu: Bool = false, into y: Tensor) {
+            linear(x.pointer, rows: N * T, w, gelu: gelu, segment: T, into: y.mutablePointer, context: ctx)
+        }
+        /// h = norm(x)·(1 + scale) + shift, after x += gate ⊙ residual when given; offsets into mod.
+        func norm(residual: Tensor?, gate: Int = 0, shift: Int, scale: Int) {
+            modulatedNormRows(xs, residual: residual?.pointer, batch: N, tokens: T, dim: D, mod: mod, modStride: modWidth,
+                              gate: gate, shift: shift, scale: scale, workers: ws.workers, into: hs)
         }
 
         // Patch embedding (+ condition on channels) and position embedding.
@@ -189,62 +269,38 @@ public struct DiT: Sendable {
             embedIn = ws.embedIn
         }
         patchify(embedIn, patch: c.patchSize, into: ws.patches.mutablePointer)
-        let xEmbed = w.xEmbedWeight!.reshaped([D, c.embedInChannels * c.patchSize * c.patchSize])
-        linear(ws.patches, weight: xEmbed, bias: w.xEmbedBias, into: ws.x, segment: T)
-        for n in 0..<N {
-            gateResidualOnes(ws.x.mutablePointer + n * T * D, posEmbed.pointer, count: T * D)
-        }
+        tokens(ws.patches, layers.xEmbed, into: ws.x)
+        for n in 0..<N { addInPlace(xs + n * T * D, posEmbed.pointer, count: T * D) }
 
-        // Conditioning vector c = t_embedder(t) (+ y_embedder(y)), then SiLU(c) for every adaLN.
+        // Conditioning c = t_embedder(t) (+ y_embedder(y)); SiLU(c) feeds every adaLN projection,
+        // all computed here as one product: mod (N, depth·6D + 2D).
         timestepEmbedding(t, dim: DiTConfiguration.frequencyDim, into: ws.freq.mutablePointer)
-        linear(ws.freq, weight: w.tEmbed0Weight, bias: w.tEmbed0Bias, into: ws.tHidden, segment: 1)
+        layers.tEmbed0.apply(ws.freq.pointer, rows: N, into: ws.tHidden.mutablePointer, context: ctx)
         silu(ws.tHidden.pointer, count: N * D, into: ws.tHidden.mutablePointer)
-        linear(ws.tHidden, weight: w.tEmbed2Weight, bias: w.tEmbed2Bias, into: ws.c, segment: 1)
-        if let y, let table = w.yEmbedTable {
-            for (n, label) in y.enumerated() {
-                gateResidualOnes(ws.c.mutablePointer + n * D, table.pointer + label * D, count: D)
-            }
+        layers.tEmbed2.apply(ws.tHidden.pointer, rows: N, into: ws.c.mutablePointer, context: ctx)
+        if let y, let table = weights.yEmbedTable {
+            for (n, label) in y.enumerated() { addInPlace(ws.c.mutablePointer + n * D, table.pointer + label * D, count: D) }
         }
         silu(ws.c.pointer, count: N * D, into: ws.cSiLU.mutablePointer)
+        layers.adaLN.apply(ws.cSiLU.pointer, rows: N, into: ws.mod.mutablePointer, context: ctx)
 
-        for block in w.blocks {
-            // mod (N, 6D) = [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp]
-            linear(ws.cSiLU, weight: block.adaLNWeight, bias: block.adaLNBias, into: ws.mod, segment: 1)
-            for n in 0..<N {
-                let m = ws.mod.pointer + n * 6 * D
-                let xn = ws.x.mutablePointer + n * T * D
-                let hn = ws.h.mutablePointer + n * T * D
-                layerNormModulate(xn, rows: T, dim: D, shift: m, scale: m + D, into: hn)
-            }
-            linear(ws.h, weight: block.qkvWeight, bias: block.qkvBias, into: ws.qkv, segment: T)
+        // Block i's mod: [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] at i·6D;
+        // the final layer's [shift, scale] at depth·6D.
+        norm(residual: nil, shift: 0, scale: D)
+        for (i, block) in layers.blocks.enumerated() {
+            let (m, next) = (i * 6 * D, (i + 1) * 6 * D)
+            tokens(ws.h, block.qkv, into: ws.qkv)
             selfAttention(qkv: ws.qkv.pointer, batch: N, tokens: T, dim: D, heads: c.numHeads, workers: ws.workers,
-                          scores: ws.scores, into: ws.attn.mutablePointer)
-            linear(ws.attn, weight: block.projWeight, bias: block.projBias, into: ws.proj, segment: T)
-            for n in 0..<N {
-                let m = ws.mod.pointer + n * 6 * D
-                let xn = ws.x.mutablePointer + n * T * D
-                gateResidual(xn, ws.proj.pointer + n * T * D, gate: m + 2 * D, rows: T, dim: D)
-                layerNormModulate(xn, rows: T, dim: D, shift: m + 3 * D, scale: m + 4 * D,
-                                  into: ws.h.mutablePointer + n * T * D)
-            }
-            linear(ws.h, weight: block.fc1Weight, bias: block.fc1Bias, into: ws.mlp, segment: T)
-            geluTanh(ws.mlp.mutablePointer, count: N * T * M)
-            linear(ws.mlp, weight: block.fc2Weight, bias: block.fc2Bias, into: ws.proj, segment: T)
-            for n in 0..<N {
-                gateResidual(ws.x.mutablePointer + n * T * D, ws.proj.pointer + n * T * D,
-                             gate: ws.mod.pointer + n * 6 * D + 5 * D, rows: T, dim: D)
-            }
+                          scratch: ws.attentionScratch.mutablePointer, into: ws.attn.mutablePointer)
+            tokens(ws.attn, block.proj, into: ws.proj)
+            // x += gate_msa ⊙ attn; h = norm(x)·(1 + scale_mlp) + shift_mlp
+            norm(residual: ws.proj, gate: m + 2 * D, shift: m + 3 * D, scale: m + 4 * D)
+            tokens(ws.h, block.fc1, gelu: true, into: ws.mlp)
+            tokens(ws.mlp, block.fc2, into: ws.proj)
+            // x += gate_mlp ⊙ mlp; h = the next block's (or the final layer's) modulated norm of x.
+            norm(residual: ws.proj, gate: m + 5 * D, shift: next, scale: next + D)
         }
-
-        // Final layer: adaLN (shift, scale), modulate, linear to P*P*Cout per token, unpatchify.
-        let finalMod = Tensor(storage: ws.mod.storage, shape: [N, 2 * D], offset: ws.mod.offset)  // reuses mod
-        linear(ws.cSiLU, weight: w.finalAdaLNWeight, bias: w.finalAdaLNBias, into: finalMod, segment: 1)
-        for n in 0..<N {
-            let m = finalMod.pointer + n * 2 * D
-            layerNormModulate(ws.x.pointer + n * T * D, rows: T, dim: D, shift: m, scale: m + D,
-                              into: ws.h.mutablePointer + n * T * D)
-        }
-        linear(ws.h, weight: w.finalLinearWeight, bias: w.finalLinearBias, into: ws.finalTokens, segment: T)
+        tokens(ws.h, layers.final, into: ws.finalTokens)
         unpatchify(ws.finalTokens.pointer, batch: N, gridH: c.gridSize, gridW: c.gridSize, patch: c.patchSize,
                    channels: c.outChannels, into: ws.output.mutablePointer)
         return ws.output
@@ -256,6 +312,6 @@ public struct DiT: Sendable {
 }
 
 /// x += y elementwise (a residual with gate 1).
-private func gateResidualOnes(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, count n: Int) {
+private func addInPlace(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, count n: Int) {
     for i in 0..<n { x[i] += y[i] }
 }

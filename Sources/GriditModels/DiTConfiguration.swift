@@ -139,6 +139,17 @@ public struct DiTConfiguration: Codable, Equatable, Sendable {
 
     public static let presetNames: [String] = ["S", "B", "L", "XL"].flatMap { s in [2, 4, 8].map { "DiT-\(s)/\($0)" } }
 
+    /// Parameters of the model (every tensor of the binding table, pos_embed included).
+    public var parameterCount: Int {
+        let (D, M, P2) = (hiddenSize, mlpHidden, patchSize * patchSize)
+        let F = Self.frequencyDim
+        let perBlock = 3 * D * D + 3 * D + D * D + D + M * D + M + D * M + D + 6 * D * D + 6 * D
+        let embed = tokens * D + D * embedInChannels * P2 + D + F * D + D + D * D + D
+            + (numClasses > 0 ? (numClasses + 1) * D : 0)
+        let final = 2 * D * D + 2 * D + P2 * outChannels * D + P2 * outChannels
+        return embed + depth * perBlock + final
+    }
+
     /// Floating-point operations of one forward pass (2 per multiply-add of every matrix product:
     /// patch embedding, timestep MLP, adaLN projections, attention and MLP, final layer).
     public func flopsPerForward(batch N: Int) -> Double {

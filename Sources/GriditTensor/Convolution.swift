@@ -2,10 +2,11 @@ import CBLAS
 import CGriditKernels
 import Glibc
 
-// Image kernels of the VAE over (N, C, H, W) tensors: 2-D convolution as im2col + GEMM with the
-// PyTorch (Cout, Cin, KH, KW) weight in place, group norm (optionally fused with SiLU), nearest 2x
-// upsampling. Convolutions run a fixed schedule of single-threaded products over `workers`
-// (`parallelItems`), so their bits depend neither on the batch nor on the thread count.
+// Image kernels of the VAE over (N, C, H, W) tensors: 2-D convolution as a GEMM with the PyTorch
+// (Cout, Cin, KH, KW) weight in place, group norm (optionally fused with SiLU), nearest 2x
+// upsampling. On AVX-512 the convolution is gridit's GEMM with the im2col matrix packed straight
+// from the image (never materialised); elsewhere im2col + OpenBLAS on a fixed schedule of
+// single-threaded products. Either way the bits depend neither on the batch nor on the threads.
 
 /// Zero padding of a convolution's input: rows added on top/bottom, columns on left/right.
 public struct ConvPadding: Equatable, Sendable {
@@ -28,13 +29,89 @@ public func convOutputSize(_ size: Int, kernel: Int, stride: Int, padBefore: Int
 /// (Cin*KH*KW, rows*Wo) stay within this budget (at least one row), 8M floats = 32 MB.
 public let convColumnBudget = 8 << 20
 
+/// A convolution's weight (Cout, Cin, KH, KW) and bias (Cout), prepared once for a precision:
+/// fp32 products read the tensor in place; bf16 products read it packed into the GEMM's panels.
+public struct ConvWeight: @unchecked Sendable {
+    public let weight: Tensor
+    public let bias: Tensor?
+    public let precision: Precision
+    let packed: AlignedBuffer?
+
+    public init(weight: Tensor, bias: Tensor?, precision: Precision = .fp32, backend: KernelBackend = .current) {
+        precondition(weight.rank == 4, "ConvWeight: weight must be (Cout, Cin, KH, KW), got \(weight.shape)")
+        if let bias { precondition(bias.count == weight.shape[0], "ConvWeight: bias \(bias.shape) vs \(weight.shape)") }
+        self.weight = weight
+        self.bias = bias
+        self.precision = precision.effective(on: backend)
+        if self.precision == .bf16 {
+            let (M, K) = (weight.shape[0], weight.count / weight.shape[0])
+            let buffer = AlignedBuffer(byteCount: gk_packed_a_bytes(M, K, 1))
+            precondition(gk_pack_a(weight.pointer, K, M, K, 1, buffer.base, 1) == 0, "ConvWeight: out of memory")
+            packed = buffer
+        } else {
+            packed = nil
+        }
+    }
+
+    /// Scratch bytes of `conv2d` with this weight on `context`.
+    public func scratchBytes(context: ComputeContext) -> Int {
+        guard context.backend.ownsGEMM else { return 0 }
+        let (M, K) = (weight.shape[0], weight.count / weight.shape[0])
+        return gk_gemm_scratch_bytes(M, K, precision == .bf16 ? 1 : 0, packed == nil ? 0 : 1, Int32(context.workers))
+    }
+}
+
 /// 2-D convolution (cross-correlation, like `torch.nn.functional.conv2d`).
-/// x: (N, Cin, H, W); weight: (Cout, Cin, KH, KW); bias: (Cout) or nil; out: (N, Cout, Ho, Wo).
+/// x: (N, Cin, H, W); w: (Cout, Cin, KH, KW) weight, (Cout) bias; out: (N, Cout, Ho, Wo).
 /// With `accumulate` the result is added to `out` (a fused residual), else `out` is overwritten.
-/// 1x1 convolutions with stride 1 and no padding multiply the input in place (no im2col); others
-/// run in tiles of whole output rows whose im2col columns fit `columnBudget` floats.
-public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, padding: ConvPadding,
-                   into out: Tensor, accumulate: Bool = false, columnBudget: Int = convColumnBudget, workers: Int = 1) {
+/// Per sample, out (Cout, Ho·Wo) = weight (Cout, Cin·KH·KW) · im2col(x), the GEMM packing the
+/// im2col columns it needs straight from x.
+public func conv2d(_ x: Tensor, _ w: ConvWeight, stride: Int = 1, padding: ConvPadding, into out: Tensor,
+                   accumulate: Bool = false, context: ComputeContext) {
+    guard context.backend.ownsGEMM else {
+        conv2dBLAS(x, weight: w.weight, bias: w.bias, stride: stride, padding: padding, into: out,
+                   accumulate: accumulate, workers: context.workers)
+        return
+    }
+    let weight = w.weight
+    precondition(x.rank == 4 && weight.rank == 4, "conv2d: x \(x.shape), weight \(weight.shape)")
+    let (N, Cin, H, W) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+    let (Cout, KH, KW) = (weight.shape[0], weight.shape[2], weight.shape[3])
+    precondition(weight.shape[1] == Cin, "conv2d: weight \(weight.shape) vs input channels \(Cin)")
+    precondition(stride >= 1, "conv2d: stride \(stride)")
+    let Ho = convOutputSize(H, kernel: KH, stride: stride, padBefore: padding.top, padAfter: padding.bottom)
+    let Wo = convOutputSize(W, kernel: KW, stride: stride, padBefore: padding.left, padAfter: padding.right)
+    precondition(Ho >= 1 && Wo >= 1, "conv2d: empty output for input \(x.shape), kernel \(KH)x\(KW)")
+    precondition(out.shape == [N, Cout, Ho, Wo], "conv2d: out \(out.shape), expected \([N, Cout, Ho, Wo])")
+    let K = Cin * KH * KW
+    var geometry = gk_conv_geometry(C: Cin, H: H, W: W, KH: KH, KW: KW, stride: stride, pad_top: padding.top,
+                                    pad_left: padding.left, Ho: Ho, Wo: Wo)
+    let scratch = context.reserve(scratchBytes: w.scratchBytes(context: context))
+    withUnsafePointer(to: &geometry) { geometry in
+        for n in 0..<N {
+            var args = gk_gemm_args()
+            args.M = Cout
+            args.N = Ho * Wo
+            args.K = K
+            args.bf16 = w.precision == .bf16 ? 1 : 0
+            if let packed = w.packed { args.a_packed = UnsafeRawPointer(packed.base) } else { args.a = weight.pointer }
+            args.lda = K
+            args.b = x.pointer + n * Cin * H * W
+            args.conv = geometry
+            args.c = out.mutablePointer + n * Cout * Ho * Wo
+            args.ldc = Ho * Wo
+            args.bias_m = w.bias?.pointer
+            args.accumulate = accumulate ? 1 : 0
+            gk_gemm(&args, scratch, Int32(context.workers))
+        }
+    }
+}
+
+/// The OpenBLAS form of `conv2d` (the fallback on CPUs without AVX-512): 1x1 convolutions with
+/// stride 1 and no padding multiply the input in place (no im2col); others run in tiles of whole
+/// output rows whose im2col columns fit `columnBudget` floats, one single-threaded product each.
+public func conv2dBLAS(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, padding: ConvPadding,
+                       into out: Tensor, accumulate: Bool = false, columnBudget: Int = convColumnBudget, workers: Int = 1) {
     precondition(x.rank == 4 && weight.rank == 4, "conv2d: x \(x.shape), weight \(weight.shape)")
     let (N, Cin, H, W) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
     let (Cout, KH, KW) = (weight.shape[0], weight.shape[2], weight.shape[3])
@@ -93,13 +170,17 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, 
 }
 
 /// Allocating form of `conv2d`.
-public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, padding: ConvPadding,
-                   workers: Int = 1) -> Tensor {
-    let Ho = convOutputSize(x.shape[2], kernel: weight.shape[2], stride: stride, padBefore: padding.top, padAfter: padding.bottom)
-    let Wo = convOutputSize(x.shape[3], kernel: weight.shape[3], stride: stride, padBefore: padding.left, padAfter: padding.right)
-    let out = Tensor(zeros: [x.shape[0], weight.shape[0], Ho, Wo])
-    conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding, into: out, workers: workers)
+public func conv2d(_ x: Tensor, _ w: ConvWeight, stride: Int = 1, padding: ConvPadding, context: ComputeContext) -> Tensor {
+    let out = Tensor(zeros: convOutputShape(x.shape, weight: w.weight.shape, stride: stride, padding: padding))
+    conv2d(x, w, stride: stride, padding: padding, into: out, context: context)
     return out
+}
+
+/// (N, Cout, Ho, Wo) of a convolution of an (N, Cin, H, W) input with a (Cout, Cin, KH, KW) weight.
+public func convOutputShape(_ x: [Int], weight: [Int], stride: Int = 1, padding: ConvPadding) -> [Int] {
+    [x[0], weight[0],
+     convOutputSize(x[2], kernel: weight[2], stride: stride, padBefore: padding.top, padAfter: padding.bottom),
+     convOutputSize(x[3], kernel: weight[3], stride: stride, padBefore: padding.left, padAfter: padding.right)]
 }
 
 /// im2col of one sample (C, H, W) for output rows [outRow0, outRow0 + outRows): cols is
@@ -142,38 +223,20 @@ func im2col(_ x: UnsafePointer<Float>, channels C: Int, height H: Int, width W: 
 
 /// Group norm (`torch.nn.GroupNorm`): per sample and group of C/G channels, normalise by the
 /// group's mean and (biased) variance, then `* weight[c] + bias[c]`; optionally SiLU after.
-/// Statistics are accumulated in double. x, out: (N, C, H, W) (out may alias x).
+/// x, out: (N, C, H, W) (out may alias x). Items (sample, group) run on `workers` threads.
 public func groupNorm(_ x: Tensor, groups G: Int, weight: Tensor, bias: Tensor, eps: Float = 1e-6,
-                      silu fuseSiLU: Bool = false, into out: Tensor) {
+                      silu fuseSiLU: Bool = false, into out: Tensor, workers: Int = 1) {
     precondition(x.rank == 4 && out.shape == x.shape, "groupNorm: x \(x.shape), out \(out.shape)")
     let (N, C) = (x.shape[0], x.shape[1])
     let plane = x.shape[2] * x.shape[3]
     precondition(G > 0 && C % G == 0, "groupNorm: \(C) channels not divisible by \(G) groups")
     precondition(weight.count == C && bias.count == C, "groupNorm: affine \(weight.shape)/\(bias.shape) vs \(C) channels")
     let per = C / G
-    let count = Double(per * plane)
     let (src, dst, w, b) = (x.pointer, out.mutablePointer, weight.pointer, bias.pointer)
-    for n in 0..<N {
-        for g in 0..<G {
-            let base = (n * C + g * per) * plane
-            var sum = 0.0
-            for i in 0..<(per * plane) { sum += Double(src[base + i]) }
-            let mean = sum / count
-            var sq = 0.0
-            for i in 0..<(per * plane) {
-                let d = Double(src[base + i]) - mean
-                sq += d * d
-            }
-            let inv = 1 / (sq / count + Double(eps)).squareRoot()
-            for cc in 0..<per {
-                let c = g * per + cc
-                let scale = Float(inv * Double(w[c]))
-                let shift = Float(Double(b[c]) - mean * inv * Double(w[c]))
-                let s = src + base + cc * plane, d = dst + base + cc * plane
-                for i in 0..<plane { d[i] = s[i] * scale + shift }
-                if fuseSiLU { gk_silu(d, d, plane) }
-            }
-        }
+    parallelItems(N * G, workers: workers) { item, _ in
+        let (n, g) = (item / G, item % G)
+        let base = (n * C + g * per) * plane
+        gk_group_norm(src + base, dst + base, per, plane, w + g * per, b + g * per, eps, fuseSiLU ? 1 : 0)
     }
 }
 

@@ -1,6 +1,5 @@
 import CBLAS
 import CGriditKernels
-import Dispatch
 import Glibc
 
 // Kernels over contiguous float32 tensors. Output is passed last (`into:`) and is overwritten.
@@ -13,10 +12,10 @@ public enum BLAS {
 
     /// Runs `body` holding the process-wide compute lock, with OpenBLAS set to `threads` threads.
     ///
-    /// OpenBLAS' thread count is one global setting. A forward pass changes it (attention runs
-    /// single-threaded products on several workers) and relies on it, so passes hold this lock:
-    /// two passes at once would only fight over the same cores anyway. The lock is recursive, so
-    /// kernels that need it can take it again inside a pass.
+    /// OpenBLAS' thread count is one global setting. The fallback products set it to 1 (they run
+    /// single-threaded products on several workers) and rely on it, and every pass holds this lock:
+    /// two passes at once would only fight over the same cores (and gridit's thread pool) anyway.
+    /// The lock is recursive, so kernels that need it can take it again inside a pass.
     public static func exclusive<T>(threads: Int, _ body: () throws -> T) rethrows -> T {
         computeLock.lock()
         defer { computeLock.unlock() }
@@ -80,7 +79,8 @@ public func linearRowBlock(segment: Int) -> Int { segment <= 512 ? 128 : 256 }
 /// Why: OpenBLAS' result bits depend on how a product is partitioned (its own threading, and the
 /// row count of a call). Here every block is the same call whatever the batch composition and
 /// the worker count, so a sample's output is bit-identical in any batch, at any thread count.
-/// Call with OpenBLAS at one thread (`BLAS.exclusive(threads: 1)`).
+/// The fallback of `linear` on CPUs without AVX-512; call with OpenBLAS at one thread
+/// (`BLAS.exclusive(threads: 1)`).
 public func linearRows(_ x: UnsafePointer<Float>, rows M: Int, segment: Int, weight: Tensor, bias: Tensor?,
                        workers: Int, into y: UnsafeMutablePointer<Float>) {
     precondition(segment > 0 && M % segment == 0, "linearRows: \(M) rows are not whole samples of \(segment)")
@@ -96,25 +96,23 @@ public func linearRows(_ x: UnsafePointer<Float>, rows M: Int, segment: Int, wei
     }
 }
 
-/// Runs `body(item, worker)` for items 0..<count, item i on worker i % workers, on
-/// min(workers, count) threads; returns when all are done. The schedules built on it (row blocks,
-/// attention tiles, convolution tiles) fix their items independently of `workers`, so their
-/// results do not depend on it; `worker` indexes per-thread scratch.
+/// Runs `body(item, worker)` for items 0..<count on up to `workers` threads of gridit's thread pool
+/// (the caller included; Sources/CGriditKernels/pool.c) and returns when all are done. Items are
+/// handed out dynamically, so a schedule built on it must fix its items independently of `workers`
+/// and of the order they run in; `worker` (< workers) indexes per-thread scratch.
 public func parallelItems(_ count: Int, workers: Int, _ body: (_ item: Int, _ worker: Int) -> Void) {
-    let workers = max(1, min(workers, count))
-    guard workers > 1 else {
+    guard count > 0 else { return }
+    if workers <= 1 || count == 1 {
         for item in 0..<count { body(item, 0) }
         return
     }
     withoutActuallyEscaping(body) { body in
-        // Items write disjoint outputs; the body only has to outlive this call, which it does.
-        nonisolated(unsafe) let body = body
-        DispatchQueue.concurrentPerform(iterations: workers) { worker in
-            var item = worker
-            while item < count {
-                body(item, worker)
-                item += workers
-            }
+        var closure = body
+        withUnsafeMutablePointer(to: &closure) { ctx in
+            gk_parallel_for(count, Int32(workers), { ctx, item, worker in
+                let body = ctx!.assumingMemoryBound(to: ((Int, Int) -> Void).self).pointee
+                body(Int(item), Int(worker))
+            }, ctx)
         }
     }
 }
@@ -125,14 +123,6 @@ public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, into y: Tensor) {
     precondition(x.shape.last == K, "linear: x \(x.shape) vs weight \(weight.shape)")
     precondition(y.count == x.count / K * weight.shape[0], "linear: y \(y.shape) wrong for x \(x.shape)")
     linear(x.pointer, rows: x.count / K, weight: weight, bias: bias, into: y.mutablePointer)
-}
-
-/// Layer norm without affine over the last dim, then `x*(1+scale)+shift` when given.
-/// x, out: (T, D); shift, scale: pointers to (D) or nil.
-public func layerNormModulate(_ x: UnsafePointer<Float>, rows T: Int, dim D: Int, eps: Float = 1e-6,
-                              shift: UnsafePointer<Float>?, scale: UnsafePointer<Float>?,
-                              into out: UnsafeMutablePointer<Float>) {
-    gk_layernorm_modulate(out, x, shift, scale, T, D, eps)
 }
 
 /// GELU, tanh approximation, in place.
@@ -148,71 +138,41 @@ public func exponential(_ x: UnsafePointer<Float>, count n: Int, into out: Unsaf
     gk_exp(out, x, n)
 }
 
-/// Row-wise softmax of `scale * x`, in place. x: (rows, cols) with row stride `ld`.
-public func softmaxRows(_ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int, ld: Int? = nil, scale: Float = 1) {
-    gk_softmax_rows(x, rows, cols, ld ?? cols, scale)
+/// The DiT's per-row passes over a batch, on `workers` threads. For sample n, with
+/// m = mod + n · modStride (each sample's modulation vectors, at the given offsets):
+/// y nil: h = norm(x) · (1 + m[scale...]) + m[shift...]; else first x += m[gate...] ⊙ y.
+/// x, y, h: (N, T, D).
+public func modulatedNormRows(_ x: UnsafeMutablePointer<Float>, residual y: UnsafePointer<Float>?, batch N: Int,
+                              tokens T: Int, dim D: Int, mod: UnsafePointer<Float>, modStride: Int, gate: Int = 0,
+                              shift: Int, scale: Int, eps: Float = 1e-6, workers: Int,
+                              into h: UnsafeMutablePointer<Float>) {
+    gk_residual_layernorm_modulate_batch(x, y, h, N, T, D, mod, modStride, gate, shift, scale, eps, Int32(workers))
 }
 
-/// x += gate ⊙ y, gate broadcast over rows. x, y: (T, D); gate: (D).
-public func gateResidual(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, gate: UnsafePointer<Float>,
-                         rows T: Int, dim D: Int) {
-    gk_gate_residual(x, y, gate, T, D)
+/// Floats of scratch that `attention` needs for these shapes and `workers` threads.
+public func attentionScratchCount(batch N: Int, tokens T: Int, dim D: Int, heads NH: Int, workers: Int) -> Int {
+    gk_attention_scratch_floats(N, T, D, NH, Int32(max(1, workers)))
 }
-
-/// Query rows per attention tile: a (rows, T) block of scores stays in L2 (96 x 1024 floats = 384 KB
-/// of the 512 KB L2 measured on). Changing it changes output bits.
-public let attentionRowTile = 96
-
-/// Floats of scratch that the attention kernels need for `workers` threads over T tokens.
-public func attentionScratchCount(tokens T: Int, workers: Int) -> Int { max(1, workers) * attentionRowTile * (T + 1) }
 
 /// Multi-head self-attention over packed projections: qkv (N, T, 3D) laid out [q | k | v] per
 /// token, each (NH, HD) head-major within D (timm's layout); out: (N, T, D), heads concatenated.
 public func selfAttention(qkv: UnsafePointer<Float>, batch N: Int, tokens T: Int, dim D: Int, heads NH: Int,
-                          workers: Int, scores: Tensor, into out: UnsafeMutablePointer<Float>) {
+                          workers: Int, scratch: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
     attention(q: qkv, k: qkv + D, v: qkv + 2 * D, rowStride: 3 * D, batch: N, tokens: T, dim: D, heads: NH,
-              workers: workers, scores: scores, into: out)
+              workers: workers, scratch: scratch, into: out)
 }
 
-/// softmax(q kᵀ / sqrt(HD)) v for each (batch element, head). q, k, v: (N, T, D) views whose
-/// token rows are `rowStride` floats apart (D for separate tensors, 3D inside a packed qkv);
-/// scores: scratch of at least `attentionScratchCount(tokens:workers:)` floats; out: (N, T, D).
-///
-/// Work items are (n, head, tile of `attentionRowTile` query rows), spread over `workers` threads,
-/// each running single-threaded GEMMs: the products are thin (K = HD), which OpenBLAS splits across
-/// threads poorly, and a tile's scores stay in cache between the two products and the softmax.
-/// Every item writes its own rows and columns of `out`, and its arithmetic does not depend on the
-/// split, so the result is the same for every worker count.
+/// softmax(q kᵀ / sqrt(HD)) v for each (batch element, head), with an online softmax over blocks
+/// of keys (Sources/CGriditKernels/attention.c): no more than a tile of the T x T scores exists.
+/// q, k, v: (N, T, D) views whose token rows are `rowStride` floats apart (D for separate tensors,
+/// 3D inside a packed qkv); scratch: `attentionScratchCount` floats; out: (N, T, D).
+/// Work items are (n, head, tile of query rows) over `workers` threads; a row's arithmetic does not
+/// depend on the split, so the result is the same for every worker count and batch.
 public func attention(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, rowStride ld: Int,
-                      batch N: Int, tokens T: Int, dim D: Int, heads NH: Int, workers: Int, scores: Tensor,
-                      into out: UnsafeMutablePointer<Float>) {
+                      batch N: Int, tokens T: Int, dim D: Int, heads NH: Int, workers: Int,
+                      scratch: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
     precondition(D % NH == 0, "attention: dim \(D) not divisible by heads \(NH)")
-    precondition(scores.count >= attentionScratchCount(tokens: T, workers: workers),
-                 "attention: scratch of \(scores.count) floats, need \(attentionScratchCount(tokens: T, workers: workers))")
-    let HD = D / NH
-    let scale = 1 / Float(HD).squareRoot()
-    let tiles = (T + attentionRowTile - 1) / attentionRowTile
-    let scratch = scores.mutablePointer
-    BLAS.exclusive(threads: 1) {
-        parallelItems(N * NH * tiles, workers: workers) { item, worker in
-            let (n, h, tile) = (item / (NH * tiles), item / tiles % NH, item % tiles)
-            let s = scratch + worker * attentionRowTile * (T + 1)
-            let sums = s + attentionRowTile * T
-            let r0 = tile * attentionRowTile
-            let rows = min(attentionRowTile, T - r0)
-            let head = n * T * ld + h * HD
-            // scores (rows, T) = q[r0 ..< r0+rows] (rows, HD) · kᵀ
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(T), Int32(HD),
-                        1, q + head + r0 * ld, Int32(ld), k + head, Int32(ld), 0, s, Int32(T))
-            // Unnormalised softmax; its row sums divide the (rows, HD) output, not the (rows, T) scores.
-            gk_softmax_rows_unnormalized(s, rows, T, T, scale, sums)
-            // out[n, r0 ..< r0+rows, h*HD ..< (h+1)*HD] (rows, HD) = scores (rows, T) · v (T, HD)
-            let o = out + (n * T + r0) * D + h * HD
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(HD), Int32(T),
-                        1, s, Int32(T), v + head, Int32(ld), 0, o, Int32(D))
-            gk_divide_rows(o, sums, rows, HD, D)
-        }
-    }
+    gk_attention(q, k, v, ld, N, T, D, NH, out, D, scratch, Int32(max(1, workers)))
 }
 
 /// Patchify (im2col for a conv with kernel = stride = P): x (N, C, H, W) -> patches (N*T, C*P*P),

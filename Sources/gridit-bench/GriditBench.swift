@@ -1,4 +1,5 @@
 import ArgumentParser
+import CAllocCounter
 import Foundation
 import GriditCheckpoint
 import GriditModels
@@ -9,13 +10,44 @@ struct GriditBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gridit-bench",
         abstract: "Developer tool: run and time the DiT inference core.",
-        subcommands: [Forward.self, Speed.self, Memory.self]
+        subcommands: [Forward.self, Speed.self, VAE.self, Memory.self, Allocations.self]
     )
 }
 
 struct ThreadOptions: ParsableArguments {
-    @Option(help: "Worker threads of a forward pass (each runs single-threaded OpenBLAS products).")
+    @Option(help: "Worker threads of a forward pass.")
     var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+}
+
+struct PrecisionOptions: ParsableArguments {
+    @Option(help: "Precision of the matrix products: fp32 or bf16 (bf16 falls back to fp32 without AVX512_BF16).")
+    var precision: Precision = .fp32
+    @Flag(help: "Same as --precision bf16.") var bf16 = false
+
+    var requested: Precision { bf16 ? .bf16 : precision }
+}
+
+extension Precision: ExpressibleByArgument {}
+
+/// A DiT architecture from the command line: a preset, or explicit sizes.
+struct ArchitectureOptions: ParsableArguments {
+    @Option(help: "Preset: \(DiTConfiguration.presetNames.joined(separator: ", ")).") var model = "DiT-XL/2"
+    @Option(help: "Explicit architecture DEPTH,HIDDEN,HEADS,PATCH instead of a preset (e.g. 6,192,3,4).")
+    var arch: String?
+    @Option(help: "Latent (input) size.") var inputSize = 64
+    @Option(help: "Input channels.") var inChannels = 4
+
+    var name: String { arch.map { "DiT(\($0))" } ?? model }
+
+    func configuration() throws -> DiTConfiguration {
+        guard let arch else { return try DiTConfiguration.preset(model, inputSize: inputSize, inChannels: inChannels) }
+        let v = arch.split(separator: ",").compactMap { Int($0) }
+        guard v.count == 4 else { throw ValidationError("--arch wants DEPTH,HIDDEN,HEADS,PATCH, got '\(arch)'") }
+        let c = DiTConfiguration(depth: v[0], hiddenSize: v[1], numHeads: v[2], patchSize: v[3], inputSize: inputSize,
+                                 inChannels: inChannels)
+        try c.validate()
+        return c
+    }
 }
 
 extension GriditBench {
@@ -63,42 +95,147 @@ extension GriditBench {
 
     struct Speed: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Time forward passes of a preset with random weights; prints the median and GFLOP/s.")
+            abstract: "Time forward passes of a DiT with random weights; prints the median and GFLOP/s.")
 
-        @Option(help: "Preset: \(DiTConfiguration.presetNames.joined(separator: ", ")).") var model = "DiT-XL/2"
-        @Option(help: "Latent (input) size.") var inputSize = 64
+        @OptionGroup var architecture: ArchitectureOptions
         @Option(help: "Batch size.") var batch = 1
-        @Option(name: .customLong("repeat"), help: "Timed forwards (after one warm-up).") var repetitions = 5
+        @Option(name: .customLong("repeat"), help: "Timed forwards.") var repetitions = 5
+        @Option(help: "Untimed forwards first.") var warmup = 1
+        @Flag(help: "With bf16: also run the fp32 model on the same input and report the relative error.")
+        var compareFp32 = false
         @Flag(help: "Print one JSON line instead of text.") var json = false
         @OptionGroup var threads: ThreadOptions
+        @OptionGroup var precision: PrecisionOptions
 
         func run() throws {
-            let config = try DiTConfiguration.preset(model, inputSize: inputSize)
-            let dit = try DiT(config: config, source: RandomWeights.source(for: config, seed: 1))
-            let ws = DiTWorkspace(config: config, batch: batch, workers: threads.threads)
-            let x = RandomWeights.tensor([batch, config.inChannels, inputSize, inputSize], seed: 2, std: 1)
+            let config = try architecture.configuration()
+            let source = RandomWeights.source(for: config, seed: 1)
+            let dit = try DiT(config: config, source: source, precision: precision.requested)
+            let ws = dit.makeWorkspace(batch: batch, workers: threads.threads)
+            let x = RandomWeights.tensor([batch, config.inChannels, config.inputSize, config.inputSize], seed: 2, std: 1)
             let t = (0..<batch).map { Float(($0 * 137 + 500) % 1000) }
-            var times: [Double] = []
-            for i in 0...max(1, repetitions) {
-                let start = DispatchTime.now()
+            var times: [Double] = [], cpu: [Double] = []
+            for i in 0..<(max(0, warmup) + max(1, repetitions)) {
+                let (start, cpu0) = (DispatchTime.now(), processCPUSeconds())
                 try dit.forward(x: x, t: t, workspace: ws)
                 let ms = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e6
-                if i > 0 { times.append(ms) }  // the first pass is a warm-up
+                if i >= warmup {
+                    times.append(ms)
+                    cpu.append((processCPUSeconds() - cpu0) * 1e3)
+                }
             }
             let median = times.sorted()[times.count / 2]
             let gflops = config.flopsPerForward(batch: batch) / (median * 1e6)
+            var record: [String: Any] = [
+                "impl": "gridit", "model": architecture.name, "input_size": config.inputSize, "batch": batch,
+                "threads": threads.threads, "precision": dit.precision.rawValue, "backend": "\(dit.backend)",
+                "times_ms": times, "median_ms": median, "gflops": gflops, "cpu_ms": cpu.sorted()[cpu.count / 2],
+            ]
+            if compareFp32 && dit.precision != .fp32 {
+                let low = ws.output.copy()
+                let reference = try DiT(config: config, source: source, precision: .fp32)
+                let refWorkspace = reference.makeWorkspace(batch: batch, workers: threads.threads)
+                let high = try reference.forward(x: x, t: t, workspace: refWorkspace)
+                let error = relativeError(low.toArray(), high.toArray())
+                record["rel_error_vs_fp32"] = error.l2
+                record["max_abs_error_vs_fp32"] = error.maxAbs
+            }
             if json {
-                let record: [String: Any] = [
-                    "impl": "gridit", "model": model, "input_size": inputSize, "batch": batch,
-                    "threads": threads.threads, "precision": "fp32", "times_ms": times, "median_ms": median,
-                    "gflops": gflops,
-                ]
                 let data = try JSONSerialization.data(withJSONObject: record, options: [.sortedKeys])
                 print(String(decoding: data, as: UTF8.self))
             } else {
-                print(String(format: "%@ input %d batch %d threads %d: median %.1f ms over %d, %.1f GFLOP/s",
-                             model, inputSize, batch, threads.threads, median, times.count, gflops))
+                print(String(format: "%@ input %d batch %d threads %d %@ (%@): median %.1f ms over %d, %.1f GFLOP/s "
+                             + "(CPU time of all threads %.1f ms)",
+                             architecture.name, config.inputSize, batch, threads.threads, dit.precision.rawValue,
+                             "\(dit.backend)", median, times.count, gflops, cpu.sorted()[cpu.count / 2]))
+                if let e = record["rel_error_vs_fp32"] as? Double {
+                    print(String(format: "bf16 vs fp32: relative error %.3e (L2), max |diff| %.3e", e,
+                                 record["max_abs_error_vs_fp32"] as? Double ?? 0))
+                }
             }
+        }
+    }
+
+    struct VAE: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Time the SD VAE (random weights) decoding or encoding an image; reports peak memory.")
+
+        @Option(help: "Image size in pixels (latent size = size / 8).") var size = 256
+        @Option(help: "Batch size.") var batch = 1
+        @Flag(help: "Time the encoder instead of the decoder.") var encode = false
+        @Option(name: .customLong("repeat"), help: "Timed passes.") var repetitions = 5
+        @Option(help: "Untimed passes first.") var warmup = 1
+        @Option(help: "Tile size in pixels (0: never tile; default: diffusers' 512).") var tile: Int?
+        @Flag(help: "Print one JSON line instead of text.") var json = false
+        @OptionGroup var threads: ThreadOptions
+        @OptionGroup var precision: PrecisionOptions
+
+        func run() throws {
+            let config = AutoencoderKLConfiguration.stableDiffusion
+            var vae = try AutoencoderKL(config: config, source: RandomWeights.vaeSource(for: config, seed: 3),
+                                        precision: precision.requested)
+            if let tile { vae.tiling = tile > 0 ? VAETiling(tile: tile) : nil }
+            let f = config.downsampleFactor
+            let input = encode
+                ? RandomWeights.tensor([batch, config.inChannels, size, size], seed: 4, std: 0.5)
+                : RandomWeights.tensor([batch, config.latentChannels, size / f, size / f], seed: 4, std: 1)
+            let before = residentBytes()
+            var times: [Double] = []
+            for i in 0..<(max(0, warmup) + max(1, repetitions)) {
+                let start = DispatchTime.now()
+                if encode {
+                    _ = try vae.encode(input, threads: threads.threads)
+                } else {
+                    _ = try vae.decode(input, threads: threads.threads)
+                }
+                let ms = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e6
+                if i >= warmup { times.append(ms) }
+            }
+            let median = times.sorted()[times.count / 2]
+            let peak = peakResidentBytes()
+            let record: [String: Any] = [
+                "impl": "gridit", "model": encode ? "vae-encode" : "vae-decode", "input_size": size, "batch": batch,
+                "threads": threads.threads, "precision": vae.precision.rawValue, "times_ms": times, "median_ms": median,
+                "resident_before_mb": Double(before) / 1e6, "peak_resident_mb": Double(peak) / 1e6,
+                "tile": vae.tiling?.tile ?? 0,
+            ]
+            if json {
+                let data = try JSONSerialization.data(withJSONObject: record, options: [.sortedKeys])
+                print(String(decoding: data, as: UTF8.self))
+            } else {
+                print(String(format: "VAE %@ %dx%d batch %d threads %d %@ tile %d: median %.1f ms over %d; "
+                             + "resident %.0f MB after loading, peak %.0f MB",
+                             encode ? "encode" : "decode", size, size, batch, threads.threads, vae.precision.rawValue,
+                             vae.tiling?.tile ?? 0, median, times.count, Double(before) / 1e6, Double(peak) / 1e6))
+            }
+        }
+    }
+
+    struct Allocations: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "allocations",
+            abstract: "Count heap allocations during DiT forward passes (after a first pass); expect 0.")
+
+        @OptionGroup var architecture: ArchitectureOptions
+        @Option(help: "Batch size.") var batch = 1
+        @Option(name: .customLong("repeat"), help: "Counted forwards.") var repetitions = 3
+        @OptionGroup var threads: ThreadOptions
+        @OptionGroup var precision: PrecisionOptions
+
+        func run() throws {
+            let config = try architecture.configuration()
+            let source = RandomWeights.source(for: config, seed: 1)
+            let dit = try DiT(config: config, source: source, precision: precision.requested)
+            let ws = dit.makeWorkspace(batch: batch, workers: threads.threads)
+            let x = RandomWeights.tensor([batch, config.inChannels, config.inputSize, config.inputSize], seed: 2, std: 1)
+            let t = [Float](repeating: 500, count: batch)
+            try dit.forward(x: x, t: t, workspace: ws)  // first pass: thread pool start-up
+            alloc_counter_start()
+            for _ in 0..<repetitions { try dit.forward(x: x, t: t, workspace: ws) }
+            let count = alloc_counter_stop()
+            print("\(architecture.name) batch \(batch) threads \(threads.threads) \(dit.precision): "
+                  + "\(count) heap allocations in \(repetitions) forward passes")
+            if count > 0 { throw ExitCode.failure }
         }
     }
 
@@ -113,6 +250,7 @@ extension GriditBench {
         @Flag(help: "Write a random F32 checkpoint of --model to --checkpoint first.") var create = false
         @Flag(help: "Then run one forward pass (batch 1) and report resident memory again.") var forward = false
         @OptionGroup var threads: ThreadOptions
+        @OptionGroup var precision: PrecisionOptions
 
         func run() throws {
             let cfg: DiTConfiguration
@@ -125,13 +263,14 @@ extension GriditBench {
             }
             let before = residentBytes()
             let file = try SafetensorsFile(path: checkpoint)
-            let dit = try DiT(config: cfg, source: file)
+            let dit = try DiT(config: cfg, source: file, precision: precision.requested)
             let after = residentBytes()
             let size = (try? FileManager.default.attributesOfItem(atPath: checkpoint)[.size] as? Int) ?? 0
-            print(String(format: "checkpoint %.2f GB mapped, %d blocks bound; resident before %.1f MB, after %.1f MB",
-                         Double(size) / 1e9, dit.weights.blocks.count, Double(before) / 1e6, Double(after) / 1e6))
+            print(String(format: "checkpoint %.2f GB mapped, %d blocks bound (%@); resident before %.1f MB, after %.1f MB",
+                         Double(size) / 1e9, dit.weights.blocks.count, dit.precision.rawValue, Double(before) / 1e6,
+                         Double(after) / 1e6))
             guard forward else { return }
-            let ws = DiTWorkspace(config: cfg, batch: 1, workers: threads.threads)
+            let ws = dit.makeWorkspace(batch: 1, workers: threads.threads)
             let x = RandomWeights.tensor([1, cfg.inChannels, cfg.inputSize, cfg.inputSize], seed: 2, std: 1)
             try dit.forward(x: x, t: [500], workspace: ws)
             print(String(format: "after one forward: resident %.1f MB (weights are file-backed pages of the mapping), "
@@ -141,11 +280,35 @@ extension GriditBench {
 }
 
 /// Resident set size of this process (VmRSS), in bytes.
-func residentBytes() -> Int {
+func residentBytes() -> Int { statusBytes("VmRSS:") }
+
+/// Peak resident set size of this process (VmHWM), in bytes.
+func peakResidentBytes() -> Int { statusBytes("VmHWM:") }
+
+private func statusBytes(_ field: String) -> Int {
     guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
-    for line in status.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+    for line in status.split(separator: "\n") where line.hasPrefix(field) {
         let kb = line.split(separator: " ").compactMap { Int($0) }.first ?? 0
         return kb * 1024
     }
     return 0
+}
+
+/// CPU time used by all threads of this process, in seconds (includes the pool's brief spinning).
+func processCPUSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
+
+/// ‖a − b‖₂ / ‖b‖₂ and max |a − b|.
+func relativeError(_ a: [Float], _ b: [Float]) -> (l2: Double, maxAbs: Double) {
+    var num = 0.0, den = 0.0, worst = 0.0
+    for (x, y) in zip(a, b) {
+        let d = Double(x) - Double(y)
+        num += d * d
+        den += Double(y) * Double(y)
+        worst = max(worst, abs(d))
+    }
+    return ((num / max(den, .leastNormalMagnitude)).squareRoot(), worst)
 }

@@ -40,6 +40,19 @@ enum RandomWeights {
         return d
     }
 
+    /// Random weights of a VAE: norms' weights near 1, biases small, convolutions 1/sqrt(fan-in).
+    static func vaeSource(for config: AutoencoderKLConfiguration, seed: UInt64) -> TensorDictionary {
+        var d = TensorDictionary()
+        for (i, b) in AutoencoderKLWeights.table(config).enumerated() {
+            let t = tensor(b.shape, seed: seed &+ UInt64(i), std: std(for: b.shape))
+            if b.shape.count == 1 && b.key.contains("norm") && b.key.hasSuffix(".weight") {
+                for j in 0..<t.count { t.mutablePointer[j] += 1 }
+            }
+            d.tensors[b.key] = t
+        }
+        return d
+    }
+
     /// Streams a random F32 checkpoint to disk tensor by tensor (an XL/2 file is about 2.7 GB).
     static func writeCheckpoint(for config: DiTConfiguration, to path: String, seed: UInt64) throws {
         let table = DiTWeights.table(config).filter { !$0.optional }

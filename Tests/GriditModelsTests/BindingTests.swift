@@ -119,3 +119,12 @@ func fullSource(_ c: DiTConfiguration) -> TensorDictionary {
     #expect(throws: ModelError.self) { try bad.validate() }
     #expect(throws: ModelError.self) { try DiTConfiguration.load(path: "/nonexistent/config.json") }
 }
+
+@Test func parameterCountIsTheTablesSize() throws {
+    for c in [tinyConfig(), tinyConfig(numClasses: 5, conditionChannels: 2), try DiTConfiguration.preset("DiT-XL/2", inputSize: 64)] {
+        #expect(c.parameterCount == DiTWeights.table(c).reduce(0) { $0 + $1.shape.reduce(1, *) })
+    }
+    // DiT-XL/2 is larger than the fp32 packing limit (its weights stay in place); DiT-B/2 is not.
+    #expect(try DiTConfiguration.preset("DiT-XL/2", inputSize: 64).parameterCount * 4 > DiT.packFP32Limit)
+    #expect(try DiTConfiguration.preset("DiT-B/2", inputSize: 32).parameterCount * 4 <= DiT.packFP32Limit)
+}

@@ -95,36 +95,6 @@ func loadVAEFixture() throws -> AutoencoderKL {
     }
 }
 
-@Test func vaeConvolutionMatchesNaive() {
-    // conv2d against a direct loop on random data: stride 1, stride 2 with the asymmetric
-    // downsample padding, and row tiling (a column budget of 1 gives one output row per tile).
-    var rng = SystemRandomNumberGenerator()
-    let (N, Cin, H, W, Cout) = (2, 3, 7, 6, 5)
-    let x = Tensor((0..<(N * Cin * H * W)).map { _ in Float.random(in: -1...1, using: &rng) }, shape: [N, Cin, H, W])
-    let w = Tensor((0..<(Cout * Cin * 9)).map { _ in Float.random(in: -1...1, using: &rng) }, shape: [Cout, Cin, 3, 3])
-    let b = Tensor((0..<Cout).map { _ in Float.random(in: -1...1, using: &rng) }, shape: [Cout])
-    for (stride, pad) in [(1, ConvPadding.same(1)), (2, ConvPadding.downsample), (2, ConvPadding.same(1))] {
-        let out = conv2d(x, weight: w, bias: b, stride: stride, padding: pad)
-        let (Ho, Wo) = (out.shape[2], out.shape[3])
-        let tiled = Tensor(zeros: out.shape)
-        conv2d(x, weight: w, bias: b, stride: stride, padding: pad, into: tiled, columnBudget: 1)
-        var maxd: Float = 0
-        for n in 0..<N { for co in 0..<Cout { for oy in 0..<Ho { for ox in 0..<Wo {
-            var s = Double(b.pointer[co])
-            for ci in 0..<Cin { for ki in 0..<3 { for kj in 0..<3 {
-                let iy = oy * stride + ki - pad.top, ix = ox * stride + kj - pad.left
-                if iy >= 0 && iy < H && ix >= 0 && ix < W {
-                    s += Double(x.pointer[((n * Cin + ci) * H + iy) * W + ix]) * Double(w.pointer[((co * Cin + ci) * 3 + ki) * 3 + kj])
-                }
-            } } }
-            let i = ((n * Cout + co) * Ho + oy) * Wo + ox
-            maxd = max(maxd, abs(Float(s) - out.pointer[i]), abs(Float(s) - tiled.pointer[i]))
-        } } } }
-        print("conv2d stride \(stride) \(pad): max |diff| vs naive (untiled and tiled) = \(maxd)")
-        #expect(maxd <= 1e-5)
-    }
-}
-
 @Test func vaeConfigReadsDiffusersFields() throws {
     let json = """
     {"_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [128, 256, 512, 512],
@@ -134,4 +104,62 @@ func loadVAEFixture() throws -> AutoencoderKL {
     let c = try JSONDecoder().decode(AutoencoderKLConfiguration.self, from: Data(json.utf8))
     #expect(c == .stableDiffusion)
     #expect(c.downsampleFactor == 8)
+}
+
+/// ‖a − b‖₂ / ‖b‖₂.
+func relativeL2(_ a: Tensor, _ b: Tensor) -> Double {
+    let (x, y) = (a.toArray(), b.toArray())
+    let num = zip(x, y).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }
+    return (num / y.reduce(0.0) { $0 + Double($1) * Double($1) }).squareRoot()
+}
+
+@Test func tiledDecodeAndEncodeMatchDiffusers() throws {
+    // diffusers' own tiled_decode / tiled_encode of the fixture VAE with 32-pixel tiles and overlap
+    // factor 0.25 (tools/reference/make_vae_tiling_fixtures.py, float64): 4 x 4 tiles for the
+    // decode, 3 x 3 for the encode, with diffusers' blending and cropping.
+    var vae = try loadVAEFixture()
+    vae.tiling = VAETiling(tile: 32, overlap: 0.25)
+    let latent = try NPYArray(path: fixture("vae.tiled_latent.npy")).floatTensor()
+    let decoded = try vae.decode(latent, threads: 2)
+    #expect(maxAbsDiff(decoded, try NPYArray(path: fixture("vae.tiled_decoded.npy")).floatTensor(), "tiled decode") <= vaeTolerance)
+    let image = try NPYArray(path: fixture("vae.tiled_image.npy")).floatTensor()
+    let (mean, logvar) = try vae.encode(image, threads: 2)
+    #expect(maxAbsDiff(mean, try NPYArray(path: fixture("vae.tiled_mean.npy")).floatTensor(), "tiled encode mean") <= vaeTolerance)
+    #expect(maxAbsDiff(logvar, try NPYArray(path: fixture("vae.tiled_logvar.npy")).floatTensor(), "tiled encode logvar")
+        <= vaeTolerance)
+    // Tiles only see their part of the image, so tiled and untiled differ (by design, as in diffusers).
+    vae.tiling = nil
+    print("tiled vs untiled decode: relative L2 \(relativeL2(decoded, try vae.decode(latent, threads: 2)))")
+}
+
+@Test func tilingThatCoversTheImageIsExact() throws {
+    // A tile as large as the image: one tile, identical to untiled.
+    var vae = try loadVAEFixture()
+    let latent = try NPYArray(path: fixture("vae.latent.npy")).floatTensor()
+    vae.tiling = nil
+    let whole = try vae.decode(latent, threads: 2).toArray().map(\.bitPattern)
+    vae.tiling = VAETiling(tile: 4 * max(latent.shape[2], latent.shape[3]))
+    #expect(try vae.decode(latent, threads: 2).toArray().map(\.bitPattern) == whole)
+}
+
+@Test func vaeRejectsBadTiling() throws {
+    var vae = try loadVAEFixture()
+    vae.tiling = VAETiling(tile: 6)  // not a multiple of f = 4
+    #expect(throws: ModelError.self) { try vae.decode(Tensor(zeros: [1, 4, 8, 8]), threads: 1) }
+}
+
+@Test func vaeBF16IsCloseToFP32() throws {
+    guard KernelBackend.current.hasBF16 else { return }
+    let config = try AutoencoderKLConfiguration.load(path: fixture("vae.config.json"))
+    let file = try SafetensorsFile(path: fixture("vae.safetensors"))
+    let low = try AutoencoderKL(config: config, source: file, precision: .bf16)
+    #expect(low.precision == .bf16)
+    let latent = try NPYArray(path: fixture("vae.latent.npy")).floatTensor()
+    let want = try NPYArray(path: fixture("vae.decoded.npy")).floatTensor()
+    let rel = relativeL2(try low.decode(latent, threads: 2), want)
+    print("bf16 VAE decode vs float64 reference: relative L2 \(rel)")
+    #expect(rel <= 2e-2)
+    let a = try low.decode(latent, threads: 1).toArray().map(\.bitPattern)
+    let b = try low.decode(latent, threads: 3).toArray().map(\.bitPattern)
+    #expect(a == b, "bf16 decode differs between 1 and 3 threads")
 }

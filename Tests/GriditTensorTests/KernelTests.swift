@@ -16,30 +16,44 @@ func linearMatchesNaive(shape: (Int, Int, Int)) {
     #expect(maxAbsDiff(y0.toArray(), Naive.linear(x, w, nil, M: M, N: N, K: K), "linear no bias \(shape)") <= 1e-5)
 }
 
-@Test(arguments: [(1, 4), (5, 12), (17, 1152), (3, 37)])
-func layerNormModulateMatchesNaive(shape: (Int, Int)) {
-    let (T, D) = shape
-    let x = testValues(T * D, seed: 4, scale: 3).map { $0 + 0.5 }
-    let shift = testValues(D, seed: 5), scale = testValues(D, seed: 6)
-    let out = Tensor(zeros: [T, D])
-    x.withUnsafeBufferPointer { xp in
-        layerNormModulate(xp.baseAddress!, rows: T, dim: D, shift: shift, scale: scale, into: out.mutablePointer)
+/// The DiT's row passes over a batch: N samples of T rows, each with its own modulation vectors at
+/// offsets of a (N, W) mod matrix; with and without the gated residual.
+@Test(arguments: [(1, 1, 4), (2, 70, 12), (3, 5, 1152), (2, 130, 37)])
+func modulatedNormRowsMatchNaive(shape: (Int, Int, Int)) {
+    let (N, T, D) = shape
+    let W = 5 * D + 3  // gate at 1, shift at D + 2, scale at 3D + 3 (offsets not multiples of anything)
+    let (gate, shift, scale) = (1, D + 2, 3 * D + 3)
+    let x = testValues(N * T * D, seed: 4, scale: 3).map { $0 + 0.5 }, y = testValues(N * T * D, seed: 24)
+    let mod = testValues(N * W, seed: 5)
+    for withResidual in [false, true] {
+        let xs = Tensor(x, shape: [N, T, D]), h = Tensor(zeros: [N, T, D])
+        y.withUnsafeBufferPointer { yp in
+            modulatedNormRows(xs.mutablePointer, residual: withResidual ? yp.baseAddress : nil, batch: N, tokens: T,
+                              dim: D, mod: mod, modStride: W, gate: gate, shift: shift, scale: scale, workers: 2,
+                              into: h.mutablePointer)
+        }
+        var refX: [Float] = [], refH: [Float] = []
+        for n in 0..<N {
+            let rows = Array(x[(n * T * D)..<((n + 1) * T * D)])
+            let m = Array(mod[(n * W)..<((n + 1) * W)])
+            let g = Array(m[gate..<(gate + D)]), sh = Array(m[shift..<(shift + D)]), sc = Array(m[scale..<(scale + D)])
+            let xr = withResidual ? Naive.gateResidual(rows, Array(y[(n * T * D)..<((n + 1) * T * D)]), g, D: D) : rows
+            refX += xr
+            refH += Naive.layerNormModulate(xr, T: T, D: D, eps: 1e-6, shift: sh, scale: sc)
+        }
+        #expect(maxAbsDiff(xs.toArray(), refX, "residual \(shape)") <= 1e-6)
+        #expect(maxAbsDiff(h.toArray(), refH, "modulated norm \(shape) residual \(withResidual)") <= 1e-5)
     }
-    let ref = Naive.layerNormModulate(x, T: T, D: D, eps: 1e-6, shift: shift, scale: scale)
-    #expect(maxAbsDiff(out.toArray(), ref, "layerNormModulate \(shape)") <= 1e-5)
-    x.withUnsafeBufferPointer { xp in
-        layerNormModulate(xp.baseAddress!, rows: T, dim: D, shift: nil, scale: nil, into: out.mutablePointer)
-    }
-    let plain = Naive.layerNormModulate(x, T: T, D: D, eps: 1e-6, shift: nil, scale: nil)
-    #expect(maxAbsDiff(out.toArray(), plain, "layerNorm \(shape)") <= 1e-5)
 }
 
-@Test func layerNormOfConstantRowIsZero() {
+@Test func layerNormOfConstantRowIsTheShift() {
     // Variance 0: the eps keeps it finite, and the result is exactly the shift.
-    let x = [Float](repeating: 7, count: 9), shift = testValues(9, seed: 1), scale = testValues(9, seed: 2)
-    let out = Tensor(zeros: [1, 9])
-    layerNormModulate(x, rows: 1, dim: 9, shift: shift, scale: scale, into: out.mutablePointer)
-    #expect(out.toArray() == shift)
+    let D = 9
+    let x = [Float](repeating: 7, count: D), mod = testValues(2 * D, seed: 1)
+    let xs = Tensor(x, shape: [1, 1, D]), h = Tensor(zeros: [1, 1, D])
+    modulatedNormRows(xs.mutablePointer, residual: nil, batch: 1, tokens: 1, dim: D, mod: mod, modStride: 2 * D,
+                      shift: 0, scale: D, workers: 1, into: h.mutablePointer)
+    #expect(h.toArray() == Array(mod[0..<D]))
 }
 
 @Test func geluAndSiluMatchNaive() {
@@ -57,44 +71,43 @@ func layerNormModulateMatchesNaive(shape: (Int, Int)) {
     #expect(sRel <= 1e-6)
 }
 
-@Test(arguments: [(1, 1), (3, 19), (7, 1152)])
-func gateResidualMatchesNaive(shape: (Int, Int)) {
-    let (T, D) = shape
-    let x = testValues(T * D, seed: 17), y = testValues(T * D, seed: 18), gate = testValues(D, seed: 19)
-    let out = Tensor(x, shape: [T, D])
-    gateResidual(out.mutablePointer, y, gate: gate, rows: T, dim: D)
-    #expect(maxAbsDiff(out.toArray(), Naive.gateResidual(x, y, gate, D: D), "gateResidual \(shape)") <= 1e-6)
-}
-
-@Test(arguments: [(1, 1), (3, 7), (5, 257), (2, 1024)])
-func softmaxMatchesNaive(shape: (Int, Int)) {
-    let (rows, cols) = shape
-    let x = testValues(rows * cols, seed: 8, scale: 20)
-    let t = Tensor(x, shape: [rows, cols])
-    softmaxRows(t.mutablePointer, rows: rows, cols: cols, scale: 0.3)
-    #expect(maxAbsDiff(t.toArray(), Naive.softmaxRows(x, rows: rows, cols: cols, scale: 0.3), "softmax \(shape)") <= 1e-6)
-}
-
 @Test(arguments: [(1, 5, 12, 3, 1), (2, 17, 40, 4, 2), (3, 9, 24, 2, 4), (1, 33, 72, 1, 3), (1, 150, 16, 2, 2)])
 func attentionMatchesNaive(shape: (Int, Int, Int, Int, Int)) {
     let (N, T, D, NH, workers) = shape
     let qkv = testValues(N * T * 3 * D, seed: 9, scale: 2)
-    let out = Tensor(zeros: [N, T, D]), scores = Tensor(zeros: [attentionScratchCount(tokens: T, workers: workers)])
+    let out = runAttention(qkv, N: N, T: T, D: D, NH: NH, workers: workers)
+    #expect(maxAbsDiff(out, Naive.attention(qkv, N: N, T: T, D: D, NH: NH), "attention \(shape)") <= 1e-5)
+}
+
+func runAttention(_ qkv: [Float], N: Int, T: Int, D: Int, NH: Int, workers: Int) -> [Float] {
+    let out = Tensor(zeros: [N, T, D])
+    let scratch = Tensor(zeros: [attentionScratchCount(batch: N, tokens: T, dim: D, heads: NH, workers: workers)])
     selfAttention(qkv: qkv, batch: N, tokens: T, dim: D, heads: NH, workers: workers,
-                  scores: scores, into: out.mutablePointer)
-    #expect(maxAbsDiff(out.toArray(), Naive.attention(qkv, N: N, T: T, D: D, NH: NH), "attention \(shape)") <= 1e-5)
+                  scratch: scratch.mutablePointer, into: out.mutablePointer)
+    return out.toArray()
+}
+
+@Test func attentionOfLongSequencesMatchesNaive() {
+    // Several key blocks (online softmax across blocks), a partial last block and a partial last
+    // query tile; large scores so the running maximum changes between blocks.
+    let (N, T, D, NH) = (1, 150, 32, 2)
+    let qkv = testValues(N * T * 3 * D, seed: 21, scale: 3)
+    let out = runAttention(qkv, N: N, T: T, D: D, NH: NH, workers: 2)
+    #expect(maxAbsDiff(out, Naive.attention(qkv, N: N, T: T, D: D, NH: NH), "attention T=150") <= 1e-5)
+}
+
+@Test func attentionOfASampleIsTheSameInAnyBatch() {
+    let (T, D, NH) = (70, 24, 3)
+    let qkv = testValues(3 * T * 3 * D, seed: 22)
+    let batch = runAttention(qkv, N: 3, T: T, D: D, NH: NH, workers: 2)
+    let second = runAttention(Array(qkv[(T * 3 * D)..<(2 * T * 3 * D)]), N: 1, T: T, D: D, NH: NH, workers: 1)
+    #expect(Array(batch[(T * D)..<(2 * T * D)]).map(\.bitPattern) == second.map(\.bitPattern))
 }
 
 @Test func attentionIsIdenticalForEveryWorkerCount() {
     let (N, T, D, NH) = (2, 19, 24, 3)
     let qkv = testValues(N * T * 3 * D, seed: 10)
-    var results: [[Float]] = []
-    for workers in [1, 2, 5] {
-        let out = Tensor(zeros: [N, T, D]), scores = Tensor(zeros: [attentionScratchCount(tokens: T, workers: workers)])
-        selfAttention(qkv: qkv, batch: N, tokens: T, dim: D, heads: NH, workers: workers,
-                      scores: scores, into: out.mutablePointer)
-        results.append(out.toArray())
-    }
+    let results = [1, 2, 5].map { runAttention(qkv, N: N, T: T, D: D, NH: NH, workers: $0) }
     #expect(results[0] == results[1] && results[1] == results[2])
 }
 

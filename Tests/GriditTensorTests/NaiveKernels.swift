@@ -18,6 +18,35 @@ enum Naive {
         return y
     }
 
+    /// The value bf16 keeps of x: round to nearest even on the 16 high bits.
+    static func bf16(_ x: Float) -> Float {
+        let u = x.bitPattern
+        let rounded = (u &+ 0x7FFF &+ ((u >> 16) & 1)) & 0xFFFF_0000
+        return Float(bitPattern: rounded)
+    }
+
+    /// Group norm of (N, C, plane) in double, optionally followed by SiLU.
+    static func groupNorm(_ x: [Float], N: Int, C: Int, plane: Int, groups G: Int, weight: [Float], bias: [Float],
+                          eps: Double, silu: Bool) -> [Float] {
+        var out = x
+        let per = C / G
+        for n in 0..<N {
+            for g in 0..<G {
+                let range = ((n * C + g * per) * plane)..<((n * C + (g + 1) * per) * plane)
+                let v = range.map { Double(x[$0]) }
+                let mean = v.reduce(0, +) / Double(v.count)
+                let variance = v.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(v.count)
+                for i in range {
+                    let c = i / plane % C
+                    var y = (Double(x[i]) - mean) / (variance + eps).squareRoot() * Double(weight[c]) + Double(bias[c])
+                    if silu { y = y / (1 + exp(-y)) }
+                    out[i] = Float(y)
+                }
+            }
+        }
+        return out
+    }
+
     /// x[t, d] + gate[d] * y[t, d]
     static func gateResidual(_ x: [Float], _ y: [Float], _ gate: [Float], D: Int) -> [Float] {
         (0..<x.count).map { Float(Double(x[$0]) + Double(gate[$0 % D]) * Double(y[$0])) }
@@ -46,18 +75,6 @@ enum Naive {
     }
 
     static func silu(_ x: [Float]) -> [Float] { x.map { Float(Double($0) / (1 + exp(-Double($0)))) } }
-
-    static func softmaxRows(_ x: [Float], rows: Int, cols: Int, scale: Double) -> [Float] {
-        var out = x
-        for r in 0..<rows {
-            let row = (0..<cols).map { Double(x[r * cols + $0]) * scale }
-            let m = row.max()!
-            let e = row.map { exp($0 - m) }
-            let s = e.reduce(0, +)
-            for c in 0..<cols { out[r * cols + c] = Float(e[c] / s) }
-        }
-        return out
-    }
 
     /// qkv (N, T, 3D) -> (N, T, D), per head softmax(q kᵀ/sqrt(HD)) v.
     static func attention(_ qkv: [Float], N: Int, T: Int, D: Int, NH: Int) -> [Float] {

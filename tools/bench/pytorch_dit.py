@@ -24,14 +24,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference"))
 import torch  # noqa: E402
-from dit_reference import (PRESET_NAMES, DiT, flops_per_forward, init_random_, preset,  # noqa: E402
-                           sincos_2d)
+from dit_reference import (PRESET_NAMES, DiT, DiTConfig, flops_per_forward, init_random_,  # noqa: E402
+                           preset, sincos_2d)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description="PyTorch DiT forward benchmark (CPU)")
     ap.add_argument("--model", default="DiT-XL/2", choices=PRESET_NAMES)
+    ap.add_argument("--arch", help="DEPTH,HIDDEN,HEADS,PATCH instead of a preset (e.g. 6,192,3,4)")
     ap.add_argument("--input-size", type=int, default=64, help="latent size (image / 8)")
+    ap.add_argument("--in-channels", type=int, default=4)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5, help="timed forwards")
@@ -43,7 +45,15 @@ def main() -> int:
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    cfg = preset(args.model, input_size=args.input_size)
+    if args.arch:
+        depth, hidden, heads, patch = (int(v) for v in args.arch.split(","))
+        cfg = DiTConfig(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=patch,
+                        input_size=args.input_size, in_channels=args.in_channels)
+        cfg.validate()
+        name = f"DiT({args.arch})"
+    else:
+        cfg = preset(args.model, input_size=args.input_size, in_channels=args.in_channels)
+        name = args.model
     gen = torch.Generator().manual_seed(args.seed)
     with torch.device("meta"):  # skip nn.Linear's default init (slow for XL); filled below
         model = DiT(cfg, attn_impl=args.attention)
@@ -78,7 +88,7 @@ def main() -> int:
     flops = flops_per_forward(cfg, n)
     result = {
         "impl": "pytorch",
-        "model": args.model,
+        "model": name,
         "input_size": args.input_size,
         "batch": n,
         "threads": args.threads,
@@ -90,7 +100,7 @@ def main() -> int:
     if args.json:
         print(json.dumps(result), flush=True)
     else:
-        print(f"{args.model} input {s} batch {n} threads {args.threads} {result['precision']}: "
+        print(f"{name} input {s} batch {n} threads {args.threads} {result['precision']}: "
               f"median {med:.1f} ms over {args.repeat} "
               f"({', '.join(f'{v:.1f}' for v in times)}), "
               f"{flops / 1e9:.2f} GFLOP/forward -> {result['gflops']:.2f} GFLOP/s")

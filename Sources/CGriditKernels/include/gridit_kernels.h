@@ -7,11 +7,7 @@
 #ifndef GRIDIT_KERNELS_H
 #define GRIDIT_KERNELS_H
 #include <stddef.h>
-
-/// out[t,:] = norm(x[t,:]) * (1 + scale) + shift, norm = layer norm without affine (eps).
-/// x, out: (T, D); shift, scale: (D) or both NULL for a plain layer norm. out may alias x.
-void gk_layernorm_modulate(float *out, const float *x, const float *shift, const float *scale,
-                           size_t T, size_t D, float eps);
+#include <stdint.h>
 
 /// x = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), in place, n elements.
 void gk_gelu_tanh(float *x, size_t n);
@@ -19,22 +15,107 @@ void gk_gelu_tanh(float *x, size_t n);
 /// out = x * sigmoid(x), n elements; out may alias x.
 void gk_silu(float *out, const float *x, size_t n);
 
-/// Each of the `rows` rows of x (row stride `ld`, `cols` used) becomes softmax(scale * row), in place.
-void gk_softmax_rows(float *x, size_t rows, size_t cols, size_t ld, float scale);
-
-/// Like gk_softmax_rows without the division: row becomes exp(scale * (row - max)), and
-/// sums[r] receives the row's sum, so the caller can normalise a smaller product instead.
-void gk_softmax_rows_unnormalized(float *x, size_t rows, size_t cols, size_t ld, float scale, float *sums);
-
-/// x[r, c] *= 1 / sums[r] for c < cols; x has row stride ld.
-void gk_divide_rows(float *x, const float *sums, size_t rows, size_t cols, size_t ld);
-
-/// x[t,:] += gate * y[t,:]; x, y: (T, D); gate: (D).
-void gk_gate_residual(float *x, const float *y, const float *gate, size_t T, size_t D);
-
 /// out[t,:] = row, for t < T; row: (D). Used to start a GEMM from its bias (beta = 1).
 void gk_fill_rows(float *out, const float *row, size_t T, size_t D);
 
 /// out[i] = exp(x[i]) with the same polynomial the other kernels use (tests compare with libm).
 void gk_exp(float *out, const float *x, size_t n);
+
+/// Group norm of one sample and group (PyTorch GroupNorm): x, out: (channels, plane) with `per`
+/// channels; statistics over all of them (float partial sums, combined in double), then
+/// out = (x - mean) * rstd * weight[c] + bias[c], then SiLU when `silu`. out may alias x.
+void gk_group_norm(const float *x, float *out, size_t per, size_t plane, const float *weight, const float *bias,
+                   float eps, int silu);
+
+/// The DiT's row passes over a batch on the thread pool: for sample n, with m = mod + n * mod_stride,
+/// y == NULL: out = norm(x) * (1 + m[scale..]) + m[shift..];
+/// else:      x += m[gate..] * y, then out = norm(x) * (1 + m[scale..]) + m[shift..]
+/// (the residual of one DiT sub-block fused with the norm of the next); norm = layer norm without
+/// affine (eps). x, y, out: (N, T, D); out may not alias x. Row results do not depend on the split.
+void gk_residual_layernorm_modulate_batch(float *x, const float *y, float *out, size_t N, size_t T, size_t D,
+                                          const float *mod, size_t mod_stride, size_t gate, size_t shift, size_t scale,
+                                          float eps, int workers);
+
+// MARK: CPU features (gemm.c)
+
+enum { GK_ISA_PORTABLE = 0, GK_ISA_AVX512 = 1, GK_ISA_AVX512BF16 = 2 };
+
+/// What this CPU runs: GK_ISA_AVX512 needs AVX-512 F/BW/VL/DQ, GK_ISA_AVX512BF16 also AVX512_BF16.
+int gk_isa(void);
+
+// MARK: thread pool (pool.c)
+
+typedef void (*gk_task_fn)(void *ctx, size_t task, int worker);
+
+/// Runs fn(ctx, t, worker) for t < tasks on up to `workers` threads (the caller included) and
+/// returns when all are done. worker < workers indexes per-thread scratch; the task-to-worker
+/// assignment is dynamic, so tasks must not depend on it. Nested or concurrent calls run serially.
+void gk_parallel_for(size_t tasks, int workers, gk_task_fn fn, void *ctx);
+
+// MARK: matrix products (gemm.c, AVX-512 only: callers check gk_isa() >= GK_ISA_AVX512)
+
+/// Geometry of a 2-D convolution whose im2col matrix is the B operand: column n is output position
+/// (n / Wo, n % Wo), k = (c, ki, kj) as in the flattened (Cout, C, KH, KW) weight. Zero padding.
+typedef struct gk_conv_geometry {
+    size_t C, H, W, KH, KW, stride, pad_top, pad_left, Ho, Wo;
+} gk_conv_geometry;
+
+/// C (M x N, ldc) = A (M x K) · Bᵀ (B: N x K) [+ C] [+ bias_n per column] [+ bias_m per row] [GELU].
+/// A: fp32 rows `a` (lda), or `a_packed` (gk_pack_a, same precision). B: fp32 rows `b` (ldb), or
+/// `b_packed` (gk_pack_b), or with `conv` set, `b` is one (C, H, W) image and B its im2col matrix.
+/// bf16: inputs rounded to bfloat16 (nearest even), products accumulated in fp32.
+typedef struct gk_gemm_args {
+    size_t M, N, K;
+    int bf16;
+    const float *a;
+    size_t lda;
+    const void *a_packed;
+    const float *b;
+    size_t ldb;
+    const void *b_packed;
+    const gk_conv_geometry *conv;
+    float *c;
+    size_t ldc;
+    const float *bias_n;
+    const float *bias_m;
+    int accumulate;
+    int gelu;
+} gk_gemm_args;
+
+/// Scratch bytes `gk_gemm` needs for these sizes and `workers` threads.
+size_t gk_gemm_scratch_bytes(size_t M, size_t K, int bf16, int a_packed, int workers);
+void gk_gemm(const gk_gemm_args *args, void *scratch, int workers);
+
+/// Pre-packed operands (done once, e.g. at model load). Return 0, or -1 when out of memory.
+size_t gk_packed_a_bytes(size_t M, size_t K, int bf16);
+int gk_pack_a(const float *a, size_t lda, size_t M, size_t K, int bf16, void *dst, int workers);
+size_t gk_packed_b_bytes(size_t N, size_t K, int bf16);
+int gk_pack_b(const float *b, size_t ldb, size_t N, size_t K, int bf16, void *dst, int workers);
+
+/// Products with few rows (per-sample vectors), several layers on the same x at once: for each
+/// segment, y[m * ldy + y_offset + n] = bias[n] + x[m, :] · w[n, :] for n < seg.n, m < M;
+/// w: fp32 (n, K) rows, or bf16 (n, K) rows (uint16 bit patterns). Each element is a fixed-order
+/// dot product (16 or 32 partial sums, then a fixed reduction), whatever M and the thread split.
+typedef struct gk_small_segment {
+    const void *w;
+    const float *bias;
+    size_t n;
+    size_t y_offset;
+} gk_small_segment;
+
+size_t gk_linear_small_scratch_bytes(size_t M, size_t K, int bf16);
+void gk_linear_small(const float *x, size_t ldx, size_t M, size_t K, int bf16, const gk_small_segment *segs,
+                     size_t nsegs, float *y, size_t ldy, void *scratch, int workers);
+
+// MARK: attention (attention.c)
+
+/// softmax(q kᵀ / sqrt(HD)) v per (sample, head), online softmax over blocks of keys. q, k, v:
+/// (N, T, D) views with token rows `ld` floats apart (3D inside a packed qkv); heads (NH, HD)
+/// head-major within D; out: (N, T, D) with rows `ldo` apart. scratch: gk_attention_scratch_floats.
+size_t gk_attention_scratch_floats(size_t N, size_t T, size_t D, size_t NH, int workers);
+void gk_attention(const float *q, const float *k, const float *v, size_t ld, size_t N, size_t T, size_t D, size_t NH,
+                  float *out, size_t ldo, float *scratch, int workers);
+
+/// fp32 -> bf16 bit patterns, round to nearest even (the conversion the bf16 kernels apply).
+void gk_to_bf16(const float *x, uint16_t *out, size_t n);
 #endif
