@@ -126,7 +126,7 @@ let package = Package(
             name: "GriditBackend",
             dependencies: [
                 "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditStore", "GriditAPI", "GriditPipeline",
-                "GriditCheckpoint",
+                "GriditCheckpoint", "GriditTensor",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -232,7 +232,7 @@ let package = Package(
             name: "GriditBackendTests",
             dependencies: [
                 "GriditBackend", "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditStore", "GriditAPI",
-                "GriditPipeline",
+                "GriditPipeline", "GriditTensor",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

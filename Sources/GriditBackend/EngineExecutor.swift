@@ -9,6 +9,7 @@ import GriditDaemon
 import GriditEngine
 import GriditModelStore
 import GriditPipeline
+import GriditTensor
 import Logging
 import NIOPosix
 import Synchronization
@@ -97,25 +98,66 @@ public final class EngineExecutor: JobExecutor {
     // MARK: - Execution
 
     public func execute(_ batch: ExecutionBatch, hooks: ExecutionHooks) {
+        guard let digest = batch.pipelineDigest else {
+            for item in batch.items + hooks.admit() { hooks.finished(item.jobID, .failed(Self.noModel)) }
+            return
+        }
+        // A loaded pipeline has one precision, so jobs asking for another one run after this
+        // batch, each precision as a batch of its own (they stay claimed and heartbeated).
+        var waiting = precisions(batch.items, digest: digest, hooks: hooks)
+        guard let first = waiting.first?.precision else { return }
+        run(waiting.filter { $0.precision == first }.map(\.item), digest: digest, precision: first, hooks: hooks) {
+            let new = self.precisions(hooks.admit(), digest: digest, hooks: hooks)
+            waiting += new.filter { $0.precision != first }
+            return new.filter { $0.precision == first }.map(\.item)
+        }
+        waiting.removeAll { $0.precision == first }
+        while let p = waiting.first?.precision {
+            run(waiting.filter { $0.precision == p }.map(\.item), digest: digest, precision: p, hooks: hooks)
+            waiting.removeAll { $0.precision == p }
+        }
+    }
+
+    /// The precision each item runs in; an item whose request is invalid is reported failed here.
+    private func precisions(_ items: [ExecutionItem], digest: String, hooks: ExecutionHooks)
+        -> [(item: ExecutionItem, precision: Precision)]
+    {
+        items.compactMap { item in
+            do throws(JobFailure) {
+                let configuration = try configuration(digest)
+                let request = try Self.request(length: item.length, parameters: item.parameters)
+                do {
+                    return (item, try request.settings(for: configuration).precision)
+                } catch {
+                    throw Self.failure(EngineError.classify(error))
+                }
+            } catch {
+                hooks.finished(item.jobID, .failed(error))
+                return nil
+            }
+        }
+    }
+
+    /// Runs `items` (and what `admit` adds) together on the pipeline loaded in `precision`.
+    private func run(
+        _ items: [ExecutionItem], digest: String, precision: Precision, hooks: ExecutionHooks,
+        admit: () -> [ExecutionItem] = { [] }
+    ) {
         func failAll(_ items: [ExecutionItem], _ failure: JobFailure) {
             for item in items { hooks.finished(item.jobID, .failed(failure)) }
         }
-        guard let digest = batch.pipelineDigest else {
-            failAll(batch.items + hooks.admit(), Self.noModel)
-            return
-        }
         let lease: CacheLease<LoadedPipeline>
         do {
-            lease = try load(digest)
+            lease = try load(digest, precision: precision)
         } catch {
-            if error.errorClass == .digestMismatch { cache.unload(digest) }
+            if error.errorClass == .digestMismatch { cache.unload(Self.cacheKey(digest, precision)) }
             logger.error("loading the model failed: \(error.message)", metadata: ["model.digest": "\(digest)"])
-            failAll(batch.items + hooks.admit(), error)
+            failAll(items + admit(), error)
             return
         }
         defer { lease.release() }
         let pipeline = lease.value
-        var items: [ObjectIdentifier: ExecutionItem] = [:]
+        var running: [ObjectIdentifier: ExecutionItem] = [:]
 
         /// A run for `item`, or nil once the item has been reported (it could not start, or its
         /// output is already complete).
@@ -126,7 +168,7 @@ public final class EngineExecutor: JobExecutor {
                     hooks.finished(item.jobID, .succeeded)
                     return nil
                 }
-                items[ObjectIdentifier(run)] = item
+                running[ObjectIdentifier(run)] = item
                 return run
             } catch {
                 hooks.finished(item.jobID, .failed(error))
@@ -134,18 +176,23 @@ public final class EngineExecutor: JobExecutor {
             }
         }
 
-        let runs = batch.items.compactMap(start)
+        let runs = items.compactMap(start)
         SequenceRun.execute(
             runs, options: options,
-            admit: { hooks.admit().compactMap(start) },
+            admit: { admit().compactMap(start) },
             finished: { run, result in
-                guard let item = items.removeValue(forKey: ObjectIdentifier(run)) else { return }
+                guard let item = running.removeValue(forKey: ObjectIdentifier(run)) else { return }
                 hooks.finished(item.jobID, self.conclude(run, result, item: item))
             })
     }
 
+    /// The cache key of a loaded pipeline: its manifest digest, with the precision when not fp32.
+    static func cacheKey(_ digest: String, _ precision: Precision) -> String {
+        precision == .fp32 ? digest : "\(digest)+\(precision.rawValue)"
+    }
+
     /// The cached pipeline of `digest`, loading it through the store (integrity check) if needed.
-    private func load(_ digest: String) throws(JobFailure) -> CacheLease<LoadedPipeline> {
+    private func load(_ digest: String, precision: Precision) throws(JobFailure) -> CacheLease<LoadedPipeline> {
         let spec = try pipelineSpec(digest)
         let manifest: PipelineManifest
         do { manifest = try models.manifest(BlobDigest(digest)!) } catch { throw Self.failure(error, digest: digest) }
@@ -159,9 +206,9 @@ public final class EngineExecutor: JobExecutor {
         let identity = PipelineIdentity(
             digest: digest, blobs: byRole.reduce(into: [:]) { $0[$1.key.rawValue] = $1.value.description })
         do {
-            return try cache.lease(digest, blobs: blobs) { context in
+            return try cache.lease(Self.cacheKey(digest, precision), blobs: blobs) { context in
                 try LoadedPipeline(
-                    spec: spec, identity: identity,
+                    spec: spec, identity: identity, precision: precision,
                     map: { role, path in
                         guard let blob = byRole[role] else { return try MappedFile(path: path) }
                         return try context.map(blob, path: path)

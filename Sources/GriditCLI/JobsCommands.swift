@@ -47,7 +47,7 @@ struct Submit: ParsableCommand {
     @Flag(help: "Skip stage 2: frames stay at the low resolution.")
     var noSR = false
 
-    @Option(help: "fp32 or bf16.")
+    @Option(help: "fp32 or bf16 (bf16 matrix products on CPUs with AVX512_BF16, else fp32). Default: the model's.")
     var precision: String?
 
     @Option(help: "Higher runs first; FIFO within a priority.")

@@ -4,6 +4,7 @@ import Foundation
 import GriditCheckpoint
 import GriditModels
 import GriditPipeline
+import GriditTensor
 
 /// A pipeline's configuration without weights: the spec (file references are absolute paths) and
 /// the model configs it names, checked against each other. Enough to validate and plan a request.
@@ -103,6 +104,9 @@ public final class LoadedPipeline: Sendable {
     public let vae: AutoencoderKL?
     /// Bytes of the mapped weight files.
     public let mappedBytes: Int
+    /// The precision every model's products run in (what `precision` asked for, or fp32 where the
+    /// CPU lacks AVX512_BF16); runs must ask for this one (`RunSettings.precisionUsed`).
+    public let precision: Precision
 
     public var spec: PipelineSpec { configuration.spec }
 
@@ -110,29 +114,32 @@ public final class LoadedPipeline: Sendable {
     /// `identity` is the store's; when nil every file is hashed (`PipelineIdentity.compute`).
     /// `map` makes the read-only mapping of a weights file; by default each file is mapped here,
     /// while a daemon passes its model store's shared mappings (one per blob, whatever uses it).
-    public init(spec: PipelineSpec, identity: PipelineIdentity? = nil, path: String? = nil,
+    /// `precision` defaults to the spec's `defaults.precision`; bf16 weights are packed here, once.
+    public init(spec: PipelineSpec, identity: PipelineIdentity? = nil, path: String? = nil, precision: Precision? = nil,
                 map: (_ role: PipelineSpec.FileRole, _ path: String) throws -> MappedFile = { try MappedFile(path: $1) })
         throws {
         let configuration = try PipelineConfiguration(spec: spec, path: path)
+        let asked = precision ?? Precision(rawValue: spec.defaults.precision) ?? .fp32
         do {
             let w1 = try SafetensorsFile(mapping: map(.stage1Weights, spec.stage1.weights))
-            stage1 = try DiT(config: configuration.stage1, source: w1)
+            stage1 = try DiT(config: configuration.stage1, source: w1, precision: asked)
             var mapped = w1.mapping.size
             if let s2 = spec.stage2, let c2 = configuration.stage2 {
                 let w2 = try SafetensorsFile(mapping: map(.stage2Weights, s2.weights))
-                stage2 = try DiT(config: c2, source: w2)
+                stage2 = try DiT(config: c2, source: w2, precision: asked)
                 mapped += w2.mapping.size
             } else {
                 stage2 = nil
             }
             if let v = spec.vae, let cv = configuration.vae {
                 let wv = try SafetensorsFile(mapping: map(.vaeWeights, v.weights))
-                vae = try AutoencoderKL(config: cv, source: wv)
+                vae = try AutoencoderKL(config: cv, source: wv, precision: asked)
                 mapped += wv.mapping.size
             } else {
                 vae = nil
             }
             mappedBytes = mapped
+            self.precision = stage1.precision
         } catch {
             throw EngineError.classify(error, context: path.map { "pipeline '\($0)'" })
         }
@@ -141,9 +148,9 @@ public final class LoadedPipeline: Sendable {
     }
 
     /// Reads a pipeline file and loads it (files resolved against its folder; every file hashed).
-    public convenience init(path: String) throws {
+    public convenience init(path: String, precision: Precision? = nil) throws {
         let spec: PipelineSpec
         do { spec = try PipelineSpec.load(path: path) } catch { throw EngineError.classify(error) }
-        try self.init(spec: spec, path: path)
+        try self.init(spec: spec, path: path, precision: precision)
     }
 }

@@ -75,7 +75,7 @@ public enum OneShot {
         if options.dryRun {
             var cost = CostModel.nominal(configuration)
             if options.calibrate {
-                cost = try LoadedPipeline(path: options.pipelinePath).measureCost(threads: options.execution.threads)
+                cost = try LoadedPipeline(path: options.pipelinePath, precision: settings.precision).measureCost(threads: options.execution.threads)
             }
             return OneShotResult(planText: plan.render(cost: cost), plan: plan, summary: nil, loadSeconds: 0,
                                  executeSeconds: 0, finishSeconds: 0)
@@ -87,7 +87,7 @@ public enum OneShot {
             }
         }
         let loadStarted = Date()
-        let pipeline = try LoadedPipeline(path: options.pipelinePath)
+        let pipeline = try LoadedPipeline(path: options.pipelinePath, precision: settings.precision)
         let loadSeconds = Date().timeIntervalSince(loadStarted)
 
         let temporaryWork = options.workDirectory == nil

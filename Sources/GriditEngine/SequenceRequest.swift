@@ -3,6 +3,7 @@
 import Foundation
 import GriditModels
 import GriditPipeline
+import GriditTensor
 
 /// How sequences are grown (see docs/ENGINE.md).
 public enum SequenceMode: String, Codable, Sendable, CaseIterable {
@@ -135,7 +136,8 @@ public struct RunSettings: Codable, Sendable, Equatable {
     public var srSampler: SamplerName?
     public var srSteps: String?
     public var precisionRequested: String
-    /// What actually runs (fp32 until the bf16 kernels exist).
+    /// What runs: the one requested, or fp32 where the CPU lacks AVX512_BF16. Part of what makes
+    /// the frames: the same seed gives other bits in the other precision.
     public var precisionUsed: String
 
     enum CodingKeys: String, CodingKey {
@@ -144,6 +146,9 @@ public struct RunSettings: Codable, Sendable, Equatable {
         case superResolution = "super_resolution", srSampler = "sr_sampler", srSteps = "sr_steps"
         case precisionRequested = "precision_requested", precisionUsed = "precision_used"
     }
+
+    /// `precisionUsed` as the kernels take it.
+    public var precision: Precision { Precision(rawValue: precisionUsed) ?? .fp32 }
 
     /// Whether stage 1 runs classifier-free guidance (two model rows per grid).
     public var guided: Bool { classLabel != nil && cfgScale != 1 }
@@ -237,7 +242,7 @@ public struct RunSettings: Codable, Sendable, Equatable {
         if !PipelineSpec.precisions.contains(precisionRequested) {
             try fail("precision '\(precisionRequested)'", "use one of \(PipelineSpec.precisions.joined(separator: ", "))")
         }
-        precisionUsed = "fp32"
+        precisionUsed = Precision(rawValue: precisionRequested)!.effective.rawValue
     }
 
     private static func checkSteps(_ s: String, field: String) throws -> String {

@@ -75,6 +75,10 @@ public final class SequenceRun {
     public init(pipeline: LoadedPipeline, request: SequenceRequest, workDirectory: String, hooks: RunHooks = RunHooks(),
                 maxLength: Int? = nil) throws {
         let settings = try request.settings(for: pipeline.configuration, maxLength: maxLength)
+        guard settings.precisionUsed == pipeline.precision.rawValue else {
+            throw EngineError.invalid("the run is for precision \(settings.precisionUsed), the pipeline is loaded in \(pipeline.precision.rawValue)",
+                                      hint: "load the pipeline with precision \(settings.precisionUsed)")
+        }
         let plan = try SequencePlan(settings: settings, pipeline: pipeline.configuration)
         self.pipeline = pipeline
         self.request = request

@@ -37,7 +37,7 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("class"), help: "Class of a class-conditional stage 1.") var classLabel: Int?
     @Option(name: .customLong("cfg-scale"), help: "Classifier-free guidance scale (class-conditional stage 1).")
     var cfgScale: Double?
-    @Option(help: "fp32 or bf16 (recorded; fp32 runs until the bf16 kernels exist).") var precision: String?
+    @Option(help: "fp32 or bf16 (bf16 products on CPUs with AVX512_BF16, else fp32; recorded in sequence.json).") var precision: String?
     @Option(help: "Worker threads (default: all CPUs). Results do not depend on it.") var threads: Int?
     @Option(name: .customLong("memory-budget"), help: "Activation memory per batch, e.g. 512M, 2G.")
     var memoryBudget: String = "2G"

@@ -5,6 +5,7 @@ import GriditDaemon
 import GriditEngine
 import GriditModelStore
 import GriditPipeline
+import GriditTensor
 import Testing
 
 // The engine and model store adapters on a real state directory: a real SQLite file, the model
@@ -71,6 +72,28 @@ struct EngineExecutorTests {
                     && (s.fraction ?? -1) >= 0 && (s.fraction ?? 2) <= 1
             })
         #expect(batched.cache.keys == [batched.digest], "the pipeline stays loaded for the next job")
+    }
+
+    @Test("jobs of one model in other precisions run as batches of their own, each on its own loaded pipeline")
+    func precisionsSplitTheBatch() throws {
+        let bf16 = Precision.bf16.effective  // fp32 on CPUs without AVX512_BF16
+        let mixed = try Harness()
+        let recorder = mixed.run(
+            [mixed.item(1, length: 20, seed: 1), mixed.item(2, length: 20, seed: 2, precision: "bf16")],
+            joining: [mixed.item(3, length: 20, seed: 3, precision: "bf16")])
+        #expect(recorder.outcomes == [1: [.succeeded], 2: [.succeeded], 3: [.succeeded]])
+        #expect(try mixed.summary(1).settings.precisionUsed == "fp32")
+        for id: Int64 in [2, 3] {
+            #expect(try mixed.summary(id).settings.precisionUsed == bf16.rawValue)
+            #expect(try mixed.summary(id).settings.precisionRequested == "bf16")
+        }
+        let digest: String = mixed.digest
+        let keys = bf16 == .bf16 ? [digest, digest + "+bf16"] : [digest]
+        #expect(mixed.cache.keys == keys.sorted())
+        // Each job's bytes are those of the job run alone.
+        let solo = try Harness()
+        #expect(solo.run([solo.item(3, length: 20, seed: 3, precision: "bf16")]).outcomes == [3: [.succeeded]])
+        #expect(try mixed.frameDigests(3) == solo.frameDigests(3))
     }
 
     @Test("a stopped job resumes from its work directory and writes the frames an uninterrupted run writes")

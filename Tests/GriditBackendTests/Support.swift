@@ -54,9 +54,9 @@ final class Harness: @unchecked Sendable {
         try FileManager.default.createDirectory(atPath: root + "/outputs", withIntermediateDirectories: true)
     }
 
-    func item(_ id: Int64, length: Int, seed: UInt64, work: String? = nil) -> ExecutionItem {
+    func item(_ id: Int64, length: Int, seed: UInt64, precision: String? = nil, work: String? = nil) -> ExecutionItem {
         ExecutionItem(
-            jobID: id, length: length, parameters: GenerationParameters(seed: seed),
+            jobID: id, length: length, parameters: GenerationParameters(seed: seed, precision: precision),
             workDirectory: work ?? root + "/work/\(id)", outputDirectory: root + "/outputs/job-\(id)",
             resumeFrom: JobProgressInfo(stage: "grid", gridsDone: 0, framesDone: 0), attempt: 1)
     }
@@ -84,10 +84,12 @@ final class Harness: @unchecked Sendable {
     }
 
     /// SHA-256 of every frame of a job's output folder, in order (from `sequence.json`).
-    func frameDigests(_ id: Int64) throws -> [String] {
+    func summary(_ id: Int64) throws -> SequenceSummary {
         let data = try Data(contentsOf: URL(fileURLWithPath: root + "/outputs/job-\(id)/sequence.json"))
-        return try JSONDecoder().decode(SequenceSummary.self, from: data).files.map(\.sha256)
+        return try JSONDecoder().decode(SequenceSummary.self, from: data)
     }
+
+    func frameDigests(_ id: Int64) throws -> [String] { try summary(id).files.map(\.sha256) }
 
     deinit {
         try? pool.syncShutdownGracefully()

@@ -2,6 +2,7 @@ import Foundation
 import GriditCheckpoint
 import GriditEngine
 import GriditPipeline
+import GriditTensor
 import Testing
 
 // Requests, pipelines and work directories that are wrong: errors that name the problem and the fix.
@@ -39,7 +40,7 @@ import Testing
     // Defaults fill in; settings record what runs.
     let s = try SequenceRequest(length: 7, seed: 3, precision: "bf16").settings(for: p)
     #expect(s.mode == .gridit && s.sampler == .ddpm && s.steps == "4" && s.contextRows == 1 && s.superResolution)
-    #expect(s.srSampler == .ddim && s.srSteps == "3" && s.precisionRequested == "bf16" && s.precisionUsed == "fp32")
+    #expect(s.srSampler == .ddim && s.srSteps == "3" && s.precisionRequested == "bf16" && s.precisionUsed == Precision.bf16.effective.rawValue)
     #expect(try SequenceRequest(length: 7, seed: 3, noSR: true).settings(for: p).superResolution == false)
 }
 
