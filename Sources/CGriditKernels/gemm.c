@@ -200,6 +200,82 @@ GK_AVX512 static void pack_im2col_f32(const gk_conv_geometry *g, const float *im
     }
 }
 
+// The column block n0 ..< n0 + nvalid, k in k0 ..< k0 + kc (both even), of the im2col matrix of a
+// channel-pair image (gk_conv_pairs; k = (ki, kj, c)), as bf16 pairs [kc/2][NR][2]: a pair of k
+// is one 32-bit value of the image, so with stride 1 every row is a run of 32-bit moves whose
+// bounds depend only on the tap (ki, kj), computed once per tap.
+GK_AVX512 static void pack_conv_pairs(const gk_conv_geometry *g, const uint16_t *img, size_t n0, size_t nvalid,
+                                      size_t k0, size_t kc, uint16_t *dst) {
+    struct { size_t oy, ox, len; } runs[NR];
+    size_t nruns = 0;
+    for (size_t j = 0, oy = n0 / g->Wo, ox = n0 % g->Wo; j < nvalid; oy++, ox = 0) {
+        size_t len = min_sz(nvalid - j, g->Wo - ox);
+        runs[nruns].oy = oy;
+        runs[nruns].ox = ox;
+        runs[nruns].len = len;
+        nruns++;
+        j += len;
+    }
+    const size_t cp = g->C / 2, plane = g->H * g->W;
+    const uint32_t *src32 = (const uint32_t *)img;
+    enum { AHEAD = 4 };  // channel pairs prefetched ahead (planes apart: the prefetchers miss them)
+    size_t p = k0 / 2, p1 = (k0 + kc) / 2;
+    float *out = (float *)dst;
+    while (p < p1) {
+        size_t tap = p / cp, c0 = p % cp, c1 = min_sz(cp, c0 + (p1 - p));
+        long ki = (long)(tap / g->KW), kj = (long)(tap % g->KW);
+        // Per run: the source offset of its first in-range value and the in-range span [lo, hi).
+        struct { long off; size_t lo, hi; long iy, ix0; } span[NR];
+        for (size_t r = 0; r < nruns; r++) {
+            long iy = (long)(runs[r].oy * g->stride) + ki - (long)g->pad_top;
+            long ix0 = (long)(runs[r].ox * g->stride) + kj - (long)g->pad_left;
+            long lo = 0, hi = 0;
+            if (iy >= 0 && iy < (long)g->H && g->stride == 1) {
+                lo = ix0 < 0 ? -ix0 : 0;
+                hi = (long)g->W - ix0;
+                if (hi > (long)runs[r].len) hi = (long)runs[r].len;
+                if (lo > (long)runs[r].len) lo = (long)runs[r].len;
+                if (hi < lo) hi = lo;
+            }
+            span[r].off = iy * (long)g->W + ix0;
+            span[r].lo = (size_t)lo;
+            span[r].hi = (size_t)hi;
+            span[r].iy = iy;
+            span[r].ix0 = ix0;
+        }
+        for (size_t c = c0; c < c1; c++, p++) {
+            const uint32_t *pl = src32 + c * plane;
+            float *row = out + (p - k0 / 2) * NR;
+            size_t j = 0;
+            for (size_t r = 0; r < nruns; r++) {
+                size_t run = runs[r].len, lo = span[r].lo, hi = span[r].hi;
+                if (g->stride != 1) {
+                    // Strided (the encoder's downsample): gather value by value.
+                    uint32_t *o = (uint32_t *)(row + j);
+                    long iy = span[r].iy;
+                    for (size_t t = 0; t < run; t++) {
+                        long ix = span[r].ix0 + (long)(t * g->stride);
+                        o[t] = iy >= 0 && iy < (long)g->H && ix >= 0 && ix < (long)g->W ? pl[iy * (long)g->W + ix] : 0;
+                    }
+                } else if (hi > lo) {
+                    const uint32_t *s = pl + span[r].off + (long)lo;
+                    if (c + AHEAD < cp) {
+                        const char *f = (const char *)(s + AHEAD * plane);
+                        for (size_t b = 0; b < (hi - lo) * 4 + 63; b += 64) _mm_prefetch(f + b, _MM_HINT_T0);
+                    }
+                    move_run(row + j, NULL, lo);
+                    move_run(row + j + lo, (const float *)s, hi - lo);
+                    move_run(row + j + hi, NULL, run - hi);
+                } else {
+                    move_run(row + j, NULL, run);
+                }
+                j += run;
+            }
+            move_run(row + nvalid, NULL, NR - nvalid);
+        }
+    }
+}
+
 // MARK: micro-kernels
 
 typedef struct {
@@ -345,7 +421,9 @@ GK_AVX512 static const void *b_panel(const gemm_job *j, size_t q, size_t pc, siz
     if (g->b_packed) return (const unsigned char *)g->b_packed + q * j->b_stride + pc * NR * j->esize;
     size_t n0 = q * NR, nvalid = min_sz(NR, g->N - n0);
     if (g->conv) {
-        if (j->bf16) {
+        if (j->bf16 && g->b_pairs) {
+            pack_conv_pairs(g->conv, g->b_pairs, n0, nvalid, pc, kc, (uint16_t *)buf);
+        } else if (j->bf16) {
             pack_im2col_f32(g->conv, g->b, n0, nvalid, pc, kc, staging);
             pairs_bf16(staging, kc, NR, (uint16_t *)buf);
         } else {
@@ -631,6 +709,35 @@ GK_AVX512BF16 static void to_bf16_avx512(const float *x, uint16_t *out, size_t n
         _mm256_mask_storeu_epi16(out + i, m, h);
     }
 }
+#endif
+
+#if GK_HAVE_X86
+typedef struct {
+    const float *x;
+    size_t plane;
+    uint16_t *out;
+} pairs_job;
+
+// Channel pair t: two planes zipped into (plane, 2) bf16, rounded as pairs_bf16 does.
+GK_AVX512BF16 static void conv_pairs_task(void *ctx, size_t t, int worker) {
+    (void)worker;
+    const pairs_job *j = ctx;
+    const float *a = j->x + 2 * t * j->plane, *b = a + j->plane;
+    uint16_t *o = j->out + 2 * t * j->plane;
+    for (size_t i = 0; i < j->plane; i += 16) {
+        __mmask16 m = gk_mask16(j->plane - i);
+        __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, a + i)));
+        __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, b + i)));
+        _mm512_mask_storeu_epi32(o + 2 * i, m, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    }
+}
+
+void gk_conv_pairs(const float *x, size_t C, size_t plane, uint16_t *out, int workers) {
+    pairs_job j = {.x = x, .plane = plane, .out = out};
+    gk_parallel_for(C / 2, workers, conv_pairs_task, &j);
+}
+#else
+void gk_conv_pairs(const float *x, size_t C, size_t plane, uint16_t *out, int workers) { abort(); }
 #endif
 
 void gk_to_bf16(const float *x, uint16_t *out, size_t n) {

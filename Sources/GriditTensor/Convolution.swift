@@ -31,11 +31,15 @@ public let convColumnBudget = 8 << 20
 
 /// A convolution's weight (Cout, Cin, KH, KW) and bias (Cout), prepared once for a precision:
 /// fp32 products read the tensor in place; bf16 products read it packed into the GEMM's panels.
+/// With bf16 and an even Cin the product runs over k = (ki, kj, c) (`pairs`): the weight is packed
+/// as (Cout, KH, KW, Cin) and each call converts its input once into bf16 channel pairs
+/// (`gk_conv_pairs`), so the GEMM's im2col panels are plain 32-bit moves from that copy.
 public struct ConvWeight: @unchecked Sendable {
     public let weight: Tensor
     public let bias: Tensor?
     public let precision: Precision
     let packed: AlignedBuffer?
+    let pairs: Bool
 
     public init(weight: Tensor, bias: Tensor?, precision: Precision = .fp32, backend: KernelBackend = .current) {
         precondition(weight.rank == 4, "ConvWeight: weight must be (Cout, Cin, KH, KW), got \(weight.shape)")
@@ -45,12 +49,31 @@ public struct ConvWeight: @unchecked Sendable {
         self.precision = precision.effective(on: backend)
         if self.precision == .bf16 {
             let (M, K) = (weight.shape[0], weight.count / weight.shape[0])
+            let (Cin, taps) = (weight.shape[1], weight.shape[2] * weight.shape[3])
+            pairs = Cin % 2 == 0
+            var source = weight
+            if pairs {
+                // (Cout, Cin, KH, KW) -> (Cout, KH, KW, Cin)
+                source = Tensor(zeros: weight.shape)
+                let (src, dst) = (weight.pointer, source.mutablePointer)
+                for o in 0..<M {
+                    for c in 0..<Cin {
+                        for t in 0..<taps { dst[o * K + t * Cin + c] = src[o * K + c * taps + t] }
+                    }
+                }
+            }
             let buffer = AlignedBuffer(byteCount: gk_packed_a_bytes(M, K, 1))
-            precondition(gk_pack_a(weight.pointer, K, M, K, 1, buffer.base, 1) == 0, "ConvWeight: out of memory")
+            precondition(gk_pack_a(source.pointer, K, M, K, 1, buffer.base, 1) == 0, "ConvWeight: out of memory")
             packed = buffer
         } else {
             packed = nil
+            pairs = false
         }
+    }
+
+    /// Bytes of the bf16 channel-pair copy of an (N, Cin, H, W) input's sample (0 unless `pairs`).
+    func pairBytes(height H: Int, width W: Int) -> Int {
+        pairs ? (weight.shape[1] * H * W * 2 + 63) / 64 * 64 : 0
     }
 
     /// Scratch bytes of `conv2d` with this weight on `context`.
@@ -86,9 +109,14 @@ public func conv2d(_ x: Tensor, _ w: ConvWeight, stride: Int = 1, padding: ConvP
     let K = Cin * KH * KW
     var geometry = gk_conv_geometry(C: Cin, H: H, W: W, KH: KH, KW: KW, stride: stride, pad_top: padding.top,
                                     pad_left: padding.left, Ho: Ho, Wo: Wo)
-    let scratch = context.reserve(scratchBytes: w.scratchBytes(context: context))
+    let gemmBytes = (w.scratchBytes(context: context) + 63) / 64 * 64
+    let scratch = context.reserve(scratchBytes: gemmBytes + w.pairBytes(height: H, width: W))
+    let pairImage = w.pairs ? (scratch + gemmBytes).assumingMemoryBound(to: UInt16.self) : nil
     withUnsafePointer(to: &geometry) { geometry in
         for n in 0..<N {
+            if let pairImage {
+                gk_conv_pairs(x.pointer + n * Cin * H * W, Cin, H * W, pairImage, Int32(context.workers))
+            }
             var args = gk_gemm_args()
             args.M = Cout
             args.N = Ho * Wo
@@ -97,6 +125,7 @@ public func conv2d(_ x: Tensor, _ w: ConvWeight, stride: Int = 1, padding: ConvP
             if let packed = w.packed { args.a_packed = UnsafeRawPointer(packed.base) } else { args.a = weight.pointer }
             args.lda = K
             args.b = x.pointer + n * Cin * H * W
+            args.b_pairs = UnsafePointer(pairImage)
             args.conv = geometry
             args.c = out.mutablePointer + n * Cout * Ho * Wo
             args.ldc = Ho * Wo

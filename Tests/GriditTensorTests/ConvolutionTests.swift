@@ -28,10 +28,13 @@ func naiveConv(_ x: [Float], _ w: [Float], _ b: [Float], N: Int, Cin: Int, H: In
 @Test(arguments: productCases)
 func convolutionMatchesNaive(_ c: ProductCase) {
     // Stride 1 and 2, the encoder's asymmetric downsample padding, 1x1, and an output row
-    // (Wo = 53) longer than one 48-column tile, so tiles straddle output rows.
+    // (Wo = 53) longer than one 48-column tile, so tiles straddle output rows; odd and even Cin
+    // (bf16: the im2col and the channel-pair paths), and Cin = 58 (K = 522 > one bf16 k block of
+    // 512, which ends inside a tap) at stride 1 and 2.
     let configs: [(Int, Int, Int, Int, Int, Int, Int, ConvPadding)] = [
         (2, 3, 7, 6, 5, 3, 1, .same(1)), (2, 3, 7, 6, 5, 3, 2, .downsample), (1, 4, 9, 8, 3, 3, 2, .same(1)),
-        (2, 5, 6, 7, 9, 1, 1, .same(0)), (1, 2, 5, 53, 4, 3, 1, .same(1)),
+        (2, 5, 6, 7, 9, 1, 1, .same(0)), (1, 2, 5, 53, 4, 3, 1, .same(1)), (2, 58, 5, 7, 9, 3, 1, .same(1)),
+        (1, 58, 7, 6, 5, 3, 2, .downsample), (1, 6, 4, 50, 3, 1, 1, .same(0)),
     ]
     for (N, Cin, H, W, Cout, K, stride, pad) in configs {
         let x = testValues(N * Cin * H * W, seed: 61), w = testValues(Cout * Cin * K * K, seed: 62), b = testValues(Cout, seed: 63)
@@ -42,13 +45,15 @@ func convolutionMatchesNaive(_ c: ProductCase) {
         let ctx = ComputeContext(workers: 2, backend: c.backend)
         let out = conv2d(Tensor(x, shape: [N, Cin, H, W]), weight, stride: stride, padding: pad, context: ctx)
         #expect(out.shape == [N, Cout, ref.Ho, ref.Wo])
-        #expect(maxAbsDiff(out.toArray(), ref.values, "\(c) conv \(Cin)->\(Cout) k\(K) s\(stride) \(pad)") <= 1e-5)
+        // fp32 accumulation: the rounding error grows with the length of the dot products.
+        let tolerance = 1e-5 * max(1, Float(Cin * K * K) / 100)
+        #expect(maxAbsDiff(out.toArray(), ref.values, "\(c) conv \(Cin)->\(Cout) k\(K) s\(stride) \(pad)") <= tolerance)
         // Accumulating into an existing output adds the convolution to it.
         let base = Tensor(testValues(out.count, seed: 64), shape: out.shape)
         let sum = base.copy()
         conv2d(Tensor(x, shape: [N, Cin, H, W]), weight, stride: stride, padding: pad, into: sum, accumulate: true, context: ctx)
         let expected = zip(base.toArray(), ref.values).map { $0 + $1 }
-        #expect(maxAbsDiff(sum.toArray(), expected, "\(c) conv accumulate") <= 1e-5)
+        #expect(maxAbsDiff(sum.toArray(), expected, "\(c) conv accumulate") <= tolerance)
     }
 }
 
