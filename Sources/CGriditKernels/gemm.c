@@ -718,18 +718,24 @@ typedef struct {
     uint16_t *out;
 } pairs_job;
 
-// Channel pair t: two planes zipped into (plane, 2) bf16, rounded as pairs_bf16 does.
-GK_AVX512BF16 static void conv_pairs_task(void *ctx, size_t t, int worker) {
-    (void)worker;
-    const pairs_job *j = ctx;
-    const float *a = j->x + 2 * t * j->plane, *b = a + j->plane;
-    uint16_t *o = j->out + 2 * t * j->plane;
-    for (size_t i = 0; i < j->plane; i += 16) {
-        __mmask16 m = gk_mask16(j->plane - i);
+// Rounded as pairs_bf16 does.
+GK_AVX512BF16 static void zip_bf16(const float *a, const float *b, size_t n, uint16_t *o) {
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = gk_mask16(n - i);
         __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, a + i)));
         __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, b + i)));
         _mm512_mask_storeu_epi32(o + 2 * i, m, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
     }
+}
+
+void gk_zip_bf16(const float *a, const float *b, size_t n, uint16_t *out) { zip_bf16(a, b, n, out); }
+
+// Channel pair t: two planes zipped into (plane, 2) bf16.
+static void conv_pairs_task(void *ctx, size_t t, int worker) {
+    (void)worker;
+    const pairs_job *j = ctx;
+    const float *a = j->x + 2 * t * j->plane;
+    zip_bf16(a, a + j->plane, j->plane, j->out + 2 * t * j->plane);
 }
 
 void gk_conv_pairs(const float *x, size_t C, size_t plane, uint16_t *out, int workers) {
@@ -738,6 +744,7 @@ void gk_conv_pairs(const float *x, size_t C, size_t plane, uint16_t *out, int wo
 }
 #else
 void gk_conv_pairs(const float *x, size_t C, size_t plane, uint16_t *out, int workers) { abort(); }
+void gk_zip_bf16(const float *a, const float *b, size_t n, uint16_t *out) { abort(); }
 #endif
 
 void gk_to_bf16(const float *x, uint16_t *out, size_t n) {

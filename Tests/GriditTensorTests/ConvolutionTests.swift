@@ -93,3 +93,27 @@ func groupNormMatchesNaive(silu: Bool) {
     let ref = Naive.groupNorm(x, N: N, C: C, plane: H * W, groups: G, weight: weight, bias: bias, eps: 1e-6, silu: silu)
     #expect(maxAbsDiff(out.toArray(), ref, "groupNorm silu \(silu)") <= 1e-5)
 }
+
+@Test(arguments: [false, true])
+func groupNormIntoChannelPairsIsRoundedGroupNorm(silu: Bool) {
+    guard KernelBackend.current == .avx512BF16 else { return }
+    // 3 groups of 4 channels (pairs within a group), a plane longer than the kernel's 512-value chunk.
+    let (N, C, H, W, G) = (2, 12, 9, 61, 3)
+    let x = Tensor(testValues(N * C * H * W, seed: 73, scale: 3).map { $0 + 0.7 }, shape: [N, C, H, W])
+    let weight = Tensor(testValues(C, seed: 74), shape: [C]), bias = Tensor(testValues(C, seed: 75), shape: [C])
+    let full = Tensor(zeros: x.shape)
+    groupNorm(x, groups: G, weight: weight, bias: bias, silu: silu, into: full, workers: 2)
+    let pairs = ChannelPairs()
+    groupNorm(x, groups: G, weight: weight, bias: bias, silu: silu, into: pairs, workers: 3)
+    #expect(pairs.shape == x.shape)
+    #expect(pairs.toTensor().toArray().map(\.bitPattern) == full.toArray().map { Naive.bf16($0).bitPattern })
+    // A bf16 convolution of the pairs has the bits of the convolution of the fp32 image.
+    let w = ConvWeight(weight: Tensor(testValues(5 * C * 9, seed: 76), shape: [5, C, 3, 3]),
+                       bias: Tensor(testValues(5, seed: 77), shape: [5]), precision: .bf16)
+    #expect(w.acceptsPairs)
+    let ctx = ComputeContext(workers: 2)
+    let direct = conv2d(full, w, padding: .same(1), context: ctx)
+    let viaPairs = Tensor(zeros: direct.shape)
+    conv2d(pairs, w, padding: .same(1), into: viaPairs, context: ctx)
+    #expect(viaPairs.toArray().map(\.bitPattern) == direct.toArray().map(\.bitPattern))
+}

@@ -26,6 +26,10 @@ void gk_exp(float *out, const float *x, size_t n);
 /// out = (x - mean) * rstd * weight[c] + bias[c], then SiLU when `silu`. out may alias x.
 void gk_group_norm(const float *x, float *out, size_t per, size_t plane, const float *weight, const float *bias,
                    float eps, int silu);
+/// gk_group_norm of one group (per even) written as bf16 channel pairs (per/2, plane, 2) at `out`
+/// (gk_conv_pairs of gk_group_norm's output, bit for bit). Needs AVX512_BF16.
+void gk_group_norm_pairs(const float *x, uint16_t *out, size_t per, size_t plane, const float *weight,
+                         const float *bias, float eps, int silu);
 
 /// The DiT's row passes over a batch on the thread pool: for sample n, with m = mod + n * mod_stride,
 /// y == NULL: out = norm(x) * (1 + m[scale..]) + m[shift..];
@@ -122,6 +126,8 @@ void gk_attention(const float *q, const float *k, const float *v, size_t ld, siz
 /// One (C, H, W) image, C even, as bf16 channel pairs (C/2, H, W, 2):
 /// out[((c / 2) * plane + i) * 2 + c % 2] = bf16(x[c * plane + i]), plane = H * W.
 void gk_conv_pairs(const float *x, size_t C, size_t plane, uint16_t *out, int workers);
+/// out[2i] = bf16(a[i]), out[2i + 1] = bf16(b[i]), i < n (needs AVX512_BF16).
+void gk_zip_bf16(const float *a, const float *b, size_t n, uint16_t *out);
 
 /// fp32 -> bf16 bit patterns, round to nearest even (the conversion the bf16 kernels apply).
 void gk_to_bf16(const float *x, uint16_t *out, size_t n);
