@@ -742,7 +742,43 @@ void gk_conv_pairs(const float *x, size_t C, size_t plane, uint16_t *out, int wo
     pairs_job j = {.x = x, .plane = plane, .out = out};
     gk_parallel_for(C / 2, workers, conv_pairs_task, &j);
 }
+typedef struct {
+    const float *x;
+    size_t H, W;
+    uint16_t *out;
+} upsample_job;
+
+// Channel pair t: each row of the two planes zipped once, each pair doubled along the row
+// (v | v << 32 over 64-bit lanes), the row written twice.
+GK_AVX512BF16 static void upsample_pairs_task(void *ctx, size_t t, int worker) {
+    (void)worker;
+    const upsample_job *j = ctx;
+    const size_t H = j->H, W = j->W;
+    const float *a = j->x + 2 * t * H * W;
+    uint32_t *o = (uint32_t *)j->out + t * 4 * H * W;
+    enum { CHUNK = 256 };
+    uint32_t zipped[CHUNK] __attribute__((aligned(64)));
+    for (size_t y = 0; y < H; y++) {
+        uint32_t *row = o + 2 * y * 2 * W;
+        for (size_t x0 = 0; x0 < W; x0 += CHUNK) {
+            size_t n = W - x0 < CHUNK ? W - x0 : CHUNK;
+            zip_bf16(a + y * W + x0, a + H * W + y * W + x0, n, (uint16_t *)zipped);
+            for (size_t i = 0; i < n; i += 8) {
+                size_t left = n - i < 8 ? n - i : 8;
+                __m512i v = _mm512_cvtepu32_epi64(_mm256_maskz_loadu_epi32((__mmask8)((1u << left) - 1), zipped + i));
+                _mm512_mask_storeu_epi32(row + 2 * (x0 + i), gk_mask16(2 * left), _mm512_or_si512(v, _mm512_slli_epi64(v, 32)));
+            }
+        }
+        memcpy(row + 2 * W, row, 2 * W * sizeof(uint32_t));
+    }
+}
+
+void gk_upsample2x_pairs(const float *x, size_t C, size_t H, size_t W, uint16_t *out, int workers) {
+    upsample_job j = {.x = x, .H = H, .W = W, .out = out};
+    gk_parallel_for(C / 2, workers, upsample_pairs_task, &j);
+}
 #else
+void gk_upsample2x_pairs(const float *x, size_t C, size_t H, size_t W, uint16_t *out, int workers) { abort(); }
 void gk_conv_pairs(const float *x, size_t C, size_t plane, uint16_t *out, int workers) { abort(); }
 void gk_zip_bf16(const float *a, const float *b, size_t n, uint16_t *out) { abort(); }
 #endif

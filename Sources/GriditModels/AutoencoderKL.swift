@@ -467,10 +467,18 @@ public struct AutoencoderKL: @unchecked Sendable {
         for stage in d.stages {
             for r in stage.resnets { h = resnet(h, r, ctx, pairs) }
             if let resample = stage.resample {
-                let up = Tensor(zeros: [h.shape[0], h.shape[1], 2 * h.shape[2], 2 * h.shape[3]])
-                upsampleNearest2x(h, into: up)
-                h = up  // frees the low-resolution tensor before the convolution allocates its output
-                h = conv(h, resample, padding: .same(1), ctx)
+                let shape = [h.shape[0], h.shape[1], 2 * h.shape[2], 2 * h.shape[3]]
+                if resample.acceptsPairs {
+                    // Upsampled straight into the convolution's bf16 input (no fp32 copy at 4x the size).
+                    upsampleNearest2x(h, into: pairs, workers: ctx.workers)
+                    h = Tensor(zeros: shape)
+                    conv2d(pairs, resample, padding: .same(1), into: h, context: ctx)
+                } else {
+                    let up = Tensor(zeros: shape)
+                    upsampleNearest2x(h, into: up)
+                    h = up  // frees the low-resolution tensor before the convolution allocates its output
+                    h = conv(h, resample, padding: .same(1), ctx)
+                }
             }
         }
         return normSiLUConv(h, d.normOut, d.convOut, ctx, pairs)

@@ -363,6 +363,18 @@ public func upsampleNearest2x(_ x: Tensor, into out: Tensor) {
     }
 }
 
+/// `upsampleNearest2x` written as bf16 channel pairs (N, C, 2H, 2W) for a bf16 convolution: the
+/// upsampled image rounded to bf16, bit for bit. Needs AVX512_BF16 and an even C.
+public func upsampleNearest2x(_ x: Tensor, into out: ChannelPairs, workers: Int = 1) {
+    precondition(x.rank == 4, "upsampleNearest2x: x \(x.shape)")
+    precondition(KernelBackend.current == .avx512BF16, "upsampling into channel pairs needs AVX512_BF16")
+    let (N, C, H, W) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+    out.resize([N, C, 2 * H, 2 * W])
+    for n in 0..<N {
+        gk_upsample2x_pairs(x.pointer + n * C * H * W, C, H, W, out.pointer + n * C * 4 * H * W, Int32(workers))
+    }
+}
+
 /// (C, T) <-> (T, C) transpose of one sample: src (rows, cols) -> dst (cols, rows).
 public func transpose2D(_ src: UnsafePointer<Float>, rows: Int, cols: Int, into dst: UnsafeMutablePointer<Float>) {
     for r in 0..<rows {

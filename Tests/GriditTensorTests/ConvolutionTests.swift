@@ -117,3 +117,16 @@ func groupNormIntoChannelPairsIsRoundedGroupNorm(silu: Bool) {
     conv2d(pairs, w, padding: .same(1), into: viaPairs, context: ctx)
     #expect(viaPairs.toArray().map(\.bitPattern) == direct.toArray().map(\.bitPattern))
 }
+
+@Test func upsampleIntoChannelPairsIsRoundedUpsample() {
+    guard KernelBackend.current == .avx512BF16 else { return }
+    // A row (W = 261) longer than the kernel's 256-value chunk, and an odd remainder.
+    let (N, C, H, W) = (2, 4, 3, 261)
+    let x = Tensor(testValues(N * C * H * W, seed: 78, scale: 2), shape: [N, C, H, W])
+    let up = Tensor(zeros: [N, C, 2 * H, 2 * W])
+    upsampleNearest2x(x, into: up)
+    let pairs = ChannelPairs()
+    upsampleNearest2x(x, into: pairs, workers: 3)
+    #expect(pairs.shape == up.shape)
+    #expect(pairs.toTensor().toArray().map(\.bitPattern) == up.toArray().map { Naive.bf16($0).bitPattern })
+}

@@ -126,6 +126,8 @@ void gk_attention(const float *q, const float *k, const float *v, size_t ld, siz
 /// One (C, H, W) image, C even, as bf16 channel pairs (C/2, H, W, 2):
 /// out[((c / 2) * plane + i) * 2 + c % 2] = bf16(x[c * plane + i]), plane = H * W.
 void gk_conv_pairs(const float *x, size_t C, size_t plane, uint16_t *out, int workers);
+/// Nearest 2x upsampling of (C, H, W), C even, as bf16 channel pairs (C/2, 2H, 2W, 2).
+void gk_upsample2x_pairs(const float *x, size_t C, size_t H, size_t W, uint16_t *out, int workers);
 /// out[2i] = bf16(a[i]), out[2i + 1] = bf16(b[i]), i < n (needs AVX512_BF16).
 void gk_zip_bf16(const float *a, const float *b, size_t n, uint16_t *out);
 
