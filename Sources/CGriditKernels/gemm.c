@@ -118,13 +118,11 @@ GK_AVX512 static inline void move_run(float *dst, const float *src, size_t n) {
     }
 }
 
-// Column block n0 ..< n0 + nvalid of im2col(image) for k in k0 ..< k0 + kc, as fp32 [kc][NR]:
-// column n is output position (n / Wo, n % Wo), k is (c, ki, kj) like the flattened conv weight.
-// The block's positions are cut once into runs along output rows, and (c, ki, kj) advances
-// incrementally, so the loop over k does no division.
-GK_AVX512 static void pack_im2col_f32(const gk_conv_geometry *g, const float *img, size_t n0, size_t nvalid, size_t k0,
-                                      size_t kc, float *dst) {
-    struct { size_t oy, ox, len; } runs[NR];
+// A run of a column block's output positions along one output row.
+typedef struct { size_t oy, ox, len; } conv_run;
+
+// Cuts columns n0 ..< n0 + nvalid (output positions) into runs along output rows.
+static size_t cut_runs(const gk_conv_geometry *g, size_t n0, size_t nvalid, conv_run runs[NR]) {
     size_t nruns = 0;
     for (size_t j = 0, oy = n0 / g->Wo, ox = n0 % g->Wo; j < nvalid; oy++, ox = 0) {
         size_t len = min_sz(nvalid - j, g->Wo - ox);
@@ -134,6 +132,17 @@ GK_AVX512 static void pack_im2col_f32(const gk_conv_geometry *g, const float *im
         nruns++;
         j += len;
     }
+    return nruns;
+}
+
+// Column block n0 ..< n0 + nvalid of im2col(image) for k in k0 ..< k0 + kc, as fp32 [kc][NR]:
+// column n is output position (n / Wo, n % Wo), k is (c, ki, kj) like the flattened conv weight.
+// The block's positions are cut once into runs along output rows, and (c, ki, kj) advances
+// incrementally, so the loop over k does no division.
+GK_AVX512 static void pack_im2col_f32(const gk_conv_geometry *g, const float *img, size_t n0, size_t nvalid, size_t k0,
+                                      size_t kc, float *dst) {
+    conv_run runs[NR];
+    size_t nruns = cut_runs(g, n0, nvalid, runs);
     const size_t taps = g->KH * g->KW;
     size_t c = k0 / taps, ki = k0 % taps / g->KW, kj = k0 % g->KW;
     // The image rows a block reads jump between channel planes, which the hardware prefetchers
@@ -206,16 +215,8 @@ GK_AVX512 static void pack_im2col_f32(const gk_conv_geometry *g, const float *im
 // bounds depend only on the tap (ki, kj), computed once per tap.
 GK_AVX512 static void pack_conv_pairs(const gk_conv_geometry *g, const uint16_t *img, size_t n0, size_t nvalid,
                                       size_t k0, size_t kc, uint16_t *dst) {
-    struct { size_t oy, ox, len; } runs[NR];
-    size_t nruns = 0;
-    for (size_t j = 0, oy = n0 / g->Wo, ox = n0 % g->Wo; j < nvalid; oy++, ox = 0) {
-        size_t len = min_sz(nvalid - j, g->Wo - ox);
-        runs[nruns].oy = oy;
-        runs[nruns].ox = ox;
-        runs[nruns].len = len;
-        nruns++;
-        j += len;
-    }
+    conv_run runs[NR];
+    size_t nruns = cut_runs(g, n0, nvalid, runs);
     const size_t cp = g->C / 2, plane = g->H * g->W;
     const uint32_t *src32 = (const uint32_t *)img;
     enum { AHEAD = 4 };  // channel pairs prefetched ahead (planes apart: the prefetchers miss them)

@@ -313,12 +313,19 @@ public func groupNorm(_ x: Tensor, groups G: Int, weight: Tensor, bias: Tensor, 
     let plane = x.shape[2] * x.shape[3]
     precondition(G > 0 && C % G == 0, "groupNorm: \(C) channels not divisible by \(G) groups")
     precondition(weight.count == C && bias.count == C, "groupNorm: affine \(weight.shape)/\(bias.shape) vs \(C) channels")
-    let per = C / G
     let (src, dst, w, b) = (x.pointer, out.mutablePointer, weight.pointer, bias.pointer)
+    groupItems(N: N, C: C, groups: G, plane: plane, workers: workers) { base, c0, per in
+        gk_group_norm(src + base, dst + base, per, plane, w + c0, b + c0, eps, fuseSiLU ? 1 : 0)
+    }
+}
+
+/// Runs `body(offset of the group's first value, its first channel, channels per group)` for every
+/// (sample, group) of an (N, C, H, W) tensor on `workers` threads.
+private func groupItems(N: Int, C: Int, groups G: Int, plane: Int, workers: Int, _ body: (Int, Int, Int) -> Void) {
+    let per = C / G
     parallelItems(N * G, workers: workers) { item, _ in
         let (n, g) = (item / G, item % G)
-        let base = (n * C + g * per) * plane
-        gk_group_norm(src + base, dst + base, per, plane, w + g * per, b + g * per, eps, fuseSiLU ? 1 : 0)
+        body((n * C + g * per) * plane, g * per, per)
     }
 }
 
@@ -333,12 +340,10 @@ public func groupNorm(_ x: Tensor, groups G: Int, weight: Tensor, bias: Tensor, 
     precondition(weight.count == C && bias.count == C, "groupNorm: affine \(weight.shape)/\(bias.shape) vs \(C) channels")
     precondition(KernelBackend.current == .avx512BF16, "groupNorm into channel pairs needs AVX512_BF16")
     out.resize(x.shape)
-    let per = C / G
     let (src, dst, w, b) = (x.pointer, out.pointer, weight.pointer, bias.pointer)
-    parallelItems(N * G, workers: workers) { item, _ in
-        let (n, g) = (item / G, item % G)
-        let base = (n * C + g * per) * plane
-        gk_group_norm_pairs(src + base, dst + base, per, plane, w + g * per, b + g * per, eps, fuseSiLU ? 1 : 0)
+    groupItems(N: N, C: C, groups: G, plane: plane, workers: workers) { base, c0, per in
+        // A pair image's sample n, channel c (c even) starts at the same element offset as in fp32.
+        gk_group_norm_pairs(src + base, dst + base, per, plane, w + c0, b + c0, eps, fuseSiLU ? 1 : 0)
     }
 }
 
