@@ -497,18 +497,20 @@ public struct AutoencoderKL: @unchecked Sendable {
     private func normSiLUConv(_ x: Tensor, _ p: VAEParam, _ w: ConvWeight, into out: Tensor? = nil,
                               accumulate: Bool = false, inPlace: Bool = false, _ ctx: ComputeContext,
                               _ pairs: ChannelPairs) -> Tensor {
-        let out = out ?? Tensor(zeros: convOutputShape(x.shape, weight: w.weight.shape, padding: .same(1)))
         let G = config.normNumGroups
+        let outShape = convOutputShape(x.shape, weight: w.weight.shape, padding: .same(1))
         if w.acceptsPairs && (x.shape[1] / G) % 2 == 0 {
             groupNorm(x, groups: G, weight: p.weight!, bias: p.bias!, eps: 1e-6, silu: true, into: pairs,
                       workers: ctx.workers)
+            let out = out ?? Tensor(zeros: outShape)
             conv2d(pairs, w, padding: .same(1), into: out, accumulate: accumulate, context: ctx)
-        } else {
-            let normed = inPlace ? x : Tensor(zeros: x.shape)
-            groupNorm(x, groups: G, weight: p.weight!, bias: p.bias!, eps: 1e-6, silu: true, into: normed,
-                      workers: ctx.workers)
-            conv2d(normed, w, padding: .same(1), into: out, accumulate: accumulate, context: ctx)
+            return out
         }
+        let normed = inPlace ? x : Tensor(zeros: x.shape)
+        groupNorm(x, groups: G, weight: p.weight!, bias: p.bias!, eps: 1e-6, silu: true, into: normed,
+                  workers: ctx.workers)
+        let out = out ?? Tensor(zeros: outShape)
+        conv2d(normed, w, padding: .same(1), into: out, accumulate: accumulate, context: ctx)
         return out
     }
 
