@@ -82,7 +82,8 @@ void gk_fill_rows(float *out, const float *row, size_t T, size_t D) {
 }
 
 // Mean and 1/std of one group (per channels of plane values), in double.
-static inline void group_stats(const float *x, size_t per, size_t plane, float eps, float *mean_out, double *rstd_out) {
+__attribute__((always_inline)) static inline void group_stats(const float *x, size_t per, size_t plane, float eps,
+                                                              float *mean_out, double *rstd_out) {
     size_t n = per * plane;
     double sum = 0;
     for (size_t c = 0; c < per; c++) sum += gk_sum(x + c * plane, plane);
@@ -93,8 +94,10 @@ static inline void group_stats(const float *x, size_t per, size_t plane, float e
     *rstd_out = 1.0 / sqrt(sq / (double)n + eps);
 }
 
-// d[i] = s[i] * scale + shift, SiLU'd when asked: the one formula of both group norm outputs.
-static inline void norm_row(const float *s, float *d, size_t n, float scale, float shift, int silu) {
+// d[i] = s[i] * scale + shift, SiLU'd when asked: the one formula of both group norm outputs (always
+// inlined, so both are compiled for the same clone target and give the same bits).
+__attribute__((always_inline)) static inline void norm_row(const float *s, float *d, size_t n, float scale, float shift,
+                                                           int silu) {
     if (silu) {
         for (size_t i = 0; i < n; i++) {
             float v = s[i] * scale + shift;
