@@ -118,13 +118,11 @@ GK_AVX512 static inline void move_run(float *dst, const float *src, size_t n) {
     }
 }
 
-// Column block n0 ..< n0 + nvalid of im2col(image) for k in k0 ..< k0 + kc, as fp32 [kc][NR]:
-// column n is output position (n / Wo, n % Wo), k is (c, ki, kj) like the flattened conv weight.
-// The block's positions are cut once into runs along output rows, and (c, ki, kj) advances
-// incrementally, so the loop over k does no division.
-GK_AVX512 static void pack_im2col_f32(const gk_conv_geometry *g, const float *img, size_t n0, size_t nvalid, size_t k0,
-                                      size_t kc, float *dst) {
-    struct { size_t oy, ox, len; } runs[NR];
+// A run of a column block's output positions along one output row.
+typedef struct { size_t oy, ox, len; } conv_run;
+
+// Cuts columns n0 ..< n0 + nvalid (output positions) into runs along output rows.
+static size_t cut_runs(const gk_conv_geometry *g, size_t n0, size_t nvalid, conv_run runs[NR]) {
     size_t nruns = 0;
     for (size_t j = 0, oy = n0 / g->Wo, ox = n0 % g->Wo; j < nvalid; oy++, ox = 0) {
         size_t len = min_sz(nvalid - j, g->Wo - ox);
@@ -134,6 +132,17 @@ GK_AVX512 static void pack_im2col_f32(const gk_conv_geometry *g, const float *im
         nruns++;
         j += len;
     }
+    return nruns;
+}
+
+// Column block n0 ..< n0 + nvalid of im2col(image) for k in k0 ..< k0 + kc, as fp32 [kc][NR]:
+// column n is output position (n / Wo, n % Wo), k is (c, ki, kj) like the flattened conv weight.
+// The block's positions are cut once into runs along output rows, and (c, ki, kj) advances
+// incrementally, so the loop over k does no division.
+GK_AVX512 static void pack_im2col_f32(const gk_conv_geometry *g, const float *img, size_t n0, size_t nvalid, size_t k0,
+                                      size_t kc, float *dst) {
+    conv_run runs[NR];
+    size_t nruns = cut_runs(g, n0, nvalid, runs);
     const size_t taps = g->KH * g->KW;
     size_t c = k0 / taps, ki = k0 % taps / g->KW, kj = k0 % g->KW;
     // The image rows a block reads jump between channel planes, which the hardware prefetchers
@@ -196,6 +205,74 @@ GK_AVX512 static void pack_im2col_f32(const gk_conv_geometry *g, const float *im
                 ki = 0;
                 c++;
             }
+        }
+    }
+}
+
+// The column block n0 ..< n0 + nvalid, k in k0 ..< k0 + kc (both even), of the im2col matrix of a
+// channel-pair image (gk_conv_pairs; k = (ki, kj, c)), as bf16 pairs [kc/2][NR][2]: a pair of k
+// is one 32-bit value of the image, so with stride 1 every row is a run of 32-bit moves whose
+// bounds depend only on the tap (ki, kj), computed once per tap.
+GK_AVX512 static void pack_conv_pairs(const gk_conv_geometry *g, const uint16_t *img, size_t n0, size_t nvalid,
+                                      size_t k0, size_t kc, uint16_t *dst) {
+    conv_run runs[NR];
+    size_t nruns = cut_runs(g, n0, nvalid, runs);
+    const size_t cp = g->C / 2, plane = g->H * g->W;
+    const uint32_t *src32 = (const uint32_t *)img;
+    enum { AHEAD = 4 };  // channel pairs prefetched ahead (planes apart: the prefetchers miss them)
+    size_t p = k0 / 2, p1 = (k0 + kc) / 2;
+    float *out = (float *)dst;
+    while (p < p1) {
+        size_t tap = p / cp, c0 = p % cp, c1 = min_sz(cp, c0 + (p1 - p));
+        long ki = (long)(tap / g->KW), kj = (long)(tap % g->KW);
+        // Per run: the source offset of its first in-range value and the in-range span [lo, hi).
+        struct { long off; size_t lo, hi; long iy, ix0; } span[NR];
+        for (size_t r = 0; r < nruns; r++) {
+            long iy = (long)(runs[r].oy * g->stride) + ki - (long)g->pad_top;
+            long ix0 = (long)(runs[r].ox * g->stride) + kj - (long)g->pad_left;
+            long lo = 0, hi = 0;
+            if (iy >= 0 && iy < (long)g->H && g->stride == 1) {
+                lo = ix0 < 0 ? -ix0 : 0;
+                hi = (long)g->W - ix0;
+                if (hi > (long)runs[r].len) hi = (long)runs[r].len;
+                if (lo > (long)runs[r].len) lo = (long)runs[r].len;
+                if (hi < lo) hi = lo;
+            }
+            span[r].off = iy * (long)g->W + ix0;
+            span[r].lo = (size_t)lo;
+            span[r].hi = (size_t)hi;
+            span[r].iy = iy;
+            span[r].ix0 = ix0;
+        }
+        for (size_t c = c0; c < c1; c++, p++) {
+            const uint32_t *pl = src32 + c * plane;
+            float *row = out + (p - k0 / 2) * NR;
+            size_t j = 0;
+            for (size_t r = 0; r < nruns; r++) {
+                size_t run = runs[r].len, lo = span[r].lo, hi = span[r].hi;
+                if (g->stride != 1) {
+                    // Strided (the encoder's downsample): gather value by value.
+                    uint32_t *o = (uint32_t *)(row + j);
+                    long iy = span[r].iy;
+                    for (size_t t = 0; t < run; t++) {
+                        long ix = span[r].ix0 + (long)(t * g->stride);
+                        o[t] = iy >= 0 && iy < (long)g->H && ix >= 0 && ix < (long)g->W ? pl[iy * (long)g->W + ix] : 0;
+                    }
+                } else if (hi > lo) {
+                    const uint32_t *s = pl + span[r].off + (long)lo;
+                    if (c + AHEAD < cp) {
+                        const char *f = (const char *)(s + AHEAD * plane);
+                        for (size_t b = 0; b < (hi - lo) * 4 + 63; b += 64) _mm_prefetch(f + b, _MM_HINT_T0);
+                    }
+                    move_run(row + j, NULL, lo);
+                    move_run(row + j + lo, (const float *)s, hi - lo);
+                    move_run(row + j + hi, NULL, run - hi);
+                } else {
+                    move_run(row + j, NULL, run);
+                }
+                j += run;
+            }
+            move_run(row + nvalid, NULL, NR - nvalid);
         }
     }
 }
@@ -345,7 +422,9 @@ GK_AVX512 static const void *b_panel(const gemm_job *j, size_t q, size_t pc, siz
     if (g->b_packed) return (const unsigned char *)g->b_packed + q * j->b_stride + pc * NR * j->esize;
     size_t n0 = q * NR, nvalid = min_sz(NR, g->N - n0);
     if (g->conv) {
-        if (j->bf16) {
+        if (j->bf16 && g->b_pairs) {
+            pack_conv_pairs(g->conv, g->b_pairs, n0, nvalid, pc, kc, (uint16_t *)buf);
+        } else if (j->bf16) {
             pack_im2col_f32(g->conv, g->b, n0, nvalid, pc, kc, staging);
             pairs_bf16(staging, kc, NR, (uint16_t *)buf);
         } else {
@@ -631,6 +710,78 @@ GK_AVX512BF16 static void to_bf16_avx512(const float *x, uint16_t *out, size_t n
         _mm256_mask_storeu_epi16(out + i, m, h);
     }
 }
+#endif
+
+#if GK_HAVE_X86
+typedef struct {
+    const float *x;
+    size_t plane;
+    uint16_t *out;
+} pairs_job;
+
+// Rounded as pairs_bf16 does.
+GK_AVX512BF16 static void zip_bf16(const float *a, const float *b, size_t n, uint16_t *o) {
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = gk_mask16(n - i);
+        __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, a + i)));
+        __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, b + i)));
+        _mm512_mask_storeu_epi32(o + 2 * i, m, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    }
+}
+
+void gk_zip_bf16(const float *a, const float *b, size_t n, uint16_t *out) { zip_bf16(a, b, n, out); }
+
+// Channel pair t: two planes zipped into (plane, 2) bf16.
+static void conv_pairs_task(void *ctx, size_t t, int worker) {
+    (void)worker;
+    const pairs_job *j = ctx;
+    const float *a = j->x + 2 * t * j->plane;
+    zip_bf16(a, a + j->plane, j->plane, j->out + 2 * t * j->plane);
+}
+
+void gk_conv_pairs(const float *x, size_t C, size_t plane, uint16_t *out, int workers) {
+    pairs_job j = {.x = x, .plane = plane, .out = out};
+    gk_parallel_for(C / 2, workers, conv_pairs_task, &j);
+}
+typedef struct {
+    const float *x;
+    size_t H, W;
+    uint16_t *out;
+} upsample_job;
+
+// Channel pair t: each row of the two planes zipped once, each pair doubled along the row
+// (v | v << 32 over 64-bit lanes), the row written twice.
+GK_AVX512BF16 static void upsample_pairs_task(void *ctx, size_t t, int worker) {
+    (void)worker;
+    const upsample_job *j = ctx;
+    const size_t H = j->H, W = j->W;
+    const float *a = j->x + 2 * t * H * W;
+    uint32_t *o = (uint32_t *)j->out + t * 4 * H * W;
+    enum { CHUNK = 256 };
+    uint32_t zipped[CHUNK] __attribute__((aligned(64)));
+    for (size_t y = 0; y < H; y++) {
+        uint32_t *row = o + 2 * y * 2 * W;
+        for (size_t x0 = 0; x0 < W; x0 += CHUNK) {
+            size_t n = W - x0 < CHUNK ? W - x0 : CHUNK;
+            zip_bf16(a + y * W + x0, a + H * W + y * W + x0, n, (uint16_t *)zipped);
+            for (size_t i = 0; i < n; i += 8) {
+                size_t left = n - i < 8 ? n - i : 8;
+                __m512i v = _mm512_cvtepu32_epi64(_mm256_maskz_loadu_epi32((__mmask8)((1u << left) - 1), zipped + i));
+                _mm512_mask_storeu_epi32(row + 2 * (x0 + i), gk_mask16(2 * left), _mm512_or_si512(v, _mm512_slli_epi64(v, 32)));
+            }
+        }
+        memcpy(row + 2 * W, row, 2 * W * sizeof(uint32_t));
+    }
+}
+
+void gk_upsample2x_pairs(const float *x, size_t C, size_t H, size_t W, uint16_t *out, int workers) {
+    upsample_job j = {.x = x, .H = H, .W = W, .out = out};
+    gk_parallel_for(C / 2, workers, upsample_pairs_task, &j);
+}
+#else
+void gk_upsample2x_pairs(const float *x, size_t C, size_t H, size_t W, uint16_t *out, int workers) { abort(); }
+void gk_conv_pairs(const float *x, size_t C, size_t plane, uint16_t *out, int workers) { abort(); }
+void gk_zip_bf16(const float *a, const float *b, size_t n, uint16_t *out) { abort(); }
 #endif
 
 void gk_to_bf16(const float *x, uint16_t *out, size_t n) {

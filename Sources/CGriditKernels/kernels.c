@@ -81,28 +81,64 @@ void gk_fill_rows(float *out, const float *row, size_t T, size_t D) {
     for (size_t t = 0; t < T; t++) memcpy(out + t * D, row, D * sizeof(float));
 }
 
-GK_CLONES
-void gk_group_norm(const float *x, float *out, size_t per, size_t plane, const float *weight, const float *bias,
-                   float eps, int silu) {
+// Mean and 1/std of one group (per channels of plane values), in double.
+__attribute__((always_inline)) static inline void group_stats(const float *x, size_t per, size_t plane, float eps,
+                                                              float *mean_out, double *rstd_out) {
     size_t n = per * plane;
     double sum = 0;
     for (size_t c = 0; c < per; c++) sum += gk_sum(x + c * plane, plane);
     float mean = (float)(sum / (double)n);
     double sq = 0;
     for (size_t c = 0; c < per; c++) sq += gk_centered_sq(x + c * plane, plane, mean);
-    double rstd = 1.0 / sqrt(sq / (double)n + eps);
+    *mean_out = mean;
+    *rstd_out = 1.0 / sqrt(sq / (double)n + eps);
+}
+
+// d[i] = s[i] * scale + shift, SiLU'd when asked: the one formula of both group norm outputs (always
+// inlined, so both are compiled for the same clone target and give the same bits).
+__attribute__((always_inline)) static inline void norm_row(const float *s, float *d, size_t n, float scale, float shift,
+                                                           int silu) {
+    if (silu) {
+        for (size_t i = 0; i < n; i++) {
+            float v = s[i] * scale + shift;
+            d[i] = v / (1.0f + gk_expf(-v));
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) d[i] = s[i] * scale + shift;
+    }
+}
+
+GK_CLONES
+void gk_group_norm(const float *x, float *out, size_t per, size_t plane, const float *weight, const float *bias,
+                   float eps, int silu) {
+    float mean;
+    double rstd;
+    group_stats(x, per, plane, eps, &mean, &rstd);
     for (size_t c = 0; c < per; c++) {
         float scale = (float)(rstd * weight[c]);
         float shift = (float)(bias[c] - mean * rstd * weight[c]);
-        const float *s = x + c * plane;
-        float *d = out + c * plane;
-        if (silu) {
-            for (size_t i = 0; i < plane; i++) {
-                float v = s[i] * scale + shift;
-                d[i] = v / (1.0f + gk_expf(-v));
-            }
-        } else {
-            for (size_t i = 0; i < plane; i++) d[i] = s[i] * scale + shift;
+        norm_row(x + c * plane, out + c * plane, plane, scale, shift, silu);
+    }
+}
+
+GK_CLONES
+void gk_group_norm_pairs(const float *x, uint16_t *out, size_t per, size_t plane, const float *weight,
+                         const float *bias, float eps, int silu) {
+    enum { CHUNK = 512 };
+    float mean;
+    double rstd;
+    group_stats(x, per, plane, eps, &mean, &rstd);
+    float rows[2][CHUNK] __attribute__((aligned(64)));
+    for (size_t c = 0; c < per; c += 2) {
+        float scale[2], shift[2];
+        for (int h = 0; h < 2; h++) {
+            scale[h] = (float)(rstd * weight[c + h]);
+            shift[h] = (float)(bias[c + h] - mean * rstd * weight[c + h]);
+        }
+        for (size_t i = 0; i < plane; i += CHUNK) {
+            size_t n = plane - i < CHUNK ? plane - i : CHUNK;
+            for (int h = 0; h < 2; h++) norm_row(x + (c + h) * plane + i, rows[h], n, scale[h], shift[h], silu);
+            gk_zip_bf16(rows[0], rows[1], n, out + (c / 2 * plane + i) * 2);
         }
     }
 }

@@ -448,32 +448,40 @@ public struct AutoencoderKL: @unchecked Sendable {
     // MARK: halves
 
     private func encodeMoments(_ image: Tensor, _ ctx: ComputeContext) -> Tensor {
-        let e = encoder
+        let e = encoder, pairs = ChannelPairs()
         var h = conv(image, e.convIn, padding: .same(1), ctx)
         for stage in e.stages {
-            for r in stage.resnets { h = resnet(h, r, ctx) }
+            for r in stage.resnets { h = resnet(h, r, ctx, pairs) }
             if let resample = stage.resample { h = conv(h, resample, stride: 2, padding: .downsample, ctx) }
         }
-        h = midBlock(h, e.mid, ctx)
-        h = conv(normSiLU(h, e.normOut, ctx), e.convOut, padding: .same(1), ctx)
+        h = midBlock(h, e.mid, ctx, pairs)
+        h = normSiLUConv(h, e.normOut, e.convOut, ctx, pairs)
         return conv(h, quantConv, padding: .same(0), ctx)
     }
 
     private func decodeLatent(_ latent: Tensor, _ ctx: ComputeContext) -> Tensor {
-        let d = decoder
+        let d = decoder, pairs = ChannelPairs()
         var h = conv(latent, postQuantConv, padding: .same(0), ctx)
         h = conv(h, d.convIn, padding: .same(1), ctx)
-        h = midBlock(h, d.mid, ctx)
+        h = midBlock(h, d.mid, ctx, pairs)
         for stage in d.stages {
-            for r in stage.resnets { h = resnet(h, r, ctx) }
+            for r in stage.resnets { h = resnet(h, r, ctx, pairs) }
             if let resample = stage.resample {
-                let up = Tensor(zeros: [h.shape[0], h.shape[1], 2 * h.shape[2], 2 * h.shape[3]])
-                upsampleNearest2x(h, into: up)
-                h = up  // frees the low-resolution tensor before the convolution allocates its output
-                h = conv(h, resample, padding: .same(1), ctx)
+                let shape = [h.shape[0], h.shape[1], 2 * h.shape[2], 2 * h.shape[3]]
+                if resample.acceptsPairs {
+                    // Upsampled straight into the convolution's bf16 input (no fp32 copy at 4x the size).
+                    upsampleNearest2x(h, into: pairs, workers: ctx.workers)
+                    h = Tensor(zeros: shape)
+                    conv2d(pairs, resample, padding: .same(1), into: h, context: ctx)
+                } else {
+                    let up = Tensor(zeros: shape)
+                    upsampleNearest2x(h, into: up)
+                    h = up  // frees the low-resolution tensor before the convolution allocates its output
+                    h = conv(h, resample, padding: .same(1), ctx)
+                }
             }
         }
-        return conv(normSiLU(h, d.normOut, ctx), d.convOut, padding: .same(1), ctx)
+        return normSiLUConv(h, d.normOut, d.convOut, ctx, pairs)
     }
 
     // MARK: blocks
@@ -482,26 +490,42 @@ public struct AutoencoderKL: @unchecked Sendable {
         conv2d(x, w, stride: stride, padding: padding, context: ctx)
     }
 
-    private func normSiLU(_ x: Tensor, _ p: VAEParam, _ ctx: ComputeContext) -> Tensor {
-        let out = Tensor(zeros: x.shape)
-        groupNorm(x, groups: config.normNumGroups, weight: p.weight!, bias: p.bias!, eps: 1e-6, silu: true, into: out,
+    /// w(silu(group_norm(x))) (3x3, padding 1), into `out` (+= with `accumulate`) or a new tensor.
+    /// Where the convolution takes bf16 channel pairs, the norm writes them into `pairs` and no
+    /// fp32 copy of the normalised activation exists; otherwise x is normalised in place when
+    /// `inPlace` (x is then consumed), else into a new tensor.
+    private func normSiLUConv(_ x: Tensor, _ p: VAEParam, _ w: ConvWeight, into out: Tensor? = nil,
+                              accumulate: Bool = false, inPlace: Bool = false, _ ctx: ComputeContext,
+                              _ pairs: ChannelPairs) -> Tensor {
+        let G = config.normNumGroups
+        let outShape = convOutputShape(x.shape, weight: w.weight.shape, padding: .same(1))
+        if w.acceptsPairs && (x.shape[1] / G) % 2 == 0 {
+            groupNorm(x, groups: G, weight: p.weight!, bias: p.bias!, eps: 1e-6, silu: true, into: pairs,
+                      workers: ctx.workers)
+            let out = out ?? Tensor(zeros: outShape)
+            conv2d(pairs, w, padding: .same(1), into: out, accumulate: accumulate, context: ctx)
+            return out
+        }
+        let normed = inPlace ? x : Tensor(zeros: x.shape)
+        groupNorm(x, groups: G, weight: p.weight!, bias: p.bias!, eps: 1e-6, silu: true, into: normed,
                   workers: ctx.workers)
+        let out = out ?? Tensor(zeros: outShape)
+        conv2d(normed, w, padding: .same(1), into: out, accumulate: accumulate, context: ctx)
         return out
     }
 
     /// shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x)))))). Consumes x: with an identity
     /// shortcut, conv2 accumulates into x's storage (callers pass tensors they no longer need).
-    private func resnet(_ x: Tensor, _ r: VAEResnet, _ ctx: ComputeContext) -> Tensor {
-        let h = conv(normSiLU(x, r.norm1, ctx), r.conv1, padding: .same(1), ctx)
-        groupNorm(h, groups: config.normNumGroups, weight: r.norm2.weight!, bias: r.norm2.bias!, eps: 1e-6, silu: true,
-                  into: h, workers: ctx.workers)
+    private func resnet(_ x: Tensor, _ r: VAEResnet, _ ctx: ComputeContext, _ pairs: ChannelPairs) -> Tensor {
+        let h = normSiLUConv(x, r.norm1, r.conv1, ctx, pairs)
         let out = r.shortcut.map { conv(x, $0, padding: .same(0), ctx) } ?? x
-        conv2d(h, r.conv2, padding: .same(1), into: out, accumulate: true, context: ctx)
+        _ = normSiLUConv(h, r.norm2, r.conv2, into: out, accumulate: true, inPlace: true, ctx, pairs)
         return out
     }
 
-    private func midBlock(_ x: Tensor, _ m: (VAEResnet, VAEAttention, VAEResnet), _ ctx: ComputeContext) -> Tensor {
-        resnet(attention(resnet(x, m.0, ctx), m.1, ctx), m.2, ctx)
+    private func midBlock(_ x: Tensor, _ m: (VAEResnet, VAEAttention, VAEResnet), _ ctx: ComputeContext,
+                          _ pairs: ChannelPairs) -> Tensor {
+        resnet(attention(resnet(x, m.0, ctx, pairs), m.1, ctx), m.2, ctx, pairs)
     }
 
     /// x + to_out(softmax(q kᵀ / sqrt(C)) v) over the H*W positions, q/k/v from group_norm(x).

@@ -31,11 +31,16 @@ public let convColumnBudget = 8 << 20
 
 /// A convolution's weight (Cout, Cin, KH, KW) and bias (Cout), prepared once for a precision:
 /// fp32 products read the tensor in place; bf16 products read it packed into the GEMM's panels.
+/// With bf16 and an even Cin the product runs over k = (ki, kj, c) (`acceptsPairs`): the weight is packed
+/// as (Cout, KH, KW, Cin) and each call converts its input once into bf16 channel pairs
+/// (`gk_conv_pairs`), so the GEMM's im2col panels are plain 32-bit moves from that copy.
 public struct ConvWeight: @unchecked Sendable {
     public let weight: Tensor
     public let bias: Tensor?
     public let precision: Precision
     let packed: AlignedBuffer?
+    /// bf16 with an even Cin: the product runs on channel pairs (`ChannelPairs`).
+    public let acceptsPairs: Bool
 
     public init(weight: Tensor, bias: Tensor?, precision: Precision = .fp32, backend: KernelBackend = .current) {
         precondition(weight.rank == 4, "ConvWeight: weight must be (Cout, Cin, KH, KW), got \(weight.shape)")
@@ -45,11 +50,25 @@ public struct ConvWeight: @unchecked Sendable {
         self.precision = precision.effective(on: backend)
         if self.precision == .bf16 {
             let (M, K) = (weight.shape[0], weight.count / weight.shape[0])
+            let (Cin, taps) = (weight.shape[1], weight.shape[2] * weight.shape[3])
+            acceptsPairs = Cin % 2 == 0
+            var source = weight
+            if acceptsPairs {
+                // (Cout, Cin, KH, KW) -> (Cout, KH, KW, Cin)
+                source = Tensor(zeros: weight.shape)
+                let (src, dst) = (weight.pointer, source.mutablePointer)
+                for o in 0..<M {
+                    for c in 0..<Cin {
+                        for t in 0..<taps { dst[o * K + t * Cin + c] = src[o * K + c * taps + t] }
+                    }
+                }
+            }
             let buffer = AlignedBuffer(byteCount: gk_packed_a_bytes(M, K, 1))
-            precondition(gk_pack_a(weight.pointer, K, M, K, 1, buffer.base, 1) == 0, "ConvWeight: out of memory")
+            precondition(gk_pack_a(source.pointer, K, M, K, 1, buffer.base, 1) == 0, "ConvWeight: out of memory")
             packed = buffer
         } else {
             packed = nil
+            acceptsPairs = false
         }
     }
 
@@ -65,7 +84,7 @@ public struct ConvWeight: @unchecked Sendable {
 /// x: (N, Cin, H, W); w: (Cout, Cin, KH, KW) weight, (Cout) bias; out: (N, Cout, Ho, Wo).
 /// With `accumulate` the result is added to `out` (a fused residual), else `out` is overwritten.
 /// Per sample, out (Cout, Ho·Wo) = weight (Cout, Cin·KH·KW) · im2col(x), the GEMM packing the
-/// im2col columns it needs straight from x.
+/// im2col columns it needs straight from x (or from x's bf16 channel pairs, see `ConvWeight`).
 public func conv2d(_ x: Tensor, _ w: ConvWeight, stride: Int = 1, padding: ConvPadding, into out: Tensor,
                    accumulate: Bool = false, context: ComputeContext) {
     guard context.backend.ownsGEMM else {
@@ -73,30 +92,58 @@ public func conv2d(_ x: Tensor, _ w: ConvWeight, stride: Int = 1, padding: ConvP
                    accumulate: accumulate, workers: context.workers)
         return
     }
+    precondition(x.rank == 4, "conv2d: x \(x.shape)")
+    gemmConv(x.shape, image: x.pointer, pairs: nil, w, stride: stride, padding: padding, into: out,
+             accumulate: accumulate, context: context)
+}
+
+/// `conv2d` of the image whose bf16 channel pairs `x` holds (filled by `groupNorm(_:...into:)`):
+/// the same bits as `conv2d` of that image. Needs `w.acceptsPairs`.
+public func conv2d(_ x: ChannelPairs, _ w: ConvWeight, stride: Int = 1, padding: ConvPadding, into out: Tensor,
+                   accumulate: Bool = false, context: ComputeContext) {
+    precondition(w.acceptsPairs && context.backend.ownsGEMM, "conv2d: channel pairs need a bf16 weight with even Cin")
+    gemmConv(x.shape, image: nil, pairs: UnsafePointer(x.pointer), w, stride: stride, padding: padding, into: out,
+             accumulate: accumulate, context: context)
+}
+
+/// The GEMM form of `conv2d` on an fp32 image, or (`pairs`) on its channel-pair copy.
+private func gemmConv(_ shape: [Int], image: UnsafePointer<Float>?, pairs: UnsafePointer<UInt16>?, _ w: ConvWeight,
+                      stride: Int, padding: ConvPadding, into out: Tensor, accumulate: Bool, context: ComputeContext) {
     let weight = w.weight
-    precondition(x.rank == 4 && weight.rank == 4, "conv2d: x \(x.shape), weight \(weight.shape)")
-    let (N, Cin, H, W) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+    precondition(shape.count == 4 && weight.rank == 4, "conv2d: x \(shape), weight \(weight.shape)")
+    let (N, Cin, H, W) = (shape[0], shape[1], shape[2], shape[3])
     let (Cout, KH, KW) = (weight.shape[0], weight.shape[2], weight.shape[3])
     precondition(weight.shape[1] == Cin, "conv2d: weight \(weight.shape) vs input channels \(Cin)")
     precondition(stride >= 1, "conv2d: stride \(stride)")
     let Ho = convOutputSize(H, kernel: KH, stride: stride, padBefore: padding.top, padAfter: padding.bottom)
     let Wo = convOutputSize(W, kernel: KW, stride: stride, padBefore: padding.left, padAfter: padding.right)
-    precondition(Ho >= 1 && Wo >= 1, "conv2d: empty output for input \(x.shape), kernel \(KH)x\(KW)")
+    precondition(Ho >= 1 && Wo >= 1, "conv2d: empty output for input \(shape), kernel \(KH)x\(KW)")
     precondition(out.shape == [N, Cout, Ho, Wo], "conv2d: out \(out.shape), expected \([N, Cout, Ho, Wo])")
     let K = Cin * KH * KW
     var geometry = gk_conv_geometry(C: Cin, H: H, W: W, KH: KH, KW: KW, stride: stride, pad_top: padding.top,
                                     pad_left: padding.left, Ho: Ho, Wo: Wo)
-    let scratch = context.reserve(scratchBytes: w.scratchBytes(context: context))
+    // An fp32 image with a channel-pair weight is converted one sample at a time into scratch.
+    let gemmBytes = (w.scratchBytes(context: context) + 63) / 64 * 64
+    let convert = pairs == nil && w.acceptsPairs
+    let scratch = context.reserve(scratchBytes: gemmBytes + (convert ? Cin * H * W * 2 : 0))
+    let sampleCopy = convert ? (scratch + gemmBytes).assumingMemoryBound(to: UInt16.self) : nil
     withUnsafePointer(to: &geometry) { geometry in
         for n in 0..<N {
             var args = gk_gemm_args()
+            if let sampleCopy, let image {
+                gk_conv_pairs(image + n * Cin * H * W, Cin, H * W, sampleCopy, Int32(context.workers))
+                args.b_pairs = UnsafePointer(sampleCopy)
+            } else if let pairs {
+                args.b_pairs = pairs + n * Cin * H * W
+            } else {
+                args.b = image! + n * Cin * H * W
+            }
             args.M = Cout
             args.N = Ho * Wo
             args.K = K
             args.bf16 = w.precision == .bf16 ? 1 : 0
             if let packed = w.packed { args.a_packed = UnsafeRawPointer(packed.base) } else { args.a = weight.pointer }
             args.lda = K
-            args.b = x.pointer + n * Cin * H * W
             args.conv = geometry
             args.c = out.mutablePointer + n * Cout * Ho * Wo
             args.ldc = Ho * Wo
@@ -104,6 +151,41 @@ public func conv2d(_ x: Tensor, _ w: ConvWeight, stride: Int = 1, padding: ConvP
             args.accumulate = accumulate ? 1 : 0
             gk_gemm(&args, scratch, Int32(context.workers))
         }
+    }
+}
+
+/// bf16 channel pairs (N, C/2, H, W, 2) of an (N, C, H, W) image, C even: the input form of bf16
+/// convolutions (`ConvWeight`), written directly by `groupNorm(_:...into:)` so a normalised
+/// activation needs no fp32 copy. The buffer grows to the largest image it held and is reused.
+public final class ChannelPairs: @unchecked Sendable {
+    public private(set) var shape: [Int] = [0, 0, 0, 0]
+    private var buffer = AlignedBuffer(byteCount: 0)
+
+    public init() {}
+
+    var pointer: UnsafeMutablePointer<UInt16> { buffer.base.assumingMemoryBound(to: UInt16.self) }
+
+    /// Sets the image shape (N, C, H, W) (C even), growing the buffer when needed.
+    func resize(_ shape: [Int]) {
+        precondition(shape.count == 4 && shape[1] % 2 == 0, "ChannelPairs: shape \(shape) needs an even C")
+        let bytes = shape.reduce(1, *) * 2
+        if buffer.byteCount < bytes { buffer = AlignedBuffer(byteCount: bytes) }
+        self.shape = shape
+    }
+
+    /// The pairs as fp32 values (N, C, H, W) (tests).
+    public func toTensor() -> Tensor {
+        let (N, C, plane) = (shape[0], shape[1], shape[2] * shape[3])
+        let t = Tensor(zeros: shape)
+        for n in 0..<N {
+            for c in 0..<C {
+                for i in 0..<plane {
+                    let bits = UInt32(pointer[((n * C + c) / 2 * plane + i) * 2 + c % 2]) << 16
+                    t.mutablePointer[(n * C + c) * plane + i] = Float(bitPattern: bits)
+                }
+            }
+        }
+        return t
     }
 }
 
@@ -231,12 +313,37 @@ public func groupNorm(_ x: Tensor, groups G: Int, weight: Tensor, bias: Tensor, 
     let plane = x.shape[2] * x.shape[3]
     precondition(G > 0 && C % G == 0, "groupNorm: \(C) channels not divisible by \(G) groups")
     precondition(weight.count == C && bias.count == C, "groupNorm: affine \(weight.shape)/\(bias.shape) vs \(C) channels")
-    let per = C / G
     let (src, dst, w, b) = (x.pointer, out.mutablePointer, weight.pointer, bias.pointer)
+    groupItems(N: N, C: C, groups: G, plane: plane, workers: workers) { base, c0, per in
+        gk_group_norm(src + base, dst + base, per, plane, w + c0, b + c0, eps, fuseSiLU ? 1 : 0)
+    }
+}
+
+/// Runs `body(offset of the group's first value, its first channel, channels per group)` for every
+/// (sample, group) of an (N, C, H, W) tensor on `workers` threads.
+private func groupItems(N: Int, C: Int, groups G: Int, plane: Int, workers: Int, _ body: (Int, Int, Int) -> Void) {
+    let per = C / G
     parallelItems(N * G, workers: workers) { item, _ in
         let (n, g) = (item / G, item % G)
-        let base = (n * C + g * per) * plane
-        gk_group_norm(src + base, dst + base, per, plane, w + g * per, b + g * per, eps, fuseSiLU ? 1 : 0)
+        body((n * C + g * per) * plane, g * per, per)
+    }
+}
+
+/// `groupNorm` written as bf16 channel pairs for a bf16 convolution: the same bits as `groupNorm`
+/// into an fp32 tensor, then rounded to bf16. Needs AVX512_BF16 and an even C / G.
+public func groupNorm(_ x: Tensor, groups G: Int, weight: Tensor, bias: Tensor, eps: Float = 1e-6,
+                      silu fuseSiLU: Bool = false, into out: ChannelPairs, workers: Int = 1) {
+    precondition(x.rank == 4, "groupNorm: x \(x.shape)")
+    let (N, C) = (x.shape[0], x.shape[1])
+    let plane = x.shape[2] * x.shape[3]
+    precondition(G > 0 && C % G == 0 && (C / G) % 2 == 0, "groupNorm: \(C) channels in \(G) groups, pairs need an even group")
+    precondition(weight.count == C && bias.count == C, "groupNorm: affine \(weight.shape)/\(bias.shape) vs \(C) channels")
+    precondition(KernelBackend.current == .avx512BF16, "groupNorm into channel pairs needs AVX512_BF16")
+    out.resize(x.shape)
+    let (src, dst, w, b) = (x.pointer, out.pointer, weight.pointer, bias.pointer)
+    groupItems(N: N, C: C, groups: G, plane: plane, workers: workers) { base, c0, per in
+        // A pair image's sample n, channel c (c even) starts at the same element offset as in fp32.
+        gk_group_norm_pairs(src + base, dst + base, per, plane, w + c0, b + c0, eps, fuseSiLU ? 1 : 0)
     }
 }
 
@@ -258,6 +365,18 @@ public func upsampleNearest2x(_ x: Tensor, into out: Tensor) {
             }
             (row + 2 * W).update(from: row, count: 2 * W)
         }
+    }
+}
+
+/// `upsampleNearest2x` written as bf16 channel pairs (N, C, 2H, 2W) for a bf16 convolution: the
+/// upsampled image rounded to bf16, bit for bit. Needs AVX512_BF16 and an even C.
+public func upsampleNearest2x(_ x: Tensor, into out: ChannelPairs, workers: Int = 1) {
+    precondition(x.rank == 4, "upsampleNearest2x: x \(x.shape)")
+    precondition(KernelBackend.current == .avx512BF16, "upsampling into channel pairs needs AVX512_BF16")
+    let (N, C, H, W) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+    out.resize([N, C, 2 * H, 2 * W])
+    for n in 0..<N {
+        gk_upsample2x_pairs(x.pointer + n * C * H * W, C, H, W, out.pointer + n * C * 4 * H * W, Int32(workers))
     }
 }
 

@@ -10,7 +10,7 @@ struct GriditBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gridit-bench",
         abstract: "Developer tool: run and time the DiT inference core.",
-        subcommands: [Forward.self, Speed.self, VAE.self, Memory.self, Allocations.self]
+        subcommands: [Forward.self, Speed.self, VAE.self, VAEOps.self, Memory.self, Allocations.self]
     )
 }
 

@@ -26,6 +26,10 @@ void gk_exp(float *out, const float *x, size_t n);
 /// out = (x - mean) * rstd * weight[c] + bias[c], then SiLU when `silu`. out may alias x.
 void gk_group_norm(const float *x, float *out, size_t per, size_t plane, const float *weight, const float *bias,
                    float eps, int silu);
+/// gk_group_norm of one group (per even) written as bf16 channel pairs (per/2, plane, 2) at `out`
+/// (gk_conv_pairs of gk_group_norm's output, bit for bit). Needs AVX512_BF16.
+void gk_group_norm_pairs(const float *x, uint16_t *out, size_t per, size_t plane, const float *weight,
+                         const float *bias, float eps, int silu);
 
 /// The DiT's row passes over a batch on the thread pool: for sample n, with m = mod + n * mod_stride,
 /// y == NULL: out = norm(x) * (1 + m[scale..]) + m[shift..];
@@ -74,6 +78,9 @@ typedef struct gk_gemm_args {
     size_t ldb;
     const void *b_packed;
     const gk_conv_geometry *conv;
+    /// bf16 with `conv`: B is the im2col of this channel-pair image (gk_conv_pairs of `b`'s image,
+    /// C even, stride 1) with k = (ki, kj, c), so the weight must be (M, KH, KW, C); NULL: of `b`.
+    const uint16_t *b_pairs;
     float *c;
     size_t ldc;
     const float *bias_n;
@@ -115,6 +122,14 @@ void gk_linear_small(const float *x, size_t ldx, size_t M, size_t K, int bf16, c
 size_t gk_attention_scratch_floats(size_t N, size_t T, size_t D, size_t NH, int workers);
 void gk_attention(const float *q, const float *k, const float *v, size_t ld, size_t N, size_t T, size_t D, size_t NH,
                   float *out, size_t ldo, float *scratch, int workers);
+
+/// One (C, H, W) image, C even, as bf16 channel pairs (C/2, H, W, 2):
+/// out[((c / 2) * plane + i) * 2 + c % 2] = bf16(x[c * plane + i]), plane = H * W.
+void gk_conv_pairs(const float *x, size_t C, size_t plane, uint16_t *out, int workers);
+/// Nearest 2x upsampling of (C, H, W), C even, as bf16 channel pairs (C/2, 2H, 2W, 2).
+void gk_upsample2x_pairs(const float *x, size_t C, size_t H, size_t W, uint16_t *out, int workers);
+/// out[2i] = bf16(a[i]), out[2i + 1] = bf16(b[i]), i < n (needs AVX512_BF16).
+void gk_zip_bf16(const float *a, const float *b, size_t n, uint16_t *out);
 
 /// fp32 -> bf16 bit patterns, round to nearest even (the conversion the bf16 kernels apply).
 void gk_to_bf16(const float *x, uint16_t *out, size_t n);
