@@ -90,11 +90,40 @@ def stage_config(stage: int, depth: int, hidden: int, heads: int, patch: int) ->
                          input_size=HR, in_channels=1, learn_sigma=True, condition_channels=1)
 
 
-def build_model(cfg: ref.DiTConfig, seed: int) -> ref.DiT:
+def grid_pos_embed(dim: int, k: int = K, frame_tokens: int = LR // 4) -> np.ndarray:
+    """(T, dim) fixed positional embedding of a stage-1 grid token: sin-cos of its frame's time
+    index (dim/2 channels) ++ of its row and column inside the frame (dim/4 each).
+
+    The token grid is (k * f) x (k * f) with f = frame_tokens; token (r, c) belongs to frame
+    (r // f) * k + c // f (row-major time) at (r % f, c % f) inside it. Tokens at the same place of
+    consecutive frames thus get nearby embeddings, which the plain 2-D sin-cos of the whole grid
+    (ref.sincos_2d) does not give. The engine loads `pos_embed` from the checkpoint, so it needs no
+    code for this (GriDiT itself initialises with a 3-D sin-cos)."""
+    if dim % 8:
+        raise ValueError("dim must be a multiple of 8")
+    side = k * frame_tokens
+    r, c = np.divmod(np.arange(side * side), side)
+    t = (r // frame_tokens) * k + c // frame_tokens
+
+    def sincos(d: int, pos: np.ndarray, period: float) -> np.ndarray:
+        # wavelengths from 2 tokens up to `period`, geometrically spaced
+        w = 2 * np.pi / (2.0 * (period / 2.0) ** (np.arange(d // 2) / max(d // 2 - 1, 1)))
+        a = pos[:, None].astype(np.float64) * w[None]
+        return np.concatenate([np.sin(a), np.cos(a)], axis=1)
+
+    return np.concatenate([sincos(dim // 2, t, 4.0 * k * k), sincos(dim // 4, r % frame_tokens, 4.0 * frame_tokens),
+                           sincos(dim // 4, c % frame_tokens, 4.0 * frame_tokens)], axis=1)
+
+
+def build_model(cfg: ref.DiTConfig, seed: int, grid_pos: bool = False) -> ref.DiT:
     """The reference DiT with the usual DiT initialisation (xavier linears, normal(0.02) timestep
-    MLP, zero adaLN and output layer, so every block starts as the identity)."""
+    MLP, zero adaLN and output layer, so every block starts as the identity). grid_pos (stage 1):
+    `pos_embed` = grid_pos_embed instead of the 2-D sin-cos of the token grid."""
     torch.manual_seed(seed)
     model = ref.DiT(cfg, attn_impl="sdpa")
+    if grid_pos:
+        ft = LR // cfg.patch_size
+        model.pos_embed.copy_(torch.from_numpy(grid_pos_embed(cfg.hidden_size, K, ft)).float()[None])
     for m in model.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)

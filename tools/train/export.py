@@ -1,6 +1,7 @@
 """Export the EMA weights of a training checkpoint folder as a pipeline folder.
 
     python tools/train/export.py --ckpt-dir CKPT --out models/moving-digits [--dtype f32|f16|bf16]
+        [--stage1 CKPT/snap/stage1-012000.pt --ema1 0.9999 --stage2 ... --ema2 ...]
         [--sampler ddpm --steps 100 --sr-sampler ddpm --sr-steps 50 --context-rows 2]
 
 Writes pipeline.json, stage{1,2}.safetensors, stage{1,2}.config.json and training.json (steps and
@@ -22,16 +23,25 @@ from train import DESCRIPTION  # noqa: E402
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
 
-def load_ema(path: str) -> tuple[C.ref.DiT, dict]:
+def load_ema(path: str, decay: float | None = None) -> tuple[C.ref.DiT, dict]:
+    """The EMA of a checkpoint (or snapshot) with this decay (default: the first one saved)."""
     st = torch.load(path, map_location="cpu", weights_only=False)
     model = C.ref.DiT(C.ref.DiTConfig.from_dict(st["config"]), attn_impl="sdpa")
-    model.load_state_dict(st["ema"])
-    return model.eval(), {"step": st["step"], "hours": round(st["seconds"] / 3600, 3)}
+    emas = {float(k): v for k, v in st.get("emas", {}).items()} or {None: st["ema"]}
+    if decay is not None and decay not in emas:
+        raise SystemExit(f"{path}: no EMA with decay {decay} (saved: {sorted(emas)})")
+    d = decay if decay is not None else next(iter(emas))
+    model.load_state_dict(emas[d])
+    return model.eval(), {"step": st["step"], "hours": round(st["seconds"] / 3600, 3), "ema": d}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt-dir", required=True)
+    ap.add_argument("--ckpt-dir", help="checkpoint folder with stage1.pt and stage2.pt")
+    ap.add_argument("--stage1", help="checkpoint or snapshot of stage 1 (default CKPT/stage1.pt)")
+    ap.add_argument("--stage2", help="checkpoint or snapshot of stage 2 (default CKPT/stage2.pt)")
+    ap.add_argument("--ema1", type=float, help="EMA decay of stage 1 (default: the first saved)")
+    ap.add_argument("--ema2", type=float, help="EMA decay of stage 2")
     ap.add_argument("--out", required=True)
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="f32")
     d = C.Defaults()
@@ -43,8 +53,12 @@ def main(argv=None) -> int:
     ap.add_argument("--sr-steps", type=int, default=d.sr_steps)
     ap.add_argument("--context-rows", type=int, default=d.context_rows)
     a = ap.parse_args(argv)
-    s1, i1 = load_ema(os.path.join(a.ckpt_dir, "stage1.pt"))
-    s2, i2 = load_ema(os.path.join(a.ckpt_dir, "stage2.pt"))
+    paths = [p or (os.path.join(a.ckpt_dir, f"stage{i}.pt") if a.ckpt_dir else None)
+             for i, p in ((1, a.stage1), (2, a.stage2))]
+    if None in paths:
+        ap.error("give --ckpt-dir or both --stage1 and --stage2")
+    s1, i1 = load_ema(paths[0], a.ema1)
+    s2, i2 = load_ema(paths[1], a.ema2)
     defaults = C.Defaults(mode=a.mode, sampler=a.sampler, steps=a.steps, eta=a.eta, sr_sampler=a.sr_sampler,
                           sr_steps=a.sr_steps, context_rows=a.context_rows)
     C.export_pipeline(s1, s2, a.out, defaults, DESCRIPTION, DTYPES[a.dtype],

@@ -97,3 +97,69 @@ def test_gridit_mode_keeps_context_frames_exactly():
     g2 = torch.Generator().manual_seed(0)
     first = S.stage1_sequences(pl, 1, 16, g2, "gridit", "ddim", "4", 0.0, context_rows=2)
     assert torch.equal(frames[:, :16], first)
+
+
+def test_lr_schedule_warmup_constant_cosine():
+    assert T.lr_at(0, 1e-3, 100, None, 1e-5) == pytest.approx(1e-5)
+    assert T.lr_at(99, 1e-3, 100, None, 1e-5) == pytest.approx(1e-3)
+    assert T.lr_at(5000, 1e-3, 100, None, 1e-5) == pytest.approx(1e-3)
+    decay = (1000, 400)
+    assert T.lr_at(999, 1e-3, 100, decay, 1e-5) == pytest.approx(1e-3)
+    assert T.lr_at(1200, 1e-3, 100, decay, 1e-5) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert T.lr_at(1400, 1e-3, 100, decay, 1e-5) == pytest.approx(1e-5)
+    assert T.lr_at(9000, 1e-3, 100, decay, 1e-5) == pytest.approx(1e-5)
+
+
+def test_grid_pos_embed_follows_frames():
+    e = C.grid_pos_embed(64, k=4, frame_tokens=4)  # 16 x 16 tokens
+    assert e.shape == (256, 64)
+    tok = lambda r, c: e[r * 16 + c]  # noqa: E731
+    # same place inside the frame: identical spatial channels; same frame: identical time channels
+    assert np.allclose(tok(1, 2)[32:], tok(5, 14)[32:])
+    assert np.allclose(tok(0, 0)[:32], tok(3, 3)[:32]) and not np.allclose(tok(0, 0)[:32], tok(0, 4)[:32])
+    m = C.build_model(C.stage_config(1, 1, 64, 2, 4), seed=0, grid_pos=True)
+    assert torch.allclose(m.pos_embed[0], torch.from_numpy(e).float())
+
+
+@need_digits
+def test_multi_ema_checkpoint_export_and_old_format(tmp_path):
+    import export as E
+    ck = tmp_path / "ck"
+    base = ["--stages", "1", "--arch1", "1,32,2,4", "--batch1", "2", "--threads", "1", "--ckpt-dir", str(ck),
+            "--log-every", "0", "--ema", "0.1,0.2"]
+    assert T.main(base + ["--max-steps1", "3"]) == 0
+    st = torch.load(ck / "stage1.pt", weights_only=False)
+    assert sorted(st["emas"]) == ["0.1", "0.2"] and st["step"] == 3
+    m1, info = E.load_ema(str(ck / "stage1.pt"), 0.1)
+    m2, _ = E.load_ema(str(ck / "stage1.pt"), 0.2)
+    assert info["ema"] == 0.1 and not torch.equal(m1.blocks[0].attn.qkv.weight, m2.blocks[0].attn.qkv.weight)
+    with pytest.raises(SystemExit):
+        E.load_ema(str(ck / "stage1.pt"), 0.5)
+    # (the EMA warm-up min(d, (1 + s) / (10 + s)) makes decays above 0.2 identical for a few steps)
+    # a checkpoint of the first format (one "ema") resumes, every EMA starting from it
+    del st["emas"]
+    torch.save(st, ck / "stage1.pt")
+    assert T.main(base + ["--max-steps1", "4"]) == 0
+    assert torch.load(ck / "stage1.pt", weights_only=False)["step"] == 4
+
+
+def test_follow_waits_for_a_stopped_leader_and_stops_when_it_exits():
+    import signal
+    import subprocess
+    import threading
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.kill(p.pid, signal.SIGSTOP)
+        stop = {"flag": False}
+        th = threading.Thread(target=T.follow, args=(p.pid, stop))
+        th.start()
+        th.join(1.5)
+        assert th.is_alive()  # still waiting: the leader is stopped
+        os.kill(p.pid, signal.SIGCONT)
+        th.join(10)
+        assert not th.is_alive() and not stop["flag"]
+    finally:
+        p.kill()
+        p.wait()
+    T.follow(p.pid, stop)
+    assert stop["flag"]
