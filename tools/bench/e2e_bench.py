@@ -10,11 +10,14 @@ to exit with its peak resident memory (wait4's ru_maxrss):
   length that gives at least L frames (the official N = ((L - 8) // 12) + 1);
 * both stage 1 only (`--no-sr`), where the algorithms differ.
 
-The official scripts also run every stage-1 forward on a batch of two identical halves (a no-op
-classifier-free guidance, gridit-method.md §1.5), which gridit's official mode does not copy. Its
-cost is measured here as the time of one stage-1 forward at batch 2 minus batch 1
-(`gridit-bench speed`, same threads), times the official run's stage-1 model evaluations, and
-added to the official runs. The runs alternate round by round; medians are reported.
+The official scripts also run every forward on a batch of two identical halves (a no-op
+classifier-free guidance, gridit-method.md §1.5; stage 1's samplers and scripts/sample_sr.py
+alike), which gridit's official mode does not copy, and super-resolve one frame per invocation
+(sample_sr.py: n = 1), so the official runs here use `--max-batch 1`. The doubled batch is
+measured as the time of one forward at batch 2 minus batch 1 (`gridit-bench speed`, same threads;
+stage 2 as the same architecture with its 2 input channels, noisy frame + condition), times the
+official run's model evaluations of that stage, and added to the official runs. The runs
+alternate round by round; medians are reported.
 
     swift build -c release --product griditd && swift build -c release --product gridit-bench
     python3 tools/bench/e2e_bench.py --pipeline models/moving-digits/pipeline.json --rounds 3
@@ -90,14 +93,20 @@ def main() -> int:
     cases = {
         "gridit fp32": ["--length", str(a.length)],
         "gridit bf16": ["--length", str(a.length), "--precision", "bf16"],
-        "official fp32": ["--length", str(official_length), "--mode", "official"],
+        "official fp32": ["--length", str(official_length), "--mode", "official", "--max-batch", "1"],
         "gridit fp32, stage 1 only": ["--length", str(a.length), "--no-sr"],
-        "official fp32, stage 1 only": ["--length", str(official_length), "--mode", "official", "--no-sr"],
+        "official fp32, stage 1 only": ["--length", str(official_length), "--mode", "official", "--no-sr",
+                                        "--max-batch", "1"],
     }
-    evals = {name: plan(griditd, pipeline, args)["stage1"]["evaluations"] for name, args in cases.items()}
+    plans = {name: plan(griditd, pipeline, args) for name, args in cases.items()}
+    evals = {name: p["stage1"]["evaluations"] for name, p in plans.items()}
+    evals2 = {name: (p.get("stage2") or {}).get("evaluations", 0) for name, p in plans.items()}
+    s2 = json.load(open(os.path.join(folder, spec["stage2"]["config"]))) if spec.get("stage2") else None
+    arch2 = s2 and f"{s2['depth']},{s2['hidden_size']},{s2['num_heads']},{s2['patch_size']}"
 
     results: dict[str, list[dict]] = {name: [] for name in cases}
     doubled: list[float] = []
+    doubled2: list[float] = []
     tmp = tempfile.mkdtemp(prefix="gridit-e2e-")
     try:
         for r in range(a.rounds):
@@ -112,26 +121,34 @@ def main() -> int:
             b2 = forward_ms(bench, arch, spec["grid"]["k"] * spec["grid"]["frame_size"], spec["grid"]["channels"], 2,
                             a.threads)
             doubled.append((b2 - b1) / 1000)
+            if s2:
+                size2, ch2 = s2["input_size"], s2["in_channels"] + s2["condition_channels"]
+                c1 = forward_ms(bench, arch2, size2, ch2, 1, a.threads)
+                c2 = forward_ms(bench, arch2, size2, ch2, 2, a.threads)
+                doubled2.append((c2 - c1) / 1000)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     extra = statistics.median(doubled)
+    extra2 = statistics.median(doubled2) if doubled2 else 0.0
     med = {name: {k: statistics.median(x[k] for x in rs) for k in ("wall", "stage1", "stage2")}
            for name, rs in results.items()}
     for name in med:
         med[name]["frames"] = results[name][0]["frames"]
         med[name]["rss_mb"] = max(x["rss_mb"] for x in results[name])
         med[name]["stage1_evaluations"] = evals[name]
-        med[name]["doubled_batch_s"] = extra * evals[name] if name.startswith("official") else 0.0
+        med[name]["stage2_evaluations"] = evals2[name]
+        med[name]["doubled_batch_s"] = ((extra * evals[name] + extra2 * evals2[name]) if name.startswith("official")
+                                        else 0.0)
 
-    print(f"\n{a.rounds} rounds, {a.threads} threads; stage-1 forward at batch 2 minus batch 1: {1000 * extra:.2f} ms "
-          f"(median of {len(doubled)})\n")
-    print("| run | frames | stage-1 evaluations | wall (s) | stage 1 (s) | stage 2 (s) | + doubled batch (s) | "
+    print(f"\n{a.rounds} rounds, {a.threads} threads; a forward at batch 2 minus batch 1: stage 1 {1000 * extra:.2f} ms, "
+          f"stage 2 {1000 * extra2:.2f} ms (medians of {len(doubled)})\n")
+    print("| run | frames | stage-1 / stage-2 evaluations | wall (s) | stage 1 (s) | stage 2 (s) | + doubled batch (s) | "
           "official cost (s) | peak RSS (MB) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, m in med.items():
         cost = m["wall"] + m["doubled_batch_s"]
-        print(f"| {name} | {m['frames']} | {m['stage1_evaluations']} | {m['wall']:.1f} | {m['stage1']:.1f} | "
+        print(f"| {name} | {m['frames']} | {m['stage1_evaluations']} / {m['stage2_evaluations']} | {m['wall']:.1f} | {m['stage1']:.1f} | "
               f"{m['stage2']:.1f} | {m['doubled_batch_s']:.1f} | {cost:.1f} | {m['rss_mb']:.0f} |")
     whole = (med["official fp32"]["wall"] + med["official fp32"]["doubled_batch_s"]) / med["gridit fp32"]["wall"]
     s1only = ((med["official fp32, stage 1 only"]["wall"] + med["official fp32, stage 1 only"]["doubled_batch_s"])
@@ -140,7 +157,8 @@ def main() -> int:
           f"bf16 / fp32 (gridit): {med['gridit bf16']['wall'] / med['gridit fp32']['wall']:.2f}")
     if a.json_out:
         with open(a.json_out, "w") as f:
-            json.dump({"median": med, "runs": results, "doubled_batch_extra_s": doubled}, f, indent=1)
+            json.dump({"median": med, "runs": results, "doubled_batch_extra_s": {"stage1": doubled, "stage2": doubled2}},
+                      f, indent=1)
     return 0
 
 
