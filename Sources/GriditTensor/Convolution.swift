@@ -106,10 +106,10 @@ public func conv2d(_ x: ChannelPairs, _ w: ConvWeight, stride: Int = 1, padding:
              accumulate: accumulate, context: context)
 }
 
-/// The GEMM form of `conv2d` on an fp32 image, or (`pairs`) on its channel-pair copy.
-private func gemmConv(_ shape: [Int], image: UnsafePointer<Float>?, pairs: UnsafePointer<UInt16>?, _ w: ConvWeight,
-                      stride: Int, padding: ConvPadding, into out: Tensor, accumulate: Bool, context: ComputeContext) {
-    let weight = w.weight
+/// The sizes of a convolution of an input of `shape` (N, Cin, H, W) by `weight` (Cout, Cin, KH, KW)
+/// into `out`, checked: every form of `conv2d` starts here.
+private func convShape(_ shape: [Int], weight: Tensor, stride: Int, padding: ConvPadding, out: Tensor)
+    -> (N: Int, Cin: Int, H: Int, W: Int, Cout: Int, KH: Int, KW: Int, Ho: Int, Wo: Int) {
     precondition(shape.count == 4 && weight.rank == 4, "conv2d: x \(shape), weight \(weight.shape)")
     let (N, Cin, H, W) = (shape[0], shape[1], shape[2], shape[3])
     let (Cout, KH, KW) = (weight.shape[0], weight.shape[2], weight.shape[3])
@@ -119,6 +119,15 @@ private func gemmConv(_ shape: [Int], image: UnsafePointer<Float>?, pairs: Unsaf
     let Wo = convOutputSize(W, kernel: KW, stride: stride, padBefore: padding.left, padAfter: padding.right)
     precondition(Ho >= 1 && Wo >= 1, "conv2d: empty output for input \(shape), kernel \(KH)x\(KW)")
     precondition(out.shape == [N, Cout, Ho, Wo], "conv2d: out \(out.shape), expected \([N, Cout, Ho, Wo])")
+    return (N, Cin, H, W, Cout, KH, KW, Ho, Wo)
+}
+
+/// The GEMM form of `conv2d` on an fp32 image, or (`pairs`) on its channel-pair copy.
+private func gemmConv(_ shape: [Int], image: UnsafePointer<Float>?, pairs: UnsafePointer<UInt16>?, _ w: ConvWeight,
+                      stride: Int, padding: ConvPadding, into out: Tensor, accumulate: Bool, context: ComputeContext) {
+    let weight = w.weight
+    let (N, Cin, H, W, Cout, KH, KW, Ho, Wo) = convShape(shape, weight: weight, stride: stride, padding: padding,
+                                                        out: out)
     let K = Cin * KH * KW
     var geometry = gk_conv_geometry(C: Cin, H: H, W: W, KH: KH, KW: KW, stride: stride, pad_top: padding.top,
                                     pad_left: padding.left, Ho: Ho, Wo: Wo)
@@ -194,15 +203,8 @@ public final class ChannelPairs: @unchecked Sendable {
 /// output rows whose im2col columns fit `columnBudget` floats, one single-threaded product each.
 public func conv2dBLAS(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, padding: ConvPadding,
                        into out: Tensor, accumulate: Bool = false, columnBudget: Int = convColumnBudget, workers: Int = 1) {
-    precondition(x.rank == 4 && weight.rank == 4, "conv2d: x \(x.shape), weight \(weight.shape)")
-    let (N, Cin, H, W) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
-    let (Cout, KH, KW) = (weight.shape[0], weight.shape[2], weight.shape[3])
-    precondition(weight.shape[1] == Cin, "conv2d: weight \(weight.shape) vs input channels \(Cin)")
-    precondition(stride >= 1, "conv2d: stride \(stride)")
-    let Ho = convOutputSize(H, kernel: KH, stride: stride, padBefore: padding.top, padAfter: padding.bottom)
-    let Wo = convOutputSize(W, kernel: KW, stride: stride, padBefore: padding.left, padAfter: padding.right)
-    precondition(Ho >= 1 && Wo >= 1, "conv2d: empty output for input \(x.shape), kernel \(KH)x\(KW)")
-    precondition(out.shape == [N, Cout, Ho, Wo], "conv2d: out \(out.shape), expected \([N, Cout, Ho, Wo])")
+    let (N, Cin, H, W, Cout, KH, KW, Ho, Wo) = convShape(x.shape, weight: weight, stride: stride, padding: padding,
+                                                        out: out)
     if let bias { precondition(bias.count == Cout, "conv2d: bias \(bias.shape) vs \(Cout) channels") }
     let K = Cin * KH * KW
     let plane = Ho * Wo

@@ -25,7 +25,7 @@ import Testing
     #expect(String(decoding: json, as: UTF8.self).contains("\"precision_used\" : \"\(expected.rawValue)\""))
 
     // Same seed, same precision: the same bytes, at another thread count.
-    let b = try runToEnd(bf16, request, work: scratch.path("b"), options: ExecutionOptions(threads: 1))
+    _ = try runToEnd(bf16, request, work: scratch.path("b"), options: ExecutionOptions(threads: 1))
     #expect(results(of: scratch.path("a")) == results(of: scratch.path("b")))
 
     // The fp32 run of the same seed: close in model space, and (where bf16 runs) not the same bits.
