@@ -48,6 +48,14 @@ struct ArchitectureOptions: ParsableArguments {
         try c.validate()
         return c
     }
+
+    /// The model with random weights (seed 1), its workspace and a random input batch (seed 2).
+    func randomModel(batch: Int, workers: Int, precision: Precision) throws -> (DiT, DiTWorkspace, Tensor) {
+        let config = try configuration()
+        let dit = try DiT(config: config, source: RandomWeights.source(for: config, seed: 1), precision: precision)
+        let x = RandomWeights.tensor([batch, config.inChannels, config.inputSize, config.inputSize], seed: 2, std: 1)
+        return (dit, dit.makeWorkspace(batch: batch, workers: workers), x)
+    }
 }
 
 extension GriditBench {
@@ -108,12 +116,10 @@ extension GriditBench {
         @OptionGroup var precision: PrecisionOptions
 
         func run() throws {
-            let config = try architecture.configuration()
-            let source = RandomWeights.source(for: config, seed: 1)
-            let dit = try DiT(config: config, source: source, precision: precision.requested)
-            let ws = dit.makeWorkspace(batch: batch, workers: threads.threads)
-            let x = RandomWeights.tensor([batch, config.inChannels, config.inputSize, config.inputSize], seed: 2, std: 1)
+            let (dit, ws, x) = try architecture.randomModel(batch: batch, workers: threads.threads,
+                                                            precision: precision.requested)
             let t = (0..<batch).map { Float(($0 * 137 + 500) % 1000) }
+            let config = dit.config
             var times: [Double] = [], cpu: [Double] = []
             for i in 0..<(max(0, warmup) + max(1, repetitions)) {
                 let (start, cpu0) = (DispatchTime.now(), processCPUSeconds())
@@ -133,8 +139,8 @@ extension GriditBench {
             ]
             if compareFp32 && dit.precision != .fp32 {
                 let low = ws.output.copy()
-                let reference = try DiT(config: config, source: source, precision: .fp32)
-                let refWorkspace = reference.makeWorkspace(batch: batch, workers: threads.threads)
+                let (reference, refWorkspace, _) = try architecture.randomModel(
+                    batch: batch, workers: threads.threads, precision: .fp32)  // the same weights and input
                 let high = try reference.forward(x: x, t: t, workspace: refWorkspace)
                 let error = relativeError(low.toArray(), high.toArray())
                 record["rel_error_vs_fp32"] = error.l2
@@ -223,11 +229,8 @@ extension GriditBench {
         @OptionGroup var precision: PrecisionOptions
 
         func run() throws {
-            let config = try architecture.configuration()
-            let source = RandomWeights.source(for: config, seed: 1)
-            let dit = try DiT(config: config, source: source, precision: precision.requested)
-            let ws = dit.makeWorkspace(batch: batch, workers: threads.threads)
-            let x = RandomWeights.tensor([batch, config.inChannels, config.inputSize, config.inputSize], seed: 2, std: 1)
+            let (dit, ws, x) = try architecture.randomModel(batch: batch, workers: threads.threads,
+                                                            precision: precision.requested)
             let t = [Float](repeating: 500, count: batch)
             try dit.forward(x: x, t: t, workspace: ws)  // first pass: thread pool start-up
             alloc_counter_start()

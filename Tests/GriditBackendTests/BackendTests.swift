@@ -101,7 +101,7 @@ struct EngineExecutorTests {
         let h = try Harness(maxBatch: 4)
         let interrupted = h.run([h.item(1, length: 40, seed: 9)], stop: { id, r in r.durable(id).count >= 5 })
         #expect(interrupted.outcomes == [1: [.interrupted]])
-        let frames = try FileManager.default.contentsOfDirectory(atPath: h.root + "/work/1/frames").count
+        let frames = try FileManager.default.contentsOfDirectory(atPath: h.workDirectory(1) + "/frames").count
         #expect(frames > 0 && frames < 40, "stopped midway (\(frames) frames written)")
         #expect(h.run([h.item(1, length: 40, seed: 9)]).outcomes == [1: [.succeeded]])
         #expect(h.run([h.item(2, length: 40, seed: 9)]).outcomes == [2: [.succeeded]])

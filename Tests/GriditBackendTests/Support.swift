@@ -54,10 +54,13 @@ final class Harness: @unchecked Sendable {
         try FileManager.default.createDirectory(atPath: root + "/outputs", withIntermediateDirectories: true)
     }
 
+    /// Job `id`'s work directory under the state directory (where griditd puts it).
+    func workDirectory(_ id: Int64) -> String { (root as NSString).appendingPathComponent("work/\(id)") }
+
     func item(_ id: Int64, length: Int, seed: UInt64, precision: String? = nil, work: String? = nil) -> ExecutionItem {
         ExecutionItem(
             jobID: id, length: length, parameters: GenerationParameters(seed: seed, precision: precision),
-            workDirectory: work ?? root + "/work/\(id)", outputDirectory: root + "/outputs/job-\(id)",
+            workDirectory: work ?? workDirectory(id), outputDirectory: root + "/outputs/job-\(id)",
             resumeFrom: JobProgressInfo(stage: "grid", gridsDone: 0, framesDone: 0), attempt: 1)
     }
 

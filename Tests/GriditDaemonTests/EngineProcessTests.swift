@@ -88,7 +88,7 @@ struct EngineProcessTests {
             kill(daemon.pid, SIGKILL)
             daemon.process.waitUntilExit()
             // What the crash left: the durable units before the paused step, nothing of it.
-            let work = daemon.stateDir + "/work/\(id)"
+            let work = (daemon.stateDir as NSString).appendingPathComponent("work/\(id)")
             let grids = entries(work + "/grids").filter { $0.hasSuffix(".npy") }.count
             let frames = entries(work + "/frames").filter { $0.hasSuffix(".png") }.count
             if point == "grid:3" {
