@@ -31,6 +31,8 @@ public struct GenerationParameters: Codable, Hashable, Sendable {
     /// DDIM η.
     public var eta: Double?
     public var contextRows: Int?
+    /// gridit mode's carried frames: `renoised` or `clean`.
+    public var context: String?
     /// Skip stage 2 (frames stay at the low resolution).
     public var noSR: Bool?
     /// `fp32` or `bf16`.
@@ -39,7 +41,7 @@ public struct GenerationParameters: Codable, Hashable, Sendable {
     public init(
         seed: UInt64? = nil, mode: String? = nil, sampler: String? = nil, steps: String? = nil,
         srSampler: String? = nil, srSteps: String? = nil, eta: Double? = nil, contextRows: Int? = nil,
-        noSR: Bool? = nil, precision: String? = nil
+        context: String? = nil, noSR: Bool? = nil, precision: String? = nil
     ) {
         self.seed = seed
         self.mode = mode
@@ -49,12 +51,13 @@ public struct GenerationParameters: Codable, Hashable, Sendable {
         self.srSteps = srSteps
         self.eta = eta
         self.contextRows = contextRows
+        self.context = context
         self.noSR = noSR
         self.precision = precision
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case seed, mode, sampler, steps, eta, precision
+        case seed, mode, sampler, steps, eta, precision, context
         case srSampler = "sr_sampler"
         case srSteps = "sr_steps"
         case contextRows = "context_rows"
@@ -72,6 +75,7 @@ public struct GenerationParameters: Codable, Hashable, Sendable {
         srSteps = try Self.decodeSteps(c, .srSteps)
         eta = try c.decodeIfPresent(Double.self, forKey: .eta)
         contextRows = try c.decodeIfPresent(Int.self, forKey: .contextRows)
+        context = try c.decodeIfPresent(String.self, forKey: .context)
         noSR = try c.decodeIfPresent(Bool.self, forKey: .noSR)
         precision = try c.decodeIfPresent(String.self, forKey: .precision)
     }

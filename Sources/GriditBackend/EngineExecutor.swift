@@ -92,7 +92,8 @@ public final class EngineExecutor: JobExecutor {
             length: length, seed: p.seed ?? 0, mode: try parse(p.mode, "mode", SequenceMode.self),
             sampler: try parse(p.sampler, "sampler", SamplerName.self), steps: p.steps,
             srSampler: try parse(p.srSampler, "sr_sampler", SamplerName.self), srSteps: p.srSteps, eta: p.eta,
-            contextRows: p.contextRows, noSR: p.noSR ?? false, precision: p.precision)
+            contextRows: p.contextRows, context: try parse(p.context, "context", ContextFrames.self), noSR: p.noSR ?? false,
+            precision: p.precision)
     }
 
     // MARK: - Execution

@@ -44,6 +44,9 @@ struct Submit: ParsableCommand {
     @Option(help: "Grid rows carried into the next grid as known frames.")
     var contextRows: Int?
 
+    @Option(help: "gridit mode's carried frames: renoised (RePaint) or clean (for a stage 1 trained with clean context). Default: the model's.")
+    var context: String?
+
     @Flag(help: "Skip stage 2: frames stay at the low resolution.")
     var noSR = false
 
@@ -81,7 +84,7 @@ struct Submit: ParsableCommand {
             length: length, model: model,
             parameters: GenerationParameters(
                 seed: seed, mode: mode, sampler: sampler, steps: steps, srSampler: srSampler, srSteps: srSteps,
-                eta: eta, contextRows: contextRows, noSR: noSR ? true : nil, precision: precision),
+                eta: eta, contextRows: contextRows, context: context, noSR: noSR ? true : nil, precision: precision),
             priority: priority, idempotencyKey: idempotencyKey, output: output, maxAttempts: maxAttempts)
         let response = try client.post("/v1/jobs", request, as: SubmitJobResponse.self)
         let job = response.job

@@ -64,7 +64,7 @@ enum Rendering {
         let params = [
             p.mode.map { "mode=\($0)" }, p.sampler.map { "sampler=\($0)" }, p.steps.map { "steps=\($0)" },
             p.srSampler.map { "sr_sampler=\($0)" }, p.srSteps.map { "sr_steps=\($0)" }, p.eta.map { "eta=\($0)" },
-            p.contextRows.map { "context_rows=\($0)" }, p.noSR == true ? "no_sr" : nil, p.precision.map { "precision=\($0)" },
+            p.contextRows.map { "context_rows=\($0)" }, p.context.map { "context=\($0)" }, p.noSR == true ? "no_sr" : nil, p.precision.map { "precision=\($0)" },
         ].compactMap { $0 }
         if !params.isEmpty { lines.append(("Parameters", params.joined(separator: " "))) }
         lines.append(("Priority", String(job.priority)))

@@ -104,7 +104,8 @@ enum SubmitValidation {
         if let rows = p.contextRows, !(0...64).contains(rows) {
             throw APIError(.badRequest, "context_rows must be between 0 and 64 (got \(rows))")
         }
-        for (name, value) in [("mode", p.mode), ("sampler", p.sampler), ("sr_sampler", p.srSampler), ("precision", p.precision)] {
+        for (name, value) in [("mode", p.mode), ("sampler", p.sampler), ("sr_sampler", p.srSampler), ("precision", p.precision),
+                              ("context", p.context)] {
             if let value, value.isEmpty || value.utf8.count > 32 || !value.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" }) {
                 throw APIError(.badRequest, "\(name) '\(value.prefix(40))' is not a valid name")
             }

@@ -16,6 +16,15 @@ public enum SequenceMode: String, Codable, Sendable, CaseIterable {
     case official
 }
 
+/// How gridit mode gives a grid the frames it carries over from the previous grid.
+public enum ContextFrames: String, Codable, Sendable, CaseIterable {
+    /// Re-noised to the level of x_{k−1} after every step (RePaint; any stage-1 model).
+    case renoised
+    /// Clean at every step, never re-noised: for a stage 1 trained with clean context frames
+    /// (tools/train `--ctx-share`); re-noised context is a known cause of incoherent continuations.
+    case clean
+}
+
 /// The reverse step.
 public enum SamplerName: String, Codable, Sendable, CaseIterable {
     case ddpm, ddim
@@ -24,7 +33,7 @@ public enum SamplerName: String, Codable, Sendable, CaseIterable {
 /// A request for one sequence. Optional fields left nil take the pipeline's defaults.
 ///
 /// JSON (snake_case): `{"length": 128, "seed": 7, "mode": "gridit", "sampler": "ddim", "steps": 50,
-/// "sr_sampler": "ddim", "sr_steps": "ddim25", "eta": 0, "context_rows": 2, "no_sr": false,
+/// "sr_sampler": "ddim", "sr_steps": "ddim25", "eta": 0, "context_rows": 2, "context": "clean", "no_sr": false,
 /// "precision": "fp32", "jump_length": 10, "jump_count": 2, "class_label": 3, "cfg_scale": 4}`.
 public struct SequenceRequest: Codable, Sendable, Equatable {
     /// Frames wanted (gridit: exactly this many; official: the reference's 16 + 8N for this L).
@@ -40,6 +49,8 @@ public struct SequenceRequest: Codable, Sendable, Equatable {
     public var eta: Double?
     /// Grid rows carried into the next grid (gridit mode), 1…K−1.
     public var contextRows: Int?
+    /// How the carried frames are given (gridit mode).
+    public var context: ContextFrames?
     /// Skip stage 2: frames come out at the low resolution.
     public var noSR: Bool
     /// "fp32" or "bf16"; nil = the pipeline's default.
@@ -54,7 +65,7 @@ public struct SequenceRequest: Codable, Sendable, Equatable {
 
     public init(length: Int, seed: UInt64, mode: SequenceMode? = nil, sampler: SamplerName? = nil, steps: String? = nil,
                 srSampler: SamplerName? = nil, srSteps: String? = nil, eta: Double? = nil, contextRows: Int? = nil,
-                noSR: Bool = false, precision: String? = nil, jumpLength: Int? = nil, jumpCount: Int? = nil,
+                context: ContextFrames? = nil, noSR: Bool = false, precision: String? = nil, jumpLength: Int? = nil, jumpCount: Int? = nil,
                 classLabel: Int? = nil, cfgScale: Double? = nil) {
         self.length = length
         self.seed = seed
@@ -65,6 +76,7 @@ public struct SequenceRequest: Codable, Sendable, Equatable {
         self.srSteps = srSteps
         self.eta = eta
         self.contextRows = contextRows
+        self.context = context
         self.noSR = noSR
         self.precision = precision
         self.jumpLength = jumpLength
@@ -74,7 +86,7 @@ public struct SequenceRequest: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case length, seed, mode, sampler, steps, eta, precision
+        case length, seed, mode, sampler, steps, eta, precision, context
         case srSampler = "sr_sampler", srSteps = "sr_steps", contextRows = "context_rows", noSR = "no_sr"
         case jumpLength = "jump_length", jumpCount = "jump_count", classLabel = "class_label", cfgScale = "cfg_scale"
     }
@@ -90,6 +102,7 @@ public struct SequenceRequest: Codable, Sendable, Equatable {
         srSteps = try Self.decodeSteps(c, .srSteps)
         eta = try c.decodeIfPresent(Double.self, forKey: .eta)
         contextRows = try c.decodeIfPresent(Int.self, forKey: .contextRows)
+        context = try c.decodeIfPresent(ContextFrames.self, forKey: .context)
         noSR = try c.decodeIfPresent(Bool.self, forKey: .noSR) ?? false
         precision = try c.decodeIfPresent(String.self, forKey: .precision)
         jumpLength = try c.decodeIfPresent(Int.self, forKey: .jumpLength)
@@ -128,6 +141,8 @@ public struct RunSettings: Codable, Sendable, Equatable {
     public var eta: Double
     /// gridit mode; nil in official mode (which always carries K−1 rows).
     public var contextRows: Int?
+    /// gridit mode; nil in official mode (which re-noises at its own level).
+    public var context: ContextFrames?
     public var jumps: ResampleJumps?
     public var classLabel: Int?
     public var cfgScale: Double
@@ -141,7 +156,7 @@ public struct RunSettings: Codable, Sendable, Equatable {
     public var precisionUsed: String
 
     enum CodingKeys: String, CodingKey {
-        case length, seed, mode, sampler, steps, eta, jumps
+        case length, seed, mode, sampler, steps, eta, jumps, context
         case contextRows = "context_rows", classLabel = "class_label", cfgScale = "cfg_scale"
         case superResolution = "super_resolution", srSampler = "sr_sampler", srSteps = "sr_steps"
         case precisionRequested = "precision_requested", precisionUsed = "precision_used"
@@ -181,16 +196,25 @@ public struct RunSettings: Codable, Sendable, Equatable {
                 try fail("context_rows is \(c)", "this pipeline has k = \(k): use 1...\(k - 1) context rows (--context-rows)")
             }
             contextRows = c
+            guard let frames = r.context ?? ContextFrames(rawValue: d.context) else {
+                try fail("defaults.context '\(d.context)'", "fix the pipeline")
+            }
+            context = frames
         case .official:
             if r.contextRows != nil {
                 try fail("context_rows does not apply to official mode",
                          "official mode always carries \(k - 1) rows; drop --context-rows or use --mode gridit")
+            }
+            if r.context != nil {
+                try fail("context does not apply to official mode",
+                         "official mode re-noises its known frames as the published code does; drop --context or use --mode gridit")
             }
             if k < 3 {
                 try fail("official mode needs k >= 3 (this pipeline has k = \(k))",
                          "its in-between pass generates rows between two known rows; use --mode gridit")
             }
             contextRows = nil
+            context = nil
         }
 
         let count = try GaussianDiffusion.spacedTimesteps(steps).count

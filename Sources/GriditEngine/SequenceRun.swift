@@ -92,10 +92,11 @@ public final class SequenceRun {
         let variance1: VarianceType = pipeline.stage1.config.learnSigma ? .learnedRange : .fixedLarge
         schedule1 = DenoiseSchedule(diffusion: try GaussianDiffusion(respacing: settings.steps),
                                     kind: Self.kind(settings.sampler, eta: settings.eta), variance: variance1,
-                                    jumps: settings.jumps)
+                                    prediction: pipeline.stage1.config.prediction, jumps: settings.jumps)
         if settings.superResolution, let sr = pipeline.stage2, let sampler = settings.srSampler, let steps = settings.srSteps {
             schedule2 = DenoiseSchedule(diffusion: try GaussianDiffusion(respacing: steps), kind: Self.kind(sampler, eta: settings.eta),
-                                        variance: sr.config.learnSigma ? .learnedRange : .fixedLarge)
+                                        variance: sr.config.learnSigma ? .learnedRange : .fixedLarge,
+                                        prediction: sr.config.prediction)
         } else {
             schedule2 = nil
         }
@@ -154,13 +155,15 @@ public final class SequenceRun {
     private func openWorkDirectory() throws {
         let fm = FileManager.default
         if Files.exists(runFile) {
-            let stored: RunFile
+            var stored: RunFile
             do {
                 stored = try JSONDecoder().decode(RunFile.self, from: Data(contentsOf: URL(fileURLWithPath: runFile)))
             } catch {
                 throw EngineError.invalid("work directory '\(workDirectory)' has an unreadable run.json",
                                           hint: "remove the directory or choose another work directory")
             }
+            // Runs recorded before `context` existed re-noised their carried frames.
+            if stored.settings.mode == .gridit && stored.settings.context == nil { stored.settings.context = .renoised }
             guard stored.format == Self.runFormat, stored.settings == settings,
                   stored.pipeline.digest == pipeline.identity.digest else {
                 throw EngineError.invalid(

@@ -13,7 +13,8 @@ extension SequenceRun {
     /// The denoising item of grid `g` (its dependencies must be done).
     ///
     /// gridit: the known cells hold the model-space frames they copy, re-noised at the RePaint
-    /// level ᾱ'_{k−1} with the step's own z at their own positions, after every step.
+    /// level ᾱ'_{k−1} with the step's own z at their own positions, after every step, or (context
+    /// `clean`) given as they are at every step.
     /// official: the known cells hold the source grid after the round trip its PNG implies
     /// (8-bit; for latent pipelines decode → 8-bit → encode with a posterior sample), re-noised
     /// at ᾱ'_k with the z of the cell they were copied from, after every step but the last.
@@ -39,7 +40,7 @@ extension SequenceRun {
             }
             let positions = plan.known.map(\.position)
             known = settings.mode == .gridit
-                ? KnownFrames(x0: x0, positions: positions, level: .previousStep)
+                ? KnownFrames(x0: x0, positions: positions, level: settings.context == .clean ? .clean : .previousStep)
                 : KnownFrames(x0: x0, positions: positions, level: .officialCurrentStep,
                               noisePositions: plan.known.map(\.source.position))
         }

@@ -1,5 +1,13 @@
 import Foundation
 
+/// What a diffusion model's first C output channels predict.
+public enum Prediction: String, Codable, Sendable, CaseIterable {
+    /// The noise ε (DiT, GriDiT).
+    case epsilon
+    /// v = sqrt(ᾱ)·ε − sqrt(1−ᾱ)·x0.
+    case v
+}
+
 /// Hyper-parameters of a DiT, as stored in a model's config JSON (docs/MODEL_CONFIG.md):
 ///
 ///     {"depth": 28, "hidden_size": 1152, "num_heads": 16, "patch_size": 2, "input_size": 64,
@@ -7,7 +15,9 @@ import Foundation
 ///
 /// `num_classes` 0 means no class embedder (GriDiT stage 1); `condition_channels` > 0 makes the
 /// super-resolution variant, whose patch embedding takes the noisy input and the condition
-/// concatenated on channels. `mlp_ratio` is optional (default 4).
+/// concatenated on channels. `mlp_ratio` is optional (default 4). `prediction` (optional, default
+/// "epsilon") says what the first C output channels are: the noise ε, or v = sqrt(ᾱ)·ε −
+/// sqrt(1−ᾱ)·x0 (Salimans & Ho 2022); the sampler converts v to ε before its steps.
 public struct DiTConfiguration: Codable, Equatable, Sendable {
     public var depth: Int
     public var hiddenSize: Int
@@ -19,6 +29,7 @@ public struct DiTConfiguration: Codable, Equatable, Sendable {
     public var numClasses: Int
     public var conditionChannels: Int
     public var mlpRatio: Double
+    public var prediction: Prediction
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case depth
@@ -31,11 +42,12 @@ public struct DiTConfiguration: Codable, Equatable, Sendable {
         case numClasses = "num_classes"
         case conditionChannels = "condition_channels"
         case mlpRatio = "mlp_ratio"
+        case prediction
     }
 
     public init(depth: Int, hiddenSize: Int, numHeads: Int, patchSize: Int, inputSize: Int = 32,
                 inChannels: Int = 4, learnSigma: Bool = true, numClasses: Int = 0,
-                conditionChannels: Int = 0, mlpRatio: Double = 4) {
+                conditionChannels: Int = 0, mlpRatio: Double = 4, prediction: Prediction = .epsilon) {
         self.depth = depth
         self.hiddenSize = hiddenSize
         self.numHeads = numHeads
@@ -46,6 +58,7 @@ public struct DiTConfiguration: Codable, Equatable, Sendable {
         self.numClasses = numClasses
         self.conditionChannels = conditionChannels
         self.mlpRatio = mlpRatio
+        self.prediction = prediction
     }
 
     public init(from decoder: any Decoder) throws {
@@ -60,6 +73,13 @@ public struct DiTConfiguration: Codable, Equatable, Sendable {
         numClasses = try c.decodeIfPresent(Int.self, forKey: .numClasses) ?? 0
         conditionChannels = try c.decodeIfPresent(Int.self, forKey: .conditionChannels) ?? 0
         mlpRatio = try c.decodeIfPresent(Double.self, forKey: .mlpRatio) ?? 4
+        let name = try c.decodeIfPresent(String.self, forKey: .prediction) ?? Prediction.epsilon.rawValue
+        guard let prediction = Prediction(rawValue: name) else {
+            throw DecodingError.dataCorruptedError(
+                forKey: .prediction, in: c,
+                debugDescription: "'\(name)' is not a prediction; use \(Prediction.allCases.map(\.rawValue).joined(separator: " or "))")
+        }
+        self.prediction = prediction
     }
 
     // Derived sizes.
@@ -108,6 +128,9 @@ public struct DiTConfiguration: Codable, Equatable, Sendable {
         } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
             let field = context.codingPath.map(\.stringValue).joined(separator: ".")
             throw ModelError.invalidConfiguration("model config '\(path)': field '\(field)' has the wrong type")
+        } catch let DecodingError.dataCorrupted(context) where !context.codingPath.isEmpty {
+            let field = context.codingPath.map(\.stringValue).joined(separator: ".")
+            throw ModelError.invalidConfiguration("model config '\(path)': field '\(field)': \(context.debugDescription)")
         } catch {
             throw ModelError.invalidConfiguration("model config '\(path)' is not valid JSON: \(error)")
         }

@@ -131,6 +131,10 @@ public enum ReplacementLevel: Sendable, Equatable {
     case officialCurrentStep
     /// ᾱ'[k−1] (1 at k = 0), the level of x_{k−1}: correct RePaint.
     case previousStep
+    /// ᾱ = 1 at every step: the known frames as they are, never re-noised, for a model trained with
+    /// clean context frames (gridit's continuation training). Re-noised known frames are a known
+    /// cause of incoherent continuations (Ho et al. 2022, Video Diffusion Models §3.1).
+    case clean
 }
 
 extension GaussianDiffusion {
@@ -139,6 +143,7 @@ extension GaussianDiffusion {
         switch level {
         case .officialCurrentStep: alphasCumprod[k]
         case .previousStep: alphasCumprodPrev[k]
+        case .clean: 1
         }
     }
 

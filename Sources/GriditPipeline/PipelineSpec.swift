@@ -131,6 +131,9 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
         public var srSteps: String
         /// Grid rows carried into the next grid as known frames (1...k-1), gridit mode.
         public var contextRows: Int
+        /// How gridit mode gives those frames: `renoised` (RePaint) or `clean` (for a stage 1
+        /// trained with clean context frames).
+        public var context: String
         /// `fp32` or `bf16`.
         public var precision: String
         /// Classifier-free guidance scale for a class-conditional stage 1 (1 = no guidance).
@@ -138,7 +141,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
 
         public init(mode: String = "gridit", sampler: String = "ddpm", steps: String = "250", eta: Double = 0,
                     srSampler: String = "ddpm", srSteps: String = "250", contextRows: Int = 1,
-                    precision: String = "fp32", cfgScale: Double = 1) {
+                    context: String = "renoised", precision: String = "fp32", cfgScale: Double = 1) {
             self.mode = mode
             self.sampler = sampler
             self.steps = steps
@@ -146,6 +149,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
             self.srSampler = srSampler
             self.srSteps = srSteps
             self.contextRows = contextRows
+            self.context = context
             self.precision = precision
             self.cfgScale = cfgScale
         }
@@ -155,6 +159,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
             case srSampler = "sr_sampler"
             case srSteps = "sr_steps"
             case contextRows = "context_rows"
+            case context
             case precision
             case cfgScale = "cfg_scale"
         }
@@ -169,6 +174,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
             srSampler = try c.decodeIfPresent(String.self, forKey: .srSampler) ?? d.srSampler
             srSteps = try Self.decodeSteps(c, .srSteps) ?? d.srSteps
             contextRows = try c.decodeIfPresent(Int.self, forKey: .contextRows) ?? d.contextRows
+            context = try c.decodeIfPresent(String.self, forKey: .context) ?? d.context
             precision = try c.decodeIfPresent(String.self, forKey: .precision) ?? d.precision
             cfgScale = try c.decodeIfPresent(Double.self, forKey: .cfgScale) ?? d.cfgScale
         }
@@ -306,6 +312,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
     public static let modes = ["gridit", "official"]
     public static let samplers = ["ddpm", "ddim"]
     public static let precisions = ["fp32", "bf16"]
+    public static let contexts = ["renoised", "clean"]
 
     /// Checks that need no model config: format, ranges, enumerations, respacing strings.
     public func validateFields(path: String? = nil) throws {
@@ -329,6 +336,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
         if !(1..<grid.k).contains(d.contextRows) {
             try fail("defaults.context_rows is \(d.contextRows); it must be 1...\(grid.k - 1) for k = \(grid.k)")
         }
+        if !Self.contexts.contains(d.context) { try fail("defaults.context is '\(d.context)'; use one of \(Self.contexts)") }
         if !Self.precisions.contains(d.precision) {
             try fail("defaults.precision is '\(d.precision)'; use one of \(Self.precisions)")
         }

@@ -1,8 +1,10 @@
 // Denoising loops over batches of items (grids or super-resolution frames) that each carry their
 // own seed, noise ids, schedule, known frames and condition: DDPM or DDIM, RePaint-style
-// replacement of known frames, optional RePaint resampling jumps. An item's noise is keyed by its
+// replacement of known frames (or clean known frames for models trained with them), optional
+// RePaint resampling jumps. An item's noise is keyed by its
 // own (seed, id, step, position), so its bytes never depend on the batch it runs in, on thread
 // counts or on where a run was resumed.
+import GriditModels
 import GriditTensor
 
 /// Which reverse step the loop takes.
@@ -43,20 +45,23 @@ public enum Transition: Sendable, Equatable {
     }
 }
 
-/// A whole schedule: the diffusion, the reverse step, the variance and the list of transitions.
+/// A whole schedule: the diffusion, the reverse step, the variance, what the model predicts and
+/// the list of transitions.
 public struct DenoiseSchedule: Sendable {
     public let diffusion: GaussianDiffusion
     public let kind: SamplerKind
     public let variance: VarianceType
+    public let prediction: Prediction
     public let clipDenoised: Bool
     public let jumps: ResampleJumps?
     public let transitions: [Transition]
 
     public init(diffusion: GaussianDiffusion, kind: SamplerKind = .ddpm, variance: VarianceType = .learnedRange,
-                clipDenoised: Bool = false, jumps: ResampleJumps? = nil) {
+                prediction: Prediction = .epsilon, clipDenoised: Bool = false, jumps: ResampleJumps? = nil) {
         self.diffusion = diffusion
         self.kind = kind
         self.variance = variance
+        self.prediction = prediction
         self.clipDenoised = clipDenoised
         self.jumps = jumps
         self.transitions = Self.transitions(count: diffusion.count, jumps: jumps)
@@ -105,7 +110,8 @@ public struct DenoiseSchedule: Sendable {
 /// With `.officialCurrentStep` they are replaced after every step except the last (k = 0), so the
 /// final known cells are the model's reconstruction, as in the released code. With
 /// `.previousStep` (correct RePaint) they are replaced after every step, the last one at ᾱ = 1,
-/// so the finished grid holds the known frames exactly.
+/// so the finished grid holds the known frames exactly. With `.clean` they are the clean frames
+/// from x_T on, at every step (and after every resampling jump).
 public struct KnownFrames: @unchecked Sendable {
     /// A clean grid (C, K·S, K·S) holding the known frames at the positions where they land.
     public var x0: Tensor
@@ -238,6 +244,14 @@ public final class DenoiseItem {
             self.x = Tensor(zeros: layout.gridShape)
             noise.fill(self.x, layout: layout, .initial, step: 0)
         }
+        try replaceCleanKnown()  // x_T, or a resumed x that already holds them: the same bytes
+    }
+
+    /// With `.clean` known frames: sets them into x, as they are (else nothing).
+    private func replaceCleanKnown() throws {
+        guard let known, known.level == .clean else { return }
+        try schedule.diffusion.replaceKnown(x: x, knownX0: known.x0, noise: known.x0, positions: known.positions,
+                                            layout: layout, k: 0, level: .clean)
     }
 
     public var isFinished: Bool { position >= schedule.transitions.count }
@@ -252,15 +266,18 @@ public final class DenoiseItem {
     }
 
     /// Performs the renoise transitions at the current position (none without jumps).
-    public func applyRenoises(scratch z: Tensor) {
+    public func applyRenoises(scratch z: Tensor) throws {
         let d = schedule.diffusion
+        var renoised = false
         while case .renoise(let k, _)? = next {
             noise.fill(z, layout: layout, .jump, step: schedule.transitions[position].noiseStep(count: d.count))
             let a = Float((1 - d.betas[k]).squareRoot()), b = Float(d.betas[k].squareRoot())
             let xs = x.mutablePointer, zs = z.pointer
             for i in 0..<x.count { xs[i] = a * xs[i] + b * zs[i] }
             position += 1
+            renoised = true
         }
+        if renoised { try replaceCleanKnown() }
     }
 
     /// The denoise transition at the current position with `modelOutput` (1, Cout, H, W) computed
@@ -283,18 +300,19 @@ public final class DenoiseItem {
         let z4 = z.reshaped(x4.shape)
         switch schedule.kind {
         case .ddpm:
-            try d.pSample(x: x4, modelOutput: modelOutput, k: k, noise: z4, into: x4,
-                          variance: schedule.variance, clipDenoised: schedule.clipDenoised)
+            try d.pSample(x: x4, modelOutput: modelOutput, k: k, noise: z4, into: x4, variance: schedule.variance,
+                          prediction: schedule.prediction, clipDenoised: schedule.clipDenoised)
         case .ddim(let eta):
             try d.ddimSample(x: x4, modelOutput: modelOutput, k: k, eta: eta, noise: z4, into: x4,
-                             variance: schedule.variance, clipDenoised: schedule.clipDenoised)
+                             variance: schedule.variance, prediction: schedule.prediction,
+                             clipDenoised: schedule.clipDenoised)
         }
-        if let known, k != 0 || known.level == .previousStep {
+        if let known, k != 0 || known.level != .officialCurrentStep {
             try d.replaceKnown(x: x, knownX0: known.x0, noise: z, positions: known.positions,
                                noisePositions: known.noisePositions, layout: layout, k: k, level: known.level)
         }
         position += 1
-        applyRenoises(scratch: z)
+        try applyRenoises(scratch: z)
         return transition
     }
 }
@@ -316,7 +334,7 @@ public enum BatchDenoiser {
         }
         let inner = first.x.count
         let z = Tensor(zeros: shape)
-        for item in items { item.applyRenoises(scratch: z) }
+        for item in items { try item.applyRenoises(scratch: z) }
         var active = items.indices.filter { !items[$0].isFinished }
         var batch = Tensor(zeros: [0] + shape)
         while !active.isEmpty {
@@ -355,16 +373,18 @@ public struct Sampler: Sendable {
     public let layout: GridLayout
     public var kind: SamplerKind
     public var variance: VarianceType
+    public var prediction: Prediction
     public var clipDenoised: Bool
     public var seed: UInt64
 
     public init(diffusion: GaussianDiffusion, layout: GridLayout, seed: UInt64, kind: SamplerKind = .ddpm,
-                variance: VarianceType = .learnedRange, clipDenoised: Bool = false) {
+                variance: VarianceType = .learnedRange, prediction: Prediction = .epsilon, clipDenoised: Bool = false) {
         self.diffusion = diffusion
         self.layout = layout
         self.seed = seed
         self.kind = kind
         self.variance = variance
+        self.prediction = prediction
         self.clipDenoised = clipDenoised
     }
 
@@ -405,7 +425,8 @@ public struct Sampler: Sendable {
         }
         let first = start ?? diffusion.count - 1
         guard (0..<diffusion.count).contains(first) else { throw DiffusionError.invalidStep(first, count: diffusion.count) }
-        let schedule = DenoiseSchedule(diffusion: diffusion, kind: kind, variance: variance, clipDenoised: clipDenoised)
+        let schedule = DenoiseSchedule(diffusion: diffusion, kind: kind, variance: variance, prediction: prediction,
+                                       clipDenoised: clipDenoised)
         let items = try grids.enumerated().map { i, g in
             try DenoiseItem(schedule: schedule, layout: layout, noise: NoiseStream(seed: seed, id: g),
                             known: known?[i], x: x.slice(i ..< i + 1).reshaped(layout.gridShape),

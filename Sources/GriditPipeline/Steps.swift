@@ -1,9 +1,11 @@
 // One reverse-diffusion step on float32 tensors (method spec §4): p_mean_variance for an
-// epsilon-predicting model, the ancestral DDPM step and the DDIM step.
+// epsilon-predicting model (a v-predicting one's output converted to ε first), the ancestral DDPM
+// step and the DDIM step.
 //
 // Coefficients are taken from the Double arrays of `GaussianDiffusion` and cast to Float, then all
 // arithmetic is float32, element by element, in the reference's order of operations.
 // Every function writes into caller-owned tensors and allocates nothing; `into` may be `x` itself.
+import GriditModels
 import GriditTensor
 import Glibc
 
@@ -12,7 +14,14 @@ struct StepCoefficients {
     let sqrtRecip, sqrtRecipm1, coef1, coef2: Float
     let minLog, maxLog, fixedLog: Float
     let alphaBar, alphaBarPrev: Float
+    let sqrtAlphaBar, sqrtOneMinusAlphaBar: Float
     let learned: Bool
+    let prediction: Prediction
+
+    /// ε from the model's first output channel: as it is, or from v as sqrt(ᾱ')·v + sqrt(1−ᾱ')·x.
+    @inline(__always) func epsilon(x: Float, out: Float) -> Float {
+        prediction == .v ? sqrtAlphaBar * out + sqrtOneMinusAlphaBar * x : out
+    }
 
     /// x0 = sqrt(1/ᾱ')·x − sqrt(1/ᾱ'−1)·ε, optionally clipped to [-1, 1].
     @inline(__always) func predictX0(x: Float, eps: Float, clip: Bool) -> Float {
@@ -30,7 +39,7 @@ struct StepCoefficients {
 }
 
 extension GaussianDiffusion {
-    func coefficients(_ k: Int, variance: VarianceType) -> StepCoefficients {
+    func coefficients(_ k: Int, variance: VarianceType, prediction: Prediction) -> StepCoefficients {
         let fixed: Double = switch variance {
         case .learnedRange, .fixedSmall: posteriorLogVarianceClipped[k]
         case .fixedLarge: fixedLargeLogVariance[k]
@@ -41,7 +50,8 @@ extension GaussianDiffusion {
             minLog: Float(posteriorLogVarianceClipped[k]), maxLog: Float(logBetas[k]),
             fixedLog: Float(fixed),
             alphaBar: Float(alphasCumprod[k]), alphaBarPrev: Float(alphasCumprodPrev[k]),
-            learned: variance == .learnedRange)
+            sqrtAlphaBar: Float(sqrtAlphasCumprod[k]), sqrtOneMinusAlphaBar: Float(sqrtOneMinusAlphasCumprod[k]),
+            learned: variance == .learnedRange, prediction: prediction)
     }
 
     /// Checks x (N, C, H, W) against the model output (N, C or 2C, H, W) and returns (N, C·H·W); the optional tensors must be shaped like x.
@@ -69,13 +79,14 @@ extension GaussianDiffusion {
     /// `predX0`, `mean`, `logVariance` (each shaped like x).
     ///
     /// x: (N, C, H, W); modelOutput: (N, 2C, H, W) for `.learnedRange` (ε then v), (N, C, H, W)
-    /// otherwise. `clipDenoised` clamps x0 to [-1, 1] (off in every official script).
+    /// otherwise, its first C channels what `prediction` says. `clipDenoised` clamps x0 to [-1, 1]
+    /// (off in every official script).
     public func pMeanVariance(x: Tensor, modelOutput: Tensor, k: Int, variance: VarianceType = .learnedRange,
-                              clipDenoised: Bool = false,
+                              prediction: Prediction = .epsilon, clipDenoised: Bool = false,
                               predX0: Tensor, mean: Tensor, logVariance: Tensor) throws {
         let (n, inner) = try checkShapes(x: x, modelOutput: modelOutput, k: k, variance: variance,
                                          predX0, mean, logVariance)
-        let cf = coefficients(k, variance: variance)
+        let cf = coefficients(k, variance: variance, prediction: prediction)
         let learned = variance == .learnedRange
         let xs = x.pointer, out = modelOutput.pointer
         let x0p = predX0.mutablePointer, mp = mean.mutablePointer, lp = logVariance.mutablePointer
@@ -85,7 +96,7 @@ extension GaussianDiffusion {
             let base = b * inner
             for i in 0..<inner {
                 let xi = xs[base + i]
-                let x0 = cf.predictX0(x: xi, eps: eps[i], clip: clipDenoised)
+                let x0 = cf.predictX0(x: xi, eps: cf.epsilon(x: xi, out: eps[i]), clip: clipDenoised)
                 x0p[base + i] = x0
                 mp[base + i] = cf.coef1 * x0 + cf.coef2 * xi
                 lp[base + i] = cf.logVariance(v: learned ? v[i] : 0)
@@ -96,11 +107,12 @@ extension GaussianDiffusion {
     /// Ancestral DDPM step: x_{k−1} = mean + [k ≠ 0]·exp(½·logvar)·z, into `into` (may be x).
     /// `noise` z is shaped like x; it is not read at k = 0 and may then be nil.
     public func pSample(x: Tensor, modelOutput: Tensor, k: Int, noise: Tensor?, into: Tensor,
-                        variance: VarianceType = .learnedRange, clipDenoised: Bool = false) throws {
+                        variance: VarianceType = .learnedRange, prediction: Prediction = .epsilon,
+                        clipDenoised: Bool = false) throws {
         let (n, inner) = try checkShapes(x: x, modelOutput: modelOutput, k: k, variance: variance,
                                          noise, into)
         if k != 0 && noise == nil { throw DiffusionError.shapeMismatch("noise is required at k = \(k)") }
-        let cf = coefficients(k, variance: variance)
+        let cf = coefficients(k, variance: variance, prediction: prediction)
         let learned = variance == .learnedRange
         let xs = x.pointer, out = modelOutput.pointer, dst = into.mutablePointer
         let z = k != 0 ? noise!.pointer : nil
@@ -110,7 +122,7 @@ extension GaussianDiffusion {
             let base = b * inner
             for i in 0..<inner {
                 let xi = xs[base + i]
-                let x0 = cf.predictX0(x: xi, eps: eps[i], clip: clipDenoised)
+                let x0 = cf.predictX0(x: xi, eps: cf.epsilon(x: xi, out: eps[i]), clip: clipDenoised)
                 let mean = cf.coef1 * x0 + cf.coef2 * xi
                 if let z {
                     let logVar = cf.logVariance(v: learned ? v[i] : 0)
@@ -128,12 +140,13 @@ extension GaussianDiffusion {
     /// The variance channels of a learned-sigma model are ignored (pass `.learnedRange` so the
     /// output's channel count is checked; the fixed variances behave the same here).
     public func ddimSample(x: Tensor, modelOutput: Tensor, k: Int, eta: Float, noise: Tensor?, into: Tensor,
-                           variance: VarianceType = .learnedRange, clipDenoised: Bool = false) throws {
+                           variance: VarianceType = .learnedRange, prediction: Prediction = .epsilon,
+                           clipDenoised: Bool = false) throws {
         let (n, inner) = try checkShapes(x: x, modelOutput: modelOutput, k: k, variance: variance,
                                          noise, into)
         let useNoise = k != 0 && eta != 0
         if useNoise && noise == nil { throw DiffusionError.shapeMismatch("noise is required at k = \(k) with eta \(eta)") }
-        let cf = coefficients(k, variance: variance)
+        let cf = coefficients(k, variance: variance, prediction: prediction)
         let learned = variance == .learnedRange
         let ab = cf.alphaBar, abPrev = cf.alphaBarPrev
         let sigma = eta * ((1 - abPrev) / (1 - ab)).squareRoot() * (1 - ab / abPrev).squareRoot()
@@ -146,7 +159,7 @@ extension GaussianDiffusion {
             let base = b * inner
             for i in 0..<inner {
                 let xi = xs[base + i]
-                let x0 = cf.predictX0(x: xi, eps: epsIn[i], clip: clipDenoised)
+                let x0 = cf.predictX0(x: xi, eps: cf.epsilon(x: xi, out: epsIn[i]), clip: clipDenoised)
                 let eps = (cf.sqrtRecip * xi - x0) / cf.sqrtRecipm1
                 let meanPred = x0 * sqrtAbPrev + dirCoef * eps
                 dst[base + i] = z.map { meanPred + sigma * $0[base + i] } ?? meanPred

@@ -6,6 +6,7 @@ import Synchronization
 
 extension SequenceMode: ExpressibleByArgument {}
 extension SamplerName: ExpressibleByArgument {}
+extension ContextFrames: ExpressibleByArgument {}
 
 struct RunCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -30,6 +31,8 @@ struct RunCommand: ParsableCommand {
     @Option(help: "DDIM eta in 0...1.") var eta: Double?
     @Option(name: .customLong("context-rows"), help: "Grid rows carried into each next grid (gridit mode), 1...K-1.")
     var contextRows: Int?
+    @Option(help: "gridit mode's carried frames: renoised (RePaint) or clean (for a stage 1 trained with clean context).")
+    var context: ContextFrames?
     @Flag(name: .customLong("no-sr"), help: "Skip stage 2: frames at the low resolution.") var noSR = false
     @Option(name: .customLong("jump-length"), help: "RePaint resampling: steps jumped back (gridit mode).") var jumpLength: Int?
     @Option(name: .customLong("jump-count"), help: "RePaint resampling: passes over each jumped span (1 = off).")
@@ -69,7 +72,7 @@ struct RunCommand: ParsableCommand {
     func run() throws {
         let request = SequenceRequest(
             length: length, seed: seed, mode: mode, sampler: sampler, steps: steps, srSampler: srSampler, srSteps: srSteps,
-            eta: eta, contextRows: contextRows, noSR: noSR, precision: precision, jumpLength: jumpLength,
+            eta: eta, contextRows: contextRows, context: context, noSR: noSR, precision: precision, jumpLength: jumpLength,
             jumpCount: jumpCount, classLabel: classLabel, cfgScale: cfgScale)
         var execution = ExecutionOptions(maxBatch: maxBatch)
         if let threads { execution.threads = threads }

@@ -34,6 +34,8 @@ let referenceCases = [
     ReferenceCase(name: "pixel_jumps", folder: "pixel",
                   request: SequenceRequest(length: 20, seed: 4, sampler: .ddpm, steps: "6", contextRows: 2, noSR: true,
                                            jumpLength: 2, jumpCount: 2)),
+    // v-predicting stages, clean context rows (the pipeline's defaults).
+    ReferenceCase(name: "pixel_v_clean", folder: "pixel_v", request: SequenceRequest(length: 20, seed: 6)),
 ]
 
 @Test(arguments: referenceCases)

@@ -20,6 +20,7 @@ import Testing
     bad(SequenceRequest(length: 5, seed: 1, contextRows: 0), "1...3 context rows")
     bad(SequenceRequest(length: 5, seed: 1, contextRows: 4), "1...3 context rows")
     bad(SequenceRequest(length: 5, seed: 1, mode: .official, contextRows: 2), "always carries 3 rows")
+    bad(SequenceRequest(length: 5, seed: 1, mode: .official, context: .clean), "drop --context")
     bad(SequenceRequest(length: 5, seed: 1, steps: "abc"), "steps 'abc'")
     bad(SequenceRequest(length: 5, seed: 1, srSteps: "0"), "sr_steps '0'")
     bad(SequenceRequest(length: 5, seed: 1, eta: 2), "0...1")
@@ -42,6 +43,11 @@ import Testing
     #expect(s.mode == .gridit && s.sampler == .ddpm && s.steps == "4" && s.contextRows == 1 && s.superResolution)
     #expect(s.srSampler == .ddim && s.srSteps == "3" && s.precisionRequested == "bf16" && s.precisionUsed == Precision.bf16.effective.rawValue)
     #expect(try SequenceRequest(length: 7, seed: 3, noSR: true).settings(for: p).superResolution == false)
+    // Context frames: the pipeline's default (re-noised unless it says clean), or the request's.
+    #expect(s.context == .renoised)
+    #expect(try SequenceRequest(length: 7, seed: 3, context: .clean).settings(for: p).context == .clean)
+    #expect(try SequenceRequest(length: 7, seed: 3).settings(for: try pipeline("pixel_v").configuration).context == .clean)
+    #expect(try SequenceRequest(length: 7, seed: 3, mode: .official).settings(for: p).context == nil)
 }
 
 @Test func requestsDecodeFromJSON() throws {
@@ -90,6 +96,16 @@ import Testing
     }
     // The same settings spelled differently are the same run.
     _ = try SequenceRun(pipeline: p, request: SequenceRequest(length: 6, seed: 1, sampler: .ddim, steps: "2"), workDirectory: work)
+    // A run recorded before `context` existed (no such field) is the re-noised run it was.
+    let runFile = work + "/run.json"
+    let old = try String(contentsOfFile: runFile, encoding: .utf8)
+    let withoutContext = old.replacingOccurrences(of: #""context" : "renoised","#, with: "")
+    #expect(withoutContext != old)
+    try withoutContext.write(toFile: runFile, atomically: true, encoding: .utf8)
+    _ = try SequenceRun(pipeline: p, request: SequenceRequest(length: 6, seed: 1), workDirectory: work)
+    expectEngineError(.invalidInput, mentioning: "different run") {
+        _ = try SequenceRun(pipeline: p, request: SequenceRequest(length: 6, seed: 1, context: .clean), workDirectory: work)
+    }
     let other = scratch.path("other")
     try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
     try "x".write(toFile: other + "/notes.txt", atomically: true, encoding: .utf8)

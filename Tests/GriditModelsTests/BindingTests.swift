@@ -1,3 +1,4 @@
+import Foundation
 import GriditCheckpoint
 import GriditModels
 import GriditTensor
@@ -118,6 +119,25 @@ func fullSource(_ c: DiTConfiguration) -> TensorDictionary {
     bad.inputSize = 9
     #expect(throws: ModelError.self) { try bad.validate() }
     #expect(throws: ModelError.self) { try DiTConfiguration.load(path: "/nonexistent/config.json") }
+    #expect(c.prediction == .epsilon)  // absent: epsilon
+
+    // "prediction" is read, written back, and an unknown one is named with the choices.
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cfg-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    var v = c
+    v.prediction = .v
+    let file = dir.appendingPathComponent("v.json")
+    try JSONEncoder().encode(v).write(to: file)
+    #expect(try DiTConfiguration.load(path: file.path) == v)
+    let text = try String(contentsOf: file, encoding: .utf8).replacingOccurrences(of: #""prediction":"v""#, with: #""prediction":"x0""#)
+    try text.write(to: file, atomically: true, encoding: .utf8)
+    do {
+        _ = try DiTConfiguration.load(path: file.path)
+        Issue.record("an unknown prediction was accepted")
+    } catch ModelError.invalidConfiguration(let message) {
+        #expect(message.contains("prediction") && message.contains("'x0'") && message.contains("epsilon or v"), "\(message)")
+    }
 }
 
 @Test func parameterCountIsTheTablesSize() throws {

@@ -69,6 +69,8 @@ private let s2 = DiTConfiguration(depth: 2, hiddenSize: 32, numHeads: 2, patchSi
     expectError(example.replacingOccurrences(of: "\"ddim\"", with: "\"euler\""), mentions: "defaults.sampler")
     expectError(example.replacingOccurrences(of: "\"frame_size\": 16, ", with: ""), mentions: "grid.frame_size")
     expectError("{\"format\": ", mentions: "JSON")
+    expectError(example.replacingOccurrences(of: "\"context_rows\": 2", with: "\"context_rows\": 2, \"context\": \"fresh\""),
+                mentions: "defaults.context")
 }
 
 @Test func modelConfigsMustFitTheGrid() throws {

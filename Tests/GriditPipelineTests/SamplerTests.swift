@@ -108,6 +108,30 @@ func wholeLoopMatchesReference(name: String, kind: SamplerKind) throws {
     print("\(name): max |diff| / max |x0| = \(d / scale)")
 }
 
+@Test func cleanContextWithVPredictionMatchesReference() throws {
+    // The same 10-step DDPM loop, the model's output read as v, and grid 7's row 0 the previous
+    // grid's row 1 as it is, from x_T on and after every step (gridit's clean context).
+    let model = try tinyModel()
+    let layout = GridLayout(k: 2, frameSize: 4, channels: 4)
+    let sampler = Sampler(diffusion: try GaussianDiffusion(respacing: "10"), layout: layout, seed: 45, prediction: .v)
+    let prev = try load("loop.prev.npy")
+    let known = try KnownFrames.copyingRows([(prev, 1, 0)], layout: layout, level: .clean, officialNoiseCoupling: false)
+    let ws = DiTWorkspace(config: model.config, batch: 2, workers: 1)
+    var firstInput: Tensor?
+    let x = try sampler.sample(grids: [3, 7], known: [nil, known]) { x, t in
+        if firstInput == nil { firstInput = x.copy() }
+        return try model.forward(x: x, t: t, workspace: ws)
+    }
+    // The model saw the clean frames already at x_T.
+    let rows = Tensor(zeros: [2] + layout.frameShape), wantRows = Tensor(zeros: [2] + layout.frameShape)
+    try layout.extract(from: firstInput!.slice(1 ..< 2).reshaped(layout.gridShape), positions: 0..<2, into: rows)
+    try layout.extract(from: prev, positions: 2..<4, into: wantRows)
+    #expect(rows.toArray() == wantRows.toArray())
+    let want = try load("loop_clean_v.x0.npy")
+    let scale = want.toArray().map { abs($0) }.max()!
+    expectClose(x, want, "loop_clean_v x_0", tolerance: 1e-5 * scale)
+}
+
 @Test func officialRowCouplingReadsNoiseFromSourceFrames() throws {
     let d = try GaussianDiffusion(respacing: "10")
     let layout = GridLayout(k: 2, frameSize: 1, channels: 1)

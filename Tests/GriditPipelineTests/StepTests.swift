@@ -69,7 +69,15 @@ func stepMatchesReference(_ c: StepCase) throws {
             try d.ddimSample(x: x, modelOutput: modelOut, k: c.k, eta: eta, noise: z, into: next)
             expectClose(next, try load("\(c.name).\(file).npy"), "\(c.name) \(file)")
         }
+        try d.ddimSample(x: x, modelOutput: modelOut, k: c.k, eta: 1, noise: z, into: next, prediction: .v)
+        expectClose(next, try load("\(c.name).v_ddim_eta1.npy"), "\(c.name) v DDIM")
     }
+
+    // The same output read as a v-prediction.
+    try d.pMeanVariance(x: x, modelOutput: modelOut, k: c.k, prediction: .v, predX0: x0, mean: mean, logVariance: logVar)
+    expectClose(x0, try load("\(c.name).v_x0.npy"), "\(c.name) v x0")
+    try d.pSample(x: x, modelOutput: modelOut, k: c.k, noise: z, into: next, prediction: .v)
+    expectClose(next, try load("\(c.name).v_ddpm.npy"), "\(c.name) v DDPM step")
 }
 
 @Test func stepsRejectBadShapesAndSteps() throws {

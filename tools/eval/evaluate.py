@@ -10,7 +10,8 @@ size and length. Real sets come from tools/data with the held-out digits: refere
 --real-seed), baseline set B (seed --real-seed + 1). Every ratio is generated / A; the "real" row
 is B / A, the noise floor.
 
-Columns: track_pass (share of sequences passing digit tracking), sharp_ratio, warp_ratio,
+Columns: track_pass (share of sequences passing digit tracking), identity_kept (share whose
+digits keep their identity, identity.py), sharp_ratio, warp_ratio,
 flow_ratio, pca_fd (frame Frechet distance in a PCA-64 space of real frames), kvd (x1e3, I3D
 logits; only with --i3d), and for sequences of 32 frames or more the drift of each metric:
 the last 16 frames against the first 16.
@@ -30,6 +31,7 @@ import numpy as np
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(_HERE), "data"))
+import identity as ID  # noqa: E402
 import metrics as M  # noqa: E402
 import moving_digits as md  # noqa: E402
 
@@ -87,11 +89,13 @@ class Reference:
             self.i3d_a = I.clip_features(self.a[:, :WINDOW], cache_key=f"real-{n}-{size}-{seed}")
 
     def window_metrics(self, frames: np.ndarray) -> dict:
-        tr = M.tracking(frames, self.max_speed)
+        tracks = [M.track_sequence(f, self.max_speed) for f in frames]
+        tr = M.tracking(frames, self.max_speed, tracks)
         warp, flow = M.warp_flow(frames)
         out = {
             "track_pass": tr["track_pass"], "count_ok": tr["count_ok"], "jump_ok": tr["jump_ok"],
             "bad_frame_rate": tr["bad_frame_rate"],
+            **ID.identity(frames, self.max_speed, tracks),
             "sharp_ratio": M.sharpness(frames) / self.sharp,
             "warp_ratio": warp / self.warp, "flow_ratio": flow / self.flow,
             "pca_fd": self.pca.fd(frames, self.a),
@@ -119,6 +123,7 @@ def _badness(m: dict) -> dict:
     """Per metric, a number where bigger is worse (0 is perfect)."""
     return {
         "track_fail": 1.0 - m["track_pass"],
+        "identity_fail": 1.0 - m["identity_kept"],
         "sharp_loss": max(0.0, 1.0 - m["sharp_ratio"]) + max(0.0, m["sharp_ratio"] - 1.0),
         "warp_ratio": m["warp_ratio"],
         "flow_error": abs(np.log(max(m["flow_ratio"], 1e-6))),
@@ -128,7 +133,7 @@ def _badness(m: dict) -> dict:
 
 # Noise floors of each badness, from real-vs-real windows of 12-16 sequences (the sharpness and flow
 # ratios of two real 16-frame windows differ by up to ~0.2 at that N).
-FLOORS = {"track_fail": 0.05, "sharp_loss": 0.2, "warp_ratio": 0.05, "flow_error": 0.2, "pca_fd": 0.5}
+FLOORS = {"track_fail": 0.05, "identity_fail": 0.1, "sharp_loss": 0.2, "warp_ratio": 0.05, "flow_error": 0.2, "pca_fd": 0.5}
 
 
 def drift(first: dict, last: dict) -> dict:
@@ -145,7 +150,8 @@ def drift(first: dict, last: dict) -> dict:
 
 
 def fmt_row(name: str, r: dict) -> str:
-    cells = [name, str(r["n"]), str(r["length"]), f"{100 * r['track_pass']:.0f}%", f"{r['sharp_ratio']:.2f}",
+    cells = [name, str(r["n"]), str(r["length"]), f"{100 * r['track_pass']:.0f}%",
+             f"{100 * r['identity_kept']:.0f}%", f"{r['sharp_ratio']:.2f}",
              f"{r['warp_ratio']:.2f}", f"{r['flow_ratio']:.2f}", f"{r['pca_fd']:.2f}"]
     cells.append(f"{r['kvd_x1e3']:.1f}" if "kvd_x1e3" in r else "–")
     if "drift" in r:
@@ -157,8 +163,8 @@ def fmt_row(name: str, r: dict) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-HEADER = ("| set | n | frames | track pass | sharpness ratio | warp-error ratio | flow ratio | PCA-FD | "
-          "KVD ×1e3 | drift last16/first16 |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+HEADER = ("| set | n | frames | track pass | identity kept | sharpness ratio | warp-error ratio | flow ratio | "
+          "PCA-FD | KVD ×1e3 | drift last16/first16 |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 
 
 def main(argv=None) -> int:

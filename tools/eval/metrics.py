@@ -163,9 +163,10 @@ def track_sequence(frames: np.ndarray, max_speed_px: float) -> dict:
             "jump_ok": bool(jump_ok), "bad_frames": int(bad.sum()), "max_excess": max_excess, "centres": centres}
 
 
-def tracking(frames: np.ndarray, max_speed_px: float) -> dict:
-    """Share of sequences that pass, with its parts, over frames (N, L, H, W)."""
-    r = [track_sequence(f, max_speed_px) for f in frames]
+def tracking(frames: np.ndarray, max_speed_px: float, tracks: list[dict] | None = None) -> dict:
+    """Share of sequences that pass, with its parts, over frames (N, L, H, W) (tracks: their
+    track_sequence results, when already computed)."""
+    r = tracks or [track_sequence(f, max_speed_px) for f in frames]
     n = len(r)
     return {
         "track_pass": sum(x["pass"] for x in r) / n,

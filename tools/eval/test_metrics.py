@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 cv2 = pytest.importorskip("cv2")
 import metrics as M  # noqa: E402
 import evaluate as E  # noqa: E402
+import identity as ID  # noqa: E402
 
 md = E.md
 try:
@@ -76,10 +77,29 @@ def test_frechet_and_kid_are_zero_for_one_distribution():
 
 
 def test_drift_rule():
-    good = {"track_pass": 1.0, "sharp_ratio": 1.0, "warp_ratio": 1.0, "flow_ratio": 1.0, "pca_fd": 1.0}
+    good = {"track_pass": 1.0, "identity_kept": 1.0, "sharp_ratio": 1.0, "warp_ratio": 1.0, "flow_ratio": 1.0, "pca_fd": 1.0}
     worse = dict(good, warp_ratio=1.4)
     assert E.drift(good, good)["all_ok"]
     d = E.drift(good, worse)
     assert not d["all_ok"] and not d["warp_ratio"]["ok"] and d["pca_fd"]["ok"]
     # a perfect first window does not turn a tiny difference into a failure (floors)
     assert E.drift(good, dict(good, track_pass=0.97))["all_ok"]
+
+
+@need_digits
+def test_the_digit_reader_reads_held_out_digits():
+    acc = ID.accuracy("heldout")
+    print(f"digit reader on held-out digits: {acc}")
+    assert acc["sharp"] >= 0.97 and acc["soft"] >= 0.9
+
+
+@need_digits
+def test_identity_holds_for_real_digits_and_breaks_when_they_change(real):
+    ms = md.max_speed(64)
+    kept = ID.identity(real, ms)["identity_kept"]
+    # the second half of each sequence shows another sequence's digits
+    swapped = ID.identity(M.corrupt(real, "teleport", 1), ms)["identity_kept"]
+    print(f"identity kept: real {kept:.2f}, digits changed halfway {swapped:.2f}")
+    assert kept >= 0.8 and swapped <= 0.35
+    # unreadable: no digit, or digits always on top of each other
+    assert not ID.sequence_identity(np.zeros((4, 64, 64), np.uint8), {"centres": np.zeros((4, 0, 2))})["kept"]

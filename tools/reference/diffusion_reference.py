@@ -6,7 +6,8 @@ code. Every array is float64; tensors are whatever dtype the caller passes (the 
 uses float64 throughout).
 
 Conventions match the Swift `GriditPipeline`: spaced step index k in 0..count-1, the model is called
-with ``timestep_map[k]``; model output (N, 2C, H, W) = (epsilon, v) for learned range.
+with ``timestep_map[k]``; model output (N, 2C, H, W) = (epsilon, v) for learned range, where the
+first C channels may instead be the v-prediction (``prediction="v"``, converted to epsilon first).
 """
 
 from __future__ import annotations
@@ -79,10 +80,20 @@ class Diffusion:
     def count(self) -> int:
         return len(self.betas)
 
-    def p_mean_variance(self, x: torch.Tensor, out: torch.Tensor, k: int, variance: str = "learned_range",
-                        clip: bool = False):
+    def epsilon(self, x: torch.Tensor, out: torch.Tensor, k: int, prediction: str = "epsilon") -> torch.Tensor:
+        """The epsilon of the model output's first C channels: as it is, or from v = sqrt(ab) eps -
+        sqrt(1 - ab) x0 (Salimans & Ho 2022) as eps = sqrt(ab) v + sqrt(1 - ab) x_k."""
         c = x.shape[1]
-        eps = out[:, :c]
+        if prediction == "epsilon":
+            return out[:, :c]
+        if prediction == "v":
+            return math.sqrt(self.ab[k]) * out[:, :c] + math.sqrt(1.0 - self.ab[k]) * x
+        raise ValueError(f"prediction {prediction!r}")
+
+    def p_mean_variance(self, x: torch.Tensor, out: torch.Tensor, k: int, variance: str = "learned_range",
+                        clip: bool = False, prediction: str = "epsilon"):
+        c = x.shape[1]
+        eps = self.epsilon(x, out, k, prediction)
         x0 = self.sqrt_recip[k] * x - self.sqrt_recipm1[k] * eps
         if clip:
             x0 = x0.clamp(-1, 1)
@@ -98,15 +109,14 @@ class Diffusion:
             raise ValueError(variance)
         return x0, mean, logvar
 
-    def p_sample(self, x, out, k, z, variance="learned_range", clip=False):
-        _, mean, logvar = self.p_mean_variance(x, out, k, variance, clip)
+    def p_sample(self, x, out, k, z, variance="learned_range", clip=False, prediction="epsilon"):
+        _, mean, logvar = self.p_mean_variance(x, out, k, variance, clip, prediction)
         if k == 0:
             return mean
         return mean + torch.exp(0.5 * logvar) * z
 
-    def ddim_sample(self, x, out, k, z, eta, clip=False):
-        c = x.shape[1]
-        x0 = self.sqrt_recip[k] * x - self.sqrt_recipm1[k] * out[:, :c]
+    def ddim_sample(self, x, out, k, z, eta, clip=False, prediction="epsilon"):
+        x0 = self.sqrt_recip[k] * x - self.sqrt_recipm1[k] * self.epsilon(x, out, k, prediction)
         if clip:
             x0 = x0.clamp(-1, 1)
         eps = (self.sqrt_recip[k] * x - x0) / self.sqrt_recipm1[k]

@@ -74,6 +74,7 @@ class DiTConfig:
     num_classes: int = 0  # 0 = no class embedder
     condition_channels: int = 0  # 0 = no concatenated condition (SR variant uses e.g. 4)
     mlp_ratio: float = 4.0
+    prediction: str = "epsilon"  # what the first C output channels are: "epsilon" or "v" (a diffusion setting)
 
     # ---- derived quantities ----
     @property
@@ -107,10 +108,12 @@ class DiTConfig:
             raise ValueError("hidden_size must be a multiple of num_heads")
         if self.hidden_size % 4 != 0:
             raise ValueError("hidden_size must be a multiple of 4 (2-D sin-cos embedding)")
+        if self.prediction not in ("epsilon", "v"):
+            raise ValueError(f"prediction {self.prediction!r}: use epsilon or v")
 
     # ---- JSON ----
     def to_dict(self) -> dict:
-        return {
+        d = {
             "depth": int(self.depth),
             "hidden_size": int(self.hidden_size),
             "num_heads": int(self.num_heads),
@@ -122,6 +125,9 @@ class DiTConfig:
             "condition_channels": int(self.condition_channels),
             "mlp_ratio": float(self.mlp_ratio),
         }
+        if self.prediction != "epsilon":  # optional in the format, epsilon when absent
+            d["prediction"] = str(self.prediction)
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"

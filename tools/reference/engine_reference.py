@@ -90,30 +90,35 @@ def model_out(model, x, t, label=None, cfg_scale=1.0, cond=None):
         return guided
 
 
-def reverse_step(d: Diffusion, x, out, k, z, sampler: str, eta: float):
+def reverse_step(d: Diffusion, x, out, k, z, sampler: str, eta: float, prediction: str = "epsilon"):
     if sampler == "ddpm":
-        return d.p_sample(x, out, k, z)
-    return d.ddim_sample(x, out, k, z, eta)
+        return d.p_sample(x, out, k, z, prediction=prediction)
+    return d.ddim_sample(x, out, k, z, eta, prediction=prediction)
 
 
 def sample_grid(p: Pipeline, d: Diffusion, seed: int, gid: int, sampler: str, eta: float, replace=None,
-                label=None, cfg_scale=1.0, jumps=(1, 1)):
-    """One stage-1 grid. `replace(x, z, k)` edits x after each step (it decides the levels).
+                label=None, cfg_scale=1.0, jumps=(1, 1), clean=None):
+    """One stage-1 grid. `replace(x, z, k)` edits x after each step (it decides the levels);
+    `clean(x)` sets clean known frames into x_T and after every step and jump (gridit's clean context).
     `jumps` = (length, count) of RePaint resampling; the noise of a transition that revisits k is
     keyed by step k + visit * count."""
     k_side, s, c = p.k, p.s, p.c
     x = torch.from_numpy(grid_noise(k_side, s, c, seed, "initial", gid, 0)).double()[None]
+    if clean is not None:
+        clean(x)
     for kind, k, visit in resample_schedule(d.count, *jumps):
         step_id = k + visit * d.count
         if kind == "renoise":
             z = torch.from_numpy(grid_noise(k_side, s, c, seed, "jump", gid, step_id)).double()[None]
             x = d.renoise(x, k, z)
-            continue
-        out = model_out(p.stage1, x, d.timestep_map[k], label, cfg_scale)
-        z = torch.from_numpy(grid_noise(k_side, s, c, seed, "step", gid, step_id)).double()[None]
-        x = reverse_step(d, x, out, k, z, sampler, eta)
-        if replace is not None:
-            replace(x, z[0], k)
+        else:
+            out = model_out(p.stage1, x, d.timestep_map[k], label, cfg_scale)
+            z = torch.from_numpy(grid_noise(k_side, s, c, seed, "step", gid, step_id)).double()[None]
+            x = reverse_step(d, x, out, k, z, sampler, eta, p.stage1.cfg.prediction)
+            if replace is not None:
+                replace(x, z[0], k)
+        if clean is not None:
+            clean(x)
     return x[0]
 
 
@@ -148,13 +153,13 @@ def super_resolve(p: Pipeline, lr, index: int, seed: int, sampler: str, steps: s
     x = noise("sr_initial", 0)
     for k in reversed(range(d.count)):
         out = model_out(p.stage2, x, d.timestep_map[k], cond=cond)
-        x = reverse_step(d, x, out, k, noise("sr_step", k), sampler, eta)
+        x = reverse_step(d, x, out, k, noise("sr_step", k), sampler, eta, p.stage2.cfg.prediction)
     return p.vae.decode(x / p.sf)[0] if p.vae is not None else x[0]
 
 
 def run(directory: Path, mode: str, length: int, seed: int, sampler: str, steps: str, eta: float = 0.0,
         context_rows: int = 1, sr: bool = True, sr_sampler: str = "ddim", sr_steps: str = "3",
-        label=None, cfg_scale: float = 1.0, jumps=(1, 1)):
+        label=None, cfg_scale: float = 1.0, jumps=(1, 1), context: str = "renoised"):
     """The frames (uint8, (F, C, H, W)) and the stage-1 grids (model space) of one sequence."""
     p = Pipeline(directory)
     d = Diffusion(steps)
@@ -188,7 +193,15 @@ def run(directory: Path, mode: str, length: int, seed: int, sampler: str, steps:
                     r, c = frame_slices(K, s, cell)
                     x[0, :, r, c] = math.sqrt(a) * x0[:, r, c] + math.sqrt(1 - a) * z[:, r, c]
 
-            finish(g, sample_grid(p, d, seed, g, sampler, eta, replace, label, cfg_scale, jumps))
+            def clean(x, x0=x0, known=known):
+                for cell in range(known):
+                    r, c = frame_slices(K, s, cell)
+                    x[0, :, r, c] = x0[:, r, c]
+
+            if context == "clean":
+                finish(g, sample_grid(p, d, seed, g, sampler, eta, None, label, cfg_scale, jumps, clean))
+            else:
+                finish(g, sample_grid(p, d, seed, g, sampler, eta, replace, label, cfg_scale, jumps))
             frames_src += [(g, known + j) for j in range(new)]
             g += 1
     else:

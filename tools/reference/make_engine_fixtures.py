@@ -10,6 +10,7 @@ Pipelines (each a folder with pipeline.json, stage configs and safetensors, F32)
     latent/     3 channels, K = 3, 8 px frames, a tiny VAE (factor 2, 2 latent channels), so stage 1
                 works on 12 x 12 latent grids; x2 super-resolution (16 px frames, 8 px latents)
     classcond/  1 channel, K = 2, 4 px frames, class-conditional stage 1 (3 classes), no stage 2
+    pixel_v/    pixel's models read as v-predictions ("prediction": "v"), defaults context "clean"
     pixel_k2/, pixel_k5/   1 channel, K = 2 (4 px frames) and K = 5 (2 px frames), no stage 2
 
 Reference sequences (tools/reference/engine_reference.py), files <case>.frames.npy (uint8,
@@ -20,6 +21,7 @@ Reference sequences (tools/reference/engine_reference.py), files <case>.frames.n
     latent_official   latent, official, L = 10 (N = 1, 15 frames), seed 2, ddpm 3 steps, no SR
     classcond_guided  classcond, gridit, L = 6, seed 9, class 1, cfg 3, ddpm 4 steps
     pixel_jumps       pixel, gridit, L = 20, seed 4, ddpm 6 steps, 2 context rows, RePaint jumps of 2, 2 passes
+    pixel_v_clean     pixel_v, gridit, L = 20, seed 6, ddpm 4 steps, 2 clean context rows, SR ddim 3
 """
 
 from __future__ import annotations
@@ -69,9 +71,9 @@ def save_vae(folder: Path, cfg: VAEConfig, seed: int) -> dict:
     return {"config": "vae.config.json", "weights": "vae.safetensors", "scaling_factor": 0.5, "encode": "mean"}
 
 
-def tiny(input_size: int, in_ch: int, cond: int = 0, classes: int = 0) -> DiTConfig:
+def tiny(input_size: int, in_ch: int, cond: int = 0, classes: int = 0, prediction: str = "epsilon") -> DiTConfig:
     return DiTConfig(depth=1, hidden_size=16, num_heads=2, patch_size=2, input_size=input_size, in_channels=in_ch,
-                     learn_sigma=True, num_classes=classes, condition_channels=cond)
+                     learn_sigma=True, num_classes=classes, condition_channels=cond, prediction=prediction)
 
 
 def write_pipeline(folder: Path, name: str, grid: dict, stage1: dict, stage2: dict | None, vae: dict | None,
@@ -89,6 +91,14 @@ def build(out: Path) -> None:
     write_pipeline(pixel, "tiny-pixel", {"k": 4, "frame_size": 4, "channels": 1}, s1, {**s2, "scale": 2}, None,
                    {"mode": "gridit", "sampler": "ddpm", "steps": 4, "sr_sampler": "ddim", "sr_steps": 3,
                     "context_rows": 1})
+
+    pixel_v = out / "pixel_v"
+    pixel_v.mkdir(parents=True, exist_ok=True)
+    s1 = save_dit(pixel_v, "stage1", tiny(16, 1, prediction="v"), 101)
+    s2 = save_dit(pixel_v, "stage2", tiny(8, 1, cond=1, prediction="v"), 102)
+    write_pipeline(pixel_v, "tiny-pixel-v", {"k": 4, "frame_size": 4, "channels": 1}, s1, {**s2, "scale": 2}, None,
+                   {"mode": "gridit", "sampler": "ddpm", "steps": 4, "sr_sampler": "ddim", "sr_steps": 3,
+                    "context_rows": 2, "context": "clean"})
 
     latent = out / "latent"
     latent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +135,8 @@ CASES = {
                                            context_rows=1, sr=False, label=1, cfg_scale=3.0)),
     "pixel_jumps": ("pixel", dict(mode="gridit", length=20, seed=4, sampler="ddpm", steps="6", context_rows=2,
                                   sr=False, jumps=(2, 2))),
+    "pixel_v_clean": ("pixel_v", dict(mode="gridit", length=20, seed=6, sampler="ddpm", steps="4", context_rows=2,
+                                      sr=True, sr_sampler="ddim", sr_steps="3", context="clean")),
 }
 
 

@@ -27,6 +27,8 @@ Files
                           ddpm result with positions 0, 1 (latent rows 0..3; K=2, S=4) set to
                           sqrt(a) known + sqrt(1-a) z, a = ab[k] / ab_prev[k]
     <case>.ddim_eta0.npy / .ddim_eta1.npy        (ddim50 case only)
+    <case>.v_x0.npy / .v_ddpm.npy                the same output read as a v-prediction
+                                                 (eps = sqrt(ab) v + sqrt(1-ab) x_k); .v_ddim_eta1.npy (ddim50)
 
 Cases: ddpm250_k249, ddpm250_k120, ddpm250_k0 (spec "250"), ddim50_k25 (spec "ddim50").
 
@@ -34,6 +36,8 @@ Whole loops (spec "10", seed 45, 2x2 grids of 4x4 frames, grid ids 3 and 7; see 
     loop.xT.npy           (2, 4, 8, 8) x_T from the keyed Philox streams
     loop.prev.npy         (4, 8, 8) the previous grid whose row 1 is copied into grid 7's row 0
     loop_ddpm.x0.npy      DDPM result; loop_ddim.x0.npy: DDIM eta 0 result (same replacement)
+    loop_clean_v.x0.npy   DDPM, the output read as v, grid 7's row 0 = prev row 1 clean from x_T on
+                          and after every step (gridit's clean context)
 
 Bicubic (the stage-2 condition): bicubic.in.npy (2, 3, 5, 7) in [-1, 1]; bicubic.x{2,3,4}.npy =
 F.interpolate(mode="bicubic", align_corners=False) by that scale, evaluated in float64.
@@ -101,6 +105,17 @@ def make_loops(model, out: Path, gen: torch.Generator) -> None:
                 x[1, :, 0:s, :] = noised[:, s:2 * s, :]
         save(out / f"{name}.x0.npy", f32(x))
         print(f"{name:<14} max |x0| {x.abs().max():.3f}")
+    x = torch.from_numpy(x_t).double()
+    x[1, :, 0:s, :] = prev[:, s:2 * s, :]
+    for k in reversed(range(d.count)):
+        t = torch.full((len(grids),), float(d.timestep_map[k]), dtype=torch.float64)
+        with torch.no_grad():
+            mo = model(x, t)
+        z = torch.from_numpy(np.stack([grid_noise(k_side, s, c, LOOP_SEED, "step", g, k) for g in grids])).double()
+        x = d.p_sample(x, mo, k, z, prediction="v")
+        x[1, :, 0:s, :] = prev[:, s:2 * s, :]
+    save(out / "loop_clean_v.x0.npy", f32(x))
+    print(f"{'loop_clean_v':<14} max |x0| {x.abs().max():.3f}")
 
 
 def make_bicubic(out: Path, gen: torch.Generator) -> None:
@@ -159,9 +174,12 @@ def main() -> int:
                  "fixed_small": d.p_sample(x, mo[:, :c], k, z, variance="fixed_small"),
                  "replace_official": d.replace(ddpm, known, z, rows, cols, k, "official"),
                  "replace_previous": d.replace(ddpm, known, z, rows, cols, k, "previous")}
+        files["v_x0"] = d.p_mean_variance(x, mo, k, prediction="v")[0]
+        files["v_ddpm"] = d.p_sample(x, mo, k, z, prediction="v")
         if spec.startswith("ddim"):
             files["ddim_eta0"] = d.ddim_sample(x, mo, k, z, 0.0)
             files["ddim_eta1"] = d.ddim_sample(x, mo, k, z, 1.0)
+            files["v_ddim_eta1"] = d.ddim_sample(x, mo, k, z, 1.0, prediction="v")
         for key, tensor in files.items():
             save(out / f"{name}.{key}.npy", f32(tensor))
         print(f"{name:<14} t={int(d.timestep_map[k]):<4} |x_k-1| max {ddpm.abs().max():.3f}")

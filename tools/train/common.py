@@ -65,15 +65,26 @@ def upsample(lr: torch.Tensor, scale: int = SCALE) -> torch.Tensor:
     return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
 
 
-def stage1_batch(n: int, seed: int) -> torch.Tensor:
-    """(N, 1, K*LR, K*LR) grids of 16 consecutive LR frames (exact mean-pool of a 64 px render)."""
+def stage1_u8(n: int, seed: int) -> np.ndarray:
+    """(N, K*LR, K*LR) uint8 grids of 16 consecutive LR frames (exact mean-pool of a 64 px render)."""
     s = md.sequences(n, K * K, LR, seed, "train", render_factor=SCALE, **DATA_KW)
-    return to_model(md.to_grids(s.frames, K))[:, None]
+    return md.to_grids(s.frames, K)
+
+
+def stage2_u8(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(high (N, HR, HR), low (N, LR, LR)) uint8: exact pairs, low = mean_pool(high, 4)."""
+    low, high = md.sr_pairs(n, LR, SCALE, seed, "train", **DATA_KW)
+    return high, low
+
+
+def stage1_batch(n: int, seed: int) -> torch.Tensor:
+    """(N, 1, K*LR, K*LR) model-space grids (stage1_u8)."""
+    return to_model(stage1_u8(n, seed))[:, None]
 
 
 def stage2_batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x (N, 1, HR, HR), low (N, 1, LR, LR)): exact pairs, low = mean_pool(x, 4)."""
-    low, high = md.sr_pairs(n, LR, SCALE, seed, "train", **DATA_KW)
+    """(x (N, 1, HR, HR), low (N, 1, LR, LR)) in model space (stage2_u8)."""
+    high, low = stage2_u8(n, seed)
     return to_model(high)[:, None], to_model(low)[:, None]
 
 
@@ -174,15 +185,50 @@ class TrainDiffusion:
     def q_sample(self, x0, t, noise):
         return self._g(self.sqrt_ab, t) * x0 + self._g(self.sqrt_1mab, t) * noise
 
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        """ᾱ/(1-ᾱ) of each sample's t, (N,) float32."""
+        ab = self.sqrt_ab[t] ** 2
+        return (ab / (1.0 - ab)).float()
+
+    def x0_weight(self, t: torch.Tensor, gamma: float, floor: float) -> torch.Tensor:
+        """The weight of each sample's x0 error: SNR clamped to [floor, gamma]. Min-SNR-gamma (Hang
+        et al. 2023) caps the weight of the nearly clean levels; a floor of 1 (truncated SNR,
+        Salimans & Ho 2022; v-prediction only, as epsilon's error would be scaled by up to 1/SNR)
+        keeps a gradient at the noisy levels where a grid's layout (how many digits, where they go)
+        is decided, which epsilon-MSE (x0 weight = SNR) all but ignores."""
+        return self.snr(t).clamp(floor, gamma)
+
     def hybrid_loss(self, out: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
-                    noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """IDDPM hybrid loss: mean-squared epsilon error plus the variational bound term in bits,
-        whose model mean uses the detached epsilon so it trains only the variance channels.
-        out: (N, 2C, H, W) float32. Returns (loss, mse, vb), each a scalar mean over the batch."""
+                    noise: torch.Tensor, prediction: str = "epsilon", gamma: float = 0.0,
+                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """IDDPM hybrid loss: the mean-squared error of the prediction (epsilon, or v = sqrt(ab) eps -
+        sqrt(1-ab) x0), weighted per sample when gamma > 0 (x0_weight expressed on that target), plus
+        the variational bound term in bits, whose model mean uses the detached epsilon so it trains
+        only the variance channels. mask (N, 1, H, W), 1 where the loss counts (0 on clean context
+        frames). out: (N, 2C, H, W) float32. Returns (loss, mse, vb): scalar means over the batch,
+        mse the unweighted error of the target."""
         c = x0.shape[1]
-        eps, v = out[:, :c], out[:, c:]
-        mse = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
+        pred, v = out[:, :c], out[:, c:]
         g = lambda a: self._g(a, t)  # noqa: E731
+        if prediction == "v":
+            target = g(self.sqrt_ab) * noise - g(self.sqrt_1mab) * x0
+            eps = g(self.sqrt_ab) * pred + g(self.sqrt_1mab) * xt
+        elif prediction == "epsilon":
+            target, eps = noise, pred
+        else:
+            raise ValueError(f"prediction {prediction!r}")
+        m = torch.ones_like(x0[:, :1]) if mask is None else mask
+        area = m.sum(dim=(1, 2, 3)).clamp(min=1.0) * c
+
+        def mean(e):  # per-sample mean over the counted pixels
+            return (e * m).sum(dim=(1, 2, 3)) / area
+
+        mse = mean((pred - target) ** 2)
+        w = torch.ones_like(mse)
+        if gamma > 0:
+            snr = self.snr(t)
+            w = (self.x0_weight(t, gamma, 1.0) / (snr + 1.0) if prediction == "v"
+                 else self.x0_weight(t, gamma, 0.0) / snr)
         true_mean = g(self.coef1) * x0 + g(self.coef2) * xt
         true_logvar = g(self.post_logvar)
         frac = (v + 1) / 2
@@ -191,11 +237,34 @@ class TrainDiffusion:
         model_mean = g(self.coef1) * x0_pred + g(self.coef2) * xt
         kl = 0.5 * (-1.0 + model_logvar - true_logvar + torch.exp(true_logvar - model_logvar)
                     + (true_mean - model_mean) ** 2 * torch.exp(-model_logvar))
-        kl = kl.mean(dim=(1, 2, 3)) / math.log(2.0)
+        kl = mean(kl) / math.log(2.0)
         nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar)
-        nll = nll.mean(dim=(1, 2, 3)) / math.log(2.0)
+        nll = mean(nll) / math.log(2.0)
         vb = torch.where(t == 0, nll, kl)
-        return (mse + vb).mean(), mse.mean(), vb.mean()
+        return (w * mse + vb).mean(), mse.mean(), vb.mean()
+
+    def sample_t(self, n: int, gen: torch.Generator, low_share: float, low_end: int) -> torch.Tensor:
+        """(N,) timesteps: with probability low_share uniform in [0, low_end), else uniform in
+        [0, count) (low_share 0: uniform, the reference recipe)."""
+        t = torch.randint(0, self.count, (n,), generator=gen)
+        if low_share > 0:
+            low = torch.rand(n, generator=gen) < low_share
+            t = torch.where(low, torch.randint(0, low_end, (n,), generator=gen), t)
+        return t
+
+
+def context_mask(n: int, gen: torch.Generator, share: float, rows: tuple[int, ...], k: int = K,
+                 frame: int = LR) -> tuple[torch.Tensor, torch.Tensor]:
+    """Continuation training: a share of the batch gets its first r grid rows (r drawn from `rows`)
+    as clean known frames, the way gridit mode's clean context gives them while sampling. Returns
+    (known (N, 1, kS, kS) bool, where x_t is the clean x0; counted (N, 1, kS, kS) float, 1 where
+    the loss counts)."""
+    side = k * frame
+    r = torch.tensor(rows)[torch.randint(0, len(rows), (n,), generator=gen)]
+    r = torch.where(torch.rand(n, generator=gen) < share, r, torch.zeros_like(r))
+    row = torch.arange(side)[None, :] // frame  # (1, side): grid row of each pixel row
+    known = (row < r[:, None])[:, None, :, None].expand(n, 1, side, side)
+    return known, (~known).float()
 
 
 def _approx_std_normal_cdf(x):
@@ -253,6 +322,7 @@ class Defaults:
     sr_sampler: str = "ddpm"
     sr_steps: int = 50
     context_rows: int = 2
+    context: str = "renoised"
     precision: str = "fp32"
 
 
@@ -267,7 +337,8 @@ def pipeline_json(defaults: Defaults, description: str) -> dict:
         "vae": None,
         "defaults": {"mode": defaults.mode, "sampler": defaults.sampler, "steps": defaults.steps,
                      "eta": defaults.eta, "sr_sampler": defaults.sr_sampler, "sr_steps": defaults.sr_steps,
-                     "context_rows": defaults.context_rows, "precision": defaults.precision},
+                     "context_rows": defaults.context_rows, "context": defaults.context,
+                     "precision": defaults.precision},
         "limits": {"max_length": 100000},
     }
 

@@ -32,7 +32,8 @@ def load_ema(path: str, decay: float | None = None) -> tuple[C.ref.DiT, dict]:
         raise SystemExit(f"{path}: no EMA with decay {decay} (saved: {sorted(emas)})")
     d = decay if decay is not None else next(iter(emas))
     model.load_state_dict(emas[d])
-    return model.eval(), {"step": st["step"], "hours": round(st["seconds"] / 3600, 3), "ema": d}
+    return model.eval(), {"step": st["step"], "hours": round(st["seconds"] / 3600, 3),
+                          "core_hours": round(st.get("core_seconds", st["seconds"]) / 3600, 3), "ema": d}
 
 
 def main(argv=None) -> int:
@@ -52,6 +53,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sr-sampler", default=d.sr_sampler)
     ap.add_argument("--sr-steps", type=int, default=d.sr_steps)
     ap.add_argument("--context-rows", type=int, default=d.context_rows)
+    ap.add_argument("--context", choices=["renoised", "clean"], default=d.context,
+                    help="gridit mode's known frames (clean: for a stage 1 trained with --ctx-share)")
     a = ap.parse_args(argv)
     paths = [p or (os.path.join(a.ckpt_dir, f"stage{i}.pt") if a.ckpt_dir else None)
              for i, p in ((1, a.stage1), (2, a.stage2))]
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
     s1, i1 = load_ema(paths[0], a.ema1)
     s2, i2 = load_ema(paths[1], a.ema2)
     defaults = C.Defaults(mode=a.mode, sampler=a.sampler, steps=a.steps, eta=a.eta, sr_sampler=a.sr_sampler,
-                          sr_steps=a.sr_steps, context_rows=a.context_rows)
+                          sr_steps=a.sr_steps, context_rows=a.context_rows, context=a.context)
     C.export_pipeline(s1, s2, a.out, defaults, DESCRIPTION, DTYPES[a.dtype],
                       extra={"stage1": i1, "stage2": i2, "dtype": a.dtype})
     print(f"exported {a.out}: stage1 step {i1['step']} ({i1['hours']} h), stage2 step {i2['step']} ({i2['hours']} h)")

@@ -6,8 +6,9 @@ evaluation tools read both the same way.
 
 Modes (gridit-method.md §2; same schedule as training, respaced):
 * gridit: exact length; each new grid keeps the last `context_rows` rows of the previous grid as
-  known frames in its first rows (RePaint replacement after every step except the last, at the
-  level of x_{k-1}, each frame with its own noise); the generated rows are appended.
+  known frames in its first rows (`context` "renoised": RePaint replacement after every step except
+  the last, at the level of x_{k-1}, each frame with its own noise; "clean": the known frames as
+  they are at every step, for a stage 1 trained with clean context); the generated rows are appended.
 * official: the published algorithm in pixel space: 3 context rows re-noised at the level of x_k
   with the source frames' noise, the in-betweening pass (row 3 of G_k -> row 0, row 3 of G_{k+1}
   -> row 3, rows 1-2 generated), frames = G_0 ++ sum_k (I_k row 2 ++ G_{k+1} row 3), every grid
@@ -55,8 +56,13 @@ class Pipeline:
 def denoise(model, diff, x, gen, sampler: str, eta: float, cond=None, known=None, mask=None,
             level: str = "previous", noise_map=None, bf16: bool = False):
     """x: (N, C, H, W) x_T, denoised in place of a copy; known/mask (N, C, H, W): clean known pixels
-    and where they are; noise_map(z) gives the z each known pixel is re-noised with."""
+    and where they are, replaced after each step at the level of x_k ("official"), of x_{k-1}
+    ("previous", RePaint), or given clean at every step ("clean", for a model trained with clean
+    context); noise_map(z) gives the z each known pixel is re-noised with."""
     n = x.shape[0]
+    prediction = model.cfg.prediction
+    if known is not None and level == "clean":
+        x = torch.where(mask, known, x)
     for k in reversed(range(diff.count)):
         t = torch.full((n,), float(diff.timestep_map[k]))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -64,10 +70,12 @@ def denoise(model, diff, x, gen, sampler: str, eta: float, cond=None, known=None
         out = out.float()
         z = torch.randn(x.shape, generator=gen)
         if sampler == "ddpm":
-            x = diff.p_sample(x, out, k, z)
+            x = diff.p_sample(x, out, k, z, prediction=prediction)
         else:
-            x = diff.ddim_sample(x, out, k, z, eta)
-        if k != 0 and known is not None:
+            x = diff.ddim_sample(x, out, k, z, eta, prediction=prediction)
+        if known is not None and level == "clean":
+            x = torch.where(mask, known, x)
+        elif k != 0 and known is not None:
             a = diff.ab[k] if level == "official" else diff.ab_prev[k]
             zk = noise_map(z) if noise_map else z
             x = torch.where(mask, math.sqrt(a) * known + math.sqrt(1 - a) * zk, x)
@@ -87,7 +95,7 @@ def grid_frames(grid: torch.Tensor, k: int, s: int, rows) -> torch.Tensor:
 
 
 def stage1_sequences(pl: Pipeline, n: int, length: int, gen, mode: str, sampler: str, steps, eta: float,
-                     context_rows: int, bf16: bool = False, log=None) -> torch.Tensor:
+                     context_rows: int, bf16: bool = False, log=None, context: str = "renoised") -> torch.Tensor:
     """(N, L, S, S) float frames in [-1, 1]."""
     k, s = pl.k, pl.s
     diff = C.dref.Diffusion(str(steps))
@@ -105,7 +113,7 @@ def stage1_sequences(pl: Pipeline, n: int, length: int, gen, mode: str, sampler:
             known = torch.zeros(shape)
             known[:, :, : c * s] = prev[:, :, (k - c) * s:]
             g = denoise(model, diff, torch.randn(shape, generator=gen), gen, sampler, eta,
-                        known=known, mask=mask, level="previous", bf16=bf16)
+                        known=known, mask=mask, level="clean" if context == "clean" else "previous", bf16=bf16)
             g[:, :, : c * s] = known[:, :, : c * s]  # the carried frames are the previous grid's exact ones
             frames.append(grid_frames(g, k, s, range(c, k)))
             have += (k - c) * k
@@ -177,19 +185,20 @@ def write_sequence(folder: str, frames: np.ndarray, meta: dict) -> None:
 
 def generate(pl: Pipeline, count: int, length: int, seed: int, mode=None, sampler=None, steps=None,
              eta=None, sr_sampler=None, sr_steps=None, context_rows=None, no_sr=False, batch=None,
-             bf16=False, log=None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+             bf16=False, log=None, context=None) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Returns (lr u8 (count, L, S, S), hr u8 (count, L, rS, rS) or None, the settings used)."""
     d = pl.defaults
     st = dict(mode=mode or d["mode"], sampler=sampler or d["sampler"], steps=steps or d["steps"],
               eta=d["eta"] if eta is None else eta, sr_sampler=sr_sampler or d["sr_sampler"],
-              sr_steps=sr_steps or d["sr_steps"], context_rows=context_rows or d["context_rows"])
+              sr_steps=sr_steps or d["sr_steps"], context_rows=context_rows or d["context_rows"],
+              context=context or d.get("context", "renoised"))
     gen = torch.Generator().manual_seed(seed)
     batch = batch or count
     lrs, hrs = [], []
     for i in range(0, count, batch):
         m = min(batch, count - i)
         lr = C.to_u8(stage1_sequences(pl, m, length, gen, st["mode"], st["sampler"], st["steps"], st["eta"],
-                                      st["context_rows"], bf16=bf16, log=log))
+                                      st["context_rows"], bf16=bf16, log=log, context=st["context"]))
         lrs.append(lr)
         if not no_sr and pl.stage2 is not None:
             hr = super_resolve(pl, lr.reshape(-1, pl.s, pl.s), gen, st["sr_sampler"], st["sr_steps"], st["eta"],
@@ -212,6 +221,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sr-sampler", choices=["ddpm", "ddim"])
     ap.add_argument("--sr-steps")
     ap.add_argument("--context-rows", type=int)
+    ap.add_argument("--context", choices=["renoised", "clean"], help="gridit mode's known frames")
     ap.add_argument("--no-sr", action="store_true", help="write the 16x16 stage-1 frames")
     ap.add_argument("--batch", type=int, help="sequences per stage-1 batch (default: all)")
     ap.add_argument("--threads", type=int, default=2)
@@ -223,7 +233,7 @@ def main(argv=None) -> int:
     pl = Pipeline(a.pipeline)
     t0 = time.time()
     lr, hr, st = generate(pl, a.count, a.length, a.seed, a.mode, a.sampler, a.steps, a.eta, a.sr_sampler,
-                          a.sr_steps, a.context_rows, a.no_sr, a.batch, a.bf16, log)
+                          a.sr_steps, a.context_rows, a.no_sr, a.batch, a.bf16, log, a.context)
     seconds = time.time() - t0
     frames = lr if hr is None else hr
     for i in range(a.count):

@@ -97,19 +97,102 @@ def test_gridit_mode_keeps_context_frames_exactly():
     g2 = torch.Generator().manual_seed(0)
     first = S.stage1_sequences(pl, 1, 16, g2, "gridit", "ddim", "4", 0.0, context_rows=2)
     assert torch.equal(frames[:, :16], first)
+    # clean context: the model sees the carried frames as they are at every step
+    seen = []
+    forward = model.forward
+    model.forward = lambda x, t, y=None, cond=None: (seen.append(x.clone()), forward(x, t, y, cond))[1]
+    known = torch.zeros(1, 1, 64, 64)
+    known[:, :, :32] = torch.rand(1, 1, 32, 64) * 2 - 1
+    mask = torch.zeros(1, 1, 64, 64, dtype=torch.bool)
+    mask[:, :, :32] = True
+    diff = C.dref.Diffusion("4")
+    out = S.denoise(model, diff, torch.randn(1, 1, 64, 64), torch.Generator().manual_seed(1), "ddpm", 0.0,
+                    known=known, mask=mask, level="clean")
+    assert len(seen) == 4 and all(torch.equal(x[:, :, :32], known[:, :, :32]) for x in seen)
+    assert torch.equal(out[:, :, :32], known[:, :, :32])
 
 
-def test_lr_schedule_warmup_constant_cosine():
-    assert T.lr_at(0, 1e-3, 100, None, 1e-5) == pytest.approx(1e-5)
-    assert T.lr_at(99, 1e-3, 100, None, 1e-5) == pytest.approx(1e-3)
-    assert T.lr_at(5000, 1e-3, 100, None, 1e-5) == pytest.approx(1e-3)
-    decay = (1000, 400)
-    assert T.lr_at(999, 1e-3, 100, decay, 1e-5) == pytest.approx(1e-3)
-    assert T.lr_at(1200, 1e-3, 100, decay, 1e-5) == pytest.approx((1e-3 + 1e-5) / 2)
-    assert T.lr_at(1400, 1e-3, 100, decay, 1e-5) == pytest.approx(1e-5)
-    assert T.lr_at(9000, 1e-3, 100, decay, 1e-5) == pytest.approx(1e-5)
+def test_lr_schedule_warmup_stable_decay_per_run():
+    # lr_at(run step, run progress, lr, warmup, decay share, lr_min)
+    assert T.lr_at(0, 0.0, 1e-3, 100, 0.25, 1e-5) == pytest.approx(1e-5)
+    assert T.lr_at(99, 0.1, 1e-3, 100, 0.25, 1e-5) == pytest.approx(1e-3)
+    assert T.lr_at(5000, 0.74, 1e-3, 100, 0.25, 1e-5) == pytest.approx(1e-3)
+    assert T.lr_at(5000, 0.875, 1e-3, 100, 0.25, 1e-5) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert T.lr_at(5000, 1.0, 1e-3, 100, 0.25, 1e-5) == pytest.approx(1e-5)
+    assert T.lr_at(5000, 0.99, 1e-3, 100, 0.0, 1e-5) == pytest.approx(1e-3)  # no decay
 
 
+def test_v_prediction_loss_min_snr_weights_and_context_mask():
+    d = C.TrainDiffusion()
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(4, 1, 64, 64, generator=g) * 2 - 1
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.tensor([0, 100, 400, 900])
+    xt = d.q_sample(x0, t, noise)
+    ab = d.sqrt_ab[t].float()[:, None, None, None] ** 2
+    v = ab.sqrt() * noise - (1 - ab).sqrt() * x0
+    perfect = torch.cat([v, -torch.ones_like(v)], 1)
+    _, mse, _ = d.hybrid_loss(perfect, x0, xt, t, noise, prediction="v", gamma=5.0)
+    assert float(mse) == pytest.approx(0.0, abs=1e-10)
+    # the weight of an x0 error: SNR clamped to [1, 5] for v (expressed on v's error: / (SNR + 1))
+    snr = d.snr(t)
+    w = d.x0_weight(t, 5.0, 1.0)
+    assert float(w[0]) == 5.0 and float(w[3]) == 1.0 and 1.0 <= float(w[2]) <= 5.0
+    assert torch.allclose(w, snr.clamp(1, 5))
+    # an error only inside masked-out rows does not count
+    known, counted = C.context_mask(4, g, 1.0, (2,))
+    assert known.shape == (4, 1, 64, 64) and bool(known[:, :, :32].all()) and not bool(known[:, :, 32:].any())
+    wrong = perfect.clone()
+    wrong[:, :1, :32] += 1.0
+    _, mse, vb = d.hybrid_loss(wrong, x0, xt, t, noise, prediction="v", mask=counted)
+    assert float(mse) == pytest.approx(0.0, abs=1e-10)
+    _, mse, _ = d.hybrid_loss(wrong, x0, xt, t, noise, prediction="v")
+    assert float(mse) > 0.4
+    # share 0: no grid has context
+    known, counted = C.context_mask(8, g, 0.0, (1, 2, 3))
+    assert not bool(known.any()) and bool((counted == 1).all())
+
+
+def test_low_t_sampling():
+    d = C.TrainDiffusion()
+    t = d.sample_t(20000, torch.Generator().manual_seed(0), 0.9, 700)
+    assert int(t.min()) >= 0 and int(t.max()) < 1000
+    assert float((t < 700).float().mean()) == pytest.approx(0.9 + 0.1 * 0.7, abs=0.01)
+    assert float((t < 700).float().mean()) > float((d.sample_t(20000, torch.Generator().manual_seed(0), 0.0, 700)
+                                                    < 700).float().mean()) + 0.2
+
+
+@need_digits
+def test_warm_start_from_a_pipeline_continues_its_steps(tmp_path):
+    ck, ex = tmp_path / "ck", tmp_path / "export"
+    tiny = ["--arch1", "1,32,2,4", "--arch2", "1,32,2,8", "--batch1", "2", "--batch2", "2", "--threads", "1",
+            "--log-every", "0", "--data-workers", "0"]
+    assert T.main(tiny + ["--ckpt-dir", str(ck), "--export-dir", str(ex), "--max-steps1", "3", "--max-steps2", "2"]) == 0
+    # a new checkpoint folder, stage 1 only, v-prediction with clean context: starts from the export
+    ck2, ex2 = tmp_path / "ck2", tmp_path / "export2"
+    warm = T.Stage(1, T.parse_arch("1,32,2,4"), 2, 1e-3, [0.99], str(ck2), False, 1,
+                   T.Recipe(prediction="v", ctx_share=0.5), init_from=str(ex))
+    exported = C.load_safetensors(str(ex / "stage1.config.json"), str(ex / "stage1.safetensors"))
+    assert warm.step == 3 and warm.ema_start == 3
+    for a, b in zip(warm.model.parameters(), exported.parameters()):
+        assert torch.equal(a, b)
+    assert T.main(tiny + ["--stages", "1", "--ckpt-dir", str(ck2), "--export-dir", str(ex2), "--init-from", str(ex),
+                          "--prediction", "v", "--ctx-share", "0.5", "--snr-gamma", "5", "--t-low", "0.9",
+                          "--max-steps1", "5"]) == 0
+    st = torch.load(ck2 / "stage1.pt", weights_only=False)
+    assert st["step"] == 5 and st["config"]["prediction"] == "v" and st["run"] is None  # the run ended
+    spec = json.loads((ex2 / "pipeline.json").read_text())
+    assert spec["defaults"]["context"] == "clean"
+    assert json.loads((ex2 / "stage1.config.json").read_text())["prediction"] == "v"
+    info = json.loads((ex2 / "training.json").read_text())
+    assert info["stage1"]["step"] == 5 and info["stage1"]["recipe"]["ctx_share"] == 0.5
+    assert info["stage2"]["step"] == 2  # stage 2 as the warm start had it
+    # the v-predicting, clean-context pipeline samples
+    lr, hr, used = S.generate(S.Pipeline(str(ex2)), 1, 20, seed=1, steps="3", sr_steps="2")
+    assert used["context"] == "clean" and lr.shape == (1, 20, 16, 16)
+    # a checkpoint of another prediction is refused, not silently mixed
+    with pytest.raises(SystemExit):
+        T.Stage(1, T.parse_arch("1,32,2,4"), 2, 1e-3, [0.99], str(ck2), False, 1, T.Recipe(prediction="epsilon"))
 def test_grid_pos_embed_follows_frames():
     e = C.grid_pos_embed(64, k=4, frame_tokens=4)  # 16 x 16 tokens
     assert e.shape == (256, 64)

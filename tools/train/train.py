@@ -11,9 +11,18 @@ atomic swap.
     python tools/train/train.py --ckpt-dir CK --export-dir OUT --hours 2       # train
     python tools/train/train.py --bench                                       # time steps only
 
-Recipe (docs: tools/train/README.md): AdamW (wd 0), linear warm-up then constant lr, bf16
-autocast on CPU, uniform t in [0, 1000), hybrid loss L_simple + L_vb (mean detached in L_vb),
-EMA of the weights, exported in float32.
+A training run (one invocation) has its own warmup-stable-decay learning rate: --warmup steps up to
+the lr, constant, then a cosine decay to --lr-min over the last --decay-frac of its budget (--hours
+of step time, pauses excluded, or --max-steps), so every run ends with a decayed lr and its EMA
+export is ready to land; `kill -USR1` starts the decay now (the run then ends after it). --init-from
+a pipeline folder warm-starts a new checkpoint folder from its weights (model and EMAs; fresh
+optimizer), so each run continues where the last landed bundle stopped.
+
+Recipe (docs: tools/train/README.md): AdamW (wd 0), bf16 autocast on CPU, hybrid loss (prediction
+MSE + L_vb with the mean detached), epsilon or v prediction (--prediction), optional min-SNR
+weighting (--snr-gamma) and low-t-heavy t sampling (--t-low), continuation training (--ctx-share:
+part of each stage-1 batch has 1-3 clean known rows, left out of the loss), EMAs of the weights,
+exported in float32. Stage-1 data is generated in a worker process, ahead of the step.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -42,32 +52,46 @@ def parse_arch(s: str) -> tuple[int, int, int, int]:
     return d, h, n, p
 
 
-def parse_decay(s: str | None) -> tuple[int, int] | None:
-    """"START:STEPS" -> (START, STEPS): cosine decay of the lr from step START over STEPS steps."""
-    if not s:
-        return None
-    a, b = (int(v) for v in s.split(":"))
-    return a, b
-
-
-def lr_at(step: int, lr: float, warmup: int, decay: tuple[int, int] | None, lr_min: float) -> float:
-    """Warm-up, constant, then (optionally) a cosine decay to lr_min (warmup-stable-decay: the
-    decay can be scheduled when resuming, once the length of the run is known)."""
-    f = min(1.0, (step + 1) / max(warmup, 1))
-    if decay is not None and step >= decay[0]:
-        u = min(1.0, (step - decay[0]) / max(decay[1], 1))
+def lr_at(run_step: int, progress: float, lr: float, warmup: int, decay_frac: float, lr_min: float) -> float:
+    """Warmup-stable-decay within one run: linear warm-up over `warmup` steps of the run, constant,
+    then a cosine decay to lr_min over the last `decay_frac` of the run (progress in [0, 1])."""
+    f = min(1.0, (run_step + 1) / max(warmup, 1))
+    start = 1.0 - decay_frac
+    if decay_frac > 0 and progress >= start:
+        u = min(1.0, (progress - start) / decay_frac)
         return lr_min + (lr * f - lr_min) * 0.5 * (1 + math.cos(math.pi * u))
     return lr * f
 
 
+def init_weights(folder: str, stage: int) -> tuple[dict, dict]:
+    """(state dict, training.json's entry for the stage) of stage N of a pipeline folder."""
+    from safetensors.torch import load_file
+    info = {}
+    path = os.path.join(folder, "training.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            info = json.load(f).get(f"stage{stage}", {})
+    return load_file(os.path.join(folder, f"stage{stage}.safetensors")), info
+
+
+@dataclass
+class Recipe:
+    """What a stage trains on and for (tools/train/README.md, "Recipe")."""
+    prediction: str = "epsilon"            # "epsilon" or "v"
+    snr_gamma: float = 0.0                 # > 0: x0 weight clamp(SNR, floor, gamma) (common.x0_weight)
+    t_low: float = 0.0                     # share of t drawn from [0, t_low_end) instead of [0, 1000)
+    t_low_end: int = 700
+    ctx_share: float = 0.0                 # stage 1: share of grids with clean known rows
+    ctx_rows: tuple[int, ...] = (1, 2, 3)
+    lr_noise: float = 0.0                  # stage 2: max std of the noise on half of the LR conditions
+
+
 class Stage:
-    def __init__(self, stage: int, arch, batch: int, lr: float, warmup: int, ema_decays: list[float],
-                 ckpt_dir: str | None, bf16: bool, lr_noise: float, decay=None, lr_min: float = 0.0,
-                 grid_pos: bool = True):
-        self.stage, self.batch, self.lr, self.warmup = stage, batch, lr, warmup
-        self.decay, self.lr_min = decay, lr_min
-        self.bf16, self.lr_noise = bf16, lr_noise
+    def __init__(self, stage: int, arch, batch: int, lr: float, ema_decays: list[float], ckpt_dir: str | None,
+                 bf16: bool, threads: int, recipe: Recipe, init_from: str | None = None, grid_pos: bool = True):
+        self.stage, self.batch, self.lr, self.bf16, self.threads, self.recipe = stage, batch, lr, bf16, threads, recipe
         self.cfg = C.stage_config(stage, *arch)
+        self.cfg.prediction = recipe.prediction
         self.model = C.build_model(self.cfg, seed=stage, grid_pos=grid_pos and stage == 1)
         # EMAs of the weights, one per decay (the best one for sampling is chosen by evaluation)
         self.emas = {}
@@ -79,24 +103,48 @@ class Stage:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.999))
         self.diff = C.TrainDiffusion()
         self.step = 0
-        self.seconds = 0.0
+        self.seconds = 0.0       # step time of all runs
+        self.core_seconds = 0.0  # step time x threads of all runs
+        self.ema_start = 0       # the EMA warm-up counts from here (a warm start restarts it)
+        self.run = None          # the saved state of an unfinished run ({"start_step", "elapsed", "budget"})
         self.path = os.path.join(ckpt_dir, f"stage{stage}.pt") if ckpt_dir else None
         self.loss_acc = []
+        self.cur_lr = 0.0
         if self.path and os.path.exists(self.path):
-            st = torch.load(self.path, map_location="cpu", weights_only=False)
-            if st["config"] != self.cfg.to_dict():
-                raise SystemExit(f"{self.path}: checkpoint config {st['config']} differs from "
-                                 f"--arch{stage} {self.cfg.to_dict()}; use another --ckpt-dir")
-            self.model.load_state_dict(st["model"])
-            saved = {float(k): v for k, v in st.get("emas", {}).items()}
-            for d, e in self.emas.items():
-                # a decay new to this run starts from the closest saved EMA (or the old single one)
-                src = saved.get(d) or (saved[min(saved, key=lambda x: abs(x - d))] if saved else st["ema"])
-                e.load_state_dict(src)
-            self.opt.load_state_dict(st["opt"])
-            self.step, self.seconds = st["step"], st["seconds"]
+            self._resume(torch.load(self.path, map_location="cpu", weights_only=False))
+        elif init_from:
+            self._warm_start(init_from)
 
-    def save(self) -> None:
+    def _resume(self, st: dict) -> None:
+        saved_cfg = C.ref.DiTConfig.from_dict(st["config"])
+        if saved_cfg != self.cfg:
+            raise SystemExit(f"{self.path}: checkpoint config {saved_cfg.to_dict()} differs from this run's "
+                             f"{self.cfg.to_dict()} (--arch{self.stage}, --prediction); use another --ckpt-dir")
+        self.model.load_state_dict(st["model"])
+        saved = {float(k): v for k, v in st.get("emas", {}).items()}
+        for d, e in self.emas.items():
+            # a decay new to this run starts from the closest saved EMA (or the old single one)
+            src = saved.get(d) or (saved[min(saved, key=lambda x: abs(x - d))] if saved else st["ema"])
+            e.load_state_dict(src)
+        self.opt.load_state_dict(st["opt"])
+        self.step, self.seconds = st["step"], st["seconds"]
+        self.core_seconds = st.get("core_seconds", self.seconds)
+        self.ema_start = st.get("ema_start", 0)
+        self.run = st.get("run")
+
+    def _warm_start(self, folder: str) -> None:
+        """Model and every EMA from the pipeline folder's weights, a fresh optimizer; the step and
+        hours continue from its training.json so the learning curve counts all of them."""
+        sd, info = init_weights(folder, self.stage)
+        C.ref.load_weights(self.model, sd)
+        for e in self.emas.values():
+            e.load_state_dict(self.model.state_dict())
+        self.step = int(info.get("step", 0))
+        self.seconds = float(info.get("hours", 0.0)) * 3600
+        self.core_seconds = float(info.get("core_hours", info.get("hours", 0.0))) * 3600
+        self.ema_start = self.step
+
+    def save(self, run: dict | None = None) -> None:
         if not self.path:
             return
         tmp = self.path + ".tmp"
@@ -104,39 +152,48 @@ class Stage:
         torch.save({"model": self.model.state_dict(), "ema": self.emas[first].state_dict(),
                     "emas": {str(d): e.state_dict() for d, e in self.emas.items()},
                     "opt": self.opt.state_dict(), "step": self.step, "seconds": self.seconds,
+                    "core_seconds": self.core_seconds, "ema_start": self.ema_start, "run": run,
                     "config": self.cfg.to_dict()}, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
-    def train_step(self) -> float:
-        seed = STAGE_SEED[self.stage] + self.step
-        g = torch.Generator().manual_seed(seed)
-        if self.stage == 1:
-            x0, cond = C.stage1_batch(self.batch, seed), None
-        else:
-            x0, low = C.stage2_batch(self.batch, seed)
-            if self.lr_noise > 0:  # robustness to imperfect stage-1 frames: small noise on half the LR inputs
-                sigma = torch.rand(self.batch, 1, 1, 1, generator=g) * self.lr_noise
+    def info(self, ema: float) -> dict:
+        return {"step": self.step, "hours": round(self.seconds / 3600, 3),
+                "core_hours": round(self.core_seconds / 3600, 3), "ema": ema,
+                "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self.recipe).items()}}
+
+    def train_step(self, data, lr: float) -> float:
+        r = self.recipe
+        g = torch.Generator().manual_seed(STAGE_SEED[self.stage] + self.step)
+        x0, low = (None if a is None else C.to_model(a)[:, None] for a in data)
+        cond, known, counted = None, None, None
+        if self.stage == 2:
+            if r.lr_noise > 0:  # robustness to imperfect stage-1 frames: small noise on half the LR inputs
+                sigma = torch.rand(self.batch, 1, 1, 1, generator=g) * r.lr_noise
                 sigma[self.batch // 2:] = 0
                 low = (low + sigma * torch.randn(low.shape, generator=g)).clamp(-1, 1)
             cond = C.upsample(low)
-        t = torch.randint(0, self.diff.count, (self.batch,), generator=g)
+        t = self.diff.sample_t(self.batch, g, r.t_low, r.t_low_end)
         noise = torch.randn(x0.shape, generator=g)
         xt = self.diff.q_sample(x0, t, noise)
-        self.cur_lr = lr_at(self.step, self.lr, self.warmup, self.decay, self.lr_min)
+        if self.stage == 1 and r.ctx_share > 0:
+            known, counted = C.context_mask(self.batch, g, r.ctx_share, r.ctx_rows)
+            xt = torch.where(known, x0, xt)
+        self.cur_lr = lr
         for grp in self.opt.param_groups:
-            grp["lr"] = self.cur_lr
+            grp["lr"] = lr
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             out = self.model(xt, t.float(), None, cond)
-        loss, mse, vb = self.diff.hybrid_loss(out.float(), x0, xt, t, noise)
+        loss, mse, vb = self.diff.hybrid_loss(out.float(), x0, xt, t, noise, r.prediction, r.snr_gamma, counted)
         mse, vb = mse.detach(), vb.detach()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
+        s = self.step - self.ema_start
         for d, e in self.emas.items():
-            C.ema_update(e, self.model, min(d, (1 + self.step) / (10 + self.step)))
+            C.ema_update(e, self.model, min(d, (1 + s) / (10 + s)))
         self.step += 1
         self.loss_acc.append((loss.item(), mse.item(), vb.item()))
         return self.loss_acc[-1][0]
@@ -148,6 +205,39 @@ class Stage:
         return [sum(v[i] for v in acc) / len(acc) for i in range(3)]
 
 
+def make_batch(stage: int, n: int, step: int):
+    """The uint8 data of a step of a stage (x0, and the LR frames for stage 2): a pure function of
+    (stage, step), so a resumed run sees the same data."""
+    seed = STAGE_SEED[stage] + step
+    return (C.stage1_u8(n, seed), None) if stage == 1 else C.stage2_u8(n, seed)
+
+
+class Prefetch:
+    """The batches of the coming steps of each stage, made in a worker process while the model
+    trains (workers 0: made in line)."""
+
+    def __init__(self, stages: dict, depth: int = 2, workers: int = 1):
+        import multiprocessing as mp
+        self.stages, self.depth = stages, depth
+        self.pool = mp.get_context("spawn").Pool(workers) if workers > 0 else None
+        self.pending = {}
+
+    def get(self, i: int, step: int):
+        n = self.stages[i].batch
+        if self.pool is None:
+            return make_batch(i, n, step)
+        for ahead in range(step, step + self.depth):
+            if (i, ahead) not in self.pending:
+                self.pending[(i, ahead)] = self.pool.apply_async(make_batch, (i, n, ahead))
+        for key in [k for k in self.pending if k[0] == i and k[1] < step]:
+            del self.pending[key]
+        return self.pending.pop((i, step)).get()
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.terminate()
+
+
 def log(fh, msg: str) -> None:
     line = time.strftime("%Y-%m-%d %H:%M:%S ") + msg
     print(line, flush=True)
@@ -156,25 +246,31 @@ def log(fh, msg: str) -> None:
         fh.flush()
 
 
-def export_pipeline(ckpt_dir: str | None, out: str, live: dict, ema: float | None, fh=None, tag: str = "") -> None:
+def export_pipeline(ckpt_dir: str | None, out: str, live: dict, ema: float | None, init_from: str | None,
+                    fh=None, tag: str = "") -> None:
     """Exports the pipeline: stages trained in this process from memory (`live`: stage -> Stage),
     the others from their checkpoint in ckpt_dir (so two single-stage processes each export the
-    whole, current pipeline)."""
+    whole, current pipeline), else from the --init-from pipeline as it is."""
     import export as E
     models, info = {}, {}
     for i in (1, 2):
+        path = os.path.join(ckpt_dir or "", f"stage{i}.pt")
         if i in live:
             s = live[i]
             d = ema if ema in s.emas else next(iter(s.emas))
-            models[i] = s.emas[d]
-            info[i] = {"step": s.step, "hours": round(s.seconds / 3600, 3), "ema": d}
-        else:
-            path = os.path.join(ckpt_dir or "", f"stage{i}.pt")
-            if not ckpt_dir or not os.path.exists(path):
-                log(fh, f"export skipped: no {path} for stage {i}")
-                return
+            models[i], info[i] = s.emas[d], s.info(d)
+        elif ckpt_dir and os.path.exists(path):
             models[i], info[i] = E.load_ema(path, ema)
-    C.export_pipeline(models[1], models[2], out, C.Defaults(), DESCRIPTION,
+        elif init_from:
+            models[i] = C.load_safetensors(os.path.join(init_from, f"stage{i}.config.json"),
+                                           os.path.join(init_from, f"stage{i}.safetensors"))
+            info[i] = init_weights(init_from, i)[1]
+        else:
+            log(fh, f"export skipped: no {path} for stage {i}")
+            return
+    ctx = live[1].recipe.ctx_share if 1 in live else 0.0
+    defaults = C.Defaults(context="clean" if ctx > 0 else "renoised")
+    C.export_pipeline(models[1], models[2], out, defaults, DESCRIPTION,
                       extra={"stage1": info[1], "stage2": info[2], "tag": tag})
     log(fh, f"exported {out} ({tag}: stage1 step {info[1]['step']}, stage2 step {info[2]['step']})")
 
@@ -203,32 +299,48 @@ def follow(pid: int, stop: dict) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch1", default="4,128,4,4", help="stage 1 depth,hidden,heads,patch")
-    ap.add_argument("--arch2", default="4,192,3,8", help="stage 2 depth,hidden,heads,patch")
+    ap.add_argument("--arch1", default="6,128,4,4", help="stage 1 depth,hidden,heads,patch (the bundle's)")
+    ap.add_argument("--arch2", default="4,192,3,8", help="stage 2 depth,hidden,heads,patch (the bundle's)")
+    ap.add_argument("--init-from", metavar="PIPELINE",
+                    help="warm start a new --ckpt-dir from this pipeline folder's weights (ignored once "
+                         "the checkpoint folder has a checkpoint of the stage)")
     ap.add_argument("--batch1", type=int, default=32)
     ap.add_argument("--batch2", type=int, default=32)
     ap.add_argument("--lr1", type=float, default=1e-3)
     ap.add_argument("--lr2", type=float, default=5e-4)
-    ap.add_argument("--warmup", type=int, default=500)
-    ap.add_argument("--decay1", help="START:STEPS cosine lr decay of stage 1 (default: constant lr)")
-    ap.add_argument("--decay2", help="START:STEPS cosine lr decay of stage 2")
-    ap.add_argument("--lr-min", type=float, default=1e-5, help="lr at the end of a decay")
+    ap.add_argument("--warmup", type=int, default=500, help="lr warm-up steps at the start of each run")
+    ap.add_argument("--decay-frac", type=float, default=0.25,
+                    help="share of the run's budget at its end over which the lr decays (cosine) to --lr-min")
+    ap.add_argument("--lr-min", type=float, default=1e-5, help="lr at the end of a run")
     ap.add_argument("--ema", default="0.999,0.9999", help="EMA decays kept (comma-separated)")
     ap.add_argument("--export-ema", type=float, help="EMA decay exported (default: the first of --ema)")
     ap.add_argument("--no-grid-pos", action="store_true",
                     help="stage 1 with the plain 2-D sin-cos pos_embed of the token grid")
+    ap.add_argument("--prediction", choices=["epsilon", "v"], default="epsilon",
+                    help="what the model predicts (written to the exported configs)")
+    ap.add_argument("--snr-gamma", type=float, default=0.0,
+                    help="> 0: weight each sample's x0 error by SNR clamped to [1 (v only), gamma]")
+    ap.add_argument("--t-low", type=float, default=0.0,
+                    help="share of timesteps drawn from [0, --t-low-end) instead of [0, 1000)")
+    ap.add_argument("--t-low-end", type=int, default=700)
+    ap.add_argument("--ctx-share", type=float, default=0.0,
+                    help="stage 1: share of grids whose first 1-3 rows are clean known frames (continuation "
+                         "training; the export then defaults to clean context)")
+    ap.add_argument("--ctx-rows", default="1,2,3", help="numbers of known rows drawn from")
     ap.add_argument("--lr-noise", type=float, default=0.04,
                     help="max std of the noise added to half of the stage-2 LR conditions ([-1,1] units)")
-    ap.add_argument("--share1", type=float, default=0.7, help="share of wall time for stage 1 (both in one process)")
+    ap.add_argument("--share1", type=float, default=0.7, help="share of step time for stage 1 (both in one process)")
     ap.add_argument("--stages", default="1,2", help="stages trained by this process (1, 2 or 1,2)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data-workers", type=int, default=1, help="processes making batches ahead (0: in line)")
     ap.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     ap.add_argument("--ckpt-dir")
     ap.add_argument("--export-dir")
     ap.add_argument("--pid-file")
     ap.add_argument("--log")
-    ap.add_argument("--hours", type=float, default=1.0, help="wall-clock budget of this invocation")
-    ap.add_argument("--max-steps1", type=int, default=0)
+    ap.add_argument("--hours", type=float, default=1.0,
+                    help="budget of this run in hours of step time (pauses excluded)")
+    ap.add_argument("--max-steps1", type=int, default=0, help="stop stage 1 at this step (0: no limit)")
     ap.add_argument("--max-steps2", type=int, default=0)
     ap.add_argument("--ckpt-every", type=float, default=300.0, help="seconds")
     ap.add_argument("--export-every", type=float, default=900.0, help="seconds")
@@ -250,28 +362,32 @@ def main(argv=None) -> int:
             f.write(f"{os.getpid()}\n")
     fh = open(a.log, "a") if a.log else None
 
-    spec = {1: (a.arch1, a.batch1, a.lr1, parse_decay(a.decay1), 0.0),
-            2: (a.arch2, a.batch2, a.lr2, parse_decay(a.decay2), a.lr_noise)}
+    common = dict(prediction=a.prediction, snr_gamma=a.snr_gamma, t_low=a.t_low, t_low_end=a.t_low_end)
+    recipes = {1: Recipe(**common, ctx_share=a.ctx_share, ctx_rows=tuple(int(v) for v in a.ctx_rows.split(","))),
+               2: Recipe(**common, lr_noise=a.lr_noise)}
+    spec = {1: (a.arch1, a.batch1, a.lr1), 2: (a.arch2, a.batch2, a.lr2)}
     st = {}
     for i in stages_on:
-        arch, batch, lr, decay, noise = spec[i]
-        st[i] = Stage(i, parse_arch(arch), batch, lr, a.warmup, emas, None if a.bench else a.ckpt_dir,
-                      not a.fp32, noise, decay=decay, lr_min=a.lr_min, grid_pos=not a.no_grid_pos)
+        arch, batch, lr = spec[i]
+        st[i] = Stage(i, parse_arch(arch), batch, lr, emas, None if a.bench else a.ckpt_dir, not a.fp32, a.threads,
+                      recipes[i], init_from=a.init_from, grid_pos=not a.no_grid_pos)
     for i, s in st.items():
         fl = C.ref.flops_per_forward(s.cfg, 1)
         log(fh, f"stage{i}: {json.dumps(s.cfg.to_dict())} params {C.param_count(s.model):,} "
                 f"forward {fl / 1e9:.3f} GFLOP/sample, batch {s.batch}, step {s.step}, "
-                f"{s.seconds / 3600:.2f} h trained, lr {s.lr} decay {s.decay}, EMAs {list(s.emas)}, "
+                f"{s.seconds / 3600:.2f} h trained, lr {s.lr}, EMAs {list(s.emas)}, recipe {vars(s.recipe)}, "
                 f"threads {a.threads}, bf16 {not a.fp32}")
+    data = Prefetch(st, workers=0 if a.bench else a.data_workers)
 
     if a.bench:
         for i in stages_on:
             s = st[i]
-            s.train_step()  # warm-up
+            s.train_step(data.get(i, s.step), s.lr)  # warm-up
             times = []
             for _ in range(5):
+                batch = data.get(i, s.step)
                 t0 = time.perf_counter()
-                s.train_step()
+                s.train_step(batch, s.lr)
                 times.append(time.perf_counter() - t0)
             times.sort()
             fl = 3 * C.ref.flops_per_forward(s.cfg, s.batch)
@@ -285,8 +401,20 @@ def main(argv=None) -> int:
     def on_signal(signum, frame):
         stop["flag"] = True
 
+    # The run: this invocation, or the unfinished run its checkpoints were saved in.
+    saved = [s.run for s in st.values() if s.run]
+    run = dict(saved[0]) if saved else {"start_step": {str(i): s.step for i, s in st.items()}, "elapsed": 0.0,
+                                        "budget": a.hours * 3600}
+
+    def decay_now(signum, frame):  # the decay starts now; the run ends after it
+        run["budget"] = min(run["budget"], run["elapsed"] / max(1.0 - a.decay_frac, 1e-9))
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGUSR1, decay_now)
+    if saved:
+        log(fh, f"continuing the run started at steps {run['start_step']}: {run['elapsed'] / 3600:.2f} of "
+                f"{run['budget'] / 3600:.2f} h")
 
     share = {1: a.share1, 2: 1.0 - a.share1}
     run_seconds = {1: 0.0, 2: 0.0}  # shares apply to this invocation's time
@@ -295,12 +423,24 @@ def main(argv=None) -> int:
     start = time.time()
     t_ckpt = t_export = t_log = t_snap = start
 
+    def progress(i: int) -> float:
+        p = run["elapsed"] / max(run["budget"], 1e-9)
+        if limits[i]:
+            first = run["start_step"].get(str(i), 0)
+            p = max(p, (st[i].step - first) / max(limits[i] - first, 1))
+        return p
+
     def active():
-        return [i for i in stages_on if not (limits[i] and st[i].step >= limits[i])]
+        return [i for i in stages_on if progress(i) < 1.0 and not (limits[i] and st[i].step >= limits[i])]
+
+    def save_all():
+        done = not active()
+        for j in stages_on:
+            st[j].save(None if done else run)
 
     def export(tag: str):
         if a.export_dir:
-            export_pipeline(a.ckpt_dir, a.export_dir, st, a.export_ema, fh, tag)
+            export_pipeline(a.ckpt_dir, a.export_dir, st, a.export_ema, a.init_from, fh, tag)
 
     def snapshot():
         snap = os.path.join(a.ckpt_dir, "snap")
@@ -311,45 +451,52 @@ def main(argv=None) -> int:
                         "seconds": st[j].seconds, "config": st[j].cfg.to_dict()}, path + ".tmp")
             os.replace(path + ".tmp", path)
 
-    while not stop["flag"] and active() and time.time() - start < a.hours * 3600:
-        # The stage furthest behind its share of this invocation's time goes next.
-        i = min(active(), key=lambda j: run_seconds[j] / max(share[j], 1e-9))
-        if a.follow:
-            follow(a.follow, stop)
-            if stop["flag"]:
-                break
-        t0 = time.perf_counter()
-        st[i].train_step()
-        # A step much longer than usual was most likely paused (SIGSTOP for someone's benchmark, or
-        # a burst of load): charge at most 3x the running mean so the shares stay fair.
-        dt = time.perf_counter() - t0
-        if typical[i]:
-            dt = min(dt, 3.0 * typical[i])
-        typical[i] = dt if not typical[i] else 0.9 * typical[i] + 0.1 * dt
-        st[i].seconds += dt
-        run_seconds[i] += dt
-        now = time.time()
-        if now - t_log >= a.log_every:
-            for j in stages_on:
-                l = st[j].pop_losses()
-                if l:
-                    log(fh, f"stage{j} step {st[j].step} loss {l[0]:.4f} mse {l[1]:.4f} vb {l[2]:.4f} "
-                            f"lr {st[j].cur_lr:.2e} ({st[j].seconds / max(st[j].step, 1):.2f} s/step avg, "
-                            f"{st[j].seconds / 3600:.2f} h)")
-            t_log = now
-        if a.ckpt_dir and now - t_ckpt >= a.ckpt_every:
-            for j in stages_on:
-                st[j].save()
-            t_ckpt = now
-        if a.ckpt_dir and a.snapshot_every and now - t_snap >= a.snapshot_every:
-            snapshot()
-            t_snap = now
-        if now - t_export >= a.export_every:
-            export("periodic")
-            t_export = now
-    for j in stages_on:
-        st[j].save()
-    export("final" if not stop["flag"] else "stopped")
+    try:
+        while not stop["flag"] and active():
+            # The stage furthest behind its share of this invocation's time goes next.
+            i = min(active(), key=lambda j: run_seconds[j] / max(share[j], 1e-9))
+            if a.follow:
+                follow(a.follow, stop)
+                if stop["flag"]:
+                    break
+            s = st[i]
+            batch = data.get(i, s.step)
+            lr = lr_at(s.step - run["start_step"].get(str(i), 0), progress(i), s.lr, a.warmup, a.decay_frac,
+                       a.lr_min)
+            t0 = time.perf_counter()
+            s.train_step(batch, lr)
+            # A step much longer than usual was most likely paused (SIGSTOP for someone's benchmark, or
+            # a burst of load): charge at most 3x the running mean so the shares stay fair.
+            dt = time.perf_counter() - t0
+            if typical[i]:
+                dt = min(dt, 3.0 * typical[i])
+            typical[i] = dt if not typical[i] else 0.9 * typical[i] + 0.1 * dt
+            s.seconds += dt
+            s.core_seconds += dt * a.threads
+            run_seconds[i] += dt
+            run["elapsed"] += dt
+            now = time.time()
+            if now - t_log >= a.log_every:
+                for j in stages_on:
+                    losses = st[j].pop_losses()
+                    if losses:
+                        log(fh, f"stage{j} step {st[j].step} loss {losses[0]:.4f} mse {losses[1]:.4f} "
+                                f"vb {losses[2]:.4f} lr {st[j].cur_lr:.2e} ({st[j].seconds / max(st[j].step, 1):.2f} "
+                                f"s/step avg, {st[j].seconds / 3600:.2f} h; run {100 * progress(j):.0f}%)")
+                t_log = now
+            if a.ckpt_dir and now - t_ckpt >= a.ckpt_every:
+                save_all()
+                t_ckpt = now
+            if a.ckpt_dir and a.snapshot_every and now - t_snap >= a.snapshot_every:
+                snapshot()
+                t_snap = now
+            if now - t_export >= a.export_every:
+                export("periodic")
+                t_export = now
+    finally:
+        data.close()
+    save_all()
+    export("stopped" if stop["flag"] else "final")
     log(fh, "stopped by signal" if stop["flag"] else "done")
     return 0
 
