@@ -24,7 +24,7 @@ public struct GenerationParameters: Codable, Hashable, Sendable {
     public var mode: String?
     /// Stage-1 sampler: `ddpm` or `ddim`.
     public var sampler: String?
-    /// Stage-1 respacing: a step count ("250") or "ddimN". A JSON integer is accepted too.
+    /// Stage-1 respacing: a step count ("250"), "ddimN" or "trailingN". A JSON integer is accepted too.
     public var steps: String?
     public var srSampler: String?
     public var srSteps: String?

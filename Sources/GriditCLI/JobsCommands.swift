@@ -23,10 +23,10 @@ struct Submit: ParsableCommand {
     @Option(help: "Noise seed (default: a random one, recorded in the job).")
     var seed: UInt64?
 
-    @Option(help: "Stage-1 sampling steps: a count (250) or ddimN.")
+    @Option(help: "Stage-1 sampling steps: a count (250), ddimN, or a diffusers spacing (trailingN, linspaceN, leadingN).")
     var steps: String?
 
-    @Option(help: "Stage-1 sampler: ddpm or ddim.")
+    @Option(help: "Stage-1 sampler: ddpm, ddim or dpmpp-2m.")
     var sampler: String?
 
     @Option(help: "Stage-2 (super-resolution) steps.")

@@ -112,11 +112,11 @@ enum SubmitValidation {
         }
     }
 
-    /// "250" or "ddim50", 1...10000 steps.
+    /// "250", "ddim50" or a diffusers spacing ("trailing20", "linspace20", "leading20"), 1...10000 steps.
     static func validateSteps(_ value: String, name: String) throws(APIError) {
-        let digits = value.hasPrefix("ddim") ? String(value.dropFirst(4)) : value
-        guard let n = Int(digits), (1...10_000).contains(n) else {
-            throw APIError(.badRequest, "\(name) must be a step count 1...10000 or ddimN (got '\(value.prefix(40))')")
+        let prefix = ["ddim", "linspace", "leading", "trailing"].first { value.hasPrefix($0) } ?? ""
+        guard let n = Int(value.dropFirst(prefix.count)), (1...10_000).contains(n) else {
+            throw APIError(.badRequest, "\(name) must be a step count 1...10000, ddimN or trailingN (got '\(value.prefix(40))')")
         }
     }
 

@@ -28,6 +28,8 @@ public enum ContextFrames: String, Codable, Sendable, CaseIterable {
 /// The reverse step.
 public enum SamplerName: String, Codable, Sendable, CaseIterable {
     case ddpm, ddim
+    /// DPM-Solver++(2M), deterministic; pair it with a diffusers spacing such as "trailing20".
+    case dpmpp2m = "dpmpp-2m"
 }
 
 /// A request for one sequence. Optional fields left nil take the pipeline's defaults.
@@ -41,7 +43,8 @@ public struct SequenceRequest: Codable, Sendable, Equatable {
     public var seed: UInt64
     public var mode: SequenceMode?
     public var sampler: SamplerName?
-    /// Respacing of the 1000 training steps: a count ("250", "50") or "ddimN".
+    /// Respacing of the 1000 training steps: a count ("250", "50"), "ddimN" or "trailingN" (also
+    /// "linspaceN", "leadingN").
     public var steps: String?
     public var srSampler: SamplerName?
     public var srSteps: String?
@@ -274,7 +277,7 @@ public struct RunSettings: Codable, Sendable, Equatable {
             _ = try GaussianDiffusion.spacedTimesteps(s)
             return s
         } catch {
-            throw EngineError.invalid("\(field) '\(s)': \(error)", hint: "use a step count such as 50 or 250, or ddimN")
+            throw EngineError.invalid("\(field) '\(s)': \(error)", hint: "use a step count such as 50 or 250, ddimN, or trailingN")
         }
     }
 }

@@ -103,7 +103,13 @@ public final class SequenceRun {
         try openWorkDirectory()
     }
 
-    static func kind(_ s: SamplerName, eta: Double) -> SamplerKind { s == .ddpm ? .ddpm : .ddim(eta: Float(eta)) }
+    static func kind(_ s: SamplerName, eta: Double) -> SamplerKind {
+        switch s {
+        case .ddpm: .ddpm
+        case .ddim: .ddim(eta: Float(eta))
+        case .dpmpp2m: .dpmSolver2M
+        }
+    }
 
     // MARK: State
 

@@ -76,11 +76,30 @@ public struct GaussianDiffusion: Sendable {
     ///   sections and N_i steps are taken from section i at a float stride
     ///   (size−1)/(N_i−1), each rounded half-to-even (Python's `round`); "250" gives round(k·999/249).
     /// - "ddimN": range(0, originalSteps, s) for the smallest stride s giving exactly N steps.
+    /// - "linspaceN", "leadingN", "trailingN": the timestep spacings of diffusers' schedulers
+    ///   (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", table 2):
+    ///   round(i·(T−1)/N) for i = 1…N; i·(T div (N+1)) for i = 1…N; round(T − i·T/N) − 1 for
+    ///   i = 0…N−1 (none of them ends at 0: the last step goes from its timestep to the clean sample).
     /// Returns the sorted timesteps. Throws `DiffusionError.invalidRespacing`.
     public static func spacedTimesteps(_ spec: String, originalSteps T: Int = 1000) throws -> [Int] {
         func fail(_ reason: String) -> DiffusionError { .invalidRespacing(spec, reason: reason) }
         let trimmed = spec.trimmingSpaces()
         if trimmed.isEmpty { throw fail("empty spec") }
+        for spacing in ["linspace", "leading", "trailing"] where trimmed.hasPrefix(spacing) {
+            guard let n = Int(trimmed.dropFirst(spacing.count)), n >= 1 else {
+                throw fail("expected \(spacing)N with an integer N >= 1")
+            }
+            let t: [Int] = switch spacing {
+            case "linspace": (1...n).map { Int((Double($0) * Double(T - 1) / Double(n)).rounded(.toNearestOrEven)) }
+            case "leading": (1...n).map { $0 * (T / (n + 1)) }
+            default: (0..<n).map { Int((Double(T) - Double($0) * (Double(T) / Double(n))).rounded(.toNearestOrEven)) - 1 }
+            }
+            let sorted = t.sorted()
+            guard n <= T, sorted.first! >= 0, Set(sorted).count == n else {
+                throw fail("\(n) \(spacing) steps do not give \(n) distinct timesteps of \(T)")
+            }
+            return sorted
+        }
         if trimmed.hasPrefix("ddim") {
             guard let n = Int(trimmed.dropFirst(4)) else { throw fail("expected ddimN with an integer N") }
             guard n >= 1, n <= T else { throw fail("ddim step count must be in 1...\(T)") }

@@ -121,9 +121,10 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
     public struct Defaults: Codable, Equatable, Sendable {
         /// `gridit` (exact length, context rows, correct RePaint level) or `official`.
         public var mode: String
-        /// `ddpm` or `ddim`.
+        /// `ddpm`, `ddim` or `dpmpp-2m`.
         public var sampler: String
-        /// Respacing of the 1000 training steps: a step count ("250", "50") or "ddimN".
+        /// Respacing of the 1000 training steps: a step count ("250", "50"), "ddimN", or a diffusers
+        /// spacing ("linspaceN", "leadingN", "trailingN").
         public var steps: String
         /// DDIM η (0 = deterministic).
         public var eta: Double
@@ -310,7 +311,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
     }
 
     public static let modes = ["gridit", "official"]
-    public static let samplers = ["ddpm", "ddim"]
+    public static let samplers = ["ddpm", "ddim", "dpmpp-2m"]
     public static let precisions = ["fp32", "bf16"]
     public static let contexts = ["renoised", "clean"]
 

@@ -13,6 +13,12 @@ public enum SamplerKind: Sendable, Equatable {
     case ddpm
     /// DDIM with η (0 = deterministic).
     case ddim(eta: Float)
+    /// DPM-Solver++(2M): a deterministic second-order multistep ODE solver (`dpmSolverStep`); known
+    /// frames are replaced after every step at the new noise level (or clean).
+    case dpmSolver2M
+
+    /// Whether a step depends on earlier model outputs (so a loop cannot resume mid-way).
+    public var isMultistep: Bool { self == .dpmSolver2M }
 }
 
 /// RePaint resampling (Lugmayr et al., "RePaint", CVPR 2022, §4.2): after the loop reaches a level
@@ -212,6 +218,9 @@ public final class DenoiseItem {
     public let x: Tensor
     /// Index of the next transition in `schedule.transitions`.
     public private(set) var position: Int
+    /// Multistep solvers: x0 of the previous denoise step (nil before the first, after a jump).
+    private var previousX0: Tensor?
+    private var x0Scratch: Tensor?
 
     /// An item starting at transition `position` from `x` (a view is fine: it is updated in
     /// place), or from its own x_T when `x` is nil.
@@ -232,6 +241,9 @@ public final class DenoiseItem {
         }
         guard (0...schedule.transitions.count).contains(position) else {
             throw DiffusionError.invalidStep(position, count: schedule.transitions.count)
+        }
+        if schedule.kind.isMultistep && position > 0 {
+            throw DiffusionError.shapeMismatch("a multistep solver keeps earlier model outputs; it cannot resume at step \(position)")
         }
         self.schedule = schedule
         self.layout = layout
@@ -277,7 +289,10 @@ public final class DenoiseItem {
             position += 1
             renoised = true
         }
-        if renoised { try replaceCleanKnown() }
+        if renoised {
+            previousX0 = nil  // the solver's history belongs to the other path
+            try replaceCleanKnown()
+        }
     }
 
     /// The denoise transition at the current position with `modelOutput` (1, Cout, H, W) computed
@@ -293,6 +308,7 @@ public final class DenoiseItem {
         let needsNoise: Bool = switch schedule.kind {
         case .ddpm: k != 0
         case .ddim(let eta): k != 0 && eta != 0
+        case .dpmSolver2M: false
         }
         if needsNoise || (k != 0 && known != nil) {
             noise.fill(z, layout: layout, .step, step: transition.noiseStep(count: d.count))
@@ -306,10 +322,20 @@ public final class DenoiseItem {
             try d.ddimSample(x: x4, modelOutput: modelOutput, k: k, eta: eta, noise: z4, into: x4,
                              variance: schedule.variance, prediction: schedule.prediction,
                              clipDenoised: schedule.clipDenoised)
+        case .dpmSolver2M:
+            let x0 = x0Scratch ?? Tensor(zeros: x4.shape)
+            try d.dpmSolverStep(x: x4, modelOutput: modelOutput, k: k, previousX0: previousX0, into: x4, predX0: x0,
+                                variance: schedule.variance, prediction: schedule.prediction)
+            (previousX0, x0Scratch) = (x0, previousX0)
         }
-        if let known, k != 0 || known.level != .officialCurrentStep {
-            try d.replaceKnown(x: x, knownX0: known.x0, noise: z, positions: known.positions,
-                               noisePositions: known.noisePositions, layout: layout, k: k, level: known.level)
+        if let known {
+            // A solver lands on the new noise level: the known frames go there too (the official
+            // off-by-one level is a trait of the released DDPM code).
+            let level = schedule.kind.isMultistep && known.level == .officialCurrentStep ? .previousStep : known.level
+            if k != 0 || level != .officialCurrentStep {
+                try d.replaceKnown(x: x, knownX0: known.x0, noise: z, positions: known.positions,
+                                   noisePositions: known.noisePositions, layout: layout, k: k, level: level)
+            }
         }
         position += 1
         try applyRenoises(scratch: z)

@@ -167,3 +167,55 @@ extension GaussianDiffusion {
         }
     }
 }
+
+// MARK: - DPM-Solver++(2M)
+
+extension GaussianDiffusion {
+    /// One step of the multistep DPM-Solver++ of order 2 (Lu et al. 2022, "DPM-Solver++", algorithm 2,
+    /// midpoint form), a deterministic solver of the diffusion ODE in data prediction: from level k
+    /// (x_k, α_s = sqrt(ᾱ'_k), σ_s = sqrt(1−ᾱ'_k), λ = log(α/σ)) to level k−1, or to the clean
+    /// sample at k = 0, with h = λ_t − λ_s:
+    ///
+    ///     x_t = (σ_t/σ_s)·x − α_t·(e^(−h) − 1)·(D0 + D1/2),   D0 = x0_k,   D1 = (x0_k − x0_(k+1))/r,
+    ///     r = (λ_s − λ_(k+1))/h
+    ///
+    /// (first order, D1 = 0, without a previous x0 — the first step, or after a resampling jump —
+    /// and at k = 0, where σ_t = 0 and x_t = x0_k). x0_k comes from the model's ε (or v) output.
+    /// Writes x_t into `into` (may be x) and x0_k into `predX0`, the history of the next step.
+    public func dpmSolverStep(x: Tensor, modelOutput: Tensor, k: Int, previousX0: Tensor?, into: Tensor, predX0: Tensor,
+                              variance: VarianceType = .learnedRange, prediction: Prediction = .epsilon) throws {
+        let (n, inner) = try checkShapes(x: x, modelOutput: modelOutput, k: k, variance: variance,
+                                         into, predX0, previousX0)
+        let cf = coefficients(k, variance: variance, prediction: prediction)
+        let learned = variance == .learnedRange
+        func lambda(_ ab: Double) -> Double { 0.5 * (Glibc.log(ab) - Glibc.log(1 - ab)) }
+        // x_t = cx·x + c0·x0_k − c1·x0_(k+1) (Double coefficients, Float arithmetic)
+        var cx = 0.0, c0 = 1.0, c1 = 0.0
+        if k > 0 {
+            let ab = alphasCumprod[k], abT = alphasCumprod[k - 1]
+            let h = lambda(abT) - lambda(ab)
+            let e = alphasCumprod[k - 1].squareRoot() * (1 - Glibc.exp(-h))  // −α_t·(e^(−h) − 1)
+            cx = ((1 - abT) / (1 - ab)).squareRoot()
+            c0 = e
+            if previousX0 != nil && k + 1 < count {
+                let r = (lambda(ab) - lambda(alphasCumprod[k + 1])) / h
+                c0 = e * (1 + 0.5 / r)
+                c1 = e * 0.5 / r
+            }
+        }
+        let fx = Float(cx), f0 = Float(c0), f1 = Float(c1)
+        let xs = x.pointer, out = modelOutput.pointer, dst = into.mutablePointer, x0p = predX0.mutablePointer
+        let prev = c1 != 0 ? previousX0?.pointer : nil
+        for b in 0..<n {
+            let eps = out + b * (learned ? 2 : 1) * inner
+            let base = b * inner
+            for i in 0..<inner {
+                let xi = xs[base + i]
+                let x0 = cf.predictX0(x: xi, eps: cf.epsilon(x: xi, out: eps[i]), clip: false)
+                let older = prev.map { $0[base + i] } ?? 0
+                x0p[base + i] = x0
+                dst[base + i] = fx * xi + f0 * x0 - f1 * older
+            }
+        }
+    }
+}

@@ -24,10 +24,10 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Seed: the same seed, pipeline and settings give the same bytes.") var seed: UInt64 = 0
     @Option(help: "Output directory (must not exist).") var out: String?
     @Option(help: "gridit (exact length, default) or official (the published algorithm).") var mode: SequenceMode?
-    @Option(help: "Stage-1 reverse step: ddpm or ddim.") var sampler: SamplerName?
-    @Option(help: "Stage-1 steps: a count (50, 250) or ddimN.") var steps: String?
-    @Option(name: .customLong("sr-sampler"), help: "Stage-2 reverse step: ddpm or ddim.") var srSampler: SamplerName?
-    @Option(name: .customLong("sr-steps"), help: "Stage-2 steps: a count or ddimN.") var srSteps: String?
+    @Option(help: "Stage-1 reverse step: ddpm, ddim or dpmpp-2m.") var sampler: SamplerName?
+    @Option(help: "Stage-1 steps: a count (50, 250), ddimN, or trailingN / linspaceN / leadingN.") var steps: String?
+    @Option(name: .customLong("sr-sampler"), help: "Stage-2 reverse step: ddpm, ddim or dpmpp-2m.") var srSampler: SamplerName?
+    @Option(name: .customLong("sr-steps"), help: "Stage-2 steps: a count, ddimN or trailingN.") var srSteps: String?
     @Option(help: "DDIM eta in 0...1.") var eta: Double?
     @Option(name: .customLong("context-rows"), help: "Grid rows carried into each next grid (gridit mode), 1...K-1.")
     var contextRows: Int?

@@ -78,11 +78,12 @@ struct DaemonUnitTests {
         }
     }
 
-    @Test("steps: counts and ddimN in 1...10000")
+    @Test("steps: counts, ddimN and diffusers spacings in 1...10000")
     func steps() throws {
         try SubmitValidation.validateSteps("250", name: "steps")
         try SubmitValidation.validateSteps("ddim50", name: "steps")
-        for bad in ["0", "-3", "ddim", "ddim0", "10001", "fast"] {
+        try SubmitValidation.validateSteps("trailing20", name: "steps")
+        for bad in ["0", "-3", "ddim", "ddim0", "10001", "fast", "trailing", "leading0", "linspace-2"] {
             #expect(throws: APIError.self) { try SubmitValidation.validateSteps(bad, name: "steps") }
         }
     }

@@ -39,6 +39,11 @@ private func bytes(_ folder: String, _ request: SequenceRequest, options: Execut
     #expect(try bytes("latent", latentRequest, options: ExecutionOptions(threads: 3, maxBatch: 5)) == sr)
     // A memory budget that only fits one row behaves like maxBatch 1.
     #expect(try bytes("latent", latentRequest, options: ExecutionOptions(threads: 2, memoryBudget: 1, maxBatch: 16)) == sr)
+    // DPM-Solver++ in both stages, with carried frames: its history is per item.
+    let dpm = SequenceRequest(length: 20, seed: 2, sampler: .dpmpp2m, steps: "trailing4", srSampler: .dpmpp2m,
+                              srSteps: "trailing3", contextRows: 2)
+    let solver = try bytes("pixel", dpm, options: ExecutionOptions(threads: 1, maxBatch: 1))
+    #expect(try bytes("pixel", dpm, options: ExecutionOptions(threads: 3, maxBatch: 16)) == solver)
 }
 
 @Test func runsBatchedTogetherGetTheBytesTheyGetAlone() throws {

@@ -1,3 +1,4 @@
+import GriditCheckpoint
 import GriditModels
 import GriditPipeline
 import GriditTensor
@@ -17,7 +18,7 @@ func elementwiseModel(_ x: Tensor, _ t: [Float]) -> Tensor {
     return out
 }
 
-@Test(arguments: [SamplerKind.ddpm, .ddim(eta: 0), .ddim(eta: 1)])
+@Test(arguments: [SamplerKind.ddpm, .ddim(eta: 0), .ddim(eta: 1), .dpmSolver2M])
 func batchOfGridsEqualsEachGridAlone(kind: SamplerKind) throws {
     let layout = GridLayout(k: 2, frameSize: 4, channels: 4)
     let sampler = Sampler(diffusion: try GaussianDiffusion(respacing: "20"), layout: layout, seed: 45, kind: kind)
@@ -142,4 +143,55 @@ func wholeLoopMatchesReference(name: String, kind: SamplerKind) throws {
                        k: 5, level: .officialCurrentStep)
     let b = Float((1 - d.alphasCumprod[5]).squareRoot())
     #expect(x.toArray() == [3 * b, 4 * b, 0, 0])
+}
+
+@Test(arguments: [("linspace6", Prediction.epsilon), ("leading6", .epsilon), ("trailing6", .epsilon), ("trailing20", .epsilon),
+                  ("trailing6", .v)])
+func dpmSolverMatchesDiffusers(spec: String, prediction: Prediction) throws {
+    // diffusers' DPMSolverMultistepScheduler (dpmsolver++, order 2, midpoint, final sigma 0) on the
+    // same model outputs, step by step (tools/reference/make_pipeline_fixtures.py, make_dpm).
+    let name = "dpm_\(prediction == .v ? "v_" : "")\(spec)"
+    let d = try GaussianDiffusion(respacing: spec)
+    #expect(d.timestepMap.reversed() == (try NPYArray(path: fixture("\(name).t.npy")).integers()), "\(name) timesteps")
+    let model = try tinyModel()
+    let layout = GridLayout(k: 2, frameSize: 4, channels: 4)
+    let schedule = DenoiseSchedule(diffusion: d, kind: .dpmSolver2M, prediction: prediction)
+    let xT = try load("dpm.xT.npy")
+    let items = try (0..<2).map { i in
+        try DenoiseItem(schedule: schedule, layout: layout, noise: NoiseStream(seed: 1, id: i),
+                        x: xT.slice(i ..< i + 1).reshaped(layout.gridShape).copy())
+    }
+    let want = try load("\(name).xs.npy")
+    let per = xT.count
+    let scale = want.toArray().map { abs($0) }.max()!
+    let ws = DiTWorkspace(config: model.config, batch: 2, workers: 1)
+    var worst: Float = 0
+    try BatchDenoiser.run(items, model: { x, t, _ in try model.forward(x: x, t: t, workspace: ws) }) { i, transition in
+        guard case .denoise(let k, _) = transition else { return true }
+        let step = d.count - 1 - k
+        let expected = want.toArray()[(step * per + i * per / 2) ..< (step * per + (i + 1) * per / 2)]
+        worst = max(worst, zip(items[i].x.toArray(), expected).map { abs($0 - $1) }.max()!)
+        return true
+    }
+    // diffusers runs its coefficients in float32 from float32 betas; relative to the sample's scale.
+    print("\(name): max |diff| / max |x| over every step = \(worst / scale) (tolerance 1e-5)")
+    #expect(worst <= 1e-5 * scale)
+}
+
+@Test func dpmSolverKeepsKnownFramesAndCannotResumeMidway() throws {
+    let layout = GridLayout(k: 2, frameSize: 2, channels: 1)
+    let d = try GaussianDiffusion(respacing: "trailing5")
+    let schedule = DenoiseSchedule(diffusion: d, kind: .dpmSolver2M, variance: .fixedLarge)
+    let clean = Tensor([Float](repeating: 0.5, count: layout.gridCount), shape: layout.gridShape)
+    for level in [ReplacementLevel.previousStep, .clean, .officialCurrentStep] {
+        let item = try DenoiseItem(schedule: schedule, layout: layout, noise: NoiseStream(seed: 3, id: 0),
+                                   known: KnownFrames(x0: clean, positions: [0, 1], level: level))
+        try BatchDenoiser.run([item], model: { x, _, _ in Tensor(zeros: x.shape) })
+        // every level ends with the known frames as they are (official's level moves to the new one)
+        let out = item.x.toArray()
+        #expect(out[0..<2] == [0.5, 0.5] && out[4..<6] == [0.5, 0.5], "\(level): \(out)")
+    }
+    #expect(throws: DiffusionError.self) {
+        try DenoiseItem(schedule: schedule, layout: layout, noise: NoiseStream(seed: 3, id: 0), position: 2)
+    }
 }

@@ -18,7 +18,17 @@ import Testing
     #expect(try GaussianDiffusion.spacedTimesteps("ddim7") == Array(stride(from: 0, to: 1000, by: 143)))
 }
 
-@Test(arguments: ["0", "1001", "ddim0", "ddim600", "ddim", "ddimx", "abc", "", "  ", "-3", "10,,5", "2.5"])
+@Test func diffusersSpacings() throws {
+    // set_timesteps of diffusers' schedulers, T = 1000 (ascending here; the last step goes to x0).
+    #expect(try GaussianDiffusion.spacedTimesteps("linspace6") == [166, 333, 500, 666, 832, 999])
+    #expect(try GaussianDiffusion.spacedTimesteps("leading6") == [142, 284, 426, 568, 710, 852])
+    #expect(try GaussianDiffusion.spacedTimesteps("trailing6") == [166, 332, 499, 666, 832, 999])
+    #expect(try GaussianDiffusion.spacedTimesteps("trailing1000") == Array(0..<1000))
+    #expect(throws: DiffusionError.self) { try GaussianDiffusion.spacedTimesteps("leading1000") }  // ratio 0
+}
+
+@Test(arguments: ["0", "1001", "ddim0", "ddim600", "ddim", "ddimx", "abc", "", "  ", "-3", "10,,5", "2.5", "trailing0",
+                  "linspace", "leadingx"])
 func badRespacingSpecsThrow(spec: String) {
     #expect(throws: DiffusionError.self) { try GaussianDiffusion(respacing: spec) }
 }

@@ -39,6 +39,15 @@ Whole loops (spec "10", seed 45, 2x2 grids of 4x4 frames, grid ids 3 and 7; see 
     loop_clean_v.x0.npy   DDPM, the output read as v, grid 7's row 0 = prev row 1 clean from x_T on
                           and after every step (gridit's clean context)
 
+DPM-Solver++(2M) against diffusers' DPMSolverMultistepScheduler (dpmsolver++, order 2, midpoint,
+lower_order_final, final sigma 0; it is given the first C channels of the learned-sigma output, which
+is what its variance_type "learned_range" takes, hard-coded there for 3 channels; see make_dpm):
+    dpm.xT.npy                   (2, 4, 8, 8) x_T (seed 77)
+    dpm_<spacing><N>.t.npy       the scheduler's timesteps (int64, descending)
+    dpm_<spacing><N>.xs.npy      (N, 2, 4, 8, 8) the sample after each step (eps prediction)
+    dpm_v_trailing6.xs.npy       the same loop with the output read as v (prediction_type v_prediction)
+    cases: linspace6, leading6, trailing6, trailing20
+
 Bicubic (the stage-2 condition): bicubic.in.npy (2, 3, 5, 7) in [-1, 1]; bicubic.x{2,3,4}.npy =
 F.interpolate(mode="bicubic", align_corners=False) by that scale, evaluated in float64.
 """
@@ -118,6 +127,33 @@ def make_loops(model, out: Path, gen: torch.Generator) -> None:
     print(f"{'loop_clean_v':<14} max |x0| {x.abs().max():.3f}")
 
 
+def make_dpm(model, out: Path) -> None:
+    """Whole DPM-Solver++(2M) loops by diffusers' scheduler, with the model's float32 output."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    x_t = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(77), dtype=torch.float32)
+    save(out / "dpm.xT.npy", f32(x_t))
+    cases = [("linspace", 6, "epsilon"), ("leading", 6, "epsilon"), ("trailing", 6, "epsilon"),
+             ("trailing", 20, "epsilon"), ("trailing", 6, "v_prediction")]
+    for spacing, n, prediction in cases:
+        sched = DPMSolverMultistepScheduler(
+            num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", solver_order=2,
+            prediction_type=prediction, algorithm_type="dpmsolver++", solver_type="midpoint", lower_order_final=True,
+            final_sigmas_type="zero", timestep_spacing=spacing)
+        sched.set_timesteps(n)
+        x = x_t.clone()
+        xs = []
+        for t in sched.timesteps:
+            with torch.no_grad():
+                mo = model(x.double(), torch.full((2,), float(t), dtype=torch.float64)).float()[:, :4]
+            x = sched.step(mo, t, x).prev_sample
+            xs.append(x.clone())
+        name = f"dpm_{'v_' if prediction != 'epsilon' else ''}{spacing}{n}"
+        save(out / f"{name}.t.npy", sched.timesteps.numpy().astype(np.int64))
+        save(out / f"{name}.xs.npy", f32(torch.stack(xs)))
+        print(f"{name:<18} timesteps {sched.timesteps.tolist()[:4]}... max |x0| {x.abs().max():.3f}")
+
+
 def make_bicubic(out: Path, gen: torch.Generator) -> None:
     """The stage-2 condition convention: F.interpolate(mode="bicubic", align_corners=False)."""
     x = torch.rand((2, 3, 5, 7), generator=gen, dtype=torch.float32) * 2 - 1
@@ -186,6 +222,7 @@ def main() -> int:
 
     make_loops(model, out, gen)
     make_bicubic(out, gen)
+    make_dpm(model, out)
 
     total = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     print(f"fixtures: {total} bytes in {out}")
