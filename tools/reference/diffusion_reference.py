@@ -24,8 +24,22 @@ def linear_betas(steps: int = 1000) -> np.ndarray:
 
 
 def spaced_timesteps(spec: str, original_steps: int = 1000) -> list[int]:
-    """Kept timesteps for a respacing spec ("250", "10,20", "ddim50")."""
+    """Kept timesteps for a respacing spec ("250", "10,20", "ddim50", or diffusers' spacings
+    "linspace20", "leading20", "trailing20")."""
     spec = spec.strip()
+    T = original_steps
+    for spacing in ("linspace", "leading", "trailing"):
+        if spec.startswith(spacing):
+            n = int(spec[len(spacing):])
+            if spacing == "linspace":
+                t = [round(i * (T - 1) / n) for i in range(1, n + 1)]
+            elif spacing == "leading":
+                t = [i * (T // (n + 1)) for i in range(1, n + 1)]
+            else:
+                t = [round(T - i * (T / n)) - 1 for i in range(n)]
+            if n < 1 or min(t) < 0 or len(set(t)) != n:
+                raise ValueError(f"{spec}: not {n} distinct timesteps")
+            return sorted(t)
     if spec.startswith("ddim"):
         n = int(spec[4:])
         for stride in range(1, max(original_steps, 2)):
@@ -126,6 +140,23 @@ class Diffusion:
         if k == 0 or eta == 0:
             return mean
         return mean + sigma * z
+
+    def dpm_solver_step(self, x, out, k: int, prev_x0=None, prediction: str = "epsilon"):
+        """DPM-Solver++(2M) (Lu et al. 2022, midpoint form) from level k to k-1, or to x0 at k = 0;
+        first order without prev_x0 (the x0 of step k+1). Returns (x_{k-1}, x0_k)."""
+        eps = self.epsilon(x, out, k, prediction)
+        x0 = self.sqrt_recip[k] * x - self.sqrt_recipm1[k] * eps
+        if k == 0:
+            return x0, x0
+        lam = lambda ab: 0.5 * (math.log(ab) - math.log(1.0 - ab))  # noqa: E731
+        a, at = self.ab[k], self.ab[k - 1]
+        h = lam(at) - lam(a)
+        e = math.sqrt(at) * (1.0 - math.exp(-h))
+        xt = math.sqrt((1.0 - at) / (1.0 - a)) * x + e * x0
+        if prev_x0 is not None and k + 1 < self.count:
+            r = (lam(a) - lam(self.ab[k + 1])) / h
+            xt = xt + 0.5 * e / r * (x0 - prev_x0)
+        return xt, x0
 
     def renoise(self, x, k: int, z):
         """One forward step from level k-1 up to level k: sqrt(1 - beta'_k) x + sqrt(beta'_k) z."""

@@ -61,6 +61,7 @@ def denoise(model, diff, x, gen, sampler: str, eta: float, cond=None, known=None
     context); noise_map(z) gives the z each known pixel is re-noised with."""
     n = x.shape[0]
     prediction = model.cfg.prediction
+    prev_x0 = None
     if known is not None and level == "clean":
         x = torch.where(mask, known, x)
     for k in reversed(range(diff.count)):
@@ -71,6 +72,10 @@ def denoise(model, diff, x, gen, sampler: str, eta: float, cond=None, known=None
         z = torch.randn(x.shape, generator=gen)
         if sampler == "ddpm":
             x = diff.p_sample(x, out, k, z, prediction=prediction)
+        elif sampler == "dpmpp-2m":  # known frames then go to the new level: "official" acts as "previous"
+            x, prev_x0 = diff.dpm_solver_step(x, out, k, prev_x0, prediction)
+            x = x.float()
+            level = "previous" if level == "official" else level
         else:
             x = diff.ddim_sample(x, out, k, z, eta, prediction=prediction)
         if known is not None and level == "clean":
@@ -215,10 +220,10 @@ def main(argv=None) -> int:
     ap.add_argument("--length", type=int, default=128)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--mode", choices=["gridit", "official"])
-    ap.add_argument("--sampler", choices=["ddpm", "ddim"])
+    ap.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp-2m"])
     ap.add_argument("--steps")
     ap.add_argument("--eta", type=float)
-    ap.add_argument("--sr-sampler", choices=["ddpm", "ddim"])
+    ap.add_argument("--sr-sampler", choices=["ddpm", "ddim", "dpmpp-2m"])
     ap.add_argument("--sr-steps")
     ap.add_argument("--context-rows", type=int)
     ap.add_argument("--context", choices=["renoised", "clean"], help="gridit mode's known frames")
