@@ -6,13 +6,14 @@ import Foundation
 
 /// How `import` puts a source file into the store.
 public enum ModelLinkMode: String, Codable, Sendable, CaseIterable {
-    /// Reflink (copy-on-write clone) if the filesystem can, else a hardlink on the same
-    /// filesystem, else a copy.
+    /// Reflink (copy-on-write clone) if the filesystem can, else a copy: the blob never shares
+    /// bytes with a file someone may still write.
     case auto
     /// Copy-on-write clone (`FICLONE`; btrfs, XFS): no extra space and independent of the source.
     case reflink
-    /// A second name for the same file: no extra space, but the source becomes read-only too
-    /// (mode 0444) and must stay on the store's filesystem.
+    /// A second name for the same file, only on request: no extra space, but writing the source
+    /// in place changes the blob (a load or `verify` then finds and quarantines it). The source's
+    /// mode is left alone; it must be on the store's filesystem.
     case hardlink
     case copy
 }

@@ -3,6 +3,7 @@
 // model of a submit and what is loaded for `status`.
 import Foundation
 import GriditAPI
+import GriditCheckpoint
 import GriditDaemon
 import GriditEngine
 import GriditModelStore
@@ -66,8 +67,9 @@ public final class StoreCatalog: ModelCatalog {
         return only
     }
 
-    public func perform(_ command: ModelCommand) async throws(APIError) -> ModelCommandOutput {
+    public func perform(_ command: ModelCommand, for caller: Caller) async throws(APIError) -> ModelCommandOutput {
         let models = self.models
+        let reader = FileReader(uid: caller.uid, groups: caller.groups)
         return try await run { () throws(ModelStoreError) in
             switch command {
             case .list:
@@ -83,7 +85,7 @@ public final class StoreCatalog: ModelCatalog {
                         "link '\(request.link ?? "")' is not one of "
                             + ModelLinkMode.allCases.map(\.rawValue).joined(separator: ", "))
                 }
-                let r = try models.importModel(from: request.path, name: request.name, link: link)
+                let r = try models.importModel(from: request.path, name: request.name, link: link, reader: reader)
                 return ModelCommandOutput(encoding: r, text: r.render())
             case .tag(let request):
                 let r = try models.tag(request.source, request.target)

@@ -54,11 +54,11 @@ struct Models: ParsableCommand {
     struct Import: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Import a pipeline JSON (with its files) or an exported bundle. Admins.",
-            discussion: "The daemon reads PATH itself: it must be readable by griditd's user.")
+            discussion: "The daemon reads PATH itself, with your permissions: the pipeline's files must be inside its folder (no symbolic links, no '..') and readable by you and by griditd's user.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "pipeline.json or a bundle .tar.") var path: String
         @Option(help: "NAME:TAG for the imported version.") var name: String
-        @Option(help: "auto (hardlink on the same filesystem, else copy), hardlink or copy.") var link: String?
+        @Option(help: "auto (reflink where the filesystem can, else copy), hardlink or copy.") var link: String?
 
         func validate() throws {
             if let link, !["auto", "hardlink", "copy"].contains(link) { throw ValidationError("--link must be auto, hardlink or copy") }
@@ -93,7 +93,8 @@ struct Models: ParsableCommand {
     }
 
     struct Verify: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Re-hash a version's blobs (or all) and report mismatches. Admins.")
+        static let configuration = CommandConfiguration(
+            abstract: "Re-hash a version's blobs (or all) and report mismatches (exit status 1 if any). Admins.")
         @OptionGroup var global: GlobalOptions
         @Argument var reference: String?
         @Flag(help: "Every blob in the store.") var all = false
@@ -104,7 +105,15 @@ struct Models: ParsableCommand {
 
         func run() throws {
             let body = APICoding.encode(VerifyModelsRequest(reference: reference, all: all ? true : nil))
-            try Models.print(try global.client.call("POST", "/v1/models/verify", body: body), json: global.json)
+            let reply = try global.client.call("POST", "/v1/models/verify", body: body)
+            try Models.print(reply, json: global.json)
+            // A check that finds corruption must fail scripts and monitors, like `griditd models verify`.
+            let result = try Models.result(ModelVerifyResult.self, from: reply)
+            if !result.ok {
+                let bad = result.entries.filter { $0.status != .ok }.count
+                Output.stderr("griditctl: verify found \(bad) bad blob(s)\n")
+                throw ExitCode(ExitStatus.failure)
+            }
         }
     }
 

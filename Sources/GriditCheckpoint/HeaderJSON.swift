@@ -80,7 +80,7 @@ struct JSONParser {
         case UInt8(ascii: "t"): try parseLiteral("true"); return .bool(true)
         case UInt8(ascii: "f"): try parseLiteral("false"); return .bool(false)
         case UInt8(ascii: "n"): try parseLiteral("null"); return .null
-        default: throw error("unexpected character '\(Unicode.Scalar(byte))'")
+        default: throw error("unexpected character")  // not quoted: the bytes may be a secret
         }
     }
 

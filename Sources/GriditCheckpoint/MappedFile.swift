@@ -38,30 +38,20 @@ public final class MappedFile: @unchecked Sendable {
 
     /// Opens and maps `path`. `advice`, if given, is applied to the whole mapping (best effort).
     ///
-    /// Throws `CheckpointError` `.fileNotFound`, `.unreadable` (permissions, not a regular file,
-    /// `fstat`/`mmap` failure; the message names the call and the errno text) or `.empty`.
+    /// Throws `CheckpointError` `.fileNotFound`, `.unreadable` (permissions, not a regular file —
+    /// a FIFO or device is refused without being opened for reading —, `mmap` failure; the
+    /// message names the call and the errno text) or `.empty`.
     public init(path: String, advice: Advice? = nil) throws(CheckpointError) {
         self.path = path
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else {
-            let code = errno
-            let notFound = code == ENOENT || code == ENOTDIR
-            throw CheckpointError.syscall(
-                "open", errno: code, path: path, as: notFound ? .fileNotFound : .unreadable,
-                hint: notFound ? "check the path" : Hints.permissions)
+        // Type-checked before reading: a FIFO or device named as a checkpoint is refused, never waited on.
+        let file: OpenedFile
+        do { file = try SafeOpen.file(atPath: path) } catch {
+            throw CheckpointError(
+                code: error.reason == .notFound ? .fileNotFound : .unreadable, path: path, message: error.message,
+                hint: error.hint)
         }
-        // The mapping keeps its own reference to the file; the descriptor is not needed after mmap.
-        defer { close(fd) }
-
-        var info = stat()
-        guard fstat(fd, &info) == 0 else {
-            throw CheckpointError.syscall("fstat", errno: errno, path: path, as: .unreadable)
-        }
-        guard info.st_mode & S_IFMT == S_IFREG else {
-            let what = info.st_mode & S_IFMT == S_IFDIR ? "a directory" : "not a regular file"
-            throw CheckpointError(code: .unreadable, path: path, message: "cannot map \(what)",
-                                  hint: Hints.permissions)
-        }
+        // The mapping keeps its own reference to the file; the descriptor closes with `file`.
+        let info = file.status
         guard info.st_size > 0 else {
             // mmap of 0 bytes fails with EINVAL; say what is actually wrong.
             throw CheckpointError(code: .empty, path: path, message: "the file is empty (0 bytes)",
@@ -70,7 +60,7 @@ public final class MappedFile: @unchecked Sendable {
         guard let size = Int(exactly: info.st_size) else {
             throw CheckpointError(code: .unreadable, path: path, message: "file size \(info.st_size) does not fit")
         }
-        let mapped = mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0)
+        let mapped = mmap(nil, size, PROT_READ, MAP_SHARED, file.fd, 0)
         guard let mapped, mapped != UnsafeMutableRawPointer(bitPattern: -1) else {
             throw CheckpointError.syscall(
                 "mmap", errno: errno, path: path, as: .unreadable,

@@ -171,14 +171,16 @@ struct SafetensorsHeader {
             throw fail(.truncated, "file has \(file.size) bytes, fewer than the 8-byte header length",
                        hint: Hints.incomplete)
         }
+        // Until the header parses, messages never quote the file's bytes (not even the length
+        // they declare as a number): the file may be anything, /etc/shadow included.
         let declared = UInt64(littleEndian: file.base.loadUnaligned(as: UInt64.self))
         guard declared <= UInt64(SafetensorsFile.maxHeaderLength) else {
             throw fail(.headerTooLarge,
-                       "header length \(declared) exceeds the \(SafetensorsFile.maxHeaderLength)-byte cap")
+                       "the declared header length exceeds the \(SafetensorsFile.maxHeaderLength)-byte cap (is it a safetensors file?)")
         }
         let headerLength = Int(declared)
         guard headerLength <= file.size - 8 else {
-            throw fail(.truncated, "header length \(headerLength) runs past the end of the \(file.size)-byte file",
+            throw fail(.truncated, "the declared header length runs past the end of the \(file.size)-byte file",
                        hint: Hints.incomplete)
         }
         guard headerLength > 0 else { throw fail(.badHeader, "header length is 0 (no JSON header)") }

@@ -52,14 +52,18 @@ public struct Caller: Sendable, Hashable {
     /// May use the API at all: an admin or a member of the users' group (or anyone when the
     /// daemon runs without a group, e.g. in the foreground for one user).
     public var isMember: Bool
+    /// Every group of the caller (primary, supplementary, the connection's gid): what the files
+    /// griditd opens for the caller must grant (`FileReader`).
+    public var groups: Set<UInt32>
 
     public var uid: UInt32 { credentials.uid }
     public var pid: Int32 { credentials.pid }
 
-    public init(credentials: PeerCredentials, isAdmin: Bool, isMember: Bool) {
+    public init(credentials: PeerCredentials, isAdmin: Bool, isMember: Bool, groups: Set<UInt32> = []) {
         self.credentials = credentials
         self.isAdmin = isAdmin
         self.isMember = isMember
+        self.groups = groups.union([credentials.gid])
     }
 
     public var info: CallerInfo {
@@ -85,13 +89,13 @@ public final class Authorizer: Sendable {
 
     public func caller(for credentials: PeerCredentials) -> Caller {
         let uid = credentials.uid
-        if uid == 0 || uid == daemonUID {
-            return Caller(credentials: credentials, isAdmin: true, isMember: true)
-        }
         let groups = self.groups(of: uid).union([credentials.gid])
+        if uid == 0 || uid == daemonUID {
+            return Caller(credentials: credentials, isAdmin: true, isMember: true, groups: groups)
+        }
         let admin = adminGroup.flatMap(Self.gid(of:)).map(groups.contains) ?? false
         let member = admin || (userGroup.flatMap(Self.gid(of:)).map(groups.contains) ?? (userGroup == nil))
-        return Caller(credentials: credentials, isAdmin: admin, isMember: member)
+        return Caller(credentials: credentials, isAdmin: admin, isMember: member, groups: groups)
     }
 
     /// Supplementary and primary groups of `uid` from the user database.

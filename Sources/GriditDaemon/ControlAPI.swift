@@ -401,7 +401,7 @@ public struct ControlAPI: Sendable {
     func model(_ command: ModelCommand, _ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
         let catalog = try requireCatalog()
         if command.requiresAdmin { try requireAdmin(request, "run `models \(command.name)`") }
-        let output = try await catalog.perform(command)
+        let output = try await catalog.perform(command, for: request.caller)
         if command.requiresAdmin {
             context.logger.notice("models \(command.name)", metadata: ["uid": "\(request.caller.uid)"])
         }
@@ -414,7 +414,7 @@ public struct ControlAPI: Sendable {
         try? FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
         let path = tmp + "/export-\(UUID().uuidString).tar"
         do {
-            _ = try await catalog.perform(.export(reference: reference, path: path))
+            _ = try await catalog.perform(.export(reference: reference, path: path), for: request.caller)
         } catch {
             try? FileManager.default.removeItem(atPath: path)
             throw error

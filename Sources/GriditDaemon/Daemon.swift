@@ -44,6 +44,7 @@ public enum Daemon {
         try prepareStateDirectory(layout.root)
         let lock = try StateDirectoryLock(stateDirectory: layout.root)
         defer { lock.release() }
+        Leftovers.remove(in: layout, logger: logger)
         let notifier = SystemdNotifier()
         if faults.isActive { logger.warning("test faults are active (GRIDIT_TEST_FAULTS)", metadata: ["faults": "\(faults)"]) }
 

@@ -11,9 +11,10 @@ public protocol ModelCatalog: Sendable {
     /// malformed reference.
     func resolve(_ reference: String?) async throws(APIError) -> String
 
-    /// Runs one model command (the same library call `griditd models ...` makes) and returns its
-    /// Codable result plus the human rendering.
-    func perform(_ command: ModelCommand) async throws(APIError) -> ModelCommandOutput
+    /// Runs one model command (the same library call `griditd models ...` makes) for `caller`
+    /// and returns its Codable result plus the human rendering. Files the command reads on the
+    /// caller's behalf (an import's) must be ones the caller could read.
+    func perform(_ command: ModelCommand, for caller: Caller) async throws(APIError) -> ModelCommandOutput
 
     /// What is mapped now (the keep-alive cache), for `status`.
     func loadedModels() async -> [LoadedModel]

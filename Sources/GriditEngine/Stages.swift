@@ -74,9 +74,11 @@ extension SequenceRun {
 
     /// Stores finished grid `g` (its model-space x, and its VAE decode for latent pipelines).
     func finishGrid(_ g: Int, x: Tensor) throws {
+        try Self.requireFinite(x, "stage-1 grid \(g + 1)")
         var image: Tensor?
         if pipeline.vae != nil {
             image = try decodeLatent(x).reshaped(pipeline.configuration.imageLayout.gridShape)
+            try Self.requireFinite(image!, "the VAE decode of grid \(g + 1)")
         }
         try storeGrid(g, model: x, image: image)
     }
@@ -130,7 +132,20 @@ extension SequenceRun {
 
     /// Writes frame `i` from its finished stage-2 sample x (model space).
     func finishFrame(_ i: Int, x: Tensor) throws {
-        try writeFrame(i, image: pipeline.vae == nil ? x : try decodeLatent(x))
+        try Self.requireFinite(x, "stage-2 frame \(i + 1)")
+        let image = pipeline.vae == nil ? x : try decodeLatent(x)
+        try Self.requireFinite(image, "the VAE decode of frame \(i + 1)")
+        try writeFrame(i, image: image)
+    }
+
+    /// A NaN or infinity would map to flat grey pixels and a job that "succeeds": the run fails
+    /// instead, before the unit is stored.
+    static func requireFinite(_ t: Tensor, _ what: String) throws {
+        let p = t.pointer
+        guard let bad = (0..<t.count).first(where: { !p[$0].isFinite }) else { return }
+        throw EngineError.invalid(
+            "\(what) came out non-finite (\(p[bad]) at element \(bad)): the model diverged, nothing was written",
+            hint: "check the pipeline's weights (an import refuses NaN or infinite ones) and the sampling settings")
     }
 
     // MARK: VAE

@@ -11,6 +11,7 @@
 // so one version always gives the same bundle bytes.
 import CModelStore
 import Foundation
+import GriditCheckpoint
 
 #if canImport(Glibc)
     import Glibc
@@ -35,20 +36,22 @@ enum BundleReader {
         var blobs: [BlobDigest: IngestFile]
     }
 
-    /// Reads the whole bundle at `path` into ingest files of `root`, checking every entry.
+    /// Reads the whole bundle `source` (a regular file opened by `OpenFolder`) into ingest files
+    /// of `root`, checking every entry.
     static func read(
-        path: String, into root: StoreRoot, progress: ((String, Int64) -> Void)? = nil
+        _ source: OpenedFile, into root: StoreRoot, progress: ((String, Int64) -> Void)? = nil
     )
         throws(ModelStoreError) -> Contents
     {
+        let path = source.path
         func bad(_ why: String) -> ModelStoreError {
             ModelStoreError(
                 .invalidInput, "bundle \(path): \(why); nothing was imported",
                 hint: "use a bundle written by `griditd models export` / `griditctl models export`")
         }
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw posixError("open", path: path, errno: errno) }
-        defer { close(fd) }
+        // libarchive reads from the descriptor's position (it does not close it).
+        let fd = source.fd
+        guard lseek(fd, 0, SEEK_SET) == 0 else { throw posixError("seek", path: path, errno: errno) }
         guard let a = archive_read_new() else { throw ModelStoreError(.io, "libarchive: out of memory") }
         defer { archive_read_free(a) }
         archive_read_support_format_tar(a)
@@ -102,7 +105,7 @@ enum BundleReader {
                 do {
                     index = try JSONDecoder().decode(BundleIndex.self, from: Data(bytes))
                 } catch {
-                    throw bad("\(BundleIndex.entryName) is not a bundle index (\(error))")
+                    throw bad("\(BundleIndex.entryName) is not a bundle index")
                 }
                 guard index!.format == BundleIndex.format else {
                     throw bad("format '\(index!.format)'; this griditd reads \(BundleIndex.format)")

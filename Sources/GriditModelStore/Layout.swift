@@ -15,6 +15,7 @@
 import CModelStore
 import Foundation
 import GriditAPI
+import GriditCheckpoint
 
 #if canImport(Glibc)
     import Glibc
@@ -72,13 +73,17 @@ final class IngestFile {
     let size: Int64
     /// Bytes written into the store (copies only).
     let bytesWritten: Int64
+    /// The file's stat when its content hashed to `digest`; after `publish`, its stat under the
+    /// blob's name (what the catalog records as "hashed right").
+    private(set) var identity: FileIdentity
     private let fd: Int32
     private var consumed = false
 
     private init(
         root: StoreRoot, path: String, fd: Int32, method: Method, digest: BlobDigest, size: Int64,
         bytesWritten: Int64
-    ) {
+    ) throws(ModelStoreError) {
+        guard let identity = FileIdentity.of(fd: fd) else { throw posixError("fstat", path: path, errno: errno) }
         self.root = root
         self.path = path
         self.fd = fd
@@ -86,6 +91,7 @@ final class IngestFile {
         self.digest = digest
         self.size = size
         self.bytesWritten = bytesWritten
+        self.identity = identity
     }
 
     deinit {
@@ -102,29 +108,21 @@ final class IngestFile {
         return (path, fd)
     }
 
-    /// Imports the regular file `source` with `mode`; `auto` tries reflink, then hardlink, then copy.
+    /// Imports the regular file `source` (opened by `OpenFolder`) with `mode`: `auto` reflinks
+    /// where the filesystem can and copies otherwise, so the stored blob never shares its bytes
+    /// with a file someone may still write; `hardlink` only when asked. The source's mode and
+    /// owner are never changed.
     static func fromFile(
-        _ source: String, into root: StoreRoot, mode: ModelLinkMode, progress: ((Int64, Int64) -> Void)? = nil
+        _ source: OpenedFile, into root: StoreRoot, mode: ModelLinkMode, progress: ((Int64, Int64) -> Void)? = nil
     ) throws(ModelStoreError) -> IngestFile {
-        let src = open(source, O_RDONLY | O_CLOEXEC)
-        guard src >= 0 else {
-            throw posixError(
-                "open", path: source, errno: errno,
-                hint: errno == ENOENT
-                    ? "check the path (relative paths in a pipeline file are relative to its folder)" : nil)
-        }
-        defer { close(src) }
-        guard let id = FileIdentity.of(fd: src) else { throw posixError("fstat", path: source, errno: errno) }
-        guard id.isRegular else {
-            throw ModelStoreError(.invalidInput, "\(source) is not a regular file", hint: "name the file itself")
-        }
+        let id = FileIdentity(source.status)
         let sourceTotal = id.size
         let report = progress.map { p in { (done: Int64) in p(done, sourceTotal) } }
 
         var lastError: ModelStoreError?
         let tries: [Method] =
             switch mode {
-            case .auto: [.reflink, .hardlink, .copy]
+            case .auto: [.reflink, .copy]
             case .reflink: [.reflink]
             case .hardlink: [.hardlink]
             case .copy: [.copy]
@@ -132,9 +130,10 @@ final class IngestFile {
         for method in tries {
             do {
                 switch method {
-                case .reflink: return try reflink(src, source: source, into: root, progress: report)
-                case .hardlink: return try hardlink(src, source: source, identity: id, into: root, progress: report)
-                case .copy: return try copy(src, source: source, size: id.size, into: root, progress: report)
+                case .reflink: return try reflink(source.fd, source: source.path, into: root, progress: report)
+                case .hardlink:
+                    return try hardlink(source.fd, source: source.path, identity: id, into: root, progress: report)
+                case .copy: return try copy(source.fd, source: source.path, size: id.size, into: root, progress: report)
                 }
             } catch {
                 lastError = error
@@ -153,12 +152,13 @@ final class IngestFile {
             unlink(path)
             throw posixError(
                 "reflink (FICLONE) into", path: root.ingestDirectory, errno: code,
-                hint: "this filesystem cannot clone files; use --link auto, hardlink or copy")
+                hint: "this filesystem cannot clone files; use --link auto or copy")
         }
         do throws(ModelStoreError) {
             try finish(fd, path: path)
+            // The clone's own bytes are hashed: the digest is that of what is stored.
             let (digest, size) = try hashFile(fd: fd, path: path, progress: progress)
-            return IngestFile(
+            return try IngestFile(
                 root: root, path: path, fd: fd, method: .reflink, digest: digest, size: size, bytesWritten: 0)
         } catch {
             close(fd)
@@ -193,15 +193,8 @@ final class IngestFile {
         }
         _ = flock(fd, LOCK_EX)
         do throws(ModelStoreError) {
-            // The blob and the source will be one file, made read-only when published (so a failed
-            // import leaves the source as it was): only its owner or root can do that.
-            guard geteuid() == 0 || FileIdentity.of(fd: fd)?.owner == geteuid() else {
-                throw ModelStoreError(
-                    .permission, "cannot hardlink \(source): only its owner (or root) may make it read-only",
-                    hint: "use --link copy, or import as the file's owner")
-            }
             let (digest, size) = try hashFile(fd: fd, path: path, progress: progress)
-            return IngestFile(
+            return try IngestFile(
                 root: root, path: path, fd: fd, method: .hardlink, digest: digest, size: size, bytesWritten: 0)
         } catch {
             close(fd)
@@ -249,9 +242,18 @@ final class IngestFile {
                 if stream.count >= Int64(ioChunkSize) { TestHooks.pause(at: "import.copying") }
             }
             try finish(fd, path: path)
-            return IngestFile(
-                root: root, path: path, fd: fd, method: .copy, digest: stream.finalize(),
-                size: stream.count, bytesWritten: stream.count)
+            // What was hashed is what was handed to write(); reading the copy back proves the
+            // filesystem stored exactly that.
+            let digest = stream.finalize()
+            let (stored, _) = try hashFile(fd: fd, path: path)
+            guard stored == digest else {
+                throw ModelStoreError(
+                    .io, "the copy \(path) reads back as \(stored), not the \(digest) written",
+                    hint: "check the disk of the store (dmesg, smartctl), then import again")
+            }
+            return try IngestFile(
+                root: root, path: path, fd: fd, method: .copy, digest: digest, size: stream.count,
+                bytesWritten: stream.count)
         } catch {
             close(fd)
             unlink(path)
@@ -296,10 +298,6 @@ final class IngestFile {
     func publish() throws(ModelStoreError) -> PublishOutcome {
         let destination = root.blobPath(digest)
         let outcome: PublishOutcome
-        // The blob and a hardlinked source are one file: read-only protects both.
-        if method == .hardlink, fchmod(fd, 0o444) != 0 {
-            throw posixError("making the hardlinked file read-only: chmod", path: path, errno: errno)
-        }
         if link(path, destination) == 0 {
             syncDirectory(root.blobsDirectory)
             outcome = .added
@@ -310,6 +308,16 @@ final class IngestFile {
         }
         unlink(path)
         consumed = true
+        // Linking changes the ctime; any other change means a hardlinked source was written
+        // after it was hashed, and the blob would hold bytes that are not its name's.
+        guard let now = FileIdentity.of(fd: fd) else { throw posixError("fstat", path: destination, errno: errno) }
+        guard now.size == identity.size, now.mtimeNs == identity.mtimeNs else {
+            if outcome == .added { unlink(destination) }
+            throw ModelStoreError(
+                .invalidInput, "the source of \(digest) changed while it was imported; nothing was stored for it",
+                hint: "import again when nothing writes the file (or use --link copy)")
+        }
+        identity = now
         return outcome
     }
 

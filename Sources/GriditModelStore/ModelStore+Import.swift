@@ -1,5 +1,6 @@
 import Foundation
 import GriditAPI
+import GriditCheckpoint
 import GriditPipeline
 import Synchronization
 
@@ -11,54 +12,78 @@ extension ModelStore {
     /// Progress of an import: the file (source path or bundle entry), bytes done, its size if known.
     public typealias ImportProgress = (_ file: String, _ done: Int64, _ total: Int64?) -> Void
 
-    /// Imports a pipeline version: `path` is a pipeline JSON (with its files next to it, or a
+    /// Imports a pipeline version: `path` is a pipeline JSON (with its files in its folder, or a
     /// folder holding `pipeline.json`) or a bundle written by `export`.
     ///
-    /// Each file is read once, hashed on the way into ingest/ (copied, reflinked or hardlinked per
-    /// `link`), then everything is validated (configs, safetensors headers, total binding of each
-    /// model to its weights) before anything is published. Identical blobs are stored once. The
-    /// version becomes visible only when its tag commits; any error leaves the store unchanged.
+    /// Each file is read once, hashed on the way into ingest/ (reflinked, copied or, on request,
+    /// hardlinked per `link`), then everything is validated (configs, safetensors headers, finite
+    /// weights, total binding of each model to its weights) before anything is published.
+    /// Identical blobs are stored once. The version becomes visible only when its tag commits;
+    /// any error leaves the store unchanged.
     ///
-    /// - Parameter name: `NAME:TAG` to point at the version; default: the bundle's tags, or the
-    ///   pipeline's `name` with tag `latest`.
+    /// Files are opened through `OpenFolder`: the pipeline names files inside its own folder
+    /// only (no absolute path, no `..`, no symbolic link), only regular files are read (a FIFO or
+    /// device is refused without being opened), and with a `reader` every file must be one that
+    /// identity could read itself.
+    ///
+    /// - Parameters:
+    ///   - name: `NAME:TAG` to point at the version; default: the bundle's tags, or the
+    ///     pipeline's `name` with tag `latest`.
+    ///   - reader: whose permissions the source files must grant (the daemon passes its caller's);
+    ///     nil: this process's own, which the kernel checks.
     public func importModel(
-        from path: String, name: String? = nil, link: ModelLinkMode = .auto, progress: ImportProgress? = nil
+        from path: String, name: String? = nil, link: ModelLinkMode = .auto, reader: FileReader? = nil,
+        progress: ImportProgress? = nil
     ) throws(ModelStoreError) -> ModelImportResult {
         try requireWritable("import")
         let requested = try name.map { (n) throws(ModelStoreError) in try ModelReference.parseTag(n) }
-        var source = path.hasPrefix("/") ? path : joinPath(FileManager.default.currentDirectoryPath, path)
-        guard let id = FileIdentity.of(path: source) else {
-            throw posixError("import: stat", path: source, errno: errno)
-        }
-        if id.isDirectory { source = joinPath(source, "pipeline.json") }
-        let fd = open(source, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw posixError("import: open", path: source, errno: errno) }
+        let (folder, source) = try Self.openSource(
+            path.hasPrefix("/") ? path : joinPath(FileManager.default.currentDirectoryPath, path), reader: reader)
         var head = [UInt8](repeating: 0, count: 512)
-        let n = head.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 512, 0) }
-        close(fd)
-        guard n >= 0 else { throw posixError("import: read", path: source, errno: errno) }
+        let n = head.withUnsafeMutableBytes { pread(source.fd, $0.baseAddress, 512, 0) }
+        guard n >= 0 else { throw posixError("import: read", path: source.path, errno: errno) }
         let isTar = n == 512 && Array(head[257..<262]) == Array("ustar".utf8)
         if isTar {
             return try importBundle(source, tags: requested.map { [$0] }, progress: progress)
         }
         guard let first = head[0..<n].first(where: { ![9, 10, 13, 32].contains($0) }), first == UInt8(ascii: "{") else {
             throw ModelStoreError(
-                .invalidInput, "\(source) is neither a pipeline JSON nor a bundle (tar)",
+                .invalidInput, "\(source.path) is neither a pipeline JSON nor a bundle (tar)",
                 hint:
                     "import the pipeline.json that lists the model files (docs/PIPELINE_FORMAT.md), or a file from `models export`"
             )
         }
-        return try importPipeline(source, tag: requested, link: link, progress: progress)
+        return try importPipeline(source, in: folder, tag: requested, link: link, progress: progress)
+    }
+
+    /// The folder of `path` and the file to import in it: `path` itself, or the folder's
+    /// pipeline.json. Symbolic links in `path` are resolved first (whoever named it chose them);
+    /// what the pipeline names is then resolved inside the real folder.
+    static func openSource(_ path: String, reader: FileReader?) throws(ModelStoreError) -> (OpenFolder, OpenedFile) {
+        do throws(SafeOpenError) {
+            let real = try SafeOpen.realPath(path)
+            var status = stat()
+            guard stat(real, &status) == 0 else { throw SafeOpenError.call("stat", real, errno) }
+            let isFolder = status.st_mode & S_IFMT == S_IFDIR
+            let folder = try OpenFolder(isFolder ? real : (real as NSString).deletingLastPathComponent, reader: reader)
+            return (folder, try folder.file(isFolder ? "pipeline.json" : (real as NSString).lastPathComponent))
+        } catch {
+            throw ModelStoreError(error)
+        }
     }
 
     private func importPipeline(
-        _ path: String, tag requested: (name: String, tag: String)?, link: ModelLinkMode, progress: ImportProgress?
+        _ source: OpenedFile, in folder: OpenFolder, tag requested: (name: String, tag: String)?, link: ModelLinkMode,
+        progress: ImportProgress?
     ) throws(ModelStoreError) -> ModelImportResult {
-        if let size = FileIdentity.of(path: path)?.size, size > PipelineValidation.maxJSONSize {
-            throw ModelStoreError(.invalidInput, "\(path) is \(size) bytes; a pipeline file is a small JSON document")
+        let path = source.path
+        let bytes: [UInt8]?
+        do { bytes = try source.readAll(limit: Int(PipelineValidation.maxJSONSize)) } catch { throw ModelStoreError(error) }
+        guard let bytes else {
+            throw ModelStoreError(.invalidInput, "\(path) is over \(PipelineValidation.maxJSONSize) bytes; a pipeline file is a small JSON document")
         }
         let spec: PipelineSpec
-        do { spec = try PipelineSpec.load(path: path) } catch {
+        do { spec = try PipelineSpec.decode(Data(bytes), path: path) } catch {
             throw ModelStoreError(.invalidInput, "\(error)", hint: "see docs/PIPELINE_FORMAT.md")
         }
         let tag: (name: String, tag: String)
@@ -75,15 +100,16 @@ extension ModelStore {
         var byPath: [String: IngestFile] = [:]
         var ingested: [PipelineSpec.FileRole: IngestFile] = [:]
         for (role, file) in spec.files {
-            names[role] = file
+            names[role] = joinPath(folder.path, file)
             if let done = byPath[file] {
                 ingested[role] = done
                 continue
             }
-            do {
+            do throws(ModelStoreError) {
+                let opened: OpenedFile
+                do { opened = try folder.file(file) } catch { throw ModelStoreError(error) }
                 let f = try IngestFile.fromFile(
-                    file, into: local, mode: link,
-                    progress: progress.map { p in { p(file, $0, $1) } })
+                    opened, into: local, mode: link, progress: progress.map { p in { p(opened.path, $0, $1) } })
                 byPath[file] = f
                 ingested[role] = f
             } catch {
@@ -99,10 +125,11 @@ extension ModelStore {
     }
 
     private func importBundle(
-        _ path: String, tags requested: [(name: String, tag: String)]?, progress: ImportProgress?
+        _ source: OpenedFile, tags requested: [(name: String, tag: String)]?, progress: ImportProgress?
     ) throws(ModelStoreError) -> ModelImportResult {
+        let path = source.path
         let contents = try BundleReader.read(
-            path: path, into: local, progress: progress.map { p in { p($0, $1, nil) } })
+            source, into: local, progress: progress.map { p in { p($0, $1, nil) } })
         func bad(_ why: String) -> ModelStoreError {
             ModelStoreError(
                 .invalidInput, "bundle \(path): \(why); nothing was imported", hint: "export the bundle again")
@@ -186,6 +213,7 @@ extension ModelStore {
         var warnings: [String] = []
         var stored: [BlobDigest: String] = [:]
         var written: Int64 = 0
+        var published: [IngestFile] = []
         for file in toPublish where stored[file.digest] == nil {
             if let path = try intactCopy(file.digest, warnings: &warnings) {
                 file.discard()
@@ -196,6 +224,7 @@ extension ModelStore {
             case .added:
                 stored[file.digest] = file.method.rawValue
                 written += file.bytesWritten
+                published.append(file)
             case .alreadyPresent:
                 stored[file.digest] = "existing"
             }
@@ -204,7 +233,6 @@ extension ModelStore {
         TestHooks.pause(at: "import.published")
 
         let at = nowMillis
-        let published = toPublish.map(\.digest).filter { !(stored[$0] ?? "").hasPrefix("existing") }
         let blobRows = manifest.blobs.map {
             Catalog.BlobRow(role: $0.role.rawValue, digest: $0.digest, size: $0.size, mediaType: $0.mediaType)
         }
@@ -216,11 +244,10 @@ extension ModelStore {
             digest: digest, size: manifestSize ?? manifestFile!.size, createdAt: at, source: source)
         let previous: [BlobDigest?] = try write { db in
             try Catalog.insertManifest(db, manifestRow, blobs: blobRows)
-            for d in published {
-                let path = local.blobPath(d)
-                if let id = FileIdentity.of(path: path) {
-                    try Catalog.recordCheck(db, path: path, digest: d, identity: id, at: at)
-                }
+            for file in published {
+                // The stat taken when the content was known to hash right, not a fresh one.
+                try Catalog.recordCheck(
+                    db, path: local.blobPath(file.digest), digest: file.digest, identity: file.identity, at: at)
             }
             return try tags.map { t in
                 try Catalog.setTag(db, name: t.name, tag: t.tag, manifest: digest, action: "import", at: at)
@@ -231,8 +258,8 @@ extension ModelStore {
         let linked = toPublish.filter { $0.method == .hardlink && stored[$0.digest] == "hardlink" }.count
         if linked > 0 {
             warnings.append(
-                "\(linked) file(s) were hardlinked: each source file IS the stored blob now and was made read-only (0444); "
-                    + "do not edit it in place (verify would find it changed). Use --link copy to keep the sources independent"
+                "\(linked) file(s) were hardlinked: each source file IS the stored blob now, so editing it in place changes the model "
+                    + "(verify and every load re-hash a changed blob and quarantine it). Use --link copy or auto to keep the sources independent"
             )
         }
         for t in tags {

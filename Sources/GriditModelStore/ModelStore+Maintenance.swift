@@ -119,6 +119,26 @@ extension ModelStore {
         return try result.get()
     }
 
+    /// The `ingest/` files of dead imports (a live importer holds a lock on its own; a dead one,
+    /// even after kill -9, does not) and their bytes; removed with `remove`. Only regular files
+    /// named `<uuid>.partial`, the names importers make, are considered.
+    func deadIngestFiles(remove: Bool) -> (paths: [String], bytes: Int64) {
+        var paths: [String] = []
+        var bytes: Int64 = 0
+        for name in ((try? FileManager.default.contentsOfDirectory(atPath: local.ingestDirectory)) ?? []).sorted()
+        where name.hasSuffix(".partial") {
+            let path = joinPath(local.ingestDirectory, name)
+            let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            guard let id = FileIdentity.of(fd: fd), id.isRegular, flock(fd, LOCK_EX | LOCK_NB) == 0 else { continue }
+            bytes += id.size
+            if remove { unlink(path) }
+            paths.append(path)
+        }
+        return (paths, bytes)
+    }
+
     private func collect(pending: Set<BlobDigest>, dryRun: Bool) throws(ModelStoreError) -> ModelGCResult {
         var inUse = mappings.inUse()
         for digests in Residency.mappedByOtherProcesses(blobsDirectory: local.blobsDirectory).values {
@@ -163,18 +183,8 @@ extension ModelStore {
             _ = try? database.write { db in for p in forgotten { try Catalog.forgetCheck(db, path: p) } }
         }
 
-        var temporary: [String] = []
-        for name in ((try? FileManager.default.contentsOfDirectory(atPath: local.ingestDirectory)) ?? []).sorted() {
-            let path = joinPath(local.ingestDirectory, name)
-            let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-            guard fd >= 0 else { continue }
-            defer { close(fd) }
-            // A live importer holds the lock; a dead one (even after kill -9) does not.
-            guard flock(fd, LOCK_EX | LOCK_NB) == 0 else { continue }
-            freed += FileIdentity.of(fd: fd)?.size ?? 0
-            if !dryRun { unlink(path) }
-            temporary.append(path)
-        }
+        let (temporary, temporaryBytes) = deadIngestFiles(remove: !dryRun)
+        freed += temporaryBytes
         return ModelGCResult(
             dryRun: dryRun, removedBlobs: removed, removedManifests: doomed.map(\.description),
             removedTemporary: temporary, freedBytes: freed, keptMapped: keptMapped)

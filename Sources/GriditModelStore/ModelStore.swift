@@ -106,7 +106,11 @@ public final class ModelStore: Sendable {
                 "the state database \(self.database.path) has no model store tables (migration \(Self.migration))",
                 hint: "upgrade the running griditd, or stop it and run this command again")
         }
-        if access == .readWrite { writeRefs() }
+        if access == .readWrite {
+            writeRefs()
+            // Leftovers of imports killed before a restart: nothing will ever publish them.
+            _ = deadIngestFiles(remove: true)
+        }
     }
 
     static func canonical(_ path: String) -> String {

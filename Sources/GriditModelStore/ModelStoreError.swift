@@ -1,3 +1,5 @@
+import GriditCheckpoint
+
 /// The one error type of `GriditModelStore`: a code (stable snake_case name for the socket
 /// protocol and exit statuses), what went wrong, and what to do about it.
 public struct ModelStoreError: Error, Hashable, Sendable, CustomStringConvertible {
@@ -56,6 +58,18 @@ public struct ModelStoreError: Error, Hashable, Sendable, CustomStringConvertibl
         self.code = code
         self.message = message
         self.hint = hint
+    }
+
+    /// A path refused by `SafeOpen` / `OpenFolder`.
+    init(_ error: SafeOpenError) {
+        let code: Code =
+            switch error.reason {
+            case .notFound: .notFound
+            case .permission: .permission
+            case .wrongType, .symbolicLink, .outsideFolder: .invalidInput
+            case .system: .io
+            }
+        self.init(code, error.message, hint: error.hint)
     }
 
     public var description: String {

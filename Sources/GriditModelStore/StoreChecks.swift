@@ -224,17 +224,13 @@ public enum StoreChecks {
         var checks = [
             ModelStoreCheck(name: "import source", status: .ok, path: source, message: "\(source) is readable")
         ]
-        if link == .hardlink || link == .auto, let store = FileIdentity.of(path: stateDirectory),
-            store.device != id.device
-        {
+        if link == .hardlink, let store = FileIdentity.of(path: stateDirectory), store.device != id.device {
             checks.append(
                 ModelStoreCheck(
-                    name: "hardlink", status: link == .hardlink ? .error : .ok, path: source,
+                    name: "hardlink", status: .error, path: source,
                     message:
-                        "\(source) is on another filesystem (device \(id.device)) than \(stateDirectory) (device \(store.device)): a hardlink is impossible"
-                        + (link == .auto ? "; --link auto will copy it" : ""),
-                    fix: link == .hardlink
-                        ? "use --link copy or auto, or move the file onto the store's filesystem first" : nil))
+                        "\(source) is on another filesystem (device \(id.device)) than \(stateDirectory) (device \(store.device)): a hardlink is impossible",
+                    fix: "use --link copy or auto, or move the file onto the store's filesystem first"))
         }
         return checks
     }

@@ -8,8 +8,8 @@ import GriditPipeline
 #endif
 
 /// The checks an import makes before anything is published: the pipeline's fields, each model
-/// config, the configs against the pipeline geometry, each safetensors file's header (sizes,
-/// offsets, duplicate names, …) and the binding of every model to its weights, which is total
+/// config (within sane size limits), the configs against the pipeline geometry, each safetensors
+/// file's header (sizes, offsets, duplicate names, …), finite weights and the binding of every model to its weights, which is total
 /// (a missing, misshapen or extra tensor fails). It reads the ingested copies, so what is checked
 /// is exactly what gets stored.
 enum PipelineValidation {
@@ -61,6 +61,11 @@ enum PipelineValidation {
                 throw fail(
                     role, "\(error.message)" + (error.tensor.map { " (tensor '\($0)')" } ?? "") + " [\(error.code)]",
                     hint: error.hint)
+            }
+            if let bad = file.firstNonFinite() {
+                throw fail(
+                    role, "tensor '\(bad.tensor)' holds a NaN or an infinity (element \(bad.index)); the model would only make noise",
+                    hint: "export the weights again from a training state without NaN or infinite values")
             }
             do { try bind(file) } catch {
                 let config = PipelineSpec.FileRole(

@@ -60,9 +60,28 @@ public struct AutoencoderKLConfiguration: Codable, Equatable, Sendable {
     /// Spatial factor between image and latent: 2^(number of blocks - 1).
     public var downsampleFactor: Int { 1 << (blockOutChannels.count - 1) }
 
+    /// Upper bounds (far above SD's VAE) so that a hostile config is refused before any table or
+    /// tensor is built from it.
+    public enum Limits {
+        public static let blocks = 8
+        public static let channels = 4096
+        public static let layersPerBlock = 16
+    }
+
     public func validate() throws {
         func fail(_ m: String) throws -> Never { throw ModelError.invalidConfiguration(m) }
         if blockOutChannels.isEmpty { try fail("block_out_channels is empty") }
+        if blockOutChannels.count > Limits.blocks {
+            try fail("block_out_channels has \(blockOutChannels.count) blocks; at most \(Limits.blocks) are accepted")
+        }
+        for (field, value, limit) in [
+            ("layers_per_block", layersPerBlock, Limits.layersPerBlock), ("in_channels", inChannels, Limits.channels),
+            ("out_channels", outChannels, Limits.channels), ("latent_channels", latentChannels, Limits.channels),
+            ("norm_num_groups", normNumGroups, Limits.channels),
+            ("block_out_channels", blockOutChannels.max() ?? 0, Limits.channels),
+        ] where value > limit {
+            try fail("\(field) is \(value); at most \(limit) is accepted (is the config for this model?)")
+        }
         if normNumGroups < 1 { try fail("norm_num_groups is \(normNumGroups)") }
         for ch in blockOutChannels where ch < 1 || ch % normNumGroups != 0 {
             try fail("block_out_channels \(blockOutChannels) must be positive multiples of norm_num_groups \(normNumGroups)")
@@ -75,22 +94,7 @@ public struct AutoencoderKLConfiguration: Codable, Equatable, Sendable {
 
     /// Reads and validates a config JSON file.
     public static func load(path: String) throws -> AutoencoderKLConfiguration {
-        let data: Data
-        do {
-            data = try Data(contentsOf: URL(fileURLWithPath: path))
-        } catch {
-            throw ModelError.invalidConfiguration("cannot read VAE config '\(path)': \(error.localizedDescription)")
-        }
-        let config: AutoencoderKLConfiguration
-        do {
-            config = try JSONDecoder().decode(AutoencoderKLConfiguration.self, from: data)
-        } catch {
-            throw ModelError.invalidConfiguration("VAE config '\(path)' is not valid: \(error)")
-        }
-        do { try config.validate() } catch ModelError.invalidConfiguration(let m) {
-            throw ModelError.invalidConfiguration("VAE config '\(path)': \(m)")
-        }
-        return config
+        try loadConfiguration(AutoencoderKLConfiguration.self, path: path, what: "VAE config") { try $0.validate() }
     }
 }
 

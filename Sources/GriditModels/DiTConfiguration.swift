@@ -75,9 +75,8 @@ public struct DiTConfiguration: Codable, Equatable, Sendable {
         mlpRatio = try c.decodeIfPresent(Double.self, forKey: .mlpRatio) ?? 4
         let name = try c.decodeIfPresent(String.self, forKey: .prediction) ?? Prediction.epsilon.rawValue
         guard let prediction = Prediction(rawValue: name) else {
-            throw DecodingError.dataCorruptedError(
-                forKey: .prediction, in: c,
-                debugDescription: "'\(name)' is not a prediction; use \(Prediction.allCases.map(\.rawValue).joined(separator: " or "))")
+            throw ModelError.invalidConfiguration(
+                "field 'prediction' must be \(Prediction.allCases.map(\.rawValue).joined(separator: " or "))")
         }
         self.prediction = prediction
     }
@@ -91,10 +90,34 @@ public struct DiTConfiguration: Codable, Equatable, Sendable {
     public var mlpHidden: Int { Int(Double(hiddenSize) * mlpRatio) }
     public static let frequencyDim = 256
 
+    /// Upper bounds of the fields, far above any published DiT (XL: depth 28, hidden 1152, input
+    /// 64), so that every size derived from a config is small and cannot overflow: a hostile
+    /// config is refused here, before a binding table or a workspace is built from it.
+    public enum Limits {
+        public static let depth = 256
+        public static let hiddenSize = 16_384
+        public static let inputSize = 1024
+        /// Tokens per sample, (input_size / patch_size)².
+        public static let tokens = 65_536
+        public static let channels = 1024
+        public static let classes = 1_000_000
+        public static let mlpRatio = 64.0
+    }
+
     /// Throws a `ModelError.invalidConfiguration` naming the first inconsistent field.
     public func validate() throws {
         func fail(_ message: String) throws -> Never {
             throw ModelError.invalidConfiguration(message)
+        }
+        for (field, value, limit) in [
+            ("depth", depth, Limits.depth), ("hidden_size", hiddenSize, Limits.hiddenSize),
+            ("input_size", inputSize, Limits.inputSize), ("in_channels", inChannels, Limits.channels),
+            ("condition_channels", conditionChannels, Limits.channels), ("num_classes", numClasses, Limits.classes),
+        ] where value > limit {
+            try fail("\(field) is \(value); at most \(limit) is accepted (is the config for this model?)")
+        }
+        if !(mlpRatio > 0 && mlpRatio <= Limits.mlpRatio) {
+            try fail("mlp_ratio \(mlpRatio) must be in (0, \(Limits.mlpRatio)]")
         }
         if depth < 1 { try fail("depth is \(depth); it must be at least 1") }
         if hiddenSize < 4 || hiddenSize % 4 != 0 {
@@ -106,38 +129,18 @@ public struct DiTConfiguration: Codable, Equatable, Sendable {
         if patchSize < 1 || inputSize < patchSize || inputSize % patchSize != 0 {
             try fail("input_size \(inputSize) must be a positive multiple of patch_size \(patchSize)")
         }
+        if tokens > Limits.tokens {
+            try fail("input_size \(inputSize) / patch_size \(patchSize) gives \(tokens) tokens; at most \(Limits.tokens) are accepted")
+        }
         if inChannels < 1 { try fail("in_channels is \(inChannels); it must be at least 1") }
         if numClasses < 0 { try fail("num_classes is \(numClasses); use 0 for no class embedder") }
         if conditionChannels < 0 { try fail("condition_channels is \(conditionChannels); use 0 for none") }
-        if !(mlpRatio > 0) || mlpHidden < 1 { try fail("mlp_ratio \(mlpRatio) must be positive") }
+        if mlpHidden < 1 { try fail("mlp_ratio \(mlpRatio) gives an MLP of no width") }
     }
 
     /// Reads and validates a config JSON file.
     public static func load(path: String) throws -> DiTConfiguration {
-        let data: Data
-        do {
-            data = try Data(contentsOf: URL(fileURLWithPath: path))
-        } catch {
-            throw ModelError.invalidConfiguration("cannot read model config '\(path)': \(error.localizedDescription)")
-        }
-        let config: DiTConfiguration
-        do {
-            config = try JSONDecoder().decode(DiTConfiguration.self, from: data)
-        } catch let DecodingError.keyNotFound(key, _) {
-            throw ModelError.invalidConfiguration("model config '\(path)' lacks the field '\(key.stringValue)'")
-        } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
-            let field = context.codingPath.map(\.stringValue).joined(separator: ".")
-            throw ModelError.invalidConfiguration("model config '\(path)': field '\(field)' has the wrong type")
-        } catch let DecodingError.dataCorrupted(context) where !context.codingPath.isEmpty {
-            let field = context.codingPath.map(\.stringValue).joined(separator: ".")
-            throw ModelError.invalidConfiguration("model config '\(path)': field '\(field)': \(context.debugDescription)")
-        } catch {
-            throw ModelError.invalidConfiguration("model config '\(path)' is not valid JSON: \(error)")
-        }
-        do { try config.validate() } catch ModelError.invalidConfiguration(let m) {
-            throw ModelError.invalidConfiguration("model config '\(path)': \(m)")
-        }
-        return config
+        try loadConfiguration(DiTConfiguration.self, path: path, what: "model config") { try $0.validate() }
     }
 
     /// The reference presets, named as in facebookresearch/DiT: `DiT-S/2` ... `DiT-XL/8`.
@@ -198,4 +201,32 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
         case .invalidInput(let m): return "invalid model input: \(m)"
         }
     }
+}
+
+/// Reads, decodes and validates a model config JSON (`what` names it in messages). Errors name
+/// the file and the field, never the file's bytes: a file that fails to parse may be anything.
+func loadConfiguration<C: Decodable>(_ type: C.Type, path: String, what: String, validate: (C) throws -> Void) throws -> C {
+    let data: Data
+    do {
+        data = try Data(contentsOf: URL(fileURLWithPath: path))
+    } catch {
+        throw ModelError.invalidConfiguration("cannot read \(what) '\(path)': \(error.localizedDescription)")
+    }
+    let config: C
+    do {
+        config = try JSONDecoder().decode(C.self, from: data)
+    } catch let DecodingError.keyNotFound(key, _) {
+        throw ModelError.invalidConfiguration("\(what) '\(path)' lacks the field '\(key.stringValue)'")
+    } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
+        let field = context.codingPath.map(\.stringValue).joined(separator: ".")
+        throw ModelError.invalidConfiguration("\(what) '\(path)': field '\(field)' has the wrong type")
+    } catch ModelError.invalidConfiguration(let m) {  // a field's own check, which names no bytes of the file
+        throw ModelError.invalidConfiguration("\(what) '\(path)': \(m)")
+    } catch {
+        throw ModelError.invalidConfiguration("\(what) '\(path)' is not valid JSON")
+    }
+    do { try validate(config) } catch ModelError.invalidConfiguration(let m) {
+        throw ModelError.invalidConfiguration("\(what) '\(path)': \(m)")
+    }
+    return config
 }

@@ -320,9 +320,10 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
         func fail(_ m: String) throws -> Never { throw PipelineError(m, path: path) }
         if format != Self.currentFormat { try fail("format is '\(format)'; this gridit reads '\(Self.currentFormat)'") }
         if !(2...8).contains(grid.k) { try fail("grid.k is \(grid.k); it must be 2...8") }
-        if grid.frameSize < 1 { try fail("grid.frame_size is \(grid.frameSize); it must be positive") }
-        if grid.channels < 1 { try fail("grid.channels is \(grid.channels); it must be positive") }
-        if let s = stage2, s.scale < 1 { try fail("stage2.scale is \(s.scale); it must be at least 1") }
+        // Upper bounds keep every size derived from the geometry small (no overflow, no huge allocation).
+        if !(1...4096).contains(grid.frameSize) { try fail("grid.frame_size is \(grid.frameSize); it must be 1...4096") }
+        if !(1...64).contains(grid.channels) { try fail("grid.channels is \(grid.channels); it must be 1...64") }
+        if let s = stage2, !(1...64).contains(s.scale) { try fail("stage2.scale is \(s.scale); it must be 1...64") }
         if let v = vae, !(v.scalingFactor > 0) { try fail("vae.scaling_factor must be positive") }
         let d = defaults
         if !Self.modes.contains(d.mode) { try fail("defaults.mode is '\(d.mode)'; use one of \(Self.modes)") }

@@ -99,7 +99,7 @@ struct ModelsImport: ParsableCommand {
 
     @Option(
         help:
-            "How files enter the store: auto (reflink, else hardlink on the same filesystem, else copy), reflink, hardlink or copy."
+            "How files enter the store: auto (reflink where the filesystem can, else copy), reflink, hardlink (the source becomes the blob) or copy."
     )
     var link: ModelLinkMode = .auto
 

@@ -184,7 +184,7 @@ struct StoreCatalogTests {
     @Test("model commands answer with the store's result and its rendering; loaded models are listed")
     func commands() async throws {
         let h = try Harness()
-        let list = try await h.catalog.perform(.list)
+        let list = try await h.catalog.perform(.list, for: h.admin)
         let decoded = try APICoding.decoder().decode(ModelListResult.self, from: list.result)
         #expect(decoded.models.map(\.digest) == [h.digest] && !decoded.models[0].loaded)
         #expect(list.text.contains("tiny") && list.text.contains("latest"))
@@ -194,13 +194,13 @@ struct StoreCatalogTests {
         #expect(loaded.map(\.digest) == [h.digest] && loaded[0].names == ["tiny:latest"] && loaded[0].activeJobs == 0)
         #expect((loaded[0].residentBytes ?? 0) > 0)
         let after = try APICoding.decoder().decode(
-            ModelListResult.self, from: try await h.catalog.perform(.list).result)
+            ModelListResult.self, from: try await h.catalog.perform(.list, for: h.admin).result)
         #expect(after.models[0].loaded)
         let checks = try APICoding.decoder().decode(
-            ModelStoreCheckResult.self, from: try await h.catalog.perform(.check).result)
+            ModelStoreCheckResult.self, from: try await h.catalog.perform(.check, for: h.admin).result)
         #expect(checks.ok && !checks.checks.isEmpty)
         do {
-            _ = try await h.catalog.perform(.show(reference: "tiny:v9"))
+            _ = try await h.catalog.perform(.show(reference: "tiny:v9"), for: h.admin)
             Issue.record("an unknown tag must fail")
         } catch {
             #expect(error.code == .notFound && error.message.contains("tiny:v9"))

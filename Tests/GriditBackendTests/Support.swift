@@ -32,6 +32,8 @@ final class Harness: @unchecked Sendable {
     let catalog: StoreCatalog
     /// The manifest digest of `tiny:latest` (nil with `importModel: false`).
     let digest: String!
+    /// Root, as the daemon sees a `griditctl` run by root.
+    let admin = Caller(credentials: PeerCredentials(pid: 1, uid: 0, gid: 0), isAdmin: true, isMember: true)
 
     init(importModel: Bool = true, maxBatch: Int = 16) throws {
         var template = Array("/tmp/gb-XXXXXX".utf8CString)

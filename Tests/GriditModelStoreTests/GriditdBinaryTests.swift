@@ -75,7 +75,7 @@ struct GriditdBinaryTests {
     }
 
     @Test(
-        "kill -9 at any point of an import leaves no visible partial blob or tag; the next gc cleans up",
+        "kill -9 at any point of an import leaves no visible partial blob or tag; the next open and gc clean up",
         arguments: ["import.copying", "import.ingested", "import.published", "import.committed"])
     func killDuringImport(label: String) throws {
         let dir = try TempDir()
@@ -100,6 +100,9 @@ struct GriditdBinaryTests {
         if label == "import.ingested" { #expect(ingest.count == 5) }
 
         let store = try ModelStore(stateDirectory: state)
+        #expect(
+            try FileManager.default.contentsOfDirectory(atPath: state + "/ingest").isEmpty,
+            "opening the store removes the dead import's ingest files")
         // Whatever is under blobs/ is complete: it hashes to its name.
         for name in try FileManager.default.contentsOfDirectory(atPath: state + "/blobs/sha256") {
             #expect(try digestOf(state + "/blobs/sha256/" + name) == "sha256:" + name)
@@ -109,8 +112,7 @@ struct GriditdBinaryTests {
         if committed { _ = try store.pipeline(try store.resolve("big:v1")) }
 
         let gc = try store.gc()
-        #expect(gc.removedTemporary.count == ingest.count)
-        #expect(try FileManager.default.contentsOfDirectory(atPath: state + "/ingest").isEmpty)
+        #expect(gc.removedTemporary.isEmpty)
         if label == "import.published" { #expect(gc.removedBlobs.count == 5, "complete but unreferenced blobs go") }
         if committed { #expect(gc.removedBlobs.isEmpty) }
         #expect(

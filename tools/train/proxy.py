@@ -56,6 +56,38 @@ def clip_scores(gen16: np.ndarray, real16: np.ndarray, gen64: np.ndarray) -> dic
             "warp_ratio": w / wr, "flow_ratio": f / fr, "pca_fd": M.FramePCA(real16).fd(gen16, real16)}
 
 
+X0_TS = (100, 200, 400, 600, 700, 850)
+
+
+@torch.no_grad()
+def x0_errors(model, n: int = 64, seed: int = 9001) -> dict:
+    """Mean squared error of the model's clean-grid estimate on held-out grids at X0_TS (the
+    data-mean predictor scores about 0.066), and at t = 200 the error with the grids' frames
+    shuffled across sequences over the real one: how much the model uses the other frames
+    (training-study.md)."""
+    grids = C.to_model(C.md.to_grids(real16(n, C.K * C.K, seed), C.K))[:, None]
+    diff = C.TrainDiffusion()
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(grids.shape, generator=g)
+
+    def err(x0, t):
+        tt = torch.full((len(x0),), t)
+        xt = diff.q_sample(x0, tt, noise)
+        out = model(xt, tt.float()).float()
+        c = x0.shape[1]
+        ab = float(diff.sqrt_ab[t]) ** 2
+        eps = out[:, :c] if model.cfg.prediction == "epsilon" else ab ** 0.5 * out[:, :c] + (1 - ab) ** 0.5 * xt
+        pred = (xt - (1 - ab) ** 0.5 * eps) / ab ** 0.5
+        return float(((pred - x0) ** 2).mean())
+
+    out = {f"t{t}": err(grids, t) for t in X0_TS}
+    frames = C.md.from_grids(C.to_u8(grids[:, 0]), C.K)  # (n, 16, S, S)
+    perm = np.random.default_rng(seed).permutation(frames.size // (C.LR * C.LR))
+    shuffled = frames.reshape(-1, C.LR, C.LR)[perm].reshape(frames.shape)
+    out["shuffled_over_real_t200"] = err(C.to_model(C.md.to_grids(shuffled, C.K))[:, None], 200) / out["t200"]
+    return out
+
+
 def real16(n: int, length: int, seed: int) -> np.ndarray:
     return C.md.sequences(n, length, C.LR, seed, "heldout", render_factor=C.SCALE, **C.DATA_KW).frames
 
@@ -125,6 +157,8 @@ def main(argv=None) -> int:
             b16 = real16(n, length, 9002)
             return b16, (real64(n, length, 9002) if sr is not None else up64(b16))
 
+        out["x0_errors"] = x0e = x0_errors(model)
+        print("x0-MSE on held-out grids by t: " + ", ".join(f"{k} {v:.3f}" for k, v in x0e.items()))
         rows = {}
         r16 = real16(max(a.n16, 32), 16, 9001)
         b16, b64 = real_b(max(a.n16, 32), 16)

@@ -1,0 +1,65 @@
+// What a killed griditd leaves in its state directory and a restart removes: output folders
+// being written (`.<name>.partial-XXXXXX` next to where `outputs/<name>` goes, made by
+// `SequenceRun.finish(into:)`; the job writes them again from its work folder) and model exports
+// being streamed (`tmp/export-<uuid>.tar`, `tmp/.export-<uuid>.tar.partial-<uuid>`). Only names
+// griditd makes, of the type it makes, are removed; a link is never followed, finished outputs
+// (they hold sequence.json) are not searched, and anything else stays where it is.
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Logging
+
+enum Leftovers {
+    /// Removes the leftovers under `layout` and returns their paths. Call only while holding the
+    /// state directory's lock (no other griditd can be writing them).
+    @discardableResult
+    static func remove(in layout: StateLayout, logger: Logger) -> [String] {
+        let outputs = partialOutputs(in: layout.outputs, depth: 8)
+        let exports = entries(in: layout.tmp, type: S_IFREG) { name in
+            (name.hasPrefix("export-") && name.hasSuffix(".tar")) || (name.hasPrefix(".export-") && isPartialName(name, mkdtemp: false))
+        }
+        var removed: [String] = []
+        for path in outputs + exports {
+            do {
+                try FileManager.default.removeItem(atPath: path)
+                removed.append(path)
+            } catch {
+                logger.warning("cannot remove a leftover of an earlier run", metadata: ["path": "\(path)", "error": "\(error)"])
+            }
+        }
+        if !removed.isEmpty {
+            logger.notice("removed \(removed.count) leftover(s) of an interrupted run", metadata: ["paths": "\(removed)"])
+        }
+        return removed
+    }
+
+    /// `.<name>.partial-<suffix>`: six mkdtemp characters, or a UUID.
+    static func isPartialName(_ name: String, mkdtemp: Bool) -> Bool {
+        guard name.hasPrefix("."), let marker = name.range(of: ".partial-", options: .backwards),
+              marker.lowerBound > name.index(after: name.startIndex)
+        else { return false }
+        let suffix = name[marker.upperBound...]
+        if mkdtemp { return suffix.count == 6 && suffix.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber) } }
+        return UUID(uuidString: String(suffix)) != nil
+    }
+
+    /// Partial output folders in `folder` and, `depth` levels down, in the folders that hold
+    /// outputs (`--output cats/run-1`): not hidden, not a finished output themselves.
+    private static func partialOutputs(in folder: String, depth: Int) -> [String] {
+        let here = entries(in: folder, type: S_IFDIR) { isPartialName($0, mkdtemp: true) }
+        guard depth > 1 else { return here }
+        let parents = entries(in: folder, type: S_IFDIR) { !$0.hasPrefix(".") }
+            .filter { access($0 + "/sequence.json", F_OK) != 0 }
+        return here + parents.flatMap { partialOutputs(in: $0, depth: depth - 1) }
+    }
+
+    /// Entries of `folder` whose name passes `matches` and whose own type (lstat) is `type`.
+    private static func entries(in folder: String, type: mode_t, matches: (String) -> Bool) -> [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
+        return names.filter(matches).map { folder + "/" + $0 }.filter { path in
+            var status = stat()
+            return lstat(path, &status) == 0 && status.st_mode & S_IFMT == type
+        }.sorted()
+    }
+}
