@@ -230,9 +230,12 @@ def test_follow_waits_for_a_stopped_leader_and_stops_when_it_exits():
     import signal
     import subprocess
     import threading
+    import time
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         os.kill(p.pid, signal.SIGSTOP)
+        while T.leader_state(p.pid) not in ("T", "t"):  # the signal is delivered asynchronously
+            time.sleep(0.01)
         stop = {"flag": False}
         th = threading.Thread(target=T.follow, args=(p.pid, stop))
         th.start()
