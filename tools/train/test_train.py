@@ -170,7 +170,7 @@ def test_warm_start_from_a_pipeline_continues_its_steps(tmp_path):
     assert T.main(tiny + ["--ckpt-dir", str(ck), "--export-dir", str(ex), "--max-steps1", "3", "--max-steps2", "2"]) == 0
     # a new checkpoint folder, stage 1 only, v-prediction with clean context: starts from the export
     ck2, ex2 = tmp_path / "ck2", tmp_path / "export2"
-    warm = T.Stage(1, T.parse_arch("1,32,2,4"), 2, 1e-3, [0.99], str(ck2), False, 1,
+    warm = T.Stage(1, T.parse_arch("1,32,2,4"), 2, 1e-3, [0.99], str(ck2), False,
                    T.Recipe(prediction="v", ctx_share=0.5), init_from=str(ex))
     exported = C.load_safetensors(str(ex / "stage1.config.json"), str(ex / "stage1.safetensors"))
     assert warm.step == 3 and warm.ema_start == 3
@@ -192,7 +192,7 @@ def test_warm_start_from_a_pipeline_continues_its_steps(tmp_path):
     assert used["context"] == "clean" and lr.shape == (1, 20, 16, 16)
     # a checkpoint of another prediction is refused, not silently mixed
     with pytest.raises(SystemExit):
-        T.Stage(1, T.parse_arch("1,32,2,4"), 2, 1e-3, [0.99], str(ck2), False, 1, T.Recipe(prediction="epsilon"))
+        T.Stage(1, T.parse_arch("1,32,2,4"), 2, 1e-3, [0.99], str(ck2), False, T.Recipe(prediction="epsilon"))
 def test_grid_pos_embed_follows_frames():
     e = C.grid_pos_embed(64, k=4, frame_tokens=4)  # 16 x 16 tokens
     assert e.shape == (256, 64)

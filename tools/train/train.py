@@ -88,8 +88,8 @@ class Recipe:
 
 class Stage:
     def __init__(self, stage: int, arch, batch: int, lr: float, ema_decays: list[float], ckpt_dir: str | None,
-                 bf16: bool, threads: int, recipe: Recipe, init_from: str | None = None, grid_pos: bool = True):
-        self.stage, self.batch, self.lr, self.bf16, self.threads, self.recipe = stage, batch, lr, bf16, threads, recipe
+                 bf16: bool, recipe: Recipe, init_from: str | None = None, grid_pos: bool = True):
+        self.stage, self.batch, self.lr, self.bf16, self.recipe = stage, batch, lr, bf16, recipe
         self.cfg = C.stage_config(stage, *arch)
         self.cfg.prediction = recipe.prediction
         self.model = C.build_model(self.cfg, seed=stage, grid_pos=grid_pos and stage == 1)
@@ -104,7 +104,7 @@ class Stage:
         self.diff = C.TrainDiffusion()
         self.step = 0
         self.seconds = 0.0       # step time of all runs
-        self.core_seconds = 0.0  # step time x threads of all runs
+        self.core_seconds = 0.0  # CPU time of all runs (this process and its data worker)
         self.ema_start = 0       # the EMA warm-up counts from here (a warm start restarts it)
         self.run = None          # the saved state of an unfinished run ({"start_step", "elapsed", "budget"})
         self.path = os.path.join(ckpt_dir, f"stage{stage}.pt") if ckpt_dir else None
@@ -232,6 +232,18 @@ class Prefetch:
         for key in [k for k in self.pending if k[0] == i and k[1] < step]:
             del self.pending[key]
         return self.pending.pop((i, step)).get()
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the worker processes."""
+        total = 0.0
+        for p in getattr(self.pool, "_pool", []) if self.pool is not None else []:
+            try:
+                with open(f"/proc/{p.pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except (OSError, IndexError, ValueError):
+                pass
+        return total
 
     def close(self):
         if self.pool is not None:
@@ -369,8 +381,7 @@ def main(argv=None) -> int:
     st = {}
     for i in stages_on:
         arch, batch, lr = spec[i]
-        st[i] = Stage(i, parse_arch(arch), batch, lr, emas, None if a.bench else a.ckpt_dir, not a.fp32, a.threads,
-                      recipes[i], init_from=a.init_from, grid_pos=not a.no_grid_pos)
+        st[i] = Stage(i, parse_arch(arch), batch, lr, emas, None if a.bench else a.ckpt_dir, not a.fp32, recipes[i], init_from=a.init_from, grid_pos=not a.no_grid_pos)
     for i, s in st.items():
         fl = C.ref.flops_per_forward(s.cfg, 1)
         log(fh, f"stage{i}: {json.dumps(s.cfg.to_dict())} params {C.param_count(s.model):,} "
@@ -463,7 +474,7 @@ def main(argv=None) -> int:
             batch = data.get(i, s.step)
             lr = lr_at(s.step - run["start_step"].get(str(i), 0), progress(i), s.lr, a.warmup, a.decay_frac,
                        a.lr_min)
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time() + data.cpu_seconds()
             s.train_step(batch, lr)
             # A step much longer than usual was most likely paused (SIGSTOP for someone's benchmark, or
             # a burst of load): charge at most 3x the running mean so the shares stay fair.
@@ -472,7 +483,7 @@ def main(argv=None) -> int:
                 dt = min(dt, 3.0 * typical[i])
             typical[i] = dt if not typical[i] else 0.9 * typical[i] + 0.1 * dt
             s.seconds += dt
-            s.core_seconds += dt * a.threads
+            s.core_seconds += time.process_time() + data.cpu_seconds() - cpu0  # what it really got
             run_seconds[i] += dt
             run["elapsed"] += dt
             now = time.time()
