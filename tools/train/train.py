@@ -381,7 +381,8 @@ def main(argv=None) -> int:
     st = {}
     for i in stages_on:
         arch, batch, lr = spec[i]
-        st[i] = Stage(i, parse_arch(arch), batch, lr, emas, None if a.bench else a.ckpt_dir, not a.fp32, recipes[i], init_from=a.init_from, grid_pos=not a.no_grid_pos)
+        st[i] = Stage(i, parse_arch(arch), batch, lr, emas, None if a.bench else a.ckpt_dir, not a.fp32, recipes[i],
+                      init_from=a.init_from, grid_pos=not a.no_grid_pos)
     for i, s in st.items():
         fl = C.ref.flops_per_forward(s.cfg, 1)
         log(fh, f"stage{i}: {json.dumps(s.cfg.to_dict())} params {C.param_count(s.model):,} "
