@@ -12,7 +12,7 @@ cd "$(dirname "$0")/../.."
 pl=${1:?pipeline folder}
 work=${2:?work folder}
 py=${3:-python3}
-n128=${N128:-12}     # 128-frame sequences, full pipeline
+n128=${N128:-24}     # 128-frame sequences, full pipeline
 n16=${N16:-32}       # 16-frame clips, stage 1 only
 noff=${NOFF:-6}      # official-mode sequences
 loff=${LOFF:-128}    # their length
@@ -59,7 +59,12 @@ echo "== full pipeline, $loff frames, official mode (3 context rows + in-between
 gen official_long "$noff" "$loff" 3 --mode official
 ev --count "$n128" --gen "$work/official_long" --name "official" --json "$work/modes.json" --sheet "$work/modes.png"
 
+echo "== stage 1 alone, one 16-frame grid seen through the bicubic x4 (the check real data passes ~96%), pipeline defaults"
+"$py" tools/train/proxy.py --pipeline "$pl" --stages 1 --n16 32 --nlong 0 --threads "$threads" --json "$work/proxy16.json"
+
 echo "== stage 2 on exact held-out pairs"
 "$py" tools/eval/sr_check.py --pipeline "$pl" --count 64 --setting ddpm:25 --setting ddpm:50 --setting ddim:25 \
     --json "$work/sr.json"
+echo "== learning-curve row (KVD when $work/i3d128.json exists: evaluate.py --i3d, see tools/train/README.md)"
+"$py" tools/eval/curve_row.py "$pl" "$work"
 echo "(report: $((SECONDS - start)) s)"

@@ -2,6 +2,7 @@
 
     python tools/train/proxy.py --ckpt-dir CKPT [--ema1 0.9999] [--stages 1,2] [--json out.json]
     python tools/train/proxy.py --stage1 CKPT/snap/stage1-012000.pt --stages 1
+    python tools/train/proxy.py --pipeline models/moving-digits --stages 1 --nlong 0    # a landed bundle
 
 Stage 1 (16 px): `--n16` one-grid clips and `--nlong` gridit roll-outs of `--long` frames (DDPM
 `--steps`, `--context-rows`, `--context`); their frames are upsampled ×4 by the bicubic stage-2
@@ -105,6 +106,7 @@ def fmt(name: str, r: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt-dir")
+    ap.add_argument("--pipeline", help="stage 1 (and its context setting) from this pipeline folder instead")
     ap.add_argument("--stage1")
     ap.add_argument("--stage2")
     ap.add_argument("--ema1", type=float)
@@ -113,10 +115,10 @@ def main(argv=None) -> int:
     ap.add_argument("--n16", type=int, default=32)
     ap.add_argument("--nlong", type=int, default=8)
     ap.add_argument("--long", type=int, default=64)
-    ap.add_argument("--steps", default="100")
-    ap.add_argument("--sampler", default="ddpm")
+    ap.add_argument("--steps", help="default: the pipeline's, else 100")
+    ap.add_argument("--sampler", help="default: the pipeline's, else ddpm")
     ap.add_argument("--context-rows", type=int, default=2)
-    ap.add_argument("--context", choices=["renoised", "clean"], default="renoised")
+    ap.add_argument("--context", choices=["renoised", "clean"], help="default: the pipeline's, else renoised")
     ap.add_argument("--sr", action="append", help="sampler:steps of stage 2 (default ddpm:50)")
     ap.add_argument("--nsr", type=int, default=32)
     ap.add_argument("--seed", type=int, default=7)
@@ -135,7 +137,15 @@ def main(argv=None) -> int:
     head = ("| set | track pass | identity kept | count ok | jumps ok | bad frames | sharpness | warp | flow | PCA-FD |\n"
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     if 1 in stages:
-        model, info = E.load_ema(path(1, a.stage1), a.ema1)
+        if a.pipeline:
+            full = S.Pipeline(a.pipeline)
+            model, a.context = full.stage1, a.context or full.defaults.get("context", "renoised")
+            a.sampler, a.steps = a.sampler or full.defaults["sampler"], a.steps or str(full.defaults["steps"])
+            with open(os.path.join(a.pipeline, "training.json")) as f:
+                info = {"ema": None, **json.load(f)["stage1"]}
+        else:
+            model, info = E.load_ema(path(1, a.stage1), a.ema1)
+            a.context, a.sampler, a.steps = a.context or "renoised", a.sampler or "ddpm", a.steps or "100"
         out["stage1"] = info
         pl = S.Pipeline.__new__(S.Pipeline)
         pl.stage1, pl.stage2, pl.k, pl.s, pl.scale = model, None, C.K, C.LR, 1
