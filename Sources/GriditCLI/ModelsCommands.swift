@@ -93,7 +93,8 @@ struct Models: ParsableCommand {
     }
 
     struct Verify: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Re-hash a version's blobs (or all) and report mismatches. Admins.")
+        static let configuration = CommandConfiguration(
+            abstract: "Re-hash a version's blobs (or all) and report mismatches (exit status 1 when any is bad). Admins.")
         @OptionGroup var global: GlobalOptions
         @Argument var reference: String?
         @Flag(help: "Every blob in the store.") var all = false
@@ -104,7 +105,10 @@ struct Models: ParsableCommand {
 
         func run() throws {
             let body = APICoding.encode(VerifyModelsRequest(reference: reference, all: all ? true : nil))
-            try Models.print(try global.client.call("POST", "/v1/models/verify", body: body), json: global.json)
+            let reply = try global.client.call("POST", "/v1/models/verify", body: body)
+            try Models.print(reply, json: global.json)
+            // Found corruption is a failure for scripts, as with `griditd models verify`.
+            guard try Models.result(ModelVerifyResult.self, from: reply).ok else { throw ExitCode.failure }
         }
     }
 

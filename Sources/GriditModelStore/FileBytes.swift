@@ -21,13 +21,16 @@ enum FileBytes {
         defer { close(fd) }
         guard let identity = FileIdentity.of(fd: fd), identity.isRegular else { return nil }
         var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
         while bytes.count < limit {
-            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, min($0.count, limit - bytes.count)) }
+            var n = 0
+            let chunk = [UInt8](unsafeUninitializedCapacity: min(64 * 1024, limit - bytes.count)) { buffer, count in
+                n = Glibc.read(fd, buffer.baseAddress, buffer.count)
+                count = max(n, 0)
+            }
             if n < 0 && errno == EINTR { continue }
             guard n >= 0 else { return nil }
             if n == 0 { break }
-            bytes.append(contentsOf: chunk[0..<n])
+            bytes += chunk
         }
         return bytes
     }
