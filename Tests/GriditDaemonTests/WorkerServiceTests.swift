@@ -128,7 +128,7 @@ struct WorkerHarness {
         }
     }
 
-    func waitUntil(_ what: String, timeout: Double = 30, _ condition: () async throws -> Bool) async throws {
+    func waitUntil(_ what: String, timeout: Double = 120, _ condition: () async throws -> Bool) async throws {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             if try await condition() { return }
