@@ -22,14 +22,12 @@ import argparse
 import json
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from chaoslib import ROOT, griditd, request
+
 PIPELINE = os.path.join(ROOT, "Tests/GriditEngineTests/Fixtures/pixel/pipeline.json")
 
 
@@ -44,28 +42,6 @@ def get_routes():
             elif current and re.match(r"^    get:\s*$", line):
                 routes.append(current)
     return routes
-
-
-def request(sock_path, method, path, body=None, timeout=60):
-    """One request on a fresh connection; (status, body bytes)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(sock_path)
-    payload = body.encode() if body is not None else b""
-    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-    if body is not None:
-        head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-    s.sendall((head + "\r\n").encode() + payload)
-    chunks = []
-    while True:
-        c = s.recv(1 << 16)
-        if not c:
-            break
-        chunks.append(c)
-    s.close()
-    data = b"".join(chunks)
-    status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/") else 0
-    return status, data.split(b"\r\n\r\n", 1)[-1]
 
 
 def rss_kb(pid):
@@ -88,73 +64,53 @@ def main():
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
 
-    griditd = os.path.join(args.bin_dir, "griditd")
-    if not os.access(griditd, os.X_OK):
-        sys.exit(f"{griditd} is missing: swift build -c release --product griditd (or pass --bin-dir)")
-    work = tempfile.mkdtemp(prefix="gl-", dir="/tmp")  # short: socket paths are limited to 107 bytes
-    state, sock = os.path.join(work, "state"), os.path.join(work, "s.sock")
-    log = open(os.path.join(work, "griditd.log"), "w")
     zombies = [subprocess.Popen(["/bin/true"]) for _ in range(args.zombies)]  # never waited on
-    daemon = None
     try:
-        subprocess.run([griditd, "models", "import", PIPELINE, "--name", "tiny:latest", "--link", "copy",
-                        "--state-dir", state], check=True, stdout=subprocess.DEVNULL)
-        daemon = subprocess.Popen([griditd, "serve", "--state-dir", state, "--socket", sock], stdout=log, stderr=log)
-        deadline = time.time() + 60
-        while True:
-            try:
-                if request(sock, "GET", "/v1/version")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.time() > deadline or daemon.poll() is not None:
-                sys.exit(f"griditd did not start; see {log.name}")
-            time.sleep(0.05)
-
-        status, body = request(sock, "POST", "/v1/jobs", json.dumps({"length": 8, "parameters": {"seed": 1}}))
-        assert status == 201, body
-        job = json.loads(body)["job"]["id"]
-        while json.loads(request(sock, "GET", f"/v1/jobs/{job}")[1])["state"] not in ("succeeded", "failed", "dead"):
-            time.sleep(0.1)
-        values = {"{id}": str(job), "{ref}": "tiny:latest", "{path}": "sequence.json"}
-
-        results = []
-        for template in get_routes():
-            path = template
-            for k, v in values.items():
-                path = path.replace(k, v)
-            for _ in range(args.warmup):
-                request(sock, "GET", path)
-            before, started = rss_kb(daemon.pid), time.time()
-            statuses = set()
-            for _ in range(args.calls):
-                statuses.add(request(sock, "GET", path)[0])
-            after, seconds = rss_kb(daemon.pid), time.time() - started
-            per_call = (after - before) / args.calls
-            results.append({"route": template, "path": path, "calls": args.calls, "statuses": sorted(statuses),
-                            "rss_before_kb": before, "rss_after_kb": after, "kb_per_call": round(per_call, 3),
-                            "ms_per_call": round(seconds / args.calls * 1000, 2)})
-            print(f"{template:32} {sorted(statuses)} rss {before / 1024:7.1f} -> {after / 1024:7.1f} MB "
-                  f"({per_call:+.3f} KB/call, {seconds / args.calls * 1000:.1f} ms/call)", flush=True)
-        bad = [r for r in results if r["kb_per_call"] > args.max_kb_per_call or any(s >= 500 for s in r["statuses"])]
-        summary = {"calls_per_route": args.calls, "max_kb_per_call": args.max_kb_per_call, "routes": results,
-                   "failed": [r["route"] for r in bad]}
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(summary, f, indent=2)
-        if bad:
-            print("FAIL: " + ", ".join(r["route"] for r in bad), file=sys.stderr)
-            return 1
-        print(f"ok: {len(results)} GET routes x {args.calls} calls, none above {args.max_kb_per_call} KB/call")
-        return 0
+        with griditd(args.bin_dir, PIPELINE, "tiny:latest") as (sock, daemon):
+            return measure(args, sock, daemon)
     finally:
-        if daemon and daemon.poll() is None:
-            daemon.terminate()
-            daemon.wait(timeout=90)
         for z in zombies:
             z.wait()
-        log.close()
-        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(args, sock, daemon):
+    """Runs one job (so that every route has something to show), then calls every GET route."""
+    status, body = request(sock, "POST", "/v1/jobs", json.dumps({"length": 8, "parameters": {"seed": 1}}).encode())
+    assert status == 201, body
+    job = json.loads(body)["job"]["id"]
+    while json.loads(request(sock, "GET", f"/v1/jobs/{job}")[1])["state"] not in ("succeeded", "failed", "dead"):
+        time.sleep(0.1)
+    values = {"{id}": str(job), "{ref}": "tiny:latest", "{path}": "sequence.json"}
+
+    results = []
+    for template in get_routes():
+        path = template
+        for k, v in values.items():
+            path = path.replace(k, v)
+        for _ in range(args.warmup):
+            request(sock, "GET", path)
+        before, started = rss_kb(daemon.pid), time.time()
+        statuses = set()
+        for _ in range(args.calls):
+            statuses.add(request(sock, "GET", path)[0])
+        after, seconds = rss_kb(daemon.pid), time.time() - started
+        per_call = (after - before) / args.calls
+        results.append({"route": template, "path": path, "calls": args.calls, "statuses": sorted(statuses),
+                        "rss_before_kb": before, "rss_after_kb": after, "kb_per_call": round(per_call, 3),
+                        "ms_per_call": round(seconds / args.calls * 1000, 2)})
+        print(f"{template:32} {sorted(statuses)} rss {before / 1024:7.1f} -> {after / 1024:7.1f} MB "
+              f"({per_call:+.3f} KB/call, {seconds / args.calls * 1000:.1f} ms/call)", flush=True)
+    bad = [r for r in results if r["kb_per_call"] > args.max_kb_per_call or any(s >= 500 for s in r["statuses"])]
+    summary = {"calls_per_route": args.calls, "max_kb_per_call": args.max_kb_per_call, "routes": results,
+               "failed": [r["route"] for r in bad]}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+    if bad:
+        print("FAIL: " + ", ".join(r["route"] for r in bad), file=sys.stderr)
+        return 1
+    print(f"ok: {len(results)} GET routes x {args.calls} calls, none above {args.max_kb_per_call} KB/call")
+    return 0
 
 
 if __name__ == "__main__":
