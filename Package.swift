@@ -204,7 +204,10 @@ let package = Package(
         ),
         .testTarget(
             name: "GriditStoreTests",
-            dependencies: ["GriditStore", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: [
+                "GriditStore", .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -13,6 +13,9 @@ public enum APICoding {
         let e = JSONEncoder()
         e.outputFormatting = pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
         e.dateEncodingStrategy = .iso8601
+        // JSON has no NaN or infinity; spelt as strings, so encoding never fails (a request with
+        // one is then refused by the reader's strict number decoding, with the field's name).
+        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
         return e
     }
 
@@ -23,7 +26,7 @@ public enum APICoding {
     }
 
     public static func encode<T: Encodable>(_ value: T, pretty: Bool = false) -> Data {
-        // Encoding our own plain structs cannot fail.
+        // Our own plain structs with non-finite floats spelt as strings: encoding cannot fail.
         try! encoder(pretty: pretty).encode(value)
     }
 
@@ -116,8 +119,12 @@ public struct APIError: Error, Codable, Hashable, Sendable, CustomStringConverti
         public static let conflict = Code(rawValue: "conflict")
         public static let invalidTransition = Code(rawValue: "invalid_transition")
         public static let payloadTooLarge = Code(rawValue: "payload_too_large")
+        /// The request did not arrive within griditd's timeouts.
+        public static let requestTimeout = Code(rawValue: "request_timeout")
         public static let methodNotAllowed = Code(rawValue: "method_not_allowed")
         public static let queueFull = Code(rawValue: "queue_full")
+        /// The caller is at one of its per-user limits (jobs, estimated compute).
+        public static let userLimit = Code(rawValue: "user_limit")
         public static let notImplemented = Code(rawValue: "not_implemented")
         public static let unavailable = Code(rawValue: "unavailable")
         public static let digestMismatch = Code(rawValue: "digest_mismatch")
@@ -130,8 +137,10 @@ public struct APIError: Error, Codable, Hashable, Sendable, CustomStringConverti
             case .forbidden: 403
             case .notFound: 404
             case .methodNotAllowed: 405
+            case .requestTimeout: 408
             case .conflict, .invalidTransition: 409
             case .payloadTooLarge: 413
+            case .userLimit: 429
             case .digestMismatch: 422
             case .notImplemented: 501
             case .queueFull, .unavailable: 503

@@ -42,15 +42,16 @@ public final class EngineExecutor: JobExecutor {
     // MARK: - Validation at submit
 
     public func validate(length: Int, parameters: GenerationParameters, pipelineDigest: String?)
-        async throws(JobFailure)
+        async throws(JobFailure) -> TimeInterval
     {
         guard let pipelineDigest else { throw Self.noModel }
-        try await blocking.blocking(
+        return try await blocking.blocking(
             { () throws(JobFailure) in
                 let configuration = try self.configuration(pipelineDigest)
                 let request = try Self.request(length: length, parameters: parameters)
                 do {
-                    try request.validate(against: configuration)
+                    let plan = try SequencePlan(settings: try request.settings(for: configuration), pipeline: configuration)
+                    return plan.estimatedSeconds(CostModel.nominal(configuration))
                 } catch {
                     throw Self.failure(EngineError.classify(error))
                 }

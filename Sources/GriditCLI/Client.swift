@@ -17,7 +17,7 @@ public enum ExitStatus {
     public static let unreachable: Int32 = 69
     /// The daemon failed internally. EX_SOFTWARE.
     public static let daemonError: Int32 = 70
-    /// The queue is full or the daemon busy: retry later. EX_TEMPFAIL.
+    /// The queue is full, the caller at a per-user limit, or the daemon busy: retry later. EX_TEMPFAIL.
     public static let retryLater: Int32 = 75
     /// Not allowed: the socket's group, or another user's job, or an admin action. EX_NOPERM.
     public static let permissionDenied: Int32 = 77
@@ -27,7 +27,7 @@ public enum ExitStatus {
         case .badRequest, .notFound, .conflict, .invalidTransition, .payloadTooLarge, .methodNotAllowed, .digestMismatch:
             badInput
         case .forbidden: permissionDenied
-        case .queueFull, .unavailable: retryLater
+        case .queueFull, .userLimit, .unavailable: retryLater
         case .notImplemented: unreachable
         default: daemonError
         }

@@ -20,7 +20,7 @@ public struct Griditctl: ParsableCommand {
               65  the daemon refused the input (parameters, unknown id, conflict)
               69  griditd cannot be reached (not running, wrong --socket)
               70  griditd failed internally
-              75  the queue is full or griditd is busy: retry later
+              75  the queue is full, you are at a per-user limit, or griditd is busy: retry later
               77  permission denied (group, another user's job, admin only)
             """,
         version: griditVersion,

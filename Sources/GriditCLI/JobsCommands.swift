@@ -53,7 +53,7 @@ struct Submit: ParsableCommand {
     @Option(help: "fp32 or bf16 (bf16 matrix products on CPUs with AVX512_BF16, else fp32). Default: the model's.")
     var precision: String?
 
-    @Option(help: "Higher runs first; FIFO within a priority.")
+    @Option(help: "Higher runs first; FIFO within a priority. Users who are not admins: -1000...0 unless griditd allows more.")
     var priority: Int?
 
     @Option(help: "Submitting the same key again returns the same job (safe retries from scripts).")
@@ -62,7 +62,10 @@ struct Submit: ParsableCommand {
     @Option(help: "Attempts for transient errors before the job fails.")
     var maxAttempts: Int?
 
-    @Option(help: ArgumentHelp("Output folder name under griditd's output root (default job-<id>).", valueName: "name"))
+    @Option(
+        help: ArgumentHelp(
+            "Output folder name of your own, <state>/outputs/named/<uid>/<name> (default <state>/outputs/job-<id>).",
+            valueName: "name"))
     var output: String?
 
     @Flag(help: "Follow the job until it ends; exit 1 unless it succeeded.")
@@ -73,9 +76,10 @@ struct Submit: ParsableCommand {
 
     func validate() throws {
         guard length >= 1 else { throw ValidationError("--length must be at least 1") }
-        if let out, let entries = try? FileManager.default.contentsOfDirectory(atPath: out), !entries.isEmpty {
-            throw ValidationError("--out \(out) is not empty; name a new or empty folder")
+        if let eta, !(eta.isFinite && (0...1).contains(eta)) {
+            throw ValidationError("--eta must be a number from 0 to 1 (got \(eta))")
         }
+        if let out { try OutputCopier.checkDestination(out, named: "--out \(out)") }
     }
 
     func run() throws {
@@ -111,7 +115,7 @@ struct Submit: ParsableCommand {
 struct Jobs: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "List, inspect, follow, cancel, retry and prune jobs.",
-        subcommands: [List.self, Show.self, Watch.self, Cancel.self, Retry.self, Prune.self],
+        subcommands: [List.self, Show.self, Watch.self, Fetch.self, Cancel.self, Retry.self, Prune.self],
         defaultSubcommand: List.self)
 
     struct List: ParsableCommand {
@@ -168,6 +172,23 @@ struct Jobs: ParsableCommand {
         }
     }
 
+    struct Fetch: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Copy a finished job's frames and files over the socket into a folder of yours.",
+            discussion: "griditd's output folders are private to it; this is how their owner (or an admin) gets them.")
+
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Job id.") var id: Int64
+        @Argument(help: "A new or empty folder.") var directory: String
+
+        func validate() throws { try OutputCopier.checkDestination(directory, named: directory) }
+
+        func run() throws {
+            try OutputCopier(client: global.client).copy(job: id, into: directory)
+            if !global.json { Output.stderr("job \(id)'s output copied to \(directory)\n") }
+        }
+    }
+
     struct Cancel: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Cancel a job: a waiting job at once, a running one at its next step.", aliases: ["rm"])
@@ -210,26 +231,18 @@ struct Jobs: ParsableCommand {
         var keepOutputs = false
 
         func validate() throws {
-            if let olderThan, parseAge(olderThan) == nil {
+            if let olderThan, parseDuration(olderThan) == nil {
                 throw ValidationError("--older-than '\(olderThan)' is not an age like 90s, 30m, 12h or 7d")
             }
         }
 
         func run() throws {
-            let request = PruneRequest(olderThanSeconds: olderThan.flatMap(parseAge), keepOutputs: keepOutputs ? true : nil)
+            let request = PruneRequest(olderThanSeconds: olderThan.flatMap(parseDuration), keepOutputs: keepOutputs ? true : nil)
             let result = try global.client.post("/v1/jobs/prune", request, as: PruneResponse.self)
             if global.json { Output.printJSON(result); return }
             Output.stdout("pruned \(result.pruned.count) job\(result.pruned.count == 1 ? "" : "s")\n")
         }
     }
-}
-
-/// "90s", "30m", "12h", "7d" or plain seconds.
-func parseAge(_ text: String) -> Double? {
-    let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
-    if let last = text.last, let unit = units[last], let n = Double(text.dropLast()), n >= 0 { return n * unit }
-    if let n = Double(text), n >= 0 { return n }
-    return nil
 }
 
 /// Follows a job's event stream to its end: a redrawn progress bar on a terminal, one line per
@@ -305,6 +318,13 @@ struct JobFollower {
 /// Copies a finished job's output over the socket into a folder of the caller's.
 struct OutputCopier {
     let client: GriditClient
+
+    /// The copy goes into a new or empty folder only (never mixed with other files).
+    static func checkDestination(_ directory: String, named name: String) throws {
+        if let entries = try? FileManager.default.contentsOfDirectory(atPath: directory), !entries.isEmpty {
+            throw ValidationError("\(name) is not empty; name a new or empty folder")
+        }
+    }
 
     func copy(job id: Int64, into directory: String) throws(CLIError) {
         let list = try client.get("/v1/jobs/\(id)/files", as: OutputFileList.self)

@@ -66,6 +66,15 @@ public struct Caller: Sendable, Hashable {
         self.groups = groups.union([credentials.gid])
     }
 
+    /// The answer to a caller who may not use griditd at all.
+    public func notMemberError(userGroup: String?, adminGroup: String?) -> APIError {
+        APIError(
+            .forbidden,
+            "uid \(uid) is not a member of the group '\(userGroup ?? "?")' that may use griditd (nor of its admin group "
+                + "'\(adminGroup ?? "gridit-admin")'); ask an admin to run `usermod -aG \(userGroup ?? "gridit") <user>`, "
+                + "then log in again")
+    }
+
     public var info: CallerInfo {
         CallerInfo(uid: credentials.uid, gid: credentials.gid, pid: credentials.pid, admin: isAdmin)
     }

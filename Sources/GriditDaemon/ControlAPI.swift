@@ -87,12 +87,10 @@ public struct ControlAPI: Sendable {
 
     /// Dispatches a request; every failure becomes an error body with a message.
     public func handle(_ request: HTTPRequest) async -> HTTPResponse {
+        // The server refuses non-members' connections; this keeps the rule for any other caller.
         guard request.caller.isMember else {
-            return .error(APIError(
-                .forbidden,
-                "uid \(request.caller.uid) is not a member of the group '\(context.configuration.userGroup ?? "?")' "
-                    + "that may use griditd; ask an admin to run `usermod -aG \(context.configuration.userGroup ?? "gridit") "
-                    + "<user>`, then log in again"))
+            let c = context.configuration
+            return .error(request.caller.notMemberError(userGroup: c.userGroup, adminGroup: c.adminGroup))
         }
         var allowed: [HTTPMethod] = []
         for route in Self.routes {
@@ -184,8 +182,11 @@ public struct ControlAPI: Sendable {
                 .notImplemented,
                 "this griditd was built without the model store, so it cannot resolve '\(model)'; submit without --model")
         }
+        let caller = request.caller
+        let priority = try SubmitPolicy.priority(body.priority, caller: caller, configuration: context.configuration)
+        let work: TimeInterval
         do {
-            try await context.executor?.validate(length: body.length, parameters: body.parameters, pipelineDigest: digest)
+            work = try await context.executor?.validate(length: body.length, parameters: body.parameters, pipelineDigest: digest) ?? 0
         } catch {
             throw APIError(error.errorClass == .modelMissing ? .notFound : .badRequest, error.message)
         }
@@ -194,16 +195,15 @@ public struct ControlAPI: Sendable {
         if !seedGiven { parameters.seed = UInt64.random(in: 0...(1 << 53 - 1)) }  // exact in any JSON reader
         let stored = StoredParameters(model: body.model, parameters: parameters, output: body.output, seedGiven: seedGiven)
         let submission = JobSubmission(
-            params: stored.json, length: body.length, priority: body.priority ?? 0, idempotencyKey: body.idempotencyKey,
-            maxAttempts: body.maxAttempts ?? 3, pipelineDigest: digest)
-        let caller = request.caller
+            params: stored.json, length: body.length, priority: priority, idempotencyKey: body.idempotencyKey,
+            maxAttempts: body.maxAttempts ?? 3, pipelineDigest: digest, workSeconds: work)
         let context = self.context
+        let limits = SubmitPolicy.limits(for: caller, configuration: context.configuration)
         let result = try await gate.submit(output: body.output) {
             if let output = body.output {
                 try await Self.checkOutputFree(output, owner: caller.uid, key: body.idempotencyKey, context: context)
             }
-            return try await context.store.submit(
-                submission, owner: caller.uid, maxQueued: context.configuration.maxQueued, now: Date())
+            return try await context.store.submit(submission, owner: caller.uid, limits: limits, now: Date())
         }
         if result.deduplicated {
             guard result.job.stored.matches(body, length: body.length, jobLength: result.job.length) else {
@@ -227,20 +227,21 @@ public struct ControlAPI: Sendable {
             status: result.deduplicated ? .ok : .created)
     }
 
-    /// The output folder is neither on disk nor promised to another waiting or running job.
+    /// The caller's output folder is neither on disk nor promised to another of its waiting or
+    /// running jobs (names are per user: other users' names never collide with it).
     private static func checkOutputFree(_ output: String, owner: UInt32, key: String?, context: DaemonContext) async throws(APIError) {
         let live: [Job]
         do {
-            live = try await context.store.list(JobFilter(states: [.queued, .retryable, .running], limit: 100_000))
+            live = try await context.store.list(JobFilter(states: [.queued, .retryable, .running], ownerUID: owner, limit: 100_000))
         } catch {
             throw translate(error)
         }
         if let other = live.first(where: { $0.stored.output == output }) {
-            if let key, other.ownerUID == owner, other.idempotencyKey == key { return }  // the same job again
+            if let key, other.idempotencyKey == key { return }  // the same job again
             throw APIError(
                 .conflict, "job \(other.id) already writes to the output '\(output)'; choose another --output", jobID: other.id)
         }
-        let path = context.layout.outputDirectory(name: output)
+        let path = context.layout.namedOutputDirectory(owner: owner, name: output)
         if FileManager.default.fileExists(atPath: path) {
             throw APIError(.conflict, "the output folder \(path) exists already; choose another --output or remove it")
         }
@@ -485,6 +486,7 @@ public struct ControlAPI: Sendable {
         let code: APIError.Code =
             switch error.code {
             case .queueFull: .queueFull
+            case .ownerJobLimit, .ownerWorkLimit: .userLimit
             case .notFound: .notFound
             case .forbidden: .forbidden
             case .invalidTransition: .invalidTransition
@@ -493,7 +495,7 @@ public struct ControlAPI: Sendable {
             case .busy: .unavailable
             default: .internalError
             }
-        return APIError(code, error.message, jobID: error.jobID)
+        return APIError(code, error.message + (SubmitPolicy.remedy(error.code) ?? ""), jobID: error.jobID)
     }
 }
 

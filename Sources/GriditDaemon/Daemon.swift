@@ -48,6 +48,9 @@ public enum Daemon {
         let notifier = SystemdNotifier()
         if faults.isActive { logger.warning("test faults are active (GRIDIT_TEST_FAULTS)", metadata: ["faults": "\(faults)"]) }
 
+        for folder in [layout.work, layout.outputs, layout.tmp] {
+            try StatePermissions.directory(folder, mode: StatePermissions.privateDirectory)
+        }
         let store = try SQLiteJobStore(path: layout.database)
         defer { try? store.close() }
         for job in try await store.recoverOrphanedJobs(now: Date()) {
@@ -69,6 +72,7 @@ public enum Daemon {
             faults: faults, logger: logger)
         let api = ControlAPI(context: context)
         let server = HTTPServer(
+            limits: configuration.http,
             authorizer: Authorizer(userGroup: configuration.userGroup, adminGroup: configuration.adminGroup),
             logger: Logger(label: "gridit.api"), handler: { await api.handle($0) })
 
@@ -87,7 +91,10 @@ public enum Daemon {
             try? await eventLoops.shutdownGracefully()
             throw DaemonError("cannot listen on \(configuration.socketPath): \(error); check that its folder exists and is writable")
         }
-        if case .path(let path) = listen { try secureSocket(path, configuration) }
+        switch listen {
+        case .path(let path): try secureSocket(path, configuration)
+        case .inherited(_, let path): try checkInheritedSocket(path: path, configuration)
+        }
         let socketDescription: String =
             switch listen {
             case .path(let p): p
@@ -122,17 +129,12 @@ public enum Daemon {
         logger.notice("griditd stopped")
     }
 
+    /// The state directory exists, is private (StatePermissions) and writable.
     private static func prepareStateDirectory(_ root: String) throws {
-        var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: root, isDirectory: &isDirectory) {
-            guard isDirectory.boolValue else { throw DaemonError("the state directory \(root) is not a folder") }
-        } else {
-            do {
-                try FileManager.default.createDirectory(
-                    atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
-            } catch {
-                throw DaemonError("cannot create the state directory \(root): \(error.localizedDescription); create it or pass --state-dir")
-            }
+        do {
+            try StatePermissions.directory(root, mode: StatePermissions.stateDirectory)
+        } catch {
+            throw DaemonError("the state directory: \(error.message)")
         }
         guard access(root, W_OK | X_OK) == 0 else {
             throw DaemonError("the state directory \(root) is not writable by uid \(getuid()); fix its owner or pass --state-dir")
@@ -169,7 +171,21 @@ public enum Daemon {
         return UnixSocket.connect(fd, to: path)
     }
 
-    /// Mode 0660 and the users' group on a socket griditd bound itself.
+    /// A socket anyone may connect to (`SocketMode=0666`, as the shipped unit has it) needs a
+    /// group to check callers against: without one every local user would be a member.
+    private static func checkInheritedSocket(path: String?, _ configuration: DaemonConfiguration) throws {
+        var st = stat()
+        guard configuration.userGroup == nil, let path, stat(path, &st) == 0 else { return }  // the file, not the fd's inode
+        if st.st_mode & 0o002 != 0 {
+            throw DaemonError(
+                "the socket \(path) lets anyone connect (mode \(String(st.st_mode & 0o777, radix: 8))), "
+                    + "but griditd has no group to check callers against; create the 'gridit' group (systemd-sysusers) "
+                    + "or pass --group")
+        }
+    }
+
+    /// The socket mode (0666 when griditd checks every caller's groups itself, else 0660) and the
+    /// users' group on a socket griditd bound itself.
     private static func secureSocket(_ path: String, _ configuration: DaemonConfiguration) throws {
         if let group = configuration.socketGroup {
             guard let gid = Authorizer.gid(of: group) else {

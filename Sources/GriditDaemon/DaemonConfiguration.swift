@@ -2,6 +2,9 @@ import Foundation
 
 /// Everything `griditd serve` can be told. Defaults suit the systemd units in `systemd/`.
 public struct DaemonConfiguration: Sendable {
+    /// Every priority a job may have; higher runs first.
+    public static let priorities = -1000...1000
+
     /// Database, lock, work and output folders (`StateDirectory=gridit`).
     public var stateDirectory: String
     /// The control socket when griditd binds it itself (not socket-activated).
@@ -11,14 +14,30 @@ public struct DaemonConfiguration: Sendable {
     /// Members manage every job and the models.
     public var adminGroup: String?
     /// Group and mode of a self-bound socket (an activated socket gets them from the .socket unit).
+    /// With a users' group the socket is 0666: griditd itself refuses everyone outside that group
+    /// and the admin group from SO_PEERCRED (a 0660 socket would shut out admins who are not in
+    /// the users' group), like D-Bus's and snapd's sockets. Without one, the mode decides (0660).
     public var socketGroup: String?
-    public var socketMode: mode_t = 0o660
+    public var socketMode: mode_t
     /// Threads of the engine's matrix products.
     public var blasThreads: Int
     /// A paused queue accepts submits and starts nothing; this pauses it (persistently) at start.
     public var startPaused = false
     /// `queued + retryable + running` beyond this ⇒ `queue_full` (exit 75).
     public var maxQueued = 1000
+    /// The same for one user who is not an admin ⇒ `user_limit` (exit 75).
+    public var maxQueuedPerUser = 100
+    /// Estimated compute of one non-admin user's queued and running jobs, in seconds at the nominal
+    /// rate `griditd run --dry-run` assumes (a 128-frame job of the bundled model: 28 s; one of
+    /// 100,000 frames: 6.2 h) ⇒ `user_limit`.
+    public var maxWorkPerUser: TimeInterval = 24 * 3600
+    /// Priorities a user who is not an admin may give a job (admins: all of -1000...1000); a
+    /// member's job without one gets the one closest to 0. Members cannot outrank admins' default
+    /// (0) unless this allows it.
+    public var memberPriorities: ClosedRange<Int> = -1000...0
+    /// The control socket's limits: body size, connections (in all, per user, kept for admins)
+    /// and the timeouts of slow or idle clients.
+    public var http = HTTPServerLimits()
     /// Longest sequence a request may ask for (the pipeline may allow less).
     public var maxLength = 100_000
     /// A running job's lease; the worker heartbeats every third of it while it makes progress.
@@ -62,6 +81,7 @@ public struct DaemonConfiguration: Sendable {
         self.userGroup = userGroup
         self.adminGroup = adminGroup
         self.socketGroup = socketGroup
+        self.socketMode = userGroup == nil ? 0o660 : 0o666
         self.blasThreads = blasThreads
         self.instanceID = instanceID
     }
@@ -76,11 +96,14 @@ public struct StateLayout: Sendable {
     public var database: String { root + "/jobs.sqlite" }
     /// Per-job resumable engine state: `work/<job id>/`.
     public var work: String { root + "/work" }
-    /// Finished outputs: `outputs/<name>/` (default name `job-<id>`).
+    /// Finished outputs: `outputs/job-<id>/`, or `outputs/named/<uid>/<name>/` for a name the
+    /// submitter chose (`--output`): apart from the automatic folders and per user, so that no
+    /// name claims another job's or another user's folder.
     public var outputs: String { root + "/outputs" }
     /// Scratch space (model exports streamed to clients).
     public var tmp: String { root + "/tmp" }
 
     public func workDirectory(job id: Int64) -> String { work + "/\(id)" }
-    public func outputDirectory(name: String) -> String { outputs + "/" + name }
+    public func automaticOutputDirectory(job id: Int64) -> String { outputs + "/job-\(id)" }
+    public func namedOutputDirectory(owner: UInt32, name: String) -> String { outputs + "/named/\(owner)/" + name }
 }

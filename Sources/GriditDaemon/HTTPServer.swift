@@ -12,7 +12,6 @@ import Foundation
 import GriditAPI
 import Logging
 import NIOCore
-import Synchronization
 import NIOHTTP1
 import NIOPosix
 
@@ -77,6 +76,17 @@ public struct HTTPServerLimits: Sendable {
     public var maxHeaderBytes = 64 * 1024
     /// Connections beyond this are answered 503 and closed.
     public var maxConnections = 512
+    /// The same for the connections of one uid (admins are bounded by `maxConnections` alone).
+    public var maxConnectionsPerUser = 32
+    /// Of `maxConnections`, how many only root, griditd's user and the admin group may use, so
+    /// that no number of users' connections locks the admins out.
+    public var adminConnections = 32
+    /// From connecting (or from a request's first byte on a kept-alive connection) to its whole head.
+    public var headerTimeout: Duration = .seconds(10)
+    /// From a request's head to the end of its body.
+    public var bodyTimeout: Duration = .seconds(30)
+    /// A connection waiting for its next request, or whose client stops reading the answer.
+    public var idleTimeout: Duration = .seconds(60)
 
     public init() {}
 }
@@ -124,6 +134,7 @@ public struct HTTPServer: Sendable {
                     withEncoderConfiguration: HTTPResponseEncoder.Configuration(),
                     withDecoderLimitConfiguration: finalDecoderLimits)
                 try channel.pipeline.syncOperations.addHandler(ParserErrorHandler())
+                try channel.pipeline.syncOperations.addHandler(ConnectionTimeoutHandler(limits: limits))
                 let connection = try Connection(
                     wrappingChannelSynchronously: channel,
                     configuration: .init(isOutboundHalfClosureEnabled: true))
@@ -139,41 +150,42 @@ public struct HTTPServer: Sendable {
         }
     }
 
-    /// Accepts connections until cancelled (graceful shutdown cancels it).
+    /// Accepts connections until cancelled (graceful shutdown cancels it). Before reading a byte
+    /// of a request, a connection is refused (answered and closed) when its caller is at a
+    /// connection limit or may not use griditd at all.
     public func serve(_ server: NIOAsyncChannel<AcceptedConnection, Never>) async throws {
-        let active = ConnectionCounter()
+        let limiter = ConnectionLimiter(limits: limits, adminGroup: authorizer.adminGroup)
         try await withThrowingDiscardingTaskGroup { group in
             try await server.executeThenClose { inbound in
                 for try await accepted in inbound {
                     group.addTask {
-                        guard active.enter(limit: limits.maxConnections) else {
-                            await reject(accepted.channel)
+                        guard let credentials = accepted.credentials else {
+                            logger.warning("could not read the peer's credentials; closing")
+                            try? await accepted.channel.channel.close()
                             return
                         }
-                        defer { active.leave() }
-                        await handle(accepted)
+                        let caller = authorizer.caller(for: credentials)
+                        if let refusal = limiter.enter(caller) {
+                            logger.notice("connection refused", metadata: ["uid": "\(caller.uid)", "reason": "\(refusal.message)"])
+                            return await reject(accepted.channel, refusal)
+                        }
+                        defer { limiter.leave(caller) }
+                        guard caller.isMember else {
+                            let error = caller.notMemberError(userGroup: authorizer.userGroup, adminGroup: authorizer.adminGroup)
+                            return await reject(accepted.channel, error)
+                        }
+                        await handle(accepted.channel, caller: caller)
                     }
                 }
             }
         }
     }
 
-    private func reject(_ connection: Connection) async {
-        try? await connection.executeThenClose { _, outbound in
-            let response = HTTPResponse.error(APIError(
-                .unavailable, "griditd is serving \(limits.maxConnections) connections already; retry shortly"))
-            try await write(response, to: outbound, keepAlive: false, head: nil)
-        }
+    private func reject(_ connection: Connection, _ error: APIError) async {
+        await ErrorAnswer.refuse(connection.channel, status: HTTPResponseStatus(statusCode: error.code.httpStatus), error: error)
     }
 
-    private func handle(_ accepted: AcceptedConnection) async {
-        let connection = accepted.channel
-        guard let credentials = accepted.credentials else {
-            logger.warning("could not read the peer's credentials; closing")
-            try? await connection.channel.close()
-            return
-        }
-        let caller = authorizer.caller(for: credentials)
+    private func handle(_ connection: Connection, caller: Caller) async {
         do {
             let channel = connection.channel
             try await connection.executeThenClose { inbound, outbound in
@@ -378,21 +390,6 @@ struct RequestReader {
     }
 }
 
-/// Counts open connections without a lock-holding await.
-final class ConnectionCounter: Sendable {
-    private let count = Mutex(0)
-
-    func enter(limit: Int) -> Bool {
-        count.withLock { n in
-            guard n < limit else { return false }
-            n += 1
-            return true
-        }
-    }
-
-    func leave() { count.withLock { $0 -= 1 } }
-}
-
 /// Answers a request NIO's parser rejects (not HTTP, a bad Content-Length, oversized headers)
 /// with a JSON error body, like every other error, then closes. Replaces NIO's
 /// HTTPServerProtocolErrorHandler, which sends a bare 400.
@@ -414,17 +411,8 @@ final class ParserErrorHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let apiError = APIError(
                 .badRequest,
                 tooLarge ? "the request headers are larger than griditd allows (64 KiB)" : "malformed HTTP request (\(parserError))")
-            var body = APICoding.encode(ErrorResponse(error: apiError), pretty: true)
-            body.append(0x0A)
-            var headers = HTTPHeaders()
-            headers.add(name: "Content-Type", value: "application/json")
-            headers.add(name: "Content-Length", value: String(body.count))
-            headers.add(name: "Connection", value: "close")
             let status: HTTPResponseStatus = tooLarge ? .requestHeaderFieldsTooLarge : .badRequest
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
-            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in bound.value.close(promise: nil) }
+            ErrorAnswer.writeAndClose(context, status: status, error: apiError, wrap: wrapOutboundOut)
         } else {
             context.close(promise: nil)
         }

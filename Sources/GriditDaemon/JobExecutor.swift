@@ -151,9 +151,12 @@ public enum ExecutionOutcome: Sendable, Hashable {
 /// pipeline for the batch's digest (through the model store's keep-alive cache), runs the
 /// batch and the jobs `hooks.admit` adds to it, and reports through the hooks.
 public protocol JobExecutor: Sendable {
-    /// Checks a submit against the pipeline before the job row exists (cheap: no model is run).
-    /// Throws `.invalidInput` with a message naming the parameter, or `.modelMissing`.
+    /// Checks a submit against the pipeline before the job row exists (cheap: no model is run)
+    /// and returns its estimated compute: seconds at the nominal rate `griditd run --dry-run`
+    /// assumes (what the per-user work limit adds up). Throws `.invalidInput` with a message
+    /// naming the parameter, or `.modelMissing`.
     func validate(length: Int, parameters: GenerationParameters, pipelineDigest: String?) async throws(JobFailure)
+        -> TimeInterval
 
     /// Runs every item (and every admitted one) to completion, failure or interruption, calling
     /// `hooks.finished` once for each, and returns when none is left. A job it never reports is

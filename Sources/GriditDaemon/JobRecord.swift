@@ -10,7 +10,8 @@ struct StoredParameters: Codable, Hashable, Sendable {
     var model: String?
     /// With the seed filled in at submit.
     var parameters: GenerationParameters
-    /// Output folder relative to the output root; nil means `job-<id>`.
+    /// Output folder name the submitter chose (below its own folder of `outputs/named/`); nil
+    /// means the automatic `job-<id>`.
     var output: String?
     /// The caller gave the seed (a retry of an idempotent submit without one matches any seed).
     var seedGiven: Bool
@@ -38,7 +39,10 @@ struct StoredParameters: Codable, Hashable, Sendable {
 extension Job {
     var stored: StoredParameters { StoredParameters.decode(self) }
 
-    func outputName() -> String { stored.output ?? "job-\(id)" }
+    /// Where the job's output goes (`StateLayout.outputs`).
+    func outputDirectory(in layout: StateLayout) -> String {
+        stored.output.map { layout.namedOutputDirectory(owner: ownerUID, name: $0) } ?? layout.automaticOutputDirectory(job: id)
+    }
 
     func info(live: StepProgress? = nil, errors: [JobErrorRecord]? = nil) -> JobInfo {
         let stored = self.stored
@@ -71,7 +75,6 @@ extension JobProgress {
 
 /// Checks of a submit that need no engine: ranges, names, the output path.
 enum SubmitValidation {
-    static let maxPriority = 1000
     static let maxAttempts = 20
 
     static func validate(_ request: SubmitJobRequest, maxLength: Int) throws(APIError) {
@@ -81,8 +84,9 @@ enum SubmitValidation {
         guard request.length <= maxLength else {
             throw APIError(.badRequest, "length \(request.length) is more than this griditd allows (max \(maxLength) frames)")
         }
-        if let p = request.priority, abs(p) > maxPriority {
-            throw APIError(.badRequest, "priority must be between -\(maxPriority) and \(maxPriority) (got \(p))")
+        let priorities = DaemonConfiguration.priorities
+        if let p = request.priority, !priorities.contains(p) {
+            throw APIError(.badRequest, "priority must be between \(priorities.lowerBound) and \(priorities.upperBound) (got \(p))")
         }
         if let a = request.maxAttempts, !(1...maxAttempts).contains(a) {
             throw APIError(.badRequest, "max_attempts must be between 1 and \(maxAttempts) (got \(a))")

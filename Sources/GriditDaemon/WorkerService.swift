@@ -137,7 +137,7 @@ public struct WorkerService: Service {
         }
         let stored = job.stored
         let work = layout.workDirectory(job: job.id)
-        let output = layout.outputDirectory(name: job.outputName())
+        let output = job.outputDirectory(in: layout)
         do {
             try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
             try FileManager.default.createDirectory(
@@ -320,7 +320,7 @@ public struct WorkerService: Service {
         do {
             switch outcome {
             case .succeeded:
-                let output = item?.outputDirectory ?? context.layout.outputDirectory(name: job.outputName())
+                let output = item?.outputDirectory ?? job.outputDirectory(in: context.layout)
                 _ = try await store.complete(id: job.id, token: token, outputDir: output, now: now)
                 try? FileManager.default.removeItem(atPath: context.layout.workDirectory(job: job.id))
                 metadata["output"] = "\(output)"

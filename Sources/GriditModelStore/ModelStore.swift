@@ -339,8 +339,9 @@ public final class ModelStore: Sendable {
     }
 
     func siteRefs(_ root: StoreRoot) -> [RefsFile.Entry] {
-        guard let data = FileManager.default.contents(atPath: root.refsPath),
-            let refs = try? JSONDecoder().decode(RefsFile.self, from: data), refs.format == RefsFile.format
+        // Read on every `status` and `models ps`: FileBytes, not Foundation (which leaks on empty files).
+        guard let bytes = FileBytes.read(root.refsPath),
+            let refs = try? JSONDecoder().decode(RefsFile.self, from: Data(bytes)), refs.format == RefsFile.format
         else { return [] }
         return refs.tags
     }

@@ -18,7 +18,7 @@ public struct OfflineSession: Sendable {
     ) throws(ModelStoreError) -> OfflineSession {
         if mutating, !FileIdentity.exists(directory: stateDirectory) {
             do {
-                try FileManager.default.createDirectory(atPath: stateDirectory, withIntermediateDirectories: true)
+                try StatePermissions.directory(stateDirectory, mode: StatePermissions.stateDirectory)
             } catch {
                 throw StoreChecks.explainFailure(creating: stateDirectory, stateDirectory: stateDirectory)
             }

@@ -42,10 +42,8 @@ enum Residency {
         var found: [Int32: Set<BlobDigest>] = [:]
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
         for entry in entries {
-            guard let pid = Int32(entry), pid != me,
-                let maps = try? String(contentsOfFile: "/proc/\(entry)/maps", encoding: .utf8)
-            else { continue }
-            for line in maps.split(separator: "\n") {
+            guard let pid = Int32(entry), pid != me, let bytes = FileBytes.read("/proc/\(entry)/maps") else { continue }
+            for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
                 guard let slash = line.firstIndex(of: "/") else { continue }
                 var path = String(line[slash...])
                 if path.hasSuffix(" (deleted)") { continue }

@@ -101,6 +101,8 @@ public struct Job: Hashable, Sendable {
     public var errorClass: String?
     public var errorMessage: String?
     public var outputDir: String?
+    /// Estimated compute in seconds, as given at submit (0 for jobs older than the estimate).
+    public var workSeconds: Double
     /// 1-based place in claim order among waiting (`queued`, `retryable`) jobs; nil otherwise.
     /// Filled in by `get` and `list`; it ignores `notBefore`.
     public var queuePosition: Int?
@@ -112,7 +114,7 @@ public struct Job: Hashable, Sendable {
         attempt: Int = 0, maxAttempts: Int = 3, crashCount: Int = 0, cancelRequested: Bool = false,
         leaseOwner: String? = nil, leaseToken: LeaseToken? = nil, leaseExpiresAt: Date? = nil,
         notBefore: Date, progress: JobProgress = JobProgress(), errorClass: String? = nil,
-        errorMessage: String? = nil, outputDir: String? = nil, queuePosition: Int? = nil
+        errorMessage: String? = nil, outputDir: String? = nil, workSeconds: Double = 0, queuePosition: Int? = nil
     ) {
         self.id = id
         self.ownerUID = ownerUID
@@ -138,6 +140,7 @@ public struct Job: Hashable, Sendable {
         self.errorClass = errorClass
         self.errorMessage = errorMessage
         self.outputDir = outputDir
+        self.workSeconds = workSeconds
         self.queuePosition = queuePosition
     }
 }
@@ -186,7 +189,16 @@ public struct RetryPolicy: Hashable, Sendable {
 public let workerCrashedErrorClass = "worker_crashed"
 
 extension Date {
-    /// Milliseconds since the Unix epoch, the unit of every timestamp column.
-    var unixMillis: Int64 { Int64((timeIntervalSince1970 * 1000).rounded()) }
+    /// Milliseconds since the Unix epoch, the unit of every timestamp column. Saturates rather
+    /// than trapping: a date a huge user-given duration points at (`jobs prune --older-than
+    /// 1e300s`) lies before or after every stored timestamp, and so does Int64.min/max. NaN
+    /// (never reached: durations are checked where they enter) reads as the epoch.
+    var unixMillis: Int64 {
+        let ms = (timeIntervalSince1970 * 1000).rounded()
+        if ms.isNaN { return 0 }
+        if ms >= 0x1p63 { return .max }
+        if ms < -0x1p63 { return .min }
+        return Int64(ms)
+    }
     init(unixMillis: Int64) { self.init(timeIntervalSince1970: Double(unixMillis) / 1000) }
 }

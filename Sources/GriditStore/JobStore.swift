@@ -13,10 +13,12 @@ public struct JobSubmission: Hashable, Sendable {
     public var pipelineDigest: String?
     /// Earliest start; nil means now.
     public var notBefore: Date?
+    /// Estimated compute in seconds (≥ 0), what `SubmitLimits.maxWorkPerOwner` adds up.
+    public var workSeconds: Double
 
     public init(
         params: String, length: Int, priority: Int = 0, idempotencyKey: String? = nil,
-        maxAttempts: Int = 3, pipelineDigest: String? = nil, notBefore: Date? = nil
+        maxAttempts: Int = 3, pipelineDigest: String? = nil, notBefore: Date? = nil, workSeconds: Double = 0
     ) {
         self.params = params
         self.length = length
@@ -25,6 +27,25 @@ public struct JobSubmission: Hashable, Sendable {
         self.maxAttempts = maxAttempts
         self.pipelineDigest = pipelineDigest
         self.notBefore = notBefore
+        self.workSeconds = workSeconds
+    }
+}
+
+/// What a submit may add to the queue. The store checks every limit in the transaction that
+/// inserts the job, so concurrent submits cannot overshoot one. Live jobs are the queued,
+/// retryable and running ones.
+public struct SubmitLimits: Hashable, Sendable {
+    /// Live jobs of everyone (`queueFull`).
+    public var maxQueued: Int
+    /// Live jobs of the submitting owner (`ownerJobLimit`); nil: no limit of its own.
+    public var maxQueuedPerOwner: Int?
+    /// `workSeconds` of the owner's live jobs, the new one included (`ownerWorkLimit`); nil: none.
+    public var maxWorkPerOwner: Double?
+
+    public init(maxQueued: Int, maxQueuedPerOwner: Int? = nil, maxWorkPerOwner: Double? = nil) {
+        self.maxQueued = maxQueued
+        self.maxQueuedPerOwner = maxQueuedPerOwner
+        self.maxWorkPerOwner = maxWorkPerOwner
     }
 }
 
@@ -133,8 +154,10 @@ public struct PrunedJob: Hashable, Sendable {
 /// `leaseLost` (job still live) or `invalidTransition` (job already terminal) and changes nothing.
 public protocol JobStore: Sendable {
     /// Creates a queued job, or returns the existing one for a repeated (owner, idempotency key),
-    /// whatever its state. Throws `queueFull` when queued + retryable + running >= `maxQueued`.
-    func submit(_ submission: JobSubmission, owner: UInt32, maxQueued: Int, now: Date) async throws(StoreError) -> SubmitResult
+    /// whatever its state and whatever the limits. Throws `queueFull`, `ownerJobLimit` or
+    /// `ownerWorkLimit` when the new job would break one of `limits`. Job ids are never reused,
+    /// not even those of pruned jobs.
+    func submit(_ submission: JobSubmission, owner: UInt32, limits: SubmitLimits, now: Date) async throws(StoreError) -> SubmitResult
 
     /// Atomically takes the highest-priority (FIFO within a priority) claimable job whose
     /// `notBefore <= now`, unless the queue is paused. Nil when there is nothing to run.
@@ -204,6 +227,11 @@ public protocol JobStore: Sendable {
 }
 
 extension JobStore {
+    /// A submit bounded by the queue's size alone.
+    public func submit(_ submission: JobSubmission, owner: UInt32, maxQueued: Int, now: Date) async throws(StoreError) -> SubmitResult {
+        try await submit(submission, owner: owner, limits: SubmitLimits(maxQueued: maxQueued), now: now)
+    }
+
     /// Prunes every terminal state.
     public func prune(olderThan: TimeInterval, now: Date) async throws(StoreError) -> [PrunedJob] {
         try await prune(olderThan: olderThan, states: Set(JobState.terminal), now: now)

@@ -60,9 +60,12 @@ public final class SQLiteJobStore: JobStore {
 
     // MARK: - JobStore
 
-    public func submit(_ submission: JobSubmission, owner: UInt32, maxQueued: Int, now: Date) async throws(StoreError) -> SubmitResult {
+    public func submit(_ submission: JobSubmission, owner: UInt32, limits: SubmitLimits, now: Date) async throws(StoreError) -> SubmitResult {
         guard submission.length > 0, submission.maxAttempts >= 1 else {
             throw StoreError(.invalidArgument, "length (\(submission.length)) and maxAttempts (\(submission.maxAttempts)) must be at least 1")
+        }
+        guard submission.workSeconds.isFinite, submission.workSeconds >= 0 else {
+            throw StoreError(.invalidArgument, "a job's estimated work must be 0 seconds or more (got \(submission.workSeconds))")
         }
         if let key = submission.idempotencyKey, key.isEmpty || key.utf8.count > 200 {
             throw StoreError(.invalidArgument, "an idempotency key must be 1 to 200 bytes long")
@@ -79,28 +82,55 @@ public final class SQLiteJobStore: JobStore {
             {
                 return SubmitResult(job: try Self.fetchJob(db, id: id), deduplicated: true)
             }
-            let live = try Int.fetchOne(
-                db, sql: "SELECT count(*) FROM job WHERE state IN ('queued', 'retryable', 'running')") ?? 0
-            guard live < maxQueued else {
-                throw StoreError(
-                    .queueFull,
-                    "the queue is full (\(live) queued or running jobs, max_queued \(maxQueued)); "
-                        + "wait for jobs to finish, cancel some, or raise max_queued")
-            }
+            try Self.checkLimits(limits, for: submission, owner: owner, db)
             let id = try Int64.fetchOne(
                 db,
                 sql: """
                     INSERT INTO job (owner_uid, idempotency_key, state, priority, params, pipeline_digest,
-                                     length, created_at, updated_at, max_attempts, not_before)
-                    VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)
+                                     length, created_at, updated_at, max_attempts, not_before, work_seconds)
+                    VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     RETURNING id
                     """,
                 arguments: [
                     Int64(owner), submission.idempotencyKey, submission.priority, submission.params,
                     submission.pipelineDigest, submission.length, nowMs, nowMs, submission.maxAttempts,
-                    submission.notBefore?.unixMillis ?? nowMs,
+                    submission.notBefore?.unixMillis ?? nowMs, submission.workSeconds,
                 ])!
             return SubmitResult(job: try Self.fetchJob(db, id: id), deduplicated: false)
+        }
+    }
+
+    /// Throws when the new job would break one of `limits` (read in the inserting transaction).
+    private static func checkLimits(_ limits: SubmitLimits, for submission: JobSubmission, owner: UInt32, _ db: Database) throws {
+        let live = try Int.fetchOne(
+            db, sql: "SELECT count(*) FROM job WHERE state IN ('queued', 'retryable', 'running')") ?? 0
+        guard live < limits.maxQueued else {
+            throw StoreError(
+                .queueFull,
+                "the queue is full (\(live) queued or running jobs, max_queued \(limits.maxQueued)); "
+                    + "wait for jobs to finish, cancel some, or raise max_queued")
+        }
+        guard limits.maxQueuedPerOwner != nil || limits.maxWorkPerOwner != nil else { return }
+        let row = try Row.fetchOne(
+            db,
+            sql: """
+                SELECT count(*) AS jobs, coalesce(sum(work_seconds), 0) AS work FROM job
+                 WHERE owner_uid = ? AND state IN ('queued', 'retryable', 'running')
+                """,
+            arguments: [Int64(owner)])
+        let jobs: Int = row?["jobs"] ?? 0
+        let work: Double = row?["work"] ?? 0
+        if let max = limits.maxQueuedPerOwner, jobs >= max {
+            throw StoreError(
+                .ownerJobLimit,
+                "uid \(owner) has \(jobs) jobs queued or running, the most one user may have (\(max))")
+        }
+        if let max = limits.maxWorkPerOwner, work + submission.workSeconds > max {
+            throw StoreError(
+                .ownerWorkLimit,
+                "this job's estimated compute (\(computeTime(submission.workSeconds))) and that of uid \(owner)'s "
+                    + "queued and running jobs (\(computeTime(work))) add up to more than one user may queue "
+                    + "(\(computeTime(max)))")
         }
     }
 
@@ -274,6 +304,9 @@ public final class SQLiteJobStore: JobStore {
     }
 
     public func prune(olderThan: TimeInterval, states: Set<JobState>, now: Date) async throws(StoreError) -> [PrunedJob] {
+        guard olderThan >= 0 else {
+            throw StoreError(.invalidArgument, "prune needs an age of 0 seconds or more (got \(olderThan))")
+        }
         let cutoff = now.addingTimeInterval(-olderThan).unixMillis
         let terminal = states.filter(\.isTerminal).map { "'\($0.rawValue)'" }.sorted().joined(separator: ", ")
         guard !terminal.isEmpty else { return [] }
@@ -422,6 +455,7 @@ public final class SQLiteJobStore: JobStore {
             errorClass: row["error_class"],
             errorMessage: row["error_message"],
             outputDir: row["output_dir"],
+            workSeconds: row.hasColumn("work_seconds") ? row["work_seconds"] : 0,
             queuePosition: row.hasColumn("queue_position") ? row["queue_position"] : nil)
     }
 
@@ -459,4 +493,11 @@ public final class SQLiteJobStore: JobStore {
     }
 
     static func translate(_ error: any Error) -> StoreError { StateDatabase.translate(error) }
+}
+
+/// "45 s", "12 min", "6.5 h": estimated compute in limit messages.
+private func computeTime(_ seconds: Double) -> String {
+    if seconds < 120 { return "\(Int(seconds.rounded())) s" }
+    if seconds < 7200 { return "\(Int((seconds / 60).rounded())) min" }
+    return String(format: "%.1f h", seconds / 3600)
 }

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Foundation
 import GRDB
 
@@ -25,6 +28,8 @@ public final class StateDatabase: Sendable {
         migrate: Bool = true
     ) throws(StoreError) {
         self.path = path
+        if migrate { try Self.createPrivately(path) }
+        for suffix in ["", "-wal", "-shm"] { StatePermissions.file(path + suffix, mode: StatePermissions.database) }
         var config = Configuration()
         config.foreignKeysEnabled = true
         config.busyMode = .timeout(busyTimeout)
@@ -64,6 +69,17 @@ public final class StateDatabase: Sendable {
     /// Closes every connection; later calls fail.
     public func close() throws(StoreError) {
         do { try pool.close() } catch { throw Self.translate(error) }
+    }
+
+    /// A missing database file is created empty with the database's mode before SQLite opens it
+    /// (SQLite would create it with 0644 less the umask); SQLite gives `-wal` and `-shm` the same.
+    private static func createPrivately(_ path: String) throws(StoreError) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, StatePermissions.database)
+        if fd >= 0 {
+            Glibc.close(fd)
+        } else if errno != EEXIST {
+            throw StoreError(.io, "cannot create the job database \(path): \(String(cString: strerror(errno))); check the state directory's owner and mode")
+        }
     }
 
     /// Migration identifiers recorded in the database, in the order applied.

@@ -6,6 +6,8 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         fileprivate enum Value: String, Hashable, Sendable {
             case queueFull = "queue_full"
+            case ownerJobLimit = "owner_job_limit"
+            case ownerWorkLimit = "owner_work_limit"
             case notFound = "not_found"
             case leaseLost = "lease_lost"
             case forbidden
@@ -21,6 +23,10 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
 
         /// `queued + retryable + running >= maxQueued`; the job was not created. (griditctl: exit 75)
         public static let queueFull = Code(value: .queueFull)
+        /// The owner's live jobs would exceed `SubmitLimits.maxQueuedPerOwner`; nothing was created.
+        public static let ownerJobLimit = Code(value: .ownerJobLimit)
+        /// The owner's live jobs' estimated work would exceed `SubmitLimits.maxWorkPerOwner`.
+        public static let ownerWorkLimit = Code(value: .ownerWorkLimit)
         /// No job with that id (it may have been pruned).
         public static let notFound = Code(value: .notFound)
         /// The caller's lease token no longer owns the job (re-claimed, canceled, recovered).

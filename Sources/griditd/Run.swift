@@ -151,7 +151,7 @@ func parseBytes(_ text: String) -> Int? {
         scale = u
         digits.removeLast()
     }
-    guard let n = Double(digits), n >= 0 else { return nil }
+    guard let n = Double(digits), n >= 0, n * Double(scale) < 0x1p62 else { return nil }  // Int(_:) traps past Int.max
     return Int(n * Double(scale))
 }
 

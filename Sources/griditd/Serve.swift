@@ -1,6 +1,7 @@
 // `griditd serve`: parse, set up logging, hand over to GriditDaemon. No logic lives here.
 import ArgumentParser
 import Foundation
+import GriditAPI
 import GriditBackend
 import GriditDaemon
 import GriditStore
@@ -36,6 +37,39 @@ struct Serve: AsyncParsableCommand {
 
     @Option(help: "Most waiting + running jobs; beyond, a submit gets queue_full.")
     var maxQueued = 1000
+
+    @Option(help: "Most waiting + running jobs of one user who is not an admin; beyond, a submit gets user_limit.")
+    var maxQueuedPerUser = 100
+
+    @Option(
+        help: ArgumentHelp(
+            "Most estimated compute of one non-admin user's waiting + running jobs (90m, 24h, 2d), at the nominal rate of `griditd run --dry-run`.",
+            valueName: "duration"))
+    var maxWorkPerUser = "24h"
+
+    @Option(parsing: .unconditional, help: "Lowest priority a user who is not an admin may give a job.")
+    var memberPriorityMin = -1000
+
+    @Option(parsing: .unconditional, help: "Highest priority a user who is not an admin may give a job (admins' default is 0).")
+    var memberPriorityMax = 0
+
+    @Option(help: "Most open connections to the socket; beyond, a client gets 503.")
+    var maxConnections = 512
+
+    @Option(help: "Most open connections of one user (uid).")
+    var maxConnectionsPerUser = 32
+
+    @Option(help: "Connections of --max-connections kept for root, griditd's user and the admin group.")
+    var adminConnections = 32
+
+    @Option(help: "Seconds a client has to send a request's headers (from connecting, or from its first byte on a reused connection).")
+    var headerTimeout: Double = 10
+
+    @Option(help: "Seconds a client has to send a request's body after its headers.")
+    var bodyTimeout: Double = 30
+
+    @Option(help: "Seconds an open connection may wait without a request, or without reading the answer, before it is closed.")
+    var idleTimeout: Double = 60
 
     @Option(help: "Longest sequence a job may ask for, in frames.")
     var maxLength = 100_000
@@ -73,18 +107,45 @@ struct Serve: AsyncParsableCommand {
         if let n = blasThreads, !(1...1024).contains(n) { throw ValidationError("--blas-threads must be 1...1024") }
         guard maxQueued >= 1 else { throw ValidationError("--max-queued must be at least 1") }
         guard maxLength >= 1 else { throw ValidationError("--max-length must be at least 1") }
-        guard lease >= 5 else { throw ValidationError("--lease must be at least 5 seconds") }
-        guard stopTimeout > 0 else { throw ValidationError("--stop-timeout must be positive") }
+        try Self.checkSeconds(lease, "--lease", 5...86_400)
+        try Self.checkSeconds(stopTimeout, "--stop-timeout", 1...86_400)
+        try Self.checkSeconds(headerTimeout, "--header-timeout", 1...3600)
+        try Self.checkSeconds(bodyTimeout, "--body-timeout", 1...3600)
+        try Self.checkSeconds(idleTimeout, "--idle-timeout", 1...86_400)
+        guard maxQueuedPerUser >= 1 else { throw ValidationError("--max-queued-per-user must be at least 1") }
+        guard parseDuration(maxWorkPerUser) != nil else {
+            throw ValidationError("--max-work-per-user '\(maxWorkPerUser)' is not a duration like 90m, 24h or 2d")
+        }
+        let priorities = DaemonConfiguration.priorities
+        guard priorities.contains(memberPriorityMin), priorities.contains(memberPriorityMax), memberPriorityMin <= memberPriorityMax else {
+            throw ValidationError("--member-priority-min and --member-priority-max must lie in \(priorities), min ≤ max")
+        }
+        guard (1...100_000).contains(maxConnections) else { throw ValidationError("--max-connections must be 1...100000") }
+        guard (1...maxConnections).contains(maxConnectionsPerUser) else {
+            throw ValidationError("--max-connections-per-user must be 1...--max-connections")
+        }
+        guard (0..<maxConnections).contains(adminConnections) else {
+            throw ValidationError("--admin-connections must be 0 or more and less than --max-connections")
+        }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level '\(logLevel)'") }
         guard let budget = parseBytes(memoryBudget), budget >= 1 << 20 else {
             throw ValidationError("--memory-budget '\(memoryBudget)' is not a size of at least 1M (e.g. 512M, 2G)")
         }
         guard (1...1024).contains(maxBatch) else { throw ValidationError("--max-batch must be 1...1024") }
         guard (1...64).contains(maxBatchJobs) else { throw ValidationError("--max-batch-jobs must be 1...64") }
-        guard keepAlive >= 0 && keepAlive.isFinite else { throw ValidationError("--keep-alive must be 0 or more seconds") }
+        try Self.checkSeconds(keepAlive, "--keep-alive", 0...(365 * 86_400))
+    }
+
+    /// A finite number of seconds in `range` (Duration and the database's milliseconds trap on
+    /// larger ones).
+    private static func checkSeconds(_ value: Double, _ name: String, _ range: ClosedRange<Double>) throws {
+        guard range.contains(value) else {
+            throw ValidationError("\(name) must be \(Int(range.lowerBound)) to \(Int(range.upperBound)) seconds (got \(value))")
+        }
     }
 
     func run() async throws {
+        umask(0o027)  // as the unit's UMask=: what griditd writes is never world-readable, in the foreground too
         let level = Logger.Level(rawValue: logLevel) ?? .info
         let sink = DaemonLogHandler.detectSink()
         LoggingSystem.bootstrap { label in DaemonLogHandler(label: label, sink: sink, level: level) }
@@ -106,6 +167,15 @@ struct Serve: AsyncParsableCommand {
         configuration.maxBatchItems = maxBatch
         configuration.maxBatchJobs = maxBatchJobs
         configuration.modelKeepAlive = keepAlive
+        configuration.maxQueuedPerUser = maxQueuedPerUser
+        configuration.maxWorkPerUser = parseDuration(maxWorkPerUser) ?? configuration.maxWorkPerUser
+        configuration.memberPriorities = memberPriorityMin...memberPriorityMax
+        configuration.http.maxConnections = maxConnections
+        configuration.http.maxConnectionsPerUser = maxConnectionsPerUser
+        configuration.http.adminConnections = adminConnections
+        configuration.http.headerTimeout = .seconds(headerTimeout)
+        configuration.http.bodyTimeout = .seconds(bodyTimeout)
+        configuration.http.idleTimeout = .seconds(idleTimeout)
         let sites = (siteRoots + (ProcessInfo.processInfo.environment["GRIDIT_SITE_ROOTS"] ?? "").split(separator: ":").map(String.init))
             .map(absolute)
 

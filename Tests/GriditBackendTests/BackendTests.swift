@@ -19,10 +19,17 @@ struct EngineExecutorTests {
     @Test("submits are checked against the pipeline: bad parameters and missing models fail with their class")
     func validation() async throws {
         let h = try Harness()
-        try await h.executor.validate(length: 40, parameters: GenerationParameters(seed: 1), pipelineDigest: h.digest)
+        // The estimate (what the per-user work limit adds up) grows with the frames and the steps.
+        let estimate = try await h.executor.validate(length: 40, parameters: GenerationParameters(seed: 1), pipelineDigest: h.digest)
+        #expect(estimate > 0)
+        let longer = try await h.executor.validate(length: 400, parameters: GenerationParameters(seed: 1), pipelineDigest: h.digest)
+        #expect(longer > 5 * estimate, "\(estimate) s for 40 frames, \(longer) s for 400")
+        let slower = try await h.executor.validate(
+            length: 40, parameters: GenerationParameters(seed: 1, steps: "1000", srSteps: "1000"), pipelineDigest: h.digest)
+        #expect(slower > 5 * estimate, "\(estimate) s at the default steps, \(slower) s at 1000")
         func failure(_ length: Int, _ parameters: GenerationParameters, digest: String?) async -> JobFailure? {
             do {
-                try await h.executor.validate(length: length, parameters: parameters, pipelineDigest: digest)
+                _ = try await h.executor.validate(length: length, parameters: parameters, pipelineDigest: digest)
                 return nil
             } catch {
                 return error

@@ -25,6 +25,12 @@ struct CLITests {
         #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["jobs", "list", "--state", "zombie"]) }
         #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["models", "verify"]) }
         #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["jobs", "prune", "--older-than", "soon"]) }
+        #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["jobs", "prune", "--older-than", "1e400s"]) }
+        // Non-finite or out-of-range numbers are usage errors, not a crash in the JSON encoder.
+        for eta in ["nan", "inf", "-0.5", "2"] {
+            #expect(throws: (any Error).self, "--eta \(eta)") { try Griditctl.parseAsRoot(["submit", "--length", "4", "--eta", eta]) }
+        }
+        #expect(try Griditctl.parseAsRoot(["submit", "--length", "4", "--eta", "0.5"]) is Submit)
         #expect(try Griditctl.parseAsRoot(["jobs"]) is Jobs.List, "jobs lists by default")
         #expect(try Griditctl.parseAsRoot(["jobs", "ls", "--state", "queued,running"]) is Jobs.List)
         #expect(try Griditctl.parseAsRoot(["models", "verify", "--all"]) is Models.Verify)
@@ -53,8 +59,8 @@ struct CLITests {
 
     @Test("ages and durations")
     func ages() {
-        #expect(parseAge("90s") == 90 && parseAge("30m") == 1800 && parseAge("12h") == 43_200 && parseAge("7d") == 604_800)
-        #expect(parseAge("15") == 15 && parseAge("soon") == nil && parseAge("-3d") == nil)
+        #expect(parseDuration("90s") == 90 && parseDuration("30m") == 1800 && parseDuration("12h") == 43_200 && parseDuration("7d") == 604_800)
+        #expect(parseDuration("15") == 15 && parseDuration("soon") == nil && parseDuration("-3d") == nil)
         #expect(Rendering.duration(5) == "5s" && Rendering.duration(245) == "4m05s" && Rendering.duration(7800) == "2h10m")
         let now = Date(timeIntervalSince1970: 1_000_000)
         #expect(Rendering.ago(now.addingTimeInterval(-300), now: now) == "5 minutes ago")

@@ -48,7 +48,7 @@ struct OpenAPITests {
     func errorCodesDocumented() throws {
         let text = try String(contentsOfFile: Self.documentPath, encoding: .utf8)
         for code in ["bad_request", "not_found", "forbidden", "conflict", "invalid_transition", "payload_too_large",
-                     "method_not_allowed", "queue_full", "not_implemented", "unavailable", "digest_mismatch", "internal"] {
+                     "method_not_allowed", "queue_full", "user_limit", "request_timeout", "not_implemented", "unavailable", "digest_mismatch", "internal"] {
             #expect(text.contains(code), "\(code) missing from docs/openapi.yaml")
         }
     }

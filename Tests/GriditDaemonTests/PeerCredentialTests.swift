@@ -1,6 +1,7 @@
 // Authorization from SO_PEERCRED with real processes of other uids (setpriv). griditd runs as
-// root here with `--group users`: the socket is 0660 root:users, members of `users` may submit
-// and manage their own jobs.
+// root here with `--group users --admin-group root`: the socket is 0666 root:users, griditd
+// refuses everyone outside both groups, members of `users` submit and manage their own jobs
+// within their limits, members of `root` (the admin group here) do everything.
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -44,7 +45,7 @@ struct PeerCredentialTests {
     }
 
     @Test(
-        "a caller outside the group cannot connect; a member cannot cancel another member's job",
+        "a caller outside the groups is refused; a member cannot cancel another member's job",
         .enabled(if: canSwitchUsers, "needs root, /usr/bin/setpriv, a 'users' group and a Swift runtime other uids can load"))
     func authorization() throws {
         let dir = try ShortTemporaryDirectory()
@@ -55,7 +56,7 @@ struct PeerCredentialTests {
         let client = try Self.installClient(in: dir)
         var st = stat()
         #expect(stat(daemon.socket, &st) == 0)
-        #expect(st.st_mode & 0o777 == 0o660)
+        #expect(st.st_mode & 0o777 == 0o666, "griditd checks the groups itself")
         #expect(st.st_gid == Self.usersGID)
 
         let alice: uid_t = 40_001, bob: uid_t = 40_002, mallory: uid_t = 40_003
@@ -64,10 +65,10 @@ struct PeerCredentialTests {
         let job = try APICoding.decoder().decode(SubmitJobResponse.self, from: Data(submitted.stdout.utf8)).job
         #expect(job.ownerUID == alice)
 
-        // Not in the group: the socket mode stops the connection itself.
+        // In neither group: refused on connecting, before griditd reads a byte.
         let outsider = try Self.griditctl(client, uid: mallory, gid: mallory, ["status"], socket: daemon.socket)
         #expect(outsider.status == 77, "\(outsider.stderr)")
-        #expect(outsider.stderr.contains("permission denied on \(daemon.socket)"))
+        #expect(outsider.stderr.contains("uid \(mallory) is not a member of the group 'users'"), "\(outsider.stderr)")
 
         // Another member: may not cancel, see or retry alice's job, nor pause the queue.
         let cancel = try Self.griditctl(client, uid: bob, gid: Self.usersGID, ["jobs", "cancel", String(job.id)], socket: daemon.socket)
@@ -108,4 +109,160 @@ struct PeerCredentialTests {
 /// The body of a model command's answer.
 struct ModelShowEnvelope: Decodable {
     var result: ModelShowResult
+}
+
+/// Tests of limits that need several uids at once.
+@Suite("per-user limits", .serialized)
+struct PerUserLimitTests {
+    static let users = PeerCredentialTests.usersGID
+    static let alice: uid_t = 40_011, bob: uid_t = 40_012, carol: uid_t = 40_013, dave: uid_t = 40_014
+
+    @Test(
+        "a user only in the admin group connects and administers",
+        .enabled(if: PeerCredentialTests.canSwitchUsers, "needs root, /usr/bin/setpriv and a 'users' group"))
+    func adminOnlyUser() throws {
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        let daemon = try DaemonProcess(directory: dir, arguments: ["--group", "users", "--admin-group", "root"])
+        defer { daemon.stop() }
+        let client = try PeerCredentialTests.installClient(in: dir)
+        // uid 40010 with the admin group (root, gid 0) and not `users`: a 0660 socket shut it out.
+        let pause = try PeerCredentialTests.griditctl(client, uid: 40_010, gid: 0, ["queue", "pause"], socket: daemon.socket)
+        #expect(pause.status == 0, "\(pause.stderr)")
+        #expect(try daemon.client.get("/v1/queue", as: QueueStatus.self).paused)
+        let doctor = try PeerCredentialTests.griditctl(client, uid: 40_010, gid: 0, ["doctor"], socket: daemon.socket)
+        #expect(doctor.stdout.contains("may use griditd, as an admin"), "\(doctor.stdout)")
+        #expect(daemon.stop() == 0)
+    }
+
+    @Test(
+        "members: jobs and estimated compute per user, a priority range; admins are not bound by them",
+        .enabled(if: PeerCredentialTests.canSwitchUsers, "needs root, /usr/bin/setpriv and a 'users' group"))
+    func submitLimits() throws {
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        // The tiny pipeline's 4 frames: ~0.00004 s at the default steps, ~0.012 s at 1000 steps.
+        let daemon = try DaemonProcess(
+            directory: dir,
+            arguments: [
+                "--group", "users", "--admin-group", "root", "--max-queued-per-user", "2", "--max-work-per-user", "0.01s",
+                "--member-priority-max", "5", "--start-paused",
+            ],
+            model: tinyPipeline())
+        defer { daemon.stop() }
+        let client = try PeerCredentialTests.installClient(in: dir)
+        func alice(_ arguments: [String]) throws -> ProcessResult {
+            try PeerCredentialTests.griditctl(client, uid: Self.alice, gid: Self.users, ["submit", "--length", "4"] + arguments, socket: daemon.socket)
+        }
+        let costly = try alice(["--steps", "1000", "--sr-steps", "1000"])
+        #expect(costly.status == 75, "\(costly.stderr)")
+        #expect(costly.stderr.contains("estimated compute") && costly.stderr.contains("--max-work-per-user"), "\(costly.stderr)")
+        let urgent = try alice(["--priority", "6"])
+        #expect(urgent.status == 77 && urgent.stderr.contains("--member-priority-max"), "\(urgent.stderr)")
+        #expect(try alice(["--priority", "5"]).status == 0)
+        #expect(try alice([]).status == 0)
+        let third = try alice([])
+        #expect(third.status == 75, "\(third.stderr)")
+        #expect(third.stderr.contains("has 2 jobs queued or running") && third.stderr.contains("--max-queued-per-user"), "\(third.stderr)")
+        // Another member has a share of their own; root is bound by the queue's size alone.
+        let bob = try PeerCredentialTests.griditctl(client, uid: Self.bob, gid: Self.users, ["submit", "--length", "4"], socket: daemon.socket)
+        #expect(bob.status == 0, "\(bob.stderr)")
+        let root = try daemon.client.post(
+            "/v1/jobs", SubmitJobRequest(length: 4, parameters: GenerationParameters(steps: "1000", srSteps: "1000"), priority: 1000),
+            as: SubmitJobResponse.self)
+        #expect(root.job.queuePosition == 1)
+        #expect(daemon.stop() == 0)
+    }
+
+    @Test(
+        "idle connections: a user holds at most its share, users never take the admins' reserve",
+        .enabled(if: PeerCredentialTests.canSwitchUsers && FileManager.default.isExecutableFile(atPath: "/usr/bin/perl"),
+                 "needs root, /usr/bin/setpriv, a 'users' group and perl"))
+    func connectionLimits() throws {
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        let daemon = try DaemonProcess(
+            directory: dir,
+            arguments: [
+                "--group", "users", "--admin-group", "root", "--max-connections", "12", "--max-connections-per-user", "4",
+                "--admin-connections", "4", "--header-timeout", "600",
+            ])
+        defer { daemon.stop() }
+        let client = try PeerCredentialTests.installClient(in: dir)
+        let script = dir.file("hold.pl")
+        try Self.holder.write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o644)
+        var holders: [(Process, String)] = []
+        // SIGKILL: the test process ignores SIGTERM (ServiceLifecycle's signal handling), and
+        // its children inherit that.
+        func stop(_ p: Process) {
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+            p.waitUntilExit()
+        }
+        defer { for (p, _) in holders { stop(p) } }
+        func hold(_ uid: uid_t, refusedAtLeast refused: Int) throws -> String {
+            let output = dir.file("hold-\(uid).txt")
+            _ = FileManager.default.createFile(atPath: output, contents: nil)
+            chmod(output, 0o666)
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+            p.arguments = ["--reuid=\(uid)", "--regid=\(Self.users)", "--clear-groups", "--", "/usr/bin/perl", script, daemon.socket, "10", output]
+            try p.run()
+            holders.append((p, output))
+            let deadline = Date().addingTimeInterval(60)
+            while true {
+                let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+                if text.components(separatedBy: "\n").filter({ $0.hasPrefix("closed 503") }).count >= refused { return text }
+                guard Date() < deadline, p.isRunning else { throw TestFailure("holder \(uid): \(text)") }
+                usleep(20_000)
+            }
+        }
+        // Ten idle connections each: alice and bob keep 4, the rest are refused at once.
+        #expect(try hold(Self.alice, refusedAtLeast: 6).contains("max-connections-per-user"))
+        _ = try hold(Self.bob, refusedAtLeast: 6)
+        // 8 open = 12 - 4 kept for admins: carol gets none, root still gets in.
+        let carol = try hold(Self.carol, refusedAtLeast: 10)
+        #expect(carol.contains("kept for root and the group 'root'"), "\(carol)")
+        #expect(try daemon.client.get("/v1/version", as: VersionInfo.self).version == griditVersion)
+        let dave = try PeerCredentialTests.griditctl(client, uid: Self.dave, gid: Self.users, ["status"], socket: daemon.socket)
+        #expect(dave.status == 75 && dave.stderr.contains("retry shortly"), "\(dave.stderr)")
+        for (p, _) in holders { stop(p) }
+        // Their connections closed, users get in again.
+        let deadline = Date().addingTimeInterval(60)
+        var again = try PeerCredentialTests.griditctl(client, uid: Self.dave, gid: Self.users, ["status"], socket: daemon.socket)
+        while again.status != 0 && Date() < deadline {
+            usleep(100_000)
+            again = try PeerCredentialTests.griditctl(client, uid: Self.dave, gid: Self.users, ["status"], socket: daemon.socket)
+        }
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(daemon.stop() == 0)
+    }
+
+    /// Opens N connections to a socket, sends nothing, and writes a line to a file for each one
+    /// griditd closes: `closed <status> <body>` (status `none` when closed without an answer).
+    static let holder = #"""
+        use strict; use warnings; use IO::Socket::UNIX; use IO::Select; use Socket;
+        my ($path, $n, $out) = @ARGV;
+        open(my $log, '>>', $out) or die "open $out: $!";
+        $log->autoflush(1);
+        my $select = IO::Select->new;
+        my %got;
+        for (1 .. $n) {
+            my $c = IO::Socket::UNIX->new(Type => SOCK_STREAM, Peer => $path) or die "connect: $!";
+            $select->add($c);
+            $got{$c} = '';
+        }
+        print $log "connected $n\n";
+        while ($select->count) {
+            for my $c ($select->can_read(1)) {
+                my $r = sysread($c, my $buffer, 65536);
+                if ($r) { $got{$c} .= $buffer; next; }
+                my ($status) = $got{$c} =~ m{^HTTP/1\.1 (\d+)};
+                (my $body = $got{$c}) =~ s/\s+/ /g;
+                print $log "closed " . ($status // 'none') . " $body\n";
+                $select->remove($c);
+                close $c;
+            }
+        }
+        """#
 }

@@ -161,6 +161,13 @@ final class DaemonProcess: @unchecked Sendable {
 /// Sends raw bytes on a fresh connection and returns everything the server answers before
 /// closing (or within `timeout`).
 func rawExchange(_ socketPath: String, _ bytes: [UInt8], timeout: Int = 10, halfClose: Bool = false) throws -> String {
+    try exchange(socketPath, bytes, timeout: timeout, halfClose: halfClose).answer
+}
+
+/// `rawExchange`, and whether the server closed the connection (rather than `timeout` passing).
+func exchange(
+    _ socketPath: String, _ bytes: [UInt8], timeout: Int = 10, halfClose: Bool = false
+) throws -> (answer: String, closedByServer: Bool) {
     let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw TestFailure("socket()") }
     defer { close(fd) }
@@ -178,10 +185,10 @@ func rawExchange(_ socketPath: String, _ bytes: [UInt8], timeout: Int = 10, half
     var buffer = [UInt8](repeating: 0, count: 65536)
     while true {
         let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-        if n <= 0 { break }
+        // A server that closes with our bytes unread gives ECONNRESET rather than EOF.
+        if n <= 0 { return (String(decoding: received, as: UTF8.self), n == 0 || errno == ECONNRESET) }
         received += buffer[0..<n]
     }
-    return String(decoding: received, as: UTF8.self)
 }
 
 /// An HTTP request as bytes.

@@ -31,7 +31,9 @@ final class ScriptedExecutor: JobExecutor {
     var threads: Set<String> { state.withLock { $0.threads } }
     func stopSeen(_ id: Int64) -> StopReason? { state.withLock { $0.stops[id] } }
 
-    func validate(length: Int, parameters: GenerationParameters, pipelineDigest: String?) async throws(JobFailure) {}
+    func validate(length: Int, parameters: GenerationParameters, pipelineDigest: String?) async throws(JobFailure) -> TimeInterval {
+        Double(length)  // a second a frame
+    }
 
     /// Runs the items one after the other, taking in the jobs `admit` offers between steps (as
     /// the engine does between batched forwards); each joins the batch's record.
@@ -126,7 +128,7 @@ struct WorkerHarness {
         }
     }
 
-    func waitUntil(_ what: String, timeout: Double = 30, _ condition: () async throws -> Bool) async throws {
+    func waitUntil(_ what: String, timeout: Double = 120, _ condition: () async throws -> Bool) async throws {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             if try await condition() { return }
@@ -157,7 +159,7 @@ struct WorkerServiceTests {
         #expect(h.executor.batches == [[urgent], [a, b], [other]])
         #expect(h.executor.threads == ["gridit-worker"], "the engine must run on the dedicated thread")
         let job = try await h.store.get(id: a)
-        #expect(job.outputDir == h.context.layout.outputDirectory(name: "job-\(a)"))
+        #expect(job.outputDir == h.context.layout.automaticOutputDirectory(job: a))
         #expect(job.progress.gridsDone == 2)
         #expect(FileManager.default.fileExists(atPath: job.outputDir! + "/sequence.json"))
         #expect(!FileManager.default.fileExists(atPath: h.context.layout.workDirectory(job: a)), "work folder removed")

@@ -45,6 +45,9 @@ struct JobStoreConformance: Sendable {
         Case(name: "counts by state") { try await $0.countsByState() },
         Case(name: "prune by state") { try await $0.pruneByState() },
         Case(name: "list the newest jobs") { try await $0.listNewest() },
+        Case(name: "job ids are never reused, not even a pruned job's") { try await $0.idsNeverReused() },
+        Case(name: "per-owner limits on live jobs and estimated work") { try await $0.ownerLimits() },
+        Case(name: "prune with a huge age; a negative or NaN one is refused") { try await $0.pruneExtremeAges() },
     ]
 
     // MARK: - Cases
@@ -441,6 +444,60 @@ struct JobStoreConformance: Sendable {
         #expect(try await store.list(JobFilter()).map(\.id) == [recent, waiting])
         #expect(try await store.prune(olderThan: 100, now: at(600)).map(\.id) == [recent])
         #expect(try await store.list(JobFilter()).map(\.id) == [waiting])
+    }
+
+    func idsNeverReused() async throws {
+        let store = try await makeStore()
+        var ids: [Int64] = []
+        for _ in 0..<3 { ids.append(try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(0)).job.id) }
+        for id in ids.suffix(2) { _ = try await store.cancel(id: id, requesterUID: 1, isAdmin: false, now: at(1)) }
+        #expect(try await store.prune(olderThan: 0, now: at(2)).map(\.id) == Array(ids.suffix(2)))
+        // The newest ids are gone; the next job must not get one of them (nor its folders).
+        let next = try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(3)).job.id
+        #expect(next > ids.max()!, "job id \(next) handed out again after a prune of \(ids)")
+    }
+
+    func ownerLimits() async throws {
+        let store = try await makeStore()
+        let limits = SubmitLimits(maxQueued: 100, maxQueuedPerOwner: 2, maxWorkPerOwner: 100)
+        func work(_ seconds: Double, key: String? = nil) -> JobSubmission {
+            JobSubmission(params: sampleParams, length: 4, idempotencyKey: key, workSeconds: seconds)
+        }
+        let first = try await store.submit(work(60, key: "k"), owner: 1, limits: limits, now: at(0)).job
+        #expect(first.workSeconds == 60)
+        let tooMuch = await storeError { try await store.submit(work(41), owner: 1, limits: limits, now: at(0)) }
+        #expect(tooMuch?.code == .ownerWorkLimit)
+        #expect(tooMuch?.message.contains("uid 1") == true && tooMuch?.message.contains("(60 s)") == true, "\(tooMuch?.message ?? "")")
+        _ = try await store.submit(work(40), owner: 1, limits: limits, now: at(0))
+        let third = await storeError { try await store.submit(work(0), owner: 1, limits: limits, now: at(0)) }
+        #expect(third?.code == .ownerJobLimit)
+        #expect(third?.message.contains("has 2 jobs queued or running") == true, "\(third?.message ?? "")")
+        // A repeated idempotent submit returns its job whatever the limits; others' jobs are theirs.
+        #expect(try await store.submit(work(60, key: "k"), owner: 1, limits: limits, now: at(0)).job.id == first.id)
+        _ = try await store.submit(work(100), owner: 2, limits: limits, now: at(0))
+        _ = try await store.submit(work(1_000_000), owner: 3, maxQueued: 100, now: at(0))
+        // A finished job frees its share; a running one still counts.
+        let claimed = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(1)))
+        #expect(claimed.job.id == first.id)
+        #expect(await storeError { try await store.submit(work(0), owner: 1, limits: limits, now: at(1)) }?.code == .ownerJobLimit)
+        _ = try await store.complete(id: first.id, token: claimed.token, outputDir: "/o", now: at(2))
+        _ = try await store.submit(work(60), owner: 1, limits: limits, now: at(3))
+        #expect(await storeError { try await store.submit(work(-1), owner: 4, maxQueued: 100, now: at(3)) }?.code == .invalidArgument)
+        #expect(await storeError { try await store.submit(work(.nan), owner: 4, maxQueued: 100, now: at(3)) }?.code == .invalidArgument)
+    }
+
+    func pruneExtremeAges() async throws {
+        let store = try await makeStore()
+        let id = try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(0)).job.id
+        _ = try await store.cancel(id: id, requesterUID: 1, isAdmin: false, now: at(1))
+        // `jobs prune --older-than 1e300s` once trapped converting the cutoff to milliseconds.
+        for age: TimeInterval in [1e300, .greatestFiniteMagnitude, .infinity] {
+            #expect(try await store.prune(olderThan: age, now: at(2)).isEmpty)
+        }
+        for age: TimeInterval in [-1, -.infinity, .nan] {
+            #expect(await storeError { try await store.prune(olderThan: age, now: at(2)) }?.code == .invalidArgument)
+        }
+        #expect(try await store.prune(olderThan: 0, now: at(2)).map(\.id) == [id])
     }
 
     func listAndPositions() async throws {

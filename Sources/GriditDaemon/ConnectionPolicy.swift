@@ -1,0 +1,282 @@
+// Who may hold a connection to the control socket, and for how long a client may keep one
+// without sending a request or reading the answer: the defence against slow and idle clients
+// (slowloris), which once locked everyone out with 600 idle connections, root included.
+import GriditAPI
+import NIOCore
+import NIOHTTP1
+import Synchronization
+
+/// Open connections in all and per uid, and whether one more may open. A value type, so the
+/// rules are tested without sockets; `ConnectionLimiter` holds it under a lock.
+struct ConnectionTable {
+    enum Refusal: Equatable {
+        /// All `maxConnections` are open.
+        case full
+        /// The free ones are the admins' reserve.
+        case reservedForAdmins
+        /// This uid holds `maxConnectionsPerUser` already.
+        case perUser(open: Int)
+    }
+
+    private(set) var total = 0
+    private(set) var byUID: [UInt32: Int] = [:]
+
+    /// Takes a connection for `caller`, or says why not. Admins are bounded by `maxConnections`
+    /// alone; everyone else by their own limit and by the total less the admins' reserve.
+    mutating func enter(_ caller: Caller, limits: HTTPServerLimits) -> Refusal? {
+        let mine = byUID[caller.uid, default: 0]
+        if caller.isAdmin {
+            guard total < limits.maxConnections else { return .full }
+        } else {
+            guard mine < limits.maxConnectionsPerUser else { return .perUser(open: mine) }
+            guard total < limits.maxConnections - limits.adminConnections else {
+                return total < limits.maxConnections ? .reservedForAdmins : .full
+            }
+        }
+        total += 1
+        byUID[caller.uid] = mine + 1
+        return nil
+    }
+
+    mutating func leave(_ caller: Caller) {
+        total -= 1
+        let left = byUID[caller.uid, default: 1] - 1
+        byUID[caller.uid] = left > 0 ? left : nil
+    }
+}
+
+/// `ConnectionTable` shared by the connections' tasks.
+final class ConnectionLimiter: Sendable {
+    private let table = Mutex(ConnectionTable())
+    let limits: HTTPServerLimits
+    let adminGroup: String?
+
+    init(limits: HTTPServerLimits, adminGroup: String?) {
+        self.limits = limits
+        self.adminGroup = adminGroup
+    }
+
+    /// Nil when `caller` may open one more connection (then `leave` it once closed); else the
+    /// answer that names the limit.
+    func enter(_ caller: Caller) -> APIError? {
+        let limits = self.limits
+        guard let refusal = table.withLock({ $0.enter(caller, limits: limits) }) else { return nil }
+        let admins = "root and the group '\(adminGroup ?? "gridit-admin")'"
+        switch refusal {
+        case .full:
+            return APIError(
+                .unavailable, "griditd is serving \(limits.maxConnections) connections already (--max-connections); retry shortly")
+        case .reservedForAdmins:
+            return APIError(
+                .unavailable,
+                "griditd is serving every connection users may open (the last \(limits.adminConnections) of "
+                    + "--max-connections \(limits.maxConnections) are kept for \(admins)); retry shortly")
+        case .perUser(let open):
+            return APIError(
+                .unavailable,
+                "uid \(caller.uid) has \(open) connections open to griditd already, the most one user may have "
+                    + "(--max-connections-per-user); close some (each `griditctl jobs watch` holds one) and retry")
+        }
+    }
+
+    func leave(_ caller: Caller) { table.withLock { $0.leave(caller) } }
+}
+
+/// The deadlines of one connection: the request head must arrive within `headerTimeout` (from
+/// connecting, or from the first byte of a request on a kept-alive connection), its body within
+/// `bodyTimeout` of the head; a connection waiting for its next request, or whose client stops
+/// reading the answer, is closed after `idleTimeout`. Pure: the handler feeds it events and
+/// instants and acts on what `expired` says.
+struct ConnectionTimeouts {
+    enum Expiry: Equatable { case header, body, idle }
+
+    enum Phase: Equatable {
+        case waitingForHead, readingBody, responding, idle
+    }
+
+    let limits: HTTPServerLimits
+    private(set) var phase = Phase.waitingForHead
+    /// When the current phase runs out; nil while griditd answers and the client reads.
+    private(set) var deadline: NIODeadline?
+
+    init(limits: HTTPServerLimits, connectedAt now: NIODeadline) {
+        self.limits = limits
+        deadline = now + TimeAmount(limits.headerTimeout)
+    }
+
+    /// Bytes came in: on an idle connection they start the next request's head.
+    mutating func bytesArrived(at now: NIODeadline) {
+        guard phase == .idle else { return }
+        phase = .waitingForHead
+        deadline = now + TimeAmount(limits.headerTimeout)
+    }
+
+    mutating func headReceived(at now: NIODeadline) {
+        phase = .readingBody
+        deadline = now + TimeAmount(limits.bodyTimeout)
+    }
+
+    mutating func requestEnded() {
+        phase = .responding
+        deadline = nil
+    }
+
+    mutating func responseEnded(at now: NIODeadline) {
+        phase = .idle
+        deadline = now + TimeAmount(limits.idleTimeout)
+    }
+
+    /// While griditd answers, a client that stops reading has `idleTimeout` to start again.
+    mutating func writabilityChanged(writable: Bool, at now: NIODeadline) {
+        guard phase == .responding else { return }
+        deadline = writable ? nil : now + TimeAmount(limits.idleTimeout)
+    }
+
+    func expired(at now: NIODeadline) -> Expiry? {
+        guard let deadline, now >= deadline else { return nil }
+        switch phase {
+        case .waitingForHead: return .header
+        case .readingBody: return .body
+        case .responding, .idle: return .idle
+        }
+    }
+}
+
+extension TimeAmount {
+    init(_ duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        self = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+}
+
+/// Applies `ConnectionTimeouts` to a channel: watches the request parts coming in and the
+/// response parts going out, and closes the connection when a deadline passes (with a 408 when
+/// a request's body was too slow to arrive).
+final class ConnectionTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private var timeouts: ConnectionTimeouts
+    private var timer: Scheduled<Void>?
+
+    init(limits: HTTPServerLimits) {
+        timeouts = ConnectionTimeouts(limits: limits, connectedAt: .now())
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { rearm(context) }
+
+    func handlerRemoved(context: ChannelHandlerContext) { timer?.cancel() }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head: timeouts.headReceived(at: .now())
+        case .body: break
+        case .end: timeouts.requestEnded()
+        }
+        rearm(context)
+        context.fireChannelRead(data)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        // Also reached when the decoder has taken bytes without a whole head yet.
+        timeouts.bytesArrived(at: .now())
+        rearm(context)
+        context.fireChannelReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        timeouts.writabilityChanged(writable: context.channel.isWritable, at: .now())
+        rearm(context)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .end = unwrapOutboundIn(data) {
+            timeouts.responseEnded(at: .now())
+            rearm(context)
+        }
+        context.write(data, promise: promise)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        context.fireChannelInactive()
+    }
+
+    private func rearm(_ context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        guard let deadline = timeouts.deadline else { return }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(deadline: deadline) {
+            let (handler, context) = bound.value
+            handler.fire(context)
+        }
+    }
+
+    private func fire(_ context: ChannelHandlerContext) {
+        guard let expiry = timeouts.expired(at: .now()) else { return rearm(context) }
+        let limits = timeouts.limits
+        switch expiry {
+        case .header, .idle:
+            // No request to answer (NIO's pipelining handler allows no answer before a head),
+            // so the connection just closes, as nginx does on its header timeout.
+            context.close(promise: nil)
+        case .body:
+            let error = APIError(
+                .requestTimeout,
+                "the request's body did not arrive within \(limits.bodyTimeout.components.seconds) s "
+                    + "(--body-timeout of griditd); send the whole request at once")
+            ErrorAnswer.writeAndClose(context, status: .requestTimeout, error: error, wrap: wrapOutboundOut)
+        }
+    }
+}
+
+/// Error answers for failures found below the request handler, then the connection closed.
+enum ErrorAnswer {
+    /// Written into the HTTP pipeline (a malformed request, a body too slow to arrive).
+    static func writeAndClose(
+        _ context: ChannelHandlerContext, status: HTTPResponseStatus, error: APIError,
+        wrap: (HTTPServerResponsePart) -> NIOAny
+    ) {
+        let (head, body) = parts(status: status, error: error)
+        context.write(wrap(.head(head)), promise: nil)
+        context.write(wrap(.body(.byteBuffer(body))), promise: nil)
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrap(.end(nil))).whenComplete { _ in bound.value.close(promise: nil) }
+    }
+
+    /// Written below the HTTP handlers, for a connection refused before its request: NIO's
+    /// pipelining handler allows no answer before a request head (it asserts in debug builds).
+    static func refuse(_ channel: any Channel, status: HTTPResponseStatus, error: APIError) async {
+        let (head, body) = parts(status: status, error: error)
+        var bytes = ByteBuffer(string: "HTTP/1.1 \(status.code) \(status.reasonPhrase)\r\n")
+        for (name, value) in head.headers { bytes.writeString("\(name): \(value)\r\n") }
+        bytes.writeString("\r\n")
+        bytes.writeImmutableBuffer(body)
+        let answer = bytes
+        let written: EventLoopFuture<Void> = channel.eventLoop.flatSubmit {
+            do {
+                let encoder = try channel.pipeline.syncOperations.context(handlerType: HTTPResponseEncoder.self)
+                return encoder.writeAndFlush(NIOAny(IOData.byteBuffer(answer)))
+            } catch {
+                return channel.eventLoop.makeFailedFuture(error)
+            }
+        }
+        try? await written.get()
+        try? await channel.close()
+    }
+
+    private static func parts(status: HTTPResponseStatus, error: APIError) -> (HTTPResponseHead, ByteBuffer) {
+        var body = APICoding.encode(ErrorResponse(error: error), pretty: true)
+        body.append(0x0A)
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Content-Length", value: String(body.count))
+        headers.add(name: "Connection", value: "close")
+        headers.add(name: "Server", value: "griditd/\(griditVersion)")
+        return (HTTPResponseHead(version: .http1_1, status: status, headers: headers), ByteBuffer(bytes: body))
+    }
+}

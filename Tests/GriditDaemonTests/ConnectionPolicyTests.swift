@@ -1,0 +1,118 @@
+import GriditAPI
+@testable import GriditDaemon
+import GriditStore
+import NIOCore
+import Testing
+
+@Suite("connection and submit policy")
+struct ConnectionPolicyTests {
+    static func caller(_ uid: UInt32, admin: Bool = false) -> Caller {
+        Caller(credentials: PeerCredentials(pid: 1, uid: uid, gid: uid), isAdmin: admin, isMember: true)
+    }
+
+    static var limits: HTTPServerLimits {
+        var limits = HTTPServerLimits()
+        limits.maxConnections = 10
+        limits.maxConnectionsPerUser = 4
+        limits.adminConnections = 3
+        limits.headerTimeout = .seconds(10)
+        limits.bodyTimeout = .seconds(30)
+        limits.idleTimeout = .seconds(60)
+        return limits
+    }
+
+    @Test("a user gets at most its own share; users together never take the admins' reserve")
+    func connectionTable() {
+        var table = ConnectionTable()
+        let alice = Self.caller(1001), bob = Self.caller(1002), carol = Self.caller(1003), root = Self.caller(0, admin: true)
+        for _ in 0..<4 { #expect(table.enter(alice, limits: Self.limits) == nil) }
+        #expect(table.enter(alice, limits: Self.limits) == .perUser(open: 4))
+        for _ in 0..<3 { #expect(table.enter(bob, limits: Self.limits) == nil) }
+        // 7 open = 10 - 3 reserved: no user gets in, admins do, up to 10.
+        #expect(table.enter(carol, limits: Self.limits) == .reservedForAdmins)
+        for _ in 0..<3 { #expect(table.enter(root, limits: Self.limits) == nil) }
+        #expect(table.enter(root, limits: Self.limits) == .full)
+        #expect(table.enter(carol, limits: Self.limits) == .full)
+        table.leave(alice)
+        table.leave(root)
+        #expect(table.enter(carol, limits: Self.limits) == .reservedForAdmins, "9 open: the free one is the admins'")
+        table.leave(bob)
+        table.leave(bob)
+        #expect(table.enter(carol, limits: Self.limits) == nil)
+        #expect(table.byUID[1002] == 1 && table.total == 7)
+    }
+
+    @Test("refusals name the limit and what to do")
+    func refusalMessages() {
+        let limiter = ConnectionLimiter(limits: Self.limits, adminGroup: "gridit-admin")
+        for _ in 0..<4 { #expect(limiter.enter(Self.caller(1001)) == nil) }
+        let perUser = limiter.enter(Self.caller(1001))
+        #expect(perUser?.code == .unavailable)
+        #expect(perUser?.message.contains("--max-connections-per-user") == true)
+        for _ in 0..<3 { #expect(limiter.enter(Self.caller(1002)) == nil) }
+        let reserved = limiter.enter(Self.caller(1003))
+        #expect(reserved?.message.contains("kept for root and the group 'gridit-admin'") == true, "\(reserved?.message ?? "")")
+    }
+
+    @Test("a fresh connection has the header timeout; the body its own; an idle or unread one the idle timeout")
+    func timeouts() {
+        func at(_ seconds: Int64) -> NIODeadline { .uptimeNanoseconds(UInt64(1_000 + seconds) * 1_000_000_000) }
+        var t = ConnectionTimeouts(limits: Self.limits, connectedAt: at(0))
+        #expect(t.expired(at: at(9)) == nil)
+        #expect(t.expired(at: at(10)) == .header, "a client that never sends a whole head")
+        t.bytesArrived(at: at(5))
+        #expect(t.expired(at: at(10)) == .header, "bytes of the head do not extend it (slowloris)")
+        t.headReceived(at: at(6))
+        #expect(t.expired(at: at(35)) == nil)
+        #expect(t.expired(at: at(36)) == .body)
+        t.requestEnded()
+        #expect(t.expired(at: at(10_000)) == nil, "griditd may take its time to answer")
+        t.writabilityChanged(writable: false, at: at(100))
+        #expect(t.expired(at: at(160)) == .idle, "a client that stops reading the answer")
+        t.writabilityChanged(writable: true, at: at(120))
+        #expect(t.expired(at: at(10_000)) == nil)
+        t.responseEnded(at: at(200))
+        #expect(t.expired(at: at(259)) == nil)
+        #expect(t.expired(at: at(260)) == .idle, "kept alive without a next request")
+        t.bytesArrived(at: at(250))
+        #expect(t.phase == .waitingForHead && t.expired(at: at(259)) == nil && t.expired(at: at(260)) == .header)
+        t.writabilityChanged(writable: false, at: at(255))
+        #expect(t.expired(at: at(260)) == .header, "writability only matters while answering")
+    }
+
+    @Test("members use their priority range; admins any; a member's default is the allowed one nearest 0")
+    func priorities() throws {
+        var configuration = DaemonConfiguration(userGroup: "users", adminGroup: "wheel")
+        let member = Self.caller(1001), admin = Self.caller(0, admin: true)
+        #expect(try SubmitPolicy.priority(nil, caller: member, configuration: configuration) == 0)
+        #expect(try SubmitPolicy.priority(-5, caller: member, configuration: configuration) == -5)
+        #expect(try SubmitPolicy.priority(1000, caller: admin, configuration: configuration) == 1000)
+        do {
+            _ = try SubmitPolicy.priority(1, caller: member, configuration: configuration)
+            Issue.record("a member outranked the admins' default")
+        } catch {
+            #expect(error.code == .forbidden)
+            #expect(error.message.contains("-1000...0") && error.message.contains("--member-priority-max"), "\(error.message)")
+            #expect(error.message.contains("'wheel'"))
+        }
+        configuration.memberPriorities = -10...(-2)
+        #expect(try SubmitPolicy.priority(nil, caller: member, configuration: configuration) == -2)
+        configuration.memberPriorities = 3...7
+        #expect(try SubmitPolicy.priority(nil, caller: member, configuration: configuration) == 3)
+    }
+
+    @Test("per-user limits bind members, not admins")
+    func limits() {
+        var configuration = DaemonConfiguration()
+        configuration.maxQueued = 50
+        configuration.maxQueuedPerUser = 7
+        configuration.maxWorkPerUser = 3600
+        let member = SubmitPolicy.limits(for: Self.caller(1001), configuration: configuration)
+        #expect(member.maxQueued == 50 && member.maxQueuedPerOwner == 7 && member.maxWorkPerOwner == 3600)
+        let admin = SubmitPolicy.limits(for: Self.caller(0, admin: true), configuration: configuration)
+        #expect(admin.maxQueued == 50 && admin.maxQueuedPerOwner == nil && admin.maxWorkPerOwner == nil)
+        #expect(SubmitPolicy.remedy(.ownerJobLimit)?.contains("--max-queued-per-user") == true)
+        #expect(SubmitPolicy.remedy(.ownerWorkLimit)?.contains("--max-work-per-user") == true)
+        #expect(SubmitPolicy.remedy(.queueFull) == nil)
+    }
+}

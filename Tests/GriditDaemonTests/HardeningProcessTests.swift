@@ -1,0 +1,208 @@
+// The attacks of issue 16 on the real binaries, as regression tests: memory kept per status call,
+// hostile numbers, slow clients, reused job ids and output folders, state files others can read,
+// a corrupt store that `models verify` called healthy.
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import GriditAPI
+import GriditCLI
+import Testing
+
+/// Resident memory of a process in KiB.
+func residentKB(_ pid: Int32) -> Int {
+    let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+    let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+    return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0
+}
+
+/// Exited children of this process left unreaped until `reap()`: their /proc/<pid>/maps is empty,
+/// like a kernel thread's (what the status leak needed), in any container.
+final class Zombies {
+    private(set) var pids: [pid_t] = []
+
+    init(count: Int) throws {
+        for _ in 0..<count {
+            var pid: pid_t = 0
+            let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/true"), nil]
+            defer { free(argv[0]) }
+            guard posix_spawn(&pid, "/bin/true", nil, nil, argv, environ) == 0 else { throw TestFailure("posix_spawn") }
+            pids.append(pid)
+        }
+        let deadline = Date().addingTimeInterval(30)
+        while !pids.allSatisfy(Self.isZombie) {
+            guard Date() < deadline else { throw TestFailure("the children did not exit") }
+            usleep(10_000)
+        }
+    }
+
+    static func isZombie(_ pid: pid_t) -> Bool {
+        let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+        return stat.split(separator: ")").last?.split(separator: " ").first == "Z"
+    }
+
+    func reap() {
+        for pid in pids { waitpid(pid, nil, 0) }
+        pids = []
+    }
+
+    deinit { reap() }
+}
+
+@Suite("griditd hardened", .serialized)
+struct HardeningProcessTests {
+    static let ctl = binaryDirectory() + "/griditctl"
+
+    static func griditctl(_ arguments: [String], socket: String) throws -> ProcessResult {
+        try runProcess(ctl, arguments, environment: ["GRIDIT_SOCKET": socket, "PATH": "/usr/bin:/bin"])
+    }
+
+    @Test("status and models ps keep no memory per call: RSS flat over hundreds of calls")
+    func statusDoesNotLeak() throws {
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        let daemon = try DaemonProcess(directory: dir, arguments: ["--start-paused"], model: tinyPipeline())
+        defer { daemon.stop() }
+        let zombies = try Zombies(count: 32)
+        defer { zombies.reap() }
+        let client = daemon.client
+        for _ in 0..<30 {
+            _ = try client.call("GET", "/v1/status")
+            _ = try client.call("GET", "/v1/models/ps")
+        }
+        let before = residentKB(daemon.pid)
+        for _ in 0..<150 {
+            _ = try client.call("GET", "/v1/status")
+            _ = try client.call("GET", "/v1/models/ps")
+        }
+        let grown = residentKB(daemon.pid) - before
+        // Before the fix: ≥ 4 KiB per zombie per call, ≥ 38 MB here.
+        #expect(grown < 12 * 1024, "griditd kept \(grown) KB over 300 calls (\(grown / 300) KB a call)")
+        #expect(daemon.stop() == 0)
+    }
+
+    @Test("huge and non-finite numbers are refused with a message; neither binary traps")
+    func hostileNumbers() throws {
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        let daemon = try DaemonProcess(directory: dir, arguments: ["--start-paused"], model: tinyPipeline())
+        defer { daemon.stop() }
+        let prune = try Self.griditctl(["jobs", "prune", "--older-than", "1e300s"], socket: daemon.socket)
+        #expect(prune.status == 0 && prune.stdout.contains("pruned 0 jobs"), "\(prune.stderr)")
+        for body in [#"{"older_than_seconds": 1e300}"#, #"{"older_than_seconds": 1.7976931348623157e308}"#] {
+            let answer = try rawExchange(daemon.socket, httpRequest("POST", "/v1/jobs/prune", body: body))
+            #expect(parseAnswer(answer).status == 200, "\(answer.prefix(300))")
+        }
+        for body in [#"{"length": 4, "priority": -9223372036854775808}"#, #"{"length": 4, "parameters": {"eta": 1e999}}"#] {
+            let answer = try rawExchange(daemon.socket, httpRequest("POST", "/v1/jobs", body: body))
+            #expect(parseAnswer(answer).status == 400, "\(body): \(answer.prefix(300))")
+        }
+        let eta = try Self.griditctl(["submit", "--length", "4", "--eta", "nan"], socket: daemon.socket)
+        #expect(eta.status == 2 && eta.stderr.contains("--eta"), "griditctl: \(eta.status) \(eta.stderr)")
+        #expect(try daemon.client.get("/v1/version", as: VersionInfo.self).version == griditVersion)
+        #expect(daemon.stop() == 0)
+    }
+
+    @Test("a request that never finishes arriving is cut off; an idle kept-alive connection is closed")
+    func slowClients() throws {
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        let daemon = try DaemonProcess(
+            directory: dir, arguments: ["--header-timeout", "1", "--body-timeout", "1", "--idle-timeout", "2", "--start-paused"])
+        defer { daemon.stop() }
+        // Half a head, then nothing (slowloris): closed without an answer. (Each exchange waits up
+        // to 60 s; griditd must hang up long before.)
+        let partial = try exchange(daemon.socket, Array("GET /v1/version HTTP/1.1\r\nHost: x\r\n".utf8), timeout: 60)
+        #expect(partial.answer.isEmpty && partial.closedByServer, "\(partial)")
+        // Nothing at all.
+        #expect(try exchange(daemon.socket, [], timeout: 60).closedByServer)
+        // A head announcing a body that never comes: 408 naming the option.
+        let body = try exchange(
+            daemon.socket, Array("POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{".utf8), timeout: 60)
+        let answer = parseAnswer(body.answer)
+        #expect(answer.status == 408 && answer.code == "request_timeout" && body.closedByServer, "\(body)")
+        #expect(answer.message?.contains("--body-timeout") == true)
+        // A kept-alive connection gets its answer, then is closed once idle.
+        let idle = try exchange(daemon.socket, Array("GET /v1/version HTTP/1.1\r\nHost: x\r\n\r\n".utf8), timeout: 60)
+        #expect(idle.answer.hasPrefix("HTTP/1.1 200") && idle.closedByServer, "\(idle)")
+        #expect(try daemon.client.get("/v1/version", as: VersionInfo.self).version == griditVersion)
+        #expect(daemon.stop() == 0)
+    }
+
+    @Test("an --output name cannot take the next automatic job-<id> folder; ids are never reused after a prune")
+    func idsAndOutputNames() throws {
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        let daemon = try DaemonProcess(directory: dir, model: tinyPipeline())
+        defer { daemon.stop() }
+        let client = daemon.client
+        let first = try client.post("/v1/jobs", SubmitJobRequest(length: 4), as: SubmitJobResponse.self).job
+        try waitForJob(daemon, first.id)
+        // A user names an output after the next job's automatic folder, to make that job fail.
+        let squatter = try client.post(
+            "/v1/jobs", SubmitJobRequest(length: 4, output: "job-\(first.id + 2)"), as: SubmitJobResponse.self
+        ).job
+        #expect(try waitForJob(daemon, squatter.id).state == .succeeded)
+        let victim = try client.post("/v1/jobs", SubmitJobRequest(length: 4), as: SubmitJobResponse.self).job
+        #expect(victim.id == first.id + 2)
+        let done = try waitForJob(daemon, victim.id)
+        #expect(done.state == .succeeded, "\(done.errorMessage ?? "")")
+        #expect(done.outputDir == daemon.stateDir + "/outputs/job-\(victim.id)")
+        let named = try client.post("/v1/jobs", SubmitJobRequest(length: 4, output: "mine/run-1"), as: SubmitJobResponse.self).job
+        #expect(try waitForJob(daemon, named.id).outputDir == daemon.stateDir + "/outputs/named/\(getuid())/mine/run-1")
+
+        let pruned = try Self.griditctl(["jobs", "prune", "--older-than", "0s"], socket: daemon.socket)
+        #expect(pruned.status == 0 && pruned.stdout.contains("pruned 4 jobs"), "\(pruned.stdout) \(pruned.stderr)")
+        let next = try client.post("/v1/jobs", SubmitJobRequest(length: 4), as: SubmitJobResponse.self).job
+        #expect(next.id == named.id + 1, "job ids up to \(named.id) were pruned; \(next.id) must be new")
+        #expect(try waitForJob(daemon, next.id).state == .succeeded)
+        #expect(daemon.stop() == 0)
+    }
+
+    @Test("the state directory is 0750, the database, work and outputs griditd's alone; owners fetch their frames")
+    func privateStateDirectory() throws {
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        // DaemonProcess imports the model first (`griditd models import` creates the directory).
+        let daemon = try DaemonProcess(directory: dir, model: tinyPipeline())
+        defer { daemon.stop() }
+        let job = try daemon.client.post("/v1/jobs", SubmitJobRequest(length: 4), as: SubmitJobResponse.self).job
+        try waitForJob(daemon, job.id)
+        func mode(_ name: String) -> String {
+            var st = stat()
+            return stat(daemon.stateDir + name, &st) == 0 ? String(st.st_mode & 0o777, radix: 8) : "missing"
+        }
+        #expect(mode("") == "750")
+        for file in ["/jobs.sqlite", "/jobs.sqlite-wal", "/jobs.sqlite-shm"] { #expect(mode(file) == "600", "\(file)") }
+        for folder in ["/work", "/outputs", "/tmp"] { #expect(mode(folder) == "700", "\(folder)") }
+        // The owner gets the frames through the socket.
+        let copy = dir.file("mine")
+        let fetch = try Self.griditctl(["jobs", "fetch", String(job.id), copy], socket: daemon.socket)
+        #expect(fetch.status == 0, "\(fetch.stderr)")
+        #expect(try frameDigests(copy).count == 4)
+        #expect(daemon.stop() == 0)
+    }
+
+    @Test("griditctl models verify exits 1 when it finds a corrupt blob")
+    func verifyFailsOnCorruption() throws {
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        let daemon = try DaemonProcess(directory: dir, model: tinyPipeline())
+        defer { daemon.stop() }
+        let clean = try Self.griditctl(["models", "verify", "--all"], socket: daemon.socket)
+        #expect(clean.status == 0, "\(clean.stderr)")
+        let blobs = daemon.stateDir + "/blobs/sha256"
+        let largest = try #require(entries(blobs).max { a, b in
+            let size = { (name: String) in (try? FileManager.default.attributesOfItem(atPath: blobs + "/" + name)[.size] as? Int) ?? 0 }
+            return size(a) < size(b)
+        })
+        let handle = try #require(FileHandle(forUpdatingAtPath: blobs + "/" + largest))
+        try handle.seek(toOffset: 200)
+        try handle.write(contentsOf: Data([0xFF, 0x00, 0xFF]))
+        try handle.close()
+        let corrupt = try Self.griditctl(["models", "verify", "--all"], socket: daemon.socket)
+        #expect(corrupt.status == 1, "exit \(corrupt.status): \(corrupt.stdout) \(corrupt.stderr)")
+        #expect(corrupt.stdout.contains("1 bad"), "\(corrupt.stdout)")
+        #expect(daemon.stop() == 0)
+    }
+}
