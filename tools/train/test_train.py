@@ -177,7 +177,7 @@ def test_warm_start_from_a_pipeline_continues_its_steps(tmp_path):
     for a, b in zip(warm.model.parameters(), exported.parameters()):
         assert torch.equal(a, b)
     assert T.main(tiny + ["--stages", "1", "--ckpt-dir", str(ck2), "--export-dir", str(ex2), "--init-from", str(ex),
-                          "--prediction", "v", "--ctx-share", "0.5", "--snr-gamma", "5", "--t-low", "0.9",
+                          "--prediction", "v", "--ctx-share", "0.5", "--ctx-noise", "100", "--snr-gamma", "5", "--t-low", "0.9",
                           "--max-steps1", "5"]) == 0
     st = torch.load(ck2 / "stage1.pt", weights_only=False)
     assert st["step"] == 5 and st["config"]["prediction"] == "v" and st["run"] is None  # the run ended

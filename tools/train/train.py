@@ -83,6 +83,7 @@ class Recipe:
     t_low_end: int = 700
     ctx_share: float = 0.0                 # stage 1: share of grids with clean known rows
     ctx_rows: tuple[int, ...] = (1, 2, 3)
+    ctx_noise: int = 0                     # > 0: half of the context rows noised to a level t' < ctx_noise
     lr_noise: float = 0.0                  # stage 2: max std of the noise on half of the LR conditions
 
 
@@ -179,7 +180,16 @@ class Stage:
         xt = self.diff.q_sample(x0, t, noise)
         if self.stage == 1 and r.ctx_share > 0:
             known, counted = C.context_mask(self.batch, g, r.ctx_share, r.ctx_rows)
-            xt = torch.where(known, x0, xt)
+            ctx = x0
+            if r.ctx_noise > 0:
+                # Conditioning augmentation (Ho et al. 2022, cascaded diffusion; GameNGen's noise
+                # augmentation): the frames a long roll-out carries are the model's own, never exact,
+                # and a model that only ever saw exact context drifts (its continuations fade).
+                tc = torch.randint(0, r.ctx_noise, (self.batch,), generator=g)
+                tc = torch.where(torch.rand(self.batch, generator=g) < 0.5, tc, torch.zeros_like(tc))
+                ctx = torch.where(tc[:, None, None, None] > 0,
+                                  self.diff.q_sample(x0, tc, torch.randn(x0.shape, generator=g)), x0)
+            xt = torch.where(known, ctx, xt)
         self.cur_lr = lr
         for grp in self.opt.param_groups:
             grp["lr"] = lr
@@ -339,6 +349,9 @@ def main(argv=None) -> int:
                     help="stage 1: share of grids whose first 1-3 rows are clean known frames (continuation "
                          "training; the export then defaults to clean context)")
     ap.add_argument("--ctx-rows", default="1,2,3", help="numbers of known rows drawn from")
+    ap.add_argument("--ctx-noise", type=int, default=0,
+                    help="> 0: half of the context rows are noised to a level drawn from [0, this) (robustness "
+                         "to the model's own imperfect frames in long roll-outs)")
     ap.add_argument("--lr-noise", type=float, default=0.04,
                     help="max std of the noise added to half of the stage-2 LR conditions ([-1,1] units)")
     ap.add_argument("--share1", type=float, default=0.7, help="share of step time for stage 1 (both in one process)")
@@ -375,7 +388,8 @@ def main(argv=None) -> int:
     fh = open(a.log, "a") if a.log else None
 
     common = dict(prediction=a.prediction, snr_gamma=a.snr_gamma, t_low=a.t_low, t_low_end=a.t_low_end)
-    recipes = {1: Recipe(**common, ctx_share=a.ctx_share, ctx_rows=tuple(int(v) for v in a.ctx_rows.split(","))),
+    recipes = {1: Recipe(**common, ctx_share=a.ctx_share, ctx_rows=tuple(int(v) for v in a.ctx_rows.split(",")),
+                         ctx_noise=a.ctx_noise),
                2: Recipe(**common, lr_noise=a.lr_noise)}
     spec = {1: (a.arch1, a.batch1, a.lr1), 2: (a.arch2, a.batch2, a.lr2)}
     st = {}
