@@ -190,6 +190,14 @@ public final class SQLiteJobStore: JobStore {
         try await transition(id, .releaseLease(token: token), now: now)
     }
 
+    public func requeue(id: Int64, token: LeaseToken, reason: String, now: Date) async throws(StoreError) -> Job {
+        try await transition(id, .requeue(token: token, reason: reason), now: now)
+    }
+
+    public func recordWorkerCrash(id: Int64, token: LeaseToken, message: String, now: Date) async throws(StoreError) -> Job {
+        try await transition(id, .workerCrashed(token: token, message: message), now: now)
+    }
+
     public func cancel(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StoreError) -> Job {
         try await transition(id, .cancel, now: now) { job in
             try Self.authorize(job, requesterUID: requesterUID, isAdmin: isAdmin, action: "cancel")
@@ -296,20 +304,10 @@ public final class SQLiteJobStore: JobStore {
 
     // MARK: - Transactions
 
-    /// Runs `body` in one `BEGIN IMMEDIATE` transaction on the writer, translating errors.
+    /// Runs `body` in one `BEGIN IMMEDIATE` transaction on the writer, translating errors (a
+    /// full filesystem releases the database's reserve first: `StateDatabase.write`).
     private func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(StoreError) -> T {
-        do {
-            return try await pool.writeWithoutTransaction { db in
-                var result: T?
-                try db.inTransaction(.immediate) {
-                    result = try body(db)
-                    return .commit
-                }
-                return result!
-            }
-        } catch {
-            throw Self.translate(error)
-        }
+        try await database.write(body)
     }
 
     private func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(StoreError) -> T {
