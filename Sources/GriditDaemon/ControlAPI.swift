@@ -94,6 +94,12 @@ public struct ControlAPI: Sendable {
                     + "that may use griditd; ask an admin to run `usermod -aG \(context.configuration.userGroup ?? "gridit") "
                     + "<user>`, then log in again"))
         }
+        // Writes to a database file that was deleted or replaced would be acknowledged and lost.
+        if request.method != .GET && request.method != .HEAD,
+            let lost = context.startBlocker(remakeReserve: false), lost.code == .databaseLost
+        {
+            return .error(APIError(.unavailable, lost.message))
+        }
         var allowed: [HTTPMethod] = []
         for route in Self.routes {
             guard let params = route.match(request.path) else { continue }
@@ -168,7 +174,22 @@ public struct ControlAPI: Sendable {
             },
             loadedModels: await context.catalog?.loadedModels() ?? [], engineAvailable: context.executor != nil,
             modelStoreAvailable: context.catalog != nil, blasThreads: context.configuration.blasThreads,
-            caller: request.caller.info))
+            caller: request.caller.info, notices: context.startBlocker(remakeReserve: false).map { [$0] } ?? [],
+            worker: context.executor?.worker))
+    }
+
+    /// Why a due job that waits does not start now (nil: it starts when its turn comes).
+    private func waitReason(_ job: Job, paused: Bool?) -> String? {
+        guard JobState.claimable.contains(job.state), job.notBefore <= Date() else { return nil }
+        if let blocker = context.startBlocker(remakeReserve: false), blocker.blocksJobs { return blocker.message }
+        if paused == true { return "the queue is paused; an admin resumes it with `griditctl queue resume`" }
+        return nil
+    }
+
+    private func info(_ job: Job, paused: Bool?, errors: [JobErrorRecord]? = nil) -> JobInfo {
+        var info = job.info(live: context.monitor.live(job.id), errors: errors)
+        info.waitingFor = waitReason(job, paused: paused)
+        return info
     }
 
     // MARK: - Jobs
@@ -275,13 +296,14 @@ public struct ControlAPI: Sendable {
             filter.ownerUID = uid
         }
         let jobs = try await store { try await $0.list(filter) }
-        return .json(JobList(jobs: jobs.map { $0.info(live: context.monitor.live($0.id)) }))
+        let paused = try? await context.store.isPaused()
+        return .json(JobList(jobs: jobs.map { info($0, paused: paused) }))
     }
 
     func show(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
         let job = try await ownedJob(request, params)
         let errors = try await store { try await $0.errors(id: job.id) }
-        return .json(job.info(live: context.monitor.live(job.id), errors: errors))
+        return .json(info(job, paused: try? await context.store.isPaused(), errors: errors))
     }
 
     func cancel(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
@@ -490,7 +512,7 @@ public struct ControlAPI: Sendable {
             case .invalidTransition: .invalidTransition
             case .invalidArgument: .badRequest
             case .leaseLost: .conflict
-            case .busy: .unavailable
+            case .busy, .diskFull, .databaseLost: .unavailable
             default: .internalError
             }
         return APIError(code, error.message, jobID: error.jobID)

@@ -24,6 +24,7 @@ public struct MaintenanceService: Service {
                 lastPrune = now
                 _ = try? await Retention.prune(context, olderThan: nil, keepOutputs: false)
             }
+            _ = context.startBlocker(remakeReserve: false)  // notices a lost database even with no worker
             await context.refreshStatus()
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(min(5, config.reapInterval))) }
         }
