@@ -32,7 +32,11 @@ public struct MaintenanceService: Service {
 
     private func reapExpiredLeases() async {
         do {
-            for job in try await context.store.recoverExpiredLeases(now: Date()) {
+            // Jobs of a supervised worker process are spared: their supervisor sees a stall or a
+            // crash itself, and an expired lease there means griditd was stopped (SIGSTOP,
+            // suspend), which says nothing about the job.
+            let supervised = context.executor?.worker != nil ? Set(context.monitor.runningIDs) : []
+            for job in try await context.store.recoverExpiredLeases(now: Date(), sparing: supervised) {
                 context.logger.warning(
                     "lease expired: \(job.errorMessage ?? "")",
                     metadata: ["job.id": "\(job.id)", "state": "\(job.state.rawValue)"])

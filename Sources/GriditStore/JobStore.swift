@@ -184,9 +184,10 @@ public protocol JobStore: Sendable {
     func retry(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StoreError) -> Job
 
     /// Running jobs whose lease expired (`leaseExpiresAt <= now`) count a crash and go back to
-    /// `queued` (resuming from their progress), or to `dead` at `RetryPolicy.maxCrashes`.
-    /// Returns the recovered jobs as they are now.
-    func recoverExpiredLeases(now: Date) async throws(StoreError) -> [Job]
+    /// `queued` (resuming from their progress), or to `dead` at `RetryPolicy.maxCrashes`, except
+    /// those in `sparing` (jobs whose worker griditd supervises itself). Returns the recovered
+    /// jobs as they are now.
+    func recoverExpiredLeases(now: Date, sparing: Set<Int64>) async throws(StoreError) -> [Job]
 
     /// At daemon start, under the state directory lock: every `running` job is orphaned whatever
     /// its lease says (griditd died under it) and goes back to `queued` at its saved progress,
@@ -214,6 +215,10 @@ public protocol JobStore: Sendable {
 }
 
 extension JobStore {
+    public func recoverExpiredLeases(now: Date) async throws(StoreError) -> [Job] {
+        try await recoverExpiredLeases(now: now, sparing: [])
+    }
+
     /// Prunes every terminal state.
     public func prune(olderThan: TimeInterval, now: Date) async throws(StoreError) -> [PrunedJob] {
         try await prune(olderThan: olderThan, states: Set(JobState.terminal), now: now)

@@ -210,8 +210,8 @@ public final class SQLiteJobStore: JobStore {
         }
     }
 
-    public func recoverExpiredLeases(now: Date) async throws(StoreError) -> [Job] {
-        try await recover(.leaseExpired, now: now)
+    public func recoverExpiredLeases(now: Date, sparing: Set<Int64>) async throws(StoreError) -> [Job] {
+        try await recover(.leaseExpired, now: now, sparing: sparing)
     }
 
     public func recoverOrphanedJobs(now: Date) async throws(StoreError) -> [Job] {
@@ -334,7 +334,7 @@ public final class SQLiteJobStore: JobStore {
         }
     }
 
-    private func recover(_ event: JobEvent, now: Date) async throws(StoreError) -> [Job] {
+    private func recover(_ event: JobEvent, now: Date, sparing: Set<Int64> = []) async throws(StoreError) -> [Job] {
         let machine = self.machine
         let nowMs = now.unixMillis
         let now = Date(unixMillis: nowMs)  // the columns' resolution, so SQL and Swift agree
@@ -344,7 +344,7 @@ public final class SQLiteJobStore: JobStore {
                 : "SELECT * FROM job WHERE state = 'running' AND lease_expires_at <= ? ORDER BY id"
             let rows = try Row.fetchAll(db, sql: sql, arguments: event == .orphaned ? [] : [nowMs])
             var recovered: [Job] = []
-            for row in rows {
+            for row in rows where !sparing.contains(row["id"] as Int64) {
                 let transition = try machine.apply(event, to: try Self.decodeJob(row), now: now)
                 try Self.apply(transition, db)
                 recovered.append(transition.job)

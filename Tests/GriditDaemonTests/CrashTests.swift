@@ -156,4 +156,22 @@ struct CrashTests {
         #expect(done.state == .succeeded && done.crashCount == 1, "\(done)")
         #expect(daemon.stop() == 0)
     }
+
+    @Test("griditd stopped (SIGSTOP) past its jobs' leases and continued: nothing counts as a crash")
+    func daemonStoppedAndContinued() throws {
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        // --lease 8: stopped for 20 s, the lease is long gone and the reaper (every 15 s) is due.
+        let daemon = try DaemonProcess(directory: dir, arguments: Self.arguments + ["--lease", "8"], model: tinyPipeline())
+        let id = try daemon.client.post(
+            "/v1/jobs", SubmitJobRequest(length: 300, parameters: GenerationParameters(seed: 8)), as: SubmitJobResponse.self
+        ).job.id
+        try waitForJob(daemon, id) { $0.state == .running && $0.progress.gridsDone >= 1 }
+        kill(daemon.pid, SIGSTOP)
+        sleep(20)
+        kill(daemon.pid, SIGCONT)
+        let done = try waitForJob(daemon, id)
+        #expect(done.state == .succeeded && done.crashCount == 0, "\(done)")
+        #expect(daemon.stop() == 0)
+    }
 }

@@ -203,6 +203,7 @@ struct JobStoreConformance: Sendable {
         _ = try await store.heartbeat(id: id, token: claimed.token, leaseDuration: 60, now: at(50))  // until 110
 
         #expect(try await store.recoverExpiredLeases(now: at(109)).isEmpty)
+        #expect(try await store.recoverExpiredLeases(now: at(110), sparing: [id]).isEmpty, "spared: its worker is supervised")
         let recovered = try await store.recoverExpiredLeases(now: at(110))
         #expect(recovered.count == 1)
         let job = try await store.get(id: id)
