@@ -152,7 +152,15 @@ public struct ControlAPI: Sendable {
     }
 
     func status(_ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
-        let queue = try await currentQueue()
+        let notices = context.startBlocker(remakeReserve: false).map { [$0] } ?? []
+        // A lost database may not read any more: status still answers, saying so.
+        let lost = notices.first?.code == .databaseLost
+        let queue: QueueStatus
+        do {
+            queue = try await currentQueue()
+        } catch where lost {
+            queue = QueueStatus(paused: false, counts: QueueCounts(), maxQueued: context.configuration.maxQueued)
+        }
         var running: [RunningJob] = []
         for id in context.monitor.runningIDs {
             guard let job = try? await context.store.get(id: id) else { continue }
@@ -160,9 +168,8 @@ public struct ControlAPI: Sendable {
                 id: id, ownerUID: job.ownerUID, pipelineDigest: job.pipelineDigest,
                 progress: job.info(live: context.monitor.live(id)).progress))
         }
-        let mine = try await store {
-            try await $0.list(JobFilter(states: [.queued, .retryable, .running], ownerUID: request.caller.uid, limit: 100))
-        }
+        let filter = JobFilter(states: [.queued, .retryable, .running], ownerUID: request.caller.uid, limit: 100)
+        let mine = lost ? ((try? await context.store.list(filter)) ?? []) : try await store { try await $0.list(filter) }
         let now = Date()
         return .json(DaemonStatus(
             version: griditVersion, apiVersion: apiVersion, instanceID: context.configuration.instanceID,
@@ -174,8 +181,7 @@ public struct ControlAPI: Sendable {
             },
             loadedModels: await context.catalog?.loadedModels() ?? [], engineAvailable: context.executor != nil,
             modelStoreAvailable: context.catalog != nil, blasThreads: context.configuration.blasThreads,
-            caller: request.caller.info, notices: context.startBlocker(remakeReserve: false).map { [$0] } ?? [],
-            worker: context.executor?.worker))
+            caller: request.caller.info, notices: notices, worker: context.executor?.worker))
     }
 
     /// Why a due job that waits does not start now (nil: it starts when its turn comes).

@@ -206,7 +206,7 @@ public struct WorkerService: Service {
         let notifier = context.notifier
         let faults = context.faults
         let pauseMarker = context.layout.root + "/test-paused"
-        let inProcess = executor.worker == nil
+        let inProcess = !engineRunsApart
         let session = BatchSession(batch.items, tokens: claimed.tokens)
         let tracker = BatchTracker(ids: ids)
         monitor.started(ids)
@@ -279,7 +279,8 @@ public struct WorkerService: Service {
         return carried
     }
 
-    private var executorRunsApart: Bool { context.executor?.worker != nil }
+    /// The engine runs in a supervised worker process (not on griditd's inference thread).
+    private var engineRunsApart: Bool { context.executor?.worker != nil }
 
     /// While the batch runs and has room, claims the next job in line if it shares the batch's
     /// pipeline and priority, and hands it to the engine (which admits it between batches).
@@ -290,7 +291,7 @@ public struct WorkerService: Service {
         let lease = context.configuration.leaseDuration
         while !session.isClosed && !stopping.isSet {
             // griditd is alive while the engine works (the worker process is supervised apart).
-            if executorRunsApart { context.notifier.watchdog() }
+            if engineRunsApart { context.notifier.watchdog() }
             stopIfBlocked()
             var filter = filter
             filter.excluding = session.memberIDs  // never a second run of a job the engine still has

@@ -41,6 +41,8 @@ public final class WorkerSupervisor: Sendable {
         var starts = 0
         var running = false
         var lastExit: String?
+        /// griditd is stopping: the worker's end is expected.
+        var stopping = false
     }
     private let state = Mutex(State())
 
@@ -68,8 +70,16 @@ public final class WorkerSupervisor: Sendable {
         do {
             child = try currentChild()
         } catch {
-            let failure = JobFailure(.transient, "the engine worker could not start: \(error)")
-            for item in batch.items + hooks.admit() { hooks.finished(item.jobID, .failed(failure)) }
+            // Killed from outside while it started: nothing to hold against the jobs. Anything
+            // else (a binary that cannot run) uses attempts, so the jobs fail with the reason.
+            let message = "the engine worker could not start: \(error.message)"
+            let outcome: ExecutionOutcome =
+                if let exit = error.exit, exit.signal != 0, !exit.isCrashSignal {
+                    .crashed(WorkerCrash(counted: false, message: message))
+                } else {
+                    .failed(JobFailure(.transient, message))
+                }
+            for item in batch.items + hooks.admit() { hooks.finished(item.jobID, outcome) }
             return
         }
         let oomBefore = OOMKills.count()
@@ -77,6 +87,7 @@ public final class WorkerSupervisor: Sendable {
         var stopsSent: [Int64: (reason: StopReason, at: ContinuousClock.Instant)] = [:]
         var killed: Kill?
         var lastSign = ContinuousClock.now
+        var lastLook = ContinuousClock.now
         state.withLock { $0.running = true }
         defer { state.withLock { $0.running = false } }
         try? child.channel.send(WorkerRequest.run(batch))
@@ -126,6 +137,13 @@ public final class WorkerSupervisor: Sendable {
             }
             // Stop requests go to the worker; one that is not honoured in time ends the worker.
             let now = ContinuousClock.now
+            if now - lastLook > .seconds(2) {
+                // griditd itself did not run meanwhile (SIGSTOP, a suspended machine): what the
+                // worker did then is not known yet, so its clocks start again.
+                lastSign = now
+                for id in stopsSent.keys { stopsSent[id]?.at = now }
+            }
+            lastLook = now
             for id in inFlight.sorted() where stopsSent[id] == nil {
                 if let reason = hooks.shouldStop(id) {
                     stopsSent[id] = (reason, now)
@@ -205,10 +223,18 @@ public final class WorkerSupervisor: Sendable {
         }
     }
 
+    private struct StartFailure: Error {
+        var message: String
+        /// How the new worker ended, when it did.
+        var exit: WorkerExit?
+    }
+
     /// The worker, started (and waited for) if none runs.
-    private func currentChild() throws(DaemonError) -> Child {
+    private func currentChild() throws(StartFailure) -> Child {
         if let child = state.withLock({ $0.child }) { return child }
-        let (pid, channel) = try settings.launch.spawn()
+        let pid: pid_t
+        let channel: WorkerChannel
+        do { (pid, channel) = try settings.launch.spawn() } catch { throw StartFailure(message: error.message) }
         let child = Child(pid: pid, channel: channel)
         let starts = state.withLock { s in
             s.child = child
@@ -223,13 +249,13 @@ public final class WorkerSupervisor: Sendable {
                 logger.info("engine worker started", metadata: ["pid": "\(pid)", "starts": "\(starts)"])
                 return child
             case .ended(let exit):
-                throw DaemonError("it \(exit) before it was ready (its log lines are above)")
+                throw StartFailure(message: "it \(exit) before it was ready (its log lines are above)", exit: exit)
             default:
                 continue
             }
         }
         kill(pid, SIGKILL)
-        throw DaemonError("it did not get ready within \(Int(settings.startTimeout)) s and was killed")
+        throw StartFailure(message: "it did not get ready within \(Int(settings.startTimeout)) s and was killed")
     }
 
     /// Reads the worker's events until it is gone, then reaps it. Models reports go straight
@@ -244,13 +270,13 @@ public final class WorkerSupervisor: Sendable {
             while waitpid(child.pid, &status, 0) < 0 && errno == EINTR {}
             Glibc.close(child.channel.fd)
             let exit = WorkerExit(status: status)
-            let idle = state.withLock { s -> Bool in
+            let unexpected = state.withLock { s -> Bool in
                 if s.child === child { s.child = nil }
                 if !s.running { s.lastExit = "\(exit)" }
-                return !s.running
+                return !s.running && !s.stopping
             }
             onModels(nil)  // nothing it loaded is loaded any more
-            if idle && !(exit.signal == 0 && exit.code == 0) {
+            if unexpected && !(exit.signal == 0 && exit.code == 0) {
                 logger.warning("the engine worker \(exit) while idle; the next batch starts a new one", metadata: ["pid": "\(child.pid)"])
             }
             child.mailbox.post(.ended(exit))
@@ -261,7 +287,10 @@ public final class WorkerSupervisor: Sendable {
 
     /// Ends the worker (griditd is stopping): asks it to exit, kills it if it does not.
     public func shutdown() {
-        guard let child = state.withLock({ $0.child }) else { return }
+        guard let child = state.withLock({ s in
+            s.stopping = true
+            return s.child
+        }) else { return }
         try? child.channel.send(WorkerRequest.exit)
         let deadline = ContinuousClock.now + .seconds(5)
         while ContinuousClock.now < deadline {

@@ -134,7 +134,8 @@ struct WorkerHarness {
         }
     }
 
-    func waitUntil(_ what: String, timeout: Double = 30, _ condition: () async throws -> Bool) async throws {
+    /// Generous: the suites run in parallel with process tests on a loaded 2-core machine.
+    func waitUntil(_ what: String, timeout: Double = 180, _ condition: () async throws -> Bool) async throws {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             if try await condition() { return }

@@ -214,6 +214,12 @@ def main():
         numbers["differing"] = sum(
             1 for i, want in zip(ids, expected)
             if jobs[i]["state"] != "succeeded" or output_digests(jobs[i]["output_dir"]) != want)
+        # What went wrong, for the log: each job that counted a crash, an attempt or did not succeed.
+        numbers["problems"] = [
+            {"id": i, "state": jobs[i]["state"], "crash_count": jobs[i]["crash_count"], "attempt": jobs[i]["attempt"],
+             "errors": [e for e in daemon.shown(i).get("errors") or [] if e["class"] != "interrupted"]}
+            for i in ids
+            if jobs[i]["state"] != "succeeded" or jobs[i]["crash_count"] or jobs[i]["attempt"] > 1]
         numbers["start_seconds_max"] = round(max(daemon.starts), 2)
         numbers["start_seconds_mean"] = round(sum(daemon.starts) / len(daemon.starts), 2)
         daemon.stop()
