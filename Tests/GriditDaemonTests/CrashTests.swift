@@ -117,7 +117,7 @@ struct CrashTests {
             directory: dir, arguments: Self.arguments + ["--stop-grace", "2", "--start-paused"], model: tinyPipeline())
         let ids = try [1, 2].map { seed in
             try daemon.client.post(
-                "/v1/jobs", SubmitJobRequest(length: 300, parameters: GenerationParameters(seed: UInt64(seed))),
+                "/v1/jobs", SubmitJobRequest(length: 1000, parameters: GenerationParameters(seed: UInt64(seed))),
                 as: SubmitJobResponse.self
             ).job.id
         }
@@ -138,18 +138,23 @@ struct CrashTests {
         #expect(daemon.stop() == 0)
     }
 
+    /// griditd with `--lease 8` and a long job (the tiny pipeline's longest) that has begun.
+    static func runningLongJob(_ dir: ShortTemporaryDirectory, seed: UInt64) throws -> (DaemonProcess, Int64) {
+        let daemon = try DaemonProcess(directory: dir, arguments: arguments + ["--lease", "8"], model: tinyPipeline())
+        let id = try daemon.client.post(
+            "/v1/jobs", SubmitJobRequest(length: 1000, parameters: GenerationParameters(seed: seed)), as: SubmitJobResponse.self
+        ).job.id
+        try waitForJob(daemon, id) { $0.state == .running && $0.progress.gridsDone >= 1 }
+        return (daemon, id)
+    }
+
     @Test("a worker that makes no progress for its stall time is killed and the stall counts; the job then runs alone and succeeds")
     func stalledWorker() throws {
         let dir = try ShortTemporaryDirectory()
         defer { dir.remove() }
         // --lease 8: a running batch that reports nothing for 4 s (half the lease) is stalled.
-        let daemon = try DaemonProcess(directory: dir, arguments: Self.arguments + ["--lease", "8"], model: tinyPipeline())
-        let id = try daemon.client.post(
-            "/v1/jobs", SubmitJobRequest(length: 300, parameters: GenerationParameters(seed: 4)), as: SubmitJobResponse.self
-        ).job.id
-        try waitForJob(daemon, id) { $0.state == .running && $0.progress.gridsDone >= 1 }
-        let worker = try Self.workerPID(daemon)
-        kill(worker, SIGSTOP)
+        let (daemon, id) = try Self.runningLongJob(dir, seed: 4)
+        kill(try Self.workerPID(daemon), SIGSTOP)
         let stalled = try waitForJob(daemon, id) { $0.crashCount == 1 }
         #expect(stalled.errors?.last?.message.contains("made no progress") == true, "\(stalled)")
         let done = try waitForJob(daemon, id)
@@ -162,11 +167,7 @@ struct CrashTests {
         let dir = try ShortTemporaryDirectory()
         defer { dir.remove() }
         // --lease 8: stopped for 20 s, the lease is long gone and the reaper (every 15 s) is due.
-        let daemon = try DaemonProcess(directory: dir, arguments: Self.arguments + ["--lease", "8"], model: tinyPipeline())
-        let id = try daemon.client.post(
-            "/v1/jobs", SubmitJobRequest(length: 300, parameters: GenerationParameters(seed: 8)), as: SubmitJobResponse.self
-        ).job.id
-        try waitForJob(daemon, id) { $0.state == .running && $0.progress.gridsDone >= 1 }
+        let (daemon, id) = try Self.runningLongJob(dir, seed: 8)
         kill(daemon.pid, SIGSTOP)
         sleep(20)
         kill(daemon.pid, SIGCONT)

@@ -104,7 +104,7 @@ struct StorageTests {
         let daemon = try DaemonProcess(
             directory: dir, arguments: ["--max-batch", "4", "--min-free", "1M", "--db-reserve", "8M"], model: tinyPipeline())
         let long = try daemon.client.post(
-            "/v1/jobs", SubmitJobRequest(length: 400, parameters: GenerationParameters(seed: 1)), as: SubmitJobResponse.self
+            "/v1/jobs", SubmitJobRequest(length: 1000, parameters: GenerationParameters(seed: 1)), as: SubmitJobResponse.self
         ).job.id
         // Another priority: not batched with the long job, it waits behind it.
         let waiting = try daemon.client.post(
