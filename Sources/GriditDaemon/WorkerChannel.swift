@@ -194,6 +194,16 @@ struct WorkerExit: Sendable, CustomStringConvertible {
 /// `memory.events`, v1 `memory.oom_control`), else the machine's (`/proc/vmstat`). A SIGKILL
 /// while the count rose is the OOM killer's; nil when no count is readable.
 enum OOMKills {
+    /// The cgroup's file under `mount`, most specific first: in a container the hierarchy is
+    /// mounted from some ancestor down, so leading components of `path` may not be there (v1
+    /// counts are not summed up the hierarchy, so the cgroup's own file is the one that counts).
+    static func own(_ mount: String, _ path: String, _ file: String) -> [String] {
+        let components = path.split(separator: "/").map(String.init)
+        return (0...components.count).map { drop in
+            ([mount] + components.dropFirst(drop) + [file]).joined(separator: "/")
+        }
+    }
+
     static func count() -> Int? {
         let cgroups = (try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)) ?? ""
         var candidates: [String] = []
@@ -201,13 +211,13 @@ enum OOMKills {
             let parts = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false).map(String.init)
             guard parts.count == 3 else { continue }
             if parts[0] == "0" && parts[1].isEmpty {
-                candidates += ["/sys/fs/cgroup\(parts[2])/memory.events", "/sys/fs/cgroup/memory.events"]
+                candidates += own("/sys/fs/cgroup", parts[2], "memory.events")
             } else if parts[1].split(separator: ",").contains("memory") {
-                candidates += ["/sys/fs/cgroup/memory\(parts[2])/memory.oom_control", "/sys/fs/cgroup/memory/memory.oom_control"]
+                candidates += own("/sys/fs/cgroup/memory", parts[2], "memory.oom_control")
             }
         }
         candidates.append("/proc/vmstat")
-        for path in candidates {
+        for path in candidates where FileManager.default.fileExists(atPath: path) {
             guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { continue }
             for line in text.split(separator: "\n") where line.hasPrefix("oom_kill ") {
                 if let n = Int(line.dropFirst("oom_kill ".count).trimmingCharacters(in: .whitespaces)) { return n }

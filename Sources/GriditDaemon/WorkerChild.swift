@@ -19,7 +19,7 @@ public enum WorkerChild {
         guard gridit_die_with_parent(SIGKILL) == 0, getppid() == parentPID else { return false }
         gridit_set_process_name("griditd-worker")  // not "exe" (it runs /proc/self/exe)
         for s in [SIGTERM, SIGINT, SIGHUP, SIGPIPE] { signal(s, SIG_IGN) }
-        try? "500\n".write(toFile: "/proc/self/oom_score_adj", atomically: false, encoding: .utf8)
+        try? "1000\n".write(toFile: "/proc/self/oom_score_adj", atomically: false, encoding: .utf8)
         gridit_close_from(WorkerLaunch.channelDescriptor + 1)
         return true
     }

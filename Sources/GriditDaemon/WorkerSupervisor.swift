@@ -66,23 +66,21 @@ public final class WorkerSupervisor: Sendable {
     /// calling thread (griditd's inference thread) until every job is reported. Must be called
     /// from one long-lived thread: the worker dies with the thread that started it.
     public func execute(_ batch: ExecutionBatch, hooks: ExecutionHooks) {
+        let oomBefore = OOMKills.count()
         let child: Child
         do {
             child = try currentChild()
         } catch {
             // Killed from outside while it started: nothing to hold against the jobs. Anything
-            // else (a binary that cannot run) uses attempts, so the jobs fail with the reason.
+            // else (a binary that cannot run, no memory to start in) uses attempts, so that the
+            // jobs fail with the reason instead of starting workers forever.
             let message = "the engine worker could not start: \(error.message)"
+            let outside = error.exit.map { !judge($0, killed: nil, oomBefore: oomBefore).counted } ?? false
             let outcome: ExecutionOutcome =
-                if let exit = error.exit, exit.signal != 0, !exit.isCrashSignal {
-                    .crashed(WorkerCrash(counted: false, message: message))
-                } else {
-                    .failed(JobFailure(.transient, message))
-                }
+                outside ? .crashed(WorkerCrash(counted: false, message: message)) : .failed(JobFailure(.transient, message))
             for item in batch.items + hooks.admit() { hooks.finished(item.jobID, outcome) }
             return
         }
-        let oomBefore = OOMKills.count()
         var inFlight = Set(batch.items.map(\.jobID))
         var stopsSent: [Int64: (reason: StopReason, at: ContinuousClock.Instant)] = [:]
         var killed: Kill?
