@@ -8,7 +8,8 @@
 //   GriditModelStore -> GriditStore, GriditPipeline, GriditModels, GriditCheckpoint, GriditAPI,
 //                       Crypto, CModelStore (libarchive)   (content-addressed model store)
 //   griditd -> GriditBackend -> GriditDaemon, GriditEngine, GriditModelStore
-//   GriditDaemon -> GriditStore, GriditAPI, CSystemd, NIO, ServiceLifecycle, Logging   (no engine, no model store)
+//   GriditDaemon -> GriditStore, GriditAPI, CSystemd, CProcess, NIO, ServiceLifecycle, Logging
+//                                                       (no engine, no model store)
 //   griditctl -> GriditCLI -> GriditAPI                 (no DB, numeric or NIO targets)
 //   GriditImage -> CPNG                                 (PNG, animated PNG, contact sheet)
 //   GriditEngine -> GriditPipeline, GriditModels, GriditCheckpoint, GriditImage, Crypto
@@ -52,6 +53,8 @@ let package = Package(
             name: "CGriditKernels",
             cSettings: [.unsafeFlags(["-O3", "-ffp-contract=fast"])]
         ),
+        // prctl, close_range and the wait-status macros for griditd's engine worker process.
+        .target(name: "CProcess"),
         // Counts heap allocations (gridit-bench's `allocations` check); linked into nothing else.
         .target(name: "CAllocCounter"),
         .target(
@@ -111,7 +114,7 @@ let package = Package(
         .target(
             name: "GriditDaemon",
             dependencies: [
-                "GriditStore", "GriditAPI", "CSystemd",
+                "GriditStore", "GriditAPI", "CSystemd", "CProcess",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -249,14 +249,18 @@ public struct JobInfo: Codable, Hashable, Sendable {
     public var outputDir: String?
     /// Every failed attempt and crash, oldest first (`GET /v1/jobs/{id}` only).
     public var errors: [JobErrorInfo]?
+    /// Why a waiting job does not start although it is due (no disk space, the database lost).
+    public var waitingFor: String?
 
     public init(
         id: Int64, state: JobStateName, ownerUID: UInt32, priority: Int, length: Int, model: String?,
         pipelineDigest: String?, parameters: GenerationParameters, output: String?, idempotencyKey: String?,
         createdAt: Date, updatedAt: Date, startedAt: Date?, finishedAt: Date?, attempt: Int, maxAttempts: Int,
         crashCount: Int, cancelRequested: Bool, queuePosition: Int?, notBefore: Date, progress: JobProgressInfo,
-        errorClass: String?, errorMessage: String?, outputDir: String?, errors: [JobErrorInfo]? = nil
+        errorClass: String?, errorMessage: String?, outputDir: String?, errors: [JobErrorInfo]? = nil,
+        waitingFor: String? = nil
     ) {
+        self.waitingFor = waitingFor
         self.id = id
         self.state = state
         self.ownerUID = ownerUID
@@ -301,6 +305,7 @@ public struct JobInfo: Codable, Hashable, Sendable {
         case errorClass = "error_class"
         case errorMessage = "error_message"
         case outputDir = "output_dir"
+        case waitingFor = "waiting_for"
     }
 }
 

@@ -169,13 +169,20 @@ public struct DaemonStatus: Codable, Hashable, Sendable {
     public var blasThreads: Int
     /// The caller as the daemon sees it (from SO_PEERCRED).
     public var caller: CallerInfo
+    /// What keeps jobs from starting or griditd from working normally (waiting for disk space,
+    /// the database's filesystem full, the database lost), most serious first; empty when all is well.
+    public var notices: [StatusNotice]
+    /// The engine's worker process (nil: no engine in this build).
+    public var worker: EngineWorkerInfo?
 
     public init(
         version: String, apiVersion: String, instanceID: String, pid: Int32, startedAt: Date, uptimeSeconds: Double,
         stateDirectory: String, diskFreeBytes: Int64?, minFreeBytes: Int64, queue: QueueStatus, running: [RunningJob], yourJobs: [QueuedJobPosition],
         loadedModels: [LoadedModel], engineAvailable: Bool, modelStoreAvailable: Bool, blasThreads: Int,
-        caller: CallerInfo
+        caller: CallerInfo, notices: [StatusNotice] = [], worker: EngineWorkerInfo? = nil
     ) {
+        self.notices = notices
+        self.worker = worker
         self.version = version
         self.apiVersion = apiVersion
         self.instanceID = instanceID
@@ -209,6 +216,63 @@ public struct DaemonStatus: Codable, Hashable, Sendable {
         case engineAvailable = "engine_available"
         case modelStoreAvailable = "model_store_available"
         case blasThreads = "blas_threads"
+        case notices, worker
+    }
+}
+
+/// Something an operator should know from `status`: a stable `code` and what to do.
+public struct StatusNotice: Codable, Hashable, Sendable {
+    public struct Code: RawRepresentable, Codable, Hashable, Sendable {
+        public var rawValue: String
+        public init(rawValue: String) { self.rawValue = rawValue }
+
+        /// Free space under `min_free_bytes`: no job starts (none uses an attempt) until there is room.
+        public static let waitingForDisk = Code(rawValue: "waiting_for_disk")
+        /// A write found the database's filesystem full: griditd released its reserve for the
+        /// database and starts no job until there is room.
+        public static let databaseDiskFull = Code(rawValue: "database_disk_full")
+        /// The database file was deleted or replaced while griditd ran: nothing starts, writes are refused.
+        public static let databaseLost = Code(rawValue: "database_lost")
+    }
+
+    public var code: Code
+    public var message: String
+    /// Jobs cannot start while it lasts (`jobs show` gives it as the reason a job waits).
+    public var blocksJobs: Bool
+
+    public init(_ code: Code, _ message: String, blocksJobs: Bool) {
+        self.code = code
+        self.message = message
+        self.blocksJobs = blocksJobs
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case code, message
+        case blocksJobs = "blocks_jobs"
+    }
+}
+
+/// The process griditd runs the engine in.
+public struct EngineWorkerInfo: Codable, Hashable, Sendable {
+    /// Nil while none runs (it starts with the first batch and after a crash).
+    public var pid: Int32?
+    /// `idle` (models may stay loaded), `running`, `stopped` (none yet, or ended).
+    public var state: String
+    /// Worker processes started so far.
+    public var starts: Int
+    /// How the last one ended, when one did ("killed by SIGSEGV while it ran jobs 3, 4").
+    public var lastExit: String?
+
+    public init(pid: Int32?, state: String, starts: Int, lastExit: String?) {
+        self.pid = pid
+        self.state = state
+        self.starts = starts
+        self.lastExit = lastExit
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case pid, state, starts
+        case lastExit = "last_exit"
     }
 }
 

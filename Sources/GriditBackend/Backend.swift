@@ -6,6 +6,9 @@
 //   through the store's integrity check into a keep-alive cache keyed by manifest digest.
 // - `StoreCatalog`: the store's commands for the socket API, and the default model of a submit.
 // - `ModelCacheService`: unmaps models idle past their keep-alive.
+#if canImport(Glibc)
+import Glibc
+#endif
 import Foundation
 import GriditDaemon
 import GriditEngine
@@ -19,8 +22,11 @@ public enum Backend {
     /// The engine and model store of `configuration`'s state directory, sharing the job
     /// store's database (one connection pool per file). Call after griditd holds the state
     /// directory's lock and the database is migrated (what `Daemon.run` does before `components`).
+    /// With `worker`, the engine runs in that worker process (`griditd worker`), supervised;
+    /// without, in griditd itself.
     public static func components(
-        configuration: DaemonConfiguration, database: StateDatabase, siteRoots: [String] = [], logger: Logger
+        configuration: DaemonConfiguration, database: StateDatabase, siteRoots: [String] = [], worker: WorkerLaunch? = nil,
+        logger: Logger
     ) throws -> DaemonComponents {
         let models: ModelStore
         do {
@@ -41,10 +47,44 @@ public enum Backend {
                 threads: configuration.blasThreads, memoryBudget: configuration.memoryBudget,
                 maxBatch: configuration.maxBatchItems),
             logger: Logger(label: "gridit.engine"))
-        let catalog = StoreCatalog(models: models, cache: cache, blocking: blocking)
         let service = ModelCacheService(
             cache: cache, keepAlive: configuration.modelKeepAlive, logger: Logger(label: "gridit.models"))
-        return DaemonComponents(executor: executor, catalog: catalog, services: [service])
+        guard let worker else {
+            let catalog = StoreCatalog(models: models, cache: cache, blocking: blocking)
+            return DaemonComponents(executor: executor, catalog: catalog, services: [service])
+        }
+        let loaded = WorkerModels()
+        models.mappings.addReporter { loaded.current }
+        let supervisor = WorkerSupervisor(
+            settings: WorkerSupervisor.Settings(
+                launch: worker, stallTimeout: configuration.leaseDuration / 2,
+                stopGrace: configuration.stopGrace),
+            logger: Logger(label: "gridit.supervisor"), onModels: { loaded.update($0) })
+        let catalog = StoreCatalog(models: models, cache: cache, blocking: blocking, workerModels: loaded)
+        return DaemonComponents(executor: SupervisedExecutor(local: executor, supervisor: supervisor), catalog: catalog)
+    }
+
+    /// `griditd worker`: the engine in the worker process griditd started, served over the
+    /// channel until griditd says exit or dies. Opens no database: each batch carries its
+    /// resolved pipeline. Returns the exit status.
+    public static func runWorker(
+        stateDirectory: String, options: ExecutionOptions, keepAlive: TimeInterval, faults: FaultInjection, logger: Logger
+    ) -> Int32 {
+        let cache = KeepAliveCache<LoadedPipeline>(mappings: BlobMappings(), keepAlive: keepAlive)
+        let blocking = NIOThreadPool(numberOfThreads: 1)
+        blocking.start()
+        let engine = EngineExecutor(
+            models: nil, cache: cache, blocking: blocking, options: options, logger: Logger(label: "gridit.engine"))
+        let pid = getpid()
+        return WorkerChild.serve(
+            executor: engine, faults: faults, pauseMarker: stateDirectory + "/test-paused",
+            idle: {
+                let evicted = cache.evictIdle()
+                for key in evicted { logger.info("unloaded an idle model", metadata: ["model.digest": "\(key)"]) }
+                return !evicted.isEmpty
+            },
+            models: { try? JSONEncoder().encode(cache.report(pid: pid)) },
+            logger: logger)
     }
 }
 

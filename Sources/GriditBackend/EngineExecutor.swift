@@ -14,8 +14,19 @@ import Logging
 import NIOPosix
 import Synchronization
 
+/// A pipeline version as the model store resolved it: its spec with absolute blob paths (each
+/// checked against its digest) and the blob of each file role. What griditd hands its engine
+/// worker with a batch, so the worker opens no database.
+public struct ResolvedPipeline: Codable, Sendable, Equatable {
+    public var digest: String
+    public var spec: PipelineSpec
+    /// Blob digest of each file role (`PipelineSpec.FileRole` raw values).
+    public var blobs: [String: BlobDigest]
+}
+
 public final class EngineExecutor: JobExecutor {
-    let models: ModelStore
+    /// Nil in the engine worker process: its batches carry their resolved pipeline.
+    let models: ModelStore?
     /// Loaded pipelines by manifest digest; one mapping per blob, shared by every job.
     let cache: KeepAliveCache<LoadedPipeline>
     let blocking: NIOThreadPool
@@ -28,7 +39,7 @@ public final class EngineExecutor: JobExecutor {
 
     /// The daemon checks its own length limit at submit; the engine checks the pipeline's.
     public init(
-        models: ModelStore, cache: KeepAliveCache<LoadedPipeline>, blocking: NIOThreadPool, options: ExecutionOptions,
+        models: ModelStore?, cache: KeepAliveCache<LoadedPipeline>, blocking: NIOThreadPool, options: ExecutionOptions,
         outputOptions: OutputOptions = OutputOptions(), logger: Logger
     ) {
         self.models = models
@@ -61,21 +72,37 @@ public final class EngineExecutor: JobExecutor {
     /// The pipeline's configuration, read once per digest (the blobs' cheap integrity check included).
     func configuration(_ digest: String) throws(JobFailure) -> PipelineConfiguration {
         if let known = configurations.withLock({ $0[digest] }) { return known }
-        let spec = try pipelineSpec(digest)
+        return try configuration(try resolve(digest))
+    }
+
+    private func configuration(_ pipeline: ResolvedPipeline) throws(JobFailure) -> PipelineConfiguration {
+        if let known = configurations.withLock({ $0[pipeline.digest] }) { return known }
         let configuration: PipelineConfiguration
-        do { configuration = try PipelineConfiguration(spec: spec) } catch {
+        do { configuration = try PipelineConfiguration(spec: pipeline.spec) } catch {
             throw Self.failure(EngineError.classify(error))
         }
-        configurations.withLock { $0[digest] = configuration }
+        configurations.withLock { $0[pipeline.digest] = configuration }
         return configuration
     }
 
-    /// The version's pipeline with absolute blob paths, after the store's integrity check.
-    private func pipelineSpec(_ digest: String) throws(JobFailure) -> PipelineSpec {
+    /// The version's pipeline with absolute blob paths, after the store's integrity check (a
+    /// blob that fails it is quarantined: `digest_mismatch`).
+    public func resolve(_ digest: String) throws(JobFailure) -> ResolvedPipeline {
         guard let blob = BlobDigest(digest) else {
             throw JobFailure(.modelMissing, "'\(digest.prefix(80))' is not a manifest digest")
         }
-        do { return try models.pipeline(blob) } catch { throw Self.failure(error, digest: digest) }
+        guard let models else {
+            throw JobFailure(.internalError, "the engine worker got a batch without its resolved pipeline")
+        }
+        do {
+            let spec = try models.pipeline(blob)
+            let manifest = try models.manifest(blob)
+            var blobs: [String: BlobDigest] = [:]
+            for b in manifest.blobs { blobs[b.role.rawValue] = b.digest }
+            return ResolvedPipeline(digest: digest, spec: spec, blobs: blobs)
+        } catch {
+            throw Self.failure(error, digest: digest)
+        }
     }
 
     /// The engine's request for a job: the job's length and parameters (the seed is always set).
@@ -104,29 +131,49 @@ public final class EngineExecutor: JobExecutor {
             for item in batch.items + hooks.admit() { hooks.finished(item.jobID, .failed(Self.noModel)) }
             return
         }
+        let pipeline: ResolvedPipeline
+        do throws(JobFailure) {
+            if let data = batch.resolved {
+                do { pipeline = try JSONDecoder().decode(ResolvedPipeline.self, from: data) } catch {
+                    throw JobFailure(.internalError, "the batch's resolved pipeline does not decode: \(error)")
+                }
+            } else {
+                pipeline = try resolve(digest)
+            }
+        } catch {
+            if error.errorClass == .digestMismatch { unload(digest) }
+            logger.error("loading the model failed: \(error.message)", metadata: ["model.digest": "\(digest)"])
+            for item in batch.items + hooks.admit() { hooks.finished(item.jobID, .failed(error)) }
+            return
+        }
         // A loaded pipeline has one precision, so jobs asking for another one run after this
         // batch, each precision as a batch of its own (they stay claimed and heartbeated).
-        var waiting = precisions(batch.items, digest: digest, hooks: hooks)
+        var waiting = precisions(batch.items, pipeline: pipeline, hooks: hooks)
         guard let first = waiting.first?.precision else { return }
-        run(waiting.filter { $0.precision == first }.map(\.item), digest: digest, precision: first, hooks: hooks) {
-            let new = self.precisions(hooks.admit(), digest: digest, hooks: hooks)
+        run(waiting.filter { $0.precision == first }.map(\.item), pipeline: pipeline, precision: first, hooks: hooks) {
+            let new = self.precisions(hooks.admit(), pipeline: pipeline, hooks: hooks)
             waiting += new.filter { $0.precision != first }
             return new.filter { $0.precision == first }.map(\.item)
         }
         waiting.removeAll { $0.precision == first }
         while let p = waiting.first?.precision {
-            run(waiting.filter { $0.precision == p }.map(\.item), digest: digest, precision: p, hooks: hooks)
+            run(waiting.filter { $0.precision == p }.map(\.item), pipeline: pipeline, precision: p, hooks: hooks)
             waiting.removeAll { $0.precision == p }
         }
     }
 
+    /// Drops the cached copies of a version whose blobs failed their check.
+    private func unload(_ digest: String) {
+        for precision in Precision.allCases { cache.unload(Self.cacheKey(digest, precision)) }
+    }
+
     /// The precision each item runs in; an item whose request is invalid is reported failed here.
-    private func precisions(_ items: [ExecutionItem], digest: String, hooks: ExecutionHooks)
+    private func precisions(_ items: [ExecutionItem], pipeline: ResolvedPipeline, hooks: ExecutionHooks)
         -> [(item: ExecutionItem, precision: Precision)]
     {
         items.compactMap { item in
             do throws(JobFailure) {
-                let configuration = try configuration(digest)
+                let configuration = try configuration(pipeline)
                 let request = try Self.request(length: item.length, parameters: item.parameters)
                 do {
                     return (item, try request.settings(for: configuration).precision)
@@ -142,19 +189,15 @@ public final class EngineExecutor: JobExecutor {
 
     /// Runs `items` (and what `admit` adds) together on the pipeline loaded in `precision`.
     private func run(
-        _ items: [ExecutionItem], digest: String, precision: Precision, hooks: ExecutionHooks,
+        _ items: [ExecutionItem], pipeline resolved: ResolvedPipeline, precision: Precision, hooks: ExecutionHooks,
         admit: () -> [ExecutionItem] = { [] }
     ) {
-        func failAll(_ items: [ExecutionItem], _ failure: JobFailure) {
-            for item in items { hooks.finished(item.jobID, .failed(failure)) }
-        }
         let lease: CacheLease<LoadedPipeline>
         do {
-            lease = try load(digest, precision: precision)
+            lease = try load(resolved, precision: precision)
         } catch {
-            if error.errorClass == .digestMismatch { cache.unload(Self.cacheKey(digest, precision)) }
-            logger.error("loading the model failed: \(error.message)", metadata: ["model.digest": "\(digest)"])
-            failAll(items + admit(), error)
+            logger.error("loading the model failed: \(error.message)", metadata: ["model.digest": "\(resolved.digest)"])
+            for item in items + admit() { hooks.finished(item.jobID, .failed(error)) }
             return
         }
         defer { lease.release() }
@@ -193,13 +236,14 @@ public final class EngineExecutor: JobExecutor {
         precision == .fp32 ? digest : "\(digest)+\(precision.rawValue)"
     }
 
-    /// The cached pipeline of `digest`, loading it through the store (integrity check) if needed.
-    private func load(_ digest: String, precision: Precision) throws(JobFailure) -> CacheLease<LoadedPipeline> {
-        let spec = try pipelineSpec(digest)
-        let manifest: PipelineManifest
-        do { manifest = try models.manifest(BlobDigest(digest)!) } catch { throw Self.failure(error, digest: digest) }
+    /// The cached pipeline of a resolved version, loading it (mapping its weights) if needed.
+    private func load(_ resolved: ResolvedPipeline, precision: Precision) throws(JobFailure) -> CacheLease<LoadedPipeline> {
+        let digest = resolved.digest
+        let spec = resolved.spec
         var byRole: [PipelineSpec.FileRole: BlobDigest] = [:]
-        for blob in manifest.blobs { byRole[blob.role] = blob.digest }
+        for (role, blob) in resolved.blobs {
+            if let role = PipelineSpec.FileRole(rawValue: role) { byRole[role] = blob }
+        }
         // The weight files are what the pipeline maps (and gc must keep while it does).
         var blobs: [BlobDigest: String] = [:]
         for (role, path) in spec.files where [.stage1Weights, .stage2Weights, .vaeWeights].contains(role) {

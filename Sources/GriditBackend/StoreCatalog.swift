@@ -13,11 +13,18 @@ public final class StoreCatalog: ModelCatalog {
     let models: ModelStore
     let cache: KeepAliveCache<LoadedPipeline>
     let blocking: NIOThreadPool
+    /// What the engine worker process has loaded (nil: the engine runs in griditd).
+    let workerModels: WorkerModels?
 
-    public init(models: ModelStore, cache: KeepAliveCache<LoadedPipeline>, blocking: NIOThreadPool) {
+    init(models: ModelStore, cache: KeepAliveCache<LoadedPipeline>, blocking: NIOThreadPool, workerModels: WorkerModels?) {
         self.models = models
         self.cache = cache
         self.blocking = blocking
+        self.workerModels = workerModels
+    }
+
+    public convenience init(models: ModelStore, cache: KeepAliveCache<LoadedPipeline>, blocking: NIOThreadPool) {
+        self.init(models: models, cache: cache, blocking: blocking, workerModels: nil)
     }
 
     private func run<T: Sendable>(_ body: @escaping @Sendable () throws(ModelStoreError) -> T) async throws(APIError)
@@ -113,7 +120,7 @@ public final class StoreCatalog: ModelCatalog {
     }
 
     public func loadedModels() async -> [LoadedModel] {
-        let keys = Set(cache.keys)
+        let keys = Set(cache.keys).union(workerModels?.keys ?? [])
         let entries = (try? await run { () throws(ModelStoreError) in self.models.ps() })?.entries ?? []
         return entries.filter { keys.contains($0.key) }.map { entry in
             LoadedModel(

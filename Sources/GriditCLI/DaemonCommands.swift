@@ -67,9 +67,15 @@ struct Status: ParsableCommand {
             griditd \(status.version) (API \(status.apiVersion)), pid \(status.pid), up \(Rendering.duration(status.uptimeSeconds))
             State dir:  \(status.stateDirectory)\(status.diskFreeBytes.map { " (\(formatBytes($0)) free)" } ?? "")
             Engine:     \(status.engineAvailable ? "ready, \(status.blasThreads) BLAS threads" : "not in this build (jobs stay queued)")
-            Models:     \(status.modelStoreAvailable ? "\(status.loadedModels.count) loaded" : "no model store in this build")
 
             """
+        if let worker = status.worker {
+            text += "Worker:     \(worker.pid.map { "pid \($0), " } ?? "")\(worker.state), started \(worker.starts) time(s)"
+                + (worker.lastExit.map { "; last one \($0)" } ?? "") + "\n"
+        }
+        text += "Models:     \(status.modelStoreAvailable ? "\(status.loadedModels.count) loaded" : "no model store in this build")\n\n"
+        for notice in status.notices { text += "NOTE:       \(notice.message)\n" }
+        if !status.notices.isEmpty { text += "\n" }
         text += Queue.describe(status.queue)
         for job in status.running {
             let live = job.progress.live.map { " \($0.stage) grid \($0.grid)/\($0.grids) step \($0.step)/\($0.steps)" } ?? ""

@@ -69,6 +69,7 @@ enum Rendering {
         if !params.isEmpty { lines.append(("Parameters", params.joined(separator: " "))) }
         lines.append(("Priority", String(job.priority)))
         if let position = job.queuePosition { lines.append(("Queue position", String(position))) }
+        if let reason = job.waitingFor { lines.append(("Waiting for", reason)) }
         lines.append(("Progress", progress(job)))
         lines.append(("Attempts", "\(job.attempt) of \(job.maxAttempts)" + (job.crashCount > 0 ? ", \(job.crashCount) crash(es)" : "")))
         lines.append(("Created", "\(iso(job.createdAt)) (\(ago(job.createdAt, now: now)))"))

@@ -92,6 +92,12 @@ public struct ControlAPI: Sendable {
             let c = context.configuration
             return .error(request.caller.notMemberError(userGroup: c.userGroup, adminGroup: c.adminGroup))
         }
+        // Writes to a database file that was deleted or replaced would be acknowledged and lost.
+        if request.method != .GET && request.method != .HEAD,
+            let lost = context.startBlocker(remakeReserve: false), lost.code == .databaseLost
+        {
+            return .error(APIError(.unavailable, lost.message))
+        }
         var allowed: [HTTPMethod] = []
         for route in Self.routes {
             guard let params = route.match(request.path) else { continue }
@@ -144,7 +150,15 @@ public struct ControlAPI: Sendable {
     }
 
     func status(_ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
-        let queue = try await currentQueue()
+        let notices = context.startBlocker(remakeReserve: false).map { [$0] } ?? []
+        // A lost database may not read any more: status still answers, saying so.
+        let lost = notices.first?.code == .databaseLost
+        let queue: QueueStatus
+        do {
+            queue = try await currentQueue()
+        } catch where lost {
+            queue = QueueStatus(paused: false, counts: QueueCounts(), maxQueued: context.configuration.maxQueued)
+        }
         var running: [RunningJob] = []
         for id in context.monitor.runningIDs {
             guard let job = try? await context.store.get(id: id) else { continue }
@@ -152,9 +166,8 @@ public struct ControlAPI: Sendable {
                 id: id, ownerUID: job.ownerUID, pipelineDigest: job.pipelineDigest,
                 progress: job.info(live: context.monitor.live(id)).progress))
         }
-        let mine = try await store {
-            try await $0.list(JobFilter(states: [.queued, .retryable, .running], ownerUID: request.caller.uid, limit: 100))
-        }
+        let filter = JobFilter(states: [.queued, .retryable, .running], ownerUID: request.caller.uid, limit: 100)
+        let mine = lost ? ((try? await context.store.list(filter)) ?? []) : try await store { try await $0.list(filter) }
         let now = Date()
         return .json(DaemonStatus(
             version: griditVersion, apiVersion: apiVersion, instanceID: context.configuration.instanceID,
@@ -166,7 +179,21 @@ public struct ControlAPI: Sendable {
             },
             loadedModels: await context.catalog?.loadedModels() ?? [], engineAvailable: context.executor != nil,
             modelStoreAvailable: context.catalog != nil, blasThreads: context.configuration.blasThreads,
-            caller: request.caller.info))
+            caller: request.caller.info, notices: notices, worker: context.executor?.worker))
+    }
+
+    /// Why a due job that waits does not start now (nil: it starts when its turn comes).
+    private func waitReason(_ job: Job, paused: Bool?) -> String? {
+        guard JobState.claimable.contains(job.state), job.notBefore <= Date() else { return nil }
+        if let blocker = context.startBlocker(remakeReserve: false), blocker.blocksJobs { return blocker.message }
+        if paused == true { return "the queue is paused; an admin resumes it with `griditctl queue resume`" }
+        return nil
+    }
+
+    private func info(_ job: Job, paused: Bool?, errors: [JobErrorRecord]? = nil) -> JobInfo {
+        var info = job.info(live: context.monitor.live(job.id), errors: errors)
+        info.waitingFor = waitReason(job, paused: paused)
+        return info
     }
 
     // MARK: - Jobs
@@ -276,13 +303,14 @@ public struct ControlAPI: Sendable {
             filter.ownerUID = uid
         }
         let jobs = try await store { try await $0.list(filter) }
-        return .json(JobList(jobs: jobs.map { $0.info(live: context.monitor.live($0.id)) }))
+        let paused = try? await context.store.isPaused()
+        return .json(JobList(jobs: jobs.map { info($0, paused: paused) }))
     }
 
     func show(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
         let job = try await ownedJob(request, params)
         let errors = try await store { try await $0.errors(id: job.id) }
-        return .json(job.info(live: context.monitor.live(job.id), errors: errors))
+        return .json(info(job, paused: try? await context.store.isPaused(), errors: errors))
     }
 
     func cancel(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
@@ -492,7 +520,7 @@ public struct ControlAPI: Sendable {
             case .invalidTransition: .invalidTransition
             case .invalidArgument: .badRequest
             case .leaseLost: .conflict
-            case .busy: .unavailable
+            case .busy, .diskFull, .databaseLost: .unavailable
             default: .internalError
             }
         return APIError(code, error.message + (SubmitPolicy.remedy(error.code) ?? ""), jobID: error.jobID)

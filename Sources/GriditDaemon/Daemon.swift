@@ -51,12 +51,20 @@ public enum Daemon {
         for folder in [layout.work, layout.outputs, layout.tmp] {
             try StatePermissions.directory(folder, mode: StatePermissions.privateDirectory)
         }
-        let store = try SQLiteJobStore(path: layout.database)
+        let (database, notes) = try StateDatabase.openOwned(
+            path: layout.database, initialize: configuration.initialize,
+            reserveBytes: configuration.databaseReserveBytes)
+        let store = SQLiteJobStore(database: database)
         defer { try? store.close() }
+        for note in notes { logger.warning("\(note)") }
+        if let reserve = database.reserve, reserve.size > 0, !reserve.isHeld {
+            logger.warning(
+                "no room for the database's \(formatBytes(reserve.size)) reserve (\(reserve.path)); griditd makes it once there is")
+        }
         for job in try await store.recoverOrphanedJobs(now: Date()) {
             logger.warning(
-                "recovered a job orphaned by a crash: \(job.errorMessage ?? "")",
-                metadata: ["job.id": "\(job.id)", "state": "\(job.state.rawValue)", "crashes": "\(job.crashCount)"])
+                "requeued a job griditd was running when it stopped (killed, crashed or the machine went down); it resumes from its saved progress, not counted as a crash",
+                metadata: ["job.id": "\(job.id)", "state": "\(job.state.rawValue)", "progress": "\(job.progress)"])
         }
         if configuration.startPaused {
             try await store.setPaused(true)
@@ -69,7 +77,7 @@ public enum Daemon {
         let executor = built.executor, catalog = built.catalog
         let context = DaemonContext(
             configuration: configuration, store: store, executor: executor, catalog: catalog, notifier: notifier,
-            faults: faults, logger: logger)
+            faults: faults, logger: logger, database: database)
         let api = ControlAPI(context: context)
         let server = HTTPServer(
             limits: configuration.http,

@@ -59,8 +59,18 @@ public struct DaemonConfiguration: Sendable {
     public var maxBatchItems = 16
     /// Seconds a loaded model stays mapped after its last job.
     public var modelKeepAlive: TimeInterval = 600
-    /// Below this many free bytes on the state filesystem a job is not started (`disk_full`).
+    /// Below this many free bytes on the state filesystem no job starts: queued jobs wait (using
+    /// no attempt) and `status` says why.
     public var minFreeBytes: Int64 = 256 * 1024 * 1024
+    /// Bytes set aside for the job database on its filesystem (`jobs.sqlite.reserve`), released
+    /// when a write finds the disk full so that outcomes, cancels and pauses are still recorded.
+    public var databaseReserveBytes: Int64 = 32 * 1024 * 1024
+    /// Accept the state directory's database as it is, or create an empty one, even when its
+    /// identity marker says the one griditd created there is gone (`serve --init`).
+    public var initialize = false
+    /// A job asked to stop (cancel, shutdown) that is still running after this many seconds
+    /// (its engine step hung or its worker stopped): the engine's worker process is killed.
+    public var stopGrace: TimeInterval = 30
     /// The model of a submit that names none; nil: the store's only model (`NAME:latest` if the
     /// store holds one name), else the submit is refused with a message saying what to pass.
     public var defaultModel: String?

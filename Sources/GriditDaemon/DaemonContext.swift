@@ -5,6 +5,7 @@ import Foundation
 import GriditAPI
 import GriditStore
 import Logging
+import Synchronization
 
 /// What every service and the API share. The store is the truth; the monitor is its fast echo.
 public struct DaemonContext: Sendable {
@@ -19,12 +20,18 @@ public struct DaemonContext: Sendable {
     public var faults: FaultInjection
     public var logger: Logger
     public var startedAt: Date
+    /// The database file, for its identity checks and its reserve (nil: a store of another kind).
+    public var database: StateDatabase?
+    /// What keeps jobs from starting, as last seen.
+    public var conditions: StartConditions
 
     public init(
         configuration: DaemonConfiguration, store: any JobStore, executor: (any JobExecutor)?,
         catalog: (any ModelCatalog)?, monitor: JobMonitor = JobMonitor(), notifier: SystemdNotifier = SystemdNotifier(),
-        faults: FaultInjection = FaultInjection(), logger: Logger, startedAt: Date = Date()
+        faults: FaultInjection = FaultInjection(), logger: Logger, startedAt: Date = Date(), database: StateDatabase? = nil
     ) {
+        self.database = database
+        self.conditions = StartConditions()
         self.configuration = configuration
         self.store = store
         self.executor = executor
@@ -53,8 +60,49 @@ public struct DaemonContext: Sendable {
         }
         parts.append("\((counts[.queued] ?? 0) + (counts[.retryable] ?? 0)) queued")
         if paused { parts.append("paused") }
+        if let blocker = startBlocker(remakeReserve: false) { parts.append(blocker.code.rawValue.replacingOccurrences(of: "_", with: " ")) }
         if executor == nil { parts.append("no engine in this build") }
         notifier.status(parts.joined(separator: " · "))
+    }
+
+    /// What keeps jobs from starting now, most serious first (nil: they may start): the database
+    /// lost (for good: griditd must be restarted), the database's filesystem full (its reserve
+    /// released; `remakeReserve` makes it again once there is room), too little free space.
+    func startBlocker(remakeReserve: Bool) -> StatusNotice? {
+        let root = configuration.stateDirectory
+        if let problem = conditions.databaseLost ?? database?.identityProblem() {
+            conditions.databaseLost = problem
+            return StatusNotice(
+                .databaseLost,
+                problem + ". griditd starts no job and refuses changes until it is restarted: restore the "
+                    + "database (and its -wal file) from a backup, or restart griditd with `--init` to start "
+                    + "over with an empty queue",
+                blocksJobs: true)
+        }
+        let minimum = configuration.minFreeBytes
+        let free = freeBytes()
+        // The reserve is made again (or at last, if there was no room at start) once there is room.
+        if let reserve = database?.reserve, reserve.size > 0, !reserve.isHeld, remakeReserve, faults.freeBytes == nil {
+            reserve.ensure(keepFree: minimum)
+        }
+        if let reserve = database?.reserve, reserve.releasedAt != nil, !reserve.isHeld {
+            return StatusNotice(
+                .databaseDiskFull,
+                "the filesystem of \(root) filled up under the job database (\(free.map(formatBytes) ?? "?") free): "
+                    + "griditd released its \(formatBytes(reserve.size)) reserve so that job states, cancels and "
+                    + "pauses are still recorded, and starts no job until \(formatBytes(minimum + reserve.size)) are "
+                    + "free. Free space, or prune old jobs (`griditctl jobs prune`)",
+                blocksJobs: true)
+        }
+        if let free, free < minimum {
+            return StatusNotice(
+                .waitingForDisk,
+                "waiting for disk space: \(formatBytes(free)) free, need \(formatBytes(minimum)) in \(root); "
+                    + "queued jobs start (using no attempt) once there is room. Free space, or prune old jobs "
+                    + "(`griditctl jobs prune`)",
+                blocksJobs: true)
+        }
+        return nil
     }
 
     /// Free bytes on the state directory's filesystem (a test hook can pretend it is full).
@@ -66,8 +114,35 @@ public struct DaemonContext: Sendable {
     }
 }
 
+/// What keeps jobs from starting, as the worker last saw it (for its log lines on each change),
+/// and a lost database, which stays lost until griditd restarts.
+public final class StartConditions: Sendable {
+    private let state = Mutex<(lost: String?, last: StatusNotice.Code?)>((nil, nil))
+
+    public init() {}
+
+    var databaseLost: String? {
+        get { state.withLock { $0.lost } }
+        set { state.withLock { if $0.lost == nil { $0.lost = newValue } } }
+    }
+
+    /// What blocked starts when the worker last looked (nil: nothing).
+    var lastBlocker: StatusNotice.Code? { state.withLock { $0.last } }
+
+    /// Records what blocks starts now; true when that changed since the last call.
+    func update(_ blocker: StatusNotice?) -> Bool {
+        state.withLock { s in
+            defer { s.last = blocker?.code }
+            return s.last != blocker?.code
+        }
+    }
+}
+
 /// Test hooks for fault injection, from `GRIDIT_TEST_FAULTS` (comma-separated):
-/// - `crash-after-claim=<job id>`: abort the process right after claiming that job (poison pill);
+/// - `crash-after-claim=<job id>`: abort griditd right after claiming that job (griditd's own
+///   death: the job is requeued without a crash);
+/// - `crash-engine=<job id>`: abort the engine's worker process when it is handed that job (an
+///   engine crash: counted against the jobs it was running);
 /// - `free-bytes=<n>`: report `n` free bytes on the state filesystem (`disk_full` without
 ///   filling a disk);
 /// - `pause-at=grid:<n>` / `pause-at=sr:<n>`: stop the worker for good at the first denoising
@@ -76,6 +151,7 @@ public struct DaemonContext: Sendable {
 /// The daemon logs a warning at start when any is set.
 public struct FaultInjection: Sendable, Hashable {
     public var crashAfterClaim: Set<Int64> = []
+    public var crashEngine: Set<Int64> = []
     public var freeBytes: Int64?
     public var pauseAt: PausePoint?
 
@@ -87,17 +163,19 @@ public struct FaultInjection: Sendable, Hashable {
             let kv = item.split(separator: "=", maxSplits: 1).map(String.init)
             switch (kv.first, kv.count == 2 ? kv[1] : nil) {
             case ("crash-after-claim", let v?) where Int64(v) != nil: crashAfterClaim.insert(Int64(v)!)
+            case ("crash-engine", let v?) where Int64(v) != nil: crashEngine.insert(Int64(v)!)
             case ("free-bytes", let v?) where Int64(v) != nil: freeBytes = Int64(v)!
             case ("pause-at", let v?) where PausePoint(v) != nil: pauseAt = PausePoint(v)
             default:
                 throw FaultInjectionError(
                     message: "GRIDIT_TEST_FAULTS: unknown fault '\(item)' "
-                        + "(known: crash-after-claim=<id>, free-bytes=<n>, pause-at=grid:<n>, pause-at=sr:<n>)")
+                        + "(known: crash-after-claim=<id>, crash-engine=<id>, free-bytes=<n>, pause-at=grid:<n>, "
+                    + "pause-at=sr:<n>)")
             }
         }
     }
 
-    public var isActive: Bool { !crashAfterClaim.isEmpty || freeBytes != nil || pauseAt != nil }
+    public var isActive: Bool { !crashAfterClaim.isEmpty || !crashEngine.isEmpty || freeBytes != nil || pauseAt != nil }
 }
 
 /// Where `pause-at` stops the worker: the first step of stage-1 grid `unit` (`grid`) or of frame

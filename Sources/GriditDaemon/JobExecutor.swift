@@ -5,7 +5,7 @@ import Foundation
 import GriditAPI
 
 /// One job of a batch, as the worker hands it to the engine.
-public struct ExecutionItem: Sendable, Hashable {
+public struct ExecutionItem: Sendable, Hashable, Codable {
     public var jobID: Int64
     /// Frames to generate.
     public var length: Int
@@ -39,25 +39,35 @@ public struct ExecutionItem: Sendable, Hashable {
 
 /// Jobs that share one pipeline (manifest digest) and run as one batch: stage-1 grids of
 /// different jobs in one batched forward, stage-2 frames batched across jobs.
-public struct ExecutionBatch: Sendable, Hashable {
+public struct ExecutionBatch: Sendable, Hashable, Codable {
     /// Nil only for jobs submitted while the daemon had no model store.
     public var pipelineDigest: String?
     public var items: [ExecutionItem]
+    /// The pipeline as griditd resolved it for an engine in a worker process (its files checked
+    /// against their digests, their paths absolute), in the engine's own encoding; nil when the
+    /// engine resolves it itself. Opaque to the daemon.
+    public var resolved: Data?
 
-    public init(pipelineDigest: String?, items: [ExecutionItem]) {
+    public init(pipelineDigest: String?, items: [ExecutionItem], resolved: Data? = nil) {
         self.pipelineDigest = pipelineDigest
         self.items = items
+        self.resolved = resolved
     }
 }
 
 /// Why the worker wants a run to stop at the next step boundary.
-public enum StopReason: String, Sendable, Hashable {
+public enum StopReason: String, Sendable, Hashable, Codable {
     /// A user canceled the job.
     case cancel
     /// SIGTERM: checkpoint and hand the job back to the queue.
     case shutdown
     /// Another worker owns the job now (lease expired); write nothing more.
     case leaseLost = "lease_lost"
+    /// The state filesystem filled up: checkpoint and hand the job back, so that the space left
+    /// goes to the database; it starts again once there is room.
+    case diskFull = "disk_full"
+    /// The job database was deleted or replaced under griditd: stop, record nothing more.
+    case databaseLost = "database_lost"
 }
 
 /// Callbacks the engine calls on its own (worker) thread. All are cheap and never block on I/O.
@@ -97,8 +107,8 @@ public struct ExecutionHooks: Sendable {
 
 /// A classified job failure. The class decides what the queue does: invalid input and missing
 /// or corrupt models fail at once; transient errors (disk full, I/O) are retried with backoff.
-public struct JobFailure: Error, Sendable, Hashable, CustomStringConvertible {
-    public struct Class: RawRepresentable, Sendable, Hashable {
+public struct JobFailure: Error, Sendable, Hashable, Codable, CustomStringConvertible {
+    public struct Class: RawRepresentable, Sendable, Hashable, Codable {
         public var rawValue: String
         public var retryable: Bool
         public init(rawValue: String) {
@@ -122,6 +132,20 @@ public struct JobFailure: Error, Sendable, Hashable, CustomStringConvertible {
         public static let transient = Class("transient", retryable: true)
         /// A bug: the engine broke an invariant. Not retried.
         public static let internalError = Class("internal", retryable: false)
+
+        // Both fields: the default coding of a RawRepresentable would drop `retryable`.
+        enum CodingKeys: String, CodingKey { case name, retryable }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            self.init(try c.decode(String.self, forKey: .name), retryable: try c.decode(Bool.self, forKey: .retryable))
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(rawValue, forKey: .name)
+            try c.encode(retryable, forKey: .retryable)
+        }
     }
 
     public var errorClass: Class
@@ -136,12 +160,31 @@ public struct JobFailure: Error, Sendable, Hashable, CustomStringConvertible {
 }
 
 /// How one job of a batch ended.
-public enum ExecutionOutcome: Sendable, Hashable {
+public enum ExecutionOutcome: Sendable, Hashable, Codable {
     /// The output folder is complete at `ExecutionItem.outputDirectory`.
     case succeeded
     case failed(JobFailure)
     /// `shouldStop` returned non-nil; the work directory is resumable.
     case interrupted
+    /// The engine's worker process died (or was killed) while it ran the job; the work
+    /// directory is resumable at its last durable unit.
+    case crashed(WorkerCrash)
+}
+
+/// How the engine's worker process ended under a job, as griditd's supervisor judged it.
+public struct WorkerCrash: Sendable, Hashable, Codable, CustomStringConvertible {
+    /// True when the job is held responsible (a crash signal, an abnormal exit, out of memory, a
+    /// stall): it counts toward `dead`. False when it was killed from outside or to stop another
+    /// job: the job is requeued as if nothing happened.
+    public var counted: Bool
+    public var message: String
+
+    public init(counted: Bool, message: String) {
+        self.counted = counted
+        self.message = message
+    }
+
+    public var description: String { message }
 }
 
 /// The engine as the worker drives it.
@@ -162,4 +205,15 @@ public protocol JobExecutor: Sendable {
     /// `hooks.finished` once for each, and returns when none is left. A job it never reports is
     /// recorded as an internal failure.
     func execute(_ batch: ExecutionBatch, hooks: ExecutionHooks)
+
+    /// The worker process the engine runs in, for `status` (nil: the engine runs in griditd).
+    var worker: EngineWorkerInfo? { get }
+
+    /// griditd is stopping and runs no more batches: end what the engine keeps (its process).
+    func shutdown()
+}
+
+extension JobExecutor {
+    public var worker: EngineWorkerInfo? { nil }
+    public func shutdown() {}
 }

@@ -24,6 +24,7 @@ public struct MaintenanceService: Service {
                 lastPrune = now
                 _ = try? await Retention.prune(context, olderThan: nil, keepOutputs: false)
             }
+            _ = context.startBlocker(remakeReserve: false)  // notices a lost database even with no worker
             await context.refreshStatus()
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(min(5, config.reapInterval))) }
         }
@@ -31,7 +32,11 @@ public struct MaintenanceService: Service {
 
     private func reapExpiredLeases() async {
         do {
-            for job in try await context.store.recoverExpiredLeases(now: Date()) {
+            // Jobs of a supervised worker process are spared: their supervisor sees a stall or a
+            // crash itself, and an expired lease there means griditd was stopped (SIGSTOP,
+            // suspend), which says nothing about the job.
+            let supervised = context.executor?.worker != nil ? Set(context.monitor.runningIDs) : []
+            for job in try await context.store.recoverExpiredLeases(now: Date(), sparing: supervised) {
                 context.logger.warning(
                     "lease expired: \(job.errorMessage ?? "")",
                     metadata: ["job.id": "\(job.id)", "state": "\(job.state.rawValue)"])

@@ -13,6 +13,8 @@ import Synchronization
 public struct WorkerService: Service {
     let context: DaemonContext
     let workerID: String
+    /// Outcomes the database could not take yet (its filesystem full): retried before anything starts.
+    let unrecorded = Unrecorded()
 
     public init(context: DaemonContext) {
         self.context = context
@@ -31,13 +33,19 @@ public struct WorkerService: Service {
             return
         }
         let thread = WorkerThread(name: "gridit-worker")
-        defer { thread.stop() }
         let stopping = StopFlag()
         await withGracefulShutdownHandler {
             // Jobs claimed to join a batch that ended before the engine took them: they start next.
             var carried: [ClaimedJob] = []
             while !stopping.isSet {
                 context.notifier.watchdog()
+                await retryUnrecorded()
+                if !unrecorded.isEmpty || !startsAllowed(log: true) {
+                    for c in carried { _ = try? await context.store.releaseLease(id: c.job.id, token: c.token, now: Date()) }
+                    carried = []
+                    await context.monitor.waitForWake(timeout: .seconds(2))
+                    continue
+                }
                 let batch: ClaimedBatch?
                 do {
                     let claimed = carried.isEmpty ? try await claimBatch() : carried
@@ -56,10 +64,43 @@ public struct WorkerService: Service {
                 await context.refreshStatus()
             }
             for c in carried { _ = try? await context.store.releaseLease(id: c.job.id, token: c.token, now: Date()) }
+            await retryUnrecorded()
         } onGracefulShutdown: {
             stopping.set()
             context.monitor.requestStopAll(.shutdown)
             context.monitor.wake()
+        }
+        await thread.run { executor.shutdown() }
+        thread.stop()
+    }
+
+    /// Whether jobs may start now (no lost database, no full filesystem); logs each change.
+    private func startsAllowed(log: Bool) -> Bool {
+        let blocker = context.startBlocker(remakeReserve: true)
+        if log && context.conditions.update(blocker) {
+            if let blocker {
+                let level: Logger.Level = blocker.code == .databaseLost ? .critical : .warning
+                context.logger.log(level: level, "no job starts: \(blocker.message)", metadata: ["condition": "\(blocker.code.rawValue)"])
+            } else {
+                context.logger.notice("jobs start again: the condition that held them is over")
+            }
+        }
+        return blocker == nil
+    }
+
+    /// While a batch runs: a lost database stops it (nothing more can be recorded), a full one
+    /// hands its jobs back so that the space left goes to the database.
+    private func stopIfBlocked() {
+        switch context.startBlocker(remakeReserve: false)?.code {
+        case .databaseLost?: context.monitor.requestStopAll(.databaseLost)
+        case .databaseDiskFull?: context.monitor.requestStopAll(.diskFull)
+        default: break
+        }
+    }
+
+    private func retryUnrecorded() async {
+        for pending in unrecorded.take() {
+            await record(pending.outcome, id: pending.id, token: pending.token, stopReason: pending.stopReason, item: pending.item)
         }
     }
 
@@ -105,11 +146,18 @@ public struct WorkerService: Service {
         var items: [ExecutionItem] = []
         var tokens: [Int64: LeaseToken] = [:]
         for c in claimed {
+            // Space went below the minimum since the claim: back to the queue, no attempt used.
+            if context.startBlocker(remakeReserve: false) != nil {
+                _ = try? await context.store.releaseLease(id: c.job.id, token: c.token, now: Date())
+                context.monitor.changed(c.job.id)
+                continue
+            }
             do {
                 items.append(try prepare(c.job))
                 tokens[c.job.id] = c.token
             } catch {
-                await record(.failed(error), job: c.job, token: c.token, stopReason: nil)
+                await record(.failed(error), id: c.job.id, token: c.token, stopReason: nil)
+                context.monitor.changed(c.job.id)
             }
         }
         guard let first = claimed.first, !items.isEmpty else { return nil }
@@ -125,16 +173,9 @@ public struct WorkerService: Service {
         var priority: Int
     }
 
-    /// Creates the job's work folder and the output's parent; checks free space.
+    /// Creates the job's work folder and the output's parent (free space was checked before the claim).
     private func prepare(_ job: Job) throws(JobFailure) -> ExecutionItem {
         let layout = context.layout
-        if let free = context.freeBytes(), free < context.configuration.minFreeBytes {
-            throw JobFailure(
-                .diskFull,
-                "only \(formatBytes(free)) free on the filesystem of \(layout.root) (griditd needs "
-                    + "\(formatBytes(context.configuration.minFreeBytes))); free some space or prune old jobs "
-                    + "(`griditctl jobs prune`)")
-        }
         let stored = job.stored
         let work = layout.workDirectory(job: job.id)
         let output = job.outputDirectory(in: layout)
@@ -165,6 +206,7 @@ public struct WorkerService: Service {
         let notifier = context.notifier
         let faults = context.faults
         let pauseMarker = context.layout.root + "/test-paused"
+        let inProcess = !engineRunsApart
         let session = BatchSession(batch.items, tokens: claimed.tokens)
         let tracker = BatchTracker(ids: ids)
         monitor.started(ids)
@@ -197,7 +239,8 @@ public struct WorkerService: Service {
                 monitor.publish(step: step, for: id)
                 notifier.watchdog()
                 signal.yield()
-                if let pause = faults.pauseAt, pause.matches(step) { pause.hold(marker: pauseMarker, job: id) }
+                // An engine in a worker process pauses there itself (griditd stays responsive).
+                if inProcess, let pause = faults.pauseAt, pause.matches(step) { pause.hold(marker: pauseMarker, job: id) }
             },
             shouldStop: { id in
                 monitor.stopReason(id) ?? (stopping.isSet ? .shutdown : nil)
@@ -236,6 +279,9 @@ public struct WorkerService: Service {
         return carried
     }
 
+    /// The engine runs in a supervised worker process (not on griditd's inference thread).
+    private var engineRunsApart: Bool { context.executor?.worker != nil }
+
     /// While the batch runs and has room, claims the next job in line if it shares the batch's
     /// pipeline and priority, and hands it to the engine (which admits it between batches).
     private func admitMore(
@@ -244,9 +290,12 @@ public struct WorkerService: Service {
         var carried: [ClaimedJob] = []
         let lease = context.configuration.leaseDuration
         while !session.isClosed && !stopping.isSet {
+            // griditd is alive while the engine works (the worker process is supervised apart).
+            if engineRunsApart { context.notifier.watchdog() }
+            stopIfBlocked()
             var filter = filter
             filter.excluding = session.memberIDs  // never a second run of a job the engine still has
-            guard session.activeCount < context.configuration.maxBatchJobs,
+            guard session.activeCount < context.configuration.maxBatchJobs, startsAllowed(log: false),
                   let claimed = try? await context.store.claim(workerID: workerID, leaseDuration: lease, matching: filter, now: Date())
             else {
                 await context.monitor.waitForWake(timeout: pollInterval)
@@ -272,12 +321,11 @@ public struct WorkerService: Service {
         for (id, outcome) in session.takeOutcomes() {
             // Its last progress first (the resume point of an interrupted job), then the outcome.
             if let last = tracker.remove(id) { await sync([last], session) }
-            defer { context.monitor.finished(id) }
-            // Unreadable now (database trouble): the lease runs out and the reaper requeues it.
-            guard let token = session.token(id), let item = session.item(id),
-                  let job = try? await context.store.get(id: id)
-            else { continue }
-            await record(outcome, job: job, token: token, stopReason: context.monitor.stopReason(id), item: item)
+            guard let token = session.token(id), let item = session.item(id) else {
+                context.monitor.finished(id)
+                continue
+            }
+            await record(outcome, id: id, token: token, stopReason: context.monitor.stopReason(id), item: item)
         }
     }
 
@@ -309,55 +357,96 @@ public struct WorkerService: Service {
         }
     }
 
-    /// The job's outcome as a fenced state transition.
+    /// The job's outcome as a fenced state transition. An outcome the database cannot take now
+    /// (its filesystem full even after its reserve went) is kept and retried, the job still
+    /// shown running: it is never left for its lease to expire and count as a crash.
     private func record(
-        _ outcome: ExecutionOutcome, job: Job, token: LeaseToken, stopReason: StopReason?, item: ExecutionItem? = nil
+        _ outcome: ExecutionOutcome, id: Int64, token: LeaseToken, stopReason: StopReason?, item: ExecutionItem? = nil
     ) async {
         let store = context.store
         let logger = context.logger
         let now = Date()
-        var metadata: Logger.Metadata = ["job.id": "\(job.id)", "stage": "\(job.progress.stage.rawValue)"]
+        var metadata: Logger.Metadata = ["job.id": "\(id)"]
+        if stopReason == .databaseLost {
+            logger.critical("job stopped: the job database is lost, nothing is recorded", metadata: metadata)
+            context.monitor.finished(id)
+            return
+        }
         do {
             switch outcome {
             case .succeeded:
-                let output = item?.outputDirectory ?? job.outputDirectory(in: context.layout)
-                _ = try await store.complete(id: job.id, token: token, outputDir: output, now: now)
-                try? FileManager.default.removeItem(atPath: context.layout.workDirectory(job: job.id))
+                var output = item?.outputDirectory ?? ""
+                if item == nil { output = try await store.get(id: id).outputDirectory(in: context.layout) }
+                _ = try await store.complete(id: id, token: token, outputDir: output, now: now)
+                try? FileManager.default.removeItem(atPath: context.layout.workDirectory(job: id))
                 metadata["output"] = "\(output)"
                 logger.info("job succeeded", metadata: metadata)
             case .failed(let failure):
                 let after = try await store.fail(
-                    id: job.id, token: token, errorClass: failure.errorClass.rawValue, message: failure.message,
+                    id: id, token: token, errorClass: failure.errorClass.rawValue, message: failure.message,
                     retryable: failure.errorClass.retryable, now: now)
                 metadata["error.class"] = "\(failure.errorClass.rawValue)"
                 metadata["state"] = "\(after.state.rawValue)"
                 logger.warning("job failed: \(failure.message)", metadata: metadata)
+            case .crashed(let crash) where crash.counted:
+                let after = try await store.recordWorkerCrash(id: id, token: token, message: crash.message, now: now)
+                metadata["state"] = "\(after.state.rawValue)"
+                metadata["crashes"] = "\(after.crashCount)"
+                logger.error("job crashed the engine: \(crash.message)", metadata: metadata)
+            case .crashed(let crash):
+                _ = try await store.requeue(id: id, token: token, reason: crash.message, now: now)
+                logger.warning("job requeued, not counted as a crash: \(crash.message)", metadata: metadata)
             case .interrupted:
                 switch stopReason {
                 case .cancel:
-                    _ = try await store.acknowledgeCancel(id: job.id, token: token, now: now)
+                    _ = try await store.acknowledgeCancel(id: id, token: token, now: now)
                     logger.info("job canceled", metadata: metadata)
                 case .shutdown:
-                    _ = try await store.releaseLease(id: job.id, token: token, now: now)
+                    _ = try await store.releaseLease(id: id, token: token, now: now)
                     logger.info("job checkpointed and handed back for shutdown", metadata: metadata)
+                case .diskFull:
+                    _ = try await store.releaseLease(id: id, token: token, now: now)
+                    logger.warning("job checkpointed and handed back: the state filesystem is full", metadata: metadata)
                 case .leaseLost:
                     logger.warning("job stopped: another worker owns it now", metadata: metadata)
+                case .databaseLost:
+                    break
                 case nil:
                     _ = try await store.fail(
-                        id: job.id, token: token, errorClass: JobFailure.Class.internalError.rawValue,
+                        id: id, token: token, errorClass: JobFailure.Class.internalError.rawValue,
                         message: "the engine stopped the job although nobody asked it to", retryable: false, now: now)
                 }
             }
-        } catch where error.code == .leaseLost || error.code == .invalidTransition {
+        } catch where error.code == .leaseLost || error.code == .invalidTransition || error.code == .notFound {
             logger.warning("the job's outcome was not recorded: \(error.message)", metadata: metadata)
         } catch {
-            logger.error("recording the job's outcome failed", metadata: metadata.merging(["error": "\(error)"]) { $1 })
+            logger.error(
+                "recording the job's outcome failed; retrying", metadata: metadata.merging(["error": "\(error)"]) { $1 })
+            unrecorded.add(Unrecorded.Pending(id: id, token: token, outcome: outcome, stopReason: stopReason, item: item))
+            return
         }
-        context.monitor.changed(job.id)
+        context.monitor.finished(id)
+        context.monitor.changed(id)
     }
 }
 
-/// Set once, at graceful shutdown; read from the worker thread between steps.
+/// Outcomes the database refused (not fenced off: its filesystem was full), kept to record again.
+final class Unrecorded: Sendable {
+    struct Pending: Sendable {
+        var id: Int64
+        var token: LeaseToken
+        var outcome: ExecutionOutcome
+        var stopReason: StopReason?
+        var item: ExecutionItem?
+    }
+    private let pending = Mutex<[Pending]>([])
+
+    func add(_ p: Pending) { pending.withLock { $0.append(p) } }
+    func take() -> [Pending] { pending.withLock { p in defer { p = [] }; return p } }
+    var isEmpty: Bool { pending.withLock { $0.isEmpty } }
+}
+
+/// A flag set once (graceful shutdown; read from the worker thread between steps).
 final class StopFlag: Sendable {
     private let flag = Atomic(false)
     var isSet: Bool { flag.load(ordering: .acquiring) }

@@ -21,6 +21,9 @@ final class WorkerThread: @unchecked Sendable {
             Thread.current.name = name
             self.loop()
         }
+        // And from outside too: Foundation may not have registered the new thread yet when it
+        // asks for `Thread.current` first, and then the name set inside goes to a stand-in.
+        thread.name = name
         thread.stackSize = stackSize
         thread.start()
     }

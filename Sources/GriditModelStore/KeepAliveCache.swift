@@ -53,13 +53,15 @@ public final class BlobMappings: Sendable {
         }
     }
 
-    /// Every blob mapped through `map` and still held, or pinned.
+    /// Every blob mapped through `map` and still held, or pinned, or held by a reported cache
+    /// (the engine's worker process's, loaded or loading).
     public func inUse() -> Set<BlobDigest> {
-        state.withLock { s in
+        let (held, reporters) = state.withLock { s in
             var digests = Set(s.shared.compactMap { $0.value.file == nil ? nil : $0.key })
             for pin in s.pins.values { digests.formUnion(pin.blobs.keys) }
-            return digests
+            return (digests, Array(s.reporters.values))
         }
+        return reporters.flatMap { $0() }.reduce(into: held) { $0.formUnion($1.blobs.keys) }
     }
 
     struct Snapshot {
@@ -79,7 +81,9 @@ public final class BlobMappings: Sendable {
         return Snapshot(pins: pins, shared: shared, caches: reporters.flatMap { $0() })
     }
 
-    func addReporter(_ report: @escaping @Sendable () -> [CacheReport]) {
+    /// Adds caches to what `ps` lists and `gc` keeps: this process's, or those another process
+    /// (griditd's engine worker) reports.
+    public func addReporter(_ report: @escaping @Sendable () -> [CacheReport]) {
         state.withLock { s in
             s.nextID += 1
             s.reporters[s.nextID] = report
@@ -104,14 +108,16 @@ public final class MappingPin: Sendable {
     deinit { release() }
 }
 
-/// What `ps` shows of one cache entry.
-struct CacheReport: Sendable {
-    var key: String
-    var references: [String]
-    var leases: Int
-    var lastUsed: Date?
-    var expiresAt: Date?
-    var blobs: [BlobDigest: String]
+/// What `ps` shows of one cache entry; what griditd's engine worker sends of its cache.
+public struct CacheReport: Sendable, Codable, Equatable {
+    public var key: String
+    public var references: [String]
+    public var leases: Int
+    public var lastUsed: Date?
+    public var expiresAt: Date?
+    public var blobs: [BlobDigest: String]
+    /// The process that holds it (nil: this one).
+    public var pid: Int32?
 }
 
 /// Loaded models kept while in use and for `keepAlive` seconds after their last use, then dropped
@@ -235,13 +241,14 @@ public final class KeepAliveCache<Value: Sendable>: Sendable {
         }
     }
 
-    private func report() -> [CacheReport] {
+    /// What is cached, as `ps` shows it (`pid`: the process to name as its holder).
+    public func report(pid: Int32? = nil) -> [CacheReport] {
         entries.withLock { e in
             e.sorted { $0.key < $1.key }.map { key, entry in
                 CacheReport(
                     key: key, references: entry.references, leases: entry.leases, lastUsed: entry.lastUsed,
                     expiresAt: entry.leases == 0 ? entry.lastUsed.addingTimeInterval(entry.keepAlive) : nil,
-                    blobs: entry.blobs)
+                    blobs: entry.blobs, pid: pid)
             }
         }
     }

@@ -291,7 +291,7 @@ extension ModelStore {
                 ModelPSEntry(
                     key: c.key, references: c.references.isEmpty ? references(c.key) : c.references, leases: c.leases,
                     lastUsed: c.lastUsed.map(Timestamp.init), expiresAt: c.expiresAt.map(Timestamp.init),
-                    blobs: c.blobs.sorted { $0.key < $1.key }.map { blob($0.key, $0.value) }))
+                    blobs: c.blobs.sorted { $0.key < $1.key }.map { blob($0.key, $0.value) }, pid: c.pid))
         }
         let cacheKeys = Set(snapshot.caches.map(\.key))
         for pin in snapshot.pins where !cacheKeys.contains(pin.owner) {
@@ -308,10 +308,11 @@ extension ModelStore {
                     key: "mapped", references: [], leases: 0, lastUsed: nil, expiresAt: nil,
                     blobs: loose.sorted { $0.key < $1.key }.map { blob($0.key, $0.value.path) }))
         }
+        let reported = Set(snapshot.caches.compactMap(\.pid))  // listed above with their caches
         for root in blobRoots {
             for (pid, digests) in Residency.mappedByOtherProcesses(blobsDirectory: root.blobsDirectory).sorted(by: {
                 $0.key < $1.key
-            }) {
+            }) where !reported.contains(pid) {
                 entries.append(
                     ModelPSEntry(
                         key: "pid \(pid)", references: [], leases: 0, lastUsed: nil, expiresAt: nil,

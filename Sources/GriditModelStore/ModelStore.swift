@@ -92,7 +92,11 @@ public final class ModelStore: Sendable {
                     hint: "start griditd, or run a `griditd models` command that changes the store")
             }
             do {
-                self.database = try StateDatabase(path: path, migrate: access == .readWrite)
+                // Read-write means this process holds the state directory: the database is checked
+                // against its identity marker (a lost one is never replaced silently).
+                self.database =
+                    access == .readWrite
+                    ? try StateDatabase.openOwned(path: path).database : try StateDatabase(path: path, migrate: false)
             } catch {
                 throw ModelStoreError(
                     .database, error.message, hint: error.code == .schemaTooNew ? "use the newer griditd" : nil)

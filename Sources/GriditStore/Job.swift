@@ -13,7 +13,7 @@ public enum JobState: String, CaseIterable, Hashable, Sendable, Codable {
     /// Failed permanently, or transiently with no attempts left.
     case failed
     case canceled
-    /// Crashed the worker (or stalled past its lease) `RetryPolicy.maxCrashes` times.
+    /// Crashed the engine worker (or stalled it) `RetryPolicy.maxCrashes` times.
     case dead
 
     public var isTerminal: Bool {
@@ -86,7 +86,8 @@ public struct Job: Hashable, Sendable {
     public var updatedAt: Date
     public var startedAt: Date?
     public var finishedAt: Date?
-    /// Claims so far (crashes included).
+    /// Claims that counted (crashes included): a run handed back through no fault of the job
+    /// (shutdown, griditd's death, waiting for disk space) gives its claim back.
     public var attempt: Int
     public var maxAttempts: Int
     public var crashCount: Int
@@ -167,7 +168,7 @@ public struct RetryPolicy: Hashable, Sendable {
     /// Backoff after a transient failure: `min(backoffCap, backoffBase * 2^attempt)`.
     public var backoffBase: TimeInterval
     public var backoffCap: TimeInterval
-    /// A job whose worker crashed (lease expired / orphaned) this many times goes `dead`.
+    /// A job whose worker crashed (engine crash, stall, lease expired) this many times goes `dead`.
     public var maxCrashes: Int
 
     public init(backoffBase: TimeInterval = 10, backoffCap: TimeInterval = 600, maxCrashes: Int = 2) {
@@ -185,8 +186,12 @@ public struct RetryPolicy: Hashable, Sendable {
     }
 }
 
-/// The error class recorded when a lease expires or a running job is orphaned.
+/// The error class recorded when a lease expires or the engine process crashes under a job.
 public let workerCrashedErrorClass = "worker_crashed"
+
+/// The error class of a history entry for a run stopped through no fault of the job (griditd
+/// died, its engine process was killed from outside); no crash or attempt is counted for it.
+public let interruptedErrorClass = "interrupted"
 
 extension Date {
     /// Milliseconds since the Unix epoch, the unit of every timestamp column. Saturates rather

@@ -13,13 +13,23 @@ public enum JobEvent: Hashable, Sendable {
     case fail(token: LeaseToken, errorClass: String, message: String, retryable: Bool)
     /// The worker saw `cancelRequested` and stopped: `running → canceled`.
     case acknowledgeCancel(token: LeaseToken)
-    /// Graceful shutdown: hand the job back to the queue without counting a crash.
+    /// Graceful shutdown: hand the job back to the queue without counting a crash. The claim
+    /// does not count as an attempt either: the job did not fail.
     case releaseLease(token: LeaseToken)
+    /// The worker stopped running the job for a reason that is not the job's (its engine
+    /// process was killed from outside, or to stop another job of its batch): back to the queue
+    /// at its saved progress, `reason` in its history, no crash and no attempt counted.
+    case requeue(token: LeaseToken, reason: String)
+    /// The engine process crashed (a signal, an abnormal exit, a stall) while it ran the job:
+    /// counted like an expired lease, fenced by the token.
+    case workerCrashed(token: LeaseToken, message: String)
     /// A user cancels: waiting jobs are canceled at once, a running job gets `cancelRequested`.
     case cancel
     /// The lease ran out (`leaseExpiresAt <= now`): the worker is presumed crashed.
     case leaseExpired
-    /// The daemon restarted and found the job running: its worker is gone whatever the lease says.
+    /// The daemon restarted and found the job running: griditd itself died (killed, OOM-killed,
+    /// power lost). The engine runs in a worker process of its own, so the job did not cause it:
+    /// back to the queue without counting a crash or an attempt, however often it happens.
     case orphaned
     /// Manual retry of a `failed`, `canceled` or `dead` job.
     case retry
@@ -49,11 +59,12 @@ public struct JobTransition: Hashable, Sendable {
 /// ```
 ///            claim                succeed
 ///  queued ──────────▶ running ───────────▶ succeeded
-///    ▲  ▲               │ │ │ fail(permanent | no attempts left) ──▶ failed
-///    │  │  lease expired│ │ └ fail(transient) ──▶ retryable ──claim──▶ running
-///    │  └───────────────┘ │   (crash < max)        (not_before = now + backoff)
-///    │                    ├ lease expired (crash = max) ──▶ dead
-///    │                    └ cancel → cancelRequested, acknowledged ──▶ canceled
+///    ▲  ▲ ▲             │ │ │ fail(permanent | no attempts left) ──▶ failed
+///    │  │ │ lease expired │ │ └ fail(transient) ──▶ retryable ──claim──▶ running
+///    │  │ │ worker crashed│ │   (crash < max)        (not_before = now + backoff)
+///    │  │ └───────────────┘ ├ lease expired | worker crashed (crash = max) ──▶ dead
+///    │  │                   └ cancel → cancelRequested, acknowledged ──▶ canceled
+///    │  └── orphaned | release | requeue (no crash, no attempt counted) ◀── running
 ///    └──── retry ◀── failed | canceled | dead          (queued/retryable ─cancel─▶ canceled)
 /// ```
 public struct JobStateMachine: Hashable, Sendable {
@@ -137,9 +148,11 @@ public struct JobStateMachine: Hashable, Sendable {
 
         case .releaseLease(let token):
             try requireLease(token, job)
-            next.state = .queued
-            next.notBefore = now
-            clearLease(&next)
+            requeueUncounted(job, &next, &effects, note: nil, now: now)
+
+        case .requeue(let token, let reason):
+            try requireLease(token, job)
+            requeueUncounted(job, &next, &effects, note: reason, now: now)
 
         case .cancel:
             switch job.state {
@@ -155,43 +168,27 @@ public struct JobStateMachine: Hashable, Sendable {
                 try require(false, "cancel", job)
             }
 
-        case .leaseExpired, .orphaned:
+        case .orphaned:
             try require(job.state == .running, "recover", job)
-            if event == .leaseExpired {
-                guard let expiry = job.leaseExpiresAt, expiry <= now else {
-                    throw StoreError(
-                        .invalidTransition,
-                        "job \(job.id): lease still valid until \(job.leaseExpiresAt.map { "\($0)" } ?? "?")",
-                        jobID: job.id)
-                }
+            requeueUncounted(
+                job, &next, &effects,
+                note: "griditd stopped while the job ran (killed, crashed or the machine went down); "
+                    + "requeued to resume from its saved progress, not counted as a crash",
+                now: now)
+
+        case .leaseExpired:
+            try require(job.state == .running, "recover", job)
+            guard let expiry = job.leaseExpiresAt, expiry <= now else {
+                throw StoreError(
+                    .invalidTransition,
+                    "job \(job.id): lease still valid until \(job.leaseExpiresAt.map { "\($0)" } ?? "?")",
+                    jobID: job.id)
             }
-            let owner = job.leaseOwner ?? "?"
-            if job.cancelRequested {
-                // The user wanted it stopped anyway: not a crash, just finish the cancel.
-                next.state = .canceled
-                next.finishedAt = now
-                clearLease(&next)
-                break
-            }
-            next.crashCount += 1
-            let why = event == .orphaned ? "orphaned by a daemon restart" : "lease expired"
-            let message = "worker \(owner) \(why) (crash \(next.crashCount) of \(policy.maxCrashes))"
-            effects.append(.recordError(JobErrorRecord(
-                jobID: job.id, attempt: job.attempt, at: now, errorClass: workerCrashedErrorClass,
-                message: message)))
-            next.errorClass = workerCrashedErrorClass
-            clearLease(&next)
-            if next.crashCount >= policy.maxCrashes {
-                next.state = .dead
-                next.finishedAt = now
-                next.errorMessage = "the job crashed or stalled its worker \(next.crashCount) times "
-                    + "(last: \(message)); it is dead so the queue keeps draining. "
-                    + "Inspect it, then `griditctl jobs retry \(job.id)` to run it again"
-            } else {
-                next.state = .queued
-                next.notBefore = now
-                next.errorMessage = message + "; requeued to resume from its saved progress"
-            }
+            countCrash(job, &next, &effects, why: "worker \(job.leaseOwner ?? "?") lease expired", now: now)
+
+        case .workerCrashed(let token, let message):
+            try requireLease(token, job)
+            countCrash(job, &next, &effects, why: message, now: now)
 
         case .retry:
             try require([.failed, .canceled, .dead].contains(job.state), "retry", job)
@@ -248,6 +245,53 @@ public struct JobStateMachine: Hashable, Sendable {
                 .invalidArgument,
                 "lease needs a non-empty worker id and a positive duration (got \"\(workerID)\", \(leaseDuration) s)")
         }
+    }
+
+    /// A crash the job is held responsible for: back to the queue at its saved progress, or `dead`
+    /// at `maxCrashes` so that the queue keeps draining. A requested cancel just completes.
+    private func countCrash(_ job: Job, _ next: inout Job, _ effects: inout [JobEffect], why: String, now: Date) {
+        clearLease(&next)
+        if job.cancelRequested {
+            // The user wanted it stopped anyway: not a crash, just finish the cancel.
+            next.state = .canceled
+            next.finishedAt = now
+            return
+        }
+        next.crashCount += 1
+        let message = "\(why) (crash \(next.crashCount) of \(policy.maxCrashes))"
+        effects.append(.recordError(JobErrorRecord(
+            jobID: job.id, attempt: job.attempt, at: now, errorClass: workerCrashedErrorClass, message: message)))
+        next.errorClass = workerCrashedErrorClass
+        if next.crashCount >= policy.maxCrashes {
+            next.state = .dead
+            next.finishedAt = now
+            next.errorMessage = "the job crashed or stalled its worker \(next.crashCount) times "
+                + "(last: \(message)); it is dead so the queue keeps draining. "
+                + "Inspect it, then `griditctl jobs retry \(job.id)` to run it again"
+        } else {
+            next.state = .queued
+            next.notBefore = now
+            next.errorMessage = message + "; requeued to resume from its saved progress"
+        }
+    }
+
+    /// A run that stopped through no fault of the job: back to the queue at once, and the claim
+    /// that made it run is not an attempt; `note` goes into its history. A requested cancel
+    /// completes instead.
+    private func requeueUncounted(_ job: Job, _ next: inout Job, _ effects: inout [JobEffect], note: String?, now: Date) {
+        clearLease(&next)
+        if job.cancelRequested {
+            next.state = .canceled
+            next.finishedAt = now
+            return
+        }
+        if let note {
+            effects.append(.recordError(JobErrorRecord(
+                jobID: job.id, attempt: job.attempt, at: now, errorClass: interruptedErrorClass, message: note)))
+        }
+        next.state = .queued
+        next.notBefore = now
+        next.attempt = max(0, next.attempt - 1)
     }
 
     private func clearLease(_ job: inout Job) {

@@ -186,8 +186,17 @@ public protocol JobStore: Sendable {
     /// The worker stopped because `cancelRequested` was set: `running → canceled`.
     func acknowledgeCancel(id: Int64, token: LeaseToken, now: Date) async throws(StoreError) -> Job
 
-    /// Graceful shutdown: `running → queued` at its saved progress, no crash counted.
+    /// Graceful shutdown: `running → queued` at its saved progress, no crash or attempt counted.
     func releaseLease(id: Int64, token: LeaseToken, now: Date) async throws(StoreError) -> Job
+
+    /// The run stopped through no fault of the job (its engine process was killed from outside,
+    /// or to stop another job): `running → queued` at its saved progress with `reason` in its
+    /// history; no crash or attempt counted (`canceled` if a cancel was requested).
+    func requeue(id: Int64, token: LeaseToken, reason: String, now: Date) async throws(StoreError) -> Job
+
+    /// The engine process crashed while it ran the job: counts a crash like an expired lease
+    /// (`queued` to resume, or `dead` at `RetryPolicy.maxCrashes`), fenced by the token.
+    func recordWorkerCrash(id: Int64, token: LeaseToken, message: String, now: Date) async throws(StoreError) -> Job
 
     /// `queued`/`retryable → canceled` at once; `running` → `cancelRequested` (the worker sees it
     /// in `heartbeat`/`saveProgress`). Only the owner or an admin; others get `forbidden`.
@@ -198,12 +207,14 @@ public protocol JobStore: Sendable {
     func retry(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StoreError) -> Job
 
     /// Running jobs whose lease expired (`leaseExpiresAt <= now`) count a crash and go back to
-    /// `queued` (resuming from their progress), or to `dead` at `RetryPolicy.maxCrashes`.
-    /// Returns the recovered jobs as they are now.
-    func recoverExpiredLeases(now: Date) async throws(StoreError) -> [Job]
+    /// `queued` (resuming from their progress), or to `dead` at `RetryPolicy.maxCrashes`, except
+    /// those in `sparing` (jobs whose worker griditd supervises itself). Returns the recovered
+    /// jobs as they are now.
+    func recoverExpiredLeases(now: Date, sparing: Set<Int64>) async throws(StoreError) -> [Job]
 
     /// At daemon start, under the state directory lock: every `running` job is orphaned whatever
-    /// its lease says; same outcome as `recoverExpiredLeases`.
+    /// its lease says (griditd died under it) and goes back to `queued` at its saved progress,
+    /// without counting a crash or an attempt.
     func recoverOrphanedJobs(now: Date) async throws(StoreError) -> [Job]
 
     /// Persisted: a paused queue accepts submits but `claim` returns nil.
@@ -230,6 +241,10 @@ extension JobStore {
     /// A submit bounded by the queue's size alone.
     public func submit(_ submission: JobSubmission, owner: UInt32, maxQueued: Int, now: Date) async throws(StoreError) -> SubmitResult {
         try await submit(submission, owner: owner, limits: SubmitLimits(maxQueued: maxQueued), now: now)
+    }
+
+    public func recoverExpiredLeases(now: Date) async throws(StoreError) -> [Job] {
+        try await recoverExpiredLeases(now: now, sparing: [])
     }
 
     /// Prunes every terminal state.

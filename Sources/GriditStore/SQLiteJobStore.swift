@@ -220,6 +220,14 @@ public final class SQLiteJobStore: JobStore {
         try await transition(id, .releaseLease(token: token), now: now)
     }
 
+    public func requeue(id: Int64, token: LeaseToken, reason: String, now: Date) async throws(StoreError) -> Job {
+        try await transition(id, .requeue(token: token, reason: reason), now: now)
+    }
+
+    public func recordWorkerCrash(id: Int64, token: LeaseToken, message: String, now: Date) async throws(StoreError) -> Job {
+        try await transition(id, .workerCrashed(token: token, message: message), now: now)
+    }
+
     public func cancel(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StoreError) -> Job {
         try await transition(id, .cancel, now: now) { job in
             try Self.authorize(job, requesterUID: requesterUID, isAdmin: isAdmin, action: "cancel")
@@ -232,8 +240,8 @@ public final class SQLiteJobStore: JobStore {
         }
     }
 
-    public func recoverExpiredLeases(now: Date) async throws(StoreError) -> [Job] {
-        try await recover(.leaseExpired, now: now)
+    public func recoverExpiredLeases(now: Date, sparing: Set<Int64>) async throws(StoreError) -> [Job] {
+        try await recover(.leaseExpired, now: now, sparing: sparing)
     }
 
     public func recoverOrphanedJobs(now: Date) async throws(StoreError) -> [Job] {
@@ -329,20 +337,10 @@ public final class SQLiteJobStore: JobStore {
 
     // MARK: - Transactions
 
-    /// Runs `body` in one `BEGIN IMMEDIATE` transaction on the writer, translating errors.
+    /// Runs `body` in one `BEGIN IMMEDIATE` transaction on the writer, translating errors (a
+    /// full filesystem releases the database's reserve first: `StateDatabase.write`).
     private func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(StoreError) -> T {
-        do {
-            return try await pool.writeWithoutTransaction { db in
-                var result: T?
-                try db.inTransaction(.immediate) {
-                    result = try body(db)
-                    return .commit
-                }
-                return result!
-            }
-        } catch {
-            throw Self.translate(error)
-        }
+        try await database.write(body)
     }
 
     private func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(StoreError) -> T {
@@ -369,7 +367,7 @@ public final class SQLiteJobStore: JobStore {
         }
     }
 
-    private func recover(_ event: JobEvent, now: Date) async throws(StoreError) -> [Job] {
+    private func recover(_ event: JobEvent, now: Date, sparing: Set<Int64> = []) async throws(StoreError) -> [Job] {
         let machine = self.machine
         let nowMs = now.unixMillis
         let now = Date(unixMillis: nowMs)  // the columns' resolution, so SQL and Swift agree
@@ -379,7 +377,7 @@ public final class SQLiteJobStore: JobStore {
                 : "SELECT * FROM job WHERE state = 'running' AND lease_expires_at <= ? ORDER BY id"
             let rows = try Row.fetchAll(db, sql: sql, arguments: event == .orphaned ? [] : [nowMs])
             var recovered: [Job] = []
-            for row in rows {
+            for row in rows where !sparing.contains(row["id"] as Int64) {
                 let transition = try machine.apply(event, to: try Self.decodeJob(row), now: now)
                 try Self.apply(transition, db)
                 recovered.append(transition.job)

@@ -18,17 +18,62 @@ public final class StateDatabase: Sendable {
 
     public let path: String
     public let pool: DatabasePool
+    /// Space set aside for the database on its filesystem (`openOwned` only): a write that
+    /// finds the disk full releases it and tries once more.
+    public let reserve: DatabaseReserve?
+    private let identity: DatabaseIdentity?
 
     /// Opens (creating if missing) the database at `path` and applies pending `migrations`.
     /// Refuses (`schemaTooNew`) a database that records a migration this binary does not know.
     /// With `migrate: false` nothing is written: the caller gets the schema as it is (used by
-    /// read-only tools while a daemon owns the state directory).
-    public init(
+    /// read-only tools while a daemon owns the state directory). No identity check: the process
+    /// that holds the state directory's lock opens it with `openOwned`.
+    public convenience init(
         path: String, busyTimeout: TimeInterval = 5, migrations: [SchemaMigration] = SchemaMigration.all,
         migrate: Bool = true
     ) throws(StoreError) {
+        let pool = try Self.openPool(path: path, busyTimeout: busyTimeout, migrations: migrations, create: migrate)
+        if migrate {
+            do { try SchemaMigration.migrator(migrations).migrate(pool) } catch {
+                throw Self.openingError(path, error)
+            }
+        }
+        self.init(path: path, pool: pool, reserve: nil, identity: nil)
+    }
+
+    private init(path: String, pool: DatabasePool, reserve: DatabaseReserve?, identity: DatabaseIdentity?) {
         self.path = path
-        if migrate { try Self.createPrivately(path) }
+        self.pool = pool
+        self.reserve = reserve
+        self.identity = identity
+    }
+
+    /// The database of the state directory this process has locked (`StateDirectoryLock`):
+    /// checked against its identity marker first (a deleted, replaced or truncated database, or a
+    /// lost write-ahead log, throws `databaseLost` unless `initialize`), then migrated, with a
+    /// reserve of `reserveBytes` made beside it when the filesystem has room. Returns notes on
+    /// what `initialize` accepted or what was found moved, for the log.
+    public static func openOwned(
+        path: String, initialize: Bool = false, reserveBytes: Int64 = 0, busyTimeout: TimeInterval = 5,
+        migrations: [SchemaMigration] = SchemaMigration.all
+    ) throws(StoreError) -> (database: StateDatabase, notes: [String]) {
+        let (pool, opening) = try DatabaseIdentity.guardedOpen(
+            path: path, initialize: initialize,
+            open: { () throws(StoreError) in
+                try openPool(path: path, busyTimeout: busyTimeout, migrations: migrations, create: true)
+            },
+            migrate: { try SchemaMigration.migrator(migrations).migrate($0) })
+        let directory = (path as NSString).deletingLastPathComponent
+        let reserve = DatabaseReserve(
+            path: (directory as NSString).appendingPathComponent(DatabaseReserve.fileName), size: reserveBytes)
+        reserve.ensure(keepFree: 0)
+        return (StateDatabase(path: path, pool: pool, reserve: reserve, identity: opening.identity), opening.notes)
+    }
+
+    private static func openPool(
+        path: String, busyTimeout: TimeInterval, migrations: [SchemaMigration], create: Bool
+    ) throws(StoreError) -> DatabasePool {
+        if create { try createPrivately(path) }
         for suffix in ["", "-wal", "-shm"] { StatePermissions.file(path + suffix, mode: StatePermissions.database) }
         var config = Configuration()
         config.foreignKeysEnabled = true
@@ -37,7 +82,7 @@ public final class StateDatabase: Sendable {
             try db.execute(sql: "PRAGMA synchronous = FULL")
         }
         do {
-            pool = try DatabasePool(path: path, configuration: config)
+            let pool = try DatabasePool(path: path, configuration: config)
             // GRDB sets `synchronous = NORMAL` on the writer when it enables WAL, after
             // prepareDatabase; the writer is one long-lived connection, so set FULL on it here.
             try pool.writeWithoutTransaction { db in
@@ -50,6 +95,7 @@ public final class StateDatabase: Sendable {
                     .filter { !known.contains($0) }
             }
             guard unknown.isEmpty else {
+                try? pool.close()
                 throw StoreError(
                     .schemaTooNew,
                     "the job database \(path) was migrated by a newer griditd (unknown migrations: "
@@ -57,18 +103,41 @@ public final class StateDatabase: Sendable {
                         + (migrations.last?.identifier ?? "none")
                         + "). Run the newer griditd, or point --state-dir at another directory")
             }
-            if migrate { try SchemaMigration.migrator(migrations).migrate(pool) }
-        } catch let error as StoreError {
-            throw error
+            return pool
         } catch {
-            let translated = Self.translate(error)
-            throw StoreError(translated.code, "opening the job database \(path): \(translated.message)")
+            throw openingError(path, error)
         }
     }
 
-    /// Closes every connection; later calls fail.
+    private static func openingError(_ path: String, _ error: any Error) -> StoreError {
+        if let error = error as? StoreError { return error }
+        let translated = translate(error)
+        return StoreError(translated.code, "opening the job database \(path): \(translated.message)")
+    }
+
+    // The pool closes when this goes (SQLite may then remove the -wal file): the marker must not
+    // keep saying "open", or the next start would take that for a lost WAL.
+    deinit {
+        checkpointForClose()
+        identity?.closed()
+    }
+
+    /// Nil while `path` still names the database file this process opened (`openOwned`); else
+    /// what happened to it (deleted, replaced, truncated, its write-ahead log deleted).
+    public func identityProblem() -> String? { identity?.problem() }
+
+    /// Closes every connection; later calls fail. A database opened with `openOwned` first moves
+    /// everything into the main file (the `-wal` file stays, empty: GRDB closes its writer before
+    /// its readers) and records the clean close in its identity marker.
     public func close() throws(StoreError) {
+        checkpointForClose()
         do { try pool.close() } catch { throw Self.translate(error) }
+        identity?.closed()
+    }
+
+    private func checkpointForClose() {
+        guard identity != nil else { return }
+        _ = try? pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
     }
 
     /// A missing database file is created empty with the database's mode before SQLite opens it
@@ -92,20 +161,37 @@ public final class StateDatabase: Sendable {
         } catch { throw Self.translate(error) }
     }
 
-    /// Runs `body` in one `BEGIN IMMEDIATE` transaction on the writer (blocking).
+    /// Runs `body` in one `BEGIN IMMEDIATE` transaction on the writer (blocking). On a full
+    /// filesystem it releases the reserve and tries once more.
     public func write<T>(_ body: (Database) throws -> T) throws(StoreError) -> T {
         do {
-            return try pool.writeWithoutTransaction { db in
-                var result: T?
-                try db.inTransaction(.immediate) {
-                    result = try body(db)
-                    return .commit
-                }
-                return result!
-            }
+            return try pool.writeWithoutTransaction { try Self.immediate($0, body) }
+        } catch where Self.translate(error).code == .diskFull && reserve?.release() == true {
+            do { return try pool.writeWithoutTransaction { try Self.immediate($0, body) } } catch { throw Self.translate(error) }
         } catch {
             throw Self.translate(error)
         }
+    }
+
+    /// The same without blocking the caller (GRDB's writer queue runs it): outcomes, cancels and
+    /// pauses are still recorded while an operator frees space.
+    public func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(StoreError) -> T {
+        do {
+            return try await pool.writeWithoutTransaction { try Self.immediate($0, body) }
+        } catch where Self.translate(error).code == .diskFull && reserve?.release() == true {
+            do { return try await pool.writeWithoutTransaction { try Self.immediate($0, body) } } catch { throw Self.translate(error) }
+        } catch {
+            throw Self.translate(error)
+        }
+    }
+
+    private static func immediate<T>(_ db: Database, _ body: (Database) throws -> T) throws -> T {
+        var result: T?
+        try db.inTransaction(.immediate) {
+            result = try body(db)
+            return .commit
+        }
+        return result!
     }
 
     /// Runs `body` in a snapshot read transaction (blocking).
@@ -122,6 +208,11 @@ public final class StateDatabase: Sendable {
         if let error = error as? StoreError { return error }
         if let error = error as? DatabaseError {
             let detail = "\(error.resultCode): \(error.message ?? "no message")"
+            if error.resultCode == .SQLITE_FULL {
+                return StoreError(
+                    .diskFull,
+                    "no space left for the job database (\(detail)); free space on the state directory's filesystem")
+            }
             if error.resultCode == .SQLITE_BUSY || error.resultCode == .SQLITE_LOCKED {
                 return StoreError(
                     .busy,

@@ -17,6 +17,8 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
             case locked
             case busy
             case database
+            case diskFull = "disk_full"
+            case databaseLost = "database_lost"
             case io
         }
         fileprivate let value: Value
@@ -46,6 +48,11 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let busy = Code(value: .busy)
         /// Any other SQLite error (constraint, corruption, disk full, ...).
         public static let database = Code(value: .database)
+        /// The database's filesystem is full (SQLITE_FULL, ENOSPC): nothing was written.
+        public static let diskFull = Code(value: .diskFull)
+        /// The database file is not the one griditd created in this state directory (deleted,
+        /// replaced, truncated, or its write-ahead log lost): griditd refuses to start over silently.
+        public static let databaseLost = Code(value: .databaseLost)
         /// A system call failed (open, flock, write).
         public static let io = Code(value: .io)
 

@@ -1,6 +1,7 @@
 // griditd: the gridit daemon executable. Thin: every subcommand parses its options and calls a
 // library target. The root lists the subcommands; each lives in its own files (`serve`:
-// Serve*.swift, GriditDaemon; `run`: Run.swift, GriditEngine; `models`: Models*.swift, GriditModelStore).
+// Serve*.swift, GriditDaemon; `run`: Run.swift, GriditEngine; `models`: Models*.swift, GriditModelStore;
+// `worker`, hidden: Worker.swift, the engine process `serve` starts).
 import ArgumentParser
 import GriditAPI
 
@@ -10,5 +11,5 @@ struct Griditd: AsyncParsableCommand {
         commandName: "griditd",
         abstract: "The gridit daemon: a durable job queue and worker for GriDiT image sequences, and its offline tools.",
         version: griditVersion,
-        subcommands: [Serve.self, RunCommand.self, Models.self])
+        subcommands: [Serve.self, RunCommand.self, Models.self, WorkerCommand.self])
 }

@@ -100,6 +100,18 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds a SIGTERM waits for the running job to checkpoint before griditd exits.")
     var stopTimeout: Double = 75
 
+    @Option(help: "Seconds a canceled or stopping job may take to stop before griditd kills the engine's worker process.")
+    var stopGrace: Double = 30
+
+    @Option(help: "Free space (K, M, G) below which no job starts; queued jobs wait without using attempts.")
+    var minFree: String = "256M"
+
+    @Option(help: "Space (K, M, G; 0: none) set aside for the job database, released when the disk fills up.")
+    var dbReserve: String = "32M"
+
+    @Flag(help: "Accept the state directory's job database as it is, or create an empty one, although its identity marker says the database griditd created there is gone (deleted, replaced, its WAL lost).")
+    var `init` = false
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String = "info"
 
@@ -134,6 +146,9 @@ struct Serve: AsyncParsableCommand {
         guard (1...1024).contains(maxBatch) else { throw ValidationError("--max-batch must be 1...1024") }
         guard (1...64).contains(maxBatchJobs) else { throw ValidationError("--max-batch-jobs must be 1...64") }
         try Self.checkSeconds(keepAlive, "--keep-alive", 0...(365 * 86_400))
+        try Self.checkSeconds(stopGrace, "--stop-grace", 1...86_400)
+        guard parseBytes(minFree) != nil else { throw ValidationError("--min-free '\(minFree)' is not a size (e.g. 256M, 1G)") }
+        guard parseBytes(dbReserve) != nil else { throw ValidationError("--db-reserve '\(dbReserve)' is not a size (e.g. 32M, 0)") }
     }
 
     /// A finite number of seconds in `range` (Duration and the database's milliseconds trap on
@@ -176,6 +191,14 @@ struct Serve: AsyncParsableCommand {
         configuration.http.headerTimeout = .seconds(headerTimeout)
         configuration.http.bodyTimeout = .seconds(bodyTimeout)
         configuration.http.idleTimeout = .seconds(idleTimeout)
+        configuration.stopGrace = stopGrace
+        configuration.minFreeBytes = Int64(parseBytes(minFree) ?? 0)
+        configuration.databaseReserveBytes = Int64(parseBytes(dbReserve) ?? 0)
+        configuration.initialize = `init`
+        let worker = WorkerCommand.launch(
+                stateDirectory: configuration.stateDirectory, blasThreads: configuration.blasThreads,
+                memoryBudget: configuration.memoryBudget, maxBatch: configuration.maxBatchItems,
+                keepAlive: configuration.modelKeepAlive, logLevel: logLevel)
         let sites = (siteRoots + (ProcessInfo.processInfo.environment["GRIDIT_SITE_ROOTS"] ?? "").split(separator: ":").map(String.init))
             .map(absolute)
 
@@ -183,11 +206,12 @@ struct Serve: AsyncParsableCommand {
             let faults = try FaultInjection(environment: ProcessInfo.processInfo.environment)
             let settings = configuration
             try await Daemon.run(configuration: configuration, logger: logger, faults: faults) { store in
-                try Backend.components(configuration: settings, database: store.database, siteRoots: sites, logger: logger)
+                try Backend.components(
+                    configuration: settings, database: store.database, siteRoots: sites, worker: worker, logger: logger)
             }
         } catch let error as StoreError {
             logger.critical("\(error.message)")
-            throw ExitCode(error.code == .locked ? 75 : 1)
+            throw ExitCode(error.code == .locked ? 75 : error.code == .databaseLost ? 78 : 1)
         } catch {
             logger.critical("\(error)")
             throw ExitCode.failure

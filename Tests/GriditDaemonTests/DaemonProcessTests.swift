@@ -198,7 +198,7 @@ struct DaemonProcessTests {
         }
     }
 
-    @Test("jobs orphaned by crashes: requeued once with the crash counted, dead the second time")
+    @Test("jobs orphaned by griditd's deaths: requeued at their progress every time, never a crash, never dead")
     func orphansAtStartup() async throws {
         let dir = try ShortTemporaryDirectory()
         defer { dir.remove() }
@@ -227,24 +227,21 @@ struct DaemonProcessTests {
             let daemon = try DaemonProcess(directory: dir, arguments: ["--start-paused"])
             let job = try daemon.client.get("/v1/jobs/\(id)", as: JobInfo.self)
             #expect(job.state == .queued)
-            #expect(job.crashCount == 1)
+            #expect(job.crashCount == 0 && job.attempt == 0)
             #expect(job.progress.stage == "sr" && job.progress.framesDone == 6, "resume point kept")
-            #expect(job.errors?.first?.errorClass == "worker_crashed")
-            #expect(daemon.log.contains("recovered a job orphaned by a crash"))
+            #expect(job.errors?.first?.errorClass == "interrupted")
+            #expect(daemon.log.contains("not counted as a crash"))
             #expect(daemon.stop() == 0)
         }
         #expect(try await crashWhileRunning() == id)
         do {
             let daemon = try DaemonProcess(directory: dir, arguments: ["--start-paused"])
             let job = try daemon.client.get("/v1/jobs/\(id)", as: JobInfo.self)
-            #expect(job.state == .dead)
-            #expect(job.errorMessage?.contains("crashed or stalled its worker 2 times") == true)
-            #expect(job.errors?.count == 2)
-            // The queue keeps going: the other job is still waiting, first in line.
-            let other = try daemon.client.get("/v1/jobs?state=queued", as: JobList.self).jobs
-            #expect(other.count == 1 && other[0].queuePosition == 1)
-            // And the dead job can be retried by its owner.
-            #expect(try daemon.client.post("/v1/jobs/\(id)/retry", as: JobInfo.self).state == .queued)
+            #expect(job.state == .queued && job.crashCount == 0, "a second death of griditd is no crash either: \(job)")
+            #expect(job.errors?.map(\.errorClass) == ["interrupted", "interrupted"])
+            // Both jobs wait, the recovered one first in line again.
+            let waiting = try daemon.client.get("/v1/jobs?state=queued", as: JobList.self).jobs
+            #expect(waiting.count == 2 && waiting.first { $0.id == id }?.queuePosition == 1)
             #expect(daemon.stop() == 0)
         }
     }

@@ -95,6 +95,8 @@ struct HostileImportProcessTests {
         let dir = try ShortTemporaryDirectory()
         defer { dir.remove() }
         let state = dir.file("state")
+        // A state directory griditd made (a directory with outputs and no database is refused as a lost database).
+        #expect(try DaemonProcess(directory: dir).stop() == 0)
         let partial = state + "/outputs/.job-7.partial-Ab12Cd"
         let nested = state + "/outputs/cats/.run-1.partial-Qw34Er"
         let export = state + "/tmp/export-\(UUID().uuidString).tar"

@@ -1,4 +1,7 @@
 // The daemon's small pure parts: routing, request limits, submit validation, log fields, faults.
+#if canImport(Glibc)
+import Glibc
+#endif
 import Foundation
 import GriditAPI
 @testable import GriditDaemon
@@ -143,5 +146,22 @@ struct DaemonUnitTests {
         other.parameters.steps = "250"
         #expect(!stored.matches(other, length: 8, jobLength: 8))
         #expect(!stored.matches(same, length: 9, jobLength: 8))
+    }
+
+    @Test("a worker's end: crash signals, exit codes, and where its cgroup's OOM-kill count is")
+    func workerExit() {
+        // Wait statuses as the kernel encodes them: signal in the low 7 bits, exit code above.
+        let segv = WorkerExit(status: SIGSEGV)
+        #expect(segv.signal == SIGSEGV && segv.isCrashSignal && segv.description == "killed by SIGSEGV")
+        let killed = WorkerExit(status: SIGKILL)
+        #expect(killed.signal == SIGKILL && !killed.isCrashSignal)
+        let exited = WorkerExit(status: 3 << 8)
+        #expect(exited.signal == 0 && exited.code == 3 && exited.description == "exited with status 3")
+        // A container mounts the hierarchy from some ancestor: the cgroup's own file comes first.
+        #expect(OOMKills.own("/sys/fs/cgroup/memory", "/a/b", "memory.oom_control") == [
+            "/sys/fs/cgroup/memory/a/b/memory.oom_control", "/sys/fs/cgroup/memory/b/memory.oom_control",
+            "/sys/fs/cgroup/memory/memory.oom_control",
+        ])
+        #expect(OOMKills.own("/sys/fs/cgroup", "/", "memory.events") == ["/sys/fs/cgroup/memory.events"])
     }
 }

@@ -38,6 +38,8 @@ struct JobStateMachineTests {
             ("fail", .fail(token: token, errorClass: "io", message: "m", retryable: true), [.running]),
             ("ack cancel", .acknowledgeCancel(token: token), [.running]),
             ("release", .releaseLease(token: token), [.running]),
+            ("requeue", .requeue(token: token, reason: "killed from outside"), [.running]),
+            ("worker crashed", .workerCrashed(token: token, message: "SIGSEGV"), [.running]),
             ("cancel", .cancel, [.queued, .retryable, .running, .canceled]),
             ("lease expired", .leaseExpired, [.running]),
             ("orphaned", .orphaned, [.running]),
@@ -144,8 +146,46 @@ struct JobStateMachineTests {
         let second = try machine.apply(.leaseExpired, to: again, now: at(100))
         #expect(second.job.state == .dead && second.job.crashCount == 2 && second.job.finishedAt == at(100))
         #expect(second.job.errorClass == workerCrashedErrorClass)
-        // orphaned ignores the lease time.
-        #expect(try machine.apply(.orphaned, to: running(), now: at(1)).job.state == .queued)
+    }
+
+    @Test("an engine crash counts like an expired lease, fenced by the token; the second is dead")
+    func engineCrashes() throws {
+        let first = try machine.apply(.workerCrashed(token: token, message: "the engine crashed (SIGSEGV)"), to: running(), now: at(5))
+        #expect(first.job.state == .queued && first.job.crashCount == 1 && first.job.attempt == 1)
+        #expect(first.job.errorMessage?.hasPrefix("the engine crashed (SIGSEGV) (crash 1 of 2)") == true)
+        #expect(first.effects.count == 1)
+        var again = first.job
+        again.state = .running
+        again.attempt = 2
+        again.leaseOwner = "w"
+        again.leaseToken = token
+        again.leaseExpiresAt = at(100)
+        #expect(throws: StoreError.self) { try machine.apply(.workerCrashed(token: otherToken, message: "x"), to: again, now: at(6)) }
+        let second = try machine.apply(.workerCrashed(token: token, message: "SIGBUS"), to: again, now: at(6))
+        #expect(second.job.state == .dead && second.job.crashCount == 2)
+    }
+
+    @Test("griditd's death (orphaned), a release and a requeue count neither a crash nor an attempt, however often")
+    func uncountedReturns() throws {
+        var job = running(attempt: 3, maxAttempts: 3)
+        job.progress = JobProgress(stage: .sr, gridsDone: 4, framesDone: 9)
+        for _ in 0..<10 {
+            let orphaned = try machine.apply(.orphaned, to: job, now: at(1))  // ignores the lease time
+            #expect(orphaned.job.state == .queued && orphaned.job.crashCount == 0 && orphaned.job.attempt == 2)
+            #expect(orphaned.job.progress == job.progress && orphaned.job.leaseToken == nil)
+            #expect(orphaned.effects.count == 1, "the interruption is in the history")
+            if case .recordError(let record) = orphaned.effects.first { #expect(record.errorClass == interruptedErrorClass) }
+        }
+        let released = try machine.apply(.releaseLease(token: token), to: job, now: at(2))
+        #expect(released.job.state == .queued && released.job.attempt == 2 && released.effects.isEmpty)
+        let requeued = try machine.apply(.requeue(token: token, reason: "killed from outside (SIGKILL)"), to: job, now: at(3))
+        #expect(requeued.job.state == .queued && requeued.job.attempt == 2 && requeued.job.crashCount == 0)
+        #expect(requeued.effects.count == 1)
+        // A cancel requested meanwhile completes instead.
+        var canceling = job
+        canceling.cancelRequested = true
+        #expect(try machine.apply(.orphaned, to: canceling, now: at(4)).job.state == .canceled)
+        #expect(try machine.apply(.requeue(token: token, reason: "r"), to: canceling, now: at(4)).job.state == .canceled)
     }
 
     @Test("cancel: waiting jobs at once, running by request, canceled idempotent")

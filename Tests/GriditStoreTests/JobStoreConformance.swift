@@ -29,6 +29,7 @@ struct JobStoreConformance: Sendable {
         Case(name: "late heartbeat before recovery keeps the job") { try await $0.lateHeartbeat() },
         Case(name: "two crashes make a job dead") { try await $0.twoCrashesDead() },
         Case(name: "startup recovery of orphans") { try await $0.orphans() },
+        Case(name: "engine crash counts, requeue does not") { try await $0.engineCrashAndRequeue() },
         Case(name: "terminal states are sticky") { try await $0.terminalSticky() },
         Case(name: "cancel queued and running") { try await $0.cancelQueuedAndRunning() },
         Case(name: "cancel checks the owner") { try await $0.cancelOwnerCheck() },
@@ -205,6 +206,7 @@ struct JobStoreConformance: Sendable {
         _ = try await store.heartbeat(id: id, token: claimed.token, leaseDuration: 60, now: at(50))  // until 110
 
         #expect(try await store.recoverExpiredLeases(now: at(109)).isEmpty)
+        #expect(try await store.recoverExpiredLeases(now: at(110), sparing: [id]).isEmpty, "spared: its worker is supervised")
         let recovered = try await store.recoverExpiredLeases(now: at(110))
         #expect(recovered.count == 1)
         let job = try await store.get(id: id)
@@ -257,10 +259,33 @@ struct JobStoreConformance: Sendable {
         let id = try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(0)).job.id
         _ = try #require(try await store.claim(workerID: "w", leaseDuration: 600, now: at(0)))
         #expect(try await store.recoverExpiredLeases(now: at(1)).isEmpty)
-        let recovered = try await store.recoverOrphanedJobs(now: at(1))
-        #expect(recovered.map(\.id) == [id])
-        #expect(try await store.get(id: id).state == .queued)
-        #expect(try await store.get(id: id).crashCount == 1)
+        // griditd died under it: requeued at its progress, neither a crash nor an attempt counted.
+        for n in 1...3 {
+            let recovered = try await store.recoverOrphanedJobs(now: at(Double(n)))
+            #expect(recovered.map(\.id) == [id])
+            let job = try await store.get(id: id)
+            #expect(job.state == .queued && job.crashCount == 0 && job.attempt == 0)
+            _ = try #require(try await store.claim(workerID: "w", leaseDuration: 600, now: at(Double(n))))
+        }
+        #expect(try await store.errors(id: id).map(\.errorClass) == Array(repeating: interruptedErrorClass, count: 3))
+    }
+
+    func engineCrashAndRequeue() async throws {
+        let store = try await makeStore()
+        let id = try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(0)).job.id
+        let first = try #require(try await store.claim(workerID: "w", leaseDuration: 600, now: at(0)))
+        // Killed from outside: back without a crash or an attempt, the reason in the history.
+        let requeued = try await store.requeue(id: id, token: first.token, reason: "killed from outside", now: at(1))
+        #expect(requeued.state == .queued && requeued.crashCount == 0 && requeued.attempt == 0)
+        #expect(await storeError { try await store.requeue(id: id, token: first.token, reason: "again", now: at(2)) }?.code == .leaseLost)
+        // An engine crash counts; the second one is dead.
+        let second = try #require(try await store.claim(workerID: "w", leaseDuration: 600, now: at(2)))
+        let crashed = try await store.recordWorkerCrash(id: id, token: second.token, message: "SIGSEGV", now: at(3))
+        #expect(crashed.state == .queued && crashed.crashCount == 1 && crashed.errorClass == workerCrashedErrorClass)
+        #expect(await storeError { try await store.recordWorkerCrash(id: id, token: second.token, message: "x", now: at(4)) }?.code == .leaseLost)
+        let third = try #require(try await store.claim(workerID: "w", leaseDuration: 600, now: at(4)))
+        #expect(try await store.recordWorkerCrash(id: id, token: third.token, message: "SIGBUS", now: at(5)).state == .dead)
+        #expect(try await store.errors(id: id).map(\.errorClass) == [interruptedErrorClass, workerCrashedErrorClass, workerCrashedErrorClass])
     }
 
     func terminalSticky() async throws {
@@ -569,7 +594,9 @@ struct JobStoreConformance: Sendable {
         // Jobs that crashed a worker (here: all that were running) join no batch unless the filter allows it.
         let a4 = try await submit("sha256:a", 0)
         _ = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(1)))
-        _ = try await store.recoverOrphanedJobs(now: at(2))
+        for job in try await store.list(JobFilter(states: [.running])) {
+            _ = try await store.recordWorkerCrash(id: job.id, token: try #require(job.leaseToken), message: "SIGSEGV", now: at(2))
+        }
         #expect(try await store.get(id: a4).crashCount == 1)
         #expect(try await store.claim(workerID: "w", leaseDuration: 60, matching: a, now: at(3)) == nil)
         var crashedToo = a

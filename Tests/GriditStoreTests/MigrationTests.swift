@@ -81,7 +81,7 @@ struct MigrationTests {
         do {
             // Rows as a griditd of 0002 wrote them (today's store writes 0004's column).
             let old = try StateDatabase(path: path, migrations: shipped)
-            try old.write { db in
+            try await old.write { db in
                 for owner in 1...3 {
                     try db.execute(
                         sql: """

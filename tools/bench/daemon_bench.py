@@ -4,7 +4,8 @@
   throughput  N jobs submitted together (batched: their stage-1 grids share batched forwards, their
               frames share stage-2 batches) against the same N jobs run one after the other;
               alternating, medians of --repeat rounds.
-  memory      peak RSS (VmHWM) of griditd over one --memory-length job, and its RSS before/after.
+  memory      peak RSS (VmHWM) of griditd and its engine worker process (summed: an upper bound of
+              their joint peak) over one --memory-length job, and their RSS before/after.
   soak        RSS after each of --soak consecutive short jobs in one daemon (no growth expected).
 
 The pipeline is --pipeline (default models/moving-digits/pipeline.json); when it is missing, a
@@ -113,11 +114,27 @@ class Daemon:
             time.sleep(0.05)
 
     def status(self, key):
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-        return 0
+        """`key` (VmRSS, VmHWM) of griditd plus its engine worker process, in bytes."""
+        total = 0
+        for pid in [self.proc.pid] + self.children():
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith(key + ":"):
+                            total += int(line.split()[1]) * 1024
+            except FileNotFoundError:
+                pass
+        return total
+
+    def children(self):
+        pids = []
+        for task in os.listdir(f"/proc/{self.proc.pid}/task"):
+            try:
+                with open(f"/proc/{self.proc.pid}/task/{task}/children") as f:
+                    pids += [int(p) for p in f.read().split()]
+            except FileNotFoundError:
+                pass
+        return pids
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
