@@ -3,6 +3,10 @@
     python tools/train/export.py --ckpt-dir CKPT --out models/moving-digits [--dtype f32|f16|bf16]
         [--stage1 CKPT/snap/stage1-012000.pt --ema1 0.9999 --stage2 ... --ema2 ...]
         [--sampler ddpm --steps 100 --sr-sampler ddpm --sr-steps 50 --context-rows 2]
+    python tools/train/export.py --stage1 CKPT/stage1.pt --from models/moving-digits --out OUT --context clean
+
+A stage without a checkpoint (--from) is copied from a pipeline folder as it is, with its
+training.json entry, so a run that trained one stage lands beside the other stage of the bundle.
 
 Writes pipeline.json, stage{1,2}.safetensors, stage{1,2}.config.json and training.json (steps and
 hours of each stage) by an atomic folder swap; `griditctl models import OUT/pipeline.json` takes it
@@ -19,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common as C  # noqa: E402
-from train import DESCRIPTION  # noqa: E402
+from train import DESCRIPTION, init_weights  # noqa: E402
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -36,6 +40,13 @@ def load_ema(path: str, decay: float | None = None) -> tuple[C.ref.DiT, dict]:
                           "core_hours": round(st.get("core_seconds", st["seconds"]) / 3600, 3), "ema": d}
 
 
+def from_pipeline(folder: str, stage: int) -> tuple[C.ref.DiT, dict]:
+    """Stage N of a pipeline folder as it is (weights, training.json entry)."""
+    model = C.load_safetensors(os.path.join(folder, f"stage{stage}.config.json"),
+                               os.path.join(folder, f"stage{stage}.safetensors"))
+    return model.eval(), init_weights(folder, stage)[1]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt-dir", help="checkpoint folder with stage1.pt and stage2.pt")
@@ -43,6 +54,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stage2", help="checkpoint or snapshot of stage 2 (default CKPT/stage2.pt)")
     ap.add_argument("--ema1", type=float, help="EMA decay of stage 1 (default: the first saved)")
     ap.add_argument("--ema2", type=float, help="EMA decay of stage 2")
+    ap.add_argument("--from", dest="source", metavar="PIPELINE",
+                    help="pipeline folder whose stages are copied where no checkpoint is given")
     ap.add_argument("--out", required=True)
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="f32")
     d = C.Defaults()
@@ -58,10 +71,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     paths = [p or (os.path.join(a.ckpt_dir, f"stage{i}.pt") if a.ckpt_dir else None)
              for i, p in ((1, a.stage1), (2, a.stage2))]
-    if None in paths:
-        ap.error("give --ckpt-dir or both --stage1 and --stage2")
-    s1, i1 = load_ema(paths[0], a.ema1)
-    s2, i2 = load_ema(paths[1], a.ema2)
+    if None in paths and not a.source:
+        ap.error("give --ckpt-dir, or both --stage1 and --stage2, or --from PIPELINE for the stage without one")
+    (s1, i1), (s2, i2) = (load_ema(p, e) if p else from_pipeline(a.source, i)
+                          for i, p, e in ((1, paths[0], a.ema1), (2, paths[1], a.ema2)))
     defaults = C.Defaults(mode=a.mode, sampler=a.sampler, steps=a.steps, eta=a.eta, sr_sampler=a.sr_sampler,
                           sr_steps=a.sr_steps, context_rows=a.context_rows, context=a.context)
     C.export_pipeline(s1, s2, a.out, defaults, DESCRIPTION, DTYPES[a.dtype],

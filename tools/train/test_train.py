@@ -190,6 +190,15 @@ def test_warm_start_from_a_pipeline_continues_its_steps(tmp_path):
     # the v-predicting, clean-context pipeline samples
     lr, hr, used = S.generate(S.Pipeline(str(ex2)), 1, 20, seed=1, steps="3", sr_steps="2")
     assert used["context"] == "clean" and lr.shape == (1, 20, 16, 16)
+    # export.py lands the run's stage 1 beside the warm start's stage 2, copied as it is
+    import export as E
+    ex3 = tmp_path / "export3"
+    assert E.main(["--stage1", str(ck2 / "stage1.pt"), "--from", str(ex), "--out", str(ex3), "--context", "clean"]) == 0
+    info = json.loads((ex3 / "training.json").read_text())
+    assert info["stage1"]["step"] == 5 and info["stage2"]["step"] == 2
+    assert (ex3 / "stage2.safetensors").read_bytes() == (ex / "stage2.safetensors").read_bytes()
+    with pytest.raises(SystemExit):
+        E.main(["--stage1", str(ck2 / "stage1.pt"), "--out", str(ex3)])  # no stage 2 from anywhere
     # a checkpoint of another prediction is refused, not silently mixed
     with pytest.raises(SystemExit):
         T.Stage(1, T.parse_arch("1,32,2,4"), 2, 1e-3, [0.99], str(ck2), False, T.Recipe(prediction="epsilon"))
