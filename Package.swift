@@ -85,19 +85,25 @@ let package = Package(
         .target(
             name: "GriditEngine",
             dependencies: [
-                "GriditPipeline", "GriditModels", "GriditTensor", "GriditCheckpoint", "GriditImage",
+                "GriditJobSpec", "GriditPipeline", "GriditModels", "GriditTensor", "GriditCheckpoint", "GriditImage",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        // A job's spec and progress, one type each from griditctl to the engine (Foundation only).
+        .target(
+            name: "GriditJobSpec",
             swiftSettings: swiftSettings
         ),
         // Wire types and output formatting shared by griditd and griditctl (Foundation only).
         .target(
             name: "GriditAPI",
+            dependencies: ["GriditJobSpec"],
             swiftSettings: swiftSettings
         ),
         .target(
             name: "GriditStore",
-            dependencies: [.product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: ["GriditJobSpec", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -114,7 +120,7 @@ let package = Package(
         .target(
             name: "GriditDaemon",
             dependencies: [
-                "GriditStore", "GriditAPI", "CSystemd", "CProcess",
+                "GriditStore", "GriditAPI", "GriditJobSpec", "CSystemd", "CProcess",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -128,8 +134,8 @@ let package = Package(
         .target(
             name: "GriditBackend",
             dependencies: [
-                "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditStore", "GriditAPI", "GriditPipeline",
-                "GriditCheckpoint", "GriditTensor",
+                "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditStore", "GriditAPI", "GriditJobSpec",
+                "GriditPipeline", "GriditCheckpoint", "GriditTensor",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -139,14 +145,16 @@ let package = Package(
         // griditctl's commands and its blocking Unix-socket HTTP client.
         .target(
             name: "GriditCLI",
-            dependencies: ["GriditAPI", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "GriditAPI", "GriditJobSpec", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "griditd",
             dependencies: [
                 "GriditDaemon", "GriditBackend", "GriditEngine", "GriditStore", "GriditModelStore", "GriditAPI",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "GriditJobSpec", "GriditCLI", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -194,21 +202,26 @@ let package = Package(
         .testTarget(
             name: "GriditEngineTests",
             dependencies: [
-                "GriditEngine", "GriditPipeline", "GriditImage", "GriditCheckpoint", "GriditModels", "GriditTensor",
-                .product(name: "Crypto", package: "swift-crypto"),
+                "GriditEngine", "GriditJobSpec", "GriditPipeline", "GriditImage", "GriditCheckpoint", "GriditModels",
+                "GriditTensor", .product(name: "Crypto", package: "swift-crypto"),
             ],
             resources: [.copy("Fixtures")],
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "GriditJobSpecTests",
+            dependencies: ["GriditJobSpec"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "GriditAPITests",
-            dependencies: ["GriditAPI"],
+            dependencies: ["GriditAPI", "GriditJobSpec"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "GriditStoreTests",
             dependencies: [
-                "GriditStore", .product(name: "Crypto", package: "swift-crypto"),
+                "GriditStore", "GriditJobSpec", .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "GRDB", package: "GRDB.swift"),
             ],
             swiftSettings: swiftSettings
@@ -224,7 +237,7 @@ let package = Package(
         .testTarget(
             name: "GriditDaemonTests",
             dependencies: [
-                "GriditDaemon", "GriditStore", "GriditAPI", "GriditCLI",
+                "GriditDaemon", "GriditStore", "GriditAPI", "GriditJobSpec", "GriditCLI",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -238,7 +251,7 @@ let package = Package(
             name: "GriditBackendTests",
             dependencies: [
                 "GriditBackend", "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditStore", "GriditAPI",
-                "GriditPipeline", "GriditTensor",
+                "GriditJobSpec", "GriditPipeline", "GriditTensor",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
@@ -246,7 +259,7 @@ let package = Package(
         ),
         .testTarget(
             name: "GriditCLITests",
-            dependencies: ["GriditCLI", "GriditAPI"],
+            dependencies: ["GriditCLI", "GriditAPI", "GriditJobSpec"],
             swiftSettings: swiftSettings
         ),
     ],

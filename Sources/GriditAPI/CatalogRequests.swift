@@ -4,6 +4,7 @@
 // griditctl prints exactly what the offline command prints and needs no change when a result
 // type grows a field.
 import Foundation
+import GriditJobSpec
 
 /// `POST /v1/models/import`.
 public struct ImportModelRequest: Codable, Hashable, Sendable {

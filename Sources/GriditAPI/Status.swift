@@ -1,5 +1,6 @@
 // Wire types of `/v1/status`, `/v1/version` and `/v1/queue`.
 import Foundation
+import GriditJobSpec
 
 /// `GET /v1/version`: what a client checks first (griditctl refuses a daemon with another major).
 public struct VersionInfo: Codable, Hashable, Sendable {
@@ -32,7 +33,7 @@ public struct QueueCounts: Codable, Hashable, Sendable {
     /// Jobs waiting or running: what counts against `max_queued`.
     public var depth: Int { queued + retryable + running }
 
-    public subscript(state: JobStateName) -> Int {
+    public subscript(state: JobState) -> Int {
         get {
             switch state {
             case .queued: queued
@@ -110,9 +111,9 @@ public struct RunningJob: Codable, Hashable, Sendable {
     public var id: Int64
     public var ownerUID: UInt32
     public var pipelineDigest: String?
-    public var progress: JobProgressInfo
+    public var progress: JobProgress
 
-    public init(id: Int64, ownerUID: UInt32, pipelineDigest: String?, progress: JobProgressInfo) {
+    public init(id: Int64, ownerUID: UInt32, pipelineDigest: String?, progress: JobProgress) {
         self.id = id
         self.ownerUID = ownerUID
         self.pipelineDigest = pipelineDigest
@@ -129,10 +130,10 @@ public struct RunningJob: Codable, Hashable, Sendable {
 /// The caller's own waiting job and its place in the queue.
 public struct QueuedJobPosition: Codable, Hashable, Sendable {
     public var id: Int64
-    public var state: JobStateName
+    public var state: JobState
     public var queuePosition: Int?
 
-    public init(id: Int64, state: JobStateName, queuePosition: Int?) {
+    public init(id: Int64, state: JobState, queuePosition: Int?) {
         self.id = id
         self.state = state
         self.queuePosition = queuePosition

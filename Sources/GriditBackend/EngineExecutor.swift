@@ -7,6 +7,7 @@ import GriditAPI
 import GriditCheckpoint
 import GriditDaemon
 import GriditEngine
+import GriditJobSpec
 import GriditModelStore
 import GriditPipeline
 import GriditTensor
@@ -52,16 +53,13 @@ public final class EngineExecutor: JobExecutor {
 
     // MARK: - Validation at submit
 
-    public func validate(length: Int, parameters: GenerationParameters, pipelineDigest: String?)
-        async throws(JobFailure) -> TimeInterval
-    {
+    public func validate(_ spec: JobSpec, pipelineDigest: String?) async throws(JobFailure) -> TimeInterval {
         guard let pipelineDigest else { throw Self.noModel }
         return try await blocking.blocking(
             { () throws(JobFailure) in
                 let configuration = try self.configuration(pipelineDigest)
-                let request = try Self.request(length: length, parameters: parameters)
                 do {
-                    let plan = try SequencePlan(settings: try request.settings(for: configuration), pipeline: configuration)
+                    let plan = try SequencePlan(settings: try spec.settings(for: configuration), pipeline: configuration)
                     return plan.estimatedSeconds(CostModel.nominal(configuration))
                 } catch {
                     throw Self.failure(EngineError.classify(error))
@@ -103,25 +101,6 @@ public final class EngineExecutor: JobExecutor {
         } catch {
             throw Self.failure(error, digest: digest)
         }
-    }
-
-    /// The engine's request for a job: the job's length and parameters (the seed is always set).
-    static func request(length: Int, parameters p: GenerationParameters) throws(JobFailure) -> SequenceRequest {
-        func parse<T: RawRepresentable>(_ value: String?, _ name: String, _ type: T.Type) throws(JobFailure) -> T?
-        where T.RawValue == String, T: CaseIterable {
-            guard let value else { return nil }
-            guard let parsed = T(rawValue: value) else {
-                let known = T.allCases.map(\.rawValue).joined(separator: " or ")
-                throw JobFailure(.invalidInput, "\(name) '\(value.prefix(40))' is not \(known)")
-            }
-            return parsed
-        }
-        return SequenceRequest(
-            length: length, seed: p.seed ?? 0, mode: try parse(p.mode, "mode", SequenceMode.self),
-            sampler: try parse(p.sampler, "sampler", SamplerName.self), steps: p.steps,
-            srSampler: try parse(p.srSampler, "sr_sampler", SamplerName.self), srSteps: p.srSteps, eta: p.eta,
-            contextRows: p.contextRows, context: try parse(p.context, "context", ContextFrames.self), noSR: p.noSR ?? false,
-            precision: p.precision)
     }
 
     // MARK: - Execution
@@ -174,9 +153,8 @@ public final class EngineExecutor: JobExecutor {
         items.compactMap { item in
             do throws(JobFailure) {
                 let configuration = try configuration(pipeline)
-                let request = try Self.request(length: item.length, parameters: item.parameters)
                 do {
-                    return (item, try request.settings(for: configuration).precision)
+                    return (item, try item.spec.settings(for: configuration).precision)
                 } catch {
                     throw Self.failure(EngineError.classify(error))
                 }
@@ -209,7 +187,14 @@ public final class EngineExecutor: JobExecutor {
         func start(_ item: ExecutionItem) -> SequenceRun? {
             do throws(JobFailure) {
                 let run = try makeRun(item, pipeline: pipeline, hooks: hooks)
-                if try isAlreadyDone(item, run: run) {
+                if FileManager.default.fileExists(atPath: item.outputDirectory) {
+                    // griditd died after the output's rename, before the database said so.
+                    guard run.isFinished(at: item.outputDirectory) else {
+                        throw JobFailure(
+                            .invalidInput,
+                            "the output folder \(item.outputDirectory) exists and holds something else; remove it, "
+                                + "then `griditctl jobs retry \(item.jobID)`")
+                    }
                     hooks.finished(item.jobID, .succeeded)
                     return nil
                 }
@@ -271,53 +256,16 @@ public final class EngineExecutor: JobExecutor {
     private func makeRun(_ item: ExecutionItem, pipeline: LoadedPipeline, hooks: ExecutionHooks) throws(JobFailure)
         -> SequenceRun
     {
-        let request = try Self.request(length: item.length, parameters: item.parameters)
-        let run: SequenceRun
+        let id = item.jobID
         do {
-            run = try SequenceRun(pipeline: pipeline, request: request, workDirectory: item.workDirectory)
+            return try SequenceRun(
+                pipeline: pipeline, spec: item.spec, workDirectory: item.workDirectory,
+                hooks: RunHooks(
+                    onProgress: { hooks.durable(id, $0) }, onStep: { hooks.step(id, $0) },
+                    shouldStop: { hooks.shouldStop(id) != nil }))
         } catch {
             throw Self.failure(EngineError.classify(error))
         }
-        let id = item.jobID
-        run.hooks = RunHooks(
-            onProgress: { progress in
-                hooks.durable(
-                    id,
-                    JobProgressInfo(
-                        stage: progress.stage == .stage1 ? "grid" : "sr", gridsDone: progress.gridsDone,
-                        framesDone: progress.framesDone))
-            },
-            onStep: { [unowned run] step in hooks.step(id, Self.step(step, run: run)) },
-            shouldStop: { hooks.shouldStop(id) != nil })
-        return run
-    }
-
-    /// The live step as the API shows it: stage 1 "grid g/N", stage 2 "frame i/F" (both 1-based),
-    /// with what is durable of the other stage.
-    static func step(_ s: GriditEngine.StepProgress, run: SequenceRun) -> GriditAPI.StepProgress {
-        let plan = run.plan
-        let stage1 = s.stage == .stage1
-        return GriditAPI.StepProgress(
-            stage: stage1 ? "grid" : "sr", grid: stage1 ? s.item + 1 : run.gridsDone, grids: plan.grids, step: s.step,
-            steps: s.stepsTotal, frame: stage1 ? run.framesDone : s.item + 1, frames: plan.frames,
-            etaSeconds: s.etaSeconds, fraction: s.fraction)
-    }
-
-    /// The output folder already holds this job's finished sequence (griditd died after the
-    /// rename, before the database said so). Something else there is an error.
-    private func isAlreadyDone(_ item: ExecutionItem, run: SequenceRun) throws(JobFailure) -> Bool {
-        let output = item.outputDirectory
-        guard FileManager.default.fileExists(atPath: output) else { return false }
-        if let data = FileManager.default.contents(atPath: output + "/sequence.json"),
-            let summary = try? JSONDecoder().decode(SequenceSummary.self, from: data),
-            summary.pipeline.digest == run.pipeline.identity.digest, summary.settings == run.settings
-        {
-            return true
-        }
-        throw JobFailure(
-            .invalidInput,
-            "the output folder \(output) exists and holds something else; remove it, then `griditctl jobs retry \(item.jobID)`"
-        )
     }
 
     /// How a run that left the batch ends: a complete one writes its output folder now.
@@ -351,7 +299,8 @@ public final class EngineExecutor: JobExecutor {
             case .invalidInput: .invalidInput
             case .diskFull: .diskFull
             case .transient: .transient
-            default: .internalError
+            case .internal: .internalError
+            default: .internalError  // `interrupted` is an outcome, never a failure
             }
         return JobFailure(errorClass, error.description)
     }

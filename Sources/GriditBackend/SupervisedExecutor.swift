@@ -6,6 +6,7 @@ import Foundation
 import GriditAPI
 import GriditDaemon
 import GriditEngine
+import GriditJobSpec
 import GriditModelStore
 import Logging
 import Synchronization
@@ -20,10 +21,8 @@ public final class SupervisedExecutor: JobExecutor {
         self.supervisor = supervisor
     }
 
-    public func validate(length: Int, parameters: GenerationParameters, pipelineDigest: String?)
-        async throws(JobFailure) -> TimeInterval
-    {
-        try await local.validate(length: length, parameters: parameters, pipelineDigest: pipelineDigest)
+    public func validate(_ spec: JobSpec, pipelineDigest: String?) async throws(JobFailure) -> TimeInterval {
+        try await local.validate(spec, pipelineDigest: pipelineDigest)
     }
 
     public func execute(_ batch: ExecutionBatch, hooks: ExecutionHooks) {

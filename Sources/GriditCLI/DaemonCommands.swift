@@ -4,6 +4,7 @@ import Glibc
 import ArgumentParser
 import Foundation
 import GriditAPI
+import GriditJobSpec
 
 struct Queue: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -4,6 +4,7 @@ import Glibc
 import ArgumentParser
 import Foundation
 import GriditAPI
+import GriditJobSpec
 
 struct Submit: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -17,41 +18,10 @@ struct Submit: ParsableCommand {
     @Option(help: "Number of frames to generate.")
     var length: Int
 
-    @Option(help: ArgumentHelp("NAME:TAG, NAME@sha256:<hex> or sha256:<hex> (default: the daemon's default model).", valueName: "ref"))
+    @Option(help: ArgumentHelp("NAME:TAG, NAME@sha256:<hex> or sha256:<hex> (default: the daemon's default model; `griditctl models list`).", valueName: "ref"))
     var model: String?
 
-    @Option(help: "Noise seed (default: a random one, recorded in the job).")
-    var seed: UInt64?
-
-    @Option(help: "Stage-1 sampling steps: a count (250), ddimN, or a diffusers spacing (trailingN, linspaceN, leadingN).")
-    var steps: String?
-
-    @Option(help: "Stage-1 sampler: ddpm, ddim or dpmpp-2m.")
-    var sampler: String?
-
-    @Option(help: "Stage-2 (super-resolution) steps.")
-    var srSteps: String?
-
-    @Option(help: "Stage-2 sampler.")
-    var srSampler: String?
-
-    @Option(help: "DDIM eta (0 = deterministic).")
-    var eta: Double?
-
-    @Option(help: "gridit or official.")
-    var mode: String?
-
-    @Option(help: "Grid rows carried into the next grid as known frames.")
-    var contextRows: Int?
-
-    @Option(help: "gridit mode's carried frames: renoised (RePaint) or clean (for a stage 1 trained with clean context). Default: the model's.")
-    var context: String?
-
-    @Flag(help: "Skip stage 2: frames stay at the low resolution.")
-    var noSR = false
-
-    @Option(help: "fp32 or bf16 (bf16 matrix products on CPUs with AVX512_BF16, else fp32). Default: the model's.")
-    var precision: String?
+    @OptionGroup var sampling: SamplingOptions
 
     @Option(help: "Higher runs first; FIFO within a priority. Users who are not admins: -1000...0 unless griditd allows more.")
     var priority: Int?
@@ -74,22 +44,18 @@ struct Submit: ParsableCommand {
     @Option(help: ArgumentHelp("Copy the finished frames into this folder (implies --wait).", valueName: "dir"))
     var out: String?
 
+    /// The job's spec, as the flags give it.
+    var spec: JobSpec { JobSpec(length: length, model: model, output: output, parameters: sampling.parameters) }
+
     func validate() throws {
-        guard length >= 1 else { throw ValidationError("--length must be at least 1") }
-        if let eta, !(eta.isFinite && (0...1).contains(eta)) {
-            throw ValidationError("--eta must be a number from 0 to 1 (got \(eta))")
-        }
+        do { try spec.validate() } catch { throw ValidationError(error.message) }
         if let out { try OutputCopier.checkDestination(out, named: "--out \(out)") }
     }
 
     func run() throws {
         let client = global.client
         let request = SubmitJobRequest(
-            length: length, model: model,
-            parameters: GenerationParameters(
-                seed: seed, mode: mode, sampler: sampler, steps: steps, srSampler: srSampler, srSteps: srSteps,
-                eta: eta, contextRows: contextRows, context: context, noSR: noSR ? true : nil, precision: precision),
-            priority: priority, idempotencyKey: idempotencyKey, output: output, maxAttempts: maxAttempts)
+            spec: spec, priority: priority, idempotencyKey: idempotencyKey, maxAttempts: maxAttempts)
         let response = try client.post("/v1/jobs", request, as: SubmitJobResponse.self)
         let job = response.job
         guard wait || out != nil else {
@@ -102,7 +68,7 @@ struct Submit: ParsableCommand {
             }
             return
         }
-        if !global.json { Output.stderr("job \(job.id) submitted (seed \(job.parameters.seed.map(String.init) ?? "?"))\n") }
+        if !global.json { Output.stderr("job \(job.id) submitted (seed \(job.spec.parameters.seed.map(String.init) ?? "?"))\n") }
         let final = try JobFollower(client: client, json: global.json).follow(job.id)
         if final.state == .succeeded, let out {
             try OutputCopier(client: client).copy(job: final.id, into: out)
@@ -134,8 +100,8 @@ struct Jobs: ParsableCommand {
 
         func validate() throws {
             if let state {
-                for name in state.split(separator: ",") where JobStateName(rawValue: String(name)) == nil {
-                    throw ValidationError("unknown state '\(name)'; states are \(JobStateName.allCases.map(\.rawValue).joined(separator: ", "))")
+                for name in state.split(separator: ",") where JobState(rawValue: String(name)) == nil {
+                    throw ValidationError("unknown state '\(name)'; states are \(JobState.allCases.map(\.rawValue).joined(separator: ", "))")
                 }
             }
             guard (1...10_000).contains(limit) else { throw ValidationError("--limit must be 1...10000") }
@@ -254,7 +220,7 @@ struct JobFollower {
     func follow(_ id: Int64) throws(CLIError) -> JobInfo {
         let bar = !json && Output.stderrIsTerminal
         var last: JobInfo?
-        var lastState: JobStateName?
+        var lastState: JobState?
         var reconnects = 0
         while true {
             var drewBar = false

@@ -5,6 +5,7 @@ import Glibc
 #endif
 import Foundation
 import GriditAPI
+import GriditJobSpec
 import GriditStore
 import Logging
 import NIOHTTP1
@@ -135,7 +136,7 @@ public struct ControlAPI: Sendable {
         let counts = try await store { try await $0.counts() }
         let paused = try await store { try await $0.isPaused() }
         var wire = QueueCounts()
-        for (state, n) in counts { wire[JobStateName(rawValue: state.rawValue) ?? .failed] = n }
+        for (state, n) in counts { wire[state] = n }
         return QueueStatus(paused: paused, counts: wire, maxQueued: context.configuration.maxQueued)
     }
 
@@ -164,7 +165,7 @@ public struct ControlAPI: Sendable {
             guard let job = try? await context.store.get(id: id) else { continue }
             running.append(RunningJob(
                 id: id, ownerUID: job.ownerUID, pipelineDigest: job.pipelineDigest,
-                progress: job.info(live: context.monitor.live(id)).progress))
+                progress: try Self.info(job, live: context.monitor.live(id)).progress))
         }
         let filter = JobFilter(states: [.queued, .retryable, .running], ownerUID: request.caller.uid, limit: 100)
         let mine = lost ? ((try? await context.store.list(filter)) ?? []) : try await store { try await $0.list(filter) }
@@ -175,7 +176,7 @@ public struct ControlAPI: Sendable {
             stateDirectory: context.configuration.stateDirectory, diskFreeBytes: context.freeBytes(),
             minFreeBytes: context.configuration.minFreeBytes, queue: queue, running: running,
             yourJobs: mine.map {
-                QueuedJobPosition(id: $0.id, state: JobStateName(rawValue: $0.state.rawValue) ?? .queued, queuePosition: $0.queuePosition)
+                QueuedJobPosition(id: $0.id, state: $0.state, queuePosition: $0.queuePosition)
             },
             loadedModels: await context.catalog?.loadedModels() ?? [], engineAvailable: context.executor != nil,
             modelStoreAvailable: context.catalog != nil, blasThreads: context.configuration.blasThreads,
@@ -190,10 +191,19 @@ public struct ControlAPI: Sendable {
         return nil
     }
 
-    private func info(_ job: Job, paused: Bool?, errors: [JobErrorRecord]? = nil) -> JobInfo {
-        var info = job.info(live: context.monitor.live(job.id), errors: errors)
+    private func info(_ job: Job, paused: Bool?, errors: [JobErrorRecord]? = nil) throws(APIError) -> JobInfo {
+        var info = try Self.info(job, live: context.monitor.live(job.id), errors: errors)
         info.waitingFor = waitReason(job, paused: paused)
         return info
+    }
+
+    /// A job row as the API shows it; a row whose spec does not decode is an internal error.
+    static func info(_ job: Job, live: StepProgress? = nil, errors: [JobErrorRecord]? = nil) throws(APIError) -> JobInfo {
+        do {
+            return try job.info(live: live, errors: errors)
+        } catch {
+            throw APIError(.internalError, error.message, jobID: job.id)
+        }
     }
 
     // MARK: - Jobs
@@ -203,37 +213,35 @@ public struct ControlAPI: Sendable {
         try SubmitValidation.validate(body, maxLength: context.configuration.maxLength)
         var digest: String?
         if let catalog = context.catalog {
-            digest = try await catalog.resolve(body.model ?? context.configuration.defaultModel)
-        } else if let model = body.model {
+            digest = try await catalog.resolve(body.spec.model ?? context.configuration.defaultModel)
+        } else if let model = body.spec.model {
             throw APIError(
                 .notImplemented,
                 "this griditd was built without the model store, so it cannot resolve '\(model)'; submit without --model")
         }
         let caller = request.caller
         let priority = try SubmitPolicy.priority(body.priority, caller: caller, configuration: context.configuration)
+        var spec = body.spec
+        if spec.parameters.seed == nil { spec.parameters.seed = UInt64.random(in: 0...(1 << 53 - 1)) }  // exact in any JSON reader
         let work: TimeInterval
         do {
-            work = try await context.executor?.validate(length: body.length, parameters: body.parameters, pipelineDigest: digest) ?? 0
+            work = try await context.executor?.validate(spec, pipelineDigest: digest) ?? 0
         } catch {
             throw APIError(error.errorClass == .modelMissing ? .notFound : .badRequest, error.message)
         }
-        var parameters = body.parameters
-        let seedGiven = parameters.seed != nil
-        if !seedGiven { parameters.seed = UInt64.random(in: 0...(1 << 53 - 1)) }  // exact in any JSON reader
-        let stored = StoredParameters(model: body.model, parameters: parameters, output: body.output, seedGiven: seedGiven)
         let submission = JobSubmission(
-            params: stored.json, length: body.length, priority: priority, idempotencyKey: body.idempotencyKey,
+            params: spec.storedJSON, length: spec.length, priority: priority, idempotencyKey: body.idempotencyKey,
             maxAttempts: body.maxAttempts ?? 3, pipelineDigest: digest, workSeconds: work)
         let context = self.context
         let limits = SubmitPolicy.limits(for: caller, configuration: context.configuration)
-        let result = try await gate.submit(output: body.output) {
-            if let output = body.output {
+        let result = try await gate.submit(output: spec.output) {
+            if let output = spec.output {
                 try await Self.checkOutputFree(output, owner: caller.uid, key: body.idempotencyKey, context: context)
             }
             return try await context.store.submit(submission, owner: caller.uid, limits: limits, now: Date())
         }
         if result.deduplicated {
-            guard result.job.stored.matches(body, length: body.length, jobLength: result.job.length) else {
+            guard try Self.info(result.job).spec.matches(body.spec) else {
                 throw APIError(
                     .conflict,
                     "idempotency key '\(body.idempotencyKey ?? "")' was used for job \(result.job.id) with other parameters; "
@@ -243,14 +251,14 @@ public struct ControlAPI: Sendable {
             context.logger.info(
                 "job submitted",
                 metadata: [
-                    "job.id": "\(result.job.id)", "uid": "\(caller.uid)", "length": "\(body.length)",
+                    "job.id": "\(result.job.id)", "uid": "\(caller.uid)", "length": "\(spec.length)",
                     "model.digest": "\(digest ?? "none")",
                 ])
             context.monitor.wake()
             await context.refreshStatus()
         }
         return .json(
-            SubmitJobResponse(job: result.job.info(), deduplicated: result.deduplicated, instanceID: context.configuration.instanceID),
+            SubmitJobResponse(job: try Self.info(result.job), deduplicated: result.deduplicated, instanceID: context.configuration.instanceID),
             status: result.deduplicated ? .ok : .created)
     }
 
@@ -263,7 +271,12 @@ public struct ControlAPI: Sendable {
         } catch {
             throw translate(error)
         }
-        if let other = live.first(where: { $0.stored.output == output }) {
+        var other: Job?
+        for job in live where try info(job).spec.output == output {
+            other = job
+            break
+        }
+        if let other {
             if let key, other.idempotencyKey == key { return }  // the same job again
             throw APIError(
                 .conflict, "job \(other.id) already writes to the output '\(output)'; choose another --output", jobID: other.id)
@@ -304,13 +317,15 @@ public struct ControlAPI: Sendable {
         }
         let jobs = try await store { try await $0.list(filter) }
         let paused = try? await context.store.isPaused()
-        return .json(JobList(jobs: jobs.map { info($0, paused: paused) }))
+        var infos: [JobInfo] = []
+        for job in jobs { infos.append(try info(job, paused: paused)) }
+        return .json(JobList(jobs: infos))
     }
 
     func show(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
         let job = try await ownedJob(request, params)
         let errors = try await store { try await $0.errors(id: job.id) }
-        return .json(info(job, paused: try? await context.store.isPaused(), errors: errors))
+        return .json(try info(job, paused: try? await context.store.isPaused(), errors: errors))
     }
 
     func cancel(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
@@ -320,7 +335,7 @@ public struct ControlAPI: Sendable {
         if job.state == .running { context.monitor.requestStop(id, .cancel) }
         context.monitor.changed(id)
         context.logger.info("job cancel requested", metadata: ["job.id": "\(id)", "uid": "\(caller.uid)", "state": "\(job.state.rawValue)"])
-        return .json(job.info(live: context.monitor.live(id)))
+        return .json(try Self.info(job, live: context.monitor.live(id)))
     }
 
     func retry(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
@@ -330,7 +345,7 @@ public struct ControlAPI: Sendable {
         context.monitor.changed(id)
         context.monitor.wake()
         context.logger.info("job retried", metadata: ["job.id": "\(id)", "uid": "\(caller.uid)"])
-        return .json(job.info())
+        return .json(try Self.info(job))
     }
 
     func prune(_ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
@@ -346,7 +361,7 @@ public struct ControlAPI: Sendable {
             throw Self.translate(error)
         }
         return .json(PruneResponse(pruned: pruned.map {
-            PruneResponse.Pruned(id: $0.id, state: JobStateName(rawValue: $0.state.rawValue) ?? .failed, outputDir: $0.outputDir)
+            PruneResponse.Pruned(id: $0.id, state: $0.state, outputDir: $0.outputDir)
         }))
     }
 
@@ -363,7 +378,7 @@ public struct ControlAPI: Sendable {
                 return data
             }
             var job = first
-            try await write(line(JobEventMessage(kind: .job, job: job.info(live: context.monitor.live(id)))))
+            try await write(line(JobEventMessage(kind: .job, job: try Self.info(job, live: context.monitor.live(id)))))
             if job.state.isTerminal { return }
             var lastStep = ContinuousClock.now - .seconds(1)
             for await update in updates {
@@ -377,7 +392,7 @@ public struct ControlAPI: Sendable {
                     guard let now = try? await context.store.get(id: id) else { return }  // pruned
                     guard now != job || now.state.isTerminal else { continue }
                     job = now
-                    try await write(line(JobEventMessage(kind: .job, job: job.info(live: context.monitor.live(id)))))
+                    try await write(line(JobEventMessage(kind: .job, job: try Self.info(job, live: context.monitor.live(id)))))
                     if job.state.isTerminal { return }
                 }
             }

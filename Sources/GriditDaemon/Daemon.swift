@@ -4,6 +4,7 @@ import Glibc
 #endif
 import Foundation
 import GriditAPI
+import GriditJobSpec
 import GriditStore
 import Logging
 import NIOCore

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import GriditAPI
+import GriditJobSpec
 import GriditStore
 import Logging
 import Synchronization
@@ -181,18 +182,20 @@ public struct FaultInjection: Sendable, Hashable {
 /// Where `pause-at` stops the worker: the first step of stage-1 grid `unit` (`grid`) or of frame
 /// `unit` (`sr`), 1-based, of any job.
 public struct PausePoint: Sendable, Hashable {
-    public var stage: String
+    public var stage: Stage
     public var unit: Int
 
     init?(_ text: String) {
         let parts = text.split(separator: ":")
-        guard parts.count == 2, ["grid", "sr"].contains(parts[0]), let n = Int(parts[1]), n >= 1 else { return nil }
-        stage = String(parts[0])
+        guard parts.count == 2, let stage = Stage(rawValue: String(parts[0])), let n = Int(parts[1]), n >= 1 else {
+            return nil
+        }
+        self.stage = stage
         unit = n
     }
 
     func matches(_ step: StepProgress) -> Bool {
-        step.stage == stage && (stage == "grid" ? step.grid : step.frame) >= unit
+        step.stage == stage && (stage == .grid ? step.grid : step.frame) >= unit
     }
 
     /// Writes the marker and blocks the calling (worker) thread until the process is killed.

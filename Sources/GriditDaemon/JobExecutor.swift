@@ -1,16 +1,15 @@
 // What the worker needs from the engine (GriditEngine), as a protocol so that the daemon builds
 // and is tested without it. The engine adapter implements `JobExecutor` over `LoadedPipeline`,
-// resumable runs in a work directory and batched execution (CONTRACTS.md, "The engine API").
+// resumable runs in a work directory and batched execution (docs/ENGINE.md, "The API the daemon calls").
 import Foundation
 import GriditAPI
+import GriditJobSpec
 
 /// One job of a batch, as the worker hands it to the engine.
 public struct ExecutionItem: Sendable, Hashable, Codable {
     public var jobID: Int64
-    /// Frames to generate.
-    public var length: Int
-    /// The job's parameters with every default the daemon fills in (the seed is always set).
-    public var parameters: GenerationParameters
+    /// What the job asks for, as it was submitted, the seed filled in.
+    public var spec: JobSpec
     /// The job's own resumable state: the engine keeps its durable checkpoints here and resumes
     /// from them when the folder already holds some (after a crash, a shutdown, a retry).
     public var workDirectory: String
@@ -19,17 +18,15 @@ public struct ExecutionItem: Sendable, Hashable, Codable {
     /// after the rename, before recording the success), the run is done: return `.succeeded`.
     public var outputDirectory: String
     /// The last durable progress the database holds, for logs (the work directory is the truth).
-    public var resumeFrom: GriditAPI.JobProgressInfo
+    public var resumeFrom: JobProgress
     /// 1 for the first attempt.
     public var attempt: Int
 
     public init(
-        jobID: Int64, length: Int, parameters: GenerationParameters, workDirectory: String, outputDirectory: String,
-        resumeFrom: GriditAPI.JobProgressInfo, attempt: Int
+        jobID: Int64, spec: JobSpec, workDirectory: String, outputDirectory: String, resumeFrom: JobProgress, attempt: Int
     ) {
         self.jobID = jobID
-        self.length = length
-        self.parameters = parameters
+        self.spec = spec
         self.workDirectory = workDirectory
         self.outputDirectory = outputDirectory
         self.resumeFrom = resumeFrom
@@ -81,7 +78,7 @@ public struct ExecutionHooks: Sendable {
     public var finished: @Sendable (_ jobID: Int64, _ outcome: ExecutionOutcome) -> Void
     /// After each durable unit (a finished stage-1 grid, a finished stage-2 frame batch): the
     /// job's new resume point. The worker saves it in the database.
-    public var durable: @Sendable (_ jobID: Int64, _ progress: GriditAPI.JobProgressInfo) -> Void
+    public var durable: @Sendable (_ jobID: Int64, _ progress: JobProgress) -> Void
     /// After each denoising step: the live progress bar. Also the worker's liveness signal
     /// (heartbeats and the systemd watchdog), so an engine must call it at least every few
     /// seconds while it works, model loading included.
@@ -93,7 +90,7 @@ public struct ExecutionHooks: Sendable {
     public init(
         admit: @escaping @Sendable () -> [ExecutionItem] = { [] },
         finished: @escaping @Sendable (Int64, ExecutionOutcome) -> Void,
-        durable: @escaping @Sendable (Int64, GriditAPI.JobProgressInfo) -> Void,
+        durable: @escaping @Sendable (Int64, JobProgress) -> Void,
         step: @escaping @Sendable (Int64, StepProgress) -> Void,
         shouldStop: @escaping @Sendable (Int64) -> StopReason?
     ) {
@@ -198,8 +195,7 @@ public protocol JobExecutor: Sendable {
     /// and returns its estimated compute: seconds at the nominal rate `griditd run --dry-run`
     /// assumes (what the per-user work limit adds up). Throws `.invalidInput` with a message
     /// naming the parameter, or `.modelMissing`.
-    func validate(length: Int, parameters: GenerationParameters, pipelineDigest: String?) async throws(JobFailure)
-        -> TimeInterval
+    func validate(_ spec: JobSpec, pipelineDigest: String?) async throws(JobFailure) -> TimeInterval
 
     /// Runs every item (and every admitted one) to completion, failure or interruption, calling
     /// `hooks.finished` once for each, and returns when none is left. A job it never reports is

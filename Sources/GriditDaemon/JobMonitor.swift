@@ -2,6 +2,7 @@
 // and the worker's wake-up. The database stays the truth; this only makes it fast to see.
 import Foundation
 import GriditAPI
+import GriditJobSpec
 import Synchronization
 
 public final class JobMonitor: Sendable {

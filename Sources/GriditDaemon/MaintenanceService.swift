@@ -1,6 +1,7 @@
 // Housekeeping on timers: expired leases back to the queue (or dead), retention, STATUS=.
 import Foundation
 import GriditAPI
+import GriditJobSpec
 import GriditStore
 import Logging
 import ServiceLifecycle

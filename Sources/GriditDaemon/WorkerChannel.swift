@@ -7,6 +7,7 @@ import Glibc
 import CProcess
 import Foundation
 import GriditAPI
+import GriditJobSpec
 import Synchronization
 
 /// griditd → worker.
@@ -28,7 +29,7 @@ enum WorkerEvent: Codable, Sendable {
     /// The engine asks for jobs to join the batch; griditd answers `admitted`.
     case admit
     case finished(jobID: Int64, outcome: ExecutionOutcome)
-    case durable(jobID: Int64, progress: JobProgressInfo)
+    case durable(jobID: Int64, progress: JobProgress)
     case step(jobID: Int64, progress: StepProgress)
     /// The batch is over (every job reported).
     case done

@@ -5,6 +5,7 @@ import Glibc
 #endif
 import Foundation
 import GriditAPI
+import GriditJobSpec
 import GriditStore
 import Logging
 import ServiceLifecycle
@@ -176,9 +177,11 @@ public struct WorkerService: Service {
     /// Creates the job's work folder and the output's parent (free space was checked before the claim).
     private func prepare(_ job: Job) throws(JobFailure) -> ExecutionItem {
         let layout = context.layout
-        let stored = job.stored
+        let spec: JobSpec
+        do { spec = try job.spec() } catch { throw JobFailure(.internalError, error.message) }
         let work = layout.workDirectory(job: job.id)
-        let output = job.outputDirectory(in: layout)
+        let output = spec.output.map { layout.namedOutputDirectory(owner: job.ownerUID, name: $0) }
+            ?? layout.automaticOutputDirectory(job: job.id)
         do {
             try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
             try FileManager.default.createDirectory(
@@ -188,8 +191,8 @@ public struct WorkerService: Service {
             throw JobFailure(errno == Int(ENOSPC) ? .diskFull : .transient, "preparing \(work): \(error.localizedDescription)")
         }
         return ExecutionItem(
-            jobID: job.id, length: job.length, parameters: stored.parameters, workDirectory: work,
-            outputDirectory: output, resumeFrom: job.progress.info, attempt: job.attempt)
+            jobID: job.id, spec: spec, workDirectory: work, outputDirectory: output, resumeFrom: job.progress,
+            attempt: job.attempt)
     }
 
     // MARK: - Running
@@ -340,7 +343,7 @@ public struct WorkerService: Service {
                 var status: LeaseStatus?
                 if let progress = pending.progress {
                     status = try await context.store.saveProgress(
-                        id: pending.id, token: token, progress: JobProgress(progress), now: now)
+                        id: pending.id, token: token, progress: progress, now: now)
                     context.monitor.changed(pending.id)
                 }
                 if pending.heartbeat {
@@ -375,8 +378,9 @@ public struct WorkerService: Service {
         do {
             switch outcome {
             case .succeeded:
-                var output = item?.outputDirectory ?? ""
-                if item == nil { output = try await store.get(id: id).outputDirectory(in: context.layout) }
+                guard let output = item?.outputDirectory else {
+                    preconditionFailure("job \(id): a success is recorded with the item the engine ran")
+                }
                 _ = try await store.complete(id: id, token: token, outputDir: output, now: now)
                 try? FileManager.default.removeItem(atPath: context.layout.workDirectory(job: id))
                 metadata["output"] = "\(output)"
@@ -457,12 +461,12 @@ final class StopFlag: Sendable {
 final class BatchTracker: Sendable {
     struct Pending {
         var id: Int64
-        var progress: JobProgressInfo?
+        var progress: JobProgress?
         var heartbeat: Bool
     }
 
     private struct Entry {
-        var progress: JobProgressInfo?
+        var progress: JobProgress?
         var active = false
         /// Claimed to join, not yet taken by the engine: heartbeated while it waits (a batched
         /// forward of a large model can outlast a lease).
@@ -476,7 +480,7 @@ final class BatchTracker: Sendable {
         entries = Mutex(Dictionary(uniqueKeysWithValues: ids.map { ($0, Entry()) }))
     }
 
-    func durable(_ id: Int64, _ progress: JobProgressInfo) {
+    func durable(_ id: Int64, _ progress: JobProgress) {
         entries.withLock { e in
             e[id]?.progress = progress
             e[id]?.active = true

@@ -74,8 +74,13 @@ public struct EngineError: Error, CustomStringConvertible, Sendable, Equatable {
             return EngineError(.internal, prefixed(e.description))
         case let e as CocoaError where e.code == .fileWriteOutOfSpace:
             return EngineError(.diskFull, prefixed(e.localizedDescription), hint: "free disk space and run again")
+        case let e as CocoaError where e.isFileError:
+            // Foundation's file calls (creating folders, listing them): I/O that may pass.
+            return EngineError(.transient, prefixed(e.localizedDescription))
         default:
-            return EngineError(.transient, prefixed("\(error)"))
+            // Nothing below throws anything else: an error nobody classified is a bug, and a bug
+            // fails the same way again.
+            return EngineError(.internal, prefixed("unexpected error: \(error)"))
         }
     }
 

@@ -5,6 +5,7 @@
 // batched with, on the batch sizes or on the thread count.
 import Foundation
 import GriditImage
+import GriditJobSpec
 import GriditModels
 import GriditPipeline
 import GriditTensor
@@ -139,13 +140,17 @@ final class Executor {
         return true
     }
 
-    /// Accounts one model evaluation of `work` operations of `run` and reports the step.
-    private func countStep(_ run: SequenceRun, work: Double, stage: RunStage, item: Int, of items: Int, step: Int,
-                           of steps: Int) {
+    /// Accounts one model evaluation of `work` operations of `run` and reports the step: stage 1
+    /// "grid g/N" (item g), stage 2 "frame i/F" (item i), both 1-based, with what is durable of
+    /// the other stage.
+    private func countStep(_ run: SequenceRun, work: Double, stage: Stage, item: Int, step: Int, of steps: Int) {
         run.sessionFlops += work
         run.partialFlops += work
-        run.hooks.onStep(StepProgress(stage: stage, item: item, itemsTotal: items, step: step, stepsTotal: steps,
-                                      fraction: run.fraction, etaSeconds: run.eta))
+        let plan = run.plan
+        run.hooks.onStep(StepProgress(
+            stage: stage, grid: stage == .grid ? item + 1 : run.gridsDone, grids: plan.grids, step: step, steps: steps,
+            frame: stage == .grid ? run.framesDone : item + 1, frames: plan.frames, etaSeconds: run.eta,
+            fraction: run.fraction))
     }
 
     // MARK: Sizing
@@ -229,7 +234,7 @@ final class Executor {
                 guard self.keepsGoing(r) else { return false }
                 evaluations[i] += 1
                 let work = flopsPerRow * Double(run.settings.guided ? 2 : 1)
-                self.countStep(run, work: work, stage: .stage1, item: g, of: run.plan.grids, step: evaluations[i],
+                self.countStep(run, work: work, stage: .grid, item: g, step: evaluations[i],
                                of: run.plan.stage1.evaluationsPerItem)
                 guard items[i].isFinished else { return true }
                 let ok = self.attempt(r) {
@@ -351,7 +356,7 @@ final class Executor {
                 let run = self.runs[r]
                 guard self.keepsGoing(r) else { return false }
                 evaluations[j] += 1
-                self.countStep(run, work: flopsPerRow, stage: .stage2, item: i, of: run.plan.frames, step: evaluations[j],
+                self.countStep(run, work: flopsPerRow, stage: .sr, item: i, step: evaluations[j],
                                of: run.plan.stage2?.evaluationsPerItem ?? 0)
                 guard items[j].isFinished else { return true }
                 return self.attempt(r) {

@@ -1,13 +1,14 @@
 // `griditd run`: one sequence from a pipeline file to an output directory, without the daemon
 // (batch schedulers, debugging). The executable only parses flags and calls `OneShot.run`.
 import Foundation
+import GriditJobSpec
 import GriditModels
 import GriditPipeline
 import GriditTensor
 
 public struct OneShotOptions: Sendable {
     public var pipelinePath: String
-    public var request: SequenceRequest
+    public var spec: JobSpec
     public var output: String
     /// nil: a temporary work directory next to the output, removed whatever happens. Given: the
     /// run is resumable there (rerun the same command), and it is removed after success unless
@@ -24,12 +25,12 @@ public struct OneShotOptions: Sendable {
     public var outputOptions: OutputOptions
     public var maxLength: Int?
 
-    public init(pipelinePath: String, request: SequenceRequest, output: String, workDirectory: String? = nil,
+    public init(pipelinePath: String, spec: JobSpec, output: String, workDirectory: String? = nil,
                 resume: Bool = false, keepWorkDirectory: Bool = false, dryRun: Bool = false, calibrate: Bool = false,
                 execution: ExecutionOptions = ExecutionOptions(), outputOptions: OutputOptions = OutputOptions(),
                 maxLength: Int? = nil) {
         self.pipelinePath = pipelinePath
-        self.request = request
+        self.spec = spec
         self.output = output
         self.workDirectory = workDirectory
         self.resume = resume
@@ -70,7 +71,7 @@ public enum OneShot {
             }
         }
         let configuration = try PipelineConfiguration.load(path: options.pipelinePath)
-        let settings = try options.request.settings(for: configuration, maxLength: options.maxLength)
+        let settings = try options.spec.settings(for: configuration, maxLength: options.maxLength)
         let plan = try SequencePlan(settings: settings, pipeline: configuration)
         if options.dryRun {
             var cost = CostModel.nominal(configuration)
@@ -106,7 +107,7 @@ public enum OneShot {
         defer {
             if temporaryWork || (succeeded && !options.keepWorkDirectory) { Files.remove(work) }
         }
-        let run = try SequenceRun(pipeline: pipeline, request: options.request, workDirectory: work, hooks: hooks,
+        let run = try SequenceRun(pipeline: pipeline, spec: options.spec, workDirectory: work, hooks: hooks,
                                   maxLength: options.maxLength)
         let executeStarted = Date()
         try run.execute(options: options.execution)

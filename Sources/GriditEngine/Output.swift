@@ -2,11 +2,12 @@
 //   frames/frame_00000.png …     every frame, 8-bit (hard links to the work directory's files when possible)
 //   preview.apng                 animated PNG of the first frames (at most 1024, at most 256 px)
 //   contact_sheet.png            up to 256 evenly spaced frames in a grid
-//   sequence.json                pipeline and blob digests, request, settings, plan, timings, SHA-256 of every frame
+//   sequence.json                pipeline and blob digests, spec, settings, plan, timings, SHA-256 of every frame
 // It is assembled under a temporary name next to the destination and renamed into place when
 // complete, so the destination either does not exist or is whole.
 import Foundation
 import GriditImage
+import GriditJobSpec
 import GriditPipeline
 
 /// How `finish(into:)` renders the preview and the contact sheet.
@@ -59,7 +60,7 @@ public struct SequenceSummary: Codable, Sendable, Equatable {
     public var channels: Int
     public var pipeline: Pipeline
     public var seed: UInt64
-    public var request: SequenceRequest
+    public var spec: JobSpec
     public var settings: RunSettings
     public var plan: SequencePlan
     public var timings: RunTimings
@@ -68,7 +69,7 @@ public struct SequenceSummary: Codable, Sendable, Equatable {
     public var files: [FrameFile]
 
     enum CodingKeys: String, CodingKey {
-        case format, frames, channels, pipeline, seed, request, settings, plan, timings, preview, files
+        case format, frames, channels, pipeline, seed, spec, settings, plan, timings, preview, files
         case frameSize = "frame_size", contactSheet = "contact_sheet"
     }
 
@@ -76,6 +77,20 @@ public struct SequenceSummary: Codable, Sendable, Equatable {
 }
 
 extension SequenceRun {
+    /// Whether `output` holds this run's finished output already: a `sequence.json` of the same
+    /// pipeline and settings (a daemon that died after the rename, before it recorded the success).
+    public func isFinished(at output: String) -> Bool {
+        struct Identity: Decodable {
+            struct Pipeline: Decodable { var digest: String }
+            var pipeline: Pipeline
+            var settings: RunSettings
+        }
+        guard let data = FileManager.default.contents(atPath: output + "/sequence.json"),
+            let found = try? JSONDecoder().decode(Identity.self, from: data)
+        else { return false }
+        return found.pipeline.digest == pipeline.identity.digest && found.settings == settings
+    }
+
     /// Writes the output directory `output` of this complete run and returns what
     /// `sequence.json` says. `output` must not exist; its parent must. On any error nothing is
     /// left at `output` (nor a temporary directory next to it).
@@ -118,7 +133,7 @@ extension SequenceRun {
             format: SequenceSummary.currentFormat, frames: plan.frames, frameSize: plan.outputFrameSize,
             channels: plan.channels,
             pipeline: .init(name: pipeline.spec.name, digest: pipeline.identity.digest, blobs: pipeline.identity.blobs),
-            seed: settings.seed, request: request, settings: settings, plan: plan, timings: timings,
+            seed: settings.seed, spec: spec, settings: settings, plan: plan, timings: timings,
             preview: preview, contactSheet: sheet, files: files)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]

@@ -2,6 +2,7 @@
 // which grid cell becomes which output frame, and the cost. A pure function of the pipeline's
 // configuration and the run settings.
 import Foundation
+import GriditJobSpec
 import GriditModels
 import GriditPipeline
 

@@ -1,7 +1,7 @@
 // A resumable run of one sequence, bound to a work directory.
 //
 // Work directory layout (every file written whole: temporary name, fsync, rename):
-//   run.json                    format, pipeline identity, request, settings, plan (written once)
+//   run.json                    format, pipeline identity, spec, settings, plan (written once)
 //   grids/grid_00003.npy        stage-1 grid 3 in model space (C, K·S, K·S), float32
 //   grids/grid_00003.image.npy  its VAE decode, (C_img, K·s, K·s) (latent pipelines only)
 //   frames/frame_00042.png      output frame 42, final (after stage 2, or the 8-bit LR frame)
@@ -11,6 +11,7 @@
 import Foundation
 import GriditCheckpoint
 import GriditImage
+import GriditJobSpec
 import GriditModels
 import GriditPipeline
 import GriditTensor
@@ -33,7 +34,7 @@ public struct RunTimings: Codable, Sendable, Equatable {
     }
 }
 
-/// A run of one `SequenceRequest` on a `LoadedPipeline`, bound to a work directory.
+/// A run of one `JobSpec` on a `LoadedPipeline`, bound to a work directory.
 ///
 /// Constructing it on an empty or missing directory starts a run; on a directory that holds the
 /// same run (same settings, same pipeline digest) it resumes where that one stopped; on anything
@@ -43,7 +44,7 @@ public struct RunTimings: Codable, Sendable, Equatable {
 /// Not thread-safe: use a run from one thread at a time (the one that executes it).
 public final class SequenceRun {
     public let pipeline: LoadedPipeline
-    public let request: SequenceRequest
+    public let spec: JobSpec
     public let settings: RunSettings
     public let plan: SequencePlan
     public let workDirectory: String
@@ -69,19 +70,19 @@ public final class SequenceRun {
 
     static let runFormat = "gridit.run.v1"
 
-    /// Starts or resumes the run of `request` in `workDirectory`. `maxLength` overrides the
-    /// pipeline's length limit. Throws `invalid_input` for a bad request or a work directory that
+    /// Starts or resumes the run of `spec` in `workDirectory`. `maxLength` overrides the
+    /// pipeline's length limit. Throws `invalid_input` for a bad spec or a work directory that
     /// holds something else.
-    public init(pipeline: LoadedPipeline, request: SequenceRequest, workDirectory: String, hooks: RunHooks = RunHooks(),
+    public init(pipeline: LoadedPipeline, spec: JobSpec, workDirectory: String, hooks: RunHooks = RunHooks(),
                 maxLength: Int? = nil) throws {
-        let settings = try request.settings(for: pipeline.configuration, maxLength: maxLength)
+        let settings = try spec.settings(for: pipeline.configuration, maxLength: maxLength)
         guard settings.precisionUsed == pipeline.precision.rawValue else {
             throw EngineError.invalid("the run is for precision \(settings.precisionUsed), the pipeline is loaded in \(pipeline.precision.rawValue)",
                                       hint: "load the pipeline with precision \(settings.precisionUsed)")
         }
         let plan = try SequencePlan(settings: settings, pipeline: pipeline.configuration)
         self.pipeline = pipeline
-        self.request = request
+        self.spec = spec
         self.settings = settings
         self.plan = plan
         self.workDirectory = workDirectory
@@ -118,10 +119,8 @@ public final class SequenceRun {
     public var framesDone: Int { framesDoneCount }
 
     /// Where the run stands (everything counted is durable).
-    public var progress: RunProgress {
-        let stage: RunStage = isComplete ? .done : (gridsDoneCount < plan.grids ? .stage1 : .stage2)
-        return RunProgress(stage: stage, gridsDone: gridsDoneCount, gridsTotal: plan.grids, framesDone: framesDoneCount,
-                           framesTotal: plan.frames, fraction: fraction, etaSeconds: eta)
+    public var progress: JobProgress {
+        JobProgress(stage: gridsDoneCount < plan.grids ? .grid : .sr, gridsDone: gridsDoneCount, framesDone: framesDoneCount)
     }
 
     /// Work of one grid and of one frame, in floating-point operations.
@@ -150,20 +149,27 @@ public final class SequenceRun {
     func framePath(_ i: Int) -> String { workDirectory + "/frames/" + Self.frameName(i) }
     static func frameName(_ i: Int) -> String { String(format: "frame_%05d.png", i) }
 
-    struct RunFile: Codable {
+    struct RunFile: Encodable {
         var format: String
         var pipeline: PipelineIdentity
-        var request: SequenceRequest
+        var spec: JobSpec
         var settings: RunSettings
         var plan: SequencePlan
+    }
+
+    /// What a resume compares in `run.json` (files of every gridit version have these).
+    struct RunFileIdentity: Decodable {
+        var format: String
+        var pipeline: PipelineIdentity
+        var settings: RunSettings
     }
 
     private func openWorkDirectory() throws {
         let fm = FileManager.default
         if Files.exists(runFile) {
-            var stored: RunFile
+            var stored: RunFileIdentity
             do {
-                stored = try JSONDecoder().decode(RunFile.self, from: Data(contentsOf: URL(fileURLWithPath: runFile)))
+                stored = try JSONDecoder().decode(RunFileIdentity.self, from: Data(contentsOf: URL(fileURLWithPath: runFile)))
             } catch {
                 throw EngineError.invalid("work directory '\(workDirectory)' has an unreadable run.json",
                                           hint: "remove the directory or choose another work directory")
@@ -191,7 +197,7 @@ public final class SequenceRun {
             try Files.makeDirectory(workDirectory + "/frames")
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            let record = RunFile(format: Self.runFormat, pipeline: pipeline.identity, request: request, settings: settings,
+            let record = RunFile(format: Self.runFormat, pipeline: pipeline.identity, spec: spec, settings: settings,
                                  plan: plan)
             try Files.write(try encoder.encode(record), to: runFile)
         }

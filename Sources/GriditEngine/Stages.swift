@@ -2,6 +2,7 @@
 // storing a finished grid, building a stage-2 frame item (bicubic condition, VAE encode), and
 // turning a finished frame into its PNG.
 import Foundation
+import GriditJobSpec
 import GriditImage
 import GriditModels
 import GriditPipeline

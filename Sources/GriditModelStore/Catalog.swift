@@ -2,6 +2,7 @@
 // runs inside a transaction its caller opened (`StateDatabase.write` / `read`).
 import Foundation
 import GRDB
+import GriditJobSpec
 import GriditStore
 
 #if canImport(Glibc)

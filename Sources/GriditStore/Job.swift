@@ -1,32 +1,5 @@
 import Foundation
-
-/// The seven job states. `succeeded`, `failed`, `canceled` and `dead` are terminal: only an
-/// explicit `retry` (from `failed`, `canceled`, `dead`) or `prune` leaves them.
-public enum JobState: String, CaseIterable, Hashable, Sendable, Codable {
-    /// Waiting to be claimed once `notBefore` has passed.
-    case queued
-    /// Claimed by a worker that holds the lease token.
-    case running
-    /// Failed transiently; claimable again once `notBefore` (the backoff) has passed.
-    case retryable
-    case succeeded
-    /// Failed permanently, or transiently with no attempts left.
-    case failed
-    case canceled
-    /// Crashed the engine worker (or stalled it) `RetryPolicy.maxCrashes` times.
-    case dead
-
-    public var isTerminal: Bool {
-        switch self {
-        case .queued, .running, .retryable: false
-        case .succeeded, .failed, .canceled, .dead: true
-        }
-    }
-
-    /// States a worker may claim from.
-    public static let claimable: [JobState] = [.queued, .retryable]
-    public static let terminal: [JobState] = allCases.filter(\.isTerminal)
-}
+import GriditJobSpec
 
 /// The fencing token handed out by `claim`. Every write a worker makes for the job carries it;
 /// once the job is re-claimed, recovered or finished, the old token is refused with `leaseLost`.
@@ -42,33 +15,6 @@ public struct LeaseToken: RawRepresentable, Hashable, Sendable, CustomStringConv
     public var description: String { String(rawValue) }
 }
 
-/// Where a job has got to, saved by the worker so that a recovered job resumes there.
-/// Stored as JSON: `{"stage":"grid","grids_done":0,"frames_done":0}`.
-public struct JobProgress: Hashable, Sendable, Codable {
-    public enum Stage: String, Hashable, Sendable, Codable {
-        /// Stage 1: low-resolution grids.
-        case grid
-        /// Stage 2: super-resolution of each frame.
-        case sr
-    }
-
-    public var stage: Stage
-    public var gridsDone: Int
-    public var framesDone: Int
-
-    public init(stage: Stage = .grid, gridsDone: Int = 0, framesDone: Int = 0) {
-        self.stage = stage
-        self.gridsDone = gridsDone
-        self.framesDone = framesDone
-    }
-
-    enum CodingKeys: String, CodingKey {
-        case stage
-        case gridsDone = "grids_done"
-        case framesDone = "frames_done"
-    }
-}
-
 /// One row of the `job` table.
 public struct Job: Hashable, Sendable {
     public var id: Int64
@@ -77,7 +23,7 @@ public struct Job: Hashable, Sendable {
     public var state: JobState
     /// Higher runs first; FIFO (by id) within a priority.
     public var priority: Int
-    /// The generation parameters, a JSON text the store does not interpret.
+    /// The job's `JobSpec` as JSON, a text the store does not interpret.
     public var params: String
     public var pipelineDigest: String?
     /// Number of frames to generate.

@@ -1,4 +1,5 @@
 import Foundation
+import GriditJobSpec
 
 /// Something that happens to a job. Events a worker sends carry its lease token.
 public enum JobEvent: Hashable, Sendable {
@@ -111,6 +112,7 @@ public struct JobStateMachine: Hashable, Sendable {
                     jobID: job.id)
             }
             next.progress = progress
+            next.progress.live = nil  // the resume point only; the live step is never stored
 
         case .succeed(let token, let outputDir):
             try requireLease(token, job)

@@ -1,4 +1,5 @@
 import Foundation
+import GriditJobSpec
 
 /// What a client asks to run. `submit` validates it and creates the `job` row.
 public struct JobSubmission: Hashable, Sendable {

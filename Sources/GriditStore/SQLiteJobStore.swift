@@ -1,4 +1,5 @@
 import Foundation
+import GriditJobSpec
 import GRDB
 
 /// `JobStore` on one SQLite file through a GRDB `DatabasePool` (the `StateDatabase`; its notes

@@ -3,6 +3,7 @@ import GriditAPI
 import GriditBackend
 import GriditDaemon
 import GriditEngine
+import GriditJobSpec
 import GriditModelStore
 import GriditStore
 import Logging
@@ -61,9 +62,9 @@ final class Harness: @unchecked Sendable {
 
     func item(_ id: Int64, length: Int, seed: UInt64, precision: String? = nil, work: String? = nil) -> ExecutionItem {
         ExecutionItem(
-            jobID: id, length: length, parameters: GenerationParameters(seed: seed, precision: precision),
+            jobID: id, spec: JobSpec(length: length, parameters: .init(seed: seed, precision: precision)),
             workDirectory: work ?? workDirectory(id), outputDirectory: root + "/outputs/job-\(id)",
-            resumeFrom: JobProgressInfo(stage: "grid", gridsDone: 0, framesDone: 0), attempt: 1)
+            resumeFrom: JobProgress(), attempt: 1)
     }
 
     /// Runs `items` as one batch on this thread; `joining` is offered at the engine's second `admit`.
@@ -108,14 +109,14 @@ final class Harness: @unchecked Sendable {
 final class Recorder: Sendable {
     struct State {
         var outcomes: [Int64: [ExecutionOutcome]] = [:]
-        var durable: [(Int64, JobProgressInfo)] = []
-        var steps: [(Int64, GriditAPI.StepProgress)] = []
+        var durable: [(Int64, JobProgress)] = []
+        var steps: [(Int64, StepProgress)] = []
     }
     let state = Mutex(State())
 
     var outcomes: [Int64: [ExecutionOutcome]] { state.withLock { $0.outcomes } }
-    func durable(_ id: Int64) -> [JobProgressInfo] { state.withLock { $0.durable.filter { $0.0 == id }.map(\.1) } }
-    func steps(_ id: Int64) -> [GriditAPI.StepProgress] { state.withLock { $0.steps.filter { $0.0 == id }.map(\.1) } }
+    func durable(_ id: Int64) -> [JobProgress] { state.withLock { $0.durable.filter { $0.0 == id }.map(\.1) } }
+    func steps(_ id: Int64) -> [StepProgress] { state.withLock { $0.steps.filter { $0.0 == id }.map(\.1) } }
 }
 
 struct HarnessError: Error, CustomStringConvertible {

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import GriditAPI
 @testable import GriditCLI
+import GriditJobSpec
 import Testing
 
 @Suite("griditctl")
@@ -18,7 +19,12 @@ struct CLITests {
     func parsing() throws {
         let submit = try Griditctl.parseAsRoot(["submit", "--length", "128", "--model", "m:v1", "--seed", "7", "--steps", "ddim50", "--wait"])
         let s = try #require(submit as? Submit)
-        #expect(s.length == 128 && s.model == "m:v1" && s.seed == 7 && s.steps == "ddim50" && s.wait)
+        #expect(s.length == 128 && s.model == "m:v1" && s.sampling.seed == 7 && s.sampling.steps == "ddim50" && s.wait)
+        // Every parameter a model can use has its flag, class-conditional ones included.
+        let classcond = try #require(
+            try Griditctl.parseAsRoot(["submit", "--length", "4", "--class", "2", "--cfg-scale", "4", "--jump-length", "3", "--jump-count", "2"]) as? Submit)
+        #expect(classcond.spec == JobSpec(length: 4, parameters: .init(jumpLength: 3, jumpCount: 2, classLabel: 2, cfgScale: 4)))
+        #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["submit", "--length", "4", "--sampler", "euler"]) }
         #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["submit"]) }
         #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["submit", "--length", "0"]) }
         #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["submit", "--length", "4", "--seed", "-1"]) }
@@ -69,7 +75,7 @@ struct CLITests {
 
     @Test("the progress bar shows stage, grid, step, frame and ETA within the terminal width")
     func progressBar() {
-        let step = StepProgress(stage: "sr", grid: 3, grids: 8, step: 40, steps: 250, frame: 64, frames: 128, etaSeconds: 80)
+        let step = StepProgress(stage: .sr, grid: 3, grids: 8, step: 40, steps: 250, frame: 64, frames: 128, etaSeconds: 80)
         let line = Rendering.progressLine(jobID: 12, step: step, width: 120)
         #expect(line.hasPrefix("job 12  sr  grid 3/8  step 40/250  frame 64/128  ETA 1m20s  ["))
         #expect(line.contains("###############---------------]"), "half done: \(line)")
@@ -84,10 +90,10 @@ struct CLITests {
     func jobsTable() {
         let now = Date(timeIntervalSince1970: 2_000_000)
         let job = JobInfo(
-            id: 7, state: .queued, ownerUID: 1000, priority: 2, length: 128, model: nil, pipelineDigest: nil,
-            parameters: GenerationParameters(seed: 1), output: nil, idempotencyKey: nil, createdAt: now.addingTimeInterval(-120),
+            id: 7, state: .queued, ownerUID: 1000, priority: 2, spec: JobSpec(length: 128, parameters: .init(seed: 1)),
+            pipelineDigest: nil, idempotencyKey: nil, createdAt: now.addingTimeInterval(-120),
             updatedAt: now, startedAt: nil, finishedAt: nil, attempt: 0, maxAttempts: 3, crashCount: 0, cancelRequested: false,
-            queuePosition: 1, notBefore: now, progress: JobProgressInfo(stage: "grid", gridsDone: 0, framesDone: 0),
+            queuePosition: 1, notBefore: now, progress: JobProgress(stage: .grid, gridsDone: 0, framesDone: 0),
             errorClass: nil, errorMessage: nil, outputDir: nil)
         #expect(Rendering.jobsTable([job], now: now) == """
             ID   STATE    PROGRESS   POSITION   PRIORITY   LENGTH   OWNER   CREATED

@@ -7,6 +7,7 @@ import Glibc
 import Foundation
 import GriditAPI
 import GriditCLI
+import GriditJobSpec
 import Testing
 
 @Suite("griditd and worker crashes", .serialized)
@@ -17,7 +18,7 @@ struct CrashTests {
     func daemonKillsNeverKillJobs() throws {
         let dir = try ShortTemporaryDirectory()
         defer { dir.remove() }
-        let requests = [11, 12].map { SubmitJobRequest(length: 64, parameters: GenerationParameters(seed: $0)) }
+        let requests = [11, 12].map { SubmitJobRequest(spec: JobSpec(length: 64, parameters: .init(seed: $0))) }
         // Each start pauses the engine at its first step of grid 3 (a resumed job, with two grids
         // done, gets there at once): griditd is killed there, four times in a row.
         let faults = ["GRIDIT_TEST_FAULTS": "pause-at=grid:3"]
@@ -64,7 +65,7 @@ struct CrashTests {
     func workerSignals() throws {
         let dir = try ShortTemporaryDirectory()
         defer { dir.remove() }
-        let request = SubmitJobRequest(length: 64, parameters: GenerationParameters(seed: 11))
+        let request = SubmitJobRequest(spec: JobSpec(length: 64, parameters: .init(seed: 11)))
         var daemon = try DaemonProcess(
             directory: dir, arguments: Self.arguments, environment: ["GRIDIT_TEST_FAULTS": "pause-at=sr:5"],
             model: tinyPipeline())
@@ -117,7 +118,7 @@ struct CrashTests {
             directory: dir, arguments: Self.arguments + ["--stop-grace", "2", "--start-paused"], model: tinyPipeline())
         let ids = try [1, 2].map { seed in
             try daemon.client.post(
-                "/v1/jobs", SubmitJobRequest(length: 1000, parameters: GenerationParameters(seed: UInt64(seed))),
+                "/v1/jobs", SubmitJobRequest(spec: JobSpec(length: 1000, parameters: .init(seed: UInt64(seed)))),
                 as: SubmitJobResponse.self
             ).job.id
         }
@@ -142,7 +143,7 @@ struct CrashTests {
     static func runningLongJob(_ dir: ShortTemporaryDirectory, seed: UInt64) throws -> (DaemonProcess, Int64) {
         let daemon = try DaemonProcess(directory: dir, arguments: arguments + ["--lease", "8"], model: tinyPipeline())
         let id = try daemon.client.post(
-            "/v1/jobs", SubmitJobRequest(length: 1000, parameters: GenerationParameters(seed: seed)), as: SubmitJobResponse.self
+            "/v1/jobs", SubmitJobRequest(spec: JobSpec(length: 1000, parameters: .init(seed: seed))), as: SubmitJobResponse.self
         ).job.id
         try waitForJob(daemon, id) { $0.state == .running && $0.progress.gridsDone >= 1 }
         return (daemon, id)

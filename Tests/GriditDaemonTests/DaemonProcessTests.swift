@@ -5,6 +5,7 @@ import Glibc
 import Foundation
 import GriditAPI
 import GriditCLI
+import GriditJobSpec
 import GriditStore
 import Synchronization
 import Testing
@@ -37,7 +38,7 @@ struct DaemonProcessTests {
                     // Every fifth submit carries one of ten keys: 100 keyed submits, 10 jobs.
                     let key = n % 5 == 0 ? "key-\((n / 5) % 10)" : nil
                     let request = SubmitJobRequest(
-                        length: 8, parameters: GenerationParameters(seed: key == nil ? nil : 7), idempotencyKey: key)
+                        spec: JobSpec(length: 8, parameters: .init(seed: key == nil ? nil : 7)), idempotencyKey: key)
                     do {
                         let reply = try client.post("/v1/jobs", request, as: SubmitJobResponse.self)
                         outcomes.withLock { $0.append(Outcome(id: reply.job.id, key: key, deduplicated: reply.deduplicated)) }
@@ -217,8 +218,8 @@ struct DaemonProcessTests {
         }
         do {
             let store = try SQLiteJobStore(path: database)
-            _ = try await store.submit(JobSubmission(params: "{}", length: 16), owner: 0, maxQueued: 10, now: Date())
-            _ = try await store.submit(JobSubmission(params: "{}", length: 16), owner: 0, maxQueued: 10, now: Date())
+            _ = try await store.submit(JobSubmission(params: #"{"length":16}"#, length: 16), owner: 0, maxQueued: 10, now: Date())
+            _ = try await store.submit(JobSubmission(params: #"{"length":16}"#, length: 16), owner: 0, maxQueued: 10, now: Date())
             try store.close()
         }
         let id = try await crashWhileRunning()
@@ -228,7 +229,7 @@ struct DaemonProcessTests {
             let job = try daemon.client.get("/v1/jobs/\(id)", as: JobInfo.self)
             #expect(job.state == .queued)
             #expect(job.crashCount == 0 && job.attempt == 0)
-            #expect(job.progress.stage == "sr" && job.progress.framesDone == 6, "resume point kept")
+            #expect(job.progress.stage == .sr && job.progress.framesDone == 6, "resume point kept")
             #expect(job.errors?.first?.errorClass == "interrupted")
             #expect(daemon.log.contains("not counted as a crash"))
             #expect(daemon.stop() == 0)
@@ -261,7 +262,7 @@ struct DaemonProcessTests {
         let first = try run(["submit", "--length", "16", "--seed", "5", "--json"])
         #expect(first.status == 0, "\(first.stderr)")
         let job = try APICoding.decoder().decode(SubmitJobResponse.self, from: Data(first.stdout.utf8)).job
-        #expect(job.parameters.seed == 5 && job.length == 16)
+        #expect(job.spec.parameters.seed == 5 && job.length == 16)
         let second = try run(["submit", "--length", "4", "--priority", "3"])
         #expect(second.status == 0 && second.stdout.hasPrefix("job \(job.id + 1) queued, queue position 1"), "\(second.stdout)")
 
@@ -335,7 +336,7 @@ struct DaemonProcessTests {
         defer { try? store.close() }
         var ids: [Int64] = []
         for output in outputs {
-            _ = try await store.submit(JobSubmission(params: "{}", length: 4), owner: 0, maxQueued: 100, now: finishedAt)
+            _ = try await store.submit(JobSubmission(params: #"{"length":4}"#, length: 4), owner: 0, maxQueued: 100, now: finishedAt)
             let claimed = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: finishedAt))
             let dir = output.name.hasPrefix("/") ? output.name : stateDir + "/outputs/" + output.name
             for (path, text) in output.files {

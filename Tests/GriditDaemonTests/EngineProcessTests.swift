@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import GriditAPI
 import GriditCLI
+import GriditJobSpec
 import GriditStore
 import Testing
 
@@ -58,7 +59,7 @@ func entries(_ path: String) -> [String] {
 @Suite("griditd with the engine", .serialized)
 struct EngineProcessTests {
     /// 64 frames: 5 stage-1 grids, stage-2 batches of 4 frames (`--max-batch 4`).
-    static let request = SubmitJobRequest(length: 64, parameters: GenerationParameters(seed: 11))
+    static let request = SubmitJobRequest(spec: JobSpec(length: 64, parameters: .init(seed: 11)))
     static let arguments = ["--max-batch", "4"]
 
     @Test(
@@ -116,7 +117,7 @@ struct EngineProcessTests {
 
     @Test("SIGTERM checkpoints a running job and hands it back; the next griditd finishes it with the same frames")
     func gracefulStop() throws {
-        let request = SubmitJobRequest(length: 300, parameters: GenerationParameters(seed: 21))
+        let request = SubmitJobRequest(spec: JobSpec(length: 300, parameters: .init(seed: 21)))
         let dir = try ShortTemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, arguments: Self.arguments, model: tinyPipeline())
@@ -164,7 +165,7 @@ struct EngineProcessTests {
         defer { if mounted { _ = try? runProcess("/bin/umount", [outputs]) } }
         let environment = mounted ? [:] : ["GRIDIT_TEST_ENOSPC_UNDER": outputs]
         let daemon = try DaemonProcess(directory: dir, environment: environment, model: tinyPipeline())
-        let request = SubmitJobRequest(length: 40, parameters: GenerationParameters(seed: 5), maxAttempts: 1)
+        let request = SubmitJobRequest(spec: JobSpec(length: 40, parameters: .init(seed: 5)), maxAttempts: 1)
         let id = try daemon.client.post("/v1/jobs", request, as: SubmitJobResponse.self).job.id
         let failed = try waitForJob(daemon, id)
         let how = mounted ? "tmpfs" : "injected"
@@ -217,6 +218,32 @@ struct EngineProcessTests {
         let status = try daemon.client.get("/v1/status", as: DaemonStatus.self)
         #expect(status.pid == daemon.pid && (status.worker?.starts ?? 0) >= 3, "griditd itself never died: \(status)")
         #expect(daemon.log.contains("the engine worker died"), "\(daemon.log)")
+        #expect(daemon.stop() == 0)
+    }
+
+    @Test("griditctl submit to a class-conditional model: refused without --class, run with it, the class in the job")
+    func classConditionalSubmit() throws {
+        let dir = try ShortTemporaryDirectory()
+        defer { dir.remove() }
+        let classcond = URL(fileURLWithPath: tinyPipeline()).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("classcond/pipeline.json").path
+        let daemon = try DaemonProcess(directory: dir, model: classcond)
+        defer { daemon.stop() }
+        let ctl = binaryDirectory() + "/griditctl"
+        let environment = ["GRIDIT_SOCKET": daemon.socket, "PATH": "/usr/bin:/bin"]
+        let refused = try runProcess(ctl, ["submit", "--length", "6", "--seed", "9"], environment: environment)
+        #expect(refused.status == 65 && refused.stderr.contains("--class 0...2"), "\(refused.stderr)")
+        let result = try runProcess(
+            ctl, ["submit", "--length", "6", "--seed", "9", "--class", "1", "--cfg-scale", "3", "--wait"],
+            environment: environment)
+        #expect(result.status == 0, "\(result.stderr)")
+        let output = daemon.stateDir + "/outputs/job-1"
+        #expect(result.stdout == output + "\n", "\(result.stdout)")
+        #expect(entries(output + "/frames").count == 6)
+        let job = try daemon.client.get("/v1/jobs/1", as: JobInfo.self)
+        #expect(job.spec.parameters.classLabel == 1 && job.spec.parameters.cfgScale == 3)
+        let show = try runProcess(ctl, ["jobs", "show", "1"], environment: environment)
+        #expect(show.stdout.contains("cfg_scale=3") && show.stdout.contains("class_label=1"), "\(show.stdout)")
         #expect(daemon.stop() == 0)
     }
 

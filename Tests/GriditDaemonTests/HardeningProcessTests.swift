@@ -7,6 +7,7 @@ import Glibc
 import Foundation
 import GriditAPI
 import GriditCLI
+import GriditJobSpec
 import Testing
 
 /// Resident memory of a process in KiB.
@@ -140,7 +141,7 @@ struct HardeningProcessTests {
         try waitForJob(daemon, first.id)
         // A user names an output after the next job's automatic folder, to make that job fail.
         let squatter = try client.post(
-            "/v1/jobs", SubmitJobRequest(length: 4, output: "job-\(first.id + 2)"), as: SubmitJobResponse.self
+            "/v1/jobs", SubmitJobRequest(spec: JobSpec(length: 4, output: "job-\(first.id + 2)")), as: SubmitJobResponse.self
         ).job
         #expect(try waitForJob(daemon, squatter.id).state == .succeeded)
         let victim = try client.post("/v1/jobs", SubmitJobRequest(length: 4), as: SubmitJobResponse.self).job
@@ -148,7 +149,7 @@ struct HardeningProcessTests {
         let done = try waitForJob(daemon, victim.id)
         #expect(done.state == .succeeded, "\(done.errorMessage ?? "")")
         #expect(done.outputDir == daemon.stateDir + "/outputs/job-\(victim.id)")
-        let named = try client.post("/v1/jobs", SubmitJobRequest(length: 4, output: "mine/run-1"), as: SubmitJobResponse.self).job
+        let named = try client.post("/v1/jobs", SubmitJobRequest(spec: JobSpec(length: 4, output: "mine/run-1")), as: SubmitJobResponse.self).job
         #expect(try waitForJob(daemon, named.id).outputDir == daemon.stateDir + "/outputs/named/\(getuid())/mine/run-1")
 
         let pruned = try Self.griditctl(["jobs", "prune", "--older-than", "0s"], socket: daemon.socket)

@@ -8,6 +8,7 @@ import Glibc
 import Foundation
 import GriditAPI
 import GriditCLI
+import GriditJobSpec
 import Testing
 
 @Suite("peer credentials", .serialized)
@@ -168,7 +169,7 @@ struct PerUserLimitTests {
         let bob = try PeerCredentialTests.griditctl(client, uid: Self.bob, gid: Self.users, ["submit", "--length", "4"], socket: daemon.socket)
         #expect(bob.status == 0, "\(bob.stderr)")
         let root = try daemon.client.post(
-            "/v1/jobs", SubmitJobRequest(length: 4, parameters: GenerationParameters(steps: "1000", srSteps: "1000"), priority: 1000),
+            "/v1/jobs", SubmitJobRequest(spec: JobSpec(length: 4, parameters: .init(steps: "1000", srSteps: "1000")), priority: 1000),
             as: SubmitJobResponse.self)
         #expect(root.job.queuePosition == 1)
         #expect(daemon.stop() == 0)

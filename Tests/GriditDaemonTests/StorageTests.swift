@@ -8,6 +8,7 @@ import Glibc
 import Foundation
 import GriditAPI
 import GriditCLI
+import GriditJobSpec
 import Testing
 
 /// A tmpfs of `size` on `path` (created); false where this machine cannot mount one.
@@ -70,7 +71,7 @@ struct StorageTests {
             directory: dir, arguments: ["--min-free", "40M", "--db-reserve", "4M"],
             environment: mounted ? [:] : ["GRIDIT_TEST_FAULTS": "free-bytes=1000"], model: tinyPipeline())
         let filler = mounted ? fill(state, leaving: 24 << 20) : nil
-        let request = SubmitJobRequest(length: 16, parameters: GenerationParameters(seed: 3), maxAttempts: 1)
+        let request = SubmitJobRequest(spec: JobSpec(length: 16, parameters: .init(seed: 3)), maxAttempts: 1)
         let id = try daemon.client.post("/v1/jobs", request, as: SubmitJobResponse.self).job.id
         try waitUntil("griditd holds the job for disk space", daemon) {
             daemon.log.contains("no job starts: waiting for disk space")
@@ -104,11 +105,11 @@ struct StorageTests {
         let daemon = try DaemonProcess(
             directory: dir, arguments: ["--max-batch", "4", "--min-free", "1M", "--db-reserve", "8M"], model: tinyPipeline())
         let long = try daemon.client.post(
-            "/v1/jobs", SubmitJobRequest(length: 1000, parameters: GenerationParameters(seed: 1)), as: SubmitJobResponse.self
+            "/v1/jobs", SubmitJobRequest(spec: JobSpec(length: 1000, parameters: .init(seed: 1))), as: SubmitJobResponse.self
         ).job.id
         // Another priority: not batched with the long job, it waits behind it.
         let waiting = try daemon.client.post(
-            "/v1/jobs", SubmitJobRequest(length: 8, priority: -1), as: SubmitJobResponse.self
+            "/v1/jobs", SubmitJobRequest(spec: JobSpec(length: 8), priority: -1), as: SubmitJobResponse.self
         ).job.id
         try waitForJob(daemon, long) { $0.state == .running && $0.progress.gridsDone >= 1 }
         let filler = fill(state)

@@ -3,6 +3,7 @@
 import Foundation
 import GriditAPI
 @testable import GriditDaemon
+import GriditJobSpec
 import GriditStore
 import Logging
 import NIOHTTP1
@@ -31,8 +32,8 @@ final class ScriptedExecutor: JobExecutor {
     var threads: Set<String> { state.withLock { $0.threads } }
     func stopSeen(_ id: Int64) -> StopReason? { state.withLock { $0.stops[id] } }
 
-    func validate(length: Int, parameters: GenerationParameters, pipelineDigest: String?) async throws(JobFailure) -> TimeInterval {
-        Double(length)  // a second a frame
+    func validate(_ spec: JobSpec, pipelineDigest: String?) async throws(JobFailure) -> TimeInterval {
+        Double(spec.length)  // a second a frame
     }
 
     /// Runs the items one after the other, taking in the jobs `admit` offers between steps (as
@@ -62,8 +63,8 @@ final class ScriptedExecutor: JobExecutor {
                 state.withLock { $0.stops[id] = reason }
                 return reason
             }
-            hooks.step(id, StepProgress(stage: "grid", grid: 1, grids: 1, step: n, steps: total, frame: 0, frames: item.length))
-            if n % 2 == 0 { hooks.durable(id, JobProgressInfo(stage: "grid", gridsDone: n / 2, framesDone: 0)) }
+            hooks.step(id, StepProgress(stage: .grid, grid: 1, grids: 1, step: n, steps: total, frame: 0, frames: item.spec.length))
+            if n % 2 == 0 { hooks.durable(id, JobProgress(stage: .grid, gridsDone: n / 2, framesDone: 0)) }
             return nil
         }
         switch script {
@@ -116,9 +117,9 @@ struct WorkerHarness {
     }
 
     func submit(priority: Int = 0, digest: String? = nil) async throws -> Int64 {
-        let params = StoredParameters(model: nil, parameters: GenerationParameters(seed: 1), output: nil, seedGiven: true)
+        let spec = JobSpec(length: 8, parameters: .init(seed: 1))
         return try await store.submit(
-            JobSubmission(params: params.json, length: 8, priority: priority, maxAttempts: 2, pipelineDigest: digest),
+            JobSubmission(params: spec.storedJSON, length: 8, priority: priority, maxAttempts: 2, pipelineDigest: digest),
             owner: 1000, maxQueued: 100, now: Date()
         ).job.id
     }

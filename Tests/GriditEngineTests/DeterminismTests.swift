@@ -1,6 +1,7 @@
 import Foundation
 import GriditCheckpoint
 import GriditEngine
+import GriditJobSpec
 import GriditPipeline
 import GriditTensor
 import Testing
@@ -10,9 +11,9 @@ import Testing
 // PNGs of the work directory. The latent fixture is used where frames must be informative: its
 // VAE keeps most pixels away from 0 and 255.
 
-private let latentRequest = SequenceRequest(length: 12, seed: 11, sampler: .ddim, steps: "3", srSteps: "2", eta: 0.3)
+private let latentRequest = JobSpec(length: 12, parameters: .init(seed: 11, sampler: .ddim, steps: "3", srSteps: "2", eta: 0.3))
 
-private func bytes(_ folder: String, _ request: SequenceRequest, options: ExecutionOptions = ExecutionOptions(threads: 2))
+private func bytes(_ folder: String, _ request: JobSpec, options: ExecutionOptions = ExecutionOptions(threads: 2))
     throws -> [String: [UInt8]] {
     let scratch = Scratch("det")
     let run = try runToEnd(try pipeline(folder), request, work: scratch.path("w"), options: options)
@@ -24,7 +25,7 @@ private func bytes(_ folder: String, _ request: SequenceRequest, options: Execut
     #expect(a.keys.filter { $0.hasPrefix("frames/") }.count == 12 && a.keys.filter { $0.hasPrefix("grids/") }.count == 4)
     #expect(try bytes("latent", latentRequest) == a)
     var other = latentRequest
-    other.seed = 12
+    other.parameters.seed = 12
     let b = try bytes("latent", other)
     #expect(b.keys == a.keys)
     #expect(a.filter { b[$0.key] == $0.value }.isEmpty, "no file of seed 12 equals seed 11's")
@@ -32,7 +33,7 @@ private func bytes(_ folder: String, _ request: SequenceRequest, options: Execut
 
 @Test func batchSizesAndThreadCountsDoNotChangeBytes() throws {
     // Official mode batches its in-between grids; stage 2 batches frames.
-    let official = SequenceRequest(length: 44, seed: 6, mode: .official, steps: "3", noSR: true)
+    let official = JobSpec(length: 44, parameters: .init(seed: 6, mode: .official, steps: "3", noSR: true))
     let reference = try bytes("pixel", official, options: ExecutionOptions(threads: 1, maxBatch: 1))
     #expect(try bytes("pixel", official, options: ExecutionOptions(threads: 3, maxBatch: 16)) == reference)
     let sr = try bytes("latent", latentRequest, options: ExecutionOptions(threads: 1, maxBatch: 1))
@@ -40,8 +41,7 @@ private func bytes(_ folder: String, _ request: SequenceRequest, options: Execut
     // A memory budget that only fits one row behaves like maxBatch 1.
     #expect(try bytes("latent", latentRequest, options: ExecutionOptions(threads: 2, memoryBudget: 1, maxBatch: 16)) == sr)
     // DPM-Solver++ in both stages, with carried frames: its history is per item.
-    let dpm = SequenceRequest(length: 20, seed: 2, sampler: .dpmpp2m, steps: "trailing4", srSampler: .dpmpp2m,
-                              srSteps: "trailing3", contextRows: 2)
+    let dpm = JobSpec(length: 20, parameters: .init(seed: 2, sampler: .dpmpp2m, steps: "trailing4", srSampler: .dpmpp2m, srSteps: "trailing3", contextRows: 2))
     let solver = try bytes("pixel", dpm, options: ExecutionOptions(threads: 1, maxBatch: 1))
     #expect(try bytes("pixel", dpm, options: ExecutionOptions(threads: 3, maxBatch: 16)) == solver)
 }
@@ -50,14 +50,14 @@ private func bytes(_ folder: String, _ request: SequenceRequest, options: Execut
     let p = try pipeline("latent")
     let requests = [
         latentRequest,
-        SequenceRequest(length: 7, seed: 2, sampler: .ddpm, steps: "4", srSampler: .ddpm, srSteps: "3"),
-        SequenceRequest(length: 10, seed: 2, mode: .official, steps: "3", srSteps: "2"),
-        SequenceRequest(length: 20, seed: 3, steps: "5", contextRows: 2, noSR: true, jumpLength: 2, jumpCount: 2),
+        JobSpec(length: 7, parameters: .init(seed: 2, sampler: .ddpm, steps: "4", srSampler: .ddpm, srSteps: "3")),
+        JobSpec(length: 10, parameters: .init(seed: 2, mode: .official, steps: "3", srSteps: "2")),
+        JobSpec(length: 20, parameters: .init(seed: 3, steps: "5", contextRows: 2, noSR: true, jumpLength: 2, jumpCount: 2)),
     ]
     let alone = try requests.map { try bytes("latent", $0) }
     let scratch = Scratch("batch")
     let runs = try requests.enumerated().map { i, r in
-        try SequenceRun(pipeline: p, request: r, workDirectory: scratch.path("w\(i)"))
+        try SequenceRun(pipeline: p, spec: r, workDirectory: scratch.path("w\(i)"))
     }
     let outcomes = SequenceRun.execute(runs, options: ExecutionOptions(threads: 2, maxBatch: 4))
     for (i, outcome) in outcomes.enumerated() {
@@ -70,8 +70,8 @@ private func bytes(_ folder: String, _ request: SequenceRequest, options: Execut
 @Test func runsAdmittedDuringABatchJoinAndLeaveOnTheirOwn() throws {
     let p = try pipeline("latent")
     let scratch = Scratch("admit")
-    let first = try SequenceRun(pipeline: p, request: latentRequest, workDirectory: scratch.path("a"))
-    let late = try SequenceRun(pipeline: p, request: SequenceRequest(length: 3, seed: 5, steps: "2", noSR: true),
+    let first = try SequenceRun(pipeline: p, spec: latentRequest, workDirectory: scratch.path("a"))
+    let late = try SequenceRun(pipeline: p, spec: JobSpec(length: 3, parameters: .init(seed: 5, steps: "2", noSR: true)),
                                workDirectory: scratch.path("b"))
     var calls = 0, left: [String] = []
     let outcomes = SequenceRun.execute([first], options: ExecutionOptions(threads: 2, maxBatch: 4), admit: {
@@ -85,7 +85,7 @@ private func bytes(_ folder: String, _ request: SequenceRequest, options: Execut
     // The short late run leaves first; each is reported once.
     #expect(left == [late.workDirectory, first.workDirectory])
     #expect(results(of: first.workDirectory) == (try bytes("latent", latentRequest)))
-    #expect(results(of: late.workDirectory) == (try bytes("latent", SequenceRequest(length: 3, seed: 5, steps: "2", noSR: true))))
+    #expect(results(of: late.workDirectory) == (try bytes("latent", JobSpec(length: 3, parameters: .init(seed: 5, steps: "2", noSR: true)))))
 }
 
 @Test func resumingAfterAnInterruptionAtAnyPointGivesTheSameBytes() throws {
@@ -96,7 +96,7 @@ private func bytes(_ folder: String, _ request: SequenceRequest, options: Execut
     for stopAfter in 1..<units {
         let work = scratch.path("u\(stopAfter)")
         var seen = 0
-        let run = try SequenceRun(pipeline: p, request: latentRequest, workDirectory: work,
+        let run = try SequenceRun(pipeline: p, spec: latentRequest, workDirectory: work,
                                   hooks: RunHooks(onProgress: { _ in seen += 1 }, shouldStop: { seen >= stopAfter }))
         do {
             try run.execute(options: ExecutionOptions(threads: 2, maxBatch: 3))
@@ -105,7 +105,7 @@ private func bytes(_ folder: String, _ request: SequenceRequest, options: Execut
             #expect(e.code == .interrupted)
         }
         #expect(!run.isComplete)
-        let resumed = try SequenceRun(pipeline: p, request: latentRequest, workDirectory: work)
+        let resumed = try SequenceRun(pipeline: p, spec: latentRequest, workDirectory: work)
         #expect(resumed.gridsDone + resumed.framesDone >= stopAfter)
         try resumed.execute(options: ExecutionOptions(threads: 1, maxBatch: 16))
         #expect(results(of: work) == baseline, "stopped after \(stopAfter) units")
@@ -115,26 +115,26 @@ private func bytes(_ folder: String, _ request: SequenceRequest, options: Execut
     for stopAtStep in [1, 2, 4, 7, 12] {
         let work = scratch.path("s\(stopAtStep)")
         var steps = 0
-        let run = try SequenceRun(pipeline: p, request: latentRequest, workDirectory: work,
+        let run = try SequenceRun(pipeline: p, spec: latentRequest, workDirectory: work,
                                   hooks: RunHooks(onStep: { _ in steps += 1 }, shouldStop: { steps >= stopAtStep }))
         #expect(throws: EngineError.interrupted) { try run.execute(options: ExecutionOptions(threads: 2, maxBatch: 4)) }
-        try SequenceRun(pipeline: p, request: latentRequest, workDirectory: work).execute()
+        try SequenceRun(pipeline: p, spec: latentRequest, workDirectory: work).execute()
         #expect(results(of: work) == baseline, "stopped at step \(stopAtStep)")
     }
 }
 
 @Test func officialRunsResumeAtEveryGrid() throws {
     let p = try pipeline("pixel")
-    let request = SequenceRequest(length: 32, seed: 8, mode: .official, steps: "3", srSteps: "2")
+    let request = JobSpec(length: 32, parameters: .init(seed: 8, mode: .official, steps: "3", srSteps: "2"))
     let baseline = try bytes("pixel", request)
     let scratch = Scratch("off")
     for stopAfter in 1...5 {  // N = 3: grids 0…6
         let work = scratch.path("g\(stopAfter)")
         var seen = 0
-        let run = try SequenceRun(pipeline: p, request: request, workDirectory: work,
+        let run = try SequenceRun(pipeline: p, spec: request, workDirectory: work,
                                   hooks: RunHooks(onProgress: { _ in seen += 1 }, shouldStop: { seen >= stopAfter }))
         #expect(throws: EngineError.interrupted) { try run.execute(options: ExecutionOptions(maxBatch: 2)) }
-        try SequenceRun(pipeline: p, request: request, workDirectory: work).execute()
+        try SequenceRun(pipeline: p, spec: request, workDirectory: work).execute()
         #expect(results(of: work) == baseline, "official, stopped after \(stopAfter) units")
     }
 }
@@ -143,7 +143,7 @@ private func bytes(_ folder: String, _ request: SequenceRequest, options: Execut
 func contextFramesOfEachGridAreThePreviousFramesExactly(contextRows: Int) throws {
     let p = try pipeline("pixel")
     let scratch = Scratch("ctx")
-    let run = try runToEnd(p, SequenceRequest(length: 45, seed: 2, steps: "3", contextRows: contextRows, noSR: true),
+    let run = try runToEnd(p, JobSpec(length: 45, parameters: .init(seed: 2, steps: "3", contextRows: contextRows, noSR: true)),
                            work: scratch.path("w"))
     let layout = p.configuration.modelLayout
     func cell(_ grid: Int, _ position: Int) throws -> [UInt32] {
@@ -170,8 +170,7 @@ func contextFramesOfEachGridAreThePreviousFramesExactly(contextRows: Int) throws
         let kk = k * k
         for c in Set([1, k - 1]) {
             for length in Set([1, 2, kk - 1, kk, kk + 1, kk + (k - c) * k + 1, 2 * kk + 3, 41]) {
-                let run = try runToEnd(p, SequenceRequest(length: length, seed: UInt64(length), sampler: .ddim, steps: "2",
-                                                          contextRows: c, noSR: true),
+                let run = try runToEnd(p, JobSpec(length: length, parameters: .init(seed: UInt64(length), sampler: .ddim, steps: "2", contextRows: c, noSR: true)),
                                        work: scratch.path("\(folder)-\(c)-\(length)"))
                 let names = try FileManager.default.contentsOfDirectory(atPath: run.workDirectory + "/frames").sorted()
                 #expect(names == (0..<length).map { String(format: "frame_%05d.png", $0) }, "\(folder) c \(c) L \(length)")

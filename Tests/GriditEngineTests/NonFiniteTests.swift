@@ -1,6 +1,7 @@
 import Foundation
 import GriditCheckpoint
 import GriditEngine
+import GriditJobSpec
 import GriditTensor
 import Testing
 
@@ -24,7 +25,7 @@ func nonFiniteOutputsFailTheRun(stage: String) throws {
     let p = try LoadedPipeline(path: folder + "/pipeline.json")
     let work = scratch.path("work")
     expectEngineError(.invalidInput, mentioning: "non-finite") {
-        try SequenceRun(pipeline: p, request: SequenceRequest(length: 16, seed: 1), workDirectory: work).execute()
+        try SequenceRun(pipeline: p, spec: JobSpec(length: 16, parameters: .init(seed: 1)), workDirectory: work).execute()
     }
     #expect(files(under: work).keys.filter { $0.hasPrefix("frames/") }.isEmpty, "a frame was written")
 }

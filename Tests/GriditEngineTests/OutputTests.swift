@@ -3,6 +3,7 @@ import Foundation
 import GriditCheckpoint
 import GriditEngine
 import GriditImage
+import GriditJobSpec
 import GriditPipeline
 import GriditTensor
 import Testing
@@ -13,7 +14,7 @@ import Testing
 @Test func outputsDecodeBackToTheExpectedPixels() throws {
     let p = try pipeline("latent")
     let scratch = Scratch("out")
-    let run = try runToEnd(p, SequenceRequest(length: 11, seed: 4, steps: "3", noSR: true), work: scratch.path("w"))
+    let run = try runToEnd(p, JobSpec(length: 11, parameters: .init(seed: 4, steps: "3", noSR: true)), work: scratch.path("w"))
     let out = scratch.path("seq")
     let summary = try run.finish(into: out, options: OutputOptions(previewFPS: 5, contactSheetColumns: 4))
 
@@ -61,8 +62,8 @@ import Testing
 @Test func finishingTwiceOrEarlyLeavesNothingBehind() throws {
     let p = try pipeline("pixel_k2")
     let scratch = Scratch("fin")
-    let request = SequenceRequest(length: 5, seed: 1)
-    let early = try SequenceRun(pipeline: p, request: request, workDirectory: scratch.path("early"))
+    let request = JobSpec(length: 5, parameters: .init(seed: 1))
+    let early = try SequenceRun(pipeline: p, spec: request, workDirectory: scratch.path("early"))
     expectEngineError(.invalidInput, mentioning: "not complete") { try early.finish(into: scratch.path("a")) }
     let run = try runToEnd(p, request, work: scratch.path("w"))
     try run.finish(into: scratch.path("a"))
@@ -78,16 +79,16 @@ import Testing
     let pipe = fixture("pixel/pipeline.json")
     // Bad input: nothing is created.
     expectEngineError(.invalidInput, mentioning: "at least 1 frame") {
-        _ = try OneShot.run(OneShotOptions(pipelinePath: pipe, request: SequenceRequest(length: 0, seed: 1), output: scratch.path("o")))
+        _ = try OneShot.run(OneShotOptions(pipelinePath: pipe, spec: JobSpec(length: 0, parameters: .init(seed: 1)), output: scratch.path("o")))
     }
     expectEngineError(.invalidInput, mentioning: "cannot read") {
-        _ = try OneShot.run(OneShotOptions(pipelinePath: scratch.path("none.json"), request: SequenceRequest(length: 3, seed: 1),
+        _ = try OneShot.run(OneShotOptions(pipelinePath: scratch.path("none.json"), spec: JobSpec(length: 3, parameters: .init(seed: 1)),
                                            output: scratch.path("o")))
     }
     #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.root).isEmpty)
 
     // A dry run writes nothing and prints the plan.
-    let dry = try OneShot.run(OneShotOptions(pipelinePath: pipe, request: SequenceRequest(length: 40, seed: 1),
+    let dry = try OneShot.run(OneShotOptions(pipelinePath: pipe, spec: JobSpec(length: 40, parameters: .init(seed: 1)),
                                              output: scratch.path("o"), dryRun: true))
     #expect(dry.summary == nil && dry.planText.contains("40 frames") && dry.planText.contains("estimated time"))
     #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.root).isEmpty)
@@ -96,7 +97,7 @@ import Testing
     var steps = 0
     let stopping = RunHooks(onStep: { _ in steps += 1 }, shouldStop: { steps >= 3 })
     expectEngineError(.interrupted, mentioning: "stopped") {
-        _ = try OneShot.run(OneShotOptions(pipelinePath: pipe, request: SequenceRequest(length: 20, seed: 1), output: scratch.path("o")),
+        _ = try OneShot.run(OneShotOptions(pipelinePath: pipe, spec: JobSpec(length: 20, parameters: .init(seed: 1)), output: scratch.path("o")),
                             hooks: stopping)
     }
     #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.root).isEmpty)
@@ -104,7 +105,7 @@ import Testing
     // Interrupted with a work directory: resumable; the resumed output equals a straight one.
     steps = 0
     let work = scratch.path("work")
-    let options = OneShotOptions(pipelinePath: pipe, request: SequenceRequest(length: 20, seed: 1), output: scratch.path("o"),
+    let options = OneShotOptions(pipelinePath: pipe, spec: JobSpec(length: 20, parameters: .init(seed: 1)), output: scratch.path("o"),
                                  workDirectory: work)
     expectEngineError(.interrupted, mentioning: "resume") { _ = try OneShot.run(options, hooks: stopping) }
     #expect(FileManager.default.fileExists(atPath: work + "/run.json") && !FileManager.default.fileExists(atPath: scratch.path("o")))
@@ -113,7 +114,7 @@ import Testing
     let resumed = try OneShot.run(resume)
     #expect(resumed.summary?.frames == 20 && resumed.summary?.timings.sessions == 2)
     #expect(!FileManager.default.fileExists(atPath: work), "the work directory is removed after success")
-    let straight = try OneShot.run(OneShotOptions(pipelinePath: pipe, request: SequenceRequest(length: 20, seed: 1),
+    let straight = try OneShot.run(OneShotOptions(pipelinePath: pipe, spec: JobSpec(length: 20, parameters: .init(seed: 1)),
                                                   output: scratch.path("p")))
     #expect(straight.summary?.files == resumed.summary?.files)
     #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.root).sorted() == ["o", "p"])
@@ -128,22 +129,25 @@ import Testing
 @Test func progressIsReportedForEveryUnitAndStep() throws {
     let p = try pipeline("pixel")
     let scratch = Scratch("prog")
-    var progress: [RunProgress] = [], steps: [StepProgress] = []
-    let run = try SequenceRun(pipeline: p, request: SequenceRequest(length: 20, seed: 1, steps: "3", srSteps: "2"),
+    var progress: [JobProgress] = [], steps: [StepProgress] = []
+    let run = try SequenceRun(pipeline: p, spec: JobSpec(length: 20, parameters: .init(seed: 1, steps: "3", srSteps: "2")),
                               workDirectory: scratch.path("w"),
                               hooks: RunHooks(onProgress: { progress.append($0) }, onStep: { steps.append($0) }))
     try run.execute(options: ExecutionOptions(threads: 1, maxBatch: 8))
-    // 2 grids and 20 frames, each once; the last one says done.
+    // 2 grids and 20 frames, each once; the last one has every frame.
     #expect(progress.count == 2 + 20)
     // Grids and frame batches alternate (frames of a finished grid need not wait for the next grid).
-    #expect(progress[0].gridsDone == 1 && progress[0].stage == .stage1 && progress.filter { $0.gridsDone == 2 }.count >= 5)
+    #expect(progress[0].gridsDone == 1 && progress[0].stage == .grid && progress.filter { $0.gridsDone == 2 }.count >= 5)
     #expect(zip(progress, progress.dropFirst()).allSatisfy { $0.gridsDone <= $1.gridsDone && $0.framesDone <= $1.framesDone })
-    #expect(progress.last?.stage == .done && progress.last?.fraction == 1 && progress.last?.framesDone == 20)
-    #expect(zip(progress, progress.dropFirst()).allSatisfy { $0.fraction <= $1.fraction })
+    #expect(progress.last?.stage == .sr && progress.last?.framesDone == 20)
+    // The share of the work done only grows, to the whole of it by the last step.
+    let fractions = steps.compactMap(\.fraction)
+    #expect(fractions.count == steps.count && zip(fractions, fractions.dropFirst()).allSatisfy { $0 <= $1 + 1e-9 })
+    #expect(fractions.last! > 0.999 && fractions.last! <= 1)
     // 2 grids × 3 steps, 20 frames × 2 steps.
-    #expect(steps.filter { $0.stage == .stage1 }.count == 6 && steps.filter { $0.stage == .stage2 }.count == 40)
-    #expect(steps.first == StepProgress(stage: .stage1, item: 0, itemsTotal: 2, step: 1, stepsTotal: 3,
-                                        fraction: steps.first!.fraction, etaSeconds: steps.first!.etaSeconds))
+    #expect(steps.filter { $0.stage == .grid }.count == 6 && steps.filter { $0.stage == .sr }.count == 40)
+    #expect(steps.first == StepProgress(stage: .grid, grid: 1, grids: 2, step: 1, steps: 3, frame: 0, frames: 20,
+                                        etaSeconds: steps.first!.etaSeconds, fraction: steps.first!.fraction))
 
     // The printer: JSON lines parse; the bar ends with a newline.
     var text = ""

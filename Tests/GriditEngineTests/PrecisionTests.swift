@@ -1,6 +1,7 @@
 import Foundation
 import GriditCheckpoint
 import GriditEngine
+import GriditJobSpec
 import GriditModels
 import GriditTensor
 import Testing
@@ -17,7 +18,7 @@ import Testing
     #expect(fp32.precision == .fp32)
 
     let scratch = Scratch("prec")
-    let request = SequenceRequest(length: 9, seed: 6, steps: "3", srSteps: "2", precision: "bf16")
+    let request = JobSpec(length: 9, parameters: .init(seed: 6, steps: "3", srSteps: "2", precision: "bf16"))
     let a = try runToEnd(bf16, request, work: scratch.path("a"))
     let summary = try a.finish(into: scratch.path("out"))
     #expect(summary.settings.precisionRequested == "bf16" && summary.settings.precisionUsed == expected.rawValue)
@@ -29,7 +30,7 @@ import Testing
     #expect(results(of: scratch.path("a")) == results(of: scratch.path("b")))
 
     // The fp32 run of the same seed: close in model space, and (where bf16 runs) not the same bits.
-    let c = try runToEnd(fp32, SequenceRequest(length: 9, seed: 6, steps: "3", srSteps: "2", precision: "fp32"),
+    let c = try runToEnd(fp32, JobSpec(length: 9, parameters: .init(seed: 6, steps: "3", srSteps: "2", precision: "fp32")),
                          work: scratch.path("c"))
     let g16 = try NPYArray(path: a.workDirectory + "/grids/grid_00000.npy").floatTensor()
     let g32 = try NPYArray(path: c.workDirectory + "/grids/grid_00000.npy").floatTensor()
@@ -52,14 +53,14 @@ import Testing
 @Test func aRunMustAskForThePrecisionItsPipelineIsLoadedIn() throws {
     let fp32 = try pipeline("latent")
     let scratch = Scratch("prec-mismatch")
-    let request = SequenceRequest(length: 4, seed: 1, precision: "bf16")
+    let request = JobSpec(length: 4, parameters: .init(seed: 1, precision: "bf16"))
     if Precision.bf16.effective == .bf16 {
         expectEngineError(.invalidInput, mentioning: "loaded in fp32") {
-            _ = try SequenceRun(pipeline: fp32, request: request, workDirectory: scratch.path("w"))
+            _ = try SequenceRun(pipeline: fp32, spec: request, workDirectory: scratch.path("w"))
         }
         #expect(!FileManager.default.fileExists(atPath: scratch.path("w")))
     } else {
         // Without AVX512_BF16 a bf16 request runs fp32, on the fp32 pipeline.
-        _ = try SequenceRun(pipeline: fp32, request: request, workDirectory: scratch.path("w"))
+        _ = try SequenceRun(pipeline: fp32, spec: request, workDirectory: scratch.path("w"))
     }
 }

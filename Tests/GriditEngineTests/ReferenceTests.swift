@@ -1,6 +1,7 @@
 import Foundation
 import GriditCheckpoint
 import GriditEngine
+import GriditJobSpec
 import GriditImage
 import GriditPipeline
 import GriditTensor
@@ -13,29 +14,25 @@ import Testing
 
 struct ReferenceCase: Sendable, CustomStringConvertible {
     let name: String, folder: String
-    let request: SequenceRequest
+    let request: JobSpec
     var description: String { name }
 }
 
 let referenceCases = [
     ReferenceCase(name: "pixel_gridit", folder: "pixel",
-                  request: SequenceRequest(length: 21, seed: 5, mode: .gridit, sampler: .ddpm, steps: "4",
-                                           srSampler: .ddim, srSteps: "3", eta: 0, contextRows: 1)),
+                  request: JobSpec(length: 21, parameters: .init(seed: 5, mode: .gridit, sampler: .ddpm, steps: "4", srSampler: .ddim, srSteps: "3", eta: 0, contextRows: 1))),
     ReferenceCase(name: "pixel_official", folder: "pixel",
-                  request: SequenceRequest(length: 20, seed: 3, mode: .official, sampler: .ddpm, steps: "4", noSR: true)),
+                  request: JobSpec(length: 20, parameters: .init(seed: 3, mode: .official, sampler: .ddpm, steps: "4", noSR: true))),
     ReferenceCase(name: "latent_gridit", folder: "latent",
-                  request: SequenceRequest(length: 12, seed: 11, mode: .gridit, sampler: .ddim, steps: "3",
-                                           srSampler: .ddim, srSteps: "2", eta: 0, contextRows: 1)),
+                  request: JobSpec(length: 12, parameters: .init(seed: 11, mode: .gridit, sampler: .ddim, steps: "3", srSampler: .ddim, srSteps: "2", eta: 0, contextRows: 1))),
     ReferenceCase(name: "latent_official", folder: "latent",
-                  request: SequenceRequest(length: 10, seed: 2, mode: .official, sampler: .ddpm, steps: "3", noSR: true)),
+                  request: JobSpec(length: 10, parameters: .init(seed: 2, mode: .official, sampler: .ddpm, steps: "3", noSR: true))),
     ReferenceCase(name: "classcond_guided", folder: "classcond",
-                  request: SequenceRequest(length: 6, seed: 9, sampler: .ddpm, steps: "4", contextRows: 1, classLabel: 1,
-                                           cfgScale: 3)),
+                  request: JobSpec(length: 6, parameters: .init(seed: 9, sampler: .ddpm, steps: "4", contextRows: 1, classLabel: 1, cfgScale: 3))),
     ReferenceCase(name: "pixel_jumps", folder: "pixel",
-                  request: SequenceRequest(length: 20, seed: 4, sampler: .ddpm, steps: "6", contextRows: 2, noSR: true,
-                                           jumpLength: 2, jumpCount: 2)),
+                  request: JobSpec(length: 20, parameters: .init(seed: 4, sampler: .ddpm, steps: "6", contextRows: 2, noSR: true, jumpLength: 2, jumpCount: 2))),
     // v-predicting stages, clean context rows (the pipeline's defaults).
-    ReferenceCase(name: "pixel_v_clean", folder: "pixel_v", request: SequenceRequest(length: 20, seed: 6)),
+    ReferenceCase(name: "pixel_v_clean", folder: "pixel_v", request: JobSpec(length: 20, parameters: .init(seed: 6))),
 ]
 
 @Test(arguments: referenceCases)

@@ -1,6 +1,7 @@
 import Foundation
 import GriditCheckpoint
 import GriditEngine
+import GriditJobSpec
 import GriditImage
 import GriditTensor
 import Testing
@@ -63,9 +64,9 @@ func results(of work: String) -> [String: [UInt8]] {
 
 /// Runs `request` to completion in a new work directory and returns the run.
 @discardableResult
-func runToEnd(_ p: LoadedPipeline, _ request: SequenceRequest, work: String,
+func runToEnd(_ p: LoadedPipeline, _ request: JobSpec, work: String,
               options: ExecutionOptions = ExecutionOptions(threads: 2)) throws -> SequenceRun {
-    let run = try SequenceRun(pipeline: p, request: request, workDirectory: work)
+    let run = try SequenceRun(pipeline: p, spec: request, workDirectory: work)
     try run.execute(options: options)
     #expect(run.isComplete)
     return run

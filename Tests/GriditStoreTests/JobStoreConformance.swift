@@ -1,4 +1,5 @@
 import Foundation
+import GriditJobSpec
 import GriditStore
 import Testing
 

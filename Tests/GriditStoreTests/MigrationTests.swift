@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import GRDB
+import GriditJobSpec
 import GriditStore
 import Testing
 
