@@ -35,7 +35,8 @@ extension SequenceRun {
     }
 }
 
-/// The loop behind `SequenceRun.execute`.
+/// The loop behind `SequenceRun.execute`: picks the next batch (stage-1 grids and stage-2 frames
+/// in turn) and runs it through `runBatch`, the one batch loop, as its `StagePass` describes.
 final class Executor {
     let options: ExecutionOptions
     private var runs: [SequenceRun] = []
@@ -43,7 +44,8 @@ final class Executor {
     private var stopped: Set<Int> = []
     private var reported: Set<Int> = []
     // One workspace per model, reallocated when the batch size changes.
-    private var workspaces: [Bool: DiTWorkspace] = [:]
+    private var workspaces: [Stage: DiTWorkspace] = [:]
+    private var rowLimits: [Stage: Int] = [:]
 
     init(options: ExecutionOptions) { self.options = options }
 
@@ -63,10 +65,7 @@ final class Executor {
                 run.hooks.onProgress(run.progress)  // its one final report; the others get it after their last unit
                 continue
             }
-            run.threads = options.threads
-            run.sessionStart = now
-            run.sessionFlops = 0
-            run.partialFlops = 0
+            run.session.begin(threads: options.threads, at: now)
             run.timings.sessions += 1
             attempt(i) { try run.saveTimings() }
         }
@@ -96,13 +95,15 @@ final class Executor {
             report(finished)
             let active = runs.indices.filter { isActive($0) }
             if active.isEmpty { break }
-            let grids = stage1Candidates(active)
-            let frames = stage2Candidates(active)
+            let grids = candidates(active, limit: options.maxBatch) { $0.readyGrids(limit: $1) }
+            let frames = candidates(active, limit: max(options.maxBatch, 64)) { $0.readyFrames(limit: $1) }
             if !grids.isEmpty && (!preferFrames || frames.isEmpty) {
-                stage1Batch(grids)
+                runBatch(gridPass, grids)
                 preferFrames = true
             } else if !frames.isEmpty {
-                stage2Batch(frames)
+                let direct = frames.filter { runs[$0.run].schedule2 == nil }
+                writeLowResolutionFrames(direct)
+                if let pass = framePass { runBatch(pass, frames.filter { runs[$0.run].schedule2 != nil }) }
                 preferFrames = false
             } else {
                 for i in active { failures[i] = EngineError(.internal, "run has nothing ready but is not complete") }
@@ -134,139 +135,224 @@ final class Executor {
         guard failures[r] == nil else { return false }
         if stopped.contains(r) || runs[r].hooks.shouldStop() {
             stopped.insert(r)
-            runs[r].partialFlops = 0
+            runs[r].session.dropPartial()
             return false
         }
         return true
     }
 
-    /// Accounts one model evaluation of `work` operations of `run` and reports the step: stage 1
-    /// "grid g/N" (item g), stage 2 "frame i/F" (item i), both 1-based, with what is durable of
-    /// the other stage.
-    private func countStep(_ run: SequenceRun, work: Double, stage: Stage, item: Int, step: Int, of steps: Int) {
-        run.sessionFlops += work
-        run.partialFlops += work
-        let plan = run.plan
-        run.hooks.onStep(StepProgress(
-            stage: stage, grid: stage == .grid ? item + 1 : run.gridsDone, grids: plan.grids, step: step, steps: steps,
-            frame: stage == .grid ? run.framesDone : item + 1, frames: plan.frames, etaSeconds: run.eta,
-            fraction: run.fraction))
+    /// The ready units of the active runs, at most `limit` per run.
+    private func candidates(_ active: [Int], limit: Int, _ ready: (SequenceRun, Int) -> [Int]) -> [Unit] {
+        active.flatMap { i in ready(runs[i], limit).map { Unit(run: i, index: $0) } }
     }
 
-    // MARK: Sizing
+    // MARK: The batch loop
 
-    /// Rows of `model` a batch may hold: the budget minus the workspace's fixed part, over the
-    /// workspace's and the items' bytes per row (measured once per model on workspaces of 1 and 2).
-    private func maxRows(_ model: DiT, itemFloats: Int) -> Int {
-        let key = model.config.conditionChannels > 0
-        if let rows = rowLimits[key] { return rows }
-        let one = DiTWorkspace(config: model.config, batch: 1, workers: options.threads).byteCount
-        let two = DiTWorkspace(config: model.config, batch: 2, workers: options.threads).byteCount
-        let perRow = two - one + 4 * itemFloats, fixed = max(0, one - (two - one))
-        let rows = max(1, min(options.maxBatch, (options.memoryBudget - fixed) / max(perRow, 1)))
-        rowLimits[key] = rows
-        return rows
-    }
-    private var rowLimits: [Bool: Int] = [:]
-
-    private func workspace(_ model: DiT, batch: Int) -> DiTWorkspace {
-        let superResolution = model.config.conditionChannels > 0
-        if let ws = workspaces[superResolution], ws.batch == batch { return ws }
-        workspaces[superResolution] = nil  // free the old one first
-        let ws = DiTWorkspace(config: model.config, batch: batch, workers: options.threads)
-        workspaces[superResolution] = ws
-        return ws
+    /// A grid or a frame of one run.
+    struct Unit {
+        var run: Int
+        var index: Int
     }
 
-    // MARK: Stage 1
-
-    private func stage1Candidates(_ active: [Int]) -> [(run: Int, grid: Int)] {
-        var out: [(Int, Int)] = []
-        for i in active { out += runs[i].readyGrids(limit: options.maxBatch).map { (i, $0) } }
-        return out
+    /// A unit in a batch: its denoising item and, for stage 2, its condition.
+    struct Member {
+        var unit: Unit
+        var item: DenoiseItem
+        var condition: Tensor?
     }
 
-    private func stage1Batch(_ candidates: [(run: Int, grid: Int)]) {
+    /// What the batch loop needs to know of a stage.
+    struct StagePass {
+        var stage: Stage
+        var model: DiT
+        /// Floats of per-item state beside the model's workspace (for the memory budget).
+        var itemFloats: Int
+        /// Model rows one unit of a run takes (two for a grid under guidance).
+        var rows: (SequenceRun) -> Int
+        /// Model evaluations of one unit.
+        var evaluations: (SequenceRun) -> Int
+        /// The unit's denoising item and condition (its dependencies are done).
+        var item: (SequenceRun, Int) throws -> (DenoiseItem, Tensor?)
+        /// One batched forward of the members' rows.
+        var forward: (_ x: Tensor, _ t: [Float], _ members: [Member], _ workspace: (Int) -> DiTWorkspace) throws -> Tensor
+        /// Stores a finished unit.
+        var finish: (SequenceRun, Int, Tensor) throws -> Void
+        var seconds: WritableKeyPath<RunTimings, Double>
+        /// Save `timings.json` after every unit, not only after the batch (stage-1 units are long).
+        var savesTimingsPerUnit: Bool
+    }
+
+    /// Stage 1: the grids, with classifier-free guidance for the guided ones.
+    private var gridPass: StagePass {
         let model = pipeline.stage1
-        let layout = pipeline.configuration.modelLayout
-        let limit = maxRows(model, itemFloats: 6 * layout.gridCount)
-        // Round robin over the runs, so one long run does not starve the others.
+        return StagePass(
+            stage: .grid, model: model, itemFloats: 6 * pipeline.configuration.modelLayout.gridCount,
+            rows: { $0.settings.guided ? 2 : 1 }, evaluations: { $0.plan.stage1.evaluationsPerItem },
+            item: { run, g in (try run.stage1Item(g), nil) },
+            forward: { [unowned self] x, t, members, workspace in
+                try Self.forwardStage1(
+                    model, x: x, t: t, settings: members.map { self.runs[$0.unit.run].settings }, workspace: workspace)
+            },
+            finish: { run, g, x in try run.finishGrid(g, x: x) }, seconds: \.stage1Seconds, savesTimingsPerUnit: true)
+    }
+
+    /// Stage 2: super-resolution of the frames, each with its condition (nil: no stage 2).
+    private var framePass: StagePass? {
+        guard let model = pipeline.stage2, let side = pipeline.configuration.stage2ModelSize else { return nil }
+        return StagePass(
+            stage: .sr, model: model, itemFloats: 6 * model.config.inChannels * side * side,
+            rows: { _ in 1 }, evaluations: { $0.plan.stage2?.evaluationsPerItem ?? 0 },
+            item: { run, i in
+                let (item, condition) = try run.stage2Item(i)
+                return (item, condition)
+            },
+            forward: { x, t, members, workspace in
+                let first = members[0].condition!
+                let condition = Tensor(zeros: [members.count] + first.shape)
+                for (row, member) in members.enumerated() {
+                    (condition.mutablePointer + row * first.count).update(from: member.condition!.pointer, count: first.count)
+                }
+                return try model.forward(x: x, t: t, condition: condition, workspace: workspace(members.count))
+            },
+            finish: { run, i, x in try run.finishFrame(i, x: x) }, seconds: \.stage2Seconds, savesTimingsPerUnit: false)
+    }
+
+    /// One batch of `pass`'s stage: units chosen round robin over the runs (so that one long run
+    /// does not starve the others) up to the rows the memory budget allows, denoised together;
+    /// each finished unit is stored and reported at once.
+    private func runBatch(_ pass: StagePass, _ candidates: [Unit]) {
+        guard !candidates.isEmpty else { return }
+        let limit = maxRows(pass)
         var byRun: [Int: [Int]] = [:]
-        for (r, g) in candidates { byRun[r, default: []].append(g) }
-        var chosen: [(run: Int, grid: Int)] = [], rows = 0
+        for unit in candidates { byRun[unit.run, default: []].append(unit.index) }
+        var chosen: [Unit] = [], rows = 0
         var progress = true
         while progress {
             progress = false
             for r in byRun.keys.sorted() {
                 guard var list = byRun[r], !list.isEmpty else { continue }
-                let need = runs[r].settings.guided ? 2 : 1
+                let need = pass.rows(runs[r])
                 if rows + need > limit && !chosen.isEmpty { continue }
-                chosen.append((r, list.removeFirst()))
+                chosen.append(Unit(run: r, index: list.removeFirst()))
                 byRun[r] = list
                 rows += need
                 progress = true
             }
         }
-        var items: [DenoiseItem] = [], owners: [(run: Int, grid: Int)] = []
-        for (r, g) in chosen {
-            attempt(r) {
-                let item = try runs[r].stage1Item(g)
-                items.append(item)
-                owners.append((r, g))
+        var members: [Member] = []
+        for unit in chosen where failures[unit.run] == nil {
+            attempt(unit.run) {
+                let (item, condition) = try pass.item(runs[unit.run], unit.index)
+                members.append(Member(unit: unit, item: item, condition: condition))
             }
         }
-        let kept = owners.indices.filter { failures[owners[$0].run] == nil }
-        items = kept.map { items[$0] }
-        owners = kept.map { owners[$0] }
-        guard !items.isEmpty else { return }
-        let started = Date()
-        var marks = Dictionary(owners.map { ($0.run, started) }, uniquingKeysWith: { a, _ in a })
-        var evaluations = [Int](repeating: 0, count: items.count)
-        let flopsPerRow = model.config.flopsPerForward(batch: 1)
-        let classes = model.config.numClasses
+        members.removeAll { failures[$0.unit.run] != nil }
+        guard !members.isEmpty else { return }
+
+        var marks = Dictionary(members.map { ($0.unit.run, Date()) }, uniquingKeysWith: { a, _ in a })
+        var evaluations = [Int](repeating: 0, count: members.count)
+        let flopsPerRow = pass.model.config.flopsPerForward(batch: 1)
         do {
-            try BatchDenoiser.run(items, model: { x, t, idx in
-                try self.forwardStage1(model, x: x, t: t, settings: idx.map { self.runs[owners[$0].run].settings },
-                                       classes: classes)
+            try BatchDenoiser.run(members.map(\.item), model: { x, t, rows in
+                try pass.forward(x, t, rows.map { members[$0] }) { self.workspace(pass, batch: $0) }
             }, afterStep: { i, _ in
-                let (r, g) = owners[i]
-                let run = self.runs[r]
-                guard self.keepsGoing(r) else { return false }
+                let unit = members[i].unit
+                let run = self.runs[unit.run]
+                guard self.keepsGoing(unit.run) else { return false }
                 evaluations[i] += 1
-                let work = flopsPerRow * Double(run.settings.guided ? 2 : 1)
-                self.countStep(run, work: work, stage: .grid, item: g, step: evaluations[i],
-                               of: run.plan.stage1.evaluationsPerItem)
-                guard items[i].isFinished else { return true }
-                let ok = self.attempt(r) {
-                    try run.finishGrid(g, x: items[i].x)
-                    run.partialFlops = max(0, run.partialFlops - work * Double(evaluations[i]))
+                let work = flopsPerRow * Double(pass.rows(run))
+                run.session.evaluated(work)
+                self.reportStep(run, pass.stage, unit: unit.index, step: evaluations[i], of: pass.evaluations(run))
+                guard members[i].item.isFinished else { return true }
+                return self.attempt(unit.run) {
+                    try pass.finish(run, unit.index, members[i].item.x)
+                    run.session.stored(work: work * Double(evaluations[i]))
                     let now = Date()
-                    run.timings.stage1Seconds += now.timeIntervalSince(marks[r]!)
-                    marks[r] = now
-                    try run.saveTimings()
+                    run.timings[keyPath: pass.seconds] += now.timeIntervalSince(marks[unit.run]!)
+                    marks[unit.run] = now
+                    if pass.savesTimingsPerUnit { try run.saveTimings() }
                     run.hooks.onProgress(run.progress)
                 }
-                return ok
             })
         } catch {
             let e = EngineError.classify(error)
-            for (r, _) in owners where failures[r] == nil { failures[r] = e }
+            for member in members where failures[member.unit.run] == nil { failures[member.unit.run] = e }
         }
         let end = Date()
         for (r, mark) in marks where failures[r] == nil {
-            runs[r].timings.stage1Seconds += end.timeIntervalSince(mark)
-            runs[r].partialFlops = 0
+            runs[r].timings[keyPath: pass.seconds] += end.timeIntervalSince(mark)
+            runs[r].session.dropPartial()
+            attempt(r) { try runs[r].saveTimings() }
         }
     }
 
+    /// Reports one model evaluation of `run`: stage 1 "grid g/N" (unit g), stage 2 "frame i/F"
+    /// (unit i), both 1-based, with what is durable of the other stage.
+    private func reportStep(_ run: SequenceRun, _ stage: Stage, unit: Int, step: Int, of steps: Int) {
+        let plan = run.plan
+        run.hooks.onStep(StepProgress(
+            stage: stage, grid: stage == .grid ? unit + 1 : run.gridsDone, grids: plan.grids, step: step, steps: steps,
+            frame: stage == .grid ? run.framesDone : unit + 1, frames: plan.frames, etaSeconds: run.eta,
+            fraction: run.fraction))
+    }
+
+    /// Frames of runs without stage 2: only quantised and written.
+    private func writeLowResolutionFrames(_ units: [Unit]) {
+        var touched: Set<Int> = []
+        for unit in units where failures[unit.run] == nil && !stopped.contains(unit.run) {
+            let run = runs[unit.run]
+            let started = Date()
+            attempt(unit.run) {
+                try run.finishLowResolutionFrame(unit.index)
+                run.session.evaluated(run.frameFlops)
+                run.session.stored(work: run.frameFlops)
+                run.timings.stage2Seconds += Date().timeIntervalSince(started)
+                touched.insert(unit.run)
+            }
+        }
+        for r in touched.sorted() where failures[r] == nil {
+            attempt(r) { try runs[r].saveTimings() }
+            runs[r].hooks.onProgress(runs[r].progress)
+        }
+    }
+
+    // MARK: Sizing
+
+    /// Rows of the pass's model a batch may hold: the budget minus the workspace's fixed part,
+    /// over the workspace's and the items' bytes per row (measured once per model on
+    /// workspaces of 1 and 2).
+    private func maxRows(_ pass: StagePass) -> Int {
+        if let rows = rowLimits[pass.stage] { return rows }
+        let config = pass.model.config
+        let one = DiTWorkspace(config: config, batch: 1, workers: options.threads).byteCount
+        let two = DiTWorkspace(config: config, batch: 2, workers: options.threads).byteCount
+        let perRow = two - one + 4 * pass.itemFloats, fixed = max(0, one - (two - one))
+        let rows = max(1, min(options.maxBatch, (options.memoryBudget - fixed) / max(perRow, 1)))
+        rowLimits[pass.stage] = rows
+        return rows
+    }
+
+    private func workspace(_ pass: StagePass, batch: Int) -> DiTWorkspace {
+        if let ws = workspaces[pass.stage], ws.batch == batch { return ws }
+        workspaces[pass.stage] = nil  // free the old one first
+        let ws = DiTWorkspace(config: pass.model.config, batch: batch, workers: options.threads)
+        workspaces[pass.stage] = ws
+        return ws
+    }
+
+    // MARK: Stage 1 guidance
+
     /// One stage-1 forward over the batch: the labels of a class-conditional model, and for
     /// guided items a second row with the null class whose output is combined by guidance.
-    private func forwardStage1(_ model: DiT, x: Tensor, t: [Float], settings: [RunSettings], classes: Int) throws -> Tensor {
+    private static func forwardStage1(
+        _ model: DiT, x: Tensor, t: [Float], settings: [RunSettings], workspace: (Int) -> DiTWorkspace
+    ) throws -> Tensor {
         let n = x.shape[0]
+        let classes = model.config.numClasses
         let labels: [Int]? = classes > 0 ? settings.map { $0.classLabel ?? classes } : nil
         let guided = settings.indices.filter { settings[$0].guided }
         if guided.isEmpty {
-            return try model.forward(x: x, t: t, y: labels, workspace: workspace(model, batch: n))
+            return try model.forward(x: x, t: t, y: labels, workspace: workspace(n))
         }
         let inner = x.count / n
         let x2 = Tensor(zeros: [n + guided.count] + x.shape.dropFirst())
@@ -275,7 +361,7 @@ final class Executor {
             (x2.mutablePointer + (n + j) * inner).update(from: x.pointer + row * inner, count: inner)
         }
         let out = try model.forward(x: x2, t: t + guided.map { t[$0] }, y: labels! + guided.map { _ in classes },
-                                    workspace: workspace(model, batch: n + guided.count))
+                                    workspace: workspace(n + guided.count))
         let result = out.slice(0 ..< n).copy()
         for (j, row) in guided.enumerated() {
             let cond = result.slice(row ..< row + 1)
@@ -284,96 +370,5 @@ final class Executor {
                                        into: cond)
         }
         return result
-    }
-
-    // MARK: Stage 2
-
-    private func stage2Candidates(_ active: [Int]) -> [(run: Int, frame: Int)] {
-        var out: [(Int, Int)] = []
-        for i in active { out += runs[i].readyFrames(limit: max(options.maxBatch, 64)).map { (i, $0) } }
-        return out
-    }
-
-    private func stage2Batch(_ candidates: [(run: Int, frame: Int)]) {
-        // Frames of runs without stage 2 are only quantised and written.
-        let direct = candidates.filter { runs[$0.run].schedule2 == nil }
-        var touched: [Int: Date] = [:]
-        for (r, i) in direct where failures[r] == nil && !stopped.contains(r) {
-            let started = Date()
-            attempt(r) {
-                try runs[r].finishLowResolutionFrame(i)
-                runs[r].sessionFlops += runs[r].frameFlops
-                runs[r].timings.stage2Seconds += Date().timeIntervalSince(started)
-                touched[r] = Date()
-            }
-        }
-        for r in touched.keys where failures[r] == nil {
-            attempt(r) { try runs[r].saveTimings() }
-            runs[r].hooks.onProgress(runs[r].progress)
-        }
-        let srCandidates = candidates.filter { runs[$0.run].schedule2 != nil }
-        guard let model = pipeline.stage2, !srCandidates.isEmpty else { return }
-        let side = pipeline.configuration.stage2ModelSize!
-        let limit = maxRows(model, itemFloats: 6 * model.config.inChannels * side * side)
-        var byRun: [Int: [Int]] = [:]
-        for (r, i) in srCandidates { byRun[r, default: []].append(i) }
-        var chosen: [(run: Int, frame: Int)] = []
-        while chosen.count < limit && byRun.values.contains(where: { !$0.isEmpty }) {
-            for r in byRun.keys.sorted() where chosen.count < limit {
-                guard var list = byRun[r], !list.isEmpty else { continue }
-                chosen.append((r, list.removeFirst()))
-                byRun[r] = list
-            }
-        }
-        let started = Date()
-        var items: [DenoiseItem] = [], conditions: [Tensor] = [], owners: [(run: Int, frame: Int)] = []
-        for (r, i) in chosen where failures[r] == nil {
-            attempt(r) {
-                let (item, condition) = try runs[r].stage2Item(i)
-                items.append(item)
-                conditions.append(condition)
-                owners.append((r, i))
-            }
-        }
-        let kept = owners.indices.filter { failures[owners[$0].run] == nil }
-        items = kept.map { items[$0] }
-        conditions = kept.map { conditions[$0] }
-        owners = kept.map { owners[$0] }
-        guard !items.isEmpty else { return }
-        var evaluations = [Int](repeating: 0, count: items.count)
-        let flopsPerRow = model.config.flopsPerForward(batch: 1)
-        let conditionCount = conditions[0].count
-        do {
-            try BatchDenoiser.run(items, model: { x, t, idx in
-                let n = idx.count
-                let condition = Tensor(zeros: [n] + conditions[0].shape)
-                for (row, i) in idx.enumerated() {
-                    (condition.mutablePointer + row * conditionCount).update(from: conditions[i].pointer, count: conditionCount)
-                }
-                return try model.forward(x: x, t: t, condition: condition, workspace: self.workspace(model, batch: n))
-            }, afterStep: { j, _ in
-                let (r, i) = owners[j]
-                let run = self.runs[r]
-                guard self.keepsGoing(r) else { return false }
-                evaluations[j] += 1
-                self.countStep(run, work: flopsPerRow, stage: .sr, item: i, step: evaluations[j],
-                               of: run.plan.stage2?.evaluationsPerItem ?? 0)
-                guard items[j].isFinished else { return true }
-                return self.attempt(r) {
-                    try run.finishFrame(i, x: items[j].x)
-                    run.partialFlops = max(0, run.partialFlops - flopsPerRow * Double(evaluations[j]))
-                    run.hooks.onProgress(run.progress)
-                }
-            })
-        } catch {
-            let e = EngineError.classify(error)
-            for (r, _) in owners where failures[r] == nil { failures[r] = e }
-        }
-        let seconds = Date().timeIntervalSince(started)
-        for r in Set(owners.map(\.run)) where failures[r] == nil {
-            runs[r].timings.stage2Seconds += seconds
-            runs[r].partialFlops = 0
-            attempt(r) { try runs[r].saveTimings() }
-        }
     }
 }

@@ -34,6 +34,33 @@ public struct RunTimings: Codable, Sendable, Equatable {
     }
 }
 
+/// What one `execute` call (a session) has done for a run: its threads, the work evaluated (the
+/// share done and the estimate left) and the work of units not stored yet. The run owns it; the
+/// batch loop tells it what happened.
+struct RunSession {
+    var threads = 1
+    var start: Date?
+    /// Floating-point operations evaluated in this session.
+    var flops = 0.0
+    /// Those of units not stored yet (counted in the share done until they are, or dropped).
+    var partialFlops = 0.0
+
+    mutating func begin(threads: Int, at now: Date) {
+        self = RunSession(threads: threads, start: now)
+    }
+
+    mutating func evaluated(_ work: Double) {
+        flops += work
+        partialFlops += work
+    }
+
+    /// A unit whose evaluations took `work` is stored: its work counts as done from now on.
+    mutating func stored(work: Double) { partialFlops = max(0, partialFlops - work) }
+
+    /// Units in flight will not be stored (the run stopped, or their batch ended).
+    mutating func dropPartial() { partialFlops = 0 }
+}
+
 /// A run of one `JobSpec` on a `LoadedPipeline`, bound to a work directory.
 ///
 /// Constructing it on an empty or missing directory starts a run; on a directory that holds the
@@ -51,8 +78,10 @@ public final class SequenceRun {
     public var hooks: RunHooks
 
     public internal(set) var timings: RunTimings
+    /// The counters of the current `execute` call.
+    var session = RunSession()
     /// Worker threads of the current `execute` call.
-    var threads = 1
+    var threads: Int { session.threads }
     private(set) var gridDone: [Bool]
     private(set) var frameDone: [Bool]
     private var gridsDoneCount = 0
@@ -63,10 +92,6 @@ public final class SequenceRun {
     let schedule2: DenoiseSchedule?
     // Small LRU of grids read back from disk (model space, image space).
     private var gridCache: [(id: Int, model: Tensor, image: Tensor)] = []
-    // Progress accounting of the current session.
-    var sessionStart: Date?
-    var sessionFlops = 0.0
-    var partialFlops = 0.0
 
     static let runFormat = "gridit.run.v1"
 
@@ -130,13 +155,13 @@ public final class SequenceRun {
     var fraction: Double {
         let total = plan.flops
         guard total > 0 else { return isComplete ? 1 : Double(framesDoneCount) / Double(plan.frames) }
-        let done = Double(gridsDoneCount) * gridFlops + Double(framesDoneCount) * frameFlops + partialFlops
+        let done = Double(gridsDoneCount) * gridFlops + Double(framesDoneCount) * frameFlops + session.partialFlops
         return min(1, done / total)
     }
 
     var eta: Double? {
-        guard let start = sessionStart, sessionFlops > 0 else { return nil }
-        let rate = sessionFlops / max(Date().timeIntervalSince(start), 1e-9)
+        guard let start = session.start, session.flops > 0 else { return nil }
+        let rate = session.flops / max(Date().timeIntervalSince(start), 1e-9)
         return max(0, plan.flops * (1 - fraction)) / rate
     }
 
