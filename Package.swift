@@ -42,7 +42,6 @@ let package = Package(
     targets: [
         // System libraries, found through pkg-config.
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
-        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         // libarchive (model bundles) and the FICLONE ioctl (reflink import).
         .systemLibrary(name: "CModelStore", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
@@ -73,7 +72,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
-            name: "GriditPipeline",
+            name: "GriditDiffusion",
             dependencies: ["GriditModels", "GriditTensor"],
             swiftSettings: swiftSettings
         ),
@@ -85,7 +84,8 @@ let package = Package(
         .target(
             name: "GriditEngine",
             dependencies: [
-                "GriditJobSpec", "GriditPipeline", "GriditModels", "GriditTensor", "GriditCheckpoint", "GriditImage",
+                "GriditJobSpec", "GriditFaults", "GriditDiffusion", "GriditModels", "GriditTensor", "GriditCheckpoint",
+                "GriditImage",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
@@ -95,21 +95,37 @@ let package = Package(
             name: "GriditJobSpec",
             swiftSettings: swiftSettings
         ),
+        // The one registry of test fault points (`GRIDIT_TEST_FAULTS`), asked by the daemon, the
+        // engine and the model store.
+        .target(
+            name: "GriditFaults",
+            dependencies: ["GriditJobSpec"],
+            swiftSettings: swiftSettings
+        ),
         // Wire types and output formatting shared by griditd and griditctl (Foundation only).
         .target(
             name: "GriditAPI",
             dependencies: ["GriditJobSpec"],
             swiftSettings: swiftSettings
         ),
+        // The state directory's SQLite database: opening, migrations (every table's), its identity
+        // marker and reserve, the state-directory lock.
         .target(
-            name: "GriditStore",
-            dependencies: ["GriditJobSpec", .product(name: "GRDB", package: "GRDB.swift")],
+            name: "GriditStateDatabase",
+            dependencies: [.product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: swiftSettings
+        ),
+        // The durable job queue: `JobStore`, its state machine, the SQLite implementation.
+        .target(
+            name: "GriditJobQueue",
+            dependencies: ["GriditJobSpec", "GriditStateDatabase", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: swiftSettings
         ),
         .target(
             name: "GriditModelStore",
             dependencies: [
-                "GriditStore", "GriditPipeline", "GriditModels", "GriditCheckpoint", "GriditAPI", "CModelStore",
+                "GriditStateDatabase", "GriditFaults", "GriditDiffusion", "GriditModels", "GriditCheckpoint", "GriditAPI",
+                "CModelStore",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
@@ -120,7 +136,7 @@ let package = Package(
         .target(
             name: "GriditDaemon",
             dependencies: [
-                "GriditStore", "GriditAPI", "GriditJobSpec", "CSystemd", "CProcess",
+                "GriditJobQueue", "GriditStateDatabase", "GriditAPI", "GriditJobSpec", "GriditFaults", "CSystemd", "CProcess",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -134,8 +150,9 @@ let package = Package(
         .target(
             name: "GriditBackend",
             dependencies: [
-                "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditStore", "GriditAPI", "GriditJobSpec",
-                "GriditPipeline", "GriditCheckpoint", "GriditTensor",
+                "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditJobQueue", "GriditStateDatabase", "GriditAPI",
+                "GriditJobSpec", "GriditFaults",
+                "GriditDiffusion", "GriditCheckpoint", "GriditTensor",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -153,8 +170,9 @@ let package = Package(
         .executableTarget(
             name: "griditd",
             dependencies: [
-                "GriditDaemon", "GriditBackend", "GriditEngine", "GriditStore", "GriditModelStore", "GriditAPI",
-                "GriditJobSpec", "GriditCLI", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "GriditDaemon", "GriditBackend", "GriditEngine", "GriditJobQueue", "GriditStateDatabase", "GriditModelStore",
+                "GriditAPI", "GriditJobSpec", "GriditFaults", "GriditCLI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -170,6 +188,12 @@ let package = Package(
                 "GriditModels", "GriditCheckpoint", "GriditTensor", "CAllocCounter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        // Helpers every test target shares: temporary directories, fixtures, processes.
+        .target(
+            name: "GriditTestSupport",
+            path: "Tests/GriditTestSupport",
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -189,8 +213,8 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
-            name: "GriditPipelineTests",
-            dependencies: ["GriditPipeline", "GriditModels", "GriditCheckpoint", "GriditTensor"],
+            name: "GriditDiffusionTests",
+            dependencies: ["GriditDiffusion", "GriditModels", "GriditCheckpoint", "GriditTensor"],
             resources: [.copy("Fixtures")],
             swiftSettings: swiftSettings
         ),
@@ -202,7 +226,7 @@ let package = Package(
         .testTarget(
             name: "GriditEngineTests",
             dependencies: [
-                "GriditEngine", "GriditJobSpec", "GriditPipeline", "GriditImage", "GriditCheckpoint", "GriditModels",
+                "GriditEngine", "GriditJobSpec", "GriditDiffusion", "GriditImage", "GriditCheckpoint", "GriditModels",
                 "GriditTensor", .product(name: "Crypto", package: "swift-crypto"),
             ],
             resources: [.copy("Fixtures")],
@@ -218,18 +242,19 @@ let package = Package(
             dependencies: ["GriditAPI", "GriditJobSpec"],
             swiftSettings: swiftSettings
         ),
+        // The state database and the job queue on it.
         .testTarget(
-            name: "GriditStoreTests",
+            name: "GriditJobQueueTests",
             dependencies: [
-                "GriditStore", "GriditJobSpec", .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "GRDB", package: "GRDB.swift"),
+                "GriditJobQueue", "GriditStateDatabase", "GriditJobSpec", "GriditTestSupport",
+                .product(name: "Crypto", package: "swift-crypto"), .product(name: "GRDB", package: "GRDB.swift"),
             ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "GriditModelStoreTests",
             dependencies: [
-                "GriditModelStore", "GriditAPI", "GriditStore", "GriditPipeline", "GriditModels", "GriditCheckpoint",
+                "GriditModelStore", "GriditAPI", "GriditJobQueue", "GriditStateDatabase", "GriditDiffusion", "GriditModels", "GriditCheckpoint",
                 "GriditTensor", "CModelStore",
             ],
             swiftSettings: swiftSettings
@@ -237,7 +262,8 @@ let package = Package(
         .testTarget(
             name: "GriditDaemonTests",
             dependencies: [
-                "GriditDaemon", "GriditStore", "GriditAPI", "GriditJobSpec", "GriditCLI",
+                "GriditDaemon", "GriditJobQueue", "GriditStateDatabase", "GriditAPI", "GriditJobSpec", "GriditFaults",
+                "GriditCLI", "GriditTestSupport",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -250,8 +276,9 @@ let package = Package(
         .testTarget(
             name: "GriditBackendTests",
             dependencies: [
-                "GriditBackend", "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditStore", "GriditAPI",
-                "GriditJobSpec", "GriditPipeline", "GriditTensor",
+                "GriditBackend", "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditJobQueue", "GriditStateDatabase",
+                "GriditAPI",
+                "GriditJobSpec", "GriditDiffusion", "GriditTensor",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

@@ -4,7 +4,7 @@
 // so that its rules are tested with fixed instants (BatchSchedulerTests).
 import Foundation
 import GriditJobSpec
-import GriditStore
+import GriditJobQueue
 
 struct BatchScheduler {
     struct Settings: Sendable, Hashable {

@@ -6,7 +6,8 @@ import Glibc
 import Foundation
 import GriditAPI
 import GriditJobSpec
-import GriditStore
+import GriditJobQueue
+import GriditStateDatabase
 import Logging
 import NIOHTTP1
 
@@ -178,9 +179,9 @@ public struct ControlAPI: Sendable {
             yourJobs: mine.map {
                 QueuedJobPosition(id: $0.id, state: $0.state, queuePosition: $0.queuePosition)
             },
-            loadedModels: await context.catalog?.loadedModels() ?? [], engineAvailable: context.executor != nil,
+            loadedModels: await context.catalog?.loadedModels() ?? [], engineAvailable: context.engine != nil,
             modelStoreAvailable: context.catalog != nil, blasThreads: context.configuration.blasThreads,
-            caller: request.caller.info, notices: notices, worker: context.executor?.worker))
+            caller: request.caller.info, notices: notices, worker: context.engine?.worker))
     }
 
     /// Why a due job that waits does not start now (nil: it starts when its turn comes).
@@ -225,7 +226,7 @@ public struct ControlAPI: Sendable {
         if spec.parameters.seed == nil { spec.parameters.seed = UInt64.random(in: 0...(1 << 53 - 1)) }  // exact in any JSON reader
         let work: TimeInterval
         do {
-            work = try await context.executor?.validate(spec, pipelineDigest: digest) ?? 0
+            work = try await context.engine?.validate(spec, pipelineDigest: digest) ?? 0
         } catch {
             throw APIError(error.errorClass == .modelMissing ? .notFound : .badRequest, error.message)
         }
@@ -525,7 +526,7 @@ public struct ControlAPI: Sendable {
 
     static func translate(_ error: any Error) -> APIError {
         if let error = error as? APIError { return error }
-        guard let error = error as? StoreError else { return APIError(.internalError, "internal error: \(error)") }
+        guard let error = error as? StateError else { return APIError(.internalError, "internal error: \(error)") }
         let code: APIError.Code =
             switch error.code {
             case .queueFull: .queueFull

@@ -4,8 +4,10 @@ import Glibc
 #endif
 import Foundation
 import GriditAPI
+import GriditFaults
 import GriditJobSpec
-import GriditStore
+import GriditJobQueue
+import GriditStateDatabase
 import Logging
 import NIOCore
 import NIOPosix
@@ -21,13 +23,13 @@ public struct DaemonError: Error, CustomStringConvertible {
 /// The engine and the model store, built once griditd holds the state directory's lock and the
 /// database is migrated (the model store shares that directory and database file).
 public struct DaemonComponents: Sendable {
-    public var executor: (any JobExecutor)?
+    public var engine: (any JobEngine)?
     public var catalog: (any ModelCatalog)?
     /// Their own long-lived loops (e.g. unloading idle models), run beside griditd's services.
     public var services: [any Service]
 
-    public init(executor: (any JobExecutor)? = nil, catalog: (any ModelCatalog)? = nil, services: [any Service] = []) {
-        self.executor = executor
+    public init(engine: (any JobEngine)? = nil, catalog: (any ModelCatalog)? = nil, services: [any Service] = []) {
+        self.engine = engine
         self.catalog = catalog
         self.services = services
     }
@@ -75,9 +77,9 @@ public enum Daemon {
         }
 
         let built = try await components(store)
-        let executor = built.executor, catalog = built.catalog
+        let engine = built.engine, catalog = built.catalog
         let context = DaemonContext(
-            configuration: configuration, store: store, executor: executor, catalog: catalog, notifier: notifier,
+            configuration: configuration, store: store, engine: engine, catalog: catalog, notifier: notifier,
             faults: faults, logger: logger, database: database)
         let api = ControlAPI(context: context)
         let server = HTTPServer(
@@ -113,7 +115,7 @@ public enum Daemon {
             "griditd \(griditVersion) ready",
             metadata: [
                 "socket": "\(socketDescription)", "state_dir": "\(layout.root)", "pid": "\(getpid())",
-                "engine": "\(executor != nil)", "model_store": "\(catalog != nil)",
+                "engine": "\(engine != nil)", "model_store": "\(catalog != nil)",
             ])
         notifier.ready(status: "ready")
         await context.refreshStatus()

@@ -3,7 +3,7 @@
 import Foundation
 import GriditAPI
 import GriditJobSpec
-import GriditStore
+import GriditJobQueue
 
 extension JobSpec {
     /// The `params` column: the spec's JSON as it is.

@@ -2,7 +2,8 @@
 import Foundation
 import GriditAPI
 import GriditJobSpec
-import GriditStore
+import GriditJobQueue
+import GriditStateDatabase
 import Logging
 import ServiceLifecycle
 
@@ -36,7 +37,7 @@ public struct MaintenanceService: Service {
             // Jobs of a supervised worker process are spared: their supervisor sees a stall or a
             // crash itself, and an expired lease there means griditd was stopped (SIGSTOP,
             // suspend), which says nothing about the job.
-            let supervised = context.executor?.worker != nil ? Set(context.monitor.runningIDs) : []
+            let supervised = context.engine?.worker != nil ? Set(context.monitor.runningIDs) : []
             for job in try await context.store.recoverExpiredLeases(now: Date(), sparing: supervised) {
                 context.logger.warning(
                     "lease expired: \(job.errorMessage ?? "")",
@@ -53,7 +54,7 @@ public struct MaintenanceService: Service {
 /// Deleting finished jobs and their folders (the hourly retention pass and `jobs prune`).
 enum Retention {
     /// `olderThan` nil applies the configured retention per state.
-    static func prune(_ context: DaemonContext, olderThan: TimeInterval?, keepOutputs: Bool) async throws(StoreError) -> [PrunedJob] {
+    static func prune(_ context: DaemonContext, olderThan: TimeInterval?, keepOutputs: Bool) async throws(StateError) -> [PrunedJob] {
         let config = context.configuration
         let now = Date()
         var pruned: [PrunedJob] = []

@@ -1,7 +1,8 @@
 // Who may put how much into the queue: the per-user limits and the priorities members may use
 // (admins — root, griditd's user, the admin group — are bounded by the queue's size alone).
 import GriditAPI
-import GriditStore
+import GriditJobQueue
+import GriditStateDatabase
 
 enum SubmitPolicy {
     /// The priority a submit gets: as asked, if the caller may use it; for a member without
@@ -27,7 +28,7 @@ enum SubmitPolicy {
     }
 
     /// What to do about a per-user limit the store refused a submit for; nil for other errors.
-    static func remedy(_ code: StoreError.Code) -> String? {
+    static func remedy(_ code: StateError.Code) -> String? {
         let flag: String
         switch code {
         case .ownerJobLimit: flag = "--max-queued-per-user"

@@ -7,6 +7,7 @@ import Glibc
 import CProcess
 import Foundation
 import GriditAPI
+import GriditFaults
 import Logging
 import Synchronization
 
@@ -28,8 +29,8 @@ public enum WorkerChild {
     /// between batches (unloading idle models); `models` encodes what is loaded, sent after each
     /// batch and whenever `idle` says something changed. Returns the exit status.
     public static func serve(
-        fd: Int32 = WorkerLaunch.channelDescriptor, executor: any JobExecutor, faults: FaultInjection,
-        pauseMarker: String, idle: @escaping @Sendable () -> Bool = { false },
+        fd: Int32 = WorkerLaunch.channelDescriptor, engine: any JobEngine, faults: FaultInjection,
+        stateDirectory: String, idle: @escaping @Sendable () -> Bool = { false },
         models: @escaping @Sendable () -> Data? = { nil }, logger: Logger
     ) -> Int32 {
         let channel = WorkerChannel(fd: fd)
@@ -72,11 +73,13 @@ public enum WorkerChild {
                         loadReported.set()
                         send(.models(data))
                     }
-                    if let pause = faults.pauseAt, pause.matches(progress) { pause.hold(marker: pauseMarker, job: id) }
+                    if let pause = faults.pauseAt, pause.matches(progress) {
+                        PausePoint.hold("job \(id) paused at \(pause)", stateDirectory: stateDirectory)
+                    }
                     send(.step(jobID: id, progress: progress))
                 },
                 shouldStop: { id in inbox.stopReason(id) })
-            executor.execute(batch, hooks: hooks)
+            engine.execute(batch, hooks: hooks)
             inbox.batchEnded()
             send(.done)
             if let data = models() { send(.models(data)) }

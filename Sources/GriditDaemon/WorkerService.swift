@@ -5,8 +5,10 @@ import Glibc
 #endif
 import Foundation
 import GriditAPI
+import GriditFaults
 import GriditJobSpec
-import GriditStore
+import GriditJobQueue
+import GriditStateDatabase
 import Logging
 import ServiceLifecycle
 import Synchronization
@@ -24,7 +26,7 @@ public struct WorkerService: Service {
 
     public func run() async throws {
         let logger = context.logger
-        guard let executor = context.executor else {
+        guard let engine = context.engine else {
             logger.warning("this griditd has no engine: jobs are accepted and stay queued")
             // Keep the watchdog fed while idle, until shutdown.
             while !Task.isShuttingDownGracefully && !Task.isCancelled {
@@ -61,7 +63,7 @@ public struct WorkerService: Service {
                     await context.monitor.waitForWake(timeout: pollInterval)
                     continue
                 }
-                carried = await run(batch, executor: executor, thread: thread, stopping: stopping)
+                carried = await run(batch, engine: engine, thread: thread, stopping: stopping)
                 await context.refreshStatus()
             }
             for c in carried { _ = try? await context.store.releaseLease(id: c.job.id, token: c.token, now: Date()) }
@@ -71,7 +73,7 @@ public struct WorkerService: Service {
             context.monitor.requestStopAll(.shutdown)
             context.monitor.wake()
         }
-        await thread.run { executor.shutdown() }
+        await thread.run { engine.shutdown() }
         thread.stop()
     }
 
@@ -114,7 +116,7 @@ public struct WorkerService: Service {
     // MARK: - Claiming
 
     /// Claims the next job and up to `maxBatchJobs - 1` more of its pipeline and priority.
-    private func claimBatch() async throws(StoreError) -> [ClaimedJob] {
+    private func claimBatch() async throws(StateError) -> [ClaimedJob] {
         let store = context.store
         let lease = context.configuration.leaseDuration
         guard let first = try await store.claim(workerID: workerID, leaseDuration: lease, now: Date()) else {
@@ -202,14 +204,14 @@ public struct WorkerService: Service {
     /// jobs claimed to join. Returns jobs claimed to join that the engine did not take before it
     /// finished.
     private func run(
-        _ claimed: ClaimedBatch, executor: any JobExecutor, thread: WorkerThread, stopping: StopFlag
+        _ claimed: ClaimedBatch, engine: any JobEngine, thread: WorkerThread, stopping: StopFlag
     ) async -> [ClaimedJob] {
         let batch = claimed.batch
         let ids = batch.items.map(\.jobID)
         let monitor = context.monitor
         let notifier = context.notifier
         let faults = context.faults
-        let pauseMarker = context.layout.root + "/test-paused"
+        let stateDirectory = context.layout.root
         let inProcess = !engineRunsApart
         let scheduler = RunningBatch(BatchScheduler(
             batch.items, tokens: claimed.tokens,
@@ -249,7 +251,9 @@ public struct WorkerService: Service {
                 notifier.watchdog()
                 signal.yield()
                 // An engine in a worker process pauses there itself (griditd stays responsive).
-                if inProcess, let pause = faults.pauseAt, pause.matches(step) { pause.hold(marker: pauseMarker, job: id) }
+                if inProcess, let pause = faults.pauseAt, pause.matches(step) {
+                    PausePoint.hold("job \(id) paused at \(pause)", stateDirectory: stateDirectory)
+                }
             },
             shouldStop: { id in
                 monitor.stopReason(id) ?? (stopping.isSet ? .shutdown : nil)
@@ -257,7 +261,7 @@ public struct WorkerService: Service {
 
         let carried = await withTaskGroup(of: [ClaimedJob].self) { group in
             group.addTask {
-                await thread.run { executor.execute(batch, hooks: hooks) }
+                await thread.run { engine.execute(batch, hooks: hooks) }
                 let actions = scheduler.withLock { $0.handle(.engineReturned, now: Date()) }
                 signal.finish()
                 monitor.wake()  // ends the admission loop's wait
@@ -294,7 +298,7 @@ public struct WorkerService: Service {
     }
 
     /// The engine runs in a supervised worker process (not on griditd's inference thread).
-    private var engineRunsApart: Bool { context.executor?.worker != nil }
+    private var engineRunsApart: Bool { context.engine?.worker != nil }
 
     /// While the batch runs and has room, claims the next job in line if it shares the batch's
     /// pipeline and priority, and hands it to the engine (which admits it between batches).
@@ -342,13 +346,13 @@ public struct WorkerService: Service {
             case .stop(let id, let reason):
                 context.monitor.requestStop(id, reason)
             case .saveProgress(let id, let token, let progress):
-                await leaseWrite(id, scheduler) { () async throws(StoreError) -> LeaseStatus in
+                await leaseWrite(id, scheduler) { () async throws(StateError) -> LeaseStatus in
                     let status = try await context.store.saveProgress(id: id, token: token, progress: progress, now: Date())
                     context.monitor.changed(id)
                     return status
                 }
             case .heartbeat(let id, let token):
-                await leaseWrite(id, scheduler) { () async throws(StoreError) -> LeaseStatus in
+                await leaseWrite(id, scheduler) { () async throws(StateError) -> LeaseStatus in
                     try await context.store.heartbeat(id: id, token: token, leaseDuration: lease, now: Date())
                 }
             case .record(let id, let token, let record):
@@ -361,7 +365,7 @@ public struct WorkerService: Service {
     /// A write fenced by the job's lease: a cancel seen in the answer, or a lost lease, goes back
     /// to the scheduler and becomes a stop request for the engine.
     private func leaseWrite(
-        _ id: Int64, _ scheduler: RunningBatch, _ write: () async throws(StoreError) -> LeaseStatus
+        _ id: Int64, _ scheduler: RunningBatch, _ write: () async throws(StateError) -> LeaseStatus
     ) async {
         let event: BatchScheduler.Event?
         do {

@@ -2,7 +2,7 @@ import Foundation
 import GriditCheckpoint
 import GriditImage
 import GriditModels
-import GriditPipeline
+import GriditDiffusion
 
 /// Every failure the engine reports: a code that says what the caller should do, what is wrong,
 /// and the fix.

@@ -4,6 +4,7 @@
 import Crypto
 import Foundation
 import GriditCheckpoint
+import GriditFaults
 import GriditTensor
 
 enum Files {
@@ -14,14 +15,10 @@ enum Files {
         return FileManager.default.fileExists(atPath: path, isDirectory: &dir) && dir.boolValue
     }
 
-    /// Test hook: with `GRIDIT_TEST_ENOSPC_UNDER=<dir>` in the environment, every file or folder
-    /// created below `dir` fails with ENOSPC, for the disk-full tests of machines where no small
-    /// filesystem can be mounted. Without the variable a write costs one comparison.
-    private static let fullBelow: String? = ProcessInfo.processInfo.environment["GRIDIT_TEST_ENOSPC_UNDER"]
-        .flatMap { $0.isEmpty ? nil : ($0.hasSuffix("/") ? $0 : $0 + "/") }
-
+    /// The `disk-full-under` fault point (GriditFaults): creating anything below its folder
+    /// fails with ENOSPC. Without it a write costs one comparison.
     private static func checkSpace(_ path: String) throws {
-        if let fullBelow, path.hasPrefix(fullBelow) { throw EngineError.posix("write", path: path, errno: ENOSPC) }
+        if FaultInjection.current.diskIsFull(for: path) { throw EngineError.posix("write", path: path, errno: ENOSPC) }
     }
 
     /// Writes `bytes` to `path` all-or-nothing and durably.

@@ -3,7 +3,7 @@
 import Foundation
 import GriditCheckpoint
 import GriditModels
-import GriditPipeline
+import GriditDiffusion
 import GriditTensor
 
 /// A pipeline's configuration without weights: the spec (file references are absolute paths) and

@@ -3,7 +3,7 @@
 import Foundation
 import GriditJobSpec
 import GriditModels
-import GriditPipeline
+import GriditDiffusion
 import GriditTensor
 
 public struct OneShotOptions: Sendable {

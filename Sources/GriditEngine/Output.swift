@@ -8,7 +8,7 @@
 import Foundation
 import GriditImage
 import GriditJobSpec
-import GriditPipeline
+import GriditDiffusion
 
 /// How `finish(into:)` renders the preview and the contact sheet.
 public struct OutputOptions: Sendable, Equatable {

@@ -4,7 +4,7 @@
 import Foundation
 import GriditJobSpec
 import GriditModels
-import GriditPipeline
+import GriditDiffusion
 
 /// A cell of a stage-1 grid: grid id and row-major position (0 ..< K²).
 public struct FrameRef: Codable, Hashable, Sendable {

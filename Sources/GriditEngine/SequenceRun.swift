@@ -13,7 +13,7 @@ import GriditCheckpoint
 import GriditImage
 import GriditJobSpec
 import GriditModels
-import GriditPipeline
+import GriditDiffusion
 import GriditTensor
 
 /// Seconds spent on a run, summed over every session that worked on it. Batches shared with other

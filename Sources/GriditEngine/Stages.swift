@@ -5,7 +5,7 @@ import Foundation
 import GriditJobSpec
 import GriditImage
 import GriditModels
-import GriditPipeline
+import GriditDiffusion
 import GriditTensor
 
 extension SequenceRun {

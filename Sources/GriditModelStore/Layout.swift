@@ -16,6 +16,7 @@ import CModelStore
 import Foundation
 import GriditAPI
 import GriditCheckpoint
+import GriditFaults
 
 #if canImport(Glibc)
     import Glibc
@@ -239,7 +240,9 @@ final class IngestFile {
                 try writeAll(fd, chunk, path: path)
                 stream.update(chunk)
                 progress?(stream.count)
-                if stream.count >= Int64(ioChunkSize) { TestHooks.pause(at: "import.copying") }
+                if stream.count >= Int64(ioChunkSize) {
+                    FaultInjection.current.pause(at: "import.copying", stateDirectory: root.path)
+                }
             }
             try finish(fd, path: path)
             // What was hashed is what was handed to write(); reading the copy back proves the

@@ -1,7 +1,7 @@
 import Foundation
 import GriditCheckpoint
 import GriditModels
-import GriditPipeline
+import GriditDiffusion
 
 #if canImport(Glibc)
     import Glibc
@@ -9,8 +9,9 @@ import GriditPipeline
 
 /// The checks an import makes before anything is published: the pipeline's fields, each model
 /// config (within sane size limits), the configs against the pipeline geometry, each safetensors
-/// file's header (sizes, offsets, duplicate names, …), finite weights and the binding of every model to its weights, which is total
-/// (a missing, misshapen or extra tensor fails). It reads the ingested copies, so what is checked
+/// file's header (sizes, offsets, duplicate names, …), finite weights, and each model's binding
+/// table against its file's header, which is total (a missing, misshapen or extra tensor fails)
+/// and builds no model. It reads the ingested copies, so what is checked
 /// is exactly what gets stored.
 enum PipelineValidation {
     /// Largest config or pipeline JSON accepted.
@@ -77,8 +78,9 @@ enum PipelineValidation {
                 )
             }
         }
-        try weights(.stage1Weights) { _ = try DiT(config: s1, source: $0) }
-        if let s2 { try weights(.stage2Weights) { _ = try DiT(config: s2, source: $0) } }
-        if let vae { try weights(.vaeWeights) { _ = try AutoencoderKL(config: vae, source: $0) } }
+        // The binding tables against the headers: no model is built (no weight is converted or packed).
+        try weights(.stage1Weights) { try DiT.checkBinding(s1, against: $0) }
+        if let s2 { try weights(.stage2Weights) { try DiT.checkBinding(s2, against: $0) } }
+        if let vae { try weights(.vaeWeights) { try AutoencoderKL.checkBinding(vae, against: $0) } }
     }
 }

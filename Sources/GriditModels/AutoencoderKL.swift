@@ -298,6 +298,13 @@ public struct AutoencoderKL: @unchecked Sendable {
     let encoder, decoder: VAEHalf
     let quantConv, postQuantConv: ConvWeight
 
+    /// Whether a checkpoint fits `config`, from its header alone (what `init` checks, without
+    /// building the model).
+    public static func checkBinding(_ config: AutoencoderKLConfiguration, against source: any TensorSource) throws {
+        try config.validate()
+        try GriditModels.checkBinding(AutoencoderKLWeights.table(config), against: source)
+    }
+
     /// Binds every tensor of the table from `source` (total: missing, misshapen or unused tensors
     /// throw `BindingError`), then prepares the layers for `precision` (bf16 weights packed once).
     public init(config: AutoencoderKLConfiguration, source: any TensorSource, precision: Precision = .fp32,

@@ -197,6 +197,14 @@ public struct DiT: Sendable {
         layers = DiTLayers(config, w, precision: self.precision, backend: backend)
     }
 
+    /// Whether a checkpoint fits `config`, from its header alone: every tensor of the binding
+    /// table present once with its shape, nothing else (what `init` checks, without building
+    /// the model). Throws `BindingError`, or `ModelError` for a bad config.
+    public static func checkBinding(_ config: DiTConfiguration, against source: any TensorSource) throws {
+        try config.validate()
+        try GriditModels.checkBinding(DiTWeights.table(config), against: source)
+    }
+
     /// A workspace for `batch` samples on `workers` threads, on this model's backend.
     public func makeWorkspace(batch: Int, workers: Int = BLAS.threadCount) -> DiTWorkspace {
         DiTWorkspace(config: config, batch: batch, workers: workers, backend: backend)

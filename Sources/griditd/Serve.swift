@@ -4,7 +4,9 @@ import Foundation
 import GriditAPI
 import GriditBackend
 import GriditDaemon
-import GriditStore
+import GriditFaults
+import GriditJobQueue
+import GriditStateDatabase
 import Logging
 
 struct Serve: AsyncParsableCommand {
@@ -207,9 +209,9 @@ struct Serve: AsyncParsableCommand {
             let settings = configuration
             try await Daemon.run(configuration: configuration, logger: logger, faults: faults) { store in
                 try Backend.components(
-                    configuration: settings, database: store.database, siteRoots: sites, worker: worker, logger: logger)
+                    configuration: settings, jobs: store, siteRoots: sites, worker: worker, logger: logger)
             }
-        } catch let error as StoreError {
+        } catch let error as StateError {
             logger.critical("\(error.message)")
             throw ExitCode(error.code == .locked ? 75 : error.code == .databaseLost ? 78 : 1)
         } catch {

@@ -8,6 +8,7 @@ import Foundation
 import GriditBackend
 import GriditDaemon
 import GriditEngine
+import GriditFaults
 import Logging
 
 struct WorkerCommand: ParsableCommand {
@@ -30,7 +31,7 @@ struct WorkerCommand: ParsableCommand {
         let sink = DaemonLogHandler.detectSink()
         LoggingSystem.bootstrap { label in DaemonLogHandler(label: label, sink: sink, level: level) }
         let logger = Logger(label: "gridit.worker")
-        let faults = (try? FaultInjection(environment: ProcessInfo.processInfo.environment)) ?? FaultInjection()
+        let faults = FaultInjection.current
         let status = Backend.runWorker(
             stateDirectory: stateDir,
             options: ExecutionOptions(threads: blasThreads, memoryBudget: memoryBudget, maxBatch: maxBatch),

@@ -5,7 +5,7 @@ import GriditDaemon
 import GriditEngine
 import GriditJobSpec
 import GriditModelStore
-import GriditPipeline
+import GriditDiffusion
 import GriditTensor
 import Testing
 
@@ -15,8 +15,8 @@ import Testing
     import Glibc
 #endif
 
-@Suite("engine executor", .serialized)
-struct EngineExecutorTests {
+@Suite("engine engine", .serialized)
+struct InProcessEngineTests {
     @Test("submits are checked against the pipeline: bad parameters and missing models fail with their class")
     func validation() async throws {
         let h = try Harness()
@@ -24,15 +24,15 @@ struct EngineExecutorTests {
         func spec(_ length: Int, _ parameters: JobSpec.Parameters = .init(seed: 1)) -> JobSpec {
             JobSpec(length: length, parameters: parameters)
         }
-        let estimate = try await h.executor.validate(spec(40), pipelineDigest: h.digest)
+        let estimate = try await h.engine.validate(spec(40), pipelineDigest: h.digest)
         #expect(estimate > 0)
-        let longer = try await h.executor.validate(spec(400), pipelineDigest: h.digest)
+        let longer = try await h.engine.validate(spec(400), pipelineDigest: h.digest)
         #expect(longer > 5 * estimate, "\(estimate) s for 40 frames, \(longer) s for 400")
-        let slower = try await h.executor.validate(spec(40, .init(seed: 1, steps: "1000", srSteps: "1000")), pipelineDigest: h.digest)
+        let slower = try await h.engine.validate(spec(40, .init(seed: 1, steps: "1000", srSteps: "1000")), pipelineDigest: h.digest)
         #expect(slower > 5 * estimate, "\(estimate) s at the default steps, \(slower) s at 1000")
         func failure(_ spec: JobSpec, digest: String?) async -> JobFailure? {
             do {
-                _ = try await h.executor.validate(spec, pipelineDigest: digest)
+                _ = try await h.engine.validate(spec, pipelineDigest: digest)
                 return nil
             } catch {
                 return error
@@ -123,7 +123,7 @@ struct EngineExecutorTests {
     @Test("a blob that no longer matches its digest fails the job with digest_mismatch and is quarantined")
     func digestMismatch() throws {
         let h = try Harness()
-        let show = try h.models.show("tiny:latest")
+        let show = try h.models.show("tiny:latest", pins: JobPins())
         let weights = try #require(show.blobs.first { $0.role == "stage2.weights" })
         let path = try #require(weights.path)
         chmod(path, 0o644)
@@ -150,12 +150,12 @@ struct EngineExecutorTests {
         let weights = Set(
             try h.models.manifest(BlobDigest(h.digest)!).blobs.filter { $0.role.rawValue.hasSuffix(".weights") }
                 .map(\.digest.description))
-        _ = try h.models.remove("tiny:latest")
-        let kept = try h.models.gc()
+        _ = try h.models.remove("tiny:latest", pins: JobPins())
+        let kept = try h.models.gc(pins: JobPins())
         #expect(kept.removedManifests == [h.digest], "the untagged version goes")
         #expect(Set(kept.keptMapped).isSuperset(of: weights), "mapped weights stay: \(kept)")
         #expect(h.cache.unload(h.digest!))
-        let freed = try h.models.gc()
+        let freed = try h.models.gc(pins: JobPins())
         #expect(Set(freed.removedBlobs).isSuperset(of: weights))
     }
 }

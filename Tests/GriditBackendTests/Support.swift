@@ -5,7 +5,8 @@ import GriditDaemon
 import GriditEngine
 import GriditJobSpec
 import GriditModelStore
-import GriditStore
+import GriditJobQueue
+import GriditStateDatabase
 import Logging
 import NIOPosix
 import Synchronization
@@ -22,15 +23,15 @@ func tinyPipeline(_ filePath: String = #filePath) -> String {
 }
 
 /// A state directory with a real database, model store (the tiny pipeline imported as
-/// `tiny:latest`), keep-alive cache and engine executor.
+/// `tiny:latest`), keep-alive cache and engine engine.
 final class Harness: @unchecked Sendable {
     let root: String
     let database: StateDatabase
     let models: ModelStore
     let cache: KeepAliveCache<LoadedPipeline>
     let pool: NIOThreadPool
-    let executor: EngineExecutor
-    let catalog: StoreCatalog
+    let engine: InProcessEngine
+    let catalog: ModelStoreCatalog
     /// The manifest digest of `tiny:latest` (nil with `importModel: false`).
     let digest: String!
     /// Root, as the daemon sees a `griditctl` run by root.
@@ -47,11 +48,11 @@ final class Harness: @unchecked Sendable {
         cache = KeepAliveCache(mappings: models.mappings, keepAlive: 600)
         pool = NIOThreadPool(numberOfThreads: 1)
         pool.start()
-        executor = EngineExecutor(
+        engine = InProcessEngine(
             models: models, cache: cache, blocking: pool,
             options: ExecutionOptions(threads: 2, memoryBudget: 64 << 20, maxBatch: maxBatch),
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
-        catalog = StoreCatalog(models: models, cache: cache, blocking: pool)
+        catalog = ModelStoreCatalog(models: models, jobs: SQLiteJobStore(database: database), cache: cache, blocking: pool)
         digest =
             importModel ? try models.importModel(from: tinyPipeline(), name: "tiny:latest", link: .copy).digest : nil
         try FileManager.default.createDirectory(atPath: root + "/outputs", withIntermediateDirectories: true)
@@ -85,7 +86,7 @@ final class Harness: @unchecked Sendable {
             durable: { id, progress in recorder.state.withLock { $0.durable.append((id, progress)) } },
             step: { id, step in recorder.state.withLock { $0.steps.append((id, step)) } },
             shouldStop: { id in stop(id, recorder) ? .shutdown : nil })
-        executor.execute(ExecutionBatch(pipelineDigest: digest ?? self.digest, items: items), hooks: hooks)
+        engine.execute(ExecutionBatch(pipelineDigest: digest ?? self.digest, items: items), hooks: hooks)
         return recorder
     }
 

@@ -2,7 +2,7 @@
 import Foundation
 @testable import GriditDaemon
 import GriditJobSpec
-import GriditStore
+import GriditJobQueue
 import Testing
 
 @Suite("BatchScheduler")

@@ -1,6 +1,7 @@
 import GriditAPI
 @testable import GriditDaemon
-import GriditStore
+import GriditJobQueue
+import GriditStateDatabase
 import NIOCore
 import Testing
 

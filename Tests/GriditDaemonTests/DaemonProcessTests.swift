@@ -6,7 +6,7 @@ import Foundation
 import GriditAPI
 import GriditCLI
 import GriditJobSpec
-import GriditStore
+import GriditJobQueue
 import Synchronization
 import Testing
 

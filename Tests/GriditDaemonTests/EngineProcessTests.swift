@@ -3,7 +3,8 @@ import GRDB
 import GriditAPI
 import GriditCLI
 import GriditJobSpec
-import GriditStore
+import GriditJobQueue
+import GriditStateDatabase
 import Testing
 
 // griditd with its engine and model store, as users run it: the real binaries, a real database
@@ -163,7 +164,7 @@ struct EngineProcessTests {
                 == 0
         if tmpfs && !mounted { return }  // a container without CAP_SYS_ADMIN: the injected case covers it
         defer { if mounted { _ = try? runProcess("/bin/umount", [outputs]) } }
-        let environment = mounted ? [:] : ["GRIDIT_TEST_ENOSPC_UNDER": outputs]
+        let environment = mounted ? [:] : ["GRIDIT_TEST_FAULTS": "disk-full-under=\(outputs)"]
         let daemon = try DaemonProcess(directory: dir, environment: environment, model: tinyPipeline())
         let request = SubmitJobRequest(spec: JobSpec(length: 40, parameters: .init(seed: 5)), maxAttempts: 1)
         let id = try daemon.client.post("/v1/jobs", request, as: SubmitJobResponse.self).job.id

@@ -5,6 +5,7 @@ import Glibc
 import Foundation
 import GriditAPI
 @testable import GriditDaemon
+import GriditFaults
 import GriditJobSpec
 import Logging
 import NIOCore

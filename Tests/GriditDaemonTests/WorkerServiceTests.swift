@@ -3,8 +3,9 @@
 import Foundation
 import GriditAPI
 @testable import GriditDaemon
+import GriditFaults
 import GriditJobSpec
-import GriditStore
+import GriditJobQueue
 import Logging
 import NIOHTTP1
 import ServiceLifecycle
@@ -21,8 +22,8 @@ enum Script: Sendable {
     case fail(JobFailure)
 }
 
-/// A `JobExecutor` that follows a script per job id and records what it was asked to do.
-final class ScriptedExecutor: JobExecutor {
+/// A `JobEngine` that follows a script per job id and records what it was asked to do.
+final class ScriptedEngine: JobEngine {
     let script: @Sendable (Int64, Int) -> Script
     private let state = Mutex<(batches: [[Int64]], threads: Set<String>, stops: [Int64: StopReason])>(([], [], [:]))
 
@@ -101,7 +102,7 @@ struct WorkerHarness {
     let directory: ShortTemporaryDirectory
     let store: SQLiteJobStore
     let context: DaemonContext
-    let executor: ScriptedExecutor
+    let engine: ScriptedEngine
 
     init(faults: FaultInjection = FaultInjection(), script: @escaping @Sendable (Int64, Int) -> Script) throws {
         directory = try ShortTemporaryDirectory()
@@ -110,9 +111,9 @@ struct WorkerHarness {
         configuration.maxBatchJobs = 4
         try FileManager.default.createDirectory(atPath: configuration.stateDirectory, withIntermediateDirectories: true)
         store = try SQLiteJobStore(path: configuration.layout.database, policy: RetryPolicy(backoffBase: 0.05, backoffCap: 0.05))
-        executor = ScriptedExecutor(script)
+        engine = ScriptedEngine(script)
         context = DaemonContext(
-            configuration: configuration, store: store, executor: executor, catalog: nil, faults: faults,
+            configuration: configuration, store: store, engine: engine, catalog: nil, faults: faults,
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
     }
 
@@ -166,8 +167,8 @@ struct WorkerServiceTests {
                 return true
             }
         }
-        #expect(h.executor.batches == [[urgent], [a, b], [other]])
-        #expect(h.executor.threads == ["gridit-worker"], "the engine must run on the dedicated thread")
+        #expect(h.engine.batches == [[urgent], [a, b], [other]])
+        #expect(h.engine.threads == ["gridit-worker"], "the engine must run on the dedicated thread")
         let job = try await h.store.get(id: a)
         #expect(job.outputDir == h.context.layout.automaticOutputDirectory(job: a))
         #expect(job.progress.gridsDone == 2)
@@ -185,7 +186,7 @@ struct WorkerServiceTests {
             try await h.waitUntil("running") { try await h.state(a) == .running }
             let joining = try await h.submit(digest: "sha256:a")
             h.context.monitor.wake()
-            try await h.waitUntil("the second job joined the batch") { h.executor.batches == [[a, joining]] }
+            try await h.waitUntil("the second job joined the batch") { h.engine.batches == [[a, joining]] }
             // Another pipeline's job waits first: a later job of the batch's pipeline may not overtake it.
             let other = try await h.submit(digest: "sha256:b")
             let later = try await h.submit(digest: "sha256:a")
@@ -200,7 +201,7 @@ struct WorkerServiceTests {
                 for id in [joining, other, later] where try await h.state(id) != .succeeded { return false }
                 return true
             }
-            #expect(h.executor.batches == [[a, joining], [other], [later]])
+            #expect(h.engine.batches == [[a, joining], [other], [later]])
             #expect(try await h.state(a) == .canceled)
         }
     }
@@ -221,7 +222,7 @@ struct WorkerServiceTests {
         #expect(job.crashCount == 0)
         #expect(job.leaseToken == nil)
         #expect(job.progress.gridsDone >= 2, "the resume point survives")
-        #expect(h.executor.stopSeen(id) == .shutdown)
+        #expect(h.engine.stopSeen(id) == .shutdown)
         #expect(FileManager.default.fileExists(atPath: h.context.layout.workDirectory(job: id)), "work folder kept for the resume")
     }
 
@@ -240,7 +241,7 @@ struct WorkerServiceTests {
             #expect(response.status == .ok)
             try await h.waitUntil("canceled") { try await h.state(id) == .canceled }
         }
-        #expect(h.executor.stopSeen(id) == .cancel)
+        #expect(h.engine.stopSeen(id) == .cancel)
     }
 
     @Test("transient failures back off and retry, then fail; invalid input fails at once")
@@ -290,7 +291,7 @@ struct WorkerServiceTests {
             let shown = try APICoding.decoder().decode(JobInfo.self, from: try #require(await get(["v1", "jobs", "\(id)"]).bodyData))
             #expect(shown.waitingFor?.hasPrefix("waiting for disk space") == true, "\(shown)")
         }
-        #expect(h.executor.batches.isEmpty)
+        #expect(h.engine.batches.isEmpty)
         #expect(try await h.store.errors(id: id).isEmpty, "waiting is not a failure")
     }
 
@@ -307,7 +308,7 @@ struct WorkerServiceTests {
             _ = try await h.store.recordWorkerCrash(id: id, token: token, message: "stalled", now: Date())
             try await h.waitUntil("succeeded on the second attempt") { try await h.state(id) == .succeeded }
         }
-        #expect(h.executor.stopSeen(id) == .leaseLost)
+        #expect(h.engine.stopSeen(id) == .leaseLost)
         let job = try await h.store.get(id: id)
         #expect(job.attempt == 2 && job.crashCount == 1, "\(job)")
     }

@@ -4,7 +4,7 @@ import GriditCheckpoint
 import GriditEngine
 import GriditImage
 import GriditJobSpec
-import GriditPipeline
+import GriditDiffusion
 import GriditTensor
 import Testing
 

@@ -1,7 +1,7 @@
 import GriditEngine
 import GriditJobSpec
 import GriditModels
-import GriditPipeline
+import GriditDiffusion
 import Testing
 
 // Plan arithmetic: pure functions of the configuration and the settings.

@@ -3,7 +3,7 @@ import GriditCheckpoint
 import GriditEngine
 import GriditJobSpec
 import GriditImage
-import GriditPipeline
+import GriditDiffusion
 import GriditTensor
 import Testing
 

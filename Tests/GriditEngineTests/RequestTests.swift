@@ -2,7 +2,7 @@ import Foundation
 import GriditCheckpoint
 import GriditEngine
 import GriditJobSpec
-import GriditPipeline
+import GriditDiffusion
 import GriditTensor
 import Testing
 

@@ -4,7 +4,7 @@ import Glibc
 import GriditAPI
 import GriditModelStore
 import GriditModels
-import GriditPipeline
+import GriditDiffusion
 import Testing
 
 /// One entry of a hand-made tar.
@@ -98,9 +98,9 @@ struct BundleTests {
         let result = try b.importModel(from: dir.file("tiny.tar"))
         #expect(result.reference == "tiny:v1" && result.digest == imported.digest)
         #expect(result.bytesWritten == imported.size)
-        #expect(try b.show("tiny:v1").blobs.map(\.digest) == a.show("tiny:v1").blobs.map(\.digest))
+        #expect(try b.show("tiny:v1", pins: JobPins()).blobs.map(\.digest) == a.show("tiny:v1", pins: JobPins()).blobs.map(\.digest))
         #expect(try b.verify(nil).ok)
-        _ = try b.pipeline(try b.resolve("tiny:v1"))
+        _ = try b.resolvePipeline(try b.resolve("tiny:v1"))
         // --name overrides the bundle's tags; importing a known version writes nothing.
         let renamed = try b.importModel(from: dir.file("tiny.tar"), name: "copy:v9")
         #expect(renamed.reference == "copy:v9" && renamed.bytesWritten == 0)

@@ -3,8 +3,9 @@ import Glibc
 import GriditAPI
 import GriditModelStore
 import GriditModels
-import GriditPipeline
-import GriditStore
+import GriditDiffusion
+import GriditJobQueue
+import GriditStateDatabase
 import Testing
 
 /// The real `griditd` executable (built by `swift build` / `swift test` next to the test bundle).
@@ -46,13 +47,15 @@ func griditd(_ arguments: [String], environment: [String: String] = [:], prefix:
 
 @Suite("The griditd binary: kill -9 during import, CLI contract")
 struct GriditdBinaryTests {
-    /// Starts an import that stops at `label`, waits until it is there, and kills it with SIGKILL.
-    func killImport(at label: String, pipeline: String, state: String, marker: String) throws {
+    /// Starts an import that stops at `label` (the `pause-at` fault point, which writes
+    /// `<state>/test-paused` there), waits until it is there, and kills it with SIGKILL.
+    func killImport(at label: String, pipeline: String, state: String) throws {
+        let marker = state + "/test-paused"
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try griditdExecutable())
         process.arguments = ["models", "import", pipeline, "--name", "big:v1", "--link", "copy", "--state-dir", state]
         process.environment = ProcessInfo.processInfo.environment.merging(
-            ["GRIDIT_TEST_PAUSE_AT": label, "GRIDIT_TEST_PAUSE_FILE": marker]) { $1 }
+            ["GRIDIT_TEST_FAULTS": "pause-at=\(label)"]) { $1 }
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
@@ -85,8 +88,8 @@ struct GriditdBinaryTests {
         let weightsSize =
             try FileManager.default.attributesOfItem(atPath: dir.file("src/stage1.safetensors"))[.size] as! Int
         #expect(weightsSize > 1 << 20, "the crash point import.copying needs a file over one I/O chunk")
-        try killImport(at: label, pipeline: pipeline, state: state, marker: dir.file("paused"))
-        #expect(try String(contentsOfFile: dir.file("paused"), encoding: .utf8) == label)
+        try killImport(at: label, pipeline: pipeline, state: state)
+        #expect(try String(contentsOfFile: state + "/test-paused", encoding: .utf8) == label + "\n")
 
         let ingest = try FileManager.default.contentsOfDirectory(atPath: state + "/ingest")
         if label == "import.copying" {
@@ -108,10 +111,10 @@ struct GriditdBinaryTests {
             #expect(try digestOf(state + "/blobs/sha256/" + name) == "sha256:" + name)
         }
         let committed = label == "import.committed"
-        #expect(try store.list().models.map(\.reference) == (committed ? ["big:v1"] : []))
-        if committed { _ = try store.pipeline(try store.resolve("big:v1")) }
+        #expect(try store.list(pins: JobPins()).models.map(\.reference) == (committed ? ["big:v1"] : []))
+        if committed { _ = try store.resolvePipeline(try store.resolve("big:v1")).spec }
 
-        let gc = try store.gc()
+        let gc = try store.gc(pins: JobPins())
         #expect(gc.removedTemporary.isEmpty)
         if label == "import.published" { #expect(gc.removedBlobs.count == 5, "complete but unreferenced blobs go") }
         if committed { #expect(gc.removedBlobs.isEmpty) }

@@ -4,7 +4,7 @@ import GriditAPI
 import GriditCheckpoint
 import GriditModelStore
 import GriditModels
-import GriditPipeline
+import GriditDiffusion
 import Testing
 
 /// Runs `body` (an import) on a thread of its own while watching `fifo`: if anything opens it
@@ -240,7 +240,7 @@ struct LinkModeTests {
         try flipByte(weights, at: 200)  // root ignores modes: an in-place write always gets through
         #expect(try digestOf(result.blobs[2].path!) == result.blobs[2].digest)
         #expect(try store.verify(nil).ok)
-        _ = try store.pipeline(try store.resolve("tiny:v1"))
+        _ = try store.resolvePipeline(try store.resolve("tiny:v1")).spec
     }
 
     @Test("hardlink on request: the source's mode stays; a later in-place write is found and quarantined")
@@ -257,6 +257,6 @@ struct LinkModeTests {
         #expect(result.warnings.contains { $0.contains("hardlinked") && $0.contains("--link copy") })
 
         try flipByte(weights, at: 200)
-        #expect(storeError { try store.pipeline(try store.resolve("tiny:v1")) }?.code == .digestMismatch)
+        #expect(storeError { try store.resolvePipeline(try store.resolve("tiny:v1")).spec }?.code == .digestMismatch)
     }
 }

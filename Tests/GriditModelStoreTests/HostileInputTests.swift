@@ -2,7 +2,7 @@ import Foundation
 import GriditAPI
 import GriditModelStore
 import GriditModels
-import GriditPipeline
+import GriditDiffusion
 import Testing
 
 /// Every bad input gives a clear error (code, the file or field concerned, a fix) and leaves the

@@ -3,7 +3,7 @@ import Glibc
 import GriditAPI
 import GriditModelStore
 import GriditModels
-import GriditPipeline
+import GriditDiffusion
 import Testing
 
 @Suite("Import, tags and references")
@@ -33,7 +33,7 @@ struct ImportTests {
 
         let digest = try store.resolve("tiny:v1")
         #expect(digest.description == result.digest)
-        let spec = try store.pipeline(digest)
+        let spec = try store.resolvePipeline(digest).spec
         #expect(
             spec.stage1.weights == store.stateDirectory + "/blobs/sha256/"
                 + BlobDigest(try digestOf(dir.file("src/stage1.safetensors")))!.hex)
@@ -139,7 +139,7 @@ struct ImportTests {
 
         let tagged = try store.tag("tiny@\(v1.digest)", "tiny:stable")
         #expect(tagged.previous == nil && tagged.digest == v1.digest)
-        let removed = try store.remove("tiny:latest")
+        let removed = try store.remove("tiny:latest", pins: JobPins())
         #expect(removed.removed == ["tiny:latest"] && removed.digest == v2.digest && removed.remaining.isEmpty)
 
         let history = try store.history(name: "tiny")
@@ -148,9 +148,9 @@ struct ImportTests {
         #expect(history[3].digest == nil && history[3].previous == v2.digest)
 
         // The untagged v2 is still listed (until gc) and show explains it.
-        let list = try store.list()
+        let list = try store.list(pins: JobPins())
         #expect(list.models.map(\.reference) == ["tiny:stable", nil])
-        let show = try store.show(v2.digest)
+        let show = try store.show(v2.digest, pins: JobPins())
         #expect(show.references.isEmpty)
         #expect(show.history.map(\.action) == ["import", "import", "rm"])
         #expect(show.configs["stage1.config"]?["depth"] == .integer(1))

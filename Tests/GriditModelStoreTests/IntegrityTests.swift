@@ -2,7 +2,7 @@ import Foundation
 import GriditAPI
 import GriditModelStore
 import GriditModels
-import GriditPipeline
+import GriditDiffusion
 import Testing
 
 @Suite("Integrity: verify, load checks, quarantine")
@@ -14,11 +14,11 @@ struct IntegrityTests {
         let store = try ModelStore(stateDirectory: dir.file("state"))
         let imported = try store.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)
         let digest = try store.resolve("tiny:v1")
-        _ = try store.pipeline(digest)  // intact: the recorded stat matches, no re-hash needed
+        _ = try store.resolvePipeline(digest).spec  // intact: the recorded stat matches, no re-hash needed
 
         let weights = imported.blobs[2]
         try flipByte(weights.path!, at: Int(weights.size) - 3)
-        let error = storeError { try store.pipeline(digest) }
+        let error = storeError { try store.resolvePipeline(digest).spec }
         #expect(error?.code == .digestMismatch)
         #expect(error?.message.contains("stage1.weights") == true)
         #expect(error?.message.contains("quarantine") == true)
@@ -27,11 +27,11 @@ struct IntegrityTests {
         #expect(quarantined.count == 1 && quarantined[0].hasPrefix(BlobDigest(weights.digest)!.hex))
 
         // Now the blob is missing; re-importing the same files repairs the version.
-        #expect(storeError { try store.pipeline(digest) }?.code == .notFound)
+        #expect(storeError { try store.resolvePipeline(digest).spec }?.code == .notFound)
         let repaired = try store.importModel(from: dir.file("src/pipeline.json"), name: "tiny:v1", link: .copy)
         #expect(repaired.digest == digest.description)
         #expect(repaired.blobs[2].stored == "copy")
-        _ = try store.pipeline(digest)
+        _ = try store.resolvePipeline(digest).spec
         #expect(try store.verify(nil).ok)
     }
 
@@ -80,6 +80,6 @@ struct IntegrityTests {
         let attributes = try FileManager.default.attributesOfItem(atPath: path)
         try flipByte(path, at: 200)
         try FileManager.default.setAttributes([.modificationDate: attributes[.modificationDate]!], ofItemAtPath: path)
-        #expect(storeError { try store.pipeline(try store.resolve("tiny:v1")) }?.code == .digestMismatch)
+        #expect(storeError { try store.resolvePipeline(try store.resolve("tiny:v1")).spec }?.code == .digestMismatch)
     }
 }

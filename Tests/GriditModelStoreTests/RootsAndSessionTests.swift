@@ -2,8 +2,9 @@ import Foundation
 import GriditAPI
 import GriditModelStore
 import GriditModels
-import GriditPipeline
-import GriditStore
+import GriditDiffusion
+import GriditJobQueue
+import GriditStateDatabase
 import Testing
 
 @Suite("Site roots, shared database, offline sessions, checks")
@@ -17,9 +18,9 @@ struct RootsAndSessionTests {
 
         let local = try ModelStore(stateDirectory: dir.file("local"), siteRoots: [dir.file("site")])
         #expect(try local.resolve("tiny:v1").description == shared.digest)
-        let spec = try local.pipeline(try local.resolve("tiny:v1"))
+        let spec = try local.resolvePipeline(try local.resolve("tiny:v1")).spec
         #expect(spec.stage1.weights.hasPrefix(site.stateDirectory + "/blobs/"))
-        let list = try local.list()
+        let list = try local.list(pins: JobPins())
         #expect(list.models.count == 1 && list.models[0].root == site.stateDirectory)
         #expect(list.models[0].size == shared.size)
 
@@ -33,11 +34,11 @@ struct RootsAndSessionTests {
         // Site tags can be copied to local ones, not removed.
         let tagged = try local.tag("tiny:v1", "mine:v1")
         #expect(tagged.digest == shared.digest)
-        #expect(storeError { try local.remove("tiny:v2") }?.code == .notFound)
+        #expect(storeError { try local.remove("tiny:v2", pins: JobPins()) }?.code == .notFound)
         let local2 = try ModelStore(stateDirectory: dir.file("local2"), siteRoots: [dir.file("site")])
-        #expect(storeError { try local2.remove("tiny:v1") }?.code == .readOnly)
+        #expect(storeError { try local2.remove("tiny:v1", pins: JobPins()) }?.code == .readOnly)
         // gc of a local store never touches the site.
-        _ = try local2.gc()
+        _ = try local2.gc(pins: JobPins())
         #expect(try site.verify(nil).ok)
     }
 
@@ -53,7 +54,8 @@ struct RootsAndSessionTests {
         _ = try await jobs.submit(
             JobSubmission(params: "{}", length: 4, pipelineDigest: digest.description), owner: 0,
             maxQueued: 5, now: Date())
-        #expect(try store.show("tiny:v1").jobs == [1])
+        // The model store shows the pins the job queue reports.
+        #expect(try store.show("tiny:v1", pins: JobPins(digests: try await jobs.livePipelinePins())).jobs == [1])
         #expect(v1.digest == digest.description)
         #expect(try database.appliedMigrations() == SchemaMigration.all.map(\.identifier))
     }
@@ -76,10 +78,10 @@ struct RootsAndSessionTests {
 
         let reader = try OfflineSession.open(stateDirectory: state, command: "list", mutating: false)
         #expect(reader.lock == nil && reader.store.access == .readOnly)
-        #expect(try reader.store.list().models.map(\.reference) == ["tiny:v1"])
+        #expect(try reader.store.list(pins: JobPins()).models.map(\.reference) == ["tiny:v1"])
         #expect(try reader.store.verify("tiny:v1").ok)
         #expect(storeError { try reader.store.tag("tiny:v1", "tiny:v2") }?.code == .daemonRunning)
-        #expect(storeError { try reader.store.gc() }?.code == .daemonRunning)
+        #expect(storeError { try reader.store.gc(pins: JobPins()) }?.code == .daemonRunning)
     }
 
     @Test("checks name the component at fault: a file in the middle of the path")

@@ -4,7 +4,7 @@ import GriditAPI
 import GriditCheckpoint
 import GriditModelStore
 import GriditModels
-import GriditPipeline
+import GriditDiffusion
 import Testing
 
 /// A fresh directory under /tmp (short, for readable messages), removed by `remove()`.
@@ -95,7 +95,7 @@ struct StoreSnapshot: Equatable {
             files += ((try? fm.contentsOfDirectory(atPath: path)) ?? []).map { "\(dir)/\($0)" }
         }
         self.files = files.sorted()
-        list = try store.list()
+        list = try store.list(pins: JobPins())
     }
 }
 
