@@ -56,6 +56,8 @@ let package = Package(
         .target(name: "CProcess"),
         // Counts heap allocations (gridit-bench's `allocations` check); linked into nothing else.
         .target(name: "CAllocCounter"),
+        // Files written whole or not at all: temporary file, fsync, rename, fsync of the folder.
+        .target(name: "GriditDurable", swiftSettings: swiftSettings),
         .target(
             name: "GriditTensor",
             dependencies: ["CBLAS", "CGriditKernels"],
@@ -63,7 +65,7 @@ let package = Package(
         ),
         .target(
             name: "GriditCheckpoint",
-            dependencies: ["GriditTensor"],
+            dependencies: ["GriditTensor", "GriditDurable"],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -84,8 +86,8 @@ let package = Package(
         .target(
             name: "GriditEngine",
             dependencies: [
-                "GriditJobSpec", "GriditFaults", "GriditDiffusion", "GriditModels", "GriditTensor", "GriditCheckpoint",
-                "GriditImage",
+                "GriditJobSpec", "GriditFaults", "GriditDurable", "GriditDiffusion", "GriditModels", "GriditTensor",
+                "GriditCheckpoint", "GriditImage",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
@@ -112,7 +114,7 @@ let package = Package(
         // marker and reserve, the state-directory lock.
         .target(
             name: "GriditStateDatabase",
-            dependencies: [.product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: ["GriditDurable", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: swiftSettings
         ),
         // The durable job queue: `JobStore`, its state machine, the SQLite implementation.
@@ -124,8 +126,8 @@ let package = Package(
         .target(
             name: "GriditModelStore",
             dependencies: [
-                "GriditStateDatabase", "GriditFaults", "GriditDiffusion", "GriditModels", "GriditCheckpoint", "GriditAPI",
-                "CModelStore",
+                "GriditStateDatabase", "GriditFaults", "GriditDurable", "GriditDiffusion", "GriditModels",
+                "GriditCheckpoint", "GriditAPI", "CModelStore",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
@@ -163,7 +165,8 @@ let package = Package(
         .target(
             name: "GriditCLI",
             dependencies: [
-                "GriditAPI", "GriditJobSpec", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "GriditAPI", "GriditJobSpec", "GriditDurable",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
         ),

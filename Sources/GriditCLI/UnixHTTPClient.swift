@@ -5,6 +5,7 @@
 import Glibc
 #endif
 import Foundation
+import GriditDurable
 import GriditAPI
 
 public struct HTTPReply: Sendable {
@@ -73,40 +74,22 @@ public struct UnixHTTPClient: Sendable {
         var reader = ResponseReader(fd: connection.fd)
         let (status, headers) = try reader.readHead()
         guard status == 200 else { return HTTPReply(status: status, headers: headers, body: try reader.readBody(headers: headers)) }
-        let temporary = file + ".part-\(getpid())"
-        let out = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard out >= 0 else {
-            throw ConnectionError(kind: .protocolError, message: "cannot create \(temporary): \(String(cString: strerror(errno)))")
-        }
-        var failed: String?
-        do {
+        try DurableFile.write(
+            to: file, failure: { ConnectionError(kind: .protocolError, message: "saving \(file): \($0)") }
+        ) { (out) throws(ConnectionError) in
+            var failed: ConnectionError?
             try reader.readBody(headers: headers) { chunk in
-                let ok = chunk.withUnsafeBytes { raw in
-                    var offset = 0
-                    while offset < raw.count {
-                        let n = Glibc.write(out, raw.baseAddress! + offset, raw.count - offset)
-                        if n <= 0 { return false }
-                        offset += n
+                chunk.withUnsafeBytes { raw in
+                    do throws(ConnectionError) {
+                        try out.write(raw)
+                        return true
+                    } catch {
+                        failed = error
+                        return false
                     }
-                    return true
                 }
-                if !ok { failed = "writing \(temporary): \(String(cString: strerror(errno)))" }
-                return ok
             }
-        } catch {
-            close(out)
-            unlink(temporary)
-            throw error
-        }
-        if failed == nil, fsync(out) != 0 { failed = "fsync \(temporary): \(String(cString: strerror(errno)))" }
-        close(out)
-        if let failed {
-            unlink(temporary)
-            throw ConnectionError(kind: .protocolError, message: failed)
-        }
-        guard rename(temporary, file) == 0 else {
-            unlink(temporary)
-            throw ConnectionError(kind: .protocolError, message: "rename to \(file): \(String(cString: strerror(errno)))")
+            if let failed { throw failed }
         }
         return HTTPReply(status: status, headers: headers, body: Data())
     }

@@ -1,3 +1,5 @@
+import GriditDurable
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -125,6 +127,14 @@ func errnoText(_ code: Int32) -> String {
 
 extension CheckpointError {
     /// A failed system call: the message names the call and the errno text, as `mmap failed: ...`.
+    /// A failed durable write (`DurableFile`) as a `writeFailed` error with its hint.
+    public static func durable(_ e: DurableFileError) -> CheckpointError {
+        let hint =
+            e.call.hasPrefix("mkstemp") ? "check that the directory exists and is writable"
+            : e.call == "write" ? "check free disk space" : nil
+        return syscall(e.call, errno: e.errno, path: e.path, as: .writeFailed, hint: hint)
+    }
+
     static func syscall(
         _ call: String, errno code: Int32, path: String, as errorCode: Code, hint: String? = nil
     ) -> CheckpointError {

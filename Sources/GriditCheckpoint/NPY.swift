@@ -11,6 +11,7 @@
 // Read: little-endian '<f2' '<f4' '<f8' '<i4' '<i8', and '|u1' '|i1' '|b1'; C order only.
 // Written: float32 ('<f4'), version 1.0, C order.
 
+import GriditDurable
 import GriditTensor
 
 /// Element types of the `.npy` files this reader takes.
@@ -124,7 +125,7 @@ public enum NPY {
         guard header.count <= Int(UInt16.max) else {
             throw CheckpointError(code: .invalidArgument, path: path, message: "shape \(tensor.shape) too long for .npy 1.0")
         }
-        try AtomicFileWriter.write(to: path) { (out) throws(CheckpointError) in
+        try DurableFile.write(to: path, failure: CheckpointError.durable) { (out) throws(CheckpointError) in
             try out.write([0x93] + Array("NUMPY".utf8) + [1, 0])
             try out.write([UInt8(header.count & 0xFF), UInt8(header.count >> 8)])
             try out.write(header)

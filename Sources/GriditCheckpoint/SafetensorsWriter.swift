@@ -1,3 +1,4 @@
+import GriditDurable
 import GriditTensor
 
 /// Writes safetensors files (format notes at the top of Safetensors.swift), atomically.
@@ -89,7 +90,7 @@ public enum SafetensorsWriter {
 
         let header = headerBytes(entries: entries, ranges: ranges, metadata: metadata)
 
-        try AtomicFileWriter.write(to: path) { (out) throws(CheckpointError) in
+        try DurableFile.write(to: path, failure: CheckpointError.durable) { (out) throws(CheckpointError) in
             let length = UInt64(header.count)
             try out.write((0..<8).map { UInt8(truncatingIfNeeded: length >> (8 * $0)) })
             try out.write(header)

@@ -6,6 +6,7 @@
 // It is assembled under a temporary name next to the destination and renamed into place when
 // complete, so the destination either does not exist or is whole.
 import Foundation
+import GriditDurable
 import GriditImage
 import GriditJobSpec
 import GriditDiffusion
@@ -126,7 +127,7 @@ extension SequenceRun {
             try Files.linkOrCopy(framePath(i), to: temporary + "/" + relative)
             files.append(.init(file: relative, sha256: Files.sha256(try Files.read(framePath(i)))))
         }
-        Files.syncDirectory(temporary + "/frames")
+        DurableFiles.syncDirectory(temporary + "/frames")
         let preview = try writePreview(to: temporary + "/preview.apng", options: options)
         let sheet = try writeContactSheet(to: temporary + "/contact_sheet.png", options: options)
         let summary = SequenceSummary(
@@ -138,7 +139,7 @@ extension SequenceRun {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         try Files.write(try encoder.encode(summary), to: temporary + "/sequence.json")
-        Files.syncDirectory(temporary)
+        DurableFiles.syncDirectory(temporary)
         if Files.exists(out) {
             throw EngineError.invalid("output '\(out)' appeared while writing", hint: "choose another output directory")
         }
@@ -156,30 +157,17 @@ extension SequenceRun {
         let count = min(plan.frames, options.maxPreviewFrames)
         let first = try frameImage(0, maxSize: options.maxPreviewSize)
         // APNG frames are grey or RGB; an RGBA frame cannot occur (the models write 1 or 3 channels).
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw EngineError.posix("create", path: path) }
-        var closed = false
-        defer { if !closed { close(fd) } }
-        let writer = try AnimatedPNGWriter(width: first.width, height: first.height, channels: first.channels,
-                                           frameCount: count, fps: options.previewFPS) { bytes in
-            try bytes.withUnsafeBytes { raw in
-                var done = 0
-                while done < raw.count {
-                    let n = write(fd, raw.baseAddress! + done, raw.count - done)
-                    if n < 0 {
-                        if errno == EINTR { continue }
-                        throw EngineError.posix("write", path: path)
-                    }
-                    done += n
-                }
+        try DurableFile.write(to: path, failure: Files.failure) { (out) throws(EngineError) in
+            do {
+                let writer = try AnimatedPNGWriter(width: first.width, height: first.height, channels: first.channels,
+                                                   frameCount: count, fps: options.previewFPS) { bytes in try out.write(bytes) }
+                try writer.append(first)
+                for i in 1..<max(count, 1) { try writer.append(try frameImage(i, maxSize: options.maxPreviewSize)) }
+                try writer.finish()
+            } catch {
+                throw EngineError.classify(error)
             }
         }
-        try writer.append(first)
-        for i in 1..<max(count, 1) { try writer.append(try frameImage(i, maxSize: options.maxPreviewSize)) }
-        try writer.finish()
-        guard fsync(fd) == 0 else { throw EngineError.posix("fsync", path: path) }
-        closed = true
-        guard close(fd) == 0 else { throw EngineError.posix("close", path: path) }
         return .init(file: "preview.apng", frames: count, width: first.width, height: first.height, fps: options.previewFPS)
     }
 

@@ -180,13 +180,4 @@ struct FileIdentity: Equatable, Sendable {
     }
 }
 
-/// fsyncs a directory so that a rename or link in it is durable.
-func syncDirectory(_ path: String) {
-    let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    if fd >= 0 {
-        _ = fsync(fd)
-        close(fd)
-    }
-}
-
 func joinPath(_ a: String, _ b: String) -> String { (a as NSString).appendingPathComponent(b) }

@@ -14,6 +14,7 @@
 // replaced) and the directory fsynced.
 import CModelStore
 import Foundation
+import GriditDurable
 import GriditAPI
 import GriditCheckpoint
 import GriditFaults
@@ -55,8 +56,8 @@ struct StoreRoot: Sendable {
         guard rename(blobPath(digest), destination) == 0 else {
             throw posixError("moving the bad blob to quarantine: rename", path: blobPath(digest), errno: errno)
         }
-        syncDirectory(blobsDirectory)
-        syncDirectory(quarantineDirectory)
+        DurableFiles.syncDirectory(blobsDirectory)
+        DurableFiles.syncDirectory(quarantineDirectory)
         return destination
     }
 }
@@ -302,7 +303,7 @@ final class IngestFile {
         let destination = root.blobPath(digest)
         let outcome: PublishOutcome
         if link(path, destination) == 0 {
-            syncDirectory(root.blobsDirectory)
+            DurableFiles.syncDirectory(root.blobsDirectory)
             outcome = .added
         } else if errno == EEXIST {
             outcome = .alreadyPresent

@@ -1,4 +1,5 @@
 import Foundation
+import GriditDurable
 import GriditAPI
 import GriditCheckpoint
 import GriditDiffusion
@@ -186,7 +187,7 @@ extension ModelStore {
             freed += size
         }
         if !forgotten.isEmpty {
-            syncDirectory(local.blobsDirectory)
+            DurableFiles.syncDirectory(local.blobsDirectory)
             _ = try? database.write { db in for p in forgotten { try StoreSQL.forgetCheck(db, path: p) } }
         }
 
@@ -249,22 +250,9 @@ extension ModelStore {
         }
         let destination = path.hasPrefix("/") ? path : joinPath(FileManager.default.currentDirectoryPath, path)
         let directory = (destination as NSString).deletingLastPathComponent
-        let temporary = joinPath(
-            directory, ".\((destination as NSString).lastPathComponent).partial-\(UUID().uuidString.lowercased())")
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw posixError("export: creating", path: temporary, errno: errno) }
-        var ok = false
-        defer {
-            close(fd)
-            if !ok { unlink(temporary) }
+        try DurableFile.write(to: destination, failure: { posixError("export: \($0.call)", path: $0.path, errno: $0.errno) }) {
+            (out) throws(ModelStoreError) in try write(to: out.fileDescriptor, name: destination)
         }
-        try write(to: fd, name: destination)
-        guard fsync(fd) == 0 else { throw posixError("export: fsync", path: temporary, errno: errno) }
-        guard rename(temporary, destination) == 0 else {
-            throw posixError("export: rename to", path: destination, errno: errno)
-        }
-        ok = true
-        syncDirectory(directory)
         return ModelExportResult(
             digest: digest.description, references: tags, path: destination,
             size: FileIdentity.of(path: destination)?.size ?? 0, blobs: items.count)

@@ -12,6 +12,7 @@
 // Every call blocks (file I/O, hashing, SQLite): call it from a dedicated thread, not from
 // Swift's cooperative pool.
 import Foundation
+import GriditDurable
 import GRDB
 import GriditAPI
 import GriditDiffusion
@@ -368,14 +369,7 @@ public final class ModelStore: Sendable {
         e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         guard let data = try? e.encode(RefsFile(format: RefsFile.format, tags: entries)) else { return }
         if let existing = FileManager.default.contents(atPath: local.refsPath), existing == data { return }
-        let temporary = local.refsPath + ".tmp-\(getpid())"
-        guard FileManager.default.createFile(atPath: temporary, contents: data) else { return }
-        let fd = open(temporary, O_RDONLY | O_CLOEXEC)
-        if fd >= 0 {
-            _ = fsync(fd)
-            close(fd)
-        }
-        if rename(temporary, local.refsPath) == 0 { syncDirectory(local.path) } else { unlink(temporary) }
+        try? DurableFile.write([UInt8](data), to: local.refsPath, failure: { $0 })  // best effort: rewritten at the next change
     }
 }
 

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import GriditDurable
 import GRDB
 
 /// Which database a state directory owns, so that a lost one is never silently replaced by an
@@ -189,29 +190,12 @@ final class DatabaseIdentity: Sendable {
     private static func writeMarker(_ marker: Marker, to path: String) throws(StateError) {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        let temporary = path + ".tmp"
-        do {
-            var data = try encoder.encode(marker)
-            data.append(0x0A)
-            try data.write(to: URL(fileURLWithPath: temporary))
-        } catch {
-            throw StateError(.io, "writing \(temporary): \(error.localizedDescription)")
+        var data: Data
+        do { data = try encoder.encode(marker) } catch {
+            throw StateError(.io, "encoding the identity marker \(path): \(error)")
         }
-        let fd = open(temporary, O_RDONLY | O_CLOEXEC)
-        if fd >= 0 {
-            fsync(fd)
-            close(fd)
-        }
-        guard rename(temporary, path) == 0 else {
-            let err = errno
-            unlink(temporary)
-            throw StateError(.io, "rename \(temporary) → \(path): \(String(cString: strerror(err)))")
-        }
-        let dir = open((path as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dir >= 0 {
-            fsync(dir)
-            close(dir)
-        }
+        data.append(0x0A)
+        try DurableFile.write([UInt8](data), to: path, failure: { StateError(.io, "writing the identity marker: \($0)") })
     }
 
     /// What shows that a state directory had a database: outputs, work folders, model blobs, a WAL.
