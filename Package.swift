@@ -1,19 +1,28 @@
 // swift-tools-version: 6.1
 //
-// Imports point one way (see the README, "Layout"):
+// Imports point one way (see the README, "Layout"). The numeric core:
 //   gridit-bench -> GriditModels -> GriditTensor -> CBLAS, CGriditKernels
-//                -> GriditCheckpoint -> GriditTensor
-//   GriditPipeline -> GriditModels, GriditTensor        (diffusion, sampling, grids)
-//   GriditStore -> GRDB                                 (SQLite job queue, migrations/)
-//   GriditModelStore -> GriditStore, GriditPipeline, GriditModels, GriditCheckpoint, GriditAPI,
-//                       Crypto, CModelStore (libarchive)   (content-addressed model store)
-//   griditd -> GriditBackend -> GriditDaemon, GriditEngine, GriditModelStore
-//   GriditDaemon -> GriditStore, GriditAPI, CSystemd, CProcess, NIO, ServiceLifecycle, Logging
-//                                                       (no engine, no model store)
-//   griditctl -> GriditCLI -> GriditAPI                 (no DB, numeric or NIO targets)
-//   GriditImage -> CPNG                                 (PNG, animated PNG, contact sheet)
-//   GriditEngine -> GriditPipeline, GriditModels, GriditCheckpoint, GriditImage, Crypto
-//                                                       (pipelines, plans, resumable batched runs, outputs)
+//                -> GriditCheckpoint -> GriditTensor, GriditDurable
+//   GriditDiffusion -> GriditModels, GriditTensor        (diffusion, sampling, grids, the pipeline file)
+//   GriditImage -> CPNG                                  (PNG, animated PNG, contact sheet)
+//   GriditEngine -> GriditJobSpec, GriditDiffusion, GriditModels, GriditCheckpoint, GriditImage, GriditFaults,
+//                   GriditDurable, Crypto                (pipelines, plans, resumable batched runs, outputs)
+// What a job is, shared by every layer (Foundation only):
+//   GriditJobSpec                                        (JobSpec, JobProgress/StepProgress, JobState)
+//   GriditFaults -> GriditJobSpec                        (the one registry of test fault points)
+//   GriditDurable                                        (files written whole: temp, fsync, rename, fsync dir)
+// Storage:
+//   GriditStateDatabase -> GriditDurable, GRDB           (the state database: file, migrations, identity, lock)
+//   GriditJobQueue -> GriditJobSpec, GriditStateDatabase (JobStore, its state machine, SQLiteJobStore)
+//   GriditModelStore -> GriditStateDatabase, GriditDiffusion, GriditModels, GriditCheckpoint, GriditAPI,
+//                       GriditFaults, GriditDurable, Crypto, CModelStore (libarchive)
+//                                                        (content-addressed model store; live pins from JobStore)
+// The daemon and the CLI:
+//   griditd -> GriditBackend -> GriditDaemon, GriditEngine, GriditModelStore, GriditJobQueue
+//   GriditDaemon -> GriditJobQueue, GriditAPI, GriditJobSpec, GriditFaults, CSystemd, CProcess, NIO,
+//                   ServiceLifecycle, Logging            (no engine, no model store: `JobEngine`, `ModelCatalog`)
+//   griditctl -> GriditCLI -> GriditAPI -> GriditJobSpec (no DB, numeric or NIO targets); griditd run
+//                                                        shares GriditCLI's `SamplingOptions`
 import PackageDescription
 
 let swiftSettings: [SwiftSetting] = [
@@ -201,34 +210,40 @@ let package = Package(
         ),
         .testTarget(
             name: "GriditTensorTests",
-            dependencies: ["GriditTensor"],
+            dependencies: [
+                "GriditTestSupport","GriditTensor"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "GriditCheckpointTests",
-            dependencies: ["GriditCheckpoint", "GriditTensor"],
+            dependencies: [
+                "GriditTestSupport","GriditCheckpoint", "GriditTensor"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "GriditModelsTests",
-            dependencies: ["GriditModels", "GriditCheckpoint", "GriditTensor"],
+            dependencies: [
+                "GriditTestSupport","GriditModels", "GriditCheckpoint", "GriditTensor"],
             resources: [.copy("Fixtures")],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "GriditDiffusionTests",
-            dependencies: ["GriditDiffusion", "GriditModels", "GriditCheckpoint", "GriditTensor"],
+            dependencies: [
+                "GriditTestSupport","GriditDiffusion", "GriditModels", "GriditCheckpoint", "GriditTensor"],
             resources: [.copy("Fixtures")],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "GriditImageTests",
-            dependencies: ["GriditImage", "CPNG"],
+            dependencies: [
+                "GriditTestSupport","GriditImage", "CPNG"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "GriditEngineTests",
             dependencies: [
+                "GriditTestSupport",
                 "GriditEngine", "GriditJobSpec", "GriditDiffusion", "GriditImage", "GriditCheckpoint", "GriditModels",
                 "GriditTensor", .product(name: "Crypto", package: "swift-crypto"),
             ],
@@ -237,12 +252,14 @@ let package = Package(
         ),
         .testTarget(
             name: "GriditJobSpecTests",
-            dependencies: ["GriditJobSpec"],
+            dependencies: [
+                "GriditTestSupport","GriditJobSpec"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "GriditAPITests",
-            dependencies: ["GriditAPI", "GriditJobSpec"],
+            dependencies: [
+                "GriditTestSupport","GriditAPI", "GriditJobSpec"],
             swiftSettings: swiftSettings
         ),
         // The state database and the job queue on it.
@@ -257,6 +274,7 @@ let package = Package(
         .testTarget(
             name: "GriditModelStoreTests",
             dependencies: [
+                "GriditTestSupport",
                 "GriditModelStore", "GriditAPI", "GriditJobQueue", "GriditStateDatabase", "GriditDiffusion", "GriditModels", "GriditCheckpoint",
                 "GriditTensor", "CModelStore",
             ],
@@ -279,6 +297,7 @@ let package = Package(
         .testTarget(
             name: "GriditBackendTests",
             dependencies: [
+                "GriditTestSupport",
                 "GriditBackend", "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditJobQueue", "GriditStateDatabase",
                 "GriditAPI",
                 "GriditJobSpec", "GriditDiffusion", "GriditTensor",
@@ -289,7 +308,8 @@ let package = Package(
         ),
         .testTarget(
             name: "GriditCLITests",
-            dependencies: ["GriditCLI", "GriditAPI", "GriditJobSpec"],
+            dependencies: [
+                "GriditTestSupport","GriditCLI", "GriditAPI", "GriditJobSpec"],
             swiftSettings: swiftSettings
         ),
     ],

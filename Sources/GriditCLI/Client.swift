@@ -49,12 +49,25 @@ public struct CLIError: Error, CustomStringConvertible {
     public var description: String { message }
 }
 
+/// What griditctl's commands need of griditd: HTTP exchanges. `UnixHTTPClient` speaks them over
+/// the control socket; a test passes a stand-in and runs the commands without a daemon.
+public protocol ControlClient: Sendable {
+    /// One request; the reply whatever its status (a connection that fails throws).
+    func send(_ method: String, _ path: String, body: Data?) throws(ConnectionError) -> HTTPReply
+    /// A GET whose body is read line by line (`onLine` returns false to stop); the reply's status.
+    func stream(_ path: String, onLine: (Data) -> Bool) throws(ConnectionError) -> HTTPReply
+    /// A GET whose body goes to `file` when the status is 200 (replaced atomically).
+    func download(_ path: String, to file: String) throws(ConnectionError) -> HTTPReply
+}
+
 /// Requests griditctl makes, decoded into GriditAPI types.
 public struct GriditClient: Sendable {
-    public let http: UnixHTTPClient
+    public let http: any ControlClient
+
+    public init(_ http: any ControlClient) { self.http = http }
 
     public init(socketPath: String, timeout: Double = 120) {
-        http = UnixHTTPClient(socketPath: socketPath, timeout: timeout)
+        self.init(UnixHTTPClient(socketPath: socketPath, timeout: timeout))
     }
 
     public func get<T: Decodable>(_ path: String, as type: T.Type = T.self) throws(CLIError) -> T {

@@ -11,34 +11,34 @@ struct Queue: ParsableCommand {
         abstract: "Pause, resume or show the queue.", subcommands: [QueueStatusCommand.self, Pause.self, Resume.self],
         defaultSubcommand: QueueStatusCommand.self)
 
-    struct QueueStatusCommand: ParsableCommand {
+    struct QueueStatusCommand: ClientCommand {
         static let configuration = CommandConfiguration(commandName: "status", abstract: "Jobs by state, and whether the queue is paused.")
         @OptionGroup var global: GlobalOptions
 
-        func run() throws {
-            let queue = try global.client.get("/v1/queue", as: QueueStatus.self)
-            if global.json { Output.printJSON(queue) } else { Output.stdout(Queue.describe(queue)) }
+        func run(client: GriditClient, output: Output) throws {
+            let queue = try client.get("/v1/queue", as: QueueStatus.self)
+            if global.json { output.printJSON(queue) } else { output.stdout(Queue.describe(queue)) }
         }
     }
 
-    struct Pause: ParsableCommand {
+    struct Pause: ClientCommand {
         static let configuration = CommandConfiguration(
             abstract: "Stop starting jobs (persisted across restarts); the running job finishes. Admins.")
         @OptionGroup var global: GlobalOptions
 
-        func run() throws {
-            let queue = try global.client.post("/v1/queue/pause", as: QueueStatus.self)
-            if global.json { Output.printJSON(queue) } else { Output.stdout("queue paused; \(queue.counts.queued + queue.counts.retryable) jobs waiting\n") }
+        func run(client: GriditClient, output: Output) throws {
+            let queue = try client.post("/v1/queue/pause", as: QueueStatus.self)
+            if global.json { output.printJSON(queue) } else { output.stdout("queue paused; \(queue.counts.queued + queue.counts.retryable) jobs waiting\n") }
         }
     }
 
-    struct Resume: ParsableCommand {
+    struct Resume: ClientCommand {
         static let configuration = CommandConfiguration(abstract: "Start jobs again. Admins.")
         @OptionGroup var global: GlobalOptions
 
-        func run() throws {
-            let queue = try global.client.post("/v1/queue/resume", as: QueueStatus.self)
-            if global.json { Output.printJSON(queue) } else { Output.stdout("queue resumed\n") }
+        func run(client: GriditClient, output: Output) throws {
+            let queue = try client.post("/v1/queue/resume", as: QueueStatus.self)
+            if global.json { output.printJSON(queue) } else { output.stdout("queue resumed\n") }
         }
     }
 
@@ -53,15 +53,15 @@ struct Queue: ParsableCommand {
     }
 }
 
-struct Status: ParsableCommand {
+struct Status: ClientCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show griditd's version, uptime, queue, your jobs' positions and the loaded models.")
     @OptionGroup var global: GlobalOptions
 
-    func run() throws {
-        let status = try global.client.get("/v1/status", as: DaemonStatus.self)
+    func run(client: GriditClient, output: Output) throws {
+        let status = try client.get("/v1/status", as: DaemonStatus.self)
         if global.json {
-            Output.printJSON(status)
+            output.printJSON(status)
             return
         }
         var text = """
@@ -94,12 +94,12 @@ struct Status: ParsableCommand {
                     [$0.names.first ?? "-", String($0.digest.prefix(19)), $0.residentBytes.map(formatBytes) ?? "-", String($0.activeJobs)]
                 })
         }
-        Output.stdout(text)
+        output.stdout(text)
     }
 }
 
 /// Local and daemon-side checks, each with a fix.
-struct Doctor: ParsableCommand {
+struct Doctor: ClientCommand {
     static let configuration = CommandConfiguration(
         abstract: "Check the socket, your group, the state directory, disk space and BLAS threads.")
     @OptionGroup var global: GlobalOptions
@@ -111,7 +111,7 @@ struct Doctor: ParsableCommand {
         var fix: String?
     }
 
-    func run() throws {
+    func run(client: GriditClient, output: Output) throws {
         var checks: [Check] = []
         let path = global.socket
         var st = stat()
@@ -129,7 +129,7 @@ struct Doctor: ParsableCommand {
         }
         var status: DaemonStatus?
         do {
-            status = try global.client.get("/v1/status", as: DaemonStatus.self)
+            status = try client.get("/v1/status", as: DaemonStatus.self)
             checks.append(Check(name: "daemon", ok: true, detail: "griditd \(status!.version) answers", fix: nil))
             let role = status!.caller.admin ? "an admin" : "a member"
             checks.append(Check(name: "group", ok: true, detail: "you (uid \(getuid())) may use griditd, as \(role)", fix: nil))
@@ -157,14 +157,14 @@ struct Doctor: ParsableCommand {
                 name: "engine", ok: status.engineAvailable,
                 detail: status.engineAvailable ? "ready" : "this griditd has no engine; jobs stay queued",
                 fix: status.engineAvailable ? nil : "install a griditd built with the engine"))
-            if status.modelStoreAvailable { checks += storeChecks() }
+            if status.modelStoreAvailable { checks += storeChecks(client) }
         }
         if global.json {
-            Output.printJSON(checks)
+            output.printJSON(checks)
         } else {
             for c in checks {
-                Output.stdout("\(c.ok ? "ok  " : "FAIL") \(c.name.padding(toLength: 7, withPad: " ", startingAt: 0)) \(c.detail)\n")
-                if let fix = c.fix { Output.stdout("     \(String(repeating: " ", count: 7)) fix: \(fix)\n") }
+                output.stdout("\(c.ok ? "ok  " : "FAIL") \(c.name.padding(toLength: 7, withPad: " ", startingAt: 0)) \(c.detail)\n")
+                if let fix = c.fix { output.stdout("     \(String(repeating: " ", count: 7)) fix: \(fix)\n") }
             }
         }
         if checks.contains(where: { !$0.ok }) { throw ExitCode(ExitStatus.failure) }
@@ -172,8 +172,7 @@ struct Doctor: ParsableCommand {
 
     /// The model store's permission and filesystem checks as griditd's user sees them, and
     /// whether it holds a model to run.
-    private func storeChecks() -> [Check] {
-        let client = global.client
+    private func storeChecks(_ client: GriditClient) -> [Check] {
         var checks: [Check] = []
         do {
             let result = try Models.result(ModelStoreCheckResult.self, from: try client.call("GET", "/v1/models/check"))

@@ -6,7 +6,7 @@ import Foundation
 import GriditAPI
 import GriditJobSpec
 
-struct Submit: ParsableCommand {
+struct Submit: ClientCommand {
     static let configuration = CommandConfiguration(
         abstract: "Queue a sequence generation job.",
         discussion: """
@@ -52,29 +52,29 @@ struct Submit: ParsableCommand {
         if let out { try OutputCopier.checkDestination(out, named: "--out \(out)") }
     }
 
-    func run() throws {
-        let client = global.client
+    func run(client: GriditClient, output: Output) throws {
+        let client = client
         let request = SubmitJobRequest(
             spec: spec, priority: priority, idempotencyKey: idempotencyKey, maxAttempts: maxAttempts)
         let response = try client.post("/v1/jobs", request, as: SubmitJobResponse.self)
         let job = response.job
         guard wait || out != nil else {
             if global.json {
-                Output.printJSON(response)
+                output.printJSON(response)
             } else {
                 let note = response.deduplicated ? " (the idempotency key matched an earlier job)" : ""
                 let position = job.queuePosition.map { ", queue position \($0)" } ?? ""
-                Output.stdout("job \(job.id) \(job.state.rawValue)\(position)\(note)\n")
+                output.stdout("job \(job.id) \(job.state.rawValue)\(position)\(note)\n")
             }
             return
         }
-        if !global.json { Output.stderr("job \(job.id) submitted (seed \(job.spec.parameters.seed.map(String.init) ?? "?"))\n") }
-        let final = try JobFollower(client: client, json: global.json).follow(job.id)
+        if !global.json { output.stderr("job \(job.id) submitted (seed \(job.spec.parameters.seed.map(String.init) ?? "?"))\n") }
+        let final = try JobFollower(client: client, json: global.json, output: output).follow(job.id)
         if final.state == .succeeded, let out {
             try OutputCopier(client: client).copy(job: final.id, into: out)
-            if !global.json { Output.stderr("frames copied to \(out)\n") }
+            if !global.json { output.stderr("frames copied to \(out)\n") }
         }
-        try JobFollower.finish(final, json: global.json)
+        try JobFollower.finish(final, json: global.json, output: output)
     }
 }
 
@@ -84,7 +84,7 @@ struct Jobs: ParsableCommand {
         subcommands: [List.self, Show.self, Watch.self, Fetch.self, Cancel.self, Retry.self, Prune.self],
         defaultSubcommand: List.self)
 
-    struct List: ParsableCommand {
+    struct List: ClientCommand {
         static let configuration = CommandConfiguration(commandName: "list", abstract: "List jobs (yours; an admin sees everyone's).", aliases: ["ls"])
 
         @OptionGroup var global: GlobalOptions
@@ -107,38 +107,38 @@ struct Jobs: ParsableCommand {
             guard (1...10_000).contains(limit) else { throw ValidationError("--limit must be 1...10000") }
         }
 
-        func run() throws {
+        func run(client: GriditClient, output: Output) throws {
             let path = withQuery("/v1/jobs", [("state", state), ("limit", String(limit)), ("owner", all ? "all" : nil)])
-            let list = try global.client.get(path, as: JobList.self)
-            if global.json { Output.printJSON(list) } else { Output.stdout(Rendering.jobsTable(list.jobs)) }
+            let list = try client.get(path, as: JobList.self)
+            if global.json { output.printJSON(list) } else { output.stdout(Rendering.jobsTable(list.jobs)) }
         }
     }
 
-    struct Show: ParsableCommand {
+    struct Show: ClientCommand {
         static let configuration = CommandConfiguration(abstract: "Show one job, with its error history.", aliases: ["get"])
 
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Job id.") var id: Int64
 
-        func run() throws {
-            let job = try global.client.get("/v1/jobs/\(id)", as: JobInfo.self)
-            if global.json { Output.printJSON(job) } else { Output.stdout(Rendering.jobDetail(job)) }
+        func run(client: GriditClient, output: Output) throws {
+            let job = try client.get("/v1/jobs/\(id)", as: JobInfo.self)
+            if global.json { output.printJSON(job) } else { output.stdout(Rendering.jobDetail(job)) }
         }
     }
 
-    struct Watch: ParsableCommand {
+    struct Watch: ClientCommand {
         static let configuration = CommandConfiguration(abstract: "Follow a job until it ends; exit 1 unless it succeeded.")
 
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Job id.") var id: Int64
 
-        func run() throws {
-            let final = try JobFollower(client: global.client, json: global.json).follow(id)
-            try JobFollower.finish(final, json: global.json)
+        func run(client: GriditClient, output: Output) throws {
+            let final = try JobFollower(client: client, json: global.json, output: output).follow(id)
+            try JobFollower.finish(final, json: global.json, output: output)
         }
     }
 
-    struct Fetch: ParsableCommand {
+    struct Fetch: ClientCommand {
         static let configuration = CommandConfiguration(
             abstract: "Copy a finished job's frames and files over the socket into a folder of yours.",
             discussion: "griditd's output folders are private to it; this is how their owner (or an admin) gets them.")
@@ -149,41 +149,41 @@ struct Jobs: ParsableCommand {
 
         func validate() throws { try OutputCopier.checkDestination(directory, named: directory) }
 
-        func run() throws {
-            try OutputCopier(client: global.client).copy(job: id, into: directory)
-            if !global.json { Output.stderr("job \(id)'s output copied to \(directory)\n") }
+        func run(client: GriditClient, output: Output) throws {
+            try OutputCopier(client: client).copy(job: id, into: directory)
+            if !global.json { output.stderr("job \(id)'s output copied to \(directory)\n") }
         }
     }
 
-    struct Cancel: ParsableCommand {
+    struct Cancel: ClientCommand {
         static let configuration = CommandConfiguration(
             abstract: "Cancel a job: a waiting job at once, a running one at its next step.", aliases: ["rm"])
 
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Job id.") var id: Int64
 
-        func run() throws {
-            let job = try global.client.post("/v1/jobs/\(id)/cancel", as: JobInfo.self)
-            if global.json { Output.printJSON(job); return }
-            Output.stdout(job.state == .running ? "job \(id) will stop at its next step\n" : "job \(id) \(job.state.rawValue)\n")
+        func run(client: GriditClient, output: Output) throws {
+            let job = try client.post("/v1/jobs/\(id)/cancel", as: JobInfo.self)
+            if global.json { output.printJSON(job); return }
+            output.stdout(job.state == .running ? "job \(id) will stop at its next step\n" : "job \(id) \(job.state.rawValue)\n")
         }
     }
 
-    struct Retry: ParsableCommand {
+    struct Retry: ClientCommand {
         static let configuration = CommandConfiguration(
             abstract: "Queue a failed, canceled or dead job again (it resumes from its saved progress).")
 
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Job id.") var id: Int64
 
-        func run() throws {
-            let job = try global.client.post("/v1/jobs/\(id)/retry", as: JobInfo.self)
-            if global.json { Output.printJSON(job); return }
-            Output.stdout("job \(id) \(job.state.rawValue)\(job.queuePosition.map { ", queue position \($0)" } ?? "")\n")
+        func run(client: GriditClient, output: Output) throws {
+            let job = try client.post("/v1/jobs/\(id)/retry", as: JobInfo.self)
+            if global.json { output.printJSON(job); return }
+            output.stdout("job \(id) \(job.state.rawValue)\(job.queuePosition.map { ", queue position \($0)" } ?? "")\n")
         }
     }
 
-    struct Prune: ParsableCommand {
+    struct Prune: ClientCommand {
         static let configuration = CommandConfiguration(
             abstract: "Delete finished jobs and their outputs (admins).",
             discussion: "Without --older-than the daemon's retention applies (succeeded 7 days, failed/canceled/dead 30 days).")
@@ -202,11 +202,11 @@ struct Jobs: ParsableCommand {
             }
         }
 
-        func run() throws {
+        func run(client: GriditClient, output: Output) throws {
             let request = PruneRequest(olderThanSeconds: olderThan.flatMap(parseDuration), keepOutputs: keepOutputs ? true : nil)
-            let result = try global.client.post("/v1/jobs/prune", request, as: PruneResponse.self)
-            if global.json { Output.printJSON(result); return }
-            Output.stdout("pruned \(result.pruned.count) job\(result.pruned.count == 1 ? "" : "s")\n")
+            let result = try client.post("/v1/jobs/prune", request, as: PruneResponse.self)
+            if global.json { output.printJSON(result); return }
+            output.stdout("pruned \(result.pruned.count) job\(result.pruned.count == 1 ? "" : "s")\n")
         }
     }
 }
@@ -216,9 +216,10 @@ struct Jobs: ParsableCommand {
 struct JobFollower {
     let client: GriditClient
     let json: Bool
+    let output: Output
 
     func follow(_ id: Int64) throws(CLIError) -> JobInfo {
-        let bar = !json && Output.stderrIsTerminal
+        let bar = !json && output.stderrIsTerminal
         var last: JobInfo?
         var lastState: JobState?
         var reconnects = 0
@@ -233,24 +234,24 @@ struct JobFollower {
                         guard let job = event.job else { return true }
                         last = job
                         if job.state != lastState, !json {
-                            if drewBar { Output.stderr("\r\u{1B}[K") }
-                            Output.stderr(Rendering.stateLine(job) + "\n")
+                            if drewBar { output.stderr("\r\u{1B}[K") }
+                            output.stderr(Rendering.stateLine(job) + "\n")
                             drewBar = false
                         }
                         lastState = job.state
                         return !job.state.isTerminal
                     case .step:
                         if bar, let step = event.step {
-                            Output.stderr("\r\u{1B}[K" + Rendering.progressLine(jobID: id, step: step, width: terminalWidth()))
+                            output.stderr("\r\u{1B}[K" + Rendering.progressLine(jobID: id, step: step, width: terminalWidth()))
                             drewBar = true
                         }
                         return true
                     }
                 }
-                if drewBar { Output.stderr("\n") }
+                if drewBar { output.stderr("\n") }
                 try GriditClient.check(reply)
             } catch let error as ConnectionError where error.kind != .permissionDenied && reconnects < 60 {
-                if reconnects == 0 && !json { Output.stderr("griditd went away; reconnecting (the job is safe in the queue)...\n") }
+                if reconnects == 0 && !json { output.stderr("griditd went away; reconnecting (the job is safe in the queue)...\n") }
                 reconnects += 1
                 sleep(1)
                 continue
@@ -270,8 +271,8 @@ struct JobFollower {
     }
 
     /// Prints the outcome and exits 1 unless the job succeeded.
-    static func finish(_ job: JobInfo, json: Bool) throws {
-        if json { Output.printJSON(job) } else if job.state == .succeeded { Output.stdout((job.outputDir ?? "") + "\n") }
+    static func finish(_ job: JobInfo, json: Bool, output: Output) throws {
+        if json { output.printJSON(job) } else if job.state == .succeeded { output.stdout((job.outputDir ?? "") + "\n") }
         guard job.state == .succeeded else { throw ExitCode(ExitStatus.failure) }
     }
 

@@ -22,7 +22,7 @@ public struct ConnectionError: Error, CustomStringConvertible, Sendable {
     public var description: String { message }
 }
 
-public struct UnixHTTPClient: Sendable {
+public struct UnixHTTPClient: ControlClient {
     public var socketPath: String
     /// Seconds to wait for a reply (not for a stream's next line).
     public var timeout: Double

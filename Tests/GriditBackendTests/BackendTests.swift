@@ -7,6 +7,7 @@ import GriditJobSpec
 import GriditModelStore
 import GriditDiffusion
 import GriditTensor
+import GriditTestSupport
 import Testing
 
 // The engine and model store adapters on a real state directory: a real SQLite file, the model

@@ -7,6 +7,7 @@ import GriditJobSpec
 import GriditModelStore
 import GriditJobQueue
 import GriditStateDatabase
+import GriditTestSupport
 import Logging
 import NIOPosix
 import Synchronization
@@ -16,16 +17,11 @@ import Testing
     import Glibc
 #endif
 
-/// The tiny random-weight pixel pipeline of the engine tests (4×4 grids of 4×4 frames, ×2 SR).
-func tinyPipeline(_ filePath: String = #filePath) -> String {
-    URL(fileURLWithPath: filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("GriditEngineTests/Fixtures/pixel/pipeline.json").path
-}
-
 /// A state directory with a real database, model store (the tiny pipeline imported as
 /// `tiny:latest`), keep-alive cache and engine engine.
 final class Harness: @unchecked Sendable {
-    let root: String
+    let directory = TemporaryDirectory("gb")
+    var root: String { directory.path }
     let database: StateDatabase
     let models: ModelStore
     let cache: KeepAliveCache<LoadedPipeline>
@@ -38,13 +34,8 @@ final class Harness: @unchecked Sendable {
     let admin = Caller(credentials: PeerCredentials(pid: 1, uid: 0, gid: 0), isAdmin: true, isMember: true)
 
     init(importModel: Bool = true, maxBatch: Int = 16) throws {
-        var template = Array("/tmp/gb-XXXXXX".utf8CString)
-        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw HarnessError("mkdtemp failed")
-        }
-        root = String(cString: made)
-        database = try StateDatabase(path: root + "/jobs.sqlite")
-        models = try ModelStore(stateDirectory: root, database: database)
+        database = try StateDatabase(path: directory.file("jobs.sqlite"))
+        models = try ModelStore(stateDirectory: directory.path, database: database)
         cache = KeepAliveCache(mappings: models.mappings, keepAlive: 600)
         pool = NIOThreadPool(numberOfThreads: 1)
         pool.start()
@@ -101,8 +92,6 @@ final class Harness: @unchecked Sendable {
     deinit {
         try? pool.syncShutdownGracefully()
         try? database.close()
-        _ = try? Process.run(URL(fileURLWithPath: "/bin/chmod"), arguments: ["-R", "u+rwX", root]).waitUntilExit()
-        try? FileManager.default.removeItem(atPath: root)
     }
 }
 
@@ -118,9 +107,4 @@ final class Recorder: Sendable {
     var outcomes: [Int64: [ExecutionOutcome]] { state.withLock { $0.outcomes } }
     func durable(_ id: Int64) -> [JobProgress] { state.withLock { $0.durable.filter { $0.0 == id }.map(\.1) } }
     func steps(_ id: Int64) -> [StepProgress] { state.withLock { $0.steps.filter { $0.0 == id }.map(\.1) } }
-}
-
-struct HarnessError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
 }

@@ -5,6 +5,52 @@ import GriditAPI
 import GriditJobSpec
 import Testing
 
+/// griditd as a test sees it: canned replies by "METHOD path", the requests it was sent.
+final class FakeDaemon: ControlClient, @unchecked Sendable {
+    // @unchecked: `sent` is only touched under `lock`.
+    private let lock = NSLock()
+    private var sent: [(method: String, path: String, body: Data?)] = []
+    let replies: [String: (status: Int, body: Data)]
+
+    init(_ replies: [String: (status: Int, body: Data)]) { self.replies = replies }
+
+    var requests: [(method: String, path: String, body: Data?)] { lock.withLock { sent } }
+
+    func send(_ method: String, _ path: String, body: Data?) throws(ConnectionError) -> HTTPReply {
+        lock.withLock { sent.append((method, path, body)) }
+        guard let reply = replies["\(method) \(path)"] else {
+            throw ConnectionError(kind: .unreachable, message: "no reply for \(method) \(path)")
+        }
+        return HTTPReply(status: reply.status, headers: [:], body: reply.body)
+    }
+
+    func stream(_ path: String, onLine: (Data) -> Bool) throws(ConnectionError) -> HTTPReply {
+        let reply = try send("GET", path, body: nil)
+        for line in reply.body.split(separator: 0x0A) where !onLine(Data(line)) { break }
+        return HTTPReply(status: reply.status, headers: [:], body: Data())
+    }
+
+    func download(_ path: String, to file: String) throws(ConnectionError) -> HTTPReply {
+        let reply = try send("GET", path, body: nil)
+        FileManager.default.createFile(atPath: file, contents: reply.body)
+        return reply
+    }
+}
+
+/// What a command printed.
+final class Printed: @unchecked Sendable {
+    // @unchecked: the strings are only touched under `lock`.
+    private let lock = NSLock()
+    private var out = "", err = ""
+    var stdout: String { lock.withLock { out } }
+    var stderr: String { lock.withLock { err } }
+    var output: Output {
+        Output(
+            stdout: { text in self.lock.withLock { self.out += text } },
+            stderr: { text in self.lock.withLock { self.err += text } }, stderrIsTerminal: false)
+    }
+}
+
 @Suite("griditctl")
 struct CLITests {
     @Test("global options may come before the command, as with docker")
@@ -84,6 +130,55 @@ struct CLITests {
         var early = step
         early.fraction = 0.1
         #expect(Rendering.progressLine(jobID: 12, step: early, width: 120).contains("[###---------------------------]"))
+    }
+
+    static let now = Date(timeIntervalSince1970: 2_000_000)
+
+    static func job(_ id: Int64, _ spec: JobSpec, state: JobState = .queued) -> JobInfo {
+        JobInfo(
+            id: id, state: state, ownerUID: 1000, priority: 0, spec: spec, pipelineDigest: nil, idempotencyKey: nil,
+            createdAt: now, updatedAt: now, startedAt: nil, finishedAt: nil, attempt: 0, maxAttempts: 3, crashCount: 0,
+            cancelRequested: false, queuePosition: 1, notBefore: now, progress: JobProgress(), errorClass: nil,
+            errorMessage: nil, outputDir: state == .succeeded ? "/state/outputs/job-\(id)" : nil)
+    }
+
+    @Test("submit to a class-conditional model, without a daemon: the spec sent, the answer printed")
+    func submitClassConditional() throws {
+        let spec = JobSpec(length: 6, model: "cc:latest", parameters: .init(seed: 9, classLabel: 1, cfgScale: 3))
+        let answer = SubmitJobResponse(job: Self.job(4, spec), deduplicated: false, instanceID: "i")
+        let daemon = FakeDaemon(["POST /v1/jobs": (201, APICoding.encode(answer))])
+        let command = try #require(
+            try Griditctl.parseAsRoot([
+                "submit", "--length", "6", "--model", "cc:latest", "--seed", "9", "--class", "1", "--cfg-scale", "3",
+            ]) as? Submit)
+        let printed = Printed()
+        try command.run(client: GriditClient(daemon), output: printed.output)
+        let sent = try #require(daemon.requests.first)
+        #expect(sent.method == "POST" && sent.path == "/v1/jobs")
+        #expect(try APICoding.decode(SubmitJobRequest.self, from: try #require(sent.body)).spec == spec)
+        #expect(printed.stdout == "job 4 queued, queue position 1\n")
+    }
+
+    @Test("jobs list and show render the daemon's answer; its errors become exit codes")
+    func jobsAgainstAFakeDaemon() throws {
+        let spec = JobSpec(length: 8, parameters: .init(seed: 2, sampler: .ddim, classLabel: 0))
+        let list = JobList(jobs: [Self.job(3, spec)])
+        let refusal = ErrorResponse(error: APIError(.notFound, "no job 9"))
+        let daemon = FakeDaemon([
+            "GET /v1/jobs?limit=100": (200, APICoding.encode(list)),
+            "GET /v1/jobs/3": (200, APICoding.encode(Self.job(3, spec, state: .succeeded))),
+            "GET /v1/jobs/9": (404, APICoding.encode(refusal)),
+        ])
+        let client = GriditClient(daemon)
+        let printed = Printed()
+        try #require(try Griditctl.parseAsRoot(["jobs", "list"]) as? Jobs.List).run(client: client, output: printed.output)
+        #expect(printed.stdout.contains("3    queued") && printed.stdout.contains("PROGRESS"), "\(printed.stdout)")
+        let shown = Printed()
+        try #require(try Griditctl.parseAsRoot(["jobs", "show", "3"]) as? Jobs.Show).run(client: client, output: shown.output)
+        #expect(shown.stdout.contains("class_label=0 sampler=ddim") && shown.stdout.contains("/state/outputs/job-3"), "\(shown.stdout)")
+        let missing = try #require(try Griditctl.parseAsRoot(["jobs", "show", "9"]) as? Jobs.Show)
+        let error = #expect(throws: CLIError.self) { try missing.run(client: client, output: Printed().output) }
+        #expect(error?.status == ExitStatus.badInput && error?.message == "no job 9")
     }
 
     @Test("jobs table")

@@ -1,6 +1,7 @@
 import Foundation
 import GriditCheckpoint
 import GriditTensor
+import GriditTestSupport
 import Testing
 
 /// Corrupted files must either open (and serve every tensor) or throw `CheckpointError`: never

@@ -1,6 +1,7 @@
 import Foundation
 import GriditCheckpoint
 import GriditTensor
+import GriditTestSupport
 import Testing
 
 /// An `.npy` file by hand: magic, version, header length, `header` padded as numpy pads it, data.

@@ -8,6 +8,7 @@ import Foundation
 import GriditAPI
 import GriditCLI
 import GriditJobSpec
+import GriditTestSupport
 import Testing
 
 @Suite("griditd and worker crashes", .serialized)
@@ -16,7 +17,7 @@ struct CrashTests {
 
     @Test("kill -9 of griditd, again and again during two batched jobs: never dead, no crash counted, the same frames")
     func daemonKillsNeverKillJobs() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let requests = [11, 12].map { SubmitJobRequest(spec: JobSpec(length: 64, parameters: .init(seed: $0))) }
         // Each start pauses the engine at its first step of grid 3 (a resumed job, with two grids
@@ -63,7 +64,7 @@ struct CrashTests {
 
     @Test("the engine worker killed by a crash signal counts against its job, by SIGKILL from outside not; griditd answers throughout")
     func workerSignals() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let request = SubmitJobRequest(spec: JobSpec(length: 64, parameters: .init(seed: 11)))
         var daemon = try DaemonProcess(
@@ -112,7 +113,7 @@ struct CrashTests {
 
     @Test("a stopped (SIGSTOP) worker: griditd answers; a cancel kills it after --stop-grace; the job batched with it resumes without a crash")
     func cancelStoppedWorker() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(
             directory: dir, arguments: Self.arguments + ["--stop-grace", "2", "--start-paused"], model: tinyPipeline())
@@ -140,7 +141,7 @@ struct CrashTests {
     }
 
     /// griditd with `--lease 8` and a long job (the tiny pipeline's longest) that has begun.
-    static func runningLongJob(_ dir: ShortTemporaryDirectory, seed: UInt64) throws -> (DaemonProcess, Int64) {
+    static func runningLongJob(_ dir: TemporaryDirectory, seed: UInt64) throws -> (DaemonProcess, Int64) {
         let daemon = try DaemonProcess(directory: dir, arguments: arguments + ["--lease", "8"], model: tinyPipeline())
         let id = try daemon.client.post(
             "/v1/jobs", SubmitJobRequest(spec: JobSpec(length: 1000, parameters: .init(seed: seed))), as: SubmitJobResponse.self
@@ -151,7 +152,7 @@ struct CrashTests {
 
     @Test("a worker that makes no progress for its stall time is killed and the stall counts; the job then runs alone and succeeds")
     func stalledWorker() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         // --lease 8: a running batch that reports nothing for 4 s (half the lease) is stalled.
         let (daemon, id) = try Self.runningLongJob(dir, seed: 4)
@@ -165,7 +166,7 @@ struct CrashTests {
 
     @Test("griditd stopped (SIGSTOP) past its jobs' leases and continued: nothing counts as a crash")
     func daemonStoppedAndContinued() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         // --lease 8: stopped for 20 s, the lease is long gone and the reaper (every 15 s) is due.
         let (daemon, id) = try Self.runningLongJob(dir, seed: 8)

@@ -7,6 +7,7 @@ import GriditAPI
 import GriditCLI
 import GriditJobSpec
 import GriditJobQueue
+import GriditTestSupport
 import Synchronization
 import Testing
 
@@ -14,7 +15,7 @@ import Testing
 struct DaemonProcessTests {
     @Test("500 concurrent submits from 20 clients: every accepted job exists once; idempotency keys dedupe")
     func concurrentSubmits() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, arguments: ["--start-paused"], model: tinyPipeline())
         defer { daemon.stop() }
@@ -74,7 +75,7 @@ struct DaemonProcessTests {
 
     @Test("malformed, oversized and hostile requests get a 4xx with a message; the daemon keeps serving")
     func hostileRequests() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, arguments: ["--max-length", "1000", "--start-paused"], model: tinyPipeline())
         defer { daemon.stop() }
@@ -152,7 +153,7 @@ struct DaemonProcessTests {
 
     @Test("a second daemon on the same state directory exits with a message naming the first")
     func secondDaemonRefused() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let first = try DaemonProcess(directory: dir)
         defer { first.stop() }
@@ -171,7 +172,7 @@ struct DaemonProcessTests {
 
     @Test("SIGTERM exits cleanly; pause persists across restarts; --start-paused pauses")
     func shutdownAndPause() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         do {
             let daemon = try DaemonProcess(directory: dir, model: tinyPipeline())
@@ -201,7 +202,7 @@ struct DaemonProcessTests {
 
     @Test("jobs orphaned by griditd's deaths: requeued at their progress every time, never a crash, never dead")
     func orphansAtStartup() async throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let stateDir = dir.file("state")
         try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true)
@@ -249,7 +250,7 @@ struct DaemonProcessTests {
 
     @Test("griditctl against the real daemon: output, --json and the documented exit codes")
     func griditctlExitCodes() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(
             directory: dir, arguments: ["--max-queued", "2", "--max-length", "1000", "--start-paused"], model: tinyPipeline())
@@ -353,7 +354,7 @@ struct DaemonProcessTests {
 
     @Test("output files: listing and download; links and paths outside the folder are refused")
     func outputFiles() async throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let stateDir = dir.file("state")
         let ids = try await Self.finishedJobs(
@@ -381,7 +382,7 @@ struct DaemonProcessTests {
 
     @Test("prune deletes finished jobs and their outputs, never a folder outside the output root")
     func pruneOutputs() async throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let stateDir = dir.file("state")
         let outside = dir.file("elsewhere")

@@ -5,6 +5,7 @@ import GriditCLI
 import GriditJobSpec
 import GriditJobQueue
 import GriditStateDatabase
+import GriditTestSupport
 import Testing
 
 // griditd with its engine and model store, as users run it: the real binaries, a real database
@@ -69,7 +70,7 @@ struct EngineProcessTests {
     func killAndResume() throws {
         let expected: [String]
         do {
-            let dir = try ShortTemporaryDirectory()
+            let dir = TemporaryDirectory()
             defer { dir.remove() }
             let daemon = try DaemonProcess(directory: dir, arguments: Self.arguments, model: tinyPipeline())
             let id = try daemon.client.post("/v1/jobs", Self.request, as: SubmitJobResponse.self).job.id
@@ -80,7 +81,7 @@ struct EngineProcessTests {
             #expect(daemon.stop() == 0)
         }
         for point in ["grid:3", "sr:10"] {
-            let dir = try ShortTemporaryDirectory()
+            let dir = TemporaryDirectory()
             defer { dir.remove() }
             let daemon = try DaemonProcess(
                 directory: dir, arguments: Self.arguments, environment: ["GRIDIT_TEST_FAULTS": "pause-at=\(point)"],
@@ -119,7 +120,7 @@ struct EngineProcessTests {
     @Test("SIGTERM checkpoints a running job and hands it back; the next griditd finishes it with the same frames")
     func gracefulStop() throws {
         let request = SubmitJobRequest(spec: JobSpec(length: 300, parameters: .init(seed: 21)))
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, arguments: Self.arguments, model: tinyPipeline())
         let stopped = try daemon.client.post("/v1/jobs", request, as: SubmitJobResponse.self).job.id
@@ -153,7 +154,7 @@ struct EngineProcessTests {
     }
 
     private func checkDiskFull(tmpfs: Bool) async throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let outputs = dir.file("state/outputs")
         try FileManager.default.createDirectory(atPath: outputs, withIntermediateDirectories: true)
@@ -199,7 +200,7 @@ struct EngineProcessTests {
 
     @Test("a job that crashes the engine twice goes dead; the job batched with it survives and runs; griditd stays up")
     func poisonJob() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         // The engine's worker process aborts whenever it is handed job 1.
         let daemon = try DaemonProcess(
@@ -224,7 +225,7 @@ struct EngineProcessTests {
 
     @Test("griditctl submit to a class-conditional model: refused without --class, run with it, the class in the job")
     func classConditionalSubmit() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let classcond = URL(fileURLWithPath: tinyPipeline()).deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("classcond/pipeline.json").path
@@ -250,7 +251,7 @@ struct EngineProcessTests {
 
     @Test("griditctl submit --wait --out DIR: the job's progress, the frames copied, and where they are")
     func submitWaitOut() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, model: tinyPipeline())
         defer { daemon.stop() }
@@ -284,7 +285,7 @@ struct EngineProcessTests {
         "models over the socket: import, list, show, tag, rm, gc; gc keeps a running job's model, and a loaded one's weights"
     )
     func modelsRoundTrip() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let ctl = binaryDirectory() + "/griditctl"
         var daemon = try DaemonProcess(
@@ -335,7 +336,7 @@ struct EngineProcessTests {
 
     @Test("a loaded model is unmapped once idle past its keep-alive")
     func keepAlive() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, arguments: ["--keep-alive", "1"], model: tinyPipeline())
         defer { daemon.stop() }
@@ -352,7 +353,7 @@ struct EngineProcessTests {
 
     @Test("doctor runs the store's checks as griditd's user and fails until a model is imported")
     func doctor() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir)
         defer { daemon.stop() }

@@ -8,6 +8,7 @@ import Foundation
 import GriditAPI
 import GriditCLI
 import GriditJobSpec
+import GriditTestSupport
 import Testing
 
 /// Resident memory of a process in KiB.
@@ -60,7 +61,7 @@ struct HardeningProcessTests {
 
     @Test("status and models ps keep no memory per call: RSS flat over hundreds of calls")
     func statusDoesNotLeak() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, arguments: ["--start-paused"], model: tinyPipeline())
         defer { daemon.stop() }
@@ -84,7 +85,7 @@ struct HardeningProcessTests {
 
     @Test("huge and non-finite numbers are refused with a message; neither binary traps")
     func hostileNumbers() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, arguments: ["--start-paused"], model: tinyPipeline())
         defer { daemon.stop() }
@@ -106,7 +107,7 @@ struct HardeningProcessTests {
 
     @Test("a request that never finishes arriving is cut off; an idle kept-alive connection is closed")
     func slowClients() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(
             directory: dir, arguments: ["--header-timeout", "1", "--body-timeout", "1", "--idle-timeout", "2", "--start-paused"])
@@ -132,7 +133,7 @@ struct HardeningProcessTests {
 
     @Test("an --output name cannot take the next automatic job-<id> folder; ids are never reused after a prune")
     func idsAndOutputNames() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, model: tinyPipeline())
         defer { daemon.stop() }
@@ -162,7 +163,7 @@ struct HardeningProcessTests {
 
     @Test("the state directory is 0750, the database, work and outputs griditd's alone; owners fetch their frames")
     func privateStateDirectory() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         // DaemonProcess imports the model first (`griditd models import` creates the directory).
         let daemon = try DaemonProcess(directory: dir, model: tinyPipeline())
@@ -186,7 +187,7 @@ struct HardeningProcessTests {
 
     @Test("griditctl models verify exits 1 when it finds a corrupt blob")
     func verifyFailsOnCorruption() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, model: tinyPipeline())
         defer { daemon.stop() }

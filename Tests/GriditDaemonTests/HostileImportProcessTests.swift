@@ -6,12 +6,13 @@ import Glibc
 #endif
 import Foundation
 import GriditAPI
+import GriditTestSupport
 import Testing
 
 @Suite("griditd and hostile files", .serialized)
 struct HostileImportProcessTests {
     /// A copy of the tiny pipeline in `dir/name`, readable by everyone.
-    static func pipelineCopy(in dir: ShortTemporaryDirectory, _ name: String = "p") throws -> String {
+    static func pipelineCopy(in dir: TemporaryDirectory, _ name: String = "p") throws -> String {
         let folder = dir.file(name)
         try FileManager.default.copyItem(atPath: (tinyPipeline() as NSString).deletingLastPathComponent, toPath: folder)
         chmod(folder, 0o755)
@@ -21,7 +22,7 @@ struct HostileImportProcessTests {
 
     @Test("imports of a FIFO are refused at once; status, submit and SIGTERM work after them")
     func fifo() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, arguments: ["--start-paused"], model: tinyPipeline())
         let folder = try Self.pipelineCopy(in: dir)
@@ -45,7 +46,7 @@ struct HostileImportProcessTests {
         "a member's import cannot read root's private files: not directly, not through a link, not by an absolute path",
         .enabled(if: PeerCredentialTests.canSwitchUsers, "needs root, /usr/bin/setpriv, a 'users' group and a Swift runtime other uids can load"))
     func otherUsersFiles() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, arguments: ["--group", "users", "--admin-group", "users"])
         defer { daemon.stop() }
@@ -92,7 +93,7 @@ struct HostileImportProcessTests {
 
     @Test("a restart removes the half-written output folders and exports of a killed griditd, nothing else")
     func leftovers() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let state = dir.file("state")
         // A state directory griditd made (a directory with outputs and no database is refused as a lost database).
@@ -122,7 +123,7 @@ struct HostileImportProcessTests {
 
     @Test("griditctl models verify exits 1 when it finds a corrupt blob")
     func verifyExitStatus() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, model: tinyPipeline())
         defer { daemon.stop() }

@@ -9,6 +9,7 @@ import Foundation
 import GriditAPI
 import GriditCLI
 import GriditJobSpec
+import GriditTestSupport
 import Testing
 
 @Suite("peer credentials", .serialized)
@@ -18,7 +19,7 @@ struct PeerCredentialTests {
     /// (and says why).
     static let canSwitchUsers: Bool = {
         guard getuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"), getgrnam("users") != nil,
-              let dir = try? ShortTemporaryDirectory()
+              let dir = try? TemporaryDirectory()
         else { return false }
         defer { dir.remove() }
         guard let client = try? installClient(in: dir),
@@ -30,7 +31,7 @@ struct PeerCredentialTests {
     static let usersGID: gid_t = getgrnam("users")?.pointee.gr_gid ?? 100
 
     /// griditctl copied where any uid may execute it.
-    static func installClient(in dir: ShortTemporaryDirectory) throws -> String {
+    static func installClient(in dir: TemporaryDirectory) throws -> String {
         let target = dir.file("griditctl")
         try FileManager.default.copyItem(atPath: binaryDirectory() + "/griditctl", toPath: target)
         chmod(target, 0o755)
@@ -49,7 +50,7 @@ struct PeerCredentialTests {
         "a caller outside the groups is refused; a member cannot cancel another member's job",
         .enabled(if: canSwitchUsers, "needs root, /usr/bin/setpriv, a 'users' group and a Swift runtime other uids can load"))
     func authorization() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(
             directory: dir, arguments: ["--group", "users", "--admin-group", "root", "--start-paused"], model: tinyPipeline())
@@ -122,7 +123,7 @@ struct PerUserLimitTests {
         "a user only in the admin group connects and administers",
         .enabled(if: PeerCredentialTests.canSwitchUsers, "needs root, /usr/bin/setpriv and a 'users' group"))
     func adminOnlyUser() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, arguments: ["--group", "users", "--admin-group", "root"])
         defer { daemon.stop() }
@@ -140,7 +141,7 @@ struct PerUserLimitTests {
         "members: jobs and estimated compute per user, a priority range; admins are not bound by them",
         .enabled(if: PeerCredentialTests.canSwitchUsers, "needs root, /usr/bin/setpriv and a 'users' group"))
     func submitLimits() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         // The tiny pipeline's 4 frames: ~0.00004 s at the default steps, ~0.012 s at 1000 steps.
         let daemon = try DaemonProcess(
@@ -180,7 +181,7 @@ struct PerUserLimitTests {
         .enabled(if: PeerCredentialTests.canSwitchUsers && FileManager.default.isExecutableFile(atPath: "/usr/bin/perl"),
                  "needs root, /usr/bin/setpriv, a 'users' group and perl"))
     func connectionLimits() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(
             directory: dir,

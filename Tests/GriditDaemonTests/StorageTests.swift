@@ -9,6 +9,7 @@ import Foundation
 import GriditAPI
 import GriditCLI
 import GriditJobSpec
+import GriditTestSupport
 import Testing
 
 /// A tmpfs of `size` on `path` (created); false where this machine cannot mount one.
@@ -62,7 +63,7 @@ func waitUntil(_ what: String, _ daemon: DaemonProcess, timeout: Double = 120, _
 struct StorageTests {
     @Test("low disk space: a job waits queued without using attempts, status and jobs show say why; it runs once there is room")
     func waitsForSpace() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let state = dir.file("state")
         let mounted = mountTmpfs(state, size: "96m")
@@ -97,7 +98,7 @@ struct StorageTests {
 
     @Test("the database's filesystem fills up under a running job: it is classified or handed back, never left running; pause, cancel and status work; it completes once there is room")
     func fullDiskUnderTheDatabase() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let state = dir.file("state")
         guard mountTmpfs(state, size: "64m") else { return }  // SQLite's ENOSPC needs a real full filesystem
@@ -135,7 +136,7 @@ struct StorageTests {
 
     @Test("the database deleted under a running griditd: nothing more starts, changes are refused, status says why; a restart refuses until --init")
     func databaseDeletedWhileRunning() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, arguments: ["--start-paused"], model: tinyPipeline())
         let id = try daemon.client.post("/v1/jobs", SubmitJobRequest(length: 8), as: SubmitJobResponse.self).job.id
@@ -168,7 +169,7 @@ struct StorageTests {
 
     @Test("the write-ahead log removed after griditd was killed: the next start refuses until --init")
     func walRemovedBetweenRuns() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, arguments: ["--start-paused"], model: tinyPipeline())
         for _ in 0..<3 { _ = try daemon.client.post("/v1/jobs", SubmitJobRequest(length: 8), as: SubmitJobResponse.self) }

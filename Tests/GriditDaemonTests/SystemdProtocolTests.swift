@@ -6,6 +6,7 @@ import Glibc
 import Foundation
 import GriditAPI
 import GriditCLI
+import GriditTestSupport
 import Testing
 
 /// A datagram socket that collects sd_notify messages.
@@ -50,7 +51,7 @@ final class NotifyListener {
 struct SystemdProtocolTests {
     @Test("READY=1 after the socket is bound, STATUS= lines, WATCHDOG=1 from the worker loop, STOPPING=1 on SIGTERM")
     func notify() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let listener = try NotifyListener(path: dir.file("notify"))
         let daemon = try DaemonProcess(
@@ -77,7 +78,7 @@ struct SystemdProtocolTests {
         "socket activation: griditd serves the socket systemd passes (systemd-socket-activate)",
         .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-socket-activate"), "needs systemd-socket-activate (package systemd)"))
     func socketActivation() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let socket = dir.file("activated.sock")
         let process = Process()

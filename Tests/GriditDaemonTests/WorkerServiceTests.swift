@@ -6,6 +6,7 @@ import GriditAPI
 import GriditFaults
 import GriditJobSpec
 import GriditJobQueue
+import GriditTestSupport
 import Logging
 import NIOHTTP1
 import ServiceLifecycle
@@ -42,7 +43,7 @@ final class ScriptedEngine: JobEngine {
     func execute(_ batch: ExecutionBatch, hooks: ExecutionHooks) {
         state.withLock {
             $0.batches.append(batch.items.map(\.jobID))
-            $0.threads.insert(Thread.current.name ?? "?")
+            $0.threads.insert(osThreadName())
         }
         let pending = Mutex(batch.items)
         let admit = {
@@ -89,6 +90,11 @@ final class ScriptedEngine: JobEngine {
     }
 }
 
+/// The calling thread's name as the kernel knows it (what ps and gdb show).
+func osThreadName() -> String {
+    ((try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)) ?? "?").trimmingCharacters(in: .newlines)
+}
+
 extension HTTPResponse {
     /// The body of a plain (not streamed) answer.
     var bodyData: Data? {
@@ -99,13 +105,13 @@ extension HTTPResponse {
 
 /// A worker on a fresh database, run until the test body returns.
 struct WorkerHarness {
-    let directory: ShortTemporaryDirectory
+    let directory: TemporaryDirectory
     let store: SQLiteJobStore
     let context: DaemonContext
     let engine: ScriptedEngine
 
     init(faults: FaultInjection = FaultInjection(), script: @escaping @Sendable (Int64, Int) -> Script) throws {
-        directory = try ShortTemporaryDirectory()
+        directory = TemporaryDirectory()
         var configuration = DaemonConfiguration(stateDirectory: directory.file("state"), socketPath: directory.file("s.sock"))
         configuration.pollInterval = 0.05
         configuration.maxBatchJobs = 4

@@ -4,6 +4,7 @@ import GriditEngine
 import GriditJobSpec
 import GriditDiffusion
 import GriditTensor
+import GriditTestSupport
 import Testing
 
 // Same seed ⇒ same bytes, whatever the batch composition, the thread count or where a run was
@@ -15,8 +16,8 @@ private let latentRequest = JobSpec(length: 12, parameters: .init(seed: 11, samp
 
 private func bytes(_ folder: String, _ request: JobSpec, options: ExecutionOptions = ExecutionOptions(threads: 2))
     throws -> [String: [UInt8]] {
-    let scratch = Scratch("det")
-    let run = try runToEnd(try pipeline(folder), request, work: scratch.path("w"), options: options)
+    let scratch = TemporaryDirectory("ge-det")
+    let run = try runToEnd(try pipeline(folder), request, work: scratch.file("w"), options: options)
     return results(of: run.workDirectory)
 }
 
@@ -55,9 +56,9 @@ private func bytes(_ folder: String, _ request: JobSpec, options: ExecutionOptio
         JobSpec(length: 20, parameters: .init(seed: 3, steps: "5", contextRows: 2, noSR: true, jumpLength: 2, jumpCount: 2)),
     ]
     let alone = try requests.map { try bytes("latent", $0) }
-    let scratch = Scratch("batch")
+    let scratch = TemporaryDirectory("ge-batch")
     let runs = try requests.enumerated().map { i, r in
-        try SequenceRun(pipeline: p, spec: r, workDirectory: scratch.path("w\(i)"))
+        try SequenceRun(pipeline: p, spec: r, workDirectory: scratch.file("w\(i)"))
     }
     let outcomes = SequenceRun.execute(runs, options: ExecutionOptions(threads: 2, maxBatch: 4))
     for (i, outcome) in outcomes.enumerated() {
@@ -69,10 +70,10 @@ private func bytes(_ folder: String, _ request: JobSpec, options: ExecutionOptio
 
 @Test func runsAdmittedDuringABatchJoinAndLeaveOnTheirOwn() throws {
     let p = try pipeline("latent")
-    let scratch = Scratch("admit")
-    let first = try SequenceRun(pipeline: p, spec: latentRequest, workDirectory: scratch.path("a"))
+    let scratch = TemporaryDirectory("ge-admit")
+    let first = try SequenceRun(pipeline: p, spec: latentRequest, workDirectory: scratch.file("a"))
     let late = try SequenceRun(pipeline: p, spec: JobSpec(length: 3, parameters: .init(seed: 5, steps: "2", noSR: true)),
-                               workDirectory: scratch.path("b"))
+                               workDirectory: scratch.file("b"))
     var calls = 0, left: [String] = []
     let outcomes = SequenceRun.execute([first], options: ExecutionOptions(threads: 2, maxBatch: 4), admit: {
         calls += 1
@@ -90,11 +91,11 @@ private func bytes(_ folder: String, _ request: JobSpec, options: ExecutionOptio
 
 @Test func resumingAfterAnInterruptionAtAnyPointGivesTheSameBytes() throws {
     let p = try pipeline("latent")
-    let scratch = Scratch("resume")
+    let scratch = TemporaryDirectory("ge-resume")
     let baseline = try bytes("latent", latentRequest)
     let units = 2 + 12  // grids, then frames: each a durable unit
     for stopAfter in 1..<units {
-        let work = scratch.path("u\(stopAfter)")
+        let work = scratch.file("u\(stopAfter)")
         var seen = 0
         let run = try SequenceRun(pipeline: p, spec: latentRequest, workDirectory: work,
                                   hooks: RunHooks(onProgress: { _ in seen += 1 }, shouldStop: { seen >= stopAfter }))
@@ -113,7 +114,7 @@ private func bytes(_ folder: String, _ request: JobSpec, options: ExecutionOptio
     }
     // Stopped between denoising steps (mid-grid and mid-frame-batch): the unfinished unit is redone.
     for stopAtStep in [1, 2, 4, 7, 12] {
-        let work = scratch.path("s\(stopAtStep)")
+        let work = scratch.file("s\(stopAtStep)")
         var steps = 0
         let run = try SequenceRun(pipeline: p, spec: latentRequest, workDirectory: work,
                                   hooks: RunHooks(onStep: { _ in steps += 1 }, shouldStop: { steps >= stopAtStep }))
@@ -127,9 +128,9 @@ private func bytes(_ folder: String, _ request: JobSpec, options: ExecutionOptio
     let p = try pipeline("pixel")
     let request = JobSpec(length: 32, parameters: .init(seed: 8, mode: .official, steps: "3", srSteps: "2"))
     let baseline = try bytes("pixel", request)
-    let scratch = Scratch("off")
+    let scratch = TemporaryDirectory("ge-off")
     for stopAfter in 1...5 {  // N = 3: grids 0…6
-        let work = scratch.path("g\(stopAfter)")
+        let work = scratch.file("g\(stopAfter)")
         var seen = 0
         let run = try SequenceRun(pipeline: p, spec: request, workDirectory: work,
                                   hooks: RunHooks(onProgress: { _ in seen += 1 }, shouldStop: { seen >= stopAfter }))
@@ -142,9 +143,9 @@ private func bytes(_ folder: String, _ request: JobSpec, options: ExecutionOptio
 @Test(arguments: [1, 2, 3])
 func contextFramesOfEachGridAreThePreviousFramesExactly(contextRows: Int) throws {
     let p = try pipeline("pixel")
-    let scratch = Scratch("ctx")
+    let scratch = TemporaryDirectory("ge-ctx")
     let run = try runToEnd(p, JobSpec(length: 45, parameters: .init(seed: 2, steps: "3", contextRows: contextRows, noSR: true)),
-                           work: scratch.path("w"))
+                           work: scratch.file("w"))
     let layout = p.configuration.modelLayout
     func cell(_ grid: Int, _ position: Int) throws -> [UInt32] {
         let g = try NPYArray(path: run.workDirectory + String(format: "/grids/grid_%05d.npy", grid)).floatTensor()
@@ -163,7 +164,7 @@ func contextFramesOfEachGridAreThePreviousFramesExactly(contextRows: Int) throws
 }
 
 @Test func everyLengthComesOutExactly() throws {
-    let scratch = Scratch("len")
+    let scratch = TemporaryDirectory("ge-len")
     var runs = 0
     for (folder, k) in [("pixel_k2", 2), ("latent", 3), ("pixel", 4), ("pixel_k5", 5)] {
         let p = try pipeline(folder)
@@ -171,7 +172,7 @@ func contextFramesOfEachGridAreThePreviousFramesExactly(contextRows: Int) throws
         for c in Set([1, k - 1]) {
             for length in Set([1, 2, kk - 1, kk, kk + 1, kk + (k - c) * k + 1, 2 * kk + 3, 41]) {
                 let run = try runToEnd(p, JobSpec(length: length, parameters: .init(seed: UInt64(length), sampler: .ddim, steps: "2", contextRows: c, noSR: true)),
-                                       work: scratch.path("\(folder)-\(c)-\(length)"))
+                                       work: scratch.file("\(folder)-\(c)-\(length)"))
                 let names = try FileManager.default.contentsOfDirectory(atPath: run.workDirectory + "/frames").sorted()
                 #expect(names == (0..<length).map { String(format: "frame_%05d.png", $0) }, "\(folder) c \(c) L \(length)")
                 runs += 1

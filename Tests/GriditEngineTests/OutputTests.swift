@@ -6,6 +6,7 @@ import GriditImage
 import GriditJobSpec
 import GriditDiffusion
 import GriditTensor
+import GriditTestSupport
 import Testing
 
 // The output directory: frames that decode to the expected pixels, the preview, the contact
@@ -13,9 +14,9 @@ import Testing
 
 @Test func outputsDecodeBackToTheExpectedPixels() throws {
     let p = try pipeline("latent")
-    let scratch = Scratch("out")
-    let run = try runToEnd(p, JobSpec(length: 11, parameters: .init(seed: 4, steps: "3", noSR: true)), work: scratch.path("w"))
-    let out = scratch.path("seq")
+    let scratch = TemporaryDirectory("ge-out")
+    let run = try runToEnd(p, JobSpec(length: 11, parameters: .init(seed: 4, steps: "3", noSR: true)), work: scratch.file("w"))
+    let out = scratch.file("seq")
     let summary = try run.finish(into: out, options: OutputOptions(previewFPS: 5, contactSheetColumns: 4))
 
     // Every frame: the 8-bit quantisation of its grid cell in image space (the VAE decode of the grid).
@@ -56,82 +57,82 @@ import Testing
     }
     #expect(tile == frames[6])
     // Nothing else next to the output.
-    #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.root).sorted() == ["seq", "w"])
+    #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.path).sorted() == ["seq", "w"])
 }
 
 @Test func finishingTwiceOrEarlyLeavesNothingBehind() throws {
     let p = try pipeline("pixel_k2")
-    let scratch = Scratch("fin")
+    let scratch = TemporaryDirectory("ge-fin")
     let request = JobSpec(length: 5, parameters: .init(seed: 1))
-    let early = try SequenceRun(pipeline: p, spec: request, workDirectory: scratch.path("early"))
-    expectEngineError(.invalidInput, mentioning: "not complete") { try early.finish(into: scratch.path("a")) }
-    let run = try runToEnd(p, request, work: scratch.path("w"))
-    try run.finish(into: scratch.path("a"))
-    let before = files(under: scratch.path("a"))
-    expectEngineError(.invalidInput, mentioning: "already exists") { try run.finish(into: scratch.path("a")) }
-    #expect(files(under: scratch.path("a")) == before)
-    expectEngineError(.invalidInput, mentioning: "not a directory") { try run.finish(into: scratch.path("missing/b")) }
-    #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.root).sorted() == ["a", "early", "w"])
+    let early = try SequenceRun(pipeline: p, spec: request, workDirectory: scratch.file("early"))
+    expectEngineError(.invalidInput, mentioning: "not complete") { try early.finish(into: scratch.file("a")) }
+    let run = try runToEnd(p, request, work: scratch.file("w"))
+    try run.finish(into: scratch.file("a"))
+    let before = files(under: scratch.file("a"))
+    expectEngineError(.invalidInput, mentioning: "already exists") { try run.finish(into: scratch.file("a")) }
+    #expect(files(under: scratch.file("a")) == before)
+    expectEngineError(.invalidInput, mentioning: "not a directory") { try run.finish(into: scratch.file("missing/b")) }
+    #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.path).sorted() == ["a", "early", "w"])
 }
 
 @Test func oneShotRunsLeaveOnlyTheOutputOrNothing() throws {
-    let scratch = Scratch("oneshot")
+    let scratch = TemporaryDirectory("ge-oneshot")
     let pipe = fixture("pixel/pipeline.json")
     // Bad input: nothing is created.
     expectEngineError(.invalidInput, mentioning: "at least 1 frame") {
-        _ = try OneShot.run(OneShotOptions(pipelinePath: pipe, spec: JobSpec(length: 0, parameters: .init(seed: 1)), output: scratch.path("o")))
+        _ = try OneShot.run(OneShotOptions(pipelinePath: pipe, spec: JobSpec(length: 0, parameters: .init(seed: 1)), output: scratch.file("o")))
     }
     expectEngineError(.invalidInput, mentioning: "cannot read") {
-        _ = try OneShot.run(OneShotOptions(pipelinePath: scratch.path("none.json"), spec: JobSpec(length: 3, parameters: .init(seed: 1)),
-                                           output: scratch.path("o")))
+        _ = try OneShot.run(OneShotOptions(pipelinePath: scratch.file("none.json"), spec: JobSpec(length: 3, parameters: .init(seed: 1)),
+                                           output: scratch.file("o")))
     }
-    #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.root).isEmpty)
+    #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.path).isEmpty)
 
     // A dry run writes nothing and prints the plan.
     let dry = try OneShot.run(OneShotOptions(pipelinePath: pipe, spec: JobSpec(length: 40, parameters: .init(seed: 1)),
-                                             output: scratch.path("o"), dryRun: true))
+                                             output: scratch.file("o"), dryRun: true))
     #expect(dry.summary == nil && dry.planText.contains("40 frames") && dry.planText.contains("estimated time"))
-    #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.root).isEmpty)
+    #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.path).isEmpty)
 
     // Interrupted without a work directory: nothing is left.
     var steps = 0
     let stopping = RunHooks(onStep: { _ in steps += 1 }, shouldStop: { steps >= 3 })
     expectEngineError(.interrupted, mentioning: "stopped") {
-        _ = try OneShot.run(OneShotOptions(pipelinePath: pipe, spec: JobSpec(length: 20, parameters: .init(seed: 1)), output: scratch.path("o")),
+        _ = try OneShot.run(OneShotOptions(pipelinePath: pipe, spec: JobSpec(length: 20, parameters: .init(seed: 1)), output: scratch.file("o")),
                             hooks: stopping)
     }
-    #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.root).isEmpty)
+    #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.path).isEmpty)
 
     // Interrupted with a work directory: resumable; the resumed output equals a straight one.
     steps = 0
-    let work = scratch.path("work")
-    let options = OneShotOptions(pipelinePath: pipe, spec: JobSpec(length: 20, parameters: .init(seed: 1)), output: scratch.path("o"),
+    let work = scratch.file("work")
+    let options = OneShotOptions(pipelinePath: pipe, spec: JobSpec(length: 20, parameters: .init(seed: 1)), output: scratch.file("o"),
                                  workDirectory: work)
     expectEngineError(.interrupted, mentioning: "resume") { _ = try OneShot.run(options, hooks: stopping) }
-    #expect(FileManager.default.fileExists(atPath: work + "/run.json") && !FileManager.default.fileExists(atPath: scratch.path("o")))
+    #expect(FileManager.default.fileExists(atPath: work + "/run.json") && !FileManager.default.fileExists(atPath: scratch.file("o")))
     var resume = options
     resume.resume = true
     let resumed = try OneShot.run(resume)
     #expect(resumed.summary?.frames == 20 && resumed.summary?.timings.sessions == 2)
     #expect(!FileManager.default.fileExists(atPath: work), "the work directory is removed after success")
     let straight = try OneShot.run(OneShotOptions(pipelinePath: pipe, spec: JobSpec(length: 20, parameters: .init(seed: 1)),
-                                                  output: scratch.path("p")))
+                                                  output: scratch.file("p")))
     #expect(straight.summary?.files == resumed.summary?.files)
-    #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.root).sorted() == ["o", "p"])
+    #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.path).sorted() == ["o", "p"])
     expectEngineError(.invalidInput, mentioning: "already exists") { _ = try OneShot.run(options) }
     expectEngineError(.invalidInput, mentioning: "no run to resume") {
         var o = resume
-        o.output = scratch.path("q")
+        o.output = scratch.file("q")
         _ = try OneShot.run(o)
     }
 }
 
 @Test func progressIsReportedForEveryUnitAndStep() throws {
     let p = try pipeline("pixel")
-    let scratch = Scratch("prog")
+    let scratch = TemporaryDirectory("ge-prog")
     var progress: [JobProgress] = [], steps: [StepProgress] = []
     let run = try SequenceRun(pipeline: p, spec: JobSpec(length: 20, parameters: .init(seed: 1, steps: "3", srSteps: "2")),
-                              workDirectory: scratch.path("w"),
+                              workDirectory: scratch.file("w"),
                               hooks: RunHooks(onProgress: { progress.append($0) }, onStep: { steps.append($0) }))
     try run.execute(options: ExecutionOptions(threads: 1, maxBatch: 8))
     // 2 grids and 20 frames, each once; the last one has every frame.

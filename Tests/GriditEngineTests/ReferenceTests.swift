@@ -5,6 +5,7 @@ import GriditJobSpec
 import GriditImage
 import GriditDiffusion
 import GriditTensor
+import GriditTestSupport
 import Testing
 
 // Whole sequences against the independent PyTorch reference (tools/reference/engine_reference.py,
@@ -37,8 +38,8 @@ let referenceCases = [
 
 @Test(arguments: referenceCases)
 func sequenceMatchesReference(_ c: ReferenceCase) throws {
-    let scratch = Scratch("ref")
-    let run = try runToEnd(try pipeline(c.folder), c.request, work: scratch.path("work"))
+    let scratch = TemporaryDirectory("ge-ref")
+    let run = try runToEnd(try pipeline(c.folder), c.request, work: scratch.file("work"))
     let (want, shape) = try referenceFrames("\(c.name).frames.npy")
     #expect(run.plan.frames == shape[0], "\(c.name): \(run.plan.frames) frames, reference \(shape[0])")
     let got = try decodedFrames(run)

@@ -4,6 +4,7 @@ import GriditEngine
 import GriditJobSpec
 import GriditDiffusion
 import GriditTensor
+import GriditTestSupport
 import Testing
 
 // Requests, pipelines and work directories that are wrong: errors that name the problem and the fix.
@@ -64,8 +65,8 @@ import Testing
 }
 
 @Test func badPipelineFilesAreInvalidInput() throws {
-    let scratch = Scratch("pipe")
-    let dir = scratch.path("p")
+    let scratch = TemporaryDirectory("ge-pipe")
+    let dir = scratch.file("p")
     try FileManager.default.copyItem(atPath: fixture("pixel"), toPath: dir)
     // A missing weights file.
     try FileManager.default.removeItem(atPath: dir + "/stage2.safetensors")
@@ -89,8 +90,8 @@ import Testing
 
 @Test func aWorkDirectoryOnlyResumesItsOwnRun() throws {
     let p = try pipeline("pixel_k2")
-    let scratch = Scratch("wd")
-    let work = scratch.path("work")
+    let scratch = TemporaryDirectory("ge-wd")
+    let work = scratch.file("work")
     let run = try SequenceRun(pipeline: p, spec: JobSpec(length: 6, parameters: .init(seed: 1)), workDirectory: work)
     #expect(run.gridsDone == 0 && FileManager.default.fileExists(atPath: work + "/run.json"))
     expectEngineError(.invalidInput, mentioning: "different run") {
@@ -108,7 +109,7 @@ import Testing
     expectEngineError(.invalidInput, mentioning: "different run") {
         _ = try SequenceRun(pipeline: p, spec: JobSpec(length: 6, parameters: .init(seed: 1, context: .clean)), workDirectory: work)
     }
-    let other = scratch.path("other")
+    let other = scratch.file("other")
     try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
     try "x".write(toFile: other + "/notes.txt", atomically: true, encoding: .utf8)
     expectEngineError(.invalidInput, mentioning: "not empty") {

@@ -31,17 +31,6 @@ final class Pipelines: @unchecked Sendable {
 
 func pipeline(_ folder: String) throws -> LoadedPipeline { try Pipelines.shared.get(folder) }
 
-/// A fresh directory path (not created) under the temporary directory, removed by `cleanup`.
-final class Scratch {
-    let root: String
-    init(_ label: String = "t") {
-        root = NSTemporaryDirectory() + "gridit-engine-\(label)-\(UUID().uuidString.prefix(8))"
-        try? FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-    }
-    func path(_ name: String) -> String { root + "/" + name }
-    deinit { try? FileManager.default.removeItem(atPath: root) }
-}
-
 /// The bytes of every file under a directory, by relative path.
 func files(under dir: String) -> [String: [UInt8]] {
     var out: [String: [UInt8]] = [:]

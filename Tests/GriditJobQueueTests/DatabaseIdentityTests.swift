@@ -44,7 +44,7 @@ struct DatabaseIdentityTests {
 
     @Test("the marker records the database; a clean close says so; reopening finds it")
     func markerRoundTrip() async throws {
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         let (database, _) = try StateDatabase.openOwned(path: directory.file("jobs.sqlite"))
         #expect(try marker(directory)["open"] as? Bool == true)
@@ -59,7 +59,7 @@ struct DatabaseIdentityTests {
 
     @Test("a deleted database is refused, naming the fix; --init starts over with an empty one")
     func deleted() async throws {
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         try await populated(directory)
         try FileManager.default.removeItem(atPath: directory.file("jobs.sqlite"))
@@ -75,10 +75,10 @@ struct DatabaseIdentityTests {
 
     @Test("a replaced or truncated database is refused; --init adopts it")
     func replacedOrTruncated() async throws {
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         try await populated(directory)
-        let other = try TemporaryDirectory()
+        let other = TemporaryDirectory()
         defer { other.remove() }
         try await populated(other)
         let path = directory.file("jobs.sqlite")
@@ -96,7 +96,7 @@ struct DatabaseIdentityTests {
 
     @Test("the same database restored into another file (a new inode) is accepted")
     func restored() async throws {
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         try await populated(directory)
         let path = directory.file("jobs.sqlite")
@@ -111,7 +111,7 @@ struct DatabaseIdentityTests {
 
     @Test("after an unclean stop, a missing write-ahead log is refused; --init accepts the database as it is")
     func lostWAL() async throws {
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         try await populated(directory)
         // What kill -9 leaves: the marker still says open; then the WAL goes.
@@ -128,7 +128,7 @@ struct DatabaseIdentityTests {
 
     @Test("a state directory with outputs and blobs but no database and no marker is refused")
     func remnants() throws {
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         try FileManager.default.createDirectory(atPath: directory.file("outputs/job-1"), withIntermediateDirectories: true)
         let error = try #require(openError(directory.file("jobs.sqlite")))
@@ -138,7 +138,7 @@ struct DatabaseIdentityTests {
 
     @Test("while open: a deleted, replaced or truncated file, or a deleted WAL, is noticed")
     func problemsWhileOpen() throws {
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         let path = directory.file("jobs.sqlite")
         let (database, _) = try StateDatabase.openOwned(path: path)
@@ -155,7 +155,7 @@ struct DatabaseIdentityTests {
 
     @Test("the reserve is made beside the database, released on demand and made again")
     func reserve() throws {
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         let (database, _) = try StateDatabase.openOwned(path: directory.file("jobs.sqlite"), reserveBytes: 1 << 20)
         defer { try? database.close() }
@@ -170,7 +170,7 @@ struct DatabaseIdentityTests {
 
     @Test("on a full filesystem the writes that record outcomes still go through: the reserve gives room; then disk_full")
     func fullFilesystem() async throws {
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         guard getuid() == 0,
             (try? runMount(["-t", "tmpfs", "-o", "size=8m", "tmpfs", directory.path])) == true

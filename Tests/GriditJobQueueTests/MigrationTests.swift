@@ -62,7 +62,7 @@ struct MigrationTests {
 
     @Test("a fresh database gets every migration; reopening is a no-op")
     func freshAndReopen() async throws {
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         let path = directory.file("jobs.sqlite")
         let store = try SQLiteJobStore(path: path)
@@ -77,7 +77,7 @@ struct MigrationTests {
 
     @Test("0003 on a database of 0002: every job and error kept, ids continue past the largest, never reused")
     func upgradeKeepsJobsAndNeverReusesIDs() async throws {
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         let path = directory.file("jobs.sqlite")
         let shipped = Array(SchemaMigration.all.prefix(2))
@@ -122,7 +122,7 @@ struct MigrationTests {
 
     @Test("a database with a migration unknown to this binary is refused")
     func newerSchemaRefused() async throws {
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         let path = directory.file("jobs.sqlite")
         let future = SchemaMigration.all + [
@@ -141,7 +141,7 @@ struct MigrationTests {
 
     @Test("a migration that fails leaves nothing half-applied")
     func failingMigrationRollsBack() async throws {
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         let path = directory.file("jobs.sqlite")
         let broken = SchemaMigration.all + [

@@ -9,7 +9,7 @@ struct SQLiteJobStoreTests {
     /// The backend-independent suite, each case on a fresh database file.
     @Test("conformance", arguments: JobStoreConformance.cases)
     func conformance(_ check: JobStoreConformance.Case) async throws {
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         let suite = JobStoreConformance {
             try SQLiteJobStore(path: directory.file("jobs-\(UUID().uuidString).sqlite"))
@@ -19,7 +19,7 @@ struct SQLiteJobStoreTests {
 
     @Test("connection: WAL, synchronous FULL, foreign keys, busy timeout")
     func connectionSettings() throws {
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         let store = try SQLiteJobStore(path: directory.file("jobs.sqlite"), busyTimeout: 5)
         let settings = try store.connectionSettings()
@@ -31,7 +31,7 @@ struct SQLiteJobStoreTests {
 
     @Test("pause survives reopening the file")
     func pauseSurvivesReopen() async throws {
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         let path = directory.file("jobs.sqlite")
         do {
@@ -51,7 +51,7 @@ struct SQLiteJobStoreTests {
     func exclusiveAcrossPools() async throws {
         // Two pools break GRDB's one-connection-per-file rule on purpose: the claim must be
         // atomic in SQLite itself (BEGIN IMMEDIATE + busy timeout), not only in GRDB's queue.
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         let path = directory.file("jobs.sqlite")
         let first = try SQLiteJobStore(path: path, busyTimeout: 30)
@@ -80,7 +80,7 @@ struct SQLiteJobStoreTests {
 
     @Test("the SQL claim matches JobStateMachine's claim")
     func claimMatchesStateMachine() async throws {
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         let store = try SQLiteJobStore(path: directory.file("jobs.sqlite"))
         let before = try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(0)).job
@@ -95,7 +95,7 @@ struct SQLiteJobStoreTests {
 
     @Test("sub-millisecond clocks: recovery agrees with the stored millisecond lease")
     func subMillisecondClock() async throws {
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         let store = try SQLiteJobStore(path: directory.file("jobs.sqlite"))
         let id = try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(0)).job.id

@@ -12,7 +12,7 @@ import Glibc
 struct StateDirectoryLockTests {
     @Test("held by one opener, refused to a second with the holder's pid")
     func exclusive() throws {
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         let lock = try StateDirectoryLock(stateDirectory: directory.path)
         #expect(lock.path == directory.file("griditd.lock"))
@@ -39,7 +39,7 @@ struct StateDirectoryLockTests {
 
     @Test("a missing state directory is an io error naming the path")
     func missingDirectory() throws {
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         let missing = directory.file("does/not/exist")
         #expect(throws: StateError.self) { try StateDirectoryLock(stateDirectory: missing) }

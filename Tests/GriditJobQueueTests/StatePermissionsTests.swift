@@ -23,7 +23,7 @@ struct StatePermissionsTests {
 
     @Test("the database and its WAL files are 0600 whatever the umask; an older 0644 one is tightened")
     func databaseIsPrivate() async throws {
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         let path = directory.file("jobs.sqlite")
         try await Self.withUmask(0o022) {
@@ -42,7 +42,7 @@ struct StatePermissionsTests {
 
     @Test("folders are created with their mode, with missing parents; looser ones lose bits, stricter ones keep theirs")
     func folders() throws {
-        let directory = try TemporaryDirectory()
+        let directory = TemporaryDirectory()
         defer { directory.remove() }
         let state = directory.file("a/b/state")
         try StatePermissions.directory(state, mode: StatePermissions.stateDirectory)

@@ -5,6 +5,7 @@ import GriditAPI
 import GriditModelStore
 import GriditModels
 import GriditDiffusion
+import GriditTestSupport
 import Testing
 
 /// One entry of a hand-made tar.
@@ -80,7 +81,7 @@ func readTar(_ path: String) throws -> [(String, [UInt8])] {
 struct BundleTests {
     @Test("export -> import on another store gives the same version; exports are byte-identical")
     func roundTrip() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let a = try ModelStore(stateDirectory: dir.file("a"))
         let imported = try a.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)
@@ -108,7 +109,7 @@ struct BundleTests {
 
     @Test("a bundle with a flipped byte is refused and nothing is imported")
     func corruptBundle() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let a = try ModelStore(stateDirectory: dir.file("a"))
         _ = try a.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)
@@ -134,7 +135,7 @@ struct BundleTests {
     }
 
     func expectHostile(_ modify: (inout [TarEntry]) -> Void, mention: String) throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let a = try ModelStore(stateDirectory: dir.file("a"))
         _ = try a.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)
@@ -187,7 +188,7 @@ struct BundleTests {
 
     @Test("a truncated bundle is refused")
     func truncatedBundle() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let a = try ModelStore(stateDirectory: dir.file("a"))
         _ = try a.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)

@@ -4,6 +4,7 @@ import GriditCheckpoint
 import GriditModelStore
 import GriditModels
 import GriditDiffusion
+import GriditTestSupport
 import Synchronization
 import Testing
 
@@ -23,7 +24,7 @@ struct CacheTests {
 
     @Test("leases share one load and one mapping; idle entries go after the keep-alive, not before")
     func keepAlive() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let store = try ModelStore(stateDirectory: dir.file("state"))
         let v1 = try store.importModel(from: try writePipeline(in: dir.file("v1")), name: "tiny:v1")
@@ -89,7 +90,7 @@ struct CacheTests {
 
     @Test("gc keeps the blobs of cached models even when no tag or job references them")
     func cachePinsBlobs() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let store = try ModelStore(stateDirectory: dir.file("state"))
         _ = try store.importModel(from: try writePipeline(in: dir.file("v1")), name: "tiny:v1")

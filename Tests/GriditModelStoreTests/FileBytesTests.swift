@@ -3,13 +3,14 @@ import Glibc
 #endif
 import Foundation
 @testable import GriditModelStore
+import GriditTestSupport
 import Testing
 
 @Suite("FileBytes")
 struct FileBytesTests {
     @Test("reads files whole: empty ones, /proc ones that stat as 0 bytes; never a FIFO, never waiting")
     func reads() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let empty = dir.file("empty"), text = dir.file("text"), fifo = dir.file("fifo")
         _ = FileManager.default.createFile(atPath: empty, contents: Data())

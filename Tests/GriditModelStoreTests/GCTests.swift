@@ -5,6 +5,7 @@ import GriditModelStore
 import GriditModels
 import GriditDiffusion
 import GriditJobQueue
+import GriditTestSupport
 import Testing
 
 @Suite("gc")
@@ -15,7 +16,7 @@ struct GCTests {
 
     @Test("gc removes untagged versions and the blobs only they used; shared blobs stay")
     func removesUnreferenced() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let store = try ModelStore(stateDirectory: dir.file("state"))
         let v1 = try store.importModel(
@@ -42,7 +43,7 @@ struct GCTests {
 
     @Test("a version pinned by a queued or running job survives rm and gc until the job ends")
     func keepsWhatLiveJobsPin() async throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let store = try ModelStore(stateDirectory: dir.file("state"))
         let jobs = SQLiteJobStore(database: store.database)
@@ -68,7 +69,7 @@ struct GCTests {
 
     @Test("gc keeps blobs this process maps, and deletes them once unmapped")
     func keepsMapped() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let store = try ModelStore(stateDirectory: dir.file("state"))
         let v1 = try store.importModel(from: try writePipeline(in: dir.file("v1")), name: "tiny:v1")
@@ -86,7 +87,7 @@ struct GCTests {
 
     @Test("gc removes temporary files of dead imports, not of live ones")
     func temporaryFiles() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let store = try ModelStore(stateDirectory: dir.file("state"))
         let ingest = store.stateDirectory + "/ingest/"
@@ -108,7 +109,7 @@ struct OtherProcessTests {
         "gc keeps a blob another process maps, and ps shows that process",
         .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3")))
     func otherProcessMapping() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let store = try ModelStore(stateDirectory: dir.file("state"))
         let v1 = try store.importModel(from: try writePipeline(in: dir.file("v1")), name: "tiny:v1", link: .copy)

@@ -6,43 +6,24 @@ import GriditModels
 import GriditDiffusion
 import GriditJobQueue
 import GriditStateDatabase
+import GriditTestSupport
 import Testing
 
 /// The real `griditd` executable (built by `swift build` / `swift test` next to the test bundle).
 func griditdExecutable() throws -> String {
-    let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-    let path = exe.deletingLastPathComponent().appendingPathComponent("griditd").path
+    let path = binaryDirectory() + "/griditd"
     guard FileManager.default.isExecutableFile(atPath: path) else {
-        Issue.record("no griditd next to the tests at \(path); run `swift build --product griditd` first")
-        throw CocoaError(.fileNoSuchFile)
+        throw TestFailure("no griditd at \(path); run `swift build --product griditd` first")
     }
     return path
 }
 
-struct Outcome {
-    var status: Int32
-    var stdout: String
-    var stderr: String
-}
-
-/// Runs griditd to completion.
-func griditd(_ arguments: [String], environment: [String: String] = [:], prefix: [String] = []) throws -> Outcome {
-    let process = Process()
+/// Runs griditd to completion (`prefix`: a command that runs it, such as setpriv).
+func griditd(_ arguments: [String], environment: [String: String] = [:], prefix: [String] = []) throws -> ProcessResult {
     let binary = try griditdExecutable()
-    process.executableURL = URL(fileURLWithPath: prefix.first ?? binary)
-    process.arguments = Array(prefix.dropFirst()) + (prefix.isEmpty ? [] : [binary]) + arguments
-    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-    let out = Pipe()
-    let err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    try process.run()
-    let stdout = out.fileHandleForReading.readDataToEndOfFile()
-    let stderr = err.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return Outcome(
-        status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
-        stderr: String(decoding: stderr, as: UTF8.self))
+    return try runProcess(
+        prefix.first ?? binary, Array(prefix.dropFirst()) + (prefix.isEmpty ? [] : [binary]) + arguments,
+        environment: ProcessInfo.processInfo.environment.merging(environment) { $1 }, timeout: 300)
 }
 
 @Suite("The griditd binary: kill -9 during import, CLI contract")
@@ -81,7 +62,7 @@ struct GriditdBinaryTests {
         "kill -9 at any point of an import leaves no visible partial blob or tag; the next open and gc clean up",
         arguments: ["import.copying", "import.ingested", "import.published", "import.committed"])
     func killDuringImport(label: String) throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let pipeline = try writePipeline(in: dir.file("src"), name: "big", stage1: Tiny.bigStage1)
         let state = dir.file("state")
@@ -129,7 +110,7 @@ struct GriditdBinaryTests {
 
     @Test("--json output decodes into the result types; errors exit with their status")
     func jsonContract() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let pipeline = try writePipeline(in: dir.file("src"))
         let state = ["--state-dir", dir.file("state")]
@@ -159,7 +140,7 @@ struct GriditdBinaryTests {
 
     @Test("with a daemon holding the state directory, mutating commands refuse and point at griditctl")
     func daemonRunning() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let pipeline = try writePipeline(in: dir.file("src"))
         let state = ["--state-dir", dir.file("state")]
@@ -176,7 +157,7 @@ struct GriditdBinaryTests {
 
     @Test("a state directory this user cannot write: the message names the component and the fix")
     func permissionDenied() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let pipeline = try writePipeline(in: dir.file("src"))
         let locked = dir.file("locked")

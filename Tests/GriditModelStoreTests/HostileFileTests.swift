@@ -5,6 +5,7 @@ import GriditCheckpoint
 import GriditModelStore
 import GriditModels
 import GriditDiffusion
+import GriditTestSupport
 import Testing
 
 /// Runs `body` (an import) on a thread of its own while watching `fifo`: if anything opens it
@@ -43,13 +44,13 @@ func fifoHasReader(_ path: String) -> Bool {
 struct HostileFileTests {
     /// A store holding one good version, and a second pipeline folder `bad/` to break.
     struct Setup {
-        let dir: TempDir
+        let dir: TemporaryDirectory
         let store: ModelStore
         let pipeline: String
         let before: StoreSnapshot
 
         init() throws {
-            dir = try TempDir()
+            dir = TemporaryDirectory("gms")
             store = try ModelStore(stateDirectory: dir.file("state"))
             _ = try store.importModel(from: try writePipeline(in: dir.file("good")), name: "good:v1", link: .copy)
             pipeline = try writePipeline(in: dir.file("bad"), seed: 5)
@@ -225,7 +226,7 @@ struct HostileFileTests {
 struct LinkModeTests {
     @Test("auto reflinks or copies, never hardlinks; writing the source in place leaves the blob intact")
     func autoIsIndependent() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let source = try writePipeline(in: dir.file("src"))
         let weights = dir.file("src/stage1.safetensors")
@@ -245,7 +246,7 @@ struct LinkModeTests {
 
     @Test("hardlink on request: the source's mode stays; a later in-place write is found and quarantined")
     func hardlinkOnRequest() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let source = try writePipeline(in: dir.file("src"))
         let weights = dir.file("src/stage1.safetensors")

@@ -3,13 +3,14 @@ import GriditAPI
 import GriditModelStore
 import GriditModels
 import GriditDiffusion
+import GriditTestSupport
 import Testing
 
 @Suite("Integrity: verify, load checks, quarantine")
 struct IntegrityTests {
     @Test("a flipped byte is found by pipeline(): digest_mismatch, the blob is quarantined, not used")
     func loadFindsFlippedByte() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let store = try ModelStore(stateDirectory: dir.file("state"))
         let imported = try store.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)
@@ -37,7 +38,7 @@ struct IntegrityTests {
 
     @Test("verify re-hashes everything and reports a flipped byte with who uses the blob")
     func verifyFindsFlippedByte() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let store = try ModelStore(stateDirectory: dir.file("state"))
         let imported = try store.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)
@@ -58,7 +59,7 @@ struct IntegrityTests {
 
     @Test("import finds a corrupt stored copy, quarantines it and stores the fresh one")
     func importFindsFlippedByte() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let store = try ModelStore(stateDirectory: dir.file("state"))
         let first = try store.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)
@@ -72,7 +73,7 @@ struct IntegrityTests {
 
     @Test("the cheap check notices a rewritten file even when size and mtime are restored")
     func cheapCheckUsesCtime() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let store = try ModelStore(stateDirectory: dir.file("state"))
         let imported = try store.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)

@@ -5,13 +5,14 @@ import GriditModels
 import GriditDiffusion
 import GriditJobQueue
 import GriditStateDatabase
+import GriditTestSupport
 import Testing
 
 @Suite("Site roots, shared database, offline sessions, checks")
 struct RootsAndSessionTests {
     @Test("a read-only site root is searched first for tags and lends its blobs without copies")
     func siteRoot() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let site = try ModelStore(stateDirectory: dir.file("site"))
         let shared = try site.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)
@@ -44,7 +45,7 @@ struct RootsAndSessionTests {
 
     @Test("the job queue and the model store share one database")
     func sharedDatabase() async throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let database = try StateDatabase(path: dir.file("jobs.sqlite"))
         let jobs = SQLiteJobStore(database: database)
@@ -62,7 +63,7 @@ struct RootsAndSessionTests {
 
     @Test("while a daemon holds the lock, mutating offline commands refuse and read-only ones run")
     func offlineSession() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let state = dir.file("state")
         do {
@@ -86,7 +87,7 @@ struct RootsAndSessionTests {
 
     @Test("checks name the component at fault: a file in the middle of the path")
     func checksNameTheComponent() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         _ = FileManager.default.createFile(atPath: dir.file("file"), contents: Data())
         let result = StoreChecks.run(stateDirectory: dir.file("file/state"))
@@ -106,7 +107,7 @@ struct RootsAndSessionTests {
 
 @Test("checks of a state directory that does not exist yet: ok when it can be created")
 func checksOfMissingStateDirectory() throws {
-    let dir = try TempDir()
+    let dir = TemporaryDirectory("gms")
     defer { dir.remove() }
     let result = StoreChecks.run(stateDirectory: dir.file("new/state"))
     #expect(result.ok)
