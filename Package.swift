@@ -3,7 +3,7 @@
 // Imports point one way (see the README, "Layout"). The numeric core:
 //   gridit-bench -> GriditModels -> GriditTensor -> CBLAS, CGriditKernels
 //                -> GriditCheckpoint -> GriditTensor, GriditDurable
-//   GriditDiffusion -> GriditModels, GriditTensor        (diffusion, sampling, grids, the pipeline file)
+//   GriditDiffusion -> GriditModels, GriditTensor, GriditJobSpec (diffusion, sampling, grids, the pipeline file)
 //   GriditImage -> CPNG                                  (PNG, animated PNG, contact sheet)
 //   GriditEngine -> GriditJobSpec, GriditDiffusion, GriditModels, GriditCheckpoint, GriditImage, GriditFaults,
 //                   GriditDurable, Crypto                (pipelines, plans, resumable batched runs, outputs)
@@ -84,7 +84,7 @@ let package = Package(
         ),
         .target(
             name: "GriditDiffusion",
-            dependencies: ["GriditModels", "GriditTensor"],
+            dependencies: ["GriditJobSpec", "GriditModels", "GriditTensor"],
             swiftSettings: swiftSettings
         ),
         .target(

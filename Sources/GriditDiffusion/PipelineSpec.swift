@@ -3,7 +3,9 @@
 // and the sampling defaults. The model store keeps it as the body of a pipeline version, with the
 // file references rewritten to blob digests (`mapFiles`).
 import Foundation
+import GriditJobSpec
 import GriditModels
+import GriditTensor
 
 /// A bad pipeline file: what is wrong and, where it helps, what to do.
 public struct PipelineError: Error, CustomStringConvertible, Equatable {
@@ -310,10 +312,11 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
         return try! e.encode(self)  // plain strings and numbers: cannot fail
     }
 
-    public static let modes = ["gridit", "official"]
-    public static let samplers = ["ddpm", "ddim", "dpmpp-2m"]
-    public static let precisions = ["fp32", "bf16"]
-    public static let contexts = ["renoised", "clean"]
+    // The names a default may take: those a `JobSpec` may ask for.
+    public static let modes = SequenceMode.allCases.map(\.rawValue)
+    public static let samplers = SamplerName.allCases.map(\.rawValue)
+    public static let precisions = Precision.allCases.map(\.rawValue)
+    public static let contexts = ContextFrames.allCases.map(\.rawValue)
 
     /// Checks that need no model config: format, ranges, enumerations, respacing strings.
     public func validateFields(path: String? = nil) throws {
