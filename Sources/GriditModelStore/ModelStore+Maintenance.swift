@@ -249,7 +249,6 @@ extension ModelStore {
                 digest: digest.description, references: tags, path: "-", size: 0, blobs: items.count)
         }
         let destination = path.hasPrefix("/") ? path : joinPath(FileManager.default.currentDirectoryPath, path)
-        let directory = (destination as NSString).deletingLastPathComponent
         try DurableFile.write(to: destination, failure: { posixError("export: \($0.call)", path: $0.path, errno: $0.errno) }) {
             (out) throws(ModelStoreError) in try write(to: out.fileDescriptor, name: destination)
         }

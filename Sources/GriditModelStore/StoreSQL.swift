@@ -3,7 +3,6 @@
 // function runs inside a transaction its caller opened (`StateDatabase.write` / `read`).
 import Foundation
 import GRDB
-import GriditJobSpec
 import GriditStateDatabase
 
 #if canImport(Glibc)
