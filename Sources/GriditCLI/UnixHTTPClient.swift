@@ -34,64 +34,69 @@ public struct UnixHTTPClient: ControlClient {
 
     /// One request, the whole reply.
     public func send(_ method: String, _ path: String, body: Data? = nil) throws(ConnectionError) -> HTTPReply {
-        let connection = try connect()
-        defer { close(connection.fd) }
-        try connection.write(request(method, path, body: body))
-        var reader = ResponseReader(fd: connection.fd)
-        let (status, headers) = try reader.readHead()
-        let data = try reader.readBody(headers: headers)
-        return HTTPReply(status: status, headers: headers, body: data)
+        try exchange(method, path, body: body) { (reader, headers) throws(ConnectionError) in
+            try reader.readBody(headers: headers)
+        }
     }
 
     /// A streaming GET: `onLine` gets each newline-delimited line until the server ends the
     /// reply or `onLine` returns false. Returns the status (and the body, when not 200).
     public func stream(_ path: String, onLine: (Data) -> Bool) throws(ConnectionError) -> HTTPReply {
-        let connection = try connect(streaming: true)
-        defer { close(connection.fd) }
-        try connection.write(request("GET", path, body: nil))
-        var reader = ResponseReader(fd: connection.fd)
-        let (status, headers) = try reader.readHead()
-        guard status == 200 else { return HTTPReply(status: status, headers: headers, body: try reader.readBody(headers: headers)) }
-        var pending = Data()
-        try reader.readBody(headers: headers) { chunk in
-            pending.append(chunk)
-            while let newline = pending.firstIndex(of: 0x0A) {
-                let line = pending[pending.startIndex..<newline]
-                pending = Data(pending[(newline + 1)...])
-                if !line.isEmpty, !onLine(Data(line)) { return false }
+        try exchange("GET", path, streaming: true) { (reader, headers) throws(ConnectionError) in
+            var pending = Data()
+            try reader.readBody(headers: headers) { chunk in
+                pending.append(chunk)
+                while let newline = pending.firstIndex(of: 0x0A) {
+                    let line = pending[pending.startIndex..<newline]
+                    pending = Data(pending[(newline + 1)...])
+                    if !line.isEmpty, !onLine(Data(line)) { return false }
+                }
+                return true
             }
-            return true
+            return Data()
         }
-        return HTTPReply(status: status, headers: headers, body: Data())
     }
 
     /// A GET whose body goes to `file` (created, or replaced atomically); returns the status
     /// (and the error body when not 200).
     public func download(_ path: String, to file: String) throws(ConnectionError) -> HTTPReply {
-        let connection = try connect()
-        defer { close(connection.fd) }
-        try connection.write(request("GET", path, body: nil))
-        var reader = ResponseReader(fd: connection.fd)
-        let (status, headers) = try reader.readHead()
-        guard status == 200 else { return HTTPReply(status: status, headers: headers, body: try reader.readBody(headers: headers)) }
-        try DurableFile.write(
-            to: file, failure: { ConnectionError(kind: .protocolError, message: "saving \(file): \($0)") }
-        ) { (out) throws(ConnectionError) in
-            var failed: ConnectionError?
-            try reader.readBody(headers: headers) { chunk in
-                chunk.withUnsafeBytes { raw in
-                    do throws(ConnectionError) {
-                        try out.write(raw)
-                        return true
-                    } catch {
-                        failed = error
-                        return false
+        try exchange("GET", path) { (reader, headers) throws(ConnectionError) in
+            try DurableFile.write(
+                to: file, failure: { ConnectionError(kind: .protocolError, message: "saving \(file): \($0)") }
+            ) { (out) throws(ConnectionError) in
+                var failed: ConnectionError?
+                try reader.readBody(headers: headers) { chunk in
+                    chunk.withUnsafeBytes { raw in
+                        do throws(ConnectionError) {
+                            try out.write(raw)
+                            return true
+                        } catch {
+                            failed = error
+                            return false
+                        }
                     }
                 }
+                if let failed { throw failed }
             }
-            if let failed { throw failed }
+            return Data()
         }
-        return HTTPReply(status: status, headers: headers, body: Data())
+    }
+
+    /// Sends one request on a new connection and reads the reply's head. A 200's body is read by
+    /// `readOK` (what it returns is the reply's body); any other status's body is read whole.
+    private func exchange(
+        _ method: String, _ path: String, body: Data? = nil, streaming: Bool = false,
+        readOK: (inout ResponseReader, _ headers: [String: String]) throws(ConnectionError) -> Data
+    ) throws(ConnectionError) -> HTTPReply {
+        let connection = try connect(streaming: streaming)
+        defer { close(connection.fd) }
+        try connection.write(request(method, path, body: body))
+        var reader = ResponseReader(fd: connection.fd)
+        let (status, headers) = try reader.readHead()
+        guard status == 200 else {
+            return HTTPReply(status: status, headers: headers, body: try reader.readBody(headers: headers))
+        }
+        return HTTPReply(status: status, headers: headers, body: try readOK(&reader, headers))
     }
 
     // MARK: - Plumbing

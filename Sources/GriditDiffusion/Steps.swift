@@ -36,6 +36,26 @@ struct StepCoefficients {
         let frac = (v + 1) / 2
         return frac * maxLog + (1 - frac) * minLog
     }
+
+    /// Walks x (n rows of `inner` values) with the model's output (n rows of 2·`inner` values,
+    /// ε or v then the variance channels, under the learned range; else n rows of `inner`):
+    /// `body(j, x, x0, v)` for each flat index j, with x0 predicted from that element's output
+    /// (`predictX0`) and v its variance-channel value (0 unless learned). `body` may write index
+    /// j of a tensor that is x itself: x[j] is read before.
+    @inline(__always) func forEachElement(
+        n: Int, inner: Int, x: UnsafePointer<Float>, modelOutput: UnsafePointer<Float>, clip: Bool,
+        _ body: (_ j: Int, _ x: Float, _ x0: Float, _ v: Float) -> Void
+    ) {
+        for b in 0..<n {
+            let out = modelOutput + b * (learned ? 2 : 1) * inner
+            let base = b * inner
+            for i in 0..<inner {
+                let xi = x[base + i]
+                let x0 = predictX0(x: xi, eps: epsilon(x: xi, out: out[i]), clip: clip)
+                body(base + i, xi, x0, learned ? out[inner + i] : 0)
+            }
+        }
+    }
 }
 
 extension GaussianDiffusion {
@@ -87,20 +107,12 @@ extension GaussianDiffusion {
         let (n, inner) = try checkShapes(x: x, modelOutput: modelOutput, k: k, variance: variance,
                                          predX0, mean, logVariance)
         let cf = coefficients(k, variance: variance, prediction: prediction)
-        let learned = variance == .learnedRange
-        let xs = x.pointer, out = modelOutput.pointer
         let x0p = predX0.mutablePointer, mp = mean.mutablePointer, lp = logVariance.mutablePointer
-        for b in 0..<n {
-            let eps = out + b * (learned ? 2 : 1) * inner
-            let v = eps + inner
-            let base = b * inner
-            for i in 0..<inner {
-                let xi = xs[base + i]
-                let x0 = cf.predictX0(x: xi, eps: cf.epsilon(x: xi, out: eps[i]), clip: clipDenoised)
-                x0p[base + i] = x0
-                mp[base + i] = cf.coef1 * x0 + cf.coef2 * xi
-                lp[base + i] = cf.logVariance(v: learned ? v[i] : 0)
-            }
+        cf.forEachElement(n: n, inner: inner, x: x.pointer, modelOutput: modelOutput.pointer, clip: clipDenoised) {
+            j, xi, x0, v in
+            x0p[j] = x0
+            mp[j] = cf.coef1 * x0 + cf.coef2 * xi
+            lp[j] = cf.logVariance(v: v)
         }
     }
 
@@ -113,23 +125,15 @@ extension GaussianDiffusion {
                                          noise, into)
         if k != 0 && noise == nil { throw DiffusionError.shapeMismatch("noise is required at k = \(k)") }
         let cf = coefficients(k, variance: variance, prediction: prediction)
-        let learned = variance == .learnedRange
-        let xs = x.pointer, out = modelOutput.pointer, dst = into.mutablePointer
+        let dst = into.mutablePointer
         let z = k != 0 ? noise!.pointer : nil
-        for b in 0..<n {
-            let eps = out + b * (learned ? 2 : 1) * inner
-            let v = eps + inner
-            let base = b * inner
-            for i in 0..<inner {
-                let xi = xs[base + i]
-                let x0 = cf.predictX0(x: xi, eps: cf.epsilon(x: xi, out: eps[i]), clip: clipDenoised)
-                let mean = cf.coef1 * x0 + cf.coef2 * xi
-                if let z {
-                    let logVar = cf.logVariance(v: learned ? v[i] : 0)
-                    dst[base + i] = mean + expf(0.5 * logVar) * z[base + i]
-                } else {
-                    dst[base + i] = mean
-                }
+        cf.forEachElement(n: n, inner: inner, x: x.pointer, modelOutput: modelOutput.pointer, clip: clipDenoised) {
+            j, xi, x0, v in
+            let mean = cf.coef1 * x0 + cf.coef2 * xi
+            if let z {
+                dst[j] = mean + expf(0.5 * cf.logVariance(v: v)) * z[j]
+            } else {
+                dst[j] = mean
             }
         }
     }
@@ -147,23 +151,17 @@ extension GaussianDiffusion {
         let useNoise = k != 0 && eta != 0
         if useNoise && noise == nil { throw DiffusionError.shapeMismatch("noise is required at k = \(k) with eta \(eta)") }
         let cf = coefficients(k, variance: variance, prediction: prediction)
-        let learned = variance == .learnedRange
         let ab = cf.alphaBar, abPrev = cf.alphaBarPrev
         let sigma = eta * ((1 - abPrev) / (1 - ab)).squareRoot() * (1 - ab / abPrev).squareRoot()
         let sqrtAbPrev = abPrev.squareRoot()
         let dirCoef = (1 - abPrev - sigma * sigma).squareRoot()
-        let xs = x.pointer, out = modelOutput.pointer, dst = into.mutablePointer
+        let dst = into.mutablePointer
         let z = useNoise ? noise!.pointer : nil
-        for b in 0..<n {
-            let epsIn = out + b * (learned ? 2 : 1) * inner
-            let base = b * inner
-            for i in 0..<inner {
-                let xi = xs[base + i]
-                let x0 = cf.predictX0(x: xi, eps: cf.epsilon(x: xi, out: epsIn[i]), clip: clipDenoised)
-                let eps = (cf.sqrtRecip * xi - x0) / cf.sqrtRecipm1
-                let meanPred = x0 * sqrtAbPrev + dirCoef * eps
-                dst[base + i] = z.map { meanPred + sigma * $0[base + i] } ?? meanPred
-            }
+        cf.forEachElement(n: n, inner: inner, x: x.pointer, modelOutput: modelOutput.pointer, clip: clipDenoised) {
+            j, xi, x0, _ in
+            let eps = (cf.sqrtRecip * xi - x0) / cf.sqrtRecipm1
+            let meanPred = x0 * sqrtAbPrev + dirCoef * eps
+            dst[j] = z.map { meanPred + sigma * $0[j] } ?? meanPred
         }
     }
 }
@@ -187,7 +185,6 @@ extension GaussianDiffusion {
         let (n, inner) = try checkShapes(x: x, modelOutput: modelOutput, k: k, variance: variance,
                                          into, predX0, previousX0)
         let cf = coefficients(k, variance: variance, prediction: prediction)
-        let learned = variance == .learnedRange
         func lambda(_ ab: Double) -> Double { 0.5 * (Glibc.log(ab) - Glibc.log(1 - ab)) }
         // x_t = cx·x + c0·x0_k − c1·x0_(k+1) (Double coefficients, Float arithmetic)
         var cx = 0.0, c0 = 1.0, c1 = 0.0
@@ -204,18 +201,13 @@ extension GaussianDiffusion {
             }
         }
         let fx = Float(cx), f0 = Float(c0), f1 = Float(c1)
-        let xs = x.pointer, out = modelOutput.pointer, dst = into.mutablePointer, x0p = predX0.mutablePointer
+        let dst = into.mutablePointer, x0p = predX0.mutablePointer
         let prev = c1 != 0 ? previousX0?.pointer : nil
-        for b in 0..<n {
-            let eps = out + b * (learned ? 2 : 1) * inner
-            let base = b * inner
-            for i in 0..<inner {
-                let xi = xs[base + i]
-                let x0 = cf.predictX0(x: xi, eps: cf.epsilon(x: xi, out: eps[i]), clip: false)
-                let older = prev.map { $0[base + i] } ?? 0
-                x0p[base + i] = x0
-                dst[base + i] = fx * xi + f0 * x0 - f1 * older
-            }
+        cf.forEachElement(n: n, inner: inner, x: x.pointer, modelOutput: modelOutput.pointer, clip: false) {
+            j, xi, x0, _ in
+            let older = prev.map { $0[j] } ?? 0
+            x0p[j] = x0
+            dst[j] = fx * xi + f0 * x0 - f1 * older
         }
     }
 }

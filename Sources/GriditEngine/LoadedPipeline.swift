@@ -121,20 +121,22 @@ public final class LoadedPipeline: Sendable {
         let configuration = try PipelineConfiguration(spec: spec, path: path)
         let asked = precision ?? Precision(rawValue: spec.defaults.precision) ?? .fp32
         do {
-            let w1 = try SafetensorsFile(mapping: map(.stage1Weights, spec.stage1.weights))
-            stage1 = try DiT(config: configuration.stage1, source: w1, precision: asked)
-            var mapped = w1.mapping.size
+            var mapped = 0
+            /// Maps a role's weights file and counts its bytes.
+            func weights(_ role: PipelineSpec.FileRole, _ path: String) throws -> SafetensorsFile {
+                let file = try SafetensorsFile(mapping: map(role, path))
+                mapped += file.mapping.size
+                return file
+            }
+            stage1 = try DiT(
+                config: configuration.stage1, source: weights(.stage1Weights, spec.stage1.weights), precision: asked)
             if let s2 = spec.stage2, let c2 = configuration.stage2 {
-                let w2 = try SafetensorsFile(mapping: map(.stage2Weights, s2.weights))
-                stage2 = try DiT(config: c2, source: w2, precision: asked)
-                mapped += w2.mapping.size
+                stage2 = try DiT(config: c2, source: weights(.stage2Weights, s2.weights), precision: asked)
             } else {
                 stage2 = nil
             }
             if let v = spec.vae, let cv = configuration.vae {
-                let wv = try SafetensorsFile(mapping: map(.vaeWeights, v.weights))
-                vae = try AutoencoderKL(config: cv, source: wv, precision: asked)
-                mapped += wv.mapping.size
+                vae = try AutoencoderKL(config: cv, source: weights(.vaeWeights, v.weights), precision: asked)
             } else {
                 vae = nil
             }

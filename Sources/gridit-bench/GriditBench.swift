@@ -146,10 +146,7 @@ extension GriditBench {
                 record["rel_error_vs_fp32"] = error.l2
                 record["max_abs_error_vs_fp32"] = error.maxAbs
             }
-            if json {
-                let data = try JSONSerialization.data(withJSONObject: record, options: [.sortedKeys])
-                print(String(decoding: data, as: UTF8.self))
-            } else {
+            try printRecord(record, json: json) {
                 print(String(format: "%@ input %d batch %d threads %d %@ (%@): median %.1f ms over %d, %.1f GFLOP/s "
                              + "(CPU time of all threads %.1f ms)",
                              architecture.name, config.inputSize, batch, threads.threads, dit.precision.rawValue,
@@ -205,10 +202,7 @@ extension GriditBench {
                 "resident_before_mb": Double(before) / 1e6, "peak_resident_mb": Double(peak) / 1e6,
                 "tile": vae.tiling?.tile ?? 0,
             ]
-            if json {
-                let data = try JSONSerialization.data(withJSONObject: record, options: [.sortedKeys])
-                print(String(decoding: data, as: UTF8.self))
-            } else {
+            try printRecord(record, json: json) {
                 print(String(format: "VAE %@ %dx%d batch %d threads %d %@ tile %d: median %.1f ms over %d; "
                              + "resident %.0f MB after loading, peak %.0f MB",
                              encode ? "encode" : "decode", size, size, batch, threads.threads, vae.precision.rawValue,
@@ -280,6 +274,13 @@ extension GriditBench {
                          + "activations %.1f MB", Double(residentBytes()) / 1e6, Double(ws.byteCount) / 1e6))
         }
     }
+}
+
+/// Prints a measurement: `record` as one line of JSON (sorted keys) with `--json`, else `text`.
+func printRecord(_ record: [String: Any], json: Bool, text: () -> Void) throws {
+    guard json else { return text() }
+    let data = try JSONSerialization.data(withJSONObject: record, options: [.sortedKeys])
+    print(String(decoding: data, as: UTF8.self))
 }
 
 /// Resident set size of this process (VmRSS), in bytes.
