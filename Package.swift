@@ -35,6 +35,7 @@
 //                                                        (no database, numeric or NIO target)
 //   griditd -> GriditBackend, GriditCLI                  (griditd run shares GriditCLI's `SamplingOptions`)
 //   griditctl -> GriditCLI
+
 import PackageDescription
 
 let swiftSettings: [SwiftSetting] = [

@@ -1,4 +1,5 @@
 // JSON conventions of the control API and the error body every 4xx/5xx carries.
+
 import Foundation
 import GriditJobSpec
 

@@ -1,4 +1,5 @@
 // Wire types of `/v1/status`, `/v1/version` and `/v1/queue`.
+
 import Foundation
 import GriditJobSpec
 

@@ -6,9 +6,7 @@
 //   through the store's integrity check into a keep-alive cache keyed by manifest digest.
 // - `ModelStoreCatalog`: the store's commands for the socket API, and the default model of a submit.
 // - `ModelCacheService`: unmaps models idle past their keep-alive.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditDaemon
 import GriditEngine
@@ -19,6 +17,10 @@ import GriditStateDatabase
 import Logging
 import NIOPosix
 import ServiceLifecycle
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public enum Backend {
     /// The engine and model store of `configuration`'s state directory, the model store on the

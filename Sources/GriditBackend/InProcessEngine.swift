@@ -2,6 +2,7 @@
 // resumable `SequenceRun`s in the jobs' work directories, executed together on the worker thread
 // (stage-1 grids of every job in one batched forward, stage-2 frames in batches across jobs),
 // with jobs joining between batches; each finished run writes its output folder at once.
+
 import Foundation
 import GriditAPI
 import GriditCheckpoint

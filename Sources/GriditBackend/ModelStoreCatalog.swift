@@ -1,6 +1,7 @@
 // The daemon's `ModelCatalog` over GriditModelStore: the same library calls `griditd models`
 // makes offline, answered with their result types and the same rendering, plus the default
 // model of a submit and what is loaded for `status`.
+
 import Foundation
 import GriditAPI
 import GriditCheckpoint

@@ -2,6 +2,7 @@
 // `WorkerSupervisor` starts and watches. griditd validates submits and resolves each batch's
 // pipeline through the model store (the integrity check, quarantine) itself; the worker maps
 // the weights, runs the batch and reports what it has loaded, which `ps`, `status` and `gc` see.
+
 import Foundation
 import GriditAPI
 import GriditDaemon

@@ -1,4 +1,5 @@
 // griditctl's typed view of the API, and the one place API errors become exit codes.
+
 import ArgumentParser
 import Foundation
 import GriditAPI

@@ -1,10 +1,12 @@
 // `griditctl`: the command line of griditd, over its Unix socket (docker/ollama style).
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import ArgumentParser
 import Foundation
 import GriditAPI
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public struct Griditctl: ParsableCommand {
     public static let configuration = CommandConfiguration(

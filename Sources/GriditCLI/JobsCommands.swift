@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import ArgumentParser
 import Foundation
 import GriditAPI
 import GriditJobSpec
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct Submit: ClientCommand {
     static let configuration = CommandConfiguration(

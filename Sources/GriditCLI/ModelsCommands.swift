@@ -1,5 +1,6 @@
 // `griditctl models ...`: the model store's commands, run by the daemon. The answers carry the
 // store's result type as JSON (printed with --json) and the same text `griditd models` prints.
+
 import ArgumentParser
 import Foundation
 import GriditAPI

@@ -1,4 +1,5 @@
 // Human output of griditctl: tables, durations, the progress bar. Pure functions (tested).
+
 import Foundation
 import GriditAPI
 import GriditJobSpec

@@ -1,5 +1,6 @@
 // The flags of a job's sampling parameters (`JobSpec.Parameters`), one option group for
 // `griditctl submit` and `griditd run`: a parameter the engine learns is a flag of both at once.
+
 import ArgumentParser
 import GriditJobSpec
 

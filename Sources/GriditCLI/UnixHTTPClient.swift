@@ -1,12 +1,14 @@
 // A small blocking HTTP/1.1 client over a Unix socket: griditctl sends one request per
 // connection and waits for the answer, so plain POSIX sockets are enough and the CLI links no
 // event loop.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditDurable
 import GriditAPI
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public struct HTTPReply: Sendable {
     public var status: Int

@@ -1,12 +1,14 @@
 // Who is calling, from the kernel's SO_PEERCRED on the accepted Unix socket (no tokens, no
 // passwords: the socket's 0660 mode and group already decide who may connect at all).
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import NIOCore
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The connecting process as the kernel reports it.
 public struct PeerCredentials: Sendable, Hashable {

@@ -2,6 +2,7 @@
 // the worker feeds it what happens (the engine's hooks, jobs claimed to join, what the database
 // answered, the clock) and performs the actions it returns. No I/O, no lock, no clock of its own,
 // so that its rules are tested with fixed instants (BatchSchedulerTests).
+
 import Foundation
 import GriditJobSpec
 import GriditJobQueue

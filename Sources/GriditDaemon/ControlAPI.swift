@@ -1,8 +1,6 @@
 // The `/v1` endpoints. `ControlAPI.routes` is the table the router dispatches on and the one the
 // OpenAPI test compares with docs/openapi.yaml, so the document cannot drift from the server.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import GriditJobSpec
@@ -10,6 +8,10 @@ import GriditJobQueue
 import GriditStateDatabase
 import Logging
 import NIOHTTP1
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public struct Route: Sendable {
     public var method: HTTPMethod

@@ -1,7 +1,5 @@
 // Start-up and shutdown of griditd: lock, database, crash recovery, socket, READY=1, services.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import GriditFaults
@@ -13,6 +11,10 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 import UnixSignals
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public struct DaemonError: Error, CustomStringConvertible {
     public var message: String

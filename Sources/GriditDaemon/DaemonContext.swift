@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import GriditAPI
 import GriditFaults
@@ -9,6 +6,10 @@ import GriditJobQueue
 import GriditStateDatabase
 import Logging
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What every service and the API share. The store is the truth; the monitor is its fast echo.
 public struct DaemonContext: Sendable {

@@ -2,12 +2,14 @@
 // $JOURNAL_STREAM) every entry goes to journald with structured fields, so that
 // `journalctl -u griditd JOB_ID=12` or `journalctl STAGE=sr` work; elsewhere one plain line per
 // entry on stderr: `2026-01-02T03:04:05.678Z info gridit.worker: job claimed job.id=12 stage=grid`.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import CSystemd
 import Foundation
 import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public struct DaemonLogHandler: LogHandler {
     public enum Sink: Sendable {

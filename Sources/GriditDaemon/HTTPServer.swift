@@ -5,15 +5,17 @@
 // Hummingbird (style.md §4), the peer's SO_PEERCRED is read straight from the accepted child
 // channel, socket activation adopts systemd's fd with `bind(_ socket:)`, and the body limit is
 // ours to enforce (413 with a message, the connection drained so the client reads the answer).
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A parsed request with its caller.
 public struct HTTPRequest: Sendable {

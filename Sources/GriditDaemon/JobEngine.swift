@@ -1,6 +1,7 @@
 // What the worker needs from the engine (GriditEngine), as a protocol so that the daemon builds
 // and is tested without it. The engine adapter implements `JobEngine` over `LoadedPipeline`,
 // resumable runs in a work directory and batched execution (docs/ENGINE.md, "The API the daemon calls").
+
 import Foundation
 import GriditAPI
 import GriditJobSpec

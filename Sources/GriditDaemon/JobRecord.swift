@@ -1,5 +1,6 @@
 // The daemon's view of a job row: the spec it stores in the job queue's opaque `params` column,
 // and the mapping to the API's `JobInfo`.
+
 import Foundation
 import GriditAPI
 import GriditJobSpec

@@ -4,11 +4,13 @@
 // being streamed (`tmp/export-<uuid>.tar`, `tmp/.export-<uuid>.tar.partial-<uuid>`). Only names
 // griditd makes, of the type it makes, are removed; a link is never followed, finished outputs
 // (they hold sequence.json) are not searched, and anything else stays where it is.
+
+import Foundation
+import Logging
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
-import Logging
 
 enum Leftovers {
     /// Removes the leftovers under `layout` and returns their paths. Call only while holding the

@@ -1,4 +1,5 @@
 // Housekeeping on timers: expired leases back to the queue (or dead), retention, STATUS=.
+
 import Foundation
 import GriditAPI
 import GriditJobSpec

@@ -1,5 +1,6 @@
 // Who may put how much into the queue: the per-user limits and the priorities members may use
 // (admins — root, griditd's user, the admin group — are bounded by the queue's size alone).
+
 import GriditAPI
 import GriditJobQueue
 import GriditStateDatabase

@@ -1,8 +1,6 @@
 // The queue worker: claims jobs (a batch of same-pipeline, same-priority jobs), runs them on the
 // inference thread, turns the engine's hooks into fenced database writes, and records outcomes.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import GriditFaults
@@ -12,6 +10,10 @@ import GriditStateDatabase
 import Logging
 import ServiceLifecycle
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public struct WorkerService: Service {
     let context: DaemonContext

@@ -3,13 +3,15 @@
 // the database, the leases and every job state; the worker only computes and writes the jobs'
 // work and output folders. When the worker dies, its exit says why, and only a death the jobs
 // caused (a crash signal, an abnormal exit, the OOM killer, a stall) counts against them.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import Logging
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public final class WorkerSupervisor: Sendable {
     public struct Settings: Sendable {

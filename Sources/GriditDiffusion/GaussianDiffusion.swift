@@ -1,5 +1,6 @@
 // Diffusion schedule and respacing (method spec §4): linear betas over 1000 steps, respaced to a
 // subset of timesteps, with every derived array recomputed in Double from the spaced betas.
+
 import Glibc
 
 /// A bad respacing spec or schedule argument.

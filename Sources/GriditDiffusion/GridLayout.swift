@@ -2,6 +2,7 @@
 //
 // A grid image (C, K·S, K·S) holds K×K frames (C, S, S) in row-major time order: frame f sits at
 // grid row f / K, column f % K, i.e. latent rows [S·(f/K), S·(f/K)+S) and columns [S·(f%K), …).
+
 import GriditTensor
 import Glibc
 

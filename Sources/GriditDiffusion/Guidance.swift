@@ -2,6 +2,7 @@
 // with the label and once with the null class, and the noise prediction is pushed away from the
 // unconditional one. Only used when the model has classes and the scale is not 1 (the official
 // GriDiT scripts double an unconditional batch instead, which changes nothing but the cost).
+
 import GriditTensor
 
 /// ε̂ = ε_u + s·(ε_c − ε_u) on the first `epsChannels` channels of each item; the remaining

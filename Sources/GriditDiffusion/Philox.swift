@@ -3,6 +3,7 @@
 //
 // The noise for (seed, purpose, grid, step, frame) is a pure function of those numbers: no state
 // is carried between draws, so batch composition, thread count and resuming never change bytes.
+
 import Glibc
 
 /// The Philox4x32 bijection with 10 rounds: 128-bit counter × 64-bit key → 128 random bits.

@@ -2,6 +2,7 @@
 // model, stage-2 super-resolution model and VAE make up one GriDiT pipeline, the frame geometry,
 // and the sampling defaults. The model store keeps it as the body of a pipeline version, with the
 // file references rewritten to blob digests (`mapFiles`).
+
 import Foundation
 import GriditJobSpec
 import GriditModels

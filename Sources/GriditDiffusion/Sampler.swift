@@ -4,6 +4,7 @@
 // RePaint resampling jumps. An item's noise is keyed by its
 // own (seed, id, step, position), so its bytes never depend on the batch it runs in, on thread
 // counts or on where a run was resumed.
+
 import GriditModels
 import GriditTensor
 

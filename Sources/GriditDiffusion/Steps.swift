@@ -5,6 +5,7 @@
 // Coefficients are taken from the Double arrays of `GaussianDiffusion` and cast to Float, then all
 // arithmetic is float32, element by element, in the reference's order of operations.
 // Every function writes into caller-owned tensors and allocates nothing; `into` may be `x` itself.
+
 import GriditModels
 import GriditTensor
 import Glibc

@@ -3,6 +3,7 @@
 // batch as large as the memory budget allows. Every item keeps its own seed and noise keys, and
 // the models run each sample on a fixed schedule, so a run's bytes do not depend on what it was
 // batched with, on the batch sizes or on the thread count.
+
 import Foundation
 import GriditImage
 import GriditJobSpec

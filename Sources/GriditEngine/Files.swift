@@ -1,6 +1,7 @@
 // File operations of the work directory and the output: whole files appear atomically through
 // GriditDurable's `DurableFile` (temporary name, fsync, rename, fsync of the directory), errors
 // are classified (a full disk is `disk_full`), and SHA-256 digests are streamed with swift-crypto.
+
 import Crypto
 import Foundation
 import GriditCheckpoint

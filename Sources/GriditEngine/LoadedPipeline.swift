@@ -1,5 +1,6 @@
 // A pipeline ready to run: its spec, its models' configs, and the models bound from mapped
 // safetensors files. One `LoadedPipeline` is shared by every run of that pipeline.
+
 import Foundation
 import GriditCheckpoint
 import GriditModels

@@ -1,5 +1,6 @@
 // `griditd run`: one sequence from a pipeline file to an output directory, without the daemon
 // (batch schedulers, debugging). The executable only parses flags and calls `OneShot.run`.
+
 import Foundation
 import GriditJobSpec
 import GriditModels

@@ -5,6 +5,7 @@
 //   sequence.json                pipeline and blob digests, spec, settings, plan, timings, SHA-256 of every frame
 // It is assembled under a temporary name next to the destination and renamed into place when
 // complete, so the destination either does not exist or is whole.
+
 import Foundation
 import GriditDurable
 import GriditImage

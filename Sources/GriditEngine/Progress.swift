@@ -1,5 +1,6 @@
 // Progress reporting and stopping: what a run tells its caller (GriditJobSpec's `JobProgress`
 // and `StepProgress`, the types the daemon stores and the API shows), and how the caller stops it.
+
 import Foundation
 import GriditJobSpec
 

@@ -1,5 +1,6 @@
 // Progress for people and for programs: a one-line bar redrawn in place on a terminal, or JSON
 // lines (one object per line) when the output is a pipe or a log.
+
 import Foundation
 import GriditJobSpec
 

@@ -1,5 +1,6 @@
 // The settings a run actually uses: a `JobSpec` with the pipeline's defaults filled in, checked
 // against the pipeline (the spec's own rules are `JobSpec.validate`, applied first).
+
 import Foundation
 import GriditJobSpec
 import GriditModels

@@ -1,6 +1,7 @@
 // The plan of a sequence: which grids run, which frames each grid knows and where they come from,
 // which grid cell becomes which output frame, and the cost. A pure function of the pipeline's
 // configuration and the run settings.
+
 import Foundation
 import GriditJobSpec
 import GriditModels

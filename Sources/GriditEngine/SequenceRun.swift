@@ -8,6 +8,7 @@
 //   timings.json                seconds spent so far, over every session
 // A grid is done when its .npy exists (the image is written first), a frame when its .png
 // exists. Everything else is recomputed, deterministically, so a resumed run writes the same bytes.
+
 import Foundation
 import GriditCheckpoint
 import GriditImage

@@ -1,6 +1,7 @@
 // The numeric work of a run, unit by unit: building a stage-1 grid item (with its known frames),
 // storing a finished grid, building a stage-2 frame item (bicubic condition, VAE encode), and
 // turning a finished frame into its PNG.
+
 import Foundation
 import GriditJobSpec
 import GriditImage

@@ -3,6 +3,7 @@
 // frames after the first. libpng (without the APNG patch) does not write these chunks, so they
 // are framed here; the image data is compressed by zlib (compress2) and checksummed by zlib's
 // crc32. Viewers without APNG support show the first frame.
+
 import CPNG
 
 /// Writes an APNG frame by frame to `sink` (e.g. a file), so long previews never sit in memory.

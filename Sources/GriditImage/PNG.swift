@@ -1,5 +1,6 @@
 // PNG encoding and decoding through libpng's simplified API (png_image_*), which reports errors
 // in the image struct instead of longjmp-ing, so it is safe to call from Swift.
+
 import CPNG
 
 /// A PNG that could not be encoded or decoded; `message` is libpng's.

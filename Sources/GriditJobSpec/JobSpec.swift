@@ -10,6 +10,7 @@
 //   "jump_length": 10, "jump_count": 2, "class_label": 3, "cfg_scale": 4}}
 // Every parameter is optional: nil means the pipeline's default. `parameters` refuses unknown
 // keys (a misspelt field must not be ignored); names outside their sets fail to decode.
+
 import Foundation
 
 /// How sequences are grown (see docs/ENGINE.md).

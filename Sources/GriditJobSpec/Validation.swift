@@ -1,6 +1,7 @@
 // The rules a spec keeps whatever the pipeline: the one place they are written. Rules that need
 // the pipeline (context rows below its k, a class for a class-conditional model, the length
 // limit) are the engine's `RunSettings`, which applies these first.
+
 import Foundation
 
 extension JobSpec {

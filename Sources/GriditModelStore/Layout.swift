@@ -12,6 +12,7 @@
 // A blob appears under its name only complete and durable: it is written to ingest/, fsynced,
 // made read-only, linked to blobs/sha256/<hex> (link, not rename, so an existing blob is never
 // replaced) and the directory fsynced.
+
 import CModelStore
 import Foundation
 import GriditDurable

@@ -11,6 +11,7 @@
 //
 // Every call blocks (file I/O, hashing, SQLite): call it from a dedicated thread, not from
 // Swift's cooperative pool.
+
 import Foundation
 import GriditDurable
 import GRDB

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import GriditDurable
 import GRDB
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Which database a state directory owns, so that a lost one is never silently replaced by an
 /// empty one (acknowledged jobs and the model catalog live in it).

@@ -1,8 +1,9 @@
+import Foundation
+import GRDB
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
-import GRDB
 
 /// The one SQLite file of a state directory (`<stateDir>/jobs.sqlite`), owned by this module: its
 /// schema (every migration, the job queue's tables (0001) and the model store's (0002)), its

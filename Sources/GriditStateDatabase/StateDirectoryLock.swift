@@ -1,8 +1,9 @@
+import Foundation
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
-import Synchronization
 
 /// The single-writer lock of a griditd state directory: an exclusive `flock` on
 /// `<stateDir>/griditd.lock`, which holds the owner's PID as text.

@@ -1,7 +1,8 @@
+import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
 
 /// The modes of what griditd keeps in its state directory, whatever the umask it was started
 /// with: the directory is `0750` (its group may look, the design's `gridit` group under

@@ -2,6 +2,7 @@
 // align_corners=False)` (Keys' cubic with a = −0.75, source indices clamped at the edges), so the
 // training tools and the engine produce the same condition. Naive twin:
 // Tests/GriditTensorTests/ResizeTests.swift.
+
 import Glibc
 
 /// Taps of one output coordinate: four edge-clamped source indices and their weights.

@@ -2,6 +2,7 @@
 // library target. The root lists the subcommands; each lives in its own files (`serve`:
 // Serve*.swift, GriditDaemon; `run`: Run.swift, GriditEngine; `models`: Models*.swift, GriditModelStore;
 // `worker`, hidden: Worker.swift, the engine process `serve` starts).
+
 import ArgumentParser
 import GriditAPI
 

@@ -1,5 +1,6 @@
 // `griditd run`: flags (the sampling ones are griditctl submit's `SamplingOptions`) → a `JobSpec`
 // and `OneShotOptions` → GriditEngine.OneShot.run; errors → messages and exit codes.
+
 import ArgumentParser
 import Foundation
 import GriditCLI

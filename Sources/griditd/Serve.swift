@@ -1,4 +1,5 @@
 // `griditd serve`: parse, set up logging, hand over to GriditDaemon. No logic lives here.
+
 import ArgumentParser
 import Foundation
 import GriditAPI

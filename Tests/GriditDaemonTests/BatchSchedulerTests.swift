@@ -1,4 +1,5 @@
 // The running batch's rules, without I/O: fixed instants for the clock, events in, actions out.
+
 import Foundation
 @testable import GriditDaemon
 import GriditJobSpec

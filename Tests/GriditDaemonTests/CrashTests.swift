@@ -1,15 +1,17 @@
 // Deaths of griditd and of its engine worker, with the real binaries: a daemon that dies (kill -9,
 // OOM kill, power loss) never counts against its jobs; an engine that crashes does, and only
 // against the jobs it was running.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import GriditCLI
 import GriditJobSpec
 import GriditTestSupport
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("griditd and worker crashes", .serialized)
 struct CrashTests {

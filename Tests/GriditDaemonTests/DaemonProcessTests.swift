@@ -1,7 +1,5 @@
 // griditd and griditctl as users run them: real binaries, a real database file, a real socket.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import GriditCLI
@@ -10,6 +8,10 @@ import GriditJobQueue
 import GriditTestSupport
 import Synchronization
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("griditd process", .serialized)
 struct DaemonProcessTests {

@@ -1,15 +1,17 @@
 // The attacks of issue 16 on the real binaries, as regression tests: memory kept per status call,
 // hostile numbers, slow clients, reused job ids and output folders, state files others can read,
 // a corrupt store that `models verify` called healthy.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import GriditCLI
 import GriditJobSpec
 import GriditTestSupport
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Resident memory of a process in KiB.
 func residentKB(_ pid: Int32) -> Int {

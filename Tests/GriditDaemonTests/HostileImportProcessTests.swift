@@ -1,13 +1,15 @@
 // Hostile files handed to a real griditd over its socket, leftovers of a killed one, and
 // `griditctl models verify` on a corrupt store. The FIFO case hung griditd's worker threads
 // before: a liveness bound of runProcess (not a timing assertion) turns a hang into a failure.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import GriditTestSupport
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("griditd and hostile files", .serialized)
 struct HostileImportProcessTests {

@@ -2,15 +2,17 @@
 // root here with `--group users --admin-group root`: the socket is 0666 root:users, griditd
 // refuses everyone outside both groups, members of `users` submit and manage their own jobs
 // within their limits, members of `root` (the admin group here) do everything.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import GriditCLI
 import GriditJobSpec
 import GriditTestSupport
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("peer credentials", .serialized)
 struct PeerCredentialTests {

@@ -2,15 +2,17 @@
 // database, and a database deleted or replaced under griditd. Small filesystems are tmpfs
 // mounts where this machine allows them (root with CAP_SYS_ADMIN); elsewhere the injected
 // free-space fault covers what it can.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import GriditCLI
 import GriditJobSpec
 import GriditTestSupport
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A tmpfs of `size` on `path` (created); false where this machine cannot mount one.
 func mountTmpfs(_ path: String, size: String) -> Bool {

@@ -1,11 +1,12 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import GriditAPI
 import GriditCLI
 import GriditTestSupport
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A real griditd process on a state directory and socket of its own.
 final class DaemonProcess: @unchecked Sendable {

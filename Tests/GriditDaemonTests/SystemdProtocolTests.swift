@@ -1,13 +1,15 @@
 // The systemd protocol with the real binary, without systemd: a notify socket of our own
 // ($NOTIFY_SOCKET, $WATCHDOG_USEC) and socket activation through systemd-socket-activate.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import GriditCLI
 import GriditTestSupport
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A datagram socket that collects sd_notify messages.
 final class NotifyListener {

@@ -1,7 +1,5 @@
 // The daemon's small pure parts: routing, request limits, submit validation, log fields, faults.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 @testable import GriditDaemon
@@ -11,6 +9,10 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("daemon units")
 struct DaemonUnitTests {

@@ -1,5 +1,6 @@
 // The worker with a scripted stand-in for the engine (test double, this file only) on a real
 // SQLite job store: claims and batches, fenced progress, cancel, graceful shutdown, failures.
+
 import Foundation
 import GriditAPI
 @testable import GriditDaemon

@@ -1,15 +1,17 @@
 // The state directory's database never silently starts over: a deleted, replaced or truncated
 // database, or a write-ahead log lost after a crash, is refused until `--init`; and a full
 // filesystem still takes the writes that record outcomes (the reserve).
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GRDB
 import GriditJobQueue
 import GriditStateDatabase
 import GriditTestSupport
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("database identity and reserve")
 struct DatabaseIdentityTests {

@@ -1,5 +1,6 @@
 // What every test target shares: temporary directories, the repository's fixtures, running the
 // built binaries. Linked into test targets only.
+
 import Foundation
 
 #if canImport(Glibc)
