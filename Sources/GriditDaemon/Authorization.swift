@@ -134,12 +134,13 @@ public final class Authorizer: Sendable {
 
     /// The gid of a group name, or nil when there is no such group.
     public static func gid(of group: String) -> UInt32? {
-        var grp = group_t()
+        var grp = GroupEntry()
         var buffer = [CChar](repeating: 0, count: 16384)
-        var entry: UnsafeMutablePointer<group_t>?
+        var entry: UnsafeMutablePointer<GroupEntry>?
         guard getgrnam_r(group, &grp, &buffer, buffer.count, &entry) == 0, let entry else { return nil }
         return entry.pointee.gr_gid
     }
 }
 
-typealias group_t = Glibc.group
+/// glibc's `struct group` (in Swift the type and `group` the function share one name).
+typealias GroupEntry = Glibc.group

@@ -225,7 +225,8 @@ public struct ControlAPI: Sendable {
         let caller = request.caller
         let priority = try SubmitPolicy.priority(body.priority, caller: caller, configuration: context.configuration)
         var spec = body.spec
-        if spec.parameters.seed == nil { spec.parameters.seed = UInt64.random(in: 0...(1 << 53 - 1)) }  // exact in any JSON reader
+        // A seed below 2^53, exact in any JSON reader.
+        if spec.parameters.seed == nil { spec.parameters.seed = UInt64.random(in: 0...(1 << 53 - 1)) }
         let work: TimeInterval
         do {
             work = try await context.engine?.validate(spec, pipelineDigest: digest) ?? 0

@@ -188,7 +188,8 @@ public enum Daemon {
     /// group to check callers against: without one every local user would be a member.
     private static func checkInheritedSocket(path: String?, _ configuration: DaemonConfiguration) throws {
         var st = stat()
-        guard configuration.userGroup == nil, let path, stat(path, &st) == 0 else { return }  // the file, not the fd's inode
+        // stat of the path: the socket file, not the inherited fd's inode.
+        guard configuration.userGroup == nil, let path, stat(path, &st) == 0 else { return }
         if st.st_mode & 0o002 != 0 {
             throw DaemonError(
                 "the socket \(path) lets anyone connect (mode \(String(st.st_mode & 0o777, radix: 8))), "

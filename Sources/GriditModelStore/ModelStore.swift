@@ -370,7 +370,8 @@ public final class ModelStore: Sendable {
         e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         guard let data = try? e.encode(RefsFile(format: RefsFile.format, tags: entries)) else { return }
         if let existing = FileManager.default.contents(atPath: local.refsPath), existing == data { return }
-        try? DurableFile.write([UInt8](data), to: local.refsPath, failure: { $0 })  // best effort: rewritten at the next change
+        // Best effort: rewritten at the next change.
+        try? DurableFile.write([UInt8](data), to: local.refsPath, failure: { $0 })
     }
 }
 
