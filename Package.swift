@@ -160,7 +160,8 @@ let package = Package(
         .target(
             name: "GriditDaemon",
             dependencies: [
-                "GriditJobQueue", "GriditStateDatabase", "GriditAPI", "GriditJobSpec", "GriditFaults", "CSystemd", "CProcess",
+                "GriditJobQueue", "GriditStateDatabase", "GriditAPI", "GriditJobSpec", "GriditFaults", "CSystemd",
+                "CProcess",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -174,7 +175,8 @@ let package = Package(
         .target(
             name: "GriditBackend",
             dependencies: [
-                "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditJobQueue", "GriditStateDatabase", "GriditAPI",
+                "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditJobQueue", "GriditStateDatabase",
+                "GriditAPI",
                 "GriditJobSpec", "GriditFaults",
                 "GriditDiffusion", "GriditCheckpoint", "GriditTensor",
                 .product(name: "Logging", package: "swift-log"),
@@ -195,7 +197,8 @@ let package = Package(
         .executableTarget(
             name: "griditd",
             dependencies: [
-                "GriditDaemon", "GriditBackend", "GriditEngine", "GriditJobQueue", "GriditStateDatabase", "GriditModelStore",
+                "GriditDaemon", "GriditBackend", "GriditEngine", "GriditJobQueue", "GriditStateDatabase",
+                "GriditModelStore",
                 "GriditAPI", "GriditJobSpec", "GriditFaults", "GriditCLI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -281,7 +284,8 @@ let package = Package(
             name: "GriditModelStoreTests",
             dependencies: [
                 "GriditTestSupport",
-                "GriditModelStore", "GriditAPI", "GriditJobQueue", "GriditStateDatabase", "GriditDiffusion", "GriditModels",
+                "GriditModelStore", "GriditAPI", "GriditJobQueue", "GriditStateDatabase", "GriditDiffusion",
+                "GriditModels",
                 "GriditCheckpoint", "CModelStore",
             ],
             swiftSettings: swiftSettings
@@ -304,7 +308,8 @@ let package = Package(
             name: "GriditBackendTests",
             dependencies: [
                 "GriditTestSupport",
-                "GriditBackend", "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditJobQueue", "GriditStateDatabase",
+                "GriditBackend", "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditJobQueue",
+                "GriditStateDatabase",
                 "GriditAPI",
                 "GriditJobSpec", "GriditDiffusion", "GriditTensor",
                 .product(name: "Logging", package: "swift-log"),

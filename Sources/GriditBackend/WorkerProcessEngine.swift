@@ -35,7 +35,8 @@ public final class WorkerProcessEngine: JobEngine {
                     throw JobFailure(.internalError, "encoding the pipeline for the engine worker: \(error)")
                 }
             } catch {
-                local.logger.error("loading the model failed: \(error.message)", metadata: ["model.digest": "\(digest)"])
+                local.logger.error(
+                    "loading the model failed: \(error.message)", metadata: ["model.digest": "\(digest)"])
                 for item in batch.items + hooks.admit() { hooks.finished(item.jobID, .failed(error)) }
                 return
             }

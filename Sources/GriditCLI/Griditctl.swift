@@ -158,6 +158,8 @@ struct Version: ClientCommand {
             return
         }
         output.stdout("griditctl \(client.version) (API \(client.apiVersion))\n")
-        output.stdout(daemon.map { "griditd   \($0.version) (API \($0.apiVersion))\n" } ?? "griditd   not reachable at \(global.socket)\n")
+        output.stdout(
+            daemon.map { "griditd   \($0.version) (API \($0.apiVersion))\n" }
+                ?? "griditd   not reachable at \(global.socket)\n")
     }
 }

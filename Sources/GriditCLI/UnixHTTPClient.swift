@@ -3,8 +3,8 @@
 // event loop.
 
 import Foundation
-import GriditDurable
 import GriditAPI
+import GriditDurable
 
 #if canImport(Glibc)
 import Glibc
@@ -104,7 +104,8 @@ public struct UnixHTTPClient: ControlClient {
     // MARK: - Plumbing
 
     private func request(_ method: String, _ path: String, body: Data?) -> Data {
-        var head = "\(method) \(path) HTTP/1.1\r\nHost: griditd\r\nUser-Agent: griditctl/\(griditVersion)\r\nConnection: close\r\n"
+        var head =
+            "\(method) \(path) HTTP/1.1\r\nHost: griditd\r\nUser-Agent: griditctl/\(griditVersion)\r\nConnection: close\r\n"
         if let body {
             head += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\n"
         }
@@ -129,17 +130,21 @@ public struct UnixHTTPClient: ControlClient {
             }
             // A server that answered early (413) and stopped reading: its answer is still there.
             if !ok && errno != EPIPE && errno != ECONNRESET {
-                throw ConnectionError(kind: .protocolError, message: "sending the request failed: \(String(cString: strerror(errno)))")
+                throw ConnectionError(
+                    kind: .protocolError, message: "sending the request failed: \(String(cString: strerror(errno)))")
             }
         }
     }
 
     private func connect(streaming: Bool = false) throws(ConnectionError) -> Connection {
         guard socketPath.utf8.count < 108 else {
-            throw ConnectionError(kind: .unreachable, message: "the socket path \(socketPath) is too long for a Unix socket")
+            throw ConnectionError(
+                kind: .unreachable, message: "the socket path \(socketPath) is too long for a Unix socket")
         }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw ConnectionError(kind: .unreachable, message: "socket(): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else {
+            throw ConnectionError(kind: .unreachable, message: "socket(): \(String(cString: strerror(errno)))")
+        }
         if !UnixSocket.connect(fd, to: socketPath) {
             let err = errno
             close(fd)
@@ -153,7 +158,8 @@ public struct UnixHTTPClient: ControlClient {
                 throw ConnectionError(
                     kind: .unreachable,
                     message: "cannot reach griditd at \(socketPath): \(String(cString: strerror(err))). Is it running? "
-                        + "(`systemctl status griditd`, or start `griditd serve`; --socket or GRIDIT_SOCKET pick another socket)")
+                        + "(`systemctl status griditd`, or start `griditd serve`; --socket or GRIDIT_SOCKET pick another socket)"
+                )
             }
         }
         if !streaming {
@@ -190,7 +196,8 @@ struct ResponseReader {
             if errno == EAGAIN || errno == EWOULDBLOCK {
                 throw ConnectionError(kind: .protocolError, message: "griditd did not answer in time")
             }
-            throw ConnectionError(kind: .protocolError, message: "reading the reply failed: \(String(cString: strerror(errno)))")
+            throw ConnectionError(
+                kind: .protocolError, message: "reading the reply failed: \(String(cString: strerror(errno)))")
         }
     }
 
@@ -219,7 +226,8 @@ struct ResponseReader {
                 let line = try readLine()
                 if line.isEmpty { break }
                 if let colon = line.firstIndex(of: ":") {
-                    headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+                    headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(
+                        in: .whitespaces)
                 }
             }
             if status == 100 { continue }  // 100 Continue, then the real answer
@@ -241,7 +249,8 @@ struct ResponseReader {
         if headers["transfer-encoding"]?.lowercased() == "chunked" {
             while true {
                 let sizeLine = try readLine()
-                guard let size = Int(sizeLine.split(separator: ";")[0].trimmingCharacters(in: .whitespaces), radix: 16) else {
+                guard let size = Int(sizeLine.split(separator: ";")[0].trimmingCharacters(in: .whitespaces), radix: 16)
+                else {
                     throw ConnectionError(kind: .protocolError, message: "bad chunk size '\(sizeLine.prefix(20))'")
                 }
                 if size == 0 {
@@ -249,7 +258,9 @@ struct ResponseReader {
                     return
                 }
                 while buffer.count < size + 2 {
-                    guard try fill() else { throw ConnectionError(kind: .protocolError, message: "griditd closed the stream") }
+                    guard try fill() else {
+                        throw ConnectionError(kind: .protocolError, message: "griditd closed the stream")
+                    }
                 }
                 let chunk = Data(buffer.prefix(size))
                 buffer.removeSubrange(buffer.startIndex..<(buffer.startIndex + size + 2))
@@ -259,7 +270,9 @@ struct ResponseReader {
             var remaining = length
             while remaining > 0 {
                 if buffer.isEmpty {
-                    guard try fill() else { throw ConnectionError(kind: .protocolError, message: "the reply was cut short") }
+                    guard try fill() else {
+                        throw ConnectionError(kind: .protocolError, message: "the reply was cut short")
+                    }
                 }
                 let take = min(remaining, buffer.count)
                 let chunk = Data(buffer.prefix(take))

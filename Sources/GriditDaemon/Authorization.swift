@@ -40,7 +40,8 @@ public struct PeerCredentials: Sendable, Hashable {
         }
         let future: EventLoopFuture<UCred> = provider.unsafeGetSocketOption(
             level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(soPeerCred))
-        return future
+        return
+            future
             .map { Optional(PeerCredentials(pid: $0.pid, uid: $0.uid, gid: $0.gid)) }
             .recover { _ in nil }
     }

@@ -66,7 +66,8 @@ final class ConnectionLimiter: Sendable {
         switch refusal {
         case .full:
             return APIError(
-                .unavailable, "griditd is serving \(limits.maxConnections) connections already (--max-connections); retry shortly")
+                .unavailable,
+                "griditd is serving \(limits.maxConnections) connections already (--max-connections); retry shortly")
         case .reservedForAdmins:
             return APIError(
                 .unavailable,

@@ -1,8 +1,8 @@
 import Foundation
 import GriditAPI
 import GriditFaults
-import GriditJobSpec
 import GriditJobQueue
+import GriditJobSpec
 import GriditStateDatabase
 import Logging
 import Synchronization
@@ -32,7 +32,8 @@ public struct DaemonContext: Sendable {
     public init(
         configuration: DaemonConfiguration, store: any JobStore, engine: (any JobEngine)?,
         catalog: (any ModelCatalog)?, monitor: JobMonitor = JobMonitor(), notifier: SystemdNotifier = SystemdNotifier(),
-        faults: FaultInjection = FaultInjection(), logger: Logger, startedAt: Date = Date(), database: StateDatabase? = nil
+        faults: FaultInjection = FaultInjection(), logger: Logger, startedAt: Date = Date(),
+        database: StateDatabase? = nil
     ) {
         self.database = database
         self.conditions = StartConditions()
@@ -64,7 +65,9 @@ public struct DaemonContext: Sendable {
         }
         parts.append("\((counts[.queued] ?? 0) + (counts[.retryable] ?? 0)) queued")
         if paused { parts.append("paused") }
-        if let blocker = startBlocker(remakeReserve: false) { parts.append(blocker.code.rawValue.replacingOccurrences(of: "_", with: " ")) }
+        if let blocker = startBlocker(remakeReserve: false) {
+            parts.append(blocker.code.rawValue.replacingOccurrences(of: "_", with: " "))
+        }
         if engine == nil { parts.append("no engine in this build") }
         notifier.status(parts.joined(separator: " · "))
     }

@@ -72,7 +72,9 @@ public struct DaemonLogHandler: LogHandler {
             var bytes = Array(line.utf8)
             var offset = 0
             while offset < bytes.count {
-                let n = bytes.withUnsafeMutableBytes { Glibc.write(STDERR_FILENO, $0.baseAddress! + offset, $0.count - offset) }
+                let n = bytes.withUnsafeMutableBytes {
+                    Glibc.write(STDERR_FILENO, $0.baseAddress! + offset, $0.count - offset)
+                }
                 if n <= 0 { break }
                 offset += n
             }
@@ -118,7 +120,8 @@ public struct DaemonLogHandler: LogHandler {
 
     private static func quoteIfNeeded(_ value: String) -> String {
         value.contains(where: { $0 == " " || $0 == "\"" || $0 == "=" || $0.isNewline })
-            ? "\"" + value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+            ? "\""
+                + value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
                 .replacingOccurrences(of: "\n", with: "\\n") + "\""
             : value
     }

@@ -24,7 +24,8 @@ public struct ExecutionItem: Sendable, Hashable, Codable {
     public var attempt: Int
 
     public init(
-        jobID: Int64, spec: JobSpec, workDirectory: String, outputDirectory: String, resumeFrom: JobProgress, attempt: Int
+        jobID: Int64, spec: JobSpec, workDirectory: String, outputDirectory: String, resumeFrom: JobProgress,
+        attempt: Int
     ) {
         self.jobID = jobID
         self.spec = spec

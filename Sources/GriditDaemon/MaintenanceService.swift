@@ -2,8 +2,8 @@
 
 import Foundation
 import GriditAPI
-import GriditJobSpec
 import GriditJobQueue
+import GriditJobSpec
 import GriditStateDatabase
 import Logging
 import ServiceLifecycle
@@ -55,7 +55,9 @@ public struct MaintenanceService: Service {
 /// Deleting finished jobs and their folders (the hourly retention pass and `jobs prune`).
 enum Retention {
     /// `olderThan` nil applies the configured retention per state.
-    static func prune(_ context: DaemonContext, olderThan: TimeInterval?, keepOutputs: Bool) async throws(StateError) -> [PrunedJob] {
+    static func prune(
+        _ context: DaemonContext, olderThan: TimeInterval?, keepOutputs: Bool
+    ) async throws(StateError) -> [PrunedJob] {
         let config = context.configuration
         let now = Date()
         var pruned: [PrunedJob] = []
@@ -63,7 +65,8 @@ enum Retention {
             pruned = try await context.store.prune(olderThan: olderThan, now: now)
         } else {
             pruned += try await context.store.prune(olderThan: config.keepSucceeded, states: [.succeeded], now: now)
-            pruned += try await context.store.prune(olderThan: config.keepFailed, states: [.failed, .canceled, .dead], now: now)
+            pruned += try await context.store.prune(
+                olderThan: config.keepFailed, states: [.failed, .canceled, .dead], now: now)
         }
         for job in pruned {
             removeInside(context.layout.work, context.layout.workDirectory(job: job.id))

@@ -25,7 +25,8 @@ enum SubmitPolicy {
     static func limits(for caller: Caller, configuration c: DaemonConfiguration) -> SubmitLimits {
         caller.isAdmin
             ? SubmitLimits(maxQueued: c.maxQueued)
-            : SubmitLimits(maxQueued: c.maxQueued, maxQueuedPerOwner: c.maxQueuedPerUser, maxWorkPerOwner: c.maxWorkPerUser)
+            : SubmitLimits(
+                maxQueued: c.maxQueued, maxQueuedPerOwner: c.maxQueuedPerUser, maxWorkPerOwner: c.maxWorkPerUser)
     }
 
     /// What to do about a per-user limit the store refused a submit for; nil for other errors.

@@ -48,7 +48,9 @@ public enum WorkerChild {
         if let data = models() { send(.models(data)) }
 
         while true {
-            guard let batch = inbox.nextBatch(tick: 1.0, idle: { if idle(), let data = models() { send(.models(data)) } }) else {
+            guard
+                let batch = inbox.nextBatch(tick: 1.0, idle: { if idle(), let data = models() { send(.models(data)) } })
+            else {
                 logger.info("engine worker exiting")
                 return 0
             }

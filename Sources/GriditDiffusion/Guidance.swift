@@ -9,10 +9,13 @@ import GriditTensor
 /// (learned-variance) channels are taken from the conditional output, into `into`.
 ///
 /// conditional, unconditional, into: (N, Cout, H, W); `into` may be `conditional`.
-public func classifierFreeGuidance(conditional: Tensor, unconditional: Tensor, scale: Float, epsChannels: Int,
-                                   into out: Tensor) throws {
+public func classifierFreeGuidance(
+    conditional: Tensor, unconditional: Tensor, scale: Float, epsChannels: Int,
+    into out: Tensor
+) throws {
     guard conditional.shape == unconditional.shape, out.shape == conditional.shape, conditional.rank == 4,
-          (1...conditional.shape[1]).contains(epsChannels) else {
+        (1...conditional.shape[1]).contains(epsChannels)
+    else {
         throw DiffusionError.shapeMismatch(
             "guidance: conditional \(conditional.shape), unconditional \(unconditional.shape), out \(out.shape), "
                 + "eps channels \(epsChannels)")

@@ -6,9 +6,9 @@
 // arithmetic is float32, element by element, in the reference's order of operations.
 // Every function writes into caller-owned tensors and allocates nothing; `into` may be `x` itself.
 
+import Glibc
 import GriditModels
 import GriditTensor
-import Glibc
 
 /// Float32 coefficients of one spaced step k.
 struct StepCoefficients {
@@ -61,10 +61,11 @@ struct StepCoefficients {
 
 extension GaussianDiffusion {
     func coefficients(_ k: Int, variance: VarianceType, prediction: Prediction) -> StepCoefficients {
-        let fixed: Double = switch variance {
-        case .learnedRange, .fixedSmall: posteriorLogVarianceClipped[k]
-        case .fixedLarge: fixedLargeLogVariance[k]
-        }
+        let fixed: Double =
+            switch variance {
+            case .learnedRange, .fixedSmall: posteriorLogVarianceClipped[k]
+            case .fixedLarge: fixedLargeLogVariance[k]
+            }
         return StepCoefficients(
             sqrtRecip: Float(sqrtRecipAlphasCumprod[k]), sqrtRecipm1: Float(sqrtRecipm1AlphasCumprod[k]),
             coef1: Float(posteriorMeanCoef1[k]), coef2: Float(posteriorMeanCoef2[k]),
@@ -76,8 +77,10 @@ extension GaussianDiffusion {
     }
 
     /// Checks x (N, C, H, W) against the model output (N, C or 2C, H, W) and returns (N, C·H·W); the optional tensors must be shaped like x.
-    func checkShapes(x: Tensor, modelOutput: Tensor, k: Int, variance: VarianceType,
-                     _ a: Tensor?, _ b: Tensor?, _ third: Tensor? = nil) throws -> (n: Int, inner: Int) {
+    func checkShapes(
+        x: Tensor, modelOutput: Tensor, k: Int, variance: VarianceType,
+        _ a: Tensor?, _ b: Tensor?, _ third: Tensor? = nil
+    ) throws -> (n: Int, inner: Int) {
         guard (0..<count).contains(k) else { throw DiffusionError.invalidStep(k, count: count) }
         guard x.rank >= 2 else { throw DiffusionError.shapeMismatch("x must be (N, C, …), got \(x.shape)") }
         let n = x.shape[0], c = x.shape[1]
@@ -85,7 +88,8 @@ extension GaussianDiffusion {
         var expected = x.shape
         expected[1] = channels
         guard modelOutput.shape == expected else {
-            throw DiffusionError.shapeMismatch("model output \(modelOutput.shape), expected \(expected) for \(variance)")
+            throw DiffusionError.shapeMismatch(
+                "model output \(modelOutput.shape), expected \(expected) for \(variance)")
         }
         func same(_ t: Tensor?) throws {
             if let t, t.shape != x.shape { throw DiffusionError.shapeMismatch("\(t.shape) vs x \(x.shape)") }
@@ -102,11 +106,14 @@ extension GaussianDiffusion {
     /// x: (N, C, H, W); modelOutput: (N, 2C, H, W) for `.learnedRange` (ε then v), (N, C, H, W)
     /// otherwise, its first C channels what `prediction` says. `clipDenoised` clamps x0 to [-1, 1]
     /// (off in every official script).
-    public func pMeanVariance(x: Tensor, modelOutput: Tensor, k: Int, variance: VarianceType = .learnedRange,
-                              prediction: Prediction = .epsilon, clipDenoised: Bool = false,
-                              predX0: Tensor, mean: Tensor, logVariance: Tensor) throws {
-        let (n, inner) = try checkShapes(x: x, modelOutput: modelOutput, k: k, variance: variance,
-                                         predX0, mean, logVariance)
+    public func pMeanVariance(
+        x: Tensor, modelOutput: Tensor, k: Int, variance: VarianceType = .learnedRange,
+        prediction: Prediction = .epsilon, clipDenoised: Bool = false,
+        predX0: Tensor, mean: Tensor, logVariance: Tensor
+    ) throws {
+        let (n, inner) = try checkShapes(
+            x: x, modelOutput: modelOutput, k: k, variance: variance,
+            predX0, mean, logVariance)
         let cf = coefficients(k, variance: variance, prediction: prediction)
         let x0p = predX0.mutablePointer, mp = mean.mutablePointer, lp = logVariance.mutablePointer
         cf.forEachElement(n: n, inner: inner, x: x.pointer, modelOutput: modelOutput.pointer, clip: clipDenoised) {
@@ -119,11 +126,14 @@ extension GaussianDiffusion {
 
     /// Ancestral DDPM step: x_{k−1} = mean + [k ≠ 0]·exp(½·logvar)·z, into `into` (may be x).
     /// `noise` z is shaped like x; it is not read at k = 0 and may then be nil.
-    public func pSample(x: Tensor, modelOutput: Tensor, k: Int, noise: Tensor?, into: Tensor,
-                        variance: VarianceType = .learnedRange, prediction: Prediction = .epsilon,
-                        clipDenoised: Bool = false) throws {
-        let (n, inner) = try checkShapes(x: x, modelOutput: modelOutput, k: k, variance: variance,
-                                         noise, into)
+    public func pSample(
+        x: Tensor, modelOutput: Tensor, k: Int, noise: Tensor?, into: Tensor,
+        variance: VarianceType = .learnedRange, prediction: Prediction = .epsilon,
+        clipDenoised: Bool = false
+    ) throws {
+        let (n, inner) = try checkShapes(
+            x: x, modelOutput: modelOutput, k: k, variance: variance,
+            noise, into)
         if k != 0 && noise == nil { throw DiffusionError.shapeMismatch("noise is required at k = \(k)") }
         let cf = coefficients(k, variance: variance, prediction: prediction)
         let dst = into.mutablePointer
@@ -144,13 +154,18 @@ extension GaussianDiffusion {
     /// x_{k−1} = x0·sqrt(ᾱ_prev) + sqrt(1−ᾱ_prev−σ²)·ε + [k ≠ 0]·σ·z.
     /// The variance channels of a learned-sigma model are ignored (pass `.learnedRange` so the
     /// output's channel count is checked; the fixed variances behave the same here).
-    public func ddimSample(x: Tensor, modelOutput: Tensor, k: Int, eta: Float, noise: Tensor?, into: Tensor,
-                           variance: VarianceType = .learnedRange, prediction: Prediction = .epsilon,
-                           clipDenoised: Bool = false) throws {
-        let (n, inner) = try checkShapes(x: x, modelOutput: modelOutput, k: k, variance: variance,
-                                         noise, into)
+    public func ddimSample(
+        x: Tensor, modelOutput: Tensor, k: Int, eta: Float, noise: Tensor?, into: Tensor,
+        variance: VarianceType = .learnedRange, prediction: Prediction = .epsilon,
+        clipDenoised: Bool = false
+    ) throws {
+        let (n, inner) = try checkShapes(
+            x: x, modelOutput: modelOutput, k: k, variance: variance,
+            noise, into)
         let useNoise = k != 0 && eta != 0
-        if useNoise && noise == nil { throw DiffusionError.shapeMismatch("noise is required at k = \(k) with eta \(eta)") }
+        if useNoise && noise == nil {
+            throw DiffusionError.shapeMismatch("noise is required at k = \(k) with eta \(eta)")
+        }
         let cf = coefficients(k, variance: variance, prediction: prediction)
         let ab = cf.alphaBar, abPrev = cf.alphaBarPrev
         let sigma = eta * ((1 - abPrev) / (1 - ab)).squareRoot() * (1 - ab / abPrev).squareRoot()
@@ -181,10 +196,13 @@ extension GaussianDiffusion {
     /// (first order, D1 = 0, without a previous x0 — the first step, or after a resampling jump —
     /// and at k = 0, where σ_t = 0 and x_t = x0_k). x0_k comes from the model's ε (or v) output.
     /// Writes x_t into `into` (may be x) and x0_k into `predX0`, the history of the next step.
-    public func dpmSolverStep(x: Tensor, modelOutput: Tensor, k: Int, previousX0: Tensor?, into: Tensor, predX0: Tensor,
-                              variance: VarianceType = .learnedRange, prediction: Prediction = .epsilon) throws {
-        let (n, inner) = try checkShapes(x: x, modelOutput: modelOutput, k: k, variance: variance,
-                                         into, predX0, previousX0)
+    public func dpmSolverStep(
+        x: Tensor, modelOutput: Tensor, k: Int, previousX0: Tensor?, into: Tensor, predX0: Tensor,
+        variance: VarianceType = .learnedRange, prediction: Prediction = .epsilon
+    ) throws {
+        let (n, inner) = try checkShapes(
+            x: x, modelOutput: modelOutput, k: k, variance: variance,
+            into, predX0, previousX0)
         let cf = coefficients(k, variance: variance, prediction: prediction)
         func lambda(_ ab: Double) -> Double { 0.5 * (Glibc.log(ab) - Glibc.log(1 - ab)) }
         // x_t = cx·x + c0·x0_k − c1·x0_(k+1) (Double coefficients, Float arithmetic)

@@ -3,8 +3,8 @@
 
 import Foundation
 import GriditCheckpoint
-import GriditModels
 import GriditDiffusion
+import GriditModels
 import GriditTensor
 
 /// A pipeline's configuration without weights: the spec (file references are absolute paths) and
@@ -33,8 +33,10 @@ public struct PipelineConfiguration: Sendable {
     }
 
     /// A configuration from configs already at hand (tests, the model store); checked like the above.
-    public init(spec: PipelineSpec, stage1: DiTConfiguration, stage2: DiTConfiguration?,
-                vae: AutoencoderKLConfiguration?) {
+    public init(
+        spec: PipelineSpec, stage1: DiTConfiguration, stage2: DiTConfiguration?,
+        vae: AutoencoderKLConfiguration?
+    ) {
         self.spec = spec
         self.stage1 = stage1
         self.stage2 = stage2
@@ -116,9 +118,12 @@ public final class LoadedPipeline: Sendable {
     /// `map` makes the read-only mapping of a weights file; by default each file is mapped here,
     /// while a daemon passes its model store's shared mappings (one per blob, whatever uses it).
     /// `precision` defaults to the spec's `defaults.precision`; bf16 weights are packed here, once.
-    public init(spec: PipelineSpec, identity: PipelineIdentity? = nil, path: String? = nil, precision: Precision? = nil,
-                map: (_ role: PipelineSpec.FileRole, _ path: String) throws -> MappedFile = { try MappedFile(path: $1) })
-        throws {
+    public init(
+        spec: PipelineSpec, identity: PipelineIdentity? = nil, path: String? = nil, precision: Precision? = nil,
+        map: (_ role: PipelineSpec.FileRole, _ path: String) throws -> MappedFile = { try MappedFile(path: $1) }
+    )
+        throws
+    {
         let configuration = try PipelineConfiguration(spec: spec, path: path)
         let asked = precision ?? Precision(rawValue: spec.defaults.precision) ?? .fp32
         do {

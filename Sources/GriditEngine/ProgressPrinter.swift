@@ -40,8 +40,9 @@ public final class ProgressPrinter {
         case .jsonLines: emitJSON(["event": "step", "progress": s])
         case .bar:
             let what = s.stage == .grid ? "grid \(s.grid)/\(s.grids)" : "frame \(s.frame)/\(s.frames)"
-            drawBar("\(s.stage == .grid ? "stage 1" : "stage 2")  \(what)  step \(s.step)/\(s.steps)",
-                    fraction: s.fraction ?? 0, eta: s.etaSeconds)
+            drawBar(
+                "\(s.stage == .grid ? "stage 1" : "stage 2")  \(what)  step \(s.step)/\(s.steps)",
+                fraction: s.fraction ?? 0, eta: s.etaSeconds)
         }
     }
 

@@ -6,7 +6,7 @@ import Foundation
 import GriditJobSpec
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// The faults of `GRIDIT_TEST_FAULTS`:

@@ -15,7 +15,7 @@ import Foundation
 import GriditCheckpoint
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 struct BundleIndex: Codable, Equatable {

@@ -15,13 +15,13 @@
 
 import CModelStore
 import Foundation
-import GriditDurable
 import GriditAPI
 import GriditCheckpoint
+import GriditDurable
 import GriditFaults
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// One store root.

@@ -13,15 +13,15 @@
 // Swift's cooperative pool.
 
 import Foundation
-import GriditDurable
 import GRDB
 import GriditAPI
 import GriditDiffusion
+import GriditDurable
 import GriditStateDatabase
 import Synchronization
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 public final class ModelStore: Sendable {
@@ -231,7 +231,8 @@ public final class ModelStore: Sendable {
             paths[blob.role] = try checkedBlob(blob.digest, what: "\(blob.role.rawValue) of \(digest)", full: false)
             blobs[blob.role] = blob.digest
         }
-        return ResolvedPipeline(digest: digest, spec: manifest.pipeline.mapFiles { role, _ in paths[role]! }, blobs: blobs)
+        return ResolvedPipeline(
+            digest: digest, spec: manifest.pipeline.mapFiles { role, _ in paths[role]! }, blobs: blobs)
     }
 
     /// The decoded manifest of a version (the manifest blob is always fully re-hashed: it is small).

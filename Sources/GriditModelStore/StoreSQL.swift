@@ -7,7 +7,7 @@ import GRDB
 import GriditStateDatabase
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 enum StoreSQL {

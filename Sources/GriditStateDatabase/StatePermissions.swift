@@ -28,12 +28,16 @@ public enum StatePermissions {
                 try FileManager.default.createDirectory(
                     atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             } catch {
-                throw StateError(.io, "cannot create \(path): \(error.localizedDescription); create it or choose another --state-dir")
+                throw StateError(
+                    .io, "cannot create \(path): \(error.localizedDescription); create it or choose another --state-dir"
+                )
             }
             return try directory(path, mode: mode)
         }
         guard err == EEXIST else {
-            throw StateError(.io, "cannot create \(path): \(String(cString: strerror(err))); create it or choose another --state-dir")
+            throw StateError(
+                .io, "cannot create \(path): \(String(cString: strerror(err))); create it or choose another --state-dir"
+            )
         }
         var st = stat()
         guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else {

@@ -10,7 +10,8 @@ import GriditAPI
 struct Griditd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "griditd",
-        abstract: "The gridit daemon: a durable job queue and worker for GriDiT image sequences, and its offline tools.",
+        abstract:
+            "The gridit daemon: a durable job queue and worker for GriDiT image sequences, and its offline tools.",
         version: griditVersion,
         subcommands: [Serve.self, RunCommand.self, Models.self, WorkerCommand.self])
 }

@@ -9,7 +9,7 @@ import GriditJobQueue
 import GriditModelStore
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 struct Models: ParsableCommand {

@@ -46,7 +46,9 @@ struct HostileImportProcessTests {
 
     @Test(
         "a member's import cannot read root's private files: not directly, not through a link, not by an absolute path",
-        .enabled(if: PeerCredentialTests.canSwitchUsers, "needs root, /usr/bin/setpriv, a 'users' group and a Swift runtime other uids can load"))
+        .enabled(
+            if: PeerCredentialTests.canSwitchUsers,
+            "needs root, /usr/bin/setpriv, a 'users' group and a Swift runtime other uids can load"))
     func otherUsersFiles() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
@@ -116,7 +118,9 @@ struct HostileImportProcessTests {
         #expect(symlink(dir.file("elsewhere"), link) == 0)
 
         let daemon = try DaemonProcess(directory: dir)
-        for gone in [partial, nested, export] { #expect(!FileManager.default.fileExists(atPath: gone), "\(gone) is left") }
+        for gone in [partial, nested, export] {
+            #expect(!FileManager.default.fileExists(atPath: gone), "\(gone) is left")
+        }
         for file in kept { #expect(FileManager.default.fileExists(atPath: file), "\(file) was removed") }
         #expect(FileManager.default.fileExists(atPath: link), "a link is not griditd's folder")
         #expect(daemon.log.contains("leftover"), "\(daemon.log)")

@@ -1,7 +1,8 @@
 import Foundation
-@testable import GriditModelStore
 import GriditTestSupport
 import Testing
+
+@testable import GriditModelStore
 
 #if canImport(Glibc)
 import Glibc

@@ -4,7 +4,7 @@
 import Foundation
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// A fresh directory with a short path (under /tmp by default: Unix socket paths must stay under
