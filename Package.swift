@@ -1,19 +1,41 @@
 // swift-tools-version: 6.1
 //
-// Imports point one way (see the README, "Layout"):
-//   gridit-bench -> GriditModels -> GriditTensor -> CBLAS, CGriditKernels
-//                -> GriditCheckpoint -> GriditTensor
-//   GriditPipeline -> GriditModels, GriditTensor        (diffusion, sampling, grids)
-//   GriditStore -> GRDB                                 (SQLite job queue, migrations/)
-//   GriditModelStore -> GriditStore, GriditPipeline, GriditModels, GriditCheckpoint, GriditAPI,
-//                       Crypto, CModelStore (libarchive)   (content-addressed model store)
-//   griditd -> GriditBackend -> GriditDaemon, GriditEngine, GriditModelStore
-//   GriditDaemon -> GriditStore, GriditAPI, CSystemd, CProcess, NIO, ServiceLifecycle, Logging
-//                                                       (no engine, no model store)
-//   griditctl -> GriditCLI -> GriditAPI                 (no DB, numeric or NIO targets)
-//   GriditImage -> CPNG                                 (PNG, animated PNG, contact sheet)
-//   GriditEngine -> GriditPipeline, GriditModels, GriditCheckpoint, GriditImage, Crypto
-//                                                       (pipelines, plans, resumable batched runs, outputs)
+// Imports point one way: each target below imports only targets listed above it (and the C
+// targets and packages it names), never one below (see the README, "Layout").
+// What a job is, and helpers every layer may import (Foundation or less):
+//   GriditJobSpec                                        (JobSpec, JobProgress/StepProgress, JobState)
+//   GriditFaults -> GriditJobSpec                        (the one registry of test fault points)
+//   GriditDurable                                        (files written whole: temp, fsync, rename, fsync dir)
+// The numeric core (no database, no socket):
+//   GriditTensor -> CBLAS, CGriditKernels
+//   GriditCheckpoint -> GriditTensor, GriditDurable      (mmap, safetensors, .npy)
+//   GriditModels -> GriditTensor                         (DiT, the SD VAE; weights through `TensorSource`)
+//   GriditDiffusion -> GriditModels, GriditTensor, GriditJobSpec
+//                                                        (diffusion, sampling, grids, the pipeline file)
+//   GriditImage -> CPNG                                  (PNG, animated PNG, contact sheet)
+//   GriditEngine -> GriditDiffusion, GriditModels, GriditCheckpoint, GriditImage, GriditJobSpec, GriditFaults,
+//                   GriditDurable, Crypto                (pipelines, plans, resumable batched runs, outputs)
+//   gridit-bench -> GriditModels, GriditCheckpoint, CAllocCounter
+// Wire types (Foundation only):
+//   GriditAPI -> GriditJobSpec                           (the control API's requests and answers)
+// Storage:
+//   GriditStateDatabase -> GriditDurable, GRDB           (the state database: file, migrations, identity, lock)
+//   GriditJobQueue -> GriditStateDatabase, GriditJobSpec (JobStore, its state machine, SQLiteJobStore)
+//   GriditModelStore -> GriditStateDatabase, GriditDiffusion, GriditModels, GriditCheckpoint, GriditAPI,
+//                       GriditFaults, GriditDurable, Crypto, CModelStore (libarchive)
+//                                                        (content-addressed model store; never the job
+//                                                        queue: live jobs' pins come in as `JobPins`)
+// The daemon and the CLI:
+//   GriditDaemon -> GriditJobQueue, GriditStateDatabase, GriditAPI, GriditJobSpec, GriditFaults, CSystemd,
+//                   CProcess, NIO, ServiceLifecycle, Logging
+//                                                        (no engine, no model store: `JobEngine`, `ModelCatalog`)
+//   GriditBackend -> GriditDaemon, GriditEngine, GriditModelStore, GriditJobQueue
+//                                                        (the engine and the store behind those protocols)
+//   GriditCLI -> GriditAPI, GriditJobSpec, GriditDurable, ArgumentParser
+//                                                        (no database, numeric or NIO target)
+//   griditd -> GriditBackend, GriditCLI                  (griditd run shares GriditCLI's `SamplingOptions`)
+//   griditctl -> GriditCLI
+
 import PackageDescription
 
 let swiftSettings: [SwiftSetting] = [
@@ -42,7 +64,6 @@ let package = Package(
     targets: [
         // System libraries, found through pkg-config.
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
-        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         // libarchive (model bundles) and the FICLONE ioctl (reflink import).
         .systemLibrary(name: "CModelStore", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
@@ -57,6 +78,8 @@ let package = Package(
         .target(name: "CProcess"),
         // Counts heap allocations (gridit-bench's `allocations` check); linked into nothing else.
         .target(name: "CAllocCounter"),
+        // Files written whole or not at all: temporary file, fsync, rename, fsync of the folder.
+        .target(name: "GriditDurable", swiftSettings: swiftSettings),
         .target(
             name: "GriditTensor",
             dependencies: ["CBLAS", "CGriditKernels"],
@@ -64,7 +87,7 @@ let package = Package(
         ),
         .target(
             name: "GriditCheckpoint",
-            dependencies: ["GriditTensor"],
+            dependencies: ["GriditTensor", "GriditDurable"],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -73,8 +96,8 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
-            name: "GriditPipeline",
-            dependencies: ["GriditModels", "GriditTensor"],
+            name: "GriditDiffusion",
+            dependencies: ["GriditJobSpec", "GriditModels", "GriditTensor"],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -85,25 +108,48 @@ let package = Package(
         .target(
             name: "GriditEngine",
             dependencies: [
-                "GriditPipeline", "GriditModels", "GriditTensor", "GriditCheckpoint", "GriditImage",
+                "GriditJobSpec", "GriditFaults", "GriditDurable", "GriditDiffusion", "GriditModels", "GriditTensor",
+                "GriditCheckpoint", "GriditImage",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        // A job's spec and progress, one type each from griditctl to the engine (Foundation only).
+        .target(
+            name: "GriditJobSpec",
+            swiftSettings: swiftSettings
+        ),
+        // The one registry of test fault points (`GRIDIT_TEST_FAULTS`), asked by the daemon, the
+        // engine and the model store.
+        .target(
+            name: "GriditFaults",
+            dependencies: ["GriditJobSpec"],
             swiftSettings: swiftSettings
         ),
         // Wire types and output formatting shared by griditd and griditctl (Foundation only).
         .target(
             name: "GriditAPI",
+            dependencies: ["GriditJobSpec"],
             swiftSettings: swiftSettings
         ),
+        // The state directory's SQLite database: opening, migrations (every table's), its identity
+        // marker and reserve, the state-directory lock.
         .target(
-            name: "GriditStore",
-            dependencies: [.product(name: "GRDB", package: "GRDB.swift")],
+            name: "GriditStateDatabase",
+            dependencies: ["GriditDurable", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: swiftSettings
+        ),
+        // The durable job queue: `JobStore`, its state machine, the SQLite implementation.
+        .target(
+            name: "GriditJobQueue",
+            dependencies: ["GriditJobSpec", "GriditStateDatabase", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: swiftSettings
         ),
         .target(
             name: "GriditModelStore",
             dependencies: [
-                "GriditStore", "GriditPipeline", "GriditModels", "GriditCheckpoint", "GriditAPI", "CModelStore",
+                "GriditStateDatabase", "GriditFaults", "GriditDurable", "GriditDiffusion", "GriditModels",
+                "GriditCheckpoint", "GriditAPI", "CModelStore",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
@@ -114,7 +160,8 @@ let package = Package(
         .target(
             name: "GriditDaemon",
             dependencies: [
-                "GriditStore", "GriditAPI", "CSystemd", "CProcess",
+                "GriditJobQueue", "GriditStateDatabase", "GriditAPI", "GriditJobSpec", "GriditFaults", "CSystemd",
+                "CProcess",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -128,8 +175,10 @@ let package = Package(
         .target(
             name: "GriditBackend",
             dependencies: [
-                "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditStore", "GriditAPI", "GriditPipeline",
-                "GriditCheckpoint", "GriditTensor",
+                "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditJobQueue", "GriditStateDatabase",
+                "GriditAPI",
+                "GriditJobSpec", "GriditFaults",
+                "GriditDiffusion", "GriditCheckpoint", "GriditTensor",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -139,13 +188,18 @@ let package = Package(
         // griditctl's commands and its blocking Unix-socket HTTP client.
         .target(
             name: "GriditCLI",
-            dependencies: ["GriditAPI", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "GriditAPI", "GriditJobSpec", "GriditDurable",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "griditd",
             dependencies: [
-                "GriditDaemon", "GriditBackend", "GriditEngine", "GriditStore", "GriditModelStore", "GriditAPI",
+                "GriditDaemon", "GriditBackend", "GriditEngine", "GriditJobQueue", "GriditStateDatabase",
+                "GriditModelStore",
+                "GriditAPI", "GriditJobSpec", "GriditFaults", "GriditCLI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -164,6 +218,12 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Helpers the test targets share: temporary directories, fixtures, processes.
+        .target(
+            name: "GriditTestSupport",
+            path: "Tests/GriditTestSupport",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "GriditTensorTests",
             dependencies: ["GriditTensor"],
@@ -171,7 +231,7 @@ let package = Package(
         ),
         .testTarget(
             name: "GriditCheckpointTests",
-            dependencies: ["GriditCheckpoint", "GriditTensor"],
+            dependencies: ["GriditTestSupport", "GriditCheckpoint", "GriditTensor"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -181,8 +241,8 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
-            name: "GriditPipelineTests",
-            dependencies: ["GriditPipeline", "GriditModels", "GriditCheckpoint", "GriditTensor"],
+            name: "GriditDiffusionTests",
+            dependencies: ["GriditDiffusion", "GriditModels", "GriditCheckpoint", "GriditTensor"],
             resources: [.copy("Fixtures")],
             swiftSettings: swiftSettings
         ),
@@ -194,41 +254,51 @@ let package = Package(
         .testTarget(
             name: "GriditEngineTests",
             dependencies: [
-                "GriditEngine", "GriditPipeline", "GriditImage", "GriditCheckpoint", "GriditModels", "GriditTensor",
-                .product(name: "Crypto", package: "swift-crypto"),
+                "GriditTestSupport",
+                "GriditEngine", "GriditJobSpec", "GriditDiffusion", "GriditImage", "GriditCheckpoint", "GriditModels",
+                "GriditTensor", .product(name: "Crypto", package: "swift-crypto"),
             ],
             resources: [.copy("Fixtures")],
             swiftSettings: swiftSettings
         ),
         .testTarget(
-            name: "GriditAPITests",
-            dependencies: ["GriditAPI"],
+            name: "GriditJobSpecTests",
+            dependencies: ["GriditJobSpec"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
-            name: "GriditStoreTests",
+            name: "GriditAPITests",
+            dependencies: ["GriditAPI", "GriditJobSpec"],
+            swiftSettings: swiftSettings
+        ),
+        // The state database and the job queue on it.
+        .testTarget(
+            name: "GriditJobQueueTests",
             dependencies: [
-                "GriditStore", .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "GRDB", package: "GRDB.swift"),
+                "GriditJobQueue", "GriditStateDatabase", "GriditJobSpec", "GriditTestSupport",
+                .product(name: "Crypto", package: "swift-crypto"), .product(name: "GRDB", package: "GRDB.swift"),
             ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "GriditModelStoreTests",
             dependencies: [
-                "GriditModelStore", "GriditAPI", "GriditStore", "GriditPipeline", "GriditModels", "GriditCheckpoint",
-                "GriditTensor", "CModelStore",
+                "GriditTestSupport",
+                "GriditModelStore", "GriditAPI", "GriditJobQueue", "GriditStateDatabase", "GriditDiffusion",
+                "GriditModels",
+                "GriditCheckpoint", "CModelStore",
             ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "GriditDaemonTests",
             dependencies: [
-                "GriditDaemon", "GriditStore", "GriditAPI", "GriditCLI",
+                "GriditDaemon", "GriditJobQueue", "GriditStateDatabase", "GriditAPI", "GriditJobSpec", "GriditFaults",
+                "GriditCLI", "GriditTestSupport",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "InMemoryLogging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
             ],
@@ -237,8 +307,11 @@ let package = Package(
         .testTarget(
             name: "GriditBackendTests",
             dependencies: [
-                "GriditBackend", "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditStore", "GriditAPI",
-                "GriditPipeline", "GriditTensor",
+                "GriditTestSupport",
+                "GriditBackend", "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditJobQueue",
+                "GriditStateDatabase",
+                "GriditAPI",
+                "GriditJobSpec", "GriditDiffusion", "GriditTensor",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
@@ -246,7 +319,10 @@ let package = Package(
         ),
         .testTarget(
             name: "GriditCLITests",
-            dependencies: ["GriditCLI", "GriditAPI"],
+            dependencies: [
+                "GriditCLI", "GriditAPI", "GriditJobSpec",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: swiftSettings
         ),
     ],

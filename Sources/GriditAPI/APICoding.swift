@@ -1,5 +1,7 @@
 // JSON conventions of the control API and the error body every 4xx/5xx carries.
+
 import Foundation
+import GriditJobSpec
 
 /// The version of the `/v1` wire protocol; bumped on additive changes so that clients can tell.
 public let apiVersion = "1.0"
@@ -11,11 +13,13 @@ public enum APICoding {
     /// Sorted keys (stable output for tests and diffs), ISO 8601 dates.
     public static func encoder(pretty: Bool = false) -> JSONEncoder {
         let e = JSONEncoder()
-        e.outputFormatting = pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
+        e.outputFormatting =
+            pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
         e.dateEncodingStrategy = .iso8601
         // JSON has no NaN or infinity; spelt as strings, so encoding never fails (a request with
         // one is then refused by the reader's strict number decoding, with the field's name).
-        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
+        e.nonConformingFloatEncodingStrategy = .convertToString(
+            positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
         return e
     }
 
@@ -36,13 +40,16 @@ public enum APICoding {
             return try decoder().decode(type, from: data)
         } catch let error as APIError {
             throw error
+        } catch let error as JobSpecError {
+            throw APIError(.badRequest, error.message)
         } catch let error as DecodingError {
             if case .dataCorrupted(let c) = error, c.codingPath.isEmpty, c.underlyingError as? APIError == nil,
-               (try? JSONSerialization.jsonObject(with: data)) != nil
+                (try? JSONSerialization.jsonObject(with: data)) != nil
             {
                 // Foundation reports a number it cannot represent (-1 for an unsigned field,
                 // 1e30 for an integer) as corrupt data without a path.
-                throw APIError(.badRequest, "a number is out of range for its field (negative where it cannot be, or too large)")
+                throw APIError(
+                    .badRequest, "a number is out of range for its field (negative where it cannot be, or too large)")
             }
             throw APIError(.badRequest, describe(error))
         } catch {
@@ -58,6 +65,7 @@ public enum APICoding {
         switch error {
         case .dataCorrupted(let c):
             if let underlying = c.underlyingError as? APIError { return underlying.message }
+            if let underlying = c.underlyingError as? JobSpecError { return underlying.message }
             if c.codingPath.isEmpty { return "malformed JSON: the body is not a JSON document (\(c.debugDescription))" }
             return "\(path(c.codingPath)): \(c.debugDescription)"
         case .keyNotFound(let key, let c):
@@ -80,28 +88,6 @@ public enum APICoding {
         case is Double.Type: "a number"
         default: "\(type)"
         }
-    }
-}
-
-/// Fails decoding when the object has a key outside `known`: a typo must not be ignored.
-public func rejectUnknownKeys(_ decoder: any Decoder, known: [String], in what: String) throws {
-    let c = try decoder.container(keyedBy: AnyCodingKey.self)
-    let unknown = c.allKeys.map(\.stringValue).filter { !known.contains($0) }.sorted()
-    guard unknown.isEmpty else {
-        let list = unknown.map { "'\($0)'" }.joined(separator: ", ")
-        throw APIError(
-            .badRequest,
-            "unknown field\(unknown.count == 1 ? "" : "s") \(list) in \(what); known fields: \(known.sorted().joined(separator: ", "))")
-    }
-}
-
-struct AnyCodingKey: CodingKey {
-    var stringValue: String
-    var intValue: Int?
-    init(stringValue: String) { self.stringValue = stringValue }
-    init?(intValue: Int) {
-        self.stringValue = String(intValue)
-        self.intValue = intValue
     }
 }
 

@@ -3,7 +3,9 @@
 // `{"result": <that type as JSON>, "text": "<the same rendering `griditd models` prints>"}`, so
 // griditctl prints exactly what the offline command prints and needs no change when a result
 // type grows a field.
+
 import Foundation
+import GriditJobSpec
 
 /// `POST /v1/models/import`.
 public struct ImportModelRequest: Codable, Hashable, Sendable {

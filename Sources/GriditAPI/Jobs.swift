@@ -1,196 +1,53 @@
 // Wire types of griditd's job API (`/v1/jobs...`), shared by the daemon and griditctl.
 // JSON keys are snake_case; dates are ISO 8601 (UTC, second precision) through `APICoding`.
-// Request types reject unknown keys, so a misspelt field is a 400, never silently ignored.
+// Request types reject unknown keys, so a misspelt field is a 400, never silently ignored. A job's
+// spec and progress are GriditJobSpec's `JobSpec`, `JobProgress` and `StepProgress` as they are.
+
 import Foundation
+import GriditJobSpec
 
-/// The job states, as the wire spells them (the same seven as the store's `JobState`).
-public enum JobStateName: String, Codable, CaseIterable, Sendable {
-    case queued, running, retryable, succeeded, failed, canceled, dead
-
-    public var isTerminal: Bool {
-        switch self {
-        case .queued, .running, .retryable: false
-        case .succeeded, .failed, .canceled, .dead: true
-        }
-    }
-}
-
-/// Generation parameters of a job: the engine's `SequenceRequest` fields, minus `length`, which
-/// the job carries itself. Every field is optional; nil means the pipeline's default.
-public struct GenerationParameters: Codable, Hashable, Sendable {
-    /// Noise seed; the daemon picks one at submit when absent, so the job is reproducible.
-    public var seed: UInt64?
-    /// `gridit` or `official`.
-    public var mode: String?
-    /// Stage-1 sampler: `ddpm` or `ddim`.
-    public var sampler: String?
-    /// Stage-1 respacing: a step count ("250"), "ddimN" or "trailingN". A JSON integer is accepted too.
-    public var steps: String?
-    public var srSampler: String?
-    public var srSteps: String?
-    /// DDIM η.
-    public var eta: Double?
-    public var contextRows: Int?
-    /// gridit mode's carried frames: `renoised` or `clean`.
-    public var context: String?
-    /// Skip stage 2 (frames stay at the low resolution).
-    public var noSR: Bool?
-    /// `fp32` or `bf16`.
-    public var precision: String?
-
-    public init(
-        seed: UInt64? = nil, mode: String? = nil, sampler: String? = nil, steps: String? = nil,
-        srSampler: String? = nil, srSteps: String? = nil, eta: Double? = nil, contextRows: Int? = nil,
-        context: String? = nil, noSR: Bool? = nil, precision: String? = nil
-    ) {
-        self.seed = seed
-        self.mode = mode
-        self.sampler = sampler
-        self.steps = steps
-        self.srSampler = srSampler
-        self.srSteps = srSteps
-        self.eta = eta
-        self.contextRows = contextRows
-        self.context = context
-        self.noSR = noSR
-        self.precision = precision
-    }
-
-    enum CodingKeys: String, CodingKey, CaseIterable {
-        case seed, mode, sampler, steps, eta, precision, context
-        case srSampler = "sr_sampler"
-        case srSteps = "sr_steps"
-        case contextRows = "context_rows"
-        case noSR = "no_sr"
-    }
-
-    public init(from decoder: any Decoder) throws {
-        try rejectUnknownKeys(decoder, known: CodingKeys.allCases.map(\.rawValue), in: "parameters")
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        seed = try c.decodeIfPresent(UInt64.self, forKey: .seed)
-        mode = try c.decodeIfPresent(String.self, forKey: .mode)
-        sampler = try c.decodeIfPresent(String.self, forKey: .sampler)
-        steps = try Self.decodeSteps(c, .steps)
-        srSampler = try c.decodeIfPresent(String.self, forKey: .srSampler)
-        srSteps = try Self.decodeSteps(c, .srSteps)
-        eta = try c.decodeIfPresent(Double.self, forKey: .eta)
-        contextRows = try c.decodeIfPresent(Int.self, forKey: .contextRows)
-        context = try c.decodeIfPresent(String.self, forKey: .context)
-        noSR = try c.decodeIfPresent(Bool.self, forKey: .noSR)
-        precision = try c.decodeIfPresent(String.self, forKey: .precision)
-    }
-
-    /// Steps are strings ("250", "ddim50"); `"steps": 50` means "50".
-    private static func decodeSteps(_ c: KeyedDecodingContainer<CodingKeys>, _ key: CodingKeys) throws -> String? {
-        if let n = try? c.decodeIfPresent(Int.self, forKey: key) { return String(n) }
-        return try c.decodeIfPresent(String.self, forKey: key)
-    }
-}
-
-/// `POST /v1/jobs`.
+/// `POST /v1/jobs`: the job's spec (`length`, `model`, `output`, `parameters`, as `JobSpec` codes
+/// them) beside the queue's own fields.
 public struct SubmitJobRequest: Codable, Hashable, Sendable {
-    /// Number of frames to generate.
-    public var length: Int
-    /// `NAME:TAG`, `NAME@sha256:<hex>` or `sha256:<hex>`; nil means the daemon's default model.
-    public var model: String?
-    public var parameters: GenerationParameters
+    public var spec: JobSpec
     /// Higher runs first; FIFO within a priority.
     public var priority: Int?
     /// The same caller submitting the same key gets the existing job back.
     public var idempotencyKey: String?
-    /// Output folder, relative to the daemon's output root (`a/b` or `name`); default `job-<id>`.
-    public var output: String?
     /// Attempts for transient errors (disk full, I/O) before the job fails.
     public var maxAttempts: Int?
 
-    public init(
-        length: Int, model: String? = nil, parameters: GenerationParameters = GenerationParameters(),
-        priority: Int? = nil, idempotencyKey: String? = nil, output: String? = nil, maxAttempts: Int? = nil
-    ) {
-        self.length = length
-        self.model = model
-        self.parameters = parameters
+    public init(spec: JobSpec, priority: Int? = nil, idempotencyKey: String? = nil, maxAttempts: Int? = nil) {
+        self.spec = spec
         self.priority = priority
         self.idempotencyKey = idempotencyKey
-        self.output = output
         self.maxAttempts = maxAttempts
     }
 
+    /// A request for `length` frames with every default.
+    public init(length: Int) { self.init(spec: JobSpec(length: length)) }
+
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case length, model, parameters, priority, output
+        case priority
         case idempotencyKey = "idempotency_key"
         case maxAttempts = "max_attempts"
     }
 
     public init(from decoder: any Decoder) throws {
-        try rejectUnknownKeys(decoder, known: CodingKeys.allCases.map(\.rawValue), in: "the request")
+        try rejectUnknownKeys(decoder, known: JobSpec.keys + CodingKeys.allCases.map(\.rawValue), in: "the request")
+        spec = try JobSpec(from: decoder)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        length = try c.decode(Int.self, forKey: .length)
-        model = try c.decodeIfPresent(String.self, forKey: .model)
-        parameters = try c.decodeIfPresent(GenerationParameters.self, forKey: .parameters) ?? GenerationParameters()
         priority = try c.decodeIfPresent(Int.self, forKey: .priority)
         idempotencyKey = try c.decodeIfPresent(String.self, forKey: .idempotencyKey)
-        output = try c.decodeIfPresent(String.self, forKey: .output)
         maxAttempts = try c.decodeIfPresent(Int.self, forKey: .maxAttempts)
     }
-}
 
-/// Where a job has got to: the durable part (saved in the database, the resume point) and,
-/// while it runs, the live denoising step.
-public struct JobProgressInfo: Codable, Hashable, Sendable {
-    /// `grid` (stage 1) or `sr` (stage 2).
-    public var stage: String
-    public var gridsDone: Int
-    public var framesDone: Int
-    public var live: StepProgress?
-
-    public init(stage: String, gridsDone: Int, framesDone: Int, live: StepProgress? = nil) {
-        self.stage = stage
-        self.gridsDone = gridsDone
-        self.framesDone = framesDone
-        self.live = live
-    }
-
-    enum CodingKeys: String, CodingKey {
-        case stage, live
-        case gridsDone = "grids_done"
-        case framesDone = "frames_done"
-    }
-}
-
-/// The engine's per-step report: stage, grid i of N, step j of M, frame, and an estimate.
-public struct StepProgress: Codable, Hashable, Sendable {
-    public var stage: String
-    public var grid: Int
-    public var grids: Int
-    public var step: Int
-    public var steps: Int
-    /// Frames finished so far and in all (stage 2 counts frames; stage 1 the frames of done grids).
-    public var frame: Int
-    public var frames: Int
-    /// Seconds left for the whole job, when the engine can tell.
-    public var etaSeconds: Double?
-    /// Share of the job's work done, 0...1 (both stages, by floating-point operations).
-    public var fraction: Double?
-
-    public init(
-        stage: String, grid: Int, grids: Int, step: Int, steps: Int, frame: Int, frames: Int,
-        etaSeconds: Double? = nil, fraction: Double? = nil
-    ) {
-        self.stage = stage
-        self.grid = grid
-        self.grids = grids
-        self.step = step
-        self.steps = steps
-        self.frame = frame
-        self.frames = frames
-        self.etaSeconds = etaSeconds
-        self.fraction = fraction
-    }
-
-    enum CodingKeys: String, CodingKey {
-        case stage, grid, grids, step, steps, frame, frames, fraction
-        case etaSeconds = "eta_seconds"
+    public func encode(to encoder: any Encoder) throws {
+        try spec.encode(to: encoder)
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encodeIfPresent(priority, forKey: .priority)
+        try c.encodeIfPresent(idempotencyKey, forKey: .idempotencyKey)
+        try c.encodeIfPresent(maxAttempts, forKey: .maxAttempts)
     }
 }
 
@@ -216,19 +73,16 @@ public struct JobErrorInfo: Codable, Hashable, Sendable {
     }
 }
 
-/// A job as the API shows it.
+/// A job as the API shows it: its spec (`length`, `model`, `output`, `parameters`, as `JobSpec`
+/// codes them; the seed always filled in) beside the queue's fields.
 public struct JobInfo: Codable, Hashable, Sendable {
     public var id: Int64
-    public var state: JobStateName
+    public var state: JobState
     public var ownerUID: UInt32
     public var priority: Int
-    public var length: Int
-    /// The reference the caller gave (nil: the daemon's default at submit time).
-    public var model: String?
-    /// The manifest digest the reference resolved to at submit; what the job runs.
+    public var spec: JobSpec
+    /// The manifest digest the spec's model resolved to at submit; what the job runs.
     public var pipelineDigest: String?
-    public var parameters: GenerationParameters
-    public var output: String?
     public var idempotencyKey: String?
     public var createdAt: Date
     public var updatedAt: Date
@@ -242,7 +96,7 @@ public struct JobInfo: Codable, Hashable, Sendable {
     public var queuePosition: Int?
     /// Earliest next start (retry backoff).
     public var notBefore: Date
-    public var progress: JobProgressInfo
+    public var progress: JobProgress
     public var errorClass: String?
     public var errorMessage: String?
     /// Absolute path of the finished output folder (on the daemon's machine).
@@ -253,23 +107,18 @@ public struct JobInfo: Codable, Hashable, Sendable {
     public var waitingFor: String?
 
     public init(
-        id: Int64, state: JobStateName, ownerUID: UInt32, priority: Int, length: Int, model: String?,
-        pipelineDigest: String?, parameters: GenerationParameters, output: String?, idempotencyKey: String?,
-        createdAt: Date, updatedAt: Date, startedAt: Date?, finishedAt: Date?, attempt: Int, maxAttempts: Int,
-        crashCount: Int, cancelRequested: Bool, queuePosition: Int?, notBefore: Date, progress: JobProgressInfo,
-        errorClass: String?, errorMessage: String?, outputDir: String?, errors: [JobErrorInfo]? = nil,
-        waitingFor: String? = nil
+        id: Int64, state: JobState, ownerUID: UInt32, priority: Int, spec: JobSpec, pipelineDigest: String?,
+        idempotencyKey: String?, createdAt: Date, updatedAt: Date, startedAt: Date?, finishedAt: Date?, attempt: Int,
+        maxAttempts: Int, crashCount: Int, cancelRequested: Bool, queuePosition: Int?, notBefore: Date,
+        progress: JobProgress, errorClass: String?, errorMessage: String?, outputDir: String?,
+        errors: [JobErrorInfo]? = nil, waitingFor: String? = nil
     ) {
-        self.waitingFor = waitingFor
         self.id = id
         self.state = state
         self.ownerUID = ownerUID
         self.priority = priority
-        self.length = length
-        self.model = model
+        self.spec = spec
         self.pipelineDigest = pipelineDigest
-        self.parameters = parameters
-        self.output = output
         self.idempotencyKey = idempotencyKey
         self.createdAt = createdAt
         self.updatedAt = updatedAt
@@ -286,10 +135,14 @@ public struct JobInfo: Codable, Hashable, Sendable {
         self.errorMessage = errorMessage
         self.outputDir = outputDir
         self.errors = errors
+        self.waitingFor = waitingFor
     }
 
+    /// Frames the job generates.
+    public var length: Int { spec.length }
+
     enum CodingKeys: String, CodingKey {
-        case id, state, priority, length, model, parameters, output, attempt, progress, errors
+        case id, state, priority, attempt, progress, errors
         case ownerUID = "owner_uid"
         case pipelineDigest = "pipeline_digest"
         case idempotencyKey = "idempotency_key"
@@ -306,6 +159,60 @@ public struct JobInfo: Codable, Hashable, Sendable {
         case errorMessage = "error_message"
         case outputDir = "output_dir"
         case waitingFor = "waiting_for"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        spec = try JobSpec(from: decoder)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        id = try c.decode(Int64.self, forKey: .id)
+        state = try c.decode(JobState.self, forKey: .state)
+        ownerUID = try c.decode(UInt32.self, forKey: .ownerUID)
+        priority = try c.decode(Int.self, forKey: .priority)
+        pipelineDigest = try c.decodeIfPresent(String.self, forKey: .pipelineDigest)
+        idempotencyKey = try c.decodeIfPresent(String.self, forKey: .idempotencyKey)
+        createdAt = try c.decode(Date.self, forKey: .createdAt)
+        updatedAt = try c.decode(Date.self, forKey: .updatedAt)
+        startedAt = try c.decodeIfPresent(Date.self, forKey: .startedAt)
+        finishedAt = try c.decodeIfPresent(Date.self, forKey: .finishedAt)
+        attempt = try c.decode(Int.self, forKey: .attempt)
+        maxAttempts = try c.decode(Int.self, forKey: .maxAttempts)
+        crashCount = try c.decode(Int.self, forKey: .crashCount)
+        cancelRequested = try c.decode(Bool.self, forKey: .cancelRequested)
+        queuePosition = try c.decodeIfPresent(Int.self, forKey: .queuePosition)
+        notBefore = try c.decode(Date.self, forKey: .notBefore)
+        progress = try c.decode(JobProgress.self, forKey: .progress)
+        errorClass = try c.decodeIfPresent(String.self, forKey: .errorClass)
+        errorMessage = try c.decodeIfPresent(String.self, forKey: .errorMessage)
+        outputDir = try c.decodeIfPresent(String.self, forKey: .outputDir)
+        errors = try c.decodeIfPresent([JobErrorInfo].self, forKey: .errors)
+        waitingFor = try c.decodeIfPresent(String.self, forKey: .waitingFor)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        try spec.encode(to: encoder)
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        try c.encode(state, forKey: .state)
+        try c.encode(ownerUID, forKey: .ownerUID)
+        try c.encode(priority, forKey: .priority)
+        try c.encodeIfPresent(pipelineDigest, forKey: .pipelineDigest)
+        try c.encodeIfPresent(idempotencyKey, forKey: .idempotencyKey)
+        try c.encode(createdAt, forKey: .createdAt)
+        try c.encode(updatedAt, forKey: .updatedAt)
+        try c.encodeIfPresent(startedAt, forKey: .startedAt)
+        try c.encodeIfPresent(finishedAt, forKey: .finishedAt)
+        try c.encode(attempt, forKey: .attempt)
+        try c.encode(maxAttempts, forKey: .maxAttempts)
+        try c.encode(crashCount, forKey: .crashCount)
+        try c.encode(cancelRequested, forKey: .cancelRequested)
+        try c.encodeIfPresent(queuePosition, forKey: .queuePosition)
+        try c.encode(notBefore, forKey: .notBefore)
+        try c.encode(progress, forKey: .progress)
+        try c.encodeIfPresent(errorClass, forKey: .errorClass)
+        try c.encodeIfPresent(errorMessage, forKey: .errorMessage)
+        try c.encodeIfPresent(outputDir, forKey: .outputDir)
+        try c.encodeIfPresent(errors, forKey: .errors)
+        try c.encodeIfPresent(waitingFor, forKey: .waitingFor)
     }
 }
 
@@ -363,9 +270,9 @@ public struct PruneRequest: Codable, Hashable, Sendable {
 public struct PruneResponse: Codable, Hashable, Sendable {
     public struct Pruned: Codable, Hashable, Sendable {
         public var id: Int64
-        public var state: JobStateName
+        public var state: JobState
         public var outputDir: String?
-        public init(id: Int64, state: JobStateName, outputDir: String?) {
+        public init(id: Int64, state: JobState, outputDir: String?) {
             self.id = id
             self.state = state
             self.outputDir = outputDir

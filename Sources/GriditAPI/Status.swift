@@ -1,5 +1,7 @@
 // Wire types of `/v1/status`, `/v1/version` and `/v1/queue`.
+
 import Foundation
+import GriditJobSpec
 
 /// `GET /v1/version`: what a client checks first (griditctl refuses a daemon with another major).
 public struct VersionInfo: Codable, Hashable, Sendable {
@@ -32,7 +34,7 @@ public struct QueueCounts: Codable, Hashable, Sendable {
     /// Jobs waiting or running: what counts against `max_queued`.
     public var depth: Int { queued + retryable + running }
 
-    public subscript(state: JobStateName) -> Int {
+    public subscript(state: JobState) -> Int {
         get {
             switch state {
             case .queued: queued
@@ -110,9 +112,9 @@ public struct RunningJob: Codable, Hashable, Sendable {
     public var id: Int64
     public var ownerUID: UInt32
     public var pipelineDigest: String?
-    public var progress: JobProgressInfo
+    public var progress: JobProgress
 
-    public init(id: Int64, ownerUID: UInt32, pipelineDigest: String?, progress: JobProgressInfo) {
+    public init(id: Int64, ownerUID: UInt32, pipelineDigest: String?, progress: JobProgress) {
         self.id = id
         self.ownerUID = ownerUID
         self.pipelineDigest = pipelineDigest
@@ -129,10 +131,10 @@ public struct RunningJob: Codable, Hashable, Sendable {
 /// The caller's own waiting job and its place in the queue.
 public struct QueuedJobPosition: Codable, Hashable, Sendable {
     public var id: Int64
-    public var state: JobStateName
+    public var state: JobState
     public var queuePosition: Int?
 
-    public init(id: Int64, state: JobStateName, queuePosition: Int?) {
+    public init(id: Int64, state: JobState, queuePosition: Int?) {
         self.id = id
         self.state = state
         self.queuePosition = queuePosition
@@ -177,7 +179,8 @@ public struct DaemonStatus: Codable, Hashable, Sendable {
 
     public init(
         version: String, apiVersion: String, instanceID: String, pid: Int32, startedAt: Date, uptimeSeconds: Double,
-        stateDirectory: String, diskFreeBytes: Int64?, minFreeBytes: Int64, queue: QueueStatus, running: [RunningJob], yourJobs: [QueuedJobPosition],
+        stateDirectory: String, diskFreeBytes: Int64?, minFreeBytes: Int64, queue: QueueStatus, running: [RunningJob],
+        yourJobs: [QueuedJobPosition],
         loadedModels: [LoadedModel], engineAvailable: Bool, modelStoreAvailable: Bool, blasThreads: Int,
         caller: CallerInfo, notices: [StatusNotice] = [], worker: EngineWorkerInfo? = nil
     ) {

@@ -1,33 +1,39 @@
 // GriditBackend: the engine (GriditEngine) and the model store (GriditModelStore) behind the
-// daemon's protocols (GriditDaemon's `JobExecutor` and `ModelCatalog`), so that GriditDaemon
+// daemon's protocols (GriditDaemon's `JobEngine` and `ModelCatalog`), so that GriditDaemon
 // builds and is tested without either. `griditd serve` calls `Backend.components`.
 //
-// - `EngineExecutor`: jobs → resumable `SequenceRun`s batched on one `LoadedPipeline`, loaded
+// - `InProcessEngine`: jobs → resumable `SequenceRun`s batched on one `LoadedPipeline`, loaded
 //   through the store's integrity check into a keep-alive cache keyed by manifest digest.
-// - `StoreCatalog`: the store's commands for the socket API, and the default model of a submit.
+// - `ModelStoreCatalog`: the store's commands for the socket API, and the default model of a submit.
 // - `ModelCacheService`: unmaps models idle past their keep-alive.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditDaemon
 import GriditEngine
+import GriditFaults
+import GriditJobQueue
 import GriditModelStore
-import GriditStore
+import GriditStateDatabase
 import Logging
 import NIOPosix
 import ServiceLifecycle
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 public enum Backend {
-    /// The engine and model store of `configuration`'s state directory, sharing the job
-    /// store's database (one connection pool per file). Call after griditd holds the state
+    /// The engine and model store of `configuration`'s state directory, the model store on the
+    /// job store's database (one connection pool per file) and asking it which versions live
+    /// jobs pin. Call after griditd holds the state
     /// directory's lock and the database is migrated (what `Daemon.run` does before `components`).
     /// With `worker`, the engine runs in that worker process (`griditd worker`), supervised;
     /// without, in griditd itself.
     public static func components(
-        configuration: DaemonConfiguration, database: StateDatabase, siteRoots: [String] = [], worker: WorkerLaunch? = nil,
+        configuration: DaemonConfiguration, jobs: SQLiteJobStore, siteRoots: [String] = [], worker: WorkerLaunch? = nil,
         logger: Logger
     ) throws -> DaemonComponents {
+        let database = jobs.database
         let models: ModelStore
         do {
             models = try ModelStore(
@@ -41,7 +47,7 @@ public enum Backend {
         // cooperative pool, and never on the inference thread.
         let blocking = NIOThreadPool(numberOfThreads: 2)
         blocking.start()
-        let executor = EngineExecutor(
+        let engine = InProcessEngine(
             models: models, cache: cache, blocking: blocking,
             options: ExecutionOptions(
                 threads: configuration.blasThreads, memoryBudget: configuration.memoryBudget,
@@ -50,8 +56,8 @@ public enum Backend {
         let service = ModelCacheService(
             cache: cache, keepAlive: configuration.modelKeepAlive, logger: Logger(label: "gridit.models"))
         guard let worker else {
-            let catalog = StoreCatalog(models: models, cache: cache, blocking: blocking)
-            return DaemonComponents(executor: executor, catalog: catalog, services: [service])
+            let catalog = ModelStoreCatalog(models: models, jobs: jobs, cache: cache, blocking: blocking)
+            return DaemonComponents(engine: engine, catalog: catalog, services: [service])
         }
         let loaded = WorkerModels()
         models.mappings.addReporter { loaded.current }
@@ -60,24 +66,26 @@ public enum Backend {
                 launch: worker, stallTimeout: configuration.leaseDuration / 2,
                 stopGrace: configuration.stopGrace),
             logger: Logger(label: "gridit.supervisor"), onModels: { loaded.update($0) })
-        let catalog = StoreCatalog(models: models, cache: cache, blocking: blocking, workerModels: loaded)
-        return DaemonComponents(executor: SupervisedExecutor(local: executor, supervisor: supervisor), catalog: catalog)
+        let catalog = ModelStoreCatalog(
+            models: models, jobs: jobs, cache: cache, blocking: blocking, workerModels: loaded)
+        return DaemonComponents(engine: WorkerProcessEngine(local: engine, supervisor: supervisor), catalog: catalog)
     }
 
     /// `griditd worker`: the engine in the worker process griditd started, served over the
     /// channel until griditd says exit or dies. Opens no database: each batch carries its
     /// resolved pipeline. Returns the exit status.
     public static func runWorker(
-        stateDirectory: String, options: ExecutionOptions, keepAlive: TimeInterval, faults: FaultInjection, logger: Logger
+        stateDirectory: String, options: ExecutionOptions, keepAlive: TimeInterval, faults: FaultInjection,
+        logger: Logger
     ) -> Int32 {
         let cache = KeepAliveCache<LoadedPipeline>(mappings: BlobMappings(), keepAlive: keepAlive)
         let blocking = NIOThreadPool(numberOfThreads: 1)
         blocking.start()
-        let engine = EngineExecutor(
+        let engine = InProcessEngine(
             models: nil, cache: cache, blocking: blocking, options: options, logger: Logger(label: "gridit.engine"))
         let pid = getpid()
         return WorkerChild.serve(
-            executor: engine, faults: faults, pauseMarker: stateDirectory + "/test-paused",
+            engine: engine, faults: faults, stateDirectory: stateDirectory,
             idle: {
                 let evicted = cache.evictIdle()
                 for key in evicted { logger.info("unloaded an idle model", metadata: ["model.digest": "\(key)"]) }

@@ -1,10 +1,12 @@
 // `griditctl`: the command line of griditd, over its Unix socket (docker/ollama style).
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import ArgumentParser
 import Foundation
 import GriditAPI
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public struct Griditctl: ParsableCommand {
     public static let configuration = CommandConfiguration(
@@ -40,15 +42,15 @@ public struct Griditctl: ParsableCommand {
         } catch let error as CLIError {
             if Output.jsonRequested(arguments) {
                 let body = ErrorResponse(error: APIError(APIError.Code(rawValue: error.code ?? "error"), error.message))
-                Output.printJSON(body)
+                Output.standard.printJSON(body)
             }
-            Output.stderr("griditctl: \(error.message)\n")
+            Output.standard.stderr("griditctl: \(error.message)\n")
             Glibc.exit(error.status)
         } catch let code as ExitCode {
             Glibc.exit(code.rawValue)
         } catch {
             if exitCode(for: error) == .validationFailure {
-                Output.stderr(fullMessage(for: error) + "\n")
+                Output.standard.stderr(fullMessage(for: error) + "\n")
                 Glibc.exit(ExitStatus.usage)
             }
             exit(withError: error)
@@ -94,58 +96,70 @@ public struct GlobalOptions: ParsableArguments {
 
     public init() {}
 
-    var client: GriditClient { GriditClient(socketPath: socket) }
+    var client: GriditClient { GriditClient(UnixHTTPClient(socketPath: socket, timeout: 120)) }
 }
 
-enum Output {
-    static func stdout(_ text: String) {
-        FileHandle.standardOutput.write(Data(text.utf8))
-    }
+/// A command that talks to griditd: `run()` runs it against the socket and the terminal, and
+/// `run(client:output:)` against any `ControlClient` and output, so that tests need no daemon.
+protocol ClientCommand: ParsableCommand {
+    var global: GlobalOptions { get }
+    func run(client: GriditClient, output: Output) throws
+}
 
-    static func stderr(_ text: String) {
-        FileHandle.standardError.write(Data(text.utf8))
-    }
+extension ClientCommand {
+    func run() throws { try run(client: global.client, output: .standard) }
+}
 
-    static func printJSON<T: Encodable>(_ value: T) {
-        var data = APICoding.encode(value, pretty: true)
-        data.append(0x0A)
-        FileHandle.standardOutput.write(data)
+/// Where a command's text goes: the terminal, or a test's buffer.
+struct Output: Sendable {
+    var stdout: @Sendable (String) -> Void
+    var stderr: @Sendable (String) -> Void
+    /// Whether a progress bar may be drawn on stderr.
+    var stderrIsTerminal: Bool
+
+    static let standard = Output(
+        stdout: { FileHandle.standardOutput.write(Data($0.utf8)) },
+        stderr: { FileHandle.standardError.write(Data($0.utf8)) },
+        stderrIsTerminal: isatty(STDERR_FILENO) == 1)
+
+    func printJSON<T: Encodable>(_ value: T) {
+        stdout(String(decoding: APICoding.encode(value, pretty: true), as: UTF8.self) + "\n")
     }
 
     /// Pretty-prints raw JSON bytes (a model command's result).
-    static func printRawJSON(_ data: Data) {
+    func printRawJSON(_ data: Data) {
         if let object = try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]),
-           var pretty = try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .fragmentsAllowed])
+            let pretty = try? JSONSerialization.data(
+                withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .fragmentsAllowed])
         {
-            pretty.append(0x0A)
-            FileHandle.standardOutput.write(pretty)
+            stdout(String(decoding: pretty, as: UTF8.self) + "\n")
         } else {
-            FileHandle.standardOutput.write(data)
+            stdout(String(decoding: data, as: UTF8.self))
         }
     }
 
     static func jsonRequested(_ arguments: [String]) -> Bool { arguments.contains("--json") }
-
-    static var stderrIsTerminal: Bool { isatty(STDERR_FILENO) == 1 }
 }
 
-struct Version: ParsableCommand {
+struct Version: ClientCommand {
     static let configuration = CommandConfiguration(abstract: "Show griditctl's and griditd's versions.")
 
     @OptionGroup var global: GlobalOptions
 
-    func run() throws {
+    func run(client: GriditClient, output: Output) throws {
+        let daemon = try? client.get("/v1/version", as: VersionInfo.self)
         let client = VersionInfo()
-        let daemon = try? global.client.get("/v1/version", as: VersionInfo.self)
         if global.json {
             struct Both: Encodable {
                 var client: VersionInfo
                 var daemon: VersionInfo?
             }
-            Output.printJSON(Both(client: client, daemon: daemon))
+            output.printJSON(Both(client: client, daemon: daemon))
             return
         }
-        Output.stdout("griditctl \(client.version) (API \(client.apiVersion))\n")
-        Output.stdout(daemon.map { "griditd   \($0.version) (API \($0.apiVersion))\n" } ?? "griditd   not reachable at \(global.socket)\n")
+        output.stdout("griditctl \(client.version) (API \(client.apiVersion))\n")
+        output.stdout(
+            daemon.map { "griditd   \($0.version) (API \($0.apiVersion))\n" }
+                ?? "griditd   not reachable at \(global.socket)\n")
     }
 }

@@ -1,11 +1,13 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import ArgumentParser
 import Foundation
 import GriditAPI
+import GriditJobSpec
 
-struct Submit: ParsableCommand {
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Submit: ClientCommand {
     static let configuration = CommandConfiguration(
         abstract: "Queue a sequence generation job.",
         discussion: """
@@ -17,43 +19,18 @@ struct Submit: ParsableCommand {
     @Option(help: "Number of frames to generate.")
     var length: Int
 
-    @Option(help: ArgumentHelp("NAME:TAG, NAME@sha256:<hex> or sha256:<hex> (default: the daemon's default model).", valueName: "ref"))
+    @Option(
+        help: ArgumentHelp(
+            "NAME:TAG, NAME@sha256:<hex> or sha256:<hex> (default: the daemon's default model; `griditctl models list`).",
+            valueName: "ref"))
     var model: String?
 
-    @Option(help: "Noise seed (default: a random one, recorded in the job).")
-    var seed: UInt64?
+    @OptionGroup var sampling: SamplingOptions
 
-    @Option(help: "Stage-1 sampling steps: a count (250), ddimN, or a diffusers spacing (trailingN, linspaceN, leadingN).")
-    var steps: String?
-
-    @Option(help: "Stage-1 sampler: ddpm, ddim or dpmpp-2m.")
-    var sampler: String?
-
-    @Option(help: "Stage-2 (super-resolution) steps.")
-    var srSteps: String?
-
-    @Option(help: "Stage-2 sampler.")
-    var srSampler: String?
-
-    @Option(help: "DDIM eta (0 = deterministic).")
-    var eta: Double?
-
-    @Option(help: "gridit or official.")
-    var mode: String?
-
-    @Option(help: "Grid rows carried into the next grid as known frames.")
-    var contextRows: Int?
-
-    @Option(help: "gridit mode's carried frames: renoised (RePaint) or clean (for a stage 1 trained with clean context). Default: the model's.")
-    var context: String?
-
-    @Flag(help: "Skip stage 2: frames stay at the low resolution.")
-    var noSR = false
-
-    @Option(help: "fp32 or bf16 (bf16 matrix products on CPUs with AVX512_BF16, else fp32). Default: the model's.")
-    var precision: String?
-
-    @Option(help: "Higher runs first; FIFO within a priority. Users who are not admins: -1000...0 unless griditd allows more.")
+    @Option(
+        help:
+            "Higher runs first; FIFO within a priority. Users who are not admins: -1000...0 unless griditd allows more."
+    )
     var priority: Int?
 
     @Option(help: "Submitting the same key again returns the same job (safe retries from scripts).")
@@ -74,41 +51,39 @@ struct Submit: ParsableCommand {
     @Option(help: ArgumentHelp("Copy the finished frames into this folder (implies --wait).", valueName: "dir"))
     var out: String?
 
+    /// The job's spec, as the flags give it.
+    var spec: JobSpec { JobSpec(length: length, model: model, output: output, parameters: sampling.parameters) }
+
     func validate() throws {
-        guard length >= 1 else { throw ValidationError("--length must be at least 1") }
-        if let eta, !(eta.isFinite && (0...1).contains(eta)) {
-            throw ValidationError("--eta must be a number from 0 to 1 (got \(eta))")
-        }
+        do { try spec.validate() } catch { throw ValidationError(error.message) }
         if let out { try OutputCopier.checkDestination(out, named: "--out \(out)") }
     }
 
-    func run() throws {
-        let client = global.client
+    func run(client: GriditClient, output: Output) throws {
+        let client = client
         let request = SubmitJobRequest(
-            length: length, model: model,
-            parameters: GenerationParameters(
-                seed: seed, mode: mode, sampler: sampler, steps: steps, srSampler: srSampler, srSteps: srSteps,
-                eta: eta, contextRows: contextRows, context: context, noSR: noSR ? true : nil, precision: precision),
-            priority: priority, idempotencyKey: idempotencyKey, output: output, maxAttempts: maxAttempts)
+            spec: spec, priority: priority, idempotencyKey: idempotencyKey, maxAttempts: maxAttempts)
         let response = try client.post("/v1/jobs", request, as: SubmitJobResponse.self)
         let job = response.job
         guard wait || out != nil else {
             if global.json {
-                Output.printJSON(response)
+                output.printJSON(response)
             } else {
                 let note = response.deduplicated ? " (the idempotency key matched an earlier job)" : ""
                 let position = job.queuePosition.map { ", queue position \($0)" } ?? ""
-                Output.stdout("job \(job.id) \(job.state.rawValue)\(position)\(note)\n")
+                output.stdout("job \(job.id) \(job.state.rawValue)\(position)\(note)\n")
             }
             return
         }
-        if !global.json { Output.stderr("job \(job.id) submitted (seed \(job.parameters.seed.map(String.init) ?? "?"))\n") }
-        let final = try JobFollower(client: client, json: global.json).follow(job.id)
+        if !global.json {
+            output.stderr("job \(job.id) submitted (seed \(job.spec.parameters.seed.map(String.init) ?? "?"))\n")
+        }
+        let final = try JobFollower(client: client, json: global.json, output: output).follow(job.id)
         if final.state == .succeeded, let out {
             try OutputCopier(client: client).copy(job: final.id, into: out)
-            if !global.json { Output.stderr("frames copied to \(out)\n") }
+            if !global.json { output.stderr("frames copied to \(out)\n") }
         }
-        try JobFollower.finish(final, json: global.json)
+        try JobFollower.finish(final, json: global.json, output: output)
     }
 }
 
@@ -118,8 +93,9 @@ struct Jobs: ParsableCommand {
         subcommands: [List.self, Show.self, Watch.self, Fetch.self, Cancel.self, Retry.self, Prune.self],
         defaultSubcommand: List.self)
 
-    struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "list", abstract: "List jobs (yours; an admin sees everyone's).", aliases: ["ls"])
+    struct List: ClientCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "list", abstract: "List jobs (yours; an admin sees everyone's).", aliases: ["ls"])
 
         @OptionGroup var global: GlobalOptions
 
@@ -134,45 +110,50 @@ struct Jobs: ParsableCommand {
 
         func validate() throws {
             if let state {
-                for name in state.split(separator: ",") where JobStateName(rawValue: String(name)) == nil {
-                    throw ValidationError("unknown state '\(name)'; states are \(JobStateName.allCases.map(\.rawValue).joined(separator: ", "))")
+                for name in state.split(separator: ",") where JobState(rawValue: String(name)) == nil {
+                    throw ValidationError(
+                        "unknown state '\(name)'; states are \(JobState.allCases.map(\.rawValue).joined(separator: ", "))"
+                    )
                 }
             }
             guard (1...10_000).contains(limit) else { throw ValidationError("--limit must be 1...10000") }
         }
 
-        func run() throws {
-            let path = withQuery("/v1/jobs", [("state", state), ("limit", String(limit)), ("owner", all ? "all" : nil)])
-            let list = try global.client.get(path, as: JobList.self)
-            if global.json { Output.printJSON(list) } else { Output.stdout(Rendering.jobsTable(list.jobs)) }
+        func run(client: GriditClient, output: Output) throws {
+            let path = withQuery(
+                "/v1/jobs", [("state", state), ("limit", String(limit)), ("owner", all ? "all" : nil)])
+            let list = try client.get(path, as: JobList.self)
+            if global.json { output.printJSON(list) } else { output.stdout(Rendering.jobsTable(list.jobs)) }
         }
     }
 
-    struct Show: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show one job, with its error history.", aliases: ["get"])
+    struct Show: ClientCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show one job, with its error history.", aliases: ["get"])
 
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Job id.") var id: Int64
 
-        func run() throws {
-            let job = try global.client.get("/v1/jobs/\(id)", as: JobInfo.self)
-            if global.json { Output.printJSON(job) } else { Output.stdout(Rendering.jobDetail(job)) }
+        func run(client: GriditClient, output: Output) throws {
+            let job = try client.get("/v1/jobs/\(id)", as: JobInfo.self)
+            if global.json { output.printJSON(job) } else { output.stdout(Rendering.jobDetail(job)) }
         }
     }
 
-    struct Watch: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Follow a job until it ends; exit 1 unless it succeeded.")
+    struct Watch: ClientCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Follow a job until it ends; exit 1 unless it succeeded.")
 
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Job id.") var id: Int64
 
-        func run() throws {
-            let final = try JobFollower(client: global.client, json: global.json).follow(id)
-            try JobFollower.finish(final, json: global.json)
+        func run(client: GriditClient, output: Output) throws {
+            let final = try JobFollower(client: client, json: global.json, output: output).follow(id)
+            try JobFollower.finish(final, json: global.json, output: output)
         }
     }
 
-    struct Fetch: ParsableCommand {
+    struct Fetch: ClientCommand {
         static let configuration = CommandConfiguration(
             abstract: "Copy a finished job's frames and files over the socket into a folder of yours.",
             discussion: "griditd's output folders are private to it; this is how their owner (or an admin) gets them.")
@@ -183,44 +164,53 @@ struct Jobs: ParsableCommand {
 
         func validate() throws { try OutputCopier.checkDestination(directory, named: directory) }
 
-        func run() throws {
-            try OutputCopier(client: global.client).copy(job: id, into: directory)
-            if !global.json { Output.stderr("job \(id)'s output copied to \(directory)\n") }
+        func run(client: GriditClient, output: Output) throws {
+            try OutputCopier(client: client).copy(job: id, into: directory)
+            if !global.json { output.stderr("job \(id)'s output copied to \(directory)\n") }
         }
     }
 
-    struct Cancel: ParsableCommand {
+    struct Cancel: ClientCommand {
         static let configuration = CommandConfiguration(
             abstract: "Cancel a job: a waiting job at once, a running one at its next step.", aliases: ["rm"])
 
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Job id.") var id: Int64
 
-        func run() throws {
-            let job = try global.client.post("/v1/jobs/\(id)/cancel", as: JobInfo.self)
-            if global.json { Output.printJSON(job); return }
-            Output.stdout(job.state == .running ? "job \(id) will stop at its next step\n" : "job \(id) \(job.state.rawValue)\n")
+        func run(client: GriditClient, output: Output) throws {
+            let job = try client.post("/v1/jobs/\(id)/cancel", as: JobInfo.self)
+            if global.json {
+                output.printJSON(job)
+                return
+            }
+            output.stdout(
+                job.state == .running ? "job \(id) will stop at its next step\n" : "job \(id) \(job.state.rawValue)\n")
         }
     }
 
-    struct Retry: ParsableCommand {
+    struct Retry: ClientCommand {
         static let configuration = CommandConfiguration(
             abstract: "Queue a failed, canceled or dead job again (it resumes from its saved progress).")
 
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Job id.") var id: Int64
 
-        func run() throws {
-            let job = try global.client.post("/v1/jobs/\(id)/retry", as: JobInfo.self)
-            if global.json { Output.printJSON(job); return }
-            Output.stdout("job \(id) \(job.state.rawValue)\(job.queuePosition.map { ", queue position \($0)" } ?? "")\n")
+        func run(client: GriditClient, output: Output) throws {
+            let job = try client.post("/v1/jobs/\(id)/retry", as: JobInfo.self)
+            if global.json {
+                output.printJSON(job)
+                return
+            }
+            output.stdout(
+                "job \(id) \(job.state.rawValue)\(job.queuePosition.map { ", queue position \($0)" } ?? "")\n")
         }
     }
 
-    struct Prune: ParsableCommand {
+    struct Prune: ClientCommand {
         static let configuration = CommandConfiguration(
             abstract: "Delete finished jobs and their outputs (admins).",
-            discussion: "Without --older-than the daemon's retention applies (succeeded 7 days, failed/canceled/dead 30 days).")
+            discussion:
+                "Without --older-than the daemon's retention applies (succeeded 7 days, failed/canceled/dead 30 days).")
 
         @OptionGroup var global: GlobalOptions
 
@@ -236,11 +226,15 @@ struct Jobs: ParsableCommand {
             }
         }
 
-        func run() throws {
-            let request = PruneRequest(olderThanSeconds: olderThan.flatMap(parseDuration), keepOutputs: keepOutputs ? true : nil)
-            let result = try global.client.post("/v1/jobs/prune", request, as: PruneResponse.self)
-            if global.json { Output.printJSON(result); return }
-            Output.stdout("pruned \(result.pruned.count) job\(result.pruned.count == 1 ? "" : "s")\n")
+        func run(client: GriditClient, output: Output) throws {
+            let request = PruneRequest(
+                olderThanSeconds: olderThan.flatMap(parseDuration), keepOutputs: keepOutputs ? true : nil)
+            let result = try client.post("/v1/jobs/prune", request, as: PruneResponse.self)
+            if global.json {
+                output.printJSON(result)
+                return
+            }
+            output.stdout("pruned \(result.pruned.count) job\(result.pruned.count == 1 ? "" : "s")\n")
         }
     }
 }
@@ -250,41 +244,47 @@ struct Jobs: ParsableCommand {
 struct JobFollower {
     let client: GriditClient
     let json: Bool
+    let output: Output
 
     func follow(_ id: Int64) throws(CLIError) -> JobInfo {
-        let bar = !json && Output.stderrIsTerminal
+        let bar = !json && output.stderrIsTerminal
         var last: JobInfo?
-        var lastState: JobStateName?
+        var lastState: JobState?
         var reconnects = 0
         while true {
             var drewBar = false
             do {
                 let reply = try client.http.stream("/v1/jobs/\(id)/events") { line in
-                    guard let event = try? APICoding.decoder().decode(JobEventMessage.self, from: line) else { return true }
+                    guard let event = try? APICoding.decoder().decode(JobEventMessage.self, from: line) else {
+                        return true
+                    }
                     reconnects = 0
                     switch event.kind {
                     case .job:
                         guard let job = event.job else { return true }
                         last = job
                         if job.state != lastState, !json {
-                            if drewBar { Output.stderr("\r\u{1B}[K") }
-                            Output.stderr(Rendering.stateLine(job) + "\n")
+                            if drewBar { output.stderr("\r\u{1B}[K") }
+                            output.stderr(Rendering.stateLine(job) + "\n")
                             drewBar = false
                         }
                         lastState = job.state
                         return !job.state.isTerminal
                     case .step:
                         if bar, let step = event.step {
-                            Output.stderr("\r\u{1B}[K" + Rendering.progressLine(jobID: id, step: step, width: terminalWidth()))
+                            output.stderr(
+                                "\r\u{1B}[K" + Rendering.progressLine(jobID: id, step: step, width: terminalWidth()))
                             drewBar = true
                         }
                         return true
                     }
                 }
-                if drewBar { Output.stderr("\n") }
+                if drewBar { output.stderr("\n") }
                 try GriditClient.check(reply)
             } catch let error as ConnectionError where error.kind != .permissionDenied && reconnects < 60 {
-                if reconnects == 0 && !json { Output.stderr("griditd went away; reconnecting (the job is safe in the queue)...\n") }
+                if reconnects == 0 && !json {
+                    output.stderr("griditd went away; reconnecting (the job is safe in the queue)...\n")
+                }
                 reconnects += 1
                 sleep(1)
                 continue
@@ -298,14 +298,20 @@ struct JobFollower {
             if let last, last.state.isTerminal { return last }
             // The stream ended early (daemon restarting): look again.
             reconnects += 1
-            if reconnects > 60 { throw CLIError("lost track of job \(id); `griditctl jobs show \(id)`", status: ExitStatus.unreachable) }
+            if reconnects > 60 {
+                throw CLIError("lost track of job \(id); `griditctl jobs show \(id)`", status: ExitStatus.unreachable)
+            }
             sleep(1)
         }
     }
 
     /// Prints the outcome and exits 1 unless the job succeeded.
-    static func finish(_ job: JobInfo, json: Bool) throws {
-        if json { Output.printJSON(job) } else if job.state == .succeeded { Output.stdout((job.outputDir ?? "") + "\n") }
+    static func finish(_ job: JobInfo, json: Bool, output: Output) throws {
+        if json {
+            output.printJSON(job)
+        } else if job.state == .succeeded {
+            output.stdout((job.outputDir ?? "") + "\n")
+        }
         guard job.state == .succeeded else { throw ExitCode(ExitStatus.failure) }
     }
 
@@ -338,7 +344,8 @@ struct OutputCopier {
             } catch {
                 throw CLIError("cannot create \(target): \(error.localizedDescription)", status: ExitStatus.failure)
             }
-            try client.download("/v1/jobs/\(id)/files/" + components.map { segment(String($0)) }.joined(separator: "/"), to: target)
+            try client.download(
+                "/v1/jobs/\(id)/files/" + components.map { segment(String($0)) }.joined(separator: "/"), to: target)
         }
     }
 }

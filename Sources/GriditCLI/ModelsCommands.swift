@@ -1,5 +1,6 @@
 // `griditctl models ...`: the model store's commands, run by the daemon. The answers carry the
 // store's result type as JSON (printed with --json) and the same text `griditd models` prints.
+
 import ArgumentParser
 import Foundation
 import GriditAPI
@@ -7,15 +8,17 @@ import GriditAPI
 struct Models: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Manage pipeline versions in griditd's model store.",
-        subcommands: [List.self, Show.self, Import.self, Tag.self, Remove.self, Verify.self, GC.self, Export.self, PS.self],
+        subcommands: [
+            List.self, Show.self, Import.self, Tag.self, Remove.self, Verify.self, GC.self, Export.self, PS.self,
+        ],
         defaultSubcommand: List.self)
 
     /// The `result` of a model command's reply, decoded.
     static func result<T: Decodable>(_ type: T.Type, from reply: HTTPReply) throws(CLIError) -> T {
         guard let object = try? JSONSerialization.jsonObject(with: reply.body) as? [String: Any],
-              let result = object["result"],
-              let data = try? JSONSerialization.data(withJSONObject: result, options: [.fragmentsAllowed]),
-              let decoded = try? APICoding.decoder().decode(T.self, from: data)
+            let result = object["result"],
+            let data = try? JSONSerialization.data(withJSONObject: result, options: [.fragmentsAllowed]),
+            let decoded = try? APICoding.decoder().decode(T.self, from: data)
         else {
             throw CLIError("griditd sent an unreadable model reply", status: ExitStatus.daemonError)
         }
@@ -23,76 +26,89 @@ struct Models: ParsableCommand {
     }
 
     /// Prints a model command's reply: its `text`, or its `result` with --json.
-    static func print(_ reply: HTTPReply, json: Bool) throws {
+    static func print(_ reply: HTTPReply, json: Bool, output: Output) throws {
         guard let object = try? JSONSerialization.jsonObject(with: reply.body) as? [String: Any] else {
             throw CLIError("griditd sent an unreadable model reply", status: ExitStatus.daemonError)
         }
         if json {
             let result = object["result"] ?? NSNull()
-            let data = (try? JSONSerialization.data(withJSONObject: result, options: [.fragmentsAllowed])) ?? Data("null".utf8)
-            Output.printRawJSON(data)
+            let data =
+                (try? JSONSerialization.data(withJSONObject: result, options: [.fragmentsAllowed])) ?? Data("null".utf8)
+            output.printRawJSON(data)
         } else {
-            Output.stdout(object["text"] as? String ?? "")
+            output.stdout(object["text"] as? String ?? "")
         }
     }
 
-    struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "list", abstract: "List names, tags and digests.", aliases: ["ls"])
+    struct List: ClientCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "list", abstract: "List names, tags and digests.", aliases: ["ls"])
         @OptionGroup var global: GlobalOptions
-        func run() throws { try Models.print(try global.client.call("GET", "/v1/models"), json: global.json) }
+        func run(client: GriditClient, output: Output) throws {
+            try Models.print(try client.call("GET", "/v1/models"), json: global.json, output: output)
+        }
     }
 
-    struct Show: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show a version: manifest, configs, blobs, tag history.")
+    struct Show: ClientCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show a version: manifest, configs, blobs, tag history.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "NAME:TAG, NAME@sha256:<hex> or sha256:<hex>.") var reference: String
-        func run() throws {
-            try Models.print(try global.client.call("GET", "/v1/models/" + segment(reference)), json: global.json)
+        func run(client: GriditClient, output: Output) throws {
+            try Models.print(
+                try client.call("GET", "/v1/models/" + segment(reference)), json: global.json, output: output)
         }
     }
 
-    struct Import: ParsableCommand {
+    struct Import: ClientCommand {
         static let configuration = CommandConfiguration(
             abstract: "Import a pipeline JSON (with its files) or an exported bundle. Admins.",
-            discussion: "The daemon reads PATH itself, with your permissions: the pipeline's files must be inside its folder (no symbolic links, no '..') and readable by you and by griditd's user.")
+            discussion:
+                "The daemon reads PATH itself, with your permissions: the pipeline's files must be inside its folder (no symbolic links, no '..') and readable by you and by griditd's user."
+        )
         @OptionGroup var global: GlobalOptions
         @Argument(help: "pipeline.json or a bundle .tar.") var path: String
         @Option(help: "NAME:TAG for the imported version.") var name: String
         @Option(help: "auto (reflink where the filesystem can, else copy), hardlink or copy.") var link: String?
 
         func validate() throws {
-            if let link, !["auto", "hardlink", "copy"].contains(link) { throw ValidationError("--link must be auto, hardlink or copy") }
+            if let link, !["auto", "hardlink", "copy"].contains(link) {
+                throw ValidationError("--link must be auto, hardlink or copy")
+            }
         }
 
-        func run() throws {
+        func run(client: GriditClient, output: Output) throws {
             let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
             let body = APICoding.encode(ImportModelRequest(path: absolute, name: name, link: link))
-            try Models.print(try global.client.call("POST", "/v1/models/import", body: body), json: global.json)
+            try Models.print(
+                try client.call("POST", "/v1/models/import", body: body), json: global.json, output: output)
         }
     }
 
-    struct Tag: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Point TARGET (NAME:TAG) at what SOURCE resolves to. Admins.")
+    struct Tag: ClientCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Point TARGET (NAME:TAG) at what SOURCE resolves to. Admins.")
         @OptionGroup var global: GlobalOptions
         @Argument var source: String
         @Argument var target: String
-        func run() throws {
+        func run(client: GriditClient, output: Output) throws {
             let body = APICoding.encode(TagModelRequest(source: source, target: target))
-            try Models.print(try global.client.call("POST", "/v1/models/tag", body: body), json: global.json)
+            try Models.print(try client.call("POST", "/v1/models/tag", body: body), json: global.json, output: output)
         }
     }
 
-    struct Remove: ParsableCommand {
+    struct Remove: ClientCommand {
         static let configuration = CommandConfiguration(
             commandName: "rm", abstract: "Remove a tag (blobs stay until `models gc`). Admins.")
         @OptionGroup var global: GlobalOptions
         @Argument var reference: String
-        func run() throws {
-            try Models.print(try global.client.call("DELETE", "/v1/models/" + segment(reference)), json: global.json)
+        func run(client: GriditClient, output: Output) throws {
+            try Models.print(
+                try client.call("DELETE", "/v1/models/" + segment(reference)), json: global.json, output: output)
         }
     }
 
-    struct Verify: ParsableCommand {
+    struct Verify: ClientCommand {
         static let configuration = CommandConfiguration(
             abstract: "Re-hash a version's blobs (or all) and report mismatches (exit status 1 if any). Admins.")
         @OptionGroup var global: GlobalOptions
@@ -103,51 +119,55 @@ struct Models: ParsableCommand {
             guard (reference != nil) != all else { throw ValidationError("name a REFERENCE or pass --all") }
         }
 
-        func run() throws {
+        func run(client: GriditClient, output: Output) throws {
             let body = APICoding.encode(VerifyModelsRequest(reference: reference, all: all ? true : nil))
-            let reply = try global.client.call("POST", "/v1/models/verify", body: body)
-            try Models.print(reply, json: global.json)
+            let reply = try client.call("POST", "/v1/models/verify", body: body)
+            try Models.print(reply, json: global.json, output: output)
             // A check that finds corruption must fail scripts and monitors, like `griditd models verify`.
             let result = try Models.result(ModelVerifyResult.self, from: reply)
             if !result.ok {
                 let bad = result.entries.filter { $0.status != .ok }.count
-                Output.stderr("griditctl: verify found \(bad) bad blob(s)\n")
+                output.stderr("griditctl: verify found \(bad) bad blob(s)\n")
                 throw ExitCode(ExitStatus.failure)
             }
         }
     }
 
-    struct GC: ParsableCommand {
+    struct GC: ClientCommand {
         static let configuration = CommandConfiguration(
             commandName: "gc", abstract: "Delete blobs no version, waiting job or mapping uses. Admins.")
         @OptionGroup var global: GlobalOptions
         @Flag(help: "Only report what would be deleted.") var dryRun = false
-        func run() throws {
+        func run(client: GriditClient, output: Output) throws {
             let body = APICoding.encode(GCModelsRequest(dryRun: dryRun ? true : nil))
-            try Models.print(try global.client.call("POST", "/v1/models/gc", body: body), json: global.json)
+            try Models.print(try client.call("POST", "/v1/models/gc", body: body), json: global.json, output: output)
         }
     }
 
-    struct Export: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Write a version as a single-file bundle (for `models import` elsewhere).")
+    struct Export: ClientCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write a version as a single-file bundle (for `models import` elsewhere).")
         @OptionGroup var global: GlobalOptions
         @Argument var reference: String
         @Option(name: .shortAndLong, help: "Bundle file to write.") var output: String
 
-        func run() throws {
-            try global.client.download("/v1/models/\(segment(reference))/bundle", to: output)
+        func run(client: GriditClient, output printer: Output) throws {
+            try client.download("/v1/models/\(segment(reference))/bundle", to: output)
             if global.json {
                 struct Written: Encodable { var path: String }
-                Output.printJSON(Written(path: output))
+                printer.printJSON(Written(path: output))
             } else {
-                Output.stdout("wrote \(output)\n")
+                printer.stdout("wrote \(output)\n")
             }
         }
     }
 
-    struct PS: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "ps", abstract: "Show the mapped models and their resident size.")
+    struct PS: ClientCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "ps", abstract: "Show the mapped models and their resident size.")
         @OptionGroup var global: GlobalOptions
-        func run() throws { try Models.print(try global.client.call("GET", "/v1/models/ps"), json: global.json) }
+        func run(client: GriditClient, output: Output) throws {
+            try Models.print(try client.call("GET", "/v1/models/ps"), json: global.json, output: output)
+        }
     }
 }

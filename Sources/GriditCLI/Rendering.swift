@@ -1,6 +1,8 @@
 // Human output of griditctl: tables, durations, the progress bar. Pure functions (tested).
+
 import Foundation
 import GriditAPI
+import GriditJobSpec
 
 enum Rendering {
     /// "12s", "4m05s", "2h10m", "3d4h".
@@ -33,7 +35,7 @@ enum Rendering {
         case .succeeded: return "done"
         case .queued where job.progress.gridsDone == 0 && job.progress.framesDone == 0: return "-"
         default:
-            return job.progress.stage == "sr"
+            return job.progress.stage == .sr
                 ? "sr \(job.progress.framesDone)/\(job.length) frames"
                 : "grid \(job.progress.gridsDone) done"
         }
@@ -44,7 +46,8 @@ enum Rendering {
             headers: ["id", "state", "progress", "position", "priority", "length", "owner", "created"],
             rows: jobs.map { job in
                 [
-                    String(job.id), job.state.rawValue + (job.cancelRequested && job.state == .running ? " (canceling)" : ""),
+                    String(job.id),
+                    job.state.rawValue + (job.cancelRequested && job.state == .running ? " (canceling)" : ""),
                     progress(job), job.queuePosition.map(String.init) ?? "-", String(job.priority), String(job.length),
                     String(job.ownerUID), ago(job.createdAt, now: now),
                 ]
@@ -56,31 +59,36 @@ enum Rendering {
             ("ID", String(job.id)),
             ("State", job.state.rawValue + (job.cancelRequested && !job.state.isTerminal ? " (cancel requested)" : "")),
             ("Owner", "uid \(job.ownerUID)"),
-            ("Model", (job.model ?? "default") + (job.pipelineDigest.map { " (\($0))" } ?? "")),
+            ("Model", (job.spec.model ?? "default") + (job.pipelineDigest.map { " (\($0))" } ?? "")),
             ("Length", "\(job.length) frames"),
-            ("Seed", job.parameters.seed.map(String.init) ?? "-"),
+            ("Seed", job.spec.parameters.seed.map(String.init) ?? "-"),
         ]
-        let p = job.parameters
-        let params = [
-            p.mode.map { "mode=\($0)" }, p.sampler.map { "sampler=\($0)" }, p.steps.map { "steps=\($0)" },
-            p.srSampler.map { "sr_sampler=\($0)" }, p.srSteps.map { "sr_steps=\($0)" }, p.eta.map { "eta=\($0)" },
-            p.contextRows.map { "context_rows=\($0)" }, p.context.map { "context=\($0)" }, p.noSR == true ? "no_sr" : nil, p.precision.map { "precision=\($0)" },
-        ].compactMap { $0 }
-        if !params.isEmpty { lines.append(("Parameters", params.joined(separator: " "))) }
+        let params = parameterList(job.spec.parameters)
+        if !params.isEmpty { lines.append(("Parameters", params)) }
         lines.append(("Priority", String(job.priority)))
         if let position = job.queuePosition { lines.append(("Queue position", String(position))) }
         if let reason = job.waitingFor { lines.append(("Waiting for", reason)) }
         lines.append(("Progress", progress(job)))
-        lines.append(("Attempts", "\(job.attempt) of \(job.maxAttempts)" + (job.crashCount > 0 ? ", \(job.crashCount) crash(es)" : "")))
+        lines.append(
+            (
+                "Attempts",
+                "\(job.attempt) of \(job.maxAttempts)" + (job.crashCount > 0 ? ", \(job.crashCount) crash(es)" : "")
+            ))
         lines.append(("Created", "\(iso(job.createdAt)) (\(ago(job.createdAt, now: now)))"))
         if let started = job.startedAt { lines.append(("Started", iso(started))) }
         if let finished = job.finishedAt { lines.append(("Finished", iso(finished))) }
         if job.state == .retryable { lines.append(("Next attempt", iso(job.notBefore))) }
-        if let output = job.outputDir { lines.append(("Output", output)) } else if let name = job.output { lines.append(("Output name", name)) }
+        if let output = job.outputDir {
+            lines.append(("Output", output))
+        } else if let name = job.spec.output {
+            lines.append(("Output name", name))
+        }
         if let key = job.idempotencyKey { lines.append(("Idempotency key", key)) }
         if let message = job.errorMessage { lines.append(("Error", "\(job.errorClass ?? "error"): \(message)")) }
         let width = lines.map(\.0.count).max() ?? 0
-        var text = lines.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + "   " + $0.1 }.joined(separator: "\n") + "\n"
+        var text =
+            lines.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + "   " + $0.1 }.joined(
+                separator: "\n") + "\n"
         if let errors = job.errors, !errors.isEmpty {
             text += "\nErrors:\n"
             text += renderTable(
@@ -96,17 +104,31 @@ enum Rendering {
         return f.string(from: date)
     }
 
+    /// The parameters a job gave besides its seed, as `key=value` in the API's names and order
+    /// ("context=clean eta=0.5 sampler=ddim"): whatever `JobSpec.Parameters` holds, as it holds it.
+    static func parameterList(_ parameters: JobSpec.Parameters) -> String {
+        guard let object = try? JSONSerialization.jsonObject(with: APICoding.encode(parameters)) as? [String: Any]
+        else {
+            return ""
+        }
+        return object.keys.sorted().filter { $0 != "seed" }.map { key in
+            key == "no_sr" ? key : "\(key)=\(object[key]!)"
+        }.joined(separator: " ")
+    }
+
     /// The one-line progress bar for a terminal of `width` columns:
     /// `job 12  sr  grid 3/8  step 40/250  frame 17/128  ETA 1m20s  [######----]`.
     static func progressLine(jobID: Int64, step: StepProgress, width: Int) -> String {
-        var text = "job \(jobID)  \(step.stage)  grid \(step.grid)/\(step.grids)  step \(step.step)/\(step.steps)"
+        var text =
+            "job \(jobID)  \(step.stage)  grid \(step.grid)/\(step.grids)  step \(step.step)/\(step.steps)"
             + "  frame \(step.frame)/\(step.frames)"
         if let eta = step.etaSeconds { text += "  ETA \(duration(eta))" }
         let done = step.fraction ?? (step.frames > 0 ? Double(step.frame) / Double(step.frames) : 0)
         let barWidth = min(30, width - text.count - 4)
         if barWidth >= 10 {
             let filled = Int((done * Double(barWidth)).rounded(.down))
-            text += "  [" + String(repeating: "#", count: filled) + String(repeating: "-", count: barWidth - filled) + "]"
+            text +=
+                "  [" + String(repeating: "#", count: filled) + String(repeating: "-", count: barWidth - filled) + "]"
         }
         return String(text.prefix(max(0, width - 1)))
     }

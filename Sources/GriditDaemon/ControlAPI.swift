@@ -1,13 +1,17 @@
 // The `/v1` endpoints. `ControlAPI.routes` is the table the router dispatches on and the one the
 // OpenAPI test compares with docs/openapi.yaml, so the document cannot drift from the server.
+
+import Foundation
+import GriditAPI
+import GriditJobQueue
+import GriditJobSpec
+import GriditStateDatabase
+import Logging
+import NIOHTTP1
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
-import GriditAPI
-import GriditStore
-import Logging
-import NIOHTTP1
 
 public struct Route: Sendable {
     public var method: HTTPMethod
@@ -65,7 +69,8 @@ public struct ControlAPI: Sendable {
         Route(method: .POST, template: "/v1/models/import") { api, r, _ in
             let body = try api.decode(ImportModelRequest.self, r)
             guard body.path.hasPrefix("/") else {
-                throw APIError(.badRequest, "path must be absolute (griditctl makes it so); got '\(body.path.prefix(100))'")
+                throw APIError(
+                    .badRequest, "path must be absolute (griditctl makes it so); got '\(body.path.prefix(100))'")
             }
             return try await api.model(.importPipeline(body), r)
         },
@@ -78,11 +83,14 @@ public struct ControlAPI: Sendable {
         Route(method: .POST, template: "/v1/models/gc") { api, r, _ in
             try await api.model(.gc(try api.decode(GCModelsRequest.self, r, emptyAllowed: true)), r)
         },
-        Route(method: .GET, template: "/v1/models/{ref}") { api, r, p in try await api.model(.show(reference: p["ref"]!), r) },
+        Route(method: .GET, template: "/v1/models/{ref}") { api, r, p in
+            try await api.model(.show(reference: p["ref"]!), r)
+        },
         Route(method: .DELETE, template: "/v1/models/{ref}") { api, r, p in
             try await api.model(.remove(reference: p["ref"]!), r)
         },
-        Route(method: .GET, template: "/v1/models/{ref}/bundle") { api, r, p in try await api.exportBundle(r, p["ref"]!) },
+        Route(method: .GET, template: "/v1/models/{ref}/bundle") { api, r, p in try await api.exportBundle(r, p["ref"]!)
+        },
     ]
 
     /// Dispatches a request; every failure becomes an error body with a message.
@@ -110,19 +118,25 @@ public struct ControlAPI: Sendable {
             } catch let error as APIError {
                 return .error(error)
             } catch {
-                context.logger.error("handler failed", metadata: ["error": "\(error)", "http.path": "\(request.rawPath)"])
+                context.logger.error(
+                    "handler failed", metadata: ["error": "\(error)", "http.path": "\(request.rawPath)"])
                 return .error(APIError(.internalError, "internal error: \(error)"))
             }
         }
         if !allowed.isEmpty {
-            var response = HTTPResponse.error(APIError(
-                .methodNotAllowed,
-                "\(request.method.rawValue) is not allowed on \(request.rawPath.prefix(200)); use \(allowed.map(\.rawValue).joined(separator: " or "))"))
+            var response = HTTPResponse.error(
+                APIError(
+                    .methodNotAllowed,
+                    "\(request.method.rawValue) is not allowed on \(request.rawPath.prefix(200)); use \(allowed.map(\.rawValue).joined(separator: " or "))"
+                ))
             response.headers.append(("Allow", allowed.map(\.rawValue).joined(separator: ", ")))
             return response
         }
-        return .error(APIError(
-            .notFound, "no endpoint \(request.method.rawValue) \(request.rawPath.prefix(200)); the API is described in docs/openapi.yaml"))
+        return .error(
+            APIError(
+                .notFound,
+                "no endpoint \(request.method.rawValue) \(request.rawPath.prefix(200)); the API is described in docs/openapi.yaml"
+            ))
     }
 
     // MARK: - Queue and status
@@ -135,7 +149,7 @@ public struct ControlAPI: Sendable {
         let counts = try await store { try await $0.counts() }
         let paused = try await store { try await $0.isPaused() }
         var wire = QueueCounts()
-        for (state, n) in counts { wire[JobStateName(rawValue: state.rawValue) ?? .failed] = n }
+        for (state, n) in counts { wire[state] = n }
         return QueueStatus(paused: paused, counts: wire, maxQueued: context.configuration.maxQueued)
     }
 
@@ -156,30 +170,33 @@ public struct ControlAPI: Sendable {
         let queue: QueueStatus
         do {
             queue = try await currentQueue()
-        } catch where lost {
+        } catch  where lost {
             queue = QueueStatus(paused: false, counts: QueueCounts(), maxQueued: context.configuration.maxQueued)
         }
         var running: [RunningJob] = []
         for id in context.monitor.runningIDs {
             guard let job = try? await context.store.get(id: id) else { continue }
-            running.append(RunningJob(
-                id: id, ownerUID: job.ownerUID, pipelineDigest: job.pipelineDigest,
-                progress: job.info(live: context.monitor.live(id)).progress))
+            running.append(
+                RunningJob(
+                    id: id, ownerUID: job.ownerUID, pipelineDigest: job.pipelineDigest,
+                    progress: try Self.info(job, live: context.monitor.live(id)).progress))
         }
         let filter = JobFilter(states: [.queued, .retryable, .running], ownerUID: request.caller.uid, limit: 100)
-        let mine = lost ? ((try? await context.store.list(filter)) ?? []) : try await store { try await $0.list(filter) }
+        let mine =
+            lost ? ((try? await context.store.list(filter)) ?? []) : try await store { try await $0.list(filter) }
         let now = Date()
-        return .json(DaemonStatus(
-            version: griditVersion, apiVersion: apiVersion, instanceID: context.configuration.instanceID,
-            pid: getpid(), startedAt: context.startedAt, uptimeSeconds: now.timeIntervalSince(context.startedAt),
-            stateDirectory: context.configuration.stateDirectory, diskFreeBytes: context.freeBytes(),
-            minFreeBytes: context.configuration.minFreeBytes, queue: queue, running: running,
-            yourJobs: mine.map {
-                QueuedJobPosition(id: $0.id, state: JobStateName(rawValue: $0.state.rawValue) ?? .queued, queuePosition: $0.queuePosition)
-            },
-            loadedModels: await context.catalog?.loadedModels() ?? [], engineAvailable: context.executor != nil,
-            modelStoreAvailable: context.catalog != nil, blasThreads: context.configuration.blasThreads,
-            caller: request.caller.info, notices: notices, worker: context.executor?.worker))
+        return .json(
+            DaemonStatus(
+                version: griditVersion, apiVersion: apiVersion, instanceID: context.configuration.instanceID,
+                pid: getpid(), startedAt: context.startedAt, uptimeSeconds: now.timeIntervalSince(context.startedAt),
+                stateDirectory: context.configuration.stateDirectory, diskFreeBytes: context.freeBytes(),
+                minFreeBytes: context.configuration.minFreeBytes, queue: queue, running: running,
+                yourJobs: mine.map {
+                    QueuedJobPosition(id: $0.id, state: $0.state, queuePosition: $0.queuePosition)
+                },
+                loadedModels: await context.catalog?.loadedModels() ?? [], engineAvailable: context.engine != nil,
+                modelStoreAvailable: context.catalog != nil, blasThreads: context.configuration.blasThreads,
+                caller: request.caller.info, notices: notices, worker: context.engine?.worker))
     }
 
     /// Why a due job that waits does not start now (nil: it starts when its turn comes).
@@ -190,10 +207,20 @@ public struct ControlAPI: Sendable {
         return nil
     }
 
-    private func info(_ job: Job, paused: Bool?, errors: [JobErrorRecord]? = nil) -> JobInfo {
-        var info = job.info(live: context.monitor.live(job.id), errors: errors)
+    private func info(_ job: Job, paused: Bool?, errors: [JobErrorRecord]? = nil) throws(APIError) -> JobInfo {
+        var info = try Self.info(job, live: context.monitor.live(job.id), errors: errors)
         info.waitingFor = waitReason(job, paused: paused)
         return info
+    }
+
+    /// A job row as the API shows it; a row whose spec does not decode is an internal error.
+    static func info(_ job: Job, live: StepProgress? = nil, errors: [JobErrorRecord]? = nil) throws(APIError) -> JobInfo
+    {
+        do {
+            return try job.info(live: live, errors: errors)
+        } catch {
+            throw APIError(.internalError, error.message, jobID: job.id)
+        }
     }
 
     // MARK: - Jobs
@@ -203,37 +230,37 @@ public struct ControlAPI: Sendable {
         try SubmitValidation.validate(body, maxLength: context.configuration.maxLength)
         var digest: String?
         if let catalog = context.catalog {
-            digest = try await catalog.resolve(body.model ?? context.configuration.defaultModel)
-        } else if let model = body.model {
+            digest = try await catalog.resolve(body.spec.model ?? context.configuration.defaultModel)
+        } else if let model = body.spec.model {
             throw APIError(
                 .notImplemented,
-                "this griditd was built without the model store, so it cannot resolve '\(model)'; submit without --model")
+                "this griditd was built without the model store, so it cannot resolve '\(model)'; submit without --model"
+            )
         }
         let caller = request.caller
         let priority = try SubmitPolicy.priority(body.priority, caller: caller, configuration: context.configuration)
+        var spec = body.spec
+        // A seed below 2^53, exact in any JSON reader.
+        if spec.parameters.seed == nil { spec.parameters.seed = UInt64.random(in: 0...(1 << 53 - 1)) }
         let work: TimeInterval
         do {
-            work = try await context.executor?.validate(length: body.length, parameters: body.parameters, pipelineDigest: digest) ?? 0
+            work = try await context.engine?.validate(spec, pipelineDigest: digest) ?? 0
         } catch {
             throw APIError(error.errorClass == .modelMissing ? .notFound : .badRequest, error.message)
         }
-        var parameters = body.parameters
-        let seedGiven = parameters.seed != nil
-        if !seedGiven { parameters.seed = UInt64.random(in: 0...(1 << 53 - 1)) }  // exact in any JSON reader
-        let stored = StoredParameters(model: body.model, parameters: parameters, output: body.output, seedGiven: seedGiven)
         let submission = JobSubmission(
-            params: stored.json, length: body.length, priority: priority, idempotencyKey: body.idempotencyKey,
+            params: spec.storedJSON, length: spec.length, priority: priority, idempotencyKey: body.idempotencyKey,
             maxAttempts: body.maxAttempts ?? 3, pipelineDigest: digest, workSeconds: work)
         let context = self.context
         let limits = SubmitPolicy.limits(for: caller, configuration: context.configuration)
-        let result = try await gate.submit(output: body.output) {
-            if let output = body.output {
+        let result = try await gate.submit(output: spec.output) {
+            if let output = spec.output {
                 try await Self.checkOutputFree(output, owner: caller.uid, key: body.idempotencyKey, context: context)
             }
             return try await context.store.submit(submission, owner: caller.uid, limits: limits, now: Date())
         }
         if result.deduplicated {
-            guard result.job.stored.matches(body, length: body.length, jobLength: result.job.length) else {
+            guard try Self.info(result.job).spec.matches(body.spec) else {
                 throw APIError(
                     .conflict,
                     "idempotency key '\(body.idempotencyKey ?? "")' was used for job \(result.job.id) with other parameters; "
@@ -243,30 +270,41 @@ public struct ControlAPI: Sendable {
             context.logger.info(
                 "job submitted",
                 metadata: [
-                    "job.id": "\(result.job.id)", "uid": "\(caller.uid)", "length": "\(body.length)",
+                    "job.id": "\(result.job.id)", "uid": "\(caller.uid)", "length": "\(spec.length)",
                     "model.digest": "\(digest ?? "none")",
                 ])
             context.monitor.wake()
             await context.refreshStatus()
         }
         return .json(
-            SubmitJobResponse(job: result.job.info(), deduplicated: result.deduplicated, instanceID: context.configuration.instanceID),
+            SubmitJobResponse(
+                job: try Self.info(result.job), deduplicated: result.deduplicated,
+                instanceID: context.configuration.instanceID),
             status: result.deduplicated ? .ok : .created)
     }
 
     /// The caller's output folder is neither on disk nor promised to another of its waiting or
     /// running jobs (names are per user: other users' names never collide with it).
-    private static func checkOutputFree(_ output: String, owner: UInt32, key: String?, context: DaemonContext) async throws(APIError) {
+    private static func checkOutputFree(
+        _ output: String, owner: UInt32, key: String?, context: DaemonContext
+    ) async throws(APIError) {
         let live: [Job]
         do {
-            live = try await context.store.list(JobFilter(states: [.queued, .retryable, .running], ownerUID: owner, limit: 100_000))
+            live = try await context.store.list(
+                JobFilter(states: [.queued, .retryable, .running], ownerUID: owner, limit: 100_000))
         } catch {
             throw translate(error)
         }
-        if let other = live.first(where: { $0.stored.output == output }) {
+        var other: Job?
+        for job in live where try info(job).spec.output == output {
+            other = job
+            break
+        }
+        if let other {
             if let key, other.idempotencyKey == key { return }  // the same job again
             throw APIError(
-                .conflict, "job \(other.id) already writes to the output '\(output)'; choose another --output", jobID: other.id)
+                .conflict, "job \(other.id) already writes to the output '\(output)'; choose another --output",
+                jobID: other.id)
         }
         let path = context.layout.namedOutputDirectory(owner: owner, name: output)
         if FileManager.default.fileExists(atPath: path) {
@@ -281,7 +319,8 @@ public struct ControlAPI: Sendable {
                 guard let state = JobState(rawValue: String(name)) else {
                     throw APIError(
                         .badRequest,
-                        "unknown state '\(name.prefix(40))'; states are \(JobState.allCases.map(\.rawValue).joined(separator: ", "))")
+                        "unknown state '\(name.prefix(40))'; states are \(JobState.allCases.map(\.rawValue).joined(separator: ", "))"
+                    )
                 }
                 filter.states.insert(state)
             }
@@ -304,33 +343,41 @@ public struct ControlAPI: Sendable {
         }
         let jobs = try await store { try await $0.list(filter) }
         let paused = try? await context.store.isPaused()
-        return .json(JobList(jobs: jobs.map { info($0, paused: paused) }))
+        var infos: [JobInfo] = []
+        for job in jobs { infos.append(try info(job, paused: paused)) }
+        return .json(JobList(jobs: infos))
     }
 
     func show(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
         let job = try await ownedJob(request, params)
         let errors = try await store { try await $0.errors(id: job.id) }
-        return .json(info(job, paused: try? await context.store.isPaused(), errors: errors))
+        return .json(try info(job, paused: try? await context.store.isPaused(), errors: errors))
     }
 
     func cancel(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
         let id = try jobID(params)
         let caller = request.caller
-        let job = try await store { try await $0.cancel(id: id, requesterUID: caller.uid, isAdmin: caller.isAdmin, now: Date()) }
+        let job = try await store {
+            try await $0.cancel(id: id, requesterUID: caller.uid, isAdmin: caller.isAdmin, now: Date())
+        }
         if job.state == .running { context.monitor.requestStop(id, .cancel) }
         context.monitor.changed(id)
-        context.logger.info("job cancel requested", metadata: ["job.id": "\(id)", "uid": "\(caller.uid)", "state": "\(job.state.rawValue)"])
-        return .json(job.info(live: context.monitor.live(id)))
+        context.logger.info(
+            "job cancel requested",
+            metadata: ["job.id": "\(id)", "uid": "\(caller.uid)", "state": "\(job.state.rawValue)"])
+        return .json(try Self.info(job, live: context.monitor.live(id)))
     }
 
     func retry(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
         let id = try jobID(params)
         let caller = request.caller
-        let job = try await store { try await $0.retry(id: id, requesterUID: caller.uid, isAdmin: caller.isAdmin, now: Date()) }
+        let job = try await store {
+            try await $0.retry(id: id, requesterUID: caller.uid, isAdmin: caller.isAdmin, now: Date())
+        }
         context.monitor.changed(id)
         context.monitor.wake()
         context.logger.info("job retried", metadata: ["job.id": "\(id)", "uid": "\(caller.uid)"])
-        return .json(job.info())
+        return .json(try Self.info(job))
     }
 
     func prune(_ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
@@ -341,13 +388,16 @@ public struct ControlAPI: Sendable {
         }
         let pruned: [PrunedJob]
         do {
-            pruned = try await Retention.prune(context, olderThan: body.olderThanSeconds, keepOutputs: body.keepOutputs ?? false)
+            pruned = try await Retention.prune(
+                context, olderThan: body.olderThanSeconds, keepOutputs: body.keepOutputs ?? false)
         } catch {
             throw Self.translate(error)
         }
-        return .json(PruneResponse(pruned: pruned.map {
-            PruneResponse.Pruned(id: $0.id, state: JobStateName(rawValue: $0.state.rawValue) ?? .failed, outputDir: $0.outputDir)
-        }))
+        return .json(
+            PruneResponse(
+                pruned: pruned.map {
+                    PruneResponse.Pruned(id: $0.id, state: $0.state, outputDir: $0.outputDir)
+                }))
     }
 
     /// Newline-delimited JSON: the job now, then every change and step, until it is terminal.
@@ -356,42 +406,50 @@ public struct ControlAPI: Sendable {
         let context = self.context
         let updates = context.monitor.watch(id)  // subscribe before the snapshot, so nothing is missed
         let first = try await store { try await $0.get(id: id) }
-        return HTTPResponse(status: .ok, body: .stream(contentType: "application/x-ndjson") { write in
-            func line(_ message: JobEventMessage) -> Data {
-                var data = APICoding.encode(message)
-                data.append(0x0A)
-                return data
-            }
-            var job = first
-            try await write(line(JobEventMessage(kind: .job, job: job.info(live: context.monitor.live(id)))))
-            if job.state.isTerminal { return }
-            var lastStep = ContinuousClock.now - .seconds(1)
-            for await update in updates {
-                switch update {
-                case .step(let step):
-                    // At most ten step lines a second; the job lines carry every state change.
-                    guard ContinuousClock.now - lastStep >= .milliseconds(100) else { continue }
-                    lastStep = ContinuousClock.now
-                    try await write(line(JobEventMessage(kind: .step, step: step)))
-                case .changed:
-                    guard let now = try? await context.store.get(id: id) else { return }  // pruned
-                    guard now != job || now.state.isTerminal else { continue }
-                    job = now
-                    try await write(line(JobEventMessage(kind: .job, job: job.info(live: context.monitor.live(id)))))
-                    if job.state.isTerminal { return }
+        return HTTPResponse(
+            status: .ok,
+            body: .stream(contentType: "application/x-ndjson") { write in
+                func line(_ message: JobEventMessage) -> Data {
+                    var data = APICoding.encode(message)
+                    data.append(0x0A)
+                    return data
                 }
-            }
-        })
+                var job = first
+                try await write(
+                    line(JobEventMessage(kind: .job, job: try Self.info(job, live: context.monitor.live(id)))))
+                if job.state.isTerminal { return }
+                var lastStep = ContinuousClock.now - .seconds(1)
+                for await update in updates {
+                    switch update {
+                    case .step(let step):
+                        // At most ten step lines a second; the job lines carry every state change.
+                        guard ContinuousClock.now - lastStep >= .milliseconds(100) else { continue }
+                        lastStep = ContinuousClock.now
+                        try await write(line(JobEventMessage(kind: .step, step: step)))
+                    case .changed:
+                        guard let now = try? await context.store.get(id: id) else { return }  // pruned
+                        guard now != job || now.state.isTerminal else { continue }
+                        job = now
+                        try await write(
+                            line(JobEventMessage(kind: .job, job: try Self.info(job, live: context.monitor.live(id)))))
+                        if job.state.isTerminal { return }
+                    }
+                }
+            })
     }
 
     func files(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
         let (_, root) = try await finishedOutput(request, params)
         var files: [OutputFile] = []
         let rootURL = URL(fileURLWithPath: root)
-        if let walker = FileManager.default.enumerator(at: rootURL, includingPropertiesForKeys: [.isRegularFileKey, .fileSizeKey]) {
+        if let walker = FileManager.default.enumerator(
+            at: rootURL, includingPropertiesForKeys: [.isRegularFileKey, .fileSizeKey])
+        {
             for case let url as URL in walker {
-                guard let values = try? url.resourceValues(forKeys: [.isRegularFileKey, .isSymbolicLinkKey, .fileSizeKey]),
-                      values.isRegularFile == true, values.isSymbolicLink != true
+                guard
+                    let values = try? url.resourceValues(forKeys: [.isRegularFileKey, .isSymbolicLinkKey, .fileSizeKey]
+                    ),
+                    values.isRegularFile == true, values.isSymbolicLink != true
                 else { continue }
                 let relative = url.standardizedFileURL.path.dropFirst(rootURL.standardizedFileURL.path.count + 1)
                 files.append(OutputFile(path: String(relative), size: Int64(values.fileSize ?? 0)))
@@ -405,7 +463,8 @@ public struct ControlAPI: Sendable {
         let relative = params["path"] ?? ""
         let components = relative.split(separator: "/")
         guard !components.isEmpty, !components.contains(where: { $0 == ".." || $0 == "." }) else {
-            throw APIError(.badRequest, "file path '\(relative.prefix(100))' must be relative to the output folder, without '..'")
+            throw APIError(
+                .badRequest, "file path '\(relative.prefix(100))' must be relative to the output folder, without '..'")
         }
         let path = root + "/" + components.joined(separator: "/")
         var st = stat()
@@ -453,7 +512,8 @@ public struct ControlAPI: Sendable {
 
     // MARK: - Helpers
 
-    func decode<T: Decodable>(_ type: T.Type, _ request: HTTPRequest, emptyAllowed: Bool = false) throws(APIError) -> T {
+    func decode<T: Decodable>(_ type: T.Type, _ request: HTTPRequest, emptyAllowed: Bool = false) throws(APIError) -> T
+    {
         let body = request.body.isEmpty && emptyAllowed ? Data("{}".utf8) : request.body
         guard !body.isEmpty else { throw APIError(.badRequest, "the request needs a JSON body") }
         return try APICoding.decode(type, from: body)
@@ -470,7 +530,9 @@ public struct ControlAPI: Sendable {
 
     private func requireCatalog() throws(APIError) -> any ModelCatalog {
         guard let catalog = context.catalog else {
-            throw APIError(.notImplemented, "this griditd was built without the model store; `griditd models` is not available either")
+            throw APIError(
+                .notImplemented,
+                "this griditd was built without the model store; `griditd models` is not available either")
         }
         return catalog
     }
@@ -487,15 +549,21 @@ public struct ControlAPI: Sendable {
         let id = try jobID(params)
         let job = try await store { try await $0.get(id: id) }
         guard request.caller.isAdmin || job.ownerUID == request.caller.uid else {
-            throw APIError(.forbidden, "job \(id) belongs to uid \(job.ownerUID); only its owner or an admin may see it", jobID: id)
+            throw APIError(
+                .forbidden, "job \(id) belongs to uid \(job.ownerUID); only its owner or an admin may see it", jobID: id
+            )
         }
         return job
     }
 
-    private func finishedOutput(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> (Job, String) {
+    private func finishedOutput(
+        _ request: HTTPRequest, _ params: [String: String]
+    ) async throws(APIError) -> (Job, String) {
         let job = try await ownedJob(request, params)
         guard job.state == .succeeded, let root = job.outputDir else {
-            throw APIError(.conflict, "job \(job.id) is \(job.state.rawValue); it has output files once it succeeded", jobID: job.id)
+            throw APIError(
+                .conflict, "job \(job.id) is \(job.state.rawValue); it has output files once it succeeded",
+                jobID: job.id)
         }
         return (job, root)
     }
@@ -510,7 +578,7 @@ public struct ControlAPI: Sendable {
 
     static func translate(_ error: any Error) -> APIError {
         if let error = error as? APIError { return error }
-        guard let error = error as? StoreError else { return APIError(.internalError, "internal error: \(error)") }
+        guard let error = error as? StateError else { return APIError(.internalError, "internal error: \(error)") }
         let code: APIError.Code =
             switch error.code {
             case .queueFull: .queueFull

@@ -1,18 +1,22 @@
+import Foundation
+import GriditAPI
+import GriditFaults
+import GriditJobQueue
+import GriditJobSpec
+import GriditStateDatabase
+import Logging
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
-import GriditAPI
-import GriditStore
-import Logging
-import Synchronization
 
 /// What every service and the API share. The store is the truth; the monitor is its fast echo.
 public struct DaemonContext: Sendable {
     public var configuration: DaemonConfiguration
     public var store: any JobStore
     /// Nil in a build without the engine: jobs are accepted and stay queued.
-    public var executor: (any JobExecutor)?
+    public var engine: (any JobEngine)?
     /// Nil in a build without the model store: model endpoints answer 501.
     public var catalog: (any ModelCatalog)?
     public var monitor: JobMonitor
@@ -26,15 +30,16 @@ public struct DaemonContext: Sendable {
     public var conditions: StartConditions
 
     public init(
-        configuration: DaemonConfiguration, store: any JobStore, executor: (any JobExecutor)?,
+        configuration: DaemonConfiguration, store: any JobStore, engine: (any JobEngine)?,
         catalog: (any ModelCatalog)?, monitor: JobMonitor = JobMonitor(), notifier: SystemdNotifier = SystemdNotifier(),
-        faults: FaultInjection = FaultInjection(), logger: Logger, startedAt: Date = Date(), database: StateDatabase? = nil
+        faults: FaultInjection = FaultInjection(), logger: Logger, startedAt: Date = Date(),
+        database: StateDatabase? = nil
     ) {
         self.database = database
         self.conditions = StartConditions()
         self.configuration = configuration
         self.store = store
-        self.executor = executor
+        self.engine = engine
         self.catalog = catalog
         self.monitor = monitor
         self.notifier = notifier
@@ -60,8 +65,10 @@ public struct DaemonContext: Sendable {
         }
         parts.append("\((counts[.queued] ?? 0) + (counts[.retryable] ?? 0)) queued")
         if paused { parts.append("paused") }
-        if let blocker = startBlocker(remakeReserve: false) { parts.append(blocker.code.rawValue.replacingOccurrences(of: "_", with: " ")) }
-        if executor == nil { parts.append("no engine in this build") }
+        if let blocker = startBlocker(remakeReserve: false) {
+            parts.append(blocker.code.rawValue.replacingOccurrences(of: "_", with: " "))
+        }
+        if engine == nil { parts.append("no engine in this build") }
         notifier.status(parts.joined(separator: " · "))
     }
 
@@ -136,73 +143,4 @@ public final class StartConditions: Sendable {
             return s.last != blocker?.code
         }
     }
-}
-
-/// Test hooks for fault injection, from `GRIDIT_TEST_FAULTS` (comma-separated):
-/// - `crash-after-claim=<job id>`: abort griditd right after claiming that job (griditd's own
-///   death: the job is requeued without a crash);
-/// - `crash-engine=<job id>`: abort the engine's worker process when it is handed that job (an
-///   engine crash: counted against the jobs it was running);
-/// - `free-bytes=<n>`: report `n` free bytes on the state filesystem (`disk_full` without
-///   filling a disk);
-/// - `pause-at=grid:<n>` / `pause-at=sr:<n>`: stop the worker for good at the first denoising
-///   step of stage-1 grid n or of frame n (1-based), after writing `<state dir>/test-paused`, so
-///   that a test can `kill -9` griditd at a known point of a job.
-/// The daemon logs a warning at start when any is set.
-public struct FaultInjection: Sendable, Hashable {
-    public var crashAfterClaim: Set<Int64> = []
-    public var crashEngine: Set<Int64> = []
-    public var freeBytes: Int64?
-    public var pauseAt: PausePoint?
-
-    public init() {}
-
-    public init(environment: [String: String]) throws {
-        guard let spec = environment["GRIDIT_TEST_FAULTS"], !spec.isEmpty else { return }
-        for item in spec.split(separator: ",") {
-            let kv = item.split(separator: "=", maxSplits: 1).map(String.init)
-            switch (kv.first, kv.count == 2 ? kv[1] : nil) {
-            case ("crash-after-claim", let v?) where Int64(v) != nil: crashAfterClaim.insert(Int64(v)!)
-            case ("crash-engine", let v?) where Int64(v) != nil: crashEngine.insert(Int64(v)!)
-            case ("free-bytes", let v?) where Int64(v) != nil: freeBytes = Int64(v)!
-            case ("pause-at", let v?) where PausePoint(v) != nil: pauseAt = PausePoint(v)
-            default:
-                throw FaultInjectionError(
-                    message: "GRIDIT_TEST_FAULTS: unknown fault '\(item)' "
-                        + "(known: crash-after-claim=<id>, crash-engine=<id>, free-bytes=<n>, pause-at=grid:<n>, "
-                    + "pause-at=sr:<n>)")
-            }
-        }
-    }
-
-    public var isActive: Bool { !crashAfterClaim.isEmpty || !crashEngine.isEmpty || freeBytes != nil || pauseAt != nil }
-}
-
-/// Where `pause-at` stops the worker: the first step of stage-1 grid `unit` (`grid`) or of frame
-/// `unit` (`sr`), 1-based, of any job.
-public struct PausePoint: Sendable, Hashable {
-    public var stage: String
-    public var unit: Int
-
-    init?(_ text: String) {
-        let parts = text.split(separator: ":")
-        guard parts.count == 2, ["grid", "sr"].contains(parts[0]), let n = Int(parts[1]), n >= 1 else { return nil }
-        stage = String(parts[0])
-        unit = n
-    }
-
-    func matches(_ step: StepProgress) -> Bool {
-        step.stage == stage && (stage == "grid" ? step.grid : step.frame) >= unit
-    }
-
-    /// Writes the marker and blocks the calling (worker) thread until the process is killed.
-    func hold(marker: String, job: Int64) -> Never {
-        try? Data("job \(job) paused at \(stage):\(unit)\n".utf8).write(to: URL(fileURLWithPath: marker), options: .atomic)
-        while true { sleep(3600) }
-    }
-}
-
-public struct FaultInjectionError: Error, CustomStringConvertible {
-    public var message: String
-    public var description: String { message }
 }

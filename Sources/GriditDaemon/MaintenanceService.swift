@@ -1,7 +1,10 @@
 // Housekeeping on timers: expired leases back to the queue (or dead), retention, STATUS=.
+
 import Foundation
 import GriditAPI
-import GriditStore
+import GriditJobQueue
+import GriditJobSpec
+import GriditStateDatabase
 import Logging
 import ServiceLifecycle
 
@@ -35,7 +38,7 @@ public struct MaintenanceService: Service {
             // Jobs of a supervised worker process are spared: their supervisor sees a stall or a
             // crash itself, and an expired lease there means griditd was stopped (SIGSTOP,
             // suspend), which says nothing about the job.
-            let supervised = context.executor?.worker != nil ? Set(context.monitor.runningIDs) : []
+            let supervised = context.engine?.worker != nil ? Set(context.monitor.runningIDs) : []
             for job in try await context.store.recoverExpiredLeases(now: Date(), sparing: supervised) {
                 context.logger.warning(
                     "lease expired: \(job.errorMessage ?? "")",
@@ -52,7 +55,9 @@ public struct MaintenanceService: Service {
 /// Deleting finished jobs and their folders (the hourly retention pass and `jobs prune`).
 enum Retention {
     /// `olderThan` nil applies the configured retention per state.
-    static func prune(_ context: DaemonContext, olderThan: TimeInterval?, keepOutputs: Bool) async throws(StoreError) -> [PrunedJob] {
+    static func prune(
+        _ context: DaemonContext, olderThan: TimeInterval?, keepOutputs: Bool
+    ) async throws(StateError) -> [PrunedJob] {
         let config = context.configuration
         let now = Date()
         var pruned: [PrunedJob] = []
@@ -60,7 +65,8 @@ enum Retention {
             pruned = try await context.store.prune(olderThan: olderThan, now: now)
         } else {
             pruned += try await context.store.prune(olderThan: config.keepSucceeded, states: [.succeeded], now: now)
-            pruned += try await context.store.prune(olderThan: config.keepFailed, states: [.failed, .canceled, .dead], now: now)
+            pruned += try await context.store.prune(
+                olderThan: config.keepFailed, states: [.failed, .canceled, .dead], now: now)
         }
         for job in pruned {
             removeInside(context.layout.work, context.layout.workDirectory(job: job.id))

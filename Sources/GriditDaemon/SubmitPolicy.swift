@@ -1,7 +1,9 @@
 // Who may put how much into the queue: the per-user limits and the priorities members may use
 // (admins — root, griditd's user, the admin group — are bounded by the queue's size alone).
+
 import GriditAPI
-import GriditStore
+import GriditJobQueue
+import GriditStateDatabase
 
 enum SubmitPolicy {
     /// The priority a submit gets: as asked, if the caller may use it; for a member without
@@ -23,11 +25,12 @@ enum SubmitPolicy {
     static func limits(for caller: Caller, configuration c: DaemonConfiguration) -> SubmitLimits {
         caller.isAdmin
             ? SubmitLimits(maxQueued: c.maxQueued)
-            : SubmitLimits(maxQueued: c.maxQueued, maxQueuedPerOwner: c.maxQueuedPerUser, maxWorkPerOwner: c.maxWorkPerUser)
+            : SubmitLimits(
+                maxQueued: c.maxQueued, maxQueuedPerOwner: c.maxQueuedPerUser, maxWorkPerOwner: c.maxWorkPerUser)
     }
 
     /// What to do about a per-user limit the store refused a submit for; nil for other errors.
-    static func remedy(_ code: StoreError.Code) -> String? {
+    static func remedy(_ code: StateError.Code) -> String? {
         let flag: String
         switch code {
         case .ownerJobLimit: flag = "--max-queued-per-user"

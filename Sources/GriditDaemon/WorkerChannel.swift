@@ -1,13 +1,16 @@
 // The wire between griditd and its engine worker process: a socketpair, one frame per message
 // (4-byte big-endian length, then JSON). griditd sends batches, admissions, stop requests; the
 // worker answers with the engine's hooks as they happen.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import CProcess
 import Foundation
 import GriditAPI
+import GriditJobSpec
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// griditd → worker.
 enum WorkerRequest: Codable, Sendable {
@@ -28,7 +31,7 @@ enum WorkerEvent: Codable, Sendable {
     /// The engine asks for jobs to join the batch; griditd answers `admitted`.
     case admit
     case finished(jobID: Int64, outcome: ExecutionOutcome)
-    case durable(jobID: Int64, progress: JobProgressInfo)
+    case durable(jobID: Int64, progress: JobProgress)
     case step(jobID: Int64, progress: StepProgress)
     /// The batch is over (every job reported).
     case done

@@ -1,14 +1,17 @@
 // The engine worker's side (`griditd worker`, started by griditd only): runs the batches griditd
 // sends on the engine, one at a time, and sends the engine's hooks back as they happen. It
 // opens no database and holds no lease: griditd records everything. It dies with griditd.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import CProcess
 import Foundation
 import GriditAPI
+import GriditFaults
 import Logging
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public enum WorkerChild {
     /// First thing in the worker process: die with griditd (PR_SET_PDEATHSIG, and a check that
@@ -28,8 +31,8 @@ public enum WorkerChild {
     /// between batches (unloading idle models); `models` encodes what is loaded, sent after each
     /// batch and whenever `idle` says something changed. Returns the exit status.
     public static func serve(
-        fd: Int32 = WorkerLaunch.channelDescriptor, executor: any JobExecutor, faults: FaultInjection,
-        pauseMarker: String, idle: @escaping @Sendable () -> Bool = { false },
+        fd: Int32 = WorkerLaunch.channelDescriptor, engine: any JobEngine, faults: FaultInjection,
+        stateDirectory: String, idle: @escaping @Sendable () -> Bool = { false },
         models: @escaping @Sendable () -> Data? = { nil }, logger: Logger
     ) -> Int32 {
         let channel = WorkerChannel(fd: fd)
@@ -45,7 +48,9 @@ public enum WorkerChild {
         if let data = models() { send(.models(data)) }
 
         while true {
-            guard let batch = inbox.nextBatch(tick: 1.0, idle: { if idle(), let data = models() { send(.models(data)) } }) else {
+            guard
+                let batch = inbox.nextBatch(tick: 1.0, idle: { if idle(), let data = models() { send(.models(data)) } })
+            else {
                 logger.info("engine worker exiting")
                 return 0
             }
@@ -72,11 +77,13 @@ public enum WorkerChild {
                         loadReported.set()
                         send(.models(data))
                     }
-                    if let pause = faults.pauseAt, pause.matches(progress) { pause.hold(marker: pauseMarker, job: id) }
+                    if let pause = faults.pauseAt, pause.matches(progress) {
+                        PausePoint.hold("job \(id) paused at \(pause)", stateDirectory: stateDirectory)
+                    }
                     send(.step(jobID: id, progress: progress))
                 },
                 shouldStop: { id in inbox.stopReason(id) })
-            executor.execute(batch, hooks: hooks)
+            engine.execute(batch, hooks: hooks)
             inbox.batchEnded()
             send(.done)
             if let data = models() { send(.models(data)) }

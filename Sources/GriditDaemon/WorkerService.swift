@@ -1,14 +1,19 @@
 // The queue worker: claims jobs (a batch of same-pipeline, same-priority jobs), runs them on the
 // inference thread, turns the engine's hooks into fenced database writes, and records outcomes.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
-import GriditStore
+import GriditFaults
+import GriditJobQueue
+import GriditJobSpec
+import GriditStateDatabase
 import Logging
 import ServiceLifecycle
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public struct WorkerService: Service {
     let context: DaemonContext
@@ -23,7 +28,7 @@ public struct WorkerService: Service {
 
     public func run() async throws {
         let logger = context.logger
-        guard let executor = context.executor else {
+        guard let engine = context.engine else {
             logger.warning("this griditd has no engine: jobs are accepted and stay queued")
             // Keep the watchdog fed while idle, until shutdown.
             while !Task.isShuttingDownGracefully && !Task.isCancelled {
@@ -41,7 +46,9 @@ public struct WorkerService: Service {
                 context.notifier.watchdog()
                 await retryUnrecorded()
                 if !unrecorded.isEmpty || !startsAllowed(log: true) {
-                    for c in carried { _ = try? await context.store.releaseLease(id: c.job.id, token: c.token, now: Date()) }
+                    for c in carried {
+                        _ = try? await context.store.releaseLease(id: c.job.id, token: c.token, now: Date())
+                    }
                     carried = []
                     await context.monitor.waitForWake(timeout: .seconds(2))
                     continue
@@ -60,7 +67,7 @@ public struct WorkerService: Service {
                     await context.monitor.waitForWake(timeout: pollInterval)
                     continue
                 }
-                carried = await run(batch, executor: executor, thread: thread, stopping: stopping)
+                carried = await run(batch, engine: engine, thread: thread, stopping: stopping)
                 await context.refreshStatus()
             }
             for c in carried { _ = try? await context.store.releaseLease(id: c.job.id, token: c.token, now: Date()) }
@@ -70,7 +77,7 @@ public struct WorkerService: Service {
             context.monitor.requestStopAll(.shutdown)
             context.monitor.wake()
         }
-        await thread.run { executor.shutdown() }
+        await thread.run { engine.shutdown() }
         thread.stop()
     }
 
@@ -80,7 +87,9 @@ public struct WorkerService: Service {
         if log && context.conditions.update(blocker) {
             if let blocker {
                 let level: Logger.Level = blocker.code == .databaseLost ? .critical : .warning
-                context.logger.log(level: level, "no job starts: \(blocker.message)", metadata: ["condition": "\(blocker.code.rawValue)"])
+                context.logger.log(
+                    level: level, "no job starts: \(blocker.message)",
+                    metadata: ["condition": "\(blocker.code.rawValue)"])
             } else {
                 context.logger.notice("jobs start again: the condition that held them is over")
             }
@@ -100,7 +109,7 @@ public struct WorkerService: Service {
 
     private func retryUnrecorded() async {
         for pending in unrecorded.take() {
-            await record(pending.outcome, id: pending.id, token: pending.token, stopReason: pending.stopReason, item: pending.item)
+            await record(pending.record, id: pending.id, token: pending.token)
         }
     }
 
@@ -113,7 +122,7 @@ public struct WorkerService: Service {
     // MARK: - Claiming
 
     /// Claims the next job and up to `maxBatchJobs - 1` more of its pipeline and priority.
-    private func claimBatch() async throws(StoreError) -> [ClaimedJob] {
+    private func claimBatch() async throws(StateError) -> [ClaimedJob] {
         let store = context.store
         let lease = context.configuration.leaseDuration
         guard let first = try await store.claim(workerID: workerID, leaseDuration: lease, now: Date()) else {
@@ -124,7 +133,7 @@ public struct WorkerService: Service {
         guard first.job.crashCount == 0 else { return claimed }
         let filter = ClaimFilter(pipelineDigest: first.job.pipelineDigest, priority: first.job.priority)
         while claimed.count < context.configuration.maxBatchJobs,
-              let more = try await store.claim(workerID: workerID, leaseDuration: lease, matching: filter, now: Date())
+            let more = try await store.claim(workerID: workerID, leaseDuration: lease, matching: filter, now: Date())
         {
             claimed.append(more)
         }
@@ -135,7 +144,8 @@ public struct WorkerService: Service {
     /// disk space) are failed as transient right here; during shutdown all are handed back.
     private func start(_ claimed: [ClaimedJob], stopping: StopFlag) async -> ClaimedBatch? {
         for c in claimed where context.faults.crashAfterClaim.contains(c.job.id) {
-            context.logger.critical("test fault: crashing after claiming job \(c.job.id)", metadata: ["job.id": "\(c.job.id)"])
+            context.logger.critical(
+                "test fault: crashing after claiming job \(c.job.id)", metadata: ["job.id": "\(c.job.id)"])
             abort()
         }
         if stopping.isSet {
@@ -156,7 +166,7 @@ public struct WorkerService: Service {
                 items.append(try prepare(c.job))
                 tokens[c.job.id] = c.token
             } catch {
-                await record(.failed(error), id: c.job.id, token: c.token, stopReason: nil)
+                await record(.fail(error), id: c.job.id, token: c.token)
                 context.monitor.changed(c.job.id)
             }
         }
@@ -176,43 +186,54 @@ public struct WorkerService: Service {
     /// Creates the job's work folder and the output's parent (free space was checked before the claim).
     private func prepare(_ job: Job) throws(JobFailure) -> ExecutionItem {
         let layout = context.layout
-        let stored = job.stored
+        let spec: JobSpec
+        do { spec = try job.spec() } catch { throw JobFailure(.internalError, error.message) }
         let work = layout.workDirectory(job: job.id)
-        let output = job.outputDirectory(in: layout)
+        let output =
+            spec.output.map { layout.namedOutputDirectory(owner: job.ownerUID, name: $0) }
+            ?? layout.automaticOutputDirectory(job: job.id)
         do {
             try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
             try FileManager.default.createDirectory(
                 atPath: (output as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         } catch {
             let errno = (error as NSError).userInfo[NSUnderlyingErrorKey].flatMap { ($0 as? NSError)?.code }
-            throw JobFailure(errno == Int(ENOSPC) ? .diskFull : .transient, "preparing \(work): \(error.localizedDescription)")
+            throw JobFailure(
+                errno == Int(ENOSPC) ? .diskFull : .transient, "preparing \(work): \(error.localizedDescription)")
         }
         return ExecutionItem(
-            jobID: job.id, length: job.length, parameters: stored.parameters, workDirectory: work,
-            outputDirectory: output, resumeFrom: job.progress.info, attempt: job.attempt)
+            jobID: job.id, spec: spec, workDirectory: work, outputDirectory: output, resumeFrom: job.progress,
+            attempt: job.attempt)
     }
 
     // MARK: - Running
 
-    /// Runs a batch on the inference thread while the async side saves progress, records each
-    /// job as it leaves, and claims jobs of the same pipeline to join it. Returns jobs claimed
-    /// to join that the engine did not take before it finished.
+    /// Runs a batch on the inference thread while the async side performs what its
+    /// `BatchScheduler` decides: progress saves and heartbeats, each job's outcome as it leaves,
+    /// jobs claimed to join. Returns jobs claimed to join that the engine did not take before it
+    /// finished.
     private func run(
-        _ claimed: ClaimedBatch, executor: any JobExecutor, thread: WorkerThread, stopping: StopFlag
+        _ claimed: ClaimedBatch, engine: any JobEngine, thread: WorkerThread, stopping: StopFlag
     ) async -> [ClaimedJob] {
         let batch = claimed.batch
         let ids = batch.items.map(\.jobID)
         let monitor = context.monitor
         let notifier = context.notifier
         let faults = context.faults
-        let pauseMarker = context.layout.root + "/test-paused"
+        let stateDirectory = context.layout.root
         let inProcess = !engineRunsApart
-        let session = BatchSession(batch.items, tokens: claimed.tokens)
-        let tracker = BatchTracker(ids: ids)
+        let scheduler = RunningBatch(
+            BatchScheduler(
+                batch.items, tokens: claimed.tokens,
+                settings: .init(
+                    maxJobs: context.configuration.maxBatchJobs, heartbeatEvery: context.configuration.leaseDuration / 3
+                ),
+                now: Date()))
         monitor.started(ids)
         for id in ids { monitor.changed(id) }
         context.logger.info(
-            "running", metadata: [
+            "running",
+            metadata: [
                 "job.ids": "\(ids.map(String.init).joined(separator: ","))",
                 "model.digest": "\(batch.pipelineDigest ?? "none")",
             ])
@@ -221,26 +242,30 @@ public struct WorkerService: Service {
         let (signals, signal) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let hooks = ExecutionHooks(
             admit: {
-                let items = session.admit()
-                for item in items { tracker.admitted(item.jobID) }
-                return items
+                let actions = scheduler.withLock { $0.handle(.admit, now: Date()) }
+                return actions.flatMap { action -> [ExecutionItem] in
+                    if case .join(let items) = action { return items }
+                    return []
+                }
             },
             finished: { id, outcome in
-                session.report(id, outcome)
+                _ = scheduler.withLock { $0.handle(.finished(id, outcome), now: Date()) }
                 signal.yield()
                 monitor.wake()  // a slot is free: the admission loop may claim another job
             },
             durable: { id, progress in
-                tracker.durable(id, progress)
+                _ = scheduler.withLock { $0.handle(.durable(id, progress), now: Date()) }
                 signal.yield()
             },
             step: { id, step in
-                tracker.activity(id)
+                _ = scheduler.withLock { $0.handle(.stepDone(id), now: Date()) }
                 monitor.publish(step: step, for: id)
                 notifier.watchdog()
                 signal.yield()
                 // An engine in a worker process pauses there itself (griditd stays responsive).
-                if inProcess, let pause = faults.pauseAt, pause.matches(step) { pause.hold(marker: pauseMarker, job: id) }
+                if inProcess, let pause = faults.pauseAt, pause.matches(step) {
+                    PausePoint.hold("job \(id) paused at \(pause)", stateDirectory: stateDirectory)
+                }
             },
             shouldStop: { id in
                 monitor.stopReason(id) ?? (stopping.isSet ? .shutdown : nil)
@@ -248,16 +273,19 @@ public struct WorkerService: Service {
 
         let carried = await withTaskGroup(of: [ClaimedJob].self) { group in
             group.addTask {
-                await thread.run { executor.execute(batch, hooks: hooks) }
-                let leftovers = session.close()
+                await thread.run { engine.execute(batch, hooks: hooks) }
+                let actions = scheduler.withLock { $0.handle(.engineReturned, now: Date()) }
                 signal.finish()
                 monitor.wake()  // ends the admission loop's wait
-                return leftovers
+                return await perform(actions, scheduler)  // hands back only
             }
             group.addTask {
                 // One writer for progress, heartbeats and outcomes, in the order they happened.
                 for await _ in signals {
-                    await flush(session, tracker)
+                    let actions = scheduler.withLock {
+                        $0.handle(.tick(stops: self.stops(of: $0), final: false), now: Date())
+                    }
+                    _ = await perform(actions, scheduler)
                     try? await Task.sleep(for: .milliseconds(200))
                 }
                 return []
@@ -265,164 +293,169 @@ public struct WorkerService: Service {
             group.addTask {
                 let filter = ClaimFilter(
                     pipelineDigest: batch.pipelineDigest, priority: claimed.priority, nextInLineOnly: true)
-                return await admitMore(session, tracker, filter: filter, stopping: stopping)
+                return await admitMore(scheduler, filter: filter, stopping: stopping)
             }
             var carried: [ClaimedJob] = []
             for await jobs in group { carried += jobs }
             return carried
         }
-        await flush(session, tracker, final: true)
-        for id in session.unreported() {
-            session.report(id, .failed(JobFailure(.internalError, "the engine returned without reporting job \(id)")))
-        }
-        await flush(session, tracker, final: true)
-        return carried
+        // Every writer is done: what is left, in order.
+        let last = scheduler.withLock { $0.handle(.tick(stops: self.stops(of: $0), final: true), now: Date()) }
+        return carried + (await perform(last, scheduler))
+    }
+
+    /// Why the monitor asked the batch's jobs to stop (the API's cancel, shutdown, a lost lease).
+    private func stops(of scheduler: BatchScheduler) -> [Int64: StopReason] {
+        var stops: [Int64: StopReason] = [:]
+        for id in scheduler.memberIDs { stops[id] = context.monitor.stopReason(id) }
+        return stops
     }
 
     /// The engine runs in a supervised worker process (not on griditd's inference thread).
-    private var engineRunsApart: Bool { context.executor?.worker != nil }
+    private var engineRunsApart: Bool { context.engine?.worker != nil }
 
     /// While the batch runs and has room, claims the next job in line if it shares the batch's
     /// pipeline and priority, and hands it to the engine (which admits it between batches).
     private func admitMore(
-        _ session: BatchSession, _ tracker: BatchTracker, filter: ClaimFilter, stopping: StopFlag
+        _ scheduler: RunningBatch, filter: ClaimFilter, stopping: StopFlag
     ) async -> [ClaimedJob] {
         var carried: [ClaimedJob] = []
         let lease = context.configuration.leaseDuration
-        while !session.isClosed && !stopping.isSet {
+        while !scheduler.withLock({ $0.isClosed }) && !stopping.isSet {
             // griditd is alive while the engine works (the worker process is supervised apart).
             if engineRunsApart { context.notifier.watchdog() }
             stopIfBlocked()
             var filter = filter
-            filter.excluding = session.memberIDs  // never a second run of a job the engine still has
-            guard session.activeCount < context.configuration.maxBatchJobs, startsAllowed(log: false),
-                  let claimed = try? await context.store.claim(workerID: workerID, leaseDuration: lease, matching: filter, now: Date())
+            let (room, members) = scheduler.withLock { ($0.hasRoom, $0.memberIDs) }
+            filter.excluding = members  // never a second run of a job the engine still has
+            guard room, startsAllowed(log: false),
+                let claimed = try? await context.store.claim(
+                    workerID: workerID, leaseDuration: lease, matching: filter, now: Date())
             else {
                 await context.monitor.waitForWake(timeout: pollInterval)
                 continue
             }
-            guard let ready = await start([claimed], stopping: stopping), let item = ready.batch.items.first else { continue }
-            tracker.add(waiting: item.jobID)  // before the engine can take it
-            if session.offer(item, claim: claimed) {
+            guard let ready = await start([claimed], stopping: stopping), let item = ready.batch.items.first else {
+                continue
+            }
+            let refused = scheduler.withLock { $0.handle(.offered(item, claimed), now: Date()) }
+            if refused.isEmpty {
                 context.monitor.started([item.jobID])
                 context.monitor.changed(item.jobID)
                 context.logger.info("joining the running batch", metadata: ["job.id": "\(item.jobID)"])
             } else {
-                _ = tracker.remove(item.jobID)
                 carried.append(claimed)
             }
         }
         return carried
     }
 
-    /// Saves pending progress and heartbeats, then records the outcomes reported since the last flush.
-    private func flush(_ session: BatchSession, _ tracker: BatchTracker, final: Bool = false) async {
-        await sync(tracker.take(now: Date(), heartbeatEvery: context.configuration.leaseDuration / 3, final: final), session)
-        for (id, outcome) in session.takeOutcomes() {
-            // Its last progress first (the resume point of an interrupted job), then the outcome.
-            if let last = tracker.remove(id) { await sync([last], session) }
-            guard let token = session.token(id), let item = session.item(id) else {
-                context.monitor.finished(id)
-                continue
+    /// Performs the scheduler's actions in order; returns the claims it hands back.
+    private func perform(_ actions: [BatchScheduler.Action], _ scheduler: RunningBatch) async -> [ClaimedJob] {
+        let lease = context.configuration.leaseDuration
+        var handedBack: [ClaimedJob] = []
+        for action in actions {
+            switch action {
+            case .join:
+                break  // answered to the engine where it asked
+            case .handBack(let claim):
+                handedBack.append(claim)
+            case .stop(let id, let reason):
+                context.monitor.requestStop(id, reason)
+            case .saveProgress(let id, let token, let progress):
+                await leaseWrite(id, scheduler) { () async throws(StateError) -> LeaseStatus in
+                    let status = try await context.store.saveProgress(
+                        id: id, token: token, progress: progress, now: Date())
+                    context.monitor.changed(id)
+                    return status
+                }
+            case .heartbeat(let id, let token):
+                await leaseWrite(id, scheduler) { () async throws(StateError) -> LeaseStatus in
+                    try await context.store.heartbeat(id: id, token: token, leaseDuration: lease, now: Date())
+                }
+            case .record(let id, let token, let record):
+                await self.record(record, id: id, token: token)
             }
-            await record(outcome, id: id, token: token, stopReason: context.monitor.stopReason(id), item: item)
         }
+        return handedBack
     }
 
-    /// Writes durable progress and heartbeats (fenced by the lease token); a cancel seen in the
-    /// answer, or a lost lease, becomes a stop request for the engine.
-    private func sync(_ pending: [BatchTracker.Pending], _ session: BatchSession) async {
-        let lease = context.configuration.leaseDuration
-        let now = Date()
-        for pending in pending {
-            guard let token = session.token(pending.id) else { continue }
-            do {
-                var status: LeaseStatus?
-                if let progress = pending.progress {
-                    status = try await context.store.saveProgress(
-                        id: pending.id, token: token, progress: JobProgress(progress), now: now)
-                    context.monitor.changed(pending.id)
-                }
-                if pending.heartbeat {
-                    status = try await context.store.heartbeat(id: pending.id, token: token, leaseDuration: lease, now: now)
-                }
-                if status?.cancelRequested == true { context.monitor.requestStop(pending.id, .cancel) }
-            } catch where error.code == .leaseLost || error.code == .invalidTransition {
-                context.logger.warning(
-                    "lost the lease; stopping the job", metadata: ["job.id": "\(pending.id)", "error": "\(error.message)"])
-                context.monitor.requestStop(pending.id, .leaseLost)
-            } catch {
-                context.logger.error("saving progress failed", metadata: ["job.id": "\(pending.id)", "error": "\(error)"])
-            }
+    /// A write fenced by the job's lease: a cancel seen in the answer, or a lost lease, goes back
+    /// to the scheduler and becomes a stop request for the engine.
+    private func leaseWrite(
+        _ id: Int64, _ scheduler: RunningBatch, _ write: () async throws(StateError) -> LeaseStatus
+    ) async {
+        let event: BatchScheduler.Event?
+        do {
+            event = try await write().cancelRequested ? .cancelRequested(id) : nil
+        } catch  where error.code == .leaseLost || error.code == .invalidTransition {
+            context.logger.warning(
+                "lost the lease; stopping the job", metadata: ["job.id": "\(id)", "error": "\(error.message)"])
+            event = .leaseLost(id)
+        } catch {
+            context.logger.error("saving progress failed", metadata: ["job.id": "\(id)", "error": "\(error)"])
+            event = nil
+        }
+        guard let event else { return }
+        for case .stop(let id, let reason) in scheduler.withLock({ $0.handle(event, now: Date()) }) {
+            context.monitor.requestStop(id, reason)
         }
     }
 
     /// The job's outcome as a fenced state transition. An outcome the database cannot take now
     /// (its filesystem full even after its reserve went) is kept and retried, the job still
     /// shown running: it is never left for its lease to expire and count as a crash.
-    private func record(
-        _ outcome: ExecutionOutcome, id: Int64, token: LeaseToken, stopReason: StopReason?, item: ExecutionItem? = nil
-    ) async {
+    private func record(_ record: BatchScheduler.Record, id: Int64, token: LeaseToken) async {
         let store = context.store
         let logger = context.logger
         let now = Date()
         var metadata: Logger.Metadata = ["job.id": "\(id)"]
-        if stopReason == .databaseLost {
-            logger.critical("job stopped: the job database is lost, nothing is recorded", metadata: metadata)
-            context.monitor.finished(id)
-            return
-        }
         do {
-            switch outcome {
-            case .succeeded:
-                var output = item?.outputDirectory ?? ""
-                if item == nil { output = try await store.get(id: id).outputDirectory(in: context.layout) }
+            switch record {
+            case .complete(let output):
                 _ = try await store.complete(id: id, token: token, outputDir: output, now: now)
                 try? FileManager.default.removeItem(atPath: context.layout.workDirectory(job: id))
                 metadata["output"] = "\(output)"
                 logger.info("job succeeded", metadata: metadata)
-            case .failed(let failure):
+            case .fail(let failure):
                 let after = try await store.fail(
                     id: id, token: token, errorClass: failure.errorClass.rawValue, message: failure.message,
                     retryable: failure.errorClass.retryable, now: now)
                 metadata["error.class"] = "\(failure.errorClass.rawValue)"
                 metadata["state"] = "\(after.state.rawValue)"
                 logger.warning("job failed: \(failure.message)", metadata: metadata)
-            case .crashed(let crash) where crash.counted:
-                let after = try await store.recordWorkerCrash(id: id, token: token, message: crash.message, now: now)
+            case .crash(let message):
+                let after = try await store.recordWorkerCrash(id: id, token: token, message: message, now: now)
                 metadata["state"] = "\(after.state.rawValue)"
                 metadata["crashes"] = "\(after.crashCount)"
-                logger.error("job crashed the engine: \(crash.message)", metadata: metadata)
-            case .crashed(let crash):
-                _ = try await store.requeue(id: id, token: token, reason: crash.message, now: now)
-                logger.warning("job requeued, not counted as a crash: \(crash.message)", metadata: metadata)
-            case .interrupted:
-                switch stopReason {
-                case .cancel:
-                    _ = try await store.acknowledgeCancel(id: id, token: token, now: now)
-                    logger.info("job canceled", metadata: metadata)
-                case .shutdown:
-                    _ = try await store.releaseLease(id: id, token: token, now: now)
-                    logger.info("job checkpointed and handed back for shutdown", metadata: metadata)
-                case .diskFull:
-                    _ = try await store.releaseLease(id: id, token: token, now: now)
+                logger.error("job crashed the engine: \(message)", metadata: metadata)
+            case .requeue(let message):
+                _ = try await store.requeue(id: id, token: token, reason: message, now: now)
+                logger.warning("job requeued, not counted as a crash: \(message)", metadata: metadata)
+            case .acknowledgeCancel:
+                _ = try await store.acknowledgeCancel(id: id, token: token, now: now)
+                logger.info("job canceled", metadata: metadata)
+            case .releaseLease(let reason):
+                _ = try await store.releaseLease(id: id, token: token, now: now)
+                if reason == .diskFull {
                     logger.warning("job checkpointed and handed back: the state filesystem is full", metadata: metadata)
-                case .leaseLost:
-                    logger.warning("job stopped: another worker owns it now", metadata: metadata)
-                case .databaseLost:
-                    break
-                case nil:
-                    _ = try await store.fail(
-                        id: id, token: token, errorClass: JobFailure.Class.internalError.rawValue,
-                        message: "the engine stopped the job although nobody asked it to", retryable: false, now: now)
+                } else {
+                    logger.info("job checkpointed and handed back for shutdown", metadata: metadata)
                 }
+            case .nothing(.databaseLost):
+                logger.critical("job stopped: the job database is lost, nothing is recorded", metadata: metadata)
+                context.monitor.finished(id)
+                return
+            case .nothing:
+                logger.warning("job stopped: another worker owns it now", metadata: metadata)
             }
-        } catch where error.code == .leaseLost || error.code == .invalidTransition || error.code == .notFound {
+        } catch  where error.code == .leaseLost || error.code == .invalidTransition || error.code == .notFound {
             logger.warning("the job's outcome was not recorded: \(error.message)", metadata: metadata)
         } catch {
             logger.error(
-                "recording the job's outcome failed; retrying", metadata: metadata.merging(["error": "\(error)"]) { $1 })
-            unrecorded.add(Unrecorded.Pending(id: id, token: token, outcome: outcome, stopReason: stopReason, item: item))
+                "recording the job's outcome failed; retrying", metadata: metadata.merging(["error": "\(error)"]) { $1 }
+            )
+            unrecorded.add(Unrecorded.Pending(id: id, token: token, record: record))
             return
         }
         context.monitor.finished(id)
@@ -430,19 +463,32 @@ public struct WorkerService: Service {
     }
 }
 
+/// The running batch's `BatchScheduler`, shared by the engine's hooks (worker thread) and the
+/// async side.
+final class RunningBatch: Sendable {
+    private let scheduler: Mutex<BatchScheduler>
+
+    init(_ scheduler: BatchScheduler) { self.scheduler = Mutex(scheduler) }
+
+    func withLock<T: Sendable>(_ body: (inout BatchScheduler) -> T) -> T { scheduler.withLock { body(&$0) } }
+}
+
 /// Outcomes the database refused (not fenced off: its filesystem was full), kept to record again.
 final class Unrecorded: Sendable {
     struct Pending: Sendable {
         var id: Int64
         var token: LeaseToken
-        var outcome: ExecutionOutcome
-        var stopReason: StopReason?
-        var item: ExecutionItem?
+        var record: BatchScheduler.Record
     }
     private let pending = Mutex<[Pending]>([])
 
     func add(_ p: Pending) { pending.withLock { $0.append(p) } }
-    func take() -> [Pending] { pending.withLock { p in defer { p = [] }; return p } }
+    func take() -> [Pending] {
+        pending.withLock { p in
+            defer { p = [] }
+            return p
+        }
+    }
     var isEmpty: Bool { pending.withLock { $0.isEmpty } }
 }
 
@@ -451,161 +497,4 @@ final class StopFlag: Sendable {
     private let flag = Atomic(false)
     var isSet: Bool { flag.load(ordering: .acquiring) }
     func set() { flag.store(true, ordering: .releasing) }
-}
-
-/// What the hooks reported since the last database sync, per job of the running batch.
-final class BatchTracker: Sendable {
-    struct Pending {
-        var id: Int64
-        var progress: JobProgressInfo?
-        var heartbeat: Bool
-    }
-
-    private struct Entry {
-        var progress: JobProgressInfo?
-        var active = false
-        /// Claimed to join, not yet taken by the engine: heartbeated while it waits (a batched
-        /// forward of a large model can outlast a lease).
-        var waiting = false
-        var lastHeartbeat = Date()
-    }
-
-    private let entries: Mutex<[Int64: Entry]>
-
-    init(ids: [Int64]) {
-        entries = Mutex(Dictionary(uniqueKeysWithValues: ids.map { ($0, Entry()) }))
-    }
-
-    func durable(_ id: Int64, _ progress: JobProgressInfo) {
-        entries.withLock { e in
-            e[id]?.progress = progress
-            e[id]?.active = true
-        }
-    }
-
-    func activity(_ id: Int64) { entries.withLock { $0[id]?.active = true } }
-
-    /// A job claimed to join the running batch, waiting for the engine to take it.
-    func add(waiting id: Int64) { entries.withLock { $0[id] = Entry(waiting: true) } }
-
-    /// The engine took a waiting job: from now on its own steps keep it alive.
-    func admitted(_ id: Int64) { entries.withLock { $0[id]?.waiting = false } }
-
-    /// Forgets a job that left the batch; returns its progress not saved yet.
-    func remove(_ id: Int64) -> Pending? {
-        entries.withLock { e in
-            guard let entry = e.removeValue(forKey: id), let progress = entry.progress else { return nil }
-            return Pending(id: id, progress: progress, heartbeat: false)
-        }
-    }
-
-    /// Progress to save, and a heartbeat for each job that made progress since its last one
-    /// when `heartbeatEvery` has passed: a hung engine stops heartbeating, so its lease expires.
-    func take(now: Date, heartbeatEvery: TimeInterval, final: Bool) -> [Pending] {
-        entries.withLock { e in
-            var result: [Pending] = []
-            for (id, var entry) in e.sorted(by: { $0.key < $1.key }) {
-                let due = (entry.active || entry.waiting) && now.timeIntervalSince(entry.lastHeartbeat) >= heartbeatEvery && !final
-                guard entry.progress != nil || due else { continue }
-                result.append(Pending(id: id, progress: entry.progress, heartbeat: due))
-                entry.progress = nil
-                if due {
-                    entry.active = false
-                    entry.lastHeartbeat = now
-                }
-                e[id] = entry
-            }
-            return result
-        }
-    }
-}
-
-/// The jobs of a running batch, shared by the engine's hooks (worker thread) and the async side:
-/// their leases, the jobs claimed to join it, and the outcomes not recorded yet.
-final class BatchSession: Sendable {
-    private struct Member {
-        var item: ExecutionItem
-        var token: LeaseToken
-        /// For a job claimed to join: its claim, handed back if the engine never takes it.
-        var claim: ClaimedJob?
-        var reported = false
-    }
-
-    private struct State {
-        var members: [Int64: Member] = [:]
-        /// Claimed to join; the engine takes them at its next `admit`.
-        var inbox: [Int64] = []
-        var outcomes: [(Int64, ExecutionOutcome)] = []
-        var closed = false
-    }
-
-    private let state: Mutex<State>
-
-    init(_ items: [ExecutionItem], tokens: [Int64: LeaseToken]) {
-        var s = State()
-        for item in items {
-            if let token = tokens[item.jobID] { s.members[item.jobID] = Member(item: item, token: token) }
-        }
-        state = Mutex(s)
-    }
-
-    /// Hands a claimed job to the running batch; false once the engine has returned.
-    func offer(_ item: ExecutionItem, claim: ClaimedJob) -> Bool {
-        state.withLock { s in
-            guard !s.closed else { return false }
-            s.members[item.jobID] = Member(item: item, token: claim.token, claim: claim)
-            s.inbox.append(item.jobID)
-            return true
-        }
-    }
-
-    /// The jobs offered since the last call (the engine's `admit`).
-    func admit() -> [ExecutionItem] {
-        state.withLock { s in
-            defer { s.inbox = [] }
-            return s.inbox.compactMap { s.members[$0]?.item }
-        }
-    }
-
-    /// The engine says `id` left the batch.
-    func report(_ id: Int64, _ outcome: ExecutionOutcome) {
-        state.withLock { s in
-            guard let member = s.members[id], !member.reported else { return }
-            s.members[id]!.reported = true
-            s.outcomes.append((id, outcome))
-        }
-    }
-
-    func takeOutcomes() -> [(Int64, ExecutionOutcome)] {
-        state.withLock { s in
-            defer { s.outcomes = [] }
-            return s.outcomes
-        }
-    }
-
-    /// After the engine returned: no more offers; the jobs offered but never admitted, which
-    /// their claimer still holds, come back (they start the next batch).
-    func close() -> [ClaimedJob] {
-        state.withLock { s in
-            s.closed = true
-            defer { s.inbox = [] }
-            return s.inbox.compactMap { id in s.members.removeValue(forKey: id)?.claim }
-        }
-    }
-
-    /// Jobs the engine took and never reported.
-    func unreported() -> [Int64] {
-        state.withLock { s in s.members.filter { !$0.value.reported }.map(\.key).sorted() }
-    }
-
-    var isClosed: Bool { state.withLock { $0.closed } }
-
-    /// Every job that has been in the batch, reported or not.
-    var memberIDs: Set<Int64> { state.withLock { Set($0.members.keys) } }
-
-    /// Jobs in the batch or waiting to join it, not reported yet.
-    var activeCount: Int { state.withLock { s in s.members.values.filter { !$0.reported }.count } }
-
-    func token(_ id: Int64) -> LeaseToken? { state.withLock { $0.members[id]?.token } }
-    func item(_ id: Int64) -> ExecutionItem? { state.withLock { $0.members[id]?.item } }
 }

@@ -1,6 +1,8 @@
 // The inference thread. Swift's cooperative pool has one thread per core (two here); a
 // multi-second matrix product on it would stall the socket and the queue, so the engine runs
 // on a thread of its own and the async side only awaits its result.
+
+import CProcess
 import Foundation
 import Synchronization
 
@@ -18,6 +20,9 @@ final class WorkerThread: @unchecked Sendable {
     init(name: String, stackSize: Int = 16 << 20) {
         let thread = Thread { [self] in
             // Named from inside: Linux threads inherit their creator's name (here a pool thread's).
+            // The kernel's name (ps, gdb) directly: Foundation may hand out a stand-in `Thread`
+            // for a thread it has not registered yet, whose name setter does not reach the kernel.
+            gridit_set_process_name(name)  // PR_SET_NAME: the calling thread's name
             Thread.current.name = name
             self.loop()
         }

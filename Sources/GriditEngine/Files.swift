@@ -1,9 +1,12 @@
-// Durable file operations of the work directory and the output: whole files appear atomically
-// (temporary name, fsync, rename, fsync of the directory), errors are classified (a full disk is
-// `disk_full`), and SHA-256 digests are streamed with swift-crypto.
+// File operations of the work directory and the output: whole files appear atomically through
+// GriditDurable's `DurableFile` (temporary name, fsync, rename, fsync of the directory), errors
+// are classified (a full disk is `disk_full`), and SHA-256 digests are streamed with swift-crypto.
+
 import Crypto
 import Foundation
 import GriditCheckpoint
+import GriditDurable
+import GriditFaults
 import GriditTensor
 
 enum Files {
@@ -14,24 +17,21 @@ enum Files {
         return FileManager.default.fileExists(atPath: path, isDirectory: &dir) && dir.boolValue
     }
 
-    /// Test hook: with `GRIDIT_TEST_ENOSPC_UNDER=<dir>` in the environment, every file or folder
-    /// created below `dir` fails with ENOSPC, for the disk-full tests of machines where no small
-    /// filesystem can be mounted. Without the variable a write costs one comparison.
-    private static let fullBelow: String? = ProcessInfo.processInfo.environment["GRIDIT_TEST_ENOSPC_UNDER"]
-        .flatMap { $0.isEmpty ? nil : ($0.hasSuffix("/") ? $0 : $0 + "/") }
-
+    /// The `disk-full-under` fault point (GriditFaults): creating anything below its folder
+    /// fails with ENOSPC. Without it a write costs one comparison.
     private static func checkSpace(_ path: String) throws {
-        if let fullBelow, path.hasPrefix(fullBelow) { throw EngineError.posix("write", path: path, errno: ENOSPC) }
+        if FaultInjection.current.diskIsFull(for: path) { throw EngineError.posix("write", path: path, errno: ENOSPC) }
     }
 
-    /// Writes `bytes` to `path` all-or-nothing and durably.
+    /// Writes `bytes` to `path` all-or-nothing and durably (`DurableFile`).
     static func write(_ bytes: [UInt8], to path: String) throws {
         try checkSpace(path)
-        do {
-            try AtomicFileWriter.write(to: path) { (out) throws(CheckpointError) in try out.write(bytes) }
-        } catch {
-            throw EngineError.classify(error)
-        }
+        try DurableFile.write(bytes, to: path, failure: failure)
+    }
+
+    /// A failed durable write as the engine reports it (a full disk is `disk_full`).
+    static func failure(_ error: DurableFileError) -> EngineError {
+        EngineError.classify(CheckpointError.durable(error))
     }
 
     /// Writes `data` to `path` all-or-nothing and durably.
@@ -63,21 +63,13 @@ enum Files {
         } catch {
             throw EngineError.posix("mkdir", path: path, errno: (error as NSError).underlyingErrno ?? EIO)
         }
-        syncDirectory((path as NSString).deletingLastPathComponent)
-    }
-
-    /// Best-effort fsync of a directory (makes renames and creations in it durable).
-    static func syncDirectory(_ path: String) {
-        let fd = open(path.isEmpty ? "." : path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if fd >= 0 {
-            _ = fsync(fd)
-            close(fd)
-        }
+        DurableFiles.syncDirectory((path as NSString).deletingLastPathComponent)
     }
 
     static func rename(_ from: String, to: String) throws {
-        guard Glibc.rename(from, to) == 0 else { throw EngineError.posix("rename to '\(to)'", path: from) }
-        syncDirectory((to as NSString).deletingLastPathComponent)
+        do { try DurableFiles.rename(from, to: to) } catch {
+            throw EngineError.posix("rename to '\(to)'", path: from, errno: error.errno)
+        }
     }
 
     /// Hard-links `from` at `to` (same file system), else copies it durably (through `write`, so
@@ -101,7 +93,8 @@ enum Files {
     /// large checkpoint does not become resident).
     static func sha256(ofFile path: String) throws -> String {
         guard let handle = FileHandle(forReadingAtPath: path) else {
-            throw EngineError.invalid("cannot open '\(path)' to hash it", hint: "check that the file exists and is readable")
+            throw EngineError.invalid(
+                "cannot open '\(path)' to hash it", hint: "check that the file exists and is readable")
         }
         defer { try? handle.close() }
         var hasher = SHA256()

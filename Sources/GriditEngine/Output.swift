@@ -2,12 +2,15 @@
 //   frames/frame_00000.png …     every frame, 8-bit (hard links to the work directory's files when possible)
 //   preview.apng                 animated PNG of the first frames (at most 1024, at most 256 px)
 //   contact_sheet.png            up to 256 evenly spaced frames in a grid
-//   sequence.json                pipeline and blob digests, request, settings, plan, timings, SHA-256 of every frame
+//   sequence.json                pipeline and blob digests, spec, settings, plan, timings, SHA-256 of every frame
 // It is assembled under a temporary name next to the destination and renamed into place when
 // complete, so the destination either does not exist or is whole.
+
 import Foundation
+import GriditDiffusion
+import GriditDurable
 import GriditImage
-import GriditPipeline
+import GriditJobSpec
 
 /// How `finish(into:)` renders the preview and the contact sheet.
 public struct OutputOptions: Sendable, Equatable {
@@ -20,8 +23,10 @@ public struct OutputOptions: Sendable, Equatable {
     public var maxContactSheetTiles: Int
     public var maxContactSheetTileSize: Int
 
-    public init(previewFPS: Int = 8, maxPreviewFrames: Int = 1024, maxPreviewSize: Int = 256, contactSheetColumns: Int? = nil,
-                maxContactSheetTiles: Int = 256, maxContactSheetTileSize: Int = 128) {
+    public init(
+        previewFPS: Int = 8, maxPreviewFrames: Int = 1024, maxPreviewSize: Int = 256, contactSheetColumns: Int? = nil,
+        maxContactSheetTiles: Int = 256, maxContactSheetTileSize: Int = 128
+    ) {
         self.previewFPS = previewFPS
         self.maxPreviewFrames = max(1, maxPreviewFrames)
         self.maxPreviewSize = max(1, maxPreviewSize)
@@ -59,7 +64,7 @@ public struct SequenceSummary: Codable, Sendable, Equatable {
     public var channels: Int
     public var pipeline: Pipeline
     public var seed: UInt64
-    public var request: SequenceRequest
+    public var spec: JobSpec
     public var settings: RunSettings
     public var plan: SequencePlan
     public var timings: RunTimings
@@ -68,7 +73,7 @@ public struct SequenceSummary: Codable, Sendable, Equatable {
     public var files: [FrameFile]
 
     enum CodingKeys: String, CodingKey {
-        case format, frames, channels, pipeline, seed, request, settings, plan, timings, preview, files
+        case format, frames, channels, pipeline, seed, spec, settings, plan, timings, preview, files
         case frameSize = "frame_size", contactSheet = "contact_sheet"
     }
 
@@ -76,20 +81,36 @@ public struct SequenceSummary: Codable, Sendable, Equatable {
 }
 
 extension SequenceRun {
+    /// Whether `output` holds this run's finished output already: a `sequence.json` of the same
+    /// pipeline and settings (a daemon that died after the rename, before it recorded the success).
+    public func isFinished(at output: String) -> Bool {
+        struct Identity: Decodable {
+            struct Pipeline: Decodable { var digest: String }
+            var pipeline: Pipeline
+            var settings: RunSettings
+        }
+        guard let data = FileManager.default.contents(atPath: output + "/sequence.json"),
+            let found = try? JSONDecoder().decode(Identity.self, from: data)
+        else { return false }
+        return found.pipeline.digest == pipeline.identity.digest && found.settings == settings
+    }
+
     /// Writes the output directory `output` of this complete run and returns what
     /// `sequence.json` says. `output` must not exist; its parent must. On any error nothing is
     /// left at `output` (nor a temporary directory next to it).
     @discardableResult
     public func finish(into output: String, options: OutputOptions = OutputOptions()) throws -> SequenceSummary {
         guard isComplete else {
-            throw EngineError.invalid("the run is not complete (\(framesDone) of \(plan.frames) frames)",
-                                      hint: "execute it to the end first")
+            throw EngineError.invalid(
+                "the run is not complete (\(framesDone) of \(plan.frames) frames)",
+                hint: "execute it to the end first")
         }
         let out = (output as NSString).standardizingPath
         let parent = (out as NSString).deletingLastPathComponent
         let name = (out as NSString).lastPathComponent
         if Files.exists(out) {
-            throw EngineError.invalid("output '\(out)' already exists", hint: "choose another output directory or remove it")
+            throw EngineError.invalid(
+                "output '\(out)' already exists", hint: "choose another output directory or remove it")
         }
         guard Files.isDirectory(parent.isEmpty ? "." : parent) else {
             throw EngineError.invalid("the parent of output '\(out)' is not a directory", hint: "create it first")
@@ -111,19 +132,19 @@ extension SequenceRun {
             try Files.linkOrCopy(framePath(i), to: temporary + "/" + relative)
             files.append(.init(file: relative, sha256: Files.sha256(try Files.read(framePath(i)))))
         }
-        Files.syncDirectory(temporary + "/frames")
+        DurableFiles.syncDirectory(temporary + "/frames")
         let preview = try writePreview(to: temporary + "/preview.apng", options: options)
         let sheet = try writeContactSheet(to: temporary + "/contact_sheet.png", options: options)
         let summary = SequenceSummary(
             format: SequenceSummary.currentFormat, frames: plan.frames, frameSize: plan.outputFrameSize,
             channels: plan.channels,
             pipeline: .init(name: pipeline.spec.name, digest: pipeline.identity.digest, blobs: pipeline.identity.blobs),
-            seed: settings.seed, request: request, settings: settings, plan: plan, timings: timings,
+            seed: settings.seed, spec: spec, settings: settings, plan: plan, timings: timings,
             preview: preview, contactSheet: sheet, files: files)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         try Files.write(try encoder.encode(summary), to: temporary + "/sequence.json")
-        Files.syncDirectory(temporary)
+        DurableFiles.syncDirectory(temporary)
         if Files.exists(out) {
             throw EngineError.invalid("output '\(out)' appeared while writing", hint: "choose another output directory")
         }
@@ -141,31 +162,21 @@ extension SequenceRun {
         let count = min(plan.frames, options.maxPreviewFrames)
         let first = try frameImage(0, maxSize: options.maxPreviewSize)
         // APNG frames are grey or RGB; an RGBA frame cannot occur (the models write 1 or 3 channels).
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw EngineError.posix("create", path: path) }
-        var closed = false
-        defer { if !closed { close(fd) } }
-        let writer = try AnimatedPNGWriter(width: first.width, height: first.height, channels: first.channels,
-                                           frameCount: count, fps: options.previewFPS) { bytes in
-            try bytes.withUnsafeBytes { raw in
-                var done = 0
-                while done < raw.count {
-                    let n = write(fd, raw.baseAddress! + done, raw.count - done)
-                    if n < 0 {
-                        if errno == EINTR { continue }
-                        throw EngineError.posix("write", path: path)
-                    }
-                    done += n
-                }
+        try DurableFile.write(to: path, failure: Files.failure) { (out) throws(EngineError) in
+            do {
+                let writer = try AnimatedPNGWriter(
+                    width: first.width, height: first.height, channels: first.channels,
+                    frameCount: count, fps: options.previewFPS
+                ) { bytes in try out.write(bytes) }
+                try writer.append(first)
+                for i in 1..<max(count, 1) { try writer.append(try frameImage(i, maxSize: options.maxPreviewSize)) }
+                try writer.finish()
+            } catch {
+                throw EngineError.classify(error)
             }
         }
-        try writer.append(first)
-        for i in 1..<max(count, 1) { try writer.append(try frameImage(i, maxSize: options.maxPreviewSize)) }
-        try writer.finish()
-        guard fsync(fd) == 0 else { throw EngineError.posix("fsync", path: path) }
-        closed = true
-        guard close(fd) == 0 else { throw EngineError.posix("close", path: path) }
-        return .init(file: "preview.apng", frames: count, width: first.width, height: first.height, fps: options.previewFPS)
+        return .init(
+            file: "preview.apng", frames: count, width: first.width, height: first.height, fps: options.previewFPS)
     }
 
     private func writeContactSheet(to path: String, options: OutputOptions) throws -> SequenceSummary.Rendering {
@@ -174,6 +185,7 @@ extension SequenceRun {
         let columns = options.contactSheetColumns ?? min(plan.frames, plan.k * plan.k)
         let sheet = ContactSheet.render(tiles, columns: max(1, columns))
         try Files.write(try PNG.encode(sheet), to: path)
-        return .init(file: "contact_sheet.png", frames: selection.count, width: sheet.width, height: sheet.height, fps: nil)
+        return .init(
+            file: "contact_sheet.png", frames: selection.count, width: sheet.width, height: sheet.height, fps: nil)
     }
 }

@@ -1,6 +1,8 @@
 // Progress for people and for programs: a one-line bar redrawn in place on a terminal, or JSON
 // lines (one object per line) when the output is a pipe or a log.
+
 import Foundation
+import GriditJobSpec
 
 public final class ProgressPrinter {
     public enum Style: Sendable { case bar, jsonLines, none }
@@ -9,8 +11,10 @@ public final class ProgressPrinter {
     private let write: (String) -> Void
     private let interval: TimeInterval
     private var lastStep = Date.distantPast, lastProgress = Date.distantPast
-    private var lastStepStage: RunStage?, lastProgressStage: RunStage?
+    private var lastStepStage: Stage?, lastProgressStage: Stage?
     private var barShown = false
+    /// The run's frame count, from its steps: a durable report with that many frames is the last.
+    private var frames: Int?
 
     /// `write` receives whole pieces of text (with their newlines or carriage returns).
     /// Step updates are drawn at most every `interval` seconds.
@@ -26,6 +30,7 @@ public final class ProgressPrinter {
     }
 
     public func step(_ s: StepProgress) {
+        frames = s.frames
         let now = Date()
         guard s.stage != lastStepStage || now.timeIntervalSince(lastStep) >= interval else { return }
         lastStep = now
@@ -34,27 +39,29 @@ public final class ProgressPrinter {
         case .none: return
         case .jsonLines: emitJSON(["event": "step", "progress": s])
         case .bar:
-            let what = s.stage == .stage1 ? "grid \(s.item + 1)/\(s.itemsTotal)" : "frame \(s.item + 1)/\(s.itemsTotal)"
-            drawBar("\(s.stage == .stage1 ? "stage 1" : "stage 2")  \(what)  step \(s.step)/\(s.stepsTotal)",
-                    fraction: s.fraction, eta: s.etaSeconds)
+            let what = s.stage == .grid ? "grid \(s.grid)/\(s.grids)" : "frame \(s.frame)/\(s.frames)"
+            drawBar(
+                "\(s.stage == .grid ? "stage 1" : "stage 2")  \(what)  step \(s.step)/\(s.steps)",
+                fraction: s.fraction ?? 0, eta: s.etaSeconds)
         }
     }
 
-    public func progress(_ p: RunProgress) {
+    public func progress(_ p: JobProgress) {
+        let done = p.stage == .sr && p.framesDone == frames
         switch style {
         case .none: return
         case .jsonLines:
             // Every durable unit would be too many lines for long runs: throttle like the steps,
             // but always report stage changes and the end.
             let now = Date()
-            guard p.stage == .done || p.stage != lastProgressStage || now.timeIntervalSince(lastProgress) >= interval
+            guard done || p.stage != lastProgressStage || now.timeIntervalSince(lastProgress) >= interval
             else { return }
             lastProgress = now
             lastProgressStage = p.stage
             emitJSON(["event": "progress", "progress": p])
         case .bar:
-            if p.stage == .done {
-                drawBar("done  \(p.framesTotal) frames", fraction: 1, eta: 0)
+            if done {
+                drawBar("done  \(p.framesDone) frames", fraction: 1, eta: 0)
                 write("\n")
                 barShown = false
             }

@@ -1,18 +1,20 @@
 // A resumable run of one sequence, bound to a work directory.
 //
 // Work directory layout (every file written whole: temporary name, fsync, rename):
-//   run.json                    format, pipeline identity, request, settings, plan (written once)
+//   run.json                    format, pipeline identity, spec, settings, plan (written once)
 //   grids/grid_00003.npy        stage-1 grid 3 in model space (C, K·S, K·S), float32
 //   grids/grid_00003.image.npy  its VAE decode, (C_img, K·s, K·s) (latent pipelines only)
 //   frames/frame_00042.png      output frame 42, final (after stage 2, or the 8-bit LR frame)
 //   timings.json                seconds spent so far, over every session
 // A grid is done when its .npy exists (the image is written first), a frame when its .png
 // exists. Everything else is recomputed, deterministically, so a resumed run writes the same bytes.
+
 import Foundation
 import GriditCheckpoint
+import GriditDiffusion
 import GriditImage
+import GriditJobSpec
 import GriditModels
-import GriditPipeline
 import GriditTensor
 
 /// Seconds spent on a run, summed over every session that worked on it. Batches shared with other
@@ -33,7 +35,34 @@ public struct RunTimings: Codable, Sendable, Equatable {
     }
 }
 
-/// A run of one `SequenceRequest` on a `LoadedPipeline`, bound to a work directory.
+/// What one `execute` call (a session) has done for a run: its threads, the work evaluated (the
+/// share done and the estimate left) and the work of units not stored yet. The run owns it; the
+/// batch loop tells it what happened.
+struct RunSession {
+    var threads = 1
+    var start: Date?
+    /// Floating-point operations evaluated in this session.
+    var flops = 0.0
+    /// Those of units not stored yet (counted in the share done until they are, or dropped).
+    var partialFlops = 0.0
+
+    mutating func begin(threads: Int, at now: Date) {
+        self = RunSession(threads: threads, start: now)
+    }
+
+    mutating func evaluated(_ work: Double) {
+        flops += work
+        partialFlops += work
+    }
+
+    /// A unit whose evaluations took `work` is stored: its work counts as done from now on.
+    mutating func stored(work: Double) { partialFlops = max(0, partialFlops - work) }
+
+    /// Units in flight will not be stored (the run stopped, or their batch ended).
+    mutating func dropPartial() { partialFlops = 0 }
+}
+
+/// A run of one `JobSpec` on a `LoadedPipeline`, bound to a work directory.
 ///
 /// Constructing it on an empty or missing directory starts a run; on a directory that holds the
 /// same run (same settings, same pipeline digest) it resumes where that one stopped; on anything
@@ -43,15 +72,17 @@ public struct RunTimings: Codable, Sendable, Equatable {
 /// Not thread-safe: use a run from one thread at a time (the one that executes it).
 public final class SequenceRun {
     public let pipeline: LoadedPipeline
-    public let request: SequenceRequest
+    public let spec: JobSpec
     public let settings: RunSettings
     public let plan: SequencePlan
     public let workDirectory: String
     public var hooks: RunHooks
 
     public internal(set) var timings: RunTimings
+    /// The counters of the current `execute` call.
+    var session = RunSession()
     /// Worker threads of the current `execute` call.
-    var threads = 1
+    var threads: Int { session.threads }
     private(set) var gridDone: [Bool]
     private(set) var frameDone: [Bool]
     private var gridsDoneCount = 0
@@ -62,26 +93,25 @@ public final class SequenceRun {
     let schedule2: DenoiseSchedule?
     // Small LRU of grids read back from disk (model space, image space).
     private var gridCache: [(id: Int, model: Tensor, image: Tensor)] = []
-    // Progress accounting of the current session.
-    var sessionStart: Date?
-    var sessionFlops = 0.0
-    var partialFlops = 0.0
 
     static let runFormat = "gridit.run.v1"
 
-    /// Starts or resumes the run of `request` in `workDirectory`. `maxLength` overrides the
-    /// pipeline's length limit. Throws `invalid_input` for a bad request or a work directory that
+    /// Starts or resumes the run of `spec` in `workDirectory`. `maxLength` overrides the
+    /// pipeline's length limit. Throws `invalid_input` for a bad spec or a work directory that
     /// holds something else.
-    public init(pipeline: LoadedPipeline, request: SequenceRequest, workDirectory: String, hooks: RunHooks = RunHooks(),
-                maxLength: Int? = nil) throws {
-        let settings = try request.settings(for: pipeline.configuration, maxLength: maxLength)
+    public init(
+        pipeline: LoadedPipeline, spec: JobSpec, workDirectory: String, hooks: RunHooks = RunHooks(),
+        maxLength: Int? = nil
+    ) throws {
+        let settings = try spec.settings(for: pipeline.configuration, maxLength: maxLength)
         guard settings.precisionUsed == pipeline.precision.rawValue else {
-            throw EngineError.invalid("the run is for precision \(settings.precisionUsed), the pipeline is loaded in \(pipeline.precision.rawValue)",
-                                      hint: "load the pipeline with precision \(settings.precisionUsed)")
+            throw EngineError.invalid(
+                "the run is for precision \(settings.precisionUsed), the pipeline is loaded in \(pipeline.precision.rawValue)",
+                hint: "load the pipeline with precision \(settings.precisionUsed)")
         }
         let plan = try SequencePlan(settings: settings, pipeline: pipeline.configuration)
         self.pipeline = pipeline
-        self.request = request
+        self.spec = spec
         self.settings = settings
         self.plan = plan
         self.workDirectory = workDirectory
@@ -90,13 +120,17 @@ public final class SequenceRun {
         self.frameDone = Array(repeating: false, count: plan.frames)
         self.timings = RunTimings()
         let variance1: VarianceType = pipeline.stage1.config.learnSigma ? .learnedRange : .fixedLarge
-        schedule1 = DenoiseSchedule(diffusion: try GaussianDiffusion(respacing: settings.steps),
-                                    kind: Self.kind(settings.sampler, eta: settings.eta), variance: variance1,
-                                    prediction: pipeline.stage1.config.prediction, jumps: settings.jumps)
-        if settings.superResolution, let sr = pipeline.stage2, let sampler = settings.srSampler, let steps = settings.srSteps {
-            schedule2 = DenoiseSchedule(diffusion: try GaussianDiffusion(respacing: steps), kind: Self.kind(sampler, eta: settings.eta),
-                                        variance: sr.config.learnSigma ? .learnedRange : .fixedLarge,
-                                        prediction: sr.config.prediction)
+        schedule1 = DenoiseSchedule(
+            diffusion: try GaussianDiffusion(respacing: settings.steps),
+            kind: Self.kind(settings.sampler, eta: settings.eta), variance: variance1,
+            prediction: pipeline.stage1.config.prediction, jumps: settings.jumps)
+        if settings.superResolution, let sr = pipeline.stage2, let sampler = settings.srSampler,
+            let steps = settings.srSteps
+        {
+            schedule2 = DenoiseSchedule(
+                diffusion: try GaussianDiffusion(respacing: steps), kind: Self.kind(sampler, eta: settings.eta),
+                variance: sr.config.learnSigma ? .learnedRange : .fixedLarge,
+                prediction: sr.config.prediction)
         } else {
             schedule2 = nil
         }
@@ -118,10 +152,9 @@ public final class SequenceRun {
     public var framesDone: Int { framesDoneCount }
 
     /// Where the run stands (everything counted is durable).
-    public var progress: RunProgress {
-        let stage: RunStage = isComplete ? .done : (gridsDoneCount < plan.grids ? .stage1 : .stage2)
-        return RunProgress(stage: stage, gridsDone: gridsDoneCount, gridsTotal: plan.grids, framesDone: framesDoneCount,
-                           framesTotal: plan.frames, fraction: fraction, etaSeconds: eta)
+    public var progress: JobProgress {
+        JobProgress(
+            stage: gridsDoneCount < plan.grids ? .grid : .sr, gridsDone: gridsDoneCount, framesDone: framesDoneCount)
     }
 
     /// Work of one grid and of one frame, in floating-point operations.
@@ -131,13 +164,13 @@ public final class SequenceRun {
     var fraction: Double {
         let total = plan.flops
         guard total > 0 else { return isComplete ? 1 : Double(framesDoneCount) / Double(plan.frames) }
-        let done = Double(gridsDoneCount) * gridFlops + Double(framesDoneCount) * frameFlops + partialFlops
+        let done = Double(gridsDoneCount) * gridFlops + Double(framesDoneCount) * frameFlops + session.partialFlops
         return min(1, done / total)
     }
 
     var eta: Double? {
-        guard let start = sessionStart, sessionFlops > 0 else { return nil }
-        let rate = sessionFlops / max(Date().timeIntervalSince(start), 1e-9)
+        guard let start = session.start, session.flops > 0 else { return nil }
+        let rate = session.flops / max(Date().timeIntervalSince(start), 1e-9)
         return max(0, plan.flops * (1 - fraction)) / rate
     }
 
@@ -150,28 +183,38 @@ public final class SequenceRun {
     func framePath(_ i: Int) -> String { workDirectory + "/frames/" + Self.frameName(i) }
     static func frameName(_ i: Int) -> String { String(format: "frame_%05d.png", i) }
 
-    struct RunFile: Codable {
+    struct RunFile: Encodable {
         var format: String
         var pipeline: PipelineIdentity
-        var request: SequenceRequest
+        var spec: JobSpec
         var settings: RunSettings
         var plan: SequencePlan
+    }
+
+    /// What a resume compares in `run.json` (files of every gridit version have these).
+    struct RunFileIdentity: Decodable {
+        var format: String
+        var pipeline: PipelineIdentity
+        var settings: RunSettings
     }
 
     private func openWorkDirectory() throws {
         let fm = FileManager.default
         if Files.exists(runFile) {
-            var stored: RunFile
+            var stored: RunFileIdentity
             do {
-                stored = try JSONDecoder().decode(RunFile.self, from: Data(contentsOf: URL(fileURLWithPath: runFile)))
+                stored = try JSONDecoder().decode(
+                    RunFileIdentity.self, from: Data(contentsOf: URL(fileURLWithPath: runFile)))
             } catch {
-                throw EngineError.invalid("work directory '\(workDirectory)' has an unreadable run.json",
-                                          hint: "remove the directory or choose another work directory")
+                throw EngineError.invalid(
+                    "work directory '\(workDirectory)' has an unreadable run.json",
+                    hint: "remove the directory or choose another work directory")
             }
             // Runs recorded before `context` existed re-noised their carried frames.
             if stored.settings.mode == .gridit && stored.settings.context == nil { stored.settings.context = .renoised }
             guard stored.format == Self.runFormat, stored.settings == settings,
-                  stored.pipeline.digest == pipeline.identity.digest else {
+                stored.pipeline.digest == pipeline.identity.digest
+            else {
                 throw EngineError.invalid(
                     "work directory '\(workDirectory)' holds a different run (seed \(stored.settings.seed), "
                         + "\(stored.settings.length) frames, pipeline \(stored.pipeline.digest.prefix(19))…)",
@@ -179,20 +222,24 @@ public final class SequenceRun {
             }
         } else {
             if Files.isDirectory(workDirectory), let entries = try? fm.contentsOfDirectory(atPath: workDirectory),
-               !entries.isEmpty {
-                throw EngineError.invalid("work directory '\(workDirectory)' is not empty and holds no gridit run",
-                                          hint: "choose an empty or new directory")
+                !entries.isEmpty
+            {
+                throw EngineError.invalid(
+                    "work directory '\(workDirectory)' is not empty and holds no gridit run",
+                    hint: "choose an empty or new directory")
             }
             if Files.exists(workDirectory) && !Files.isDirectory(workDirectory) {
-                throw EngineError.invalid("work directory '\(workDirectory)' is a file", hint: "choose a directory path")
+                throw EngineError.invalid(
+                    "work directory '\(workDirectory)' is a file", hint: "choose a directory path")
             }
             try Files.makeDirectory(workDirectory)
             try Files.makeDirectory(workDirectory + "/grids")
             try Files.makeDirectory(workDirectory + "/frames")
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            let record = RunFile(format: Self.runFormat, pipeline: pipeline.identity, request: request, settings: settings,
-                                 plan: plan)
+            let record = RunFile(
+                format: Self.runFormat, pipeline: pipeline.identity, spec: spec, settings: settings,
+                plan: plan)
             try Files.write(try encoder.encode(record), to: runFile)
         }
         try Files.makeDirectory(workDirectory + "/grids")
@@ -200,19 +247,22 @@ public final class SequenceRun {
         let latent = pipeline.vae != nil
         for name in (try? fm.contentsOfDirectory(atPath: workDirectory + "/grids")) ?? [] {
             guard name.hasPrefix("grid_"), name.hasSuffix(".npy"), !name.hasSuffix(".image.npy"),
-                  let g = Int(name.dropFirst(5).dropLast(4)), (0..<plan.grids).contains(g) else { continue }
+                let g = Int(name.dropFirst(5).dropLast(4)), (0..<plan.grids).contains(g)
+            else { continue }
             if latent && !Files.exists(gridImagePath(g)) { continue }
             gridDone[g] = true
         }
         for name in (try? fm.contentsOfDirectory(atPath: workDirectory + "/frames")) ?? [] {
             guard name.hasPrefix("frame_"), name.hasSuffix(".png"), let i = Int(name.dropFirst(6).dropLast(4)),
-                  (0..<plan.frames).contains(i) else { continue }
+                (0..<plan.frames).contains(i)
+            else { continue }
             frameDone[i] = true
         }
         gridsDoneCount = gridDone.filter { $0 }.count
         framesDoneCount = frameDone.filter { $0 }.count
         if let data = FileManager.default.contents(atPath: timingsFile),
-           let t = try? JSONDecoder().decode(RunTimings.self, from: data) {
+            let t = try? JSONDecoder().decode(RunTimings.self, from: data)
+        {
             timings = t
         }
     }
@@ -237,7 +287,10 @@ public final class SequenceRun {
         var g = firstUndoneGrid
         let firstInBetween = plan.mode == .official ? (plan.officialExtensions ?? 0) + 1 : plan.grids
         while g < plan.grids && out.count < limit {
-            if gridDone[g] { g += 1; continue }
+            if gridDone[g] {
+                g += 1
+                continue
+            }
             if plan.grid(g).dependencies.allSatisfy({ gridDone[$0] }) {
                 out.append(g)
                 g += 1
@@ -274,8 +327,9 @@ public final class SequenceRun {
         let model = pipeline.configuration.modelLayout, image = pipeline.configuration.imageLayout
         guard let m = Files.readTensor(gridPath(g), shape: model.gridShape) else {
             markGridMissing(g)
-            throw EngineError(.transient, "grid \(g) vanished from the work directory '\(workDirectory)'",
-                              hint: "run again to recompute it")
+            throw EngineError(
+                .transient, "grid \(g) vanished from the work directory '\(workDirectory)'",
+                hint: "run again to recompute it")
         }
         var img = m
         if pipeline.vae != nil {

@@ -2,7 +2,7 @@ import Crypto
 import Foundation
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// A SHA-256 content digest, written `sha256:<64 lower-case hex>` (OCI style).
@@ -177,15 +177,6 @@ struct FileIdentity: Equatable, Sendable {
     static func of(fd: Int32) -> FileIdentity? {
         var s = stat()
         return fstat(fd, &s) == 0 ? FileIdentity(s) : nil
-    }
-}
-
-/// fsyncs a directory so that a rename or link in it is durable.
-func syncDirectory(_ path: String) {
-    let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    if fd >= 0 {
-        _ = fsync(fd)
-        close(fd)
     }
 }
 

@@ -1,5 +1,5 @@
 import Foundation
-import GriditPipeline
+import GriditDiffusion
 
 /// Media types of the blobs of a pipeline version.
 public enum MediaType {

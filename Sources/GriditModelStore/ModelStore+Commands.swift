@@ -1,20 +1,22 @@
 import Foundation
 import GriditAPI
-import GriditPipeline
+import GriditDiffusion
+import GriditStateDatabase
 
 extension ModelStore {
     // MARK: list
 
     /// Every tag (site roots' too) and every version no tag points at, with size, creation time,
-    /// whether it is loaded and how many live jobs pin it.
-    public func list() throws(ModelStoreError) -> ModelListResult {
+    /// whether it is loaded and how many of the live jobs `pins` holds pin it.
+    public func list(pins: JobPins) throws(ModelStoreError) -> ModelListResult {
         let loaded = loadedKeys()
-        let (tags, manifests, pins, references) = try read { db in
-            (try Catalog.tags(db), try Catalog.manifests(db), try Catalog.liveJobPins(db), try Catalog.allBlobSizes(db))
+        let pins = pins.jobs
+        let (tags, manifests, references) = try read { db in
+            (try StoreSQL.tags(db), try StoreSQL.manifests(db), try StoreSQL.allBlobSizes(db))
         }
         var rows: [ModelListEntry] = []
         let byDigest = Dictionary(uniqueKeysWithValues: manifests.map { ($0.digest, $0) })
-        func size(_ m: Catalog.ManifestRow) -> Int64 { m.size + (references[m.digest]?.values.reduce(0, +) ?? 0) }
+        func size(_ m: StoreSQL.ManifestRow) -> Int64 { m.size + (references[m.digest]?.values.reduce(0, +) ?? 0) }
         for site in sites {
             for entry in siteRefs(site) {
                 rows.append(
@@ -61,24 +63,22 @@ extension ModelStore {
     // MARK: show
 
     /// The manifest, the model configs, the blobs with their paths, the tag history and the jobs
-    /// pinning the version `reference` names.
-    public func show(_ reference: String) throws(ModelStoreError) -> ModelShowResult {
+    /// (of `pins`) pinning the version `reference` names.
+    public func show(_ reference: String, pins: JobPins) throws(ModelStoreError) -> ModelShowResult {
         let parsed = try ModelReference(parsing: reference)
         let digest = try resolve(parsed)
         let manifest = try loadManifest(digest)
         let manifestPath = try checkedBlob(digest, what: "the manifest of \(digest)", full: false)
         let manifestBytes = FileManager.default.contents(atPath: manifestPath) ?? Data()
-        let (row, localTags, history, pins) = try read { db in
-            let history: [Catalog.EventRow]
+        let pins = pins.jobs[digest] ?? []
+        let (row, localTags, history) = try read { db in
+            let history: [StoreSQL.EventRow]
             if case .tag(let name, let tag) = parsed {
-                history = try Catalog.history(db, name: name, tag: tag)
+                history = try StoreSQL.history(db, name: name, tag: tag)
             } else {
-                history = try Catalog.history(db, digest: digest)
+                history = try StoreSQL.history(db, digest: digest)
             }
-            return (
-                try Catalog.manifest(db, digest), try Catalog.tags(db, pointingAt: digest), history,
-                try Catalog.liveJobPins(db)[digest] ?? []
-            )
+            return (try StoreSQL.manifest(db, digest), try StoreSQL.tags(db, pointingAt: digest), history)
         }
         var references = sites.flatMap { site in
             siteRefs(site).filter { $0.digest == digest }.map { "\($0.name):\($0.tag)" }
@@ -118,7 +118,7 @@ extension ModelStore {
             history: history.map(Self.event), jobs: pins, loaded: loadedKeys().contains(digest.description))
     }
 
-    static func event(_ e: Catalog.EventRow) -> ModelTagEvent {
+    static func event(_ e: StoreSQL.EventRow) -> ModelTagEvent {
         ModelTagEvent(
             name: e.name, tag: e.tag, action: e.action, digest: e.manifest?.description,
             previous: e.previous?.description, at: Timestamp(unixMillis: e.at))
@@ -126,7 +126,7 @@ extension ModelStore {
 
     /// The history of every tag (of `name` only, if given), oldest first.
     public func history(name: String? = nil) throws(ModelStoreError) -> [ModelTagEvent] {
-        try read { db in try Catalog.history(db) }.filter { name == nil || $0.name == name }.map(Self.event)
+        try read { db in try StoreSQL.history(db) }.filter { name == nil || $0.name == name }.map(Self.event)
     }
 
     // MARK: tag
@@ -142,17 +142,17 @@ extension ModelStore {
         let at = nowMillis
         let site = sites.first { siteRefs($0).contains { $0.digest == digest } }
         let previous = try write { db in
-            if try Catalog.manifest(db, digest) == nil {
-                try Catalog.insertManifest(
+            if try StoreSQL.manifest(db, digest) == nil {
+                try StoreSQL.insertManifest(
                     db,
-                    Catalog.ManifestRow(
+                    StoreSQL.ManifestRow(
                         digest: digest, size: manifestSize, createdAt: at, source: "site root \(site?.path ?? "?")"),
                     blobs: manifest.blobs.map {
-                        Catalog.BlobRow(
+                        StoreSQL.BlobRow(
                             role: $0.role.rawValue, digest: $0.digest, size: $0.size, mediaType: $0.mediaType)
                     })
             }
-            return try Catalog.setTag(db, name: name, tag: tag, manifest: digest, action: "tag", at: at)
+            return try StoreSQL.setTag(db, name: name, tag: tag, manifest: digest, action: "tag", at: at)
         }
         writeRefs()
         return ModelTagResult(reference: "\(name):\(tag)", digest: digest.description, previous: previous?.description)
@@ -162,8 +162,8 @@ extension ModelStore {
 
     /// Removes a tag (`NAME:TAG`), or every tag pointing at a version (`NAME@sha256:…`: of that
     /// name; `sha256:…`: all). The version's blobs stay until `gc`, and not even gc removes them
-    /// while a live job pins the version.
-    public func remove(_ reference: String) throws(ModelStoreError) -> ModelRemoveResult {
+    /// while a live job pins the version (the result counts those of `pins`).
+    public func remove(_ reference: String, pins: JobPins) throws(ModelStoreError) -> ModelRemoveResult {
         try requireWritable("rm")
         let parsed = try ModelReference(parsing: reference)
         let at = nowMillis
@@ -171,7 +171,7 @@ extension ModelStore {
         let targets: [(name: String, tag: String)]
         switch parsed {
         case .tag(let name, let tag):
-            guard let row = try read({ try Catalog.tag($0, name: name, tag: tag) }) else {
+            guard let row = try read({ try StoreSQL.tag($0, name: name, tag: tag) }) else {
                 if let site = sites.first(where: { siteRefs($0).contains { $0.name == name && $0.tag == tag } }) {
                     throw ModelStoreError(
                         .readOnly, "\(name):\(tag) is in the read-only site root \(site.path)",
@@ -183,23 +183,21 @@ extension ModelStore {
             targets = [(name, tag)]
         case .pinned(let name, _):
             digest = try resolve(parsed)
-            targets = try read { db in try Catalog.tags(db, pointingAt: digest) }
+            targets = try read { db in try StoreSQL.tags(db, pointingAt: digest) }
                 .filter { $0.name == name }.map { ($0.name, $0.tag) }
         case .digest, .digestPrefix:
             digest = try resolve(parsed)
-            targets = try read { db in try Catalog.tags(db, pointingAt: digest) }.map { ($0.name, $0.tag) }
+            targets = try read { db in try StoreSQL.tags(db, pointingAt: digest) }.map { ($0.name, $0.tag) }
         }
         guard !targets.isEmpty else {
             throw ModelStoreError(
                 .notFound, "no local tag points at \(digest)", hint: "`models gc` removes untagged versions")
         }
-        let (remaining, jobs) = try write { db in
-            for t in targets { _ = try Catalog.removeTag(db, name: t.name, tag: t.tag, at: at) }
-            return (
-                try Catalog.tags(db, pointingAt: digest).map(\.reference),
-                try Catalog.liveJobPins(db)[digest]?.count ?? 0
-            )
+        let remaining = try write { db in
+            for t in targets { _ = try StoreSQL.removeTag(db, name: t.name, tag: t.tag, at: at) }
+            return try StoreSQL.tags(db, pointingAt: digest).map(\.reference)
         }
+        let jobs = pins.jobs[digest]?.count ?? 0
         writeRefs()
         return ModelRemoveResult(
             removed: targets.map { "\($0.name):\($0.tag)" }, digest: digest.description,

@@ -1,11 +1,12 @@
 import Foundation
 import GriditAPI
 import GriditCheckpoint
-import GriditPipeline
+import GriditDiffusion
+import GriditFaults
 import Synchronization
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 extension ModelStore {
@@ -78,9 +79,13 @@ extension ModelStore {
     ) throws(ModelStoreError) -> ModelImportResult {
         let path = source.path
         let bytes: [UInt8]?
-        do { bytes = try source.readAll(limit: Int(PipelineValidation.maxJSONSize)) } catch { throw ModelStoreError(error) }
+        do { bytes = try source.readAll(limit: Int(PipelineValidation.maxJSONSize)) } catch {
+            throw ModelStoreError(error)
+        }
         guard let bytes else {
-            throw ModelStoreError(.invalidInput, "\(path) is over \(PipelineValidation.maxJSONSize) bytes; a pipeline file is a small JSON document")
+            throw ModelStoreError(
+                .invalidInput,
+                "\(path) is over \(PipelineValidation.maxJSONSize) bytes; a pipeline file is a small JSON document")
         }
         let spec: PipelineSpec
         do { spec = try PipelineSpec.decode(Data(bytes), path: path) } catch {
@@ -208,7 +213,7 @@ extension ModelStore {
                 }
             }
         }
-        TestHooks.pause(at: "import.ingested")
+        FaultInjection.current.pause(at: "import.ingested", stateDirectory: stateDirectory)
 
         var warnings: [String] = []
         var stored: [BlobDigest: String] = [:]
@@ -230,30 +235,30 @@ extension ModelStore {
             }
         }
         for d in existing.keys where stored[d] == nil { stored[d] = "existing" }
-        TestHooks.pause(at: "import.published")
+        FaultInjection.current.pause(at: "import.published", stateDirectory: stateDirectory)
 
         let at = nowMillis
         let blobRows = manifest.blobs.map {
-            Catalog.BlobRow(role: $0.role.rawValue, digest: $0.digest, size: $0.size, mediaType: $0.mediaType)
+            StoreSQL.BlobRow(role: $0.role.rawValue, digest: $0.digest, size: $0.size, mediaType: $0.mediaType)
         }
         let size =
             (manifestSize ?? manifestFile?.size ?? 0)
             + Dictionary(manifest.blobs.map { ($0.digest, $0.size) }, uniquingKeysWith: { a, _ in a }).values.reduce(
                 0, +)
-        let manifestRow = Catalog.ManifestRow(
+        let manifestRow = StoreSQL.ManifestRow(
             digest: digest, size: manifestSize ?? manifestFile!.size, createdAt: at, source: source)
         let previous: [BlobDigest?] = try write { db in
-            try Catalog.insertManifest(db, manifestRow, blobs: blobRows)
+            try StoreSQL.insertManifest(db, manifestRow, blobs: blobRows)
             for file in published {
                 // The stat taken when the content was known to hash right, not a fresh one.
-                try Catalog.recordCheck(
+                try StoreSQL.recordCheck(
                     db, path: local.blobPath(file.digest), digest: file.digest, identity: file.identity, at: at)
             }
             return try tags.map { t in
-                try Catalog.setTag(db, name: t.name, tag: t.tag, manifest: digest, action: "import", at: at)
+                try StoreSQL.setTag(db, name: t.name, tag: t.tag, manifest: digest, action: "import", at: at)
             }
         }
-        TestHooks.pause(at: "import.committed")
+        FaultInjection.current.pause(at: "import.committed", stateDirectory: stateDirectory)
         writeRefs()
         let linked = toPublish.filter { $0.method == .hardlink && stored[$0.digest] == "hardlink" }.count
         if linked > 0 {

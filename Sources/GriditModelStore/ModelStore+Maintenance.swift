@@ -1,12 +1,13 @@
 import Foundation
 import GriditAPI
 import GriditCheckpoint
-import GriditPipeline
-import GriditStore
+import GriditDiffusion
+import GriditDurable
+import GriditStateDatabase
 import Synchronization
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 extension ModelStore {
@@ -22,7 +23,7 @@ extension ModelStore {
         if let reference {
             versions = [try resolve(reference)]
         } else {
-            versions = try read { try Catalog.manifests($0) }.map(\.digest)
+            versions = try read { try StoreSQL.manifests($0) }.map(\.digest)
             for site in sites {
                 for e in siteRefs(site) where !versions.contains(e.digest) { versions.append(e.digest) }
             }
@@ -53,7 +54,7 @@ extension ModelStore {
                         if access == .readWrite {
                             let at = nowMillis
                             _ = try? database.write {
-                                try Catalog.recordCheck($0, path: path, digest: digest, identity: identity, at: at)
+                                try StoreSQL.recordCheck($0, path: path, digest: digest, identity: identity, at: at)
                             }
                         }
                     } else {
@@ -96,22 +97,27 @@ extension ModelStore {
     /// `NAME:TAG, …` (or nothing) for each version.
     func versionLabels() throws(ModelStoreError) -> [BlobDigest: String] {
         var names: [BlobDigest: [String]] = [:]
-        for t in try read({ try Catalog.tags($0) }) { names[t.manifest, default: []].append(t.reference) }
+        for t in try read({ try StoreSQL.tags($0) }) { names[t.manifest, default: []].append(t.reference) }
         for site in sites { for e in siteRefs(site) { names[e.digest, default: []].append("\(e.name):\(e.tag)") } }
         return names.mapValues { $0.joined(separator: ", ") }
     }
 
     // MARK: gc
 
-    /// Deletes versions no tag and no live job references, then every blob file of the writable
-    /// root that no remaining version references, unless this process or another maps it or an
-    /// import in progress is about to reference it; and removes the temporary files of dead
+    /// Deletes versions no tag and no live job of `pins` references, then every blob file of the
+    /// writable root that no remaining version references, unless this process or another maps it
+    /// or an import in progress is about to reference it; and removes the temporary files of dead
     /// imports. With `dryRun` nothing is deleted. Site roots are never touched.
-    public func gc(dryRun: Bool = false) throws(ModelStoreError) -> ModelGCResult {
+    ///
+    /// `pins` comes from the job store (`JobStore.livePipelinePins`), read just before: a job
+    /// submitted after that pins a version by its tag (which gc keeps) or by the digest of an
+    /// untagged version, which it may lose (the job then fails `model_missing`), as it could
+    /// when gc and the job queue shared a transaction (a submit resolves before it inserts).
+    public func gc(dryRun: Bool = false, pins: JobPins) throws(ModelStoreError) -> ModelGCResult {
         try requireWritable("gc")
         let result: Result<ModelGCResult, ModelStoreError> = pending.withLock { pending in
             do throws(ModelStoreError) {
-                return .success(try collect(pending: Set(pending.keys), dryRun: dryRun))
+                return .success(try collect(pending: Set(pending.keys), pinned: Set(pins.jobs.keys), dryRun: dryRun))
             } catch {
                 return .failure(error)
             }
@@ -139,20 +145,24 @@ extension ModelStore {
         return (paths, bytes)
     }
 
-    private func collect(pending: Set<BlobDigest>, dryRun: Bool) throws(ModelStoreError) -> ModelGCResult {
+    private func collect(
+        pending: Set<BlobDigest>, pinned: Set<BlobDigest>, dryRun: Bool
+    ) throws(ModelStoreError)
+        -> ModelGCResult
+    {
         var inUse = mappings.inUse()
         for digests in Residency.mappedByOtherProcesses(blobsDirectory: local.blobsDirectory).values {
             inUse.formUnion(digests)
         }
 
         let (doomed, keep) = try write { db -> ([BlobDigest], Set<BlobDigest>) in
-            var kept = Set(try Catalog.tags(db).map(\.manifest))
-            kept.formUnion(try Catalog.liveJobPins(db).keys)
+            var kept = Set(try StoreSQL.tags(db).map(\.manifest))
+            kept.formUnion(pinned)
             kept.formUnion(pending)
-            let doomed = try Catalog.manifests(db).map(\.digest).filter { !kept.contains($0) }
-            if !dryRun { for d in doomed { try Catalog.deleteManifest(db, d) } }
+            let doomed = try StoreSQL.manifests(db).map(\.digest).filter { !kept.contains($0) }
+            if !dryRun { for d in doomed { try StoreSQL.deleteManifest(db, d) } }
             var keep = kept
-            for (manifest, blobs) in try Catalog.allBlobReferences(db) where kept.contains(manifest) {
+            for (manifest, blobs) in try StoreSQL.allBlobReferences(db) where kept.contains(manifest) {
                 keep.formUnion(blobs)
             }
             return (doomed, keep)
@@ -179,8 +189,8 @@ extension ModelStore {
             freed += size
         }
         if !forgotten.isEmpty {
-            syncDirectory(local.blobsDirectory)
-            _ = try? database.write { db in for p in forgotten { try Catalog.forgetCheck(db, path: p) } }
+            DurableFiles.syncDirectory(local.blobsDirectory)
+            _ = try? database.write { db in for p in forgotten { try StoreSQL.forgetCheck(db, path: p) } }
         }
 
         let (temporary, temporaryBytes) = deadIngestFiles(remove: !dryRun)
@@ -241,23 +251,11 @@ extension ModelStore {
                 digest: digest.description, references: tags, path: "-", size: 0, blobs: items.count)
         }
         let destination = path.hasPrefix("/") ? path : joinPath(FileManager.default.currentDirectoryPath, path)
-        let directory = (destination as NSString).deletingLastPathComponent
-        let temporary = joinPath(
-            directory, ".\((destination as NSString).lastPathComponent).partial-\(UUID().uuidString.lowercased())")
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw posixError("export: creating", path: temporary, errno: errno) }
-        var ok = false
-        defer {
-            close(fd)
-            if !ok { unlink(temporary) }
+        try DurableFile.write(
+            to: destination, failure: { posixError("export: \($0.call)", path: $0.path, errno: $0.errno) }
+        ) {
+            (out) throws(ModelStoreError) in try write(to: out.fileDescriptor, name: destination)
         }
-        try write(to: fd, name: destination)
-        guard fsync(fd) == 0 else { throw posixError("export: fsync", path: temporary, errno: errno) }
-        guard rename(temporary, destination) == 0 else {
-            throw posixError("export: rename to", path: destination, errno: errno)
-        }
-        ok = true
-        syncDirectory(directory)
         return ModelExportResult(
             digest: digest.description, references: tags, path: destination,
             size: FileIdentity.of(path: destination)?.size ?? 0, blobs: items.count)

@@ -1,7 +1,7 @@
 // GriditModelStore: the content-addressed model store of a griditd state directory.
 //
 // - `ModelStore`: import / list / show / tag / rm / verify / gc / export / ps, `resolve` and
-//   `pipeline(_:)` for the daemon (layout in Layout.swift, SQL in Catalog.swift).
+//   `pipeline(_:)` for the daemon (layout in Layout.swift, SQL in StoreSQL.swift).
 // - `PipelineManifest`: one pipeline version, stored as a blob and named by its digest.
 // - `ModelReference`: NAME:TAG, NAME@sha256:…, sha256:….
 // - `BlobMappings`, `KeepAliveCache`: one mapping per blob, loaded models kept while in use and a
@@ -11,15 +11,17 @@
 //
 // Every call blocks (file I/O, hashing, SQLite): call it from a dedicated thread, not from
 // Swift's cooperative pool.
+
 import Foundation
 import GRDB
 import GriditAPI
-import GriditPipeline
-import GriditStore
+import GriditDiffusion
+import GriditDurable
+import GriditStateDatabase
 import Synchronization
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 public final class ModelStore: Sendable {
@@ -157,9 +159,9 @@ public final class ModelStore: Sendable {
             for site in sites {
                 if let entry = siteRefs(site).first(where: { $0.name == name && $0.tag == tag }) { return entry.digest }
             }
-            if let row = try read({ try Catalog.tag($0, name: name, tag: tag) }) { return row.manifest }
+            if let row = try read({ try StoreSQL.tag($0, name: name, tag: tag) }) { return row.manifest }
             let known =
-                try read { db in try Catalog.tags(db).filter { $0.name == name }.map(\.tag) }
+                try read { db in try StoreSQL.tags(db).filter { $0.name == name }.map(\.tag) }
                 + sites.flatMap { siteRefs($0).filter { $0.name == name }.map(\.tag) }
             throw ModelStoreError(
                 .notFound,
@@ -172,8 +174,8 @@ public final class ModelStore: Sendable {
             guard isVersion(digest) else { throw Self.noVersion(digest) }
             let named =
                 try read { db in
-                    try Catalog.history(db, digest: digest).contains { $0.name == name }
-                        || Catalog.tags(db, pointingAt: digest).contains { $0.name == name }
+                    try StoreSQL.history(db, digest: digest).contains { $0.name == name }
+                        || StoreSQL.tags(db, pointingAt: digest).contains { $0.name == name }
                 } || sites.contains { siteRefs($0).contains { $0.name == name && $0.digest == digest } }
             guard named else {
                 throw ModelStoreError(
@@ -187,7 +189,7 @@ public final class ModelStore: Sendable {
             guard isVersion(digest) else { throw Self.noVersion(digest) }
             return digest
         case .digestPrefix(let hex):
-            var matches = Set(try read { try Catalog.manifests($0, prefix: hex) })
+            var matches = Set(try read { try StoreSQL.manifests($0, prefix: hex) })
             for site in sites { matches.formUnion(siteRefs(site).map(\.digest).filter { $0.hex.hasPrefix(hex) }) }
             guard matches.count <= 1 else {
                 throw ModelStoreError(
@@ -204,7 +206,7 @@ public final class ModelStore: Sendable {
 
     /// A manifest recorded in the database or listed by a site root.
     func isVersion(_ digest: BlobDigest) -> Bool {
-        if (try? read({ try Catalog.manifest($0, digest) })) != nil { return true }
+        if (try? read({ try StoreSQL.manifest($0, digest) })) != nil { return true }
         return sites.contains { site in siteRefs(site).contains { $0.digest == digest } }
     }
 
@@ -216,17 +218,21 @@ public final class ModelStore: Sendable {
 
     // MARK: - Loading (the daemon's path)
 
-    /// The pipeline of version `digest` with every file reference an absolute blob path, after an
+    /// The pipeline of version `digest` with every file reference an absolute blob path, and the
+    /// blob of each file role, in one call, after an
     /// integrity check of each blob: its stat must match the one recorded when its content last
     /// hashed right (else it is hashed again). A blob that fails is moved to quarantine/ and the
     /// call throws `digestMismatch`.
-    public func pipeline(_ digest: BlobDigest) throws(ModelStoreError) -> PipelineSpec {
+    public func resolvePipeline(_ digest: BlobDigest) throws(ModelStoreError) -> ResolvedPipeline {
         let manifest = try loadManifest(digest)
         var paths: [PipelineSpec.FileRole: String] = [:]
+        var blobs: [PipelineSpec.FileRole: BlobDigest] = [:]
         for blob in manifest.blobs {
             paths[blob.role] = try checkedBlob(blob.digest, what: "\(blob.role.rawValue) of \(digest)", full: false)
+            blobs[blob.role] = blob.digest
         }
-        return manifest.pipeline.mapFiles { role, _ in paths[role]! }
+        return ResolvedPipeline(
+            digest: digest, spec: manifest.pipeline.mapFiles { role, _ in paths[role]! }, blobs: blobs)
     }
 
     /// The decoded manifest of a version (the manifest blob is always fully re-hashed: it is small).
@@ -275,7 +281,7 @@ public final class ModelStore: Sendable {
         _ digest: BlobDigest, in root: StoreRoot, full: Bool, what: String
     ) throws(ModelStoreError) -> BlobState {
         guard let (path, identity) = root.existingBlob(digest) else { return .absent }
-        if !full, let recorded = try? read({ try Catalog.checked($0, path: path) }),
+        if !full, let recorded = try? read({ try StoreSQL.checked($0, path: path) }),
             recorded.digest == digest, identity.matches(recorded.identity)
         {
             return .intact(path)
@@ -290,7 +296,7 @@ public final class ModelStore: Sendable {
         if access == .readWrite, let after = FileIdentity.of(path: path), after.matches(identity) {
             let at = nowMillis
             _ = try? database.write {
-                try Catalog.recordCheck($0, path: path, digest: digest, identity: identity, at: at)
+                try StoreSQL.recordCheck($0, path: path, digest: digest, identity: identity, at: at)
             }
         }
         return .intact(path)
@@ -317,7 +323,7 @@ public final class ModelStore: Sendable {
         var moved: String?
         if root.writable {
             moved = try root.quarantine(digest, now: now())
-            _ = try? database.write { try Catalog.forgetCheck($0, path: path) }
+            _ = try? database.write { try StoreSQL.forgetCheck($0, path: path) }
             message += "; it was moved to \(moved!)"
         } else {
             hint =
@@ -354,10 +360,10 @@ public final class ModelStore: Sendable {
     func writeRefs() {
         guard access == .readWrite,
             let entries = try? read({ db in
-                try Catalog.tags(db).map { t in
+                try StoreSQL.tags(db).map { t in
                     RefsFile.Entry(
                         name: t.name, tag: t.tag, digest: t.manifest,
-                        created: Timestamp(unixMillis: try Catalog.manifest(db, t.manifest)?.createdAt ?? t.updatedAt))
+                        created: Timestamp(unixMillis: try StoreSQL.manifest(db, t.manifest)?.createdAt ?? t.updatedAt))
                 }
             })
         else { return }
@@ -365,14 +371,8 @@ public final class ModelStore: Sendable {
         e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         guard let data = try? e.encode(RefsFile(format: RefsFile.format, tags: entries)) else { return }
         if let existing = FileManager.default.contents(atPath: local.refsPath), existing == data { return }
-        let temporary = local.refsPath + ".tmp-\(getpid())"
-        guard FileManager.default.createFile(atPath: temporary, contents: data) else { return }
-        let fd = open(temporary, O_RDONLY | O_CLOEXEC)
-        if fd >= 0 {
-            _ = fsync(fd)
-            close(fd)
-        }
-        if rename(temporary, local.refsPath) == 0 { syncDirectory(local.path) } else { unlink(temporary) }
+        // Best effort: rewritten at the next change.
+        try? DurableFile.write([UInt8](data), to: local.refsPath, failure: { $0 })
     }
 }
 
@@ -382,3 +382,38 @@ typealias GRDBDatabase = Database
 extension FileIdentity {
     static func exists(directory: String) -> Bool { FileIdentity.of(path: directory)?.isDirectory == true }
 }
+
+/// Which versions live jobs (queued, retryable, running) pin, as the job store says
+/// (`JobStore.livePipelinePins`): the model store keeps them and shows them, but does not read
+/// the job queue's tables itself.
+public struct JobPins: Sendable, Equatable {
+    /// Manifest digest → ids of the jobs pinning it, ascending.
+    public var jobs: [BlobDigest: [Int64]]
+
+    public init(_ jobs: [BlobDigest: [Int64]] = [:]) { self.jobs = jobs }
+
+    /// From the job store's answer; a pin that is not a manifest digest pins nothing here.
+    public init(digests: [String: [Int64]]) {
+        var jobs: [BlobDigest: [Int64]] = [:]
+        for (digest, ids) in digests { if let d = BlobDigest(digest) { jobs[d] = ids.sorted() } }
+        self.init(jobs)
+    }
+}
+
+/// A version as `ModelStore.resolvePipeline` hands it out: its pipeline with absolute blob paths
+/// (each checked against its digest) and the blob of each file role. What griditd hands its
+/// engine worker with a batch, so that the worker opens no database.
+public struct ResolvedPipeline: Codable, Sendable, Equatable {
+    /// The manifest digest.
+    public var digest: BlobDigest
+    public var spec: PipelineSpec
+    public var blobs: [PipelineSpec.FileRole: BlobDigest]
+
+    public init(digest: BlobDigest, spec: PipelineSpec, blobs: [PipelineSpec.FileRole: BlobDigest]) {
+        self.digest = digest
+        self.spec = spec
+        self.blobs = blobs
+    }
+}
+
+extension PipelineSpec.FileRole: CodingKeyRepresentable {}

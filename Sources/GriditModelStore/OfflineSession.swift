@@ -1,5 +1,5 @@
 import Foundation
-import GriditStore
+import GriditStateDatabase
 
 /// How the offline `griditd models …` commands open a state directory. A command that changes
 /// the store takes the state-directory lock and refuses while a daemon holds it (the daemon does

@@ -1,16 +1,17 @@
 import Foundation
 import GriditCheckpoint
+import GriditDiffusion
 import GriditModels
-import GriditPipeline
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// The checks an import makes before anything is published: the pipeline's fields, each model
 /// config (within sane size limits), the configs against the pipeline geometry, each safetensors
-/// file's header (sizes, offsets, duplicate names, …), finite weights and the binding of every model to its weights, which is total
-/// (a missing, misshapen or extra tensor fails). It reads the ingested copies, so what is checked
+/// file's header (sizes, offsets, duplicate names, …), finite weights, and each model's binding
+/// table against its file's header, which is total (a missing, misshapen or extra tensor fails)
+/// and builds no model. It reads the ingested copies, so what is checked
 /// is exactly what gets stored.
 enum PipelineValidation {
     /// Largest config or pipeline JSON accepted.
@@ -64,7 +65,8 @@ enum PipelineValidation {
             }
             if let bad = file.firstNonFinite() {
                 throw fail(
-                    role, "tensor '\(bad.tensor)' holds a NaN or an infinity (element \(bad.index)); the model would only make noise",
+                    role,
+                    "tensor '\(bad.tensor)' holds a NaN or an infinity (element \(bad.index)); the model would only make noise",
                     hint: "export the weights again from a training state without NaN or infinite values")
             }
             do { try bind(file) } catch {
@@ -77,8 +79,9 @@ enum PipelineValidation {
                 )
             }
         }
-        try weights(.stage1Weights) { _ = try DiT(config: s1, source: $0) }
-        if let s2 { try weights(.stage2Weights) { _ = try DiT(config: s2, source: $0) } }
-        if let vae { try weights(.vaeWeights) { _ = try AutoencoderKL(config: vae, source: $0) } }
+        // The binding tables against the headers: no model is built (no weight is converted or packed).
+        try weights(.stage1Weights) { try DiT.checkBinding(s1, against: $0) }
+        if let s2 { try weights(.stage2Weights) { try DiT.checkBinding(s2, against: $0) } }
+        if let vae { try weights(.vaeWeights) { try AutoencoderKL.checkBinding(vae, against: $0) } }
     }
 }

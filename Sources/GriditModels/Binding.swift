@@ -31,7 +31,8 @@ public enum BindingError: Error, CustomStringConvertible, Equatable {
                 + "check depth/hidden_size/patch_size/in_channels/num_classes in the config"
         case let .unused(keys):
             let shown = keys.prefix(5).joined(separator: ", ")
-            return "checkpoint holds \(keys.count) tensor(s) the model does not use (\(shown)\(keys.count > 5 ? ", ..." : "")); "
+            return
+                "checkpoint holds \(keys.count) tensor(s) the model does not use (\(shown)\(keys.count > 5 ? ", ..." : "")); "
                 + "the config does not describe this checkpoint"
         case let .source(key, message):
             return "cannot read '\(key)': \(message)"
@@ -39,9 +40,9 @@ public enum BindingError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-/// Binds a whole table from `source`: every key found once with its shape, and every tensor in the
-/// source used. Tensors are taken as the source lends them (borrowed from a mapping when F32).
-func bind<Weights>(_ table: [Binding<Weights>], from source: any TensorSource, into weights: inout Weights) throws {
+/// Checks a whole table against `source`'s names and shapes alone (a checkpoint's header): every
+/// key found once with its shape, and every tensor in the source used. Reads no tensor.
+func checkBinding<Weights>(_ table: [Binding<Weights>], against source: any TensorSource) throws(BindingError) {
     var used = Set<String>()
     for b in table {
         guard let shape = source.shape(of: b.key) else {
@@ -49,13 +50,21 @@ func bind<Weights>(_ table: [Binding<Weights>], from source: any TensorSource, i
             throw BindingError.missing(key: b.key, expected: b.shape)
         }
         guard shape == b.shape else { throw BindingError.shapeMismatch(key: b.key, expected: b.shape, found: shape) }
+        used.insert(b.key)
+    }
+    let unused = source.tensorNames.filter { !used.contains($0) }.sorted()
+    if !unused.isEmpty { throw BindingError.unused(keys: unused) }
+}
+
+/// Binds a whole table from `source` once `checkBinding` passes. Tensors are taken as the source lends
+/// them (borrowed from a mapping when F32).
+func bind<Weights>(_ table: [Binding<Weights>], from source: any TensorSource, into weights: inout Weights) throws {
+    try checkBinding(table, against: source)
+    for b in table where source.shape(of: b.key) != nil {
         do {
             weights[keyPath: b.path] = try source.tensor(named: b.key)
         } catch {
             throw BindingError.source(key: b.key, message: "\(error)")
         }
-        used.insert(b.key)
     }
-    let unused = source.tensorNames.filter { !used.contains($0) }.sorted()
-    if !unused.isEmpty { throw BindingError.unused(keys: unused) }
 }

@@ -2,6 +2,7 @@
 // library target. The root lists the subcommands; each lives in its own files (`serve`:
 // Serve*.swift, GriditDaemon; `run`: Run.swift, GriditEngine; `models`: Models*.swift, GriditModelStore;
 // `worker`, hidden: Worker.swift, the engine process `serve` starts).
+
 import ArgumentParser
 import GriditAPI
 
@@ -9,7 +10,8 @@ import GriditAPI
 struct Griditd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "griditd",
-        abstract: "The gridit daemon: a durable job queue and worker for GriDiT image sequences, and its offline tools.",
+        abstract:
+            "The gridit daemon: a durable job queue and worker for GriDiT image sequences, and its offline tools.",
         version: griditVersion,
         subcommands: [Serve.self, RunCommand.self, Models.self, WorkerCommand.self])
 }

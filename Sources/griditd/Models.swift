@@ -1,13 +1,15 @@
 // `griditd models …`: the model store offline, for provisioning scripts (the same operations as
 // `griditctl models …`, which the daemon serves). Commands that change the store refuse while a
 // daemon holds the state directory; read-only ones run beside it.
+
 import ArgumentParser
 import Foundation
 import GriditAPI
+import GriditJobQueue
 import GriditModelStore
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 struct Models: ParsableCommand {
@@ -50,6 +52,16 @@ struct StoreOptions: ParsableArguments {
         try storeCall { () throws(ModelStoreError) in
             try OfflineSession.open(
                 stateDirectory: stateDirectory, siteRoots: allSiteRoots, command: command, mutating: mutating)
+        }
+    }
+
+    /// Which versions live jobs pin: the job queue's answer, on the session's database.
+    func pins(_ session: OfflineSession) async throws -> JobPins {
+        do {
+            return JobPins(digests: try await SQLiteJobStore(database: session.store.database).livePipelinePins())
+        } catch {
+            FileHandle.standardError.write(Data("error: reading which models live jobs pin: \(error)\n".utf8))
+            throw ExitCode(74)
         }
     }
 
@@ -135,21 +147,22 @@ final class ProgressLine {
     func finish() { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
 }
 
-struct ModelsList: ParsableCommand {
+struct ModelsList: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "list", abstract: "List tags and versions: digest, size, created, loaded, live jobs.",
         aliases: ["ls"])
 
     @OptionGroup var options: StoreOptions
 
-    func run() throws {
+    func run() async throws {
         let session = try options.session("list", mutating: false)
-        let result = try storeCall { () throws(ModelStoreError) in try session.store.list() }
+        let pins = try await options.pins(session)
+        let result = try storeCall { () throws(ModelStoreError) in try session.store.list(pins: pins) }
         options.emit(result) { result.render() }
     }
 }
 
-struct ModelsShow: ParsableCommand {
+struct ModelsShow: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "show", abstract: "Show a version: manifest, configs, blobs, tag history, pinning jobs.")
 
@@ -158,9 +171,10 @@ struct ModelsShow: ParsableCommand {
 
     @OptionGroup var options: StoreOptions
 
-    func run() throws {
+    func run() async throws {
         let session = try options.session("show", mutating: false)
-        let result = try storeCall { () throws(ModelStoreError) in try session.store.show(reference) }
+        let pins = try await options.pins(session)
+        let result = try storeCall { () throws(ModelStoreError) in try session.store.show(reference, pins: pins) }
         options.emit(result) { result.render() }
     }
 }
@@ -184,7 +198,7 @@ struct ModelsTag: ParsableCommand {
     }
 }
 
-struct ModelsRemove: ParsableCommand {
+struct ModelsRemove: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rm",
         abstract: "Remove a tag (NAME:TAG), or every tag of a version (NAME@sha256:…, sha256:…); blobs stay until gc.")
@@ -194,9 +208,10 @@ struct ModelsRemove: ParsableCommand {
 
     @OptionGroup var options: StoreOptions
 
-    func run() throws {
+    func run() async throws {
         let session = try options.session("rm", mutating: true)
-        let result = try storeCall { () throws(ModelStoreError) in try session.store.remove(reference) }
+        let pins = try await options.pins(session)
+        let result = try storeCall { () throws(ModelStoreError) in try session.store.remove(reference, pins: pins) }
         options.emit(result) { result.render() }
     }
 }
@@ -225,7 +240,7 @@ struct ModelsVerify: ParsableCommand {
     }
 }
 
-struct ModelsGC: ParsableCommand {
+struct ModelsGC: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gc",
         abstract:
@@ -237,9 +252,10 @@ struct ModelsGC: ParsableCommand {
 
     @OptionGroup var options: StoreOptions
 
-    func run() throws {
+    func run() async throws {
         let session = try options.session("gc", mutating: true)
-        let result = try storeCall { () throws(ModelStoreError) in try session.store.gc(dryRun: dryRun) }
+        let pins = try await options.pins(session)
+        let result = try storeCall { () throws(ModelStoreError) in try session.store.gc(dryRun: dryRun, pins: pins) }
         options.emit(result) { result.render() }
     }
 }

@@ -1,12 +1,12 @@
-// `griditd run`: flags → OneShotOptions → GriditEngine.OneShot.run; errors → messages and exit codes.
+// `griditd run`: flags (the sampling ones are griditctl submit's `SamplingOptions`) → a `JobSpec`
+// and `OneShotOptions` → GriditEngine.OneShot.run; errors → messages and exit codes.
+
 import ArgumentParser
 import Foundation
+import GriditCLI
 import GriditEngine
+import GriditJobSpec
 import Synchronization
-
-extension SequenceMode: ExpressibleByArgument {}
-extension SamplerName: ExpressibleByArgument {}
-extension ContextFrames: ExpressibleByArgument {}
 
 struct RunCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -21,26 +21,8 @@ struct RunCommand: ParsableCommand {
 
     @Option(help: "The pipeline file (pipeline.json).") var pipeline: String
     @Option(help: "Frames to generate.") var length: Int
-    @Option(help: "Seed: the same seed, pipeline and settings give the same bytes.") var seed: UInt64 = 0
     @Option(help: "Output directory (must not exist).") var out: String?
-    @Option(help: "gridit (exact length, default) or official (the published algorithm).") var mode: SequenceMode?
-    @Option(help: "Stage-1 reverse step: ddpm, ddim or dpmpp-2m.") var sampler: SamplerName?
-    @Option(help: "Stage-1 steps: a count (50, 250), ddimN, or trailingN / linspaceN / leadingN.") var steps: String?
-    @Option(name: .customLong("sr-sampler"), help: "Stage-2 reverse step: ddpm, ddim or dpmpp-2m.") var srSampler: SamplerName?
-    @Option(name: .customLong("sr-steps"), help: "Stage-2 steps: a count, ddimN or trailingN.") var srSteps: String?
-    @Option(help: "DDIM eta in 0...1.") var eta: Double?
-    @Option(name: .customLong("context-rows"), help: "Grid rows carried into each next grid (gridit mode), 1...K-1.")
-    var contextRows: Int?
-    @Option(help: "gridit mode's carried frames: renoised (RePaint) or clean (for a stage 1 trained with clean context).")
-    var context: ContextFrames?
-    @Flag(name: .customLong("no-sr"), help: "Skip stage 2: frames at the low resolution.") var noSR = false
-    @Option(name: .customLong("jump-length"), help: "RePaint resampling: steps jumped back (gridit mode).") var jumpLength: Int?
-    @Option(name: .customLong("jump-count"), help: "RePaint resampling: passes over each jumped span (1 = off).")
-    var jumpCount: Int?
-    @Option(name: .customLong("class"), help: "Class of a class-conditional stage 1.") var classLabel: Int?
-    @Option(name: .customLong("cfg-scale"), help: "Classifier-free guidance scale (class-conditional stage 1).")
-    var cfgScale: Double?
-    @Option(help: "fp32 or bf16 (bf16 products on CPUs with AVX512_BF16, else fp32; recorded in sequence.json).") var precision: String?
+    @OptionGroup var sampling: SamplingOptions
     @Option(help: "Worker threads (default: all CPUs). Results do not depend on it.") var threads: Int?
     @Option(name: .customLong("memory-budget"), help: "Activation memory per batch, e.g. 512M, 2G.")
     var memoryBudget: String = "2G"
@@ -50,7 +32,9 @@ struct RunCommand: ParsableCommand {
     var workDir: String?
     @Flag(help: "Require --work-dir to hold the interrupted run.") var resume = false
     @Flag(name: .customLong("keep-work-dir"), help: "Do not delete --work-dir after success.") var keepWorkDir = false
-    @Flag(name: .customLong("dry-run"), help: "Print the plan (grids, steps, model evaluations, estimated time) and stop.")
+    @Flag(
+        name: .customLong("dry-run"), help: "Print the plan (grids, steps, model evaluations, estimated time) and stop."
+    )
     var dryRun = false
     @Flag(help: "With --dry-run: time one forward of each model for the estimate.") var calibrate = false
     @Option(help: "Progress: auto (a bar on a terminal, JSON lines otherwise), bar, json, none.") var progress = "auto"
@@ -66,31 +50,36 @@ struct RunCommand: ParsableCommand {
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
         if maxBatch < 1 { throw ValidationError("--max-batch must be at least 1") }
         if !(1...1000).contains(previewFPS) { throw ValidationError("--preview-fps must be 1...1000") }
-        if parseBytes(memoryBudget) == nil { throw ValidationError("--memory-budget '\(memoryBudget)': use e.g. 512M or 2G") }
+        if parseBytes(memoryBudget) == nil {
+            throw ValidationError("--memory-budget '\(memoryBudget)': use e.g. 512M or 2G")
+        }
     }
 
     func run() throws {
-        let request = SequenceRequest(
-            length: length, seed: seed, mode: mode, sampler: sampler, steps: steps, srSampler: srSampler, srSteps: srSteps,
-            eta: eta, contextRows: contextRows, context: context, noSR: noSR, precision: precision, jumpLength: jumpLength,
-            jumpCount: jumpCount, classLabel: classLabel, cfgScale: cfgScale)
+        var parameters = sampling.parameters
+        parameters.seed = parameters.seed ?? 0
+        let spec = JobSpec(length: length, parameters: parameters)
         var execution = ExecutionOptions(maxBatch: maxBatch)
         if let threads { execution.threads = threads }
         execution.memoryBudget = parseBytes(memoryBudget)!
         let options = OneShotOptions(
-            pipelinePath: pipeline, request: request, output: out ?? "", workDirectory: workDir, resume: resume,
+            pipelinePath: pipeline, spec: spec, output: out ?? "", workDirectory: workDir, resume: resume,
             keepWorkDirectory: keepWorkDir, dryRun: dryRun, calibrate: calibrate, execution: execution,
             outputOptions: OutputOptions(previewFPS: previewFPS), maxLength: maxLength)
-        let style: ProgressPrinter.Style = switch progress {
-        case "bar": .bar
-        case "json": .jsonLines
-        case "none": .none
-        default: isatty(STDERR_FILENO) != 0 ? .bar : .jsonLines
+        let style: ProgressPrinter.Style =
+            switch progress {
+            case "bar": .bar
+            case "json": .jsonLines
+            case "none": .none
+            default: isatty(STDERR_FILENO) != 0 ? .bar : .jsonLines
+            }
+        let printer = ProgressPrinter(style: dryRun ? .none : style) { text in
+            FileHandle.standardError.write(Data(text.utf8))
         }
-        let printer = ProgressPrinter(style: dryRun ? .none : style) { text in FileHandle.standardError.write(Data(text.utf8)) }
         installStopHandlers()
         do {
-            let result = try OneShot.run(options, hooks: printer.hooks(shouldStop: { stopRequested.load(ordering: .relaxed) }))
+            let result = try OneShot.run(
+                options, hooks: printer.hooks(shouldStop: { stopRequested.load(ordering: .relaxed) }))
             printer.close()
             report(result)
         } catch let error as EngineError {
@@ -98,7 +87,8 @@ struct RunCommand: ParsableCommand {
             var text = "griditd run: error: \(error.message)"
             if let hint = error.hint { text += "\n  hint: \(hint)" }
             if error.code == .interrupted {
-                text = workDir.map { "griditd run: interrupted; resume with the same command (work directory '\($0)')" }
+                text =
+                    workDir.map { "griditd run: interrupted; resume with the same command (work directory '\($0)')" }
                     ?? "griditd run: interrupted; nothing was written (use --work-dir to make runs resumable)"
             }
             FileHandle.standardError.write(Data((text + "\n").utf8))
@@ -126,9 +116,11 @@ struct RunCommand: ParsableCommand {
         let t = summary.timings
         print(result.planText)
         print("wrote \(summary.frames) frames (\(summary.frameSize)×\(summary.frameSize)) to \(out!)")
-        print(String(format: "time: load %.2fs, stage 1 %.2fs, stage 2 %.2fs (VAE %.2fs), output %.2fs, total %.2fs",
-                     result.loadSeconds, t.stage1Seconds, t.stage2Seconds, t.vaeSeconds, result.finishSeconds,
-                     result.loadSeconds + result.executeSeconds + result.finishSeconds))
+        print(
+            String(
+                format: "time: load %.2fs, stage 1 %.2fs, stage 2 %.2fs (VAE %.2fs), output %.2fs, total %.2fs",
+                result.loadSeconds, t.stage1Seconds, t.stage2Seconds, t.vaeSeconds, result.finishSeconds,
+                result.loadSeconds + result.executeSeconds + result.finishSeconds))
     }
 }
 

@@ -1,10 +1,13 @@
 // `griditd serve`: parse, set up logging, hand over to GriditDaemon. No logic lives here.
+
 import ArgumentParser
 import Foundation
 import GriditAPI
 import GriditBackend
 import GriditDaemon
-import GriditStore
+import GriditFaults
+import GriditJobQueue
+import GriditStateDatabase
 import Logging
 
 struct Serve: AsyncParsableCommand {
@@ -50,7 +53,9 @@ struct Serve: AsyncParsableCommand {
     @Option(parsing: .unconditional, help: "Lowest priority a user who is not an admin may give a job.")
     var memberPriorityMin = -1000
 
-    @Option(parsing: .unconditional, help: "Highest priority a user who is not an admin may give a job (admins' default is 0).")
+    @Option(
+        parsing: .unconditional,
+        help: "Highest priority a user who is not an admin may give a job (admins' default is 0).")
     var memberPriorityMax = 0
 
     @Option(help: "Most open connections to the socket; beyond, a client gets 503.")
@@ -62,13 +67,19 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Connections of --max-connections kept for root, griditd's user and the admin group.")
     var adminConnections = 32
 
-    @Option(help: "Seconds a client has to send a request's headers (from connecting, or from its first byte on a reused connection).")
+    @Option(
+        help:
+            "Seconds a client has to send a request's headers (from connecting, or from its first byte on a reused connection)."
+    )
     var headerTimeout: Double = 10
 
     @Option(help: "Seconds a client has to send a request's body after its headers.")
     var bodyTimeout: Double = 30
 
-    @Option(help: "Seconds an open connection may wait without a request, or without reading the answer, before it is closed.")
+    @Option(
+        help:
+            "Seconds an open connection may wait without a request, or without reading the answer, before it is closed."
+    )
     var idleTimeout: Double = 60
 
     @Option(help: "Longest sequence a job may ask for, in frames.")
@@ -100,7 +111,8 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds a SIGTERM waits for the running job to checkpoint before griditd exits.")
     var stopTimeout: Double = 75
 
-    @Option(help: "Seconds a canceled or stopping job may take to stop before griditd kills the engine's worker process.")
+    @Option(
+        help: "Seconds a canceled or stopping job may take to stop before griditd kills the engine's worker process.")
     var stopGrace: Double = 30
 
     @Option(help: "Free space (K, M, G) below which no job starts; queued jobs wait without using attempts.")
@@ -109,7 +121,10 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Space (K, M, G; 0: none) set aside for the job database, released when the disk fills up.")
     var dbReserve: String = "32M"
 
-    @Flag(help: "Accept the state directory's job database as it is, or create an empty one, although its identity marker says the database griditd created there is gone (deleted, replaced, its WAL lost).")
+    @Flag(
+        help:
+            "Accept the state directory's job database as it is, or create an empty one, although its identity marker says the database griditd created there is gone (deleted, replaced, its WAL lost)."
+    )
     var `init` = false
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
@@ -129,17 +144,24 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError("--max-work-per-user '\(maxWorkPerUser)' is not a duration like 90m, 24h or 2d")
         }
         let priorities = DaemonConfiguration.priorities
-        guard priorities.contains(memberPriorityMin), priorities.contains(memberPriorityMax), memberPriorityMin <= memberPriorityMax else {
-            throw ValidationError("--member-priority-min and --member-priority-max must lie in \(priorities), min ≤ max")
+        guard priorities.contains(memberPriorityMin), priorities.contains(memberPriorityMax),
+            memberPriorityMin <= memberPriorityMax
+        else {
+            throw ValidationError(
+                "--member-priority-min and --member-priority-max must lie in \(priorities), min ≤ max")
         }
-        guard (1...100_000).contains(maxConnections) else { throw ValidationError("--max-connections must be 1...100000") }
+        guard (1...100_000).contains(maxConnections) else {
+            throw ValidationError("--max-connections must be 1...100000")
+        }
         guard (1...maxConnections).contains(maxConnectionsPerUser) else {
             throw ValidationError("--max-connections-per-user must be 1...--max-connections")
         }
         guard (0..<maxConnections).contains(adminConnections) else {
             throw ValidationError("--admin-connections must be 0 or more and less than --max-connections")
         }
-        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level '\(logLevel)'") }
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("unknown --log-level '\(logLevel)'")
+        }
         guard let budget = parseBytes(memoryBudget), budget >= 1 << 20 else {
             throw ValidationError("--memory-budget '\(memoryBudget)' is not a size of at least 1M (e.g. 512M, 2G)")
         }
@@ -147,15 +169,20 @@ struct Serve: AsyncParsableCommand {
         guard (1...64).contains(maxBatchJobs) else { throw ValidationError("--max-batch-jobs must be 1...64") }
         try Self.checkSeconds(keepAlive, "--keep-alive", 0...(365 * 86_400))
         try Self.checkSeconds(stopGrace, "--stop-grace", 1...86_400)
-        guard parseBytes(minFree) != nil else { throw ValidationError("--min-free '\(minFree)' is not a size (e.g. 256M, 1G)") }
-        guard parseBytes(dbReserve) != nil else { throw ValidationError("--db-reserve '\(dbReserve)' is not a size (e.g. 32M, 0)") }
+        guard parseBytes(minFree) != nil else {
+            throw ValidationError("--min-free '\(minFree)' is not a size (e.g. 256M, 1G)")
+        }
+        guard parseBytes(dbReserve) != nil else {
+            throw ValidationError("--db-reserve '\(dbReserve)' is not a size (e.g. 32M, 0)")
+        }
     }
 
     /// A finite number of seconds in `range` (Duration and the database's milliseconds trap on
     /// larger ones).
     private static func checkSeconds(_ value: Double, _ name: String, _ range: ClosedRange<Double>) throws {
         guard range.contains(value) else {
-            throw ValidationError("\(name) must be \(Int(range.lowerBound)) to \(Int(range.upperBound)) seconds (got \(value))")
+            throw ValidationError(
+                "\(name) must be \(Int(range.lowerBound)) to \(Int(range.upperBound)) seconds (got \(value))")
         }
     }
 
@@ -196,10 +223,12 @@ struct Serve: AsyncParsableCommand {
         configuration.databaseReserveBytes = Int64(parseBytes(dbReserve) ?? 0)
         configuration.initialize = `init`
         let worker = WorkerCommand.launch(
-                stateDirectory: configuration.stateDirectory, blasThreads: configuration.blasThreads,
-                memoryBudget: configuration.memoryBudget, maxBatch: configuration.maxBatchItems,
-                keepAlive: configuration.modelKeepAlive, logLevel: logLevel)
-        let sites = (siteRoots + (ProcessInfo.processInfo.environment["GRIDIT_SITE_ROOTS"] ?? "").split(separator: ":").map(String.init))
+            stateDirectory: configuration.stateDirectory, blasThreads: configuration.blasThreads,
+            memoryBudget: configuration.memoryBudget, maxBatch: configuration.maxBatchItems,
+            keepAlive: configuration.modelKeepAlive, logLevel: logLevel)
+        let sites =
+            (siteRoots
+            + (ProcessInfo.processInfo.environment["GRIDIT_SITE_ROOTS"] ?? "").split(separator: ":").map(String.init))
             .map(absolute)
 
         do {
@@ -207,9 +236,9 @@ struct Serve: AsyncParsableCommand {
             let settings = configuration
             try await Daemon.run(configuration: configuration, logger: logger, faults: faults) { store in
                 try Backend.components(
-                    configuration: settings, database: store.database, siteRoots: sites, worker: worker, logger: logger)
+                    configuration: settings, jobs: store, siteRoots: sites, worker: worker, logger: logger)
             }
-        } catch let error as StoreError {
+        } catch let error as StateError {
             logger.critical("\(error.message)")
             throw ExitCode(error.code == .locked ? 75 : error.code == .databaseLost ? 78 : 1)
         } catch {
@@ -222,4 +251,3 @@ struct Serve: AsyncParsableCommand {
         path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
     }
 }
-

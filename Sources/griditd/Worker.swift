@@ -1,14 +1,17 @@
 // `griditd worker`: the engine's worker process, which `griditd serve` starts itself (hidden;
 // not for people). Parses, sets up logging, hands over to GriditBackend. No logic lives here.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import ArgumentParser
 import Foundation
 import GriditBackend
 import GriditDaemon
 import GriditEngine
+import GriditFaults
 import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct WorkerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -30,7 +33,7 @@ struct WorkerCommand: ParsableCommand {
         let sink = DaemonLogHandler.detectSink()
         LoggingSystem.bootstrap { label in DaemonLogHandler(label: label, sink: sink, level: level) }
         let logger = Logger(label: "gridit.worker")
-        let faults = (try? FaultInjection(environment: ProcessInfo.processInfo.environment)) ?? FaultInjection()
+        let faults = FaultInjection.current
         let status = Backend.runWorker(
             stateDirectory: stateDir,
             options: ExecutionOptions(threads: blasThreads, memoryBudget: memoryBudget, maxBatch: maxBatch),

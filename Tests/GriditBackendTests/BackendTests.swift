@@ -2,52 +2,59 @@ import Foundation
 import GriditAPI
 import GriditBackend
 import GriditDaemon
+import GriditDiffusion
 import GriditEngine
+import GriditJobSpec
 import GriditModelStore
-import GriditPipeline
 import GriditTensor
+import GriditTestSupport
 import Testing
 
 // The engine and model store adapters on a real state directory: a real SQLite file, the model
 // store's blobs and mappings, the engine running the tiny random-weight pipeline.
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
-@Suite("engine executor", .serialized)
-struct EngineExecutorTests {
+@Suite("engine engine", .serialized)
+struct InProcessEngineTests {
     @Test("submits are checked against the pipeline: bad parameters and missing models fail with their class")
     func validation() async throws {
         let h = try Harness()
         // The estimate (what the per-user work limit adds up) grows with the frames and the steps.
-        let estimate = try await h.executor.validate(length: 40, parameters: GenerationParameters(seed: 1), pipelineDigest: h.digest)
+        func spec(_ length: Int, _ parameters: JobSpec.Parameters = .init(seed: 1)) -> JobSpec {
+            JobSpec(length: length, parameters: parameters)
+        }
+        let estimate = try await h.engine.validate(spec(40), pipelineDigest: h.digest)
         #expect(estimate > 0)
-        let longer = try await h.executor.validate(length: 400, parameters: GenerationParameters(seed: 1), pipelineDigest: h.digest)
+        let longer = try await h.engine.validate(spec(400), pipelineDigest: h.digest)
         #expect(longer > 5 * estimate, "\(estimate) s for 40 frames, \(longer) s for 400")
-        let slower = try await h.executor.validate(
-            length: 40, parameters: GenerationParameters(seed: 1, steps: "1000", srSteps: "1000"), pipelineDigest: h.digest)
+        let slower = try await h.engine.validate(
+            spec(40, .init(seed: 1, steps: "1000", srSteps: "1000")), pipelineDigest: h.digest)
         #expect(slower > 5 * estimate, "\(estimate) s at the default steps, \(slower) s at 1000")
-        func failure(_ length: Int, _ parameters: GenerationParameters, digest: String?) async -> JobFailure? {
+        func failure(_ spec: JobSpec, digest: String?) async -> JobFailure? {
             do {
-                _ = try await h.executor.validate(length: length, parameters: parameters, pipelineDigest: digest)
+                _ = try await h.engine.validate(spec, pipelineDigest: digest)
                 return nil
             } catch {
                 return error
             }
         }
-        let rows = await failure(40, GenerationParameters(seed: 1, contextRows: 9), digest: h.digest)
+        let rows = await failure(spec(40, .init(seed: 1, contextRows: 9)), digest: h.digest)
         #expect(
             rows?.errorClass == .invalidInput && rows?.message.contains("context_rows") == true,
             "\(String(describing: rows))")
-        let sampler = await failure(40, GenerationParameters(seed: 1, sampler: "euler"), digest: h.digest)
-        #expect(
-            sampler?.errorClass == .invalidInput
-                && sampler?.message.contains("sampler 'euler' is not ddpm or ddim") == true)
-        let long = await failure(5000, GenerationParameters(seed: 1), digest: h.digest)
+        // A sampler name outside the set does not make a spec at all: decoding it fails, naming the set.
+        let euler = #"{"length": 40, "parameters": {"seed": 1, "sampler": "euler"}}"#
+        let sampler = #expect(throws: DecodingError.self) {
+            try JSONDecoder().decode(JobSpec.self, from: Data(euler.utf8))
+        }
+        #expect("\(String(describing: sampler))".contains("sampler 'euler' is not ddpm or ddim"))
+        let long = await failure(spec(5000), digest: h.digest)
         #expect(long?.errorClass == .invalidInput, "the pipeline allows 1000 frames: \(String(describing: long))")
-        #expect(await failure(40, GenerationParameters(seed: 1), digest: nil)?.errorClass == .modelMissing)
+        #expect(await failure(spec(40), digest: nil)?.errorClass == .modelMissing)
         let unknown = "sha256:" + String(repeating: "ab", count: 32)
-        #expect(await failure(40, GenerationParameters(seed: 1), digest: unknown)?.errorClass == .modelMissing)
+        #expect(await failure(spec(40), digest: unknown)?.errorClass == .modelMissing)
     }
 
     @Test("jobs batched together, one joining midway, write the same bytes as each run alone")
@@ -66,13 +73,13 @@ struct EngineExecutorTests {
         }
         // Progress: durable units in order up to the whole plan; steps within their totals.
         let durable = recorder.durable(2)
-        #expect(durable.last?.framesDone == 36 && durable.last?.stage == "sr")
+        #expect(durable.last?.framesDone == 36 && durable.last?.stage == .sr)
         #expect(
             zip(durable, durable.dropFirst()).allSatisfy {
                 $0.framesDone <= $1.framesDone && $0.gridsDone <= $1.gridsDone
             })
         let steps = recorder.steps(2)
-        #expect(steps.contains { $0.stage == "grid" } && steps.contains { $0.stage == "sr" })
+        #expect(steps.contains { $0.stage == .grid } && steps.contains { $0.stage == .sr })
         #expect(
             steps.allSatisfy { s in
                 s.grid >= 0 && s.grid <= s.grids && s.frame <= s.frames && s.step <= s.steps
@@ -120,7 +127,7 @@ struct EngineExecutorTests {
     @Test("a blob that no longer matches its digest fails the job with digest_mismatch and is quarantined")
     func digestMismatch() throws {
         let h = try Harness()
-        let show = try h.models.show("tiny:latest")
+        let show = try h.models.show("tiny:latest", pins: JobPins())
         let weights = try #require(show.blobs.first { $0.role == "stage2.weights" })
         let path = try #require(weights.path)
         chmod(path, 0o644)
@@ -147,12 +154,12 @@ struct EngineExecutorTests {
         let weights = Set(
             try h.models.manifest(BlobDigest(h.digest)!).blobs.filter { $0.role.rawValue.hasSuffix(".weights") }
                 .map(\.digest.description))
-        _ = try h.models.remove("tiny:latest")
-        let kept = try h.models.gc()
+        _ = try h.models.remove("tiny:latest", pins: JobPins())
+        let kept = try h.models.gc(pins: JobPins())
         #expect(kept.removedManifests == [h.digest], "the untagged version goes")
         #expect(Set(kept.keptMapped).isSuperset(of: weights), "mapped weights stay: \(kept)")
         #expect(h.cache.unload(h.digest!))
-        let freed = try h.models.gc()
+        let freed = try h.models.gc(pins: JobPins())
         #expect(Set(freed.removedBlobs).isSuperset(of: weights))
     }
 }

@@ -3,54 +3,48 @@ import GriditAPI
 import GriditBackend
 import GriditDaemon
 import GriditEngine
+import GriditJobQueue
+import GriditJobSpec
 import GriditModelStore
-import GriditStore
+import GriditStateDatabase
+import GriditTestSupport
 import Logging
 import NIOPosix
 import Synchronization
 import Testing
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
-/// The tiny random-weight pixel pipeline of the engine tests (4×4 grids of 4×4 frames, ×2 SR).
-func tinyPipeline(_ filePath: String = #filePath) -> String {
-    URL(fileURLWithPath: filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("GriditEngineTests/Fixtures/pixel/pipeline.json").path
-}
-
 /// A state directory with a real database, model store (the tiny pipeline imported as
-/// `tiny:latest`), keep-alive cache and engine executor.
+/// `tiny:latest`), keep-alive cache and engine engine.
 final class Harness: @unchecked Sendable {
-    let root: String
+    let directory = TemporaryDirectory("gb")
+    var root: String { directory.path }
     let database: StateDatabase
     let models: ModelStore
     let cache: KeepAliveCache<LoadedPipeline>
     let pool: NIOThreadPool
-    let executor: EngineExecutor
-    let catalog: StoreCatalog
+    let engine: InProcessEngine
+    let catalog: ModelStoreCatalog
     /// The manifest digest of `tiny:latest` (nil with `importModel: false`).
     let digest: String!
     /// Root, as the daemon sees a `griditctl` run by root.
     let admin = Caller(credentials: PeerCredentials(pid: 1, uid: 0, gid: 0), isAdmin: true, isMember: true)
 
     init(importModel: Bool = true, maxBatch: Int = 16) throws {
-        var template = Array("/tmp/gb-XXXXXX".utf8CString)
-        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw HarnessError("mkdtemp failed")
-        }
-        root = String(cString: made)
-        database = try StateDatabase(path: root + "/jobs.sqlite")
-        models = try ModelStore(stateDirectory: root, database: database)
+        database = try StateDatabase(path: directory.file("jobs.sqlite"))
+        models = try ModelStore(stateDirectory: directory.path, database: database)
         cache = KeepAliveCache(mappings: models.mappings, keepAlive: 600)
         pool = NIOThreadPool(numberOfThreads: 1)
         pool.start()
-        executor = EngineExecutor(
+        engine = InProcessEngine(
             models: models, cache: cache, blocking: pool,
             options: ExecutionOptions(threads: 2, memoryBudget: 64 << 20, maxBatch: maxBatch),
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
-        catalog = StoreCatalog(models: models, cache: cache, blocking: pool)
+        catalog = ModelStoreCatalog(
+            models: models, jobs: SQLiteJobStore(database: database), cache: cache, blocking: pool)
         digest =
             importModel ? try models.importModel(from: tinyPipeline(), name: "tiny:latest", link: .copy).digest : nil
         try FileManager.default.createDirectory(atPath: root + "/outputs", withIntermediateDirectories: true)
@@ -61,9 +55,9 @@ final class Harness: @unchecked Sendable {
 
     func item(_ id: Int64, length: Int, seed: UInt64, precision: String? = nil, work: String? = nil) -> ExecutionItem {
         ExecutionItem(
-            jobID: id, length: length, parameters: GenerationParameters(seed: seed, precision: precision),
+            jobID: id, spec: JobSpec(length: length, parameters: .init(seed: seed, precision: precision)),
             workDirectory: work ?? workDirectory(id), outputDirectory: root + "/outputs/job-\(id)",
-            resumeFrom: JobProgressInfo(stage: "grid", gridsDone: 0, framesDone: 0), attempt: 1)
+            resumeFrom: JobProgress(), attempt: 1)
     }
 
     /// Runs `items` as one batch on this thread; `joining` is offered at the engine's second `admit`.
@@ -84,7 +78,7 @@ final class Harness: @unchecked Sendable {
             durable: { id, progress in recorder.state.withLock { $0.durable.append((id, progress)) } },
             step: { id, step in recorder.state.withLock { $0.steps.append((id, step)) } },
             shouldStop: { id in stop(id, recorder) ? .shutdown : nil })
-        executor.execute(ExecutionBatch(pipelineDigest: digest ?? self.digest, items: items), hooks: hooks)
+        engine.execute(ExecutionBatch(pipelineDigest: digest ?? self.digest, items: items), hooks: hooks)
         return recorder
     }
 
@@ -99,8 +93,6 @@ final class Harness: @unchecked Sendable {
     deinit {
         try? pool.syncShutdownGracefully()
         try? database.close()
-        _ = try? Process.run(URL(fileURLWithPath: "/bin/chmod"), arguments: ["-R", "u+rwX", root]).waitUntilExit()
-        try? FileManager.default.removeItem(atPath: root)
     }
 }
 
@@ -108,17 +100,12 @@ final class Harness: @unchecked Sendable {
 final class Recorder: Sendable {
     struct State {
         var outcomes: [Int64: [ExecutionOutcome]] = [:]
-        var durable: [(Int64, JobProgressInfo)] = []
-        var steps: [(Int64, GriditAPI.StepProgress)] = []
+        var durable: [(Int64, JobProgress)] = []
+        var steps: [(Int64, StepProgress)] = []
     }
     let state = Mutex(State())
 
     var outcomes: [Int64: [ExecutionOutcome]] { state.withLock { $0.outcomes } }
-    func durable(_ id: Int64) -> [JobProgressInfo] { state.withLock { $0.durable.filter { $0.0 == id }.map(\.1) } }
-    func steps(_ id: Int64) -> [GriditAPI.StepProgress] { state.withLock { $0.steps.filter { $0.0 == id }.map(\.1) } }
-}
-
-struct HarnessError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
+    func durable(_ id: Int64) -> [JobProgress] { state.withLock { $0.durable.filter { $0.0 == id }.map(\.1) } }
+    func steps(_ id: Int64) -> [StepProgress] { state.withLock { $0.steps.filter { $0.0 == id }.map(\.1) } }
 }

@@ -1,14 +1,65 @@
 import ArgumentParser
 import Foundation
 import GriditAPI
-@testable import GriditCLI
+import GriditJobSpec
 import Testing
+
+@testable import GriditCLI
+
+/// griditd as a test sees it: canned replies by "METHOD path", the requests it was sent.
+final class FakeDaemon: ControlClient, @unchecked Sendable {
+    // @unchecked: `sent` is only touched under `lock`.
+    private let lock = NSLock()
+    private var sent: [(method: String, path: String, body: Data?)] = []
+    let replies: [String: (status: Int, body: Data)]
+
+    init(_ replies: [String: (status: Int, body: Data)]) { self.replies = replies }
+
+    var requests: [(method: String, path: String, body: Data?)] { lock.withLock { sent } }
+
+    func send(_ method: String, _ path: String, body: Data?) throws(ConnectionError) -> HTTPReply {
+        lock.withLock { sent.append((method, path, body)) }
+        guard let reply = replies["\(method) \(path)"] else {
+            throw ConnectionError(kind: .unreachable, message: "no reply for \(method) \(path)")
+        }
+        return HTTPReply(status: reply.status, headers: [:], body: reply.body)
+    }
+
+    func stream(_ path: String, onLine: (Data) -> Bool) throws(ConnectionError) -> HTTPReply {
+        let reply = try send("GET", path, body: nil)
+        for line in reply.body.split(separator: 0x0A) where !onLine(Data(line)) { break }
+        return HTTPReply(status: reply.status, headers: [:], body: Data())
+    }
+
+    func download(_ path: String, to file: String) throws(ConnectionError) -> HTTPReply {
+        let reply = try send("GET", path, body: nil)
+        FileManager.default.createFile(atPath: file, contents: reply.body)
+        return reply
+    }
+}
+
+/// What a command printed.
+final class Printed: @unchecked Sendable {
+    // @unchecked: the strings are only touched under `lock`.
+    private let lock = NSLock()
+    private var out = "", err = ""
+    var stdout: String { lock.withLock { out } }
+    var stderr: String { lock.withLock { err } }
+    var output: Output {
+        Output(
+            stdout: { text in self.lock.withLock { self.out += text } },
+            stderr: { text in self.lock.withLock { self.err += text } }, stderrIsTerminal: false)
+    }
+}
 
 @Suite("griditctl")
 struct CLITests {
     @Test("global options may come before the command, as with docker")
     func globalOptionsMove() {
-        #expect(Griditctl.moveGlobalOptions(["--socket", "/s", "--json", "jobs", "list"]) == ["jobs", "list", "--socket", "/s", "--json"])
+        #expect(
+            Griditctl.moveGlobalOptions(["--socket", "/s", "--json", "jobs", "list"]) == [
+                "jobs", "list", "--socket", "/s", "--json",
+            ])
         #expect(Griditctl.moveGlobalOptions(["--socket=/s", "status"]) == ["status", "--socket=/s"])
         #expect(Griditctl.moveGlobalOptions(["jobs", "list", "--json"]) == ["jobs", "list", "--json"])
         #expect(Griditctl.moveGlobalOptions(["--json"]) == ["--json"])
@@ -16,9 +67,23 @@ struct CLITests {
 
     @Test("commands parse; bad input is a usage error naming the option")
     func parsing() throws {
-        let submit = try Griditctl.parseAsRoot(["submit", "--length", "128", "--model", "m:v1", "--seed", "7", "--steps", "ddim50", "--wait"])
+        let submit = try Griditctl.parseAsRoot([
+            "submit", "--length", "128", "--model", "m:v1", "--seed", "7", "--steps", "ddim50", "--wait",
+        ])
         let s = try #require(submit as? Submit)
-        #expect(s.length == 128 && s.model == "m:v1" && s.seed == 7 && s.steps == "ddim50" && s.wait)
+        #expect(s.length == 128 && s.model == "m:v1" && s.sampling.seed == 7 && s.sampling.steps == "ddim50" && s.wait)
+        // Every parameter a model can use has its flag, class-conditional ones included.
+        let classcond = try #require(
+            try Griditctl.parseAsRoot([
+                "submit", "--length", "4", "--class", "2", "--cfg-scale", "4", "--jump-length", "3", "--jump-count",
+                "2",
+            ]) as? Submit)
+        #expect(
+            classcond.spec
+                == JobSpec(length: 4, parameters: .init(jumpLength: 3, jumpCount: 2, classLabel: 2, cfgScale: 4)))
+        #expect(throws: (any Error).self) {
+            try Griditctl.parseAsRoot(["submit", "--length", "4", "--sampler", "euler"])
+        }
         #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["submit"]) }
         #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["submit", "--length", "0"]) }
         #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["submit", "--length", "4", "--seed", "-1"]) }
@@ -28,7 +93,9 @@ struct CLITests {
         #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["jobs", "prune", "--older-than", "1e400s"]) }
         // Non-finite or out-of-range numbers are usage errors, not a crash in the JSON encoder.
         for eta in ["nan", "inf", "-0.5", "2"] {
-            #expect(throws: (any Error).self, "--eta \(eta)") { try Griditctl.parseAsRoot(["submit", "--length", "4", "--eta", eta]) }
+            #expect(throws: (any Error).self, "--eta \(eta)") {
+                try Griditctl.parseAsRoot(["submit", "--length", "4", "--eta", eta])
+            }
         }
         #expect(try Griditctl.parseAsRoot(["submit", "--length", "4", "--eta", "0.5"]) is Submit)
         #expect(try Griditctl.parseAsRoot(["jobs"]) is Jobs.List, "jobs lists by default")
@@ -41,7 +108,10 @@ struct CLITests {
     @Test("the exit codes are documented in the help")
     func helpDocumentsExitCodes() {
         let help = Griditctl.helpMessage()
-        for line in ["69  griditd cannot be reached", "75  the queue is full", "77  permission denied", "65  the daemon refused the input", "2   bad command line"] {
+        for line in [
+            "69  griditd cannot be reached", "75  the queue is full", "77  permission denied",
+            "65  the daemon refused the input", "2   bad command line",
+        ] {
             #expect(help.contains(line), "help lacks '\(line)'")
         }
     }
@@ -59,9 +129,12 @@ struct CLITests {
 
     @Test("ages and durations")
     func ages() {
-        #expect(parseDuration("90s") == 90 && parseDuration("30m") == 1800 && parseDuration("12h") == 43_200 && parseDuration("7d") == 604_800)
+        #expect(
+            parseDuration("90s") == 90 && parseDuration("30m") == 1800 && parseDuration("12h") == 43_200
+                && parseDuration("7d") == 604_800)
         #expect(parseDuration("15") == 15 && parseDuration("soon") == nil && parseDuration("-3d") == nil)
-        #expect(Rendering.duration(5) == "5s" && Rendering.duration(245) == "4m05s" && Rendering.duration(7800) == "2h10m")
+        #expect(
+            Rendering.duration(5) == "5s" && Rendering.duration(245) == "4m05s" && Rendering.duration(7800) == "2h10m")
         let now = Date(timeIntervalSince1970: 1_000_000)
         #expect(Rendering.ago(now.addingTimeInterval(-300), now: now) == "5 minutes ago")
         #expect(Rendering.ago(now.addingTimeInterval(-1), now: now) == "just now")
@@ -69,7 +142,8 @@ struct CLITests {
 
     @Test("the progress bar shows stage, grid, step, frame and ETA within the terminal width")
     func progressBar() {
-        let step = StepProgress(stage: "sr", grid: 3, grids: 8, step: 40, steps: 250, frame: 64, frames: 128, etaSeconds: 80)
+        let step = StepProgress(
+            stage: .sr, grid: 3, grids: 8, step: 40, steps: 250, frame: 64, frames: 128, etaSeconds: 80)
         let line = Rendering.progressLine(jobID: 12, step: step, width: 120)
         #expect(line.hasPrefix("job 12  sr  grid 3/8  step 40/250  frame 64/128  ETA 1m20s  ["))
         #expect(line.contains("###############---------------]"), "half done: \(line)")
@@ -80,19 +154,74 @@ struct CLITests {
         #expect(Rendering.progressLine(jobID: 12, step: early, width: 120).contains("[###---------------------------]"))
     }
 
+    static let now = Date(timeIntervalSince1970: 2_000_000)
+
+    static func job(_ id: Int64, _ spec: JobSpec, state: JobState = .queued) -> JobInfo {
+        JobInfo(
+            id: id, state: state, ownerUID: 1000, priority: 0, spec: spec, pipelineDigest: nil, idempotencyKey: nil,
+            createdAt: now, updatedAt: now, startedAt: nil, finishedAt: nil, attempt: 0, maxAttempts: 3, crashCount: 0,
+            cancelRequested: false, queuePosition: 1, notBefore: now, progress: JobProgress(), errorClass: nil,
+            errorMessage: nil, outputDir: state == .succeeded ? "/state/outputs/job-\(id)" : nil)
+    }
+
+    @Test("submit to a class-conditional model, without a daemon: the spec sent, the answer printed")
+    func submitClassConditional() throws {
+        let spec = JobSpec(length: 6, model: "cc:latest", parameters: .init(seed: 9, classLabel: 1, cfgScale: 3))
+        let answer = SubmitJobResponse(job: Self.job(4, spec), deduplicated: false, instanceID: "i")
+        let daemon = FakeDaemon(["POST /v1/jobs": (201, APICoding.encode(answer))])
+        let command = try #require(
+            try Griditctl.parseAsRoot([
+                "submit", "--length", "6", "--model", "cc:latest", "--seed", "9", "--class", "1", "--cfg-scale", "3",
+            ]) as? Submit)
+        let printed = Printed()
+        try command.run(client: GriditClient(daemon), output: printed.output)
+        let sent = try #require(daemon.requests.first)
+        #expect(sent.method == "POST" && sent.path == "/v1/jobs")
+        #expect(try APICoding.decode(SubmitJobRequest.self, from: try #require(sent.body)).spec == spec)
+        #expect(printed.stdout == "job 4 queued, queue position 1\n")
+    }
+
+    @Test("jobs list and show render the daemon's answer; its errors become exit codes")
+    func jobsAgainstAFakeDaemon() throws {
+        let spec = JobSpec(length: 8, parameters: .init(seed: 2, sampler: .ddim, classLabel: 0))
+        let list = JobList(jobs: [Self.job(3, spec)])
+        let refusal = ErrorResponse(error: APIError(.notFound, "no job 9"))
+        let daemon = FakeDaemon([
+            "GET /v1/jobs?limit=100": (200, APICoding.encode(list)),
+            "GET /v1/jobs/3": (200, APICoding.encode(Self.job(3, spec, state: .succeeded))),
+            "GET /v1/jobs/9": (404, APICoding.encode(refusal)),
+        ])
+        let client = GriditClient(daemon)
+        let printed = Printed()
+        try #require(try Griditctl.parseAsRoot(["jobs", "list"]) as? Jobs.List).run(
+            client: client, output: printed.output)
+        #expect(printed.stdout.contains("3    queued") && printed.stdout.contains("PROGRESS"), "\(printed.stdout)")
+        let shown = Printed()
+        try #require(try Griditctl.parseAsRoot(["jobs", "show", "3"]) as? Jobs.Show).run(
+            client: client, output: shown.output)
+        #expect(
+            shown.stdout.contains("class_label=0 sampler=ddim") && shown.stdout.contains("/state/outputs/job-3"),
+            "\(shown.stdout)")
+        let missing = try #require(try Griditctl.parseAsRoot(["jobs", "show", "9"]) as? Jobs.Show)
+        let error = #expect(throws: CLIError.self) { try missing.run(client: client, output: Printed().output) }
+        #expect(error?.status == ExitStatus.badInput && error?.message == "no job 9")
+    }
+
     @Test("jobs table")
     func jobsTable() {
         let now = Date(timeIntervalSince1970: 2_000_000)
         let job = JobInfo(
-            id: 7, state: .queued, ownerUID: 1000, priority: 2, length: 128, model: nil, pipelineDigest: nil,
-            parameters: GenerationParameters(seed: 1), output: nil, idempotencyKey: nil, createdAt: now.addingTimeInterval(-120),
-            updatedAt: now, startedAt: nil, finishedAt: nil, attempt: 0, maxAttempts: 3, crashCount: 0, cancelRequested: false,
-            queuePosition: 1, notBefore: now, progress: JobProgressInfo(stage: "grid", gridsDone: 0, framesDone: 0),
+            id: 7, state: .queued, ownerUID: 1000, priority: 2, spec: JobSpec(length: 128, parameters: .init(seed: 1)),
+            pipelineDigest: nil, idempotencyKey: nil, createdAt: now.addingTimeInterval(-120),
+            updatedAt: now, startedAt: nil, finishedAt: nil, attempt: 0, maxAttempts: 3, crashCount: 0,
+            cancelRequested: false,
+            queuePosition: 1, notBefore: now, progress: JobProgress(stage: .grid, gridsDone: 0, framesDone: 0),
             errorClass: nil, errorMessage: nil, outputDir: nil)
-        #expect(Rendering.jobsTable([job], now: now) == """
-            ID   STATE    PROGRESS   POSITION   PRIORITY   LENGTH   OWNER   CREATED
-            7    queued   -          1          2          128      1000    2 minutes ago
+        #expect(
+            Rendering.jobsTable([job], now: now) == """
+                ID   STATE    PROGRESS   POSITION   PRIORITY   LENGTH   OWNER   CREATED
+                7    queued   -          1          2          128      1000    2 minutes ago
 
-            """)
+                """)
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import GriditCheckpoint
 import GriditTensor
+import GriditTestSupport
 import Testing
 
 #if canImport(Glibc)

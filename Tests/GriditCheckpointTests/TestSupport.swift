@@ -6,31 +6,6 @@ import Testing
 import Glibc
 #endif
 
-/// A fresh directory under the system temporary directory, removed when this object goes.
-final class TemporaryDirectory {
-    let path: String
-
-    init() {
-        var template = Array((NSTemporaryDirectory() + "/gridit-ckpt-XXXXXX").utf8CString)
-        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        precondition(made != nil, "mkdtemp failed: errno \(errno)")
-        path = String(cString: made!)
-    }
-
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-
-    func file(_ name: String) -> String { path + "/" + name }
-
-    /// Writes `bytes` to `name` (plain, non-atomic: tests build broken files on purpose).
-    @discardableResult
-    func write(_ name: String, _ bytes: [UInt8]) -> String {
-        let target = file(name)
-        let written = FileManager.default.createFile(atPath: target, contents: Data(bytes))
-        precondition(written, "could not write \(target)")
-        return target
-    }
-}
-
 /// Runs `body`, expecting a `CheckpointError` with `code` whose description names `path`;
 /// returns the error for further checks.
 @discardableResult
@@ -49,7 +24,8 @@ func expectCheckpointError<T>(
         #expect(error.hint != nil, "no hint: \(error)", sourceLocation: sourceLocation)
         return error
     } catch {
-        Issue.record("expected CheckpointError .\(code), got \(type(of: error)): \(error)", sourceLocation: sourceLocation)
+        Issue.record(
+            "expected CheckpointError .\(code), got \(type(of: error)): \(error)", sourceLocation: sourceLocation)
         return nil
     }
 }

@@ -2,13 +2,16 @@ import Foundation
 import GRDB
 import GriditAPI
 import GriditCLI
-import GriditStore
+import GriditJobQueue
+import GriditJobSpec
+import GriditStateDatabase
+import GriditTestSupport
 import Testing
 
 // griditd with its engine and model store, as users run it: the real binaries, a real database
 // file, a real socket, the tiny random-weight pipeline (a job takes a second or two).
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// Polls `GET /v1/jobs/{id}` until `done` holds (or fails after `timeout`).
@@ -58,7 +61,7 @@ func entries(_ path: String) -> [String] {
 @Suite("griditd with the engine", .serialized)
 struct EngineProcessTests {
     /// 64 frames: 5 stage-1 grids, stage-2 batches of 4 frames (`--max-batch 4`).
-    static let request = SubmitJobRequest(length: 64, parameters: GenerationParameters(seed: 11))
+    static let request = SubmitJobRequest(spec: JobSpec(length: 64, parameters: .init(seed: 11)))
     static let arguments = ["--max-batch", "4"]
 
     @Test(
@@ -67,7 +70,7 @@ struct EngineProcessTests {
     func killAndResume() throws {
         let expected: [String]
         do {
-            let dir = try ShortTemporaryDirectory()
+            let dir = TemporaryDirectory()
             defer { dir.remove() }
             let daemon = try DaemonProcess(directory: dir, arguments: Self.arguments, model: tinyPipeline())
             let id = try daemon.client.post("/v1/jobs", Self.request, as: SubmitJobResponse.self).job.id
@@ -78,7 +81,7 @@ struct EngineProcessTests {
             #expect(daemon.stop() == 0)
         }
         for point in ["grid:3", "sr:10"] {
-            let dir = try ShortTemporaryDirectory()
+            let dir = TemporaryDirectory()
             defer { dir.remove() }
             let daemon = try DaemonProcess(
                 directory: dir, arguments: Self.arguments, environment: ["GRIDIT_TEST_FAULTS": "pause-at=\(point)"],
@@ -100,7 +103,9 @@ struct EngineProcessTests {
             let restarted = try DaemonProcess(directory: dir, arguments: Self.arguments)
             let job = try waitForJob(restarted, id)
             #expect(job.state == .succeeded, "\(point): \(job)")
-            #expect(job.crashCount == 0 && job.attempt == 1, "\(point): griditd's death counts no crash, no attempt: \(job)")
+            #expect(
+                job.crashCount == 0 && job.attempt == 1, "\(point): griditd's death counts no crash, no attempt: \(job)"
+            )
             #expect(
                 try frameDigests(try #require(job.outputDir)) == expected,
                 "\(point): frames differ from the uninterrupted run")
@@ -116,8 +121,8 @@ struct EngineProcessTests {
 
     @Test("SIGTERM checkpoints a running job and hands it back; the next griditd finishes it with the same frames")
     func gracefulStop() throws {
-        let request = SubmitJobRequest(length: 300, parameters: GenerationParameters(seed: 21))
-        let dir = try ShortTemporaryDirectory()
+        let request = SubmitJobRequest(spec: JobSpec(length: 300, parameters: .init(seed: 21)))
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, arguments: Self.arguments, model: tinyPipeline())
         let stopped = try daemon.client.post("/v1/jobs", request, as: SubmitJobResponse.self).job.id
@@ -151,7 +156,7 @@ struct EngineProcessTests {
     }
 
     private func checkDiskFull(tmpfs: Bool) async throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let outputs = dir.file("state/outputs")
         try FileManager.default.createDirectory(atPath: outputs, withIntermediateDirectories: true)
@@ -162,9 +167,9 @@ struct EngineProcessTests {
                 == 0
         if tmpfs && !mounted { return }  // a container without CAP_SYS_ADMIN: the injected case covers it
         defer { if mounted { _ = try? runProcess("/bin/umount", [outputs]) } }
-        let environment = mounted ? [:] : ["GRIDIT_TEST_ENOSPC_UNDER": outputs]
+        let environment = mounted ? [:] : ["GRIDIT_TEST_FAULTS": "disk-full-under=\(outputs)"]
         let daemon = try DaemonProcess(directory: dir, environment: environment, model: tinyPipeline())
-        let request = SubmitJobRequest(length: 40, parameters: GenerationParameters(seed: 5), maxAttempts: 1)
+        let request = SubmitJobRequest(spec: JobSpec(length: 40, parameters: .init(seed: 5)), maxAttempts: 1)
         let id = try daemon.client.post("/v1/jobs", request, as: SubmitJobResponse.self).job.id
         let failed = try waitForJob(daemon, id)
         let how = mounted ? "tmpfs" : "injected"
@@ -197,7 +202,7 @@ struct EngineProcessTests {
 
     @Test("a job that crashes the engine twice goes dead; the job batched with it survives and runs; griditd stays up")
     func poisonJob() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         // The engine's worker process aborts whenever it is handed job 1.
         let daemon = try DaemonProcess(
@@ -211,7 +216,9 @@ struct EngineProcessTests {
         #expect(poison.state == .dead && poison.crashCount == 2, "\(poison)")
         #expect(poison.errorMessage?.contains("crashed or stalled its worker 2 times") == true)
         // abort() raises SIGABRT; Swift's backtracer may end the process with SIGILL after printing.
-        #expect(poison.errorMessage?.contains("the engine crashed (its worker was killed by SIG") == true, "\(poison.errorMessage ?? "")")
+        #expect(
+            poison.errorMessage?.contains("the engine crashed (its worker was killed by SIG") == true,
+            "\(poison.errorMessage ?? "")")
         let next = try waitForJob(daemon, 2)
         #expect(next.state == .succeeded && next.crashCount == 1, "crashed once with job 1, then ran alone: \(next)")
         let status = try daemon.client.get("/v1/status", as: DaemonStatus.self)
@@ -220,9 +227,35 @@ struct EngineProcessTests {
         #expect(daemon.stop() == 0)
     }
 
+    @Test("griditctl submit to a class-conditional model: refused without --class, run with it, the class in the job")
+    func classConditionalSubmit() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let classcond = URL(fileURLWithPath: tinyPipeline()).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("classcond/pipeline.json").path
+        let daemon = try DaemonProcess(directory: dir, model: classcond)
+        defer { daemon.stop() }
+        let ctl = binaryDirectory() + "/griditctl"
+        let environment = ["GRIDIT_SOCKET": daemon.socket, "PATH": "/usr/bin:/bin"]
+        let refused = try runProcess(ctl, ["submit", "--length", "6", "--seed", "9"], environment: environment)
+        #expect(refused.status == 65 && refused.stderr.contains("--class 0...2"), "\(refused.stderr)")
+        let result = try runProcess(
+            ctl, ["submit", "--length", "6", "--seed", "9", "--class", "1", "--cfg-scale", "3", "--wait"],
+            environment: environment)
+        #expect(result.status == 0, "\(result.stderr)")
+        let output = daemon.stateDir + "/outputs/job-1"
+        #expect(result.stdout == output + "\n", "\(result.stdout)")
+        #expect(entries(output + "/frames").count == 6)
+        let job = try daemon.client.get("/v1/jobs/1", as: JobInfo.self)
+        #expect(job.spec.parameters.classLabel == 1 && job.spec.parameters.cfgScale == 3)
+        let show = try runProcess(ctl, ["jobs", "show", "1"], environment: environment)
+        #expect(show.stdout.contains("cfg_scale=3") && show.stdout.contains("class_label=1"), "\(show.stdout)")
+        #expect(daemon.stop() == 0)
+    }
+
     @Test("griditctl submit --wait --out DIR: the job's progress, the frames copied, and where they are")
     func submitWaitOut() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, model: tinyPipeline())
         defer { daemon.stop() }
@@ -256,7 +289,7 @@ struct EngineProcessTests {
         "models over the socket: import, list, show, tag, rm, gc; gc keeps a running job's model, and a loaded one's weights"
     )
     func modelsRoundTrip() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let ctl = binaryDirectory() + "/griditctl"
         var daemon = try DaemonProcess(
@@ -307,7 +340,7 @@ struct EngineProcessTests {
 
     @Test("a loaded model is unmapped once idle past its keep-alive")
     func keepAlive() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, arguments: ["--keep-alive", "1"], model: tinyPipeline())
         defer { daemon.stop() }
@@ -324,7 +357,7 @@ struct EngineProcessTests {
 
     @Test("doctor runs the store's checks as griditd's user and fails until a model is imported")
     func doctor() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir)
         defer { daemon.stop() }

@@ -1,17 +1,20 @@
 // Hostile files handed to a real griditd over its socket, leftovers of a killed one, and
 // `griditctl models verify` on a corrupt store. The FIFO case hung griditd's worker threads
 // before: a liveness bound of runProcess (not a timing assertion) turns a hang into a failure.
+
+import Foundation
+import GriditAPI
+import GriditTestSupport
+import Testing
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
-import GriditAPI
-import Testing
 
 @Suite("griditd and hostile files", .serialized)
 struct HostileImportProcessTests {
     /// A copy of the tiny pipeline in `dir/name`, readable by everyone.
-    static func pipelineCopy(in dir: ShortTemporaryDirectory, _ name: String = "p") throws -> String {
+    static func pipelineCopy(in dir: TemporaryDirectory, _ name: String = "p") throws -> String {
         let folder = dir.file(name)
         try FileManager.default.copyItem(atPath: (tinyPipeline() as NSString).deletingLastPathComponent, toPath: folder)
         chmod(folder, 0o755)
@@ -21,7 +24,7 @@ struct HostileImportProcessTests {
 
     @Test("imports of a FIFO are refused at once; status, submit and SIGTERM work after them")
     func fifo() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, arguments: ["--start-paused"], model: tinyPipeline())
         let folder = try Self.pipelineCopy(in: dir)
@@ -43,9 +46,11 @@ struct HostileImportProcessTests {
 
     @Test(
         "a member's import cannot read root's private files: not directly, not through a link, not by an absolute path",
-        .enabled(if: PeerCredentialTests.canSwitchUsers, "needs root, /usr/bin/setpriv, a 'users' group and a Swift runtime other uids can load"))
+        .enabled(
+            if: PeerCredentialTests.canSwitchUsers,
+            "needs root, /usr/bin/setpriv, a 'users' group and a Swift runtime other uids can load"))
     func otherUsersFiles() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, arguments: ["--group", "users", "--admin-group", "users"])
         defer { daemon.stop() }
@@ -92,7 +97,7 @@ struct HostileImportProcessTests {
 
     @Test("a restart removes the half-written output folders and exports of a killed griditd, nothing else")
     func leftovers() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let state = dir.file("state")
         // A state directory griditd made (a directory with outputs and no database is refused as a lost database).
@@ -113,7 +118,9 @@ struct HostileImportProcessTests {
         #expect(symlink(dir.file("elsewhere"), link) == 0)
 
         let daemon = try DaemonProcess(directory: dir)
-        for gone in [partial, nested, export] { #expect(!FileManager.default.fileExists(atPath: gone), "\(gone) is left") }
+        for gone in [partial, nested, export] {
+            #expect(!FileManager.default.fileExists(atPath: gone), "\(gone) is left")
+        }
         for file in kept { #expect(FileManager.default.fileExists(atPath: file), "\(file) was removed") }
         #expect(FileManager.default.fileExists(atPath: link), "a link is not griditd's folder")
         #expect(daemon.log.contains("leftover"), "\(daemon.log)")
@@ -122,7 +129,7 @@ struct HostileImportProcessTests {
 
     @Test("griditctl models verify exits 1 when it finds a corrupt blob")
     func verifyExitStatus() throws {
-        let dir = try ShortTemporaryDirectory()
+        let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, model: tinyPipeline())
         defer { daemon.stop() }

@@ -1,94 +1,16 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import GriditAPI
 import GriditCLI
+import GriditTestSupport
 import Testing
 
-/// A short fresh directory under /tmp (Unix socket paths must stay under 108 bytes).
-struct ShortTemporaryDirectory: Sendable {
-    let path: String
-
-    init() throws {
-        var template = Array("/tmp/gd-XXXXXX".utf8CString)
-        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw TestFailure("mkdtemp: \(String(cString: strerror(errno)))")
-        }
-        path = String(cString: made)
-        chmod(path, 0o755)  // other uids (setpriv tests) must reach the socket inside
-    }
-
-    func file(_ name: String) -> String { path + "/" + name }
-
-    func remove() { try? FileManager.default.removeItem(atPath: path) }
-}
-
-struct TestFailure: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
-}
-
-/// The folder with the built griditd and griditctl: next to the test bundle, or GRIDIT_BIN_DIR.
-func binaryDirectory(_ filePath: String = #filePath) -> String {
-    if let dir = ProcessInfo.processInfo.environment["GRIDIT_BIN_DIR"] { return dir }
-    let nextToTests = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    for candidate in [nextToTests, nextToTests.deletingLastPathComponent()] {
-        if FileManager.default.isExecutableFile(atPath: candidate.appendingPathComponent("griditd").path) {
-            return candidate.path
-        }
-    }
-    let root = URL(fileURLWithPath: filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    return root.appendingPathComponent(".build/debug").path
-}
-
-/// What a finished process left.
-struct ProcessResult: Sendable {
-    var status: Int32
-    var stdout: String
-    var stderr: String
-}
-
-/// Runs a command to completion (stdout/stderr captured in files, so large output cannot block).
-func runProcess(_ executable: String, _ arguments: [String], environment: [String: String]? = nil, timeout: Double = 60) throws -> ProcessResult {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    if let environment { process.environment = environment }
-    let out = FileManager.default.temporaryDirectory.appendingPathComponent("gd-out-\(UUID().uuidString)")
-    let err = FileManager.default.temporaryDirectory.appendingPathComponent("gd-err-\(UUID().uuidString)")
-    _ = FileManager.default.createFile(atPath: out.path, contents: nil)
-    _ = FileManager.default.createFile(atPath: err.path, contents: nil)
-    defer {
-        try? FileManager.default.removeItem(at: out)
-        try? FileManager.default.removeItem(at: err)
-    }
-    process.standardOutput = try FileHandle(forWritingTo: out)
-    process.standardError = try FileHandle(forWritingTo: err)
-    try process.run()
-    let deadline = Date().addingTimeInterval(timeout)
-    while process.isRunning && Date() < deadline { usleep(10_000) }
-    if process.isRunning {
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
-        throw TestFailure("\(executable) \(arguments.joined(separator: " ")) ran past \(timeout) s")
-    }
-    return ProcessResult(
-        status: process.terminationStatus,
-        stdout: (try? String(contentsOf: out, encoding: .utf8)) ?? "",
-        stderr: (try? String(contentsOf: err, encoding: .utf8)) ?? "")
-}
-
-/// The tiny random-weight pixel pipeline of the engine tests (4×4 grids of 4×4 frames, ×2 SR):
-/// a job of a few dozen frames takes well under a second.
-func tinyPipeline(_ filePath: String = #filePath) -> String {
-    URL(fileURLWithPath: filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("GriditEngineTests/Fixtures/pixel/pipeline.json").path
-}
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A real griditd process on a state directory and socket of its own.
 final class DaemonProcess: @unchecked Sendable {
-    let directory: ShortTemporaryDirectory
+    let directory: TemporaryDirectory
     let stateDir: String
     let socket: String
     let process = Process()
@@ -97,7 +19,7 @@ final class DaemonProcess: @unchecked Sendable {
     /// `model`: a pipeline to import first (offline, `griditd models import`) as `tiny:latest`,
     /// so that submits find a model.
     init(
-        directory: ShortTemporaryDirectory, arguments: [String] = [], environment: [String: String] = [:],
+        directory: TemporaryDirectory, arguments: [String] = [], environment: [String: String] = [:],
         model: String? = nil
     ) throws {
         self.directory = directory
@@ -133,7 +55,9 @@ final class DaemonProcess: @unchecked Sendable {
     private func waitUntilReady() throws {
         let deadline = Date().addingTimeInterval(60)
         while Date() < deadline {
-            if !process.isRunning { throw TestFailure("griditd exited (\(process.terminationStatus)) before listening:\n\(log)") }
+            if !process.isRunning {
+                throw TestFailure("griditd exited (\(process.terminationStatus)) before listening:\n\(log)")
+            }
             if (try? client.get("/v1/version", as: VersionInfo.self)) != nil { return }
             usleep(20_000)
         }
@@ -155,7 +79,12 @@ final class DaemonProcess: @unchecked Sendable {
         return process.terminationStatus
     }
 
-    deinit { if process.isRunning { kill(pid, SIGKILL); process.waitUntilExit() } }
+    deinit {
+        if process.isRunning {
+            kill(pid, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
 }
 
 /// Sends raw bytes on a fresh connection and returns everything the server answers before
@@ -171,12 +100,16 @@ func exchange(
     let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw TestFailure("socket()") }
     defer { close(fd) }
-    guard UnixSocket.connect(fd, to: socketPath) else { throw TestFailure("connect \(socketPath): \(String(cString: strerror(errno)))") }
+    guard UnixSocket.connect(fd, to: socketPath) else {
+        throw TestFailure("connect \(socketPath): \(String(cString: strerror(errno)))")
+    }
     var tv = timeval(tv_sec: timeout, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     var offset = 0
     while offset < bytes.count {
-        let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
+        let n = bytes.withUnsafeBytes {
+            Glibc.send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL))
+        }
         if n <= 0 { break }
         offset += n
     }

@@ -1,14 +1,19 @@
 // The daemon's small pure parts: routing, request limits, submit validation, log fields, faults.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
-@testable import GriditDaemon
+import GriditFaults
+import GriditJobSpec
 import Logging
 import NIOCore
 import NIOHTTP1
 import Testing
+
+@testable import GriditDaemon
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("daemon units")
 struct DaemonUnitTests {
@@ -25,7 +30,8 @@ struct DaemonUnitTests {
         #expect(route(.GET, "/v1/jobs/12")?.1 == ["id": "12"])
         #expect(route(.GET, "/v1/models/ps")?.0 == "/v1/models/ps")
         #expect(route(.GET, "/v1/models/moving-digits:v1")?.1 == ["ref": "moving-digits:v1"])
-        #expect(route(.GET, "/v1/jobs/3/files/frames/frame_00001.png")?.1 == ["id": "3", "path": "frames/frame_00001.png"])
+        #expect(
+            route(.GET, "/v1/jobs/3/files/frames/frame_00001.png")?.1 == ["id": "3", "path": "frames/frame_00001.png"])
         #expect(route(.GET, "/v1/jobs/3/files")?.0 == "/v1/jobs/{id}/files")
         #expect(route(.GET, "/v1/jobs/3/nope") == nil)
     }
@@ -73,24 +79,6 @@ struct DaemonUnitTests {
         #expect(body == Data("{}".utf8))
     }
 
-    @Test("output names: relative folders only")
-    func outputNames() throws {
-        for good in ["run-1", "cats/run_2", "a.b/c-d"] { try SubmitValidation.validateOutput(good) }
-        for bad in ["", "/etc", "../x", "a/../../b", "a//b", ".hidden", "a/./b", "sp ace", "ünï", String(repeating: "a", count: 201)] {
-            #expect(throws: APIError.self, "\(bad)") { try SubmitValidation.validateOutput(bad) }
-        }
-    }
-
-    @Test("steps: counts, ddimN and diffusers spacings in 1...10000")
-    func steps() throws {
-        try SubmitValidation.validateSteps("250", name: "steps")
-        try SubmitValidation.validateSteps("ddim50", name: "steps")
-        try SubmitValidation.validateSteps("trailing20", name: "steps")
-        for bad in ["0", "-3", "ddim", "ddim0", "10001", "fast", "trailing", "leading0", "linspace-2"] {
-            #expect(throws: APIError.self) { try SubmitValidation.validateSteps(bad, name: "steps") }
-        }
-    }
-
     @Test("journald field names from metadata keys")
     func journalFieldNames() {
         #expect(DaemonLogHandler.journalFieldName("job.id") == "JOB_ID")
@@ -109,9 +97,9 @@ struct DaemonUnitTests {
         #expect(!(try FaultInjection(environment: [:])).isActive)
         #expect(throws: FaultInjectionError.self) { try FaultInjection(environment: ["GRIDIT_TEST_FAULTS": "explode"]) }
         let pause = try #require(try FaultInjection(environment: ["GRIDIT_TEST_FAULTS": "pause-at=sr:3"]).pauseAt)
-        #expect(pause.matches(StepProgress(stage: "sr", grid: 2, grids: 2, step: 1, steps: 5, frame: 3, frames: 8)))
-        #expect(!pause.matches(StepProgress(stage: "sr", grid: 2, grids: 2, step: 1, steps: 5, frame: 2, frames: 8)))
-        #expect(!pause.matches(StepProgress(stage: "grid", grid: 3, grids: 4, step: 1, steps: 5, frame: 3, frames: 8)))
+        #expect(pause.matches(StepProgress(stage: .sr, grid: 2, grids: 2, step: 1, steps: 5, frame: 3, frames: 8)))
+        #expect(!pause.matches(StepProgress(stage: .sr, grid: 2, grids: 2, step: 1, steps: 5, frame: 2, frames: 8)))
+        #expect(!pause.matches(StepProgress(stage: .grid, grid: 3, grids: 4, step: 1, steps: 5, frame: 3, frames: 8)))
         for bad in ["pause-at=sr", "pause-at=vae:1", "pause-at=grid:0"] {
             #expect(throws: FaultInjectionError.self) { try FaultInjection(environment: ["GRIDIT_TEST_FAULTS": bad]) }
         }
@@ -139,13 +127,39 @@ struct DaemonUnitTests {
 
     @Test("an idempotent resubmit matches when only the daemon-chosen seed differs")
     func idempotentMatch() {
-        let stored = StoredParameters(model: "m:v1", parameters: GenerationParameters(seed: 42, steps: "50"), output: nil, seedGiven: false)
-        let same = SubmitJobRequest(length: 8, model: "m:v1", parameters: GenerationParameters(steps: "50"))
-        #expect(stored.matches(same, length: 8, jobLength: 8))
+        let stored = JobSpec(length: 8, model: "m:v1", parameters: .init(seed: 42, steps: "50"))
+        let same = JobSpec(length: 8, model: "m:v1", parameters: .init(steps: "50"))
+        #expect(stored.matches(same))
         var other = same
         other.parameters.steps = "250"
-        #expect(!stored.matches(other, length: 8, jobLength: 8))
-        #expect(!stored.matches(same, length: 9, jobLength: 8))
+        #expect(!stored.matches(other))
+        var longer = same
+        longer.length = 9
+        #expect(!stored.matches(longer))
+    }
+
+    @Test("job rows written before JobSpec read as the spec they asked for; unreadable rows are errors")
+    func storedSpecs() throws {
+        // What gridit 0.1 stored in `params` (the length only in its column), verbatim.
+        let legacy =
+            #"{"model":"m:v1","output":"cats/run-1","parameters":{"context":"clean","eta":0.5,"no_sr":true,"precision":"bf16","sampler":"ddim","seed":18446744073709551615,"sr_steps":"ddim25","steps":"50"},"seed_given":true}"#
+        let spec = try JobSpec(storedJSON: legacy, length: 12)
+        #expect(
+            spec
+                == JobSpec(
+                    length: 12, model: "m:v1", output: "cats/run-1",
+                    parameters: .init(
+                        seed: .max, sampler: .ddim, steps: "50", srSteps: "ddim25", eta: 0.5, context: .clean,
+                        noSR: true,
+                        precision: "bf16")))
+        let minimal = try JobSpec(storedJSON: #"{"parameters":{"seed":7},"seed_given":false}"#, length: 3)
+        #expect(minimal == JobSpec(length: 3, parameters: .init(seed: 7)))
+        // Today's rows hold the spec as it is.
+        #expect(try JobSpec(storedJSON: spec.storedJSON, length: 12) == spec)
+        // Never a default for what does not decode.
+        for broken in ["", "{", #"{"parameters":{"sampler":"euler"}}"#, #"{"parameters":{"seed":-1}}"#, "[1]"] {
+            #expect(throws: StoredJobError.self, "\(broken)") { try JobSpec(storedJSON: broken, length: 4) }
+        }
     }
 
     @Test("a worker's end: crash signals, exit codes, and where its cgroup's OOM-kill count is")
@@ -158,10 +172,11 @@ struct DaemonUnitTests {
         let exited = WorkerExit(status: 3 << 8)
         #expect(exited.signal == 0 && exited.code == 3 && exited.description == "exited with status 3")
         // A container mounts the hierarchy from some ancestor: the cgroup's own file comes first.
-        #expect(OOMKills.own("/sys/fs/cgroup/memory", "/a/b", "memory.oom_control") == [
-            "/sys/fs/cgroup/memory/a/b/memory.oom_control", "/sys/fs/cgroup/memory/b/memory.oom_control",
-            "/sys/fs/cgroup/memory/memory.oom_control",
-        ])
+        #expect(
+            OOMKills.own("/sys/fs/cgroup/memory", "/a/b", "memory.oom_control") == [
+                "/sys/fs/cgroup/memory/a/b/memory.oom_control", "/sys/fs/cgroup/memory/b/memory.oom_control",
+                "/sys/fs/cgroup/memory/memory.oom_control",
+            ])
         #expect(OOMKills.own("/sys/fs/cgroup", "/", "memory.events") == ["/sys/fs/cgroup/memory.events"])
     }
 }

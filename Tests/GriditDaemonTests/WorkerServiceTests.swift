@@ -1,15 +1,20 @@
 // The worker with a scripted stand-in for the engine (test double, this file only) on a real
 // SQLite job store: claims and batches, fenced progress, cancel, graceful shutdown, failures.
+
 import Foundation
 import GriditAPI
-@testable import GriditDaemon
-import GriditStore
+import GriditFaults
+import GriditJobQueue
+import GriditJobSpec
+import GriditTestSupport
 import Logging
 import NIOHTTP1
 import ServiceLifecycle
 import ServiceLifecycleTestKit
 import Synchronization
 import Testing
+
+@testable import GriditDaemon
 
 /// What each job does when the worker runs it.
 enum Script: Sendable {
@@ -20,8 +25,8 @@ enum Script: Sendable {
     case fail(JobFailure)
 }
 
-/// A `JobExecutor` that follows a script per job id and records what it was asked to do.
-final class ScriptedExecutor: JobExecutor {
+/// A `JobEngine` that follows a script per job id and records what it was asked to do.
+final class ScriptedEngine: JobEngine {
     let script: @Sendable (Int64, Int) -> Script
     private let state = Mutex<(batches: [[Int64]], threads: Set<String>, stops: [Int64: StopReason])>(([], [], [:]))
 
@@ -31,8 +36,8 @@ final class ScriptedExecutor: JobExecutor {
     var threads: Set<String> { state.withLock { $0.threads } }
     func stopSeen(_ id: Int64) -> StopReason? { state.withLock { $0.stops[id] } }
 
-    func validate(length: Int, parameters: GenerationParameters, pipelineDigest: String?) async throws(JobFailure) -> TimeInterval {
-        Double(length)  // a second a frame
+    func validate(_ spec: JobSpec, pipelineDigest: String?) async throws(JobFailure) -> TimeInterval {
+        Double(spec.length)  // a second a frame
     }
 
     /// Runs the items one after the other, taking in the jobs `admit` offers between steps (as
@@ -40,7 +45,7 @@ final class ScriptedExecutor: JobExecutor {
     func execute(_ batch: ExecutionBatch, hooks: ExecutionHooks) {
         state.withLock {
             $0.batches.append(batch.items.map(\.jobID))
-            $0.threads.insert(Thread.current.name ?? "?")
+            $0.threads.insert(osThreadName())
         }
         let pending = Mutex(batch.items)
         let admit = {
@@ -54,7 +59,9 @@ final class ScriptedExecutor: JobExecutor {
         }
     }
 
-    private func run(_ item: ExecutionItem, _ script: Script, _ hooks: ExecutionHooks, admit: () -> Void) -> ExecutionOutcome {
+    private func run(
+        _ item: ExecutionItem, _ script: Script, _ hooks: ExecutionHooks, admit: () -> Void
+    ) -> ExecutionOutcome {
         let id = item.jobID
         func step(_ n: Int, of total: Int) -> StopReason? {
             admit()
@@ -62,15 +69,19 @@ final class ScriptedExecutor: JobExecutor {
                 state.withLock { $0.stops[id] = reason }
                 return reason
             }
-            hooks.step(id, StepProgress(stage: "grid", grid: 1, grids: 1, step: n, steps: total, frame: 0, frames: item.length))
-            if n % 2 == 0 { hooks.durable(id, JobProgressInfo(stage: "grid", gridsDone: n / 2, framesDone: 0)) }
+            hooks.step(
+                id,
+                StepProgress(stage: .grid, grid: 1, grids: 1, step: n, steps: total, frame: 0, frames: item.spec.length)
+            )
+            if n % 2 == 0 { hooks.durable(id, JobProgress(stage: .grid, gridsDone: n / 2, framesDone: 0)) }
             return nil
         }
         switch script {
         case .succeed(let steps):
             for n in 1...steps where step(n, of: steps) != nil { return .interrupted }
             try? FileManager.default.createDirectory(atPath: item.outputDirectory, withIntermediateDirectories: true)
-            _ = FileManager.default.createFile(atPath: item.outputDirectory + "/sequence.json", contents: Data("{}".utf8))
+            _ = FileManager.default.createFile(
+                atPath: item.outputDirectory + "/sequence.json", contents: Data("{}".utf8))
             return .succeeded
         case .runUntilStopped:
             let deadline = Date().addingTimeInterval(60)
@@ -87,6 +98,11 @@ final class ScriptedExecutor: JobExecutor {
     }
 }
 
+/// The calling thread's name as the kernel knows it (what ps and gdb show).
+func osThreadName() -> String {
+    ((try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)) ?? "?").trimmingCharacters(in: .newlines)
+}
+
 extension HTTPResponse {
     /// The body of a plain (not streamed) answer.
     var bodyData: Data? {
@@ -97,28 +113,31 @@ extension HTTPResponse {
 
 /// A worker on a fresh database, run until the test body returns.
 struct WorkerHarness {
-    let directory: ShortTemporaryDirectory
+    let directory: TemporaryDirectory
     let store: SQLiteJobStore
     let context: DaemonContext
-    let executor: ScriptedExecutor
+    let engine: ScriptedEngine
 
     init(faults: FaultInjection = FaultInjection(), script: @escaping @Sendable (Int64, Int) -> Script) throws {
-        directory = try ShortTemporaryDirectory()
-        var configuration = DaemonConfiguration(stateDirectory: directory.file("state"), socketPath: directory.file("s.sock"))
+        directory = TemporaryDirectory()
+        var configuration = DaemonConfiguration(
+            stateDirectory: directory.file("state"), socketPath: directory.file("s.sock"))
         configuration.pollInterval = 0.05
         configuration.maxBatchJobs = 4
         try FileManager.default.createDirectory(atPath: configuration.stateDirectory, withIntermediateDirectories: true)
-        store = try SQLiteJobStore(path: configuration.layout.database, policy: RetryPolicy(backoffBase: 0.05, backoffCap: 0.05))
-        executor = ScriptedExecutor(script)
+        store = try SQLiteJobStore(
+            path: configuration.layout.database, policy: RetryPolicy(backoffBase: 0.05, backoffCap: 0.05))
+        engine = ScriptedEngine(script)
         context = DaemonContext(
-            configuration: configuration, store: store, executor: executor, catalog: nil, faults: faults,
+            configuration: configuration, store: store, engine: engine, catalog: nil, faults: faults,
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
     }
 
     func submit(priority: Int = 0, digest: String? = nil) async throws -> Int64 {
-        let params = StoredParameters(model: nil, parameters: GenerationParameters(seed: 1), output: nil, seedGiven: true)
+        let spec = JobSpec(length: 8, parameters: .init(seed: 1))
         return try await store.submit(
-            JobSubmission(params: params.json, length: 8, priority: priority, maxAttempts: 2, pipelineDigest: digest),
+            JobSubmission(
+                params: spec.storedJSON, length: 8, priority: priority, maxAttempts: 2, pipelineDigest: digest),
             owner: 1000, maxQueued: 100, now: Date()
         ).job.id
     }
@@ -165,8 +184,8 @@ struct WorkerServiceTests {
                 return true
             }
         }
-        #expect(h.executor.batches == [[urgent], [a, b], [other]])
-        #expect(h.executor.threads == ["gridit-worker"], "the engine must run on the dedicated thread")
+        #expect(h.engine.batches == [[urgent], [a, b], [other]])
+        #expect(h.engine.threads == ["gridit-worker"], "the engine must run on the dedicated thread")
         let job = try await h.store.get(id: a)
         #expect(job.outputDir == h.context.layout.automaticOutputDirectory(job: a))
         #expect(job.progress.gridsDone == 2)
@@ -184,22 +203,24 @@ struct WorkerServiceTests {
             try await h.waitUntil("running") { try await h.state(a) == .running }
             let joining = try await h.submit(digest: "sha256:a")
             h.context.monitor.wake()
-            try await h.waitUntil("the second job joined the batch") { h.executor.batches == [[a, joining]] }
+            try await h.waitUntil("the second job joined the batch") { h.engine.batches == [[a, joining]] }
             // Another pipeline's job waits first: a later job of the batch's pipeline may not overtake it.
             let other = try await h.submit(digest: "sha256:b")
             let later = try await h.submit(digest: "sha256:a")
             h.context.monitor.wake()
             try await Task.sleep(for: .milliseconds(500))  // ten admission polls
             #expect(try await h.state(later) == .queued)
-            let owner = Caller(credentials: PeerCredentials(pid: 1, uid: 1000, gid: 1000), isAdmin: false, isMember: true)
-            _ = await api.handle(HTTPRequest(
-                method: .POST, path: ["v1", "jobs", "\(a)", "cancel"], rawPath: "/v1/jobs/\(a)/cancel", query: [:],
-                headers: [:], body: Data(), caller: owner))
+            let owner = Caller(
+                credentials: PeerCredentials(pid: 1, uid: 1000, gid: 1000), isAdmin: false, isMember: true)
+            _ = await api.handle(
+                HTTPRequest(
+                    method: .POST, path: ["v1", "jobs", "\(a)", "cancel"], rawPath: "/v1/jobs/\(a)/cancel", query: [:],
+                    headers: [:], body: Data(), caller: owner))
             try await h.waitUntil("all done") {
                 for id in [joining, other, later] where try await h.state(id) != .succeeded { return false }
                 return true
             }
-            #expect(h.executor.batches == [[a, joining], [other], [later]])
+            #expect(h.engine.batches == [[a, joining], [other], [later]])
             #expect(try await h.state(a) == .canceled)
         }
     }
@@ -220,8 +241,10 @@ struct WorkerServiceTests {
         #expect(job.crashCount == 0)
         #expect(job.leaseToken == nil)
         #expect(job.progress.gridsDone >= 2, "the resume point survives")
-        #expect(h.executor.stopSeen(id) == .shutdown)
-        #expect(FileManager.default.fileExists(atPath: h.context.layout.workDirectory(job: id)), "work folder kept for the resume")
+        #expect(h.engine.stopSeen(id) == .shutdown)
+        #expect(
+            FileManager.default.fileExists(atPath: h.context.layout.workDirectory(job: id)),
+            "work folder kept for the resume")
     }
 
     @Test("cancel through the API stops a running job at its next step")
@@ -232,20 +255,25 @@ struct WorkerServiceTests {
         let api = ControlAPI(context: h.context)
         try await h.withWorker {
             try await h.waitUntil("running") { try await h.state(id) == .running }
-            let owner = Caller(credentials: PeerCredentials(pid: 1, uid: 1000, gid: 1000), isAdmin: false, isMember: true)
-            let response = await api.handle(HTTPRequest(
-                method: .POST, path: ["v1", "jobs", "\(id)", "cancel"], rawPath: "/v1/jobs/\(id)/cancel", query: [:],
-                headers: [:], body: Data(), caller: owner))
+            let owner = Caller(
+                credentials: PeerCredentials(pid: 1, uid: 1000, gid: 1000), isAdmin: false, isMember: true)
+            let response = await api.handle(
+                HTTPRequest(
+                    method: .POST, path: ["v1", "jobs", "\(id)", "cancel"], rawPath: "/v1/jobs/\(id)/cancel",
+                    query: [:],
+                    headers: [:], body: Data(), caller: owner))
             #expect(response.status == .ok)
             try await h.waitUntil("canceled") { try await h.state(id) == .canceled }
         }
-        #expect(h.executor.stopSeen(id) == .cancel)
+        #expect(h.engine.stopSeen(id) == .cancel)
     }
 
     @Test("transient failures back off and retry, then fail; invalid input fails at once")
     func failureClasses() async throws {
         let h = try WorkerHarness { id, _ in
-            id == 1 ? .fail(JobFailure(.transient, "EIO on the work folder")) : .fail(JobFailure(.invalidInput, "context_rows 9 > 3"))
+            id == 1
+                ? .fail(JobFailure(.transient, "EIO on the work folder"))
+                : .fail(JobFailure(.invalidInput, "context_rows 9 > 3"))
         }
         defer { h.directory.remove() }
         let transient = try await h.submit()
@@ -273,23 +301,30 @@ struct WorkerServiceTests {
         let api = ControlAPI(context: h.context)
         let owner = Caller(credentials: PeerCredentials(pid: 1, uid: 1000, gid: 1000), isAdmin: false, isMember: true)
         func get(_ path: [String]) async -> HTTPResponse {
-            await api.handle(HTTPRequest(
-                method: .GET, path: path, rawPath: "/" + path.joined(separator: "/"), query: [:], headers: [:],
-                body: Data(), caller: owner))
+            await api.handle(
+                HTTPRequest(
+                    method: .GET, path: path, rawPath: "/" + path.joined(separator: "/"), query: [:], headers: [:],
+                    body: Data(), caller: owner))
         }
         try await h.withWorker {
-            try await h.waitUntil("the worker sees the disk too full") { h.context.conditions.lastBlocker == .waitingForDisk }
+            try await h.waitUntil("the worker sees the disk too full") {
+                h.context.conditions.lastBlocker == .waitingForDisk
+            }
             // Many polls (50 ms each) later, still nothing claimed.
             try await Task.sleep(for: .milliseconds(500))
             let job = try await h.store.get(id: id)
             #expect(job.state == .queued && job.attempt == 0, "\(job)")
-            let status = try APICoding.decoder().decode(DaemonStatus.self, from: try #require(await get(["v1", "status"]).bodyData))
+            let status = try APICoding.decoder().decode(
+                DaemonStatus.self, from: try #require(await get(["v1", "status"]).bodyData))
             #expect(status.notices.map(\.code) == [.waitingForDisk])
-            #expect(status.notices.first?.message.contains("waiting for disk space: 1.0 KB free, need 268 MB in") == true, "\(status.notices)")
-            let shown = try APICoding.decoder().decode(JobInfo.self, from: try #require(await get(["v1", "jobs", "\(id)"]).bodyData))
+            #expect(
+                status.notices.first?.message.contains("waiting for disk space: 1.0 KB free, need 268 MB in") == true,
+                "\(status.notices)")
+            let shown = try APICoding.decoder().decode(
+                JobInfo.self, from: try #require(await get(["v1", "jobs", "\(id)"]).bodyData))
             #expect(shown.waitingFor?.hasPrefix("waiting for disk space") == true, "\(shown)")
         }
-        #expect(h.executor.batches.isEmpty)
+        #expect(h.engine.batches.isEmpty)
         #expect(try await h.store.errors(id: id).isEmpty, "waiting is not a failure")
     }
 
@@ -306,7 +341,7 @@ struct WorkerServiceTests {
             _ = try await h.store.recordWorkerCrash(id: id, token: token, message: "stalled", now: Date())
             try await h.waitUntil("succeeded on the second attempt") { try await h.state(id) == .succeeded }
         }
-        #expect(h.executor.stopSeen(id) == .leaseLost)
+        #expect(h.engine.stopSeen(id) == .leaseLost)
         let job = try await h.store.get(id: id)
         #expect(job.attempt == 2 && job.crashCount == 1, "\(job)")
     }

@@ -1,8 +1,10 @@
 import Foundation
 import GriditCheckpoint
+import GriditDiffusion
 import GriditEngine
-import GriditPipeline
+import GriditJobSpec
 import GriditTensor
+import GriditTestSupport
 import Testing
 
 // Same seed ⇒ same bytes, whatever the batch composition, the thread count or where a run was
@@ -10,21 +12,26 @@ import Testing
 // PNGs of the work directory. The latent fixture is used where frames must be informative: its
 // VAE keeps most pixels away from 0 and 255.
 
-private let latentRequest = SequenceRequest(length: 12, seed: 11, sampler: .ddim, steps: "3", srSteps: "2", eta: 0.3)
+private let latentRequest = JobSpec(
+    length: 12, parameters: .init(seed: 11, sampler: .ddim, steps: "3", srSteps: "2", eta: 0.3))
 
-private func bytes(_ folder: String, _ request: SequenceRequest, options: ExecutionOptions = ExecutionOptions(threads: 2))
-    throws -> [String: [UInt8]] {
-    let scratch = Scratch("det")
-    let run = try runToEnd(try pipeline(folder), request, work: scratch.path("w"), options: options)
+private func bytes(
+    _ folder: String, _ request: JobSpec, options: ExecutionOptions = ExecutionOptions(threads: 2)
+)
+    throws -> [String: [UInt8]]
+{
+    let scratch = TemporaryDirectory("ge-det")
+    let run = try runToEnd(try pipeline(folder), request, work: scratch.file("w"), options: options)
     return results(of: run.workDirectory)
 }
 
 @Test func sameSeedGivesTheSameBytesAndAnotherSeedDoesNot() throws {
     let a = try bytes("latent", latentRequest)
-    #expect(a.keys.filter { $0.hasPrefix("frames/") }.count == 12 && a.keys.filter { $0.hasPrefix("grids/") }.count == 4)
+    #expect(
+        a.keys.filter { $0.hasPrefix("frames/") }.count == 12 && a.keys.filter { $0.hasPrefix("grids/") }.count == 4)
     #expect(try bytes("latent", latentRequest) == a)
     var other = latentRequest
-    other.seed = 12
+    other.parameters.seed = 12
     let b = try bytes("latent", other)
     #expect(b.keys == a.keys)
     #expect(a.filter { b[$0.key] == $0.value }.isEmpty, "no file of seed 12 equals seed 11's")
@@ -32,16 +39,19 @@ private func bytes(_ folder: String, _ request: SequenceRequest, options: Execut
 
 @Test func batchSizesAndThreadCountsDoNotChangeBytes() throws {
     // Official mode batches its in-between grids; stage 2 batches frames.
-    let official = SequenceRequest(length: 44, seed: 6, mode: .official, steps: "3", noSR: true)
+    let official = JobSpec(length: 44, parameters: .init(seed: 6, mode: .official, steps: "3", noSR: true))
     let reference = try bytes("pixel", official, options: ExecutionOptions(threads: 1, maxBatch: 1))
     #expect(try bytes("pixel", official, options: ExecutionOptions(threads: 3, maxBatch: 16)) == reference)
     let sr = try bytes("latent", latentRequest, options: ExecutionOptions(threads: 1, maxBatch: 1))
     #expect(try bytes("latent", latentRequest, options: ExecutionOptions(threads: 3, maxBatch: 5)) == sr)
     // A memory budget that only fits one row behaves like maxBatch 1.
-    #expect(try bytes("latent", latentRequest, options: ExecutionOptions(threads: 2, memoryBudget: 1, maxBatch: 16)) == sr)
+    #expect(
+        try bytes("latent", latentRequest, options: ExecutionOptions(threads: 2, memoryBudget: 1, maxBatch: 16)) == sr)
     // DPM-Solver++ in both stages, with carried frames: its history is per item.
-    let dpm = SequenceRequest(length: 20, seed: 2, sampler: .dpmpp2m, steps: "trailing4", srSampler: .dpmpp2m,
-                              srSteps: "trailing3", contextRows: 2)
+    let dpm = JobSpec(
+        length: 20,
+        parameters: .init(
+            seed: 2, sampler: .dpmpp2m, steps: "trailing4", srSampler: .dpmpp2m, srSteps: "trailing3", contextRows: 2))
     let solver = try bytes("pixel", dpm, options: ExecutionOptions(threads: 1, maxBatch: 1))
     #expect(try bytes("pixel", dpm, options: ExecutionOptions(threads: 3, maxBatch: 16)) == solver)
 }
@@ -50,14 +60,15 @@ private func bytes(_ folder: String, _ request: SequenceRequest, options: Execut
     let p = try pipeline("latent")
     let requests = [
         latentRequest,
-        SequenceRequest(length: 7, seed: 2, sampler: .ddpm, steps: "4", srSampler: .ddpm, srSteps: "3"),
-        SequenceRequest(length: 10, seed: 2, mode: .official, steps: "3", srSteps: "2"),
-        SequenceRequest(length: 20, seed: 3, steps: "5", contextRows: 2, noSR: true, jumpLength: 2, jumpCount: 2),
+        JobSpec(length: 7, parameters: .init(seed: 2, sampler: .ddpm, steps: "4", srSampler: .ddpm, srSteps: "3")),
+        JobSpec(length: 10, parameters: .init(seed: 2, mode: .official, steps: "3", srSteps: "2")),
+        JobSpec(
+            length: 20, parameters: .init(seed: 3, steps: "5", contextRows: 2, noSR: true, jumpLength: 2, jumpCount: 2)),
     ]
     let alone = try requests.map { try bytes("latent", $0) }
-    let scratch = Scratch("batch")
+    let scratch = TemporaryDirectory("ge-batch")
     let runs = try requests.enumerated().map { i, r in
-        try SequenceRun(pipeline: p, request: r, workDirectory: scratch.path("w\(i)"))
+        try SequenceRun(pipeline: p, spec: r, workDirectory: scratch.file("w\(i)"))
     }
     let outcomes = SequenceRun.execute(runs, options: ExecutionOptions(threads: 2, maxBatch: 4))
     for (i, outcome) in outcomes.enumerated() {
@@ -69,35 +80,42 @@ private func bytes(_ folder: String, _ request: SequenceRequest, options: Execut
 
 @Test func runsAdmittedDuringABatchJoinAndLeaveOnTheirOwn() throws {
     let p = try pipeline("latent")
-    let scratch = Scratch("admit")
-    let first = try SequenceRun(pipeline: p, request: latentRequest, workDirectory: scratch.path("a"))
-    let late = try SequenceRun(pipeline: p, request: SequenceRequest(length: 3, seed: 5, steps: "2", noSR: true),
-                               workDirectory: scratch.path("b"))
+    let scratch = TemporaryDirectory("ge-admit")
+    let first = try SequenceRun(pipeline: p, spec: latentRequest, workDirectory: scratch.file("a"))
+    let late = try SequenceRun(
+        pipeline: p, spec: JobSpec(length: 3, parameters: .init(seed: 5, steps: "2", noSR: true)),
+        workDirectory: scratch.file("b"))
     var calls = 0, left: [String] = []
-    let outcomes = SequenceRun.execute([first], options: ExecutionOptions(threads: 2, maxBatch: 4), admit: {
-        calls += 1
-        return calls == 2 ? [late] : []
-    }, finished: { run, result in
-        #expect(throws: Never.self) { try result.get() }
-        left.append(run.workDirectory)
-    })
+    let outcomes = SequenceRun.execute(
+        [first], options: ExecutionOptions(threads: 2, maxBatch: 4),
+        admit: {
+            calls += 1
+            return calls == 2 ? [late] : []
+        },
+        finished: { run, result in
+            #expect(throws: Never.self) { try result.get() }
+            left.append(run.workDirectory)
+        })
     #expect(outcomes.count == 2 && first.isComplete && late.isComplete)
     // The short late run leaves first; each is reported once.
     #expect(left == [late.workDirectory, first.workDirectory])
     #expect(results(of: first.workDirectory) == (try bytes("latent", latentRequest)))
-    #expect(results(of: late.workDirectory) == (try bytes("latent", SequenceRequest(length: 3, seed: 5, steps: "2", noSR: true))))
+    #expect(
+        results(of: late.workDirectory)
+            == (try bytes("latent", JobSpec(length: 3, parameters: .init(seed: 5, steps: "2", noSR: true)))))
 }
 
 @Test func resumingAfterAnInterruptionAtAnyPointGivesTheSameBytes() throws {
     let p = try pipeline("latent")
-    let scratch = Scratch("resume")
+    let scratch = TemporaryDirectory("ge-resume")
     let baseline = try bytes("latent", latentRequest)
     let units = 2 + 12  // grids, then frames: each a durable unit
     for stopAfter in 1..<units {
-        let work = scratch.path("u\(stopAfter)")
+        let work = scratch.file("u\(stopAfter)")
         var seen = 0
-        let run = try SequenceRun(pipeline: p, request: latentRequest, workDirectory: work,
-                                  hooks: RunHooks(onProgress: { _ in seen += 1 }, shouldStop: { seen >= stopAfter }))
+        let run = try SequenceRun(
+            pipeline: p, spec: latentRequest, workDirectory: work,
+            hooks: RunHooks(onProgress: { _ in seen += 1 }, shouldStop: { seen >= stopAfter }))
         do {
             try run.execute(options: ExecutionOptions(threads: 2, maxBatch: 3))
             Issue.record("run stopped after \(stopAfter) units did not throw")
@@ -105,7 +123,7 @@ private func bytes(_ folder: String, _ request: SequenceRequest, options: Execut
             #expect(e.code == .interrupted)
         }
         #expect(!run.isComplete)
-        let resumed = try SequenceRun(pipeline: p, request: latentRequest, workDirectory: work)
+        let resumed = try SequenceRun(pipeline: p, spec: latentRequest, workDirectory: work)
         #expect(resumed.gridsDone + resumed.framesDone >= stopAfter)
         try resumed.execute(options: ExecutionOptions(threads: 1, maxBatch: 16))
         #expect(results(of: work) == baseline, "stopped after \(stopAfter) units")
@@ -113,28 +131,30 @@ private func bytes(_ folder: String, _ request: SequenceRequest, options: Execut
     }
     // Stopped between denoising steps (mid-grid and mid-frame-batch): the unfinished unit is redone.
     for stopAtStep in [1, 2, 4, 7, 12] {
-        let work = scratch.path("s\(stopAtStep)")
+        let work = scratch.file("s\(stopAtStep)")
         var steps = 0
-        let run = try SequenceRun(pipeline: p, request: latentRequest, workDirectory: work,
-                                  hooks: RunHooks(onStep: { _ in steps += 1 }, shouldStop: { steps >= stopAtStep }))
+        let run = try SequenceRun(
+            pipeline: p, spec: latentRequest, workDirectory: work,
+            hooks: RunHooks(onStep: { _ in steps += 1 }, shouldStop: { steps >= stopAtStep }))
         #expect(throws: EngineError.interrupted) { try run.execute(options: ExecutionOptions(threads: 2, maxBatch: 4)) }
-        try SequenceRun(pipeline: p, request: latentRequest, workDirectory: work).execute()
+        try SequenceRun(pipeline: p, spec: latentRequest, workDirectory: work).execute()
         #expect(results(of: work) == baseline, "stopped at step \(stopAtStep)")
     }
 }
 
 @Test func officialRunsResumeAtEveryGrid() throws {
     let p = try pipeline("pixel")
-    let request = SequenceRequest(length: 32, seed: 8, mode: .official, steps: "3", srSteps: "2")
+    let request = JobSpec(length: 32, parameters: .init(seed: 8, mode: .official, steps: "3", srSteps: "2"))
     let baseline = try bytes("pixel", request)
-    let scratch = Scratch("off")
+    let scratch = TemporaryDirectory("ge-off")
     for stopAfter in 1...5 {  // N = 3: grids 0…6
-        let work = scratch.path("g\(stopAfter)")
+        let work = scratch.file("g\(stopAfter)")
         var seen = 0
-        let run = try SequenceRun(pipeline: p, request: request, workDirectory: work,
-                                  hooks: RunHooks(onProgress: { _ in seen += 1 }, shouldStop: { seen >= stopAfter }))
+        let run = try SequenceRun(
+            pipeline: p, spec: request, workDirectory: work,
+            hooks: RunHooks(onProgress: { _ in seen += 1 }, shouldStop: { seen >= stopAfter }))
         #expect(throws: EngineError.interrupted) { try run.execute(options: ExecutionOptions(maxBatch: 2)) }
-        try SequenceRun(pipeline: p, request: request, workDirectory: work).execute()
+        try SequenceRun(pipeline: p, spec: request, workDirectory: work).execute()
         #expect(results(of: work) == baseline, "official, stopped after \(stopAfter) units")
     }
 }
@@ -142,20 +162,23 @@ private func bytes(_ folder: String, _ request: SequenceRequest, options: Execut
 @Test(arguments: [1, 2, 3])
 func contextFramesOfEachGridAreThePreviousFramesExactly(contextRows: Int) throws {
     let p = try pipeline("pixel")
-    let scratch = Scratch("ctx")
-    let run = try runToEnd(p, SequenceRequest(length: 45, seed: 2, steps: "3", contextRows: contextRows, noSR: true),
-                           work: scratch.path("w"))
+    let scratch = TemporaryDirectory("ge-ctx")
+    let run = try runToEnd(
+        p, JobSpec(length: 45, parameters: .init(seed: 2, steps: "3", contextRows: contextRows, noSR: true)),
+        work: scratch.file("w"))
     let layout = p.configuration.modelLayout
     func cell(_ grid: Int, _ position: Int) throws -> [UInt32] {
         let g = try NPYArray(path: run.workDirectory + String(format: "/grids/grid_%05d.npy", grid)).floatTensor()
         let f = Tensor(zeros: [1] + layout.frameShape)
-        try layout.extract(from: g, positions: position ..< position + 1, into: f)
+        try layout.extract(from: g, positions: position..<position + 1, into: f)
         return f.toArray().map(\.bitPattern)
     }
     var checked = 0
     for g in 1..<run.plan.grids {
         for known in run.plan.grid(g).known {
-            #expect(try cell(g, known.position) == cell(known.source.grid, known.source.position), "grid \(g) cell \(known.position)")
+            #expect(
+                try cell(g, known.position) == cell(known.source.grid, known.source.position),
+                "grid \(g) cell \(known.position)")
             checked += 1
         }
     }
@@ -163,18 +186,22 @@ func contextFramesOfEachGridAreThePreviousFramesExactly(contextRows: Int) throws
 }
 
 @Test func everyLengthComesOutExactly() throws {
-    let scratch = Scratch("len")
+    let scratch = TemporaryDirectory("ge-len")
     var runs = 0
     for (folder, k) in [("pixel_k2", 2), ("latent", 3), ("pixel", 4), ("pixel_k5", 5)] {
         let p = try pipeline(folder)
         let kk = k * k
         for c in Set([1, k - 1]) {
             for length in Set([1, 2, kk - 1, kk, kk + 1, kk + (k - c) * k + 1, 2 * kk + 3, 41]) {
-                let run = try runToEnd(p, SequenceRequest(length: length, seed: UInt64(length), sampler: .ddim, steps: "2",
-                                                          contextRows: c, noSR: true),
-                                       work: scratch.path("\(folder)-\(c)-\(length)"))
+                let run = try runToEnd(
+                    p,
+                    JobSpec(
+                        length: length,
+                        parameters: .init(seed: UInt64(length), sampler: .ddim, steps: "2", contextRows: c, noSR: true)),
+                    work: scratch.file("\(folder)-\(c)-\(length)"))
                 let names = try FileManager.default.contentsOfDirectory(atPath: run.workDirectory + "/frames").sorted()
-                #expect(names == (0..<length).map { String(format: "frame_%05d.png", $0) }, "\(folder) c \(c) L \(length)")
+                #expect(
+                    names == (0..<length).map { String(format: "frame_%05d.png", $0) }, "\(folder) c \(c) L \(length)")
                 runs += 1
             }
         }

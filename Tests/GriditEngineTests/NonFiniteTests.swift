@@ -1,7 +1,9 @@
 import Foundation
 import GriditCheckpoint
 import GriditEngine
+import GriditJobSpec
 import GriditTensor
+import GriditTestSupport
 import Testing
 
 // A model whose outputs turn NaN or infinite (NaN weights that reached the engine without the
@@ -10,8 +12,8 @@ import Testing
 
 @Test("a run whose model outputs become non-finite fails and writes no frame", arguments: ["stage1", "stage2"])
 func nonFiniteOutputsFailTheRun(stage: String) throws {
-    let scratch = Scratch("nonfinite")
-    let folder = scratch.path("pipeline")
+    let scratch = TemporaryDirectory("ge-nonfinite")
+    let folder = scratch.file("pipeline")
     try FileManager.default.copyItem(atPath: fixture("pixel"), toPath: folder)
     let weights = folder + "/\(stage).safetensors"
     let source = try SafetensorsFile(path: weights)
@@ -22,9 +24,10 @@ func nonFiniteOutputsFailTheRun(stage: String) throws {
     #expect(rename(weights + ".nan", weights) == 0)
 
     let p = try LoadedPipeline(path: folder + "/pipeline.json")
-    let work = scratch.path("work")
+    let work = scratch.file("work")
     expectEngineError(.invalidInput, mentioning: "non-finite") {
-        try SequenceRun(pipeline: p, request: SequenceRequest(length: 16, seed: 1), workDirectory: work).execute()
+        try SequenceRun(pipeline: p, spec: JobSpec(length: 16, parameters: .init(seed: 1)), workDirectory: work)
+            .execute()
     }
     #expect(files(under: work).keys.filter { $0.hasPrefix("frames/") }.isEmpty, "a frame was written")
 }

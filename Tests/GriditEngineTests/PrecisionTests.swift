@@ -1,8 +1,10 @@
 import Foundation
 import GriditCheckpoint
 import GriditEngine
+import GriditJobSpec
 import GriditModels
 import GriditTensor
+import GriditTestSupport
 import Testing
 
 // Precision is a per-pipeline setting: the pipeline is loaded in one (bf16 weights packed once),
@@ -16,21 +18,22 @@ import Testing
     let fp32 = try pipeline("latent")
     #expect(fp32.precision == .fp32)
 
-    let scratch = Scratch("prec")
-    let request = SequenceRequest(length: 9, seed: 6, steps: "3", srSteps: "2", precision: "bf16")
-    let a = try runToEnd(bf16, request, work: scratch.path("a"))
-    let summary = try a.finish(into: scratch.path("out"))
+    let scratch = TemporaryDirectory("ge-prec")
+    let request = JobSpec(length: 9, parameters: .init(seed: 6, steps: "3", srSteps: "2", precision: "bf16"))
+    let a = try runToEnd(bf16, request, work: scratch.file("a"))
+    let summary = try a.finish(into: scratch.file("out"))
     #expect(summary.settings.precisionRequested == "bf16" && summary.settings.precisionUsed == expected.rawValue)
-    let json = try #require(FileManager.default.contents(atPath: scratch.path("out/sequence.json")))
+    let json = try #require(FileManager.default.contents(atPath: scratch.file("out/sequence.json")))
     #expect(String(decoding: json, as: UTF8.self).contains("\"precision_used\" : \"\(expected.rawValue)\""))
 
     // Same seed, same precision: the same bytes, at another thread count.
-    _ = try runToEnd(bf16, request, work: scratch.path("b"), options: ExecutionOptions(threads: 1))
-    #expect(results(of: scratch.path("a")) == results(of: scratch.path("b")))
+    _ = try runToEnd(bf16, request, work: scratch.file("b"), options: ExecutionOptions(threads: 1))
+    #expect(results(of: scratch.file("a")) == results(of: scratch.file("b")))
 
     // The fp32 run of the same seed: close in model space, and (where bf16 runs) not the same bits.
-    let c = try runToEnd(fp32, SequenceRequest(length: 9, seed: 6, steps: "3", srSteps: "2", precision: "fp32"),
-                         work: scratch.path("c"))
+    let c = try runToEnd(
+        fp32, JobSpec(length: 9, parameters: .init(seed: 6, steps: "3", srSteps: "2", precision: "fp32")),
+        work: scratch.file("c"))
     let g16 = try NPYArray(path: a.workDirectory + "/grids/grid_00000.npy").floatTensor()
     let g32 = try NPYArray(path: c.workDirectory + "/grids/grid_00000.npy").floatTensor()
     var num = 0.0, den = 0.0
@@ -43,7 +46,7 @@ import Testing
     #expect(rel.isFinite)
     if expected == .bf16 {
         #expect(rel > 0, "bf16 gave fp32's bits: the bf16 kernels did not run")
-        #expect(results(of: scratch.path("a")) != results(of: scratch.path("c")))
+        #expect(results(of: scratch.file("a")) != results(of: scratch.file("c")))
     } else {
         #expect(rel == 0)
     }
@@ -51,15 +54,15 @@ import Testing
 
 @Test func aRunMustAskForThePrecisionItsPipelineIsLoadedIn() throws {
     let fp32 = try pipeline("latent")
-    let scratch = Scratch("prec-mismatch")
-    let request = SequenceRequest(length: 4, seed: 1, precision: "bf16")
+    let scratch = TemporaryDirectory("ge-prec-mismatch")
+    let request = JobSpec(length: 4, parameters: .init(seed: 1, precision: "bf16"))
     if Precision.bf16.effective == .bf16 {
         expectEngineError(.invalidInput, mentioning: "loaded in fp32") {
-            _ = try SequenceRun(pipeline: fp32, request: request, workDirectory: scratch.path("w"))
+            _ = try SequenceRun(pipeline: fp32, spec: request, workDirectory: scratch.file("w"))
         }
-        #expect(!FileManager.default.fileExists(atPath: scratch.path("w")))
+        #expect(!FileManager.default.fileExists(atPath: scratch.file("w")))
     } else {
         // Without AVX512_BF16 a bf16 request runs fp32, on the fp32 pipeline.
-        _ = try SequenceRun(pipeline: fp32, request: request, workDirectory: scratch.path("w"))
+        _ = try SequenceRun(pipeline: fp32, spec: request, workDirectory: scratch.file("w"))
     }
 }

@@ -1,9 +1,11 @@
 import Foundation
 import GriditCheckpoint
+import GriditDiffusion
 import GriditEngine
 import GriditImage
-import GriditPipeline
+import GriditJobSpec
 import GriditTensor
+import GriditTestSupport
 import Testing
 
 // Whole sequences against the independent PyTorch reference (tools/reference/engine_reference.py,
@@ -13,35 +15,52 @@ import Testing
 
 struct ReferenceCase: Sendable, CustomStringConvertible {
     let name: String, folder: String
-    let request: SequenceRequest
+    let request: JobSpec
     var description: String { name }
 }
 
 let referenceCases = [
-    ReferenceCase(name: "pixel_gridit", folder: "pixel",
-                  request: SequenceRequest(length: 21, seed: 5, mode: .gridit, sampler: .ddpm, steps: "4",
-                                           srSampler: .ddim, srSteps: "3", eta: 0, contextRows: 1)),
-    ReferenceCase(name: "pixel_official", folder: "pixel",
-                  request: SequenceRequest(length: 20, seed: 3, mode: .official, sampler: .ddpm, steps: "4", noSR: true)),
-    ReferenceCase(name: "latent_gridit", folder: "latent",
-                  request: SequenceRequest(length: 12, seed: 11, mode: .gridit, sampler: .ddim, steps: "3",
-                                           srSampler: .ddim, srSteps: "2", eta: 0, contextRows: 1)),
-    ReferenceCase(name: "latent_official", folder: "latent",
-                  request: SequenceRequest(length: 10, seed: 2, mode: .official, sampler: .ddpm, steps: "3", noSR: true)),
-    ReferenceCase(name: "classcond_guided", folder: "classcond",
-                  request: SequenceRequest(length: 6, seed: 9, sampler: .ddpm, steps: "4", contextRows: 1, classLabel: 1,
-                                           cfgScale: 3)),
-    ReferenceCase(name: "pixel_jumps", folder: "pixel",
-                  request: SequenceRequest(length: 20, seed: 4, sampler: .ddpm, steps: "6", contextRows: 2, noSR: true,
-                                           jumpLength: 2, jumpCount: 2)),
+    ReferenceCase(
+        name: "pixel_gridit", folder: "pixel",
+        request: JobSpec(
+            length: 21,
+            parameters: .init(
+                seed: 5, mode: .gridit, sampler: .ddpm, steps: "4", srSampler: .ddim, srSteps: "3", eta: 0,
+                contextRows: 1))),
+    ReferenceCase(
+        name: "pixel_official", folder: "pixel",
+        request: JobSpec(
+            length: 20, parameters: .init(seed: 3, mode: .official, sampler: .ddpm, steps: "4", noSR: true))),
+    ReferenceCase(
+        name: "latent_gridit", folder: "latent",
+        request: JobSpec(
+            length: 12,
+            parameters: .init(
+                seed: 11, mode: .gridit, sampler: .ddim, steps: "3", srSampler: .ddim, srSteps: "2", eta: 0,
+                contextRows: 1))),
+    ReferenceCase(
+        name: "latent_official", folder: "latent",
+        request: JobSpec(
+            length: 10, parameters: .init(seed: 2, mode: .official, sampler: .ddpm, steps: "3", noSR: true))),
+    ReferenceCase(
+        name: "classcond_guided", folder: "classcond",
+        request: JobSpec(
+            length: 6,
+            parameters: .init(seed: 9, sampler: .ddpm, steps: "4", contextRows: 1, classLabel: 1, cfgScale: 3))),
+    ReferenceCase(
+        name: "pixel_jumps", folder: "pixel",
+        request: JobSpec(
+            length: 20,
+            parameters: .init(
+                seed: 4, sampler: .ddpm, steps: "6", contextRows: 2, noSR: true, jumpLength: 2, jumpCount: 2))),
     // v-predicting stages, clean context rows (the pipeline's defaults).
-    ReferenceCase(name: "pixel_v_clean", folder: "pixel_v", request: SequenceRequest(length: 20, seed: 6)),
+    ReferenceCase(name: "pixel_v_clean", folder: "pixel_v", request: JobSpec(length: 20, parameters: .init(seed: 6))),
 ]
 
 @Test(arguments: referenceCases)
 func sequenceMatchesReference(_ c: ReferenceCase) throws {
-    let scratch = Scratch("ref")
-    let run = try runToEnd(try pipeline(c.folder), c.request, work: scratch.path("work"))
+    let scratch = TemporaryDirectory("ge-ref")
+    let run = try runToEnd(try pipeline(c.folder), c.request, work: scratch.file("work"))
     let (want, shape) = try referenceFrames("\(c.name).frames.npy")
     #expect(run.plan.frames == shape[0], "\(c.name): \(run.plan.frames) frames, reference \(shape[0])")
     let got = try decodedFrames(run)
@@ -61,7 +80,8 @@ func sequenceMatchesReference(_ c: ReferenceCase) throws {
 
     for g in 0..<run.plan.grids {
         let want = try NPYArray(path: fixture("\(c.name).grid\(g).npy")).floatTensor().toArray()
-        let got = try NPYArray(path: run.workDirectory + String(format: "/grids/grid_%05d.npy", g)).floatTensor().toArray()
+        let got = try NPYArray(path: run.workDirectory + String(format: "/grids/grid_%05d.npy", g)).floatTensor()
+            .toArray()
         let scale = max(1, want.map { abs($0) }.max()!)
         let d = maxAbsDiff(got, want)
         print("\(c.name) grid \(g): max |diff| \(d) (relative \(d / scale))")

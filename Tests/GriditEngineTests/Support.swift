@@ -2,6 +2,7 @@ import Foundation
 import GriditCheckpoint
 import GriditEngine
 import GriditImage
+import GriditJobSpec
 import GriditTensor
 import Testing
 
@@ -30,17 +31,6 @@ final class Pipelines: @unchecked Sendable {
 
 func pipeline(_ folder: String) throws -> LoadedPipeline { try Pipelines.shared.get(folder) }
 
-/// A fresh directory path (not created) under the temporary directory, removed by `cleanup`.
-final class Scratch {
-    let root: String
-    init(_ label: String = "t") {
-        root = NSTemporaryDirectory() + "gridit-engine-\(label)-\(UUID().uuidString.prefix(8))"
-        try? FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-    }
-    func path(_ name: String) -> String { root + "/" + name }
-    deinit { try? FileManager.default.removeItem(atPath: root) }
-}
-
 /// The bytes of every file under a directory, by relative path.
 func files(under dir: String) -> [String: [UInt8]] {
     var out: [String: [UInt8]] = [:]
@@ -49,7 +39,8 @@ func files(under dir: String) -> [String: [UInt8]] {
         var isDir: ObjCBool = false
         let path = dir + "/" + name
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue,
-           let data = FileManager.default.contents(atPath: path) {
+            let data = FileManager.default.contents(atPath: path)
+        {
             out[name] = [UInt8](data)
         }
     }
@@ -63,9 +54,11 @@ func results(of work: String) -> [String: [UInt8]] {
 
 /// Runs `request` to completion in a new work directory and returns the run.
 @discardableResult
-func runToEnd(_ p: LoadedPipeline, _ request: SequenceRequest, work: String,
-              options: ExecutionOptions = ExecutionOptions(threads: 2)) throws -> SequenceRun {
-    let run = try SequenceRun(pipeline: p, request: request, workDirectory: work)
+func runToEnd(
+    _ p: LoadedPipeline, _ request: JobSpec, work: String,
+    options: ExecutionOptions = ExecutionOptions(threads: 2)
+) throws -> SequenceRun {
+    let run = try SequenceRun(pipeline: p, spec: request, workDirectory: work)
     try run.execute(options: options)
     #expect(run.isComplete)
     return run
@@ -74,7 +67,8 @@ func runToEnd(_ p: LoadedPipeline, _ request: SequenceRequest, work: String,
 /// The 8-bit frames of a finished run, decoded from its PNGs, (C, H, W) planar per frame.
 func decodedFrames(_ run: SequenceRun) throws -> [Image8] {
     try (0..<run.plan.frames).map { i in
-        let data = try #require(FileManager.default.contents(atPath: run.workDirectory + String(format: "/frames/frame_%05d.png", i)))
+        let data = try #require(
+            FileManager.default.contents(atPath: run.workDirectory + String(format: "/frames/frame_%05d.png", i)))
         return try PNG.decode([UInt8](data))
     }
 }
@@ -100,8 +94,10 @@ func maxAbsDiff(_ a: [Float], _ b: [Float]) -> Float {
 }
 
 /// Expects `body` to throw an EngineError with `code` whose message or hint mentions `text`.
-func expectEngineError(_ code: EngineError.Code, mentioning text: String, sourceLocation: SourceLocation = #_sourceLocation,
-                       _ body: () throws -> Void) {
+func expectEngineError(
+    _ code: EngineError.Code, mentioning text: String, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: () throws -> Void
+) {
     do {
         try body()
         Issue.record("expected an \(code) error mentioning '\(text)'", sourceLocation: sourceLocation)

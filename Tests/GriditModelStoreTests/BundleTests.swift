@@ -2,9 +2,10 @@ import CModelStore
 import Foundation
 import Glibc
 import GriditAPI
+import GriditDiffusion
 import GriditModelStore
 import GriditModels
-import GriditPipeline
+import GriditTestSupport
 import Testing
 
 /// One entry of a hand-made tar.
@@ -80,7 +81,7 @@ func readTar(_ path: String) throws -> [(String, [UInt8])] {
 struct BundleTests {
     @Test("export -> import on another store gives the same version; exports are byte-identical")
     func roundTrip() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let a = try ModelStore(stateDirectory: dir.file("a"))
         let imported = try a.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)
@@ -98,9 +99,11 @@ struct BundleTests {
         let result = try b.importModel(from: dir.file("tiny.tar"))
         #expect(result.reference == "tiny:v1" && result.digest == imported.digest)
         #expect(result.bytesWritten == imported.size)
-        #expect(try b.show("tiny:v1").blobs.map(\.digest) == a.show("tiny:v1").blobs.map(\.digest))
+        #expect(
+            try b.show("tiny:v1", pins: JobPins()).blobs.map(\.digest)
+                == a.show("tiny:v1", pins: JobPins()).blobs.map(\.digest))
         #expect(try b.verify(nil).ok)
-        _ = try b.pipeline(try b.resolve("tiny:v1"))
+        _ = try b.resolvePipeline(try b.resolve("tiny:v1"))
         // --name overrides the bundle's tags; importing a known version writes nothing.
         let renamed = try b.importModel(from: dir.file("tiny.tar"), name: "copy:v9")
         #expect(renamed.reference == "copy:v9" && renamed.bytesWritten == 0)
@@ -108,7 +111,7 @@ struct BundleTests {
 
     @Test("a bundle with a flipped byte is refused and nothing is imported")
     func corruptBundle() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let a = try ModelStore(stateDirectory: dir.file("a"))
         _ = try a.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)
@@ -134,7 +137,7 @@ struct BundleTests {
     }
 
     func expectHostile(_ modify: (inout [TarEntry]) -> Void, mention: String) throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let a = try ModelStore(stateDirectory: dir.file("a"))
         _ = try a.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)
@@ -187,7 +190,7 @@ struct BundleTests {
 
     @Test("a truncated bundle is refused")
     func truncatedBundle() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let a = try ModelStore(stateDirectory: dir.file("a"))
         _ = try a.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)

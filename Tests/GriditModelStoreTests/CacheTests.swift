@@ -1,9 +1,10 @@
 import Foundation
 import GriditAPI
 import GriditCheckpoint
+import GriditDiffusion
 import GriditModelStore
 import GriditModels
-import GriditPipeline
+import GriditTestSupport
 import Synchronization
 import Testing
 
@@ -23,12 +24,12 @@ struct CacheTests {
 
     @Test("leases share one load and one mapping; idle entries go after the keep-alive, not before")
     func keepAlive() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let store = try ModelStore(stateDirectory: dir.file("state"))
         let v1 = try store.importModel(from: try writePipeline(in: dir.file("v1")), name: "tiny:v1")
         let digest = try store.resolve("tiny:v1")
-        let spec = try store.pipeline(digest)
+        let spec = try store.resolvePipeline(digest).spec
         let weights = BlobDigest(v1.blobs[2].digest)!
         let clock = TestClock()
         let cache = KeepAliveCache<Loaded>(mappings: store.mappings, keepAlive: 600, now: { clock.now() })
@@ -50,7 +51,7 @@ struct CacheTests {
         #expect(other === a.value.mapping)
 
         // In use: listed, loaded, protected, never evicted however long.
-        #expect(try store.list().models[0].loaded)
+        #expect(try store.list(pins: JobPins()).models[0].loaded)
         clock.advance(10_000)
         #expect(cache.evictIdle().isEmpty)
         let ps = store.ps()
@@ -75,7 +76,7 @@ struct CacheTests {
         clock.advance(1)
         #expect(cache.evictIdle() == [digest.description])
         #expect(cache.keys.isEmpty)
-        #expect(!(try store.list().models[0].loaded))
+        #expect(!(try store.list(pins: JobPins()).models[0].loaded))
         let reloaded = try lease()
         #expect(loads.count == 2, "evicted entries load again")
         #expect(!cache.unload(digest.description), "in use: not unloaded")
@@ -89,23 +90,23 @@ struct CacheTests {
 
     @Test("gc keeps the blobs of cached models even when no tag or job references them")
     func cachePinsBlobs() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let store = try ModelStore(stateDirectory: dir.file("state"))
         _ = try store.importModel(from: try writePipeline(in: dir.file("v1")), name: "tiny:v1")
         let digest = try store.resolve("tiny:v1")
-        let spec = try store.pipeline(digest)
+        let spec = try store.resolvePipeline(digest).spec
         let manifest = try store.manifest(digest)
         var blobs: [BlobDigest: String] = [digest: store.stateDirectory + "/blobs/sha256/" + digest.hex]
         for (blob, (_, path)) in zip(manifest.blobs, spec.files) { blobs[blob.digest] = path }
         let cache = KeepAliveCache<Int>(mappings: store.mappings, keepAlive: 0)
         let lease = try cache.lease(digest.description, blobs: blobs) { _ in 42 }
-        _ = try store.remove("tiny:v1")
-        let kept = try store.gc()
+        _ = try store.remove("tiny:v1", pins: JobPins())
+        let kept = try store.gc(pins: JobPins())
         #expect(kept.removedBlobs.isEmpty && kept.keptMapped.count == 5)
         lease.release()
         #expect(cache.evictIdle() == [digest.description])
-        #expect(try store.gc().removedBlobs.count == 5)
+        #expect(try store.gc(pins: JobPins()).removedBlobs.count == 5)
     }
 
     @Test("a failed load caches nothing and pins nothing")

@@ -1,15 +1,18 @@
+import Foundation
+import GriditTestSupport
+import Testing
+
+@testable import GriditModelStore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
-@testable import GriditModelStore
-import Testing
 
 @Suite("FileBytes")
 struct FileBytesTests {
     @Test("reads files whole: empty ones, /proc ones that stat as 0 bytes; never a FIFO, never waiting")
     func reads() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let empty = dir.file("empty"), text = dir.file("text"), fifo = dir.file("fifo")
         _ = FileManager.default.createFile(atPath: empty, contents: Data())

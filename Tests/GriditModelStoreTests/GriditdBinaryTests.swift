@@ -1,58 +1,43 @@
 import Foundation
 import Glibc
 import GriditAPI
+import GriditDiffusion
+import GriditJobQueue
 import GriditModelStore
 import GriditModels
-import GriditPipeline
-import GriditStore
+import GriditStateDatabase
+import GriditTestSupport
 import Testing
 
 /// The real `griditd` executable (built by `swift build` / `swift test` next to the test bundle).
 func griditdExecutable() throws -> String {
-    let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-    let path = exe.deletingLastPathComponent().appendingPathComponent("griditd").path
+    let path = binaryDirectory() + "/griditd"
     guard FileManager.default.isExecutableFile(atPath: path) else {
-        Issue.record("no griditd next to the tests at \(path); run `swift build --product griditd` first")
-        throw CocoaError(.fileNoSuchFile)
+        throw TestFailure("no griditd at \(path); run `swift build --product griditd` first")
     }
     return path
 }
 
-struct Outcome {
-    var status: Int32
-    var stdout: String
-    var stderr: String
-}
-
-/// Runs griditd to completion.
-func griditd(_ arguments: [String], environment: [String: String] = [:], prefix: [String] = []) throws -> Outcome {
-    let process = Process()
+/// Runs griditd to completion (`prefix`: a command that runs it, such as setpriv).
+func griditd(_ arguments: [String], environment: [String: String] = [:], prefix: [String] = []) throws -> ProcessResult
+{
     let binary = try griditdExecutable()
-    process.executableURL = URL(fileURLWithPath: prefix.first ?? binary)
-    process.arguments = Array(prefix.dropFirst()) + (prefix.isEmpty ? [] : [binary]) + arguments
-    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-    let out = Pipe()
-    let err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    try process.run()
-    let stdout = out.fileHandleForReading.readDataToEndOfFile()
-    let stderr = err.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return Outcome(
-        status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
-        stderr: String(decoding: stderr, as: UTF8.self))
+    return try runProcess(
+        prefix.first ?? binary, Array(prefix.dropFirst()) + (prefix.isEmpty ? [] : [binary]) + arguments,
+        environment: ProcessInfo.processInfo.environment.merging(environment) { $1 }, timeout: 300)
 }
 
 @Suite("The griditd binary: kill -9 during import, CLI contract")
 struct GriditdBinaryTests {
-    /// Starts an import that stops at `label`, waits until it is there, and kills it with SIGKILL.
-    func killImport(at label: String, pipeline: String, state: String, marker: String) throws {
+    /// Starts an import that stops at `label` (the `pause-at` fault point, which writes
+    /// `<state>/test-paused` there), waits until it is there, and kills it with SIGKILL.
+    func killImport(at label: String, pipeline: String, state: String) throws {
+        let marker = state + "/test-paused"
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try griditdExecutable())
         process.arguments = ["models", "import", pipeline, "--name", "big:v1", "--link", "copy", "--state-dir", state]
         process.environment = ProcessInfo.processInfo.environment.merging(
-            ["GRIDIT_TEST_PAUSE_AT": label, "GRIDIT_TEST_PAUSE_FILE": marker]) { $1 }
+            ["GRIDIT_TEST_FAULTS": "pause-at=\(label)"]) { $1 }
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
@@ -78,15 +63,15 @@ struct GriditdBinaryTests {
         "kill -9 at any point of an import leaves no visible partial blob or tag; the next open and gc clean up",
         arguments: ["import.copying", "import.ingested", "import.published", "import.committed"])
     func killDuringImport(label: String) throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let pipeline = try writePipeline(in: dir.file("src"), name: "big", stage1: Tiny.bigStage1)
         let state = dir.file("state")
         let weightsSize =
             try FileManager.default.attributesOfItem(atPath: dir.file("src/stage1.safetensors"))[.size] as! Int
         #expect(weightsSize > 1 << 20, "the crash point import.copying needs a file over one I/O chunk")
-        try killImport(at: label, pipeline: pipeline, state: state, marker: dir.file("paused"))
-        #expect(try String(contentsOfFile: dir.file("paused"), encoding: .utf8) == label)
+        try killImport(at: label, pipeline: pipeline, state: state)
+        #expect(try String(contentsOfFile: state + "/test-paused", encoding: .utf8) == label + "\n")
 
         let ingest = try FileManager.default.contentsOfDirectory(atPath: state + "/ingest")
         if label == "import.copying" {
@@ -108,10 +93,10 @@ struct GriditdBinaryTests {
             #expect(try digestOf(state + "/blobs/sha256/" + name) == "sha256:" + name)
         }
         let committed = label == "import.committed"
-        #expect(try store.list().models.map(\.reference) == (committed ? ["big:v1"] : []))
-        if committed { _ = try store.pipeline(try store.resolve("big:v1")) }
+        #expect(try store.list(pins: JobPins()).models.map(\.reference) == (committed ? ["big:v1"] : []))
+        if committed { _ = try store.resolvePipeline(try store.resolve("big:v1")).spec }
 
-        let gc = try store.gc()
+        let gc = try store.gc(pins: JobPins())
         #expect(gc.removedTemporary.isEmpty)
         if label == "import.published" { #expect(gc.removedBlobs.count == 5, "complete but unreferenced blobs go") }
         if committed { #expect(gc.removedBlobs.isEmpty) }
@@ -126,7 +111,7 @@ struct GriditdBinaryTests {
 
     @Test("--json output decodes into the result types; errors exit with their status")
     func jsonContract() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let pipeline = try writePipeline(in: dir.file("src"))
         let state = ["--state-dir", dir.file("state")]
@@ -156,7 +141,7 @@ struct GriditdBinaryTests {
 
     @Test("with a daemon holding the state directory, mutating commands refuse and point at griditctl")
     func daemonRunning() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let pipeline = try writePipeline(in: dir.file("src"))
         let state = ["--state-dir", dir.file("state")]
@@ -173,7 +158,7 @@ struct GriditdBinaryTests {
 
     @Test("a state directory this user cannot write: the message names the component and the fix")
     func permissionDenied() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let pipeline = try writePipeline(in: dir.file("src"))
         let locked = dir.file("locked")
@@ -208,7 +193,9 @@ struct GriditdBinaryTests {
         let unreadable = try griditd(["models", "import", pipeline, "--state-dir", open + "/state"], prefix: asNobody)
         #expect(unreadable.status == 77, "\(unreadable.stderr)")
         #expect(unreadable.stderr.contains("stage1.weights"))
-        #expect(unreadable.stderr.contains(dir.file("src/stage1.safetensors")) && unreadable.stderr.contains("Permission denied"))
+        #expect(
+            unreadable.stderr.contains(dir.file("src/stage1.safetensors"))
+                && unreadable.stderr.contains("Permission denied"))
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: open + "/state/blobs/sha256")
         #expect(leftovers.isEmpty, "nothing was stored")
     }

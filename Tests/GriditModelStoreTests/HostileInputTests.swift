@@ -1,8 +1,9 @@
 import Foundation
 import GriditAPI
+import GriditDiffusion
 import GriditModelStore
 import GriditModels
-import GriditPipeline
+import GriditTestSupport
 import Testing
 
 /// Every bad input gives a clear error (code, the file or field concerned, a fix) and leaves the
@@ -11,10 +12,10 @@ import Testing
 struct HostileInputTests {
     /// Imports `pipeline` into a store that already holds one version, expecting failure.
     func expectRejected(
-        _ setup: (_ dir: TempDir, _ pipeline: String) throws -> Void,
+        _ setup: (_ dir: TemporaryDirectory, _ pipeline: String) throws -> Void,
         code: ModelStoreError.Code, mentions: [String]
     ) throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let store = try ModelStore(stateDirectory: dir.file("state"))
         _ = try store.importModel(from: try writePipeline(in: dir.file("good")), name: "good:v1", link: .copy)
@@ -29,7 +30,7 @@ struct HostileInputTests {
         #expect(try StoreSnapshot(store) == before, "the store changed")
     }
 
-    func replaceWeights(_ dir: TempDir, _ bytes: [UInt8]) throws {
+    func replaceWeights(_ dir: TemporaryDirectory, _ bytes: [UInt8]) throws {
         try Data(bytes).write(to: URL(fileURLWithPath: dir.file("bad/stage1.safetensors")))
     }
 
@@ -140,7 +141,7 @@ struct HostileInputTests {
 
     @Test("a path that does not exist, and one that is neither pipeline nor bundle")
     func badPaths() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let store = try ModelStore(stateDirectory: dir.file("state"))
         let before = try StoreSnapshot(store)

@@ -1,16 +1,17 @@
 import Foundation
 import Glibc
 import GriditAPI
+import GriditDiffusion
 import GriditModelStore
 import GriditModels
-import GriditPipeline
+import GriditTestSupport
 import Testing
 
 @Suite("Import, tags and references")
 struct ImportTests {
     @Test("a pipeline imports into blobs named by their digest; pipeline() hands out absolute read-only paths")
     func importAndLoad() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let source = try writePipeline(in: dir.file("src"))
         let store = try ModelStore(stateDirectory: dir.file("state"))
@@ -33,7 +34,7 @@ struct ImportTests {
 
         let digest = try store.resolve("tiny:v1")
         #expect(digest.description == result.digest)
-        let spec = try store.pipeline(digest)
+        let spec = try store.resolvePipeline(digest).spec
         #expect(
             spec.stage1.weights == store.stateDirectory + "/blobs/sha256/"
                 + BlobDigest(try digestOf(dir.file("src/stage1.safetensors")))!.hex)
@@ -56,7 +57,7 @@ struct ImportTests {
 
     @Test("identical blobs are stored once across versions")
     func deduplication() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let v1 = try writePipeline(in: dir.file("v1"), seed: 1, stage2Seed: 7)
         let v2 = try writePipeline(in: dir.file("v2"), seed: 2, stage2Seed: 7)  // same stage 2
@@ -73,7 +74,7 @@ struct ImportTests {
 
     @Test("--link hardlink stores the source inode itself; copy makes an independent file")
     func linkModes() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let source = try writePipeline(in: dir.file("src"))
         let weights = dir.file("src/stage1.safetensors")
@@ -85,7 +86,7 @@ struct ImportTests {
         #expect(linked.bytesWritten == linked.blobs[0].size, "only the manifest was written")
         #expect(linked.warnings.contains { $0.contains("hardlinked") })
 
-        let dir2 = try TempDir()
+        let dir2 = TemporaryDirectory("gms")
         defer { dir2.remove() }
         let source2 = try writePipeline(in: dir2.file("src"), seed: 9)
         let copied = try store.importModel(from: source2, name: "tiny:copied", link: .copy)
@@ -93,7 +94,7 @@ struct ImportTests {
         #expect(fileMode(dir2.file("src/stage1.safetensors")) != 0o444)
 
         // auto: reflink where the filesystem can, else a copy; never a hardlink (LinkModeTests).
-        let dir3 = try TempDir()
+        let dir3 = TemporaryDirectory("gms")
         defer { dir3.remove() }
         let source3 = try writePipeline(in: dir3.file("src"), seed: 11)
         let auto = try store.importModel(from: source3, name: "tiny:auto", link: .auto)
@@ -104,9 +105,9 @@ struct ImportTests {
         "--link hardlink across filesystems fails naming both; auto copies",
         .enabled(if: device("/dev/shm") != device("/tmp") && device("/dev/shm") != 0))
     func crossFilesystem() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
-        let shm = try TempDir(under: "/dev/shm")
+        let shm = TemporaryDirectory("gms", under: "/dev/shm")
         defer { shm.remove() }
         let source = try writePipeline(in: shm.file("src"))
         let store = try ModelStore(stateDirectory: dir.file("state"))
@@ -127,7 +128,7 @@ struct ImportTests {
 
     @Test("tags move with an append-only history; NAME@digest pins a version")
     func tagsAndHistory() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let store = try ModelStore(stateDirectory: dir.file("state"))
         let v1 = try store.importModel(from: try writePipeline(in: dir.file("v1"), seed: 1), name: "tiny:latest")
@@ -139,7 +140,7 @@ struct ImportTests {
 
         let tagged = try store.tag("tiny@\(v1.digest)", "tiny:stable")
         #expect(tagged.previous == nil && tagged.digest == v1.digest)
-        let removed = try store.remove("tiny:latest")
+        let removed = try store.remove("tiny:latest", pins: JobPins())
         #expect(removed.removed == ["tiny:latest"] && removed.digest == v2.digest && removed.remaining.isEmpty)
 
         let history = try store.history(name: "tiny")
@@ -148,9 +149,9 @@ struct ImportTests {
         #expect(history[3].digest == nil && history[3].previous == v2.digest)
 
         // The untagged v2 is still listed (until gc) and show explains it.
-        let list = try store.list()
+        let list = try store.list(pins: JobPins())
         #expect(list.models.map(\.reference) == ["tiny:stable", nil])
-        let show = try store.show(v2.digest)
+        let show = try store.show(v2.digest, pins: JobPins())
         #expect(show.references.isEmpty)
         #expect(show.history.map(\.action) == ["import", "import", "rm"])
         #expect(show.configs["stage1.config"]?["depth"] == .integer(1))

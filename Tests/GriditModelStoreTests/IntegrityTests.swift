@@ -1,24 +1,25 @@
 import Foundation
 import GriditAPI
+import GriditDiffusion
 import GriditModelStore
 import GriditModels
-import GriditPipeline
+import GriditTestSupport
 import Testing
 
 @Suite("Integrity: verify, load checks, quarantine")
 struct IntegrityTests {
     @Test("a flipped byte is found by pipeline(): digest_mismatch, the blob is quarantined, not used")
     func loadFindsFlippedByte() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let store = try ModelStore(stateDirectory: dir.file("state"))
         let imported = try store.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)
         let digest = try store.resolve("tiny:v1")
-        _ = try store.pipeline(digest)  // intact: the recorded stat matches, no re-hash needed
+        _ = try store.resolvePipeline(digest).spec  // intact: the recorded stat matches, no re-hash needed
 
         let weights = imported.blobs[2]
         try flipByte(weights.path!, at: Int(weights.size) - 3)
-        let error = storeError { try store.pipeline(digest) }
+        let error = storeError { try store.resolvePipeline(digest).spec }
         #expect(error?.code == .digestMismatch)
         #expect(error?.message.contains("stage1.weights") == true)
         #expect(error?.message.contains("quarantine") == true)
@@ -27,17 +28,17 @@ struct IntegrityTests {
         #expect(quarantined.count == 1 && quarantined[0].hasPrefix(BlobDigest(weights.digest)!.hex))
 
         // Now the blob is missing; re-importing the same files repairs the version.
-        #expect(storeError { try store.pipeline(digest) }?.code == .notFound)
+        #expect(storeError { try store.resolvePipeline(digest).spec }?.code == .notFound)
         let repaired = try store.importModel(from: dir.file("src/pipeline.json"), name: "tiny:v1", link: .copy)
         #expect(repaired.digest == digest.description)
         #expect(repaired.blobs[2].stored == "copy")
-        _ = try store.pipeline(digest)
+        _ = try store.resolvePipeline(digest).spec
         #expect(try store.verify(nil).ok)
     }
 
     @Test("verify re-hashes everything and reports a flipped byte with who uses the blob")
     func verifyFindsFlippedByte() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let store = try ModelStore(stateDirectory: dir.file("state"))
         let imported = try store.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)
@@ -58,7 +59,7 @@ struct IntegrityTests {
 
     @Test("import finds a corrupt stored copy, quarantines it and stores the fresh one")
     func importFindsFlippedByte() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let store = try ModelStore(stateDirectory: dir.file("state"))
         let first = try store.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)
@@ -72,7 +73,7 @@ struct IntegrityTests {
 
     @Test("the cheap check notices a rewritten file even when size and mtime are restored")
     func cheapCheckUsesCtime() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let store = try ModelStore(stateDirectory: dir.file("state"))
         let imported = try store.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)
@@ -80,6 +81,6 @@ struct IntegrityTests {
         let attributes = try FileManager.default.attributesOfItem(atPath: path)
         try flipByte(path, at: 200)
         try FileManager.default.setAttributes([.modificationDate: attributes[.modificationDate]!], ofItemAtPath: path)
-        #expect(storeError { try store.pipeline(try store.resolve("tiny:v1")) }?.code == .digestMismatch)
+        #expect(storeError { try store.resolvePipeline(try store.resolve("tiny:v1")).spec }?.code == .digestMismatch)
     }
 }

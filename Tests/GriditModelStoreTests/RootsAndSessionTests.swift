@@ -1,25 +1,27 @@
 import Foundation
 import GriditAPI
+import GriditDiffusion
+import GriditJobQueue
 import GriditModelStore
 import GriditModels
-import GriditPipeline
-import GriditStore
+import GriditStateDatabase
+import GriditTestSupport
 import Testing
 
 @Suite("Site roots, shared database, offline sessions, checks")
 struct RootsAndSessionTests {
     @Test("a read-only site root is searched first for tags and lends its blobs without copies")
     func siteRoot() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let site = try ModelStore(stateDirectory: dir.file("site"))
         let shared = try site.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)
 
         let local = try ModelStore(stateDirectory: dir.file("local"), siteRoots: [dir.file("site")])
         #expect(try local.resolve("tiny:v1").description == shared.digest)
-        let spec = try local.pipeline(try local.resolve("tiny:v1"))
+        let spec = try local.resolvePipeline(try local.resolve("tiny:v1")).spec
         #expect(spec.stage1.weights.hasPrefix(site.stateDirectory + "/blobs/"))
-        let list = try local.list()
+        let list = try local.list(pins: JobPins())
         #expect(list.models.count == 1 && list.models[0].root == site.stateDirectory)
         #expect(list.models[0].size == shared.size)
 
@@ -33,17 +35,17 @@ struct RootsAndSessionTests {
         // Site tags can be copied to local ones, not removed.
         let tagged = try local.tag("tiny:v1", "mine:v1")
         #expect(tagged.digest == shared.digest)
-        #expect(storeError { try local.remove("tiny:v2") }?.code == .notFound)
+        #expect(storeError { try local.remove("tiny:v2", pins: JobPins()) }?.code == .notFound)
         let local2 = try ModelStore(stateDirectory: dir.file("local2"), siteRoots: [dir.file("site")])
-        #expect(storeError { try local2.remove("tiny:v1") }?.code == .readOnly)
+        #expect(storeError { try local2.remove("tiny:v1", pins: JobPins()) }?.code == .readOnly)
         // gc of a local store never touches the site.
-        _ = try local2.gc()
+        _ = try local2.gc(pins: JobPins())
         #expect(try site.verify(nil).ok)
     }
 
     @Test("the job queue and the model store share one database")
     func sharedDatabase() async throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let database = try StateDatabase(path: dir.file("jobs.sqlite"))
         let jobs = SQLiteJobStore(database: database)
@@ -53,14 +55,15 @@ struct RootsAndSessionTests {
         _ = try await jobs.submit(
             JobSubmission(params: "{}", length: 4, pipelineDigest: digest.description), owner: 0,
             maxQueued: 5, now: Date())
-        #expect(try store.show("tiny:v1").jobs == [1])
+        // The model store shows the pins the job queue reports.
+        #expect(try store.show("tiny:v1", pins: JobPins(digests: try await jobs.livePipelinePins())).jobs == [1])
         #expect(v1.digest == digest.description)
         #expect(try database.appliedMigrations() == SchemaMigration.all.map(\.identifier))
     }
 
     @Test("while a daemon holds the lock, mutating offline commands refuse and read-only ones run")
     func offlineSession() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         let state = dir.file("state")
         do {
@@ -76,15 +79,15 @@ struct RootsAndSessionTests {
 
         let reader = try OfflineSession.open(stateDirectory: state, command: "list", mutating: false)
         #expect(reader.lock == nil && reader.store.access == .readOnly)
-        #expect(try reader.store.list().models.map(\.reference) == ["tiny:v1"])
+        #expect(try reader.store.list(pins: JobPins()).models.map(\.reference) == ["tiny:v1"])
         #expect(try reader.store.verify("tiny:v1").ok)
         #expect(storeError { try reader.store.tag("tiny:v1", "tiny:v2") }?.code == .daemonRunning)
-        #expect(storeError { try reader.store.gc() }?.code == .daemonRunning)
+        #expect(storeError { try reader.store.gc(pins: JobPins()) }?.code == .daemonRunning)
     }
 
     @Test("checks name the component at fault: a file in the middle of the path")
     func checksNameTheComponent() throws {
-        let dir = try TempDir()
+        let dir = TemporaryDirectory("gms")
         defer { dir.remove() }
         _ = FileManager.default.createFile(atPath: dir.file("file"), contents: Data())
         let result = StoreChecks.run(stateDirectory: dir.file("file/state"))
@@ -104,7 +107,7 @@ struct RootsAndSessionTests {
 
 @Test("checks of a state directory that does not exist yet: ok when it can be created")
 func checksOfMissingStateDirectory() throws {
-    let dir = try TempDir()
+    let dir = TemporaryDirectory("gms")
     defer { dir.remove() }
     let result = StoreChecks.run(stateDirectory: dir.file("new/state"))
     #expect(result.ok)

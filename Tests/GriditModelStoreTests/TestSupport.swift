@@ -2,28 +2,10 @@ import Foundation
 import Glibc
 import GriditAPI
 import GriditCheckpoint
+import GriditDiffusion
 import GriditModelStore
 import GriditModels
-import GriditPipeline
 import Testing
-
-/// A fresh directory under /tmp (short, for readable messages), removed by `remove()`.
-struct TempDir: Sendable {
-    let path: String
-
-    init(under base: String = "/tmp") throws {
-        path = (base as NSString).appendingPathComponent("gms-\(UUID().uuidString.prefix(12).lowercased())")
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    }
-
-    func file(_ name: String) -> String { (path as NSString).appendingPathComponent(name) }
-
-    func remove() {
-        // Blobs are 0444 and some directories get locked down by tests: open everything up first.
-        _ = try? Process.run(URL(fileURLWithPath: "/bin/chmod"), arguments: ["-R", "u+rwX", path]).waitUntilExit()
-        try? FileManager.default.removeItem(atPath: path)
-    }
-}
 
 /// Tiny model configs that fit a 4×4 grid of 4×4 frames, ×2 super-resolution, 1 channel.
 enum Tiny {
@@ -95,7 +77,7 @@ struct StoreSnapshot: Equatable {
             files += ((try? fm.contentsOfDirectory(atPath: path)) ?? []).map { "\(dir)/\($0)" }
         }
         self.files = files.sorted()
-        list = try store.list()
+        list = try store.list(pins: JobPins())
     }
 }
 

@@ -5,7 +5,7 @@ variance, ancestral DDPM step, DDIM step, RePaint replacement); nothing is copie
 code. Every array is float64; tensors are whatever dtype the caller passes (the fixture generator
 uses float64 throughout).
 
-Conventions match the Swift `GriditPipeline`: spaced step index k in 0..count-1, the model is called
+Conventions match the Swift `GriditDiffusion`: spaced step index k in 0..count-1, the model is called
 with ``timestep_map[k]``; model output (N, 2C, H, W) = (epsilon, v) for learned range, where the
 first C channels may instead be the v-prediction (``prediction="v"``, converted to epsilon first).
 """

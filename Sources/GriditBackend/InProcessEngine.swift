@@ -1,0 +1,318 @@
+// The daemon's `JobEngine` over GriditEngine: a batch of jobs (one pipeline digest) becomes
+// resumable `SequenceRun`s in the jobs' work directories, executed together on the worker thread
+// (stage-1 grids of every job in one batched forward, stage-2 frames in batches across jobs),
+// with jobs joining between batches; each finished run writes its output folder at once.
+
+import Foundation
+import GriditAPI
+import GriditCheckpoint
+import GriditDaemon
+import GriditDiffusion
+import GriditEngine
+import GriditJobSpec
+import GriditModelStore
+import GriditTensor
+import Logging
+import NIOPosix
+import Synchronization
+
+public final class InProcessEngine: JobEngine {
+    /// Nil in the engine worker process: its batches carry their resolved pipeline.
+    let models: ModelStore?
+    /// Loaded pipelines by manifest digest; one mapping per blob, shared by every job.
+    let cache: KeepAliveCache<LoadedPipeline>
+    let blocking: NIOThreadPool
+    let options: ExecutionOptions
+    let outputOptions: OutputOptions
+    let logger: Logger
+    /// Configs (no weights) by manifest digest, for validating submits: content-addressed, so
+    /// never stale.
+    private let configurations = Mutex<[String: PipelineConfiguration]>([:])
+
+    /// The daemon checks its own length limit at submit; the engine checks the pipeline's.
+    public init(
+        models: ModelStore?, cache: KeepAliveCache<LoadedPipeline>, blocking: NIOThreadPool, options: ExecutionOptions,
+        outputOptions: OutputOptions = OutputOptions(), logger: Logger
+    ) {
+        self.models = models
+        self.cache = cache
+        self.blocking = blocking
+        self.options = options
+        self.outputOptions = outputOptions
+        self.logger = logger
+    }
+
+    // MARK: - Validation at submit
+
+    public func validate(_ spec: JobSpec, pipelineDigest: String?) async throws(JobFailure) -> TimeInterval {
+        guard let pipelineDigest else { throw Self.noModel }
+        return try await blocking.blocking(
+            { () throws(JobFailure) in
+                let configuration = try self.configuration(pipelineDigest)
+                do {
+                    let plan = try SequencePlan(
+                        settings: try spec.settings(for: configuration), pipeline: configuration)
+                    return plan.estimatedSeconds(CostModel.nominal(configuration))
+                } catch {
+                    throw Self.failure(EngineError.classify(error))
+                }
+            }, stopped: JobFailure(.transient, "griditd is stopping"))
+    }
+
+    /// The pipeline's configuration, read once per digest (the blobs' cheap integrity check included).
+    func configuration(_ digest: String) throws(JobFailure) -> PipelineConfiguration {
+        if let known = configurations.withLock({ $0[digest] }) { return known }
+        return try configuration(try resolve(digest))
+    }
+
+    private func configuration(_ pipeline: ResolvedPipeline) throws(JobFailure) -> PipelineConfiguration {
+        let digest = pipeline.digest.description
+        if let known = configurations.withLock({ $0[digest] }) { return known }
+        let configuration: PipelineConfiguration
+        do { configuration = try PipelineConfiguration(spec: pipeline.spec) } catch {
+            throw Self.failure(EngineError.classify(error))
+        }
+        configurations.withLock { $0[digest] = configuration }
+        return configuration
+    }
+
+    /// The version's pipeline with absolute blob paths, after the store's integrity check (a
+    /// blob that fails it is quarantined: `digest_mismatch`).
+    public func resolve(_ digest: String) throws(JobFailure) -> ResolvedPipeline {
+        guard let blob = BlobDigest(digest) else {
+            throw JobFailure(.modelMissing, "'\(digest.prefix(80))' is not a manifest digest")
+        }
+        guard let models else {
+            throw JobFailure(.internalError, "the engine worker got a batch without its resolved pipeline")
+        }
+        do {
+            return try models.resolvePipeline(blob)
+        } catch {
+            throw Self.failure(error, digest: digest)
+        }
+    }
+
+    // MARK: - Execution
+
+    public func execute(_ batch: ExecutionBatch, hooks: ExecutionHooks) {
+        guard let digest = batch.pipelineDigest else {
+            for item in batch.items + hooks.admit() { hooks.finished(item.jobID, .failed(Self.noModel)) }
+            return
+        }
+        let pipeline: ResolvedPipeline
+        do throws(JobFailure) {
+            if let data = batch.resolved {
+                do { pipeline = try JSONDecoder().decode(ResolvedPipeline.self, from: data) } catch {
+                    throw JobFailure(.internalError, "the batch's resolved pipeline does not decode: \(error)")
+                }
+            } else {
+                pipeline = try resolve(digest)
+            }
+        } catch {
+            if error.errorClass == .digestMismatch { unload(digest) }
+            logger.error("loading the model failed: \(error.message)", metadata: ["model.digest": "\(digest)"])
+            for item in batch.items + hooks.admit() { hooks.finished(item.jobID, .failed(error)) }
+            return
+        }
+        // A loaded pipeline has one precision, so jobs asking for another one run after this
+        // batch, each precision as a batch of its own (they stay claimed and heartbeated).
+        var waiting = precisions(batch.items, pipeline: pipeline, hooks: hooks)
+        guard let first = waiting.first?.precision else { return }
+        run(waiting.filter { $0.precision == first }.map(\.item), pipeline: pipeline, precision: first, hooks: hooks) {
+            let new = self.precisions(hooks.admit(), pipeline: pipeline, hooks: hooks)
+            waiting += new.filter { $0.precision != first }
+            return new.filter { $0.precision == first }.map(\.item)
+        }
+        waiting.removeAll { $0.precision == first }
+        while let p = waiting.first?.precision {
+            run(waiting.filter { $0.precision == p }.map(\.item), pipeline: pipeline, precision: p, hooks: hooks)
+            waiting.removeAll { $0.precision == p }
+        }
+    }
+
+    /// Drops the cached copies of a version whose blobs failed their check.
+    private func unload(_ digest: String) {
+        for precision in Precision.allCases { cache.unload(Self.cacheKey(digest, precision)) }
+    }
+
+    /// The precision each item runs in; an item whose request is invalid is reported failed here.
+    private func precisions(
+        _ items: [ExecutionItem], pipeline: ResolvedPipeline, hooks: ExecutionHooks
+    )
+        -> [(item: ExecutionItem, precision: Precision)]
+    {
+        items.compactMap { item in
+            do throws(JobFailure) {
+                let configuration = try configuration(pipeline)
+                do {
+                    return (item, try item.spec.settings(for: configuration).precision)
+                } catch {
+                    throw Self.failure(EngineError.classify(error))
+                }
+            } catch {
+                hooks.finished(item.jobID, .failed(error))
+                return nil
+            }
+        }
+    }
+
+    /// Runs `items` (and what `admit` adds) together on the pipeline loaded in `precision`.
+    private func run(
+        _ items: [ExecutionItem], pipeline resolved: ResolvedPipeline, precision: Precision, hooks: ExecutionHooks,
+        admit: () -> [ExecutionItem] = { [] }
+    ) {
+        let lease: CacheLease<LoadedPipeline>
+        do {
+            lease = try load(resolved, precision: precision)
+        } catch {
+            logger.error(
+                "loading the model failed: \(error.message)",
+                metadata: ["model.digest": "\(resolved.digest.description)"])
+            for item in items + admit() { hooks.finished(item.jobID, .failed(error)) }
+            return
+        }
+        defer { lease.release() }
+        let pipeline = lease.value
+        var running: [ObjectIdentifier: ExecutionItem] = [:]
+
+        /// A run for `item`, or nil once the item has been reported (it could not start, or its
+        /// output is already complete).
+        func start(_ item: ExecutionItem) -> SequenceRun? {
+            do throws(JobFailure) {
+                let run = try makeRun(item, pipeline: pipeline, hooks: hooks)
+                if FileManager.default.fileExists(atPath: item.outputDirectory) {
+                    // griditd died after the output's rename, before the database said so.
+                    guard run.isFinished(at: item.outputDirectory) else {
+                        throw JobFailure(
+                            .invalidInput,
+                            "the output folder \(item.outputDirectory) exists and holds something else; remove it, "
+                                + "then `griditctl jobs retry \(item.jobID)`")
+                    }
+                    hooks.finished(item.jobID, .succeeded)
+                    return nil
+                }
+                running[ObjectIdentifier(run)] = item
+                return run
+            } catch {
+                hooks.finished(item.jobID, .failed(error))
+                return nil
+            }
+        }
+
+        let runs = items.compactMap(start)
+        SequenceRun.execute(
+            runs, options: options,
+            admit: { admit().compactMap(start) },
+            finished: { run, result in
+                guard let item = running.removeValue(forKey: ObjectIdentifier(run)) else { return }
+                hooks.finished(item.jobID, self.conclude(run, result, item: item))
+            })
+    }
+
+    /// The cache key of a loaded pipeline: its manifest digest, with the precision when not fp32.
+    static func cacheKey(_ digest: String, _ precision: Precision) -> String {
+        precision == .fp32 ? digest : "\(digest)+\(precision.rawValue)"
+    }
+
+    /// The cached pipeline of a resolved version, loading it (mapping its weights) if needed.
+    private func load(
+        _ resolved: ResolvedPipeline, precision: Precision
+    ) throws(JobFailure) -> CacheLease<LoadedPipeline> {
+        let digest = resolved.digest.description
+        let spec = resolved.spec
+        let byRole = resolved.blobs
+        // The weight files are what the pipeline maps (and gc must keep while it does).
+        var blobs: [BlobDigest: String] = [:]
+        for (role, path) in spec.files where [.stage1Weights, .stage2Weights, .vaeWeights].contains(role) {
+            if let d = byRole[role] { blobs[d] = path }
+        }
+        let identity = PipelineIdentity(
+            digest: digest, blobs: byRole.reduce(into: [:]) { $0[$1.key.rawValue] = $1.value.description })
+        do {
+            return try cache.lease(Self.cacheKey(digest, precision), blobs: blobs) { context in
+                try LoadedPipeline(
+                    spec: spec, identity: identity, precision: precision,
+                    map: { role, path in
+                        guard let blob = byRole[role] else { return try MappedFile(path: path) }
+                        return try context.map(blob, path: path)
+                    })
+            }
+        } catch let error as ModelStoreError {
+            throw Self.failure(error, digest: digest)
+        } catch {
+            throw Self.failure(EngineError.classify(error))
+        }
+    }
+
+    /// A run bound to the job's work directory (resuming what is there), reporting through `hooks`.
+    private func makeRun(
+        _ item: ExecutionItem, pipeline: LoadedPipeline, hooks: ExecutionHooks
+    ) throws(JobFailure)
+        -> SequenceRun
+    {
+        let id = item.jobID
+        do {
+            return try SequenceRun(
+                pipeline: pipeline, spec: item.spec, workDirectory: item.workDirectory,
+                hooks: RunHooks(
+                    onProgress: { hooks.durable(id, $0) }, onStep: { hooks.step(id, $0) },
+                    shouldStop: { hooks.shouldStop(id) != nil }))
+        } catch {
+            throw Self.failure(EngineError.classify(error))
+        }
+    }
+
+    /// How a run that left the batch ends: a complete one writes its output folder now.
+    private func conclude(
+        _ run: SequenceRun, _ result: Result<Void, EngineError>, item: ExecutionItem
+    )
+        -> ExecutionOutcome
+    {
+        switch result {
+        case .success:
+            do {
+                try run.finish(into: item.outputDirectory, options: outputOptions)
+                return .succeeded
+            } catch {
+                return .failed(Self.failure(EngineError.classify(error)))
+            }
+        case .failure(let error) where error.code == .interrupted:
+            return .interrupted
+        case .failure(let error):
+            return .failed(Self.failure(error))
+        }
+    }
+
+    // MARK: - Errors
+
+    static let noModel = JobFailure(
+        .modelMissing,
+        "the job names no pipeline (it was submitted to a griditd without a model store); submit it again")
+
+    static func failure(_ error: EngineError) -> JobFailure {
+        let errorClass: JobFailure.Class =
+            switch error.code {
+            case .invalidInput: .invalidInput
+            case .diskFull: .diskFull
+            case .transient: .transient
+            case .internal: .internalError
+            default: .internalError  // `interrupted` is an outcome, never a failure
+            }
+        return JobFailure(errorClass, error.description)
+    }
+
+    static func failure(_ error: ModelStoreError, digest: String) -> JobFailure {
+        let errorClass: JobFailure.Class =
+            switch error.code {
+            case .notFound: .modelMissing
+            case .digestMismatch: .digestMismatch
+            case .invalidInput, .invalidReference: .invalidInput
+            case .noSpace: .diskFull
+            case .io, .database, .permission: .transient
+            default: .internalError
+            }
+        var message = "model \(digest): \(error.description)"
+        if error.code == .notFound { message += "; import it again (`griditctl models import PATH --name NAME:TAG`)" }
+        return JobFailure(errorClass, message)
+    }
+}

@@ -1,0 +1,169 @@
+// The daemon's `ModelCatalog` over GriditModelStore: the same library calls `griditd models`
+// makes offline, answered with their result types and the same rendering, plus the default
+// model of a submit and what is loaded for `status`.
+
+import Foundation
+import GriditAPI
+import GriditCheckpoint
+import GriditDaemon
+import GriditEngine
+import GriditJobQueue
+import GriditModelStore
+import GriditStateDatabase
+import NIOPosix
+
+public final class ModelStoreCatalog: ModelCatalog {
+    let models: ModelStore
+    /// Which versions live jobs pin (the model store does not read the job queue itself).
+    let jobs: any JobStore
+    let cache: KeepAliveCache<LoadedPipeline>
+    let blocking: NIOThreadPool
+    /// What the engine worker process has loaded (nil: the engine runs in griditd).
+    let workerModels: WorkerModels?
+
+    init(
+        models: ModelStore, jobs: any JobStore, cache: KeepAliveCache<LoadedPipeline>, blocking: NIOThreadPool,
+        workerModels: WorkerModels? = nil
+    ) {
+        self.models = models
+        self.jobs = jobs
+        self.cache = cache
+        self.blocking = blocking
+        self.workerModels = workerModels
+    }
+
+    public convenience init(
+        models: ModelStore, jobs: any JobStore, cache: KeepAliveCache<LoadedPipeline>, blocking: NIOThreadPool
+    ) {
+        self.init(models: models, jobs: jobs, cache: cache, blocking: blocking, workerModels: nil)
+    }
+
+    private func run<T: Sendable>(
+        _ body: @escaping @Sendable () throws(ModelStoreError) -> T
+    ) async throws(APIError)
+        -> T
+    {
+        do {
+            return try await blocking.blocking(body, stopped: ModelStoreError(.io, "griditd is stopping"))
+        } catch {
+            throw Self.apiError(error)
+        }
+    }
+
+    public func resolve(_ reference: String?) async throws(APIError) -> String {
+        try await run { () throws(ModelStoreError) in
+            if let reference { return try self.models.resolve(reference).description }
+            return try self.defaultModel()
+        }
+    }
+
+    /// The digest a submit without `--model` runs: the store's only model (its `latest` tag, or
+    /// the one version all its tags name). Refused when the store is empty or holds several.
+    func defaultModel() throws(ModelStoreError) -> String {
+        let tagged = try models.list(pins: JobPins()).models.filter { $0.name != nil && $0.tag != nil }
+        let names = Set(tagged.compactMap(\.name)).sorted()
+        guard let name = names.first else {
+            throw ModelStoreError(
+                .notFound, "griditd's model store holds no model yet",
+                hint: "import one: `griditctl models import PATH/pipeline.json --name NAME:TAG`, then submit again")
+        }
+        guard names.count == 1 else {
+            throw ModelStoreError(
+                .invalidReference,
+                "the model store holds several models (\(names.joined(separator: ", "))) and none is the default",
+                hint: "say which with `--model NAME:TAG`, or start griditd with `--default-model NAME:TAG`")
+        }
+        let versions = tagged.filter { $0.name == name }
+        if let latest = versions.first(where: { $0.tag == "latest" }) { return latest.digest }
+        let digests = Set(versions.map(\.digest))
+        guard digests.count == 1, let only = digests.first else {
+            throw ModelStoreError(
+                .invalidReference,
+                "\(name) has several versions (\(versions.compactMap(\.tag).sorted().map { "\(name):\($0)" }.joined(separator: ", "))) and no :latest",
+                hint:
+                    "say which with `--model NAME:TAG`, or tag one latest (`griditctl models tag \(name):TAG \(name):latest`)"
+            )
+        }
+        return only
+    }
+
+    public func perform(_ command: ModelCommand, for caller: Caller) async throws(APIError) -> ModelCommandOutput {
+        let models = self.models
+        let reader = FileReader(uid: caller.uid, groups: caller.groups)
+        let pins: JobPins
+        switch command {
+        case .list, .show, .remove, .gc:
+            do {
+                pins = JobPins(digests: try await jobs.livePipelinePins())
+            } catch {
+                throw APIError(.internalError, "reading which models live jobs pin: \(error.message)")
+            }
+        default:
+            pins = JobPins()
+        }
+        return try await run { () throws(ModelStoreError) in
+            switch command {
+            case .list:
+                let r = try models.list(pins: pins)
+                return ModelCommandOutput(encoding: r, text: r.render())
+            case .show(let reference):
+                let r = try models.show(reference, pins: pins)
+                return ModelCommandOutput(encoding: r, text: r.render())
+            case .importPipeline(let request):
+                guard let link = ModelLinkMode(rawValue: request.link ?? "auto") else {
+                    throw ModelStoreError(
+                        .invalidInput,
+                        "link '\(request.link ?? "")' is not one of "
+                            + ModelLinkMode.allCases.map(\.rawValue).joined(separator: ", "))
+                }
+                let r = try models.importModel(from: request.path, name: request.name, link: link, reader: reader)
+                return ModelCommandOutput(encoding: r, text: r.render())
+            case .tag(let request):
+                let r = try models.tag(request.source, request.target)
+                return ModelCommandOutput(encoding: r, text: r.render())
+            case .remove(let reference):
+                let r = try models.remove(reference, pins: pins)
+                return ModelCommandOutput(encoding: r, text: r.render())
+            case .verify(let request):
+                let r = try models.verify(request.all == true ? nil : request.reference)
+                return ModelCommandOutput(encoding: r, text: r.render())
+            case .gc(let request):
+                let r = try models.gc(dryRun: request.dryRun ?? false, pins: pins)
+                return ModelCommandOutput(encoding: r, text: r.render())
+            case .export(let reference, let path):
+                let r = try models.export(reference, to: path)
+                return ModelCommandOutput(encoding: r, text: r.render())
+            case .ps:
+                let r = models.ps()
+                return ModelCommandOutput(encoding: r, text: r.render())
+            case .check:
+                let r = models.checks()
+                return ModelCommandOutput(encoding: r, text: r.render())
+            }
+        }
+    }
+
+    public func loadedModels() async -> [LoadedModel] {
+        let keys = Set(cache.keys).union(workerModels?.keys ?? [])
+        let entries = (try? await run { () throws(ModelStoreError) in self.models.ps() })?.entries ?? []
+        return entries.filter { keys.contains($0.key) }.map { entry in
+            LoadedModel(
+                digest: entry.key, names: entry.references, residentBytes: entry.blobs.reduce(0) { $0 + $1.resident },
+                activeJobs: entry.leases, expiresAt: entry.expiresAt?.date)
+        }
+    }
+
+    static func apiError(_ error: ModelStoreError) -> APIError {
+        let code: APIError.Code =
+            switch error.code {
+            case .notFound: .notFound
+            case .invalidReference, .invalidInput, .crossDevice: .badRequest
+            case .digestMismatch: .digestMismatch
+            case .permission: .forbidden
+            case .readOnly, .daemonRunning: .conflict
+            case .noSpace: .unavailable
+            default: .internalError
+            }
+        return APIError(code, error.message + (error.hint.map { ". Fix: \($0)" } ?? ""))
+    }
+}

@@ -1,0 +1,77 @@
+// The flags of a job's sampling parameters (`JobSpec.Parameters`), one option group for
+// `griditctl submit` and `griditd run`: a parameter the engine learns is a flag of both at once.
+
+import ArgumentParser
+import GriditJobSpec
+
+extension SequenceMode: ExpressibleByArgument {}
+extension SamplerName: ExpressibleByArgument {}
+extension ContextFrames: ExpressibleByArgument {}
+
+public struct SamplingOptions: ParsableArguments {
+    public init() {}
+
+    @Option(
+        help:
+            "Noise seed: the same seed, model and settings give the same bytes (default: a submit picks a random one and records it in the job; griditd run uses 0)."
+    )
+    public var seed: UInt64?
+
+    @Option(help: "gridit (exact length) or official (the published algorithm). Default: the model's.")
+    public var mode: SequenceMode?
+
+    @Option(help: "Stage-1 reverse step: ddpm, ddim or dpmpp-2m.")
+    public var sampler: SamplerName?
+
+    @Option(help: "Stage-1 steps: a count (50, 250), ddimN, or a diffusers spacing (trailingN, linspaceN, leadingN).")
+    public var steps: String?
+
+    @Option(help: "Stage-2 (super-resolution) reverse step: ddpm, ddim or dpmpp-2m.")
+    public var srSampler: SamplerName?
+
+    @Option(help: "Stage-2 steps: a count, ddimN or trailingN.")
+    public var srSteps: String?
+
+    @Option(help: "DDIM eta in 0...1 (0 = deterministic).")
+    public var eta: Double?
+
+    @Option(help: "Grid rows carried into each next grid as known frames (gridit mode), 1...K-1.")
+    public var contextRows: Int?
+
+    @Option(
+        help:
+            "gridit mode's carried frames: renoised (RePaint) or clean (for a stage 1 trained with clean context). Default: the model's."
+    )
+    public var context: ContextFrames?
+
+    @Flag(help: "Skip stage 2: frames stay at the low resolution.")
+    public var noSR = false
+
+    @Option(help: "fp32 or bf16 (bf16 matrix products on CPUs with AVX512_BF16, else fp32). Default: the model's.")
+    public var precision: String?
+
+    @Option(help: "RePaint resampling (gridit mode): steps jumped back.")
+    public var jumpLength: Int?
+
+    @Option(help: "RePaint resampling: passes over each jumped span (1 = off).")
+    public var jumpCount: Int?
+
+    @Option(
+        name: .customLong("class"), help: "Class label of a class-conditional model (required there, 0...classes-1).")
+    public var classLabel: Int?
+
+    @Option(help: "Classifier-free guidance scale of a class-conditional model (1 = none). Default: the model's.")
+    public var cfgScale: Double?
+
+    public var parameters: JobSpec.Parameters {
+        JobSpec.Parameters(
+            seed: seed, mode: mode, sampler: sampler, steps: steps, srSampler: srSampler, srSteps: srSteps, eta: eta,
+            contextRows: contextRows, context: context, noSR: noSR, precision: precision, jumpLength: jumpLength,
+            jumpCount: jumpCount, classLabel: classLabel, cfgScale: cfgScale)
+    }
+
+    /// The spec's own rules (`JobSpec.validate`), as usage errors before anything runs.
+    public func validate() throws {
+        do { try parameters.validate() } catch { throw ValidationError(error.message) }
+    }
+}

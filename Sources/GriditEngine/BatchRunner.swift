@@ -1,0 +1,389 @@
+// Batched execution of several runs that share one LoadedPipeline: stage-1 grids of different
+// runs go through one batched forward, stage-2 frames of different runs through another, each
+// batch as large as the memory budget allows. Every item keeps its own seed and noise keys, and
+// the models run each sample on a fixed schedule, so a run's bytes do not depend on what it was
+// batched with, on the batch sizes or on the thread count.
+
+import Foundation
+import GriditDiffusion
+import GriditImage
+import GriditJobSpec
+import GriditModels
+import GriditTensor
+
+extension SequenceRun {
+    /// Runs this run to completion on the calling thread. Throws `EngineError` (`interrupted` when
+    /// `hooks.shouldStop` said so; the work directory then resumes where it stopped).
+    public func execute(options: ExecutionOptions = ExecutionOptions()) throws {
+        if case .failure(let error) = Self.execute([self], options: options)[0] { throw error }
+    }
+
+    /// Runs several runs of the same `LoadedPipeline` together, batching their grids and frames,
+    /// on the calling thread, until every run is complete, failed or stopped. A run that fails or
+    /// is stopped does not stop the others.
+    ///
+    /// - `admit` is called before every batch and may return more runs (of the same pipeline) to
+    ///   join, so new jobs start without waiting for the others.
+    /// - `finished(run, result)` is called once per run as soon as it leaves (complete, failed or
+    ///   stopped), on this thread: a daemon can `finish(into:)` it right there.
+    /// Returns one result per run: the given runs in order, then the admitted ones in admission order.
+    @discardableResult
+    public static func execute(
+        _ runs: [SequenceRun], options: ExecutionOptions = ExecutionOptions(),
+        admit: () -> [SequenceRun] = { [] },
+        finished: (SequenceRun, Result<Void, EngineError>) -> Void = { _, _ in }
+    )
+        -> [Result<Void, EngineError>]
+    {
+        BatchRunner(options: options).run(runs, admit: admit, finished: finished)
+    }
+}
+
+/// The loop behind `SequenceRun.execute`: picks the next batch (stage-1 grids and stage-2 frames
+/// in turn) and runs it through `runBatch`, the one batch loop, as its `StagePass` describes.
+final class BatchRunner {
+    let options: ExecutionOptions
+    private var runs: [SequenceRun] = []
+    private var failures: [Int: EngineError] = [:]
+    private var stopped: Set<Int> = []
+    private var reported: Set<Int> = []
+    // One workspace per model, reallocated when the batch size changes.
+    private var workspaces: [Stage: DiTWorkspace] = [:]
+    private var rowLimits: [Stage: Int] = [:]
+
+    init(options: ExecutionOptions) { self.options = options }
+
+    private var pipeline: LoadedPipeline { runs[0].pipeline }
+
+    /// Adds runs and starts their session (timings, progress accounting).
+    private func join(_ new: [SequenceRun]) {
+        let now = Date()
+        for run in new {
+            let i = runs.count
+            runs.append(run)
+            if run.pipeline !== runs[0].pipeline {
+                failures[i] = EngineError(.internal, "runs batched together must share one LoadedPipeline")
+                continue
+            }
+            if run.isComplete {
+                run.hooks.onProgress(run.progress)  // its one final report; the others get it after their last unit
+                continue
+            }
+            run.session.begin(threads: options.threads, at: now)
+            run.timings.sessions += 1
+            attempt(i) { try run.saveTimings() }
+        }
+    }
+
+    private func result(_ i: Int) -> Result<Void, EngineError> {
+        if let e = failures[i] { return .failure(e) }
+        if stopped.contains(i) { return .failure(.interrupted) }
+        return .success(())
+    }
+
+    /// Calls `finished` for every run that left since the last call.
+    private func report(_ finished: (SequenceRun, Result<Void, EngineError>) -> Void) {
+        for i in runs.indices where !reported.contains(i) && !isActive(i) {
+            reported.insert(i)
+            finished(runs[i], result(i))
+        }
+    }
+
+    func run(
+        _ initial: [SequenceRun], admit: () -> [SequenceRun],
+        finished: (SequenceRun, Result<Void, EngineError>) -> Void
+    ) -> [Result<Void, EngineError>] {
+        join(initial)
+        var preferFrames = false
+        while true {
+            join(admit())
+            checkStops()
+            report(finished)
+            let active = runs.indices.filter { isActive($0) }
+            if active.isEmpty { break }
+            let grids = candidates(active, limit: options.maxBatch) { $0.readyGrids(limit: $1) }
+            let frames = candidates(active, limit: max(options.maxBatch, 64)) { $0.readyFrames(limit: $1) }
+            if !grids.isEmpty && (!preferFrames || frames.isEmpty) {
+                runBatch(gridPass, grids)
+                preferFrames = true
+            } else if !frames.isEmpty {
+                let direct = frames.filter { runs[$0.run].schedule2 == nil }
+                writeLowResolutionFrames(direct)
+                if let pass = framePass { runBatch(pass, frames.filter { runs[$0.run].schedule2 != nil }) }
+                preferFrames = false
+            } else {
+                for i in active { failures[i] = EngineError(.internal, "run has nothing ready but is not complete") }
+            }
+        }
+        return runs.indices.map(result)
+    }
+
+    private func isActive(_ i: Int) -> Bool { failures[i] == nil && !stopped.contains(i) && !runs[i].isComplete }
+
+    private func checkStops() {
+        for i in runs.indices where isActive(i) && runs[i].hooks.shouldStop() { stopped.insert(i) }
+    }
+
+    /// Runs `body` for run `i`, recording a failure instead of throwing.
+    @discardableResult
+    private func attempt(_ i: Int, _ body: () throws -> Void) -> Bool {
+        do {
+            try body()
+            return true
+        } catch {
+            failures[i] = EngineError.classify(error)
+            return false
+        }
+    }
+
+    /// Between steps: false once run `r` failed or is asked to stop (its items then drop out).
+    private func keepsGoing(_ r: Int) -> Bool {
+        guard failures[r] == nil else { return false }
+        if stopped.contains(r) || runs[r].hooks.shouldStop() {
+            stopped.insert(r)
+            runs[r].session.dropPartial()
+            return false
+        }
+        return true
+    }
+
+    /// The ready units of the active runs, at most `limit` per run.
+    private func candidates(_ active: [Int], limit: Int, _ ready: (SequenceRun, Int) -> [Int]) -> [Unit] {
+        active.flatMap { i in ready(runs[i], limit).map { Unit(run: i, index: $0) } }
+    }
+
+    // MARK: The batch loop
+
+    /// A grid or a frame of one run.
+    struct Unit {
+        var run: Int
+        var index: Int
+    }
+
+    /// A unit in a batch: its denoising item and, for stage 2, its condition.
+    struct Member {
+        var unit: Unit
+        var item: DenoiseItem
+        var condition: Tensor?
+    }
+
+    /// What the batch loop needs to know of a stage.
+    struct StagePass {
+        var stage: Stage
+        var model: DiT
+        /// Floats of per-item state beside the model's workspace (for the memory budget).
+        var itemFloats: Int
+        /// Model rows one unit of a run takes (two for a grid under guidance).
+        var rows: (SequenceRun) -> Int
+        /// Model evaluations of one unit.
+        var evaluations: (SequenceRun) -> Int
+        /// The unit's denoising item and condition (its dependencies are done).
+        var item: (SequenceRun, Int) throws -> (DenoiseItem, Tensor?)
+        /// One batched forward of the members' rows.
+        var forward:
+            (_ x: Tensor, _ t: [Float], _ members: [Member], _ workspace: (Int) -> DiTWorkspace) throws -> Tensor
+        /// Stores a finished unit.
+        var finish: (SequenceRun, Int, Tensor) throws -> Void
+        var seconds: WritableKeyPath<RunTimings, Double>
+        /// Save `timings.json` after every unit, not only after the batch (stage-1 units are long).
+        var savesTimingsPerUnit: Bool
+    }
+
+    /// Stage 1: the grids, with classifier-free guidance for the guided ones.
+    private var gridPass: StagePass {
+        let model = pipeline.stage1
+        return StagePass(
+            stage: .grid, model: model, itemFloats: 6 * pipeline.configuration.modelLayout.gridCount,
+            rows: { $0.settings.guided ? 2 : 1 }, evaluations: { $0.plan.stage1.evaluationsPerItem },
+            item: { run, g in (try run.stage1Item(g), nil) },
+            forward: { [unowned self] x, t, members, workspace in
+                try Self.forwardStage1(
+                    model, x: x, t: t, settings: members.map { self.runs[$0.unit.run].settings }, workspace: workspace)
+            },
+            finish: { run, g, x in try run.finishGrid(g, x: x) }, seconds: \.stage1Seconds, savesTimingsPerUnit: true)
+    }
+
+    /// Stage 2: super-resolution of the frames, each with its condition (nil: no stage 2).
+    private var framePass: StagePass? {
+        guard let model = pipeline.stage2, let side = pipeline.configuration.stage2ModelSize else { return nil }
+        return StagePass(
+            stage: .sr, model: model, itemFloats: 6 * model.config.inChannels * side * side,
+            rows: { _ in 1 }, evaluations: { $0.plan.stage2?.evaluationsPerItem ?? 0 },
+            item: { run, i in
+                let (item, condition) = try run.stage2Item(i)
+                return (item, condition)
+            },
+            forward: { x, t, members, workspace in
+                let first = members[0].condition!
+                let condition = Tensor(zeros: [members.count] + first.shape)
+                for (row, member) in members.enumerated() {
+                    (condition.mutablePointer + row * first.count).update(
+                        from: member.condition!.pointer, count: first.count)
+                }
+                return try model.forward(x: x, t: t, condition: condition, workspace: workspace(members.count))
+            },
+            finish: { run, i, x in try run.finishFrame(i, x: x) }, seconds: \.stage2Seconds, savesTimingsPerUnit: false)
+    }
+
+    /// One batch of `pass`'s stage: units chosen round robin over the runs (so that one long run
+    /// does not starve the others) up to the rows the memory budget allows, denoised together;
+    /// each finished unit is stored and reported at once.
+    private func runBatch(_ pass: StagePass, _ candidates: [Unit]) {
+        guard !candidates.isEmpty else { return }
+        let limit = maxRows(pass)
+        var byRun: [Int: [Int]] = [:]
+        for unit in candidates { byRun[unit.run, default: []].append(unit.index) }
+        var chosen: [Unit] = [], rows = 0
+        var progress = true
+        while progress {
+            progress = false
+            for r in byRun.keys.sorted() {
+                guard var list = byRun[r], !list.isEmpty else { continue }
+                let need = pass.rows(runs[r])
+                if rows + need > limit && !chosen.isEmpty { continue }
+                chosen.append(Unit(run: r, index: list.removeFirst()))
+                byRun[r] = list
+                rows += need
+                progress = true
+            }
+        }
+        var members: [Member] = []
+        for unit in chosen where failures[unit.run] == nil {
+            attempt(unit.run) {
+                let (item, condition) = try pass.item(runs[unit.run], unit.index)
+                members.append(Member(unit: unit, item: item, condition: condition))
+            }
+        }
+        members.removeAll { failures[$0.unit.run] != nil }
+        guard !members.isEmpty else { return }
+
+        var marks = Dictionary(members.map { ($0.unit.run, Date()) }, uniquingKeysWith: { a, _ in a })
+        var evaluations = [Int](repeating: 0, count: members.count)
+        let flopsPerRow = pass.model.config.flopsPerForward(batch: 1)
+        do {
+            try BatchDenoiser.run(
+                members.map(\.item),
+                model: { x, t, rows in
+                    try pass.forward(x, t, rows.map { members[$0] }) { self.workspace(pass, batch: $0) }
+                },
+                afterStep: { i, _ in
+                    let unit = members[i].unit
+                    let run = self.runs[unit.run]
+                    guard self.keepsGoing(unit.run) else { return false }
+                    evaluations[i] += 1
+                    let work = flopsPerRow * Double(pass.rows(run))
+                    run.session.evaluated(work)
+                    self.reportStep(run, pass.stage, unit: unit.index, step: evaluations[i], of: pass.evaluations(run))
+                    guard members[i].item.isFinished else { return true }
+                    return self.attempt(unit.run) {
+                        try pass.finish(run, unit.index, members[i].item.x)
+                        run.session.stored(work: work * Double(evaluations[i]))
+                        let now = Date()
+                        run.timings[keyPath: pass.seconds] += now.timeIntervalSince(marks[unit.run]!)
+                        marks[unit.run] = now
+                        if pass.savesTimingsPerUnit { try run.saveTimings() }
+                        run.hooks.onProgress(run.progress)
+                    }
+                })
+        } catch {
+            let e = EngineError.classify(error)
+            for member in members where failures[member.unit.run] == nil { failures[member.unit.run] = e }
+        }
+        let end = Date()
+        for (r, mark) in marks where failures[r] == nil {
+            runs[r].timings[keyPath: pass.seconds] += end.timeIntervalSince(mark)
+            runs[r].session.dropPartial()
+            attempt(r) { try runs[r].saveTimings() }
+        }
+    }
+
+    /// Reports one model evaluation of `run`: stage 1 "grid g/N" (unit g), stage 2 "frame i/F"
+    /// (unit i), both 1-based, with what is durable of the other stage.
+    private func reportStep(_ run: SequenceRun, _ stage: Stage, unit: Int, step: Int, of steps: Int) {
+        let plan = run.plan
+        run.hooks.onStep(
+            StepProgress(
+                stage: stage, grid: stage == .grid ? unit + 1 : run.gridsDone, grids: plan.grids, step: step,
+                steps: steps,
+                frame: stage == .grid ? run.framesDone : unit + 1, frames: plan.frames, etaSeconds: run.eta,
+                fraction: run.fraction))
+    }
+
+    /// Frames of runs without stage 2: only quantised and written.
+    private func writeLowResolutionFrames(_ units: [Unit]) {
+        var touched: Set<Int> = []
+        for unit in units where failures[unit.run] == nil && !stopped.contains(unit.run) {
+            let run = runs[unit.run]
+            let started = Date()
+            attempt(unit.run) {
+                try run.finishLowResolutionFrame(unit.index)
+                run.session.evaluated(run.frameFlops)
+                run.session.stored(work: run.frameFlops)
+                run.timings.stage2Seconds += Date().timeIntervalSince(started)
+                touched.insert(unit.run)
+            }
+        }
+        for r in touched.sorted() where failures[r] == nil {
+            attempt(r) { try runs[r].saveTimings() }
+            runs[r].hooks.onProgress(runs[r].progress)
+        }
+    }
+
+    // MARK: Sizing
+
+    /// Rows of the pass's model a batch may hold: the budget minus the workspace's fixed part,
+    /// over the workspace's and the items' bytes per row (measured once per model on
+    /// workspaces of 1 and 2).
+    private func maxRows(_ pass: StagePass) -> Int {
+        if let rows = rowLimits[pass.stage] { return rows }
+        let config = pass.model.config
+        let one = DiTWorkspace(config: config, batch: 1, workers: options.threads).byteCount
+        let two = DiTWorkspace(config: config, batch: 2, workers: options.threads).byteCount
+        let perRow = two - one + 4 * pass.itemFloats, fixed = max(0, one - (two - one))
+        let rows = max(1, min(options.maxBatch, (options.memoryBudget - fixed) / max(perRow, 1)))
+        rowLimits[pass.stage] = rows
+        return rows
+    }
+
+    private func workspace(_ pass: StagePass, batch: Int) -> DiTWorkspace {
+        if let ws = workspaces[pass.stage], ws.batch == batch { return ws }
+        workspaces[pass.stage] = nil  // free the old one first
+        let ws = DiTWorkspace(config: pass.model.config, batch: batch, workers: options.threads)
+        workspaces[pass.stage] = ws
+        return ws
+    }
+
+    // MARK: Stage 1 guidance
+
+    /// One stage-1 forward over the batch: the labels of a class-conditional model, and for
+    /// guided items a second row with the null class whose output is combined by guidance.
+    private static func forwardStage1(
+        _ model: DiT, x: Tensor, t: [Float], settings: [RunSettings], workspace: (Int) -> DiTWorkspace
+    ) throws -> Tensor {
+        let n = x.shape[0]
+        let classes = model.config.numClasses
+        let labels: [Int]? = classes > 0 ? settings.map { $0.classLabel ?? classes } : nil
+        let guided = settings.indices.filter { settings[$0].guided }
+        if guided.isEmpty {
+            return try model.forward(x: x, t: t, y: labels, workspace: workspace(n))
+        }
+        let inner = x.count / n
+        let x2 = Tensor(zeros: [n + guided.count] + x.shape.dropFirst())
+        x2.mutablePointer.update(from: x.pointer, count: x.count)
+        for (j, row) in guided.enumerated() {
+            (x2.mutablePointer + (n + j) * inner).update(from: x.pointer + row * inner, count: inner)
+        }
+        let out = try model.forward(
+            x: x2, t: t + guided.map { t[$0] }, y: labels! + guided.map { _ in classes },
+            workspace: workspace(n + guided.count))
+        let result = out.slice(0..<n).copy()
+        for (j, row) in guided.enumerated() {
+            let cond = result.slice(row..<row + 1)
+            try classifierFreeGuidance(
+                conditional: cond, unconditional: out.slice(n + j..<n + j + 1),
+                scale: Float(settings[row].cfgScale), epsChannels: model.config.inChannels,
+                into: cond)
+        }
+        return result
+    }
+}
