@@ -10,7 +10,7 @@ import GriditStateDatabase
 /// Open one database per file per process (GRDB rule 1), after taking the `StateDirectoryLock`.
 /// Opening applies any pending migrations and refuses (`schemaTooNew`) a database that records
 /// a migration this binary does not know.
-public final class SQLiteJobStore: JobStore {
+public final class SQLiteJobStore: TransitionStore {
     public let path: String
     public let machine: JobStateMachine
     /// The shared database (the model store uses the same one).
@@ -65,18 +65,7 @@ public final class SQLiteJobStore: JobStore {
     public func submit(
         _ submission: JobSubmission, owner: UInt32, limits: SubmitLimits, now: Date
     ) async throws(StateError) -> SubmitResult {
-        guard submission.length > 0, submission.maxAttempts >= 1 else {
-            throw StateError(
-                .invalidArgument,
-                "length (\(submission.length)) and maxAttempts (\(submission.maxAttempts)) must be at least 1")
-        }
-        guard submission.workSeconds.isFinite, submission.workSeconds >= 0 else {
-            throw StateError(
-                .invalidArgument, "a job's estimated work must be 0 seconds or more (got \(submission.workSeconds))")
-        }
-        if let key = submission.idempotencyKey, key.isEmpty || key.utf8.count > 200 {
-            throw StateError(.invalidArgument, "an idempotency key must be 1 to 200 bytes long")
-        }
+        try submission.validate()
         let nowMs = now.unixMillis
         return try await write { db in
             guard try Bool.fetchOne(db, sql: "SELECT json_valid(?)", arguments: [submission.params]) == true else {
@@ -114,12 +103,7 @@ public final class SQLiteJobStore: JobStore {
         let live =
             try Int.fetchOne(
                 db, sql: "SELECT count(*) FROM job WHERE state IN ('queued', 'retryable', 'running')") ?? 0
-        guard live < limits.maxQueued else {
-            throw StateError(
-                .queueFull,
-                "the queue is full (\(live) queued or running jobs, max_queued \(limits.maxQueued)); "
-                    + "wait for jobs to finish, cancel some, or raise max_queued")
-        }
+        try limits.checkQueue(live: live)
         guard limits.maxQueuedPerOwner != nil || limits.maxWorkPerOwner != nil else { return }
         let row = try Row.fetchOne(
             db,
@@ -128,41 +112,13 @@ public final class SQLiteJobStore: JobStore {
                  WHERE owner_uid = ? AND state IN ('queued', 'retryable', 'running')
                 """,
             arguments: [Int64(owner)])
-        let jobs: Int = row?["jobs"] ?? 0
-        let work: Double = row?["work"] ?? 0
-        if let max = limits.maxQueuedPerOwner, jobs >= max {
-            throw StateError(
-                .ownerJobLimit,
-                "uid \(owner) has \(jobs) jobs queued or running, the most one user may have (\(max))")
-        }
-        if let max = limits.maxWorkPerOwner, work + submission.workSeconds > max {
-            throw StateError(
-                .ownerWorkLimit,
-                "this job's estimated compute (\(computeTime(submission.workSeconds))) and that of uid \(owner)'s "
-                    + "queued and running jobs (\(computeTime(work))) add up to more than one user may queue "
-                    + "(\(computeTime(max)))")
-        }
-    }
-
-    public func claim(workerID: String, leaseDuration: TimeInterval, now: Date) async throws(StateError) -> ClaimedJob?
-    {
-        try await claim(workerID: workerID, leaseDuration: leaseDuration, filter: nil, now: now)
+        try limits.checkOwner(jobs: row?["jobs"] ?? 0, work: row?["work"] ?? 0, adding: submission, owner: owner)
     }
 
     public func claim(
-        workerID: String, leaseDuration: TimeInterval, matching filter: ClaimFilter, now: Date
-    ) async throws(StateError) -> ClaimedJob? {
-        try await claim(workerID: workerID, leaseDuration: leaseDuration, filter: filter, now: now)
-    }
-
-    private func claim(
         workerID: String, leaseDuration: TimeInterval, filter: ClaimFilter?, now: Date
     ) async throws(StateError) -> ClaimedJob? {
-        guard !workerID.isEmpty, leaseDuration > 0, leaseDuration.isFinite else {
-            throw StateError(
-                .invalidArgument,
-                "claim needs a non-empty worker id and a positive lease (got \"\(workerID)\", \(leaseDuration) s)")
-        }
+        try JobStateMachine.checkClaim(workerID: workerID, leaseDuration: leaseDuration)
         let token = LeaseToken.random()
         let nowMs = now.unixMillis
         let expiresMs = now.addingTimeInterval(leaseDuration).unixMillis
@@ -201,61 +157,6 @@ public final class SQLiteJobStore: JobStore {
                 arguments: finalArguments)
             guard let row else { return nil }
             return ClaimedJob(job: try Self.decodeJob(row), token: token)
-        }
-    }
-
-    public func heartbeat(
-        id: Int64, token: LeaseToken, leaseDuration: TimeInterval, now: Date
-    ) async throws(StateError) -> LeaseStatus {
-        let job = try await transition(id, .heartbeat(token: token, leaseDuration: leaseDuration), now: now)
-        return LeaseStatus(cancelRequested: job.cancelRequested, leaseExpiresAt: job.leaseExpiresAt ?? now)
-    }
-
-    public func saveProgress(
-        id: Int64, token: LeaseToken, progress: JobProgress, now: Date
-    ) async throws(StateError) -> LeaseStatus {
-        let job = try await transition(id, .saveProgress(token: token, progress: progress), now: now)
-        return LeaseStatus(cancelRequested: job.cancelRequested, leaseExpiresAt: job.leaseExpiresAt ?? now)
-    }
-
-    public func complete(id: Int64, token: LeaseToken, outputDir: String, now: Date) async throws(StateError) -> Job {
-        try await transition(id, .succeed(token: token, outputDir: outputDir), now: now)
-    }
-
-    public func fail(
-        id: Int64, token: LeaseToken, errorClass: String, message: String, retryable: Bool, now: Date
-    ) async throws(StateError) -> Job {
-        try await transition(
-            id, .fail(token: token, errorClass: errorClass, message: message, retryable: retryable), now: now)
-    }
-
-    public func acknowledgeCancel(id: Int64, token: LeaseToken, now: Date) async throws(StateError) -> Job {
-        try await transition(id, .acknowledgeCancel(token: token), now: now)
-    }
-
-    public func releaseLease(id: Int64, token: LeaseToken, now: Date) async throws(StateError) -> Job {
-        try await transition(id, .releaseLease(token: token), now: now)
-    }
-
-    public func requeue(id: Int64, token: LeaseToken, reason: String, now: Date) async throws(StateError) -> Job {
-        try await transition(id, .requeue(token: token, reason: reason), now: now)
-    }
-
-    public func recordWorkerCrash(
-        id: Int64, token: LeaseToken, message: String, now: Date
-    ) async throws(StateError) -> Job {
-        try await transition(id, .workerCrashed(token: token, message: message), now: now)
-    }
-
-    public func cancel(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StateError) -> Job {
-        try await transition(id, .cancel, now: now) { job in
-            try Self.authorize(job, requesterUID: requesterUID, isAdmin: isAdmin, action: "cancel")
-        }
-    }
-
-    public func retry(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StateError) -> Job {
-        try await transition(id, .retry, now: now) { job in
-            try Self.authorize(job, requesterUID: requesterUID, isAdmin: isAdmin, action: "retry")
         }
     }
 
@@ -309,7 +210,7 @@ public final class SQLiteJobStore: JobStore {
         try await read { db in
             guard try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM job WHERE id = ?)", arguments: [id]) == true
             else {
-                throw Self.notFound(id)
+                throw StateError.jobNotFound(id)
             }
             return try Row.fetchAll(
                 db, sql: "SELECT * FROM job_error WHERE job_id = ? ORDER BY at, rowid", arguments: [id]
@@ -386,9 +287,8 @@ public final class SQLiteJobStore: JobStore {
     }
 
     /// Read the row, apply `event` with the state machine, write the result: one transaction.
-    private func transition(
-        _ id: Int64, _ event: JobEvent, now: Date,
-        authorize: (@Sendable (Job) throws -> Void)? = nil
+    public func transition(
+        _ id: Int64, _ event: JobEvent, now: Date, authorize: (@Sendable (Job) throws -> Void)?
     ) async throws(StateError) -> Job {
         let machine = self.machine
         let now = Date(unixMillis: now.unixMillis)  // the columns' resolution, so SQL and Swift agree
@@ -421,15 +321,6 @@ public final class SQLiteJobStore: JobStore {
         }
     }
 
-    private static func authorize(_ job: Job, requesterUID: UInt32, isAdmin: Bool, action: String) throws {
-        guard isAdmin || job.ownerUID == requesterUID else {
-            throw StateError(
-                .forbidden,
-                "uid \(requesterUID) may not \(action) job \(job.id), which belongs to uid \(job.ownerUID); ask its owner or an admin",
-                jobID: job.id)
-        }
-    }
-
     // MARK: - Rows
 
     private static let selectWithPosition = """
@@ -441,14 +332,9 @@ public final class SQLiteJobStore: JobStore {
 
     static func fetchJob(_ db: Database, id: Int64) throws -> Job {
         guard let row = try Row.fetchOne(db, sql: selectWithPosition + " WHERE job.id = ?", arguments: [id]) else {
-            throw notFound(id)
+            throw StateError.jobNotFound(id)
         }
         return try decodeJob(row)
-    }
-
-    private static func notFound(_ id: Int64) -> StateError {
-        StateError(
-            .notFound, "no job \(id); it may have been pruned (`griditctl jobs list` shows the others)", jobID: id)
     }
 
     static func decodeJob(_ row: Row) throws -> Job {
@@ -527,11 +413,4 @@ public final class SQLiteJobStore: JobStore {
     }
 
     static func translate(_ error: any Error) -> StateError { StateDatabase.translate(error) }
-}
-
-/// "45 s", "12 min", "6.5 h": estimated compute in limit messages.
-private func computeTime(_ seconds: Double) -> String {
-    if seconds < 120 { return "\(Int(seconds.rounded())) s" }
-    if seconds < 7200 { return "\(Int((seconds / 60).rounded())) min" }
-    return String(format: "%.1f h", seconds / 3600)
 }
