@@ -21,6 +21,8 @@
 // Storage:
 //   GriditStateDatabase -> GriditDurable, GRDB           (the state database: file, migrations, identity, lock)
 //   GriditJobQueue -> GriditStateDatabase, GriditJobSpec (JobStore, its state machine, SQLiteJobStore)
+//   GriditJobStorePostgres -> GriditJobQueue, GriditStateDatabase, GriditJobSpec, PostgresNIO, Logging
+//                                                        (JobStore on PostgreSQL: the multi-host queue)
 //   GriditModelStore -> GriditStateDatabase, GriditDiffusion, GriditModels, GriditCheckpoint, GriditAPI,
 //                       GriditFaults, GriditDurable, Crypto, CModelStore (libarchive)
 //                                                        (content-addressed model store; never the job
@@ -33,7 +35,9 @@
 //                                                        (the engine and the store behind those protocols)
 //   GriditCLI -> GriditAPI, GriditJobSpec, GriditDurable, ArgumentParser
 //                                                        (no database, numeric or NIO target)
-//   griditd -> GriditBackend, GriditCLI                  (griditd run shares GriditCLI's `SamplingOptions`)
+//   griditd -> GriditBackend, GriditCLI, GriditJobStorePostgres
+//                                                        (griditd run shares GriditCLI's `SamplingOptions`;
+//                                                        serve --database picks the PostgreSQL queue)
 //   griditctl -> GriditCLI
 
 import PackageDescription
@@ -60,6 +64,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
     ],
     targets: [
         // System libraries, found through pkg-config.
@@ -145,6 +150,16 @@ let package = Package(
             dependencies: ["GriditJobSpec", "GriditStateDatabase", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: swiftSettings
         ),
+        // The job queue on PostgreSQL (`JobStore` for many hosts); its own frozen migrations.
+        .target(
+            name: "GriditJobStorePostgres",
+            dependencies: [
+                "GriditJobQueue", "GriditStateDatabase", "GriditJobSpec",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "GriditModelStore",
             dependencies: [
@@ -197,8 +212,8 @@ let package = Package(
         .executableTarget(
             name: "griditd",
             dependencies: [
-                "GriditDaemon", "GriditBackend", "GriditEngine", "GriditJobQueue", "GriditStateDatabase",
-                "GriditModelStore",
+                "GriditDaemon", "GriditBackend", "GriditEngine", "GriditJobQueue", "GriditJobStorePostgres",
+                "GriditStateDatabase", "GriditModelStore",
                 "GriditAPI", "GriditJobSpec", "GriditFaults", "GriditCLI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -275,8 +290,18 @@ let package = Package(
         .testTarget(
             name: "GriditJobQueueTests",
             dependencies: [
-                "GriditJobQueue", "GriditStateDatabase", "GriditJobSpec", "GriditTestSupport",
+                "GriditJobQueue", "GriditJobStorePostgres", "GriditStateDatabase", "GriditJobSpec", "GriditTestSupport",
                 .product(name: "Crypto", package: "swift-crypto"), .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The PostgreSQL store against a real server the tests start (GriditTestSupport).
+        .testTarget(
+            name: "GriditJobStorePostgresTests",
+            dependencies: [
+                "GriditJobStorePostgres", "GriditJobQueue", "GriditStateDatabase", "GriditJobSpec", "GriditTestSupport",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
         ),

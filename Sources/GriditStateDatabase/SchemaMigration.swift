@@ -1,7 +1,8 @@
 import GRDB
 
 /// One numbered SQL migration, embedded from `migrations/<identifier>.sql`
-/// (see `Migrations+Embedded.swift`). Shipped migrations are frozen.
+/// (see `Migrations+Embedded.swift`; the PostgreSQL job store's come from `migrations/postgres/`).
+/// Shipped migrations are frozen.
 public struct SchemaMigration: Hashable, Sendable {
     /// The file name without `.sql`, e.g. `0001_create_job`; recorded in `grdb_migrations`.
     public var identifier: String

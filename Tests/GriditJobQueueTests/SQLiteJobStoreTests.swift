@@ -6,17 +6,6 @@ import Testing
 
 @Suite("SQLiteJobStore")
 struct SQLiteJobStoreTests {
-    /// The backend-independent suite, each case on a fresh database file.
-    @Test("conformance", arguments: JobStoreConformance.cases)
-    func conformance(_ check: JobStoreConformance.Case) async throws {
-        let directory = TemporaryDirectory()
-        defer { directory.remove() }
-        let suite = JobStoreConformance {
-            try SQLiteJobStore(path: directory.file("jobs-\(UUID().uuidString).sqlite"))
-        }
-        try await check.run(suite)
-    }
-
     @Test("connection: WAL, synchronous FULL, foreign keys, busy timeout")
     func connectionSettings() throws {
         let directory = TemporaryDirectory()

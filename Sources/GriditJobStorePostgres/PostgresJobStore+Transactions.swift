@@ -1,0 +1,271 @@
+import Foundation
+import GriditJobQueue
+import GriditJobSpec
+import GriditStateDatabase
+import Logging
+import PostgresNIO
+
+/// What a COMMIT whose outcome is unknown (the connection dropped while it was sent) becomes.
+enum UnknownCommit<T: Sendable>: Sendable {
+    /// Report the error: running the transaction again could do its work twice (a submit).
+    case fail
+    /// Run it again: doing it twice is doing it once (pause, resume).
+    case retry
+    /// Look the outcome up on a fresh connection (a claim by its lease token, a transition by
+    /// reading its row back); run it again if it did not commit.
+    case resolve(@Sendable (PostgresConnection) async throws -> Resolution<T>)
+}
+
+enum Resolution<T: Sendable>: Sendable {
+    case committed(T)
+    case notCommitted
+}
+
+/// The connection broke after COMMIT was sent: the transaction may or may not have committed.
+struct CommitOutcomeUnknown: Error {
+    var underlying: any Error
+}
+
+extension PostgresJobStore {
+    /// Runs `body` in one READ COMMITTED transaction on a pooled connection. Serialization
+    /// failures, deadlocks and connections lost before COMMIT roll back whole, so the
+    /// transaction runs again (up to `maximumTries`, with a short backoff); a lost COMMIT goes
+    /// through `onUnknownCommit`. Errors come out as `StateError`.
+    func transaction<T: Sendable>(
+        onUnknownCommit: UnknownCommit<T>, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws(StateError) -> T {
+        let logger = self.logger
+        var tries = 0
+        while true {
+            tries += 1
+            do {
+                return try await client.withConnection { connection in
+                    try await connection.query("BEGIN", logger: logger)
+                    let value: T
+                    do {
+                        value = try await body(connection)
+                    } catch {
+                        _ = try? await connection.query("ROLLBACK", logger: logger)
+                        throw error
+                    }
+                    do {
+                        try await connection.query("COMMIT", logger: logger)
+                    } catch let error as PSQLError where error.isConnectionLoss {
+                        throw CommitOutcomeUnknown(underlying: error)
+                    }
+                    return value
+                }
+            } catch let error as StateError {
+                throw error
+            } catch let unknown as CommitOutcomeUnknown {
+                switch onUnknownCommit {
+                case .fail:
+                    throw StateError(
+                        .database,
+                        "the connection to \(location) broke while committing; the change may or may not be saved "
+                            + "(\(Self.describe(unknown.underlying)))")
+                case .retry:
+                    break
+                case .resolve(let lookUp):
+                    if case .committed(let value)? = try? await client.withConnection({ try await lookUp($0) }) {
+                        return value
+                    }
+                }
+                guard tries < Self.maximumTries else { throw translate(unknown.underlying) }
+                logger.warning("COMMIT outcome unknown; it did not commit, running it again")
+            } catch {
+                guard tries < Self.maximumTries, Self.isTransient(error) else { throw translate(error) }
+                logger.debug(
+                    "transaction rolled back; running it again", metadata: ["error": "\(Self.describe(error))"])
+            }
+            try? await Task.sleep(for: .milliseconds(10 << min(tries, 6)))
+        }
+    }
+
+    /// A read: one statement or a few, outside an explicit transaction.
+    func read<T: Sendable>(
+        _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws(StateError)
+        -> T
+    {
+        var tries = 0
+        while true {
+            tries += 1
+            do {
+                return try await client.withConnection { try await body($0) }
+            } catch let error as StateError {
+                throw error
+            } catch {
+                guard tries < Self.maximumTries, Self.isTransient(error) else { throw translate(error) }
+            }
+            try? await Task.sleep(for: .milliseconds(10 << min(tries, 6)))
+        }
+    }
+
+    /// Serialization failure, deadlock, or a connection that broke: the work rolled back whole.
+    static func isTransient(_ error: any Error) -> Bool {
+        guard let error = error as? PSQLError else { return false }
+        return ["40001", "40P01"].contains(error.sqlState ?? "") || error.isConnectionLoss
+    }
+
+    func translate(_ error: any Error) -> StateError {
+        if let error = error as? StateError { return error }
+        return StateError(.database, "PostgreSQL at \(location): \(Self.describe(error))")
+    }
+
+    /// The server's message and SQLSTATE, or what broke on the way (PSQLError's own description
+    /// hides both).
+    static func describe(_ error: any Error) -> String {
+        guard let error = error as? PSQLError else { return "\(error)" }
+        if let message = error.serverInfo?[.message] {
+            return "\(message) (SQLSTATE \(error.sqlState ?? "?"))"
+        }
+        return "\(error.code)" + (error.underlying.map { ": \($0)" } ?? "")
+    }
+
+    // MARK: - Rows
+
+    /// Seconds either side of the epoch a timestamp is clamped to: far inside PostgreSQL's range
+    /// (4713 BC to 294276 AD) and past any real instant, so huge user-given durations never overflow.
+    static let timestampLimit: TimeInterval = 1e11
+
+    static func clamped(_ date: Date) -> Date {
+        let seconds = date.timeIntervalSince1970
+        if seconds.isNaN { return Date(timeIntervalSince1970: 0) }
+        return Date(timeIntervalSince1970: min(max(seconds, -timestampLimit), timestampLimit))
+    }
+
+    /// Every column plus `queue_position`: 1-based place in claim order among waiting jobs.
+    static let selectWithPosition = """
+        WITH waiting AS (
+          SELECT id, row_number() OVER (ORDER BY priority DESC, id) AS queue_position
+            FROM job WHERE state IN ('queued', 'retryable'))
+        SELECT job.*, waiting.queue_position FROM job LEFT JOIN waiting ON waiting.id = job.id
+        """
+
+    /// One job with its queue position (counted through the claim index, not over the whole queue).
+    static func fetchJob(_ connection: PostgresConnection, id: Int64) async throws -> Job {
+        let rows = try await connection.sql(
+            """
+            SELECT job.*,
+                   CASE WHEN job.state IN ('queued', 'retryable') THEN
+                     (SELECT count(*) FROM job AS ahead
+                       WHERE ahead.state IN ('queued', 'retryable')
+                         AND (ahead.priority > job.priority OR (ahead.priority = job.priority AND ahead.id <= job.id)))
+                   END AS queue_position
+              FROM job WHERE job.id = \(id)
+            """)
+        for try await row in rows { return try decodeJob(row) }
+        throw StateError.jobNotFound(id)
+    }
+
+    static func decodeJob(_ postgresRow: PostgresRow) throws -> Job {
+        let row = postgresRow.makeRandomAccess()
+        let id = try row["id"].decode(Int64.self)
+        let stateText = try row["state"].decode(String.self)
+        guard let state = JobState(rawValue: stateText) else {
+            throw StateError(.database, "job \(id): unknown state '\(stateText)'")
+        }
+        let progressText = try row["progress"].decode(String.self)
+        let progress: JobProgress
+        do {
+            progress = try JSONDecoder().decode(JobProgress.self, from: Data(progressText.utf8))
+        } catch {
+            throw StateError(.database, "job \(id): unreadable progress \(progressText): \(error)")
+        }
+        return Job(
+            id: id,
+            ownerUID: UInt32(truncatingIfNeeded: try row["owner_uid"].decode(Int64.self)),
+            idempotencyKey: try row["idempotency_key"].decode(String?.self),
+            state: state,
+            priority: try row["priority"].decode(Int.self),
+            params: try row["params"].decode(String.self),
+            pipelineDigest: try row["pipeline_digest"].decode(String?.self),
+            length: try row["length"].decode(Int.self),
+            createdAt: try row["created_at"].decode(Date.self),
+            updatedAt: try row["updated_at"].decode(Date.self),
+            startedAt: try row["started_at"].decode(Date?.self),
+            finishedAt: try row["finished_at"].decode(Date?.self),
+            attempt: try row["attempt"].decode(Int.self),
+            maxAttempts: try row["max_attempts"].decode(Int.self),
+            crashCount: try row["crash_count"].decode(Int.self),
+            cancelRequested: try row["cancel_requested"].decode(Bool.self),
+            leaseOwner: try row["lease_owner"].decode(String?.self),
+            leaseToken: try row["lease_token"].decode(Int64?.self).map(LeaseToken.init(rawValue:)),
+            leaseExpiresAt: try row["lease_expires_at"].decode(Date?.self),
+            notBefore: try row["not_before"].decode(Date.self),
+            progress: progress,
+            errorClass: try row["error_class"].decode(String?.self),
+            errorMessage: try row["error_message"].decode(String?.self),
+            outputDir: try row["output_dir"].decode(String?.self),
+            workSeconds: try row["work_seconds"].decode(Double.self),
+            queuePosition: row.contains("queue_position") ? try row["queue_position"].decode(Int?.self) : nil)
+    }
+
+    /// Writes a state-machine transition: the new row (every mutable column) and its effects.
+    static func write(_ transition: JobTransition, _ connection: PostgresConnection) async throws {
+        let job = transition.job
+        for effect in transition.effects {
+            switch effect {
+            case .recordError(let record):
+                try await connection.sql(
+                    """
+                    INSERT INTO job_error (job_id, attempt, at, class, message)
+                    VALUES (\(record.jobID), \(record.attempt), \(record.at), \(record.errorClass), \(record.message))
+                    """)
+            case .delete:
+                try await connection.sql("DELETE FROM job WHERE id = \(job.id)")
+                return
+            }
+        }
+        let progress = String(decoding: try JSONEncoder().encode(job.progress), as: UTF8.self)
+        try await connection.sql(
+            """
+            UPDATE job SET state = \(job.state.rawValue), priority = \(job.priority), updated_at = \(job.updatedAt),
+                   started_at = \(job.startedAt), finished_at = \(job.finishedAt), attempt = \(job.attempt),
+                   max_attempts = \(job.maxAttempts), crash_count = \(job.crashCount),
+                   cancel_requested = \(job.cancelRequested), lease_owner = \(job.leaseOwner),
+                   lease_token = \(job.leaseToken?.rawValue), lease_expires_at = \(job.leaseExpiresAt.map(clamped)),
+                   not_before = \(clamped(job.notBefore)), progress = \(progress), error_class = \(job.errorClass),
+                   error_message = \(job.errorMessage), output_dir = \(job.outputDir)
+             WHERE id = \(job.id)
+            """)
+    }
+}
+
+extension PSQLError {
+    var sqlState: String? { serverInfo?[.sqlState] }
+
+    /// The connection broke (server gone, network cut, pool closing): whatever was not committed
+    /// rolled back.
+    var isConnectionLoss: Bool {
+        [.serverClosedConnection, .connectionError, .uncleanShutdown, .clientClosedConnection].contains(code)
+    }
+}
+
+extension PostgresRowSequence {
+    /// The first row's single column, nil without rows.
+    func first<T: PostgresDecodable & Sendable>(_: T.Type) async throws -> T? {
+        for try await value in decode(T.self) { return value }
+        return nil
+    }
+
+    /// Every row's single column.
+    func collect<T: PostgresDecodable & Sendable>(_: T.Type) async throws -> [T] {
+        var values: [T] = []
+        for try await value in decode(T.self) { values.append(value) }
+        return values
+    }
+}
+
+extension PostgresConnection {
+    /// A query on this connection (the async API; PostgresNIO's overload without a logger is
+    /// the older future-based one).
+    @discardableResult
+    func sql(_ query: PostgresQuery) async throws -> PostgresRowSequence {
+        try await self.query(query, logger: queryLogger)
+    }
+}
+
+/// PostgresNIO logs each query at debug level here.
+private let queryLogger = Logger(label: "gridit.postgres.query")

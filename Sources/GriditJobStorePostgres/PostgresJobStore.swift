@@ -1,0 +1,433 @@
+// GriditJobStorePostgres: the job queue on PostgreSQL, the queue many griditd hosts share.
+//
+// - `PostgresJobStore`: `JobStore` through a PostgresNIO connection pool. Claims are one
+//   statement (`FOR UPDATE SKIP LOCKED` in a materialised CTE); every other write reads its row
+//   `FOR UPDATE`, applies `JobStateMachine` and writes the row back in one short transaction.
+// - `PostgresLocation`: the `postgres://` URL, with the password from a file or `PGPASSWORD`.
+// - `PostgresMigrations`, `PostgresMigrator`: the store's own frozen, additive SQL
+//   (`migrations/postgres/`), applied under an advisory lock.
+// Errors are GriditStateDatabase's `StateError`, as for the SQLite store.
+
+import Foundation
+import GriditJobQueue
+import GriditJobSpec
+import GriditStateDatabase
+import Logging
+import PostgresNIO
+
+/// `JobStore` on a PostgreSQL database (15 or later), for griditd on several hosts.
+///
+/// The pool only serves while `run()` runs (or inside `withRunningPool`); call `migrate()` once
+/// before anything else. Transactions are READ COMMITTED: the claim locks the one row it takes
+/// and skips rows other claimers hold, and every other write locks its row before the state
+/// machine reads it, so no write works from a stale copy (a heartbeat never undoes a cancel).
+public final class PostgresJobStore: TransitionStore {
+    /// Whose clock decides leases, backoffs and timestamps.
+    public enum Clock: Hashable, Sendable {
+        /// The database's `now()`: one clock for every host, whatever their own say. The `now`
+        /// arguments of `JobStore` are ignored.
+        case database
+        /// The `now` each call passes: tests, with fixed instants.
+        case caller
+    }
+
+    public let location: PostgresLocation
+    public let machine: JobStateMachine
+    public let clock: Clock
+    let client: PostgresClient
+    let logger: Logger
+    /// Tries of a transaction that hit a serialization failure, a deadlock or a lost connection.
+    static let maximumTries = 5
+
+    /// - Parameter maximumConnections: each is a server process; a worker needs one at a time.
+    public init(
+        location: PostgresLocation, policy: RetryPolicy = RetryPolicy(), clock: Clock = .database,
+        maximumConnections: Int = 4, logger: Logger = Logger(label: "gridit.postgres")
+    ) {
+        self.location = location
+        self.machine = JobStateMachine(policy: policy)
+        self.clock = clock
+        self.logger = logger
+        self.client = PostgresClient(
+            configuration: location.clientConfiguration(maximumConnections: maximumConnections),
+            backgroundLogger: logger)
+    }
+
+    /// Runs the connection pool until the task is cancelled.
+    public func run() async {
+        await client.run()
+    }
+
+    /// Runs `body` while the pool runs, then stops the pool.
+    public func withRunningPool<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+        try await withThrowingTaskGroup(of: Void.self, returning: T.self) { group in
+            group.addTask { await self.client.run() }
+            defer { group.cancelAll() }
+            return try await body()
+        }
+    }
+
+    /// Applies this binary's pending migrations (under an advisory lock, in one transaction) and
+    /// returns their identifiers. Logs migrations only a newer griditd knows: additive, so
+    /// this one keeps working beside it during a rolling upgrade.
+    @discardableResult
+    public func migrate() async throws(StateError) -> [String] {
+        let schema = location.schema, logger = self.logger
+        do {
+            let (applied, unknown) = try await client.withConnection { connection in
+                try await PostgresMigrator.migrate(
+                    connection, schema: schema, migrations: PostgresMigrations.all, logger: logger)
+            }
+            if !unknown.isEmpty {
+                logger.notice(
+                    "the job database has migrations of a newer griditd; carrying on (they are additive)",
+                    metadata: ["migrations": "\(unknown.joined(separator: ", "))"])
+            }
+            return applied
+        } catch {
+            throw translate(error)
+        }
+    }
+
+    /// The migration identifiers recorded in the schema, in order.
+    public func appliedMigrations() async throws(StateError) -> [String] {
+        try await read { connection in
+            try await connection.sql("SELECT identifier FROM schema_migration ORDER BY identifier").collect(
+                String.self)
+        }
+    }
+
+    /// Null for the database clock: SQL then reads `coalesce($n, now())`.
+    private func injected(_ now: Date) -> Date? {
+        clock == .caller ? Self.clamped(now) : nil
+    }
+
+    // MARK: - JobStore
+
+    public func submit(
+        _ submission: JobSubmission, owner: UInt32, limits: SubmitLimits, now: Date
+    ) async throws(StateError) -> SubmitResult {
+        try submission.validate()
+        let now = injected(now)
+        let owner64 = Int64(owner)
+        return try await transaction(onUnknownCommit: .fail) { connection in
+            // Submits take turns (a transaction-scoped lock per schema), so that limits hold
+            // exactly and a repeated idempotency key finds the first job, across every host.
+            try await connection.sql(
+                "SELECT pg_advisory_xact_lock(hashtextextended('gridit.submit.' || current_schema(), 0))")
+            do {
+                try await connection.sql("SELECT \(submission.params)::json IS NOT NULL")
+            } catch let error as PSQLError where error.sqlState == "22P02" {
+                throw StateError(.invalidArgument, "params must be a JSON text")
+            }
+            if let key = submission.idempotencyKey,
+                let id = try await connection.sql(
+                    "SELECT id FROM job WHERE owner_uid = \(owner64) AND idempotency_key = \(key)"
+                ).first(Int64.self)
+            {
+                return SubmitResult(job: try await Self.fetchJob(connection, id: id), deduplicated: true)
+            }
+            let live = try await connection.sql(
+                "SELECT count(*) FROM job WHERE state IN ('queued', 'retryable', 'running')"
+            ).first(Int.self)
+            try limits.checkQueue(live: live ?? 0)
+            if limits.maxQueuedPerOwner != nil || limits.maxWorkPerOwner != nil {
+                let rows = try await connection.sql(
+                    """
+                    SELECT count(*), coalesce(sum(work_seconds), 0) FROM job
+                     WHERE owner_uid = \(owner64) AND state IN ('queued', 'retryable', 'running')
+                    """)
+                var jobs = 0, work = 0.0
+                for try await (count, sum) in rows.decode((Int, Double).self) { (jobs, work) = (count, sum) }
+                try limits.checkOwner(jobs: jobs, work: work, adding: submission, owner: owner)
+            }
+            let id = try await connection.sql(
+                """
+                WITH clock AS (SELECT coalesce(\(now)::timestamptz, now()) AS now)
+                INSERT INTO job (owner_uid, idempotency_key, state, priority, params, pipeline_digest, length,
+                                 created_at, updated_at, max_attempts, not_before, work_seconds)
+                SELECT \(owner64), \(submission.idempotencyKey)::text, 'queued', \(submission.priority), \(submission.params),
+                       \(submission.pipelineDigest)::text, \(submission.length), clock.now, clock.now,
+                       \(submission.maxAttempts), coalesce(\(submission.notBefore.map(Self.clamped))::timestamptz, clock.now),
+                       \(submission.workSeconds)
+                  FROM clock
+                RETURNING id
+                """
+            ).first(Int64.self)
+            guard let id else { throw StateError(.database, "INSERT … RETURNING id returned no row") }
+            return SubmitResult(job: try await Self.fetchJob(connection, id: id), deduplicated: false)
+        }
+    }
+
+    public func claim(
+        workerID: String, leaseDuration: TimeInterval, filter: ClaimFilter?, now: Date
+    ) async throws(StateError) -> ClaimedJob? {
+        try JobStateMachine.checkClaim(workerID: workerID, leaseDuration: leaseDuration)
+        let token = LeaseToken.random()
+        var binds = PostgresBindings()
+        binds.append(injected(now))  // $1
+        binds.append(workerID)  // $2
+        binds.append(token.rawValue)  // $3
+        binds.append(leaseDuration)  // $4
+        var match = ""
+        if let filter {
+            binds.append(filter.pipelineDigest)  // $5
+            binds.append(filter.priority)  // $6
+            match = "AND pipeline_digest IS NOT DISTINCT FROM $5 AND priority = $6"
+            if filter.neverCrashed { match += " AND crash_count = 0" }
+            if !filter.excluding.isEmpty {
+                binds.append(filter.excluding.sorted())  // $7
+                match += " AND job.id <> ALL($7)"
+            }
+        }
+        // The filter applies to the candidates, or (next in line only) to the one job picked.
+        let (inner, outer) = filter.map { $0.nextInLineOnly ? ("", match) : (match, "") } ?? ("", "")
+        // One statement picks and takes the job (mirrors JobEvent.claim). MATERIALIZED keeps the
+        // planner from folding the CTE into the UPDATE, where LIMIT would no longer bound what
+        // FOR UPDATE locks; SKIP LOCKED lets concurrent claimers pass each other's rows.
+        let sql = """
+            WITH clock AS MATERIALIZED (SELECT coalesce($1::timestamptz, now()) AS now),
+            next AS MATERIALIZED (
+              SELECT job.id FROM job, clock
+               WHERE state IN ('queued', 'retryable') AND not_before <= clock.now
+                 AND NOT (SELECT paused FROM queue_state WHERE id = 1)
+                 \(inner)
+               ORDER BY priority DESC, id
+               LIMIT 1
+               FOR UPDATE OF job SKIP LOCKED)
+            UPDATE job
+               SET state = 'running', attempt = attempt + 1, lease_owner = $2, lease_token = $3,
+                   lease_expires_at = clock.now + make_interval(secs => $4),
+                   started_at = coalesce(started_at, clock.now), updated_at = clock.now
+              FROM next, clock
+             WHERE job.id = next.id \(outer)
+            RETURNING job.*
+            """
+        let query = PostgresQuery(unsafeSQL: sql, binds: binds)
+        return try await transaction(
+            onUnknownCommit: .resolve { connection in
+                // The claim committed iff a row carries its token.
+                let rows = try await connection.sql("SELECT * FROM job WHERE lease_token = \(token.rawValue)")
+                for try await row in rows { return .committed(ClaimedJob(job: try Self.decodeJob(row), token: token)) }
+                return .notCommitted
+            }
+        ) { connection -> ClaimedJob? in
+            for try await row in try await connection.sql(query) {
+                return ClaimedJob(job: try Self.decodeJob(row), token: token)
+            }
+            return nil
+        }
+    }
+
+    public func recoverExpiredLeases(now: Date, sparing: Set<Int64>) async throws(StateError) -> [Job] {
+        // SKIP LOCKED: a row locked now is being written by its worker (a heartbeat, perhaps);
+        // the next sweep sees it again, and hosts sweeping at once split the rows between them.
+        try await recover(
+            .leaseExpired, now: now,
+            condition: "state = 'running' AND lease_expires_at <= clock.now AND job.id <> ALL($2)",
+            sparing: sparing, lock: "FOR UPDATE OF job SKIP LOCKED")
+    }
+
+    public func recoverOrphanedJobs(now: Date) async throws(StateError) -> [Job] {
+        // Every running job: one griditd per database until jobs record the node that runs them.
+        try await recover(
+            .orphaned, now: now, condition: "state = 'running' AND job.id <> ALL($2)", sparing: [],
+            lock: "FOR UPDATE OF job")
+    }
+
+    public func setPaused(_ paused: Bool) async throws(StateError) {
+        try await transaction(onUnknownCommit: .retry) { connection in
+            _ = try await connection.sql("UPDATE queue_state SET paused = \(paused) WHERE id = 1")
+        }
+    }
+
+    public func isPaused() async throws(StateError) -> Bool {
+        try await read { connection in
+            try await connection.sql("SELECT paused FROM queue_state WHERE id = 1").first(Bool.self) ?? false
+        }
+    }
+
+    public func get(id: Int64) async throws(StateError) -> Job {
+        try await read { connection in try await Self.fetchJob(connection, id: id) }
+    }
+
+    public func list(_ filter: JobFilter) async throws(StateError) -> [Job] {
+        var conditions: [String] = []
+        var binds = PostgresBindings()
+        if !filter.states.isEmpty {
+            binds.append(filter.states.map(\.rawValue).sorted())
+            conditions.append("job.state = ANY($\(binds.count))")
+        }
+        if let owner = filter.ownerUID {
+            binds.append(Int64(owner))
+            conditions.append("job.owner_uid = $\(binds.count)")
+        }
+        binds.append(max(0, filter.limit))
+        let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+        let inner =
+            Self.selectWithPosition
+            + " \(whereClause) ORDER BY job.id \(filter.newest ? "DESC" : "") LIMIT $\(binds.count)"
+        let sql = filter.newest ? "SELECT * FROM (\(inner)) AS newest ORDER BY id" : inner
+        let query = PostgresQuery(unsafeSQL: sql, binds: binds)
+        return try await read { connection in
+            var jobs: [Job] = []
+            for try await row in try await connection.sql(query) { jobs.append(try Self.decodeJob(row)) }
+            return jobs
+        }
+    }
+
+    public func errors(id: Int64) async throws(StateError) -> [JobErrorRecord] {
+        try await read { connection in
+            guard
+                try await connection.sql("SELECT EXISTS (SELECT 1 FROM job WHERE id = \(id))").first(Bool.self)
+                    == true
+            else { throw StateError.jobNotFound(id) }
+            var records: [JobErrorRecord] = []
+            let rows = try await connection.sql(
+                "SELECT job_id, attempt, at, class, message FROM job_error WHERE job_id = \(id) ORDER BY at, id")
+            for try await (jobID, attempt, at, errorClass, message) in rows.decode(
+                (Int64, Int, Date, String, String).self)
+            {
+                records.append(
+                    JobErrorRecord(jobID: jobID, attempt: attempt, at: at, errorClass: errorClass, message: message))
+            }
+            return records
+        }
+    }
+
+    public func counts() async throws(StateError) -> [JobState: Int] {
+        try await read { connection in
+            var counts: [JobState: Int] = [:]
+            let rows = try await connection.sql("SELECT state, count(*) FROM job GROUP BY state")
+            for try await (state, count) in rows.decode((String, Int).self) {
+                if let state = JobState(rawValue: state) { counts[state] = count }
+            }
+            return counts
+        }
+    }
+
+    public func livePipelinePins() async throws(StateError) -> [String: [Int64]] {
+        try await read { connection in
+            var pins: [String: [Int64]] = [:]
+            let rows = try await connection.sql(
+                """
+                SELECT id, pipeline_digest FROM job
+                 WHERE state IN ('queued', 'retryable', 'running') AND pipeline_digest IS NOT NULL ORDER BY id
+                """)
+            for try await (id, digest) in rows.decode((Int64, String).self) { pins[digest, default: []].append(id) }
+            return pins
+        }
+    }
+
+    public func prune(olderThan: TimeInterval, states: Set<JobState>, now: Date) async throws(StateError) -> [PrunedJob]
+    {
+        guard olderThan >= 0 else {
+            throw StateError(.invalidArgument, "prune needs an age of 0 seconds or more (got \(olderThan))")
+        }
+        let terminal = states.filter(\.isTerminal).map(\.rawValue).sorted()
+        guard !terminal.isEmpty else { return [] }
+        // Ages past the timestamp range reach back before every job.
+        let age = min(olderThan, Self.timestampLimit)
+        let machine = self.machine, now = injected(now)
+        return try await transaction(onUnknownCommit: .fail) { connection in
+            let rows = try await connection.sql(
+                """
+                WITH clock AS MATERIALIZED (SELECT coalesce(\(now)::timestamptz, now()) AS now)
+                SELECT job.*, clock.now AS clock FROM job, clock
+                 WHERE state = ANY(\(terminal)) AND finished_at <= clock.now - make_interval(secs => \(age))
+                 ORDER BY id FOR UPDATE OF job SKIP LOCKED
+                """)
+            var pruned: [PrunedJob] = []
+            for try await row in rows {
+                let job = try Self.decodeJob(row)
+                _ = try machine.apply(.prune, to: job, now: try row.makeRandomAccess()["clock"].decode(Date.self))
+                pruned.append(PrunedJob(id: job.id, state: job.state, outputDir: job.outputDir))
+            }
+            // Their error history goes with them (ON DELETE CASCADE).
+            try await connection.sql("DELETE FROM job WHERE id = ANY(\(pruned.map(\.id)))")
+            return pruned
+        }
+    }
+
+    // MARK: - Transitions
+
+    /// Locks the row, applies `event` with the state machine, writes the row back: one transaction.
+    public func transition(
+        _ id: Int64, _ event: JobEvent, now: Date, authorize: (@Sendable (Job) throws -> Void)?
+    ) async throws(StateError) -> Job {
+        let machine = self.machine, now = injected(now)
+        let written = WrittenRow()
+        return try await transaction(
+            onUnknownCommit: .resolve { connection in
+                // Committed iff the row reads back as this transaction wrote it.
+                guard let expected = written.job, let current = try? await Self.fetchJob(connection, id: id),
+                    current.withoutPosition == expected.withoutPosition
+                else { return .notCommitted }
+                return .committed(current)
+            }
+        ) { connection in
+            let rows = try await connection.sql(
+                """
+                SELECT job.*, coalesce(\(now)::timestamptz, now()) AS clock FROM job WHERE id = \(id) FOR UPDATE
+                """)
+            var locked: (Job, Date)?
+            for try await row in rows {
+                locked = (try Self.decodeJob(row), try row.makeRandomAccess()["clock"].decode(Date.self))
+            }
+            guard let (job, clock) = locked else { throw StateError.jobNotFound(id) }
+            try authorize?(job)
+            let transition = try machine.apply(event, to: job, now: clock)
+            try await Self.write(transition, connection)
+            let result = try await Self.fetchJob(connection, id: id)
+            written.job = result
+            return result
+        }
+    }
+
+    /// Applies `event` to every running job that meets `condition` (with `clock.now` and the
+    /// spared ids as `$2`), in one transaction.
+    private func recover(
+        _ event: JobEvent, now: Date, condition: String, sparing: Set<Int64>, lock: String
+    ) async throws(StateError) -> [Job] {
+        let machine = self.machine
+        var binds = PostgresBindings()
+        binds.append(injected(now))
+        binds.append(sparing.sorted())
+        let query = PostgresQuery(
+            unsafeSQL: """
+                WITH clock AS MATERIALIZED (SELECT coalesce($1::timestamptz, now()) AS now)
+                SELECT job.*, clock.now AS clock FROM job, clock WHERE \(condition) ORDER BY id \(lock)
+                """, binds: binds)
+        return try await transaction(onUnknownCommit: .fail) { connection in
+            var found: [(Job, Date)] = []
+            for try await row in try await connection.sql(query) {
+                found.append((try Self.decodeJob(row), try row.makeRandomAccess()["clock"].decode(Date.self)))
+            }
+            var recovered: [Job] = []
+            for (job, clock) in found {
+                let transition = try machine.apply(event, to: job, now: clock)
+                try await Self.write(transition, connection)
+                recovered.append(transition.job)
+            }
+            return recovered
+        }
+    }
+}
+
+/// What a transition wrote, kept for resolving a COMMIT whose outcome is unknown.
+private final class WrittenRow: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: Job?
+    var job: Job? {
+        get { lock.withLock { stored } }
+        set { lock.withLock { stored = newValue } }
+    }
+}
+
+extension Job {
+    fileprivate var withoutPosition: Job {
+        var job = self
+        job.queuePosition = nil
+        return job
+    }
+}

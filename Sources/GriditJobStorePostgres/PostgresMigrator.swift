@@ -1,0 +1,72 @@
+import GriditStateDatabase
+import Logging
+import PostgresNIO
+
+extension SchemaMigration {
+    /// The file's statements, one per `;` that ends a line, comment lines dropped: the extended
+    /// protocol PostgresNIO speaks runs one statement per query.
+    var statements: [String] {
+        var statements: [String] = []
+        var current: [Substring] = []
+        for line in sql.split(separator: "\n", omittingEmptySubsequences: false) {
+            let trimmed = line.drop { $0 == " " }
+            if trimmed.hasPrefix("--") || trimmed.isEmpty { continue }
+            current.append(line)
+            if line.hasSuffix(";") {
+                statements.append(current.joined(separator: "\n"))
+                current = []
+            }
+        }
+        if !current.isEmpty { statements.append(current.joined(separator: "\n")) }
+        return statements
+    }
+}
+
+/// Applies pending migrations to one schema, in one transaction under an advisory lock, so that
+/// hosts starting together migrate once and none sees a half-made schema.
+enum PostgresMigrator {
+    /// Returns the identifiers applied now. Migrations recorded in the database that this binary
+    /// does not know are a newer griditd's: additive, so this one carries on (rolling upgrade).
+    static func migrate(
+        _ connection: PostgresConnection, schema: String, migrations: [SchemaMigration], logger: Logger
+    ) async throws -> (applied: [String], unknown: [String]) {
+        precondition(PostgresLocation.isPlainIdentifier(schema), "schema names are checked where they enter")
+        try await connection.query("BEGIN", logger: logger)
+        do {
+            let lockKey = "gridit.migrate." + schema
+            try await connection.query("SELECT pg_advisory_xact_lock(hashtextextended(\(lockKey), 0))", logger: logger)
+            // The schema name is a checked plain identifier: safe to splice (DDL takes no binds).
+            try await connection.query(
+                PostgresQuery(unsafeSQL: "CREATE SCHEMA IF NOT EXISTS \(schema)"), logger: logger)
+            try await connection.query(PostgresQuery(unsafeSQL: "SET LOCAL search_path TO \(schema)"), logger: logger)
+            try await connection.query(
+                """
+                CREATE TABLE IF NOT EXISTS schema_migration (
+                  identifier text PRIMARY KEY,
+                  applied_at timestamptz NOT NULL DEFAULT now()
+                )
+                """, logger: logger)
+            var recorded: Set<String> = []
+            for try await identifier in try await connection.query(
+                "SELECT identifier FROM schema_migration", logger: logger
+            ).decode(String.self) {
+                recorded.insert(identifier)
+            }
+            var applied: [String] = []
+            for migration in migrations where !recorded.contains(migration.identifier) {
+                for statement in migration.statements {
+                    try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                }
+                try await connection.query(
+                    "INSERT INTO schema_migration (identifier) VALUES (\(migration.identifier))", logger: logger)
+                applied.append(migration.identifier)
+            }
+            try await connection.query("COMMIT", logger: logger)
+            let known = Set(migrations.map(\.identifier))
+            return (applied, recorded.subtracting(known).sorted())
+        } catch {
+            _ = try? await connection.query("ROLLBACK", logger: logger)
+            throw error
+        }
+    }
+}

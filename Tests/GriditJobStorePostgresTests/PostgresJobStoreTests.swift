@@ -1,0 +1,155 @@
+import Foundation
+import GriditJobQueue
+import GriditJobSpec
+import GriditStateDatabase
+import PostgresNIO
+import Testing
+
+@testable import GriditJobStorePostgres
+
+@Suite("PostgresJobStore")
+struct PostgresJobStoreTests {
+    @Test("claim exclusivity: 5 connection pools race for 10,000 jobs, each claimed exactly once")
+    func fivePoolsTenThousandJobs() async throws {
+        let jobCount = 10_000
+        try await TestSchema().withStores(5, clock: .database) { stores in
+            try await stores[0].insertJobs(jobCount)
+            let claims = try await withThrowingTaskGroup(of: [ClaimedJob].self) { group in
+                // Two claimers per pool: ten workers on five "hosts".
+                for (index, store) in stores.enumerated() {
+                    for worker in 0..<2 {
+                        group.addTask {
+                            var mine: [ClaimedJob] = []
+                            while let claimed = try await store.claim(
+                                workerID: "host\(index)-w\(worker)", leaseDuration: 600, now: Date())
+                            {
+                                mine.append(claimed)
+                            }
+                            return mine
+                        }
+                    }
+                }
+                var all: [ClaimedJob] = []
+                for try await batch in group { all += batch }
+                return all
+            }
+            #expect(claims.count == jobCount)
+            #expect(Set(claims.map(\.job.id)).count == jobCount)
+            #expect(Set(claims.map(\.token)).count == jobCount)
+            #expect(
+                try await stores[0].count("SELECT count(*) FROM job WHERE state = 'running' AND attempt = 1")
+                    == jobCount)
+            // Every pool took a share: the race was real.
+            let hosts = Set(claims.compactMap { $0.job.leaseOwner?.split(separator: "-").first })
+            #expect(hosts.count == 5)
+        }
+    }
+
+    @Test("cancel racing heartbeats 1,000 times: the cancel is never lost")
+    func cancelRacesHeartbeats() async throws {
+        let rounds = 1_000
+        try await TestSchema().withStores(2, clock: .database, connections: 4) { stores in
+            let (worker, user) = (stores[0], stores[1])
+            try await worker.insertJobs(rounds)
+            var claims: [ClaimedJob] = []
+            while let claimed = try await worker.claim(workerID: "w", leaseDuration: 600, now: Date()) {
+                claims.append(claimed)
+            }
+            #expect(claims.count == rounds)
+            // Per job: two heartbeats from the worker's pool and a cancel from another pool, at once.
+            for chunk in stride(from: 0, to: claims.count, by: 25) {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for claimed in claims[chunk..<min(chunk + 25, claims.count)] {
+                        group.addTask {
+                            for _ in 0..<2 {
+                                _ = try await worker.heartbeat(
+                                    id: claimed.job.id, token: claimed.token, leaseDuration: 600, now: Date())
+                            }
+                        }
+                        group.addTask {
+                            let job = try await user.cancel(
+                                id: claimed.job.id, requesterUID: 1, isAdmin: false, now: Date())
+                            #expect(job.cancelRequested)
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+            }
+            for claimed in claims {
+                let lease = try await worker.heartbeat(
+                    id: claimed.job.id, token: claimed.token, leaseDuration: 600, now: Date())
+                #expect(lease.cancelRequested, "job \(claimed.job.id): a heartbeat erased its cancel")
+            }
+            #expect(try await worker.count("SELECT count(*) FROM job WHERE cancel_requested") == rounds)
+        }
+    }
+
+    @Test("the SQL claim matches JobStateMachine's claim")
+    func claimMatchesStateMachine() async throws {
+        try await TestSchema().withStores(1) { stores in
+            let store = stores[0]
+            let before = try await store.submit(
+                JobSubmission(params: "{}", length: 4), owner: 1, maxQueued: 10, now: at(0)
+            ).job
+            let claimed = try #require(try await store.claim(workerID: "w", leaseDuration: 45, now: at(3)))
+            let expected = try store.machine.apply(
+                .claim(workerID: "w", token: claimed.token, leaseDuration: 45), to: before, now: at(3))
+            var stored = claimed.job
+            stored.queuePosition = nil
+            #expect(stored == expected.job)
+        }
+    }
+
+    @Test("the database clock decides, not the caller's")
+    func databaseClock() async throws {
+        try await TestSchema().withStores(1, clock: .database) { stores in
+            let store = stores[0]
+            let job = try await store.submit(
+                JobSubmission(params: "{}", length: 4), owner: 1, maxQueued: 10, now: at(0)
+            ).job
+            // The caller says 2023; the database says now.
+            #expect(abs(job.createdAt.timeIntervalSinceNow) < 60)
+            let claimed = try #require(try await store.claim(workerID: "w", leaseDuration: 30, now: at(0)))
+            let expires = try #require(claimed.job.leaseExpiresAt)
+            #expect(abs(expires.timeIntervalSinceNow - 30) < 60)
+            // A caller whose clock runs far behind still sees no lease expire early.
+            #expect(try await store.recoverExpiredLeases(now: at(1e6)).isEmpty)
+        }
+    }
+
+    @Test("migrations: applied once under the advisory lock, however many hosts start at once")
+    func concurrentMigrations() async throws {
+        let schema = try TestSchema()
+        try await schema.withStores(4) { stores in
+            let applied = try await withThrowingTaskGroup(of: [String].self) { group in
+                for store in stores { group.addTask { try await store.migrate() } }
+                var all: [String] = []
+                for try await identifiers in group { all += identifiers }
+                return all
+            }
+            // withStores migrated first; the four concurrent runs find nothing left to do.
+            #expect(applied.isEmpty)
+            #expect(try await stores[0].appliedMigrations() == PostgresMigrations.all.map(\.identifier))
+        }
+        try await TestSchema().withStores(1) { _ in }
+        let fresh = try TestSchema()
+        let stores = (0..<4).map { _ in PostgresJobStore(location: fresh.location, clock: .caller) }
+        let applied = try await withThrowingTaskGroup(of: [String].self) { group in
+            for store in stores { group.addTask { try await store.withRunningPool { try await store.migrate() } } }
+            var all: [String] = []
+            for try await identifiers in group { all += identifiers }
+            return all
+        }
+        #expect(applied == PostgresMigrations.all.map(\.identifier), "each migration applied exactly once")
+    }
+
+    @Test("a newer griditd's migrations are tolerated (additive: rolling upgrades)")
+    func newerMigrationTolerated() async throws {
+        try await TestSchema().withStores(1) { stores in
+            let store = stores[0]
+            try await store.execute("INSERT INTO schema_migration (identifier) VALUES ('9999_from_the_future')")
+            #expect(try await store.migrate().isEmpty)
+            _ = try await store.submit(JobSubmission(params: "{}", length: 4), owner: 1, maxQueued: 10, now: at(0))
+        }
+    }
+}

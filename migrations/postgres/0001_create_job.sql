@@ -1,0 +1,82 @@
+-- 0001_create_job (PostgreSQL): the job queue that many griditd hosts share.
+-- Shipped migrations are frozen: never edit this file, add 0002_... instead. They are additive
+-- only (new tables, new columns with a default, new indexes; never a drop, a rename or a type
+-- change), so that two griditd versions can share the database during a rolling upgrade.
+-- The migrator runs them under an advisory lock with search_path set to griditd's schema, one
+-- statement at a time: end every statement with ';' at the end of a line.
+-- The same columns and rules as the SQLite store's `job` table (migrations/0001, 0003, 0004);
+-- times are timestamptz, so both the database clock (now()) and an injected one compare.
+
+CREATE TABLE job (
+  -- An identity column's sequence never hands out an id twice, not even a pruned job's.
+  id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  owner_uid        bigint NOT NULL CHECK (owner_uid >= 0),
+  idempotency_key  text CHECK (idempotency_key IS NULL OR octet_length(idempotency_key) BETWEEN 1 AND 200),
+  state            text NOT NULL DEFAULT 'queued'
+                   CHECK (state IN ('queued','running','retryable','succeeded','failed','canceled','dead')),
+  priority         bigint NOT NULL DEFAULT 0,
+  -- JSON kept as the client wrote it (json, not jsonb, would also do; text keeps the bytes).
+  params           text NOT NULL CHECK (params::json IS NOT NULL),
+  pipeline_digest  text,
+  length           bigint NOT NULL CHECK (length > 0),
+  created_at       timestamptz NOT NULL,
+  updated_at       timestamptz NOT NULL,
+  started_at       timestamptz,
+  finished_at      timestamptz,
+  attempt          bigint NOT NULL DEFAULT 0 CHECK (attempt >= 0),
+  max_attempts     bigint NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
+  crash_count      bigint NOT NULL DEFAULT 0 CHECK (crash_count >= 0),
+  cancel_requested boolean NOT NULL DEFAULT false,
+  lease_owner      text,
+  lease_token      bigint,
+  lease_expires_at timestamptz,
+  not_before       timestamptz NOT NULL,
+  progress         text NOT NULL DEFAULT '{"stage":"grid","grids_done":0,"frames_done":0}'
+                   CHECK (progress::json IS NOT NULL),
+  error_class      text,
+  error_message    text,
+  output_dir       text,
+  work_seconds     double precision NOT NULL DEFAULT 0 CHECK (work_seconds >= 0),
+  -- A lease exists exactly while the job is running.
+  CHECK ((state = 'running') = (lease_token IS NOT NULL AND lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL))
+);
+
+-- Claim order: highest priority first, FIFO (id) within a priority, over claimable rows only.
+CREATE INDEX job_claim ON job (priority DESC, id) WHERE state IN ('queued', 'retryable');
+
+-- Lease expiry scan.
+CREATE INDEX job_running_lease ON job (lease_expires_at) WHERE state = 'running';
+
+-- A COMMIT whose outcome is unknown is resolved by looking its lease token up.
+CREATE INDEX job_lease_token ON job (lease_token) WHERE lease_token IS NOT NULL;
+
+-- Listing and retention.
+CREATE INDEX job_state ON job (state, finished_at);
+CREATE INDEX job_owner ON job (owner_uid, id);
+
+-- One job per (owner, idempotency key), for as long as the job row exists.
+CREATE UNIQUE INDEX job_idempotency ON job (owner_uid, idempotency_key) WHERE idempotency_key IS NOT NULL;
+
+-- The versions live jobs pin, and the per-user limits over live jobs.
+CREATE INDEX job_live_pipeline ON job (pipeline_digest) WHERE state IN ('queued', 'running', 'retryable');
+CREATE INDEX job_owner_live ON job (owner_uid) WHERE state IN ('queued', 'running', 'retryable');
+
+-- Every attempt's error (failures and crashes), oldest first.
+CREATE TABLE job_error (
+  id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  job_id   bigint NOT NULL REFERENCES job (id) ON DELETE CASCADE,
+  attempt  bigint NOT NULL,
+  at       timestamptz NOT NULL,
+  class    text NOT NULL,
+  message  text NOT NULL
+);
+
+CREATE INDEX job_error_job ON job_error (job_id, at);
+
+-- Queue-wide switches; exactly one row.
+CREATE TABLE queue_state (
+  id     integer PRIMARY KEY CHECK (id = 1),
+  paused boolean NOT NULL
+);
+
+INSERT INTO queue_state (id, paused) VALUES (1, false);
