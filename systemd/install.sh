@@ -27,6 +27,8 @@ install -D -m 0644 systemd/griditd.socket "$dest/etc/systemd/system/griditd.sock
 install -D -m 0644 systemd/gridit.sysusers.conf "$dest/etc/sysusers.d/gridit.conf"
 install -D -m 0644 systemd/gridit.tmpfiles.conf "$dest/etc/tmpfiles.d/gridit.conf"
 install -D -m 0644 README.md "$dest/usr/local/share/doc/gridit/README.md"
+# Not active: the drop-in for the PostgreSQL job queue (docs/CLUSTER.md says where it goes).
+install -D -m 0644 systemd/griditd-postgres.conf "$dest/usr/local/share/doc/gridit/griditd-postgres.conf"
 [ -n "$dest" ] && { echo "staged under $dest"; exit 0; }
 
 systemd-sysusers /etc/sysusers.d/gridit.conf

@@ -15,4 +15,8 @@ binary=$(pwd)/.build/debug/griditd
 sed -i "s|^ExecStart=/usr/local/bin/griditd|ExecStart=$binary|" "$tmp/griditd.service"
 systemd-analyze verify --man=no "$tmp/griditd.socket" "$tmp/griditd.service"
 systemd-analyze security --offline=true --threshold=10 --no-pager "$tmp/griditd.service" | tail -n 1
+# The PostgreSQL drop-in (network to the database only) must load on top of the unit too.
+mkdir "$tmp/griditd.service.d"
+cp systemd/griditd-postgres.conf "$tmp/griditd.service.d/postgres.conf"
+systemd-analyze verify --man=no "$tmp/griditd.socket" "$tmp/griditd.service"
 echo "systemd units: verify ok, security gate ok"

@@ -24,16 +24,15 @@ import Glibc
 
 public enum Backend {
     /// The engine and model store of `configuration`'s state directory, the model store on the
-    /// job store's database (one connection pool per file) and asking it which versions live
-    /// jobs pin. Call after griditd holds the state
+    /// state database (one connection pool per file) and asking `jobs` (SQLite or PostgreSQL)
+    /// which versions live jobs pin. Call after griditd holds the state
     /// directory's lock and the database is migrated (what `Daemon.run` does before `components`).
     /// With `worker`, the engine runs in that worker process (`griditd worker`), supervised;
     /// without, in griditd itself.
     public static func components(
-        configuration: DaemonConfiguration, jobs: SQLiteJobStore, siteRoots: [String] = [], worker: WorkerLaunch? = nil,
-        logger: Logger
+        configuration: DaemonConfiguration, database: StateDatabase, jobs: any JobStore, siteRoots: [String] = [],
+        worker: WorkerLaunch? = nil, logger: Logger
     ) throws -> DaemonComponents {
-        let database = jobs.database
         let models: ModelStore
         do {
             models = try ModelStore(

@@ -41,9 +41,15 @@ public enum Daemon {
     /// Runs griditd until SIGTERM/SIGINT. Throws `DaemonError` (or the store's error) with a
     /// message for the operator when it cannot start. `components` runs after the lock is taken,
     /// the migrations are applied and orphaned jobs are recovered, before the socket opens.
+    /// `jobs` is the job queue when it lives elsewhere (PostgreSQL, migrated and serving); nil:
+    /// the state directory's SQLite database holds it. The state database opens either way
+    /// (the model store's tables).
     public static func run(
         configuration: DaemonConfiguration, logger: Logger, faults: FaultInjection = FaultInjection(),
-        components: @Sendable (_ store: SQLiteJobStore) async throws -> DaemonComponents = { _ in DaemonComponents() }
+        jobs: (any JobStore)? = nil,
+        components: @Sendable (_ database: StateDatabase, _ jobs: any JobStore) async throws -> DaemonComponents = {
+            _, _ in DaemonComponents()
+        }
     ) async throws {
         let layout = configuration.layout
         try prepareStateDirectory(layout.root)
@@ -61,8 +67,9 @@ public enum Daemon {
         let (database, notes) = try StateDatabase.openOwned(
             path: layout.database, initialize: configuration.initialize,
             reserveBytes: configuration.databaseReserveBytes)
-        let store = SQLiteJobStore(database: database)
-        defer { try? store.close() }
+        let local = SQLiteJobStore(database: database)
+        defer { try? local.close() }
+        let store: any JobStore = jobs ?? local
         for note in notes { logger.warning("\(note)") }
         if let reserve = database.reserve, reserve.size > 0, !reserve.isHeld {
             logger.warning(
@@ -81,7 +88,7 @@ public enum Daemon {
             logger.notice("queue is paused (persisted); `griditctl queue resume` starts it")
         }
 
-        let built = try await components(store)
+        let built = try await components(database, store)
         let engine = built.engine, catalog = built.catalog
         let context = DaemonContext(
             configuration: configuration, store: store, engine: engine, catalog: catalog, notifier: notifier,

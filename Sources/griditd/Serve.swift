@@ -7,6 +7,7 @@ import GriditBackend
 import GriditDaemon
 import GriditFaults
 import GriditJobQueue
+import GriditJobStorePostgres
 import GriditStateDatabase
 import Logging
 
@@ -19,6 +20,12 @@ struct Serve: AsyncParsableCommand {
 
     @Option(help: "Database, lock, work and output folders.")
     var stateDir = "/var/lib/gridit"
+
+    @Option(
+        help: ArgumentHelp(
+            "The job queue on PostgreSQL, shared by several hosts: postgres://USER@HOST:PORT/DATABASE (env GRIDIT_DATABASE). Never put the password here: it comes from the systemd credential database-password, GRIDIT_DATABASE_PASSWORD_FILE or PGPASSWORD. Default: the state directory's SQLite database.",
+            valueName: "url"))
+    var database: String?
 
     @Option(help: "Control socket to bind when not socket-activated.")
     var socket = "/run/gridit/griditd.sock"
@@ -234,9 +241,26 @@ struct Serve: AsyncParsableCommand {
         do {
             let faults = try FaultInjection(environment: ProcessInfo.processInfo.environment)
             let settings = configuration
-            try await Daemon.run(configuration: configuration, logger: logger, faults: faults) { store in
+            let components: @Sendable (StateDatabase, any JobStore) async throws -> DaemonComponents = {
+                database, jobs in
                 try Backend.components(
-                    configuration: settings, jobs: store, siteRoots: sites, worker: worker, logger: logger)
+                    configuration: settings, database: database, jobs: jobs, siteRoots: sites, worker: worker,
+                    logger: logger)
+            }
+            if let location = try PostgresLocation.configured(url: database) {
+                let jobs = PostgresJobStore(location: location, logger: Logger(label: "gridit.postgres"))
+                try await jobs.withRunningPool {
+                    let applied = try await jobs.migrate()
+                    logger.notice(
+                        "job queue on PostgreSQL",
+                        metadata: ["database": "\(location)", "migrated": "\(applied.joined(separator: ","))"])
+                    try await Daemon.run(
+                        configuration: configuration, logger: logger, faults: faults, jobs: jobs,
+                        components: components)
+                }
+            } else {
+                try await Daemon.run(
+                    configuration: configuration, logger: logger, faults: faults, components: components)
             }
         } catch let error as StateError {
             logger.critical("\(error.message)")
