@@ -67,8 +67,20 @@ extension PostgresJobStore {
                 case .retry:
                     break
                 case .resolve(let lookUp):
-                    if case .committed(let value)? = try? await client.withConnection({ try await lookUp($0) }) {
-                        return value
+                    // A lookup that fails proves nothing: ask again rather than guess.
+                    var resolution: Resolution<T>?
+                    for lookUpTry in 1...Self.maximumTries where resolution == nil {
+                        resolution = try? await client.withConnection { try await lookUp($0) }
+                        if resolution == nil { try? await Task.sleep(for: .milliseconds(10 << lookUpTry)) }
+                    }
+                    switch resolution {
+                    case .committed(let value)?: return value
+                    case .notCommitted?: break
+                    case nil:
+                        throw StateError(
+                            .database,
+                            "the connection to \(location) broke while committing and the outcome could not be "
+                                + "looked up (\(Self.describe(unknown.underlying)))")
                     }
                 }
                 guard tries < Self.maximumTries else { throw translate(unknown.underlying) }
@@ -236,10 +248,16 @@ extension PostgresJobStore {
 extension PSQLError {
     var sqlState: String? { serverInfo?[.sqlState] }
 
-    /// The connection broke (server gone, network cut, pool closing): whatever was not committed
-    /// rolled back.
+    /// The connection broke (server gone or restarting, the backend terminated, network cut, pool
+    /// closing): whatever was not committed rolled back.
     var isConnectionLoss: Bool {
-        [.serverClosedConnection, .connectionError, .uncleanShutdown, .clientClosedConnection].contains(code)
+        if [.serverClosedConnection, .connectionError, .uncleanShutdown, .clientClosedConnection].contains(code) {
+            return true
+        }
+        // 57P01-57P03: terminated by an administrator, a crash of another backend, or a server
+        // still starting; class 08: connection exceptions.
+        guard let state = sqlState else { return false }
+        return ["57P01", "57P02", "57P03"].contains(state) || state.hasPrefix("08")
     }
 }
 

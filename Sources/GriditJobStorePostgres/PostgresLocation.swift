@@ -26,6 +26,8 @@ public struct PostgresLocation: Hashable, Sendable, CustomStringConvertible {
     /// applications' tables, and tests get a fresh schema each.
     public var schema: String
     public var tls: TLSMode
+    /// How the server lists these connections (`pg_stat_activity.application_name`).
+    public var applicationName = "griditd"
 
     public init(
         endpoint: Endpoint, user: String, password: String? = nil, database: String, schema: String = "gridit",
@@ -159,7 +161,9 @@ public struct PostgresLocation: Hashable, Sendable, CustomStringConvertible {
                 unixSocketPath: path, username: user, password: password, database: database)
         }
         configuration.options.maximumConnections = maximumConnections
-        configuration.options.additionalStartupParameters = [("search_path", schema), ("application_name", "griditd")]
+        configuration.options.additionalStartupParameters = [
+            ("search_path", schema), ("application_name", applicationName),
+        ]
         return configuration
     }
 }

@@ -153,3 +153,51 @@ struct PostgresJobStoreTests {
         }
     }
 }
+
+@Suite("PostgresJobStore on killed connections")
+struct PostgresKilledConnectionTests {
+    /// Terminates every backend of `application` through another pool; returns how many.
+    static func kill(_ application: String, using killer: PostgresJobStore) async throws -> Int {
+        // Victims first (materialised): the planner may otherwise call pg_terminate_backend on
+        // rows it has not filtered yet, other tests' and its own included.
+        try await killer.count(
+            """
+            WITH victim AS MATERIALIZED (
+              SELECT pid FROM pg_stat_activity WHERE application_name = \(application))
+            SELECT count(*) FROM victim WHERE pg_terminate_backend(pid)
+            """)
+    }
+
+    // Seen on 2026-12-06 with PostgresNIO 1.33.2: the first kill is survived (the heartbeat
+    // runs again on a new connection), the claim after the second kill waits for a connection
+    // forever. For the chaos milestone (PostgreSQL restarts): find out whether the pool or this
+    // store's retry loop holds the lease, and bound every lease with a timeout.
+    @Test(
+        "a connection the server killed is retried on a new one: claims and heartbeats carry on",
+        .disabled("hangs in the connection lease after the second kill; docs/CLUSTER.md, known problems"))
+    func retriedAfterKill() async throws {
+        var schema = try TestSchema()
+        schema.location.applicationName = "killed-" + schema.location.schema
+        let application = schema.location.applicationName
+        try await schema.withStores(1, clock: .database) { stores in
+            let store = stores[0]
+            try await store.insertJobs(10)
+            var killerLocation = schema.location
+            killerLocation.applicationName = "killer"
+            let killer = PostgresJobStore(location: killerLocation, maximumConnections: 1)
+            try await killer.withRunningPool {
+                var claims: [ClaimedJob] = []
+                for _ in 0..<5 {
+                    claims.append(try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: Date())))
+                    #expect(try await Self.kill(application, using: killer) == 1)
+                    let claimed = claims[claims.count - 1]
+                    _ = try await store.heartbeat(
+                        id: claimed.job.id, token: claimed.token, leaseDuration: 60, now: Date())
+                    #expect(try await Self.kill(application, using: killer) == 1)
+                }
+                #expect(Set(claims.map(\.job.id)).count == 5)
+                #expect(try await killer.count("SELECT count(*) FROM job WHERE state = 'running'") == 5)
+            }
+        }
+    }
+}

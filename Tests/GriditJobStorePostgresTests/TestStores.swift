@@ -12,7 +12,7 @@ func at(_ seconds: Double) -> Date {
 /// Stores on one fresh schema of the tests' server: several stores are several connection
 /// pools, as several griditd hosts would have.
 struct TestSchema: Sendable {
-    let location: PostgresLocation
+    var location: PostgresLocation
 
     init() throws {
         let server = try PostgresTestServer.shared()
