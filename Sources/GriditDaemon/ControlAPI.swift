@@ -357,7 +357,9 @@ public struct ControlAPI: Sendable {
         }
         let pruned: [PrunedJob]
         do {
-            pruned = try await Retention.prune(context, olderThan: body.olderThanSeconds, keepOutputs: body.keepOutputs ?? false)
+            pruned = try await Retention.prune(
+                context, olderThan: body.olderThanSeconds, keepOutputs: body.keepOutputs ?? false,
+                requester: request.caller.uid)
         } catch {
             throw Self.translate(error)
         }

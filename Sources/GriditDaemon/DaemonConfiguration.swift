@@ -46,10 +46,11 @@ public struct DaemonConfiguration: Sendable {
     public var pollInterval: TimeInterval = 1
     /// How often the maintenance service looks for expired leases.
     public var reapInterval: TimeInterval = 15
-    /// Retention of finished jobs (and their outputs), by state; the maintenance service prunes
-    /// hourly, `griditctl jobs prune` on demand.
-    public var keepSucceeded: TimeInterval = 7 * 86_400
-    public var keepFailed: TimeInterval = 30 * 86_400
+    /// Retention of finished jobs (and their outputs), by state: succeeded ones, and failed,
+    /// canceled and dead ones. Nil keeps them until `griditctl jobs prune` (retention off). The
+    /// maintenance service applies it at start and every `pruneInterval`.
+    public var keepSucceeded: TimeInterval? = 7 * 86_400
+    public var keepFailed: TimeInterval? = 30 * 86_400
     public var pruneInterval: TimeInterval = 3_600
     /// Most jobs batched together (same pipeline and priority).
     public var maxBatchJobs = 4

@@ -111,6 +111,17 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Space (K, M, G; 0: none) set aside for the job database, released when the disk fills up.")
     var dbReserve: String = "32M"
 
+    @Option(
+        help: ArgumentHelp(
+            "Delete succeeded jobs and their output folders this long after they finished (90m, 24h, 7d; off: keep them until `griditctl jobs prune`).",
+            valueName: "age|off"))
+    var keepSucceeded = "7d"
+
+    @Option(
+        help: ArgumentHelp(
+            "The same for failed, canceled and dead jobs (off: keep them).", valueName: "age|off"))
+    var keepFailed = "30d"
+
     @Flag(help: "Accept the state directory's job database as it is, or create an empty one, although its identity marker says the database griditd created there is gone (deleted, replaced, its WAL lost).")
     var `init` = false
 
@@ -149,6 +160,12 @@ struct Serve: AsyncParsableCommand {
         guard (1...64).contains(maxBatchJobs) else { throw ValidationError("--max-batch-jobs must be 1...64") }
         try Self.checkSeconds(keepAlive, "--keep-alive", 0...(365 * 86_400))
         try Self.checkSeconds(stopGrace, "--stop-grace", 1...86_400)
+        guard parseRetention(keepSucceeded) != nil else {
+            throw ValidationError("--keep-succeeded '\(keepSucceeded)' is not an age like 12h or 7d, or 'off'")
+        }
+        guard parseRetention(keepFailed) != nil else {
+            throw ValidationError("--keep-failed '\(keepFailed)' is not an age like 12h or 30d, or 'off'")
+        }
         guard parseBytes(minFree) != nil else { throw ValidationError("--min-free '\(minFree)' is not a size (e.g. 256M, 1G)") }
         guard parseBytes(dbReserve) != nil else { throw ValidationError("--db-reserve '\(dbReserve)' is not a size (e.g. 32M, 0)") }
     }
@@ -196,6 +213,8 @@ struct Serve: AsyncParsableCommand {
         configuration.stopGrace = stopGrace
         configuration.minFreeBytes = Int64(parseBytes(minFree) ?? 0)
         configuration.databaseReserveBytes = Int64(parseBytes(dbReserve) ?? 0)
+        configuration.keepSucceeded = parseRetention(keepSucceeded) ?? nil
+        configuration.keepFailed = parseRetention(keepFailed) ?? nil
         configuration.initialize = `init`
         let worker = WorkerCommand.launch(
                 stateDirectory: configuration.stateDirectory, blasThreads: configuration.blasThreads,
@@ -218,6 +237,11 @@ struct Serve: AsyncParsableCommand {
             logger.critical("\(error)")
             throw ExitCode.failure
         }
+    }
+
+    /// An age, or `off` (.some(nil): retention off); nil when it is neither.
+    private func parseRetention(_ text: String) -> TimeInterval?? {
+        text == "off" ? .some(nil) : parseDuration(text).map { .some($0) }
     }
 
     private func absolute(_ path: String) -> String {
