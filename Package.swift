@@ -20,7 +20,8 @@
 // The daemon and the CLI:
 //   griditd -> GriditBackend -> GriditDaemon, GriditEngine, GriditModelStore, GriditJobQueue
 //   GriditDaemon -> GriditJobQueue, GriditAPI, GriditJobSpec, GriditFaults, CSystemd, CProcess, NIO,
-//                   ServiceLifecycle, Logging            (no engine, no model store: `JobEngine`, `ModelCatalog`)
+//                   ServiceLifecycle, Logging, Configuration (the settings: flags > environment > file)
+//                                                        (no engine, no model store: `JobEngine`, `ModelCatalog`)
 //   griditctl -> GriditCLI -> GriditAPI -> GriditJobSpec (no DB, numeric or NIO targets); griditd run
 //                                                        shares GriditCLI's `SamplingOptions`
 import PackageDescription
@@ -47,6 +48,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     ],
     targets: [
         // System libraries, found through pkg-config.
@@ -154,6 +157,9 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                // The settings' layers (flags, environment, config file).
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -34,7 +34,13 @@ public struct DaemonConfiguration: Sendable {
     /// Priorities a user who is not an admin may give a job (admins: all of -1000...1000); a
     /// member's job without one gets the one closest to 0. Members cannot outrank admins' default
     /// (0) unless this allows it.
-    public var memberPriorities: ClosedRange<Int> = -1000...0
+    public var memberPriorities: ClosedRange<Int> {
+        get { memberPriorityMin...memberPriorityMax }
+        set { (memberPriorityMin, memberPriorityMax) = (newValue.lowerBound, newValue.upperBound) }
+    }
+    /// The ends of `memberPriorities`, each a setting of its own (`DaemonSettings` checks min ≤ max).
+    public var memberPriorityMin = -1000
+    public var memberPriorityMax = 0
     /// The control socket's limits: body size, connections (in all, per user, kept for admins)
     /// and the timeouts of slow or idle clients.
     public var http = HTTPServerLimits()
@@ -78,6 +84,10 @@ public struct DaemonConfiguration: Sendable {
     /// SIGTERM → the running job is checkpointed and handed back within this; then griditd
     /// cancels what is left and exits (below the unit's TimeoutStopSec=90).
     public var stopTimeout: TimeInterval = 75
+    /// Log level of griditd and of its engine's worker process.
+    public var logLevel = "info"
+    /// Read-only model store roots searched before the state directory's.
+    public var siteRoots: [String] = []
     /// Identifies this process in leases and replies.
     public var instanceID: String
 

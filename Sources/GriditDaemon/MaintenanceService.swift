@@ -27,7 +27,7 @@ public struct MaintenanceService: Service {
                 do {
                     _ = try await Retention.prune(context, olderThan: nil, keepOutputs: false)
                 } catch {
-                    context.logger.error("retention pass failed; it runs again in \(Retention.formatAge(config.pruneInterval))", metadata: ["error": "\(error.message)"])
+                    context.logger.error("retention pass failed; it runs again in \(formatAge(config.pruneInterval))", metadata: ["error": "\(error.message)"])
                 }
             }
             _ = context.startBlocker(remakeReserve: false)  // notices a lost database even with no worker
@@ -92,14 +92,6 @@ enum Retention {
                 ])
         }
         return pruned.map(\.job)
-    }
-
-    /// "90s", "30m", "12h", "7d": the largest whole unit, as the duration flags take it.
-    static func formatAge(_ seconds: TimeInterval) -> String {
-        for (unit, size) in [("d", 86_400.0), ("h", 3600), ("m", 60)] where seconds >= size && seconds.truncatingRemainder(dividingBy: size) == 0 {
-            return "\(Int(seconds / size))\(unit)"
-        }
-        return "\(Int(seconds))s"
     }
 
     /// Removes `path` only if it lies strictly inside `root` (a corrupt row must never make

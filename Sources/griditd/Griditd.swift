@@ -1,7 +1,8 @@
 // griditd: the gridit daemon executable. Thin: every subcommand parses its options and calls a
 // library target. The root lists the subcommands; each lives in its own files (`serve`:
-// Serve*.swift, GriditDaemon; `run`: Run.swift, GriditEngine; `models`: Models*.swift, GriditModelStore;
-// `worker`, hidden: Worker.swift, the engine process `serve` starts).
+// Serve.swift, GriditDaemon; `config`: Config.swift, GriditDaemon's settings; `run`: Run.swift,
+// GriditEngine; `models`: Models*.swift, GriditModelStore; `worker`, hidden: Worker.swift, the
+// engine process `serve` starts).
 import ArgumentParser
 import GriditAPI
 
@@ -11,5 +12,5 @@ struct Griditd: AsyncParsableCommand {
         commandName: "griditd",
         abstract: "The gridit daemon: a durable job queue and worker for GriDiT image sequences, and its offline tools.",
         version: griditVersion,
-        subcommands: [Serve.self, RunCommand.self, Models.self, WorkerCommand.self])
+        subcommands: [Serve.self, ConfigCommand.self, RunCommand.self, Models.self, WorkerCommand.self])
 }
