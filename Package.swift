@@ -20,7 +20,8 @@
 // The daemon and the CLI:
 //   griditd -> GriditBackend -> GriditDaemon, GriditEngine, GriditModelStore, GriditJobQueue
 //   GriditDaemon -> GriditJobQueue, GriditAPI, GriditJobSpec, GriditFaults, CSystemd, CProcess, NIO,
-//                   ServiceLifecycle, Logging, Configuration (the settings: flags > environment > file)
+//                   ServiceLifecycle, Logging, Configuration (the settings: flags > environment > file),
+//                   Metrics, Prometheus (GET /metrics)
 //                                                        (no engine, no model store: `JobEngine`, `ModelCatalog`)
 //   griditctl -> GriditCLI -> GriditAPI -> GriditJobSpec (no DB, numeric or NIO targets); griditd run
 //                                                        shares GriditCLI's `SamplingOptions`
@@ -50,6 +51,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // System libraries, found through pkg-config.
@@ -160,6 +163,9 @@ let package = Package(
                 // The settings' layers (flags, environment, config file).
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "SystemPackage", package: "swift-system"),
+                // GET /metrics: swift-metrics instruments on a Prometheus registry of griditd's own.
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -84,6 +84,9 @@ public struct DaemonConfiguration: Sendable {
     /// SIGTERM → the running job is checkpointed and handed back within this; then griditd
     /// cancels what is left and exits (below the unit's TimeoutStopSec=90).
     public var stopTimeout: TimeInterval = 75
+    /// `HOST:PORT` of an optional TCP listener that serves `/metrics`, `/healthz` and
+    /// `/readyz` only, for scrapers that cannot reach a Unix socket; nil: none (the default).
+    public var metricsListen: String?
     /// Log level of griditd and of its engine's worker process.
     public var logLevel = "info"
     /// Read-only model store roots searched before the state directory's.

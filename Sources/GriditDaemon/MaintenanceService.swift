@@ -42,7 +42,9 @@ public struct MaintenanceService: Service {
             // crash itself, and an expired lease there means griditd was stopped (SIGSTOP,
             // suspend), which says nothing about the job.
             let supervised = context.engine?.worker != nil ? Set(context.monitor.runningIDs) : []
-            for job in try await context.store.recoverExpiredLeases(now: Date(), sparing: supervised) {
+            let expired = try await context.store.recoverExpiredLeases(now: Date(), sparing: supervised)
+            context.metrics.leasesExpired(expired.count)
+            for job in expired {
                 context.logger.warning(
                     "lease expired: \(job.errorMessage ?? "")",
                     metadata: ["job.id": "\(job.id)", "state": "\(job.state.rawValue)"])
@@ -76,6 +78,7 @@ enum Retention {
                     .map { ($0, keep) }
             }
         }
+        context.metrics.jobsPruned(pruned.count)
         let by = requester.map { "jobs prune by uid \($0)" } ?? "retention"
         for (job, age) in pruned {
             removeInside(context.layout.work, context.layout.workDirectory(job: job.id))

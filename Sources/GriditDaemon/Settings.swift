@@ -139,6 +139,10 @@ public enum DaemonSettings {
             "Delete succeeded jobs and their output folders this long after they finished (90m, 24h, 7d; off: keep them until `griditctl jobs prune`).",
             \.keepSucceeded, .retention),
         Setting("keep-failed", "30d", "The same for failed, canceled and dead jobs (off: keep them).", \.keepFailed, .retention),
+        Setting(
+            "metrics-listen", "(off)",
+            "HOST:PORT of a TCP listener serving only GET /metrics, /healthz and /readyz, for scrapers that cannot reach the Unix socket (e.g. 127.0.0.1:9464; the shipped unit allows no network: see the README).",
+            \.metricsListen, .hostPort),
         Setting("log-level", "info", "Log level: trace, debug, info, notice, warning, error.", \.logLevel, .logLevel),
     ]
 
@@ -296,7 +300,7 @@ struct SettingRule<Value>: Sendable {
 
 extension Setting {
     init<Value>(
-        _ key: String, _ defaultText: String, _ help: String, _ path: WritableKeyPath<DaemonConfiguration, Value> & Sendable,
+        _ key: String, _ defaultText: String, _ help: String, _ path: any WritableKeyPath<DaemonConfiguration, Value> & Sendable,
         _ rule: SettingRule<Value>
     ) {
         self.key = key
@@ -376,6 +380,34 @@ extension SettingRule where Value == String {
 
 extension SettingRule where Value == String? {
     static var name: Self { SettingRule(expected: "a name", parse: { .some($0) }, format: { $0 ?? "" }) }
+}
+
+extension SettingRule where Value == String? {
+    /// `127.0.0.1:9464`, `[::1]:9464`, `localhost:9464`; `off` for none.
+    static var hostPort: Self {
+        SettingRule(
+            expected: "HOST:PORT (e.g. 127.0.0.1:9464) or off",
+            parse: { text in
+                if text == "off" { return .some(nil) }
+                guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65_535).contains(port)
+                else { return nil }
+                let host = text[..<colon]
+                return host.isEmpty ? nil : .some(text)
+            },
+            format: { $0 ?? "off" })
+    }
+}
+
+extension DaemonConfiguration {
+    /// `metricsListen` as host and port (brackets of an IPv6 address removed).
+    public var metricsHostPort: (host: String, port: Int)? {
+        guard let text = metricsListen, let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]) else {
+            return nil
+        }
+        var host = String(text[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return (host, port)
+    }
 }
 
 extension SettingRule where Value == [String] {

@@ -92,6 +92,7 @@ struct SettingFlags: ParsableArguments {
     @Option(help: help("db-reserve", "size")) var dbReserve: String?
     @Option(help: help("keep-succeeded", "age|off")) var keepSucceeded: String?
     @Option(help: help("keep-failed", "age|off")) var keepFailed: String?
+    @Option(help: help("metrics-listen", "host:port")) var metricsListen: String?
     @Option(help: help("log-level", "level")) var logLevel: String?
 
     /// The flags given, by setting key.
@@ -107,7 +108,7 @@ struct SettingFlags: ParsableArguments {
             "site-roots": siteRoots.isEmpty ? nil : siteRoots.joined(separator: ":"), "memory-budget": memoryBudget,
             "max-batch": maxBatch, "max-batch-jobs": maxBatchJobs, "keep-alive": keepAlive, "lease": lease,
             "stop-timeout": stopTimeout, "stop-grace": stopGrace, "min-free": minFree, "db-reserve": dbReserve,
-            "keep-succeeded": keepSucceeded, "keep-failed": keepFailed, "log-level": logLevel,
+            "keep-succeeded": keepSucceeded, "keep-failed": keepFailed, "metrics-listen": metricsListen, "log-level": logLevel,
         ]
         return values.compactMapValues { $0 }
     }
