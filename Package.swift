@@ -1,30 +1,42 @@
 // swift-tools-version: 6.1
 //
-// Imports point one way (see the README, "Layout"). The numeric core:
-//   gridit-bench -> GriditModels -> GriditTensor -> CBLAS, CGriditKernels
-//                -> GriditCheckpoint -> GriditTensor, GriditDurable
-//   GriditDiffusion -> GriditModels, GriditTensor, GriditJobSpec (diffusion, sampling, grids, the pipeline file)
-//   GriditImage -> CPNG                                  (PNG, animated PNG, contact sheet)
-//   GriditEngine -> GriditJobSpec, GriditDiffusion, GriditModels, GriditCheckpoint, GriditImage, GriditFaults,
-//                   GriditDurable, Crypto                (pipelines, plans, resumable batched runs, outputs)
-// What a job is, shared by every layer (Foundation only):
+// Imports point one way: each target below imports only targets listed above it (and the C
+// targets and packages it names), never one below (see the README, "Layout").
+// What a job is, and helpers every layer may import (Foundation or less):
 //   GriditJobSpec                                        (JobSpec, JobProgress/StepProgress, JobState)
 //   GriditFaults -> GriditJobSpec                        (the one registry of test fault points)
 //   GriditDurable                                        (files written whole: temp, fsync, rename, fsync dir)
+// The numeric core (no database, no socket):
+//   GriditTensor -> CBLAS, CGriditKernels
+//   GriditCheckpoint -> GriditTensor, GriditDurable      (mmap, safetensors, .npy)
+//   GriditModels -> GriditTensor                         (DiT, the SD VAE; weights through `TensorSource`)
+//   GriditDiffusion -> GriditModels, GriditTensor, GriditJobSpec
+//                                                        (diffusion, sampling, grids, the pipeline file)
+//   GriditImage -> CPNG                                  (PNG, animated PNG, contact sheet)
+//   GriditEngine -> GriditDiffusion, GriditModels, GriditCheckpoint, GriditImage, GriditJobSpec, GriditFaults,
+//                   GriditDurable, Crypto                (pipelines, plans, resumable batched runs, outputs)
+//   gridit-bench -> GriditModels, GriditCheckpoint, CAllocCounter
+// Wire types (Foundation only):
+//   GriditAPI -> GriditJobSpec                           (the control API's requests and answers)
 // Storage:
 //   GriditStateDatabase -> GriditDurable, GRDB           (the state database: file, migrations, identity, lock)
-//   GriditJobQueue -> GriditJobSpec, GriditStateDatabase (JobStore, its state machine, SQLiteJobStore)
+//   GriditJobQueue -> GriditStateDatabase, GriditJobSpec (JobStore, its state machine, SQLiteJobStore)
 //   GriditModelStore -> GriditStateDatabase, GriditDiffusion, GriditModels, GriditCheckpoint, GriditAPI,
 //                       GriditFaults, GriditDurable, Crypto, CModelStore (libarchive)
-//                                                        (content-addressed model store; live pins from JobStore)
+//                                                        (content-addressed model store; never the job
+//                                                        queue: live jobs' pins come in as `JobPins`)
 // The daemon and the CLI:
-//   griditd -> GriditBackend -> GriditDaemon, GriditEngine, GriditModelStore, GriditJobQueue
-//   GriditDaemon -> GriditJobQueue, GriditAPI, GriditJobSpec, GriditFaults, CSystemd, CProcess, NIO,
-//                   ServiceLifecycle, Logging, Configuration (the settings: flags > environment > file),
-//                   Metrics, Prometheus (GET /metrics)
+//   GriditDaemon -> GriditJobQueue, GriditStateDatabase, GriditAPI, GriditJobSpec, GriditFaults, CSystemd,
+//                   CProcess, NIO, ServiceLifecycle, Logging, Configuration (the settings: flags >
+//                   environment > file), Metrics, Prometheus (GET /metrics)
 //                                                        (no engine, no model store: `JobEngine`, `ModelCatalog`)
-//   griditctl -> GriditCLI -> GriditAPI -> GriditJobSpec (no DB, numeric or NIO targets); griditd run
-//                                                        shares GriditCLI's `SamplingOptions`
+//   GriditBackend -> GriditDaemon, GriditEngine, GriditModelStore, GriditJobQueue
+//                                                        (the engine and the store behind those protocols)
+//   GriditCLI -> GriditAPI, GriditJobSpec, GriditDurable, ArgumentParser
+//                                                        (no database, numeric or NIO target)
+//   griditd -> GriditBackend, GriditCLI                  (griditd run shares GriditCLI's `SamplingOptions`)
+//   griditctl -> GriditCLI
+
 import PackageDescription
 
 let swiftSettings: [SwiftSetting] = [
@@ -153,7 +165,8 @@ let package = Package(
         .target(
             name: "GriditDaemon",
             dependencies: [
-                "GriditJobQueue", "GriditStateDatabase", "GriditAPI", "GriditJobSpec", "GriditFaults", "CSystemd", "CProcess",
+                "GriditJobQueue", "GriditStateDatabase", "GriditAPI", "GriditJobSpec", "GriditFaults", "CSystemd",
+                "CProcess",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -173,7 +186,8 @@ let package = Package(
         .target(
             name: "GriditBackend",
             dependencies: [
-                "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditJobQueue", "GriditStateDatabase", "GriditAPI",
+                "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditJobQueue", "GriditStateDatabase",
+                "GriditAPI",
                 "GriditJobSpec", "GriditFaults",
                 "GriditDiffusion", "GriditCheckpoint", "GriditTensor",
                 .product(name: "Logging", package: "swift-log"),
@@ -194,7 +208,8 @@ let package = Package(
         .executableTarget(
             name: "griditd",
             dependencies: [
-                "GriditDaemon", "GriditBackend", "GriditEngine", "GriditJobQueue", "GriditStateDatabase", "GriditModelStore",
+                "GriditDaemon", "GriditBackend", "GriditEngine", "GriditJobQueue", "GriditStateDatabase",
+                "GriditModelStore",
                 "GriditAPI", "GriditJobSpec", "GriditFaults", "GriditCLI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -214,7 +229,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // Helpers every test target shares: temporary directories, fixtures, processes.
+        // Helpers the test targets share: temporary directories, fixtures, processes.
         .target(
             name: "GriditTestSupport",
             path: "Tests/GriditTestSupport",
@@ -222,34 +237,29 @@ let package = Package(
         ),
         .testTarget(
             name: "GriditTensorTests",
-            dependencies: [
-                "GriditTestSupport","GriditTensor"],
+            dependencies: ["GriditTensor"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "GriditCheckpointTests",
-            dependencies: [
-                "GriditTestSupport","GriditCheckpoint", "GriditTensor"],
+            dependencies: ["GriditTestSupport", "GriditCheckpoint", "GriditTensor"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "GriditModelsTests",
-            dependencies: [
-                "GriditTestSupport","GriditModels", "GriditCheckpoint", "GriditTensor"],
+            dependencies: ["GriditModels", "GriditCheckpoint", "GriditTensor"],
             resources: [.copy("Fixtures")],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "GriditDiffusionTests",
-            dependencies: [
-                "GriditTestSupport","GriditDiffusion", "GriditModels", "GriditCheckpoint", "GriditTensor"],
+            dependencies: ["GriditDiffusion", "GriditModels", "GriditCheckpoint", "GriditTensor"],
             resources: [.copy("Fixtures")],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "GriditImageTests",
-            dependencies: [
-                "GriditTestSupport","GriditImage", "CPNG"],
+            dependencies: ["GriditImage", "CPNG"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -264,14 +274,12 @@ let package = Package(
         ),
         .testTarget(
             name: "GriditJobSpecTests",
-            dependencies: [
-                "GriditTestSupport","GriditJobSpec"],
+            dependencies: ["GriditJobSpec"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "GriditAPITests",
-            dependencies: [
-                "GriditTestSupport","GriditAPI", "GriditJobSpec"],
+            dependencies: ["GriditAPI", "GriditJobSpec"],
             swiftSettings: swiftSettings
         ),
         // The state database and the job queue on it.
@@ -287,8 +295,9 @@ let package = Package(
             name: "GriditModelStoreTests",
             dependencies: [
                 "GriditTestSupport",
-                "GriditModelStore", "GriditAPI", "GriditJobQueue", "GriditStateDatabase", "GriditDiffusion", "GriditModels", "GriditCheckpoint",
-                "GriditTensor", "CModelStore",
+                "GriditModelStore", "GriditAPI", "GriditJobQueue", "GriditStateDatabase", "GriditDiffusion",
+                "GriditModels",
+                "GriditCheckpoint", "CModelStore",
             ],
             swiftSettings: swiftSettings
         ),
@@ -298,9 +307,9 @@ let package = Package(
                 "GriditDaemon", "GriditJobQueue", "GriditStateDatabase", "GriditAPI", "GriditJobSpec", "GriditFaults",
                 "GriditCLI", "GriditTestSupport",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "InMemoryLogging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
             ],
@@ -310,7 +319,8 @@ let package = Package(
             name: "GriditBackendTests",
             dependencies: [
                 "GriditTestSupport",
-                "GriditBackend", "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditJobQueue", "GriditStateDatabase",
+                "GriditBackend", "GriditDaemon", "GriditEngine", "GriditModelStore", "GriditJobQueue",
+                "GriditStateDatabase",
                 "GriditAPI",
                 "GriditJobSpec", "GriditDiffusion", "GriditTensor",
                 .product(name: "Logging", package: "swift-log"),
@@ -321,7 +331,9 @@ let package = Package(
         .testTarget(
             name: "GriditCLITests",
             dependencies: [
-                "GriditTestSupport","GriditCLI", "GriditAPI", "GriditJobSpec"],
+                "GriditCLI", "GriditAPI", "GriditJobSpec",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: swiftSettings
         ),
     ],

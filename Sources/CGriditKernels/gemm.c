@@ -536,10 +536,28 @@ void gk_gemm(const gk_gemm_args *g, void *scratch, int workers) {
     gk_parallel_for(ngroups * j.msplit, workers, gemm_task, &j);
 }
 
+// Prepacking (gk_pack_b, gk_pack_a): a worker's fp32 staging block (bf16 panels are converted
+// through it), or NULL for fp32.
+static float *pack_staging(const gemm_job *j, int worker) {
+    return j->bf16 ? (float *)j->worker_base + (size_t)worker * KC_BF16 * NR : NULL;
+}
+
+// Zeroes the `bytes` of dst, then packs its `panels` panels with `task` on `workers` threads.
+// 0, or -1 when the staging blocks could not be allocated.
+static int run_pack(gemm_job *j, void *dst, size_t bytes, size_t panels, int workers, gk_task_fn task) {
+    float *staging = NULL;
+    if (j->bf16 && !(staging = malloc((size_t)workers * KC_BF16 * NR * sizeof(float)))) return -1;
+    j->worker_base = (unsigned char *)staging;
+    memset(dst, 0, bytes);
+    gk_parallel_for(panels, workers, task, j);
+    free(staging);
+    return 0;
+}
+
 static void pack_b_task(void *ctx, size_t q, int worker) {
     const gemm_job *j = ctx;
     const gk_gemm_args *g = j->g;
-    float *staging = j->bf16 ? (float *)j->worker_base + (size_t)worker * KC_BF16 * NR : NULL;
+    float *staging = pack_staging(j, worker);
     unsigned char *dst = (unsigned char *)g->c + q * j->b_stride;
     size_t rows = min_sz(NR, g->N - q * NR);
     for (size_t k0 = 0; k0 < g->K; k0 += KC_BF16) {
@@ -550,7 +568,7 @@ static void pack_b_task(void *ctx, size_t q, int worker) {
 
 static void pack_a_full_task(void *ctx, size_t p, int worker) {
     const gemm_job *j = ctx;
-    pack_a_panel(j, p, j->bf16 ? (float *)j->worker_base + (size_t)worker * KC_BF16 * NR : NULL);
+    pack_a_panel(j, p, pack_staging(j, worker));
 }
 
 int gk_pack_b(const float *b, size_t ldb, size_t N, size_t K, int bf16, void *dst, int workers) {
@@ -559,13 +577,7 @@ int gk_pack_b(const float *b, size_t ldb, size_t N, size_t K, int bf16, void *ds
     gemm_job j = {.g = &g, .bf16 = bf16 != 0};
     j.esize = j.bf16 ? 2 : 4;
     j.b_stride = (j.bf16 ? round_up(K, 2) : K) * NR * j.esize;
-    float *staging = NULL;
-    if (j.bf16 && !(staging = malloc((size_t)workers * KC_BF16 * NR * sizeof(float)))) return -1;
-    j.worker_base = (unsigned char *)staging;
-    memset(dst, 0, gk_packed_b_bytes(N, K, bf16));
-    gk_parallel_for(round_up(N, NR) / NR, workers, pack_b_task, &j);
-    free(staging);
-    return 0;
+    return run_pack(&j, dst, gk_packed_b_bytes(N, K, bf16), round_up(N, NR) / NR, workers, pack_b_task);
 }
 
 int gk_pack_a(const float *a, size_t lda, size_t M, size_t K, int bf16, void *dst, int workers) {
@@ -576,13 +588,7 @@ int gk_pack_a(const float *a, size_t lda, size_t M, size_t K, int bf16, void *ds
     j.kc = j.bf16 ? KC_BF16 : KC_F32;
     j.apanels = round_up(M, MR) / MR;
     j.apack_out = dst;
-    float *staging = NULL;
-    if (j.bf16 && !(staging = malloc((size_t)workers * KC_BF16 * NR * sizeof(float)))) return -1;
-    j.worker_base = (unsigned char *)staging;
-    memset(dst, 0, gk_packed_a_bytes(M, K, bf16));
-    gk_parallel_for(round_up(M, MR) / MR, workers, pack_a_full_task, &j);
-    free(staging);
-    return 0;
+    return run_pack(&j, dst, gk_packed_a_bytes(M, K, bf16), j.apanels, workers, pack_a_full_task);
 }
 
 // MARK: products with few rows (per-sample vectors: timestep MLP, adaLN)

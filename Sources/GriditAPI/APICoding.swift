@@ -1,4 +1,5 @@
 // JSON conventions of the control API and the error body every 4xx/5xx carries.
+
 import Foundation
 import GriditJobSpec
 
@@ -12,11 +13,13 @@ public enum APICoding {
     /// Sorted keys (stable output for tests and diffs), ISO 8601 dates.
     public static func encoder(pretty: Bool = false) -> JSONEncoder {
         let e = JSONEncoder()
-        e.outputFormatting = pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
+        e.outputFormatting =
+            pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
         e.dateEncodingStrategy = .iso8601
         // JSON has no NaN or infinity; spelt as strings, so encoding never fails (a request with
         // one is then refused by the reader's strict number decoding, with the field's name).
-        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
+        e.nonConformingFloatEncodingStrategy = .convertToString(
+            positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
         return e
     }
 
@@ -41,11 +44,12 @@ public enum APICoding {
             throw APIError(.badRequest, error.message)
         } catch let error as DecodingError {
             if case .dataCorrupted(let c) = error, c.codingPath.isEmpty, c.underlyingError as? APIError == nil,
-               (try? JSONSerialization.jsonObject(with: data)) != nil
+                (try? JSONSerialization.jsonObject(with: data)) != nil
             {
                 // Foundation reports a number it cannot represent (-1 for an unsigned field,
                 // 1e30 for an integer) as corrupt data without a path.
-                throw APIError(.badRequest, "a number is out of range for its field (negative where it cannot be, or too large)")
+                throw APIError(
+                    .badRequest, "a number is out of range for its field (negative where it cannot be, or too large)")
             }
             throw APIError(.badRequest, describe(error))
         } catch {

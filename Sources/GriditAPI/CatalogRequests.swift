@@ -3,6 +3,7 @@
 // `{"result": <that type as JSON>, "text": "<the same rendering `griditd models` prints>"}`, so
 // griditctl prints exactly what the offline command prints and needs no change when a result
 // type grows a field.
+
 import Foundation
 import GriditJobSpec
 

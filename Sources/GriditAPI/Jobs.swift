@@ -2,6 +2,7 @@
 // JSON keys are snake_case; dates are ISO 8601 (UTC, second precision) through `APICoding`.
 // Request types reject unknown keys, so a misspelt field is a 400, never silently ignored. A job's
 // spec and progress are GriditJobSpec's `JobSpec`, `JobProgress` and `StepProgress` as they are.
+
 import Foundation
 import GriditJobSpec
 

@@ -2,6 +2,7 @@
 // the daemon). The library `GriditModelStore` returns them; both CLIs print them as tables
 // (`render`, ModelsRender.swift) or as JSON (`--json`). Keys are snake_case whatever the encoder's
 // key strategy; digests are `sha256:<64 hex>` strings; sizes are bytes.
+
 import Foundation
 
 /// How `import` puts a source file into the store.

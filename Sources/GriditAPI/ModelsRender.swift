@@ -1,5 +1,6 @@
 // Human output of the model commands (the same for `griditd models` and `griditctl models`).
 // Scripts use `--json`; this text is for people and may change.
+
 import Foundation
 
 /// `3f2a9c1e0b4d` from `sha256:3f2a9c1e0b4d…`.

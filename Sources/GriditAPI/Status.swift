@@ -1,4 +1,5 @@
 // Wire types of `/v1/status`, `/v1/version` and `/v1/queue`.
+
 import Foundation
 import GriditJobSpec
 
@@ -178,7 +179,8 @@ public struct DaemonStatus: Codable, Hashable, Sendable {
 
     public init(
         version: String, apiVersion: String, instanceID: String, pid: Int32, startedAt: Date, uptimeSeconds: Double,
-        stateDirectory: String, diskFreeBytes: Int64?, minFreeBytes: Int64, queue: QueueStatus, running: [RunningJob], yourJobs: [QueuedJobPosition],
+        stateDirectory: String, diskFreeBytes: Int64?, minFreeBytes: Int64, queue: QueueStatus, running: [RunningJob],
+        yourJobs: [QueuedJobPosition],
         loadedModels: [LoadedModel], engineAvailable: Bool, modelStoreAvailable: Bool, blasThreads: Int,
         caller: CallerInfo, notices: [StatusNotice] = [], worker: EngineWorkerInfo? = nil
     ) {

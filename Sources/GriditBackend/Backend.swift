@@ -6,19 +6,21 @@
 //   through the store's integrity check into a keep-alive cache keyed by manifest digest.
 // - `ModelStoreCatalog`: the store's commands for the socket API, and the default model of a submit.
 // - `ModelCacheService`: unmaps models idle past their keep-alive.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditDaemon
 import GriditEngine
 import GriditFaults
-import GriditModelStore
 import GriditJobQueue
+import GriditModelStore
 import GriditStateDatabase
 import Logging
 import NIOPosix
 import ServiceLifecycle
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public enum Backend {
     /// The engine and model store of `configuration`'s state directory, the model store on the
@@ -64,7 +66,8 @@ public enum Backend {
                 launch: worker, stallTimeout: configuration.leaseDuration / 2,
                 stopGrace: configuration.stopGrace),
             logger: Logger(label: "gridit.supervisor"), onModels: { loaded.update($0) })
-        let catalog = ModelStoreCatalog(models: models, jobs: jobs, cache: cache, blocking: blocking, workerModels: loaded)
+        let catalog = ModelStoreCatalog(
+            models: models, jobs: jobs, cache: cache, blocking: blocking, workerModels: loaded)
         return DaemonComponents(engine: WorkerProcessEngine(local: engine, supervisor: supervisor), catalog: catalog)
     }
 
@@ -72,7 +75,8 @@ public enum Backend {
     /// channel until griditd says exit or dies. Opens no database: each batch carries its
     /// resolved pipeline. Returns the exit status.
     public static func runWorker(
-        stateDirectory: String, options: ExecutionOptions, keepAlive: TimeInterval, faults: FaultInjection, logger: Logger
+        stateDirectory: String, options: ExecutionOptions, keepAlive: TimeInterval, faults: FaultInjection,
+        logger: Logger
     ) -> Int32 {
         let cache = KeepAliveCache<LoadedPipeline>(mappings: BlobMappings(), keepAlive: keepAlive)
         let blocking = NIOThreadPool(numberOfThreads: 1)

@@ -2,14 +2,15 @@
 // resumable `SequenceRun`s in the jobs' work directories, executed together on the worker thread
 // (stage-1 grids of every job in one batched forward, stage-2 frames in batches across jobs),
 // with jobs joining between batches; each finished run writes its output folder at once.
+
 import Foundation
 import GriditAPI
 import GriditCheckpoint
 import GriditDaemon
+import GriditDiffusion
 import GriditEngine
 import GriditJobSpec
 import GriditModelStore
-import GriditDiffusion
 import GriditTensor
 import Logging
 import NIOPosix
@@ -49,7 +50,8 @@ public final class InProcessEngine: JobEngine {
             { () throws(JobFailure) in
                 let configuration = try self.configuration(pipelineDigest)
                 do {
-                    let plan = try SequencePlan(settings: try spec.settings(for: configuration), pipeline: configuration)
+                    let plan = try SequencePlan(
+                        settings: try spec.settings(for: configuration), pipeline: configuration)
                     return plan.estimatedSeconds(CostModel.nominal(configuration))
                 } catch {
                     throw Self.failure(EngineError.classify(error))
@@ -134,7 +136,9 @@ public final class InProcessEngine: JobEngine {
     }
 
     /// The precision each item runs in; an item whose request is invalid is reported failed here.
-    private func precisions(_ items: [ExecutionItem], pipeline: ResolvedPipeline, hooks: ExecutionHooks)
+    private func precisions(
+        _ items: [ExecutionItem], pipeline: ResolvedPipeline, hooks: ExecutionHooks
+    )
         -> [(item: ExecutionItem, precision: Precision)]
     {
         items.compactMap { item in
@@ -161,7 +165,9 @@ public final class InProcessEngine: JobEngine {
         do {
             lease = try load(resolved, precision: precision)
         } catch {
-            logger.error("loading the model failed: \(error.message)", metadata: ["model.digest": "\(resolved.digest.description)"])
+            logger.error(
+                "loading the model failed: \(error.message)",
+                metadata: ["model.digest": "\(resolved.digest.description)"])
             for item in items + admit() { hooks.finished(item.jobID, .failed(error)) }
             return
         }
@@ -209,7 +215,9 @@ public final class InProcessEngine: JobEngine {
     }
 
     /// The cached pipeline of a resolved version, loading it (mapping its weights) if needed.
-    private func load(_ resolved: ResolvedPipeline, precision: Precision) throws(JobFailure) -> CacheLease<LoadedPipeline> {
+    private func load(
+        _ resolved: ResolvedPipeline, precision: Precision
+    ) throws(JobFailure) -> CacheLease<LoadedPipeline> {
         let digest = resolved.digest.description
         let spec = resolved.spec
         let byRole = resolved.blobs
@@ -237,7 +245,9 @@ public final class InProcessEngine: JobEngine {
     }
 
     /// A run bound to the job's work directory (resuming what is there), reporting through `hooks`.
-    private func makeRun(_ item: ExecutionItem, pipeline: LoadedPipeline, hooks: ExecutionHooks) throws(JobFailure)
+    private func makeRun(
+        _ item: ExecutionItem, pipeline: LoadedPipeline, hooks: ExecutionHooks
+    ) throws(JobFailure)
         -> SequenceRun
     {
         let id = item.jobID
@@ -253,7 +263,9 @@ public final class InProcessEngine: JobEngine {
     }
 
     /// How a run that left the batch ends: a complete one writes its output folder now.
-    private func conclude(_ run: SequenceRun, _ result: Result<Void, EngineError>, item: ExecutionItem)
+    private func conclude(
+        _ run: SequenceRun, _ result: Result<Void, EngineError>, item: ExecutionItem
+    )
         -> ExecutionOutcome
     {
         switch result {

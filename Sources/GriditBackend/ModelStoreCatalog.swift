@@ -1,6 +1,7 @@
 // The daemon's `ModelCatalog` over GriditModelStore: the same library calls `griditd models`
 // makes offline, answered with their result types and the same rendering, plus the default
 // model of a submit and what is loaded for `status`.
+
 import Foundation
 import GriditAPI
 import GriditCheckpoint
@@ -31,11 +32,15 @@ public final class ModelStoreCatalog: ModelCatalog {
         self.workerModels = workerModels
     }
 
-    public convenience init(models: ModelStore, jobs: any JobStore, cache: KeepAliveCache<LoadedPipeline>, blocking: NIOThreadPool) {
+    public convenience init(
+        models: ModelStore, jobs: any JobStore, cache: KeepAliveCache<LoadedPipeline>, blocking: NIOThreadPool
+    ) {
         self.init(models: models, jobs: jobs, cache: cache, blocking: blocking, workerModels: nil)
     }
 
-    private func run<T: Sendable>(_ body: @escaping @Sendable () throws(ModelStoreError) -> T) async throws(APIError)
+    private func run<T: Sendable>(
+        _ body: @escaping @Sendable () throws(ModelStoreError) -> T
+    ) async throws(APIError)
         -> T
     {
         do {

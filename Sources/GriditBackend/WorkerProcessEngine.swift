@@ -2,6 +2,7 @@
 // `WorkerSupervisor` starts and watches. griditd validates submits and resolves each batch's
 // pipeline through the model store (the integrity check, quarantine) itself; the worker maps
 // the weights, runs the batch and reports what it has loaded, which `ps`, `status` and `gc` see.
+
 import Foundation
 import GriditAPI
 import GriditDaemon
@@ -34,7 +35,8 @@ public final class WorkerProcessEngine: JobEngine {
                     throw JobFailure(.internalError, "encoding the pipeline for the engine worker: \(error)")
                 }
             } catch {
-                local.logger.error("loading the model failed: \(error.message)", metadata: ["model.digest": "\(digest)"])
+                local.logger.error(
+                    "loading the model failed: \(error.message)", metadata: ["model.digest": "\(digest)"])
                 for item in batch.items + hooks.admit() { hooks.finished(item.jobID, .failed(error)) }
                 return
             }

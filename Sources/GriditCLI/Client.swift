@@ -1,4 +1,5 @@
 // griditctl's typed view of the API, and the one place API errors become exit codes.
+
 import ArgumentParser
 import Foundation
 import GriditAPI
@@ -24,7 +25,8 @@ public enum ExitStatus {
 
     static func forAPIError(_ code: APIError.Code) -> Int32 {
         switch code {
-        case .badRequest, .notFound, .conflict, .invalidTransition, .payloadTooLarge, .methodNotAllowed, .digestMismatch:
+        case .badRequest, .notFound, .conflict, .invalidTransition, .payloadTooLarge, .methodNotAllowed,
+            .digestMismatch:
             badInput
         case .forbidden: permissionDenied
         case .queueFull, .userLimit, .unavailable: retryLater
@@ -74,7 +76,9 @@ public struct GriditClient: Sendable {
         try decode(try call("GET", path), as: type)
     }
 
-    public func post<T: Decodable, B: Encodable>(_ path: String, _ body: B, as type: T.Type = T.self) throws(CLIError) -> T {
+    public func post<T: Decodable, B: Encodable>(
+        _ path: String, _ body: B, as type: T.Type = T.self
+    ) throws(CLIError) -> T {
         try decode(try call("POST", path, body: APICoding.encode(body)), as: type)
     }
 
@@ -109,7 +113,8 @@ public struct GriditClient: Sendable {
     static func check(_ reply: HTTPReply) throws(CLIError) {
         guard !(200..<300).contains(reply.status) else { return }
         if let body = try? APICoding.decoder().decode(ErrorResponse.self, from: reply.body) {
-            throw CLIError(body.error.message, status: ExitStatus.forAPIError(body.error.code), code: body.error.code.rawValue)
+            throw CLIError(
+                body.error.message, status: ExitStatus.forAPIError(body.error.code), code: body.error.code.rawValue)
         }
         throw CLIError("griditd answered HTTP \(reply.status)", status: ExitStatus.daemonError)
     }
@@ -139,7 +144,8 @@ func withQuery(_ path: String, _ items: [(String, String?)]) -> String {
     guard !present.isEmpty else { return path }
     var allowed = CharacterSet.urlQueryAllowed
     allowed.remove(charactersIn: "&=+?#")
-    return path + "?" + present.map { "\($0)=\($1.addingPercentEncoding(withAllowedCharacters: allowed) ?? $1)" }
+    return path + "?"
+        + present.map { "\($0)=\($1.addingPercentEncoding(withAllowedCharacters: allowed) ?? $1)" }
         .joined(separator: "&")
 }
 

@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import ArgumentParser
 import Foundation
 import GriditAPI
 import GriditJobSpec
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct Queue: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -12,7 +13,8 @@ struct Queue: ParsableCommand {
         defaultSubcommand: QueueStatusCommand.self)
 
     struct QueueStatusCommand: ClientCommand {
-        static let configuration = CommandConfiguration(commandName: "status", abstract: "Jobs by state, and whether the queue is paused.")
+        static let configuration = CommandConfiguration(
+            commandName: "status", abstract: "Jobs by state, and whether the queue is paused.")
         @OptionGroup var global: GlobalOptions
 
         func run(client: GriditClient, output: Output) throws {
@@ -28,7 +30,11 @@ struct Queue: ParsableCommand {
 
         func run(client: GriditClient, output: Output) throws {
             let queue = try client.post("/v1/queue/pause", as: QueueStatus.self)
-            if global.json { output.printJSON(queue) } else { output.stdout("queue paused; \(queue.counts.queued + queue.counts.retryable) jobs waiting\n") }
+            if global.json {
+                output.printJSON(queue)
+            } else {
+                output.stdout("queue paused; \(queue.counts.queued + queue.counts.retryable) jobs waiting\n")
+            }
         }
     }
 
@@ -71,28 +77,38 @@ struct Status: ClientCommand {
 
             """
         if let worker = status.worker {
-            text += "Worker:     \(worker.pid.map { "pid \($0), " } ?? "")\(worker.state), started \(worker.starts) time(s)"
+            text +=
+                "Worker:     \(worker.pid.map { "pid \($0), " } ?? "")\(worker.state), started \(worker.starts) time(s)"
                 + (worker.lastExit.map { "; last one \($0)" } ?? "") + "\n"
         }
-        text += "Models:     \(status.modelStoreAvailable ? "\(status.loadedModels.count) loaded" : "no model store in this build")\n\n"
+        text +=
+            "Models:     \(status.modelStoreAvailable ? "\(status.loadedModels.count) loaded" : "no model store in this build")\n\n"
         for notice in status.notices { text += "NOTE:       \(notice.message)\n" }
         if !status.notices.isEmpty { text += "\n" }
         text += Queue.describe(status.queue)
         for job in status.running {
-            let live = job.progress.live.map { " \($0.stage) grid \($0.grid)/\($0.grids) step \($0.step)/\($0.steps)" } ?? ""
+            let live =
+                job.progress.live.map { " \($0.stage) grid \($0.grid)/\($0.grids) step \($0.step)/\($0.steps)" } ?? ""
             text += "Running:    job \(job.id) (uid \(job.ownerUID))\(live)\n"
         }
         if !status.yourJobs.isEmpty {
-            text += "Your jobs:  " + status.yourJobs.map { j in
-                "\(j.id) \(j.state.rawValue)" + (j.queuePosition.map { " #\($0)" } ?? "")
-            }.joined(separator: ", ") + "\n"
+            text +=
+                "Your jobs:  "
+                + status.yourJobs.map { j in
+                    "\(j.id) \(j.state.rawValue)" + (j.queuePosition.map { " #\($0)" } ?? "")
+                }.joined(separator: ", ") + "\n"
         }
         if !status.loadedModels.isEmpty {
-            text += "\n" + renderTable(
-                headers: ["model", "digest", "resident", "jobs"],
-                rows: status.loadedModels.map {
-                    [$0.names.first ?? "-", String($0.digest.prefix(19)), $0.residentBytes.map(formatBytes) ?? "-", String($0.activeJobs)]
-                })
+            text +=
+                "\n"
+                + renderTable(
+                    headers: ["model", "digest", "resident", "jobs"],
+                    rows: status.loadedModels.map {
+                        [
+                            $0.names.first ?? "-", String($0.digest.prefix(19)),
+                            $0.residentBytes.map(formatBytes) ?? "-", String($0.activeJobs),
+                        ]
+                    })
         }
         output.stdout(text)
     }
@@ -116,11 +132,15 @@ struct Doctor: ClientCommand {
         let path = global.socket
         var st = stat()
         if lstat(path, &st) != 0 {
-            checks.append(Check(
-                name: "socket", ok: false, detail: "\(path) does not exist",
-                fix: "start griditd (`systemctl enable --now griditd.socket`, or `griditd serve --socket \(path)`)"))
+            checks.append(
+                Check(
+                    name: "socket", ok: false, detail: "\(path) does not exist",
+                    fix: "start griditd (`systemctl enable --now griditd.socket`, or `griditd serve --socket \(path)`)")
+            )
         } else if (st.st_mode & S_IFMT) != S_IFSOCK {
-            checks.append(Check(name: "socket", ok: false, detail: "\(path) is not a socket", fix: "remove it and restart griditd"))
+            checks.append(
+                Check(
+                    name: "socket", ok: false, detail: "\(path) is not a socket", fix: "remove it and restart griditd"))
         } else {
             // A 0666 socket is as shipped: griditd itself refuses callers outside its groups.
             let group = groupName(st.st_gid) ?? String(st.st_gid)
@@ -132,10 +152,13 @@ struct Doctor: ClientCommand {
             status = try client.get("/v1/status", as: DaemonStatus.self)
             checks.append(Check(name: "daemon", ok: true, detail: "griditd \(status!.version) answers", fix: nil))
             let role = status!.caller.admin ? "an admin" : "a member"
-            checks.append(Check(name: "group", ok: true, detail: "you (uid \(getuid())) may use griditd, as \(role)", fix: nil))
-        } catch where error.code == APIError.Code.forbidden.rawValue {
-            checks.append(Check(
-                name: "group", ok: false, detail: error.message, fix: "sudo usermod -aG gridit $USER, then log in again"))
+            checks.append(
+                Check(name: "group", ok: true, detail: "you (uid \(getuid())) may use griditd, as \(role)", fix: nil))
+        } catch  where error.code == APIError.Code.forbidden.rawValue {
+            checks.append(
+                Check(
+                    name: "group", ok: false, detail: error.message,
+                    fix: "sudo usermod -aG gridit $USER, then log in again"))
         } catch {
             checks.append(Check(name: "daemon", ok: false, detail: error.message, fix: "see `journalctl -u griditd`"))
         }
@@ -143,27 +166,37 @@ struct Doctor: ClientCommand {
             checks.append(stateDirectoryCheck(status.stateDirectory))
             if let free = status.diskFreeBytes {
                 let ok = free >= status.minFreeBytes * 4
-                checks.append(Check(
-                    name: "disk", ok: ok, detail: "\(formatBytes(free)) free in \(status.stateDirectory)",
-                    fix: ok ? nil : "free space or prune old jobs (`griditctl jobs prune`); below \(formatBytes(status.minFreeBytes)) no job starts"))
+                checks.append(
+                    Check(
+                        name: "disk", ok: ok, detail: "\(formatBytes(free)) free in \(status.stateDirectory)",
+                        fix: ok
+                            ? nil
+                            : "free space or prune old jobs (`griditctl jobs prune`); below \(formatBytes(status.minFreeBytes)) no job starts"
+                    ))
             }
             let cpus = ProcessInfo.processInfo.activeProcessorCount
             let threads = status.blasThreads
-            checks.append(Check(
-                name: "blas", ok: threads <= cpus,
-                detail: "\(threads) BLAS thread\(threads == 1 ? "" : "s") on \(cpus) CPU\(cpus == 1 ? "" : "s")",
-                fix: threads <= cpus ? nil : "more threads than CPUs slows every product down: griditd serve --blas-threads \(cpus)"))
-            checks.append(Check(
-                name: "engine", ok: status.engineAvailable,
-                detail: status.engineAvailable ? "ready" : "this griditd has no engine; jobs stay queued",
-                fix: status.engineAvailable ? nil : "install a griditd built with the engine"))
+            checks.append(
+                Check(
+                    name: "blas", ok: threads <= cpus,
+                    detail: "\(threads) BLAS thread\(threads == 1 ? "" : "s") on \(cpus) CPU\(cpus == 1 ? "" : "s")",
+                    fix: threads <= cpus
+                        ? nil : "more threads than CPUs slows every product down: griditd serve --blas-threads \(cpus)")
+            )
+            checks.append(
+                Check(
+                    name: "engine", ok: status.engineAvailable,
+                    detail: status.engineAvailable ? "ready" : "this griditd has no engine; jobs stay queued",
+                    fix: status.engineAvailable ? nil : "install a griditd built with the engine"))
             if status.modelStoreAvailable { checks += storeChecks(client) }
         }
         if global.json {
             output.printJSON(checks)
         } else {
             for c in checks {
-                output.stdout("\(c.ok ? "ok  " : "FAIL") \(c.name.padding(toLength: 7, withPad: " ", startingAt: 0)) \(c.detail)\n")
+                output.stdout(
+                    "\(c.ok ? "ok  " : "FAIL") \(c.name.padding(toLength: 7, withPad: " ", startingAt: 0)) \(c.detail)\n"
+                )
                 if let fix = c.fix { output.stdout("     \(String(repeating: " ", count: 7)) fix: \(fix)\n") }
             }
         }
@@ -177,16 +210,19 @@ struct Doctor: ClientCommand {
         do {
             let result = try Models.result(ModelStoreCheckResult.self, from: try client.call("GET", "/v1/models/check"))
             for c in result.checks {
-                checks.append(Check(
-                    name: "store", ok: c.status != .error, detail: "\(c.name): \(c.message)"
-                        + (c.status == .warning ? " (warning)" : ""), fix: c.fix))
+                checks.append(
+                    Check(
+                        name: "store", ok: c.status != .error,
+                        detail: "\(c.name): \(c.message)"
+                            + (c.status == .warning ? " (warning)" : ""), fix: c.fix))
             }
             let list = try Models.result(ModelListResult.self, from: try client.call("GET", "/v1/models"))
             let names = Set(list.models.compactMap { m in m.name.map { "\($0):\(m.tag ?? "")" } }).sorted()
-            checks.append(Check(
-                name: "models", ok: !names.isEmpty,
-                detail: names.isEmpty ? "the model store holds no model" : names.joined(separator: ", "),
-                fix: names.isEmpty ? "griditctl models import PATH/pipeline.json --name NAME:TAG" : nil))
+            checks.append(
+                Check(
+                    name: "models", ok: !names.isEmpty,
+                    detail: names.isEmpty ? "the model store holds no model" : names.joined(separator: ", "),
+                    fix: names.isEmpty ? "griditctl models import PATH/pipeline.json --name NAME:TAG" : nil))
         } catch {
             checks.append(Check(name: "store", ok: false, detail: error.message, fix: "see `journalctl -u griditd`"))
         }
@@ -203,7 +239,8 @@ struct Doctor: ClientCommand {
                 component += "/" + part
                 if access(component, X_OK) != 0 {
                     return Check(
-                        name: "state", ok: true, detail: "\(root): cannot look inside \(component) as uid \(getuid()) (\(reason))",
+                        name: "state", ok: true,
+                        detail: "\(root): cannot look inside \(component) as uid \(getuid()) (\(reason))",
                         fix: nil)
                 }
             }
@@ -214,7 +251,9 @@ struct Doctor: ClientCommand {
         let open = (mode & 0o007) != 0
         return Check(
             name: "state", ok: !open, detail: "\(root) (owner \(owner), mode \(String(mode, radix: 8)))",
-            fix: open ? "chmod o-rwx \(root) (griditd does at its next start): any user could read or change jobs and frames" : nil)
+            fix: open
+                ? "chmod o-rwx \(root) (griditd does at its next start): any user could read or change jobs and frames"
+                : nil)
     }
 
     private func groupName(_ gid: gid_t) -> String? {

@@ -1,10 +1,12 @@
 // `griditctl`: the command line of griditd, over its Unix socket (docker/ollama style).
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import ArgumentParser
 import Foundation
 import GriditAPI
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public struct Griditctl: ParsableCommand {
     public static let configuration = CommandConfiguration(
@@ -166,6 +168,8 @@ struct Version: ClientCommand {
             return
         }
         output.stdout("griditctl \(client.version) (API \(client.apiVersion))\n")
-        output.stdout(daemon.map { "griditd   \($0.version) (API \($0.apiVersion))\n" } ?? "griditd   not reachable at \(global.socket)\n")
+        output.stdout(
+            daemon.map { "griditd   \($0.version) (API \($0.apiVersion))\n" }
+                ?? "griditd   not reachable at \(global.socket)\n")
     }
 }

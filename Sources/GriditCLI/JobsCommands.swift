@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import ArgumentParser
 import Foundation
 import GriditAPI
 import GriditJobSpec
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct Submit: ClientCommand {
     static let configuration = CommandConfiguration(
@@ -18,12 +19,18 @@ struct Submit: ClientCommand {
     @Option(help: "Number of frames to generate.")
     var length: Int
 
-    @Option(help: ArgumentHelp("NAME:TAG, NAME@sha256:<hex> or sha256:<hex> (default: the daemon's default model; `griditctl models list`).", valueName: "ref"))
+    @Option(
+        help: ArgumentHelp(
+            "NAME:TAG, NAME@sha256:<hex> or sha256:<hex> (default: the daemon's default model; `griditctl models list`).",
+            valueName: "ref"))
     var model: String?
 
     @OptionGroup var sampling: SamplingOptions
 
-    @Option(help: "Higher runs first; FIFO within a priority. Users who are not admins: -1000...0 unless griditd allows more.")
+    @Option(
+        help:
+            "Higher runs first; FIFO within a priority. Users who are not admins: -1000...0 unless griditd allows more."
+    )
     var priority: Int?
 
     @Option(help: "Submitting the same key again returns the same job (safe retries from scripts).")
@@ -68,7 +75,9 @@ struct Submit: ClientCommand {
             }
             return
         }
-        if !global.json { output.stderr("job \(job.id) submitted (seed \(job.spec.parameters.seed.map(String.init) ?? "?"))\n") }
+        if !global.json {
+            output.stderr("job \(job.id) submitted (seed \(job.spec.parameters.seed.map(String.init) ?? "?"))\n")
+        }
         let final = try JobFollower(client: client, json: global.json, output: output).follow(job.id)
         if final.state == .succeeded, let out {
             try OutputCopier(client: client).copy(job: final.id, into: out)
@@ -85,7 +94,8 @@ struct Jobs: ParsableCommand {
         defaultSubcommand: List.self)
 
     struct List: ClientCommand {
-        static let configuration = CommandConfiguration(commandName: "list", abstract: "List jobs (yours; an admin sees everyone's).", aliases: ["ls"])
+        static let configuration = CommandConfiguration(
+            commandName: "list", abstract: "List jobs (yours; an admin sees everyone's).", aliases: ["ls"])
 
         @OptionGroup var global: GlobalOptions
 
@@ -101,21 +111,25 @@ struct Jobs: ParsableCommand {
         func validate() throws {
             if let state {
                 for name in state.split(separator: ",") where JobState(rawValue: String(name)) == nil {
-                    throw ValidationError("unknown state '\(name)'; states are \(JobState.allCases.map(\.rawValue).joined(separator: ", "))")
+                    throw ValidationError(
+                        "unknown state '\(name)'; states are \(JobState.allCases.map(\.rawValue).joined(separator: ", "))"
+                    )
                 }
             }
             guard (1...10_000).contains(limit) else { throw ValidationError("--limit must be 1...10000") }
         }
 
         func run(client: GriditClient, output: Output) throws {
-            let path = withQuery("/v1/jobs", [("state", state), ("limit", String(limit)), ("owner", all ? "all" : nil)])
+            let path = withQuery(
+                "/v1/jobs", [("state", state), ("limit", String(limit)), ("owner", all ? "all" : nil)])
             let list = try client.get(path, as: JobList.self)
             if global.json { output.printJSON(list) } else { output.stdout(Rendering.jobsTable(list.jobs)) }
         }
     }
 
     struct Show: ClientCommand {
-        static let configuration = CommandConfiguration(abstract: "Show one job, with its error history.", aliases: ["get"])
+        static let configuration = CommandConfiguration(
+            abstract: "Show one job, with its error history.", aliases: ["get"])
 
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Job id.") var id: Int64
@@ -127,7 +141,8 @@ struct Jobs: ParsableCommand {
     }
 
     struct Watch: ClientCommand {
-        static let configuration = CommandConfiguration(abstract: "Follow a job until it ends; exit 1 unless it succeeded.")
+        static let configuration = CommandConfiguration(
+            abstract: "Follow a job until it ends; exit 1 unless it succeeded.")
 
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Job id.") var id: Int64
@@ -164,8 +179,12 @@ struct Jobs: ParsableCommand {
 
         func run(client: GriditClient, output: Output) throws {
             let job = try client.post("/v1/jobs/\(id)/cancel", as: JobInfo.self)
-            if global.json { output.printJSON(job); return }
-            output.stdout(job.state == .running ? "job \(id) will stop at its next step\n" : "job \(id) \(job.state.rawValue)\n")
+            if global.json {
+                output.printJSON(job)
+                return
+            }
+            output.stdout(
+                job.state == .running ? "job \(id) will stop at its next step\n" : "job \(id) \(job.state.rawValue)\n")
         }
     }
 
@@ -178,8 +197,12 @@ struct Jobs: ParsableCommand {
 
         func run(client: GriditClient, output: Output) throws {
             let job = try client.post("/v1/jobs/\(id)/retry", as: JobInfo.self)
-            if global.json { output.printJSON(job); return }
-            output.stdout("job \(id) \(job.state.rawValue)\(job.queuePosition.map { ", queue position \($0)" } ?? "")\n")
+            if global.json {
+                output.printJSON(job)
+                return
+            }
+            output.stdout(
+                "job \(id) \(job.state.rawValue)\(job.queuePosition.map { ", queue position \($0)" } ?? "")\n")
         }
     }
 
@@ -198,7 +221,9 @@ struct Jobs: ParsableCommand {
         @Flag(help: "Keep the output folders on disk.")
         var keepOutputs = false
 
-        @Flag(name: [.customShort("y"), .long, .customShort("f"), .customLong("force")], help: "Do not ask for confirmation.")
+        @Flag(
+            name: [.customShort("y"), .long, .customShort("f"), .customLong("force")],
+            help: "Do not ask for confirmation.")
         var yes = false
 
         func validate() throws {
@@ -209,7 +234,10 @@ struct Jobs: ParsableCommand {
 
         /// What the confirmation lists, as `docker system prune` does.
         var warning: String {
-            let what = olderThan.map { "every finished job (succeeded, failed, canceled, dead) that finished more than \($0) ago" }
+            let what =
+                olderThan.map {
+                    "every finished job (succeeded, failed, canceled, dead) that finished more than \($0) ago"
+                }
                 ?? "every finished job older than griditd's retention (succeeded: 7d, failed, canceled and dead: 30d, unless griditd sets others)"
             return "WARNING! This will remove:\n  - \(what)\n"
                 + (keepOutputs ? "" : "  - the output folders (frames) of those jobs\n")
@@ -228,12 +256,18 @@ struct Jobs: ParsableCommand {
                     return
                 }
             }
-            let request = PruneRequest(olderThanSeconds: olderThan.flatMap(parseDuration), keepOutputs: keepOutputs ? true : nil)
+            let request = PruneRequest(
+                olderThanSeconds: olderThan.flatMap(parseDuration), keepOutputs: keepOutputs ? true : nil)
             let result = try client.post("/v1/jobs/prune", request, as: PruneResponse.self)
-            if global.json { output.printJSON(result); return }
+            if global.json {
+                output.printJSON(result)
+                return
+            }
             let ids = result.pruned.prefix(20).map { "\($0.id)" }.joined(separator: " ")
             let more = result.pruned.count > 20 ? " …" : ""
-            output.stdout("pruned \(result.pruned.count) job\(result.pruned.count == 1 ? "" : "s")\(ids.isEmpty ? "" : ": \(ids)\(more)")\n")
+            output.stdout(
+                "pruned \(result.pruned.count) job\(result.pruned.count == 1 ? "" : "s")\(ids.isEmpty ? "" : ": \(ids)\(more)")\n"
+            )
         }
     }
 }
@@ -254,7 +288,9 @@ struct JobFollower {
             var drewBar = false
             do {
                 let reply = try client.http.stream("/v1/jobs/\(id)/events") { line in
-                    guard let event = try? APICoding.decoder().decode(JobEventMessage.self, from: line) else { return true }
+                    guard let event = try? APICoding.decoder().decode(JobEventMessage.self, from: line) else {
+                        return true
+                    }
                     reconnects = 0
                     switch event.kind {
                     case .job:
@@ -269,7 +305,8 @@ struct JobFollower {
                         return !job.state.isTerminal
                     case .step:
                         if bar, let step = event.step {
-                            output.stderr("\r\u{1B}[K" + Rendering.progressLine(jobID: id, step: step, width: terminalWidth()))
+                            output.stderr(
+                                "\r\u{1B}[K" + Rendering.progressLine(jobID: id, step: step, width: terminalWidth()))
                             drewBar = true
                         }
                         return true
@@ -278,7 +315,9 @@ struct JobFollower {
                 if drewBar { output.stderr("\n") }
                 try GriditClient.check(reply)
             } catch let error as ConnectionError where error.kind != .permissionDenied && reconnects < 60 {
-                if reconnects == 0 && !json { output.stderr("griditd went away; reconnecting (the job is safe in the queue)...\n") }
+                if reconnects == 0 && !json {
+                    output.stderr("griditd went away; reconnecting (the job is safe in the queue)...\n")
+                }
                 reconnects += 1
                 sleep(1)
                 continue
@@ -292,14 +331,20 @@ struct JobFollower {
             if let last, last.state.isTerminal { return last }
             // The stream ended early (daemon restarting): look again.
             reconnects += 1
-            if reconnects > 60 { throw CLIError("lost track of job \(id); `griditctl jobs show \(id)`", status: ExitStatus.unreachable) }
+            if reconnects > 60 {
+                throw CLIError("lost track of job \(id); `griditctl jobs show \(id)`", status: ExitStatus.unreachable)
+            }
             sleep(1)
         }
     }
 
     /// Prints the outcome and exits 1 unless the job succeeded.
     static func finish(_ job: JobInfo, json: Bool, output: Output) throws {
-        if json { output.printJSON(job) } else if job.state == .succeeded { output.stdout((job.outputDir ?? "") + "\n") }
+        if json {
+            output.printJSON(job)
+        } else if job.state == .succeeded {
+            output.stdout((job.outputDir ?? "") + "\n")
+        }
         guard job.state == .succeeded else { throw ExitCode(ExitStatus.failure) }
     }
 
@@ -332,7 +377,8 @@ struct OutputCopier {
             } catch {
                 throw CLIError("cannot create \(target): \(error.localizedDescription)", status: ExitStatus.failure)
             }
-            try client.download("/v1/jobs/\(id)/files/" + components.map { segment(String($0)) }.joined(separator: "/"), to: target)
+            try client.download(
+                "/v1/jobs/\(id)/files/" + components.map { segment(String($0)) }.joined(separator: "/"), to: target)
         }
     }
 }

@@ -1,5 +1,6 @@
 // `griditctl models ...`: the model store's commands, run by the daemon. The answers carry the
 // store's result type as JSON (printed with --json) and the same text `griditd models` prints.
+
 import ArgumentParser
 import Foundation
 import GriditAPI
@@ -7,15 +8,17 @@ import GriditAPI
 struct Models: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Manage pipeline versions in griditd's model store.",
-        subcommands: [List.self, Show.self, Import.self, Tag.self, Remove.self, Verify.self, GC.self, Export.self, PS.self],
+        subcommands: [
+            List.self, Show.self, Import.self, Tag.self, Remove.self, Verify.self, GC.self, Export.self, PS.self,
+        ],
         defaultSubcommand: List.self)
 
     /// The `result` of a model command's reply, decoded.
     static func result<T: Decodable>(_ type: T.Type, from reply: HTTPReply) throws(CLIError) -> T {
         guard let object = try? JSONSerialization.jsonObject(with: reply.body) as? [String: Any],
-              let result = object["result"],
-              let data = try? JSONSerialization.data(withJSONObject: result, options: [.fragmentsAllowed]),
-              let decoded = try? APICoding.decoder().decode(T.self, from: data)
+            let result = object["result"],
+            let data = try? JSONSerialization.data(withJSONObject: result, options: [.fragmentsAllowed]),
+            let decoded = try? APICoding.decoder().decode(T.self, from: data)
         else {
             throw CLIError("griditd sent an unreadable model reply", status: ExitStatus.daemonError)
         }
@@ -29,7 +32,8 @@ struct Models: ParsableCommand {
         }
         if json {
             let result = object["result"] ?? NSNull()
-            let data = (try? JSONSerialization.data(withJSONObject: result, options: [.fragmentsAllowed])) ?? Data("null".utf8)
+            let data =
+                (try? JSONSerialization.data(withJSONObject: result, options: [.fragmentsAllowed])) ?? Data("null".utf8)
             output.printRawJSON(data)
         } else {
             output.stdout(object["text"] as? String ?? "")
@@ -37,42 +41,53 @@ struct Models: ParsableCommand {
     }
 
     struct List: ClientCommand {
-        static let configuration = CommandConfiguration(commandName: "list", abstract: "List names, tags and digests.", aliases: ["ls"])
+        static let configuration = CommandConfiguration(
+            commandName: "list", abstract: "List names, tags and digests.", aliases: ["ls"])
         @OptionGroup var global: GlobalOptions
-        func run(client: GriditClient, output: Output) throws { try Models.print(try client.call("GET", "/v1/models"), json: global.json, output: output) }
+        func run(client: GriditClient, output: Output) throws {
+            try Models.print(try client.call("GET", "/v1/models"), json: global.json, output: output)
+        }
     }
 
     struct Show: ClientCommand {
-        static let configuration = CommandConfiguration(abstract: "Show a version: manifest, configs, blobs, tag history.")
+        static let configuration = CommandConfiguration(
+            abstract: "Show a version: manifest, configs, blobs, tag history.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "NAME:TAG, NAME@sha256:<hex> or sha256:<hex>.") var reference: String
         func run(client: GriditClient, output: Output) throws {
-            try Models.print(try client.call("GET", "/v1/models/" + segment(reference)), json: global.json, output: output)
+            try Models.print(
+                try client.call("GET", "/v1/models/" + segment(reference)), json: global.json, output: output)
         }
     }
 
     struct Import: ClientCommand {
         static let configuration = CommandConfiguration(
             abstract: "Import a pipeline JSON (with its files) or an exported bundle. Admins.",
-            discussion: "The daemon reads PATH itself, with your permissions: the pipeline's files must be inside its folder (no symbolic links, no '..') and readable by you and by griditd's user.")
+            discussion:
+                "The daemon reads PATH itself, with your permissions: the pipeline's files must be inside its folder (no symbolic links, no '..') and readable by you and by griditd's user."
+        )
         @OptionGroup var global: GlobalOptions
         @Argument(help: "pipeline.json or a bundle .tar.") var path: String
         @Option(help: "NAME:TAG for the imported version.") var name: String
         @Option(help: "auto (reflink where the filesystem can, else copy), hardlink or copy.") var link: String?
 
         func validate() throws {
-            if let link, !["auto", "hardlink", "copy"].contains(link) { throw ValidationError("--link must be auto, hardlink or copy") }
+            if let link, !["auto", "hardlink", "copy"].contains(link) {
+                throw ValidationError("--link must be auto, hardlink or copy")
+            }
         }
 
         func run(client: GriditClient, output: Output) throws {
             let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
             let body = APICoding.encode(ImportModelRequest(path: absolute, name: name, link: link))
-            try Models.print(try client.call("POST", "/v1/models/import", body: body), json: global.json, output: output)
+            try Models.print(
+                try client.call("POST", "/v1/models/import", body: body), json: global.json, output: output)
         }
     }
 
     struct Tag: ClientCommand {
-        static let configuration = CommandConfiguration(abstract: "Point TARGET (NAME:TAG) at what SOURCE resolves to. Admins.")
+        static let configuration = CommandConfiguration(
+            abstract: "Point TARGET (NAME:TAG) at what SOURCE resolves to. Admins.")
         @OptionGroup var global: GlobalOptions
         @Argument var source: String
         @Argument var target: String
@@ -88,7 +103,8 @@ struct Models: ParsableCommand {
         @OptionGroup var global: GlobalOptions
         @Argument var reference: String
         func run(client: GriditClient, output: Output) throws {
-            try Models.print(try client.call("DELETE", "/v1/models/" + segment(reference)), json: global.json, output: output)
+            try Models.print(
+                try client.call("DELETE", "/v1/models/" + segment(reference)), json: global.json, output: output)
         }
     }
 
@@ -129,7 +145,8 @@ struct Models: ParsableCommand {
     }
 
     struct Export: ClientCommand {
-        static let configuration = CommandConfiguration(abstract: "Write a version as a single-file bundle (for `models import` elsewhere).")
+        static let configuration = CommandConfiguration(
+            abstract: "Write a version as a single-file bundle (for `models import` elsewhere).")
         @OptionGroup var global: GlobalOptions
         @Argument var reference: String
         @Option(name: .shortAndLong, help: "Bundle file to write.") var output: String
@@ -146,8 +163,11 @@ struct Models: ParsableCommand {
     }
 
     struct PS: ClientCommand {
-        static let configuration = CommandConfiguration(commandName: "ps", abstract: "Show the mapped models and their resident size.")
+        static let configuration = CommandConfiguration(
+            commandName: "ps", abstract: "Show the mapped models and their resident size.")
         @OptionGroup var global: GlobalOptions
-        func run(client: GriditClient, output: Output) throws { try Models.print(try client.call("GET", "/v1/models/ps"), json: global.json, output: output) }
+        func run(client: GriditClient, output: Output) throws {
+            try Models.print(try client.call("GET", "/v1/models/ps"), json: global.json, output: output)
+        }
     }
 }

@@ -1,4 +1,5 @@
 // Human output of griditctl: tables, durations, the progress bar. Pure functions (tested).
+
 import Foundation
 import GriditAPI
 import GriditJobSpec
@@ -45,7 +46,8 @@ enum Rendering {
             headers: ["id", "state", "progress", "position", "priority", "length", "owner", "created"],
             rows: jobs.map { job in
                 [
-                    String(job.id), job.state.rawValue + (job.cancelRequested && job.state == .running ? " (canceling)" : ""),
+                    String(job.id),
+                    job.state.rawValue + (job.cancelRequested && job.state == .running ? " (canceling)" : ""),
                     progress(job), job.queuePosition.map(String.init) ?? "-", String(job.priority), String(job.length),
                     String(job.ownerUID), ago(job.createdAt, now: now),
                 ]
@@ -67,16 +69,26 @@ enum Rendering {
         if let position = job.queuePosition { lines.append(("Queue position", String(position))) }
         if let reason = job.waitingFor { lines.append(("Waiting for", reason)) }
         lines.append(("Progress", progress(job)))
-        lines.append(("Attempts", "\(job.attempt) of \(job.maxAttempts)" + (job.crashCount > 0 ? ", \(job.crashCount) crash(es)" : "")))
+        lines.append(
+            (
+                "Attempts",
+                "\(job.attempt) of \(job.maxAttempts)" + (job.crashCount > 0 ? ", \(job.crashCount) crash(es)" : "")
+            ))
         lines.append(("Created", "\(iso(job.createdAt)) (\(ago(job.createdAt, now: now)))"))
         if let started = job.startedAt { lines.append(("Started", iso(started))) }
         if let finished = job.finishedAt { lines.append(("Finished", iso(finished))) }
         if job.state == .retryable { lines.append(("Next attempt", iso(job.notBefore))) }
-        if let output = job.outputDir { lines.append(("Output", output)) } else if let name = job.spec.output { lines.append(("Output name", name)) }
+        if let output = job.outputDir {
+            lines.append(("Output", output))
+        } else if let name = job.spec.output {
+            lines.append(("Output name", name))
+        }
         if let key = job.idempotencyKey { lines.append(("Idempotency key", key)) }
         if let message = job.errorMessage { lines.append(("Error", "\(job.errorClass ?? "error"): \(message)")) }
         let width = lines.map(\.0.count).max() ?? 0
-        var text = lines.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + "   " + $0.1 }.joined(separator: "\n") + "\n"
+        var text =
+            lines.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + "   " + $0.1 }.joined(
+                separator: "\n") + "\n"
         if let errors = job.errors, !errors.isEmpty {
             text += "\nErrors:\n"
             text += renderTable(
@@ -95,7 +107,8 @@ enum Rendering {
     /// The parameters a job gave besides its seed, as `key=value` in the API's names and order
     /// ("context=clean eta=0.5 sampler=ddim"): whatever `JobSpec.Parameters` holds, as it holds it.
     static func parameterList(_ parameters: JobSpec.Parameters) -> String {
-        guard let object = try? JSONSerialization.jsonObject(with: APICoding.encode(parameters)) as? [String: Any] else {
+        guard let object = try? JSONSerialization.jsonObject(with: APICoding.encode(parameters)) as? [String: Any]
+        else {
             return ""
         }
         return object.keys.sorted().filter { $0 != "seed" }.map { key in
@@ -106,14 +119,16 @@ enum Rendering {
     /// The one-line progress bar for a terminal of `width` columns:
     /// `job 12  sr  grid 3/8  step 40/250  frame 17/128  ETA 1m20s  [######----]`.
     static func progressLine(jobID: Int64, step: StepProgress, width: Int) -> String {
-        var text = "job \(jobID)  \(step.stage)  grid \(step.grid)/\(step.grids)  step \(step.step)/\(step.steps)"
+        var text =
+            "job \(jobID)  \(step.stage)  grid \(step.grid)/\(step.grids)  step \(step.step)/\(step.steps)"
             + "  frame \(step.frame)/\(step.frames)"
         if let eta = step.etaSeconds { text += "  ETA \(duration(eta))" }
         let done = step.fraction ?? (step.frames > 0 ? Double(step.frame) / Double(step.frames) : 0)
         let barWidth = min(30, width - text.count - 4)
         if barWidth >= 10 {
             let filled = Int((done * Double(barWidth)).rounded(.down))
-            text += "  [" + String(repeating: "#", count: filled) + String(repeating: "-", count: barWidth - filled) + "]"
+            text +=
+                "  [" + String(repeating: "#", count: filled) + String(repeating: "-", count: barWidth - filled) + "]"
         }
         return String(text.prefix(max(0, width - 1)))
     }

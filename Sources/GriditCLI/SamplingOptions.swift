@@ -1,5 +1,6 @@
 // The flags of a job's sampling parameters (`JobSpec.Parameters`), one option group for
 // `griditctl submit` and `griditd run`: a parameter the engine learns is a flag of both at once.
+
 import ArgumentParser
 import GriditJobSpec
 
@@ -10,7 +11,10 @@ extension ContextFrames: ExpressibleByArgument {}
 public struct SamplingOptions: ParsableArguments {
     public init() {}
 
-    @Option(help: "Noise seed: the same seed, model and settings give the same bytes (default: a submit picks a random one and records it in the job; griditd run uses 0).")
+    @Option(
+        help:
+            "Noise seed: the same seed, model and settings give the same bytes (default: a submit picks a random one and records it in the job; griditd run uses 0)."
+    )
     public var seed: UInt64?
 
     @Option(help: "gridit (exact length) or official (the published algorithm). Default: the model's.")
@@ -34,7 +38,10 @@ public struct SamplingOptions: ParsableArguments {
     @Option(help: "Grid rows carried into each next grid as known frames (gridit mode), 1...K-1.")
     public var contextRows: Int?
 
-    @Option(help: "gridit mode's carried frames: renoised (RePaint) or clean (for a stage 1 trained with clean context). Default: the model's.")
+    @Option(
+        help:
+            "gridit mode's carried frames: renoised (RePaint) or clean (for a stage 1 trained with clean context). Default: the model's."
+    )
     public var context: ContextFrames?
 
     @Flag(help: "Skip stage 2: frames stay at the low resolution.")
@@ -49,7 +56,8 @@ public struct SamplingOptions: ParsableArguments {
     @Option(help: "RePaint resampling: passes over each jumped span (1 = off).")
     public var jumpCount: Int?
 
-    @Option(name: .customLong("class"), help: "Class label of a class-conditional model (required there, 0...classes-1).")
+    @Option(
+        name: .customLong("class"), help: "Class label of a class-conditional model (required there, 0...classes-1).")
     public var classLabel: Int?
 
     @Option(help: "Classifier-free guidance scale of a class-conditional model (1 = none). Default: the model's.")

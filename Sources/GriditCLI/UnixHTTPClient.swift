@@ -1,12 +1,14 @@
 // A small blocking HTTP/1.1 client over a Unix socket: griditctl sends one request per
 // connection and waits for the answer, so plain POSIX sockets are enough and the CLI links no
 // event loop.
+
+import Foundation
+import GriditAPI
+import GriditDurable
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
-import GriditDurable
-import GriditAPI
 
 public struct HTTPReply: Sendable {
     public var status: Int
@@ -34,70 +36,76 @@ public struct UnixHTTPClient: ControlClient {
 
     /// One request, the whole reply.
     public func send(_ method: String, _ path: String, body: Data? = nil) throws(ConnectionError) -> HTTPReply {
-        let connection = try connect()
-        defer { close(connection.fd) }
-        try connection.write(request(method, path, body: body))
-        var reader = ResponseReader(fd: connection.fd)
-        let (status, headers) = try reader.readHead()
-        let data = try reader.readBody(headers: headers)
-        return HTTPReply(status: status, headers: headers, body: data)
+        try exchange(method, path, body: body) { (reader, headers) throws(ConnectionError) in
+            try reader.readBody(headers: headers)
+        }
     }
 
     /// A streaming GET: `onLine` gets each newline-delimited line until the server ends the
     /// reply or `onLine` returns false. Returns the status (and the body, when not 200).
     public func stream(_ path: String, onLine: (Data) -> Bool) throws(ConnectionError) -> HTTPReply {
-        let connection = try connect(streaming: true)
-        defer { close(connection.fd) }
-        try connection.write(request("GET", path, body: nil))
-        var reader = ResponseReader(fd: connection.fd)
-        let (status, headers) = try reader.readHead()
-        guard status == 200 else { return HTTPReply(status: status, headers: headers, body: try reader.readBody(headers: headers)) }
-        var pending = Data()
-        try reader.readBody(headers: headers) { chunk in
-            pending.append(chunk)
-            while let newline = pending.firstIndex(of: 0x0A) {
-                let line = pending[pending.startIndex..<newline]
-                pending = Data(pending[(newline + 1)...])
-                if !line.isEmpty, !onLine(Data(line)) { return false }
+        try exchange("GET", path, streaming: true) { (reader, headers) throws(ConnectionError) in
+            var pending = Data()
+            try reader.readBody(headers: headers) { chunk in
+                pending.append(chunk)
+                while let newline = pending.firstIndex(of: 0x0A) {
+                    let line = pending[pending.startIndex..<newline]
+                    pending = Data(pending[(newline + 1)...])
+                    if !line.isEmpty, !onLine(Data(line)) { return false }
+                }
+                return true
             }
-            return true
+            return Data()
         }
-        return HTTPReply(status: status, headers: headers, body: Data())
     }
 
     /// A GET whose body goes to `file` (created, or replaced atomically); returns the status
     /// (and the error body when not 200).
     public func download(_ path: String, to file: String) throws(ConnectionError) -> HTTPReply {
-        let connection = try connect()
-        defer { close(connection.fd) }
-        try connection.write(request("GET", path, body: nil))
-        var reader = ResponseReader(fd: connection.fd)
-        let (status, headers) = try reader.readHead()
-        guard status == 200 else { return HTTPReply(status: status, headers: headers, body: try reader.readBody(headers: headers)) }
-        try DurableFile.write(
-            to: file, failure: { ConnectionError(kind: .protocolError, message: "saving \(file): \($0)") }
-        ) { (out) throws(ConnectionError) in
-            var failed: ConnectionError?
-            try reader.readBody(headers: headers) { chunk in
-                chunk.withUnsafeBytes { raw in
-                    do throws(ConnectionError) {
-                        try out.write(raw)
-                        return true
-                    } catch {
-                        failed = error
-                        return false
+        try exchange("GET", path) { (reader, headers) throws(ConnectionError) in
+            try DurableFile.write(
+                to: file, failure: { ConnectionError(kind: .protocolError, message: "saving \(file): \($0)") }
+            ) { (out) throws(ConnectionError) in
+                var failed: ConnectionError?
+                try reader.readBody(headers: headers) { chunk in
+                    chunk.withUnsafeBytes { raw in
+                        do throws(ConnectionError) {
+                            try out.write(raw)
+                            return true
+                        } catch {
+                            failed = error
+                            return false
+                        }
                     }
                 }
+                if let failed { throw failed }
             }
-            if let failed { throw failed }
+            return Data()
         }
-        return HTTPReply(status: status, headers: headers, body: Data())
+    }
+
+    /// Sends one request on a new connection and reads the reply's head. A 200's body is read by
+    /// `readOK` (what it returns is the reply's body); any other status's body is read whole.
+    private func exchange(
+        _ method: String, _ path: String, body: Data? = nil, streaming: Bool = false,
+        readOK: (inout ResponseReader, _ headers: [String: String]) throws(ConnectionError) -> Data
+    ) throws(ConnectionError) -> HTTPReply {
+        let connection = try connect(streaming: streaming)
+        defer { close(connection.fd) }
+        try connection.write(request(method, path, body: body))
+        var reader = ResponseReader(fd: connection.fd)
+        let (status, headers) = try reader.readHead()
+        guard status == 200 else {
+            return HTTPReply(status: status, headers: headers, body: try reader.readBody(headers: headers))
+        }
+        return HTTPReply(status: status, headers: headers, body: try readOK(&reader, headers))
     }
 
     // MARK: - Plumbing
 
     private func request(_ method: String, _ path: String, body: Data?) -> Data {
-        var head = "\(method) \(path) HTTP/1.1\r\nHost: griditd\r\nUser-Agent: griditctl/\(griditVersion)\r\nConnection: close\r\n"
+        var head =
+            "\(method) \(path) HTTP/1.1\r\nHost: griditd\r\nUser-Agent: griditctl/\(griditVersion)\r\nConnection: close\r\n"
         if let body {
             head += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\n"
         }
@@ -122,17 +130,21 @@ public struct UnixHTTPClient: ControlClient {
             }
             // A server that answered early (413) and stopped reading: its answer is still there.
             if !ok && errno != EPIPE && errno != ECONNRESET {
-                throw ConnectionError(kind: .protocolError, message: "sending the request failed: \(String(cString: strerror(errno)))")
+                throw ConnectionError(
+                    kind: .protocolError, message: "sending the request failed: \(String(cString: strerror(errno)))")
             }
         }
     }
 
     private func connect(streaming: Bool = false) throws(ConnectionError) -> Connection {
         guard socketPath.utf8.count < 108 else {
-            throw ConnectionError(kind: .unreachable, message: "the socket path \(socketPath) is too long for a Unix socket")
+            throw ConnectionError(
+                kind: .unreachable, message: "the socket path \(socketPath) is too long for a Unix socket")
         }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw ConnectionError(kind: .unreachable, message: "socket(): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else {
+            throw ConnectionError(kind: .unreachable, message: "socket(): \(String(cString: strerror(errno)))")
+        }
         if !UnixSocket.connect(fd, to: socketPath) {
             let err = errno
             close(fd)
@@ -146,7 +158,8 @@ public struct UnixHTTPClient: ControlClient {
                 throw ConnectionError(
                     kind: .unreachable,
                     message: "cannot reach griditd at \(socketPath): \(String(cString: strerror(err))). Is it running? "
-                        + "(`systemctl status griditd`, or start `griditd serve`; --socket or GRIDIT_SOCKET pick another socket)")
+                        + "(`systemctl status griditd`, or start `griditd serve`; --socket or GRIDIT_SOCKET pick another socket)"
+                )
             }
         }
         if !streaming {
@@ -183,7 +196,8 @@ struct ResponseReader {
             if errno == EAGAIN || errno == EWOULDBLOCK {
                 throw ConnectionError(kind: .protocolError, message: "griditd did not answer in time")
             }
-            throw ConnectionError(kind: .protocolError, message: "reading the reply failed: \(String(cString: strerror(errno)))")
+            throw ConnectionError(
+                kind: .protocolError, message: "reading the reply failed: \(String(cString: strerror(errno)))")
         }
     }
 
@@ -212,7 +226,8 @@ struct ResponseReader {
                 let line = try readLine()
                 if line.isEmpty { break }
                 if let colon = line.firstIndex(of: ":") {
-                    headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+                    headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(
+                        in: .whitespaces)
                 }
             }
             if status == 100 { continue }  // 100 Continue, then the real answer
@@ -234,7 +249,8 @@ struct ResponseReader {
         if headers["transfer-encoding"]?.lowercased() == "chunked" {
             while true {
                 let sizeLine = try readLine()
-                guard let size = Int(sizeLine.split(separator: ";")[0].trimmingCharacters(in: .whitespaces), radix: 16) else {
+                guard let size = Int(sizeLine.split(separator: ";")[0].trimmingCharacters(in: .whitespaces), radix: 16)
+                else {
                     throw ConnectionError(kind: .protocolError, message: "bad chunk size '\(sizeLine.prefix(20))'")
                 }
                 if size == 0 {
@@ -242,7 +258,9 @@ struct ResponseReader {
                     return
                 }
                 while buffer.count < size + 2 {
-                    guard try fill() else { throw ConnectionError(kind: .protocolError, message: "griditd closed the stream") }
+                    guard try fill() else {
+                        throw ConnectionError(kind: .protocolError, message: "griditd closed the stream")
+                    }
                 }
                 let chunk = Data(buffer.prefix(size))
                 buffer.removeSubrange(buffer.startIndex..<(buffer.startIndex + size + 2))
@@ -252,7 +270,9 @@ struct ResponseReader {
             var remaining = length
             while remaining > 0 {
                 if buffer.isEmpty {
-                    guard try fill() else { throw ConnectionError(kind: .protocolError, message: "the reply was cut short") }
+                    guard try fill() else {
+                        throw ConnectionError(kind: .protocolError, message: "the reply was cut short")
+                    }
                 }
                 let take = min(remaining, buffer.count)
                 let chunk = Data(buffer.prefix(take))

@@ -85,8 +85,10 @@ public struct CheckpointError: Error, Hashable, Sendable, CustomStringConvertibl
     /// The errno of a failed system call (so callers can tell a full disk, ENOSPC, from the rest).
     public var errno: Int32?
 
-    public init(code: Code, path: String, tensor: String? = nil, message: String, hint: String? = nil,
-                errno: Int32? = nil) {
+    public init(
+        code: Code, path: String, tensor: String? = nil, message: String, hint: String? = nil,
+        errno: Int32? = nil
+    ) {
         self.code = code
         self.path = path
         self.tensor = tensor
@@ -130,7 +132,8 @@ extension CheckpointError {
     /// A failed durable write (`DurableFile`) as a `writeFailed` error with its hint.
     public static func durable(_ e: DurableFileError) -> CheckpointError {
         let hint =
-            e.call.hasPrefix("mkstemp") ? "check that the directory exists and is writable"
+            e.call.hasPrefix("mkstemp")
+            ? "check that the directory exists and is writable"
             : e.call == "write" ? "check free disk space" : nil
         return syscall(e.call, errno: e.errno, path: e.path, as: .writeFailed, hint: hint)
     }
@@ -138,7 +141,8 @@ extension CheckpointError {
     static func syscall(
         _ call: String, errno code: Int32, path: String, as errorCode: Code, hint: String? = nil
     ) -> CheckpointError {
-        CheckpointError(code: errorCode, path: path, message: "\(call) failed: \(errnoText(code))", hint: hint,
-                        errno: code)
+        CheckpointError(
+            code: errorCode, path: path, message: "\(call) failed: \(errnoText(code))", hint: hint,
+            errno: code)
     }
 }

@@ -54,8 +54,9 @@ public final class MappedFile: @unchecked Sendable {
         let info = file.status
         guard info.st_size > 0 else {
             // mmap of 0 bytes fails with EINVAL; say what is actually wrong.
-            throw CheckpointError(code: .empty, path: path, message: "the file is empty (0 bytes)",
-                                  hint: Hints.incomplete)
+            throw CheckpointError(
+                code: .empty, path: path, message: "the file is empty (0 bytes)",
+                hint: Hints.incomplete)
         }
         guard let size = Int(exactly: info.st_size) else {
             throw CheckpointError(code: .unreadable, path: path, message: "file size \(info.st_size) does not fit")
@@ -86,8 +87,9 @@ public final class MappedFile: @unchecked Sendable {
         guard !range.isEmpty else { return true }
         let page = max(Int(sysconf(Int32(_SC_PAGESIZE))), 1)
         let start = range.lowerBound / page * page
-        let result = posix_madvise(UnsafeMutableRawPointer(mutating: base + start), range.upperBound - start,
-                                   advice.value)
+        let result = posix_madvise(
+            UnsafeMutableRawPointer(mutating: base + start), range.upperBound - start,
+            advice.value)
         return result == 0
     }
 }

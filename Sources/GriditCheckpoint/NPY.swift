@@ -36,7 +36,9 @@ public enum NPYDType: String, Sendable, CaseIterable {
             self = exact
             return
         }
-        guard descr.count == 3, let first = descr.first, first == "<" || first == "=" || first == "|" else { return nil }
+        guard descr.count == 3, let first = descr.first, first == "<" || first == "=" || first == "|" else {
+            return nil
+        }
         let rest = descr.dropFirst()
         guard let match = NPYDType.allCases.first(where: { $0.size == 1 && $0.rawValue.dropFirst() == rest })
         else { return nil }
@@ -75,16 +77,26 @@ public struct NPYArray: Sendable {
         let destination = out.mutablePointer
         let source = mapping.base + dataOffset
         for i in 0..<count {
-            destination[i] = switch dtype {
-            case .float32: Float(bitPattern: UInt32(littleEndian: source.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)))
-            case .float16: HalfPrecision.float(fromHalfBits: UInt16(littleEndian: source.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
-            case .float64: Float(Double(bitPattern: UInt64(littleEndian: source.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self))))
-            case .int32: Float(Int32(littleEndian: source.loadUnaligned(fromByteOffset: 4 * i, as: Int32.self)))
-            case .int64: Float(Int64(littleEndian: source.loadUnaligned(fromByteOffset: 8 * i, as: Int64.self)))
-            case .int8: Float(source.load(fromByteOffset: i, as: Int8.self))
-            case .uint8: Float(source.load(fromByteOffset: i, as: UInt8.self))
-            case .bool: source.load(fromByteOffset: i, as: UInt8.self) != 0 ? 1 : 0
-            }
+            destination[i] =
+                switch dtype {
+                case .float32:
+                    Float(
+                        bitPattern: UInt32(littleEndian: source.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)))
+                case .float16:
+                    HalfPrecision.float(
+                        fromHalfBits: UInt16(littleEndian: source.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))
+                    )
+                case .float64:
+                    Float(
+                        Double(
+                            bitPattern: UInt64(
+                                littleEndian: source.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self))))
+                case .int32: Float(Int32(littleEndian: source.loadUnaligned(fromByteOffset: 4 * i, as: Int32.self)))
+                case .int64: Float(Int64(littleEndian: source.loadUnaligned(fromByteOffset: 8 * i, as: Int64.self)))
+                case .int8: Float(source.load(fromByteOffset: i, as: Int8.self))
+                case .uint8: Float(source.load(fromByteOffset: i, as: UInt8.self))
+                case .bool: source.load(fromByteOffset: i, as: UInt8.self) != 0 ? 1 : 0
+                }
         }
         return out
     }
@@ -92,9 +104,10 @@ public struct NPYArray: Sendable {
     /// The values as integers, in C order. Throws `.unsupportedDType` for floating-point arrays.
     public func integers() throws(CheckpointError) -> [Int] {
         guard !dtype.isFloatingPoint else {
-            throw CheckpointError(code: .unsupportedDType, path: path,
-                                  message: "integers() of a floating-point array ('\(dtype.rawValue)')",
-                                  hint: "use floatTensor(), or save the array with an integer dtype")
+            throw CheckpointError(
+                code: .unsupportedDType, path: path,
+                message: "integers() of a floating-point array ('\(dtype.rawValue)')",
+                hint: "use floatTensor(), or save the array with an integer dtype")
         }
         let source = mapping.base + dataOffset
         return (0..<count).map { i in
@@ -115,7 +128,9 @@ public enum NPY {
     /// Writes `tensor` as a float32, C-order, version 1.0 `.npy` file (header padded so that the data
     /// starts at a multiple of 64 bytes), atomically.
     public static func write(_ tensor: Tensor, to path: String) throws(CheckpointError) {
-        let shape = tensor.shape.count == 1 ? "(\(tensor.shape[0]),)"
+        let shape =
+            tensor.shape.count == 1
+            ? "(\(tensor.shape[0]),)"
             : "(" + tensor.shape.map(String.init).joined(separator: ", ") + ")"
         var header = Array("{'descr': '<f4', 'fortran_order': False, 'shape': \(shape), }".utf8)
         // magic(6) + version(2) + length(2) + header + '\n' is padded to a multiple of 64.
@@ -123,7 +138,8 @@ public enum NPY {
         header.append(contentsOf: repeatElement(UInt8(ascii: " "), count: total - 10 - header.count - 1))
         header.append(UInt8(ascii: "\n"))
         guard header.count <= Int(UInt16.max) else {
-            throw CheckpointError(code: .invalidArgument, path: path, message: "shape \(tensor.shape) too long for .npy 1.0")
+            throw CheckpointError(
+                code: .invalidArgument, path: path, message: "shape \(tensor.shape) too long for .npy 1.0")
         }
         try DurableFile.write(to: path, failure: CheckpointError.durable) { (out) throws(CheckpointError) in
             try out.write([0x93] + Array("NUMPY".utf8) + [1, 0])
@@ -181,7 +197,8 @@ struct NPYHeader {
             var parser = PyLiteralParser(bytes: headerBytes)
             dict = try parser.parseDictionary()
         } catch {
-            throw fail(.badHeader, "header is not a Python dict literal: \(error.message) at header byte \(error.offset)")
+            throw fail(
+                .badHeader, "header is not a Python dict literal: \(error.message) at header byte \(error.offset)")
         }
         var descr: PyLiteral?, fortranOrder: PyLiteral?, shapeValue: PyLiteral?
         for (key, value) in dict {
@@ -199,10 +216,14 @@ struct NPYHeader {
             throw fail(.unsupportedDType, "descr is not a simple dtype string (structured dtypes are not read)")
         }
         guard let dtype = NPYDType(descr: descrText) else {
-            throw fail(.unsupportedDType,
-                       "dtype '\(descrText)' is not read (supported: \(NPYDType.allCases.map(\.rawValue).joined(separator: " ")))")
+            throw fail(
+                .unsupportedDType,
+                "dtype '\(descrText)' is not read (supported: \(NPYDType.allCases.map(\.rawValue).joined(separator: " ")))"
+            )
         }
-        guard case .bool(let isFortran) = fortranOrder else { throw fail(.badHeader, "fortran_order is not True/False") }
+        guard case .bool(let isFortran) = fortranOrder else {
+            throw fail(.badHeader, "fortran_order is not True/False")
+        }
         guard !isFortran else {
             throw fail(.unsupportedLayout, "fortran_order is True; only C order is read")
         }
@@ -222,10 +243,14 @@ struct NPYHeader {
         let available = bytes.count - dataOffset
         let (needed, overflow) = count.multipliedReportingOverflow(by: dtype.size)
         guard !overflow, needed <= available else {
-            throw fail(.truncated, "data has \(available) bytes, shape \(shape) of '\(dtype.rawValue)' needs \(overflow ? "more" : String(needed))")
+            throw fail(
+                .truncated,
+                "data has \(available) bytes, shape \(shape) of '\(dtype.rawValue)' needs \(overflow ? "more" : String(needed))"
+            )
         }
         guard needed == available else {
-            throw fail(.shapeMismatch, "data has \(available) bytes, shape \(shape) of '\(dtype.rawValue)' needs \(needed)")
+            throw fail(
+                .shapeMismatch, "data has \(available) bytes, shape \(shape) of '\(dtype.rawValue)' needs \(needed)")
         }
         return NPYHeader(shape: shape, dtype: dtype, dataOffset: dataOffset)
     }
@@ -281,14 +306,22 @@ struct PyLiteralParser {
             var pairs: [(key: String, value: PyLiteral)] = []
             while true {
                 skipWhitespace()
-                if current == UInt8(ascii: "}") { index += 1; return .dictionary(pairs) }
-                guard case .string(let key) = try parseValue(depth: depth + 1) else { throw error("dict key is not a string") }
+                if current == UInt8(ascii: "}") {
+                    index += 1
+                    return .dictionary(pairs)
+                }
+                guard case .string(let key) = try parseValue(depth: depth + 1) else {
+                    throw error("dict key is not a string")
+                }
                 skipWhitespace()
                 guard current == UInt8(ascii: ":") else { throw error("expected ':'") }
                 index += 1
                 pairs.append((key, try parseValue(depth: depth + 1)))
                 skipWhitespace()
-                if current == UInt8(ascii: ",") { index += 1; continue }
+                if current == UInt8(ascii: ",") {
+                    index += 1
+                    continue
+                }
                 guard current == UInt8(ascii: "}") else { throw error("expected ',' or '}'") }
             }
         case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
@@ -316,10 +349,16 @@ struct PyLiteralParser {
         var items: [PyLiteral] = []
         while true {
             skipWhitespace()
-            if current == closing { index += 1; return items }
+            if current == closing {
+                index += 1
+                return items
+            }
             items.append(try parseValue(depth: depth + 1))
             skipWhitespace()
-            if current == UInt8(ascii: ",") { index += 1; continue }
+            if current == UInt8(ascii: ",") {
+                index += 1
+                continue
+            }
             guard current == closing else { throw error("expected ',' or a closing bracket") }
         }
     }

@@ -196,7 +196,9 @@ public enum SafeOpen {
 
     /// `name` in folder `dirfd` as an O_PATH descriptor, refused unless it is a folder (`folder`)
     /// or a regular file that `reader` may search or read. Symbolic links are refused.
-    static func node(_ name: String, in dirfd: Int32, path: String, reader: FileReader?, folder: Bool)
+    static func node(
+        _ name: String, in dirfd: Int32, path: String, reader: FileReader?, folder: Bool
+    )
         throws(SafeOpenError) -> Int32
     {
         let fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC)
@@ -222,14 +224,18 @@ public enum SafeOpen {
         }
         guard type == (folder ? S_IFDIR : S_IFREG) else {
             throw SafeOpenError(
-                reason: .wrongType, path: path, message: "\(path) is \(describe(type)), not \(folder ? "a folder" : "a regular file")",
-                hint: folder ? "name the folder that holds the files" : "name a regular file (not a FIFO, socket, device or folder)")
+                reason: .wrongType, path: path,
+                message: "\(path) is \(describe(type)), not \(folder ? "a folder" : "a regular file")",
+                hint: folder
+                    ? "name the folder that holds the files"
+                    : "name a regular file (not a FIFO, socket, device or folder)")
         }
         if let reader, !reader.may(folder ? FileReader.search : FileReader.read, status) {
             let mode = String(status.st_mode & 0o7777, radix: 8)
             throw SafeOpenError(
                 reason: .permission, path: path,
-                message: "uid \(reader.uid) may not \(folder ? "enter" : "read") \(path) (owner uid \(status.st_uid), group \(status.st_gid), mode 0\(mode)), so griditd will not \(folder ? "enter" : "read") it for them",
+                message:
+                    "uid \(reader.uid) may not \(folder ? "enter" : "read") \(path) (owner uid \(status.st_uid), group \(status.st_gid), mode 0\(mode)), so griditd will not \(folder ? "enter" : "read") it for them",
                 hint: "import files you can read yourself (griditd reads them with your permissions)")
         }
     }
@@ -251,11 +257,12 @@ public enum SafeOpen {
         }
         var status = stat()
         guard fstat(fd, &status) == 0, status.st_dev == before.st_dev, status.st_ino == before.st_ino,
-              status.st_mode & S_IFMT == S_IFREG
+            status.st_mode & S_IFMT == S_IFREG
         else {
             close(fd)
-            throw SafeOpenError(reason: .wrongType, path: path, message: "\(path) changed while it was opened",
-                                hint: "leave the file alone while it is read")
+            throw SafeOpenError(
+                reason: .wrongType, path: path, message: "\(path) changed while it was opened",
+                hint: "leave the file alone while it is read")
         }
         return OpenedFile(fd: fd, status: status, path: path)
     }

@@ -26,7 +26,8 @@ extension SafetensorsFile {
 
 /// Index of the first of `count` little-endian `T`s at `start` with every bit of `mask` set.
 /// Blocks are reduced without branches (so the loop vectorizes); only a block with a hit is rescanned.
-private func firstAllSet<T: FixedWidthInteger & UnsignedInteger>(_ start: UnsafeRawPointer, count: Int, mask: T) -> Int? {
+private func firstAllSet<T: FixedWidthInteger & UnsignedInteger>(_ start: UnsafeRawPointer, count: Int, mask: T) -> Int?
+{
     let width = MemoryLayout<T>.size
     func element(_ i: Int) -> T { T(littleEndian: start.loadUnaligned(fromByteOffset: i * width, as: T.self)) }
     var block = 0

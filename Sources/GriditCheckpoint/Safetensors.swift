@@ -130,17 +130,20 @@ public struct SafetensorsFile: TensorSource, Sendable {
         case .f32:
             if Int(bitPattern: source) % MemoryLayout<Float>.alignment == 0 {
                 let floats = source.assumingMemoryBound(to: Float.self)
-                return Tensor(storage: TensorStorage(borrowing: floats, count: count, owner: mapping), shape: info.shape)
+                return Tensor(
+                    storage: TensorStorage(borrowing: floats, count: count, owner: mapping), shape: info.shape)
             }
             let out = Tensor(zeros: info.shape)
             UnsafeMutableRawPointer(out.mutablePointer).copyMemory(from: source, byteCount: count * 4)
             return out
         case .f16, .bf16:
-            let decode = info.dtype == .f16 ? HalfPrecision.float(fromHalfBits:) : HalfPrecision.float(fromBFloat16Bits:)
+            let decode =
+                info.dtype == .f16 ? HalfPrecision.float(fromHalfBits:) : HalfPrecision.float(fromBFloat16Bits:)
             let out = Tensor(zeros: info.shape)
             let destination = out.mutablePointer
             for i in 0..<count {
-                destination[i] = decode(UInt16(littleEndian: source.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
+                destination[i] = decode(
+                    UInt16(littleEndian: source.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
             }
             return out
         default:
@@ -162,26 +165,32 @@ struct SafetensorsHeader {
 
     static func parse(_ file: MappedFile) throws(CheckpointError) -> SafetensorsHeader {
         let path = file.path
-        func fail(_ code: CheckpointError.Code, _ message: String, tensor: String? = nil,
-                  hint: String = Hints.reexport) -> CheckpointError {
+        func fail(
+            _ code: CheckpointError.Code, _ message: String, tensor: String? = nil,
+            hint: String = Hints.reexport
+        ) -> CheckpointError {
             CheckpointError(code: code, path: path, tensor: tensor, message: message, hint: hint)
         }
 
         guard file.size >= 8 else {
-            throw fail(.truncated, "file has \(file.size) bytes, fewer than the 8-byte header length",
-                       hint: Hints.incomplete)
+            throw fail(
+                .truncated, "file has \(file.size) bytes, fewer than the 8-byte header length",
+                hint: Hints.incomplete)
         }
         // Until the header parses, messages never quote the file's bytes (not even the length
         // they declare as a number): the file may be anything, /etc/shadow included.
         let declared = UInt64(littleEndian: file.base.loadUnaligned(as: UInt64.self))
         guard declared <= UInt64(SafetensorsFile.maxHeaderLength) else {
-            throw fail(.headerTooLarge,
-                       "the declared header length exceeds the \(SafetensorsFile.maxHeaderLength)-byte cap (is it a safetensors file?)")
+            throw fail(
+                .headerTooLarge,
+                "the declared header length exceeds the \(SafetensorsFile.maxHeaderLength)-byte cap (is it a safetensors file?)"
+            )
         }
         let headerLength = Int(declared)
         guard headerLength <= file.size - 8 else {
-            throw fail(.truncated, "the declared header length runs past the end of the \(file.size)-byte file",
-                       hint: Hints.incomplete)
+            throw fail(
+                .truncated, "the declared header length runs past the end of the \(file.size)-byte file",
+                hint: Hints.incomplete)
         }
         guard headerLength > 0 else { throw fail(.badHeader, "header length is 0 (no JSON header)") }
 
@@ -212,18 +221,25 @@ struct SafetensorsHeader {
                 metadata = try parseMetadata(value, fail: fail)
                 continue
             }
-            tensors.append(try parseEntry(name: name, value: value, dataStart: 8 + headerLength,
-                                          dataSize: dataSize, fail: fail))
+            tensors.append(
+                try parseEntry(
+                    name: name, value: value, dataStart: 8 + headerLength,
+                    dataSize: dataSize, fail: fail))
         }
 
         // Overlaps: sort by start; each non-empty range must begin at or after the previous end.
-        tensors.sort { ($0.dataOffsets.lowerBound, $0.dataOffsets.upperBound) < ($1.dataOffsets.lowerBound, $1.dataOffsets.upperBound) }
+        tensors.sort {
+            ($0.dataOffsets.lowerBound, $0.dataOffsets.upperBound) < (
+                $1.dataOffsets.lowerBound, $1.dataOffsets.upperBound
+            )
+        }
         var previous: SafetensorsTensorInfo?
         for info in tensors where !info.dataOffsets.isEmpty {
             if let previous, info.dataOffsets.lowerBound < previous.dataOffsets.upperBound {
-                throw fail(.overlap,
-                           "bytes \(info.dataOffsets) overlap tensor '\(previous.name)' at \(previous.dataOffsets)",
-                           tensor: info.name)
+                throw fail(
+                    .overlap,
+                    "bytes \(info.dataOffsets) overlap tensor '\(previous.name)' at \(previous.dataOffsets)",
+                    tensor: info.name)
             }
             previous = info
         }
@@ -267,7 +283,9 @@ struct SafetensorsHeader {
         }
 
         guard let dtypeValue else { throw bad("missing field 'dtype'") }
-        guard case .string(let dtypeName) = dtypeValue else { throw bad("dtype is \(dtypeValue.kind), expected a string") }
+        guard case .string(let dtypeName) = dtypeValue else {
+            throw bad("dtype is \(dtypeValue.kind), expected a string")
+        }
         guard let dtype = SafetensorsDType(rawValue: dtypeName) else {
             throw fail(.unsupportedDType, "unknown dtype '\(dtypeName)'", name, Hints.toFloat32)
         }
@@ -287,38 +305,46 @@ struct SafetensorsHeader {
 
         guard let offsetsValue else { throw bad("missing field 'data_offsets'") }
         guard case .array(let offsets) = offsetsValue, offsets.count == 2,
-              case .integer(let begin) = offsets[0], case .integer(let end) = offsets[1], begin >= 0, end >= 0
-        else { throw fail(.badOffsets, "data_offsets is not [begin, end] of non-negative integers", name, Hints.reexport) }
+            case .integer(let begin) = offsets[0], case .integer(let end) = offsets[1], begin >= 0, end >= 0
+        else {
+            throw fail(.badOffsets, "data_offsets is not [begin, end] of non-negative integers", name, Hints.reexport)
+        }
         guard begin <= end else {
             throw fail(.badOffsets, "data_offsets [\(begin), \(end)] has begin > end", name, Hints.reexport)
         }
         guard end <= dataSize else {
-            throw fail(.badOffsets,
-                       "data_offsets [\(begin), \(end)] end past the data section (\(dataSize) bytes)", name, Hints.incomplete)
+            throw fail(
+                .badOffsets,
+                "data_offsets [\(begin), \(end)] end past the data section (\(dataSize) bytes)", name, Hints.incomplete)
         }
 
         var byteCount = dtype.size
         for n in shape {
             let (product, overflow) = byteCount.multipliedReportingOverflow(by: n)
-            guard !overflow else { throw fail(.shapeMismatch, "shape \(shape) overflows the byte count", name, Hints.reexport) }
+            guard !overflow else {
+                throw fail(.shapeMismatch, "shape \(shape) overflows the byte count", name, Hints.reexport)
+            }
             byteCount = product
         }
         guard end - begin == byteCount else {
-            throw fail(.shapeMismatch,
-                       "data_offsets [\(begin), \(end)] hold \(end - begin) bytes, shape \(shape) of \(dtype.rawValue) needs \(byteCount)",
-                       name, Hints.reexport)
+            throw fail(
+                .shapeMismatch,
+                "data_offsets [\(begin), \(end)] hold \(end - begin) bytes, shape \(shape) of \(dtype.rawValue) needs \(byteCount)",
+                name, Hints.reexport)
         }
-        return SafetensorsTensorInfo(name: name, dtype: dtype, shape: shape, dataOffsets: begin..<end,
-                                     fileRange: (dataStart + begin)..<(dataStart + end))
+        return SafetensorsTensorInfo(
+            name: name, dtype: dtype, shape: shape, dataOffsets: begin..<end,
+            fileRange: (dataStart + begin)..<(dataStart + end))
     }
 
     private static func describe(_ dims: [JSONValue]) -> String {
-        "[" + dims.map { dim -> String in
-            switch dim {
-            case .integer(let n): return String(n)
-            case .number(let text): return text
-            default: return dim.kind
-            }
-        }.joined(separator: ", ") + "]"
+        "["
+            + dims.map { dim -> String in
+                switch dim {
+                case .integer(let n): return String(n)
+                case .number(let text): return text
+                default: return dim.kind
+                }
+            }.joined(separator: ", ") + "]"
     }
 }

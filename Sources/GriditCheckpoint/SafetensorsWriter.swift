@@ -63,16 +63,19 @@ public enum SafetensorsWriter {
         for entry in entries {
             guard entry.name != "__metadata__" else { throw invalid("the name '__metadata__' is reserved") }
             guard seen.insert(entry.name).inserted else {
-                throw CheckpointError(code: .duplicateTensor, path: path, tensor: entry.name,
-                                      message: "name given more than once to the writer")
+                throw CheckpointError(
+                    code: .duplicateTensor, path: path, tensor: entry.name,
+                    message: "name given more than once to the writer")
             }
             guard entry.dtype.isReadableAsFloat32 else {
-                throw CheckpointError(code: .unsupportedDType, path: path, tensor: entry.name,
-                                      message: "the writer stores F32, F16 or BF16, not \(entry.dtype.rawValue)")
+                throw CheckpointError(
+                    code: .unsupportedDType, path: path, tensor: entry.name,
+                    message: "the writer stores F32, F16 or BF16, not \(entry.dtype.rawValue)")
             }
             guard entry.shape.count <= SafetensorsFile.maxRank, entry.shape.allSatisfy({ $0 >= 0 }) else {
-                throw invalid("shape \(entry.shape) needs at most \(SafetensorsFile.maxRank) non-negative dims",
-                              tensor: entry.name)
+                throw invalid(
+                    "shape \(entry.shape) needs at most \(SafetensorsFile.maxRank) non-negative dims",
+                    tensor: entry.name)
             }
             var count = 1
             for n in entry.shape {
@@ -97,7 +100,10 @@ public enum SafetensorsWriter {
 
             let floats = UnsafeMutableBufferPointer<Float>.allocate(capacity: chunkElements)
             let halves = UnsafeMutableBufferPointer<UInt16>.allocate(capacity: chunkElements)
-            defer { floats.deallocate(); halves.deallocate() }
+            defer {
+                floats.deallocate()
+                halves.deallocate()
+            }
             let dataStart = out.offset
             for (index, entry) in entries.enumerated() {
                 try out.writeZeros(dataStart + ranges[index].lowerBound - out.offset)
@@ -109,7 +115,8 @@ public enum SafetensorsWriter {
                     switch entry.dtype {
                     case .f16, .bf16:
                         for i in 0..<n {
-                            let bits = entry.dtype == .f16
+                            let bits =
+                                entry.dtype == .f16
                                 ? HalfPrecision.halfBits(from: chunk[i]) : HalfPrecision.bfloat16Bits(from: chunk[i])
                             halves[i] = bits.littleEndian
                         }
@@ -132,8 +139,9 @@ public enum SafetensorsWriter {
         }
         for (entry, range) in zip(entries, ranges) {
             let shape = entry.shape.map(String.init).joined(separator: ",")
-            parts.append("\(jsonQuoted(entry.name)):{\"dtype\":\"\(entry.dtype.rawValue)\",\"shape\":[\(shape)],"
-                         + "\"data_offsets\":[\(range.lowerBound),\(range.upperBound)]}")
+            parts.append(
+                "\(jsonQuoted(entry.name)):{\"dtype\":\"\(entry.dtype.rawValue)\",\"shape\":[\(shape)],"
+                    + "\"data_offsets\":[\(range.lowerBound),\(range.upperBound)]}")
         }
         var bytes = Array(("{" + parts.joined(separator: ",") + "}").utf8)
         let padded = roundUp(8 + bytes.count, to: dataSectionAlignment) - 8

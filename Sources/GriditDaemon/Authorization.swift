@@ -1,12 +1,14 @@
 // Who is calling, from the kernel's SO_PEERCRED on the accepted Unix socket (no tokens, no
 // passwords: the socket's 0660 mode and group already decide who may connect at all).
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import NIOCore
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The connecting process as the kernel reports it.
 public struct PeerCredentials: Sendable, Hashable {
@@ -38,7 +40,8 @@ public struct PeerCredentials: Sendable, Hashable {
         }
         let future: EventLoopFuture<UCred> = provider.unsafeGetSocketOption(
             level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(soPeerCred))
-        return future
+        return
+            future
             .map { Optional(PeerCredentials(pid: $0.pid, uid: $0.uid, gid: $0.gid)) }
             .recover { _ in nil }
     }
@@ -67,7 +70,8 @@ public struct Caller: Sendable, Hashable {
     }
 
     /// A peer of the TCP metrics listener: no credentials, no rights (uid `nobody`).
-    public static let anonymous = Caller(credentials: PeerCredentials(pid: 0, uid: 65_534, gid: 65_534), isAdmin: false, isMember: false)
+    public static let anonymous = Caller(
+        credentials: PeerCredentials(pid: 0, uid: 65_534, gid: 65_534), isAdmin: false, isMember: false)
 
     /// The answer to a caller who may not use griditd at all.
     public func notMemberError(userGroup: String?, adminGroup: String?) -> APIError {
@@ -135,12 +139,13 @@ public final class Authorizer: Sendable {
 
     /// The gid of a group name, or nil when there is no such group.
     public static func gid(of group: String) -> UInt32? {
-        var grp = group_t()
+        var grp = GroupEntry()
         var buffer = [CChar](repeating: 0, count: 16384)
-        var entry: UnsafeMutablePointer<group_t>?
+        var entry: UnsafeMutablePointer<GroupEntry>?
         guard getgrnam_r(group, &grp, &buffer, buffer.count, &entry) == 0, let entry else { return nil }
         return entry.pointee.gr_gid
     }
 }
 
-typealias group_t = Glibc.group
+/// glibc's `struct group` (in Swift the type and `group` the function share one name).
+typealias GroupEntry = Glibc.group

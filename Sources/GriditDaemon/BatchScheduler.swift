@@ -2,9 +2,10 @@
 // the worker feeds it what happens (the engine's hooks, jobs claimed to join, what the database
 // answered, the clock) and performs the actions it returns. No I/O, no lock, no clock of its own,
 // so that its rules are tested with fixed instants (BatchSchedulerTests).
+
 import Foundation
-import GriditJobSpec
 import GriditJobQueue
+import GriditJobSpec
 
 struct BatchScheduler {
     struct Settings: Sendable, Hashable {
@@ -117,7 +118,8 @@ struct BatchScheduler {
         switch event {
         case .offered(let item, let claim):
             guard !isClosed else { return [.handBack(claim)] }
-            members[item.jobID] = Member(item: item, token: claim.token, claim: claim, waiting: true, lastHeartbeat: now)
+            members[item.jobID] = Member(
+                item: item, token: claim.token, claim: claim, waiting: true, lastHeartbeat: now)
             inbox.append(item.jobID)
             return []
         case .admit:
@@ -151,7 +153,8 @@ struct BatchScheduler {
             inbox = []
             for (id, member) in members.sorted(by: { $0.key < $1.key }) where !member.reported {
                 members[id]?.reported = true
-                outcomes.append((id, .failed(JobFailure(.internalError, "the engine returned without reporting job \(id)"))))
+                outcomes.append(
+                    (id, .failed(JobFailure(.internalError, "the engine returned without reporting job \(id)"))))
             }
             return actions
         }
@@ -163,7 +166,8 @@ struct BatchScheduler {
         var actions: [Action] = []
         for id in members.keys.sorted() {
             var member = members[id]!
-            let due = heartbeats && (member.active || member.waiting) && !member.reported
+            let due =
+                heartbeats && (member.active || member.waiting) && !member.reported
                 && now.timeIntervalSince(member.lastHeartbeat) >= settings.heartbeatEvery
             if let progress = member.progress { actions.append(.saveProgress(id, member.token, progress)) }
             if due { actions.append(.heartbeat(id, member.token)) }

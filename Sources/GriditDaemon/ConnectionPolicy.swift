@@ -1,6 +1,7 @@
 // Who may hold a connection to the control socket, and for how long a client may keep one
 // without sending a request or reading the answer: the defence against slow and idle clients
 // (slowloris), which once locked everyone out with 600 idle connections, root included.
+
 import GriditAPI
 import NIOCore
 import NIOHTTP1
@@ -65,7 +66,8 @@ final class ConnectionLimiter: Sendable {
         switch refusal {
         case .full:
             return APIError(
-                .unavailable, "griditd is serving \(limits.maxConnections) connections already (--max-connections); retry shortly")
+                .unavailable,
+                "griditd is serving \(limits.maxConnections) connections already (--max-connections); retry shortly")
         case .reservedForAdmins:
             return APIError(
                 .unavailable,

@@ -1,15 +1,17 @@
 // The `/v1` endpoints. `ControlAPI.routes` is the table the router dispatches on and the one the
 // OpenAPI test compares with docs/openapi.yaml, so the document cannot drift from the server.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
-import GriditJobSpec
 import GriditJobQueue
+import GriditJobSpec
 import GriditStateDatabase
 import Logging
 import NIOHTTP1
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public struct Route: Sendable {
     public var method: HTTPMethod
@@ -71,7 +73,8 @@ public struct ControlAPI: Sendable {
         Route(method: .POST, template: "/v1/models/import") { api, r, _ in
             let body = try api.decode(ImportModelRequest.self, r)
             guard body.path.hasPrefix("/") else {
-                throw APIError(.badRequest, "path must be absolute (griditctl makes it so); got '\(body.path.prefix(100))'")
+                throw APIError(
+                    .badRequest, "path must be absolute (griditctl makes it so); got '\(body.path.prefix(100))'")
             }
             return try await api.model(.importPipeline(body), r)
         },
@@ -84,11 +87,14 @@ public struct ControlAPI: Sendable {
         Route(method: .POST, template: "/v1/models/gc") { api, r, _ in
             try await api.model(.gc(try api.decode(GCModelsRequest.self, r, emptyAllowed: true)), r)
         },
-        Route(method: .GET, template: "/v1/models/{ref}") { api, r, p in try await api.model(.show(reference: p["ref"]!), r) },
+        Route(method: .GET, template: "/v1/models/{ref}") { api, r, p in
+            try await api.model(.show(reference: p["ref"]!), r)
+        },
         Route(method: .DELETE, template: "/v1/models/{ref}") { api, r, p in
             try await api.model(.remove(reference: p["ref"]!), r)
         },
-        Route(method: .GET, template: "/v1/models/{ref}/bundle") { api, r, p in try await api.exportBundle(r, p["ref"]!) },
+        Route(method: .GET, template: "/v1/models/{ref}/bundle") { api, r, p in try await api.exportBundle(r, p["ref"]!)
+        },
     ]
 
     /// The routes of the TCP listener: metrics and health, nothing that reads or changes jobs
@@ -101,17 +107,23 @@ public struct ControlAPI: Sendable {
         let started = ContinuousClock.now
         let (response, route) = await dispatch(request)
         context.metrics.request(
-            route: route, method: request.method.rawValue, status: response.status.code, duration: ContinuousClock.now - started)
+            route: route, method: request.method.rawValue, status: response.status.code,
+            duration: ContinuousClock.now - started)
         return response
     }
 
     /// The TCP listener's handler: the observability routes alone.
     public func handleObservability(_ request: HTTPRequest) async -> HTTPResponse {
-        guard let route = Self.routes.first(where: { Self.observabilityRoutes.contains($0.template) && $0.match(request.path) != nil })
+        guard
+            let route = Self.routes.first(where: {
+                Self.observabilityRoutes.contains($0.template) && $0.match(request.path) != nil
+            })
         else {
-            return .error(APIError(
-                .notFound,
-                "this listener serves only GET /metrics, /healthz and /readyz; the API is on griditd's Unix socket"))
+            return .error(
+                APIError(
+                    .notFound,
+                    "this listener serves only GET /metrics, /healthz and /readyz; the API is on griditd's Unix socket")
+            )
         }
         return await handle(request, route: route)
     }
@@ -140,27 +152,36 @@ public struct ControlAPI: Sendable {
             return (await run(route, request), route.template)
         }
         if !allowed.isEmpty {
-            var response = HTTPResponse.error(APIError(
-                .methodNotAllowed,
-                "\(request.method.rawValue) is not allowed on \(request.rawPath.prefix(200)); use \(allowed.map(\.rawValue).joined(separator: " or "))"))
+            var response = HTTPResponse.error(
+                APIError(
+                    .methodNotAllowed,
+                    "\(request.method.rawValue) is not allowed on \(request.rawPath.prefix(200)); use \(allowed.map(\.rawValue).joined(separator: " or "))"
+                ))
             response.headers.append(("Allow", allowed.map(\.rawValue).joined(separator: ", ")))
             return (response, matched ?? "other")
         }
-        return (.error(APIError(
-            .notFound, "no endpoint \(request.method.rawValue) \(request.rawPath.prefix(200)); the API is described in docs/openapi.yaml")),
-            "other")
+        return (
+            .error(
+                APIError(
+                    .notFound,
+                    "no endpoint \(request.method.rawValue) \(request.rawPath.prefix(200)); the API is described in docs/openapi.yaml"
+                )),
+            "other"
+        )
     }
 
     private func handle(_ request: HTTPRequest, route: Route) async -> HTTPResponse {
         guard request.method == .GET || request.method == .HEAD else {
-            var response = HTTPResponse.error(APIError(.methodNotAllowed, "\(request.method.rawValue) is not allowed on \(route.template); use GET"))
+            var response = HTTPResponse.error(
+                APIError(.methodNotAllowed, "\(request.method.rawValue) is not allowed on \(route.template); use GET"))
             response.headers.append(("Allow", "GET"))
             return response
         }
         let started = ContinuousClock.now
         let response = await run(route, request)
         context.metrics.request(
-            route: route.template, method: request.method.rawValue, status: response.status.code, duration: ContinuousClock.now - started)
+            route: route.template, method: request.method.rawValue, status: response.status.code,
+            duration: ContinuousClock.now - started)
         return response
     }
 
@@ -186,7 +207,8 @@ public struct ControlAPI: Sendable {
             ready: await readinessReasons().isEmpty, diskFreeBytes: context.freeBytes(),
             models: await context.catalog?.loadedModels() ?? [])
         let text = context.metrics.render(snapshot)
-        return HTTPResponse(status: .ok, body: .data(Data(text.utf8), contentType: "text/plain; version=0.0.4; charset=utf-8"))
+        return HTTPResponse(
+            status: .ok, body: .data(Data(text.utf8), contentType: "text/plain; version=0.0.4; charset=utf-8"))
     }
 
     /// Live: griditd answers (its event loop, its handlers).
@@ -197,13 +219,16 @@ public struct ControlAPI: Sendable {
     /// Ready: a queued job would be claimed now (200), else 503 with the reasons.
     func readiness() async -> HTTPResponse {
         let reasons = await readinessReasons()
-        return .json(Readiness(ready: reasons.isEmpty, reasons: reasons), status: reasons.isEmpty ? .ok : .serviceUnavailable)
+        return .json(
+            Readiness(ready: reasons.isEmpty, reasons: reasons), status: reasons.isEmpty ? .ok : .serviceUnavailable)
     }
 
     private func readinessReasons() async -> [String] {
         var reasons: [String] = []
         if context.engine == nil { reasons.append("this griditd has no engine: jobs stay queued") }
-        if let blocker = context.startBlocker(remakeReserve: false), blocker.blocksJobs { reasons.append(blocker.message) }
+        if let blocker = context.startBlocker(remakeReserve: false), blocker.blocksJobs {
+            reasons.append(blocker.message)
+        }
         do {
             if try await context.store.isPaused() { reasons.append("the queue is paused (`griditctl queue resume`)") }
         } catch {
@@ -243,30 +268,33 @@ public struct ControlAPI: Sendable {
         let queue: QueueStatus
         do {
             queue = try await currentQueue()
-        } catch where lost {
+        } catch  where lost {
             queue = QueueStatus(paused: false, counts: QueueCounts(), maxQueued: context.configuration.maxQueued)
         }
         var running: [RunningJob] = []
         for id in context.monitor.runningIDs {
             guard let job = try? await context.store.get(id: id) else { continue }
-            running.append(RunningJob(
-                id: id, ownerUID: job.ownerUID, pipelineDigest: job.pipelineDigest,
-                progress: try Self.info(job, live: context.monitor.live(id)).progress))
+            running.append(
+                RunningJob(
+                    id: id, ownerUID: job.ownerUID, pipelineDigest: job.pipelineDigest,
+                    progress: try Self.info(job, live: context.monitor.live(id)).progress))
         }
         let filter = JobFilter(states: [.queued, .retryable, .running], ownerUID: request.caller.uid, limit: 100)
-        let mine = lost ? ((try? await context.store.list(filter)) ?? []) : try await store { try await $0.list(filter) }
+        let mine =
+            lost ? ((try? await context.store.list(filter)) ?? []) : try await store { try await $0.list(filter) }
         let now = Date()
-        return .json(DaemonStatus(
-            version: griditVersion, apiVersion: apiVersion, instanceID: context.configuration.instanceID,
-            pid: getpid(), startedAt: context.startedAt, uptimeSeconds: now.timeIntervalSince(context.startedAt),
-            stateDirectory: context.configuration.stateDirectory, diskFreeBytes: context.freeBytes(),
-            minFreeBytes: context.configuration.minFreeBytes, queue: queue, running: running,
-            yourJobs: mine.map {
-                QueuedJobPosition(id: $0.id, state: $0.state, queuePosition: $0.queuePosition)
-            },
-            loadedModels: await context.catalog?.loadedModels() ?? [], engineAvailable: context.engine != nil,
-            modelStoreAvailable: context.catalog != nil, blasThreads: context.configuration.blasThreads,
-            caller: request.caller.info, notices: notices, worker: context.engine?.worker))
+        return .json(
+            DaemonStatus(
+                version: griditVersion, apiVersion: apiVersion, instanceID: context.configuration.instanceID,
+                pid: getpid(), startedAt: context.startedAt, uptimeSeconds: now.timeIntervalSince(context.startedAt),
+                stateDirectory: context.configuration.stateDirectory, diskFreeBytes: context.freeBytes(),
+                minFreeBytes: context.configuration.minFreeBytes, queue: queue, running: running,
+                yourJobs: mine.map {
+                    QueuedJobPosition(id: $0.id, state: $0.state, queuePosition: $0.queuePosition)
+                },
+                loadedModels: await context.catalog?.loadedModels() ?? [], engineAvailable: context.engine != nil,
+                modelStoreAvailable: context.catalog != nil, blasThreads: context.configuration.blasThreads,
+                caller: request.caller.info, notices: notices, worker: context.engine?.worker))
     }
 
     /// Why a due job that waits does not start now (nil: it starts when its turn comes).
@@ -284,7 +312,8 @@ public struct ControlAPI: Sendable {
     }
 
     /// A job row as the API shows it; a row whose spec does not decode is an internal error.
-    static func info(_ job: Job, live: StepProgress? = nil, errors: [JobErrorRecord]? = nil) throws(APIError) -> JobInfo {
+    static func info(_ job: Job, live: StepProgress? = nil, errors: [JobErrorRecord]? = nil) throws(APIError) -> JobInfo
+    {
         do {
             return try job.info(live: live, errors: errors)
         } catch {
@@ -303,12 +332,14 @@ public struct ControlAPI: Sendable {
         } else if let model = body.spec.model {
             throw APIError(
                 .notImplemented,
-                "this griditd was built without the model store, so it cannot resolve '\(model)'; submit without --model")
+                "this griditd was built without the model store, so it cannot resolve '\(model)'; submit without --model"
+            )
         }
         let caller = request.caller
         let priority = try SubmitPolicy.priority(body.priority, caller: caller, configuration: context.configuration)
         var spec = body.spec
-        if spec.parameters.seed == nil { spec.parameters.seed = UInt64.random(in: 0...(1 << 53 - 1)) }  // exact in any JSON reader
+        // A seed below 2^53, exact in any JSON reader.
+        if spec.parameters.seed == nil { spec.parameters.seed = UInt64.random(in: 0...(1 << 53 - 1)) }
         let work: TimeInterval
         do {
             work = try await context.engine?.validate(spec, pipelineDigest: digest) ?? 0
@@ -344,16 +375,21 @@ public struct ControlAPI: Sendable {
             await context.refreshStatus()
         }
         return .json(
-            SubmitJobResponse(job: try Self.info(result.job), deduplicated: result.deduplicated, instanceID: context.configuration.instanceID),
+            SubmitJobResponse(
+                job: try Self.info(result.job), deduplicated: result.deduplicated,
+                instanceID: context.configuration.instanceID),
             status: result.deduplicated ? .ok : .created)
     }
 
     /// The caller's output folder is neither on disk nor promised to another of its waiting or
     /// running jobs (names are per user: other users' names never collide with it).
-    private static func checkOutputFree(_ output: String, owner: UInt32, key: String?, context: DaemonContext) async throws(APIError) {
+    private static func checkOutputFree(
+        _ output: String, owner: UInt32, key: String?, context: DaemonContext
+    ) async throws(APIError) {
         let live: [Job]
         do {
-            live = try await context.store.list(JobFilter(states: [.queued, .retryable, .running], ownerUID: owner, limit: 100_000))
+            live = try await context.store.list(
+                JobFilter(states: [.queued, .retryable, .running], ownerUID: owner, limit: 100_000))
         } catch {
             throw translate(error)
         }
@@ -365,7 +401,8 @@ public struct ControlAPI: Sendable {
         if let other {
             if let key, other.idempotencyKey == key { return }  // the same job again
             throw APIError(
-                .conflict, "job \(other.id) already writes to the output '\(output)'; choose another --output", jobID: other.id)
+                .conflict, "job \(other.id) already writes to the output '\(output)'; choose another --output",
+                jobID: other.id)
         }
         let path = context.layout.namedOutputDirectory(owner: owner, name: output)
         if FileManager.default.fileExists(atPath: path) {
@@ -380,7 +417,8 @@ public struct ControlAPI: Sendable {
                 guard let state = JobState(rawValue: String(name)) else {
                     throw APIError(
                         .badRequest,
-                        "unknown state '\(name.prefix(40))'; states are \(JobState.allCases.map(\.rawValue).joined(separator: ", "))")
+                        "unknown state '\(name.prefix(40))'; states are \(JobState.allCases.map(\.rawValue).joined(separator: ", "))"
+                    )
                 }
                 filter.states.insert(state)
             }
@@ -417,17 +455,23 @@ public struct ControlAPI: Sendable {
     func cancel(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
         let id = try jobID(params)
         let caller = request.caller
-        let job = try await store { try await $0.cancel(id: id, requesterUID: caller.uid, isAdmin: caller.isAdmin, now: Date()) }
+        let job = try await store {
+            try await $0.cancel(id: id, requesterUID: caller.uid, isAdmin: caller.isAdmin, now: Date())
+        }
         if job.state == .running { context.monitor.requestStop(id, .cancel) }
         context.monitor.changed(id)
-        context.logger.info("job cancel requested", metadata: ["job.id": "\(id)", "uid": "\(caller.uid)", "state": "\(job.state.rawValue)"])
+        context.logger.info(
+            "job cancel requested",
+            metadata: ["job.id": "\(id)", "uid": "\(caller.uid)", "state": "\(job.state.rawValue)"])
         return .json(try Self.info(job, live: context.monitor.live(id)))
     }
 
     func retry(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
         let id = try jobID(params)
         let caller = request.caller
-        let job = try await store { try await $0.retry(id: id, requesterUID: caller.uid, isAdmin: caller.isAdmin, now: Date()) }
+        let job = try await store {
+            try await $0.retry(id: id, requesterUID: caller.uid, isAdmin: caller.isAdmin, now: Date())
+        }
         context.monitor.changed(id)
         context.monitor.wake()
         context.logger.info("job retried", metadata: ["job.id": "\(id)", "uid": "\(caller.uid)"])
@@ -448,9 +492,11 @@ public struct ControlAPI: Sendable {
         } catch {
             throw Self.translate(error)
         }
-        return .json(PruneResponse(pruned: pruned.map {
-            PruneResponse.Pruned(id: $0.id, state: $0.state, outputDir: $0.outputDir)
-        }))
+        return .json(
+            PruneResponse(
+                pruned: pruned.map {
+                    PruneResponse.Pruned(id: $0.id, state: $0.state, outputDir: $0.outputDir)
+                }))
     }
 
     /// Newline-delimited JSON: the job now, then every change and step, until it is terminal.
@@ -459,42 +505,50 @@ public struct ControlAPI: Sendable {
         let context = self.context
         let updates = context.monitor.watch(id)  // subscribe before the snapshot, so nothing is missed
         let first = try await store { try await $0.get(id: id) }
-        return HTTPResponse(status: .ok, body: .stream(contentType: "application/x-ndjson") { write in
-            func line(_ message: JobEventMessage) -> Data {
-                var data = APICoding.encode(message)
-                data.append(0x0A)
-                return data
-            }
-            var job = first
-            try await write(line(JobEventMessage(kind: .job, job: try Self.info(job, live: context.monitor.live(id)))))
-            if job.state.isTerminal { return }
-            var lastStep = ContinuousClock.now - .seconds(1)
-            for await update in updates {
-                switch update {
-                case .step(let step):
-                    // At most ten step lines a second; the job lines carry every state change.
-                    guard ContinuousClock.now - lastStep >= .milliseconds(100) else { continue }
-                    lastStep = ContinuousClock.now
-                    try await write(line(JobEventMessage(kind: .step, step: step)))
-                case .changed:
-                    guard let now = try? await context.store.get(id: id) else { return }  // pruned
-                    guard now != job || now.state.isTerminal else { continue }
-                    job = now
-                    try await write(line(JobEventMessage(kind: .job, job: try Self.info(job, live: context.monitor.live(id)))))
-                    if job.state.isTerminal { return }
+        return HTTPResponse(
+            status: .ok,
+            body: .stream(contentType: "application/x-ndjson") { write in
+                func line(_ message: JobEventMessage) -> Data {
+                    var data = APICoding.encode(message)
+                    data.append(0x0A)
+                    return data
                 }
-            }
-        })
+                var job = first
+                try await write(
+                    line(JobEventMessage(kind: .job, job: try Self.info(job, live: context.monitor.live(id)))))
+                if job.state.isTerminal { return }
+                var lastStep = ContinuousClock.now - .seconds(1)
+                for await update in updates {
+                    switch update {
+                    case .step(let step):
+                        // At most ten step lines a second; the job lines carry every state change.
+                        guard ContinuousClock.now - lastStep >= .milliseconds(100) else { continue }
+                        lastStep = ContinuousClock.now
+                        try await write(line(JobEventMessage(kind: .step, step: step)))
+                    case .changed:
+                        guard let now = try? await context.store.get(id: id) else { return }  // pruned
+                        guard now != job || now.state.isTerminal else { continue }
+                        job = now
+                        try await write(
+                            line(JobEventMessage(kind: .job, job: try Self.info(job, live: context.monitor.live(id)))))
+                        if job.state.isTerminal { return }
+                    }
+                }
+            })
     }
 
     func files(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
         let (_, root) = try await finishedOutput(request, params)
         var files: [OutputFile] = []
         let rootURL = URL(fileURLWithPath: root)
-        if let walker = FileManager.default.enumerator(at: rootURL, includingPropertiesForKeys: [.isRegularFileKey, .fileSizeKey]) {
+        if let walker = FileManager.default.enumerator(
+            at: rootURL, includingPropertiesForKeys: [.isRegularFileKey, .fileSizeKey])
+        {
             for case let url as URL in walker {
-                guard let values = try? url.resourceValues(forKeys: [.isRegularFileKey, .isSymbolicLinkKey, .fileSizeKey]),
-                      values.isRegularFile == true, values.isSymbolicLink != true
+                guard
+                    let values = try? url.resourceValues(forKeys: [.isRegularFileKey, .isSymbolicLinkKey, .fileSizeKey]
+                    ),
+                    values.isRegularFile == true, values.isSymbolicLink != true
                 else { continue }
                 let relative = url.standardizedFileURL.path.dropFirst(rootURL.standardizedFileURL.path.count + 1)
                 files.append(OutputFile(path: String(relative), size: Int64(values.fileSize ?? 0)))
@@ -508,7 +562,8 @@ public struct ControlAPI: Sendable {
         let relative = params["path"] ?? ""
         let components = relative.split(separator: "/")
         guard !components.isEmpty, !components.contains(where: { $0 == ".." || $0 == "." }) else {
-            throw APIError(.badRequest, "file path '\(relative.prefix(100))' must be relative to the output folder, without '..'")
+            throw APIError(
+                .badRequest, "file path '\(relative.prefix(100))' must be relative to the output folder, without '..'")
         }
         let path = root + "/" + components.joined(separator: "/")
         var st = stat()
@@ -556,7 +611,8 @@ public struct ControlAPI: Sendable {
 
     // MARK: - Helpers
 
-    func decode<T: Decodable>(_ type: T.Type, _ request: HTTPRequest, emptyAllowed: Bool = false) throws(APIError) -> T {
+    func decode<T: Decodable>(_ type: T.Type, _ request: HTTPRequest, emptyAllowed: Bool = false) throws(APIError) -> T
+    {
         let body = request.body.isEmpty && emptyAllowed ? Data("{}".utf8) : request.body
         guard !body.isEmpty else { throw APIError(.badRequest, "the request needs a JSON body") }
         return try APICoding.decode(type, from: body)
@@ -573,7 +629,9 @@ public struct ControlAPI: Sendable {
 
     private func requireCatalog() throws(APIError) -> any ModelCatalog {
         guard let catalog = context.catalog else {
-            throw APIError(.notImplemented, "this griditd was built without the model store; `griditd models` is not available either")
+            throw APIError(
+                .notImplemented,
+                "this griditd was built without the model store; `griditd models` is not available either")
         }
         return catalog
     }
@@ -590,15 +648,21 @@ public struct ControlAPI: Sendable {
         let id = try jobID(params)
         let job = try await store { try await $0.get(id: id) }
         guard request.caller.isAdmin || job.ownerUID == request.caller.uid else {
-            throw APIError(.forbidden, "job \(id) belongs to uid \(job.ownerUID); only its owner or an admin may see it", jobID: id)
+            throw APIError(
+                .forbidden, "job \(id) belongs to uid \(job.ownerUID); only its owner or an admin may see it", jobID: id
+            )
         }
         return job
     }
 
-    private func finishedOutput(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> (Job, String) {
+    private func finishedOutput(
+        _ request: HTTPRequest, _ params: [String: String]
+    ) async throws(APIError) -> (Job, String) {
         let job = try await ownedJob(request, params)
         guard job.state == .succeeded, let root = job.outputDir else {
-            throw APIError(.conflict, "job \(job.id) is \(job.state.rawValue); it has output files once it succeeded", jobID: job.id)
+            throw APIError(
+                .conflict, "job \(job.id) is \(job.state.rawValue); it has output files once it succeeded",
+                jobID: job.id)
         }
         return (job, root)
     }

@@ -1,18 +1,20 @@
 // Start-up and shutdown of griditd: lock, database, crash recovery, socket, READY=1, services.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import GriditFaults
-import GriditJobSpec
 import GriditJobQueue
+import GriditJobSpec
 import GriditStateDatabase
 import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
 import UnixSignals
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public struct DaemonError: Error, CustomStringConvertible {
     public var message: String
@@ -49,7 +51,9 @@ public enum Daemon {
         defer { lock.release() }
         Leftovers.remove(in: layout, logger: logger)
         let notifier = SystemdNotifier()
-        if faults.isActive { logger.warning("test faults are active (GRIDIT_TEST_FAULTS)", metadata: ["faults": "\(faults)"]) }
+        if faults.isActive {
+            logger.warning("test faults are active (GRIDIT_TEST_FAULTS)", metadata: ["faults": "\(faults)"])
+        }
 
         for folder in [layout.work, layout.outputs, layout.tmp] {
             try StatePermissions.directory(folder, mode: StatePermissions.privateDirectory)
@@ -62,7 +66,8 @@ public enum Daemon {
         for note in notes { logger.warning("\(note)") }
         if let reserve = database.reserve, reserve.size > 0, !reserve.isHeld {
             logger.warning(
-                "no room for the database's \(formatBytes(reserve.size)) reserve (\(reserve.path)); griditd makes it once there is")
+                "no room for the database's \(formatBytes(reserve.size)) reserve (\(reserve.path)); griditd makes it once there is"
+            )
         }
         for job in try await store.recoverOrphanedJobs(now: Date()) {
             logger.warning(
@@ -100,7 +105,8 @@ public enum Daemon {
             channel = try await server.bind(listen, group: eventLoops)
         } catch {
             try? await eventLoops.shutdownGracefully()
-            throw DaemonError("cannot listen on \(configuration.socketPath): \(error); check that its folder exists and is writable")
+            throw DaemonError(
+                "cannot listen on \(configuration.socketPath): \(error); check that its folder exists and is writable")
         }
         switch listen {
         case .path(let path): try secureSocket(path, configuration)
@@ -118,7 +124,8 @@ public enum Daemon {
         if let (host, port) = configuration.metricsHostPort {
             let metricsServer = HTTPServer(
                 limits: configuration.http, authorizer: Authorizer(userGroup: nil, adminGroup: nil),
-                logger: Logger(label: "gridit.metrics"), anonymous: true, handler: { await api.handleObservability($0) })
+                logger: Logger(label: "gridit.metrics"), anonymous: true, handler: { await api.handleObservability($0) }
+            )
             let tcp: NIOAsyncChannel<HTTPServer.AcceptedConnection, Never>
             do {
                 tcp = try await metricsServer.bind(.tcp(host: host, port: port), group: eventLoops)
@@ -168,14 +175,16 @@ public enum Daemon {
             throw DaemonError("the state directory: \(error.message)")
         }
         guard access(root, W_OK | X_OK) == 0 else {
-            throw DaemonError("the state directory \(root) is not writable by uid \(getuid()); fix its owner or pass --state-dir")
+            throw DaemonError(
+                "the state directory \(root) is not writable by uid \(getuid()); fix its owner or pass --state-dir")
         }
     }
 
     /// The socket's folder exists; a stale socket file is removed, a live one is refused.
     private static func prepareSocketPath(_ path: String) throws {
         guard path.utf8.count < 108 else {
-            throw DaemonError("the socket path \(path) is \(path.utf8.count) bytes; Unix sockets allow 107. Use a shorter --socket")
+            throw DaemonError(
+                "the socket path \(path) is \(path.utf8.count) bytes; Unix sockets allow 107. Use a shorter --socket")
         }
         let folder = (path as NSString).deletingLastPathComponent
         if !folder.isEmpty && !FileManager.default.fileExists(atPath: folder) {
@@ -206,7 +215,8 @@ public enum Daemon {
     /// group to check callers against: without one every local user would be a member.
     private static func checkInheritedSocket(path: String?, _ configuration: DaemonConfiguration) throws {
         var st = stat()
-        guard configuration.userGroup == nil, let path, stat(path, &st) == 0 else { return }  // the file, not the fd's inode
+        // stat of the path: the socket file, not the inherited fd's inode.
+        guard configuration.userGroup == nil, let path, stat(path, &st) == 0 else { return }
         if st.st_mode & 0o002 != 0 {
             throw DaemonError(
                 "the socket \(path) lets anyone connect (mode \(String(st.st_mode & 0o777, radix: 8))), "
@@ -220,7 +230,8 @@ public enum Daemon {
     private static func secureSocket(_ path: String, _ configuration: DaemonConfiguration) throws {
         if let group = configuration.socketGroup {
             guard let gid = Authorizer.gid(of: group) else {
-                throw DaemonError("the socket group '\(group)' does not exist; create it (systemd-sysusers) or pass --socket-group")
+                throw DaemonError(
+                    "the socket group '\(group)' does not exist; create it (systemd-sysusers) or pass --socket-group")
             }
             guard chown(path, uid_t.max, gid) == 0 else {
                 throw DaemonError("chown of \(path) to group \(group) failed: \(String(cString: strerror(errno)))")
@@ -240,7 +251,7 @@ struct ControlSocketService: Service {
     func run() async throws {
         do {
             try await cancelWhenGracefulShutdown { try await server.serve(channel) }
-        } catch where Task.isShuttingDownGracefully || error is CancellationError {
+        } catch  where Task.isShuttingDownGracefully || error is CancellationError {
             // Shutdown closes the listening socket; that is the way out, not a failure.
         }
     }

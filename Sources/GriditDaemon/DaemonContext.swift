@@ -1,14 +1,15 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import GriditAPI
 import GriditFaults
-import GriditJobSpec
 import GriditJobQueue
+import GriditJobSpec
 import GriditStateDatabase
 import Logging
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What every service and the API share. The store is the truth; the monitor is its fast echo.
 public struct DaemonContext: Sendable {
@@ -33,7 +34,8 @@ public struct DaemonContext: Sendable {
     public init(
         configuration: DaemonConfiguration, store: any JobStore, engine: (any JobEngine)?,
         catalog: (any ModelCatalog)?, monitor: JobMonitor = JobMonitor(), notifier: SystemdNotifier = SystemdNotifier(),
-        faults: FaultInjection = FaultInjection(), logger: Logger, startedAt: Date = Date(), database: StateDatabase? = nil,
+        faults: FaultInjection = FaultInjection(), logger: Logger, startedAt: Date = Date(),
+        database: StateDatabase? = nil,
         metrics: DaemonMetrics = DaemonMetrics()
     ) {
         self.database = database
@@ -67,7 +69,9 @@ public struct DaemonContext: Sendable {
         }
         parts.append("\((counts[.queued] ?? 0) + (counts[.retryable] ?? 0)) queued")
         if paused { parts.append("paused") }
-        if let blocker = startBlocker(remakeReserve: false) { parts.append(blocker.code.rawValue.replacingOccurrences(of: "_", with: " ")) }
+        if let blocker = startBlocker(remakeReserve: false) {
+            parts.append(blocker.code.rawValue.replacingOccurrences(of: "_", with: " "))
+        }
         if engine == nil { parts.append("no engine in this build") }
         notifier.status(parts.joined(separator: " · "))
     }

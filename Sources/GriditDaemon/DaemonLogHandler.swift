@@ -2,12 +2,14 @@
 // $JOURNAL_STREAM) every entry goes to journald with structured fields, so that
 // `journalctl -u griditd JOB_ID=12` or `journalctl STAGE=sr` work; elsewhere one plain line per
 // entry on stderr: `2026-01-02T03:04:05.678Z info gridit.worker: job claimed job.id=12 stage=grid`.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import CSystemd
 import Foundation
 import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public struct DaemonLogHandler: LogHandler {
     public enum Sink: Sendable {
@@ -70,7 +72,9 @@ public struct DaemonLogHandler: LogHandler {
             var bytes = Array(line.utf8)
             var offset = 0
             while offset < bytes.count {
-                let n = bytes.withUnsafeMutableBytes { Glibc.write(STDERR_FILENO, $0.baseAddress! + offset, $0.count - offset) }
+                let n = bytes.withUnsafeMutableBytes {
+                    Glibc.write(STDERR_FILENO, $0.baseAddress! + offset, $0.count - offset)
+                }
                 if n <= 0 { break }
                 offset += n
             }
@@ -116,7 +120,8 @@ public struct DaemonLogHandler: LogHandler {
 
     private static func quoteIfNeeded(_ value: String) -> String {
         value.contains(where: { $0 == " " || $0 == "\"" || $0 == "=" || $0.isNewline })
-            ? "\"" + value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+            ? "\""
+                + value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
                 .replacingOccurrences(of: "\n", with: "\\n") + "\""
             : value
     }

@@ -5,15 +5,17 @@
 // Hummingbird (style.md §4), the peer's SO_PEERCRED is read straight from the accepted child
 // channel, socket activation adopts systemd's fd with `bind(_ socket:)`, and the body limit is
 // ours to enforce (413 with a message, the connection drained so the client reads the answer).
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A parsed request with its caller.
 public struct HTTPRequest: Sendable {
@@ -32,7 +34,8 @@ public enum HTTPResponseBody: Sendable {
     case data(Data, contentType: String)
     /// Chunks (newline-delimited JSON) sent with chunked encoding as `producer` writes them; it
     /// runs in the connection's task and ends the response when it returns.
-    case stream(contentType: String, producer: @Sendable (_ write: @Sendable (Data) async throws -> Void) async throws -> Void)
+    case stream(
+        contentType: String, producer: @Sendable (_ write: @Sendable (Data) async throws -> Void) async throws -> Void)
     /// A file streamed from disk; `deleteAfter` removes it once sent (a temporary export).
     case file(path: String, contentType: String, deleteAfter: Bool)
 }
@@ -126,7 +129,9 @@ public struct HTTPServer: Sendable {
 
     /// Binds (or adopts) the socket and returns the bound server channel; call `serve` next.
     /// Binding happens before READY=1, so a client that starts after READY always connects.
-    public func bind(_ socket: ListenSocket, group: MultiThreadedEventLoopGroup) async throws -> NIOAsyncChannel<AcceptedConnection, Never> {
+    public func bind(
+        _ socket: ListenSocket, group: MultiThreadedEventLoopGroup
+    ) async throws -> NIOAsyncChannel<AcceptedConnection, Never> {
         let limits = self.limits
         // A client that half-closes after its request (shutdown(SHUT_WR)) still reads the answer.
         let bootstrap = ServerBootstrap(group: group)
@@ -138,7 +143,10 @@ public struct HTTPServer: Sendable {
         let finalDecoderLimits = decoderLimits
         let anonymous = self.anonymous
         let initializer: @Sendable (any Channel) -> EventLoopFuture<AcceptedConnection> = { channel in
-            let peer = anonymous ? channel.eventLoop.makeSucceededFuture(Caller.anonymous.credentials) : PeerCredentials.read(from: channel)
+            let peer =
+                anonymous
+                ? channel.eventLoop.makeSucceededFuture(Caller.anonymous.credentials)
+                : PeerCredentials.read(from: channel)
             return peer.flatMapThrowing { credentials in
                 try channel.pipeline.syncOperations.configureHTTPServerPipeline(
                     withPipeliningAssistance: true, withErrorHandling: false, withOutboundHeaderValidation: true,
@@ -180,12 +188,15 @@ public struct HTTPServer: Sendable {
                         }
                         let caller = anonymous ? Caller.anonymous : authorizer.caller(for: credentials)
                         if let refusal = limiter.enter(caller) {
-                            logger.notice("connection refused", metadata: ["uid": "\(caller.uid)", "reason": "\(refusal.message)"])
+                            logger.notice(
+                                "connection refused",
+                                metadata: ["uid": "\(caller.uid)", "reason": "\(refusal.message)"])
                             return await reject(accepted.channel, refusal)
                         }
                         defer { limiter.leave(caller) }
                         guard caller.isMember || anonymous else {
-                            let error = caller.notMemberError(userGroup: authorizer.userGroup, adminGroup: authorizer.adminGroup)
+                            let error = caller.notMemberError(
+                                userGroup: authorizer.userGroup, adminGroup: authorizer.adminGroup)
                             return await reject(accepted.channel, error)
                         }
                         await handle(accepted.channel, caller: caller)
@@ -196,7 +207,8 @@ public struct HTTPServer: Sendable {
     }
 
     private func reject(_ connection: Connection, _ error: APIError) async {
-        await ErrorAnswer.refuse(connection.channel, status: HTTPResponseStatus(statusCode: error.code.httpStatus), error: error)
+        await ErrorAnswer.refuse(
+            connection.channel, status: HTTPResponseStatus(statusCode: error.code.httpStatus), error: error)
     }
 
     private func handle(_ connection: Connection, caller: Caller) async {
@@ -277,14 +289,16 @@ public struct HTTPServer: Sendable {
         case .data(let data, let contentType):
             headers.add(name: "Content-Type", value: contentType)
             headers.add(name: "Content-Length", value: String(data.count))
-            try await outbound.write(.head(HTTPResponseHead(version: version, status: response.status, headers: headers)))
+            try await outbound.write(
+                .head(HTTPResponseHead(version: version, status: response.status, headers: headers)))
             if !isHead && !data.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: data)))) }
             try await outbound.write(.end(nil))
         case .stream(let contentType, let producer):
             headers.add(name: "Content-Type", value: contentType)
             headers.add(name: "Transfer-Encoding", value: "chunked")
             headers.add(name: "Cache-Control", value: "no-store")
-            try await outbound.write(.head(HTTPResponseHead(version: version, status: response.status, headers: headers)))
+            try await outbound.write(
+                .head(HTTPResponseHead(version: version, status: response.status, headers: headers)))
             if !isHead {
                 try await producer { chunk in try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: chunk)))) }
             }
@@ -301,7 +315,8 @@ public struct HTTPServer: Sendable {
             try? file.seek(toOffset: 0)
             headers.add(name: "Content-Type", value: contentType)
             headers.add(name: "Content-Length", value: String(size))
-            try await outbound.write(.head(HTTPResponseHead(version: version, status: response.status, headers: headers)))
+            try await outbound.write(
+                .head(HTTPResponseHead(version: version, status: response.status, headers: headers)))
             var sent: UInt64 = 0
             while !isHead, sent < size {
                 guard let chunk = try file.read(upToCount: 256 * 1024), !chunk.isEmpty else { break }
@@ -326,7 +341,9 @@ public struct HTTPServer: Sendable {
         if parts.count == 2 {
             for item in parts[1].split(separator: "&") where !item.isEmpty {
                 let kv = item.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                let decode = { (s: Substring) in String(s).replacingOccurrences(of: "+", with: " ").removingPercentEncoding }
+                let decode = { (s: Substring) in
+                    String(s).replacingOccurrences(of: "+", with: " ").removingPercentEncoding
+                }
                 guard let key = decode(kv[0]), let value = kv.count == 2 ? decode(kv[1]) : "" else { return nil }
                 query[key] = value
             }
@@ -363,7 +380,8 @@ struct RequestReader {
             let lengthHeader = h.headers.first(name: "content-length")
             if let lengthHeader {
                 guard let declared = Int(lengthHeader), declared >= 0 else {
-                    return .reject(h, APIError(.badRequest, "invalid Content-Length '\(lengthHeader.prefix(40))'"), close: true)
+                    return .reject(
+                        h, APIError(.badRequest, "invalid Content-Length '\(lengthHeader.prefix(40))'"), close: true)
                 }
                 if declared > limits.maxBodyBytes {
                     tooLarge = true
@@ -424,7 +442,9 @@ final class ParserErrorHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let tooLarge = parserError == .headerOverflow
             let apiError = APIError(
                 .badRequest,
-                tooLarge ? "the request headers are larger than griditd allows (64 KiB)" : "malformed HTTP request (\(parserError))")
+                tooLarge
+                    ? "the request headers are larger than griditd allows (64 KiB)"
+                    : "malformed HTTP request (\(parserError))")
             let status: HTTPResponseStatus = tooLarge ? .requestHeaderFieldsTooLarge : .badRequest
             ErrorAnswer.writeAndClose(context, status: status, error: apiError, wrap: wrapOutboundOut)
         } else {

@@ -1,6 +1,7 @@
 // What the worker needs from the engine (GriditEngine), as a protocol so that the daemon builds
 // and is tested without it. The engine adapter implements `JobEngine` over `LoadedPipeline`,
 // resumable runs in a work directory and batched execution (docs/ENGINE.md, "The API the daemon calls").
+
 import Foundation
 import GriditAPI
 import GriditJobSpec
@@ -23,7 +24,8 @@ public struct ExecutionItem: Sendable, Hashable, Codable {
     public var attempt: Int
 
     public init(
-        jobID: Int64, spec: JobSpec, workDirectory: String, outputDirectory: String, resumeFrom: JobProgress, attempt: Int
+        jobID: Int64, spec: JobSpec, workDirectory: String, outputDirectory: String, resumeFrom: JobProgress,
+        attempt: Int
     ) {
         self.jobID = jobID
         self.spec = spec

@@ -1,5 +1,6 @@
 // In-memory state shared by the API and the worker: live step progress, stop requests, watchers
 // and the worker's wake-up. The database stays the truth; this only makes it fast to see.
+
 import Foundation
 import GriditAPI
 import GriditJobSpec

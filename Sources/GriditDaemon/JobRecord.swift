@@ -1,9 +1,10 @@
 // The daemon's view of a job row: the spec it stores in the job queue's opaque `params` column,
 // and the mapping to the API's `JobInfo`.
+
 import Foundation
 import GriditAPI
-import GriditJobSpec
 import GriditJobQueue
+import GriditJobSpec
 
 extension JobSpec {
     /// The `params` column: the spec's JSON as it is.
@@ -89,7 +90,9 @@ enum SubmitValidation {
         }
         let priorities = DaemonConfiguration.priorities
         if let p = request.priority, !priorities.contains(p) {
-            throw APIError(.badRequest, "priority must be between \(priorities.lowerBound) and \(priorities.upperBound) (got \(p))")
+            throw APIError(
+                .badRequest, "priority must be between \(priorities.lowerBound) and \(priorities.upperBound) (got \(p))"
+            )
         }
         if let a = request.maxAttempts, !(1...maxAttempts).contains(a) {
             throw APIError(.badRequest, "max_attempts must be between 1 and \(maxAttempts) (got \(a))")

@@ -4,11 +4,13 @@
 // being streamed (`tmp/export-<uuid>.tar`, `tmp/.export-<uuid>.tar.partial-<uuid>`). Only names
 // griditd makes, of the type it makes, are removed; a link is never followed, finished outputs
 // (they hold sequence.json) are not searched, and anything else stays where it is.
+
+import Foundation
+import Logging
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
-import Logging
 
 enum Leftovers {
     /// Removes the leftovers under `layout` and returns their paths. Call only while holding the
@@ -17,7 +19,8 @@ enum Leftovers {
     static func remove(in layout: StateLayout, logger: Logger) -> [String] {
         let outputs = partialOutputs(in: layout.outputs, depth: 8)
         let exports = entries(in: layout.tmp, type: S_IFREG) { name in
-            (name.hasPrefix("export-") && name.hasSuffix(".tar")) || (name.hasPrefix(".export-") && isPartialName(name, mkdtemp: false))
+            (name.hasPrefix("export-") && name.hasSuffix(".tar"))
+                || (name.hasPrefix(".export-") && isPartialName(name, mkdtemp: false))
         }
         var removed: [String] = []
         for path in outputs + exports {
@@ -25,11 +28,13 @@ enum Leftovers {
                 try FileManager.default.removeItem(atPath: path)
                 removed.append(path)
             } catch {
-                logger.warning("cannot remove a leftover of an earlier run", metadata: ["path": "\(path)", "error": "\(error)"])
+                logger.warning(
+                    "cannot remove a leftover of an earlier run", metadata: ["path": "\(path)", "error": "\(error)"])
             }
         }
         if !removed.isEmpty {
-            logger.notice("removed \(removed.count) leftover(s) of an interrupted run", metadata: ["paths": "\(removed)"])
+            logger.notice(
+                "removed \(removed.count) leftover(s) of an interrupted run", metadata: ["paths": "\(removed)"])
         }
         return removed
     }
@@ -37,7 +42,7 @@ enum Leftovers {
     /// `.<name>.partial-<suffix>`: six mkdtemp characters, or a UUID.
     static func isPartialName(_ name: String, mkdtemp: Bool) -> Bool {
         guard name.hasPrefix("."), let marker = name.range(of: ".partial-", options: .backwards),
-              marker.lowerBound > name.index(after: name.startIndex)
+            marker.lowerBound > name.index(after: name.startIndex)
         else { return false }
         let suffix = name[marker.upperBound...]
         if mkdtemp { return suffix.count == 6 && suffix.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber) } }

@@ -1,8 +1,9 @@
 // Housekeeping on timers: expired leases back to the queue (or dead), retention, STATUS=.
+
 import Foundation
 import GriditAPI
-import GriditJobSpec
 import GriditJobQueue
+import GriditJobSpec
 import GriditStateDatabase
 import Logging
 import ServiceLifecycle
@@ -22,12 +23,16 @@ public struct MaintenanceService: Service {
                 lastReap = now
                 await reapExpiredLeases()
             }
-            if now - lastPrune >= .seconds(config.pruneInterval), config.keepSucceeded != nil || config.keepFailed != nil {
+            if now - lastPrune >= .seconds(config.pruneInterval),
+                config.keepSucceeded != nil || config.keepFailed != nil
+            {
                 lastPrune = now
                 do {
                     _ = try await Retention.prune(context, olderThan: nil, keepOutputs: false)
                 } catch {
-                    context.logger.error("retention pass failed; it runs again in \(formatAge(config.pruneInterval))", metadata: ["error": "\(error.message)"])
+                    context.logger.error(
+                        "retention pass failed; it runs again in \(formatAge(config.pruneInterval))",
+                        metadata: ["error": "\(error.message)"])
                 }
             }
             _ = context.startBlocker(remakeReserve: false)  // notices a lost database even with no worker
@@ -71,7 +76,9 @@ enum Retention {
             pruned = try await context.store.prune(olderThan: olderThan, now: now).map { ($0, olderThan) }
         } else {
             if let keep = config.keepSucceeded {
-                pruned += try await context.store.prune(olderThan: keep, states: [.succeeded], now: now).map { ($0, keep) }
+                pruned += try await context.store.prune(olderThan: keep, states: [.succeeded], now: now).map {
+                    ($0, keep)
+                }
             }
             if let keep = config.keepFailed {
                 pruned += try await context.store.prune(olderThan: keep, states: [.failed, .canceled, .dead], now: now)
@@ -90,7 +97,8 @@ enum Retention {
             context.logger.notice(
                 "pruned job \(job.id) (\(job.state.rawValue), finished more than \(formatAge(age)) ago; \(by))\(output)",
                 metadata: [
-                    "job.id": "\(job.id)", "state": "\(job.state.rawValue)", "reason": "\(requester == nil ? "retention" : "prune")",
+                    "job.id": "\(job.id)", "state": "\(job.state.rawValue)",
+                    "reason": "\(requester == nil ? "retention" : "prune")",
                     "output": "\(job.outputDir ?? "")", "output.removed": "\(removeOutput)",
                 ])
         }

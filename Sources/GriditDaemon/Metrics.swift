@@ -1,13 +1,15 @@
 // griditd's metrics: swift-metrics instruments on a Prometheus registry (swift-prometheus) that
 // `GET /metrics` writes as Prometheus text. The registry is griditd's own, not the process-wide
 // `MetricsSystem`: in-process tests run several daemons, and bootstrapping twice traps.
-import Metrics
+
 import Foundation
 import GriditAPI
 import GriditJobSpec
+import Metrics
+import Synchronization
+
 import class Prometheus.PrometheusCollectorRegistry
 import struct Prometheus.PrometheusMetricsFactory
-import Synchronization
 
 public final class DaemonMetrics: Sendable {
     let registry = PrometheusCollectorRegistry()
@@ -29,14 +31,19 @@ public final class DaemonMetrics: Sendable {
     public init() {
         var factory = PrometheusMetricsFactory(registry: registry)
         factory.durationHistogramBuckets = [
-            "gridit_job_duration_seconds": [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21_600, 86_400].map { .seconds($0) },
-            "gridit_stage_unit_duration_seconds": [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300].map { .seconds($0) },
+            "gridit_job_duration_seconds": [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21_600, 86_400].map {
+                .seconds($0)
+            },
+            "gridit_stage_unit_duration_seconds": [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300].map {
+                .seconds($0)
+            },
             "gridit_http_request_duration_seconds": [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30].map { .seconds($0) },
         ]
         self.factory = factory
         // Counters a scraper should see at 0 before anything happened.
         for label in [
-            "gridit_jobs_started_total", "gridit_frames_total", "gridit_lease_renewals_total", "gridit_lease_losses_total",
+            "gridit_jobs_started_total", "gridit_frames_total", "gridit_lease_renewals_total",
+            "gridit_lease_losses_total",
             "gridit_leases_expired_total", "gridit_jobs_pruned_total",
         ] {
             Counter(label: label, factory: factory).increment(by: 0)
@@ -53,7 +60,8 @@ public final class DaemonMetrics: Sendable {
         jobs.withLock {
             for item in items {
                 $0[item.jobID] = JobTimes(
-                    started: now, lastUnit: now, gridsDone: item.resumeFrom.gridsDone, framesDone: item.resumeFrom.framesDone)
+                    started: now, lastUnit: now, gridsDone: item.resumeFrom.gridsDone,
+                    framesDone: item.resumeFrom.framesDone)
             }
         }
         Counter(label: "gridit_jobs_started_total", factory: factory).increment(by: items.count)
@@ -63,17 +71,24 @@ public final class DaemonMetrics: Sendable {
     /// a batch, the job's own pace) and the frames made.
     func unitDone(_ id: Int64, _ progress: JobProgress) {
         let now = ContinuousClock.now
-        guard let (elapsed, grids, frames) = jobs.withLock({ jobs -> (Duration, Int, Int)? in
-            guard var times = jobs[id] else { return nil }
-            defer { jobs[id] = times }
-            let made = (now - times.lastUnit, max(0, progress.gridsDone - times.gridsDone), max(0, progress.framesDone - times.framesDone))
-            (times.lastUnit, times.gridsDone, times.framesDone) = (now, progress.gridsDone, progress.framesDone)
-            return made
-        }) else { return }
+        guard
+            let (elapsed, grids, frames) = jobs.withLock({ jobs -> (Duration, Int, Int)? in
+                guard var times = jobs[id] else { return nil }
+                defer { jobs[id] = times }
+                let made = (
+                    now - times.lastUnit, max(0, progress.gridsDone - times.gridsDone),
+                    max(0, progress.framesDone - times.framesDone)
+                )
+                (times.lastUnit, times.gridsDone, times.framesDone) = (now, progress.gridsDone, progress.framesDone)
+                return made
+            })
+        else { return }
         // What grew says which stage the unit was (the progress already names the next one).
         for (stage, units) in [(Stage.grid, grids), (Stage.sr, frames)] where units > 0 {
-            Timer(label: "gridit_stage_unit_duration_seconds", dimensions: [("stage", stage.rawValue)], factory: factory)
-                .record(duration: elapsed / units)
+            Timer(
+                label: "gridit_stage_unit_duration_seconds", dimensions: [("stage", stage.rawValue)], factory: factory
+            )
+            .record(duration: elapsed / units)
         }
         if frames > 0 {
             Counter(label: "gridit_frames_total", factory: factory).increment(by: frames)
@@ -87,7 +102,8 @@ public final class DaemonMetrics: Sendable {
         let started = jobs.withLock { $0.removeValue(forKey: id)?.started }
         Counter(label: "gridit_jobs_finished_total", dimensions: [("outcome", outcome)], factory: factory).increment()
         if let errorClass {
-            Counter(label: "gridit_jobs_failed_total", dimensions: [("class", errorClass)], factory: factory).increment()
+            Counter(label: "gridit_jobs_failed_total", dimensions: [("class", errorClass)], factory: factory)
+                .increment()
         }
         if let started {
             Timer(label: "gridit_job_duration_seconds", dimensions: [("outcome", outcome)], factory: factory)
@@ -143,7 +159,9 @@ public final class DaemonMetrics: Sendable {
             for model in snapshot.models {
                 let name = model.names.first ?? model.digest
                 seen.insert(name)
-                let gauge = gauges[name] ?? Gauge(label: "gridit_model_resident_bytes", dimensions: [("model", name)], factory: factory)
+                let gauge =
+                    gauges[name]
+                    ?? Gauge(label: "gridit_model_resident_bytes", dimensions: [("model", name)], factory: factory)
                 gauges[name] = gauge
                 gauge.record(model.residentBytes ?? 0)
             }

@@ -1,6 +1,7 @@
 // What the daemon needs from the model store (GriditModelStore), as a protocol so that the
 // daemon builds and is tested without it (docs/MODEL_STORE.md). The store adapter
 // maps its errors to `APIError` (`not_found`, `bad_request`, `conflict`, `digest_mismatch`, ...).
+
 import GriditAPI
 
 public protocol ModelCatalog: Sendable {

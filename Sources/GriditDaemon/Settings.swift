@@ -1,6 +1,7 @@
 // griditd serve's settings: one table of keys, defaults and rules, read from the flags, the
 // environment and the config file (flags > environment > file > defaults) through
 // swift-configuration's providers, so that `griditd config show` and the daemon agree.
+
 import Configuration
 import Foundation
 import GriditAPI
@@ -65,17 +66,26 @@ public enum DaemonSettings {
     /// Every setting, in the order `config show` and the shipped config file list them.
     public static let all: [Setting] = [
         Setting("state-dir", "/var/lib/gridit", "Database, lock, work and output folders.", \.stateDirectory, .path),
-        Setting("socket", "/run/gridit/griditd.sock", "Control socket to bind when not socket-activated.", \.socketPath, .path),
         Setting(
-            "group", "(gridit if that group exists)", "Group whose members may use the API (none: no check beyond the socket's mode).",
+            "socket", "/run/gridit/griditd.sock", "Control socket to bind when not socket-activated.", \.socketPath,
+            .path),
+        Setting(
+            "group", "(gridit if that group exists)",
+            "Group whose members may use the API (none: no check beyond the socket's mode).",
             \.userGroup, .name),
-        Setting("admin-group", "(gridit-admin if that group exists)", "Group whose members manage every job and the models.", \.adminGroup, .name),
+        Setting(
+            "admin-group", "(gridit-admin if that group exists)",
+            "Group whose members manage every job and the models.", \.adminGroup, .name),
         Setting("socket-group", "(the group)", "Group of a self-bound socket.", \.socketGroup, .name),
-        Setting("blas-threads", "(the number of CPUs)", "Threads of the engine's matrix products.", \.blasThreads, .int(1...1024)),
+        Setting(
+            "blas-threads", "(the number of CPUs)", "Threads of the engine's matrix products.", \.blasThreads,
+            .int(1...1024)),
         Setting(
             "start-paused", "false", "Pause the queue (persistently) before starting: jobs are accepted, none runs.",
             \.startPaused, .bool),
-        Setting("max-queued", "1000", "Most waiting + running jobs; beyond, a submit gets queue_full.", \.maxQueued, .int(1...10_000_000)),
+        Setting(
+            "max-queued", "1000", "Most waiting + running jobs; beyond, a submit gets queue_full.", \.maxQueued,
+            .int(1...10_000_000)),
         Setting(
             "max-queued-per-user", "100",
             "Most waiting + running jobs of one user who is not an admin; beyond, a submit gets user_limit.",
@@ -88,36 +98,50 @@ public enum DaemonSettings {
             "member-priority-min", "-1000", "Lowest priority a user who is not an admin may give a job.",
             \.memberPriorityMin, .int(DaemonConfiguration.priorities)),
         Setting(
-            "member-priority-max", "0", "Highest priority a user who is not an admin may give a job (admins' default is 0).",
+            "member-priority-max", "0",
+            "Highest priority a user who is not an admin may give a job (admins' default is 0).",
             \.memberPriorityMax, .int(DaemonConfiguration.priorities)),
         Setting(
             "max-connections", "512", "Most open connections to the socket; beyond, a client gets 503.",
             \.http.maxConnections, .int(1...100_000)),
-        Setting("max-connections-per-user", "32", "Most open connections of one user (uid).", \.http.maxConnectionsPerUser, .int(1...100_000)),
         Setting(
-            "admin-connections", "32", "Connections of max-connections kept for root, griditd's user and the admin group.",
+            "max-connections-per-user", "32", "Most open connections of one user (uid).", \.http.maxConnectionsPerUser,
+            .int(1...100_000)),
+        Setting(
+            "admin-connections", "32",
+            "Connections of max-connections kept for root, griditd's user and the admin group.",
             \.http.adminConnections, .int(0...100_000)),
         Setting(
             "header-timeout", "10",
             "Seconds a client has to send a request's headers (from connecting, or from its first byte on a reused connection).",
             \.http.headerTimeout, .timeout(1...3600)),
-        Setting("body-timeout", "30", "Seconds a client has to send a request's body after its headers.", \.http.bodyTimeout, .timeout(1...3600)),
+        Setting(
+            "body-timeout", "30", "Seconds a client has to send a request's body after its headers.",
+            \.http.bodyTimeout, .timeout(1...3600)),
         Setting(
             "idle-timeout", "60",
             "Seconds an open connection may wait without a request, or without reading the answer, before it is closed.",
             \.http.idleTimeout, .timeout(1...86_400)),
-        Setting("max-length", "100000", "Longest sequence a job may ask for, in frames.", \.maxLength, .int(1...100_000_000)),
         Setting(
-            "default-model", "(the store's only model, NAME:latest)", "Model used when a submit names none.", \.defaultModel, .name),
+            "max-length", "100000", "Longest sequence a job may ask for, in frames.", \.maxLength, .int(1...100_000_000)
+        ),
         Setting(
-            "site-roots", "(none)", "Read-only model store roots searched before the state directory (':'-separated; the flag --site-root repeats).",
+            "default-model", "(the store's only model, NAME:latest)", "Model used when a submit names none.",
+            \.defaultModel, .name),
+        Setting(
+            "site-roots", "(none)",
+            "Read-only model store roots searched before the state directory (':'-separated; the flag --site-root repeats).",
             \.siteRoots, .paths),
         Setting(
-            "memory-budget", "2G", "Bytes of activations one batched forward may take (K, M, G suffixes).", \.memoryBudget,
+            "memory-budget", "2G", "Bytes of activations one batched forward may take (K, M, G suffixes).",
+            \.memoryBudget,
             .bytes(minimum: 1 << 20)),
         Setting("max-batch", "16", "Most grids or frames in one batched forward.", \.maxBatchItems, .int(1...1024)),
-        Setting("max-batch-jobs", "4", "Most jobs (of one model and priority) run together.", \.maxBatchJobs, .int(1...64)),
-        Setting("keep-alive", "600", "Seconds a model stays loaded after its last job.", \.modelKeepAlive, .seconds(0...(365 * 86_400))),
+        Setting(
+            "max-batch-jobs", "4", "Most jobs (of one model and priority) run together.", \.maxBatchJobs, .int(1...64)),
+        Setting(
+            "keep-alive", "600", "Seconds a model stays loaded after its last job.", \.modelKeepAlive,
+            .seconds(0...(365 * 86_400))),
         Setting(
             "lease", "120", "Lease of a running job in seconds (heartbeats every third of it while it progresses).",
             \.leaseDuration, .seconds(5...86_400)),
@@ -129,16 +153,20 @@ public enum DaemonSettings {
             "Seconds a canceled or stopping job may take to stop before griditd kills the engine's worker process.",
             \.stopGrace, .seconds(1...86_400)),
         Setting(
-            "min-free", "256M", "Free space (K, M, G) below which no job starts; queued jobs wait without using attempts.",
+            "min-free", "256M",
+            "Free space (K, M, G) below which no job starts; queued jobs wait without using attempts.",
             \.minFreeBytes, .bytes64),
         Setting(
-            "db-reserve", "32M", "Space (K, M, G; 0: none) set aside for the job database, released when the disk fills up.",
+            "db-reserve", "32M",
+            "Space (K, M, G; 0: none) set aside for the job database, released when the disk fills up.",
             \.databaseReserveBytes, .bytes64),
         Setting(
             "keep-succeeded", "7d",
             "Delete succeeded jobs and their output folders this long after they finished (90m, 24h, 7d; off: keep them until `griditctl jobs prune`).",
             \.keepSucceeded, .retention),
-        Setting("keep-failed", "30d", "The same for failed, canceled and dead jobs (off: keep them).", \.keepFailed, .retention),
+        Setting(
+            "keep-failed", "30d", "The same for failed, canceled and dead jobs (off: keep them).", \.keepFailed,
+            .retention),
         Setting(
             "metrics-listen", "(off)",
             "HOST:PORT of a TCP listener serving only GET /metrics, /healthz and /readyz, for scrapers that cannot reach the Unix socket (e.g. 127.0.0.1:9464; the shipped unit allows no network: see the README).",
@@ -174,7 +202,8 @@ public enum DaemonSettings {
         for setting in all {
             // Defaults that depend on the machine are described, in parentheses, not written.
             let literal = !setting.defaultText.hasPrefix("(")
-            text += "\n# \(setting.help) Flag: \(setting.flag).\(literal ? "" : " Default: \(setting.defaultText.dropFirst().dropLast()).")\n"
+            text +=
+                "\n# \(setting.help) Flag: \(setting.flag).\(literal ? "" : " Default: \(setting.defaultText.dropFirst().dropLast()).")\n"
             text += "#\(setting.environmentName)=\(literal ? setting.defaultText : "")\n"
         }
         return text
@@ -191,21 +220,30 @@ public enum DaemonSettings {
         let path = named ?? defaultConfigFile
         let exists = FileManager.default.fileExists(atPath: path)
         if named != nil && !exists {
-            throw SettingError(message: "the config file \(path) does not exist (named by \(configFile != nil ? "--config" : "GRIDIT_CONFIG"))")
+            throw SettingError(
+                message:
+                    "the config file \(path) does not exist (named by \(configFile != nil ? "--config" : "GRIDIT_CONFIG"))"
+            )
         }
         if exists { try checkFile(path) }
         let fileProvider: EnvironmentVariablesProvider
         do {
-            fileProvider = try await EnvironmentVariablesProvider(environmentFilePath: FilePath(path), allowMissing: true)
+            fileProvider = try await EnvironmentVariablesProvider(
+                environmentFilePath: FilePath(path), allowMissing: true)
         } catch {
             throw SettingError(message: "cannot read the config file \(path): \(error)")
         }
         let flagValues = Dictionary(
-            uniqueKeysWithValues: flags.map { (AbsoluteConfigKey(["gridit", $0.key]), ConfigValue(.string($0.value), isSecret: false)) })
+            uniqueKeysWithValues: flags.map {
+                (AbsoluteConfigKey(["gridit", $0.key]), ConfigValue(.string($0.value), isSecret: false))
+            })
         // Highest precedence first.
         let layers: [(SettingSource, ConfigReader, (Setting) -> String)] = [
             (.flag, ConfigReader(provider: InMemoryProvider(name: "flags", values: flagValues)), { $0.flag }),
-            (.environment, ConfigReader(provider: EnvironmentVariablesProvider(environmentVariables: environment)), { $0.environmentName }),
+            (
+                .environment, ConfigReader(provider: EnvironmentVariablesProvider(environmentVariables: environment)),
+                { $0.environmentName }
+            ),
             (.file, ConfigReader(provider: fileProvider), { "\($0.environmentName) in \(path)" }),
         ]
 
@@ -234,7 +272,9 @@ public enum DaemonSettings {
             sources[setting.key] = (source, origin)
         }
         // Defaults that depend on the machine: the groups that exist.
-        if sources["group"]?.0 == .default { configuration.userGroup = Authorizer.gid(of: "gridit") != nil ? "gridit" : nil }
+        if sources["group"]?.0 == .default {
+            configuration.userGroup = Authorizer.gid(of: "gridit") != nil ? "gridit" : nil
+        }
         if sources["admin-group"]?.0 == .default {
             configuration.adminGroup = Authorizer.gid(of: "gridit-admin") != nil ? "gridit-admin" : nil
         }
@@ -245,10 +285,12 @@ public enum DaemonSettings {
         let values = all.map { setting in
             let (source, origin) = sources[setting.key] ?? (.default, nil)
             return SettingValue(
-                key: setting.key, environmentName: setting.environmentName, value: setting.show(configuration), source: source,
+                key: setting.key, environmentName: setting.environmentName, value: setting.show(configuration),
+                source: source,
                 origin: origin)
         }
-        return ResolvedSettings(configuration: configuration, values: values, configFile: path, configFileExists: exists)
+        return ResolvedSettings(
+            configuration: configuration, values: values, configFile: path, configFileExists: exists)
     }
 
     /// The config file holds only known `GRIDIT_` keys, `KEY=value` lines and comments: the
@@ -272,7 +314,8 @@ public enum DaemonSettings {
             let key = line[..<equals].trimmingCharacters(in: .whitespaces)
             let value = line[line.index(after: equals)...].trimmingCharacters(in: .whitespaces)
             guard known.contains(key) else {
-                throw SettingError(message: "\(at): unknown setting '\(key.prefix(80))' (`griditd config show` lists them)")
+                throw SettingError(
+                    message: "\(at): unknown setting '\(key.prefix(80))' (`griditd config show` lists them)")
             }
             if let first = value.first, first == "\"" || first == "'" {
                 throw SettingError(message: "\(at): write \(key)'s value without quotes")
@@ -284,8 +327,12 @@ public enum DaemonSettings {
 extension DaemonConfiguration {
     /// Rules between settings; the message when one is broken.
     func inconsistency() -> String? {
-        if memberPriorityMin > memberPriorityMax { return "member-priority-min (\(memberPriorityMin)) is above member-priority-max (\(memberPriorityMax))" }
-        if http.maxConnectionsPerUser > http.maxConnections { return "max-connections-per-user is above max-connections" }
+        if memberPriorityMin > memberPriorityMax {
+            return "member-priority-min (\(memberPriorityMin)) is above member-priority-max (\(memberPriorityMax))"
+        }
+        if http.maxConnectionsPerUser > http.maxConnections {
+            return "max-connections-per-user is above max-connections"
+        }
         if http.adminConnections >= http.maxConnections { return "admin-connections must be less than max-connections" }
         return nil
     }
@@ -300,7 +347,8 @@ struct SettingRule<Value>: Sendable {
 
 extension Setting {
     init<Value>(
-        _ key: String, _ defaultText: String, _ help: String, _ path: any WritableKeyPath<DaemonConfiguration, Value> & Sendable,
+        _ key: String, _ defaultText: String, _ help: String,
+        _ path: any WritableKeyPath<DaemonConfiguration, Value> & Sendable,
         _ rule: SettingRule<Value>
     ) {
         self.key = key
@@ -317,7 +365,9 @@ extension Setting {
 
 extension SettingRule where Value == Int {
     static func int(_ range: ClosedRange<Int>) -> Self {
-        SettingRule(expected: "a whole number in \(range.lowerBound)...\(range.upperBound)", parse: { Int($0).flatMap { range.contains($0) ? $0 : nil } }, format: { "\($0)" })
+        SettingRule(
+            expected: "a whole number in \(range.lowerBound)...\(range.upperBound)",
+            parse: { Int($0).flatMap { range.contains($0) ? $0 : nil } }, format: { "\($0)" })
     }
     static func bytes(minimum: Int) -> Self {
         SettingRule(
@@ -356,7 +406,8 @@ extension SettingRule where Value == TimeInterval? {
     static var retention: Self {
         SettingRule(
             expected: "an age like 12h or 7d, or off",
-            parse: { $0 == "off" ? .some(nil) : parseDuration($0).map { .some($0) } }, format: { $0.map(formatAge) ?? "off" })
+            parse: { $0 == "off" ? .some(nil) : parseDuration($0).map { .some($0) } },
+            format: { $0.map(formatAge) ?? "off" })
     }
 }
 
@@ -364,7 +415,9 @@ extension SettingRule where Value == Bool {
     static var bool: Self {
         SettingRule(
             expected: "true or false",
-            parse: { ["true": true, "yes": true, "1": true, "false": false, "no": false, "0": false][$0.lowercased()] },
+            parse: {
+                ["true": true, "yes": true, "1": true, "false": false, "no": false, "0": false][$0.lowercased()]
+            },
             format: { "\($0)" })
     }
 }
@@ -373,7 +426,8 @@ extension SettingRule where Value == String {
     static var path: Self { SettingRule(expected: "a path", parse: { $0 }, format: { $0 }) }
     static var logLevel: Self {
         SettingRule(
-            expected: "trace, debug, info, notice, warning or error", parse: { Logger.Level(rawValue: $0) != nil ? $0 : nil },
+            expected: "trace, debug, info, notice, warning or error",
+            parse: { Logger.Level(rawValue: $0) != nil ? $0 : nil },
             format: { $0 })
     }
 }
@@ -389,7 +443,8 @@ extension SettingRule where Value == String? {
             expected: "HOST:PORT (e.g. 127.0.0.1:9464) or off",
             parse: { text in
                 if text == "off" { return .some(nil) }
-                guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65_535).contains(port)
+                guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+                    (0...65_535).contains(port)
                 else { return nil }
                 let host = text[..<colon]
                 return host.isEmpty ? nil : .some(text)
@@ -401,7 +456,9 @@ extension SettingRule where Value == String? {
 extension DaemonConfiguration {
     /// `metricsListen` as host and port (brackets of an IPv6 address removed).
     public var metricsHostPort: (host: String, port: Int)? {
-        guard let text = metricsListen, let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]) else {
+        guard let text = metricsListen, let colon = text.lastIndex(of: ":"),
+            let port = Int(text[text.index(after: colon)...])
+        else {
             return nil
         }
         var host = String(text[..<colon])
@@ -424,7 +481,8 @@ extension SettingRule where Value == [String] {
 
 /// "2G", "256M", "0": the largest unit that divides the size, as the size settings take it.
 func formatSize(_ bytes: Int64) -> String {
-    for (unit, size) in [("T", Int64(1) << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)] where bytes >= size && bytes % size == 0 {
+    for (unit, size) in [("T", Int64(1) << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)]
+    where bytes >= size && bytes % size == 0 {
         return "\(bytes / size)\(unit)"
     }
     return "\(bytes)"
@@ -432,7 +490,8 @@ func formatSize(_ bytes: Int64) -> String {
 
 /// "90m", "24h", "7d", "45s": the largest whole unit, as the duration settings take it.
 func formatAge(_ seconds: TimeInterval) -> String {
-    for (unit, size) in [("d", 86_400.0), ("h", 3600), ("m", 60)] where seconds >= size && seconds.truncatingRemainder(dividingBy: size) == 0 {
+    for (unit, size) in [("d", 86_400.0), ("h", 3600), ("m", 60)]
+    where seconds >= size && seconds.truncatingRemainder(dividingBy: size) == 0 {
         return "\(Int(seconds / size))\(unit)"
     }
     return formatSeconds(seconds) + "s"

@@ -1,5 +1,6 @@
 // Who may put how much into the queue: the per-user limits and the priorities members may use
 // (admins — root, griditd's user, the admin group — are bounded by the queue's size alone).
+
 import GriditAPI
 import GriditJobQueue
 import GriditStateDatabase
@@ -24,7 +25,8 @@ enum SubmitPolicy {
     static func limits(for caller: Caller, configuration c: DaemonConfiguration) -> SubmitLimits {
         caller.isAdmin
             ? SubmitLimits(maxQueued: c.maxQueued)
-            : SubmitLimits(maxQueued: c.maxQueued, maxQueuedPerOwner: c.maxQueuedPerUser, maxWorkPerOwner: c.maxWorkPerUser)
+            : SubmitLimits(
+                maxQueued: c.maxQueued, maxQueuedPerOwner: c.maxQueuedPerUser, maxWorkPerOwner: c.maxWorkPerUser)
     }
 
     /// What to do about a per-user limit the store refused a submit for; nil for other errors.

@@ -1,11 +1,13 @@
 // The daemon's side of systemd, through libsystemd: readiness and status (sd_notify), the
 // watchdog, and socket activation (sd_listen_fds). Outside systemd every call is a no-op.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import CSystemd
 import Foundation
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public final class SystemdNotifier: Sendable {
     /// True when `$NOTIFY_SOCKET` is set (Type=notify).

@@ -1,14 +1,16 @@
 // The wire between griditd and its engine worker process: a socketpair, one frame per message
 // (4-byte big-endian length, then JSON). griditd sends batches, admissions, stop requests; the
 // worker answers with the engine's hooks as they happen.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import CProcess
 import Foundation
 import GriditAPI
 import GriditJobSpec
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// griditd → worker.
 enum WorkerRequest: Codable, Sendable {

@@ -1,15 +1,17 @@
 // The engine worker's side (`griditd worker`, started by griditd only): runs the batches griditd
 // sends on the engine, one at a time, and sends the engine's hooks back as they happen. It
 // opens no database and holds no lease: griditd records everything. It dies with griditd.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import CProcess
 import Foundation
 import GriditAPI
 import GriditFaults
 import Logging
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public enum WorkerChild {
     /// First thing in the worker process: die with griditd (PR_SET_PDEATHSIG, and a check that
@@ -46,7 +48,9 @@ public enum WorkerChild {
         if let data = models() { send(.models(data)) }
 
         while true {
-            guard let batch = inbox.nextBatch(tick: 1.0, idle: { if idle(), let data = models() { send(.models(data)) } }) else {
+            guard
+                let batch = inbox.nextBatch(tick: 1.0, idle: { if idle(), let data = models() { send(.models(data)) } })
+            else {
                 logger.info("engine worker exiting")
                 return 0
             }

@@ -1,17 +1,19 @@
 // The queue worker: claims jobs (a batch of same-pipeline, same-priority jobs), runs them on the
 // inference thread, turns the engine's hooks into fenced database writes, and records outcomes.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import GriditFaults
-import GriditJobSpec
 import GriditJobQueue
+import GriditJobSpec
 import GriditStateDatabase
 import Logging
 import ServiceLifecycle
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public struct WorkerService: Service {
     let context: DaemonContext
@@ -44,7 +46,9 @@ public struct WorkerService: Service {
                 context.notifier.watchdog()
                 await retryUnrecorded()
                 if !unrecorded.isEmpty || !startsAllowed(log: true) {
-                    for c in carried { _ = try? await context.store.releaseLease(id: c.job.id, token: c.token, now: Date()) }
+                    for c in carried {
+                        _ = try? await context.store.releaseLease(id: c.job.id, token: c.token, now: Date())
+                    }
                     carried = []
                     await context.monitor.waitForWake(timeout: .seconds(2))
                     continue
@@ -83,7 +87,9 @@ public struct WorkerService: Service {
         if log && context.conditions.update(blocker) {
             if let blocker {
                 let level: Logger.Level = blocker.code == .databaseLost ? .critical : .warning
-                context.logger.log(level: level, "no job starts: \(blocker.message)", metadata: ["condition": "\(blocker.code.rawValue)"])
+                context.logger.log(
+                    level: level, "no job starts: \(blocker.message)",
+                    metadata: ["condition": "\(blocker.code.rawValue)"])
             } else {
                 context.logger.notice("jobs start again: the condition that held them is over")
             }
@@ -127,7 +133,7 @@ public struct WorkerService: Service {
         guard first.job.crashCount == 0 else { return claimed }
         let filter = ClaimFilter(pipelineDigest: first.job.pipelineDigest, priority: first.job.priority)
         while claimed.count < context.configuration.maxBatchJobs,
-              let more = try await store.claim(workerID: workerID, leaseDuration: lease, matching: filter, now: Date())
+            let more = try await store.claim(workerID: workerID, leaseDuration: lease, matching: filter, now: Date())
         {
             claimed.append(more)
         }
@@ -138,7 +144,8 @@ public struct WorkerService: Service {
     /// disk space) are failed as transient right here; during shutdown all are handed back.
     private func start(_ claimed: [ClaimedJob], stopping: StopFlag) async -> ClaimedBatch? {
         for c in claimed where context.faults.crashAfterClaim.contains(c.job.id) {
-            context.logger.critical("test fault: crashing after claiming job \(c.job.id)", metadata: ["job.id": "\(c.job.id)"])
+            context.logger.critical(
+                "test fault: crashing after claiming job \(c.job.id)", metadata: ["job.id": "\(c.job.id)"])
             abort()
         }
         if stopping.isSet {
@@ -182,7 +189,8 @@ public struct WorkerService: Service {
         let spec: JobSpec
         do { spec = try job.spec() } catch { throw JobFailure(.internalError, error.message) }
         let work = layout.workDirectory(job: job.id)
-        let output = spec.output.map { layout.namedOutputDirectory(owner: job.ownerUID, name: $0) }
+        let output =
+            spec.output.map { layout.namedOutputDirectory(owner: job.ownerUID, name: $0) }
             ?? layout.automaticOutputDirectory(job: job.id)
         do {
             try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
@@ -190,7 +198,8 @@ public struct WorkerService: Service {
                 atPath: (output as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         } catch {
             let errno = (error as NSError).userInfo[NSUnderlyingErrorKey].flatMap { ($0 as? NSError)?.code }
-            throw JobFailure(errno == Int(ENOSPC) ? .diskFull : .transient, "preparing \(work): \(error.localizedDescription)")
+            throw JobFailure(
+                errno == Int(ENOSPC) ? .diskFull : .transient, "preparing \(work): \(error.localizedDescription)")
         }
         return ExecutionItem(
             jobID: job.id, spec: spec, workDirectory: work, outputDirectory: output, resumeFrom: job.progress,
@@ -214,16 +223,19 @@ public struct WorkerService: Service {
         let stateDirectory = context.layout.root
         let metrics = context.metrics
         let inProcess = !engineRunsApart
-        let scheduler = RunningBatch(BatchScheduler(
-            batch.items, tokens: claimed.tokens,
-            settings: .init(
-                maxJobs: context.configuration.maxBatchJobs, heartbeatEvery: context.configuration.leaseDuration / 3),
-            now: Date()))
+        let scheduler = RunningBatch(
+            BatchScheduler(
+                batch.items, tokens: claimed.tokens,
+                settings: .init(
+                    maxJobs: context.configuration.maxBatchJobs, heartbeatEvery: context.configuration.leaseDuration / 3
+                ),
+                now: Date()))
         monitor.started(ids)
         context.metrics.jobsStarted(batch.items)
         for id in ids { monitor.changed(id) }
         context.logger.info(
-            "running", metadata: [
+            "running",
+            metadata: [
                 "job.ids": "\(ids.map(String.init).joined(separator: ","))",
                 "model.digest": "\(batch.pipelineDigest ?? "none")",
             ])
@@ -273,7 +285,9 @@ public struct WorkerService: Service {
             group.addTask {
                 // One writer for progress, heartbeats and outcomes, in the order they happened.
                 for await _ in signals {
-                    let actions = scheduler.withLock { $0.handle(.tick(stops: self.stops(of: $0), final: false), now: Date()) }
+                    let actions = scheduler.withLock {
+                        $0.handle(.tick(stops: self.stops(of: $0), final: false), now: Date())
+                    }
                     _ = await perform(actions, scheduler)
                     try? await Task.sleep(for: .milliseconds(200))
                 }
@@ -318,12 +332,15 @@ public struct WorkerService: Service {
             let (room, members) = scheduler.withLock { ($0.hasRoom, $0.memberIDs) }
             filter.excluding = members  // never a second run of a job the engine still has
             guard room, startsAllowed(log: false),
-                let claimed = try? await context.store.claim(workerID: workerID, leaseDuration: lease, matching: filter, now: Date())
+                let claimed = try? await context.store.claim(
+                    workerID: workerID, leaseDuration: lease, matching: filter, now: Date())
             else {
                 await context.monitor.waitForWake(timeout: pollInterval)
                 continue
             }
-            guard let ready = await start([claimed], stopping: stopping), let item = ready.batch.items.first else { continue }
+            guard let ready = await start([claimed], stopping: stopping), let item = ready.batch.items.first else {
+                continue
+            }
             let refused = scheduler.withLock { $0.handle(.offered(item, claimed), now: Date()) }
             if refused.isEmpty {
                 context.monitor.started([item.jobID])
@@ -351,13 +368,15 @@ public struct WorkerService: Service {
                 context.monitor.requestStop(id, reason)
             case .saveProgress(let id, let token, let progress):
                 await leaseWrite(id, scheduler) { () async throws(StateError) -> LeaseStatus in
-                    let status = try await context.store.saveProgress(id: id, token: token, progress: progress, now: Date())
+                    let status = try await context.store.saveProgress(
+                        id: id, token: token, progress: progress, now: Date())
                     context.monitor.changed(id)
                     return status
                 }
             case .heartbeat(let id, let token):
                 await leaseWrite(id, scheduler) { () async throws(StateError) -> LeaseStatus in
-                    let status = try await context.store.heartbeat(id: id, token: token, leaseDuration: lease, now: Date())
+                    let status = try await context.store.heartbeat(
+                        id: id, token: token, leaseDuration: lease, now: Date())
                     context.metrics.leaseRenewed()
                     return status
                 }
@@ -376,8 +395,9 @@ public struct WorkerService: Service {
         let event: BatchScheduler.Event?
         do {
             event = try await write().cancelRequested ? .cancelRequested(id) : nil
-        } catch where error.code == .leaseLost || error.code == .invalidTransition {
-            context.logger.warning("lost the lease; stopping the job", metadata: ["job.id": "\(id)", "error": "\(error.message)"])
+        } catch  where error.code == .leaseLost || error.code == .invalidTransition {
+            context.logger.warning(
+                "lost the lease; stopping the job", metadata: ["job.id": "\(id)", "error": "\(error.message)"])
             context.metrics.leaseLost()
             event = .leaseLost(id)
         } catch {
@@ -414,7 +434,8 @@ public struct WorkerService: Service {
                 metadata["state"] = "\(after.state.rawValue)"
                 logger.warning("job failed: \(failure.message)", metadata: metadata)
                 context.metrics.jobFinished(
-                    id, outcome: after.state == .retryable ? "retried" : "failed", errorClass: failure.errorClass.rawValue)
+                    id, outcome: after.state == .retryable ? "retried" : "failed",
+                    errorClass: failure.errorClass.rawValue)
             case .crash(let message):
                 let after = try await store.recordWorkerCrash(id: id, token: token, message: message, now: now)
                 metadata["state"] = "\(after.state.rawValue)"
@@ -444,11 +465,12 @@ public struct WorkerService: Service {
             case .nothing:
                 logger.warning("job stopped: another worker owns it now", metadata: metadata)
             }
-        } catch where error.code == .leaseLost || error.code == .invalidTransition || error.code == .notFound {
+        } catch  where error.code == .leaseLost || error.code == .invalidTransition || error.code == .notFound {
             logger.warning("the job's outcome was not recorded: \(error.message)", metadata: metadata)
         } catch {
             logger.error(
-                "recording the job's outcome failed; retrying", metadata: metadata.merging(["error": "\(error)"]) { $1 })
+                "recording the job's outcome failed; retrying", metadata: metadata.merging(["error": "\(error)"]) { $1 }
+            )
             unrecorded.add(Unrecorded.Pending(id: id, token: token, record: record))
             return
         }
@@ -477,7 +499,12 @@ final class Unrecorded: Sendable {
     private let pending = Mutex<[Pending]>([])
 
     func add(_ p: Pending) { pending.withLock { $0.append(p) } }
-    func take() -> [Pending] { pending.withLock { p in defer { p = [] }; return p } }
+    func take() -> [Pending] {
+        pending.withLock { p in
+            defer { p = [] }
+            return p
+        }
+    }
     var isEmpty: Bool { pending.withLock { $0.isEmpty } }
 }
 

@@ -3,13 +3,15 @@
 // the database, the leases and every job state; the worker only computes and writes the jobs'
 // work and output folders. When the worker dies, its exit says why, and only a death the jobs
 // caused (a crash signal, an abnormal exit, the OOM killer, a stall) counts against them.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import Logging
 import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public final class WorkerSupervisor: Sendable {
     public struct Settings: Sendable {
@@ -23,7 +25,9 @@ public final class WorkerSupervisor: Sendable {
         /// How long a new worker may take to say it is ready.
         public var startTimeout: TimeInterval
 
-        public init(launch: WorkerLaunch, stallTimeout: TimeInterval, stopGrace: TimeInterval, startTimeout: TimeInterval = 60) {
+        public init(
+            launch: WorkerLaunch, stallTimeout: TimeInterval, stopGrace: TimeInterval, startTimeout: TimeInterval = 60
+        ) {
             self.launch = launch
             self.stallTimeout = stallTimeout
             self.stopGrace = stopGrace
@@ -55,7 +59,8 @@ public final class WorkerSupervisor: Sendable {
     public var info: EngineWorkerInfo {
         state.withLock { s in
             EngineWorkerInfo(
-                pid: s.child?.pid, state: s.child == nil ? "stopped" : (s.running ? "running" : "idle"), starts: s.starts,
+                pid: s.child?.pid, state: s.child == nil ? "stopped" : (s.running ? "running" : "idle"),
+                starts: s.starts,
                 lastExit: s.lastExit)
         }
     }
@@ -77,7 +82,8 @@ public final class WorkerSupervisor: Sendable {
             let message = "the engine worker could not start: \(error.message)"
             let outside = error.exit.map { !judge($0, killed: nil, oomBefore: oomBefore).counted } ?? false
             let outcome: ExecutionOutcome =
-                outside ? .crashed(WorkerCrash(counted: false, message: message)) : .failed(JobFailure(.transient, message))
+                outside
+                ? .crashed(WorkerCrash(counted: false, message: message)) : .failed(JobFailure(.transient, message))
             for item in batch.items + hooks.admit() { hooks.finished(item.jobID, outcome) }
             return
         }
@@ -115,7 +121,8 @@ public final class WorkerSupervisor: Sendable {
             case .ended(let exit):
                 let verdict = judge(exit, killed: killed, oomBefore: oomBefore)
                 let jobs = inFlight.sorted()
-                let ended = "\(verdict.message) while it ran job\(jobs.count == 1 ? "" : "s") "
+                let ended =
+                    "\(verdict.message) while it ran job\(jobs.count == 1 ? "" : "s") "
                     + jobs.map(String.init).joined(separator: ", ")
                 state.withLock { $0.lastExit = ended }
                 logger.error(
@@ -149,9 +156,10 @@ public final class WorkerSupervisor: Sendable {
                 }
             }
             guard killed == nil else { continue }
-            if let late = stopsSent.filter({ inFlight.contains($0.key) && now - $0.value.at > .seconds(settings.stopGrace) })
-                .min(by: { $0.key < $1.key })
-            {
+            if let late = stopsSent.filter({
+                inFlight.contains($0.key) && now - $0.value.at > .seconds(settings.stopGrace)
+            })
+            .min(by: { $0.key < $1.key }) {
                 killed = .toStop(job: late.key, reason: late.value.reason)
             } else if now - lastSign > .seconds(settings.stallTimeout) {
                 killed = .stalled
@@ -186,7 +194,10 @@ public final class WorkerSupervisor: Sendable {
                     + "\(Int(settings.stopGrace)) s; requeued without counting a crash"
             )
         case .stalled:
-            return (true, "the engine made no progress for \(Int(settings.stallTimeout)) s (hung or stopped); its worker was killed")
+            return (
+                true,
+                "the engine made no progress for \(Int(settings.stallTimeout)) s (hung or stopped); its worker was killed"
+            )
         case nil:
             break
         }
@@ -196,7 +207,10 @@ public final class WorkerSupervisor: Sendable {
             case (let before?, let after?) where after > before:
                 return (true, "the engine worker was killed by the kernel's OOM killer (out of memory)")
             case (_?, _?):
-                return (false, "the engine worker was killed from outside (SIGKILL, not the OOM killer); requeued without counting a crash")
+                return (
+                    false,
+                    "the engine worker was killed from outside (SIGKILL, not the OOM killer); requeued without counting a crash"
+                )
             default:
                 return (true, "the engine worker was killed by SIGKILL (the OOM killer cannot be ruled out here)")
             }
@@ -275,7 +289,9 @@ public final class WorkerSupervisor: Sendable {
             }
             onModels(nil)  // nothing it loaded is loaded any more
             if unexpected && !(exit.signal == 0 && exit.code == 0) {
-                logger.warning("the engine worker \(exit) while idle; the next batch starts a new one", metadata: ["pid": "\(child.pid)"])
+                logger.warning(
+                    "the engine worker \(exit) while idle; the next batch starts a new one",
+                    metadata: ["pid": "\(child.pid)"])
             }
             child.mailbox.post(.ended(exit))
         }
@@ -285,10 +301,12 @@ public final class WorkerSupervisor: Sendable {
 
     /// Ends the worker (griditd is stopping): asks it to exit, kills it if it does not.
     public func shutdown() {
-        guard let child = state.withLock({ s in
-            s.stopping = true
-            return s.child
-        }) else { return }
+        guard
+            let child = state.withLock({ s in
+                s.stopping = true
+                return s.child
+            })
+        else { return }
         try? child.channel.send(WorkerRequest.exit)
         let deadline = ContinuousClock.now + .seconds(5)
         while ContinuousClock.now < deadline {

@@ -1,6 +1,7 @@
 // The inference thread. Swift's cooperative pool has one thread per core (two here); a
 // multi-second matrix product on it would stall the socket and the queue, so the engine runs
 // on a thread of its own and the async side only awaits its result.
+
 import CProcess
 import Foundation
 import Synchronization

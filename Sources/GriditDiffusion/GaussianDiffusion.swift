@@ -1,5 +1,6 @@
 // Diffusion schedule and respacing (method spec §4): linear betas over 1000 steps, respaced to a
 // subset of timesteps, with every derived array recomputed in Double from the spaced betas.
+
 import Glibc
 
 /// A bad respacing spec or schedule argument.
@@ -89,11 +90,15 @@ public struct GaussianDiffusion: Sendable {
             guard let n = Int(trimmed.dropFirst(spacing.count)), n >= 1 else {
                 throw fail("expected \(spacing)N with an integer N >= 1")
             }
-            let t: [Int] = switch spacing {
-            case "linspace": (1...n).map { Int((Double($0) * Double(T - 1) / Double(n)).rounded(.toNearestOrEven)) }
-            case "leading": (1...n).map { $0 * (T / (n + 1)) }
-            default: (0..<n).map { Int((Double(T) - Double($0) * (Double(T) / Double(n))).rounded(.toNearestOrEven)) - 1 }
-            }
+            let t: [Int] =
+                switch spacing {
+                case "linspace": (1...n).map { Int((Double($0) * Double(T - 1) / Double(n)).rounded(.toNearestOrEven)) }
+                case "leading": (1...n).map { $0 * (T / (n + 1)) }
+                default:
+                    (0..<n).map {
+                        Int((Double(T) - Double($0) * (Double(T) / Double(n))).rounded(.toNearestOrEven)) - 1
+                    }
+                }
             let sorted = t.sorted()
             guard n <= T, sorted.first! >= 0, Set(sorted).count == n else {
                 throw fail("\(n) \(spacing) steps do not give \(n) distinct timesteps of \(T)")
@@ -161,7 +166,10 @@ public struct GaussianDiffusion: Sendable {
         self.betas = betas
         var ac = [Double](repeating: 0, count: n)
         var p = 1.0
-        for i in 0..<n { p *= 1 - betas[i]; ac[i] = p }
+        for i in 0..<n {
+            p *= 1 - betas[i]
+            ac[i] = p
+        }
         let acp = [1.0] + ac.dropLast()
         alphasCumprod = ac
         alphasCumprodPrev = acp

@@ -2,8 +2,9 @@
 //
 // A grid image (C, K·S, K·S) holds K×K frames (C, S, S) in row-major time order: frame f sits at
 // grid row f / K, column f % K, i.e. latent rows [S·(f/K), S·(f/K)+S) and columns [S·(f%K), …).
-import GriditTensor
+
 import Glibc
+import GriditTensor
 
 public struct GridLayout: Sendable, Equatable {
     /// Frames per grid side (K); a grid holds K·K frames.
@@ -48,13 +49,13 @@ public struct GridLayout: Sendable, Equatable {
     /// Latent rows covered by grid row `r`.
     public func latentRows(ofGridRow r: Int) -> Range<Int> {
         precondition((0..<k).contains(r), "GridLayout: grid row \(r) out of 0..<\(k)")
-        return r * frameSize ..< (r + 1) * frameSize
+        return r * frameSize..<(r + 1) * frameSize
     }
 
     /// Grid positions of the frames in grid row `r` (left to right = time order).
     public func frames(inGridRow r: Int) -> Range<Int> {
         precondition((0..<k).contains(r), "GridLayout: grid row \(r) out of 0..<\(k)")
-        return r * k ..< (r + 1) * k
+        return r * k..<(r + 1) * k
     }
 
     /// Calls `body(channel, rowInFrame, gridOffset)` for every row of S contiguous floats of frame
@@ -72,12 +73,16 @@ public struct GridLayout: Sendable, Equatable {
     /// `firstPosition ..< firstPosition + F` (a partial grid is fine; other cells are untouched).
     public func place(frames: Tensor, into grid: Tensor, firstPosition: Int = 0) throws {
         guard frames.rank == 4, Array(frames.shape.dropFirst()) == frameShape else {
-            throw DiffusionError.shapeMismatch("frames \(frames.shape), expected (F, \(channels), \(frameSize), \(frameSize))")
+            throw DiffusionError.shapeMismatch(
+                "frames \(frames.shape), expected (F, \(channels), \(frameSize), \(frameSize))")
         }
-        guard grid.shape == gridShape else { throw DiffusionError.shapeMismatch("grid \(grid.shape), expected \(gridShape)") }
+        guard grid.shape == gridShape else {
+            throw DiffusionError.shapeMismatch("grid \(grid.shape), expected \(gridShape)")
+        }
         let n = frames.shape[0]
         guard firstPosition >= 0, firstPosition + n <= framesPerGrid else {
-            throw DiffusionError.shapeMismatch("positions \(firstPosition)..<\(firstPosition + n) exceed \(framesPerGrid)")
+            throw DiffusionError.shapeMismatch(
+                "positions \(firstPosition)..<\(firstPosition + n) exceed \(framesPerGrid)")
         }
         let src = frames.pointer, dst = grid.mutablePointer, s = frameSize
         for i in 0..<n {
@@ -89,7 +94,9 @@ public struct GridLayout: Sendable, Equatable {
 
     /// Copies the frames at grid positions `positions` out of `grid` into `frames` (F, C, S, S).
     public func extract(from grid: Tensor, positions: Range<Int>, into frames: Tensor) throws {
-        guard grid.shape == gridShape else { throw DiffusionError.shapeMismatch("grid \(grid.shape), expected \(gridShape)") }
+        guard grid.shape == gridShape else {
+            throw DiffusionError.shapeMismatch("grid \(grid.shape), expected \(gridShape)")
+        }
         guard frames.shape == [positions.count] + frameShape else {
             throw DiffusionError.shapeMismatch("frames \(frames.shape), expected \([positions.count] + frameShape)")
         }
@@ -160,8 +167,10 @@ extension GaussianDiffusion {
     /// another grid position of `noise`; nil reads it from the same position. The official
     /// samplers noise the *previous* grid and then shift it, so known frame p takes the z of the
     /// frame it was copied from (p + K for the three-row extension).
-    public func replaceKnown(x: Tensor, knownX0: Tensor, noise: Tensor, positions: [Int], noisePositions: [Int]? = nil,
-                             layout: GridLayout, k: Int, level: ReplacementLevel) throws {
+    public func replaceKnown(
+        x: Tensor, knownX0: Tensor, noise: Tensor, positions: [Int], noisePositions: [Int]? = nil,
+        layout: GridLayout, k: Int, level: ReplacementLevel
+    ) throws {
         guard (0..<count).contains(k) else { throw DiffusionError.invalidStep(k, count: count) }
         guard knownX0.shape == x.shape, noise.shape == x.shape else {
             throw DiffusionError.shapeMismatch("x \(x.shape), knownX0 \(knownX0.shape), noise \(noise.shape)")
@@ -171,7 +180,8 @@ extension GaussianDiffusion {
         }
         let sources = noisePositions ?? positions
         guard sources.count == positions.count,
-              (positions + sources).allSatisfy({ (0..<layout.framesPerGrid).contains($0) }) else {
+            (positions + sources).allSatisfy({ (0..<layout.framesPerGrid).contains($0) })
+        else {
             throw DiffusionError.shapeMismatch(
                 "positions \(positions) / noise positions \(sources) invalid for \(layout.framesPerGrid) frames")
         }

@@ -2,16 +2,20 @@
 // with the label and once with the null class, and the noise prediction is pushed away from the
 // unconditional one. Only used when the model has classes and the scale is not 1 (the official
 // GriDiT scripts double an unconditional batch instead, which changes nothing but the cost).
+
 import GriditTensor
 
 /// ε̂ = ε_u + s·(ε_c − ε_u) on the first `epsChannels` channels of each item; the remaining
 /// (learned-variance) channels are taken from the conditional output, into `into`.
 ///
 /// conditional, unconditional, into: (N, Cout, H, W); `into` may be `conditional`.
-public func classifierFreeGuidance(conditional: Tensor, unconditional: Tensor, scale: Float, epsChannels: Int,
-                                   into out: Tensor) throws {
+public func classifierFreeGuidance(
+    conditional: Tensor, unconditional: Tensor, scale: Float, epsChannels: Int,
+    into out: Tensor
+) throws {
     guard conditional.shape == unconditional.shape, out.shape == conditional.shape, conditional.rank == 4,
-          (1...conditional.shape[1]).contains(epsChannels) else {
+        (1...conditional.shape[1]).contains(epsChannels)
+    else {
         throw DiffusionError.shapeMismatch(
             "guidance: conditional \(conditional.shape), unconditional \(unconditional.shape), out \(out.shape), "
                 + "eps channels \(epsChannels)")

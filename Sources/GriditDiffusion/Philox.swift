@@ -3,6 +3,7 @@
 //
 // The noise for (seed, purpose, grid, step, frame) is a pure function of those numbers: no state
 // is carried between draws, so batch composition, thread count and resuming never change bytes.
+
 import Glibc
 
 /// The Philox4x32 bijection with 10 rounds: 128-bit counter × 64-bit key → 128 random bits.
@@ -14,16 +15,24 @@ public enum Philox4x32 {
 
     /// Philox4x32-10 of `counter` under `key`.
     @inline(__always)
-    public static func block(counter: (UInt32, UInt32, UInt32, UInt32), key: (UInt32, UInt32))
-        -> (UInt32, UInt32, UInt32, UInt32) {
+    public static func block(
+        counter: (UInt32, UInt32, UInt32, UInt32), key: (UInt32, UInt32)
+    )
+        -> (UInt32, UInt32, UInt32, UInt32)
+    {
         var c = counter
         var k = key
         for round in 0..<10 {
-            if round > 0 { k.0 &+= w0; k.1 &+= w1 }
+            if round > 0 {
+                k.0 &+= w0
+                k.1 &+= w1
+            }
             let p0 = UInt64(m0) &* UInt64(c.0)
             let p1 = UInt64(m1) &* UInt64(c.2)
-            c = (UInt32(truncatingIfNeeded: p1 >> 32) ^ c.1 ^ k.0, UInt32(truncatingIfNeeded: p1),
-                 UInt32(truncatingIfNeeded: p0 >> 32) ^ c.3 ^ k.1, UInt32(truncatingIfNeeded: p0))
+            c = (
+                UInt32(truncatingIfNeeded: p1 >> 32) ^ c.1 ^ k.0, UInt32(truncatingIfNeeded: p1),
+                UInt32(truncatingIfNeeded: p0 >> 32) ^ c.3 ^ k.1, UInt32(truncatingIfNeeded: p0)
+            )
         }
         return c
     }
@@ -77,8 +86,9 @@ public struct NoiseKey: Hashable, Sendable {
     /// The 4 × 32 random bits of block `index` of this stream.
     @inline(__always)
     public func bits(block index: UInt32) -> (UInt32, UInt32, UInt32, UInt32) {
-        Philox4x32.block(counter: (index, frame, step, UInt32(purpose.rawValue) << 24 | grid),
-                         key: (UInt32(truncatingIfNeeded: seed), UInt32(truncatingIfNeeded: seed >> 32)))
+        Philox4x32.block(
+            counter: (index, frame, step, UInt32(purpose.rawValue) << 24 | grid),
+            key: (UInt32(truncatingIfNeeded: seed), UInt32(truncatingIfNeeded: seed >> 32)))
     }
 
     /// The two standard normals of block `index` (Box–Muller in Double).
@@ -104,19 +114,22 @@ public struct NoiseKey: Hashable, Sendable {
 
     /// Writes normals start ..< start + count of this stream to `into[0 ..< count]`.
     public func fillNormal(into: UnsafeMutablePointer<Float>, count: Int, start: Int = 0) {
-        precondition(start >= 0 && count >= 0 && (start + count + 1) / 2 <= Int(UInt32.max),
-                     "fillNormal: range \(start)..<\(start + count) out of the stream")
+        precondition(
+            start >= 0 && count >= 0 && (start + count + 1) / 2 <= Int(UInt32.max),
+            "fillNormal: range \(start)..<\(start + count) out of the stream")
         var i = 0
         var index = start
         if index % 2 == 1 && count > 0 {
             into[0] = Float(normalPair(block: UInt32(index / 2)).1)
-            i = 1; index += 1
+            i = 1
+            index += 1
         }
         while i + 1 < count {
             let pair = normalPair(block: UInt32(index / 2))
             into[i] = Float(pair.0)
             into[i + 1] = Float(pair.1)
-            i += 2; index += 2
+            i += 2
+            index += 2
         }
         if i < count { into[i] = Float(normalPair(block: UInt32(index / 2)).0) }
     }

@@ -2,6 +2,7 @@
 // model, stage-2 super-resolution model and VAE make up one GriDiT pipeline, the frame geometry,
 // and the sampling defaults. The model store keeps it as the body of a pipeline version, with the
 // file references rewritten to blob digests (`mapFiles`).
+
 import Foundation
 import GriditJobSpec
 import GriditModels
@@ -142,9 +143,11 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
         /// Classifier-free guidance scale for a class-conditional stage 1 (1 = no guidance).
         public var cfgScale: Double
 
-        public init(mode: String = "gridit", sampler: String = "ddpm", steps: String = "250", eta: Double = 0,
-                    srSampler: String = "ddpm", srSteps: String = "250", contextRows: Int = 1,
-                    context: String = "renoised", precision: String = "fp32", cfgScale: Double = 1) {
+        public init(
+            mode: String = "gridit", sampler: String = "ddpm", steps: String = "250", eta: Double = 0,
+            srSampler: String = "ddpm", srSteps: String = "250", contextRows: Int = 1,
+            context: String = "renoised", precision: String = "fp32", cfgScale: Double = 1
+        ) {
             self.mode = mode
             self.sampler = sampler
             self.steps = steps
@@ -203,9 +206,11 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
         }
     }
 
-    public init(name: String? = nil, description: String? = nil, grid: Grid, stage1: ModelFiles,
-                stage2: SuperResolution? = nil, vae: VAE? = nil, defaults: Defaults = Defaults(),
-                limits: Limits = Limits()) {
+    public init(
+        name: String? = nil, description: String? = nil, grid: Grid, stage1: ModelFiles,
+        stage2: SuperResolution? = nil, vae: VAE? = nil, defaults: Defaults = Defaults(),
+        limits: Limits = Limits()
+    ) {
         self.format = Self.currentFormat
         self.name = name
         self.description = description
@@ -324,7 +329,9 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
         if format != Self.currentFormat { try fail("format is '\(format)'; this gridit reads '\(Self.currentFormat)'") }
         if !(2...8).contains(grid.k) { try fail("grid.k is \(grid.k); it must be 2...8") }
         // Upper bounds keep every size derived from the geometry small (no overflow, no huge allocation).
-        if !(1...4096).contains(grid.frameSize) { try fail("grid.frame_size is \(grid.frameSize); it must be 1...4096") }
+        if !(1...4096).contains(grid.frameSize) {
+            try fail("grid.frame_size is \(grid.frameSize); it must be 1...4096")
+        }
         if !(1...64).contains(grid.channels) { try fail("grid.channels is \(grid.channels); it must be 1...64") }
         if let s = stage2, !(1...64).contains(s.scale) { try fail("stage2.scale is \(s.scale); it must be 1...64") }
         if let v = vae, !(v.scalingFactor > 0) { try fail("vae.scaling_factor must be positive") }
@@ -341,11 +348,15 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
         if !(1..<grid.k).contains(d.contextRows) {
             try fail("defaults.context_rows is \(d.contextRows); it must be 1...\(grid.k - 1) for k = \(grid.k)")
         }
-        if !Self.contexts.contains(d.context) { try fail("defaults.context is '\(d.context)'; use one of \(Self.contexts)") }
+        if !Self.contexts.contains(d.context) {
+            try fail("defaults.context is '\(d.context)'; use one of \(Self.contexts)")
+        }
         if !Self.precisions.contains(d.precision) {
             try fail("defaults.precision is '\(d.precision)'; use one of \(Self.precisions)")
         }
-        if !(d.cfgScale.isFinite && d.cfgScale >= 0) { try fail("defaults.cfg_scale is \(d.cfgScale); it must be >= 0") }
+        if !(d.cfgScale.isFinite && d.cfgScale >= 0) {
+            try fail("defaults.cfg_scale is \(d.cfgScale); it must be >= 0")
+        }
         if limits.maxLength < 1 { try fail("limits.max_length is \(limits.maxLength); it must be positive") }
         for (role, ref) in files where ref.isEmpty { try fail("\(role.rawValue) is empty") }
     }
@@ -359,35 +370,49 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
     /// Checks the models' configs against the pipeline: a stage-1 input of k frames per side, the
     /// right channel counts, a stage-2 model taking [noisy, condition] at the high resolution.
     /// Stage 1 may be class-conditional (requests then name a class; guidance by `cfg_scale`).
-    public func validate(stage1 s1: DiTConfiguration, stage2 s2: DiTConfiguration?, vae v: AutoencoderKLConfiguration?,
-                         path: String? = nil) throws {
+    public func validate(
+        stage1 s1: DiTConfiguration, stage2 s2: DiTConfiguration?, vae v: AutoencoderKLConfiguration?,
+        path: String? = nil
+    ) throws {
         func fail(_ m: String) throws -> Never { throw PipelineError(m, path: path) }
         if (vae == nil) != (v == nil) { try fail("the VAE config must be given exactly when the pipeline has a vae") }
-        if (stage2 == nil) != (s2 == nil) { try fail("the stage-2 config must be given exactly when the pipeline has a stage2") }
+        if (stage2 == nil) != (s2 == nil) {
+            try fail("the stage-2 config must be given exactly when the pipeline has a stage2")
+        }
         if let v {
             let f = v.downsampleFactor
             if grid.frameSize % f != 0 {
                 try fail("grid.frame_size \(grid.frameSize) is not a multiple of the VAE's factor \(f)")
             }
             if v.inChannels != grid.channels || v.outChannels != grid.channels {
-                try fail("the VAE maps \(v.inChannels)→\(v.outChannels) image channels, grid.channels is \(grid.channels)")
+                try fail(
+                    "the VAE maps \(v.inChannels)→\(v.outChannels) image channels, grid.channels is \(grid.channels)")
             }
         }
         let (c, s) = stage1Space(vae: v)
         if s1.inputSize != grid.k * s {
-            try fail("stage 1 input_size is \(s1.inputSize), but k × frame = \(grid.k) × \(s) = \(grid.k * s)"
-                + (v == nil ? "" : " latent pixels") + "; fix grid.k or grid.frame_size")
+            try fail(
+                "stage 1 input_size is \(s1.inputSize), but k × frame = \(grid.k) × \(s) = \(grid.k * s)"
+                    + (v == nil ? "" : " latent pixels") + "; fix grid.k or grid.frame_size")
         }
         if s1.inChannels != c { try fail("stage 1 in_channels is \(s1.inChannels), expected \(c)") }
-        if s1.conditionChannels != 0 { try fail("stage 1 must not take a condition (condition_channels \(s1.conditionChannels))") }
+        if s1.conditionChannels != 0 {
+            try fail("stage 1 must not take a condition (condition_channels \(s1.conditionChannels))")
+        }
         if s % s1.patchSize != 0 {
             try fail("a frame of \(s) pixels is not a whole number of stage-1 patches (\(s1.patchSize))")
         }
         if let sr = stage2, let s2 {
             let hr = grid.frameSize * sr.scale
             let side = v.map { hr / $0.downsampleFactor } ?? hr
-            if let v, hr % v.downsampleFactor != 0 { try fail("the high-resolution side \(hr) is not a multiple of the VAE factor") }
-            if s2.inputSize != side { try fail("stage 2 input_size is \(s2.inputSize), expected \(side) (frame \(grid.frameSize) × scale \(sr.scale))") }
+            if let v, hr % v.downsampleFactor != 0 {
+                try fail("the high-resolution side \(hr) is not a multiple of the VAE factor")
+            }
+            if s2.inputSize != side {
+                try fail(
+                    "stage 2 input_size is \(s2.inputSize), expected \(side) (frame \(grid.frameSize) × scale \(sr.scale))"
+                )
+            }
             if s2.inChannels != c || s2.conditionChannels != c {
                 try fail("stage 2 takes \(s2.inChannels)+\(s2.conditionChannels) channels, expected \(c)+\(c)")
             }

@@ -4,6 +4,7 @@
 // RePaint resampling jumps. An item's noise is keyed by its
 // own (seed, id, step, position), so its bytes never depend on the batch it runs in, on thread
 // counts or on where a run was resumed.
+
 import GriditModels
 import GriditTensor
 
@@ -62,8 +63,10 @@ public struct DenoiseSchedule: Sendable {
     public let jumps: ResampleJumps?
     public let transitions: [Transition]
 
-    public init(diffusion: GaussianDiffusion, kind: SamplerKind = .ddpm, variance: VarianceType = .learnedRange,
-                prediction: Prediction = .epsilon, clipDenoised: Bool = false, jumps: ResampleJumps? = nil) {
+    public init(
+        diffusion: GaussianDiffusion, kind: SamplerKind = .ddpm, variance: VarianceType = .learnedRange,
+        prediction: Prediction = .epsilon, clipDenoised: Bool = false, jumps: ResampleJumps? = nil
+    ) {
         self.diffusion = diffusion
         self.kind = kind
         self.variance = variance
@@ -128,8 +131,10 @@ public struct KnownFrames: @unchecked Sendable {
     /// `GaussianDiffusion.replaceKnown`.
     public var noisePositions: [Int]?
 
-    public init(x0: Tensor, positions: [Int], level: ReplacementLevel = .officialCurrentStep,
-                noisePositions: [Int]? = nil) {
+    public init(
+        x0: Tensor, positions: [Int], level: ReplacementLevel = .officialCurrentStep,
+        noisePositions: [Int]? = nil
+    ) {
         self.x0 = x0
         self.positions = positions
         self.level = level
@@ -143,9 +148,11 @@ public struct KnownFrames: @unchecked Sendable {
     ///
     /// Official three-row extension (K = 4): rows 1, 2, 3 of the previous grid → rows 0, 1, 2.
     /// Official in-betweening: row 3 of G_k → row 0 and row 3 of G_{k+1} → row 3.
-    public static func copyingRows(_ rows: [(source: Tensor, sourceRow: Int, targetRow: Int)], layout: GridLayout,
-                                   level: ReplacementLevel = .officialCurrentStep,
-                                   officialNoiseCoupling: Bool = true) throws -> KnownFrames {
+    public static func copyingRows(
+        _ rows: [(source: Tensor, sourceRow: Int, targetRow: Int)], layout: GridLayout,
+        level: ReplacementLevel = .officialCurrentStep,
+        officialNoiseCoupling: Bool = true
+    ) throws -> KnownFrames {
         let x0 = Tensor(zeros: layout.gridShape)
         var positions: [Int] = [], sources: [Int] = []
         let frames = Tensor(zeros: [layout.k] + layout.frameShape)
@@ -159,8 +166,9 @@ public struct KnownFrames: @unchecked Sendable {
             positions += to
             sources += from
         }
-        return KnownFrames(x0: x0, positions: positions, level: level,
-                           noisePositions: officialNoiseCoupling ? sources : nil)
+        return KnownFrames(
+            x0: x0, positions: positions, level: level,
+            noisePositions: officialNoiseCoupling ? sources : nil)
     }
 }
 
@@ -187,14 +195,15 @@ public struct NoiseStream: Sendable, Hashable {
     enum Use { case initial, step, jump }
 
     func key(_ use: Use, step: Int, position: Int) -> NoiseKey {
-        let purpose: NoisePurpose = switch (stage, use) {
-        case (.grid, .initial): .initial
-        case (.grid, .step): .step
-        case (.grid, .jump): .jump
-        case (.superResolution, .initial): .srInitial
-        case (.superResolution, .step): .srStep
-        case (.superResolution, .jump): .srJump
-        }
+        let purpose: NoisePurpose =
+            switch (stage, use) {
+            case (.grid, .initial): .initial
+            case (.grid, .step): .step
+            case (.grid, .jump): .jump
+            case (.superResolution, .initial): .srInitial
+            case (.superResolution, .step): .srStep
+            case (.superResolution, .jump): .srJump
+            }
         return NoiseKey(seed: seed, purpose: purpose, grid: id, step: step, frame: position)
     }
 
@@ -224,8 +233,10 @@ public final class DenoiseItem {
 
     /// An item starting at transition `position` from `x` (a view is fine: it is updated in
     /// place), or from its own x_T when `x` is nil.
-    public init(schedule: DenoiseSchedule, layout: GridLayout, noise: NoiseStream, known: KnownFrames? = nil,
-                x: Tensor? = nil, position: Int = 0) throws {
+    public init(
+        schedule: DenoiseSchedule, layout: GridLayout, noise: NoiseStream, known: KnownFrames? = nil,
+        x: Tensor? = nil, position: Int = 0
+    ) throws {
         if let x, x.shape != layout.gridShape {
             throw DiffusionError.shapeMismatch("item x \(x.shape), expected \(layout.gridShape)")
         }
@@ -235,15 +246,18 @@ public final class DenoiseItem {
             }
             let sources = known.noisePositions ?? known.positions
             guard sources.count == known.positions.count,
-                  (known.positions + sources).allSatisfy({ (0..<layout.framesPerGrid).contains($0) }) else {
-                throw DiffusionError.shapeMismatch("known positions \(known.positions) invalid for \(layout.framesPerGrid)")
+                (known.positions + sources).allSatisfy({ (0..<layout.framesPerGrid).contains($0) })
+            else {
+                throw DiffusionError.shapeMismatch(
+                    "known positions \(known.positions) invalid for \(layout.framesPerGrid)")
             }
         }
         guard (0...schedule.transitions.count).contains(position) else {
             throw DiffusionError.invalidStep(position, count: schedule.transitions.count)
         }
         if schedule.kind.isMultistep && position > 0 {
-            throw DiffusionError.shapeMismatch("a multistep solver keeps earlier model outputs; it cannot resume at step \(position)")
+            throw DiffusionError.shapeMismatch(
+                "a multistep solver keeps earlier model outputs; it cannot resume at step \(position)")
         }
         self.schedule = schedule
         self.layout = layout
@@ -262,8 +276,9 @@ public final class DenoiseItem {
     /// With `.clean` known frames: sets them into x, as they are (else nothing).
     private func replaceCleanKnown() throws {
         guard let known, known.level == .clean else { return }
-        try schedule.diffusion.replaceKnown(x: x, knownX0: known.x0, noise: known.x0, positions: known.positions,
-                                            layout: layout, k: 0, level: .clean)
+        try schedule.diffusion.replaceKnown(
+            x: x, knownX0: known.x0, noise: known.x0, positions: known.positions,
+            layout: layout, k: 0, level: .clean)
     }
 
     public var isFinished: Bool { position >= schedule.transitions.count }
@@ -305,27 +320,31 @@ public final class DenoiseItem {
         }
         let d = schedule.diffusion
         let x4 = x.reshaped([1] + x.shape)
-        let needsNoise: Bool = switch schedule.kind {
-        case .ddpm: k != 0
-        case .ddim(let eta): k != 0 && eta != 0
-        case .dpmSolver2M: false
-        }
+        let needsNoise: Bool =
+            switch schedule.kind {
+            case .ddpm: k != 0
+            case .ddim(let eta): k != 0 && eta != 0
+            case .dpmSolver2M: false
+            }
         if needsNoise || (k != 0 && known != nil) {
             noise.fill(z, layout: layout, .step, step: transition.noiseStep(count: d.count))
         }
         let z4 = z.reshaped(x4.shape)
         switch schedule.kind {
         case .ddpm:
-            try d.pSample(x: x4, modelOutput: modelOutput, k: k, noise: z4, into: x4, variance: schedule.variance,
-                          prediction: schedule.prediction, clipDenoised: schedule.clipDenoised)
+            try d.pSample(
+                x: x4, modelOutput: modelOutput, k: k, noise: z4, into: x4, variance: schedule.variance,
+                prediction: schedule.prediction, clipDenoised: schedule.clipDenoised)
         case .ddim(let eta):
-            try d.ddimSample(x: x4, modelOutput: modelOutput, k: k, eta: eta, noise: z4, into: x4,
-                             variance: schedule.variance, prediction: schedule.prediction,
-                             clipDenoised: schedule.clipDenoised)
+            try d.ddimSample(
+                x: x4, modelOutput: modelOutput, k: k, eta: eta, noise: z4, into: x4,
+                variance: schedule.variance, prediction: schedule.prediction,
+                clipDenoised: schedule.clipDenoised)
         case .dpmSolver2M:
             let x0 = x0Scratch ?? Tensor(zeros: x4.shape)
-            try d.dpmSolverStep(x: x4, modelOutput: modelOutput, k: k, previousX0: previousX0, into: x4, predX0: x0,
-                                variance: schedule.variance, prediction: schedule.prediction)
+            try d.dpmSolverStep(
+                x: x4, modelOutput: modelOutput, k: k, previousX0: previousX0, into: x4, predX0: x0,
+                variance: schedule.variance, prediction: schedule.prediction)
             (previousX0, x0Scratch) = (x0, previousX0)
         }
         if let known {
@@ -333,8 +352,9 @@ public final class DenoiseItem {
             // off-by-one level is a trait of the released DDPM code).
             let level = schedule.kind.isMultistep && known.level == .officialCurrentStep ? .previousStep : known.level
             if k != 0 || level != .officialCurrentStep {
-                try d.replaceKnown(x: x, knownX0: known.x0, noise: z, positions: known.positions,
-                                   noisePositions: known.noisePositions, layout: layout, k: k, level: level)
+                try d.replaceKnown(
+                    x: x, knownX0: known.x0, noise: z, positions: known.positions,
+                    noisePositions: known.noisePositions, layout: layout, k: k, level: level)
             }
         }
         position += 1
@@ -350,9 +370,11 @@ public enum BatchDenoiser {
     /// (n, Cout, H, W); it may batch as it likes but must treat rows independently. All items must
     /// share x's shape. `afterStep(item, transition)` runs after each item's step; return false to
     /// drop that item (it keeps its state and position), throw to abort the whole loop.
-    public static func run(_ items: [DenoiseItem],
-                           model: (_ x: Tensor, _ t: [Float], _ items: [Int]) throws -> Tensor,
-                           afterStep: (_ item: Int, _ transition: Transition) throws -> Bool = { _, _ in true }) throws {
+    public static func run(
+        _ items: [DenoiseItem],
+        model: (_ x: Tensor, _ t: [Float], _ items: [Int]) throws -> Tensor,
+        afterStep: (_ item: Int, _ transition: Transition) throws -> Bool = { _, _ in true }
+    ) throws {
         guard let first = items.first else { return }
         let shape = first.x.shape
         for item in items where item.x.shape != shape {
@@ -376,7 +398,7 @@ public enum BatchDenoiser {
             }
             var still: [Int] = []
             for (row, i) in active.enumerated() {
-                let transition = try items[i].step(modelOutput: out.slice(row ..< row + 1), scratch: z)
+                let transition = try items[i].step(modelOutput: out.slice(row..<row + 1), scratch: z)
                 if try afterStep(i, transition), !items[i].isFinished { still.append(i) }
             }
             active = still
@@ -403,8 +425,10 @@ public struct Sampler: Sendable {
     public var clipDenoised: Bool
     public var seed: UInt64
 
-    public init(diffusion: GaussianDiffusion, layout: GridLayout, seed: UInt64, kind: SamplerKind = .ddpm,
-                variance: VarianceType = .learnedRange, prediction: Prediction = .epsilon, clipDenoised: Bool = false) {
+    public init(
+        diffusion: GaussianDiffusion, layout: GridLayout, seed: UInt64, kind: SamplerKind = .ddpm,
+        variance: VarianceType = .learnedRange, prediction: Prediction = .epsilon, clipDenoised: Bool = false
+    ) {
         self.diffusion = diffusion
         self.layout = layout
         self.seed = seed
@@ -420,9 +444,10 @@ public struct Sampler: Sendable {
             throw DiffusionError.shapeMismatch("noise \(into.shape), expected \([grids.count] + layout.gridShape)")
         }
         for (i, g) in grids.enumerated() {
-            let grid = into.slice(i ..< i + 1).reshaped(layout.gridShape)
+            let grid = into.slice(i..<i + 1).reshaped(layout.gridShape)
             for f in 0..<layout.framesPerGrid {
-                layout.fillNoise(frame: f, of: grid, key: NoiseKey(seed: seed, purpose: purpose, grid: g, step: step, frame: f))
+                layout.fillNoise(
+                    frame: f, of: grid, key: NoiseKey(seed: seed, purpose: purpose, grid: g, step: step, frame: f))
             }
         }
     }
@@ -439,9 +464,11 @@ public struct Sampler: Sendable {
     /// `onStep(k, x)` runs after every grid did step k (x = x_{k−1}); throw from it to cancel.
     /// Resuming with the x seen after step k and `start: k − 1` gives the same bytes as an
     /// uninterrupted run.
-    public func denoise(_ x: Tensor, grids: [Int], known: [KnownFrames?]? = nil, from start: Int? = nil,
-                        model: (_ x: Tensor, _ t: [Float]) throws -> Tensor,
-                        onStep: (_ k: Int, _ x: Tensor) throws -> Void = { _, _ in }) throws {
+    public func denoise(
+        _ x: Tensor, grids: [Int], known: [KnownFrames?]? = nil, from start: Int? = nil,
+        model: (_ x: Tensor, _ t: [Float]) throws -> Tensor,
+        onStep: (_ k: Int, _ x: Tensor) throws -> Void = { _, _ in }
+    ) throws {
         let n = grids.count
         guard x.shape == [n] + layout.gridShape else {
             throw DiffusionError.shapeMismatch("x \(x.shape), expected \([n] + layout.gridShape)")
@@ -450,13 +477,17 @@ public struct Sampler: Sendable {
             throw DiffusionError.shapeMismatch("\(known.count) known entries for \(n) grids")
         }
         let first = start ?? diffusion.count - 1
-        guard (0..<diffusion.count).contains(first) else { throw DiffusionError.invalidStep(first, count: diffusion.count) }
-        let schedule = DenoiseSchedule(diffusion: diffusion, kind: kind, variance: variance, prediction: prediction,
-                                       clipDenoised: clipDenoised)
+        guard (0..<diffusion.count).contains(first) else {
+            throw DiffusionError.invalidStep(first, count: diffusion.count)
+        }
+        let schedule = DenoiseSchedule(
+            diffusion: diffusion, kind: kind, variance: variance, prediction: prediction,
+            clipDenoised: clipDenoised)
         let items = try grids.enumerated().map { i, g in
-            try DenoiseItem(schedule: schedule, layout: layout, noise: NoiseStream(seed: seed, id: g),
-                            known: known?[i], x: x.slice(i ..< i + 1).reshaped(layout.gridShape),
-                            position: diffusion.count - 1 - first)
+            try DenoiseItem(
+                schedule: schedule, layout: layout, noise: NoiseStream(seed: seed, id: g),
+                known: known?[i], x: x.slice(i..<i + 1).reshaped(layout.gridShape),
+                position: diffusion.count - 1 - first)
         }
         try BatchDenoiser.run(items, model: { x, t, _ in try model(x, t) }) { i, transition in
             if i == n - 1, case .denoise(let k, _) = transition { try onStep(k, x) }
@@ -465,9 +496,11 @@ public struct Sampler: Sendable {
     }
 
     /// x_T for `grids`, then the whole loop; returns x_0 (N, C, K·S, K·S).
-    public func sample(grids: [Int], known: [KnownFrames?]? = nil,
-                       model: (_ x: Tensor, _ t: [Float]) throws -> Tensor,
-                       onStep: (_ k: Int, _ x: Tensor) throws -> Void = { _, _ in }) throws -> Tensor {
+    public func sample(
+        grids: [Int], known: [KnownFrames?]? = nil,
+        model: (_ x: Tensor, _ t: [Float]) throws -> Tensor,
+        onStep: (_ k: Int, _ x: Tensor) throws -> Void = { _, _ in }
+    ) throws -> Tensor {
         let x = try initialNoise(grids: grids)
         try denoise(x, grids: grids, known: known, model: model, onStep: onStep)
         return x

@@ -5,9 +5,10 @@
 // Coefficients are taken from the Double arrays of `GaussianDiffusion` and cast to Float, then all
 // arithmetic is float32, element by element, in the reference's order of operations.
 // Every function writes into caller-owned tensors and allocates nothing; `into` may be `x` itself.
+
+import Glibc
 import GriditModels
 import GriditTensor
-import Glibc
 
 /// Float32 coefficients of one spaced step k.
 struct StepCoefficients {
@@ -36,14 +37,35 @@ struct StepCoefficients {
         let frac = (v + 1) / 2
         return frac * maxLog + (1 - frac) * minLog
     }
+
+    /// Walks x (n rows of `inner` values) with the model's output (n rows of 2·`inner` values,
+    /// ε or v then the variance channels, under the learned range; else n rows of `inner`):
+    /// `body(j, x, x0, v)` for each flat index j, with x0 predicted from that element's output
+    /// (`predictX0`) and v its variance-channel value (0 unless learned). `body` may write index
+    /// j of a tensor that is x itself: x[j] is read before.
+    @inline(__always) func forEachElement(
+        n: Int, inner: Int, x: UnsafePointer<Float>, modelOutput: UnsafePointer<Float>, clip: Bool,
+        _ body: (_ j: Int, _ x: Float, _ x0: Float, _ v: Float) -> Void
+    ) {
+        for b in 0..<n {
+            let out = modelOutput + b * (learned ? 2 : 1) * inner
+            let base = b * inner
+            for i in 0..<inner {
+                let xi = x[base + i]
+                let x0 = predictX0(x: xi, eps: epsilon(x: xi, out: out[i]), clip: clip)
+                body(base + i, xi, x0, learned ? out[inner + i] : 0)
+            }
+        }
+    }
 }
 
 extension GaussianDiffusion {
     func coefficients(_ k: Int, variance: VarianceType, prediction: Prediction) -> StepCoefficients {
-        let fixed: Double = switch variance {
-        case .learnedRange, .fixedSmall: posteriorLogVarianceClipped[k]
-        case .fixedLarge: fixedLargeLogVariance[k]
-        }
+        let fixed: Double =
+            switch variance {
+            case .learnedRange, .fixedSmall: posteriorLogVarianceClipped[k]
+            case .fixedLarge: fixedLargeLogVariance[k]
+            }
         return StepCoefficients(
             sqrtRecip: Float(sqrtRecipAlphasCumprod[k]), sqrtRecipm1: Float(sqrtRecipm1AlphasCumprod[k]),
             coef1: Float(posteriorMeanCoef1[k]), coef2: Float(posteriorMeanCoef2[k]),
@@ -55,8 +77,10 @@ extension GaussianDiffusion {
     }
 
     /// Checks x (N, C, H, W) against the model output (N, C or 2C, H, W) and returns (N, C·H·W); the optional tensors must be shaped like x.
-    func checkShapes(x: Tensor, modelOutput: Tensor, k: Int, variance: VarianceType,
-                     _ a: Tensor?, _ b: Tensor?, _ third: Tensor? = nil) throws -> (n: Int, inner: Int) {
+    func checkShapes(
+        x: Tensor, modelOutput: Tensor, k: Int, variance: VarianceType,
+        _ a: Tensor?, _ b: Tensor?, _ third: Tensor? = nil
+    ) throws -> (n: Int, inner: Int) {
         guard (0..<count).contains(k) else { throw DiffusionError.invalidStep(k, count: count) }
         guard x.rank >= 2 else { throw DiffusionError.shapeMismatch("x must be (N, C, …), got \(x.shape)") }
         let n = x.shape[0], c = x.shape[1]
@@ -64,7 +88,8 @@ extension GaussianDiffusion {
         var expected = x.shape
         expected[1] = channels
         guard modelOutput.shape == expected else {
-            throw DiffusionError.shapeMismatch("model output \(modelOutput.shape), expected \(expected) for \(variance)")
+            throw DiffusionError.shapeMismatch(
+                "model output \(modelOutput.shape), expected \(expected) for \(variance)")
         }
         func same(_ t: Tensor?) throws {
             if let t, t.shape != x.shape { throw DiffusionError.shapeMismatch("\(t.shape) vs x \(x.shape)") }
@@ -81,55 +106,45 @@ extension GaussianDiffusion {
     /// x: (N, C, H, W); modelOutput: (N, 2C, H, W) for `.learnedRange` (ε then v), (N, C, H, W)
     /// otherwise, its first C channels what `prediction` says. `clipDenoised` clamps x0 to [-1, 1]
     /// (off in every official script).
-    public func pMeanVariance(x: Tensor, modelOutput: Tensor, k: Int, variance: VarianceType = .learnedRange,
-                              prediction: Prediction = .epsilon, clipDenoised: Bool = false,
-                              predX0: Tensor, mean: Tensor, logVariance: Tensor) throws {
-        let (n, inner) = try checkShapes(x: x, modelOutput: modelOutput, k: k, variance: variance,
-                                         predX0, mean, logVariance)
+    public func pMeanVariance(
+        x: Tensor, modelOutput: Tensor, k: Int, variance: VarianceType = .learnedRange,
+        prediction: Prediction = .epsilon, clipDenoised: Bool = false,
+        predX0: Tensor, mean: Tensor, logVariance: Tensor
+    ) throws {
+        let (n, inner) = try checkShapes(
+            x: x, modelOutput: modelOutput, k: k, variance: variance,
+            predX0, mean, logVariance)
         let cf = coefficients(k, variance: variance, prediction: prediction)
-        let learned = variance == .learnedRange
-        let xs = x.pointer, out = modelOutput.pointer
         let x0p = predX0.mutablePointer, mp = mean.mutablePointer, lp = logVariance.mutablePointer
-        for b in 0..<n {
-            let eps = out + b * (learned ? 2 : 1) * inner
-            let v = eps + inner
-            let base = b * inner
-            for i in 0..<inner {
-                let xi = xs[base + i]
-                let x0 = cf.predictX0(x: xi, eps: cf.epsilon(x: xi, out: eps[i]), clip: clipDenoised)
-                x0p[base + i] = x0
-                mp[base + i] = cf.coef1 * x0 + cf.coef2 * xi
-                lp[base + i] = cf.logVariance(v: learned ? v[i] : 0)
-            }
+        cf.forEachElement(n: n, inner: inner, x: x.pointer, modelOutput: modelOutput.pointer, clip: clipDenoised) {
+            j, xi, x0, v in
+            x0p[j] = x0
+            mp[j] = cf.coef1 * x0 + cf.coef2 * xi
+            lp[j] = cf.logVariance(v: v)
         }
     }
 
     /// Ancestral DDPM step: x_{k−1} = mean + [k ≠ 0]·exp(½·logvar)·z, into `into` (may be x).
     /// `noise` z is shaped like x; it is not read at k = 0 and may then be nil.
-    public func pSample(x: Tensor, modelOutput: Tensor, k: Int, noise: Tensor?, into: Tensor,
-                        variance: VarianceType = .learnedRange, prediction: Prediction = .epsilon,
-                        clipDenoised: Bool = false) throws {
-        let (n, inner) = try checkShapes(x: x, modelOutput: modelOutput, k: k, variance: variance,
-                                         noise, into)
+    public func pSample(
+        x: Tensor, modelOutput: Tensor, k: Int, noise: Tensor?, into: Tensor,
+        variance: VarianceType = .learnedRange, prediction: Prediction = .epsilon,
+        clipDenoised: Bool = false
+    ) throws {
+        let (n, inner) = try checkShapes(
+            x: x, modelOutput: modelOutput, k: k, variance: variance,
+            noise, into)
         if k != 0 && noise == nil { throw DiffusionError.shapeMismatch("noise is required at k = \(k)") }
         let cf = coefficients(k, variance: variance, prediction: prediction)
-        let learned = variance == .learnedRange
-        let xs = x.pointer, out = modelOutput.pointer, dst = into.mutablePointer
+        let dst = into.mutablePointer
         let z = k != 0 ? noise!.pointer : nil
-        for b in 0..<n {
-            let eps = out + b * (learned ? 2 : 1) * inner
-            let v = eps + inner
-            let base = b * inner
-            for i in 0..<inner {
-                let xi = xs[base + i]
-                let x0 = cf.predictX0(x: xi, eps: cf.epsilon(x: xi, out: eps[i]), clip: clipDenoised)
-                let mean = cf.coef1 * x0 + cf.coef2 * xi
-                if let z {
-                    let logVar = cf.logVariance(v: learned ? v[i] : 0)
-                    dst[base + i] = mean + expf(0.5 * logVar) * z[base + i]
-                } else {
-                    dst[base + i] = mean
-                }
+        cf.forEachElement(n: n, inner: inner, x: x.pointer, modelOutput: modelOutput.pointer, clip: clipDenoised) {
+            j, xi, x0, v in
+            let mean = cf.coef1 * x0 + cf.coef2 * xi
+            if let z {
+                dst[j] = mean + expf(0.5 * cf.logVariance(v: v)) * z[j]
+            } else {
+                dst[j] = mean
             }
         }
     }
@@ -139,31 +154,30 @@ extension GaussianDiffusion {
     /// x_{k−1} = x0·sqrt(ᾱ_prev) + sqrt(1−ᾱ_prev−σ²)·ε + [k ≠ 0]·σ·z.
     /// The variance channels of a learned-sigma model are ignored (pass `.learnedRange` so the
     /// output's channel count is checked; the fixed variances behave the same here).
-    public func ddimSample(x: Tensor, modelOutput: Tensor, k: Int, eta: Float, noise: Tensor?, into: Tensor,
-                           variance: VarianceType = .learnedRange, prediction: Prediction = .epsilon,
-                           clipDenoised: Bool = false) throws {
-        let (n, inner) = try checkShapes(x: x, modelOutput: modelOutput, k: k, variance: variance,
-                                         noise, into)
+    public func ddimSample(
+        x: Tensor, modelOutput: Tensor, k: Int, eta: Float, noise: Tensor?, into: Tensor,
+        variance: VarianceType = .learnedRange, prediction: Prediction = .epsilon,
+        clipDenoised: Bool = false
+    ) throws {
+        let (n, inner) = try checkShapes(
+            x: x, modelOutput: modelOutput, k: k, variance: variance,
+            noise, into)
         let useNoise = k != 0 && eta != 0
-        if useNoise && noise == nil { throw DiffusionError.shapeMismatch("noise is required at k = \(k) with eta \(eta)") }
+        if useNoise && noise == nil {
+            throw DiffusionError.shapeMismatch("noise is required at k = \(k) with eta \(eta)")
+        }
         let cf = coefficients(k, variance: variance, prediction: prediction)
-        let learned = variance == .learnedRange
         let ab = cf.alphaBar, abPrev = cf.alphaBarPrev
         let sigma = eta * ((1 - abPrev) / (1 - ab)).squareRoot() * (1 - ab / abPrev).squareRoot()
         let sqrtAbPrev = abPrev.squareRoot()
         let dirCoef = (1 - abPrev - sigma * sigma).squareRoot()
-        let xs = x.pointer, out = modelOutput.pointer, dst = into.mutablePointer
+        let dst = into.mutablePointer
         let z = useNoise ? noise!.pointer : nil
-        for b in 0..<n {
-            let epsIn = out + b * (learned ? 2 : 1) * inner
-            let base = b * inner
-            for i in 0..<inner {
-                let xi = xs[base + i]
-                let x0 = cf.predictX0(x: xi, eps: cf.epsilon(x: xi, out: epsIn[i]), clip: clipDenoised)
-                let eps = (cf.sqrtRecip * xi - x0) / cf.sqrtRecipm1
-                let meanPred = x0 * sqrtAbPrev + dirCoef * eps
-                dst[base + i] = z.map { meanPred + sigma * $0[base + i] } ?? meanPred
-            }
+        cf.forEachElement(n: n, inner: inner, x: x.pointer, modelOutput: modelOutput.pointer, clip: clipDenoised) {
+            j, xi, x0, _ in
+            let eps = (cf.sqrtRecip * xi - x0) / cf.sqrtRecipm1
+            let meanPred = x0 * sqrtAbPrev + dirCoef * eps
+            dst[j] = z.map { meanPred + sigma * $0[j] } ?? meanPred
         }
     }
 }
@@ -182,12 +196,14 @@ extension GaussianDiffusion {
     /// (first order, D1 = 0, without a previous x0 — the first step, or after a resampling jump —
     /// and at k = 0, where σ_t = 0 and x_t = x0_k). x0_k comes from the model's ε (or v) output.
     /// Writes x_t into `into` (may be x) and x0_k into `predX0`, the history of the next step.
-    public func dpmSolverStep(x: Tensor, modelOutput: Tensor, k: Int, previousX0: Tensor?, into: Tensor, predX0: Tensor,
-                              variance: VarianceType = .learnedRange, prediction: Prediction = .epsilon) throws {
-        let (n, inner) = try checkShapes(x: x, modelOutput: modelOutput, k: k, variance: variance,
-                                         into, predX0, previousX0)
+    public func dpmSolverStep(
+        x: Tensor, modelOutput: Tensor, k: Int, previousX0: Tensor?, into: Tensor, predX0: Tensor,
+        variance: VarianceType = .learnedRange, prediction: Prediction = .epsilon
+    ) throws {
+        let (n, inner) = try checkShapes(
+            x: x, modelOutput: modelOutput, k: k, variance: variance,
+            into, predX0, previousX0)
         let cf = coefficients(k, variance: variance, prediction: prediction)
-        let learned = variance == .learnedRange
         func lambda(_ ab: Double) -> Double { 0.5 * (Glibc.log(ab) - Glibc.log(1 - ab)) }
         // x_t = cx·x + c0·x0_k − c1·x0_(k+1) (Double coefficients, Float arithmetic)
         var cx = 0.0, c0 = 1.0, c1 = 0.0
@@ -204,18 +220,13 @@ extension GaussianDiffusion {
             }
         }
         let fx = Float(cx), f0 = Float(c0), f1 = Float(c1)
-        let xs = x.pointer, out = modelOutput.pointer, dst = into.mutablePointer, x0p = predX0.mutablePointer
+        let dst = into.mutablePointer, x0p = predX0.mutablePointer
         let prev = c1 != 0 ? previousX0?.pointer : nil
-        for b in 0..<n {
-            let eps = out + b * (learned ? 2 : 1) * inner
-            let base = b * inner
-            for i in 0..<inner {
-                let xi = xs[base + i]
-                let x0 = cf.predictX0(x: xi, eps: cf.epsilon(x: xi, out: eps[i]), clip: false)
-                let older = prev.map { $0[base + i] } ?? 0
-                x0p[base + i] = x0
-                dst[base + i] = fx * xi + f0 * x0 - f1 * older
-            }
+        cf.forEachElement(n: n, inner: inner, x: x.pointer, modelOutput: modelOutput.pointer, clip: false) {
+            j, xi, x0, _ in
+            let older = prev.map { $0[j] } ?? 0
+            x0p[j] = x0
+            dst[j] = fx * xi + f0 * x0 - f1 * older
         }
     }
 }

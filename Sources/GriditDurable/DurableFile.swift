@@ -3,7 +3,7 @@
 // reader sees the old file or the complete new one, never a partial write. No Foundation (it is
 // linked into griditctl as into griditd).
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// A failed system call of a durable write.
@@ -52,7 +52,8 @@ public final class DurableFile<Failure: Error> {
         _ bytes: [UInt8], to path: String, permissions: mode_t = 0o644,
         failure: @escaping (DurableFileError) -> Failure
     ) throws(Failure) {
-        try write(to: path, permissions: permissions, failure: failure) { (out) throws(Failure) in try out.write(bytes) }
+        try write(to: path, permissions: permissions, failure: failure) { (out) throws(Failure) in try out.write(bytes)
+        }
     }
 
     private init(path: String, permissions: mode_t, failure: @escaping (DurableFileError) -> Failure) throws(Failure) {
@@ -62,7 +63,9 @@ public final class DurableFile<Failure: Error> {
         let name = path.split(separator: "/", omittingEmptySubsequences: false).last.map(String.init) ?? path
         var template = Array("\(directory)/.\(name).tmp-XXXXXX".utf8CString)
         let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-        guard fd >= 0 else { throw failure(DurableFileError(call: "mkstemp in '\(directory)'", errno: errno, path: path)) }
+        guard fd >= 0 else {
+            throw failure(DurableFileError(call: "mkstemp in '\(directory)'", errno: errno, path: path))
+        }
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
         self.fd = fd
         self.temporaryPath = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)

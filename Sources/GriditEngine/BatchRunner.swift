@@ -3,11 +3,12 @@
 // batch as large as the memory budget allows. Every item keeps its own seed and noise keys, and
 // the models run each sample on a fixed schedule, so a run's bytes do not depend on what it was
 // batched with, on the batch sizes or on the thread count.
+
 import Foundation
+import GriditDiffusion
 import GriditImage
 import GriditJobSpec
 import GriditModels
-import GriditDiffusion
 import GriditTensor
 
 extension SequenceRun {
@@ -27,10 +28,13 @@ extension SequenceRun {
     ///   stopped), on this thread: a daemon can `finish(into:)` it right there.
     /// Returns one result per run: the given runs in order, then the admitted ones in admission order.
     @discardableResult
-    public static func execute(_ runs: [SequenceRun], options: ExecutionOptions = ExecutionOptions(),
-                               admit: () -> [SequenceRun] = { [] },
-                               finished: (SequenceRun, Result<Void, EngineError>) -> Void = { _, _ in })
-        -> [Result<Void, EngineError>] {
+    public static func execute(
+        _ runs: [SequenceRun], options: ExecutionOptions = ExecutionOptions(),
+        admit: () -> [SequenceRun] = { [] },
+        finished: (SequenceRun, Result<Void, EngineError>) -> Void = { _, _ in }
+    )
+        -> [Result<Void, EngineError>]
+    {
         BatchRunner(options: options).run(runs, admit: admit, finished: finished)
     }
 }
@@ -85,8 +89,10 @@ final class BatchRunner {
         }
     }
 
-    func run(_ initial: [SequenceRun], admit: () -> [SequenceRun],
-             finished: (SequenceRun, Result<Void, EngineError>) -> Void) -> [Result<Void, EngineError>] {
+    func run(
+        _ initial: [SequenceRun], admit: () -> [SequenceRun],
+        finished: (SequenceRun, Result<Void, EngineError>) -> Void
+    ) -> [Result<Void, EngineError>] {
         join(initial)
         var preferFrames = false
         while true {
@@ -174,7 +180,8 @@ final class BatchRunner {
         /// The unit's denoising item and condition (its dependencies are done).
         var item: (SequenceRun, Int) throws -> (DenoiseItem, Tensor?)
         /// One batched forward of the members' rows.
-        var forward: (_ x: Tensor, _ t: [Float], _ members: [Member], _ workspace: (Int) -> DiTWorkspace) throws -> Tensor
+        var forward:
+            (_ x: Tensor, _ t: [Float], _ members: [Member], _ workspace: (Int) -> DiTWorkspace) throws -> Tensor
         /// Stores a finished unit.
         var finish: (SequenceRun, Int, Tensor) throws -> Void
         var seconds: WritableKeyPath<RunTimings, Double>
@@ -210,7 +217,8 @@ final class BatchRunner {
                 let first = members[0].condition!
                 let condition = Tensor(zeros: [members.count] + first.shape)
                 for (row, member) in members.enumerated() {
-                    (condition.mutablePointer + row * first.count).update(from: member.condition!.pointer, count: first.count)
+                    (condition.mutablePointer + row * first.count).update(
+                        from: member.condition!.pointer, count: first.count)
                 }
                 return try model.forward(x: x, t: t, condition: condition, workspace: workspace(members.count))
             },
@@ -253,27 +261,30 @@ final class BatchRunner {
         var evaluations = [Int](repeating: 0, count: members.count)
         let flopsPerRow = pass.model.config.flopsPerForward(batch: 1)
         do {
-            try BatchDenoiser.run(members.map(\.item), model: { x, t, rows in
-                try pass.forward(x, t, rows.map { members[$0] }) { self.workspace(pass, batch: $0) }
-            }, afterStep: { i, _ in
-                let unit = members[i].unit
-                let run = self.runs[unit.run]
-                guard self.keepsGoing(unit.run) else { return false }
-                evaluations[i] += 1
-                let work = flopsPerRow * Double(pass.rows(run))
-                run.session.evaluated(work)
-                self.reportStep(run, pass.stage, unit: unit.index, step: evaluations[i], of: pass.evaluations(run))
-                guard members[i].item.isFinished else { return true }
-                return self.attempt(unit.run) {
-                    try pass.finish(run, unit.index, members[i].item.x)
-                    run.session.stored(work: work * Double(evaluations[i]))
-                    let now = Date()
-                    run.timings[keyPath: pass.seconds] += now.timeIntervalSince(marks[unit.run]!)
-                    marks[unit.run] = now
-                    if pass.savesTimingsPerUnit { try run.saveTimings() }
-                    run.hooks.onProgress(run.progress)
-                }
-            })
+            try BatchDenoiser.run(
+                members.map(\.item),
+                model: { x, t, rows in
+                    try pass.forward(x, t, rows.map { members[$0] }) { self.workspace(pass, batch: $0) }
+                },
+                afterStep: { i, _ in
+                    let unit = members[i].unit
+                    let run = self.runs[unit.run]
+                    guard self.keepsGoing(unit.run) else { return false }
+                    evaluations[i] += 1
+                    let work = flopsPerRow * Double(pass.rows(run))
+                    run.session.evaluated(work)
+                    self.reportStep(run, pass.stage, unit: unit.index, step: evaluations[i], of: pass.evaluations(run))
+                    guard members[i].item.isFinished else { return true }
+                    return self.attempt(unit.run) {
+                        try pass.finish(run, unit.index, members[i].item.x)
+                        run.session.stored(work: work * Double(evaluations[i]))
+                        let now = Date()
+                        run.timings[keyPath: pass.seconds] += now.timeIntervalSince(marks[unit.run]!)
+                        marks[unit.run] = now
+                        if pass.savesTimingsPerUnit { try run.saveTimings() }
+                        run.hooks.onProgress(run.progress)
+                    }
+                })
         } catch {
             let e = EngineError.classify(error)
             for member in members where failures[member.unit.run] == nil { failures[member.unit.run] = e }
@@ -290,10 +301,12 @@ final class BatchRunner {
     /// (unit i), both 1-based, with what is durable of the other stage.
     private func reportStep(_ run: SequenceRun, _ stage: Stage, unit: Int, step: Int, of steps: Int) {
         let plan = run.plan
-        run.hooks.onStep(StepProgress(
-            stage: stage, grid: stage == .grid ? unit + 1 : run.gridsDone, grids: plan.grids, step: step, steps: steps,
-            frame: stage == .grid ? run.framesDone : unit + 1, frames: plan.frames, etaSeconds: run.eta,
-            fraction: run.fraction))
+        run.hooks.onStep(
+            StepProgress(
+                stage: stage, grid: stage == .grid ? unit + 1 : run.gridsDone, grids: plan.grids, step: step,
+                steps: steps,
+                frame: stage == .grid ? run.framesDone : unit + 1, frames: plan.frames, etaSeconds: run.eta,
+                fraction: run.fraction))
     }
 
     /// Frames of runs without stage 2: only quantised and written.
@@ -360,14 +373,16 @@ final class BatchRunner {
         for (j, row) in guided.enumerated() {
             (x2.mutablePointer + (n + j) * inner).update(from: x.pointer + row * inner, count: inner)
         }
-        let out = try model.forward(x: x2, t: t + guided.map { t[$0] }, y: labels! + guided.map { _ in classes },
-                                    workspace: workspace(n + guided.count))
-        let result = out.slice(0 ..< n).copy()
+        let out = try model.forward(
+            x: x2, t: t + guided.map { t[$0] }, y: labels! + guided.map { _ in classes },
+            workspace: workspace(n + guided.count))
+        let result = out.slice(0..<n).copy()
         for (j, row) in guided.enumerated() {
-            let cond = result.slice(row ..< row + 1)
-            try classifierFreeGuidance(conditional: cond, unconditional: out.slice(n + j ..< n + j + 1),
-                                       scale: Float(settings[row].cfgScale), epsChannels: model.config.inChannels,
-                                       into: cond)
+            let cond = result.slice(row..<row + 1)
+            try classifierFreeGuidance(
+                conditional: cond, unconditional: out.slice(n + j..<n + j + 1),
+                scale: Float(settings[row].cfgScale), epsChannels: model.config.inChannels,
+                into: cond)
         }
         return result
     }

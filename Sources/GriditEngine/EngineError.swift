@@ -1,8 +1,8 @@
 import Foundation
 import GriditCheckpoint
+import GriditDiffusion
 import GriditImage
 import GriditModels
-import GriditDiffusion
 
 /// Every failure the engine reports: a code that says what the caller should do, what is wrong,
 /// and the fix.
@@ -43,11 +43,14 @@ public struct EngineError: Error, CustomStringConvertible, Sendable, Equatable {
 
     public var description: String { hint.map { "\(message). Hint: \($0)" } ?? message }
 
-    static func invalid(_ message: String, hint: String? = nil) -> EngineError { EngineError(.invalidInput, message, hint: hint) }
+    static func invalid(_ message: String, hint: String? = nil) -> EngineError {
+        EngineError(.invalidInput, message, hint: hint)
+    }
 
     /// The run was stopped between steps by `shouldStop`.
-    public static let interrupted = EngineError(.interrupted, "the run was stopped",
-                                                hint: "run it again on the same work directory to resume")
+    public static let interrupted = EngineError(
+        .interrupted, "the run was stopped",
+        hint: "run it again on the same work directory to resume")
 
     /// Classifies any error the layers below throw.
     public static func classify(_ error: any Error, context: String? = nil) -> EngineError {
@@ -63,8 +66,9 @@ public struct EngineError: Error, CustomStringConvertible, Sendable, Equatable {
             return .invalid(prefixed(e.description))
         case let e as CheckpointError:
             if let errno = e.errno, errno == ENOSPC || errno == EDQUOT {
-                return EngineError(.diskFull, prefixed(e.message + " (\(e.path))"),
-                                   hint: "free disk space, then run again on the same work directory")
+                return EngineError(
+                    .diskFull, prefixed(e.message + " (\(e.path))"),
+                    hint: "free disk space, then run again on the same work directory")
             }
             if e.code == .writeFailed { return EngineError(.transient, prefixed(e.description)) }
             return .invalid(prefixed(e.description))
@@ -88,8 +92,9 @@ public struct EngineError: Error, CustomStringConvertible, Sendable, Equatable {
     static func posix(_ call: String, path: String, errno code: Int32 = errno) -> EngineError {
         let text = String(cString: strerror(code))
         if code == ENOSPC || code == EDQUOT {
-            return EngineError(.diskFull, "\(call) '\(path)': \(text)",
-                               hint: "free disk space, then run again on the same work directory")
+            return EngineError(
+                .diskFull, "\(call) '\(path)': \(text)",
+                hint: "free disk space, then run again on the same work directory")
         }
         if code == EACCES || code == EPERM || code == EROFS {
             return .invalid("\(call) '\(path)': \(text)", hint: "choose a directory this user may write")

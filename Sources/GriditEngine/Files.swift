@@ -1,6 +1,7 @@
 // File operations of the work directory and the output: whole files appear atomically through
 // GriditDurable's `DurableFile` (temporary name, fsync, rename, fsync of the directory), errors
 // are classified (a full disk is `disk_full`), and SHA-256 digests are streamed with swift-crypto.
+
 import Crypto
 import Foundation
 import GriditCheckpoint
@@ -29,7 +30,9 @@ enum Files {
     }
 
     /// A failed durable write as the engine reports it (a full disk is `disk_full`).
-    static func failure(_ error: DurableFileError) -> EngineError { EngineError.classify(CheckpointError.durable(error)) }
+    static func failure(_ error: DurableFileError) -> EngineError {
+        EngineError.classify(CheckpointError.durable(error))
+    }
 
     /// Writes `data` to `path` all-or-nothing and durably.
     static func write(_ data: Data, to path: String) throws { try write([UInt8](data), to: path) }
@@ -90,7 +93,8 @@ enum Files {
     /// large checkpoint does not become resident).
     static func sha256(ofFile path: String) throws -> String {
         guard let handle = FileHandle(forReadingAtPath: path) else {
-            throw EngineError.invalid("cannot open '\(path)' to hash it", hint: "check that the file exists and is readable")
+            throw EngineError.invalid(
+                "cannot open '\(path)' to hash it", hint: "check that the file exists and is readable")
         }
         defer { try? handle.close() }
         var hasher = SHA256()

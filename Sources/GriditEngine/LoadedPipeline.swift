@@ -1,9 +1,10 @@
 // A pipeline ready to run: its spec, its models' configs, and the models bound from mapped
 // safetensors files. One `LoadedPipeline` is shared by every run of that pipeline.
+
 import Foundation
 import GriditCheckpoint
-import GriditModels
 import GriditDiffusion
+import GriditModels
 import GriditTensor
 
 /// A pipeline's configuration without weights: the spec (file references are absolute paths) and
@@ -32,8 +33,10 @@ public struct PipelineConfiguration: Sendable {
     }
 
     /// A configuration from configs already at hand (tests, the model store); checked like the above.
-    public init(spec: PipelineSpec, stage1: DiTConfiguration, stage2: DiTConfiguration?,
-                vae: AutoencoderKLConfiguration?) {
+    public init(
+        spec: PipelineSpec, stage1: DiTConfiguration, stage2: DiTConfiguration?,
+        vae: AutoencoderKLConfiguration?
+    ) {
         self.spec = spec
         self.stage1 = stage1
         self.stage2 = stage2
@@ -115,26 +118,31 @@ public final class LoadedPipeline: Sendable {
     /// `map` makes the read-only mapping of a weights file; by default each file is mapped here,
     /// while a daemon passes its model store's shared mappings (one per blob, whatever uses it).
     /// `precision` defaults to the spec's `defaults.precision`; bf16 weights are packed here, once.
-    public init(spec: PipelineSpec, identity: PipelineIdentity? = nil, path: String? = nil, precision: Precision? = nil,
-                map: (_ role: PipelineSpec.FileRole, _ path: String) throws -> MappedFile = { try MappedFile(path: $1) })
-        throws {
+    public init(
+        spec: PipelineSpec, identity: PipelineIdentity? = nil, path: String? = nil, precision: Precision? = nil,
+        map: (_ role: PipelineSpec.FileRole, _ path: String) throws -> MappedFile = { try MappedFile(path: $1) }
+    )
+        throws
+    {
         let configuration = try PipelineConfiguration(spec: spec, path: path)
         let asked = precision ?? Precision(rawValue: spec.defaults.precision) ?? .fp32
         do {
-            let w1 = try SafetensorsFile(mapping: map(.stage1Weights, spec.stage1.weights))
-            stage1 = try DiT(config: configuration.stage1, source: w1, precision: asked)
-            var mapped = w1.mapping.size
+            var mapped = 0
+            /// Maps a role's weights file and counts its bytes.
+            func weights(_ role: PipelineSpec.FileRole, _ path: String) throws -> SafetensorsFile {
+                let file = try SafetensorsFile(mapping: map(role, path))
+                mapped += file.mapping.size
+                return file
+            }
+            stage1 = try DiT(
+                config: configuration.stage1, source: weights(.stage1Weights, spec.stage1.weights), precision: asked)
             if let s2 = spec.stage2, let c2 = configuration.stage2 {
-                let w2 = try SafetensorsFile(mapping: map(.stage2Weights, s2.weights))
-                stage2 = try DiT(config: c2, source: w2, precision: asked)
-                mapped += w2.mapping.size
+                stage2 = try DiT(config: c2, source: weights(.stage2Weights, s2.weights), precision: asked)
             } else {
                 stage2 = nil
             }
             if let v = spec.vae, let cv = configuration.vae {
-                let wv = try SafetensorsFile(mapping: map(.vaeWeights, v.weights))
-                vae = try AutoencoderKL(config: cv, source: wv, precision: asked)
-                mapped += wv.mapping.size
+                vae = try AutoencoderKL(config: cv, source: weights(.vaeWeights, v.weights), precision: asked)
             } else {
                 vae = nil
             }

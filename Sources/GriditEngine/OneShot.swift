@@ -1,9 +1,10 @@
 // `griditd run`: one sequence from a pipeline file to an output directory, without the daemon
 // (batch schedulers, debugging). The executable only parses flags and calls `OneShot.run`.
+
 import Foundation
+import GriditDiffusion
 import GriditJobSpec
 import GriditModels
-import GriditDiffusion
 import GriditTensor
 
 public struct OneShotOptions: Sendable {
@@ -25,10 +26,12 @@ public struct OneShotOptions: Sendable {
     public var outputOptions: OutputOptions
     public var maxLength: Int?
 
-    public init(pipelinePath: String, spec: JobSpec, output: String, workDirectory: String? = nil,
-                resume: Bool = false, keepWorkDirectory: Bool = false, dryRun: Bool = false, calibrate: Bool = false,
-                execution: ExecutionOptions = ExecutionOptions(), outputOptions: OutputOptions = OutputOptions(),
-                maxLength: Int? = nil) {
+    public init(
+        pipelinePath: String, spec: JobSpec, output: String, workDirectory: String? = nil,
+        resume: Bool = false, keepWorkDirectory: Bool = false, dryRun: Bool = false, calibrate: Bool = false,
+        execution: ExecutionOptions = ExecutionOptions(), outputOptions: OutputOptions = OutputOptions(),
+        maxLength: Int? = nil
+    ) {
         self.pipelinePath = pipelinePath
         self.spec = spec
         self.output = output
@@ -63,11 +66,13 @@ public enum OneShot {
         let output = (options.output as NSString).standardizingPath
         if !options.dryRun {
             if Files.exists(output) {
-                throw EngineError.invalid("output '\(output)' already exists", hint: "choose another --out or remove it")
+                throw EngineError.invalid(
+                    "output '\(output)' already exists", hint: "choose another --out or remove it")
             }
             let parent = (output as NSString).deletingLastPathComponent
             guard Files.isDirectory(parent.isEmpty ? "." : parent) else {
-                throw EngineError.invalid("the parent directory of --out '\(output)' does not exist", hint: "create it first")
+                throw EngineError.invalid(
+                    "the parent directory of --out '\(output)' does not exist", hint: "create it first")
             }
         }
         let configuration = try PipelineConfiguration.load(path: options.pipelinePath)
@@ -76,15 +81,18 @@ public enum OneShot {
         if options.dryRun {
             var cost = CostModel.nominal(configuration)
             if options.calibrate {
-                cost = try LoadedPipeline(path: options.pipelinePath, precision: settings.precision).measureCost(threads: options.execution.threads)
+                cost = try LoadedPipeline(path: options.pipelinePath, precision: settings.precision).measureCost(
+                    threads: options.execution.threads)
             }
-            return OneShotResult(planText: plan.render(cost: cost), plan: plan, summary: nil, loadSeconds: 0,
-                                 executeSeconds: 0, finishSeconds: 0)
+            return OneShotResult(
+                planText: plan.render(cost: cost), plan: plan, summary: nil, loadSeconds: 0,
+                executeSeconds: 0, finishSeconds: 0)
         }
         if options.resume {
             guard let dir = options.workDirectory, Files.exists(dir + "/run.json") else {
-                throw EngineError.invalid("--resume: '\(options.workDirectory ?? "")' holds no run to resume",
-                                          hint: "give the --work-dir of the interrupted run, or drop --resume")
+                throw EngineError.invalid(
+                    "--resume: '\(options.workDirectory ?? "")' holds no run to resume",
+                    hint: "give the --work-dir of the interrupted run, or drop --resume")
             }
         }
         let loadStarted = Date()
@@ -97,7 +105,8 @@ public enum OneShot {
             work = (dir as NSString).standardizingPath
         } else {
             let parent = (output as NSString).deletingLastPathComponent
-            var template = Array("\(parent.isEmpty ? "." : parent)/.\((output as NSString).lastPathComponent).work-XXXXXX".utf8CString)
+            var template = Array(
+                "\(parent.isEmpty ? "." : parent)/.\((output as NSString).lastPathComponent).work-XXXXXX".utf8CString)
             guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
                 throw EngineError.posix("mkdtemp next to", path: output)
             }
@@ -107,17 +116,19 @@ public enum OneShot {
         defer {
             if temporaryWork || (succeeded && !options.keepWorkDirectory) { Files.remove(work) }
         }
-        let run = try SequenceRun(pipeline: pipeline, spec: options.spec, workDirectory: work, hooks: hooks,
-                                  maxLength: options.maxLength)
+        let run = try SequenceRun(
+            pipeline: pipeline, spec: options.spec, workDirectory: work, hooks: hooks,
+            maxLength: options.maxLength)
         let executeStarted = Date()
         try run.execute(options: options.execution)
         let executeSeconds = Date().timeIntervalSince(executeStarted)
         let finishStarted = Date()
         let summary = try run.finish(into: output, options: options.outputOptions)
         succeeded = true
-        return OneShotResult(planText: plan.render(cost: CostModel.nominal(configuration)), plan: plan, summary: summary,
-                             loadSeconds: loadSeconds, executeSeconds: executeSeconds,
-                             finishSeconds: Date().timeIntervalSince(finishStarted))
+        return OneShotResult(
+            planText: plan.render(cost: CostModel.nominal(configuration)), plan: plan, summary: summary,
+            loadSeconds: loadSeconds, executeSeconds: executeSeconds,
+            finishSeconds: Date().timeIntervalSince(finishStarted))
     }
 }
 

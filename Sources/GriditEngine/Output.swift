@@ -5,11 +5,12 @@
 //   sequence.json                pipeline and blob digests, spec, settings, plan, timings, SHA-256 of every frame
 // It is assembled under a temporary name next to the destination and renamed into place when
 // complete, so the destination either does not exist or is whole.
+
 import Foundation
+import GriditDiffusion
 import GriditDurable
 import GriditImage
 import GriditJobSpec
-import GriditDiffusion
 
 /// How `finish(into:)` renders the preview and the contact sheet.
 public struct OutputOptions: Sendable, Equatable {
@@ -22,8 +23,10 @@ public struct OutputOptions: Sendable, Equatable {
     public var maxContactSheetTiles: Int
     public var maxContactSheetTileSize: Int
 
-    public init(previewFPS: Int = 8, maxPreviewFrames: Int = 1024, maxPreviewSize: Int = 256, contactSheetColumns: Int? = nil,
-                maxContactSheetTiles: Int = 256, maxContactSheetTileSize: Int = 128) {
+    public init(
+        previewFPS: Int = 8, maxPreviewFrames: Int = 1024, maxPreviewSize: Int = 256, contactSheetColumns: Int? = nil,
+        maxContactSheetTiles: Int = 256, maxContactSheetTileSize: Int = 128
+    ) {
         self.previewFPS = previewFPS
         self.maxPreviewFrames = max(1, maxPreviewFrames)
         self.maxPreviewSize = max(1, maxPreviewSize)
@@ -98,14 +101,16 @@ extension SequenceRun {
     @discardableResult
     public func finish(into output: String, options: OutputOptions = OutputOptions()) throws -> SequenceSummary {
         guard isComplete else {
-            throw EngineError.invalid("the run is not complete (\(framesDone) of \(plan.frames) frames)",
-                                      hint: "execute it to the end first")
+            throw EngineError.invalid(
+                "the run is not complete (\(framesDone) of \(plan.frames) frames)",
+                hint: "execute it to the end first")
         }
         let out = (output as NSString).standardizingPath
         let parent = (out as NSString).deletingLastPathComponent
         let name = (out as NSString).lastPathComponent
         if Files.exists(out) {
-            throw EngineError.invalid("output '\(out)' already exists", hint: "choose another output directory or remove it")
+            throw EngineError.invalid(
+                "output '\(out)' already exists", hint: "choose another output directory or remove it")
         }
         guard Files.isDirectory(parent.isEmpty ? "." : parent) else {
             throw EngineError.invalid("the parent of output '\(out)' is not a directory", hint: "create it first")
@@ -159,8 +164,10 @@ extension SequenceRun {
         // APNG frames are grey or RGB; an RGBA frame cannot occur (the models write 1 or 3 channels).
         try DurableFile.write(to: path, failure: Files.failure) { (out) throws(EngineError) in
             do {
-                let writer = try AnimatedPNGWriter(width: first.width, height: first.height, channels: first.channels,
-                                                   frameCount: count, fps: options.previewFPS) { bytes in try out.write(bytes) }
+                let writer = try AnimatedPNGWriter(
+                    width: first.width, height: first.height, channels: first.channels,
+                    frameCount: count, fps: options.previewFPS
+                ) { bytes in try out.write(bytes) }
                 try writer.append(first)
                 for i in 1..<max(count, 1) { try writer.append(try frameImage(i, maxSize: options.maxPreviewSize)) }
                 try writer.finish()
@@ -168,7 +175,8 @@ extension SequenceRun {
                 throw EngineError.classify(error)
             }
         }
-        return .init(file: "preview.apng", frames: count, width: first.width, height: first.height, fps: options.previewFPS)
+        return .init(
+            file: "preview.apng", frames: count, width: first.width, height: first.height, fps: options.previewFPS)
     }
 
     private func writeContactSheet(to path: String, options: OutputOptions) throws -> SequenceSummary.Rendering {
@@ -177,6 +185,7 @@ extension SequenceRun {
         let columns = options.contactSheetColumns ?? min(plan.frames, plan.k * plan.k)
         let sheet = ContactSheet.render(tiles, columns: max(1, columns))
         try Files.write(try PNG.encode(sheet), to: path)
-        return .init(file: "contact_sheet.png", frames: selection.count, width: sheet.width, height: sheet.height, fps: nil)
+        return .init(
+            file: "contact_sheet.png", frames: selection.count, width: sheet.width, height: sheet.height, fps: nil)
     }
 }

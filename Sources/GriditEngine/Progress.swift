@@ -1,5 +1,6 @@
 // Progress reporting and stopping: what a run tells its caller (GriditJobSpec's `JobProgress`
 // and `StepProgress`, the types the daemon stores and the API shows), and how the caller stops it.
+
 import Foundation
 import GriditJobSpec
 
@@ -14,8 +15,10 @@ public struct RunHooks {
     /// `EngineError.interrupted`, its work directory left resumable at the last durable unit.
     public var shouldStop: () -> Bool
 
-    public init(onProgress: @escaping (JobProgress) -> Void = { _ in }, onStep: @escaping (StepProgress) -> Void = { _ in },
-                shouldStop: @escaping () -> Bool = { false }) {
+    public init(
+        onProgress: @escaping (JobProgress) -> Void = { _ in }, onStep: @escaping (StepProgress) -> Void = { _ in },
+        shouldStop: @escaping () -> Bool = { false }
+    ) {
         self.onProgress = onProgress
         self.onStep = onStep
         self.shouldStop = shouldStop
@@ -32,8 +35,10 @@ public struct ExecutionOptions: Sendable, Equatable {
     /// Most items (grids or frames) in one batched forward.
     public var maxBatch: Int
 
-    public init(threads: Int = ProcessInfo.processInfo.activeProcessorCount, memoryBudget: Int = 2 << 30,
-                maxBatch: Int = 16) {
+    public init(
+        threads: Int = ProcessInfo.processInfo.activeProcessorCount, memoryBudget: Int = 2 << 30,
+        maxBatch: Int = 16
+    ) {
         self.threads = max(1, threads)
         self.memoryBudget = max(0, memoryBudget)
         self.maxBatch = max(1, maxBatch)

@@ -1,5 +1,6 @@
 // Progress for people and for programs: a one-line bar redrawn in place on a terminal, or JSON
 // lines (one object per line) when the output is a pipe or a log.
+
 import Foundation
 import GriditJobSpec
 
@@ -39,8 +40,9 @@ public final class ProgressPrinter {
         case .jsonLines: emitJSON(["event": "step", "progress": s])
         case .bar:
             let what = s.stage == .grid ? "grid \(s.grid)/\(s.grids)" : "frame \(s.frame)/\(s.frames)"
-            drawBar("\(s.stage == .grid ? "stage 1" : "stage 2")  \(what)  step \(s.step)/\(s.steps)",
-                    fraction: s.fraction ?? 0, eta: s.etaSeconds)
+            drawBar(
+                "\(s.stage == .grid ? "stage 1" : "stage 2")  \(what)  step \(s.step)/\(s.steps)",
+                fraction: s.fraction ?? 0, eta: s.etaSeconds)
         }
     }
 

@@ -1,9 +1,10 @@
 // The settings a run actually uses: a `JobSpec` with the pipeline's defaults filled in, checked
 // against the pipeline (the spec's own rules are `JobSpec.validate`, applied first).
+
 import Foundation
+import GriditDiffusion
 import GriditJobSpec
 import GriditModels
-import GriditDiffusion
 import GriditTensor
 
 extension JobSpec {
@@ -59,13 +60,18 @@ public struct RunSettings: Codable, Sendable, Equatable {
         func fail(_ message: String, _ hint: String) throws -> Never { throw EngineError.invalid(message, hint: hint) }
         let limit = maxLength ?? spec.limits.maxLength
         if job.length > limit {
-            try fail("length \(job.length) is above the limit of \(limit) frames",
-                     "ask for fewer frames, or raise the limit (limits.max_length in the pipeline file, --max-length)")
+            try fail(
+                "length \(job.length) is above the limit of \(limit) frames",
+                "ask for fewer frames, or raise the limit (limits.max_length in the pipeline file, --max-length)")
         }
-        guard let seed = r.seed else { try fail("the spec has no seed", "give one (--seed); griditd picks one at submit") }
+        guard let seed = r.seed else {
+            try fail("the spec has no seed", "give one (--seed); griditd picks one at submit")
+        }
         length = job.length
         self.seed = seed
-        guard let mode = r.mode ?? SequenceMode(rawValue: d.mode) else { try fail("defaults.mode '\(d.mode)'", "fix the pipeline") }
+        guard let mode = r.mode ?? SequenceMode(rawValue: d.mode) else {
+            try fail("defaults.mode '\(d.mode)'", "fix the pipeline")
+        }
         guard let sampler = r.sampler ?? SamplerName(rawValue: d.sampler) else {
             try fail("defaults.sampler '\(d.sampler)'", "fix the pipeline")
         }
@@ -78,7 +84,9 @@ public struct RunSettings: Codable, Sendable, Equatable {
         case .gridit:
             let c = r.contextRows ?? d.contextRows
             if !(1..<k).contains(c) {
-                try fail("context_rows is \(c)", "this pipeline has k = \(k): use 1...\(k - 1) context rows (--context-rows)")
+                try fail(
+                    "context_rows is \(c)", "this pipeline has k = \(k): use 1...\(k - 1) context rows (--context-rows)"
+                )
             }
             contextRows = c
             guard let frames = r.context ?? ContextFrames(rawValue: d.context) else {
@@ -87,16 +95,20 @@ public struct RunSettings: Codable, Sendable, Equatable {
             context = frames
         case .official:
             if r.contextRows != nil {
-                try fail("context_rows does not apply to official mode",
-                         "official mode always carries \(k - 1) rows; drop --context-rows or use --mode gridit")
+                try fail(
+                    "context_rows does not apply to official mode",
+                    "official mode always carries \(k - 1) rows; drop --context-rows or use --mode gridit")
             }
             if r.context != nil {
-                try fail("context does not apply to official mode",
-                         "official mode re-noises its known frames as the published code does; drop --context or use --mode gridit")
+                try fail(
+                    "context does not apply to official mode",
+                    "official mode re-noises its known frames as the published code does; drop --context or use --mode gridit"
+                )
             }
             if k < 3 {
-                try fail("official mode needs k >= 3 (this pipeline has k = \(k))",
-                         "its in-between pass generates rows between two known rows; use --mode gridit")
+                try fail(
+                    "official mode needs k >= 3 (this pipeline has k = \(k))",
+                    "its in-between pass generates rows between two known rows; use --mode gridit")
             }
             contextRows = nil
             context = nil
@@ -106,7 +118,9 @@ public struct RunSettings: Codable, Sendable, Equatable {
         if r.jumpLength != nil || r.jumpCount != nil {
             let j = r.jumpLength ?? 10, n = r.jumpCount ?? 2
             if mode == .official {
-                try fail("resampling jumps do not apply to official mode", "drop --jump-length/--jump-count or use --mode gridit")
+                try fail(
+                    "resampling jumps do not apply to official mode",
+                    "drop --jump-length/--jump-count or use --mode gridit")
             }
             if !(1..<max(count, 2)).contains(j) {
                 try fail("jump_length is \(j)", "use 1...\(max(1, count - 1)) for \(count) steps")
@@ -119,7 +133,9 @@ public struct RunSettings: Codable, Sendable, Equatable {
         let classes = pipeline.stage1.numClasses
         if classes > 0 {
             guard let label = r.classLabel else {
-                try fail("this stage-1 model is class-conditional (\(classes) classes)", "give a class (--class 0...\(classes - 1))")
+                try fail(
+                    "this stage-1 model is class-conditional (\(classes) classes)",
+                    "give a class (--class 0...\(classes - 1))")
             }
             if !(0..<classes).contains(label) { try fail("class_label is \(label)", "use 0...\(classes - 1)") }
             classLabel = label
@@ -127,7 +143,9 @@ public struct RunSettings: Codable, Sendable, Equatable {
         } else {
             if r.classLabel != nil { try fail("class_label given, but stage 1 is unconditional", "drop --class") }
             if let s = r.cfgScale, s != 1 {
-                try fail("cfg_scale \(s) given, but stage 1 is unconditional", "guidance needs a class-conditional model; drop --cfg-scale")
+                try fail(
+                    "cfg_scale \(s) given, but stage 1 is unconditional",
+                    "guidance needs a class-conditional model; drop --cfg-scale")
             }
             classLabel = nil
             cfgScale = 1
@@ -147,7 +165,8 @@ public struct RunSettings: Codable, Sendable, Equatable {
 
         precisionRequested = r.precision ?? d.precision
         if !PipelineSpec.precisions.contains(precisionRequested) {
-            try fail("precision '\(precisionRequested)'", "use one of \(PipelineSpec.precisions.joined(separator: ", "))")
+            try fail(
+                "precision '\(precisionRequested)'", "use one of \(PipelineSpec.precisions.joined(separator: ", "))")
         }
         precisionUsed = Precision(rawValue: precisionRequested)!.effective.rawValue
     }
@@ -157,7 +176,8 @@ public struct RunSettings: Codable, Sendable, Equatable {
             _ = try GaussianDiffusion.spacedTimesteps(s)
             return s
         } catch {
-            throw EngineError.invalid("\(field) '\(s)': \(error)", hint: "use a step count such as 50 or 250, ddimN, or trailingN")
+            throw EngineError.invalid(
+                "\(field) '\(s)': \(error)", hint: "use a step count such as 50 or 250, ddimN, or trailingN")
         }
     }
 }

@@ -1,10 +1,11 @@
 // The plan of a sequence: which grids run, which frames each grid knows and where they come from,
 // which grid cell becomes which output frame, and the cost. A pure function of the pipeline's
 // configuration and the run settings.
+
 import Foundation
+import GriditDiffusion
 import GriditJobSpec
 import GriditModels
-import GriditDiffusion
 
 /// A cell of a stage-1 grid: grid id and row-major position (0 ..< K²).
 public struct FrameRef: Codable, Hashable, Sendable {
@@ -66,7 +67,8 @@ public struct StagePlan: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case sampler, steps, items, evaluations, flops
-        case stepCount = "step_count", evaluationsPerItem = "evaluations_per_item", rowsPerEvaluation = "rows_per_evaluation"
+        case stepCount = "step_count", evaluationsPerItem = "evaluations_per_item", rowsPerEvaluation =
+            "rows_per_evaluation"
     }
 }
 
@@ -136,7 +138,8 @@ public struct SequencePlan: Codable, Sendable, Equatable {
             grids = 2 * n + 1
         }
         guard frames < 1 << 24 else {
-            throw EngineError.invalid("\(frames) frames exceed the engine's limit of \((1 << 24) - 1)", hint: "ask for fewer frames")
+            throw EngineError.invalid(
+                "\(frames) frames exceed the engine's limit of \((1 << 24) - 1)", hint: "ask for fewer frames")
         }
         frameSize = p.spec.grid.frameSize
         channels = p.spec.grid.channels
@@ -146,14 +149,16 @@ public struct SequencePlan: Codable, Sendable, Equatable {
         let evals1 = DenoiseSchedule.evaluations(count: count1, jumps: s.jumps)
         let rows1 = s.guided ? 2 : 1
         let flops1 = p.stage1.flopsPerForward(batch: 1)
-        stage1 = StagePlan(sampler: s.sampler, steps: s.steps, stepCount: count1, evaluationsPerItem: evals1,
-                           rowsPerEvaluation: rows1, items: grids, evaluations: grids * evals1 * rows1,
-                           flops: Double(grids * evals1 * rows1) * flops1)
+        stage1 = StagePlan(
+            sampler: s.sampler, steps: s.steps, stepCount: count1, evaluationsPerItem: evals1,
+            rowsPerEvaluation: rows1, items: grids, evaluations: grids * evals1 * rows1,
+            flops: Double(grids * evals1 * rows1) * flops1)
         if s.superResolution, let c2 = p.stage2, let sampler2 = s.srSampler, let steps2 = s.srSteps {
             let count2 = try GaussianDiffusion.spacedTimesteps(steps2).count
-            stage2 = StagePlan(sampler: sampler2, steps: steps2, stepCount: count2, evaluationsPerItem: count2,
-                               rowsPerEvaluation: 1, items: frames, evaluations: frames * count2,
-                               flops: Double(frames * count2) * c2.flopsPerForward(batch: 1))
+            stage2 = StagePlan(
+                sampler: sampler2, steps: steps2, stepCount: count2, evaluationsPerItem: count2,
+                rowsPerEvaluation: 1, items: frames, evaluations: frames * count2,
+                flops: Double(frames * count2) * c2.flopsPerForward(batch: 1))
         } else {
             stage2 = nil
         }
@@ -161,11 +166,15 @@ public struct SequencePlan: Codable, Sendable, Equatable {
             let grid = k * frameSize, hr = outputFrameSize
             let gridEncodes = s.mode == .official ? 3 * (officialExtensions ?? 0) : 0
             let srFrames = stage2 == nil ? 0 : frames
-            let gridFlops = Double(grids) * v.flops(height: grid, width: grid, encode: false)
+            let gridFlops =
+                Double(grids) * v.flops(height: grid, width: grid, encode: false)
                 + Double(gridEncodes) * v.flops(height: grid, width: grid, encode: true)
-            let frameFlops = Double(srFrames) * (v.flops(height: hr, width: hr, encode: true) + v.flops(height: hr, width: hr, encode: false))
-            vae = VAEPlan(gridDecodes: grids, gridEncodes: gridEncodes, frameEncodes: srFrames, frameDecodes: srFrames,
-                          flops: gridFlops + frameFlops, gridFlops: gridFlops)
+            let frameFlops =
+                Double(srFrames)
+                * (v.flops(height: hr, width: hr, encode: true) + v.flops(height: hr, width: hr, encode: false))
+            vae = VAEPlan(
+                gridDecodes: grids, gridEncodes: gridEncodes, frameEncodes: srFrames, frameDecodes: srFrames,
+                flops: gridFlops + frameFlops, gridFlops: gridFlops)
         } else {
             vae = VAEPlan(gridDecodes: 0, gridEncodes: 0, frameEncodes: 0, frameDecodes: 0, flops: 0, gridFlops: 0)
         }
@@ -192,31 +201,41 @@ public struct SequencePlan: Codable, Sendable, Equatable {
         switch mode {
         case .gridit:
             if id == 0 {
-                return GridPlan(id: 0, role: .initial, known: [],
-                                outputs: (0..<min(frames, kk)).map { GridPlan.Output(position: $0, frame: $0) })
+                return GridPlan(
+                    id: 0, role: .initial, known: [],
+                    outputs: (0..<min(frames, kk)).map { GridPlan.Output(position: $0, frame: $0) })
             }
             let (start, n) = griditSpan(id)
             let known = kk - n
-            return GridPlan(id: id, role: .extension,
-                            known: (0..<known).map { GridPlan.Known(position: $0, source: source(ofFrame: start - known + $0)) },
-                            outputs: (0..<n).map { GridPlan.Output(position: known + $0, frame: start + $0) })
+            return GridPlan(
+                id: id, role: .extension,
+                known: (0..<known).map { GridPlan.Known(position: $0, source: source(ofFrame: start - known + $0)) },
+                outputs: (0..<n).map { GridPlan.Output(position: known + $0, frame: start + $0) })
         case .official:
             let n = officialExtensions!
             if id == 0 {
-                return GridPlan(id: 0, role: .initial, known: [], outputs: (0..<kk).map { GridPlan.Output(position: $0, frame: $0) })
+                return GridPlan(
+                    id: 0, role: .initial, known: [], outputs: (0..<kk).map { GridPlan.Output(position: $0, frame: $0) }
+                )
             }
             if id <= n {
                 let e = id - 1  // extension e: G_{e+1} from G_e
-                return GridPlan(id: id, role: .extension,
-                                known: (0..<(kk - k)).map { GridPlan.Known(position: $0, source: FrameRef(grid: e, position: $0 + k)) },
-                                outputs: (0..<k).map { GridPlan.Output(position: kk - k + $0, frame: kk + e * 2 * k + k + $0) })
+                return GridPlan(
+                    id: id, role: .extension,
+                    known: (0..<(kk - k)).map {
+                        GridPlan.Known(position: $0, source: FrameRef(grid: e, position: $0 + k))
+                    },
+                    outputs: (0..<k).map { GridPlan.Output(position: kk - k + $0, frame: kk + e * 2 * k + k + $0) })
             }
             let e = id - n - 1  // in-between I_e of G_e and G_{e+1}
             let last = kk - k
-            return GridPlan(id: id, role: .inBetween,
-                            known: (0..<k).map { GridPlan.Known(position: $0, source: FrameRef(grid: e, position: last + $0)) }
-                                + (0..<k).map { GridPlan.Known(position: last + $0, source: FrameRef(grid: e + 1, position: last + $0)) },
-                            outputs: (0..<k).map { GridPlan.Output(position: last - k + $0, frame: kk + e * 2 * k + $0) })
+            return GridPlan(
+                id: id, role: .inBetween,
+                known: (0..<k).map { GridPlan.Known(position: $0, source: FrameRef(grid: e, position: last + $0)) }
+                    + (0..<k).map {
+                        GridPlan.Known(position: last + $0, source: FrameRef(grid: e + 1, position: last + $0))
+                    },
+                outputs: (0..<k).map { GridPlan.Output(position: last - k + $0, frame: kk + e * 2 * k + $0) })
         }
     }
 
@@ -233,7 +252,8 @@ public struct SequencePlan: Codable, Sendable, Equatable {
             return FrameRef(grid: g, position: kk - n + (i - start))
         case .official:
             let r = i - kk, e = r / (2 * k), j = r % (2 * k)
-            return j < k ? FrameRef(grid: officialExtensions! + 1 + e, position: kk - 2 * k + j)
+            return j < k
+                ? FrameRef(grid: officialExtensions! + 1 + e, position: kk - 2 * k + j)
                 : FrameRef(grid: e + 1, position: kk - k + j - k)
         }
     }
@@ -254,7 +274,8 @@ public struct SequencePlan: Codable, Sendable, Equatable {
         Double(stage1.evaluations) * cost.stage1SecondsPerEvaluation
             + Double(stage2?.evaluations ?? 0) * cost.stage2SecondsPerEvaluation
             + Double(vae.gridDecodes) * cost.vaeGridDecodeSeconds + Double(vae.gridEncodes) * cost.vaeGridEncodeSeconds
-            + Double(vae.frameEncodes) * cost.vaeFrameEncodeSeconds + Double(vae.frameDecodes) * cost.vaeFrameDecodeSeconds
+            + Double(vae.frameEncodes) * cost.vaeFrameEncodeSeconds + Double(vae.frameDecodes)
+            * cost.vaeFrameDecodeSeconds
     }
 
     /// The plan for people (`griditd run --dry-run`).
@@ -277,27 +298,34 @@ public struct SequencePlan: Codable, Sendable, Equatable {
             }
         case .official:
             let n = officialExtensions!
-            lines.append("mode official: \(frames) frames = \(kk) + \(2 * k)·\(n) (asked for \(requestedLength); "
-                + "N = ((L − \(2 * k)) // \(k * (k - 1))) + 1 = \(n)), k = \(k)")
-            lines.append("grids: \(grids) = 1 initial + \(n) extension (\(kk - k) known + \(k) new) + \(n) in-between "
-                + "(\(2 * k) known, row \(k - 2) kept)")
+            lines.append(
+                "mode official: \(frames) frames = \(kk) + \(2 * k)·\(n) (asked for \(requestedLength); "
+                    + "N = ((L − \(2 * k)) // \(k * (k - 1))) + 1 = \(n)), k = \(k)")
+            lines.append(
+                "grids: \(grids) = 1 initial + \(n) extension (\(kk - k) known + \(k) new) + \(n) in-between "
+                    + "(\(2 * k) known, row \(k - 2) kept)")
         }
         let s1 = stage1
-        lines.append("stage 1: \(s1.sampler.rawValue) \(s1.steps) (\(s1.stepCount) steps"
-            + (s1.evaluationsPerItem != s1.stepCount ? ", \(s1.evaluationsPerItem) with resampling" : "")
-            + (s1.rowsPerEvaluation > 1 ? ", guided: 2 rows" : "") + ") → \(s1.evaluations) model evaluations")
+        lines.append(
+            "stage 1: \(s1.sampler.rawValue) \(s1.steps) (\(s1.stepCount) steps"
+                + (s1.evaluationsPerItem != s1.stepCount ? ", \(s1.evaluationsPerItem) with resampling" : "")
+                + (s1.rowsPerEvaluation > 1 ? ", guided: 2 rows" : "") + ") → \(s1.evaluations) model evaluations")
         if let s2 = stage2 {
-            lines.append("stage 2: \(s2.sampler.rawValue) \(s2.steps) (\(s2.stepCount) steps) × \(s2.items) frames → "
-                + "\(s2.evaluations) model evaluations, \(frameSize)→\(outputFrameSize) px")
+            lines.append(
+                "stage 2: \(s2.sampler.rawValue) \(s2.steps) (\(s2.stepCount) steps) × \(s2.items) frames → "
+                    + "\(s2.evaluations) model evaluations, \(frameSize)→\(outputFrameSize) px")
         } else {
             lines.append("stage 2: off (frames at \(frameSize) px)")
         }
         if vae.gridDecodes + vae.frameEncodes > 0 {
-            lines.append("vae: \(vae.gridDecodes) grid decodes, \(vae.gridEncodes) grid encodes, "
-                + "\(vae.frameEncodes) frame encodes, \(vae.frameDecodes) frame decodes")
+            lines.append(
+                "vae: \(vae.gridDecodes) grid decodes, \(vae.gridEncodes) grid encodes, "
+                    + "\(vae.frameEncodes) frame encodes, \(vae.frameDecodes) frame decodes")
         }
-        lines.append(String(format: "compute: %.3g GFLOP; estimated time %@ (%@)", flops / 1e9,
-                            formatDuration(estimatedSeconds(cost)), cost.source))
+        lines.append(
+            String(
+                format: "compute: %.3g GFLOP; estimated time %@ (%@)", flops / 1e9,
+                formatDuration(estimatedSeconds(cost)), cost.source))
         return lines.joined(separator: "\n")
     }
 }
@@ -346,7 +374,9 @@ extension AutoencoderKLConfiguration {
         let f = Double(downsampleFactor)
         let z = Double(latentChannels), ch = blockOutChannels.map(Double.init)
         let layers = encode ? layersPerBlock : layersPerBlock + 1
-        func conv(_ cin: Double, _ cout: Double, _ k: Double, _ pixels: Double) -> Double { 2 * cin * cout * k * k * pixels }
+        func conv(_ cin: Double, _ cout: Double, _ k: Double, _ pixels: Double) -> Double {
+            2 * cin * cout * k * k * pixels
+        }
         func resnet(_ cin: Double, _ cout: Double, _ pixels: Double) -> Double {
             conv(cin, cout, 3, pixels) + conv(cout, cout, 3, pixels) + (cin != cout ? conv(cin, cout, 1, pixels) : 0)
         }
@@ -361,7 +391,10 @@ extension AutoencoderKLConfiguration {
             for (i, c) in ch.enumerated() {
                 for l in 0..<layers { total += resnet(l == 0 ? prev : c, c, pixels) }
                 prev = c
-                if i < ch.count - 1 { pixels /= 4; total += conv(c, c, 3, pixels) }
+                if i < ch.count - 1 {
+                    pixels /= 4
+                    total += conv(c, c, 3, pixels)
+                }
             }
             total += mid(ch.last!, last) + conv(ch.last!, 2 * z, 3, last) + conv(2 * z, 2 * z, 1, last)
         } else {
@@ -370,7 +403,10 @@ extension AutoencoderKLConfiguration {
             for (i, c) in ch.reversed().enumerated() {
                 for l in 0..<layers { total += resnet(l == 0 ? prev : c, c, pixels) }
                 prev = c
-                if i < ch.count - 1 { pixels *= 4; total += conv(c, c, 3, pixels) }
+                if i < ch.count - 1 {
+                    pixels *= 4
+                    total += conv(c, c, 3, pixels)
+                }
             }
             total += conv(ch[0], Double(outChannels), 3, full)
         }

@@ -8,12 +8,13 @@
 //   timings.json                seconds spent so far, over every session
 // A grid is done when its .npy exists (the image is written first), a frame when its .png
 // exists. Everything else is recomputed, deterministically, so a resumed run writes the same bytes.
+
 import Foundation
 import GriditCheckpoint
+import GriditDiffusion
 import GriditImage
 import GriditJobSpec
 import GriditModels
-import GriditDiffusion
 import GriditTensor
 
 /// Seconds spent on a run, summed over every session that worked on it. Batches shared with other
@@ -98,12 +99,15 @@ public final class SequenceRun {
     /// Starts or resumes the run of `spec` in `workDirectory`. `maxLength` overrides the
     /// pipeline's length limit. Throws `invalid_input` for a bad spec or a work directory that
     /// holds something else.
-    public init(pipeline: LoadedPipeline, spec: JobSpec, workDirectory: String, hooks: RunHooks = RunHooks(),
-                maxLength: Int? = nil) throws {
+    public init(
+        pipeline: LoadedPipeline, spec: JobSpec, workDirectory: String, hooks: RunHooks = RunHooks(),
+        maxLength: Int? = nil
+    ) throws {
         let settings = try spec.settings(for: pipeline.configuration, maxLength: maxLength)
         guard settings.precisionUsed == pipeline.precision.rawValue else {
-            throw EngineError.invalid("the run is for precision \(settings.precisionUsed), the pipeline is loaded in \(pipeline.precision.rawValue)",
-                                      hint: "load the pipeline with precision \(settings.precisionUsed)")
+            throw EngineError.invalid(
+                "the run is for precision \(settings.precisionUsed), the pipeline is loaded in \(pipeline.precision.rawValue)",
+                hint: "load the pipeline with precision \(settings.precisionUsed)")
         }
         let plan = try SequencePlan(settings: settings, pipeline: pipeline.configuration)
         self.pipeline = pipeline
@@ -116,13 +120,17 @@ public final class SequenceRun {
         self.frameDone = Array(repeating: false, count: plan.frames)
         self.timings = RunTimings()
         let variance1: VarianceType = pipeline.stage1.config.learnSigma ? .learnedRange : .fixedLarge
-        schedule1 = DenoiseSchedule(diffusion: try GaussianDiffusion(respacing: settings.steps),
-                                    kind: Self.kind(settings.sampler, eta: settings.eta), variance: variance1,
-                                    prediction: pipeline.stage1.config.prediction, jumps: settings.jumps)
-        if settings.superResolution, let sr = pipeline.stage2, let sampler = settings.srSampler, let steps = settings.srSteps {
-            schedule2 = DenoiseSchedule(diffusion: try GaussianDiffusion(respacing: steps), kind: Self.kind(sampler, eta: settings.eta),
-                                        variance: sr.config.learnSigma ? .learnedRange : .fixedLarge,
-                                        prediction: sr.config.prediction)
+        schedule1 = DenoiseSchedule(
+            diffusion: try GaussianDiffusion(respacing: settings.steps),
+            kind: Self.kind(settings.sampler, eta: settings.eta), variance: variance1,
+            prediction: pipeline.stage1.config.prediction, jumps: settings.jumps)
+        if settings.superResolution, let sr = pipeline.stage2, let sampler = settings.srSampler,
+            let steps = settings.srSteps
+        {
+            schedule2 = DenoiseSchedule(
+                diffusion: try GaussianDiffusion(respacing: steps), kind: Self.kind(sampler, eta: settings.eta),
+                variance: sr.config.learnSigma ? .learnedRange : .fixedLarge,
+                prediction: sr.config.prediction)
         } else {
             schedule2 = nil
         }
@@ -145,7 +153,8 @@ public final class SequenceRun {
 
     /// Where the run stands (everything counted is durable).
     public var progress: JobProgress {
-        JobProgress(stage: gridsDoneCount < plan.grids ? .grid : .sr, gridsDone: gridsDoneCount, framesDone: framesDoneCount)
+        JobProgress(
+            stage: gridsDoneCount < plan.grids ? .grid : .sr, gridsDone: gridsDoneCount, framesDone: framesDoneCount)
     }
 
     /// Work of one grid and of one frame, in floating-point operations.
@@ -194,15 +203,18 @@ public final class SequenceRun {
         if Files.exists(runFile) {
             var stored: RunFileIdentity
             do {
-                stored = try JSONDecoder().decode(RunFileIdentity.self, from: Data(contentsOf: URL(fileURLWithPath: runFile)))
+                stored = try JSONDecoder().decode(
+                    RunFileIdentity.self, from: Data(contentsOf: URL(fileURLWithPath: runFile)))
             } catch {
-                throw EngineError.invalid("work directory '\(workDirectory)' has an unreadable run.json",
-                                          hint: "remove the directory or choose another work directory")
+                throw EngineError.invalid(
+                    "work directory '\(workDirectory)' has an unreadable run.json",
+                    hint: "remove the directory or choose another work directory")
             }
             // Runs recorded before `context` existed re-noised their carried frames.
             if stored.settings.mode == .gridit && stored.settings.context == nil { stored.settings.context = .renoised }
             guard stored.format == Self.runFormat, stored.settings == settings,
-                  stored.pipeline.digest == pipeline.identity.digest else {
+                stored.pipeline.digest == pipeline.identity.digest
+            else {
                 throw EngineError.invalid(
                     "work directory '\(workDirectory)' holds a different run (seed \(stored.settings.seed), "
                         + "\(stored.settings.length) frames, pipeline \(stored.pipeline.digest.prefix(19))…)",
@@ -210,20 +222,24 @@ public final class SequenceRun {
             }
         } else {
             if Files.isDirectory(workDirectory), let entries = try? fm.contentsOfDirectory(atPath: workDirectory),
-               !entries.isEmpty {
-                throw EngineError.invalid("work directory '\(workDirectory)' is not empty and holds no gridit run",
-                                          hint: "choose an empty or new directory")
+                !entries.isEmpty
+            {
+                throw EngineError.invalid(
+                    "work directory '\(workDirectory)' is not empty and holds no gridit run",
+                    hint: "choose an empty or new directory")
             }
             if Files.exists(workDirectory) && !Files.isDirectory(workDirectory) {
-                throw EngineError.invalid("work directory '\(workDirectory)' is a file", hint: "choose a directory path")
+                throw EngineError.invalid(
+                    "work directory '\(workDirectory)' is a file", hint: "choose a directory path")
             }
             try Files.makeDirectory(workDirectory)
             try Files.makeDirectory(workDirectory + "/grids")
             try Files.makeDirectory(workDirectory + "/frames")
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            let record = RunFile(format: Self.runFormat, pipeline: pipeline.identity, spec: spec, settings: settings,
-                                 plan: plan)
+            let record = RunFile(
+                format: Self.runFormat, pipeline: pipeline.identity, spec: spec, settings: settings,
+                plan: plan)
             try Files.write(try encoder.encode(record), to: runFile)
         }
         try Files.makeDirectory(workDirectory + "/grids")
@@ -231,19 +247,22 @@ public final class SequenceRun {
         let latent = pipeline.vae != nil
         for name in (try? fm.contentsOfDirectory(atPath: workDirectory + "/grids")) ?? [] {
             guard name.hasPrefix("grid_"), name.hasSuffix(".npy"), !name.hasSuffix(".image.npy"),
-                  let g = Int(name.dropFirst(5).dropLast(4)), (0..<plan.grids).contains(g) else { continue }
+                let g = Int(name.dropFirst(5).dropLast(4)), (0..<plan.grids).contains(g)
+            else { continue }
             if latent && !Files.exists(gridImagePath(g)) { continue }
             gridDone[g] = true
         }
         for name in (try? fm.contentsOfDirectory(atPath: workDirectory + "/frames")) ?? [] {
             guard name.hasPrefix("frame_"), name.hasSuffix(".png"), let i = Int(name.dropFirst(6).dropLast(4)),
-                  (0..<plan.frames).contains(i) else { continue }
+                (0..<plan.frames).contains(i)
+            else { continue }
             frameDone[i] = true
         }
         gridsDoneCount = gridDone.filter { $0 }.count
         framesDoneCount = frameDone.filter { $0 }.count
         if let data = FileManager.default.contents(atPath: timingsFile),
-           let t = try? JSONDecoder().decode(RunTimings.self, from: data) {
+            let t = try? JSONDecoder().decode(RunTimings.self, from: data)
+        {
             timings = t
         }
     }
@@ -268,7 +287,10 @@ public final class SequenceRun {
         var g = firstUndoneGrid
         let firstInBetween = plan.mode == .official ? (plan.officialExtensions ?? 0) + 1 : plan.grids
         while g < plan.grids && out.count < limit {
-            if gridDone[g] { g += 1; continue }
+            if gridDone[g] {
+                g += 1
+                continue
+            }
             if plan.grid(g).dependencies.allSatisfy({ gridDone[$0] }) {
                 out.append(g)
                 g += 1
@@ -305,8 +327,9 @@ public final class SequenceRun {
         let model = pipeline.configuration.modelLayout, image = pipeline.configuration.imageLayout
         guard let m = Files.readTensor(gridPath(g), shape: model.gridShape) else {
             markGridMissing(g)
-            throw EngineError(.transient, "grid \(g) vanished from the work directory '\(workDirectory)'",
-                              hint: "run again to recompute it")
+            throw EngineError(
+                .transient, "grid \(g) vanished from the work directory '\(workDirectory)'",
+                hint: "run again to recompute it")
         }
         var img = m
         if pipeline.vae != nil {

@@ -1,11 +1,12 @@
 // The numeric work of a run, unit by unit: building a stage-1 grid item (with its known frames),
 // storing a finished grid, building a stage-2 frame item (bicubic condition, VAE encode), and
 // turning a finished frame into its PNG.
+
 import Foundation
-import GriditJobSpec
-import GriditImage
-import GriditModels
 import GriditDiffusion
+import GriditImage
+import GriditJobSpec
+import GriditModels
 import GriditTensor
 
 extension SequenceRun {
@@ -32,21 +33,27 @@ extension SequenceRun {
                 if let c = contexts[cell.source.grid] {
                     source = c
                 } else {
-                    source = settings.mode == .gridit ? try grid(cell.source.grid).model
+                    source =
+                        settings.mode == .gridit
+                        ? try grid(cell.source.grid).model
                         : try officialContext(of: cell.source.grid, for: plan)
                     contexts[cell.source.grid] = source
                 }
-                try layout.extract(from: source, positions: cell.source.position ..< cell.source.position + 1, into: frame)
+                try layout.extract(
+                    from: source, positions: cell.source.position..<cell.source.position + 1, into: frame)
                 try layout.place(frames: frame, into: x0, firstPosition: cell.position)
             }
             let positions = plan.known.map(\.position)
-            known = settings.mode == .gridit
+            known =
+                settings.mode == .gridit
                 ? KnownFrames(x0: x0, positions: positions, level: settings.context == .clean ? .clean : .previousStep)
-                : KnownFrames(x0: x0, positions: positions, level: .officialCurrentStep,
-                              noisePositions: plan.known.map(\.source.position))
+                : KnownFrames(
+                    x0: x0, positions: positions, level: .officialCurrentStep,
+                    noisePositions: plan.known.map(\.source.position))
         }
-        return try DenoiseItem(schedule: schedule1, layout: layout, noise: NoiseStream(seed: settings.seed, id: g),
-                               known: known)
+        return try DenoiseItem(
+            schedule: schedule1, layout: layout, noise: NoiseStream(seed: settings.seed, id: g),
+            known: known)
     }
 
     /// Official mode: grid `source` as the next grid's sampler sees it after the released code
@@ -65,8 +72,9 @@ extension SequenceRun {
         let (mean, logvar) = try vae.encode(roundTrip.reshaped([1] + image.shape), threads: threads)
         let eps = Tensor(zeros: layout.gridShape)
         for f in 0..<layout.framesPerGrid {
-            layout.fillNoise(frame: f, of: eps,
-                             key: NoiseKey(seed: settings.seed, purpose: .posterior, grid: consumer.id, step: role, frame: f))
+            layout.fillNoise(
+                frame: f, of: eps,
+                key: NoiseKey(seed: settings.seed, purpose: .posterior, grid: consumer.id, step: role, frame: f))
         }
         let latent = Self.scaledLatent(mean: mean, logvar: logvar, eps: eps, scale: Float(spec.scalingFactor))
         timings.vaeSeconds += Date().timeIntervalSince(started)
@@ -92,7 +100,7 @@ extension SequenceRun {
         let ref = plan.source(ofFrame: i)
         let layout = pipeline.configuration.imageLayout
         let frame = Tensor(zeros: [1] + layout.frameShape)
-        try layout.extract(from: try grid(ref.grid).image, positions: ref.position ..< ref.position + 1, into: frame)
+        try layout.extract(from: try grid(ref.grid).image, positions: ref.position..<ref.position + 1, into: frame)
         if settings.mode == .official {
             let p = frame.mutablePointer
             for j in 0..<frame.count { p[j] = PixelMapping.dequantize(PixelMapping.quantize(p[j])) }
@@ -105,7 +113,8 @@ extension SequenceRun {
     /// (posterior mean, or a sample with `vae.encode: sample`) and scaled.
     func stage2Item(_ i: Int) throws -> (item: DenoiseItem, condition: Tensor) {
         guard let schedule2, let side = pipeline.configuration.stage2ModelSize,
-              let hr = pipeline.configuration.highResolutionSize else {
+            let hr = pipeline.configuration.highResolutionSize
+        else {
             throw EngineError(.internal, "stage2Item without a stage 2")
         }
         let lr = try lowResolutionFrame(i)
@@ -119,15 +128,17 @@ extension SequenceRun {
             var eps: Tensor?
             if spec.encode == .sample {
                 eps = Tensor(zeros: mean.shape)
-                NoiseKey(seed: settings.seed, purpose: .srPosterior, grid: i).fillNormal(into: eps!.mutablePointer, count: mean.count)
+                NoiseKey(seed: settings.seed, purpose: .srPosterior, grid: i).fillNormal(
+                    into: eps!.mutablePointer, count: mean.count)
             }
             condition = Self.scaledLatent(mean: mean, logvar: logvar, eps: eps, scale: Float(spec.scalingFactor))
                 .reshaped(Array(mean.shape.dropFirst()))
             timings.vaeSeconds += Date().timeIntervalSince(started)
         }
         let channels = pipeline.stage2!.config.inChannels
-        let item = try DenoiseItem(schedule: schedule2, layout: GridLayout(k: 1, frameSize: side, channels: channels),
-                                   noise: NoiseStream(seed: settings.seed, id: i, stage: .superResolution))
+        let item = try DenoiseItem(
+            schedule: schedule2, layout: GridLayout(k: 1, frameSize: side, channels: channels),
+            noise: NoiseStream(seed: settings.seed, id: i, stage: .superResolution))
         return (item, condition)
     }
 

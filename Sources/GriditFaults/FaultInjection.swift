@@ -1,11 +1,12 @@
 // The one registry of test fault points. Every one is set through one environment variable,
 // `GRIDIT_TEST_FAULTS` (comma-separated), read once per process; production code asks this
 // registry at named points and does nothing more when the variable is absent.
+
 import Foundation
 import GriditJobSpec
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// The faults of `GRIDIT_TEST_FAULTS`:

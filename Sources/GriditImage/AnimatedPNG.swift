@@ -3,6 +3,7 @@
 // frames after the first. libpng (without the APNG patch) does not write these chunks, so they
 // are framed here; the image data is compressed by zlib (compress2) and checksummed by zlib's
 // crc32. Viewers without APNG support show the first frame.
+
 import CPNG
 
 /// Writes an APNG frame by frame to `sink` (e.g. a file), so long previews never sit in memory.
@@ -18,8 +19,10 @@ public final class AnimatedPNGWriter {
     private var written = 0
 
     /// `fps` frames per second (delay 1/fps); `loops` 0 = forever. Grey (1) or RGB (3) channels.
-    public init(width: Int, height: Int, channels: Int, frameCount: Int, fps: Int, loops: Int = 0,
-                sink: @escaping ([UInt8]) throws -> Void) throws {
+    public init(
+        width: Int, height: Int, channels: Int, frameCount: Int, fps: Int, loops: Int = 0,
+        sink: @escaping ([UInt8]) throws -> Void
+    ) throws {
         guard width >= 1, height >= 1, [1, 3].contains(channels), frameCount >= 1, (1...1000).contains(fps) else {
             throw ImageError("APNG: \(width)×\(height)×\(channels), \(frameCount) frames at \(fps) fps is not writable")
         }
@@ -38,12 +41,15 @@ public final class AnimatedPNGWriter {
     /// Appends the next frame (same size and channels as the animation).
     public func append(_ frame: Image8) throws {
         guard frame.width == width, frame.height == height, frame.channels == channels else {
-            throw ImageError("APNG: frame \(frame.width)×\(frame.height)×\(frame.channels), expected \(width)×\(height)×\(channels)")
+            throw ImageError(
+                "APNG: frame \(frame.width)×\(frame.height)×\(frame.channels), expected \(width)×\(height)×\(channels)")
         }
         guard written < frameCount else { throw ImageError("APNG: more than the \(frameCount) frames announced") }
         var control = Self.be32(Int(sequence)) + Self.be32(width) + Self.be32(height) + Self.be32(0) + Self.be32(0)
-        control += [UInt8(delay.numerator >> 8), UInt8(delay.numerator & 0xFF),
-                    UInt8(delay.denominator >> 8), UInt8(delay.denominator & 0xFF), 0, 0]  // dispose none, blend source
+        control += [
+            UInt8(delay.numerator >> 8), UInt8(delay.numerator & 0xFF),
+            UInt8(delay.denominator >> 8), UInt8(delay.denominator & 0xFF), 0, 0,
+        ]  // dispose none, blend source
         sequence += 1
         var bytes = Self.chunk("fcTL", control)
         let data = try Self.compressedScanlines(frame)
@@ -68,8 +74,9 @@ public final class AnimatedPNGWriter {
         let rowBytes = frame.width * frame.channels
         var raw = [UInt8](repeating: 0, count: (rowBytes + 1) * frame.height)
         for y in 0..<frame.height {
-            raw.replaceSubrange((y * (rowBytes + 1) + 1)...(y * (rowBytes + 1) + rowBytes),
-                                with: frame.pixels[y * rowBytes ..< (y + 1) * rowBytes])
+            raw.replaceSubrange(
+                (y * (rowBytes + 1) + 1)...(y * (rowBytes + 1) + rowBytes),
+                with: frame.pixels[y * rowBytes..<(y + 1) * rowBytes])
         }
         var size = compressBound(uLong(raw.count))
         var out = [UInt8](repeating: 0, count: Int(size))

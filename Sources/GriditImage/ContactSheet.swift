@@ -14,9 +14,11 @@ public enum ContactSheet {
     /// The sheet of `tiles` (all the same size and channels): `columns` per row, `gap` pixels of
     /// `background` between tiles and around the edge.
     public static func render(_ tiles: [Image8], columns: Int, gap: Int = 2, background: UInt8 = 96) -> Image8 {
-        precondition(!tiles.isEmpty && columns >= 1 && gap >= 0, "ContactSheet.render: \(tiles.count) tiles, \(columns) columns")
+        precondition(
+            !tiles.isEmpty && columns >= 1 && gap >= 0, "ContactSheet.render: \(tiles.count) tiles, \(columns) columns")
         let (w, h, c) = (tiles[0].width, tiles[0].height, tiles[0].channels)
-        precondition(tiles.allSatisfy { $0.width == w && $0.height == h && $0.channels == c }, "ContactSheet: mixed tile sizes")
+        precondition(
+            tiles.allSatisfy { $0.width == w && $0.height == h && $0.channels == c }, "ContactSheet: mixed tile sizes")
         let cols = min(columns, tiles.count), rows = (tiles.count + cols - 1) / cols
         var sheet = Image8(width: cols * (w + gap) + gap, height: rows * (h + gap) + gap, channels: c, fill: background)
         for (i, tile) in tiles.enumerated() {

@@ -14,8 +14,11 @@ public struct Image8: Equatable, Sendable {
     public var pixels: [UInt8]
 
     public init(width: Int, height: Int, channels: Int, pixels: [UInt8]) {
-        precondition(width >= 1 && height >= 1 && [1, 3, 4].contains(channels), "Image8: \(width)×\(height)×\(channels)")
-        precondition(pixels.count == width * height * channels, "Image8: \(pixels.count) bytes for \(width)×\(height)×\(channels)")
+        precondition(
+            width >= 1 && height >= 1 && [1, 3, 4].contains(channels), "Image8: \(width)×\(height)×\(channels)")
+        precondition(
+            pixels.count == width * height * channels,
+            "Image8: \(pixels.count) bytes for \(width)×\(height)×\(channels)")
         self.width = width
         self.height = height
         self.channels = channels
@@ -24,8 +27,9 @@ public struct Image8: Equatable, Sendable {
 
     /// A uniform image.
     public init(width: Int, height: Int, channels: Int, fill: UInt8) {
-        self.init(width: width, height: height, channels: channels,
-                  pixels: [UInt8](repeating: fill, count: width * height * channels))
+        self.init(
+            width: width, height: height, channels: channels,
+            pixels: [UInt8](repeating: fill, count: width * height * channels))
     }
 
     /// An image from a planar model-space float plane stack (C, H, W), by `PixelMapping.quantize`.
@@ -49,7 +53,8 @@ public struct Image8: Equatable, Sendable {
     /// The image shrunk by an integer `factor` (mean of each factor × factor block, rounded half up);
     /// the size must be a multiple of the factor.
     public func downsampled(by factor: Int) -> Image8 {
-        precondition(factor >= 1 && width % factor == 0 && height % factor == 0, "downsampled: \(width)×\(height) by \(factor)")
+        precondition(
+            factor >= 1 && width % factor == 0 && height % factor == 0, "downsampled: \(width)×\(height) by \(factor)")
         guard factor > 1 else { return self }
         let (w, h, n) = (width / factor, height / factor, factor * factor)
         var out = [UInt8](repeating: 0, count: w * h * channels)
@@ -58,7 +63,9 @@ public struct Image8: Equatable, Sendable {
                 for c in 0..<channels {
                     var sum = 0
                     for dy in 0..<factor {
-                        for dx in 0..<factor { sum += Int(pixels[((y * factor + dy) * width + x * factor + dx) * channels + c]) }
+                        for dx in 0..<factor {
+                            sum += Int(pixels[((y * factor + dy) * width + x * factor + dx) * channels + c])
+                        }
                     }
                     out[(y * w + x) * channels + c] = UInt8((sum + n / 2) / n)
                 }
@@ -69,12 +76,13 @@ public struct Image8: Equatable, Sendable {
 
     /// Copies `tile` into this image with its top-left corner at (x, y); same channel count.
     public mutating func paste(_ tile: Image8, x: Int, y: Int) {
-        precondition(tile.channels == channels && x >= 0 && y >= 0 && x + tile.width <= width && y + tile.height <= height,
-                     "paste: \(tile.width)×\(tile.height) at (\(x), \(y)) into \(width)×\(height)")
+        precondition(
+            tile.channels == channels && x >= 0 && y >= 0 && x + tile.width <= width && y + tile.height <= height,
+            "paste: \(tile.width)×\(tile.height) at (\(x), \(y)) into \(width)×\(height)")
         let rowBytes = tile.width * channels
         for ty in 0..<tile.height {
             let dst = ((y + ty) * width + x) * channels
-            pixels.replaceSubrange(dst ..< dst + rowBytes, with: tile.pixels[ty * rowBytes ..< (ty + 1) * rowBytes])
+            pixels.replaceSubrange(dst..<dst + rowBytes, with: tile.pixels[ty * rowBytes..<(ty + 1) * rowBytes])
         }
     }
 }

@@ -1,5 +1,6 @@
 // PNG encoding and decoding through libpng's simplified API (png_image_*), which reports errors
 // in the image struct instead of longjmp-ing, so it is safe to call from Swift.
+
 import CPNG
 
 /// A PNG that could not be encoded or decoded; `message` is libpng's.
@@ -43,7 +44,8 @@ public enum PNG {
             let hasColor = png.format & gridit_png_format_flag_color() != 0
             let hasAlpha = png.format & gridit_png_format_flag_alpha() != 0
             let channels = hasAlpha ? 4 : (hasColor ? 3 : 1)
-            png.format = hasAlpha ? gridit_png_format_rgba() : (hasColor ? gridit_png_format_rgb() : gridit_png_format_gray())
+            png.format =
+                hasAlpha ? gridit_png_format_rgba() : (hasColor ? gridit_png_format_rgb() : gridit_png_format_gray())
             let (width, height) = (Int(png.width), Int(png.height))
             guard width >= 1, height >= 1, width * height <= 1 << 28 else {
                 throw ImageError("PNG decode: unsupported size \(width)×\(height)")
@@ -60,11 +62,12 @@ public enum PNG {
         png.version = UInt32(gridit_png_image_version())
         png.width = UInt32(image.width)
         png.height = UInt32(image.height)
-        png.format = switch image.channels {
-        case 1: gridit_png_format_gray()
-        case 3: gridit_png_format_rgb()
-        default: gridit_png_format_rgba()
-        }
+        png.format =
+            switch image.channels {
+            case 1: gridit_png_format_gray()
+            case 3: gridit_png_format_rgb()
+            default: gridit_png_format_rgba()
+            }
         return png
     }
 

@@ -124,8 +124,10 @@ public struct JobStateMachine: Hashable, Sendable {
 
         case .fail(let token, let errorClass, let message, let retryable):
             try requireLease(token, job)
-            effects.append(.recordError(JobErrorRecord(
-                jobID: job.id, attempt: job.attempt, at: now, errorClass: errorClass, message: message)))
+            effects.append(
+                .recordError(
+                    JobErrorRecord(
+                        jobID: job.id, attempt: job.attempt, at: now, errorClass: errorClass, message: message)))
             next.errorClass = errorClass
             next.errorMessage = message
             clearLease(&next)
@@ -203,7 +205,7 @@ public struct JobStateMachine: Hashable, Sendable {
             next.finishedAt = nil
             next.errorClass = nil
             next.errorMessage = nil
-            // progress is kept: frames already committed are not generated again.
+        // progress is kept: frames already committed are not generated again.
 
         case .prune:
             try require(job.state.isTerminal, "prune", job)
@@ -216,7 +218,8 @@ public struct JobStateMachine: Hashable, Sendable {
 
     private func require(_ condition: Bool, _ event: String, _ job: Job) throws(StateError) {
         guard condition else {
-            let hint = job.state.isTerminal
+            let hint =
+                job.state.isTerminal
                 ? "; \(job.state.rawValue) is terminal (only retry of failed/canceled/dead leaves it)"
                 : ""
             throw StateError(
@@ -262,13 +265,17 @@ public struct JobStateMachine: Hashable, Sendable {
         }
         next.crashCount += 1
         let message = "\(why) (crash \(next.crashCount) of \(policy.maxCrashes))"
-        effects.append(.recordError(JobErrorRecord(
-            jobID: job.id, attempt: job.attempt, at: now, errorClass: workerCrashedErrorClass, message: message)))
+        effects.append(
+            .recordError(
+                JobErrorRecord(
+                    jobID: job.id, attempt: job.attempt, at: now, errorClass: workerCrashedErrorClass, message: message)
+            ))
         next.errorClass = workerCrashedErrorClass
         if next.crashCount >= policy.maxCrashes {
             next.state = .dead
             next.finishedAt = now
-            next.errorMessage = "the job crashed or stalled its worker \(next.crashCount) times "
+            next.errorMessage =
+                "the job crashed or stalled its worker \(next.crashCount) times "
                 + "(last: \(message)); it is dead so the queue keeps draining. "
                 + "Inspect it, then `griditctl jobs retry \(job.id)` to run it again"
         } else {
@@ -281,7 +288,8 @@ public struct JobStateMachine: Hashable, Sendable {
     /// A run that stopped through no fault of the job: back to the queue at once, and the claim
     /// that made it run is not an attempt; `note` goes into its history. A requested cancel
     /// completes instead.
-    private func requeueUncounted(_ job: Job, _ next: inout Job, _ effects: inout [JobEffect], note: String?, now: Date) {
+    private func requeueUncounted(_ job: Job, _ next: inout Job, _ effects: inout [JobEffect], note: String?, now: Date)
+    {
         clearLease(&next)
         if job.cancelRequested {
             next.state = .canceled
@@ -289,8 +297,11 @@ public struct JobStateMachine: Hashable, Sendable {
             return
         }
         if let note {
-            effects.append(.recordError(JobErrorRecord(
-                jobID: job.id, attempt: job.attempt, at: now, errorClass: interruptedErrorClass, message: note)))
+            effects.append(
+                .recordError(
+                    JobErrorRecord(
+                        jobID: job.id, attempt: job.attempt, at: now, errorClass: interruptedErrorClass, message: note))
+            )
         }
         next.state = .queued
         next.notBefore = now

@@ -159,7 +159,9 @@ public protocol JobStore: Sendable {
     /// whatever its state and whatever the limits. Throws `queueFull`, `ownerJobLimit` or
     /// `ownerWorkLimit` when the new job would break one of `limits`. Job ids are never reused,
     /// not even those of pruned jobs.
-    func submit(_ submission: JobSubmission, owner: UInt32, limits: SubmitLimits, now: Date) async throws(StateError) -> SubmitResult
+    func submit(
+        _ submission: JobSubmission, owner: UInt32, limits: SubmitLimits, now: Date
+    ) async throws(StateError) -> SubmitResult
 
     /// Atomically takes the highest-priority (FIFO within a priority) claimable job whose
     /// `notBefore <= now`, unless the queue is paused. Nil when there is nothing to run.
@@ -171,10 +173,14 @@ public protocol JobStore: Sendable {
     ) async throws(StateError) -> ClaimedJob?
 
     /// Extends the lease to `now + leaseDuration`. Call about every `leaseDuration / 3`.
-    func heartbeat(id: Int64, token: LeaseToken, leaseDuration: TimeInterval, now: Date) async throws(StateError) -> LeaseStatus
+    func heartbeat(
+        id: Int64, token: LeaseToken, leaseDuration: TimeInterval, now: Date
+    ) async throws(StateError) -> LeaseStatus
 
     /// Records progress (the resume point after a crash). Does not extend the lease.
-    func saveProgress(id: Int64, token: LeaseToken, progress: JobProgress, now: Date) async throws(StateError) -> LeaseStatus
+    func saveProgress(
+        id: Int64, token: LeaseToken, progress: JobProgress, now: Date
+    ) async throws(StateError) -> LeaseStatus
 
     /// `running → succeeded`. Commit point of the job: write the files first, then call this.
     func complete(id: Int64, token: LeaseToken, outputDir: String, now: Date) async throws(StateError) -> Job
@@ -245,7 +251,9 @@ public protocol JobStore: Sendable {
 
 extension JobStore {
     /// A submit bounded by the queue's size alone.
-    public func submit(_ submission: JobSubmission, owner: UInt32, maxQueued: Int, now: Date) async throws(StateError) -> SubmitResult {
+    public func submit(
+        _ submission: JobSubmission, owner: UInt32, maxQueued: Int, now: Date
+    ) async throws(StateError) -> SubmitResult {
         try await submit(submission, owner: owner, limits: SubmitLimits(maxQueued: maxQueued), now: now)
     }
 

@@ -1,6 +1,6 @@
 import Foundation
-import GriditJobSpec
 import GRDB
+import GriditJobSpec
 import GriditStateDatabase
 
 /// `JobStore` on one SQLite file through a GRDB `DatabasePool` (the `StateDatabase`; its notes
@@ -65,12 +65,17 @@ public final class SQLiteJobStore: JobStore {
 
     // MARK: - JobStore
 
-    public func submit(_ submission: JobSubmission, owner: UInt32, limits: SubmitLimits, now: Date) async throws(StateError) -> SubmitResult {
+    public func submit(
+        _ submission: JobSubmission, owner: UInt32, limits: SubmitLimits, now: Date
+    ) async throws(StateError) -> SubmitResult {
         guard submission.length > 0, submission.maxAttempts >= 1 else {
-            throw StateError(.invalidArgument, "length (\(submission.length)) and maxAttempts (\(submission.maxAttempts)) must be at least 1")
+            throw StateError(
+                .invalidArgument,
+                "length (\(submission.length)) and maxAttempts (\(submission.maxAttempts)) must be at least 1")
         }
         guard submission.workSeconds.isFinite, submission.workSeconds >= 0 else {
-            throw StateError(.invalidArgument, "a job's estimated work must be 0 seconds or more (got \(submission.workSeconds))")
+            throw StateError(
+                .invalidArgument, "a job's estimated work must be 0 seconds or more (got \(submission.workSeconds))")
         }
         if let key = submission.idempotencyKey, key.isEmpty || key.utf8.count > 200 {
             throw StateError(.invalidArgument, "an idempotency key must be 1 to 200 bytes long")
@@ -81,9 +86,9 @@ public final class SQLiteJobStore: JobStore {
                 throw StateError(.invalidArgument, "params must be a JSON text")
             }
             if let key = submission.idempotencyKey,
-               let id = try Int64.fetchOne(
-                   db, sql: "SELECT id FROM job WHERE owner_uid = ? AND idempotency_key = ?",
-                   arguments: [Int64(owner), key])
+                let id = try Int64.fetchOne(
+                    db, sql: "SELECT id FROM job WHERE owner_uid = ? AND idempotency_key = ?",
+                    arguments: [Int64(owner), key])
             {
                 return SubmitResult(job: try Self.fetchJob(db, id: id, root: self.root), deduplicated: true)
             }
@@ -106,9 +111,12 @@ public final class SQLiteJobStore: JobStore {
     }
 
     /// Throws when the new job would break one of `limits` (read in the inserting transaction).
-    private static func checkLimits(_ limits: SubmitLimits, for submission: JobSubmission, owner: UInt32, _ db: Database) throws {
-        let live = try Int.fetchOne(
-            db, sql: "SELECT count(*) FROM job WHERE state IN ('queued', 'retryable', 'running')") ?? 0
+    private static func checkLimits(
+        _ limits: SubmitLimits, for submission: JobSubmission, owner: UInt32, _ db: Database
+    ) throws {
+        let live =
+            try Int.fetchOne(
+                db, sql: "SELECT count(*) FROM job WHERE state IN ('queued', 'retryable', 'running')") ?? 0
         guard live < limits.maxQueued else {
             throw StateError(
                 .queueFull,
@@ -139,7 +147,8 @@ public final class SQLiteJobStore: JobStore {
         }
     }
 
-    public func claim(workerID: String, leaseDuration: TimeInterval, now: Date) async throws(StateError) -> ClaimedJob? {
+    public func claim(workerID: String, leaseDuration: TimeInterval, now: Date) async throws(StateError) -> ClaimedJob?
+    {
         try await claim(workerID: workerID, leaseDuration: leaseDuration, filter: nil, now: now)
     }
 
@@ -153,7 +162,9 @@ public final class SQLiteJobStore: JobStore {
         workerID: String, leaseDuration: TimeInterval, filter: ClaimFilter?, now: Date
     ) async throws(StateError) -> ClaimedJob? {
         guard !workerID.isEmpty, leaseDuration > 0, leaseDuration.isFinite else {
-            throw StateError(.invalidArgument, "claim needs a non-empty worker id and a positive lease (got \"\(workerID)\", \(leaseDuration) s)")
+            throw StateError(
+                .invalidArgument,
+                "claim needs a non-empty worker id and a positive lease (got \"\(workerID)\", \(leaseDuration) s)")
         }
         let token = LeaseToken.random()
         let nowMs = now.unixMillis
@@ -196,12 +207,16 @@ public final class SQLiteJobStore: JobStore {
         }
     }
 
-    public func heartbeat(id: Int64, token: LeaseToken, leaseDuration: TimeInterval, now: Date) async throws(StateError) -> LeaseStatus {
+    public func heartbeat(
+        id: Int64, token: LeaseToken, leaseDuration: TimeInterval, now: Date
+    ) async throws(StateError) -> LeaseStatus {
         let job = try await transition(id, .heartbeat(token: token, leaseDuration: leaseDuration), now: now)
         return LeaseStatus(cancelRequested: job.cancelRequested, leaseExpiresAt: job.leaseExpiresAt ?? now)
     }
 
-    public func saveProgress(id: Int64, token: LeaseToken, progress: JobProgress, now: Date) async throws(StateError) -> LeaseStatus {
+    public func saveProgress(
+        id: Int64, token: LeaseToken, progress: JobProgress, now: Date
+    ) async throws(StateError) -> LeaseStatus {
         let job = try await transition(id, .saveProgress(token: token, progress: progress), now: now)
         return LeaseStatus(cancelRequested: job.cancelRequested, leaseExpiresAt: job.leaseExpiresAt ?? now)
     }
@@ -229,7 +244,9 @@ public final class SQLiteJobStore: JobStore {
         try await transition(id, .requeue(token: token, reason: reason), now: now)
     }
 
-    public func recordWorkerCrash(id: Int64, token: LeaseToken, message: String, now: Date) async throws(StateError) -> Job {
+    public func recordWorkerCrash(
+        id: Int64, token: LeaseToken, message: String, now: Date
+    ) async throws(StateError) -> Job {
         try await transition(id, .workerCrashed(token: token, message: message), now: now)
     }
 
@@ -293,7 +310,8 @@ public final class SQLiteJobStore: JobStore {
 
     public func errors(id: Int64) async throws(StateError) -> [JobErrorRecord] {
         try await read { db in
-            guard try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM job WHERE id = ?)", arguments: [id]) == true else {
+            guard try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM job WHERE id = ?)", arguments: [id]) == true
+            else {
                 throw Self.notFound(id)
             }
             return try Row.fetchAll(
@@ -320,13 +338,17 @@ public final class SQLiteJobStore: JobStore {
         let live = JobState.allCases.filter { !$0.isTerminal }.map { "'\($0.rawValue)'" }.joined(separator: ", ")
         return try await read { db in
             var pins: [String: [Int64]] = [:]
-            let sql = "SELECT id, pipeline_digest FROM job WHERE state IN (\(live)) AND pipeline_digest IS NOT NULL ORDER BY id"
-            for row in try Row.fetchAll(db, sql: sql) { pins[row["pipeline_digest"] as String, default: []].append(row["id"]) }
+            let sql =
+                "SELECT id, pipeline_digest FROM job WHERE state IN (\(live)) AND pipeline_digest IS NOT NULL ORDER BY id"
+            for row in try Row.fetchAll(db, sql: sql) {
+                pins[row["pipeline_digest"] as String, default: []].append(row["id"])
+            }
             return pins
         }
     }
 
-    public func prune(olderThan: TimeInterval, states: Set<JobState>, now: Date) async throws(StateError) -> [PrunedJob] {
+    public func prune(olderThan: TimeInterval, states: Set<JobState>, now: Date) async throws(StateError) -> [PrunedJob]
+    {
         guard olderThan >= 0 else {
             throw StateError(.invalidArgument, "prune needs an age of 0 seconds or more (got \(olderThan))")
         }
@@ -387,7 +409,8 @@ public final class SQLiteJobStore: JobStore {
         let nowMs = now.unixMillis
         let now = Date(unixMillis: nowMs)  // the columns' resolution, so SQL and Swift agree
         return try await write { db in
-            let sql = event == .orphaned
+            let sql =
+                event == .orphaned
                 ? "SELECT * FROM job WHERE state = 'running' ORDER BY id"
                 : "SELECT * FROM job WHERE state = 'running' AND lease_expires_at <= ? ORDER BY id"
             let rows = try Row.fetchAll(db, sql: sql, arguments: event == .orphaned ? [] : [nowMs])
@@ -427,7 +450,8 @@ public final class SQLiteJobStore: JobStore {
     }
 
     private static func notFound(_ id: Int64) -> StateError {
-        StateError(.notFound, "no job \(id); it may have been pruned (`griditctl jobs list` shows the others)", jobID: id)
+        StateError(
+            .notFound, "no job \(id); it may have been pruned (`griditctl jobs list` shows the others)", jobID: id)
     }
 
     static func decodeJob(_ row: Row, root: String) throws -> Job {
@@ -467,7 +491,8 @@ public final class SQLiteJobStore: JobStore {
             progress: progress,
             errorClass: row["error_class"],
             errorMessage: row["error_message"],
-            outputDir: OutputPaths.resolved(row["output_dir"], root: root, id: row["id"], owner: UInt32(truncatingIfNeeded: owner)),
+            outputDir: OutputPaths.resolved(
+                row["output_dir"], root: root, id: row["id"], owner: UInt32(truncatingIfNeeded: owner)),
             workSeconds: row.hasColumn("work_seconds") ? row["work_seconds"] : 0,
             queuePosition: row.hasColumn("queue_position") ? row["queue_position"] : nil)
     }

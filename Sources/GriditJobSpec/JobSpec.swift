@@ -10,6 +10,7 @@
 //   "jump_length": 10, "jump_count": 2, "class_label": 3, "cfg_scale": 4}}
 // Every parameter is optional: nil means the pipeline's default. `parameters` refuses unknown
 // keys (a misspelt field must not be ignored); names outside their sets fail to decode.
+
 import Foundation
 
 /// How sequences are grown (see docs/ENGINE.md).
@@ -114,7 +115,8 @@ public struct JobSpec: Codable, Hashable, Sendable {
         enum CodingKeys: String, CodingKey, CaseIterable {
             case seed, mode, sampler, steps, eta, precision, context
             case srSampler = "sr_sampler", srSteps = "sr_steps", contextRows = "context_rows", noSR = "no_sr"
-            case jumpLength = "jump_length", jumpCount = "jump_count", classLabel = "class_label", cfgScale = "cfg_scale"
+            case jumpLength = "jump_length", jumpCount = "jump_count", classLabel = "class_label", cfgScale =
+                "cfg_scale"
         }
 
         public init(from decoder: any Decoder) throws {
@@ -219,7 +221,8 @@ public func rejectUnknownKeys(_ decoder: any Decoder, known: [String], in what: 
     guard unknown.isEmpty else {
         let list = unknown.map { "'\($0)'" }.joined(separator: ", ")
         throw JobSpecError(
-            "unknown field\(unknown.count == 1 ? "" : "s") \(list) in \(what); known fields: \(known.sorted().joined(separator: ", "))")
+            "unknown field\(unknown.count == 1 ? "" : "s") \(list) in \(what); known fields: \(known.sorted().joined(separator: ", "))"
+        )
     }
 }
 

@@ -1,5 +1,6 @@
 // The seven states of a job, as the job queue stores them, the API shows them and griditctl
 // filters by them.
+
 import Foundation
 
 /// The seven job states. `succeeded`, `failed`, `canceled` and `dead` are terminal: only an

@@ -1,6 +1,7 @@
 // Where a job stands, in one pair of types from the engine to the wire: the engine reports them,
 // the worker relays them, the job queue stores `JobProgress` (the resume point), and the API
 // and griditctl show both. One set of stage names everywhere.
+
 import Foundation
 
 /// The two stages of a job.

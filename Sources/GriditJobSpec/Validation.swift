@@ -1,6 +1,7 @@
 // The rules a spec keeps whatever the pipeline: the one place they are written. Rules that need
 // the pipeline (context rows below its k, a class for a class-conditional model, the length
 // limit) are the engine's `RunSettings`, which applies these first.
+
 import Foundation
 
 extension JobSpec {
@@ -21,7 +22,8 @@ extension JobSpec {
         guard !output.isEmpty, output.utf8.count <= 200 else { throw JobSpecError("\(hint) (1 to 200 bytes)") }
         guard !output.hasPrefix("/") else {
             throw JobSpecError(
-                "\(hint); '\(output.prefix(60))' is an absolute path. Use `griditctl submit --out DIR` to copy the frames to a folder of yours")
+                "\(hint); '\(output.prefix(60))' is an absolute path. Use `griditctl submit --out DIR` to copy the frames to a folder of yours"
+            )
         }
         let components = output.split(separator: "/", omittingEmptySubsequences: false)
         guard components.count <= 8 else { throw JobSpecError("\(hint) (at most 8 levels)") }
@@ -29,9 +31,12 @@ extension JobSpec {
             if c == ".." || c == "." {
                 throw JobSpecError("\(hint); '..' and '.' are not allowed (got '\(output.prefix(60))')")
             }
-            let allowed = c.allSatisfy { ch in ch.isASCII && (ch.isLetter || ch.isNumber || ch == "." || ch == "_" || ch == "-") }
+            let allowed = c.allSatisfy { ch in
+                ch.isASCII && (ch.isLetter || ch.isNumber || ch == "." || ch == "_" || ch == "-")
+            }
             guard !c.isEmpty, allowed, !c.hasPrefix(".") else {
-                throw JobSpecError("\(hint); '\(c.prefix(60))' has characters outside A-Z a-z 0-9 . _ - or starts with '.'")
+                throw JobSpecError(
+                    "\(hint); '\(c.prefix(60))' has characters outside A-Z a-z 0-9 . _ - or starts with '.'")
             }
         }
     }
@@ -48,12 +53,15 @@ extension JobSpec.Parameters {
         if let rows = contextRows, !(0...64).contains(rows) {
             throw JobSpecError("context_rows must be between 0 and 64 (got \(rows))")
         }
-        if let precision, precision.isEmpty || precision.utf8.count > 32
-            || !precision.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" })
+        if let precision,
+            precision.isEmpty || precision.utf8.count > 32
+                || !precision.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" })
         {
             throw JobSpecError("precision '\(precision.prefix(40))' is not a valid name")
         }
-        if let n = jumpLength, !(1...10_000).contains(n) { throw JobSpecError("jump_length must be 1...10000 (got \(n))") }
+        if let n = jumpLength, !(1...10_000).contains(n) {
+            throw JobSpecError("jump_length must be 1...10000 (got \(n))")
+        }
         if let n = jumpCount, !(1...50).contains(n) {
             throw JobSpecError("jump_count is \(n); use 1 (no resampling) ... 50 passes")
         }

@@ -9,12 +9,13 @@
 // blobs/ and blobs/sha256/, absolute or `..` paths, duplicates and unknown names are refused
 // before anything is published. Export writes fixed metadata (mtime 0, root-owned, mode 0444),
 // so one version always gives the same bundle bytes.
+
 import CModelStore
 import Foundation
 import GriditCheckpoint
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 struct BundleIndex: Codable, Equatable {

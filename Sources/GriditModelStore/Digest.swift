@@ -2,7 +2,7 @@ import Crypto
 import Foundation
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// A SHA-256 content digest, written `sha256:<64 lower-case hex>` (OCI style).

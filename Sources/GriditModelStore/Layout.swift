@@ -12,15 +12,16 @@
 // A blob appears under its name only complete and durable: it is written to ingest/, fsynced,
 // made read-only, linked to blobs/sha256/<hex> (link, not rename, so an existing blob is never
 // replaced) and the directory fsynced.
+
 import CModelStore
 import Foundation
-import GriditDurable
 import GriditAPI
 import GriditCheckpoint
+import GriditDurable
 import GriditFaults
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// One store root.
@@ -156,16 +157,11 @@ final class IngestFile {
                 "reflink (FICLONE) into", path: root.ingestDirectory, errno: code,
                 hint: "this filesystem cannot clone files; use --link auto or copy")
         }
-        do throws(ModelStoreError) {
+        return try adopt(fd, path: path, method: .reflink, into: root) { () throws(ModelStoreError) in
             try finish(fd, path: path)
             // The clone's own bytes are hashed: the digest is that of what is stored.
             let (digest, size) = try hashFile(fd: fd, path: path, progress: progress)
-            return try IngestFile(
-                root: root, path: path, fd: fd, method: .reflink, digest: digest, size: size, bytesWritten: 0)
-        } catch {
-            close(fd)
-            unlink(path)
-            throw error
+            return (digest, size, 0)
         }
     }
 
@@ -194,14 +190,9 @@ final class IngestFile {
             throw posixError("open", path: path, errno: code)
         }
         _ = flock(fd, LOCK_EX)
-        do throws(ModelStoreError) {
+        return try adopt(fd, path: path, method: .hardlink, into: root) { () throws(ModelStoreError) in
             let (digest, size) = try hashFile(fd: fd, path: path, progress: progress)
-            return try IngestFile(
-                root: root, path: path, fd: fd, method: .hardlink, digest: digest, size: size, bytesWritten: 0)
-        } catch {
-            close(fd)
-            unlink(path)
-            throw error
+            return (digest, size, 0)
         }
     }
 
@@ -224,7 +215,7 @@ final class IngestFile {
     }
 
     /// Fills a new temporary file from `read` (which fills its buffer and returns the byte count,
-    /// 0 at the end), hashing on the way; `expected`, if given, must be the digest.
+    /// 0 at the end), hashing on the way, and reads the file back to check what it holds.
     static func fromStream(
         into root: StoreRoot, progress: ((Int64) -> Void)? = nil,
         read: (UnsafeMutableRawBufferPointer) throws(ModelStoreError) -> Int
@@ -232,7 +223,7 @@ final class IngestFile {
         let (path, fd) = try createTemporary(in: root)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ioChunkSize, alignment: 4096)
         defer { buffer.deallocate() }
-        do throws(ModelStoreError) {
+        return try adopt(fd, path: path, method: .copy, into: root) { () throws(ModelStoreError) in
             var stream = DigestStream()
             while true {
                 let n = try read(buffer)
@@ -255,9 +246,21 @@ final class IngestFile {
                     .io, "the copy \(path) reads back as \(stored), not the \(digest) written",
                     hint: "check the disk of the store (dmesg, smartctl), then import again")
             }
+            return (digest, stream.count, stream.count)
+        }
+    }
+
+    /// Makes the temporary file `fd` at `path` an `IngestFile` once `content` has filled and
+    /// hashed it (its digest, size and the bytes written into the store); when anything fails,
+    /// the file is closed and removed.
+    private static func adopt(
+        _ fd: Int32, path: String, method: Method, into root: StoreRoot,
+        _ content: () throws(ModelStoreError) -> (digest: BlobDigest, size: Int64, bytesWritten: Int64)
+    ) throws(ModelStoreError) -> IngestFile {
+        do throws(ModelStoreError) {
+            let (digest, size, bytesWritten) = try content()
             return try IngestFile(
-                root: root, path: path, fd: fd, method: .copy, digest: digest, size: stream.count,
-                bytesWritten: stream.count)
+                root: root, path: path, fd: fd, method: method, digest: digest, size: size, bytesWritten: bytesWritten)
         } catch {
             close(fd)
             unlink(path)

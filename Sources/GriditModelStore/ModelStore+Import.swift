@@ -6,7 +6,7 @@ import GriditFaults
 import Synchronization
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 extension ModelStore {
@@ -79,9 +79,13 @@ extension ModelStore {
     ) throws(ModelStoreError) -> ModelImportResult {
         let path = source.path
         let bytes: [UInt8]?
-        do { bytes = try source.readAll(limit: Int(PipelineValidation.maxJSONSize)) } catch { throw ModelStoreError(error) }
+        do { bytes = try source.readAll(limit: Int(PipelineValidation.maxJSONSize)) } catch {
+            throw ModelStoreError(error)
+        }
         guard let bytes else {
-            throw ModelStoreError(.invalidInput, "\(path) is over \(PipelineValidation.maxJSONSize) bytes; a pipeline file is a small JSON document")
+            throw ModelStoreError(
+                .invalidInput,
+                "\(path) is over \(PipelineValidation.maxJSONSize) bytes; a pipeline file is a small JSON document")
         }
         let spec: PipelineSpec
         do { spec = try PipelineSpec.decode(Data(bytes), path: path) } catch {

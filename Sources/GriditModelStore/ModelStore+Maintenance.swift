@@ -1,13 +1,13 @@
 import Foundation
-import GriditDurable
 import GriditAPI
 import GriditCheckpoint
 import GriditDiffusion
+import GriditDurable
 import GriditStateDatabase
 import Synchronization
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 extension ModelStore {
@@ -145,7 +145,9 @@ extension ModelStore {
         return (paths, bytes)
     }
 
-    private func collect(pending: Set<BlobDigest>, pinned: Set<BlobDigest>, dryRun: Bool) throws(ModelStoreError)
+    private func collect(
+        pending: Set<BlobDigest>, pinned: Set<BlobDigest>, dryRun: Bool
+    ) throws(ModelStoreError)
         -> ModelGCResult
     {
         var inUse = mappings.inUse()
@@ -249,8 +251,9 @@ extension ModelStore {
                 digest: digest.description, references: tags, path: "-", size: 0, blobs: items.count)
         }
         let destination = path.hasPrefix("/") ? path : joinPath(FileManager.default.currentDirectoryPath, path)
-        let directory = (destination as NSString).deletingLastPathComponent
-        try DurableFile.write(to: destination, failure: { posixError("export: \($0.call)", path: $0.path, errno: $0.errno) }) {
+        try DurableFile.write(
+            to: destination, failure: { posixError("export: \($0.call)", path: $0.path, errno: $0.errno) }
+        ) {
             (out) throws(ModelStoreError) in try write(to: out.fileDescriptor, name: destination)
         }
         return ModelExportResult(

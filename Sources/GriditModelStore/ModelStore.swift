@@ -11,16 +11,17 @@
 //
 // Every call blocks (file I/O, hashing, SQLite): call it from a dedicated thread, not from
 // Swift's cooperative pool.
+
 import Foundation
-import GriditDurable
 import GRDB
 import GriditAPI
 import GriditDiffusion
+import GriditDurable
 import GriditStateDatabase
 import Synchronization
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 public final class ModelStore: Sendable {
@@ -230,7 +231,8 @@ public final class ModelStore: Sendable {
             paths[blob.role] = try checkedBlob(blob.digest, what: "\(blob.role.rawValue) of \(digest)", full: false)
             blobs[blob.role] = blob.digest
         }
-        return ResolvedPipeline(digest: digest, spec: manifest.pipeline.mapFiles { role, _ in paths[role]! }, blobs: blobs)
+        return ResolvedPipeline(
+            digest: digest, spec: manifest.pipeline.mapFiles { role, _ in paths[role]! }, blobs: blobs)
     }
 
     /// The decoded manifest of a version (the manifest blob is always fully re-hashed: it is small).
@@ -369,7 +371,8 @@ public final class ModelStore: Sendable {
         e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         guard let data = try? e.encode(RefsFile(format: RefsFile.format, tags: entries)) else { return }
         if let existing = FileManager.default.contents(atPath: local.refsPath), existing == data { return }
-        try? DurableFile.write([UInt8](data), to: local.refsPath, failure: { $0 })  // best effort: rewritten at the next change
+        // Best effort: rewritten at the next change.
+        try? DurableFile.write([UInt8](data), to: local.refsPath, failure: { $0 })
     }
 }
 

@@ -3,7 +3,7 @@ import Foundation
 import GriditAPI
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// Permission and filesystem checks of a state directory, each naming the path component at fault

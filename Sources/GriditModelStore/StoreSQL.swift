@@ -1,13 +1,13 @@
 // The SQL of the model store on its own tables (migrations/0002_create_model_store.sql) of the
 // state database; it never reads the job queue's (live jobs' pins come from `JobStore`). Every
 // function runs inside a transaction its caller opened (`StateDatabase.write` / `read`).
+
 import Foundation
 import GRDB
-import GriditJobSpec
 import GriditStateDatabase
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 enum StoreSQL {

@@ -1,10 +1,10 @@
 import Foundation
 import GriditCheckpoint
-import GriditModels
 import GriditDiffusion
+import GriditModels
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// The checks an import makes before anything is published: the pipeline's fields, each model
@@ -65,7 +65,8 @@ enum PipelineValidation {
             }
             if let bad = file.firstNonFinite() {
                 throw fail(
-                    role, "tensor '\(bad.tensor)' holds a NaN or an infinity (element \(bad.index)); the model would only make noise",
+                    role,
+                    "tensor '\(bad.tensor)' holds a NaN or an infinity (element \(bad.index)); the model would only make noise",
                     hint: "export the weights again from a training state without NaN or infinite values")
             }
             do { try bind(file) } catch {

@@ -31,9 +31,11 @@ public struct AutoencoderKLConfiguration: Codable, Equatable, Sendable {
         case scalingFactor = "scaling_factor"
     }
 
-    public init(inChannels: Int = 3, outChannels: Int = 3, latentChannels: Int = 4,
-                blockOutChannels: [Int] = [128, 256, 512, 512], layersPerBlock: Int = 2,
-                normNumGroups: Int = 32, scalingFactor: Double = 0.18215) {
+    public init(
+        inChannels: Int = 3, outChannels: Int = 3, latentChannels: Int = 4,
+        blockOutChannels: [Int] = [128, 256, 512, 512], layersPerBlock: Int = 2,
+        normNumGroups: Int = 32, scalingFactor: Double = 0.18215
+    ) {
         self.inChannels = inChannels
         self.outChannels = outChannels
         self.latentChannels = latentChannels
@@ -84,7 +86,8 @@ public struct AutoencoderKLConfiguration: Codable, Equatable, Sendable {
         }
         if normNumGroups < 1 { try fail("norm_num_groups is \(normNumGroups)") }
         for ch in blockOutChannels where ch < 1 || ch % normNumGroups != 0 {
-            try fail("block_out_channels \(blockOutChannels) must be positive multiples of norm_num_groups \(normNumGroups)")
+            try fail(
+                "block_out_channels \(blockOutChannels) must be positive multiples of norm_num_groups \(normNumGroups)")
         }
         if layersPerBlock < 1 { try fail("layers_per_block is \(layersPerBlock)") }
         if inChannels < 1 || outChannels < 1 || latentChannels < 1 {
@@ -186,7 +189,8 @@ public struct AutoencoderKLWeights: Sendable {
             t.append(Binding(key + ".weight", [ch, ch], p.appending(path: \.weight)))
             t.append(Binding(key + ".bias", [ch], p.appending(path: \.bias)))
         }
-        func resnet(_ key: String, _ r: VAEResnetWeights, _ p: WritableKeyPath<AutoencoderKLWeights, VAEResnetWeights>) {
+        func resnet(_ key: String, _ r: VAEResnetWeights, _ p: WritableKeyPath<AutoencoderKLWeights, VAEResnetWeights>)
+        {
             norm(key + "norm1", r.inChannels, p.appending(path: \.norm1))
             conv(key + "conv1", r.inChannels, r.outChannels, 3, p.appending(path: \.conv1))
             norm(key + "norm2", r.outChannels, p.appending(path: \.norm2))
@@ -205,8 +209,10 @@ public struct AutoencoderKLWeights: Sendable {
             linear(a + "to_out.0", ch, ap.appending(path: \.out))
             resnet(key + "resnets.1.", VAEResnetWeights(inChannels: ch, outChannels: ch), p.appending(path: \.resnet1))
         }
-        func stages(_ key: String, _ blockName: String, _ resampleName: String,
-                    _ half: WritableKeyPath<AutoencoderKLWeights, VAEHalfWeights>, _ s: [VAEStageWeights]) {
+        func stages(
+            _ key: String, _ blockName: String, _ resampleName: String,
+            _ half: WritableKeyPath<AutoencoderKLWeights, VAEHalfWeights>, _ s: [VAEStageWeights]
+        ) {
             for (i, stage) in s.enumerated() {
                 let sp = half.appending(path: \.stages[i])
                 for (j, r) in stage.resnets.enumerated() {
@@ -265,8 +271,8 @@ struct VAEResnet {
 
 struct VAEAttention {
     let norm: VAEParam
-    let qkv: LinearWeight                           // (3C, C): to_q, to_k, to_v stacked
-    let out: LinearWeight                           // (C, C)
+    let qkv: LinearWeight  // (3C, C): to_q, to_k, to_v stacked
+    let out: LinearWeight  // (C, C)
 }
 
 struct VAEStage {
@@ -307,8 +313,10 @@ public struct AutoencoderKL: @unchecked Sendable {
 
     /// Binds every tensor of the table from `source` (total: missing, misshapen or unused tensors
     /// throw `BindingError`), then prepares the layers for `precision` (bf16 weights packed once).
-    public init(config: AutoencoderKLConfiguration, source: any TensorSource, precision: Precision = .fp32,
-                backend: KernelBackend = .current) throws {
+    public init(
+        config: AutoencoderKLConfiguration, source: any TensorSource, precision: Precision = .fp32,
+        backend: KernelBackend = .current
+    ) throws {
         try config.validate()
         var w = AutoencoderKLWeights(config)
         try bind(AutoencoderKLWeights.table(config), from: source, into: &w)
@@ -321,8 +329,9 @@ public struct AutoencoderKL: @unchecked Sendable {
             ConvWeight(weight: v.weight!, bias: v.bias, precision: p, backend: backend)
         }
         func resnet(_ r: VAEResnetWeights) -> VAEResnet {
-            VAEResnet(norm1: r.norm1, norm2: r.norm2, conv1: conv(r.conv1), conv2: conv(r.conv2),
-                      shortcut: r.inChannels != r.outChannels ? conv(r.shortcut) : nil)
+            VAEResnet(
+                norm1: r.norm1, norm2: r.norm2, conv1: conv(r.conv1), conv2: conv(r.conv2),
+                shortcut: r.inChannels != r.outChannels ? conv(r.shortcut) : nil)
         }
         func attention(_ a: VAEAttentionWeights) -> VAEAttention {
             let C = a.query.weight!.shape[0]
@@ -331,16 +340,18 @@ public struct AutoencoderKL: @unchecked Sendable {
                 (w.mutablePointer + i * C * C).update(from: part.weight!.pointer, count: C * C)
                 (b.mutablePointer + i * C).update(from: part.bias!.pointer, count: C)
             }
-            return VAEAttention(norm: a.groupNorm, qkv: LinearWeight(weight: w, bias: b, precision: p, backend: backend),
-                                out: LinearWeight(weight: a.out.weight!, bias: a.out.bias, precision: p, backend: backend))
+            return VAEAttention(
+                norm: a.groupNorm, qkv: LinearWeight(weight: w, bias: b, precision: p, backend: backend),
+                out: LinearWeight(weight: a.out.weight!, bias: a.out.bias, precision: p, backend: backend))
         }
         func half(_ h: VAEHalfWeights) -> VAEHalf {
-            VAEHalf(convIn: conv(h.convIn),
-                    stages: h.stages.map {
-                        VAEStage(resnets: $0.resnets.map(resnet), resample: $0.hasResample ? conv($0.resample) : nil)
-                    },
-                    mid: (resnet(h.mid.resnet0), attention(h.mid.attention), resnet(h.mid.resnet1)),
-                    normOut: h.normOut, convOut: conv(h.convOut))
+            VAEHalf(
+                convIn: conv(h.convIn),
+                stages: h.stages.map {
+                    VAEStage(resnets: $0.resnets.map(resnet), resample: $0.hasResample ? conv($0.resample) : nil)
+                },
+                mid: (resnet(h.mid.resnet0), attention(h.mid.attention), resnet(h.mid.resnet1)),
+                normOut: h.normOut, convOut: conv(h.convOut))
         }
         encoder = half(w.encoder)
         decoder = half(w.decoder)
@@ -360,8 +371,10 @@ public struct AutoencoderKL: @unchecked Sendable {
         let moments: Tensor = BLAS.exclusive(threads: 1) {
             let f = config.downsampleFactor
             if let tiling, image.shape[2] > tiling.tile || image.shape[3] > tiling.tile {
-                return tiled(image, tile: tiling.tile, outputTile: tiling.tile / f, overlap: tiling.overlap,
-                             outputScale: (1, f)) { encodeMoments($0, ctx) }
+                return tiled(
+                    image, tile: tiling.tile, outputTile: tiling.tile / f, overlap: tiling.overlap,
+                    outputScale: (1, f)
+                ) { encodeMoments($0, ctx) }
             }
             return encodeMoments(image, ctx)
         }
@@ -380,15 +393,18 @@ public struct AutoencoderKL: @unchecked Sendable {
     /// image (N, out_channels, h*f, w*f), roughly in [-1, 1].
     public func decode(_ latent: Tensor, threads: Int = BLAS.threadCount) throws -> Tensor {
         guard latent.rank == 4, latent.shape[1] == config.latentChannels else {
-            throw ModelError.invalidInput("VAE decode: latent \(latent.shape), expected (N, \(config.latentChannels), h, w)")
+            throw ModelError.invalidInput(
+                "VAE decode: latent \(latent.shape), expected (N, \(config.latentChannels), h, w)")
         }
         try checkTiling()
         let ctx = context(threads)
         return BLAS.exclusive(threads: 1) {
             let f = config.downsampleFactor
             if let tiling, latent.shape[2] * f > tiling.tile || latent.shape[3] * f > tiling.tile {
-                return tiled(latent, tile: tiling.tile / f, outputTile: tiling.tile, overlap: tiling.overlap,
-                             outputScale: (f, 1)) { decodeLatent($0, ctx) }
+                return tiled(
+                    latent, tile: tiling.tile / f, outputTile: tiling.tile, overlap: tiling.overlap,
+                    outputScale: (f, 1)
+                ) { decodeLatent($0, ctx) }
             }
             return decodeLatent(latent, ctx)
         }
@@ -398,8 +414,9 @@ public struct AutoencoderKL: @unchecked Sendable {
         guard let t = tiling else { return }
         let f = config.downsampleFactor
         guard t.tile >= f, t.tile % f == 0, t.overlap >= 0, t.overlap < 1 else {
-            throw ModelError.invalidInput("VAE tiling: tile \(t.tile) must be a positive multiple of \(f), overlap "
-                                          + "\(t.overlap) in [0, 1)")
+            throw ModelError.invalidInput(
+                "VAE tiling: tile \(t.tile) must be a positive multiple of \(f), overlap "
+                    + "\(t.overlap) in [0, 1)")
         }
     }
 
@@ -408,8 +425,9 @@ public struct AutoencoderKL: @unchecked Sendable {
         let ctx = ComputeContext(workers: threads, backend: backend)
         var bytes = max(quantConv.scratchBytes(context: ctx), postQuantConv.scratchBytes(context: ctx))
         func add(_ r: VAEResnet) {
-            bytes = max(bytes, r.conv1.scratchBytes(context: ctx), r.conv2.scratchBytes(context: ctx),
-                        r.shortcut?.scratchBytes(context: ctx) ?? 0)
+            bytes = max(
+                bytes, r.conv1.scratchBytes(context: ctx), r.conv2.scratchBytes(context: ctx),
+                r.shortcut?.scratchBytes(context: ctx) ?? 0)
         }
         for h in [encoder, decoder] {
             bytes = max(bytes, h.convIn.scratchBytes(context: ctx), h.convOut.scratchBytes(context: ctx))
@@ -427,16 +445,18 @@ public struct AutoencoderKL: @unchecked Sendable {
     /// Runs `body` on overlapping tiles of `x` and blends the results (diffusers' tiled_encode and
     /// tiled_decode). `tile`: input tile size; `outputTile`: the size of its result; outputScale
     /// (num, den): output size = input size · num / den.
-    private func tiled(_ x: Tensor, tile: Int, outputTile: Int, overlap: Double,
-                       outputScale: (Int, Int), _ body: (Tensor) -> Tensor) -> Tensor {
+    private func tiled(
+        _ x: Tensor, tile: Int, outputTile: Int, overlap: Double,
+        outputScale: (Int, Int), _ body: (Tensor) -> Tensor
+    ) -> Tensor {
         let (N, H, W) = (x.shape[0], x.shape[2], x.shape[3])
         let (num, den) = outputScale
         let step = max(1, Int(Double(tile) * (1 - overlap)))
-        let limit = step * num / den                // output rows each tile keeps
-        let blend = outputTile - limit              // rows blended with the previous tile
+        let limit = step * num / den  // output rows each tile keeps
+        let blend = outputTile - limit  // rows blended with the previous tile
         let (OH, OW) = (H * num / den, W * num / den)
         var out: Tensor?
-        var above: [Tensor] = []           // blended tiles of the previous row
+        var above: [Tensor] = []  // blended tiles of the previous row
         for (ti, i) in stride(from: 0, to: H, by: step).enumerated() {
             var row: [Tensor] = []
             for (tj, j) in stride(from: 0, to: W, by: step).enumerated() {
@@ -497,7 +517,9 @@ public struct AutoencoderKL: @unchecked Sendable {
 
     // MARK: blocks
 
-    private func conv(_ x: Tensor, _ w: ConvWeight, stride: Int = 1, padding: ConvPadding, _ ctx: ComputeContext) -> Tensor {
+    private func conv(
+        _ x: Tensor, _ w: ConvWeight, stride: Int = 1, padding: ConvPadding, _ ctx: ComputeContext
+    ) -> Tensor {
         conv2d(x, w, stride: stride, padding: padding, context: ctx)
     }
 
@@ -505,21 +527,25 @@ public struct AutoencoderKL: @unchecked Sendable {
     /// Where the convolution takes bf16 channel pairs, the norm writes them into `pairs` and no
     /// fp32 copy of the normalised activation exists; otherwise x is normalised in place when
     /// `inPlace` (x is then consumed), else into a new tensor.
-    private func normSiLUConv(_ x: Tensor, _ p: VAEParam, _ w: ConvWeight, into out: Tensor? = nil,
-                              accumulate: Bool = false, inPlace: Bool = false, _ ctx: ComputeContext,
-                              _ pairs: ChannelPairs) -> Tensor {
+    private func normSiLUConv(
+        _ x: Tensor, _ p: VAEParam, _ w: ConvWeight, into out: Tensor? = nil,
+        accumulate: Bool = false, inPlace: Bool = false, _ ctx: ComputeContext,
+        _ pairs: ChannelPairs
+    ) -> Tensor {
         let G = config.normNumGroups
         let outShape = convOutputShape(x.shape, weight: w.weight.shape, padding: .same(1))
         if w.acceptsPairs && (x.shape[1] / G) % 2 == 0 {
-            groupNorm(x, groups: G, weight: p.weight!, bias: p.bias!, eps: 1e-6, silu: true, into: pairs,
-                      workers: ctx.workers)
+            groupNorm(
+                x, groups: G, weight: p.weight!, bias: p.bias!, eps: 1e-6, silu: true, into: pairs,
+                workers: ctx.workers)
             let out = out ?? Tensor(zeros: outShape)
             conv2d(pairs, w, padding: .same(1), into: out, accumulate: accumulate, context: ctx)
             return out
         }
         let normed = inPlace ? x : Tensor(zeros: x.shape)
-        groupNorm(x, groups: G, weight: p.weight!, bias: p.bias!, eps: 1e-6, silu: true, into: normed,
-                  workers: ctx.workers)
+        groupNorm(
+            x, groups: G, weight: p.weight!, bias: p.bias!, eps: 1e-6, silu: true, into: normed,
+            workers: ctx.workers)
         let out = out ?? Tensor(zeros: outShape)
         conv2d(normed, w, padding: .same(1), into: out, accumulate: accumulate, context: ctx)
         return out
@@ -534,8 +560,10 @@ public struct AutoencoderKL: @unchecked Sendable {
         return out
     }
 
-    private func midBlock(_ x: Tensor, _ m: (VAEResnet, VAEAttention, VAEResnet), _ ctx: ComputeContext,
-                          _ pairs: ChannelPairs) -> Tensor {
+    private func midBlock(
+        _ x: Tensor, _ m: (VAEResnet, VAEAttention, VAEResnet), _ ctx: ComputeContext,
+        _ pairs: ChannelPairs
+    ) -> Tensor {
         resnet(attention(resnet(x, m.0, ctx, pairs), m.1, ctx), m.2, ctx, pairs)
     }
 
@@ -545,17 +573,20 @@ public struct AutoencoderKL: @unchecked Sendable {
         let (N, C, H, W) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
         let T = H * W
         let normed = Tensor(zeros: x.shape)
-        groupNorm(x, groups: config.normNumGroups, weight: a.norm.weight!, bias: a.norm.bias!, eps: 1e-6,
-                  into: normed, workers: ctx.workers)
+        groupNorm(
+            x, groups: config.normNumGroups, weight: a.norm.weight!, bias: a.norm.bias!, eps: 1e-6,
+            into: normed, workers: ctx.workers)
         let tokens = Tensor(zeros: [T, C]), qkv = Tensor(zeros: [T, 3 * C])
         let o = Tensor(zeros: [T, C]), proj = Tensor(zeros: [T, C])
-        let scratch = Tensor(zeros: [attentionScratchCount(batch: 1, tokens: T, dim: C, heads: 1, workers: ctx.workers)])
+        let scratch = Tensor(zeros: [attentionScratchCount(batch: 1, tokens: T, dim: C, heads: 1, workers: ctx.workers)]
+        )
         for n in 0..<N {
             transpose2D(normed.pointer + n * C * T, rows: C, cols: T, into: tokens.mutablePointer)
             linear(tokens.pointer, rows: T, a.qkv, segment: T, into: qkv.mutablePointer, context: ctx)
-            GriditTensor.attention(q: qkv.pointer, k: qkv.pointer + C, v: qkv.pointer + 2 * C, rowStride: 3 * C,
-                                   batch: 1, tokens: T, dim: C, heads: 1, workers: ctx.workers,
-                                   scratch: scratch.mutablePointer, into: o.mutablePointer)
+            GriditTensor.attention(
+                q: qkv.pointer, k: qkv.pointer + C, v: qkv.pointer + 2 * C, rowStride: 3 * C,
+                batch: 1, tokens: T, dim: C, heads: 1, workers: ctx.workers,
+                scratch: scratch.mutablePointer, into: o.mutablePointer)
             linear(o.pointer, rows: T, a.out, segment: T, into: proj.mutablePointer, context: ctx)
             // x[n] (C, T) += projᵀ
             let dst = x.mutablePointer + n * C * T, src = proj.pointer

@@ -31,7 +31,8 @@ public enum BindingError: Error, CustomStringConvertible, Equatable {
                 + "check depth/hidden_size/patch_size/in_channels/num_classes in the config"
         case let .unused(keys):
             let shown = keys.prefix(5).joined(separator: ", ")
-            return "checkpoint holds \(keys.count) tensor(s) the model does not use (\(shown)\(keys.count > 5 ? ", ..." : "")); "
+            return
+                "checkpoint holds \(keys.count) tensor(s) the model does not use (\(shown)\(keys.count > 5 ? ", ..." : "")); "
                 + "the config does not describe this checkpoint"
         case let .source(key, message):
             return "cannot read '\(key)': \(message)"

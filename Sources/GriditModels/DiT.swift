@@ -6,22 +6,22 @@ import GriditTensor
 
 /// Weights of one `DiTBlock`; names follow the PyTorch modules, keys live in `DiTWeights.table`.
 public struct DiTBlockWeights: Sendable {
-    public var qkvWeight, qkvBias: Tensor?            // (3D, D), (3D)
-    public var projWeight, projBias: Tensor?          // (D, D), (D)
-    public var fc1Weight, fc1Bias: Tensor?            // (M, D), (M)
-    public var fc2Weight, fc2Bias: Tensor?            // (D, M), (D)
-    public var adaLNWeight, adaLNBias: Tensor?        // (6D, D), (6D)
+    public var qkvWeight, qkvBias: Tensor?  // (3D, D), (3D)
+    public var projWeight, projBias: Tensor?  // (D, D), (D)
+    public var fc1Weight, fc1Bias: Tensor?  // (M, D), (M)
+    public var fc2Weight, fc2Bias: Tensor?  // (D, M), (D)
+    public var adaLNWeight, adaLNBias: Tensor?  // (6D, D), (6D)
 }
 
 public struct DiTWeights: Sendable {
-    public var posEmbed: Tensor?                      // (1, T, D); computed 2-D sin-cos when absent
-    public var xEmbedWeight, xEmbedBias: Tensor?      // (D, C+Cc, P, P), (D)
-    public var tEmbed0Weight, tEmbed0Bias: Tensor?    // (D, 256), (D)
-    public var tEmbed2Weight, tEmbed2Bias: Tensor?    // (D, D), (D)
-    public var yEmbedTable: Tensor?                   // (num_classes + 1, D); last row = CFG null class
+    public var posEmbed: Tensor?  // (1, T, D); computed 2-D sin-cos when absent
+    public var xEmbedWeight, xEmbedBias: Tensor?  // (D, C+Cc, P, P), (D)
+    public var tEmbed0Weight, tEmbed0Bias: Tensor?  // (D, 256), (D)
+    public var tEmbed2Weight, tEmbed2Bias: Tensor?  // (D, D), (D)
+    public var yEmbedTable: Tensor?  // (num_classes + 1, D); last row = CFG null class
     public var blocks: [DiTBlockWeights]
     public var finalAdaLNWeight, finalAdaLNBias: Tensor?  // (2D, D), (2D)
-    public var finalLinearWeight, finalLinearBias: Tensor? // (P*P*Cout, D), (P*P*Cout)
+    public var finalLinearWeight, finalLinearBias: Tensor?  // (P*P*Cout, D), (P*P*Cout)
 
     init(depth: Int) { blocks = Array(repeating: DiTBlockWeights(), count: depth) }
 
@@ -95,8 +95,9 @@ final class DiTLayers: Sendable {
         tEmbed2 = perSample([(w.tEmbed2Weight, w.tEmbed2Bias)])
         adaLN = perSample(w.blocks.map { ($0.adaLNWeight, $0.adaLNBias) } + [(w.finalAdaLNWeight, w.finalAdaLNBias)])
         blocks = w.blocks.map {
-            Block(qkv: lin($0.qkvWeight, $0.qkvBias), proj: lin($0.projWeight, $0.projBias),
-                  fc1: lin($0.fc1Weight, $0.fc1Bias), fc2: lin($0.fc2Weight, $0.fc2Bias))
+            Block(
+                qkv: lin($0.qkvWeight, $0.qkvBias), proj: lin($0.projWeight, $0.projBias),
+                fc1: lin($0.fc1Weight, $0.fc1Bias), fc2: lin($0.fc2Weight, $0.fc2Bias))
         }
         final = lin(w.finalLinearWeight, w.finalLinearBias)
     }
@@ -106,22 +107,24 @@ final class DiTLayers: Sendable {
 /// forward pass allocates nothing.
 public final class DiTWorkspace {
     public let batch: Int
-    let x, h, qkv, attn, proj, mlp: Tensor            // (N,T,D) (N,T,D) (N,T,3D) (N,T,D) (N,T,D) (N,T,M)
-    let attentionScratch: Tensor                      // attention: packed keys/values and per-worker tiles
+    let x, h, qkv, attn, proj, mlp: Tensor  // (N,T,D) (N,T,D) (N,T,3D) (N,T,D) (N,T,D) (N,T,M)
+    let attentionScratch: Tensor  // attention: packed keys/values and per-worker tiles
     /// Threads of a pass: the workers that every product, the attention (batch, head, query tile)
     /// items and the row-wise passes are spread over.
     public let workers: Int
     let context: ComputeContext
-    let patches: Tensor                               // (N*T, Cin*P*P)
-    let embedIn: Tensor                               // (N, C+Cc, H, W) when a condition is concatenated
-    let freq: Tensor                                  // (N, 256)
-    let c, cSiLU, tHidden: Tensor                     // (N, D)
-    let mod: Tensor                                   // (N, depth·6D + 2D): all adaLN outputs, the final layer's last
-    let finalTokens: Tensor                           // (N, T, P*P*Cout)
-    public let output: Tensor                         // (N, Cout, H, W)
+    let patches: Tensor  // (N*T, Cin*P*P)
+    let embedIn: Tensor  // (N, C+Cc, H, W) when a condition is concatenated
+    let freq: Tensor  // (N, 256)
+    let c, cSiLU, tHidden: Tensor  // (N, D)
+    let mod: Tensor  // (N, depth·6D + 2D): all adaLN outputs, the final layer's last
+    let finalTokens: Tensor  // (N, T, P*P*Cout)
+    public let output: Tensor  // (N, Cout, H, W)
 
-    public init(config c: DiTConfiguration, batch N: Int, workers: Int = BLAS.threadCount,
-                backend: KernelBackend = .current) {
+    public init(
+        config c: DiTConfiguration, batch N: Int, workers: Int = BLAS.threadCount,
+        backend: KernelBackend = .current
+    ) {
         let (T, D, M) = (c.tokens, c.hiddenSize, c.mlpHidden)
         let P2C = c.embedInChannels * c.patchSize * c.patchSize
         batch = N
@@ -132,12 +135,17 @@ public final class DiTWorkspace {
         proj = Tensor(zeros: [N, T, D])
         mlp = Tensor(zeros: [N, T, M])
         self.workers = max(1, workers)
-        attentionScratch = Tensor(zeros: [attentionScratchCount(batch: N, tokens: T, dim: D, heads: c.numHeads,
-                                                                workers: self.workers)])
+        attentionScratch = Tensor(zeros: [
+            attentionScratchCount(
+                batch: N, tokens: T, dim: D, heads: c.numHeads,
+                workers: self.workers)
+        ])
         // Scratch for the largest product: the most rows and the widest input.
-        let scratch = max(ComputeContext.linearScratchBytes(rows: N * T, inFeatures: max(P2C, D, M), workers: self.workers,
-                                                            backend: backend),
-                          FusedLinear.scratchBytes(rows: N, inFeatures: max(DiTConfiguration.frequencyDim, D)))
+        let scratch = max(
+            ComputeContext.linearScratchBytes(
+                rows: N * T, inFeatures: max(P2C, D, M), workers: self.workers,
+                backend: backend),
+            FusedLinear.scratchBytes(rows: N, inFeatures: max(DiTConfiguration.frequencyDim, D)))
         context = ComputeContext(workers: self.workers, backend: backend, scratchBytes: scratch)
         patches = Tensor(zeros: [N * T, P2C])
         embedIn = Tensor(zeros: c.conditionChannels > 0 ? [N, c.embedInChannels, c.inputSize, c.inputSize] : [0])
@@ -152,8 +160,10 @@ public final class DiTWorkspace {
 
     /// Bytes held by this workspace's activations and scratch.
     public var byteCount: Int {
-        [x, h, qkv, attn, proj, mlp, attentionScratch, patches, embedIn, freq, c, cSiLU, tHidden, mod, finalTokens,
-         output].reduce(0) { $0 + $1.count * 4 } + context.scratch.byteCount
+        [
+            x, h, qkv, attn, proj, mlp, attentionScratch, patches, embedIn, freq, c, cSiLU, tHidden, mod, finalTokens,
+            output,
+        ].reduce(0) { $0 + $1.count * 4 } + context.scratch.byteCount
     }
 }
 
@@ -178,8 +188,10 @@ public struct DiT: Sendable {
     /// `precision: .bf16` (on a CPU with AVX512_BF16; elsewhere fp32, see `precision`) the weights
     /// of the products are converted to bf16 and packed once, here. fp32 weights are packed here
     /// for models up to `packFP32Limit`, read in place from the (mapped) source above it.
-    public init(config: DiTConfiguration, source: any TensorSource, precision: Precision = .fp32,
-                backend: KernelBackend = .current) throws {
+    public init(
+        config: DiTConfiguration, source: any TensorSource, precision: Precision = .fp32,
+        backend: KernelBackend = .current
+    ) throws {
         try config.validate()
         var w = DiTWeights(depth: config.depth)
         try bind(DiTWeights.table(config), from: source, into: &w)
@@ -215,26 +227,31 @@ public struct DiT: Sendable {
     /// condition: (N, Cc, H, W) for the super-resolution variant.
     /// Returns `workspace.output` (N, Cout, H, W), overwritten by the next call.
     @discardableResult
-    public func forward(x: Tensor, t: [Float], y: [Int]? = nil, condition: Tensor? = nil,
-                        workspace ws: DiTWorkspace) throws -> Tensor {
+    public func forward(
+        x: Tensor, t: [Float], y: [Int]? = nil, condition: Tensor? = nil,
+        workspace ws: DiTWorkspace
+    ) throws -> Tensor {
         let c = config
         let (N, S) = (ws.batch, c.inputSize)
-        try check(ws.context.backend == backend,
-                  "workspace made for the \(ws.context.backend) kernels, the model uses \(backend): use makeWorkspace")
+        try check(
+            ws.context.backend == backend,
+            "workspace made for the \(ws.context.backend) kernels, the model uses \(backend): use makeWorkspace")
         try check(Self.isImage(x, N, c.inChannels, S), "x has shape \(x.shape), expected \([N, c.inChannels, S, S])")
         try check(t.count == N, "\(t.count) timesteps for a batch of \(N)")
         if c.numClasses > 0 {
             guard let y else { throw ModelError.invalidInput("class-conditional model needs labels y") }
             try check(y.count == N, "\(y.count) labels for a batch of \(N)")
-            try check(y.allSatisfy { (0...c.numClasses).contains($0) },
-                      "labels \(y) out of range 0...\(c.numClasses) (\(c.numClasses) is the null class)")
+            try check(
+                y.allSatisfy { (0...c.numClasses).contains($0) },
+                "labels \(y) out of range 0...\(c.numClasses) (\(c.numClasses) is the null class)")
         } else {
             try check(y == nil, "this model has no class embedder (num_classes 0) but labels were given")
         }
         if c.conditionChannels > 0 {
             guard let condition else { throw ModelError.invalidInput("super-resolution model needs a condition") }
-            try check(Self.isImage(condition, N, c.conditionChannels, S),
-                      "condition has shape \(condition.shape), expected \([N, c.conditionChannels, S, S])")
+            try check(
+                Self.isImage(condition, N, c.conditionChannels, S),
+                "condition has shape \(condition.shape), expected \([N, c.conditionChannels, S, S])")
         } else {
             try check(condition == nil, "this model takes no condition (condition_channels 0)")
         }
@@ -261,8 +278,9 @@ public struct DiT: Sendable {
         }
         /// h = norm(x)·(1 + scale) + shift, after x += gate ⊙ residual when given; offsets into mod.
         func norm(residual: Tensor?, gate: Int = 0, shift: Int, scale: Int) {
-            modulatedNormRows(xs, residual: residual?.pointer, batch: N, tokens: T, dim: D, mod: mod, modStride: modWidth,
-                              gate: gate, shift: shift, scale: scale, workers: ws.workers, into: hs)
+            modulatedNormRows(
+                xs, residual: residual?.pointer, batch: N, tokens: T, dim: D, mod: mod, modStride: modWidth,
+                gate: gate, shift: shift, scale: scale, workers: ws.workers, into: hs)
         }
 
         // Patch embedding (+ condition on channels) and position embedding.
@@ -287,7 +305,9 @@ public struct DiT: Sendable {
         silu(ws.tHidden.pointer, count: N * D, into: ws.tHidden.mutablePointer)
         layers.tEmbed2.apply(ws.tHidden.pointer, rows: N, into: ws.c.mutablePointer, context: ctx)
         if let y, let table = weights.yEmbedTable {
-            for (n, label) in y.enumerated() { addInPlace(ws.c.mutablePointer + n * D, table.pointer + label * D, count: D) }
+            for (n, label) in y.enumerated() {
+                addInPlace(ws.c.mutablePointer + n * D, table.pointer + label * D, count: D)
+            }
         }
         silu(ws.c.pointer, count: N * D, into: ws.cSiLU.mutablePointer)
         layers.adaLN.apply(ws.cSiLU.pointer, rows: N, into: ws.mod.mutablePointer, context: ctx)
@@ -298,8 +318,9 @@ public struct DiT: Sendable {
         for (i, block) in layers.blocks.enumerated() {
             let (m, next) = (i * 6 * D, (i + 1) * 6 * D)
             tokens(ws.h, block.qkv, into: ws.qkv)
-            selfAttention(qkv: ws.qkv.pointer, batch: N, tokens: T, dim: D, heads: c.numHeads, workers: ws.workers,
-                          scratch: ws.attentionScratch.mutablePointer, into: ws.attn.mutablePointer)
+            selfAttention(
+                qkv: ws.qkv.pointer, batch: N, tokens: T, dim: D, heads: c.numHeads, workers: ws.workers,
+                scratch: ws.attentionScratch.mutablePointer, into: ws.attn.mutablePointer)
             tokens(ws.attn, block.proj, into: ws.proj)
             // x += gate_msa ⊙ attn; h = norm(x)·(1 + scale_mlp) + shift_mlp
             norm(residual: ws.proj, gate: m + 2 * D, shift: m + 3 * D, scale: m + 4 * D)
@@ -309,8 +330,9 @@ public struct DiT: Sendable {
             norm(residual: ws.proj, gate: m + 5 * D, shift: next, scale: next + D)
         }
         tokens(ws.h, layers.final, into: ws.finalTokens)
-        unpatchify(ws.finalTokens.pointer, batch: N, gridH: c.gridSize, gridW: c.gridSize, patch: c.patchSize,
-                   channels: c.outChannels, into: ws.output.mutablePointer)
+        unpatchify(
+            ws.finalTokens.pointer, batch: N, gridH: c.gridSize, gridW: c.gridSize, patch: c.patchSize,
+            channels: c.outChannels, into: ws.output.mutablePointer)
         return ws.output
     }
 

@@ -45,9 +45,11 @@ public struct DiTConfiguration: Codable, Equatable, Sendable {
         case prediction
     }
 
-    public init(depth: Int, hiddenSize: Int, numHeads: Int, patchSize: Int, inputSize: Int = 32,
-                inChannels: Int = 4, learnSigma: Bool = true, numClasses: Int = 0,
-                conditionChannels: Int = 0, mlpRatio: Double = 4, prediction: Prediction = .epsilon) {
+    public init(
+        depth: Int, hiddenSize: Int, numHeads: Int, patchSize: Int, inputSize: Int = 32,
+        inChannels: Int = 4, learnSigma: Bool = true, numClasses: Int = 0,
+        conditionChannels: Int = 0, mlpRatio: Double = 4, prediction: Prediction = .epsilon
+    ) {
         self.depth = depth
         self.hiddenSize = hiddenSize
         self.numHeads = numHeads
@@ -121,7 +123,8 @@ public struct DiTConfiguration: Codable, Equatable, Sendable {
         }
         if depth < 1 { try fail("depth is \(depth); it must be at least 1") }
         if hiddenSize < 4 || hiddenSize % 4 != 0 {
-            try fail("hidden_size is \(hiddenSize); it must be a positive multiple of 4 (2-D sin-cos position embedding)")
+            try fail(
+                "hidden_size is \(hiddenSize); it must be a positive multiple of 4 (2-D sin-cos position embedding)")
         }
         if numHeads < 1 || hiddenSize % numHeads != 0 {
             try fail("num_heads \(numHeads) must divide hidden_size \(hiddenSize)")
@@ -130,7 +133,9 @@ public struct DiTConfiguration: Codable, Equatable, Sendable {
             try fail("input_size \(inputSize) must be a positive multiple of patch_size \(patchSize)")
         }
         if tokens > Limits.tokens {
-            try fail("input_size \(inputSize) / patch_size \(patchSize) gives \(tokens) tokens; at most \(Limits.tokens) are accepted")
+            try fail(
+                "input_size \(inputSize) / patch_size \(patchSize) gives \(tokens) tokens; at most \(Limits.tokens) are accepted"
+            )
         }
         if inChannels < 1 { try fail("in_channels is \(inChannels); it must be at least 1") }
         if numClasses < 0 { try fail("num_classes is \(numClasses); use 0 for no class embedder") }
@@ -144,21 +149,25 @@ public struct DiTConfiguration: Codable, Equatable, Sendable {
     }
 
     /// The reference presets, named as in facebookresearch/DiT: `DiT-S/2` ... `DiT-XL/8`.
-    public static func preset(_ name: String, inputSize: Int = 32, inChannels: Int = 4, learnSigma: Bool = true,
-                              numClasses: Int = 0, conditionChannels: Int = 0) throws -> DiTConfiguration {
+    public static func preset(
+        _ name: String, inputSize: Int = 32, inChannels: Int = 4, learnSigma: Bool = true,
+        numClasses: Int = 0, conditionChannels: Int = 0
+    ) throws -> DiTConfiguration {
         let sizes: [String: (depth: Int, hidden: Int, heads: Int)] = [
             "S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16),
         ]
         let parts = name.hasPrefix("DiT-") ? name.dropFirst(4).split(separator: "/") : []
-        guard parts.count == 2, let size = sizes[String(parts[0])], let patch = Int(parts[1]), [2, 4, 8].contains(patch)
+        guard parts.count == 2, let size = sizes[String(parts[0])], let patch = Int(parts[1]),
+            [2, 4, 8].contains(patch)
         else {
             throw ModelError.invalidConfiguration(
                 "unknown model '\(name)'; presets are \(presetNames.joined(separator: ", "))")
         }
-        let config = DiTConfiguration(depth: size.depth, hiddenSize: size.hidden, numHeads: size.heads,
-                                      patchSize: patch, inputSize: inputSize, inChannels: inChannels,
-                                      learnSigma: learnSigma, numClasses: numClasses,
-                                      conditionChannels: conditionChannels)
+        let config = DiTConfiguration(
+            depth: size.depth, hiddenSize: size.hidden, numHeads: size.heads,
+            patchSize: patch, inputSize: inputSize, inChannels: inChannels,
+            learnSigma: learnSigma, numClasses: numClasses,
+            conditionChannels: conditionChannels)
         try config.validate()
         return config
     }
@@ -170,7 +179,8 @@ public struct DiTConfiguration: Codable, Equatable, Sendable {
         let (D, M, P2) = (hiddenSize, mlpHidden, patchSize * patchSize)
         let F = Self.frequencyDim
         let perBlock = 3 * D * D + 3 * D + D * D + D + M * D + M + D * M + D + 6 * D * D + 6 * D
-        let embed = tokens * D + D * embedInChannels * P2 + D + F * D + D + D * D + D
+        let embed =
+            tokens * D + D * embedInChannels * P2 + D + F * D + D + D * D + D
             + (numClasses > 0 ? (numClasses + 1) * D : 0)
         let final = 2 * D * D + 2 * D + P2 * outChannels * D + P2 * outChannels
         return embed + depth * perBlock + final
@@ -205,7 +215,9 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
 
 /// Reads, decodes and validates a model config JSON (`what` names it in messages). Errors name
 /// the file and the field, never the file's bytes: a file that fails to parse may be anything.
-func loadConfiguration<C: Decodable>(_ type: C.Type, path: String, what: String, validate: (C) throws -> Void) throws -> C {
+func loadConfiguration<C: Decodable>(
+    _ type: C.Type, path: String, what: String, validate: (C) throws -> Void
+) throws -> C {
     let data: Data
     do {
         data = try Data(contentsOf: URL(fileURLWithPath: path))

@@ -1,9 +1,10 @@
+import Foundation
+import GRDB
+import GriditDurable
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
-import GriditDurable
-import GRDB
 
 /// Which database a state directory owns, so that a lost one is never silently replaced by an
 /// empty one (acknowledged jobs and the model catalog live in it).
@@ -67,7 +68,8 @@ final class DatabaseIdentity: Sendable {
         var notes: [String] = []
         let marker = try readMarker(markerPath, initialize: initialize, notes: &notes)
         let exists = fileIdentity(path) != nil
-        let fix = "restore jobs.sqlite together with its jobs.sqlite-wal file from a backup, or start over with an "
+        let fix =
+            "restore jobs.sqlite together with its jobs.sqlite-wal file from a backup, or start over with an "
             + "empty queue and model catalog: `griditd serve --init` (the model blobs, outputs and work folders stay)"
         if let marker, !initialize {
             guard exists else {
@@ -96,7 +98,9 @@ final class DatabaseIdentity: Sendable {
             let stamp = Int64(Date().timeIntervalSince1970)
             for suffix in ["-wal", "-shm"] where fileIdentity(path + suffix) != nil {
                 let aside = "\(path)\(suffix).lost-\(stamp)"
-                if rename(path + suffix, aside) == 0 { notes.append("--init: moved the lost database's \(path)\(suffix) to \(aside)") }
+                if rename(path + suffix, aside) == 0 {
+                    notes.append("--init: moved the lost database's \(path)\(suffix) to \(aside)")
+                }
             }
             notes.append("--init: started over with a new, empty job database \(path)")
         }
@@ -130,7 +134,12 @@ final class DatabaseIdentity: Sendable {
             }
             let opened = Marker(databaseID: id, device: file.device, inode: file.inode, open: true)
             try writeMarker(opened, to: markerPath)
-            return (pool, Opening(identity: DatabaseIdentity(databasePath: path, markerPath: markerPath, opened: opened), notes: notes))
+            return (
+                pool,
+                Opening(
+                    identity: DatabaseIdentity(databasePath: path, markerPath: markerPath, opened: opened), notes: notes
+                )
+            )
         } catch {
             try? pool.close()
             throw StateDatabase.translate(error)
@@ -153,13 +162,15 @@ final class DatabaseIdentity: Sendable {
                 + "goes to a file no one will open again"
         }
         if now.device != opened.device || now.inode != opened.inode {
-            return "the job database \(databasePath) was replaced while griditd ran (inode \(opened.inode) → \(now.inode))"
+            return
+                "the job database \(databasePath) was replaced while griditd ran (inode \(opened.inode) → \(now.inode))"
         }
         if now.size < 100 {
             return "the job database \(databasePath) was truncated to \(now.size) bytes while griditd ran"
         }
         if Self.fileIdentity(databasePath + "-wal") == nil {
-            return "the job database's write-ahead log \(databasePath)-wal was deleted while griditd ran: the commits in "
+            return
+                "the job database's write-ahead log \(databasePath)-wal was deleted while griditd ran: the commits in "
                 + "it are lost if griditd dies before it closes the database"
         }
         return nil
@@ -167,14 +178,17 @@ final class DatabaseIdentity: Sendable {
 
     // MARK: - Files
 
-    private static func readMarker(_ path: String, initialize: Bool, notes: inout [String]) throws(StateError) -> Marker? {
+    private static func readMarker(
+        _ path: String, initialize: Bool, notes: inout [String]
+    ) throws(StateError) -> Marker? {
         guard let data = FileManager.default.contents(atPath: path) else {
             guard fileIdentity(path) == nil else {
                 throw StateError(.io, "cannot read \(path); check its owner and mode")
             }
             return nil
         }
-        guard let marker = try? JSONDecoder().decode(Marker.self, from: data), marker.format == Marker.currentFormat else {
+        guard let marker = try? JSONDecoder().decode(Marker.self, from: data), marker.format == Marker.currentFormat
+        else {
             guard initialize else {
                 throw StateError(
                     .databaseLost,
@@ -195,19 +209,23 @@ final class DatabaseIdentity: Sendable {
             throw StateError(.io, "encoding the identity marker \(path): \(error)")
         }
         data.append(0x0A)
-        try DurableFile.write([UInt8](data), to: path, failure: { StateError(.io, "writing the identity marker: \($0)") })
+        try DurableFile.write(
+            [UInt8](data), to: path, failure: { StateError(.io, "writing the identity marker: \($0)") })
     }
 
     /// What shows that a state directory had a database: outputs, work folders, model blobs, a WAL.
     private static func remnant(of directory: String) -> String? {
         func nonEmpty(_ sub: String) -> Bool {
-            !((try? FileManager.default.contentsOfDirectory(atPath: (directory as NSString).appendingPathComponent(sub))) ?? [])
+            !((try? FileManager.default.contentsOfDirectory(atPath: (directory as NSString).appendingPathComponent(sub)))
+                ?? [])
                 .isEmpty
         }
         if fileIdentity((directory as NSString).appendingPathComponent(StateDatabase.fileName + "-wal")) != nil {
             return "a write-ahead log (jobs.sqlite-wal)"
         }
-        for (sub, what) in [("outputs", "job outputs"), ("work", "work folders of jobs"), ("blobs/sha256", "model blobs")]
+        for (sub, what) in [
+            ("outputs", "job outputs"), ("work", "work folders of jobs"), ("blobs/sha256", "model blobs"),
+        ]
         where nonEmpty(sub) {
             return "\(what) (\(sub)/)"
         }

@@ -1,8 +1,9 @@
+import Foundation
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
-import Synchronization
 
 /// Space set aside for the job database on its own filesystem: `<stateDir>/jobs.sqlite.reserve`,
 /// a file of `size` allocated bytes. When a write finds the filesystem full, `release()` deletes

@@ -1,3 +1,6 @@
+// swift-format-ignore-file
+// (tools/format.sh leaves this file as it is: the SQL below is pasted verbatim.)
+//
 // Embedded copies of the SQL files in the top-level `migrations/` folder.
 //
 // SwiftPM resources cannot reach outside a target folder, so the binary carries the SQL as

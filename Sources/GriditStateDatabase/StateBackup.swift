@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import GRDB
 import GriditDurable
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Backups of a state directory's database, taken while griditd runs, and their restore.
 ///
@@ -40,7 +41,9 @@ public enum StateBackup {
     /// the caller holds (griditd stopped). The database there (with its `-wal` and `-shm`) is
     /// moved aside, not deleted, and the identity marker removed, so that griditd adopts the
     /// restored file as its database. Returns the summary and where the old files went.
-    public static func restore(_ backupPath: String, stateDirectory: String) throws(StateError) -> (Summary, movedAside: [String]) {
+    public static func restore(
+        _ backupPath: String, stateDirectory: String
+    ) throws(StateError) -> (Summary, movedAside: [String]) {
         let summary = try describe(try open(backupPath, readonly: true), path: backupPath)
         guard summary.migrations.contains(where: { $0.hasPrefix("0001") }) else {
             throw StateError(.invalidArgument, "\(backupPath) is not a gridit job database (it has no job table)")
@@ -75,7 +78,8 @@ public enum StateBackup {
         let files = FileManager.default
         let outputs = (try? files.contentsOfDirectory(atPath: stateDirectory + "/outputs")) ?? []
         let work = (try? files.contentsOfDirectory(atPath: stateDirectory + "/work")) ?? []
-        let ids = outputs.compactMap { $0.hasPrefix("job-") ? Int64($0.dropFirst(4)) : nil } + work.compactMap { Int64($0) }
+        let ids =
+            outputs.compactMap { $0.hasPrefix("job-") ? Int64($0.dropFirst(4)) : nil } + work.compactMap { Int64($0) }
         return ids.max() ?? 0
     }
 
@@ -87,7 +91,9 @@ public enum StateBackup {
             try queue.write { db in
                 guard try db.tableExists("sqlite_sequence") else { return }
                 try db.execute(sql: "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'job'", arguments: [id])
-                if db.changesCount == 0 { try db.execute(sql: "INSERT INTO sqlite_sequence (name, seq) VALUES ('job', ?)", arguments: [id]) }
+                if db.changesCount == 0 {
+                    try db.execute(sql: "INSERT INTO sqlite_sequence (name, seq) VALUES ('job', ?)", arguments: [id])
+                }
             }
         } catch {
             throw StateDatabase.translate(error)
@@ -99,13 +105,17 @@ public enum StateBackup {
         unlink(temporary)
         do {
             let fd = Glibc.open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, StatePermissions.database)
-            guard fd >= 0 else { throw StateError(.io, "cannot create \(temporary): \(String(cString: strerror(errno)))") }
+            guard fd >= 0 else {
+                throw StateError(.io, "cannot create \(temporary): \(String(cString: strerror(errno)))")
+            }
             close(fd)
             let target = try open(temporary, readonly: false)
             do {
                 try source.backup(to: target)
                 let check = try target.read { try String.fetchOne($0, sql: "PRAGMA quick_check") }
-                guard check == "ok" else { throw StateError(.database, "the copy in \(temporary) fails its check: \(check ?? "?")") }
+                guard check == "ok" else {
+                    throw StateError(.database, "the copy in \(temporary) fails its check: \(check ?? "?")")
+                }
                 try target.writeWithoutTransaction { try $0.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
             } catch {
                 try? target.close()

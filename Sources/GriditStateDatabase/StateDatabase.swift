@@ -1,8 +1,9 @@
+import Foundation
+import GRDB
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
-import GRDB
 
 /// The one SQLite file of a state directory (`<stateDir>/jobs.sqlite`), owned by this module: its
 /// schema (every migration, the job queue's tables (0001) and the model store's (0002)), its
@@ -148,7 +149,10 @@ public final class StateDatabase: Sendable {
         if fd >= 0 {
             Glibc.close(fd)
         } else if errno != EEXIST {
-            throw StateError(.io, "cannot create the job database \(path): \(String(cString: strerror(errno))); check the state directory's owner and mode")
+            throw StateError(
+                .io,
+                "cannot create the job database \(path): \(String(cString: strerror(errno))); check the state directory's owner and mode"
+            )
         }
     }
 
@@ -167,8 +171,10 @@ public final class StateDatabase: Sendable {
     public func write<T>(_ body: (Database) throws -> T) throws(StateError) -> T {
         do {
             return try pool.writeWithoutTransaction { try Self.immediate($0, body) }
-        } catch where Self.translate(error).code == .diskFull && reserve?.release() == true {
-            do { return try pool.writeWithoutTransaction { try Self.immediate($0, body) } } catch { throw Self.translate(error) }
+        } catch  where Self.translate(error).code == .diskFull && reserve?.release() == true {
+            do { return try pool.writeWithoutTransaction { try Self.immediate($0, body) } } catch {
+                throw Self.translate(error)
+            }
         } catch {
             throw Self.translate(error)
         }
@@ -179,8 +185,10 @@ public final class StateDatabase: Sendable {
     public func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(StateError) -> T {
         do {
             return try await pool.writeWithoutTransaction { try Self.immediate($0, body) }
-        } catch where Self.translate(error).code == .diskFull && reserve?.release() == true {
-            do { return try await pool.writeWithoutTransaction { try Self.immediate($0, body) } } catch { throw Self.translate(error) }
+        } catch  where Self.translate(error).code == .diskFull && reserve?.release() == true {
+            do { return try await pool.writeWithoutTransaction { try Self.immediate($0, body) } } catch {
+                throw Self.translate(error)
+            }
         } catch {
             throw Self.translate(error)
         }

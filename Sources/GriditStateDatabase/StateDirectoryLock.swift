@@ -1,8 +1,9 @@
+import Foundation
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
-import Synchronization
 
 /// The single-writer lock of a griditd state directory: an exclusive `flock` on
 /// `<stateDir>/griditd.lock`, which holds the owner's PID as text.
@@ -23,7 +24,10 @@ public final class StateDirectoryLock: Sendable {
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
             let err = errno
-            throw StateError(.io, "open \(path) failed: \(String(cString: strerror(err))); check that the state directory exists and is writable")
+            throw StateError(
+                .io,
+                "open \(path) failed: \(String(cString: strerror(err))); check that the state directory exists and is writable"
+            )
         }
         if flock(fd, LOCK_EX | LOCK_NB) != 0 {
             let err = errno
@@ -33,12 +37,14 @@ public final class StateDirectoryLock: Sendable {
                 let pid = holder.map(String.init) ?? "unknown"
                 throw StateError(
                     .locked,
-                    "another griditd (pid \(pid)) is using \(stateDirectory) (lock \(path)); stop it or use a different --state-dir")
+                    "another griditd (pid \(pid)) is using \(stateDirectory) (lock \(path)); stop it or use a different --state-dir"
+                )
             }
             throw StateError(.io, "flock \(path) failed: \(String(cString: strerror(err)))")
         }
         let text = "\(getpid())\n"
-        let ok = ftruncate(fd, 0) == 0
+        let ok =
+            ftruncate(fd, 0) == 0
             && text.utf8CString.withUnsafeBufferPointer { buf in
                 pwrite(fd, buf.baseAddress, buf.count - 1, 0) == buf.count - 1
             }

@@ -1,7 +1,8 @@
+import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
 
 /// The modes of what griditd keeps in its state directory, whatever the umask it was started
 /// with: the directory is `0750` (its group may look, the design's `gridit` group under
@@ -27,12 +28,16 @@ public enum StatePermissions {
                 try FileManager.default.createDirectory(
                     atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             } catch {
-                throw StateError(.io, "cannot create \(path): \(error.localizedDescription); create it or choose another --state-dir")
+                throw StateError(
+                    .io, "cannot create \(path): \(error.localizedDescription); create it or choose another --state-dir"
+                )
             }
             return try directory(path, mode: mode)
         }
         guard err == EEXIST else {
-            throw StateError(.io, "cannot create \(path): \(String(cString: strerror(err))); create it or choose another --state-dir")
+            throw StateError(
+                .io, "cannot create \(path): \(String(cString: strerror(err))); create it or choose another --state-dir"
+            )
         }
         var st = stat()
         guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else {

@@ -85,31 +85,41 @@ public struct ConvWeight: @unchecked Sendable {
 /// With `accumulate` the result is added to `out` (a fused residual), else `out` is overwritten.
 /// Per sample, out (Cout, Ho·Wo) = weight (Cout, Cin·KH·KW) · im2col(x), the GEMM packing the
 /// im2col columns it needs straight from x (or from x's bf16 channel pairs, see `ConvWeight`).
-public func conv2d(_ x: Tensor, _ w: ConvWeight, stride: Int = 1, padding: ConvPadding, into out: Tensor,
-                   accumulate: Bool = false, context: ComputeContext) {
+public func conv2d(
+    _ x: Tensor, _ w: ConvWeight, stride: Int = 1, padding: ConvPadding, into out: Tensor,
+    accumulate: Bool = false, context: ComputeContext
+) {
     guard context.backend.ownsGEMM else {
-        conv2dBLAS(x, weight: w.weight, bias: w.bias, stride: stride, padding: padding, into: out,
-                   accumulate: accumulate, workers: context.workers)
+        conv2dBLAS(
+            x, weight: w.weight, bias: w.bias, stride: stride, padding: padding, into: out,
+            accumulate: accumulate, workers: context.workers)
         return
     }
     precondition(x.rank == 4, "conv2d: x \(x.shape)")
-    gemmConv(x.shape, image: x.pointer, pairs: nil, w, stride: stride, padding: padding, into: out,
-             accumulate: accumulate, context: context)
+    gemmConv(
+        x.shape, image: x.pointer, pairs: nil, w, stride: stride, padding: padding, into: out,
+        accumulate: accumulate, context: context)
 }
 
 /// `conv2d` of the image whose bf16 channel pairs `x` holds (filled by `groupNorm(_:...into:)`):
 /// the same bits as `conv2d` of that image. Needs `w.acceptsPairs`.
-public func conv2d(_ x: ChannelPairs, _ w: ConvWeight, stride: Int = 1, padding: ConvPadding, into out: Tensor,
-                   accumulate: Bool = false, context: ComputeContext) {
+public func conv2d(
+    _ x: ChannelPairs, _ w: ConvWeight, stride: Int = 1, padding: ConvPadding, into out: Tensor,
+    accumulate: Bool = false, context: ComputeContext
+) {
     precondition(w.acceptsPairs && context.backend.ownsGEMM, "conv2d: channel pairs need a bf16 weight with even Cin")
-    gemmConv(x.shape, image: nil, pairs: UnsafePointer(x.pointer), w, stride: stride, padding: padding, into: out,
-             accumulate: accumulate, context: context)
+    gemmConv(
+        x.shape, image: nil, pairs: UnsafePointer(x.pointer), w, stride: stride, padding: padding, into: out,
+        accumulate: accumulate, context: context)
 }
 
 /// The sizes of a convolution of an input of `shape` (N, Cin, H, W) by `weight` (Cout, Cin, KH, KW)
 /// into `out`, checked: every form of `conv2d` starts here.
-private func convShape(_ shape: [Int], weight: Tensor, stride: Int, padding: ConvPadding, out: Tensor)
-    -> (N: Int, Cin: Int, H: Int, W: Int, Cout: Int, KH: Int, KW: Int, Ho: Int, Wo: Int) {
+private func convShape(
+    _ shape: [Int], weight: Tensor, stride: Int, padding: ConvPadding, out: Tensor
+)
+    -> (N: Int, Cin: Int, H: Int, W: Int, Cout: Int, KH: Int, KW: Int, Ho: Int, Wo: Int)
+{
     precondition(shape.count == 4 && weight.rank == 4, "conv2d: x \(shape), weight \(weight.shape)")
     let (N, Cin, H, W) = (shape[0], shape[1], shape[2], shape[3])
     let (Cout, KH, KW) = (weight.shape[0], weight.shape[2], weight.shape[3])
@@ -123,14 +133,18 @@ private func convShape(_ shape: [Int], weight: Tensor, stride: Int, padding: Con
 }
 
 /// The GEMM form of `conv2d` on an fp32 image, or (`pairs`) on its channel-pair copy.
-private func gemmConv(_ shape: [Int], image: UnsafePointer<Float>?, pairs: UnsafePointer<UInt16>?, _ w: ConvWeight,
-                      stride: Int, padding: ConvPadding, into out: Tensor, accumulate: Bool, context: ComputeContext) {
+private func gemmConv(
+    _ shape: [Int], image: UnsafePointer<Float>?, pairs: UnsafePointer<UInt16>?, _ w: ConvWeight,
+    stride: Int, padding: ConvPadding, into out: Tensor, accumulate: Bool, context: ComputeContext
+) {
     let weight = w.weight
-    let (N, Cin, H, W, Cout, KH, KW, Ho, Wo) = convShape(shape, weight: weight, stride: stride, padding: padding,
-                                                        out: out)
+    let (N, Cin, H, W, Cout, KH, KW, Ho, Wo) = convShape(
+        shape, weight: weight, stride: stride, padding: padding,
+        out: out)
     let K = Cin * KH * KW
-    var geometry = gk_conv_geometry(C: Cin, H: H, W: W, KH: KH, KW: KW, stride: stride, pad_top: padding.top,
-                                    pad_left: padding.left, Ho: Ho, Wo: Wo)
+    var geometry = gk_conv_geometry(
+        C: Cin, H: H, W: W, KH: KH, KW: KW, stride: stride, pad_top: padding.top,
+        pad_left: padding.left, Ho: Ho, Wo: Wo)
     // An fp32 image with a channel-pair weight is converted one sample at a time into scratch.
     let gemmBytes = (w.scratchBytes(context: context) + 63) / 64 * 64
     let convert = pairs == nil && w.acceptsPairs
@@ -201,10 +215,13 @@ public final class ChannelPairs: @unchecked Sendable {
 /// The OpenBLAS form of `conv2d` (the fallback on CPUs without AVX-512): 1x1 convolutions with
 /// stride 1 and no padding multiply the input in place (no im2col); others run in tiles of whole
 /// output rows whose im2col columns fit `columnBudget` floats, one single-threaded product each.
-public func conv2dBLAS(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, padding: ConvPadding,
-                       into out: Tensor, accumulate: Bool = false, columnBudget: Int = convColumnBudget, workers: Int = 1) {
-    let (N, Cin, H, W, Cout, KH, KW, Ho, Wo) = convShape(x.shape, weight: weight, stride: stride, padding: padding,
-                                                        out: out)
+public func conv2dBLAS(
+    _ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, padding: ConvPadding,
+    into out: Tensor, accumulate: Bool = false, columnBudget: Int = convColumnBudget, workers: Int = 1
+) {
+    let (N, Cin, H, W, Cout, KH, KW, Ho, Wo) = convShape(
+        x.shape, weight: weight, stride: stride, padding: padding,
+        out: out)
     if let bias { precondition(bias.count == Cout, "conv2d: bias \(bias.shape) vs \(Cout) channels") }
     let K = Cin * KH * KW
     let plane = Ho * Wo
@@ -242,19 +259,23 @@ public func conv2dBLAS(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int =
             var b = xs
             if let cols {
                 let scratch = cols + worker * K * tileRows * Wo
-                im2col(xs, channels: Cin, height: H, width: W, kernelH: KH, kernelW: KW, stride: stride,
-                       padTop: padding.top, padLeft: padding.left, outRow0: r0, outRows: rows, outW: Wo, into: scratch)
+                im2col(
+                    xs, channels: Cin, height: H, width: W, kernelH: KH, kernelW: KW, stride: stride,
+                    padTop: padding.top, padLeft: padding.left, outRow0: r0, outRows: rows, outW: Wo, into: scratch)
                 b = UnsafePointer(scratch)
             }
             // out[:, r0*Wo ..< (r0+rows)*Wo] (Cout, cw) += weight (Cout, K) · cols (K, cw)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(Cout), Int32(cw), Int32(K),
-                        1, weight.pointer, Int32(K), b, Int32(cw), 1, os + r0 * Wo, Int32(plane))
+            cblas_sgemm(
+                CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(Cout), Int32(cw), Int32(K),
+                1, weight.pointer, Int32(K), b, Int32(cw), 1, os + r0 * Wo, Int32(plane))
         }
     }
 }
 
 /// Allocating form of `conv2d`.
-public func conv2d(_ x: Tensor, _ w: ConvWeight, stride: Int = 1, padding: ConvPadding, context: ComputeContext) -> Tensor {
+public func conv2d(
+    _ x: Tensor, _ w: ConvWeight, stride: Int = 1, padding: ConvPadding, context: ComputeContext
+) -> Tensor {
     let out = Tensor(zeros: convOutputShape(x.shape, weight: w.weight.shape, stride: stride, padding: padding))
     conv2d(x, w, stride: stride, padding: padding, into: out, context: context)
     return out
@@ -262,16 +283,20 @@ public func conv2d(_ x: Tensor, _ w: ConvWeight, stride: Int = 1, padding: ConvP
 
 /// (N, Cout, Ho, Wo) of a convolution of an (N, Cin, H, W) input with a (Cout, Cin, KH, KW) weight.
 public func convOutputShape(_ x: [Int], weight: [Int], stride: Int = 1, padding: ConvPadding) -> [Int] {
-    [x[0], weight[0],
-     convOutputSize(x[2], kernel: weight[2], stride: stride, padBefore: padding.top, padAfter: padding.bottom),
-     convOutputSize(x[3], kernel: weight[3], stride: stride, padBefore: padding.left, padAfter: padding.right)]
+    [
+        x[0], weight[0],
+        convOutputSize(x[2], kernel: weight[2], stride: stride, padBefore: padding.top, padAfter: padding.bottom),
+        convOutputSize(x[3], kernel: weight[3], stride: stride, padBefore: padding.left, padAfter: padding.right),
+    ]
 }
 
 /// im2col of one sample (C, H, W) for output rows [outRow0, outRow0 + outRows): cols is
 /// (C*KH*KW, outRows*outW), row (c, ki, kj) in the order of the flattened weight; zeros outside.
-func im2col(_ x: UnsafePointer<Float>, channels C: Int, height H: Int, width W: Int, kernelH KH: Int, kernelW KW: Int,
-            stride S: Int, padTop: Int, padLeft: Int, outRow0: Int, outRows: Int, outW Wo: Int,
-            into cols: UnsafeMutablePointer<Float>) {
+func im2col(
+    _ x: UnsafePointer<Float>, channels C: Int, height H: Int, width W: Int, kernelH KH: Int, kernelW KW: Int,
+    stride S: Int, padTop: Int, padLeft: Int, outRow0: Int, outRows: Int, outW Wo: Int,
+    into cols: UnsafeMutablePointer<Float>
+) {
     let cw = outRows * Wo
     for c in 0..<C {
         let plane = x + c * H * W
@@ -308,13 +333,16 @@ func im2col(_ x: UnsafePointer<Float>, channels C: Int, height H: Int, width W: 
 /// Group norm (`torch.nn.GroupNorm`): per sample and group of C/G channels, normalise by the
 /// group's mean and (biased) variance, then `* weight[c] + bias[c]`; optionally SiLU after.
 /// x, out: (N, C, H, W) (out may alias x). Items (sample, group) run on `workers` threads.
-public func groupNorm(_ x: Tensor, groups G: Int, weight: Tensor, bias: Tensor, eps: Float = 1e-6,
-                      silu fuseSiLU: Bool = false, into out: Tensor, workers: Int = 1) {
+public func groupNorm(
+    _ x: Tensor, groups G: Int, weight: Tensor, bias: Tensor, eps: Float = 1e-6,
+    silu fuseSiLU: Bool = false, into out: Tensor, workers: Int = 1
+) {
     precondition(x.rank == 4 && out.shape == x.shape, "groupNorm: x \(x.shape), out \(out.shape)")
     let (N, C) = (x.shape[0], x.shape[1])
     let plane = x.shape[2] * x.shape[3]
     precondition(G > 0 && C % G == 0, "groupNorm: \(C) channels not divisible by \(G) groups")
-    precondition(weight.count == C && bias.count == C, "groupNorm: affine \(weight.shape)/\(bias.shape) vs \(C) channels")
+    precondition(
+        weight.count == C && bias.count == C, "groupNorm: affine \(weight.shape)/\(bias.shape) vs \(C) channels")
     let (src, dst, w, b) = (x.pointer, out.mutablePointer, weight.pointer, bias.pointer)
     groupItems(N: N, C: C, groups: G, plane: plane, workers: workers) { base, c0, per in
         gk_group_norm(src + base, dst + base, per, plane, w + c0, b + c0, eps, fuseSiLU ? 1 : 0)
@@ -333,13 +361,17 @@ private func groupItems(N: Int, C: Int, groups G: Int, plane: Int, workers: Int,
 
 /// `groupNorm` written as bf16 channel pairs for a bf16 convolution: the same bits as `groupNorm`
 /// into an fp32 tensor, then rounded to bf16. Needs AVX512_BF16 and an even C / G.
-public func groupNorm(_ x: Tensor, groups G: Int, weight: Tensor, bias: Tensor, eps: Float = 1e-6,
-                      silu fuseSiLU: Bool = false, into out: ChannelPairs, workers: Int = 1) {
+public func groupNorm(
+    _ x: Tensor, groups G: Int, weight: Tensor, bias: Tensor, eps: Float = 1e-6,
+    silu fuseSiLU: Bool = false, into out: ChannelPairs, workers: Int = 1
+) {
     precondition(x.rank == 4, "groupNorm: x \(x.shape)")
     let (N, C) = (x.shape[0], x.shape[1])
     let plane = x.shape[2] * x.shape[3]
-    precondition(G > 0 && C % G == 0 && (C / G) % 2 == 0, "groupNorm: \(C) channels in \(G) groups, pairs need an even group")
-    precondition(weight.count == C && bias.count == C, "groupNorm: affine \(weight.shape)/\(bias.shape) vs \(C) channels")
+    precondition(
+        G > 0 && C % G == 0 && (C / G) % 2 == 0, "groupNorm: \(C) channels in \(G) groups, pairs need an even group")
+    precondition(
+        weight.count == C && bias.count == C, "groupNorm: affine \(weight.shape)/\(bias.shape) vs \(C) channels")
     precondition(KernelBackend.current == .avx512BF16, "groupNorm into channel pairs needs AVX512_BF16")
     out.resize(x.shape)
     let (src, dst, w, b) = (x.pointer, out.pointer, weight.pointer, bias.pointer)
@@ -388,4 +420,3 @@ public func transpose2D(_ src: UnsafePointer<Float>, rows: Int, cols: Int, into 
         for c in 0..<cols { dst[c * rows + r] = src[r * cols + c] }
     }
 }
-

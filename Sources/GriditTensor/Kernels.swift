@@ -52,8 +52,10 @@ final class RecursiveMutex: @unchecked Sendable {
 
 /// y = x · Wᵀ + b (PyTorch `nn.Linear`), with W in PyTorch's (out, in) layout used in place.
 /// x: (M, K) rows; weight: (N, K); bias: (N) or nil; y: (M, N).
-public func linear(_ x: UnsafePointer<Float>, rows M: Int, weight: Tensor, bias: Tensor?,
-                   into y: UnsafeMutablePointer<Float>) {
+public func linear(
+    _ x: UnsafePointer<Float>, rows M: Int, weight: Tensor, bias: Tensor?,
+    into y: UnsafeMutablePointer<Float>
+) {
     precondition(weight.rank == 2, "linear: weight must be (out, in), got \(weight.shape)")
     let N = weight.shape[0], K = weight.shape[1]
     var beta: Float = 0
@@ -62,8 +64,9 @@ public func linear(_ x: UnsafePointer<Float>, rows M: Int, weight: Tensor, bias:
         gk_fill_rows(y, bias.pointer, M, N)
         beta = 1
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(M), Int32(N), Int32(K),
-                1, x, Int32(K), weight.pointer, Int32(K), beta, y, Int32(N))
+    cblas_sgemm(
+        CblasRowMajor, CblasNoTrans, CblasTrans, Int32(M), Int32(N), Int32(K),
+        1, x, Int32(K), weight.pointer, Int32(K), beta, y, Int32(N))
 }
 
 /// Rows per work item of `linearRows` for samples of `segment` rows: a function of the sample size
@@ -81,8 +84,10 @@ public func linearRowBlock(segment: Int) -> Int { segment <= 512 ? 128 : 256 }
 /// the worker count, so a sample's output is bit-identical in any batch, at any thread count.
 /// The fallback of `linear` on CPUs without AVX-512; call with OpenBLAS at one thread
 /// (`BLAS.exclusive(threads: 1)`).
-public func linearRows(_ x: UnsafePointer<Float>, rows M: Int, segment: Int, weight: Tensor, bias: Tensor?,
-                       workers: Int, into y: UnsafeMutablePointer<Float>) {
+public func linearRows(
+    _ x: UnsafePointer<Float>, rows M: Int, segment: Int, weight: Tensor, bias: Tensor?,
+    workers: Int, into y: UnsafeMutablePointer<Float>
+) {
     precondition(segment > 0 && M % segment == 0, "linearRows: \(M) rows are not whole samples of \(segment)")
     let N = weight.shape[0], K = weight.shape[1]
     let rowBlock = linearRowBlock(segment: segment)
@@ -109,10 +114,12 @@ public func parallelItems(_ count: Int, workers: Int, _ body: (_ item: Int, _ wo
     withoutActuallyEscaping(body) { body in
         var closure = body
         withUnsafeMutablePointer(to: &closure) { ctx in
-            gk_parallel_for(count, Int32(workers), { ctx, item, worker in
-                let body = ctx!.assumingMemoryBound(to: ((Int, Int) -> Void).self).pointee
-                body(Int(item), Int(worker))
-            }, ctx)
+            gk_parallel_for(
+                count, Int32(workers),
+                { ctx, item, worker in
+                    let body = ctx!.assumingMemoryBound(to: ((Int, Int) -> Void).self).pointee
+                    body(Int(item), Int(worker))
+                }, ctx)
         }
     }
 }
@@ -142,10 +149,12 @@ public func exponential(_ x: UnsafePointer<Float>, count n: Int, into out: Unsaf
 /// m = mod + n · modStride (each sample's modulation vectors, at the given offsets):
 /// y nil: h = norm(x) · (1 + m[scale...]) + m[shift...]; else first x += m[gate...] ⊙ y.
 /// x, y, h: (N, T, D).
-public func modulatedNormRows(_ x: UnsafeMutablePointer<Float>, residual y: UnsafePointer<Float>?, batch N: Int,
-                              tokens T: Int, dim D: Int, mod: UnsafePointer<Float>, modStride: Int, gate: Int = 0,
-                              shift: Int, scale: Int, eps: Float = 1e-6, workers: Int,
-                              into h: UnsafeMutablePointer<Float>) {
+public func modulatedNormRows(
+    _ x: UnsafeMutablePointer<Float>, residual y: UnsafePointer<Float>?, batch N: Int,
+    tokens T: Int, dim D: Int, mod: UnsafePointer<Float>, modStride: Int, gate: Int = 0,
+    shift: Int, scale: Int, eps: Float = 1e-6, workers: Int,
+    into h: UnsafeMutablePointer<Float>
+) {
     gk_residual_layernorm_modulate_batch(x, y, h, N, T, D, mod, modStride, gate, shift, scale, eps, Int32(workers))
 }
 
@@ -156,10 +165,13 @@ public func attentionScratchCount(batch N: Int, tokens T: Int, dim D: Int, heads
 
 /// Multi-head self-attention over packed projections: qkv (N, T, 3D) laid out [q | k | v] per
 /// token, each (NH, HD) head-major within D (timm's layout); out: (N, T, D), heads concatenated.
-public func selfAttention(qkv: UnsafePointer<Float>, batch N: Int, tokens T: Int, dim D: Int, heads NH: Int,
-                          workers: Int, scratch: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
-    attention(q: qkv, k: qkv + D, v: qkv + 2 * D, rowStride: 3 * D, batch: N, tokens: T, dim: D, heads: NH,
-              workers: workers, scratch: scratch, into: out)
+public func selfAttention(
+    qkv: UnsafePointer<Float>, batch N: Int, tokens T: Int, dim D: Int, heads NH: Int,
+    workers: Int, scratch: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>
+) {
+    attention(
+        q: qkv, k: qkv + D, v: qkv + 2 * D, rowStride: 3 * D, batch: N, tokens: T, dim: D, heads: NH,
+        workers: workers, scratch: scratch, into: out)
 }
 
 /// softmax(q kᵀ / sqrt(HD)) v for each (batch element, head), with an online softmax over blocks
@@ -168,9 +180,11 @@ public func selfAttention(qkv: UnsafePointer<Float>, batch N: Int, tokens T: Int
 /// 3D inside a packed qkv); scratch: `attentionScratchCount` floats; out: (N, T, D).
 /// Work items are (n, head, tile of query rows) over `workers` threads; a row's arithmetic does not
 /// depend on the split, so the result is the same for every worker count and batch.
-public func attention(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, rowStride ld: Int,
-                      batch N: Int, tokens T: Int, dim D: Int, heads NH: Int, workers: Int,
-                      scratch: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+public func attention(
+    q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, rowStride ld: Int,
+    batch N: Int, tokens T: Int, dim D: Int, heads NH: Int, workers: Int,
+    scratch: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>
+) {
     precondition(D % NH == 0, "attention: dim \(D) not divisible by heads \(NH)")
     gk_attention(q, k, v, ld, N, T, D, NH, out, D, scratch, Int32(max(1, workers)))
 }
@@ -203,8 +217,10 @@ public func patchify(_ x: Tensor, patch P: Int, into patches: UnsafeMutablePoint
 
 /// Inverse of patchify for the model output: tokens (N, T, P*P*C) -> image (N, C, H, W) with
 /// H = h*P, W = w*P; each token's vector is laid out (pi, pj, c), channel fastest.
-public func unpatchify(_ tokens: UnsafePointer<Float>, batch N: Int, gridH h: Int, gridW w: Int, patch P: Int,
-                       channels C: Int, into out: UnsafeMutablePointer<Float>) {
+public func unpatchify(
+    _ tokens: UnsafePointer<Float>, batch N: Int, gridH h: Int, gridW w: Int, patch P: Int,
+    channels C: Int, into out: UnsafeMutablePointer<Float>
+) {
     let H = h * P, W = w * P
     for n in 0..<N {
         for i in 0..<h {
@@ -226,8 +242,10 @@ public func unpatchify(_ tokens: UnsafePointer<Float>, batch N: Int, gridH h: In
 /// Sinusoidal timestep embedding: for each t, [cos(t·f_i), sin(t·f_i)] with
 /// f_i = exp(-ln(maxPeriod)·i/half), i < half = dim/2 (cos first). Computed in double.
 /// out: (N, dim).
-public func timestepEmbedding(_ t: [Float], dim: Int = 256, maxPeriod: Double = 10000,
-                              into out: UnsafeMutablePointer<Float>) {
+public func timestepEmbedding(
+    _ t: [Float], dim: Int = 256, maxPeriod: Double = 10000,
+    into out: UnsafeMutablePointer<Float>
+) {
     let half = dim / 2
     for (n, tv) in t.enumerated() {
         let row = out + n * dim

@@ -61,10 +61,14 @@ public struct LinearWeight: @unchecked Sendable {
     public var outFeatures: Int { weight.shape[0] }
     public var inFeatures: Int { weight.shape[1] }
 
-    public init(weight: Tensor, bias: Tensor?, precision: Precision = .fp32, backend: KernelBackend = .current,
-                packFP32: Bool = false) {
+    public init(
+        weight: Tensor, bias: Tensor?, precision: Precision = .fp32, backend: KernelBackend = .current,
+        packFP32: Bool = false
+    ) {
         precondition(weight.rank == 2, "LinearWeight: weight must be (out, in), got \(weight.shape)")
-        if let bias { precondition(bias.count == weight.shape[0], "LinearWeight: bias \(bias.shape) vs \(weight.shape)") }
+        if let bias {
+            precondition(bias.count == weight.shape[0], "LinearWeight: bias \(bias.shape) vs \(weight.shape)")
+        }
         self.weight = weight
         self.bias = bias
         self.precision = precision.effective(on: backend)
@@ -87,8 +91,10 @@ public struct LinearWeight: @unchecked Sendable {
 /// y (M, N) = x (M, K) · Wᵀ + b, then GELU (tanh form) when `gelu`. x: rows `ldx` apart (default K);
 /// y: rows `ldy` apart (default N). `segment`: rows per sample, which only the OpenBLAS backend
 /// uses (its row blocks never cross a sample). The caller reserves `linearScratchBytes`.
-public func linear(_ x: UnsafePointer<Float>, rows M: Int, ldx: Int? = nil, _ w: LinearWeight, gelu: Bool = false,
-                   segment: Int, into y: UnsafeMutablePointer<Float>, ldy: Int? = nil, context: ComputeContext) {
+public func linear(
+    _ x: UnsafePointer<Float>, rows M: Int, ldx: Int? = nil, _ w: LinearWeight, gelu: Bool = false,
+    segment: Int, into y: UnsafeMutablePointer<Float>, ldy: Int? = nil, context: ComputeContext
+) {
     let (N, K) = (w.outFeatures, w.inFeatures)
     let (ldx, ldy) = (ldx ?? K, ldy ?? N)
     guard M > 0 else { return }
@@ -164,21 +170,25 @@ public final class FusedLinear: @unchecked Sendable {
     public static func scratchBytes(rows M: Int, inFeatures K: Int) -> Int { gk_linear_small_scratch_bytes(M, K, 1) }
 
     /// y (M, outFeatures) = every layer applied to x (M, inFeatures).
-    public func apply(_ x: UnsafePointer<Float>, rows M: Int, into y: UnsafeMutablePointer<Float>, context: ComputeContext) {
+    public func apply(
+        _ x: UnsafePointer<Float>, rows M: Int, into y: UnsafeMutablePointer<Float>, context: ComputeContext
+    ) {
         guard M > 0 else { return }
         if context.backend.ownsGEMM {
             let bf16: Int32 = precision == .bf16 ? 1 : 0
             let scratch = context.reserve(scratchBytes: gk_linear_small_scratch_bytes(M, inFeatures, bf16))
-            gk_linear_small(x, inFeatures, M, inFeatures, bf16, segments, layers.count, y, outFeatures, scratch,
-                            Int32(context.workers))
+            gk_linear_small(
+                x, inFeatures, M, inFeatures, bf16, segments, layers.count, y, outFeatures, scratch,
+                Int32(context.workers))
         } else {
             BLAS.exclusive(threads: 1) {
                 var offset = 0
                 for layer in layers {
                     // One row per block, written with stride outFeatures into its columns.
                     for m in 0..<M {
-                        linear(x + m * inFeatures, rows: 1, weight: layer.weight, bias: layer.bias,
-                               into: y + m * outFeatures + offset)
+                        linear(
+                            x + m * inFeatures, rows: 1, weight: layer.weight, bias: layer.bias,
+                            into: y + m * outFeatures + offset)
                     }
                     offset += layer.outFeatures
                 }

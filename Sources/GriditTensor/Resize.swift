@@ -2,6 +2,7 @@
 // align_corners=False)` (Keys' cubic with a = −0.75, source indices clamped at the edges), so the
 // training tools and the engine produce the same condition. Naive twin:
 // Tests/GriditTensorTests/ResizeTests.swift.
+
 import Glibc
 
 /// Taps of one output coordinate: four edge-clamped source indices and their weights.
@@ -38,8 +39,9 @@ struct CubicTaps {
 /// same arithmetic, in the same order, as PyTorch's per-pixel loop (4 row interpolations, then 1
 /// column interpolation), since a row's interpolation does not depend on the output row.
 public func resizeBicubic(_ x: Tensor, into out: Tensor) {
-    precondition(x.rank == 4 && out.rank == 4 && x.shape[0] == out.shape[0] && x.shape[1] == out.shape[1],
-                 "resizeBicubic: x \(x.shape) -> out \(out.shape)")
+    precondition(
+        x.rank == 4 && out.rank == 4 && x.shape[0] == out.shape[0] && x.shape[1] == out.shape[1],
+        "resizeBicubic: x \(x.shape) -> out \(out.shape)")
     let (N, C, H, W) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
     let (OH, OW) = (out.shape[2], out.shape[3])
     precondition(H >= 1 && W >= 1 && OH >= 1 && OW >= 1, "resizeBicubic: empty plane \(x.shape) -> \(out.shape)")

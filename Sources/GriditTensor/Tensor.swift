@@ -59,8 +59,9 @@ public struct Tensor: @unchecked Sendable {
 
     public init(storage: TensorStorage, shape: [Int], offset: Int = 0) {
         precondition(shape.allSatisfy { $0 >= 0 }, "Tensor: negative dim in \(shape)")
-        precondition(offset >= 0 && offset + shape.reduce(1, *) <= storage.count,
-                     "Tensor: shape \(shape) at offset \(offset) exceeds storage of \(storage.count)")
+        precondition(
+            offset >= 0 && offset + shape.reduce(1, *) <= storage.count,
+            "Tensor: shape \(shape) at offset \(offset) exceeds storage of \(storage.count)")
         self.storage = storage
         self.shape = shape
         self.offset = offset
@@ -99,10 +100,12 @@ public struct Tensor: @unchecked Sendable {
 
     /// Rows `range` of the outermost dimension, sharing storage.
     public func slice(_ range: Range<Int>) -> Tensor {
-        precondition(rank >= 1 && range.lowerBound >= 0 && range.upperBound <= shape[0],
-                     "slice: \(range) out of \(shape)")
+        precondition(
+            rank >= 1 && range.lowerBound >= 0 && range.upperBound <= shape[0],
+            "slice: \(range) out of \(shape)")
         let inner = shape.dropFirst().reduce(1, *)
-        return Tensor(storage: storage, shape: [range.count] + shape.dropFirst(), offset: offset + range.lowerBound * inner)
+        return Tensor(
+            storage: storage, shape: [range.count] + shape.dropFirst(), offset: offset + range.lowerBound * inner)
     }
 
     /// Copies the elements into an array (tests, output files).

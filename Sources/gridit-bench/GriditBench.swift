@@ -43,8 +43,9 @@ struct ArchitectureOptions: ParsableArguments {
         guard let arch else { return try DiTConfiguration.preset(model, inputSize: inputSize, inChannels: inChannels) }
         let v = arch.split(separator: ",").compactMap { Int($0) }
         guard v.count == 4 else { throw ValidationError("--arch wants DEPTH,HIDDEN,HEADS,PATCH, got '\(arch)'") }
-        let c = DiTConfiguration(depth: v[0], hiddenSize: v[1], numHeads: v[2], patchSize: v[3], inputSize: inputSize,
-                                 inChannels: inChannels)
+        let c = DiTConfiguration(
+            depth: v[0], hiddenSize: v[1], numHeads: v[2], patchSize: v[3], inputSize: inputSize,
+            inChannels: inChannels)
         try c.validate()
         return c
     }
@@ -87,7 +88,8 @@ extension GriditBench {
             let xs = try NPYArray(path: x).floatTensor()
             guard xs.rank == 4 else { throw ValidationError("--x must be (N, C, H, W), got \(xs.shape)") }
             let n = xs.shape[0]
-            let ts: [Float] = try tFile.map { try NPYArray(path: $0).floatTensor().toArray() }
+            let ts: [Float] =
+                try tFile.map { try NPYArray(path: $0).floatTensor().toArray() }
                 ?? Array(repeating: Float(t!), count: n)
             var labels: [Int]? = try y.map { try NPYArray(path: $0).integers() }
             if let label { labels = Array(repeating: label, count: n) }
@@ -116,8 +118,9 @@ extension GriditBench {
         @OptionGroup var precision: PrecisionOptions
 
         func run() throws {
-            let (dit, ws, x) = try architecture.randomModel(batch: batch, workers: threads.threads,
-                                                            precision: precision.requested)
+            let (dit, ws, x) = try architecture.randomModel(
+                batch: batch, workers: threads.threads,
+                precision: precision.requested)
             let t = (0..<batch).map { Float(($0 * 137 + 500) % 1000) }
             let config = dit.config
             var times: [Double] = [], cpu: [Double] = []
@@ -146,17 +149,18 @@ extension GriditBench {
                 record["rel_error_vs_fp32"] = error.l2
                 record["max_abs_error_vs_fp32"] = error.maxAbs
             }
-            if json {
-                let data = try JSONSerialization.data(withJSONObject: record, options: [.sortedKeys])
-                print(String(decoding: data, as: UTF8.self))
-            } else {
-                print(String(format: "%@ input %d batch %d threads %d %@ (%@): median %.1f ms over %d, %.1f GFLOP/s "
-                             + "(CPU time of all threads %.1f ms)",
-                             architecture.name, config.inputSize, batch, threads.threads, dit.precision.rawValue,
-                             "\(dit.backend)", median, times.count, gflops, cpu.sorted()[cpu.count / 2]))
+            try printRecord(record, json: json) {
+                print(
+                    String(
+                        format: "%@ input %d batch %d threads %d %@ (%@): median %.1f ms over %d, %.1f GFLOP/s "
+                            + "(CPU time of all threads %.1f ms)",
+                        architecture.name, config.inputSize, batch, threads.threads, dit.precision.rawValue,
+                        "\(dit.backend)", median, times.count, gflops, cpu.sorted()[cpu.count / 2]))
                 if let e = record["rel_error_vs_fp32"] as? Double {
-                    print(String(format: "bf16 vs fp32: relative error %.3e (L2), max |diff| %.3e", e,
-                                 record["max_abs_error_vs_fp32"] as? Double ?? 0))
+                    print(
+                        String(
+                            format: "bf16 vs fp32: relative error %.3e (L2), max |diff| %.3e", e,
+                            record["max_abs_error_vs_fp32"] as? Double ?? 0))
                 }
             }
         }
@@ -178,11 +182,13 @@ extension GriditBench {
 
         func run() throws {
             let config = AutoencoderKLConfiguration.stableDiffusion
-            var vae = try AutoencoderKL(config: config, source: RandomWeights.vaeSource(for: config, seed: 3),
-                                        precision: precision.requested)
+            var vae = try AutoencoderKL(
+                config: config, source: RandomWeights.vaeSource(for: config, seed: 3),
+                precision: precision.requested)
             if let tile { vae.tiling = tile > 0 ? VAETiling(tile: tile) : nil }
             let f = config.downsampleFactor
-            let input = encode
+            let input =
+                encode
                 ? RandomWeights.tensor([batch, config.inChannels, size, size], seed: 4, std: 0.5)
                 : RandomWeights.tensor([batch, config.latentChannels, size / f, size / f], seed: 4, std: 1)
             let before = residentBytes()
@@ -205,14 +211,13 @@ extension GriditBench {
                 "resident_before_mb": Double(before) / 1e6, "peak_resident_mb": Double(peak) / 1e6,
                 "tile": vae.tiling?.tile ?? 0,
             ]
-            if json {
-                let data = try JSONSerialization.data(withJSONObject: record, options: [.sortedKeys])
-                print(String(decoding: data, as: UTF8.self))
-            } else {
-                print(String(format: "VAE %@ %dx%d batch %d threads %d %@ tile %d: median %.1f ms over %d; "
-                             + "resident %.0f MB after loading, peak %.0f MB",
-                             encode ? "encode" : "decode", size, size, batch, threads.threads, vae.precision.rawValue,
-                             vae.tiling?.tile ?? 0, median, times.count, Double(before) / 1e6, Double(peak) / 1e6))
+            try printRecord(record, json: json) {
+                print(
+                    String(
+                        format: "VAE %@ %dx%d batch %d threads %d %@ tile %d: median %.1f ms over %d; "
+                            + "resident %.0f MB after loading, peak %.0f MB",
+                        encode ? "encode" : "decode", size, size, batch, threads.threads, vae.precision.rawValue,
+                        vae.tiling?.tile ?? 0, median, times.count, Double(before) / 1e6, Double(peak) / 1e6))
             }
         }
     }
@@ -229,15 +234,17 @@ extension GriditBench {
         @OptionGroup var precision: PrecisionOptions
 
         func run() throws {
-            let (dit, ws, x) = try architecture.randomModel(batch: batch, workers: threads.threads,
-                                                            precision: precision.requested)
+            let (dit, ws, x) = try architecture.randomModel(
+                batch: batch, workers: threads.threads,
+                precision: precision.requested)
             let t = [Float](repeating: 500, count: batch)
             try dit.forward(x: x, t: t, workspace: ws)  // first pass: thread pool start-up
             alloc_counter_start()
             for _ in 0..<repetitions { try dit.forward(x: x, t: t, workspace: ws) }
             let count = alloc_counter_stop()
-            print("\(architecture.name) batch \(batch) threads \(threads.threads) \(dit.precision): "
-                  + "\(count) heap allocations in \(repetitions) forward passes")
+            print(
+                "\(architecture.name) batch \(batch) threads \(threads.threads) \(dit.precision): "
+                    + "\(count) heap allocations in \(repetitions) forward passes")
             if count > 0 { throw ExitCode.failure }
         }
     }
@@ -257,9 +264,13 @@ extension GriditBench {
 
         func run() throws {
             let cfg: DiTConfiguration
-            if let config { cfg = try DiTConfiguration.load(path: config) } else if let model {
+            if let config {
+                cfg = try DiTConfiguration.load(path: config)
+            } else if let model {
                 cfg = try DiTConfiguration.preset(model, inputSize: inputSize)
-            } else { throw ValidationError("give --config or --model") }
+            } else {
+                throw ValidationError("give --config or --model")
+            }
             if create {
                 try RandomWeights.writeCheckpoint(for: cfg, to: checkpoint, seed: 1)
                 print("wrote \(checkpoint)")
@@ -269,17 +280,28 @@ extension GriditBench {
             let dit = try DiT(config: cfg, source: file, precision: precision.requested)
             let after = residentBytes()
             let size = (try? FileManager.default.attributesOfItem(atPath: checkpoint)[.size] as? Int) ?? 0
-            print(String(format: "checkpoint %.2f GB mapped, %d blocks bound (%@); resident before %.1f MB, after %.1f MB",
-                         Double(size) / 1e9, dit.weights.blocks.count, dit.precision.rawValue, Double(before) / 1e6,
-                         Double(after) / 1e6))
+            print(
+                String(
+                    format: "checkpoint %.2f GB mapped, %d blocks bound (%@); resident before %.1f MB, after %.1f MB",
+                    Double(size) / 1e9, dit.weights.blocks.count, dit.precision.rawValue, Double(before) / 1e6,
+                    Double(after) / 1e6))
             guard forward else { return }
             let ws = dit.makeWorkspace(batch: 1, workers: threads.threads)
             let x = RandomWeights.tensor([1, cfg.inChannels, cfg.inputSize, cfg.inputSize], seed: 2, std: 1)
             try dit.forward(x: x, t: [500], workspace: ws)
-            print(String(format: "after one forward: resident %.1f MB (weights are file-backed pages of the mapping), "
-                         + "activations %.1f MB", Double(residentBytes()) / 1e6, Double(ws.byteCount) / 1e6))
+            print(
+                String(
+                    format: "after one forward: resident %.1f MB (weights are file-backed pages of the mapping), "
+                        + "activations %.1f MB", Double(residentBytes()) / 1e6, Double(ws.byteCount) / 1e6))
         }
     }
+}
+
+/// Prints a measurement: `record` as one line of JSON (sorted keys) with `--json`, else `text`.
+func printRecord(_ record: [String: Any], json: Bool, text: () -> Void) throws {
+    guard json else { return text() }
+    let data = try JSONSerialization.data(withJSONObject: record, options: [.sortedKeys])
+    print(String(decoding: data, as: UTF8.self))
 }
 
 /// Resident set size of this process (VmRSS), in bytes.

@@ -59,8 +59,9 @@ enum RandomWeights {
         try SafetensorsWriter.write(
             path: path, entries: table.map { SafetensorsWriter.Entry(name: $0.key, shape: $0.shape) },
             fill: { index, offset, chunk in
-                fill(chunk.baseAddress!, count: chunk.count, seed: seed &+ UInt64(index),
-                     std: std(for: table[index].shape), start: offset)
+                fill(
+                    chunk.baseAddress!, count: chunk.count, seed: seed &+ UInt64(index),
+                    std: std(for: table[index].shape), start: offset)
             })
     }
 }

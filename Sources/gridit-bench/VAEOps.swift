@@ -17,7 +17,7 @@ struct VAEOps: ParsableCommand {
     func run() throws {
         let ctx = ComputeContext(workers: threads.threads)
         let h = size / 8
-        var rows: [(String, Int, Double, Double)] = []       // name, count, ms each, GFLOP each
+        var rows: [(String, Int, Double, Double)] = []  // name, count, ms each, GFLOP each
         func time(_ body: () -> Void) -> Double {
             body()
             var t: [Double] = []
@@ -29,13 +29,15 @@ struct VAEOps: ParsableCommand {
             return t.sorted()[t.count / 2]
         }
         func conv(_ cin: Int, _ cout: Int, _ k: Int, _ hw: Int, count: Int) {
-            let w = ConvWeight(weight: RandomWeights.tensor([cout, cin, k, k], seed: 1, std: 0.02),
-                               bias: RandomWeights.tensor([cout], seed: 2, std: 0.02), precision: precision.requested)
+            let w = ConvWeight(
+                weight: RandomWeights.tensor([cout, cin, k, k], seed: 1, std: 0.02),
+                bias: RandomWeights.tensor([cout], seed: 2, std: 0.02), precision: precision.requested)
             let x = RandomWeights.tensor([1, cin, hw, hw], seed: 3, std: 1)
             let out = Tensor(zeros: [1, cout, hw, hw])
             ctx.reserve(scratchBytes: w.scratchBytes(context: ctx))
             let ms = time { conv2d(x, w, padding: .same(k / 2), into: out, context: ctx) }
-            rows.append(("conv\(k)x\(k) \(cin)->\(cout) @\(hw)", count, ms, 2.0 * Double(cout * cin * k * k * hw * hw) / 1e9))
+            rows.append(
+                ("conv\(k)x\(k) \(cin)->\(cout) @\(hw)", count, ms, 2.0 * Double(cout * cin * k * k * hw * hw) / 1e9))
         }
         func norm(_ c: Int, _ hw: Int, count: Int) {
             let x = RandomWeights.tensor([1, c, hw, hw], seed: 3, std: 1), out = Tensor(zeros: x.shape)
@@ -50,7 +52,7 @@ struct VAEOps: ParsableCommand {
         // The decoder of AutoencoderKLConfiguration.stableDiffusion (block_out_channels 128, 256, 512, 512).
         conv(4, 4, 1, h, count: 1)
         conv(4, 512, 3, h, count: 1)
-        norm(512, h, count: 2 * 5 + 1)                  // mid (2 resnets + attention norm) and stage 0
+        norm(512, h, count: 2 * 5 + 1)  // mid (2 resnets + attention norm) and stage 0
         conv(512, 512, 3, h, count: 2 * 5)
         up(512, h)
         norm(512, 2 * h, count: 6)
@@ -74,8 +76,9 @@ struct VAEOps: ParsableCommand {
         for (name, count, ms, gflop) in rows {
             total += Double(count) * ms
             let rate = gflop > 0 ? String(format: "%6.0f GFLOP/s", gflop / ms * 1e3) : ""
-            print(name.padding(toLength: 28, withPad: " ", startingAt: 0)
-                  + String(format: " x%-3d %8.2f ms each %9.1f ms total ", count, ms, Double(count) * ms) + rate)
+            print(
+                name.padding(toLength: 28, withPad: " ", startingAt: 0)
+                    + String(format: " x%-3d %8.2f ms each %9.1f ms total ", count, ms, Double(count) * ms) + rate)
         }
         print(String(format: "total (without attention) %.1f ms, ", total) + precision.requested.rawValue)
     }

@@ -1,5 +1,6 @@
 // `griditd backup DEST` and `griditd restore BACKUP`: parse and call GriditStateDatabase's
 // `StateBackup`. No logic lives here.
+
 import ArgumentParser
 import Foundation
 import GriditAPI
@@ -8,7 +9,8 @@ import GriditStateDatabase
 struct BackupCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "backup",
-        abstract: "Copy the state directory's database (jobs, model catalog) to DEST, consistently, while griditd runs.",
+        abstract:
+            "Copy the state directory's database (jobs, model catalog) to DEST, consistently, while griditd runs.",
         discussion: """
             SQLite's online backup: the copy is the database at one commit, whatever griditd writes meanwhile. Run it as griditd's user or root (sudo -u gridit griditd backup /backup/gridit.sqlite). Copy the model blobs and outputs afterwards (rsync -a /var/lib/gridit/blobs /var/lib/gridit/refs.json /var/lib/gridit/outputs /backup/); `griditd restore` puts the database back.
             """)
@@ -53,7 +55,9 @@ struct RestoreCommand: ParsableCommand {
             defer { lock.release() }
             let (summary, moved) = try StateBackup.restore(backup, stateDirectory: stateDirectory)
             for path in moved { print("moved aside: \(path)") }
-            print("restored \(backup) to \(summary.path): \(summary.jobs) jobs, database \(summary.databaseID); start griditd")
+            print(
+                "restored \(backup) to \(summary.path): \(summary.jobs) jobs, database \(summary.databaseID); start griditd"
+            )
         } catch {
             FileHandle.standardError.write(Data("griditd restore: \(error.message)\n".utf8))
             throw ExitCode(error.code == .locked ? 75 : 1)

@@ -1,4 +1,5 @@
 // `griditd config show`: the settings `griditd serve` would run with, and where each comes from.
+
 import ArgumentParser
 import Foundation
 import GriditAPI
@@ -35,12 +36,15 @@ struct ConfigCommand: AsyncParsableCommand {
                         case configFileExists = "config_file_exists"
                     }
                 }
-                let shown = Shown(configFile: resolved.configFile, configFileExists: resolved.configFileExists, settings: resolved.values)
+                let shown = Shown(
+                    configFile: resolved.configFile, configFileExists: resolved.configFileExists,
+                    settings: resolved.values)
                 print(String(decoding: APICoding.encode(shown, pretty: true), as: UTF8.self))
                 return
             }
             print("# griditd's configuration: flags > environment > config file > defaults")
-            print("# config file: \(resolved.configFile)\(resolved.configFileExists ? "" : " (missing: defaults apply)")")
+            print(
+                "# config file: \(resolved.configFile)\(resolved.configFileExists ? "" : " (missing: defaults apply)")")
             let width = resolved.values.map { $0.environmentName.count + $0.value.count + 1 }.max() ?? 0
             for value in resolved.values {
                 let line = "\(value.environmentName)=\(value.value)"

@@ -4,6 +4,7 @@
 // `restore`: Backup.swift, GriditStateDatabase; `run`: Run.swift, GriditEngine; `models`:
 // Models*.swift, GriditModelStore; `worker`, hidden: Worker.swift, the engine process `serve`
 // starts).
+
 import ArgumentParser
 import GriditAPI
 
@@ -11,7 +12,8 @@ import GriditAPI
 struct Griditd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "griditd",
-        abstract: "The gridit daemon: a durable job queue and worker for GriDiT image sequences, and its offline tools.",
+        abstract:
+            "The gridit daemon: a durable job queue and worker for GriDiT image sequences, and its offline tools.",
         version: griditVersion,
         subcommands: [
             Serve.self, ConfigCommand.self, BackupCommand.self, RestoreCommand.self, RunCommand.self, Models.self,

@@ -1,6 +1,7 @@
 // `griditd models …`: the model store offline, for provisioning scripts (the same operations as
 // `griditctl models …`, which the daemon serves). Commands that change the store refuse while a
 // daemon holds the state directory; read-only ones run beside it.
+
 import ArgumentParser
 import Foundation
 import GriditAPI
@@ -8,7 +9,7 @@ import GriditJobQueue
 import GriditModelStore
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 struct Models: ParsableCommand {

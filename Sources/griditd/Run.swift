@@ -1,5 +1,6 @@
 // `griditd run`: flags (the sampling ones are griditctl submit's `SamplingOptions`) → a `JobSpec`
 // and `OneShotOptions` → GriditEngine.OneShot.run; errors → messages and exit codes.
+
 import ArgumentParser
 import Foundation
 import GriditAPI
@@ -32,7 +33,9 @@ struct RunCommand: ParsableCommand {
     var workDir: String?
     @Flag(help: "Require --work-dir to hold the interrupted run.") var resume = false
     @Flag(name: .customLong("keep-work-dir"), help: "Do not delete --work-dir after success.") var keepWorkDir = false
-    @Flag(name: .customLong("dry-run"), help: "Print the plan (grids, steps, model evaluations, estimated time) and stop.")
+    @Flag(
+        name: .customLong("dry-run"), help: "Print the plan (grids, steps, model evaluations, estimated time) and stop."
+    )
     var dryRun = false
     @Flag(help: "With --dry-run: time one forward of each model for the estimate.") var calibrate = false
     @Option(help: "Progress: auto (a bar on a terminal, JSON lines otherwise), bar, json, none.") var progress = "auto"
@@ -48,7 +51,9 @@ struct RunCommand: ParsableCommand {
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
         if maxBatch < 1 { throw ValidationError("--max-batch must be at least 1") }
         if !(1...1000).contains(previewFPS) { throw ValidationError("--preview-fps must be 1...1000") }
-        if parseBytes(memoryBudget) == nil { throw ValidationError("--memory-budget '\(memoryBudget)': use e.g. 512M or 2G") }
+        if parseBytes(memoryBudget) == nil {
+            throw ValidationError("--memory-budget '\(memoryBudget)': use e.g. 512M or 2G")
+        }
     }
 
     func run() throws {
@@ -62,16 +67,20 @@ struct RunCommand: ParsableCommand {
             pipelinePath: pipeline, spec: spec, output: out ?? "", workDirectory: workDir, resume: resume,
             keepWorkDirectory: keepWorkDir, dryRun: dryRun, calibrate: calibrate, execution: execution,
             outputOptions: OutputOptions(previewFPS: previewFPS), maxLength: maxLength)
-        let style: ProgressPrinter.Style = switch progress {
-        case "bar": .bar
-        case "json": .jsonLines
-        case "none": .none
-        default: isatty(STDERR_FILENO) != 0 ? .bar : .jsonLines
+        let style: ProgressPrinter.Style =
+            switch progress {
+            case "bar": .bar
+            case "json": .jsonLines
+            case "none": .none
+            default: isatty(STDERR_FILENO) != 0 ? .bar : .jsonLines
+            }
+        let printer = ProgressPrinter(style: dryRun ? .none : style) { text in
+            FileHandle.standardError.write(Data(text.utf8))
         }
-        let printer = ProgressPrinter(style: dryRun ? .none : style) { text in FileHandle.standardError.write(Data(text.utf8)) }
         installStopHandlers()
         do {
-            let result = try OneShot.run(options, hooks: printer.hooks(shouldStop: { stopRequested.load(ordering: .relaxed) }))
+            let result = try OneShot.run(
+                options, hooks: printer.hooks(shouldStop: { stopRequested.load(ordering: .relaxed) }))
             printer.close()
             report(result)
         } catch let error as EngineError {
@@ -79,7 +88,8 @@ struct RunCommand: ParsableCommand {
             var text = "griditd run: error: \(error.message)"
             if let hint = error.hint { text += "\n  hint: \(hint)" }
             if error.code == .interrupted {
-                text = workDir.map { "griditd run: interrupted; resume with the same command (work directory '\($0)')" }
+                text =
+                    workDir.map { "griditd run: interrupted; resume with the same command (work directory '\($0)')" }
                     ?? "griditd run: interrupted; nothing was written (use --work-dir to make runs resumable)"
             }
             FileHandle.standardError.write(Data((text + "\n").utf8))
@@ -107,9 +117,11 @@ struct RunCommand: ParsableCommand {
         let t = summary.timings
         print(result.planText)
         print("wrote \(summary.frames) frames (\(summary.frameSize)×\(summary.frameSize)) to \(out!)")
-        print(String(format: "time: load %.2fs, stage 1 %.2fs, stage 2 %.2fs (VAE %.2fs), output %.2fs, total %.2fs",
-                     result.loadSeconds, t.stage1Seconds, t.stage2Seconds, t.vaeSeconds, result.finishSeconds,
-                     result.loadSeconds + result.executeSeconds + result.finishSeconds))
+        print(
+            String(
+                format: "time: load %.2fs, stage 1 %.2fs, stage 2 %.2fs (VAE %.2fs), output %.2fs, total %.2fs",
+                result.loadSeconds, t.stage1Seconds, t.stage2Seconds, t.vaeSeconds, result.finishSeconds,
+                result.loadSeconds + result.executeSeconds + result.finishSeconds))
     }
 }
 

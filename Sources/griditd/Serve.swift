@@ -1,5 +1,6 @@
 // `griditd serve`: parse, resolve the settings, set up logging, hand over to GriditDaemon. No
 // logic lives here: the settings' rules are GriditDaemon's (`DaemonSettings`).
+
 import ArgumentParser
 import Foundation
 import GriditAPI
@@ -21,7 +22,10 @@ struct Serve: AsyncParsableCommand {
 
     @OptionGroup var settings: SettingFlags
 
-    @Flag(help: "Accept the state directory's job database as it is, or create an empty one, although its identity marker says the database griditd created there is gone (deleted, replaced, its WAL lost).")
+    @Flag(
+        help:
+            "Accept the state directory's job database as it is, or create an empty one, although its identity marker says the database griditd created there is gone (deleted, replaced, its WAL lost)."
+    )
     var `init` = false
 
     func run() async throws {
@@ -57,7 +61,9 @@ struct Serve: AsyncParsableCommand {
 /// The settings as flags, shared by `serve` and `config show`. Every one is optional: a flag
 /// given wins, one not given leaves the environment, the config file and the default.
 struct SettingFlags: ParsableArguments {
-    @Option(help: ArgumentHelp("The config file (default: \(DaemonSettings.defaultConfigFile); env GRIDIT_CONFIG).", valueName: "path"))
+    @Option(
+        help: ArgumentHelp(
+            "The config file (default: \(DaemonSettings.defaultConfigFile); env GRIDIT_CONFIG).", valueName: "path"))
     var config: String?
 
     @Option(help: help("state-dir")) var stateDir: String?
@@ -98,7 +104,8 @@ struct SettingFlags: ParsableArguments {
     /// The flags given, by setting key.
     var given: [String: String] {
         let values: [String: String?] = [
-            "state-dir": stateDir, "socket": socket, "group": group, "admin-group": adminGroup, "socket-group": socketGroup,
+            "state-dir": stateDir, "socket": socket, "group": group, "admin-group": adminGroup,
+            "socket-group": socketGroup,
             "blas-threads": blasThreads, "start-paused": startPaused.map { "\($0)" }, "max-queued": maxQueued,
             "max-queued-per-user": maxQueuedPerUser, "max-work-per-user": maxWorkPerUser,
             "member-priority-min": memberPriorityMin, "member-priority-max": memberPriorityMax,
@@ -108,7 +115,8 @@ struct SettingFlags: ParsableArguments {
             "site-roots": siteRoots.isEmpty ? nil : siteRoots.joined(separator: ":"), "memory-budget": memoryBudget,
             "max-batch": maxBatch, "max-batch-jobs": maxBatchJobs, "keep-alive": keepAlive, "lease": lease,
             "stop-timeout": stopTimeout, "stop-grace": stopGrace, "min-free": minFree, "db-reserve": dbReserve,
-            "keep-succeeded": keepSucceeded, "keep-failed": keepFailed, "metrics-listen": metricsListen, "log-level": logLevel,
+            "keep-succeeded": keepSucceeded, "keep-failed": keepFailed, "metrics-listen": metricsListen,
+            "log-level": logLevel,
         ]
         return values.compactMapValues { $0 }
     }
@@ -118,11 +126,14 @@ struct SettingFlags: ParsableArguments {
         // site-root paths are taken relative to the working directory, as state-dir's are.
         var flags = given
         if !siteRoots.isEmpty {
-            flags["site-roots"] = siteRoots.map { $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0 }
-                .joined(separator: ":")
+            flags["site-roots"] = siteRoots.map {
+                $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0
+            }
+            .joined(separator: ":")
         }
         do {
-            return try await DaemonSettings.resolve(flags: flags, environment: ProcessInfo.processInfo.environment, configFile: config)
+            return try await DaemonSettings.resolve(
+                flags: flags, environment: ProcessInfo.processInfo.environment, configFile: config)
         } catch {
             FileHandle.standardError.write(Data("griditd: \(error.message)\n".utf8))
             throw ExitCode(78)

@@ -1,8 +1,6 @@
 // `griditd worker`: the engine's worker process, which `griditd serve` starts itself (hidden;
 // not for people). Parses, sets up logging, hands over to GriditBackend. No logic lives here.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import ArgumentParser
 import Foundation
 import GriditBackend
@@ -10,6 +8,10 @@ import GriditDaemon
 import GriditEngine
 import GriditFaults
 import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct WorkerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

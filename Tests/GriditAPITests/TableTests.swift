@@ -2,14 +2,16 @@ import GriditAPI
 import Testing
 
 @Test func tableAlignsColumnsAndKeepsTheLastUnpadded() {
-    let t = renderTable(headers: ["name", "size", "created"],
-                        rows: [["moving-digits:v1", "12 MB", "2 hours ago"], ["x:latest", "1.5 KB", "now"]])
-    #expect(t == """
-        NAME               SIZE     CREATED
-        moving-digits:v1   12 MB    2 hours ago
-        x:latest           1.5 KB   now
+    let t = renderTable(
+        headers: ["name", "size", "created"],
+        rows: [["moving-digits:v1", "12 MB", "2 hours ago"], ["x:latest", "1.5 KB", "now"]])
+    #expect(
+        t == """
+            NAME               SIZE     CREATED
+            moving-digits:v1   12 MB    2 hours ago
+            x:latest           1.5 KB   now
 
-        """)
+            """)
 }
 
 @Test func bytesUseDecimalUnits() {

@@ -2,10 +2,10 @@ import Foundation
 import GriditAPI
 import GriditBackend
 import GriditDaemon
+import GriditDiffusion
 import GriditEngine
 import GriditJobSpec
 import GriditModelStore
-import GriditDiffusion
 import GriditTensor
 import GriditTestSupport
 import Testing
@@ -13,7 +13,7 @@ import Testing
 // The engine and model store adapters on a real state directory: a real SQLite file, the model
 // store's blobs and mappings, the engine running the tiny random-weight pipeline.
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 @Suite("engine engine", .serialized)
@@ -29,7 +29,8 @@ struct InProcessEngineTests {
         #expect(estimate > 0)
         let longer = try await h.engine.validate(spec(400), pipelineDigest: h.digest)
         #expect(longer > 5 * estimate, "\(estimate) s for 40 frames, \(longer) s for 400")
-        let slower = try await h.engine.validate(spec(40, .init(seed: 1, steps: "1000", srSteps: "1000")), pipelineDigest: h.digest)
+        let slower = try await h.engine.validate(
+            spec(40, .init(seed: 1, steps: "1000", srSteps: "1000")), pipelineDigest: h.digest)
         #expect(slower > 5 * estimate, "\(estimate) s at the default steps, \(slower) s at 1000")
         func failure(_ spec: JobSpec, digest: String?) async -> JobFailure? {
             do {
@@ -45,7 +46,9 @@ struct InProcessEngineTests {
             "\(String(describing: rows))")
         // A sampler name outside the set does not make a spec at all: decoding it fails, naming the set.
         let euler = #"{"length": 40, "parameters": {"seed": 1, "sampler": "euler"}}"#
-        let sampler = #expect(throws: DecodingError.self) { try JSONDecoder().decode(JobSpec.self, from: Data(euler.utf8)) }
+        let sampler = #expect(throws: DecodingError.self) {
+            try JSONDecoder().decode(JobSpec.self, from: Data(euler.utf8))
+        }
         #expect("\(String(describing: sampler))".contains("sampler 'euler' is not ddpm or ddim"))
         let long = await failure(spec(5000), digest: h.digest)
         #expect(long?.errorClass == .invalidInput, "the pipeline allows 1000 frames: \(String(describing: long))")

@@ -3,9 +3,9 @@ import GriditAPI
 import GriditBackend
 import GriditDaemon
 import GriditEngine
+import GriditJobQueue
 import GriditJobSpec
 import GriditModelStore
-import GriditJobQueue
 import GriditStateDatabase
 import GriditTestSupport
 import Logging
@@ -14,7 +14,7 @@ import Synchronization
 import Testing
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// A state directory with a real database, model store (the tiny pipeline imported as
@@ -43,7 +43,8 @@ final class Harness: @unchecked Sendable {
             models: models, cache: cache, blocking: pool,
             options: ExecutionOptions(threads: 2, memoryBudget: 64 << 20, maxBatch: maxBatch),
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
-        catalog = ModelStoreCatalog(models: models, jobs: SQLiteJobStore(database: database), cache: cache, blocking: pool)
+        catalog = ModelStoreCatalog(
+            models: models, jobs: SQLiteJobStore(database: database), cache: cache, blocking: pool)
         digest =
             importModel ? try models.importModel(from: tinyPipeline(), name: "tiny:latest", link: .copy).digest : nil
         try FileManager.default.createDirectory(atPath: root + "/outputs", withIntermediateDirectories: true)

@@ -1,9 +1,10 @@
 import ArgumentParser
 import Foundation
 import GriditAPI
-@testable import GriditCLI
 import GriditJobSpec
 import Testing
+
+@testable import GriditCLI
 
 /// griditd as a test sees it: canned replies by "METHOD path", the requests it was sent.
 final class FakeDaemon: ControlClient, @unchecked Sendable {
@@ -55,7 +56,10 @@ final class Printed: @unchecked Sendable {
 struct CLITests {
     @Test("global options may come before the command, as with docker")
     func globalOptionsMove() {
-        #expect(Griditctl.moveGlobalOptions(["--socket", "/s", "--json", "jobs", "list"]) == ["jobs", "list", "--socket", "/s", "--json"])
+        #expect(
+            Griditctl.moveGlobalOptions(["--socket", "/s", "--json", "jobs", "list"]) == [
+                "jobs", "list", "--socket", "/s", "--json",
+            ])
         #expect(Griditctl.moveGlobalOptions(["--socket=/s", "status"]) == ["status", "--socket=/s"])
         #expect(Griditctl.moveGlobalOptions(["jobs", "list", "--json"]) == ["jobs", "list", "--json"])
         #expect(Griditctl.moveGlobalOptions(["--json"]) == ["--json"])
@@ -63,14 +67,23 @@ struct CLITests {
 
     @Test("commands parse; bad input is a usage error naming the option")
     func parsing() throws {
-        let submit = try Griditctl.parseAsRoot(["submit", "--length", "128", "--model", "m:v1", "--seed", "7", "--steps", "ddim50", "--wait"])
+        let submit = try Griditctl.parseAsRoot([
+            "submit", "--length", "128", "--model", "m:v1", "--seed", "7", "--steps", "ddim50", "--wait",
+        ])
         let s = try #require(submit as? Submit)
         #expect(s.length == 128 && s.model == "m:v1" && s.sampling.seed == 7 && s.sampling.steps == "ddim50" && s.wait)
         // Every parameter a model can use has its flag, class-conditional ones included.
         let classcond = try #require(
-            try Griditctl.parseAsRoot(["submit", "--length", "4", "--class", "2", "--cfg-scale", "4", "--jump-length", "3", "--jump-count", "2"]) as? Submit)
-        #expect(classcond.spec == JobSpec(length: 4, parameters: .init(jumpLength: 3, jumpCount: 2, classLabel: 2, cfgScale: 4)))
-        #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["submit", "--length", "4", "--sampler", "euler"]) }
+            try Griditctl.parseAsRoot([
+                "submit", "--length", "4", "--class", "2", "--cfg-scale", "4", "--jump-length", "3", "--jump-count",
+                "2",
+            ]) as? Submit)
+        #expect(
+            classcond.spec
+                == JobSpec(length: 4, parameters: .init(jumpLength: 3, jumpCount: 2, classLabel: 2, cfgScale: 4)))
+        #expect(throws: (any Error).self) {
+            try Griditctl.parseAsRoot(["submit", "--length", "4", "--sampler", "euler"])
+        }
         #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["submit"]) }
         #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["submit", "--length", "0"]) }
         #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["submit", "--length", "4", "--seed", "-1"]) }
@@ -80,7 +93,9 @@ struct CLITests {
         #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["jobs", "prune", "--older-than", "1e400s"]) }
         // Non-finite or out-of-range numbers are usage errors, not a crash in the JSON encoder.
         for eta in ["nan", "inf", "-0.5", "2"] {
-            #expect(throws: (any Error).self, "--eta \(eta)") { try Griditctl.parseAsRoot(["submit", "--length", "4", "--eta", eta]) }
+            #expect(throws: (any Error).self, "--eta \(eta)") {
+                try Griditctl.parseAsRoot(["submit", "--length", "4", "--eta", eta])
+            }
         }
         #expect(try Griditctl.parseAsRoot(["submit", "--length", "4", "--eta", "0.5"]) is Submit)
         #expect(try Griditctl.parseAsRoot(["jobs"]) is Jobs.List, "jobs lists by default")
@@ -93,7 +108,10 @@ struct CLITests {
     @Test("the exit codes are documented in the help")
     func helpDocumentsExitCodes() {
         let help = Griditctl.helpMessage()
-        for line in ["69  griditd cannot be reached", "75  the queue is full", "77  permission denied", "65  the daemon refused the input", "2   bad command line"] {
+        for line in [
+            "69  griditd cannot be reached", "75  the queue is full", "77  permission denied",
+            "65  the daemon refused the input", "2   bad command line",
+        ] {
             #expect(help.contains(line), "help lacks '\(line)'")
         }
     }
@@ -111,9 +129,12 @@ struct CLITests {
 
     @Test("ages and durations")
     func ages() {
-        #expect(parseDuration("90s") == 90 && parseDuration("30m") == 1800 && parseDuration("12h") == 43_200 && parseDuration("7d") == 604_800)
+        #expect(
+            parseDuration("90s") == 90 && parseDuration("30m") == 1800 && parseDuration("12h") == 43_200
+                && parseDuration("7d") == 604_800)
         #expect(parseDuration("15") == 15 && parseDuration("soon") == nil && parseDuration("-3d") == nil)
-        #expect(Rendering.duration(5) == "5s" && Rendering.duration(245) == "4m05s" && Rendering.duration(7800) == "2h10m")
+        #expect(
+            Rendering.duration(5) == "5s" && Rendering.duration(245) == "4m05s" && Rendering.duration(7800) == "2h10m")
         let now = Date(timeIntervalSince1970: 1_000_000)
         #expect(Rendering.ago(now.addingTimeInterval(-300), now: now) == "5 minutes ago")
         #expect(Rendering.ago(now.addingTimeInterval(-1), now: now) == "just now")
@@ -121,7 +142,8 @@ struct CLITests {
 
     @Test("the progress bar shows stage, grid, step, frame and ETA within the terminal width")
     func progressBar() {
-        let step = StepProgress(stage: .sr, grid: 3, grids: 8, step: 40, steps: 250, frame: 64, frames: 128, etaSeconds: 80)
+        let step = StepProgress(
+            stage: .sr, grid: 3, grids: 8, step: 40, steps: 250, frame: 64, frames: 128, etaSeconds: 80)
         let line = Rendering.progressLine(jobID: 12, step: step, width: 120)
         #expect(line.hasPrefix("job 12  sr  grid 3/8  step 40/250  frame 64/128  ETA 1m20s  ["))
         #expect(line.contains("###############---------------]"), "half done: \(line)")
@@ -171,11 +193,15 @@ struct CLITests {
         ])
         let client = GriditClient(daemon)
         let printed = Printed()
-        try #require(try Griditctl.parseAsRoot(["jobs", "list"]) as? Jobs.List).run(client: client, output: printed.output)
+        try #require(try Griditctl.parseAsRoot(["jobs", "list"]) as? Jobs.List).run(
+            client: client, output: printed.output)
         #expect(printed.stdout.contains("3    queued") && printed.stdout.contains("PROGRESS"), "\(printed.stdout)")
         let shown = Printed()
-        try #require(try Griditctl.parseAsRoot(["jobs", "show", "3"]) as? Jobs.Show).run(client: client, output: shown.output)
-        #expect(shown.stdout.contains("class_label=0 sampler=ddim") && shown.stdout.contains("/state/outputs/job-3"), "\(shown.stdout)")
+        try #require(try Griditctl.parseAsRoot(["jobs", "show", "3"]) as? Jobs.Show).run(
+            client: client, output: shown.output)
+        #expect(
+            shown.stdout.contains("class_label=0 sampler=ddim") && shown.stdout.contains("/state/outputs/job-3"),
+            "\(shown.stdout)")
         let missing = try #require(try Griditctl.parseAsRoot(["jobs", "show", "9"]) as? Jobs.Show)
         let error = #expect(throws: CLIError.self) { try missing.run(client: client, output: Printed().output) }
         #expect(error?.status == ExitStatus.badInput && error?.message == "no job 9")
@@ -187,13 +213,15 @@ struct CLITests {
         let job = JobInfo(
             id: 7, state: .queued, ownerUID: 1000, priority: 2, spec: JobSpec(length: 128, parameters: .init(seed: 1)),
             pipelineDigest: nil, idempotencyKey: nil, createdAt: now.addingTimeInterval(-120),
-            updatedAt: now, startedAt: nil, finishedAt: nil, attempt: 0, maxAttempts: 3, crashCount: 0, cancelRequested: false,
+            updatedAt: now, startedAt: nil, finishedAt: nil, attempt: 0, maxAttempts: 3, crashCount: 0,
+            cancelRequested: false,
             queuePosition: 1, notBefore: now, progress: JobProgress(stage: .grid, gridsDone: 0, framesDone: 0),
             errorClass: nil, errorMessage: nil, outputDir: nil)
-        #expect(Rendering.jobsTable([job], now: now) == """
-            ID   STATE    PROGRESS   POSITION   PRIORITY   LENGTH   OWNER   CREATED
-            7    queued   -          1          2          128      1000    2 minutes ago
+        #expect(
+            Rendering.jobsTable([job], now: now) == """
+                ID   STATE    PROGRESS   POSITION   PRIORITY   LENGTH   OWNER   CREATED
+                7    queued   -          1          2          128      1000    2 minutes ago
 
-            """)
+                """)
     }
 }

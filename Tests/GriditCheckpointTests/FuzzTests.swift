@@ -13,8 +13,11 @@ import Testing
     func validFile() throws -> [UInt8] {
         let path = dir.file("seed.safetensors")
         try SafetensorsWriter.write(
-            path: path, entries: [.init(name: "w", shape: [2, 3]), .init(name: "h", shape: [3], dtype: .f16),
-                                  .init(name: "b", shape: [2], dtype: .bf16)],
+            path: path,
+            entries: [
+                .init(name: "w", shape: [2, 3]), .init(name: "h", shape: [3], dtype: .f16),
+                .init(name: "b", shape: [2], dtype: .bf16),
+            ],
             metadata: ["format": "pt"], alignment: 4
         ) { _, _, chunk in
             for i in 0..<chunk.count { chunk[i] = Float(i) - 1.5 }
@@ -63,8 +66,10 @@ import Testing
             var corrupted = bytes
             for _ in 0..<Int.random(in: 1...4, using: &rng) {
                 let at = Int.random(in: 0..<headerEnd, using: &rng)
-                corrupted[at] = rng.next() % 2 == 0 ? corrupted[at] ^ (1 << UInt8.random(in: 0..<8, using: &rng))
-                                                    : UInt8.random(in: 0...255, using: &rng)
+                corrupted[at] =
+                    rng.next() % 2 == 0
+                    ? corrupted[at] ^ (1 << UInt8.random(in: 0..<8, using: &rng))
+                    : UInt8.random(in: 0...255, using: &rng)
             }
             outcomes[attempt(corrupted), default: 0] += 1
         }
@@ -88,8 +93,10 @@ import Testing
     @Test func overwrittenLengthField() throws {
         let bytes = try validFile()
         let n = UInt64(bytes[0]) | UInt64(bytes[1]) << 8
-        var lengths: [UInt64] = [0, 1, 2, n - 1, n + 1, UInt64(bytes.count - 8), UInt64(bytes.count - 7), 1 << 63,
-                                 .max, UInt64(Int.max), UInt64(Int.max) + 1, 100_000_000, 100_000_001]
+        var lengths: [UInt64] = [
+            0, 1, 2, n - 1, n + 1, UInt64(bytes.count - 8), UInt64(bytes.count - 7), 1 << 63,
+            .max, UInt64(Int.max), UInt64(Int.max) + 1, 100_000_000, 100_000_001,
+        ]
         var rng = SplitMix64(seed: 5)
         for _ in 0..<100 { lengths.append(rng.next() >> UInt64.random(in: 0..<64, using: &rng)) }
         for length in lengths {

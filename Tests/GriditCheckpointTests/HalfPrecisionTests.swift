@@ -94,9 +94,11 @@ enum NaiveReference {
 
     /// Values to narrow: specials, exact midpoints between neighbours (ties), and random floats.
     static func testValues() -> [Float] {
-        var values: [Float] = [0, -0.0, 1, 65504, 65519, 65520, 65536, 1e-7, 5.9604645e-8, 2.9802322e-8,
-                               2.9802326e-8, 6.097555e-5, 6.1035156e-5, .infinity, -.infinity, .nan,
-                               .greatestFiniteMagnitude, .leastNormalMagnitude, .leastNonzeroMagnitude]
+        var values: [Float] = [
+            0, -0.0, 1, 65504, 65519, 65520, 65536, 1e-7, 5.9604645e-8, 2.9802322e-8,
+            2.9802326e-8, 6.097555e-5, 6.1035156e-5, .infinity, -.infinity, .nan,
+            .greatestFiniteMagnitude, .leastNormalMagnitude, .leastNonzeroMagnitude,
+        ]
         var rng = SplitMix64(seed: 2024)
         for _ in 0..<3000 {
             let bits = UInt16(truncatingIfNeeded: rng.next() % 0x7BFF)

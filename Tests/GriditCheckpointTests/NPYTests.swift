@@ -49,55 +49,85 @@ private func littleEndian<T: FixedWidthInteger>(_ values: [T]) -> [UInt8] {
     }
 
     @Test func readsOtherDTypes() throws {
-        let f8 = dir.write("f8.npy", npyBytes("{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }",
-                                              data: littleEndian([1.5, -2.25, 1e10].map(\.bitPattern))))
+        let f8 = dir.write(
+            "f8.npy",
+            npyBytes(
+                "{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }",
+                data: littleEndian([1.5, -2.25, 1e10].map(\.bitPattern))))
         #expect(try NPYArray(path: f8).floatTensor().toArray() == [1.5, -2.25, 1e10])
         #expect(throws: CheckpointError.self) { try NPYArray(path: f8).integers() }
 
-        let i8 = dir.write("i8.npy", npyBytes("{'descr': '<i8', 'fortran_order': False, 'shape': (2, 2), }",
-                                              data: littleEndian([Int64(-1), 2, 1 << 40, 0])))
+        let i8 = dir.write(
+            "i8.npy",
+            npyBytes(
+                "{'descr': '<i8', 'fortran_order': False, 'shape': (2, 2), }",
+                data: littleEndian([Int64(-1), 2, 1 << 40, 0])))
         #expect(try NPYArray(path: i8).integers() == [-1, 2, 1 << 40, 0])
         #expect(try NPYArray(path: i8).floatTensor().toArray() == [-1, 2, 0x1p40, 0])
 
-        let i4 = dir.write("i4.npy", npyBytes("{'descr': '<i4', 'fortran_order': False, 'shape': (3,), }",
-                                              data: littleEndian([Int32(-7), 0, 123456])))
+        let i4 = dir.write(
+            "i4.npy",
+            npyBytes(
+                "{'descr': '<i4', 'fortran_order': False, 'shape': (3,), }",
+                data: littleEndian([Int32(-7), 0, 123456])))
         #expect(try NPYArray(path: i4).integers() == [-7, 0, 123456])
 
-        let u1 = dir.write("u1.npy", npyBytes("{'descr': '|u1', 'fortran_order': False, 'shape': (4,), }",
-                                              data: [0, 1, 128, 255]))
+        let u1 = dir.write(
+            "u1.npy",
+            npyBytes(
+                "{'descr': '|u1', 'fortran_order': False, 'shape': (4,), }",
+                data: [0, 1, 128, 255]))
         #expect(try NPYArray(path: u1).integers() == [0, 1, 128, 255])
         #expect(try NPYArray(path: u1).floatTensor().toArray() == [0, 1, 128, 255])
 
-        let b1 = dir.write("b1.npy", npyBytes("{'descr': '|b1', 'fortran_order': False, 'shape': (3,), }",
-                                              data: [1, 0, 1]))
+        let b1 = dir.write(
+            "b1.npy",
+            npyBytes(
+                "{'descr': '|b1', 'fortran_order': False, 'shape': (3,), }",
+                data: [1, 0, 1]))
         #expect(try NPYArray(path: b1).integers() == [1, 0, 1])
         #expect(try NPYArray(path: b1).dtype == .bool)
     }
 
     @Test func readsVersion2AndOldHeaderSpellings() throws {
-        let v2 = dir.write("v2.npy", npyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", version: 2,
-                                              data: floatBytes([3, 4])))
+        let v2 = dir.write(
+            "v2.npy",
+            npyBytes(
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", version: 2,
+                data: floatBytes([3, 4])))
         #expect(try NPYArray(path: v2).floatTensor().toArray() == [3, 4])
         // Python 2 era: long integers with an L suffix, double quotes, no trailing comma, no padding.
-        let old = dir.write("old.npy", npyBytes(#"{"descr": "<i8", "shape": (2L,), "fortran_order": False}"#,
-                                                data: littleEndian([Int64(5), 6]), pad: false))
+        let old = dir.write(
+            "old.npy",
+            npyBytes(
+                #"{"descr": "<i8", "shape": (2L,), "fortran_order": False}"#,
+                data: littleEndian([Int64(5), 6]), pad: false))
         #expect(try NPYArray(path: old).integers() == [5, 6])
     }
 
     @Test func rejectsFortranOrder() {
-        let path = dir.write("f.npy", npyBytes("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }",
-                                               data: floatBytes([1, 2, 3, 4])))
+        let path = dir.write(
+            "f.npy",
+            npyBytes(
+                "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }",
+                data: floatBytes([1, 2, 3, 4])))
         expectCheckpointError(.unsupportedLayout, path: path) { try NPYArray(path: path) }
     }
 
     @Test func rejectsUnknownDTypes() {
         for descr in ["<c8", ">f4", "<U3", "<M8[ns]", "O"] {
-            let path = dir.write("d.npy", npyBytes("{'descr': '\(descr)', 'fortran_order': False, 'shape': (1,), }",
-                                                   data: [0, 0, 0, 0, 0, 0, 0, 0]))
+            let path = dir.write(
+                "d.npy",
+                npyBytes(
+                    "{'descr': '\(descr)', 'fortran_order': False, 'shape': (1,), }",
+                    data: [0, 0, 0, 0, 0, 0, 0, 0]))
             expectCheckpointError(.unsupportedDType, path: path) { try NPYArray(path: path) }
         }
-        let structured = dir.write("s.npy", npyBytes("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,), }",
-                                                     data: [0, 0, 0, 0]))
+        let structured = dir.write(
+            "s.npy",
+            npyBytes(
+                "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,), }",
+                data: [0, 0, 0, 0]))
         expectCheckpointError(.unsupportedDType, path: structured) { try NPYArray(path: structured) }
     }
 
@@ -114,10 +144,16 @@ private func littleEndian<T: FixedWidthInteger>(_ values: [T]) -> [UInt8] {
     @Test func rejectsMalformedHeaders() {
         let cases: [(String, [UInt8])] = [
             ("magic", Array("NOTNUMPY-file-of-some-length".utf8)),
-            ("version", npyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }", version: 4, data: floatBytes([1]))),
+            (
+                "version",
+                npyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }", version: 4, data: floatBytes([1]))
+            ),
             ("syntax", npyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), ", data: floatBytes([1]))),
             ("keys", npyBytes("{'descr': '<f4', 'shape': (1,), }", data: floatBytes([1]))),
-            ("extra", npyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'x': 1, }", data: floatBytes([1]))),
+            (
+                "extra",
+                npyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'x': 1, }", data: floatBytes([1]))
+            ),
             ("dim", npyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (-1,), }", data: floatBytes([1]))),
             ("shape", npyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': 3, }", data: floatBytes([1, 2, 3]))),
             ("order", npyBytes("{'descr': '<f4', 'fortran_order': 0, 'shape': (1,), }", data: floatBytes([1]))),

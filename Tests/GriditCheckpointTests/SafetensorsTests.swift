@@ -29,14 +29,16 @@ private let validEntry = #""a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}"
 
     @Test func headerLengthPastTheEnd() {
         let header = "{\(validEntry)}"
-        let (path, load) = open("past.safetensors",
-                                safetensorsBytes(header: header, data: floatBytes([1, 2]), declaredLength: UInt64(header.utf8.count + 100)))
+        let (path, load) = open(
+            "past.safetensors",
+            safetensorsBytes(header: header, data: floatBytes([1, 2]), declaredLength: UInt64(header.utf8.count + 100)))
         expectCheckpointError(.truncated, path: path, load)
     }
 
     @Test func headerLengthTwoToThe63() {
-        let (path, load) = open("huge.safetensors",
-                                safetensorsBytes(header: "{\(validEntry)}", data: floatBytes([1, 2]), declaredLength: 1 << 63))
+        let (path, load) = open(
+            "huge.safetensors",
+            safetensorsBytes(header: "{\(validEntry)}", data: floatBytes([1, 2]), declaredLength: 1 << 63))
         expectCheckpointError(.headerTooLarge, path: path, load)
     }
 
@@ -46,8 +48,9 @@ private let validEntry = #""a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}"
     }
 
     @Test func headerLengthOverTheCap() {
-        let (path, load) = open("cap.safetensors",
-                                safetensorsBytes(header: "{}", declaredLength: UInt64(SafetensorsFile.maxHeaderLength + 1)))
+        let (path, load) = open(
+            "cap.safetensors",
+            safetensorsBytes(header: "{}", declaredLength: UInt64(SafetensorsFile.maxHeaderLength + 1)))
         expectCheckpointError(.headerTooLarge, path: path, load)
     }
 
@@ -64,7 +67,8 @@ private let validEntry = #""a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}"
 
     @Test func offsetsBeginAfterEnd() {
         let header = #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}}"#
-        let (path, load) = open("reversed.safetensors", safetensorsBytes(header: header, data: floatBytes([1, 2, 3, 4])))
+        let (path, load) = open(
+            "reversed.safetensors", safetensorsBytes(header: header, data: floatBytes([1, 2, 3, 4])))
         expectCheckpointError(.badOffsets, path: path, load)
     }
 
@@ -75,14 +79,18 @@ private let validEntry = #""a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}"
     }
 
     @Test func overlappingOffsets() throws {
-        let header = #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#
+        let header =
+            #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#
         let (path, load) = open("overlap.safetensors", safetensorsBytes(header: header, data: floatBytes([1, 2, 3])))
         let error = expectCheckpointError(.overlap, path: path, load)
-        #expect(error?.description.contains("'a'") == true && error?.description.contains("'b'") == true, "\(String(describing: error))")
+        #expect(
+            error?.description.contains("'a'") == true && error?.description.contains("'b'") == true,
+            "\(String(describing: error))")
     }
 
     @Test func gapsAreAccepted() throws {
-        let header = #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#
+        let header =
+            #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#
         let (_, load) = open("gap.safetensors", safetensorsBytes(header: header, data: floatBytes([1, 0, 3])))
         let file = try load()
         #expect(try file.tensor(named: "b").toArray() == [3])
@@ -113,7 +121,8 @@ private let validEntry = #""a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}"
     }
 
     @Test func jsonTrailingGarbage() {
-        let (path, load) = open("trailing.safetensors", safetensorsBytes(header: "{\(validEntry)} x", data: floatBytes([1, 2])))
+        let (path, load) = open(
+            "trailing.safetensors", safetensorsBytes(header: "{\(validEntry)} x", data: floatBytes([1, 2])))
         expectCheckpointError(.badHeader, path: path, load)
     }
 
@@ -123,19 +132,22 @@ private let validEntry = #""a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}"
     }
 
     @Test func entryNotAnObject() {
-        let (path, load) = open("entry.safetensors", safetensorsBytes(header: #"{"a": [0, 8]}"#, data: floatBytes([1, 2])))
+        let (path, load) = open(
+            "entry.safetensors", safetensorsBytes(header: #"{"a": [0, 8]}"#, data: floatBytes([1, 2])))
         expectCheckpointError(.badHeader, path: path, load)
     }
 
     @Test func missingField() {
-        let (path, load) = open("missing.safetensors",
-                                safetensorsBytes(header: #"{"a":{"dtype":"F32","shape":[2]}}"#, data: floatBytes([1, 2])))
+        let (path, load) = open(
+            "missing.safetensors",
+            safetensorsBytes(header: #"{"a":{"dtype":"F32","shape":[2]}}"#, data: floatBytes([1, 2])))
         expectCheckpointError(.badHeader, path: path, load)
     }
 
     @Test func mistypedField() {
-        let (path, load) = open("mistyped.safetensors",
-                                safetensorsBytes(header: #"{"a":{"dtype":5,"shape":[2],"data_offsets":[0,8]}}"#, data: floatBytes([1, 2])))
+        let (path, load) = open(
+            "mistyped.safetensors",
+            safetensorsBytes(header: #"{"a":{"dtype":5,"shape":[2],"data_offsets":[0,8]}}"#, data: floatBytes([1, 2])))
         expectCheckpointError(.badHeader, path: path, load)
     }
 
@@ -164,8 +176,9 @@ private let validEntry = #""a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}"
     }
 
     @Test func invalidUTF8() {
-        var bytes = safetensorsBytes(header: #"{"a\#u{00E9}":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
-                                     data: floatBytes([1, 2]))
+        var bytes = safetensorsBytes(
+            header: #"{"a\#u{00E9}":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+            data: floatBytes([1, 2]))
         let accent = bytes.firstIndex(of: 0xC3)!
         bytes[accent] = 0xFF  // breaks the two-byte sequence
         let (path, load) = open("utf8.safetensors", bytes)
@@ -204,7 +217,8 @@ private let validEntry = #""a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}"
     }
 
     @Test func duplicateNames() {
-        let header = #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#
+        let header =
+            #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#
         let (path, load) = open("dup.safetensors", safetensorsBytes(header: header, data: floatBytes([1, 2])))
         let error = expectCheckpointError(.duplicateTensor, path: path, load)
         #expect(error?.tensor == "a")
@@ -212,7 +226,8 @@ private let validEntry = #""a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}"
 
     @Test func duplicateNamesThroughEscapes() {
         // "a" and "\u0061" are the same key once decoded.
-        let header = #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"\u0061":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#
+        let header =
+            #"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"\u0061":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#
         let (path, load) = open("dup2.safetensors", safetensorsBytes(header: header, data: floatBytes([1, 2])))
         expectCheckpointError(.duplicateTensor, path: path, load)
     }
@@ -241,14 +256,16 @@ private let validEntry = #""a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}"
     }
 
     @Test func missingTensor() throws {
-        let (path, load) = open("ok.safetensors", safetensorsBytes(header: "{\(validEntry)}", data: floatBytes([1, 2])))
+        let (path, load) = open(
+            "ok.safetensors", safetensorsBytes(header: "{\(validEntry)}", data: floatBytes([1, 2])))
         let file = try load()
         #expect(file.shape(of: "b") == nil)
         expectCheckpointError(.missingTensor, path: path) { try file.tensor(named: "b") }
     }
 
     @Test func unreadableFile() throws {
-        let path = dir.write("secret.safetensors", safetensorsBytes(header: "{\(validEntry)}", data: floatBytes([1, 2])))
+        let path = dir.write(
+            "secret.safetensors", safetensorsBytes(header: "{\(validEntry)}", data: floatBytes([1, 2])))
         #expect(chmod(path, 0) == 0)
         defer { chmod(path, 0o644) }
         if getuid() != 0 {
@@ -271,14 +288,16 @@ private let validEntry = #""a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}"
         let c = Tensor([42], shape: [])  // scalar
         let d = Tensor(zeros: [0, 3])  // no elements
         let weird = "blocks.0.\"attn\"\\qkv\n\u{1F600}"
-        try SafetensorsWriter.write(path: path, tensors: [("a", a), ("b", b), ("c", c), ("d", d), (weird, a)],
-                                    metadata: ["format": "pt", "note": "quote \" and \\ and \u{00E9}"], alignment: 64)
+        try SafetensorsWriter.write(
+            path: path, tensors: [("a", a), ("b", b), ("c", c), ("d", d), (weird, a)],
+            metadata: ["format": "pt", "note": "quote \" and \\ and \u{00E9}"], alignment: 64)
 
         let file = try SafetensorsFile(path: path)
         #expect(file.tensorNames == ["a", "b", "c", "d", weird].sorted())
         #expect(file.metadata == ["format": "pt", "note": "quote \" and \\ and \u{00E9}"])
         #expect(file.dataStart % 64 == 0)
-        let mapped = UInt(bitPattern: file.mapping.base)..<(UInt(bitPattern: file.mapping.base) + UInt(file.mapping.size))
+        let mapped =
+            UInt(bitPattern: file.mapping.base)..<(UInt(bitPattern: file.mapping.base) + UInt(file.mapping.size))
         for (name, original) in [("a", a), ("b", b), ("c", c), ("d", d), (weird, a)] {
             let info = try #require(file.info(name))
             #expect(info.dtype == .f32)
@@ -316,7 +335,9 @@ private let validEntry = #""a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}"
 
     @Test func alignmentOneIsContiguousAndCoversTheData() throws {
         let path = dir.file("packed.safetensors")
-        let tensors = [("a", Tensor([1, 2, 3], shape: [3])), ("b", Tensor([4], shape: [1])), ("c", Tensor([5, 6], shape: [2]))]
+        let tensors = [
+            ("a", Tensor([1, 2, 3], shape: [3])), ("b", Tensor([4], shape: [1])), ("c", Tensor([5, 6], shape: [2])),
+        ]
         try SafetensorsWriter.write(path: path, tensors: tensors, alignment: 1)
         let file = try SafetensorsFile(path: path)
         var end = 0
@@ -331,8 +352,9 @@ private let validEntry = #""a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}"
 
     @Test func alignment64PadsBetweenTensors() throws {
         let path = dir.file("padded.safetensors")
-        try SafetensorsWriter.write(path: path, tensors: [("a", Tensor([1, 2, 3], shape: [3])), ("b", Tensor([4], shape: [1]))],
-                                    alignment: 64)
+        try SafetensorsWriter.write(
+            path: path, tensors: [("a", Tensor([1, 2, 3], shape: [3])), ("b", Tensor([4], shape: [1]))],
+            alignment: 64)
         let file = try SafetensorsFile(path: path)
         #expect(file.info("a")?.dataOffsets == 0..<12)
         #expect(file.info("b")?.dataOffsets == 64..<68)
@@ -343,7 +365,8 @@ private let validEntry = #""a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}"
         // Header of 9 bytes puts the data section at file offset 17: not 4-byte aligned.
         var header = #"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}}"#
         while (8 + header.utf8.count) % 4 != 1 { header += " " }
-        let path = dir.write("unaligned.safetensors", safetensorsBytes(header: header, data: floatBytes([1.5, -2, 3e30])))
+        let path = dir.write(
+            "unaligned.safetensors", safetensorsBytes(header: header, data: floatBytes([1.5, -2, 3e30])))
         let tensor = try SafetensorsFile(path: path).tensor(named: "a")
         #expect(!tensor.isBorrowed)
         #expect(tensor.toArray() == [1.5, -2, 3e30])
@@ -354,7 +377,8 @@ private let validEntry = #""a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}"
         let bfloats: [UInt16] = [0x3F80, 0x4049, 0x0001, 0x8000, 0x7F80, 0xFF80, 0x7FC0, 0x7F7F]
         let halfBytes = halves.flatMap { [UInt8($0 & 0xFF), UInt8($0 >> 8)] }
         let bfBytes = bfloats.flatMap { [UInt8($0 & 0xFF), UInt8($0 >> 8)] }
-        let header = #"{"h":{"dtype":"F16","shape":[10],"data_offsets":[0,20]},"b":{"dtype":"BF16","shape":[2,4],"data_offsets":[20,36]}}"#
+        let header =
+            #"{"h":{"dtype":"F16","shape":[10],"data_offsets":[0,20]},"b":{"dtype":"BF16","shape":[2,4],"data_offsets":[20,36]}}"#
         let path = dir.write("halves.safetensors", safetensorsBytes(header: header, data: halfBytes + bfBytes))
         let file = try SafetensorsFile(path: path)
         let h = try file.tensor(named: "h").toArray()
@@ -372,8 +396,10 @@ private let validEntry = #""a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}"
 
     @Test(arguments: [SafetensorsDType.f16, .bf16])
     func halfPrecisionRoundTripRoundsToNearestEven(dtype: SafetensorsDType) throws {
-        var values: [Float] = [0, -0.0, 1, -1, 65504, 65519.99, 65520, 1e-7, -1e-7, 5.96e-8, 2.98e-8, 2.99e-8, 6.1e-5,
-                               .infinity, -.infinity, .nan, 3.14159, -123.456, 1e38, 3.4e38, .leastNonzeroMagnitude]
+        var values: [Float] = [
+            0, -0.0, 1, -1, 65504, 65519.99, 65520, 1e-7, -1e-7, 5.96e-8, 2.98e-8, 2.99e-8, 6.1e-5,
+            .infinity, -.infinity, .nan, 3.14159, -123.456, 1e38, 3.4e38, .leastNonzeroMagnitude,
+        ]
         var rng = SplitMix64(seed: 7)
         for _ in 0..<500 { values.append(Float.random(in: -70000...70000, using: &rng)) }
         for _ in 0..<500 { values.append(Float(bitPattern: UInt32(truncatingIfNeeded: rng.next()))) }
@@ -387,7 +413,9 @@ private let validEntry = #""a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}"
             if expected.isNaN {
                 #expect(got.isNaN, "\(value)")
             } else {
-                #expect(got.bitPattern == expected.bitPattern, "\(dtype.rawValue) of \(value): got \(got), want \(expected)")
+                #expect(
+                    got.bitPattern == expected.bitPattern, "\(dtype.rawValue) of \(value): got \(got), want \(expected)"
+                )
             }
         }
         if dtype == .f16 {
@@ -436,7 +464,8 @@ private let validEntry = #""a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}"
     @Test func writerRejectsBadInput() throws {
         let path = dir.file("bad.safetensors")
         expectCheckpointError(.duplicateTensor, path: path) {
-            try SafetensorsWriter.write(path: path, tensors: [("a", Tensor([1], shape: [1])), ("a", Tensor([2], shape: [1]))])
+            try SafetensorsWriter.write(
+                path: path, tensors: [("a", Tensor([1], shape: [1])), ("a", Tensor([2], shape: [1]))])
         }
         expectCheckpointError(.invalidArgument, path: path) {
             try SafetensorsWriter.write(path: path, tensors: [("__metadata__", Tensor([1], shape: [1]))])

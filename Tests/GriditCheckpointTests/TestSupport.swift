@@ -24,7 +24,8 @@ func expectCheckpointError<T>(
         #expect(error.hint != nil, "no hint: \(error)", sourceLocation: sourceLocation)
         return error
     } catch {
-        Issue.record("expected CheckpointError .\(code), got \(type(of: error)): \(error)", sourceLocation: sourceLocation)
+        Issue.record(
+            "expected CheckpointError .\(code), got \(type(of: error)): \(error)", sourceLocation: sourceLocation)
         return nil
     }
 }

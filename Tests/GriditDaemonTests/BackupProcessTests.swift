@@ -1,6 +1,7 @@
 // Moving and restoring a state directory with the real binaries, database and socket (issue 17,
 // backup and move): output paths stored relative to the state directory, `griditd backup` while
 // griditd runs, `griditd restore` after the database is lost.
+
 import Foundation
 import GRDB
 import GriditAPI
@@ -14,10 +15,14 @@ struct BackupProcessTests {
     static func outputDirColumn(_ stateDir: String, _ id: Int64) throws -> String? {
         let queue = try DatabaseQueue(path: stateDir + "/jobs.sqlite")
         defer { try? queue.close() }
-        return try queue.read { try String.fetchOne($0, sql: "SELECT output_dir FROM job WHERE id = ?", arguments: [id]) }
+        return try queue.read {
+            try String.fetchOne($0, sql: "SELECT output_dir FROM job WHERE id = ?", arguments: [id])
+        }
     }
 
-    @Test("a moved state directory keeps its outputs (relative paths, and old absolute ones); backup while running, restore after a loss")
+    @Test(
+        "a moved state directory keeps its outputs (relative paths, and old absolute ones); backup while running, restore after a loss"
+    )
     func moveBackupRestore() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
@@ -34,7 +39,9 @@ struct BackupProcessTests {
         let copied = try runProcess(griditd, ["backup", backup, "--state-dir", daemon.stateDir])
         #expect(copied.status == 0, "\(copied.stderr)")
         #expect(copied.stdout.contains("1 jobs"), "\(copied.stdout)")
-        #expect(try runProcess(griditd, ["backup", backup, "--state-dir", daemon.stateDir]).stderr.contains("exists already"))
+        #expect(
+            try runProcess(griditd, ["backup", backup, "--state-dir", daemon.stateDir]).stderr.contains(
+                "exists already"))
         #expect(daemon.stop() == 0)
 
         // Move the state directory; a row an older griditd wrote holds the old absolute path.
@@ -42,7 +49,10 @@ struct BackupProcessTests {
         let moved = dir.file("moved-state")
         #expect(rename(old, moved) == 0)
         let queue = try DatabaseQueue(path: moved + "/jobs.sqlite")
-        try queue.write { try $0.execute(sql: "UPDATE job SET output_dir = ? WHERE id = ?", arguments: [old + "/outputs/job-\(id)", id]) }
+        try queue.write {
+            try $0.execute(
+                sql: "UPDATE job SET output_dir = ? WHERE id = ?", arguments: [old + "/outputs/job-\(id)", id])
+        }
         try queue.close()
         daemon = try DaemonProcess(
             directory: dir, environment: ["GRIDIT_STATE_DIR": moved], stateDirFlag: false)

@@ -1,9 +1,11 @@
 // The running batch's rules, without I/O: fixed instants for the clock, events in, actions out.
+
 import Foundation
-@testable import GriditDaemon
-import GriditJobSpec
 import GriditJobQueue
+import GriditJobSpec
 import Testing
+
+@testable import GriditDaemon
 
 @Suite("BatchScheduler")
 struct BatchSchedulerTests {
@@ -31,7 +33,9 @@ struct BatchSchedulerTests {
             now: t0)
     }
 
-    func tick(_ s: inout BatchScheduler, _ seconds: TimeInterval, stops: [Int64: StopReason] = [:], final: Bool = false)
+    func tick(
+        _ s: inout BatchScheduler, _ seconds: TimeInterval, stops: [Int64: StopReason] = [:], final: Bool = false
+    )
         -> [BatchScheduler.Action]
     {
         s.handle(.tick(stops: stops, final: final), now: at(seconds))
@@ -45,10 +49,11 @@ struct BatchSchedulerTests {
         #expect(tick(&s, 10) == [.heartbeat(1, token(1))], "job 2 made no step: no heartbeat, its lease runs out")
         #expect(tick(&s, 15).isEmpty, "one per period")
         _ = s.handle(.durable(2, JobProgress(stage: .grid, gridsDone: 1, framesDone: 0)), now: at(16))
-        #expect(tick(&s, 17) == [
-            .saveProgress(2, token(2), JobProgress(stage: .grid, gridsDone: 1, framesDone: 0)),
-            .heartbeat(2, token(2)),  // the durable unit is its sign of life, and its period is over
-        ])
+        #expect(
+            tick(&s, 17) == [
+                .saveProgress(2, token(2), JobProgress(stage: .grid, gridsDone: 1, framesDone: 0)),
+                .heartbeat(2, token(2)),  // the durable unit is its sign of life, and its period is over
+            ])
         #expect(tick(&s, 18).isEmpty, "saved once")
         _ = s.handle(.stepDone(1), now: at(21))
         #expect(tick(&s, 40, final: true).isEmpty, "no heartbeat once the engine returned")
@@ -76,11 +81,12 @@ struct BatchSchedulerTests {
         _ = s.handle(.finished(2, .interrupted), now: at(2))
         _ = s.handle(.finished(1, .succeeded), now: at(3))
         _ = s.handle(.finished(1, .failed(JobFailure(.transient, "late"))), now: at(4))  // reported once only
-        #expect(tick(&s, 5, stops: [2: .shutdown]) == [
-            .saveProgress(2, token(2), JobProgress(stage: .sr, gridsDone: 2, framesDone: 5)),
-            .record(2, token(2), .releaseLease(.shutdown)),
-            .record(1, token(1), .complete(outputDir: "/o/job-1")),
-        ])
+        #expect(
+            tick(&s, 5, stops: [2: .shutdown]) == [
+                .saveProgress(2, token(2), JobProgress(stage: .sr, gridsDone: 2, framesDone: 5)),
+                .record(2, token(2), .releaseLease(.shutdown)),
+                .record(1, token(1), .complete(outputDir: "/o/job-1")),
+            ])
         #expect(tick(&s, 6).isEmpty)
     }
 
@@ -95,7 +101,9 @@ struct BatchSchedulerTests {
         #expect(record(.interrupted, .diskFull) == .releaseLease(.diskFull))
         #expect(record(.interrupted, .leaseLost) == .nothing(.leaseLost))
         #expect(record(.succeeded, .databaseLost) == .nothing(.databaseLost), "a lost database records nothing")
-        #expect(record(.interrupted, nil) == .fail(JobFailure(.internalError, "the engine stopped the job although nobody asked it to")))
+        #expect(
+            record(.interrupted, nil)
+                == .fail(JobFailure(.internalError, "the engine stopped the job although nobody asked it to")))
         #expect(record(.crashed(WorkerCrash(counted: true, message: "SIGSEGV")), nil) == .crash("SIGSEGV"))
         #expect(record(.crashed(WorkerCrash(counted: false, message: "killed")), .cancel) == .requeue("killed"))
         #expect(record(.succeeded, .cancel) == .complete(outputDir: "/o/job-1"), "finished before it saw the cancel")
@@ -117,9 +125,10 @@ struct BatchSchedulerTests {
         #expect(s.handle(.engineReturned, now: at(3)) == [.handBack(claim(3))])
         #expect(s.isClosed && !s.hasRoom && s.memberIDs == [1, 2])
         #expect(s.handle(.offered(item(4), claim(4)), now: at(4)) == [.handBack(claim(4))], "closed: nothing joins")
-        #expect(tick(&s, 5, final: true) == [
-            .record(1, token(1), .complete(outputDir: "/o/job-1")),
-            .record(2, token(2), .fail(JobFailure(.internalError, "the engine returned without reporting job 2"))),
-        ])
+        #expect(
+            tick(&s, 5, final: true) == [
+                .record(1, token(1), .complete(outputDir: "/o/job-1")),
+                .record(2, token(2), .fail(JobFailure(.internalError, "the engine returned without reporting job 2"))),
+            ])
     }
 }

@@ -1,9 +1,10 @@
 import GriditAPI
-@testable import GriditDaemon
 import GriditJobQueue
 import GriditStateDatabase
 import NIOCore
 import Testing
+
+@testable import GriditDaemon
 
 @Suite("connection and submit policy")
 struct ConnectionPolicyTests {
@@ -25,7 +26,8 @@ struct ConnectionPolicyTests {
     @Test("a user gets at most its own share; users together never take the admins' reserve")
     func connectionTable() {
         var table = ConnectionTable()
-        let alice = Self.caller(1001), bob = Self.caller(1002), carol = Self.caller(1003), root = Self.caller(0, admin: true)
+        let alice = Self.caller(1001), bob = Self.caller(1002), carol = Self.caller(1003),
+            root = Self.caller(0, admin: true)
         for _ in 0..<4 { #expect(table.enter(alice, limits: Self.limits) == nil) }
         #expect(table.enter(alice, limits: Self.limits) == .perUser(open: 4))
         for _ in 0..<3 { #expect(table.enter(bob, limits: Self.limits) == nil) }
@@ -52,7 +54,9 @@ struct ConnectionPolicyTests {
         #expect(perUser?.message.contains("--max-connections-per-user") == true)
         for _ in 0..<3 { #expect(limiter.enter(Self.caller(1002)) == nil) }
         let reserved = limiter.enter(Self.caller(1003))
-        #expect(reserved?.message.contains("kept for root and the group 'gridit-admin'") == true, "\(reserved?.message ?? "")")
+        #expect(
+            reserved?.message.contains("kept for root and the group 'gridit-admin'") == true,
+            "\(reserved?.message ?? "")")
     }
 
     @Test("a fresh connection has the header timeout; the body its own; an idle or unread one the idle timeout")
@@ -93,7 +97,9 @@ struct ConnectionPolicyTests {
             Issue.record("a member outranked the admins' default")
         } catch {
             #expect(error.code == .forbidden)
-            #expect(error.message.contains("-1000...0") && error.message.contains("--member-priority-max"), "\(error.message)")
+            #expect(
+                error.message.contains("-1000...0") && error.message.contains("--member-priority-max"),
+                "\(error.message)")
             #expect(error.message.contains("'wheel'"))
         }
         configuration.memberPriorities = -10...(-2)

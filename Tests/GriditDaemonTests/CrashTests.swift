@@ -1,15 +1,17 @@
 // Deaths of griditd and of its engine worker, with the real binaries: a daemon that dies (kill -9,
 // OOM kill, power loss) never counts against its jobs; an engine that crashes does, and only
 // against the jobs it was running.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import GriditCLI
 import GriditJobSpec
 import GriditTestSupport
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("griditd and worker crashes", .serialized)
 struct CrashTests {
@@ -23,7 +25,8 @@ struct CrashTests {
         // Each start pauses the engine at its first step of grid 3 (a resumed job, with two grids
         // done, gets there at once): griditd is killed there, four times in a row.
         let faults = ["GRIDIT_TEST_FAULTS": "pause-at=grid:3"]
-        var daemon = try DaemonProcess(directory: dir, arguments: Self.arguments, environment: faults, model: tinyPipeline())
+        var daemon = try DaemonProcess(
+            directory: dir, arguments: Self.arguments, environment: faults, model: tinyPipeline())
         let ids = try requests.map { try daemon.client.post("/v1/jobs", $0, as: SubmitJobResponse.self).job.id }
         for _ in 0..<4 {
             try waitForFile(daemon.stateDir + "/test-paused", daemon)
@@ -62,7 +65,9 @@ struct CrashTests {
         try #require(try daemon.client.get("/v1/status", as: DaemonStatus.self).worker?.pid)
     }
 
-    @Test("the engine worker killed by a crash signal counts against its job, by SIGKILL from outside not; griditd answers throughout")
+    @Test(
+        "the engine worker killed by a crash signal counts against its job, by SIGKILL from outside not; griditd answers throughout"
+    )
     func workerSignals() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
@@ -94,7 +99,9 @@ struct CrashTests {
         #expect(job.state != .dead || before == 1, "\(job)")
         // Swift's crash handler prints the backtrace, then ends the process itself (SIGILL).
         let last = try #require(job.errors?.last)
-        #expect(last.errorClass == "worker_crashed" && last.message.contains("the engine crashed (its worker was killed by SIG"), "\(last)")
+        #expect(
+            last.errorClass == "worker_crashed"
+                && last.message.contains("the engine crashed (its worker was killed by SIG"), "\(last)")
         let status = try daemon.client.get("/v1/status", as: DaemonStatus.self)
         #expect(status.pid == daemon.pid, "griditd itself is the same process")
         #expect(status.worker?.lastExit?.contains("killed by SIG") == true, "\(String(describing: status.worker))")
@@ -106,12 +113,15 @@ struct CrashTests {
         daemon = try DaemonProcess(directory: dir, arguments: Self.arguments)
         let done = try waitForJob(daemon, id)
         #expect(done.state == .succeeded && done.crashCount == job.crashCount, "\(done)")
-        let whole = try waitForJob(daemon, try daemon.client.post("/v1/jobs", request, as: SubmitJobResponse.self).job.id)
+        let whole = try waitForJob(
+            daemon, try daemon.client.post("/v1/jobs", request, as: SubmitJobResponse.self).job.id)
         #expect(try frameDigests(try #require(done.outputDir)) == (try frameDigests(try #require(whole.outputDir))))
         #expect(daemon.stop() == 0)
     }
 
-    @Test("a stopped (SIGSTOP) worker: griditd answers; a cancel kills it after --stop-grace; the job batched with it resumes without a crash")
+    @Test(
+        "a stopped (SIGSTOP) worker: griditd answers; a cancel kills it after --stop-grace; the job batched with it resumes without a crash"
+    )
     func cancelStoppedWorker() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
@@ -135,7 +145,9 @@ struct CrashTests {
         #expect(canceled.state == .canceled && canceled.crashCount == 0, "\(canceled)")
         let other = try waitForJob(daemon, ids[1])
         #expect(other.state == .succeeded && other.crashCount == 0 && other.attempt == 1, "\(other)")
-        #expect(other.errors?.contains { $0.errorClass == "interrupted" && $0.message.contains("did not stop") } == true, "\(other)")
+        #expect(
+            other.errors?.contains { $0.errorClass == "interrupted" && $0.message.contains("did not stop") } == true,
+            "\(other)")
         #expect(daemon.log.contains("killing the engine worker"), "\(daemon.log)")
         #expect(daemon.stop() == 0)
     }
@@ -144,13 +156,16 @@ struct CrashTests {
     static func runningLongJob(_ dir: TemporaryDirectory, seed: UInt64) throws -> (DaemonProcess, Int64) {
         let daemon = try DaemonProcess(directory: dir, arguments: arguments + ["--lease", "8"], model: tinyPipeline())
         let id = try daemon.client.post(
-            "/v1/jobs", SubmitJobRequest(spec: JobSpec(length: 1000, parameters: .init(seed: seed))), as: SubmitJobResponse.self
+            "/v1/jobs", SubmitJobRequest(spec: JobSpec(length: 1000, parameters: .init(seed: seed))),
+            as: SubmitJobResponse.self
         ).job.id
         try waitForJob(daemon, id) { $0.state == .running && $0.progress.gridsDone >= 1 }
         return (daemon, id)
     }
 
-    @Test("a worker that makes no progress for its stall time is killed and the stall counts; the job then runs alone and succeeds")
+    @Test(
+        "a worker that makes no progress for its stall time is killed and the stall counts; the job then runs alone and succeeds"
+    )
     func stalledWorker() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }

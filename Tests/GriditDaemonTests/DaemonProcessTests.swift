@@ -1,15 +1,17 @@
 // griditd and griditctl as users run them: real binaries, a real database file, a real socket.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import GriditCLI
-import GriditJobSpec
 import GriditJobQueue
+import GriditJobSpec
 import GriditTestSupport
 import Synchronization
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("griditd process", .serialized)
 struct DaemonProcessTests {
@@ -42,7 +44,9 @@ struct DaemonProcessTests {
                         spec: JobSpec(length: 8, parameters: .init(seed: key == nil ? nil : 7)), idempotencyKey: key)
                     do {
                         let reply = try client.post("/v1/jobs", request, as: SubmitJobResponse.self)
-                        outcomes.withLock { $0.append(Outcome(id: reply.job.id, key: key, deduplicated: reply.deduplicated)) }
+                        outcomes.withLock {
+                            $0.append(Outcome(id: reply.job.id, key: key, deduplicated: reply.deduplicated))
+                        }
                     } catch {
                         failures.withLock { $0.append("\(error)") }
                     }
@@ -77,7 +81,8 @@ struct DaemonProcessTests {
     func hostileRequests() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
-        let daemon = try DaemonProcess(directory: dir, arguments: ["--max-length", "1000", "--start-paused"], model: tinyPipeline())
+        let daemon = try DaemonProcess(
+            directory: dir, arguments: ["--max-length", "1000", "--start-paused"], model: tinyPipeline())
         defer { daemon.stop() }
         let s = daemon.socket
 
@@ -90,31 +95,80 @@ struct DaemonProcessTests {
         let big = String(repeating: "a", count: 10 * 1024 * 1024 + 1)
         let nested = String(repeating: "[", count: 100_000)
         let cases: [Case] = [
-            Case(name: "not JSON", bytes: httpRequest("POST", "/v1/jobs", body: "{length: 4"), status: 400, message: "malformed JSON"),
-            Case(name: "empty body", bytes: httpRequest("POST", "/v1/jobs", body: ""), status: 400, message: "needs a JSON body"),
-            Case(name: "unknown field", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":4,"lenght":4}"#), status: 400, message: "unknown field 'lenght'"),
-            Case(name: "unknown nested field", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":4,"parameters":{"sead":1}}"#), status: 400, message: "unknown field 'sead'"),
-            Case(name: "missing length", bytes: httpRequest("POST", "/v1/jobs", body: #"{"priority":1}"#), status: 400, message: "missing field 'length'"),
-            Case(name: "negative length", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":-5}"#), status: 400, message: "at least 1 frame"),
-            Case(name: "absurd length", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":1000000000000}"#), status: 400, message: "max 1000 frames"),
-            Case(name: "overflowing length", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":1e400}"#), status: 400, message: "malformed JSON"),
-            Case(name: "wrong type", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":"many"}"#), status: 400, message: "'length' has the wrong type"),
-            Case(name: "negative seed", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":4,"parameters":{"seed":-1}}"#), status: 400, message: "out of range"),
-            Case(name: "absurd steps", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":4,"parameters":{"steps":99999999}}"#), status: 400, message: "steps must be"),
-            Case(name: "../ output", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":4,"output":"../../etc"}"#), status: 400, message: "'..'"),
-            Case(name: "absolute output", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":4,"output":"/etc/cron.d"}"#), status: 400, message: "absolute path"),
-            Case(name: "hidden output", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":4,"output":"a/.ssh"}"#), status: 400, message: "starts with '.'"),
-            Case(name: "deep nesting", bytes: httpRequest("POST", "/v1/jobs", body: nested), status: 400, message: "malformed JSON"),
-            Case(name: "10 MiB + 1 body", bytes: httpRequest("POST", "/v1/jobs", body: big), status: 413, message: "larger than 10485760 bytes"),
-            Case(name: "lying Content-Length", bytes: Array("POST /v1/jobs HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n".utf8), status: 413, message: "larger than"),
-            Case(name: "bad Content-Length", bytes: Array("POST /v1/jobs HTTP/1.1\r\nContent-Length: -3\r\n\r\n".utf8), status: 400, message: "malformed HTTP request"),
+            Case(
+                name: "not JSON", bytes: httpRequest("POST", "/v1/jobs", body: "{length: 4"), status: 400,
+                message: "malformed JSON"),
+            Case(
+                name: "empty body", bytes: httpRequest("POST", "/v1/jobs", body: ""), status: 400,
+                message: "needs a JSON body"),
+            Case(
+                name: "unknown field", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":4,"lenght":4}"#),
+                status: 400, message: "unknown field 'lenght'"),
+            Case(
+                name: "unknown nested field",
+                bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":4,"parameters":{"sead":1}}"#), status: 400,
+                message: "unknown field 'sead'"),
+            Case(
+                name: "missing length", bytes: httpRequest("POST", "/v1/jobs", body: #"{"priority":1}"#), status: 400,
+                message: "missing field 'length'"),
+            Case(
+                name: "negative length", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":-5}"#), status: 400,
+                message: "at least 1 frame"),
+            Case(
+                name: "absurd length", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":1000000000000}"#),
+                status: 400, message: "max 1000 frames"),
+            Case(
+                name: "overflowing length", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":1e400}"#),
+                status: 400, message: "malformed JSON"),
+            Case(
+                name: "wrong type", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":"many"}"#), status: 400,
+                message: "'length' has the wrong type"),
+            Case(
+                name: "negative seed",
+                bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":4,"parameters":{"seed":-1}}"#), status: 400,
+                message: "out of range"),
+            Case(
+                name: "absurd steps",
+                bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":4,"parameters":{"steps":99999999}}"#),
+                status: 400, message: "steps must be"),
+            Case(
+                name: "../ output", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":4,"output":"../../etc"}"#),
+                status: 400, message: "'..'"),
+            Case(
+                name: "absolute output",
+                bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":4,"output":"/etc/cron.d"}"#), status: 400,
+                message: "absolute path"),
+            Case(
+                name: "hidden output", bytes: httpRequest("POST", "/v1/jobs", body: #"{"length":4,"output":"a/.ssh"}"#),
+                status: 400, message: "starts with '.'"),
+            Case(
+                name: "deep nesting", bytes: httpRequest("POST", "/v1/jobs", body: nested), status: 400,
+                message: "malformed JSON"),
+            Case(
+                name: "10 MiB + 1 body", bytes: httpRequest("POST", "/v1/jobs", body: big), status: 413,
+                message: "larger than 10485760 bytes"),
+            Case(
+                name: "lying Content-Length",
+                bytes: Array("POST /v1/jobs HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n".utf8), status: 413,
+                message: "larger than"),
+            Case(
+                name: "bad Content-Length", bytes: Array("POST /v1/jobs HTTP/1.1\r\nContent-Length: -3\r\n\r\n".utf8),
+                status: 400, message: "malformed HTTP request"),
             Case(name: "unknown endpoint", bytes: httpRequest("GET", "/v1/nope"), status: 404, message: "no endpoint"),
-            Case(name: "wrong method", bytes: httpRequest("DELETE", "/v1/jobs"), status: 405, message: "use POST or GET"),
-            Case(name: "bad job id", bytes: httpRequest("GET", "/v1/jobs/-1"), status: 400, message: "positive integer"),
+            Case(
+                name: "wrong method", bytes: httpRequest("DELETE", "/v1/jobs"), status: 405, message: "use POST or GET"),
+            Case(
+                name: "bad job id", bytes: httpRequest("GET", "/v1/jobs/-1"), status: 400, message: "positive integer"),
             Case(name: "unknown job", bytes: httpRequest("GET", "/v1/jobs/777"), status: 404, message: "no job 777"),
-            Case(name: "traversal in file path", bytes: httpRequest("GET", "/v1/jobs/1/files/%2e%2e/%2e%2e/etc/passwd"), status: 404, message: ""),
-            Case(name: "unknown state filter", bytes: httpRequest("GET", "/v1/jobs?state=zombie"), status: 400, message: "unknown state 'zombie'"),
-            Case(name: "NUL in path", bytes: httpRequest("GET", "/v1/jobs/%00"), status: 400, message: "malformed request target"),
+            Case(
+                name: "traversal in file path", bytes: httpRequest("GET", "/v1/jobs/1/files/%2e%2e/%2e%2e/etc/passwd"),
+                status: 404, message: ""),
+            Case(
+                name: "unknown state filter", bytes: httpRequest("GET", "/v1/jobs?state=zombie"), status: 400,
+                message: "unknown state 'zombie'"),
+            Case(
+                name: "NUL in path", bytes: httpRequest("GET", "/v1/jobs/%00"), status: 400,
+                message: "malformed request target"),
         ]
         // A job to point file requests at.
         _ = try daemon.client.post("/v1/jobs", SubmitJobRequest(length: 4), as: SubmitJobResponse.self)
@@ -134,7 +188,9 @@ struct DaemonProcessTests {
         // Garbage that is not HTTP at all, and a header bomb: the connection is refused with 400/431.
         let garbage = try rawExchange(s, Array("\u{01}\u{02}NOT HTTP\r\n\r\n".utf8))
         #expect(garbage.hasPrefix("HTTP/1.1 400"), "garbage: \(garbage.prefix(100))")
-        let bomb = try rawExchange(s, Array(("GET /v1/version HTTP/1.1\r\nX-Big: " + String(repeating: "b", count: 200_000) + "\r\n\r\n").utf8))
+        let bomb = try rawExchange(
+            s, Array(("GET /v1/version HTTP/1.1\r\nX-Big: " + String(repeating: "b", count: 200_000) + "\r\n\r\n").utf8)
+        )
         #expect(bomb.hasPrefix("HTTP/1.1 431"), "header bomb: \(bomb.prefix(100))")
         #expect(parseAnswer(bomb).message?.contains("larger than griditd allows") == true)
         #expect(parseAnswer(garbage).message?.contains("malformed HTTP request") == true)
@@ -161,10 +217,12 @@ struct DaemonProcessTests {
             binaryDirectory() + "/griditd",
             ["serve", "--state-dir", first.stateDir, "--socket", dir.file("other.sock")], timeout: 60)
         #expect(second.status == 75)
-        #expect(second.stderr.contains("another griditd (pid \(first.pid)) is using \(first.stateDir)"), "\(second.stderr)")
+        #expect(
+            second.stderr.contains("another griditd (pid \(first.pid)) is using \(first.stateDir)"), "\(second.stderr)")
         // Same socket, other state directory: refused too, the first keeps its socket.
         let third = try runProcess(
-            binaryDirectory() + "/griditd", ["serve", "--state-dir", dir.file("state2"), "--socket", first.socket], timeout: 60)
+            binaryDirectory() + "/griditd", ["serve", "--state-dir", dir.file("state2"), "--socket", first.socket],
+            timeout: 60)
         #expect(third.status != 0)
         #expect(third.stderr.contains("already listening on \(first.socket)"), "\(third.stderr)")
         #expect(try first.client.get("/v1/version", as: VersionInfo.self).version == griditVersion)
@@ -214,13 +272,16 @@ struct DaemonProcessTests {
             try await store.setPaused(false)  // the daemon below starts paused
             let claimed = try #require(try await store.claim(workerID: "dead-worker", leaseDuration: 3600, now: Date()))
             _ = try await store.saveProgress(
-                id: claimed.job.id, token: claimed.token, progress: JobProgress(stage: .sr, gridsDone: 4, framesDone: 6), now: Date())
+                id: claimed.job.id, token: claimed.token,
+                progress: JobProgress(stage: .sr, gridsDone: 4, framesDone: 6), now: Date())
             return claimed.job.id
         }
         do {
             let store = try SQLiteJobStore(path: database)
-            _ = try await store.submit(JobSubmission(params: #"{"length":16}"#, length: 16), owner: 0, maxQueued: 10, now: Date())
-            _ = try await store.submit(JobSubmission(params: #"{"length":16}"#, length: 16), owner: 0, maxQueued: 10, now: Date())
+            _ = try await store.submit(
+                JobSubmission(params: #"{"length":16}"#, length: 16), owner: 0, maxQueued: 10, now: Date())
+            _ = try await store.submit(
+                JobSubmission(params: #"{"length":16}"#, length: 16), owner: 0, maxQueued: 10, now: Date())
             try store.close()
         }
         let id = try await crashWhileRunning()
@@ -253,7 +314,8 @@ struct DaemonProcessTests {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(
-            directory: dir, arguments: ["--max-queued", "2", "--max-length", "1000", "--start-paused"], model: tinyPipeline())
+            directory: dir, arguments: ["--max-queued", "2", "--max-length", "1000", "--start-paused"],
+            model: tinyPipeline())
         defer { daemon.stop() }
         let ctl = binaryDirectory() + "/griditctl"
         func run(_ args: [String], socket: String? = nil) throws -> ProcessResult {
@@ -265,7 +327,9 @@ struct DaemonProcessTests {
         let job = try APICoding.decoder().decode(SubmitJobResponse.self, from: Data(first.stdout.utf8)).job
         #expect(job.spec.parameters.seed == 5 && job.length == 16)
         let second = try run(["submit", "--length", "4", "--priority", "3"])
-        #expect(second.status == 0 && second.stdout.hasPrefix("job \(job.id + 1) queued, queue position 1"), "\(second.stdout)")
+        #expect(
+            second.status == 0 && second.stdout.hasPrefix("job \(job.id + 1) queued, queue position 1"),
+            "\(second.stdout)")
 
         let full = try run(["submit", "--length", "4"])
         #expect(full.status == 75, "\(full.stderr)")
@@ -277,12 +341,18 @@ struct DaemonProcessTests {
         let unknown = try run(["jobs", "show", "99"])
         #expect(unknown.status == 65 && unknown.stderr.contains("no job 99"))
         let unknownJSON = try run(["jobs", "show", "99", "--json"])
-        #expect(try APICoding.decoder().decode(ErrorResponse.self, from: Data(unknownJSON.stdout.utf8)).error.code == .notFound)
+        #expect(
+            try APICoding.decoder().decode(ErrorResponse.self, from: Data(unknownJSON.stdout.utf8)).error.code
+                == .notFound)
         let unreachable = try run(["status"], socket: dir.file("nobody.sock"))
-        #expect(unreachable.status == 69 && unreachable.stderr.contains("cannot reach griditd"), "\(unreachable.stderr)")
+        #expect(
+            unreachable.status == 69 && unreachable.stderr.contains("cannot reach griditd"), "\(unreachable.stderr)")
 
         let list = try run(["jobs", "list", "--json"])
-        #expect(try APICoding.decoder().decode(JobList.self, from: Data(list.stdout.utf8)).jobs.map(\.id) == [job.id, job.id + 1])
+        #expect(
+            try APICoding.decoder().decode(JobList.self, from: Data(list.stdout.utf8)).jobs.map(\.id) == [
+                job.id, job.id + 1,
+            ])
         let table = try run(["jobs", "list"])
         #expect(table.stdout.hasPrefix("ID   STATE    PROGRESS"), "\(table.stdout)")
 
@@ -303,7 +373,9 @@ struct DaemonProcessTests {
         watcher.standardOutput = FileHandle.nullDevice
         try watcher.run()
         let seen = Date().addingTimeInterval(30)
-        while Date() < seen, !((try? String(contentsOfFile: watchLog, encoding: .utf8)) ?? "").contains("queued") { usleep(20_000) }
+        while Date() < seen, !((try? String(contentsOfFile: watchLog, encoding: .utf8)) ?? "").contains("queued") {
+            usleep(20_000)
+        }
         _ = try daemon.client.post("/v1/jobs/\(job.id + 1)/cancel", as: JobInfo.self)
         let ended = Date().addingTimeInterval(30)
         while watcher.isRunning && Date() < ended { usleep(20_000) }
@@ -312,7 +384,9 @@ struct DaemonProcessTests {
         watcher.waitUntilExit()
         #expect(watcher.terminationStatus == 1)
         let followed = (try? String(contentsOfFile: watchLog, encoding: .utf8)) ?? ""
-        #expect(followed.contains("job \(job.id + 1) queued (position 1)") && followed.contains("job \(job.id + 1) canceled"), "\(followed)")
+        #expect(
+            followed.contains("job \(job.id + 1) queued (position 1)")
+                && followed.contains("job \(job.id + 1) canceled"), "\(followed)")
         #expect(try run(["jobs", "retry", String(job.id + 1)]).status == 0)
 
         let status = try run(["--json", "status"])
@@ -337,7 +411,8 @@ struct DaemonProcessTests {
         defer { try? store.close() }
         var ids: [Int64] = []
         for output in outputs {
-            _ = try await store.submit(JobSubmission(params: #"{"length":4}"#, length: 4), owner: 0, maxQueued: 100, now: finishedAt)
+            _ = try await store.submit(
+                JobSubmission(params: #"{"length":4}"#, length: 4), owner: 0, maxQueued: 100, now: finishedAt)
             let claimed = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: finishedAt))
             let dir = output.name.hasPrefix("/") ? output.name : stateDir + "/outputs/" + output.name
             for (path, text) in output.files {
@@ -372,7 +447,9 @@ struct DaemonProcessTests {
         let target = dir.file("copy.png")
         try daemon.client.download("/v1/jobs/\(ids[0])/files/frames/frame_00000.png", to: target)
         #expect(try String(contentsOfFile: target, encoding: .utf8) == "png-bytes")
-        for hostile in ["link.txt", "up/secret.txt", "%2e%2e/%2e%2e/%2e%2e/secret.txt", "frames/%2e%2e/%2e%2e/job-1/sequence.json"] {
+        for hostile in [
+            "link.txt", "up/secret.txt", "%2e%2e/%2e%2e/%2e%2e/secret.txt", "frames/%2e%2e/%2e%2e/job-1/sequence.json",
+        ] {
             let answer = try rawExchange(daemon.socket, httpRequest("GET", "/v1/jobs/\(ids[0])/files/\(hostile)"))
             #expect(answer.hasPrefix("HTTP/1.1 4"), "\(hostile): \(answer.prefix(200))")
             #expect(!answer.contains("do not serve"))
@@ -397,7 +474,8 @@ struct DaemonProcessTests {
         let pruned = try APICoding.decoder().decode(PruneResponse.self, from: Data(result.stdout.utf8)).pruned
         #expect(Set(pruned.map(\.id)) == Set(ids))
         #expect(!FileManager.default.fileExists(atPath: stateDir + "/outputs/old"))
-        #expect(FileManager.default.fileExists(atPath: outside + "/keep.png"), "a path outside the output root was deleted")
+        #expect(
+            FileManager.default.fileExists(atPath: outside + "/keep.png"), "a path outside the output root was deleted")
         #expect(try daemon.client.get("/v1/jobs?owner=all", as: JobList.self).jobs.isEmpty)
         #expect(daemon.stop() == 0)
     }

@@ -2,8 +2,8 @@ import Foundation
 import GRDB
 import GriditAPI
 import GriditCLI
-import GriditJobSpec
 import GriditJobQueue
+import GriditJobSpec
 import GriditStateDatabase
 import GriditTestSupport
 import Testing
@@ -11,7 +11,7 @@ import Testing
 // griditd with its engine and model store, as users run it: the real binaries, a real database
 // file, a real socket, the tiny random-weight pipeline (a job takes a second or two).
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// Polls `GET /v1/jobs/{id}` until `done` holds (or fails after `timeout`).
@@ -103,7 +103,9 @@ struct EngineProcessTests {
             let restarted = try DaemonProcess(directory: dir, arguments: Self.arguments)
             let job = try waitForJob(restarted, id)
             #expect(job.state == .succeeded, "\(point): \(job)")
-            #expect(job.crashCount == 0 && job.attempt == 1, "\(point): griditd's death counts no crash, no attempt: \(job)")
+            #expect(
+                job.crashCount == 0 && job.attempt == 1, "\(point): griditd's death counts no crash, no attempt: \(job)"
+            )
             #expect(
                 try frameDigests(try #require(job.outputDir)) == expected,
                 "\(point): frames differ from the uninterrupted run")
@@ -214,7 +216,9 @@ struct EngineProcessTests {
         #expect(poison.state == .dead && poison.crashCount == 2, "\(poison)")
         #expect(poison.errorMessage?.contains("crashed or stalled its worker 2 times") == true)
         // abort() raises SIGABRT; Swift's backtracer may end the process with SIGILL after printing.
-        #expect(poison.errorMessage?.contains("the engine crashed (its worker was killed by SIG") == true, "\(poison.errorMessage ?? "")")
+        #expect(
+            poison.errorMessage?.contains("the engine crashed (its worker was killed by SIG") == true,
+            "\(poison.errorMessage ?? "")")
         let next = try waitForJob(daemon, 2)
         #expect(next.state == .succeeded && next.crashCount == 1, "crashed once with job 1, then ran alone: \(next)")
         let status = try daemon.client.get("/v1/status", as: DaemonStatus.self)

@@ -1,15 +1,17 @@
 // The attacks of issue 16 on the real binaries, as regression tests: memory kept per status call,
 // hostile numbers, slow clients, reused job ids and output folders, state files others can read,
 // a corrupt store that `models verify` called healthy.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import GriditCLI
 import GriditJobSpec
 import GriditTestSupport
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Resident memory of a process in KiB.
 func residentKB(_ pid: Int32) -> Int {
@@ -95,7 +97,9 @@ struct HardeningProcessTests {
             let answer = try rawExchange(daemon.socket, httpRequest("POST", "/v1/jobs/prune", body: body))
             #expect(parseAnswer(answer).status == 200, "\(answer.prefix(300))")
         }
-        for body in [#"{"length": 4, "priority": -9223372036854775808}"#, #"{"length": 4, "parameters": {"eta": 1e999}}"#] {
+        for body in [
+            #"{"length": 4, "priority": -9223372036854775808}"#, #"{"length": 4, "parameters": {"eta": 1e999}}"#,
+        ] {
             let answer = try rawExchange(daemon.socket, httpRequest("POST", "/v1/jobs", body: body))
             #expect(parseAnswer(answer).status == 400, "\(body): \(answer.prefix(300))")
         }
@@ -110,7 +114,8 @@ struct HardeningProcessTests {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(
-            directory: dir, arguments: ["--header-timeout", "1", "--body-timeout", "1", "--idle-timeout", "2", "--start-paused"])
+            directory: dir,
+            arguments: ["--header-timeout", "1", "--body-timeout", "1", "--idle-timeout", "2", "--start-paused"])
         defer { daemon.stop() }
         // Half a head, then nothing (slowloris): closed without an answer. (Each exchange waits up
         // to 60 s; griditd must hang up long before.)
@@ -142,7 +147,8 @@ struct HardeningProcessTests {
         try waitForJob(daemon, first.id)
         // A user names an output after the next job's automatic folder, to make that job fail.
         let squatter = try client.post(
-            "/v1/jobs", SubmitJobRequest(spec: JobSpec(length: 4, output: "job-\(first.id + 2)")), as: SubmitJobResponse.self
+            "/v1/jobs", SubmitJobRequest(spec: JobSpec(length: 4, output: "job-\(first.id + 2)")),
+            as: SubmitJobResponse.self
         ).job
         #expect(try waitForJob(daemon, squatter.id).state == .succeeded)
         let victim = try client.post("/v1/jobs", SubmitJobRequest(length: 4), as: SubmitJobResponse.self).job
@@ -150,7 +156,9 @@ struct HardeningProcessTests {
         let done = try waitForJob(daemon, victim.id)
         #expect(done.state == .succeeded, "\(done.errorMessage ?? "")")
         #expect(done.outputDir == daemon.stateDir + "/outputs/job-\(victim.id)")
-        let named = try client.post("/v1/jobs", SubmitJobRequest(spec: JobSpec(length: 4, output: "mine/run-1")), as: SubmitJobResponse.self).job
+        let named = try client.post(
+            "/v1/jobs", SubmitJobRequest(spec: JobSpec(length: 4, output: "mine/run-1")), as: SubmitJobResponse.self
+        ).job
         #expect(try waitForJob(daemon, named.id).outputDir == daemon.stateDir + "/outputs/named/\(getuid())/mine/run-1")
 
         let pruned = try Self.griditctl(["jobs", "prune", "--older-than", "0s"], socket: daemon.socket)
@@ -194,10 +202,13 @@ struct HardeningProcessTests {
         let clean = try Self.griditctl(["models", "verify", "--all"], socket: daemon.socket)
         #expect(clean.status == 0, "\(clean.stderr)")
         let blobs = daemon.stateDir + "/blobs/sha256"
-        let largest = try #require(entries(blobs).max { a, b in
-            let size = { (name: String) in (try? FileManager.default.attributesOfItem(atPath: blobs + "/" + name)[.size] as? Int) ?? 0 }
-            return size(a) < size(b)
-        })
+        let largest = try #require(
+            entries(blobs).max { a, b in
+                let size = { (name: String) in
+                    (try? FileManager.default.attributesOfItem(atPath: blobs + "/" + name)[.size] as? Int) ?? 0
+                }
+                return size(a) < size(b)
+            })
         let handle = try #require(FileHandle(forUpdatingAtPath: blobs + "/" + largest))
         try handle.seek(toOffset: 200)
         try handle.write(contentsOf: Data([0xFF, 0x00, 0xFF]))

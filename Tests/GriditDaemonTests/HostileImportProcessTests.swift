@@ -1,13 +1,15 @@
 // Hostile files handed to a real griditd over its socket, leftovers of a killed one, and
 // `griditctl models verify` on a corrupt store. The FIFO case hung griditd's worker threads
 // before: a liveness bound of runProcess (not a timing assertion) turns a hang into a failure.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import GriditTestSupport
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("griditd and hostile files", .serialized)
 struct HostileImportProcessTests {
@@ -44,7 +46,9 @@ struct HostileImportProcessTests {
 
     @Test(
         "a member's import cannot read root's private files: not directly, not through a link, not by an absolute path",
-        .enabled(if: PeerCredentialTests.canSwitchUsers, "needs root, /usr/bin/setpriv, a 'users' group and a Swift runtime other uids can load"))
+        .enabled(
+            if: PeerCredentialTests.canSwitchUsers,
+            "needs root, /usr/bin/setpriv, a 'users' group and a Swift runtime other uids can load"))
     func otherUsersFiles() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
@@ -114,7 +118,9 @@ struct HostileImportProcessTests {
         #expect(symlink(dir.file("elsewhere"), link) == 0)
 
         let daemon = try DaemonProcess(directory: dir)
-        for gone in [partial, nested, export] { #expect(!FileManager.default.fileExists(atPath: gone), "\(gone) is left") }
+        for gone in [partial, nested, export] {
+            #expect(!FileManager.default.fileExists(atPath: gone), "\(gone) is left")
+        }
         for file in kept { #expect(FileManager.default.fileExists(atPath: file), "\(file) was removed") }
         #expect(FileManager.default.fileExists(atPath: link), "a link is not griditd's folder")
         #expect(daemon.log.contains("leftover"), "\(daemon.log)")

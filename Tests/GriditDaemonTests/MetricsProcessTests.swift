@@ -1,14 +1,16 @@
 // GET /metrics, /healthz and /readyz with the real binaries, database and socket, and the
 // optional TCP listener (issue 17, metrics and health). The scrape is parsed as Prometheus text.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import GriditCLI
 import GriditJobSpec
 import GriditTestSupport
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One sample of a Prometheus text exposition.
 struct Sample: Hashable {
@@ -48,7 +50,9 @@ func parsePrometheus(_ text: String) throws -> [Sample] {
         }
         guard rest.first == " " else { throw TestFailure("no value in '\(line)'") }
         let text = rest.dropFirst().split(separator: " ").first.map(String.init) ?? ""
-        guard let value = text == "+Inf" ? Double.infinity : Double(text) else { throw TestFailure("bad value in '\(line)'") }
+        guard let value = text == "+Inf" ? Double.infinity : Double(text) else {
+            throw TestFailure("bad value in '\(line)'")
+        }
         samples.append(Sample(name: String(name), labels: labels, value: value))
     }
     return samples
@@ -64,7 +68,9 @@ func tcpGet(port: Int, _ path: String) throws -> String {
     address.sin_port = in_port_t(UInt16(port).bigEndian)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
     let connected = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+        }
     }
     guard connected == 0 else { throw TestFailure("connect to port \(port): \(String(cString: strerror(errno)))") }
     let request = Array(httpRequest("GET", path))
@@ -85,13 +91,19 @@ struct MetricsProcessTests {
         answer.range(of: "\r\n\r\n").map { String(answer[$0.upperBound...]) } ?? ""
     }
 
-    @Test("a scrape after a job: queue depth, jobs started and finished, durations, frames, models, requests; health and readiness")
+    @Test(
+        "a scrape after a job: queue depth, jobs started and finished, durations, frames, models, requests; health and readiness"
+    )
     func scrape() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
-        let daemon = try DaemonProcess(directory: dir, arguments: ["--metrics-listen", "127.0.0.1:0"], model: tinyPipeline())
+        let daemon = try DaemonProcess(
+            directory: dir, arguments: ["--metrics-listen", "127.0.0.1:0"], model: tinyPipeline())
         defer { daemon.stop() }
-        let id = try daemon.client.post("/v1/jobs", SubmitJobRequest(spec: JobSpec(length: 8, parameters: .init(seed: 5))), as: SubmitJobResponse.self).job.id
+        let id = try daemon.client.post(
+            "/v1/jobs", SubmitJobRequest(spec: JobSpec(length: 8, parameters: .init(seed: 5))),
+            as: SubmitJobResponse.self
+        ).job.id
         #expect(try waitForJob(daemon, id).state == .succeeded)
         _ = try? daemon.client.get("/v1/jobs/999", as: JobInfo.self)  // a 404 to count
 
@@ -100,7 +112,8 @@ struct MetricsProcessTests {
         #expect(answer.contains("Content-Type: text/plain; version=0.0.4"))
         let samples = try parsePrometheus(Self.body(answer))
         func value(_ name: String, _ labels: [String: String] = [:]) -> Double? {
-            samples.first { sample in sample.name == name && labels.allSatisfy { sample.labels[$0.key] == $0.value } }?.value
+            samples.first { sample in sample.name == name && labels.allSatisfy { sample.labels[$0.key] == $0.value } }?
+                .value
         }
         #expect(value("gridit_jobs", ["state": "succeeded"]) == 1)
         #expect(value("gridit_jobs", ["state": "queued"]) == 0)
@@ -115,7 +128,9 @@ struct MetricsProcessTests {
         #expect(value("gridit_models_loaded") == 1)
         #expect(value("gridit_model_resident_bytes", ["model": "tiny:latest"]) != nil)
         #expect(value("gridit_lease_renewals_total") != nil && value("gridit_lease_losses_total") == 0)
-        #expect((value("gridit_http_requests_total", ["route": "/v1/jobs/{id}", "method": "GET", "status": "200"]) ?? 0) >= 1)
+        #expect(
+            (value("gridit_http_requests_total", ["route": "/v1/jobs/{id}", "method": "GET", "status": "200"]) ?? 0)
+                >= 1)
         #expect(value("gridit_http_requests_total", ["route": "/v1/jobs/{id}", "method": "GET", "status": "404"]) == 1)
         #expect(value("gridit_http_requests_total", ["route": "/v1/jobs", "method": "POST", "status": "201"]) == 1)
         #expect(value("gridit_ready") == 1 && value("gridit_queue_paused") == 0)
@@ -151,7 +166,8 @@ struct MetricsProcessTests {
         defer { daemon.stop() }
         #expect(!daemon.log.contains("metrics listener"))
         let answer = try rawExchange(daemon.socket, httpRequest("GET", "/metrics"))
-        #expect(try parsePrometheus(Self.body(answer)).contains { $0.name == "gridit_jobs_started_total" && $0.value == 0 })
+        #expect(
+            try parsePrometheus(Self.body(answer)).contains { $0.name == "gridit_jobs_started_total" && $0.value == 0 })
         #expect(daemon.stop() == 0)
     }
 }

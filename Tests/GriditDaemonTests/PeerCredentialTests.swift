@@ -2,15 +2,17 @@
 // root here with `--group users --admin-group root`: the socket is 0666 root:users, griditd
 // refuses everyone outside both groups, members of `users` submit and manage their own jobs
 // within their limits, members of `root` (the admin group here) do everything.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import GriditCLI
 import GriditJobSpec
 import GriditTestSupport
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("peer credentials", .serialized)
 struct PeerCredentialTests {
@@ -19,11 +21,13 @@ struct PeerCredentialTests {
     /// (and says why).
     static let canSwitchUsers: Bool = {
         guard getuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"), getgrnam("users") != nil,
-              let dir = try? TemporaryDirectory()
+            let dir = try? TemporaryDirectory()
         else { return false }
         defer { dir.remove() }
         guard let client = try? installClient(in: dir),
-              let probe = try? runProcess("/usr/bin/setpriv", ["--reuid=40001", "--regid=\(usersGID)", "--clear-groups", "--", client, "--version"])
+            let probe = try? runProcess(
+                "/usr/bin/setpriv",
+                ["--reuid=40001", "--regid=\(usersGID)", "--clear-groups", "--", client, "--version"])
         else { return false }
         return probe.status == 0
     }()
@@ -39,21 +43,28 @@ struct PeerCredentialTests {
     }
 
     /// Runs griditctl as `uid` with primary group `gid` and no supplementary groups.
-    static func griditctl(_ client: String, uid: uid_t, gid: gid_t, _ arguments: [String], socket: String) throws -> ProcessResult {
+    static func griditctl(
+        _ client: String, uid: uid_t, gid: gid_t, _ arguments: [String], socket: String
+    ) throws -> ProcessResult {
         try runProcess(
             "/usr/bin/setpriv",
-            ["--reuid=\(uid)", "--regid=\(gid)", "--clear-groups", "--", client] + arguments + ["--socket", socket, "--json"],
+            ["--reuid=\(uid)", "--regid=\(gid)", "--clear-groups", "--", client] + arguments + [
+                "--socket", socket, "--json",
+            ],
             environment: ["PATH": "/usr/bin:/bin", "HOME": "/tmp"])
     }
 
     @Test(
         "a caller outside the groups is refused; a member cannot cancel another member's job",
-        .enabled(if: canSwitchUsers, "needs root, /usr/bin/setpriv, a 'users' group and a Swift runtime other uids can load"))
+        .enabled(
+            if: canSwitchUsers, "needs root, /usr/bin/setpriv, a 'users' group and a Swift runtime other uids can load")
+    )
     func authorization() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(
-            directory: dir, arguments: ["--group", "users", "--admin-group", "root", "--start-paused"], model: tinyPipeline())
+            directory: dir, arguments: ["--group", "users", "--admin-group", "root", "--start-paused"],
+            model: tinyPipeline())
         defer { daemon.stop() }
         let client = try Self.installClient(in: dir)
         var st = stat()
@@ -62,7 +73,8 @@ struct PeerCredentialTests {
         #expect(st.st_gid == Self.usersGID)
 
         let alice: uid_t = 40_001, bob: uid_t = 40_002, mallory: uid_t = 40_003
-        let submitted = try Self.griditctl(client, uid: alice, gid: Self.usersGID, ["submit", "--length", "4"], socket: daemon.socket)
+        let submitted = try Self.griditctl(
+            client, uid: alice, gid: Self.usersGID, ["submit", "--length", "4"], socket: daemon.socket)
         #expect(submitted.status == 0, "\(submitted.stderr)")
         let job = try APICoding.decoder().decode(SubmitJobResponse.self, from: Data(submitted.stdout.utf8)).job
         #expect(job.ownerUID == alice)
@@ -73,31 +85,40 @@ struct PeerCredentialTests {
         #expect(outsider.stderr.contains("uid \(mallory) is not a member of the group 'users'"), "\(outsider.stderr)")
 
         // Another member: may not cancel, see or retry alice's job, nor pause the queue.
-        let cancel = try Self.griditctl(client, uid: bob, gid: Self.usersGID, ["jobs", "cancel", String(job.id)], socket: daemon.socket)
+        let cancel = try Self.griditctl(
+            client, uid: bob, gid: Self.usersGID, ["jobs", "cancel", String(job.id)], socket: daemon.socket)
         #expect(cancel.status == 77, "\(cancel.stderr)")
         #expect(cancel.stderr.contains("uid \(bob) may not cancel job \(job.id), which belongs to uid \(alice)"))
-        let show = try Self.griditctl(client, uid: bob, gid: Self.usersGID, ["jobs", "show", String(job.id)], socket: daemon.socket)
+        let show = try Self.griditctl(
+            client, uid: bob, gid: Self.usersGID, ["jobs", "show", String(job.id)], socket: daemon.socket)
         #expect(show.status == 77)
         let pause = try Self.griditctl(client, uid: bob, gid: Self.usersGID, ["queue", "pause"], socket: daemon.socket)
         #expect(pause.status == 77)
         #expect(pause.stderr.contains("needs root or a member of the group 'root'"))
-        let bobsList = try Self.griditctl(client, uid: bob, gid: Self.usersGID, ["jobs", "list"], socket: daemon.socket)
+        let bobsList = try Self.griditctl(
+            client, uid: bob, gid: Self.usersGID, ["jobs", "list"], socket: daemon.socket)
         #expect(try APICoding.decoder().decode(JobList.self, from: Data(bobsList.stdout.utf8)).jobs.isEmpty)
         #expect(try daemon.client.get("/v1/jobs/\(job.id)", as: JobInfo.self).state == .queued)
 
         // Members read the model store but may not change it.
-        let models = try Self.griditctl(client, uid: bob, gid: Self.usersGID, ["models", "list"], socket: daemon.socket)
+        let models = try Self.griditctl(
+            client, uid: bob, gid: Self.usersGID, ["models", "list"], socket: daemon.socket)
         #expect(models.status == 0 && models.stdout.contains("tiny"), "\(models.stderr)")
-        for command in [["models", "rm", "tiny:latest"], ["models", "gc"], ["models", "tag", "tiny:latest", "tiny:mine"],
-                        ["models", "import", tinyPipeline(), "--name", "evil:v1"]] {
+        for command in [
+            ["models", "rm", "tiny:latest"], ["models", "gc"], ["models", "tag", "tiny:latest", "tiny:mine"],
+            ["models", "import", tinyPipeline(), "--name", "evil:v1"],
+        ] {
             let refused = try Self.griditctl(client, uid: bob, gid: Self.usersGID, command, socket: daemon.socket)
             #expect(refused.status == 77, "\(command): \(refused.stderr)")
             #expect(refused.stderr.contains("may not run `models \(command[1])`"), "\(refused.stderr)")
         }
-        #expect(try daemon.client.get("/v1/models/tiny:latest", as: ModelShowEnvelope.self).result.digest == job.pipelineDigest)
+        #expect(
+            try daemon.client.get("/v1/models/tiny:latest", as: ModelShowEnvelope.self).result.digest
+                == job.pipelineDigest)
 
         // The owner may.
-        let own = try Self.griditctl(client, uid: alice, gid: Self.usersGID, ["jobs", "cancel", String(job.id)], socket: daemon.socket)
+        let own = try Self.griditctl(
+            client, uid: alice, gid: Self.usersGID, ["jobs", "cancel", String(job.id)], socket: daemon.socket)
         #expect(own.status == 0, "\(own.stderr)")
         #expect(try APICoding.decoder().decode(JobInfo.self, from: Data(own.stdout.utf8)).state == .canceled)
 
@@ -129,7 +150,8 @@ struct PerUserLimitTests {
         defer { daemon.stop() }
         let client = try PeerCredentialTests.installClient(in: dir)
         // uid 40010 with the admin group (root, gid 0) and not `users`: a 0660 socket shut it out.
-        let pause = try PeerCredentialTests.griditctl(client, uid: 40_010, gid: 0, ["queue", "pause"], socket: daemon.socket)
+        let pause = try PeerCredentialTests.griditctl(
+            client, uid: 40_010, gid: 0, ["queue", "pause"], socket: daemon.socket)
         #expect(pause.status == 0, "\(pause.stderr)")
         #expect(try daemon.client.get("/v1/queue", as: QueueStatus.self).paused)
         let doctor = try PeerCredentialTests.griditctl(client, uid: 40_010, gid: 0, ["doctor"], socket: daemon.socket)
@@ -147,30 +169,40 @@ struct PerUserLimitTests {
         let daemon = try DaemonProcess(
             directory: dir,
             arguments: [
-                "--group", "users", "--admin-group", "root", "--max-queued-per-user", "2", "--max-work-per-user", "0.01s",
+                "--group", "users", "--admin-group", "root", "--max-queued-per-user", "2", "--max-work-per-user",
+                "0.01s",
                 "--member-priority-max", "5", "--start-paused",
             ],
             model: tinyPipeline())
         defer { daemon.stop() }
         let client = try PeerCredentialTests.installClient(in: dir)
         func alice(_ arguments: [String]) throws -> ProcessResult {
-            try PeerCredentialTests.griditctl(client, uid: Self.alice, gid: Self.users, ["submit", "--length", "4"] + arguments, socket: daemon.socket)
+            try PeerCredentialTests.griditctl(
+                client, uid: Self.alice, gid: Self.users, ["submit", "--length", "4"] + arguments, socket: daemon.socket
+            )
         }
         let costly = try alice(["--steps", "1000", "--sr-steps", "1000"])
         #expect(costly.status == 75, "\(costly.stderr)")
-        #expect(costly.stderr.contains("estimated compute") && costly.stderr.contains("--max-work-per-user"), "\(costly.stderr)")
+        #expect(
+            costly.stderr.contains("estimated compute") && costly.stderr.contains("--max-work-per-user"),
+            "\(costly.stderr)")
         let urgent = try alice(["--priority", "6"])
         #expect(urgent.status == 77 && urgent.stderr.contains("--member-priority-max"), "\(urgent.stderr)")
         #expect(try alice(["--priority", "5"]).status == 0)
         #expect(try alice([]).status == 0)
         let third = try alice([])
         #expect(third.status == 75, "\(third.stderr)")
-        #expect(third.stderr.contains("has 2 jobs queued or running") && third.stderr.contains("--max-queued-per-user"), "\(third.stderr)")
+        #expect(
+            third.stderr.contains("has 2 jobs queued or running") && third.stderr.contains("--max-queued-per-user"),
+            "\(third.stderr)")
         // Another member has a share of their own; root is bound by the queue's size alone.
-        let bob = try PeerCredentialTests.griditctl(client, uid: Self.bob, gid: Self.users, ["submit", "--length", "4"], socket: daemon.socket)
+        let bob = try PeerCredentialTests.griditctl(
+            client, uid: Self.bob, gid: Self.users, ["submit", "--length", "4"], socket: daemon.socket)
         #expect(bob.status == 0, "\(bob.stderr)")
         let root = try daemon.client.post(
-            "/v1/jobs", SubmitJobRequest(spec: JobSpec(length: 4, parameters: .init(steps: "1000", srSteps: "1000")), priority: 1000),
+            "/v1/jobs",
+            SubmitJobRequest(
+                spec: JobSpec(length: 4, parameters: .init(steps: "1000", srSteps: "1000")), priority: 1000),
             as: SubmitJobResponse.self)
         #expect(root.job.queuePosition == 1)
         #expect(daemon.stop() == 0)
@@ -178,15 +210,17 @@ struct PerUserLimitTests {
 
     @Test(
         "idle connections: a user holds at most its share, users never take the admins' reserve",
-        .enabled(if: PeerCredentialTests.canSwitchUsers && FileManager.default.isExecutableFile(atPath: "/usr/bin/perl"),
-                 "needs root, /usr/bin/setpriv, a 'users' group and perl"))
+        .enabled(
+            if: PeerCredentialTests.canSwitchUsers && FileManager.default.isExecutableFile(atPath: "/usr/bin/perl"),
+            "needs root, /usr/bin/setpriv, a 'users' group and perl"))
     func connectionLimits() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(
             directory: dir,
             arguments: [
-                "--group", "users", "--admin-group", "root", "--max-connections", "12", "--max-connections-per-user", "4",
+                "--group", "users", "--admin-group", "root", "--max-connections", "12", "--max-connections-per-user",
+                "4",
                 "--admin-connections", "4", "--header-timeout", "600",
             ])
         defer { daemon.stop() }
@@ -208,13 +242,18 @@ struct PerUserLimitTests {
             chmod(output, 0o666)
             let p = Process()
             p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-            p.arguments = ["--reuid=\(uid)", "--regid=\(Self.users)", "--clear-groups", "--", "/usr/bin/perl", script, daemon.socket, "10", output]
+            p.arguments = [
+                "--reuid=\(uid)", "--regid=\(Self.users)", "--clear-groups", "--", "/usr/bin/perl", script,
+                daemon.socket, "10", output,
+            ]
             try p.run()
             holders.append((p, output))
             let deadline = Date().addingTimeInterval(60)
             while true {
                 let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
-                if text.components(separatedBy: "\n").filter({ $0.hasPrefix("closed 503") }).count >= refused { return text }
+                if text.components(separatedBy: "\n").filter({ $0.hasPrefix("closed 503") }).count >= refused {
+                    return text
+                }
                 guard Date() < deadline, p.isRunning else { throw TestFailure("holder \(uid): \(text)") }
                 usleep(20_000)
             }
@@ -226,15 +265,18 @@ struct PerUserLimitTests {
         let carol = try hold(Self.carol, refusedAtLeast: 10)
         #expect(carol.contains("kept for root and the group 'root'"), "\(carol)")
         #expect(try daemon.client.get("/v1/version", as: VersionInfo.self).version == griditVersion)
-        let dave = try PeerCredentialTests.griditctl(client, uid: Self.dave, gid: Self.users, ["status"], socket: daemon.socket)
+        let dave = try PeerCredentialTests.griditctl(
+            client, uid: Self.dave, gid: Self.users, ["status"], socket: daemon.socket)
         #expect(dave.status == 75 && dave.stderr.contains("retry shortly"), "\(dave.stderr)")
         for (p, _) in holders { stop(p) }
         // Their connections closed, users get in again.
         let deadline = Date().addingTimeInterval(60)
-        var again = try PeerCredentialTests.griditctl(client, uid: Self.dave, gid: Self.users, ["status"], socket: daemon.socket)
+        var again = try PeerCredentialTests.griditctl(
+            client, uid: Self.dave, gid: Self.users, ["status"], socket: daemon.socket)
         while again.status != 0 && Date() < deadline {
             usleep(100_000)
-            again = try PeerCredentialTests.griditctl(client, uid: Self.dave, gid: Self.users, ["status"], socket: daemon.socket)
+            again = try PeerCredentialTests.griditctl(
+                client, uid: Self.dave, gid: Self.users, ["status"], socket: daemon.socket)
         }
         #expect(again.status == 0, "\(again.stderr)")
         #expect(daemon.stop() == 0)

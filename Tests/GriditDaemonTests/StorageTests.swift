@@ -2,15 +2,17 @@
 // database, and a database deleted or replaced under griditd. Small filesystems are tmpfs
 // mounts where this machine allows them (root with CAP_SYS_ADMIN); elsewhere the injected
 // free-space fault covers what it can.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import GriditCLI
 import GriditJobSpec
 import GriditTestSupport
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A tmpfs of `size` on `path` (created); false where this machine cannot mount one.
 func mountTmpfs(_ path: String, size: String) -> Bool {
@@ -46,14 +48,18 @@ func fill(_ directory: String, leaving: Int64 = 0) -> String {
     return path
 }
 
-func status(_ daemon: DaemonProcess) throws -> DaemonStatus { try daemon.client.get("/v1/status", as: DaemonStatus.self) }
+func status(_ daemon: DaemonProcess) throws -> DaemonStatus {
+    try daemon.client.get("/v1/status", as: DaemonStatus.self)
+}
 
 /// Polls `condition` until it holds (or fails after `timeout`).
 func waitUntil(_ what: String, _ daemon: DaemonProcess, timeout: Double = 120, _ condition: () throws -> Bool) throws {
     let deadline = Date().addingTimeInterval(timeout)
     while Date() < deadline {
         if (try? condition()) == true { return }
-        guard daemon.process.isRunning else { throw TestFailure("griditd exited while waiting until \(what):\n\(daemon.log)") }
+        guard daemon.process.isRunning else {
+            throw TestFailure("griditd exited while waiting until \(what):\n\(daemon.log)")
+        }
         usleep(50_000)
     }
     throw TestFailure("timed out waiting until \(what)\n\(daemon.log)")
@@ -61,7 +67,9 @@ func waitUntil(_ what: String, _ daemon: DaemonProcess, timeout: Double = 120, _
 
 @Suite("griditd and its storage", .serialized)
 struct StorageTests {
-    @Test("low disk space: a job waits queued without using attempts, status and jobs show say why; it runs once there is room")
+    @Test(
+        "low disk space: a job waits queued without using attempts, status and jobs show say why; it runs once there is room"
+    )
     func waitsForSpace() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
@@ -82,7 +90,8 @@ struct StorageTests {
         #expect(waiting.waitingFor?.hasPrefix("waiting for disk space: ") == true, "\(waiting)")
         #expect(waiting.waitingFor?.contains("need 42 MB in \(daemon.stateDir)") == true, "\(waiting)")
         #expect(try status(daemon).notices.map(\.code) == [.waitingForDisk])
-        let show = try runProcess(binaryDirectory() + "/griditctl", ["jobs", "show", "\(id)", "--socket", daemon.socket])
+        let show = try runProcess(
+            binaryDirectory() + "/griditctl", ["jobs", "show", "\(id)", "--socket", daemon.socket])
         #expect(show.stdout.contains("Waiting for") && show.stdout.contains("waiting for disk space"), "\(show.stdout)")
         let text = try runProcess(binaryDirectory() + "/griditctl", ["status", "--socket", daemon.socket])
         #expect(text.stdout.contains("NOTE:       waiting for disk space"), "\(text.stdout)")
@@ -96,7 +105,9 @@ struct StorageTests {
         #expect(daemon.stop() == 0)
     }
 
-    @Test("the database's filesystem fills up under a running job: it is classified or handed back, never left running; pause, cancel and status work; it completes once there is room")
+    @Test(
+        "the database's filesystem fills up under a running job: it is classified or handed back, never left running; pause, cancel and status work; it completes once there is room"
+    )
     func fullDiskUnderTheDatabase() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
@@ -104,9 +115,11 @@ struct StorageTests {
         guard mountTmpfs(state, size: "64m") else { return }  // SQLite's ENOSPC needs a real full filesystem
         defer { unmount(state) }
         let daemon = try DaemonProcess(
-            directory: dir, arguments: ["--max-batch", "4", "--min-free", "1M", "--db-reserve", "8M"], model: tinyPipeline())
+            directory: dir, arguments: ["--max-batch", "4", "--min-free", "1M", "--db-reserve", "8M"],
+            model: tinyPipeline())
         let long = try daemon.client.post(
-            "/v1/jobs", SubmitJobRequest(spec: JobSpec(length: 1000, parameters: .init(seed: 1))), as: SubmitJobResponse.self
+            "/v1/jobs", SubmitJobRequest(spec: JobSpec(length: 1000, parameters: .init(seed: 1))),
+            as: SubmitJobResponse.self
         ).job.id
         // Another priority: not batched with the long job, it waits behind it.
         let waiting = try daemon.client.post(
@@ -130,27 +143,37 @@ struct StorageTests {
         try FileManager.default.removeItem(atPath: filler)
         let done = try waitForJob(daemon, long, timeout: 300)
         #expect(done.state == .succeeded && done.crashCount == 0, "\(done)")
-        try waitUntil("the reserve is made again", daemon) { FileManager.default.fileExists(atPath: state + "/jobs.sqlite.reserve") }
+        try waitUntil("the reserve is made again", daemon) {
+            FileManager.default.fileExists(atPath: state + "/jobs.sqlite.reserve")
+        }
         #expect(daemon.stop() == 0)
     }
 
-    @Test("the database deleted under a running griditd: nothing more starts, changes are refused, status says why; a restart refuses until --init")
+    @Test(
+        "the database deleted under a running griditd: nothing more starts, changes are refused, status says why; a restart refuses until --init"
+    )
     func databaseDeletedWhileRunning() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, arguments: ["--start-paused"], model: tinyPipeline())
         let id = try daemon.client.post("/v1/jobs", SubmitJobRequest(length: 8), as: SubmitJobResponse.self).job.id
         #expect(unlink(daemon.stateDir + "/jobs.sqlite") == 0)
-        try waitUntil("status reports the lost database", daemon) { try status(daemon).notices.map(\.code) == [.databaseLost] }
+        try waitUntil("status reports the lost database", daemon) {
+            try status(daemon).notices.map(\.code) == [.databaseLost]
+        }
         let notice = try #require(try status(daemon).notices.first)
-        #expect(notice.message.contains("was deleted while griditd ran") && notice.message.contains("--init"), "\(notice.message)")
+        #expect(
+            notice.message.contains("was deleted while griditd ran") && notice.message.contains("--init"),
+            "\(notice.message)")
         // Writes would be acknowledged and lost: refused, with the reason.
         let ctl = binaryDirectory() + "/griditctl"
         let submit = try runProcess(ctl, ["submit", "--length", "8", "--socket", daemon.socket])
         #expect(submit.status == 75 && submit.stderr.contains("was deleted"), "\(submit.stderr)")
         let resume = try runProcess(ctl, ["queue", "resume", "--socket", daemon.socket])
         #expect(resume.status == 75, "\(resume.stderr)")
-        try waitUntil("the log says it, loudly", daemon) { daemon.log.contains("critical gridit.daemon: no job starts: the job database") }
+        try waitUntil("the log says it, loudly", daemon) {
+            daemon.log.contains("critical gridit.daemon: no job starts: the job database")
+        }
         #expect(try daemon.client.get("/v1/jobs/\(id)", as: JobInfo.self).state == .queued)
         #expect(daemon.stop() == 0)
 
@@ -158,7 +181,9 @@ struct StorageTests {
         let refused = try runProcess(
             binaryDirectory() + "/griditd", ["serve", "--state-dir", daemon.stateDir, "--socket", daemon.socket])
         #expect(refused.status == 78, "\(refused.stderr)")
-        #expect(refused.stderr.contains("jobs.sqlite is missing") && refused.stderr.contains("griditd serve --init"), "\(refused.stderr)")
+        #expect(
+            refused.stderr.contains("jobs.sqlite is missing") && refused.stderr.contains("griditd serve --init"),
+            "\(refused.stderr)")
         let fresh = try DaemonProcess(directory: dir, arguments: ["--init"])
         #expect(try fresh.client.get("/v1/jobs?owner=all", as: JobList.self).jobs.isEmpty)
         #expect(fresh.log.contains("new, empty job database"), "\(fresh.log)")
@@ -172,7 +197,9 @@ struct StorageTests {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, arguments: ["--start-paused"], model: tinyPipeline())
-        for _ in 0..<3 { _ = try daemon.client.post("/v1/jobs", SubmitJobRequest(length: 8), as: SubmitJobResponse.self) }
+        for _ in 0..<3 {
+            _ = try daemon.client.post("/v1/jobs", SubmitJobRequest(length: 8), as: SubmitJobResponse.self)
+        }
         kill(daemon.pid, SIGKILL)
         daemon.process.waitUntilExit()
         #expect(unlink(daemon.stateDir + "/jobs.sqlite-wal") == 0)

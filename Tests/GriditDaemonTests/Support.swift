@@ -1,11 +1,12 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import GriditAPI
 import GriditCLI
 import GriditTestSupport
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A real griditd process on a state directory and socket of its own.
 final class DaemonProcess: @unchecked Sendable {
@@ -33,7 +34,8 @@ final class DaemonProcess: @unchecked Sendable {
             guard imported.status == 0 else { throw TestFailure("importing \(model): \(imported.stderr)") }
         }
         process.executableURL = URL(fileURLWithPath: binaryDirectory() + "/griditd")
-        process.arguments = ["serve"] + (stateDirFlag ? ["--state-dir", stateDir] : []) + ["--socket", socket] + arguments
+        process.arguments =
+            ["serve"] + (stateDirFlag ? ["--state-dir", stateDir] : []) + ["--socket", socket] + arguments
         var env = ProcessInfo.processInfo.environment
         env.removeValue(forKey: "NOTIFY_SOCKET")
         env.removeValue(forKey: "LISTEN_FDS")
@@ -55,7 +57,9 @@ final class DaemonProcess: @unchecked Sendable {
     private func waitUntilReady() throws {
         let deadline = Date().addingTimeInterval(60)
         while Date() < deadline {
-            if !process.isRunning { throw TestFailure("griditd exited (\(process.terminationStatus)) before listening:\n\(log)") }
+            if !process.isRunning {
+                throw TestFailure("griditd exited (\(process.terminationStatus)) before listening:\n\(log)")
+            }
             if (try? client.get("/v1/version", as: VersionInfo.self)) != nil { return }
             usleep(20_000)
         }
@@ -77,7 +81,12 @@ final class DaemonProcess: @unchecked Sendable {
         return process.terminationStatus
     }
 
-    deinit { if process.isRunning { kill(pid, SIGKILL); process.waitUntilExit() } }
+    deinit {
+        if process.isRunning {
+            kill(pid, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
 }
 
 /// Sends raw bytes on a fresh connection and returns everything the server answers before
@@ -93,12 +102,16 @@ func exchange(
     let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw TestFailure("socket()") }
     defer { close(fd) }
-    guard UnixSocket.connect(fd, to: socketPath) else { throw TestFailure("connect \(socketPath): \(String(cString: strerror(errno)))") }
+    guard UnixSocket.connect(fd, to: socketPath) else {
+        throw TestFailure("connect \(socketPath): \(String(cString: strerror(errno)))")
+    }
     var tv = timeval(tv_sec: timeout, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     var offset = 0
     while offset < bytes.count {
-        let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
+        let n = bytes.withUnsafeBytes {
+            Glibc.send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL))
+        }
         if n <= 0 { break }
         offset += n
     }

@@ -1,13 +1,15 @@
 // The systemd protocol with the real binary, without systemd: a notify socket of our own
 // ($NOTIFY_SOCKET, $WATCHDOG_USEC) and socket activation through systemd-socket-activate.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
 import GriditCLI
 import GriditTestSupport
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A datagram socket that collects sd_notify messages.
 final class NotifyListener {
@@ -25,7 +27,9 @@ final class NotifyListener {
             raw[b.count] = 0
         }
         let ok = withUnsafePointer(to: &address) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0 }
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
+            }
         }
         guard fd >= 0, ok else { throw TestFailure("notify socket \(path): \(String(cString: strerror(errno)))") }
         var tv = timeval(tv_sec: 0, tv_usec: 200_000)
@@ -66,7 +70,8 @@ struct SystemdProtocolTests {
         #expect(messages.filter { $0 == "WATCHDOG=1" }.count >= 2, "\(messages)")
         // A submit changes the STATUS= line within a few seconds (queue depth).
         _ = try daemon.client.post("/v1/jobs", SubmitJobRequest(length: 4), as: SubmitJobResponse.self)
-        messages = listener.collect(timeout: 20) { m in m.contains { $0.contains("STATUS=") && $0.contains("1 queued") } }
+        messages = listener.collect(timeout: 20) { m in m.contains { $0.contains("STATUS=") && $0.contains("1 queued") }
+        }
         #expect(messages.contains { $0.contains("STATUS=idle · 1 queued") }, "\(messages)")
         kill(daemon.pid, SIGTERM)
         messages = listener.collect(timeout: 30) { m in m.contains { $0.contains("STOPPING=1") } }
@@ -76,20 +81,30 @@ struct SystemdProtocolTests {
 
     @Test(
         "socket activation: griditd serves the socket systemd passes (systemd-socket-activate)",
-        .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-socket-activate"), "needs systemd-socket-activate (package systemd)"))
+        .enabled(
+            if: FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-socket-activate"),
+            "needs systemd-socket-activate (package systemd)"))
     func socketActivation() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
         let socket = dir.file("activated.sock")
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/systemd-socket-activate")
-        process.arguments = ["-l", socket, binaryDirectory() + "/griditd", "serve", "--state-dir", dir.file("state"), "--socket", dir.file("unused.sock")]
+        process.arguments = [
+            "-l", socket, binaryDirectory() + "/griditd", "serve", "--state-dir", dir.file("state"), "--socket",
+            dir.file("unused.sock"),
+        ]
         let log = dir.file("log")
         _ = FileManager.default.createFile(atPath: log, contents: nil)
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         process.standardOutput = process.standardError
         try process.run()
-        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() } }
+        defer {
+            if process.isRunning {
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+            }
+        }
         // The first connection starts griditd; it waits in the backlog meanwhile.
         let client = GriditClient(socketPath: socket, timeout: 60)
         var version: VersionInfo?
@@ -101,7 +116,9 @@ struct SystemdProtocolTests {
         #expect(version?.version == griditVersion)
         let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         #expect(text.contains("fd 3 from systemd"), "\(text)")
-        #expect(!FileManager.default.fileExists(atPath: dir.file("unused.sock")), "an activated griditd binds nothing itself")
+        #expect(
+            !FileManager.default.fileExists(atPath: dir.file("unused.sock")),
+            "an activated griditd binds nothing itself")
         kill(process.processIdentifier, SIGTERM)
         process.waitUntilExit()
         #expect(process.terminationStatus == 0)

@@ -1,16 +1,19 @@
 // The daemon's small pure parts: routing, request limits, submit validation, log fields, faults.
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GriditAPI
-@testable import GriditDaemon
 import GriditFaults
 import GriditJobSpec
 import Logging
 import NIOCore
 import NIOHTTP1
 import Testing
+
+@testable import GriditDaemon
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("daemon units")
 struct DaemonUnitTests {
@@ -27,7 +30,8 @@ struct DaemonUnitTests {
         #expect(route(.GET, "/v1/jobs/12")?.1 == ["id": "12"])
         #expect(route(.GET, "/v1/models/ps")?.0 == "/v1/models/ps")
         #expect(route(.GET, "/v1/models/moving-digits:v1")?.1 == ["ref": "moving-digits:v1"])
-        #expect(route(.GET, "/v1/jobs/3/files/frames/frame_00001.png")?.1 == ["id": "3", "path": "frames/frame_00001.png"])
+        #expect(
+            route(.GET, "/v1/jobs/3/files/frames/frame_00001.png")?.1 == ["id": "3", "path": "frames/frame_00001.png"])
         #expect(route(.GET, "/v1/jobs/3/files")?.0 == "/v1/jobs/{id}/files")
         #expect(route(.GET, "/v1/jobs/3/nope") == nil)
     }
@@ -137,13 +141,17 @@ struct DaemonUnitTests {
     @Test("job rows written before JobSpec read as the spec they asked for; unreadable rows are errors")
     func storedSpecs() throws {
         // What gridit 0.1 stored in `params` (the length only in its column), verbatim.
-        let legacy = #"{"model":"m:v1","output":"cats/run-1","parameters":{"context":"clean","eta":0.5,"no_sr":true,"precision":"bf16","sampler":"ddim","seed":18446744073709551615,"sr_steps":"ddim25","steps":"50"},"seed_given":true}"#
+        let legacy =
+            #"{"model":"m:v1","output":"cats/run-1","parameters":{"context":"clean","eta":0.5,"no_sr":true,"precision":"bf16","sampler":"ddim","seed":18446744073709551615,"sr_steps":"ddim25","steps":"50"},"seed_given":true}"#
         let spec = try JobSpec(storedJSON: legacy, length: 12)
-        #expect(spec == JobSpec(
-            length: 12, model: "m:v1", output: "cats/run-1",
-            parameters: .init(
-                seed: .max, sampler: .ddim, steps: "50", srSteps: "ddim25", eta: 0.5, context: .clean, noSR: true,
-                precision: "bf16")))
+        #expect(
+            spec
+                == JobSpec(
+                    length: 12, model: "m:v1", output: "cats/run-1",
+                    parameters: .init(
+                        seed: .max, sampler: .ddim, steps: "50", srSteps: "ddim25", eta: 0.5, context: .clean,
+                        noSR: true,
+                        precision: "bf16")))
         let minimal = try JobSpec(storedJSON: #"{"parameters":{"seed":7},"seed_given":false}"#, length: 3)
         #expect(minimal == JobSpec(length: 3, parameters: .init(seed: 7)))
         // Today's rows hold the spec as it is.
@@ -164,10 +172,11 @@ struct DaemonUnitTests {
         let exited = WorkerExit(status: 3 << 8)
         #expect(exited.signal == 0 && exited.code == 3 && exited.description == "exited with status 3")
         // A container mounts the hierarchy from some ancestor: the cgroup's own file comes first.
-        #expect(OOMKills.own("/sys/fs/cgroup/memory", "/a/b", "memory.oom_control") == [
-            "/sys/fs/cgroup/memory/a/b/memory.oom_control", "/sys/fs/cgroup/memory/b/memory.oom_control",
-            "/sys/fs/cgroup/memory/memory.oom_control",
-        ])
+        #expect(
+            OOMKills.own("/sys/fs/cgroup/memory", "/a/b", "memory.oom_control") == [
+                "/sys/fs/cgroup/memory/a/b/memory.oom_control", "/sys/fs/cgroup/memory/b/memory.oom_control",
+                "/sys/fs/cgroup/memory/memory.oom_control",
+            ])
         #expect(OOMKills.own("/sys/fs/cgroup", "/", "memory.events") == ["/sys/fs/cgroup/memory.events"])
     }
 }

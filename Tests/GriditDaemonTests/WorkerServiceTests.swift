@@ -1,11 +1,11 @@
 // The worker with a scripted stand-in for the engine (test double, this file only) on a real
 // SQLite job store: claims and batches, fenced progress, cancel, graceful shutdown, failures.
+
 import Foundation
 import GriditAPI
-@testable import GriditDaemon
 import GriditFaults
-import GriditJobSpec
 import GriditJobQueue
+import GriditJobSpec
 import GriditTestSupport
 import Logging
 import NIOHTTP1
@@ -13,6 +13,8 @@ import ServiceLifecycle
 import ServiceLifecycleTestKit
 import Synchronization
 import Testing
+
+@testable import GriditDaemon
 
 /// What each job does when the worker runs it.
 enum Script: Sendable {
@@ -57,7 +59,9 @@ final class ScriptedEngine: JobEngine {
         }
     }
 
-    private func run(_ item: ExecutionItem, _ script: Script, _ hooks: ExecutionHooks, admit: () -> Void) -> ExecutionOutcome {
+    private func run(
+        _ item: ExecutionItem, _ script: Script, _ hooks: ExecutionHooks, admit: () -> Void
+    ) -> ExecutionOutcome {
         let id = item.jobID
         func step(_ n: Int, of total: Int) -> StopReason? {
             admit()
@@ -65,7 +69,10 @@ final class ScriptedEngine: JobEngine {
                 state.withLock { $0.stops[id] = reason }
                 return reason
             }
-            hooks.step(id, StepProgress(stage: .grid, grid: 1, grids: 1, step: n, steps: total, frame: 0, frames: item.spec.length))
+            hooks.step(
+                id,
+                StepProgress(stage: .grid, grid: 1, grids: 1, step: n, steps: total, frame: 0, frames: item.spec.length)
+            )
             if n % 2 == 0 { hooks.durable(id, JobProgress(stage: .grid, gridsDone: n / 2, framesDone: 0)) }
             return nil
         }
@@ -73,7 +80,8 @@ final class ScriptedEngine: JobEngine {
         case .succeed(let steps):
             for n in 1...steps where step(n, of: steps) != nil { return .interrupted }
             try? FileManager.default.createDirectory(atPath: item.outputDirectory, withIntermediateDirectories: true)
-            _ = FileManager.default.createFile(atPath: item.outputDirectory + "/sequence.json", contents: Data("{}".utf8))
+            _ = FileManager.default.createFile(
+                atPath: item.outputDirectory + "/sequence.json", contents: Data("{}".utf8))
             return .succeeded
         case .runUntilStopped:
             let deadline = Date().addingTimeInterval(60)
@@ -112,11 +120,13 @@ struct WorkerHarness {
 
     init(faults: FaultInjection = FaultInjection(), script: @escaping @Sendable (Int64, Int) -> Script) throws {
         directory = TemporaryDirectory()
-        var configuration = DaemonConfiguration(stateDirectory: directory.file("state"), socketPath: directory.file("s.sock"))
+        var configuration = DaemonConfiguration(
+            stateDirectory: directory.file("state"), socketPath: directory.file("s.sock"))
         configuration.pollInterval = 0.05
         configuration.maxBatchJobs = 4
         try FileManager.default.createDirectory(atPath: configuration.stateDirectory, withIntermediateDirectories: true)
-        store = try SQLiteJobStore(path: configuration.layout.database, policy: RetryPolicy(backoffBase: 0.05, backoffCap: 0.05))
+        store = try SQLiteJobStore(
+            path: configuration.layout.database, policy: RetryPolicy(backoffBase: 0.05, backoffCap: 0.05))
         engine = ScriptedEngine(script)
         context = DaemonContext(
             configuration: configuration, store: store, engine: engine, catalog: nil, faults: faults,
@@ -126,7 +136,8 @@ struct WorkerHarness {
     func submit(priority: Int = 0, digest: String? = nil) async throws -> Int64 {
         let spec = JobSpec(length: 8, parameters: .init(seed: 1))
         return try await store.submit(
-            JobSubmission(params: spec.storedJSON, length: 8, priority: priority, maxAttempts: 2, pipelineDigest: digest),
+            JobSubmission(
+                params: spec.storedJSON, length: 8, priority: priority, maxAttempts: 2, pipelineDigest: digest),
             owner: 1000, maxQueued: 100, now: Date()
         ).job.id
     }
@@ -199,10 +210,12 @@ struct WorkerServiceTests {
             h.context.monitor.wake()
             try await Task.sleep(for: .milliseconds(500))  // ten admission polls
             #expect(try await h.state(later) == .queued)
-            let owner = Caller(credentials: PeerCredentials(pid: 1, uid: 1000, gid: 1000), isAdmin: false, isMember: true)
-            _ = await api.handle(HTTPRequest(
-                method: .POST, path: ["v1", "jobs", "\(a)", "cancel"], rawPath: "/v1/jobs/\(a)/cancel", query: [:],
-                headers: [:], body: Data(), caller: owner))
+            let owner = Caller(
+                credentials: PeerCredentials(pid: 1, uid: 1000, gid: 1000), isAdmin: false, isMember: true)
+            _ = await api.handle(
+                HTTPRequest(
+                    method: .POST, path: ["v1", "jobs", "\(a)", "cancel"], rawPath: "/v1/jobs/\(a)/cancel", query: [:],
+                    headers: [:], body: Data(), caller: owner))
             try await h.waitUntil("all done") {
                 for id in [joining, other, later] where try await h.state(id) != .succeeded { return false }
                 return true
@@ -229,7 +242,9 @@ struct WorkerServiceTests {
         #expect(job.leaseToken == nil)
         #expect(job.progress.gridsDone >= 2, "the resume point survives")
         #expect(h.engine.stopSeen(id) == .shutdown)
-        #expect(FileManager.default.fileExists(atPath: h.context.layout.workDirectory(job: id)), "work folder kept for the resume")
+        #expect(
+            FileManager.default.fileExists(atPath: h.context.layout.workDirectory(job: id)),
+            "work folder kept for the resume")
     }
 
     @Test("cancel through the API stops a running job at its next step")
@@ -240,10 +255,13 @@ struct WorkerServiceTests {
         let api = ControlAPI(context: h.context)
         try await h.withWorker {
             try await h.waitUntil("running") { try await h.state(id) == .running }
-            let owner = Caller(credentials: PeerCredentials(pid: 1, uid: 1000, gid: 1000), isAdmin: false, isMember: true)
-            let response = await api.handle(HTTPRequest(
-                method: .POST, path: ["v1", "jobs", "\(id)", "cancel"], rawPath: "/v1/jobs/\(id)/cancel", query: [:],
-                headers: [:], body: Data(), caller: owner))
+            let owner = Caller(
+                credentials: PeerCredentials(pid: 1, uid: 1000, gid: 1000), isAdmin: false, isMember: true)
+            let response = await api.handle(
+                HTTPRequest(
+                    method: .POST, path: ["v1", "jobs", "\(id)", "cancel"], rawPath: "/v1/jobs/\(id)/cancel",
+                    query: [:],
+                    headers: [:], body: Data(), caller: owner))
             #expect(response.status == .ok)
             try await h.waitUntil("canceled") { try await h.state(id) == .canceled }
         }
@@ -253,7 +271,9 @@ struct WorkerServiceTests {
     @Test("transient failures back off and retry, then fail; invalid input fails at once")
     func failureClasses() async throws {
         let h = try WorkerHarness { id, _ in
-            id == 1 ? .fail(JobFailure(.transient, "EIO on the work folder")) : .fail(JobFailure(.invalidInput, "context_rows 9 > 3"))
+            id == 1
+                ? .fail(JobFailure(.transient, "EIO on the work folder"))
+                : .fail(JobFailure(.invalidInput, "context_rows 9 > 3"))
         }
         defer { h.directory.remove() }
         let transient = try await h.submit()
@@ -281,20 +301,27 @@ struct WorkerServiceTests {
         let api = ControlAPI(context: h.context)
         let owner = Caller(credentials: PeerCredentials(pid: 1, uid: 1000, gid: 1000), isAdmin: false, isMember: true)
         func get(_ path: [String]) async -> HTTPResponse {
-            await api.handle(HTTPRequest(
-                method: .GET, path: path, rawPath: "/" + path.joined(separator: "/"), query: [:], headers: [:],
-                body: Data(), caller: owner))
+            await api.handle(
+                HTTPRequest(
+                    method: .GET, path: path, rawPath: "/" + path.joined(separator: "/"), query: [:], headers: [:],
+                    body: Data(), caller: owner))
         }
         try await h.withWorker {
-            try await h.waitUntil("the worker sees the disk too full") { h.context.conditions.lastBlocker == .waitingForDisk }
+            try await h.waitUntil("the worker sees the disk too full") {
+                h.context.conditions.lastBlocker == .waitingForDisk
+            }
             // Many polls (50 ms each) later, still nothing claimed.
             try await Task.sleep(for: .milliseconds(500))
             let job = try await h.store.get(id: id)
             #expect(job.state == .queued && job.attempt == 0, "\(job)")
-            let status = try APICoding.decoder().decode(DaemonStatus.self, from: try #require(await get(["v1", "status"]).bodyData))
+            let status = try APICoding.decoder().decode(
+                DaemonStatus.self, from: try #require(await get(["v1", "status"]).bodyData))
             #expect(status.notices.map(\.code) == [.waitingForDisk])
-            #expect(status.notices.first?.message.contains("waiting for disk space: 1.0 KB free, need 268 MB in") == true, "\(status.notices)")
-            let shown = try APICoding.decoder().decode(JobInfo.self, from: try #require(await get(["v1", "jobs", "\(id)"]).bodyData))
+            #expect(
+                status.notices.first?.message.contains("waiting for disk space: 1.0 KB free, need 268 MB in") == true,
+                "\(status.notices)")
+            let shown = try APICoding.decoder().decode(
+                JobInfo.self, from: try #require(await get(["v1", "jobs", "\(id)"]).bodyData))
             #expect(shown.waitingFor?.hasPrefix("waiting for disk space") == true, "\(shown)")
         }
         #expect(h.engine.batches.isEmpty)

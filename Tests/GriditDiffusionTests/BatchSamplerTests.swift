@@ -1,5 +1,5 @@
-import GriditModels
 import GriditDiffusion
+import GriditModels
 import GriditTensor
 import Testing
 
@@ -15,19 +15,24 @@ import Testing
     let known = Tensor((0..<layout.gridCount).map { Float($0 % 7) / 7 - 0.5 }, shape: layout.gridShape)
     func items() throws -> [DenoiseItem] {
         [
-            try DenoiseItem(schedule: DenoiseSchedule(diffusion: try GaussianDiffusion(respacing: "6")), layout: layout,
-                            noise: NoiseStream(seed: 1, id: 4)),
-            try DenoiseItem(schedule: DenoiseSchedule(diffusion: try GaussianDiffusion(respacing: "4"), kind: .ddim(eta: 0.5)),
-                            layout: layout, noise: NoiseStream(seed: 99, id: 0),
-                            known: KnownFrames(x0: known, positions: [0, 1], level: .previousStep)),
-            try DenoiseItem(schedule: DenoiseSchedule(diffusion: try GaussianDiffusion(respacing: "5"),
-                                                      jumps: ResampleJumps(length: 2, count: 2)),
-                            layout: layout, noise: NoiseStream(seed: 1, id: 5)),
+            try DenoiseItem(
+                schedule: DenoiseSchedule(diffusion: try GaussianDiffusion(respacing: "6")), layout: layout,
+                noise: NoiseStream(seed: 1, id: 4)),
+            try DenoiseItem(
+                schedule: DenoiseSchedule(diffusion: try GaussianDiffusion(respacing: "4"), kind: .ddim(eta: 0.5)),
+                layout: layout, noise: NoiseStream(seed: 99, id: 0),
+                known: KnownFrames(x0: known, positions: [0, 1], level: .previousStep)),
+            try DenoiseItem(
+                schedule: DenoiseSchedule(
+                    diffusion: try GaussianDiffusion(respacing: "5"),
+                    jumps: ResampleJumps(length: 2, count: 2)),
+                layout: layout, noise: NoiseStream(seed: 1, id: 5)),
         ]
     }
     func run(_ items: [DenoiseItem], workers: Int) throws {
         try BatchDenoiser.run(items) { x, t, _ in
-            try model.forward(x: x, t: t, workspace: DiTWorkspace(config: model.config, batch: x.shape[0], workers: workers))
+            try model.forward(
+                x: x, t: t, workspace: DiTWorkspace(config: model.config, batch: x.shape[0], workers: workers))
         }
     }
     let batch = try items()
@@ -38,7 +43,8 @@ import Testing
         let alone = try items()[i]
         try run([alone], workers: 1)
         #expect(item.x.toArray().map(\.bitPattern) == alone.x.toArray().map(\.bitPattern), "item \(i)")
-        #expect(reversed[2 - i].x.toArray().map(\.bitPattern) == alone.x.toArray().map(\.bitPattern), "item \(i) reversed")
+        #expect(
+            reversed[2 - i].x.toArray().map(\.bitPattern) == alone.x.toArray().map(\.bitPattern), "item \(i) reversed")
         #expect(item.isFinished)
     }
     // Known frames at the RePaint level: after the last step they are exactly the clean values.
@@ -51,16 +57,20 @@ import Testing
 @Test func droppingAnItemKeepsItsPositionAndTheOthersGoOn() throws {
     let layout = GridLayout(k: 1, frameSize: 2, channels: 4)
     let schedule = DenoiseSchedule(diffusion: try GaussianDiffusion(respacing: "10"))
-    let a = try DenoiseItem(schedule: schedule, layout: layout, noise: NoiseStream(seed: 3, id: 0, stage: .superResolution))
-    let b = try DenoiseItem(schedule: schedule, layout: layout, noise: NoiseStream(seed: 3, id: 1, stage: .superResolution))
+    let a = try DenoiseItem(
+        schedule: schedule, layout: layout, noise: NoiseStream(seed: 3, id: 0, stage: .superResolution))
+    let b = try DenoiseItem(
+        schedule: schedule, layout: layout, noise: NoiseStream(seed: 3, id: 1, stage: .superResolution))
     try BatchDenoiser.run([a, b], model: { x, t, _ in elementwiseModel(x, t) }) { i, transition in
         !(i == 0 && transition == .denoise(k: 6, visit: 0))
     }
     #expect(a.position == 4 && !a.isFinished && b.isFinished)
     // Resuming the dropped item from its position gives what an uninterrupted item gives.
-    let fresh = try DenoiseItem(schedule: schedule, layout: layout, noise: NoiseStream(seed: 3, id: 0, stage: .superResolution))
+    let fresh = try DenoiseItem(
+        schedule: schedule, layout: layout, noise: NoiseStream(seed: 3, id: 0, stage: .superResolution))
     try BatchDenoiser.run([fresh], model: { x, t, _ in elementwiseModel(x, t) })
-    let resumed = try DenoiseItem(schedule: schedule, layout: layout, noise: a.noise, x: a.x.copy(), position: a.position)
+    let resumed = try DenoiseItem(
+        schedule: schedule, layout: layout, noise: a.noise, x: a.x.copy(), position: a.position)
     try BatchDenoiser.run([resumed], model: { x, t, _ in elementwiseModel(x, t) })
     #expect(resumed.x.toArray() == fresh.x.toArray())
 }
@@ -70,9 +80,9 @@ import Testing
     let t = DenoiseSchedule.transitions(count: 6, jumps: ResampleJumps(length: 2, count: 2))
     let expected: [Transition] = [
         .denoise(k: 5, visit: 0), .denoise(k: 4, visit: 0), .denoise(k: 3, visit: 0),  // down to level 2
-        .renoise(k: 3, visit: 0), .renoise(k: 4, visit: 0),                             // back up to level 4
-        .denoise(k: 4, visit: 1), .denoise(k: 3, visit: 1),                             // level 2 again
-        .denoise(k: 2, visit: 0), .denoise(k: 1, visit: 0),                             // level 0
+        .renoise(k: 3, visit: 0), .renoise(k: 4, visit: 0),  // back up to level 4
+        .denoise(k: 4, visit: 1), .denoise(k: 3, visit: 1),  // level 2 again
+        .denoise(k: 2, visit: 0), .denoise(k: 1, visit: 0),  // level 0
         .renoise(k: 1, visit: 0), .renoise(k: 2, visit: 0),
         .denoise(k: 2, visit: 1), .denoise(k: 1, visit: 1), .denoise(k: 0, visit: 0),
     ]
@@ -88,8 +98,12 @@ import Testing
             var level = count - 1
             for step in list {
                 switch step {
-                case .denoise(let k, _): #expect(k == level); level -= 1
-                case .renoise(let k, _): #expect(k == level + 1 && k < count); level += 1
+                case .denoise(let k, _):
+                    #expect(k == level)
+                    level -= 1
+                case .renoise(let k, _):
+                    #expect(k == level + 1 && k < count)
+                    level += 1
                 }
             }
             #expect(level == -1)
@@ -102,9 +116,13 @@ import Testing
     let layout = GridLayout(k: 1, frameSize: 2, channels: 1)
     let schedule = DenoiseSchedule(diffusion: d, jumps: ResampleJumps(length: 1, count: 2))
     // Level 1 (after the first step) is a jump point: back up to level 2, then level 2 again.
-    #expect(Array(schedule.transitions.prefix(3)) == [.denoise(k: 2, visit: 0), .renoise(k: 2, visit: 0), .denoise(k: 2, visit: 1)])
+    #expect(
+        Array(schedule.transitions.prefix(3)) == [
+            .denoise(k: 2, visit: 0), .renoise(k: 2, visit: 0), .denoise(k: 2, visit: 1),
+        ])
     let x = Tensor([0.5, -0.25, 1, 2], shape: layout.gridShape)
-    let item = try DenoiseItem(schedule: schedule, layout: layout, noise: NoiseStream(seed: 8, id: 2), x: x.copy(), position: 1)
+    let item = try DenoiseItem(
+        schedule: schedule, layout: layout, noise: NoiseStream(seed: 8, id: 2), x: x.copy(), position: 1)
     try item.applyRenoises(scratch: Tensor(zeros: layout.gridShape))
     #expect(item.position == 2 && item.next == .denoise(k: 2, visit: 1))
     let z = Tensor(zeros: layout.gridShape)

@@ -7,7 +7,9 @@ import Testing
     #expect(layout.gridShape == [2, 6, 6] && layout.framesPerGrid == 9)
     // Frame f is filled with 100·f + channel.
     let frames = Tensor(zeros: [9, 2, 2, 2])
-    for f in 0..<9 { for c in 0..<2 { for i in 0..<4 { frames.mutablePointer[((f * 2 + c) * 4) + i] = Float(100 * f + c) } } }
+    for f in 0..<9 {
+        for c in 0..<2 { for i in 0..<4 { frames.mutablePointer[((f * 2 + c) * 4) + i] = Float(100 * f + c) } }
+    }
     let grid = try layout.grid(fromFrames: frames)
     let g = grid.toArray()
     for c in 0..<2 {

@@ -1,17 +1,17 @@
 import Foundation
-import GriditModels
 import GriditDiffusion
+import GriditModels
 import Testing
 
 // PipelineSpec: decoding, field checks and consistency with the model configs.
 
 private let example = """
-{"format": "gridit.pipeline.v1", "name": "moving-digits",
- "grid": {"k": 4, "frame_size": 16, "channels": 1},
- "stage1": {"config": "s1.json", "weights": "s1.safetensors"},
- "stage2": {"config": "s2.json", "weights": "s2.safetensors", "scale": 4},
- "defaults": {"sampler": "ddim", "steps": 50, "sr_steps": "ddim25", "context_rows": 2}}
-"""
+    {"format": "gridit.pipeline.v1", "name": "moving-digits",
+     "grid": {"k": 4, "frame_size": 16, "channels": 1},
+     "stage1": {"config": "s1.json", "weights": "s1.safetensors"},
+     "stage2": {"config": "s2.json", "weights": "s2.safetensors", "scale": 4},
+     "defaults": {"sampler": "ddim", "steps": 50, "sr_steps": "ddim25", "context_rows": 2}}
+    """
 
 private func spec(_ json: String = example) throws -> PipelineSpec {
     try PipelineSpec.decode(Data(json.utf8))
@@ -29,8 +29,9 @@ private func expectError(_ json: String, mentions text: String) {
 }
 
 private let s1 = DiTConfiguration(depth: 2, hiddenSize: 32, numHeads: 2, patchSize: 4, inputSize: 64, inChannels: 1)
-private let s2 = DiTConfiguration(depth: 2, hiddenSize: 32, numHeads: 2, patchSize: 8, inputSize: 64, inChannels: 1,
-                                  conditionChannels: 1)
+private let s2 = DiTConfiguration(
+    depth: 2, hiddenSize: 32, numHeads: 2, patchSize: 8, inputSize: 64, inChannels: 1,
+    conditionChannels: 1)
 
 @Test func pipelineDecodesWithDefaults() throws {
     let p = try spec()
@@ -63,14 +64,17 @@ private let s2 = DiTConfiguration(depth: 2, hiddenSize: 32, numHeads: 2, patchSi
 @Test func badFieldsAreNamed() {
     expectError(example.replacingOccurrences(of: "gridit.pipeline.v1", with: "v0"), mentions: "format")
     expectError(example.replacingOccurrences(of: "\"k\": 4", with: "\"k\": 9"), mentions: "grid.k")
-    expectError(example.replacingOccurrences(of: "\"context_rows\": 2", with: "\"context_rows\": 4"),
-                mentions: "context_rows")
-    expectError(example.replacingOccurrences(of: "\"steps\": 50", with: "\"steps\": \"fast\""), mentions: "defaults.steps")
+    expectError(
+        example.replacingOccurrences(of: "\"context_rows\": 2", with: "\"context_rows\": 4"),
+        mentions: "context_rows")
+    expectError(
+        example.replacingOccurrences(of: "\"steps\": 50", with: "\"steps\": \"fast\""), mentions: "defaults.steps")
     expectError(example.replacingOccurrences(of: "\"ddim\"", with: "\"euler\""), mentions: "defaults.sampler")
     expectError(example.replacingOccurrences(of: "\"frame_size\": 16, ", with: ""), mentions: "grid.frame_size")
     expectError("{\"format\": ", mentions: "JSON")
-    expectError(example.replacingOccurrences(of: "\"context_rows\": 2", with: "\"context_rows\": 2, \"context\": \"fresh\""),
-                mentions: "defaults.context")
+    expectError(
+        example.replacingOccurrences(of: "\"context_rows\": 2", with: "\"context_rows\": 2, \"context\": \"fresh\""),
+        mentions: "defaults.context")
 }
 
 @Test func modelConfigsMustFitTheGrid() throws {

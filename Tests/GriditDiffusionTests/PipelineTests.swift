@@ -1,7 +1,7 @@
 import Foundation
 import GriditCheckpoint
-import GriditModels
 import GriditDiffusion
+import GriditModels
 import GriditTensor
 import Testing
 
@@ -26,7 +26,9 @@ func loadDoubles(_ name: String) throws -> [Double] {
     let data = try Data(contentsOf: URL(fileURLWithPath: npy.path))
     return data.withUnsafeBytes { raw in
         (0..<npy.count).map { i in
-            Double(bitPattern: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: npy.dataOffset + 8 * i, as: UInt64.self)))
+            Double(
+                bitPattern: UInt64(
+                    littleEndian: raw.loadUnaligned(fromByteOffset: npy.dataOffset + 8 * i, as: UInt64.self)))
         }
     }
 }

@@ -1,6 +1,6 @@
 import GriditCheckpoint
-import GriditModels
 import GriditDiffusion
+import GriditModels
 import GriditTensor
 import Testing
 
@@ -25,7 +25,7 @@ func batchOfGridsEqualsEachGridAlone(kind: SamplerKind) throws {
     let batch = try sampler.sample(grids: [3, 8, 5], model: elementwiseModel)
     for (i, g) in [3, 8, 5].enumerated() {
         let alone = try sampler.sample(grids: [g], model: elementwiseModel)
-        #expect(batch.slice(i ..< i + 1).toArray() == alone.toArray(), "grid \(g)")
+        #expect(batch.slice(i..<i + 1).toArray() == alone.toArray(), "grid \(g)")
     }
     #expect(batch.toArray().allSatisfy { $0.isFinite })
 }
@@ -63,7 +63,10 @@ struct Stop: Error {}
     let x = try sampler.initialNoise(grids: [0, 1])
     #expect(throws: Stop.self) {
         try sampler.denoise(x, grids: [0, 1], known: kf, model: elementwiseModel) { k, x in
-            if k == 12 { snapshot = x.copy(); throw Stop() }
+            if k == 12 {
+                snapshot = x.copy()
+                throw Stop()
+            }
         }
     }
     let resumed = try #require(snapshot)
@@ -77,8 +80,9 @@ struct Stop: Error {}
     let layout = GridLayout(k: 2, frameSize: 2, channels: 1)
     let sampler = Sampler(diffusion: try GaussianDiffusion(respacing: "25"), layout: layout, seed: 3)
     let clean = Tensor([Float](repeating: 0.8, count: layout.gridCount), shape: layout.gridShape)
-    let out = try sampler.sample(grids: [0], known: [KnownFrames(x0: clean, positions: [0, 1], level: .previousStep)],
-                                 model: elementwiseModel)
+    let out = try sampler.sample(
+        grids: [0], known: [KnownFrames(x0: clean, positions: [0, 1], level: .previousStep)],
+        model: elementwiseModel)
     let frames = Tensor(zeros: [4] + layout.frameShape)
     try layout.extract(from: out.reshaped(layout.gridShape), positions: 0..<4, into: frames)
     let v = frames.toArray()
@@ -125,7 +129,7 @@ func wholeLoopMatchesReference(name: String, kind: SamplerKind) throws {
     }
     // The model saw the clean frames already at x_T.
     let rows = Tensor(zeros: [2] + layout.frameShape), wantRows = Tensor(zeros: [2] + layout.frameShape)
-    try layout.extract(from: firstInput!.slice(1 ..< 2).reshaped(layout.gridShape), positions: 0..<2, into: rows)
+    try layout.extract(from: firstInput!.slice(1..<2).reshaped(layout.gridShape), positions: 0..<2, into: rows)
     try layout.extract(from: prev, positions: 2..<4, into: wantRows)
     #expect(rows.toArray() == wantRows.toArray())
     let want = try load("loop_clean_v.x0.npy")
@@ -139,14 +143,17 @@ func wholeLoopMatchesReference(name: String, kind: SamplerKind) throws {
     let x = Tensor(zeros: layout.gridShape)
     let x0 = Tensor(zeros: layout.gridShape)
     let z = Tensor([1, 2, 3, 4], shape: layout.gridShape)
-    try d.replaceKnown(x: x, knownX0: x0, noise: z, positions: [0, 1], noisePositions: [2, 3], layout: layout,
-                       k: 5, level: .officialCurrentStep)
+    try d.replaceKnown(
+        x: x, knownX0: x0, noise: z, positions: [0, 1], noisePositions: [2, 3], layout: layout,
+        k: 5, level: .officialCurrentStep)
     let b = Float((1 - d.alphasCumprod[5]).squareRoot())
     #expect(x.toArray() == [3 * b, 4 * b, 0, 0])
 }
 
-@Test(arguments: [("linspace6", Prediction.epsilon), ("leading6", .epsilon), ("trailing6", .epsilon), ("trailing20", .epsilon),
-                  ("trailing6", .v)])
+@Test(arguments: [
+    ("linspace6", Prediction.epsilon), ("leading6", .epsilon), ("trailing6", .epsilon), ("trailing20", .epsilon),
+    ("trailing6", .v),
+])
 func dpmSolverMatchesDiffusers(spec: String, prediction: Prediction) throws {
     // diffusers' DPMSolverMultistepScheduler (dpmsolver++, order 2, midpoint, final sigma 0) on the
     // same model outputs, step by step (tools/reference/make_pipeline_fixtures.py, make_dpm).
@@ -158,8 +165,9 @@ func dpmSolverMatchesDiffusers(spec: String, prediction: Prediction) throws {
     let schedule = DenoiseSchedule(diffusion: d, kind: .dpmSolver2M, prediction: prediction)
     let xT = try load("dpm.xT.npy")
     let items = try (0..<2).map { i in
-        try DenoiseItem(schedule: schedule, layout: layout, noise: NoiseStream(seed: 1, id: i),
-                        x: xT.slice(i ..< i + 1).reshaped(layout.gridShape).copy())
+        try DenoiseItem(
+            schedule: schedule, layout: layout, noise: NoiseStream(seed: 1, id: i),
+            x: xT.slice(i..<i + 1).reshaped(layout.gridShape).copy())
     }
     let want = try load("\(name).xs.npy")
     let per = xT.count
@@ -169,7 +177,7 @@ func dpmSolverMatchesDiffusers(spec: String, prediction: Prediction) throws {
     try BatchDenoiser.run(items, model: { x, t, _ in try model.forward(x: x, t: t, workspace: ws) }) { i, transition in
         guard case .denoise(let k, _) = transition else { return true }
         let step = d.count - 1 - k
-        let expected = want.toArray()[(step * per + i * per / 2) ..< (step * per + (i + 1) * per / 2)]
+        let expected = want.toArray()[(step * per + i * per / 2)..<(step * per + (i + 1) * per / 2)]
         worst = max(worst, zip(items[i].x.toArray(), expected).map { abs($0 - $1) }.max()!)
         return true
     }
@@ -184,8 +192,9 @@ func dpmSolverMatchesDiffusers(spec: String, prediction: Prediction) throws {
     let schedule = DenoiseSchedule(diffusion: d, kind: .dpmSolver2M, variance: .fixedLarge)
     let clean = Tensor([Float](repeating: 0.5, count: layout.gridCount), shape: layout.gridShape)
     for level in [ReplacementLevel.previousStep, .clean, .officialCurrentStep] {
-        let item = try DenoiseItem(schedule: schedule, layout: layout, noise: NoiseStream(seed: 3, id: 0),
-                                   known: KnownFrames(x0: clean, positions: [0, 1], level: level))
+        let item = try DenoiseItem(
+            schedule: schedule, layout: layout, noise: NoiseStream(seed: 3, id: 0),
+            known: KnownFrames(x0: clean, positions: [0, 1], level: level))
         try BatchDenoiser.run([item], model: { x, _, _ in Tensor(zeros: x.shape) })
         // every level ends with the known frames as they are (official's level moves to the new one)
         let out = item.x.toArray()

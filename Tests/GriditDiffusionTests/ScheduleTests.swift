@@ -1,5 +1,5 @@
-import GriditDiffusion
 import GriditCheckpoint
+import GriditDiffusion
 import Testing
 
 @Test func respacing250IsRoundedUniformGrid() throws {
@@ -27,8 +27,10 @@ import Testing
     #expect(throws: DiffusionError.self) { try GaussianDiffusion.spacedTimesteps("leading1000") }  // ratio 0
 }
 
-@Test(arguments: ["0", "1001", "ddim0", "ddim600", "ddim", "ddimx", "abc", "", "  ", "-3", "10,,5", "2.5", "trailing0",
-                  "linspace", "leadingx"])
+@Test(arguments: [
+    "0", "1001", "ddim0", "ddim600", "ddim", "ddimx", "abc", "", "  ", "-3", "10,,5", "2.5", "trailing0",
+    "linspace", "leadingx",
+])
 func badRespacingSpecsThrow(spec: String) {
     #expect(throws: DiffusionError.self) { try GaussianDiffusion(respacing: spec) }
 }

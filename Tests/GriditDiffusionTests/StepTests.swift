@@ -1,5 +1,5 @@
-import GriditModels
 import GriditDiffusion
+import GriditModels
 import GriditTensor
 import Testing
 
@@ -58,7 +58,9 @@ func stepMatchesReference(_ c: StepCase) throws {
     // Replacement of grid row 0 (positions 0, 1 of a 2×2 grid of 4×4 frames) at both levels.
     let layout = GridLayout(k: 2, frameSize: 4, channels: 4)
     let known = try load("\(c.name).known.npy")
-    for (level, file) in [(ReplacementLevel.officialCurrentStep, "replace_official"), (.previousStep, "replace_previous")] {
+    for (level, file) in [
+        (ReplacementLevel.officialCurrentStep, "replace_official"), (.previousStep, "replace_previous"),
+    ] {
         let y = ddpm.copy()
         try d.replaceKnown(x: y, knownX0: known, noise: z, positions: [0, 1], layout: layout, k: c.k, level: level)
         expectClose(y, try load("\(c.name).\(file).npy"), "\(c.name) \(file)")
@@ -74,7 +76,8 @@ func stepMatchesReference(_ c: StepCase) throws {
     }
 
     // The same output read as a v-prediction.
-    try d.pMeanVariance(x: x, modelOutput: modelOut, k: c.k, prediction: .v, predX0: x0, mean: mean, logVariance: logVar)
+    try d.pMeanVariance(
+        x: x, modelOutput: modelOut, k: c.k, prediction: .v, predX0: x0, mean: mean, logVariance: logVar)
     expectClose(x0, try load("\(c.name).v_x0.npy"), "\(c.name) v x0")
     try d.pSample(x: x, modelOutput: modelOut, k: c.k, noise: z, into: next, prediction: .v)
     expectClose(next, try load("\(c.name).v_ddpm.npy"), "\(c.name) v DDPM step")

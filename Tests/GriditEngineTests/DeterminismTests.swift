@@ -1,8 +1,8 @@
 import Foundation
 import GriditCheckpoint
+import GriditDiffusion
 import GriditEngine
 import GriditJobSpec
-import GriditDiffusion
 import GriditTensor
 import GriditTestSupport
 import Testing
@@ -12,10 +12,14 @@ import Testing
 // PNGs of the work directory. The latent fixture is used where frames must be informative: its
 // VAE keeps most pixels away from 0 and 255.
 
-private let latentRequest = JobSpec(length: 12, parameters: .init(seed: 11, sampler: .ddim, steps: "3", srSteps: "2", eta: 0.3))
+private let latentRequest = JobSpec(
+    length: 12, parameters: .init(seed: 11, sampler: .ddim, steps: "3", srSteps: "2", eta: 0.3))
 
-private func bytes(_ folder: String, _ request: JobSpec, options: ExecutionOptions = ExecutionOptions(threads: 2))
-    throws -> [String: [UInt8]] {
+private func bytes(
+    _ folder: String, _ request: JobSpec, options: ExecutionOptions = ExecutionOptions(threads: 2)
+)
+    throws -> [String: [UInt8]]
+{
     let scratch = TemporaryDirectory("ge-det")
     let run = try runToEnd(try pipeline(folder), request, work: scratch.file("w"), options: options)
     return results(of: run.workDirectory)
@@ -23,7 +27,8 @@ private func bytes(_ folder: String, _ request: JobSpec, options: ExecutionOptio
 
 @Test func sameSeedGivesTheSameBytesAndAnotherSeedDoesNot() throws {
     let a = try bytes("latent", latentRequest)
-    #expect(a.keys.filter { $0.hasPrefix("frames/") }.count == 12 && a.keys.filter { $0.hasPrefix("grids/") }.count == 4)
+    #expect(
+        a.keys.filter { $0.hasPrefix("frames/") }.count == 12 && a.keys.filter { $0.hasPrefix("grids/") }.count == 4)
     #expect(try bytes("latent", latentRequest) == a)
     var other = latentRequest
     other.parameters.seed = 12
@@ -40,9 +45,13 @@ private func bytes(_ folder: String, _ request: JobSpec, options: ExecutionOptio
     let sr = try bytes("latent", latentRequest, options: ExecutionOptions(threads: 1, maxBatch: 1))
     #expect(try bytes("latent", latentRequest, options: ExecutionOptions(threads: 3, maxBatch: 5)) == sr)
     // A memory budget that only fits one row behaves like maxBatch 1.
-    #expect(try bytes("latent", latentRequest, options: ExecutionOptions(threads: 2, memoryBudget: 1, maxBatch: 16)) == sr)
+    #expect(
+        try bytes("latent", latentRequest, options: ExecutionOptions(threads: 2, memoryBudget: 1, maxBatch: 16)) == sr)
     // DPM-Solver++ in both stages, with carried frames: its history is per item.
-    let dpm = JobSpec(length: 20, parameters: .init(seed: 2, sampler: .dpmpp2m, steps: "trailing4", srSampler: .dpmpp2m, srSteps: "trailing3", contextRows: 2))
+    let dpm = JobSpec(
+        length: 20,
+        parameters: .init(
+            seed: 2, sampler: .dpmpp2m, steps: "trailing4", srSampler: .dpmpp2m, srSteps: "trailing3", contextRows: 2))
     let solver = try bytes("pixel", dpm, options: ExecutionOptions(threads: 1, maxBatch: 1))
     #expect(try bytes("pixel", dpm, options: ExecutionOptions(threads: 3, maxBatch: 16)) == solver)
 }
@@ -53,7 +62,8 @@ private func bytes(_ folder: String, _ request: JobSpec, options: ExecutionOptio
         latentRequest,
         JobSpec(length: 7, parameters: .init(seed: 2, sampler: .ddpm, steps: "4", srSampler: .ddpm, srSteps: "3")),
         JobSpec(length: 10, parameters: .init(seed: 2, mode: .official, steps: "3", srSteps: "2")),
-        JobSpec(length: 20, parameters: .init(seed: 3, steps: "5", contextRows: 2, noSR: true, jumpLength: 2, jumpCount: 2)),
+        JobSpec(
+            length: 20, parameters: .init(seed: 3, steps: "5", contextRows: 2, noSR: true, jumpLength: 2, jumpCount: 2)),
     ]
     let alone = try requests.map { try bytes("latent", $0) }
     let scratch = TemporaryDirectory("ge-batch")
@@ -72,21 +82,27 @@ private func bytes(_ folder: String, _ request: JobSpec, options: ExecutionOptio
     let p = try pipeline("latent")
     let scratch = TemporaryDirectory("ge-admit")
     let first = try SequenceRun(pipeline: p, spec: latentRequest, workDirectory: scratch.file("a"))
-    let late = try SequenceRun(pipeline: p, spec: JobSpec(length: 3, parameters: .init(seed: 5, steps: "2", noSR: true)),
-                               workDirectory: scratch.file("b"))
+    let late = try SequenceRun(
+        pipeline: p, spec: JobSpec(length: 3, parameters: .init(seed: 5, steps: "2", noSR: true)),
+        workDirectory: scratch.file("b"))
     var calls = 0, left: [String] = []
-    let outcomes = SequenceRun.execute([first], options: ExecutionOptions(threads: 2, maxBatch: 4), admit: {
-        calls += 1
-        return calls == 2 ? [late] : []
-    }, finished: { run, result in
-        #expect(throws: Never.self) { try result.get() }
-        left.append(run.workDirectory)
-    })
+    let outcomes = SequenceRun.execute(
+        [first], options: ExecutionOptions(threads: 2, maxBatch: 4),
+        admit: {
+            calls += 1
+            return calls == 2 ? [late] : []
+        },
+        finished: { run, result in
+            #expect(throws: Never.self) { try result.get() }
+            left.append(run.workDirectory)
+        })
     #expect(outcomes.count == 2 && first.isComplete && late.isComplete)
     // The short late run leaves first; each is reported once.
     #expect(left == [late.workDirectory, first.workDirectory])
     #expect(results(of: first.workDirectory) == (try bytes("latent", latentRequest)))
-    #expect(results(of: late.workDirectory) == (try bytes("latent", JobSpec(length: 3, parameters: .init(seed: 5, steps: "2", noSR: true)))))
+    #expect(
+        results(of: late.workDirectory)
+            == (try bytes("latent", JobSpec(length: 3, parameters: .init(seed: 5, steps: "2", noSR: true)))))
 }
 
 @Test func resumingAfterAnInterruptionAtAnyPointGivesTheSameBytes() throws {
@@ -97,8 +113,9 @@ private func bytes(_ folder: String, _ request: JobSpec, options: ExecutionOptio
     for stopAfter in 1..<units {
         let work = scratch.file("u\(stopAfter)")
         var seen = 0
-        let run = try SequenceRun(pipeline: p, spec: latentRequest, workDirectory: work,
-                                  hooks: RunHooks(onProgress: { _ in seen += 1 }, shouldStop: { seen >= stopAfter }))
+        let run = try SequenceRun(
+            pipeline: p, spec: latentRequest, workDirectory: work,
+            hooks: RunHooks(onProgress: { _ in seen += 1 }, shouldStop: { seen >= stopAfter }))
         do {
             try run.execute(options: ExecutionOptions(threads: 2, maxBatch: 3))
             Issue.record("run stopped after \(stopAfter) units did not throw")
@@ -116,8 +133,9 @@ private func bytes(_ folder: String, _ request: JobSpec, options: ExecutionOptio
     for stopAtStep in [1, 2, 4, 7, 12] {
         let work = scratch.file("s\(stopAtStep)")
         var steps = 0
-        let run = try SequenceRun(pipeline: p, spec: latentRequest, workDirectory: work,
-                                  hooks: RunHooks(onStep: { _ in steps += 1 }, shouldStop: { steps >= stopAtStep }))
+        let run = try SequenceRun(
+            pipeline: p, spec: latentRequest, workDirectory: work,
+            hooks: RunHooks(onStep: { _ in steps += 1 }, shouldStop: { steps >= stopAtStep }))
         #expect(throws: EngineError.interrupted) { try run.execute(options: ExecutionOptions(threads: 2, maxBatch: 4)) }
         try SequenceRun(pipeline: p, spec: latentRequest, workDirectory: work).execute()
         #expect(results(of: work) == baseline, "stopped at step \(stopAtStep)")
@@ -132,8 +150,9 @@ private func bytes(_ folder: String, _ request: JobSpec, options: ExecutionOptio
     for stopAfter in 1...5 {  // N = 3: grids 0…6
         let work = scratch.file("g\(stopAfter)")
         var seen = 0
-        let run = try SequenceRun(pipeline: p, spec: request, workDirectory: work,
-                                  hooks: RunHooks(onProgress: { _ in seen += 1 }, shouldStop: { seen >= stopAfter }))
+        let run = try SequenceRun(
+            pipeline: p, spec: request, workDirectory: work,
+            hooks: RunHooks(onProgress: { _ in seen += 1 }, shouldStop: { seen >= stopAfter }))
         #expect(throws: EngineError.interrupted) { try run.execute(options: ExecutionOptions(maxBatch: 2)) }
         try SequenceRun(pipeline: p, spec: request, workDirectory: work).execute()
         #expect(results(of: work) == baseline, "official, stopped after \(stopAfter) units")
@@ -144,19 +163,22 @@ private func bytes(_ folder: String, _ request: JobSpec, options: ExecutionOptio
 func contextFramesOfEachGridAreThePreviousFramesExactly(contextRows: Int) throws {
     let p = try pipeline("pixel")
     let scratch = TemporaryDirectory("ge-ctx")
-    let run = try runToEnd(p, JobSpec(length: 45, parameters: .init(seed: 2, steps: "3", contextRows: contextRows, noSR: true)),
-                           work: scratch.file("w"))
+    let run = try runToEnd(
+        p, JobSpec(length: 45, parameters: .init(seed: 2, steps: "3", contextRows: contextRows, noSR: true)),
+        work: scratch.file("w"))
     let layout = p.configuration.modelLayout
     func cell(_ grid: Int, _ position: Int) throws -> [UInt32] {
         let g = try NPYArray(path: run.workDirectory + String(format: "/grids/grid_%05d.npy", grid)).floatTensor()
         let f = Tensor(zeros: [1] + layout.frameShape)
-        try layout.extract(from: g, positions: position ..< position + 1, into: f)
+        try layout.extract(from: g, positions: position..<position + 1, into: f)
         return f.toArray().map(\.bitPattern)
     }
     var checked = 0
     for g in 1..<run.plan.grids {
         for known in run.plan.grid(g).known {
-            #expect(try cell(g, known.position) == cell(known.source.grid, known.source.position), "grid \(g) cell \(known.position)")
+            #expect(
+                try cell(g, known.position) == cell(known.source.grid, known.source.position),
+                "grid \(g) cell \(known.position)")
             checked += 1
         }
     }
@@ -171,10 +193,15 @@ func contextFramesOfEachGridAreThePreviousFramesExactly(contextRows: Int) throws
         let kk = k * k
         for c in Set([1, k - 1]) {
             for length in Set([1, 2, kk - 1, kk, kk + 1, kk + (k - c) * k + 1, 2 * kk + 3, 41]) {
-                let run = try runToEnd(p, JobSpec(length: length, parameters: .init(seed: UInt64(length), sampler: .ddim, steps: "2", contextRows: c, noSR: true)),
-                                       work: scratch.file("\(folder)-\(c)-\(length)"))
+                let run = try runToEnd(
+                    p,
+                    JobSpec(
+                        length: length,
+                        parameters: .init(seed: UInt64(length), sampler: .ddim, steps: "2", contextRows: c, noSR: true)),
+                    work: scratch.file("\(folder)-\(c)-\(length)"))
                 let names = try FileManager.default.contentsOfDirectory(atPath: run.workDirectory + "/frames").sorted()
-                #expect(names == (0..<length).map { String(format: "frame_%05d.png", $0) }, "\(folder) c \(c) L \(length)")
+                #expect(
+                    names == (0..<length).map { String(format: "frame_%05d.png", $0) }, "\(folder) c \(c) L \(length)")
                 runs += 1
             }
         }

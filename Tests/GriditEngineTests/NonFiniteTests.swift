@@ -26,7 +26,8 @@ func nonFiniteOutputsFailTheRun(stage: String) throws {
     let p = try LoadedPipeline(path: folder + "/pipeline.json")
     let work = scratch.file("work")
     expectEngineError(.invalidInput, mentioning: "non-finite") {
-        try SequenceRun(pipeline: p, spec: JobSpec(length: 16, parameters: .init(seed: 1)), workDirectory: work).execute()
+        try SequenceRun(pipeline: p, spec: JobSpec(length: 16, parameters: .init(seed: 1)), workDirectory: work)
+            .execute()
     }
     #expect(files(under: work).keys.filter { $0.hasPrefix("frames/") }.isEmpty, "a frame was written")
 }

@@ -1,10 +1,10 @@
 import Crypto
 import Foundation
 import GriditCheckpoint
+import GriditDiffusion
 import GriditEngine
 import GriditImage
 import GriditJobSpec
-import GriditDiffusion
 import GriditTensor
 import GriditTestSupport
 import Testing
@@ -15,7 +15,8 @@ import Testing
 @Test func outputsDecodeBackToTheExpectedPixels() throws {
     let p = try pipeline("latent")
     let scratch = TemporaryDirectory("ge-out")
-    let run = try runToEnd(p, JobSpec(length: 11, parameters: .init(seed: 4, steps: "3", noSR: true)), work: scratch.file("w"))
+    let run = try runToEnd(
+        p, JobSpec(length: 11, parameters: .init(seed: 4, steps: "3", noSR: true)), work: scratch.file("w"))
     let out = scratch.file("seq")
     let summary = try run.finish(into: out, options: OutputOptions(previewFPS: 5, contactSheetColumns: 4))
 
@@ -25,8 +26,9 @@ import Testing
     var frames: [Image8] = []
     for i in 0..<11 {
         let ref = run.plan.source(ofFrame: i)
-        let grid = try NPYArray(path: run.workDirectory + String(format: "/grids/grid_%05d.image.npy", ref.grid)).floatTensor()
-        try image.extract(from: grid, positions: ref.position ..< ref.position + 1, into: cell)
+        let grid = try NPYArray(path: run.workDirectory + String(format: "/grids/grid_%05d.image.npy", ref.grid))
+            .floatTensor()
+        try image.extract(from: grid, positions: ref.position..<ref.position + 1, into: cell)
         let expected = Image8(planar: cell.pointer, channels: 3, height: 8, width: 8)
         let data = try #require(FileManager.default.contents(atPath: out + String(format: "/frames/frame_%05d.png", i)))
         let decoded = try PNG.decode([UInt8](data))
@@ -43,7 +45,9 @@ import Testing
     #expect(decoded == summary)
     #expect(decoded.pipeline.digest == p.identity.digest && decoded.pipeline.blobs.count == 6 && decoded.seed == 4)
     #expect(decoded.settings.steps == "3" && decoded.plan.frames == 11 && decoded.timings.sessions == 1)
-    #expect(decoded.pipeline.blobs["stage1.weights"] == "sha256:" + sha256Hex(try readBytes(fixture("latent/stage1.safetensors"))))
+    #expect(
+        decoded.pipeline.blobs["stage1.weights"] == "sha256:"
+            + sha256Hex(try readBytes(fixture("latent/stage1.safetensors"))))
 
     // The preview's default image is frame 0; the sheet shows the 11 frames 4 per row.
     let preview = try PNG.decode(try readBytes(out + "/preview.apng"))
@@ -53,7 +57,7 @@ import Testing
     var tile = Image8(width: 8, height: 8, channels: 3, fill: 0)
     for y in 0..<8 {
         let row = ((2 + 10 + y) * sheet.width + 2 + 2 * 10) * 3  // tile (row 1, column 2) = frame 6
-        tile.pixels.replaceSubrange(y * 24 ..< (y + 1) * 24, with: sheet.pixels[row ..< row + 24])
+        tile.pixels.replaceSubrange(y * 24..<(y + 1) * 24, with: sheet.pixels[row..<row + 24])
     }
     #expect(tile == frames[6])
     // Nothing else next to the output.
@@ -80,17 +84,23 @@ import Testing
     let pipe = fixture("pixel/pipeline.json")
     // Bad input: nothing is created.
     expectEngineError(.invalidInput, mentioning: "at least 1 frame") {
-        _ = try OneShot.run(OneShotOptions(pipelinePath: pipe, spec: JobSpec(length: 0, parameters: .init(seed: 1)), output: scratch.file("o")))
+        _ = try OneShot.run(
+            OneShotOptions(
+                pipelinePath: pipe, spec: JobSpec(length: 0, parameters: .init(seed: 1)), output: scratch.file("o")))
     }
     expectEngineError(.invalidInput, mentioning: "cannot read") {
-        _ = try OneShot.run(OneShotOptions(pipelinePath: scratch.file("none.json"), spec: JobSpec(length: 3, parameters: .init(seed: 1)),
-                                           output: scratch.file("o")))
+        _ = try OneShot.run(
+            OneShotOptions(
+                pipelinePath: scratch.file("none.json"), spec: JobSpec(length: 3, parameters: .init(seed: 1)),
+                output: scratch.file("o")))
     }
     #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.path).isEmpty)
 
     // A dry run writes nothing and prints the plan.
-    let dry = try OneShot.run(OneShotOptions(pipelinePath: pipe, spec: JobSpec(length: 40, parameters: .init(seed: 1)),
-                                             output: scratch.file("o"), dryRun: true))
+    let dry = try OneShot.run(
+        OneShotOptions(
+            pipelinePath: pipe, spec: JobSpec(length: 40, parameters: .init(seed: 1)),
+            output: scratch.file("o"), dryRun: true))
     #expect(dry.summary == nil && dry.planText.contains("40 frames") && dry.planText.contains("estimated time"))
     #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.path).isEmpty)
 
@@ -98,25 +108,32 @@ import Testing
     var steps = 0
     let stopping = RunHooks(onStep: { _ in steps += 1 }, shouldStop: { steps >= 3 })
     expectEngineError(.interrupted, mentioning: "stopped") {
-        _ = try OneShot.run(OneShotOptions(pipelinePath: pipe, spec: JobSpec(length: 20, parameters: .init(seed: 1)), output: scratch.file("o")),
-                            hooks: stopping)
+        _ = try OneShot.run(
+            OneShotOptions(
+                pipelinePath: pipe, spec: JobSpec(length: 20, parameters: .init(seed: 1)), output: scratch.file("o")),
+            hooks: stopping)
     }
     #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.path).isEmpty)
 
     // Interrupted with a work directory: resumable; the resumed output equals a straight one.
     steps = 0
     let work = scratch.file("work")
-    let options = OneShotOptions(pipelinePath: pipe, spec: JobSpec(length: 20, parameters: .init(seed: 1)), output: scratch.file("o"),
-                                 workDirectory: work)
+    let options = OneShotOptions(
+        pipelinePath: pipe, spec: JobSpec(length: 20, parameters: .init(seed: 1)), output: scratch.file("o"),
+        workDirectory: work)
     expectEngineError(.interrupted, mentioning: "resume") { _ = try OneShot.run(options, hooks: stopping) }
-    #expect(FileManager.default.fileExists(atPath: work + "/run.json") && !FileManager.default.fileExists(atPath: scratch.file("o")))
+    #expect(
+        FileManager.default.fileExists(atPath: work + "/run.json")
+            && !FileManager.default.fileExists(atPath: scratch.file("o")))
     var resume = options
     resume.resume = true
     let resumed = try OneShot.run(resume)
     #expect(resumed.summary?.frames == 20 && resumed.summary?.timings.sessions == 2)
     #expect(!FileManager.default.fileExists(atPath: work), "the work directory is removed after success")
-    let straight = try OneShot.run(OneShotOptions(pipelinePath: pipe, spec: JobSpec(length: 20, parameters: .init(seed: 1)),
-                                                  output: scratch.file("p")))
+    let straight = try OneShot.run(
+        OneShotOptions(
+            pipelinePath: pipe, spec: JobSpec(length: 20, parameters: .init(seed: 1)),
+            output: scratch.file("p")))
     #expect(straight.summary?.files == resumed.summary?.files)
     #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.path).sorted() == ["o", "p"])
     expectEngineError(.invalidInput, mentioning: "already exists") { _ = try OneShot.run(options) }
@@ -131,15 +148,20 @@ import Testing
     let p = try pipeline("pixel")
     let scratch = TemporaryDirectory("ge-prog")
     var progress: [JobProgress] = [], steps: [StepProgress] = []
-    let run = try SequenceRun(pipeline: p, spec: JobSpec(length: 20, parameters: .init(seed: 1, steps: "3", srSteps: "2")),
-                              workDirectory: scratch.file("w"),
-                              hooks: RunHooks(onProgress: { progress.append($0) }, onStep: { steps.append($0) }))
+    let run = try SequenceRun(
+        pipeline: p, spec: JobSpec(length: 20, parameters: .init(seed: 1, steps: "3", srSteps: "2")),
+        workDirectory: scratch.file("w"),
+        hooks: RunHooks(onProgress: { progress.append($0) }, onStep: { steps.append($0) }))
     try run.execute(options: ExecutionOptions(threads: 1, maxBatch: 8))
     // 2 grids and 20 frames, each once; the last one has every frame.
     #expect(progress.count == 2 + 20)
     // Grids and frame batches alternate (frames of a finished grid need not wait for the next grid).
-    #expect(progress[0].gridsDone == 1 && progress[0].stage == .grid && progress.filter { $0.gridsDone == 2 }.count >= 5)
-    #expect(zip(progress, progress.dropFirst()).allSatisfy { $0.gridsDone <= $1.gridsDone && $0.framesDone <= $1.framesDone })
+    #expect(
+        progress[0].gridsDone == 1 && progress[0].stage == .grid && progress.filter { $0.gridsDone == 2 }.count >= 5)
+    #expect(
+        zip(progress, progress.dropFirst()).allSatisfy {
+            $0.gridsDone <= $1.gridsDone && $0.framesDone <= $1.framesDone
+        })
     #expect(progress.last?.stage == .sr && progress.last?.framesDone == 20)
     // The share of the work done only grows, to the whole of it by the last step.
     let fractions = steps.compactMap(\.fraction)
@@ -147,8 +169,11 @@ import Testing
     #expect(fractions.last! > 0.999 && fractions.last! <= 1)
     // 2 grids × 3 steps, 20 frames × 2 steps.
     #expect(steps.filter { $0.stage == .grid }.count == 6 && steps.filter { $0.stage == .sr }.count == 40)
-    #expect(steps.first == StepProgress(stage: .grid, grid: 1, grids: 2, step: 1, steps: 3, frame: 0, frames: 20,
-                                        etaSeconds: steps.first!.etaSeconds, fraction: steps.first!.fraction))
+    #expect(
+        steps.first
+            == StepProgress(
+                stage: .grid, grid: 1, grids: 2, step: 1, steps: 3, frame: 0, frames: 20,
+                etaSeconds: steps.first!.etaSeconds, fraction: steps.first!.fraction))
 
     // The printer: JSON lines parse; the bar ends with a newline.
     var text = ""

@@ -1,13 +1,15 @@
+import GriditDiffusion
 import GriditEngine
 import GriditJobSpec
 import GriditModels
-import GriditDiffusion
 import Testing
 
 // Plan arithmetic: pure functions of the configuration and the settings.
 
-func configuration(k: Int, frame: Int = 4, channels: Int = 1, scale: Int? = 2, classes: Int = 0,
-                   vae: AutoencoderKLConfiguration? = nil, steps: String = "10") -> PipelineConfiguration {
+func configuration(
+    k: Int, frame: Int = 4, channels: Int = 1, scale: Int? = 2, classes: Int = 0,
+    vae: AutoencoderKLConfiguration? = nil, steps: String = "10"
+) -> PipelineConfiguration {
     let f = vae?.downsampleFactor ?? 1
     let c = vae?.latentChannels ?? channels
     let s1 = DiTConfiguration(depth: 1, hidden: 16, input: k * frame / f, channels: c, classes: classes)
@@ -22,8 +24,9 @@ func configuration(k: Int, frame: Int = 4, channels: Int = 1, scale: Int? = 2, c
 
 extension DiTConfiguration {
     init(depth: Int, hidden: Int, input: Int, channels: Int, classes: Int = 0, condition: Int = 0) {
-        self.init(depth: depth, hiddenSize: hidden, numHeads: 2, patchSize: 1, inputSize: input, inChannels: channels,
-                  numClasses: classes, conditionChannels: condition)
+        self.init(
+            depth: depth, hiddenSize: hidden, numHeads: 2, patchSize: 1, inputSize: input, inChannels: channels,
+            numClasses: classes, conditionChannels: condition)
     }
 }
 
@@ -93,7 +96,9 @@ func griditPlansGiveExactlyLFramesWithContextFromEarlierFrames(k: Int) throws {
     let i2 = pl.grid(8)
     #expect(i2.role == .inBetween && i2.dependencies == [2, 3])
     #expect(i2.known.map(\.position) == Array(0..<4) + Array(12..<16))
-    #expect(i2.known.map(\.source) == (12..<16).map { FrameRef(grid: 2, position: $0) } + (12..<16).map { FrameRef(grid: 3, position: $0) })
+    #expect(
+        i2.known.map(\.source) == (12..<16).map { FrameRef(grid: 2, position: $0) }
+            + (12..<16).map { FrameRef(grid: 3, position: $0) })
     #expect(i2.outputs.map(\.position) == Array(8..<12) && i2.outputs.map(\.frame) == Array(32..<36))
 }
 
@@ -103,7 +108,8 @@ func griditPlansGiveExactlyLFramesWithContextFromEarlierFrames(k: Int) throws {
     // 1 + ceil(112 / 8) = 15 grids × 50 steps; 128 frames × 5 SR steps.
     #expect(a.grids == 15 && a.stage1.evaluations == 750 && a.stage2?.evaluations == 640)
     #expect(a.stage1.flops == 750 * p.stage1.flopsPerForward(batch: 1))
-    let b = try plan(p, JobSpec(length: 128, parameters: .init(seed: 1, contextRows: 2, noSR: true, jumpLength: 10, jumpCount: 3)))
+    let b = try plan(
+        p, JobSpec(length: 128, parameters: .init(seed: 1, contextRows: 2, noSR: true, jumpLength: 10, jumpCount: 3)))
     // Jump points 0, 10, 20, 30 (below 50 − 10), each span walked twice more: 50 + 4·2·10 = 130.
     #expect(b.stage1.evaluationsPerItem == 130 && b.stage1.evaluations == 15 * 130 && b.stage2 == nil)
     #expect(b.outputFrameSize == 4 && a.outputFrameSize == 8)
@@ -113,8 +119,9 @@ func griditPlansGiveExactlyLFramesWithContextFromEarlierFrames(k: Int) throws {
     let unguided = try plan(guided, JobSpec(length: 4, parameters: .init(seed: 1, classLabel: 0, cfgScale: 1)))
     #expect(unguided.stage1.rowsPerEvaluation == 1 && unguided.stage1.evaluations == 10)
 
-    let vae = AutoencoderKLConfiguration(inChannels: 1, outChannels: 1, latentChannels: 2, blockOutChannels: [4, 8],
-                                         layersPerBlock: 1, normNumGroups: 2)
+    let vae = AutoencoderKLConfiguration(
+        inChannels: 1, outChannels: 1, latentChannels: 2, blockOutChannels: [4, 8],
+        layersPerBlock: 1, normNumGroups: 2)
     let latent = configuration(k: 4, frame: 8, vae: vae)
     let o = try plan(latent, JobSpec(length: 20, parameters: .init(seed: 1, mode: .official)))
     // N = 2: 5 grids decoded once; contexts encoded after the 8-bit round trip: N (extensions) + 2N (in-betweens).
@@ -122,8 +129,9 @@ func griditPlansGiveExactlyLFramesWithContextFromEarlierFrames(k: Int) throws {
     #expect(o.vae.flops > o.vae.gridFlops && o.vae.gridFlops > 0)
 
     let text = a.render(cost: CostModel.nominal(p))
-    #expect(text.contains("128 frames") && text.contains("grids: 15") && text.contains("750 model evaluations")
-        && text.contains("640 model evaluations"), "\(text)")
+    #expect(
+        text.contains("128 frames") && text.contains("grids: 15") && text.contains("750 model evaluations")
+            && text.contains("640 model evaluations"), "\(text)")
     let seconds = a.estimatedSeconds(CostModel.nominal(p, gflops: 1))
     #expect(abs(seconds - a.flops / 1e9) < 1e-9 * max(1, seconds))
 }

@@ -31,8 +31,9 @@ import Testing
     #expect(results(of: scratch.file("a")) == results(of: scratch.file("b")))
 
     // The fp32 run of the same seed: close in model space, and (where bf16 runs) not the same bits.
-    let c = try runToEnd(fp32, JobSpec(length: 9, parameters: .init(seed: 6, steps: "3", srSteps: "2", precision: "fp32")),
-                         work: scratch.file("c"))
+    let c = try runToEnd(
+        fp32, JobSpec(length: 9, parameters: .init(seed: 6, steps: "3", srSteps: "2", precision: "fp32")),
+        work: scratch.file("c"))
     let g16 = try NPYArray(path: a.workDirectory + "/grids/grid_00000.npy").floatTensor()
     let g32 = try NPYArray(path: c.workDirectory + "/grids/grid_00000.npy").floatTensor()
     var num = 0.0, den = 0.0

@@ -1,9 +1,9 @@
 import Foundation
 import GriditCheckpoint
-import GriditEngine
-import GriditJobSpec
-import GriditImage
 import GriditDiffusion
+import GriditEngine
+import GriditImage
+import GriditJobSpec
 import GriditTensor
 import GriditTestSupport
 import Testing
@@ -20,18 +20,39 @@ struct ReferenceCase: Sendable, CustomStringConvertible {
 }
 
 let referenceCases = [
-    ReferenceCase(name: "pixel_gridit", folder: "pixel",
-                  request: JobSpec(length: 21, parameters: .init(seed: 5, mode: .gridit, sampler: .ddpm, steps: "4", srSampler: .ddim, srSteps: "3", eta: 0, contextRows: 1))),
-    ReferenceCase(name: "pixel_official", folder: "pixel",
-                  request: JobSpec(length: 20, parameters: .init(seed: 3, mode: .official, sampler: .ddpm, steps: "4", noSR: true))),
-    ReferenceCase(name: "latent_gridit", folder: "latent",
-                  request: JobSpec(length: 12, parameters: .init(seed: 11, mode: .gridit, sampler: .ddim, steps: "3", srSampler: .ddim, srSteps: "2", eta: 0, contextRows: 1))),
-    ReferenceCase(name: "latent_official", folder: "latent",
-                  request: JobSpec(length: 10, parameters: .init(seed: 2, mode: .official, sampler: .ddpm, steps: "3", noSR: true))),
-    ReferenceCase(name: "classcond_guided", folder: "classcond",
-                  request: JobSpec(length: 6, parameters: .init(seed: 9, sampler: .ddpm, steps: "4", contextRows: 1, classLabel: 1, cfgScale: 3))),
-    ReferenceCase(name: "pixel_jumps", folder: "pixel",
-                  request: JobSpec(length: 20, parameters: .init(seed: 4, sampler: .ddpm, steps: "6", contextRows: 2, noSR: true, jumpLength: 2, jumpCount: 2))),
+    ReferenceCase(
+        name: "pixel_gridit", folder: "pixel",
+        request: JobSpec(
+            length: 21,
+            parameters: .init(
+                seed: 5, mode: .gridit, sampler: .ddpm, steps: "4", srSampler: .ddim, srSteps: "3", eta: 0,
+                contextRows: 1))),
+    ReferenceCase(
+        name: "pixel_official", folder: "pixel",
+        request: JobSpec(
+            length: 20, parameters: .init(seed: 3, mode: .official, sampler: .ddpm, steps: "4", noSR: true))),
+    ReferenceCase(
+        name: "latent_gridit", folder: "latent",
+        request: JobSpec(
+            length: 12,
+            parameters: .init(
+                seed: 11, mode: .gridit, sampler: .ddim, steps: "3", srSampler: .ddim, srSteps: "2", eta: 0,
+                contextRows: 1))),
+    ReferenceCase(
+        name: "latent_official", folder: "latent",
+        request: JobSpec(
+            length: 10, parameters: .init(seed: 2, mode: .official, sampler: .ddpm, steps: "3", noSR: true))),
+    ReferenceCase(
+        name: "classcond_guided", folder: "classcond",
+        request: JobSpec(
+            length: 6,
+            parameters: .init(seed: 9, sampler: .ddpm, steps: "4", contextRows: 1, classLabel: 1, cfgScale: 3))),
+    ReferenceCase(
+        name: "pixel_jumps", folder: "pixel",
+        request: JobSpec(
+            length: 20,
+            parameters: .init(
+                seed: 4, sampler: .ddpm, steps: "6", contextRows: 2, noSR: true, jumpLength: 2, jumpCount: 2))),
     // v-predicting stages, clean context rows (the pipeline's defaults).
     ReferenceCase(name: "pixel_v_clean", folder: "pixel_v", request: JobSpec(length: 20, parameters: .init(seed: 6))),
 ]
@@ -59,7 +80,8 @@ func sequenceMatchesReference(_ c: ReferenceCase) throws {
 
     for g in 0..<run.plan.grids {
         let want = try NPYArray(path: fixture("\(c.name).grid\(g).npy")).floatTensor().toArray()
-        let got = try NPYArray(path: run.workDirectory + String(format: "/grids/grid_%05d.npy", g)).floatTensor().toArray()
+        let got = try NPYArray(path: run.workDirectory + String(format: "/grids/grid_%05d.npy", g)).floatTensor()
+            .toArray()
         let scale = max(1, want.map { abs($0) }.max()!)
         let d = maxAbsDiff(got, want)
         print("\(c.name) grid \(g): max |diff| \(d) (relative \(d / scale))")

@@ -1,8 +1,8 @@
 import Foundation
 import GriditCheckpoint
+import GriditDiffusion
 import GriditEngine
 import GriditJobSpec
-import GriditDiffusion
 import GriditTensor
 import GriditTestSupport
 import Testing
@@ -32,35 +32,45 @@ import Testing
     bad(JobSpec(length: 5, parameters: .init(seed: 1, classLabel: 1)), "unconditional")
     bad(JobSpec(length: 5, parameters: .init(seed: 1, cfgScale: 4)), "class-conditional")
     let classcond = try pipeline("classcond").configuration
-    expectEngineError(.invalidInput, mentioning: "--class 0...2") { _ = try JobSpec(length: 5, parameters: .init(seed: 1)).settings(for: classcond) }
+    expectEngineError(.invalidInput, mentioning: "--class 0...2") {
+        _ = try JobSpec(length: 5, parameters: .init(seed: 1)).settings(for: classcond)
+    }
     expectEngineError(.invalidInput, mentioning: "0...2") {
         _ = try JobSpec(length: 5, parameters: .init(seed: 1, classLabel: 3)).settings(for: classcond)
     }
     expectEngineError(.invalidInput, mentioning: "k >= 3") {
-        _ = try JobSpec(length: 5, parameters: .init(seed: 1, mode: .official)).settings(for: try pipeline("pixel_k2").configuration)
+        _ = try JobSpec(length: 5, parameters: .init(seed: 1, mode: .official)).settings(
+            for: try pipeline("pixel_k2").configuration)
     }
 
     // Defaults fill in; settings record what runs.
     let s = try JobSpec(length: 7, parameters: .init(seed: 3, precision: "bf16")).settings(for: p)
     #expect(s.mode == .gridit && s.sampler == .ddpm && s.steps == "4" && s.contextRows == 1 && s.superResolution)
-    #expect(s.srSampler == .ddim && s.srSteps == "3" && s.precisionRequested == "bf16" && s.precisionUsed == Precision.bf16.effective.rawValue)
+    #expect(
+        s.srSampler == .ddim && s.srSteps == "3" && s.precisionRequested == "bf16"
+            && s.precisionUsed == Precision.bf16.effective.rawValue)
     #expect(try JobSpec(length: 7, parameters: .init(seed: 3, noSR: true)).settings(for: p).superResolution == false)
     // Context frames: the pipeline's default (re-noised unless it says clean), or the request's.
     #expect(s.context == .renoised)
     #expect(try JobSpec(length: 7, parameters: .init(seed: 3, context: .clean)).settings(for: p).context == .clean)
-    #expect(try JobSpec(length: 7, parameters: .init(seed: 3)).settings(for: try pipeline("pixel_v").configuration).context == .clean)
+    #expect(
+        try JobSpec(length: 7, parameters: .init(seed: 3)).settings(for: try pipeline("pixel_v").configuration).context
+            == .clean)
     #expect(try JobSpec(length: 7, parameters: .init(seed: 3, mode: .official)).settings(for: p).context == nil)
 }
 
 @Test func specsDecodeFromJSON() throws {
-    let json = #"{"length": 64, "parameters": {"seed": 18446744073709551615, "mode": "official", "steps": 50, "sr_steps": "ddim25", "no_sr": true}}"#
+    let json =
+        #"{"length": 64, "parameters": {"seed": 18446744073709551615, "mode": "official", "steps": 50, "sr_steps": "ddim25", "no_sr": true}}"#
     let r = try JSONDecoder().decode(JobSpec.self, from: Data(json.utf8))
     let p = r.parameters
-    #expect(r.length == 64 && p.seed == .max && p.mode == .official && p.steps == "50" && p.srSteps == "ddim25" && p.noSR)
+    #expect(
+        r.length == 64 && p.seed == .max && p.mode == .official && p.steps == "50" && p.srSteps == "ddim25" && p.noSR)
     let round = try JSONDecoder().decode(JobSpec.self, from: JSONEncoder().encode(r))
     #expect(round == r)
     #expect(throws: DecodingError.self) {
-        try JSONDecoder().decode(JobSpec.self, from: Data(#"{"length": 3, "parameters": {"seed": 1, "mode": "fast"}}"#.utf8))
+        try JSONDecoder().decode(
+            JobSpec.self, from: Data(#"{"length": 3, "parameters": {"seed": 1, "mode": "fast"}}"#.utf8))
     }
 }
 
@@ -70,13 +80,17 @@ import Testing
     try FileManager.default.copyItem(atPath: fixture("pixel"), toPath: dir)
     // A missing weights file.
     try FileManager.default.removeItem(atPath: dir + "/stage2.safetensors")
-    expectEngineError(.invalidInput, mentioning: "stage2.safetensors") { _ = try LoadedPipeline(path: dir + "/pipeline.json") }
+    expectEngineError(.invalidInput, mentioning: "stage2.safetensors") {
+        _ = try LoadedPipeline(path: dir + "/pipeline.json")
+    }
     // A config that does not fit k × frame.
     try FileManager.default.copyItem(atPath: fixture("pixel/stage2.safetensors"), toPath: dir + "/stage2.safetensors")
     var spec = try String(contentsOfFile: dir + "/pipeline.json", encoding: .utf8)
     spec = spec.replacingOccurrences(of: "\"frame_size\": 4", with: "\"frame_size\": 5")
     try spec.write(toFile: dir + "/pipeline.json", atomically: true, encoding: .utf8)
-    expectEngineError(.invalidInput, mentioning: "input_size") { _ = try PipelineConfiguration.load(path: dir + "/pipeline.json") }
+    expectEngineError(.invalidInput, mentioning: "input_size") {
+        _ = try PipelineConfiguration.load(path: dir + "/pipeline.json")
+    }
     // Weights that do not match the config.
     try FileManager.default.copyItem(atPath: fixture("pixel/pipeline.json"), toPath: dir + "/fixed.json")
     try FileManager.default.removeItem(atPath: dir + "/stage1.safetensors")
@@ -84,8 +98,12 @@ import Testing
     expectEngineError(.invalidInput, mentioning: "shape") { _ = try LoadedPipeline(path: dir + "/fixed.json") }
     // Not JSON at all, and a missing file.
     try "{".write(toFile: dir + "/broken.json", atomically: true, encoding: .utf8)
-    expectEngineError(.invalidInput, mentioning: "not valid JSON") { _ = try PipelineConfiguration.load(path: dir + "/broken.json") }
-    expectEngineError(.invalidInput, mentioning: "cannot read") { _ = try PipelineConfiguration.load(path: dir + "/nope.json") }
+    expectEngineError(.invalidInput, mentioning: "not valid JSON") {
+        _ = try PipelineConfiguration.load(path: dir + "/broken.json")
+    }
+    expectEngineError(.invalidInput, mentioning: "cannot read") {
+        _ = try PipelineConfiguration.load(path: dir + "/nope.json")
+    }
 }
 
 @Test func aWorkDirectoryOnlyResumesItsOwnRun() throws {
@@ -98,7 +116,9 @@ import Testing
         _ = try SequenceRun(pipeline: p, spec: JobSpec(length: 6, parameters: .init(seed: 2)), workDirectory: work)
     }
     // The same settings spelled differently are the same run.
-    _ = try SequenceRun(pipeline: p, spec: JobSpec(length: 6, parameters: .init(seed: 1, sampler: .ddim, steps: "2")), workDirectory: work)
+    _ = try SequenceRun(
+        pipeline: p, spec: JobSpec(length: 6, parameters: .init(seed: 1, sampler: .ddim, steps: "2")),
+        workDirectory: work)
     // A run recorded before `context` existed (no such field) is the re-noised run it was.
     let runFile = work + "/run.json"
     let old = try String(contentsOfFile: runFile, encoding: .utf8)
@@ -107,7 +127,8 @@ import Testing
     try withoutContext.write(toFile: runFile, atomically: true, encoding: .utf8)
     _ = try SequenceRun(pipeline: p, spec: JobSpec(length: 6, parameters: .init(seed: 1)), workDirectory: work)
     expectEngineError(.invalidInput, mentioning: "different run") {
-        _ = try SequenceRun(pipeline: p, spec: JobSpec(length: 6, parameters: .init(seed: 1, context: .clean)), workDirectory: work)
+        _ = try SequenceRun(
+            pipeline: p, spec: JobSpec(length: 6, parameters: .init(seed: 1, context: .clean)), workDirectory: work)
     }
     let other = scratch.file("other")
     try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
@@ -118,13 +139,15 @@ import Testing
 }
 
 @Test func errorsAreClassifiedForRetrying() {
-    let enospc = CheckpointError(code: .writeFailed, path: "/x/grid.npy", message: "write failed: no space", errno: ENOSPC)
+    let enospc = CheckpointError(
+        code: .writeFailed, path: "/x/grid.npy", message: "write failed: no space", errno: ENOSPC)
     let full = EngineError.classify(enospc)
     #expect(full.code == .diskFull && full.isRetryable)
     #expect(EngineError.classify(PipelineError("bad")).code == .invalidInput)
     #expect(!EngineError.classify(PipelineError("bad")).isRetryable)
     #expect(EngineError.interrupted.code == .interrupted && EngineError.interrupted.isRetryable)
-    let other = EngineError.classify(CheckpointError(code: .writeFailed, path: "/x", message: "write failed", errno: EIO))
+    let other = EngineError.classify(
+        CheckpointError(code: .writeFailed, path: "/x", message: "write failed", errno: EIO))
     #expect(other.code == .transient)
     #expect(EngineError.classify(CheckpointError(code: .truncated, path: "/x", message: "short")).code == .invalidInput)
 }

@@ -1,8 +1,8 @@
 import Foundation
 import GriditCheckpoint
 import GriditEngine
-import GriditJobSpec
 import GriditImage
+import GriditJobSpec
 import GriditTensor
 import Testing
 
@@ -39,7 +39,8 @@ func files(under dir: String) -> [String: [UInt8]] {
         var isDir: ObjCBool = false
         let path = dir + "/" + name
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue,
-           let data = FileManager.default.contents(atPath: path) {
+            let data = FileManager.default.contents(atPath: path)
+        {
             out[name] = [UInt8](data)
         }
     }
@@ -53,8 +54,10 @@ func results(of work: String) -> [String: [UInt8]] {
 
 /// Runs `request` to completion in a new work directory and returns the run.
 @discardableResult
-func runToEnd(_ p: LoadedPipeline, _ request: JobSpec, work: String,
-              options: ExecutionOptions = ExecutionOptions(threads: 2)) throws -> SequenceRun {
+func runToEnd(
+    _ p: LoadedPipeline, _ request: JobSpec, work: String,
+    options: ExecutionOptions = ExecutionOptions(threads: 2)
+) throws -> SequenceRun {
     let run = try SequenceRun(pipeline: p, spec: request, workDirectory: work)
     try run.execute(options: options)
     #expect(run.isComplete)
@@ -64,7 +67,8 @@ func runToEnd(_ p: LoadedPipeline, _ request: JobSpec, work: String,
 /// The 8-bit frames of a finished run, decoded from its PNGs, (C, H, W) planar per frame.
 func decodedFrames(_ run: SequenceRun) throws -> [Image8] {
     try (0..<run.plan.frames).map { i in
-        let data = try #require(FileManager.default.contents(atPath: run.workDirectory + String(format: "/frames/frame_%05d.png", i)))
+        let data = try #require(
+            FileManager.default.contents(atPath: run.workDirectory + String(format: "/frames/frame_%05d.png", i)))
         return try PNG.decode([UInt8](data))
     }
 }
@@ -90,8 +94,10 @@ func maxAbsDiff(_ a: [Float], _ b: [Float]) -> Float {
 }
 
 /// Expects `body` to throw an EngineError with `code` whose message or hint mentions `text`.
-func expectEngineError(_ code: EngineError.Code, mentioning text: String, sourceLocation: SourceLocation = #_sourceLocation,
-                       _ body: () throws -> Void) {
+func expectEngineError(
+    _ code: EngineError.Code, mentioning text: String, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: () throws -> Void
+) {
     do {
         try body()
         Issue.record("expected an \(code) error mentioning '\(text)'", sourceLocation: sourceLocation)

@@ -54,7 +54,9 @@ func pngRoundTripsThroughLibpng(shape: (Int, Int, Int)) throws {
 private func chunks(_ bytes: [UInt8]) -> [(type: String, data: [UInt8])] {
     var out: [(String, [UInt8])] = []
     var i = 8
-    func be32(_ at: Int) -> Int { Int(bytes[at]) << 24 | Int(bytes[at + 1]) << 16 | Int(bytes[at + 2]) << 8 | Int(bytes[at + 3]) }
+    func be32(_ at: Int) -> Int {
+        Int(bytes[at]) << 24 | Int(bytes[at + 1]) << 16 | Int(bytes[at + 2]) << 8 | Int(bytes[at + 3])
+    }
     while i + 12 <= bytes.count {
         let length = be32(i)
         let type = String(decoding: bytes[(i + 4)..<(i + 8)], as: UTF8.self)
@@ -91,15 +93,19 @@ func animatedPNGHoldsEveryFrameInOrder(channels: Int) throws {
     #expect(try PNG.decode(file) == frames[0])
 
     let list = chunks(file)
-    #expect(list.map(\.type) == ["IHDR", "acTL", "fcTL", "IDAT"] + Array(repeating: ["fcTL", "fdAT"], count: 4).flatMap { $0 }
-        + ["IEND"])
+    #expect(
+        list.map(\.type) == ["IHDR", "acTL", "fcTL", "IDAT"]
+            + Array(repeating: ["fcTL", "fdAT"], count: 4).flatMap { $0 }
+            + ["IEND"])
     #expect(list[1].data == [0, 0, 0, 5, 0, 0, 0, 0])  // 5 frames, loop forever
     // Sequence numbers run 0, 1, 2, … over fcTL and fdAT.
     var sequence: [Int] = []
     var decoded: [[UInt8]] = []
     let rowBytes = 6 * channels
     for (type, data) in list where type == "fcTL" || type == "fdAT" || type == "IDAT" {
-        if type != "IDAT" { sequence.append(Int(data[0]) << 24 | Int(data[1]) << 16 | Int(data[2]) << 8 | Int(data[3])) }
+        if type != "IDAT" {
+            sequence.append(Int(data[0]) << 24 | Int(data[1]) << 16 | Int(data[2]) << 8 | Int(data[3]))
+        }
         if type == "fcTL" { #expect(Array(data[20..<24]) == [0, 1, 0, 8]) }  // delay 1/8 s
         if type != "fcTL" {
             let raw = inflate(type == "IDAT" ? data : Array(data.dropFirst(4)), size: (rowBytes + 1) * 4)
@@ -129,13 +135,15 @@ func animatedPNGHoldsEveryFrameInOrder(channels: Int) throws {
     let sheet = ContactSheet.render(tiles, columns: 2, gap: 1, background: 7)
     #expect(sheet.width == 2 * 4 + 1 && sheet.height == 3 * 3 + 1)
     func px(_ x: Int, _ y: Int) -> UInt8 { sheet.pixels[y * sheet.width + x] }
-    #expect(px(0, 0) == 7 && px(4, 1) == 7)          // gaps
-    #expect(px(1, 1) == 10 && px(5, 1) == 20)        // row 0: frames 0, 1
-    #expect(px(1, 4) == 30 && px(5, 4) == 40)        // row 1: frames 2, 3
-    #expect(px(1, 7) == 50 && px(5, 7) == 7)         // row 2: frame 4, then background
+    #expect(px(0, 0) == 7 && px(4, 1) == 7)  // gaps
+    #expect(px(1, 1) == 10 && px(5, 1) == 20)  // row 0: frames 0, 1
+    #expect(px(1, 4) == 30 && px(5, 4) == 40)  // row 1: frames 2, 3
+    #expect(px(1, 7) == 50 && px(5, 7) == 7)  // row 2: frame 4, then background
     #expect(ContactSheet.selection(count: 5, maxTiles: 8) == [0, 1, 2, 3, 4])
     #expect(ContactSheet.selection(count: 101, maxTiles: 5) == [0, 25, 50, 75, 100])
-    #expect(ContactSheet.shrinkFactor(size: 512, maxSize: 128) == 4 && ContactSheet.shrinkFactor(size: 96, maxSize: 128) == 1)
+    #expect(
+        ContactSheet.shrinkFactor(size: 512, maxSize: 128) == 4
+            && ContactSheet.shrinkFactor(size: 96, maxSize: 128) == 1)
     #expect(ContactSheet.shrinkFactor(size: 200, maxSize: 128) == 2)
 }
 

@@ -1,15 +1,17 @@
 // The state directory's database never silently starts over: a deleted, replaced or truncated
 // database, or a write-ahead log lost after a crash, is refused until `--init`; and a full
 // filesystem still takes the writes that record outcomes (the reserve).
-#if canImport(Glibc)
-import Glibc
-#endif
+
 import Foundation
 import GRDB
 import GriditJobQueue
 import GriditStateDatabase
 import GriditTestSupport
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("database identity and reserve")
 struct DatabaseIdentityTests {
@@ -65,7 +67,8 @@ struct DatabaseIdentityTests {
         try FileManager.default.removeItem(atPath: directory.file("jobs.sqlite"))
         let error = try #require(openError(directory.file("jobs.sqlite")))
         #expect(error.code == .databaseLost)
-        #expect(error.message.contains("is missing") && error.message.contains("griditd serve --init"), "\(error.message)")
+        #expect(
+            error.message.contains("is missing") && error.message.contains("griditd serve --init"), "\(error.message)")
         #expect(!FileManager.default.fileExists(atPath: directory.file("jobs.sqlite")), "nothing was created")
         let (database, notes) = try StateDatabase.openOwned(path: directory.file("jobs.sqlite"), initialize: true)
         #expect(notes.contains { $0.contains("new, empty job database") }, "\(notes)")
@@ -86,7 +89,8 @@ struct DatabaseIdentityTests {
         try FileManager.default.removeItem(atPath: path)
         try FileManager.default.copyItem(atPath: other.file("jobs.sqlite"), toPath: path)
         let replaced = try #require(openError(path))
-        #expect(replaced.code == .databaseLost && replaced.message.contains("replaced or truncated"), "\(replaced.message)")
+        #expect(
+            replaced.code == .databaseLost && replaced.message.contains("replaced or truncated"), "\(replaced.message)")
         // Truncated to nothing (its id with it).
         #expect(truncate(path, 0) == 0)
         #expect(try #require(openError(path)).code == .databaseLost)
@@ -116,7 +120,8 @@ struct DatabaseIdentityTests {
         try await populated(directory)
         // What kill -9 leaves: the marker still says open; then the WAL goes.
         let path = directory.file("jobs.sqlite.identity")
-        let text = try String(contentsOfFile: path, encoding: .utf8).replacingOccurrences(of: "\"open\":false", with: "\"open\":true")
+        let text = try String(contentsOfFile: path, encoding: .utf8).replacingOccurrences(
+            of: "\"open\":false", with: "\"open\":true")
         try text.write(toFile: path, atomically: true, encoding: .utf8)
         try? FileManager.default.removeItem(atPath: directory.file("jobs.sqlite-wal"))
         try? FileManager.default.removeItem(atPath: directory.file("jobs.sqlite-shm"))
@@ -130,7 +135,8 @@ struct DatabaseIdentityTests {
     func remnants() throws {
         let directory = TemporaryDirectory()
         defer { directory.remove() }
-        try FileManager.default.createDirectory(atPath: directory.file("outputs/job-1"), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: directory.file("outputs/job-1"), withIntermediateDirectories: true)
         let error = try #require(openError(directory.file("jobs.sqlite")))
         #expect(error.code == .databaseLost && error.message.contains("job outputs"), "\(error.message)")
         #expect(openError(directory.file("jobs.sqlite"), initialize: true) == nil)
@@ -168,7 +174,8 @@ struct DatabaseIdentityTests {
         #expect(reserve.isHeld && reserve.releasedAt == nil)
     }
 
-    @Test("on a full filesystem the writes that record outcomes still go through: the reserve gives room; then disk_full")
+    @Test(
+        "on a full filesystem the writes that record outcomes still go through: the reserve gives room; then disk_full")
     func fullFilesystem() async throws {
         let directory = TemporaryDirectory()
         defer { directory.remove() }
@@ -218,4 +225,3 @@ struct DatabaseIdentityTests {
         return process.terminationStatus == 0
     }
 }
-

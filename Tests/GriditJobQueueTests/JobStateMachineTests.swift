@@ -1,6 +1,6 @@
 import Foundation
-import GriditJobSpec
 import GriditJobQueue
+import GriditJobSpec
 import GriditStateDatabase
 import Testing
 
@@ -65,7 +65,9 @@ struct JobStateMachineTests {
     @Test("terminal states refuse worker events with invalid_transition; live ones with lease_lost")
     func fencing() throws {
         for state in JobState.terminal {
-            #expect(throws: StateError.self) { try machine.apply(.succeed(token: token, outputDir: "/o"), to: job(state), now: at(1)) }
+            #expect(throws: StateError.self) {
+                try machine.apply(.succeed(token: token, outputDir: "/o"), to: job(state), now: at(1))
+            }
             do {
                 _ = try machine.apply(.heartbeat(token: token, leaseDuration: 60), to: job(state), now: at(1))
             } catch {
@@ -89,8 +91,12 @@ struct JobStateMachineTests {
         #expect(t.job.startedAt == at(5) && t.job.updatedAt == at(5))
         var later = job()
         later.notBefore = at(10)
-        #expect(throws: StateError.self) { try machine.apply(.claim(workerID: "w", token: token, leaseDuration: 30), to: later, now: at(9)) }
-        #expect(throws: StateError.self) { try machine.apply(.claim(workerID: "", token: token, leaseDuration: 30), to: job(), now: at(9)) }
+        #expect(throws: StateError.self) {
+            try machine.apply(.claim(workerID: "w", token: token, leaseDuration: 30), to: later, now: at(9))
+        }
+        #expect(throws: StateError.self) {
+            try machine.apply(.claim(workerID: "", token: token, leaseDuration: 30), to: job(), now: at(9))
+        }
     }
 
     @Test("heartbeat extends the lease from now")
@@ -112,7 +118,10 @@ struct JobStateMachineTests {
         let first = try machine.apply(fail, to: running(attempt: 1), now: at(100))
         #expect(first.job.state == .retryable && first.job.notBefore == at(120))
         #expect(first.job.leaseToken == nil && first.job.finishedAt == nil)
-        #expect(first.effects == [.recordError(JobErrorRecord(jobID: 7, attempt: 1, at: at(100), errorClass: "io", message: "EIO"))])
+        #expect(
+            first.effects == [
+                .recordError(JobErrorRecord(jobID: 7, attempt: 1, at: at(100), errorClass: "io", message: "EIO"))
+            ])
         let second = try machine.apply(fail, to: running(attempt: 2), now: at(100))
         #expect(second.job.notBefore == at(140))
         let last = try machine.apply(fail, to: running(attempt: 3), now: at(100))
@@ -122,11 +131,13 @@ struct JobStateMachineTests {
 
     @Test("permanent failure fails at once; a failure after a cancel request cancels")
     func permanentAndCanceled() throws {
-        let permanent = try machine.apply(.fail(token: token, errorClass: "invalid", message: "bad", retryable: false), to: running(), now: at(1))
+        let permanent = try machine.apply(
+            .fail(token: token, errorClass: "invalid", message: "bad", retryable: false), to: running(), now: at(1))
         #expect(permanent.job.state == .failed && permanent.job.errorClass == "invalid")
         var canceling = running()
         canceling.cancelRequested = true
-        let canceled = try machine.apply(.fail(token: token, errorClass: "io", message: "x", retryable: true), to: canceling, now: at(1))
+        let canceled = try machine.apply(
+            .fail(token: token, errorClass: "io", message: "x", retryable: true), to: canceling, now: at(1))
         #expect(canceled.job.state == .canceled)
     }
 
@@ -152,7 +163,8 @@ struct JobStateMachineTests {
 
     @Test("an engine crash counts like an expired lease, fenced by the token; the second is dead")
     func engineCrashes() throws {
-        let first = try machine.apply(.workerCrashed(token: token, message: "the engine crashed (SIGSEGV)"), to: running(), now: at(5))
+        let first = try machine.apply(
+            .workerCrashed(token: token, message: "the engine crashed (SIGSEGV)"), to: running(), now: at(5))
         #expect(first.job.state == .queued && first.job.crashCount == 1 && first.job.attempt == 1)
         #expect(first.job.errorMessage?.hasPrefix("the engine crashed (SIGSEGV) (crash 1 of 2)") == true)
         #expect(first.effects.count == 1)
@@ -162,7 +174,9 @@ struct JobStateMachineTests {
         again.leaseOwner = "w"
         again.leaseToken = token
         again.leaseExpiresAt = at(100)
-        #expect(throws: StateError.self) { try machine.apply(.workerCrashed(token: otherToken, message: "x"), to: again, now: at(6)) }
+        #expect(throws: StateError.self) {
+            try machine.apply(.workerCrashed(token: otherToken, message: "x"), to: again, now: at(6))
+        }
         let second = try machine.apply(.workerCrashed(token: token, message: "SIGBUS"), to: again, now: at(6))
         #expect(second.job.state == .dead && second.job.crashCount == 2)
     }
@@ -176,18 +190,22 @@ struct JobStateMachineTests {
             #expect(orphaned.job.state == .queued && orphaned.job.crashCount == 0 && orphaned.job.attempt == 2)
             #expect(orphaned.job.progress == job.progress && orphaned.job.leaseToken == nil)
             #expect(orphaned.effects.count == 1, "the interruption is in the history")
-            if case .recordError(let record) = orphaned.effects.first { #expect(record.errorClass == interruptedErrorClass) }
+            if case .recordError(let record) = orphaned.effects.first {
+                #expect(record.errorClass == interruptedErrorClass)
+            }
         }
         let released = try machine.apply(.releaseLease(token: token), to: job, now: at(2))
         #expect(released.job.state == .queued && released.job.attempt == 2 && released.effects.isEmpty)
-        let requeued = try machine.apply(.requeue(token: token, reason: "killed from outside (SIGKILL)"), to: job, now: at(3))
+        let requeued = try machine.apply(
+            .requeue(token: token, reason: "killed from outside (SIGKILL)"), to: job, now: at(3))
         #expect(requeued.job.state == .queued && requeued.job.attempt == 2 && requeued.job.crashCount == 0)
         #expect(requeued.effects.count == 1)
         // A cancel requested meanwhile completes instead.
         var canceling = job
         canceling.cancelRequested = true
         #expect(try machine.apply(.orphaned, to: canceling, now: at(4)).job.state == .canceled)
-        #expect(try machine.apply(.requeue(token: token, reason: "r"), to: canceling, now: at(4)).job.state == .canceled)
+        #expect(
+            try machine.apply(.requeue(token: token, reason: "r"), to: canceling, now: at(4)).job.state == .canceled)
     }
 
     @Test("cancel: waiting jobs at once, running by request, canceled idempotent")
@@ -218,7 +236,9 @@ struct JobStateMachineTests {
     @Test("progress is validated against the job length")
     func progressRange() {
         #expect(throws: StateError.self) {
-            try machine.apply(.saveProgress(token: token, progress: JobProgress(stage: .sr, gridsDone: 1, framesDone: 17)), to: running(), now: at(1))
+            try machine.apply(
+                .saveProgress(token: token, progress: JobProgress(stage: .sr, gridsDone: 1, framesDone: 17)),
+                to: running(), now: at(1))
         }
     }
 

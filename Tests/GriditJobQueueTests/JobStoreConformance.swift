@@ -1,6 +1,6 @@
 import Foundation
-import GriditJobSpec
 import GriditJobQueue
+import GriditJobSpec
 import GriditStateDatabase
 import Testing
 
@@ -92,7 +92,8 @@ struct JobStoreConformance: Sendable {
         let store = try await makeStore()
         var ids: [String: Int64] = [:]
         for (name, priority) in [("low1", 0), ("high1", 5), ("low2", 0), ("high2", 5), ("mid", 2)] {
-            ids[name] = try await store.submit(submission(priority: priority), owner: 1, maxQueued: 100, now: at(0)).job.id
+            ids[name] = try await store.submit(submission(priority: priority), owner: 1, maxQueued: 100, now: at(0)).job
+                .id
         }
         var order: [Int64] = []
         while let claimed = try await store.claim(workerID: "w", leaseDuration: 60, now: at(1)) {
@@ -143,7 +144,9 @@ struct JobStoreConformance: Sendable {
         #expect(error?.message.contains("max_queued 2") == true)
         // A running job still counts; a finished one does not.
         let claimed = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(1)))
-        #expect(await storeError { try await store.submit(submission(), owner: 1, maxQueued: 2, now: at(1)) }?.code == .queueFull)
+        #expect(
+            await storeError { try await store.submit(submission(), owner: 1, maxQueued: 2, now: at(1)) }?.code
+                == .queueFull)
         _ = try await store.complete(id: claimed.job.id, token: claimed.token, outputDir: "/o", now: at(2))
         _ = try await store.submit(submission(), owner: 1, maxQueued: 2, now: at(3))
         #expect(try await store.list(JobFilter()).count == 3)
@@ -187,11 +190,24 @@ struct JobStoreConformance: Sendable {
         let new = try #require(try await store.claim(workerID: "new", leaseDuration: 60, now: at(62)))
         #expect(new.job.id == id && new.token != old.token)
 
-        #expect(await storeError { try await store.heartbeat(id: id, token: old.token, leaseDuration: 60, now: at(63)) }?.code == .leaseLost)
-        #expect(await storeError { try await store.saveProgress(id: id, token: old.token, progress: JobProgress(stage: .sr), now: at(63)) }?.code == .leaseLost)
-        #expect(await storeError { try await store.complete(id: id, token: old.token, outputDir: "/stale", now: at(63)) }?.code == .leaseLost)
-        #expect(await storeError { try await store.fail(id: id, token: old.token, errorClass: "io", message: "x", retryable: true, now: at(63)) }?.code == .leaseLost)
-        #expect(await storeError { try await store.releaseLease(id: id, token: old.token, now: at(63)) }?.code == .leaseLost)
+        #expect(
+            await storeError { try await store.heartbeat(id: id, token: old.token, leaseDuration: 60, now: at(63)) }?
+                .code == .leaseLost)
+        #expect(
+            await storeError {
+                try await store.saveProgress(id: id, token: old.token, progress: JobProgress(stage: .sr), now: at(63))
+            }?.code == .leaseLost)
+        #expect(
+            await storeError { try await store.complete(id: id, token: old.token, outputDir: "/stale", now: at(63)) }?
+                .code == .leaseLost)
+        #expect(
+            await storeError {
+                try await store.fail(
+                    id: id, token: old.token, errorClass: "io", message: "x", retryable: true, now: at(63))
+            }?.code == .leaseLost)
+        #expect(
+            await storeError { try await store.releaseLease(id: id, token: old.token, now: at(63)) }?.code == .leaseLost
+        )
 
         // Nothing changed for the new holder.
         let job = try await store.get(id: id)
@@ -209,7 +225,9 @@ struct JobStoreConformance: Sendable {
         _ = try await store.heartbeat(id: id, token: claimed.token, leaseDuration: 60, now: at(50))  // until 110
 
         #expect(try await store.recoverExpiredLeases(now: at(109)).isEmpty)
-        #expect(try await store.recoverExpiredLeases(now: at(110), sparing: [id]).isEmpty, "spared: its worker is supervised")
+        #expect(
+            try await store.recoverExpiredLeases(now: at(110), sparing: [id]).isEmpty,
+            "spared: its worker is supervised")
         let recovered = try await store.recoverExpiredLeases(now: at(110))
         #expect(recovered.count == 1)
         let job = try await store.get(id: id)
@@ -280,15 +298,24 @@ struct JobStoreConformance: Sendable {
         // Killed from outside: back without a crash or an attempt, the reason in the history.
         let requeued = try await store.requeue(id: id, token: first.token, reason: "killed from outside", now: at(1))
         #expect(requeued.state == .queued && requeued.crashCount == 0 && requeued.attempt == 0)
-        #expect(await storeError { try await store.requeue(id: id, token: first.token, reason: "again", now: at(2)) }?.code == .leaseLost)
+        #expect(
+            await storeError { try await store.requeue(id: id, token: first.token, reason: "again", now: at(2)) }?.code
+                == .leaseLost)
         // An engine crash counts; the second one is dead.
         let second = try #require(try await store.claim(workerID: "w", leaseDuration: 600, now: at(2)))
         let crashed = try await store.recordWorkerCrash(id: id, token: second.token, message: "SIGSEGV", now: at(3))
         #expect(crashed.state == .queued && crashed.crashCount == 1 && crashed.errorClass == workerCrashedErrorClass)
-        #expect(await storeError { try await store.recordWorkerCrash(id: id, token: second.token, message: "x", now: at(4)) }?.code == .leaseLost)
+        #expect(
+            await storeError {
+                try await store.recordWorkerCrash(id: id, token: second.token, message: "x", now: at(4))
+            }?.code == .leaseLost)
         let third = try #require(try await store.claim(workerID: "w", leaseDuration: 600, now: at(4)))
-        #expect(try await store.recordWorkerCrash(id: id, token: third.token, message: "SIGBUS", now: at(5)).state == .dead)
-        #expect(try await store.errors(id: id).map(\.errorClass) == [interruptedErrorClass, workerCrashedErrorClass, workerCrashedErrorClass])
+        #expect(
+            try await store.recordWorkerCrash(id: id, token: third.token, message: "SIGBUS", now: at(5)).state == .dead)
+        #expect(
+            try await store.errors(id: id).map(\.errorClass) == [
+                interruptedErrorClass, workerCrashedErrorClass, workerCrashedErrorClass,
+            ])
     }
 
     func terminalSticky() async throws {
@@ -299,9 +326,13 @@ struct JobStoreConformance: Sendable {
         _ = try await store.acknowledgeCancel(id: id, token: claimed.token, now: at(2))
         #expect(try await store.get(id: id).state == .canceled)
 
-        let complete = await storeError { try await store.complete(id: id, token: claimed.token, outputDir: "/o", now: at(3)) }
+        let complete = await storeError {
+            try await store.complete(id: id, token: claimed.token, outputDir: "/o", now: at(3))
+        }
         #expect(complete?.code == .invalidTransition)
-        #expect(await storeError { try await store.heartbeat(id: id, token: claimed.token, leaseDuration: 60, now: at(3)) } != nil)
+        #expect(
+            await storeError { try await store.heartbeat(id: id, token: claimed.token, leaseDuration: 60, now: at(3)) }
+                != nil)
         #expect(try await store.get(id: id).state == .canceled)
         #expect(try await store.get(id: id).outputDir == nil)
 
@@ -309,9 +340,15 @@ struct JobStoreConformance: Sendable {
         let id2 = try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(0)).job.id
         let c2 = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(4)))
         _ = try await store.complete(id: id2, token: c2.token, outputDir: "/o2", now: at(5))
-        #expect(await storeError { try await store.cancel(id: id2, requesterUID: 1, isAdmin: true, now: at(6)) }?.code == .invalidTransition)
-        #expect(await storeError { try await store.retry(id: id2, requesterUID: 1, isAdmin: true, now: at(6)) }?.code == .invalidTransition)
-        #expect(await storeError { try await store.complete(id: id2, token: c2.token, outputDir: "/again", now: at(6)) }?.code == .invalidTransition)
+        #expect(
+            await storeError { try await store.cancel(id: id2, requesterUID: 1, isAdmin: true, now: at(6)) }?.code
+                == .invalidTransition)
+        #expect(
+            await storeError { try await store.retry(id: id2, requesterUID: 1, isAdmin: true, now: at(6)) }?.code
+                == .invalidTransition)
+        #expect(
+            await storeError { try await store.complete(id: id2, token: c2.token, outputDir: "/again", now: at(6)) }?
+                .code == .invalidTransition)
         #expect(try await store.get(id: id2).outputDir == "/o2")
     }
 
@@ -330,7 +367,8 @@ struct JobStoreConformance: Sendable {
         #expect(requested.state == .running && requested.cancelRequested)
         let lease = try await store.heartbeat(id: running, token: claimed.token, leaseDuration: 60, now: at(5))
         #expect(lease.cancelRequested)
-        let progress = try await store.saveProgress(id: running, token: claimed.token, progress: JobProgress(gridsDone: 1), now: at(6))
+        let progress = try await store.saveProgress(
+            id: running, token: claimed.token, progress: JobProgress(gridsDone: 1), now: at(6))
         #expect(progress.cancelRequested)
         let done = try await store.acknowledgeCancel(id: running, token: claimed.token, now: at(7))
         #expect(done.state == .canceled && done.leaseToken == nil && done.finishedAt == at(7))
@@ -351,7 +389,9 @@ struct JobStoreConformance: Sendable {
         #expect(error?.message.contains("1000") == true)
         #expect(try await store.get(id: id).state == .queued)
         #expect(try await store.cancel(id: id, requesterUID: 0, isAdmin: true, now: at(2)).state == .canceled)
-        #expect(await storeError { try await store.retry(id: id, requesterUID: 1001, isAdmin: false, now: at(3)) }?.code == .forbidden)
+        #expect(
+            await storeError { try await store.retry(id: id, requesterUID: 1001, isAdmin: false, now: at(3)) }?.code
+                == .forbidden)
     }
 
     func retryTerminal() async throws {
@@ -359,7 +399,8 @@ struct JobStoreConformance: Sendable {
         // failed (permanent)
         let failed = try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(0)).job.id
         let c1 = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(0)))
-        _ = try await store.fail(id: failed, token: c1.token, errorClass: "invalid", message: "bad", retryable: false, now: at(1))
+        _ = try await store.fail(
+            id: failed, token: c1.token, errorClass: "invalid", message: "bad", retryable: false, now: at(1))
         // canceled
         let canceled = try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(2)).job.id
         _ = try await store.cancel(id: canceled, requesterUID: 1, isAdmin: false, now: at(2))
@@ -383,14 +424,17 @@ struct JobStoreConformance: Sendable {
         let claimed = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(10)))
         #expect(claimed.job.id == failed && claimed.job.attempt == 1)
         // Retrying a queued or running job is not allowed.
-        #expect(await storeError { try await store.retry(id: canceled, requesterUID: 1, isAdmin: false, now: at(11)) }?.code == .invalidTransition)
+        #expect(
+            await storeError { try await store.retry(id: canceled, requesterUID: 1, isAdmin: false, now: at(11)) }?.code
+                == .invalidTransition)
     }
 
     func transientBackoff() async throws {
         let store = try await makeStore()
         let id = try await store.submit(submission(maxAttempts: 3), owner: 1, maxQueued: 10, now: at(0)).job.id
         let c1 = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(0)))
-        let r1 = try await store.fail(id: id, token: c1.token, errorClass: "io", message: "EIO on frame 3", retryable: true, now: at(5))
+        let r1 = try await store.fail(
+            id: id, token: c1.token, errorClass: "io", message: "EIO on frame 3", retryable: true, now: at(5))
         #expect(r1.state == .retryable)
         #expect(r1.notBefore == at(5 + 20))  // 10 s · 2^1
         #expect(r1.errorClass == "io" && r1.errorMessage == "EIO on frame 3")
@@ -399,11 +443,13 @@ struct JobStoreConformance: Sendable {
 
         let c2 = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(25)))
         #expect(c2.job.id == id && c2.job.attempt == 2)
-        let r2 = try await store.fail(id: id, token: c2.token, errorClass: "oom", message: "ENOMEM", retryable: true, now: at(30))
+        let r2 = try await store.fail(
+            id: id, token: c2.token, errorClass: "oom", message: "ENOMEM", retryable: true, now: at(30))
         #expect(r2.state == .retryable && r2.notBefore == at(30 + 40))  // 10 s · 2^2
 
         let c3 = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(70)))
-        let r3 = try await store.fail(id: id, token: c3.token, errorClass: "io", message: "EIO again", retryable: true, now: at(80))
+        let r3 = try await store.fail(
+            id: id, token: c3.token, errorClass: "io", message: "EIO again", retryable: true, now: at(80))
         #expect(r3.state == .failed && r3.finishedAt == at(80))
         let errors = try await store.errors(id: id)
         #expect(errors.map(\.attempt) == [1, 2, 3])
@@ -415,7 +461,9 @@ struct JobStoreConformance: Sendable {
         let store = try await makeStore()
         let id = try await store.submit(submission(maxAttempts: 3), owner: 1, maxQueued: 10, now: at(0)).job.id
         let claimed = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(0)))
-        let job = try await store.fail(id: id, token: claimed.token, errorClass: "invalid_params", message: "no such model", retryable: false, now: at(1))
+        let job = try await store.fail(
+            id: id, token: claimed.token, errorClass: "invalid_params", message: "no such model", retryable: false,
+            now: at(1))
         #expect(job.state == .failed && job.errorClass == "invalid_params" && job.errorMessage == "no such model")
         #expect(try await store.errors(id: id).count == 1)
     }
@@ -433,7 +481,9 @@ struct JobStoreConformance: Sendable {
 
     func notBefore() async throws {
         let store = try await makeStore()
-        let later = try await store.submit(submission(priority: 9, notBefore: at(100)), owner: 1, maxQueued: 10, now: at(0)).job.id
+        let later = try await store.submit(
+            submission(priority: 9, notBefore: at(100)), owner: 1, maxQueued: 10, now: at(0)
+        ).job.id
         let now = try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(0)).job.id
         #expect(try await store.claim(workerID: "w", leaseDuration: 60, now: at(1))?.job.id == now)
         #expect(try await store.claim(workerID: "w", leaseDuration: 60, now: at(99)) == nil)
@@ -454,7 +504,8 @@ struct JobStoreConformance: Sendable {
         let store = try await makeStore()
         let old = try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(0)).job.id
         let c = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(0)))
-        _ = try await store.fail(id: old, token: c.token, errorClass: "invalid", message: "bad", retryable: false, now: at(10))
+        _ = try await store.fail(
+            id: old, token: c.token, errorClass: "invalid", message: "bad", retryable: false, now: at(10))
         let oldDone = try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(0)).job.id
         let c2 = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(11)))
         _ = try await store.complete(id: oldDone, token: c2.token, outputDir: "/out/old", now: at(12))
@@ -495,7 +546,9 @@ struct JobStoreConformance: Sendable {
         #expect(first.workSeconds == 60)
         let tooMuch = await storeError { try await store.submit(work(41), owner: 1, limits: limits, now: at(0)) }
         #expect(tooMuch?.code == .ownerWorkLimit)
-        #expect(tooMuch?.message.contains("uid 1") == true && tooMuch?.message.contains("(60 s)") == true, "\(tooMuch?.message ?? "")")
+        #expect(
+            tooMuch?.message.contains("uid 1") == true && tooMuch?.message.contains("(60 s)") == true,
+            "\(tooMuch?.message ?? "")")
         _ = try await store.submit(work(40), owner: 1, limits: limits, now: at(0))
         let third = await storeError { try await store.submit(work(0), owner: 1, limits: limits, now: at(0)) }
         #expect(third?.code == .ownerJobLimit)
@@ -507,11 +560,17 @@ struct JobStoreConformance: Sendable {
         // A finished job frees its share; a running one still counts.
         let claimed = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(1)))
         #expect(claimed.job.id == first.id)
-        #expect(await storeError { try await store.submit(work(0), owner: 1, limits: limits, now: at(1)) }?.code == .ownerJobLimit)
+        #expect(
+            await storeError { try await store.submit(work(0), owner: 1, limits: limits, now: at(1)) }?.code
+                == .ownerJobLimit)
         _ = try await store.complete(id: first.id, token: claimed.token, outputDir: "/o", now: at(2))
         _ = try await store.submit(work(60), owner: 1, limits: limits, now: at(3))
-        #expect(await storeError { try await store.submit(work(-1), owner: 4, maxQueued: 100, now: at(3)) }?.code == .invalidArgument)
-        #expect(await storeError { try await store.submit(work(.nan), owner: 4, maxQueued: 100, now: at(3)) }?.code == .invalidArgument)
+        #expect(
+            await storeError { try await store.submit(work(-1), owner: 4, maxQueued: 100, now: at(3)) }?.code
+                == .invalidArgument)
+        #expect(
+            await storeError { try await store.submit(work(.nan), owner: 4, maxQueued: 100, now: at(3)) }?.code
+                == .invalidArgument)
     }
 
     func pruneExtremeAges() async throws {
@@ -550,12 +609,23 @@ struct JobStoreConformance: Sendable {
     func invalidInput() async throws {
         let store = try await makeStore()
         #expect(await storeError { try await store.get(id: 424242) }?.code == .notFound)
-        #expect(await storeError { try await store.cancel(id: 424242, requesterUID: 0, isAdmin: true, now: at(0)) }?.code == .notFound)
-        #expect(await storeError { try await store.heartbeat(id: 424242, token: LeaseToken(rawValue: 1), leaseDuration: 60, now: at(0)) }?.code == .notFound)
+        #expect(
+            await storeError { try await store.cancel(id: 424242, requesterUID: 0, isAdmin: true, now: at(0)) }?.code
+                == .notFound)
+        #expect(
+            await storeError {
+                try await store.heartbeat(id: 424242, token: LeaseToken(rawValue: 1), leaseDuration: 60, now: at(0))
+            }?.code == .notFound)
         let notJSON = JobSubmission(params: "{not json", length: 4)
-        #expect(await storeError { try await store.submit(notJSON, owner: 1, maxQueued: 10, now: at(0)) }?.code == .invalidArgument)
-        #expect(await storeError { try await store.submit(submission(length: 0), owner: 1, maxQueued: 10, now: at(0)) }?.code == .invalidArgument)
-        #expect(await storeError { try await store.claim(workerID: "", leaseDuration: 60, now: at(0)) }?.code == .invalidArgument)
+        #expect(
+            await storeError { try await store.submit(notJSON, owner: 1, maxQueued: 10, now: at(0)) }?.code
+                == .invalidArgument)
+        #expect(
+            await storeError { try await store.submit(submission(length: 0), owner: 1, maxQueued: 10, now: at(0)) }?
+                .code == .invalidArgument)
+        #expect(
+            await storeError { try await store.claim(workerID: "", leaseDuration: 60, now: at(0)) }?.code
+                == .invalidArgument)
         #expect(try await store.list(JobFilter()).isEmpty)
     }
 
@@ -598,7 +668,8 @@ struct JobStoreConformance: Sendable {
         let a4 = try await submit("sha256:a", 0)
         _ = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(1)))
         for job in try await store.list(JobFilter(states: [.running])) {
-            _ = try await store.recordWorkerCrash(id: job.id, token: try #require(job.leaseToken), message: "SIGSEGV", now: at(2))
+            _ = try await store.recordWorkerCrash(
+                id: job.id, token: try #require(job.leaseToken), message: "SIGSEGV", now: at(2))
         }
         #expect(try await store.get(id: a4).crashCount == 1)
         #expect(try await store.claim(workerID: "w", leaseDuration: 60, matching: a, now: at(3)) == nil)
@@ -622,7 +693,8 @@ struct JobStoreConformance: Sendable {
         #expect(try await store.livePipelinePins().isEmpty)
         func submit(_ digest: String?) async throws -> Int64 {
             try await store.submit(
-                JobSubmission(params: sampleParams, length: 4, pipelineDigest: digest), owner: 1, maxQueued: 10, now: at(0)
+                JobSubmission(params: sampleParams, length: 4, pipelineDigest: digest), owner: 1, maxQueued: 10,
+                now: at(0)
             ).job.id
         }
         let a1 = try await submit("sha256:a"), b = try await submit("sha256:b"), a2 = try await submit("sha256:a")

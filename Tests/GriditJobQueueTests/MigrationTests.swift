@@ -1,8 +1,8 @@
 import Crypto
 import Foundation
 import GRDB
-import GriditJobSpec
 import GriditJobQueue
+import GriditJobSpec
 import GriditStateDatabase
 import GriditTestSupport
 import Testing
@@ -36,7 +36,9 @@ struct MigrationTests {
         let files = try Self.sqlFiles()
         #expect(files.map { String($0.dropLast(4)) } == SchemaMigration.all.map(\.identifier))
         for (index, file) in files.enumerated() {
-            #expect(file.hasPrefix(String(format: "%04d_", index + 1)), "migrations are numbered 0001, 0002, ... without gaps: \(file)")
+            #expect(
+                file.hasPrefix(String(format: "%04d_", index + 1)),
+                "migrations are numbered 0001, 0002, ... without gaps: \(file)")
         }
     }
 
@@ -45,7 +47,9 @@ struct MigrationTests {
         for migration in SchemaMigration.all {
             let url = Self.migrationsFolder.appendingPathComponent(migration.identifier + ".sql")
             let file = try Data(contentsOf: url)
-            #expect(Array(file) == Array(migration.sql.utf8), "Migrations+Embedded.swift differs from migrations/\(migration.identifier).sql")
+            #expect(
+                Array(file) == Array(migration.sql.utf8),
+                "Migrations+Embedded.swift differs from migrations/\(migration.identifier).sql")
         }
     }
 
@@ -55,7 +59,9 @@ struct MigrationTests {
         for migration in SchemaMigration.all {
             let url = Self.migrationsFolder.appendingPathComponent(migration.identifier + ".sql")
             let hash = sha256Hex(try Data(contentsOf: url))
-            #expect(hash == Self.pinned[migration.identifier], "migrations/\(migration.identifier).sql changed after shipping; add a new migration instead")
+            #expect(
+                hash == Self.pinned[migration.identifier],
+                "migrations/\(migration.identifier).sql changed after shipping; add a new migration instead")
             #expect(sha256Hex(Array(migration.sql.utf8)) == Self.pinned[migration.identifier])
         }
     }
@@ -94,7 +100,10 @@ struct MigrationTests {
                         arguments: [owner, "k\(owner)", sampleParams])
                 }
                 try db.execute(sql: "UPDATE job SET state = 'failed', finished_at = 1 WHERE id = 1")
-                try db.execute(sql: "INSERT INTO job_error (job_id, attempt, at, class, message) VALUES (1, 1, 1, 'invalid', 'bad')")
+                try db.execute(
+                    sql:
+                        "INSERT INTO job_error (job_id, attempt, at, class, message) VALUES (1, 1, 1, 'invalid', 'bad')"
+                )
             }
             try old.close()
         }
@@ -108,7 +117,9 @@ struct MigrationTests {
         #expect(after.map(\.id) == before.map(\.id))
         #expect(after.map(\.params) == before.map(\.params) && after.map(\.state) == before.map(\.state))
         #expect(after.allSatisfy { $0.workSeconds == 0 })
-        #expect(try await store.errors(id: before[0].id).map(\.errorClass) == ["invalid"], "job_error rows survive the rebuild")
+        #expect(
+            try await store.errors(id: before[0].id).map(\.errorClass) == ["invalid"],
+            "job_error rows survive the rebuild")
         // The indexes came back: idempotency still dedupes, claims still work.
         #expect(try await store.submit(submission(key: "k2"), owner: 2, maxQueued: 10, now: at(3)).deduplicated)
         let last = before.map(\.id).max()!
@@ -125,9 +136,10 @@ struct MigrationTests {
         let directory = TemporaryDirectory()
         defer { directory.remove() }
         let path = directory.file("jobs.sqlite")
-        let future = SchemaMigration.all + [
-            SchemaMigration(identifier: "9999_from_the_future", sql: "CREATE TABLE future (x INTEGER) STRICT;"),
-        ]
+        let future =
+            SchemaMigration.all + [
+                SchemaMigration(identifier: "9999_from_the_future", sql: "CREATE TABLE future (x INTEGER) STRICT;")
+            ]
         do {
             let newer = try SQLiteJobStore(path: path, migrations: future)
             #expect(try newer.appliedMigrations().last == "9999_from_the_future")
@@ -144,16 +156,22 @@ struct MigrationTests {
         let directory = TemporaryDirectory()
         defer { directory.remove() }
         let path = directory.file("jobs.sqlite")
-        let broken = SchemaMigration.all + [
-            SchemaMigration(identifier: "0002_broken", sql: "CREATE TABLE half (x INTEGER) STRICT; SELECT * FROM no_such_table;"),
-        ]
+        let broken =
+            SchemaMigration.all + [
+                SchemaMigration(
+                    identifier: "0002_broken", sql: "CREATE TABLE half (x INTEGER) STRICT; SELECT * FROM no_such_table;"
+                )
+            ]
         let error = await storeError { try SQLiteJobStore(path: path, migrations: broken) }
         #expect(error?.code == .database)
         let store = try SQLiteJobStore(path: path)
         #expect(try store.appliedMigrations() == SchemaMigration.all.map(\.identifier))
         // 0002 would run again from scratch: its table was rolled back with it.
         try store.close()
-        let fixed = SchemaMigration.all + [SchemaMigration(identifier: "0002_broken", sql: "CREATE TABLE half (x INTEGER) STRICT;")]
+        let fixed =
+            SchemaMigration.all + [
+                SchemaMigration(identifier: "0002_broken", sql: "CREATE TABLE half (x INTEGER) STRICT;")
+            ]
         let again = try SQLiteJobStore(path: path, migrations: fixed)
         #expect(try again.appliedMigrations().last == "0002_broken")
     }

@@ -1,11 +1,12 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import GriditJobQueue
 import GriditStateDatabase
 import GriditTestSupport
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("state directory permissions", .serialized)
 struct StatePermissionsTests {

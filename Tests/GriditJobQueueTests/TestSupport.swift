@@ -21,7 +21,9 @@ func storeError<T>(_ body: () async throws -> T) async -> StateError? {
 
 let sampleParams = #"{"model":"gridit-b","seed":1}"#
 
-func submission(priority: Int = 0, key: String? = nil, maxAttempts: Int = 3, length: Int = 16, notBefore: Date? = nil) -> JobSubmission {
+func submission(
+    priority: Int = 0, key: String? = nil, maxAttempts: Int = 3, length: Int = 16, notBefore: Date? = nil
+) -> JobSubmission {
     JobSubmission(
         params: sampleParams, length: length, priority: priority, idempotencyKey: key,
         maxAttempts: maxAttempts, notBefore: notBefore)

@@ -1,21 +1,29 @@
 import Foundation
-@testable import GriditJobSpec
 import Testing
+
+@testable import GriditJobSpec
 
 @Suite("job spec")
 struct JobSpecTests {
     @Test("output names: relative folders only")
     func outputNames() throws {
         for good in ["run-1", "cats/run_2", "a.b/c-d"] { try JobSpec.validateOutput(good) }
-        for bad in ["", "/etc", "../x", "a/../../b", "a//b", ".hidden", "a/./b", "sp ace", "ünï", String(repeating: "a", count: 201)] {
+        for bad in [
+            "", "/etc", "../x", "a/../../b", "a//b", ".hidden", "a/./b", "sp ace", "ünï",
+            String(repeating: "a", count: 201),
+        ] {
             #expect(throws: JobSpecError.self, "\(bad)") { try JobSpec.validateOutput(bad) }
         }
     }
 
     @Test("steps: counts, ddimN and diffusers spacings in 1...10000")
     func steps() throws {
-        for good in ["250", "ddim50", "trailing20", "10,20,30"] { try JobSpec.Parameters.validateSteps(good, name: "steps") }
-        for bad in ["0", "-3", "ddim", "ddim0", "10001", "fast", "trailing", "leading0", "linspace-2", "ddim5,5", "1,,2"] {
+        for good in ["250", "ddim50", "trailing20", "10,20,30"] {
+            try JobSpec.Parameters.validateSteps(good, name: "steps")
+        }
+        for bad in [
+            "0", "-3", "ddim", "ddim0", "10001", "fast", "trailing", "leading0", "linspace-2", "ddim5,5", "1,,2",
+        ] {
             #expect(throws: JobSpecError.self, "\(bad)") { try JobSpec.Parameters.validateSteps(bad, name: "steps") }
         }
     }
@@ -30,7 +38,9 @@ struct JobSpecTests {
                 #expect(error.message.contains(text), "\(error.message)", sourceLocation: sourceLocation)
             }
         }
-        try JobSpec(length: 1, model: "m:v1", output: "a/b", parameters: .init(seed: 1, eta: 1, classLabel: 0, cfgScale: 0)).validate()
+        try JobSpec(
+            length: 1, model: "m:v1", output: "a/b", parameters: .init(seed: 1, eta: 1, classLabel: 0, cfgScale: 0)
+        ).validate()
         broken(JobSpec(length: 0), "at least 1 frame")
         broken(JobSpec(length: 4, model: ""), "model must be")
         broken(JobSpec(length: 4, output: "../x"), "'..'")
@@ -48,14 +58,20 @@ struct JobSpecTests {
         let spec = JobSpec(length: 3, parameters: .init(seed: .max, mode: .official, steps: "50", noSR: true))
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
-        #expect(String(decoding: try encoder.encode(spec), as: UTF8.self)
-            == #"{"length":3,"parameters":{"mode":"official","no_sr":true,"seed":18446744073709551615,"steps":"50"}}"#)
-        let decoded = try JSONDecoder().decode(JobSpec.self, from: Data(#"{"length":3,"parameters":{"steps":50,"sr_sampler":"dpmpp-2m"}}"#.utf8))
-        #expect(decoded.parameters.steps == "50" && decoded.parameters.srSampler == .dpmpp2m && !decoded.parameters.noSR)
+        #expect(
+            String(decoding: try encoder.encode(spec), as: UTF8.self)
+                == #"{"length":3,"parameters":{"mode":"official","no_sr":true,"seed":18446744073709551615,"steps":"50"}}"#
+        )
+        let decoded = try JSONDecoder().decode(
+            JobSpec.self, from: Data(#"{"length":3,"parameters":{"steps":50,"sr_sampler":"dpmpp-2m"}}"#.utf8))
+        #expect(
+            decoded.parameters.steps == "50" && decoded.parameters.srSampler == .dpmpp2m && !decoded.parameters.noSR)
         #expect(throws: JobSpecError.self) {
             try JSONDecoder().decode(JobSpec.self, from: Data(#"{"length":3,"parameters":{"sead":1}}"#.utf8))
         }
-        #expect(throws: DecodingError.self) { try JSONDecoder().decode(JobSpec.self, from: Data(#"{"parameters":{}}"#.utf8)) }
+        #expect(throws: DecodingError.self) {
+            try JSONDecoder().decode(JobSpec.self, from: Data(#"{"parameters":{}}"#.utf8))
+        }
     }
 
     @Test("progress JSON keeps the stored layout; the live step is optional")
@@ -63,7 +79,8 @@ struct JobSpecTests {
         let stored = #"{"stage":"grid","grids_done":0,"frames_done":0}"#
         #expect(try JSONDecoder().decode(JobProgress.self, from: Data(stored.utf8)) == JobProgress())
         #expect(throws: DecodingError.self) {
-            try JSONDecoder().decode(JobProgress.self, from: Data(#"{"stage":"stage1","grids_done":0,"frames_done":0}"#.utf8))
+            try JSONDecoder().decode(
+                JobProgress.self, from: Data(#"{"stage":"stage1","grids_done":0,"frames_done":0}"#.utf8))
         }
     }
 }

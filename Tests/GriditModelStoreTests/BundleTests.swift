@@ -2,9 +2,9 @@ import CModelStore
 import Foundation
 import Glibc
 import GriditAPI
+import GriditDiffusion
 import GriditModelStore
 import GriditModels
-import GriditDiffusion
 import GriditTestSupport
 import Testing
 
@@ -99,7 +99,9 @@ struct BundleTests {
         let result = try b.importModel(from: dir.file("tiny.tar"))
         #expect(result.reference == "tiny:v1" && result.digest == imported.digest)
         #expect(result.bytesWritten == imported.size)
-        #expect(try b.show("tiny:v1", pins: JobPins()).blobs.map(\.digest) == a.show("tiny:v1", pins: JobPins()).blobs.map(\.digest))
+        #expect(
+            try b.show("tiny:v1", pins: JobPins()).blobs.map(\.digest)
+                == a.show("tiny:v1", pins: JobPins()).blobs.map(\.digest))
         #expect(try b.verify(nil).ok)
         _ = try b.resolvePipeline(try b.resolve("tiny:v1"))
         // --name overrides the bundle's tags; importing a known version writes nothing.

@@ -1,9 +1,9 @@
 import Foundation
 import GriditAPI
 import GriditCheckpoint
+import GriditDiffusion
 import GriditModelStore
 import GriditModels
-import GriditDiffusion
 import GriditTestSupport
 import Synchronization
 import Testing

@@ -1,10 +1,12 @@
+import Foundation
+import GriditTestSupport
+import Testing
+
+@testable import GriditModelStore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
-@testable import GriditModelStore
-import GriditTestSupport
-import Testing
 
 @Suite("FileBytes")
 struct FileBytesTests {

@@ -1,10 +1,10 @@
 import Foundation
 import Glibc
 import GriditAPI
-import GriditModelStore
-import GriditModels
 import GriditDiffusion
 import GriditJobQueue
+import GriditModelStore
+import GriditModels
 import GriditTestSupport
 import Testing
 
@@ -59,12 +59,15 @@ struct GCTests {
         #expect(try store.list(pins: try await pins()).models.first { $0.digest == v1.digest }?.jobs == 1)
         let kept = try store.gc(pins: try await pins())
         #expect(kept.removedBlobs.isEmpty && kept.removedManifests.isEmpty)
-        #expect(try store.resolvePipeline(try store.resolve(v1.digest)).spec.grid.k == 4, "the queued job can still load it")
+        #expect(
+            try store.resolvePipeline(try store.resolve(v1.digest)).spec.grid.k == 4, "the queued job can still load it"
+        )
 
         let claimed = try #require(try await jobs.claim(workerID: "w", leaseDuration: 60, now: now))
         #expect(try store.gc(pins: try await pins()).removedBlobs.isEmpty, "running jobs pin too")
         _ = try await jobs.complete(id: job.id, token: claimed.token, outputDir: "/x", now: now)
-        #expect(try store.gc(pins: try await pins()).removedBlobs.count == 5, "a finished job no longer pins the version")
+        #expect(
+            try store.gc(pins: try await pins()).removedBlobs.count == 5, "a finished job no longer pins the version")
     }
 
     @Test("gc keeps blobs this process maps, and deletes them once unmapped")

@@ -1,10 +1,10 @@
 import Foundation
 import Glibc
 import GriditAPI
-import GriditModelStore
-import GriditModels
 import GriditDiffusion
 import GriditJobQueue
+import GriditModelStore
+import GriditModels
 import GriditStateDatabase
 import GriditTestSupport
 import Testing
@@ -19,7 +19,8 @@ func griditdExecutable() throws -> String {
 }
 
 /// Runs griditd to completion (`prefix`: a command that runs it, such as setpriv).
-func griditd(_ arguments: [String], environment: [String: String] = [:], prefix: [String] = []) throws -> ProcessResult {
+func griditd(_ arguments: [String], environment: [String: String] = [:], prefix: [String] = []) throws -> ProcessResult
+{
     let binary = try griditdExecutable()
     return try runProcess(
         prefix.first ?? binary, Array(prefix.dropFirst()) + (prefix.isEmpty ? [] : [binary]) + arguments,
@@ -192,7 +193,9 @@ struct GriditdBinaryTests {
         let unreadable = try griditd(["models", "import", pipeline, "--state-dir", open + "/state"], prefix: asNobody)
         #expect(unreadable.status == 77, "\(unreadable.stderr)")
         #expect(unreadable.stderr.contains("stage1.weights"))
-        #expect(unreadable.stderr.contains(dir.file("src/stage1.safetensors")) && unreadable.stderr.contains("Permission denied"))
+        #expect(
+            unreadable.stderr.contains(dir.file("src/stage1.safetensors"))
+                && unreadable.stderr.contains("Permission denied"))
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: open + "/state/blobs/sha256")
         #expect(leftovers.isEmpty, "nothing was stored")
     }

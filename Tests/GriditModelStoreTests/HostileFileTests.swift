@@ -2,16 +2,18 @@ import Foundation
 import Glibc
 import GriditAPI
 import GriditCheckpoint
+import GriditDiffusion
 import GriditModelStore
 import GriditModels
-import GriditDiffusion
 import GriditTestSupport
 import Testing
 
 /// Runs `body` (an import) on a thread of its own while watching `fifo`: if anything opens it
 /// for reading (or blocks opening it), that is recorded and the reader released, so a broken
 /// import fails the test instead of hanging it. Returns what `body` threw.
-func importWatchingFIFO(_ fifo: String, _ body: @escaping @Sendable () throws -> Void) -> (error: (any Error)?, openedFIFO: Bool) {
+func importWatchingFIFO(
+    _ fifo: String, _ body: @escaping @Sendable () throws -> Void
+) -> (error: (any Error)?, openedFIFO: Bool) {
     final class Box: @unchecked Sendable {
         var error: (any Error)?
         let done = DispatchSemaphore(value: 0)
@@ -105,7 +107,9 @@ struct HostileFileTests {
         let (error, opened) = importWatchingFIFO(fifo) { _ = try store.importModel(from: pipeline, name: "bad:v1") }
         #expect(!opened, "the import opened the FIFO for reading (it would have hung)")
         let refused = error as? ModelStoreError
-        #expect(refused?.code == .invalidInput && refused?.message.contains("a FIFO") == true, "\(String(describing: error))")
+        #expect(
+            refused?.code == .invalidInput && refused?.message.contains("a FIFO") == true,
+            "\(String(describing: error))")
         #expect(try StoreSnapshot(store) == s.before)
     }
 
@@ -117,9 +121,13 @@ struct HostileFileTests {
         if geteuid() == 0 {  // mknod needs root: a /dev/zero node (1, 5) inside the pipeline's folder
             try s.replace("stage1.safetensors") { #expect(mknod($0, S_IFCHR | 0o644, (1 << 8) | 5) == 0) }
             try s.expectRefused(code: .invalidInput, mentions: ["stage1.weights", "character device"])
-            try s.replace("stage1.safetensors") { try FileManager.default.createDirectory(atPath: $0, withIntermediateDirectories: false) }
+            try s.replace("stage1.safetensors") {
+                try FileManager.default.createDirectory(atPath: $0, withIntermediateDirectories: false)
+            }
         } else {
-            try s.replace("stage1.safetensors") { try FileManager.default.createDirectory(atPath: $0, withIntermediateDirectories: false) }
+            try s.replace("stage1.safetensors") {
+                try FileManager.default.createDirectory(atPath: $0, withIntermediateDirectories: false)
+            }
         }
         try s.expectRefused(code: .invalidInput, mentions: ["stage1.weights", "a folder, not a regular file"])
     }
@@ -135,14 +143,18 @@ struct HostileFileTests {
         try s.point("stage1", "weights", to: "../good/stage1.safetensors")
         try s.expectRefused(code: .invalidInput, mentions: ["stage1.weights", "'..'"])
         try s.point("stage1", "weights", to: "stage1.safetensors")
-        try s.replace("stage1.safetensors") { try FileManager.default.createSymbolicLink(atPath: $0, withDestinationPath: outside) }
+        try s.replace("stage1.safetensors") {
+            try FileManager.default.createSymbolicLink(atPath: $0, withDestinationPath: outside)
+        }
         try s.expectRefused(code: .invalidInput, mentions: ["stage1.weights", "symbolic link"])
-        try FileManager.default.createSymbolicLink(atPath: s.dir.file("bad/models"), withDestinationPath: s.dir.file("good"))
+        try FileManager.default.createSymbolicLink(
+            atPath: s.dir.file("bad/models"), withDestinationPath: s.dir.file("good"))
         try s.point("stage1", "weights", to: "models/stage1.safetensors")
         try s.expectRefused(code: .invalidInput, mentions: ["stage1.weights", "symbolic link"])
         #expect(fileMode(outside) == mode, "the target was not touched")
         // /proc: the daemon's own environment is no pipeline folder either.
-        try s.expectRefused("/proc/self/environ", code: .invalidInput, mentions: ["neither a pipeline JSON nor a bundle"])
+        try s.expectRefused(
+            "/proc/self/environ", code: .invalidInput, mentions: ["neither a pipeline JSON nor a bundle"])
     }
 
     @Test("a pipeline file reached through a symbolic link resolves its files in its real folder")
@@ -162,7 +174,8 @@ struct HostileFileTests {
         let weights = s.dir.file("bad/stage1.safetensors")
         chmod(weights, 0o600)
         let stranger = FileReader(uid: getuid() == 40_123 ? 40_124 : 40_123, groups: [40_123])
-        try s.expectRefused(reader: stranger, code: .permission, mentions: ["uid \(stranger.uid) may not read", weights])
+        try s.expectRefused(
+            reader: stranger, code: .permission, mentions: ["uid \(stranger.uid) may not read", weights])
         #expect(fileMode(weights) == 0o600, "the file stays private")
         chmod(weights, 0o644)
         chmod(s.dir.file("bad"), 0o700)
@@ -176,7 +189,8 @@ struct HostileFileTests {
         let s = try Setup()
         defer { s.remove() }
         let secret = Array("$6$s3cr3t.Hunter2/9x:19000:0:99999:7:::\n".utf8)
-        let asNumber = String(secret[0..<8].enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * $1.offset) })
+        let asNumber = String(
+            secret[0..<8].enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * $1.offset) })
         try Data(secret).write(to: URL(fileURLWithPath: s.dir.file("bad/stage1.safetensors")))
         let weights = try s.expectRefused(code: .invalidInput, mentions: ["stage1.weights"])
         #expect(weights.map { !$0.description.contains(asNumber) && !$0.description.contains("s3cr3t") } == true)
@@ -218,7 +232,8 @@ struct HostileFileTests {
                 for i in 0..<chunk.count { chunk[i] = index == target && offset + i == 7 ? value : 0.01 }
             })
         try s.expectRefused(
-            code: .invalidInput, mentions: ["stage1.weights", "blocks.0.mlp.fc1.weight", "NaN or an infinity", "element 7"])
+            code: .invalidInput,
+            mentions: ["stage1.weights", "blocks.0.mlp.fc1.weight", "NaN or an infinity", "element 7"])
     }
 }
 

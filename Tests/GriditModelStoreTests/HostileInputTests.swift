@@ -1,8 +1,8 @@
 import Foundation
 import GriditAPI
+import GriditDiffusion
 import GriditModelStore
 import GriditModels
-import GriditDiffusion
 import GriditTestSupport
 import Testing
 

@@ -1,9 +1,9 @@
 import Foundation
 import Glibc
 import GriditAPI
+import GriditDiffusion
 import GriditModelStore
 import GriditModels
-import GriditDiffusion
 import GriditTestSupport
 import Testing
 

@@ -1,9 +1,9 @@
 import Foundation
 import GriditAPI
-import GriditModelStore
-import GriditModels
 import GriditDiffusion
 import GriditJobQueue
+import GriditModelStore
+import GriditModels
 import GriditStateDatabase
 import GriditTestSupport
 import Testing

@@ -2,9 +2,9 @@ import Foundation
 import Glibc
 import GriditAPI
 import GriditCheckpoint
+import GriditDiffusion
 import GriditModelStore
 import GriditModels
-import GriditDiffusion
 import Testing
 
 /// Tiny model configs that fit a 4×4 grid of 4×4 frames, ×2 super-resolution, 1 channel.

@@ -7,8 +7,9 @@ import Testing
 // Binding is total: every parameter once with its shape, every tensor of the source used.
 
 func tinyConfig(numClasses: Int = 0, conditionChannels: Int = 0) -> DiTConfiguration {
-    DiTConfiguration(depth: 2, hiddenSize: 16, numHeads: 2, patchSize: 2, inputSize: 4, inChannels: 3,
-                     learnSigma: true, numClasses: numClasses, conditionChannels: conditionChannels)
+    DiTConfiguration(
+        depth: 2, hiddenSize: 16, numHeads: 2, patchSize: 2, inputSize: 4, inChannels: 3,
+        learnSigma: true, numClasses: numClasses, conditionChannels: conditionChannels)
 }
 
 func fullSource(_ c: DiTConfiguration) -> TensorDictionary {
@@ -90,7 +91,9 @@ func fullSource(_ c: DiTConfiguration) -> TensorDictionary {
     let x = Tensor(zeros: [1, 3, 4, 4])
     #expect(throws: ModelError.self) { try model.forward(x: x, t: [1], y: nil, workspace: ws) }
     #expect(throws: ModelError.self) { try model.forward(x: x, t: [1], y: [6], workspace: ws) }
-    #expect(throws: ModelError.self) { try model.forward(x: Tensor(zeros: [1, 3, 4, 2]), t: [1], y: [0], workspace: ws) }
+    #expect(throws: ModelError.self) {
+        try model.forward(x: Tensor(zeros: [1, 3, 4, 2]), t: [1], y: [0], workspace: ws)
+    }
     #expect(throws: ModelError.self) { try model.forward(x: x, t: [1, 2], y: [0], workspace: ws) }
     _ = try model.forward(x: x, t: [1], y: [5], workspace: ws)  // 5 = the null (CFG) class
 }
@@ -130,18 +133,23 @@ func fullSource(_ c: DiTConfiguration) -> TensorDictionary {
     let file = dir.appendingPathComponent("v.json")
     try JSONEncoder().encode(v).write(to: file)
     #expect(try DiTConfiguration.load(path: file.path) == v)
-    let text = try String(contentsOf: file, encoding: .utf8).replacingOccurrences(of: #""prediction":"v""#, with: #""prediction":"x0""#)
+    let text = try String(contentsOf: file, encoding: .utf8).replacingOccurrences(
+        of: #""prediction":"v""#, with: #""prediction":"x0""#)
     try text.write(to: file, atomically: true, encoding: .utf8)
     do {
         _ = try DiTConfiguration.load(path: file.path)
         Issue.record("an unknown prediction was accepted")
     } catch ModelError.invalidConfiguration(let message) {
-        #expect(message.contains("prediction") && message.contains("epsilon or v") && !message.contains("x0"), "\(message)")
+        #expect(
+            message.contains("prediction") && message.contains("epsilon or v") && !message.contains("x0"), "\(message)")
     }
 }
 
 @Test func parameterCountIsTheTablesSize() throws {
-    for c in [tinyConfig(), tinyConfig(numClasses: 5, conditionChannels: 2), try DiTConfiguration.preset("DiT-XL/2", inputSize: 64)] {
+    for c in [
+        tinyConfig(), tinyConfig(numClasses: 5, conditionChannels: 2),
+        try DiTConfiguration.preset("DiT-XL/2", inputSize: 64),
+    ] {
         #expect(c.parameterCount == DiTWeights.table(c).reduce(0) { $0 + $1.shape.reduce(1, *) })
     }
     // DiT-XL/2 is larger than the fp32 packing limit (its weights stay in place); DiT-B/2 is not.

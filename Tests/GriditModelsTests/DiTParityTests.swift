@@ -25,8 +25,10 @@ func maxAbsDiff(_ a: Tensor, _ b: Tensor, _ label: String) -> Float {
 let modelBackends = Array(Set([KernelBackend.openBLAS, .current])).sorted()
 
 /// Loads fixture case `name`, runs the Swift model and returns (output, expected).
-func runFixture(_ name: String, checkpoint: String? = nil, expected: String? = nil, workers: Int = 2,
-                backend: KernelBackend = .current) throws -> (Tensor, Tensor, DiT) {
+func runFixture(
+    _ name: String, checkpoint: String? = nil, expected: String? = nil, workers: Int = 2,
+    backend: KernelBackend = .current
+) throws -> (Tensor, Tensor, DiT) {
     let config = try DiTConfiguration.load(path: fixture("\(name).config.json"))
     let file = try SafetensorsFile(path: fixture(checkpoint ?? "\(name).safetensors"))
     let model = try DiT(config: config, source: file, backend: backend)
@@ -48,7 +50,8 @@ func forwardMatchesPyTorchReference(name: String, backend: KernelBackend) throws
 
 @Test(arguments: ["f16", "bf16"])
 func halfPrecisionCheckpointsMatchReference(dtype: String) throws {
-    let (out, want, _) = try runFixture("uncond", checkpoint: "uncond.\(dtype).safetensors", expected: "uncond.\(dtype).out.npy")
+    let (out, want, _) = try runFixture(
+        "uncond", checkpoint: "uncond.\(dtype).safetensors", expected: "uncond.\(dtype).out.npy")
     #expect(maxAbsDiff(out, want, "uncond \(dtype)") <= tolerance)
 }
 
@@ -57,8 +60,9 @@ func halfPrecisionCheckpointsMatchReference(dtype: String) throws {
     #expect(uncond.posEmbedFromCheckpoint)
     #expect(uncond.posEmbed.isBorrowed, "F32 pos_embed should be used in place from the mapping")
     // The fixture deliberately stores a non-standard pos_embed; the computed one differs from it.
-    let computed = sinCosPositionEmbedding2D(dim: uncond.config.hiddenSize, gridH: uncond.config.gridSize,
-                                             gridW: uncond.config.gridSize)
+    let computed = sinCosPositionEmbedding2D(
+        dim: uncond.config.hiddenSize, gridH: uncond.config.gridSize,
+        gridW: uncond.config.gridSize)
     #expect(zip(computed.toArray(), uncond.posEmbed.toArray()).contains { abs($0 - $1) > 0.1 })
     let (_, _, classcond) = try runFixture("classcond")
     #expect(!classcond.posEmbedFromCheckpoint)
@@ -67,7 +71,8 @@ func halfPrecisionCheckpointsMatchReference(dtype: String) throws {
 @Test func f32WeightsAreBorrowedFromTheMapping() throws {
     let (_, _, model) = try runFixture("uncond")
     let w = model.weights
-    let all = [w.xEmbedWeight, w.tEmbed0Weight, w.finalLinearWeight] + w.blocks.flatMap { [$0.qkvWeight, $0.fc2Weight] }
+    let all =
+        [w.xEmbedWeight, w.tEmbed0Weight, w.finalLinearWeight] + w.blocks.flatMap { [$0.qkvWeight, $0.fc2Weight] }
     #expect(all.allSatisfy { $0?.isBorrowed == true })
 }
 

@@ -29,8 +29,11 @@ func loadVAEFixture() throws -> AutoencoderKL {
     let image = try NPYArray(path: fixture("vae.image.npy")).floatTensor()
     let (mean, logvar) = try vae.encode(image, threads: 2)
     #expect(mean.shape == [2, 4, 4, 3] && logvar.shape == [2, 4, 4, 3])
-    #expect(maxAbsDiff(mean, try NPYArray(path: fixture("vae.mean.npy")).floatTensor(), "vae encode mean") <= vaeTolerance)
-    #expect(maxAbsDiff(logvar, try NPYArray(path: fixture("vae.logvar.npy")).floatTensor(), "vae encode logvar") <= vaeTolerance)
+    #expect(
+        maxAbsDiff(mean, try NPYArray(path: fixture("vae.mean.npy")).floatTensor(), "vae encode mean") <= vaeTolerance)
+    #expect(
+        maxAbsDiff(logvar, try NPYArray(path: fixture("vae.logvar.npy")).floatTensor(), "vae encode logvar")
+            <= vaeTolerance)
 }
 
 @Test func vaeBitsDoNotDependOnThreadsOrBatch() throws {
@@ -97,10 +100,10 @@ func loadVAEFixture() throws -> AutoencoderKL {
 
 @Test func vaeConfigReadsDiffusersFields() throws {
     let json = """
-    {"_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [128, 256, 512, 512],
-     "in_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
-     "out_channels": 3, "sample_size": 512, "scaling_factor": 0.18215}
-    """
+        {"_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [128, 256, 512, 512],
+         "in_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
+         "out_channels": 3, "sample_size": 512, "scaling_factor": 0.18215}
+        """
     let c = try JSONDecoder().decode(AutoencoderKLConfiguration.self, from: Data(json.utf8))
     #expect(c == .stableDiffusion)
     #expect(c.downsampleFactor == 8)
@@ -121,12 +124,17 @@ func relativeL2(_ a: Tensor, _ b: Tensor) -> Double {
     vae.tiling = VAETiling(tile: 32, overlap: 0.25)
     let latent = try NPYArray(path: fixture("vae.tiled_latent.npy")).floatTensor()
     let decoded = try vae.decode(latent, threads: 2)
-    #expect(maxAbsDiff(decoded, try NPYArray(path: fixture("vae.tiled_decoded.npy")).floatTensor(), "tiled decode") <= vaeTolerance)
+    #expect(
+        maxAbsDiff(decoded, try NPYArray(path: fixture("vae.tiled_decoded.npy")).floatTensor(), "tiled decode")
+            <= vaeTolerance)
     let image = try NPYArray(path: fixture("vae.tiled_image.npy")).floatTensor()
     let (mean, logvar) = try vae.encode(image, threads: 2)
-    #expect(maxAbsDiff(mean, try NPYArray(path: fixture("vae.tiled_mean.npy")).floatTensor(), "tiled encode mean") <= vaeTolerance)
-    #expect(maxAbsDiff(logvar, try NPYArray(path: fixture("vae.tiled_logvar.npy")).floatTensor(), "tiled encode logvar")
-        <= vaeTolerance)
+    #expect(
+        maxAbsDiff(mean, try NPYArray(path: fixture("vae.tiled_mean.npy")).floatTensor(), "tiled encode mean")
+            <= vaeTolerance)
+    #expect(
+        maxAbsDiff(logvar, try NPYArray(path: fixture("vae.tiled_logvar.npy")).floatTensor(), "tiled encode logvar")
+            <= vaeTolerance)
     // Tiles only see their part of the image, so tiled and untiled differ (by design, as in diffusers).
     vae.tiling = nil
     print("tiled vs untiled decode: relative L2 \(relativeL2(decoded, try vae.decode(latent, threads: 2)))")

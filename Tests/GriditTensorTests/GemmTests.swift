@@ -21,15 +21,19 @@ let productCases: [ProductCase] = backends.flatMap { b in
 }
 
 /// The naive product on the values the kernel sees: bf16-rounded inputs for bf16, then GELU.
-func naiveLinear(_ x: [Float], _ w: [Float], _ b: [Float]?, M: Int, N: Int, K: Int, precision: Precision,
-                 gelu: Bool) -> [Float] {
+func naiveLinear(
+    _ x: [Float], _ w: [Float], _ b: [Float]?, M: Int, N: Int, K: Int, precision: Precision,
+    gelu: Bool
+) -> [Float] {
     let (xs, ws) = precision == .bf16 ? (x.map(Naive.bf16), w.map(Naive.bf16)) : (x, w)
     let y = Naive.linear(xs, ws, b, M: M, N: N, K: K)
     return gelu ? Naive.gelu(y) : y
 }
 
-func runLinear(_ x: [Float], rows M: Int, _ w: LinearWeight, gelu: Bool = false, segment: Int? = nil,
-               workers: Int, backend: KernelBackend) -> [Float] {
+func runLinear(
+    _ x: [Float], rows M: Int, _ w: LinearWeight, gelu: Bool = false, segment: Int? = nil,
+    workers: Int, backend: KernelBackend
+) -> [Float] {
     let y = Tensor(zeros: [M, w.outFeatures])
     let ctx = ComputeContext(workers: workers, backend: backend)
     linear(x, rows: M, w, gelu: gelu, segment: segment ?? M, into: y.mutablePointer, context: ctx)
@@ -41,8 +45,9 @@ func linearLayerMatchesNaive(_ c: ProductCase) {
     // Odd sizes around the kernel's tile (8 x 48) and k-block (256 / 512) edges.
     for (M, N, K) in [(1, 1, 1), (7, 13, 5), (33, 17, 70), (3, 65, 129), (8, 48, 256), (17, 97, 513), (9, 50, 1030)] {
         let x = testValues(M * K, seed: 31, scale: 2), w = testValues(N * K, seed: 32), b = testValues(N, seed: 33)
-        let layer = LinearWeight(weight: Tensor(w, shape: [N, K]), bias: Tensor(b, shape: [N]), precision: c.precision,
-                                 backend: c.backend)
+        let layer = LinearWeight(
+            weight: Tensor(w, shape: [N, K]), bias: Tensor(b, shape: [N]), precision: c.precision,
+            backend: c.backend)
         #expect(layer.precision == c.precision)
         for gelu in [false, true] {
             let y = runLinear(x, rows: M, layer, gelu: gelu, workers: 2, backend: c.backend)
@@ -60,8 +65,9 @@ func linearLayerBitsIgnoreThreadsAndOtherRows(_ c: ProductCase) {
     // batch at 3 threads (on the OpenBLAS backend through its per-sample row blocks).
     let (T, N, K) = (37, 101, 300)
     let x = testValues(3 * T * K, seed: 34), w = testValues(N * K, seed: 35), b = testValues(N, seed: 36)
-    let layer = LinearWeight(weight: Tensor(w, shape: [N, K]), bias: Tensor(b, shape: [N]), precision: c.precision,
-                             backend: c.backend)
+    let layer = LinearWeight(
+        weight: Tensor(w, shape: [N, K]), bias: Tensor(b, shape: [N]), precision: c.precision,
+        backend: c.backend)
     let batch = runLinear(x, rows: 3 * T, layer, segment: T, workers: 3, backend: c.backend)
     let alone = runLinear(Array(x[(T * K)..<(2 * T * K)]), rows: T, layer, segment: T, workers: 1, backend: c.backend)
     #expect(Array(batch[(T * N)..<(2 * T * N)]).map(\.bitPattern) == alone.map(\.bitPattern))
@@ -75,7 +81,9 @@ func fusedLinearMatchesNaiveAndIgnoresRowCount(_ c: ProductCase) {
     let (M, K) = (6, 45)
     let widths = [5, 33, 64]
     let x = testValues(M * K, seed: 37, scale: 2)
-    let raw = widths.enumerated().map { i, n in (testValues(n * K, seed: 40 + UInt64(i)), testValues(n, seed: 50 + UInt64(i))) }
+    let raw = widths.enumerated().map { i, n in
+        (testValues(n * K, seed: 40 + UInt64(i)), testValues(n, seed: 50 + UInt64(i)))
+    }
     let layers = zip(widths, raw).map { n, wb in
         LinearWeight(weight: Tensor(wb.0, shape: [n, K]), bias: Tensor(wb.1, shape: [n]), backend: c.backend)
     }
@@ -87,7 +95,9 @@ func fusedLinearMatchesNaiveAndIgnoresRowCount(_ c: ProductCase) {
     var offset = 0
     for (n, wb) in zip(widths, raw) {
         let ref = naiveLinear(x, wb.0, wb.1, M: M, N: n, K: K, precision: c.precision, gelu: false)
-        let got = (0..<M).flatMap { m in y.toArray()[(m * fused.outFeatures + offset)..<(m * fused.outFeatures + offset + n)] }
+        let got = (0..<M).flatMap { m in
+            y.toArray()[(m * fused.outFeatures + offset)..<(m * fused.outFeatures + offset + n)]
+        }
         #expect(maxAbsDiff(got, ref, "\(c) fused layer of width \(n)") <= 2e-5)
         offset += n
     }
@@ -95,8 +105,9 @@ func fusedLinearMatchesNaiveAndIgnoresRowCount(_ c: ProductCase) {
     let one = Tensor(zeros: [1, fused.outFeatures])
     let single = ComputeContext(workers: 1, backend: c.backend)
     fused.apply(Array(x[(4 * K)..<(5 * K)]), rows: 1, into: one.mutablePointer, context: single)
-    #expect(Array(y.toArray()[(4 * fused.outFeatures)..<(5 * fused.outFeatures)]).map(\.bitPattern)
-        == one.toArray().map(\.bitPattern))
+    #expect(
+        Array(y.toArray()[(4 * fused.outFeatures)..<(5 * fused.outFeatures)]).map(\.bitPattern)
+            == one.toArray().map(\.bitPattern))
 }
 
 @Test func bf16RoundingIsNearestEven() {

@@ -28,9 +28,10 @@ func modulatedNormRowsMatchNaive(shape: (Int, Int, Int)) {
     for withResidual in [false, true] {
         let xs = Tensor(x, shape: [N, T, D]), h = Tensor(zeros: [N, T, D])
         y.withUnsafeBufferPointer { yp in
-            modulatedNormRows(xs.mutablePointer, residual: withResidual ? yp.baseAddress : nil, batch: N, tokens: T,
-                              dim: D, mod: mod, modStride: W, gate: gate, shift: shift, scale: scale, workers: 2,
-                              into: h.mutablePointer)
+            modulatedNormRows(
+                xs.mutablePointer, residual: withResidual ? yp.baseAddress : nil, batch: N, tokens: T,
+                dim: D, mod: mod, modStride: W, gate: gate, shift: shift, scale: scale, workers: 2,
+                into: h.mutablePointer)
         }
         var refX: [Float] = [], refH: [Float] = []
         for n in 0..<N {
@@ -51,8 +52,9 @@ func modulatedNormRowsMatchNaive(shape: (Int, Int, Int)) {
     let D = 9
     let x = [Float](repeating: 7, count: D), mod = testValues(2 * D, seed: 1)
     let xs = Tensor(x, shape: [1, 1, D]), h = Tensor(zeros: [1, 1, D])
-    modulatedNormRows(xs.mutablePointer, residual: nil, batch: 1, tokens: 1, dim: D, mod: mod, modStride: 2 * D,
-                      shift: 0, scale: D, workers: 1, into: h.mutablePointer)
+    modulatedNormRows(
+        xs.mutablePointer, residual: nil, batch: 1, tokens: 1, dim: D, mod: mod, modStride: 2 * D,
+        shift: 0, scale: D, workers: 1, into: h.mutablePointer)
     #expect(h.toArray() == Array(mod[0..<D]))
 }
 
@@ -82,8 +84,9 @@ func attentionMatchesNaive(shape: (Int, Int, Int, Int, Int)) {
 func runAttention(_ qkv: [Float], N: Int, T: Int, D: Int, NH: Int, workers: Int) -> [Float] {
     let out = Tensor(zeros: [N, T, D])
     let scratch = Tensor(zeros: [attentionScratchCount(batch: N, tokens: T, dim: D, heads: NH, workers: workers)])
-    selfAttention(qkv: qkv, batch: N, tokens: T, dim: D, heads: NH, workers: workers,
-                  scratch: scratch.mutablePointer, into: out.mutablePointer)
+    selfAttention(
+        qkv: qkv, batch: N, tokens: T, dim: D, heads: NH, workers: workers,
+        scratch: scratch.mutablePointer, into: out.mutablePointer)
     return out.toArray()
 }
 
@@ -112,12 +115,15 @@ func runAttention(_ qkv: [Float], N: Int, T: Int, D: Int, NH: Int, workers: Int)
 }
 
 /// The DiT's patch embedding: patchify, then a linear layer over the flattened (D, C, P, P) weight.
-func patchEmbed(_ x: Tensor, patch P: Int, weight: Tensor, bias: Tensor,
-                patches: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+func patchEmbed(
+    _ x: Tensor, patch P: Int, weight: Tensor, bias: Tensor,
+    patches: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>
+) {
     patchify(x, patch: P, into: patches)
     let rows = x.shape[0] * (x.shape[2] / P) * (x.shape[3] / P)
-    linear(patches, rows: rows, weight: weight.reshaped([weight.shape[0], weight.count / weight.shape[0]]), bias: bias,
-           into: out)
+    linear(
+        patches, rows: rows, weight: weight.reshaped([weight.shape[0], weight.count / weight.shape[0]]), bias: bias,
+        into: out)
 }
 
 @Test(arguments: [(1, 3, 6, 6, 2, 5), (2, 4, 8, 8, 4, 7), (1, 8, 16, 16, 8, 3), (2, 1, 4, 12, 2, 6)])
@@ -126,8 +132,9 @@ func patchEmbedMatchesNaive(shape: (Int, Int, Int, Int, Int, Int)) {
     let x = testValues(N * C * H * W, seed: 11), w = testValues(D * C * P * P, seed: 12), b = testValues(D, seed: 13)
     let T = (H / P) * (W / P)
     let out = Tensor(zeros: [N, T, D]), patches = Tensor(zeros: [N * T, C * P * P])
-    patchEmbed(Tensor(x, shape: [N, C, H, W]), patch: P, weight: Tensor(w, shape: [D, C, P, P]),
-               bias: Tensor(b, shape: [D]), patches: patches.mutablePointer, into: out.mutablePointer)
+    patchEmbed(
+        Tensor(x, shape: [N, C, H, W]), patch: P, weight: Tensor(w, shape: [D, C, P, P]),
+        bias: Tensor(b, shape: [D]), patches: patches.mutablePointer, into: out.mutablePointer)
     let ref = Naive.patchEmbed(x, w, b, N: N, C: C, H: H, W: W, P: P, D: D)
     #expect(maxAbsDiff(out.toArray(), ref, "patchEmbed \(shape)") <= 1e-5)
 }
@@ -151,11 +158,14 @@ func unpatchifyMatchesNaive(shape: (Int, Int, Int, Int, Int)) {
     let x = testValues(N * C * S * S, seed: 15)
     let T = (S / P) * (S / P)
     let tokens = Tensor(zeros: [N, T, D]), patches = Tensor(zeros: [N * T, D])
-    patchEmbed(Tensor(x, shape: [N, C, S, S]), patch: P, weight: Tensor(eye, shape: [D, C, P, P]),
-               bias: Tensor(zeros: [D]), patches: patches.mutablePointer, into: tokens.mutablePointer)
+    patchEmbed(
+        Tensor(x, shape: [N, C, S, S]), patch: P, weight: Tensor(eye, shape: [D, C, P, P]),
+        bias: Tensor(zeros: [D]), patches: patches.mutablePointer, into: tokens.mutablePointer)
     var reordered = [Float](repeating: 0, count: N * T * D)  // (c, pi, pj) -> (pi, pj, c)
     let tk = tokens.toArray()
-    for t in 0..<T { for c in 0..<C { for q in 0..<(P * P) { reordered[t * D + q * C + c] = tk[t * D + c * P * P + q] } } }
+    for t in 0..<T {
+        for c in 0..<C { for q in 0..<(P * P) { reordered[t * D + q * C + c] = tk[t * D + c * P * P + q] } }
+    }
     let back = Tensor(zeros: [N, C, S, S])
     unpatchify(reordered, batch: N, gridH: S / P, gridW: S / P, patch: P, channels: C, into: back.mutablePointer)
     #expect(back.toArray() == x)

@@ -26,8 +26,10 @@ enum Naive {
     }
 
     /// Group norm of (N, C, plane) in double, optionally followed by SiLU.
-    static func groupNorm(_ x: [Float], N: Int, C: Int, plane: Int, groups G: Int, weight: [Float], bias: [Float],
-                          eps: Double, silu: Bool) -> [Float] {
+    static func groupNorm(
+        _ x: [Float], N: Int, C: Int, plane: Int, groups G: Int, weight: [Float], bias: [Float],
+        eps: Double, silu: Bool
+    ) -> [Float] {
         var out = x
         let per = C / G
         for n in 0..<N {
@@ -52,7 +54,9 @@ enum Naive {
         (0..<x.count).map { Float(Double(x[$0]) + Double(gate[$0 % D]) * Double(y[$0])) }
     }
 
-    static func layerNormModulate(_ x: [Float], T: Int, D: Int, eps: Double, shift: [Float]?, scale: [Float]?) -> [Float] {
+    static func layerNormModulate(
+        _ x: [Float], T: Int, D: Int, eps: Double, shift: [Float]?, scale: [Float]?
+    ) -> [Float] {
         var out = x
         for t in 0..<T {
             let row = (0..<D).map { Double(x[t * D + $0]) }
@@ -82,9 +86,13 @@ enum Naive {
         var out = [Float](repeating: 0, count: N * T * D)
         for n in 0..<N {
             for h in 0..<NH {
-                func at(_ t: Int, _ part: Int, _ i: Int) -> Double { Double(qkv[(n * T + t) * 3 * D + part * D + h * HD + i]) }
+                func at(_ t: Int, _ part: Int, _ i: Int) -> Double {
+                    Double(qkv[(n * T + t) * 3 * D + part * D + h * HD + i])
+                }
                 for i in 0..<T {
-                    var s = (0..<T).map { j in (0..<HD).reduce(0.0) { $0 + at(i, 0, $1) * at(j, 1, $1) } / Double(HD).squareRoot() }
+                    var s = (0..<T).map { j in
+                        (0..<HD).reduce(0.0) { $0 + at(i, 0, $1) * at(j, 1, $1) } / Double(HD).squareRoot()
+                    }
                     let m = s.max()!
                     s = s.map { exp($0 - m) }
                     let z = s.reduce(0, +)
@@ -100,7 +108,9 @@ enum Naive {
     }
 
     /// Conv2d with kernel = stride = P: x (N, C, H, W), w (D, C, P, P) -> tokens (N, T, D), row-major patches.
-    static func patchEmbed(_ x: [Float], _ w: [Float], _ b: [Float], N: Int, C: Int, H: Int, W: Int, P: Int, D: Int) -> [Float] {
+    static func patchEmbed(
+        _ x: [Float], _ w: [Float], _ b: [Float], N: Int, C: Int, H: Int, W: Int, P: Int, D: Int
+    ) -> [Float] {
         let (h, wd) = (H / P, W / P)
         var out = [Float](repeating: 0, count: N * h * wd * D)
         for n in 0..<N {
@@ -111,7 +121,8 @@ enum Naive {
                         for c in 0..<C {
                             for pi in 0..<P {
                                 for pj in 0..<P {
-                                    acc += Double(x[((n * C + c) * H + i * P + pi) * W + j * P + pj])
+                                    acc +=
+                                        Double(x[((n * C + c) * H + i * P + pi) * W + j * P + pj])
                                         * Double(w[((o * C + c) * P + pi) * P + pj])
                                 }
                             }
@@ -132,7 +143,8 @@ enum Naive {
                 for y in 0..<(h * P) {
                     for x in 0..<(w * P) {
                         let token = (y / P) * w + x / P
-                        out[((n * C + c) * h * P + y) * w * P + x] = tok[((n * h * w) + token) * P * P * C + ((y % P) * P + x % P) * C + c]
+                        out[((n * C + c) * h * P + y) * w * P + x] =
+                            tok[((n * h * w) + token) * P * P * C + ((y % P) * P + x % P) * C + c]
                     }
                 }
             }

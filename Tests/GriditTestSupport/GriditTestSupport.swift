@@ -1,9 +1,10 @@
 // What every test target shares: temporary directories, the repository's fixtures, running the
 // built binaries. Linked into test targets only.
+
 import Foundation
 
 #if canImport(Glibc)
-    import Glibc
+import Glibc
 #endif
 
 /// A fresh directory with a short path (under /tmp by default: Unix socket paths must stay under

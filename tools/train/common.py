@@ -37,7 +37,7 @@ import diffusion_reference as dref  # noqa: E402
 import moving_digits as md  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
-# Data geometry (CONTRACTS.md "The trained pipeline")
+# Data geometry (tools/train/README.md, top; models/moving-digits/README.md)
 # ---------------------------------------------------------------------------------------------
 
 K = 4                    # frames per grid side
