@@ -27,6 +27,8 @@ install -D -m 0644 systemd/griditd.socket "$dest/etc/systemd/system/griditd.sock
 install -D -m 0644 systemd/gridit.sysusers.conf "$dest/etc/sysusers.d/gridit.conf"
 install -D -m 0644 systemd/gridit.tmpfiles.conf "$dest/etc/tmpfiles.d/gridit.conf"
 install -D -m 0644 README.md "$dest/usr/local/share/doc/gridit/README.md"
+# The settings file: installed once, never over an operator's edits.
+[ -e "$dest/etc/gridit/griditd.conf" ] || install -D -m 0644 systemd/griditd.conf "$dest/etc/gridit/griditd.conf"
 [ -n "$dest" ] && { echo "staged under $dest"; exit 0; }
 
 systemd-sysusers /etc/sysusers.d/gridit.conf
