@@ -29,7 +29,8 @@
 //                                                        queue: live jobs' pins come in as `JobPins`)
 // The daemon and the CLI:
 //   GriditDaemon -> GriditJobQueue, GriditStateDatabase, GriditAPI, GriditJobSpec, GriditFaults, CSystemd,
-//                   CProcess, NIO, ServiceLifecycle, Logging
+//                   CProcess, NIO, ServiceLifecycle, Logging, Configuration (the settings: flags >
+//                   environment > file), Metrics, Prometheus (GET /metrics)
 //                                                        (no engine, no model store: `JobEngine`, `ModelCatalog`)
 //   GriditBackend -> GriditDaemon, GriditEngine, GriditModelStore, GriditJobQueue
 //                                                        (the engine and the store behind those protocols)
@@ -65,6 +66,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // System libraries, found through pkg-config.
@@ -183,6 +188,12 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                // The settings' layers (flags, environment, config file).
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "SystemPackage", package: "swift-system"),
+                // GET /metrics: swift-metrics instruments on a Prometheus registry of griditd's own.
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -29,6 +29,8 @@ install -D -m 0644 systemd/gridit.tmpfiles.conf "$dest/etc/tmpfiles.d/gridit.con
 install -D -m 0644 README.md "$dest/usr/local/share/doc/gridit/README.md"
 # Not active: the drop-in for the PostgreSQL job queue (docs/CLUSTER.md says where it goes).
 install -D -m 0644 systemd/griditd-postgres.conf "$dest/usr/local/share/doc/gridit/griditd-postgres.conf"
+# The settings file: installed once, never over an operator's edits.
+[ -e "$dest/etc/gridit/griditd.conf" ] || install -D -m 0644 systemd/griditd.conf "$dest/etc/gridit/griditd.conf"
 [ -n "$dest" ] && { echo "staged under $dest"; exit 0; }
 
 systemd-sysusers /etc/sysusers.d/gridit.conf

@@ -294,3 +294,33 @@ public struct CallerInfo: Codable, Hashable, Sendable {
         self.admin = admin
     }
 }
+
+/// `GET /healthz`: griditd is alive (it answers; its database is not lost).
+public struct HealthStatus: Codable, Hashable, Sendable {
+    public var status: String
+    public var version: String
+    public var uptimeSeconds: Double
+
+    public init(status: String, version: String = griditVersion, uptimeSeconds: Double) {
+        self.status = status
+        self.version = version
+        self.uptimeSeconds = uptimeSeconds
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case status, version
+        case uptimeSeconds = "uptime_seconds"
+    }
+}
+
+/// `GET /readyz`: whether griditd would start a job now (200), or why not (503).
+public struct Readiness: Codable, Hashable, Sendable {
+    public var ready: Bool
+    /// Empty when ready: the queue paused, no engine, too little disk, a lost database.
+    public var reasons: [String]
+
+    public init(ready: Bool, reasons: [String]) {
+        self.ready = ready
+        self.reasons = reasons
+    }
+}

@@ -116,11 +116,21 @@ struct Output: Sendable {
     var stderr: @Sendable (String) -> Void
     /// Whether a progress bar may be drawn on stderr.
     var stderrIsTerminal: Bool
+    /// Asks a yes/no question (true: yes); nil without a terminal to ask on.
+    var confirm: (@Sendable (String) -> Bool)? = nil
 
     static let standard = Output(
         stdout: { FileHandle.standardOutput.write(Data($0.utf8)) },
         stderr: { FileHandle.standardError.write(Data($0.utf8)) },
-        stderrIsTerminal: isatty(STDERR_FILENO) == 1)
+        stderrIsTerminal: isatty(STDERR_FILENO) == 1,
+        confirm: isatty(STDIN_FILENO) == 1 ? askOnTerminal : nil)
+
+    /// The question on stderr, the answer from stdin: y or yes (any case) is yes.
+    @Sendable static func askOnTerminal(_ question: String) -> Bool {
+        FileHandle.standardError.write(Data(question.utf8))
+        guard let answer = readLine() else { return false }
+        return ["y", "yes"].contains(answer.trimmingCharacters(in: .whitespaces).lowercased())
+    }
 
     func printJSON<T: Encodable>(_ value: T) {
         stdout(String(decoding: APICoding.encode(value, pretty: true), as: UTF8.self) + "\n")

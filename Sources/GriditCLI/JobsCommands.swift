@@ -209,8 +209,9 @@ struct Jobs: ParsableCommand {
     struct Prune: ClientCommand {
         static let configuration = CommandConfiguration(
             abstract: "Delete finished jobs and their outputs (admins).",
-            discussion:
-                "Without --older-than the daemon's retention applies (succeeded 7 days, failed/canceled/dead 30 days).")
+            discussion: """
+                Without --older-than griditd's retention applies (by default succeeded jobs 7 days after they finished, failed, canceled and dead ones 30 days; `griditd serve --keep-succeeded/--keep-failed`). Asks for confirmation on a terminal, like `docker system prune`; elsewhere (scripts, CI) it needs --yes.
+                """)
 
         @OptionGroup var global: GlobalOptions
 
@@ -220,13 +221,41 @@ struct Jobs: ParsableCommand {
         @Flag(help: "Keep the output folders on disk.")
         var keepOutputs = false
 
+        @Flag(
+            name: [.customShort("y"), .long, .customShort("f"), .customLong("force")],
+            help: "Do not ask for confirmation.")
+        var yes = false
+
         func validate() throws {
             if let olderThan, parseDuration(olderThan) == nil {
                 throw ValidationError("--older-than '\(olderThan)' is not an age like 90s, 30m, 12h or 7d")
             }
         }
 
+        /// What the confirmation lists, as `docker system prune` does.
+        var warning: String {
+            let what =
+                olderThan.map {
+                    "every finished job (succeeded, failed, canceled, dead) that finished more than \($0) ago"
+                }
+                ?? "every finished job older than griditd's retention (succeeded: 7d, failed, canceled and dead: 30d, unless griditd sets others)"
+            return "WARNING! This will remove:\n  - \(what)\n"
+                + (keepOutputs ? "" : "  - the output folders (frames) of those jobs\n")
+                + "Are you sure you want to continue? [y/N] "
+        }
+
         func run(client: GriditClient, output: Output) throws {
+            if !yes {
+                guard let confirm = output.confirm else {
+                    throw CLIError(
+                        "jobs prune deletes jobs and their frames and asks first, but there is no terminal to ask on; pass --yes",
+                        status: ExitStatus.usage)
+                }
+                guard confirm(warning) else {
+                    output.stderr("nothing pruned\n")
+                    return
+                }
+            }
             let request = PruneRequest(
                 olderThanSeconds: olderThan.flatMap(parseDuration), keepOutputs: keepOutputs ? true : nil)
             let result = try client.post("/v1/jobs/prune", request, as: PruneResponse.self)
@@ -234,7 +263,11 @@ struct Jobs: ParsableCommand {
                 output.printJSON(result)
                 return
             }
-            output.stdout("pruned \(result.pruned.count) job\(result.pruned.count == 1 ? "" : "s")\n")
+            let ids = result.pruned.prefix(20).map { "\($0.id)" }.joined(separator: " ")
+            let more = result.pruned.count > 20 ? " …" : ""
+            output.stdout(
+                "pruned \(result.pruned.count) job\(result.pruned.count == 1 ? "" : "s")\(ids.isEmpty ? "" : ": \(ids)\(more)")\n"
+            )
         }
     }
 }

@@ -69,6 +69,10 @@ public struct Caller: Sendable, Hashable {
         self.groups = groups.union([credentials.gid])
     }
 
+    /// A peer of the TCP metrics listener: no credentials, no rights (uid `nobody`).
+    public static let anonymous = Caller(
+        credentials: PeerCredentials(pid: 0, uid: 65_534, gid: 65_534), isAdmin: false, isMember: false)
+
     /// The answer to a caller who may not use griditd at all.
     public func notMemberError(userGroup: String?, adminGroup: String?) -> APIError {
         APIError(

@@ -49,6 +49,10 @@ public struct ControlAPI: Sendable {
 
     /// Every endpoint, in match order (literal segments before parameters).
     public static let routes: [Route] = [
+        // Also served on the optional TCP listener (`observabilityRoutes`).
+        Route(method: .GET, template: "/metrics") { api, _, _ in await api.metricsText() },
+        Route(method: .GET, template: "/healthz") { api, _, _ in api.health() },
+        Route(method: .GET, template: "/readyz") { api, _, _ in await api.readiness() },
         Route(method: .GET, template: "/v1/version") { api, _, _ in .json(VersionInfo()) },
         Route(method: .GET, template: "/v1/status") { api, r, _ in try await api.status(r) },
         Route(method: .GET, template: "/v1/queue") { api, _, _ in try await api.queueStatus() },
@@ -93,35 +97,59 @@ public struct ControlAPI: Sendable {
         },
     ]
 
-    /// Dispatches a request; every failure becomes an error body with a message.
+    /// The routes of the TCP listener: metrics and health, nothing that reads or changes jobs
+    /// (a TCP peer has no credentials to authorize).
+    static let observabilityRoutes = Set(["/metrics", "/healthz", "/readyz"])
+
+    /// Dispatches a request; every failure becomes an error body with a message. Counted in
+    /// `gridit_http_requests_total` by route template.
     public func handle(_ request: HTTPRequest) async -> HTTPResponse {
+        let started = ContinuousClock.now
+        let (response, route) = await dispatch(request)
+        context.metrics.request(
+            route: route, method: request.method.rawValue, status: response.status.code,
+            duration: ContinuousClock.now - started)
+        return response
+    }
+
+    /// The TCP listener's handler: the observability routes alone.
+    public func handleObservability(_ request: HTTPRequest) async -> HTTPResponse {
+        guard
+            let route = Self.routes.first(where: {
+                Self.observabilityRoutes.contains($0.template) && $0.match(request.path) != nil
+            })
+        else {
+            return .error(
+                APIError(
+                    .notFound,
+                    "this listener serves only GET /metrics, /healthz and /readyz; the API is on griditd's Unix socket")
+            )
+        }
+        return await handle(request, route: route)
+    }
+
+    private func dispatch(_ request: HTTPRequest) async -> (HTTPResponse, route: String) {
         // The server refuses non-members' connections; this keeps the rule for any other caller.
         guard request.caller.isMember else {
             let c = context.configuration
-            return .error(request.caller.notMemberError(userGroup: c.userGroup, adminGroup: c.adminGroup))
+            return (.error(request.caller.notMemberError(userGroup: c.userGroup, adminGroup: c.adminGroup)), "other")
         }
         // Writes to a database file that was deleted or replaced would be acknowledged and lost.
         if request.method != .GET && request.method != .HEAD,
             let lost = context.startBlocker(remakeReserve: false), lost.code == .databaseLost
         {
-            return .error(APIError(.unavailable, lost.message))
+            return (.error(APIError(.unavailable, lost.message)), "other")
         }
         var allowed: [HTTPMethod] = []
+        var matched: String?
         for route in Self.routes {
-            guard let params = route.match(request.path) else { continue }
+            guard route.match(request.path) != nil else { continue }
+            matched = matched ?? route.template
             guard route.method == request.method || (route.method == .GET && request.method == .HEAD) else {
                 allowed.append(route.method)
                 continue
             }
-            do {
-                return try await route.handler(self, request, params)
-            } catch let error as APIError {
-                return .error(error)
-            } catch {
-                context.logger.error(
-                    "handler failed", metadata: ["error": "\(error)", "http.path": "\(request.rawPath)"])
-                return .error(APIError(.internalError, "internal error: \(error)"))
-            }
+            return (await run(route, request), route.template)
         }
         if !allowed.isEmpty {
             var response = HTTPResponse.error(
@@ -130,13 +158,83 @@ public struct ControlAPI: Sendable {
                     "\(request.method.rawValue) is not allowed on \(request.rawPath.prefix(200)); use \(allowed.map(\.rawValue).joined(separator: " or "))"
                 ))
             response.headers.append(("Allow", allowed.map(\.rawValue).joined(separator: ", ")))
+            return (response, matched ?? "other")
+        }
+        return (
+            .error(
+                APIError(
+                    .notFound,
+                    "no endpoint \(request.method.rawValue) \(request.rawPath.prefix(200)); the API is described in docs/openapi.yaml"
+                )),
+            "other"
+        )
+    }
+
+    private func handle(_ request: HTTPRequest, route: Route) async -> HTTPResponse {
+        guard request.method == .GET || request.method == .HEAD else {
+            var response = HTTPResponse.error(
+                APIError(.methodNotAllowed, "\(request.method.rawValue) is not allowed on \(route.template); use GET"))
+            response.headers.append(("Allow", "GET"))
             return response
         }
-        return .error(
-            APIError(
-                .notFound,
-                "no endpoint \(request.method.rawValue) \(request.rawPath.prefix(200)); the API is described in docs/openapi.yaml"
-            ))
+        let started = ContinuousClock.now
+        let response = await run(route, request)
+        context.metrics.request(
+            route: route.template, method: request.method.rawValue, status: response.status.code,
+            duration: ContinuousClock.now - started)
+        return response
+    }
+
+    private func run(_ route: Route, _ request: HTTPRequest) async -> HTTPResponse {
+        do {
+            return try await route.handler(self, request, route.match(request.path) ?? [:])
+        } catch let error as APIError {
+            return .error(error)
+        } catch {
+            context.logger.error("handler failed", metadata: ["error": "\(error)", "http.path": "\(request.rawPath)"])
+            return .error(APIError(.internalError, "internal error: \(error)"))
+        }
+    }
+
+    // MARK: - Metrics and health
+
+    /// Prometheus text format 0.0.4; gauges read now, counters and histograms as they stand.
+    func metricsText() async -> HTTPResponse {
+        let counts = (try? await context.store.counts()) ?? [:]
+        let paused = (try? await context.store.isPaused()) ?? false
+        let snapshot = DaemonMetrics.Snapshot(
+            counts: counts, paused: paused, running: context.monitor.runningIDs.count,
+            ready: await readinessReasons().isEmpty, diskFreeBytes: context.freeBytes(),
+            models: await context.catalog?.loadedModels() ?? [])
+        let text = context.metrics.render(snapshot)
+        return HTTPResponse(
+            status: .ok, body: .data(Data(text.utf8), contentType: "text/plain; version=0.0.4; charset=utf-8"))
+    }
+
+    /// Live: griditd answers (its event loop, its handlers).
+    func health() -> HTTPResponse {
+        .json(HealthStatus(status: "ok", uptimeSeconds: Date().timeIntervalSince(context.startedAt)))
+    }
+
+    /// Ready: a queued job would be claimed now (200), else 503 with the reasons.
+    func readiness() async -> HTTPResponse {
+        let reasons = await readinessReasons()
+        return .json(
+            Readiness(ready: reasons.isEmpty, reasons: reasons), status: reasons.isEmpty ? .ok : .serviceUnavailable)
+    }
+
+    private func readinessReasons() async -> [String] {
+        var reasons: [String] = []
+        if context.engine == nil { reasons.append("this griditd has no engine: jobs stay queued") }
+        if let blocker = context.startBlocker(remakeReserve: false), blocker.blocksJobs {
+            reasons.append(blocker.message)
+        }
+        do {
+            if try await context.store.isPaused() { reasons.append("the queue is paused (`griditctl queue resume`)") }
+        } catch {
+            reasons.append("the job database cannot be read: \(error)")
+        }
+        return reasons
     }
 
     // MARK: - Queue and status
@@ -389,7 +487,8 @@ public struct ControlAPI: Sendable {
         let pruned: [PrunedJob]
         do {
             pruned = try await Retention.prune(
-                context, olderThan: body.olderThanSeconds, keepOutputs: body.keepOutputs ?? false)
+                context, olderThan: body.olderThanSeconds, keepOutputs: body.keepOutputs ?? false,
+                requester: request.caller.uid)
         } catch {
             throw Self.translate(error)
         }

@@ -118,12 +118,33 @@ public enum Daemon {
         switch listen {
         case .path(let path): try secureSocket(path, configuration)
         case .inherited(_, let path): try checkInheritedSocket(path: path, configuration)
+        case .tcp: break
         }
         let socketDescription: String =
             switch listen {
             case .path(let p): p
             case .inherited(let fd, let p): "\(p ?? "?") (fd \(fd) from systemd)"
+            case .tcp(let host, let port): "\(host):\(port)"
             }
+        // The metrics listener: anyone who reaches the port reads metrics and health, nothing else.
+        var observability: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let (host, port) = configuration.metricsHostPort {
+            let metricsServer = HTTPServer(
+                limits: configuration.http, authorizer: Authorizer(userGroup: nil, adminGroup: nil),
+                logger: Logger(label: "gridit.metrics"), anonymous: true, handler: { await api.handleObservability($0) }
+            )
+            let tcp: NIOAsyncChannel<HTTPServer.AcceptedConnection, Never>
+            do {
+                tcp = try await metricsServer.bind(.tcp(host: host, port: port), group: eventLoops)
+            } catch {
+                try? await eventLoops.shutdownGracefully()
+                throw DaemonError("cannot listen on \(host):\(port) for metrics (--metrics-listen): \(error)")
+            }
+            logger.notice(
+                "metrics listener on \(host):\(tcp.channel.localAddress?.port ?? port) (GET /metrics, /healthz, /readyz)",
+                metadata: ["metrics.port": "\(tcp.channel.localAddress?.port ?? port)"])
+            observability.append(.init(service: ControlSocketService(server: metricsServer, channel: tcp)))
+        }
         logger.notice(
             "griditd \(griditVersion) ready",
             metadata: [
@@ -137,7 +158,7 @@ public enum Daemon {
             services: [
                 .init(service: ControlSocketService(server: server, channel: channel)),
                 .init(service: MaintenanceService(context: context)),
-            ] + built.services.map { .init(service: $0) } + [
+            ] + observability + built.services.map { .init(service: $0) } + [
                 .init(service: WorkerService(context: context)),
                 // Last: the first told of shutdown, so STOPPING=1 goes out before anything stops.
                 .init(service: StoppingNotifierService(notifier: notifier)),

@@ -7,6 +7,9 @@ public struct DaemonConfiguration: Sendable {
 
     /// Database, lock, work and output folders (`StateDirectory=gridit`).
     public var stateDirectory: String
+    /// The job queue on PostgreSQL (`postgres://USER@HOST:PORT/DATABASE`, never with the
+    /// password); nil: the state directory's SQLite database. griditd opens it, not GriditDaemon.
+    public var databaseURL: String?
     /// The control socket when griditd binds it itself (not socket-activated).
     public var socketPath: String
     /// Members may submit and manage their own jobs. Nil: no group check beyond the socket mode.
@@ -34,7 +37,13 @@ public struct DaemonConfiguration: Sendable {
     /// Priorities a user who is not an admin may give a job (admins: all of -1000...1000); a
     /// member's job without one gets the one closest to 0. Members cannot outrank admins' default
     /// (0) unless this allows it.
-    public var memberPriorities: ClosedRange<Int> = -1000...0
+    public var memberPriorities: ClosedRange<Int> {
+        get { memberPriorityMin...memberPriorityMax }
+        set { (memberPriorityMin, memberPriorityMax) = (newValue.lowerBound, newValue.upperBound) }
+    }
+    /// The ends of `memberPriorities`, each a setting of its own (`DaemonSettings` checks min ≤ max).
+    public var memberPriorityMin = -1000
+    public var memberPriorityMax = 0
     /// The control socket's limits: body size, connections (in all, per user, kept for admins)
     /// and the timeouts of slow or idle clients.
     public var http = HTTPServerLimits()
@@ -46,10 +55,11 @@ public struct DaemonConfiguration: Sendable {
     public var pollInterval: TimeInterval = 1
     /// How often the maintenance service looks for expired leases.
     public var reapInterval: TimeInterval = 15
-    /// Retention of finished jobs (and their outputs), by state; the maintenance service prunes
-    /// hourly, `griditctl jobs prune` on demand.
-    public var keepSucceeded: TimeInterval = 7 * 86_400
-    public var keepFailed: TimeInterval = 30 * 86_400
+    /// Retention of finished jobs (and their outputs), by state: succeeded ones, and failed,
+    /// canceled and dead ones. Nil keeps them until `griditctl jobs prune` (retention off). The
+    /// maintenance service applies it at start and every `pruneInterval`.
+    public var keepSucceeded: TimeInterval? = 7 * 86_400
+    public var keepFailed: TimeInterval? = 30 * 86_400
     public var pruneInterval: TimeInterval = 3_600
     /// Most jobs batched together (same pipeline and priority).
     public var maxBatchJobs = 4
@@ -77,6 +87,13 @@ public struct DaemonConfiguration: Sendable {
     /// SIGTERM → the running job is checkpointed and handed back within this; then griditd
     /// cancels what is left and exits (below the unit's TimeoutStopSec=90).
     public var stopTimeout: TimeInterval = 75
+    /// `HOST:PORT` of an optional TCP listener that serves `/metrics`, `/healthz` and
+    /// `/readyz` only, for scrapers that cannot reach a Unix socket; nil: none (the default).
+    public var metricsListen: String?
+    /// Log level of griditd and of its engine's worker process.
+    public var logLevel = "info"
+    /// Read-only model store roots searched before the state directory's.
+    public var siteRoots: [String] = []
     /// Identifies this process in leases and replies.
     public var instanceID: String
 

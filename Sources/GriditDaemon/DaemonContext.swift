@@ -28,14 +28,18 @@ public struct DaemonContext: Sendable {
     public var database: StateDatabase?
     /// What keeps jobs from starting, as last seen.
     public var conditions: StartConditions
+    /// Counters and timings for `GET /metrics`.
+    public var metrics: DaemonMetrics
 
     public init(
         configuration: DaemonConfiguration, store: any JobStore, engine: (any JobEngine)?,
         catalog: (any ModelCatalog)?, monitor: JobMonitor = JobMonitor(), notifier: SystemdNotifier = SystemdNotifier(),
         faults: FaultInjection = FaultInjection(), logger: Logger, startedAt: Date = Date(),
-        database: StateDatabase? = nil
+        database: StateDatabase? = nil,
+        metrics: DaemonMetrics = DaemonMetrics()
     ) {
         self.database = database
+        self.metrics = metrics
         self.conditions = StartConditions()
         self.configuration = configuration
         self.store = store

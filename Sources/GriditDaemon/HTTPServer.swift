@@ -64,10 +64,12 @@ public struct HTTPResponse: Sendable {
     }
 }
 
-/// The listening socket: bound by the daemon, or inherited from systemd.
+/// The listening socket: bound by the daemon, or inherited from systemd; or the optional TCP
+/// listener of metrics and health.
 public enum ListenSocket: Sendable {
     case path(String)
     case inherited(fd: Int32, path: String?)
+    case tcp(host: String, port: Int)
 }
 
 public struct HTTPServerLimits: Sendable {
@@ -102,14 +104,18 @@ public struct HTTPServer: Sendable {
     let authorizer: Authorizer
     let logger: Logger
     let handler: Handler
+    /// TCP peers have no credentials: every one is `Caller.anonymous`, and the handler must
+    /// serve only what anyone may read (the metrics listener).
+    let anonymous: Bool
 
     public init(
-        limits: HTTPServerLimits = HTTPServerLimits(), authorizer: Authorizer, logger: Logger,
+        limits: HTTPServerLimits = HTTPServerLimits(), authorizer: Authorizer, logger: Logger, anonymous: Bool = false,
         handler: @escaping Handler
     ) {
         self.limits = limits
         self.authorizer = authorizer
         self.logger = logger
+        self.anonymous = anonymous
         self.handler = handler
     }
 
@@ -135,8 +141,13 @@ public struct HTTPServer: Sendable {
         decoderLimits.maxHeaderListSize = limits.maxHeaderBytes
         decoderLimits.maxHeaderFieldCount = 100
         let finalDecoderLimits = decoderLimits
+        let anonymous = self.anonymous
         let initializer: @Sendable (any Channel) -> EventLoopFuture<AcceptedConnection> = { channel in
-            PeerCredentials.read(from: channel).flatMapThrowing { credentials in
+            let peer =
+                anonymous
+                ? channel.eventLoop.makeSucceededFuture(Caller.anonymous.credentials)
+                : PeerCredentials.read(from: channel)
+            return peer.flatMapThrowing { credentials in
                 try channel.pipeline.syncOperations.configureHTTPServerPipeline(
                     withPipeliningAssistance: true, withErrorHandling: false, withOutboundHeaderValidation: true,
                     withEncoderConfiguration: HTTPResponseEncoder.Configuration(),
@@ -155,6 +166,9 @@ public struct HTTPServer: Sendable {
                 unixDomainSocketPath: path, cleanupExistingSocketFile: true, childChannelInitializer: initializer)
         case .inherited(let fd, _):
             return try await bootstrap.bind(fd, childChannelInitializer: initializer)
+        case .tcp(let host, let port):
+            return try await bootstrap.serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .bind(host: host, port: port, childChannelInitializer: initializer)
         }
     }
 
@@ -172,7 +186,7 @@ public struct HTTPServer: Sendable {
                             try? await accepted.channel.channel.close()
                             return
                         }
-                        let caller = authorizer.caller(for: credentials)
+                        let caller = anonymous ? Caller.anonymous : authorizer.caller(for: credentials)
                         if let refusal = limiter.enter(caller) {
                             logger.notice(
                                 "connection refused",
@@ -180,7 +194,7 @@ public struct HTTPServer: Sendable {
                             return await reject(accepted.channel, refusal)
                         }
                         defer { limiter.leave(caller) }
-                        guard caller.isMember else {
+                        guard caller.isMember || anonymous else {
                             let error = caller.notMemberError(
                                 userGroup: authorizer.userGroup, adminGroup: authorizer.adminGroup)
                             return await reject(accepted.channel, error)

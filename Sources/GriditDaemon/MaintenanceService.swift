@@ -23,9 +23,17 @@ public struct MaintenanceService: Service {
                 lastReap = now
                 await reapExpiredLeases()
             }
-            if now - lastPrune >= .seconds(config.pruneInterval) {
+            if now - lastPrune >= .seconds(config.pruneInterval),
+                config.keepSucceeded != nil || config.keepFailed != nil
+            {
                 lastPrune = now
-                _ = try? await Retention.prune(context, olderThan: nil, keepOutputs: false)
+                do {
+                    _ = try await Retention.prune(context, olderThan: nil, keepOutputs: false)
+                } catch {
+                    context.logger.error(
+                        "retention pass failed; it runs again in \(formatAge(config.pruneInterval))",
+                        metadata: ["error": "\(error.message)"])
+                }
             }
             _ = context.startBlocker(remakeReserve: false)  // notices a lost database even with no worker
             await context.refreshStatus()
@@ -39,7 +47,9 @@ public struct MaintenanceService: Service {
             // crash itself, and an expired lease there means griditd was stopped (SIGSTOP,
             // suspend), which says nothing about the job.
             let supervised = context.engine?.worker != nil ? Set(context.monitor.runningIDs) : []
-            for job in try await context.store.recoverExpiredLeases(now: Date(), sparing: supervised) {
+            let expired = try await context.store.recoverExpiredLeases(now: Date(), sparing: supervised)
+            context.metrics.leasesExpired(expired.count)
+            for job in expired {
                 context.logger.warning(
                     "lease expired: \(job.errorMessage ?? "")",
                     metadata: ["job.id": "\(job.id)", "state": "\(job.state.rawValue)"])
@@ -52,31 +62,47 @@ public struct MaintenanceService: Service {
     }
 }
 
-/// Deleting finished jobs and their folders (the hourly retention pass and `jobs prune`).
+/// Deleting finished jobs and their folders (the retention pass and `jobs prune`).
 enum Retention {
-    /// `olderThan` nil applies the configured retention per state.
+    /// `olderThan` nil applies the configured retention per state (a state whose retention is
+    /// off is kept). `requester`: the uid of a `jobs prune`, nil for the retention pass.
     static func prune(
-        _ context: DaemonContext, olderThan: TimeInterval?, keepOutputs: Bool
+        _ context: DaemonContext, olderThan: TimeInterval?, keepOutputs: Bool, requester: UInt32? = nil
     ) async throws(StateError) -> [PrunedJob] {
         let config = context.configuration
         let now = Date()
-        var pruned: [PrunedJob] = []
+        var pruned: [(job: PrunedJob, age: TimeInterval)] = []
         if let olderThan {
-            pruned = try await context.store.prune(olderThan: olderThan, now: now)
+            pruned = try await context.store.prune(olderThan: olderThan, now: now).map { ($0, olderThan) }
         } else {
-            pruned += try await context.store.prune(olderThan: config.keepSucceeded, states: [.succeeded], now: now)
-            pruned += try await context.store.prune(
-                olderThan: config.keepFailed, states: [.failed, .canceled, .dead], now: now)
+            if let keep = config.keepSucceeded {
+                pruned += try await context.store.prune(olderThan: keep, states: [.succeeded], now: now).map {
+                    ($0, keep)
+                }
+            }
+            if let keep = config.keepFailed {
+                pruned += try await context.store.prune(olderThan: keep, states: [.failed, .canceled, .dead], now: now)
+                    .map { ($0, keep) }
+            }
         }
-        for job in pruned {
+        context.metrics.jobsPruned(pruned.count)
+        let by = requester.map { "jobs prune by uid \($0)" } ?? "retention"
+        for (job, age) in pruned {
             removeInside(context.layout.work, context.layout.workDirectory(job: job.id))
-            if !keepOutputs, let output = job.outputDir { removeInside(context.layout.outputs, output) }
+            let removeOutput = !keepOutputs && job.outputDir != nil
+            if removeOutput, let output = job.outputDir { removeInside(context.layout.outputs, output) }
             context.monitor.changed(job.id)
+            // One line per job, so that the journal says where every job's frames went.
+            let output = job.outputDir.map { removeOutput ? ", removed \($0)" : ", kept \($0)" } ?? ""
+            context.logger.notice(
+                "pruned job \(job.id) (\(job.state.rawValue), finished more than \(formatAge(age)) ago; \(by))\(output)",
+                metadata: [
+                    "job.id": "\(job.id)", "state": "\(job.state.rawValue)",
+                    "reason": "\(requester == nil ? "retention" : "prune")",
+                    "output": "\(job.outputDir ?? "")", "output.removed": "\(removeOutput)",
+                ])
         }
-        if !pruned.isEmpty {
-            context.logger.info("pruned finished jobs", metadata: ["count": "\(pruned.count)"])
-        }
-        return pruned
+        return pruned.map(\.job)
     }
 
     /// Removes `path` only if it lies strictly inside `root` (a corrupt row must never make

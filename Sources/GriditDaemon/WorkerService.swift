@@ -221,6 +221,7 @@ public struct WorkerService: Service {
         let notifier = context.notifier
         let faults = context.faults
         let stateDirectory = context.layout.root
+        let metrics = context.metrics
         let inProcess = !engineRunsApart
         let scheduler = RunningBatch(
             BatchScheduler(
@@ -230,6 +231,7 @@ public struct WorkerService: Service {
                 ),
                 now: Date()))
         monitor.started(ids)
+        context.metrics.jobsStarted(batch.items)
         for id in ids { monitor.changed(id) }
         context.logger.info(
             "running",
@@ -255,6 +257,7 @@ public struct WorkerService: Service {
             },
             durable: { id, progress in
                 _ = scheduler.withLock { $0.handle(.durable(id, progress), now: Date()) }
+                metrics.unitDone(id, progress)
                 signal.yield()
             },
             step: { id, step in
@@ -341,6 +344,7 @@ public struct WorkerService: Service {
             let refused = scheduler.withLock { $0.handle(.offered(item, claimed), now: Date()) }
             if refused.isEmpty {
                 context.monitor.started([item.jobID])
+                context.metrics.jobsStarted([item])
                 context.monitor.changed(item.jobID)
                 context.logger.info("joining the running batch", metadata: ["job.id": "\(item.jobID)"])
             } else {
@@ -371,7 +375,10 @@ public struct WorkerService: Service {
                 }
             case .heartbeat(let id, let token):
                 await leaseWrite(id, scheduler) { () async throws(StateError) -> LeaseStatus in
-                    try await context.store.heartbeat(id: id, token: token, leaseDuration: lease, now: Date())
+                    let status = try await context.store.heartbeat(
+                        id: id, token: token, leaseDuration: lease, now: Date())
+                    context.metrics.leaseRenewed()
+                    return status
                 }
             case .record(let id, let token, let record):
                 await self.record(record, id: id, token: token)
@@ -391,6 +398,7 @@ public struct WorkerService: Service {
         } catch  where error.code == .leaseLost || error.code == .invalidTransition {
             context.logger.warning(
                 "lost the lease; stopping the job", metadata: ["job.id": "\(id)", "error": "\(error.message)"])
+            context.metrics.leaseLost()
             event = .leaseLost(id)
         } catch {
             context.logger.error("saving progress failed", metadata: ["job.id": "\(id)", "error": "\(error)"])
@@ -417,6 +425,7 @@ public struct WorkerService: Service {
                 try? FileManager.default.removeItem(atPath: context.layout.workDirectory(job: id))
                 metadata["output"] = "\(output)"
                 logger.info("job succeeded", metadata: metadata)
+                context.metrics.jobFinished(id, outcome: "succeeded")
             case .fail(let failure):
                 let after = try await store.fail(
                     id: id, token: token, errorClass: failure.errorClass.rawValue, message: failure.message,
@@ -424,19 +433,26 @@ public struct WorkerService: Service {
                 metadata["error.class"] = "\(failure.errorClass.rawValue)"
                 metadata["state"] = "\(after.state.rawValue)"
                 logger.warning("job failed: \(failure.message)", metadata: metadata)
+                context.metrics.jobFinished(
+                    id, outcome: after.state == .retryable ? "retried" : "failed",
+                    errorClass: failure.errorClass.rawValue)
             case .crash(let message):
                 let after = try await store.recordWorkerCrash(id: id, token: token, message: message, now: now)
                 metadata["state"] = "\(after.state.rawValue)"
                 metadata["crashes"] = "\(after.crashCount)"
                 logger.error("job crashed the engine: \(message)", metadata: metadata)
+                context.metrics.jobFinished(id, outcome: "crashed")
             case .requeue(let message):
                 _ = try await store.requeue(id: id, token: token, reason: message, now: now)
                 logger.warning("job requeued, not counted as a crash: \(message)", metadata: metadata)
+                context.metrics.jobFinished(id, outcome: "requeued")
             case .acknowledgeCancel:
                 _ = try await store.acknowledgeCancel(id: id, token: token, now: now)
                 logger.info("job canceled", metadata: metadata)
+                context.metrics.jobFinished(id, outcome: "canceled")
             case .releaseLease(let reason):
                 _ = try await store.releaseLease(id: id, token: token, now: now)
+                context.metrics.jobFinished(id, outcome: "handed_back")
                 if reason == .diskFull {
                     logger.warning("job checkpointed and handed back: the state filesystem is full", metadata: metadata)
                 } else {

@@ -12,6 +12,8 @@ import GriditStateDatabase
 /// a migration this binary does not know.
 public final class SQLiteJobStore: TransitionStore {
     public let path: String
+    /// The database's folder (the state directory): output folders are stored relative to it.
+    let root: String
     public let machine: JobStateMachine
     /// The shared database (the model store uses the same one).
     public let database: StateDatabase
@@ -34,6 +36,7 @@ public final class SQLiteJobStore: TransitionStore {
     public init(database: StateDatabase, policy: RetryPolicy = RetryPolicy()) {
         self.database = database
         self.path = database.path
+        self.root = (database.path as NSString).deletingLastPathComponent
         self.machine = JobStateMachine(policy: policy)
     }
 
@@ -76,7 +79,7 @@ public final class SQLiteJobStore: TransitionStore {
                     db, sql: "SELECT id FROM job WHERE owner_uid = ? AND idempotency_key = ?",
                     arguments: [Int64(owner), key])
             {
-                return SubmitResult(job: try Self.fetchJob(db, id: id), deduplicated: true)
+                return SubmitResult(job: try Self.fetchJob(db, id: id, root: self.root), deduplicated: true)
             }
             try Self.checkLimits(limits, for: submission, owner: owner, db)
             let id = try Int64.fetchOne(
@@ -92,7 +95,7 @@ public final class SQLiteJobStore: TransitionStore {
                     submission.pipelineDigest, submission.length, nowMs, nowMs, submission.maxAttempts,
                     submission.notBefore?.unixMillis ?? nowMs, submission.workSeconds,
                 ])!
-            return SubmitResult(job: try Self.fetchJob(db, id: id), deduplicated: false)
+            return SubmitResult(job: try Self.fetchJob(db, id: id, root: self.root), deduplicated: false)
         }
     }
 
@@ -156,7 +159,7 @@ public final class SQLiteJobStore: TransitionStore {
                     """,
                 arguments: finalArguments)
             guard let row else { return nil }
-            return ClaimedJob(job: try Self.decodeJob(row), token: token)
+            return ClaimedJob(job: try Self.decodeJob(row, root: self.root), token: token)
         }
     }
 
@@ -181,7 +184,7 @@ public final class SQLiteJobStore: TransitionStore {
     }
 
     public func get(id: Int64) async throws(StateError) -> Job {
-        try await read { db in try Self.fetchJob(db, id: id) }
+        try await read { db in try Self.fetchJob(db, id: id, root: self.root) }
     }
 
     public func list(_ filter: JobFilter) async throws(StateError) -> [Job] {
@@ -202,7 +205,7 @@ public final class SQLiteJobStore: TransitionStore {
         let sql = filter.newest ? "SELECT * FROM (\(inner)) ORDER BY id" : inner
         let finalArguments = arguments
         return try await read { db in
-            try Row.fetchAll(db, sql: sql, arguments: finalArguments).map(Self.decodeJob)
+            try Row.fetchAll(db, sql: sql, arguments: finalArguments).map { try Self.decodeJob($0, root: self.root) }
         }
     }
 
@@ -261,9 +264,9 @@ public final class SQLiteJobStore: TransitionStore {
                 arguments: [cutoff])
             var pruned: [PrunedJob] = []
             for row in rows {
-                let job = try Self.decodeJob(row)
+                let job = try Self.decodeJob(row, root: self.root)
                 let transition = try machine.apply(.prune, to: job, now: now)
-                try Self.apply(transition, db)
+                try Self.apply(transition, db, root: self.root)
                 pruned.append(PrunedJob(id: job.id, state: job.state, outputDir: job.outputDir))
             }
             return pruned
@@ -293,11 +296,11 @@ public final class SQLiteJobStore: TransitionStore {
         let machine = self.machine
         let now = Date(unixMillis: now.unixMillis)  // the columns' resolution, so SQL and Swift agree
         return try await write { db in
-            let job = try Self.fetchJob(db, id: id)
+            let job = try Self.fetchJob(db, id: id, root: self.root)
             try authorize?(job)
             let transition = try machine.apply(event, to: job, now: now)
-            try Self.apply(transition, db)
-            return try Self.fetchJob(db, id: id)
+            try Self.apply(transition, db, root: self.root)
+            return try Self.fetchJob(db, id: id, root: self.root)
         }
     }
 
@@ -313,8 +316,8 @@ public final class SQLiteJobStore: TransitionStore {
             let rows = try Row.fetchAll(db, sql: sql, arguments: event == .orphaned ? [] : [nowMs])
             var recovered: [Job] = []
             for row in rows where !sparing.contains(row["id"] as Int64) {
-                let transition = try machine.apply(event, to: try Self.decodeJob(row), now: now)
-                try Self.apply(transition, db)
+                let transition = try machine.apply(event, to: try Self.decodeJob(row, root: self.root), now: now)
+                try Self.apply(transition, db, root: self.root)
                 recovered.append(transition.job)
             }
             return recovered
@@ -330,14 +333,14 @@ public final class SQLiteJobStore: TransitionStore {
         SELECT job.*, waiting.queue_position FROM job LEFT JOIN waiting ON waiting.id = job.id
         """
 
-    static func fetchJob(_ db: Database, id: Int64) throws -> Job {
+    static func fetchJob(_ db: Database, id: Int64, root: String) throws -> Job {
         guard let row = try Row.fetchOne(db, sql: selectWithPosition + " WHERE job.id = ?", arguments: [id]) else {
             throw StateError.jobNotFound(id)
         }
-        return try decodeJob(row)
+        return try decodeJob(row, root: root)
     }
 
-    static func decodeJob(_ row: Row) throws -> Job {
+    static func decodeJob(_ row: Row, root: String) throws -> Job {
         let stateText: String = row["state"]
         guard let state = JobState(rawValue: stateText) else {
             throw StateError(.database, "job \(row["id"] as Int64): unknown state '\(stateText)'")
@@ -374,13 +377,14 @@ public final class SQLiteJobStore: TransitionStore {
             progress: progress,
             errorClass: row["error_class"],
             errorMessage: row["error_message"],
-            outputDir: row["output_dir"],
+            outputDir: OutputPaths.resolved(
+                row["output_dir"], root: root, id: row["id"], owner: UInt32(truncatingIfNeeded: owner)),
             workSeconds: row.hasColumn("work_seconds") ? row["work_seconds"] : 0,
             queuePosition: row.hasColumn("queue_position") ? row["queue_position"] : nil)
     }
 
     /// Writes a state-machine transition: the new row (every mutable column) and its effects.
-    private static func apply(_ transition: JobTransition, _ db: Database) throws {
+    private static func apply(_ transition: JobTransition, _ db: Database, root: String) throws {
         let job = transition.job
         for effect in transition.effects {
             switch effect {
@@ -399,7 +403,7 @@ public final class SQLiteJobStore: TransitionStore {
             job.finishedAt?.unixMillis, job.attempt, job.maxAttempts, job.crashCount,
             job.cancelRequested ? 1 : 0, job.leaseOwner, job.leaseToken?.rawValue,
             job.leaseExpiresAt?.unixMillis, job.notBefore.unixMillis, progress, job.errorClass,
-            job.errorMessage, job.outputDir, job.id,
+            job.errorMessage, OutputPaths.stored(job.outputDir, root: root), job.id,
         ]
         try db.execute(
             sql: """

@@ -3,6 +3,7 @@
 
 import ArgumentParser
 import Foundation
+import GriditAPI
 import GriditCLI
 import GriditEngine
 import GriditJobSpec
@@ -131,20 +132,6 @@ private func griditExitCode(_ code: EngineError.Code) -> Int32 {
     case .diskFull, .transient: 75
     default: 70
     }
-}
-
-/// "512M", "2G", "1048576" → bytes.
-func parseBytes(_ text: String) -> Int? {
-    let units: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
-    var digits = text.uppercased()
-    if digits.hasSuffix("B") { digits.removeLast() }
-    var scale = 1
-    if let last = digits.last, let u = units[last] {
-        scale = u
-        digits.removeLast()
-    }
-    guard let n = Double(digits), n >= 0, n * Double(scale) < 0x1p62 else { return nil }  // Int(_:) traps past Int.max
-    return Int(n * Double(scale))
 }
 
 /// Set by SIGINT/SIGTERM; the run stops after its current denoising step.

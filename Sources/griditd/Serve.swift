@@ -1,4 +1,5 @@
-// `griditd serve`: parse, set up logging, hand over to GriditDaemon. No logic lives here.
+// `griditd serve`: parse, resolve the settings, set up logging, hand over to GriditDaemon. No
+// logic lives here: the settings' rules are GriditDaemon's (`DaemonSettings`).
 
 import ArgumentParser
 import Foundation
@@ -16,117 +17,11 @@ struct Serve: AsyncParsableCommand {
         abstract: "Run the daemon in the foreground (systemd: Type=notify, socket activation).",
         discussion: """
             Without systemd, griditd binds --socket itself, logs to stderr and runs until SIGTERM or Ctrl-C. Under systemd it adopts the socket of griditd.socket, reports READY/STATUS/WATCHDOG and logs to the journal with JOB_ID=, STAGE= fields.
+
+            Every setting is a flag, an environment variable GRIDIT_<NAME> and a line GRIDIT_<NAME>=value of the config file (--config, GRIDIT_CONFIG, default /etc/gridit/griditd.conf): flags win over the environment, the environment over the file, the file over the defaults. `griditd config show` prints what is in effect and where each value comes from.
             """)
 
-    @Option(help: "Database, lock, work and output folders.")
-    var stateDir = "/var/lib/gridit"
-
-    @Option(
-        help: ArgumentHelp(
-            "The job queue on PostgreSQL, shared by several hosts: postgres://USER@HOST:PORT/DATABASE (env GRIDIT_DATABASE). Never put the password here: it comes from the systemd credential database-password, GRIDIT_DATABASE_PASSWORD_FILE or PGPASSWORD. Default: the state directory's SQLite database.",
-            valueName: "url"))
-    var database: String?
-
-    @Option(help: "Control socket to bind when not socket-activated.")
-    var socket = "/run/gridit/griditd.sock"
-
-    @Option(help: "Group whose members may use the API (default: 'gridit' if it exists, else no check).")
-    var group: String?
-
-    @Option(help: "Group whose members manage every job and the models (default: 'gridit-admin' if it exists).")
-    var adminGroup: String?
-
-    @Option(help: "Group of a self-bound socket (default: --group).")
-    var socketGroup: String?
-
-    @Option(help: "Threads of the engine's matrix products (default: the number of CPUs).")
-    var blasThreads: Int?
-
-    @Flag(help: "Pause the queue (persistently) before starting: jobs are accepted, none runs.")
-    var startPaused = false
-
-    @Option(help: "Most waiting + running jobs; beyond, a submit gets queue_full.")
-    var maxQueued = 1000
-
-    @Option(help: "Most waiting + running jobs of one user who is not an admin; beyond, a submit gets user_limit.")
-    var maxQueuedPerUser = 100
-
-    @Option(
-        help: ArgumentHelp(
-            "Most estimated compute of one non-admin user's waiting + running jobs (90m, 24h, 2d), at the nominal rate of `griditd run --dry-run`.",
-            valueName: "duration"))
-    var maxWorkPerUser = "24h"
-
-    @Option(parsing: .unconditional, help: "Lowest priority a user who is not an admin may give a job.")
-    var memberPriorityMin = -1000
-
-    @Option(
-        parsing: .unconditional,
-        help: "Highest priority a user who is not an admin may give a job (admins' default is 0).")
-    var memberPriorityMax = 0
-
-    @Option(help: "Most open connections to the socket; beyond, a client gets 503.")
-    var maxConnections = 512
-
-    @Option(help: "Most open connections of one user (uid).")
-    var maxConnectionsPerUser = 32
-
-    @Option(help: "Connections of --max-connections kept for root, griditd's user and the admin group.")
-    var adminConnections = 32
-
-    @Option(
-        help:
-            "Seconds a client has to send a request's headers (from connecting, or from its first byte on a reused connection)."
-    )
-    var headerTimeout: Double = 10
-
-    @Option(help: "Seconds a client has to send a request's body after its headers.")
-    var bodyTimeout: Double = 30
-
-    @Option(
-        help:
-            "Seconds an open connection may wait without a request, or without reading the answer, before it is closed."
-    )
-    var idleTimeout: Double = 60
-
-    @Option(help: "Longest sequence a job may ask for, in frames.")
-    var maxLength = 100_000
-
-    @Option(help: "Model used when a submit names none (default: the store's only model, NAME:latest).")
-    var defaultModel: String?
-
-    @Option(
-        name: .customLong("site-root"),
-        help: "A read-only model store root searched before the state directory; repeatable (env GRIDIT_SITE_ROOTS).")
-    var siteRoots: [String] = []
-
-    @Option(help: "Bytes of activations one batched forward may take (K, M, G suffixes).")
-    var memoryBudget: String = "2G"
-
-    @Option(help: "Most grids or frames in one batched forward.")
-    var maxBatch = 16
-
-    @Option(help: "Most jobs (of one model and priority) run together.")
-    var maxBatchJobs = 4
-
-    @Option(help: "Seconds a model stays loaded after its last job.")
-    var keepAlive: Double = 600
-
-    @Option(help: "Lease of a running job in seconds (heartbeats every third of it while it progresses).")
-    var lease: Double = 120
-
-    @Option(help: "Seconds a SIGTERM waits for the running job to checkpoint before griditd exits.")
-    var stopTimeout: Double = 75
-
-    @Option(
-        help: "Seconds a canceled or stopping job may take to stop before griditd kills the engine's worker process.")
-    var stopGrace: Double = 30
-
-    @Option(help: "Free space (K, M, G) below which no job starts; queued jobs wait without using attempts.")
-    var minFree: String = "256M"
-
-    @Option(help: "Space (K, M, G; 0: none) set aside for the job database, released when the disk fills up.")
-    var dbReserve: String = "32M"
+    @OptionGroup var settings: SettingFlags
 
     @Flag(
         help:
@@ -134,120 +29,29 @@ struct Serve: AsyncParsableCommand {
     )
     var `init` = false
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error.")
-    var logLevel: String = "info"
-
-    func validate() throws {
-        if let n = blasThreads, !(1...1024).contains(n) { throw ValidationError("--blas-threads must be 1...1024") }
-        guard maxQueued >= 1 else { throw ValidationError("--max-queued must be at least 1") }
-        guard maxLength >= 1 else { throw ValidationError("--max-length must be at least 1") }
-        try Self.checkSeconds(lease, "--lease", 5...86_400)
-        try Self.checkSeconds(stopTimeout, "--stop-timeout", 1...86_400)
-        try Self.checkSeconds(headerTimeout, "--header-timeout", 1...3600)
-        try Self.checkSeconds(bodyTimeout, "--body-timeout", 1...3600)
-        try Self.checkSeconds(idleTimeout, "--idle-timeout", 1...86_400)
-        guard maxQueuedPerUser >= 1 else { throw ValidationError("--max-queued-per-user must be at least 1") }
-        guard parseDuration(maxWorkPerUser) != nil else {
-            throw ValidationError("--max-work-per-user '\(maxWorkPerUser)' is not a duration like 90m, 24h or 2d")
-        }
-        let priorities = DaemonConfiguration.priorities
-        guard priorities.contains(memberPriorityMin), priorities.contains(memberPriorityMax),
-            memberPriorityMin <= memberPriorityMax
-        else {
-            throw ValidationError(
-                "--member-priority-min and --member-priority-max must lie in \(priorities), min ≤ max")
-        }
-        guard (1...100_000).contains(maxConnections) else {
-            throw ValidationError("--max-connections must be 1...100000")
-        }
-        guard (1...maxConnections).contains(maxConnectionsPerUser) else {
-            throw ValidationError("--max-connections-per-user must be 1...--max-connections")
-        }
-        guard (0..<maxConnections).contains(adminConnections) else {
-            throw ValidationError("--admin-connections must be 0 or more and less than --max-connections")
-        }
-        guard Logger.Level(rawValue: logLevel) != nil else {
-            throw ValidationError("unknown --log-level '\(logLevel)'")
-        }
-        guard let budget = parseBytes(memoryBudget), budget >= 1 << 20 else {
-            throw ValidationError("--memory-budget '\(memoryBudget)' is not a size of at least 1M (e.g. 512M, 2G)")
-        }
-        guard (1...1024).contains(maxBatch) else { throw ValidationError("--max-batch must be 1...1024") }
-        guard (1...64).contains(maxBatchJobs) else { throw ValidationError("--max-batch-jobs must be 1...64") }
-        try Self.checkSeconds(keepAlive, "--keep-alive", 0...(365 * 86_400))
-        try Self.checkSeconds(stopGrace, "--stop-grace", 1...86_400)
-        guard parseBytes(minFree) != nil else {
-            throw ValidationError("--min-free '\(minFree)' is not a size (e.g. 256M, 1G)")
-        }
-        guard parseBytes(dbReserve) != nil else {
-            throw ValidationError("--db-reserve '\(dbReserve)' is not a size (e.g. 32M, 0)")
-        }
-    }
-
-    /// A finite number of seconds in `range` (Duration and the database's milliseconds trap on
-    /// larger ones).
-    private static func checkSeconds(_ value: Double, _ name: String, _ range: ClosedRange<Double>) throws {
-        guard range.contains(value) else {
-            throw ValidationError(
-                "\(name) must be \(Int(range.lowerBound)) to \(Int(range.upperBound)) seconds (got \(value))")
-        }
-    }
-
     func run() async throws {
         umask(0o027)  // as the unit's UMask=: what griditd writes is never world-readable, in the foreground too
-        let level = Logger.Level(rawValue: logLevel) ?? .info
+        var configuration = try await settings.resolve().configuration
+        configuration.initialize = `init`
+        let level = Logger.Level(rawValue: configuration.logLevel) ?? .info
         let sink = DaemonLogHandler.detectSink()
         LoggingSystem.bootstrap { label in DaemonLogHandler(label: label, sink: sink, level: level) }
         let logger = Logger(label: "gridit.daemon")
 
-        let userGroup = group ?? (Authorizer.gid(of: "gridit") != nil ? "gridit" : nil)
-        var configuration = DaemonConfiguration(
-            stateDirectory: absolute(stateDir), socketPath: absolute(socket), userGroup: userGroup,
-            adminGroup: adminGroup ?? (Authorizer.gid(of: "gridit-admin") != nil ? "gridit-admin" : nil),
-            socketGroup: socketGroup ?? userGroup)
-        if let blasThreads { configuration.blasThreads = blasThreads }
-        configuration.startPaused = startPaused
-        configuration.maxQueued = maxQueued
-        configuration.maxLength = maxLength
-        configuration.defaultModel = defaultModel
-        configuration.leaseDuration = lease
-        configuration.stopTimeout = stopTimeout
-        configuration.memoryBudget = parseBytes(memoryBudget) ?? configuration.memoryBudget
-        configuration.maxBatchItems = maxBatch
-        configuration.maxBatchJobs = maxBatchJobs
-        configuration.modelKeepAlive = keepAlive
-        configuration.maxQueuedPerUser = maxQueuedPerUser
-        configuration.maxWorkPerUser = parseDuration(maxWorkPerUser) ?? configuration.maxWorkPerUser
-        configuration.memberPriorities = memberPriorityMin...memberPriorityMax
-        configuration.http.maxConnections = maxConnections
-        configuration.http.maxConnectionsPerUser = maxConnectionsPerUser
-        configuration.http.adminConnections = adminConnections
-        configuration.http.headerTimeout = .seconds(headerTimeout)
-        configuration.http.bodyTimeout = .seconds(bodyTimeout)
-        configuration.http.idleTimeout = .seconds(idleTimeout)
-        configuration.stopGrace = stopGrace
-        configuration.minFreeBytes = Int64(parseBytes(minFree) ?? 0)
-        configuration.databaseReserveBytes = Int64(parseBytes(dbReserve) ?? 0)
-        configuration.initialize = `init`
         let worker = WorkerCommand.launch(
             stateDirectory: configuration.stateDirectory, blasThreads: configuration.blasThreads,
             memoryBudget: configuration.memoryBudget, maxBatch: configuration.maxBatchItems,
-            keepAlive: configuration.modelKeepAlive, logLevel: logLevel)
-        let sites =
-            (siteRoots
-            + (ProcessInfo.processInfo.environment["GRIDIT_SITE_ROOTS"] ?? "").split(separator: ":").map(String.init))
-            .map(absolute)
-
+            keepAlive: configuration.modelKeepAlive, logLevel: configuration.logLevel)
         do {
             let faults = try FaultInjection(environment: ProcessInfo.processInfo.environment)
             let settings = configuration
             let components: @Sendable (StateDatabase, any JobStore) async throws -> DaemonComponents = {
                 database, jobs in
                 try Backend.components(
-                    configuration: settings, database: database, jobs: jobs, siteRoots: sites, worker: worker,
-                    logger: logger)
+                    configuration: settings, database: database, jobs: jobs, siteRoots: settings.siteRoots,
+                    worker: worker, logger: logger)
             }
-            if let location = try PostgresLocation.configured(url: database) {
+            if let location = try PostgresLocation.configured(url: configuration.databaseURL) {
                 let jobs = PostgresJobStore(location: location, logger: Logger(label: "gridit.postgres"))
                 try await jobs.withRunningPool {
                     let applied = try await jobs.migrate()
@@ -270,8 +74,92 @@ struct Serve: AsyncParsableCommand {
             throw ExitCode.failure
         }
     }
+}
 
-    private func absolute(_ path: String) -> String {
-        path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+/// The settings as flags, shared by `serve` and `config show`. Every one is optional: a flag
+/// given wins, one not given leaves the environment, the config file and the default.
+struct SettingFlags: ParsableArguments {
+    @Option(
+        help: ArgumentHelp(
+            "The config file (default: \(DaemonSettings.defaultConfigFile); env GRIDIT_CONFIG).", valueName: "path"))
+    var config: String?
+
+    @Option(help: help("state-dir")) var stateDir: String?
+    @Option(help: help("database", "url")) var database: String?
+    @Option(help: help("socket")) var socket: String?
+    @Option(help: help("group")) var group: String?
+    @Option(help: help("admin-group")) var adminGroup: String?
+    @Option(help: help("socket-group")) var socketGroup: String?
+    @Option(help: help("blas-threads", "n")) var blasThreads: String?
+    @Flag(inversion: .prefixedNo, help: help("start-paused")) var startPaused: Bool?
+    @Option(help: help("max-queued", "n")) var maxQueued: String?
+    @Option(help: help("max-queued-per-user", "n")) var maxQueuedPerUser: String?
+    @Option(help: help("max-work-per-user", "duration")) var maxWorkPerUser: String?
+    @Option(parsing: .unconditional, help: help("member-priority-min", "n")) var memberPriorityMin: String?
+    @Option(parsing: .unconditional, help: help("member-priority-max", "n")) var memberPriorityMax: String?
+    @Option(help: help("max-connections", "n")) var maxConnections: String?
+    @Option(help: help("max-connections-per-user", "n")) var maxConnectionsPerUser: String?
+    @Option(help: help("admin-connections", "n")) var adminConnections: String?
+    @Option(help: help("header-timeout", "seconds")) var headerTimeout: String?
+    @Option(help: help("body-timeout", "seconds")) var bodyTimeout: String?
+    @Option(help: help("idle-timeout", "seconds")) var idleTimeout: String?
+    @Option(help: help("max-length", "frames")) var maxLength: String?
+    @Option(help: help("default-model", "ref")) var defaultModel: String?
+    @Option(name: .customLong("site-root"), help: help("site-roots", "dir")) var siteRoots: [String] = []
+    @Option(help: help("memory-budget", "size")) var memoryBudget: String?
+    @Option(help: help("max-batch", "n")) var maxBatch: String?
+    @Option(help: help("max-batch-jobs", "n")) var maxBatchJobs: String?
+    @Option(help: help("keep-alive", "seconds")) var keepAlive: String?
+    @Option(help: help("lease", "seconds")) var lease: String?
+    @Option(help: help("stop-timeout", "seconds")) var stopTimeout: String?
+    @Option(help: help("stop-grace", "seconds")) var stopGrace: String?
+    @Option(help: help("min-free", "size")) var minFree: String?
+    @Option(help: help("db-reserve", "size")) var dbReserve: String?
+    @Option(help: help("keep-succeeded", "age|off")) var keepSucceeded: String?
+    @Option(help: help("keep-failed", "age|off")) var keepFailed: String?
+    @Option(help: help("metrics-listen", "host:port")) var metricsListen: String?
+    @Option(help: help("log-level", "level")) var logLevel: String?
+
+    /// The flags given, by setting key.
+    var given: [String: String] {
+        let values: [String: String?] = [
+            "state-dir": stateDir, "database": database, "socket": socket, "group": group, "admin-group": adminGroup,
+            "socket-group": socketGroup,
+            "blas-threads": blasThreads, "start-paused": startPaused.map { "\($0)" }, "max-queued": maxQueued,
+            "max-queued-per-user": maxQueuedPerUser, "max-work-per-user": maxWorkPerUser,
+            "member-priority-min": memberPriorityMin, "member-priority-max": memberPriorityMax,
+            "max-connections": maxConnections, "max-connections-per-user": maxConnectionsPerUser,
+            "admin-connections": adminConnections, "header-timeout": headerTimeout, "body-timeout": bodyTimeout,
+            "idle-timeout": idleTimeout, "max-length": maxLength, "default-model": defaultModel,
+            "site-roots": siteRoots.isEmpty ? nil : siteRoots.joined(separator: ":"), "memory-budget": memoryBudget,
+            "max-batch": maxBatch, "max-batch-jobs": maxBatchJobs, "keep-alive": keepAlive, "lease": lease,
+            "stop-timeout": stopTimeout, "stop-grace": stopGrace, "min-free": minFree, "db-reserve": dbReserve,
+            "keep-succeeded": keepSucceeded, "keep-failed": keepFailed, "metrics-listen": metricsListen,
+            "log-level": logLevel,
+        ]
+        return values.compactMapValues { $0 }
+    }
+
+    /// Flags, environment, config file and defaults; a bad value exits 78 (EX_CONFIG), naming it.
+    func resolve() async throws -> ResolvedSettings {
+        // site-root paths are taken relative to the working directory, as state-dir's are.
+        var flags = given
+        if !siteRoots.isEmpty {
+            flags["site-roots"] = siteRoots.map {
+                $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0
+            }
+            .joined(separator: ":")
+        }
+        do {
+            return try await DaemonSettings.resolve(
+                flags: flags, environment: ProcessInfo.processInfo.environment, configFile: config)
+        } catch {
+            FileHandle.standardError.write(Data("griditd: \(error.message)\n".utf8))
+            throw ExitCode(78)
+        }
+    }
+
+    private static func help(_ key: String, _ valueName: String? = nil) -> ArgumentHelp {
+        ArgumentHelp(DaemonSettings.help(key), valueName: valueName)
     }
 }

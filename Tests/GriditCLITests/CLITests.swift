@@ -225,3 +225,49 @@ struct CLITests {
                 """)
     }
 }
+
+@Suite("griditctl jobs prune")
+struct PruneConfirmationTests {
+    static let reply = (
+        status: 200, body: Data(#"{"pruned":[{"id":3,"state":"succeeded","output_dir":"/s/outputs/job-3"}]}"#.utf8)
+    )
+
+    func prune(_ arguments: [String]) throws -> Jobs.Prune {
+        try #require(try Griditctl.parseAsRoot(["jobs", "prune"] + arguments) as? Jobs.Prune)
+    }
+
+    @Test("without a terminal and without --yes nothing is sent; the error names --yes (exit 2)")
+    func noTerminal() throws {
+        let daemon = FakeDaemon(["POST /v1/jobs/prune": Self.reply])
+        let printed = Printed()
+        #expect {
+            try prune(["--older-than", "1h"]).run(client: GriditClient(daemon), output: printed.output)
+        } throws: { ($0 as? CLIError)?.status == ExitStatus.usage && "\($0)".contains("--yes") }
+        #expect(daemon.requests.isEmpty)
+    }
+
+    @Test("on a terminal it asks (the warning names the age and the outputs); no means nothing is sent")
+    func asks() throws {
+        let daemon = FakeDaemon(["POST /v1/jobs/prune": Self.reply])
+        let printed = Printed()
+        let asked = Printed()
+        var output = printed.output
+        output.confirm = { question in
+            asked.output.stdout(question)
+            return false
+        }
+        try prune(["--older-than", "2h"]).run(client: GriditClient(daemon), output: output)
+        #expect(asked.stdout.contains("finished more than 2h ago") && asked.stdout.contains("output folders"))
+        #expect(asked.stdout.hasSuffix("[y/N] "))
+        #expect(daemon.requests.isEmpty && printed.stderr == "nothing pruned\n")
+
+        output.confirm = { _ in true }
+        try prune(["--older-than", "2h"]).run(client: GriditClient(daemon), output: output)
+        #expect(daemon.requests.count == 1 && printed.stdout == "pruned 1 job: 3\n")
+        // --yes (or -y, -f) asks nothing.
+        for flag in ["--yes", "-y", "-f", "--force"] {
+            try prune([flag]).run(client: GriditClient(daemon), output: printed.output)
+        }
+        #expect(daemon.requests.count == 5)
+    }
+}

@@ -469,7 +469,8 @@ struct DaemonProcessTests {
         let daemon = try DaemonProcess(directory: dir)
         defer { daemon.stop() }
         let ctl = binaryDirectory() + "/griditctl"
-        let result = try runProcess(ctl, ["jobs", "prune", "--older-than", "30m", "--socket", daemon.socket, "--json"])
+        let result = try runProcess(
+            ctl, ["jobs", "prune", "--older-than", "30m", "--yes", "--socket", daemon.socket, "--json"])
         #expect(result.status == 0, "\(result.stderr)")
         let pruned = try APICoding.decoder().decode(PruneResponse.self, from: Data(result.stdout.utf8)).pruned
         #expect(Set(pruned.map(\.id)) == Set(ids))

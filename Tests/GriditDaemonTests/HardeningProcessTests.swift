@@ -91,7 +91,7 @@ struct HardeningProcessTests {
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, arguments: ["--start-paused"], model: tinyPipeline())
         defer { daemon.stop() }
-        let prune = try Self.griditctl(["jobs", "prune", "--older-than", "1e300s"], socket: daemon.socket)
+        let prune = try Self.griditctl(["jobs", "prune", "--older-than", "1e300s", "--yes"], socket: daemon.socket)
         #expect(prune.status == 0 && prune.stdout.contains("pruned 0 jobs"), "\(prune.stderr)")
         for body in [#"{"older_than_seconds": 1e300}"#, #"{"older_than_seconds": 1.7976931348623157e308}"#] {
             let answer = try rawExchange(daemon.socket, httpRequest("POST", "/v1/jobs/prune", body: body))
@@ -161,7 +161,7 @@ struct HardeningProcessTests {
         ).job
         #expect(try waitForJob(daemon, named.id).outputDir == daemon.stateDir + "/outputs/named/\(getuid())/mine/run-1")
 
-        let pruned = try Self.griditctl(["jobs", "prune", "--older-than", "0s"], socket: daemon.socket)
+        let pruned = try Self.griditctl(["jobs", "prune", "--older-than", "0s", "--yes"], socket: daemon.socket)
         #expect(pruned.status == 0 && pruned.stdout.contains("pruned 4 jobs"), "\(pruned.stdout) \(pruned.stderr)")
         let next = try client.post("/v1/jobs", SubmitJobRequest(length: 4), as: SubmitJobResponse.self).job
         #expect(next.id == named.id + 1, "job ids up to \(named.id) were pruned; \(next.id) must be new")

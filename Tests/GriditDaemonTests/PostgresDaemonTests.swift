@@ -16,7 +16,7 @@ struct PostgresDaemonTests {
         let first = TemporaryDirectory()
         defer { first.remove() }
         do {
-            // The URL from the environment (the unit's EnvironmentFile=), not the command line.
+            // The URL from the environment (GRIDIT_DATABASE), not the command line.
             let daemon = try DaemonProcess(
                 directory: first, environment: ["GRIDIT_DATABASE": url], model: tinyPipeline())
             #expect(daemon.log.contains("job queue on PostgreSQL"), "\(daemon.log)")

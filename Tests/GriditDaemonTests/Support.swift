@@ -18,12 +18,13 @@ final class DaemonProcess: @unchecked Sendable {
 
     /// `model`: a pipeline to import first (offline, `griditd models import`) as `tiny:latest`,
     /// so that submits find a model.
+    /// `stateDirFlag` false: no `--state-dir` (the environment or the config file names it).
     init(
         directory: TemporaryDirectory, arguments: [String] = [], environment: [String: String] = [:],
-        model: String? = nil
+        model: String? = nil, stateDirFlag: Bool = true
     ) throws {
         self.directory = directory
-        stateDir = directory.file("state")
+        stateDir = stateDirFlag ? directory.file("state") : environment["GRIDIT_STATE_DIR"] ?? directory.file("state")
         socket = directory.file("s.sock")
         logPath = directory.file("griditd-\(UUID().uuidString.prefix(8)).log")
         if let model {
@@ -33,7 +34,8 @@ final class DaemonProcess: @unchecked Sendable {
             guard imported.status == 0 else { throw TestFailure("importing \(model): \(imported.stderr)") }
         }
         process.executableURL = URL(fileURLWithPath: binaryDirectory() + "/griditd")
-        process.arguments = ["serve", "--state-dir", stateDir, "--socket", socket] + arguments
+        process.arguments =
+            ["serve"] + (stateDirFlag ? ["--state-dir", stateDir] : []) + ["--socket", socket] + arguments
         var env = ProcessInfo.processInfo.environment
         env.removeValue(forKey: "NOTIFY_SOCKET")
         env.removeValue(forKey: "LISTEN_FDS")

@@ -20,7 +20,7 @@ import Testing
 enum Script: Sendable {
     /// `steps` denoising steps (a durable unit every other step), then an output folder.
     case succeed(steps: Int)
-    /// Steps until `shouldStop` says otherwise (at most 60 s).
+    /// Steps until `shouldStop` says otherwise (at most 300 s: a loaded machine may take long to ask).
     case runUntilStopped
     case fail(JobFailure)
 }
@@ -84,7 +84,7 @@ final class ScriptedEngine: JobEngine {
                 atPath: item.outputDirectory + "/sequence.json", contents: Data("{}".utf8))
             return .succeeded
         case .runUntilStopped:
-            let deadline = Date().addingTimeInterval(60)
+            let deadline = Date().addingTimeInterval(300)
             var n = 0
             while Date() < deadline {
                 n += 1

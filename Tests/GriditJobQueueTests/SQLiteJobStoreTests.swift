@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import GriditJobQueue
 import GriditStateDatabase
 import GriditTestSupport
@@ -6,6 +7,32 @@ import Testing
 
 @Suite("SQLiteJobStore")
 struct SQLiteJobStoreTests {
+    @Test("output folders are stored relative to the database's folder; absolute rows of a moved one are found again")
+    func relativeOutputs() async throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let root = directory.path
+        let store = try SQLiteJobStore(path: directory.file("jobs.sqlite"))
+        defer { try? store.close() }
+        var ids: [Int64] = []
+        for output in [
+            root + "/outputs/job-1", "/moved/from/outputs/job-2", "/moved/from/outputs/named/7/a/b", "/elsewhere/x",
+        ] {
+            let id = try await store.submit(submission(), owner: 7, maxQueued: 10, now: at(0)).job.id
+            let claimed = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(1)))
+            _ = try await store.complete(id: id, token: claimed.token, outputDir: output, now: at(2))
+            ids.append(id)
+        }
+        let stored = try await store.database.pool.read { db in
+            try String.fetchAll(db, sql: "SELECT output_dir FROM job ORDER BY id")
+        }
+        #expect(
+            stored == ["outputs/job-1", "/moved/from/outputs/job-2", "/moved/from/outputs/named/7/a/b", "/elsewhere/x"])
+        let read = try await ids.asyncMap { try await store.get(id: $0).outputDir }
+        #expect(
+            read == [root + "/outputs/job-1", root + "/outputs/job-2", root + "/outputs/named/7/a/b", "/elsewhere/x"])
+    }
+
     @Test("connection: WAL, synchronous FULL, foreign keys, busy timeout")
     func connectionSettings() throws {
         let directory = TemporaryDirectory()
@@ -92,5 +119,13 @@ struct SQLiteJobStoreTests {
         // 59.9996 s rounds to the 60.000 s expiry.
         let recovered = try await store.recoverExpiredLeases(now: at(59.9996))
         #expect(recovered.map(\.id) == [id])
+    }
+}
+
+extension Array {
+    fileprivate func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var result: [T] = []
+        for element in self { result.append(try await transform(element)) }
+        return result
     }
 }

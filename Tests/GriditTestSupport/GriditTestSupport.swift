@@ -82,13 +82,21 @@ public struct ProcessResult: Sendable {
 }
 
 /// Runs a command to completion (stdout/stderr captured in files, so large output cannot block).
+/// `input`: its stdin (a file, never a terminal); nil inherits the test's.
 public func runProcess(
-    _ executable: String, _ arguments: [String], environment: [String: String]? = nil, timeout: Double = 60
+    _ executable: String, _ arguments: [String], environment: [String: String]? = nil, timeout: Double = 60,
+    input: String? = nil
 ) throws -> ProcessResult {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
     if let environment { process.environment = environment }
+    if let input {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("gt-in-\(UUID().uuidString)")
+        _ = FileManager.default.createFile(atPath: file.path, contents: Data(input.utf8))
+        defer { try? FileManager.default.removeItem(at: file) }  // the open handle keeps it readable
+        process.standardInput = try FileHandle(forReadingFrom: file)
+    }
     let out = FileManager.default.temporaryDirectory.appendingPathComponent("gt-out-\(UUID().uuidString)")
     let err = FileManager.default.temporaryDirectory.appendingPathComponent("gt-err-\(UUID().uuidString)")
     _ = FileManager.default.createFile(atPath: out.path, contents: nil)

@@ -1,0 +1,175 @@
+// griditd's metrics: swift-metrics instruments on a Prometheus registry (swift-prometheus) that
+// `GET /metrics` writes as Prometheus text. The registry is griditd's own, not the process-wide
+// `MetricsSystem`: in-process tests run several daemons, and bootstrapping twice traps.
+
+import Foundation
+import GriditAPI
+import GriditJobSpec
+import Metrics
+import Synchronization
+
+import class Prometheus.PrometheusCollectorRegistry
+import struct Prometheus.PrometheusMetricsFactory
+
+public final class DaemonMetrics: Sendable {
+    let registry = PrometheusCollectorRegistry()
+    let factory: PrometheusMetricsFactory
+    /// Per running job: when it started here, and when and where its last durable unit was.
+    private let jobs = Mutex<[Int64: JobTimes]>([:])
+    /// Frames finished in the last minute, for `gridit_frames_per_second`.
+    private let recentFrames = Mutex<[(at: ContinuousClock.Instant, count: Int)]>([])
+    /// The gauges of the models loaded at the last scrape (removed when a model unloads).
+    private let modelGauges = Mutex<[String: Gauge]>([:])
+
+    struct JobTimes {
+        var started: ContinuousClock.Instant
+        var lastUnit: ContinuousClock.Instant
+        var gridsDone: Int
+        var framesDone: Int
+    }
+
+    public init() {
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.durationHistogramBuckets = [
+            "gridit_job_duration_seconds": [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21_600, 86_400].map {
+                .seconds($0)
+            },
+            "gridit_stage_unit_duration_seconds": [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300].map {
+                .seconds($0)
+            },
+            "gridit_http_request_duration_seconds": [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30].map { .seconds($0) },
+        ]
+        self.factory = factory
+        // Counters a scraper should see at 0 before anything happened.
+        for label in [
+            "gridit_jobs_started_total", "gridit_frames_total", "gridit_lease_renewals_total",
+            "gridit_lease_losses_total",
+            "gridit_leases_expired_total", "gridit_jobs_pruned_total",
+        ] {
+            Counter(label: label, factory: factory).increment(by: 0)
+        }
+        Gauge(label: "gridit_build_info", dimensions: [("version", griditVersion)], factory: factory).record(1)
+        Gauge(label: "gridit_start_time_seconds", factory: factory).record(Date().timeIntervalSince1970)
+    }
+
+    // MARK: - Events
+
+    /// Jobs handed to the engine, each from the progress it resumes from.
+    func jobsStarted(_ items: [ExecutionItem]) {
+        let now = ContinuousClock.now
+        jobs.withLock {
+            for item in items {
+                $0[item.jobID] = JobTimes(
+                    started: now, lastUnit: now, gridsDone: item.resumeFrom.gridsDone,
+                    framesDone: item.resumeFrom.framesDone)
+            }
+        }
+        Counter(label: "gridit_jobs_started_total", factory: factory).increment(by: items.count)
+    }
+
+    /// A durable unit (a grid or a frame) of a running job: the time since its previous one (in
+    /// a batch, the job's own pace) and the frames made.
+    func unitDone(_ id: Int64, _ progress: JobProgress) {
+        let now = ContinuousClock.now
+        guard
+            let (elapsed, grids, frames) = jobs.withLock({ jobs -> (Duration, Int, Int)? in
+                guard var times = jobs[id] else { return nil }
+                defer { jobs[id] = times }
+                let made = (
+                    now - times.lastUnit, max(0, progress.gridsDone - times.gridsDone),
+                    max(0, progress.framesDone - times.framesDone)
+                )
+                (times.lastUnit, times.gridsDone, times.framesDone) = (now, progress.gridsDone, progress.framesDone)
+                return made
+            })
+        else { return }
+        // What grew says which stage the unit was (the progress already names the next one).
+        for (stage, units) in [(Stage.grid, grids), (Stage.sr, frames)] where units > 0 {
+            Timer(
+                label: "gridit_stage_unit_duration_seconds", dimensions: [("stage", stage.rawValue)], factory: factory
+            )
+            .record(duration: elapsed / units)
+        }
+        if frames > 0 {
+            Counter(label: "gridit_frames_total", factory: factory).increment(by: frames)
+            recentFrames.withLock { $0.append((now, frames)) }
+        }
+    }
+
+    /// A job left the engine with `outcome` (succeeded, failed, retried, crashed, requeued,
+    /// canceled, handed_back); `errorClass` for a failure.
+    func jobFinished(_ id: Int64, outcome: String, errorClass: String? = nil) {
+        let started = jobs.withLock { $0.removeValue(forKey: id)?.started }
+        Counter(label: "gridit_jobs_finished_total", dimensions: [("outcome", outcome)], factory: factory).increment()
+        if let errorClass {
+            Counter(label: "gridit_jobs_failed_total", dimensions: [("class", errorClass)], factory: factory)
+                .increment()
+        }
+        if let started {
+            Timer(label: "gridit_job_duration_seconds", dimensions: [("outcome", outcome)], factory: factory)
+                .record(duration: ContinuousClock.now - started)
+        }
+    }
+
+    func leaseRenewed() { Counter(label: "gridit_lease_renewals_total", factory: factory).increment() }
+    func leaseLost() { Counter(label: "gridit_lease_losses_total", factory: factory).increment() }
+    func leasesExpired(_ n: Int) { Counter(label: "gridit_leases_expired_total", factory: factory).increment(by: n) }
+    func jobsPruned(_ n: Int) { Counter(label: "gridit_jobs_pruned_total", factory: factory).increment(by: n) }
+
+    /// One API request: its route template (never the raw path: ids would make a series each).
+    func request(route: String, method: String, status: UInt, duration: Duration) {
+        let dimensions = [("route", route), ("method", method), ("status", "\(status)")]
+        Counter(label: "gridit_http_requests_total", dimensions: dimensions, factory: factory).increment()
+        Timer(label: "gridit_http_request_duration_seconds", dimensions: [("route", route)], factory: factory)
+            .record(duration: duration)
+    }
+
+    // MARK: - The scrape
+
+    /// What is read at each scrape rather than counted.
+    struct Snapshot {
+        var counts: [JobState: Int]
+        var paused: Bool
+        var running: Int
+        var ready: Bool
+        var diskFreeBytes: Int64?
+        var models: [LoadedModel]
+    }
+
+    /// The Prometheus text of every metric, the snapshot's gauges set first.
+    func render(_ snapshot: Snapshot) -> String {
+        for state in JobState.allCases {
+            Gauge(label: "gridit_jobs", dimensions: [("state", state.rawValue)], factory: factory)
+                .record(snapshot.counts[state] ?? 0)
+        }
+        Gauge(label: "gridit_queue_paused", factory: factory).record(snapshot.paused ? 1 : 0)
+        Gauge(label: "gridit_running_jobs", factory: factory).record(snapshot.running)
+        Gauge(label: "gridit_ready", factory: factory).record(snapshot.ready ? 1 : 0)
+        if let free = snapshot.diskFreeBytes { Gauge(label: "gridit_disk_free_bytes", factory: factory).record(free) }
+        let now = ContinuousClock.now
+        let frames = recentFrames.withLock { recent in
+            recent.removeAll { now - $0.at > .seconds(60) }
+            return recent.reduce(0) { $0 + $1.count }
+        }
+        Gauge(label: "gridit_frames_per_second", factory: factory).record(Double(frames) / 60)
+
+        Gauge(label: "gridit_models_loaded", factory: factory).record(snapshot.models.count)
+        modelGauges.withLock { gauges in
+            var seen: Set<String> = []
+            for model in snapshot.models {
+                let name = model.names.first ?? model.digest
+                seen.insert(name)
+                let gauge =
+                    gauges[name]
+                    ?? Gauge(label: "gridit_model_resident_bytes", dimensions: [("model", name)], factory: factory)
+                gauges[name] = gauge
+                gauge.record(model.residentBytes ?? 0)
+            }
+            for (name, gauge) in gauges where !seen.contains(name) {
+                gauge.destroy()
+                gauges[name] = nil
+            }
+        }
+        return registry.emitToString()
+    }
+}
