@@ -62,6 +62,7 @@ public struct ControlAPI: Sendable {
         Route(method: .GET, template: "/v1/jobs") { api, r, _ in try await api.list(r) },
         Route(method: .POST, template: "/v1/jobs/prune") { api, r, _ in try await api.prune(r) },
         Route(method: .GET, template: "/v1/jobs/{id}") { api, r, p in try await api.show(r, p) },
+        Route(method: .DELETE, template: "/v1/jobs/{id}") { api, r, p in try await api.remove(r, p) },
         Route(method: .POST, template: "/v1/jobs/{id}/cancel") { api, r, p in try await api.cancel(r, p) },
         Route(method: .POST, template: "/v1/jobs/{id}/retry") { api, r, p in try await api.retry(r, p) },
         Route(method: .GET, template: "/v1/jobs/{id}/events") { api, r, p in try await api.events(r, p) },
@@ -464,6 +465,24 @@ public struct ControlAPI: Sendable {
             "job cancel requested",
             metadata: ["job.id": "\(id)", "uid": "\(caller.uid)", "state": "\(job.state.rawValue)"])
         return .json(try Self.info(job, live: context.monitor.live(id)))
+    }
+
+    /// `jobs rm`: a finished job and its folders (`?keep_outputs=true` keeps the output folder).
+    func remove(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
+        let id = try jobID(params)
+        let keep = request.query["keep_outputs"]
+        guard keep == nil || keep == "true" || keep == "false" else {
+            throw APIError(.badRequest, "keep_outputs must be true or false")
+        }
+        let caller = request.caller
+        do {
+            let job = try await Retention.remove(
+                context, id: id, keepOutputs: keep == "true", requester: caller.uid, isAdmin: caller.isAdmin)
+            return .json(
+                PruneResponse(pruned: [PruneResponse.Pruned(id: job.id, state: job.state, outputDir: job.outputDir)]))
+        } catch {
+            throw Self.translate(error)
+        }
     }
 
     func retry(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
