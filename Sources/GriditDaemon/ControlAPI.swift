@@ -367,7 +367,7 @@ public struct ControlAPI: Sendable {
             }
         } else {
             context.logger.info(
-                "job submitted",
+                "job \(result.job.id) submitted by uid \(caller.uid): \(spec.length) frames of \(body.spec.model ?? digest.map { String($0.prefix(19)) } ?? "the default model")",
                 metadata: [
                     "job.id": "\(result.job.id)", "uid": "\(caller.uid)", "length": "\(spec.length)",
                     "model.digest": "\(digest ?? "none")",

@@ -128,6 +128,10 @@ public struct StateLayout: Sendable {
     public var tmp: String { root + "/tmp" }
 
     public func workDirectory(job id: Int64) -> String { work + "/\(id)" }
+    /// `outputs/job-12` for a path under the state directory (what the logs show), else the path.
+    public func relative(_ path: String) -> String {
+        path.hasPrefix(root + "/") ? String(path.dropFirst(root.count + 1)) : path
+    }
     public func automaticOutputDirectory(job id: Int64) -> String { outputs + "/job-\(id)" }
     public func namedOutputDirectory(owner: UInt32, name: String) -> String { outputs + "/named/\(owner)/" + name }
 }
