@@ -53,6 +53,9 @@ struct Submit: ClientCommand {
     @Flag(help: "Follow the job until it ends; exit 1 unless it succeeded.")
     var wait = false
 
+    @Flag(help: "Print griditd's plan and time estimate for this job, and submit nothing.")
+    var dryRun = false
+
     @OptionGroup var follow: FollowOptions
 
     /// The job's spec, as the flags give it.
@@ -62,6 +65,9 @@ struct Submit: ClientCommand {
 
     func validate() throws {
         do { try spec.validate() } catch { throw ValidationError(error.message) }
+        if dryRun && (wait || follow.out != nil) {
+            throw ValidationError("--dry-run submits nothing to wait for; drop --wait and --out")
+        }
         if outputName != nil && deprecatedOutput != nil {
             throw ValidationError("--output is the old name of --output-name; give one of them")
         }
@@ -75,6 +81,15 @@ struct Submit: ClientCommand {
         }
         let request = SubmitJobRequest(
             spec: spec, priority: priority, idempotencyKey: idempotencyKey, maxAttempts: maxAttempts)
+        if dryRun {
+            let plan = try client.post("/v1/jobs/plan", request, as: JobPlanResponse.self)
+            if global.json {
+                output.printJSON(plan)
+            } else {
+                output.stdout(Self.describe(plan))
+            }
+            return
+        }
         let response = try client.post("/v1/jobs", request, as: SubmitJobResponse.self)
         let job = response.job
         guard wait || follow.out != nil else {
@@ -91,6 +106,22 @@ struct Submit: ClientCommand {
             output.stderr("job \(job.id) submitted (seed \(job.spec.parameters.seed.map(String.init) ?? "?"))\n")
         }
         try follow.follower(client, json: global.json, output: output).run(job.id)
+    }
+}
+
+extension Submit {
+    /// The plan as griditd gives it, then the estimate against its limit.
+    static func describe(_ plan: JobPlanResponse) -> String {
+        var text = plan.plan.isEmpty || plan.plan.hasSuffix("\n") ? plan.plan : plan.plan + "\n"
+        if let digest = plan.pipelineDigest { text += "model:    \(digest)\n" }
+        text += "estimate: \(Rendering.duration(plan.estimatedSeconds)) at griditd's nominal rate"
+        if let limit = plan.limitSeconds {
+            text +=
+                plan.estimatedSeconds > limit
+                ? "; over its limit of \(Rendering.duration(limit)) per job: a submit would be refused"
+                : " (limit \(Rendering.duration(limit)) per job)"
+        }
+        return text + "\n"
     }
 }
 

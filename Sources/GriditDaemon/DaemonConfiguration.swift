@@ -31,6 +31,9 @@ public struct DaemonConfiguration: Sendable {
     /// rate `griditd run --dry-run` assumes (a 128-frame job of the bundled model: 28 s; one of
     /// 100,000 frames: 6.2 h) ⇒ `user_limit`.
     public var maxWorkPerUser: TimeInterval = 24 * 3600
+    /// Most estimated compute of one job, at the same nominal rate (nil: no limit) ⇒ refused
+    /// with its estimate.
+    public var maxJobTime: TimeInterval?
     /// Priorities a user who is not an admin may give a job (admins: all of -1000...1000); a
     /// member's job without one gets the one closest to 0. Members cannot outrank admins' default
     /// (0) unless this allows it.

@@ -380,6 +380,27 @@ struct HabitsTests {
         #expect(printed.stdout.contains("alice (uid 1000)"), "\(printed.stdout)")
     }
 
+    @Test("submit --dry-run sends the request to /v1/jobs/plan and prints the plan and the estimate against the limit")
+    func dryRun() throws {
+        let plan = JobPlanResponse(
+            plan: "grids: 8\n", estimatedSeconds: 7200, limitSeconds: 3600, pipelineDigest: "sha256:abc")
+        let daemon = FakeDaemon(["POST /v1/jobs/plan": (200, APICoding.encode(plan))])
+        let printed = Printed()
+        try #require(try Griditctl.parseAsRoot(["submit", "--length", "128", "--dry-run"]) as? Submit).run(
+            client: GriditClient(daemon), output: printed.output)
+        #expect(daemon.requests.map(\.path) == ["/v1/jobs/plan"])
+        #expect(
+            printed.stdout == """
+                grids: 8
+                model:    sha256:abc
+                estimate: 2h00m at griditd's nominal rate; over its limit of 1h00m per job: a submit would be refused
+
+                """)
+        #expect(throws: (any Error).self) {
+            try Griditctl.parseAsRoot(["submit", "--length", "4", "--dry-run", "--wait"])
+        }
+    }
+
     @Test("models import of a folder means its pipeline.json, named after the folder")
     func importFolder() throws {
         let root = repositoryRoot().appendingPathComponent("models/moving-digits").path

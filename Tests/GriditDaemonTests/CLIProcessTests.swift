@@ -146,3 +146,37 @@ struct CLIProcessTests {
         #expect(bash.contains("submit") && bash.contains("--output-name"), "completions know the commands")
     }
 }
+
+@Suite("griditctl submit --dry-run", .serialized)
+struct DryRunProcessTests {
+    @Test("submit --dry-run prints griditd's plan and estimate; a job over --max-job-time is refused with its estimate")
+    func dryRunAndLimit() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        // The tiny pipeline's 8-frame job is estimated at about 6e-05 s.
+        let daemon = try DaemonProcess(
+            directory: dir, arguments: ["--start-paused", "--max-job-time", "0.00001s"], model: tinyPipeline())
+        defer { daemon.stop() }
+        func griditctl(_ arguments: [String]) throws -> ProcessResult {
+            try runProcess(CLIProcessTests.griditctl, arguments, environment: daemon.cliEnvironment, input: "")
+        }
+        let dry = try griditctl(["submit", "--length", "8", "--dry-run"])
+        #expect(dry.status == 0, "\(dry)")
+        for text in [
+            "grids: 1", "stage 1: ", "stage 2: ", "model:    sha256:", "estimate: ", "a submit would be refused",
+        ] {
+            #expect(dry.stdout.contains(text), "\(dry.stdout)")
+        }
+        let json = try griditctl(["submit", "--length", "8", "--dry-run", "--json"])
+        let plan = try APICoding.decode(JobPlanResponse.self, from: Data(json.stdout.utf8))
+        #expect(plan.estimatedSeconds > 0 && plan.limitSeconds == 0.00001)
+        #expect(try daemon.client.get("/v1/jobs?limit=10", as: JobList.self).jobs.isEmpty, "a dry run makes no job")
+
+        let refused = try griditctl(["submit", "--length", "8"])
+        #expect(refused.status == ExitStatus.badInput, "\(refused)")
+        #expect(
+            refused.stderr.contains("estimated compute is ") && refused.stderr.contains("--max-job-time"),
+            "\(refused.stderr)")
+        #expect(try daemon.client.get("/v1/jobs?limit=10", as: JobList.self).jobs.isEmpty)
+    }
+}
