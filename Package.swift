@@ -356,7 +356,7 @@ let package = Package(
         .testTarget(
             name: "GriditCLITests",
             dependencies: [
-                "GriditCLI", "GriditAPI", "GriditJobSpec",
+                "GriditCLI", "GriditAPI", "GriditJobSpec", "GriditTestSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

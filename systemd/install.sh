@@ -29,6 +29,14 @@ install -D -m 0644 systemd/gridit.tmpfiles.conf "$dest/etc/tmpfiles.d/gridit.con
 install -D -m 0644 README.md "$dest/usr/local/share/doc/gridit/README.md"
 # Not active: the drop-in for the PostgreSQL job queue (docs/CLUSTER.md says where it goes).
 install -D -m 0644 systemd/griditd-postgres.conf "$dest/usr/local/share/doc/gridit/griditd-postgres.conf"
+# Shell completions, as each binary writes them (bash-completion, zsh and fish look under /usr/local/share).
+share=$dest/usr/local/share
+install -d "$share/bash-completion/completions" "$share/zsh/site-functions" "$share/fish/vendor_completions.d"
+for b in griditd griditctl; do
+    "$bin_dir/$b" --generate-completion-script bash >"$share/bash-completion/completions/$b"
+    "$bin_dir/$b" --generate-completion-script zsh >"$share/zsh/site-functions/_$b"
+    "$bin_dir/$b" --generate-completion-script fish >"$share/fish/vendor_completions.d/$b.fish"
+done
 # The settings file: installed once, never over an operator's edits.
 [ -e "$dest/etc/gridit/griditd.conf" ] || install -D -m 0644 systemd/griditd.conf "$dest/etc/gridit/griditd.conf"
 [ -n "$dest" ] && { echo "staged under $dest"; exit 0; }

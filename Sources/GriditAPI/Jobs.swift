@@ -6,6 +6,24 @@
 import Foundation
 import GriditJobSpec
 
+/// `POST /v1/jobs/plan` (`griditctl submit --dry-run`): what a submit of the same request would run,
+/// and its estimated compute at the nominal rate, against griditd's per-job limit.
+public struct JobPlanResponse: Codable, Hashable, Sendable {
+    /// The grids, steps and model evaluations, as `griditd run --dry-run` prints them.
+    public var plan: String
+    public var estimatedSeconds: Double
+    /// `--max-job-time` (nil: none); a submit over it is refused.
+    public var limitSeconds: Double?
+    public var pipelineDigest: String?
+
+    public init(plan: String, estimatedSeconds: Double, limitSeconds: Double?, pipelineDigest: String?) {
+        self.plan = plan
+        self.estimatedSeconds = estimatedSeconds
+        self.limitSeconds = limitSeconds
+        self.pipelineDigest = pipelineDigest
+    }
+}
+
 /// `POST /v1/jobs`: the job's spec (`length`, `model`, `output`, `parameters`, as `JobSpec` codes
 /// them) beside the queue's own fields.
 public struct SubmitJobRequest: Codable, Hashable, Sendable {

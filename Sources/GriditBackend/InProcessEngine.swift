@@ -45,6 +45,12 @@ public final class InProcessEngine: JobEngine {
     // MARK: - Validation at submit
 
     public func validate(_ spec: JobSpec, pipelineDigest: String?) async throws(JobFailure) -> TimeInterval {
+        try await plan(spec, pipelineDigest: pipelineDigest).seconds
+    }
+
+    public func plan(
+        _ spec: JobSpec, pipelineDigest: String?
+    ) async throws(JobFailure) -> (plan: String, seconds: TimeInterval) {
         guard let pipelineDigest else { throw Self.noModel }
         return try await blocking.blocking(
             { () throws(JobFailure) in
@@ -52,7 +58,8 @@ public final class InProcessEngine: JobEngine {
                 do {
                     let plan = try SequencePlan(
                         settings: try spec.settings(for: configuration), pipeline: configuration)
-                    return plan.estimatedSeconds(CostModel.nominal(configuration))
+                    let cost = CostModel.nominal(configuration)
+                    return (plan.render(cost: cost), plan.estimatedSeconds(cost))
                 } catch {
                     throw Self.failure(EngineError.classify(error))
                 }

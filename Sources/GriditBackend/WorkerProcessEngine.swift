@@ -26,6 +26,12 @@ public final class WorkerProcessEngine: JobEngine {
         try await local.validate(spec, pipelineDigest: pipelineDigest)
     }
 
+    public func plan(
+        _ spec: JobSpec, pipelineDigest: String?
+    ) async throws(JobFailure) -> (plan: String, seconds: TimeInterval) {
+        try await local.plan(spec, pipelineDigest: pipelineDigest)
+    }
+
     public func execute(_ batch: ExecutionBatch, hooks: ExecutionHooks) {
         var batch = batch
         if let digest = batch.pipelineDigest {

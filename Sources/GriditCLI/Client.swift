@@ -86,6 +86,10 @@ public struct GriditClient: Sendable {
         try decode(try call("POST", path, body: Data("{}".utf8)), as: type)
     }
 
+    public func delete<T: Decodable>(_ path: String, as type: T.Type = T.self) throws(CLIError) -> T {
+        try decode(try call("DELETE", path), as: type)
+    }
+
     /// The raw reply of a successful request (2xx); API errors become `CLIError`.
     public func call(_ method: String, _ path: String, body: Data? = nil) throws(CLIError) -> HTTPReply {
         let reply: HTTPReply

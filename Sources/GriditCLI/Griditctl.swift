@@ -118,12 +118,18 @@ struct Output: Sendable {
     var stderrIsTerminal: Bool
     /// Asks a yes/no question (true: yes); nil without a terminal to ask on.
     var confirm: (@Sendable (String) -> Bool)? = nil
+    /// What Ctrl-C prints from now on before griditctl exits 130.
+    var onInterrupt: @Sendable (String) -> Void = { _ in }
+    /// A uid's user name on this machine (the daemon's answers carry uids).
+    var userName: @Sendable (UInt32) -> String? = { _ in nil }
 
     static let standard = Output(
         stdout: { FileHandle.standardOutput.write(Data($0.utf8)) },
         stderr: { FileHandle.standardError.write(Data($0.utf8)) },
         stderrIsTerminal: isatty(STDERR_FILENO) == 1,
-        confirm: isatty(STDIN_FILENO) == 1 ? askOnTerminal : nil)
+        confirm: isatty(STDIN_FILENO) == 1 ? askOnTerminal : nil,
+        onInterrupt: Interrupt.say,
+        userName: { uid in getpwuid(uid).map { String(cString: $0.pointee.pw_name) } })
 
     /// The question on stderr, the answer from stdin: y or yes (any case) is yes.
     @Sendable static func askOnTerminal(_ question: String) -> Bool {
@@ -171,5 +177,26 @@ struct Version: ClientCommand {
         output.stdout(
             daemon.map { "griditd   \($0.version) (API \($0.apiVersion))\n" }
                 ?? "griditd   not reachable at \(global.socket)\n")
+    }
+}
+
+/// SIGINT prints a message set beforehand and exits 130: a signal handler may only write(2) and
+/// _exit(2), so the text waits in a C string of its own.
+enum Interrupt {
+    nonisolated(unsafe) private static var text: UnsafeMutablePointer<CChar>?
+
+    @Sendable static func say(_ message: String) {
+        let old = text
+        text = strdup(message)
+        free(old)
+        signal(SIGINT) { _ in
+            if let text = Interrupt.text { _ = write(STDERR_FILENO, text, strlen(text)) }
+            _exit(130)
+        }
+        // A parent may hand its blocked signals down (a test runner, a supervisor).
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
     }
 }

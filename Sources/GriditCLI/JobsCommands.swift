@@ -16,7 +16,7 @@ struct Submit: ClientCommand {
 
     @OptionGroup var global: GlobalOptions
 
-    @Option(help: "Number of frames to generate.")
+    @Option(parsing: .unconditional, help: "Number of frames to generate.")
     var length: Int
 
     @Option(
@@ -28,44 +28,71 @@ struct Submit: ClientCommand {
     @OptionGroup var sampling: SamplingOptions
 
     @Option(
+        parsing: .unconditional,
         help:
-            "Higher runs first; FIFO within a priority. Users who are not admins: -1000...0 unless griditd allows more."
+            "Higher runs first; FIFO within a priority (negative values too: --priority -3). Users who are not admins: -1000...0 unless griditd allows more."
     )
     var priority: Int?
 
     @Option(help: "Submitting the same key again returns the same job (safe retries from scripts).")
     var idempotencyKey: String?
 
-    @Option(help: "Attempts for transient errors before the job fails.")
+    @Option(parsing: .unconditional, help: "Attempts for transient errors before the job fails.")
     var maxAttempts: Int?
 
     @Option(
         help: ArgumentHelp(
-            "Output folder name of your own, <state>/outputs/named/<uid>/<name> (default <state>/outputs/job-<id>).",
+            "The output folder's name on the server, <state>/outputs/named/<uid>/<name> (default <state>/outputs/job-<id>); --out copies the frames to you.",
             valueName: "name"))
-    var output: String?
+    var outputName: String?
+
+    /// The old spelling of --output-name, too close to --out.
+    @Option(name: .customLong("output"), help: .hidden)
+    var deprecatedOutput: String?
 
     @Flag(help: "Follow the job until it ends; exit 1 unless it succeeded.")
     var wait = false
 
-    @Option(help: ArgumentHelp("Copy the finished frames into this folder (implies --wait).", valueName: "dir"))
-    var out: String?
+    @Flag(help: "Print griditd's plan and time estimate for this job, and submit nothing.")
+    var dryRun = false
+
+    @OptionGroup var follow: FollowOptions
 
     /// The job's spec, as the flags give it.
-    var spec: JobSpec { JobSpec(length: length, model: model, output: output, parameters: sampling.parameters) }
+    var spec: JobSpec {
+        JobSpec(length: length, model: model, output: outputName ?? deprecatedOutput, parameters: sampling.parameters)
+    }
 
     func validate() throws {
         do { try spec.validate() } catch { throw ValidationError(error.message) }
-        if let out { try OutputCopier.checkDestination(out, named: "--out \(out)") }
+        if dryRun && (wait || follow.out != nil) {
+            throw ValidationError("--dry-run submits nothing to wait for; drop --wait and --out")
+        }
+        if outputName != nil && deprecatedOutput != nil {
+            throw ValidationError("--output is the old name of --output-name; give one of them")
+        }
     }
 
     func run(client: GriditClient, output: Output) throws {
-        let client = client
+        if deprecatedOutput != nil {
+            output.stderr(
+                "griditctl: --output is deprecated: it names the folder on the server, now --output-name (--out DIR copies the frames to you)\n"
+            )
+        }
         let request = SubmitJobRequest(
             spec: spec, priority: priority, idempotencyKey: idempotencyKey, maxAttempts: maxAttempts)
+        if dryRun {
+            let plan = try client.post("/v1/jobs/plan", request, as: JobPlanResponse.self)
+            if global.json {
+                output.printJSON(plan)
+            } else {
+                output.stdout(Self.describe(plan))
+            }
+            return
+        }
         let response = try client.post("/v1/jobs", request, as: SubmitJobResponse.self)
         let job = response.job
-        guard wait || out != nil else {
+        guard wait || follow.out != nil else {
             if global.json {
                 output.printJSON(response)
             } else {
@@ -78,19 +105,58 @@ struct Submit: ClientCommand {
         if !global.json {
             output.stderr("job \(job.id) submitted (seed \(job.spec.parameters.seed.map(String.init) ?? "?"))\n")
         }
-        let final = try JobFollower(client: client, json: global.json, output: output).follow(job.id)
-        if final.state == .succeeded, let out {
-            try OutputCopier(client: client).copy(job: final.id, into: out)
-            if !global.json { output.stderr("frames copied to \(out)\n") }
+        try follow.follower(client, json: global.json, output: output).run(job.id)
+    }
+}
+
+extension Submit {
+    /// The plan as griditd gives it, then the estimate against its limit.
+    static func describe(_ plan: JobPlanResponse) -> String {
+        var text = plan.plan.isEmpty || plan.plan.hasSuffix("\n") ? plan.plan : plan.plan + "\n"
+        if let digest = plan.pipelineDigest { text += "model:    \(digest)\n" }
+        text += "estimate: \(Rendering.duration(plan.estimatedSeconds)) at griditd's nominal rate"
+        if let limit = plan.limitSeconds {
+            text +=
+                plan.estimatedSeconds > limit
+                ? "; over its limit of \(Rendering.duration(limit)) per job: a submit would be refused"
+                : " (limit \(Rendering.duration(limit)) per job)"
         }
-        try JobFollower.finish(final, json: global.json, output: output)
+        return text + "\n"
+    }
+}
+
+/// How `submit --wait` and `jobs watch` follow a job, and where the frames go after.
+struct FollowOptions: ParsableArguments {
+    @Option(
+        help: ArgumentHelp(
+            "Copy the finished frames into this new or empty folder of yours (submit: implies --wait).",
+            valueName: "dir"))
+    var out: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "Without a terminal (CI logs), print a progress line every this many seconds; 0: state changes only.",
+            valueName: "seconds"))
+    var progressInterval: Double = 10
+
+    func validate() throws {
+        if let out { try OutputCopier.checkDestination(out, named: "--out \(out)") }
+        guard progressInterval.isFinite, progressInterval >= 0 else {
+            throw ValidationError("--progress-interval must be 0 or more seconds")
+        }
+    }
+
+    func follower(_ client: GriditClient, json: Bool, output: Output) -> JobFollower {
+        JobFollower(client: client, json: json, output: output, out: out, progressInterval: progressInterval)
     }
 }
 
 struct Jobs: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "List, inspect, follow, cancel, retry and prune jobs.",
-        subcommands: [List.self, Show.self, Watch.self, Fetch.self, Cancel.self, Retry.self, Prune.self],
+        abstract: "List, inspect, follow, fetch, cancel, retry, remove and prune jobs.",
+        subcommands: [
+            List.self, Show.self, Watch.self, Fetch.self, Cancel.self, Retry.self, Remove.self, Prune.self,
+        ],
         defaultSubcommand: List.self)
 
     struct List: ClientCommand {
@@ -123,7 +189,11 @@ struct Jobs: ParsableCommand {
             let path = withQuery(
                 "/v1/jobs", [("state", state), ("limit", String(limit)), ("owner", all ? "all" : nil)])
             let list = try client.get(path, as: JobList.self)
-            if global.json { output.printJSON(list) } else { output.stdout(Rendering.jobsTable(list.jobs)) }
+            if global.json {
+                output.printJSON(list)
+            } else {
+                output.stdout(Rendering.jobsTable(list.jobs, userName: output.userName))
+            }
         }
     }
 
@@ -136,27 +206,37 @@ struct Jobs: ParsableCommand {
 
         func run(client: GriditClient, output: Output) throws {
             let job = try client.get("/v1/jobs/\(id)", as: JobInfo.self)
-            if global.json { output.printJSON(job) } else { output.stdout(Rendering.jobDetail(job)) }
+            if global.json {
+                output.printJSON(job)
+                return
+            }
+            // The tags that point at the job's version now; the job itself keeps only the digest.
+            let models = try? Models.result(ModelListResult.self, from: try client.call("GET", "/v1/models"))
+            let tags = (models?.models ?? []).filter { $0.digest == job.pipelineDigest }.compactMap { m in
+                m.name.map { "\($0):\(m.tag ?? "")" }
+            }
+            output.stdout(Rendering.jobDetail(job, tags: tags, userName: output.userName))
         }
     }
 
     struct Watch: ClientCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Follow a job until it ends; exit 1 unless it succeeded.")
+            abstract: "Follow a job until it ends (--out DIR: then copy its frames); exit 1 unless it succeeded.")
 
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Job id.") var id: Int64
+        @OptionGroup var follow: FollowOptions
 
         func run(client: GriditClient, output: Output) throws {
-            let final = try JobFollower(client: client, json: global.json, output: output).follow(id)
-            try JobFollower.finish(final, json: global.json, output: output)
+            try follow.follower(client, json: global.json, output: output).run(id)
         }
     }
 
     struct Fetch: ClientCommand {
         static let configuration = CommandConfiguration(
             abstract: "Copy a finished job's frames and files over the socket into a folder of yours.",
-            discussion: "griditd's output folders are private to it; this is how their owner (or an admin) gets them.")
+            discussion: "griditd's output folders are private to it; this is how their owner (or an admin) gets them.",
+            aliases: ["cp"])
 
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Job id.") var id: Int64
@@ -172,7 +252,7 @@ struct Jobs: ParsableCommand {
 
     struct Cancel: ClientCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Cancel a job: a waiting job at once, a running one at its next step.", aliases: ["rm"])
+            abstract: "Cancel a job: a waiting job at once, a running one at its next step (it stays listed).")
 
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Job id.") var id: Int64
@@ -221,10 +301,7 @@ struct Jobs: ParsableCommand {
         @Flag(help: "Keep the output folders on disk.")
         var keepOutputs = false
 
-        @Flag(
-            name: [.customShort("y"), .long, .customShort("f"), .customLong("force")],
-            help: "Do not ask for confirmation.")
-        var yes = false
+        @OptionGroup var confirmation: Confirmation
 
         func validate() throws {
             if let olderThan, parseDuration(olderThan) == nil {
@@ -245,16 +322,9 @@ struct Jobs: ParsableCommand {
         }
 
         func run(client: GriditClient, output: Output) throws {
-            if !yes {
-                guard let confirm = output.confirm else {
-                    throw CLIError(
-                        "jobs prune deletes jobs and their frames and asks first, but there is no terminal to ask on; pass --yes",
-                        status: ExitStatus.usage)
-                }
-                guard confirm(warning) else {
-                    output.stderr("nothing pruned\n")
-                    return
-                }
+            guard try confirmation.confirmed("jobs prune", warning, output: output) else {
+                output.stderr("nothing pruned\n")
+                return
             }
             let request = PruneRequest(
                 olderThanSeconds: olderThan.flatMap(parseDuration), keepOutputs: keepOutputs ? true : nil)
@@ -272,15 +342,99 @@ struct Jobs: ParsableCommand {
     }
 }
 
+extension Jobs {
+    struct Remove: ClientCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "rm",
+            abstract: "Delete a finished job with its outputs, as `docker rm` does (`jobs cancel` stops a live one).",
+            discussion: "Asks for confirmation on a terminal; elsewhere (scripts, CI) it needs --yes.")
+
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Job id.") var id: Int64
+
+        @Flag(help: "Keep the output folder on disk.")
+        var keepOutputs = false
+
+        @OptionGroup var confirmation: Confirmation
+
+        var warning: String {
+            "WARNING! This will remove job \(id)"
+                + (keepOutputs
+                    ? "" : " and its output folder (frames); `griditctl jobs cp \(id) DIR` copies them first")
+                + ".\nAre you sure you want to continue? [y/N] "
+        }
+
+        func run(client: GriditClient, output: Output) throws {
+            guard try confirmation.confirmed("jobs rm", warning, output: output) else {
+                output.stderr("job \(id) kept\n")
+                return
+            }
+            let removed = try client.delete(
+                withQuery("/v1/jobs/\(id)", [("keep_outputs", keepOutputs ? "true" : nil)]), as: PruneResponse.self)
+            if global.json {
+                output.printJSON(removed)
+                return
+            }
+            for job in removed.pruned {
+                let folder = job.outputDir.map { keepOutputs ? "; kept \($0)" : " and \($0)" } ?? ""
+                output.stdout("removed job \(job.id) (\(job.state.rawValue))\(folder)\n")
+            }
+        }
+    }
+}
+
+/// `--yes` of the commands that delete, and their question, as `docker system prune` asks it.
+struct Confirmation: ParsableArguments {
+    @Flag(
+        name: [.customShort("y"), .long, .customShort("f"), .customLong("force")],
+        help: "Do not ask for confirmation.")
+    var yes = false
+
+    /// True to go on: --yes, or a yes on the terminal. Without either a terminal or --yes it
+    /// refuses (exit 2), so that a script never deletes by accident.
+    func confirmed(_ command: String, _ warning: String, output: Output) throws(CLIError) -> Bool {
+        if yes { return true }
+        guard let confirm = output.confirm else {
+            throw CLIError(
+                "\(command) deletes jobs and their frames and asks first, but there is no terminal to ask on; pass --yes",
+                status: ExitStatus.usage)
+        }
+        return confirm(warning)
+    }
+}
+
 /// Follows a job's event stream to its end: a redrawn progress bar on a terminal, one line per
 /// state change otherwise. Reconnects while griditd restarts (the job is durable).
 struct JobFollower {
     let client: GriditClient
     let json: Bool
     let output: Output
+    /// Where the finished frames are copied (`--out`).
+    var out: String? = nil
+    /// Seconds between progress lines without a terminal; 0: none.
+    var progressInterval: Double = 10
+    /// The clock of the progress lines without a terminal (a test's own).
+    var now: () -> Date = Date.init
+
+    /// Follows the job to its end, copies its frames if `--out` asks for them, and prints the outcome.
+    func run(_ id: Int64) throws {
+        // Ctrl-C stops griditctl only: say so, and how to pick the job up again.
+        output.onInterrupt(
+            "\ngriditctl: stopped following job \(id); it keeps running in griditd. Follow it: griditctl jobs watch \(id)"
+                + " · its frames when done: griditctl jobs cp \(id) DIR · cancel it: griditctl jobs cancel \(id)\n")
+        let final = try follow(id)
+        if final.state == .succeeded, let out {
+            try OutputCopier(client: client).copy(job: final.id, into: out)
+            if !json { output.stderr("frames copied to \(out)\n") }
+        }
+        try Self.finish(final, json: json, output: output)
+    }
 
     func follow(_ id: Int64) throws(CLIError) -> JobInfo {
         let bar = !json && output.stderrIsTerminal
+        // Without a terminal: a plain line at a steady interval, the first at once.
+        let lines = !json && !bar && progressInterval > 0
+        var lastLine: Date?
         var last: JobInfo?
         var lastState: JobState?
         var reconnects = 0
@@ -304,10 +458,14 @@ struct JobFollower {
                         lastState = job.state
                         return !job.state.isTerminal
                     case .step:
-                        if bar, let step = event.step {
+                        guard let step = event.step else { return true }
+                        if bar {
                             output.stderr(
                                 "\r\u{1B}[K" + Rendering.progressLine(jobID: id, step: step, width: terminalWidth()))
                             drewBar = true
+                        } else if lines, lastLine.map({ now().timeIntervalSince($0) >= progressInterval }) ?? true {
+                            lastLine = now()
+                            output.stderr(Rendering.progressLine(jobID: id, step: step, width: 120) + "\n")
                         }
                         return true
                     }

@@ -67,8 +67,9 @@ struct Models: ParsableCommand {
                 "The daemon reads PATH itself, with your permissions: the pipeline's files must be inside its folder (no symbolic links, no '..') and readable by you and by griditd's user."
         )
         @OptionGroup var global: GlobalOptions
-        @Argument(help: "pipeline.json or a bundle .tar.") var path: String
-        @Option(help: "NAME:TAG for the imported version.") var name: String
+        @Argument(help: "pipeline.json, the folder that holds it, or a bundle .tar.") var path: String
+        @Option(help: "NAME:TAG for the imported version (default: the folder's or bundle's name, :latest).")
+        var name: String?
         @Option(help: "auto (reflink where the filesystem can, else copy), hardlink or copy.") var link: String?
 
         func validate() throws {
@@ -77,8 +78,21 @@ struct Models: ParsableCommand {
             }
         }
 
+        /// The file to import and its name: a folder means its pipeline.json, named after the folder.
+        var source: (path: String, name: String) {
+            var url = URL(fileURLWithPath: path).standardizedFileURL
+            var isDirectory: ObjCBool = false
+            if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), isDirectory.boolValue {
+                url.appendPathComponent("pipeline.json")
+            }
+            let base =
+                url.lastPathComponent == "pipeline.json"
+                ? url.deletingLastPathComponent().lastPathComponent : url.deletingPathExtension().lastPathComponent
+            return (url.path, name ?? "\(base.lowercased()):latest")
+        }
+
         func run(client: GriditClient, output: Output) throws {
-            let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
+            let (absolute, name) = source
             let body = APICoding.encode(ImportModelRequest(path: absolute, name: name, link: link))
             try Models.print(
                 try client.call("POST", "/v1/models/import", body: body), json: global.json, output: output)

@@ -41,7 +41,11 @@ enum Rendering {
         }
     }
 
-    static func jobsTable(_ jobs: [JobInfo], now: Date = Date()) -> String {
+    /// "alice", or the uid where this machine has no name for it.
+    static func owner(_ uid: UInt32, _ userName: (UInt32) -> String?) -> String { userName(uid) ?? String(uid) }
+
+    static func jobsTable(_ jobs: [JobInfo], now: Date = Date(), userName: (UInt32) -> String? = { _ in nil }) -> String
+    {
         renderTable(
             headers: ["id", "state", "progress", "position", "priority", "length", "owner", "created"],
             rows: jobs.map { job in
@@ -49,17 +53,26 @@ enum Rendering {
                     String(job.id),
                     job.state.rawValue + (job.cancelRequested && job.state == .running ? " (canceling)" : ""),
                     progress(job), job.queuePosition.map(String.init) ?? "-", String(job.priority), String(job.length),
-                    String(job.ownerUID), ago(job.createdAt, now: now),
+                    owner(job.ownerUID, userName), ago(job.createdAt, now: now),
                 ]
             })
     }
 
-    static func jobDetail(_ job: JobInfo, now: Date = Date()) -> String {
+    /// `tags`: the model tags that point at the job's version now.
+    static func jobDetail(
+        _ job: JobInfo, tags: [String] = [], userName: (UInt32) -> String? = { _ in nil }, now: Date = Date()
+    ) -> String {
+        // The tag asked for first, then the others that name the same version.
+        let names = (job.spec.model.map { [$0] } ?? []) + tags.filter { $0 != job.spec.model }
         var lines: [(String, String)] = [
             ("ID", String(job.id)),
             ("State", job.state.rawValue + (job.cancelRequested && !job.state.isTerminal ? " (cancel requested)" : "")),
-            ("Owner", "uid \(job.ownerUID)"),
-            ("Model", (job.spec.model ?? "default") + (job.pipelineDigest.map { " (\($0))" } ?? "")),
+            ("Owner", userName(job.ownerUID).map { "\($0) (uid \(job.ownerUID))" } ?? "uid \(job.ownerUID)"),
+            (
+                "Model",
+                (names.isEmpty ? "default" : names.joined(separator: ", "))
+                    + (job.pipelineDigest.map { " (\($0))" } ?? "")
+            ),
             ("Length", "\(job.length) frames"),
             ("Seed", job.spec.parameters.seed.map(String.init) ?? "-"),
         ]

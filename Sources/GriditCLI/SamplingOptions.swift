@@ -11,10 +11,13 @@ extension ContextFrames: ExpressibleByArgument {}
 public struct SamplingOptions: ParsableArguments {
     public init() {}
 
+    // The numbers take a value that starts with "-" (`.unconditional`), so that `--seed -1`
+    // says what is wrong with -1 rather than "Missing value".
     @Option(
+        parsing: .unconditional,
         help:
-            "Noise seed: the same seed, model and settings give the same bytes (default: a submit picks a random one and records it in the job; griditd run uses 0)."
-    )
+            "Noise seed, 0...2^64-1: the same seed, model and settings give the same bytes (default: a submit picks a random one and records it in the job; griditd run uses 0).",
+        transform: SamplingOptions.seed)
     public var seed: UInt64?
 
     @Option(help: "gridit (exact length) or official (the published algorithm). Default: the model's.")
@@ -32,10 +35,12 @@ public struct SamplingOptions: ParsableArguments {
     @Option(help: "Stage-2 steps: a count, ddimN or trailingN.")
     public var srSteps: String?
 
-    @Option(help: "DDIM eta in 0...1 (0 = deterministic).")
+    @Option(
+        parsing: .unconditional, help: "DDIM eta in 0...1 (0 = deterministic).")
     public var eta: Double?
 
-    @Option(help: "Grid rows carried into each next grid as known frames (gridit mode), 1...K-1.")
+    @Option(
+        parsing: .unconditional, help: "Grid rows carried into each next grid as known frames (gridit mode), 1...K-1.")
     public var contextRows: Int?
 
     @Option(
@@ -50,17 +55,22 @@ public struct SamplingOptions: ParsableArguments {
     @Option(help: "fp32 or bf16 (bf16 matrix products on CPUs with AVX512_BF16, else fp32). Default: the model's.")
     public var precision: String?
 
-    @Option(help: "RePaint resampling (gridit mode): steps jumped back.")
+    @Option(
+        parsing: .unconditional, help: "RePaint resampling (gridit mode): steps jumped back.")
     public var jumpLength: Int?
 
-    @Option(help: "RePaint resampling: passes over each jumped span (1 = off).")
+    @Option(
+        parsing: .unconditional, help: "RePaint resampling: passes over each jumped span (1 = off).")
     public var jumpCount: Int?
 
     @Option(
-        name: .customLong("class"), help: "Class label of a class-conditional model (required there, 0...classes-1).")
+        name: .customLong("class"), parsing: .unconditional,
+        help: "Class label of a class-conditional model (required there, 0...classes-1).")
     public var classLabel: Int?
 
-    @Option(help: "Classifier-free guidance scale of a class-conditional model (1 = none). Default: the model's.")
+    @Option(
+        parsing: .unconditional,
+        help: "Classifier-free guidance scale of a class-conditional model (1 = none). Default: the model's.")
     public var cfgScale: Double?
 
     public var parameters: JobSpec.Parameters {
@@ -68,6 +78,13 @@ public struct SamplingOptions: ParsableArguments {
             seed: seed, mode: mode, sampler: sampler, steps: steps, srSampler: srSampler, srSteps: srSteps, eta: eta,
             contextRows: contextRows, context: context, noSR: noSR, precision: precision, jumpLength: jumpLength,
             jumpCount: jumpCount, classLabel: classLabel, cfgScale: cfgScale)
+    }
+
+    static func seed(_ text: String) throws -> UInt64 {
+        guard let seed = UInt64(text) else {
+            throw ValidationError("a seed is a whole number from 0 to \(UInt64.max)")
+        }
+        return seed
     }
 
     /// The spec's own rules (`JobSpec.validate`), as usage errors before anything runs.

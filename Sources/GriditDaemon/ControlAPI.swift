@@ -61,7 +61,9 @@ public struct ControlAPI: Sendable {
         Route(method: .POST, template: "/v1/jobs") { api, r, _ in try await api.submit(r) },
         Route(method: .GET, template: "/v1/jobs") { api, r, _ in try await api.list(r) },
         Route(method: .POST, template: "/v1/jobs/prune") { api, r, _ in try await api.prune(r) },
+        Route(method: .POST, template: "/v1/jobs/plan") { api, r, _ in try await api.plan(r) },
         Route(method: .GET, template: "/v1/jobs/{id}") { api, r, p in try await api.show(r, p) },
+        Route(method: .DELETE, template: "/v1/jobs/{id}") { api, r, p in try await api.remove(r, p) },
         Route(method: .POST, template: "/v1/jobs/{id}/cancel") { api, r, p in try await api.cancel(r, p) },
         Route(method: .POST, template: "/v1/jobs/{id}/retry") { api, r, p in try await api.retry(r, p) },
         Route(method: .GET, template: "/v1/jobs/{id}/events") { api, r, p in try await api.events(r, p) },
@@ -323,8 +325,29 @@ public struct ControlAPI: Sendable {
 
     // MARK: - Jobs
 
-    func submit(_ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
+    /// `submit --dry-run`: what the submit would run and its estimate; no job is made.
+    func plan(_ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
         let body = try decode(SubmitJobRequest.self, request)
+        let (digest, spec) = try await resolve(body)
+        let estimate: (plan: String, seconds: TimeInterval)
+        do {
+            estimate = try await context.engine?.plan(spec, pipelineDigest: digest) ?? ("", 0)
+        } catch {
+            throw APIError(error.errorClass == .modelMissing ? .notFound : .badRequest, error.message)
+        }
+        return .json(
+            JobPlanResponse(
+                plan: estimate.plan, estimatedSeconds: estimate.seconds, limitSeconds: context.configuration.maxJobTime,
+                pipelineDigest: digest))
+    }
+
+    /// "7h (25200 s)", or "6e-05 s" for the tiny jobs of tests.
+    private static func seconds(_ value: TimeInterval) -> String {
+        value >= 60 ? "\(formatAge(value)) (\(Int(value.rounded())) s)" : String(format: "%.3g s", value)
+    }
+
+    /// The request checked, its model resolved to a version's digest, a seed chosen.
+    private func resolve(_ body: SubmitJobRequest) async throws(APIError) -> (digest: String?, spec: JobSpec) {
         try SubmitValidation.validate(body, maxLength: context.configuration.maxLength)
         var digest: String?
         if let catalog = context.catalog {
@@ -335,16 +358,28 @@ public struct ControlAPI: Sendable {
                 "this griditd was built without the model store, so it cannot resolve '\(model)'; submit without --model"
             )
         }
-        let caller = request.caller
-        let priority = try SubmitPolicy.priority(body.priority, caller: caller, configuration: context.configuration)
         var spec = body.spec
         // A seed below 2^53, exact in any JSON reader.
         if spec.parameters.seed == nil { spec.parameters.seed = UInt64.random(in: 0...(1 << 53 - 1)) }
+        return (digest, spec)
+    }
+
+    func submit(_ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
+        let body = try decode(SubmitJobRequest.self, request)
+        let (digest, spec) = try await resolve(body)
+        let caller = request.caller
+        let priority = try SubmitPolicy.priority(body.priority, caller: caller, configuration: context.configuration)
         let work: TimeInterval
         do {
             work = try await context.engine?.validate(spec, pipelineDigest: digest) ?? 0
         } catch {
             throw APIError(error.errorClass == .modelMissing ? .notFound : .badRequest, error.message)
+        }
+        if let limit = context.configuration.maxJobTime, work > limit {
+            throw APIError(
+                .badRequest,
+                "the job's estimated compute is \(Self.seconds(work)) at the nominal rate, over griditd's limit of \(Self.seconds(limit)) per job (--max-job-time); shorten it, or ask an admin to raise the limit"
+            )
         }
         let submission = JobSubmission(
             params: spec.storedJSON, length: spec.length, priority: priority, idempotencyKey: body.idempotencyKey,
@@ -366,7 +401,7 @@ public struct ControlAPI: Sendable {
             }
         } else {
             context.logger.info(
-                "job submitted",
+                "job \(result.job.id) submitted by uid \(caller.uid): \(spec.length) frames of \(body.spec.model ?? digest.map { String($0.prefix(19)) } ?? "the default model")",
                 metadata: [
                     "job.id": "\(result.job.id)", "uid": "\(caller.uid)", "length": "\(spec.length)",
                     "model.digest": "\(digest ?? "none")",
@@ -464,6 +499,24 @@ public struct ControlAPI: Sendable {
             "job cancel requested",
             metadata: ["job.id": "\(id)", "uid": "\(caller.uid)", "state": "\(job.state.rawValue)"])
         return .json(try Self.info(job, live: context.monitor.live(id)))
+    }
+
+    /// `jobs rm`: a finished job and its folders (`?keep_outputs=true` keeps the output folder).
+    func remove(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
+        let id = try jobID(params)
+        let keep = request.query["keep_outputs"]
+        guard keep == nil || keep == "true" || keep == "false" else {
+            throw APIError(.badRequest, "keep_outputs must be true or false")
+        }
+        let caller = request.caller
+        do {
+            let job = try await Retention.remove(
+                context, id: id, keepOutputs: keep == "true", requester: caller.uid, isAdmin: caller.isAdmin)
+            return .json(
+                PruneResponse(pruned: [PruneResponse.Pruned(id: job.id, state: job.state, outputDir: job.outputDir)]))
+        } catch {
+            throw Self.translate(error)
+        }
     }
 
     func retry(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {

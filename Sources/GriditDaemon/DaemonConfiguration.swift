@@ -34,6 +34,9 @@ public struct DaemonConfiguration: Sendable {
     /// rate `griditd run --dry-run` assumes (a 128-frame job of the bundled model: 28 s; one of
     /// 100,000 frames: 6.2 h) ⇒ `user_limit`.
     public var maxWorkPerUser: TimeInterval = 24 * 3600
+    /// Most estimated compute of one job, at the same nominal rate (nil: no limit) ⇒ refused
+    /// with its estimate.
+    public var maxJobTime: TimeInterval?
     /// Priorities a user who is not an admin may give a job (admins: all of -1000...1000); a
     /// member's job without one gets the one closest to 0. Members cannot outrank admins' default
     /// (0) unless this allows it.
@@ -131,6 +134,10 @@ public struct StateLayout: Sendable {
     public var tmp: String { root + "/tmp" }
 
     public func workDirectory(job id: Int64) -> String { work + "/\(id)" }
+    /// `outputs/job-12` for a path under the state directory (what the logs show), else the path.
+    public func relative(_ path: String) -> String {
+        path.hasPrefix(root + "/") ? String(path.dropFirst(root.count + 1)) : path
+    }
     public func automaticOutputDirectory(job id: Int64) -> String { outputs + "/job-\(id)" }
     public func namedOutputDirectory(owner: UInt32, name: String) -> String { outputs + "/named/\(owner)/" + name }
 }

@@ -266,8 +266,9 @@ public struct HTTPServer: Sendable {
     private func log(head: HTTPRequestHead, response: HTTPResponse, caller: Caller, started: ContinuousClock.Instant) {
         let elapsed = ContinuousClock.now - started
         let ms = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
-        logger.info(
-            "request",
+        // Every request at debug: at info the journal would be mostly `jobs watch` and status polls.
+        logger.debug(
+            "\(head.method.rawValue) \(head.uri.prefix(300)) \(response.status.code) uid \(caller.uid)",
             metadata: [
                 "http.method": "\(head.method.rawValue)", "http.path": "\(head.uri.prefix(300))",
                 "http.status": "\(response.status.code)", "uid": "\(caller.uid)", "pid": "\(caller.pid)",

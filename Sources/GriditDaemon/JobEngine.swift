@@ -199,6 +199,11 @@ public protocol JobEngine: Sendable {
     /// naming the parameter, or `.modelMissing`.
     func validate(_ spec: JobSpec, pipelineDigest: String?) async throws(JobFailure) -> TimeInterval
 
+    /// `validate`, and the plan it estimated as text (a dry run).
+    func plan(
+        _ spec: JobSpec, pipelineDigest: String?
+    ) async throws(JobFailure) -> (plan: String, seconds: TimeInterval)
+
     /// Runs every item (and every admitted one) to completion, failure or interruption, calling
     /// `hooks.finished` once for each, and returns when none is left. A job it never reports is
     /// recorded as an internal failure.
@@ -212,6 +217,12 @@ public protocol JobEngine: Sendable {
 }
 
 extension JobEngine {
+    public func plan(
+        _ spec: JobSpec, pipelineDigest: String?
+    ) async throws(JobFailure) -> (plan: String, seconds: TimeInterval) {
+        ("", try await validate(spec, pipelineDigest: pipelineDigest))
+    }
+
     public var worker: EngineWorkerInfo? { nil }
     public func shutdown() {}
 }

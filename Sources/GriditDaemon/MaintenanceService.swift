@@ -88,10 +88,7 @@ enum Retention {
         context.metrics.jobsPruned(pruned.count)
         let by = requester.map { "jobs prune by uid \($0)" } ?? "retention"
         for (job, age) in pruned {
-            removeInside(context.layout.work, context.layout.workDirectory(job: job.id))
-            let removeOutput = !keepOutputs && job.outputDir != nil
-            if removeOutput, let output = job.outputDir { removeInside(context.layout.outputs, output) }
-            context.monitor.changed(job.id)
+            let removeOutput = removeFolders(of: job, keepOutputs: keepOutputs, context)
             // One line per job, so that the journal says where every job's frames went.
             let output = job.outputDir.map { removeOutput ? ", removed \($0)" : ", kept \($0)" } ?? ""
             context.logger.notice(
@@ -103,6 +100,32 @@ enum Retention {
                 ])
         }
         return pruned.map(\.job)
+    }
+
+    /// `jobs rm`: one finished job of the caller's (or anyone's, for an admin), with its folders.
+    static func remove(
+        _ context: DaemonContext, id: Int64, keepOutputs: Bool, requester: UInt32, isAdmin: Bool
+    ) async throws(StateError) -> PrunedJob {
+        let job = try await context.store.delete(id: id, requesterUID: requester, isAdmin: isAdmin, now: Date())
+        context.metrics.jobsPruned(1)
+        let removeOutput = removeFolders(of: job, keepOutputs: keepOutputs, context)
+        let output = job.outputDir.map { removeOutput ? ", removed \($0)" : ", kept \($0)" } ?? ""
+        context.logger.notice(
+            "removed job \(job.id) (\(job.state.rawValue); jobs rm by uid \(requester))\(output)",
+            metadata: [
+                "job.id": "\(job.id)", "state": "\(job.state.rawValue)", "reason": "rm",
+                "output": "\(job.outputDir ?? "")", "output.removed": "\(removeOutput)",
+            ])
+        return job
+    }
+
+    /// A deleted job's work folder, and its output folder unless kept; whether that went.
+    private static func removeFolders(of job: PrunedJob, keepOutputs: Bool, _ context: DaemonContext) -> Bool {
+        removeInside(context.layout.work, context.layout.workDirectory(job: job.id))
+        let removeOutput = !keepOutputs && job.outputDir != nil
+        if removeOutput, let output = job.outputDir { removeInside(context.layout.outputs, output) }
+        context.monitor.changed(job.id)
+        return removeOutput
     }
 
     /// Removes `path` only if it lies strictly inside `root` (a corrupt row must never make

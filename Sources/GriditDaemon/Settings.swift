@@ -99,6 +99,10 @@ public enum DaemonSettings {
             "Most estimated compute of one non-admin user's waiting + running jobs (90m, 24h, 2d), at the nominal rate of `griditd run --dry-run`.",
             \.maxWorkPerUser, .duration),
         Setting(
+            "max-job-time", "off",
+            "Most estimated compute of one job (90m, 6h; off: no limit), at the same rate; a longer job is refused with its estimate (`griditctl submit --dry-run` shows it).",
+            \.maxJobTime, .durationOrOff("a duration like 90m or 6h, or off")),
+        Setting(
             "member-priority-min", "-1000", "Lowest priority a user who is not an admin may give a job.",
             \.memberPriorityMin, .int(DaemonConfiguration.priorities)),
         Setting(
@@ -416,9 +420,11 @@ extension SettingRule where Value == Duration {
 }
 
 extension SettingRule where Value == TimeInterval? {
-    static var retention: Self {
+    static var retention: Self { durationOrOff("an age like 12h or 7d, or off") }
+
+    static func durationOrOff(_ expected: String) -> Self {
         SettingRule(
-            expected: "an age like 12h or 7d, or off",
+            expected: expected,
             parse: { $0 == "off" ? .some(nil) : parseDuration($0).map { .some($0) } },
             format: { $0.map(formatAge) ?? "off" })
     }

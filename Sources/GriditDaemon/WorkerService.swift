@@ -234,7 +234,7 @@ public struct WorkerService: Service {
         context.metrics.jobsStarted(batch.items)
         for id in ids { monitor.changed(id) }
         context.logger.info(
-            "running",
+            "running job\(ids.count == 1 ? "" : "s") \(ids.map(String.init).joined(separator: ", ")) on \(batch.pipelineDigest.map { String($0.prefix(19)) } ?? "no model")",
             metadata: [
                 "job.ids": "\(ids.map(String.init).joined(separator: ","))",
                 "model.digest": "\(batch.pipelineDigest ?? "none")",
@@ -410,6 +410,12 @@ public struct WorkerService: Service {
         }
     }
 
+    /// " in 24 s" since the job first started (nothing when it never did).
+    static func took(_ job: Job, _ now: Date) -> String {
+        guard let started = job.startedAt else { return "" }
+        return " in \(Int(max(0, now.timeIntervalSince(started)).rounded())) s"
+    }
+
     /// The job's outcome as a fenced state transition. An outcome the database cannot take now
     /// (its filesystem full even after its reserve went) is kept and retried, the job still
     /// shown running: it is never left for its lease to expire and count as a crash.
@@ -421,10 +427,13 @@ public struct WorkerService: Service {
         do {
             switch record {
             case .complete(let output):
-                _ = try await store.complete(id: id, token: token, outputDir: output, now: now)
+                let job = try await store.complete(id: id, token: token, outputDir: output, now: now)
                 try? FileManager.default.removeItem(atPath: context.layout.workDirectory(job: id))
                 metadata["output"] = "\(output)"
-                logger.info("job succeeded", metadata: metadata)
+                // The message reads on its own in `journalctl`; the fields stay for filtering.
+                logger.info(
+                    "job \(id) succeeded\(Self.took(job, now)): \(job.length) frames → \(context.layout.relative(output))",
+                    metadata: metadata)
                 context.metrics.jobFinished(id, outcome: "succeeded")
             case .fail(let failure):
                 let after = try await store.fail(
@@ -432,7 +441,10 @@ public struct WorkerService: Service {
                     retryable: failure.errorClass.retryable, now: now)
                 metadata["error.class"] = "\(failure.errorClass.rawValue)"
                 metadata["state"] = "\(after.state.rawValue)"
-                logger.warning("job failed: \(failure.message)", metadata: metadata)
+                let outcome = after.state == .retryable ? "failed, will retry" : "failed"
+                logger.warning(
+                    "job \(id) \(outcome)\(Self.took(after, now)) (\(failure.errorClass.rawValue)): \(failure.message)",
+                    metadata: metadata)
                 context.metrics.jobFinished(
                     id, outcome: after.state == .retryable ? "retried" : "failed",
                     errorClass: failure.errorClass.rawValue)
@@ -440,33 +452,36 @@ public struct WorkerService: Service {
                 let after = try await store.recordWorkerCrash(id: id, token: token, message: message, now: now)
                 metadata["state"] = "\(after.state.rawValue)"
                 metadata["crashes"] = "\(after.crashCount)"
-                logger.error("job crashed the engine: \(message)", metadata: metadata)
+                logger.error(
+                    "job \(id) crashed the engine (crash \(after.crashCount), now \(after.state.rawValue)): \(message)",
+                    metadata: metadata)
                 context.metrics.jobFinished(id, outcome: "crashed")
             case .requeue(let message):
                 _ = try await store.requeue(id: id, token: token, reason: message, now: now)
-                logger.warning("job requeued, not counted as a crash: \(message)", metadata: metadata)
+                logger.warning("job \(id) requeued, not counted as a crash: \(message)", metadata: metadata)
                 context.metrics.jobFinished(id, outcome: "requeued")
             case .acknowledgeCancel:
-                _ = try await store.acknowledgeCancel(id: id, token: token, now: now)
-                logger.info("job canceled", metadata: metadata)
+                let job = try await store.acknowledgeCancel(id: id, token: token, now: now)
+                logger.info("job \(id) canceled\(Self.took(job, now))", metadata: metadata)
                 context.metrics.jobFinished(id, outcome: "canceled")
             case .releaseLease(let reason):
                 _ = try await store.releaseLease(id: id, token: token, now: now)
                 context.metrics.jobFinished(id, outcome: "handed_back")
                 if reason == .diskFull {
-                    logger.warning("job checkpointed and handed back: the state filesystem is full", metadata: metadata)
+                    logger.warning(
+                        "job \(id) checkpointed and handed back: the state filesystem is full", metadata: metadata)
                 } else {
-                    logger.info("job checkpointed and handed back for shutdown", metadata: metadata)
+                    logger.info("job \(id) checkpointed and handed back for shutdown", metadata: metadata)
                 }
             case .nothing(.databaseLost):
-                logger.critical("job stopped: the job database is lost, nothing is recorded", metadata: metadata)
+                logger.critical("job \(id) stopped: the job database is lost, nothing is recorded", metadata: metadata)
                 context.monitor.finished(id)
                 return
             case .nothing:
-                logger.warning("job stopped: another worker owns it now", metadata: metadata)
+                logger.warning("job \(id) stopped: another worker owns it now", metadata: metadata)
             }
         } catch  where error.code == .leaseLost || error.code == .invalidTransition || error.code == .notFound {
-            logger.warning("the job's outcome was not recorded: \(error.message)", metadata: metadata)
+            logger.warning("job \(id)'s outcome was not recorded: \(error.message)", metadata: metadata)
         } catch {
             logger.error(
                 "recording the job's outcome failed; retrying", metadata: metadata.merging(["error": "\(error)"]) { $1 }

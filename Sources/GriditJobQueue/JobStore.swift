@@ -243,6 +243,11 @@ public protocol JobStore: Sendable {
     /// ascending order: what the model store must keep (gc) and shows (`models list`, `show`).
     func livePipelinePins() async throws(StateError) -> [String: [Int64]]
 
+    /// Deletes one finished job and its error history (`jobs rm`); a job still waiting or running
+    /// is an `invalidTransition` (cancel it first). Only the owner or an admin. Returns it so that
+    /// the caller deletes its folders.
+    func delete(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StateError) -> PrunedJob
+
     /// Deletes jobs in `states` (terminal ones only; others are ignored) finished at or before
     /// `now - olderThan`, and their error history. Returns them so that the caller deletes their
     /// output directories.

@@ -163,6 +163,17 @@ public final class SQLiteJobStore: TransitionStore {
         }
     }
 
+    public func delete(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StateError) -> PrunedJob
+    {
+        let machine = self.machine
+        return try await write { db in
+            let job = try Self.fetchJob(db, id: id, root: self.root)
+            try job.authorizeRemoval(requesterUID: requesterUID, isAdmin: isAdmin)
+            try Self.apply(try machine.apply(.prune, to: job, now: now), db, root: self.root)
+            return PrunedJob(id: job.id, state: job.state, outputDir: job.outputDir)
+        }
+    }
+
     public func recoverExpiredLeases(now: Date, sparing: Set<Int64>) async throws(StateError) -> [Job] {
         try await recover(.leaseExpired, now: now, sparing: sparing)
     }

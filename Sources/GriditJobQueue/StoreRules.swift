@@ -72,6 +72,17 @@ extension Job {
                 jobID: id)
         }
     }
+
+    /// `jobs rm`: the owner or an admin, and only a finished job (a live one is canceled first).
+    public func authorizeRemoval(requesterUID: UInt32, isAdmin: Bool) throws(StateError) {
+        try authorize(requesterUID: requesterUID, isAdmin: isAdmin, action: "remove")
+        guard state.isTerminal else {
+            throw StateError(
+                .invalidTransition,
+                "job \(id) is \(state.rawValue); only a finished job can be removed (`griditctl jobs cancel \(id)` first)",
+                jobID: id)
+        }
+    }
 }
 
 extension StateError {

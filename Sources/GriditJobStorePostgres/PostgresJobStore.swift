@@ -349,6 +349,27 @@ public final class PostgresJobStore: TransitionStore {
         }
     }
 
+    public func delete(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StateError) -> PrunedJob
+    {
+        let machine = self.machine, now = injected(now)
+        return try await transaction(onUnknownCommit: .fail) { connection in
+            let rows = try await connection.sql(
+                """
+                SELECT job.*, coalesce(\(now)::timestamptz, now()) AS clock FROM job WHERE id = \(id) FOR UPDATE
+                """)
+            var locked: (Job, Date)?
+            for try await row in rows {
+                locked = (try Self.decodeJob(row), try row.makeRandomAccess()["clock"].decode(Date.self))
+            }
+            guard let (job, clock) = locked else { throw StateError.jobNotFound(id) }
+            try job.authorizeRemoval(requesterUID: requesterUID, isAdmin: isAdmin)
+            _ = try machine.apply(.prune, to: job, now: clock)
+            // Its error history goes with it (ON DELETE CASCADE).
+            try await connection.sql("DELETE FROM job WHERE id = \(id)")
+            return PrunedJob(id: job.id, state: job.state, outputDir: job.outputDir)
+        }
+    }
+
     // MARK: - Transitions
 
     /// Locks the row, applies `event` with the state machine, writes the row back: one transaction.

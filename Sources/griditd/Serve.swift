@@ -117,6 +117,7 @@ struct SettingFlags: ParsableArguments {
     @Option(help: help("db-reserve", "size")) var dbReserve: String?
     @Option(help: help("keep-succeeded", "age|off")) var keepSucceeded: String?
     @Option(help: help("keep-failed", "age|off")) var keepFailed: String?
+    @Option(help: help("max-job-time", "duration|off")) var maxJobTime: String?
     @Option(help: help("metrics-listen", "host:port")) var metricsListen: String?
     @Option(help: help("log-level", "level")) var logLevel: String?
 
@@ -126,7 +127,7 @@ struct SettingFlags: ParsableArguments {
             "state-dir": stateDir, "database": database, "socket": socket, "group": group, "admin-group": adminGroup,
             "socket-group": socketGroup,
             "blas-threads": blasThreads, "start-paused": startPaused.map { "\($0)" }, "max-queued": maxQueued,
-            "max-queued-per-user": maxQueuedPerUser, "max-work-per-user": maxWorkPerUser,
+            "max-queued-per-user": maxQueuedPerUser, "max-work-per-user": maxWorkPerUser, "max-job-time": maxJobTime,
             "member-priority-min": memberPriorityMin, "member-priority-max": memberPriorityMax,
             "max-connections": maxConnections, "max-connections-per-user": maxConnectionsPerUser,
             "admin-connections": adminConnections, "header-timeout": headerTimeout, "body-timeout": bodyTimeout,

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import GriditAPI
 import GriditJobSpec
+import GriditTestSupport
 import Testing
 
 @testable import GriditCLI
@@ -269,5 +270,180 @@ struct PruneConfirmationTests {
             try prune([flag]).run(client: GriditClient(daemon), output: printed.output)
         }
         #expect(daemon.requests.count == 5)
+    }
+}
+
+@Suite("griditctl as people use it")
+struct HabitsTests {
+    @Test("negative numbers parse; a bad one is refused saying what is wrong, not \"Missing value\"")
+    func negativeNumbers() throws {
+        let submit = try #require(
+            try Griditctl.parseAsRoot(["submit", "--length", "4", "--priority", "-3"]) as? Submit)
+        #expect(submit.priority == -3)
+        for (arguments, says) in [
+            (["--seed", "-1"], "whole number"), (["--cfg-scale", "-1"], "scale >= 0"), (["--eta", "-0.5"], "eta"),
+        ] {
+            do {
+                _ = try Griditctl.parseAsRoot(["submit", "--length", "4"] + arguments)
+                Issue.record("\(arguments) parsed")
+            } catch {
+                let message = Griditctl.fullMessage(for: error)
+                #expect(message.contains(says) && !message.contains("Missing value"), "\(message)")
+            }
+        }
+    }
+
+    @Test("--output-name is the server's folder, --out the local copy; --output still works, with a warning")
+    func outputNames() throws {
+        let named = try #require(
+            try Griditctl.parseAsRoot(["submit", "--length", "4", "--output-name", "run1", "--out", "/tmp/x-none"])
+                as? Submit)
+        #expect(named.spec.output == "run1" && named.follow.out == "/tmp/x-none")
+        let old = try #require(try Griditctl.parseAsRoot(["submit", "--length", "4", "--output", "run1"]) as? Submit)
+        #expect(old.spec.output == "run1")
+        let answer = SubmitJobResponse(job: CLITests.job(2, old.spec), deduplicated: false, instanceID: "i")
+        let printed = Printed()
+        try old.run(
+            client: GriditClient(FakeDaemon(["POST /v1/jobs": (201, APICoding.encode(answer))])),
+            output: printed.output)
+        #expect(printed.stderr.contains("--output is deprecated") && printed.stderr.contains("--output-name"))
+        #expect(!Griditctl.helpMessage(for: Submit.self).contains("--output <"), "the old spelling is hidden")
+    }
+
+    @Test("jobs rm removes (after confirmation), jobs cancel does not answer to rm; jobs cp fetches")
+    func remove() throws {
+        #expect(try Griditctl.parseAsRoot(["jobs", "rm", "3"]) is Jobs.Remove)
+        #expect(try Griditctl.parseAsRoot(["jobs", "cp", "3", "/tmp/x-none"]) is Jobs.Fetch)
+        #expect(try Griditctl.parseAsRoot(["jobs", "watch", "3", "--out", "/tmp/x-none"]) is Jobs.Watch)
+        let reply = (
+            status: 200, body: Data(#"{"pruned":[{"id":3,"state":"failed","output_dir":"outputs/job-3"}]}"#.utf8)
+        )
+        let daemon = FakeDaemon(["DELETE /v1/jobs/3": reply, "DELETE /v1/jobs/3?keep_outputs=true": reply])
+        let printed = Printed()
+        let rm = try #require(try Griditctl.parseAsRoot(["jobs", "rm", "3"]) as? Jobs.Remove)
+        #expect { try rm.run(client: GriditClient(daemon), output: printed.output) } throws: {
+            ($0 as? CLIError)?.status == ExitStatus.usage
+        }
+        #expect(daemon.requests.isEmpty)
+        var output = printed.output
+        output.confirm = { $0.contains("remove job 3 and its output folder") }
+        try rm.run(client: GriditClient(daemon), output: output)
+        #expect(printed.stdout == "removed job 3 (failed) and outputs/job-3\n")
+        let keep = try #require(try Griditctl.parseAsRoot(["jobs", "rm", "3", "-y", "--keep-outputs"]) as? Jobs.Remove)
+        try keep.run(client: GriditClient(daemon), output: printed.output)
+        #expect(daemon.requests.map(\.method) == ["DELETE", "DELETE"])
+        #expect(daemon.requests.last?.path == "/v1/jobs/3?keep_outputs=true")
+    }
+
+    @Test("without a terminal the wait prints a progress line at a steady interval")
+    func progressLines() throws {
+        let spec = JobSpec(length: 8, parameters: .init(seed: 1))
+        var events = [JobEventMessage(kind: .job, job: CLITests.job(5, spec, state: .running))]
+        for step in 1...10 {
+            let progress = StepProgress(stage: .grid, grid: 1, grids: 1, step: step, steps: 10, frame: 0, frames: 8)
+            events.append(JobEventMessage(kind: .step, step: progress))
+        }
+        events.append(JobEventMessage(kind: .job, job: CLITests.job(5, spec, state: .succeeded)))
+        let body = events.map { String(decoding: APICoding.encode($0), as: UTF8.self) }.joined(separator: "\n")
+        let daemon = FakeDaemon(["GET /v1/jobs/5/events": (200, Data(body.utf8))])
+        let printed = Printed()
+        // A clock that moves 4 s per look: with a 10 s interval, steps 1, 4, 7 and 10 print.
+        let clock = Printed()
+        var follower = JobFollower(client: GriditClient(daemon), json: false, output: printed.output)
+        follower.now = {
+            clock.output.stdout("x")
+            return Date(timeIntervalSince1970: Double(clock.stdout.count) * 4)
+        }
+        _ = try follower.follow(5)
+        let lines = printed.stderr.split(separator: "\n").filter { $0.hasPrefix("job 5  grid") }
+        #expect(lines.count == 4, "\(printed.stderr)")
+        #expect(lines.first?.contains("step 1/10") == true)
+    }
+
+    @Test("jobs list names the owner, jobs show the model's tags")
+    func ownerAndTag() throws {
+        var job = CLITests.job(3, JobSpec(length: 8), state: .succeeded)
+        job.pipelineDigest = "sha256:abc"
+        #expect(
+            Rendering.jobsTable([job], now: CLITests.now, userName: { $0 == 1000 ? "alice" : nil }).contains(" alice "))
+        let models =
+            #"{"result":{"models":[{"name":"md","tag":"v1","digest":"sha256:abc","size":1,"created":"2026-01-01T00:00:00Z","loaded":false,"jobs":0},{"name":"other","tag":"latest","digest":"sha256:def","size":1,"created":"2026-01-01T00:00:00Z","loaded":false,"jobs":0}]}}"#
+        let daemon = FakeDaemon([
+            "GET /v1/jobs/3": (200, APICoding.encode(job)), "GET /v1/models": (200, Data(models.utf8)),
+        ])
+        let printed = Printed()
+        var output = printed.output
+        output.userName = { _ in "alice" }
+        try #require(try Griditctl.parseAsRoot(["jobs", "show", "3"]) as? Jobs.Show).run(
+            client: GriditClient(daemon), output: output)
+        #expect(printed.stdout.contains("md:v1 (sha256:abc)") && !printed.stdout.contains("other:latest"))
+        #expect(printed.stdout.contains("alice (uid 1000)"), "\(printed.stdout)")
+    }
+
+    @Test("submit --dry-run sends the request to /v1/jobs/plan and prints the plan and the estimate against the limit")
+    func dryRun() throws {
+        let plan = JobPlanResponse(
+            plan: "grids: 8\n", estimatedSeconds: 7200, limitSeconds: 3600, pipelineDigest: "sha256:abc")
+        let daemon = FakeDaemon(["POST /v1/jobs/plan": (200, APICoding.encode(plan))])
+        let printed = Printed()
+        try #require(try Griditctl.parseAsRoot(["submit", "--length", "128", "--dry-run"]) as? Submit).run(
+            client: GriditClient(daemon), output: printed.output)
+        #expect(daemon.requests.map(\.path) == ["/v1/jobs/plan"])
+        #expect(
+            printed.stdout == """
+                grids: 8
+                model:    sha256:abc
+                estimate: 2h00m at griditd's nominal rate; over its limit of 1h00m per job: a submit would be refused
+
+                """)
+        #expect(throws: (any Error).self) {
+            try Griditctl.parseAsRoot(["submit", "--length", "4", "--dry-run", "--wait"])
+        }
+    }
+
+    @Test("models import of a folder means its pipeline.json, named after the folder")
+    func importFolder() throws {
+        let root = repositoryRoot().appendingPathComponent("models/moving-digits").path
+        let command = try #require(try Griditctl.parseAsRoot(["models", "import", root]) as? Models.Import)
+        #expect(command.source.path == root + "/pipeline.json" && command.source.name == "moving-digits:latest")
+        let named = try #require(
+            try Griditctl.parseAsRoot(["models", "import", "/x/b.tar", "--name", "m:v2"]) as? Models.Import)
+        #expect(named.source.path == "/x/b.tar" && named.source.name == "m:v2")
+    }
+
+    @Test("every griditctl command in the README's code blocks parses as written")
+    func readmeCommands() throws {
+        let readme = try String(
+            contentsOf: repositoryRoot().appendingPathComponent("README.md"), encoding: .utf8)
+        var inBlock = false
+        var checked = 0
+        for line in readme.split(separator: "\n", omittingEmptySubsequences: false) {
+            if line.hasPrefix("```") {
+                inBlock.toggle()
+                continue
+            }
+            guard inBlock else { continue }
+            // Each griditctl command of the line, up to a comment, a pipe or the next command.
+            let words = line.split(separator: " ").map(String.init)
+            for (i, word) in words.enumerated() where word.hasSuffix("griditctl") && words[..<i].last != "--product" {
+                var arguments: [String] = []
+                for next in words[(i + 1)...] {
+                    if ["#", "&&", "||", ";", "|", "&"].contains(next) || next.hasPrefix("#") { break }
+                    if next.hasSuffix(";") {
+                        arguments.append(String(next.dropLast()))
+                        break
+                    }
+                    arguments.append(next)
+                }
+                do {
+                    _ = try Griditctl.parseAsRoot(Griditctl.moveGlobalOptions(arguments))
+                } catch {
+                    Issue.record(
+                        "README: `griditctl \(arguments.joined(separator: " "))`: \(Griditctl.fullMessage(for: error))")
+                }
+                checked += 1
+            }
+        }
+        #expect(checked >= 5)
     }
 }

@@ -130,7 +130,7 @@ struct EngineProcessTests {
         let started = Date()
         #expect(daemon.stop() == 0)
         #expect(Date().timeIntervalSince(started) < 30, "griditd stops at the next step")
-        #expect(daemon.log.contains("job checkpointed and handed back for shutdown"), "\(daemon.log)")
+        #expect(daemon.log.contains("job \(stopped) checkpointed and handed back for shutdown"), "\(daemon.log)")
 
         let again = try DaemonProcess(directory: dir, arguments: Self.arguments)
         let handedBack = try again.client.get("/v1/jobs/\(stopped)", as: JobInfo.self)

@@ -62,8 +62,10 @@ struct PeerCredentialTests {
     func authorization() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
+        // At debug, so that the request lines (uid=) are logged.
         let daemon = try DaemonProcess(
-            directory: dir, arguments: ["--group", "users", "--admin-group", "root", "--start-paused"],
+            directory: dir,
+            arguments: ["--group", "users", "--admin-group", "root", "--start-paused", "--log-level", "debug"],
             model: tinyPipeline())
         defer { daemon.stop() }
         let client = try Self.installClient(in: dir)
@@ -122,7 +124,7 @@ struct PeerCredentialTests {
         #expect(own.status == 0, "\(own.stderr)")
         #expect(try APICoding.decoder().decode(JobInfo.self, from: Data(own.stdout.utf8)).state == .canceled)
 
-        // Every request is logged with the caller's uid.
+        // Every request is logged (at debug) with the caller's uid.
         #expect(daemon.log.contains("uid=\(bob)"))
         #expect(daemon.log.contains("uid=\(alice)"))
         #expect(daemon.stop() == 0)

@@ -66,8 +66,7 @@ struct RetentionProcessTests {
         let (daemon, succeeded, canceled) = try Self.finishedJobs(
             dir, ["--keep-succeeded", "off", "--keep-failed", "off"])
         defer { daemon.stop() }
-        var environment = ProcessInfo.processInfo.environment
-        environment["GRIDIT_SOCKET"] = daemon.socket
+        let environment = daemon.cliEnvironment
         let griditctl = binaryDirectory() + "/griditctl"
 
         let refused = try runProcess(

@@ -53,6 +53,10 @@ final class DaemonProcess: @unchecked Sendable {
     var pid: Int32 { process.processIdentifier }
     var client: GriditClient { GriditClient(socketPath: socket, timeout: 60) }
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+    /// The test's environment with GRIDIT_SOCKET naming this daemon, for griditctl.
+    var cliEnvironment: [String: String] {
+        ProcessInfo.processInfo.environment.merging(["GRIDIT_SOCKET": socket]) { $1 }
+    }
 
     private func waitUntilReady() throws {
         let deadline = Date().addingTimeInterval(60)

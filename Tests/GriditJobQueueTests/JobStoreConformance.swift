@@ -52,6 +52,7 @@ struct JobStoreConformance: Sendable {
         Case(name: "job ids are never reused, not even a pruned job's") { try await $0.idsNeverReused() },
         Case(name: "per-owner limits on live jobs and estimated work") { try await $0.ownerLimits() },
         Case(name: "prune with a huge age; a negative or NaN one is refused") { try await $0.pruneExtremeAges() },
+        Case(name: "delete one finished job: the owner or an admin, never a live one") { try await $0.deleteOne() },
     ]
 
     // MARK: - Cases
@@ -525,6 +526,33 @@ struct JobStoreConformance: Sendable {
         #expect(try await store.list(JobFilter()).map(\.id) == [waiting])
     }
 
+    /// A job of owner 1 submitted at 0 and succeeded at 1 into `output`.
+    func succeededJob(_ store: any JobStore, output: String) async throws -> Int64 {
+        let id = try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(0)).job.id
+        let claimed = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(0)))
+        _ = try await store.complete(id: id, token: claimed.token, outputDir: output, now: at(1))
+        return id
+    }
+
+    func deleteOne() async throws {
+        let store = try await makeStore()
+        let done = try await succeededJob(store, output: "/out/done")
+        let waiting = try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(2)).job.id
+        #expect(
+            await storeError { try await store.delete(id: waiting, requesterUID: 1, isAdmin: false, now: at(3)) }?
+                .code == .invalidTransition)
+        #expect(
+            await storeError { try await store.delete(id: done, requesterUID: 2, isAdmin: false, now: at(3)) }?
+                .code == .forbidden)
+        let deleted = try await store.delete(id: done, requesterUID: 1, isAdmin: false, now: at(3))
+        #expect(deleted == PrunedJob(id: done, state: .succeeded, outputDir: "/out/done"))
+        #expect(await storeError { try await store.get(id: done) }?.code == .notFound)
+        #expect(
+            await storeError { try await store.delete(id: done, requesterUID: 1, isAdmin: true, now: at(4)) }?.code
+                == .notFound)
+        #expect(try await store.list(JobFilter()).map(\.id) == [waiting])
+    }
+
     func idsNeverReused() async throws {
         let store = try await makeStore()
         var ids: [Int64] = []
@@ -711,9 +739,7 @@ struct JobStoreConformance: Sendable {
 
     func pruneByState() async throws {
         let store = try await makeStore()
-        let done = try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(0)).job.id
-        let claimed = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(0)))
-        _ = try await store.complete(id: done, token: claimed.token, outputDir: "/o", now: at(1))
+        let done = try await succeededJob(store, output: "/o")
         let canceled = try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(0)).job.id
         _ = try await store.cancel(id: canceled, requesterUID: 1, isAdmin: false, now: at(1))
         // Non-terminal states in the set are ignored.
