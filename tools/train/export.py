@@ -42,9 +42,11 @@ def load_ema(path: str, decay: float | None = None) -> tuple[C.ref.DiT, dict]:
 
 def from_pipeline(folder: str, stage: int) -> tuple[C.ref.DiT, dict]:
     """Stage N of a pipeline folder as it is (weights, training.json entry)."""
-    model = C.load_safetensors(os.path.join(folder, f"stage{stage}.config.json"),
-                               os.path.join(folder, f"stage{stage}.safetensors"))
-    return model.eval(), init_weights(folder, stage)[1]
+    state, info = init_weights(folder, stage)
+    with open(os.path.join(folder, f"stage{stage}.config.json")) as f:
+        model = C.ref.DiT(C.ref.DiTConfig.from_json(f.read()), attn_impl="sdpa")
+    C.ref.load_weights(model, state)
+    return model.eval(), info
 
 
 def main(argv=None) -> int:
