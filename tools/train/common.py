@@ -185,6 +185,15 @@ class TrainDiffusion:
     def q_sample(self, x0, t, noise):
         return self._g(self.sqrt_ab, t) * x0 + self._g(self.sqrt_1mab, t) * noise
 
+    def predict_x0(self, pred: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, prediction: str) -> torch.Tensor:
+        """x0 from the model's prediction (epsilon, or v = sqrt(ab) eps - sqrt(1-ab) x0) at x_t."""
+        g = lambda a: self._g(a, t)  # noqa: E731
+        if prediction == "v":
+            return g(self.sqrt_ab) * xt - g(self.sqrt_1mab) * pred
+        if prediction == "epsilon":
+            return g(self.sqrt_recip) * xt - g(self.sqrt_recipm1) * pred
+        raise ValueError(f"prediction {prediction!r}")
+
     def snr(self, t: torch.Tensor) -> torch.Tensor:
         """ᾱ/(1-ᾱ) of each sample's t, (N,) float32."""
         ab = self.sqrt_ab[t] ** 2

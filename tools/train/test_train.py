@@ -281,3 +281,50 @@ def test_reference_dpm_solver_matches_diffusers(name, spec, prediction):
         x, prev = d.dpm_solver_step(x, out, k, prev, prediction)
         scale = float(np.abs(want).max())
         assert float((x - torch.from_numpy(want[i]).double()).abs().max()) <= 1e-5 * scale, f"step {i}"
+
+
+def test_predict_x0_inverts_both_targets():
+    d = C.TrainDiffusion()
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(3, 1, 8, 8, generator=g) * 2 - 1
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.tensor([3, 400, 990])
+    xt = d.q_sample(x0, t, noise)
+    v = d._g(d.sqrt_ab, t) * noise - d._g(d.sqrt_1mab, t) * x0
+    for pred, kind in ((noise, "epsilon"), (v, "v")):
+        err = float((d.predict_x0(pred, xt, t, kind) - x0).abs().max())
+        print(f"predict_x0 {kind}: max error {err:.2e} (tolerance 1e-4)")
+        assert err < 1e-4
+
+
+def _trained_input(stage, x0):
+    """The x_t that stage's training step feeds its model (with gradients) for the uint8 grids x0."""
+    seen, forward = {}, stage.model.forward
+
+    def spy(xt, t, y=None, cond=None):
+        if torch.is_grad_enabled():
+            seen["xt"] = xt.detach().clone()
+        return forward(xt, t, y, cond)
+
+    stage.model.forward = spy
+    stage.train_step((x0, None), 1e-3)
+    return seen["xt"]
+
+
+def test_self_context_replaces_known_rows_with_the_models_estimate():
+    recipe = dict(prediction="v", ctx_share=1.0, ctx_rows=(2,))
+    s = T.Stage(1, T.parse_arch("1,32,2,4"), 4, 1e-3, [0.99], None, False,
+                T.Recipe(**recipe, ctx_self=1.0, ctx_self_t=300))
+    torch.manual_seed(0)
+    for p in s.model.parameters():  # a non-zero model, so its estimate differs from x0
+        p.data.add_(0.05 * torch.randn_like(p))
+    x0 = np.random.default_rng(0).integers(0, 256, (4, 64, 64), dtype=np.uint8)
+    clean = C.to_model(x0)[:, None]
+    xt = _trained_input(s, x0)
+    top, rest = xt[:, :, :32], xt[:, :, 32:]
+    assert float((top - clean[:, :, :32]).abs().mean()) > 1e-3  # not the data itself
+    assert float(top.abs().max()) <= 1.0  # an estimate of x0, clamped, not a noised grid
+    assert float((rest - clean[:, :, 32:]).abs().mean()) > 0.1  # the unknown rows stay noised
+    # share 0 keeps the data as context (the recipe of the landed bundle)
+    s0 = T.Stage(1, T.parse_arch("1,32,2,4"), 4, 1e-3, [0.99], None, False, T.Recipe(**recipe))
+    assert torch.equal(_trained_input(s0, x0)[:, :, :32], clean[:, :, :32])

@@ -84,6 +84,8 @@ class Recipe:
     ctx_share: float = 0.0                 # stage 1: share of grids with clean known rows
     ctx_rows: tuple[int, ...] = (1, 2, 3)
     ctx_noise: int = 0                     # > 0: half of the context rows noised to a level t' < ctx_noise
+    ctx_self: float = 0.0                  # share of context grids whose known rows are the model's own estimate
+    ctx_self_t: int = 400                  # ... of x0 from the grid noised to a level in [ctx_self_t/5, ctx_self_t)
     lr_noise: float = 0.0                  # stage 2: max std of the noise on half of the LR conditions
 
 
@@ -181,6 +183,17 @@ class Stage:
         if self.stage == 1 and r.ctx_share > 0:
             known, counted = C.context_mask(self.batch, g, r.ctx_share, r.ctx_rows)
             ctx = x0
+            if r.ctx_self > 0:
+                # Exposure bias: a roll-out's context is the model's own last frames, a little dimmer and
+                # blurrier than data, and a model that copies their look fades within a few grids. Part
+                # of the context grids get the model's one-step estimate of x0 instead of x0, so it
+                # learns to continue degraded frames with data-like ones (scheduled sampling, cheap).
+                pick = (torch.rand(self.batch, generator=g) < r.ctx_self) & known.flatten(1).any(1)
+                ts = torch.randint(r.ctx_self_t // 5, r.ctx_self_t, (self.batch,), generator=g)
+                ns = torch.randn(x0.shape, generator=g)
+                if bool(pick.any()):
+                    ctx = x0.clone()
+                    ctx[pick] = self.estimate_x0(x0[pick], ts[pick], ns[pick])
             if r.ctx_noise > 0:
                 # Conditioning augmentation (Ho et al. 2022, cascaded diffusion; GameNGen's noise
                 # augmentation): the frames a long roll-out carries are the model's own, never exact,
@@ -188,7 +201,7 @@ class Stage:
                 tc = torch.randint(0, r.ctx_noise, (self.batch,), generator=g)
                 tc = torch.where(torch.rand(self.batch, generator=g) < 0.5, tc, torch.zeros_like(tc))
                 ctx = torch.where(tc[:, None, None, None] > 0,
-                                  self.diff.q_sample(x0, tc, torch.randn(x0.shape, generator=g)), x0)
+                                  self.diff.q_sample(ctx, tc, torch.randn(x0.shape, generator=g)), ctx)
             xt = torch.where(known, ctx, xt)
         self.cur_lr = lr
         for grp in self.opt.param_groups:
@@ -207,6 +220,14 @@ class Stage:
         self.step += 1
         self.loss_acc.append((loss.item(), mse.item(), vb.item()))
         return self.loss_acc[-1][0]
+
+    @torch.no_grad()
+    def estimate_x0(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The model's one-step estimate of x0 from x0 noised to level t (no context), in [-1, 1]."""
+        xt = self.diff.q_sample(x0, t, noise)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            pred = self.model(xt, t.float(), None, None)[:, :x0.shape[1]].float()
+        return self.diff.predict_x0(pred, xt, t, self.recipe.prediction).clamp(-1, 1)
 
     def pop_losses(self):
         acc, self.loss_acc = self.loss_acc, []
@@ -352,6 +373,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ctx-noise", type=int, default=0,
                     help="> 0: half of the context rows are noised to a level drawn from [0, this) (robustness "
                          "to the model's own imperfect frames in long roll-outs)")
+    ap.add_argument("--ctx-self", type=float, default=0.0,
+                    help="share of context grids whose known rows are the model's one-step x0 estimate")
+    ap.add_argument("--ctx-self-t", type=int, default=400, help="their noise level is drawn from [T/5, T)")
     ap.add_argument("--lr-noise", type=float, default=0.04,
                     help="max std of the noise added to half of the stage-2 LR conditions ([-1,1] units)")
     ap.add_argument("--share1", type=float, default=0.7, help="share of step time for stage 1 (both in one process)")
@@ -389,7 +413,7 @@ def main(argv=None) -> int:
 
     common = dict(prediction=a.prediction, snr_gamma=a.snr_gamma, t_low=a.t_low, t_low_end=a.t_low_end)
     recipes = {1: Recipe(**common, ctx_share=a.ctx_share, ctx_rows=tuple(int(v) for v in a.ctx_rows.split(",")),
-                         ctx_noise=a.ctx_noise),
+                         ctx_noise=a.ctx_noise, ctx_self=a.ctx_self, ctx_self_t=a.ctx_self_t),
                2: Recipe(**common, lr_noise=a.lr_noise)}
     spec = {1: (a.arch1, a.batch1, a.lr1), 2: (a.arch2, a.batch2, a.lr2)}
     st = {}
