@@ -17,7 +17,10 @@ public final class DaemonMetrics: Sendable {
     /// Per running job: when it started here, and when and where its last durable unit was.
     private let jobs = Mutex<[Int64: JobTimes]>([:])
     /// Frames finished in the last minute, for `gridit_frames_per_second`.
-    private let recentFrames = Mutex<[(at: ContinuousClock.Instant, count: Int)]>([])
+    private let recentFrames = Mutex(LastMinute())
+    /// Floating-point operations the engine evaluated in the last minute, for
+    /// `gridit_engine_gflops_per_second`.
+    private let recentFlops = Mutex(LastMinute())
     /// The gauges of the models loaded at the last scrape (removed when a model unloads).
     private let modelGauges = Mutex<[String: Gauge]>([:])
 
@@ -26,6 +29,8 @@ public final class DaemonMetrics: Sendable {
         var lastUnit: ContinuousClock.Instant
         var gridsDone: Int
         var framesDone: Int
+        /// The engine's operations for the job so far (`StepProgress.flops`).
+        var flops = 0.0
     }
 
     public init() {
@@ -44,7 +49,7 @@ public final class DaemonMetrics: Sendable {
         for label in [
             "gridit_jobs_started_total", "gridit_frames_total", "gridit_lease_renewals_total",
             "gridit_lease_losses_total",
-            "gridit_leases_expired_total", "gridit_jobs_pruned_total",
+            "gridit_leases_expired_total", "gridit_jobs_pruned_total", "gridit_engine_flops_total",
         ] {
             Counter(label: label, factory: factory).increment(by: 0)
         }
@@ -92,8 +97,24 @@ public final class DaemonMetrics: Sendable {
         }
         if frames > 0 {
             Counter(label: "gridit_frames_total", factory: factory).increment(by: frames)
-            recentFrames.withLock { $0.append((now, frames)) }
+            recentFrames.withLock { $0.add(Double(frames), at: now) }
         }
+    }
+
+    /// A denoising step: the operations the engine evaluated for the job since its last step (the
+    /// step reports a running total per job; a batch's jobs add up to the engine's work).
+    func stepDone(_ id: Int64, _ step: StepProgress) {
+        guard let total = step.flops, total.isFinite else { return }
+        let now = ContinuousClock.now
+        let added =
+            jobs.withLock { jobs -> Double? in
+                guard let previous = jobs[id]?.flops else { return nil }
+                jobs[id]?.flops = total
+                return total >= previous ? total - previous : total  // a new session counts from 0
+            } ?? 0
+        guard added > 0 else { return }
+        Counter(label: "gridit_engine_flops_total", factory: factory).increment(by: Int64(added.rounded()))
+        recentFlops.withLock { $0.add(added, at: now) }
     }
 
     /// A job left the engine with `outcome` (succeeded, failed, retried, crashed, requeued,
@@ -147,11 +168,10 @@ public final class DaemonMetrics: Sendable {
         Gauge(label: "gridit_ready", factory: factory).record(snapshot.ready ? 1 : 0)
         if let free = snapshot.diskFreeBytes { Gauge(label: "gridit_disk_free_bytes", factory: factory).record(free) }
         let now = ContinuousClock.now
-        let frames = recentFrames.withLock { recent in
-            recent.removeAll { now - $0.at > .seconds(60) }
-            return recent.reduce(0) { $0 + $1.count }
-        }
-        Gauge(label: "gridit_frames_per_second", factory: factory).record(Double(frames) / 60)
+        Gauge(label: "gridit_frames_per_second", factory: factory).record(
+            recentFrames.withLock { $0.sum(at: now) } / 60)
+        Gauge(label: "gridit_engine_gflops_per_second", factory: factory)
+            .record(recentFlops.withLock { $0.sum(at: now) } / 60 / 1e9)
 
         Gauge(label: "gridit_models_loaded", factory: factory).record(snapshot.models.count)
         modelGauges.withLock { gauges in
@@ -171,5 +191,17 @@ public final class DaemonMetrics: Sendable {
             }
         }
         return registry.emitToString()
+    }
+}
+
+/// Amounts of the last minute (a rate a scrape can show without keeping every event).
+struct LastMinute {
+    private var events: [(at: ContinuousClock.Instant, amount: Double)] = []
+
+    mutating func add(_ amount: Double, at now: ContinuousClock.Instant) { events.append((now, amount)) }
+
+    mutating func sum(at now: ContinuousClock.Instant) -> Double {
+        events.removeAll { now - $0.at > .seconds(60) }
+        return events.reduce(0) { $0 + $1.amount }
     }
 }

@@ -263,6 +263,7 @@ public struct WorkerService: Service {
             step: { id, step in
                 _ = scheduler.withLock { $0.handle(.stepDone(id), now: Date()) }
                 monitor.publish(step: step, for: id)
+                metrics.stepDone(id, step)
                 notifier.watchdog()
                 signal.yield()
                 // An engine in a worker process pauses there itself (griditd stays responsive).

@@ -306,7 +306,7 @@ final class BatchRunner {
                 stage: stage, grid: stage == .grid ? unit + 1 : run.gridsDone, grids: plan.grids, step: step,
                 steps: steps,
                 frame: stage == .grid ? run.framesDone : unit + 1, frames: plan.frames, etaSeconds: run.eta,
-                fraction: run.fraction))
+                fraction: run.fraction, flops: run.session.flops))
     }
 
     /// Frames of runs without stage 2: only quantised and written.

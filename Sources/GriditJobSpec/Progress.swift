@@ -55,10 +55,13 @@ public struct StepProgress: Codable, Hashable, Sendable {
     public var etaSeconds: Double?
     /// Share of the job's work done, 0...1 (both stages, by floating-point operations).
     public var fraction: Double?
+    /// Floating-point operations the engine evaluated for this job since it started (or resumed)
+    /// here; griditd's `gridit_engine_flops_total` and GFLOP/s come from its growth.
+    public var flops: Double?
 
     public init(
         stage: Stage, grid: Int, grids: Int, step: Int, steps: Int, frame: Int, frames: Int,
-        etaSeconds: Double? = nil, fraction: Double? = nil
+        etaSeconds: Double? = nil, fraction: Double? = nil, flops: Double? = nil
     ) {
         self.stage = stage
         self.grid = grid
@@ -69,10 +72,11 @@ public struct StepProgress: Codable, Hashable, Sendable {
         self.frames = frames
         self.etaSeconds = etaSeconds
         self.fraction = fraction
+        self.flops = flops
     }
 
     enum CodingKeys: String, CodingKey {
-        case stage, grid, grids, step, steps, frame, frames, fraction
+        case stage, grid, grids, step, steps, frame, frames, fraction, flops
         case etaSeconds = "eta_seconds"
     }
 }

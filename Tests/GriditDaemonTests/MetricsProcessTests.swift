@@ -125,6 +125,11 @@ struct MetricsProcessTests {
         #expect((value("gridit_stage_unit_duration_seconds_count", ["stage": "sr"]) ?? 0) >= 1)
         #expect((value("gridit_stage_unit_duration_seconds_count", ["stage": "grid"]) ?? 0) >= 1)
         #expect(value("gridit_frames_per_second") != nil)
+        // The engine's work: the job's plan is well over a megaflop, all evaluated within the minute.
+        let flops = try #require(value("gridit_engine_flops_total"))
+        #expect(flops > 1e6, "\(flops)")
+        let gflops = try #require(value("gridit_engine_gflops_per_second"))
+        #expect(gflops > 0 && abs(gflops - flops / 60 / 1e9) <= gflops * 1e-6, "\(gflops) GFLOP/s of \(flops)")
         #expect(value("gridit_models_loaded") == 1)
         #expect(value("gridit_model_resident_bytes", ["model": "tiny:latest"]) != nil)
         #expect(value("gridit_lease_renewals_total") != nil && value("gridit_lease_losses_total") == 0)

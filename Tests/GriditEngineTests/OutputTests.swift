@@ -173,7 +173,10 @@ import Testing
         steps.first
             == StepProgress(
                 stage: .grid, grid: 1, grids: 2, step: 1, steps: 3, frame: 0, frames: 20,
-                etaSeconds: steps.first!.etaSeconds, fraction: steps.first!.fraction))
+                etaSeconds: steps.first!.etaSeconds, fraction: steps.first!.fraction, flops: steps.first!.flops))
+    // The operations evaluated grow with every step of the session.
+    let flops = steps.compactMap(\.flops)
+    #expect(flops.count == steps.count && flops[0] > 0 && zip(flops, flops.dropFirst()).allSatisfy { $0 < $1 })
 
     // The printer: JSON lines parse; the bar ends with a newline.
     var text = ""
