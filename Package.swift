@@ -34,7 +34,7 @@
 //                                                        (no engine, no model store: `JobEngine`, `ModelCatalog`)
 //   GriditBackend -> GriditDaemon, GriditEngine, GriditModelStore, GriditJobQueue
 //                                                        (the engine and the store behind those protocols)
-//   GriditCLI -> GriditAPI, GriditJobSpec, GriditDurable, ArgumentParser
+//   GriditCLI -> GriditAPI, GriditJobSpec, GriditDurable, ArgumentParser, Crypto (an upload's SHA-256)
 //                                                        (no database, numeric or NIO target)
 //   griditd -> GriditBackend, GriditCLI, GriditJobStorePostgres
 //                                                        (griditd run shares GriditCLI's `SamplingOptions`;
@@ -70,7 +70,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
-        // Tests only: OpenAPITests reads docs/openapi.yaml to check answers against its schemas.
+        // Tests only: OpenAPISchemaTests reads docs/openapi.yaml to check answers against its schemas.
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
@@ -219,6 +219,8 @@ let package = Package(
             dependencies: [
                 "GriditAPI", "GriditJobSpec", "GriditDurable",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                // SHA-256 of a model streamed over the socket (`models import` of a path griditd can't see).
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -340,6 +342,7 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -94,6 +94,8 @@ public enum ModelCommand: Hashable, Sendable {
     case list
     case show(reference: String)
     case importPipeline(ImportModelRequest)
+    /// Import a body griditctl streamed (`POST /v1/models/upload`), staged by griditd in `file`.
+    case importUpload(ModelUpload)
     case tag(TagModelRequest)
     case remove(reference: String)
     case verify(VerifyModelsRequest)
@@ -108,7 +110,7 @@ public enum ModelCommand: Hashable, Sendable {
     public var requiresAdmin: Bool {
         switch self {
         case .list, .show, .ps, .export, .check: false
-        case .importPipeline, .tag, .remove, .verify, .gc: true
+        case .importPipeline, .importUpload, .tag, .remove, .verify, .gc: true
         }
     }
 
@@ -116,7 +118,7 @@ public enum ModelCommand: Hashable, Sendable {
         switch self {
         case .list: "list"
         case .show: "show"
-        case .importPipeline: "import"
+        case .importPipeline, .importUpload: "import"
         case .tag: "tag"
         case .remove: "rm"
         case .verify: "verify"
@@ -125,6 +127,25 @@ public enum ModelCommand: Hashable, Sendable {
         case .ps: "ps"
         case .check: "check"
         }
+    }
+}
+
+/// `POST /v1/models/upload`: a bundle or a pipeline folder's tar streamed as the body, for a
+/// path griditd cannot read itself (its unit hides /home and /tmp).
+public struct ModelUpload: Hashable, Sendable {
+    /// The body, staged in griditd's own folder (removed once answered).
+    public var file: String
+    /// `bundle` or `pipeline`.
+    public var kind: String
+    /// The body's SHA-256 as griditctl computed it (`sha256:<hex>`), checked before the import.
+    public var sha256: String
+    public var name: String?
+
+    public init(file: String, kind: String, sha256: String, name: String?) {
+        self.file = file
+        self.kind = kind
+        self.sha256 = sha256
+        self.name = name
     }
 }
 

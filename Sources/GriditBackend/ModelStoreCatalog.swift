@@ -118,6 +118,13 @@ public final class ModelStoreCatalog: ModelCatalog {
                 }
                 let r = try models.importModel(from: request.path, name: request.name, link: link, reader: reader)
                 return ModelCommandOutput(encoding: r, text: r.render())
+            case .importUpload(let upload):
+                guard let kind = ModelStore.UploadKind(rawValue: upload.kind), let digest = BlobDigest(upload.sha256)
+                else {
+                    throw ModelStoreError(.invalidInput, "an upload is a bundle or a pipeline, with its sha256:<hex>")
+                }
+                let r = try models.importUpload(upload.file, kind: kind, sha256: digest, name: upload.name)
+                return ModelCommandOutput(encoding: r, text: r.render())
             case .tag(let request):
                 let r = try models.tag(request.source, request.target)
                 return ModelCommandOutput(encoding: r, text: r.render())

@@ -60,6 +60,22 @@ public protocol ControlClient: Sendable {
     func stream(_ path: String, onLine: (Data) -> Bool) throws(ConnectionError) -> HTTPReply
     /// A GET whose body goes to `file` when the status is 200 (replaced atomically).
     func download(_ path: String, to file: String) throws(ConnectionError) -> HTTPReply
+    /// A POST of `length` bytes that `body` writes piece by piece (a model upload), with no
+    /// deadline for the answer; the reply whatever its status.
+    func upload(
+        _ path: String, headers: [String: String], length: Int64, body: (_ write: (Data) -> Void) throws -> Void
+    ) throws -> HTTPReply
+}
+
+extension ControlClient {
+    /// The body gathered in memory and sent with `send` (stand-ins in tests).
+    public func upload(
+        _ path: String, headers: [String: String], length: Int64, body: (_ write: (Data) -> Void) throws -> Void
+    ) throws -> HTTPReply {
+        var data = Data()
+        try body { data.append($0) }
+        return try send("POST", path, body: data)
+    }
 }
 
 /// Requests griditctl makes, decoded into GriditAPI types.

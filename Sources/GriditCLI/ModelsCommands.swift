@@ -64,18 +64,20 @@ struct Models: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Import a pipeline JSON (with its files) or an exported bundle. Admins.",
             discussion:
-                "The daemon reads PATH itself, with your permissions: the pipeline's files must be inside its folder (no symbolic links, no '..') and readable by you and by griditd's user."
+                "The daemon reads PATH itself, with your permissions: the pipeline's files must be inside its folder (no symbolic links, no '..') and readable by you and by griditd's user. Where griditd cannot see PATH (its unit hides /home and /tmp from it), griditctl streams the bundle, or the pipeline and its files, over the socket instead, hash-checked, like `docker load`."
         )
         @OptionGroup var global: GlobalOptions
         @Argument(help: "pipeline.json, the folder that holds it, or a bundle .tar.") var path: String
         @Option(help: "NAME:TAG for the imported version (default: the folder's or bundle's name, :latest).")
         var name: String?
         @Option(help: "auto (reflink where the filesystem can, else copy), hardlink or copy.") var link: String?
+        @Flag(help: "Stream PATH over the socket even where griditd could read it.") var upload = false
 
         func validate() throws {
             if let link, !["auto", "hardlink", "copy"].contains(link) {
                 throw ValidationError("--link must be auto, hardlink or copy")
             }
+            if upload, link != nil { throw ValidationError("--link applies to imports by path, not to --upload") }
         }
 
         /// The file to import and its name: a folder means its pipeline.json, named after the folder.
@@ -93,9 +95,46 @@ struct Models: ParsableCommand {
 
         func run(client: GriditClient, output: Output) throws {
             let (absolute, name) = source
-            let body = APICoding.encode(ImportModelRequest(path: absolute, name: name, link: link))
+            // What griditctl cannot find does not exist; what it finds and griditd does not is hidden
+            // from griditd, and goes over the socket.
+            guard FileManager.default.fileExists(atPath: absolute) else {
+                throw CLIError(
+                    "\(absolute) does not exist (nor does griditd look for it: the path is checked here first)",
+                    status: ExitStatus.badInput)
+            }
+            if !upload {
+                let body = APICoding.encode(ImportModelRequest(path: absolute, name: name, link: link))
+                do {
+                    return try Models.print(
+                        try client.call("POST", "/v1/models/import", body: body), json: global.json, output: output)
+                } catch let error as CLIError where error.code == "not_found" {
+                    output.stderr(
+                        "griditd cannot see \(absolute): it exists here, but not in griditd's view of the filesystem "
+                            + "(its unit's ProtectHome=/PrivateTmp= hide /home and /tmp); sending it over the socket\n")
+                }
+            }
             try Models.print(
-                try client.call("POST", "/v1/models/import", body: body), json: global.json, output: output)
+                try send(absolute, name: name, client: client, output: output), json: global.json, output: output)
+        }
+
+        /// Streams the bundle or pipeline at `path` (hashing it first), with a progress bar on a terminal.
+        func send(_ path: String, name: String, client: GriditClient, output: Output) throws -> HTTPReply {
+            let upload = try ModelUpload(path: path)
+            let bar = TransferBar(total: upload.length, output: output)
+            let digest = try upload.contentDigest { bar.show("hashing", $0) }
+            let reply: HTTPReply
+            do {
+                reply = try client.http.upload(
+                    withQuery("/v1/models/upload", [("kind", upload.kind), ("name", name)]),
+                    headers: ["Content-Type": "application/x-tar", "Content-Digest": digest], length: upload.length
+                ) { write in try upload.stream(write) { bar.show("sending", $0) } }
+            } catch let error as ConnectionError {
+                bar.finish()
+                throw GriditClient.cliError(error)
+            }
+            bar.finish()
+            try GriditClient.check(reply)
+            return reply
         }
     }
 

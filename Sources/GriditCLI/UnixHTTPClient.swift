@@ -84,6 +84,29 @@ public struct UnixHTTPClient: ControlClient {
         }
     }
 
+    /// A POST whose body `body` writes in pieces, `length` bytes in all; no deadline for the
+    /// answer (griditd hashes and checks the whole model before it answers). A server that
+    /// answers early (a refusal) stops the sending; its answer is returned.
+    public func upload(
+        _ path: String, headers: [String: String], length: Int64, body: (_ write: (Data) -> Void) throws -> Void
+    ) throws -> HTTPReply {
+        let connection = try connect(streaming: true)
+        defer { close(connection.fd) }
+        var head =
+            "POST \(path) HTTP/1.1\r\nHost: griditd\r\nUser-Agent: griditctl/\(griditVersion)\r\nConnection: close\r\n"
+            + "Content-Length: \(length)\r\n"
+        for (name, value) in headers.sorted(by: { $0.key < $1.key }) { head += "\(name): \(value)\r\n" }
+        try connection.write(Data((head + "\r\n").utf8))
+        var peerStopped = false
+        try body { chunk in
+            guard !peerStopped else { return }
+            peerStopped = !connection.send(chunk)
+        }
+        var reader = ResponseReader(fd: connection.fd)
+        let (status, replyHeaders) = try reader.readHead()
+        return HTTPReply(status: status, headers: replyHeaders, body: try reader.readBody(headers: replyHeaders))
+    }
+
     /// Sends one request on a new connection and reads the reply's head. A 200's body is read by
     /// `readOK` (what it returns is the reply's body); any other status's body is read whole.
     private func exchange(
@@ -117,8 +140,9 @@ public struct UnixHTTPClient: ControlClient {
     struct Connection {
         var fd: Int32
 
-        func write(_ data: Data) throws(ConnectionError) {
-            let ok = data.withUnsafeBytes { raw in
+        /// Sends all of `data`; false when the peer stopped reading.
+        func send(_ data: Data) -> Bool {
+            data.withUnsafeBytes { raw in
                 var offset = 0
                 while offset < raw.count {
                     let n = Glibc.send(fd, raw.baseAddress! + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
@@ -128,6 +152,10 @@ public struct UnixHTTPClient: ControlClient {
                 }
                 return true
             }
+        }
+
+        func write(_ data: Data) throws(ConnectionError) {
+            let ok = send(data)
             // A server that answered early (413) and stopped reading: its answer is still there.
             if !ok && errno != EPIPE && errno != ECONNRESET {
                 throw ConnectionError(

@@ -98,6 +98,9 @@ struct ConnectionTimeouts {
 
     let limits: HTTPServerLimits
     private(set) var phase = Phase.waitingForHead
+    /// An upload's body may take as long as it needs while bytes keep coming: each part gives
+    /// the next one `bodyTimeout`.
+    private var streamedBody = false
     /// When the current phase runs out; nil while griditd answers and the client reads.
     private(set) var deadline: NIODeadline?
 
@@ -113,8 +116,14 @@ struct ConnectionTimeouts {
         deadline = now + TimeAmount(limits.headerTimeout)
     }
 
-    mutating func headReceived(at now: NIODeadline) {
+    mutating func headReceived(at now: NIODeadline, streamed: Bool = false) {
         phase = .readingBody
+        streamedBody = streamed
+        deadline = now + TimeAmount(limits.bodyTimeout)
+    }
+
+    mutating func bodyArrived(at now: NIODeadline) {
+        guard phase == .readingBody, streamedBody else { return }
         deadline = now + TimeAmount(limits.bodyTimeout)
     }
 
@@ -162,9 +171,11 @@ final class ConnectionTimeoutHandler: ChannelDuplexHandler, RemovableChannelHand
 
     private var timeouts: ConnectionTimeouts
     private var timer: Scheduled<Void>?
+    private let uploads: UploadPolicy?
 
-    init(limits: HTTPServerLimits) {
+    init(limits: HTTPServerLimits, uploads: UploadPolicy? = nil) {
         timeouts = ConnectionTimeouts(limits: limits, connectedAt: .now())
+        self.uploads = uploads
     }
 
     func handlerAdded(context: ChannelHandlerContext) { rearm(context) }
@@ -173,8 +184,9 @@ final class ConnectionTimeoutHandler: ChannelDuplexHandler, RemovableChannelHand
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
-        case .head: timeouts.headReceived(at: .now())
-        case .body: break
+        case .head(let head):
+            timeouts.headReceived(at: .now(), streamed: uploads?.accepts(head.method, head.uri) == true)
+        case .body: timeouts.bodyArrived(at: .now())
         case .end: timeouts.requestEnded()
         }
         rearm(context)

@@ -78,8 +78,17 @@ public struct ControlAPI: Sendable {
                 throw APIError(
                     .badRequest, "path must be absolute (griditctl makes it so); got '\(body.path.prefix(100))'")
             }
-            return try await api.model(.importPipeline(body), r)
+            do {
+                return try await api.model(.importPipeline(body), r)
+            } catch let error as APIError where error.code == .notFound {
+                // griditd cannot tell a missing path from one its sandbox hides; griditctl can.
+                throw APIError(
+                    .notFound,
+                    error.message + "; if the path exists for you, griditd's unit hides it (ProtectHome= hides /home, "
+                        + "PrivateTmp= /tmp): `griditctl models import` then streams it over the socket")
+            }
         },
+        Route(method: .POST, template: "/v1/models/upload") { api, r, _ in try await api.upload(r) },
         Route(method: .POST, template: "/v1/models/tag") { api, r, _ in
             try await api.model(.tag(try api.decode(TagModelRequest.self, r)), r)
         },
@@ -98,6 +107,11 @@ public struct ControlAPI: Sendable {
         Route(method: .GET, template: "/v1/models/{ref}/bundle") { api, r, p in try await api.exportBundle(r, p["ref"]!)
         },
     ]
+
+    /// Requests whose body `HTTPServer` streams to a file (an admin's model upload).
+    public static func isUpload(_ method: HTTPMethod, _ uri: String) -> Bool {
+        method == .POST && (uri == "/v1/models/upload" || uri.hasPrefix("/v1/models/upload?"))
+    }
 
     /// The routes of the TCP listener: metrics and health, nothing that reads or changes jobs
     /// (a TCP peer has no credentials to authorize).
@@ -646,6 +660,39 @@ public struct ControlAPI: Sendable {
             context.logger.notice("models \(command.name)", metadata: ["uid": "\(request.caller.uid)"])
         }
         return HTTPResponse(status: .ok, body: .data(output.responseBody, contentType: "application/json"))
+    }
+
+    /// `griditctl models import` of a path griditd cannot see: the body (staged to a file by the
+    /// server) is a bundle or a pipeline folder's tar, `Content-Digest: sha-256=:<base64>:`
+    /// (RFC 9530) its hash, `?kind=bundle|pipeline&name=NAME:TAG`.
+    func upload(_ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
+        _ = try requireCatalog()
+        try requireAdmin(request, "run `models import`")
+        guard let file = request.bodyFile else { throw APIError(.badRequest, "the upload has no body") }
+        guard let kind = request.query["kind"], ["bundle", "pipeline"].contains(kind) else {
+            throw APIError(
+                .badRequest, "kind must be bundle or pipeline (got '\(request.query["kind"]?.prefix(40) ?? "")')")
+        }
+        guard let sha256 = Self.contentDigest(request.headers.first(name: "content-digest")) else {
+            throw APIError(
+                .badRequest, "an upload needs its hash: a Content-Digest header with sha-256=:<base64>: (RFC 9530)")
+        }
+        return try await model(
+            .importUpload(ModelUpload(file: file, kind: kind, sha256: sha256, name: request.query["name"])), request)
+    }
+
+    /// `sha-256=:<base64>:` → `sha256:<hex>`; nil when the header has no SHA-256.
+    static func contentDigest(_ header: String?) -> String? {
+        guard let header else { return nil }
+        for item in header.split(separator: ",") {
+            let parts = item.trimmingCharacters(in: .whitespaces).split(separator: "=", maxSplits: 1)
+            guard parts.count == 2, parts[0] == "sha-256", parts[1].hasPrefix(":"), parts[1].hasSuffix(":"),
+                parts[1].count > 2, let bytes = Data(base64Encoded: String(parts[1].dropFirst().dropLast())),
+                bytes.count == 32
+            else { continue }
+            return "sha256:" + bytes.map { String(format: "%02x", $0) }.joined()
+        }
+        return nil
     }
 
     func exportBundle(_ request: HTTPRequest, _ reference: String) async throws(APIError) -> HTTPResponse {

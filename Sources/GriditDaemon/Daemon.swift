@@ -97,7 +97,9 @@ public enum Daemon {
         let server = HTTPServer(
             limits: configuration.http,
             authorizer: Authorizer(userGroup: configuration.userGroup, adminGroup: configuration.adminGroup),
-            logger: Logger(label: "gridit.api"), handler: { await api.handle($0) })
+            logger: Logger(label: "gridit.api"),
+            uploads: UploadPolicy(directory: context.layout.tmp, accepts: ControlAPI.isUpload),
+            handler: { await api.handle($0) })
 
         let eventLoops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let listen: ListenSocket

@@ -26,7 +26,24 @@ public struct HTTPRequest: Sendable {
     public var query: [String: String]
     public var headers: HTTPHeaders
     public var body: Data
+    /// The body of an upload (`UploadPolicy`), streamed to this file instead of `body`; the
+    /// server removes it once the handler has answered.
+    public var bodyFile: String?
     public var caller: Caller
+}
+
+/// Requests whose bodies are streamed to a file rather than held in memory (model uploads):
+/// their own size limit, and a body timeout that only asks that bytes keep coming.
+public struct UploadPolicy: Sendable {
+    /// Where bodies are staged (`upload-<uuid>.part`; a restart removes leftovers).
+    public var directory: String
+    /// Whether a request target (`/v1/models/upload?...`) is an upload.
+    public var accepts: @Sendable (_ method: HTTPMethod, _ uri: String) -> Bool
+
+    public init(directory: String, accepts: @escaping @Sendable (HTTPMethod, String) -> Bool) {
+        self.directory = directory
+        self.accepts = accepts
+    }
 }
 
 /// What a handler answers.
@@ -75,6 +92,8 @@ public enum ListenSocket: Sendable {
 public struct HTTPServerLimits: Sendable {
     /// Larger bodies get 413 (10 MiB).
     public var maxBodyBytes = 10 * 1024 * 1024
+    /// The same for an upload's body (a model bundle or pipeline): 256 GiB.
+    public var maxUploadBytes: Int64 = 256 << 30
     /// Bodies up to this size are read and discarded before the 413, so that a client that
     /// sends the whole body first still reads the answer; larger ones are cut off.
     public var maxDrainBytes = 64 * 1024 * 1024
@@ -107,15 +126,17 @@ public struct HTTPServer: Sendable {
     /// TCP peers have no credentials: every one is `Caller.anonymous`, and the handler must
     /// serve only what anyone may read (the metrics listener).
     let anonymous: Bool
+    let uploads: UploadPolicy?
 
     public init(
         limits: HTTPServerLimits = HTTPServerLimits(), authorizer: Authorizer, logger: Logger, anonymous: Bool = false,
-        handler: @escaping Handler
+        uploads: UploadPolicy? = nil, handler: @escaping Handler
     ) {
         self.limits = limits
         self.authorizer = authorizer
         self.logger = logger
         self.anonymous = anonymous
+        self.uploads = uploads
         self.handler = handler
     }
 
@@ -142,6 +163,7 @@ public struct HTTPServer: Sendable {
         decoderLimits.maxHeaderFieldCount = 100
         let finalDecoderLimits = decoderLimits
         let anonymous = self.anonymous
+        let uploads = self.uploads
         let initializer: @Sendable (any Channel) -> EventLoopFuture<AcceptedConnection> = { channel in
             let peer =
                 anonymous
@@ -153,7 +175,8 @@ public struct HTTPServer: Sendable {
                     withEncoderConfiguration: HTTPResponseEncoder.Configuration(),
                     withDecoderLimitConfiguration: finalDecoderLimits)
                 try channel.pipeline.syncOperations.addHandler(ParserErrorHandler())
-                try channel.pipeline.syncOperations.addHandler(ConnectionTimeoutHandler(limits: limits))
+                try channel.pipeline.syncOperations.addHandler(
+                    ConnectionTimeoutHandler(limits: limits, uploads: uploads))
                 let connection = try Connection(
                     wrappingChannelSynchronously: channel,
                     configuration: .init(isOutboundHalfClosureEnabled: true))
@@ -215,7 +238,9 @@ public struct HTTPServer: Sendable {
         do {
             let channel = connection.channel
             try await connection.executeThenClose { inbound, outbound in
-                var reader = RequestReader(limits: limits)
+                // Only admins may import, so only their bodies are streamed to disk.
+                var reader = RequestReader(limits: limits, uploads: caller.isAdmin ? uploads : nil)
+                defer { reader.discardUpload() }
                 var parts = inbound.makeAsyncIterator()
                 // Closing a channel drops what the kernel has not taken yet, so a last answer ends
                 // with a half-close (sent once everything is flushed) and griditd waits for the
@@ -232,10 +257,11 @@ public struct HTTPServer: Sendable {
                     switch event {
                     case .expectContinue(let head):
                         try await outbound.write(.head(HTTPResponseHead(version: head.version, status: .continue)))
-                    case .complete(let head, let body):
+                    case .complete(let head, let body, let file):
                         let keepAlive = head.isKeepAlive
                         let started = ContinuousClock.now
-                        let response = await respond(head: head, body: body, caller: caller)
+                        let response = await respond(head: head, body: body, file: file, caller: caller)
+                        reader.discardUpload()
                         log(head: head, response: response, caller: caller, started: started)
                         try await write(response, to: outbound, keepAlive: keepAlive, head: head)
                         if !keepAlive { return try await finishAfterFlush() }
@@ -253,13 +279,13 @@ public struct HTTPServer: Sendable {
         }
     }
 
-    private func respond(head: HTTPRequestHead, body: Data, caller: Caller) async -> HTTPResponse {
+    private func respond(head: HTTPRequestHead, body: Data, file: String?, caller: Caller) async -> HTTPResponse {
         guard let (path, query) = Self.parseTarget(head.uri) else {
             return .error(APIError(.badRequest, "malformed request target '\(head.uri.prefix(200))'"))
         }
         let request = HTTPRequest(
             method: head.method, path: path, rawPath: head.uri, query: query, headers: head.headers, body: body,
-            caller: caller)
+            bodyFile: file, caller: caller)
         return await handler(request)
     }
 
@@ -357,23 +383,41 @@ public struct HTTPServer: Sendable {
 struct RequestReader {
     enum Event {
         case expectContinue(HTTPRequestHead)
-        case complete(HTTPRequestHead, Data)
+        /// A whole request: its body in memory, or in a file for an upload.
+        case complete(HTTPRequestHead, Data, file: String?)
         /// Answer `error` instead of handling the request; `close` when the rest of the body was
         /// not read.
         case reject(HTTPRequestHead, APIError, close: Bool)
     }
 
     let limits: HTTPServerLimits
+    let uploads: UploadPolicy?
     private var head: HTTPRequestHead?
     private var body = Data()
     private var received = 0
     private var tooLarge = false
+    /// The current upload's file: its path and descriptor.
+    private var upload: (path: String, fd: Int32)?
 
-    init(limits: HTTPServerLimits) { self.limits = limits }
+    init(limits: HTTPServerLimits, uploads: UploadPolicy? = nil) {
+        self.limits = limits
+        self.uploads = uploads
+    }
+
+    /// Closes and removes the current upload's file (once answered, or when the connection ends).
+    mutating func discardUpload() {
+        guard let upload else { return }
+        close(upload.fd)
+        unlink(upload.path)
+        self.upload = nil
+    }
 
     mutating func consume(_ part: HTTPServerRequestPart) -> Event? {
+        if case .head(let h) = part, let uploads, uploads.accepts(h.method, h.uri) { return startUpload(h, uploads) }
+        if upload != nil, let h = head { return continueUpload(part, h) }
         switch part {
         case .head(let h):
+            discardUpload()
             head = h
             body = Data()
             received = 0
@@ -411,15 +455,83 @@ struct RequestReader {
             guard let h = head else { return nil }
             head = nil
             if tooLarge { return .reject(h, Self.tooLargeError(limits), close: false) }
-            return .complete(h, body)
+            return .complete(h, body, file: nil)
         }
+    }
+
+    private mutating func startUpload(_ h: HTTPRequestHead, _ uploads: UploadPolicy) -> Event? {
+        discardUpload()
+        head = h
+        received = 0
+        let lengthHeader = h.headers.first(name: "content-length")
+        if let lengthHeader, Int64(lengthHeader).map({ $0 < 0 || $0 > limits.maxUploadBytes }) ?? true {
+            head = nil
+            guard let declared = Int64(lengthHeader), declared >= 0 else {
+                return .reject(
+                    h, APIError(.badRequest, "invalid Content-Length '\(lengthHeader.prefix(40))'"), close: true)
+            }
+            return .reject(h, Self.uploadTooLargeError(limits), close: true)
+        }
+        let path = uploads.directory + "/upload-\(UUID().uuidString.lowercased()).part"
+        try? FileManager.default.createDirectory(atPath: uploads.directory, withIntermediateDirectories: true)
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            head = nil
+            let why = String(cString: strerror(errno))
+            return .reject(
+                h, APIError(.internalError, "griditd cannot stage the upload in \(path): \(why)"), close: true)
+        }
+        upload = (path, fd)
+        if h.headers.first(name: "expect")?.lowercased() == "100-continue" { return .expectContinue(h) }
+        return nil
+    }
+
+    private mutating func continueUpload(_ part: HTTPServerRequestPart, _ h: HTTPRequestHead) -> Event? {
+        guard let (path, fd) = upload else { return nil }
+        switch part {
+        case .head: return nil
+        case .body(let buffer):
+            received += buffer.readableBytes
+            guard Int64(received) <= limits.maxUploadBytes else {
+                discardUpload()
+                head = nil
+                return .reject(h, Self.uploadTooLargeError(limits), close: true)
+            }
+            let failure: Int32? = buffer.withUnsafeReadableBytes { raw in
+                var offset = 0
+                while offset < raw.count {
+                    let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
+                    if n < 0 && errno == EINTR { continue }
+                    guard n > 0 else { return errno }
+                    offset += n
+                }
+                return nil
+            }
+            if let failure {
+                discardUpload()
+                head = nil
+                let code: APIError.Code = failure == ENOSPC ? .unavailable : .internalError
+                return .reject(
+                    h, APIError(code, "griditd cannot stage the upload: \(String(cString: strerror(failure)))"),
+                    close: true)
+            }
+            return nil
+        case .end:
+            head = nil
+            return .complete(h, Data(), file: path)
+        }
+    }
+
+    static func uploadTooLargeError(_ limits: HTTPServerLimits) -> APIError {
+        APIError(
+            .payloadTooLarge, "the upload is larger than \(limits.maxUploadBytes >> 30) GiB, the most griditd takes")
     }
 
     static func tooLargeError(_ limits: HTTPServerLimits) -> APIError {
         APIError(
             .payloadTooLarge,
             "the request body is larger than \(limits.maxBodyBytes) bytes (10 MiB), the limit of griditd's API; "
-                + "no request needs that much (model files are imported by path)")
+                + "no request needs that much (models are imported by path, or streamed to POST /v1/models/upload)")
     }
 }
 

@@ -1,7 +1,8 @@
 // What a killed griditd leaves in its state directory and a restart removes: output folders
 // being written (`.<name>.partial-XXXXXX` next to where `outputs/<name>` goes, made by
 // `SequenceRun.finish(into:)`; the job writes them again from its work folder) and model exports
-// being streamed (`tmp/export-<uuid>.tar`, `tmp/.export-<uuid>.tar.partial-<uuid>`). Only names
+// being streamed (`tmp/export-<uuid>.tar`, `tmp/.export-<uuid>.tar.partial-<uuid>`) and uploads
+// being received or unpacked (`tmp/upload-<uuid>.part`, `tmp/upload-<uuid>.part.d/`). Only names
 // griditd makes, of the type it makes, are removed; a link is never followed, finished outputs
 // (they hold sequence.json) are not searched, and anything else stays where it is.
 
@@ -22,8 +23,11 @@ enum Leftovers {
             (name.hasPrefix("export-") && name.hasSuffix(".tar"))
                 || (name.hasPrefix(".export-") && isPartialName(name, mkdtemp: false))
         }
+        let uploads =
+            entries(in: layout.tmp, type: S_IFREG) { isUploadName($0, suffix: ".part") }
+            + entries(in: layout.tmp, type: S_IFDIR) { isUploadName($0, suffix: ".part.d") }
         var removed: [String] = []
-        for path in outputs + exports {
+        for path in outputs + exports + uploads {
             do {
                 try FileManager.default.removeItem(atPath: path)
                 removed.append(path)
@@ -37,6 +41,12 @@ enum Leftovers {
                 "removed \(removed.count) leftover(s) of an interrupted run", metadata: ["paths": "\(removed)"])
         }
         return removed
+    }
+
+    /// `upload-<uuid><suffix>` (`UploadPolicy`'s staged bodies, the model store's unpacked folders).
+    static func isUploadName(_ name: String, suffix: String) -> Bool {
+        guard name.hasPrefix("upload-"), name.hasSuffix(suffix) else { return false }
+        return UUID(uuidString: String(name.dropFirst(7).dropLast(suffix.count))) != nil
     }
 
     /// `.<name>.partial-<suffix>`: six mkdtemp characters, or a UUID.

@@ -71,33 +71,13 @@ enum BundleReader {
             guard status == ARCHIVE_OK || status == ARCHIVE_WARN, let entry else {
                 throw bad("unreadable tar header (\(archiveMessage())); the file is truncated or not a bundle")
             }
-            guard let cName = archive_entry_pathname(entry) else { throw bad("an entry has no name") }
-            let raw = String(cString: cName)
-            var name = raw
-            while name.hasPrefix("./") { name.removeFirst(2) }
-            if name.hasPrefix("/") { throw bad("entry '\(raw)' has an absolute path") }
-            if name.split(separator: "/").contains("..") {
-                throw bad("entry '\(raw)' has a '..' path that escapes the bundle")
-            }
-            if let target = archive_entry_hardlink(entry) {
-                throw bad(
-                    "entry '\(raw)' is a hard link (to '\(String(cString: target))'); bundles hold regular files only")
-            }
-            let type = UInt32(archive_entry_filetype(entry))
-            if type == symlinkType || archive_entry_symlink(entry) != nil {
-                throw bad("entry '\(raw)' is a symbolic link; bundles hold regular files only")
-            }
-            if type == directoryType {
+            let (raw, name, isDirectory) = try TarEntry.check(entry, holds: "bundles", bad: bad)
+            if isDirectory {
                 let dir = name.hasSuffix("/") ? String(name.dropLast()) : name
                 guard ["", ".", "blobs", "blobs/sha256"].contains(dir) else {
                     throw bad("unexpected directory '\(raw)'")
                 }
                 continue
-            }
-            guard type == regularFile else {
-                throw bad(
-                    "entry '\(raw)' is a device, FIFO or socket (type \(String(type, radix: 8))); bundles hold regular files only"
-                )
             }
             guard seen.insert(name).inserted else { throw bad("entry '\(raw)' appears twice") }
 
@@ -150,6 +130,39 @@ enum BundleReader {
             bytes += buffer[0..<n]
             guard bytes.count <= limit else { throw bad("larger than \(limit) bytes") }
         }
+    }
+}
+
+/// The checks every tar entry griditd reads passes (bundles, streamed pipeline folders): a
+/// relative name without `..`, and a regular file or a directory, never a link or a device.
+enum TarEntry {
+    /// The entry's name as written, without leading `./`, and whether it is a directory.
+    static func check(
+        _ entry: OpaquePointer, holds what: String, bad: (String) -> ModelStoreError
+    ) throws(ModelStoreError) -> (raw: String, name: String, isDirectory: Bool) {
+        guard let cName = archive_entry_pathname(entry) else { throw bad("an entry has no name") }
+        let raw = String(cString: cName)
+        var name = raw
+        while name.hasPrefix("./") { name.removeFirst(2) }
+        if name.hasPrefix("/") { throw bad("entry '\(raw)' has an absolute path") }
+        if name.split(separator: "/").contains("..") {
+            throw bad("entry '\(raw)' has a '..' path that escapes the \(what.dropLast())")
+        }
+        if let target = archive_entry_hardlink(entry) {
+            throw bad(
+                "entry '\(raw)' is a hard link (to '\(String(cString: target))'); \(what) hold regular files only")
+        }
+        let type = UInt32(archive_entry_filetype(entry))
+        if type == symlinkType || archive_entry_symlink(entry) != nil {
+            throw bad("entry '\(raw)' is a symbolic link; \(what) hold regular files only")
+        }
+        if type == directoryType { return (raw, name, true) }
+        guard type == regularFile else {
+            throw bad(
+                "entry '\(raw)' is a device, FIFO or socket (type \(String(type, radix: 8))); \(what) hold regular files only"
+            )
+        }
+        return (raw, name, false)
     }
 }
 

@@ -85,6 +85,24 @@ struct ConnectionPolicyTests {
         #expect(t.expired(at: at(260)) == .header, "writability only matters while answering")
     }
 
+    @Test("an upload's body may take as long as it needs while bytes keep coming; an ordinary body may not")
+    func streamedBody() {
+        func at(_ seconds: Int64) -> NIODeadline { .uptimeNanoseconds(UInt64(1_000 + seconds) * 1_000_000_000) }
+        var t = ConnectionTimeouts(limits: Self.limits, connectedAt: at(0))
+        t.headReceived(at: at(1), streamed: true)
+        for second in stride(from: Int64(20), through: 600, by: 20) {
+            t.bodyArrived(at: at(second))
+            #expect(t.expired(at: at(second + 29)) == nil)
+        }
+        #expect(t.expired(at: at(630)) == .body, "a stalled upload")
+        t.requestEnded()
+        t.responseEnded(at: at(700))
+        t.bytesArrived(at: at(701))
+        t.headReceived(at: at(702))
+        t.bodyArrived(at: at(720))
+        #expect(t.expired(at: at(732)) == .body, "the next request's body has 30 s in all")
+    }
+
     @Test("members use their priority range; admins any; a member's default is the allowed one nearest 0")
     func priorities() throws {
         var configuration = DaemonConfiguration(userGroup: "users", adminGroup: "wheel")

@@ -19,9 +19,11 @@ final class DaemonProcess: @unchecked Sendable {
     /// `model`: a pipeline to import first (offline, `griditd models import`) as `tiny:latest`,
     /// so that submits find a model.
     /// `stateDirFlag` false: no `--state-dir` (the environment or the config file names it).
+    /// `hiding`: a folder griditd does not see (an empty tmpfs over it in a mount namespace of its
+    /// own, as the unit's ProtectHome= hides /home); needs root (`canHide`).
     init(
         directory: TemporaryDirectory, arguments: [String] = [], environment: [String: String] = [:],
-        model: String? = nil, stateDirFlag: Bool = true
+        model: String? = nil, stateDirFlag: Bool = true, hiding: String? = nil
     ) throws {
         self.directory = directory
         stateDir = stateDirFlag ? directory.file("state") : environment["GRIDIT_STATE_DIR"] ?? directory.file("state")
@@ -36,6 +38,15 @@ final class DaemonProcess: @unchecked Sendable {
         process.executableURL = URL(fileURLWithPath: binaryDirectory() + "/griditd")
         process.arguments =
             ["serve"] + (stateDirFlag ? ["--state-dir", stateDir] : []) + ["--socket", socket] + arguments
+        if let hiding {
+            // unshare execs sh, which execs griditd: the pid stays griditd's.
+            process.arguments =
+                [
+                    "-m", "--propagation", "private", "sh", "-c", #"mount -t tmpfs hidden "$0" && exec "$@""#, hiding,
+                    process.executableURL!.path,
+                ] + process.arguments!
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
+        }
         var env = ProcessInfo.processInfo.environment
         env.removeValue(forKey: "NOTIFY_SOCKET")
         env.removeValue(forKey: "LISTEN_FDS")
@@ -51,6 +62,12 @@ final class DaemonProcess: @unchecked Sendable {
     }
 
     var pid: Int32 { process.processIdentifier }
+
+    /// Whether `hiding` works here: root, with unshare and mount namespaces.
+    static let canHide: Bool = {
+        guard geteuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/bin/unshare") else { return false }
+        return (try? runProcess("/usr/bin/unshare", ["-m", "--propagation", "private", "true"]).status) == 0
+    }()
     var client: GriditClient { GriditClient(socketPath: socket, timeout: 60) }
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
     /// The test's environment with GRIDIT_SOCKET naming this daemon, for griditctl.

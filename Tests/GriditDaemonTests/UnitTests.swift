@@ -72,7 +72,7 @@ struct DaemonUnitTests {
         var ok = RequestReader(limits: limits)
         _ = ok.consume(.head(head))
         _ = ok.consume(.body(ByteBuffer(string: "{}")))
-        guard case .complete(_, let body)? = ok.consume(.end(nil)) else {
+        guard case .complete(_, let body, nil)? = ok.consume(.end(nil)) else {
             Issue.record("expected a complete request")
             return
         }

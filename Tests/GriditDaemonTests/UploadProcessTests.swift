@@ -1,0 +1,148 @@
+// `griditctl models import` of a path griditd cannot see (issue 17, models from anywhere): the
+// daemon runs in a mount namespace where the model's folder is an empty tmpfs, as the unit's
+// ProtectHome= hides /home, and griditctl streams the pipeline or bundle over the socket.
+// Also: hostile uploads, a damaged stream, and leftovers of a killed upload.
+
+import Crypto
+import Foundation
+import GriditAPI
+import GriditCLI
+import GriditTestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("models import over the socket", .serialized)
+struct UploadProcessTests {
+    static let ctl = binaryDirectory() + "/griditctl"
+
+    static func griditctl(_ daemon: DaemonProcess, _ args: [String]) throws -> ProcessResult {
+        try runProcess(ctl, args + ["--socket", daemon.socket], environment: ["PATH": "/usr/bin:/bin"])
+    }
+
+    /// A raw upload: `body` with a Content-Digest of `digestOf` (the body itself by default).
+    static func upload(_ daemon: DaemonProcess, kind: String, body: [UInt8], digestOf: [UInt8]? = nil) throws -> String
+    {
+        let digest = Data(SHA256.hash(data: digestOf ?? body)).base64EncodedString()
+        let head =
+            "POST /v1/models/upload?kind=\(kind)&name=raw:v1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            + "Content-Length: \(body.count)\r\nContent-Digest: sha-256=:\(digest):\r\n\r\n"
+        return try rawExchange(daemon.socket, Array(head.utf8) + body, timeout: 60)
+    }
+
+    static func digests(_ daemon: DaemonProcess, _ reference: String) throws -> [String: String] {
+        let show = try daemon.client.get("/v1/models/" + reference, as: JSONValue.self)
+        guard case .array(let blobs)? = show["result"]?["blobs"] else { throw TestFailure("no blobs: \(show)") }
+        var byRole: [String: String] = [:]
+        for blob in blobs {
+            if case .string(let role)? = blob["role"], case .string(let digest)? = blob["digest"] {
+                byRole[role] = digest
+            }
+        }
+        return byRole
+    }
+
+    @Test(
+        "a pipeline folder and a bundle griditd cannot see are streamed, hash-checked, and imported as by path",
+        .enabled(if: DaemonProcess.canHide, "needs root and mount namespaces (unshare -m)"))
+    func hiddenFromTheDaemon() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let hidden = dir.file("home")
+        try FileManager.default.createDirectory(atPath: hidden, withIntermediateDirectories: true)
+        let daemon = try DaemonProcess(directory: dir, model: tinyPipeline(), hiding: hidden)
+        defer { daemon.stop() }
+        let folder = try HostileImportProcessTests.pipelineCopy(in: dir, "home/pix")
+
+        // By path alone, griditd finds nothing there, and says that it may be hidden from it.
+        let byPath = try daemon.client.http.send(
+            "POST", "/v1/models/import", body: APICoding.encode(ImportModelRequest(path: folder, name: "no:v1")))
+        #expect(byPath.status == 404)
+        #expect(String(decoding: byPath.body, as: UTF8.self).contains("griditd's unit hides it"))
+
+        let imported = try Self.griditctl(daemon, ["models", "import", folder, "--name", "up:v1"])
+        #expect(imported.status == 0, "\(imported.stderr)")
+        #expect(
+            imported.stderr.contains("griditd cannot see \(folder)/pipeline.json: it exists here"), "\(imported.stderr)"
+        )
+        let tiny = try Self.digests(daemon, "tiny:latest")
+        #expect(try Self.digests(daemon, "up:v1") == tiny)
+
+        // A bundle: exported into the hidden folder by griditctl, streamed back under another name.
+        let bundle = hidden + "/tiny.tar"
+        #expect(try Self.griditctl(daemon, ["models", "export", "tiny:latest", "-o", bundle]).status == 0)
+        let fromBundle = try Self.griditctl(daemon, ["models", "import", bundle, "--name", "bun:v1", "--json"])
+        #expect(fromBundle.status == 0, "\(fromBundle.stderr)")
+        #expect(try Self.digests(daemon, "bun:v1") == tiny)
+
+        // What exists nowhere is named so, without asking griditd.
+        let missing = try Self.griditctl(daemon, ["models", "import", hidden + "/nope", "--name", "x:v1"])
+        #expect(missing.status != 0 && missing.stderr.contains("does not exist"), "\(missing.stderr)")
+        #expect(daemon.stop() == 0, "\(daemon.log)")
+    }
+
+    @Test("--upload streams a visible folder too; links are refused before sending, and by griditd in a tar")
+    func hostileUploads() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let daemon = try DaemonProcess(directory: dir, model: tinyPipeline())
+        defer { daemon.stop() }
+        let folder = try HostileImportProcessTests.pipelineCopy(in: dir)
+        let streamed = try Self.griditctl(daemon, ["models", "import", folder, "--name", "up:v1", "--upload"])
+        #expect(streamed.status == 0, "\(streamed.stderr)")
+        #expect(try Self.digests(daemon, "up:v1") == Self.digests(daemon, "tiny:latest"))
+
+        // A weights file that is a link: griditctl refuses to send it.
+        let linked = try HostileImportProcessTests.pipelineCopy(in: dir, "linked")
+        unlink(linked + "/stage2.safetensors")
+        symlink(folder + "/stage2.safetensors", linked + "/stage2.safetensors")
+        let refused = try Self.griditctl(daemon, ["models", "import", linked, "--name", "l:v1", "--upload"])
+        #expect(refused.status != 0 && refused.stderr.contains("not a regular file"), "\(refused.stderr)")
+
+        // The same as a tar sent by hand: griditd refuses the link entry.
+        let tar = dir.file("linked.tar")
+        let made = try runProcess("/usr/bin/tar", ["-cf", tar, "-C", linked, "."])
+        #expect(made.status == 0, "\(made.stderr)")
+        let answer = try Self.upload(
+            daemon, kind: "pipeline", body: Array(try Data(contentsOf: URL(fileURLWithPath: tar))))
+        #expect(answer.hasPrefix("HTTP/1.1 400") && answer.contains("is a symbolic link"), "\(answer)")
+
+        // A stream damaged on the way (its digest is another's) imports nothing.
+        let good = Array(try Data(contentsOf: URL(fileURLWithPath: tar)))
+        let damaged = try Self.upload(daemon, kind: "bundle", body: good, digestOf: good + [0])
+        #expect(damaged.hasPrefix("HTTP/1.1 422") && damaged.contains("digest_mismatch"), "\(damaged)")
+        let noDigest = try rawExchange(
+            daemon.socket,
+            Array("POST /v1/models/upload?kind=bundle HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc".utf8))
+        #expect(noDigest.hasPrefix("HTTP/1.1 400") && noDigest.contains("Content-Digest"), "\(noDigest)")
+
+        // Nothing of these uploads is left behind.
+        let tmp = daemon.stateDir + "/tmp"
+        let left = ((try? FileManager.default.contentsOfDirectory(atPath: tmp)) ?? []).filter {
+            $0.hasPrefix("upload-")
+        }
+        #expect(left.isEmpty, "\(left)")
+        #expect(daemon.stop() == 0, "\(daemon.log)")
+    }
+
+    @Test("a restart removes the staged body and unpacked folder of a killed upload")
+    func leftovers() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        var daemon = try DaemonProcess(directory: dir)
+        #expect(daemon.stop() == 0)
+        let tmp = daemon.stateDir + "/tmp"
+        try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+        let id = UUID().uuidString.lowercased()
+        _ = FileManager.default.createFile(atPath: "\(tmp)/upload-\(id).part", contents: Data([1, 2, 3]))
+        try FileManager.default.createDirectory(
+            atPath: "\(tmp)/upload-\(id).part.d/sub", withIntermediateDirectories: true)
+        _ = FileManager.default.createFile(atPath: "\(tmp)/keep-me", contents: Data())
+        daemon = try DaemonProcess(directory: dir)
+        defer { daemon.stop() }
+        let names = try FileManager.default.contentsOfDirectory(atPath: tmp)
+        #expect(names == ["keep-me"], "\(names)")
+    }
+}
