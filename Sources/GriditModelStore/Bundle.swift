@@ -53,24 +53,14 @@ enum BundleReader {
         // libarchive reads from the descriptor's position (it does not close it).
         let fd = source.fd
         guard lseek(fd, 0, SEEK_SET) == 0 else { throw posixError("seek", path: path, errno: errno) }
-        guard let a = archive_read_new() else { throw ModelStoreError(.io, "libarchive: out of memory") }
-        defer { archive_read_free(a) }
-        archive_read_support_format_tar(a)
-        func archiveMessage() -> String { archive_error_string(a).map { String(cString: $0) } ?? "unknown error" }
-        guard archive_read_open_fd(a, fd, ioChunkSize) == ARCHIVE_OK else {
-            throw bad("not a tar bundle (\(archiveMessage()))")
-        }
+        let tar = try TarReader(fd: fd, bad: bad)
+        let a = tar.archive
+        func archiveMessage() -> String { tar.message }
 
         var index: BundleIndex?
         var blobs: [BlobDigest: IngestFile] = [:]
         var seen = Set<String>()
-        while true {
-            var entry: OpaquePointer?
-            let status = archive_read_next_header(a, &entry)
-            if status == ARCHIVE_EOF { break }
-            guard status == ARCHIVE_OK || status == ARCHIVE_WARN, let entry else {
-                throw bad("unreadable tar header (\(archiveMessage())); the file is truncated or not a bundle")
-            }
+        while let entry = try tar.next() {
             let (raw, name, isDirectory) = try TarEntry.check(entry, holds: "bundles", bad: bad)
             if isDirectory {
                 let dir = name.hasSuffix("/") ? String(name.dropLast()) : name
@@ -130,6 +120,35 @@ enum BundleReader {
             bytes += buffer[0..<n]
             guard bytes.count <= limit else { throw bad("larger than \(limit) bytes") }
         }
+    }
+}
+
+/// A tar read entry by entry with libarchive, from a descriptor's position (not closed here).
+final class TarReader {
+    let archive: OpaquePointer
+    private let bad: (String) -> ModelStoreError
+
+    init(fd: Int32, bad: @escaping (String) -> ModelStoreError) throws(ModelStoreError) {
+        guard let a = archive_read_new() else { throw ModelStoreError(.io, "libarchive: out of memory") }
+        archive_read_support_format_tar(a)
+        archive = a
+        self.bad = bad
+        guard archive_read_open_fd(a, fd, ioChunkSize) == ARCHIVE_OK else { throw bad("not a tar (\(message))") }
+    }
+
+    deinit { archive_read_free(archive) }
+
+    var message: String { archive_error_string(archive).map { String(cString: $0) } ?? "unknown error" }
+
+    /// The next entry's header; nil at the end.
+    func next() throws(ModelStoreError) -> OpaquePointer? {
+        var entry: OpaquePointer?
+        let status = archive_read_next_header(archive, &entry)
+        if status == ARCHIVE_EOF { return nil }
+        guard status == ARCHIVE_OK || status == ARCHIVE_WARN, let entry else {
+            throw bad("unreadable tar header (\(message)); the file is truncated or not a tar")
+        }
+        return entry
     }
 }
 

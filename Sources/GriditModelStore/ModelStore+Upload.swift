@@ -76,24 +76,12 @@ extension ModelStore {
         let fd = open(file, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw posixError("open", path: file, errno: errno) }
         defer { close(fd) }
-        guard let a = archive_read_new() else { throw ModelStoreError(.io, "libarchive: out of memory") }
-        defer { archive_read_free(a) }
-        archive_read_support_format_tar(a)
-        func archiveMessage() -> String { archive_error_string(a).map { String(cString: $0) } ?? "unknown error" }
-        guard archive_read_open_fd(a, fd, ioChunkSize) == ARCHIVE_OK else {
-            throw bad("not a tar (\(archiveMessage()))")
-        }
+        let tar = try TarReader(fd: fd, bad: bad)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ioChunkSize, alignment: 4096)
         defer { buffer.deallocate() }
         var entries = 0
         var written: Int64 = 0
-        while true {
-            var entry: OpaquePointer?
-            let status = archive_read_next_header(a, &entry)
-            if status == ARCHIVE_EOF { break }
-            guard status == ARCHIVE_OK || status == ARCHIVE_WARN, let entry else {
-                throw bad("unreadable tar header (\(archiveMessage()))")
-            }
+        while let entry = try tar.next() {
             entries += 1
             guard entries <= maxUploadEntries else { throw bad("more than \(maxUploadEntries) entries") }
             let (raw, name, isDirectory) = try TarEntry.check(entry, holds: "pipeline uploads", bad: bad)
@@ -122,8 +110,8 @@ extension ModelStore {
             }
             defer { close(out) }
             while true {
-                let n = archive_read_data(a, buffer.baseAddress, buffer.count)
-                guard n >= 0 else { throw bad("reading '\(raw)' failed (\(archiveMessage()))") }
+                let n = archive_read_data(tar.archive, buffer.baseAddress, buffer.count)
+                guard n >= 0 else { throw bad("reading '\(raw)' failed (\(tar.message))") }
                 if n == 0 { break }
                 written += Int64(n)
                 guard written <= limit else { throw bad("its entries hold more bytes than the upload") }
