@@ -70,9 +70,7 @@ struct StoreOptions: ParsableArguments {
     /// Prints `value` as JSON or as `text`.
     func emit<T: Encodable>(_ value: T, _ text: () -> String) {
         if json {
-            let e = JSONEncoder()
-            e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            print(String(decoding: try! e.encode(value), as: UTF8.self))  // plain value types: cannot fail
+            print(String(decoding: APICoding.encode(value, pretty: true), as: UTF8.self))
         } else {
             print(text(), terminator: "")
         }
