@@ -3,7 +3,8 @@
 // Imports point one way: each target below imports only targets listed above it (and the C
 // targets and packages it names), never one below (see the README, "Layout").
 // What a job is, and helpers every layer may import (Foundation or less):
-//   GriditJobSpec                                        (JobSpec, JobProgress/StepProgress, JobState)
+//   GriditJobSpec                                        (JobSpec, JobProgress/StepProgress, JobState,
+//                                                        formatBytes)
 //   GriditFaults -> GriditJobSpec                        (the one registry of test fault points)
 //   GriditDurable                                        (files written whole: temp, fsync, rename, fsync dir)
 // The numeric core (no database, no socket):
@@ -23,17 +24,19 @@
 //   GriditJobQueue -> GriditStateDatabase, GriditJobSpec (JobStore, its state machine, SQLiteJobStore)
 //   GriditJobStorePostgres -> GriditJobQueue, GriditStateDatabase, GriditJobSpec, PostgresNIO, Logging
 //                                                        (JobStore on PostgreSQL: the multi-host queue)
-//   GriditModelStore -> GriditStateDatabase, GriditDiffusion, GriditModels, GriditCheckpoint, GriditAPI,
+//   GriditModelStore -> GriditStateDatabase, GriditDiffusion, GriditModels, GriditCheckpoint, GriditJobSpec,
 //                       GriditFaults, GriditDurable, Crypto, CModelStore (libarchive)
 //                                                        (content-addressed model store; never the job
-//                                                        queue: live jobs' pins come in as `JobPins`)
+//                                                        queue: live jobs' pins come in as `JobPins`; no
+//                                                        wire types: it returns its own results)
 // The daemon and the CLI:
 //   GriditDaemon -> GriditJobQueue, GriditStateDatabase, GriditAPI, GriditJobSpec, GriditFaults, CSystemd,
 //                   CProcess, NIO, ServiceLifecycle, Logging, Configuration (the settings: flags >
 //                   environment > file), Metrics, Prometheus (GET /metrics)
 //                                                        (no engine, no model store: `JobEngine`, `ModelCatalog`)
-//   GriditBackend -> GriditDaemon, GriditEngine, GriditModelStore, GriditJobQueue
-//                                                        (the engine and the store behind those protocols)
+//   GriditBackend -> GriditDaemon, GriditEngine, GriditModelStore, GriditJobQueue, GriditAPI
+//                                                        (the engine and the store behind those protocols;
+//                                                        maps the store's results to wire types)
 //   GriditCLI -> GriditAPI, GriditJobSpec, GriditDurable, ArgumentParser, Crypto (an upload's SHA-256)
 //                                                        (no database, numeric or NIO target)
 //   griditd -> GriditBackend, GriditCLI, GriditJobStorePostgres
@@ -170,8 +173,8 @@ let package = Package(
         .target(
             name: "GriditModelStore",
             dependencies: [
-                "GriditStateDatabase", "GriditFaults", "GriditDurable", "GriditDiffusion", "GriditModels",
-                "GriditCheckpoint", "GriditAPI", "CModelStore",
+                "GriditStateDatabase", "GriditJobSpec", "GriditFaults", "GriditDurable", "GriditDiffusion",
+                "GriditModels", "GriditCheckpoint", "CModelStore",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
@@ -199,7 +202,8 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // The engine and the model store behind GriditDaemon's JobExecutor and ModelCatalog.
+        // The engine and the model store behind GriditDaemon's JobExecutor and ModelCatalog; the
+        // store's results mapped to GriditAPI's wire types.
         .target(
             name: "GriditBackend",
             dependencies: [
@@ -324,9 +328,8 @@ let package = Package(
             name: "GriditModelStoreTests",
             dependencies: [
                 "GriditTestSupport",
-                "GriditModelStore", "GriditAPI", "GriditJobQueue", "GriditStateDatabase", "GriditDiffusion",
-                "GriditModels",
-                "GriditCheckpoint", "CModelStore",
+                "GriditModelStore", "GriditBackend", "GriditAPI", "GriditJobQueue", "GriditStateDatabase",
+                "GriditDiffusion", "GriditModels", "GriditCheckpoint", "CModelStore",
             ],
             swiftSettings: swiftSettings
         ),

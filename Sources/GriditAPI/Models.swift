@@ -1,23 +1,10 @@
 // Results of the model store's commands (`griditd models …` offline, `griditctl models …` through
-// the daemon). The library `GriditModelStore` returns them; both CLIs print them as tables
-// (`render`, ModelsRender.swift) or as JSON (`--json`). Keys are snake_case whatever the encoder's
-// key strategy; digests are `sha256:<64 hex>` strings; sizes are bytes.
+// the daemon), on the wire. GriditModelStore returns its own types and griditd maps them to these
+// (GriditBackend, ModelStore+Wire.swift); both CLIs print them as tables (`render`,
+// ModelsRender.swift) or as JSON (`--json`). Keys are snake_case whatever the encoder's key
+// strategy; digests are `sha256:<64 hex>` strings; sizes are bytes.
 
 import Foundation
-
-/// How `import` puts a source file into the store.
-public enum ModelLinkMode: String, Codable, Sendable, CaseIterable {
-    /// Reflink (copy-on-write clone) if the filesystem can, else a copy: the blob never shares
-    /// bytes with a file someone may still write.
-    case auto
-    /// Copy-on-write clone (`FICLONE`; btrfs, XFS): no extra space and independent of the source.
-    case reflink
-    /// A second name for the same file, only on request: no extra space, but writing the source
-    /// in place changes the blob (a load or `verify` then finds and quarantines it). The source's
-    /// mode is left alone; it must be on the store's filesystem.
-    case hardlink
-    case copy
-}
 
 /// One file of a pipeline version.
 public struct ModelBlob: Codable, Sendable, Equatable {

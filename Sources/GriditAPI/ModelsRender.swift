@@ -2,6 +2,7 @@
 // Scripts use `--json`; this text is for people and may change.
 
 import Foundation
+import GriditJobSpec
 
 /// `3f2a9c1e0b4d` from `sha256:3f2a9c1e0b4d…`.
 public func shortDigest(_ digest: String) -> String {

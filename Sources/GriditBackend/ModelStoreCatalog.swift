@@ -1,6 +1,6 @@
 // The daemon's `ModelCatalog` over GriditModelStore: the same library calls `griditd models`
-// makes offline, answered with their result types and the same rendering, plus the default
-// model of a submit and what is loaded for `status`.
+// makes offline, their results mapped to the wire types (ModelStore+Wire.swift) with the same
+// rendering, plus the default model of a submit and what is loaded for `status`.
 
 import Foundation
 import GriditAPI
@@ -104,19 +104,20 @@ public final class ModelStoreCatalog: ModelCatalog {
         return try await run { () throws(ModelStoreError) in
             switch command {
             case .list:
-                let r = try models.list(pins: pins)
+                let r = ModelListResult(try models.list(pins: pins))
                 return ModelCommandOutput(encoding: r, text: r.render())
             case .show(let reference):
-                let r = try models.show(reference, pins: pins)
+                let r = ModelShowResult(try models.show(reference, pins: pins))
                 return ModelCommandOutput(encoding: r, text: r.render())
             case .importPipeline(let request):
-                guard let link = ModelLinkMode(rawValue: request.link ?? "auto") else {
+                guard let link = LinkMode(rawValue: request.link ?? "auto") else {
                     throw ModelStoreError(
                         .invalidInput,
                         "link '\(request.link ?? "")' is not one of "
-                            + ModelLinkMode.allCases.map(\.rawValue).joined(separator: ", "))
+                            + LinkMode.allCases.map(\.rawValue).joined(separator: ", "))
                 }
-                let r = try models.importModel(from: request.path, name: request.name, link: link, reader: reader)
+                let r = ModelImportResult(
+                    try models.importModel(from: request.path, name: request.name, link: link, reader: reader))
                 return ModelCommandOutput(encoding: r, text: r.render())
             case .importUpload(let upload):
                 guard let kind = ModelStore.UploadKind(rawValue: upload.kind), let digest = BlobDigest(upload.sha256)
@@ -126,25 +127,25 @@ public final class ModelStoreCatalog: ModelCatalog {
                 let r = try models.importUpload(upload.file, kind: kind, sha256: digest, name: upload.name)
                 return ModelCommandOutput(encoding: r, text: r.render())
             case .tag(let request):
-                let r = try models.tag(request.source, request.target)
+                let r = ModelTagResult(try models.tag(request.source, request.target))
                 return ModelCommandOutput(encoding: r, text: r.render())
             case .remove(let reference):
-                let r = try models.remove(reference, pins: pins)
+                let r = ModelRemoveResult(try models.remove(reference, pins: pins))
                 return ModelCommandOutput(encoding: r, text: r.render())
             case .verify(let request):
-                let r = try models.verify(request.all == true ? nil : request.reference)
+                let r = ModelVerifyResult(try models.verify(request.all == true ? nil : request.reference))
                 return ModelCommandOutput(encoding: r, text: r.render())
             case .gc(let request):
-                let r = try models.gc(dryRun: request.dryRun ?? false, pins: pins)
+                let r = ModelGCResult(try models.gc(dryRun: request.dryRun ?? false, pins: pins))
                 return ModelCommandOutput(encoding: r, text: r.render())
             case .export(let reference, let path):
-                let r = try models.export(reference, to: path)
+                let r = ModelExportResult(try models.export(reference, to: path))
                 return ModelCommandOutput(encoding: r, text: r.render())
             case .ps:
-                let r = models.ps()
+                let r = ModelPSResult(models.ps())
                 return ModelCommandOutput(encoding: r, text: r.render())
             case .check:
-                let r = models.checks()
+                let r = ModelStoreCheckResult(models.checks())
                 return ModelCommandOutput(encoding: r, text: r.render())
             }
         }
@@ -156,7 +157,7 @@ public final class ModelStoreCatalog: ModelCatalog {
         return entries.filter { keys.contains($0.key) }.map { entry in
             LoadedModel(
                 digest: entry.key, names: entry.references, residentBytes: entry.blobs.reduce(0) { $0 + $1.resident },
-                activeJobs: entry.leases, expiresAt: entry.expiresAt?.date)
+                activeJobs: entry.leases, expiresAt: entry.expiresAt)
         }
     }
 

@@ -19,7 +19,7 @@ struct Queue: ParsableCommand {
 
         func run(client: GriditClient, output: Output) throws {
             let queue = try client.get("/v1/queue", as: QueueStatus.self)
-            if global.json { output.printJSON(queue) } else { output.stdout(Queue.describe(queue)) }
+            output.emit(queue, json: global.json) { Queue.describe(queue) }
         }
     }
 
@@ -30,10 +30,8 @@ struct Queue: ParsableCommand {
 
         func run(client: GriditClient, output: Output) throws {
             let queue = try client.post("/v1/queue/pause", as: QueueStatus.self)
-            if global.json {
-                output.printJSON(queue)
-            } else {
-                output.stdout("queue paused; \(queue.counts.queued + queue.counts.retryable) jobs waiting\n")
+            output.emit(queue, json: global.json) {
+                "queue paused; \(queue.counts.queued + queue.counts.retryable) jobs waiting\n"
             }
         }
     }
@@ -44,7 +42,7 @@ struct Queue: ParsableCommand {
 
         func run(client: GriditClient, output: Output) throws {
             let queue = try client.post("/v1/queue/resume", as: QueueStatus.self)
-            if global.json { output.printJSON(queue) } else { output.stdout("queue resumed\n") }
+            output.emit(queue, json: global.json) { "queue resumed\n" }
         }
     }
 

@@ -142,6 +142,11 @@ struct Output: Sendable {
         stdout(String(decoding: APICoding.encode(value, pretty: true), as: UTF8.self) + "\n")
     }
 
+    /// `value` as JSON with `--json`, else the human `text`: every command's one output rule.
+    func emit<T: Encodable>(_ value: T, json: Bool, _ text: () -> String) {
+        if json { printJSON(value) } else { stdout(text()) }
+    }
+
     /// Pretty-prints raw JSON bytes (a model command's result).
     func printRawJSON(_ data: Data) {
         if let object = try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]),

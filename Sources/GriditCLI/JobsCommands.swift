@@ -83,11 +83,7 @@ struct Submit: ClientCommand {
             spec: spec, priority: priority, idempotencyKey: idempotencyKey, maxAttempts: maxAttempts)
         if dryRun {
             let plan = try client.post("/v1/jobs/plan", request, as: JobPlanResponse.self)
-            if global.json {
-                output.printJSON(plan)
-            } else {
-                output.stdout(Self.describe(plan))
-            }
+            output.emit(plan, json: global.json) { Self.describe(plan) }
             return
         }
         let response = try client.post("/v1/jobs", request, as: SubmitJobResponse.self)
@@ -189,11 +185,7 @@ struct Jobs: ParsableCommand {
             let path = withQuery(
                 "/v1/jobs", [("state", state), ("limit", String(limit)), ("owner", all ? "all" : nil)])
             let list = try client.get(path, as: JobList.self)
-            if global.json {
-                output.printJSON(list)
-            } else {
-                output.stdout(Rendering.jobsTable(list.jobs, userName: output.userName))
-            }
+            output.emit(list, json: global.json) { Rendering.jobsTable(list.jobs, userName: output.userName) }
         }
     }
 
@@ -259,12 +251,9 @@ struct Jobs: ParsableCommand {
 
         func run(client: GriditClient, output: Output) throws {
             let job = try client.post("/v1/jobs/\(id)/cancel", as: JobInfo.self)
-            if global.json {
-                output.printJSON(job)
-                return
+            output.emit(job, json: global.json) {
+                job.state == .running ? "job \(id) will stop at its next step\n" : "job \(id) \(job.state.rawValue)\n"
             }
-            output.stdout(
-                job.state == .running ? "job \(id) will stop at its next step\n" : "job \(id) \(job.state.rawValue)\n")
         }
     }
 
@@ -277,12 +266,9 @@ struct Jobs: ParsableCommand {
 
         func run(client: GriditClient, output: Output) throws {
             let job = try client.post("/v1/jobs/\(id)/retry", as: JobInfo.self)
-            if global.json {
-                output.printJSON(job)
-                return
+            output.emit(job, json: global.json) {
+                "job \(id) \(job.state.rawValue)\(job.queuePosition.map { ", queue position \($0)" } ?? "")\n"
             }
-            output.stdout(
-                "job \(id) \(job.state.rawValue)\(job.queuePosition.map { ", queue position \($0)" } ?? "")\n")
         }
     }
 
@@ -329,15 +315,12 @@ struct Jobs: ParsableCommand {
             let request = PruneRequest(
                 olderThanSeconds: olderThan.flatMap(parseDuration), keepOutputs: keepOutputs ? true : nil)
             let result = try client.post("/v1/jobs/prune", request, as: PruneResponse.self)
-            if global.json {
-                output.printJSON(result)
+            output.emit(result, json: global.json) {
+                let ids = result.pruned.prefix(20).map { "\($0.id)" }.joined(separator: " ")
+                let more = result.pruned.count > 20 ? " …" : ""
                 return
+                    "pruned \(result.pruned.count) job\(result.pruned.count == 1 ? "" : "s")\(ids.isEmpty ? "" : ": \(ids)\(more)")\n"
             }
-            let ids = result.pruned.prefix(20).map { "\($0.id)" }.joined(separator: " ")
-            let more = result.pruned.count > 20 ? " …" : ""
-            output.stdout(
-                "pruned \(result.pruned.count) job\(result.pruned.count == 1 ? "" : "s")\(ids.isEmpty ? "" : ": \(ids)\(more)")\n"
-            )
         }
     }
 }
@@ -371,13 +354,11 @@ extension Jobs {
             }
             let removed = try client.delete(
                 withQuery("/v1/jobs/\(id)", [("keep_outputs", keepOutputs ? "true" : nil)]), as: PruneResponse.self)
-            if global.json {
-                output.printJSON(removed)
-                return
-            }
-            for job in removed.pruned {
-                let folder = job.outputDir.map { keepOutputs ? "; kept \($0)" : " and \($0)" } ?? ""
-                output.stdout("removed job \(job.id) (\(job.state.rawValue))\(folder)\n")
+            output.emit(removed, json: global.json) {
+                removed.pruned.map { job in
+                    let folder = job.outputDir.map { keepOutputs ? "; kept \($0)" : " and \($0)" } ?? ""
+                    return "removed job \(job.id) (\(job.state.rawValue))\(folder)\n"
+                }.joined()
             }
         }
     }

@@ -138,18 +138,3 @@ public let workerCrashedErrorClass = "worker_crashed"
 /// The error class of a history entry for a run stopped through no fault of the job (griditd
 /// died, its engine process was killed from outside); no crash or attempt is counted for it.
 public let interruptedErrorClass = "interrupted"
-
-extension Date {
-    /// Milliseconds since the Unix epoch, the unit of every timestamp column. Saturates rather
-    /// than trapping: a date a huge user-given duration points at (`jobs prune --older-than
-    /// 1e300s`) lies before or after every stored timestamp, and so does Int64.min/max. NaN
-    /// (never reached: durations are checked where they enter) reads as the epoch.
-    var unixMillis: Int64 {
-        let ms = (timeIntervalSince1970 * 1000).rounded()
-        if ms.isNaN { return 0 }
-        if ms >= 0x1p63 { return .max }
-        if ms < -0x1p63 { return .min }
-        return Int64(ms)
-    }
-    init(unixMillis: Int64) { self.init(timeIntervalSince1970: Double(unixMillis) / 1000) }
-}

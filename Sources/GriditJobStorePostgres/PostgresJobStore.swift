@@ -353,15 +353,7 @@ public final class PostgresJobStore: TransitionStore {
     {
         let machine = self.machine, now = injected(now)
         return try await transaction(onUnknownCommit: .fail) { connection in
-            let rows = try await connection.sql(
-                """
-                SELECT job.*, coalesce(\(now)::timestamptz, now()) AS clock FROM job WHERE id = \(id) FOR UPDATE
-                """)
-            var locked: (Job, Date)?
-            for try await row in rows {
-                locked = (try Self.decodeJob(row), try row.makeRandomAccess()["clock"].decode(Date.self))
-            }
-            guard let (job, clock) = locked else { throw StateError.jobNotFound(id) }
+            let (job, clock) = try await Self.lockJob(connection, id: id, now: now)
             try job.authorizeRemoval(requesterUID: requesterUID, isAdmin: isAdmin)
             _ = try machine.apply(.prune, to: job, now: clock)
             // Its error history goes with it (ON DELETE CASCADE).
@@ -387,15 +379,7 @@ public final class PostgresJobStore: TransitionStore {
                 return .committed(current)
             }
         ) { connection in
-            let rows = try await connection.sql(
-                """
-                SELECT job.*, coalesce(\(now)::timestamptz, now()) AS clock FROM job WHERE id = \(id) FOR UPDATE
-                """)
-            var locked: (Job, Date)?
-            for try await row in rows {
-                locked = (try Self.decodeJob(row), try row.makeRandomAccess()["clock"].decode(Date.self))
-            }
-            guard let (job, clock) = locked else { throw StateError.jobNotFound(id) }
+            let (job, clock) = try await Self.lockJob(connection, id: id, now: now)
             try authorize?(job)
             let transition = try machine.apply(event, to: job, now: clock)
             try await Self.write(transition, connection)
@@ -403,6 +387,23 @@ public final class PostgresJobStore: TransitionStore {
             written.job = result
             return result
         }
+    }
+
+    /// Reads job `id` with its row locked `FOR UPDATE` until the transaction ends, and the clock
+    /// its writes use (`now`, or the database's): the prologue of every single-job write.
+    private static func lockJob(
+        _ connection: PostgresConnection, id: Int64, now: Date?
+    ) async throws -> (job: Job, clock: Date) {
+        let rows = try await connection.sql(
+            """
+            SELECT job.*, coalesce(\(now)::timestamptz, now()) AS clock FROM job WHERE id = \(id) FOR UPDATE
+            """)
+        var locked: (Job, Date)?
+        for try await row in rows {  // read to the end: the connection is used again after
+            locked = (try decodeJob(row), try row.makeRandomAccess()["clock"].decode(Date.self))
+        }
+        guard let locked else { throw StateError.jobNotFound(id) }
+        return locked
     }
 
     /// Applies `event` to every running job that meets `condition` (with `clock.now` and the

@@ -15,10 +15,10 @@
 
 import CModelStore
 import Foundation
-import GriditAPI
 import GriditCheckpoint
 import GriditDurable
 import GriditFaults
+import GriditJobSpec
 
 #if canImport(Glibc)
 import Glibc
@@ -116,7 +116,7 @@ final class IngestFile {
     /// with a file someone may still write; `hardlink` only when asked. The source's mode and
     /// owner are never changed.
     static func fromFile(
-        _ source: OpenedFile, into root: StoreRoot, mode: ModelLinkMode, progress: ((Int64, Int64) -> Void)? = nil
+        _ source: OpenedFile, into root: StoreRoot, mode: LinkMode, progress: ((Int64, Int64) -> Void)? = nil
     ) throws(ModelStoreError) -> IngestFile {
         let id = FileIdentity(source.status)
         let sourceTotal = id.size

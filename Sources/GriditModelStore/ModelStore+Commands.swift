@@ -1,5 +1,4 @@
 import Foundation
-import GriditAPI
 import GriditDiffusion
 import GriditStateDatabase
 
@@ -8,19 +7,19 @@ extension ModelStore {
 
     /// Every tag (site roots' too) and every version no tag points at, with size, creation time,
     /// whether it is loaded and how many of the live jobs `pins` holds pin it.
-    public func list(pins: JobPins) throws(ModelStoreError) -> ModelListResult {
+    public func list(pins: JobPins) throws(ModelStoreError) -> StoreListing {
         let loaded = loadedKeys()
         let pins = pins.jobs
         let (tags, manifests, references) = try read { db in
             (try StoreSQL.tags(db), try StoreSQL.manifests(db), try StoreSQL.allBlobSizes(db))
         }
-        var rows: [ModelListEntry] = []
+        var rows: [ListedVersion] = []
         let byDigest = Dictionary(uniqueKeysWithValues: manifests.map { ($0.digest, $0) })
         func size(_ m: StoreSQL.ManifestRow) -> Int64 { m.size + (references[m.digest]?.values.reduce(0, +) ?? 0) }
         for site in sites {
             for entry in siteRefs(site) {
                 rows.append(
-                    ModelListEntry(
+                    ListedVersion(
                         name: entry.name, tag: entry.tag, digest: entry.digest.description,
                         size: (try? siteVersionSize(entry.digest, site)) ?? 0, created: entry.created,
                         loaded: loaded.contains(entry.digest.description), jobs: pins[entry.digest]?.count ?? 0,
@@ -30,20 +29,20 @@ extension ModelStore {
         for t in tags {
             guard let m = byDigest[t.manifest] else { continue }
             rows.append(
-                ModelListEntry(
+                ListedVersion(
                     name: t.name, tag: t.tag, digest: m.digest.description, size: size(m),
-                    created: Timestamp(unixMillis: m.createdAt),
+                    created: Date(unixMillis: m.createdAt),
                     loaded: loaded.contains(m.digest.description), jobs: pins[m.digest]?.count ?? 0, root: nil))
         }
         let tagged = Set(tags.map(\.manifest))
         for m in manifests where !tagged.contains(m.digest) {
             rows.append(
-                ModelListEntry(
+                ListedVersion(
                     name: nil, tag: nil, digest: m.digest.description, size: size(m),
-                    created: Timestamp(unixMillis: m.createdAt),
+                    created: Date(unixMillis: m.createdAt),
                     loaded: loaded.contains(m.digest.description), jobs: pins[m.digest]?.count ?? 0, root: nil))
         }
-        return ModelListResult(models: rows)
+        return StoreListing(models: rows)
     }
 
     private func siteVersionSize(_ digest: BlobDigest, _ site: StoreRoot) throws -> Int64 {
@@ -64,7 +63,7 @@ extension ModelStore {
 
     /// The manifest, the model configs, the blobs with their paths, the tag history and the jobs
     /// (of `pins`) pinning the version `reference` names.
-    public func show(_ reference: String, pins: JobPins) throws(ModelStoreError) -> ModelShowResult {
+    public func show(_ reference: String, pins: JobPins) throws(ModelStoreError) -> VersionDetails {
         let parsed = try ModelReference(parsing: reference)
         let digest = try resolve(parsed)
         let manifest = try loadManifest(digest)
@@ -86,46 +85,46 @@ extension ModelStore {
         references += localTags.map(\.reference)
         let site = row == nil ? sites.first { siteRefs($0).contains { $0.digest == digest } } : nil
         let created =
-            row.map { Timestamp(unixMillis: $0.createdAt) }
+            row.map { Date(unixMillis: $0.createdAt) }
             ?? site.flatMap { s in siteRefs(s).first { $0.digest == digest }?.created }
-            ?? Timestamp(Date(timeIntervalSince1970: 0))
+            ?? Date(timeIntervalSince1970: 0)
 
-        var configs: [String: JSONValue] = [:]
+        var configs: [String: Data] = [:]
         var blobs = [
-            ModelBlob(
+            StoredBlob(
                 role: "manifest", digest: digest.description, size: Int64(manifestBytes.count),
                 mediaType: MediaType.manifest, path: manifestPath)
         ]
         for b in manifest.blobs {
             let path = try checkedBlob(b.digest, what: "\(b.role.rawValue) of \(digest)", full: false)
             blobs.append(
-                ModelBlob(
+                StoredBlob(
                     role: b.role.rawValue, digest: b.digest.description, size: b.size, mediaType: b.mediaType,
                     path: path))
             if b.mediaType != MediaType.safetensors, b.size <= PipelineValidation.maxJSONSize,
-                let data = FileManager.default.contents(atPath: path), let json = JSONValue(json: data)
+                let data = FileManager.default.contents(atPath: path)
             {
-                configs[b.role.rawValue] = json
+                configs[b.role.rawValue] = data
             }
         }
         let size =
             Int64(manifestBytes.count)
             + Dictionary(manifest.blobs.map { ($0.digest, $0.size) }, uniquingKeysWith: { a, _ in a }).values.reduce(
                 0, +)
-        return ModelShowResult(
+        return VersionDetails(
             digest: digest.description, references: references, created: created, size: size, root: site?.path,
-            source: row?.source, manifest: JSONValue(json: manifestBytes) ?? .null, configs: configs, blobs: blobs,
+            source: row?.source, manifest: manifestBytes, configs: configs, blobs: blobs,
             history: history.map(Self.event), jobs: pins, loaded: loadedKeys().contains(digest.description))
     }
 
-    static func event(_ e: StoreSQL.EventRow) -> ModelTagEvent {
-        ModelTagEvent(
+    static func event(_ e: StoreSQL.EventRow) -> TagEvent {
+        TagEvent(
             name: e.name, tag: e.tag, action: e.action, digest: e.manifest?.description,
-            previous: e.previous?.description, at: Timestamp(unixMillis: e.at))
+            previous: e.previous?.description, at: Date(unixMillis: e.at))
     }
 
     /// The history of every tag (of `name` only, if given), oldest first.
-    public func history(name: String? = nil) throws(ModelStoreError) -> [ModelTagEvent] {
+    public func history(name: String? = nil) throws(ModelStoreError) -> [TagEvent] {
         try read { db in try StoreSQL.history(db) }.filter { name == nil || $0.name == name }.map(Self.event)
     }
 
@@ -133,7 +132,7 @@ extension ModelStore {
 
     /// Points `destination` (NAME:TAG) at the version `source` names; the change is recorded in
     /// the tag's history. A version of a site root gets a local record so it can be tagged here.
-    public func tag(_ source: String, _ destination: String) throws(ModelStoreError) -> ModelTagResult {
+    public func tag(_ source: String, _ destination: String) throws(ModelStoreError) -> TagChange {
         try requireWritable("tag")
         let digest = try resolve(source)
         let (name, tag) = try ModelReference.parseTag(destination)
@@ -155,7 +154,7 @@ extension ModelStore {
             return try StoreSQL.setTag(db, name: name, tag: tag, manifest: digest, action: "tag", at: at)
         }
         writeRefs()
-        return ModelTagResult(reference: "\(name):\(tag)", digest: digest.description, previous: previous?.description)
+        return TagChange(reference: "\(name):\(tag)", digest: digest.description, previous: previous?.description)
     }
 
     // MARK: rm
@@ -163,7 +162,7 @@ extension ModelStore {
     /// Removes a tag (`NAME:TAG`), or every tag pointing at a version (`NAME@sha256:…`: of that
     /// name; `sha256:…`: all). The version's blobs stay until `gc`, and not even gc removes them
     /// while a live job pins the version (the result counts those of `pins`).
-    public func remove(_ reference: String, pins: JobPins) throws(ModelStoreError) -> ModelRemoveResult {
+    public func remove(_ reference: String, pins: JobPins) throws(ModelStoreError) -> TagRemoval {
         try requireWritable("rm")
         let parsed = try ModelReference(parsing: reference)
         let at = nowMillis
@@ -199,7 +198,7 @@ extension ModelStore {
         }
         let jobs = pins.jobs[digest]?.count ?? 0
         writeRefs()
-        return ModelRemoveResult(
+        return TagRemoval(
             removed: targets.map { "\($0.name):\($0.tag)" }, digest: digest.description,
             remaining: remaining, jobs: jobs)
     }

@@ -1,5 +1,4 @@
 import Foundation
-import GriditAPI
 import GriditCheckpoint
 import GriditDiffusion
 import GriditFaults
@@ -33,9 +32,9 @@ extension ModelStore {
     ///   - reader: whose permissions the source files must grant (the daemon passes its caller's);
     ///     nil: this process's own, which the kernel checks.
     public func importModel(
-        from path: String, name: String? = nil, link: ModelLinkMode = .auto, reader: FileReader? = nil,
+        from path: String, name: String? = nil, link: LinkMode = .auto, reader: FileReader? = nil,
         progress: ImportProgress? = nil
-    ) throws(ModelStoreError) -> ModelImportResult {
+    ) throws(ModelStoreError) -> ImportReport {
         try requireWritable("import")
         let requested = try name.map { (n) throws(ModelStoreError) in try ModelReference.parseTag(n) }
         let (folder, source) = try Self.openSource(
@@ -74,9 +73,9 @@ extension ModelStore {
     }
 
     private func importPipeline(
-        _ source: OpenedFile, in folder: OpenFolder, tag requested: (name: String, tag: String)?, link: ModelLinkMode,
+        _ source: OpenedFile, in folder: OpenFolder, tag requested: (name: String, tag: String)?, link: LinkMode,
         progress: ImportProgress?
-    ) throws(ModelStoreError) -> ModelImportResult {
+    ) throws(ModelStoreError) -> ImportReport {
         let path = source.path
         let bytes: [UInt8]?
         do { bytes = try source.readAll(limit: Int(PipelineValidation.maxJSONSize)) } catch {
@@ -131,7 +130,7 @@ extension ModelStore {
 
     private func importBundle(
         _ source: OpenedFile, tags requested: [(name: String, tag: String)]?, progress: ImportProgress?
-    ) throws(ModelStoreError) -> ModelImportResult {
+    ) throws(ModelStoreError) -> ImportReport {
         let path = source.path
         let contents = try BundleReader.read(
             source, into: local, progress: progress.map { p in { p($0, $1, nil) } })
@@ -200,7 +199,7 @@ extension ModelStore {
         manifest: PipelineManifest, manifestDigest: BlobDigest? = nil, manifestSize: Int64? = nil,
         manifestFile: IngestFile?, files: [IngestFile], existing: [BlobDigest: String], source: String,
         tags: [(name: String, tag: String)]
-    ) throws(ModelStoreError) -> ModelImportResult {
+    ) throws(ModelStoreError) -> ImportReport {
         let digest = manifestDigest ?? manifestFile!.digest
         let toPublish = files + (manifestFile.map { [$0] } ?? [])
         let digests = toPublish.map(\.digest) + Array(existing.keys) + [digest]
@@ -276,16 +275,16 @@ extension ModelStore {
         }
 
         var blobs = [
-            ModelBlob(
+            StoredBlob(
                 role: "manifest", digest: digest.description, size: manifestRow.size,
                 mediaType: MediaType.manifest, path: blobPath(digest), stored: stored[digest])
         ]
         blobs += manifest.blobs.map { b in
-            ModelBlob(
+            StoredBlob(
                 role: b.role.rawValue, digest: b.digest.description, size: b.size, mediaType: b.mediaType,
                 path: blobPath(b.digest), stored: stored[b.digest])
         }
-        return ModelImportResult(
+        return ImportReport(
             reference: "\(tags[0].name):\(tags[0].tag)", digest: digest.description, size: size,
             previous: previous[0]?.description, blobs: blobs, bytesWritten: written, warnings: warnings)
     }

@@ -1,5 +1,4 @@
 import Foundation
-import GriditAPI
 import GriditCheckpoint
 import GriditDiffusion
 import GriditDurable
@@ -18,7 +17,7 @@ extension ModelStore {
     /// quarantine/ (when this process owns the state directory) and reported.
     public func verify(
         _ reference: String? = nil, progress: ImportProgress? = nil
-    ) throws(ModelStoreError) -> ModelVerifyResult {
+    ) throws(ModelStoreError) -> VerifyReport {
         var versions: [BlobDigest] = []
         if let reference {
             versions = [try resolve(reference)]
@@ -29,16 +28,16 @@ extension ModelStore {
             }
         }
         let labels = try versionLabels()
-        var entries: [ModelVerifyEntry] = []
+        var entries: [BlobCheck] = []
         var done: [BlobDigest: Int] = [:]
         var hashed: Int64 = 0
 
-        func check(_ digest: BlobDigest, usedBy label: String?) throws(ModelStoreError) -> ModelVerifyStatus {
+        func check(_ digest: BlobDigest, usedBy label: String?) throws(ModelStoreError) -> BlobCheck.Status {
             if let i = done[digest] {
                 if let label, !entries[i].usedBy.contains(label) { entries[i].usedBy.append(label) }
                 return entries[i].status
             }
-            var entry = ModelVerifyEntry(
+            var entry = BlobCheck(
                 digest: digest.description, path: nil, size: nil, status: .missing,
                 message: "no store root holds it; import the model again", usedBy: label.map { [$0] } ?? [])
             for root in blobRoots {
@@ -91,7 +90,7 @@ extension ModelStore {
         if reference == nil {
             for digest in local.blobDigests() { _ = try check(digest, usedBy: nil) }
         }
-        return ModelVerifyResult(entries: entries, bytesHashed: hashed)
+        return VerifyReport(entries: entries, bytesHashed: hashed)
     }
 
     /// `NAME:TAG, …` (or nothing) for each version.
@@ -113,9 +112,9 @@ extension ModelStore {
     /// submitted after that pins a version by its tag (which gc keeps) or by the digest of an
     /// untagged version, which it may lose (the job then fails `model_missing`), as it could
     /// when gc and the job queue shared a transaction (a submit resolves before it inserts).
-    public func gc(dryRun: Bool = false, pins: JobPins) throws(ModelStoreError) -> ModelGCResult {
+    public func gc(dryRun: Bool = false, pins: JobPins) throws(ModelStoreError) -> GCReport {
         try requireWritable("gc")
-        let result: Result<ModelGCResult, ModelStoreError> = pending.withLock { pending in
+        let result: Result<GCReport, ModelStoreError> = pending.withLock { pending in
             do throws(ModelStoreError) {
                 return .success(try collect(pending: Set(pending.keys), pinned: Set(pins.jobs.keys), dryRun: dryRun))
             } catch {
@@ -148,7 +147,7 @@ extension ModelStore {
     private func collect(
         pending: Set<BlobDigest>, pinned: Set<BlobDigest>, dryRun: Bool
     ) throws(ModelStoreError)
-        -> ModelGCResult
+        -> GCReport
     {
         var inUse = mappings.inUse()
         for digests in Residency.mappedByOtherProcesses(blobsDirectory: local.blobsDirectory).values {
@@ -195,7 +194,7 @@ extension ModelStore {
 
         let (temporary, temporaryBytes) = deadIngestFiles(remove: !dryRun)
         freed += temporaryBytes
-        return ModelGCResult(
+        return GCReport(
             dryRun: dryRun, removedBlobs: removed, removedManifests: doomed.map(\.description),
             removedTemporary: temporary, freedBytes: freed, keptMapped: keptMapped)
     }
@@ -205,7 +204,7 @@ extension ModelStore {
     /// Writes the version `reference` names as a single-file bundle (tar) to `path`, or to standard
     /// output for `-`. The file appears complete or not at all (temporary name, fsync, rename).
     /// Every blob is re-hashed while it is written; a bad one aborts the export and is quarantined.
-    public func export(_ reference: String, to path: String) throws(ModelStoreError) -> ModelExportResult {
+    public func export(_ reference: String, to path: String) throws(ModelStoreError) -> ExportedBundle {
         let parsed = try ModelReference(parsing: reference)
         let digest = try resolve(parsed)
         let manifest = try loadManifest(digest)
@@ -247,7 +246,7 @@ extension ModelStore {
 
         if path == "-" {
             try write(to: 1, name: "standard output")
-            return ModelExportResult(
+            return ExportedBundle(
                 digest: digest.description, references: tags, path: "-", size: 0, blobs: items.count)
         }
         let destination = path.hasPrefix("/") ? path : joinPath(FileManager.default.currentDirectoryPath, path)
@@ -256,7 +255,7 @@ extension ModelStore {
         ) {
             (out) throws(ModelStoreError) in try write(to: out.fileDescriptor, name: destination)
         }
-        return ModelExportResult(
+        return ExportedBundle(
             digest: digest.description, references: tags, path: destination,
             size: FileIdentity.of(path: destination)?.size ?? 0, blobs: items.count)
     }
@@ -265,44 +264,44 @@ extension ModelStore {
 
     /// What is mapped: this process's cache entries and pins (with resident bytes from `mincore`),
     /// and blobs other processes map (from /proc, where this user may look).
-    public func ps() -> ModelPSResult {
+    public func ps() -> MappedModels {
         let snapshot = mappings.snapshot()
         let labels = (try? versionLabels()) ?? [:]
         func references(_ key: String) -> [String] {
             BlobDigest(key).flatMap { labels[$0] }.map { $0.components(separatedBy: ", ") } ?? []
         }
-        func blob(_ digest: BlobDigest, _ path: String) -> ModelMappedBlob {
+        func blob(_ digest: BlobDigest, _ path: String) -> MappedBlob {
             if let file = snapshot.shared[digest]?.file {
-                return ModelMappedBlob(
+                return MappedBlob(
                     digest: digest.description, path: path, size: Int64(file.size),
                     resident: Residency.residentBytes(base: file.base, size: file.size))
             }
-            return ModelMappedBlob(
+            return MappedBlob(
                 digest: digest.description, path: path, size: FileIdentity.of(path: path)?.size ?? 0,
                 resident: Residency.residentBytes(path: path))
         }
-        var entries: [ModelPSEntry] = []
+        var entries: [MappedModel] = []
         var covered = Set<BlobDigest>()
         for c in snapshot.caches {
             covered.formUnion(c.blobs.keys)
             entries.append(
-                ModelPSEntry(
+                MappedModel(
                     key: c.key, references: c.references.isEmpty ? references(c.key) : c.references, leases: c.leases,
-                    lastUsed: c.lastUsed.map(Timestamp.init), expiresAt: c.expiresAt.map(Timestamp.init),
+                    lastUsed: c.lastUsed, expiresAt: c.expiresAt,
                     blobs: c.blobs.sorted { $0.key < $1.key }.map { blob($0.key, $0.value) }, pid: c.pid))
         }
         let cacheKeys = Set(snapshot.caches.map(\.key))
         for pin in snapshot.pins where !cacheKeys.contains(pin.owner) {
             covered.formUnion(pin.blobs.keys)
             entries.append(
-                ModelPSEntry(
+                MappedModel(
                     key: pin.owner, references: references(pin.owner), leases: 1, lastUsed: nil, expiresAt: nil,
                     blobs: pin.blobs.sorted { $0.key < $1.key }.map { blob($0.key, $0.value) }))
         }
         let loose = snapshot.shared.filter { !covered.contains($0.key) }
         if !loose.isEmpty {
             entries.append(
-                ModelPSEntry(
+                MappedModel(
                     key: "mapped", references: [], leases: 0, lastUsed: nil, expiresAt: nil,
                     blobs: loose.sorted { $0.key < $1.key }.map { blob($0.key, $0.value.path) }))
         }
@@ -312,18 +311,18 @@ extension ModelStore {
                 $0.key < $1.key
             }) where !reported.contains(pid) {
                 entries.append(
-                    ModelPSEntry(
+                    MappedModel(
                         key: "pid \(pid)", references: [], leases: 0, lastUsed: nil, expiresAt: nil,
                         blobs: digests.sorted().map { blob($0, root.blobPath($0)) }, pid: pid))
             }
         }
-        return ModelPSResult(entries: entries)
+        return MappedModels(entries: entries)
     }
 
     // MARK: checks
 
     /// The permission and filesystem checks of this store (and of importing `source`, if given).
-    public func checks(source: String? = nil, link: ModelLinkMode? = nil) -> ModelStoreCheckResult {
+    public func checks(source: String? = nil, link: LinkMode? = nil) -> StoreCheckReport {
         StoreChecks.run(stateDirectory: stateDirectory, siteRoots: siteRoots, source: source, link: link)
     }
 }

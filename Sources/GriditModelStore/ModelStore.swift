@@ -14,7 +14,6 @@
 
 import Foundation
 import GRDB
-import GriditAPI
 import GriditDiffusion
 import GriditDurable
 import GriditStateDatabase
@@ -126,7 +125,7 @@ public final class ModelStore: Sendable {
         return String(cString: resolved)
     }
 
-    var nowMillis: Int64 { Int64((now().timeIntervalSince1970 * 1000).rounded()) }
+    var nowMillis: Int64 { now().unixMillis }
 
     func requireWritable(_ what: String) throws(ModelStoreError) {
         guard access == .readWrite else {
@@ -338,11 +337,12 @@ public final class ModelStore: Sendable {
 
     struct RefsFile: Codable {
         static let format = "gridit.refs.v1"
-        struct Entry: Codable, Equatable {
+        struct Entry: Equatable {
             var name: String
             var tag: String
             var digest: BlobDigest
-            var created: Timestamp
+            /// RFC 3339 with milliseconds in the file (`2026-01-02T03:04:05.678Z`).
+            var created: Date
         }
         var format: String
         var tags: [Entry]
@@ -363,7 +363,7 @@ public final class ModelStore: Sendable {
                 try StoreSQL.tags(db).map { t in
                     RefsFile.Entry(
                         name: t.name, tag: t.tag, digest: t.manifest,
-                        created: Timestamp(unixMillis: try StoreSQL.manifest(db, t.manifest)?.createdAt ?? t.updatedAt))
+                        created: Date(unixMillis: try StoreSQL.manifest(db, t.manifest)?.createdAt ?? t.updatedAt))
                 }
             })
         else { return }
@@ -373,6 +373,33 @@ public final class ModelStore: Sendable {
         if let existing = FileManager.default.contents(atPath: local.refsPath), existing == data { return }
         // Best effort: rewritten at the next change.
         try? DurableFile.write([UInt8](data), to: local.refsPath, failure: { $0 })
+    }
+}
+
+extension ModelStore.RefsFile.Entry: Codable {
+    enum CodingKeys: String, CodingKey { case name, tag, digest, created }
+
+    private static let createdStyle = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        tag = try c.decode(String.self, forKey: .tag)
+        digest = try c.decode(BlobDigest.self, forKey: .digest)
+        let text = try c.decode(String.self, forKey: .created)
+        guard let date = (try? Self.createdStyle.parse(text)) ?? (try? Date.ISO8601FormatStyle().parse(text)) else {
+            throw DecodingError.dataCorruptedError(
+                forKey: .created, in: c, debugDescription: "not an RFC 3339 timestamp: \(text)")
+        }
+        created = date
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(name, forKey: .name)
+        try c.encode(tag, forKey: .tag)
+        try c.encode(digest, forKey: .digest)
+        try c.encode(created.formatted(Self.createdStyle), forKey: .created)
     }
 }
 

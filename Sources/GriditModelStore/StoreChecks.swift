@@ -1,6 +1,6 @@
 import CModelStore
 import Foundation
-import GriditAPI
+import GriditJobSpec
 
 #if canImport(Glibc)
 import Glibc
@@ -12,22 +12,22 @@ import Glibc
 public enum StoreChecks {
     /// Every check for `stateDirectory` (and, if given, importing `source` with `link`).
     public static func run(
-        stateDirectory: String, siteRoots: [String] = [], source: String? = nil, link: ModelLinkMode? = nil
-    ) -> ModelStoreCheckResult {
-        var checks: [ModelStoreCheck] = []
+        stateDirectory: String, siteRoots: [String] = [], source: String? = nil, link: LinkMode? = nil
+    ) -> StoreCheckReport {
+        var checks: [StoreCheck] = []
         if let problem = pathProblem(stateDirectory, needWrite: true) {
             checks.append(
-                ModelStoreCheck(
+                StoreCheck(
                     name: "state directory", status: .error, path: problem.path,
                     message: problem.message, fix: problem.fix))
         } else if !FileIdentity.exists(directory: stateDirectory) {
             checks.append(
-                ModelStoreCheck(
+                StoreCheck(
                     name: "state directory", status: .ok, path: stateDirectory,
                     message: "\(stateDirectory) does not exist yet; \(userDescription()) can create it"))
         } else {
             checks.append(
-                ModelStoreCheck(
+                StoreCheck(
                     name: "state directory", status: .ok, path: stateDirectory,
                     message: "\(stateDirectory) exists and \(userDescription()) can write it"))
             for sub in ["blobs/sha256", "ingest", "quarantine"] {
@@ -35,14 +35,14 @@ public enum StoreChecks {
                 guard FileManager.default.fileExists(atPath: path) else { continue }
                 if let problem = pathProblem(path, needWrite: true) {
                     checks.append(
-                        ModelStoreCheck(
+                        StoreCheck(
                             name: "store directory \(sub)", status: .error, path: problem.path,
                             message: problem.message, fix: problem.fix))
                 }
             }
             if let problem = writeProblem(stateDirectory) {
                 checks.append(
-                    ModelStoreCheck(
+                    StoreCheck(
                         name: "state directory writable", status: .error, path: stateDirectory,
                         message: problem.message, fix: problem.hint))
             }
@@ -51,18 +51,18 @@ public enum StoreChecks {
         for site in siteRoots {
             if let problem = pathProblem(joinPath(site, "blobs/sha256"), needWrite: false) {
                 checks.append(
-                    ModelStoreCheck(
+                    StoreCheck(
                         name: "site root", status: .warning, path: problem.path,
                         message: problem.message, fix: problem.fix))
             } else {
                 checks.append(
-                    ModelStoreCheck(name: "site root", status: .ok, path: site, message: "\(site) is readable"))
+                    StoreCheck(name: "site root", status: .ok, path: site, message: "\(site) is readable"))
             }
         }
         if let source {
             checks += sourceChecks(source, stateDirectory: stateDirectory, link: link ?? .auto)
         }
-        return ModelStoreCheckResult(checks: checks)
+        return StoreCheckReport(checks: checks)
     }
 
     struct PathProblem: Equatable {
@@ -155,13 +155,13 @@ public enum StoreChecks {
         return ModelStoreError(.io, "cannot create \(path)", hint: "check the state directory \(stateDirectory)")
     }
 
-    static func filesystemChecks(_ stateDirectory: String) -> [ModelStoreCheck] {
-        var checks: [ModelStoreCheck] = []
+    static func filesystemChecks(_ stateDirectory: String) -> [StoreCheck] {
+        var checks: [StoreCheck] = []
         let subs = ["ingest", "blobs/sha256", "quarantine"].map { joinPath(stateDirectory, $0) }
         let devices = subs.compactMap { p in FileIdentity.of(path: p).map { (p, $0.device) } }
         if Set(devices.map(\.1)).count > 1 {
             checks.append(
-                ModelStoreCheck(
+                StoreCheck(
                     name: "one filesystem", status: .error, path: stateDirectory,
                     message:
                         "ingest/, blobs/ and quarantine/ are on different filesystems (\(devices.map { "\($0.0): device \($0.1)" }.joined(separator: ", "))); publishing a blob is a link within one filesystem",
@@ -178,7 +178,7 @@ public enum StoreChecks {
             ]
             if let name = network[type] {
                 checks.append(
-                    ModelStoreCheck(
+                    StoreCheck(
                         name: "local filesystem", status: .warning, path: stateDirectory,
                         message:
                             "\(stateDirectory) is on \(name); SQLite's WAL mode needs a local disk for the database",
@@ -188,7 +188,7 @@ public enum StoreChecks {
             }
             let free = Int64(clamping: available)
             checks.append(
-                ModelStoreCheck(
+                StoreCheck(
                     name: "free space", status: free < 1 << 30 ? .warning : .ok, path: stateDirectory,
                     message: "\(formatBytes(free)) free on the filesystem of \(stateDirectory)",
                     fix: free < 1 << 30 ? "free space; `models gc` removes unreferenced blobs" : nil))
@@ -196,11 +196,11 @@ public enum StoreChecks {
         return checks
     }
 
-    static func sourceChecks(_ source: String, stateDirectory: String, link: ModelLinkMode) -> [ModelStoreCheck] {
+    static func sourceChecks(_ source: String, stateDirectory: String, link: LinkMode) -> [StoreCheck] {
         let parent = (source as NSString).deletingLastPathComponent
         if let problem = pathProblem(parent.isEmpty ? "." : parent, needWrite: false) {
             return [
-                ModelStoreCheck(
+                StoreCheck(
                     name: "import source", status: .error, path: problem.path, message: problem.message,
                     fix: problem.fix)
             ]
@@ -209,24 +209,24 @@ public enum StoreChecks {
             let code = errno
             if code == ENOENT {
                 return [
-                    ModelStoreCheck(
+                    StoreCheck(
                         name: "import source", status: .error, path: source,
                         message: "\(source) does not exist", fix: "check the path")
                 ]
             }
             return [
-                ModelStoreCheck(
+                StoreCheck(
                     name: "import source", status: .error, path: source,
                     message: "\(userDescription()) cannot read \(source): \(String(cString: strerror(code)))",
                     fix: "check its permissions (\(describe(source))) and those of the directories above it")
             ]
         }
         var checks = [
-            ModelStoreCheck(name: "import source", status: .ok, path: source, message: "\(source) is readable")
+            StoreCheck(name: "import source", status: .ok, path: source, message: "\(source) is readable")
         ]
         if link == .hardlink, let store = FileIdentity.of(path: stateDirectory), store.device != id.device {
             checks.append(
-                ModelStoreCheck(
+                StoreCheck(
                     name: "hardlink", status: .error, path: source,
                     message:
                         "\(source) is on another filesystem (device \(id.device)) than \(stateDirectory) (device \(store.device)): a hardlink is impossible",

@@ -4,6 +4,7 @@
 import ArgumentParser
 import Foundation
 import GriditAPI
+import GriditJobSpec
 import GriditStateDatabase
 
 struct BackupCommand: ParsableCommand {

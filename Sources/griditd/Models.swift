@@ -5,7 +5,9 @@
 import ArgumentParser
 import Foundation
 import GriditAPI
+import GriditBackend
 import GriditJobQueue
+import GriditJobSpec
 import GriditModelStore
 
 #if canImport(Glibc)
@@ -68,9 +70,7 @@ struct StoreOptions: ParsableArguments {
     /// Prints `value` as JSON or as `text`.
     func emit<T: Encodable>(_ value: T, _ text: () -> String) {
         if json {
-            let e = JSONEncoder()
-            e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            print(String(decoding: try! e.encode(value), as: UTF8.self))  // plain value types: cannot fail
+            print(String(decoding: APICoding.encode(value, pretty: true), as: UTF8.self))
         } else {
             print(text(), terminator: "")
         }
@@ -113,7 +113,7 @@ struct ModelsImport: ParsableCommand {
         help:
             "How files enter the store: auto (reflink where the filesystem can, else copy), reflink, hardlink (the source becomes the blob) or copy."
     )
-    var link: ModelLinkMode = .auto
+    var link: LinkMode = .auto
 
     @OptionGroup var options: StoreOptions
 
@@ -121,15 +121,16 @@ struct ModelsImport: ParsableCommand {
         let session = try options.session("import", mutating: true)
         let progress = isatty(2) == 1 && !options.json ? ProgressLine() : nil
         let result = try storeCall { () throws(ModelStoreError) in
-            try session.store.importModel(
-                from: path, name: name, link: link, progress: progress.map { p in { p.update($0, $1, $2) } })
+            ModelImportResult(
+                try session.store.importModel(
+                    from: path, name: name, link: link, progress: progress.map { p in { p.update($0, $1, $2) } }))
         }
         progress?.finish()
         options.emit(result) { result.render() }
     }
 }
 
-extension ModelLinkMode: ExpressibleByArgument {}
+extension LinkMode: ExpressibleByArgument {}
 
 /// A progress line on stderr while files stream in.
 final class ProgressLine {
@@ -157,7 +158,7 @@ struct ModelsList: AsyncParsableCommand {
     func run() async throws {
         let session = try options.session("list", mutating: false)
         let pins = try await options.pins(session)
-        let result = try storeCall { () throws(ModelStoreError) in try session.store.list(pins: pins) }
+        let result = try storeCall { () throws(ModelStoreError) in ModelListResult(try session.store.list(pins: pins)) }
         options.emit(result) { result.render() }
     }
 }
@@ -174,7 +175,9 @@ struct ModelsShow: AsyncParsableCommand {
     func run() async throws {
         let session = try options.session("show", mutating: false)
         let pins = try await options.pins(session)
-        let result = try storeCall { () throws(ModelStoreError) in try session.store.show(reference, pins: pins) }
+        let result = try storeCall { () throws(ModelStoreError) in
+            ModelShowResult(try session.store.show(reference, pins: pins))
+        }
         options.emit(result) { result.render() }
     }
 }
@@ -193,7 +196,9 @@ struct ModelsTag: ParsableCommand {
 
     func run() throws {
         let session = try options.session("tag", mutating: true)
-        let result = try storeCall { () throws(ModelStoreError) in try session.store.tag(source, destination) }
+        let result = try storeCall { () throws(ModelStoreError) in
+            ModelTagResult(try session.store.tag(source, destination))
+        }
         options.emit(result) { result.render() }
     }
 }
@@ -211,7 +216,9 @@ struct ModelsRemove: AsyncParsableCommand {
     func run() async throws {
         let session = try options.session("rm", mutating: true)
         let pins = try await options.pins(session)
-        let result = try storeCall { () throws(ModelStoreError) in try session.store.remove(reference, pins: pins) }
+        let result = try storeCall { () throws(ModelStoreError) in
+            ModelRemoveResult(try session.store.remove(reference, pins: pins))
+        }
         options.emit(result) { result.render() }
     }
 }
@@ -234,7 +241,9 @@ struct ModelsVerify: ParsableCommand {
 
     func run() throws {
         let session = try options.session("verify", mutating: false)
-        let result = try storeCall { () throws(ModelStoreError) in try session.store.verify(all ? nil : reference) }
+        let result = try storeCall { () throws(ModelStoreError) in
+            ModelVerifyResult(try session.store.verify(all ? nil : reference))
+        }
         options.emit(result) { result.render() }
         if !result.ok { throw ExitCode(1) }
     }
@@ -255,7 +264,9 @@ struct ModelsGC: AsyncParsableCommand {
     func run() async throws {
         let session = try options.session("gc", mutating: true)
         let pins = try await options.pins(session)
-        let result = try storeCall { () throws(ModelStoreError) in try session.store.gc(dryRun: dryRun, pins: pins) }
+        let result = try storeCall { () throws(ModelStoreError) in
+            ModelGCResult(try session.store.gc(dryRun: dryRun, pins: pins))
+        }
         options.emit(result) { result.render() }
     }
 }
@@ -275,7 +286,9 @@ struct ModelsExport: ParsableCommand {
 
     func run() throws {
         let session = try options.session("export", mutating: false)
-        let result = try storeCall { () throws(ModelStoreError) in try session.store.export(reference, to: output) }
+        let result = try storeCall { () throws(ModelStoreError) in
+            ModelExportResult(try session.store.export(reference, to: output))
+        }
         if output != "-" { options.emit(result) { result.render() } }
     }
 }
@@ -288,7 +301,7 @@ struct ModelsPS: ParsableCommand {
 
     func run() throws {
         let session = try options.session("ps", mutating: false)
-        let result = session.store.ps()
+        let result = ModelPSResult(session.store.ps())
         options.emit(result) { result.render() }
     }
 }
@@ -304,7 +317,9 @@ struct ModelsHistory: ParsableCommand {
 
     func run() throws {
         let session = try options.session("history", mutating: false)
-        let events = try storeCall { () throws(ModelStoreError) in try session.store.history(name: name) }
+        let events = try storeCall { () throws(ModelStoreError) in
+            try session.store.history(name: name).map(ModelTagEvent.init)
+        }
         options.emit(events) {
             renderTable(
                 headers: ["when", "tag", "action", "digest", "previous"],
@@ -328,14 +343,14 @@ struct ModelsCheck: ParsableCommand {
     var source: String?
 
     @Option(help: "The --link mode you mean to use.")
-    var link: ModelLinkMode?
+    var link: LinkMode?
 
     @OptionGroup var options: StoreOptions
 
     func run() throws {
-        let result = StoreChecks.run(
-            stateDirectory: options.stateDirectory, siteRoots: options.allSiteRoots,
-            source: source, link: link)
+        let result = ModelStoreCheckResult(
+            StoreChecks.run(
+                stateDirectory: options.stateDirectory, siteRoots: options.allSiteRoots, source: source, link: link))
         options.emit(result) { result.render() }
         if !result.ok { throw ExitCode(77) }
     }

@@ -1,4 +1,5 @@
 import GriditAPI
+import GriditJobSpec
 import Testing
 
 @Test func tableAlignsColumnsAndKeepsTheLastUnpadded() {

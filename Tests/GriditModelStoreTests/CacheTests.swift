@@ -1,5 +1,6 @@
 import Foundation
 import GriditAPI
+import GriditBackend
 import GriditCheckpoint
 import GriditDiffusion
 import GriditModelStore
@@ -60,7 +61,7 @@ struct CacheTests {
         #expect(entry.blobs.map(\.digest) == [weights.description])
         #expect(entry.blobs[0].size == v1.blobs[2].size)
         #expect(entry.blobs[0].resident > 0, "binding touched the header pages at least")
-        #expect(ps.render().contains("tiny:v1"))
+        #expect(ModelPSResult(ps).render().contains("tiny:v1"))
 
         a.release()
         a.release()  // idempotent

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import GriditAPI
+import GriditBackend
 import GriditDiffusion
 import GriditModelStore
 import GriditModels
@@ -154,7 +155,7 @@ struct ImportTests {
         let show = try store.show(v2.digest, pins: JobPins())
         #expect(show.references.isEmpty)
         #expect(show.history.map(\.action) == ["import", "import", "rm"])
-        #expect(show.configs["stage1.config"]?["depth"] == .integer(1))
+        #expect(ModelShowResult(show).configs["stage1.config"]?["depth"] == .integer(1))
 
         #expect(storeError { try store.resolve("tiny:latest") }?.code == .notFound)
         #expect(storeError { try store.resolve("tiny:latest") }?.message.contains("stable") == true)

@@ -1,5 +1,6 @@
 import Foundation
 import GriditAPI
+import GriditBackend
 import GriditDiffusion
 import GriditModelStore
 import GriditModels
@@ -54,7 +55,7 @@ struct IntegrityTests {
         #expect(bad.digest == imported.blobs[4].digest)
         #expect(bad.usedBy == ["tiny:v1 stage2.weights"])
         #expect(bad.quarantinedTo?.contains("/quarantine/") == true)
-        #expect(result.render().contains("1 bad"))
+        #expect(ModelVerifyResult(result).render().contains("1 bad"))
     }
 
     @Test("import finds a corrupt stored copy, quarantines it and stores the fresh one")

@@ -1,5 +1,6 @@
 import Foundation
 import GriditAPI
+import GriditBackend
 import GriditDiffusion
 import GriditJobQueue
 import GriditModelStore
@@ -100,7 +101,7 @@ struct RootsAndSessionTests {
         #expect(error?.message.contains(dir.file("file")) == true)
 
         let ok = StoreChecks.run(stateDirectory: dir.path)
-        #expect(ok.ok, "\(ok.render())")
+        #expect(ok.ok, "\(ModelStoreCheckResult(ok).render())")
         #expect(ok.checks.contains { $0.name == "free space" })
     }
 }
@@ -112,6 +113,6 @@ func checksOfMissingStateDirectory() throws {
     let result = StoreChecks.run(stateDirectory: dir.file("new/state"))
     #expect(result.ok)
     #expect(result.checks.first?.message.contains("does not exist yet") == true)
-    let json = String(decoding: try JSONEncoder().encode(result), as: UTF8.self)
+    let json = String(decoding: try JSONEncoder().encode(ModelStoreCheckResult(result)), as: UTF8.self)
     #expect(json.contains("\"ok\":true"))
 }

@@ -67,7 +67,7 @@ func writePipeline(
 /// quarantine) and the listing. Equal before and after a failed operation = unchanged store.
 struct StoreSnapshot: Equatable {
     var files: [String]
-    var list: ModelListResult
+    var list: StoreListing
 
     init(_ store: ModelStore) throws {
         let fm = FileManager.default
