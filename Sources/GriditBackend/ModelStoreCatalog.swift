@@ -124,7 +124,8 @@ public final class ModelStoreCatalog: ModelCatalog {
                 else {
                     throw ModelStoreError(.invalidInput, "an upload is a bundle or a pipeline, with its sha256:<hex>")
                 }
-                let r = try models.importUpload(upload.file, kind: kind, sha256: digest, name: upload.name)
+                let r = ModelImportResult(
+                    try models.importUpload(upload.file, kind: kind, sha256: digest, name: upload.name))
                 return ModelCommandOutput(encoding: r, text: r.render())
             case .tag(let request):
                 let r = ModelTagResult(try models.tag(request.source, request.target))

@@ -8,7 +8,6 @@
 
 import CModelStore
 import Foundation
-import GriditAPI
 import GriditCheckpoint
 
 #if canImport(Glibc)
@@ -32,7 +31,7 @@ extension ModelStore {
     /// hashes to `sha256`. The folder a pipeline is unpacked into (`<file>.d`) is removed here.
     public func importUpload(
         _ file: String, kind: UploadKind, sha256: BlobDigest, name: String?, progress: ImportProgress? = nil
-    ) throws(ModelStoreError) -> ModelImportResult {
+    ) throws(ModelStoreError) -> ImportReport {
         try requireWritable("import")
         let (digest, size) = try hashFile(path: file)
         guard digest == sha256 else {
