@@ -29,8 +29,8 @@
 //                                                        queue: live jobs' pins come in as `JobPins`)
 // The daemon and the CLI:
 //   GriditDaemon -> GriditJobQueue, GriditStateDatabase, GriditAPI, GriditJobSpec, GriditFaults, CSystemd,
-//                   CProcess, NIO, ServiceLifecycle, Logging, Configuration (the settings: flags >
-//                   environment > file), Metrics, Prometheus (GET /metrics)
+//                   CProcess, GriditDurable (the node id), NIO, ServiceLifecycle, Logging, Configuration (the
+//                   settings: flags > environment > file), Metrics, Prometheus (GET /metrics)
 //                                                        (no engine, no model store: `JobEngine`, `ModelCatalog`)
 //   GriditBackend -> GriditDaemon, GriditEngine, GriditModelStore, GriditJobQueue
 //                                                        (the engine and the store behind those protocols)
@@ -181,7 +181,7 @@ let package = Package(
             name: "GriditDaemon",
             dependencies: [
                 "GriditJobQueue", "GriditStateDatabase", "GriditAPI", "GriditJobSpec", "GriditFaults", "CSystemd",
-                "CProcess",
+                "CProcess", "GriditDurable",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

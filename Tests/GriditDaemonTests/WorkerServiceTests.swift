@@ -6,6 +6,7 @@ import GriditAPI
 import GriditFaults
 import GriditJobQueue
 import GriditJobSpec
+import GriditStateDatabase
 import GriditTestSupport
 import Logging
 import NIOHTTP1
@@ -344,5 +345,127 @@ struct WorkerServiceTests {
         #expect(h.engine.stopSeen(id) == .leaseLost)
         let job = try await h.store.get(id: id)
         #expect(job.attempt == 2 && job.crashCount == 1, "\(job)")
+    }
+}
+
+/// The SQLite store with a switch that makes lease renewals fail as an unreachable database
+/// would (test double of the worker's store, this file only); every other write goes through.
+final class FailingRenewals: TransitionStore {
+    let base: SQLiteJobStore
+    private let failing = Mutex(false)
+
+    init(_ base: SQLiteJobStore) { self.base = base }
+
+    var renewalsFail: Bool {
+        get { failing.withLock { $0 } }
+        set { failing.withLock { $0 = newValue } }
+    }
+
+    func transition(
+        _ id: Int64, _ event: JobEvent, now: Date, authorize: (@Sendable (Job) throws -> Void)?
+    ) async throws(StateError) -> Job {
+        if case .heartbeat = event, renewalsFail {
+            throw StateError(.database, "connection refused (the test made the database unreachable)")
+        }
+        return try await base.transition(id, event, now: now, authorize: authorize)
+    }
+
+    func claim(
+        workerID: String, leaseDuration: TimeInterval, filter: ClaimFilter?, now: Date
+    ) async throws(StateError) -> ClaimedJob? {
+        try await base.claim(workerID: workerID, leaseDuration: leaseDuration, filter: filter, now: now)
+    }
+
+    func submit(
+        _ submission: JobSubmission, owner: UInt32, limits: SubmitLimits, now: Date
+    ) async throws(StateError) -> SubmitResult {
+        try await base.submit(submission, owner: owner, limits: limits, now: now)
+    }
+    func recoverExpiredLeases(now: Date, sparing: Set<Int64>) async throws(StateError) -> [Job] {
+        try await base.recoverExpiredLeases(now: now, sparing: sparing)
+    }
+    func recoverOrphanedJobs(now: Date) async throws(StateError) -> [Job] {
+        try await base.recoverOrphanedJobs(now: now)
+    }
+    func setPaused(_ paused: Bool) async throws(StateError) { try await base.setPaused(paused) }
+    func isPaused() async throws(StateError) -> Bool { try await base.isPaused() }
+    func get(id: Int64) async throws(StateError) -> Job { try await base.get(id: id) }
+    func list(_ filter: JobFilter) async throws(StateError) -> [Job] { try await base.list(filter) }
+    func errors(id: Int64) async throws(StateError) -> [JobErrorRecord] { try await base.errors(id: id) }
+    func counts() async throws(StateError) -> [JobState: Int] { try await base.counts() }
+    func livePipelinePins() async throws(StateError) -> [String: [Int64]] { try await base.livePipelinePins() }
+    func delete(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StateError) -> PrunedJob {
+        try await base.delete(id: id, requesterUID: requesterUID, isAdmin: isAdmin, now: now)
+    }
+    func prune(olderThan: TimeInterval, states: Set<JobState>, now: Date) async throws(StateError) -> [PrunedJob] {
+        try await base.prune(olderThan: olderThan, states: states, now: now)
+    }
+}
+
+@Suite("worker self-fencing")
+struct SelfFencingTests {
+    @Test("renewals that fail: the worker stops the job before its lease can expire and writes nothing more for it")
+    func stopsBeforeLeaseExpires() async throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        var configuration = DaemonConfiguration(
+            stateDirectory: directory.file("state"), socketPath: directory.file("s.sock"))
+        configuration.pollInterval = 0.05
+        // Heartbeats every 4 s; the fence falls 12 s after the last renewal, 4 s before expiry.
+        configuration.leaseDuration = 16
+        try FileManager.default.createDirectory(atPath: configuration.stateDirectory, withIntermediateDirectories: true)
+        let base = try SQLiteJobStore(path: configuration.layout.database)
+        let store = FailingRenewals(base)
+        let engine = ScriptedEngine { _, attempt in attempt == 1 ? .runUntilStopped : .succeed(steps: 2) }
+        let context = DaemonContext(
+            configuration: configuration, store: store, engine: engine, catalog: nil,
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        let spec = JobSpec(length: 8, parameters: .init(seed: 1))
+        let id = try await store.submit(
+            JobSubmission(params: spec.storedJSON, length: 8), owner: 1000, maxQueued: 10, now: Date()
+        ).job.id
+        let worker = WorkerService(context: context)
+        func waitUntil(_ what: String, _ condition: () async throws -> Bool) async throws {
+            let deadline = Date().addingTimeInterval(180)
+            while Date() < deadline {
+                if try await condition() { return }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            Issue.record("timed out waiting until \(what)")
+        }
+        try await testGracefulShutdown { trigger in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await worker.run() }
+                // One renewal goes through first, then the database "goes away".
+                try await waitUntil("a renewal") {
+                    let job = try await store.get(id: id)
+                    return job.state == .running && job.leaseExpiresAt! > job.startedAt!.addingTimeInterval(16)
+                }
+                store.renewalsFail = true
+                let renewed = try await store.get(id: id)
+                try await waitUntil("the engine stopped the job") { engine.stopSeen(id) != nil }
+                let stoppedAt = Date()
+                #expect(engine.stopSeen(id) == .fenced)
+                let after = try await store.get(id: id)
+                #expect(
+                    stoppedAt < after.leaseExpiresAt!, "stopped at \(stoppedAt), lease until \(after.leaseExpiresAt!)")
+                // Nothing was written for it: the same lease, the progress it had.
+                try await waitUntil("the worker let go of it") { context.monitor.runningIDs.isEmpty }
+                let unchanged = try await store.get(id: id)
+                #expect(unchanged.state == .running && unchanged.leaseToken == renewed.leaseToken)
+                #expect(unchanged.leaseExpiresAt == renewed.leaseExpiresAt)
+                #expect(try await store.errors(id: id).isEmpty)
+                // The database is back; once the lease expires the reaper requeues the job, and it runs.
+                store.renewalsFail = false
+                let expired = try await store.recoverExpiredLeases(now: unchanged.leaseExpiresAt!)
+                #expect(expired.map(\.id) == [id])
+                context.monitor.wake()
+                try await waitUntil("succeeded on the second attempt") {
+                    try await store.get(id: id).state == .succeeded
+                }
+                trigger.triggerGracefulShutdown()
+                try await group.waitForAll()
+            }
+        }
     }
 }
