@@ -469,3 +469,46 @@ struct SelfFencingTests {
         }
     }
 }
+
+@Suite("nodes on the SQLite queue")
+struct SingleNodeTests {
+    @Test("nodes list shows this host; drain is for admins and holds new jobs back; undrain starts them")
+    func drainOneHost() async throws {
+        let h = try WorkerHarness { _, _ in .succeed(steps: 2) }
+        defer { h.directory.remove() }
+        let api = ControlAPI(context: h.context)
+        let node = h.context.node
+        try await h.context.nodes.registerNode(id: node.id, hostname: node.hostname, version: "test", now: Date())
+        func call(_ method: HTTPMethod, _ path: [String], admin: Bool) async -> HTTPResponse {
+            let caller = Caller(
+                credentials: PeerCredentials(pid: 1, uid: admin ? 0 : 1000, gid: 1000), isAdmin: admin, isMember: true)
+            return await api.handle(
+                HTTPRequest(
+                    method: method, path: path, rawPath: "/" + path.joined(separator: "/"), query: [:], headers: [:],
+                    body: Data(), caller: caller))
+        }
+        let listed = try APICoding.decoder().decode(
+            NodeList.self, from: try #require(await call(.GET, ["v1", "nodes"], admin: false).bodyData))
+        #expect(listed.nodes.map(\.id) == [node.id] && listed.nodes[0].current && !listed.nodes[0].draining)
+
+        #expect(await call(.POST, ["v1", "nodes", node.id, "drain"], admin: false).status == .forbidden)
+        #expect(await call(.POST, ["v1", "nodes", "nosuchnode", "drain"], admin: true).status == .notFound)
+        let drained = await call(.POST, ["v1", "nodes", String(node.id.prefix(8)), "drain"], admin: true)
+        #expect(drained.status == .ok)
+        #expect(h.context.startBlocker(remakeReserve: false)?.code == .draining)
+        let id = try await h.submit()
+        try await h.withWorker {
+            try await Task.sleep(for: .milliseconds(500))  // ten polls (50 ms each): nothing claimed
+            #expect(try await h.state(id) == .queued)
+            let shown = try APICoding.decoder().decode(
+                JobInfo.self, from: try #require(await call(.GET, ["v1", "jobs", "\(id)"], admin: true).bodyData))
+            #expect(shown.waitingFor?.contains("drained") == true, "\(shown)")
+            #expect(await call(.POST, ["v1", "nodes", node.hostname, "undrain"], admin: true).status == .ok)
+            try await h.waitUntil("succeeded once undrained") { try await h.state(id) == .succeeded }
+        }
+        let job = try APICoding.decoder().decode(
+            JobList.self, from: try #require(await call(.GET, ["v1", "jobs"], admin: true).bodyData)
+        ).jobs[0]
+        #expect(job.node == nil, "a finished job on the SQLite queue names no host")
+    }
+}
