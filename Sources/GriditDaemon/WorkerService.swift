@@ -237,7 +237,9 @@ public struct WorkerService: Service {
                 settings: .init(
                     maxJobs: context.configuration.maxBatchJobs,
                     heartbeatEvery: context.configuration.leaseDuration / 3,
-                    leaseDuration: context.configuration.leaseDuration,
+                    // Fenced only where another host could take the job: on a queue of its own,
+                    // griditd's reaper spares the jobs it supervises (a SIGSTOP says nothing of them).
+                    leaseDuration: context.singleHost ? .infinity : context.configuration.leaseDuration,
                     fenceMargin: context.configuration.leaseDuration / 4),
                 now: Date(), leaseFrom: leases.times(of: ids)))
         monitor.started(ids)

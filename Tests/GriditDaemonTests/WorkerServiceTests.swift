@@ -30,12 +30,15 @@ enum Script: Sendable {
 final class ScriptedEngine: JobEngine {
     let script: @Sendable (Int64, Int) -> Script
     private let state = Mutex<(batches: [[Int64]], threads: Set<String>, stops: [Int64: StopReason])>(([], [], [:]))
+    private let stopTimes = Mutex<[Int64: Date]>([:])
 
     init(_ script: @escaping @Sendable (_ jobID: Int64, _ attempt: Int) -> Script) { self.script = script }
 
     var batches: [[Int64]] { state.withLock { $0.batches } }
     var threads: Set<String> { state.withLock { $0.threads } }
     func stopSeen(_ id: Int64) -> StopReason? { state.withLock { $0.stops[id] } }
+    /// When the job first saw its stop request.
+    func stopTime(_ id: Int64) -> Date? { stopTimes.withLock { $0[id] } }
 
     func validate(_ spec: JobSpec, pipelineDigest: String?) async throws(JobFailure) -> TimeInterval {
         Double(spec.length)  // a second a frame
@@ -68,6 +71,7 @@ final class ScriptedEngine: JobEngine {
             admit()
             if let reason = hooks.shouldStop(id) {
                 state.withLock { $0.stops[id] = reason }
+                stopTimes.withLock { if $0[id] == nil { $0[id] = Date() } }
                 return reason
             }
             hooks.step(
@@ -411,15 +415,17 @@ struct SelfFencingTests {
         var configuration = DaemonConfiguration(
             stateDirectory: directory.file("state"), socketPath: directory.file("s.sock"))
         configuration.pollInterval = 0.05
-        // Heartbeats every 4 s; the fence falls 12 s after the last renewal, 4 s before expiry.
-        configuration.leaseDuration = 16
+        // The fence falls 30 s after the claim, 10 s before the lease can expire.
+        configuration.leaseDuration = 40
         try FileManager.default.createDirectory(atPath: configuration.stateDirectory, withIntermediateDirectories: true)
         let base = try SQLiteJobStore(path: configuration.layout.database)
         let store = FailingRenewals(base)
         let engine = ScriptedEngine { _, attempt in attempt == 1 ? .runUntilStopped : .succeed(steps: 2) }
-        let context = DaemonContext(
+        var shared = DaemonContext(
             configuration: configuration, store: store, engine: engine, catalog: nil,
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        shared.singleHost = false  // a shared queue: another host could take the job
+        let context = shared
         let spec = JobSpec(length: 8, parameters: .init(seed: 1))
         let id = try await store.submit(
             JobSubmission(params: spec.storedJSON, length: 8), owner: 1000, maxQueued: 10, now: Date()
@@ -436,24 +442,21 @@ struct SelfFencingTests {
         try await testGracefulShutdown { trigger in
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await worker.run() }
-                // One renewal goes through first, then the database "goes away".
-                try await waitUntil("a renewal") {
-                    let job = try await store.get(id: id)
-                    return job.state == .running && job.leaseExpiresAt! > job.startedAt!.addingTimeInterval(16)
-                }
+                // The database "goes away" as the job starts: no renewal ever goes through.
                 store.renewalsFail = true
-                let renewed = try await store.get(id: id)
+                try await waitUntil("running") { try await store.get(id: id).state == .running }
+                let claimed = try await store.get(id: id)
                 try await waitUntil("the engine stopped the job") { engine.stopSeen(id) != nil }
-                let stoppedAt = Date()
                 #expect(engine.stopSeen(id) == .fenced)
-                let after = try await store.get(id: id)
+                let stoppedAt = try #require(engine.stopTime(id))
                 #expect(
-                    stoppedAt < after.leaseExpiresAt!, "stopped at \(stoppedAt), lease until \(after.leaseExpiresAt!)")
+                    stoppedAt < claimed.leaseExpiresAt!,
+                    "stopped at \(stoppedAt), lease until \(claimed.leaseExpiresAt!)")
                 // Nothing was written for it: the same lease, the progress it had.
                 try await waitUntil("the worker let go of it") { context.monitor.runningIDs.isEmpty }
                 let unchanged = try await store.get(id: id)
-                #expect(unchanged.state == .running && unchanged.leaseToken == renewed.leaseToken)
-                #expect(unchanged.leaseExpiresAt == renewed.leaseExpiresAt)
+                #expect(unchanged.state == .running && unchanged.leaseToken == claimed.leaseToken)
+                #expect(unchanged.leaseExpiresAt == claimed.leaseExpiresAt)
                 #expect(try await store.errors(id: id).isEmpty)
                 // The database is back; once the lease expires the reaper requeues the job, and it runs.
                 store.renewalsFail = false
