@@ -31,8 +31,8 @@
 //                                                        wire types: it returns its own results)
 // The daemon and the CLI:
 //   GriditDaemon -> GriditJobQueue, GriditStateDatabase, GriditAPI, GriditJobSpec, GriditFaults, CSystemd,
-//                   CProcess, NIO, ServiceLifecycle, Logging, Configuration (the settings: flags >
-//                   environment > file), Metrics, Prometheus (GET /metrics)
+//                   CProcess, GriditDurable (the node id), NIO, ServiceLifecycle, Logging, Configuration (the
+//                   settings: flags > environment > file), Metrics, Prometheus (GET /metrics)
 //                                                        (no engine, no model store: `JobEngine`, `ModelCatalog`)
 //   GriditBackend -> GriditDaemon, GriditEngine, GriditModelStore, GriditJobQueue, GriditAPI
 //                                                        (the engine and the store behind those protocols;
@@ -186,7 +186,7 @@ let package = Package(
             name: "GriditDaemon",
             dependencies: [
                 "GriditJobQueue", "GriditStateDatabase", "GriditAPI", "GriditJobSpec", "GriditFaults", "CSystemd",
-                "CProcess",
+                "CProcess", "GriditDurable",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

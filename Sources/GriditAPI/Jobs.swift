@@ -123,13 +123,17 @@ public struct JobInfo: Codable, Hashable, Sendable {
     public var errors: [JobErrorInfo]?
     /// Why a waiting job does not start although it is due (no disk space, the database lost).
     public var waitingFor: String?
+    /// The griditd host (node id) that runs the job, or ran it last; nil before its first claim.
+    public var node: String?
+    /// That node's hostname, as it registered.
+    public var host: String?
 
     public init(
         id: Int64, state: JobState, ownerUID: UInt32, priority: Int, spec: JobSpec, pipelineDigest: String?,
         idempotencyKey: String?, createdAt: Date, updatedAt: Date, startedAt: Date?, finishedAt: Date?, attempt: Int,
         maxAttempts: Int, crashCount: Int, cancelRequested: Bool, queuePosition: Int?, notBefore: Date,
         progress: JobProgress, errorClass: String?, errorMessage: String?, outputDir: String?,
-        errors: [JobErrorInfo]? = nil, waitingFor: String? = nil
+        errors: [JobErrorInfo]? = nil, waitingFor: String? = nil, node: String? = nil, host: String? = nil
     ) {
         self.id = id
         self.state = state
@@ -154,6 +158,8 @@ public struct JobInfo: Codable, Hashable, Sendable {
         self.outputDir = outputDir
         self.errors = errors
         self.waitingFor = waitingFor
+        self.node = node
+        self.host = host
     }
 
     /// Frames the job generates.
@@ -177,6 +183,7 @@ public struct JobInfo: Codable, Hashable, Sendable {
         case errorMessage = "error_message"
         case outputDir = "output_dir"
         case waitingFor = "waiting_for"
+        case node, host
     }
 
     public init(from decoder: any Decoder) throws {
@@ -204,6 +211,8 @@ public struct JobInfo: Codable, Hashable, Sendable {
         outputDir = try c.decodeIfPresent(String.self, forKey: .outputDir)
         errors = try c.decodeIfPresent([JobErrorInfo].self, forKey: .errors)
         waitingFor = try c.decodeIfPresent(String.self, forKey: .waitingFor)
+        node = try c.decodeIfPresent(String.self, forKey: .node)
+        host = try c.decodeIfPresent(String.self, forKey: .host)
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -231,6 +240,8 @@ public struct JobInfo: Codable, Hashable, Sendable {
         try c.encodeIfPresent(outputDir, forKey: .outputDir)
         try c.encodeIfPresent(errors, forKey: .errors)
         try c.encodeIfPresent(waitingFor, forKey: .waitingFor)
+        try c.encodeIfPresent(node, forKey: .node)
+        try c.encodeIfPresent(host, forKey: .host)
     }
 }
 

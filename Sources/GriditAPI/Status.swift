@@ -236,6 +236,8 @@ public struct StatusNotice: Codable, Hashable, Sendable {
         public static let databaseDiskFull = Code(rawValue: "database_disk_full")
         /// The database file was deleted or replaced while griditd ran: nothing starts, writes are refused.
         public static let databaseLost = Code(rawValue: "database_lost")
+        /// This host is drained (`griditctl nodes drain`): it claims no job; its running jobs finish.
+        public static let draining = Code(rawValue: "draining")
     }
 
     public var code: Code

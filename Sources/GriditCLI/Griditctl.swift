@@ -27,7 +27,7 @@ public struct Griditctl: ParsableCommand {
             """,
         version: griditVersion,
         subcommands: [
-            Submit.self, Jobs.self, Queue.self, Status.self, Doctor.self, Models.self, Version.self,
+            Submit.self, Jobs.self, Queue.self, Nodes.self, Status.self, Doctor.self, Models.self, Version.self,
         ])
 
     public init() {}

@@ -47,13 +47,32 @@ enum Rendering {
     static func jobsTable(_ jobs: [JobInfo], now: Date = Date(), userName: (UInt32) -> String? = { _ in nil }) -> String
     {
         renderTable(
-            headers: ["id", "state", "progress", "position", "priority", "length", "owner", "created"],
+            headers: ["id", "state", "progress", "position", "priority", "length", "owner", "created", "host"],
             rows: jobs.map { job in
                 [
                     String(job.id),
                     job.state.rawValue + (job.cancelRequested && job.state == .running ? " (canceling)" : ""),
                     progress(job), job.queuePosition.map(String.init) ?? "-", String(job.priority), String(job.length),
-                    owner(job.ownerUID, userName), ago(job.createdAt, now: now),
+                    owner(job.ownerUID, userName), ago(job.createdAt, now: now), host(job),
+                ]
+            })
+    }
+
+    /// The griditd host running the job (ran it last): its hostname, else its node id's start.
+    static func host(_ job: JobInfo, long: Bool = false) -> String {
+        guard let node = job.node else { return "-" }
+        guard let host = job.host else { return String(node.prefix(8)) }
+        return long ? "\(host) (node \(node))" : host
+    }
+
+    /// Every griditd host sharing the queue; `*` marks the one that answered.
+    static func nodesTable(_ nodes: [NodeInfo], now: Date = Date()) -> String {
+        renderTable(
+            headers: ["node", "hostname", "version", "last seen", "running", "draining"],
+            rows: nodes.map { node in
+                [
+                    String(node.id.prefix(8)) + (node.current ? " *" : ""), node.hostname, node.version,
+                    ago(node.lastSeen, now: now), String(node.runningJobs), node.draining ? "yes" : "no",
                 ]
             })
     }
@@ -79,6 +98,7 @@ enum Rendering {
         let params = parameterList(job.spec.parameters)
         if !params.isEmpty { lines.append(("Parameters", params)) }
         lines.append(("Priority", String(job.priority)))
+        if job.node != nil { lines.append((job.state == .running ? "Host" : "Last host", host(job, long: true))) }
         if let position = job.queuePosition { lines.append(("Queue position", String(position))) }
         if let reason = job.waitingFor { lines.append(("Waiting for", reason)) }
         lines.append(("Progress", progress(job)))

@@ -14,6 +14,13 @@ struct BatchScheduler {
         /// A job that made progress since its last heartbeat gets one this often (a hung engine
         /// makes none, so its lease expires).
         var heartbeatEvery: TimeInterval
+        /// The lease each claim and heartbeat asks for. A job whose lease was last granted or
+        /// renewed (as sent: the database's instant is later) `leaseDuration - fenceMargin`
+        /// ago is stopped and nothing more is written for it (self-fencing): by the time the
+        /// lease may expire and another host take the job, this one has let go of it.
+        var leaseDuration: TimeInterval = .infinity
+        /// Time left to stop the engine at its next step before the lease can expire.
+        var fenceMargin: TimeInterval = 0
     }
 
     enum Event: Sendable {
@@ -31,6 +38,10 @@ struct BatchScheduler {
         case cancelRequested(Int64)
         /// The database refused a write for the job: another worker owns it now.
         case leaseLost(Int64)
+        /// A heartbeat sent at `sentAt` renewed the job's lease.
+        case renewed(Int64, sentAt: Date)
+        /// The clock alone: stops the jobs whose lease could not be renewed in time.
+        case fence
         /// The clock: progress to save, heartbeats due, outcomes to record. `stops` holds why
         /// the batch's jobs were asked to stop (an outcome's record depends on it). The `final`
         /// tick, after the engine returned, sends no heartbeat.
@@ -83,6 +94,10 @@ struct BatchScheduler {
         /// A step or durable unit since the last heartbeat.
         var active = false
         var lastHeartbeat: Date
+        /// When the latest claim or heartbeat that granted the lease was sent.
+        var leaseFrom: Date
+        /// Stopped for want of a renewed lease: nothing more is written for it.
+        var fenced = false
     }
 
     let settings: Settings
@@ -93,12 +108,17 @@ struct BatchScheduler {
     private var outcomes: [(Int64, ExecutionOutcome)] = []
     private(set) var isClosed = false
 
-    /// A batch of `items`, claimed with `tokens`, starting at `now`.
-    init(_ items: [ExecutionItem], tokens: [Int64: LeaseToken], settings: Settings, now: Date) {
+    /// A batch of `items`, claimed with `tokens`, starting at `now`; `leaseFrom` holds when
+    /// each lease was granted or last renewed (default: `now`).
+    init(
+        _ items: [ExecutionItem], tokens: [Int64: LeaseToken], settings: Settings, now: Date,
+        leaseFrom: [Int64: Date] = [:]
+    ) {
         self.settings = settings
         for item in items {
             guard let token = tokens[item.jobID] else { continue }
-            members[item.jobID] = Member(item: item, token: token, lastHeartbeat: now)
+            members[item.jobID] = Member(
+                item: item, token: token, lastHeartbeat: now, leaseFrom: leaseFrom[item.jobID] ?? now)
         }
     }
 
@@ -119,7 +139,7 @@ struct BatchScheduler {
         case .offered(let item, let claim):
             guard !isClosed else { return [.handBack(claim)] }
             members[item.jobID] = Member(
-                item: item, token: claim.token, claim: claim, waiting: true, lastHeartbeat: now)
+                item: item, token: claim.token, claim: claim, waiting: true, lastHeartbeat: now, leaseFrom: now)
             inbox.append(item.jobID)
             return []
         case .admit:
@@ -142,8 +162,13 @@ struct BatchScheduler {
             return members[id] == nil ? [] : [.stop(id, .cancel)]
         case .leaseLost(let id):
             return members[id] == nil ? [] : [.stop(id, .leaseLost)]
+        case .renewed(let id, let sentAt):
+            if let from = members[id]?.leaseFrom, sentAt > from { members[id]?.leaseFrom = sentAt }
+            return []
+        case .fence:
+            return fence(now: now)
         case .tick(let stops, let final):
-            return flush(now: now, stops: stops, heartbeats: !final)
+            return fence(now: now) + flush(now: now, stops: stops, heartbeats: !final)
         case .engineReturned:
             isClosed = true
             var actions: [Action] = []
@@ -160,12 +185,31 @@ struct BatchScheduler {
         }
     }
 
+    /// Stops every job whose lease was not renewed in time, once; from then on it gets no
+    /// progress save, heartbeat or outcome.
+    private mutating func fence(now: Date) -> [Action] {
+        var actions: [Action] = []
+        for id in members.keys.sorted() {
+            let member = members[id]!
+            guard !member.fenced, !member.reported || outcomes.contains(where: { $0.0 == id }),
+                now.timeIntervalSince(member.leaseFrom) >= settings.leaseDuration - settings.fenceMargin
+            else { continue }
+            members[id]?.fenced = true
+            actions.append(.stop(id, .fenced))
+        }
+        return actions
+    }
+
     /// Progress saves and heartbeats (by job id), then each outcome: its last progress first
     /// (the resume point of an interrupted job), then its record.
     private mutating func flush(now: Date, stops: [Int64: StopReason], heartbeats: Bool) -> [Action] {
         var actions: [Action] = []
         for id in members.keys.sorted() {
             var member = members[id]!
+            guard !member.fenced else {
+                members[id]?.progress = nil
+                continue
+            }
             let due =
                 heartbeats && (member.active || member.waiting) && !member.reported
                 && now.timeIntervalSince(member.lastHeartbeat) >= settings.heartbeatEvery
@@ -180,7 +224,8 @@ struct BatchScheduler {
         }
         for (id, outcome) in outcomes {
             guard let member = members[id] else { continue }
-            actions.append(.record(id, member.token, Self.record(outcome, stop: stops[id], item: member.item)))
+            let stop = member.fenced ? .fenced : stops[id]
+            actions.append(.record(id, member.token, Self.record(outcome, stop: stop, item: member.item)))
         }
         outcomes = []
         return actions
@@ -189,7 +234,7 @@ struct BatchScheduler {
     /// The transition the queue records for a job that left the engine with `outcome`, asked to
     /// stop for `stop`.
     static func record(_ outcome: ExecutionOutcome, stop: StopReason?, item: ExecutionItem) -> Record {
-        if stop == .databaseLost { return .nothing(.databaseLost) }
+        if let stop, stop == .databaseLost || stop == .fenced { return .nothing(stop) }
         switch outcome {
         case .succeeded:
             return .complete(outputDir: item.outputDirectory)
@@ -203,7 +248,7 @@ struct BatchScheduler {
             case .shutdown?: return .releaseLease(.shutdown)
             case .diskFull?: return .releaseLease(.diskFull)
             case .leaseLost?: return .nothing(.leaseLost)
-            case .databaseLost?: return .nothing(.databaseLost)
+            case .databaseLost?, .fenced?: return .nothing(stop!)
             case nil:
                 return .fail(JobFailure(.internalError, "the engine stopped the job although nobody asked it to"))
             }

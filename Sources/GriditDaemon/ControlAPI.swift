@@ -58,6 +58,9 @@ public struct ControlAPI: Sendable {
         Route(method: .GET, template: "/v1/queue") { api, _, _ in try await api.queueStatus() },
         Route(method: .POST, template: "/v1/queue/pause") { api, r, _ in try await api.setPaused(true, r) },
         Route(method: .POST, template: "/v1/queue/resume") { api, r, _ in try await api.setPaused(false, r) },
+        Route(method: .GET, template: "/v1/nodes") { api, r, _ in try await api.listNodes(r) },
+        Route(method: .POST, template: "/v1/nodes/{node}/drain") { api, r, p in try await api.drain(true, r, p) },
+        Route(method: .POST, template: "/v1/nodes/{node}/undrain") { api, r, p in try await api.drain(false, r, p) },
         Route(method: .POST, template: "/v1/jobs") { api, r, _ in try await api.submit(r) },
         Route(method: .GET, template: "/v1/jobs") { api, r, _ in try await api.list(r) },
         Route(method: .POST, template: "/v1/jobs/prune") { api, r, _ in try await api.prune(r) },
@@ -316,7 +319,12 @@ public struct ControlAPI: Sendable {
     /// Why a due job that waits does not start now (nil: it starts when its turn comes).
     private func waitReason(_ job: Job, paused: Bool?) -> String? {
         guard JobState.claimable.contains(job.state), job.notBefore <= Date() else { return nil }
-        if let blocker = context.startBlocker(remakeReserve: false), blocker.blocksJobs { return blocker.message }
+        // A drained host's jobs wait only for it where no other host shares the queue.
+        if let blocker = context.startBlocker(remakeReserve: false), blocker.blocksJobs,
+            context.singleHost || blocker.code != .draining
+        {
+            return blocker.message
+        }
         if paused == true { return "the queue is paused; an admin resumes it with `griditctl queue resume`" }
         return nil
     }
@@ -324,6 +332,8 @@ public struct ControlAPI: Sendable {
     private func info(_ job: Job, paused: Bool?, errors: [JobErrorRecord]? = nil) throws(APIError) -> JobInfo {
         var info = try Self.info(job, live: context.monitor.live(job.id), errors: errors)
         info.waitingFor = waitReason(job, paused: paused)
+        // The SQLite queue is this host's alone: its running jobs are this node's.
+        info.node = job.node ?? (context.singleHost && job.state == .running ? context.node.id : nil)
         return info
     }
 
@@ -492,13 +502,14 @@ public struct ControlAPI: Sendable {
         let paused = try? await context.store.isPaused()
         var infos: [JobInfo] = []
         for job in jobs { infos.append(try info(job, paused: paused)) }
-        return .json(JobList(jobs: infos))
+        return .json(JobList(jobs: await withHosts(infos)))
     }
 
     func show(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
         let job = try await ownedJob(request, params)
         let errors = try await store { try await $0.errors(id: job.id) }
-        return .json(try info(job, paused: try? await context.store.isPaused(), errors: errors))
+        let shown = try info(job, paused: try? await context.store.isPaused(), errors: errors)
+        return .json(await withHosts([shown])[0])
     }
 
     func cancel(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
@@ -718,7 +729,7 @@ public struct ControlAPI: Sendable {
         return try APICoding.decode(type, from: body)
     }
 
-    private func requireAdmin(_ request: HTTPRequest, _ action: String) throws(APIError) {
+    func requireAdmin(_ request: HTTPRequest, _ action: String) throws(APIError) {
         guard request.caller.isAdmin else {
             throw APIError(
                 .forbidden,

@@ -41,12 +41,13 @@ public enum Daemon {
     /// Runs griditd until SIGTERM/SIGINT. Throws `DaemonError` (or the store's error) with a
     /// message for the operator when it cannot start. `components` runs after the lock is taken,
     /// the migrations are applied and orphaned jobs are recovered, before the socket opens.
-    /// `jobs` is the job queue when it lives elsewhere (PostgreSQL, migrated and serving); nil:
-    /// the state directory's SQLite database holds it. The state database opens either way
-    /// (the model store's tables).
+    /// `jobs` gives the job queue when it lives elsewhere (PostgreSQL, migrated and serving),
+    /// acting for this host's node (read from the state directory once it is locked); nil: the
+    /// state directory's SQLite database holds it. The state database opens either way (the
+    /// model store's tables).
     public static func run(
         configuration: DaemonConfiguration, logger: Logger, faults: FaultInjection = FaultInjection(),
-        jobs: (any JobStore)? = nil,
+        jobs: (@Sendable (NodeIdentity) -> any JobStore & NodeRegistry)? = nil,
         components: @Sendable (_ database: StateDatabase, _ jobs: any JobStore) async throws -> DaemonComponents = {
             _, _ in DaemonComponents()
         }
@@ -69,13 +70,19 @@ public enum Daemon {
             reserveBytes: configuration.databaseReserveBytes)
         let local = SQLiteJobStore(database: database)
         defer { try? local.close() }
-        let store: any JobStore = jobs ?? local
+        let node = try NodeIdentity.loadOrCreate(stateDirectory: layout.root)
+        let shared = jobs?(node)
+        let store: any JobStore = shared ?? local
+        let nodes: any NodeRegistry = shared ?? SingleNodeRegistry(store: local)
         for note in notes { logger.warning("\(note)") }
         if let reserve = database.reserve, reserve.size > 0, !reserve.isHeld {
             logger.warning(
                 "no room for the database's \(formatBytes(reserve.size)) reserve (\(reserve.path)); griditd makes it once there is"
             )
         }
+        try await nodes.registerNode(id: node.id, hostname: node.hostname, version: griditVersion, now: Date())
+        logger.notice("node \(node.id) (\(node.hostname))", metadata: ["node.id": "\(node.id)"])
+        // This node's running jobs only, where the queue is shared.
         for job in try await store.recoverOrphanedJobs(now: Date()) {
             logger.warning(
                 "requeued a job griditd was running when it stopped (killed, crashed or the machine went down); it resumes from its saved progress, not counted as a crash",
@@ -90,9 +97,10 @@ public enum Daemon {
 
         let built = try await components(database, store)
         let engine = built.engine, catalog = built.catalog
-        let context = DaemonContext(
+        var context = DaemonContext(
             configuration: configuration, store: store, engine: engine, catalog: catalog, notifier: notifier,
-            faults: faults, logger: logger, database: database)
+            faults: faults, logger: logger, database: database, node: node, nodes: nodes)
+        context.singleHost = shared == nil
         let api = ControlAPI(context: context)
         let server = HTTPServer(
             limits: configuration.http,
@@ -160,6 +168,7 @@ public enum Daemon {
             services: [
                 .init(service: ControlSocketService(server: server, channel: channel)),
                 .init(service: MaintenanceService(context: context)),
+                .init(service: NodeHeartbeatService(context: context)),
             ] + observability + built.services.map { .init(service: $0) } + [
                 .init(service: WorkerService(context: context)),
                 // Last: the first told of shutdown, so STOPPING=1 goes out before anything stops.

@@ -58,6 +58,9 @@ public struct DaemonConfiguration: Sendable {
     public var pollInterval: TimeInterval = 1
     /// How often the maintenance service looks for expired leases.
     public var reapInterval: TimeInterval = 15
+    /// How often this host records "last seen" in the node registry and reads whether it is
+    /// drained (a drain made on this host counts at once).
+    public var nodeHeartbeatInterval: TimeInterval = 5
     /// Retention of finished jobs (and their outputs), by state: succeeded ones, and failed,
     /// canceled and dead ones. Nil keeps them until `griditctl jobs prune` (retention off). The
     /// maintenance service applies it at start and every `pruneInterval`.

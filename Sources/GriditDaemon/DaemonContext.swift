@@ -30,14 +30,27 @@ public struct DaemonContext: Sendable {
     public var conditions: StartConditions
     /// Counters and timings for `GET /metrics`.
     public var metrics: DaemonMetrics
+    /// This host, and the registry of every host sharing the queue.
+    public var node: NodeIdentity
+    public var nodes: any NodeRegistry
+    /// Whether this host is drained (as its node heartbeat last read it).
+    public var nodeState: NodeState
+    /// The queue is this host's alone (SQLite): its running jobs are this node's. True unless
+    /// a registry of several hosts is given.
+    public var singleHost: Bool
 
     public init(
         configuration: DaemonConfiguration, store: any JobStore, engine: (any JobEngine)?,
         catalog: (any ModelCatalog)?, monitor: JobMonitor = JobMonitor(), notifier: SystemdNotifier = SystemdNotifier(),
         faults: FaultInjection = FaultInjection(), logger: Logger, startedAt: Date = Date(),
         database: StateDatabase? = nil,
-        metrics: DaemonMetrics = DaemonMetrics()
+        metrics: DaemonMetrics = DaemonMetrics(), node: NodeIdentity = NodeIdentity(),
+        nodes: (any NodeRegistry)? = nil
     ) {
+        self.node = node
+        self.nodes = nodes ?? SingleNodeRegistry(store: store)
+        self.singleHost = nodes == nil || nodes is SingleNodeRegistry
+        self.nodeState = NodeState()
         self.database = database
         self.metrics = metrics
         self.conditions = StartConditions()
@@ -88,6 +101,13 @@ public struct DaemonContext: Sendable {
                 problem + ". griditd starts no job and refuses changes until it is restarted: restore the "
                     + "database (and its -wal file) from a backup, or restart griditd with `--init` to start "
                     + "over with an empty queue",
+                blocksJobs: true)
+        }
+        if nodeState.draining {
+            return StatusNotice(
+                .draining,
+                "this host (node \(node.id.prefix(8)), \(node.hostname)) is drained: it starts no job; "
+                    + "`griditctl nodes undrain \(node.id.prefix(8))` lets it claim again",
                 blocksJobs: true)
         }
         let minimum = configuration.minFreeBytes

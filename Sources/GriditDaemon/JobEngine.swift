@@ -67,6 +67,9 @@ public enum StopReason: String, Sendable, Hashable, Codable {
     case diskFull = "disk_full"
     /// The job database was deleted or replaced under griditd: stop, record nothing more.
     case databaseLost = "database_lost"
+    /// Self-fencing: the lease could not be renewed in time (the database unreachable), so
+    /// another host may soon take the job; stop and record nothing more.
+    case fenced
 }
 
 /// Callbacks the engine calls on its own (worker) thread. All are cheap and never block on I/O.

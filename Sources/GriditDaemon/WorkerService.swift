@@ -20,10 +20,13 @@ public struct WorkerService: Service {
     let workerID: String
     /// Outcomes the database could not take yet (its filesystem full): retried before anything starts.
     let unrecorded = Unrecorded()
+    /// When each held lease was granted or last renewed, for self-fencing.
+    let leases = LeaseTimes()
 
     public init(context: DaemonContext) {
         self.context = context
-        self.workerID = "\(context.configuration.instanceID.prefix(8))/worker-0"
+        // The node first: the lease owner names the host (its id, as in `nodes list`).
+        self.workerID = "\(context.node.id)/worker-0"
     }
 
     public func run() async throws {
@@ -125,17 +128,22 @@ public struct WorkerService: Service {
     private func claimBatch() async throws(StateError) -> [ClaimedJob] {
         let store = context.store
         let lease = context.configuration.leaseDuration
-        guard let first = try await store.claim(workerID: workerID, leaseDuration: lease, now: Date()) else {
+        var sent = Date()
+        guard let first = try await store.claim(workerID: workerID, leaseDuration: lease, now: sent) else {
             return []
         }
+        leases.granted(first.job.id, at: sent)
         var claimed = [first]
         // A job that crashed a worker before runs alone: its next crash is then its own.
         guard first.job.crashCount == 0 else { return claimed }
         let filter = ClaimFilter(pipelineDigest: first.job.pipelineDigest, priority: first.job.priority)
+        sent = Date()
         while claimed.count < context.configuration.maxBatchJobs,
-            let more = try await store.claim(workerID: workerID, leaseDuration: lease, matching: filter, now: Date())
+            let more = try await store.claim(workerID: workerID, leaseDuration: lease, matching: filter, now: sent)
         {
+            leases.granted(more.job.id, at: sent)
             claimed.append(more)
+            sent = Date()
         }
         return claimed
     }
@@ -227,9 +235,13 @@ public struct WorkerService: Service {
             BatchScheduler(
                 batch.items, tokens: claimed.tokens,
                 settings: .init(
-                    maxJobs: context.configuration.maxBatchJobs, heartbeatEvery: context.configuration.leaseDuration / 3
-                ),
-                now: Date()))
+                    maxJobs: context.configuration.maxBatchJobs,
+                    heartbeatEvery: context.configuration.leaseDuration / 3,
+                    // Fenced only where another host could take the job: on a queue of its own,
+                    // griditd's reaper spares the jobs it supervises (a SIGSTOP says nothing of them).
+                    leaseDuration: context.singleHost ? .infinity : context.configuration.leaseDuration,
+                    fenceMargin: context.configuration.leaseDuration / 4),
+                now: Date(), leaseFrom: leases.times(of: ids)))
         monitor.started(ids)
         context.metrics.jobsStarted(batch.items)
         for id in ids { monitor.changed(id) }
@@ -299,6 +311,21 @@ public struct WorkerService: Service {
                     pipelineDigest: batch.pipelineDigest, priority: claimed.priority, nextInLineOnly: true)
                 return await admitMore(scheduler, filter: filter, stopping: stopping)
             }
+            group.addTask {
+                // Self-fencing runs on the clock alone: a heartbeat stuck on an unreachable
+                // database holds up the writer above, never this.
+                let every = Duration.milliseconds(Int64(min(1, context.configuration.leaseDuration / 20) * 1000))
+                while !scheduler.withLock({ $0.isClosed }) {
+                    for case .stop(let id, let reason) in scheduler.withLock({ $0.handle(.fence, now: Date()) }) {
+                        context.logger.critical(
+                            "the job's lease was not renewed in time (is the job database reachable?): stopping it, writing nothing more for it",
+                            metadata: ["job.id": "\(id)"])
+                        monitor.requestStop(id, reason)
+                    }
+                    try? await Task.sleep(for: every)
+                }
+                return []
+            }
             var carried: [ClaimedJob] = []
             for await jobs in group { carried += jobs }
             return carried
@@ -332,17 +359,20 @@ public struct WorkerService: Service {
             var filter = filter
             let (room, members) = scheduler.withLock { ($0.hasRoom, $0.memberIDs) }
             filter.excluding = members  // never a second run of a job the engine still has
+            let sent = Date()
             guard room, startsAllowed(log: false),
                 let claimed = try? await context.store.claim(
-                    workerID: workerID, leaseDuration: lease, matching: filter, now: Date())
+                    workerID: workerID, leaseDuration: lease, matching: filter, now: sent)
             else {
                 await context.monitor.waitForWake(timeout: pollInterval)
                 continue
             }
+            leases.granted(claimed.job.id, at: sent)
             guard let ready = await start([claimed], stopping: stopping), let item = ready.batch.items.first else {
                 continue
             }
-            let refused = scheduler.withLock { $0.handle(.offered(item, claimed), now: Date()) }
+            let granted = leases.times(of: [item.jobID])[item.jobID] ?? Date()
+            let refused = scheduler.withLock { $0.handle(.offered(item, claimed), now: granted) }
             if refused.isEmpty {
                 context.monitor.started([item.jobID])
                 context.metrics.jobsStarted([item])
@@ -375,10 +405,13 @@ public struct WorkerService: Service {
                     return status
                 }
             case .heartbeat(let id, let token):
+                let sent = Date()
                 await leaseWrite(id, scheduler) { () async throws(StateError) -> LeaseStatus in
                     let status = try await context.store.heartbeat(
-                        id: id, token: token, leaseDuration: lease, now: Date())
+                        id: id, token: token, leaseDuration: lease, now: sent)
                     context.metrics.leaseRenewed()
+                    leases.granted(id, at: sent)
+                    _ = scheduler.withLock { $0.handle(.renewed(id, sentAt: sent), now: Date()) }
                     return status
                 }
             case .record(let id, let token, let record):
@@ -476,6 +509,14 @@ public struct WorkerService: Service {
                 }
             case .nothing(.databaseLost):
                 logger.critical("job \(id) stopped: the job database is lost, nothing is recorded", metadata: metadata)
+                leases.released(id)
+                context.monitor.finished(id)
+                return
+            case .nothing(.fenced):
+                logger.critical(
+                    "job \(id) stopped unrecorded: its lease was not renewed in time; it runs again (here or on another host) once its lease expires",
+                    metadata: metadata)
+                leases.released(id)
                 context.monitor.finished(id)
                 return
             case .nothing:
@@ -490,8 +531,23 @@ public struct WorkerService: Service {
             unrecorded.add(Unrecorded.Pending(id: id, token: token, record: record))
             return
         }
+        leases.released(id)
         context.monitor.finished(id)
         context.monitor.changed(id)
+    }
+}
+
+/// When each lease this worker holds was granted or last renewed, as sent (the database's
+/// instant is later, so a lease counted from here ends no earlier than counted).
+final class LeaseTimes: Sendable {
+    private let times = Mutex<[Int64: Date]>([:])
+
+    func granted(_ id: Int64, at instant: Date) {
+        times.withLock { if $0[id].map({ $0 < instant }) ?? true { $0[id] = instant } }
+    }
+    func released(_ id: Int64) { _ = times.withLock { $0.removeValue(forKey: id) } }
+    func times(of ids: [Int64]) -> [Int64: Date] {
+        times.withLock { all in all.filter { ids.contains($0.key) } }
     }
 }
 

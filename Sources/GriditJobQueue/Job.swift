@@ -53,6 +53,9 @@ public struct Job: Hashable, Sendable {
     /// 1-based place in claim order among waiting (`queued`, `retryable`) jobs; nil otherwise.
     /// Filled in by `get` and `list`; it ignores `notBefore`.
     public var queuePosition: Int?
+    /// The griditd host (`NodeRecord.id`) whose worker holds the lease, or held it last; nil
+    /// where the store does not record hosts (SQLite: one host) or before the first claim.
+    public var node: String?
 
     public init(
         id: Int64, ownerUID: UInt32, idempotencyKey: String? = nil, state: JobState = .queued,
@@ -61,7 +64,8 @@ public struct Job: Hashable, Sendable {
         attempt: Int = 0, maxAttempts: Int = 3, crashCount: Int = 0, cancelRequested: Bool = false,
         leaseOwner: String? = nil, leaseToken: LeaseToken? = nil, leaseExpiresAt: Date? = nil,
         notBefore: Date, progress: JobProgress = JobProgress(), errorClass: String? = nil,
-        errorMessage: String? = nil, outputDir: String? = nil, workSeconds: Double = 0, queuePosition: Int? = nil
+        errorMessage: String? = nil, outputDir: String? = nil, workSeconds: Double = 0, queuePosition: Int? = nil,
+        node: String? = nil
     ) {
         self.id = id
         self.ownerUID = ownerUID
@@ -89,6 +93,7 @@ public struct Job: Hashable, Sendable {
         self.outputDir = outputDir
         self.workSeconds = workSeconds
         self.queuePosition = queuePosition
+        self.node = node
     }
 }
 

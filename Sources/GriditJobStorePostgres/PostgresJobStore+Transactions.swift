@@ -211,7 +211,8 @@ extension PostgresJobStore {
             errorMessage: try row["error_message"].decode(String?.self),
             outputDir: try row["output_dir"].decode(String?.self),
             workSeconds: try row["work_seconds"].decode(Double.self),
-            queuePosition: row.contains("queue_position") ? try row["queue_position"].decode(Int?.self) : nil)
+            queuePosition: row.contains("queue_position") ? try row["queue_position"].decode(Int?.self) : nil,
+            node: row.contains("node_id") ? try row["node_id"].decode(UUID?.self)?.uuidString.lowercased() : nil)
     }
 
     /// Writes a state-machine transition: the new row (every mutable column) and its effects.

@@ -34,6 +34,10 @@ public final class PostgresJobStore: TransitionStore {
     public let location: PostgresLocation
     public let machine: JobStateMachine
     public let clock: Clock
+    /// The griditd host this store claims for: recorded on each job it claims (`job.node_id`),
+    /// and the host whose running jobs `recoverOrphanedJobs` takes back. Nil (tools, tests):
+    /// claims record no host and recovery takes every running job (one griditd per database).
+    public let node: UUID?
     let client: PostgresClient
     let logger: Logger
     /// Tries of a transaction that hit a serialization failure, a deadlock or a lost connection.
@@ -42,15 +46,31 @@ public final class PostgresJobStore: TransitionStore {
     /// - Parameter maximumConnections: each is a server process; a worker needs one at a time.
     public init(
         location: PostgresLocation, policy: RetryPolicy = RetryPolicy(), clock: Clock = .database,
-        maximumConnections: Int = 4, logger: Logger = Logger(label: "gridit.postgres")
+        node: UUID? = nil, maximumConnections: Int = 4, logger: Logger = Logger(label: "gridit.postgres")
     ) {
         self.location = location
         self.machine = JobStateMachine(policy: policy)
         self.clock = clock
+        self.node = node
         self.logger = logger
         self.client = PostgresClient(
             configuration: location.clientConfiguration(maximumConnections: maximumConnections),
             backgroundLogger: logger)
+    }
+
+    /// This store's pool and settings, acting for `node`: what griditd uses once it has read its
+    /// node id (the pool already runs, `migrate` ran).
+    public func acting(for node: UUID) -> PostgresJobStore {
+        PostgresJobStore(sharing: self, node: node)
+    }
+
+    private init(sharing other: PostgresJobStore, node: UUID) {
+        self.location = other.location
+        self.machine = other.machine
+        self.clock = other.clock
+        self.node = node
+        self.logger = other.logger
+        self.client = other.client
     }
 
     /// Runs the connection pool until the task is cancelled.
@@ -169,28 +189,31 @@ public final class PostgresJobStore: TransitionStore {
         binds.append(workerID)  // $2
         binds.append(token.rawValue)  // $3
         binds.append(leaseDuration)  // $4
+        binds.append(node)  // $5
         var match = ""
         if let filter {
-            binds.append(filter.pipelineDigest)  // $5
-            binds.append(filter.priority)  // $6
-            match = "AND pipeline_digest IS NOT DISTINCT FROM $5 AND priority = $6"
+            binds.append(filter.pipelineDigest)  // $6
+            binds.append(filter.priority)  // $7
+            match = "AND pipeline_digest IS NOT DISTINCT FROM $6 AND priority = $7"
             if filter.neverCrashed { match += " AND crash_count = 0" }
             if !filter.excluding.isEmpty {
-                binds.append(filter.excluding.sorted())  // $7
-                match += " AND job.id <> ALL($7)"
+                binds.append(filter.excluding.sorted())  // $8
+                match += " AND job.id <> ALL($8)"
             }
         }
         // The filter applies to the candidates, or (next in line only) to the one job picked.
         let (inner, outer) = filter.map { $0.nextInLineOnly ? ("", match) : (match, "") } ?? ("", "")
         // One statement picks and takes the job (mirrors JobEvent.claim). MATERIALIZED keeps the
         // planner from folding the CTE into the UPDATE, where LIMIT would no longer bound what
-        // FOR UPDATE locks; SKIP LOCKED lets concurrent claimers pass each other's rows.
+        // FOR UPDATE locks; SKIP LOCKED lets concurrent claimers pass each other's rows. A
+        // drained host claims nothing, checked here so that a drain holds from its commit on.
         let sql = """
             WITH clock AS MATERIALIZED (SELECT coalesce($1::timestamptz, now()) AS now),
             next AS MATERIALIZED (
               SELECT job.id FROM job, clock
                WHERE state IN ('queued', 'retryable') AND not_before <= clock.now
                  AND NOT (SELECT paused FROM queue_state WHERE id = 1)
+                 AND NOT coalesce((SELECT draining FROM node WHERE id = $5::uuid), false)
                  \(inner)
                ORDER BY priority DESC, id
                LIMIT 1
@@ -198,7 +221,7 @@ public final class PostgresJobStore: TransitionStore {
             UPDATE job
                SET state = 'running', attempt = attempt + 1, lease_owner = $2, lease_token = $3,
                    lease_expires_at = clock.now + make_interval(secs => $4),
-                   started_at = coalesce(started_at, clock.now), updated_at = clock.now
+                   started_at = coalesce(started_at, clock.now), updated_at = clock.now, node_id = $5::uuid
               FROM next, clock
              WHERE job.id = next.id \(outer)
             RETURNING job.*
@@ -229,10 +252,13 @@ public final class PostgresJobStore: TransitionStore {
     }
 
     public func recoverOrphanedJobs(now: Date) async throws(StateError) -> [Job] {
-        // Every running job: one griditd per database until jobs record the node that runs them.
+        // This host's running jobs only (it died under them): other hosts' jobs are theirs
+        // while their leases last, and the reaper's once they expire. Without a node (one
+        // griditd per database), every running job.
         try await recover(
-            .orphaned, now: now, condition: "state = 'running' AND job.id <> ALL($2)", sparing: [],
-            lock: "FOR UPDATE OF job")
+            .orphaned, now: now,
+            condition: "state = 'running' AND job.id <> ALL($2) AND ($3::uuid IS NULL OR node_id = $3::uuid)",
+            sparing: [], lock: "FOR UPDATE OF job")
     }
 
     public func setPaused(_ paused: Bool) async throws(StateError) {
@@ -406,8 +432,8 @@ public final class PostgresJobStore: TransitionStore {
         return locked
     }
 
-    /// Applies `event` to every running job that meets `condition` (with `clock.now` and the
-    /// spared ids as `$2`), in one transaction.
+    /// Applies `event` to every running job that meets `condition` (with `clock.now`, the
+    /// spared ids as `$2` and this store's node as `$3`), in one transaction.
     private func recover(
         _ event: JobEvent, now: Date, condition: String, sparing: Set<Int64>, lock: String
     ) async throws(StateError) -> [Job] {
@@ -415,6 +441,8 @@ public final class PostgresJobStore: TransitionStore {
         var binds = PostgresBindings()
         binds.append(injected(now))
         binds.append(sparing.sorted())
+        // Only where used: a null parameter the statement never names has no type to infer.
+        if condition.contains("$3") { binds.append(node) }
         let query = PostgresQuery(
             unsafeSQL: """
                 WITH clock AS MATERIALIZED (SELECT coalesce($1::timestamptz, now()) AS now)

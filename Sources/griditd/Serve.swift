@@ -59,8 +59,8 @@ struct Serve: AsyncParsableCommand {
                         "job queue on PostgreSQL",
                         metadata: ["database": "\(location)", "migrated": "\(applied.joined(separator: ","))"])
                     try await Daemon.run(
-                        configuration: configuration, logger: logger, faults: faults, jobs: jobs,
-                        components: components)
+                        configuration: configuration, logger: logger, faults: faults,
+                        jobs: { node in jobs.acting(for: UUID(uuidString: node.id)!) }, components: components)
                 }
             } else {
                 try await Daemon.run(

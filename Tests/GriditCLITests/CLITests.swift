@@ -220,8 +220,8 @@ struct CLITests {
             errorClass: nil, errorMessage: nil, outputDir: nil)
         #expect(
             Rendering.jobsTable([job], now: now) == """
-                ID   STATE    PROGRESS   POSITION   PRIORITY   LENGTH   OWNER   CREATED
-                7    queued   -          1          2          128      1000    2 minutes ago
+                ID   STATE    PROGRESS   POSITION   PRIORITY   LENGTH   OWNER   CREATED         HOST
+                7    queued   -          1          2          128      1000    2 minutes ago   -
 
                 """)
     }

@@ -131,4 +131,39 @@ struct BatchSchedulerTests {
                 .record(2, token(2), .fail(JobFailure(.internalError, "the engine returned without reporting job 2"))),
             ])
     }
+
+    @Test("self-fencing: a job whose lease was not renewed in time is stopped once, then gets no write at all")
+    func fencing() {
+        // Leases of 30 s, renewed every 10 s; the fence falls 30 - 6 = 24 s after the last renewal.
+        var s = BatchScheduler(
+            [item(1), item(2)], tokens: [1: token(1), 2: token(2)],
+            settings: .init(maxJobs: 3, heartbeatEvery: 10, leaseDuration: 30, fenceMargin: 6), now: t0,
+            leaseFrom: [1: at(-2)])
+        _ = s.handle(.stepDone(1), now: at(1))
+        _ = s.handle(.stepDone(2), now: at(1))
+        #expect(tick(&s, 10) == [.heartbeat(1, token(1)), .heartbeat(2, token(2))])
+        // Job 2's renewal (sent at 10 s) went through; job 1's did not (the database unreachable).
+        #expect(s.handle(.renewed(2, sentAt: at(10)), now: at(11)).isEmpty)
+        #expect(s.handle(.fence, now: at(21.9)).isEmpty, "job 1: granted at -2 s, fenced from 22 s")
+        #expect(s.handle(.fence, now: at(22)) == [.stop(1, .fenced)])
+        #expect(s.handle(.fence, now: at(23)).isEmpty, "stopped once")
+        // Its progress, heartbeats and outcome are never written; job 2 carries on.
+        _ = s.handle(.durable(1, JobProgress(stage: .grid, gridsDone: 1, framesDone: 0)), now: at(24))
+        _ = s.handle(.stepDone(1), now: at(24))
+        _ = s.handle(.stepDone(2), now: at(24))
+        _ = s.handle(.finished(1, .interrupted), now: at(25))
+        #expect(
+            tick(&s, 25, stops: [1: .fenced]) == [.heartbeat(2, token(2)), .record(1, token(1), .nothing(.fenced))])
+        // A job that finished but whose outcome waits for the writer is fenced too: nothing recorded.
+        _ = s.handle(.finished(2, .succeeded), now: at(50))
+        #expect(s.handle(.fence, now: at(50)) == [.stop(2, .fenced)])
+        #expect(tick(&s, 50, final: true) == [.record(2, token(2), .nothing(.fenced))])
+    }
+
+    @Test("an outcome under a fence records nothing, whatever the outcome")
+    func fencedRecords() {
+        for outcome: ExecutionOutcome in [.succeeded, .interrupted, .failed(JobFailure(.transient, "x"))] {
+            #expect(BatchScheduler.record(outcome, stop: .fenced, item: item(1)) == .nothing(.fenced))
+        }
+    }
 }

@@ -6,6 +6,7 @@ import GriditAPI
 import GriditFaults
 import GriditJobQueue
 import GriditJobSpec
+import GriditStateDatabase
 import GriditTestSupport
 import Logging
 import NIOHTTP1
@@ -29,12 +30,15 @@ enum Script: Sendable {
 final class ScriptedEngine: JobEngine {
     let script: @Sendable (Int64, Int) -> Script
     private let state = Mutex<(batches: [[Int64]], threads: Set<String>, stops: [Int64: StopReason])>(([], [], [:]))
+    private let stopTimes = Mutex<[Int64: Date]>([:])
 
     init(_ script: @escaping @Sendable (_ jobID: Int64, _ attempt: Int) -> Script) { self.script = script }
 
     var batches: [[Int64]] { state.withLock { $0.batches } }
     var threads: Set<String> { state.withLock { $0.threads } }
     func stopSeen(_ id: Int64) -> StopReason? { state.withLock { $0.stops[id] } }
+    /// When the job first saw its stop request.
+    func stopTime(_ id: Int64) -> Date? { stopTimes.withLock { $0[id] } }
 
     func validate(_ spec: JobSpec, pipelineDigest: String?) async throws(JobFailure) -> TimeInterval {
         Double(spec.length)  // a second a frame
@@ -67,6 +71,7 @@ final class ScriptedEngine: JobEngine {
             admit()
             if let reason = hooks.shouldStop(id) {
                 state.withLock { $0.stops[id] = reason }
+                stopTimes.withLock { if $0[id] == nil { $0[id] = Date() } }
                 return reason
             }
             hooks.step(
@@ -344,5 +349,169 @@ struct WorkerServiceTests {
         #expect(h.engine.stopSeen(id) == .leaseLost)
         let job = try await h.store.get(id: id)
         #expect(job.attempt == 2 && job.crashCount == 1, "\(job)")
+    }
+}
+
+/// The SQLite store with a switch that makes lease renewals fail as an unreachable database
+/// would (test double of the worker's store, this file only); every other write goes through.
+final class FailingRenewals: TransitionStore {
+    let base: SQLiteJobStore
+    private let failing = Mutex(false)
+
+    init(_ base: SQLiteJobStore) { self.base = base }
+
+    var renewalsFail: Bool {
+        get { failing.withLock { $0 } }
+        set { failing.withLock { $0 = newValue } }
+    }
+
+    func transition(
+        _ id: Int64, _ event: JobEvent, now: Date, authorize: (@Sendable (Job) throws -> Void)?
+    ) async throws(StateError) -> Job {
+        if case .heartbeat = event, renewalsFail {
+            throw StateError(.database, "connection refused (the test made the database unreachable)")
+        }
+        return try await base.transition(id, event, now: now, authorize: authorize)
+    }
+
+    func claim(
+        workerID: String, leaseDuration: TimeInterval, filter: ClaimFilter?, now: Date
+    ) async throws(StateError) -> ClaimedJob? {
+        try await base.claim(workerID: workerID, leaseDuration: leaseDuration, filter: filter, now: now)
+    }
+
+    func submit(
+        _ submission: JobSubmission, owner: UInt32, limits: SubmitLimits, now: Date
+    ) async throws(StateError) -> SubmitResult {
+        try await base.submit(submission, owner: owner, limits: limits, now: now)
+    }
+    func recoverExpiredLeases(now: Date, sparing: Set<Int64>) async throws(StateError) -> [Job] {
+        try await base.recoverExpiredLeases(now: now, sparing: sparing)
+    }
+    func recoverOrphanedJobs(now: Date) async throws(StateError) -> [Job] {
+        try await base.recoverOrphanedJobs(now: now)
+    }
+    func setPaused(_ paused: Bool) async throws(StateError) { try await base.setPaused(paused) }
+    func isPaused() async throws(StateError) -> Bool { try await base.isPaused() }
+    func get(id: Int64) async throws(StateError) -> Job { try await base.get(id: id) }
+    func list(_ filter: JobFilter) async throws(StateError) -> [Job] { try await base.list(filter) }
+    func errors(id: Int64) async throws(StateError) -> [JobErrorRecord] { try await base.errors(id: id) }
+    func counts() async throws(StateError) -> [JobState: Int] { try await base.counts() }
+    func livePipelinePins() async throws(StateError) -> [String: [Int64]] { try await base.livePipelinePins() }
+    func delete(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StateError) -> PrunedJob {
+        try await base.delete(id: id, requesterUID: requesterUID, isAdmin: isAdmin, now: now)
+    }
+    func prune(olderThan: TimeInterval, states: Set<JobState>, now: Date) async throws(StateError) -> [PrunedJob] {
+        try await base.prune(olderThan: olderThan, states: states, now: now)
+    }
+}
+
+@Suite("worker self-fencing")
+struct SelfFencingTests {
+    @Test("renewals that fail: the worker stops the job before its lease can expire and writes nothing more for it")
+    func stopsBeforeLeaseExpires() async throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        var configuration = DaemonConfiguration(
+            stateDirectory: directory.file("state"), socketPath: directory.file("s.sock"))
+        configuration.pollInterval = 0.05
+        // The fence falls 30 s after the claim, 10 s before the lease can expire.
+        configuration.leaseDuration = 40
+        try FileManager.default.createDirectory(atPath: configuration.stateDirectory, withIntermediateDirectories: true)
+        let base = try SQLiteJobStore(path: configuration.layout.database)
+        let store = FailingRenewals(base)
+        let engine = ScriptedEngine { _, attempt in attempt == 1 ? .runUntilStopped : .succeed(steps: 2) }
+        var shared = DaemonContext(
+            configuration: configuration, store: store, engine: engine, catalog: nil,
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        shared.singleHost = false  // a shared queue: another host could take the job
+        let context = shared
+        let spec = JobSpec(length: 8, parameters: .init(seed: 1))
+        let id = try await store.submit(
+            JobSubmission(params: spec.storedJSON, length: 8), owner: 1000, maxQueued: 10, now: Date()
+        ).job.id
+        let worker = WorkerService(context: context)
+        func waitUntil(_ what: String, _ condition: () async throws -> Bool) async throws {
+            let deadline = Date().addingTimeInterval(180)
+            while Date() < deadline {
+                if try await condition() { return }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            Issue.record("timed out waiting until \(what)")
+        }
+        try await testGracefulShutdown { trigger in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await worker.run() }
+                // The database "goes away" as the job starts: no renewal ever goes through.
+                store.renewalsFail = true
+                try await waitUntil("running") { try await store.get(id: id).state == .running }
+                let claimed = try await store.get(id: id)
+                try await waitUntil("the engine stopped the job") { engine.stopSeen(id) != nil }
+                #expect(engine.stopSeen(id) == .fenced)
+                let stoppedAt = try #require(engine.stopTime(id))
+                #expect(
+                    stoppedAt < claimed.leaseExpiresAt!,
+                    "stopped at \(stoppedAt), lease until \(claimed.leaseExpiresAt!)")
+                // Nothing was written for it: the same lease, the progress it had.
+                try await waitUntil("the worker let go of it") { context.monitor.runningIDs.isEmpty }
+                let unchanged = try await store.get(id: id)
+                #expect(unchanged.state == .running && unchanged.leaseToken == claimed.leaseToken)
+                #expect(unchanged.leaseExpiresAt == claimed.leaseExpiresAt)
+                #expect(try await store.errors(id: id).isEmpty)
+                // The database is back; once the lease expires the reaper requeues the job, and it runs.
+                store.renewalsFail = false
+                let expired = try await store.recoverExpiredLeases(now: unchanged.leaseExpiresAt!)
+                #expect(expired.map(\.id) == [id])
+                context.monitor.wake()
+                try await waitUntil("succeeded on the second attempt") {
+                    try await store.get(id: id).state == .succeeded
+                }
+                trigger.triggerGracefulShutdown()
+                try await group.waitForAll()
+            }
+        }
+    }
+}
+
+@Suite("nodes on the SQLite queue")
+struct SingleNodeTests {
+    @Test("nodes list shows this host; drain is for admins and holds new jobs back; undrain starts them")
+    func drainOneHost() async throws {
+        let h = try WorkerHarness { _, _ in .succeed(steps: 2) }
+        defer { h.directory.remove() }
+        let api = ControlAPI(context: h.context)
+        let node = h.context.node
+        try await h.context.nodes.registerNode(id: node.id, hostname: node.hostname, version: "test", now: Date())
+        func call(_ method: HTTPMethod, _ path: [String], admin: Bool) async -> HTTPResponse {
+            let caller = Caller(
+                credentials: PeerCredentials(pid: 1, uid: admin ? 0 : 1000, gid: 1000), isAdmin: admin, isMember: true)
+            return await api.handle(
+                HTTPRequest(
+                    method: method, path: path, rawPath: "/" + path.joined(separator: "/"), query: [:], headers: [:],
+                    body: Data(), caller: caller))
+        }
+        let listed = try APICoding.decoder().decode(
+            NodeList.self, from: try #require(await call(.GET, ["v1", "nodes"], admin: false).bodyData))
+        #expect(listed.nodes.map(\.id) == [node.id] && listed.nodes[0].current && !listed.nodes[0].draining)
+
+        #expect(await call(.POST, ["v1", "nodes", node.id, "drain"], admin: false).status == .forbidden)
+        #expect(await call(.POST, ["v1", "nodes", "nosuchnode", "drain"], admin: true).status == .notFound)
+        let drained = await call(.POST, ["v1", "nodes", String(node.id.prefix(8)), "drain"], admin: true)
+        #expect(drained.status == .ok)
+        #expect(h.context.startBlocker(remakeReserve: false)?.code == .draining)
+        let id = try await h.submit()
+        try await h.withWorker {
+            try await Task.sleep(for: .milliseconds(500))  // ten polls (50 ms each): nothing claimed
+            #expect(try await h.state(id) == .queued)
+            let shown = try APICoding.decoder().decode(
+                JobInfo.self, from: try #require(await call(.GET, ["v1", "jobs", "\(id)"], admin: true).bodyData))
+            #expect(shown.waitingFor?.contains("drained") == true, "\(shown)")
+            #expect(await call(.POST, ["v1", "nodes", node.hostname, "undrain"], admin: true).status == .ok)
+            try await h.waitUntil("succeeded once undrained") { try await h.state(id) == .succeeded }
+        }
+        let job = try APICoding.decoder().decode(
+            JobList.self, from: try #require(await call(.GET, ["v1", "jobs"], admin: true).bodyData)
+        ).jobs[0]
+        #expect(job.node == nil, "a finished job on the SQLite queue names no host")
     }
 }

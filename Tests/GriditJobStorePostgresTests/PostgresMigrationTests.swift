@@ -10,7 +10,8 @@ struct PostgresMigrationTests {
     /// SHA-256 of every shipped file in migrations/postgres/. A shipped migration never changes:
     /// add a new numbered file (additive only) and append its line here.
     static let pinned: [String: String] = [
-        "0001_create_job": "93110527ef4e0977ec683a55f7ff3c4f8235affe2c565757d2e68104c9751552"
+        "0001_create_job": "93110527ef4e0977ec683a55f7ff3c4f8235affe2c565757d2e68104c9751552",
+        "0002_create_node": "ba209b3110221285e76e76a0ce47abfbcaaca963e1fd96b037a5ebb0b38b7e08",
     ]
 
     static var folder: URL { repositoryRoot().appendingPathComponent("migrations/postgres") }

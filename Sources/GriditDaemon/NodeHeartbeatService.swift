@@ -1,0 +1,48 @@
+// The node's heartbeat: "last seen" in the node registry, and whether this host is drained.
+
+import Foundation
+import GriditAPI
+import GriditJobQueue
+import GriditStateDatabase
+import Logging
+import ServiceLifecycle
+
+public struct NodeHeartbeatService: Service {
+    let context: DaemonContext
+
+    public init(context: DaemonContext) { self.context = context }
+
+    public func run() async throws {
+        let every = Duration.milliseconds(Int64(context.configuration.nodeHeartbeatInterval * 1000))
+        var failing = false
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            do {
+                let node = context.node
+                let draining = try await context.nodes.touchNode(
+                    id: node.id, hostname: node.hostname, version: griditVersion, now: Date())
+                apply(draining: draining)
+                if failing { context.logger.notice("node heartbeat recorded again") }
+                failing = false
+            } catch {
+                // Jobs are fenced by their own leases; this only dates "last seen".
+                if !failing {
+                    context.logger.warning("node heartbeat failed", metadata: ["error": "\(error)"])
+                }
+                failing = true
+            }
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: every) }
+        }
+    }
+
+    /// Records this host's draining flag, logging each change; an undrain wakes the worker.
+    func apply(draining: Bool) {
+        guard context.nodeState.draining != draining else { return }
+        context.nodeState.draining = draining
+        if draining {
+            context.logger.notice("this host is drained: it claims no job; running jobs finish")
+        } else {
+            context.logger.notice("this host is undrained: it claims jobs again")
+            context.monitor.wake()
+        }
+    }
+}

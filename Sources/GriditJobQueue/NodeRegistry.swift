@@ -1,0 +1,109 @@
+import Foundation
+import GriditJobSpec
+import GriditStateDatabase
+import Synchronization
+
+/// One griditd host as the queue knows it.
+public struct NodeRecord: Hashable, Sendable {
+    /// The host's persisted node id (a UUID, lower case), not its hostname: a renamed or
+    /// re-imaged machine with the same state directory is the same node.
+    public var id: String
+    public var hostname: String
+    /// The griditd version that registered it last.
+    public var version: String
+    public var startedAt: Date
+    /// The node's last heartbeat.
+    public var lastSeen: Date
+    /// A draining node claims nothing new; its running jobs finish.
+    public var draining: Bool
+    /// Jobs running on it now.
+    public var runningJobs: Int
+
+    public init(
+        id: String, hostname: String, version: String, startedAt: Date, lastSeen: Date, draining: Bool,
+        runningJobs: Int
+    ) {
+        self.id = id
+        self.hostname = hostname
+        self.version = version
+        self.startedAt = startedAt
+        self.lastSeen = lastSeen
+        self.draining = draining
+        self.runningJobs = runningJobs
+    }
+}
+
+/// The griditd hosts that share a queue: each registers at start, then heartbeats; any of them
+/// may drain another (it stops claiming). Throws only `StateError`.
+public protocol NodeRegistry: Sendable {
+    /// At start: records the node (or updates its hostname and version), last seen `now`. Its
+    /// draining flag survives a restart.
+    func registerNode(id: String, hostname: String, version: String, now: Date) async throws(StateError)
+
+    /// The node's heartbeat (last seen `now`); returns whether it is draining. A node missing
+    /// from the registry registers again.
+    func touchNode(id: String, hostname: String, version: String, now: Date) async throws(StateError) -> Bool
+
+    /// Every known node, by id.
+    func nodes() async throws(StateError) -> [NodeRecord]
+
+    /// Drains (or undrains) a node. `notFound` for an unknown id.
+    func setDraining(id: String, _ draining: Bool, now: Date) async throws(StateError) -> NodeRecord
+}
+
+/// The registry of a queue only one host can use (the state directory's SQLite database: its
+/// lock keeps a second griditd out), held in memory: the one node, draining until undrained or
+/// restarted (`queue pause` is the persisted switch).
+public final class SingleNodeRegistry: NodeRegistry {
+    private struct State {
+        var record: NodeRecord?
+    }
+    private let store: any JobStore
+    private let state = Mutex(State())
+
+    /// `store` counts the running jobs.
+    public init(store: any JobStore) {
+        self.store = store
+    }
+
+    public func registerNode(id: String, hostname: String, version: String, now: Date) async throws(StateError) {
+        state.withLock {
+            let draining = $0.record?.id == id ? $0.record!.draining : false
+            $0.record = NodeRecord(
+                id: id, hostname: hostname, version: version, startedAt: now, lastSeen: now, draining: draining,
+                runningJobs: 0)
+        }
+    }
+
+    public func touchNode(id: String, hostname: String, version: String, now: Date) async throws(StateError) -> Bool {
+        if state.withLock({ $0.record?.id != id }) {
+            try await registerNode(id: id, hostname: hostname, version: version, now: now)
+        }
+        return state.withLock {
+            $0.record?.lastSeen = now
+            return $0.record?.draining ?? false
+        }
+    }
+
+    public func nodes() async throws(StateError) -> [NodeRecord] {
+        guard var record = state.withLock({ $0.record }) else { return [] }
+        record.runningJobs = try await store.counts()[.running] ?? 0
+        return [record]
+    }
+
+    public func setDraining(id: String, _ draining: Bool, now: Date) async throws(StateError) -> NodeRecord {
+        let found = state.withLock { s -> Bool in
+            guard s.record?.id == id else { return false }
+            s.record?.draining = draining
+            return true
+        }
+        guard found else { throw StateError.nodeNotFound(id) }
+        return try await nodes()[0]
+    }
+}
+
+extension StateError {
+    public static func nodeNotFound(_ id: String) -> StateError {
+        StateError(.notFound, "no griditd node \(id) (see `griditctl nodes list`)")
+    }
+}

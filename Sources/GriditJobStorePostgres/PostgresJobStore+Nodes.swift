@@ -1,0 +1,86 @@
+import Foundation
+import GriditJobQueue
+import GriditStateDatabase
+import PostgresNIO
+
+/// The hosts sharing the queue (`node`, migration 0002). Times follow the store's clock, so a
+/// node's "last seen" is the database's instant on every host.
+extension PostgresJobStore: NodeRegistry {
+    public func registerNode(id: String, hostname: String, version: String, now: Date) async throws(StateError) {
+        let uuid = try Self.nodeUUID(id), now = clock == .caller ? Self.clamped(now) : nil
+        try await transaction(onUnknownCommit: .retry) { connection in
+            _ = try await connection.sql(
+                """
+                INSERT INTO node (id, hostname, version, started_at, last_seen_at)
+                SELECT \(uuid), \(hostname), \(version), t, t FROM (SELECT coalesce(\(now)::timestamptz, now()) AS t) AS clock
+                ON CONFLICT (id) DO UPDATE
+                   SET hostname = excluded.hostname, version = excluded.version,
+                       started_at = excluded.started_at, last_seen_at = excluded.last_seen_at
+                """)
+        }
+    }
+
+    public func touchNode(id: String, hostname: String, version: String, now: Date) async throws(StateError) -> Bool {
+        let uuid = try Self.nodeUUID(id), at = clock == .caller ? Self.clamped(now) : nil
+        let draining = try await transaction(onUnknownCommit: .retry) { connection in
+            try await connection.sql(
+                """
+                UPDATE node SET last_seen_at = coalesce(\(at)::timestamptz, now()) WHERE id = \(uuid) RETURNING draining
+                """
+            ).first(Bool.self)
+        }
+        if let draining { return draining }
+        try await registerNode(id: id, hostname: hostname, version: version, now: now)
+        return false
+    }
+
+    public func nodes() async throws(StateError) -> [NodeRecord] {
+        try await read { connection in
+            var records: [NodeRecord] = []
+            let query = PostgresQuery(unsafeSQL: Self.selectNodes + " ORDER BY hostname, id")
+            for try await row in try await connection.sql(query) {
+                records.append(try Self.decodeNode(row))
+            }
+            return records
+        }
+    }
+
+    public func setDraining(id: String, _ draining: Bool, now: Date) async throws(StateError) -> NodeRecord {
+        guard let uuid = UUID(uuidString: id) else { throw StateError.nodeNotFound(id) }
+        return try await transaction(onUnknownCommit: .retry) { connection in
+            try await connection.sql("UPDATE node SET draining = \(draining) WHERE id = \(uuid)")
+            let query = PostgresQuery(unsafeSQL: Self.selectNodes + " WHERE id = $1", binds: Self.binds(uuid))
+            for try await row in try await connection.sql(query) { return try Self.decodeNode(row) }
+            throw StateError.nodeNotFound(id)
+        }
+    }
+
+    /// Every node column, its id as text, and its running jobs (through `job_running_node`).
+    static let selectNodes = """
+        SELECT id::text AS id, hostname, version, started_at, last_seen_at, draining,
+               (SELECT count(*) FROM job WHERE state = 'running' AND node_id = node.id) AS running_jobs
+          FROM node
+        """
+
+    static func decodeNode(_ postgresRow: PostgresRow) throws -> NodeRecord {
+        let row = postgresRow.makeRandomAccess()
+        return NodeRecord(
+            id: try row["id"].decode(String.self), hostname: try row["hostname"].decode(String.self),
+            version: try row["version"].decode(String.self), startedAt: try row["started_at"].decode(Date.self),
+            lastSeen: try row["last_seen_at"].decode(Date.self), draining: try row["draining"].decode(Bool.self),
+            runningJobs: try row["running_jobs"].decode(Int.self))
+    }
+
+    static func nodeUUID(_ id: String) throws(StateError) -> UUID {
+        guard let uuid = UUID(uuidString: id) else {
+            throw StateError(.invalidArgument, "a node id is a UUID (got '\(id)')")
+        }
+        return uuid
+    }
+
+    private static func binds(_ values: UUID...) -> PostgresBindings {
+        var binds = PostgresBindings()
+        for value in values { binds.append(value) }
+        return binds
+    }
+}

@@ -1,0 +1,127 @@
+import Foundation
+import GriditJobQueue
+import GriditJobSpec
+import GriditStateDatabase
+import PostgresNIO
+import Testing
+
+@testable import GriditJobStorePostgres
+
+/// Several griditd hosts on one queue: each store acts for a node of its own, as griditd does.
+@Suite("PostgresJobStore hosts")
+struct PostgresNodeTests {
+    static let nodeA = UUID(uuidString: "00000000-0000-4000-8000-00000000000a")!
+    static let nodeB = UUID(uuidString: "00000000-0000-4000-8000-00000000000b")!
+
+    @Test("claims record their node; a starting host takes back only its own running jobs")
+    func recoveryTakesOwnJobsOnly() async throws {
+        try await TestSchema().withStores(2) { stores in
+            let (a, b) = (stores[0].acting(for: Self.nodeA), stores[1].acting(for: Self.nodeB))
+            for _ in 0..<3 {
+                _ = try await a.submit(JobSubmission(params: "{}", length: 4), owner: 1, maxQueued: 10, now: at(0))
+            }
+            let onA = try #require(try await a.claim(workerID: "a/worker-0", leaseDuration: 60, now: at(1)))
+            let onB = try #require(try await b.claim(workerID: "b/worker-0", leaseDuration: 60, now: at(1)))
+            #expect(onA.job.node == Self.nodeA.uuidString.lowercased())
+            #expect(try await b.get(id: onB.job.id).node == Self.nodeB.uuidString.lowercased())
+
+            // Host A restarts: its job goes back to the queue, B's keeps running under B's lease.
+            let recovered = try await a.recoverOrphanedJobs(now: at(2))
+            #expect(recovered.map(\.id) == [onA.job.id])
+            #expect(try await a.get(id: onA.job.id).state == .queued)
+            let stillB = try await a.get(id: onB.job.id)
+            #expect(stillB.state == .running && stillB.leaseToken == onB.token)
+            // B's worker carries on with its token.
+            _ = try await b.heartbeat(id: onB.job.id, token: onB.token, leaseDuration: 60, now: at(3))
+        }
+    }
+
+    @Test("the registry: hosts register and heartbeat; a drained host claims nothing, the others carry on")
+    func registryAndDrain() async throws {
+        try await TestSchema().withStores(2) { stores in
+            let (a, b) = (stores[0].acting(for: Self.nodeA), stores[1].acting(for: Self.nodeB))
+            let (idA, idB) = (Self.nodeA.uuidString.lowercased(), Self.nodeB.uuidString.lowercased())
+            try await a.registerNode(id: idA, hostname: "alpha", version: "1.0", now: at(0))
+            try await b.registerNode(id: idB, hostname: "beta", version: "1.1", now: at(0))
+            #expect(try await a.touchNode(id: idA, hostname: "alpha", version: "1.0", now: at(5)) == false)
+            for _ in 0..<3 {
+                _ = try await a.submit(JobSubmission(params: "{}", length: 4), owner: 1, maxQueued: 10, now: at(0))
+            }
+            _ = try #require(try await b.claim(workerID: "b/worker-0", leaseDuration: 60, now: at(6)))
+
+            var nodes = try await a.nodes()
+            #expect(nodes.map(\.hostname) == ["alpha", "beta"])
+            #expect(nodes.map(\.runningJobs) == [0, 1])
+            #expect(nodes[0].lastSeen == at(5) && nodes[1].lastSeen == at(0))
+            #expect(nodes.map(\.version) == ["1.0", "1.1"])
+
+            // Any host drains B; B's next heartbeat reads it, and B's claims find nothing.
+            let drained = try await a.setDraining(id: idB, true, now: at(7))
+            #expect(drained.draining && drained.runningJobs == 1)
+            #expect(try await b.touchNode(id: idB, hostname: "beta", version: "1.1", now: at(8)) == true)
+            #expect(try await b.claim(workerID: "b/worker-0", leaseDuration: 60, now: at(8)) == nil)
+            #expect(try await a.claim(workerID: "a/worker-0", leaseDuration: 60, now: at(8)) != nil)
+            // A restart keeps the drain; undrain lets B claim again.
+            try await b.registerNode(id: idB, hostname: "beta", version: "1.2", now: at(9))
+            nodes = try await a.nodes()
+            #expect(nodes[1].draining && nodes[1].version == "1.2")
+            _ = try await a.setDraining(id: idB, false, now: at(10))
+            #expect(try await b.claim(workerID: "b/worker-0", leaseDuration: 60, now: at(11)) != nil)
+
+            let unknown = UUID().uuidString.lowercased()
+            await #expect(throws: StateError.self) { _ = try await a.setDraining(id: unknown, true, now: at(12)) }
+            await #expect(throws: StateError.self) { _ = try await a.setDraining(id: "beta", true, now: at(12)) }
+            // A host missing from the registry (a wiped node table) registers again on its heartbeat.
+            try await a.execute("DELETE FROM node")
+            #expect(try await a.touchNode(id: idA, hostname: "alpha", version: "1.0", now: at(13)) == false)
+            #expect(try await a.nodes().map(\.id) == [idA])
+        }
+    }
+
+    @Test("a superseded lease token writes nothing: the stalled host's heartbeat, progress and outcome are refused")
+    func supersededTokenRefused() async throws {
+        try await TestSchema().withStores(2) { stores in
+            let (a, b) = (stores[0].acting(for: Self.nodeA), stores[1].acting(for: Self.nodeB))
+            let id = try await a.submit(JobSubmission(params: "{}", length: 4), owner: 1, maxQueued: 10, now: at(0))
+                .job.id
+            let stalled = try #require(try await a.claim(workerID: "a/worker-0", leaseDuration: 30, now: at(1)))
+            // A stops renewing; B's reaper takes the job once the lease ends, and B claims it.
+            #expect(try await b.recoverExpiredLeases(now: at(31)).map(\.id) == [id])
+            let taken = try #require(try await b.claim(workerID: "b/worker-0", leaseDuration: 30, now: at(32)))
+            #expect(taken.job.node == Self.nodeB.uuidString.lowercased())
+
+            let refused: [(String, @Sendable () async throws -> Void)] = [
+                (
+                    "heartbeat",
+                    { _ = try await a.heartbeat(id: id, token: stalled.token, leaseDuration: 30, now: at(33)) }
+                ),
+                (
+                    "progress",
+                    {
+                        _ = try await a.saveProgress(
+                            id: id, token: stalled.token,
+                            progress: JobProgress(stage: .grid, gridsDone: 9, framesDone: 0),
+                            now: at(33))
+                    }
+                ),
+                ("complete", { _ = try await a.complete(id: id, token: stalled.token, outputDir: "/x", now: at(33)) }),
+                (
+                    "fail",
+                    {
+                        _ = try await a.fail(
+                            id: id, token: stalled.token, errorClass: "transient", message: "x", retryable: true,
+                            now: at(33))
+                    }
+                ),
+                ("release", { _ = try await a.releaseLease(id: id, token: stalled.token, now: at(33)) }),
+            ]
+            for (name, write) in refused {
+                let error = await #expect(throws: StateError.self, "\(name)") { try await write() }
+                #expect(error?.code == .leaseLost, "\(name): \(String(describing: error))")
+            }
+            let job = try await b.get(id: id)
+            #expect(job.state == .running && job.leaseToken == taken.token && job.progress.gridsDone == 0)
+            #expect(job.outputDir == nil && job.crashCount == 1)
+        }
+    }
+}
