@@ -30,15 +30,12 @@ enum Script: Sendable {
 final class ScriptedEngine: JobEngine {
     let script: @Sendable (Int64, Int) -> Script
     private let state = Mutex<(batches: [[Int64]], threads: Set<String>, stops: [Int64: StopReason])>(([], [], [:]))
-    private let stopTimes = Mutex<[Int64: Date]>([:])
 
     init(_ script: @escaping @Sendable (_ jobID: Int64, _ attempt: Int) -> Script) { self.script = script }
 
     var batches: [[Int64]] { state.withLock { $0.batches } }
     var threads: Set<String> { state.withLock { $0.threads } }
     func stopSeen(_ id: Int64) -> StopReason? { state.withLock { $0.stops[id] } }
-    /// When the job first saw its stop request.
-    func stopTime(_ id: Int64) -> Date? { stopTimes.withLock { $0[id] } }
 
     func validate(_ spec: JobSpec, pipelineDigest: String?) async throws(JobFailure) -> TimeInterval {
         Double(spec.length)  // a second a frame
@@ -71,7 +68,6 @@ final class ScriptedEngine: JobEngine {
             admit()
             if let reason = hooks.shouldStop(id) {
                 state.withLock { $0.stops[id] = reason }
-                stopTimes.withLock { if $0[id] == nil { $0[id] = Date() } }
                 return reason
             }
             hooks.step(
@@ -448,10 +444,8 @@ struct SelfFencingTests {
                 let claimed = try await store.get(id: id)
                 try await waitUntil("the engine stopped the job") { engine.stopSeen(id) != nil }
                 #expect(engine.stopSeen(id) == .fenced)
-                let stoppedAt = try #require(engine.stopTime(id))
-                #expect(
-                    stoppedAt < claimed.leaseExpiresAt!,
-                    "stopped at \(stoppedAt), lease until \(claimed.leaseExpiresAt!)")
+                // When the fence falls (before the lease can expire) is BatchSchedulerTests' job, with
+                // fixed instants: a wall-clock bound here would race the machine's load.
                 // Nothing was written for it: the same lease, the progress it had.
                 try await waitUntil("the worker let go of it") { context.monitor.runningIDs.isEmpty }
                 let unchanged = try await store.get(id: id)
