@@ -21,22 +21,20 @@ extension ControlAPI {
     {
         try requireAdmin(request, "\(draining ? "drain" : "undrain") a node")
         let node = try await resolveNode(params["node"] ?? "")
+        let changed: NodeRecord
         do {
-            _ = try await context.nodes.setDraining(id: node.id, draining, now: Date())
+            changed = try await context.nodes.setDraining(id: node.id, draining, now: Date())
         } catch {
             throw Self.translate(error)
         }
         if node.id == context.node.id {
-            NodeHeartbeatService(context: context).apply(draining: draining)
+            context.applyDraining(draining)
             await context.refreshStatus()
         }
         context.logger.notice(
             draining ? "node drained" : "node undrained",
             metadata: ["node.id": "\(node.id)", "node.hostname": "\(node.hostname)", "uid": "\(request.caller.uid)"])
-        guard let shown = try await nodeInfos().first(where: { $0.id == node.id }) else {
-            throw APIError(.notFound, "node \(node.id) is gone")
-        }
-        return .json(shown)
+        return .json(nodeInfo(changed))
     }
 
     func nodeInfos() async throws(APIError) -> [NodeInfo] {
@@ -46,11 +44,13 @@ extension ControlAPI {
         } catch {
             throw Self.translate(error)
         }
-        return records.map {
-            NodeInfo(
-                id: $0.id, hostname: $0.hostname, version: $0.version, startedAt: $0.startedAt, lastSeen: $0.lastSeen,
-                draining: $0.draining, runningJobs: $0.runningJobs, current: $0.id == context.node.id)
-        }
+        return records.map(nodeInfo)
+    }
+
+    private func nodeInfo(_ r: NodeRecord) -> NodeInfo {
+        NodeInfo(
+            id: r.id, hostname: r.hostname, version: r.version, startedAt: r.startedAt, lastSeen: r.lastSeen,
+            draining: r.draining, runningJobs: r.runningJobs, current: r.id == context.node.id)
     }
 
     private func resolveNode(_ name: String) async throws(APIError) -> NodeInfo {

@@ -20,7 +20,7 @@ public struct NodeHeartbeatService: Service {
                 let node = context.node
                 let draining = try await context.nodes.touchNode(
                     id: node.id, hostname: node.hostname, version: griditVersion, now: Date())
-                apply(draining: draining)
+                context.applyDraining(draining)
                 if failing { context.logger.notice("node heartbeat recorded again") }
                 failing = false
             } catch {
@@ -33,16 +33,19 @@ public struct NodeHeartbeatService: Service {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: every) }
         }
     }
+}
 
-    /// Records this host's draining flag, logging each change; an undrain wakes the worker.
-    func apply(draining: Bool) {
-        guard context.nodeState.draining != draining else { return }
-        context.nodeState.draining = draining
+extension DaemonContext {
+    /// Records this host's draining flag (from the node heartbeat, or a drain through this
+    /// host's API), logging each change; an undrain wakes the worker.
+    func applyDraining(_ draining: Bool) {
+        guard nodeState.draining != draining else { return }
+        nodeState.draining = draining
         if draining {
-            context.logger.notice("this host is drained: it claims no job; running jobs finish")
+            logger.notice("this host is drained: it claims no job; running jobs finish")
         } else {
-            context.logger.notice("this host is undrained: it claims jobs again")
-            context.monitor.wake()
+            logger.notice("this host is undrained: it claims jobs again")
+            monitor.wake()
         }
     }
 }

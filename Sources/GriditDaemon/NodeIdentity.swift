@@ -29,7 +29,15 @@ public struct NodeIdentity: Sendable, Hashable {
     /// shared queue, so it is never silently replaced.
     public static func loadOrCreate(stateDirectory: String) throws -> NodeIdentity {
         let path = stateDirectory + "/" + fileName
-        if let text = try? String(contentsOfFile: path, encoding: .utf8) {
+        // Only a missing file makes a new id: one we cannot read (permissions, I/O) is an error,
+        // never a reason to replace it.
+        if FileManager.default.fileExists(atPath: path) {
+            let text: String
+            do {
+                text = try String(contentsOfFile: path, encoding: .utf8)
+            } catch {
+                throw DaemonError("cannot read the node id in \(path): \(error); fix its permissions or restore it")
+            }
             let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
             guard let uuid = UUID(uuidString: trimmed) else {
                 throw DaemonError(

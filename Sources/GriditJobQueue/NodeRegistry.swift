@@ -55,11 +55,8 @@ public protocol NodeRegistry: Sendable {
 /// lock keeps a second griditd out), held in memory: the one node, draining until undrained or
 /// restarted (`queue pause` is the persisted switch).
 public final class SingleNodeRegistry: NodeRegistry {
-    private struct State {
-        var record: NodeRecord?
-    }
     private let store: any JobStore
-    private let state = Mutex(State())
+    private let record = Mutex<NodeRecord?>(nil)
 
     /// `store` counts the running jobs.
     public init(store: any JobStore) {
@@ -67,34 +64,34 @@ public final class SingleNodeRegistry: NodeRegistry {
     }
 
     public func registerNode(id: String, hostname: String, version: String, now: Date) async throws(StateError) {
-        state.withLock {
-            let draining = $0.record?.id == id ? $0.record!.draining : false
-            $0.record = NodeRecord(
+        record.withLock {
+            let draining = $0?.id == id ? $0!.draining : false
+            $0 = NodeRecord(
                 id: id, hostname: hostname, version: version, startedAt: now, lastSeen: now, draining: draining,
                 runningJobs: 0)
         }
     }
 
     public func touchNode(id: String, hostname: String, version: String, now: Date) async throws(StateError) -> Bool {
-        if state.withLock({ $0.record?.id != id }) {
+        if record.withLock({ $0?.id != id }) {
             try await registerNode(id: id, hostname: hostname, version: version, now: now)
         }
-        return state.withLock {
-            $0.record?.lastSeen = now
-            return $0.record?.draining ?? false
+        return record.withLock {
+            $0?.lastSeen = now
+            return $0?.draining ?? false
         }
     }
 
     public func nodes() async throws(StateError) -> [NodeRecord] {
-        guard var record = state.withLock({ $0.record }) else { return [] }
-        record.runningJobs = try await store.counts()[.running] ?? 0
-        return [record]
+        guard var node = record.withLock({ $0 }) else { return [] }
+        node.runningJobs = try await store.counts()[.running] ?? 0
+        return [node]
     }
 
     public func setDraining(id: String, _ draining: Bool, now: Date) async throws(StateError) -> NodeRecord {
-        let found = state.withLock { s -> Bool in
-            guard s.record?.id == id else { return false }
-            s.record?.draining = draining
+        let found = record.withLock { r -> Bool in
+            guard r?.id == id else { return false }
+            r?.draining = draining
             return true
         }
         guard found else { throw StateError.nodeNotFound(id) }

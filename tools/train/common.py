@@ -242,7 +242,7 @@ class TrainDiffusion:
         true_logvar = g(self.post_logvar)
         frac = (v + 1) / 2
         model_logvar = frac * g(self.log_betas) + (1 - frac) * g(self.post_logvar)
-        x0_pred = g(self.sqrt_recip) * xt - g(self.sqrt_recipm1) * eps.detach()
+        x0_pred = self.predict_x0(eps.detach(), xt, t, "epsilon")
         model_mean = g(self.coef1) * x0_pred + g(self.coef2) * xt
         kl = 0.5 * (-1.0 + model_logvar - true_logvar + torch.exp(true_logvar - model_logvar)
                     + (true_mean - model_mean) ** 2 * torch.exp(-model_logvar))
