@@ -202,6 +202,24 @@ def test_warm_start_from_a_pipeline_continues_its_steps(tmp_path):
     # a checkpoint of another prediction is refused, not silently mixed
     with pytest.raises(SystemExit):
         T.Stage(1, T.parse_arch("1,32,2,4"), 2, 1e-3, [0.99], str(ck2), False, T.Recipe(prediction="epsilon"))
+def test_grow_depth_keeps_the_function_and_refuses_other_growth():
+    old = C.build_model(C.stage_config(1, 2, 32, 2, 4), seed=0)
+    C.ref.init_random_(old, torch.Generator().manual_seed(1))  # every path contributes
+    deep = C.build_model(C.stage_config(1, 4, 32, 2, 4), seed=0)
+    C.ref.load_weights(deep, T.grow_depth(old.state_dict(), deep.state_dict()))
+    assert torch.equal(deep.blocks[2].attn.qkv.weight, old.blocks[1].attn.qkv.weight)
+    x, t = torch.randn(2, 1, 64, 64), torch.tensor([5.0, 900.0])
+    with torch.no_grad():
+        a, b = old(x, t), deep(x, t)
+    err = (a - b).abs().max().item()
+    print(f"grown model vs original: max abs diff {err:.2e} (tolerance 1e-5)")
+    assert err < 1e-5 and a.abs().max() > 0.1
+    with pytest.raises(SystemExit):
+        T.grow_depth(old.state_dict(), C.build_model(C.stage_config(1, 3, 32, 2, 4), seed=0).state_dict())
+    with pytest.raises(SystemExit):  # only depth grows
+        T.grow_depth(old.state_dict(), C.build_model(C.stage_config(1, 4, 64, 2, 4), seed=0).state_dict())
+
+
 def test_grid_pos_embed_follows_frames():
     e = C.grid_pos_embed(64, k=4, frame_tokens=4)  # 16 x 16 tokens
     assert e.shape == (256, 64)

@@ -74,6 +74,29 @@ def init_weights(folder: str, stage: int) -> tuple[dict, dict]:
     return load_file(os.path.join(folder, f"stage{stage}.safetensors")), info
 
 
+def grow_depth(sd: dict, fresh: dict) -> dict:
+    """A pipeline's weights for a model r times as deep (same width): old block i becomes block
+    i*r, and the blocks between keep their fresh initialisation, whose zero adaLN gates make them
+    the identity, so the grown model computes what the old one did and training goes on from
+    there. Weights of the model's own depth pass through unchanged."""
+    depth = lambda d: 1 + max((int(k.split(".")[1]) for k in d if k.startswith("blocks.")), default=-1)
+    old, new = depth(sd), depth(fresh)
+    if old == new:
+        return sd
+    if old == 0 or new % old:
+        raise SystemExit(f"--init-from: a depth-{old} stage cannot grow to depth {new} (a multiple of it)")
+    r = new // old
+    out = {k: v for k, v in fresh.items() if k.startswith("blocks.")}
+    for k, v in sd.items():
+        if k.startswith("blocks."):
+            _, i, rest = k.split(".", 2)
+            k = f"blocks.{int(i) * r}.{rest}"
+        if k not in fresh or fresh[k].shape != v.shape:
+            raise SystemExit(f"--init-from: {k} {tuple(v.shape)} does not fit the grown model (only depth can grow)")
+        out[k] = v
+    return out
+
+
 @dataclass
 class Recipe:
     """What a stage trains on and for (tools/train/README.md, "Recipe")."""
@@ -139,7 +162,7 @@ class Stage:
         """Model and every EMA from the pipeline folder's weights, a fresh optimizer; the step and
         hours continue from its training.json so the learning curve counts all of them."""
         sd, info = init_weights(folder, self.stage)
-        C.ref.load_weights(self.model, sd)
+        C.ref.load_weights(self.model, grow_depth(sd, self.model.state_dict()))
         for e in self.emas.values():
             e.load_state_dict(self.model.state_dict())
         self.step = int(info.get("step", 0))
