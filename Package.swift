@@ -31,7 +31,8 @@
 //                                                        wire types: it returns its own results)
 // The daemon and the CLI:
 //   GriditDaemon -> GriditJobQueue, GriditStateDatabase, GriditAPI, GriditJobSpec, GriditFaults, CSystemd,
-//                   CProcess, GriditDurable (the node id), NIO, ServiceLifecycle, Logging, Configuration (the
+//                   CProcess, GriditDurable (the node id), NIO, Hummingbird (the control socket's HTTP and
+//                   router), HTTPTypes, ServiceLifecycle, Logging, Configuration (the
 //                   settings: flags > environment > file), Metrics, Prometheus (GET /metrics)
 //                                                        (no engine, no model store: `JobEngine`, `ModelCatalog`)
 //   GriditBackend -> GriditDaemon, GriditEngine, GriditModelStore, GriditJobQueue, GriditAPI
@@ -73,6 +74,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        // The control socket's HTTP server and router; HTTPTypes and NIOHTTPTypes are its vocabulary.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
+        .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.2"),
         // Tests only: OpenAPISchemaTests reads docs/openapi.yaml to check answers against its schemas.
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
@@ -189,7 +194,12 @@ let package = Package(
                 "CProcess", "GriditDurable",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                // HTTPParserError and HTTPResponseEncoder below Hummingbird's handlers.
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -340,7 +350,10 @@ let package = Package(
                 "GriditCLI", "GriditTestSupport",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),

@@ -3,8 +3,10 @@
 // (slowloris), which once locked everyone out with 600 idle connections, root included.
 
 import GriditAPI
+import HTTPTypes
 import NIOCore
 import NIOHTTP1
+import NIOHTTPTypes
 import Synchronization
 
 /// Open connections in all and per uid, and whether one more may open. A value type, so the
@@ -160,18 +162,30 @@ extension TimeAmount {
     }
 }
 
-/// Applies `ConnectionTimeouts` to a channel: watches the request parts coming in and the
-/// response parts going out, and closes the connection when a deadline passes (with a 408 when
-/// a request's body was too slow to arrive).
-final class ConnectionTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias InboundOut = HTTPServerRequestPart
-    typealias OutboundIn = HTTPServerResponsePart
-    typealias OutboundOut = HTTPServerResponsePart
+/// Below Hummingbird's request handling, on each connection: applies `ConnectionTimeouts`
+/// (closing the connection when a deadline passes, with a 408 when a request's body was too slow
+/// to arrive), cuts off a body past what griditd reads (413, then closed), and answers a request
+/// NIO's parser rejects (not HTTP, a bad Content-Length, oversized headers) with a JSON error body
+/// like every other error, where Hummingbird would send a bare 400.
+final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
+    typealias OutboundOut = HTTPResponsePart
 
     private var timeouts: ConnectionTimeouts
     private var timer: Scheduled<Void>?
     private let uploads: UploadPolicy?
+    /// The current request's body: whether it is an upload, how much may come (an upload's
+    /// limit, or what griditd drains after a 413) and how much did.
+    private var upload = false
+    private var bodyLimit: Int64 = 0
+    private var received: Int64 = 0
+    /// A response head went out for the current request; `responseInFlight` until its end.
+    private var answered = false
+    private var responseInFlight = false
+    /// An answer of this handler is on its way and the connection closes after it.
+    private var closing = false
 
     init(limits: HTTPServerLimits, uploads: UploadPolicy? = nil) {
         timeouts = ConnectionTimeouts(limits: limits, connectedAt: .now())
@@ -183,11 +197,26 @@ final class ConnectionTimeoutHandler: ChannelDuplexHandler, RemovableChannelHand
     func handlerRemoved(context: ChannelHandlerContext) { timer?.cancel() }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !closing else { return }
+        let limits = timeouts.limits
         switch unwrapInboundIn(data) {
         case .head(let head):
-            timeouts.headReceived(at: .now(), streamed: uploads?.accepts(head.method, head.uri) == true)
-        case .body: timeouts.bodyArrived(at: .now())
-        case .end: timeouts.requestEnded()
+            upload = uploads?.accepts(head.method, head.path ?? "") == true
+            timeouts.headReceived(at: .now(), streamed: upload)
+            bodyLimit = upload ? limits.maxUploadBytes : Int64(limits.maxDrainBytes)
+            received = 0
+            answered = false
+            if let declared = head.headerFields[.contentLength].flatMap({ Int64($0) }), declared > bodyLimit {
+                return answerAndClose(context, status: .contentTooLarge, error: Self.tooLarge(limits, upload: upload))
+            }
+        case .body(let buffer):
+            timeouts.bodyArrived(at: .now())
+            received += Int64(buffer.readableBytes)
+            if received > bodyLimit {
+                return answerAndClose(context, status: .contentTooLarge, error: Self.tooLarge(limits, upload: upload))
+            }
+        case .end:
+            timeouts.requestEnded()
         }
         rearm(context)
         context.fireChannelRead(data)
@@ -206,10 +235,32 @@ final class ConnectionTimeoutHandler: ChannelDuplexHandler, RemovableChannelHand
         context.fireChannelWritabilityChanged()
     }
 
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard let parserError = error as? HTTPParserError else { return context.fireErrorCaught(error) }
+        let tooLarge = parserError == .headerOverflow
+        answerAndClose(
+            context, status: tooLarge ? .requestHeaderFieldsTooLarge : .badRequest,
+            error: APIError(
+                .badRequest,
+                tooLarge
+                    ? "the request headers are larger than griditd allows (64 KiB)"
+                    : "malformed HTTP request (\(parserError))"))
+    }
+
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        if case .end = unwrapOutboundIn(data) {
+        guard !closing else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        switch unwrapOutboundIn(data) {
+        case .head(let head) where head.status.code >= 200:
+            answered = true
+            responseInFlight = true
+        case .end:
+            responseInFlight = false
             timeouts.responseEnded(at: .now())
             rearm(context)
+        default: break
         }
         context.write(data, promise: promise)
     }
@@ -217,6 +268,19 @@ final class ConnectionTimeoutHandler: ChannelDuplexHandler, RemovableChannelHand
     func channelInactive(context: ChannelHandlerContext) {
         timer?.cancel()
         context.fireChannelInactive()
+    }
+
+    /// Writes `error` and closes, unless a response has started: then the connection just closes.
+    private func answerAndClose(_ context: ChannelHandlerContext, status: HTTPResponse.Status, error: APIError) {
+        guard !closing else { return }
+        closing = true
+        timer?.cancel()
+        guard !answered && !responseInFlight else { return context.close(promise: nil) }
+        let (head, body) = ErrorAnswer.parts(status: status, error: error)
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.write(wrapOutboundOut(.body(body)), promise: nil)
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in bound.value.close(promise: nil) }
     }
 
     private func rearm(_ context: ChannelHandlerContext) {
@@ -232,42 +296,39 @@ final class ConnectionTimeoutHandler: ChannelDuplexHandler, RemovableChannelHand
 
     private func fire(_ context: ChannelHandlerContext) {
         guard let expiry = timeouts.expired(at: .now()) else { return rearm(context) }
-        let limits = timeouts.limits
         switch expiry {
         case .header, .idle:
-            // No request to answer (NIO's pipelining handler allows no answer before a head),
-            // so the connection just closes, as nginx does on its header timeout.
+            // No request to answer, so the connection just closes, as nginx does on its header timeout.
             context.close(promise: nil)
         case .body:
             let error = APIError(
                 .requestTimeout,
-                "the request's body did not arrive within \(limits.bodyTimeout.components.seconds) s "
+                "the request's body did not arrive within \(timeouts.limits.bodyTimeout.components.seconds) s "
                     + "(--body-timeout of griditd); send the whole request at once")
-            ErrorAnswer.writeAndClose(context, status: .requestTimeout, error: error, wrap: wrapOutboundOut)
+            answerAndClose(context, status: .requestTimeout, error: error)
         }
+    }
+
+    static func tooLarge(_ limits: HTTPServerLimits, upload: Bool) -> APIError {
+        upload
+            ? APIError(
+                .payloadTooLarge,
+                "the upload is larger than \(limits.maxUploadBytes >> 30) GiB, the most griditd takes")
+            : APIError(
+                .payloadTooLarge,
+                "the request body is larger than \(limits.maxBodyBytes) bytes (10 MiB), the limit of griditd's API; "
+                    + "no request needs that much (models are imported by path, or streamed to POST /v1/models/upload)")
     }
 }
 
-/// Error answers for failures found below the request handler, then the connection closed.
+/// Error answers for failures found below the request handler.
 enum ErrorAnswer {
-    /// Written into the HTTP pipeline (a malformed request, a body too slow to arrive).
-    static func writeAndClose(
-        _ context: ChannelHandlerContext, status: HTTPResponseStatus, error: APIError,
-        wrap: (HTTPServerResponsePart) -> NIOAny
-    ) {
-        let (head, body) = parts(status: status, error: error)
-        context.write(wrap(.head(head)), promise: nil)
-        context.write(wrap(.body(.byteBuffer(body))), promise: nil)
-        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        context.writeAndFlush(wrap(.end(nil))).whenComplete { _ in bound.value.close(promise: nil) }
-    }
-
-    /// Written below the HTTP handlers, for a connection refused before its request: NIO's
-    /// pipelining handler allows no answer before a request head (it asserts in debug builds).
-    static func refuse(_ channel: any Channel, status: HTTPResponseStatus, error: APIError) async {
+    /// Written below the HTTP handlers, for a connection refused before its request.
+    static func refuse(_ channel: any Channel, _ error: APIError) async {
+        let status = HTTPResponse.Status(code: error.code.httpStatus)
         let (head, body) = parts(status: status, error: error)
         var bytes = ByteBuffer(string: "HTTP/1.1 \(status.code) \(status.reasonPhrase)\r\n")
-        for (name, value) in head.headers { bytes.writeString("\(name): \(value)\r\n") }
+        for field in head.headerFields { bytes.writeString("\(field.name.rawName): \(field.value)\r\n") }
         bytes.writeString("\r\n")
         bytes.writeImmutableBuffer(body)
         let answer = bytes
@@ -280,17 +341,15 @@ enum ErrorAnswer {
             }
         }
         try? await written.get()
-        try? await channel.close()
     }
 
-    private static func parts(status: HTTPResponseStatus, error: APIError) -> (HTTPResponseHead, ByteBuffer) {
+    static func parts(status: HTTPResponse.Status, error: APIError) -> (HTTPResponse, ByteBuffer) {
         var body = APICoding.encode(ErrorResponse(error: error), pretty: true)
         body.append(0x0A)
-        var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: "application/json")
-        headers.add(name: "Content-Length", value: String(body.count))
-        headers.add(name: "Connection", value: "close")
-        headers.add(name: "Server", value: "griditd/\(griditVersion)")
-        return (HTTPResponseHead(version: .http1_1, status: status, headers: headers), ByteBuffer(bytes: body))
+        let headers: HTTPFields = [
+            .contentType: "application/json", .contentLength: String(body.count), .connection: "close",
+            .server: "griditd/\(griditVersion)",
+        ]
+        return (HTTPResponse(status: status, headerFields: headers), ByteBuffer(bytes: body))
     }
 }

@@ -4,20 +4,21 @@ import Foundation
 import GriditAPI
 import GriditJobQueue
 import GriditStateDatabase
+import Hummingbird
 import Logging
 
 extension ControlAPI {
     /// Every host: id, hostname, version, last seen, running jobs, draining. Any member may look.
-    func listNodes(_ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
+    func listNodes(_ request: APIRequest) async throws(APIError) -> Response {
         .json(NodeList(nodes: try await nodeInfos()))
     }
 
     /// Drains (or undrains) one host, named by its node id, a unique prefix of it, or its
     /// hostname when no other host has that name. Admins only: it stops a host's work.
     func drain(
-        _ draining: Bool, _ request: HTTPRequest, _ params: [String: String]
+        _ draining: Bool, _ request: APIRequest, _ params: [String: String]
     ) async throws(APIError)
-        -> HTTPResponse
+        -> Response
     {
         try requireAdmin(request, "\(draining ? "drain" : "undrain") a node")
         let node = try await resolveNode(params["node"] ?? "")

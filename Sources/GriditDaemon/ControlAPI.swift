@@ -1,23 +1,26 @@
 // The `/v1` endpoints. `ControlAPI.routes` is the table the router dispatches on and the one the
 // OpenAPI test compares with docs/openapi.yaml, so the document cannot drift from the server.
 
+import CDispatch  // declares `struct stat` and `timespec` first once Hummingbird is a dependency
 import Foundation
 import GriditAPI
 import GriditJobQueue
 import GriditJobSpec
 import GriditStateDatabase
+import HTTPTypes
+import Hummingbird
 import Logging
-import NIOHTTP1
+import NIOCore
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
 public struct Route: Sendable {
-    public var method: HTTPMethod
+    public var method: HTTPRequest.Method
     /// `/v1/jobs/{id}`; a last segment `{path...}` takes the rest of the path.
     public var template: String
-    let handler: @Sendable (ControlAPI, HTTPRequest, [String: String]) async throws -> HTTPResponse
+    let handler: @Sendable (ControlAPI, APIRequest, [String: String]) async throws -> Response
 
     var segments: [String] { template.split(separator: "/").map(String.init) }
 
@@ -50,32 +53,32 @@ public struct ControlAPI: Sendable {
     /// Every endpoint, in match order (literal segments before parameters).
     public static let routes: [Route] = [
         // Also served on the optional TCP listener (`observabilityRoutes`).
-        Route(method: .GET, template: "/metrics") { api, _, _ in await api.metricsText() },
-        Route(method: .GET, template: "/healthz") { api, _, _ in api.health() },
-        Route(method: .GET, template: "/readyz") { api, _, _ in await api.readiness() },
-        Route(method: .GET, template: "/v1/version") { api, _, _ in .json(VersionInfo()) },
-        Route(method: .GET, template: "/v1/status") { api, r, _ in try await api.status(r) },
-        Route(method: .GET, template: "/v1/queue") { api, _, _ in try await api.queueStatus() },
-        Route(method: .POST, template: "/v1/queue/pause") { api, r, _ in try await api.setPaused(true, r) },
-        Route(method: .POST, template: "/v1/queue/resume") { api, r, _ in try await api.setPaused(false, r) },
-        Route(method: .GET, template: "/v1/nodes") { api, r, _ in try await api.listNodes(r) },
-        Route(method: .POST, template: "/v1/nodes/{node}/drain") { api, r, p in try await api.drain(true, r, p) },
-        Route(method: .POST, template: "/v1/nodes/{node}/undrain") { api, r, p in try await api.drain(false, r, p) },
-        Route(method: .POST, template: "/v1/jobs") { api, r, _ in try await api.submit(r) },
-        Route(method: .GET, template: "/v1/jobs") { api, r, _ in try await api.list(r) },
-        Route(method: .POST, template: "/v1/jobs/prune") { api, r, _ in try await api.prune(r) },
-        Route(method: .POST, template: "/v1/jobs/plan") { api, r, _ in try await api.plan(r) },
-        Route(method: .GET, template: "/v1/jobs/{id}") { api, r, p in try await api.show(r, p) },
-        Route(method: .DELETE, template: "/v1/jobs/{id}") { api, r, p in try await api.remove(r, p) },
-        Route(method: .POST, template: "/v1/jobs/{id}/cancel") { api, r, p in try await api.cancel(r, p) },
-        Route(method: .POST, template: "/v1/jobs/{id}/retry") { api, r, p in try await api.retry(r, p) },
-        Route(method: .GET, template: "/v1/jobs/{id}/events") { api, r, p in try await api.events(r, p) },
-        Route(method: .GET, template: "/v1/jobs/{id}/files") { api, r, p in try await api.files(r, p) },
-        Route(method: .GET, template: "/v1/jobs/{id}/files/{path...}") { api, r, p in try await api.file(r, p) },
-        Route(method: .GET, template: "/v1/models") { api, r, _ in try await api.model(.list, r) },
-        Route(method: .GET, template: "/v1/models/ps") { api, r, _ in try await api.model(.ps, r) },
-        Route(method: .GET, template: "/v1/models/check") { api, r, _ in try await api.model(.check, r) },
-        Route(method: .POST, template: "/v1/models/import") { api, r, _ in
+        Route(method: .get, template: "/metrics") { api, _, _ in await api.metricsText() },
+        Route(method: .get, template: "/healthz") { api, _, _ in api.health() },
+        Route(method: .get, template: "/readyz") { api, _, _ in await api.readiness() },
+        Route(method: .get, template: "/v1/version") { api, _, _ in .json(VersionInfo()) },
+        Route(method: .get, template: "/v1/status") { api, r, _ in try await api.status(r) },
+        Route(method: .get, template: "/v1/queue") { api, _, _ in try await api.queueStatus() },
+        Route(method: .post, template: "/v1/queue/pause") { api, r, _ in try await api.setPaused(true, r) },
+        Route(method: .post, template: "/v1/queue/resume") { api, r, _ in try await api.setPaused(false, r) },
+        Route(method: .get, template: "/v1/nodes") { api, r, _ in try await api.listNodes(r) },
+        Route(method: .post, template: "/v1/nodes/{node}/drain") { api, r, p in try await api.drain(true, r, p) },
+        Route(method: .post, template: "/v1/nodes/{node}/undrain") { api, r, p in try await api.drain(false, r, p) },
+        Route(method: .post, template: "/v1/jobs") { api, r, _ in try await api.submit(r) },
+        Route(method: .get, template: "/v1/jobs") { api, r, _ in try await api.list(r) },
+        Route(method: .post, template: "/v1/jobs/prune") { api, r, _ in try await api.prune(r) },
+        Route(method: .post, template: "/v1/jobs/plan") { api, r, _ in try await api.plan(r) },
+        Route(method: .get, template: "/v1/jobs/{id}") { api, r, p in try await api.show(r, p) },
+        Route(method: .delete, template: "/v1/jobs/{id}") { api, r, p in try await api.remove(r, p) },
+        Route(method: .post, template: "/v1/jobs/{id}/cancel") { api, r, p in try await api.cancel(r, p) },
+        Route(method: .post, template: "/v1/jobs/{id}/retry") { api, r, p in try await api.retry(r, p) },
+        Route(method: .get, template: "/v1/jobs/{id}/events") { api, r, p in try await api.events(r, p) },
+        Route(method: .get, template: "/v1/jobs/{id}/files") { api, r, p in try await api.files(r, p) },
+        Route(method: .get, template: "/v1/jobs/{id}/files/{path...}") { api, r, p in try await api.file(r, p) },
+        Route(method: .get, template: "/v1/models") { api, r, _ in try await api.model(.list, r) },
+        Route(method: .get, template: "/v1/models/ps") { api, r, _ in try await api.model(.ps, r) },
+        Route(method: .get, template: "/v1/models/check") { api, r, _ in try await api.model(.check, r) },
+        Route(method: .post, template: "/v1/models/import") { api, r, _ in
             let body = try api.decode(ImportModelRequest.self, r)
             guard body.path.hasPrefix("/") else {
                 throw APIError(
@@ -91,134 +94,200 @@ public struct ControlAPI: Sendable {
                         + "PrivateTmp= /tmp): `griditctl models import` then streams it over the socket")
             }
         },
-        Route(method: .POST, template: "/v1/models/upload") { api, r, _ in try await api.upload(r) },
-        Route(method: .POST, template: "/v1/models/tag") { api, r, _ in
+        Route(method: .post, template: "/v1/models/upload") { api, r, _ in try await api.upload(r) },
+        Route(method: .post, template: "/v1/models/tag") { api, r, _ in
             try await api.model(.tag(try api.decode(TagModelRequest.self, r)), r)
         },
-        Route(method: .POST, template: "/v1/models/verify") { api, r, _ in
+        Route(method: .post, template: "/v1/models/verify") { api, r, _ in
             try await api.model(.verify(try api.decode(VerifyModelsRequest.self, r, emptyAllowed: true)), r)
         },
-        Route(method: .POST, template: "/v1/models/gc") { api, r, _ in
+        Route(method: .post, template: "/v1/models/gc") { api, r, _ in
             try await api.model(.gc(try api.decode(GCModelsRequest.self, r, emptyAllowed: true)), r)
         },
-        Route(method: .GET, template: "/v1/models/{ref}") { api, r, p in
+        Route(method: .get, template: "/v1/models/{ref}") { api, r, p in
             try await api.model(.show(reference: p["ref"]!), r)
         },
-        Route(method: .DELETE, template: "/v1/models/{ref}") { api, r, p in
+        Route(method: .delete, template: "/v1/models/{ref}") { api, r, p in
             try await api.model(.remove(reference: p["ref"]!), r)
         },
-        Route(method: .GET, template: "/v1/models/{ref}/bundle") { api, r, p in try await api.exportBundle(r, p["ref"]!)
+        Route(method: .get, template: "/v1/models/{ref}/bundle") { api, r, p in try await api.exportBundle(r, p["ref"]!)
         },
     ]
 
-    /// Requests whose body `HTTPServer` streams to a file (an admin's model upload).
-    public static func isUpload(_ method: HTTPMethod, _ uri: String) -> Bool {
-        method == .POST && (uri == "/v1/models/upload" || uri.hasPrefix("/v1/models/upload?"))
+    /// Requests whose body is staged to a file (an admin's model upload).
+    public static func isUpload(_ method: HTTPRequest.Method, _ target: String) -> Bool {
+        method == .post && (target == "/v1/models/upload" || target.hasPrefix("/v1/models/upload?"))
     }
+
+    /// Where uploads are staged, and which requests are uploads (for the server's limits).
+    public var uploads: UploadPolicy { UploadPolicy(directory: context.layout.tmp, accepts: Self.isUpload) }
 
     /// The routes of the TCP listener: metrics and health, nothing that reads or changes jobs
     /// (a TCP peer has no credentials to authorize).
     static let observabilityRoutes = Set(["/metrics", "/healthz", "/readyz"])
 
-    /// Dispatches a request; every failure becomes an error body with a message. Counted in
-    /// `gridit_http_requests_total` by route template.
-    public func handle(_ request: HTTPRequest) async -> HTTPResponse {
-        let started = ContinuousClock.now
-        let (response, route) = await dispatch(request)
-        context.metrics.request(
-            route: route, method: request.method.rawValue, status: response.status.code,
-            duration: ContinuousClock.now - started)
-        return response
+    /// The Unix socket's router, every route; or the TCP listener's, `observabilityRoutes` alone.
+    /// GET routes answer HEAD too.
+    public func router(observability: Bool = false) -> Router<APIContext> {
+        let router = Router(context: APIContext.self, options: .autoGenerateHeadEndpoints)
+        let routes = Self.routes.filter { !observability || Self.observabilityRoutes.contains($0.template) }
+        // A last `{name...}` takes the rest of the path: Hummingbird's recursive wildcard.
+        let paths = routes.map { RouterPath($0.template.replacing(/\{\w+\.\.\.\}/, with: "**")) }
+        let templates = Dictionary(
+            zip(paths.map(\.description), routes.map(\.template)), uniquingKeysWith: { a, _ in a })
+        router.add(middleware: APIGate(api: self, routes: routes, templates: templates, observability: observability))
+        for (route, path) in zip(routes, paths) {
+            router.on(path, method: route.method) { request, context in await self.run(route, request, context) }
+        }
+        return router
     }
 
-    /// The TCP listener's handler: the observability routes alone.
-    public func handleObservability(_ request: HTTPRequest) async -> HTTPResponse {
-        guard
-            let route = Self.routes.first(where: {
-                Self.observabilityRoutes.contains($0.template) && $0.match(request.path) != nil
-            })
-        else {
-            return .error(
-                APIError(
-                    .notFound,
-                    "this listener serves only GET /metrics, /healthz and /readyz; the API is on griditd's Unix socket")
-            )
-        }
-        return await handle(request, route: route)
-    }
-
-    private func dispatch(_ request: HTTPRequest) async -> (HTTPResponse, route: String) {
-        // The server refuses non-members' connections; this keeps the rule for any other caller.
-        guard request.caller.isMember else {
-            let c = context.configuration
-            return (.error(request.caller.notMemberError(userGroup: c.userGroup, adminGroup: c.adminGroup)), "other")
-        }
-        // Writes to a database file that was deleted or replaced would be acknowledged and lost.
-        if request.method != .GET && request.method != .HEAD,
-            let lost = context.startBlocker(remakeReserve: false), lost.code == .databaseLost
-        {
-            return (.error(APIError(.unavailable, lost.message)), "other")
-        }
-        var allowed: [HTTPMethod] = []
-        var matched: String?
-        for route in Self.routes {
-            guard route.match(request.path) != nil else { continue }
-            matched = matched ?? route.template
-            guard route.method == request.method || (route.method == .GET && request.method == .HEAD) else {
-                allowed.append(route.method)
-                continue
-            }
-            return (await run(route, request), route.template)
-        }
-        if !allowed.isEmpty {
-            var response = HTTPResponse.error(
-                APIError(
-                    .methodNotAllowed,
-                    "\(request.method.rawValue) is not allowed on \(request.rawPath.prefix(200)); use \(allowed.map(\.rawValue).joined(separator: " or "))"
-                ))
-            response.headers.append(("Allow", allowed.map(\.rawValue).joined(separator: ", ")))
-            return (response, matched ?? "other")
-        }
-        return (
-            .error(
-                APIError(
-                    .notFound,
-                    "no endpoint \(request.method.rawValue) \(request.rawPath.prefix(200)); the API is described in docs/openapi.yaml"
-                )),
-            "other"
-        )
-    }
-
-    private func handle(_ request: HTTPRequest, route: Route) async -> HTTPResponse {
-        guard request.method == .GET || request.method == .HEAD else {
-            var response = HTTPResponse.error(
-                APIError(.methodNotAllowed, "\(request.method.rawValue) is not allowed on \(route.template); use GET"))
-            response.headers.append(("Allow", "GET"))
-            return response
-        }
-        let started = ContinuousClock.now
-        let response = await run(route, request)
-        context.metrics.request(
-            route: route.template, method: request.method.rawValue, status: response.status.code,
-            duration: ContinuousClock.now - started)
-        return response
-    }
-
-    private func run(_ route: Route, _ request: HTTPRequest) async -> HTTPResponse {
+    /// Runs a route's handler on the request's body (collected, or staged to a file for an
+    /// admin's upload); every failure becomes an error body with a message.
+    private func run(_ route: Route, _ request: Request, _ context: APIContext) async -> Response {
+        let rawPath = request.head.path ?? ""
+        let (path, query) = context.target ?? ([], [:])
+        var file: String?
+        defer { if let file { unlink(file) } }
         do {
-            return try await route.handler(self, request, route.match(request.path) ?? [:])
+            var body = Data()
+            if Self.isUpload(request.method, rawPath) {
+                // Only admins may import; anyone else is refused unread.
+                if context.caller.isAdmin { file = try await uploads.stage(request.body) }
+            } else {
+                body = try await Self.body(of: request, context: context)
+            }
+            let api = APIRequest(
+                method: request.method, path: path, rawPath: rawPath, query: query, headers: request.headers,
+                body: body, bodyFile: file, caller: context.caller)
+            return try await route.handler(self, api, route.match(path) ?? [:])
         } catch let error as APIError {
             return .error(error)
         } catch {
-            context.logger.error("handler failed", metadata: ["error": "\(error)", "http.path": "\(request.rawPath)"])
+            context.logger.error("handler failed", metadata: ["error": "\(error)", "http.path": "\(rawPath)"])
             return .error(APIError(.internalError, "internal error: \(error)"))
         }
     }
 
+    /// The whole body, at most `context.maxUploadSize` bytes; a larger one is read to its end and
+    /// dropped (the server cuts off one past `maxDrainBytes`), then answered 413, so that a
+    /// client that sends its whole body first still reads the answer.
+    static func body(of request: Request, context: APIContext) async throws(APIError) -> Data {
+        var body = Data()
+        var tooLarge = false
+        do {
+            for try await buffer in request.body {
+                tooLarge = tooLarge || body.count + buffer.readableBytes > context.maxUploadSize
+                if tooLarge { body = Data() } else { body.append(contentsOf: buffer.readableBytesView) }
+            }
+        } catch {
+            throw APIError(.badRequest, "the request body did not arrive whole: \(error)")
+        }
+        if tooLarge { throw ConnectionGuard.tooLarge(context.limits, upload: false) }
+        return body
+    }
+
+    /// What no route takes: 405 with the methods the path has (and its first template, for the
+    /// metrics), else 404.
+    static func unrouted(
+        _ method: HTTPRequest.Method, _ path: [String], _ rawPath: String, routes: [Route], observability: Bool
+    ) -> (Response, route: String) {
+        let matching = routes.filter { $0.match(path) != nil }
+        guard let first = matching.first else {
+            let message =
+                observability
+                ? "this listener serves only GET /metrics, /healthz and /readyz; the API is on griditd's Unix socket"
+                : "no endpoint \(method.rawValue) \(rawPath.prefix(200)); the API is described in docs/openapi.yaml"
+            return (.error(APIError(.notFound, message)), "other")
+        }
+        let allowed = matching.map(\.method.rawValue)
+        var response = Response.error(
+            APIError(
+                .methodNotAllowed,
+                "\(method.rawValue) is not allowed on \(rawPath.prefix(200)); use \(allowed.joined(separator: " or "))")
+        )
+        response.headers[.allow] = allowed.joined(separator: ", ")
+        return (response, first.template)
+    }
+}
+
+/// Around every route: before it, the target parsed (400 when it cannot be) and the rules for
+/// every request (members only, no writes to a lost database); after it, 404/405 for what no
+/// route takes, the request counted in `gridit_http_requests_total` by route template and
+/// logged at debug.
+struct APIGate: RouterMiddleware {
+    typealias Context = APIContext
+
+    let api: ControlAPI
+    let routes: [Route]
+    /// Hummingbird's endpoint paths to route templates.
+    let templates: [String: String]
+    let observability: Bool
+
+    func handle(
+        _ request: Request, context: APIContext, next: (Request, APIContext) async throws -> Response
+    ) async throws -> Response {
+        let started = ContinuousClock.now
+        let rawPath = request.head.path ?? ""
+        var route = "other"
+        let response: Response
+        if let target = HTTPServer.parseTarget(rawPath) {
+            if let refusal = refusal(request, context.caller) {
+                response = .error(refusal)
+            } else {
+                var context = context
+                context.target = target
+                do {
+                    response = try await next(request, context)
+                    route = context.endpointPath.flatMap { templates[$0] } ?? "other"
+                } catch {
+                    let unrouted = ControlAPI.unrouted(
+                        request.method, target.0, rawPath, routes: routes, observability: observability)
+                    response = unrouted.0
+                    route = unrouted.route
+                }
+            }
+        } else {
+            response = .error(APIError(.badRequest, "malformed request target '\(rawPath.prefix(200))'"))
+        }
+        let elapsed = ContinuousClock.now - started
+        api.context.metrics.request(
+            route: route, method: request.method.rawValue, status: UInt(response.status.code), duration: elapsed)
+        let ms = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
+        let caller = context.caller
+        // Every request at debug: at info the journal would be mostly `jobs watch` and status polls.
+        context.logger.debug(
+            "\(request.method.rawValue) \(rawPath.prefix(300)) \(response.status.code) uid \(caller.uid)",
+            metadata: [
+                "http.method": "\(request.method.rawValue)", "http.path": "\(rawPath.prefix(300))",
+                "http.status": "\(response.status.code)", "uid": "\(caller.uid)", "pid": "\(caller.pid)",
+                "duration_ms": "\(String(format: "%.1f", ms))",
+            ])
+        return response
+    }
+
+    private func refusal(_ request: Request, _ caller: Caller) -> APIError? {
+        guard !observability else { return nil }
+        // The server refuses non-members' connections; this keeps the rule for any other caller.
+        guard caller.isMember else {
+            let c = api.context.configuration
+            return caller.notMemberError(userGroup: c.userGroup, adminGroup: c.adminGroup)
+        }
+        // Writes to a database file that was deleted or replaced would be acknowledged and lost.
+        if request.method != .get && request.method != .head,
+            let lost = api.context.startBlocker(remakeReserve: false), lost.code == .databaseLost
+        {
+            return APIError(.unavailable, lost.message)
+        }
+        return nil
+    }
+}
+
+extension ControlAPI {
     // MARK: - Metrics and health
 
     /// Prometheus text format 0.0.4; gauges read now, counters and histograms as they stand.
-    func metricsText() async -> HTTPResponse {
+    func metricsText() async -> Response {
         let counts = (try? await context.store.counts()) ?? [:]
         let paused = (try? await context.store.isPaused()) ?? false
         let snapshot = DaemonMetrics.Snapshot(
@@ -226,17 +295,16 @@ public struct ControlAPI: Sendable {
             ready: await readinessReasons().isEmpty, diskFreeBytes: context.freeBytes(),
             models: await context.catalog?.loadedModels() ?? [])
         let text = context.metrics.render(snapshot)
-        return HTTPResponse(
-            status: .ok, body: .data(Data(text.utf8), contentType: "text/plain; version=0.0.4; charset=utf-8"))
+        return .data(Data(text.utf8), contentType: "text/plain; version=0.0.4; charset=utf-8")
     }
 
     /// Live: griditd answers (its event loop, its handlers).
-    func health() -> HTTPResponse {
+    func health() -> Response {
         .json(HealthStatus(status: "ok", uptimeSeconds: Date().timeIntervalSince(context.startedAt)))
     }
 
     /// Ready: a queued job would be claimed now (200), else 503 with the reasons.
-    func readiness() async -> HTTPResponse {
+    func readiness() async -> Response {
         let reasons = await readinessReasons()
         return .json(
             Readiness(ready: reasons.isEmpty, reasons: reasons), status: reasons.isEmpty ? .ok : .serviceUnavailable)
@@ -258,7 +326,7 @@ public struct ControlAPI: Sendable {
 
     // MARK: - Queue and status
 
-    func queueStatus() async throws(APIError) -> HTTPResponse {
+    func queueStatus() async throws(APIError) -> Response {
         .json(try await currentQueue())
     }
 
@@ -270,7 +338,7 @@ public struct ControlAPI: Sendable {
         return QueueStatus(paused: paused, counts: wire, maxQueued: context.configuration.maxQueued)
     }
 
-    func setPaused(_ paused: Bool, _ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
+    func setPaused(_ paused: Bool, _ request: APIRequest) async throws(APIError) -> Response {
         try requireAdmin(request, "\(paused ? "pause" : "resume") the queue")
         try await store { try await $0.setPaused(paused) }
         context.logger.notice(
@@ -280,7 +348,7 @@ public struct ControlAPI: Sendable {
         return .json(try await currentQueue())
     }
 
-    func status(_ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
+    func status(_ request: APIRequest) async throws(APIError) -> Response {
         let notices = context.startBlocker(remakeReserve: false).map { [$0] } ?? []
         // A lost database may not read any more: status still answers, saying so.
         let lost = notices.first?.code == .databaseLost
@@ -350,7 +418,7 @@ public struct ControlAPI: Sendable {
     // MARK: - Jobs
 
     /// `submit --dry-run`: what the submit would run and its estimate; no job is made.
-    func plan(_ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
+    func plan(_ request: APIRequest) async throws(APIError) -> Response {
         let body = try decode(SubmitJobRequest.self, request)
         let (digest, spec) = try await resolve(body)
         let estimate: (plan: String, seconds: TimeInterval)
@@ -388,7 +456,7 @@ public struct ControlAPI: Sendable {
         return (digest, spec)
     }
 
-    func submit(_ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
+    func submit(_ request: APIRequest) async throws(APIError) -> Response {
         let body = try decode(SubmitJobRequest.self, request)
         let (digest, spec) = try await resolve(body)
         let caller = request.caller
@@ -469,7 +537,7 @@ public struct ControlAPI: Sendable {
         }
     }
 
-    func list(_ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
+    func list(_ request: APIRequest) async throws(APIError) -> Response {
         var filter = JobFilter(limit: 100, newest: true)
         if let states = request.query["state"], !states.isEmpty {
             for name in states.split(separator: ",") {
@@ -505,14 +573,14 @@ public struct ControlAPI: Sendable {
         return .json(JobList(jobs: await withHosts(infos)))
     }
 
-    func show(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
+    func show(_ request: APIRequest, _ params: [String: String]) async throws(APIError) -> Response {
         let job = try await ownedJob(request, params)
         let errors = try await store { try await $0.errors(id: job.id) }
         let shown = try info(job, paused: try? await context.store.isPaused(), errors: errors)
         return .json(await withHosts([shown])[0])
     }
 
-    func cancel(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
+    func cancel(_ request: APIRequest, _ params: [String: String]) async throws(APIError) -> Response {
         let id = try jobID(params)
         let caller = request.caller
         let job = try await store {
@@ -527,7 +595,7 @@ public struct ControlAPI: Sendable {
     }
 
     /// `jobs rm`: a finished job and its folders (`?keep_outputs=true` keeps the output folder).
-    func remove(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
+    func remove(_ request: APIRequest, _ params: [String: String]) async throws(APIError) -> Response {
         let id = try jobID(params)
         let keep = request.query["keep_outputs"]
         guard keep == nil || keep == "true" || keep == "false" else {
@@ -544,7 +612,7 @@ public struct ControlAPI: Sendable {
         }
     }
 
-    func retry(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
+    func retry(_ request: APIRequest, _ params: [String: String]) async throws(APIError) -> Response {
         let id = try jobID(params)
         let caller = request.caller
         let job = try await store {
@@ -556,7 +624,7 @@ public struct ControlAPI: Sendable {
         return .json(try Self.info(job))
     }
 
-    func prune(_ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
+    func prune(_ request: APIRequest) async throws(APIError) -> Response {
         try requireAdmin(request, "prune jobs")
         let body = try decode(PruneRequest.self, request, emptyAllowed: true)
         if let age = body.olderThanSeconds, !(age.isFinite && age >= 0) {
@@ -578,44 +646,42 @@ public struct ControlAPI: Sendable {
     }
 
     /// Newline-delimited JSON: the job now, then every change and step, until it is terminal.
-    func events(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
+    func events(_ request: APIRequest, _ params: [String: String]) async throws(APIError) -> Response {
         let id = try await ownedJob(request, params).id
         let context = self.context
         let updates = context.monitor.watch(id)  // subscribe before the snapshot, so nothing is missed
         let first = try await store { try await $0.get(id: id) }
-        return HTTPResponse(
-            status: .ok,
-            body: .stream(contentType: "application/x-ndjson") { write in
-                func line(_ message: JobEventMessage) -> Data {
-                    var data = APICoding.encode(message)
-                    data.append(0x0A)
-                    return data
+        return .stream(contentType: "application/x-ndjson") { write in
+            func line(_ message: JobEventMessage) -> Data {
+                var data = APICoding.encode(message)
+                data.append(0x0A)
+                return data
+            }
+            var job = first
+            try await write(
+                line(JobEventMessage(kind: .job, job: try Self.info(job, live: context.monitor.live(id)))))
+            if job.state.isTerminal { return }
+            var lastStep = ContinuousClock.now - .seconds(1)
+            for await update in updates {
+                switch update {
+                case .step(let step):
+                    // At most ten step lines a second; the job lines carry every state change.
+                    guard ContinuousClock.now - lastStep >= .milliseconds(100) else { continue }
+                    lastStep = ContinuousClock.now
+                    try await write(line(JobEventMessage(kind: .step, step: step)))
+                case .changed:
+                    guard let now = try? await context.store.get(id: id) else { return }  // pruned
+                    guard now != job || now.state.isTerminal else { continue }
+                    job = now
+                    try await write(
+                        line(JobEventMessage(kind: .job, job: try Self.info(job, live: context.monitor.live(id)))))
+                    if job.state.isTerminal { return }
                 }
-                var job = first
-                try await write(
-                    line(JobEventMessage(kind: .job, job: try Self.info(job, live: context.monitor.live(id)))))
-                if job.state.isTerminal { return }
-                var lastStep = ContinuousClock.now - .seconds(1)
-                for await update in updates {
-                    switch update {
-                    case .step(let step):
-                        // At most ten step lines a second; the job lines carry every state change.
-                        guard ContinuousClock.now - lastStep >= .milliseconds(100) else { continue }
-                        lastStep = ContinuousClock.now
-                        try await write(line(JobEventMessage(kind: .step, step: step)))
-                    case .changed:
-                        guard let now = try? await context.store.get(id: id) else { return }  // pruned
-                        guard now != job || now.state.isTerminal else { continue }
-                        job = now
-                        try await write(
-                            line(JobEventMessage(kind: .job, job: try Self.info(job, live: context.monitor.live(id)))))
-                        if job.state.isTerminal { return }
-                    }
-                }
-            })
+            }
+        }
     }
 
-    func files(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
+    func files(_ request: APIRequest, _ params: [String: String]) async throws(APIError) -> Response {
         let (_, root) = try await finishedOutput(request, params)
         var files: [OutputFile] = []
         let rootURL = URL(fileURLWithPath: root)
@@ -635,7 +701,7 @@ public struct ControlAPI: Sendable {
         return .json(OutputFileList(outputDir: root, files: files.sorted { $0.path < $1.path }))
     }
 
-    func file(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> HTTPResponse {
+    func file(_ request: APIRequest, _ params: [String: String]) async throws(APIError) -> Response {
         let (_, root) = try await finishedOutput(request, params)
         let relative = params["path"] ?? ""
         let components = relative.split(separator: "/")
@@ -658,25 +724,25 @@ public struct ControlAPI: Sendable {
         case "json": type = "application/json"
         default: type = "application/octet-stream"
         }
-        return HTTPResponse(status: .ok, body: .file(path: path, contentType: type, deleteAfter: false))
+        return .file(path: path, contentType: type, deleteAfter: false)
     }
 
     // MARK: - Models
 
-    func model(_ command: ModelCommand, _ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
+    func model(_ command: ModelCommand, _ request: APIRequest) async throws(APIError) -> Response {
         let catalog = try requireCatalog()
         if command.requiresAdmin { try requireAdmin(request, "run `models \(command.name)`") }
         let output = try await catalog.perform(command, for: request.caller)
         if command.requiresAdmin {
             context.logger.notice("models \(command.name)", metadata: ["uid": "\(request.caller.uid)"])
         }
-        return HTTPResponse(status: .ok, body: .data(output.responseBody, contentType: "application/json"))
+        return .data(output.responseBody, contentType: "application/json")
     }
 
     /// `griditctl models import` of a path griditd cannot see: the body (staged to a file by the
     /// server) is a bundle or a pipeline folder's tar, `Content-Digest: sha-256=:<base64>:`
     /// (RFC 9530) its hash, `?kind=bundle|pipeline&name=NAME:TAG`.
-    func upload(_ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
+    func upload(_ request: APIRequest) async throws(APIError) -> Response {
         _ = try requireCatalog()
         try requireAdmin(request, "run `models import`")
         guard let file = request.bodyFile else { throw APIError(.badRequest, "the upload has no body") }
@@ -684,7 +750,7 @@ public struct ControlAPI: Sendable {
             throw APIError(
                 .badRequest, "kind must be bundle or pipeline (got '\(request.query["kind"]?.prefix(40) ?? "")')")
         }
-        guard let sha256 = Self.contentDigest(request.headers.first(name: "content-digest")) else {
+        guard let sha256 = Self.contentDigest(request.headers[HTTPField.Name("Content-Digest")!]) else {
             throw APIError(
                 .badRequest, "an upload needs its hash: a Content-Digest header with sha-256=:<base64>: (RFC 9530)")
         }
@@ -706,7 +772,7 @@ public struct ControlAPI: Sendable {
         return nil
     }
 
-    func exportBundle(_ request: HTTPRequest, _ reference: String) async throws(APIError) -> HTTPResponse {
+    func exportBundle(_ request: APIRequest, _ reference: String) async throws(APIError) -> Response {
         let catalog = try requireCatalog()
         let tmp = context.layout.tmp
         try? FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
@@ -717,19 +783,18 @@ public struct ControlAPI: Sendable {
             try? FileManager.default.removeItem(atPath: path)
             throw error
         }
-        return HTTPResponse(status: .ok, body: .file(path: path, contentType: "application/x-tar", deleteAfter: true))
+        return .file(path: path, contentType: "application/x-tar", deleteAfter: true)
     }
 
     // MARK: - Helpers
 
-    func decode<T: Decodable>(_ type: T.Type, _ request: HTTPRequest, emptyAllowed: Bool = false) throws(APIError) -> T
-    {
+    func decode<T: Decodable>(_ type: T.Type, _ request: APIRequest, emptyAllowed: Bool = false) throws(APIError) -> T {
         let body = request.body.isEmpty && emptyAllowed ? Data("{}".utf8) : request.body
         guard !body.isEmpty else { throw APIError(.badRequest, "the request needs a JSON body") }
         return try APICoding.decode(type, from: body)
     }
 
-    func requireAdmin(_ request: HTTPRequest, _ action: String) throws(APIError) {
+    func requireAdmin(_ request: APIRequest, _ action: String) throws(APIError) {
         guard request.caller.isAdmin else {
             throw APIError(
                 .forbidden,
@@ -755,7 +820,7 @@ public struct ControlAPI: Sendable {
     }
 
     /// The job, if the caller may see it.
-    private func ownedJob(_ request: HTTPRequest, _ params: [String: String]) async throws(APIError) -> Job {
+    private func ownedJob(_ request: APIRequest, _ params: [String: String]) async throws(APIError) -> Job {
         let id = try jobID(params)
         let job = try await store { try await $0.get(id: id) }
         guard request.caller.isAdmin || job.ownerUID == request.caller.uid else {
@@ -767,7 +832,7 @@ public struct ControlAPI: Sendable {
     }
 
     private func finishedOutput(
-        _ request: HTTPRequest, _ params: [String: String]
+        _ request: APIRequest, _ params: [String: String]
     ) async throws(APIError) -> (Job, String) {
         let job = try await ownedJob(request, params)
         guard job.state == .succeeded, let root = job.outputDir else {

@@ -1,11 +1,13 @@
 // Start-up and shutdown of griditd: lock, database, crash recovery, socket, READY=1, services.
 
+import CDispatch  // declares `struct stat` and `timespec` first once Hummingbird is a dependency
 import Foundation
 import GriditAPI
 import GriditFaults
 import GriditJobQueue
 import GriditJobSpec
 import GriditStateDatabase
+import Hummingbird
 import Logging
 import NIOCore
 import NIOPosix
@@ -105,9 +107,7 @@ public enum Daemon {
         let server = HTTPServer(
             limits: configuration.http,
             authorizer: Authorizer(userGroup: configuration.userGroup, adminGroup: configuration.adminGroup),
-            logger: Logger(label: "gridit.api"),
-            uploads: UploadPolicy(directory: context.layout.tmp, accepts: ControlAPI.isUpload),
-            handler: { await api.handle($0) })
+            logger: Logger(label: "gridit.api"), uploads: api.uploads, responder: api.router().buildResponder())
 
         let eventLoops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let listen: ListenSocket
@@ -141,8 +141,8 @@ public enum Daemon {
         if let (host, port) = configuration.metricsHostPort {
             let metricsServer = HTTPServer(
                 limits: configuration.http, authorizer: Authorizer(userGroup: nil, adminGroup: nil),
-                logger: Logger(label: "gridit.metrics"), anonymous: true, handler: { await api.handleObservability($0) }
-            )
+                logger: Logger(label: "gridit.metrics"), anonymous: true,
+                responder: api.router(observability: true).buildResponder())
             let tcp: NIOAsyncChannel<HTTPServer.AcceptedConnection, Never>
             do {
                 tcp = try await metricsServer.bind(.tcp(host: host, port: port), group: eventLoops)
@@ -273,6 +273,11 @@ struct ControlSocketService: Service {
             // Shutdown closes the listening socket; that is the way out, not a failure.
         }
     }
+}
+
+extension ControlSocketService: CustomStringConvertible {
+    /// What ServiceLifecycle logs of it (not the router's every route).
+    var description: String { "ControlSocketService" }
 }
 
 /// Sends STOPPING=1 the moment shutdown begins.

@@ -3,6 +3,7 @@
 // `journalctl -u griditd JOB_ID=12` or `journalctl STAGE=sr` work; elsewhere one plain line per
 // entry on stderr: `2026-01-02T03:04:05.678Z info gridit.worker: job claimed job.id=12 stage=grid`.
 
+import CDispatch  // declares `struct stat` and `timespec` first once Hummingbird is a dependency
 import CSystemd
 import Foundation
 import Logging

@@ -6,6 +6,7 @@
 // griditd makes, of the type it makes, are removed; a link is never followed, finished outputs
 // (they hold sequence.json) are not searched, and anything else stays where it is.
 
+import CDispatch  // declares `struct stat` and `timespec` first once Hummingbird is a dependency
 import Foundation
 import Logging
 

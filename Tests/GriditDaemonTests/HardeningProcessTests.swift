@@ -2,6 +2,7 @@
 // hostile numbers, slow clients, reused job ids and output folders, state files others can read,
 // a corrupt store that `models verify` called healthy.
 
+import CDispatch  // declares `struct stat` and `timeval` first once Hummingbird is a dependency
 import Foundation
 import GriditAPI
 import GriditCLI

@@ -2,6 +2,7 @@
 // `griditctl models verify` on a corrupt store. The FIFO case hung griditd's worker threads
 // before: a liveness bound of runProcess (not a timing assertion) turns a hang into a failure.
 
+import CDispatch  // declares `struct stat` and `timeval` first once Hummingbird is a dependency
 import Foundation
 import GriditAPI
 import GriditTestSupport

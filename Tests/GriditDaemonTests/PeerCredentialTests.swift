@@ -3,6 +3,7 @@
 // refuses everyone outside both groups, members of `users` submit and manage their own jobs
 // within their limits, members of `root` (the admin group here) do everything.
 
+import CDispatch  // declares `struct stat` and `timeval` first once Hummingbird is a dependency
 import Foundation
 import GriditAPI
 import GriditCLI

@@ -1,3 +1,4 @@
+import CDispatch  // declares `struct stat` and `timeval` first once Hummingbird is a dependency
 import Foundation
 import GriditAPI
 import GriditCLI

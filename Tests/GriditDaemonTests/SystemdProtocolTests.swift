@@ -1,6 +1,7 @@
 // The systemd protocol with the real binary, without systemd: a notify socket of our own
 // ($NOTIFY_SOCKET, $WATCHDOG_USEC) and socket activation through systemd-socket-activate.
 
+import CDispatch  // declares `struct stat` and `timeval` first once Hummingbird is a dependency
 import Foundation
 import GriditAPI
 import GriditCLI

@@ -4,9 +4,12 @@ import Foundation
 import GriditAPI
 import GriditFaults
 import GriditJobSpec
+import HTTPTypes
+import Hummingbird
 import Logging
 import NIOCore
-import NIOHTTP1
+import NIOEmbedded
+import NIOHTTPTypes
 import Testing
 
 @testable import GriditDaemon
@@ -19,21 +22,21 @@ import Glibc
 struct DaemonUnitTests {
     @Test("routes match literal segments first and take parameters")
     func routeMatching() {
-        func route(_ method: HTTPMethod, _ path: String) -> (String, [String: String])? {
+        func route(_ method: HTTPRequest.Method, _ path: String) -> (String, [String: String])? {
             let parts = path.split(separator: "/").map(String.init)
             for r in ControlAPI.routes where r.method == method {
                 if let params = r.match(parts) { return (r.template, params) }
             }
             return nil
         }
-        #expect(route(.POST, "/v1/jobs/prune")?.0 == "/v1/jobs/prune")
-        #expect(route(.GET, "/v1/jobs/12")?.1 == ["id": "12"])
-        #expect(route(.GET, "/v1/models/ps")?.0 == "/v1/models/ps")
-        #expect(route(.GET, "/v1/models/moving-digits:v1")?.1 == ["ref": "moving-digits:v1"])
+        #expect(route(.post, "/v1/jobs/prune")?.0 == "/v1/jobs/prune")
+        #expect(route(.get, "/v1/jobs/12")?.1 == ["id": "12"])
+        #expect(route(.get, "/v1/models/ps")?.0 == "/v1/models/ps")
+        #expect(route(.get, "/v1/models/moving-digits:v1")?.1 == ["ref": "moving-digits:v1"])
         #expect(
-            route(.GET, "/v1/jobs/3/files/frames/frame_00001.png")?.1 == ["id": "3", "path": "frames/frame_00001.png"])
-        #expect(route(.GET, "/v1/jobs/3/files")?.0 == "/v1/jobs/{id}/files")
-        #expect(route(.GET, "/v1/jobs/3/nope") == nil)
+            route(.get, "/v1/jobs/3/files/frames/frame_00001.png")?.1 == ["id": "3", "path": "frames/frame_00001.png"])
+        #expect(route(.get, "/v1/jobs/3/files")?.0 == "/v1/jobs/{id}/files")
+        #expect(route(.get, "/v1/jobs/3/nope") == nil)
     }
 
     @Test("request targets are decoded per segment; NUL and non-absolute targets are refused")
@@ -47,36 +50,55 @@ struct DaemonUnitTests {
     }
 
     @Test("bodies over 10 MiB are drained and answered 413; a declared huge body is refused at once")
-    func bodyLimit() {
+    func bodyLimit() async throws {
         var limits = HTTPServerLimits()
         limits.maxBodyBytes = 10
         limits.maxDrainBytes = 100
-        var reader = RequestReader(limits: limits)
-        let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/v1/jobs")
-        #expect(reader.consume(.head(head)) == nil)
-        #expect(reader.consume(.body(ByteBuffer(string: "0123456789ab"))) == nil)
-        guard case .reject(_, let error, let close)? = reader.consume(.end(nil)) else {
-            Issue.record("expected a 413")
-            return
+        func post(declaring length: Int? = nil) -> HTTPRequest {
+            var head = HTTPRequest(method: .post, scheme: nil, authority: nil, path: "/v1/jobs")
+            head.headerFields[.contentLength] = length.map(String.init)
+            return head
         }
-        #expect(error.code == .payloadTooLarge && !close)
+        let context = APIContext(
+            source: .init(logger: Logger(label: "test"), caller: ConnectionPolicyTests.caller(1000), limits: limits))
+        do {
+            _ = try await ControlAPI.body(
+                of: Request(head: post(), body: RequestBody(buffer: ByteBuffer(string: "0123456789ab"))),
+                context: context)
+            Issue.record("expected a 413")
+        } catch {
+            #expect(error.code == .payloadTooLarge)
+        }
+        // Under the drain limit, the rest of the body reaches the router, which reads and drops it.
+        func connection() async throws -> EmbeddedChannel {
+            let channel = EmbeddedChannel(handler: ConnectionGuard(limits: limits))
+            try await channel.connect(to: SocketAddress(unixDomainSocketPath: "/griditd.sock")).get()
+            return channel
+        }
+        let drained = try await connection()
+        try drained.writeInbound(HTTPRequestPart.head(post(declaring: 100)))
+        try drained.writeInbound(HTTPRequestPart.body(ByteBuffer(repeating: 0x61, count: 100)))
+        try drained.writeInbound(HTTPRequestPart.end(nil))
+        #expect(try drained.readInbound(as: HTTPRequestPart.self) == .head(post(declaring: 100)))
+        let answer = try drained.readOutbound(as: HTTPResponsePart.self)
+        #expect(drained.isActive && answer == nil, "no answer, no close")
 
-        var declared = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/v1/jobs")
-        declared.headers.add(name: "Content-Length", value: "1000")
-        guard case .reject(_, let e2, true)? = reader.consume(.head(declared)) else {
+        let declared = try await connection()
+        try declared.writeInbound(HTTPRequestPart.head(post(declaring: 1000)))
+        #expect(try declared.readInbound(as: HTTPRequestPart.self) == nil, "the router never sees it")
+        guard case .head(let head)? = try declared.readOutbound(as: HTTPResponsePart.self),
+            case .body(let body)? = try declared.readOutbound(as: HTTPResponsePart.self)
+        else {
             Issue.record("expected an immediate 413 with close")
             return
         }
+        #expect(head.status == .contentTooLarge && !declared.isActive)
+        let e2 = try APICoding.decoder().decode(ErrorResponse.self, from: Data(body.readableBytesView)).error
         #expect(e2.code == .payloadTooLarge)
 
-        var ok = RequestReader(limits: limits)
-        _ = ok.consume(.head(head))
-        _ = ok.consume(.body(ByteBuffer(string: "{}")))
-        guard case .complete(_, let body, nil)? = ok.consume(.end(nil)) else {
-            Issue.record("expected a complete request")
-            return
-        }
-        #expect(body == Data("{}".utf8))
+        let ok = try await ControlAPI.body(
+            of: Request(head: post(), body: RequestBody(buffer: ByteBuffer(string: "{}"))), context: context)
+        #expect(ok == Data("{}".utf8))
     }
 
     @Test("journald field names from metadata keys")

@@ -8,8 +8,9 @@ import GriditJobQueue
 import GriditJobSpec
 import GriditStateDatabase
 import GriditTestSupport
+import HTTPTypes
+import Hummingbird
 import Logging
-import NIOHTTP1
 import ServiceLifecycle
 import ServiceLifecycleTestKit
 import Synchronization
@@ -104,11 +105,41 @@ func osThreadName() -> String {
     ((try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)) ?? "?").trimmingCharacters(in: .newlines)
 }
 
-extension HTTPResponse {
-    /// The body of a plain (not streamed) answer.
+extension ControlAPI {
+    /// Runs a bodiless request through the router, as the server does for `caller`'s connection.
+    func handle(_ method: HTTPRequest.Method, _ path: String, caller: Caller) async -> Response {
+        let request = Request(
+            head: HTTPRequest(method: method, scheme: nil, authority: nil, path: path),
+            body: RequestBody(buffer: ByteBuffer()))
+        let source = APIContext.Source(logger: Logger(label: "test"), caller: caller, limits: HTTPServerLimits())
+        do {
+            return try await router().buildResponder().respond(to: request, context: APIContext(source: source))
+        } catch {
+            return .error(APIError(.internalError, "\(error)"))
+        }
+    }
+}
+
+extension Response {
+    /// The whole body.
     var bodyData: Data? {
-        if case .data(let data, _) = body { return data }
-        return nil
+        get async {
+            final class Sink: @unchecked Sendable { var data = Data() }
+            struct Collector: ResponseBodyWriter {
+                let sink: Sink
+                mutating func write(_ buffer: ByteBuffer) async throws {
+                    sink.data.append(contentsOf: buffer.readableBytesView)
+                }
+                consuming func finish(_ trailingHeaders: HTTPFields?) async throws {}
+            }
+            let sink = Sink()
+            do {
+                try await body.write(Collector(sink: sink))
+            } catch {
+                return nil
+            }
+            return sink.data
+        }
     }
 }
 
@@ -213,10 +244,7 @@ struct WorkerServiceTests {
             #expect(try await h.state(later) == .queued)
             let owner = Caller(
                 credentials: PeerCredentials(pid: 1, uid: 1000, gid: 1000), isAdmin: false, isMember: true)
-            _ = await api.handle(
-                HTTPRequest(
-                    method: .POST, path: ["v1", "jobs", "\(a)", "cancel"], rawPath: "/v1/jobs/\(a)/cancel", query: [:],
-                    headers: [:], body: Data(), caller: owner))
+            _ = await api.handle(.post, "/v1/jobs/\(a)/cancel", caller: owner)
             try await h.waitUntil("all done") {
                 for id in [joining, other, later] where try await h.state(id) != .succeeded { return false }
                 return true
@@ -258,11 +286,7 @@ struct WorkerServiceTests {
             try await h.waitUntil("running") { try await h.state(id) == .running }
             let owner = Caller(
                 credentials: PeerCredentials(pid: 1, uid: 1000, gid: 1000), isAdmin: false, isMember: true)
-            let response = await api.handle(
-                HTTPRequest(
-                    method: .POST, path: ["v1", "jobs", "\(id)", "cancel"], rawPath: "/v1/jobs/\(id)/cancel",
-                    query: [:],
-                    headers: [:], body: Data(), caller: owner))
+            let response = await api.handle(.post, "/v1/jobs/\(id)/cancel", caller: owner)
             #expect(response.status == .ok)
             try await h.waitUntil("canceled") { try await h.state(id) == .canceled }
         }
@@ -301,11 +325,8 @@ struct WorkerServiceTests {
         let id = try await h.submit()
         let api = ControlAPI(context: h.context)
         let owner = Caller(credentials: PeerCredentials(pid: 1, uid: 1000, gid: 1000), isAdmin: false, isMember: true)
-        func get(_ path: [String]) async -> HTTPResponse {
-            await api.handle(
-                HTTPRequest(
-                    method: .GET, path: path, rawPath: "/" + path.joined(separator: "/"), query: [:], headers: [:],
-                    body: Data(), caller: owner))
+        func get(_ path: [String]) async -> Response {
+            await api.handle(.get, "/" + path.joined(separator: "/"), caller: owner)
         }
         try await h.withWorker {
             try await h.waitUntil("the worker sees the disk too full") {
@@ -476,21 +497,18 @@ struct SingleNodeTests {
         let api = ControlAPI(context: h.context)
         let node = h.context.node
         try await h.context.nodes.registerNode(id: node.id, hostname: node.hostname, version: "test", now: Date())
-        func call(_ method: HTTPMethod, _ path: [String], admin: Bool) async -> HTTPResponse {
+        func call(_ method: HTTPRequest.Method, _ path: [String], admin: Bool) async -> Response {
             let caller = Caller(
                 credentials: PeerCredentials(pid: 1, uid: admin ? 0 : 1000, gid: 1000), isAdmin: admin, isMember: true)
-            return await api.handle(
-                HTTPRequest(
-                    method: method, path: path, rawPath: "/" + path.joined(separator: "/"), query: [:], headers: [:],
-                    body: Data(), caller: caller))
+            return await api.handle(method, "/" + path.joined(separator: "/"), caller: caller)
         }
         let listed = try APICoding.decoder().decode(
-            NodeList.self, from: try #require(await call(.GET, ["v1", "nodes"], admin: false).bodyData))
+            NodeList.self, from: try #require(await call(.get, ["v1", "nodes"], admin: false).bodyData))
         #expect(listed.nodes.map(\.id) == [node.id] && listed.nodes[0].current && !listed.nodes[0].draining)
 
-        #expect(await call(.POST, ["v1", "nodes", node.id, "drain"], admin: false).status == .forbidden)
-        #expect(await call(.POST, ["v1", "nodes", "nosuchnode", "drain"], admin: true).status == .notFound)
-        let drained = await call(.POST, ["v1", "nodes", String(node.id.prefix(8)), "drain"], admin: true)
+        #expect(await call(.post, ["v1", "nodes", node.id, "drain"], admin: false).status == .forbidden)
+        #expect(await call(.post, ["v1", "nodes", "nosuchnode", "drain"], admin: true).status == .notFound)
+        let drained = await call(.post, ["v1", "nodes", String(node.id.prefix(8)), "drain"], admin: true)
         #expect(drained.status == .ok)
         #expect(h.context.startBlocker(remakeReserve: false)?.code == .draining)
         let id = try await h.submit()
@@ -498,13 +516,13 @@ struct SingleNodeTests {
             try await Task.sleep(for: .milliseconds(500))  // ten polls (50 ms each): nothing claimed
             #expect(try await h.state(id) == .queued)
             let shown = try APICoding.decoder().decode(
-                JobInfo.self, from: try #require(await call(.GET, ["v1", "jobs", "\(id)"], admin: true).bodyData))
+                JobInfo.self, from: try #require(await call(.get, ["v1", "jobs", "\(id)"], admin: true).bodyData))
             #expect(shown.waitingFor?.contains("drained") == true, "\(shown)")
-            #expect(await call(.POST, ["v1", "nodes", node.hostname, "undrain"], admin: true).status == .ok)
+            #expect(await call(.post, ["v1", "nodes", node.hostname, "undrain"], admin: true).status == .ok)
             try await h.waitUntil("succeeded once undrained") { try await h.state(id) == .succeeded }
         }
         let job = try APICoding.decoder().decode(
-            JobList.self, from: try #require(await call(.GET, ["v1", "jobs"], admin: true).bodyData)
+            JobList.self, from: try #require(await call(.get, ["v1", "jobs"], admin: true).bodyData)
         ).jobs[0]
         #expect(job.node == nil, "a finished job on the SQLite queue names no host")
     }
