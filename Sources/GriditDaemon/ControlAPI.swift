@@ -147,12 +147,14 @@ public struct ControlAPI: Sendable {
     private func run(_ route: Route, _ request: Request, _ context: APIContext) async -> Response {
         let rawPath = request.head.path ?? ""
         let (path, query) = context.target ?? ([], [:])
+        let upload = Self.isUpload(request.method, rawPath)
         var file: String?
         defer { if let file { unlink(file) } }
+        var response: Response
         do {
             var body = Data()
-            if Self.isUpload(request.method, rawPath) {
-                // Only admins may import; anyone else is refused unread.
+            if upload {
+                // Only admins may import; anyone else is refused unread (see below).
                 if context.caller.isAdmin { file = try await uploads.stage(request.body) }
             } else {
                 body = try await Self.body(of: request, context: context)
@@ -160,13 +162,16 @@ public struct ControlAPI: Sendable {
             let api = APIRequest(
                 method: request.method, path: path, rawPath: rawPath, query: query, headers: request.headers,
                 body: body, bodyFile: file, caller: context.caller)
-            return try await route.handler(self, api, route.match(path) ?? [:])
+            response = try await route.handler(self, api, route.match(path) ?? [:])
         } catch let error as APIError {
-            return .error(error)
+            response = .error(error)
         } catch {
             context.logger.error("handler failed", metadata: ["error": "\(error)", "http.path": "\(rawPath)"])
-            return .error(APIError(.internalError, "internal error: \(error)"))
+            response = .error(APIError(.internalError, "internal error: \(error)"))
         }
+        // A refused upload ends the connection rather than the server draining up to 256 GiB of it.
+        if upload && file == nil { response.headers[.connection] = "close" }
+        return response
     }
 
     /// The whole body, at most `context.maxUploadSize` bytes; a larger one is read to its end and

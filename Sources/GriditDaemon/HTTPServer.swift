@@ -316,7 +316,7 @@ public struct HTTPServer: Sendable {
     private func respond(for caller: Caller) -> HTTPChannelHandler.Responder {
         let source = APIContext.Source(logger: logger, caller: caller, limits: limits)
         let responder = self.responder
-        return { request, writer, _ in
+        return { request, writer, channel in
             if request.headers[.expect]?.lowercased() == "100-continue" {
                 try await writer.writeInformationalHead(HTTPResponse(status: .continue))
             }
@@ -327,8 +327,11 @@ public struct HTTPServer: Sendable {
                 response = .error(APIError(.internalError, "internal error: \(error)"))
             }
             response.headers[.server] = "griditd/\(griditVersion)"
+            // A handler's `Connection: close` stops reading the request (its body is not drained).
+            let ends = response.headers[.connection] == "close"
             if request.headers[.connection] == "close" { response.headers[.connection] = "close" }
             try await writer.write(response: response.head, body: response.body)
+            if ends { try? await channel.close(mode: .input) }
         }
     }
 

@@ -285,6 +285,58 @@ struct PerUserLimitTests {
         #expect(daemon.stop() == 0)
     }
 
+    @Test(
+        "a member's upload is refused without its body being read: 403, and the connection ends",
+        .enabled(
+            if: PeerCredentialTests.canSwitchUsers && FileManager.default.isExecutableFile(atPath: "/usr/bin/perl"),
+            "needs root, /usr/bin/setpriv, a 'users' group and perl"))
+    func memberUploadRefusedUnread() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let daemon = try DaemonProcess(directory: dir, arguments: ["--group", "users", "--admin-group", "root"])
+        defer { daemon.stop() }
+        let script = dir.file("upload.pl")
+        try Self.uploader.write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o644)
+        let sent = try runProcess(
+            "/usr/bin/setpriv",
+            [
+                "--reuid=\(Self.alice)", "--regid=\(Self.users)", "--clear-groups", "--", "/usr/bin/perl", script,
+                daemon.socket,
+            ],
+            timeout: 300)
+        #expect(sent.status == 0, "\(sent.stderr)")
+        let lines = sent.stdout.split(separator: "\n", maxSplits: 1)
+        let bytes = lines.first.flatMap { Int($0.split(separator: " ").last ?? "") } ?? -1
+        #expect(lines.count == 2 && lines[1].hasPrefix("HTTP/1.1 403"), "\(sent.stdout.prefix(400))")
+        #expect(sent.stdout.contains("may not run `models import`"), "\(sent.stdout.prefix(400))")
+        #expect(bytes >= 0 && bytes < 1 << 30, "griditd read the whole 1 GiB body it refused (\(bytes) bytes sent)")
+        #expect(try daemon.client.get("/v1/version", as: VersionInfo.self).version == griditVersion)
+        #expect(daemon.stop() == 0)
+    }
+
+    /// Announces a 1 GiB upload and sends until griditd stops reading; prints `sent <bytes>`, then
+    /// the answer.
+    static let uploader = #"""
+        use strict; use warnings; use IO::Socket::UNIX; use Socket;
+        $SIG{PIPE} = 'IGNORE';
+        my ($path) = @ARGV;
+        my $c = IO::Socket::UNIX->new(Type => SOCK_STREAM, Peer => $path) or die "connect: $!";
+        my $total = 1 << 30;
+        syswrite($c, "POST /v1/models/upload?kind=bundle HTTP/1.1\r\nHost: x\r\nContent-Length: $total\r\n"
+            . "Content-Digest: sha-256=:n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg=:\r\n\r\n") or die "send: $!";
+        my $chunk = 'a' x 65536;
+        my $sent = 0;
+        while ($sent < $total) {
+            my $n = syswrite($c, $chunk);
+            last unless defined $n && $n > 0;
+            $sent += $n;
+        }
+        my $answer = '';
+        while (sysread($c, my $buffer, 65536)) { $answer .= $buffer; }
+        print "sent $sent\n$answer";
+        """#
+
     /// Opens N connections to a socket, sends nothing, and writes a line to a file for each one
     /// griditd closes: `closed <status> <body>` (status `none` when closed without an answer).
     static let holder = #"""
