@@ -171,15 +171,10 @@ struct PostgresKilledConnectionTests {
     /// Rounds of claim, kill, heartbeat, kill: 80 kills a run.
     static let rounds = 40
 
-    // Seen with PostgresNIO 1.33.2, in most runs of 40 rounds (2026-12-06): a claim or heartbeat
-    // after a kill never returns. A watchdog reading pg_stat_activity found the store holding no
-    // backend at all, so nothing waits on the server. Neither keeping one pooled connection
-    // (minimumConnections = 1, against postgres-nio#657) nor withdrawing lease requests the pool
-    // leaves waiting (10 s) ended it, so what waits is apparently not the lease but a statement
-    // on a connection whose backend is gone. docs/CLUSTER.md, known problem.
+    // Before PostgresSession, most runs hung within a few rounds: the pool leased a connection
+    // whose channel had just closed, and PostgresNIO dropped its statement (PostgresSession).
     @Test(
         "a connection the server killed is replaced: 40 rounds of claims and heartbeats, each after a kill",
-        .disabled("hangs on a statement of a killed connection; docs/CLUSTER.md, known problem"),
         .timeLimit(.minutes(5)))
     func retriedAfterKill() async throws {
         var schema = try TestSchema()
@@ -206,4 +201,68 @@ struct PostgresKilledConnectionTests {
             }
         }
     }
+}
+
+@Suite("PostgresJobStore deadlines")
+struct PostgresDeadlineTests {
+    /// A store of one pooled connection, already open, with a deadline of 2 s.
+    static func withOneConnection(_ body: (PostgresJobStore) async throws -> Void) async throws {
+        let store = PostgresJobStore(location: try TestSchema().location, maximumConnections: 1, timeout: .seconds(2))
+        try await store.withRunningPool {
+            let open = try await store.count("SELECT 1")
+            #expect(open == 1)
+            try await body(store)
+        }
+    }
+
+    @Test("a statement past the deadline fails as a lost connection, and the store goes on")
+    func statementDeadline() async throws {
+        try await Self.withOneConnection { store in
+            // The server would answer after 600 s; the deadline closes the connection first.
+            await #expect {
+                try await store.withConnection { try await $0.sql("SELECT pg_sleep(600)") }
+            } throws: { error in
+                guard case .timedOut = error as? ConnectionUnusable else { return false }
+                return PostgresJobStore.isTransient(error)
+            }
+            let after = try await store.count("SELECT 41 + 1")
+            #expect(after == 42)
+        }
+    }
+
+    @Test("a wait for a pooled connection past the deadline fails, and the body never runs late")
+    func leaseDeadline() async throws {
+        try await Self.withOneConnection { store in
+            let (held, release) = AsyncStream.makeStream(of: Void.self)
+            let (taken, tookIt) = AsyncStream.makeStream(of: Void.self)
+            // The pool's one connection is held until the test lets it go.
+            let holder = Task {
+                try await store.withConnection { _ in
+                    tookIt.yield()
+                    for await _ in held { break }
+                }
+            }
+            for await _ in taken { break }
+            let ranLate = ManagedFlag()
+            await #expect {
+                try await store.withConnection { _ in ranLate.set() }
+            } throws: { error in
+                guard case .noConnection = error as? ConnectionUnusable else { return false }
+                return true
+            }
+            release.yield()
+            try await holder.value
+            #expect(!ranLate.isSet, "a body started after its caller was told the wait timed out")
+            let after = try await store.count("SELECT 7")
+            #expect(after == 7)
+        }
+    }
+}
+
+/// A flag set from any task.
+final class ManagedFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.withLock { value = true } }
+    var isSet: Bool { lock.withLock { value } }
 }

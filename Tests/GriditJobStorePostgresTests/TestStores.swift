@@ -40,11 +40,11 @@ struct TestSchema: Sendable {
 extension PostgresJobStore {
     /// Runs one SQL statement outside the store's API (bulk test data, checks).
     func execute(_ query: PostgresQuery) async throws {
-        try await client.query(query)
+        try await read { try await $0.sql(query) }
     }
 
     func count(_ query: PostgresQuery) async throws -> Int {
-        try await client.query(query).first(Int.self) ?? -1
+        try await read { try await $0.sql(query).first(Int.self) } ?? -1
     }
 
     /// `n` queued jobs in one statement (submitting them one by one would time the submit path).
