@@ -48,8 +48,10 @@ extension PostgresJobStore: JobChangeFeed {
     /// connection that stops answering a ping within the deadline is replaced.
     public func followChanges(_ onEvent: @escaping @Sendable (JobChangeEvent) -> Void) async {
         guard notifies else { return }
+        var listening = location
+        listening.applicationName += " listener"  // how pg_stat_activity shows it
         let listener = PostgresJobStore(
-            location: location, clock: clock, maximumConnections: 1, timeout: timeout, logger: logger,
+            location: listening, clock: clock, maximumConnections: 1, timeout: timeout, logger: logger,
             notifications: false)
         let channel = notificationChannel, logger = self.logger
         await withTaskGroup(of: Void.self) { group in

@@ -266,3 +266,31 @@ final class ManagedFlag: @unchecked Sendable {
     func set() { lock.withLock { value = true } }
     var isSet: Bool { lock.withLock { value } }
 }
+
+@Suite("PostgresJobStore notifications")
+struct PostgresNotificationTests {
+    @Test(
+        "writes notify in their transaction; the listener reconnects after its connection is killed",
+        .timeLimit(.minutes(2)))
+    func listenerReconnects() async throws {
+        var schema = try TestSchema()
+        schema.location.applicationName = "notify-" + schema.location.schema
+        let listenerName = schema.location.applicationName + " listener"
+        try await schema.withStores(2, clock: .database) { stores in
+            let (events, delivered) = AsyncStream.makeStream(of: JobChangeEvent.self)
+            let follower = Task { await stores[0].followChanges { delivered.yield($0) } }
+            defer { follower.cancel() }
+            var next = events.makeAsyncIterator()
+            #expect(await next.next() == .lookAgain, "listening")
+            let first = try await stores[1].submit(
+                JobSubmission(params: "{}", length: 4), owner: 1, maxQueued: 10, now: Date()
+            ).job
+            #expect(await next.next() == .job(JobChange(id: first.id, state: .queued, cancelRequested: false)))
+            // The listening connection dies: the listener comes back and says to look again.
+            #expect(try await PostgresKilledConnectionTests.kill(listenerName, using: stores[1]) == 1)
+            #expect(await next.next() == .lookAgain, "listening again")
+            _ = try await stores[1].cancel(id: first.id, requesterUID: 1, isAdmin: false, now: Date())
+            #expect(await next.next() == .job(JobChange(id: first.id, state: .canceled, cancelRequested: true)))
+        }
+    }
+}
