@@ -14,6 +14,11 @@ func at(_ seconds: Double) -> Date {
 struct TestSchema: Sendable {
     var location: PostgresLocation
 
+    /// The tests' stores wait this long for a statement or a connection, not griditd's 30 s: the
+    /// whole suite runs on two cores, where the test process's threads can be busy for longer
+    /// than that. `PostgresDeadlineTests` checks the deadline itself.
+    static let patientTimeout: Duration = .seconds(600)
+
     init() throws {
         let server = try PostgresTestServer.shared()
         location = PostgresLocation(
@@ -27,7 +32,8 @@ struct TestSchema: Sendable {
         _ body: ([PostgresJobStore]) async throws -> T
     ) async throws -> T {
         let stores = (0..<count).map { _ in
-            PostgresJobStore(location: location, clock: clock, maximumConnections: connections)
+            PostgresJobStore(
+                location: location, clock: clock, maximumConnections: connections, timeout: Self.patientTimeout)
         }
         return try await withServices(run: { (store: PostgresJobStore) in await store.run() }) { start in
             for store in stores { start(store) }
