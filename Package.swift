@@ -22,7 +22,8 @@
 // Storage:
 //   GriditStateDatabase -> GriditDurable, GRDB           (the state database: file, migrations, identity, lock)
 //   GriditJobQueue -> GriditStateDatabase, GriditJobSpec (JobStore, its state machine, SQLiteJobStore)
-//   GriditJobStorePostgres -> GriditJobQueue, GriditStateDatabase, GriditJobSpec, PostgresNIO, Logging
+//   GriditJobStorePostgres -> GriditJobQueue, GriditStateDatabase, GriditJobSpec, PostgresNIO, Logging,
+//                             NIOCore (statements run on their connection's event loop)
 //                                                        (JobStore on PostgreSQL: the multi-host queue)
 //   GriditModelStore -> GriditStateDatabase, GriditDiffusion, GriditModels, GriditCheckpoint, GriditJobSpec,
 //                       GriditFaults, GriditDurable, Crypto, CModelStore (libarchive)
@@ -172,6 +173,8 @@ let package = Package(
                 "GriditJobQueue", "GriditStateDatabase", "GriditJobSpec",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

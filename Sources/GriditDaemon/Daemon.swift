@@ -164,12 +164,24 @@ public enum Daemon {
         notifier.ready(status: "ready")
         await context.refreshStatus()
 
+        // Other hosts' writes, as they commit (LISTEN/NOTIFY), where the shared queue tells them.
+        var changes: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let feed = shared as? any JobChangeFeed {
+            if feed.followsChanges {
+                logger.notice("this host follows other hosts' queue changes (LISTEN/NOTIFY)")
+                changes.append(.init(service: JobChangeService(feed: feed, monitor: context.monitor)))
+            } else {
+                logger.notice(
+                    "this host polls the shared queue only (database-notify false), every \(configuration.pollInterval) s"
+                )
+            }
+        }
         var groupConfiguration = ServiceGroupConfiguration(
             services: [
                 .init(service: ControlSocketService(server: server, channel: channel)),
                 .init(service: MaintenanceService(context: context)),
                 .init(service: NodeHeartbeatService(context: context)),
-            ] + observability + built.services.map { .init(service: $0) } + [
+            ] + changes + observability + built.services.map { .init(service: $0) } + [
                 .init(service: WorkerService(context: context)),
                 // Last: the first told of shutdown, so STOPPING=1 goes out before anything stops.
                 .init(service: StoppingNotifierService(notifier: notifier)),

@@ -10,6 +10,9 @@ public struct DaemonConfiguration: Sendable {
     /// The job queue on PostgreSQL (`postgres://USER@HOST:PORT/DATABASE`, never with the
     /// password); nil: the state directory's SQLite database. griditd opens it, not GriditDaemon.
     public var databaseURL: String?
+    /// With `databaseURL`: hosts wake each other through LISTEN/NOTIFY; false polls only (a
+    /// transaction pooler between griditd and PostgreSQL cannot carry LISTEN).
+    public var databaseNotify = true
     /// The control socket when griditd binds it itself (not socket-activated).
     public var socketPath: String
     /// Members may submit and manage their own jobs. Nil: no group check beyond the socket mode.
@@ -54,7 +57,8 @@ public struct DaemonConfiguration: Sendable {
     public var maxLength = 100_000
     /// A running job's lease; the worker heartbeats every third of it while it makes progress.
     public var leaseDuration: TimeInterval = 120
-    /// Fallback poll of the queue (backoffs ending, not-before); submits wake the worker at once.
+    /// Fallback poll of the queue (backoffs ending, not-before, a notice missed); submits wake
+    /// the worker at once (on PostgreSQL, other hosts' submits too, through LISTEN/NOTIFY).
     public var pollInterval: TimeInterval = 1
     /// How often the maintenance service looks for expired leases.
     public var reapInterval: TimeInterval = 15

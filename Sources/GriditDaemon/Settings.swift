@@ -71,6 +71,14 @@ public enum DaemonSettings {
             "The job queue on PostgreSQL, shared by several hosts: postgres://USER@HOST:PORT/DATABASE (docs/CLUSTER.md). Never the password: it comes from the systemd credential database-password, GRIDIT_DATABASE_PASSWORD_FILE or PGPASSWORD.",
             \.databaseURL, .postgresURL),
         Setting(
+            "database-notify", "true",
+            "With database: hosts wake each other at once through LISTEN/NOTIFY (one more connection per host). false: poll only, for a transaction pooler (PgBouncer's transaction mode) between griditd and PostgreSQL.",
+            \.databaseNotify, .bool),
+        Setting(
+            "poll-interval", "1",
+            "Seconds between looks at the queue for jobs to claim, besides the wake-ups of submits and retries (and, on PostgreSQL, of other hosts' writes).",
+            \.pollInterval, .seconds(0.05...3_600)),
+        Setting(
             "socket", "/run/gridit/griditd.sock", "Control socket to bind when not socket-activated.", \.socketPath,
             .path),
         Setting(

@@ -38,7 +38,7 @@ extension PostgresJobStore: NodeRegistry {
         try await read { connection in
             var records: [NodeRecord] = []
             let query = PostgresQuery(unsafeSQL: Self.selectNodes + " ORDER BY hostname, id")
-            for try await row in try await connection.sql(query) {
+            for row in try await connection.sql(query) {
                 records.append(try Self.decodeNode(row))
             }
             return records
@@ -50,7 +50,7 @@ extension PostgresJobStore: NodeRegistry {
         return try await transaction(onUnknownCommit: .retry) { connection in
             try await connection.sql("UPDATE node SET draining = \(draining) WHERE id = \(uuid)")
             let query = PostgresQuery(unsafeSQL: Self.selectNodes + " WHERE id = $1", binds: Self.binds(uuid))
-            for try await row in try await connection.sql(query) { return try Self.decodeNode(row) }
+            for row in try await connection.sql(query) { return try Self.decodeNode(row) }
             throw StateError.nodeNotFound(id)
         }
     }

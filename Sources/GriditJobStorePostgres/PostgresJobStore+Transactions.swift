@@ -3,6 +3,8 @@ import GriditJobQueue
 import GriditJobSpec
 import GriditStateDatabase
 import Logging
+import NIOConcurrencyHelpers
+import NIOCore
 import PostgresNIO
 
 /// What a COMMIT whose outcome is unknown (the connection dropped while it was sent) becomes.
@@ -13,7 +15,7 @@ enum UnknownCommit<T: Sendable>: Sendable {
     case retry
     /// Look the outcome up on a fresh connection (a claim by its lease token, a transition by
     /// reading its row back); run it again if it did not commit.
-    case resolve(@Sendable (PostgresConnection) async throws -> Resolution<T>)
+    case resolve(@Sendable (PostgresSession) async throws -> Resolution<T>)
 }
 
 enum Resolution<T: Sendable>: Sendable {
@@ -32,25 +34,25 @@ extension PostgresJobStore {
     /// transaction runs again (up to `maximumTries`, with a short backoff); a lost COMMIT goes
     /// through `onUnknownCommit`. Errors come out as `StateError`.
     func transaction<T: Sendable>(
-        onUnknownCommit: UnknownCommit<T>, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+        onUnknownCommit: UnknownCommit<T>, _ body: @escaping @Sendable (PostgresSession) async throws -> T
     ) async throws(StateError) -> T {
         let logger = self.logger
         var tries = 0
         while true {
             tries += 1
             do {
-                return try await client.withConnection { connection in
-                    try await connection.query("BEGIN", logger: logger)
+                return try await withConnection { connection in
+                    try await connection.sql("BEGIN")
                     let value: T
                     do {
                         value = try await body(connection)
                     } catch {
-                        _ = try? await connection.query("ROLLBACK", logger: logger)
+                        _ = try? await connection.sql("ROLLBACK")
                         throw error
                     }
                     do {
-                        try await connection.query("COMMIT", logger: logger)
-                    } catch let error as PSQLError where error.isConnectionLoss {
+                        try await connection.sql("COMMIT")
+                    } catch  where Self.isConnectionLoss(error) {
                         throw CommitOutcomeUnknown(underlying: error)
                     }
                     return value
@@ -70,7 +72,7 @@ extension PostgresJobStore {
                     // A lookup that fails proves nothing: ask again rather than guess.
                     var resolution: Resolution<T>?
                     for lookUpTry in 1...Self.maximumTries where resolution == nil {
-                        resolution = try? await client.withConnection { try await lookUp($0) }
+                        resolution = try? await withConnection { try await lookUp($0) }
                         if resolution == nil { try? await Task.sleep(for: .milliseconds(10 << lookUpTry)) }
                     }
                     switch resolution {
@@ -96,7 +98,7 @@ extension PostgresJobStore {
 
     /// A read: one statement or a few, outside an explicit transaction.
     func read<T: Sendable>(
-        _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+        _ body: @escaping @Sendable (PostgresSession) async throws -> T
     ) async throws(StateError)
         -> T
     {
@@ -104,7 +106,7 @@ extension PostgresJobStore {
         while true {
             tries += 1
             do {
-                return try await client.withConnection { try await body($0) }
+                return try await withConnection { try await body($0) }
             } catch let error as StateError {
                 throw error
             } catch {
@@ -114,10 +116,56 @@ extension PostgresJobStore {
         }
     }
 
+    /// A pooled connection for `body`, waited for at most `timeout`: PostgresNIO 1.33.2's pool
+    /// can leave a request waiting when the connection it counted on closes (postgres-nio#657);
+    /// the request is withdrawn, and asking again makes the pool open a connection.
+    func withConnection<T: Sendable>(
+        _ body: @escaping @Sendable (PostgresSession) async throws -> T
+    ) async throws -> T {
+        let client = self.client, timeout = self.timeout
+        // Whichever comes first, the connection or the deadline, decides: a body never starts
+        // after its caller was told it timed out.
+        let decided = NIOLockedValueBox<Bool?>(nil)  // true: leased; false: timed out
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask {
+                try await client.withConnection { connection in
+                    let leased = decided.withLockedValue { state in
+                        if state == nil { state = true }
+                        return state == true
+                    }
+                    guard leased else { throw ConnectionUnusable.noConnection(seconds: timeout.seconds) }
+                    return try await body(PostgresSession(connection: connection, timeout: TimeAmount(timeout)))
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                let expired = decided.withLockedValue { state in
+                    if state == nil, !Task.isCancelled { state = false }
+                    return state == false
+                }
+                if expired { throw ConnectionUnusable.noConnection(seconds: timeout.seconds) }
+                return nil
+            }
+            defer { group.cancelAll() }
+            while let result = try await group.next() {
+                if let value = result { return value }
+            }
+            preconditionFailure("the connection task returns a value or throws")
+        }
+    }
+
     /// Serialization failure, deadlock, or a connection that broke: the work rolled back whole.
     static func isTransient(_ error: any Error) -> Bool {
+        if isConnectionLoss(error) { return true }
         guard let error = error as? PSQLError else { return false }
-        return ["40001", "40P01"].contains(error.sqlState ?? "") || error.isConnectionLoss
+        return ["40001", "40P01"].contains(error.sqlState ?? "")
+    }
+
+    /// The connection broke, was closed under its statement, or never came: nothing of the work
+    /// it carried committed (unless the statement was COMMIT).
+    static func isConnectionLoss(_ error: any Error) -> Bool {
+        if error is ConnectionUnusable { return true }
+        return (error as? PSQLError)?.isConnectionLoss ?? false
     }
 
     func translate(_ error: any Error) -> StateError {
@@ -156,7 +204,7 @@ extension PostgresJobStore {
         """
 
     /// One job with its queue position (counted through the claim index, not over the whole queue).
-    static func fetchJob(_ connection: PostgresConnection, id: Int64) async throws -> Job {
+    static func fetchJob(_ connection: PostgresSession, id: Int64) async throws -> Job {
         let rows = try await connection.sql(
             """
             SELECT job.*,
@@ -167,7 +215,7 @@ extension PostgresJobStore {
                    END AS queue_position
               FROM job WHERE job.id = \(id)
             """)
-        for try await row in rows { return try decodeJob(row) }
+        for row in rows { return try decodeJob(row) }
         throw StateError.jobNotFound(id)
     }
 
@@ -216,7 +264,7 @@ extension PostgresJobStore {
     }
 
     /// Writes a state-machine transition: the new row (every mutable column) and its effects.
-    static func write(_ transition: JobTransition, _ connection: PostgresConnection) async throws {
+    static func write(_ transition: JobTransition, _ connection: PostgresSession) async throws {
         let job = transition.job
         for effect in transition.effects {
             switch effect {
@@ -262,29 +310,6 @@ extension PSQLError {
     }
 }
 
-extension PostgresRowSequence {
-    /// The first row's single column, nil without rows.
-    func first<T: PostgresDecodable & Sendable>(_: T.Type) async throws -> T? {
-        for try await value in decode(T.self) { return value }
-        return nil
-    }
-
-    /// Every row's single column.
-    func collect<T: PostgresDecodable & Sendable>(_: T.Type) async throws -> [T] {
-        var values: [T] = []
-        for try await value in decode(T.self) { values.append(value) }
-        return values
-    }
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
 }
-
-extension PostgresConnection {
-    /// A query on this connection (the async API; PostgresNIO's overload without a logger is
-    /// the older future-based one).
-    @discardableResult
-    func sql(_ query: PostgresQuery) async throws -> PostgresRowSequence {
-        try await self.query(query, logger: queryLogger)
-    }
-}
-
-/// PostgresNIO logs each query at debug level here.
-private let queryLogger = Logger(label: "gridit.postgres.query")

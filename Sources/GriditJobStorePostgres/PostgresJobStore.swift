@@ -39,6 +39,13 @@ public final class PostgresJobStore: TransitionStore {
     /// claims record no host and recovery takes every running job (one griditd per database).
     public let node: UUID?
     let client: PostgresClient
+    /// The longest wait for one statement, or for a pooled connection: past it, the statement's
+    /// connection is closed and the work counts as rolled back (`ConnectionUnusable`), so no
+    /// caller waits on the database forever.
+    let timeout: Duration
+    /// Whether writes send NOTIFY and `followChanges` listens (false: poll only, for a
+    /// transaction pooler, where LISTEN cannot work).
+    let notifies: Bool
     let logger: Logger
     /// Tries of a transaction that hit a serialization failure, a deadlock or a lost connection.
     static let maximumTries = 5
@@ -46,9 +53,12 @@ public final class PostgresJobStore: TransitionStore {
     /// - Parameter maximumConnections: each is a server process; a worker needs one at a time.
     public init(
         location: PostgresLocation, policy: RetryPolicy = RetryPolicy(), clock: Clock = .database,
-        node: UUID? = nil, maximumConnections: Int = 4, logger: Logger = Logger(label: "gridit.postgres")
+        node: UUID? = nil, maximumConnections: Int = 4, timeout: Duration = .seconds(30),
+        logger: Logger = Logger(label: "gridit.postgres"), notifications: Bool = true
     ) {
         self.location = location
+        self.timeout = timeout
+        self.notifies = notifications
         self.machine = JobStateMachine(policy: policy)
         self.clock = clock
         self.node = node
@@ -71,6 +81,8 @@ public final class PostgresJobStore: TransitionStore {
         self.node = node
         self.logger = other.logger
         self.client = other.client
+        self.timeout = other.timeout
+        self.notifies = other.notifies
     }
 
     /// Runs the connection pool until the task is cancelled.
@@ -94,7 +106,7 @@ public final class PostgresJobStore: TransitionStore {
     public func migrate() async throws(StateError) -> [String] {
         let schema = location.schema, logger = self.logger
         do {
-            let (applied, unknown) = try await client.withConnection { connection in
+            let (applied, unknown) = try await withConnection { connection in
                 try await PostgresMigrator.migrate(
                     connection, schema: schema, migrations: PostgresMigrations.all, logger: logger)
             }
@@ -129,7 +141,7 @@ public final class PostgresJobStore: TransitionStore {
     ) async throws(StateError) -> SubmitResult {
         try submission.validate()
         let now = injected(now)
-        let owner64 = Int64(owner)
+        let owner64 = Int64(owner), channel = notifying
         return try await transaction(onUnknownCommit: .fail) { connection in
             // Submits take turns (a transaction-scoped lock per schema), so that limits hold
             // exactly and a repeated idempotency key finds the first job, across every host.
@@ -158,7 +170,7 @@ public final class PostgresJobStore: TransitionStore {
                      WHERE owner_uid = \(owner64) AND state IN ('queued', 'retryable', 'running')
                     """)
                 var jobs = 0, work = 0.0
-                for try await (count, sum) in rows.decode((Int, Double).self) { (jobs, work) = (count, sum) }
+                for row in rows { (jobs, work) = try row.decode((Int, Double).self) }
                 try limits.checkOwner(jobs: jobs, work: work, adding: submission, owner: owner)
             }
             let id = try await connection.sql(
@@ -175,7 +187,9 @@ public final class PostgresJobStore: TransitionStore {
                 """
             ).first(Int64.self)
             guard let id else { throw StateError(.database, "INSERT … RETURNING id returned no row") }
-            return SubmitResult(job: try await Self.fetchJob(connection, id: id), deduplicated: false)
+            let job = try await Self.fetchJob(connection, id: id)
+            if let channel { try await Self.notify(connection, job, channel: channel) }
+            return SubmitResult(job: job, deduplicated: false)
         }
     }
 
@@ -231,11 +245,11 @@ public final class PostgresJobStore: TransitionStore {
             onUnknownCommit: .resolve { connection in
                 // The claim committed iff a row carries its token.
                 let rows = try await connection.sql("SELECT * FROM job WHERE lease_token = \(token.rawValue)")
-                for try await row in rows { return .committed(ClaimedJob(job: try Self.decodeJob(row), token: token)) }
+                for row in rows { return .committed(ClaimedJob(job: try Self.decodeJob(row), token: token)) }
                 return .notCommitted
             }
         ) { connection -> ClaimedJob? in
-            for try await row in try await connection.sql(query) {
+            for row in try await connection.sql(query) {
                 return ClaimedJob(job: try Self.decodeJob(row), token: token)
             }
             return nil
@@ -262,8 +276,10 @@ public final class PostgresJobStore: TransitionStore {
     }
 
     public func setPaused(_ paused: Bool) async throws(StateError) {
+        let channel = paused ? nil : notifying
         try await transaction(onUnknownCommit: .retry) { connection in
             _ = try await connection.sql("UPDATE queue_state SET paused = \(paused) WHERE id = 1")
+            if let channel { try await Self.notifyLookAgain(connection, channel: channel) }
         }
     }
 
@@ -297,7 +313,7 @@ public final class PostgresJobStore: TransitionStore {
         let query = PostgresQuery(unsafeSQL: sql, binds: binds)
         return try await read { connection in
             var jobs: [Job] = []
-            for try await row in try await connection.sql(query) { jobs.append(try Self.decodeJob(row)) }
+            for row in try await connection.sql(query) { jobs.append(try Self.decodeJob(row)) }
             return jobs
         }
     }
@@ -311,9 +327,8 @@ public final class PostgresJobStore: TransitionStore {
             var records: [JobErrorRecord] = []
             let rows = try await connection.sql(
                 "SELECT job_id, attempt, at, class, message FROM job_error WHERE job_id = \(id) ORDER BY at, id")
-            for try await (jobID, attempt, at, errorClass, message) in rows.decode(
-                (Int64, Int, Date, String, String).self)
-            {
+            for row in rows {
+                let (jobID, attempt, at, errorClass, message) = try row.decode((Int64, Int, Date, String, String).self)
                 records.append(
                     JobErrorRecord(jobID: jobID, attempt: attempt, at: at, errorClass: errorClass, message: message))
             }
@@ -325,7 +340,8 @@ public final class PostgresJobStore: TransitionStore {
         try await read { connection in
             var counts: [JobState: Int] = [:]
             let rows = try await connection.sql("SELECT state, count(*) FROM job GROUP BY state")
-            for try await (state, count) in rows.decode((String, Int).self) {
+            for row in rows {
+                let (state, count) = try row.decode((String, Int).self)
                 if let state = JobState(rawValue: state) { counts[state] = count }
             }
             return counts
@@ -340,7 +356,10 @@ public final class PostgresJobStore: TransitionStore {
                 SELECT id, pipeline_digest FROM job
                  WHERE state IN ('queued', 'retryable', 'running') AND pipeline_digest IS NOT NULL ORDER BY id
                 """)
-            for try await (id, digest) in rows.decode((Int64, String).self) { pins[digest, default: []].append(id) }
+            for row in rows {
+                let (id, digest) = try row.decode((Int64, String).self)
+                pins[digest, default: []].append(id)
+            }
             return pins
         }
     }
@@ -364,7 +383,7 @@ public final class PostgresJobStore: TransitionStore {
                  ORDER BY id FOR UPDATE OF job SKIP LOCKED
                 """)
             var pruned: [PrunedJob] = []
-            for try await row in rows {
+            for row in rows {
                 let job = try Self.decodeJob(row)
                 _ = try machine.apply(.prune, to: job, now: try row.makeRandomAccess()["clock"].decode(Date.self))
                 pruned.append(PrunedJob(id: job.id, state: job.state, outputDir: job.outputDir))
@@ -394,7 +413,7 @@ public final class PostgresJobStore: TransitionStore {
     public func transition(
         _ id: Int64, _ event: JobEvent, now: Date, authorize: (@Sendable (Job) throws -> Void)?
     ) async throws(StateError) -> Job {
-        let machine = self.machine, now = injected(now)
+        let machine = self.machine, now = injected(now), channel = notifying
         let written = WrittenRow()
         return try await transaction(
             onUnknownCommit: .resolve { connection in
@@ -410,6 +429,13 @@ public final class PostgresJobStore: TransitionStore {
             let transition = try machine.apply(event, to: job, now: clock)
             try await Self.write(transition, connection)
             let result = try await Self.fetchJob(connection, id: id)
+            // Not for a heartbeat: only what another host acts on or `jobs watch` shows.
+            if let channel,
+                result.state != job.state || result.cancelRequested != job.cancelRequested
+                    || result.progress != job.progress || result.priority != job.priority
+            {
+                try await Self.notify(connection, result, channel: channel)
+            }
             written.job = result
             return result
         }
@@ -418,14 +444,14 @@ public final class PostgresJobStore: TransitionStore {
     /// Reads job `id` with its row locked `FOR UPDATE` until the transaction ends, and the clock
     /// its writes use (`now`, or the database's): the prologue of every single-job write.
     private static func lockJob(
-        _ connection: PostgresConnection, id: Int64, now: Date?
+        _ connection: PostgresSession, id: Int64, now: Date?
     ) async throws -> (job: Job, clock: Date) {
         let rows = try await connection.sql(
             """
             SELECT job.*, coalesce(\(now)::timestamptz, now()) AS clock FROM job WHERE id = \(id) FOR UPDATE
             """)
         var locked: (Job, Date)?
-        for try await row in rows {  // read to the end: the connection is used again after
+        for row in rows {  // read to the end: the connection is used again after
             locked = (try decodeJob(row), try row.makeRandomAccess()["clock"].decode(Date.self))
         }
         guard let locked else { throw StateError.jobNotFound(id) }
@@ -437,7 +463,7 @@ public final class PostgresJobStore: TransitionStore {
     private func recover(
         _ event: JobEvent, now: Date, condition: String, sparing: Set<Int64>, lock: String
     ) async throws(StateError) -> [Job] {
-        let machine = self.machine
+        let machine = self.machine, channel = notifying
         var binds = PostgresBindings()
         binds.append(injected(now))
         binds.append(sparing.sorted())
@@ -450,13 +476,14 @@ public final class PostgresJobStore: TransitionStore {
                 """, binds: binds)
         return try await transaction(onUnknownCommit: .fail) { connection in
             var found: [(Job, Date)] = []
-            for try await row in try await connection.sql(query) {
+            for row in try await connection.sql(query) {
                 found.append((try Self.decodeJob(row), try row.makeRandomAccess()["clock"].decode(Date.self)))
             }
             var recovered: [Job] = []
             for (job, clock) in found {
                 let transition = try machine.apply(event, to: job, now: clock)
                 try await Self.write(transition, connection)
+                if let channel { try await Self.notify(connection, transition.job, channel: channel) }
                 recovered.append(transition.job)
             }
             return recovered

@@ -28,44 +28,38 @@ enum PostgresMigrator {
     /// Returns the identifiers applied now. Migrations recorded in the database that this binary
     /// does not know are a newer griditd's: additive, so this one carries on (rolling upgrade).
     static func migrate(
-        _ connection: PostgresConnection, schema: String, migrations: [SchemaMigration], logger: Logger
+        _ connection: PostgresSession, schema: String, migrations: [SchemaMigration], logger: Logger
     ) async throws -> (applied: [String], unknown: [String]) {
         precondition(PostgresLocation.isPlainIdentifier(schema), "schema names are checked where they enter")
-        try await connection.query("BEGIN", logger: logger)
+        try await connection.sql("BEGIN")
         do {
             let lockKey = "gridit.migrate." + schema
-            try await connection.query("SELECT pg_advisory_xact_lock(hashtextextended(\(lockKey), 0))", logger: logger)
+            try await connection.sql("SELECT pg_advisory_xact_lock(hashtextextended(\(lockKey), 0))")
             // The schema name is a checked plain identifier: safe to splice (DDL takes no binds).
-            try await connection.query(
-                PostgresQuery(unsafeSQL: "CREATE SCHEMA IF NOT EXISTS \(schema)"), logger: logger)
-            try await connection.query(PostgresQuery(unsafeSQL: "SET LOCAL search_path TO \(schema)"), logger: logger)
-            try await connection.query(
+            try await connection.sql(PostgresQuery(unsafeSQL: "CREATE SCHEMA IF NOT EXISTS \(schema)"))
+            try await connection.sql(PostgresQuery(unsafeSQL: "SET LOCAL search_path TO \(schema)"))
+            try await connection.sql(
                 """
                 CREATE TABLE IF NOT EXISTS schema_migration (
                   identifier text PRIMARY KEY,
                   applied_at timestamptz NOT NULL DEFAULT now()
                 )
-                """, logger: logger)
-            var recorded: Set<String> = []
-            for try await identifier in try await connection.query(
-                "SELECT identifier FROM schema_migration", logger: logger
-            ).decode(String.self) {
-                recorded.insert(identifier)
-            }
+                """)
+            let recorded = Set(try await connection.sql("SELECT identifier FROM schema_migration").collect(String.self))
             var applied: [String] = []
             for migration in migrations where !recorded.contains(migration.identifier) {
                 for statement in migration.statements {
-                    try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                    try await connection.sql(PostgresQuery(unsafeSQL: statement))
                 }
-                try await connection.query(
-                    "INSERT INTO schema_migration (identifier) VALUES (\(migration.identifier))", logger: logger)
+                try await connection.sql(
+                    "INSERT INTO schema_migration (identifier) VALUES (\(migration.identifier))")
                 applied.append(migration.identifier)
             }
-            try await connection.query("COMMIT", logger: logger)
+            try await connection.sql("COMMIT")
             let known = Set(migrations.map(\.identifier))
             return (applied, recorded.subtracting(known).sorted())
         } catch {
-            _ = try? await connection.query("ROLLBACK", logger: logger)
+            _ = try? await connection.sql("ROLLBACK")
             throw error
         }
     }

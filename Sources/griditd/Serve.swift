@@ -52,7 +52,9 @@ struct Serve: AsyncParsableCommand {
                     worker: worker, logger: logger)
             }
             if let location = try PostgresLocation.configured(url: configuration.databaseURL) {
-                let jobs = PostgresJobStore(location: location, logger: Logger(label: "gridit.postgres"))
+                let jobs = PostgresJobStore(
+                    location: location, logger: Logger(label: "gridit.postgres"),
+                    notifications: configuration.databaseNotify)
                 try await jobs.withRunningPool {
                     let applied = try await jobs.migrate()
                     logger.notice(
@@ -86,6 +88,8 @@ struct SettingFlags: ParsableArguments {
 
     @Option(help: help("state-dir")) var stateDir: String?
     @Option(help: help("database", "url")) var database: String?
+    @Flag(inversion: .prefixedNo, help: help("database-notify")) var databaseNotify: Bool?
+    @Option(help: help("poll-interval", "seconds")) var pollInterval: String?
     @Option(help: help("socket")) var socket: String?
     @Option(help: help("group")) var group: String?
     @Option(help: help("admin-group")) var adminGroup: String?
@@ -124,7 +128,8 @@ struct SettingFlags: ParsableArguments {
     /// The flags given, by setting key.
     var given: [String: String] {
         let values: [String: String?] = [
-            "state-dir": stateDir, "database": database, "socket": socket, "group": group, "admin-group": adminGroup,
+            "state-dir": stateDir, "database": database, "database-notify": databaseNotify.map { "\($0)" },
+            "poll-interval": pollInterval, "socket": socket, "group": group, "admin-group": adminGroup,
             "socket-group": socketGroup,
             "blas-threads": blasThreads, "start-paused": startPaused.map { "\($0)" }, "max-queued": maxQueued,
             "max-queued-per-user": maxQueuedPerUser, "max-work-per-user": maxWorkPerUser, "max-job-time": maxJobTime,

@@ -32,7 +32,9 @@ enum JobStoreBackend: String, CaseIterable, Sendable, CustomTestStringConvertibl
                         database: server.database, schema: server.freshSchema(), tls: .disable)
                     // The suite's clock is the instants it passes; three connections are enough
                     // for its concurrent cases to contend.
-                    let store = PostgresJobStore(location: location, clock: .caller, maximumConnections: 3)
+                    // Patient: the whole suite runs on two cores (PostgresDeadlineTests checks the deadline).
+                    let store = PostgresJobStore(
+                        location: location, clock: .caller, maximumConnections: 3, timeout: .seconds(600))
                     start(store)
                     try await store.migrate()
                     return store

@@ -133,7 +133,9 @@ struct PostgresJobStoreTests {
         }
         try await TestSchema().withStores(1) { _ in }
         let fresh = try TestSchema()
-        let stores = (0..<4).map { _ in PostgresJobStore(location: fresh.location, clock: .caller) }
+        let stores = (0..<4).map { _ in
+            PostgresJobStore(location: fresh.location, clock: .caller, timeout: TestSchema.patientTimeout)
+        }
         let applied = try await withThrowingTaskGroup(of: [String].self) { group in
             for store in stores { group.addTask { try await store.withRunningPool { try await store.migrate() } } }
             var all: [String] = []
@@ -171,15 +173,10 @@ struct PostgresKilledConnectionTests {
     /// Rounds of claim, kill, heartbeat, kill: 80 kills a run.
     static let rounds = 40
 
-    // Seen with PostgresNIO 1.33.2, in most runs of 40 rounds (2026-12-06): a claim or heartbeat
-    // after a kill never returns. A watchdog reading pg_stat_activity found the store holding no
-    // backend at all, so nothing waits on the server. Neither keeping one pooled connection
-    // (minimumConnections = 1, against postgres-nio#657) nor withdrawing lease requests the pool
-    // leaves waiting (10 s) ended it, so what waits is apparently not the lease but a statement
-    // on a connection whose backend is gone. docs/CLUSTER.md, known problem.
+    // Before PostgresSession, most runs hung within a few rounds: the pool leased a connection
+    // whose channel had just closed, and PostgresNIO dropped its statement (PostgresSession).
     @Test(
         "a connection the server killed is replaced: 40 rounds of claims and heartbeats, each after a kill",
-        .disabled("hangs on a statement of a killed connection; docs/CLUSTER.md, known problem"),
         .timeLimit(.minutes(5)))
     func retriedAfterKill() async throws {
         var schema = try TestSchema()
@@ -190,7 +187,8 @@ struct PostgresKilledConnectionTests {
             try await store.insertJobs(Self.rounds)
             var killerLocation = schema.location
             killerLocation.applicationName = "killer"
-            let killer = PostgresJobStore(location: killerLocation, maximumConnections: 1)
+            let killer = PostgresJobStore(
+                location: killerLocation, maximumConnections: 1, timeout: TestSchema.patientTimeout)
             try await killer.withRunningPool {
                 var claims: [ClaimedJob] = []
                 for _ in 0..<Self.rounds {
@@ -204,6 +202,98 @@ struct PostgresKilledConnectionTests {
                 #expect(Set(claims.map(\.job.id)).count == Self.rounds)
                 #expect(try await killer.count("SELECT count(*) FROM job WHERE state = 'running'") == Self.rounds)
             }
+        }
+    }
+}
+
+@Suite("PostgresJobStore deadlines", .timeLimit(.minutes(5)))
+struct PostgresDeadlineTests {
+    /// A store of one pooled connection, already open, with a deadline of 10 s.
+    static func withOneConnection(_ body: (PostgresJobStore) async throws -> Void) async throws {
+        let store = PostgresJobStore(location: try TestSchema().location, maximumConnections: 1, timeout: .seconds(10))
+        try await store.withRunningPool {
+            // Open, however long a starved test process takes (the suite's time limit guards).
+            while (try? await store.count("SELECT 1")) != 1 {}
+            try await body(store)
+        }
+    }
+
+    @Test("a statement past the deadline fails as a lost connection, and the store goes on")
+    func statementDeadline() async throws {
+        try await Self.withOneConnection { store in
+            // The server would answer after 600 s; the deadline closes the connection first.
+            await #expect {
+                try await store.withConnection { try await $0.sql("SELECT pg_sleep(600)") }
+            } throws: { error in
+                guard case .timedOut = error as? ConnectionUnusable else { return false }
+                return PostgresJobStore.isTransient(error)
+            }
+            let after = try await store.count("SELECT 41 + 1")
+            #expect(after == 42)
+        }
+    }
+
+    @Test("a wait for a pooled connection past the deadline fails, and the body never runs late")
+    func leaseDeadline() async throws {
+        try await Self.withOneConnection { store in
+            let (held, release) = AsyncStream.makeStream(of: Void.self)
+            let (taken, tookIt) = AsyncStream.makeStream(of: Void.self)
+            // The pool's one connection is held until the test lets it go.
+            let holder = Task {
+                try await store.withConnection { _ in
+                    tookIt.yield()
+                    for await _ in held { break }
+                }
+            }
+            for await _ in taken { break }
+            let ranLate = ManagedFlag()
+            await #expect {
+                try await store.withConnection { _ in ranLate.set() }
+            } throws: { error in
+                guard case .noConnection = error as? ConnectionUnusable else { return false }
+                return true
+            }
+            release.yield()
+            try await holder.value
+            #expect(!ranLate.isSet, "a body started after its caller was told the wait timed out")
+            let after = try await store.count("SELECT 7")
+            #expect(after == 7)
+        }
+    }
+}
+
+/// A flag set from any task.
+final class ManagedFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.withLock { value = true } }
+    var isSet: Bool { lock.withLock { value } }
+}
+
+@Suite("PostgresJobStore notifications")
+struct PostgresNotificationTests {
+    @Test(
+        "writes notify in their transaction; the listener reconnects after its connection is killed",
+        .timeLimit(.minutes(2)))
+    func listenerReconnects() async throws {
+        var schema = try TestSchema()
+        schema.location.applicationName = "notify-" + schema.location.schema
+        let listenerName = schema.location.applicationName + " listener"
+        try await schema.withStores(2, clock: .database) { stores in
+            let (events, delivered) = AsyncStream.makeStream(of: JobChangeEvent.self)
+            let follower = Task { await stores[0].followChanges { delivered.yield($0) } }
+            defer { follower.cancel() }
+            var next = events.makeAsyncIterator()
+            #expect(await next.next() == .lookAgain, "listening")
+            let first = try await stores[1].submit(
+                JobSubmission(params: "{}", length: 4), owner: 1, maxQueued: 10, now: Date()
+            ).job
+            #expect(await next.next() == .job(JobChange(id: first.id, state: .queued, cancelRequested: false)))
+            // The listening connection dies: the listener comes back and says to look again.
+            #expect(try await PostgresKilledConnectionTests.kill(listenerName, using: stores[1]) == 1)
+            #expect(await next.next() == .lookAgain, "listening again")
+            _ = try await stores[1].cancel(id: first.id, requesterUID: 1, isAdmin: false, now: Date())
+            #expect(await next.next() == .job(JobChange(id: first.id, state: .canceled, cancelRequested: true)))
         }
     }
 }
