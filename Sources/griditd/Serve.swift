@@ -60,7 +60,9 @@ struct Serve: AsyncParsableCommand {
                         metadata: ["database": "\(location)", "migrated": "\(applied.joined(separator: ","))"])
                     try await Daemon.run(
                         configuration: configuration, logger: logger, faults: faults,
-                        jobs: { node in jobs.acting(for: UUID(uuidString: node.id)!) }, components: components)
+                        jobs: { node in
+                            jobs.acting(for: UUID(uuidString: node.id)!, outputRoot: settings.sharedRoot)
+                        }, components: components)
                 }
             } else {
                 try await Daemon.run(
@@ -86,6 +88,7 @@ struct SettingFlags: ParsableArguments {
 
     @Option(help: help("state-dir")) var stateDir: String?
     @Option(help: help("database", "url")) var database: String?
+    @Option(help: help("shared-root", "dir")) var sharedRoot: String?
     @Option(help: help("socket")) var socket: String?
     @Option(help: help("group")) var group: String?
     @Option(help: help("admin-group")) var adminGroup: String?
@@ -124,7 +127,8 @@ struct SettingFlags: ParsableArguments {
     /// The flags given, by setting key.
     var given: [String: String] {
         let values: [String: String?] = [
-            "state-dir": stateDir, "database": database, "socket": socket, "group": group, "admin-group": adminGroup,
+            "state-dir": stateDir, "database": database, "shared-root": sharedRoot, "socket": socket, "group": group,
+            "admin-group": adminGroup,
             "socket-group": socketGroup,
             "blas-threads": blasThreads, "start-paused": startPaused.map { "\($0)" }, "max-queued": maxQueued,
             "max-queued-per-user": maxQueuedPerUser, "max-work-per-user": maxWorkPerUser, "max-job-time": maxJobTime,
