@@ -102,6 +102,18 @@ struct PostgresDaemonTests {
         let nodes = try b.client.get("/v1/nodes", as: NodeList.self).nodes
         #expect(Set(nodes.map(\.id)) == [nodeA, nodeB])
         #expect(nodes.first { $0.id == nodeA }?.runningJobs == 1)
+        // `status` shows every host too, and the shared root; --json is the status object, with `nodes`.
+        let status = try ctl(b, ["status"])
+        #expect(status.status == 0, "\(status.stderr)")
+        #expect(status.stdout.contains("Hosts (2, * answered):"), "\(status.stdout)")
+        #expect(status.stdout.contains(String(nodeA.prefix(8)) + "   ") && status.stdout.contains(hostname))
+        #expect(status.stdout.contains(String(nodeB.prefix(8)) + " *"), "\(status.stdout)")
+        #expect(status.stdout.contains("Shared:     \(shared.path)"), "\(status.stdout)")
+        let statusJSON = try ctl(b, ["status", "--json"])
+        let decoded = try APICoding.decoder().decode(DaemonStatus.self, from: Data(statusJSON.stdout.utf8))
+        #expect(Set(decoded.nodes?.map(\.id) ?? []) == [nodeA, nodeB] && decoded.sharedRoot == shared.path)
+        #expect(decoded.nodes?.first { $0.id == nodeA }?.runningJobs == 1)
+        #expect(decoded.nodes?.first { $0.id == nodeB }?.current == true)
         let jobs = try ctl(b, ["jobs", "list", "--all"])
         #expect(jobs.stdout.contains("HOST") && jobs.stdout.contains(hostname), "\(jobs.stdout)")
 
@@ -161,6 +173,8 @@ extension PostgresDaemonTests {
         let referenceJob = try waitForJob(single, reference)
         #expect(referenceJob.state == .succeeded, "\(single.log)")
         let referenceOutput = try #require(referenceJob.outputDir)
+        let singleStatus = try single.client.get("/v1/status", as: DaemonStatus.self)
+        #expect(singleStatus.nodes == nil && singleStatus.sharedRoot == nil, "one host: no host list")
         #expect(single.stop() == 0)
 
         // Short leases, so that the takeover comes soon after the kill.
