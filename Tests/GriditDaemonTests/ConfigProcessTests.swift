@@ -153,6 +153,8 @@ struct ConfigProcessTests {
         #expect(
             noDatabase.status == 78 && noDatabase.stderr.contains("shared-root (/srv/gridit) is for several hosts"),
             "\(noDatabase.stderr)")
+        let inside = try shown(["--state-dir", "/srv/state", "--shared-root", "/srv/state/shared"], [:])
+        #expect(inside.status == 78 && inside.stderr.contains("lies in the state directory"), "\(inside.stderr)")
     }
 
     @Test("the shipped config file documents every setting at its default; the unit starts griditd without flags")
