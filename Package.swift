@@ -17,6 +17,7 @@
 //   GriditEngine -> GriditDiffusion, GriditModels, GriditCheckpoint, GriditImage, GriditJobSpec, GriditFaults,
 //                   GriditDurable, Crypto                (pipelines, plans, resumable batched runs, outputs)
 //   gridit-bench -> GriditModels, GriditCheckpoint, CAllocCounter
+//   gridit-queue-bench -> GriditJobQueue, GriditJobStorePostgres, GriditStateDatabase
 // Wire types (Foundation only):
 //   GriditAPI -> GriditJobSpec                           (the control API's requests and answers)
 // Storage:
@@ -57,6 +58,7 @@ let package = Package(
     name: "gridit",
     products: [
         .executable(name: "gridit-bench", targets: ["gridit-bench"]),
+        .executable(name: "gridit-queue-bench", targets: ["gridit-queue-bench"]),
         .executable(name: "griditd", targets: ["griditd"]),
         .library(name: "GriditEngine", targets: ["GriditEngine"]),
         .library(name: "GriditModels", targets: ["GriditModels"]),
@@ -262,6 +264,17 @@ let package = Package(
             dependencies: [
                 "GriditModels", "GriditCheckpoint", "GriditTensor", "CAllocCounter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Claims per second of the job stores (tools/bench/queue_bench.sh); apart from gridit-bench,
+        // which stays free of the database and NIO.
+        .executableTarget(
+            name: "gridit-queue-bench",
+            dependencies: [
+                "GriditJobQueue", "GriditJobStorePostgres", "GriditStateDatabase",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -176,16 +176,24 @@ public struct DaemonStatus: Codable, Hashable, Sendable {
     public var notices: [StatusNotice]
     /// The engine's worker process (nil: no engine in this build).
     public var worker: EngineWorkerInfo?
+    /// Every host sharing the queue (`current`: this one), as `GET /v1/nodes` lists them; nil
+    /// on a queue of one host (SQLite).
+    public var nodes: [NodeInfo]?
+    /// The folder every host mounts for work folders and outputs (nil: the state directory).
+    public var sharedRoot: String?
 
     public init(
         version: String, apiVersion: String, instanceID: String, pid: Int32, startedAt: Date, uptimeSeconds: Double,
         stateDirectory: String, diskFreeBytes: Int64?, minFreeBytes: Int64, queue: QueueStatus, running: [RunningJob],
         yourJobs: [QueuedJobPosition],
         loadedModels: [LoadedModel], engineAvailable: Bool, modelStoreAvailable: Bool, blasThreads: Int,
-        caller: CallerInfo, notices: [StatusNotice] = [], worker: EngineWorkerInfo? = nil
+        caller: CallerInfo, notices: [StatusNotice] = [], worker: EngineWorkerInfo? = nil, nodes: [NodeInfo]? = nil,
+        sharedRoot: String? = nil
     ) {
         self.notices = notices
         self.worker = worker
+        self.nodes = nodes
+        self.sharedRoot = sharedRoot
         self.version = version
         self.apiVersion = apiVersion
         self.instanceID = instanceID
@@ -219,7 +227,8 @@ public struct DaemonStatus: Codable, Hashable, Sendable {
         case engineAvailable = "engine_available"
         case modelStoreAvailable = "model_store_available"
         case blasThreads = "blas_threads"
-        case notices, worker
+        case notices, worker, nodes
+        case sharedRoot = "shared_root"
     }
 }
 

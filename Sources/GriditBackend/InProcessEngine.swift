@@ -198,6 +198,15 @@ public final class InProcessEngine: JobEngine {
                     hooks.finished(item.jobID, .succeeded)
                     return nil
                 }
+                if run.gridsDone > 0 || run.framesDone > 0 {
+                    // What the work folder held (written here or, under a shared root, on another host).
+                    logger.notice(
+                        "job \(item.jobID) resumes from its work folder: \(run.gridsDone) of \(run.plan.grids) grids, \(run.framesDone) of \(run.plan.frames) frames done",
+                        metadata: [
+                            "job.id": "\(item.jobID)", "grids.done": "\(run.gridsDone)",
+                            "frames.done": "\(run.framesDone)",
+                        ])
+                }
                 running[ObjectIdentifier(run)] = item
                 return run
             } catch {

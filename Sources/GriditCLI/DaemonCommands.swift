@@ -70,7 +70,7 @@ struct Status: ClientCommand {
         }
         var text = """
             griditd \(status.version) (API \(status.apiVersion)), pid \(status.pid), up \(Rendering.duration(status.uptimeSeconds))
-            State dir:  \(status.stateDirectory)\(status.diskFreeBytes.map { " (\(formatBytes($0)) free)" } ?? "")
+            State dir:  \(status.stateDirectory)\(status.diskFreeBytes.map { " (\(formatBytes($0)) free)" } ?? "")\(status.sharedRoot.map { "\nShared:     \($0) (work folders and outputs)" } ?? "")
             Engine:     \(status.engineAvailable ? "ready, \(status.blasThreads) BLAS threads" : "not in this build (jobs stay queued)")
 
             """
@@ -95,6 +95,9 @@ struct Status: ClientCommand {
                 + status.yourJobs.map { j in
                     "\(j.id) \(j.state.rawValue)" + (j.queuePosition.map { " #\($0)" } ?? "")
                 }.joined(separator: ", ") + "\n"
+        }
+        if let nodes = status.nodes {
+            text += "\nHosts (\(nodes.count), * answered):\n" + Rendering.nodesTable(nodes)
         }
         if !status.loadedModels.isEmpty {
             text +=

@@ -374,6 +374,8 @@ extension ControlAPI {
         let filter = JobFilter(states: [.queued, .retryable, .running], ownerUID: request.caller.uid, limit: 100)
         let mine =
             lost ? ((try? await context.store.list(filter)) ?? []) : try await store { try await $0.list(filter) }
+        // Every host, where several share the queue.
+        let nodes = context.singleHost ? nil : (lost ? nil : try await nodeInfos())
         let now = Date()
         return .json(
             DaemonStatus(
@@ -386,7 +388,8 @@ extension ControlAPI {
                 },
                 loadedModels: await context.catalog?.loadedModels() ?? [], engineAvailable: context.engine != nil,
                 modelStoreAvailable: context.catalog != nil, blasThreads: context.configuration.blasThreads,
-                caller: request.caller.info, notices: notices, worker: context.engine?.worker))
+                caller: request.caller.info, notices: notices, worker: context.engine?.worker, nodes: nodes,
+                sharedRoot: context.configuration.sharedRoot))
     }
 
     /// Why a due job that waits does not start now (nil: it starts when its turn comes).

@@ -58,7 +58,12 @@ public enum Daemon {
         try prepareStateDirectory(layout.root)
         let lock = try StateDirectoryLock(stateDirectory: layout.root)
         defer { lock.release() }
-        Leftovers.remove(in: layout, logger: logger)
+        if let shared = layout.sharedRoot { try checkSharedRoot(shared) }
+        // Under a shared root another host may be writing an output right now: only a partial
+        // folder nobody touched for a lease is left over (its writer has been fenced since).
+        Leftovers.remove(
+            in: layout, partialOutputsUntouchedFor: layout.sharedRoot == nil ? nil : configuration.leaseDuration,
+            logger: logger)
         let notifier = SystemdNotifier()
         if faults.isActive {
             logger.warning("test faults are active (GRIDIT_TEST_FAULTS)", metadata: ["faults": "\(faults)"])
@@ -195,6 +200,22 @@ public enum Daemon {
         try? await eventLoops.shutdownGracefully()
         if case .path(let path) = listen { unlink(path) }
         logger.notice("griditd stopped")
+    }
+
+    /// The shared root exists (griditd never makes it: a missing mount would otherwise become a
+    /// local folder that no other host sees) and is a writable folder.
+    private static func checkSharedRoot(_ root: String) throws {
+        var st = stat()
+        guard stat(root, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
+            throw DaemonError(
+                "the shared root \(root) is not a folder; mount the shared filesystem there (every host "
+                    + "mounts the same one) or fix --shared-root (docs/CLUSTER.md)")
+        }
+        guard access(root, W_OK | X_OK) == 0 else {
+            throw DaemonError(
+                "the shared root \(root) is not writable by uid \(getuid()); every host's griditd needs the same "
+                    + "uid with write access there (docs/CLUSTER.md)")
+        }
     }
 
     /// The state directory exists, is private (StatePermissions) and writable.

@@ -13,6 +13,10 @@ public struct DaemonConfiguration: Sendable {
     /// With `databaseURL`: hosts wake each other through LISTEN/NOTIFY; false polls only (a
     /// transaction pooler between griditd and PostgreSQL cannot carry LISTEN).
     public var databaseNotify = true
+    /// A folder mounted on every host of a shared queue (NFS, CephFS) that holds the jobs' work
+    /// folders and outputs, so that a job resumes on any host from the grids it finished and
+    /// its output is readable from any host. Needed with `databaseURL`, refused without it.
+    public var sharedRoot: String?
     /// The control socket when griditd binds it itself (not socket-activated).
     public var socketPath: String
     /// Members may submit and manage their own jobs. Nil: no group check beyond the socket mode.
@@ -123,27 +127,36 @@ public struct DaemonConfiguration: Sendable {
         self.instanceID = instanceID
     }
 
-    public var layout: StateLayout { StateLayout(root: stateDirectory) }
+    public var layout: StateLayout { StateLayout(root: stateDirectory, sharedRoot: sharedRoot) }
 }
 
-/// Where things live under the state directory.
+/// Where things live under the state directory, and under the shared root when there is one.
 public struct StateLayout: Sendable {
     public var root: String
+    /// Holds `work` and `outputs` instead of the state directory (`DaemonConfiguration.sharedRoot`).
+    public var sharedRoot: String?
 
+    public init(root: String, sharedRoot: String? = nil) {
+        self.root = root
+        self.sharedRoot = sharedRoot
+    }
+
+    /// The folder of work folders and outputs: the shared root, else the state directory.
+    public var artifacts: String { sharedRoot ?? root }
     public var database: String { root + "/jobs.sqlite" }
     /// Per-job resumable engine state: `work/<job id>/`.
-    public var work: String { root + "/work" }
+    public var work: String { artifacts + "/work" }
     /// Finished outputs: `outputs/job-<id>/`, or `outputs/named/<uid>/<name>/` for a name the
     /// submitter chose (`--output`): apart from the automatic folders and per user, so that no
     /// name claims another job's or another user's folder.
-    public var outputs: String { root + "/outputs" }
-    /// Scratch space (model exports streamed to clients).
+    public var outputs: String { artifacts + "/outputs" }
+    /// Scratch space (model exports streamed to clients); always local.
     public var tmp: String { root + "/tmp" }
 
     public func workDirectory(job id: Int64) -> String { work + "/\(id)" }
-    /// `outputs/job-12` for a path under the state directory (what the logs show), else the path.
+    /// `outputs/job-12` for a path under the artifacts' folder (what the logs show), else the path.
     public func relative(_ path: String) -> String {
-        path.hasPrefix(root + "/") ? String(path.dropFirst(root.count + 1)) : path
+        path.hasPrefix(artifacts + "/") ? String(path.dropFirst(artifacts.count + 1)) : path
     }
     public func automaticOutputDirectory(job id: Int64) -> String { outputs + "/job-\(id)" }
     public func namedOutputDirectory(owner: UInt32, name: String) -> String { outputs + "/named/\(owner)/" + name }

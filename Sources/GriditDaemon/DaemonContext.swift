@@ -128,7 +128,8 @@ public struct DaemonContext: Sendable {
         if let free, free < minimum {
             return StatusNotice(
                 .waitingForDisk,
-                "waiting for disk space: \(formatBytes(free)) free, need \(formatBytes(minimum)) in \(root); "
+                "waiting for disk space: \(formatBytes(free)) free, need \(formatBytes(minimum)) in "
+                    + "\(configuration.sharedRoot.map { "\(root) and \($0)" } ?? root); "
                     + "queued jobs start (using no attempt) once there is room. Free space, or prune old jobs "
                     + "(`griditctl jobs prune`)",
                 blocksJobs: true)
@@ -136,12 +137,17 @@ public struct DaemonContext: Sendable {
         return nil
     }
 
-    /// Free bytes on the state directory's filesystem (a test hook can pretend it is full).
+    /// Free bytes on the state directory's filesystem, or on the shared root's where that has
+    /// less (a test hook can pretend it is full).
     func freeBytes() -> Int64? {
         if let fake = faults.freeBytes { return fake }
-        var st = statvfs()
-        guard statvfs(configuration.stateDirectory, &st) == 0 else { return nil }
-        return Int64(st.f_bavail) * Int64(st.f_frsize)
+        let free = ([configuration.stateDirectory] + (configuration.sharedRoot.map { [$0] } ?? [])).compactMap {
+            folder -> Int64? in
+            var st = statvfs()
+            guard statvfs(folder, &st) == 0 else { return nil }
+            return Int64(st.f_bavail) * Int64(st.f_frsize)
+        }
+        return free.min()
     }
 }
 

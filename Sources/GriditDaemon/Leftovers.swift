@@ -4,7 +4,8 @@
 // being streamed (`tmp/export-<uuid>.tar`, `tmp/.export-<uuid>.tar.partial-<uuid>`) and uploads
 // being received or unpacked (`tmp/upload-<uuid>.part`, `tmp/upload-<uuid>.part.d/`). Only names
 // griditd makes, of the type it makes, are removed; a link is never followed, finished outputs
-// (they hold sequence.json) are not searched, and anything else stays where it is.
+// (they hold sequence.json) are not searched, and anything else stays where it is. Under a
+// shared root (several hosts) a partial output goes only once untouched for a lease.
 
 import CDispatch  // declares `struct stat` and `timespec` first once Hummingbird is a dependency
 import Foundation
@@ -16,10 +17,17 @@ import Glibc
 
 enum Leftovers {
     /// Removes the leftovers under `layout` and returns their paths. Call only while holding the
-    /// state directory's lock (no other griditd can be writing them).
+    /// state directory's lock (no other griditd can be writing them). `partialOutputsUntouchedFor`:
+    /// where other hosts write outputs too, only partial folders unmodified for that long go.
     @discardableResult
-    static func remove(in layout: StateLayout, logger: Logger) -> [String] {
-        let outputs = partialOutputs(in: layout.outputs, depth: 8)
+    static func remove(
+        in layout: StateLayout, partialOutputsUntouchedFor age: TimeInterval? = nil, logger: Logger
+    ) -> [String] {
+        let outputs = partialOutputs(in: layout.outputs, depth: 8).filter { path in
+            guard let age else { return true }
+            var status = stat()
+            return lstat(path, &status) == 0 && Double(status.st_mtim.tv_sec) < Date().timeIntervalSince1970 - age
+        }
         let exports = entries(in: layout.tmp, type: S_IFREG) { name in
             (name.hasPrefix("export-") && name.hasSuffix(".tar"))
                 || (name.hasPrefix(".export-") && isPartialName(name, mkdtemp: false))

@@ -79,6 +79,10 @@ public enum DaemonSettings {
             "Seconds between looks at the queue for jobs to claim, besides the wake-ups of submits and retries (and, on PostgreSQL, of other hosts' writes).",
             \.pollInterval, .seconds(0.05...3_600)),
         Setting(
+            "shared-root", "(none)",
+            "With database: a folder mounted on every host (NFS, CephFS) for the jobs' work folders and outputs, so that a job resumes on any host and its output is readable from any host (docs/CLUSTER.md). Required with database, refused without it.",
+            \.sharedRoot, .optionalPath),
+        Setting(
             "socket", "/run/gridit/griditd.sock", "Control socket to bind when not socket-activated.", \.socketPath,
             .path),
         Setting(
@@ -279,7 +283,7 @@ public enum DaemonSettings {
                 continue
             }
             var value = text
-            if setting.key == "state-dir" || setting.key == "socket", !value.hasPrefix("/") {
+            if ["state-dir", "socket", "shared-root"].contains(setting.key), !value.hasPrefix("/") {
                 value = workingDirectory + "/" + value
             }
             if let problem = setting.apply(&configuration, value) {
@@ -359,6 +363,20 @@ extension DaemonConfiguration {
             return "max-connections-per-user is above max-connections"
         }
         if http.adminConnections >= http.maxConnections { return "admin-connections must be less than max-connections" }
+        if databaseURL != nil && sharedRoot == nil {
+            return "the job queue on PostgreSQL (database) is shared by several hosts and needs shared-root: "
+                + "a folder mounted on every host (NFS, CephFS) for work folders and outputs, so that a job "
+                + "resumes on any host. Pass --shared-root DIR or set GRIDIT_SHARED_ROOT (docs/CLUSTER.md)"
+        }
+        if let sharedRoot, databaseURL == nil {
+            return "shared-root (\(sharedRoot)) is for several hosts on one PostgreSQL queue (database); "
+                + "on one host the state directory holds work folders and outputs: remove shared-root, or set database"
+        }
+        if let sharedRoot, sharedRoot == stateDirectory || sharedRoot.hasPrefix(stateDirectory + "/") {
+            return
+                "shared-root (\(sharedRoot)) lies in the state directory (\(stateDirectory)), which is this host's own; "
+                + "choose the folder mounted on every host"
+        }
         return nil
     }
 }
@@ -460,6 +478,10 @@ extension SettingRule where Value == String {
 }
 
 extension SettingRule where Value == String? {
+    /// An absolute path (relative ones are made absolute from the working directory first).
+    static var optionalPath: Self {
+        SettingRule(expected: "an absolute path", parse: { $0.hasPrefix("/") ? .some($0) : nil }, format: { $0 ?? "" })
+    }
     static var name: Self { SettingRule(expected: "a name", parse: { .some($0) }, format: { $0 ?? "" }) }
 }
 

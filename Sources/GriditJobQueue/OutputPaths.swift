@@ -5,11 +5,19 @@ import Foundation
 /// outputs. Rows written before hold absolute paths: under the state directory they read as they
 /// are; under the folder it was moved from, the tail the layout gives them (`outputs/job-<id>`,
 /// `outputs/named/<uid>/<name>`) finds them again. No schema change: the column stays TEXT.
-enum OutputPaths {
+public enum OutputPaths {
     /// What the database keeps for `path`: relative when it lies inside `root`.
-    static func stored(_ path: String?, root: String) -> String? {
+    public static func stored(_ path: String?, root: String) -> String? {
         guard let path, path.hasPrefix(root + "/") else { return path }
         return String(path.dropFirst(root.count + 1))
+    }
+
+    /// The absolute folder of a name stored relative to `root` (a shared queue's shared root,
+    /// mounted at its own place on each host); an absolute one (written before there was a root,
+    /// or outside it) as it is. No moved-folder guesses: another host's folder is not this one's.
+    public static func resolved(_ stored: String?, root: String) -> String? {
+        guard let stored, !stored.hasPrefix("/") else { return stored }
+        return root + "/" + stored
     }
 
     /// The absolute folder of a stored value.

@@ -38,6 +38,10 @@ public final class PostgresJobStore: TransitionStore {
     /// and the host whose running jobs `recoverOrphanedJobs` takes back. Nil (tools, tests):
     /// claims record no host and recovery takes every running job (one griditd per database).
     public let node: UUID?
+    /// The shared root that output folders are stored relative to (`outputs/job-12`), so that
+    /// each host reads them under its own mount of it; nil: stored as given. Rows hold the
+    /// relative names; the jobs this store returns carry absolute paths.
+    public let outputRoot: String?
     let client: PostgresClient
     /// The longest wait for one statement, or for a pooled connection: past it, the statement's
     /// connection is closed and the work counts as rolled back (`ConnectionUnusable`), so no
@@ -62,23 +66,26 @@ public final class PostgresJobStore: TransitionStore {
         self.machine = JobStateMachine(policy: policy)
         self.clock = clock
         self.node = node
+        self.outputRoot = nil
         self.logger = logger
         self.client = PostgresClient(
             configuration: location.clientConfiguration(maximumConnections: maximumConnections),
             backgroundLogger: logger)
     }
 
-    /// This store's pool and settings, acting for `node`: what griditd uses once it has read its
-    /// node id (the pool already runs, `migrate` ran).
-    public func acting(for node: UUID) -> PostgresJobStore {
-        PostgresJobStore(sharing: self, node: node)
+    /// This store's pool and settings, acting for `node` and storing output folders relative to
+    /// `outputRoot`: what griditd uses once it has read its node id (the pool already runs,
+    /// `migrate` ran).
+    public func acting(for node: UUID, outputRoot: String? = nil) -> PostgresJobStore {
+        PostgresJobStore(sharing: self, node: node, outputRoot: outputRoot)
     }
 
-    private init(sharing other: PostgresJobStore, node: UUID) {
+    private init(sharing other: PostgresJobStore, node: UUID, outputRoot: String?) {
         self.location = other.location
         self.machine = other.machine
         self.clock = other.clock
         self.node = node
+        self.outputRoot = outputRoot
         self.logger = other.logger
         self.client = other.client
         self.timeout = other.timeout
@@ -142,7 +149,7 @@ public final class PostgresJobStore: TransitionStore {
         try submission.validate()
         let now = injected(now)
         let owner64 = Int64(owner), channel = notifying
-        return try await transaction(onUnknownCommit: .fail) { connection in
+        var result = try await transaction(onUnknownCommit: .fail) { connection -> SubmitResult in
             // Submits take turns (a transaction-scoped lock per schema), so that limits hold
             // exactly and a repeated idempotency key finds the first job, across every host.
             try await connection.sql(
@@ -191,6 +198,8 @@ public final class PostgresJobStore: TransitionStore {
             if let channel { try await Self.notify(connection, job, channel: channel) }
             return SubmitResult(job: job, deduplicated: false)
         }
+        result.job = withOutputResolved(result.job)
+        return result
     }
 
     public func claim(
@@ -241,7 +250,7 @@ public final class PostgresJobStore: TransitionStore {
             RETURNING job.*
             """
         let query = PostgresQuery(unsafeSQL: sql, binds: binds)
-        return try await transaction(
+        let claimed = try await transaction(
             onUnknownCommit: .resolve { connection in
                 // The claim committed iff a row carries its token.
                 let rows = try await connection.sql("SELECT * FROM job WHERE lease_token = \(token.rawValue)")
@@ -254,6 +263,7 @@ public final class PostgresJobStore: TransitionStore {
             }
             return nil
         }
+        return claimed.map { ClaimedJob(job: withOutputResolved($0.job), token: $0.token) }
     }
 
     public func recoverExpiredLeases(now: Date, sparing: Set<Int64>) async throws(StateError) -> [Job] {
@@ -290,7 +300,7 @@ public final class PostgresJobStore: TransitionStore {
     }
 
     public func get(id: Int64) async throws(StateError) -> Job {
-        try await read { connection in try await Self.fetchJob(connection, id: id) }
+        withOutputResolved(try await read { connection in try await Self.fetchJob(connection, id: id) })
     }
 
     public func list(_ filter: JobFilter) async throws(StateError) -> [Job] {
@@ -315,7 +325,7 @@ public final class PostgresJobStore: TransitionStore {
             var jobs: [Job] = []
             for row in try await connection.sql(query) { jobs.append(try Self.decodeJob(row)) }
             return jobs
-        }
+        }.map(withOutputResolved)
     }
 
     public func errors(id: Int64) async throws(StateError) -> [JobErrorRecord] {
@@ -374,7 +384,7 @@ public final class PostgresJobStore: TransitionStore {
         // Ages past the timestamp range reach back before every job.
         let age = min(olderThan, Self.timestampLimit)
         let machine = self.machine, now = injected(now)
-        return try await transaction(onUnknownCommit: .fail) { connection in
+        let removed = try await transaction(onUnknownCommit: .fail) { connection in
             let rows = try await connection.sql(
                 """
                 WITH clock AS MATERIALIZED (SELECT coalesce(\(now)::timestamptz, now()) AS now)
@@ -392,12 +402,13 @@ public final class PostgresJobStore: TransitionStore {
             try await connection.sql("DELETE FROM job WHERE id = ANY(\(pruned.map(\.id)))")
             return pruned
         }
+        return removed.map(withOutputResolved)
     }
 
     public func delete(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StateError) -> PrunedJob
     {
         let machine = self.machine, now = injected(now)
-        return try await transaction(onUnknownCommit: .fail) { connection in
+        let removed = try await transaction(onUnknownCommit: .fail) { connection in
             let (job, clock) = try await Self.lockJob(connection, id: id, now: now)
             try job.authorizeRemoval(requesterUID: requesterUID, isAdmin: isAdmin)
             _ = try machine.apply(.prune, to: job, now: clock)
@@ -405,6 +416,7 @@ public final class PostgresJobStore: TransitionStore {
             try await connection.sql("DELETE FROM job WHERE id = \(id)")
             return PrunedJob(id: job.id, state: job.state, outputDir: job.outputDir)
         }
+        return withOutputResolved(removed)
     }
 
     // MARK: - Transitions
@@ -415,7 +427,14 @@ public final class PostgresJobStore: TransitionStore {
     ) async throws(StateError) -> Job {
         let machine = self.machine, now = injected(now), channel = notifying
         let written = WrittenRow()
-        return try await transaction(
+        // The row keeps the output folder relative to the shared root.
+        let event: JobEvent =
+            if case .succeed(let token, let outputDir) = event, let outputRoot {
+                .succeed(token: token, outputDir: OutputPaths.stored(outputDir, root: outputRoot) ?? outputDir)
+            } else {
+                event
+            }
+        let job: Job = try await transaction(
             onUnknownCommit: .resolve { connection in
                 // Committed iff the row reads back as this transaction wrote it.
                 guard let expected = written.job, let current = try? await Self.fetchJob(connection, id: id),
@@ -439,6 +458,20 @@ public final class PostgresJobStore: TransitionStore {
             written.job = result
             return result
         }
+        return withOutputResolved(job)
+    }
+
+    /// `job` with its output folder made absolute under `outputRoot`.
+    func withOutputResolved(_ job: Job) -> Job {
+        guard let outputRoot, job.outputDir != nil else { return job }
+        var job = job
+        job.outputDir = OutputPaths.resolved(job.outputDir, root: outputRoot)
+        return job
+    }
+
+    func withOutputResolved(_ job: PrunedJob) -> PrunedJob {
+        guard let outputRoot else { return job }
+        return PrunedJob(id: job.id, state: job.state, outputDir: OutputPaths.resolved(job.outputDir, root: outputRoot))
     }
 
     /// Reads job `id` with its row locked `FOR UPDATE` until the transaction ends, and the clock
@@ -487,7 +520,7 @@ public final class PostgresJobStore: TransitionStore {
                 recovered.append(transition.job)
             }
             return recovered
-        }
+        }.map(withOutputResolved)
     }
 }
 

@@ -62,7 +62,9 @@ struct Serve: AsyncParsableCommand {
                         metadata: ["database": "\(location)", "migrated": "\(applied.joined(separator: ","))"])
                     try await Daemon.run(
                         configuration: configuration, logger: logger, faults: faults,
-                        jobs: { node in jobs.acting(for: UUID(uuidString: node.id)!) }, components: components)
+                        jobs: { node in
+                            jobs.acting(for: UUID(uuidString: node.id)!, outputRoot: settings.sharedRoot)
+                        }, components: components)
                 }
             } else {
                 try await Daemon.run(
@@ -90,6 +92,7 @@ struct SettingFlags: ParsableArguments {
     @Option(help: help("database", "url")) var database: String?
     @Flag(inversion: .prefixedNo, help: help("database-notify")) var databaseNotify: Bool?
     @Option(help: help("poll-interval", "seconds")) var pollInterval: String?
+    @Option(help: help("shared-root", "dir")) var sharedRoot: String?
     @Option(help: help("socket")) var socket: String?
     @Option(help: help("group")) var group: String?
     @Option(help: help("admin-group")) var adminGroup: String?
@@ -129,7 +132,8 @@ struct SettingFlags: ParsableArguments {
     var given: [String: String] {
         let values: [String: String?] = [
             "state-dir": stateDir, "database": database, "database-notify": databaseNotify.map { "\($0)" },
-            "poll-interval": pollInterval, "socket": socket, "group": group, "admin-group": adminGroup,
+            "poll-interval": pollInterval, "shared-root": sharedRoot, "socket": socket, "group": group,
+            "admin-group": adminGroup,
             "socket-group": socketGroup,
             "blas-threads": blasThreads, "start-paused": startPaused.map { "\($0)" }, "max-queued": maxQueued,
             "max-queued-per-user": maxQueuedPerUser, "max-work-per-user": maxWorkPerUser, "max-job-time": maxJobTime,

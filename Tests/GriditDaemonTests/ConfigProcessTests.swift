@@ -105,14 +105,16 @@ struct ConfigProcessTests {
     func databaseSetting() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
-        let file = dir.write("griditd.conf", Array("GRIDIT_DATABASE=postgres://gridit@file.example/gridit\n".utf8))
+        let file = dir.write(
+            "griditd.conf",
+            Array("GRIDIT_DATABASE=postgres://gridit@file.example/gridit\nGRIDIT_SHARED_ROOT=/srv/gridit\n".utf8))
         func shown(
-            _ arguments: [String], _ extra: [String: String]
+            _ arguments: [String], _ extra: [String: String], key: String = "GRIDIT_DATABASE", config: String? = nil
         ) throws -> (status: Int32, line: String, stderr: String) {
             let run = try runProcess(
                 binaryDirectory() + "/griditd", ["config", "show"] + arguments,
-                environment: Self.environment(extra.merging(["GRIDIT_CONFIG": file]) { $1 }))
-            let line = run.stdout.split(separator: "\n").first { $0.hasPrefix("GRIDIT_DATABASE=") }.map(String.init)
+                environment: Self.environment(extra.merging(["GRIDIT_CONFIG": config ?? file]) { $1 }))
+            let line = run.stdout.split(separator: "\n").first { $0.hasPrefix(key + "=") }.map(String.init)
             return (run.status, line ?? "", run.stderr)
         }
         let fromFile = try shown([], [:])
@@ -134,6 +136,25 @@ struct ConfigProcessTests {
         #expect(!secret.stderr.contains("s3cret"), "\(secret.stderr)")
         let notPostgres = try shown([], ["GRIDIT_DATABASE": "mysql://gridit@db/gridit"])
         #expect(notPostgres.status == 78 && notPostgres.stderr.contains("GRIDIT_DATABASE"), "\(notPostgres.stderr)")
+
+        // A shared queue needs the shared root, and only a shared queue takes one.
+        let sharedRoot = try shown([], [:], key: "GRIDIT_SHARED_ROOT")
+        #expect(sharedRoot.line.hasPrefix("GRIDIT_SHARED_ROOT=/srv/gridit ") && sharedRoot.line.hasSuffix(file))
+        let relative = try shown(["--shared-root", "shared"], [:], key: "GRIDIT_SHARED_ROOT")
+        #expect(
+            relative.line.hasPrefix("GRIDIT_SHARED_ROOT=\(FileManager.default.currentDirectoryPath)/shared "),
+            "\(relative.line)")
+        let empty = dir.write("empty.conf", [])
+        let noRoot = try shown(["--database", "postgres://gridit@db.example/gridit"], [:], config: empty)
+        #expect(
+            noRoot.status == 78 && noRoot.stderr.contains("needs shared-root")
+                && noRoot.stderr.contains("--shared-root DIR"), "\(noRoot.stderr)")
+        let noDatabase = try shown(["--shared-root", "/srv/gridit"], [:], config: empty)
+        #expect(
+            noDatabase.status == 78 && noDatabase.stderr.contains("shared-root (/srv/gridit) is for several hosts"),
+            "\(noDatabase.stderr)")
+        let inside = try shown(["--state-dir", "/srv/state", "--shared-root", "/srv/state/shared"], [:])
+        #expect(inside.status == 78 && inside.stderr.contains("lies in the state directory"), "\(inside.stderr)")
     }
 
     @Test("the shipped config file documents every setting at its default; the unit starts griditd without flags")

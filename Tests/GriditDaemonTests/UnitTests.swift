@@ -4,6 +4,7 @@ import Foundation
 import GriditAPI
 import GriditFaults
 import GriditJobSpec
+import GriditTestSupport
 import HTTPTypes
 import Hummingbird
 import Logging
@@ -20,6 +21,30 @@ import Glibc
 
 @Suite("daemon units")
 struct DaemonUnitTests {
+    @Test(
+        "under a shared root, work folders and outputs move there; only a partial output untouched for a lease is a leftover"
+    )
+    func sharedRootLayout() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let layout = StateLayout(root: dir.file("state"), sharedRoot: dir.file("shared"))
+        #expect(layout.workDirectory(job: 7) == dir.file("shared/work/7"))
+        #expect(layout.automaticOutputDirectory(job: 7) == dir.file("shared/outputs/job-7"))
+        #expect(layout.tmp == dir.file("state/tmp") && layout.database == dir.file("state/jobs.sqlite"))
+        #expect(layout.relative(dir.file("shared/outputs/job-7")) == "outputs/job-7")
+        let (fresh, stale) = (layout.outputs + "/.job-1.partial-Ab12Cd", layout.outputs + "/.job-2.partial-Ef34Gh")
+        for folder in [fresh, stale] {
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        }
+        let old = Date().addingTimeInterval(-600)
+        try FileManager.default.setAttributes([.modificationDate: old], ofItemAtPath: stale)
+        let removed = Leftovers.remove(in: layout, partialOutputsUntouchedFor: 120, logger: Logger(label: "test"))
+        #expect(removed == [stale])
+        #expect(FileManager.default.fileExists(atPath: fresh), "another host may be writing it")
+        #expect(
+            Leftovers.remove(in: layout, logger: Logger(label: "test")) == [fresh], "one host: every partial output")
+    }
+
     @Test("routes match literal segments first and take parameters")
     func routeMatching() {
         func route(_ method: HTTPRequest.Method, _ path: String) -> (String, [String: String])? {

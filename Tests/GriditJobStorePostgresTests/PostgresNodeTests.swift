@@ -36,6 +36,28 @@ struct PostgresNodeTests {
         }
     }
 
+    @Test("output folders are stored relative to the shared root: each host reads them under its own mount of it")
+    func outputsRelativeToSharedRoot() async throws {
+        try await TestSchema().withStores(2) { stores in
+            let a = stores[0].acting(for: Self.nodeA, outputRoot: "/srv/gridit")
+            let b = stores[1].acting(for: Self.nodeB, outputRoot: "/mnt/shared")
+            let id = try await a.submit(JobSubmission(params: "{}", length: 4), owner: 1, maxQueued: 10, now: at(0))
+                .job.id
+            let claimed = try #require(try await a.claim(workerID: "a/worker-0", leaseDuration: 60, now: at(1)))
+            let done = try await a.complete(
+                id: id, token: claimed.token, outputDir: "/srv/gridit/outputs/job-\(id)", now: at(2))
+            #expect(done.outputDir == "/srv/gridit/outputs/job-\(id)")
+            let stored = try await a.count(
+                "SELECT count(*) FROM job WHERE id = \(id) AND output_dir = \("outputs/job-\(id)")")
+            #expect(stored == 1, "the row holds the relative name")
+            #expect(try await b.get(id: id).outputDir == "/mnt/shared/outputs/job-\(id)")
+            #expect(try await b.list(JobFilter()).map(\.outputDir) == ["/mnt/shared/outputs/job-\(id)"])
+            #expect(
+                try await b.delete(id: id, requesterUID: 1, isAdmin: false, now: at(3)).outputDir
+                    == "/mnt/shared/outputs/job-\(id)")
+        }
+    }
+
     @Test("the registry: hosts register and heartbeat; a drained host claims nothing, the others carry on")
     func registryAndDrain() async throws {
         try await TestSchema().withStores(2) { stores in
