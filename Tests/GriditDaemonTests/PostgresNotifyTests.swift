@@ -23,14 +23,17 @@ struct PostgresNotifyTests {
         _ dirA: TemporaryDirectory, _ dirB: TemporaryDirectory, arguments: [String],
         environmentB: [String: String] = [:]
     ) throws -> (a: DaemonProcess, b: DaemonProcess) {
-        let url = try PostgresDaemonTests.freshURL()
-        let a = try DaemonProcess(directory: dirA, arguments: ["--database", url] + arguments, model: tinyPipeline())
+        // The shared root, beside A's state directory (griditd never creates it).
+        let shared = dirA.file("shared")
+        try FileManager.default.createDirectory(atPath: shared, withIntermediateDirectories: true)
+        let cluster = ["--database", try PostgresDaemonTests.freshURL(), "--shared-root", shared]
+        let a = try DaemonProcess(directory: dirA, arguments: cluster + arguments, model: tinyPipeline())
         let drained = try runProcess(
             binaryDirectory() + "/griditctl", ["nodes", "drain", try PostgresDaemonTests.nodeID(a)],
             environment: a.cliEnvironment, timeout: 120)
         guard drained.status == 0 else { throw TestFailure("drain: \(drained.stderr)") }
         let b = try DaemonProcess(
-            directory: dirB, arguments: ["--database", url] + arguments, environment: environmentB,
+            directory: dirB, arguments: cluster + arguments, environment: environmentB,
             model: tinyPipeline())
         return (a, b)
     }
