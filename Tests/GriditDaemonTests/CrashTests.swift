@@ -72,9 +72,11 @@ struct CrashTests {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
         let request = SubmitJobRequest(spec: JobSpec(length: 64, parameters: .init(seed: 11)))
+        // A long lease: its stall watchdog (half the lease) must not take the paused worker for a
+        // hung one while a loaded machine is slow to see the pause (CI saw it fire at 60 s).
         var daemon = try DaemonProcess(
-            directory: dir, arguments: Self.arguments, environment: ["GRIDIT_TEST_FAULTS": "pause-at=sr:5"],
-            model: tinyPipeline())
+            directory: dir, arguments: Self.arguments + ["--lease", "600"],
+            environment: ["GRIDIT_TEST_FAULTS": "pause-at=sr:5"], model: tinyPipeline())
         let marker = daemon.stateDir + "/test-paused"
         let id = try daemon.client.post("/v1/jobs", request, as: SubmitJobResponse.self).job.id
 
