@@ -28,7 +28,7 @@ struct DaemonUnitTests {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
         let layout = StateLayout(root: dir.file("state"), sharedRoot: dir.file("shared"))
-        #expect(layout.workDirectory(job: 7) == dir.file("shared/work/7"))
+        #expect(layout.workDirectory(job: 7) == dir.file("shared/work") + "/7")
         #expect(layout.automaticOutputDirectory(job: 7) == dir.file("shared/outputs/job-7"))
         #expect(layout.tmp == dir.file("state/tmp") && layout.database == dir.file("state/jobs.sqlite"))
         #expect(layout.relative(dir.file("shared/outputs/job-7")) == "outputs/job-7")
