@@ -186,6 +186,9 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private var responseInFlight = false
     /// An answer of this handler is on its way and the connection closes after it.
     private var closing = false
+    /// The response in flight says `Connection: close`: the connection closes once it is written
+    /// (Hummingbird would only half-close and wait for the client to hang up).
+    private var closeAfterResponse = false
 
     init(limits: HTTPServerLimits, uploads: UploadPolicy? = nil) {
         timeouts = ConnectionTimeouts(limits: limits, connectedAt: .now())
@@ -256,6 +259,14 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         case .head(let head) where head.status.code >= 200:
             answered = true
             responseInFlight = true
+            closeAfterResponse = head.headerFields[.connection]?.lowercased() == "close"
+        case .end where closeAfterResponse:
+            closing = true
+            timer?.cancel()
+            let written = promise ?? context.eventLoop.makePromise()
+            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            written.futureResult.whenComplete { _ in bound.value.close(promise: nil) }
+            return context.writeAndFlush(data, promise: written)
         case .end:
             responseInFlight = false
             timeouts.responseEnded(at: .now())

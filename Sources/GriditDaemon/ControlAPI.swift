@@ -160,8 +160,7 @@ public struct ControlAPI: Sendable {
                 body = try await Self.body(of: request, context: context)
             }
             let api = APIRequest(
-                method: request.method, path: path, rawPath: rawPath, query: query, headers: request.headers,
-                body: body, bodyFile: file, caller: context.caller)
+                query: query, headers: request.headers, body: body, bodyFile: file, caller: context.caller)
             response = try await route.handler(self, api, route.match(path) ?? [:])
         } catch let error as APIError {
             response = .error(error)
@@ -258,7 +257,7 @@ struct APIGate: RouterMiddleware {
         let elapsed = ContinuousClock.now - started
         api.context.metrics.request(
             route: route, method: request.method.rawValue, status: UInt(response.status.code), duration: elapsed)
-        let ms = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
+        let ms = elapsed / .milliseconds(1)
         let caller = context.caller
         // Every request at debug: at info the journal would be mostly `jobs watch` and status polls.
         context.logger.debug(

@@ -138,16 +138,23 @@ public struct DaemonContext: Sendable {
     }
 
     /// Free bytes on the state directory's filesystem, or on the shared root's where that has
-    /// less (a test hook can pretend it is full).
+    /// less, as `measureSharedRoot` last saw it (a test hook can pretend it is full).
     func freeBytes() -> Int64? {
         if let fake = faults.freeBytes { return fake }
-        let free = ([configuration.stateDirectory] + (configuration.sharedRoot.map { [$0] } ?? [])).compactMap {
-            folder -> Int64? in
-            var st = statvfs()
-            guard statvfs(folder, &st) == 0 else { return nil }
-            return Int64(st.f_bavail) * Int64(st.f_frsize)
-        }
-        return free.min()
+        return [Self.freeBytes(on: configuration.stateDirectory), conditions.sharedRootFree].compactMap { $0 }.min()
+    }
+
+    /// Measures the shared root's free space for `freeBytes` (MaintenanceService, every few
+    /// seconds): on a network filesystem a statvfs is a round trip, and it blocks while a hard
+    /// mount is down, too slow for every claim, listed job and status.
+    func measureSharedRoot() {
+        if let shared = configuration.sharedRoot { conditions.sharedRootFree = Self.freeBytes(on: shared) }
+    }
+
+    private static func freeBytes(on folder: String) -> Int64? {
+        var st = statvfs()
+        guard statvfs(folder, &st) == 0 else { return nil }
+        return Int64(st.f_bavail) * Int64(st.f_frsize)
     }
 }
 
@@ -155,8 +162,15 @@ public struct DaemonContext: Sendable {
 /// and a lost database, which stays lost until griditd restarts.
 public final class StartConditions: Sendable {
     private let state = Mutex<(lost: String?, last: StatusNotice.Code?)>((nil, nil))
+    private let sharedFree = Mutex<Int64?>(nil)
 
     public init() {}
+
+    /// The shared root's free bytes when last measured (nil: no shared root, or not yet).
+    var sharedRootFree: Int64? {
+        get { sharedFree.withLock { $0 } }
+        set { sharedFree.withLock { $0 = newValue } }
+    }
 
     var databaseLost: String? {
         get { state.withLock { $0.lost } }

@@ -22,10 +22,6 @@ import Glibc
 
 /// What a route's handler sees of a request: the decoded target, the body, the caller.
 public struct APIRequest: Sendable {
-    public var method: HTTPRequest.Method
-    /// Percent-decoded path components after the leading `/` (`["v1", "jobs", "12"]`).
-    public var path: [String]
-    public var rawPath: String
     public var query: [String: String]
     public var headers: HTTPFields
     public var body: Data
@@ -316,7 +312,7 @@ public struct HTTPServer: Sendable {
     private func respond(for caller: Caller) -> HTTPChannelHandler.Responder {
         let source = APIContext.Source(logger: logger, caller: caller, limits: limits)
         let responder = self.responder
-        return { request, writer, channel in
+        return { request, writer, _ in
             if request.headers[.expect]?.lowercased() == "100-continue" {
                 try await writer.writeInformationalHead(HTTPResponse(status: .continue))
             }
@@ -327,11 +323,10 @@ public struct HTTPServer: Sendable {
                 response = .error(APIError(.internalError, "internal error: \(error)"))
             }
             response.headers[.server] = "griditd/\(griditVersion)"
-            // A handler's `Connection: close` stops reading the request (its body is not drained).
-            let ends = response.headers[.connection] == "close"
+            // `ConnectionGuard` closes the connection once a `Connection: close` answer is written
+            // (a handler's own stops reading its request: the body is not drained).
             if request.headers[.connection] == "close" { response.headers[.connection] = "close" }
             try await writer.write(response: response.head, body: response.body)
-            if ends { try? await channel.close(mode: .input) }
         }
     }
 

@@ -32,7 +32,7 @@ extension JobMonitor {
             wake()
         case .job(let change):
             if JobState.claimable.contains(change.state) { wake() }
-            if change.cancelRequested, change.state == .running, runningIDs.contains(change.id) {
+            if change.cancelRequested, change.state == .running, isRunning(change.id) {
                 requestStop(change.id, .cancel)
             }
             changed(change.id)

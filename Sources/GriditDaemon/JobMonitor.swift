@@ -116,6 +116,8 @@ public final class JobMonitor: Sendable {
 
     public var runningIDs: [Int64] { state.withLock { $0.running.sorted() } }
 
+    public func isRunning(_ id: Int64) -> Bool { state.withLock { $0.running.contains(id) } }
+
     func publish(step: StepProgress, for id: Int64) {
         let watchers = state.withLock { s -> [AsyncStream<Update>.Continuation] in
             s.live[id] = step

@@ -35,6 +35,7 @@ public struct MaintenanceService: Service {
                         metadata: ["error": "\(error.message)"])
                 }
             }
+            context.measureSharedRoot()
             _ = context.startBlocker(remakeReserve: false)  // notices a lost database even with no worker
             await context.refreshStatus()
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(min(5, config.reapInterval))) }

@@ -441,7 +441,7 @@ extension SettingRule where Value == Duration {
         SettingRule(
             expected: "seconds in \(Int(range.lowerBound))...\(Int(range.upperBound))",
             parse: { Double($0).flatMap { range.contains($0) ? .seconds($0) : nil } },
-            format: { formatSeconds(Double($0.components.seconds) + Double($0.components.attoseconds) * 1e-18) })
+            format: { formatSeconds($0 / .seconds(1)) })
     }
 }
 
@@ -478,9 +478,13 @@ extension SettingRule where Value == String {
 }
 
 extension SettingRule where Value == String? {
-    /// An absolute path (relative ones are made absolute from the working directory first).
+    /// An absolute path (relative ones are made absolute from the working directory first),
+    /// standardized: stored names are cut at `path + "/"`, so `/mnt/shared/` must read `/mnt/shared`.
     static var optionalPath: Self {
-        SettingRule(expected: "an absolute path", parse: { $0.hasPrefix("/") ? .some($0) : nil }, format: { $0 ?? "" })
+        SettingRule(
+            expected: "an absolute path",
+            parse: { $0.hasPrefix("/") ? .some(URL(fileURLWithPath: $0).standardizedFileURL.path) : nil },
+            format: { $0 ?? "" })
     }
     static var name: Self { SettingRule(expected: "a name", parse: { .some($0) }, format: { $0 ?? "" }) }
 }

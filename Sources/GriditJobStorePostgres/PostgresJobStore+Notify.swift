@@ -5,11 +5,13 @@ import Logging
 import NIOConcurrencyHelpers
 import PostgresNIO
 
-// LISTEN/NOTIFY: each write that changes what other hosts act on (a job to claim, a cancel, a
-// row `jobs watch` shows) sends one NOTIFY inside its transaction, so it is delivered only if
-// and when the write commits, and PostgreSQL folds identical notices of one transaction into
-// one. Each host LISTENs on one dedicated connection of its own (not a pooled one: a pooled
-// connection would stop listening when the pool closes it). Polling stays the safety net.
+// LISTEN/NOTIFY: each write that changes what other hosts act on (a submit, a requeue or a
+// resume: a job to claim; a cancel; a state, progress or priority change `jobs watch` shows;
+// not claims, heartbeats, deletes or prunes) sends one NOTIFY inside its transaction, so it is
+// delivered only if and when the write commits, and PostgreSQL folds identical notices of one
+// transaction into one. Each host LISTENs on one dedicated connection of its own (not a pooled
+// one: a pooled connection would stop listening when the pool closes it). Polling stays the
+// safety net.
 
 extension PostgresJobStore: JobChangeFeed {
     /// The notification channel: one per schema, so that schemas sharing a database (tests,
@@ -58,11 +60,11 @@ extension PostgresJobStore: JobChangeFeed {
             group.addTask { await listener.run() }
             var retry = 0
             while !Task.isCancelled {
-                let listened = ListenedFlag()
+                let listened = ListenedSince()
                 do {
                     try await listener.withConnection { session in
                         try await session.connection.listen(on: channel) { notifications in
-                            listened.set()
+                            listened.start()
                             logger.debug("listening for queue changes", metadata: ["channel": "\(channel)"])
                             onEvent(.lookAgain)
                             try await withThrowingTaskGroup(of: Void.self) { inner in
@@ -90,7 +92,9 @@ extension PostgresJobStore: JobChangeFeed {
                         "lost the connection that listens for queue changes; reconnecting (polling covers the gap)",
                         metadata: ["error": "\(Self.describe(error))"])
                 }
-                retry = listened.isSet ? 0 : min(retry + 1, 5)
+                // The backoff starts over only after a connection that lasted: one a server or
+                // pooler drops right after LISTEN must not be retried every 100 ms.
+                retry = listened.lasted(.seconds(30)) ? 0 : min(retry + 1, 5)
                 try? await Task.sleep(for: .milliseconds(100 << retry))
             }
             group.cancelAll()
@@ -98,9 +102,12 @@ extension PostgresJobStore: JobChangeFeed {
     }
 }
 
-/// Whether a listening connection got as far as LISTEN (its reconnection backoff starts over).
-private final class ListenedFlag: Sendable {
-    private let value = NIOLockedValueBox(false)
-    func set() { value.withLockedValue { $0 = true } }
-    var isSet: Bool { value.withLockedValue { $0 } }
+/// When a listening connection got as far as LISTEN (for its reconnection backoff).
+private final class ListenedSince: Sendable {
+    private let value = NIOLockedValueBox<ContinuousClock.Instant?>(nil)
+    func start() { value.withLockedValue { $0 = .now } }
+    /// Whether it listened for at least `duration` before it ended.
+    func lasted(_ duration: Duration) -> Bool {
+        value.withLockedValue { $0.map { ContinuousClock.now - $0 >= duration } ?? false }
+    }
 }

@@ -133,7 +133,7 @@ extension PostgresJobStore {
                         if state == nil { state = true }
                         return state == true
                     }
-                    guard leased else { throw ConnectionUnusable.noConnection(seconds: timeout.seconds) }
+                    guard leased else { throw ConnectionUnusable.noConnection(seconds: timeout / .seconds(1)) }
                     return try await body(PostgresSession(connection: connection, timeout: TimeAmount(timeout)))
                 }
             }
@@ -143,7 +143,7 @@ extension PostgresJobStore {
                     if state == nil, !Task.isCancelled { state = false }
                     return state == false
                 }
-                if expired { throw ConnectionUnusable.noConnection(seconds: timeout.seconds) }
+                if expired { throw ConnectionUnusable.noConnection(seconds: timeout / .seconds(1)) }
                 return nil
             }
             defer { group.cancelAll() }
@@ -204,7 +204,7 @@ extension PostgresJobStore {
         """
 
     /// One job with its queue position (counted through the claim index, not over the whole queue).
-    static func fetchJob(_ connection: PostgresSession, id: Int64) async throws -> Job {
+    func fetchJob(_ connection: PostgresSession, id: Int64) async throws -> Job {
         let rows = try await connection.sql(
             """
             SELECT job.*,
@@ -219,13 +219,16 @@ extension PostgresJobStore {
         throw StateError.jobNotFound(id)
     }
 
-    static func decodeJob(_ postgresRow: PostgresRow) throws -> Job {
+    /// A row as a job; a shared queue's output folder, stored relative to the shared root, made
+    /// absolute under this host's mount of it (`write` stores it back relative).
+    func decodeJob(_ postgresRow: PostgresRow) throws -> Job {
         let row = postgresRow.makeRandomAccess()
         let id = try row["id"].decode(Int64.self)
         let stateText = try row["state"].decode(String.self)
         guard let state = JobState(rawValue: stateText) else {
             throw StateError(.database, "job \(id): unknown state '\(stateText)'")
         }
+        let stored = try row["output_dir"].decode(String?.self)
         let progressText = try row["progress"].decode(String.self)
         let progress: JobProgress
         do {
@@ -257,14 +260,14 @@ extension PostgresJobStore {
             progress: progress,
             errorClass: try row["error_class"].decode(String?.self),
             errorMessage: try row["error_message"].decode(String?.self),
-            outputDir: try row["output_dir"].decode(String?.self),
+            outputDir: outputRoot.map { OutputPaths.resolved(stored, root: $0) } ?? stored,
             workSeconds: try row["work_seconds"].decode(Double.self),
             queuePosition: row.contains("queue_position") ? try row["queue_position"].decode(Int?.self) : nil,
             node: row.contains("node_id") ? try row["node_id"].decode(UUID?.self)?.uuidString.lowercased() : nil)
     }
 
     /// Writes a state-machine transition: the new row (every mutable column) and its effects.
-    static func write(_ transition: JobTransition, _ connection: PostgresSession) async throws {
+    func write(_ transition: JobTransition, _ connection: PostgresSession) async throws {
         let job = transition.job
         for effect in transition.effects {
             switch effect {
@@ -280,15 +283,16 @@ extension PostgresJobStore {
             }
         }
         let progress = String(decoding: try JSONEncoder().encode(job.progress), as: UTF8.self)
+        let outputDir = outputRoot.map { OutputPaths.stored(job.outputDir, root: $0) } ?? job.outputDir
         try await connection.sql(
             """
             UPDATE job SET state = \(job.state.rawValue), priority = \(job.priority), updated_at = \(job.updatedAt),
                    started_at = \(job.startedAt), finished_at = \(job.finishedAt), attempt = \(job.attempt),
                    max_attempts = \(job.maxAttempts), crash_count = \(job.crashCount),
                    cancel_requested = \(job.cancelRequested), lease_owner = \(job.leaseOwner),
-                   lease_token = \(job.leaseToken?.rawValue), lease_expires_at = \(job.leaseExpiresAt.map(clamped)),
-                   not_before = \(clamped(job.notBefore)), progress = \(progress), error_class = \(job.errorClass),
-                   error_message = \(job.errorMessage), output_dir = \(job.outputDir)
+                   lease_token = \(job.leaseToken?.rawValue), lease_expires_at = \(job.leaseExpiresAt.map(Self.clamped)),
+                   not_before = \(Self.clamped(job.notBefore)), progress = \(progress), error_class = \(job.errorClass),
+                   error_message = \(job.errorMessage), output_dir = \(outputDir)
              WHERE id = \(job.id)
             """)
     }
@@ -308,8 +312,4 @@ extension PSQLError {
         guard let state = sqlState else { return false }
         return ["57P01", "57P02", "57P03"].contains(state) || state.hasPrefix("08")
     }
-}
-
-extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
 }

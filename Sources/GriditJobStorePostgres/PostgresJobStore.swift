@@ -149,7 +149,7 @@ public final class PostgresJobStore: TransitionStore {
         try submission.validate()
         let now = injected(now)
         let owner64 = Int64(owner), channel = notifying
-        var result = try await transaction(onUnknownCommit: .fail) { connection -> SubmitResult in
+        return try await transaction(onUnknownCommit: .fail) { connection -> SubmitResult in
             // Submits take turns (a transaction-scoped lock per schema), so that limits hold
             // exactly and a repeated idempotency key finds the first job, across every host.
             try await connection.sql(
@@ -164,7 +164,7 @@ public final class PostgresJobStore: TransitionStore {
                     "SELECT id FROM job WHERE owner_uid = \(owner64) AND idempotency_key = \(key)"
                 ).first(Int64.self)
             {
-                return SubmitResult(job: try await Self.fetchJob(connection, id: id), deduplicated: true)
+                return SubmitResult(job: try await self.fetchJob(connection, id: id), deduplicated: true)
             }
             let live = try await connection.sql(
                 "SELECT count(*) FROM job WHERE state IN ('queued', 'retryable', 'running')"
@@ -194,12 +194,10 @@ public final class PostgresJobStore: TransitionStore {
                 """
             ).first(Int64.self)
             guard let id else { throw StateError(.database, "INSERT … RETURNING id returned no row") }
-            let job = try await Self.fetchJob(connection, id: id)
+            let job = try await self.fetchJob(connection, id: id)
             if let channel { try await Self.notify(connection, job, channel: channel) }
             return SubmitResult(job: job, deduplicated: false)
         }
-        result.job = withOutputResolved(result.job)
-        return result
     }
 
     public func claim(
@@ -250,20 +248,19 @@ public final class PostgresJobStore: TransitionStore {
             RETURNING job.*
             """
         let query = PostgresQuery(unsafeSQL: sql, binds: binds)
-        let claimed = try await transaction(
+        return try await transaction(
             onUnknownCommit: .resolve { connection in
                 // The claim committed iff a row carries its token.
                 let rows = try await connection.sql("SELECT * FROM job WHERE lease_token = \(token.rawValue)")
-                for row in rows { return .committed(ClaimedJob(job: try Self.decodeJob(row), token: token)) }
+                for row in rows { return .committed(ClaimedJob(job: try self.decodeJob(row), token: token)) }
                 return .notCommitted
             }
         ) { connection -> ClaimedJob? in
             for row in try await connection.sql(query) {
-                return ClaimedJob(job: try Self.decodeJob(row), token: token)
+                return ClaimedJob(job: try self.decodeJob(row), token: token)
             }
             return nil
         }
-        return claimed.map { ClaimedJob(job: withOutputResolved($0.job), token: $0.token) }
     }
 
     public func recoverExpiredLeases(now: Date, sparing: Set<Int64>) async throws(StateError) -> [Job] {
@@ -300,7 +297,7 @@ public final class PostgresJobStore: TransitionStore {
     }
 
     public func get(id: Int64) async throws(StateError) -> Job {
-        withOutputResolved(try await read { connection in try await Self.fetchJob(connection, id: id) })
+        try await read { connection in try await self.fetchJob(connection, id: id) }
     }
 
     public func list(_ filter: JobFilter) async throws(StateError) -> [Job] {
@@ -323,9 +320,9 @@ public final class PostgresJobStore: TransitionStore {
         let query = PostgresQuery(unsafeSQL: sql, binds: binds)
         return try await read { connection in
             var jobs: [Job] = []
-            for row in try await connection.sql(query) { jobs.append(try Self.decodeJob(row)) }
+            for row in try await connection.sql(query) { jobs.append(try self.decodeJob(row)) }
             return jobs
-        }.map(withOutputResolved)
+        }
     }
 
     public func errors(id: Int64) async throws(StateError) -> [JobErrorRecord] {
@@ -394,7 +391,7 @@ public final class PostgresJobStore: TransitionStore {
                 """)
             var pruned: [PrunedJob] = []
             for row in rows {
-                let job = try Self.decodeJob(row)
+                let job = try self.decodeJob(row)
                 _ = try machine.apply(.prune, to: job, now: try row.makeRandomAccess()["clock"].decode(Date.self))
                 pruned.append(PrunedJob(id: job.id, state: job.state, outputDir: job.outputDir))
             }
@@ -402,21 +399,21 @@ public final class PostgresJobStore: TransitionStore {
             try await connection.sql("DELETE FROM job WHERE id = ANY(\(pruned.map(\.id)))")
             return pruned
         }
-        return removed.map(withOutputResolved)
+        return removed
     }
 
     public func delete(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StateError) -> PrunedJob
     {
         let machine = self.machine, now = injected(now)
         let removed = try await transaction(onUnknownCommit: .fail) { connection in
-            let (job, clock) = try await Self.lockJob(connection, id: id, now: now)
+            let (job, clock) = try await self.lockJob(connection, id: id, now: now)
             try job.authorizeRemoval(requesterUID: requesterUID, isAdmin: isAdmin)
             _ = try machine.apply(.prune, to: job, now: clock)
             // Its error history goes with it (ON DELETE CASCADE).
             try await connection.sql("DELETE FROM job WHERE id = \(id)")
             return PrunedJob(id: job.id, state: job.state, outputDir: job.outputDir)
         }
-        return withOutputResolved(removed)
+        return removed
     }
 
     // MARK: - Transitions
@@ -427,27 +424,20 @@ public final class PostgresJobStore: TransitionStore {
     ) async throws(StateError) -> Job {
         let machine = self.machine, now = injected(now), channel = notifying
         let written = WrittenRow()
-        // The row keeps the output folder relative to the shared root.
-        let event: JobEvent =
-            if case .succeed(let token, let outputDir) = event, let outputRoot {
-                .succeed(token: token, outputDir: OutputPaths.stored(outputDir, root: outputRoot) ?? outputDir)
-            } else {
-                event
-            }
         let job: Job = try await transaction(
             onUnknownCommit: .resolve { connection in
                 // Committed iff the row reads back as this transaction wrote it.
-                guard let expected = written.job, let current = try? await Self.fetchJob(connection, id: id),
+                guard let expected = written.job, let current = try? await self.fetchJob(connection, id: id),
                     current.withoutPosition == expected.withoutPosition
                 else { return .notCommitted }
                 return .committed(current)
             }
         ) { connection in
-            let (job, clock) = try await Self.lockJob(connection, id: id, now: now)
+            let (job, clock) = try await self.lockJob(connection, id: id, now: now)
             try authorize?(job)
             let transition = try machine.apply(event, to: job, now: clock)
-            try await Self.write(transition, connection)
-            let result = try await Self.fetchJob(connection, id: id)
+            try await self.write(transition, connection)
+            let result = try await self.fetchJob(connection, id: id)
             // Not for a heartbeat: only what another host acts on or `jobs watch` shows.
             if let channel,
                 result.state != job.state || result.cancelRequested != job.cancelRequested
@@ -458,25 +448,12 @@ public final class PostgresJobStore: TransitionStore {
             written.job = result
             return result
         }
-        return withOutputResolved(job)
-    }
-
-    /// `job` with its output folder made absolute under `outputRoot`.
-    func withOutputResolved(_ job: Job) -> Job {
-        guard let outputRoot, job.outputDir != nil else { return job }
-        var job = job
-        job.outputDir = OutputPaths.resolved(job.outputDir, root: outputRoot)
         return job
-    }
-
-    func withOutputResolved(_ job: PrunedJob) -> PrunedJob {
-        guard let outputRoot else { return job }
-        return PrunedJob(id: job.id, state: job.state, outputDir: OutputPaths.resolved(job.outputDir, root: outputRoot))
     }
 
     /// Reads job `id` with its row locked `FOR UPDATE` until the transaction ends, and the clock
     /// its writes use (`now`, or the database's): the prologue of every single-job write.
-    private static func lockJob(
+    private func lockJob(
         _ connection: PostgresSession, id: Int64, now: Date?
     ) async throws -> (job: Job, clock: Date) {
         let rows = try await connection.sql(
@@ -510,17 +487,17 @@ public final class PostgresJobStore: TransitionStore {
         return try await transaction(onUnknownCommit: .fail) { connection in
             var found: [(Job, Date)] = []
             for row in try await connection.sql(query) {
-                found.append((try Self.decodeJob(row), try row.makeRandomAccess()["clock"].decode(Date.self)))
+                found.append((try self.decodeJob(row), try row.makeRandomAccess()["clock"].decode(Date.self)))
             }
             var recovered: [Job] = []
             for (job, clock) in found {
                 let transition = try machine.apply(event, to: job, now: clock)
-                try await Self.write(transition, connection)
+                try await self.write(transition, connection)
                 if let channel { try await Self.notify(connection, transition.job, channel: channel) }
                 recovered.append(transition.job)
             }
             return recovered
-        }.map(withOutputResolved)
+        }
     }
 }
 

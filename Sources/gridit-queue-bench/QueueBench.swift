@@ -135,7 +135,7 @@ struct QueueBench: AsyncParsableCommand {
                             workerID: "bench/worker-\(worker)", leaseDuration: 120, now: Date())
                         guard claimed != nil else { return mine }
                         let took = before.duration(to: clock.now)
-                        mine.append(Double(took.components.seconds) + Double(took.components.attoseconds) * 1e-18)
+                        mine.append(took / .seconds(1))
                     }
                 }
             }
@@ -147,6 +147,6 @@ struct QueueBench: AsyncParsableCommand {
         }
         return Samples(
             latencies: latencies,
-            wall: Double(wall.components.seconds) + Double(wall.components.attoseconds) * 1e-18)
+            wall: wall / .seconds(1))
     }
 }
