@@ -17,16 +17,16 @@ import Glibc
 
 enum Leftovers {
     /// Removes the leftovers under `layout` and returns their paths. Call only while holding the
-    /// state directory's lock (no other griditd can be writing them). `partialOutputsUntouchedFor`:
-    /// where other hosts write outputs too, only partial folders unmodified for that long go.
+    /// state directory's lock (no other griditd on this state directory can be writing them).
+    /// `partialOutputsUntouchedFor`: where other hosts write outputs too, only partial folders
+    /// in which nothing was modified for that long go.
     @discardableResult
     static func remove(
         in layout: StateLayout, partialOutputsUntouchedFor age: TimeInterval? = nil, logger: Logger
     ) -> [String] {
         let outputs = partialOutputs(in: layout.outputs, depth: 8).filter { path in
             guard let age else { return true }
-            var status = stat()
-            return lstat(path, &status) == 0 && Double(status.st_mtim.tv_sec) < Date().timeIntervalSince1970 - age
+            return newestModification(under: path).map { $0 < Date().timeIntervalSince1970 - age } ?? false
         }
         let exports = entries(in: layout.tmp, type: S_IFREG) { name in
             (name.hasPrefix("export-") && name.hasSuffix(".tar"))
@@ -50,6 +50,18 @@ enum Leftovers {
                 "removed \(removed.count) leftover(s) of an interrupted run", metadata: ["paths": "\(removed)"])
         }
         return removed
+    }
+
+    /// The latest modification time of `path` or anything inside it (links not followed): a
+    /// writer adding frames to a subfolder leaves the top folder's own time as it was.
+    static func newestModification(under path: String) -> TimeInterval? {
+        var status = stat()
+        guard lstat(path, &status) == 0 else { return nil }
+        var newest = Double(status.st_mtim.tv_sec)
+        for case let name as String in FileManager.default.enumerator(atPath: path) ?? .init() {
+            if lstat(path + "/" + name, &status) == 0 { newest = max(newest, Double(status.st_mtim.tv_sec)) }
+        }
+        return newest
     }
 
     /// `upload-<uuid><suffix>` (`UploadPolicy`'s staged bodies, the model store's unpacked folders).

@@ -38,11 +38,19 @@ struct DaemonUnitTests {
         }
         let old = Date().addingTimeInterval(-600)
         try FileManager.default.setAttributes([.modificationDate: old], ofItemAtPath: stale)
+        // Old at the top, a frame just written below: still being written.
+        let writing = layout.outputs + "/.job-3.partial-Gh56Ij"
+        try FileManager.default.createDirectory(atPath: writing + "/frames", withIntermediateDirectories: true)
+        _ = FileManager.default.createFile(atPath: writing + "/frames/frame_00000.png", contents: Data([1]))
+        try FileManager.default.setAttributes([.modificationDate: old], ofItemAtPath: writing + "/frames")
+        try FileManager.default.setAttributes([.modificationDate: old], ofItemAtPath: writing)
         let removed = Leftovers.remove(in: layout, partialOutputsUntouchedFor: 120, logger: Logger(label: "test"))
         #expect(removed == [stale])
         #expect(FileManager.default.fileExists(atPath: fresh), "another host may be writing it")
+        #expect(FileManager.default.fileExists(atPath: writing), "a file deep inside was just written")
         #expect(
-            Leftovers.remove(in: layout, logger: Logger(label: "test")) == [fresh], "one host: every partial output")
+            Set(Leftovers.remove(in: layout, logger: Logger(label: "test"))) == [fresh, writing],
+            "one host: every partial output")
     }
 
     @Test("routes match literal segments first and take parameters")
