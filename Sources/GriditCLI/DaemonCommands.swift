@@ -70,7 +70,7 @@ struct Status: ClientCommand {
         }
         var text = """
             griditd \(status.version) (API \(status.apiVersion)), pid \(status.pid), up \(Rendering.duration(status.uptimeSeconds))
-            State dir:  \(status.stateDirectory)\(status.diskFreeBytes.map { " (\(formatBytes($0)) free)" } ?? "")\(status.sharedRoot.map { "\nShared:     \($0) (work folders and outputs)" } ?? "")
+            State dir:  \(status.stateDirectory)\(status.sharedRoot.map { "\nShared:     \($0) (work folders and outputs)" } ?? "")\(status.diskFreeBytes.map { "\nFree:       \(formatBytes($0))\(status.sharedRoot == nil ? "" : " (on the fuller of the two)")" } ?? "")
             Engine:     \(status.engineAvailable ? "ready, \(status.blasThreads) BLAS threads" : "not in this build (jobs stay queued)")
 
             """
@@ -169,7 +169,10 @@ struct Doctor: ClientCommand {
                 let ok = free >= status.minFreeBytes * 4
                 checks.append(
                     Check(
-                        name: "disk", ok: ok, detail: "\(formatBytes(free)) free in \(status.stateDirectory)",
+                        name: "disk", ok: ok,
+                        detail:
+                            "\(formatBytes(free)) free in \(status.stateDirectory)"
+                            + (status.sharedRoot.map { " or \($0), whichever has less" } ?? ""),
                         fix: ok
                             ? nil
                             : "free space or prune old jobs (`griditctl jobs prune`); below \(formatBytes(status.minFreeBytes)) no job starts"

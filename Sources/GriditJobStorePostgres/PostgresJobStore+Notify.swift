@@ -27,8 +27,14 @@ extension PostgresJobStore: JobChangeFeed {
 
     /// Sends `job`'s change to every listening host when the transaction commits.
     static func notify(_ connection: PostgresSession, _ job: Job, channel: String) async throws {
-        let payload = "\(job.id) \(job.state.rawValue) \(job.cancelRequested ? 1 : 0)"
-        try await connection.sql("SELECT pg_notify(\(channel), \(payload))")
+        try await notify(connection, [job], channel: channel)
+    }
+
+    /// Sends every change of `jobs` in one statement (a recovery may requeue hundreds).
+    static func notify(_ connection: PostgresSession, _ jobs: [Job], channel: String) async throws {
+        guard !jobs.isEmpty else { return }
+        let payloads = jobs.map { "\($0.id) \($0.state.rawValue) \($0.cancelRequested ? 1 : 0)" }
+        try await connection.sql("SELECT pg_notify(\(channel), p) FROM unnest(\(payloads)::text[]) AS p")
     }
 
     /// Tells every listening host to look at the queue again (a resume).

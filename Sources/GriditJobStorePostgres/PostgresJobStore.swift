@@ -493,9 +493,9 @@ public final class PostgresJobStore: TransitionStore {
             for (job, clock) in found {
                 let transition = try machine.apply(event, to: job, now: clock)
                 try await self.write(transition, connection)
-                if let channel { try await Self.notify(connection, transition.job, channel: channel) }
                 recovered.append(transition.job)
             }
+            if let channel { try await Self.notify(connection, recovered, channel: channel) }
             return recovered
         }
     }

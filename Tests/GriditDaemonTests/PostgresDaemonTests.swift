@@ -110,6 +110,7 @@ struct PostgresDaemonTests {
         #expect(status.stdout.contains(String(nodeA.prefix(8)) + "   ") && status.stdout.contains(hostname))
         #expect(status.stdout.contains(String(nodeB.prefix(8)) + " *"), "\(status.stdout)")
         #expect(status.stdout.contains("Shared:     \(shared.path)"), "\(status.stdout)")
+        #expect(status.stdout.contains("(on the fuller of the two)"), "\(status.stdout)")
         let statusJSON = try ctl(b, ["status", "--json"])
         let decoded = try APICoding.decoder().decode(DaemonStatus.self, from: Data(statusJSON.stdout.utf8))
         #expect(Set(decoded.nodes?.map(\.id) ?? []) == [nodeA, nodeB] && decoded.sharedRoot == shared.path)

@@ -45,6 +45,62 @@ struct PostgresJobStoreTests {
         }
     }
 
+    @Test("across hosts: 1,000 submits with 100 idempotency keys on 5 pools give exactly 100 jobs")
+    func idempotencyAcrossPools() async throws {
+        try await TestSchema().withStores(5, clock: .database, connections: 4) { stores in
+            let results = try await withThrowingTaskGroup(of: SubmitResult.self) { group in
+                // Each key is submitted 10 times, twice from every pool, in an interleaved order.
+                for attempt in 0..<1_000 {
+                    let store = stores[attempt % stores.count], key = "key-\(attempt % 100)"
+                    group.addTask {
+                        try await store.submit(
+                            JobSubmission(params: "{}", length: 4, idempotencyKey: key), owner: 1, maxQueued: 10_000,
+                            now: Date())
+                    }
+                }
+                var all: [SubmitResult] = []
+                for try await result in group { all.append(result) }
+                return all
+            }
+            #expect(results.count == 1_000)
+            #expect(results.filter { !$0.deduplicated }.count == 100)
+            // Every answer for a key names the one job of that key.
+            let jobsPerKey = Dictionary(grouping: results, by: { $0.job.idempotencyKey ?? "" }).mapValues {
+                Set($0.map(\.job.id))
+            }
+            #expect(jobsPerKey.count == 100 && jobsPerKey.values.allSatisfy { $0.count == 1 })
+            #expect(try await stores[0].count("SELECT count(*) FROM job") == 100)
+        }
+    }
+
+    @Test("across hosts: maxQueued holds exactly under 500 concurrent submits on 5 pools")
+    func maxQueuedAcrossPools() async throws {
+        let limit = 137
+        try await TestSchema().withStores(5, clock: .database, connections: 4) { stores in
+            let outcomes = try await withThrowingTaskGroup(of: Bool.self) { group in
+                for attempt in 0..<500 {
+                    let store = stores[attempt % stores.count]
+                    group.addTask {
+                        do {
+                            _ = try await store.submit(
+                                JobSubmission(params: "{}", length: 4), owner: UInt32(attempt % 7 + 1),
+                                maxQueued: limit, now: Date())
+                            return true
+                        } catch let error as StateError where error.code == .queueFull {
+                            return false
+                        }
+                    }
+                }
+                var all: [Bool] = []
+                for try await accepted in group { all.append(accepted) }
+                return all
+            }
+            #expect(outcomes.filter { $0 }.count == limit)
+            #expect(outcomes.filter { !$0 }.count == 500 - limit)
+            #expect(try await stores[0].count("SELECT count(*) FROM job WHERE state = 'queued'") == limit)
+        }
+    }
+
     @Test("cancel racing heartbeats 1,000 times: the cancel is never lost")
     func cancelRacesHeartbeats() async throws {
         let rounds = 1_000
@@ -294,6 +350,37 @@ struct PostgresNotificationTests {
             #expect(await next.next() == .lookAgain, "listening again")
             _ = try await stores[1].cancel(id: first.id, requesterUID: 1, isAdmin: false, now: Date())
             #expect(await next.next() == .job(JobChange(id: first.id, state: .canceled, cancelRequested: true)))
+        }
+    }
+
+    @Test("a recovery notifies every job it requeues", .timeLimit(.minutes(2)))
+    func recoveryNotifiesEveryJob() async throws {
+        try await TestSchema().withStores(2, clock: .caller) { stores in
+            let (events, delivered) = AsyncStream.makeStream(of: JobChangeEvent.self)
+            let follower = Task { await stores[0].followChanges { delivered.yield($0) } }
+            defer { follower.cancel() }
+            var next = events.makeAsyncIterator()
+            #expect(await next.next() == .lookAgain, "listening")
+            var submitted: Set<Int64> = []
+            for _ in 0..<3 {
+                let job = try await stores[1].submit(
+                    JobSubmission(params: "{}", length: 4), owner: 1, maxQueued: 10, now: at(0)
+                ).job
+                submitted.insert(job.id)
+                #expect(await next.next() == .job(JobChange(id: job.id, state: .queued, cancelRequested: false)))
+            }
+            for _ in 0..<3 { _ = try await stores[1].claim(workerID: "w", leaseDuration: 60, now: at(1)) }
+            let recovered = try await stores[1].recoverExpiredLeases(now: at(1_000))
+            #expect(Set(recovered.map(\.id)) == submitted)
+            var heard: [JobChange] = []
+            for _ in recovered {
+                if case .job(let change) = await next.next() { heard.append(change) }
+            }
+            #expect(
+                heard.sorted { $0.id < $1.id }
+                    == recovered.sorted { $0.id < $1.id }.map {
+                        JobChange(id: $0.id, state: $0.state, cancelRequested: $0.cancelRequested)
+                    })
         }
     }
 }
