@@ -181,9 +181,14 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private var upload = false
     private var bodyLimit: Int64 = 0
     private var received: Int64 = 0
-    /// A response head went out for the current request; `responseInFlight` until its end.
-    private var answered = false
+    /// Whole requests received and responses ended: more of the first, a request awaits its answer.
+    private var requestsEnded = 0
+    private var responsesEnded = 0
+    /// A response head went out and its end has not.
     private var responseInFlight = false
+    /// A malformed request that follows one still being answered (pipelined): its error
+    /// answer goes out after that answer, then the connection closes.
+    private var pendingError: (HTTPResponse.Status, APIError)?
     /// An answer of this handler is on its way and the connection closes after it.
     private var closing = false
     /// The response in flight says `Connection: close`: the connection closes once it is written
@@ -208,7 +213,6 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             timeouts.headReceived(at: .now(), streamed: upload)
             bodyLimit = upload ? limits.maxUploadBytes : Int64(limits.maxDrainBytes)
             received = 0
-            answered = false
             if let declared = head.headerFields[.contentLength].flatMap({ Int64($0) }), declared > bodyLimit {
                 return answerAndClose(context, status: .contentTooLarge, error: Self.tooLarge(limits, upload: upload))
             }
@@ -219,6 +223,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
                 return answerAndClose(context, status: .contentTooLarge, error: Self.tooLarge(limits, upload: upload))
             }
         case .end:
+            requestsEnded += 1
             timeouts.requestEnded()
         }
         rearm(context)
@@ -241,13 +246,17 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         guard let parserError = error as? HTTPParserError else { return context.fireErrorCaught(error) }
         let tooLarge = parserError == .headerOverflow
-        answerAndClose(
-            context, status: tooLarge ? .requestHeaderFieldsTooLarge : .badRequest,
-            error: APIError(
-                .badRequest,
-                tooLarge
-                    ? "the request headers are larger than griditd allows (64 KiB)"
-                    : "malformed HTTP request (\(parserError))"))
+        let status: HTTPResponse.Status = tooLarge ? .requestHeaderFieldsTooLarge : .badRequest
+        let error = APIError(
+            .badRequest,
+            tooLarge
+                ? "the request headers are larger than griditd allows (64 KiB)"
+                : "malformed HTTP request (\(parserError))")
+        if requestsEnded > responsesEnded && pendingError == nil {
+            pendingError = (status, error)
+        } else {
+            answerAndClose(context, status: status, error: error)
+        }
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
@@ -257,7 +266,6 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         }
         switch unwrapOutboundIn(data) {
         case .head(let head) where head.status.code >= 200:
-            answered = true
             responseInFlight = true
             closeAfterResponse = head.headerFields[.connection]?.lowercased() == "close"
         case .end where closeAfterResponse:
@@ -269,6 +277,11 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             return context.writeAndFlush(data, promise: written)
         case .end:
             responseInFlight = false
+            responsesEnded += 1
+            if let (status, error) = pendingError {
+                context.write(data, promise: promise)
+                return answerAndClose(context, status: status, error: error)
+            }
             timeouts.responseEnded(at: .now())
             rearm(context)
         default: break
@@ -286,7 +299,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         guard !closing else { return }
         closing = true
         timer?.cancel()
-        guard !answered && !responseInFlight else { return context.close(promise: nil) }
+        guard !responseInFlight else { return context.close(promise: nil) }
         let (head, body) = ErrorAnswer.parts(status: status, error: error)
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         context.write(wrapOutboundOut(.body(body)), promise: nil)
@@ -329,6 +342,30 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
                 .payloadTooLarge,
                 "the request body is larger than \(limits.maxBodyBytes) bytes (10 MiB), the limit of griditd's API; "
                     + "no request needs that much (models are imported by path, or streamed to POST /v1/models/upload)")
+    }
+}
+
+/// HTTP/1.0 closes after each answer unless the request asks to keep the connection alive; the
+/// HTTP-types request Hummingbird sees has no version, so this marks such a request
+/// `Connection: close` before it is converted (a 1.0 client reading to the end of the answer
+/// would otherwise wait out the idle timeout).
+final class HTTP10Close: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard case .head(var head) = unwrapInboundIn(data), head.version.major == 1, head.version.minor == 0,
+            !head.isKeepAlive
+        else { return context.fireChannelRead(data) }
+        head.headers.replaceOrAdd(name: "Connection", value: "close")
+        context.fireChannelRead(wrapInboundOut(.head(head)))
+    }
+
+    /// Adds the handler right after `channel`'s HTTP/1 request decoder.
+    static func add(to channel: any Channel) throws {
+        let pipeline = channel.pipeline.syncOperations
+        let decoder = try pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
+        try pipeline.addHandler(HTTP10Close(), position: .after(decoder))
     }
 }
 

@@ -252,8 +252,9 @@ public struct HTTPServer: Sendable {
                 ? channel.eventLoop.makeSucceededFuture(Caller.anonymous.credentials)
                 : PeerCredentials.read(from: channel)
             return peer.flatMap { credentials in
-                http1.setup(channel: channel, logger: logger).map {
-                    AcceptedConnection(channel: $0, credentials: credentials)
+                http1.setup(channel: channel, logger: logger).flatMapThrowing {
+                    try HTTP10Close.add(to: channel)
+                    return AcceptedConnection(channel: $0, credentials: credentials)
                 }
             }
         }

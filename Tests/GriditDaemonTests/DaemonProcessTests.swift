@@ -197,6 +197,19 @@ struct DaemonProcessTests {
         // A client that half-closes after its request still gets the answer.
         let halfClosed = try rawExchange(s, httpRequest("GET", "/v1/version"), halfClose: true)
         #expect(halfClosed.hasPrefix("HTTP/1.1 200"), "half-closed: \(halfClosed.prefix(100))")
+        // HTTP/1.0 closes after the answer unless the client asks to keep the connection alive
+        // (long before the 60 s idle timeout, which would close it too).
+        let http10 = try exchange(s, Array("GET /v1/version HTTP/1.0\r\n\r\n".utf8), timeout: 30)
+        #expect(http10.answer.contains(" 200 ") && http10.closedByServer, "HTTP/1.0: \(http10.answer.prefix(100))")
+        let keptAlive = try exchange(
+            s, Array("GET /v1/version HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".utf8), timeout: 1)
+        #expect(keptAlive.answer.contains(" 200 ") && !keptAlive.closedByServer, "\(keptAlive.answer.prefix(100))")
+        // A malformed request pipelined after a good one: the good one is answered, then the error.
+        let pipelined = try exchange(
+            s, Array("GET /v1/version HTTP/1.1\r\nHost: x\r\n\r\n\u{01}NOT HTTP\r\n\r\n".utf8), timeout: 30)
+        #expect(pipelined.closedByServer)
+        #expect(pipelined.answer.hasPrefix("HTTP/1.1 200"), "pipelined: \(pipelined.answer.prefix(100))")
+        #expect(pipelined.answer.contains("HTTP/1.1 400"), "pipelined: \(pipelined.answer.suffix(300))")
         // Half a request, then the client vanishes.
         _ = try rawExchange(s, Array("POST /v1/jobs HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"len".utf8), timeout: 2)
 
