@@ -23,7 +23,8 @@ extension SafetensorsFile {
                     code: .unsupportedDType, path: self.path, tensor: info.name,
                     message: "dtype \(info.dtype.rawValue) cannot be converted (supported: F32, F16, BF16)")
             }
-            entries.append(.init(name: info.name, shape: info.shape, dtype: bf16.contains(info.name) ? .bf16 : info.dtype))
+            entries.append(
+                .init(name: info.name, shape: info.shape, dtype: bf16.contains(info.name) ? .bf16 : info.dtype))
         }
         let mapping = self.mapping
         let tensors = self.tensors
@@ -35,13 +36,16 @@ extension SafetensorsFile {
                 let at = (offset + i) * width
                 let value: Float
                 switch info.dtype {
-                case .f16: value = HalfPrecision.float(fromHalfBits: source.loadUnaligned(fromByteOffset: at, as: UInt16.self))
+                case .f16:
+                    value = HalfPrecision.float(fromHalfBits: source.loadUnaligned(fromByteOffset: at, as: UInt16.self))
                 case .bf16:
-                    value = HalfPrecision.float(fromBFloat16Bits: source.loadUnaligned(fromByteOffset: at, as: UInt16.self))
+                    value = HalfPrecision.float(
+                        fromBFloat16Bits: source.loadUnaligned(fromByteOffset: at, as: UInt16.self))
                 default: value = source.loadUnaligned(fromByteOffset: at, as: Float.self)
                 }
                 // The writer rounds to nearest even; the kernels also flush subnormals to zero.
-                chunk[i] = entries[index].dtype == .bf16 && value.isSubnormal ? (value.sign == .minus ? -0.0 : 0) : value
+                chunk[i] =
+                    entries[index].dtype == .bf16 && value.isSubnormal ? (value.sign == .minus ? -0.0 : 0) : value
             }
             if offset + chunk.count == info.elementCount { mapping.releasePages(in: info.fileRange) }
         }

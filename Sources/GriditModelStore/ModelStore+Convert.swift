@@ -58,7 +58,9 @@ extension ModelStore {
         }
 
         // The DiT stages: their weights converted into ingest/, then hashed in like an import.
-        var stages: [(weights: PipelineSpec.FileRole, config: PipelineSpec.FileRole)] = [(.stage1Weights, .stage1Config)]
+        var stages: [(weights: PipelineSpec.FileRole, config: PipelineSpec.FileRole)] = [
+            (.stage1Weights, .stage1Config)
+        ]
         if manifest.pipeline.stage2 != nil { stages.append((.stage2Weights, .stage2Config)) }
         var plans: [(role: PipelineSpec.FileRole, file: SafetensorsFile, keys: Set<String>)] = []
         for stage in stages {
@@ -77,7 +79,8 @@ extension ModelStore {
         let converted = plans.filter { plan in plan.keys.contains { plan.file.info($0)?.dtype != .bf16 } }
         guard !converted.isEmpty else {
             throw ModelStoreError(
-                .invalidInput, "\(reference) (\(digest)) already stores its weights in \(precision); nothing to convert",
+                .invalidInput,
+                "\(reference) (\(digest)) already stores its weights in \(precision); nothing to convert",
                 hint: "run it as it is, or tag it with `models tag`")
         }
 
@@ -107,7 +110,9 @@ extension ModelStore {
         for (role, _) in spec.files { names[role] = "\(role.rawValue) of the \(precision) copy of \(digest)" }
         try PipelineValidation.validate(spec.mapFiles { role, _ in ingested[role]?.path ?? paths[role]! }, names: names)
         var files: [PipelineSpec.FileRole: (digest: BlobDigest, size: Int64)] = [:]
-        for blob in manifest.blobs { files[blob.role] = ingested[blob.role].map { ($0.digest, $0.size) } ?? (blob.digest, blob.size) }
+        for blob in manifest.blobs {
+            files[blob.role] = ingested[blob.role].map { ($0.digest, $0.size) } ?? (blob.digest, blob.size)
+        }
         let newManifest = PipelineManifest(spec: spec, files: files)
         let manifestFile = try IngestFile.fromBytes(newManifest.encoded(), into: local)
         let kept = Dictionary(

@@ -130,8 +130,10 @@ final class DiTLayers: Sendable {
                 + [(\.finalAdaLNWeight, \.finalAdaLNBias)])
         blocks = (0..<c.depth).map { i in
             Block(
-                qkv: lin(\.blocks[i].qkvWeight, \.blocks[i].qkvBias), proj: lin(\.blocks[i].projWeight, \.blocks[i].projBias),
-                fc1: lin(\.blocks[i].fc1Weight, \.blocks[i].fc1Bias), fc2: lin(\.blocks[i].fc2Weight, \.blocks[i].fc2Bias))
+                qkv: lin(\.blocks[i].qkvWeight, \.blocks[i].qkvBias),
+                proj: lin(\.blocks[i].projWeight, \.blocks[i].projBias),
+                fc1: lin(\.blocks[i].fc1Weight, \.blocks[i].fc1Bias),
+                fc2: lin(\.blocks[i].fc2Weight, \.blocks[i].fc2Bias))
         }
         final = lin(\.finalLinearWeight, \.finalLinearBias)
     }

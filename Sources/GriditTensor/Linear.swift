@@ -68,14 +68,10 @@ public struct LinearWeight: @unchecked Sendable {
         weight: Tensor, bias: Tensor?, precision: Precision = .fp32, backend: KernelBackend = .current,
         packFP32: Bool = false
     ) {
-        precondition(weight.rank == 2, "LinearWeight: weight must be (out, in), got \(weight.shape)")
-        if let bias {
-            precondition(bias.count == weight.shape[0], "LinearWeight: bias \(bias.shape) vs \(weight.shape)")
-        }
+        (outFeatures, inFeatures) = Self.features(weight.shape, bias: bias)
         self.weight = weight
         self.bf16Weight = nil
         self.bias = bias
-        (outFeatures, inFeatures) = (weight.shape[0], weight.shape[1])
         self.precision = precision.effective(on: backend)
         if backend.ownsGEMM && (self.precision == .bf16 || packFP32) {
             let (N, K) = (weight.shape[0], weight.shape[1])
@@ -94,15 +90,11 @@ public struct LinearWeight: @unchecked Sendable {
     /// (`KernelBackend.hasBF16`); the products are those of `init(weight:...)` with the bits'
     /// float values, bit for bit.
     public init(bf16 weight: BF16Tensor, bias: Tensor?, backend: KernelBackend = .current, pack: Bool = true) {
-        precondition(weight.rank == 2, "LinearWeight: weight must be (out, in), got \(weight.shape)")
         precondition(backend.hasBF16, "LinearWeight: bf16 bits need a backend with bf16 products, not \(backend)")
-        if let bias {
-            precondition(bias.count == weight.shape[0], "LinearWeight: bias \(bias.shape) vs \(weight.shape)")
-        }
+        (outFeatures, inFeatures) = Self.features(weight.shape, bias: bias)
         self.weight = nil
         self.bf16Weight = weight
         self.bias = bias
-        (outFeatures, inFeatures) = (weight.shape[0], weight.shape[1])
         precision = .bf16
         if pack {
             let buffer = AlignedBuffer(byteCount: gk_packed_b_bytes(outFeatures, inFeatures, 1))
@@ -111,6 +103,13 @@ public struct LinearWeight: @unchecked Sendable {
         } else {
             packed = nil
         }
+    }
+
+    /// (out, in) of a weight of `shape`, checked against the bias.
+    private static func features(_ shape: [Int], bias: Tensor?) -> (Int, Int) {
+        precondition(shape.count == 2, "LinearWeight: weight must be (out, in), got \(shape)")
+        if let bias { precondition(bias.count == shape[0], "LinearWeight: bias \(bias.shape) vs \(shape)") }
+        return (shape[0], shape[1])
     }
 
     /// Bytes of the packed copy (0 when the products read `weight` in place).
@@ -163,7 +162,8 @@ public func linear(
     } else {
         precondition(ldx == K && ldy == N, "linear: strided rows need the AVX-512 backend")
         BLAS.exclusive(threads: 1) {
-            linearRows(x, rows: M, segment: segment, weight: w.fp32Weight, bias: w.bias, workers: context.workers, into: y)
+            linearRows(
+                x, rows: M, segment: segment, weight: w.fp32Weight, bias: w.bias, workers: context.workers, into: y)
         }
         if gelu { geluTanh(y, count: M * N) }
     }

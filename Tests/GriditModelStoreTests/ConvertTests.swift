@@ -58,7 +58,9 @@ struct ConvertTests {
 
         let converted = try store.resolvePipeline(digest).spec
         let fp32 = try store.resolvePipeline(try store.resolve("tiny:v1")).spec
-        for (config, weights) in [(converted.stage1.config, converted.stage1.weights), (converted.stage2!.config, converted.stage2!.weights)] {
+        for (config, weights) in [
+            (converted.stage1.config, converted.stage1.weights), (converted.stage2!.config, converted.stage2!.weights),
+        ] {
             let keys = DiTWeights.bf16Keys(try DiTConfiguration.load(path: config))
             let file = try SafetensorsFile(path: weights)
             for name in file.tensorNames {
@@ -99,7 +101,8 @@ struct ConvertTests {
         let unnamed = storeError { try store.convert(source.digest, precision: "bf16") }
         #expect(unnamed?.code == .invalidReference && unnamed?.hint?.contains("--name") == true)
         #expect(storeError { try store.convert("nope:v1", precision: "bf16") }?.code == .notFound)
-        #expect(storeError { try store.convert("tiny:v1", precision: "bf16", name: "Bad Name") }?.code == .invalidReference)
+        #expect(
+            storeError { try store.convert("tiny:v1", precision: "bf16", name: "Bad Name") }?.code == .invalidReference)
         #expect(try StoreSnapshot(store) == before)
     }
 

@@ -153,7 +153,8 @@ func layersFromBF16BitsGiveTheBitsOfTheirFloatValues() {
             let expected = runLinear(x, rows: M, fromFloats, workers: 2, backend: .current)
             #expect(runLinear(x, rows: M, fromBits, workers: 2, backend: .current) == expected, "\(M)x\(N)x\(K)")
 
-            let ctx = ComputeContext(workers: 2, backend: .current, scratchBytes: FusedLinear.scratchBytes(rows: M, inFeatures: K))
+            let ctx = ComputeContext(
+                workers: 2, backend: .current, scratchBytes: FusedLinear.scratchBytes(rows: M, inFeatures: K))
             func fused(_ layer: LinearWeight) -> [Float] {
                 let y = Tensor(zeros: [M, N])
                 FusedLinear([layer], precision: .bf16).apply(x, rows: M, into: y.mutablePointer, context: ctx)
@@ -161,7 +162,8 @@ func layersFromBF16BitsGiveTheBitsOfTheirFloatValues() {
             }
             let unpacked = LinearWeight(bf16: bf16, bias: Tensor(b, shape: [N]), backend: .current, pack: false)
             #expect(unpacked.packedByteCount == 0)
-            #expect(fused(unpacked) == fused(LinearWeight(weight: Tensor(w, shape: [N, K]), bias: Tensor(b, shape: [N]))))
+            #expect(
+                fused(unpacked) == fused(LinearWeight(weight: Tensor(w, shape: [N, K]), bias: Tensor(b, shape: [N]))))
         }
     }
 }
