@@ -355,7 +355,7 @@ let package = Package(
             dependencies: [
                 "GriditTestSupport",
                 "GriditModelStore", "GriditBackend", "GriditAPI", "GriditJobQueue", "GriditStateDatabase",
-                "GriditDiffusion", "GriditModels", "GriditCheckpoint", "CModelStore",
+                "GriditDiffusion", "GriditModels", "GriditCheckpoint", "GriditTensor", "CModelStore",
             ],
             swiftSettings: swiftSettings
         ),

@@ -580,6 +580,34 @@ int gk_pack_b(const float *b, size_t ldb, size_t N, size_t K, int bf16, void *ds
     return run_pack(&j, dst, gk_packed_b_bytes(N, K, bf16), round_up(N, NR) / NR, workers, pack_b_task);
 }
 
+typedef struct {
+    const uint16_t *b;
+    size_t ldb, N, K;
+    uint32_t *dst;
+} pack_bits_job;
+
+// Panel q: pair p of column n is (b[n][2p], b[n][2p + 1]) as one 32-bit word, [Kp/2][NR] per panel;
+// columns past N and the odd k past K stay zero (the caller zeroed dst).
+static void pack_bits_task(void *ctx, size_t q, int worker) {
+    (void)worker;
+    const pack_bits_job *j = ctx;
+    size_t pairs = (j->K + 1) / 2, rows = min_sz(NR, j->N - q * NR);
+    uint32_t *panel = j->dst + q * pairs * NR;
+    for (size_t n = 0; n < rows; n++) {
+        const uint16_t *row = j->b + (q * NR + n) * j->ldb;
+        for (size_t p = 0; p < j->K / 2; p++) {
+            panel[p * NR + n] = (uint32_t)row[2 * p] | (uint32_t)row[2 * p + 1] << 16;
+        }
+        if (j->K % 2) panel[(pairs - 1) * NR + n] = row[j->K - 1];
+    }
+}
+
+void gk_pack_b_from_bf16(const uint16_t *b, size_t ldb, size_t N, size_t K, void *dst, int workers) {
+    pack_bits_job j = {.b = b, .ldb = ldb, .N = N, .K = K, .dst = dst};
+    memset(dst, 0, gk_packed_b_bytes(N, K, 1));
+    gk_parallel_for(round_up(N, NR) / NR, workers < 1 ? 1 : workers, pack_bits_task, &j);
+}
+
 int gk_pack_a(const float *a, size_t lda, size_t M, size_t K, int bf16, void *dst, int workers) {
     if (workers < 1) workers = 1;
     gk_gemm_args g = {.M = M, .K = K, .a = a, .lda = lda};
@@ -703,6 +731,7 @@ size_t gk_gemm_scratch_bytes(size_t M, size_t K, int bf16, int a_packed, int wor
 void gk_gemm(const gk_gemm_args *g, void *scratch, int workers) { (void)g; (void)scratch; (void)workers; abort(); }
 int gk_pack_a(const float *a, size_t lda, size_t M, size_t K, int bf16, void *dst, int workers) { abort(); }
 int gk_pack_b(const float *b, size_t ldb, size_t N, size_t K, int bf16, void *dst, int workers) { abort(); }
+void gk_pack_b_from_bf16(const uint16_t *b, size_t ldb, size_t N, size_t K, void *dst, int workers) { abort(); }
 size_t gk_linear_small_scratch_bytes(size_t M, size_t K, int bf16) { return 0; }
 void gk_linear_small(const float *x, size_t ldx, size_t M, size_t K, int bf16, const gk_small_segment *segs,
                      size_t nsegs, float *y, size_t ldy, void *scratch, int workers) { abort(); }

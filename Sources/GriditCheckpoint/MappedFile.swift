@@ -1,3 +1,5 @@
+import GriditTensor
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,7 +16,7 @@ import Glibc
 /// replaces the directory entry and leaves mapped files intact.
 ///
 /// `@unchecked Sendable`: every field is immutable after `init` and the memory is read-only.
-public final class MappedFile: @unchecked Sendable {
+public final class MappedFile: PageReleasing, @unchecked Sendable {
     /// Best-effort access-pattern hints (`posix_madvise`); failures are ignored.
     public enum Advice: Sendable {
         case normal, sequential, random, willNeed, dontNeed
@@ -91,5 +93,27 @@ public final class MappedFile: @unchecked Sendable {
             UnsafeMutableRawPointer(mutating: base + start), range.upperBound - start,
             advice.value)
         return result == 0
+    }
+
+    /// Drops this process's page-table entries for the whole pages inside the range
+    /// (`madvise(MADV_DONTNEED)`; `posix_madvise`'s DONTNEED is a no-op in glibc): they stop
+    /// counting as resident memory here, stay in the page cache for other users of the file, and
+    /// the next read of them faults the same bytes back in (the mapping is read-only and shared,
+    /// so nothing can be lost). Used once a model holds a packed copy of a weight. Returns false
+    /// when nothing was dropped (no whole page inside, or the kernel refused).
+    @discardableResult
+    public func releasePages(in range: Range<Int>) -> Bool {
+        let range = range.clamped(to: 0..<size)
+        let page = max(Int(sysconf(Int32(_SC_PAGESIZE))), 1)
+        let start = (range.lowerBound + page - 1) / page * page
+        let end = range.upperBound == size ? size : range.upperBound / page * page
+        guard start < end else { return false }
+        return madvise(UnsafeMutableRawPointer(mutating: base + start), end - start, MADV_DONTNEED) == 0
+    }
+
+    public func releasePages(_ start: UnsafeRawPointer, byteCount: Int) {
+        let offset = start - base
+        guard offset >= 0, byteCount > 0, offset < size else { return }
+        releasePages(in: offset..<min(size, offset + byteCount))
     }
 }

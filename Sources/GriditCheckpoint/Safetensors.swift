@@ -22,7 +22,8 @@
 //
 // Zero copy: an F32 tensor whose bytes are 4-byte aligned in memory is returned as a borrowed
 // Tensor pointing into the mapping (no copy, read-only). Other F32 tensors, and F16/BF16, are
-// converted into a new owned float32 Tensor on each call.
+// converted into a new owned float32 Tensor on each call. `bfloat16(named:)` lends a BF16
+// tensor's bits in place, for the bf16 layers to pack without a float32 copy.
 
 import GriditTensor
 
@@ -152,6 +153,15 @@ public struct SafetensorsFile: TensorSource, Sendable {
                 message: "dtype \(info.dtype.rawValue) cannot be read as float32 (supported: F32, F16, BF16)",
                 hint: Hints.toFloat32)
         }
+    }
+
+    /// Tensor `name`'s bits, borrowed from the mapping, when it is stored as BF16 (2-byte aligned,
+    /// as every writer aligns it); nil for any other dtype (`tensor(named:)` serves those).
+    public func bfloat16(named name: String) throws(CheckpointError) -> BF16Tensor? {
+        guard let info = info(name), info.dtype == .bf16 else { return nil }
+        let source = mapping.base + info.fileRange.lowerBound
+        guard Int(bitPattern: source) % MemoryLayout<UInt16>.alignment == 0 else { return nil }
+        return BF16Tensor(borrowing: source.assumingMemoryBound(to: UInt16.self), shape: info.shape, owner: mapping)
     }
 }
 

@@ -195,7 +195,7 @@ extension ModelStore {
     /// Publishes the ingested files and the manifest, then commits the version and its tags in one
     /// transaction. Until the commit the blobs are `pending` (gc keeps them); a crash before it
     /// leaves at most complete, unreferenced blobs, which the next gc removes.
-    private func commit(
+    func commit(
         manifest: PipelineManifest, manifestDigest: BlobDigest? = nil, manifestSize: Int64? = nil,
         manifestFile: IngestFile?, files: [IngestFile], existing: [BlobDigest: String], source: String,
         tags: [(name: String, tag: String)]

@@ -6,13 +6,20 @@ public struct Binding<Weights> {
     public let key: String
     public let shape: [Int]
     public let optional: Bool
+    /// A weight of a matrix product, which bf16 products round to bf16 (`Precision.bf16`): a
+    /// bf16 model takes it from a bf16 checkpoint as it is, and a bf16 conversion stores it so.
+    public let roundedInBF16: Bool
     let path: WritableKeyPath<Weights, Tensor?>
 
-    init(_ key: String, _ shape: [Int], _ path: WritableKeyPath<Weights, Tensor?>, optional: Bool = false) {
+    init(
+        _ key: String, _ shape: [Int], _ path: WritableKeyPath<Weights, Tensor?>, optional: Bool = false,
+        bf16: Bool = false
+    ) {
         self.key = key
         self.shape = shape
         self.path = path
         self.optional = optional
+        self.roundedInBF16 = bf16
     }
 }
 
@@ -57,14 +64,25 @@ func checkBinding<Weights>(_ table: [Binding<Weights>], against source: any Tens
 }
 
 /// Binds a whole table from `source` once `checkBinding` passes. Tensors are taken as the source lends
-/// them (borrowed from a mapping when F32).
-func bind<Weights>(_ table: [Binding<Weights>], from source: any TensorSource, into weights: inout Weights) throws {
+/// them (borrowed from a mapping when F32). With `bf16`, the rows `roundedInBF16` that the source
+/// stores as bfloat16 are not read as float32: their bits are returned by key path instead, for
+/// the bf16 layers to pack (their fields stay nil).
+@discardableResult
+func bind<Weights>(
+    _ table: [Binding<Weights>], from source: any TensorSource, into weights: inout Weights, bf16: Bool = false
+) throws -> [WritableKeyPath<Weights, Tensor?>: BF16Tensor] {
     try checkBinding(table, against: source)
+    var bits: [WritableKeyPath<Weights, Tensor?>: BF16Tensor] = [:]
     for b in table where source.shape(of: b.key) != nil {
         do {
-            weights[keyPath: b.path] = try source.tensor(named: b.key)
+            if bf16 && b.roundedInBF16, let found = try source.bfloat16(named: b.key) {
+                bits[b.path] = found
+            } else {
+                weights[keyPath: b.path] = try source.tensor(named: b.key)
+            }
         } catch {
             throw BindingError.source(key: b.key, message: "\(error)")
         }
     }
+    return bits
 }

@@ -13,6 +13,8 @@ public struct DiTBlockWeights: Sendable {
     public var adaLNWeight, adaLNBias: Tensor?  // (6D, D), (6D)
 }
 
+/// A model bound in bf16 from a bf16 checkpoint leaves the fields of the weights it packed from
+/// their bits (`Binding.roundedInBF16`) nil.
 public struct DiTWeights: Sendable {
     public var posEmbed: Tensor?  // (1, T, D); computed 2-D sin-cos when absent
     public var xEmbedWeight, xEmbedBias: Tensor?  // (D, C+Cc, P, P), (D)
@@ -25,17 +27,24 @@ public struct DiTWeights: Sendable {
 
     init(depth: Int) { blocks = Array(repeating: DiTBlockWeights(), count: depth) }
 
-    /// The one table binding checkpoint keys (verbatim from the PyTorch state_dict) to weights.
+    /// The keys of the weights that bf16 products round to bf16: what a bf16 checkpoint of this
+    /// model stores as BF16 (everything else, biases and embeddings, stays as it was).
+    public static func bf16Keys(_ c: DiTConfiguration) -> Set<String> {
+        Set(table(c).filter(\.roundedInBF16).map(\.key))
+    }
+
+    /// The one table binding checkpoint keys (verbatim from the PyTorch state_dict) to weights;
+    /// `bf16: true` marks the weights of matrix products (bf16 products round them).
     public static func table(_ c: DiTConfiguration) -> [Binding<DiTWeights>] {
         let (D, M, P) = (c.hiddenSize, c.mlpHidden, c.patchSize)
         let F = DiTConfiguration.frequencyDim
         var t: [Binding<DiTWeights>] = [
             Binding("pos_embed", [1, c.tokens, D], \.posEmbed, optional: true),
-            Binding("x_embedder.proj.weight", [D, c.embedInChannels, P, P], \.xEmbedWeight),
+            Binding("x_embedder.proj.weight", [D, c.embedInChannels, P, P], \.xEmbedWeight, bf16: true),
             Binding("x_embedder.proj.bias", [D], \.xEmbedBias),
-            Binding("t_embedder.mlp.0.weight", [D, F], \.tEmbed0Weight),
+            Binding("t_embedder.mlp.0.weight", [D, F], \.tEmbed0Weight, bf16: true),
             Binding("t_embedder.mlp.0.bias", [D], \.tEmbed0Bias),
-            Binding("t_embedder.mlp.2.weight", [D, D], \.tEmbed2Weight),
+            Binding("t_embedder.mlp.2.weight", [D, D], \.tEmbed2Weight, bf16: true),
             Binding("t_embedder.mlp.2.bias", [D], \.tEmbed2Bias),
         ]
         if c.numClasses > 0 {
@@ -44,22 +53,22 @@ public struct DiTWeights: Sendable {
         for i in 0..<c.depth {
             let b = "blocks.\(i)."
             t += [
-                Binding(b + "attn.qkv.weight", [3 * D, D], \.blocks[i].qkvWeight),
+                Binding(b + "attn.qkv.weight", [3 * D, D], \.blocks[i].qkvWeight, bf16: true),
                 Binding(b + "attn.qkv.bias", [3 * D], \.blocks[i].qkvBias),
-                Binding(b + "attn.proj.weight", [D, D], \.blocks[i].projWeight),
+                Binding(b + "attn.proj.weight", [D, D], \.blocks[i].projWeight, bf16: true),
                 Binding(b + "attn.proj.bias", [D], \.blocks[i].projBias),
-                Binding(b + "mlp.fc1.weight", [M, D], \.blocks[i].fc1Weight),
+                Binding(b + "mlp.fc1.weight", [M, D], \.blocks[i].fc1Weight, bf16: true),
                 Binding(b + "mlp.fc1.bias", [M], \.blocks[i].fc1Bias),
-                Binding(b + "mlp.fc2.weight", [D, M], \.blocks[i].fc2Weight),
+                Binding(b + "mlp.fc2.weight", [D, M], \.blocks[i].fc2Weight, bf16: true),
                 Binding(b + "mlp.fc2.bias", [D], \.blocks[i].fc2Bias),
-                Binding(b + "adaLN_modulation.1.weight", [6 * D, D], \.blocks[i].adaLNWeight),
+                Binding(b + "adaLN_modulation.1.weight", [6 * D, D], \.blocks[i].adaLNWeight, bf16: true),
                 Binding(b + "adaLN_modulation.1.bias", [6 * D], \.blocks[i].adaLNBias),
             ]
         }
         t += [
-            Binding("final_layer.adaLN_modulation.1.weight", [2 * D, D], \.finalAdaLNWeight),
+            Binding("final_layer.adaLN_modulation.1.weight", [2 * D, D], \.finalAdaLNWeight, bf16: true),
             Binding("final_layer.adaLN_modulation.1.bias", [2 * D], \.finalAdaLNBias),
-            Binding("final_layer.linear.weight", [P * P * c.outChannels, D], \.finalLinearWeight),
+            Binding("final_layer.linear.weight", [P * P * c.outChannels, D], \.finalLinearWeight, bf16: true),
             Binding("final_layer.linear.bias", [P * P * c.outChannels], \.finalLinearBias),
         ]
         return t
@@ -80,26 +89,53 @@ final class DiTLayers: Sendable {
     let blocks: [Block]
     let final: LinearWeight
 
-    init(_ c: DiTConfiguration, _ w: DiTWeights, precision p: Precision, backend b: KernelBackend) {
+    /// `bits`: weights bound as bf16 bits (their fields in `w` are nil). With `release`, the pages
+    /// of every weight a packed or converted copy replaces go back to the mapped file right after
+    /// its copy is made, so a bf16 load never holds the whole file resident.
+    init(
+        _ c: DiTConfiguration, _ w: DiTWeights, bits: [WritableKeyPath<DiTWeights, Tensor?>: BF16Tensor],
+        precision p: Precision, backend b: KernelBackend, release: Bool
+    ) {
+        typealias Path = WritableKeyPath<DiTWeights, Tensor?>
         let pack = c.parameterCount * 4 <= DiT.packFP32Limit
-        func lin(_ weight: Tensor?, _ bias: Tensor?) -> LinearWeight {
-            LinearWeight(weight: weight!, bias: bias, precision: p, backend: b, packFP32: pack)
-        }
         let D = c.hiddenSize
-        xEmbed = lin(w.xEmbedWeight!.reshaped([D, c.embedInChannels * c.patchSize * c.patchSize]), w.xEmbedBias)
+        // packed: a token product's layer (packed here in bf16, or fp32 up to packFP32Limit); else a
+        // per-sample layer, which FusedLinear converts (bf16) or reads in place (fp32).
+        func layer(_ weight: Path, _ bias: Path, shape: [Int]? = nil, packed: Bool) -> LinearWeight {
+            if let found = bits[weight] {
+                return LinearWeight(
+                    bf16: shape.map(found.reshaped) ?? found, bias: w[keyPath: bias], backend: b, pack: packed)
+            }
+            let tensor = w[keyPath: weight]!
+            return LinearWeight(
+                weight: shape.map(tensor.reshaped) ?? tensor, bias: w[keyPath: bias], precision: packed ? p : .fp32,
+                backend: b, packFP32: packed && pack)
+        }
+        func lin(_ weight: Path, _ bias: Path, shape: [Int]? = nil) -> LinearWeight {
+            let l = layer(weight, bias, shape: shape, packed: true)
+            if release { l.releaseSourcePages() }
+            return l
+        }
         // Per-sample products: fixed-order dot products on the weights in place (bf16: converted once).
-        func perSample(_ layers: [(Tensor?, Tensor?)]) -> FusedLinear {
-            FusedLinear(layers.map { LinearWeight(weight: $0.0!, bias: $0.1, backend: b) }, precision: p, backend: b)
+        func perSample(_ layers: [(Path, Path)]) -> FusedLinear {
+            let f = FusedLinear(layers.map { layer($0.0, $0.1, packed: false) }, precision: p, backend: b)
+            if release { f.releaseSourcePages() }
+            return f
         }
-        tEmbed0 = perSample([(w.tEmbed0Weight, w.tEmbed0Bias)])
-        tEmbed2 = perSample([(w.tEmbed2Weight, w.tEmbed2Bias)])
-        adaLN = perSample(w.blocks.map { ($0.adaLNWeight, $0.adaLNBias) } + [(w.finalAdaLNWeight, w.finalAdaLNBias)])
-        blocks = w.blocks.map {
+        xEmbed = lin(\.xEmbedWeight, \.xEmbedBias, shape: [D, c.embedInChannels * c.patchSize * c.patchSize])
+        tEmbed0 = perSample([(\.tEmbed0Weight, \.tEmbed0Bias)])
+        tEmbed2 = perSample([(\.tEmbed2Weight, \.tEmbed2Bias)])
+        adaLN = perSample(
+            (0..<c.depth).map { (\.blocks[$0].adaLNWeight, \.blocks[$0].adaLNBias) }
+                + [(\.finalAdaLNWeight, \.finalAdaLNBias)])
+        blocks = (0..<c.depth).map { i in
             Block(
-                qkv: lin($0.qkvWeight, $0.qkvBias), proj: lin($0.projWeight, $0.projBias),
-                fc1: lin($0.fc1Weight, $0.fc1Bias), fc2: lin($0.fc2Weight, $0.fc2Bias))
+                qkv: lin(\.blocks[i].qkvWeight, \.blocks[i].qkvBias),
+                proj: lin(\.blocks[i].projWeight, \.blocks[i].projBias),
+                fc1: lin(\.blocks[i].fc1Weight, \.blocks[i].fc1Bias),
+                fc2: lin(\.blocks[i].fc2Weight, \.blocks[i].fc2Bias))
         }
-        final = lin(w.finalLinearWeight, w.finalLinearBias)
+        final = lin(\.finalLinearWeight, \.finalLinearBias)
     }
 }
 
@@ -186,19 +222,24 @@ public struct DiT: Sendable {
 
     /// Binds every weight from `source` through `DiTWeights.table`; the binding is total. With
     /// `precision: .bf16` (on a CPU with AVX512_BF16; elsewhere fp32, see `precision`) the weights
-    /// of the products are converted to bf16 and packed once, here. fp32 weights are packed here
-    /// for models up to `packFP32Limit`, read in place from the (mapped) source above it.
+    /// of the products are converted to bf16 and packed once, here; a bf16 checkpoint's weights
+    /// are packed from their bits (no float32 copy; their `weights` fields stay nil). fp32 weights
+    /// are packed here for models up to `packFP32Limit`, read in place from the (mapped) source
+    /// above it. Once a weight has its packed or converted copy, its pages go back to the mapped
+    /// file (`PageReleasing`) unless `releaseSourcePages` is false (a benchmark's baseline): a bf16
+    /// DiT-XL/2 then holds its 1.35 GB packed copy, not the 2.7 GB file as well.
     public init(
         config: DiTConfiguration, source: any TensorSource, precision: Precision = .fp32,
-        backend: KernelBackend = .current
+        backend: KernelBackend = .current, releaseSourcePages: Bool = true
     ) throws {
         try config.validate()
         var w = DiTWeights(depth: config.depth)
-        try bind(DiTWeights.table(config), from: source, into: &w)
+        let effective = precision.effective(on: backend)
+        let bits = try bind(DiTWeights.table(config), from: source, into: &w, bf16: effective == .bf16)
         self.config = config
         self.weights = w
         self.backend = backend
-        self.precision = precision.effective(on: backend)
+        self.precision = effective
         if let p = w.posEmbed {
             posEmbed = p.reshaped([config.tokens, config.hiddenSize])
             posEmbedFromCheckpoint = true
@@ -206,7 +247,8 @@ public struct DiT: Sendable {
             posEmbed = sinCosPositionEmbedding2D(dim: config.hiddenSize, gridH: config.gridSize, gridW: config.gridSize)
             posEmbedFromCheckpoint = false
         }
-        layers = DiTLayers(config, w, precision: self.precision, backend: backend)
+        layers = DiTLayers(
+            config, w, bits: bits, precision: self.precision, backend: backend, release: releaseSourcePages)
     }
 
     /// Whether a checkpoint fits `config`, from its header alone: every tensor of the binding

@@ -48,28 +48,29 @@ public final class ComputeContext {
 
 /// A linear layer's weight (N, K) in PyTorch's (out, in) layout and bias (N), prepared once for a
 /// precision: bf16 products read it packed into the GEMM's bf16 panels (made here, half the size of
-/// the fp32 weight); fp32 products read the tensor in place (borrowed from a mapped file, packed
-/// on the fly by every product), or a packed fp32 copy made here with `packFP32` (more memory, no
-/// packing per product: worth it for small models, whose products are short).
+/// the fp32 weight, from the fp32 weight or straight from a bf16 checkpoint's bits); fp32 products
+/// read the tensor in place (borrowed from a mapped file, packed on the fly by every product), or a
+/// packed fp32 copy made here with `packFP32` (more memory, no packing per product: worth it for
+/// small models, whose products are short).
 public struct LinearWeight: @unchecked Sendable {
-    public let weight: Tensor
+    /// The float32 weight; nil for a layer made from bf16 bits (`init(bf16:...)`).
+    public let weight: Tensor?
+    /// The bf16 bits a layer was made from (`init(bf16:...)`), else nil.
+    public let bf16Weight: BF16Tensor?
     public let bias: Tensor?
     /// The precision the products of this layer run in (bf16 only on a backend that has it).
     public let precision: Precision
+    public let outFeatures: Int
+    public let inFeatures: Int
     let packed: AlignedBuffer?
-
-    public var outFeatures: Int { weight.shape[0] }
-    public var inFeatures: Int { weight.shape[1] }
 
     public init(
         weight: Tensor, bias: Tensor?, precision: Precision = .fp32, backend: KernelBackend = .current,
         packFP32: Bool = false
     ) {
-        precondition(weight.rank == 2, "LinearWeight: weight must be (out, in), got \(weight.shape)")
-        if let bias {
-            precondition(bias.count == weight.shape[0], "LinearWeight: bias \(bias.shape) vs \(weight.shape)")
-        }
+        (outFeatures, inFeatures) = Self.features(weight.shape, bias: bias)
         self.weight = weight
+        self.bf16Weight = nil
         self.bias = bias
         self.precision = precision.effective(on: backend)
         if backend.ownsGEMM && (self.precision == .bf16 || packFP32) {
@@ -84,8 +85,50 @@ public struct LinearWeight: @unchecked Sendable {
         }
     }
 
+    /// A bf16 layer straight from bf16 bits (a bf16 checkpoint): packed here with `pack` (the
+    /// products of `linear`), else kept for a `FusedLinear` to copy. Needs a backend with bf16
+    /// (`KernelBackend.hasBF16`); the products are those of `init(weight:...)` with the bits'
+    /// float values, bit for bit.
+    public init(bf16 weight: BF16Tensor, bias: Tensor?, backend: KernelBackend = .current, pack: Bool = true) {
+        precondition(backend.hasBF16, "LinearWeight: bf16 bits need a backend with bf16 products, not \(backend)")
+        (outFeatures, inFeatures) = Self.features(weight.shape, bias: bias)
+        self.weight = nil
+        self.bf16Weight = weight
+        self.bias = bias
+        precision = .bf16
+        if pack {
+            let buffer = AlignedBuffer(byteCount: gk_packed_b_bytes(outFeatures, inFeatures, 1))
+            gk_pack_b_from_bf16(weight.pointer, inFeatures, outFeatures, inFeatures, buffer.base, 1)
+            packed = buffer
+        } else {
+            packed = nil
+        }
+    }
+
+    /// (out, in) of a weight of `shape`, checked against the bias.
+    private static func features(_ shape: [Int], bias: Tensor?) -> (Int, Int) {
+        precondition(shape.count == 2, "LinearWeight: weight must be (out, in), got \(shape)")
+        if let bias { precondition(bias.count == shape[0], "LinearWeight: bias \(bias.shape) vs \(shape)") }
+        return (shape[0], shape[1])
+    }
+
     /// Bytes of the packed copy (0 when the products read `weight` in place).
     public var packedByteCount: Int { packed?.byteCount ?? 0 }
+
+    /// Once the products read only the packed copy: hands the pages of the weight it was made
+    /// from back to their mapped file (`PageReleasing`; the weight still reads right, from the
+    /// file). Nothing for a weight the products read in place, or one this process owns.
+    public func releaseSourcePages() {
+        guard packed != nil else { return }
+        weight?.releaseBorrowedPages()
+        bf16Weight?.releasePages()
+    }
+
+    /// The float32 weight, for the products that read it in place (never a layer made from bf16 bits).
+    var fp32Weight: Tensor {
+        guard let weight else { preconditionFailure("LinearWeight: a layer made from bf16 bits has no fp32 weight") }
+        return weight
+    }
 }
 
 /// y (M, N) = x (M, K) · Wᵀ + b, then GELU (tanh form) when `gelu`. x: rows `ldx` apart (default K);
@@ -107,7 +150,7 @@ public func linear(
         args.bf16 = bf16 ? 1 : 0
         args.a = x
         args.lda = ldx
-        args.b = w.weight.pointer
+        args.b = w.weight?.pointer  // unread when packed
         args.ldb = K
         args.b_packed = w.packed.map { UnsafeRawPointer($0.base) }
         args.c = y
@@ -119,7 +162,8 @@ public func linear(
     } else {
         precondition(ldx == K && ldy == N, "linear: strided rows need the AVX-512 backend")
         BLAS.exclusive(threads: 1) {
-            linearRows(x, rows: M, segment: segment, weight: w.weight, bias: w.bias, workers: context.workers, into: y)
+            linearRows(
+                x, rows: M, segment: segment, weight: w.fp32Weight, bias: w.bias, workers: context.workers, into: y)
         }
         if gelu { geluTanh(y, count: M * N) }
     }
@@ -150,11 +194,17 @@ public final class FusedLinear: @unchecked Sendable {
         bf16Weights = bf16 ? .allocate(capacity: outFeatures * K) : nil
         var offset = 0
         for (i, layer) in layers.enumerated() {
-            var w = UnsafeRawPointer(layer.weight.pointer)
+            let w: UnsafeRawPointer
             if let bf16Weights {
                 let dst = bf16Weights + offset * K
-                gk_to_bf16(layer.weight.pointer, dst, layer.outFeatures * K)
+                if let bits = layer.bf16Weight {
+                    dst.update(from: bits.pointer, count: layer.outFeatures * K)
+                } else {
+                    gk_to_bf16(layer.fp32Weight.pointer, dst, layer.outFeatures * K)
+                }
                 w = UnsafeRawPointer(dst)
+            } else {
+                w = UnsafeRawPointer(layer.fp32Weight.pointer)
             }
             segments[i] = gk_small_segment(w: w, bias: layer.bias?.pointer, n: layer.outFeatures, y_offset: offset)
             offset += layer.outFeatures
@@ -164,6 +214,17 @@ public final class FusedLinear: @unchecked Sendable {
     deinit {
         segments.deallocate()
         bf16Weights?.deallocate()
+    }
+
+    /// In bf16, once the weights are converted: hands the pages of the weights they were made
+    /// from back to their mapped file (see `LinearWeight.releaseSourcePages`). In fp32 the products
+    /// read the weights in place: nothing.
+    public func releaseSourcePages() {
+        guard bf16Weights != nil else { return }
+        for layer in layers {
+            layer.weight?.releaseBorrowedPages()
+            layer.bf16Weight?.releasePages()
+        }
     }
 
     /// Scratch bytes of `apply` over `rows` rows of `inFeatures` values (either precision).
@@ -187,7 +248,7 @@ public final class FusedLinear: @unchecked Sendable {
                     // One row per block, written with stride outFeatures into its columns.
                     for m in 0..<M {
                         linear(
-                            x + m * inFeatures, rows: 1, weight: layer.weight, bias: layer.bias,
+                            x + m * inFeatures, rows: 1, weight: layer.fp32Weight, bias: layer.bias,
                             into: y + m * outFeatures + offset)
                     }
                     offset += layer.outFeatures

@@ -14,7 +14,7 @@ public final class TensorStorage: @unchecked Sendable {
     public let count: Int
     /// False for storage that points into a read-only mapping: writing there would fault.
     public let isWritable: Bool
-    private let owner: AnyObject?
+    let owner: AnyObject?
     private let ownsMemory: Bool
 
     /// Zero-filled memory aligned to 64 bytes (one cache line, one AVX-512 register).
@@ -130,6 +130,9 @@ public protocol TensorSource {
     func shape(of name: String) -> [Int]?
     /// Tensor `name` as float32; borrowed when the source can lend its memory.
     func tensor(named name: String) throws -> Tensor
+    /// Tensor `name`'s bfloat16 bits, borrowed, when the source stores it as bfloat16; nil
+    /// otherwise (default), and the float32 `tensor(named:)` serves it.
+    func bfloat16(named name: String) throws -> BF16Tensor?
 }
 
 /// An in-memory `TensorSource` (tests, random-weight benchmarks).

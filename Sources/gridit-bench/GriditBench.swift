@@ -251,14 +251,27 @@ extension GriditBench {
 
     struct Memory: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Map a checkpoint, bind a model to it and report resident memory before any forward.")
+            abstract: "Map a checkpoint, bind a model to it and report resident memory (VmRSS, VmHWM).",
+            discussion: """
+                --json prints one record: resident and peak bytes before and after binding (and after \
+                one forward with --forward), binding and forward seconds. tools/bench/memory_bench.py \
+                runs the cases side by side, each in a fresh process.
+                """)
 
         @Option(help: "Safetensors checkpoint to map.") var checkpoint: String
         @Option(help: "Model config JSON.") var config: String?
         @Option(help: "Preset instead of a config file.") var model: String?
         @Option(help: "Latent size for --model.") var inputSize = 64
         @Flag(help: "Write a random F32 checkpoint of --model to --checkpoint first.") var create = false
-        @Flag(help: "Then run one forward pass (batch 1) and report resident memory again.") var forward = false
+        @Option(
+            help: ArgumentHelp(
+                "Write a copy of --checkpoint with the product weights stored as BF16 here (what `griditd models convert --precision bf16` stores), then exit.",
+                valueName: "path")) var convertTo: String?
+        @Flag(help: "Keep the file pages of packed weights resident (the loader before page release: a baseline).")
+        var keepPages = false
+        @Flag(help: "Then run a forward pass (batch 1), report resident memory again, and time a second pass.")
+        var forward = false
+        @Flag(help: "Print one JSON record.") var json = false
         @OptionGroup var threads: ThreadOptions
         @OptionGroup var precision: PrecisionOptions
 
@@ -273,26 +286,55 @@ extension GriditBench {
             }
             if create {
                 try RandomWeights.writeCheckpoint(for: cfg, to: checkpoint, seed: 1)
-                print("wrote \(checkpoint)")
+                if !json { print("wrote \(checkpoint)") }
+            }
+            if let convertTo {
+                try SafetensorsFile(path: checkpoint).writeConverted(to: convertTo, bf16: DiTWeights.bf16Keys(cfg))
+                if !json { print("wrote \(convertTo)") }
+                return
             }
             let before = residentBytes()
+            let start = Date()
             let file = try SafetensorsFile(path: checkpoint)
-            let dit = try DiT(config: cfg, source: file, precision: precision.requested)
-            let after = residentBytes()
+            let dit = try DiT(
+                config: cfg, source: file, precision: precision.requested, releaseSourcePages: !keepPages)
+            let bindSeconds = Date().timeIntervalSince(start)
+            let (after, peakAfter) = (residentBytes(), peakResidentBytes())
             let size = (try? FileManager.default.attributesOfItem(atPath: checkpoint)[.size] as? Int) ?? 0
-            print(
-                String(
-                    format: "checkpoint %.2f GB mapped, %d blocks bound (%@); resident before %.1f MB, after %.1f MB",
-                    Double(size) / 1e9, dit.weights.blocks.count, dit.precision.rawValue, Double(before) / 1e6,
-                    Double(after) / 1e6))
-            guard forward else { return }
-            let ws = dit.makeWorkspace(batch: 1, workers: threads.threads)
-            let x = RandomWeights.tensor([1, cfg.inChannels, cfg.inputSize, cfg.inputSize], seed: 2, std: 1)
-            try dit.forward(x: x, t: [500], workspace: ws)
-            print(
-                String(
-                    format: "after one forward: resident %.1f MB (weights are file-backed pages of the mapping), "
-                        + "activations %.1f MB", Double(residentBytes()) / 1e6, Double(ws.byteCount) / 1e6))
+            var record: [String: Any] = [
+                "checkpoint_bytes": size, "precision": dit.precision.rawValue, "keep_pages": keepPages,
+                "rss_before": before, "rss_bound": after, "hwm_bound": peakAfter, "bind_s": bindSeconds,
+            ]
+            if !json {
+                print(
+                    String(
+                        format:
+                            "checkpoint %.2f GB mapped, %d blocks bound (%@); resident before %.1f MB, after %.1f MB (peak %.1f MB), %.2f s",
+                        Double(size) / 1e9, dit.weights.blocks.count, dit.precision.rawValue, Double(before) / 1e6,
+                        Double(after) / 1e6, Double(peakAfter) / 1e6, bindSeconds))
+            }
+            if forward {
+                let ws = dit.makeWorkspace(batch: 1, workers: threads.threads)
+                let x = RandomWeights.tensor([1, cfg.inChannels, cfg.inputSize, cfg.inputSize], seed: 2, std: 1)
+                var t0 = Date()
+                try dit.forward(x: x, t: [500], workspace: ws)
+                record["first_forward_s"] = Date().timeIntervalSince(t0)
+                record["rss_forward"] = residentBytes()
+                // A second pass times the products alone (the first also faults weights in).
+                t0 = Date()
+                try dit.forward(x: x, t: [500], workspace: ws)
+                record["forward_s"] = Date().timeIntervalSince(t0)
+                record["hwm"] = peakResidentBytes()
+                record["activations"] = ws.byteCount
+                if !json {
+                    print(
+                        String(
+                            format: "after one forward: resident %.1f MB, peak %.1f MB, activations %.1f MB",
+                            Double(residentBytes()) / 1e6, Double(peakResidentBytes()) / 1e6,
+                            Double(ws.byteCount) / 1e6))
+                }
+            }
+            try printRecord(record, json: json) {}
         }
     }
 }

@@ -28,6 +28,7 @@ struct Models: ParsableCommand {
         subcommands: [
             ModelsImport.self, ModelsList.self, ModelsShow.self, ModelsTag.self, ModelsRemove.self, ModelsVerify.self,
             ModelsGC.self, ModelsExport.self, ModelsPS.self, ModelsHistory.self, ModelsCheck.self,
+            ModelsConvert.self,
         ])
 }
 
@@ -131,6 +132,37 @@ struct ModelsImport: ParsableCommand {
 }
 
 extension LinkMode: ExpressibleByArgument {}
+
+struct ModelsConvert: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "convert",
+        abstract: "Store a version's DiT weights in another precision, as a new version with its own digest.",
+        discussion: """
+            --precision bf16 stores the weights of every matrix product as BF16 (half their bytes; \
+            biases, embeddings, the VAE and the configs as they were) and sets the pipeline's \
+            defaults.precision to bf16. Run in bf16, the new version gives the source's bf16 outputs \
+            bit for bit and loads with half the memory. The source version stays as it was.
+            """)
+
+    @Argument(help: "The version to convert: NAME:TAG, NAME@sha256:… or sha256:….")
+    var reference: String
+
+    @Option(help: "The precision to store: bf16.")
+    var precision: String
+
+    @Option(help: "NAME:TAG to give the new version (default: NAME:TAG-bf16, or NAME:bf16 for NAME@sha256:…).")
+    var name: String?
+
+    @OptionGroup var options: StoreOptions
+
+    func run() throws {
+        let session = try options.session("convert", mutating: true)
+        let result = try storeCall { () throws(ModelStoreError) in
+            ModelImportResult(try session.store.convert(reference, precision: precision, name: name))
+        }
+        options.emit(result) { result.render() }
+    }
+}
 
 /// A progress line on stderr while files stream in.
 final class ProgressLine {

@@ -129,3 +129,41 @@ func fusedLinearMatchesNaiveAndIgnoresRowCount(_ c: ProductCase) {
     let layer = LinearWeight(weight: Tensor(zeros: [2, 3]), bias: nil, precision: .bf16, backend: .openBLAS)
     #expect(layer.precision == .fp32)
 }
+
+/// bf16 bit patterns held by an owner, as a bf16 checkpoint's mapping lends them.
+final class BitsOwner {
+    let bits: [UInt16]
+    init(_ values: [Float]) { bits = values.map { UInt16(truncatingIfNeeded: Naive.bf16($0).bitPattern >> 16) } }
+}
+
+@Test(.enabled(if: KernelBackend.current.hasBF16, "bf16 bits are packed only where bf16 products run"))
+func layersFromBF16BitsGiveTheBitsOfTheirFloatValues() {
+    // Packed from the bits straight into the GEMM's bf16 panels, or copied by a FusedLinear: the
+    // same products as the layer made from the float values (odd K, N past a 48-column panel).
+    for (M, N, K) in [(3, 13, 5), (9, 50, 129), (17, 97, 1030)] {
+        let x = testValues(M * K, seed: 41, scale: 2), w = testValues(N * K, seed: 42), b = testValues(N, seed: 43)
+        let owner = BitsOwner(w)
+        let fromFloats = LinearWeight(
+            weight: Tensor(w, shape: [N, K]), bias: Tensor(b, shape: [N]), precision: .bf16, backend: .current)
+        owner.bits.withUnsafeBufferPointer { bits in
+            let bf16 = BF16Tensor(borrowing: bits.baseAddress!, shape: [N, K], owner: owner)
+            let fromBits = LinearWeight(bf16: bf16, bias: Tensor(b, shape: [N]), backend: .current)
+            #expect(fromBits.precision == .bf16 && fromBits.weight == nil)
+            #expect(fromBits.packedByteCount == fromFloats.packedByteCount)
+            let expected = runLinear(x, rows: M, fromFloats, workers: 2, backend: .current)
+            #expect(runLinear(x, rows: M, fromBits, workers: 2, backend: .current) == expected, "\(M)x\(N)x\(K)")
+
+            let ctx = ComputeContext(
+                workers: 2, backend: .current, scratchBytes: FusedLinear.scratchBytes(rows: M, inFeatures: K))
+            func fused(_ layer: LinearWeight) -> [Float] {
+                let y = Tensor(zeros: [M, N])
+                FusedLinear([layer], precision: .bf16).apply(x, rows: M, into: y.mutablePointer, context: ctx)
+                return y.toArray()
+            }
+            let unpacked = LinearWeight(bf16: bf16, bias: Tensor(b, shape: [N]), backend: .current, pack: false)
+            #expect(unpacked.packedByteCount == 0)
+            #expect(
+                fused(unpacked) == fused(LinearWeight(weight: Tensor(w, shape: [N, K]), bias: Tensor(b, shape: [N]))))
+        }
+    }
+}

@@ -98,6 +98,9 @@ size_t gk_packed_a_bytes(size_t M, size_t K, int bf16);
 int gk_pack_a(const float *a, size_t lda, size_t M, size_t K, int bf16, void *dst, int workers);
 size_t gk_packed_b_bytes(size_t N, size_t K, int bf16);
 int gk_pack_b(const float *b, size_t ldb, size_t N, size_t K, int bf16, void *dst, int workers);
+/// The bf16 layout of `gk_pack_b` from bf16 bit patterns (N, K) with rows `ldb` apart (a bf16
+/// checkpoint's weight, no fp32 copy): the same bytes as `gk_pack_b` of their float values.
+void gk_pack_b_from_bf16(const uint16_t *b, size_t ldb, size_t N, size_t K, void *dst, int workers);
 
 /// Products with few rows (per-sample vectors), several layers on the same x at once: for each
 /// segment, y[m * ldy + y_offset + n] = bias[n] + x[m, :] · w[n, :] for n < seg.n, m < M;

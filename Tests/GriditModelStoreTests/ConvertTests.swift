@@ -1,0 +1,130 @@
+import Foundation
+import GriditAPI
+import GriditCheckpoint
+import GriditDiffusion
+import GriditModelStore
+import GriditModels
+import GriditTensor
+import GriditTestSupport
+import Testing
+
+@Suite("Converting a version to bf16")
+struct ConvertTests {
+    /// One forward of a pipeline stage's model on fixed inputs.
+    func stageOutput(_ spec: PipelineSpec, stage2: Bool, precision: Precision) throws -> [Float] {
+        let files = stage2 ? spec.stage2!.files : spec.stage1
+        let config = try DiTConfiguration.load(path: files.config)
+        let model = try DiT(config: config, source: SafetensorsFile(path: files.weights), precision: precision)
+        let S = config.inputSize
+        func image(_ c: Int, _ phase: Float) -> Tensor {
+            Tensor((0..<(c * S * S)).map { cos(Float($0) * 0.21 + phase) }, shape: [1, c, S, S])
+        }
+        return try model.forward(
+            x: image(config.inChannels, 0), t: [321],
+            condition: config.conditionChannels > 0 ? image(config.conditionChannels, 1) : nil,
+            workspace: model.makeWorkspace(batch: 1)
+        ).toArray()
+    }
+
+    @Test("a conversion is a new version: its own digest, BF16 product weights, bf16 by default, same outputs in bf16")
+    func roundTrip() throws {
+        let dir = TemporaryDirectory("gms")
+        defer { dir.remove() }
+        let store = try ModelStore(stateDirectory: dir.file("state"))
+        let source = try store.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)
+        let report = try store.convert("tiny:v1", precision: "bf16")
+
+        #expect(report.reference == "tiny:v1-bf16")
+        #expect(report.digest != source.digest)
+        #expect(report.previous == nil)
+        #expect(report.bytesWritten > 0)
+        let digest = try store.resolve("tiny:v1-bf16")
+        #expect(digest.description == report.digest)
+        #expect(try store.resolve("tiny:v1").description == source.digest, "the source version is untouched")
+        let manifest = try store.manifest(digest)
+        let original = try store.manifest(try store.resolve("tiny:v1"))
+        #expect(manifest.pipeline.defaults.precision == "bf16")
+        #expect(original.pipeline.defaults.precision == "fp32")
+        for (new, old) in zip(manifest.blobs, original.blobs) {
+            #expect(new.role == old.role)
+            // Configs are shared blobs; the weights are new ones, smaller.
+            if new.mediaType == MediaType.safetensors {
+                #expect(new.digest != old.digest && new.size < old.size, "\(new.role)")
+            } else {
+                #expect(new.digest == old.digest, "\(new.role)")
+            }
+        }
+        #expect(try store.verify("tiny:v1-bf16").ok)
+
+        let converted = try store.resolvePipeline(digest).spec
+        let fp32 = try store.resolvePipeline(try store.resolve("tiny:v1")).spec
+        for (config, weights) in [
+            (converted.stage1.config, converted.stage1.weights), (converted.stage2!.config, converted.stage2!.weights),
+        ] {
+            let keys = DiTWeights.bf16Keys(try DiTConfiguration.load(path: config))
+            let file = try SafetensorsFile(path: weights)
+            for name in file.tensorNames {
+                #expect(file.info(name)?.dtype == (keys.contains(name) ? .bf16 : .f32), "\(name)")
+            }
+        }
+        for stage2 in [false, true] {
+            #expect(
+                try stageOutput(converted, stage2: stage2, precision: .bf16)
+                    == stageOutput(fp32, stage2: stage2, precision: .bf16),
+                "stage \(stage2 ? 2 : 1): the bf16 version in bf16 = the fp32 version in bf16, bit for bit")
+        }
+
+        // Converting the same version again gives the same version (content-addressed), tagged anew.
+        let again = try store.convert("tiny:v1", precision: "bf16", name: "tiny:small")
+        #expect(again.digest == report.digest && again.reference == "tiny:small")
+        #expect(try store.convert("tiny@\(source.digest)", precision: "bf16").reference == "tiny:bf16")
+    }
+
+    @Test("converting what is already bf16, to an unknown precision or without a name fails and changes nothing")
+    func refusals() throws {
+        let dir = TemporaryDirectory("gms")
+        defer { dir.remove() }
+        let store = try ModelStore(stateDirectory: dir.file("state"))
+        let source = try store.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)
+        let converted = try store.convert("tiny:v1", precision: "bf16")
+        let before = try StoreSnapshot(store)
+
+        let twice = storeError { try store.convert("tiny:v1-bf16", precision: "bf16") }
+        #expect(twice?.code == .invalidInput)
+        #expect(twice?.message.contains("already stores its weights in bf16") == true, "\(String(describing: twice))")
+        let unknown = storeError { try store.convert("tiny:v1", precision: "fp8") }
+        #expect(unknown?.code == .invalidInput)
+        #expect(unknown?.message.contains("unknown precision 'fp8'") == true)
+        #expect(unknown?.hint?.contains("bf16") == true)
+        let back = storeError { try store.convert(converted.reference, precision: "fp32") }
+        #expect(back?.code == .invalidInput && back?.message.contains("cannot be converted to fp32") == true)
+        let unnamed = storeError { try store.convert(source.digest, precision: "bf16") }
+        #expect(unnamed?.code == .invalidReference && unnamed?.hint?.contains("--name") == true)
+        #expect(storeError { try store.convert("nope:v1", precision: "bf16") }?.code == .notFound)
+        #expect(
+            storeError { try store.convert("tiny:v1", precision: "bf16", name: "Bad Name") }?.code == .invalidReference)
+        #expect(try StoreSnapshot(store) == before)
+    }
+
+    @Test("griditd models convert: import's JSON, exit statuses of the store's errors")
+    func griditdConvert() throws {
+        let dir = TemporaryDirectory("gms")
+        defer { dir.remove() }
+        let pipeline = try writePipeline(in: dir.file("src"))
+        let state = ["--state-dir", dir.file("state")]
+        #expect(try griditd(["models", "import", pipeline, "--name", "tiny:v1"] + state).status == 0)
+        let converted = try griditd(["models", "convert", "tiny:v1", "--precision", "bf16", "--json"] + state)
+        #expect(converted.status == 0, "\(converted.stderr)")
+        let result = try JSONDecoder().decode(ModelImportResult.self, from: Data(converted.stdout.utf8))
+        #expect(result.reference == "tiny:v1-bf16")
+        let table = try griditd(["models", "list"] + state)
+        #expect(table.stdout.contains("v1-bf16"))
+
+        let again = try griditd(["models", "convert", "tiny:v1-bf16", "--precision", "bf16"] + state)
+        #expect(again.status == 65 && again.stderr.contains("already stores its weights in bf16"), "\(again.stderr)")
+        let unknown = try griditd(["models", "convert", "tiny:v1", "--precision", "int4"] + state)
+        #expect(unknown.status == 65 && unknown.stderr.contains("unknown precision 'int4'"), "\(unknown.stderr)")
+        let missing = try griditd(["models", "convert", "tiny:v1"] + state)
+        #expect(missing.status == 64 && missing.stderr.contains("--precision"), "\(missing.stderr)")
+    }
+}
