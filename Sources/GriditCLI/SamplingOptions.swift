@@ -23,13 +23,13 @@ public struct SamplingOptions: ParsableArguments {
     @Option(help: "gridit (exact length) or official (the published algorithm). Default: the model's.")
     public var mode: SequenceMode?
 
-    @Option(help: "Stage-1 reverse step: ddpm, ddim or dpmpp-2m.")
+    @Option(help: "Stage-1 reverse step: ddpm, ddim, dpmpp-2m or dpmpp-2m-sde.")
     public var sampler: SamplerName?
 
     @Option(help: "Stage-1 steps: a count (50, 250), ddimN, or a diffusers spacing (trailingN, linspaceN, leadingN).")
     public var steps: String?
 
-    @Option(help: "Stage-2 (super-resolution) reverse step: ddpm, ddim or dpmpp-2m.")
+    @Option(help: "Stage-2 (super-resolution) reverse step: ddpm, ddim, dpmpp-2m or dpmpp-2m-sde.")
     public var srSampler: SamplerName?
 
     @Option(help: "Stage-2 steps: a count, ddimN or trailingN.")

@@ -124,7 +124,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
     public struct Defaults: Codable, Equatable, Sendable {
         /// `gridit` (exact length, context rows, correct RePaint level) or `official`.
         public var mode: String
-        /// `ddpm`, `ddim` or `dpmpp-2m`.
+        /// `ddpm`, `ddim`, `dpmpp-2m` or `dpmpp-2m-sde`.
         public var sampler: String
         /// Respacing of the 1000 training steps: a step count ("250", "50"), "ddimN", or a diffusers
         /// spacing ("linspaceN", "leadingN", "trailingN").

@@ -17,9 +17,12 @@ public enum SamplerKind: Sendable, Equatable {
     /// DPM-Solver++(2M): a deterministic second-order multistep ODE solver (`dpmSolverStep`); known
     /// frames are replaced after every step at the new noise level (or clean).
     case dpmSolver2M
+    /// SDE-DPM-Solver++(2M): the stochastic form of the same solver (diffusers' "sde-dpmsolver++",
+    /// order 2, midpoint); each step draws fresh noise from the item's `.step` stream, as DDPM does.
+    case dpmSolver2MSDE
 
     /// Whether a step depends on earlier model outputs (so a loop cannot resume mid-way).
-    public var isMultistep: Bool { self == .dpmSolver2M }
+    public var isMultistep: Bool { self == .dpmSolver2M || self == .dpmSolver2MSDE }
 }
 
 /// RePaint resampling (Lugmayr et al., "RePaint", CVPR 2022, §4.2): after the loop reaches a level
@@ -322,7 +325,7 @@ public final class DenoiseItem {
         let x4 = x.reshaped([1] + x.shape)
         let needsNoise: Bool =
             switch schedule.kind {
-            case .ddpm: k != 0
+            case .ddpm, .dpmSolver2MSDE: k != 0
             case .ddim(let eta): k != 0 && eta != 0
             case .dpmSolver2M: false
             }
@@ -340,10 +343,11 @@ public final class DenoiseItem {
                 x: x4, modelOutput: modelOutput, k: k, eta: eta, noise: z4, into: x4,
                 variance: schedule.variance, prediction: schedule.prediction,
                 clipDenoised: schedule.clipDenoised)
-        case .dpmSolver2M:
+        case .dpmSolver2M, .dpmSolver2MSDE:
             let x0 = x0Scratch ?? Tensor(zeros: x4.shape)
             try d.dpmSolverStep(
-                x: x4, modelOutput: modelOutput, k: k, previousX0: previousX0, into: x4, predX0: x0,
+                x: x4, modelOutput: modelOutput, k: k, previousX0: previousX0,
+                noise: schedule.kind == .dpmSolver2MSDE && k != 0 ? z4 : nil, into: x4, predX0: x0,
                 variance: schedule.variance, prediction: schedule.prediction)
             (previousX0, x0Scratch) = (x0, previousX0)
         }

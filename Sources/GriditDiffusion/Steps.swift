@@ -182,36 +182,50 @@ extension GaussianDiffusion {
     }
 }
 
-// MARK: - DPM-Solver++(2M)
+// MARK: - DPM-Solver++(2M), ODE and SDE
 
 extension GaussianDiffusion {
     /// One step of the multistep DPM-Solver++ of order 2 (Lu et al. 2022, "DPM-Solver++", algorithm 2,
-    /// midpoint form), a deterministic solver of the diffusion ODE in data prediction: from level k
-    /// (x_k, α_s = sqrt(ᾱ'_k), σ_s = sqrt(1−ᾱ'_k), λ = log(α/σ)) to level k−1, or to the clean
-    /// sample at k = 0, with h = λ_t − λ_s:
+    /// midpoint form) in data prediction: from level k (x_k, α_s = sqrt(ᾱ'_k), σ_s = sqrt(1−ᾱ'_k),
+    /// λ = log(α/σ)) to level k−1, or to the clean sample at k = 0, with h = λ_t − λ_s,
+    /// D0 = x0_k, D1 = (x0_k − x0_(k+1))/r, r = (λ_s − λ_(k+1))/h. Without `noise`, the deterministic
+    /// solver of the diffusion ODE:
     ///
-    ///     x_t = (σ_t/σ_s)·x − α_t·(e^(−h) − 1)·(D0 + D1/2),   D0 = x0_k,   D1 = (x0_k − x0_(k+1))/r,
-    ///     r = (λ_s − λ_(k+1))/h
+    ///     x_t = (σ_t/σ_s)·x − α_t·(e^(−h) − 1)·(D0 + D1/2)
+    ///
+    /// with `noise` z, the SDE solver (diffusers' "sde-dpmsolver++", Lu et al. 2022 §5 / appendix):
+    ///
+    ///     x_t = (σ_t/σ_s)·e^(−h)·x + α_t·(1 − e^(−2h))·(D0 + D1/2) + σ_t·sqrt(1 − e^(−2h))·z
     ///
     /// (first order, D1 = 0, without a previous x0 — the first step, or after a resampling jump —
-    /// and at k = 0, where σ_t = 0 and x_t = x0_k). x0_k comes from the model's ε (or v) output.
-    /// Writes x_t into `into` (may be x) and x0_k into `predX0`, the history of the next step.
+    /// and at k = 0, where σ_t = 0 and x_t = x0_k; z is then not read). x0_k comes from the model's
+    /// ε (or v) output. Writes x_t into `into` (may be x) and x0_k into `predX0`, the history of the
+    /// next step.
     public func dpmSolverStep(
-        x: Tensor, modelOutput: Tensor, k: Int, previousX0: Tensor?, into: Tensor, predX0: Tensor,
-        variance: VarianceType = .learnedRange, prediction: Prediction = .epsilon
+        x: Tensor, modelOutput: Tensor, k: Int, previousX0: Tensor?, noise: Tensor? = nil, into: Tensor,
+        predX0: Tensor, variance: VarianceType = .learnedRange, prediction: Prediction = .epsilon
     ) throws {
         let (n, inner) = try checkShapes(
             x: x, modelOutput: modelOutput, k: k, variance: variance,
             into, predX0, previousX0)
+        if let noise, noise.shape != x.shape { throw DiffusionError.shapeMismatch("\(noise.shape) vs x \(x.shape)") }
         let cf = coefficients(k, variance: variance, prediction: prediction)
         func lambda(_ ab: Double) -> Double { 0.5 * (Glibc.log(ab) - Glibc.log(1 - ab)) }
-        // x_t = cx·x + c0·x0_k − c1·x0_(k+1) (Double coefficients, Float arithmetic)
-        var cx = 0.0, c0 = 1.0, c1 = 0.0
+        // x_t = cx·x + c0·x0_k − c1·x0_(k+1) + cz·z (Double coefficients, Float arithmetic)
+        var cx = 0.0, c0 = 1.0, c1 = 0.0, cz = 0.0
         if k > 0 {
             let ab = alphasCumprod[k], abT = alphasCumprod[k - 1]
             let h = lambda(abT) - lambda(ab)
-            let e = alphasCumprod[k - 1].squareRoot() * (1 - Glibc.exp(-h))  // −α_t·(e^(−h) − 1)
-            cx = ((1 - abT) / (1 - ab)).squareRoot()
+            let sigmaRatio = ((1 - abT) / (1 - ab)).squareRoot()
+            let e: Double  // the x0 coefficient of the first-order step
+            if noise != nil {
+                e = abT.squareRoot() * (1 - Glibc.exp(-2 * h))  // α_t·(1 − e^(−2h))
+                cx = sigmaRatio * Glibc.exp(-h)
+                cz = (1 - abT).squareRoot() * (1 - Glibc.exp(-2 * h)).squareRoot()
+            } else {
+                e = abT.squareRoot() * (1 - Glibc.exp(-h))  // −α_t·(e^(−h) − 1)
+                cx = sigmaRatio
+            }
             c0 = e
             if previousX0 != nil && k + 1 < count {
                 let r = (lambda(ab) - lambda(alphasCumprod[k + 1])) / h
@@ -219,14 +233,16 @@ extension GaussianDiffusion {
                 c1 = e * 0.5 / r
             }
         }
-        let fx = Float(cx), f0 = Float(c0), f1 = Float(c1)
+        let fx = Float(cx), f0 = Float(c0), f1 = Float(c1), fz = Float(cz)
         let dst = into.mutablePointer, x0p = predX0.mutablePointer
         let prev = c1 != 0 ? previousX0?.pointer : nil
+        let z = cz != 0 ? noise?.pointer : nil
         cf.forEachElement(n: n, inner: inner, x: x.pointer, modelOutput: modelOutput.pointer, clip: false) {
             j, xi, x0, _ in
             let older = prev.map { $0[j] } ?? 0
             x0p[j] = x0
-            dst[j] = fx * xi + f0 * x0 - f1 * older
+            let ode = fx * xi + f0 * x0 - f1 * older
+            dst[j] = z.map { ode + fz * $0[j] } ?? ode
         }
     }
 }

@@ -142,6 +142,7 @@ public final class SequenceRun {
         case .ddpm: .ddpm
         case .ddim: .ddim(eta: Float(eta))
         case .dpmpp2m: .dpmSolver2M
+        case .dpmpp2mSDE: .dpmSolver2MSDE
         }
     }
 

@@ -38,6 +38,9 @@ public enum SamplerName: String, Codable, Sendable, CaseIterable {
     case ddpm, ddim
     /// DPM-Solver++(2M), deterministic; pair it with a diffusers spacing such as "trailing20".
     case dpmpp2m = "dpmpp-2m"
+    /// SDE-DPM-Solver++(2M): the same solver with fresh noise at every step (diffusers'
+    /// "sde-dpmsolver++"); pair it with a diffusers spacing too.
+    case dpmpp2mSDE = "dpmpp-2m-sde"
 }
 
 /// A job: how many frames of which model, where they go, and how they are sampled.

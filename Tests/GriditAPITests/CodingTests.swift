@@ -42,7 +42,10 @@ struct CodingTests {
         for (body, message) in [
             (#"{"length":8,"lenght":8}"#, "unknown field 'lenght'"),
             (#"{"length":8,"parameters":{"sead":1}}"#, "unknown field 'sead'"),
-            (#"{"length":8,"parameters":{"sampler":"euler"}}"#, "sampler 'euler' is not ddpm or ddim or dpmpp-2m"),
+            (
+                #"{"length":8,"parameters":{"sampler":"euler"}}"#,
+                "sampler 'euler' is not ddpm or ddim or dpmpp-2m or dpmpp-2m-sde"
+            ),
         ] {
             #expect(throws: APIError.self, "\(body)") {
                 try APICoding.decode(SubmitJobRequest.self, from: Data(body.utf8))

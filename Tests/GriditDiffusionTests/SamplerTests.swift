@@ -18,7 +18,7 @@ func elementwiseModel(_ x: Tensor, _ t: [Float]) -> Tensor {
     return out
 }
 
-@Test(arguments: [SamplerKind.ddpm, .ddim(eta: 0), .ddim(eta: 1), .dpmSolver2M])
+@Test(arguments: [SamplerKind.ddpm, .ddim(eta: 0), .ddim(eta: 1), .dpmSolver2M, .dpmSolver2MSDE])
 func batchOfGridsEqualsEachGridAlone(kind: SamplerKind) throws {
     let layout = GridLayout(k: 2, frameSize: 4, channels: 4)
     let sampler = Sampler(diffusion: try GaussianDiffusion(respacing: "20"), layout: layout, seed: 45, kind: kind)
@@ -157,16 +157,35 @@ func wholeLoopMatchesReference(name: String, kind: SamplerKind) throws {
 func dpmSolverMatchesDiffusers(spec: String, prediction: Prediction) throws {
     // diffusers' DPMSolverMultistepScheduler (dpmsolver++, order 2, midpoint, final sigma 0) on the
     // same model outputs, step by step (tools/reference/make_pipeline_fixtures.py, make_dpm).
-    let name = "dpm_\(prediction == .v ? "v_" : "")\(spec)"
+    try checkAgainstDiffusers(
+        name: "dpm_\(prediction == .v ? "v_" : "")\(spec)", spec: spec, kind: .dpmSolver2M, prediction: prediction,
+        noiseSeed: 1)
+}
+
+@Test(arguments: [("trailing6", Prediction.epsilon), ("trailing20", .epsilon), ("trailing6", .v)])
+func sdeDpmSolverMatchesDiffusers(spec: String, prediction: Prediction) throws {
+    // The same scheduler as "sde-dpmsolver++" (make_dpm_sde), given as variance_noise the z that
+    // the items draw here from their own Philox streams (seed 5, grid ids 0 and 1).
+    try checkAgainstDiffusers(
+        name: "dpm_sde_\(prediction == .v ? "v_" : "")\(spec)", spec: spec, kind: .dpmSolver2MSDE,
+        prediction: prediction, noiseSeed: 5)
+}
+
+/// Runs two items from dpm.xT.npy through `kind` on the tiny model and compares the sample after
+/// every step with `name`.xs.npy.
+func checkAgainstDiffusers(
+    name: String, spec: String, kind: SamplerKind, prediction: Prediction, noiseSeed: UInt64
+) throws {
     let d = try GaussianDiffusion(respacing: spec)
-    #expect(d.timestepMap.reversed() == (try NPYArray(path: fixture("\(name).t.npy")).integers()), "\(name) timesteps")
+    let steps = "dpm_\(prediction == .v ? "v_" : "")\(spec).t.npy"
+    #expect(d.timestepMap.reversed() == (try NPYArray(path: fixture(steps)).integers()), "\(name) timesteps")
     let model = try tinyModel()
     let layout = GridLayout(k: 2, frameSize: 4, channels: 4)
-    let schedule = DenoiseSchedule(diffusion: d, kind: .dpmSolver2M, prediction: prediction)
+    let schedule = DenoiseSchedule(diffusion: d, kind: kind, prediction: prediction)
     let xT = try load("dpm.xT.npy")
     let items = try (0..<2).map { i in
         try DenoiseItem(
-            schedule: schedule, layout: layout, noise: NoiseStream(seed: 1, id: i),
+            schedule: schedule, layout: layout, noise: NoiseStream(seed: noiseSeed, id: i),
             x: xT.slice(i..<i + 1).reshaped(layout.gridShape).copy())
     }
     let want = try load("\(name).xs.npy")
@@ -186,10 +205,11 @@ func dpmSolverMatchesDiffusers(spec: String, prediction: Prediction) throws {
     #expect(worst <= 1e-5 * scale)
 }
 
-@Test func dpmSolverKeepsKnownFramesAndCannotResumeMidway() throws {
+@Test(arguments: [SamplerKind.dpmSolver2M, .dpmSolver2MSDE])
+func dpmSolverKeepsKnownFramesAndCannotResumeMidway(kind: SamplerKind) throws {
     let layout = GridLayout(k: 2, frameSize: 2, channels: 1)
     let d = try GaussianDiffusion(respacing: "trailing5")
-    let schedule = DenoiseSchedule(diffusion: d, kind: .dpmSolver2M, variance: .fixedLarge)
+    let schedule = DenoiseSchedule(diffusion: d, kind: kind, variance: .fixedLarge)
     let clean = Tensor([Float](repeating: 0.5, count: layout.gridCount), shape: layout.gridShape)
     for level in [ReplacementLevel.previousStep, .clean, .officialCurrentStep] {
         let item = try DenoiseItem(
@@ -203,4 +223,23 @@ func dpmSolverMatchesDiffusers(spec: String, prediction: Prediction) throws {
     #expect(throws: DiffusionError.self) {
         try DenoiseItem(schedule: schedule, layout: layout, noise: NoiseStream(seed: 3, id: 0), position: 2)
     }
+}
+
+@Test func sdeDpmSolverDrawsItsStepNoise() throws {
+    // From the same x_T, the SDE solver's result depends on the step noise (its seed), the ODE's does not.
+    let layout = GridLayout(k: 2, frameSize: 2, channels: 1)
+    let d = try GaussianDiffusion(respacing: "trailing8")
+    let xT = try Sampler(diffusion: d, layout: layout, seed: 1).initialNoise(grids: [0]).reshaped(layout.gridShape)
+    func run(_ kind: SamplerKind, seed: UInt64) throws -> [Float] {
+        let item = try DenoiseItem(
+            schedule: DenoiseSchedule(diffusion: d, kind: kind), layout: layout,
+            noise: NoiseStream(seed: seed, id: 0), x: xT.copy())
+        try BatchDenoiser.run([item], model: { x, t, _ in elementwiseModel(x, t) })
+        return item.x.toArray()
+    }
+    #expect(try run(.dpmSolver2M, seed: 2) == run(.dpmSolver2M, seed: 3))
+    let sde = try run(.dpmSolver2MSDE, seed: 2)
+    #expect(try sde == run(.dpmSolver2MSDE, seed: 2))
+    #expect(try sde != run(.dpmSolver2MSDE, seed: 3))
+    #expect(try sde != run(.dpmSolver2M, seed: 2))
 }

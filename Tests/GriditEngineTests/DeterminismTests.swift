@@ -54,6 +54,12 @@ private func bytes(
             seed: 2, sampler: .dpmpp2m, steps: "trailing4", srSampler: .dpmpp2m, srSteps: "trailing3", contextRows: 2))
     let solver = try bytes("pixel", dpm, options: ExecutionOptions(threads: 1, maxBatch: 1))
     #expect(try bytes("pixel", dpm, options: ExecutionOptions(threads: 3, maxBatch: 16)) == solver)
+    // Its SDE form draws Philox noise at every step, keyed per item as DDPM's is.
+    var sde = dpm
+    (sde.parameters.sampler, sde.parameters.srSampler) = (.dpmpp2mSDE, .dpmpp2mSDE)
+    let stochastic = try bytes("pixel", sde, options: ExecutionOptions(threads: 1, maxBatch: 1))
+    #expect(try bytes("pixel", sde, options: ExecutionOptions(threads: 3, maxBatch: 16)) == stochastic)
+    #expect(stochastic != solver)
 }
 
 @Test func runsBatchedTogetherGetTheBytesTheyGetAlone() throws {

@@ -60,9 +60,11 @@ gen s1_ddpm100 "$n16" 16 2 --no-sr --sampler ddpm --steps 100
 gen s1_ddpm50 "$n16" 16 2 --no-sr --sampler ddpm --steps 50
 gen s1_ddim50 "$n16" 16 2 --no-sr --sampler ddim --steps 50 --eta 0
 gen s1_dpm25 "$n16" 16 2 --no-sr --sampler dpmpp-2m --steps trailing25
+gen s1_sde25 "$n16" 16 2 --no-sr --sampler dpmpp-2m-sde --steps trailing25
 ev --gen "$work/s1_ddpm250" --name "DDPM 250" --gen "$work/s1_ddpm100" --name "DDPM 100" \
    --gen "$work/s1_ddpm50" --name "DDPM 50" --gen "$work/s1_ddim50" --name "DDIM 50 (eta 0)" \
    --gen "$work/s1_dpm25" --name "DPM-Solver++(2M) trailing 25" \
+   --gen "$work/s1_sde25" --name "SDE-DPM-Solver++(2M) trailing 25" \
    --json "$work/stage1_16.json" --sheet "$work/stage1_16.png"
 
 echo "== full pipeline, $loff frames, official mode (3 context rows + in-betweening), defaults' samplers"
@@ -76,7 +78,7 @@ echo "== stage 1 alone, one 16-frame grid seen through the bicubic x4 (the check
 if [ "$curve" != 1 ]; then
 echo "== stage 2 on exact held-out pairs"
 "$py" tools/eval/sr_check.py --pipeline "$pl" --count 64 --setting ddpm:25 --setting ddpm:50 --setting ddim:25 \
-    --setting dpmpp-2m:trailing20 --json "$work/sr.json"
+    --setting dpmpp-2m:trailing20 --setting dpmpp-2m-sde:trailing18 --json "$work/sr.json"
 fi
 echo "== learning-curve row (KVD with I3D_PY)"
 "$py" tools/eval/curve_row.py "$pl" "$work"

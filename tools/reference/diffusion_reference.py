@@ -141,9 +141,11 @@ class Diffusion:
             return mean
         return mean + sigma * z
 
-    def dpm_solver_step(self, x, out, k: int, prev_x0=None, prediction: str = "epsilon"):
+    def dpm_solver_step(self, x, out, k: int, prev_x0=None, prediction: str = "epsilon", z=None):
         """DPM-Solver++(2M) (Lu et al. 2022, midpoint form) from level k to k-1, or to x0 at k = 0;
-        first order without prev_x0 (the x0 of step k+1). Returns (x_{k-1}, x0_k)."""
+        first order without prev_x0 (the x0 of step k+1). With noise z, the SDE form (diffusers'
+        "sde-dpmsolver++"): x_t = (s_t/s_s) e^-h x + a_t (1 - e^-2h)(D0 + D1/2) + s_t sqrt(1 - e^-2h) z.
+        Returns (x_{k-1}, x0_k)."""
         eps = self.epsilon(x, out, k, prediction)
         x0 = self.sqrt_recip[k] * x - self.sqrt_recipm1[k] * eps
         if k == 0:
@@ -151,8 +153,13 @@ class Diffusion:
         lam = lambda ab: 0.5 * (math.log(ab) - math.log(1.0 - ab))  # noqa: E731
         a, at = self.ab[k], self.ab[k - 1]
         h = lam(at) - lam(a)
-        e = math.sqrt(at) * (1.0 - math.exp(-h))
-        xt = math.sqrt((1.0 - at) / (1.0 - a)) * x + e * x0
+        ratio = math.sqrt((1.0 - at) / (1.0 - a))
+        if z is None:
+            e = math.sqrt(at) * (1.0 - math.exp(-h))
+            xt = ratio * x + e * x0
+        else:
+            e = math.sqrt(at) * (1.0 - math.exp(-2.0 * h))
+            xt = ratio * math.exp(-h) * x + e * x0 + math.sqrt(1.0 - at) * math.sqrt(1.0 - math.exp(-2.0 * h)) * z
         if prev_x0 is not None and k + 1 < self.count:
             r = (lam(a) - lam(self.ab[k + 1])) / h
             xt = xt + 0.5 * e / r * (x0 - prev_x0)

@@ -1,10 +1,10 @@
-"""Generate the numerical fixtures of GriditPipelineTests from the PyTorch references.
+"""Generate the numerical fixtures of GriditDiffusionTests from the PyTorch references.
 
 Regenerate (from the repository root, with a virtualenv that has tools/requirements.txt):
 
     <venv>/bin/python tools/reference/make_pipeline_fixtures.py [--out DIR]
 
-Default output: Tests/GriditPipelineTests/Fixtures/. Deterministic (fixed torch.Generator seed,
+Default output: Tests/GriditDiffusionTests/Fixtures/. Deterministic (fixed torch.Generator seed,
 float64 evaluation). Uses the tiny unconditional learned-sigma model of GriditModelsTests
 (uncond.safetensors + uncond.config.json, copied next to the fixtures) and
 diffusion_reference.py. Steps are computed in float64 and saved as float32; schedule arrays are
@@ -48,6 +48,12 @@ is what its variance_type "learned_range" takes, hard-coded there for 3 channels
     dpm_v_trailing6.xs.npy       the same loop with the output read as v (prediction_type v_prediction)
     cases: linspace6, leading6, trailing6, trailing20
 
+SDE-DPM-Solver++(2M) against the same scheduler with algorithm_type "sde-dpmsolver++" (order 2, midpoint;
+see make_dpm_sde), from dpm.xT.npy, the noise of every step given to the scheduler as variance_noise:
+the engine's Philox z of spaced step k for grid ids 0 and 1 (seed 5, purpose "step"; none is read at k = 0):
+    dpm_sde_<spacing><N>.xs.npy  (N, 2, 4, 8, 8) the sample after each step; cases trailing6, trailing20,
+                                 and v_trailing6 (prediction_type v_prediction)
+
 Bicubic (the stage-2 condition): bicubic.in.npy (2, 3, 5, 7) in [-1, 1]; bicubic.x{2,3,4}.npy =
 F.interpolate(mode="bicubic", align_corners=False) by that scale, evaluated in float64.
 """
@@ -71,7 +77,7 @@ from dit_reference import DiT, DiTConfig, load_weights  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO_ROOT / "Tests" / "GriditModelsTests" / "Fixtures"
-DEFAULT_OUT = REPO_ROOT / "Tests" / "GriditPipelineTests" / "Fixtures"
+DEFAULT_OUT = REPO_ROOT / "Tests" / "GriditDiffusionTests" / "Fixtures"
 SIZE_LIMIT = 1_000_000
 SEED = 2024
 LOOP_SEED = 45
@@ -154,6 +160,35 @@ def make_dpm(model, out: Path) -> None:
         print(f"{name:<18} timesteps {sched.timesteps.tolist()[:4]}... max |x0| {x.abs().max():.3f}")
 
 
+SDE_SEED = 5
+
+
+def make_dpm_sde(model, out: Path) -> None:
+    """Whole SDE-DPM-Solver++(2M) loops by diffusers' scheduler; the injected noise is the engine's."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    x_t = torch.from_numpy(np.load(out / "dpm.xT.npy"))
+    for spacing, n, prediction in [("trailing", 6, "epsilon"), ("trailing", 20, "epsilon"),
+                                   ("trailing", 6, "v_prediction")]:
+        sched = DPMSolverMultistepScheduler(
+            num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", solver_order=2,
+            prediction_type=prediction, algorithm_type="sde-dpmsolver++", solver_type="midpoint",
+            lower_order_final=True, final_sigmas_type="zero", timestep_spacing=spacing)
+        sched.set_timesteps(n)
+        x = x_t.clone()
+        xs = []
+        for i, t in enumerate(sched.timesteps):
+            k = n - 1 - i  # the engine's spaced step
+            z = np.stack([grid_noise(2, 4, 4, SDE_SEED, "step", g, k) for g in (0, 1)])
+            with torch.no_grad():
+                mo = model(x.double(), torch.full((2,), float(t), dtype=torch.float64)).float()[:, :4]
+            x = sched.step(mo, t, x, variance_noise=torch.from_numpy(z)).prev_sample
+            xs.append(x.clone())
+        name = f"dpm_sde_{'v_' if prediction != 'epsilon' else ''}{spacing}{n}"
+        save(out / f"{name}.xs.npy", f32(torch.stack(xs)))
+        print(f"{name:<22} max |x0| {x.abs().max():.3f}")
+
+
 def make_bicubic(out: Path, gen: torch.Generator) -> None:
     """The stage-2 condition convention: F.interpolate(mode="bicubic", align_corners=False)."""
     x = torch.rand((2, 3, 5, 7), generator=gen, dtype=torch.float32) * 2 - 1
@@ -166,6 +201,8 @@ def make_bicubic(out: Path, gen: torch.Generator) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--only-sde", action="store_true",
+                    help="write only the SDE-DPM-Solver++ fixtures (they read dpm.xT.npy from --out)")
     args = ap.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -178,6 +215,9 @@ def main() -> int:
     model = DiT(cfg, attn_impl="math").double()
     load_weights(model, load_file(str(MODEL_DIR / "uncond.safetensors")))
     model.eval()
+    if args.only_sde:
+        make_dpm_sde(model, out)
+        return 0
 
     diffs = {"250": Diffusion("250"), "ddim50": Diffusion("ddim50")}
     for spec, d in diffs.items():
@@ -223,6 +263,7 @@ def main() -> int:
     make_loops(model, out, gen)
     make_bicubic(out, gen)
     make_dpm(model, out)
+    make_dpm_sde(model, out)
 
     total = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     print(f"fixtures: {total} bytes in {out}")

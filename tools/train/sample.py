@@ -38,6 +38,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common as C  # noqa: E402
 
 
+SAMPLERS = ["ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde"]
+
+
 class Pipeline:
     def __init__(self, folder: str):
         with open(os.path.join(folder, "pipeline.json")) as f:
@@ -72,8 +75,8 @@ def denoise(model, diff, x, gen, sampler: str, eta: float, cond=None, known=None
         z = torch.randn(x.shape, generator=gen)
         if sampler == "ddpm":
             x = diff.p_sample(x, out, k, z, prediction=prediction)
-        elif sampler == "dpmpp-2m":  # known frames then go to the new level: "official" acts as "previous"
-            x, prev_x0 = diff.dpm_solver_step(x, out, k, prev_x0, prediction)
+        elif sampler in ("dpmpp-2m", "dpmpp-2m-sde"):  # known frames go to the new level: "official" acts as "previous"
+            x, prev_x0 = diff.dpm_solver_step(x, out, k, prev_x0, prediction, z if sampler == "dpmpp-2m-sde" else None)
             x = x.float()
             level = "previous" if level == "official" else level
         else:
@@ -220,10 +223,10 @@ def main(argv=None) -> int:
     ap.add_argument("--length", type=int, default=128)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--mode", choices=["gridit", "official"])
-    ap.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp-2m"])
+    ap.add_argument("--sampler", choices=SAMPLERS)
     ap.add_argument("--steps")
     ap.add_argument("--eta", type=float)
-    ap.add_argument("--sr-sampler", choices=["ddpm", "ddim", "dpmpp-2m"])
+    ap.add_argument("--sr-sampler", choices=SAMPLERS)
     ap.add_argument("--sr-steps")
     ap.add_argument("--context-rows", type=int)
     ap.add_argument("--context", choices=["renoised", "clean"], help="gridit mode's known frames")

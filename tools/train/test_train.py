@@ -280,23 +280,29 @@ def test_follow_waits_for_a_stopped_leader_and_stops_when_it_exits():
 
 @pytest.mark.parametrize("name,spec,prediction", [("dpm_trailing6", "trailing6", "epsilon"),
                                                    ("dpm_linspace6", "linspace6", "epsilon"),
-                                                   ("dpm_v_trailing6", "trailing6", "v")])
+                                                   ("dpm_v_trailing6", "trailing6", "v"),
+                                                   ("dpm_sde_trailing6", "trailing6", "epsilon"),
+                                                   ("dpm_sde_v_trailing6", "trailing6", "v")])
 def test_reference_dpm_solver_matches_diffusers(name, spec, prediction):
-    """diffusion_reference's DPM-Solver++(2M) (what sample.py runs) against diffusers' scheduler, on
-    the fixtures of GriditPipelineTests (tools/reference/make_pipeline_fixtures.py)."""
+    """diffusion_reference's DPM-Solver++(2M), ODE and SDE (what sample.py runs), against diffusers'
+    scheduler, on the fixtures of GriditDiffusionTests (tools/reference/make_pipeline_fixtures.py); the
+    SDE cases inject the Philox noise the fixtures were made with."""
     from pathlib import Path
-    fx = Path(__file__).resolve().parents[2] / "Tests" / "GriditPipelineTests" / "Fixtures"
+    fx = Path(__file__).resolve().parents[2] / "Tests" / "GriditDiffusionTests" / "Fixtures"
     model = C.load_safetensors(str(fx / "uncond.config.json"), str(fx / "uncond.safetensors")).double()
     model.cfg.prediction = prediction
     d = C.dref.Diffusion(spec)
-    assert list(reversed(d.timestep_map.tolist())) == np.load(fx / f"{name}.t.npy").tolist()
+    assert list(reversed(d.timestep_map.tolist())) == np.load(fx / f"{name.replace('sde_', '')}.t.npy").tolist()
     x = torch.from_numpy(np.load(fx / "dpm.xT.npy")).double()
     want = np.load(fx / f"{name}.xs.npy")
     prev = None
     for i, k in enumerate(reversed(range(d.count))):
         with torch.no_grad():
             out = model(x, torch.full((2,), float(d.timestep_map[k]), dtype=torch.float64)).float().double()
-        x, prev = d.dpm_solver_step(x, out, k, prev, prediction)
+        z = None
+        if "_sde_" in name:
+            z = torch.from_numpy(np.stack([C.dref.grid_noise(2, 4, 4, 5, "step", g, k) for g in (0, 1)])).double()
+        x, prev = d.dpm_solver_step(x, out, k, prev, prediction, z)
         scale = float(np.abs(want).max())
         assert float((x - torch.from_numpy(want[i]).double()).abs().max()) <= 1e-5 * scale, f"step {i}"
 
