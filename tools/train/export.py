@@ -63,10 +63,10 @@ def main(argv=None) -> int:
     d = C.Defaults()
     ap.add_argument("--mode", default=d.mode)
     ap.add_argument("--sampler", default=d.sampler)
-    ap.add_argument("--steps", type=int, default=d.steps)
+    ap.add_argument("--steps", default=d.steps)
     ap.add_argument("--eta", type=float, default=d.eta)
     ap.add_argument("--sr-sampler", default=d.sr_sampler)
-    ap.add_argument("--sr-steps", type=int, default=d.sr_steps)
+    ap.add_argument("--sr-steps", default=d.sr_steps)
     ap.add_argument("--context-rows", type=int, default=d.context_rows)
     ap.add_argument("--context", choices=["renoised", "clean"], default=d.context,
                     help="gridit mode's known frames (clean: for a stage 1 trained with --ctx-share)")
