@@ -273,12 +273,22 @@ def chaos_phase(args, rng, pg, hosts, requests, numbers):
             # A host running a job that has not crashed yet: a job whose hosts stall twice in a
             # row uses up its crashes (RetryPolicy.maxCrashes, 2) and goes dead by design.
             busy = [h for h in candidates if fresh_jobs(pg, h.running_ids())]
-            if not busy and now < pause_starts[0] + 30:
-                return  # a stop matters while the host holds a lease: wait (a while) for one
-            pause_starts.pop(0)
+            if not busy and now < pause_starts[0] + 60:
+                # A stop matters while the host holds a lease: bring jobs forward, wait for one.
+                for request in pending[:3]:
+                    acknowledged[request["key"]] = rng.choice(candidates).submit(request)
+                del pending[:3]
+                return
             h = rng.choice(busy or candidates)
-            numbers["pauses_while_running"] += bool(busy)
             h.pause()
+            # Holding a lease once stopped, as the database says (its job may just have ended):
+            # else continued at once, and tried again.
+            held = pg.rows(f"SELECT id FROM gridit.job WHERE state = 'running' AND node_id = '{h.node}'", "gridit")
+            if busy and not held:
+                h.resume()
+                return
+            pause_starts.pop(0)
+            numbers["pauses_while_running"] += bool(held)
             h.stopped.append((time.time(), None))
             paused[h] = time.time() + pause_seconds
             numbers["pauses"] += 1
