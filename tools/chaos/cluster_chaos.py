@@ -232,12 +232,12 @@ def status_probe(host):
     return True, any(n.get("code") == "database_unreachable" for n in notices)
 
 
-def fresh_jobs(pg, ids):
-    """Those of the jobs `ids` that have no crash counted yet."""
-    if not ids:
-        return []
-    listed = ",".join(str(i) for i in ids)
-    return pg.rows(f"SELECT id FROM gridit.job WHERE id IN ({listed}) AND crash_count = 0", "gridit")
+def held_jobs(pg, host, fresh=False):
+    """The jobs `host` holds a lease on, as the database says (`fresh`: with no crash yet).
+    Not `status`: on a loaded machine it may answer without the database (after 5 s)."""
+    crashes = " AND crash_count = 0" if fresh else ""
+    return pg.rows(f"SELECT id FROM gridit.job WHERE state = 'running' AND node_id = '{host.node}'{crashes}",
+                   "gridit")
 
 
 def chaos_phase(args, rng, pg, hosts, requests, numbers):
@@ -253,7 +253,10 @@ def chaos_phase(args, rng, pg, hosts, requests, numbers):
     # A third of the jobs at once, so that the first kills and pauses find work running.
     first = [rng.choice(hosts).submit(r) for r in requests[:len(requests) // 3]]
     acknowledged.update(zip((r["key"] for r in requests), first))
-    pending = requests[len(first):]
+    # Three jobs kept for each pause, submitted when it finds no busy host (the cycles' may be done).
+    kept = min(3 * args.pauses, len(requests) - len(first))
+    reserve = requests[len(requests) - kept:]
+    pending = requests[len(first):len(requests) - kept]
     per_cycle = max(1, -(-len(pending) // max(1, args.kills)))
     numbers.update({"kills": 0, "kills_while_running": 0, "pauses": 0, "pauses_while_running": 0,
                     "pg_restarts": 0, "pg_restart_seconds_max": 0.0})
@@ -272,18 +275,19 @@ def chaos_phase(args, rng, pg, hosts, requests, numbers):
             candidates = live()
             # A host running a job that has not crashed yet: a job whose hosts stall twice in a
             # row uses up its crashes (RetryPolicy.maxCrashes, 2) and goes dead by design.
-            busy = [h for h in candidates if fresh_jobs(pg, h.running_ids())]
+            busy = [h for h in candidates if held_jobs(pg, h, fresh=True)]
             if not busy and now < pause_starts[0] + 60:
                 # A stop matters while the host holds a lease: bring jobs forward, wait for one.
-                for request in pending[:3]:
+                source = pending if pending else reserve
+                for request in source[:3]:
                     acknowledged[request["key"]] = rng.choice(candidates).submit(request)
-                del pending[:3]
+                del source[:3]
                 return
             h = rng.choice(busy or candidates)
             h.pause()
             # Holding a lease once stopped, as the database says (its job may just have ended):
             # else continued at once, and tried again.
-            held = pg.rows(f"SELECT id FROM gridit.job WHERE state = 'running' AND node_id = '{h.node}'", "gridit")
+            held = held_jobs(pg, h)
             if busy and not held:
                 h.resume()
                 return
@@ -302,7 +306,7 @@ def chaos_phase(args, rng, pg, hosts, requests, numbers):
         pauses_due()
         # A host running a job when there is one: a kill matters most in the middle of one.
         candidates = live()
-        busy = [h for h in candidates if h.running()]
+        busy = [h for h in candidates if held_jobs(pg, h)]
         victim = rng.choice(busy or candidates)
         numbers["kills_while_running"] += bool(busy)
         victim.restart_after_kill()
@@ -315,9 +319,12 @@ def chaos_phase(args, rng, pg, hosts, requests, numbers):
                                                     round(time.monotonic() - t, 2))
     for request in pending:
         acknowledged[request["key"]] = rng.choice(live()).submit(request)
+    pending = []
     while paused or pause_starts:
         pauses_due()
         time.sleep(0.2)
+    for request in reserve:
+        acknowledged[request["key"]] = rng.choice(hosts).submit(request)
     return acknowledged
 
 
