@@ -1,7 +1,7 @@
 #define _GNU_SOURCE
 #include "process_support.h"
 
-#include <dirent.h>
+#include <spawn.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -14,19 +14,14 @@ int gridit_die_with_parent(int signal) {
 
 void gridit_set_process_name(const char *name) { prctl(PR_SET_NAME, (unsigned long)name, 0UL, 0UL, 0UL); }
 
-void gridit_close_from(int lowest) {
-#ifdef SYS_close_range
-    if (syscall(SYS_close_range, (unsigned int)lowest, ~0U, 0U) == 0) return;
+int gridit_spawn_close_from(posix_spawn_file_actions_t *actions, int lowest) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+    return posix_spawn_file_actions_addclosefrom_np(actions, lowest);
+#else
+    (void)actions;
+    (void)lowest;
+    return 0;  // older C libraries: descriptors griditd opened without O_CLOEXEC stay open in the worker
 #endif
-    DIR *dir = opendir("/proc/self/fd");
-    if (dir == NULL) return;
-    int own = dirfd(dir);
-    struct dirent *entry;
-    while ((entry = readdir(dir)) != NULL) {
-        int fd = atoi(entry->d_name);
-        if (fd >= lowest && fd != own) close(fd);
-    }
-    closedir(dir);
 }
 
 int gridit_exit_signal(int status) { return WIFSIGNALED(status) ? WTERMSIG(status) : 0; }

@@ -247,6 +247,9 @@ public struct StatusNotice: Codable, Hashable, Sendable {
         public static let databaseLost = Code(rawValue: "database_lost")
         /// This host is drained (`griditctl nodes drain`): it claims no job; its running jobs finish.
         public static let draining = Code(rawValue: "draining")
+        /// The shared job database (PostgreSQL) does not answer: nothing is claimed or recorded;
+        /// running jobs stop at their lease's fence and run again once it answers.
+        public static let databaseUnreachable = Code(rawValue: "database_unreachable")
     }
 
     public var code: Code

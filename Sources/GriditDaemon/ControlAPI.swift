@@ -352,15 +352,74 @@ extension ControlAPI {
         return .json(try await currentQueue())
     }
 
+    /// How long `status` waits for a shared job database before it answers without it.
+    static let statusDatabaseWait: Duration = .seconds(5)
+
     func status(_ request: APIRequest) async throws(APIError) -> Response {
-        let notices = context.startBlocker(remakeReserve: false).map { [$0] } ?? []
+        var notices = context.startBlocker(remakeReserve: false).map { [$0] } ?? []
         // A lost database may not read any more: status still answers, saying so.
         let lost = notices.first?.code == .databaseLost
+        let uid = request.caller.uid
+        let reading: StatusReading
+        if context.singleHost {
+            reading = try await readStatus(owner: uid, lost: lost)
+        } else {
+            // A shared database that does not answer must not hold status up (each statement
+            // may wait its deadline for a connection, and be tried again): status says so.
+            let api = self
+            let read: @Sendable () async throws(APIError) -> StatusReading = { () async throws(APIError) in
+                try await api.readStatus(owner: uid, lost: lost)
+            }
+            switch await result(within: Self.statusDatabaseWait, read) {
+            case .success(let answer)?:
+                context.conditions.databaseAnswered()
+                reading = answer
+            case .failure(let error)?:
+                context.conditions.databaseFailed(error.message, at: Date())
+                reading = StatusReading(queue: emptyQueue)
+            case nil:
+                context.conditions.databaseFailed(
+                    "no answer within \(Self.statusDatabaseWait / .seconds(1)) s", at: Date())
+                reading = StatusReading(queue: emptyQueue)
+            }
+            if let outage = context.databaseOutageNotice() { notices.append(outage) }
+        }
+        let now = Date()
+        return .json(
+            DaemonStatus(
+                version: griditVersion, apiVersion: apiVersion, instanceID: context.configuration.instanceID,
+                pid: getpid(), startedAt: context.startedAt, uptimeSeconds: now.timeIntervalSince(context.startedAt),
+                stateDirectory: context.configuration.stateDirectory, diskFreeBytes: context.freeBytes(),
+                minFreeBytes: context.configuration.minFreeBytes, queue: reading.queue, running: reading.running,
+                yourJobs: reading.mine.map {
+                    QueuedJobPosition(id: $0.id, state: $0.state, queuePosition: $0.queuePosition)
+                },
+                loadedModels: await context.catalog?.loadedModels() ?? [], engineAvailable: context.engine != nil,
+                modelStoreAvailable: context.catalog != nil, blasThreads: context.configuration.blasThreads,
+                caller: request.caller.info, notices: notices, worker: context.engine?.worker, nodes: reading.nodes,
+                sharedRoot: context.configuration.sharedRoot))
+    }
+
+    /// What `status` reads from the job store.
+    private struct StatusReading: Sendable {
+        var queue: QueueStatus
+        var running: [RunningJob] = []
+        var mine: [Job] = []
+        /// Every host, where several share the queue.
+        var nodes: [NodeInfo]? = nil
+    }
+
+    /// The counts of a queue that cannot be read.
+    private var emptyQueue: QueueStatus {
+        QueueStatus(paused: false, counts: QueueCounts(), maxQueued: context.configuration.maxQueued)
+    }
+
+    private func readStatus(owner: UInt32, lost: Bool) async throws(APIError) -> StatusReading {
         let queue: QueueStatus
         do {
             queue = try await currentQueue()
         } catch  where lost {
-            queue = QueueStatus(paused: false, counts: QueueCounts(), maxQueued: context.configuration.maxQueued)
+            queue = emptyQueue
         }
         var running: [RunningJob] = []
         for id in context.monitor.runningIDs {
@@ -370,25 +429,11 @@ extension ControlAPI {
                     id: id, ownerUID: job.ownerUID, pipelineDigest: job.pipelineDigest,
                     progress: try Self.info(job, live: context.monitor.live(id)).progress))
         }
-        let filter = JobFilter(states: [.queued, .retryable, .running], ownerUID: request.caller.uid, limit: 100)
+        let filter = JobFilter(states: [.queued, .retryable, .running], ownerUID: owner, limit: 100)
         let mine =
             lost ? ((try? await context.store.list(filter)) ?? []) : try await store { try await $0.list(filter) }
-        // Every host, where several share the queue.
         let nodes = context.singleHost ? nil : (lost ? nil : try await nodeInfos())
-        let now = Date()
-        return .json(
-            DaemonStatus(
-                version: griditVersion, apiVersion: apiVersion, instanceID: context.configuration.instanceID,
-                pid: getpid(), startedAt: context.startedAt, uptimeSeconds: now.timeIntervalSince(context.startedAt),
-                stateDirectory: context.configuration.stateDirectory, diskFreeBytes: context.freeBytes(),
-                minFreeBytes: context.configuration.minFreeBytes, queue: queue, running: running,
-                yourJobs: mine.map {
-                    QueuedJobPosition(id: $0.id, state: $0.state, queuePosition: $0.queuePosition)
-                },
-                loadedModels: await context.catalog?.loadedModels() ?? [], engineAvailable: context.engine != nil,
-                modelStoreAvailable: context.catalog != nil, blasThreads: context.configuration.blasThreads,
-                caller: request.caller.info, notices: notices, worker: context.engine?.worker, nodes: nodes,
-                sharedRoot: context.configuration.sharedRoot))
+        return StatusReading(queue: queue, running: running, mine: mine, nodes: nodes)
     }
 
     /// Why a due job that waits does not start now (nil: it starts when its turn comes).

@@ -137,6 +137,18 @@ public struct DaemonContext: Sendable {
         return nil
     }
 
+    /// The notice `status` gives while the shared job database does not answer (nil: it does).
+    func databaseOutageNotice(now: Date = Date()) -> StatusNotice? {
+        guard let outage = conditions.databaseOutage else { return nil }
+        let seconds = Int(max(0, now.timeIntervalSince(outage.since)).rounded())
+        return StatusNotice(
+            .databaseUnreachable,
+            "the job database \(configuration.databaseURL ?? "") does not answer (for \(seconds) s): \(outage.reason). "
+                + "No job is claimed or recorded meanwhile; running jobs stop before their leases can expire "
+                + "and run again once it answers",
+            blocksJobs: true)
+    }
+
     /// Free bytes on the state directory's filesystem, or on the shared root's where that has
     /// less, as `measureSharedRoot` last saw it (a test hook can pretend it is full).
     func freeBytes() -> Int64? {
@@ -163,8 +175,27 @@ public struct DaemonContext: Sendable {
 public final class StartConditions: Sendable {
     private let state = Mutex<(lost: String?, last: StatusNotice.Code?)>((nil, nil))
     private let sharedFree = Mutex<Int64?>(nil)
+    private let unreachable = Mutex<DatabaseOutage?>(nil)
 
     public init() {}
+
+    /// Since when the shared job database has not answered, and why it last failed (nil: it
+    /// answered last time it was asked).
+    var databaseOutage: DatabaseOutage? { unreachable.withLock { $0 } }
+
+    /// A read or write of the shared job database failed or timed out: keeps when that began.
+    func databaseFailed(_ reason: String, at now: Date) {
+        unreachable.withLock { $0 = DatabaseOutage(since: $0?.since ?? now, reason: reason) }
+    }
+
+    /// The shared job database answered; true when it had not before (the outage is over).
+    @discardableResult
+    func databaseAnswered() -> Bool {
+        unreachable.withLock { outage in
+            defer { outage = nil }
+            return outage != nil
+        }
+    }
 
     /// The shared root's free bytes when last measured (nil: no shared root, or not yet).
     var sharedRootFree: Int64? {
@@ -187,4 +218,10 @@ public final class StartConditions: Sendable {
             return s.last != blocker?.code
         }
     }
+}
+
+/// The shared job database not answering, as `status` reports it.
+struct DatabaseOutage: Sendable, Hashable {
+    var since: Date
+    var reason: String
 }

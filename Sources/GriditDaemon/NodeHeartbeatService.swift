@@ -23,8 +23,11 @@ public struct NodeHeartbeatService: Service {
                 context.applyDraining(draining)
                 if failing { context.logger.notice("node heartbeat recorded again") }
                 failing = false
+                context.conditions.databaseAnswered()
             } catch {
-                // Jobs are fenced by their own leases; this only dates "last seen".
+                // Jobs are fenced by their own leases; this dates "last seen", and tells `status`
+                // that the shared database does not answer.
+                if !context.singleHost { context.conditions.databaseFailed("\(error)", at: Date()) }
                 if !failing {
                     context.logger.warning("node heartbeat failed", metadata: ["error": "\(error)"])
                 }

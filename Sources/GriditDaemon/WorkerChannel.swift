@@ -134,6 +134,9 @@ public struct WorkerLaunch: Sendable {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, ends[1], Self.channelDescriptor)
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        // Nothing else of griditd's: closed before the worker's program runs, not by the worker,
+        // whose runtime has opened descriptors of its own by then.
+        gridit_spawn_close_from(&actions, Self.channelDescriptor + 1)
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }

@@ -16,14 +16,14 @@ import Glibc
 public enum WorkerChild {
     /// First thing in the worker process: die with griditd (PR_SET_PDEATHSIG, and a check that
     /// griditd did not die before that), leave griditd's signals to griditd (SIGTERM, Ctrl-C:
-    /// griditd stops the worker itself), be the OOM killer's first choice rather than griditd,
-    /// and close every descriptor griditd had open but the channel. False if griditd is gone.
+    /// griditd stops the worker itself), and be the OOM killer's first choice rather than
+    /// griditd. (griditd's other descriptors were closed before this program ran: `WorkerLaunch`.)
+    /// False if griditd is gone.
     public static func detach(parentPID: Int32) -> Bool {
         guard gridit_die_with_parent(SIGKILL) == 0, getppid() == parentPID else { return false }
         gridit_set_process_name("griditd-worker")  // not "exe" (it runs /proc/self/exe)
         for s in [SIGTERM, SIGINT, SIGHUP, SIGPIPE] { signal(s, SIG_IGN) }
         try? "1000\n".write(toFile: "/proc/self/oom_score_adj", atomically: false, encoding: .utf8)
-        gridit_close_from(WorkerLaunch.channelDescriptor + 1)
         return true
     }
 

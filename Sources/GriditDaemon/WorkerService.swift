@@ -132,7 +132,7 @@ public struct WorkerService: Service {
         guard let first = try await store.claim(workerID: workerID, leaseDuration: lease, now: sent) else {
             return []
         }
-        leases.granted(first.job.id, at: sent)
+        leases.granted(first.job.id, at: first.sentAt ?? sent)
         var claimed = [first]
         // A job that crashed a worker before runs alone: its next crash is then its own.
         guard first.job.crashCount == 0 else { return claimed }
@@ -141,7 +141,7 @@ public struct WorkerService: Service {
         while claimed.count < context.configuration.maxBatchJobs,
             let more = try await store.claim(workerID: workerID, leaseDuration: lease, matching: filter, now: sent)
         {
-            leases.granted(more.job.id, at: sent)
+            leases.granted(more.job.id, at: more.sentAt ?? sent)
             claimed.append(more)
             sent = Date()
         }
@@ -367,7 +367,7 @@ public struct WorkerService: Service {
                 await context.monitor.waitForWake(timeout: pollInterval)
                 continue
             }
-            leases.granted(claimed.job.id, at: sent)
+            leases.granted(claimed.job.id, at: claimed.sentAt ?? sent)
             guard let ready = await start([claimed], stopping: stopping), let item = ready.batch.items.first else {
                 continue
             }

@@ -66,10 +66,16 @@ public struct SubmitResult: Hashable, Sendable {
 public struct ClaimedJob: Hashable, Sendable {
     public var job: Job
     public var token: LeaseToken
+    /// When the store sent the transaction that took the lease, where it knows (the database
+    /// starts the lease no earlier); nil: count from when `claim` was called. A claim can wait
+    /// long for a connection (a database that is restarting): counted from the call, a lease
+    /// granted just now would look old, and its worker would let go of it at once.
+    public var sentAt: Date?
 
-    public init(job: Job, token: LeaseToken) {
+    public init(job: Job, token: LeaseToken, sentAt: Date? = nil) {
         self.job = job
         self.token = token
+        self.sentAt = sentAt
     }
 }
 

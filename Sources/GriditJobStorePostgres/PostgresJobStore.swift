@@ -257,7 +257,7 @@ public final class PostgresJobStore: TransitionStore {
             }
         ) { connection -> ClaimedJob? in
             for row in try await connection.sql(query) {
-                return ClaimedJob(job: try self.decodeJob(row), token: token)
+                return ClaimedJob(job: try self.decodeJob(row), token: token, sentAt: connection.since)
             }
             return nil
         }

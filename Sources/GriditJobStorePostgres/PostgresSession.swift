@@ -20,6 +20,9 @@ struct PostgresSession: Sendable {
     let connection: PostgresConnection
     /// How long one statement may take before its connection is closed under it.
     let timeout: TimeAmount
+    /// When the connection was handed out, before anything was sent on it: a transaction's
+    /// `now()` comes later.
+    let since = Date()
 
     /// One statement, its rows read whole (the store's results are small: one job, a page).
     @discardableResult

@@ -194,4 +194,28 @@ struct CrashTests {
         #expect(done.state == .succeeded && done.crashCount == 0, "\(done)")
         #expect(daemon.stop() == 0)
     }
+
+    @Test("the engine worker stopped and continued (SIGSTOP, SIGCONT: a debugger, a frozen host) lives on")
+    func workerStoppedAndContinued() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let daemon = try DaemonProcess(directory: dir, arguments: Self.arguments, model: tinyPipeline())
+        let first = try daemon.client.post("/v1/jobs", SubmitJobRequest(length: 8), as: SubmitJobResponse.self).job.id
+        #expect(try waitForJob(daemon, first).state == .succeeded)
+        let pid = try Self.workerPID(daemon)
+        // A stop interrupts the worker's blocking calls: each sees EINTR once continued, and
+        // libdispatch's epoll wait then needs its descriptor (the worker once closed it at start).
+        for _ in 0..<3 {
+            kill(pid, SIGSTOP)
+            usleep(200_000)
+            kill(pid, SIGCONT)
+            usleep(200_000)
+        }
+        let id = try daemon.client.post("/v1/jobs", SubmitJobRequest(length: 8), as: SubmitJobResponse.self).job.id
+        let job = try waitForJob(daemon, id)
+        #expect(job.state == .succeeded && job.crashCount == 0, "\(job)")
+        let worker = try #require(try daemon.client.get("/v1/status", as: DaemonStatus.self).worker)
+        #expect(worker.pid == pid && worker.starts == 1 && worker.lastExit == nil, "\(worker)\n\(daemon.log)")
+        #expect(daemon.stop() == 0)
+    }
 }

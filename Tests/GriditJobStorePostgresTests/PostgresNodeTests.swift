@@ -36,6 +36,33 @@ struct PostgresNodeTests {
         }
     }
 
+    @Test("a claim that waited for a connection says when it was sent: its lease counts from then, not the call")
+    func claimSentAtIsWhenSent() async throws {
+        // One connection, held by another transaction for a while: the claim waits for it (as
+        // claims wait while PostgreSQL restarts), and its lease starts only once it is sent.
+        try await TestSchema().withStores(1, clock: .database, connections: 1) { stores in
+            let store = stores[0].acting(for: Self.nodeA)
+            _ = try await store.submit(JobSubmission(params: "{}", length: 4), owner: 1, maxQueued: 10, now: Date())
+            let (held, holding) = AsyncStream.makeStream(of: Date.self)
+            let holder = Task {
+                try await store.withConnection { connection in
+                    try await connection.sql("SELECT 1")
+                    holding.yield(Date())
+                    try await Task.sleep(for: .seconds(1))
+                    return Date()
+                }
+            }
+            var iterator = held.makeAsyncIterator()
+            _ = await iterator.next()
+            let called = Date()
+            let claimed = try #require(try await store.claim(workerID: "a/worker-0", leaseDuration: 60, now: called))
+            let released = try await holder.value
+            let sent = try #require(claimed.sentAt)
+            #expect(sent >= released, "sent \(sent), the connection came back at \(released), claim called \(called)")
+            #expect(sent <= Date())
+        }
+    }
+
     @Test("output folders are stored relative to the shared root: each host reads them under its own mount of it")
     func outputsRelativeToSharedRoot() async throws {
         try await TestSchema().withStores(2) { stores in
