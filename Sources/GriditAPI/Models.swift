@@ -50,10 +50,13 @@ public struct ModelImportResult: Codable, Sendable, Equatable {
     /// Bytes actually written into the store (copies); 0 when everything was linked or known.
     public var bytesWritten: Int64
     public var warnings: [String]
+    /// The model origin the version was published to, for every host of the cluster to pull;
+    /// nil on one host, or when publishing failed (a warning says why).
+    public var published: String?
 
     public init(
         reference: String, digest: String, size: Int64, previous: String?, blobs: [ModelBlob],
-        bytesWritten: Int64, warnings: [String]
+        bytesWritten: Int64, warnings: [String], published: String? = nil
     ) {
         self.reference = reference
         self.digest = digest
@@ -62,10 +65,11 @@ public struct ModelImportResult: Codable, Sendable, Equatable {
         self.blobs = blobs
         self.bytesWritten = bytesWritten
         self.warnings = warnings
+        self.published = published
     }
 
     enum CodingKeys: String, CodingKey {
-        case reference, digest, size, previous, blobs, warnings
+        case reference, digest, size, previous, blobs, warnings, published
         case bytesWritten = "bytes_written"
     }
 }

@@ -113,6 +113,7 @@ extension ModelImportResult {
         out += "  \(formatBytes(size)) in \(blobs.count) blobs (\(how)); \(formatBytes(bytesWritten)) written\n"
         if let previous, previous != digest { out += "  \(reference) pointed at \(previous) before\n" }
         if previous == digest { out += "  \(reference) already pointed at this version\n" }
+        if let published { out += "  published to the model origin \(published): every host pulls it from there\n" }
         for w in warnings { out += "warning: \(w)\n" }
         return out
     }

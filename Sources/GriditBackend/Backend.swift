@@ -36,8 +36,8 @@ public enum Backend {
         let models: ModelStore
         do {
             models = try ModelStore(
-                stateDirectory: configuration.stateDirectory, siteRoots: siteRoots, database: database,
-                access: .readWrite)
+                stateDirectory: configuration.stateDirectory, siteRoots: siteRoots,
+                origin: configuration.layout.modelOrigin, database: database, access: .readWrite)
         } catch {
             throw DaemonError("the model store cannot open: \(error)")
         }

@@ -84,7 +84,8 @@ public final class InProcessEngine: JobEngine {
     }
 
     /// The version's pipeline with absolute blob paths, after the store's integrity check (a
-    /// blob that fails it is quarantined: `digest_mismatch`).
+    /// blob that fails it is quarantined: `digest_mismatch`). In a cluster, a version this
+    /// host's store lacks is pulled from the model origin first, and runs from this host's copy.
     public func resolve(_ digest: String) throws(JobFailure) -> ResolvedPipeline {
         guard let blob = BlobDigest(digest) else {
             throw JobFailure(.modelMissing, "'\(digest.prefix(80))' is not a manifest digest")
@@ -94,6 +95,17 @@ public final class InProcessEngine: JobEngine {
         }
         do {
             return try models.resolvePipeline(blob)
+        } catch  where error.code == .notFound && models.origin != nil {
+            do {
+                if let pulled = try models.pull(blob) {
+                    logger.notice(
+                        "pulled model \(digest) from the model origin \(models.origin!): \(formatBytes(pulled.bytesWritten)) copied",
+                        metadata: ["model.digest": "\(digest)"])
+                }
+                return try models.resolvePipeline(blob)
+            } catch {
+                throw Self.failure(error, digest: digest)
+            }
         } catch {
             throw Self.failure(error, digest: digest)
         }

@@ -18,7 +18,8 @@ extension ModelImportResult {
     public init(_ report: ImportReport) {
         self.init(
             reference: report.reference, digest: report.digest, size: report.size, previous: report.previous,
-            blobs: report.blobs.map(ModelBlob.init), bytesWritten: report.bytesWritten, warnings: report.warnings)
+            blobs: report.blobs.map(ModelBlob.init), bytesWritten: report.bytesWritten, warnings: report.warnings,
+            published: report.published)
     }
 }
 

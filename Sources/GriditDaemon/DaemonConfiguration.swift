@@ -150,6 +150,9 @@ public struct StateLayout: Sendable {
     /// submitter chose (`--output`): apart from the automatic folders and per user, so that no
     /// name claims another job's or another user's folder.
     public var outputs: String { artifacts + "/outputs" }
+    /// The cluster's model origin (`models/` of the shared root): every import publishes its
+    /// version there, and a host pulls from it the versions its own store lacks. Nil: one host.
+    public var modelOrigin: String? { sharedRoot.map { $0 + "/models" } }
     /// Scratch space (model exports streamed to clients); always local.
     public var tmp: String { root + "/tmp" }
 

@@ -302,10 +302,17 @@ final class IngestFile {
 
     /// Links the content to `blobs/sha256/<hex>` unless a blob of that name exists (identical
     /// content by construction; the caller checks it is intact). Removes the temporary file.
-    func publish() throws(ModelStoreError) -> PublishOutcome {
+    /// `replacing`: renames it over whatever holds the name (a copy found corrupt), atomically.
+    func publish(replacing: Bool = false) throws(ModelStoreError) -> PublishOutcome {
         let destination = root.blobPath(digest)
         let outcome: PublishOutcome
-        if link(path, destination) == 0 {
+        if replacing {
+            guard rename(path, destination) == 0 else {
+                throw posixError("publishing the blob: rename to", path: destination, errno: errno)
+            }
+            DurableFiles.syncDirectory(root.blobsDirectory)
+            outcome = .added
+        } else if link(path, destination) == 0 {
             DurableFiles.syncDirectory(root.blobsDirectory)
             outcome = .added
         } else if errno == EEXIST {
@@ -313,7 +320,7 @@ final class IngestFile {
         } else {
             throw posixError("publishing the blob: link to", path: destination, errno: errno)
         }
-        unlink(path)
+        if !replacing { unlink(path) }
         consumed = true
         // Linking changes the ctime; any other change means a hardlinked source was written
         // after it was hashed, and the blob would hold bytes that are not its name's.

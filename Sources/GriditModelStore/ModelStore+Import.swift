@@ -134,13 +134,35 @@ extension ModelStore {
         let path = source.path
         let contents = try BundleReader.read(
             source, into: local, progress: progress.map { p in { p($0, $1, nil) } })
-        func bad(_ why: String) -> ModelStoreError {
-            ModelStoreError(
-                .invalidInput, "bundle \(path): \(why); nothing was imported", hint: "export the bundle again")
+        var tags = requested ?? []
+        if requested == nil {
+            for text in contents.index.tags { tags.append(try ModelReference.parseTag(text)) }
         }
-        let manifestDigest = contents.index.manifest
+        guard !tags.isEmpty else {
+            throw ModelStoreError(
+                .invalidReference, "bundle \(path) names no tag; say what to call the version",
+                hint: "add --name NAME:TAG")
+        }
+        return try importVersion(
+            contents.index.manifest, files: contents.blobs, source: path, tags: tags, publish: true,
+            names: { "\(path):blobs/sha256/\($0.hex)" }
+        ) {
+            ModelStoreError(
+                .invalidInput, "bundle \(path): \($0); nothing was imported", hint: "export the bundle again")
+        }
+    }
+
+    /// Validates and commits version `manifestDigest` whose files were read into ingest/ (`files`
+    /// by digest: the manifest and the blobs not stored yet; any other blob of the manifest must
+    /// have an intact copy in a store root): a bundle's, or a pull's from the origin. `names`
+    /// says where a blob came from in validation messages, `bad` words a refusal.
+    func importVersion(
+        _ manifestDigest: BlobDigest, files: [BlobDigest: IngestFile], source path: String,
+        tags: [(name: String, tag: String)], publish: Bool, names name: (BlobDigest) -> String,
+        bad: (String) -> ModelStoreError
+    ) throws(ModelStoreError) -> ImportReport {
         let manifestPath: String
-        if let file = contents.blobs[manifestDigest] {
+        if let file = files[manifestDigest] {
             manifestPath = file.path
         } else if let existing = try intactCopy(manifestDigest) {
             manifestPath = existing
@@ -156,7 +178,7 @@ extension ModelStore {
         var paths: [PipelineSpec.FileRole: String] = [:]
         var existing: [BlobDigest: String] = [:]
         for blob in manifest.blobs {
-            if let file = contents.blobs[blob.digest] {
+            if let file = files[blob.digest] {
                 guard file.size == blob.size else {
                     throw bad("blobs/sha256/\(blob.digest.hex) has \(file.size) bytes, the manifest says \(blob.size)")
                 }
@@ -169,36 +191,26 @@ extension ModelStore {
             }
         }
         let listed = Set(manifest.blobs.map(\.digest) + [manifestDigest])
-        if let extra = contents.blobs.keys.sorted().first(where: { !listed.contains($0) }) {
+        if let extra = files.keys.sorted().first(where: { !listed.contains($0) }) {
             throw bad("it holds blobs/sha256/\(extra.hex), which its manifest does not list")
         }
-        let names = Dictionary(
-            uniqueKeysWithValues: manifest.blobs.map { ($0.role, "\(path):blobs/sha256/\($0.digest.hex)") })
+        let names = Dictionary(uniqueKeysWithValues: manifest.blobs.map { ($0.role, name($0.digest)) })
         try PipelineValidation.validate(manifest.pipeline.mapFiles { role, _ in paths[role]! }, names: names)
 
-        var tags = requested ?? []
-        if requested == nil {
-            for text in contents.index.tags { tags.append(try ModelReference.parseTag(text)) }
-        }
-        guard !tags.isEmpty else {
-            throw ModelStoreError(
-                .invalidReference, "bundle \(path) names no tag; say what to call the version",
-                hint: "add --name NAME:TAG")
-        }
-        let files = contents.blobs.filter { $0.key != manifestDigest }.map(\.value)
-        let manifestFile = contents.blobs[manifestDigest]
         return try commit(
             manifest: manifest, manifestDigest: manifestDigest, manifestSize: Int64(bytes.count),
-            manifestFile: manifestFile, files: files, existing: existing, source: path, tags: tags)
+            manifestFile: files[manifestDigest], files: files.filter { $0.key != manifestDigest }.map(\.value),
+            existing: existing, source: path, tags: tags, publish: publish)
     }
 
     /// Publishes the ingested files and the manifest, then commits the version and its tags in one
     /// transaction. Until the commit the blobs are `pending` (gc keeps them); a crash before it
-    /// leaves at most complete, unreferenced blobs, which the next gc removes.
+    /// leaves at most complete, unreferenced blobs, which the next gc removes. No tags: an
+    /// untagged version (a pull). `publish`: copy the version to the origin too, if there is one.
     func commit(
         manifest: PipelineManifest, manifestDigest: BlobDigest? = nil, manifestSize: Int64? = nil,
         manifestFile: IngestFile?, files: [IngestFile], existing: [BlobDigest: String], source: String,
-        tags: [(name: String, tag: String)]
+        tags: [(name: String, tag: String)], publish: Bool = true
     ) throws(ModelStoreError) -> ImportReport {
         let digest = manifestDigest ?? manifestFile!.digest
         let toPublish = files + (manifestFile.map { [$0] } ?? [])
@@ -284,9 +296,21 @@ extension ModelStore {
                 role: b.role.rawValue, digest: b.digest.description, size: b.size, mediaType: b.mediaType,
                 path: blobPath(b.digest), stored: stored[b.digest])
         }
+        var publishedTo: String?
+        if publish, let origin = originRoot {
+            do {
+                try publishVersion(digest, to: origin)
+                publishedTo = origin.path
+            } catch {
+                warnings.append(
+                    "stored here, but not published to the model origin \(origin.path) (\(error.message)): "
+                        + "other hosts cannot pull it; import it again once the origin is reachable")
+            }
+        }
         return ImportReport(
-            reference: "\(tags[0].name):\(tags[0].tag)", digest: digest.description, size: size,
-            previous: previous[0]?.description, blobs: blobs, bytesWritten: written, warnings: warnings)
+            reference: tags.first.map { "\($0.name):\($0.tag)" } ?? digest.description, digest: digest.description,
+            size: size, previous: previous.first.flatMap { $0?.description }, blobs: blobs, bytesWritten: written,
+            warnings: warnings, published: publishedTo)
     }
 
     /// The path of an intact copy of `digest` in any root, or nil. A corrupt copy in the writable

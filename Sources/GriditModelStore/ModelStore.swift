@@ -39,9 +39,15 @@ public final class ModelStore: Sendable {
     public let database: StateDatabase
     /// What this process has mapped; gc never deletes those blobs.
     public let mappings: BlobMappings
+    /// The model origin of a cluster (`<shared-root>/models`): imports publish to it, and
+    /// `pull` copies versions this store lacks from it (ModelStore+Origin.swift). Nil: none.
+    public let origin: String?
 
     let local: StoreRoot
     let sites: [StoreRoot]
+    let originRoot: StoreRoot?
+    /// One lock per version being pulled, so that concurrent pulls of it copy it once.
+    let pulls = Mutex([BlobDigest: NSLock]())
     let now: @Sendable () -> Date
     /// Blobs of imports between publish and commit (a count per digest). gc holds this lock
     /// while it decides and deletes, so an import's blobs are always either pending or committed.
@@ -55,9 +61,12 @@ public final class ModelStore: Sendable {
     /// With `.readWrite` the directory and its subdirectories are created if missing and the
     /// database is migrated; failures name the path component that denies access and the fix.
     /// Pass the process's already opened `database` (the daemon shares it with the job queue).
+    /// With `origin` (read-write only) its `blobs/sha256` and `ingest` folders are created if
+    /// missing; the folder above it must exist (the shared root is never made here).
     public init(
-        stateDirectory: String, siteRoots: [String] = [], database: StateDatabase? = nil, access: Access = .readWrite,
-        mappings: BlobMappings = BlobMappings(), now: @escaping @Sendable () -> Date = { Date() }
+        stateDirectory: String, siteRoots: [String] = [], origin: String? = nil, database: StateDatabase? = nil,
+        access: Access = .readWrite, mappings: BlobMappings = BlobMappings(),
+        now: @escaping @Sendable () -> Date = { Date() }
     ) throws(ModelStoreError) {
         self.access = access
         self.mappings = mappings
@@ -82,6 +91,14 @@ public final class ModelStore: Sendable {
         local = StoreRoot(path: canonical, writable: access == .readWrite)
         self.siteRoots = siteRoots.map(Self.canonical)
         sites = self.siteRoots.map { StoreRoot(path: $0, writable: false) }
+        if let origin, access == .readWrite {
+            try Self.prepareOrigin(origin)
+            self.origin = Self.canonical(origin)
+            originRoot = StoreRoot(path: self.origin!, writable: true)
+        } else {
+            self.origin = nil
+            originRoot = nil
+        }
 
         if let database {
             self.database = database

@@ -13,8 +13,9 @@ public struct OfflineSession: Sendable {
     /// - Parameters:
     ///   - command: its name in messages (`import`, `gc`, …).
     ///   - mutating: whether the command changes the store.
+    ///   - origin: the cluster's model origin, which imports publish to (`ModelStore`).
     public static func open(
-        stateDirectory: String, siteRoots: [String] = [], command: String, mutating: Bool
+        stateDirectory: String, siteRoots: [String] = [], origin: String? = nil, command: String, mutating: Bool
     ) throws(ModelStoreError) -> OfflineSession {
         if mutating, !FileIdentity.exists(directory: stateDirectory) {
             do {
@@ -48,7 +49,7 @@ public struct OfflineSession: Sendable {
             lock = nil
         }
         let store = try ModelStore(
-            stateDirectory: stateDirectory, siteRoots: siteRoots,
+            stateDirectory: stateDirectory, siteRoots: siteRoots, origin: origin,
             access: lock == nil ? .readOnly : .readWrite)
         return OfflineSession(store: store, lock: lock)
     }

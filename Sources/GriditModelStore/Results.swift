@@ -47,6 +47,9 @@ public struct ImportReport: Sendable, Equatable {
     /// Bytes actually written into the store (copies); 0 when everything was linked or known.
     public var bytesWritten: Int64
     public var warnings: [String]
+    /// The model origin the version was published to (every host of the cluster pulls it from
+    /// there); nil without an origin, or when publishing failed (then a warning says why).
+    public var published: String? = nil
 }
 
 /// A tag, or a version no tag points at, as `list` shows it.

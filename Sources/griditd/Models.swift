@@ -6,9 +6,12 @@ import ArgumentParser
 import Foundation
 import GriditAPI
 import GriditBackend
+import GriditDaemon
 import GriditJobQueue
 import GriditJobSpec
+import GriditJobStorePostgres
 import GriditModelStore
+import Logging
 
 #if canImport(Glibc)
 import Glibc
@@ -43,6 +46,22 @@ struct StoreOptions: ParsableArguments {
     )
     var siteRoots: [String] = []
 
+    @Option(
+        help:
+            "The job queue on PostgreSQL, as `griditd serve` takes it (env GRIDIT_DATABASE, or the config file): gc, list, show and rm read the versions live jobs pin there."
+    )
+    var database: String?
+
+    @Option(
+        name: .customLong("shared-root"),
+        help:
+            "The cluster's shared root, as `griditd serve` takes it (env GRIDIT_SHARED_ROOT, or the config file): import publishes to its model origin (<shared-root>/models)."
+    )
+    var sharedRoot: String?
+
+    @Option(help: "griditd's config file, read for database and shared-root (default /etc/gridit/griditd.conf).")
+    var config: String?
+
     @Flag(help: "Print JSON instead of a table.")
     var json = false
 
@@ -51,17 +70,41 @@ struct StoreOptions: ParsableArguments {
             + (ProcessInfo.processInfo.environment["GRIDIT_SITE_ROOTS"] ?? "").split(separator: ":").map(String.init)
     }
 
-    func session(_ command: String, mutating: Bool) throws -> OfflineSession {
+    func session(_ command: String, mutating: Bool, origin: String? = nil) throws -> OfflineSession {
         try storeCall { () throws(ModelStoreError) in
             try OfflineSession.open(
-                stateDirectory: stateDirectory, siteRoots: allSiteRoots, command: command, mutating: mutating)
+                stateDirectory: stateDirectory, siteRoots: allSiteRoots, origin: origin, command: command,
+                mutating: mutating)
         }
     }
 
-    /// Which versions live jobs pin: the job queue's answer, on the session's database.
-    func pins(_ session: OfflineSession) async throws -> JobPins {
+    /// `griditd serve`'s configuration for this state directory (its flags here, the environment,
+    /// the config file): whether the queue is on PostgreSQL, and the shared root.
+    func daemonConfiguration() async throws -> DaemonConfiguration {
+        let flags = ["state-dir": stateDirectory, "database": database, "shared-root": sharedRoot].compactMapValues {
+            $0
+        }
         do {
-            return JobPins(digests: try await SQLiteJobStore(database: session.store.database).livePipelinePins())
+            return try await DaemonSettings.resolve(
+                flags: flags, environment: ProcessInfo.processInfo.environment, configFile: config
+            ).configuration
+        } catch {
+            FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
+            throw ExitCode(78)
+        }
+    }
+
+    /// Which versions live jobs pin: the configured job queue's answer (PostgreSQL, shared by
+    /// every host, when `database` is set; else the session's SQLite database).
+    func pins(_ session: OfflineSession) async throws -> JobPins {
+        let configuration = try await daemonConfiguration()
+        do {
+            guard let location = try PostgresLocation.configured(url: configuration.databaseURL) else {
+                return JobPins(digests: try await SQLiteJobStore(database: session.store.database).livePipelinePins())
+            }
+            let jobs = PostgresJobStore(
+                location: location, logger: Logger(label: "gridit.postgres"), notifications: false)
+            return try await jobs.withRunningPool { JobPins(digests: try await jobs.livePipelinePins()) }
         } catch {
             FileHandle.standardError.write(Data("error: reading which models live jobs pin: \(error)\n".utf8))
             throw ExitCode(74)
@@ -99,7 +142,7 @@ func exitStatus(_ code: ModelStoreError.Code) -> Int32 {
     }
 }
 
-struct ModelsImport: ParsableCommand {
+struct ModelsImport: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "import",
         abstract: "Import a pipeline (pipeline.json with its files, or a folder holding one) or an exported bundle.")
@@ -118,8 +161,9 @@ struct ModelsImport: ParsableCommand {
 
     @OptionGroup var options: StoreOptions
 
-    func run() throws {
-        let session = try options.session("import", mutating: true)
+    func run() async throws {
+        let origin = try await options.daemonConfiguration().layout.modelOrigin
+        let session = try options.session("import", mutating: true, origin: origin)
         let progress = isatty(2) == 1 && !options.json ? ProgressLine() : nil
         let result = try storeCall { () throws(ModelStoreError) in
             ModelImportResult(

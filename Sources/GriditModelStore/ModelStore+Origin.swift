@@ -1,0 +1,142 @@
+// The model origin of a cluster: a store root on the shared root (`<shared-root>/models`, the
+// layout of a state directory's `blobs/sha256` and `ingest`) that holds every version imported on
+// any host. An import publishes its version there; a host whose own store lacks a job's version
+// pulls it by digest before running the job. Both go through the import path: each file is copied
+// into the receiving root's ingest/, hashed on its way, read back, and must hash to its name; a
+// pull also validates the pipeline as an import does. A host runs jobs from its own copy only:
+// the origin's files are never mapped, and a corrupt one never reaches a host's blobs/.
+
+import Foundation
+import GriditCheckpoint
+import GriditDiffusion
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension ModelStore {
+    /// Creates the origin's folders if missing; the folder above it must exist.
+    static func prepareOrigin(_ origin: String) throws(ModelStoreError) {
+        let parent = (origin as NSString).deletingLastPathComponent
+        guard FileIdentity.exists(directory: parent) else {
+            throw ModelStoreError(
+                .notFound, "the model origin's folder \(parent) does not exist",
+                hint: "mount the shared root (griditd never creates it)")
+        }
+        for dir in ["blobs/sha256", "ingest"] {
+            let path = joinPath(origin, dir)
+            do { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) } catch {
+                throw ModelStoreError(
+                    .permission, "cannot create the model origin's folder \(path): \(error.localizedDescription)",
+                    hint: "the shared root must be writable by griditd's user on every host")
+            }
+        }
+    }
+
+    /// Copies version `digest` from the origin into this store (untagged: gc removes it once no
+    /// live job pins it, and it is pulled again when needed), after the same checks as an import.
+    /// Concurrent pulls of one version copy it once: the others wait and find it here. Returns
+    /// nil when the version was complete here already.
+    ///
+    /// Throws `notFound` when the origin does not hold the version either, `digestMismatch` when
+    /// a file of the origin does not hash to its name (nothing of the version is stored), and
+    /// `io` when the origin cannot be reached (its folder is gone: the shared root is not
+    /// mounted), which is worth another try.
+    public func pull(_ digest: BlobDigest) throws(ModelStoreError) -> ImportReport? {
+        try requireWritable("pulling a model")
+        guard let origin = originRoot else { throw Self.noVersion(digest) }
+        let lock = pulls.withLock { locks in
+            if let lock = locks[digest] { return lock }
+            let lock = NSLock()
+            locks[digest] = lock
+            return lock
+        }
+        lock.lock()
+        defer { lock.unlock() }
+        if (try? resolvePipeline(digest)) != nil { return nil }
+
+        var status = stat()
+        let found = stat(origin.blobsDirectory, &status) == 0
+        guard found, status.st_mode & S_IFMT == S_IFDIR else {
+            let reason = found ? "not a folder" : String(cString: strerror(errno))
+            throw ModelStoreError(
+                .io, "the model origin \(origin.path) cannot be reached (\(origin.blobsDirectory): \(reason))",
+                hint: "mount the shared root on this host; the job is tried again")
+        }
+        let manifestFile = try fetch(digest, from: origin, size: nil, what: "the manifest of \(digest)")
+        guard manifestFile.size <= Int64(PipelineManifest.maxSize),
+            let bytes = FileManager.default.contents(atPath: manifestFile.path)
+        else {
+            throw ModelStoreError(
+                .invalidInput, "the manifest \(digest) in the model origin \(origin.path) is too large")
+        }
+        let manifest = try PipelineManifest.decode(bytes, name: "\(digest) in the model origin \(origin.path)")
+        var files = [digest: manifestFile]
+        for blob in manifest.blobs where files[blob.digest] == nil {
+            if try intactCopy(blob.digest) != nil { continue }
+            files[blob.digest] = try fetch(
+                blob.digest, from: origin, size: blob.size, what: "\(blob.role.rawValue) of \(digest)")
+        }
+        return try importVersion(
+            digest, files: files, source: origin.path, tags: [], publish: false,
+            names: { origin.blobPath($0) }
+        ) {
+            ModelStoreError(
+                .invalidInput, "version \(digest) in the model origin \(origin.path): \($0); nothing was stored",
+                hint: "import the model again on a host that holds it")
+        }
+    }
+
+    /// Blob `digest` of `origin`, copied into this store's ingest/ and checked against its name.
+    private func fetch(
+        _ digest: BlobDigest, from origin: StoreRoot, size: Int64?, what: String
+    ) throws(ModelStoreError) -> IngestFile {
+        let opened: OpenedFile
+        do { opened = try OpenFolder(origin.blobsDirectory, reader: nil).file(digest.hex) } catch {
+            guard error.reason == .notFound else { throw ModelStoreError(error) }
+            throw ModelStoreError(
+                .notFound, "\(what): neither this host's store nor the model origin \(origin.path) holds \(digest)",
+                hint: "import the model on a host of the cluster (that publishes it to the origin)")
+        }
+        let corrupt = { (why: String) in
+            ModelStoreError(
+                .digestMismatch,
+                "\(what): the model origin's copy \(origin.blobPath(digest)) \(why); it is corrupt, and nothing of the version was stored here",
+                hint:
+                    "import the model again on a host that holds it intact (that replaces the origin's copy), then retry the job"
+            )
+        }
+        if let size, Int64(opened.status.st_size) != size {
+            throw corrupt("has \(opened.status.st_size) bytes, not the \(size) its manifest lists")
+        }
+        let file = try IngestFile.fromFile(opened, into: local, mode: .copy)
+        guard file.digest == digest else { throw corrupt("hashes to \(file.digest), not to its name") }
+        return file
+    }
+
+    /// Copies version `digest` of this store into `origin`: blobs first, the manifest last (a
+    /// host that finds the manifest finds its blobs). A file the origin holds intact is kept; one
+    /// that does not hash to its name is replaced.
+    func publishVersion(_ digest: BlobDigest, to origin: StoreRoot) throws(ModelStoreError) {
+        let manifest = try loadManifest(digest)
+        var done = Set<BlobDigest>()
+        for blob in manifest.blobs.map(\.digest) + [digest] where done.insert(blob).inserted {
+            let present = origin.existingBlob(blob) != nil
+            if present, (try? hashFile(path: origin.blobPath(blob)).0) == blob { continue }
+            let path = try checkedBlob(blob, what: "blob \(blob)", full: false)
+            let opened: OpenedFile
+            do {
+                opened = try OpenFolder((path as NSString).deletingLastPathComponent, reader: nil).file(blob.hex)
+            } catch {
+                throw ModelStoreError(error)
+            }
+            let file = try IngestFile.fromFile(opened, into: origin, mode: .copy)
+            guard file.digest == blob else {
+                throw ModelStoreError(
+                    .digestMismatch, "\(path) changed while it was published: it hashes to \(file.digest)")
+            }
+            _ = try file.publish(replacing: present)
+        }
+    }
+}

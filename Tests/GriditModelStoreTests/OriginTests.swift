@@ -1,0 +1,93 @@
+import Foundation
+import Glibc
+import GriditDiffusion
+import GriditModelStore
+import GriditTestSupport
+import Synchronization
+import Testing
+
+@Suite("The model origin: imports publish to it, stores pull from it")
+struct OriginTests {
+    /// Host A's store, having imported the tiny pipeline (published to the origin), and host
+    /// B's, empty; both with the origin `shared/models`.
+    static func cluster(_ dir: TemporaryDirectory) throws -> (a: ModelStore, b: ModelStore, report: ImportReport) {
+        try FileManager.default.createDirectory(atPath: dir.file("shared"), withIntermediateDirectories: true)
+        let origin = dir.file("shared/models")
+        let a = try ModelStore(stateDirectory: dir.file("a"), origin: origin)
+        let report = try a.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)
+        let b = try ModelStore(stateDirectory: dir.file("b"), origin: origin)
+        return (a, b, report)
+    }
+
+    @Test(
+        "an import publishes its version to the origin; another store pulls it by digest as its own copy, once for concurrent pulls, untagged"
+    )
+    func publishAndPull() throws {
+        let dir = TemporaryDirectory("gms")
+        defer { dir.remove() }
+        let (_, b, report) = try Self.cluster(dir)
+        let origin = try #require(b.origin)
+        #expect(report.published == origin)
+        for blob in report.blobs {
+            #expect(FileManager.default.fileExists(atPath: origin + "/blobs/sha256/" + blob.digest.dropFirst(7)))
+        }
+        let digest = try #require(BlobDigest(report.digest))
+
+        // Four threads pull at once: one copies, the others wait and find it here.
+        let pulled = Mutex([Int]())
+        DispatchQueue.concurrentPerform(iterations: 4) { _ in
+            let result = try? b.pull(digest)
+            pulled.withLock { $0.append(result == nil ? 0 : 1) }
+        }
+        #expect(pulled.withLock { $0.sorted() } == [0, 0, 0, 1])
+        let resolved = try b.resolvePipeline(digest)
+        for path in resolved.spec.files.map(\.reference) {
+            #expect(path.hasPrefix(b.stateDirectory + "/blobs/sha256/"), "runs from its own copy: \(path)")
+            let originCopy = origin + "/blobs/sha256/" + (path as NSString).lastPathComponent
+            #expect(inode(path) != inode(originCopy), "a copy, not a link of the origin's file")
+        }
+        #expect(try b.pull(digest) == nil, "already here")
+        // Untagged here: kept while a live job pins it, removed by gc after (pulled again when needed).
+        let listed = try b.list(pins: JobPins()).models
+        #expect(listed.count == 1 && listed[0].name == nil && listed[0].digest == report.digest)
+        _ = try b.gc(pins: JobPins(digests: [report.digest: [7]]))
+        #expect(try b.list(pins: JobPins()).models.count == 1)
+        _ = try b.gc(pins: JobPins())
+        #expect(try b.list(pins: JobPins()).models.isEmpty)
+    }
+
+    @Test(
+        "a corrupt origin blob is refused and nothing of it is stored; importing again repairs the origin; an unreachable origin is an io error; a version it lacks is not_found"
+    )
+    func refusals() throws {
+        let dir = TemporaryDirectory("gms")
+        defer { dir.remove() }
+        let (a, b, report) = try Self.cluster(dir)
+        let origin = try #require(b.origin)
+        let digest = try #require(BlobDigest(report.digest))
+        let weights = try #require(report.blobs.max { $0.size < $1.size })
+        let bad = origin + "/blobs/sha256/" + weights.digest.dropFirst(7)
+        try flipByte(bad, at: Int(weights.size) - 3)
+
+        let before = try StoreSnapshot(b)
+        let refused = storeError { try b.pull(digest) }
+        #expect(refused?.code == .digestMismatch, "\(String(describing: refused))")
+        #expect(refused?.message.contains(bad) == true && refused?.message.contains("corrupt") == true)
+        #expect(try StoreSnapshot(b) == before, "nothing of the version reached the store")
+
+        // Importing the version again on a host that holds it intact replaces the origin's copy.
+        let again = try a.importModel(from: dir.file("src/pipeline.json"), name: "tiny:v1", link: .copy)
+        #expect(again.published == origin)
+        #expect(try digestOf(bad) == weights.digest)
+
+        // The origin's folder gone (the shared root not mounted): worth another try, not a refusal.
+        try FileManager.default.moveItem(atPath: origin, toPath: origin + "-away")
+        #expect(storeError { try b.pull(digest) }?.code == .io)
+        #expect(storeError { try b.pull(digest) }?.message.contains("cannot be reached") == true)
+        try FileManager.default.moveItem(atPath: origin + "-away", toPath: origin)
+        #expect(try b.pull(digest) != nil)
+
+        let unknown = BlobDigest(of: Array("no such version".utf8))
+        #expect(storeError { try b.pull(unknown) }?.code == .notFound)
+    }
+}
