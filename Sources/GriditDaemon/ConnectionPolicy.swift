@@ -186,8 +186,8 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private var responsesEnded = 0
     /// A response head went out and its end has not.
     private var responseInFlight = false
-    /// A malformed request that follows one still being answered (pipelined): its error
-    /// answer goes out after that answer, then the connection closes.
+    /// A malformed request that follows requests still being answered (pipelined): its error
+    /// answer goes out after theirs, then the connection closes.
     private var pendingError: (HTTPResponse.Status, APIError)?
     /// An answer of this handler is on its way and the connection closes after it.
     private var closing = false
@@ -278,7 +278,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         case .end:
             responseInFlight = false
             responsesEnded += 1
-            if let (status, error) = pendingError {
+            if let (status, error) = pendingError, responsesEnded == requestsEnded {
                 context.write(data, promise: promise)
                 return answerAndClose(context, status: status, error: error)
             }

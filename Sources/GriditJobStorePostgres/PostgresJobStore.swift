@@ -257,7 +257,10 @@ public final class PostgresJobStore: TransitionStore {
             }
         ) { connection -> ClaimedJob? in
             for row in try await connection.sql(query) {
-                return ClaimedJob(job: try self.decodeJob(row), token: token, sentAt: connection.since)
+                // With the caller's clock the lease runs from `now`, as the caller counts it already.
+                return ClaimedJob(
+                    job: try self.decodeJob(row), token: token, sentAt: self.clock == .database ? connection.since : nil
+                )
             }
             return nil
         }

@@ -39,7 +39,8 @@ extension ModelStore {
     /// Concurrent pulls of one version copy it once: the others wait and find it here. Returns
     /// nil when the version was complete here already.
     ///
-    /// Throws `notFound` when the origin does not hold the version either, `digestMismatch` when
+    /// Throws `io` when the origin does not hold the version (yet), `notFound` when it lacks a
+    /// blob of the version's manifest, `digestMismatch` when
     /// a file of the origin does not hash to its name (nothing of the version is stored), and
     /// `io` when the origin cannot be reached (its folder is gone: the shared root is not
     /// mounted), which is worth another try.
@@ -64,7 +65,16 @@ extension ModelStore {
                 .io, "the model origin \(origin.path) cannot be reached (\(origin.blobsDirectory): \(reason))",
                 hint: "mount the shared root on this host; the job is tried again")
         }
-        let manifestFile = try fetch(digest, from: origin, size: nil, what: "the manifest of \(digest)")
+        // An import commits here before it publishes to the origin, so a version another host
+        // just imported may not be there yet: worth another try, not a missing model.
+        let manifestFile: IngestFile
+        do {
+            manifestFile = try fetch(digest, from: origin, size: nil, what: "the manifest of \(digest)")
+        } catch  where error.code == .notFound {
+            throw ModelStoreError(
+                .io, "\(error.message) (yet: a host may still be publishing it)",
+                hint: "the job is tried again; if no host imported the model, import it on one")
+        }
         guard manifestFile.size <= Int64(PipelineManifest.maxSize),
             let bytes = FileManager.default.contents(atPath: manifestFile.path)
         else {

@@ -204,12 +204,19 @@ struct DaemonProcessTests {
         let keptAlive = try exchange(
             s, Array("GET /v1/version HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".utf8), timeout: 1)
         #expect(keptAlive.answer.contains(" 200 ") && !keptAlive.closedByServer, "\(keptAlive.answer.prefix(100))")
-        // A malformed request pipelined after a good one: the good one is answered, then the error.
-        let pipelined = try exchange(
-            s, Array("GET /v1/version HTTP/1.1\r\nHost: x\r\n\r\n\u{01}NOT HTTP\r\n\r\n".utf8), timeout: 30)
+        // A malformed request pipelined after two good ones: both are answered, then the error.
+        let good = "GET /v1/version HTTP/1.1\r\nHost: x\r\n\r\n"
+        let pipelined = try exchange(s, Array((good + good + "\u{01}NOT HTTP\r\n\r\n").utf8), timeout: 30)
         #expect(pipelined.closedByServer)
-        #expect(pipelined.answer.hasPrefix("HTTP/1.1 200"), "pipelined: \(pipelined.answer.prefix(100))")
+        #expect(
+            pipelined.answer.components(separatedBy: "HTTP/1.1 200").count == 3,
+            "pipelined: \(pipelined.answer.prefix(600))")
         #expect(pipelined.answer.contains("HTTP/1.1 400"), "pipelined: \(pipelined.answer.suffix(300))")
+        if let error = pipelined.answer.range(of: "HTTP/1.1 400"),
+            let lastGood = pipelined.answer.range(of: "HTTP/1.1 200", options: .backwards)
+        {
+            #expect(error.lowerBound > lastGood.lowerBound, "the error answer comes last")
+        }
         // Half a request, then the client vanishes.
         _ = try rawExchange(s, Array("POST /v1/jobs HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"len".utf8), timeout: 2)
 
