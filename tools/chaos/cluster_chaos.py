@@ -39,7 +39,7 @@ the single-host run.
 Exit status 0 when every check holds, 1 otherwise; --json writes the numbers.
 
   swift build --product griditd && swift build --product griditctl
-  tools/chaos/cluster_chaos.py                 # what CI runs (about 4 minutes on 2 cores)
+  tools/chaos/cluster_chaos.py                 # the default run (about 2 to 4 minutes on 2 cores; by hand, not in CI yet)
   tools/chaos/cluster_chaos.py --seed 7 --keep --json cluster.json
 
 Needs only the Python standard library (and PostgreSQL's server binaries: tools/install-deps.sh).
