@@ -248,6 +248,24 @@ extension ModelStore {
         for d in existing.keys where stored[d] == nil { stored[d] = "existing" }
         FaultInjection.current.pause(at: "import.published", stateDirectory: stateDirectory)
 
+        // The origin gets the version before this store commits it: a job that names the version
+        // can be submitted only after the commit, so a host that claims it finds it there.
+        var publishedTo: String?
+        if publish, let origin = originRoot {
+            var paths = existing
+            for file in toPublish where paths[file.digest] == nil {
+                paths[file.digest] = blobPath(file.digest)
+            }
+            do {
+                try publishVersion(digest, blobs: manifest.blobs.map(\.digest), paths: paths, to: origin)
+                publishedTo = origin.path
+            } catch {
+                warnings.append(
+                    "stored here, but not published to the model origin \(origin.path) (\(error.message)): "
+                        + "other hosts cannot pull it; import it again once the origin is reachable")
+            }
+        }
+
         let at = nowMillis
         let blobRows = manifest.blobs.map {
             StoreSQL.BlobRow(role: $0.role.rawValue, digest: $0.digest, size: $0.size, mediaType: $0.mediaType)
@@ -295,17 +313,6 @@ extension ModelStore {
             StoredBlob(
                 role: b.role.rawValue, digest: b.digest.description, size: b.size, mediaType: b.mediaType,
                 path: blobPath(b.digest), stored: stored[b.digest])
-        }
-        var publishedTo: String?
-        if publish, let origin = originRoot {
-            do {
-                try publishVersion(digest, to: origin)
-                publishedTo = origin.path
-            } catch {
-                warnings.append(
-                    "stored here, but not published to the model origin \(origin.path) (\(error.message)): "
-                        + "other hosts cannot pull it; import it again once the origin is reachable")
-            }
         }
         return ImportReport(
             reference: tags.first.map { "\($0.name):\($0.tag)" } ?? digest.description, digest: digest.description,

@@ -65,14 +65,15 @@ extension ModelStore {
                 .io, "the model origin \(origin.path) cannot be reached (\(origin.blobsDirectory): \(reason))",
                 hint: "mount the shared root on this host; the job is tried again")
         }
-        // An import commits here before it publishes to the origin, so a version another host
-        // just imported may not be there yet: worth another try, not a missing model.
+        // An import publishes before it commits, but one whose origin was unreachable commits
+        // anyway (with a warning) and its version reaches the origin only when it is imported
+        // again: worth another try, not a missing model.
         let manifestFile: IngestFile
         do {
             manifestFile = try fetch(digest, from: origin, size: nil, what: "the manifest of \(digest)")
         } catch  where error.code == .notFound {
             throw ModelStoreError(
-                .io, "\(error.message) (yet: a host may still be publishing it)",
+                .io, "\(error.message) (yet: the host that imported it may not have reached the origin)",
                 hint: "the job is tried again; if no host imported the model, import it on one")
         }
         guard manifestFile.size <= Int64(PipelineManifest.maxSize),
@@ -125,19 +126,22 @@ extension ModelStore {
         return file
     }
 
-    /// Copies version `digest` of this store into `origin`: blobs first, the manifest last (a
-    /// host that finds the manifest finds its blobs). A file the origin holds intact is kept; one
-    /// that does not hash to its name is replaced.
-    func publishVersion(_ digest: BlobDigest, to origin: StoreRoot) throws(ModelStoreError) {
-        let manifest = try loadManifest(digest)
+    /// Copies version `digest` (manifest `digest`, its `blobs`, each read from `paths`) into
+    /// `origin`: blobs first, the manifest last (a host that finds the manifest finds its blobs).
+    /// A file the origin holds intact is kept; one that does not hash to its name is replaced.
+    /// Each copy is hashed on its way: a local file that changed is refused, not published.
+    func publishVersion(
+        _ digest: BlobDigest, blobs: [BlobDigest], paths: [BlobDigest: String], to origin: StoreRoot
+    ) throws(ModelStoreError) {
         var done = Set<BlobDigest>()
-        for blob in manifest.blobs.map(\.digest) + [digest] where done.insert(blob).inserted {
+        for blob in blobs + [digest] where done.insert(blob).inserted {
             let present = origin.existingBlob(blob) != nil
             if present, (try? hashFile(path: origin.blobPath(blob)).0) == blob { continue }
-            let path = try checkedBlob(blob, what: "blob \(blob)", full: false)
+            let path = paths[blob] ?? blobPath(blob)
             let opened: OpenedFile
             do {
-                opened = try OpenFolder((path as NSString).deletingLastPathComponent, reader: nil).file(blob.hex)
+                opened = try OpenFolder((path as NSString).deletingLastPathComponent, reader: nil).file(
+                    (path as NSString).lastPathComponent)
             } catch {
                 throw ModelStoreError(error)
             }

@@ -31,11 +31,12 @@ func griditd(_ arguments: [String], environment: [String: String] = [:], prefix:
 struct GriditdBinaryTests {
     /// Starts an import that stops at `label` (the `pause-at` fault point, which writes
     /// `<state>/test-paused` there), waits until it is there, and kills it with SIGKILL.
-    func killImport(at label: String, pipeline: String, state: String) throws {
+    func killImport(at label: String, pipeline: String, state: String, extra: [String] = []) throws {
         let marker = state + "/test-paused"
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try griditdExecutable())
-        process.arguments = ["models", "import", pipeline, "--name", "big:v1", "--link", "copy", "--state-dir", state]
+        process.arguments =
+            ["models", "import", pipeline, "--name", "big:v1", "--link", "copy", "--state-dir", state] + extra
         process.environment = ProcessInfo.processInfo.environment.merging(
             ["GRIDIT_TEST_FAULTS": "pause-at=\(label)"]) { $1 }
         process.standardOutput = FileHandle.nullDevice
@@ -107,6 +108,24 @@ struct GriditdBinaryTests {
         let result = try store.importModel(from: pipeline, name: "big:v1", link: .copy)
         #expect(result.reference == "big:v1")
         #expect(try store.verify(nil).ok)
+    }
+
+    @Test("an import publishes its version to the model origin before it commits it here")
+    func publishesBeforeCommitting() throws {
+        let dir = TemporaryDirectory("gms")
+        defer { dir.remove() }
+        let pipeline = try writePipeline(in: dir.file("src"), name: "big", stage1: Tiny.bigStage1)
+        let shared = dir.file("shared")
+        try FileManager.default.createDirectory(atPath: shared, withIntermediateDirectories: true)
+        // The queue's address is only read (it makes --shared-root valid); nothing connects to it.
+        try killImport(
+            at: "import.committed", pipeline: pipeline, state: dir.file("state"),
+            extra: ["--shared-root", shared, "--database", "postgres://gridit@127.0.0.1:1/gridit"])
+        let origin = shared + "/models/blobs/sha256"
+        let published = try FileManager.default.contentsOfDirectory(atPath: origin).sorted()
+        let local = try FileManager.default.contentsOfDirectory(atPath: dir.file("state/blobs/sha256")).sorted()
+        #expect(published.count == 5 && published == local, "the manifest and its four blobs are in the origin")
+        for name in published { #expect(try digestOf(origin + "/" + name) == "sha256:" + name) }
     }
 
     @Test("--json output decodes into the result types; errors exit with their status")

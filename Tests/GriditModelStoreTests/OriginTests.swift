@@ -88,8 +88,8 @@ struct OriginTests {
         #expect(try b.pull(digest) != nil)
 
         let unknown = BlobDigest(of: Array("no such version".utf8))
-        // Not (yet) in the origin: another host may still be publishing it, so the job is retried.
+        // Not (yet) in the origin: its importer may have found the origin unreachable, so the job is retried.
         #expect(storeError { try b.pull(unknown) }?.code == .io)
-        #expect(storeError { try b.pull(unknown) }?.message.contains("still be publishing") == true)
+        #expect(storeError { try b.pull(unknown) }?.message.contains("may not have reached the origin") == true)
     }
 }
