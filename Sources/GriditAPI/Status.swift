@@ -250,6 +250,9 @@ public struct StatusNotice: Codable, Hashable, Sendable {
         /// The shared job database (PostgreSQL) does not answer: nothing is claimed or recorded;
         /// running jobs stop at their lease's fence and run again once it answers.
         public static let databaseUnreachable = Code(rawValue: "database_unreachable")
+        /// The shared root does not hold the cluster's mark (the share is not mounted, or another
+        /// is): no job starts on this host until it is back.
+        public static let sharedRootUnavailable = Code(rawValue: "shared_root_unavailable")
     }
 
     public var code: Code

@@ -59,18 +59,9 @@ public enum Daemon {
         let lock = try StateDirectoryLock(stateDirectory: layout.root)
         defer { lock.release() }
         if let shared = layout.sharedRoot { try checkSharedRoot(shared) }
-        // Under a shared root another host may be writing an output right now: only a partial
-        // folder nobody touched for a lease is left over (its writer has been fenced since).
-        Leftovers.remove(
-            in: layout, partialOutputsUntouchedFor: layout.sharedRoot == nil ? nil : configuration.leaseDuration,
-            logger: logger)
         let notifier = SystemdNotifier()
         if faults.isActive {
             logger.warning("test faults are active (GRIDIT_TEST_FAULTS)", metadata: ["faults": "\(faults)"])
-        }
-
-        for folder in [layout.work, layout.outputs, layout.tmp] {
-            try StatePermissions.directory(folder, mode: StatePermissions.privateDirectory)
         }
         let (database, notes) = try StateDatabase.openOwned(
             path: layout.database, initialize: configuration.initialize,
@@ -88,6 +79,17 @@ public enum Daemon {
             )
         }
         try await nodes.registerNode(id: node.id, hostname: node.hostname, version: griditVersion, now: Date())
+        // Nothing is written under the shared root before its mark proves it is the cluster's.
+        var sharedRootToken: String?
+        if let shared = layout.sharedRoot { sharedRootToken = try await SharedRootMark.establish(shared, nodes: nodes) }
+        // Under a shared root another host may be writing an output right now: only a partial
+        // folder nobody touched for a lease is left over (its writer has been fenced since).
+        Leftovers.remove(
+            in: layout, partialOutputsUntouchedFor: layout.sharedRoot == nil ? nil : configuration.leaseDuration,
+            logger: logger)
+        for folder in [layout.work, layout.outputs, layout.tmp] {
+            try StatePermissions.directory(folder, mode: StatePermissions.privateDirectory)
+        }
         logger.notice("node \(node.id) (\(node.hostname))", metadata: ["node.id": "\(node.id)"])
         // This node's running jobs only, where the queue is shared.
         for job in try await store.recoverOrphanedJobs(now: Date()) {
@@ -108,6 +110,7 @@ public enum Daemon {
             configuration: configuration, store: store, engine: engine, catalog: catalog, notifier: notifier,
             faults: faults, logger: logger, database: database, node: node, nodes: nodes)
         context.singleHost = shared == nil
+        context.sharedRootToken = sharedRootToken
         let api = ControlAPI(context: context)
         let server = HTTPServer(
             limits: configuration.http,

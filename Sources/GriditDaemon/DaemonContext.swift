@@ -38,6 +38,8 @@ public struct DaemonContext: Sendable {
     /// The queue is this host's alone (SQLite): its running jobs are this node's. True unless
     /// a registry of several hosts is given.
     public var singleHost: Bool
+    /// The token of the shared root's mark (`SharedRootMark`), checked with its free space.
+    public var sharedRootToken: String?
 
     public init(
         configuration: DaemonConfiguration, store: any JobStore, engine: (any JobEngine)?,
@@ -103,6 +105,9 @@ public struct DaemonContext: Sendable {
                     + "over with an empty queue",
                 blocksJobs: true)
         }
+        if let problem = conditions.sharedRootProblem {
+            return StatusNotice(.sharedRootUnavailable, problem + "; no job starts until it is back", blocksJobs: true)
+        }
         if nodeState.draining {
             return StatusNotice(
                 .draining,
@@ -156,11 +161,13 @@ public struct DaemonContext: Sendable {
         return [Self.freeBytes(on: configuration.stateDirectory), conditions.sharedRootFree].compactMap { $0 }.min()
     }
 
-    /// Measures the shared root's free space for `freeBytes` (MaintenanceService, every few
+    /// Measures the shared root's free space for `freeBytes` and checks its mark (MaintenanceService, every few
     /// seconds): on a network filesystem a statvfs is a round trip, and it blocks while a hard
     /// mount is down, too slow for every claim, listed job and status.
     func measureSharedRoot() {
-        if let shared = configuration.sharedRoot { conditions.sharedRootFree = Self.freeBytes(on: shared) }
+        guard let shared = configuration.sharedRoot else { return }
+        conditions.sharedRootFree = Self.freeBytes(on: shared)
+        conditions.sharedRootProblem = sharedRootToken.flatMap { SharedRootMark.check(shared, token: $0) }
     }
 
     private static func freeBytes(on folder: String) -> Int64? {
@@ -175,6 +182,7 @@ public struct DaemonContext: Sendable {
 public final class StartConditions: Sendable {
     private let state = Mutex<(lost: String?, last: StatusNotice.Code?)>((nil, nil))
     private let sharedFree = Mutex<Int64?>(nil)
+    private let sharedProblem = Mutex<String?>(nil)
     private let unreachable = Mutex<DatabaseOutage?>(nil)
 
     public init() {}
@@ -201,6 +209,12 @@ public final class StartConditions: Sendable {
     var sharedRootFree: Int64? {
         get { sharedFree.withLock { $0 } }
         set { sharedFree.withLock { $0 = newValue } }
+    }
+
+    /// Why the shared root is not the cluster's when last checked (nil: it is, or no shared root).
+    var sharedRootProblem: String? {
+        get { sharedProblem.withLock { $0 } }
+        set { sharedProblem.withLock { $0 = newValue } }
     }
 
     var databaseLost: String? {

@@ -49,6 +49,10 @@ public protocol NodeRegistry: Sendable {
 
     /// Drains (or undrains) a node. `notFound` for an unknown id.
     func setDraining(id: String, _ draining: Bool, now: Date) async throws(StateError) -> NodeRecord
+
+    /// The token of the hosts' shared root (`<shared-root>/.gridit-cluster`): `proposed` when the
+    /// registry had none (it keeps it from now on), else the one it holds.
+    func sharedRootMark(proposing proposed: String) async throws(StateError) -> String
 }
 
 /// The registry of a queue only one host can use (the state directory's SQLite database: its
@@ -97,6 +101,9 @@ public final class SingleNodeRegistry: NodeRegistry {
         guard found else { throw StateError.nodeNotFound(id) }
         return try await nodes()[0]
     }
+
+    /// One host has no shared root to check.
+    public func sharedRootMark(proposing proposed: String) async throws(StateError) -> String { proposed }
 }
 
 extension StateError {

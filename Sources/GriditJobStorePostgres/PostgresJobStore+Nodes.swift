@@ -55,6 +55,18 @@ extension PostgresJobStore: NodeRegistry {
         }
     }
 
+    public func sharedRootMark(proposing proposed: String) async throws(StateError) -> String {
+        try await transaction(onUnknownCommit: .retry) { connection in
+            try await connection.sql(
+                """
+                INSERT INTO cluster_fact (name, value) VALUES ('shared_root_mark', \(proposed))
+                ON CONFLICT (name) DO NOTHING
+                """)
+            return try await connection.sql("SELECT value FROM cluster_fact WHERE name = 'shared_root_mark'")
+                .first(String.self) ?? proposed
+        }
+    }
+
     /// Every node column, its id as text, and its running jobs (through `job_running_node`).
     static let selectNodes = """
         SELECT id::text AS id, hostname, version, started_at, last_seen_at, draining,

@@ -18,6 +18,7 @@ public enum PostgresMigrations {
     public static let all: [SchemaMigration] = [
         SchemaMigration(identifier: "0001_create_job", sql: sql0001),
         SchemaMigration(identifier: "0002_create_node", sql: sql0002),
+        SchemaMigration(identifier: "0003_create_cluster_fact", sql: sql0003),
     ]
 }
 
@@ -131,5 +132,22 @@ ALTER TABLE job ADD COLUMN node_id uuid;
 
 -- A starting host recovers its own running jobs; `nodes list` counts each host's.
 CREATE INDEX job_running_node ON job (node_id) WHERE state = 'running';
+
+"""#
+
+// migrations/postgres/0003_create_cluster_fact.sql
+private let sql0003 = #"""
+-- 0003_create_cluster_fact (PostgreSQL): facts about the whole cluster, one row each.
+-- Shipped migrations are frozen: never edit this file, add 0004_... instead (additive only).
+
+-- `shared_root_mark`: the token in <shared-root>/.gridit-cluster, taken from the first host that
+-- started with this database. A host whose shared root holds no token, or another one, sees an
+-- empty mount point or another cluster's share: it does not start, and a running one claims
+-- nothing until the share is back.
+CREATE TABLE cluster_fact (
+  name       text PRIMARY KEY,
+  value      text NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now()
+);
 
 """#

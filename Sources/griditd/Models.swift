@@ -94,6 +94,24 @@ struct StoreOptions: ParsableArguments {
         }
     }
 
+    /// The shared root's mark, checked (or, on a new cluster, written) through the job database as
+    /// `griditd serve` does: an import must not publish to an empty mount point.
+    func checkSharedRoot(_ configuration: DaemonConfiguration) async throws {
+        guard let shared = configuration.sharedRoot,
+            let location = try PostgresLocation.configured(url: configuration.databaseURL)
+        else { return }
+        let jobs = PostgresJobStore(location: location, logger: Logger(label: "gridit.postgres"), notifications: false)
+        do {
+            try await jobs.withRunningPool {
+                _ = try await jobs.migrate()
+                _ = try await SharedRootMark.establish(shared, nodes: jobs)
+            }
+        } catch {
+            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            throw ExitCode(69)
+        }
+    }
+
     /// Which versions live jobs pin: the configured job queue's answer (PostgreSQL, shared by
     /// every host, when `database` is set; else the session's SQLite database).
     func pins(_ session: OfflineSession) async throws -> JobPins {
@@ -162,8 +180,9 @@ struct ModelsImport: AsyncParsableCommand {
     @OptionGroup var options: StoreOptions
 
     func run() async throws {
-        let origin = try await options.daemonConfiguration().layout.modelOrigin
-        let session = try options.session("import", mutating: true, origin: origin)
+        let configuration = try await options.daemonConfiguration()
+        try await options.checkSharedRoot(configuration)
+        let session = try options.session("import", mutating: true, origin: configuration.layout.modelOrigin)
         let progress = isatty(2) == 1 && !options.json ? ProgressLine() : nil
         let result = try storeCall { () throws(ModelStoreError) in
             ModelImportResult(

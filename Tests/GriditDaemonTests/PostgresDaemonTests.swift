@@ -268,6 +268,72 @@ extension PostgresDaemonTests {
     }
 }
 
+extension PostgresDaemonTests {
+    @Test(
+        "the shared root's mark: the first host writes it, a host on an empty mount point or another cluster's share does not start, and a running host whose share goes away claims nothing until it is back"
+    )
+    func sharedRootMark() throws {
+        let url = try Self.freshURL()
+        let (dirA, dirB, shared, empty, other) = (
+            TemporaryDirectory(), TemporaryDirectory(), TemporaryDirectory(), TemporaryDirectory(), TemporaryDirectory()
+        )
+        defer { for dir in [dirA, dirB, shared, empty, other] { dir.remove() } }
+        let a = try DaemonProcess(
+            directory: dirA, arguments: ["--database", url, "--shared-root", shared.path], model: tinyPipeline())
+        let mark = shared.file(".gridit-cluster")
+        let token = try String(contentsOfFile: mark, encoding: .utf8).trimmingCharacters(in: .newlines)
+        #expect(UUID(uuidString: token) != nil, "a new token: \(token)")
+
+        // An empty mount point: refused, and nothing is written there.
+        do {
+            _ = try DaemonProcess(directory: dirB, arguments: ["--database", url, "--shared-root", empty.path])
+            Issue.record("griditd started on an empty shared root")
+        } catch {
+            #expect("\(error)".contains("lacks this cluster's mark .gridit-cluster (token \(token))"), "\(error)")
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: empty.path).isEmpty)
+        // Another cluster's share.
+        try "0e7a59d2-0000-4000-8000-000000000000\n".write(
+            toFile: other.file(".gridit-cluster"), atomically: true, encoding: .utf8)
+        do {
+            _ = try DaemonProcess(directory: dirB, arguments: ["--database", url, "--shared-root", other.path])
+            Issue.record("griditd started on another cluster's shared root")
+        } catch {
+            #expect("\(error)".contains("belongs to another cluster"), "\(error)")
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: other.path) == [".gridit-cluster"])
+        // An offline import does not publish to an empty mount point either.
+        let imported = try runProcess(
+            binaryDirectory() + "/griditd",
+            [
+                "models", "import", tinyPipeline(), "--name", "tiny:v2", "--state-dir", dirB.file("state"),
+                "--database", url, "--shared-root", empty.path,
+            ])
+        #expect(imported.status == 69 && imported.stderr.contains("lacks this cluster's mark"), "\(imported.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: empty.path).isEmpty)
+
+        // The share goes away under a running host: it reports it and starts nothing; once the
+        // share is back, the job runs.
+        try FileManager.default.moveItem(atPath: mark, toPath: mark + ".away")
+        var status = try a.client.get("/v1/status", as: DaemonStatus.self)
+        let deadline = Date().addingTimeInterval(60)
+        while !status.notices.contains(where: { $0.code == .sharedRootUnavailable }) && Date() < deadline {
+            usleep(100_000)
+            status = try a.client.get("/v1/status", as: DaemonStatus.self)
+        }
+        #expect(status.notices.map(\.code) == [.sharedRootUnavailable], "\(status.notices)")
+        #expect(status.notices.first?.message.contains("no job starts") == true)
+        let id = try a.client.post("/v1/jobs", SubmitJobRequest(length: 4), as: SubmitJobResponse.self).job.id
+        usleep(1_500_000)
+        #expect(try a.client.get("/v1/jobs/\(id)", as: JobInfo.self).state == .queued)
+        try FileManager.default.moveItem(atPath: mark + ".away", toPath: mark)
+        let finished = try waitForJob(a, id)
+        #expect(finished.state == .succeeded, "\(a.log)")
+        #expect(a.log.contains("no job starts: the shared root"), "the worker logs why")
+        #expect(a.stop() == 0)
+    }
+}
+
 /// This machine's hostname, as griditd registers it.
 enum NodeIdentityName {
     static var current: String {

@@ -117,10 +117,14 @@ struct GriditdBinaryTests {
         let pipeline = try writePipeline(in: dir.file("src"), name: "big", stage1: Tiny.bigStage1)
         let shared = dir.file("shared")
         try FileManager.default.createDirectory(atPath: shared, withIntermediateDirectories: true)
-        // The queue's address is only read (it makes --shared-root valid); nothing connects to it.
+        let server = try PostgresTestServer.shared()
+        let url =
+            "postgres://\(server.user)@\(server.host):\(server.port)/\(server.database)"
+            + "?sslmode=disable&schema=\(server.freshSchema())"
         try killImport(
             at: "import.committed", pipeline: pipeline, state: dir.file("state"),
-            extra: ["--shared-root", shared, "--database", "postgres://gridit@127.0.0.1:1/gridit"])
+            extra: ["--shared-root", shared, "--database", url])
+        #expect(FileManager.default.fileExists(atPath: shared + "/.gridit-cluster"), "a new cluster's mark")
         let origin = shared + "/models/blobs/sha256"
         let published = try FileManager.default.contentsOfDirectory(atPath: origin).sorted()
         let local = try FileManager.default.contentsOfDirectory(atPath: dir.file("state/blobs/sha256")).sorted()
