@@ -85,8 +85,10 @@ public final class InProcessEngine: JobEngine {
 
     /// The version's pipeline with absolute blob paths, after the store's integrity check (a
     /// blob that fails it is quarantined: `digest_mismatch`). In a cluster, a version this
-    /// host's store lacks is pulled from the model origin first, and runs from this host's copy.
-    public func resolve(_ digest: String) throws(JobFailure) -> ResolvedPipeline {
+    /// host's store lacks is pulled from the model origin first, and runs from this host's copy;
+    /// `working` is called about once a second while it is copied.
+    public func resolve(_ digest: String, working: (@Sendable () -> Void)? = nil) throws(JobFailure) -> ResolvedPipeline
+    {
         guard let blob = BlobDigest(digest) else {
             throw JobFailure(.modelMissing, "'\(digest.prefix(80))' is not a manifest digest")
         }
@@ -97,7 +99,15 @@ public final class InProcessEngine: JobEngine {
             return try models.resolvePipeline(blob)
         } catch  where error.code == .notFound && models.origin != nil {
             do {
-                if let pulled = try models.pull(blob) {
+                var last = ContinuousClock.now
+                let copying = working.map { signal in
+                    {
+                        guard ContinuousClock.now - last >= .seconds(1) else { return }
+                        last = ContinuousClock.now
+                        signal()
+                    }
+                }
+                if let pulled = try models.pull(blob, copying: copying) {
                     logger.notice(
                         "pulled model \(digest) from the model origin \(models.origin!): \(formatBytes(pulled.bytesWritten)) copied",
                         metadata: ["model.digest": "\(digest)"])
@@ -125,7 +135,8 @@ public final class InProcessEngine: JobEngine {
                     throw JobFailure(.internalError, "the batch's resolved pipeline does not decode: \(error)")
                 }
             } else {
-                pipeline = try resolve(digest)
+                let ids = batch.items.map(\.jobID)
+                pipeline = try resolve(digest) { for id in ids { hooks.working(id) } }
             }
         } catch {
             if error.errorClass == .digestMismatch { unload(digest) }

@@ -36,7 +36,8 @@ public final class WorkerProcessEngine: JobEngine {
         var batch = batch
         if let digest = batch.pipelineDigest {
             do throws(JobFailure) {
-                let resolved = try local.resolve(digest)
+                let ids = batch.items.map(\.jobID)
+                let resolved = try local.resolve(digest) { for id in ids { hooks.working(id) } }
                 do { batch.resolved = try JSONEncoder().encode(resolved) } catch {
                     throw JobFailure(.internalError, "encoding the pipeline for the engine worker: \(error)")
                 }

@@ -91,19 +91,24 @@ public struct ExecutionHooks: Sendable {
     /// Checked between denoising steps; non-nil ⇒ throw the engine's typed "interrupted" error
     /// for that job, leaving its work directory resumable.
     public var shouldStop: @Sendable (_ jobID: Int64) -> StopReason?
+    /// The liveness signal of work before the first step that takes long (copying the job's
+    /// model from the cluster's origin): keeps the job's lease renewed, shows no progress.
+    public var working: @Sendable (_ jobID: Int64) -> Void
 
     public init(
         admit: @escaping @Sendable () -> [ExecutionItem] = { [] },
         finished: @escaping @Sendable (Int64, ExecutionOutcome) -> Void,
         durable: @escaping @Sendable (Int64, JobProgress) -> Void,
         step: @escaping @Sendable (Int64, StepProgress) -> Void,
-        shouldStop: @escaping @Sendable (Int64) -> StopReason?
+        shouldStop: @escaping @Sendable (Int64) -> StopReason?,
+        working: @escaping @Sendable (Int64) -> Void = { _ in }
     ) {
         self.admit = admit
         self.finished = finished
         self.durable = durable
         self.step = step
         self.shouldStop = shouldStop
+        self.working = working
     }
 }
 

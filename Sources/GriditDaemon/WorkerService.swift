@@ -285,6 +285,11 @@ public struct WorkerService: Service {
             },
             shouldStop: { id in
                 monitor.stopReason(id) ?? (stopping.isSet ? .shutdown : nil)
+            },
+            working: { id in
+                _ = scheduler.withLock { $0.handle(.stepDone(id), now: Date()) }
+                notifier.watchdog()
+                signal.yield()
             })
 
         let carried = await withTaskGroup(of: [ClaimedJob].self) { group in

@@ -126,17 +126,28 @@ extension ModelStore {
 
     /// The `ingest/` files of dead imports (a live importer holds a lock on its own; a dead one,
     /// even after kill -9, does not) and their bytes; removed with `remove`. Only regular files
-    /// named `<uuid>.partial`, the names importers make, are considered.
-    func deadIngestFiles(remove: Bool) -> (paths: [String], bytes: Int64) {
+    /// named `<uuid>.partial`, the names importers make, are considered. In the cluster's origin
+    /// (`root`), where the importer may be another host and a network filesystem may keep locks
+    /// per host, only those also untouched for `originIngestAge` (a live copy writes every chunk).
+    /// How long a publish's file in the origin's `ingest/` must be untouched to count as left over.
+    static let originIngestAge: time_t = 3600
+
+    func deadIngestFiles(remove: Bool, in root: StoreRoot? = nil) -> (paths: [String], bytes: Int64) {
+        let root = root ?? local
+        let oldest = root.path == local.path ? nil : time(nil) - Self.originIngestAge
         var paths: [String] = []
         var bytes: Int64 = 0
-        for name in ((try? FileManager.default.contentsOfDirectory(atPath: local.ingestDirectory)) ?? []).sorted()
+        for name in ((try? FileManager.default.contentsOfDirectory(atPath: root.ingestDirectory)) ?? []).sorted()
         where name.hasSuffix(".partial") {
-            let path = joinPath(local.ingestDirectory, name)
+            let path = joinPath(root.ingestDirectory, name)
             let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
             guard fd >= 0 else { continue }
             defer { close(fd) }
             guard let id = FileIdentity.of(fd: fd), id.isRegular, flock(fd, LOCK_EX | LOCK_NB) == 0 else { continue }
+            if let oldest {
+                var status = stat()
+                guard fstat(fd, &status) == 0, status.st_mtim.tv_sec < oldest else { continue }
+            }
             bytes += id.size
             if remove { unlink(path) }
             paths.append(path)
@@ -192,7 +203,12 @@ extension ModelStore {
             _ = try? database.write { db in for p in forgotten { try StoreSQL.forgetCheck(db, path: p) } }
         }
 
-        let (temporary, temporaryBytes) = deadIngestFiles(remove: !dryRun)
+        var (temporary, temporaryBytes) = deadIngestFiles(remove: !dryRun)
+        if let originRoot {
+            let (leftovers, bytes) = deadIngestFiles(remove: !dryRun, in: originRoot)
+            temporary += leftovers
+            temporaryBytes += bytes
+        }
         freed += temporaryBytes
         return GCReport(
             dryRun: dryRun, removedBlobs: removed, removedManifests: doomed.map(\.description),

@@ -37,14 +37,14 @@ extension ModelStore {
     /// Copies version `digest` from the origin into this store (untagged: gc removes it once no
     /// live job pins it, and it is pulled again when needed), after the same checks as an import.
     /// Concurrent pulls of one version copy it once: the others wait and find it here. Returns
-    /// nil when the version was complete here already.
+    /// nil when the version was complete here already. `copying` is called after each chunk copied.
     ///
     /// Throws `io` when the origin does not hold the version (yet), `notFound` when it lacks a
     /// blob of the version's manifest, `digestMismatch` when
     /// a file of the origin does not hash to its name (nothing of the version is stored), and
     /// `io` when the origin cannot be reached (its folder is gone: the shared root is not
     /// mounted), which is worth another try.
-    public func pull(_ digest: BlobDigest) throws(ModelStoreError) -> ImportReport? {
+    public func pull(_ digest: BlobDigest, copying: (() -> Void)? = nil) throws(ModelStoreError) -> ImportReport? {
         try requireWritable("pulling a model")
         guard let origin = originRoot else { throw Self.noVersion(digest) }
         let lock = pulls.withLock { locks in
@@ -70,7 +70,8 @@ extension ModelStore {
         // again: worth another try, not a missing model.
         let manifestFile: IngestFile
         do {
-            manifestFile = try fetch(digest, from: origin, size: nil, what: "the manifest of \(digest)")
+            manifestFile = try fetch(
+                digest, from: origin, size: nil, what: "the manifest of \(digest)", copying: copying)
         } catch  where error.code == .notFound {
             throw ModelStoreError(
                 .io, "\(error.message) (yet: the host that imported it may not have reached the origin)",
@@ -87,7 +88,8 @@ extension ModelStore {
         for blob in manifest.blobs where files[blob.digest] == nil {
             if try intactCopy(blob.digest) != nil { continue }
             files[blob.digest] = try fetch(
-                blob.digest, from: origin, size: blob.size, what: "\(blob.role.rawValue) of \(digest)")
+                blob.digest, from: origin, size: blob.size, what: "\(blob.role.rawValue) of \(digest)",
+                copying: copying)
         }
         return try importVersion(
             digest, files: files, source: origin.path, tags: [], publish: false,
@@ -101,7 +103,7 @@ extension ModelStore {
 
     /// Blob `digest` of `origin`, copied into this store's ingest/ and checked against its name.
     private func fetch(
-        _ digest: BlobDigest, from origin: StoreRoot, size: Int64?, what: String
+        _ digest: BlobDigest, from origin: StoreRoot, size: Int64?, what: String, copying: (() -> Void)?
     ) throws(ModelStoreError) -> IngestFile {
         let opened: OpenedFile
         do { opened = try OpenFolder(origin.blobsDirectory, reader: nil).file(digest.hex) } catch {
@@ -121,7 +123,8 @@ extension ModelStore {
         if let size, Int64(opened.status.st_size) != size {
             throw corrupt("has \(opened.status.st_size) bytes, not the \(size) its manifest lists")
         }
-        let file = try IngestFile.fromFile(opened, into: local, mode: .copy)
+        let file = try IngestFile.fromFile(
+            opened, into: local, mode: .copy, progress: copying.map { c in { _, _ in c() } })
         guard file.digest == digest else { throw corrupt("hashes to \(file.digest), not to its name") }
         return file
     }

@@ -25,6 +25,8 @@ enum Script: Sendable {
     /// Steps until `shouldStop` says otherwise (at most 300 s: a loaded machine may take long to ask).
     case runUntilStopped
     case fail(JobFailure)
+    /// Signals `working` (no step) until `done` says so, as a model pull from the origin does, then succeeds.
+    case work(until: @Sendable () -> Bool)
 }
 
 /// A `JobEngine` that follows a script per job id and records what it was asked to do.
@@ -96,6 +98,13 @@ final class ScriptedEngine: JobEngine {
             return .failed(JobFailure(.internalError, "the test never stopped the job"))
         case .fail(let failure):
             return .failed(failure)
+        case .work(let done):
+            let deadline = Date().addingTimeInterval(300)
+            while !done() && Date() < deadline {
+                hooks.working(id)
+                usleep(20_000)
+            }
+            return .succeeded
         }
     }
 }
@@ -150,11 +159,15 @@ struct WorkerHarness {
     let context: DaemonContext
     let engine: ScriptedEngine
 
-    init(faults: FaultInjection = FaultInjection(), script: @escaping @Sendable (Int64, Int) -> Script) throws {
+    init(
+        faults: FaultInjection = FaultInjection(), lease: TimeInterval? = nil,
+        script: @escaping @Sendable (Int64, Int) -> Script
+    ) throws {
         directory = TemporaryDirectory()
         var configuration = DaemonConfiguration(
             stateDirectory: directory.file("state"), socketPath: directory.file("s.sock"))
         configuration.pollInterval = 0.05
+        if let lease { configuration.leaseDuration = lease }
         configuration.maxBatchJobs = 4
         try FileManager.default.createDirectory(atPath: configuration.stateDirectory, withIntermediateDirectories: true)
         store = try SQLiteJobStore(
@@ -252,6 +265,26 @@ struct WorkerServiceTests {
             #expect(h.engine.batches == [[a, joining], [other], [later]])
             #expect(try await h.state(a) == .canceled)
         }
+    }
+
+    @Test("an engine that works without steps (pulling its model) keeps its job's lease renewed")
+    func workingRenewsLease() async throws {
+        let renewed = Mutex(false)
+        let h = try WorkerHarness(lease: 3) { _, _ in .work(until: { renewed.withLock { $0 } }) }
+        defer { h.directory.remove() }
+        let id = try await h.submit()
+        try await h.withWorker {
+            try await h.waitUntil("running") { try await h.state(id) == .running }
+            let claimed = try #require(try await h.store.get(id: id).leaseExpiresAt)
+            try await h.waitUntil("the lease was renewed while the engine worked") {
+                guard let expires = try await h.store.get(id: id).leaseExpiresAt else { return false }
+                return expires > claimed
+            }
+            renewed.withLock { $0 = true }
+            try await h.waitUntil("succeeded") { try await h.state(id) == .succeeded }
+        }
+        let job = try await h.store.get(id: id)
+        #expect(job.attempt == 1 && job.crashCount == 0, "\(job)")
     }
 
     @Test("graceful shutdown (SIGTERM) checkpoints the running job and hands it back without a crash")

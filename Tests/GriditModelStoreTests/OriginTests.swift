@@ -35,11 +35,14 @@ struct OriginTests {
 
         // Four threads pull at once: one copies, the others wait and find it here.
         let pulled = Mutex([Int]())
+        let chunks = Mutex(0)
         DispatchQueue.concurrentPerform(iterations: 4) { _ in
-            let result = try? b.pull(digest)
+            let result = try? b.pull(digest, copying: { chunks.withLock { $0 += 1 } })
             pulled.withLock { $0.append(result == nil ? 0 : 1) }
         }
         #expect(pulled.withLock { $0.sorted() } == [0, 0, 0, 1])
+        // The copy reports each chunk (the job's liveness while it waits for its model).
+        #expect(chunks.withLock { $0 } >= report.blobs.count, "one call per file at least")
         let resolved = try b.resolvePipeline(digest)
         for path in resolved.spec.files.map(\.reference) {
             #expect(path.hasPrefix(b.stateDirectory + "/blobs/sha256/"), "runs from its own copy: \(path)")
@@ -91,5 +94,22 @@ struct OriginTests {
         // Not (yet) in the origin: its importer may have found the origin unreachable, so the job is retried.
         #expect(storeError { try b.pull(unknown) }?.code == .io)
         #expect(storeError { try b.pull(unknown) }?.message.contains("may not have reached the origin") == true)
+    }
+
+    @Test("gc removes a killed publish's leftover in the origin's ingest/ once untouched for an hour, not a recent one")
+    func originLeftovers() throws {
+        let dir = TemporaryDirectory("gms")
+        defer { dir.remove() }
+        let (a, _, _) = try Self.cluster(dir)
+        let ingest = try #require(a.origin) + "/ingest/"
+        let (old, recent) = (
+            ingest + UUID().uuidString.lowercased() + ".partial", ingest + UUID().uuidString.lowercased() + ".partial"
+        )
+        for path in [old, recent] { #expect(FileManager.default.createFile(atPath: path, contents: Data(count: 1000))) }
+        try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(-3700)], ofItemAtPath: old)
+        let report = try a.gc(pins: JobPins())
+        #expect(report.removedTemporary == [old], "\(report.removedTemporary)")
+        #expect(!FileManager.default.fileExists(atPath: old) && FileManager.default.fileExists(atPath: recent))
+        #expect(try a.list(pins: JobPins()).models.count == 1, "the version stays")
     }
 }
