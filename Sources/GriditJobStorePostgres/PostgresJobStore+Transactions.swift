@@ -6,6 +6,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import PostgresNIO
+import Synchronization
 
 /// What a COMMIT whose outcome is unknown (the connection dropped while it was sent) becomes.
 enum UnknownCommit<T: Sendable>: Sendable {
@@ -14,8 +15,9 @@ enum UnknownCommit<T: Sendable>: Sendable {
     /// Run it again: doing it twice is doing it once (pause, resume).
     case retry
     /// Look the outcome up on a fresh connection (a claim by its lease token, a transition by
-    /// reading its row back); run it again if it did not commit.
-    case resolve(@Sendable (PostgresSession) async throws -> Resolution<T>)
+    /// reading its row back); run it again if it did not commit. The date is when the broken
+    /// attempt's connection was handed out (`PostgresSession.since`).
+    case resolve(@Sendable (PostgresSession, Date) async throws -> Resolution<T>)
 }
 
 enum Resolution<T: Sendable>: Sendable {
@@ -23,9 +25,21 @@ enum Resolution<T: Sendable>: Sendable {
     case notCommitted
 }
 
+/// A COMMIT whose answer never arrives, acted out by the next transactions (tests only: nothing
+/// else queues one). `answerLost`: it committed; `rolledBack`: it did not.
+final class CommitFaults: Sendable {
+    enum Fault: Sendable { case answerLost, rolledBack }
+    private let queue = Mutex<[Fault]>([])
+
+    func add(_ faults: Fault...) { queue.withLock { $0 += faults } }
+    func next() -> Fault? { queue.withLock { $0.isEmpty ? nil : $0.removeFirst() } }
+}
+
 /// The connection broke after COMMIT was sent: the transaction may or may not have committed.
 struct CommitOutcomeUnknown: Error {
     var underlying: any Error
+    /// When the attempt's connection was handed out.
+    var since: Date
 }
 
 extension PostgresJobStore {
@@ -50,10 +64,12 @@ extension PostgresJobStore {
                         _ = try? await connection.sql("ROLLBACK")
                         throw error
                     }
+                    let fault = self.commitFaults.next()
                     do {
-                        try await connection.sql("COMMIT")
+                        try await connection.sql(fault == .rolledBack ? "ROLLBACK" : "COMMIT")
+                        if fault != nil { throw ConnectionUnusable.closed }
                     } catch  where Self.isConnectionLoss(error) {
-                        throw CommitOutcomeUnknown(underlying: error)
+                        throw CommitOutcomeUnknown(underlying: error, since: connection.since)
                     }
                     return value
                 }
@@ -72,7 +88,7 @@ extension PostgresJobStore {
                     // A lookup that fails proves nothing: ask again rather than guess.
                     var resolution: Resolution<T>?
                     for lookUpTry in 1...Self.maximumTries where resolution == nil {
-                        resolution = try? await withConnection { try await lookUp($0) }
+                        resolution = try? await withConnection { try await lookUp($0, unknown.since) }
                         if resolution == nil { try? await Task.sleep(for: .milliseconds(10 << lookUpTry)) }
                     }
                     switch resolution {

@@ -51,6 +51,8 @@ public final class PostgresJobStore: TransitionStore {
     /// transaction pooler, where LISTEN cannot work).
     let notifies: Bool
     let logger: Logger
+    /// Broken COMMITs to act out (tests of the unknown-outcome paths; empty otherwise).
+    let commitFaults: CommitFaults
     /// Tries of a transaction that hit a serialization failure, a deadlock or a lost connection.
     static let maximumTries = 5
 
@@ -68,6 +70,7 @@ public final class PostgresJobStore: TransitionStore {
         self.node = node
         self.outputRoot = nil
         self.logger = logger
+        self.commitFaults = CommitFaults()
         self.client = PostgresClient(
             configuration: location.clientConfiguration(maximumConnections: maximumConnections),
             backgroundLogger: logger)
@@ -90,6 +93,7 @@ public final class PostgresJobStore: TransitionStore {
         self.client = other.client
         self.timeout = other.timeout
         self.notifies = other.notifies
+        self.commitFaults = other.commitFaults
     }
 
     /// Runs the connection pool until the task is cancelled.
@@ -249,10 +253,14 @@ public final class PostgresJobStore: TransitionStore {
             """
         let query = PostgresQuery(unsafeSQL: sql, binds: binds)
         return try await transaction(
-            onUnknownCommit: .resolve { connection in
-                // The claim committed iff a row carries its token.
+            onUnknownCommit: .resolve { connection, sent in
+                // The claim committed iff a row carries its token; its lease ran from that attempt.
                 let rows = try await connection.sql("SELECT * FROM job WHERE lease_token = \(token.rawValue)")
-                for row in rows { return .committed(ClaimedJob(job: try self.decodeJob(row), token: token)) }
+                for row in rows {
+                    return .committed(
+                        ClaimedJob(
+                            job: try self.decodeJob(row), token: token, sentAt: self.clock == .database ? sent : nil))
+                }
                 return .notCommitted
             }
         ) { connection -> ClaimedJob? in
@@ -428,7 +436,7 @@ public final class PostgresJobStore: TransitionStore {
         let machine = self.machine, now = injected(now), channel = notifying
         let written = WrittenRow()
         let job: Job = try await transaction(
-            onUnknownCommit: .resolve { connection in
+            onUnknownCommit: .resolve { connection, _ in
                 // Committed iff the row reads back as this transaction wrote it.
                 guard let expected = written.job, let current = try? await self.fetchJob(connection, id: id),
                     current.withoutPosition == expected.withoutPosition

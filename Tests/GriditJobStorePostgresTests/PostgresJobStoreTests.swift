@@ -140,6 +140,41 @@ struct PostgresJobStoreTests {
         }
     }
 
+    @Test(
+        "a COMMIT whose answer is lost: a claim and a transition that committed are found by their token and row, not run twice; one that did not commit runs again"
+    )
+    func unknownCommitOutcomes() async throws {
+        try await TestSchema().withStores(1, clock: .database) { stores in
+            let store = stores[0]
+            try await store.insertJobs(2)
+            // Committed, the answer lost: the claim is looked up by its lease token.
+            let beforeClaim = Date()
+            store.commitFaults.add(.answerLost)
+            let first = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: Date()))
+            #expect(first.job.state == .running && first.job.attempt == 1)
+            #expect(first.job.leaseToken == first.token)
+            let sent = try #require(first.sentAt, "the lease counts from the attempt that took it")
+            #expect(sent >= beforeClaim && sent <= Date())
+            #expect(try await store.count("SELECT count(*) FROM job WHERE state = 'running'") == 1)
+            // Not committed: the claim runs again and takes the same next job, once.
+            store.commitFaults.add(.rolledBack)
+            let second = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: Date()))
+            #expect(second.job.id != first.job.id && second.job.attempt == 1)
+            #expect(try await store.count("SELECT count(*) FROM job WHERE state = 'running'") == 2)
+            #expect(try await store.claim(workerID: "w", leaseDuration: 60, now: Date()) == nil)
+            // A transition that committed is read back, not applied a second time.
+            store.commitFaults.add(.answerLost)
+            let progress = JobProgress(stage: .grid, gridsDone: 1, framesDone: 0)
+            _ = try await store.saveProgress(id: first.job.id, token: first.token, progress: progress, now: Date())
+            #expect(try await store.get(id: first.job.id).progress == progress)
+            store.commitFaults.add(.rolledBack)
+            let ended = try await store.complete(
+                id: first.job.id, token: first.token, outputDir: "/tmp/out-\(first.job.id)", now: Date())
+            #expect(ended.state == .succeeded && ended.attempt == 1)
+            #expect(try await store.get(id: first.job.id).state == .succeeded)
+        }
+    }
+
     @Test("the SQL claim matches JobStateMachine's claim")
     func claimMatchesStateMachine() async throws {
         try await TestSchema().withStores(1) { stores in
