@@ -14,11 +14,14 @@ public struct NodeInfo: Codable, Hashable, Sendable {
     public var runningJobs: Int
     /// The host that answered.
     public var current: Bool
+    /// Unseen for longer than six node heartbeats (at least 30 s): stopped, crashed or cut off.
+    public var gone: Bool
 
     public init(
         id: String, hostname: String, version: String, startedAt: Date, lastSeen: Date, draining: Bool,
-        runningJobs: Int, current: Bool
+        runningJobs: Int, current: Bool, gone: Bool = false
     ) {
+        self.gone = gone
         self.id = id
         self.hostname = hostname
         self.version = version
@@ -30,10 +33,23 @@ public struct NodeInfo: Codable, Hashable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case id, hostname, version, draining, current
+        case id, hostname, version, draining, current, gone
         case startedAt = "started_at"
         case lastSeen = "last_seen"
         case runningJobs = "running_jobs"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(
+            id: try c.decode(String.self, forKey: .id), hostname: try c.decode(String.self, forKey: .hostname),
+            version: try c.decode(String.self, forKey: .version),
+            startedAt: try c.decode(Date.self, forKey: .startedAt),
+            lastSeen: try c.decode(Date.self, forKey: .lastSeen), draining: try c.decode(Bool.self, forKey: .draining),
+            runningJobs: try c.decode(Int.self, forKey: .runningJobs),
+            current: try c.decode(Bool.self, forKey: .current),
+            // A griditd older than `gone` does not send it.
+            gone: try c.decodeIfPresent(Bool.self, forKey: .gone) ?? false)
     }
 }
 

@@ -4,13 +4,14 @@ import GriditAPI
 
 struct Nodes: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "List the griditd hosts sharing the queue; drain one for maintenance.",
-        subcommands: [List.self, Drain.self, Undrain.self], defaultSubcommand: List.self)
+        abstract: "List the griditd hosts sharing the queue; drain one for maintenance; remove one that is gone.",
+        subcommands: [List.self, Drain.self, Undrain.self, Remove.self], defaultSubcommand: List.self)
 
     struct List: ClientCommand {
         static let configuration = CommandConfiguration(
             commandName: "list",
-            abstract: "Every host: node id, hostname, version, last seen, running jobs, draining (* answered).",
+            abstract:
+                "Every host: node id, hostname, version, state (up, draining, gone), last seen, running jobs (* answered).",
             aliases: ["ls"])
         @OptionGroup var global: GlobalOptions
 
@@ -42,9 +43,28 @@ struct Nodes: ParsableCommand {
         }
     }
 
+    struct Remove: ClientCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "rm",
+            abstract:
+                "Forget a host that is gone for good (unseen for 30 s or more, no running job). Admins. It registers again if its griditd starts.",
+            aliases: ["remove"])
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The node: its id, a unique prefix of it (4+ characters), or its hostname.") var node: String
+
+        func run(client: GriditClient, output: Output) throws {
+            let removed = try client.delete("/v1/nodes/\(Nodes.pathComponent(node))", as: NodeInfo.self)
+            output.emit(removed, json: global.json) { "node \(removed.id) (\(removed.hostname)) removed\n" }
+        }
+    }
+
+    static func pathComponent(_ node: String) -> String {
+        node.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(["/"])) ?? node
+    }
+
     static func set(draining: Bool, _ node: String, client: GriditClient, output: Output, json: Bool) throws {
-        let name = node.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(["/"])) ?? node
-        let shown = try client.post("/v1/nodes/\(name)/\(draining ? "drain" : "undrain")", as: NodeInfo.self)
+        let shown = try client.post(
+            "/v1/nodes/\(pathComponent(node))/\(draining ? "drain" : "undrain")", as: NodeInfo.self)
         if json {
             output.printJSON(shown)
         } else if draining {

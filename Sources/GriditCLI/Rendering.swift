@@ -68,11 +68,16 @@ enum Rendering {
     /// Every griditd host sharing the queue; `*` marks the one that answered.
     static func nodesTable(_ nodes: [NodeInfo], now: Date = Date()) -> String {
         renderTable(
-            headers: ["node", "hostname", "version", "last seen", "running", "draining"],
+            headers: ["node", "hostname", "version", "state", "last seen", "running"],
             rows: nodes.map { node in
                 [
                     String(node.id.prefix(8)) + (node.current ? " *" : ""), node.hostname, node.version,
-                    ago(node.lastSeen, now: now), String(node.runningJobs), node.draining ? "yes" : "no",
+                    [
+                        node.gone ? "gone" : node.draining ? "draining" : "up",
+                        node.gone && node.draining ? "drained" : nil,
+                    ]
+                    .compactMap { $0 }.joined(separator: ", "),
+                    ago(node.lastSeen, now: now), String(node.runningJobs),
                 ]
             })
     }

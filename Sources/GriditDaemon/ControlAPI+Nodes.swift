@@ -38,6 +38,29 @@ extension ControlAPI {
         return .json(nodeInfo(changed))
     }
 
+    /// Forgets a host that is gone (`nodes rm`): unseen for `nodeGoneAfter`, running no job, not
+    /// the one answering. Admins only. It registers again if its griditd starts.
+    func removeNode(_ request: APIRequest, _ params: [String: String]) async throws(APIError) -> Response {
+        try requireAdmin(request, "remove a node")
+        let node = try await resolveNode(params["node"] ?? "")
+        guard node.id != context.node.id else {
+            throw APIError(
+                .conflict,
+                "node \(node.id) (\(node.hostname)) is the host answering; run `griditctl nodes rm` on another host "
+                    + "once this one's griditd is stopped for good")
+        }
+        do {
+            try await context.nodes.removeNode(
+                id: node.id, unseenFor: context.configuration.nodeGoneAfter, now: Date())
+        } catch {
+            throw Self.translate(error)
+        }
+        context.logger.notice(
+            "node removed",
+            metadata: ["node.id": "\(node.id)", "node.hostname": "\(node.hostname)", "uid": "\(request.caller.uid)"])
+        return .json(node)
+    }
+
     func nodeInfos() async throws(APIError) -> [NodeInfo] {
         let records: [NodeRecord]
         do {
@@ -51,7 +74,8 @@ extension ControlAPI {
     private func nodeInfo(_ r: NodeRecord) -> NodeInfo {
         NodeInfo(
             id: r.id, hostname: r.hostname, version: r.version, startedAt: r.startedAt, lastSeen: r.lastSeen,
-            draining: r.draining, runningJobs: r.runningJobs, current: r.id == context.node.id)
+            draining: r.draining, runningJobs: r.runningJobs, current: r.id == context.node.id,
+            gone: Date().timeIntervalSince(r.lastSeen) >= context.configuration.nodeGoneAfter)
     }
 
     private func resolveNode(_ name: String) async throws(APIError) -> NodeInfo {

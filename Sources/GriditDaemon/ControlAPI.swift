@@ -64,6 +64,7 @@ public struct ControlAPI: Sendable {
         Route(method: .get, template: "/v1/nodes") { api, r, _ in try await api.listNodes(r) },
         Route(method: .post, template: "/v1/nodes/{node}/drain") { api, r, p in try await api.drain(true, r, p) },
         Route(method: .post, template: "/v1/nodes/{node}/undrain") { api, r, p in try await api.drain(false, r, p) },
+        Route(method: .delete, template: "/v1/nodes/{node}") { api, r, p in try await api.removeNode(r, p) },
         Route(method: .post, template: "/v1/jobs") { api, r, _ in try await api.submit(r) },
         Route(method: .get, template: "/v1/jobs") { api, r, _ in try await api.list(r) },
         Route(method: .post, template: "/v1/jobs/prune") { api, r, _ in try await api.prune(r) },

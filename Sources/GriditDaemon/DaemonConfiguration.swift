@@ -69,6 +69,8 @@ public struct DaemonConfiguration: Sendable {
     /// How often this host records "last seen" in the node registry and reads whether it is
     /// drained (a drain made on this host counts at once).
     public var nodeHeartbeatInterval: TimeInterval = 5
+    /// A host unseen this long is shown `gone` and may be removed (`nodes rm`).
+    public var nodeGoneAfter: TimeInterval { max(30, 6 * nodeHeartbeatInterval) }
     /// Retention of finished jobs (and their outputs), by state: succeeded ones, and failed,
     /// canceled and dead ones. Nil keeps them until `griditctl jobs prune` (retention off). The
     /// maintenance service applies it at start and every `pruneInterval`.

@@ -50,6 +50,11 @@ public protocol NodeRegistry: Sendable {
     /// Drains (or undrains) a node. `notFound` for an unknown id.
     func setDraining(id: String, _ draining: Bool, now: Date) async throws(StateError) -> NodeRecord
 
+    /// Forgets a host that is gone: unseen for `unseenFor` seconds by the registry's clock and
+    /// running no job. `notFound` for an unknown id, `invalidTransition` (saying why) for a host
+    /// seen since or still holding jobs. A removed host that starts again registers again.
+    func removeNode(id: String, unseenFor: TimeInterval, now: Date) async throws(StateError)
+
     /// The token of the hosts' shared root (`<shared-root>/.gridit-cluster`): `proposed` when the
     /// registry had none (it keeps it from now on), else the one it holds.
     func sharedRootMark(proposing proposed: String) async throws(StateError) -> String
@@ -100,6 +105,10 @@ public final class SingleNodeRegistry: NodeRegistry {
         }
         guard found else { throw StateError.nodeNotFound(id) }
         return try await nodes()[0]
+    }
+
+    public func removeNode(id: String, unseenFor: TimeInterval, now: Date) async throws(StateError) {
+        throw StateError(.invalidTransition, "this queue has one host, the one answering: there is no node to remove")
     }
 
     /// One host has no shared root to check.

@@ -55,6 +55,37 @@ extension PostgresJobStore: NodeRegistry {
         }
     }
 
+    public func removeNode(id: String, unseenFor: TimeInterval, now: Date) async throws(StateError) {
+        let uuid = try Self.nodeUUID(id), at = clock == .caller ? Self.clamped(now) : nil
+        try await transaction(onUnknownCommit: .retry) { connection in
+            var found: (unseen: Double, running: Int)?
+            for row in try await connection.sql(
+                """
+                SELECT extract(epoch FROM coalesce(\(at)::timestamptz, now()) - last_seen_at)::float8,
+                       (SELECT count(*) FROM job WHERE node_id = node.id AND state = 'running')::int8
+                  FROM node WHERE id = \(uuid) FOR UPDATE
+                """)
+            {
+                let (unseen, running) = try row.decode((Double, Int64).self)
+                found = (unseen, Int(running))
+            }
+            guard let found else { throw StateError.nodeNotFound(id) }
+            guard found.unseen >= unseenFor else {
+                throw StateError(
+                    .invalidTransition,
+                    "node \(id) was seen \(Int(found.unseen)) s ago, not gone (\(Int(unseenFor)) s unseen): "
+                        + "stop griditd there first (drain it to let its jobs finish)")
+            }
+            guard found.running == 0 else {
+                throw StateError(
+                    .invalidTransition,
+                    "node \(id) still holds \(found.running) running job(s); other hosts requeue them once "
+                        + "their leases expire, then it can be removed")
+            }
+            try await connection.sql("DELETE FROM node WHERE id = \(uuid)")
+        }
+    }
+
     public func sharedRootMark(proposing proposed: String) async throws(StateError) -> String {
         try await transaction(onUnknownCommit: .retry) { connection in
             try await connection.sql(

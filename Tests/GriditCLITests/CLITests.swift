@@ -141,6 +141,34 @@ struct CLITests {
         #expect(Rendering.ago(now.addingTimeInterval(-1), now: now) == "just now")
     }
 
+    @Test("nodes list: each host's state (up, draining, gone), last seen and running jobs; * marks the one answering")
+    func nodesTable() throws {
+        let now = Date(timeIntervalSince1970: 1_000_000)
+        func node(
+            _ id: String, _ host: String, seen: Double, draining: Bool, gone: Bool, current: Bool = false
+        ) -> NodeInfo {
+            NodeInfo(
+                id: id, hostname: host, version: "1.0", startedAt: now, lastSeen: now.addingTimeInterval(-seen),
+                draining: draining, runningJobs: current ? 1 : 0, current: current, gone: gone)
+        }
+        let table = Rendering.nodesTable(
+            [
+                node("aaaaaaaa-0000", "gpu1", seen: 1, draining: false, gone: false, current: true),
+                node("bbbbbbbb-0000", "gpu2", seen: 2, draining: true, gone: false),
+                node("cccccccc-0000", "gpu3", seen: 600, draining: true, gone: true),
+            ], now: now)
+        let lines = table.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true) }
+        #expect(lines[0].prefix(4) == ["NODE", "HOSTNAME", "VERSION", "STATE"], "\(table)")
+        #expect(lines[1].prefix(5) == ["aaaaaaaa", "*", "gpu1", "1.0", "up"], "\(table)")
+        #expect(lines[2].prefix(4) == ["bbbbbbbb", "gpu2", "1.0", "draining"], "\(table)")
+        #expect(lines[3].prefix(5) == ["cccccccc", "gpu3", "1.0", "gone,", "drained"], "\(table)")
+        #expect(table.contains("10 minutes ago"), "\(table)")
+        // A griditd that predates `gone` leaves it out of its answer.
+        let old =
+            #"{"id":"d","hostname":"h","version":"0.9","started_at":"2026-01-01T00:00:00Z","last_seen":"2026-01-01T00:00:00Z","draining":false,"running_jobs":0,"current":false}"#
+        #expect(try APICoding.decoder().decode(NodeInfo.self, from: Data(old.utf8)).gone == false)
+    }
+
     @Test("the progress bar shows stage, grid, step, frame and ETA within the terminal width")
     func progressBar() {
         let step = StepProgress(

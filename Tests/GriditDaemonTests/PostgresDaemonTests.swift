@@ -97,7 +97,7 @@ struct PostgresDaemonTests {
         }
         let listed = try ctl(b, ["nodes", "list"])
         #expect(listed.status == 0, "\(listed.stderr)")
-        #expect(listed.stdout.contains("NODE") && listed.stdout.contains("DRAINING"), "\(listed.stdout)")
+        #expect(listed.stdout.contains("NODE") && listed.stdout.contains("STATE"), "\(listed.stdout)")
         #expect(listed.stdout.contains(String(nodeA.prefix(8)) + "   "), "\(listed.stdout)")
         #expect(listed.stdout.contains(String(nodeB.prefix(8)) + " *"), "answered by B: \(listed.stdout)")
         let nodes = try b.client.get("/v1/nodes", as: NodeList.self).nodes
@@ -147,7 +147,13 @@ struct PostgresDaemonTests {
         let undrained = try ctl(b, ["nodes", "undrain", nodeB])
         #expect(undrained.status == 0, "\(undrained.stderr)")
         #expect(try b.client.get("/v1/status", as: DaemonStatus.self).notices.isEmpty)
-        #expect(try b.client.get("/v1/nodes", as: NodeList.self).nodes.allSatisfy { !$0.draining })
+        #expect(try b.client.get("/v1/nodes", as: NodeList.self).nodes.allSatisfy { !$0.draining && !$0.gone })
+        // `nodes rm` forgets only a host that is gone (PostgresNodeTests counts the time): not a
+        // live one, nor the one answering.
+        let live = try ctl(a, ["nodes", "rm", String(nodeB.prefix(8))])
+        #expect(live.status != 0 && live.stderr.contains("not gone"), "\(live.stderr)")
+        let answering = try ctl(a, ["nodes", "rm", nodeA])
+        #expect(answering.status != 0 && answering.stderr.contains("is the host answering"), "\(answering.stderr)")
         #expect(a.stop() == 0)
         #expect(b.stop() == 0)
     }

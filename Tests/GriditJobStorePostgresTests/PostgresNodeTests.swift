@@ -36,6 +36,42 @@ struct PostgresNodeTests {
         }
     }
 
+    @Test(
+        "nodes rm: a host unseen long enough and running no job is forgotten; one seen lately or holding a job is not")
+    func removeGoneNode() async throws {
+        try await TestSchema().withStores(1) { stores in
+            let (a, b) = (stores[0].acting(for: Self.nodeA), stores[0].acting(for: Self.nodeB))
+            let (idA, idB) = (Self.nodeA.uuidString.lowercased(), Self.nodeB.uuidString.lowercased())
+            try await a.registerNode(id: idA, hostname: "a", version: "t", now: at(0))
+            try await b.registerNode(id: idB, hostname: "b", version: "t", now: at(0))
+            _ = try await b.submit(JobSubmission(params: "{}", length: 4), owner: 1, maxQueued: 10, now: at(0))
+            let onB = try #require(try await b.claim(workerID: "b/worker-0", leaseDuration: 60, now: at(1)))
+
+            func refusal(_ now: Date) async -> String? {
+                do {
+                    try await a.removeNode(id: idB, unseenFor: 30, now: now)
+                    return nil
+                } catch {
+                    #expect(error.code == .invalidTransition)
+                    return error.message
+                }
+            }
+            #expect(await refusal(at(10))?.contains("was seen 10 s ago, not gone") == true)
+            #expect(await refusal(at(40))?.contains("still holds 1 running job(s)") == true)
+            // Another host's reaper requeues B's job once its lease expires: then B can go.
+            #expect(try await a.recoverExpiredLeases(now: at(61)).map(\.id) == [onB.job.id])
+            #expect(await refusal(at(62)) == nil)
+            #expect(try await a.nodes().map(\.id) == [idA])
+            let twice = await #expect(throws: StateError.self) {
+                try await a.removeNode(id: idB, unseenFor: 30, now: at(63))
+            }
+            #expect(twice?.code == .notFound)
+            // A removed host that comes back registers again with its heartbeat.
+            #expect(try await b.touchNode(id: idB, hostname: "b", version: "t", now: at(70)) == false)
+            #expect(Set(try await a.nodes().map(\.id)) == [idA, idB])
+        }
+    }
+
     @Test("a claim that waited for a connection says when it was sent: its lease counts from then, not the call")
     func claimSentAtIsWhenSent() async throws {
         // One connection, held by another transaction for a while: the claim waits for it (as
