@@ -52,7 +52,7 @@ public final class ModelStoreCatalog: ModelCatalog {
 
     public func resolve(_ reference: String?) async throws(APIError) -> String {
         try await run { () throws(ModelStoreError) in
-            if let reference { return try self.models.resolve(reference).description }
+            if let reference { return try self.models.resolveToRun(reference).description }
             return try self.defaultModel()
         }
     }

@@ -258,6 +258,7 @@ extension ModelStore {
             }
             do {
                 try publishVersion(digest, blobs: manifest.blobs.map(\.digest), paths: paths, to: origin)
+                try publishTags(tags, digest: digest, to: origin)
                 publishedTo = origin.path
             } catch {
                 warnings.append(

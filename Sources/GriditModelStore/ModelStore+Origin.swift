@@ -9,6 +9,7 @@
 import Foundation
 import GriditCheckpoint
 import GriditDiffusion
+import GriditDurable
 import Synchronization
 
 #if canImport(Glibc)
@@ -127,6 +128,50 @@ extension ModelStore {
             opened, into: local, mode: .copy, progress: copying.map { c in { _, _ in c() } })
         guard file.digest == digest else { throw corrupt("hashes to \(file.digest), not to its name") }
         return file
+    }
+
+    /// The digest of a reference for running a job: this store's (`resolve`), or for a tag this
+    /// store does not know, the one the cluster's origin holds (a version imported on another
+    /// host; the host that runs the job pulls it).
+    public func resolveToRun(_ reference: String) throws(ModelStoreError) -> BlobDigest {
+        do {
+            return try resolve(reference)
+        } catch  where error.code == .notFound {
+            guard let origin = originRoot, case .tag(let name, let tag)? = try? ModelReference(parsing: reference),
+                let digest = Self.originTag(origin, name: name, tag: tag)
+            else { throw error }
+            return digest
+        }
+    }
+
+    /// `<origin>/tags/<name>/<tag>`: the version a tag names across the cluster, as the last
+    /// import that published it set it.
+    static func originTagPath(_ origin: StoreRoot, name: String, tag: String) -> String {
+        joinPath(origin.path, "tags/\(name)/\(tag)")
+    }
+
+    static func originTag(_ origin: StoreRoot, name: String, tag: String) -> BlobDigest? {
+        guard let bytes = FileBytes.read(originTagPath(origin, name: name, tag: tag)) else { return nil }
+        return BlobDigest(String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    /// Points `tags` at `digest` in the origin (after its version is there): each a small file
+    /// replaced whole (written aside, renamed), so a reader sees the old digest or the new one.
+    func publishTags(
+        _ tags: [(name: String, tag: String)], digest: BlobDigest, to origin: StoreRoot
+    )
+        throws(ModelStoreError)
+    {
+        for t in tags {
+            let path = Self.originTagPath(origin, name: t.name, tag: t.tag)
+            let folder = (path as NSString).deletingLastPathComponent
+            do { try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true) } catch {
+                throw ModelStoreError(.io, "cannot create \(folder): \(error.localizedDescription)")
+            }
+            try DurableFile.write(Array((digest.description + "\n").utf8), to: path) {
+                ModelStoreError(.io, "cannot write the tag \(t.name):\(t.tag) to \(path): \($0)")
+            }
+        }
     }
 
     /// Copies version `digest` (manifest `digest`, its `blobs`, each read from `paths`) into

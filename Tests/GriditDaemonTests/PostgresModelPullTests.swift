@@ -88,6 +88,19 @@ struct PostgresModelPullTests {
             let expected = try Data(contentsOf: URL(fileURLWithPath: outputA + "/frames/" + frame))
             #expect(made == expected, "\(frame) differs from host A's")
         }
+        // A tag only A's store holds names the same version on B: the import published it to
+        // the origin, where B looks up a tag it does not know.
+        let byTag = SubmitJobRequest(spec: JobSpec(length: 4, model: "tiny:latest", parameters: .init(seed: 5)))
+        let tagged = try b.client.post("/v1/jobs", byTag, as: SubmitJobResponse.self).job
+        #expect(tagged.pipelineDigest == imported.digest)
+        #expect(try waitForJob(b, tagged.id).state == .succeeded, "\(b.log)")
+        do {
+            let unknown = SubmitJobRequest(spec: JobSpec(length: 4, model: "tiny:v9"))
+            _ = try b.client.post("/v1/jobs", unknown, as: SubmitJobResponse.self)
+            Issue.record("a tag no host published was accepted")
+        } catch {
+            #expect("\(error)".contains("no model tiny:v9"), "\(error)")
+        }
 
         // A job queued on the shared queue pins the version B pulled (untagged there): gc keeps
         // it, through B's daemon and offline on B's state directory.

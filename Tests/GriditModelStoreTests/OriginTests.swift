@@ -50,6 +50,10 @@ struct OriginTests {
             #expect(inode(path) != inode(originCopy), "a copy, not a link of the origin's file")
         }
         #expect(try b.pull(digest) == nil, "already here")
+        // The import's tag is the cluster's: B resolves it to run a job, not as a tag of its own.
+        #expect(try b.resolveToRun("tiny:v1") == digest)
+        #expect(storeError { try b.resolve("tiny:v1") }?.code == .notFound)
+        #expect(storeError { try b.resolveToRun("tiny:v2") }?.code == .notFound)
         // Untagged here: kept while a live job pins it, removed by gc after (pulled again when needed).
         let listed = try b.list(pins: JobPins()).models
         #expect(listed.count == 1 && listed[0].name == nil && listed[0].digest == report.digest)
