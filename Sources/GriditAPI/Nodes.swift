@@ -14,14 +14,18 @@ public struct NodeInfo: Codable, Hashable, Sendable {
     public var runningJobs: Int
     /// The host that answered.
     public var current: Bool
+    /// Seconds since its last heartbeat by the queue database's clock (hosts' clocks may
+    /// disagree with it); nil from a griditd that predates it.
+    public var unseenSeconds: Double?
     /// Unseen for longer than six node heartbeats (at least 30 s): stopped, crashed or cut off.
     public var gone: Bool
 
     public init(
         id: String, hostname: String, version: String, startedAt: Date, lastSeen: Date, draining: Bool,
-        runningJobs: Int, current: Bool, gone: Bool = false
+        runningJobs: Int, current: Bool, gone: Bool = false, unseenSeconds: Double? = nil
     ) {
         self.gone = gone
+        self.unseenSeconds = unseenSeconds
         self.id = id
         self.hostname = hostname
         self.version = version
@@ -34,6 +38,7 @@ public struct NodeInfo: Codable, Hashable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case id, hostname, version, draining, current, gone
+        case unseenSeconds = "unseen_seconds"
         case startedAt = "started_at"
         case lastSeen = "last_seen"
         case runningJobs = "running_jobs"
@@ -49,7 +54,8 @@ public struct NodeInfo: Codable, Hashable, Sendable {
             runningJobs: try c.decode(Int.self, forKey: .runningJobs),
             current: try c.decode(Bool.self, forKey: .current),
             // A griditd older than `gone` does not send it.
-            gone: try c.decodeIfPresent(Bool.self, forKey: .gone) ?? false)
+            gone: try c.decodeIfPresent(Bool.self, forKey: .gone) ?? false,
+            unseenSeconds: try c.decodeIfPresent(Double.self, forKey: .unseenSeconds))
     }
 }
 

@@ -77,7 +77,9 @@ enum Rendering {
                         node.gone && node.draining ? "drained" : nil,
                     ]
                     .compactMap { $0 }.joined(separator: ", "),
-                    ago(node.lastSeen, now: now), String(node.runningJobs),
+                    // The database's count where given: this machine's clock may disagree with it.
+                    ago(node.unseenSeconds.map { now.addingTimeInterval(-$0) } ?? node.lastSeen, now: now),
+                    String(node.runningJobs),
                 ]
             })
     }

@@ -72,10 +72,11 @@ extension ControlAPI {
     }
 
     private func nodeInfo(_ r: NodeRecord) -> NodeInfo {
-        NodeInfo(
+        let unseen = r.unseenFor ?? Date().timeIntervalSince(r.lastSeen)
+        return NodeInfo(
             id: r.id, hostname: r.hostname, version: r.version, startedAt: r.startedAt, lastSeen: r.lastSeen,
             draining: r.draining, runningJobs: r.runningJobs, current: r.id == context.node.id,
-            gone: Date().timeIntervalSince(r.lastSeen) >= context.configuration.nodeGoneAfter)
+            gone: unseen >= context.configuration.nodeGoneAfter, unseenSeconds: r.unseenFor)
     }
 
     private func resolveNode(_ name: String) async throws(APIError) -> NodeInfo {

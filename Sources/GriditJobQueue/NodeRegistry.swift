@@ -18,6 +18,9 @@ public struct NodeRecord: Hashable, Sendable {
     public var draining: Bool
     /// Jobs running on it now.
     public var runningJobs: Int
+    /// Seconds since its last heartbeat by the registry's clock, where it keeps one (a shared
+    /// database); nil: compare `lastSeen` with this host's clock.
+    public var unseenFor: TimeInterval?
 
     public init(
         id: String, hostname: String, version: String, startedAt: Date, lastSeen: Date, draining: Bool,

@@ -39,7 +39,7 @@ extension PostgresJobStore: NodeRegistry {
             var records: [NodeRecord] = []
             let query = PostgresQuery(unsafeSQL: Self.selectNodes + " ORDER BY hostname, id")
             for row in try await connection.sql(query) {
-                records.append(try Self.decodeNode(row))
+                records.append(try self.decodeNode(row))
             }
             return records
         }
@@ -50,7 +50,7 @@ extension PostgresJobStore: NodeRegistry {
         return try await transaction(onUnknownCommit: .retry) { connection in
             try await connection.sql("UPDATE node SET draining = \(draining) WHERE id = \(uuid)")
             let query = PostgresQuery(unsafeSQL: Self.selectNodes + " WHERE id = $1", binds: Self.binds(uuid))
-            for row in try await connection.sql(query) { return try Self.decodeNode(row) }
+            for row in try await connection.sql(query) { return try self.decodeNode(row) }
             throw StateError.nodeNotFound(id)
         }
     }
@@ -101,17 +101,21 @@ extension PostgresJobStore: NodeRegistry {
     /// Every node column, its id as text, and its running jobs (through `job_running_node`).
     static let selectNodes = """
         SELECT id::text AS id, hostname, version, started_at, last_seen_at, draining,
-               (SELECT count(*) FROM job WHERE state = 'running' AND node_id = node.id) AS running_jobs
+               (SELECT count(*) FROM job WHERE state = 'running' AND node_id = node.id) AS running_jobs,
+               extract(epoch FROM now() - last_seen_at)::float8 AS unseen
           FROM node
         """
 
-    static func decodeNode(_ postgresRow: PostgresRow) throws -> NodeRecord {
+    func decodeNode(_ postgresRow: PostgresRow) throws -> NodeRecord {
         let row = postgresRow.makeRandomAccess()
-        return NodeRecord(
+        var record = NodeRecord(
             id: try row["id"].decode(String.self), hostname: try row["hostname"].decode(String.self),
             version: try row["version"].decode(String.self), startedAt: try row["started_at"].decode(Date.self),
             lastSeen: try row["last_seen_at"].decode(Date.self), draining: try row["draining"].decode(Bool.self),
             runningJobs: try row["running_jobs"].decode(Int.self))
+        // By the database's clock, as "last seen" was written: no host's own clock is asked.
+        if clock == .database { record.unseenFor = try row["unseen"].decode(Double.self) }
+        return record
     }
 
     static func nodeUUID(_ id: String) throws(StateError) -> UUID {

@@ -72,6 +72,23 @@ struct PostgresNodeTests {
         }
     }
 
+    @Test(
+        "clock skew: a host's clock far off changes neither its last seen nor how long it has been unseen (the database's clock)"
+    )
+    func lastSeenByDatabaseClock() async throws {
+        try await TestSchema().withStores(1, clock: .database) { stores in
+            let a = stores[0].acting(for: Self.nodeA)
+            let id = Self.nodeA.uuidString.lowercased()
+            // The caller's clock says 2023 (years behind the database's).
+            try await a.registerNode(id: id, hostname: "a", version: "t", now: at(0))
+            _ = try await a.touchNode(id: id, hostname: "a", version: "t", now: at(0))
+            let node = try #require(try await a.nodes().first)
+            #expect(abs(node.lastSeen.timeIntervalSinceNow) < 60, "\(node.lastSeen)")
+            let unseen = try #require(node.unseenFor)
+            #expect(unseen >= 0 && unseen < 60, "\(unseen)")
+        }
+    }
+
     @Test("a claim that waited for a connection says when it was sent: its lease counts from then, not the call")
     func claimSentAtIsWhenSent() async throws {
         // One connection, held by another transaction for a while: the claim waits for it (as
