@@ -36,6 +36,9 @@ fence's log line) and writes no file before its lease, as the database recorded 
 once the database is back every job finishes `succeeded` (none dead) with the same bytes as
 the single-host run.
 
+Every griditd must end within 120 s of the final SIGTERM (stop_hangs: else its threads' stacks
+go next to its log, griditd.log.threads, through gdb where installed).
+
 Exit status 0 when every check holds, 1 otherwise; the numbers are printed (--json writes them),
 then one line that says `passed` or `FAILED` and which checks failed. --deadline (600 s) is the
 hang guard of the whole run: past it everything started is stopped and the run fails. The
@@ -232,6 +235,21 @@ def digests_differ(shared, rows, expected):
         if output_digests(folder) != want:
             out.append(i)
     return out
+
+
+def thread_dump(pid, path):
+    """Every thread's stack of a process that does not end, written to `path` (with gdb, where
+    installed; else the kernel's wait channel of each thread). Returns `path`."""
+    with open(path, "w") as out:
+        gdb = shutil.which("gdb")
+        if gdb:
+            subprocess.run([gdb, "-p", str(pid), "-batch", "-ex", "thread apply all bt"], stdout=out,
+                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=180)
+            return path
+        for task in sorted(os.listdir(f"/proc/{pid}/task")):
+            with open(f"/proc/{pid}/task/{task}/comm") as c, open(f"/proc/{pid}/task/{task}/wchan") as w:
+                out.write(f"{task} {c.read().strip()} {w.read().strip()}\n")
+    return path
 
 
 def status_probe(host):
@@ -546,7 +564,8 @@ def run(args, where, numbers):
             try:
                 d.stop()
             except subprocess.TimeoutExpired:
-                numbers["stop_hangs"].append(d.proc.pid)
+                numbers["stop_hangs"].append({"pid": d.proc.pid, "log": d.log_path,
+                                              "threads": thread_dump(d.proc.pid, d.log_path + ".threads")})
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)  # the hang guard does not cut the cleanup short
         # Only the processes started here (their engine workers die with them).
@@ -568,7 +587,7 @@ def failures(args, numbers):
     """The checks that did not hold, as `name=value`; empty when the run passed."""
     failed = [f"{k}={numbers[k]}" for k in CHECKS if numbers[k]]
     if numbers["stop_hangs"]:
-        failed.append(f"stop_hangs={numbers['stop_hangs']}")
+        failed.append(f"stop_hangs={[h['pid'] for h in numbers['stop_hangs']]}")
     done = (numbers["kills"], numbers["pauses"], numbers["pg_restarts"])
     if done != (args.kills, args.pauses, args.pg_restarts):
         failed.append(f"kills/pauses/pg_restarts={'/'.join(map(str, done))}")
