@@ -304,10 +304,10 @@ public final class InProcessEngine: JobEngine {
             } catch {
                 // Another run of this job put the same output in place while this one ran: under
                 // a shared root, a host stopped past its lease (its engine goes on until it sees the
-                // stop) can finish the job its successor is running. The bytes are the same.
+                // stop) and its successor can both finish the job, either first. Same bytes.
                 if run.isFinished(at: item.outputDirectory) {
                     logger.notice(
-                        "job \(item.jobID)'s output was put in place by another run of it meanwhile (a host that lost its lease): the same run, kept",
+                        "job \(item.jobID)'s output was put in place by another run of it meanwhile (one of two hosts lost its lease): the same run, kept",
                         metadata: ["job.id": "\(item.jobID)", "output": "\(item.outputDirectory)"])
                     return .succeeded
                 }
