@@ -313,6 +313,15 @@ public final class InProcessEngine: JobEngine {
                 try run.finish(into: item.outputDirectory, options: outputOptions)
                 return .succeeded
             } catch {
+                // Another run of this job put the same output in place while this one ran: under
+                // a shared root, a host stopped past its lease (its engine goes on until it sees the
+                // stop) and its successor can both finish the job, either first. Same bytes.
+                if run.isFinished(at: item.outputDirectory) {
+                    logger.notice(
+                        "job \(item.jobID)'s output was put in place by another run of it meanwhile (one of two hosts lost its lease): the same run, kept",
+                        metadata: ["job.id": "\(item.jobID)", "output": "\(item.outputDirectory)"])
+                    return .succeeded
+                }
                 return .failed(Self.failure(EngineError.classify(error)))
             }
         case .failure(let error) where error.code == .interrupted:

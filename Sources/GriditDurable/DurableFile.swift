@@ -136,6 +136,12 @@ public final class DurableFile<Failure: Error> {
 
 /// The rest of durability: renames and creations made to last.
 public enum DurableFiles {
+    /// Whether `name`, in a folder, is the temporary file of a durable write of `target` (a name
+    /// in the same folder) whose writer was killed before it finished.
+    public static func isTemporary(_ name: String, of target: String) -> Bool {
+        name.hasPrefix(".\(target).tmp-")
+    }
+
     /// Best-effort fsync of a directory: makes the renames, links and creations in it durable.
     public static func syncDirectory(_ path: String) {
         let fd = open(path.isEmpty ? "." : path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)

@@ -12,6 +12,7 @@
 import Foundation
 import GriditCheckpoint
 import GriditDiffusion
+import GriditDurable
 import GriditImage
 import GriditJobSpec
 import GriditModels
@@ -177,7 +178,8 @@ public final class SequenceRun {
 
     // MARK: Work directory
 
-    var runFile: String { workDirectory + "/run.json" }
+    static let runFileName = "run.json"
+    var runFile: String { workDirectory + "/" + Self.runFileName }
     var timingsFile: String { workDirectory + "/timings.json" }
     func gridPath(_ g: Int) -> String { workDirectory + String(format: "/grids/grid_%05d.npy", g) }
     func gridImagePath(_ g: Int) -> String { workDirectory + String(format: "/grids/grid_%05d.image.npy", g) }
@@ -222,9 +224,17 @@ public final class SequenceRun {
                     hint: "use another work directory, or remove this one to start over")
             }
         } else {
-            if Files.isDirectory(workDirectory), let entries = try? fm.contentsOfDirectory(atPath: workDirectory),
-                !entries.isEmpty
-            {
+            // A start killed before run.json was in place leaves at most its temporary file (or,
+            // from gridit versions that made them first, empty grids/ and frames/): nothing was
+            // computed, so the run starts there afresh. Anything else is not ours to overwrite.
+            let entries = Files.isDirectory(workDirectory) ? (try? fm.contentsOfDirectory(atPath: workDirectory)) : nil
+            let work = workDirectory
+            let interrupted = { (name: String) -> Bool in
+                DurableFiles.isTemporary(name, of: Self.runFileName)
+                    || ((name == "grids" || name == "frames")
+                        && (try? fm.contentsOfDirectory(atPath: work + "/" + name))?.isEmpty == true)
+            }
+            if let entries, !entries.allSatisfy(interrupted) {
                 throw EngineError.invalid(
                     "work directory '\(workDirectory)' is not empty and holds no gridit run",
                     hint: "choose an empty or new directory")
@@ -233,9 +243,11 @@ public final class SequenceRun {
                 throw EngineError.invalid(
                     "work directory '\(workDirectory)' is a file", hint: "choose a directory path")
             }
+            for name in entries ?? [] where DurableFiles.isTemporary(name, of: Self.runFileName) {
+                Files.remove(workDirectory + "/" + name)
+            }
+            // run.json first: a work directory with anything else in it always has one.
             try Files.makeDirectory(workDirectory)
-            try Files.makeDirectory(workDirectory + "/grids")
-            try Files.makeDirectory(workDirectory + "/frames")
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             let record = RunFile(

@@ -62,8 +62,7 @@ extension PostgresJobStore: JobChangeFeed {
             location: listening, clock: clock, maximumConnections: 1, timeout: timeout, logger: logger,
             notifications: false)
         let channel = notificationChannel, logger = self.logger
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { await listener.run() }
+        _ = try? await listener.withRunningPool {
             var retry = 0
             while !Task.isCancelled {
                 let listened = ListenedSince()
@@ -103,7 +102,6 @@ extension PostgresJobStore: JobChangeFeed {
                 retry = listened.lasted(.seconds(30)) ? 0 : min(retry + 1, 5)
                 try? await Task.sleep(for: .milliseconds(100 << retry))
             }
-            group.cancelAll()
         }
     }
 }

@@ -8,6 +8,7 @@ import GriditJobSpec
 import GriditModelStore
 import GriditTensor
 import GriditTestSupport
+import Synchronization
 import Testing
 
 // The engine and model store adapters on a real state directory: a real SQLite file, the model
@@ -122,6 +123,40 @@ struct InProcessEngineTests {
         #expect(try h.frameDigests(1) == (try h.frameDigests(2)))
         // The output was already complete (griditd died before recording it): a success, nothing rewritten.
         #expect(h.run([h.item(1, length: 40, seed: 9)]).outcomes == [1: [.succeeded]])
+    }
+
+    @Test("an output another run of the job put in place while it ran makes it a success, not invalid_input")
+    func outputFinishedElsewhereMeanwhile() throws {
+        let h = try Harness(maxBatch: 4)
+        #expect(h.run([h.item(1, length: 20, seed: 9)]).outcomes == [1: [.succeeded]])
+        // Job 2 is job 1 again (a shared root's stale host: stopped past its lease, it resumed and
+        // renamed its output into place while the job's next host ran it): job 1's folder appears
+        // at job 2's output once job 2 has started, before it writes its own.
+        let copied = Mutex(false)
+        let root = h.root
+        let recorder = h.run([h.item(2, length: 20, seed: 9)]) { _, _ in
+            copied.withLock { done in
+                if !done {
+                    done = true
+                    try? FileManager.default.copyItem(atPath: root + "/outputs/job-1", toPath: root + "/outputs/job-2")
+                }
+            }
+            return false
+        }
+        #expect(copied.withLock { $0 })
+        #expect(recorder.outcomes == [2: [.succeeded]])
+        #expect(try h.frameDigests(2) == (try h.frameDigests(1)))
+        // Something else in its place is still not this job's output.
+        try FileManager.default.createDirectory(atPath: root + "/elsewhere", withIntermediateDirectories: false)
+        let other = h.run([h.item(3, length: 20, seed: 9)]) { _, _ in
+            try? FileManager.default.moveItem(atPath: root + "/elsewhere", toPath: root + "/outputs/job-3")
+            return false
+        }
+        guard case .failed(let failure)? = other.outcomes[3]?.first else {
+            Issue.record("job 3: \(String(describing: other.outcomes[3]))")
+            return
+        }
+        #expect(failure.errorClass == .invalidInput && failure.message.contains("already exists"), "\(failure)")
     }
 
     @Test("a blob that no longer matches its digest fails the job with digest_mismatch and is quarantined")

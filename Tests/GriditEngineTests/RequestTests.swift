@@ -138,6 +138,40 @@ import Testing
     }
 }
 
+@Test func aWorkDirectoryWhoseStartWasKilledIsTakenOver() throws {
+    // griditd killed (kill -9) while a job's run opened its work directory: run.json's temporary
+    // file, or (gridit before this one) empty grids/ and frames/ without run.json. Nothing was
+    // computed: the next run of the job starts there, not "not empty" (invalid_input, for good).
+    let p = try pipeline("pixel_k2")
+    let scratch = TemporaryDirectory("ge-wk")
+    let spec = JobSpec(length: 6, parameters: .init(seed: 1))
+    let fm = FileManager.default
+    let older = scratch.file("older")
+    try fm.createDirectory(atPath: older + "/grids", withIntermediateDirectories: true)
+    try fm.createDirectory(atPath: older + "/frames", withIntermediateDirectories: true)
+    try runToEnd(p, spec, work: older)
+    let killed = scratch.file("killed")
+    try fm.createDirectory(atPath: killed, withIntermediateDirectories: true)
+    try "{\"format".write(toFile: killed + "/.run.json.tmp-Ab12Cd", atomically: false, encoding: .utf8)
+    let run = try SequenceRun(pipeline: p, spec: spec, workDirectory: killed)
+    #expect(try fm.contentsOfDirectory(atPath: killed).sorted() == ["frames", "grids", "run.json"])
+    try run.execute()
+    #expect(results(of: killed) == results(of: older))
+    // A grids/ with something in it, or another file, is still not ours to overwrite.
+    let used = scratch.file("used")
+    try fm.createDirectory(atPath: used + "/grids", withIntermediateDirectories: true)
+    try "x".write(toFile: used + "/grids/grid_0.npy", atomically: false, encoding: .utf8)
+    expectEngineError(.invalidInput, mentioning: "not empty") {
+        _ = try SequenceRun(pipeline: p, spec: spec, workDirectory: used)
+    }
+    let other = scratch.file("other")
+    try fm.createDirectory(atPath: other, withIntermediateDirectories: true)
+    try "x".write(toFile: other + "/.notes.tmp-1", atomically: false, encoding: .utf8)
+    expectEngineError(.invalidInput, mentioning: "not empty") {
+        _ = try SequenceRun(pipeline: p, spec: spec, workDirectory: other)
+    }
+}
+
 @Test func errorsAreClassifiedForRetrying() {
     let enospc = CheckpointError(
         code: .writeFailed, path: "/x/grid.npy", message: "write failed: no space", errno: ENOSPC)

@@ -36,10 +36,17 @@ fence's log line) and writes no file before its lease, as the database recorded 
 once the database is back every job finishes `succeeded` (none dead) with the same bytes as
 the single-host run.
 
-Exit status 0 when every check holds, 1 otherwise; --json writes the numbers.
+Every griditd must end within 120 s of the final SIGTERM (stop_hangs: else its threads' stacks
+go next to its log, griditd.log.threads, through gdb where installed).
+
+Exit status 0 when every check holds, 1 otherwise; the numbers are printed (--json writes them),
+then one line that says `passed` or `FAILED` and which checks failed. --deadline (600 s) is the
+hang guard of the whole run: past it everything started is stopped and the run fails. The
+temporary folder (state directories, griditd logs, the PostgreSQL data with the audit table) is
+removed at the end unless --keep or a check failed.
 
   swift build --product griditd && swift build --product griditctl
-  tools/chaos/cluster_chaos.py                 # the default run (about 2 to 4 minutes on 2 cores; by hand, not in CI yet)
+  tools/chaos/cluster_chaos.py                 # the default run, seed 13 (what CI runs; 2 to 4 minutes on 2 cores)
   tools/chaos/cluster_chaos.py --seed 7 --keep --json cluster.json
 
 Needs only the Python standard library (and PostgreSQL's server binaries: tools/install-deps.sh).
@@ -51,6 +58,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -136,7 +144,10 @@ def wait_jobs(pg, ids, timeout, what):
         if not left:
             return
         time.sleep(0.5)
-    raise SystemExit(f"{what}: jobs did not finish within {timeout} s (hang guard)")
+    stuck = pg.rows(f"SELECT id, state, node_id::text AS node, lease_expires_at::text AS lease_expires, "
+                    f"not_before::text AS not_before, now()::text AS now, attempt, crash_count "
+                    f"FROM gridit.job WHERE id IN ({listed}) AND state NOT IN {TERMINAL_SQL} ORDER BY id", "gridit")
+    raise SystemExit(f"{what}: jobs did not finish within {timeout} s (hang guard): {json.dumps(stuck)}")
 
 
 def during(intervals, start, end):
@@ -191,13 +202,14 @@ def audit_checks(pg, hosts, ids, outage=None):
 def final_rows(pg, ids):
     listed = ",".join(str(i) for i in ids)
     return {r["id"]: r for r in pg.rows(
-        f"SELECT id, idempotency_key, state, attempt, crash_count, output_dir, node_id::text AS node "
+        f"SELECT id, idempotency_key, state, attempt, crash_count, output_dir, node_id::text AS node, "
+        f"error_class, error_message "
         f"FROM gridit.job WHERE id IN ({listed})", "gridit")}
 
 
 def refusals(hosts):
     """Writes refused or withheld for want of a lease, from the hosts' logs."""
-    counts = {"lease_lost": 0, "outcome_refused": 0, "fenced": 0}
+    counts = {"lease_lost": 0, "outcome_refused": 0, "fenced": 0, "output_kept": 0}
     for h in hosts:
         for line in h.log_lines():
             if "lost the lease; stopping the job" in line:
@@ -206,6 +218,8 @@ def refusals(hosts):
                 counts["outcome_refused"] += 1
             elif "stopped unrecorded: its lease was not renewed" in line:
                 counts["fenced"] += 1
+            elif "output was put in place by another run of it meanwhile" in line:
+                counts["output_kept"] += 1
     return counts
 
 
@@ -221,6 +235,21 @@ def digests_differ(shared, rows, expected):
         if output_digests(folder) != want:
             out.append(i)
     return out
+
+
+def thread_dump(pid, path):
+    """Every thread's stack of a process that does not end, written to `path` (with gdb, where
+    installed; else the kernel's wait channel of each thread). Returns `path`."""
+    with open(path, "w") as out:
+        gdb = shutil.which("gdb")
+        if gdb:
+            subprocess.run([gdb, "-p", str(pid), "-batch", "-ex", "thread apply all bt"], stdout=out,
+                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=180)
+            return path
+        for task in sorted(os.listdir(f"/proc/{pid}/task")):
+            with open(f"/proc/{pid}/task/{task}/comm") as c, open(f"/proc/{pid}/task/{task}/wchan") as w:
+                out.write(f"{task} {c.read().strip()} {w.read().strip()}\n")
+    return path
 
 
 def status_probe(host):
@@ -389,6 +418,10 @@ def outage_phase(args, pg, hosts, shared, requests, numbers):
     return ids, (stopped_at, back_at)
 
 
+class Aborted(Exception):
+    """The run went past --deadline, or was told to stop (SIGTERM)."""
+
+
 def main():
     p = crash_cycle_parser(__doc__, "a host", jobs=60, length=64, seed=13)
     p.add_argument("--pauses", type=int, default=3, help="SIGSTOPs of a host past its lease (default 3)")
@@ -397,8 +430,49 @@ def main():
     p.add_argument("--outage", type=float, default=30, help="seconds PostgreSQL is down (default 30; 0: no outage)")
     p.add_argument("--outage-jobs", type=int, default=3, help="jobs running when it goes down (default 3)")
     p.add_argument("--outage-length", type=int, default=64, help="frames per outage job (default 64)")
+    p.add_argument("--deadline", type=float, default=600,
+                   help="hang guard for the whole run, seconds (default 600): past it, everything started is "
+                        "stopped and the run fails")
     args = p.parse_args()
 
+    where = tempfile.mkdtemp(prefix="gcc-", dir="/tmp")  # short: socket paths are limited to 107 bytes
+    os.chmod(where, 0o755)  # the postgres user reaches its folder inside
+    numbers = {"seed": args.seed, "jobs": args.jobs, "length": args.length, "lease": args.lease}
+    began = time.monotonic()
+
+    def abort(signum, frame):
+        if signum == signal.SIGALRM:
+            raise Aborted(f"the run took over {args.deadline:g} s (hang guard)")
+        raise Aborted(f"stopped by {signal.Signals(signum).name}")
+
+    # Raised in the run, so that what it started is stopped on the way out.
+    signal.signal(signal.SIGALRM, abort)
+    signal.signal(signal.SIGTERM, abort)
+    # Again every 5 s past the deadline, should something swallow the first one.
+    signal.setitimer(signal.ITIMER_REAL, args.deadline, 5)
+    try:
+        run(args, where, numbers)
+        failed = failures(args, numbers)
+    except (Aborted, SystemExit) as e:
+        if isinstance(e, SystemExit) and not isinstance(e.code, str):
+            raise
+        # A guard inside the run (a griditd that never answered, jobs that never finished) or
+        # the deadline: everything started is stopped by now.
+        numbers["aborted"] = str(e)
+        failed = [f"aborted: {e}"]
+    numbers["total_seconds"] = round(time.monotonic() - began, 1)
+    if args.keep or failed:
+        print(f"kept {where}", file=sys.stderr)
+    else:
+        shutil.rmtree(where, ignore_errors=True)
+    status = report(numbers, not failed, args.json)
+    print(summary(args, numbers, failed))
+    return status
+
+
+def run(args, where, numbers):
+    """The cluster in `where`, the chaos and the outage; the numbers go into `numbers`.
+    Everything started here is stopped when it returns or raises."""
     rng = random.Random(args.seed)
     chaos_requests = [{"length": args.length, "seed": 1300 + i, "key": f"cluster-{args.seed}-{i}"}
                       for i in range(args.jobs)]
@@ -406,9 +480,6 @@ def main():
     outage_requests = [{"length": args.outage_length, "seed": 1900 + i, "key": f"outage-{args.seed}-{i}",
                         "flags": ["--steps", "800", "--sr-steps", "600"]}
                        for i in range(args.outage_jobs if args.outage > 0 else 0)]
-    where = tempfile.mkdtemp(prefix="gcc-", dir="/tmp")  # short: socket paths are limited to 107 bytes
-    os.chmod(where, 0o755)  # the postgres user reaches its folder inside
-    numbers = {"seed": args.seed, "jobs": args.jobs, "length": args.length, "lease": args.lease}
     started, pg = [], None
     began = time.monotonic()
     try:
@@ -482,7 +553,10 @@ def main():
                                       rows[i]["attempt"] != rows[i]["crash_count"] + 1)
         numbers["refused_or_withheld"] = refusals(hosts)
         numbers["problems"] = {"foreign": audit["foreign"][:10], "unexplained": audit["unexplained"][:10],
-                               "completions": audit["completions_off"][:10]}
+                               "completions": audit["completions_off"][:10],
+                               "not_succeeded": [{k: rows[i][k] for k in ("id", "state", "attempt", "crash_count",
+                                                                          "error_class", "error_message")}
+                                                 for i in all_ids if i in rows and rows[i]["state"] != "succeeded"]}
         numbers["start_seconds_max"] = round(max(s for h in hosts for s in h.starts), 2)
         # A SIGTERM ends each griditd (a hang here is a finding: its pid stays in the numbers).
         numbers["stop_hangs"] = []
@@ -490,8 +564,10 @@ def main():
             try:
                 d.stop()
             except subprocess.TimeoutExpired:
-                numbers["stop_hangs"].append(d.proc.pid)
+                numbers["stop_hangs"].append({"pid": d.proc.pid, "log": d.log_path,
+                                              "threads": thread_dump(d.proc.pid, d.log_path + ".threads")})
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)  # the hang guard does not cut the cleanup short
         # Only the processes started here (their engine workers die with them).
         for d in started:
             if d.proc and d.proc.poll() is None:
@@ -501,23 +577,42 @@ def main():
                 d.proc.wait()
         if pg:
             pg.stop_now()
-        if args.keep:
-            print(f"kept {where}", file=sys.stderr)
-        else:
-            shutil.rmtree(where, ignore_errors=True)
-    numbers["total_seconds"] = round(time.monotonic() - began, 1)
 
-    checks = ["lost", "duplicated", "not_succeeded", "dead", "completions", "differing", "foreign_writes",
-              "unexplained_crashes", "attempts_off"]
-    ok = all(numbers[k] == 0 for k in checks) and not numbers["stop_hangs"]
-    ok = ok and (numbers["kills"], numbers["pauses"], numbers["pg_restarts"]) == (args.kills, args.pauses,
-                                                                                 args.pg_restarts)
-    ok = ok and numbers["pauses_while_running"] == args.pauses
-    if outage_requests:
-        ok = ok and not numbers["outage_hosts_down"] and not numbers["outage_status_missing"]
-        ok = ok and not numbers["outage_not_stopped_in_lease"] and numbers["outage_running_jobs"] > 0
-        ok = ok and numbers.get("outage_fenced", 0) > 0  # the fence, not the jobs' end, stopped one at least
-    return report(numbers, ok, args.json)
+
+CHECKS = ("lost", "duplicated", "not_succeeded", "dead", "completions", "differing", "foreign_writes",
+          "unexplained_crashes", "attempts_off")
+
+
+def failures(args, numbers):
+    """The checks that did not hold, as `name=value`; empty when the run passed."""
+    failed = [f"{k}={numbers[k]}" for k in CHECKS if numbers[k]]
+    if numbers["stop_hangs"]:
+        failed.append(f"stop_hangs={[h['pid'] for h in numbers['stop_hangs']]}")
+    done = (numbers["kills"], numbers["pauses"], numbers["pg_restarts"])
+    if done != (args.kills, args.pauses, args.pg_restarts):
+        failed.append(f"kills/pauses/pg_restarts={'/'.join(map(str, done))}")
+    if numbers["pauses_while_running"] != args.pauses:
+        failed.append(f"pauses_while_running={numbers['pauses_while_running']}")
+    if args.outage > 0 and args.outage_jobs > 0:
+        for k in ("outage_hosts_down", "outage_status_missing", "outage_not_stopped_in_lease"):
+            if numbers[k]:
+                failed.append(f"{k}={numbers[k]}")
+        if not numbers["outage_running_jobs"]:
+            failed.append("outage_running_jobs=0")
+        if not numbers.get("outage_fenced"):  # the fence, not the jobs' end, stopped one at least
+            failed.append("outage_fenced=0")
+    return failed
+
+
+def summary(args, numbers, failed):
+    """The last line: passed or FAILED, and why."""
+    head = f"cluster_chaos.py: {'FAILED' if failed else 'passed'} (seed {args.seed}, {numbers['total_seconds']} s)"
+    if failed:
+        return f"{head}: {', '.join(failed)}"
+    outage = f", a {numbers['outage_seconds']:g} s outage" if "outage_seconds" in numbers else ""
+    return (f"{head}: {numbers['jobs_in_queue']} jobs, {numbers['kills']} kills, {numbers['pauses']} stops past "
+            f"the lease, {numbers['pg_restarts']} PostgreSQL restarts{outage}; every check held "
+            f"({', '.join(f'0 {k}' for k in CHECKS)})")
 
 
 if __name__ == "__main__":
