@@ -17,14 +17,15 @@
 //   B: panel q (columns 48q..48q+47) at q * Kp * NR elements: fp32 [k][NR]; bf16 [k/2][NR][2]
 // Rows and columns past M, N (and the odd k of bf16) are zero.
 //
-// bf16 on FMAs: on CPUs where VDPBF16PS runs at half the rate of fp32 FMAs (Intel Sapphire and
-// Emerald Rapids: one per 2 cycles, measured with tools/bench/peak.c), the bf16 products of
-// A not pre-packed run on the fp32 micro-kernel instead: A is packed as its bf16-rounded values
-// in fp32, and each k block of a bf16 B panel is widened to fp32 once per task. VDPBF16PS adds a
+// bf16 on FMAs: on CPUs where VDPBF16PS runs at half the rate of fp32 FMAs (Intel; measured on
+// Emerald Rapids with tools/bench/peak.c: one per 2 cycles), the bf16 products of A not
+// pre-packed run on the fp32 micro-kernel instead: A is packed as its bf16-rounded values in
+// fp32, and each k block of a bf16 B panel is widened to fp32 once per task. VDPBF16PS adds a
 // pair's odd product, then its even one, each rounded, with denormal inputs read as zero and
-// denormal results flushed (checked on this hardware); the widened layout puts each pair's odd k
+// denormal results flushed (checked on Emerald Rapids); the widened layout puts each pair's odd k
 // first and the loop runs with MXCSR.DAZ|FTZ, so every element is the same chain of roundings and
-// the same bits as VDPBF16PS gives (tested: `bf16ProductsOnFMAsGiveTheBitsOfVDPBF16PS`).
+// the same bits as VDPBF16PS gives (tested wherever this path is the default:
+// `bf16ProductsOnFMAsGiveTheBitsOfVDPBF16PS`).
 #include "gridit_kernels.h"
 #include "gk_math.h"
 
@@ -47,8 +48,8 @@ static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
 static atomic_int isa_detected = -1;
 static atomic_int bf16_on_fma;  // set with isa_detected: this CPU's VDPBF16PS is the slower way
 
-// VDPBF16PS at half the fp32 FMA rate: Intel's cores so far (Cooper Lake to Emerald Rapids); AMD's
-// Zen 4/5 run it at twice the FMA rate.
+// VDPBF16PS at half the fp32 FMA rate: measured on Intel's Emerald Rapids, assumed for Intel's
+// other AVX512_BF16 cores; AMD's Zen 5 runs it at twice its FMA rate (docs/PERFORMANCE.md).
 static int prefers_bf16_on_fma(void) {
 #if GK_HAVE_X86
     return __builtin_cpu_is("intel");
@@ -74,7 +75,9 @@ int gk_isa(void) {
     return d;
 }
 
-int gk_bf16_on_fma(void) { return gk_isa() >= GK_ISA_AVX512BF16 && atomic_load_explicit(&bf16_on_fma, memory_order_relaxed); }
+int gk_bf16_on_fma(void) {
+    return gk_isa() >= GK_ISA_AVX512BF16 && atomic_load_explicit(&bf16_on_fma, memory_order_relaxed);
+}
 
 #if GK_HAVE_X86
 
@@ -349,7 +352,11 @@ GK_AVX512 static inline void finish_tile(__m512 acc[MR][3], const tile_epilogue 
 
 // Keeps the accumulators' operations on their side of an MXCSR write (the compiler does not order
 // register arithmetic against it).
-#define PIN_ACC(acc) do { for (int i_ = 0; i_ < MR; i_++) for (int j_ = 0; j_ < 3; j_++) __asm__ volatile("" : "+v"(acc[i_][j_])); } while (0)
+#define PIN_ACC(acc)                                                                                       \
+    do {                                                                                                   \
+        for (int i_ = 0; i_ < MR; i_++)                                                                    \
+            for (int j_ = 0; j_ < 3; j_++) __asm__ volatile("" : "+v"(acc[i_][j_]));                       \
+    } while (0)
 
 static inline void write_mxcsr(unsigned v) { __asm__ volatile("ldmxcsr %0" : : "m"(v)); }
 
@@ -528,7 +535,7 @@ GK_AVX512 static void gemm_task(void *ctx, size_t t, int worker) {
     unsigned char *ws = j->worker_base + (size_t)worker * j->worker_bytes;
     float *staging = (float *)(ws + round_up(BBUF_BYTES, ALIGN));
     float *tile = (float *)(ws + round_up(BBUF_BYTES, ALIGN) + round_up(STAGING_BYTES, ALIGN));
-    unsigned char *narrow = ws + round_up(BBUF_BYTES, ALIGN) + round_up(STAGING_BYTES, ALIGN) + round_up(TILE_BYTES, ALIGN);
+    unsigned char *narrow = (unsigned char *)tile + round_up(TILE_BYTES, ALIGN);
     size_t q0 = t / j->msplit * j->group, ms = t % j->msplit;
     size_t q1 = min_sz(j->npanels, q0 + j->group);
     size_t m0 = ms * j->mchunk, m1 = min_sz(g->M, m0 + j->mchunk);
@@ -587,8 +594,7 @@ void gk_gemm(const gk_gemm_args *g, void *scratch, int workers) {
     gemm_job j = {.g = g, .bf16 = g->bf16 != 0};
     j.esize = j.bf16 ? 2 : 4;
     j.fma16 = j.bf16 && !g->a_packed &&
-              (g->bf16_kernel == GK_BF16_FMA ||
-               (g->bf16_kernel == GK_BF16_AUTO && (gk_isa(), atomic_load_explicit(&bf16_on_fma, memory_order_relaxed))));
+              (g->bf16_kernel == GK_BF16_FMA || (g->bf16_kernel == GK_BF16_AUTO && gk_bf16_on_fma()));
     j.aesize = j.fma16 ? 4 : j.esize;
     j.kc = j.bf16 && !j.fma16 ? KC_BF16 : KC_F32;
     j.Kp = j.bf16 ? round_up(g->K, 2) : g->K;
