@@ -286,7 +286,7 @@ let package = Package(
         ),
         .testTarget(
             name: "GriditTensorTests",
-            dependencies: ["GriditTensor"],
+            dependencies: ["CGriditKernels", "GriditTensor"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

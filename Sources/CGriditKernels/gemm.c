@@ -16,6 +16,16 @@
 //      the micro-kernels stream it in order.
 //   B: panel q (columns 48q..48q+47) at q * Kp * NR elements: fp32 [k][NR]; bf16 [k/2][NR][2]
 // Rows and columns past M, N (and the odd k of bf16) are zero.
+//
+// bf16 on FMAs: on CPUs where VDPBF16PS runs at half the rate of fp32 FMAs (Intel; measured on
+// Emerald Rapids with tools/bench/peak.c: one per 2 cycles), the bf16 products of A not
+// pre-packed run on the fp32 micro-kernel instead: A is packed as its bf16-rounded values in
+// fp32, and each k block of a bf16 B panel is widened to fp32 once per task. VDPBF16PS adds a
+// pair's odd product, then its even one, each rounded, with denormal inputs read as zero and
+// denormal results flushed (checked on Emerald Rapids); the widened layout puts each pair's odd k
+// first and the loop runs with MXCSR.DAZ|FTZ, so every element is the same chain of roundings and
+// the same bits as VDPBF16PS gives (tested wherever this path is the default:
+// `bf16ProductsOnFMAsGiveTheBitsOfVDPBF16PS`).
 #include "gridit_kernels.h"
 #include "gk_math.h"
 
@@ -36,6 +46,17 @@ static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
 // MARK: CPU features
 
 static atomic_int isa_detected = -1;
+static atomic_int bf16_on_fma;  // set with isa_detected: this CPU's VDPBF16PS is the slower way
+
+// VDPBF16PS at half the fp32 FMA rate: measured on Intel's Emerald Rapids, assumed for Intel's
+// other AVX512_BF16 cores; AMD's Zen 5 runs it at twice its FMA rate (docs/PERFORMANCE.md).
+static int prefers_bf16_on_fma(void) {
+#if GK_HAVE_X86
+    return __builtin_cpu_is("intel");
+#else
+    return 0;
+#endif
+}
 
 int gk_isa(void) {
     int d = atomic_load_explicit(&isa_detected, memory_order_relaxed);
@@ -48,9 +69,14 @@ int gk_isa(void) {
             d = __builtin_cpu_supports("avx512bf16") ? GK_ISA_AVX512BF16 : GK_ISA_AVX512;
         }
 #endif
+        atomic_store_explicit(&bf16_on_fma, prefers_bf16_on_fma(), memory_order_relaxed);
         atomic_store_explicit(&isa_detected, d, memory_order_relaxed);
     }
     return d;
+}
+
+int gk_bf16_on_fma(void) {
+    return gk_isa() >= GK_ISA_AVX512BF16 && atomic_load_explicit(&bf16_on_fma, memory_order_relaxed);
 }
 
 #if GK_HAVE_X86
@@ -105,6 +131,20 @@ GK_AVX512BF16 static void pairs_bf16(const float *src, size_t kc, size_t width, 
             __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(a));
             __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(b));
             _mm512_mask_storeu_epi32(dst + (p * width + j) * 2, m, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        }
+    }
+}
+
+// bf16 pairs [kp][width] (32 bits each: even k low, odd k high) -> their fp32 values [kp][2][width],
+// the odd k first (the order VDPBF16PS adds them in): the operands of the bf16 products on FMAs.
+GK_AVX512 static void widen_pairs(const uint32_t *src, size_t kp, size_t width, float *dst) {
+    const __m512i high = _mm512_set1_epi32((int)0xFFFF0000u);
+    for (size_t p = 0; p < kp; p++) {
+        for (size_t j = 0; j < width; j += 16) {
+            __mmask16 m = gk_mask16(width - j);
+            __m512i v = _mm512_maskz_loadu_epi32(m, src + p * width + j);
+            _mm512_mask_storeu_epi32(dst + 2 * p * width + j, m, _mm512_and_si512(v, high));
+            _mm512_mask_storeu_epi32(dst + (2 * p + 1) * width + j, m, _mm512_slli_epi32(v, 16));
         }
     }
 }
@@ -310,10 +350,29 @@ GK_AVX512 static inline void finish_tile(__m512 acc[MR][3], const tile_epilogue 
     }
 }
 
-GK_AVX512 static void ukr_f32(size_t kc, const float *a, const float *b, float *c, size_t ldc, const tile_epilogue *e) {
+// Keeps the accumulators' operations on their side of an MXCSR write (the compiler does not order
+// register arithmetic against it).
+#define PIN_ACC(acc)                                                                                       \
+    do {                                                                                                   \
+        for (int i_ = 0; i_ < MR; i_++)                                                                    \
+            for (int j_ = 0; j_ < 3; j_++) __asm__ volatile("" : "+v"(acc[i_][j_]));                       \
+    } while (0)
+
+static inline void write_mxcsr(unsigned v) { __asm__ volatile("ldmxcsr %0" : : "m"(v)); }
+
+// daz: the k loop runs with MXCSR.DAZ|FTZ (bf16 on FMAs, VDPBF16PS's denormal handling); the
+// epilogue runs in the caller's mode either way.
+GK_AVX512 static inline void ukr_f32_mode(size_t kc, const float *a, const float *b, float *c, size_t ldc,
+                                          const tile_epilogue *e, int daz) {
     __m512 acc[MR][3];
     for (int i = 0; i < MR; i++)
         for (int j = 0; j < 3; j++) acc[i][j] = e->load_c ? _mm512_loadu_ps(c + i * ldc + 16 * j) : _mm512_setzero_ps();
+    unsigned csr = 0;
+    if (daz) {
+        csr = _mm_getcsr();
+        write_mxcsr(csr | 0x8040u);  // FTZ | DAZ
+        PIN_ACC(acc);
+    }
     for (size_t k = 0; k < kc; k++) {
         __m512 b0 = _mm512_loadu_ps(b + k * NR), b1 = _mm512_loadu_ps(b + k * NR + 16), b2 = _mm512_loadu_ps(b + k * NR + 32);
         for (int i = 0; i < MR; i++) {
@@ -323,9 +382,24 @@ GK_AVX512 static void ukr_f32(size_t kc, const float *a, const float *b, float *
             acc[i][2] = _mm512_fmadd_ps(av, b2, acc[i][2]);
         }
     }
+    if (daz) {
+        PIN_ACC(acc);
+        write_mxcsr(csr);
+        PIN_ACC(acc);
+    }
     if (e->finish) finish_tile(acc, e);
     for (int i = 0; i < MR; i++)
         for (int j = 0; j < 3; j++) _mm512_storeu_ps(c + i * ldc + 16 * j, acc[i][j]);
+}
+
+GK_AVX512 static void ukr_f32(size_t kc, const float *a, const float *b, float *c, size_t ldc, const tile_epilogue *e) {
+    ukr_f32_mode(kc, a, b, c, ldc, e, 0);
+}
+
+// bf16 on FMAs: kc is twice the pairs of the block, a and b the widened operands.
+GK_AVX512 static void ukr_bf16_fma(size_t kc, const float *a, const float *b, float *c, size_t ldc,
+                                   const tile_epilogue *e) {
+    ukr_f32_mode(kc, a, b, c, ldc, e, 1);
 }
 
 GK_AVX512BF16 static void ukr_bf16(size_t kp, const uint16_t *a, const uint16_t *b, float *c, size_t ldc,
@@ -356,6 +430,8 @@ typedef struct {
     const gk_gemm_args *g;
     int bf16;
     size_t esize, kc, Kp;
+    int fma16;                    // bf16 on FMAs (see the top): A packed widened, B panels widened per task
+    size_t aesize;                // bytes per packed A value: esize, or 4 with fma16
     const unsigned char *apack;   // packed A (scratch or g->a_packed)
     unsigned char *apack_out;     // where phase 1 packs A (NULL when pre-packed)
     size_t apanels;               // panels of MR rows
@@ -365,14 +441,23 @@ typedef struct {
     size_t worker_bytes;
 } gemm_job;
 
-// Per-worker scratch: GROUP B panels [KC][NR] (packed), fp32 staging for bf16 [KC_BF16][NR], one C tile.
+// Per-worker scratch: GROUP B panels [KC][NR] (packed, or widened with fma16), fp32 staging for bf16
+// [KC_BF16][NR], one C tile, one bf16 B panel block [KC_F32 / 2][NR] (fma16: before widening).
 #define BBUF_BYTES (GROUP * KC_F32 * NR * 4)
+#define STAGING_BYTES (KC_BF16 * NR * 4)
+#define TILE_BYTES (MR * NR * 4)
 static size_t worker_scratch_bytes(void) {
-    return round_up(BBUF_BYTES, ALIGN) + round_up(KC_BF16 * NR * 4, ALIGN) + round_up(MR * NR * 4, ALIGN);
+    return round_up(BBUF_BYTES, ALIGN) + round_up(STAGING_BYTES, ALIGN) + round_up(TILE_BYTES, ALIGN) +
+           round_up(KC_F32 * NR * 2, ALIGN);
 }
 
 static size_t packed_a_bytes(size_t M, size_t K, int bf16) {
     return round_up(M, MR) * (bf16 ? round_up(K, 2) * 2 : K * 4);
+}
+
+// Bytes of the A that gk_gemm packs itself: bf16 values may be packed widened (fp32 size).
+static size_t own_a_bytes(size_t M, size_t K, int bf16) {
+    return round_up(M, MR) * (bf16 ? round_up(K, 2) : K) * 4;
 }
 
 size_t gk_packed_a_bytes(size_t M, size_t K, int bf16) { return packed_a_bytes(M, K, bf16); }
@@ -382,7 +467,7 @@ size_t gk_packed_b_bytes(size_t N, size_t K, int bf16) {
 
 size_t gk_gemm_scratch_bytes(size_t M, size_t K, int bf16, int a_packed, int workers) {
     if (workers < 1) workers = 1;
-    return (a_packed ? 0 : round_up(packed_a_bytes(M, K, bf16), ALIGN)) + (size_t)workers * worker_scratch_bytes();
+    return (a_packed ? 0 : round_up(own_a_bytes(M, K, bf16), ALIGN)) + (size_t)workers * worker_scratch_bytes();
 }
 
 // Packs `rows` rows x kc values of k of an fp32 (., ld) matrix as `width`-wide panel data at dst
@@ -397,7 +482,7 @@ GK_AVX512 static void pack_panel(const float *src, size_t ld, size_t rows, size_
 static size_t a_offset(const gemm_job *j, size_t p, size_t k0) {
     size_t kcur = min_sz(j->kc, j->g->K - k0);
     if (j->bf16) kcur = round_up(kcur, 2);
-    return (k0 * j->apanels + p * kcur) * MR * j->esize;
+    return (k0 * j->apanels + p * kcur) * MR * j->aesize;
 }
 
 // Packs A panel p (all k blocks) into j->apack_out.
@@ -406,7 +491,15 @@ static void pack_a_panel(const gemm_job *j, size_t p, float *staging) {
     size_t rows = min_sz(MR, g->M - p * MR);
     for (size_t k0 = 0; k0 < g->K; k0 += j->kc) {
         size_t kc = min_sz(j->kc, g->K - k0);
-        pack_panel(g->a + p * MR * g->lda + k0, g->lda, rows, MR, kc, j->bf16, j->apack_out + a_offset(j, p, k0), staging);
+        unsigned char *dst = j->apack_out + a_offset(j, p, k0);
+        if (j->fma16) {
+            // bf16 pairs after the fp32 block in staging, then widened into place.
+            uint32_t *pairs = (uint32_t *)(staging + j->kc * MR);
+            pack_panel(g->a + p * MR * g->lda + k0, g->lda, rows, MR, kc, 1, pairs, staging);
+            widen_pairs(pairs, (kc + 1) / 2, MR, (float *)dst);
+        } else {
+            pack_panel(g->a + p * MR * g->lda + k0, g->lda, rows, MR, kc, j->bf16, dst, staging);
+        }
     }
 }
 
@@ -441,7 +534,8 @@ GK_AVX512 static void gemm_task(void *ctx, size_t t, int worker) {
     const gk_gemm_args *g = j->g;
     unsigned char *ws = j->worker_base + (size_t)worker * j->worker_bytes;
     float *staging = (float *)(ws + round_up(BBUF_BYTES, ALIGN));
-    float *tile = (float *)(ws + round_up(BBUF_BYTES, ALIGN) + round_up(KC_BF16 * NR * 4, ALIGN));
+    float *tile = (float *)(ws + round_up(BBUF_BYTES, ALIGN) + round_up(STAGING_BYTES, ALIGN));
+    unsigned char *narrow = (unsigned char *)tile + round_up(TILE_BYTES, ALIGN);
     size_t q0 = t / j->msplit * j->group, ms = t % j->msplit;
     size_t q1 = min_sz(j->npanels, q0 + j->group);
     size_t m0 = ms * j->mchunk, m1 = min_sz(g->M, m0 + j->mchunk);
@@ -450,7 +544,15 @@ GK_AVX512 static void gemm_task(void *ctx, size_t t, int worker) {
         size_t kc = min_sz(j->kc, g->K - pc);
         size_t groups = j->bf16 ? (kc + 1) / 2 : kc;
         const void *bp[GROUP];
-        for (size_t q = q0; q < q1; q++) bp[q - q0] = b_panel(j, q, pc, kc, ws + (q - q0) * panel_bytes, staging);
+        for (size_t q = q0; q < q1; q++) {
+            unsigned char *buf = ws + (q - q0) * panel_bytes;
+            if (j->fma16) {
+                widen_pairs(b_panel(j, q, pc, kc, narrow, staging), groups, NR, (float *)buf);
+                bp[q - q0] = buf;
+            } else {
+                bp[q - q0] = b_panel(j, q, pc, kc, buf, staging);
+            }
+        }
         tile_epilogue e = {.load_c = pc > 0 || g->accumulate, .finish = pc + j->kc >= g->K, .gelu = g->gelu};
         for (size_t ic = m0; ic < m1; ic += MC) {
             size_t ie = min_sz(m1, ic + MC);
@@ -470,7 +572,9 @@ GK_AVX512 static void gemm_task(void *ctx, size_t t, int worker) {
                     if (!full && e.load_c) {
                         for (size_t i = 0; i < mvalid; i++) memcpy(tile + i * NR, c + i * g->ldc, nvalid * sizeof(float));
                     }
-                    if (j->bf16) {
+                    if (j->fma16) {
+                        ukr_bf16_fma(2 * groups, (const float *)ap, bp[q - q0], dst, ldd, &e);
+                    } else if (j->bf16) {
                         ukr_bf16(groups, (const uint16_t *)ap, bp[q - q0], dst, ldd, &e);
                     } else {
                         ukr_f32(groups, (const float *)ap, bp[q - q0], dst, ldd, &e);
@@ -489,7 +593,10 @@ void gk_gemm(const gk_gemm_args *g, void *scratch, int workers) {
     if (workers < 1) workers = 1;
     gemm_job j = {.g = g, .bf16 = g->bf16 != 0};
     j.esize = j.bf16 ? 2 : 4;
-    j.kc = j.bf16 ? KC_BF16 : KC_F32;
+    j.fma16 = j.bf16 && !g->a_packed &&
+              (g->bf16_kernel == GK_BF16_FMA || (g->bf16_kernel == GK_BF16_AUTO && gk_bf16_on_fma()));
+    j.aesize = j.fma16 ? 4 : j.esize;
+    j.kc = j.bf16 && !j.fma16 ? KC_BF16 : KC_F32;
     j.Kp = j.bf16 ? round_up(g->K, 2) : g->K;
     j.apanels = round_up(g->M, MR) / MR;
     j.b_stride = j.Kp * NR * j.esize;
@@ -499,7 +606,7 @@ void gk_gemm(const gk_gemm_args *g, void *scratch, int workers) {
     } else {
         j.apack_out = s;
         j.apack = s;
-        s += round_up(packed_a_bytes(g->M, g->K, j.bf16), ALIGN);
+        s += round_up(own_a_bytes(g->M, g->K, j.bf16), ALIGN);
     }
     j.worker_base = s;
     j.worker_bytes = worker_scratch_bytes();
@@ -522,7 +629,7 @@ void gk_gemm(const gk_gemm_args *g, void *scratch, int workers) {
     // split only balances the threads; the arithmetic of every element is the same for any split.
     j.npanels = round_up(g->N, NR) / NR;
     size_t want = 3 * (size_t)workers;
-    j.group = round_up(g->M, MR) * j.Kp * j.esize > (8u << 20) ? GROUP : 1;
+    j.group = round_up(g->M, MR) * j.Kp * j.aesize > (8u << 20) ? GROUP : 1;
     while (j.group > 1 && (j.npanels + j.group - 1) / j.group < want) j.group--;
     size_t ngroups = (j.npanels + j.group - 1) / j.group;
     j.msplit = 1;
@@ -613,6 +720,7 @@ int gk_pack_a(const float *a, size_t lda, size_t M, size_t K, int bf16, void *ds
     gk_gemm_args g = {.M = M, .K = K, .a = a, .lda = lda};
     gemm_job j = {.g = &g, .bf16 = bf16 != 0};
     j.esize = j.bf16 ? 2 : 4;
+    j.aesize = j.esize;
     j.kc = j.bf16 ? KC_BF16 : KC_F32;
     j.apanels = round_up(M, MR) / MR;
     j.apack_out = dst;

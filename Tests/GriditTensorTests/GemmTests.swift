@@ -1,3 +1,4 @@
+import CGriditKernels
 import Foundation
 import GriditTensor
 import Testing
@@ -164,6 +165,52 @@ func layersFromBF16BitsGiveTheBitsOfTheirFloatValues() {
             #expect(unpacked.packedByteCount == 0)
             #expect(
                 fused(unpacked) == fused(LinearWeight(weight: Tensor(w, shape: [N, K]), bias: Tensor(b, shape: [N]))))
+        }
+    }
+}
+
+@Test(.enabled(if: gk_bf16_on_fma() != 0, "bf16 products run on FMAs only where VDPBF16PS is the slower way"))
+func bf16ProductsOnFMAsGiveTheBitsOfVDPBF16PS() {
+    // The FMA form (widened operands, each pair's odd k first, DAZ|FTZ) against VDPBF16PS itself,
+    // with B pre-packed and not, biases and GELU; row 0 against column 0 sums products below the
+    // normal range, which VDPBF16PS flushes to zero.
+    for (M, N, K) in [(1, 1, 1), (7, 13, 5), (33, 17, 70), (17, 97, 513), (100, 300, 777)] {
+        var x = testValues(M * K, seed: 60, scale: 2), w = testValues(N * K, seed: 61)
+        let b = testValues(N, seed: 62)
+        for k in 0..<K {
+            x[k] *= 1e-30
+            w[k] *= 1e-9
+        }
+        let packed = UnsafeMutableRawPointer.allocate(byteCount: max(1, gk_packed_b_bytes(N, K, 1)), alignment: 64)
+        defer { packed.deallocate() }
+        #expect(gk_pack_b(w, K, N, K, 1, packed, 2) == 0)
+        func run(_ kernel: Int32, packedB: Bool, bias: Bool, gelu: Bool, workers: Int32) -> [UInt32] {
+            var y = [Float](repeating: 0, count: M * N)
+            let bytes = gk_gemm_scratch_bytes(M, K, 1, 0, workers)
+            let scratch = UnsafeMutableRawPointer.allocate(byteCount: max(1, bytes), alignment: 64)
+            defer { scratch.deallocate() }
+            x.withUnsafeBufferPointer { xp in
+                w.withUnsafeBufferPointer { wp in
+                    b.withUnsafeBufferPointer { bp in
+                        y.withUnsafeMutableBufferPointer { yp in
+                            var g = gk_gemm_args()
+                            (g.M, g.N, g.K, g.bf16, g.bf16_kernel) = (M, N, K, 1, kernel)
+                            (g.a, g.lda, g.b, g.ldb) = (xp.baseAddress, K, wp.baseAddress, K)
+                            g.b_packed = packedB ? UnsafeRawPointer(packed) : nil
+                            (g.c, g.ldc, g.gelu) = (yp.baseAddress, N, gelu ? 1 : 0)
+                            g.bias_n = bias ? bp.baseAddress : nil
+                            gk_gemm(&g, scratch, workers)
+                        }
+                    }
+                }
+            }
+            return y.map(\.bitPattern)
+        }
+        for (bias, gelu) in [(false, false), (true, true)] {
+            let reference = run(Int32(GK_BF16_DPBF16), packedB: true, bias: bias, gelu: gelu, workers: 2)
+            #expect(run(Int32(GK_BF16_FMA), packedB: true, bias: bias, gelu: gelu, workers: 2) == reference)
+            #expect(run(Int32(GK_BF16_FMA), packedB: false, bias: bias, gelu: gelu, workers: 1) == reference)
+            #expect(run(Int32(GK_BF16_AUTO), packedB: true, bias: bias, gelu: gelu, workers: 3) == reference)
         }
     }
 }

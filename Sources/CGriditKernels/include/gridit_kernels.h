@@ -87,7 +87,15 @@ typedef struct gk_gemm_args {
     const float *bias_m;
     int accumulate;
     int gelu;
+    /// bf16 with `a` unpacked: GK_BF16_AUTO (0) picks this CPU's faster way; the others force one
+    /// (both give the same bits on CPUs whose VDPBF16PS rounds as Intel's: see gemm.c).
+    int bf16_kernel;
 } gk_gemm_args;
+
+enum { GK_BF16_AUTO = 0, GK_BF16_DPBF16 = 1, GK_BF16_FMA = 2 };
+
+/// Whether bf16 products (A unpacked) run on fp32 FMAs on this CPU (VDPBF16PS is the slower way).
+int gk_bf16_on_fma(void);
 
 /// Scratch bytes `gk_gemm` needs for these sizes and `workers` threads.
 size_t gk_gemm_scratch_bytes(size_t M, size_t K, int bf16, int a_packed, int workers);
