@@ -440,9 +440,10 @@ extension ControlAPI {
     /// Why a due job that waits does not start now (nil: it starts when its turn comes).
     private func waitReason(_ job: Job, paused: Bool?) -> String? {
         guard JobState.claimable.contains(job.state), job.notBefore <= Date() else { return nil }
-        // A drained host's jobs wait only for it where no other host shares the queue.
+        // What holds this host only (drained, its shared root gone) holds a job only where no
+        // other host shares the queue.
         if let blocker = context.startBlocker(remakeReserve: false), blocker.blocksJobs,
-            context.singleHost || blocker.code != .draining
+            context.singleHost || (blocker.code != .draining && blocker.code != .sharedRootUnavailable)
         {
             return blocker.message
         }

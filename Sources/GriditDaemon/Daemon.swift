@@ -78,10 +78,11 @@ public enum Daemon {
                 "no room for the database's \(formatBytes(reserve.size)) reserve (\(reserve.path)); griditd makes it once there is"
             )
         }
-        try await nodes.registerNode(id: node.id, hostname: node.hostname, version: griditVersion, now: Date())
-        // Nothing is written under the shared root before its mark proves it is the cluster's.
+        // Nothing is written under the shared root (and the host is not listed) before its mark
+        // proves it is the cluster's.
         var sharedRootToken: String?
         if let shared = layout.sharedRoot { sharedRootToken = try await SharedRootMark.establish(shared, nodes: nodes) }
+        try await nodes.registerNode(id: node.id, hostname: node.hostname, version: griditVersion, now: Date())
         // Under a shared root another host may be writing an output right now: only a partial
         // folder nobody touched for a lease is left over (its writer has been fenced since).
         Leftovers.remove(

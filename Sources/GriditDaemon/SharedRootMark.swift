@@ -4,6 +4,7 @@
 // no other host sees; a wrong share mixes two clusters' files. Either shows as a missing or
 // different token: griditd does not start, and a running host claims nothing until it is back.
 
+import CDispatch  // declares `struct stat` first once Hummingbird is a dependency
 import Foundation
 import GriditJobQueue
 
@@ -14,36 +15,58 @@ import Glibc
 public enum SharedRootMark {
     public static let fileName = ".gridit-cluster"
 
-    /// What the mark file of `root` holds: its token, or nil when there is none.
+    /// What the mark file of `root` holds: its token, or nil when there is none. Read without
+    /// following a link or waiting on a pipe, 128 bytes at most: anyone may be able to write
+    /// the shared root.
     public static func read(_ root: String) throws(DaemonError) -> String? {
         let path = root + "/" + fileName
-        guard let data = FileManager.default.contents(atPath: path) else {
-            guard access(path, F_OK) != 0, errno == ENOENT else {
+        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else {
+            guard errno == ENOENT else {
                 throw DaemonError(
-                    "cannot read \(path) (\(String(cString: strerror(errno)))); griditd's user must read it")
+                    "cannot read \(path) (\(String(cString: strerror(errno)))); it must be a plain file griditd's user reads"
+                )
             }
             return nil
         }
-        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { close(fd) }
+        var status = stat()
+        guard fstat(fd, &status) == 0, status.st_mode & S_IFMT == S_IFREG else {
+            throw DaemonError("\(path) is not a plain file; remove it and start griditd again")
+        }
+        var bytes = [UInt8](repeating: 0, count: 128)
+        let count = Glibc.read(fd, &bytes, bytes.count)
+        guard count >= 0 else { throw DaemonError("cannot read \(path): \(String(cString: strerror(errno)))") }
+        return String(decoding: bytes.prefix(count), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    /// At start: the token of `root`, checked against the database's. The first host of a
-    /// cluster writes a new one (a plain file, created whole or not at all) and the database
-    /// keeps it; later hosts must find the same.
+    /// At start: the token of `root`, checked against the database's. Where the database has
+    /// one, the mark must hold it and nothing is written. On a new cluster the mark is adopted
+    /// if there is one, else written (a plain file, created whole or not at all) and proposed;
+    /// a mark this call wrote is removed again unless the database took it.
     public static func establish(_ root: String, nodes: any NodeRegistry) async throws -> String {
-        var found = try read(root)
+        if let cluster = try await nodes.sharedRootMark(proposing: nil) {
+            if let problem = check(root, token: cluster) { throw DaemonError(problem) }
+            return cluster
+        }
         var written = false
-        if found == nil {
-            written = try create(root, token: UUID().uuidString.lowercased())
-            found = try read(root)
+        do {
+            var found = try read(root)
+            if found == nil {
+                written = try create(root, token: UUID().uuidString.lowercased())
+                found = try read(root)
+            }
+            guard let token = found, !token.isEmpty else {
+                throw DaemonError(
+                    "\(root)/\(fileName) is empty; remove it and start griditd again (it writes a new one)")
+            }
+            let cluster = try await nodes.sharedRootMark(proposing: token)
+            guard let cluster, cluster != token else { return token }
+            throw DaemonError(problem(root, found: written ? nil : token, expected: cluster))
+        } catch {
+            if written { unlink(root + "/" + fileName) }
+            throw error
         }
-        guard let token = found, !token.isEmpty else {
-            throw DaemonError("\(root)/\(fileName) is empty; remove it and start griditd again (it writes a new one)")
-        }
-        let cluster = try await nodes.sharedRootMark(proposing: token)
-        if cluster == token { return token }
-        if written { unlink(root + "/" + fileName) }
-        throw DaemonError(problem(root, found: written ? nil : token, expected: cluster))
     }
 
     /// Nil when `root` holds `token`; else what is wrong, for the operator.

@@ -58,9 +58,9 @@ public protocol NodeRegistry: Sendable {
     /// seen since or still holding jobs. A removed host that starts again registers again.
     func removeNode(id: String, unseenFor: TimeInterval, now: Date) async throws(StateError)
 
-    /// The token of the hosts' shared root (`<shared-root>/.gridit-cluster`): `proposed` when the
-    /// registry had none (it keeps it from now on), else the one it holds.
-    func sharedRootMark(proposing proposed: String) async throws(StateError) -> String
+    /// The token of the hosts' shared root (`<shared-root>/.gridit-cluster`) the registry holds;
+    /// with `proposed`, it keeps that one from now on if it had none. Nil: none yet.
+    func sharedRootMark(proposing proposed: String?) async throws(StateError) -> String?
 }
 
 /// The registry of a queue only one host can use (the state directory's SQLite database: its
@@ -115,7 +115,7 @@ public final class SingleNodeRegistry: NodeRegistry {
     }
 
     /// One host has no shared root to check.
-    public func sharedRootMark(proposing proposed: String) async throws(StateError) -> String { proposed }
+    public func sharedRootMark(proposing proposed: String?) async throws(StateError) -> String? { proposed }
 }
 
 extension StateError {

@@ -7,12 +7,19 @@ import PostgresNIO
 /// node's "last seen" is the database's instant on every host.
 extension PostgresJobStore: NodeRegistry {
     public func registerNode(id: String, hostname: String, version: String, now: Date) async throws(StateError) {
+        try await register(id: id, hostname: hostname, version: version, now: now, draining: false)
+    }
+
+    /// `draining`: the flag of a node that was not in the registry (kept for one that was).
+    private func register(
+        id: String, hostname: String, version: String, now: Date, draining: Bool
+    ) async throws(StateError) {
         let uuid = try Self.nodeUUID(id), now = clock == .caller ? Self.clamped(now) : nil
         try await transaction(onUnknownCommit: .retry) { connection in
             _ = try await connection.sql(
                 """
-                INSERT INTO node (id, hostname, version, started_at, last_seen_at)
-                SELECT \(uuid), \(hostname), \(version), t, t FROM (SELECT coalesce(\(now)::timestamptz, now()) AS t) AS clock
+                INSERT INTO node (id, hostname, version, started_at, last_seen_at, draining)
+                SELECT \(uuid), \(hostname), \(version), t, t, \(draining) FROM (SELECT coalesce(\(now)::timestamptz, now()) AS t) AS clock
                 ON CONFLICT (id) DO UPDATE
                    SET hostname = excluded.hostname, version = excluded.version,
                        started_at = excluded.started_at, last_seen_at = excluded.last_seen_at
@@ -30,8 +37,13 @@ extension PostgresJobStore: NodeRegistry {
             ).first(Bool.self)
         }
         if let draining { return draining }
-        try await registerNode(id: id, hostname: hostname, version: version, now: now)
-        return false
+        // Removed (`nodes rm`) while it ran: it comes back drained, so a host an operator took
+        // for gone claims nothing until someone undrains it.
+        logger.warning(
+            "this node was removed from the registry while it ran (griditctl nodes rm); it registered again, drained: `griditctl nodes undrain` lets it claim",
+            metadata: ["node.id": "\(id)"])
+        try await register(id: id, hostname: hostname, version: version, now: now, draining: true)
+        return true
     }
 
     public func nodes() async throws(StateError) -> [NodeRecord] {
@@ -57,7 +69,12 @@ extension PostgresJobStore: NodeRegistry {
 
     public func removeNode(id: String, unseenFor: TimeInterval, now: Date) async throws(StateError) {
         let uuid = try Self.nodeUUID(id), at = clock == .caller ? Self.clamped(now) : nil
-        try await transaction(onUnknownCommit: .retry) { connection in
+        try await transaction(
+            onUnknownCommit: .resolve { connection, _ in
+                try await connection.sql("SELECT 1 FROM node WHERE id = \(uuid)").rows.isEmpty
+                    ? .committed(()) : .notCommitted
+            }
+        ) { connection in
             var found: (unseen: Double, running: Int)?
             for row in try await connection.sql(
                 """
@@ -86,15 +103,17 @@ extension PostgresJobStore: NodeRegistry {
         }
     }
 
-    public func sharedRootMark(proposing proposed: String) async throws(StateError) -> String {
+    public func sharedRootMark(proposing proposed: String?) async throws(StateError) -> String? {
         try await transaction(onUnknownCommit: .retry) { connection in
-            try await connection.sql(
-                """
-                INSERT INTO cluster_fact (name, value) VALUES ('shared_root_mark', \(proposed))
-                ON CONFLICT (name) DO NOTHING
-                """)
+            if let proposed {
+                try await connection.sql(
+                    """
+                    INSERT INTO cluster_fact (name, value) VALUES ('shared_root_mark', \(proposed))
+                    ON CONFLICT (name) DO NOTHING
+                    """)
+            }
             return try await connection.sql("SELECT value FROM cluster_fact WHERE name = 'shared_root_mark'")
-                .first(String.self) ?? proposed
+                .first(String.self)
         }
     }
 

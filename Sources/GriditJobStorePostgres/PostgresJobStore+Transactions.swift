@@ -67,7 +67,11 @@ extension PostgresJobStore {
                     let fault = self.commitFaults.next()
                     do {
                         try await connection.sql(fault == .rolledBack ? "ROLLBACK" : "COMMIT")
-                        if fault != nil { throw ConnectionUnusable.closed }
+                        // The lookup comes later than the attempt, as after a real broken connection.
+                        if fault != nil {
+                            try await Task.sleep(for: .milliseconds(300))
+                            throw ConnectionUnusable.closed
+                        }
                     } catch  where Self.isConnectionLoss(error) {
                         throw CommitOutcomeUnknown(underlying: error, since: connection.since)
                     }

@@ -258,7 +258,6 @@ extension ModelStore {
             }
             do {
                 try publishVersion(digest, blobs: manifest.blobs.map(\.digest), paths: paths, to: origin)
-                try publishTags(tags, digest: digest, to: origin)
                 publishedTo = origin.path
             } catch {
                 warnings.append(
@@ -286,6 +285,14 @@ extension ModelStore {
             }
             return try tags.map { t in
                 try StoreSQL.setTag(db, name: t.name, tag: t.tag, manifest: digest, action: "import", at: at)
+            }
+        }
+        // The tags last: they name the version for the cluster only once this store has it too.
+        if let origin = originRoot, publishedTo != nil, !tags.isEmpty {
+            do { try publishTags(tags, digest: digest, to: origin) } catch {
+                warnings.append(
+                    "published to the model origin \(origin.path), but not its tag(s) (\(error.message)): other hosts "
+                        + "run it by digest, not by tag; import it again to publish them")
             }
         }
         FaultInjection.current.pause(at: "import.committed", stateDirectory: stateDirectory)

@@ -124,29 +124,37 @@ extension ModelStore {
         return try result.get()
     }
 
+    /// How long a file in the origin's `ingest/` or `tags/` must be untouched to count as left over.
+    static let originIngestAge: time_t = 3600
+
     /// The `ingest/` files of dead imports (a live importer holds a lock on its own; a dead one,
     /// even after kill -9, does not) and their bytes; removed with `remove`. Only regular files
     /// named `<uuid>.partial`, the names importers make, are considered. In the cluster's origin
-    /// (`root`), where the importer may be another host and a network filesystem may keep locks
-    /// per host, only those also untouched for `originIngestAge` (a live copy writes every chunk).
-    /// How long a publish's file in the origin's `ingest/` must be untouched to count as left over.
-    static let originIngestAge: time_t = 3600
-
-    func deadIngestFiles(remove: Bool, in root: StoreRoot? = nil) -> (paths: [String], bytes: Int64) {
-        let root = root ?? local
-        let oldest = root.path == local.path ? nil : time(nil) - Self.originIngestAge
+    /// (`origin`), where the writer may be another host and NFS emulates no `flock` of a file
+    /// opened read-only, the test is age instead: untouched for `originIngestAge` (a live copy
+    /// writes every chunk); there also the `tags/` temporaries of killed tag writes.
+    func deadIngestFiles(remove: Bool, origin: StoreRoot? = nil) -> (paths: [String], bytes: Int64) {
+        let oldest = origin == nil ? nil : time(nil) - Self.originIngestAge
+        var candidates: [String] = []
+        let folders = origin.map { [$0.ingestDirectory, joinPath($0.path, "tags")] } ?? [local.ingestDirectory]
+        for folder in folders {
+            for name in ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).sorted()
+            where name.hasSuffix(".partial") || (origin != nil && name.hasPrefix(".") && name.contains(".tmp-")) {
+                candidates.append(joinPath(folder, name))
+            }
+        }
         var paths: [String] = []
         var bytes: Int64 = 0
-        for name in ((try? FileManager.default.contentsOfDirectory(atPath: root.ingestDirectory)) ?? []).sorted()
-        where name.hasSuffix(".partial") {
-            let path = joinPath(root.ingestDirectory, name)
+        for path in candidates {
             let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
             guard fd >= 0 else { continue }
             defer { close(fd) }
-            guard let id = FileIdentity.of(fd: fd), id.isRegular, flock(fd, LOCK_EX | LOCK_NB) == 0 else { continue }
+            guard let id = FileIdentity.of(fd: fd), id.isRegular else { continue }
             if let oldest {
                 var status = stat()
                 guard fstat(fd, &status) == 0, status.st_mtim.tv_sec < oldest else { continue }
+            } else {
+                guard flock(fd, LOCK_EX | LOCK_NB) == 0 else { continue }
             }
             bytes += id.size
             if remove { unlink(path) }
@@ -205,7 +213,7 @@ extension ModelStore {
 
         var (temporary, temporaryBytes) = deadIngestFiles(remove: !dryRun)
         if let originRoot {
-            let (leftovers, bytes) = deadIngestFiles(remove: !dryRun, in: originRoot)
+            let (leftovers, bytes) = deadIngestFiles(remove: !dryRun, origin: originRoot)
             temporary += leftovers
             temporaryBytes += bytes
         }

@@ -140,14 +140,20 @@ extension ModelStore {
             guard let origin = originRoot, case .tag(let name, let tag)? = try? ModelReference(parsing: reference),
                 let digest = Self.originTag(origin, name: name, tag: tag)
             else { throw error }
+            guard origin.existingBlob(digest) != nil else {
+                throw ModelStoreError(
+                    .notFound, "the model origin's tag \(name):\(tag) names \(digest), which the origin does not hold",
+                    hint: "import the model again on a host of the cluster")
+            }
             return digest
         }
     }
 
-    /// `<origin>/tags/<name>/<tag>`: the version a tag names across the cluster, as the last
-    /// import that published it set it.
+    /// `<origin>/tags/<name>:<tag>` (a name's `/` written `%2F`, so that `org:model` and
+    /// `org/model:x` cannot meet): the version a tag names across the cluster, as the last import
+    /// that published it set it.
     static func originTagPath(_ origin: StoreRoot, name: String, tag: String) -> String {
-        joinPath(origin.path, "tags/\(name)/\(tag)")
+        joinPath(origin.path, "tags/" + name.replacingOccurrences(of: "/", with: "%2F") + ":" + tag)
     }
 
     static func originTag(_ origin: StoreRoot, name: String, tag: String) -> BlobDigest? {
@@ -162,12 +168,12 @@ extension ModelStore {
     )
         throws(ModelStoreError)
     {
+        let folder = joinPath(origin.path, "tags")
+        do { try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true) } catch {
+            throw ModelStoreError(.io, "cannot create \(folder): \(error.localizedDescription)")
+        }
         for t in tags {
             let path = Self.originTagPath(origin, name: t.name, tag: t.tag)
-            let folder = (path as NSString).deletingLastPathComponent
-            do { try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true) } catch {
-                throw ModelStoreError(.io, "cannot create \(folder): \(error.localizedDescription)")
-            }
             try DurableFile.write(Array((digest.description + "\n").utf8), to: path) {
                 ModelStoreError(.io, "cannot write the tag \(t.name):\(t.tag) to \(path): \($0)")
             }

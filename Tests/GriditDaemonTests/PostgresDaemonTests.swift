@@ -311,6 +311,16 @@ extension PostgresDaemonTests {
             #expect("\(error)".contains("belongs to another cluster"), "\(error)")
         }
         #expect(try FileManager.default.contentsOfDirectory(atPath: other.path) == [".gridit-cluster"])
+        // A mark that is no plain file (a pipe planted by someone who may write the share) is
+        // refused at once, not waited on.
+        try FileManager.default.removeItem(atPath: other.file(".gridit-cluster"))
+        #expect(mkfifo(other.file(".gridit-cluster"), 0o644) == 0)
+        do {
+            _ = try DaemonProcess(directory: dirB, arguments: ["--database", url, "--shared-root", other.path])
+            Issue.record("griditd started on a shared root whose mark is a pipe")
+        } catch {
+            #expect("\(error)".contains("is not a plain file"), "\(error)")
+        }
         // An offline import does not publish to an empty mount point either.
         let imported = try runProcess(
             binaryDirectory() + "/griditd",

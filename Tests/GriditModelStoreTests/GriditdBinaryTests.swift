@@ -130,6 +130,9 @@ struct GriditdBinaryTests {
         let local = try FileManager.default.contentsOfDirectory(atPath: dir.file("state/blobs/sha256")).sorted()
         #expect(published.count == 5 && published == local, "the manifest and its four blobs are in the origin")
         for name in published { #expect(try digestOf(origin + "/" + name) == "sha256:" + name) }
+        // Its tag too, once committed.
+        let tag = try String(contentsOfFile: shared + "/models/tags/big:v1", encoding: .utf8)
+        #expect(published.contains(String(tag.trimmingCharacters(in: .newlines).dropFirst(7))), "\(tag)")
     }
 
     @Test("--json output decodes into the result types; errors exit with their status")

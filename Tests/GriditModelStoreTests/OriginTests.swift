@@ -109,10 +109,18 @@ struct OriginTests {
         let (old, recent) = (
             ingest + UUID().uuidString.lowercased() + ".partial", ingest + UUID().uuidString.lowercased() + ".partial"
         )
-        for path in [old, recent] { #expect(FileManager.default.createFile(atPath: path, contents: Data(count: 1000))) }
-        try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(-3700)], ofItemAtPath: old)
+        // A killed tag write's temporary too.
+        let tagTemporary = try #require(a.origin) + "/tags/.tiny:v1.tmp-Ab12Cd"
+        for path in [old, recent, tagTemporary] {
+            #expect(FileManager.default.createFile(atPath: path, contents: Data(count: 1000)))
+        }
+        for path in [old, tagTemporary] {
+            try FileManager.default.setAttributes(
+                [.modificationDate: Date().addingTimeInterval(-3700)], ofItemAtPath: path)
+        }
         let report = try a.gc(pins: JobPins())
-        #expect(report.removedTemporary == [old], "\(report.removedTemporary)")
+        #expect(report.removedTemporary == [old, tagTemporary], "\(report.removedTemporary)")
+        #expect(FileManager.default.fileExists(atPath: try #require(a.origin) + "/tags/tiny:v1"), "the tag stays")
         #expect(!FileManager.default.fileExists(atPath: old) && FileManager.default.fileExists(atPath: recent))
         #expect(try a.list(pins: JobPins()).models.count == 1, "the version stays")
     }

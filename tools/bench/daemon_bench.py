@@ -4,6 +4,9 @@
   throughput  N jobs submitted together (batched: their stage-1 grids share batched forwards, their
               frames share stage-2 batches) against the same N jobs run one after the other;
               alternating, medians of --repeat rounds.
+  sweep       the same --jobs jobs submitted together to daemons with each --max-batch-jobs of
+              --sweep (1: one by one, as a daemon without batching runs them); alternating order,
+              medians of --repeat rounds: where batching pays, and the default to choose.
   memory      peak RSS (VmHWM) of griditd and its engine worker process (summed: an upper bound of
               their joint peak) over one --memory-length job, and their RSS before/after.
   soak        RSS after each of --soak consecutive short jobs in one daemon (no growth expected).
@@ -15,6 +18,7 @@ same arithmetic; the frames are noise). Needs only the Python standard library.
   swift build -c release --product griditd && swift build -c release --product griditctl \\
       && swift build -c release --product gridit-bench
   tools/bench/daemon_bench.py [--pause-pid-file FILE] [--json results.json]
+  tools/bench/daemon_bench.py --only sweep --jobs 8 --sweep 1,2,4,8 --repeat 2
 
 --pause-pid-file names a process (the background training) to SIGSTOP while timing; it is always
 sent SIGCONT again, whatever happens.
@@ -189,6 +193,27 @@ def throughput(args, pipeline):
             "together_fps": frames / together, "one_by_one_fps": frames / alone, "speedup": alone / together}
 
 
+def sweep(args, pipeline):
+    sizes = [int(x) for x in args.sweep.split(",")]
+    times = {m: [] for m in sizes}
+    for r in range(args.repeat):
+        for m in (sizes if r % 2 == 0 else sizes[::-1]):
+            daemon = Daemon(args.bin, pipeline, ["--max-batch-jobs", str(m), *args.serve_args.split()])
+            try:
+                daemon.submit(4, 999, wait=True)  # warm-up
+                with Paused(args.pause_pid_file):
+                    start = time.monotonic()
+                    daemon.wait_all([daemon.submit(args.length, 100 + i) for i in range(args.jobs)])
+                    elapsed = time.monotonic() - start
+            finally:
+                daemon.stop()
+            times[m].append(elapsed)
+            print(f"  round {r + 1}: --max-batch-jobs {m}: {elapsed:.2f} s", file=sys.stderr)
+    medians = {m: statistics.median(t) for m, t in times.items()}
+    return {"jobs": args.jobs, "length": args.length, "rounds": args.repeat, "seconds": times,
+            "median_s": medians, "speedup_vs_1": {m: medians[sizes[0]] / v for m, v in medians.items()}}
+
+
 def memory(args, pipeline):
     daemon = Daemon(args.bin, pipeline)
     try:
@@ -235,6 +260,7 @@ def main():
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--no-sr", action="store_true", help="throughput of stage 1 only (grids batched across jobs)")
     p.add_argument("--serve-args", default="", help="more `griditd serve` options for the throughput daemons")
+    p.add_argument("--sweep", default="1,2,4,8", help="--max-batch-jobs values of the sweep (the first is the baseline)")
     p.add_argument("--memory-length", type=int, default=128)
     p.add_argument("--soak", type=int, default=100)
     p.add_argument("--soak-length", type=int, default=16)
@@ -258,6 +284,10 @@ def main():
                   f"together {t['together_s']:.2f} s "
                   f"({t['together_fps']:.2f} frames/s), one by one {t['one_by_one_s']:.2f} s "
                   f"({t['one_by_one_fps']:.2f} frames/s): {t['speedup']:.2f}x")
+        if "sweep" in wanted:
+            w = results["sweep"] = sweep(args, pipeline)
+            print(f"sweep: {w['jobs']} jobs x {w['length']} frames submitted together: " + ", ".join(
+                f"--max-batch-jobs {m}: {w['median_s'][m]:.2f} s ({w['speedup_vs_1'][m]:.2f}x)" for m in w["median_s"]))
         if "memory" in wanted:
             m = results["memory"] = memory(args, pipeline)
             print(f"memory: {m['length']}-frame job in {m['seconds']:.1f} s: RSS idle {mb(m['rss_idle'])}, "
