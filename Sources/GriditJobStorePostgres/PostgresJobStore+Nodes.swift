@@ -7,19 +7,12 @@ import PostgresNIO
 /// node's "last seen" is the database's instant on every host.
 extension PostgresJobStore: NodeRegistry {
     public func registerNode(id: String, hostname: String, version: String, now: Date) async throws(StateError) {
-        try await register(id: id, hostname: hostname, version: version, now: now, draining: false)
-    }
-
-    /// `draining`: the flag of a node that was not in the registry (kept for one that was).
-    private func register(
-        id: String, hostname: String, version: String, now: Date, draining: Bool
-    ) async throws(StateError) {
         let uuid = try Self.nodeUUID(id), now = clock == .caller ? Self.clamped(now) : nil
         try await transaction(onUnknownCommit: .retry) { connection in
             _ = try await connection.sql(
                 """
-                INSERT INTO node (id, hostname, version, started_at, last_seen_at, draining)
-                SELECT \(uuid), \(hostname), \(version), t, t, \(draining) FROM (SELECT coalesce(\(now)::timestamptz, now()) AS t) AS clock
+                INSERT INTO node (id, hostname, version, started_at, last_seen_at)
+                SELECT \(uuid), \(hostname), \(version), t, t FROM (SELECT coalesce(\(now)::timestamptz, now()) AS t) AS clock
                 ON CONFLICT (id) DO UPDATE
                    SET hostname = excluded.hostname, version = excluded.version,
                        started_at = excluded.started_at, last_seen_at = excluded.last_seen_at
@@ -37,13 +30,13 @@ extension PostgresJobStore: NodeRegistry {
             ).first(Bool.self)
         }
         if let draining { return draining }
-        // Removed (`nodes rm`) while it ran: it comes back drained, so a host an operator took
-        // for gone claims nothing until someone undrains it.
+        // Removed while it ran (`nodes rm`, a wiped node table): it is alive, so it registers
+        // again as it would at start (drained hosts for a whole restored cluster would stop it).
         logger.warning(
-            "this node was removed from the registry while it ran (griditctl nodes rm); it registered again, drained: `griditctl nodes undrain` lets it claim",
+            "this node was missing from the registry (griditctl nodes rm while it ran, or a restored database); it registered again",
             metadata: ["node.id": "\(id)"])
-        try await register(id: id, hostname: hostname, version: version, now: now, draining: true)
-        return true
+        try await registerNode(id: id, hostname: hostname, version: version, now: now)
+        return false
     }
 
     public func nodes() async throws(StateError) -> [NodeRecord] {

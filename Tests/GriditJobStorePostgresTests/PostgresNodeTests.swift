@@ -66,14 +66,9 @@ struct PostgresNodeTests {
                 try await a.removeNode(id: idB, unseenFor: 30, now: at(63))
             }
             #expect(twice?.code == .notFound)
-            // A removed host that was alive after all registers again with its heartbeat, drained:
-            // it claims nothing until an operator undrains it.
-            #expect(try await b.touchNode(id: idB, hostname: "b", version: "t", now: at(70)) == true)
+            // A removed host that was alive after all registers again with its heartbeat.
+            #expect(try await b.touchNode(id: idB, hostname: "b", version: "t", now: at(70)) == false)
             #expect(Set(try await a.nodes().map(\.id)) == [idA, idB])
-            #expect(try await a.nodes().first { $0.id == idB }?.draining == true)
-            // A start registers it as it was (a drain survives restarts).
-            try await b.registerNode(id: idB, hostname: "b", version: "t", now: at(71))
-            #expect(try await a.nodes().first { $0.id == idB }?.draining == true)
         }
     }
 
