@@ -53,18 +53,14 @@ struct Nodes: ParsableCommand {
         @Argument(help: "The node: its id, a unique prefix of it (4+ characters), or its hostname.") var node: String
 
         func run(client: GriditClient, output: Output) throws {
-            let removed = try client.delete("/v1/nodes/\(Nodes.pathComponent(node))", as: NodeInfo.self)
+            let removed = try client.delete("/v1/nodes/\(segment(node))", as: NodeInfo.self)
             output.emit(removed, json: global.json) { "node \(removed.id) (\(removed.hostname)) removed\n" }
         }
     }
 
-    static func pathComponent(_ node: String) -> String {
-        node.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(["/"])) ?? node
-    }
-
     static func set(draining: Bool, _ node: String, client: GriditClient, output: Output, json: Bool) throws {
         let shown = try client.post(
-            "/v1/nodes/\(pathComponent(node))/\(draining ? "drain" : "undrain")", as: NodeInfo.self)
+            "/v1/nodes/\(segment(node))/\(draining ? "drain" : "undrain")", as: NodeInfo.self)
         if json {
             output.printJSON(shown)
         } else if draining {

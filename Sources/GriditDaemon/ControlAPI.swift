@@ -437,13 +437,15 @@ extension ControlAPI {
         return StatusReading(queue: queue, running: running, mine: mine, nodes: nodes)
     }
 
+    /// What holds this host only (drained, its shared root gone): it holds a job only where no
+    /// other host shares the queue.
+    static let thisHostOnly: Set<StatusNotice.Code> = [.draining, .sharedRootUnavailable]
+
     /// Why a due job that waits does not start now (nil: it starts when its turn comes).
     private func waitReason(_ job: Job, paused: Bool?) -> String? {
         guard JobState.claimable.contains(job.state), job.notBefore <= Date() else { return nil }
-        // What holds this host only (drained, its shared root gone) holds a job only where no
-        // other host shares the queue.
         if let blocker = context.startBlocker(remakeReserve: false), blocker.blocksJobs,
-            context.singleHost || (blocker.code != .draining && blocker.code != .sharedRootUnavailable)
+            context.singleHost || !Self.thisHostOnly.contains(blocker.code)
         {
             return blocker.message
         }

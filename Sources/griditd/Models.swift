@@ -100,7 +100,7 @@ struct StoreOptions: ParsableArguments {
         guard let shared = configuration.sharedRoot,
             let location = try PostgresLocation.configured(url: configuration.databaseURL)
         else { return }
-        let jobs = PostgresJobStore(location: location, logger: Logger(label: "gridit.postgres"), notifications: false)
+        let jobs = Self.clusterQueue(location)
         do {
             try await jobs.withRunningPool {
                 _ = try await jobs.migrate()
@@ -112,6 +112,11 @@ struct StoreOptions: ParsableArguments {
         }
     }
 
+    /// The cluster's job queue for one offline command: a few rows read or written, no LISTEN.
+    static func clusterQueue(_ location: PostgresLocation) -> PostgresJobStore {
+        PostgresJobStore(location: location, logger: Logger(label: "gridit.postgres"), notifications: false)
+    }
+
     /// Which versions live jobs pin: the configured job queue's answer (PostgreSQL, shared by
     /// every host, when `database` is set; else the session's SQLite database).
     func pins(_ session: OfflineSession) async throws -> JobPins {
@@ -120,8 +125,7 @@ struct StoreOptions: ParsableArguments {
             guard let location = try PostgresLocation.configured(url: configuration.databaseURL) else {
                 return JobPins(digests: try await SQLiteJobStore(database: session.store.database).livePipelinePins())
             }
-            let jobs = PostgresJobStore(
-                location: location, logger: Logger(label: "gridit.postgres"), notifications: false)
+            let jobs = Self.clusterQueue(location)
             return try await jobs.withRunningPool { JobPins(digests: try await jobs.livePipelinePins()) }
         } catch {
             FileHandle.standardError.write(Data("error: reading which models live jobs pin: \(error)\n".utf8))
