@@ -96,26 +96,22 @@ public final class InProcessEngine: JobEngine {
             throw JobFailure(.internalError, "the engine worker got a batch without its resolved pipeline")
         }
         do {
-            return try models.resolvePipeline(blob)
-        } catch  where error.code == .notFound && models.origin != nil {
-            do {
-                var last = ContinuousClock.now
-                let copying = working.map { signal in
-                    {
-                        guard ContinuousClock.now - last >= .seconds(1) else { return }
-                        last = ContinuousClock.now
-                        signal()
-                    }
+            do { return try models.resolvePipeline(blob) } catch  where error.code == .notFound && models.origin != nil
+            {}
+            var last = ContinuousClock.now
+            let copying = working.map { signal in
+                {
+                    guard ContinuousClock.now - last >= .seconds(1) else { return }
+                    last = ContinuousClock.now
+                    signal()
                 }
-                if let pulled = try models.pull(blob, copying: copying) {
-                    logger.notice(
-                        "pulled model \(digest) from the model origin \(models.origin!): \(formatBytes(pulled.bytesWritten)) copied",
-                        metadata: ["model.digest": "\(digest)"])
-                }
-                return try models.resolvePipeline(blob)
-            } catch {
-                throw Self.failure(error, digest: digest)
             }
+            if let pulled = try models.pull(blob, copying: copying) {
+                logger.notice(
+                    "pulled model \(digest) from the model origin \(models.origin!): \(formatBytes(pulled.bytesWritten)) copied",
+                    metadata: ["model.digest": "\(digest)"])
+            }
+            return try models.resolvePipeline(blob)
         } catch {
             throw Self.failure(error, digest: digest)
         }
