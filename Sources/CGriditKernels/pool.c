@@ -1,6 +1,6 @@
 // A small persistent thread pool for the fixed schedules of the kernels.
 //
-// One job runs at a time: `gk_parallel_for` hands tasks 0..<n to up to `workers` threads (the
+// A pool runs one job at a time: `gk_parallel_for` hands tasks 0..<n to up to `workers` threads (the
 // caller is worker 0) through an atomic counter, and returns when every task is done. Which worker
 // runs a task is not fixed, so tasks must write disjoint outputs and compute the same bits whoever
 // runs them; `worker` only indexes per-thread scratch. Waiting threads (workers between jobs, the
@@ -8,8 +8,10 @@
 // apart), then yield the CPU for a while (on a machine with more runnable threads than cores, the
 // thread being waited for may need this core), then sleep on a futex.
 //
-// A call made while the pool is busy (another thread's job) or from inside a task runs its tasks
-// serially on the calling thread: same results, no deadlock.
+// There are two such pools, so that two threads can each run their own jobs at once (the engine
+// runs stage 1 and stage 2 side by side, each on its share of the threads). A call made while both
+// are busy, or from inside a task, runs its tasks serially on the calling thread: same results, no
+// deadlock.
 #include "gridit_kernels.h"
 
 #include <errno.h>
@@ -55,7 +57,9 @@ static int spin(int *spins) {
     return 0;
 }
 
-static struct {
+#define GK_POOLS 2
+
+typedef struct {
     pthread_mutex_t run_lock;      // held by the caller of the job in flight
     pthread_mutex_t spawn_lock;
     int spawned;                   // pool threads 1..spawned exist
@@ -69,93 +73,110 @@ static struct {
     size_t tasks;
     int workers;
     atomic_size_t next;
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER};
+    // Generation each pool thread starts from: read by the spawner before the job that needs the
+    // thread is published, so a thread that starts late still sees that job.
+    unsigned start_generation[GK_MAX_WORKERS];
+} gk_pool;
+
+static gk_pool pools[GK_POOLS] = {
+    {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER},
+    {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER},
+};
 
 static _Thread_local int in_task;
 
-static void run_tasks(int worker) {
+static void run_tasks(gk_pool *pool, int worker) {
     in_task = 1;
     for (;;) {
-        size_t t = atomic_fetch_add_explicit(&pool.next, 1, memory_order_relaxed);
-        if (t >= pool.tasks) break;
-        pool.fn(pool.ctx, t, worker);
+        size_t t = atomic_fetch_add_explicit(&pool->next, 1, memory_order_relaxed);
+        if (t >= pool->tasks) break;
+        pool->fn(pool->ctx, t, worker);
     }
     in_task = 0;
 }
 
-// Generation each pool thread starts from: read by the spawner before the job that needs the thread
-// is published, so a thread that starts late still sees that job.
-static unsigned start_generation[GK_MAX_WORKERS];
-
+// A pool thread's argument: its pool and its worker index, packed in one integer.
 static void *worker_main(void *arg) {
-    int worker = (int)(intptr_t)arg;
-    unsigned seen = start_generation[worker];
+    gk_pool *pool = &pools[(intptr_t)arg / GK_MAX_WORKERS];
+    int worker = (int)((intptr_t)arg % GK_MAX_WORKERS);
+    unsigned seen = pool->start_generation[worker];
     for (;;) {
         unsigned g;
         int spins = 0;
-        while ((g = atomic_load_explicit(&pool.generation, memory_order_acquire)) == seen) {
+        while ((g = atomic_load_explicit(&pool->generation, memory_order_acquire)) == seen) {
             if (!spin(&spins)) {
                 // seq_cst pairs with the caller's bump-then-check: it sees a sleeper or we see the bump.
-                atomic_fetch_add(&pool.sleepers, 1);
-                if (atomic_load(&pool.generation) == seen) futex_wait(&pool.generation, seen);
-                atomic_fetch_sub(&pool.sleepers, 1);
+                atomic_fetch_add(&pool->sleepers, 1);
+                if (atomic_load(&pool->generation) == seen) futex_wait(&pool->generation, seen);
+                atomic_fetch_sub(&pool->sleepers, 1);
             }
         }
         seen = g;
-        if (worker >= pool.workers) continue;  // not needed for this job
-        run_tasks(worker);
-        if (atomic_fetch_sub(&pool.pending, 1) == 1 && atomic_load(&pool.caller_sleeping)) futex_wake(&pool.pending);
+        if (worker >= pool->workers) continue;  // not needed for this job
+        run_tasks(pool, worker);
+        if (atomic_fetch_sub(&pool->pending, 1) == 1 && atomic_load(&pool->caller_sleeping))
+            futex_wake(&pool->pending);
     }
     return NULL;
 }
 
-static int ensure_threads(int workers) {
-    if (pool.spawned >= workers - 1) return workers;
-    pthread_mutex_lock(&pool.spawn_lock);
-    while (pool.spawned < workers - 1) {
+static int ensure_threads(gk_pool *pool, int workers) {
+    if (pool->spawned >= workers - 1) return workers;
+    pthread_mutex_lock(&pool->spawn_lock);
+    while (pool->spawned < workers - 1) {
         pthread_t thread;
         pthread_attr_t attr;
-        start_generation[pool.spawned + 1] = atomic_load(&pool.generation);
+        int worker = pool->spawned + 1;
+        pool->start_generation[worker] = atomic_load(&pool->generation);
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        int rc = pthread_create(&thread, &attr, worker_main, (void *)(intptr_t)(pool.spawned + 1));
+        intptr_t arg = (intptr_t)(pool - pools) * GK_MAX_WORKERS + worker;
+        int rc = pthread_create(&thread, &attr, worker_main, (void *)arg);
         pthread_attr_destroy(&attr);
         if (rc != 0) break;  // fewer threads than asked: the job still completes
-        pool.spawned++;
+        pool->spawned++;
     }
-    int available = pool.spawned + 1;
-    pthread_mutex_unlock(&pool.spawn_lock);
+    int available = pool->spawned + 1;
+    pthread_mutex_unlock(&pool->spawn_lock);
     return workers < available ? workers : available;
+}
+
+// The first idle pool, now held by the caller; NULL when all are busy.
+static gk_pool *acquire_pool(void) {
+    for (int i = 0; i < GK_POOLS; i++)
+        if (pthread_mutex_trylock(&pools[i].run_lock) == 0) return &pools[i];
+    return NULL;
 }
 
 void gk_parallel_for(size_t tasks, int workers, gk_task_fn fn, void *ctx) {
     if (workers > GK_MAX_WORKERS) workers = GK_MAX_WORKERS;
     if ((size_t)workers > tasks) workers = (int)tasks;
-    if (workers <= 1 || in_task || pthread_mutex_trylock(&pool.run_lock) != 0) {
+    gk_pool *pool = workers <= 1 || in_task ? NULL : acquire_pool();
+    if (pool == NULL) {
         int nested = in_task;
         in_task = 1;
         for (size_t t = 0; t < tasks; t++) fn(ctx, t, 0);
         in_task = nested;
         return;
     }
-    workers = ensure_threads(workers);
-    pool.fn = fn;
-    pool.ctx = ctx;
-    pool.tasks = tasks;
-    pool.workers = workers;
-    atomic_store_explicit(&pool.next, 0, memory_order_relaxed);
-    atomic_store_explicit(&pool.pending, (unsigned)(workers - 1), memory_order_relaxed);
-    atomic_fetch_add(&pool.generation, 1);
-    if (atomic_load(&pool.sleepers) > 0) futex_wake(&pool.generation);
-    run_tasks(0);
+    workers = ensure_threads(pool, workers);
+    pool->fn = fn;
+    pool->ctx = ctx;
+    pool->tasks = tasks;
+    pool->workers = workers;
+    atomic_store_explicit(&pool->next, 0, memory_order_relaxed);
+    atomic_store_explicit(&pool->pending, (unsigned)(workers - 1), memory_order_relaxed);
+    atomic_fetch_add(&pool->generation, 1);
+    if (atomic_load(&pool->sleepers) > 0) futex_wake(&pool->generation);
+    run_tasks(pool, 0);
     unsigned left;
     int spins = 0;
-    while ((left = atomic_load(&pool.pending)) != 0) {
+    while ((left = atomic_load(&pool->pending)) != 0) {
         if (!spin(&spins)) {
-            atomic_store(&pool.caller_sleeping, 1);
-            if ((left = atomic_load(&pool.pending)) != 0) futex_wait(&pool.pending, left);
-            atomic_store(&pool.caller_sleeping, 0);
+            atomic_store(&pool->caller_sleeping, 1);
+            if ((left = atomic_load(&pool->pending)) != 0) futex_wait(&pool->pending, left);
+            atomic_store(&pool->caller_sleeping, 0);
         }
     }
-    pthread_mutex_unlock(&pool.run_lock);
+    pthread_mutex_unlock(&pool->run_lock);
 }

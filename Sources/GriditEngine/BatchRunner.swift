@@ -3,6 +3,13 @@
 // batch as large as the memory budget allows. Every item keeps its own seed and noise keys, and
 // the models run each sample on a fixed schedule, so a run's bytes do not depend on what it was
 // batched with, on the batch sizes or on the thread count.
+//
+// With two threads or more the stages run side by side, in two lanes: grids on the calling
+// thread, the frames of finished grids on a second one, each lane's forwards on half the threads
+// (all of them while the other lane has nothing to do). Small models use one core far better than
+// two, and the frames of grid g are ready while grid g+1 is denoised. The lanes share one lock that
+// a lane lets go of only inside the model's forward, so all bookkeeping (runs, files, hooks) is
+// still done by one thread at a time.
 
 import Foundation
 import GriditDiffusion
@@ -25,7 +32,9 @@ extension SequenceRun {
     /// - `admit` is called before every batch and may return more runs (of the same pipeline) to
     ///   join, so new jobs start without waiting for the others.
     /// - `finished(run, result)` is called once per run as soon as it leaves (complete, failed or
-    ///   stopped), on this thread: a daemon can `finish(into:)` it right there.
+    ///   stopped): a daemon can `finish(into:)` it right there.
+    /// `admit`, `finished` and the runs' hooks are called one at a time, but with two lanes not
+    /// always on the calling thread.
     /// Returns one result per run: the given runs in order, then the admitted ones in admission order.
     @discardableResult
     public static func execute(
@@ -40,7 +49,8 @@ extension SequenceRun {
 }
 
 /// The loop behind `SequenceRun.execute`: picks the next batch (stage-1 grids and stage-2 frames
-/// in turn) and runs it through `runBatch`, the one batch loop, as its `StagePass` describes.
+/// in turn, or each in its own lane) and runs it through `runBatch`, the one batch loop, as its
+/// `StagePass` describes.
 final class BatchRunner {
     let options: ExecutionOptions
     private var runs: [SequenceRun] = []
@@ -50,6 +60,22 @@ final class BatchRunner {
     // One workspace per model, reallocated when the batch size changes.
     private var workspaces: [Stage: DiTWorkspace] = [:]
     private var rowLimits: [Stage: Int] = [:]
+
+    /// Held by a lane except inside the model's forward; everything above and below is touched
+    /// only under it.
+    private let state = NSCondition()
+    /// Lanes with nothing ready, waiting until the other lane has done something.
+    private var idle: Set<Lane> = []
+    /// Lanes inside a batch (their forwards take a share of the threads).
+    private var inBatch: Set<Lane> = []
+    /// Runs with units in a batch, and how many batches: not reported until they are out.
+    private var inFlight: [Int: Int] = [:]
+    /// Set once no run is active: every lane stops (and nothing more is admitted).
+    private var over = false
+    private var framesLaneDone = false
+
+    /// Which units a loop takes: both stages in turn (one lane), or one stage (two lanes).
+    enum Lane { case both, grids, frames }
 
     init(options: ExecutionOptions) { self.options = options }
 
@@ -81,9 +107,9 @@ final class BatchRunner {
         return .success(())
     }
 
-    /// Calls `finished` for every run that left since the last call.
+    /// Calls `finished` for every run that left since the last call (and has no unit in a batch).
     private func report(_ finished: (SequenceRun, Result<Void, EngineError>) -> Void) {
-        for i in runs.indices where !reported.contains(i) && !isActive(i) {
+        for i in runs.indices where !reported.contains(i) && !isActive(i) && inFlight[i] == nil {
             reported.insert(i)
             finished(runs[i], result(i))
         }
@@ -93,29 +119,86 @@ final class BatchRunner {
         _ initial: [SequenceRun], admit: () -> [SequenceRun],
         finished: (SequenceRun, Result<Void, EngineError>) -> Void
     ) -> [Result<Void, EngineError>] {
+        state.lock()
+        defer { state.unlock() }
         join(initial)
+        guard options.threads >= 2, runs.first?.pipeline.stage2 != nil else {
+            loop(.both, admit: admit, finished: finished)
+            return runs.indices.map(result)
+        }
+        let runner = Unchecked(value: self)
+        let thread = Thread {
+            let runner = runner.value
+            runner.state.lock()
+            runner.loop(.frames)
+            runner.framesLaneDone = true
+            runner.state.broadcast()
+            runner.state.unlock()
+        }
+        thread.stackSize = 16 << 20
+        thread.start()
+        loop(.grids, admit: admit, finished: finished)
+        while !framesLaneDone { state.wait() }
+        return runs.indices.map(result)
+    }
+
+    /// Tells a waiting lane to look again: this one changed what is ready.
+    private func wake() {
+        idle.removeAll()
+        state.broadcast()
+    }
+
+    /// Threads for a forward of `lane`: half of them while the other lane is in a batch too.
+    private func workers(_ lane: Lane) -> Int {
+        let threads = options.threads
+        guard lane != .both, inBatch.count > 1 else { return threads }
+        return lane == .grids ? (threads + 1) / 2 : threads / 2
+    }
+
+    /// One lane's loop, entered and left with `state` held. The lane of the calling thread (`.both`
+    /// or `.grids`) leads: it alone admits runs, reports them and ends the call once no run is
+    /// active or in a batch; the frames' lane only takes frames, until then.
+    private func loop(
+        _ lane: Lane, admit: () -> [SequenceRun] = { [] },
+        finished: (SequenceRun, Result<Void, EngineError>) -> Void = { _, _ in }
+    ) {
+        let leads = lane != .frames
         var preferFrames = false
-        while true {
-            join(admit())
+        while !over {
+            if leads { join(admit()) }
             checkStops()
-            report(finished)
+            if leads { report(finished) }
             let active = runs.indices.filter { isActive($0) }
-            if active.isEmpty { break }
-            let grids = candidates(active, limit: options.maxBatch) { $0.readyGrids(limit: $1) }
-            let frames = candidates(active, limit: max(options.maxBatch, 64)) { $0.readyFrames(limit: $1) }
-            if !grids.isEmpty && (!preferFrames || frames.isEmpty) {
-                runBatch(gridPass, grids)
+            if leads && active.isEmpty && inFlight.isEmpty {
+                over = true
+                wake()
+                break
+            }
+            let grids = lane == .frames ? [] : candidates(active, limit: options.maxBatch) { $0.readyGrids(limit: $1) }
+            let frames =
+                lane == .grids ? [] : candidates(active, limit: max(options.maxBatch, 64)) { $0.readyFrames(limit: $1) }
+            if !grids.isEmpty && (lane == .grids || !preferFrames || frames.isEmpty) {
+                runBatch(gridPass, grids, lane: lane)
                 preferFrames = true
             } else if !frames.isEmpty {
                 let direct = frames.filter { runs[$0.run].schedule2 == nil }
                 writeLowResolutionFrames(direct)
-                if let pass = framePass { runBatch(pass, frames.filter { runs[$0.run].schedule2 != nil }) }
+                if let pass = framePass { runBatch(pass, frames.filter { runs[$0.run].schedule2 != nil }, lane: lane) }
                 preferFrames = false
-            } else {
+            } else if lane == .both || (leads && idle.contains(.frames) && inFlight.isEmpty) {
+                // Nothing ready here, nothing in a batch anywhere, and the frames' lane found nothing either.
                 for i in active { failures[i] = EngineError(.internal, "run has nothing ready but is not complete") }
+            } else {
+                // What the other lane is doing (or about to look at) may become this lane's work. A
+                // lane that finds nothing while the leader waits lets the leader look again.
+                if !leads && idle.contains(.grids) { idle.remove(.grids) }
+                idle.insert(lane)
+                state.broadcast()
+                while idle.contains(lane) && !over { state.wait() }
+                continue
             }
+            wake()
         }
-        return runs.indices.map(result)
     }
 
     private func isActive(_ i: Int) -> Bool { failures[i] == nil && !stopped.contains(i) && !runs[i].isComplete }
@@ -160,10 +243,11 @@ final class BatchRunner {
         var index: Int
     }
 
-    /// A unit in a batch: its denoising item and, for stage 2, its condition.
+    /// A unit in a batch: its denoising item, its run's settings and, for stage 2, its condition.
     struct Member {
         var unit: Unit
         var item: DenoiseItem
+        var settings: RunSettings
         var condition: Tensor?
     }
 
@@ -196,9 +280,9 @@ final class BatchRunner {
             stage: .grid, model: model, itemFloats: 6 * pipeline.configuration.modelLayout.gridCount,
             rows: { $0.settings.guided ? 2 : 1 }, evaluations: { $0.plan.stage1.evaluationsPerItem },
             item: { run, g in (try run.stage1Item(g), nil) },
-            forward: { [unowned self] x, t, members, workspace in
+            forward: { x, t, members, workspace in
                 try Self.forwardStage1(
-                    model, x: x, t: t, settings: members.map { self.runs[$0.unit.run].settings }, workspace: workspace)
+                    model, x: x, t: t, settings: members.map(\.settings), workspace: workspace)
             },
             finish: { run, g, x in try run.finishGrid(g, x: x) }, seconds: \.stage1Seconds, savesTimingsPerUnit: true)
     }
@@ -228,7 +312,7 @@ final class BatchRunner {
     /// One batch of `pass`'s stage: units chosen round robin over the runs (so that one long run
     /// does not starve the others) up to the rows the memory budget allows, denoised together;
     /// each finished unit is stored and reported at once.
-    private func runBatch(_ pass: StagePass, _ candidates: [Unit]) {
+    private func runBatch(_ pass: StagePass, _ candidates: [Unit], lane: Lane) {
         guard !candidates.isEmpty else { return }
         let limit = maxRows(pass)
         var byRun: [Int: [Int]] = [:]
@@ -251,7 +335,7 @@ final class BatchRunner {
         for unit in chosen where failures[unit.run] == nil {
             attempt(unit.run) {
                 let (item, condition) = try pass.item(runs[unit.run], unit.index)
-                members.append(Member(unit: unit, item: item, condition: condition))
+                members.append(Member(unit: unit, item: item, settings: runs[unit.run].settings, condition: condition))
             }
         }
         members.removeAll { failures[$0.unit.run] != nil }
@@ -260,11 +344,25 @@ final class BatchRunner {
         var marks = Dictionary(members.map { ($0.unit.run, Date()) }, uniquingKeysWith: { a, _ in a })
         var evaluations = [Int](repeating: 0, count: members.count)
         let flopsPerRow = pass.model.config.flopsPerForward(batch: 1)
+        let batchRuns = Set(members.map(\.unit.run))
+        inBatch.insert(lane)
+        for r in batchRuns { inFlight[r, default: 0] += 1 }
+        defer {
+            inBatch.remove(lane)
+            for r in batchRuns { inFlight[r] = inFlight[r]! > 1 ? inFlight[r]! - 1 : nil }
+        }
         do {
             try BatchDenoiser.run(
                 members.map(\.item),
                 model: { x, t, rows in
-                    try pass.forward(x, t, rows.map { members[$0] }) { self.workspace(pass, batch: $0) }
+                    let workers = self.workers(lane)
+                    self.state.unlock()  // the forward touches nothing the other lane does
+                    defer { self.state.lock() }
+                    return try pass.forward(x, t, rows.map { members[$0] }) { batch in
+                        let ws = self.locked { self.workspace(pass, batch: batch) }
+                        ws.workers = workers
+                        return ws
+                    }
                 },
                 afterStep: { i, _ in
                     let unit = members[i].unit
@@ -272,12 +370,13 @@ final class BatchRunner {
                     guard self.keepsGoing(unit.run) else { return false }
                     evaluations[i] += 1
                     let work = flopsPerRow * Double(pass.rows(run))
-                    run.session.evaluated(work)
+                    run.session.evaluated(work, in: pass.stage)
                     self.reportStep(run, pass.stage, unit: unit.index, step: evaluations[i], of: pass.evaluations(run))
                     guard members[i].item.isFinished else { return true }
                     return self.attempt(unit.run) {
                         try pass.finish(run, unit.index, members[i].item.x)
-                        run.session.stored(work: work * Double(evaluations[i]))
+                        self.wake()
+                        run.session.stored(work: work * Double(evaluations[i]), in: pass.stage)
                         let now = Date()
                         run.timings[keyPath: pass.seconds] += now.timeIntervalSince(marks[unit.run]!)
                         marks[unit.run] = now
@@ -292,7 +391,7 @@ final class BatchRunner {
         let end = Date()
         for (r, mark) in marks where failures[r] == nil {
             runs[r].timings[keyPath: pass.seconds] += end.timeIntervalSince(mark)
-            runs[r].session.dropPartial()
+            runs[r].session.dropPartial(pass.stage)
             attempt(r) { try runs[r].saveTimings() }
         }
     }
@@ -317,8 +416,8 @@ final class BatchRunner {
             let started = Date()
             attempt(unit.run) {
                 try run.finishLowResolutionFrame(unit.index)
-                run.session.evaluated(run.frameFlops)
-                run.session.stored(work: run.frameFlops)
+                run.session.evaluated(run.frameFlops, in: .sr)
+                run.session.stored(work: run.frameFlops, in: .sr)
                 run.timings.stage2Seconds += Date().timeIntervalSince(started)
                 touched.insert(unit.run)
             }
@@ -343,6 +442,12 @@ final class BatchRunner {
         let rows = max(1, min(options.maxBatch, (options.memoryBudget - fixed) / max(perRow, 1)))
         rowLimits[pass.stage] = rows
         return rows
+    }
+
+    private func locked<T>(_ body: () -> T) -> T {
+        state.lock()
+        defer { state.unlock() }
+        return body()
     }
 
     private func workspace(_ pass: StagePass, batch: Int) -> DiTWorkspace {
@@ -386,4 +491,10 @@ final class BatchRunner {
         }
         return result
     }
+}
+
+/// The runner as the frames' lane thread gets it: used only under the runner's lock, and only
+/// until `run`, which waits for that thread, returns.
+private struct Unchecked<Value>: @unchecked Sendable {
+    let value: Value
 }

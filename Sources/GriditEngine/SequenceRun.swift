@@ -44,23 +44,28 @@ struct RunSession {
     var start: Date?
     /// Floating-point operations evaluated in this session.
     var flops = 0.0
-    /// Those of units not stored yet (counted in the share done until they are, or dropped).
-    var partialFlops = 0.0
+    /// Those of units not stored yet (counted in the share done until they are, or dropped), per
+    /// stage: the two stages' batches run side by side and end at different times.
+    private var partial: [Stage: Double] = [:]
 
     mutating func begin(threads: Int, at now: Date) {
         self = RunSession(threads: threads, start: now)
     }
 
-    mutating func evaluated(_ work: Double) {
+    var partialFlops: Double { Stage.allCases.reduce(0) { $0 + (partial[$1] ?? 0) } }
+
+    mutating func evaluated(_ work: Double, in stage: Stage) {
         flops += work
-        partialFlops += work
+        partial[stage, default: 0] += work
     }
 
     /// A unit whose evaluations took `work` is stored: its work counts as done from now on.
-    mutating func stored(work: Double) { partialFlops = max(0, partialFlops - work) }
+    mutating func stored(work: Double, in stage: Stage) { partial[stage] = max(0, (partial[stage] ?? 0) - work) }
 
-    /// Units in flight will not be stored (the run stopped, or their batch ended).
-    mutating func dropPartial() { partialFlops = 0 }
+    /// Units in flight will not be stored (the run stopped, or a batch of `stage` ended).
+    mutating func dropPartial(_ stage: Stage? = nil) {
+        if let stage { partial[stage] = 0 } else { partial = [:] }
+    }
 }
 
 /// A run of one `JobSpec` on a `LoadedPipeline`, bound to a work directory.

@@ -368,7 +368,7 @@ public struct AutoencoderKL: @unchecked Sendable {
         }
         try checkTiling()
         let ctx = context(threads)
-        let moments: Tensor = BLAS.exclusive(threads: 1) {
+        let moments: Tensor = BLAS.singleThreaded {
             let f = config.downsampleFactor
             if let tiling, image.shape[2] > tiling.tile || image.shape[3] > tiling.tile {
                 return tiled(
@@ -398,7 +398,7 @@ public struct AutoencoderKL: @unchecked Sendable {
         }
         try checkTiling()
         let ctx = context(threads)
-        return BLAS.exclusive(threads: 1) {
+        return BLAS.singleThreaded {
             let f = config.downsampleFactor
             if let tiling, latent.shape[2] * f > tiling.tile || latent.shape[3] * f > tiling.tile {
                 return tiled(

@@ -146,8 +146,14 @@ public final class DiTWorkspace {
     let x, h, qkv, attn, proj, mlp: Tensor  // (N,T,D) (N,T,D) (N,T,3D) (N,T,D) (N,T,D) (N,T,M)
     let attentionScratch: Tensor  // attention: packed keys/values and per-worker tiles
     /// Threads of a pass: the workers that every product, the attention (batch, head, query tile)
-    /// items and the row-wise passes are spread over.
-    public let workers: Int
+    /// items and the row-wise passes are spread over; 1...`capacity`, and may change between passes
+    /// (the results do not depend on it).
+    public var workers: Int {
+        get { context.workers }
+        set { context.workers = min(max(1, newValue), capacity) }
+    }
+    /// The workers the scratch was sized for.
+    public let capacity: Int
     let context: ComputeContext
     let patches: Tensor  // (N*T, Cin*P*P)
     let embedIn: Tensor  // (N, C+Cc, H, W) when a condition is concatenated
@@ -170,19 +176,19 @@ public final class DiTWorkspace {
         attn = Tensor(zeros: [N, T, D])
         proj = Tensor(zeros: [N, T, D])
         mlp = Tensor(zeros: [N, T, M])
-        self.workers = max(1, workers)
+        capacity = max(1, workers)
         attentionScratch = Tensor(zeros: [
             attentionScratchCount(
                 batch: N, tokens: T, dim: D, heads: c.numHeads,
-                workers: self.workers)
+                workers: capacity)
         ])
         // Scratch for the largest product: the most rows and the widest input.
         let scratch = max(
             ComputeContext.linearScratchBytes(
-                rows: N * T, inFeatures: max(P2C, D, M), workers: self.workers,
+                rows: N * T, inFeatures: max(P2C, D, M), workers: capacity,
                 backend: backend),
             FusedLinear.scratchBytes(rows: N, inFeatures: max(DiTConfiguration.frequencyDim, D)))
-        context = ComputeContext(workers: self.workers, backend: backend, scratchBytes: scratch)
+        context = ComputeContext(workers: capacity, backend: backend, scratchBytes: scratch)
         patches = Tensor(zeros: [N * T, P2C])
         embedIn = Tensor(zeros: c.conditionChannels > 0 ? [N, c.embedInChannels, c.inputSize, c.inputSize] : [0])
         freq = Tensor(zeros: [N, DiTConfiguration.frequencyDim])
@@ -298,8 +304,8 @@ public struct DiT: Sendable {
             try check(condition == nil, "this model takes no condition (condition_channels 0)")
         }
         // Every kernel's arithmetic is fixed per sample (see `linear`, `attention`), so a sample's
-        // output bits do not depend on its batch or the thread count. The lock keeps passes apart.
-        return BLAS.exclusive(threads: 1) { run(x: x, t: t, y: y, condition: condition, workspace: ws) }
+        // output bits do not depend on its batch or the thread count.
+        return run(x: x, t: t, y: y, condition: condition, workspace: ws)
     }
 
     private static func isImage(_ x: Tensor, _ N: Int, _ C: Int, _ S: Int) -> Bool {

@@ -249,7 +249,7 @@ public func conv2dBLAS(
     let cols = pointwise ? nil : UnsafeMutablePointer<Float>.allocate(capacity: workers * K * tileRows * Wo)
     defer { cols?.deallocate() }
     let src = x.pointer
-    BLAS.exclusive(threads: 1) {
+    BLAS.singleThreaded {
         parallelItems(items, workers: workers) { item, worker in
             let (n, r0) = (item / tilesPerSample, item % tilesPerSample * tileRows)
             let xs = src + n * Cin * H * W

@@ -6,48 +6,21 @@ import Glibc
 // Every kernel here has a naive twin in Tests/GriditTensorTests/NaiveKernels.swift.
 
 public enum BLAS {
-    /// Threads OpenBLAS uses for one product. Set explicitly: never left implicit.
-    public static func setThreadCount(_ n: Int) { openblas_set_num_threads(Int32(max(1, n))) }
-    public static var threadCount: Int { Int(openblas_get_num_threads()) }
+    /// Workers of a pass when the caller does not say: the CPUs online.
+    public static var threadCount: Int { max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
 
-    /// Runs `body` holding the process-wide compute lock, with OpenBLAS set to `threads` threads.
+    /// Runs `body`, whose OpenBLAS calls must each run on the calling thread.
     ///
-    /// OpenBLAS' thread count is one global setting. The fallback products set it to 1 (they run
-    /// single-threaded products on several workers) and rely on it, and every pass holds this lock:
-    /// two passes at once would only fight over the same cores (and gridit's thread pool) anyway.
-    /// The lock is recursive, so kernels that need it can take it again inside a pass.
-    public static func exclusive<T>(threads: Int, _ body: () throws -> T) rethrows -> T {
-        computeLock.lock()
-        defer { computeLock.unlock() }
-        let saved = threadCount
-        if saved != threads { setThreadCount(threads) }
-        defer { if saved != threads { setThreadCount(saved) } }
+    /// The fallback products spread single-threaded OpenBLAS calls over gridit's workers (OpenBLAS'
+    /// own partitioning would change the result bits), and two passes may run at once (the
+    /// engine's two lanes). OpenBLAS' thread count is one process-wide setting, so it is set to 1
+    /// once, before the first such call, and never changed.
+    public static func singleThreaded<T>(_ body: () throws -> T) rethrows -> T {
+        _ = oneThread
         return try body()
     }
 
-    private static let computeLock = RecursiveMutex()
-}
-
-/// A recursive pthread mutex (GriditTensor does not link Foundation).
-final class RecursiveMutex: @unchecked Sendable {
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-
-    init() {
-        mutex = .allocate(capacity: 1)
-        var attr = pthread_mutexattr_t()
-        pthread_mutexattr_init(&attr)
-        pthread_mutexattr_settype(&attr, Int32(PTHREAD_MUTEX_RECURSIVE))
-        pthread_mutex_init(mutex, &attr)
-        pthread_mutexattr_destroy(&attr)
-    }
-
-    func lock() { pthread_mutex_lock(mutex) }
-    func unlock() { pthread_mutex_unlock(mutex) }
-
-    deinit {
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-    }
+    private static let oneThread: Void = openblas_set_num_threads(1)
 }
 
 /// y = x · Wᵀ + b (PyTorch `nn.Linear`), with W in PyTorch's (out, in) layout used in place.
@@ -83,7 +56,7 @@ public func linearRowBlock(segment: Int) -> Int { segment <= 512 ? 128 : 256 }
 /// row count of a call). Here every block is the same call whatever the batch composition and
 /// the worker count, so a sample's output is bit-identical in any batch, at any thread count.
 /// The fallback of `linear` on CPUs without AVX-512; call with OpenBLAS at one thread
-/// (`BLAS.exclusive(threads: 1)`).
+/// (`BLAS.singleThreaded`).
 public func linearRows(
     _ x: UnsafePointer<Float>, rows M: Int, segment: Int, weight: Tensor, bias: Tensor?,
     workers: Int, into y: UnsafeMutablePointer<Float>

@@ -23,7 +23,9 @@ public final class AlignedBuffer: @unchecked Sendable {
 /// The threads and scratch memory that a run of kernels uses (one forward pass at a time): the
 /// scratch is sized up front by its owner (a model workspace), so kernels never allocate.
 public final class ComputeContext {
-    public let workers: Int
+    /// Threads of the next kernels; may change between passes (scratch sized for fewer workers grows
+    /// when it must).
+    public var workers: Int { didSet { workers = max(1, workers) } }
     public let backend: KernelBackend
     public private(set) var scratch: AlignedBuffer
 
@@ -161,7 +163,7 @@ public func linear(
         gk_gemm(&args, scratch, Int32(context.workers))
     } else {
         precondition(ldx == K && ldy == N, "linear: strided rows need the AVX-512 backend")
-        BLAS.exclusive(threads: 1) {
+        BLAS.singleThreaded {
             linearRows(
                 x, rows: M, segment: segment, weight: w.fp32Weight, bias: w.bias, workers: context.workers, into: y)
         }
@@ -242,7 +244,7 @@ public final class FusedLinear: @unchecked Sendable {
                 x, inFeatures, M, inFeatures, bf16, segments, layers.count, y, outFeatures, scratch,
                 Int32(context.workers))
         } else {
-            BLAS.exclusive(threads: 1) {
+            BLAS.singleThreaded {
                 var offset = 0
                 for layer in layers {
                     // One row per block, written with stride outFeatures into its columns.

@@ -193,6 +193,34 @@ import Testing
     #expect(bar.hasPrefix("\rstage 1  grid 1/2  step 1/3") && bar.hasSuffix("\n") && bar.contains("100%"))
 }
 
+/// With two threads the stages run in two lanes: grids on the calling thread, frames on another,
+/// their steps interleaved; progress still only grows and every unit and step is reported once.
+@Test func withTwoThreadsTheFramesRunInTheirOwnLane() throws {
+    let p = try pipeline("pixel")
+    let scratch = TemporaryDirectory("ge-lanes")
+    let caller = pthread_self()
+    var progress: [JobProgress] = [], steps: [StepProgress] = [], onCaller: [Stage: Set<Bool>] = [:]
+    let run = try SequenceRun(
+        pipeline: p, spec: JobSpec(length: 20, parameters: .init(seed: 1, steps: "3", srSteps: "2")),
+        workDirectory: scratch.file("w"),
+        hooks: RunHooks(
+            onProgress: { progress.append($0) },
+            onStep: {
+                steps.append($0)
+                onCaller[$0.stage, default: []].insert(pthread_equal(pthread_self(), caller) != 0)
+            }))
+    try run.execute(options: ExecutionOptions(threads: 2, maxBatch: 8))
+    #expect(onCaller == [.grid: [true], .sr: [false]])
+    #expect(progress.count == 2 + 20 && progress.last?.framesDone == 20 && progress.last?.gridsDone == 2)
+    #expect(
+        zip(progress, progress.dropFirst()).allSatisfy {
+            $0.gridsDone <= $1.gridsDone && $0.framesDone <= $1.framesDone
+        })
+    #expect(steps.filter { $0.stage == .grid }.count == 6 && steps.filter { $0.stage == .sr }.count == 40)
+    let fractions = steps.compactMap(\.fraction)
+    #expect(fractions.count == steps.count && zip(fractions, fractions.dropFirst()).allSatisfy { $0 <= $1 + 1e-9 })
+}
+
 func sha256Hex(_ bytes: [UInt8]) -> String {
     SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
 }

@@ -53,7 +53,8 @@ typedef void (*gk_task_fn)(void *ctx, size_t task, int worker);
 
 /// Runs fn(ctx, t, worker) for t < tasks on up to `workers` threads (the caller included) and
 /// returns when all are done. worker < workers indexes per-thread scratch; the task-to-worker
-/// assignment is dynamic, so tasks must not depend on it. Nested or concurrent calls run serially.
+/// assignment is dynamic, so tasks must not depend on it. Two callers can run jobs at once (two
+/// pools); nested calls, and calls while both pools are busy, run serially on the caller.
 void gk_parallel_for(size_t tasks, int workers, gk_task_fn fn, void *ctx);
 
 // MARK: matrix products (gemm.c, AVX-512 only: callers check gk_isa() >= GK_ISA_AVX512)
