@@ -34,7 +34,8 @@ typedef int32_t v16i __attribute__((ext_vector_type(16)));
 // between the clones that have AVX-512 and those that do not.
 #define LOAD16(p) ({ v16 _v; __builtin_memcpy(&_v, (p), sizeof _v); _v; })
 #define STORE16(p, v) do { v16 _t = (v); __builtin_memcpy((p), &_t, sizeof _t); } while (0)
-#define VMAX(a, b) __builtin_elementwise_max((a), (b))
+// A plain compare-select: one vmaxps, where elementwise_max adds a NaN fix-up.
+#define VMAX(a, b) ({ v16 _l = (a), _m = (b); _l > _m ? _l : _m; })
 
 // exp on 16 lanes for x <= 0 (scores minus their max): gk_expf's reduction and polynomial, n
 // rounded with the 1.5·2²³ trick, whose low bits then hold n + 127 for the exponent.
@@ -174,19 +175,25 @@ static void attend_tile(void *ctx, size_t item, int worker) {
             scores_tile(kr, qt, HD, St + t0 * BR, mx);
         }
         // alpha rescales what earlier chunks summed (none in the first: l and O are 0 there).
-        v16 alpha[NV], sum[2][NV];  // two sums per vector: not one long dependency chain
+        v16 alpha[NV], sum0[NV], sum1[NV];  // two sums per vector: not one long dependency chain
         for (int c = 0; c < NV; c++) {
             alpha[c] = EXP16(m[c] - mx[c]);
             m[c] = mx[c];
-            sum[0][c] = sum[1][c] = (v16)0.0f;
+            sum0[c] = sum1[c] = (v16)0.0f;
         }
-        for (size_t t = 0; t < kv; t++)
+        for (size_t t = 0; t < kv; t += 2)
             for (int c = 0; c < NV; c++) {
-                v16 p = EXP16(LOAD16(St + t * BR + 16 * c) - m[c]);
-                STORE16(St + t * BR + 16 * c, p);
-                sum[t & 1][c] += p;
+                float *s = St + t * BR + 16 * c;
+                v16 p = EXP16(LOAD16(s) - m[c]);
+                STORE16(s, p);
+                sum0[c] += p;
+                if (t + 1 < kv) {
+                    p = EXP16(LOAD16(s + BR) - m[c]);
+                    STORE16(s + BR, p);
+                    sum1[c] += p;
+                }
             }
-        for (int c = 0; c < NV; c++) l[c] = l[c] * alpha[c] + (sum[0][c] + sum[1][c]);
+        for (int c = 0; c < NV; c++) l[c] = l[c] * alpha[c] + (sum0[c] + sum1[c]);
         if (j0 > 0)
             for (size_t d = 0; d < HD; d++)
                 for (int c = 0; c < NV; c++) STORE16(Ot + d * BR + 16 * c, LOAD16(Ot + d * BR + 16 * c) * alpha[c]);
