@@ -91,12 +91,23 @@ func runAttention(_ qkv: [Float], N: Int, T: Int, D: Int, NH: Int, workers: Int)
 }
 
 @Test func attentionOfLongSequencesMatchesNaive() {
-    // Several key blocks (online softmax across blocks), a partial last block and a partial last
-    // query tile; large scores so the running maximum changes between blocks.
+    // Several query tiles, a partial last tile and a partial last register tile of keys; large
+    // scores, far from 0 after the scale.
     let (N, T, D, NH) = (1, 150, 32, 2)
     let qkv = testValues(N * T * 3 * D, seed: 21, scale: 3)
     let out = runAttention(qkv, N: N, T: T, D: D, NH: NH, workers: 2)
     #expect(maxAbsDiff(out, Naive.attention(qkv, N: N, T: T, D: D, NH: NH), "attention T=150") <= 1e-5)
+}
+
+/// The kernel takes up to 512 keys in one softmax chunk: 512 is one chunk, 513 a second chunk of
+/// one key, 700 a second chunk that ends inside a register tile. Large scores so the running
+/// maximum changes between chunks; head dim 20 is not a multiple of the vector width.
+@Test(arguments: [512, 513, 700])
+func attentionAcrossSoftmaxChunksMatchesNaive(tokens T: Int) {
+    let (N, D, NH) = (1, 20, 1)
+    let qkv = testValues(N * T * 3 * D, seed: 23, scale: 3)
+    let out = runAttention(qkv, N: N, T: T, D: D, NH: NH, workers: 2)
+    #expect(maxAbsDiff(out, Naive.attention(qkv, N: N, T: T, D: D, NH: NH), "attention T=\(T)") <= 1e-5)
 }
 
 @Test func attentionOfASampleIsTheSameInAnyBatch() {

@@ -128,7 +128,7 @@ void gk_linear_small(const float *x, size_t ldx, size_t M, size_t K, int bf16, c
 
 // MARK: attention (attention.c)
 
-/// softmax(q kᵀ / sqrt(HD)) v per (sample, head), online softmax over blocks of keys. q, k, v:
+/// softmax(q kᵀ / sqrt(HD)) v per (sample, head), online softmax over chunks of keys. q, k, v:
 /// (N, T, D) views with token rows `ld` floats apart (3D inside a packed qkv); heads (NH, HD)
 /// head-major within D; out: (N, T, D) with rows `ldo` apart. scratch: gk_attention_scratch_floats.
 size_t gk_attention_scratch_floats(size_t N, size_t T, size_t D, size_t NH, int workers);
