@@ -214,3 +214,33 @@ func bf16ProductsOnFMAsGiveTheBitsOfVDPBF16PS() {
         }
     }
 }
+
+@Test(.enabled(if: gk_isa() >= GK_ISA_AVX512BF16))
+func bf16ProductsBelowTheNormalRangeAddedToASmallNormalSum() {
+    // The corner the test above leaves out: products below the normal range (2^-130) added to a
+    // running sum that is a normal number (2^-126). VDPBF16PS keeps them (only a denormal result is
+    // flushed), and so must the FMA form: 2^-126 + 6 · 2^-130 either way.
+    let K = 8
+    var x = [Float](repeating: 0, count: K), w = [Float](repeating: 0, count: K)
+    (x[0], w[0]) = (Float(bitPattern: 0x2000_0000), Float(bitPattern: 0x2000_0000))  // 2^-63 · 2^-63 = 2^-126
+    for k in 2..<K { (x[k], w[k]) = (Float(bitPattern: 0x1C80_0000), Float(bitPattern: 0x2180_0000)) }  // 2^-70 · 2^-60
+    func run(_ kernel: Int32) -> UInt32 {
+        var y: Float = 0
+        let scratch = UnsafeMutableRawPointer.allocate(byteCount: max(1, gk_gemm_scratch_bytes(1, K, 1, 0, 1)), alignment: 64)
+        defer { scratch.deallocate() }
+        x.withUnsafeBufferPointer { xp in
+            w.withUnsafeBufferPointer { wp in
+                withUnsafeMutablePointer(to: &y) { yp in
+                    var g = gk_gemm_args()
+                    (g.M, g.N, g.K, g.bf16, g.bf16_kernel) = (1, 1, K, 1, kernel)
+                    (g.a, g.lda, g.b, g.ldb, g.c, g.ldc) = (xp.baseAddress, K, wp.baseAddress, K, yp, 1)
+                    gk_gemm(&g, scratch, 1)
+                }
+            }
+        }
+        return y.bitPattern
+    }
+    let dp = run(Int32(GK_BF16_DPBF16)), fma = run(Int32(GK_BF16_FMA))
+    print("sum \(Float(bitPattern: dp)) (VDPBF16PS) vs \(Float(bitPattern: fma)) (FMA form); product \(x[2] * w[2])")
+    #expect(dp == fma)
+}
