@@ -226,7 +226,8 @@ func bf16ProductsBelowTheNormalRangeAddedToASmallNormalSum() {
     for k in 2..<K { (x[k], w[k]) = (Float(bitPattern: 0x1C80_0000), Float(bitPattern: 0x2180_0000)) }  // 2^-70 · 2^-60
     func run(_ kernel: Int32) -> UInt32 {
         var y: Float = 0
-        let scratch = UnsafeMutableRawPointer.allocate(byteCount: max(1, gk_gemm_scratch_bytes(1, K, 1, 0, 1)), alignment: 64)
+        let scratch = UnsafeMutableRawPointer.allocate(
+            byteCount: max(1, gk_gemm_scratch_bytes(1, K, 1, 0, 1)), alignment: 64)
         defer { scratch.deallocate() }
         x.withUnsafeBufferPointer { xp in
             w.withUnsafeBufferPointer { wp in
