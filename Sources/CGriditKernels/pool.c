@@ -100,9 +100,10 @@ static void *worker_main(void *arg) {
     gk_pool *pool = &pools[(intptr_t)arg / GK_MAX_WORKERS];
     int worker = (int)((intptr_t)arg % GK_MAX_WORKERS);
     unsigned seen = pool->start_generation[worker];
+    int needed = 1;  // by the last job: a thread its jobs leave out goes back to sleep without spinning
     for (;;) {
         unsigned g;
-        int spins = 0;
+        int spins = needed ? 0 : GK_SPIN_PAUSE + GK_SPIN_YIELD;
         while ((g = atomic_load_explicit(&pool->generation, memory_order_acquire)) == seen) {
             if (!spin(&spins)) {
                 // seq_cst pairs with the caller's bump-then-check: it sees a sleeper or we see the bump.
@@ -112,7 +113,8 @@ static void *worker_main(void *arg) {
             }
         }
         seen = g;
-        if (worker >= pool->workers) continue;  // not needed for this job
+        needed = worker < pool->workers;
+        if (!needed) continue;
         run_tasks(pool, worker);
         if (atomic_fetch_sub(&pool->pending, 1) == 1 && atomic_load(&pool->caller_sleeping))
             futex_wake(&pool->pending);

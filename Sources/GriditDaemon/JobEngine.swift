@@ -72,7 +72,8 @@ public enum StopReason: String, Sendable, Hashable, Codable {
     case fenced
 }
 
-/// Callbacks the engine calls on its own (worker) thread. All are cheap and never block on I/O.
+/// Callbacks the engine calls one at a time, on its own (worker) thread or on the second thread
+/// it runs stage 2 on. All are cheap and never block on I/O.
 public struct ExecutionHooks: Sendable {
     /// Asked between batched forwards: jobs (of the batch's pipeline) to add to the running batch,
     /// so a new job starts without waiting for the others to finish. Each is the engine's until it

@@ -83,6 +83,8 @@ final class BatchRunner {
 
     /// Adds runs and starts their session (timings, progress accounting).
     private func join(_ new: [SequenceRun]) {
+        guard !new.isEmpty else { return }
+        wake()  // a lane that found nothing before may have work in the new runs
         let now = Date()
         for run in new {
             let i = runs.count
@@ -178,7 +180,8 @@ final class BatchRunner {
             let frames =
                 lane == .grids ? [] : candidates(active, limit: max(options.maxBatch, 64)) { $0.readyFrames(limit: $1) }
             if !grids.isEmpty && (lane == .grids || !preferFrames || frames.isEmpty) {
-                runBatch(gridPass, grids, lane: lane)
+                // Runs that the frames' lane completes meanwhile are reported between this batch's steps.
+                runBatch(gridPass, grids, lane: lane) { if lane == .grids { self.report(finished) } }
                 preferFrames = true
             } else if !frames.isEmpty {
                 let direct = frames.filter { runs[$0.run].schedule2 == nil }
@@ -312,7 +315,7 @@ final class BatchRunner {
     /// One batch of `pass`'s stage: units chosen round robin over the runs (so that one long run
     /// does not starve the others) up to the rows the memory budget allows, denoised together;
     /// each finished unit is stored and reported at once.
-    private func runBatch(_ pass: StagePass, _ candidates: [Unit], lane: Lane) {
+    private func runBatch(_ pass: StagePass, _ candidates: [Unit], lane: Lane, betweenSteps: () -> Void = {}) {
         guard !candidates.isEmpty else { return }
         let limit = maxRows(pass)
         var byRun: [Int: [Int]] = [:]
@@ -365,6 +368,7 @@ final class BatchRunner {
                     }
                 },
                 afterStep: { i, _ in
+                    betweenSteps()
                     let unit = members[i].unit
                     let run = self.runs[unit.run]
                     guard self.keepsGoing(unit.run) else { return false }

@@ -4,7 +4,8 @@
 import Foundation
 import GriditJobSpec
 
-/// Callbacks of a run. They are called on the thread that executes the run.
+/// Callbacks of a run, called one at a time by the engine: on the thread that executes the run, or
+/// (stage 2 beside stage 1, two threads or more) on the engine's second thread.
 public struct RunHooks {
     /// After each durable unit: a stage-1 grid written, or a batch of frames written. A daemon
     /// saves this as the job's progress and heartbeats its lease.

@@ -19,7 +19,8 @@ import GriditModels
 import GriditTensor
 
 /// Seconds spent on a run, summed over every session that worked on it. Batches shared with other
-/// runs count fully for each of them.
+/// runs count fully for each of them, and the two stages run side by side with two threads or
+/// more, so their seconds may add up to more than the run's wall time.
 public struct RunTimings: Codable, Sendable, Equatable {
     /// Stage-1 batches (including the VAE decode of the grids).
     public var stage1Seconds: Double = 0
@@ -75,7 +76,8 @@ struct RunSession {
 /// else it throws `invalid_input`. Then `execute` (or `SequenceRun.execute(_:options:)` for several
 /// runs batched together) until `isComplete`, and `finish(into:)` writes the output directory.
 ///
-/// Not thread-safe: use a run from one thread at a time (the one that executes it).
+/// Not thread-safe: use a run from one thread at a time (`execute` hands it between its two
+/// threads under one lock).
 public final class SequenceRun {
     public let pipeline: LoadedPipeline
     public let spec: JobSpec
