@@ -17,11 +17,7 @@ struct ConvertProcessTests {
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, model: tinyPipeline())
         defer { daemon.stop() }
-        func run(_ args: [String]) throws -> ProcessResult {
-            try runProcess(
-                binaryDirectory() + "/griditctl", args + ["--socket", daemon.socket],
-                environment: ["PATH": "/usr/bin:/bin"])
-        }
+        func run(_ args: [String]) throws -> ProcessResult { try UploadProcessTests.griditctl(daemon, args) }
         func decode(_ result: ProcessResult) throws -> ModelImportResult {
             try APICoding.decoder().decode(ModelImportResult.self, from: Data(result.stdout.utf8))
         }
@@ -60,11 +56,7 @@ struct ConvertProcessTests {
         defer { dir.remove() }
         let daemon = try DaemonProcess(directory: dir, model: tinyPipeline())
         defer { daemon.stop() }
-        func run(_ args: [String]) throws -> ProcessResult {
-            try runProcess(
-                binaryDirectory() + "/griditctl", args + ["--socket", daemon.socket],
-                environment: ["PATH": "/usr/bin:/bin"])
-        }
+        func run(_ args: [String]) throws -> ProcessResult { try UploadProcessTests.griditctl(daemon, args) }
         let before = try run(["models", "list", "--json"]).stdout
 
         let unknown = try run(["models", "convert", "nope:v1", "--precision", "bf16"])
