@@ -53,6 +53,30 @@ public struct TagModelRequest: Codable, Hashable, Sendable {
     }
 }
 
+/// `POST /v1/models/convert`: a new version of what `ref` names with its weights stored in
+/// `precision` (only `bf16`), tagged `tag` (default `NAME:TAG-bf16`).
+public struct ConvertModelRequest: Codable, Hashable, Sendable {
+    public var ref: String
+    public var precision: String
+    public var tag: String?
+
+    public init(ref: String, precision: String, tag: String? = nil) {
+        self.ref = ref
+        self.precision = precision
+        self.tag = tag
+    }
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case ref, precision, tag }
+
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, known: CodingKeys.allCases.map(\.rawValue), in: "the request")
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        ref = try c.decode(String.self, forKey: .ref)
+        precision = try c.decode(String.self, forKey: .precision)
+        tag = try c.decodeIfPresent(String.self, forKey: .tag)
+    }
+}
+
 /// `POST /v1/models/verify`: re-hash one version, or every blob with `all`.
 public struct VerifyModelsRequest: Codable, Hashable, Sendable {
     public var reference: String?
@@ -97,6 +121,7 @@ public enum ModelCommand: Hashable, Sendable {
     /// Import a body griditctl streamed (`POST /v1/models/upload`), staged by griditd in `file`.
     case importUpload(ModelUpload)
     case tag(TagModelRequest)
+    case convert(ConvertModelRequest)
     case remove(reference: String)
     case verify(VerifyModelsRequest)
     case gc(GCModelsRequest)
@@ -110,7 +135,7 @@ public enum ModelCommand: Hashable, Sendable {
     public var requiresAdmin: Bool {
         switch self {
         case .list, .show, .ps, .export, .check: false
-        case .importPipeline, .importUpload, .tag, .remove, .verify, .gc: true
+        case .importPipeline, .importUpload, .tag, .convert, .remove, .verify, .gc: true
         }
     }
 
@@ -120,6 +145,7 @@ public enum ModelCommand: Hashable, Sendable {
         case .show: "show"
         case .importPipeline, .importUpload: "import"
         case .tag: "tag"
+        case .convert: "convert"
         case .remove: "rm"
         case .verify: "verify"
         case .gc: "gc"

@@ -130,6 +130,11 @@ public final class ModelStoreCatalog: ModelCatalog {
             case .tag(let request):
                 let r = ModelTagResult(try models.tag(request.source, request.target))
                 return ModelCommandOutput(encoding: r, text: r.render())
+            case .convert(let request):
+                // The offline command's conversion; on the blocking pool, as it reads and writes whole weight files.
+                let r = ModelImportResult(
+                    try models.convert(request.ref, precision: request.precision, name: request.tag))
+                return ModelCommandOutput(encoding: r, text: r.render())
             case .remove(let reference):
                 let r = ModelRemoveResult(try models.remove(reference, pins: pins))
                 return ModelCommandOutput(encoding: r, text: r.render())

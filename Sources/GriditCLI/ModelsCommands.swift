@@ -9,7 +9,8 @@ struct Models: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Manage pipeline versions in griditd's model store.",
         subcommands: [
-            List.self, Show.self, Import.self, Tag.self, Remove.self, Verify.self, GC.self, Export.self, PS.self,
+            List.self, Show.self, Import.self, Tag.self, Convert.self, Remove.self, Verify.self, GC.self, Export.self,
+            PS.self,
         ],
         defaultSubcommand: List.self)
 
@@ -147,6 +148,27 @@ struct Models: ParsableCommand {
         func run(client: GriditClient, output: Output) throws {
             let body = APICoding.encode(TagModelRequest(source: source, target: target))
             try Models.print(try client.call("POST", "/v1/models/tag", body: body), json: global.json, output: output)
+        }
+    }
+
+    struct Convert: ClientCommand {
+        static let configuration = CommandConfiguration(
+            abstract:
+                "Store a version's DiT weights in another precision, as a new version with its own digest. Admins.",
+            discussion:
+                "--precision bf16 stores the weight of every matrix product as BF16 (half its bytes) and sets the pipeline's defaults.precision to bf16; run in bf16, the new version gives the source's bf16 outputs bit for bit. The source stays as it was; converting it again gives the same digest."
+        )
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The version to convert: NAME:TAG, NAME@sha256:<hex> or sha256:<hex>.") var reference: String
+        @Option(help: "The precision to store: bf16.") var precision: String
+        @Option(
+            name: [.customLong("tag"), .customLong("name")],
+            help: "NAME:TAG for the new version (default: NAME:TAG-bf16, or NAME:bf16 for NAME@sha256:…).")
+        var tag: String?
+        func run(client: GriditClient, output: Output) throws {
+            let body = APICoding.encode(ConvertModelRequest(ref: reference, precision: precision, tag: tag))
+            try Models.print(
+                try client.call("POST", "/v1/models/convert", body: body), json: global.json, output: output)
         }
     }
 

@@ -99,6 +99,9 @@ public struct ControlAPI: Sendable {
         Route(method: .post, template: "/v1/models/tag") { api, r, _ in
             try await api.model(.tag(try api.decode(TagModelRequest.self, r)), r)
         },
+        Route(method: .post, template: "/v1/models/convert") { api, r, _ in
+            try await api.model(.convert(try api.decode(ConvertModelRequest.self, r)), r)
+        },
         Route(method: .post, template: "/v1/models/verify") { api, r, _ in
             try await api.model(.verify(try api.decode(VerifyModelsRequest.self, r, emptyAllowed: true)), r)
         },

@@ -24,10 +24,7 @@ extension ModelStore {
     public func convert(
         _ reference: String, precision: String, name: String? = nil
     ) throws(ModelStoreError) -> ImportReport {
-        do { try requireWritable("convert") } catch {
-            // No daemon route converts: it reads and writes whole weight files, offline only.
-            throw ModelStoreError(error.code, error.message, hint: "stop griditd, convert, then start it again")
-        }
+        try requireWritable("convert")
         guard Self.conversionPrecisions.contains(precision) else {
             throw ModelStoreError(
                 .invalidInput,
@@ -47,7 +44,9 @@ extension ModelStore {
             case .digest, .digestPrefix:
                 throw ModelStoreError(
                     .invalidReference, "\(reference) has no name to tag the converted version with",
-                    hint: "add --name NAME:TAG (e.g. --name moving-digits:v1-bf16)")
+                    hint:
+                        "name the new version: `griditctl models convert … --tag NAME:TAG` (`--name` offline), e.g. moving-digits:v1-bf16"
+                )
             }
         }
         let digest = try resolve(parsed)

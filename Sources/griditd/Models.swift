@@ -200,7 +200,7 @@ struct ModelsImport: AsyncParsableCommand {
 
 extension LinkMode: ExpressibleByArgument {}
 
-struct ModelsConvert: ParsableCommand {
+struct ModelsConvert: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "convert",
         abstract: "Store a version's DiT weights in another precision, as a new version with its own digest.",
@@ -208,7 +208,8 @@ struct ModelsConvert: ParsableCommand {
             --precision bf16 stores the weights of every matrix product as BF16 (half their bytes; \
             biases, embeddings, the VAE and the configs as they were) and sets the pipeline's \
             defaults.precision to bf16. Run in bf16, the new version gives the source's bf16 outputs \
-            bit for bit and loads with half the memory. The source version stays as it was.
+            bit for bit and loads with half the memory. The source version stays as it was. While \
+            griditd runs, `griditctl models convert REF --precision bf16 [--tag NAME:TAG]` does it.
             """)
 
     @Argument(help: "The version to convert: NAME:TAG, NAME@sha256:… or sha256:….")
@@ -222,8 +223,11 @@ struct ModelsConvert: ParsableCommand {
 
     @OptionGroup var options: StoreOptions
 
-    func run() throws {
-        let session = try options.session("convert", mutating: true)
+    func run() async throws {
+        // Like an import: with the cluster's settings the new version is published to the origin.
+        let configuration = try await options.daemonConfiguration()
+        try await options.checkSharedRoot(configuration)
+        let session = try options.session("convert", mutating: true, origin: configuration.layout.modelOrigin)
         let result = try storeCall { () throws(ModelStoreError) in
             ModelImportResult(try session.store.convert(reference, precision: precision, name: name))
         }

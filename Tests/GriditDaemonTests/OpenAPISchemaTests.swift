@@ -128,6 +128,9 @@ struct OpenAPISchemaTests {
             body: ImportModelRequest(path: pipeline, name: "tiny:b", link: "copy"))
         try check(
             "POST", "/v1/models/tag", "/v1/models/tag", body: TagModelRequest(source: "tiny:latest", target: "t:c"))
+        try check(
+            "POST", "/v1/models/convert", "/v1/models/convert",
+            body: ConvertModelRequest(ref: "tiny:latest", precision: "bf16"))
         try check("GET", "/v1/models", "/v1/models")
         try check("GET", "/v1/models/ps", "/v1/models/ps")
         try check("GET", "/v1/models/check", "/v1/models/check")

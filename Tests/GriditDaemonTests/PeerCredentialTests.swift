@@ -110,6 +110,7 @@ struct PeerCredentialTests {
         for command in [
             ["models", "rm", "tiny:latest"], ["models", "gc"], ["models", "tag", "tiny:latest", "tiny:mine"],
             ["models", "import", tinyPipeline(), "--name", "evil:v1"],
+            ["models", "convert", "tiny:latest", "--precision", "bf16"],
         ] {
             let refused = try Self.griditctl(client, uid: bob, gid: Self.usersGID, command, socket: daemon.socket)
             #expect(refused.status == 77, "\(command): \(refused.stderr)")

@@ -141,6 +141,42 @@ struct PostgresModelPullTests {
     }
 
     @Test(
+        "griditctl models convert on one host publishes the new version and its tag to the origin; another host runs a job of it by tag"
+    )
+    func convertPublishes() throws {
+        let url = try PostgresDaemonTests.freshURL()
+        let (dirA, dirB, shared) = (TemporaryDirectory(), TemporaryDirectory(), TemporaryDirectory())
+        defer {
+            for dir in [dirA, dirB, shared] { dir.remove() }
+        }
+        _ = try Self.importOnA(dirA, url: url, shared: shared.path)
+        let cluster = ["--database", url, "--shared-root", shared.path]
+        let a = try DaemonProcess(directory: dirA, arguments: cluster)
+        let b = try DaemonProcess(directory: dirB, arguments: cluster)
+        let run = try runProcess(
+            binaryDirectory() + "/griditctl", ["models", "convert", "tiny:latest", "--precision", "bf16", "--json"],
+            environment: a.cliEnvironment, timeout: 120)
+        #expect(run.status == 0, "\(run.stderr)")
+        let converted = try APICoding.decoder().decode(ModelImportResult.self, from: Data(run.stdout.utf8))
+        let origin = try #require(converted.published, "\(converted)")
+        #expect(
+            Set(converted.blobs.map { String($0.digest.dropFirst(7)) }).isSubset(of: entries(origin + "/blobs/sha256")))
+        #expect(
+            (try? String(contentsOfFile: origin + "/tags/tiny:latest-bf16", encoding: .utf8))?.contains(
+                String(converted.digest.dropFirst(7))) == true)
+
+        // B, whose own store holds neither the tag nor the version, runs it: the tag resolves in the origin.
+        try Self.drain(a, a)
+        let request = SubmitJobRequest(
+            spec: JobSpec(length: 4, model: "tiny:latest-bf16", parameters: .init(seed: 5)))
+        let job = try b.client.post("/v1/jobs", request, as: SubmitJobResponse.self).job
+        #expect(job.pipelineDigest == converted.digest)
+        let (done, nodeB) = (try waitForJob(b, job.id), try PostgresDaemonTests.nodeID(b))
+        #expect(done.state == .succeeded && done.node == nodeB, "\(done)\n\(b.log)")
+        #expect(a.stop() == 0 && b.stop() == 0)
+    }
+
+    @Test(
         "a corrupted origin blob is refused by every host, and nothing of it lands in their stores; an unreachable origin makes the job retryable, and it succeeds once the origin is back"
     )
     func corruptAndUnreachableOrigin() throws {
