@@ -111,6 +111,33 @@ private func bytes(
             == (try bytes("latent", JobSpec(length: 3, parameters: .init(seed: 5, steps: "2", noSR: true)))))
 }
 
+/// A run with only frames left (a job resumed after its last grid), admitted while the grids' lane
+/// has nothing to do and the frames' lane has just looked: the frames' lane must take it.
+@Test func aRunWithOnlyFramesLeftAdmittedLateIsCompleted() throws {
+    let p = try pipeline("latent")
+    let scratch = TemporaryDirectory("ge-admit-frames")
+    let half = try SequenceRun(pipeline: p, spec: latentRequest, workDirectory: scratch.file("b"))
+    half.hooks = RunHooks(shouldStop: { [unowned half] in half.gridsDone == half.plan.grids })
+    #expect(throws: EngineError.interrupted) { try half.execute(options: ExecutionOptions(threads: 1, maxBatch: 4)) }
+    let resumed = try SequenceRun(pipeline: p, spec: latentRequest, workDirectory: scratch.file("b"))
+    #expect(resumed.gridsDone == resumed.plan.grids && resumed.framesDone < resumed.plan.frames)
+
+    let first = try SequenceRun(
+        pipeline: p, spec: JobSpec(length: 3, parameters: .init(seed: 5, steps: "2", srSteps: "2")),
+        workDirectory: scratch.file("a"))
+    var admitted = false
+    let outcomes = SequenceRun.execute(
+        [first], options: ExecutionOptions(threads: 2, maxBatch: 4),
+        admit: {
+            guard first.isComplete, !admitted else { return [] }
+            admitted = true
+            return [resumed]
+        })
+    #expect(admitted && outcomes.count == 2)
+    for outcome in outcomes { #expect(throws: Never.self) { try outcome.get() } }
+    #expect(results(of: resumed.workDirectory) == (try bytes("latent", latentRequest)))
+}
+
 @Test func resumingAfterAnInterruptionAtAnyPointGivesTheSameBytes() throws {
     let p = try pipeline("latent")
     let scratch = TemporaryDirectory("ge-resume")
