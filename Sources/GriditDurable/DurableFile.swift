@@ -142,6 +142,11 @@ public enum DurableFiles {
         name.hasPrefix(".\(target).tmp-")
     }
 
+    /// Whether `name` is the temporary file of a durable write of any name.
+    public static func isTemporary(_ name: String) -> Bool {
+        name.hasPrefix(".") && name.contains(".tmp-")
+    }
+
     /// Best-effort fsync of a directory: makes the renames, links and creations in it durable.
     public static func syncDirectory(_ path: String) {
         let fd = open(path.isEmpty ? "." : path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)

@@ -7,7 +7,7 @@ import PostgresNIO
 /// node's "last seen" is the database's instant on every host.
 extension PostgresJobStore: NodeRegistry {
     public func registerNode(id: String, hostname: String, version: String, now: Date) async throws(StateError) {
-        let uuid = try Self.nodeUUID(id), now = clock == .caller ? Self.clamped(now) : nil
+        let uuid = try Self.nodeUUID(id), now = injected(now)
         try await transaction(onUnknownCommit: .retry) { connection in
             _ = try await connection.sql(
                 """
@@ -21,7 +21,7 @@ extension PostgresJobStore: NodeRegistry {
     }
 
     public func touchNode(id: String, hostname: String, version: String, now: Date) async throws(StateError) -> Bool {
-        let uuid = try Self.nodeUUID(id), at = clock == .caller ? Self.clamped(now) : nil
+        let uuid = try Self.nodeUUID(id), at = injected(now)
         let draining = try await transaction(onUnknownCommit: .retry) { connection in
             try await connection.sql(
                 """
@@ -61,7 +61,7 @@ extension PostgresJobStore: NodeRegistry {
     }
 
     public func removeNode(id: String, unseenFor: TimeInterval, now: Date) async throws(StateError) {
-        let uuid = try Self.nodeUUID(id), at = clock == .caller ? Self.clamped(now) : nil
+        let uuid = try Self.nodeUUID(id), at = injected(now)
         try await transaction(
             onUnknownCommit: .resolve { connection, _ in
                 try await connection.sql("SELECT 1 FROM node WHERE id = \(uuid)").rows.isEmpty

@@ -13,7 +13,6 @@ import GriditJobQueue
 import GriditJobSpec
 import GriditStateDatabase
 import Logging
-import NIOConcurrencyHelpers
 import PostgresNIO
 
 /// `JobStore` on a PostgreSQL database (15 or later), for griditd on several hosts.
@@ -128,27 +127,7 @@ public final class PostgresJobStore: TransitionStore {
 
     /// Whether `task` finished within `limit`; it is not awaited past it.
     static func finished(_ task: Task<Void, Never>, within limit: Duration) async -> Bool {
-        let answered = NIOLockedValueBox(false)
-        return await withCheckedContinuation { continuation in
-            let answer = { @Sendable (finished: Bool) in
-                let first = answered.withLockedValue { done in
-                    let first = !done
-                    done = true
-                    return first
-                }
-                if first {
-                    continuation.resume(returning: finished)
-                }
-            }
-            Task {
-                await task.value
-                answer(true)
-            }
-            Task {
-                try? await Task.sleep(for: limit)
-                answer(false)
-            }
-        }
+        await result(within: limit) { await task.value } != nil
     }
 
     /// Applies this binary's pending migrations (under an advisory lock, in one transaction) and
@@ -182,7 +161,7 @@ public final class PostgresJobStore: TransitionStore {
     }
 
     /// Null for the database clock: SQL then reads `coalesce($n, now())`.
-    private func injected(_ now: Date) -> Date? {
+    func injected(_ now: Date) -> Date? {
         clock == .caller ? Self.clamped(now) : nil
     }
 

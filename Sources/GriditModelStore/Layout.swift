@@ -31,6 +31,8 @@ struct StoreRoot: Sendable {
 
     var blobsDirectory: String { joinPath(path, "blobs/sha256") }
     var ingestDirectory: String { joinPath(path, "ingest") }
+    /// The cluster origin's tags (`ModelStore.originTagPath`).
+    var tagsDirectory: String { joinPath(path, "tags") }
     var quarantineDirectory: String { joinPath(path, "quarantine") }
     var refsPath: String { joinPath(path, "refs.json") }
 

@@ -45,7 +45,7 @@ extension ModelStore {
                 throw ModelStoreError(
                     .invalidReference, "\(reference) has no name to tag the converted version with",
                     hint:
-                        "name the new version: `griditctl models convert … --tag NAME:TAG` (`--name` offline), e.g. moving-digits:v1-bf16"
+                        "name the new version: `models convert … --tag NAME:TAG` (or `--name`), e.g. moving-digits:v1-bf16"
                 )
             }
         }

@@ -252,12 +252,9 @@ extension ModelStore {
         // can be submitted only after the commit, so a host that claims it finds it there.
         var publishedTo: String?
         if publish, let origin = originRoot {
-            var paths = existing
-            for file in toPublish where paths[file.digest] == nil {
-                paths[file.digest] = blobPath(file.digest)
-            }
             do {
-                try publishVersion(digest, blobs: manifest.blobs.map(\.digest), paths: paths, to: origin)
+                // Blobs not in `existing` were just stored here: `publishVersion` reads them at `blobPath`.
+                try publishVersion(digest, blobs: manifest.blobs.map(\.digest), paths: existing, to: origin)
                 publishedTo = origin.path
             } catch {
                 warnings.append(

@@ -136,10 +136,10 @@ extension ModelStore {
     func deadIngestFiles(remove: Bool, origin: StoreRoot? = nil) -> (paths: [String], bytes: Int64) {
         let oldest = origin == nil ? nil : time(nil) - Self.originIngestAge
         var candidates: [String] = []
-        let folders = origin.map { [$0.ingestDirectory, joinPath($0.path, "tags")] } ?? [local.ingestDirectory]
+        let folders = origin.map { [$0.ingestDirectory, $0.tagsDirectory] } ?? [local.ingestDirectory]
         for folder in folders {
             for name in ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).sorted()
-            where name.hasSuffix(".partial") || (origin != nil && name.hasPrefix(".") && name.contains(".tmp-")) {
+            where name.hasSuffix(".partial") || (origin != nil && DurableFiles.isTemporary(name)) {
                 candidates.append(joinPath(folder, name))
             }
         }
@@ -151,8 +151,7 @@ extension ModelStore {
             defer { close(fd) }
             guard let id = FileIdentity.of(fd: fd), id.isRegular else { continue }
             if let oldest {
-                var status = stat()
-                guard fstat(fd, &status) == 0, status.st_mtim.tv_sec < oldest else { continue }
+                guard id.mtimeNs / 1_000_000_000 < Int64(oldest) else { continue }
             } else {
                 guard flock(fd, LOCK_EX | LOCK_NB) == 0 else { continue }
             }

@@ -153,7 +153,7 @@ extension ModelStore {
     /// `org/model:x` cannot meet): the version a tag names across the cluster, as the last import
     /// that published it set it.
     static func originTagPath(_ origin: StoreRoot, name: String, tag: String) -> String {
-        joinPath(origin.path, "tags/" + name.replacingOccurrences(of: "/", with: "%2F") + ":" + tag)
+        joinPath(origin.tagsDirectory, name.replacingOccurrences(of: "/", with: "%2F") + ":" + tag)
     }
 
     static func originTag(_ origin: StoreRoot, name: String, tag: String) -> BlobDigest? {
@@ -168,7 +168,7 @@ extension ModelStore {
     )
         throws(ModelStoreError)
     {
-        let folder = joinPath(origin.path, "tags")
+        let folder = origin.tagsDirectory
         do { try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true) } catch {
             throw ModelStoreError(.io, "cannot create \(folder): \(error.localizedDescription)")
         }

@@ -362,7 +362,9 @@ public struct AutoencoderKL: @unchecked Sendable {
     /// image (N, in_channels, H, W), values in [-1, 1] -> posterior (mean, logvar), each
     /// (N, latent_channels, H/f, W/f) for H, W multiples of f; logvar clamped to [-30, 20]. `threads`: workers
     /// of the kernels; the result bits depend neither on `threads` nor on the batch.
-    public func encode(_ image: Tensor, threads: Int = BLAS.threadCount) throws -> (mean: Tensor, logvar: Tensor) {
+    public func encode(
+        _ image: Tensor, threads: Int = ComputeContext.defaultWorkers
+    ) throws -> (mean: Tensor, logvar: Tensor) {
         guard image.rank == 4, image.shape[1] == config.inChannels, image.shape[2] >= 2, image.shape[3] >= 2 else {
             throw ModelError.invalidInput("VAE encode: image \(image.shape), expected (N, \(config.inChannels), H, W)")
         }
@@ -391,7 +393,7 @@ public struct AutoencoderKL: @unchecked Sendable {
 
     /// latent (N, latent_channels, h, w) (already divided by the scale factor) ->
     /// image (N, out_channels, h*f, w*f), roughly in [-1, 1].
-    public func decode(_ latent: Tensor, threads: Int = BLAS.threadCount) throws -> Tensor {
+    public func decode(_ latent: Tensor, threads: Int = ComputeContext.defaultWorkers) throws -> Tensor {
         guard latent.rank == 4, latent.shape[1] == config.latentChannels else {
             throw ModelError.invalidInput(
                 "VAE decode: latent \(latent.shape), expected (N, \(config.latentChannels), h, w)")

@@ -164,7 +164,7 @@ public final class DiTWorkspace {
     public let output: Tensor  // (N, Cout, H, W)
 
     public init(
-        config c: DiTConfiguration, batch N: Int, workers: Int = BLAS.threadCount,
+        config c: DiTConfiguration, batch N: Int, workers: Int = ComputeContext.defaultWorkers,
         backend: KernelBackend = .current
     ) {
         let (T, D, M) = (c.tokens, c.hiddenSize, c.mlpHidden)
@@ -266,7 +266,7 @@ public struct DiT: Sendable {
     }
 
     /// A workspace for `batch` samples on `workers` threads, on this model's backend.
-    public func makeWorkspace(batch: Int, workers: Int = BLAS.threadCount) -> DiTWorkspace {
+    public func makeWorkspace(batch: Int, workers: Int = ComputeContext.defaultWorkers) -> DiTWorkspace {
         DiTWorkspace(config: config, batch: batch, workers: workers, backend: backend)
     }
 

@@ -6,9 +6,6 @@ import Glibc
 // Every kernel here has a naive twin in Tests/GriditTensorTests/NaiveKernels.swift.
 
 public enum BLAS {
-    /// Workers of a pass when the caller does not say: the CPUs online.
-    public static var threadCount: Int { max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
-
     /// Runs `body`, whose OpenBLAS calls must each run on the calling thread.
     ///
     /// The fallback products spread single-threaded OpenBLAS calls over gridit's workers (OpenBLAS'

@@ -1,5 +1,6 @@
 import CBLAS
 import CGriditKernels
+import Glibc
 
 // Linear layers (y = x · Wᵀ + b with PyTorch's (out, in) weight) on the backend of the CPU:
 // gridit's AVX-512 GEMM (fp32, or bf16 with fp32 accumulation, Sources/CGriditKernels/gemm.c), or
@@ -26,6 +27,8 @@ public final class ComputeContext {
     /// Threads of the next kernels; may change between passes (scratch sized for fewer workers grows
     /// when it must).
     public var workers: Int { didSet { workers = max(1, workers) } }
+    /// Workers of a pass when the caller does not say: the CPUs online.
+    public static var defaultWorkers: Int { max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
     public let backend: KernelBackend
     public private(set) var scratch: AlignedBuffer
 

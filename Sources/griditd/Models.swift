@@ -112,6 +112,14 @@ struct StoreOptions: ParsableArguments {
         }
     }
 
+    /// A session for a command that adds a version: with the cluster's settings, after the shared
+    /// root's mark is checked, one that publishes to the origin as `griditd serve` does.
+    func publishingSession(_ command: String) async throws -> OfflineSession {
+        let configuration = try await daemonConfiguration()
+        try await checkSharedRoot(configuration)
+        return try session(command, mutating: true, origin: configuration.layout.modelOrigin)
+    }
+
     /// The cluster's job queue for one offline command: a few rows read or written, no LISTEN.
     static func clusterQueue(_ location: PostgresLocation) -> PostgresJobStore {
         PostgresJobStore(location: location, logger: Logger(label: "gridit.postgres"), notifications: false)
@@ -184,9 +192,7 @@ struct ModelsImport: AsyncParsableCommand {
     @OptionGroup var options: StoreOptions
 
     func run() async throws {
-        let configuration = try await options.daemonConfiguration()
-        try await options.checkSharedRoot(configuration)
-        let session = try options.session("import", mutating: true, origin: configuration.layout.modelOrigin)
+        let session = try await options.publishingSession("import")
         let progress = isatty(2) == 1 && !options.json ? ProgressLine() : nil
         let result = try storeCall { () throws(ModelStoreError) in
             ModelImportResult(
@@ -218,16 +224,16 @@ struct ModelsConvert: AsyncParsableCommand {
     @Option(help: "The precision to store: bf16.")
     var precision: String
 
-    @Option(help: "NAME:TAG to give the new version (default: NAME:TAG-bf16, or NAME:bf16 for NAME@sha256:…).")
+    @Option(
+        name: [.customLong("tag"), .customLong("name")],
+        help: "NAME:TAG to give the new version (default: NAME:TAG-bf16, or NAME:bf16 for NAME@sha256:…).")
     var name: String?
 
     @OptionGroup var options: StoreOptions
 
     func run() async throws {
         // Like an import: with the cluster's settings the new version is published to the origin.
-        let configuration = try await options.daemonConfiguration()
-        try await options.checkSharedRoot(configuration)
-        let session = try options.session("convert", mutating: true, origin: configuration.layout.modelOrigin)
+        let session = try await options.publishingSession("convert")
         let result = try storeCall { () throws(ModelStoreError) in
             ModelImportResult(try session.store.convert(reference, precision: precision, name: name))
         }

@@ -1,6 +1,7 @@
 // `result(within:)`: `status` answers without a shared database that does not answer in time.
 
 import Foundation
+import GriditJobQueue
 import Testing
 
 @testable import GriditDaemon

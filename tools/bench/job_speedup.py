@@ -25,10 +25,10 @@ import resource
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
+
+from e2e_bench import run_job  # one `griditd run`, timed to its exit
 
 
 def cpu_name() -> str:
@@ -90,18 +90,15 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="gridit-speedup-")
     try:
         for r in range(args.rounds):
-            for name, words in cases:
+            # Alternating: the order is reversed every other round, so no case always runs first.
+            for name, words in cases if r % 2 == 0 else list(reversed(cases)):
                 out = os.path.join(work, f"{name.replace('/', '_')}-{r}")
-                cmd = [words[0], "run", *words[1:], "--pipeline", args.pipeline, "--length", str(args.length),
-                       "--seed", str(args.seed), "--threads", str(args.threads), "--progress", "none", "--out", out]
-                busy0, own0, start = busy_seconds(), children_cpu(), time.perf_counter()
-                done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                seconds = time.perf_counter() - start
+                flags = words[1:] + ["--length", str(args.length), "--seed", str(args.seed),
+                                     "--threads", str(args.threads)]
+                busy0, own0 = busy_seconds(), children_cpu()
+                seconds = run_job(words[0], args.pipeline, out, flags)["wall"]
                 # CPU time the machine spent on anything but this run: other load skews the figure.
                 others = max(0.0, busy_seconds() - busy0 - (children_cpu() - own0))
-                if done.returncode != 0:
-                    print(f"{name}: griditd run failed ({done.returncode}): {done.stderr.strip()}", file=sys.stderr)
-                    return 1
                 times[name].append(seconds)
                 digests[name].add(frames_digest(out))
                 shutil.rmtree(out)

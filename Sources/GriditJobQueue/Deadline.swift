@@ -1,12 +1,13 @@
 // Waiting for something that may not come in time, without waiting for it to give up: a
 // statement on an unreachable database can wait for a connection for as long as its own
-// deadline, tries and all, and `status` must answer before that.
+// deadline, tries and all, and `status` must answer before that; a PostgreSQL pool that does not
+// close is not waited for past its limit.
 
 import Synchronization
 
 /// `body`'s result, or nil when it has not come within `limit`. The caller goes on at once; a
 /// `body` that is late is cancelled and left to end on its own.
-func result<T: Sendable, E: Error>(
+package func result<T: Sendable, E: Error>(
     within limit: Duration, _ body: @escaping @Sendable () async throws(E) -> T
 ) async -> Result<T, E>? {
     let first = FirstOutcome<Result<T, E>?>()
