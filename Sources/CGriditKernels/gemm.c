@@ -24,8 +24,8 @@
 // pair's odd product, then its even one, each rounded, with denormal inputs read as zero and
 // denormal results flushed (checked on Emerald Rapids); the widened layout puts each pair's odd k
 // first and the loop runs with MXCSR.DAZ|FTZ, so every element is the same chain of roundings and
-// the same bits as VDPBF16PS gives (tested wherever this path is the default:
-// `bf16ProductsOnFMAsGiveTheBitsOfVDPBF16PS`).
+// the same bits as VDPBF16PS gives (`bf16ProductsOnFMAsGiveTheBitsOfVDPBF16PS`, on every CPU with
+// AVX512_BF16: AMD's Zen 4 rounds as Intel's, so bf16 outputs are the same on both).
 #include "gridit_kernels.h"
 #include "gk_math.h"
 
@@ -329,7 +329,9 @@ typedef struct {
     int gelu;
 } tile_epilogue;
 
-GK_AVX512 static inline void finish_tile(__m512 acc[MR][3], const tile_epilogue *e) {
+// Inlined into the micro-kernels, so the accumulators stay in registers (called out of line, the
+// tile went through the stack on every call).
+GK_AVX512 static inline __attribute__((always_inline)) void finish_tile(__m512 acc[MR][3], const tile_epilogue *e) {
     if (e->bias_n) {
         for (int j = 0; j < 3; j++) {
             size_t left = e->nvalid > 16 * (size_t)j ? e->nvalid - 16 * (size_t)j : 0;
@@ -350,6 +352,15 @@ GK_AVX512 static inline void finish_tile(__m512 acc[MR][3], const tile_epilogue 
     }
 }
 
+// The accumulators from C (partial sums) or zero, as masked loads (a mask of 0 reads nothing): a
+// zeroing loop here became a memset of a tile in memory and a reload per tile.
+GK_AVX512 static inline __attribute__((always_inline)) void init_tile(__m512 acc[MR][3], const float *c, size_t ldc,
+                                                                      int load_c) {
+    __mmask16 m = load_c ? (__mmask16)0xFFFF : 0;
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < 3; j++) acc[i][j] = _mm512_maskz_loadu_ps(m, c + i * ldc + 16 * j);
+}
+
 // Keeps the accumulators' operations on their side of an MXCSR write (the compiler does not order
 // register arithmetic against it).
 #define PIN_ACC(acc)                                                                                       \
@@ -362,11 +373,11 @@ static inline void write_mxcsr(unsigned v) { __asm__ volatile("ldmxcsr %0" : : "
 
 // daz: the k loop runs with MXCSR.DAZ|FTZ (bf16 on FMAs, VDPBF16PS's denormal handling); the
 // epilogue runs in the caller's mode either way.
-GK_AVX512 static inline void ukr_f32_mode(size_t kc, const float *a, const float *b, float *c, size_t ldc,
-                                          const tile_epilogue *e, int daz) {
+GK_AVX512 static inline __attribute__((always_inline)) void ukr_f32_mode(size_t kc, const float *a, const float *b,
+                                                                         float *c, size_t ldc, const tile_epilogue *e,
+                                                                         int daz) {
     __m512 acc[MR][3];
-    for (int i = 0; i < MR; i++)
-        for (int j = 0; j < 3; j++) acc[i][j] = e->load_c ? _mm512_loadu_ps(c + i * ldc + 16 * j) : _mm512_setzero_ps();
+    init_tile(acc, c, ldc, e->load_c);
     unsigned csr = 0;
     if (daz) {
         csr = _mm_getcsr();
@@ -406,8 +417,7 @@ GK_AVX512BF16 static void ukr_bf16(size_t kp, const uint16_t *a, const uint16_t 
                                    const tile_epilogue *e) {
     const uint32_t *a32 = (const uint32_t *)a;
     __m512 acc[MR][3];
-    for (int i = 0; i < MR; i++)
-        for (int j = 0; j < 3; j++) acc[i][j] = e->load_c ? _mm512_loadu_ps(c + i * ldc + 16 * j) : _mm512_setzero_ps();
+    init_tile(acc, c, ldc, e->load_c);
     for (size_t k = 0; k < kp; k++) {
         const uint16_t *bk = b + k * NR * 2;
         __m512bh b0 = (__m512bh)_mm512_loadu_si512(bk), b1 = (__m512bh)_mm512_loadu_si512(bk + 32);

@@ -6,28 +6,10 @@
 //         Sources/CGriditKernels/attention.c tools/bench/attention_bench.c -lm -o /tmp/gridit-attention \
 //         && /tmp/gridit-attention
 #include <math.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
-#include "gridit_kernels.h"
-
-// The kernel's work items run here in order on this thread, each with its worker's scratch.
-void gk_parallel_for(size_t tasks, int workers, gk_task_fn fn, void *ctx) {
-    for (size_t i = 0; i < tasks; i++) fn(ctx, i, (int)(i % (size_t)workers));
-}
-
-static double cpu_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
-static float next_value(uint32_t *s) {
-    *s = *s * 1664525u + 1013904223u;
-    return ((float)(*s >> 8) / 16777216.0f - 0.5f) * 4;
-}
+#include "kernel_bench.h"
 
 // softmax(q kᵀ / sqrt(HD)) v in double, qkv packed (N, T, 3D).
 static double max_error(const float *qkv, const float *out, size_t N, size_t T, size_t D, size_t NH) {
@@ -67,7 +49,7 @@ int main(void) {
         size_t N = shapes[s][0], T = shapes[s][1], D = shapes[s][2], NH = shapes[s][3];
         float *qkv = malloc(N * T * 3 * D * sizeof *qkv), *out = malloc(N * T * D * sizeof *out);
         float *scratch = malloc(gk_attention_scratch_floats(N, T, D, NH, 1) * sizeof *scratch);
-        for (size_t i = 0; i < N * T * 3 * D; i++) qkv[i] = next_value(&seed);
+        for (size_t i = 0; i < N * T * 3 * D; i++) qkv[i] = next_value(&seed, 4);
         gk_attention(qkv, qkv + D, qkv + 2 * D, 3 * D, N, T, D, NH, out, D, scratch, 1);
         double err = T <= 1024 ? max_error(qkv, out, N, T, D, NH) : NAN, best = INFINITY;
         for (double start = cpu_seconds(); cpu_seconds() - start < 1.0;) {

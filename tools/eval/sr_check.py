@@ -1,7 +1,11 @@
 """Stage 2 alone on exact held-out pairs (low = mean_pool(high, 4)): PSNR / SSIM / sharpness of the
 super-resolved frames against the high-resolution truth, beside the bicubic condition itself.
 
-    python tools/eval/sr_check.py --pipeline DIR [--count 64] [--setting ddpm:50 --setting ddim:25]
+    python tools/eval/sr_check.py --pipeline DIR [--count 64] [--setting ddpm:50 --setting ddim:25] [--bf16]
+
+--bf16 adds a row per setting with the model's forward under PyTorch's CPU autocast to bfloat16 (as
+`sample.py --bf16`): a proxy for gridit's bf16 products (bf16 inputs, fp32 accumulation), coarser
+than them, since autocast also keeps the products' outputs in bfloat16.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=9101)
     ap.add_argument("--setting", action="append", help="sampler:steps (default: the pipeline's sr defaults)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true", help="also each setting under CPU autocast to bfloat16")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -60,6 +65,10 @@ def main(argv=None) -> int:
         sampler, steps = s.split(":")
         g = torch.Generator().manual_seed(a.seed)
         rows[f"stage 2, {sampler} {steps}"] = S.super_resolve(pl, low, g, sampler, steps, d["eta"])
+        if a.bf16:
+            g = torch.Generator().manual_seed(a.seed)
+            rows[f"stage 2, {sampler} {steps}, bf16 autocast"] = S.super_resolve(
+                pl, low, g, sampler, steps, d["eta"], bf16=True)
     sharp_real = M.sharpness(high[None])
     out = {}
     print("| frames | PSNR dB | SSIM | sharpness ratio | mean-pool consistency (MAE, grey levels) |\n|---|---:|---:|---:|---:|")

@@ -334,7 +334,9 @@ class Defaults:
     sr_steps: str = "trailing18"
     context_rows: int = 2
     context: str = "renoised"
-    precision: str = "fp32"
+    # bf16 products keep every 128-frame metric of fp32 (tools/train/README.md, "Precision") and
+    # run at twice the rate where VDPBF16PS does (AMD Zen 4 and 5).
+    precision: str = "bf16"
 
 
 def pipeline_json(defaults: Defaults, description: str) -> dict:
