@@ -37,11 +37,12 @@ static inline float gk_expf(float x) {
 }
 
 // tanh-form GELU of one value: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), computed as
-// x / (1 + exp(-2u)), the same function with one exponential and one division.
+// x / (1 + exp(-2u)), the same function with one exponential and one division. -2u is clamped to
+// [-20, 88]: exp(-20) + 1 rounds to 1, and gk_expf's range ends at 88.
 static inline float gk_gelu1(float v) {
     const float c0 = -2 * 0.7978845608028654f, c1 = -2 * 0.7978845608028654f * 0.044715f;
     float t = v * (c0 + c1 * v * v);
-    t = fminf(fmaxf(t, -20.0f), 20.0f);       // exp(20) + 1 keeps 7 digits of x / (1 + exp)
+    t = fminf(fmaxf(t, -20.0f), 88.0f);
     return v / (gk_expf(t) + 1.0f);
 }
 
@@ -64,16 +65,13 @@ GK_AVX512 static inline __m512 gk_exp16(__m512 x) {
     return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
 }
 
-// gk_gelu1 on 16 lanes; the division as a reciprocal estimate and one Newton step (about 1 ulp),
-// cheaper than vdivps in the epilogue of every fc1 tile.
+// gk_gelu1 on 16 lanes. The division stays a division: vdivps is correctly rounded on every CPU,
+// while a reciprocal estimate (vrcp14ps) may differ between vendors, and so would the bits.
 GK_AVX512 static inline __m512 gk_gelu16(__m512 v) {
     const __m512 c0 = _mm512_set1_ps(-2 * 0.7978845608028654f), c1 = _mm512_set1_ps(-2 * 0.7978845608028654f * 0.044715f);
     __m512 t = _mm512_mul_ps(v, _mm512_fmadd_ps(c1, _mm512_mul_ps(v, v), c0));
-    t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(-20.0f)), _mm512_set1_ps(20.0f));
-    __m512 d = _mm512_add_ps(gk_exp16(t), _mm512_set1_ps(1.0f));
-    __m512 r = _mm512_rcp14_ps(d);
-    r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
-    return _mm512_mul_ps(v, r);
+    t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(-20.0f)), _mm512_set1_ps(88.0f));
+    return _mm512_div_ps(v, _mm512_add_ps(gk_exp16(t), _mm512_set1_ps(1.0f)));
 }
 
 // Mask of the first n (0...16) lanes.

@@ -91,12 +91,13 @@ def main() -> int:
     official_length = 12 * (n - 1) + 8 if n > 0 else 16
     common = ["--seed", str(a.seed), "--threads", str(a.threads)]
     cases = {
-        "gridit fp32": ["--length", str(a.length)],
+        "gridit fp32": ["--length", str(a.length), "--precision", "fp32"],
         "gridit bf16": ["--length", str(a.length), "--precision", "bf16"],
-        "official fp32": ["--length", str(official_length), "--mode", "official", "--max-batch", "1"],
-        "gridit fp32, stage 1 only": ["--length", str(a.length), "--no-sr"],
+        "official fp32": ["--length", str(official_length), "--mode", "official", "--max-batch", "1",
+                          "--precision", "fp32"],
+        "gridit fp32, stage 1 only": ["--length", str(a.length), "--no-sr", "--precision", "fp32"],
         "official fp32, stage 1 only": ["--length", str(official_length), "--mode", "official", "--no-sr",
-                                        "--max-batch", "1"],
+                                        "--max-batch", "1", "--precision", "fp32"],
     }
     plans = {name: plan(griditd, pipeline, args) for name, args in cases.items()}
     evals = {name: p["stage1"]["evaluations"] for name, p in plans.items()}

@@ -44,6 +44,11 @@ static double max_error(const float *a, const float *b, const float *bias, int g
 int main(int argc, char **argv) {
     double peak = argc > 1 ? atof(argv[1]) : 0;  // one core's GFLOP/s (tools/bench/peak.c), for "% of peak"
     int bf16 = argc > 2 && strcmp(argv[2], "bf16") == 0;
+    if (gk_isa() < (bf16 ? GK_ISA_AVX512BF16 : GK_ISA_AVX512)) {
+        fprintf(stderr, "this CPU lacks %s, which gk_gemm needs (elsewhere the products run on OpenBLAS)\n",
+                bf16 ? "AVX512_BF16" : "AVX-512");
+        return 2;
+    }
     // fc1 runs with the GELU epilogue, as in the models.
     static const struct { const char *name; size_t M, N, K; int gelu; } shapes[] = {
         {"stage 1 qkv (1 grid)", 256, 384, 128, 0},     {"stage 1 fc1 + GELU", 256, 512, 128, 1},

@@ -8,8 +8,11 @@ build of the commit before a change kept as the baseline's binary:
 
     swift build -c release --product griditd
     python3 tools/bench/job_speedup.py --pipeline models/moving-digits/pipeline.json --rounds 3 \\
-        --case "ddpm-100/50=/tmp/griditd-before --sampler ddpm --steps 100 --sr-sampler ddpm --sr-steps 50" \\
+        --case "ddpm-100/50=/tmp/griditd-before --sampler ddpm --steps 100 --sr-sampler ddpm --sr-steps 50 --precision fp32" \\
         --case "defaults=.build/release/griditd"
+
+(The bundled pipeline's default precision is bf16 since 2026-12-06: the baseline asks for fp32, the
+arithmetic of the defaults it stands for.)
 
 Every run of a case must write the same frames (same seed): the script checks it, so a faster
 case that changed the output of its own earlier rounds is caught.

@@ -12,6 +12,9 @@
 # SAMPLING="--sampler ddpm --steps 100 --sr-sampler ddpm --sr-steps 50" generates the 128-frame
 # set with those flags instead of the pipeline's defaults (the learning-curve rows before the
 # bundle's defaults became DPM-Solver++ 2M SDE 35 / 18 were all scored at DDPM 100 / 50).
+# The engine's sequences run in the pipeline's default precision: bf16 for the bundled one since
+# 2026-12-06, while every learning-curve row before was fp32 (add --precision fp32 to SAMPLING to
+# compare with them); the PyTorch sampler always runs fp32.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 pl=${1:?pipeline folder}
