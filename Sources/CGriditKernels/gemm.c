@@ -25,7 +25,7 @@
 // denormal results flushed (checked on Emerald Rapids); the widened layout puts each pair's odd k
 // first and the loop runs with MXCSR.DAZ|FTZ, so every element is the same chain of roundings and
 // the same bits as VDPBF16PS gives (`bf16ProductsOnFMAsGiveTheBitsOfVDPBF16PS`, on every CPU with
-// AVX512_BF16: AMD's Zen 4 rounds as Intel's, so bf16 outputs are the same on both).
+// AVX512_BF16: AMD's Zen 4 rounds as Intel's, so bf16 products give the same bits on both).
 #include "gridit_kernels.h"
 #include "gk_math.h"
 

@@ -175,7 +175,7 @@ func bf16ProductsOnFMAsGiveTheBitsOfVDPBF16PS() {
     // with B pre-packed and not, biases and GELU; row 0 against column 0 sums products below the
     // normal range, which VDPBF16PS flushes to zero. Run on every CPU with VDPBF16PS, not only
     // where the FMA form is the default (Intel): that AMD's VDPBF16PS (Zen 4) gives these bits
-    // too is what makes a bf16 job's output the same on either vendor's CPUs.
+    // too is what lets the bf16 products give the same bits on either vendor's CPUs.
     for (M, N, K) in [(1, 1, 1), (7, 13, 5), (33, 17, 70), (17, 97, 513), (100, 300, 777)] {
         var x = testValues(M * K, seed: 60, scale: 2), w = testValues(N * K, seed: 61)
         let b = testValues(N, seed: 62)
