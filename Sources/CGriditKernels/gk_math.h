@@ -39,9 +39,10 @@ static inline float gk_expf(float x) {
 // tanh-form GELU of one value: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), computed as
 // x / (1 + exp(-2u)), the same function with one exponential and one division. -2u is clamped to
 // [-20, 88]: exp(-20) + 1 rounds to 1, and gk_expf's range ends at 88.
+#define GK_GELU_C0 (-2 * 0.7978845608028654f)             // -2u = x (C0 + C1 x^2)
+#define GK_GELU_C1 (-2 * 0.7978845608028654f * 0.044715f)
 static inline float gk_gelu1(float v) {
-    const float c0 = -2 * 0.7978845608028654f, c1 = -2 * 0.7978845608028654f * 0.044715f;
-    float t = v * (c0 + c1 * v * v);
+    float t = v * (GK_GELU_C0 + GK_GELU_C1 * v * v);
     t = fminf(fmaxf(t, -20.0f), 88.0f);
     return v / (gk_expf(t) + 1.0f);
 }
@@ -68,8 +69,8 @@ GK_AVX512 static inline __m512 gk_exp16(__m512 x) {
 // gk_gelu1 on 16 lanes. The division stays a division: vdivps is correctly rounded on every CPU,
 // while a reciprocal estimate (vrcp14ps) may differ between vendors, and so would the bits.
 GK_AVX512 static inline __m512 gk_gelu16(__m512 v) {
-    const __m512 c0 = _mm512_set1_ps(-2 * 0.7978845608028654f), c1 = _mm512_set1_ps(-2 * 0.7978845608028654f * 0.044715f);
-    __m512 t = _mm512_mul_ps(v, _mm512_fmadd_ps(c1, _mm512_mul_ps(v, v), c0));
+    __m512 t = _mm512_mul_ps(
+        v, _mm512_fmadd_ps(_mm512_set1_ps(GK_GELU_C1), _mm512_mul_ps(v, v), _mm512_set1_ps(GK_GELU_C0)));
     t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(-20.0f)), _mm512_set1_ps(88.0f));
     return _mm512_div_ps(v, _mm512_add_ps(gk_exp16(t), _mm512_set1_ps(1.0f)));
 }
