@@ -124,7 +124,8 @@ struct MetricsProcessTests {
         #expect(value("gridit_frames_total") == 8)
         #expect((value("gridit_stage_unit_duration_seconds_count", ["stage": "sr"]) ?? 0) >= 1)
         #expect((value("gridit_stage_unit_duration_seconds_count", ["stage": "grid"]) ?? 0) >= 1)
-        #expect(value("gridit_frames_per_second") != nil)
+        let framesPerSecond = try #require(value("gridit_frames_per_second"))
+        #expect(abs(framesPerSecond - 8.0 / 60) < 1e-9, "\(framesPerSecond) frames/s")
         // The engine's work: the job's plan is well over a megaflop, all evaluated within the minute.
         let flops = try #require(value("gridit_engine_flops_total"))
         #expect(flops > 1e6, "\(flops)")

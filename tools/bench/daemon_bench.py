@@ -9,7 +9,8 @@
               medians of --repeat rounds: where batching pays, and the default to choose.
   memory      peak RSS (VmHWM) of griditd and its engine worker process (summed: an upper bound of
               their joint peak) over one --memory-length job, and their RSS before/after.
-  soak        RSS after each of --soak consecutive short jobs in one daemon (no growth expected).
+  soak        RSS after each of --soak consecutive short jobs in one daemon, and each process's
+              anonymous memory (no growth expected).
 
 The pipeline is --pipeline (default models/moving-digits/pipeline.json); when it is missing, a
 random-weight pipeline of the same shapes is made with gridit-bench (the timings then measure the
@@ -120,10 +121,10 @@ class Daemon:
                 return
             time.sleep(every)
 
-    def status(self, key):
-        """`key` (VmRSS, VmHWM) of griditd plus its engine worker process, in bytes."""
+    def status(self, key, pids=None):
+        """`key` (VmRSS, VmHWM, RssAnon) of griditd plus its engine worker process (or of `pids`), in bytes."""
         total = 0
-        for pid in [self.proc.pid] + self.children():
+        for pid in [self.proc.pid] + self.children() if pids is None else pids:
             try:
                 with open(f"/proc/{pid}/status") as f:
                     for line in f:
@@ -229,22 +230,30 @@ def memory(args, pipeline):
 
 
 def soak(args, pipeline):
+    """RSS of both processes after each job, and the anonymous (heap) memory of each: a leak in
+    griditd itself hides in the sum, as the worker's varies by megabytes from job to job."""
     daemon = Daemon(args.bin, pipeline)
-    rss = []
+    rss, own, worker = [], [], []
     try:
         with Paused(args.pause_pid_file):
             for i in range(args.soak):
                 daemon.submit(args.soak_length, 1000 + i, wait=True)
                 rss.append(daemon.status("VmRSS"))
+                own.append(daemon.status("RssAnon", [daemon.proc.pid]))
+                worker.append(daemon.status("RssAnon", daemon.children()))
     finally:
         daemon.stop()
-    tail = rss[9:]  # after the first jobs (allocator pools, caches warm up)
-    n = len(tail)
-    xs = range(n)
-    mx, my = (n - 1) / 2, statistics.fmean(tail)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, tail)) / max(sum((x - mx) ** 2 for x in xs), 1)
+
+    def slope(ys):
+        tail = ys[9:]  # after the first jobs (allocator pools, caches warm up)
+        n = len(tail)
+        mx, my = (n - 1) / 2, statistics.fmean(tail)
+        return sum((x - mx) * (y - my) for x, y in enumerate(tail)) / max(sum((x - mx) ** 2 for x in range(n)), 1)
+
     return {"jobs": args.soak, "length": args.soak_length, "rss": rss, "rss_first": rss[0], "rss_10": rss[9],
-            "rss_last": rss[-1], "rss_max": max(rss), "slope_bytes_per_job": slope}
+            "rss_last": rss[-1], "rss_max": max(rss), "slope_bytes_per_job": slope(rss),
+            "griditd_anon": own, "griditd_anon_slope": slope(own), "worker_anon": worker,
+            "worker_anon_slope": slope(worker)}
 
 
 def mb(n):
@@ -296,7 +305,10 @@ def main():
             s = results["soak"] = soak(args, pipeline)
             print(f"soak: {s['jobs']} jobs x {s['length']} frames: RSS after job 1 {mb(s['rss_first'])}, "
                   f"job 10 {mb(s['rss_10'])}, job {s['jobs']} {mb(s['rss_last'])}, max {mb(s['rss_max'])}; "
-                  f"trend after job 10: {s['slope_bytes_per_job'] / 1024:+.1f} KiB/job")
+                  f"trend after job 10: {s['slope_bytes_per_job'] / 1024:+.1f} KiB/job; anonymous memory of griditd "
+                  f"{mb(s['griditd_anon'][9])} at job 10, {mb(s['griditd_anon'][-1])} at the end "
+                  f"({s['griditd_anon_slope'] / 1024:+.2f} KiB/job), of the worker {mb(s['worker_anon'][9])}, "
+                  f"{mb(s['worker_anon'][-1])} ({s['worker_anon_slope'] / 1024:+.2f} KiB/job)")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=2)
