@@ -16,10 +16,19 @@
 // Determinism: a query row is one lane of the same vector operations, whatever the lane; its
 // arithmetic depends only on T, the head dim and the constants here (the chunks follow from T),
 // not on which tile or thread computes it, nor on the other samples of the batch.
+//
+// bf16 (the bf16 DiTs' attention): q · scale, K, V and the softmax's P are rounded to bf16 (nearest
+// even) and both products accumulate in fp32 by VDPBF16PS, pairs of head dims for the scores and
+// pairs of keys for P v (the sums l and the rest of the softmax stay fp32, from the unrounded P).
+// K and V are rounded once per call into the scratch, as pairs (the 32-bit operand VDPBF16PS
+// broadcasts). Where VDPBF16PS is the slower way (gk_bf16_on_fma), or missing, the fp32 tile code
+// runs on the rounded values, each pair's odd element first and the products under MXCSR.DAZ|FTZ:
+// the same chain of roundings as VDPBF16PS, so the same bits (as the bf16 GEMM, see gemm.c).
 #include "gridit_kernels.h"
 #include "gk_math.h"
 
 #include <float.h>
+#include <string.h>
 
 #define BR 32    // query rows per tile: NV vectors of lanes
 #define NV (BR / 16)
@@ -29,6 +38,7 @@
 
 typedef float v16 __attribute__((ext_vector_type(16)));
 typedef int32_t v16i __attribute__((ext_vector_type(16)));
+typedef uint32_t v16u __attribute__((ext_vector_type(16)));
 
 // Vector helpers are macros: functions taking or returning 16-float vectors would change the ABI
 // between the clones that have AVX-512 and those that do not.
@@ -36,6 +46,10 @@ typedef int32_t v16i __attribute__((ext_vector_type(16)));
 #define STORE16(p, v) do { v16 _t = (v); __builtin_memcpy((p), &_t, sizeof _t); } while (0)
 // A plain compare-select: one vmaxps, where elementwise_max adds a NaN fix-up.
 #define VMAX(a, b) ({ v16 _l = (a), _m = (b); _l > _m ? _l : _m; })
+// bf16 rounding (nearest even) of finite values: the bf16 bits in the high half, the low half 0.
+#define BF16_ROUND(x) ({ v16u _b = (v16u)(x); (v16)((_b + 0x7fffu + ((_b >> 16) & 1u)) & 0xffff0000u); })
+// The VDPBF16PS operand of two rounded vectors: lo's bf16 in the low half of each lane, hi's above.
+#define BF16_PAIR(lo, hi) (((v16u)(lo) >> 16) | (v16u)(hi))
 
 // exp on 16 lanes for x <= 0 (scores minus their max): gk_expf's reduction and polynomial, n
 // rounded with the 1.5·2²³ trick, whose low bits then hold n + 127 for the exponent.
@@ -76,27 +90,104 @@ typedef int32_t v16i __attribute__((ext_vector_type(16)));
                     (1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31)); \
 } while (0)
 
+enum { FP32 = 0, BF16_DP = 1, BF16_FMA = 2 };
+
 typedef struct {
     const float *q, *k, *v;
-    size_t ld, N, T, D, NH, HD, HDr, KC;
+    size_t ld, N, T, D, NH, HD, HDp, HDr, KC;
     float scale;
     float *out;
     size_t ldo;
-    float *worker_scratch;  // per worker: qᵀ (HD x BR), Oᵀ (HDr x BR), Sᵀ ((KC + RT) x BR)
+    float *worker_scratch;  // per worker: qᵀ (HDr x BR), Oᵀ (HDr x BR), Sᵀ ((KC + RT) x BR)
     size_t tiles;
+    int mode;
+    // bf16: each (sample, head)'s K and V rounded (kv_floats apart). BF16_DP: K [T][HDp/2] and
+    // V [ceil(T/2)][HD] of 32-bit pairs (K: dims 2i, 2i + 1 of a key; V: keys 2j, 2j + 1 of a dim);
+    // BF16_FMA: K [T][HDp] and V [round_up(T, 2)][HD] of their fp32 values. Zero past T and HD.
+    float *kv;
+    size_t kv_floats;
 } attention_job;
 
 static size_t round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
 static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
-static size_t worker_floats(size_t HD, size_t KC) { return BR * (HD + round_up(HD, RD) + KC + RT); }
+static size_t worker_floats(size_t HD, size_t KC) { return BR * (2 * round_up(HD, RD) + KC + RT); }
+static size_t kv_floats(size_t T, size_t HD) { return T * round_up(HD, 2) + round_up(T, 2) * HD; }
+
+// The first n <= 16 floats at p (zeros past n), and the first n lanes of v stored at p.
+#define LOADN(p, n) ({ \
+    v16 _r; \
+    if ((n) == 16) _r = LOAD16(p); \
+    else { float _buf[16] = {0}; __builtin_memcpy(_buf, (p), (n) * sizeof(float)); _r = LOAD16(_buf); } \
+    _r; })
+#define STOREN(p, v, n) do { \
+    if ((n) == 16) STORE16((p), (v)); \
+    else { float _buf[16]; STORE16(_buf, (v)); __builtin_memcpy((p), _buf, (n) * sizeof(float)); } \
+} while (0)
+
+// Rounds K and V of one (sample, head) into the job's kv (the layouts above).
+GK_CLONES
+static void round_kv(void *ctx, size_t item, int worker) {
+    (void)worker;
+    const attention_job *j = ctx;
+    size_t n = item / j->NH, h = item % j->NH, HD = j->HD, HDp = j->HDp, T = j->T, ld = j->ld;
+    const float *k = j->k + n * T * ld + h * HD, *v = j->v + n * T * ld + h * HD;
+    float *kr = j->kv + item * j->kv_floats;
+    if (j->mode == BF16_DP) {
+        // A key's dims 2i and 2i + 1 in pair i; keys 2j and 2j + 1 of a dim in V's pair j.
+        float *vr = kr + T * HDp / 2;
+        for (size_t t = 0; t < T; t++)
+            for (size_t d0 = 0; d0 < HD; d0 += 32) {
+                size_t n0 = min_size(HD - d0, 16), n1 = HD - d0 > 16 ? min_size(HD - d0 - 16, 16) : 0;
+                v16 a = BF16_ROUND(LOADN(k + t * ld + d0, n0)), b = BF16_ROUND(LOADN(k + t * ld + d0 + 16, n1));
+                v16 even = SHUF(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+                v16 odd = SHUF(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+                STOREN(kr + t * HDp / 2 + d0 / 2, (v16)BF16_PAIR(even, odd), (n0 + n1 + 1) / 2);
+            }
+        for (size_t t = 0; t < T; t += 2)
+            for (size_t d0 = 0; d0 < HD; d0 += 16) {
+                size_t m = min_size(HD - d0, 16);
+                v16 lo = BF16_ROUND(LOADN(v + t * ld + d0, m));
+                v16 hi = t + 1 < T ? BF16_ROUND(LOADN(v + (t + 1) * ld + d0, m)) : (v16)0.0f;
+                STOREN(vr + t / 2 * HD + d0, (v16)BF16_PAIR(lo, hi), m);
+            }
+    } else {
+        float *vr = kr + T * HDp;
+        for (size_t t = 0; t < T; t++)
+            for (size_t d0 = 0; d0 < HDp; d0 += 16) {
+                size_t m = min_size(HDp - d0, 16);
+                STOREN(kr + t * HDp + d0, BF16_ROUND(LOADN(k + t * ld + d0, min_size(HD - d0, m))), m);
+            }
+        for (size_t t = 0; t < round_up(T, 2); t++)
+            for (size_t d0 = 0; d0 < HD; d0 += 16) {
+                size_t m = min_size(HD - d0, 16);
+                STOREN(vr + t * HD + d0, t < T ? BF16_ROUND(LOADN(v + t * ld + d0, m)) : (v16)0.0f, m);
+            }
+    }
+}
+
+#if GK_HAVE_X86
+// MXCSR.DAZ|FTZ around the bf16 products on FMAs (VDPBF16PS's denormal handling). The "memory"
+// clobber keeps the products, which start from and end in memory, on their side of the write.
+static inline unsigned daz_on(void) {
+    unsigned csr = _mm_getcsr(), daz = csr | 0x8040u;
+    __asm__ volatile("ldmxcsr %0" : : "m"(daz) : "memory");
+    return csr;
+}
+static inline void daz_off(unsigned csr) { __asm__ volatile("ldmxcsr %0" : : "m"(csr) : "memory"); }
+#else
+static inline unsigned daz_on(void) { return 0; }
+static inline void daz_off(unsigned csr) { (void)csr; }
+#endif
 
 // Sᵀ[t][0..BR) = Σ_d K[t][d] · qᵀ[d] for RT keys (rows of K ld apart); mx: running max per lane.
+// pairs: d runs 1, 0, 3, 2, ... (HD even): VDPBF16PS's order.
 static inline __attribute__((always_inline)) void scores_tile(const float *const kr[RT], const float *qt, size_t HD,
-                                                              float *St, v16 mx[NV]) {
+                                                              int pairs, float *St, v16 mx[NV]) {
     v16 acc[RT][NV];
     for (int e = 0; e < RT; e++)
         for (int c = 0; c < NV; c++) acc[e][c] = (v16)0.0f;
-    for (size_t d = 0; d < HD; d++) {
+    for (size_t dd = 0; dd < HD; dd++) {
+        size_t d = pairs ? dd ^ 1 : dd;
         v16 qv[NV];
         for (int c = 0; c < NV; c++) qv[c] = LOAD16(qt + d * BR + 16 * c);
         for (int e = 0; e < RT; e++) {
@@ -112,15 +203,17 @@ static inline __attribute__((always_inline)) void scores_tile(const float *const
 }
 
 // Oᵀ[d0 + e][0..BR) += Σ_{t < kv} V[t][d0 + e] · Pᵀ[t] for RD dims (V rows ld apart, dims clamped to HD).
+// pairs: t runs 1, 0, 3, 2, ... (kv even).
 static inline __attribute__((always_inline)) void pv_tile(const float *Pt, const float *v, size_t ld, size_t kv,
-                                                          size_t d0, size_t HD, float *Ot) {
+                                                          int pairs, size_t d0, size_t HD, float *Ot) {
     v16 acc[RD][NV];
     size_t dc[RD];
     for (int e = 0; e < RD; e++) {
         dc[e] = min_size(d0 + e, HD - 1);
         for (int c = 0; c < NV; c++) acc[e][c] = LOAD16(Ot + (d0 + e) * BR + 16 * c);
     }
-    for (size_t t = 0; t < kv; t++) {
+    for (size_t tt = 0; tt < kv; tt++) {
+        size_t t = pairs ? tt ^ 1 : tt;
         const float *vr = v + t * ld;
         v16 p[NV];
         for (int c = 0; c < NV; c++) p[c] = LOAD16(Pt + t * BR + 16 * c);
@@ -133,6 +226,61 @@ static inline __attribute__((always_inline)) void pv_tile(const float *Pt, const
         for (int c = 0; c < NV; c++) STORE16(Ot + (d0 + e) * BR + 16 * c, acc[e][c]);
 }
 
+#if GK_HAVE_X86
+// BF16_DP: Sᵀ of a chunk's kv keys (kb: the first key's pairs, HP per key) against qᵀ's pairs
+// qp [HP][BR]; mx: each lane's running max (BR floats). scores_tile by VDPBF16PS.
+GK_AVX512BF16 static void scores_dp(const uint32_t *kb, size_t HP, size_t kv, const uint32_t *qp, float *St,
+                                    float *mx) {
+    v16 m[NV];
+    for (int c = 0; c < NV; c++) m[c] = LOAD16(mx + 16 * c);
+    for (size_t t0 = 0; t0 < kv; t0 += RT) {
+        const uint32_t *kr[RT];
+        for (size_t e = 0; e < RT; e++) kr[e] = kb + min_size(t0 + e, kv - 1) * HP;
+        __m512 acc[RT][NV];
+        for (int e = 0; e < RT; e++)
+            for (int c = 0; c < NV; c++) acc[e][c] = _mm512_setzero_ps();
+        for (size_t p = 0; p < HP; p++) {
+            __m512bh qv[NV];
+            for (int c = 0; c < NV; c++) qv[c] = (__m512bh)_mm512_loadu_si512(qp + p * BR + 16 * c);
+            for (int e = 0; e < RT; e++) {
+                __m512bh kp = (__m512bh)_mm512_set1_epi32((int)kr[e][p]);
+                for (int c = 0; c < NV; c++) acc[e][c] = _mm512_dpbf16_ps(acc[e][c], kp, qv[c]);
+            }
+        }
+        for (int e = 0; e < RT; e++)
+            for (int c = 0; c < NV; c++) {
+                STORE16(St + (t0 + e) * BR + 16 * c, (v16)acc[e][c]);
+                m[c] = VMAX(m[c], (v16)acc[e][c]);
+            }
+    }
+    for (int c = 0; c < NV; c++) STORE16(mx + 16 * c, m[c]);
+}
+
+// BF16_DP: Oᵀ[d][0..BR) += Σ_{j < np} V's pair j of dim d · Pᵀ's pair j (Pp [np][BR]), every d < HD
+// (vb: V's pairs [np][HD]). pv_tile by VDPBF16PS.
+GK_AVX512BF16 static void pv_dp(const uint32_t *Pp, const uint32_t *vb, size_t HD, size_t np, float *Ot) {
+    for (size_t d0 = 0; d0 < HD; d0 += RD) {
+        __m512 acc[RD][NV];
+        size_t dc[RD];
+        for (int e = 0; e < RD; e++) {
+            dc[e] = min_size(d0 + e, HD - 1);
+            for (int c = 0; c < NV; c++) acc[e][c] = _mm512_loadu_ps(Ot + (d0 + e) * BR + 16 * c);
+        }
+        for (size_t p = 0; p < np; p++) {
+            const uint32_t *vr = vb + p * HD;
+            __m512bh pp[NV];
+            for (int c = 0; c < NV; c++) pp[c] = (__m512bh)_mm512_loadu_si512(Pp + p * BR + 16 * c);
+            for (int e = 0; e < RD; e++) {
+                __m512bh vp = (__m512bh)_mm512_set1_epi32((int)vr[dc[e]]);
+                for (int c = 0; c < NV; c++) acc[e][c] = _mm512_dpbf16_ps(acc[e][c], vp, pp[c]);
+            }
+        }
+        for (int e = 0; e < RD; e++)
+            for (int c = 0; c < NV; c++) _mm512_storeu_ps(Ot + (d0 + e) * BR + 16 * c, acc[e][c]);
+    }
+}
+#endif
+
 GK_CLONES
 static void attend_tile(void *ctx, size_t item, int worker) {
     const attention_job *j = ctx;
@@ -142,7 +290,10 @@ static void attend_tile(void *ctx, size_t item, int worker) {
     const float *q = j->q + (n * T + r0) * ld + h * HD;
     const float *k = j->k + n * T * ld + h * HD, *v = j->v + n * T * ld + h * HD;
     float *qt = j->worker_scratch + (size_t)worker * worker_floats(HD, j->KC);
-    float *Ot = qt + HD * BR, *St = Ot + j->HDr * BR;
+    float *Ot = qt + j->HDr * BR, *St = Ot + j->HDr * BR;
+    const int mode = j->mode;
+    const float *kvr = mode == FP32 ? NULL : j->kv + nh * j->kv_floats;  // this head's rounded K, then V
+    size_t HDp = j->HDp;
     // Lanes past T in the last tile repeat its last row; they are computed and dropped.
     size_t HD16 = HD / 16 * 16;
     for (size_t i0 = 0; i0 < BR; i0 += 16) {
@@ -158,6 +309,19 @@ static void attend_tile(void *ctx, size_t item, int worker) {
 #pragma clang loop vectorize(disable)
             for (size_t d = HD16; d < HD; d++) qt[d * BR + i0 + i] = qr[i][d] * j->scale;
     }
+    // bf16: qᵀ rounded (BF16_FMA, a zero row past an odd HD), or as pairs of rows (BF16_DP; row p
+    // is written once rows 2p and 2p + 1 are read).
+    if (mode == BF16_FMA)
+        for (size_t d = 0; d < HDp; d++)
+            for (size_t i0 = 0; i0 < BR; i0 += 16)
+                STORE16(qt + d * BR + i0, d < HD ? BF16_ROUND(LOAD16(qt + d * BR + i0)) : (v16)0.0f);
+    if (mode == BF16_DP)
+        for (size_t p = 0; p < HDp / 2; p++)
+            for (size_t i0 = 0; i0 < BR; i0 += 16) {
+                v16 lo = LOAD16(qt + 2 * p * BR + i0);
+                v16 hi = 2 * p + 1 < HD ? LOAD16(qt + (2 * p + 1) * BR + i0) : (v16)0.0f;
+                STORE16(qt + p * BR + i0, (v16)BF16_PAIR(BF16_ROUND(lo), BF16_ROUND(hi)));
+            }
     for (size_t i = 0; i < j->HDr * BR; i++) Ot[i] = 0;
     v16 m[NV], l[NV];
     for (int c = 0; c < NV; c++) {
@@ -169,10 +333,25 @@ static void attend_tile(void *ctx, size_t item, int worker) {
         // Keys past the chunk in the last register tile repeat its last key: the max is unchanged.
         v16 mx[NV];
         for (int c = 0; c < NV; c++) mx[c] = m[c];
-        for (size_t t0 = 0; t0 < kv; t0 += RT) {
-            const float *kr[RT];
-            for (size_t e = 0; e < RT; e++) kr[e] = k + (j0 + min_size(t0 + e, kv - 1)) * ld;
-            scores_tile(kr, qt, HD, St + t0 * BR, mx);
+#if GK_HAVE_X86
+        if (mode == BF16_DP) {
+            float mxs[BR];
+            for (int c = 0; c < NV; c++) STORE16(mxs + 16 * c, mx[c]);
+            scores_dp((const uint32_t *)kvr + j0 * HDp / 2, HDp / 2, kv, (const uint32_t *)qt, St, mxs);
+            for (int c = 0; c < NV; c++) mx[c] = LOAD16(mxs + 16 * c);
+        } else
+#endif
+        {
+            unsigned csr = mode == BF16_FMA ? daz_on() : 0;
+            for (size_t t0 = 0; t0 < kv; t0 += RT) {
+                const float *kr[RT];
+                for (size_t e = 0; e < RT; e++) {
+                    size_t t = j0 + min_size(t0 + e, kv - 1);
+                    kr[e] = mode == BF16_FMA ? kvr + t * HDp : k + t * ld;
+                }
+                scores_tile(kr, qt, mode == BF16_FMA ? HDp : HD, mode == BF16_FMA, St + t0 * BR, mx);
+            }
+            if (mode == BF16_FMA) daz_off(csr);
         }
         // alpha rescales what earlier chunks summed (none in the first: l and O are 0 there).
         v16 alpha[NV], sum0[NV], sum1[NV];  // two sums per vector: not one long dependency chain
@@ -181,23 +360,44 @@ static void attend_tile(void *ctx, size_t item, int worker) {
             m[c] = mx[c];
             sum0[c] = sum1[c] = (v16)0.0f;
         }
+        // P over Sᵀ: fp32; rounded, with a zero row past an odd kv (BF16_FMA); pairs of rows (BF16_DP,
+        // row t / 2 written once rows t and t + 1 are read).
         for (size_t t = 0; t < kv; t += 2)
             for (int c = 0; c < NV; c++) {
                 float *s = St + t * BR + 16 * c;
-                v16 p = EXP16(LOAD16(s) - m[c]);
-                STORE16(s, p);
-                sum0[c] += p;
+                v16 p0 = EXP16(LOAD16(s) - m[c]), p1 = (v16)0.0f;
+                sum0[c] += p0;
                 if (t + 1 < kv) {
-                    p = EXP16(LOAD16(s + BR) - m[c]);
-                    STORE16(s + BR, p);
-                    sum1[c] += p;
+                    p1 = EXP16(LOAD16(s + BR) - m[c]);
+                    sum1[c] += p1;
+                }
+                if (mode == FP32) {
+                    STORE16(s, p0);
+                    if (t + 1 < kv) STORE16(s + BR, p1);
+                } else if (mode == BF16_FMA) {
+                    STORE16(s, BF16_ROUND(p0));
+                    STORE16(s + BR, BF16_ROUND(p1));
+                } else {
+                    STORE16(St + t / 2 * BR + 16 * c, (v16)BF16_PAIR(BF16_ROUND(p0), BF16_ROUND(p1)));
                 }
             }
         for (int c = 0; c < NV; c++) l[c] = l[c] * alpha[c] + (sum0[c] + sum1[c]);
         if (j0 > 0)
             for (size_t d = 0; d < HD; d++)
                 for (int c = 0; c < NV; c++) STORE16(Ot + d * BR + 16 * c, LOAD16(Ot + d * BR + 16 * c) * alpha[c]);
-        for (size_t d0 = 0; d0 < HD; d0 += RD) pv_tile(St, v + j0 * ld, ld, kv, d0, HD, Ot);
+        size_t kvp = round_up(kv, 2);
+#if GK_HAVE_X86
+        if (mode == BF16_DP) {
+            pv_dp((const uint32_t *)St, (const uint32_t *)kvr + T * HDp / 2 + j0 / 2 * HD, HD, kvp / 2, Ot);
+        } else
+#endif
+        if (mode == BF16_FMA) {
+            unsigned csr = daz_on();
+            for (size_t d0 = 0; d0 < HD; d0 += RD) pv_tile(St, kvr + T * HDp + j0 * HD, HD, kvp, 1, d0, HD, Ot);
+            daz_off(csr);
+        } else {
+            for (size_t d0 = 0; d0 < HD; d0 += RD) pv_tile(St, v + j0 * ld, ld, kv, 0, d0, HD, Ot);
+        }
     }
     float *out = j->out + (n * T + r0) * j->ldo + h * HD;
     for (int c = 0; c < NV; c++) {
@@ -216,22 +416,31 @@ static void attend_tile(void *ctx, size_t item, int worker) {
     }
 }
 
-size_t gk_attention_scratch_floats(size_t N, size_t T, size_t D, size_t NH, int workers) {
-    (void)N;
+size_t gk_attention_scratch_floats(size_t N, size_t T, size_t D, size_t NH, int workers, int bf16) {
     if (workers < 1) workers = 1;
-    return (size_t)workers * worker_floats(D / NH, min_size(T, KMAX));
+    size_t HD = D / NH;
+    return (size_t)workers * worker_floats(HD, min_size(T, KMAX)) + (bf16 ? N * NH * kv_floats(T, HD) : 0);
 }
 
 void gk_attention(const float *q, const float *k, const float *v, size_t ld, size_t N, size_t T, size_t D, size_t NH,
-                  float *out, size_t ldo, float *scratch, int workers) {
+                  float *out, size_t ldo, float *scratch, int workers, int bf16, int bf16_kernel) {
     if (N == 0 || T == 0) return;
     if (workers < 1) workers = 1;
     attention_job j = {.q = q, .k = k, .v = v, .ld = ld, .N = N, .T = T, .D = D, .NH = NH, .out = out, .ldo = ldo};
     j.HD = D / NH;
+    j.HDp = round_up(j.HD, 2);
     j.HDr = round_up(j.HD, RD);
     j.KC = min_size(T, KMAX);
     j.scale = 1.0f / sqrtf((float)j.HD);
     j.worker_scratch = scratch;
     j.tiles = (T + BR - 1) / BR;
+    int dp = gk_isa() >= GK_ISA_AVX512BF16 && bf16_kernel != GK_BF16_FMA &&
+             (bf16_kernel == GK_BF16_DPBF16 || !gk_bf16_on_fma());
+    j.mode = !bf16 ? FP32 : dp ? BF16_DP : BF16_FMA;
+    if (bf16) {
+        j.kv = scratch + (size_t)workers * worker_floats(j.HD, j.KC);
+        j.kv_floats = kv_floats(T, j.HD);
+        gk_parallel_for(N * NH, workers, round_kv, &j);
+    }
     gk_parallel_for(N * NH * j.tiles, workers, attend_tile, &j);
 }

@@ -144,7 +144,7 @@ final class DiTLayers: Sendable {
 public final class DiTWorkspace {
     public let batch: Int
     let x, h, qkv, attn, proj, mlp: Tensor  // (N,T,D) (N,T,D) (N,T,3D) (N,T,D) (N,T,D) (N,T,M)
-    let attentionScratch: Tensor  // attention: packed keys/values and per-worker tiles
+    let attentionScratch: Tensor  // attention: per-worker tiles, and bf16 attention's rounded keys/values
     /// Threads of a pass: the workers that every product, the attention (batch, head, query tile)
     /// items and the row-wise passes are spread over; 1...`capacity`, and may change between passes
     /// (the results do not depend on it).
@@ -180,7 +180,7 @@ public final class DiTWorkspace {
         attentionScratch = Tensor(zeros: [
             attentionScratchCount(
                 batch: N, tokens: T, dim: D, heads: c.numHeads,
-                workers: capacity)
+                workers: capacity, bf16: backend.hasBF16)
         ])
         // Scratch for the largest product: the most rows and the widest input.
         let scratch = max(
@@ -367,7 +367,8 @@ public struct DiT: Sendable {
             let (m, next) = (i * 6 * D, (i + 1) * 6 * D)
             tokens(ws.h, block.qkv, into: ws.qkv)
             selfAttention(
-                qkv: ws.qkv.pointer, batch: N, tokens: T, dim: D, heads: c.numHeads, workers: ws.workers,
+                qkv: ws.qkv.pointer, batch: N, tokens: T, dim: D, heads: c.numHeads, bf16: precision == .bf16,
+                workers: ws.workers,
                 scratch: ws.attentionScratch.mutablePointer, into: ws.attn.mutablePointer)
             tokens(ws.attn, block.proj, into: ws.proj)
             // x += gate_msa ⊙ attn; h = norm(x)·(1 + scale_mlp) + shift_mlp

@@ -128,19 +128,22 @@ public func modulatedNormRows(
     gk_residual_layernorm_modulate_batch(x, y, h, N, T, D, mod, modStride, gate, shift, scale, eps, Int32(workers))
 }
 
-/// Floats of scratch that `attention` needs for these shapes and `workers` threads.
-public func attentionScratchCount(batch N: Int, tokens T: Int, dim D: Int, heads NH: Int, workers: Int) -> Int {
-    gk_attention_scratch_floats(N, T, D, NH, Int32(max(1, workers)))
+/// Floats of scratch that `attention` needs for these shapes and `workers` threads (`bf16`: also
+/// for bf16 attention, which keeps a rounded copy of K and V).
+public func attentionScratchCount(
+    batch N: Int, tokens T: Int, dim D: Int, heads NH: Int, workers: Int, bf16: Bool = false
+) -> Int {
+    gk_attention_scratch_floats(N, T, D, NH, Int32(max(1, workers)), bf16 ? 1 : 0)
 }
 
 /// Multi-head self-attention over packed projections: qkv (N, T, 3D) laid out [q | k | v] per
 /// token, each (NH, HD) head-major within D (timm's layout); out: (N, T, D), heads concatenated.
 public func selfAttention(
-    qkv: UnsafePointer<Float>, batch N: Int, tokens T: Int, dim D: Int, heads NH: Int,
+    qkv: UnsafePointer<Float>, batch N: Int, tokens T: Int, dim D: Int, heads NH: Int, bf16: Bool = false,
     workers: Int, scratch: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>
 ) {
     attention(
-        q: qkv, k: qkv + D, v: qkv + 2 * D, rowStride: 3 * D, batch: N, tokens: T, dim: D, heads: NH,
+        q: qkv, k: qkv + D, v: qkv + 2 * D, rowStride: 3 * D, batch: N, tokens: T, dim: D, heads: NH, bf16: bf16,
         workers: workers, scratch: scratch, into: out)
 }
 
@@ -150,13 +153,15 @@ public func selfAttention(
 /// 3D inside a packed qkv); scratch: `attentionScratchCount` floats; out: (N, T, D).
 /// Work items are (n, head, tile of query rows) over `workers` threads; a row's arithmetic does not
 /// depend on the split, so the result is the same for every worker count and batch.
+/// `bf16`: q, k, v and the softmax's weights rounded to bf16, products accumulated in fp32 (the same
+/// bits on VDPBF16PS and on FMAs; scratch counted with `bf16: true`).
 public func attention(
     q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, rowStride ld: Int,
-    batch N: Int, tokens T: Int, dim D: Int, heads NH: Int, workers: Int,
+    batch N: Int, tokens T: Int, dim D: Int, heads NH: Int, bf16: Bool = false, workers: Int,
     scratch: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>
 ) {
     precondition(D % NH == 0, "attention: dim \(D) not divisible by heads \(NH)")
-    gk_attention(q, k, v, ld, N, T, D, NH, out, D, scratch, Int32(max(1, workers)))
+    gk_attention(q, k, v, ld, N, T, D, NH, out, D, scratch, Int32(max(1, workers)), bf16 ? 1 : 0, Int32(GK_BF16_AUTO))
 }
 
 /// Patchify (im2col for a conv with kernel = stride = P): x (N, C, H, W) -> patches (N*T, C*P*P),

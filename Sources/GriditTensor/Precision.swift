@@ -1,8 +1,9 @@
 import CGriditKernels
 
 /// Arithmetic of the matrix products. `fp32`: float32 throughout. `bf16`: the inputs of every
-/// matrix product (weights and activations) rounded to bfloat16, products accumulated in float32
-/// (AVX512_BF16); everything else (norms, softmax, residuals) stays float32.
+/// matrix product (weights and activations; attention's q, k, v and softmax weights) rounded to
+/// bfloat16, products accumulated in float32 (AVX512_BF16); everything else (norms, the softmax's
+/// exponentials and sums, residuals) stays float32.
 public enum Precision: String, Codable, Sendable, CaseIterable {
     case fp32, bf16
 

@@ -1,3 +1,4 @@
+import CGriditKernels
 import Foundation
 import GriditTensor
 import Testing
@@ -81,13 +82,20 @@ func attentionMatchesNaive(shape: (Int, Int, Int, Int, Int)) {
     #expect(maxAbsDiff(out, Naive.attention(qkv, N: N, T: T, D: D, NH: NH), "attention \(shape)") <= 1e-5)
 }
 
-func runAttention(_ qkv: [Float], N: Int, T: Int, D: Int, NH: Int, workers: Int) -> [Float] {
-    let out = Tensor(zeros: [N, T, D])
-    let scratch = Tensor(zeros: [attentionScratchCount(batch: N, tokens: T, dim: D, heads: NH, workers: workers)])
-    selfAttention(
-        qkv: qkv, batch: N, tokens: T, dim: D, heads: NH, workers: workers,
-        scratch: scratch.mutablePointer, into: out.mutablePointer)
-    return out.toArray()
+func runAttention(
+    _ qkv: [Float], N: Int, T: Int, D: Int, NH: Int, workers: Int, bf16: Bool = false,
+    kernel: Int32 = Int32(GK_BF16_AUTO)
+) -> [Float] {
+    var out = [Float](repeating: 0, count: N * T * D)
+    var scratch = [Float](
+        repeating: 0, count: attentionScratchCount(batch: N, tokens: T, dim: D, heads: NH, workers: workers, bf16: bf16)
+    )
+    qkv.withUnsafeBufferPointer { p in
+        let q = p.baseAddress!
+        gk_attention(
+            q, q + D, q + 2 * D, 3 * D, N, T, D, NH, &out, D, &scratch, Int32(workers), bf16 ? 1 : 0, kernel)
+    }
+    return out
 }
 
 @Test func attentionOfLongSequencesMatchesNaive() {
@@ -110,19 +118,59 @@ func attentionAcrossSoftmaxChunksMatchesNaive(tokens T: Int) {
     #expect(maxAbsDiff(out, Naive.attention(qkv, N: N, T: T, D: D, NH: NH), "attention T=\(T)") <= 1e-5)
 }
 
-@Test func attentionOfASampleIsTheSameInAnyBatch() {
+@Test(arguments: [false, true])
+func attentionOfASampleIsTheSameInAnyBatch(bf16: Bool) {
     let (T, D, NH) = (70, 24, 3)
     let qkv = testValues(3 * T * 3 * D, seed: 22)
-    let batch = runAttention(qkv, N: 3, T: T, D: D, NH: NH, workers: 2)
-    let second = runAttention(Array(qkv[(T * 3 * D)..<(2 * T * 3 * D)]), N: 1, T: T, D: D, NH: NH, workers: 1)
+    let batch = runAttention(qkv, N: 3, T: T, D: D, NH: NH, workers: 2, bf16: bf16)
+    let second = runAttention(
+        Array(qkv[(T * 3 * D)..<(2 * T * 3 * D)]), N: 1, T: T, D: D, NH: NH, workers: 1, bf16: bf16)
     #expect(Array(batch[(T * D)..<(2 * T * D)]).map(\.bitPattern) == second.map(\.bitPattern))
 }
 
-@Test func attentionIsIdenticalForEveryWorkerCount() {
+@Test(arguments: [false, true])
+func attentionIsIdenticalForEveryWorkerCount(bf16: Bool) {
     let (N, T, D, NH) = (2, 19, 24, 3)
     let qkv = testValues(N * T * 3 * D, seed: 10)
-    let results = [1, 2, 5].map { runAttention(qkv, N: N, T: T, D: D, NH: NH, workers: $0) }
-    #expect(results[0] == results[1] && results[1] == results[2])
+    let results = [1, 2, 5].map { runAttention(qkv, N: N, T: T, D: D, NH: NH, workers: $0, bf16: bf16) }
+    #expect(results[0].map(\.bitPattern) == results[1].map(\.bitPattern))
+    #expect(results[1].map(\.bitPattern) == results[2].map(\.bitPattern))
+}
+
+/// bf16 attention against its naive twin (the same roundings, sums in double): what is left is
+/// the fp32 sums and exp, far below the bf16 roundings' own effect (the distance to fp32 attention,
+/// printed too). Odd head dims and key counts pad a pair; 700 keys take two softmax chunks.
+@Test(arguments: [(1, 5, 12, 3), (2, 17, 42, 2), (1, 33, 72, 1), (1, 150, 64, 2), (1, 700, 20, 1)])
+func bf16AttentionMatchesNaive(shape: (Int, Int, Int, Int)) {
+    let (N, T, D, NH) = shape
+    let qkv = testValues(N * T * 3 * D, seed: 24)
+    let out = runAttention(qkv, N: N, T: T, D: D, NH: NH, workers: 2, bf16: true)
+    let twin = maxAbsDiff(out, Naive.attention(qkv, N: N, T: T, D: D, NH: NH, bf16: true), "bf16 twin \(shape)")
+    let fp32 = maxAbsDiff(out, Naive.attention(qkv, N: N, T: T, D: D, NH: NH), "bf16 against fp32 \(shape)")
+    #expect(twin <= 1e-6)
+    #expect(fp32 > 10 * twin)
+}
+
+/// The FMA form (rounded fp32 operands, each pair's odd element first, DAZ|FTZ) against VDPBF16PS,
+/// bit for bit: odd and even head dims and key counts, two softmax chunks, and operands whose
+/// products (q, k) or values (v) are below the normal range, which VDPBF16PS reads and flushes as 0.
+@Test(.enabled(if: gk_isa() >= GK_ISA_AVX512BF16))
+func bf16AttentionOnFMAsGivesTheBitsOfVDPBF16PS() {
+    for (N, T, D, NH) in [(1, 5, 12, 3), (2, 17, 42, 2), (1, 150, 64, 2), (1, 700, 20, 1), (3, 64, 96, 3)] {
+        for tiny in [nil, 1, 2] as [Int?] {
+            var qkv = testValues(N * T * 3 * D, seed: 25, scale: 3)
+            if let part = tiny {  // 1: k near the normal range's end (products below it); 2: v below it
+                for i in qkv.indices where (i / D) % 3 == part && i % 3 == 0 {
+                    qkv[i] *= part == 1 ? 1e-38 : 1e-39
+                }
+            }
+            let dp = runAttention(qkv, N: N, T: T, D: D, NH: NH, workers: 2, bf16: true, kernel: Int32(GK_BF16_DPBF16))
+            let fma = runAttention(qkv, N: N, T: T, D: D, NH: NH, workers: 2, bf16: true, kernel: Int32(GK_BF16_FMA))
+            #expect(
+                dp.map(\.bitPattern) == fma.map(\.bitPattern), "\((N, T, D, NH)), tiny part \(String(describing: tiny))"
+            )
+        }
+    }
 }
 
 /// The DiT's patch embedding: patchify, then a linear layer over the flattened (D, C, P, P) weight.

@@ -81,26 +81,43 @@ enum Naive {
     static func silu(_ x: [Float]) -> [Float] { x.map { Float(Double($0) / (1 + exp(-Double($0)))) } }
 
     /// qkv (N, T, 3D) -> (N, T, D), per head softmax(q kᵀ/sqrt(HD)) v.
-    static func attention(_ qkv: [Float], N: Int, T: Int, D: Int, NH: Int) -> [Float] {
+    /// bf16: q · scale (in float), k, v and the softmax's weights rounded to bf16, the weights the
+    /// kernel's way (chunks of `chunk` keys, each chunk's relative to the running max, the sums of
+    /// the unrounded weights); everything else in double.
+    static func attention(
+        _ qkv: [Float], N: Int, T: Int, D: Int, NH: Int, bf16 rounded: Bool = false, chunk: Int = 512
+    ) -> [Float] {
         let HD = D / NH
+        let scale = 1 / Float(HD).squareRoot()
         var out = [Float](repeating: 0, count: N * T * D)
         for n in 0..<N {
             for h in 0..<NH {
                 func at(_ t: Int, _ part: Int, _ i: Int) -> Double {
-                    Double(qkv[(n * T + t) * 3 * D + part * D + h * HD + i])
+                    let x = qkv[(n * T + t) * 3 * D + part * D + h * HD + i]
+                    return Double(rounded ? bf16(part == 0 ? x * scale : x) : x)
                 }
                 for i in 0..<T {
-                    var s = (0..<T).map { j in
-                        (0..<HD).reduce(0.0) { $0 + at(i, 0, $1) * at(j, 1, $1) } / Double(HD).squareRoot()
+                    let s = (0..<T).map { j in
+                        (0..<HD).reduce(0.0) { $0 + at(i, 0, $1) * at(j, 1, $1) }
+                            / (rounded ? 1 : Double(HD).squareRoot())
                     }
-                    let m = s.max()!
-                    s = s.map { exp($0 - m) }
-                    let z = s.reduce(0, +)
-                    for d in 0..<HD {
-                        var acc = 0.0
-                        for j in 0..<T { acc += s[j] / z * at(j, 2, d) }
-                        out[(n * T + i) * D + h * HD + d] = Float(acc)
+                    var (m, l) = (-Double.infinity, 0.0)
+                    var o = [Double](repeating: 0, count: HD)
+                    for c0 in stride(from: 0, to: T, by: rounded ? chunk : T) {
+                        let keys = c0..<min(T, c0 + (rounded ? chunk : T))
+                        let mx = max(m, s[keys].max()!)
+                        let alpha = exp(m - mx)
+                        l *= alpha
+                        for d in 0..<HD { o[d] *= alpha }
+                        for j in keys {
+                            let p = exp(s[j] - mx)
+                            l += p
+                            let w = rounded ? Double(bf16(Float(p))) : p
+                            for d in 0..<HD { o[d] += w * at(j, 2, d) }
+                        }
+                        m = mx
                     }
+                    for d in 0..<HD { out[(n * T + i) * D + h * HD + d] = Float(o[d] / l) }
                 }
             }
         }

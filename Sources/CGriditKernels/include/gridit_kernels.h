@@ -131,9 +131,11 @@ void gk_linear_small(const float *x, size_t ldx, size_t M, size_t K, int bf16, c
 /// softmax(q kᵀ / sqrt(HD)) v per (sample, head), online softmax over chunks of keys. q, k, v:
 /// (N, T, D) views with token rows `ld` floats apart (3D inside a packed qkv); heads (NH, HD)
 /// head-major within D; out: (N, T, D) with rows `ldo` apart. scratch: gk_attention_scratch_floats.
-size_t gk_attention_scratch_floats(size_t N, size_t T, size_t D, size_t NH, int workers);
+/// bf16: q, k, v and the softmax's weights rounded to bf16, products accumulated in fp32;
+/// bf16_kernel as gk_gemm_args's (VDPBF16PS or FMAs, the same bits; FMAs where VDPBF16PS is missing).
+size_t gk_attention_scratch_floats(size_t N, size_t T, size_t D, size_t NH, int workers, int bf16);
 void gk_attention(const float *q, const float *k, const float *v, size_t ld, size_t N, size_t T, size_t D, size_t NH,
-                  float *out, size_t ldo, float *scratch, int workers);
+                  float *out, size_t ldo, float *scratch, int workers, int bf16, int bf16_kernel);
 
 /// One (C, H, W) image, C even, as bf16 channel pairs (C/2, H, W, 2):
 /// out[((c / 2) * plane + i) * 2 + c % 2] = bf16(x[c * plane + i]), plane = H * W.
