@@ -23,7 +23,8 @@
 // K and V are rounded once per call into the scratch, as pairs (the 32-bit operand VDPBF16PS
 // broadcasts). Where VDPBF16PS is the slower way (gk_bf16_on_fma), or missing, the fp32 tile code
 // runs on the rounded values, each pair's odd element first and the products under MXCSR.DAZ|FTZ:
-// the same chain of roundings as VDPBF16PS, so the same bits (as the bf16 GEMM, see gemm.c).
+// the same chain of roundings as VDPBF16PS, so the same bits (as the bf16 GEMM, see gemm.c) on
+// x86 CPUs with FMA (a separate multiply would flush a product below the normal range first).
 #include "gridit_kernels.h"
 #include "gk_math.h"
 
@@ -138,7 +139,8 @@ static void round_kv(void *ctx, size_t item, int worker) {
         for (size_t t = 0; t < T; t++)
             for (size_t d0 = 0; d0 < HD; d0 += 32) {
                 size_t n0 = min_size(HD - d0, 16), n1 = HD - d0 > 16 ? min_size(HD - d0 - 16, 16) : 0;
-                v16 a = BF16_ROUND(LOADN(k + t * ld + d0, n0)), b = BF16_ROUND(LOADN(k + t * ld + d0 + 16, n1));
+                v16 a = BF16_ROUND(LOADN(k + t * ld + d0, n0));
+                v16 b = n1 ? BF16_ROUND(LOADN(k + t * ld + d0 + 16, n1)) : (v16)0.0f;
                 v16 even = SHUF(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
                 v16 odd = SHUF(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
                 STOREN(kr + t * HDp / 2 + d0 / 2, (v16)BF16_PAIR(even, odd), (n0 + n1 + 1) / 2);
@@ -227,6 +229,13 @@ static inline __attribute__((always_inline)) void pv_tile(const float *Pt, const
 }
 
 #if GK_HAVE_X86
+// One 32-bit pair of the rounded K or V (written as floats by round_kv).
+static inline int load_pair(const uint32_t *p) {
+    int x;
+    memcpy(&x, p, sizeof x);
+    return x;
+}
+
 // BF16_DP: Sᵀ of a chunk's kv keys (kb: the first key's pairs, HP per key) against qᵀ's pairs
 // qp [HP][BR]; mx: each lane's running max (BR floats). scores_tile by VDPBF16PS.
 GK_AVX512BF16 static void scores_dp(const uint32_t *kb, size_t HP, size_t kv, const uint32_t *qp, float *St,
@@ -243,7 +252,7 @@ GK_AVX512BF16 static void scores_dp(const uint32_t *kb, size_t HP, size_t kv, co
             __m512bh qv[NV];
             for (int c = 0; c < NV; c++) qv[c] = (__m512bh)_mm512_loadu_si512(qp + p * BR + 16 * c);
             for (int e = 0; e < RT; e++) {
-                __m512bh kp = (__m512bh)_mm512_set1_epi32((int)kr[e][p]);
+                __m512bh kp = (__m512bh)_mm512_set1_epi32(load_pair(kr[e] + p));
                 for (int c = 0; c < NV; c++) acc[e][c] = _mm512_dpbf16_ps(acc[e][c], kp, qv[c]);
             }
         }
@@ -271,7 +280,7 @@ GK_AVX512BF16 static void pv_dp(const uint32_t *Pp, const uint32_t *vb, size_t H
             __m512bh pp[NV];
             for (int c = 0; c < NV; c++) pp[c] = (__m512bh)_mm512_loadu_si512(Pp + p * BR + 16 * c);
             for (int e = 0; e < RD; e++) {
-                __m512bh vp = (__m512bh)_mm512_set1_epi32((int)vr[dc[e]]);
+                __m512bh vp = (__m512bh)_mm512_set1_epi32(load_pair(vr + dc[e]));
                 for (int c = 0; c < NV; c++) acc[e][c] = _mm512_dpbf16_ps(acc[e][c], vp, pp[c]);
             }
         }
@@ -382,9 +391,15 @@ static void attend_tile(void *ctx, size_t item, int worker) {
                 }
             }
         for (int c = 0; c < NV; c++) l[c] = l[c] * alpha[c] + (sum0[c] + sum1[c]);
+        // bf16: a rescaled O below the normal range is flushed to (signed) zero here, so neither
+        // form starts its products from a denormal sum (which the FMA form's DAZ reads as zero).
         if (j0 > 0)
             for (size_t d = 0; d < HD; d++)
-                for (int c = 0; c < NV; c++) STORE16(Ot + d * BR + 16 * c, LOAD16(Ot + d * BR + 16 * c) * alpha[c]);
+                for (int c = 0; c < NV; c++) {
+                    v16 o = LOAD16(Ot + d * BR + 16 * c) * alpha[c];
+                    if (mode != FP32) o = __builtin_elementwise_abs(o) < FLT_MIN ? o * 0.0f : o;
+                    STORE16(Ot + d * BR + 16 * c, o);
+                }
         size_t kvp = round_up(kv, 2);
 #if GK_HAVE_X86
         if (mode == BF16_DP) {
