@@ -167,20 +167,6 @@ static void round_kv(void *ctx, size_t item, int worker) {
     }
 }
 
-#if GK_HAVE_X86
-// MXCSR.DAZ|FTZ around the bf16 products on FMAs (VDPBF16PS's denormal handling). The "memory"
-// clobber keeps the products, which start from and end in memory, on their side of the write.
-static inline unsigned daz_on(void) {
-    unsigned csr = _mm_getcsr(), daz = csr | 0x8040u;
-    __asm__ volatile("ldmxcsr %0" : : "m"(daz) : "memory");
-    return csr;
-}
-static inline void daz_off(unsigned csr) { __asm__ volatile("ldmxcsr %0" : : "m"(csr) : "memory"); }
-#else
-static inline unsigned daz_on(void) { return 0; }
-static inline void daz_off(unsigned csr) { (void)csr; }
-#endif
-
 // Sᵀ[t][0..BR) = Σ_d K[t][d] · qᵀ[d] for RT keys (rows of K ld apart); mx: running max per lane.
 // pairs: d runs 1, 0, 3, 2, ... (HD even): VDPBF16PS's order.
 static inline __attribute__((always_inline)) void scores_tile(const float *const kr[RT], const float *qt, size_t HD,
@@ -351,7 +337,7 @@ static void attend_tile(void *ctx, size_t item, int worker) {
         } else
 #endif
         {
-            unsigned csr = mode == BF16_FMA ? daz_on() : 0;
+            unsigned csr = mode == BF16_FMA ? gk_daz_on() : 0;
             for (size_t t0 = 0; t0 < kv; t0 += RT) {
                 const float *kr[RT];
                 for (size_t e = 0; e < RT; e++) {
@@ -360,7 +346,7 @@ static void attend_tile(void *ctx, size_t item, int worker) {
                 }
                 scores_tile(kr, qt, mode == BF16_FMA ? HDp : HD, mode == BF16_FMA, St + t0 * BR, mx);
             }
-            if (mode == BF16_FMA) daz_off(csr);
+            if (mode == BF16_FMA) gk_set_mxcsr(csr);
         }
         // alpha rescales what earlier chunks summed (none in the first: l and O are 0 there).
         v16 alpha[NV], sum0[NV], sum1[NV];  // two sums per vector: not one long dependency chain
@@ -407,9 +393,9 @@ static void attend_tile(void *ctx, size_t item, int worker) {
         } else
 #endif
         if (mode == BF16_FMA) {
-            unsigned csr = daz_on();
+            unsigned csr = gk_daz_on();
             for (size_t d0 = 0; d0 < HD; d0 += RD) pv_tile(St, kvr + T * HDp + j0 * HD, HD, kvp, 1, d0, HD, Ot);
-            daz_off(csr);
+            gk_set_mxcsr(csr);
         } else {
             for (size_t d0 = 0; d0 < HD; d0 += RD) pv_tile(St, v + j0 * ld, ld, kv, 0, d0, HD, Ot);
         }

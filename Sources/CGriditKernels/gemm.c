@@ -369,8 +369,6 @@ GK_AVX512 static inline __attribute__((always_inline)) void init_tile(__m512 acc
             for (int j_ = 0; j_ < 3; j_++) __asm__ volatile("" : "+v"(acc[i_][j_]));                       \
     } while (0)
 
-static inline void write_mxcsr(unsigned v) { __asm__ volatile("ldmxcsr %0" : : "m"(v)); }
-
 // daz: the k loop runs with MXCSR.DAZ|FTZ (bf16 on FMAs, VDPBF16PS's denormal handling); the
 // epilogue runs in the caller's mode either way.
 GK_AVX512 static inline __attribute__((always_inline)) void ukr_f32_mode(size_t kc, const float *a, const float *b,
@@ -380,8 +378,7 @@ GK_AVX512 static inline __attribute__((always_inline)) void ukr_f32_mode(size_t 
     init_tile(acc, c, ldc, e->load_c);
     unsigned csr = 0;
     if (daz) {
-        csr = _mm_getcsr();
-        write_mxcsr(csr | 0x8040u);  // FTZ | DAZ
+        csr = gk_daz_on();
         PIN_ACC(acc);
     }
     for (size_t k = 0; k < kc; k++) {
@@ -395,7 +392,7 @@ GK_AVX512 static inline __attribute__((always_inline)) void ukr_f32_mode(size_t 
     }
     if (daz) {
         PIN_ACC(acc);
-        write_mxcsr(csr);
+        gk_set_mxcsr(csr);
         PIN_ACC(acc);
     }
     if (e->finish) finish_tile(acc, e);

@@ -75,7 +75,21 @@ GK_AVX512 static inline __m512 gk_gelu16(__m512 v) {
     return _mm512_div_ps(v, _mm512_add_ps(gk_exp16(t), _mm512_set1_ps(1.0f)));
 }
 
+// MXCSR.DAZ|FTZ around the bf16 products on FMAs (VDPBF16PS's denormal handling, gemm.c and
+// attention.c): gk_daz_on returns the caller's MXCSR for gk_set_mxcsr to restore. The "memory"
+// clobber keeps loads and stores on their side of the write; arithmetic that stays in registers
+// must be pinned by the caller (gemm.c's PIN_ACC).
+static inline void gk_set_mxcsr(unsigned v) { __asm__ volatile("ldmxcsr %0" : : "m"(v) : "memory"); }
+static inline unsigned gk_daz_on(void) {
+    unsigned csr = _mm_getcsr();
+    gk_set_mxcsr(csr | 0x8040u);  // FTZ | DAZ
+    return csr;
+}
+
 // Mask of the first n (0...16) lanes.
 static inline __mmask16 gk_mask16(size_t n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
+#else
+static inline void gk_set_mxcsr(unsigned v) { (void)v; }
+static inline unsigned gk_daz_on(void) { return 0; }
 #endif
 #endif
