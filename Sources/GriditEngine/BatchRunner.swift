@@ -439,9 +439,8 @@ final class BatchRunner {
     /// workspaces of 1 and 2).
     private func maxRows(_ pass: StagePass) -> Int {
         if let rows = rowLimits[pass.stage] { return rows }
-        let config = pass.model.config
-        let one = DiTWorkspace(config: config, batch: 1, workers: options.threads).byteCount
-        let two = DiTWorkspace(config: config, batch: 2, workers: options.threads).byteCount
+        let one = pass.model.makeWorkspace(batch: 1, workers: options.threads).byteCount
+        let two = pass.model.makeWorkspace(batch: 2, workers: options.threads).byteCount
         let perRow = two - one + 4 * pass.itemFloats, fixed = max(0, one - (two - one))
         let rows = max(1, min(options.maxBatch, (options.memoryBudget - fixed) / max(perRow, 1)))
         rowLimits[pass.stage] = rows
@@ -457,7 +456,7 @@ final class BatchRunner {
     private func workspace(_ pass: StagePass, batch: Int) -> DiTWorkspace {
         if let ws = workspaces[pass.stage], ws.batch == batch { return ws }
         workspaces[pass.stage] = nil  // free the old one first
-        let ws = DiTWorkspace(config: pass.model.config, batch: batch, workers: options.threads)
+        let ws = pass.model.makeWorkspace(batch: batch, workers: options.threads)
         workspaces[pass.stage] = ws
         return ws
     }

@@ -144,7 +144,7 @@ extension LoadedPipeline {
         }
         func forwardSeconds(_ model: DiT) throws -> Double {
             let c = model.config, s = c.inputSize
-            let ws = DiTWorkspace(config: c, batch: 1, workers: threads)
+            let ws = model.makeWorkspace(batch: 1, workers: threads)
             let x = Tensor(zeros: [1, c.inChannels, s, s])
             let condition = c.conditionChannels > 0 ? Tensor(zeros: [1, c.conditionChannels, s, s]) : nil
             let y: [Int]? = c.numClasses > 0 ? [0] : nil

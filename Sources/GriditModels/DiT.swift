@@ -154,6 +154,9 @@ public final class DiTWorkspace {
     }
     /// The workers the scratch was sized for.
     public let capacity: Int
+    /// Whether the attention scratch holds bf16 attention's rounded keys and values (sized for a
+    /// bf16 model on a CPU with AVX512_BF16; fp32 models do without that copy).
+    public let bf16Attention: Bool
     let context: ComputeContext
     let patches: Tensor  // (N*T, Cin*P*P)
     let embedIn: Tensor  // (N, C+Cc, H, W) when a condition is concatenated
@@ -165,7 +168,7 @@ public final class DiTWorkspace {
 
     public init(
         config c: DiTConfiguration, batch N: Int, workers: Int = ComputeContext.defaultWorkers,
-        backend: KernelBackend = .current
+        backend: KernelBackend = .current, precision: Precision = .fp32
     ) {
         let (T, D, M) = (c.tokens, c.hiddenSize, c.mlpHidden)
         let P2C = c.embedInChannels * c.patchSize * c.patchSize
@@ -177,10 +180,11 @@ public final class DiTWorkspace {
         proj = Tensor(zeros: [N, T, D])
         mlp = Tensor(zeros: [N, T, M])
         capacity = max(1, workers)
+        bf16Attention = precision.effective(on: backend) == .bf16
         attentionScratch = Tensor(zeros: [
             attentionScratchCount(
                 batch: N, tokens: T, dim: D, heads: c.numHeads,
-                workers: capacity, bf16: backend.hasBF16)
+                workers: capacity, bf16: bf16Attention)
         ])
         // Scratch for the largest product: the most rows and the widest input.
         let scratch = max(
@@ -265,9 +269,9 @@ public struct DiT: Sendable {
         try GriditModels.checkBinding(DiTWeights.table(config), against: source)
     }
 
-    /// A workspace for `batch` samples on `workers` threads, on this model's backend.
+    /// A workspace for `batch` samples on `workers` threads, on this model's backend and precision.
     public func makeWorkspace(batch: Int, workers: Int = ComputeContext.defaultWorkers) -> DiTWorkspace {
-        DiTWorkspace(config: config, batch: batch, workers: workers, backend: backend)
+        DiTWorkspace(config: config, batch: batch, workers: workers, backend: backend, precision: precision)
     }
 
     /// One forward pass. x: (N, C, H, W); t: N timesteps on the original 0..999 scale;
@@ -284,6 +288,9 @@ public struct DiT: Sendable {
         try check(
             ws.context.backend == backend,
             "workspace made for the \(ws.context.backend) kernels, the model uses \(backend): use makeWorkspace")
+        try check(
+            precision != .bf16 || ws.bf16Attention,
+            "workspace made for an fp32 model has no room for bf16 attention: use makeWorkspace")
         try check(Self.isImage(x, N, c.inChannels, S), "x has shape \(x.shape), expected \([N, c.inChannels, S, S])")
         try check(t.count == N, "\(t.count) timesteps for a batch of \(N)")
         if c.numClasses > 0 {

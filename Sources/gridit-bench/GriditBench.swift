@@ -94,7 +94,7 @@ extension GriditBench {
             var labels: [Int]? = try y.map { try NPYArray(path: $0).integers() }
             if let label { labels = Array(repeating: label, count: n) }
             let cond = try condition.map { try NPYArray(path: $0).floatTensor() }
-            let ws = DiTWorkspace(config: config, batch: n, workers: threads.threads)
+            let ws = model.makeWorkspace(batch: n, workers: threads.threads)
             let start = DispatchTime.now()
             let output = try model.forward(x: xs, t: ts, y: labels, condition: cond, workspace: ws)
             let ms = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e6

@@ -165,6 +165,22 @@ func outputIsBitIdenticalForAnyThreadCountAndBatch(_ c: ModelCase) throws {
     #expect(rel > 0, "bf16 products should not be bit-identical to fp32")
 }
 
+@Test func workspaceHoldsBF16AttentionScratchOnlyForBF16Models() throws {
+    // bf16 attention keeps rounded copies of K and V in the workspace; an fp32 model's workspace
+    // goes without them, and a bf16 model refuses a workspace made without room for them.
+    let fp32 = try seededSmallDiT(precision: .fp32), bf16 = try seededSmallDiT(precision: .bf16)
+    let small = fp32.makeWorkspace(batch: 2, workers: 2), large = bf16.makeWorkspace(batch: 2, workers: 2)
+    #expect(!small.bf16Attention)
+    guard KernelBackend.current.hasBF16 else {
+        #expect(!large.bf16Attention && large.byteCount == small.byteCount, "no bf16 here: the same workspace")
+        return
+    }
+    #expect(large.bf16Attention && large.byteCount > small.byteCount)
+    print("DiT-S/2 widths, batch 2: workspace \(small.byteCount) bytes fp32, \(large.byteCount) bf16")
+    let x = Tensor(seededValues(2 * 4 * 32 * 32, seed: 5, scale: 1), shape: [2, 4, 32, 32])
+    #expect(throws: ModelError.self) { try bf16.forward(x: x, t: [30, 700], workspace: small) }
+}
+
 /// Deterministic values in [-scale, scale) from a linear congruential stream.
 func seededValues(_ count: Int, seed: UInt64, scale: Float) -> [Float] {
     var s = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
