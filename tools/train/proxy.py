@@ -9,7 +9,8 @@ Stage 1 (16 px): `--n16` one-grid clips and `--nlong` gridit roll-outs of `--lon
 condition and scored with the 64 px digit tracking of tools/eval (real held-out frames treated the
 same way pass about 96% at 16 frames and 88% at 128) and digit identity, beside the 16 px
 sharpness ratio, warp/flow ratios and PCA-FD against real held-out clips; the real row is computed
-the same way. With `--sr-from PIPELINE` the frames are super-resolved by that pipeline's stage 2
+the same way. The roll-outs' fade: their last 16 frames' sharpness and mean brightness over their
+first 16's. With `--sr-from PIPELINE` the frames are super-resolved by that pipeline's stage 2
 instead (and the real rows are real 64 px frames): digit identity needs it, as 7 px digits seen
 through a bicubic x4 read as too many classes even in real data. Stage 2: PSNR, SSIM and sharpness
 on exact held-out pairs, beside the bicubic condition (sr_check.py's numbers).
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", help="default: the pipeline's, else 100")
     ap.add_argument("--sampler", help="default: the pipeline's, else ddpm")
     ap.add_argument("--context-rows", type=int, default=2)
-    ap.add_argument("--context", choices=["renoised", "clean"], help="default: the pipeline's, else renoised")
+    ap.add_argument("--context", help="renoised, clean or noisedT (sample.py); default: the pipeline's, else renoised")
     ap.add_argument("--sr", action="append", help="sampler:steps of stage 2 (default ddpm:50)")
     ap.add_argument("--nsr", type=int, default=32)
     ap.add_argument("--seed", type=int, default=7)
@@ -181,6 +182,12 @@ def main(argv=None) -> int:
             rows[f"real B, {a.long} frames"] = clip_scores(b16, rl, b64)
             longs = gen(a.nlong, a.long)
             rows[f"stage 1, {a.long} frames"] = clip_scores(longs, rl, to64(longs))
+            # the fade of long roll-outs: their last 16 frames against their first 16
+            first, last = longs[:, :16], longs[:, -16:]
+            out["fade"] = fade = {"sharpness_last_over_first": M.sharpness(last) / M.sharpness(first),
+                                  "brightness_last_over_first": float(last.mean() / max(first.mean(), 1e-6))}
+            print(f"last 16 frames / first 16: sharpness {fade['sharpness_last_over_first']:.2f}, "
+                  f"brightness {fade['brightness_last_over_first']:.2f}")
             if a.sheet:
                 C.md.write_png(a.sheet, C.md.contact_sheet(
                     longs[:4, ::max(1, a.long // 32)].reshape(-1, C.LR, C.LR), cols=min(32, a.long), scale=2, gap=1))

@@ -57,7 +57,7 @@ class Pipeline:
 
 @torch.no_grad()
 def denoise(model, diff, x, gen, sampler: str, eta: float, cond=None, known=None, mask=None,
-            level: str = "previous", noise_map=None, bf16: bool = False):
+            level: str = "previous", noise_map=None, bf16: bool = False, ctx_t: int = 0):
     """x: (N, C, H, W) x_T, denoised in place of a copy; known/mask (N, C, H, W): clean known pixels
     and where they are, replaced after each step at the level of x_k ("official"), of x_{k-1}
     ("previous", RePaint), or given clean at every step ("clean", for a model trained with clean
@@ -65,8 +65,13 @@ def denoise(model, diff, x, gen, sampler: str, eta: float, cond=None, known=None
     n = x.shape[0]
     prediction = model.cfg.prediction
     prev_x0 = None
+    ctx_ab = float(np.cumprod(1.0 - C.dref.linear_betas(1000))[ctx_t - 1]) if ctx_t > 0 else 1.0
+
+    def given(z):  # clean known frames, or noised to the fixed level ctx_t with fresh noise each step
+        return known if ctx_t == 0 else math.sqrt(ctx_ab) * known + math.sqrt(1 - ctx_ab) * z
+
     if known is not None and level == "clean":
-        x = torch.where(mask, known, x)
+        x = torch.where(mask, given(torch.randn(x.shape, generator=gen)), x)
     for k in reversed(range(diff.count)):
         t = torch.full((n,), float(diff.timestep_map[k]))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -82,7 +87,7 @@ def denoise(model, diff, x, gen, sampler: str, eta: float, cond=None, known=None
         else:
             x = diff.ddim_sample(x, out, k, z, eta, prediction=prediction)
         if known is not None and level == "clean":
-            x = torch.where(mask, known, x)
+            x = torch.where(mask, given(torch.randn(x.shape, generator=gen)) if ctx_t else known, x)
         elif k != 0 and known is not None:
             a = diff.ab[k] if level == "official" else diff.ab_prev[k]
             zk = noise_map(z) if noise_map else z
@@ -113,6 +118,8 @@ def stage1_sequences(pl: Pipeline, n: int, length: int, gen, mode: str, sampler:
     g0 = denoise(model, diff, torch.randn(shape, generator=gen), gen, sampler, eta, bf16=bf16)
     if mode == "gridit":
         c = context_rows
+        # "noisedT": the known frames are given at every step noised to the fixed level T (fresh noise)
+        ctx_t = int(context[len("noised"):]) if context.startswith("noised") else 0
         frames = [grid_frames(g0, k, s, range(k))]
         have, prev, gi = k * k, g0, 1
         mask = torch.zeros(shape, dtype=torch.bool)
@@ -120,8 +127,8 @@ def stage1_sequences(pl: Pipeline, n: int, length: int, gen, mode: str, sampler:
         while have < length:
             known = torch.zeros(shape)
             known[:, :, : c * s] = prev[:, :, (k - c) * s:]
-            g = denoise(model, diff, torch.randn(shape, generator=gen), gen, sampler, eta,
-                        known=known, mask=mask, level="clean" if context == "clean" else "previous", bf16=bf16)
+            g = denoise(model, diff, torch.randn(shape, generator=gen), gen, sampler, eta, known=known, mask=mask,
+                        level="previous" if context == "renoised" else "clean", bf16=bf16, ctx_t=ctx_t)
             g[:, :, : c * s] = known[:, :, : c * s]  # the carried frames are the previous grid's exact ones
             frames.append(grid_frames(g, k, s, range(c, k)))
             have += (k - c) * k
@@ -229,7 +236,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sr-sampler", choices=SAMPLERS)
     ap.add_argument("--sr-steps")
     ap.add_argument("--context-rows", type=int)
-    ap.add_argument("--context", choices=["renoised", "clean"], help="gridit mode's known frames")
+    ap.add_argument("--context", help="gridit mode's known frames: renoised, clean, or noisedT (clean ones "
+                    "noised to the fixed level T at every step)")
     ap.add_argument("--no-sr", action="store_true", help="write the 16x16 stage-1 frames")
     ap.add_argument("--batch", type=int, help="sequences per stage-1 batch (default: all)")
     ap.add_argument("--threads", type=int, default=2)

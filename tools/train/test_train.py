@@ -110,6 +110,15 @@ def test_gridit_mode_keeps_context_frames_exactly():
                     known=known, mask=mask, level="clean")
     assert len(seen) == 4 and all(torch.equal(x[:, :, :32], known[:, :, :32]) for x in seen)
     assert torch.equal(out[:, :, :32], known[:, :, :32])
+    # noised context (ctx_t 100): the carried frames at that fixed level, fresh noise at every step
+    seen.clear()
+    S.denoise(model, diff, torch.randn(1, 1, 64, 64), torch.Generator().manual_seed(1), "ddpm", 0.0,
+              known=known, mask=mask, level="clean", ctx_t=100)
+    ab = float(np.cumprod(1.0 - C.dref.linear_betas(1000))[99])
+    residues = [(x[:, :, :32] - ab ** 0.5 * known[:, :, :32]) / (1 - ab) ** 0.5 for x in seen]
+    print("noised context: residue std", [round(float(r.std()), 3) for r in residues], "expected 1")
+    assert len(seen) == 4 and all(abs(float(r.std()) - 1) < 0.05 for r in residues)  # N(0, 1) noise
+    assert not torch.equal(residues[0], residues[1])  # drawn anew each step
 
 
 def test_lr_schedule_warmup_stable_decay_per_run():
@@ -352,3 +361,21 @@ def test_self_context_replaces_known_rows_with_the_models_estimate():
     # share 0 keeps the data as context (the recipe of the landed bundle)
     s0 = T.Stage(1, T.parse_arch("1,32,2,4"), 4, 1e-3, [0.99], None, False, T.Recipe(**recipe))
     assert torch.equal(_trained_input(s0, x0)[:, :, :32], clean[:, :, :32])
+
+
+def test_dimmed_context_scales_known_rows_towards_black():
+    recipe = dict(prediction="v", ctx_share=1.0, ctx_rows=(2,))
+    s = T.Stage(1, T.parse_arch("1,32,2,4"), 8, 1e-3, [0.99], None, False, T.Recipe(**recipe, ctx_dim=1.0))
+    x0 = np.random.default_rng(1).integers(0, 256, (8, 64, 64), dtype=np.uint8)
+    x0[:, :4, :4] = 0  # a black patch in the context stays black
+    clean = C.to_model(x0)[:, None]
+    top = _trained_input(s, x0)[:, :, :32]
+    scale = (top + 1) / (clean[:, :, :32] + 1).clamp(min=1e-6)
+    lit = clean[:, :, :32] > -0.9
+    per_grid = [float(scale[i][lit[i]].mean()) for i in range(8)]
+    print("dim factors", [round(v, 3) for v in per_grid])
+    assert all(0.5 <= v < 1.0 for v in per_grid)  # each grid dimmed by one factor in [0.5, 1)
+    assert max(per_grid) - min(per_grid) > 0.05  # drawn per grid
+    for i in range(8):  # one factor per grid, all over its known rows
+        assert torch.allclose(scale[i][lit[i]], torch.tensor(per_grid[i]), atol=1e-4)
+    assert torch.equal(top[:, :, :4, :4], clean[:, :, :4, :4])

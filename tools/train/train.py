@@ -109,6 +109,7 @@ class Recipe:
     ctx_noise: int = 0                     # > 0: half of the context rows noised to a level t' < ctx_noise
     ctx_self: float = 0.0                  # share of context grids whose known rows are the model's own estimate
     ctx_self_t: int = 400                  # ... of x0 from the grid noised to a level in [ctx_self_t/5, ctx_self_t)
+    ctx_dim: float = 0.0                   # share of context grids whose known rows are dimmed by a factor in [0.5, 1)
     lr_noise: float = 0.0                  # stage 2: max std of the noise on half of the LR conditions
 
 
@@ -217,6 +218,12 @@ class Stage:
                 if bool(pick.any()):
                     ctx = x0.clone()
                     ctx[pick] = self.estimate_x0(x0[pick], ts[pick], ns[pick])
+            if r.ctx_dim > 0:
+                # Clean-context roll-outs fade to black: each grid continues its context a little
+                # dimmer. Dimmed context with data-bright continuations teaches the way back up.
+                dim = torch.rand(self.batch, generator=g) < r.ctx_dim
+                scale = torch.where(dim, 0.5 + 0.5 * torch.rand(self.batch, generator=g), torch.ones(self.batch))
+                ctx = (ctx + 1) * scale[:, None, None, None] - 1  # black (-1) stays black
             if r.ctx_noise > 0:
                 # Conditioning augmentation (Ho et al. 2022, cascaded diffusion; GameNGen's noise
                 # augmentation): the frames a long roll-out carries are the model's own, never exact,
@@ -399,6 +406,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ctx-self", type=float, default=0.0,
                     help="share of context grids whose known rows are the model's one-step x0 estimate")
     ap.add_argument("--ctx-self-t", type=int, default=400, help="their noise level is drawn from [T/5, T)")
+    ap.add_argument("--ctx-dim", type=float, default=0.0,
+                    help="share of context grids whose known rows are dimmed towards black by a factor in "
+                         "[0.5, 1) (against the fade of clean-context roll-outs)")
     ap.add_argument("--lr-noise", type=float, default=0.04,
                     help="max std of the noise added to half of the stage-2 LR conditions ([-1,1] units)")
     ap.add_argument("--share1", type=float, default=0.7, help="share of step time for stage 1 (both in one process)")
@@ -436,7 +446,8 @@ def main(argv=None) -> int:
 
     common = dict(prediction=a.prediction, snr_gamma=a.snr_gamma, t_low=a.t_low, t_low_end=a.t_low_end)
     recipes = {1: Recipe(**common, ctx_share=a.ctx_share, ctx_rows=tuple(int(v) for v in a.ctx_rows.split(",")),
-                         ctx_noise=a.ctx_noise, ctx_self=a.ctx_self, ctx_self_t=a.ctx_self_t),
+                         ctx_noise=a.ctx_noise, ctx_self=a.ctx_self, ctx_self_t=a.ctx_self_t,
+                         ctx_dim=a.ctx_dim),
                2: Recipe(**common, lr_noise=a.lr_noise)}
     spec = {1: (a.arch1, a.batch1, a.lr1), 2: (a.arch2, a.batch2, a.lr2)}
     st = {}
