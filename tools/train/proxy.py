@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", help="default: the pipeline's, else 100")
     ap.add_argument("--sampler", help="default: the pipeline's, else ddpm")
     ap.add_argument("--context-rows", type=int, default=2)
-    ap.add_argument("--context", help="renoised, clean or noisedT (sample.py); default: the pipeline's, else renoised")
+    ap.add_argument("--context", type=S.context_arg, help="renoised, clean or noisedT (sample.py); default: the pipeline's, else renoised")
     ap.add_argument("--sr", action="append", help="sampler:steps of stage 2 (default ddpm:50)")
     ap.add_argument("--nsr", type=int, default=32)
     ap.add_argument("--seed", type=int, default=7)

@@ -65,13 +65,15 @@ def denoise(model, diff, x, gen, sampler: str, eta: float, cond=None, known=None
     n = x.shape[0]
     prediction = model.cfg.prediction
     prev_x0 = None
-    ctx_ab = float(np.cumprod(1.0 - C.dref.linear_betas(1000))[ctx_t - 1]) if ctx_t > 0 else 1.0
+    ctx_ab = float(np.cumprod(1.0 - C.dref.linear_betas(1000))[ctx_t]) if ctx_t > 0 else 1.0  # q_sample's t
 
-    def given(z):  # clean known frames, or noised to the fixed level ctx_t with fresh noise each step
-        return known if ctx_t == 0 else math.sqrt(ctx_ab) * known + math.sqrt(1 - ctx_ab) * z
+    def given():  # clean known frames, or noised to the fixed level ctx_t with fresh noise each step
+        if ctx_t == 0:
+            return known
+        return math.sqrt(ctx_ab) * known + math.sqrt(1 - ctx_ab) * torch.randn(known.shape, generator=gen)
 
     if known is not None and level == "clean":
-        x = torch.where(mask, given(torch.randn(x.shape, generator=gen)), x)
+        x = torch.where(mask, given(), x)
     for k in reversed(range(diff.count)):
         t = torch.full((n,), float(diff.timestep_map[k]))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -87,7 +89,7 @@ def denoise(model, diff, x, gen, sampler: str, eta: float, cond=None, known=None
         else:
             x = diff.ddim_sample(x, out, k, z, eta, prediction=prediction)
         if known is not None and level == "clean":
-            x = torch.where(mask, given(torch.randn(x.shape, generator=gen)) if ctx_t else known, x)
+            x = torch.where(mask, given(), x)
         elif k != 0 and known is not None:
             a = diff.ab[k] if level == "official" else diff.ab_prev[k]
             zk = noise_map(z) if noise_map else z
@@ -107,6 +109,25 @@ def grid_frames(grid: torch.Tensor, k: int, s: int, rows) -> torch.Tensor:
     return g[:, list(rows)].reshape(n, len(rows) * k, s, s)
 
 
+def context_level(context: str) -> int:
+    """0 for "clean" or "renoised", T for "noisedT" (1 <= T <= 999); else a ValueError naming the choices."""
+    if context in ("clean", "renoised"):
+        return 0
+    level = context[len("noised"):] if context.startswith("noised") else ""
+    if not (level.isdigit() and 1 <= int(level) <= 999):
+        raise ValueError(f"context {context!r}: use renoised, clean or noisedT with T in 1...999 (e.g. noised50)")
+    return int(level)
+
+
+def context_arg(context: str) -> str:
+    """argparse type of --context."""
+    try:
+        context_level(context)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return context
+
+
 def stage1_sequences(pl: Pipeline, n: int, length: int, gen, mode: str, sampler: str, steps, eta: float,
                      context_rows: int, bf16: bool = False, log=None, context: str = "renoised") -> torch.Tensor:
     """(N, L, S, S) float frames in [-1, 1]."""
@@ -119,7 +140,7 @@ def stage1_sequences(pl: Pipeline, n: int, length: int, gen, mode: str, sampler:
     if mode == "gridit":
         c = context_rows
         # "noisedT": the known frames are given at every step noised to the fixed level T (fresh noise)
-        ctx_t = int(context[len("noised"):]) if context.startswith("noised") else 0
+        ctx_t = context_level(context)
         frames = [grid_frames(g0, k, s, range(k))]
         have, prev, gi = k * k, g0, 1
         mask = torch.zeros(shape, dtype=torch.bool)
@@ -236,7 +257,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sr-sampler", choices=SAMPLERS)
     ap.add_argument("--sr-steps")
     ap.add_argument("--context-rows", type=int)
-    ap.add_argument("--context", help="gridit mode's known frames: renoised, clean, or noisedT (clean ones "
+    ap.add_argument("--context", type=context_arg, help="gridit mode's known frames: renoised, clean, or noisedT (clean ones "
                     "noised to the fixed level T at every step)")
     ap.add_argument("--no-sr", action="store_true", help="write the 16x16 stage-1 frames")
     ap.add_argument("--batch", type=int, help="sequences per stage-1 batch (default: all)")

@@ -110,15 +110,24 @@ def test_gridit_mode_keeps_context_frames_exactly():
                     known=known, mask=mask, level="clean")
     assert len(seen) == 4 and all(torch.equal(x[:, :, :32], known[:, :, :32]) for x in seen)
     assert torch.equal(out[:, :, :32], known[:, :, :32])
+    # clean context draws no noise of its own: the stream after it is the stream of a free grid
+    g_clean, g_free = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    S.denoise(model, diff, torch.zeros(1, 1, 64, 64), g_clean, "ddpm", 0.0, known=known, mask=mask, level="clean")
+    S.denoise(model, diff, torch.zeros(1, 1, 64, 64), g_free, "ddpm", 0.0)
+    assert torch.equal(g_clean.get_state(), g_free.get_state())
     # noised context (ctx_t 100): the carried frames at that fixed level, fresh noise at every step
     seen.clear()
     S.denoise(model, diff, torch.randn(1, 1, 64, 64), torch.Generator().manual_seed(1), "ddpm", 0.0,
               known=known, mask=mask, level="clean", ctx_t=100)
-    ab = float(np.cumprod(1.0 - C.dref.linear_betas(1000))[99])
+    ab = float(np.cumprod(1.0 - C.dref.linear_betas(1000))[100])  # the level of training's q_sample at t = 100
     residues = [(x[:, :, :32] - ab ** 0.5 * known[:, :, :32]) / (1 - ab) ** 0.5 for x in seen]
     print("noised context: residue std", [round(float(r.std()), 3) for r in residues], "expected 1")
     assert len(seen) == 4 and all(abs(float(r.std()) - 1) < 0.05 for r in residues)  # N(0, 1) noise
     assert not torch.equal(residues[0], residues[1])  # drawn anew each step
+    assert [S.context_level(c) for c in ("clean", "renoised", "noised50")] == [0, 0, 50]
+    for bad in ("cleen", "noised", "noised0", "noised1000"):
+        with pytest.raises(ValueError, match="noisedT"):
+            S.context_level(bad)
 
 
 def test_lr_schedule_warmup_stable_decay_per_run():
