@@ -65,12 +65,13 @@ def denoise(model, diff, x, gen, sampler: str, eta: float, cond=None, known=None
     n = x.shape[0]
     prediction = model.cfg.prediction
     prev_x0 = None
-    ctx_ab = float(np.cumprod(1.0 - C.dref.linear_betas(1000))[ctx_t]) if ctx_t > 0 else 1.0  # q_sample's t
+    train_diff = C.TrainDiffusion() if ctx_t > 0 else None
 
-    def given():  # clean known frames, or noised to the fixed level ctx_t with fresh noise each step
+    def given():  # clean known frames, or noised to training's level ctx_t with fresh noise each step
         if ctx_t == 0:
             return known
-        return math.sqrt(ctx_ab) * known + math.sqrt(1 - ctx_ab) * torch.randn(known.shape, generator=gen)
+        t = torch.full((known.shape[0],), ctx_t)
+        return train_diff.q_sample(known, t, torch.randn(known.shape, generator=gen))
 
     if known is not None and level == "clean":
         x = torch.where(mask, given(), x)

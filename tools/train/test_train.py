@@ -119,7 +119,7 @@ def test_gridit_mode_keeps_context_frames_exactly():
     seen.clear()
     S.denoise(model, diff, torch.randn(1, 1, 64, 64), torch.Generator().manual_seed(1), "ddpm", 0.0,
               known=known, mask=mask, level="clean", ctx_t=100)
-    ab = float(np.cumprod(1.0 - C.dref.linear_betas(1000))[100])  # the level of training's q_sample at t = 100
+    ab = float(np.cumprod(1.0 - C.dref.linear_betas(1000))[100])  # ᾱ of training's t = 100, computed apart
     residues = [(x[:, :, :32] - ab ** 0.5 * known[:, :, :32]) / (1 - ab) ** 0.5 for x in seen]
     print("noised context: residue std", [round(float(r.std()), 3) for r in residues], "expected 1")
     assert len(seen) == 4 and all(abs(float(r.std()) - 1) < 0.05 for r in residues)  # N(0, 1) noise
