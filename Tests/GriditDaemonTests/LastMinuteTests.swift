@@ -38,4 +38,24 @@ struct LastMinuteTests {
         let inWindow = (seconds - 29..<seconds).reduce(0.0) { $0 + 10 * Double($1) }
         #expect(minute.sum(at: at(Double(seconds) + 30)) == inWindow + 5)
     }
+
+    @Test("the rate divides by the time the window covers: early in a second, and in the first minute")
+    func rate() {
+        var minute = LastMinute(origin: origin)
+        // Ten events a second, at tenths, for two minutes.
+        for s in 0..<120 {
+            for k in 0..<10 { minute.add(1, at: at(Double(s) + Double(k) / 10)) }
+        }
+        // 0.05 s into second 120: seconds 61-119 (590 events) over 59.05 s; a flat /60 read 9.83.
+        let early = minute.perSecond(at: at(120.05))
+        print("rate 0.05 s into a second: \(early) (10 expected; a flat /60 read \(minute.sum(at: at(120.05)) / 60))")
+        #expect(abs(early - 10) < 0.1)
+        #expect(abs(minute.perSecond(at: at(120.5)) - 595.0 / 60) < 0.01)  // (60.5, 120.5] held 595
+
+        // Five seconds after a start: 50 events over 5 s, not over 60.
+        var fresh = LastMinute(origin: origin)
+        for i in 0..<50 { fresh.add(1, at: at(Double(i) / 10)) }
+        #expect(abs(fresh.perSecond(at: at(5)) - 10) < 1e-9)
+        #expect(LastMinute(origin: origin).perSecond(at: origin) == 0)
+    }
 }
