@@ -388,3 +388,20 @@ def test_dimmed_context_scales_known_rows_towards_black():
     for i in range(8):  # one factor per grid, all over its known rows
         assert torch.allclose(scale[i][lit[i]], torch.tensor(per_grid[i]), atol=1e-4)
     assert torch.equal(top[:, :, :4, :4], clean[:, :, :4, :4])
+
+
+@need_digits
+def test_sr_check_scores_stage_2_on_real_sequences(tmp_path):
+    """sr_check.py --sequences: real B, its bicubic and a stage 2 scored as sequences against real A."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "eval"))
+    import sr_check
+    ex = tmp_path / "export"
+    assert T.main(["--arch1", "1,32,2,4", "--arch2", "1,32,2,8", "--batch1", "2", "--batch2", "2", "--threads", "1",
+                   "--log-every", "0", "--data-workers", "0", "--export-dir", str(ex), "--ckpt-dir", str(tmp_path / "ck"),
+                   "--max-steps1", "1", "--max-steps2", "1"]) == 0
+    rows = sr_check.sequence_rows(S.Pipeline(str(ex)), 3, 32, ["ddpm:2"], 0.0, seed=1)
+    real, bicubic, sr = rows["real B"], rows["bicubic of real B at 16 px"], rows["stage 2 of real B at 16 px, ddpm 2"]
+    assert real["track_pass"] == 1.0 and 0.5 < real["sharp_ratio"] < 2 and real["warp_ratio"] < 2
+    assert bicubic["sharp_ratio"] < 0.2  # a 4x bicubic is blurred
+    assert sr["pca_fd"] > real["pca_fd"]  # an untrained stage 2 draws noise, not digits
+    assert {"first16", "last16", "drift", "identity_kept"} <= set(sr)
