@@ -50,7 +50,7 @@ struct LastMinuteTests {
         let early = minute.perSecond(at: at(120.05))
         print("rate 0.05 s into a second: \(early) (10 expected; a flat /60 read \(minute.sum(at: at(120.05)) / 60))")
         #expect(abs(early - 10) < 0.1)
-        #expect(abs(minute.perSecond(at: at(120.5)) - 595.0 / 60) < 0.01)  // (60.5, 120.5] held 595
+        #expect(abs(minute.perSecond(at: at(120.5)) - 590.0 / 59.5) < 1e-9)  // seconds 61-120 over 59.5 s
 
         // Five seconds after a start: 50 events over 5 s, not over 60.
         var fresh = LastMinute(origin: origin)
