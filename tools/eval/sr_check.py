@@ -66,10 +66,10 @@ def main(argv=None) -> int:
     pl = S.Pipeline(a.pipeline)
     low, high = C.md.sr_pairs(a.count, C.LR, C.SCALE, a.seed, "heldout", **C.DATA_KW)
     rows = {}
-    bic = C.to_u8(C.upsample(C.to_model(low)[:, None]))[:, 0]
-    rows["bicubic condition"] = bic
+    rows["bicubic condition"] = bicubic(low)
     d = pl.defaults
-    for s in a.setting or [f"{d['sr_sampler']}:{d['sr_steps']}"]:
+    settings = a.setting or [f"{d['sr_sampler']}:{d['sr_steps']}"]
+    for s in settings:
         sampler, steps = s.split(":")
         g = torch.Generator().manual_seed(a.seed)
         rows[f"stage 2, {sampler} {steps}"] = S.super_resolve(pl, low, g, sampler, steps, d["eta"])
@@ -89,12 +89,17 @@ def main(argv=None) -> int:
     print(f"({a.count} held-out pairs, seed {a.seed})")
     result = {"count": a.count, "seed": a.seed, "results": out}
     if a.sequences:
-        result["sequences"] = sequence_rows(pl, a.sequences, a.length, a.setting or [f"{d['sr_sampler']}:{d['sr_steps']}"],
-                                            d["eta"], a.seed)
+        result["sequences"] = sequence_rows(pl, a.sequences, a.length, settings, d["eta"], a.seed)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=2, default=float)
     return 0
+
+
+def bicubic(low: np.ndarray) -> np.ndarray:
+    """(M, S, S) uint8 -> (M, rS, rS) uint8: stage 2's condition as an image."""
+    import common as C
+    return C.to_u8(C.upsample(C.to_model(low)[:, None]))[:, 0]
 
 
 def sequence_rows(pl, n: int, length: int, settings: list[str], eta: float, seed: int) -> dict:
@@ -107,7 +112,7 @@ def sequence_rows(pl, n: int, length: int, settings: list[str], eta: float, seed
     ref = E.Reference(n, length, C.HR, 9001, False)
     low = E.real_set(n, length, C.LR, 9002)
     rows = {"real B": E.real_set(n, length, C.HR, 9002),
-            "bicubic of real B at 16 px": C.to_u8(C.upsample(C.to_model(low.reshape(-1, C.LR, C.LR))[:, None]))[:, 0]}
+            "bicubic of real B at 16 px": bicubic(low.reshape(-1, C.LR, C.LR))}
     for s in settings:
         sampler, steps = s.split(":")
         g = torch.Generator().manual_seed(seed)
