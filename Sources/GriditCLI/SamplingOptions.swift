@@ -7,6 +7,7 @@ import GriditJobSpec
 extension SequenceMode: ExpressibleByArgument {}
 extension SamplerName: ExpressibleByArgument {}
 extension ContextFrames: ExpressibleByArgument {}
+extension FrameNoise: ExpressibleByArgument {}
 
 public struct SamplingOptions: ParsableArguments {
     public init() {}
@@ -34,6 +35,18 @@ public struct SamplingOptions: ParsableArguments {
 
     @Option(help: "Stage-2 steps: a count, ddimN or trailingN.")
     public var srSteps: String?
+
+    @Option(
+        parsing: .unconditional,
+        help:
+            "Scale of stage 2's noise, 0...1: 1 samples as trained, lower flickers less with softer strokes. Default: the model's."
+    )
+    public var srTemperature: Double?
+
+    @Option(
+        help: "Stage-2 noise: per-frame, or shared by every frame of the sequence (less flicker). Default: the model's."
+    )
+    public var srNoise: FrameNoise?
 
     @Option(
         parsing: .unconditional, help: "DDIM eta in 0...1 (0 = deterministic).")
@@ -75,9 +88,10 @@ public struct SamplingOptions: ParsableArguments {
 
     public var parameters: JobSpec.Parameters {
         JobSpec.Parameters(
-            seed: seed, mode: mode, sampler: sampler, steps: steps, srSampler: srSampler, srSteps: srSteps, eta: eta,
-            contextRows: contextRows, context: context, noSR: noSR, precision: precision, jumpLength: jumpLength,
-            jumpCount: jumpCount, classLabel: classLabel, cfgScale: cfgScale)
+            seed: seed, mode: mode, sampler: sampler, steps: steps, srSampler: srSampler, srSteps: srSteps,
+            srTemperature: srTemperature, srNoise: srNoise, eta: eta, contextRows: contextRows, context: context,
+            noSR: noSR, precision: precision, jumpLength: jumpLength, jumpCount: jumpCount, classLabel: classLabel,
+            cfgScale: cfgScale)
     }
 
     static func seed(_ text: String) throws -> UInt64 {

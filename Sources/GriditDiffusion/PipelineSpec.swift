@@ -133,6 +133,10 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
         public var eta: Double
         public var srSampler: String
         public var srSteps: String
+        /// Scale of stage 2's noise, 0...1 (1 = as trained).
+        public var srTemperature: Double
+        /// `per-frame` or `shared` (the same noise for every frame of a sequence).
+        public var srNoise: String
         /// Grid rows carried into the next grid as known frames (1...k-1), gridit mode.
         public var contextRows: Int
         /// How gridit mode gives those frames: `renoised` (RePaint) or `clean` (for a stage 1
@@ -145,8 +149,9 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
 
         public init(
             mode: String = "gridit", sampler: String = "ddpm", steps: String = "250", eta: Double = 0,
-            srSampler: String = "ddpm", srSteps: String = "250", contextRows: Int = 1,
-            context: String = "renoised", precision: String = "fp32", cfgScale: Double = 1
+            srSampler: String = "ddpm", srSteps: String = "250", srTemperature: Double = 1,
+            srNoise: String = "per-frame", contextRows: Int = 1, context: String = "renoised",
+            precision: String = "fp32", cfgScale: Double = 1
         ) {
             self.mode = mode
             self.sampler = sampler
@@ -154,6 +159,8 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
             self.eta = eta
             self.srSampler = srSampler
             self.srSteps = srSteps
+            self.srTemperature = srTemperature
+            self.srNoise = srNoise
             self.contextRows = contextRows
             self.context = context
             self.precision = precision
@@ -164,6 +171,8 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
             case mode, sampler, steps, eta
             case srSampler = "sr_sampler"
             case srSteps = "sr_steps"
+            case srTemperature = "sr_temperature"
+            case srNoise = "sr_noise"
             case contextRows = "context_rows"
             case context
             case precision
@@ -179,6 +188,8 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
             eta = try c.decodeIfPresent(Double.self, forKey: .eta) ?? d.eta
             srSampler = try c.decodeIfPresent(String.self, forKey: .srSampler) ?? d.srSampler
             srSteps = try Self.decodeSteps(c, .srSteps) ?? d.srSteps
+            srTemperature = try c.decodeIfPresent(Double.self, forKey: .srTemperature) ?? d.srTemperature
+            srNoise = try c.decodeIfPresent(String.self, forKey: .srNoise) ?? d.srNoise
             contextRows = try c.decodeIfPresent(Int.self, forKey: .contextRows) ?? d.contextRows
             context = try c.decodeIfPresent(String.self, forKey: .context) ?? d.context
             precision = try c.decodeIfPresent(String.self, forKey: .precision) ?? d.precision
@@ -322,6 +333,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
     public static let samplers = SamplerName.allCases.map(\.rawValue)
     public static let precisions = Precision.allCases.map(\.rawValue)
     public static let contexts = ContextFrames.allCases.map(\.rawValue)
+    public static let frameNoises = FrameNoise.allCases.map(\.rawValue)
 
     /// Checks that need no model config: format, ranges, enumerations, respacing strings.
     public func validateFields(path: String? = nil) throws {
@@ -345,6 +357,12 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
             do { _ = try GaussianDiffusion.spacedTimesteps(s) } catch { try fail("\(field): \(error)") }
         }
         if !(0...1).contains(d.eta) { try fail("defaults.eta is \(d.eta); it must be in 0...1") }
+        if !(0...1).contains(d.srTemperature) {
+            try fail("defaults.sr_temperature is \(d.srTemperature); it must be in 0...1")
+        }
+        if !Self.frameNoises.contains(d.srNoise) {
+            try fail("defaults.sr_noise is '\(d.srNoise)'; use one of \(Self.frameNoises)")
+        }
         if !(1..<grid.k).contains(d.contextRows) {
             try fail("defaults.context_rows is \(d.contextRows); it must be 1...\(grid.k - 1) for k = \(grid.k)")
         }

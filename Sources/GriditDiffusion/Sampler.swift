@@ -179,20 +179,25 @@ public struct KnownFrames: @unchecked Sendable {
 ///
 /// Stage-1 grids draw `.initial`, `.step`, `.jump` with `grid` = the grid's id in its run's plan and
 /// `frame` = the grid position; stage-2 frames draw `.srInitial`, `.srStep`, `.srJump` with `grid` =
-/// the frame's index in the sequence and `frame` = 0. The step id of a transition is
-/// k + visit·count (just k without resampling jumps).
+/// the frame's index in the sequence (0 for every frame with shared noise) and `frame` = 0. The
+/// step id of a transition is k + visit·count (just k without resampling jumps).
 public struct NoiseStream: Sendable, Hashable {
     public enum Stage: Sendable, Hashable { case grid, superResolution }
 
     public var seed: UInt64
     public var id: Int
     public var stage: Stage
+    /// Scales every normal drawn (x_T and the steps' noise): below 1, samples keep closer to the
+    /// model's most likely output. Items with known frames keep 1 (their replacement re-noises
+    /// with these normals).
+    public var temperature: Float
 
-    public init(seed: UInt64, id: Int, stage: Stage = .grid) {
+    public init(seed: UInt64, id: Int, stage: Stage = .grid, temperature: Float = 1) {
         precondition(id >= 0 && id < 1 << 24, "NoiseStream: id \(id) out of 0..<2^24")
         self.seed = seed
         self.id = id
         self.stage = stage
+        self.temperature = temperature
     }
 
     enum Use { case initial, step, jump }
@@ -213,6 +218,10 @@ public struct NoiseStream: Sendable, Hashable {
     /// Fills `x` (C, K·S, K·S) frame by frame with the normals of `use` at `step`.
     func fill(_ x: Tensor, layout: GridLayout, _ use: Use, step: Int) {
         for f in 0..<layout.framesPerGrid { layout.fillNoise(frame: f, of: x, key: key(use, step: step, position: f)) }
+        if temperature != 1 {
+            let p = x.mutablePointer
+            for i in 0..<x.count { p[i] *= temperature }
+        }
     }
 }
 
@@ -244,6 +253,7 @@ public final class DenoiseItem {
             throw DiffusionError.shapeMismatch("item x \(x.shape), expected \(layout.gridShape)")
         }
         if let known {
+            precondition(noise.temperature == 1, "DenoiseItem: known frames are re-noised at temperature 1")
             guard known.x0.shape == layout.gridShape else {
                 throw DiffusionError.shapeMismatch("known x0 \(known.x0.shape), expected \(layout.gridShape)")
             }

@@ -92,7 +92,7 @@ extension SequenceRun {
         guard let data = FileManager.default.contents(atPath: output + "/sequence.json"),
             let found = try? JSONDecoder().decode(Identity.self, from: data)
         else { return false }
-        return found.pipeline.digest == pipeline.identity.digest && found.settings == settings
+        return found.pipeline.digest == pipeline.identity.digest && found.settings.filledAsOlderVersions() == settings
     }
 
     /// Writes the output directory `output` of this complete run and returns what

@@ -36,6 +36,9 @@ public struct RunSettings: Codable, Sendable, Equatable {
     public var superResolution: Bool
     public var srSampler: SamplerName?
     public var srSteps: String?
+    /// Nil without stage 2, and in `run.json` files from before they existed (1, per-frame).
+    public var srTemperature: Double?
+    public var srNoise: FrameNoise?
     public var precisionRequested: String
     /// What runs: the one requested, or fp32 where the CPU lacks AVX512_BF16. Part of what makes
     /// the frames: the same seed gives other bits in the other precision.
@@ -45,6 +48,7 @@ public struct RunSettings: Codable, Sendable, Equatable {
         case length, seed, mode, sampler, steps, eta, jumps, context
         case contextRows = "context_rows", classLabel = "class_label", cfgScale = "cfg_scale"
         case superResolution = "super_resolution", srSampler = "sr_sampler", srSteps = "sr_steps"
+        case srTemperature = "sr_temperature", srNoise = "sr_noise"
         case precisionRequested = "precision_requested", precisionUsed = "precision_used"
     }
 
@@ -158,9 +162,16 @@ public struct RunSettings: Codable, Sendable, Equatable {
             }
             srSampler = s
             srSteps = try Self.checkSteps(r.srSteps ?? d.srSteps, field: "sr_steps")
+            srTemperature = r.srTemperature ?? d.srTemperature
+            guard let noise = r.srNoise ?? FrameNoise(rawValue: d.srNoise) else {
+                try fail("defaults.sr_noise '\(d.srNoise)'", "fix the pipeline")
+            }
+            srNoise = noise
         } else {
             srSampler = nil
             srSteps = nil
+            srTemperature = nil
+            srNoise = nil
         }
 
         precisionRequested = r.precision ?? d.precision
@@ -169,6 +180,16 @@ public struct RunSettings: Codable, Sendable, Equatable {
                 "precision '\(precisionRequested)'", "use one of \(PipelineSpec.precisions.joined(separator: ", "))")
         }
         precisionUsed = Precision(rawValue: precisionRequested)!.effective.rawValue
+    }
+
+    /// Settings read from a file an older gridit wrote, with what it did where a field is missing:
+    /// runs recorded before `context` existed re-noised their carried frames, and before
+    /// `sr_temperature` and `sr_noise`, drew stage 2's noise at 1, per frame.
+    func filledAsOlderVersions() -> RunSettings {
+        var s = self
+        if s.mode == .gridit && s.context == nil { s.context = .renoised }
+        if s.superResolution && s.srNoise == nil { (s.srTemperature, s.srNoise) = (1, .perFrame) }
+        return s
     }
 
     private static func checkSteps(_ s: String, field: String) throws -> String {

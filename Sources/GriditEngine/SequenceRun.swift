@@ -220,8 +220,7 @@ public final class SequenceRun {
                     "work directory '\(workDirectory)' has an unreadable run.json",
                     hint: "remove the directory or choose another work directory")
             }
-            // Runs recorded before `context` existed re-noised their carried frames.
-            if stored.settings.mode == .gridit && stored.settings.context == nil { stored.settings.context = .renoised }
+            stored.settings = stored.settings.filledAsOlderVersions()
             guard stored.format == Self.runFormat, stored.settings == settings,
                 stored.pipeline.digest == pipeline.identity.digest
             else {

@@ -138,7 +138,9 @@ extension SequenceRun {
         let channels = pipeline.stage2!.config.inChannels
         let item = try DenoiseItem(
             schedule: schedule2, layout: GridLayout(k: 1, frameSize: side, channels: channels),
-            noise: NoiseStream(seed: settings.seed, id: i, stage: .superResolution))
+            noise: NoiseStream(
+                seed: settings.seed, id: settings.srNoise == .shared ? 0 : i, stage: .superResolution,
+                temperature: Float(settings.srTemperature ?? 1)))
         return (item, condition)
     }
 

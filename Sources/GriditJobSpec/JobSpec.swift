@@ -6,8 +6,9 @@
 //
 // JSON (snake_case): {"length": 128, "model": "moving-digits:latest", "output": "run-1",
 //   "parameters": {"seed": 7, "mode": "gridit", "sampler": "ddim", "steps": "50", "sr_sampler": "ddim",
-//   "sr_steps": "ddim25", "eta": 0, "context_rows": 2, "context": "clean", "no_sr": false, "precision": "fp32",
-//   "jump_length": 10, "jump_count": 2, "class_label": 3, "cfg_scale": 4}}
+//   "sr_steps": "ddim25", "sr_temperature": 0.5, "sr_noise": "shared", "eta": 0, "context_rows": 2,
+//   "context": "clean", "no_sr": false, "precision": "fp32", "jump_length": 10, "jump_count": 2,
+//   "class_label": 3, "cfg_scale": 4}}
 // Every parameter is optional: nil means the pipeline's default. `parameters` refuses unknown
 // keys (a misspelt field must not be ignored); names outside their sets fail to decode.
 
@@ -43,6 +44,15 @@ public enum SamplerName: String, Codable, Sendable, CaseIterable {
     case dpmpp2mSDE = "dpmpp-2m-sde"
 }
 
+/// How stage 2 draws the noise of a sequence's frames.
+public enum FrameNoise: String, Codable, Sendable, CaseIterable {
+    /// Every frame its own noise.
+    case perFrame = "per-frame"
+    /// The same noise for every frame of the sequence: frames that look alike at the low
+    /// resolution come out alike, so strokes flicker less from frame to frame.
+    case shared
+}
+
 /// A job: how many frames of which model, where they go, and how they are sampled.
 public struct JobSpec: Codable, Hashable, Sendable {
     /// Frames wanted (gridit: exactly this many; official: the reference's 16 + 8N for this L).
@@ -74,6 +84,10 @@ public struct JobSpec: Codable, Hashable, Sendable {
         public var steps: String?
         public var srSampler: SamplerName?
         public var srSteps: String?
+        /// Scale of stage 2's noise, 0...1 (1 = the model's own distribution; lower keeps each frame
+        /// closer to its most likely output, with less flicker and softer strokes).
+        public var srTemperature: Double?
+        public var srNoise: FrameNoise?
         /// DDIM η in [0, 1] (both stages).
         public var eta: Double?
         /// Grid rows carried into the next grid (gridit mode), 1…K−1.
@@ -94,9 +108,10 @@ public struct JobSpec: Codable, Hashable, Sendable {
 
         public init(
             seed: UInt64? = nil, mode: SequenceMode? = nil, sampler: SamplerName? = nil, steps: String? = nil,
-            srSampler: SamplerName? = nil, srSteps: String? = nil, eta: Double? = nil, contextRows: Int? = nil,
-            context: ContextFrames? = nil, noSR: Bool = false, precision: String? = nil, jumpLength: Int? = nil,
-            jumpCount: Int? = nil, classLabel: Int? = nil, cfgScale: Double? = nil
+            srSampler: SamplerName? = nil, srSteps: String? = nil, srTemperature: Double? = nil,
+            srNoise: FrameNoise? = nil, eta: Double? = nil, contextRows: Int? = nil, context: ContextFrames? = nil,
+            noSR: Bool = false, precision: String? = nil, jumpLength: Int? = nil, jumpCount: Int? = nil,
+            classLabel: Int? = nil, cfgScale: Double? = nil
         ) {
             self.seed = seed
             self.mode = mode
@@ -104,6 +119,8 @@ public struct JobSpec: Codable, Hashable, Sendable {
             self.steps = steps
             self.srSampler = srSampler
             self.srSteps = srSteps
+            self.srTemperature = srTemperature
+            self.srNoise = srNoise
             self.eta = eta
             self.contextRows = contextRows
             self.context = context
@@ -117,7 +134,8 @@ public struct JobSpec: Codable, Hashable, Sendable {
 
         enum CodingKeys: String, CodingKey, CaseIterable {
             case seed, mode, sampler, steps, eta, precision, context
-            case srSampler = "sr_sampler", srSteps = "sr_steps", contextRows = "context_rows", noSR = "no_sr"
+            case srSampler = "sr_sampler", srSteps = "sr_steps", srTemperature = "sr_temperature", srNoise = "sr_noise"
+            case contextRows = "context_rows", noSR = "no_sr"
             case jumpLength = "jump_length", jumpCount = "jump_count", classLabel = "class_label", cfgScale =
                 "cfg_scale"
         }
@@ -131,6 +149,8 @@ public struct JobSpec: Codable, Hashable, Sendable {
             steps = try c.decodeSteps(.steps)
             srSampler = try c.decodeName(SamplerName.self, .srSampler)
             srSteps = try c.decodeSteps(.srSteps)
+            srTemperature = try c.decodeIfPresent(Double.self, forKey: .srTemperature)
+            srNoise = try c.decodeName(FrameNoise.self, .srNoise)
             eta = try c.decodeIfPresent(Double.self, forKey: .eta)
             contextRows = try c.decodeIfPresent(Int.self, forKey: .contextRows)
             context = try c.decodeName(ContextFrames.self, .context)
@@ -150,6 +170,8 @@ public struct JobSpec: Codable, Hashable, Sendable {
             try c.encodeIfPresent(steps, forKey: .steps)
             try c.encodeIfPresent(srSampler, forKey: .srSampler)
             try c.encodeIfPresent(srSteps, forKey: .srSteps)
+            try c.encodeIfPresent(srTemperature, forKey: .srTemperature)
+            try c.encodeIfPresent(srNoise, forKey: .srNoise)
             try c.encodeIfPresent(eta, forKey: .eta)
             try c.encodeIfPresent(contextRows, forKey: .contextRows)
             try c.encodeIfPresent(context, forKey: .context)

@@ -47,6 +47,11 @@ extension JobSpec.Parameters {
         for (name, value) in [("steps", steps), ("sr_steps", srSteps)] {
             if let value { try Self.validateSteps(value, name: name) }
         }
+        if let t = srTemperature, !(t.isFinite && t >= 0 && t <= 1) {
+            throw JobSpecError(
+                "sr_temperature must be in 0...1 (got \(t)); 1 samples stage 2 as trained, lower values flicker less (--sr-temperature)"
+            )
+        }
         if let eta, !(eta.isFinite && eta >= 0 && eta <= 1) {
             throw JobSpecError("eta must be in 0...1 (got \(eta)); use a DDIM η in 0...1 (--eta)")
         }

@@ -99,6 +99,10 @@ struct CLITests {
             }
         }
         #expect(try Griditctl.parseAsRoot(["submit", "--length", "4", "--eta", "0.5"]) is Submit)
+        let cooled = try #require(
+            try Griditctl.parseAsRoot(["submit", "--length", "4", "--sr-temperature", "0.5", "--sr-noise", "shared"])
+                as? Submit)
+        #expect(cooled.spec.parameters.srTemperature == 0.5 && cooled.spec.parameters.srNoise == .shared)
         #expect(try Griditctl.parseAsRoot(["jobs"]) is Jobs.List, "jobs lists by default")
         #expect(try Griditctl.parseAsRoot(["jobs", "ls", "--state", "queued,running"]) is Jobs.List)
         #expect(try Griditctl.parseAsRoot(["models", "verify", "--all"]) is Models.Verify)
@@ -310,6 +314,7 @@ struct HabitsTests {
         #expect(submit.priority == -3)
         for (arguments, says) in [
             (["--seed", "-1"], "whole number"), (["--cfg-scale", "-1"], "scale >= 0"), (["--eta", "-0.5"], "eta"),
+            (["--sr-temperature", "-0.5"], "sr_temperature must be in 0...1"), (["--sr-noise", "same"], "shared"),
         ] {
             do {
                 _ = try Griditctl.parseAsRoot(["submit", "--length", "4"] + arguments)

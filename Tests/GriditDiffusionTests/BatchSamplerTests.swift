@@ -150,3 +150,20 @@ func bicubicMatchesPyTorch(scale: Int) throws {
     resizeBicubic(x, into: out)
     expectClose(out, want, "bicubic ×\(scale)", tolerance: 1e-5)
 }
+
+@Test func temperatureScalesEveryNormalAnItemDraws() throws {
+    let layout = GridLayout(k: 1, frameSize: 2, channels: 4)
+    let schedule = DenoiseSchedule(diffusion: try GaussianDiffusion(respacing: "10"))  // DDPM: noise at every step
+    func item(_ temperature: Float, id: Int = 0) throws -> DenoiseItem {
+        try DenoiseItem(
+            schedule: schedule, layout: layout,
+            noise: NoiseStream(seed: 3, id: id, stage: .superResolution, temperature: temperature))
+    }
+    // x_T: exactly half at 0.5 (a power of two scales without rounding).
+    #expect(try item(0.5).x.toArray() == (try item(1).x.toArray()).map { $0 * 0.5 })
+    // At 0 the steps' noise is gone too: two noise ids end in the same bytes, which at 1 they do not.
+    let cold = [try item(0), try item(0, id: 7)], warm = [try item(1), try item(1, id: 7)]
+    try BatchDenoiser.run(cold + warm, model: { x, t, _ in elementwiseModel(x, t) })
+    #expect(cold[0].x.toArray() == cold[1].x.toArray())
+    #expect(warm[0].x.toArray() != warm[1].x.toArray())
+}

@@ -38,6 +38,7 @@ private let s2 = DiTConfiguration(
     #expect(p.grid == .init(k: 4, frameSize: 16, channels: 1))
     #expect(p.defaults.steps == "50" && p.defaults.srSteps == "ddim25" && p.defaults.sampler == "ddim")
     #expect(p.defaults.mode == "gridit" && p.defaults.precision == "fp32" && p.defaults.eta == 0)
+    #expect(p.defaults.srTemperature == 1 && p.defaults.srNoise == "per-frame")
     #expect(p.vae == nil && p.stage2?.scale == 4 && p.limits.maxLength == 100_000)
     #expect(p.files.map(\.role) == [.stage1Config, .stage1Weights, .stage2Config, .stage2Weights])
     // Round trip through the encoder.
@@ -61,7 +62,7 @@ private let s2 = DiTConfiguration(
     #expect(throws: PipelineError.self) { try PipelineSpec.load(path: dir.appendingPathComponent("absent.json").path) }
 }
 
-@Test func badFieldsAreNamed() {
+@Test func badFieldsAreNamed() throws {
     expectError(example.replacingOccurrences(of: "gridit.pipeline.v1", with: "v0"), mentions: "format")
     expectError(example.replacingOccurrences(of: "\"k\": 4", with: "\"k\": 9"), mentions: "grid.k")
     expectError(
@@ -70,6 +71,13 @@ private let s2 = DiTConfiguration(
     expectError(
         example.replacingOccurrences(of: "\"steps\": 50", with: "\"steps\": \"fast\""), mentions: "defaults.steps")
     expectError(example.replacingOccurrences(of: "\"ddim\"", with: "\"euler\""), mentions: "defaults.sampler")
+    let cooled = { (field: String) in
+        example.replacingOccurrences(of: "\"context_rows\"", with: "\(field), \"context_rows\"")
+    }
+    #expect(try spec(cooled(#""sr_temperature": 0.5, "sr_noise": "shared""#)).defaults.srNoise == "shared")
+    expectError(cooled(#""sr_temperature": 2"#), mentions: "defaults.sr_temperature is 2.0; it must be in 0...1")
+    expectError(
+        cooled(#""sr_noise": "same""#), mentions: "defaults.sr_noise is 'same'; use one of [\"per-frame\", \"shared\"]")
     expectError(example.replacingOccurrences(of: "\"frame_size\": 16, ", with: ""), mentions: "grid.frame_size")
     expectError("{\"format\": ", mentions: "JSON")
     expectError(

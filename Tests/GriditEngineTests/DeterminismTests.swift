@@ -62,6 +62,63 @@ private func bytes(
     #expect(stochastic != solver)
 }
 
+@Test func stage2NoiseTemperatureAndSharingChangeOnlyTheFrames() throws {
+    func request(_ temperature: Double?, _ noise: FrameNoise?, sampler: SamplerName = .ddpm) -> JobSpec {
+        var r = latentRequest
+        (r.parameters.srSampler, r.parameters.srTemperature, r.parameters.srNoise) = (sampler, temperature, noise)
+        return r
+    }
+    let plain = try bytes("latent", request(nil, nil))
+    #expect(try bytes("latent", request(1, .perFrame)) == plain, "1, per frame: what a run did before")
+    let shared = try bytes("latent", request(0.5, .shared), options: ExecutionOptions(threads: 1, maxBatch: 1))
+    #expect(try bytes("latent", request(0.5, .shared), options: ExecutionOptions(threads: 3, maxBatch: 5)) == shared)
+    // Stage 1 is untouched; every frame changes.
+    let grids = { (files: [String: [UInt8]]) in files.filter { $0.key.hasPrefix("grids/") } }
+    #expect(grids(shared) == grids(plain) && grids(plain).count == 4)
+    #expect(shared.filter { $0.key.hasPrefix("frames/") && plain[$0.key] == $0.value }.isEmpty)
+    // At temperature 0 no noise is left to share: per-frame and shared give the same bytes, with
+    // DDPM's noise at every step and with DPM-Solver++'s x_T alone.
+    #expect(try bytes("latent", request(0, .shared)) == (try bytes("latent", request(0, .perFrame))))
+    #expect(
+        try bytes("latent", request(0, .shared, sampler: .dpmpp2m))
+            == (try bytes("latent", request(0, .perFrame, sampler: .dpmpp2m))))
+}
+
+/// run.json and sequence.json of a gridit from before sr_temperature and sr_noise: the run resumes
+/// (its stage 2 drew at 1, per frame, as today's defaults do) and its output counts as finished.
+@Test func filesOfOlderVersionsWithoutStage2NoiseFieldsStillMatch() throws {
+    let p = try pipeline("latent")
+    let scratch = TemporaryDirectory("ge-older")
+    func dropNoiseFields(_ file: String) throws {
+        var json =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: file))) as! [String: Any]
+        var settings = json["settings"] as! [String: Any]
+        #expect(settings.removeValue(forKey: "sr_temperature") as? Double == 1)
+        #expect(settings.removeValue(forKey: "sr_noise") as? String == "per-frame")
+        json["settings"] = settings
+        try JSONSerialization.data(withJSONObject: json).write(to: URL(fileURLWithPath: file))
+    }
+    var seen = 0
+    let work = scratch.file("w")
+    let half = try SequenceRun(
+        pipeline: p, spec: latentRequest, workDirectory: work,
+        hooks: RunHooks(onProgress: { _ in seen += 1 }, shouldStop: { seen >= 3 }))
+    #expect(throws: EngineError.interrupted) { try half.execute(options: ExecutionOptions(threads: 1, maxBatch: 2)) }
+    try dropNoiseFields(work + "/run.json")
+    let resumed = try SequenceRun(pipeline: p, spec: latentRequest, workDirectory: work)
+    #expect(resumed.gridsDone + resumed.framesDone >= 3)
+    try resumed.execute(options: ExecutionOptions(threads: 2))
+    #expect(results(of: work) == (try bytes("latent", latentRequest)))
+    let output = scratch.file("out")
+    try resumed.finish(into: output)
+    try dropNoiseFields(output + "/sequence.json")
+    #expect(resumed.isFinished(at: output))
+    // Another temperature is another run.
+    var cooled = latentRequest
+    cooled.parameters.srTemperature = 0.5
+    #expect(try !SequenceRun(pipeline: p, spec: cooled, workDirectory: scratch.file("c")).isFinished(at: output))
+}
+
 @Test func runsBatchedTogetherGetTheBytesTheyGetAlone() throws {
     let p = try pipeline("latent")
     let requests = [

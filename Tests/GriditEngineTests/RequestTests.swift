@@ -26,6 +26,8 @@ import Testing
     bad(JobSpec(length: 5, parameters: .init(seed: 1, steps: "abc")), "steps 'abc'")
     bad(JobSpec(length: 5, parameters: .init(seed: 1, srSteps: "0")), "sr_steps '0'")
     bad(JobSpec(length: 5, parameters: .init(seed: 1, eta: 2)), "0...1")
+    bad(JobSpec(length: 5, parameters: .init(seed: 1, srTemperature: 1.5)), "sr_temperature must be in 0...1")
+    bad(JobSpec(length: 5, parameters: .init(seed: 1, srTemperature: .nan)), "--sr-temperature")
     bad(JobSpec(length: 5, parameters: .init(seed: 1, precision: "fp8")), "fp32, bf16")
     bad(JobSpec(length: 5, parameters: .init(seed: 1, steps: "10", jumpLength: 10)), "1...9")
     bad(JobSpec(length: 5, parameters: .init(seed: 1, mode: .official, jumpLength: 2, jumpCount: 2)), "official")
@@ -50,6 +52,14 @@ import Testing
         s.srSampler == .ddim && s.srSteps == "3" && s.precisionRequested == "bf16"
             && s.precisionUsed == Precision.bf16.effective.rawValue)
     #expect(try JobSpec(length: 7, parameters: .init(seed: 3, noSR: true)).settings(for: p).superResolution == false)
+    // Stage 2's noise: the pipeline's (this fixture says nothing: 1, per frame), or the request's;
+    // nothing without stage 2.
+    #expect(s.srTemperature == 1 && s.srNoise == .perFrame)
+    let cooled = try JobSpec(length: 7, parameters: .init(seed: 3, srTemperature: 0.5, srNoise: .shared)).settings(
+        for: p)
+    #expect(cooled.srTemperature == 0.5 && cooled.srNoise == .shared)
+    let lowOnly = try JobSpec(length: 7, parameters: .init(seed: 3, srTemperature: 0.5, noSR: true)).settings(for: p)
+    #expect(lowOnly.srTemperature == nil && lowOnly.srNoise == nil)
     // Context frames: the pipeline's default (re-noised unless it says clean), or the request's.
     #expect(s.context == .renoised)
     #expect(try JobSpec(length: 7, parameters: .init(seed: 3, context: .clean)).settings(for: p).context == .clean)
@@ -61,16 +71,24 @@ import Testing
 
 @Test func specsDecodeFromJSON() throws {
     let json =
-        #"{"length": 64, "parameters": {"seed": 18446744073709551615, "mode": "official", "steps": 50, "sr_steps": "ddim25", "no_sr": true}}"#
+        #"{"length": 64, "parameters": {"seed": 18446744073709551615, "mode": "official", "steps": 50, "sr_steps": "ddim25", "sr_temperature": 0.25, "sr_noise": "shared", "no_sr": true}}"#
     let r = try JSONDecoder().decode(JobSpec.self, from: Data(json.utf8))
     let p = r.parameters
     #expect(
         r.length == 64 && p.seed == .max && p.mode == .official && p.steps == "50" && p.srSteps == "ddim25" && p.noSR)
+    #expect(p.srTemperature == 0.25 && p.srNoise == .shared)
     let round = try JSONDecoder().decode(JobSpec.self, from: JSONEncoder().encode(r))
     #expect(round == r)
     #expect(throws: DecodingError.self) {
         try JSONDecoder().decode(
             JobSpec.self, from: Data(#"{"length": 3, "parameters": {"seed": 1, "mode": "fast"}}"#.utf8))
+    }
+    do {
+        _ = try JSONDecoder().decode(
+            JobSpec.self, from: Data(#"{"length": 3, "parameters": {"sr_noise": "same"}}"#.utf8))
+        Issue.record("sr_noise 'same' decoded")
+    } catch {
+        #expect("\(error)".contains("per-frame or shared"))
     }
 }
 

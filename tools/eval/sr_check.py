@@ -1,7 +1,10 @@
 """Stage 2 alone on exact held-out pairs (low = mean_pool(high, 4)): PSNR / SSIM / sharpness of the
 super-resolved frames against the high-resolution truth, beside the bicubic condition itself.
 
-    python tools/eval/sr_check.py --pipeline DIR [--count 64] [--setting ddpm:50 --setting ddim:25] [--bf16]
+    python tools/eval/sr_check.py --pipeline DIR [--count 64] [--setting ddpm:50 --setting dpmpp-2m:trailing18:0.5:shared] [--bf16]
+
+A setting is sampler:steps[:sr_temperature[:sr_noise]], the pipeline's defaults where left out. The
+pairs are single frames: their noise is per frame whatever sr_noise says.
 
 --sequences N adds the temporal view: N real held-out sequences of --length frames (default 128),
 mean-pooled to the low resolution and super-resolved frame by frame, scored with evaluate.py's
@@ -55,7 +58,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pipeline", required=True)
     ap.add_argument("--count", type=int, default=64)
     ap.add_argument("--seed", type=int, default=9101)
-    ap.add_argument("--setting", action="append", help="sampler:steps (default: the pipeline's sr defaults)")
+    ap.add_argument("--setting", action="append", type=parse_setting,
+                    help="sampler:steps[:temperature[:per-frame|shared]] (default: the pipeline's sr defaults)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bf16", action="store_true", help="also each setting under CPU autocast to bfloat16")
     ap.add_argument("--sequences", type=int, default=0, help="also N real sequences super-resolved (see above)")
@@ -68,15 +72,15 @@ def main(argv=None) -> int:
     rows = {}
     rows["bicubic condition"] = bicubic(low)
     d = pl.defaults
-    settings = a.setting or [f"{d['sr_sampler']}:{d['sr_steps']}"]
+    settings = [complete(s, d) for s in a.setting or [()]]
     for s in settings:
-        sampler, steps = s.split(":")
+        sampler, steps, temperature, _ = s
         g = torch.Generator().manual_seed(a.seed)
-        rows[f"stage 2, {sampler} {steps}"] = S.super_resolve(pl, low, g, sampler, steps, d["eta"])
+        rows[f"stage 2, {label(s)}"] = S.super_resolve(pl, low, g, sampler, steps, d["eta"], temperature=temperature)
         if a.bf16:
             g = torch.Generator().manual_seed(a.seed)
-            rows[f"stage 2, {sampler} {steps}, bf16 autocast"] = S.super_resolve(
-                pl, low, g, sampler, steps, d["eta"], bf16=True)
+            rows[f"stage 2, {label(s)}, bf16 autocast"] = S.super_resolve(
+                pl, low, g, sampler, steps, d["eta"], bf16=True, temperature=temperature)
     sharp_real = M.sharpness(high[None])
     out = {}
     print("| frames | PSNR dB | SSIM | sharpness ratio | mean-pool consistency (MAE, grey levels) |\n|---|---:|---:|---:|---:|")
@@ -96,13 +100,36 @@ def main(argv=None) -> int:
     return 0
 
 
+def parse_setting(text: str) -> tuple:
+    parts = text.split(":")
+    if not 2 <= len(parts) <= 4 or (len(parts) == 4 and parts[3] not in ("per-frame", "shared")):
+        raise argparse.ArgumentTypeError(f"{text!r}: use sampler:steps[:temperature[:per-frame|shared]]")
+    if len(parts) >= 3:
+        try:
+            parts[2] = float(parts[2])
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: the temperature {parts[2]!r} is not a number") from None
+    return tuple(parts)
+
+
+def complete(setting: tuple, d: dict) -> tuple:
+    """(sampler, steps, temperature, noise), the pipeline's defaults `d` where the setting is short."""
+    full = (d["sr_sampler"], d["sr_steps"], d.get("sr_temperature", 1.0), d.get("sr_noise", "per-frame"))
+    return tuple(setting) + full[len(setting):]
+
+
+def label(s: tuple) -> str:
+    sampler, steps, temperature, noise = s
+    return f"{sampler} {steps}" + ("" if (temperature, noise) == (1.0, "per-frame") else f", T {temperature:g} {noise}")
+
+
 def bicubic(low: np.ndarray) -> np.ndarray:
     """(M, S, S) uint8 -> (M, rS, rS) uint8: stage 2's condition as an image."""
     import common as C
     return C.to_u8(C.upsample(C.to_model(low)[:, None]))[:, 0]
 
 
-def sequence_rows(pl, n: int, length: int, settings: list[str], eta: float, seed: int) -> dict:
+def sequence_rows(pl, n: int, length: int, settings: list[tuple], eta: float, seed: int) -> dict:
     """Real held-out sequences (set B) at 64 px, bicubic from 16 px, and stage 2 from 16 px, each
     scored against real set A (evaluate.Reference)."""
     import torch
@@ -114,10 +141,11 @@ def sequence_rows(pl, n: int, length: int, settings: list[str], eta: float, seed
     rows = {"real B": E.real_set(n, length, C.HR, 9002),
             "bicubic of real B at 16 px": bicubic(low.reshape(-1, C.LR, C.LR))}
     for s in settings:
-        sampler, steps = s.split(":")
+        sampler, steps, temperature, noise = s
         g = torch.Generator().manual_seed(seed)
-        rows[f"stage 2 of real B at 16 px, {sampler} {steps}"] = S.super_resolve(
-            pl, low.reshape(-1, C.LR, C.LR), g, sampler, steps, eta)
+        rows[f"stage 2 of real B at 16 px, {label(s)}"] = S.super_resolve(
+            pl, low.reshape(-1, C.LR, C.LR), g, sampler, steps, eta, temperature=temperature,
+            length=length if noise == "shared" else None)
     print("\n| sequences | track pass | identity kept | sharpness | warp | flow | PCA-FD |\n|---|---:|---:|---:|---:|---:|---:|")
     out = {}
     for name, frames in rows.items():

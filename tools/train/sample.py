@@ -14,7 +14,9 @@ Modes (gridit-method.md §2; same schedule as training, respaced):
   -> row 3, rows 1-2 generated), frames = G_0 ++ sum_k (I_k row 2 ++ G_{k+1} row 3), every grid
   rounded to 8 bits before it is reused (the PNG round trip); N = ceil((L - 16) / 8) extensions and
   the result truncated to L.
-Stage 2 super-resolves every frame independently from the bicubic upsampling of its 8-bit frame.
+Stage 2 super-resolves every frame independently from the bicubic upsampling of its 8-bit frame,
+its noise scaled by `sr_temperature` and, with `sr_noise` "shared", the same for every frame of a
+sequence.
 
 Noise comes from torch.Generator(seed) (not the engine's Philox streams): distributions match the
 Swift engine, bytes do not.
@@ -57,11 +59,13 @@ class Pipeline:
 
 @torch.no_grad()
 def denoise(model, diff, x, gen, sampler: str, eta: float, cond=None, known=None, mask=None,
-            level: str = "previous", noise_map=None, bf16: bool = False, ctx_t: int = 0):
+            level: str = "previous", noise_map=None, bf16: bool = False, ctx_t: int = 0, draw=None):
     """x: (N, C, H, W) x_T, denoised in place of a copy; known/mask (N, C, H, W): clean known pixels
     and where they are, replaced after each step at the level of x_k ("official"), of x_{k-1}
     ("previous", RePaint), or given clean at every step ("clean", for a model trained with clean
-    context); noise_map(z) gives the z each known pixel is re-noised with."""
+    context); noise_map(z) gives the z each known pixel is re-noised with; draw(shape) the steps'
+    noise (default: standard normals from gen)."""
+    draw = draw or (lambda shape: torch.randn(shape, generator=gen))
     n = x.shape[0]
     prediction = model.cfg.prediction
     prev_x0 = None
@@ -80,7 +84,7 @@ def denoise(model, diff, x, gen, sampler: str, eta: float, cond=None, known=None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = model(x, t, None, cond)
         out = out.float()
-        z = torch.randn(x.shape, generator=gen)
+        z = draw(x.shape)
         if sampler == "ddpm":
             x = diff.p_sample(x, out, k, z, prediction=prediction)
         elif sampler in ("dpmpp-2m", "dpmpp-2m-sde"):  # known frames go to the new level: "official" acts as "previous"
@@ -195,16 +199,27 @@ def stage1_sequences(pl: Pipeline, n: int, length: int, gen, mode: str, sampler:
 
 
 def super_resolve(pl: Pipeline, lr_u8: np.ndarray, gen, sampler: str, steps, eta: float, batch: int = 256,
-                  bf16: bool = False, log=None) -> np.ndarray:
-    """lr_u8 (M, S, S) uint8 -> (M, rS, rS) uint8."""
+                  bf16: bool = False, log=None, temperature: float = 1.0, length: int | None = None) -> np.ndarray:
+    """lr_u8 (M, S, S) uint8 -> (M, rS, rS) uint8. All of the noise is scaled by `temperature`; with
+    `length`, the M frames are sequences of that many frames and each sequence's frames share their
+    noise (sr_noise "shared"; batches then hold whole sequences)."""
     diff = C.dref.Diffusion(str(steps))
     out = []
     hr = pl.s * pl.scale
+    if length:
+        batch = length * max(1, batch // length)
+
+    def draw(shape):
+        if not length:
+            return temperature * torch.randn(shape, generator=gen)
+        z = torch.randn((shape[0] // length, 1) + tuple(shape[1:]), generator=gen)
+        return temperature * z.expand((shape[0] // length, length) + tuple(shape[1:])).reshape(shape)
+
     for i in range(0, len(lr_u8), batch):
         low = C.to_model(lr_u8[i:i + batch])[:, None]
         cond = C.upsample(low, pl.scale)
-        x = torch.randn((len(low), 1, hr, hr), generator=gen)
-        out.append(C.to_u8(denoise(pl.stage2, diff, x, gen, sampler, eta, cond=cond, bf16=bf16))[:, 0])
+        x = draw((len(low), 1, hr, hr))
+        out.append(C.to_u8(denoise(pl.stage2, diff, x, gen, sampler, eta, cond=cond, bf16=bf16, draw=draw))[:, 0])
         if log:
             log(f"  stage2 {min(i + batch, len(lr_u8))}/{len(lr_u8)} frames")
     return np.concatenate(out)
@@ -222,12 +237,15 @@ def write_sequence(folder: str, frames: np.ndarray, meta: dict) -> None:
 
 def generate(pl: Pipeline, count: int, length: int, seed: int, mode=None, sampler=None, steps=None,
              eta=None, sr_sampler=None, sr_steps=None, context_rows=None, no_sr=False, batch=None,
-             bf16=False, log=None, context=None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+             bf16=False, log=None, context=None, sr_temperature=None,
+             sr_noise=None) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Returns (lr u8 (count, L, S, S), hr u8 (count, L, rS, rS) or None, the settings used)."""
     d = pl.defaults
     st = dict(mode=mode or d["mode"], sampler=sampler or d["sampler"], steps=steps or d["steps"],
               eta=d["eta"] if eta is None else eta, sr_sampler=sr_sampler or d["sr_sampler"],
-              sr_steps=sr_steps or d["sr_steps"], context_rows=context_rows or d["context_rows"],
+              sr_steps=sr_steps or d["sr_steps"],
+              sr_temperature=d.get("sr_temperature", 1.0) if sr_temperature is None else sr_temperature,
+              sr_noise=sr_noise or d.get("sr_noise", "per-frame"), context_rows=context_rows or d["context_rows"],
               context=context or d.get("context", "renoised"))
     gen = torch.Generator().manual_seed(seed)
     batch = batch or count
@@ -239,7 +257,8 @@ def generate(pl: Pipeline, count: int, length: int, seed: int, mode=None, sample
         lrs.append(lr)
         if not no_sr and pl.stage2 is not None:
             hr = super_resolve(pl, lr.reshape(-1, pl.s, pl.s), gen, st["sr_sampler"], st["sr_steps"], st["eta"],
-                               bf16=bf16, log=log)
+                               bf16=bf16, log=log, temperature=st["sr_temperature"],
+                               length=length if st["sr_noise"] == "shared" else None)
             hrs.append(hr.reshape(m, length, pl.s * pl.scale, pl.s * pl.scale))
     return np.concatenate(lrs), (np.concatenate(hrs) if hrs else None), st
 
@@ -257,6 +276,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eta", type=float)
     ap.add_argument("--sr-sampler", choices=SAMPLERS)
     ap.add_argument("--sr-steps")
+    ap.add_argument("--sr-temperature", type=float, help="scale of stage 2's noise, 0...1")
+    ap.add_argument("--sr-noise", choices=["per-frame", "shared"])
     ap.add_argument("--context-rows", type=int)
     ap.add_argument("--context", type=context_arg, help="gridit mode's known frames: renoised, clean, or noisedT (clean ones "
                     "noised to the fixed level T at every step)")
@@ -271,7 +292,8 @@ def main(argv=None) -> int:
     pl = Pipeline(a.pipeline)
     t0 = time.time()
     lr, hr, st = generate(pl, a.count, a.length, a.seed, a.mode, a.sampler, a.steps, a.eta, a.sr_sampler,
-                          a.sr_steps, a.context_rows, a.no_sr, a.batch, a.bf16, log, a.context)
+                          a.sr_steps, a.context_rows, a.no_sr, a.batch, a.bf16, log, a.context, a.sr_temperature,
+                          a.sr_noise)
     seconds = time.time() - t0
     frames = lr if hr is None else hr
     for i in range(a.count):

@@ -399,9 +399,37 @@ def test_sr_check_scores_stage_2_on_real_sequences(tmp_path):
     assert T.main(["--arch1", "1,32,2,4", "--arch2", "1,32,2,8", "--batch1", "2", "--batch2", "2", "--threads", "1",
                    "--log-every", "0", "--data-workers", "0", "--export-dir", str(ex), "--ckpt-dir", str(tmp_path / "ck"),
                    "--max-steps1", "1", "--max-steps2", "1"]) == 0
-    rows = sr_check.sequence_rows(S.Pipeline(str(ex)), 3, 32, ["ddpm:2"], 0.0, seed=1)
+    pl = S.Pipeline(str(ex))
+    settings = [sr_check.complete(sr_check.parse_setting(s), pl.defaults) for s in ("ddpm:2", "ddpm:2:0.5:shared")]
+    assert settings == [("ddpm", "2", 1.0, "per-frame"), ("ddpm", "2", 0.5, "shared")]
+    rows = sr_check.sequence_rows(pl, 3, 32, settings, 0.0, seed=1)
     real, bicubic, sr = rows["real B"], rows["bicubic of real B at 16 px"], rows["stage 2 of real B at 16 px, ddpm 2"]
+    assert "stage 2 of real B at 16 px, ddpm 2, T 0.5 shared" in rows
     assert real["track_pass"] == 1.0 and 0.5 < real["sharp_ratio"] < 2 and real["warp_ratio"] < 2
     assert bicubic["sharp_ratio"] < 0.2  # a 4x bicubic is blurred
     assert sr["pca_fd"] > real["pca_fd"]  # an untrained stage 2 draws noise, not digits
     assert {"first16", "last16", "drift", "identity_kept"} <= set(sr)
+
+
+@need_digits
+def test_stage_2_noise_temperature_and_sharing(tmp_path):
+    """super_resolve: temperature scales all of stage 2's noise; shared noise is one draw per sequence."""
+    ex = tmp_path / "export"
+    assert T.main(["--arch1", "1,32,2,4", "--arch2", "1,32,2,8", "--batch1", "2", "--batch2", "2", "--threads", "1",
+                   "--log-every", "0", "--data-workers", "0", "--export-dir", str(ex), "--ckpt-dir", str(tmp_path / "ck"),
+                   "--max-steps1", "1", "--max-steps2", "1"]) == 0
+    pl = S.Pipeline(str(ex))
+    rng = np.random.default_rng(0)
+    low = np.repeat(rng.integers(0, 256, (2, 1, 16, 16), dtype=np.uint8), 3, axis=1).reshape(6, 16, 16)
+
+    def sr(temperature, length, sampler="ddpm"):
+        return S.super_resolve(pl, low, torch.Generator().manual_seed(3), sampler, "3", 0.0, batch=4,
+                               temperature=temperature, length=length)
+
+    shared, own = sr(1.0, 3), sr(1.0, None)
+    # two sequences of 3 equal low-resolution frames: equal outputs within a sequence only when shared
+    assert all((shared[i] == shared[i - i % 3]).all() for i in range(6)) and not (shared[0] == shared[3]).all()
+    assert not (own[0] == own[1]).all()
+    # at temperature 0 there is no noise left to share, for DDPM's steps and DPM-Solver++'s x_T alike
+    for sampler in ("ddpm", "dpmpp-2m"):
+        assert (sr(0.0, 3, sampler) == sr(0.0, None, sampler)).all()
