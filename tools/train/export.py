@@ -2,7 +2,8 @@
 
     python tools/train/export.py --ckpt-dir CKPT --out models/moving-digits [--dtype f32|f16|bf16]
         [--stage1 CKPT/snap/stage1-012000.pt --ema1 0.9999 --stage2 ... --ema2 ...]
-        [--sampler ddpm --steps 100 --sr-sampler ddpm --sr-steps 50 --context-rows 2]
+        [--sampler ddpm --steps 100 --sr-sampler ddpm --sr-steps 50 --sr-temperature 0.5 --sr-noise shared]
+        [--context-rows 2]
     python tools/train/export.py --stage1 CKPT/stage1.pt --from models/moving-digits --out OUT --context clean
 
 A stage without a checkpoint (--from) is copied from a pipeline folder as it is, with its
@@ -67,6 +68,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eta", type=float, default=d.eta)
     ap.add_argument("--sr-sampler", default=d.sr_sampler)
     ap.add_argument("--sr-steps", default=d.sr_steps)
+    ap.add_argument("--sr-temperature", type=float, default=d.sr_temperature)
+    ap.add_argument("--sr-noise", choices=["per-frame", "shared"], default=d.sr_noise)
     ap.add_argument("--context-rows", type=int, default=d.context_rows)
     ap.add_argument("--context", choices=["renoised", "clean"], default=d.context,
                     help="gridit mode's known frames (clean: for a stage 1 trained with --ctx-share)")
@@ -78,7 +81,8 @@ def main(argv=None) -> int:
     (s1, i1), (s2, i2) = (load_ema(p, e) if p else from_pipeline(a.source, i)
                           for i, p, e in ((1, paths[0], a.ema1), (2, paths[1], a.ema2)))
     defaults = C.Defaults(mode=a.mode, sampler=a.sampler, steps=a.steps, eta=a.eta, sr_sampler=a.sr_sampler,
-                          sr_steps=a.sr_steps, context_rows=a.context_rows, context=a.context)
+                          sr_steps=a.sr_steps, sr_temperature=a.sr_temperature, sr_noise=a.sr_noise,
+                          context_rows=a.context_rows, context=a.context)
     C.export_pipeline(s1, s2, a.out, defaults, DESCRIPTION, DTYPES[a.dtype],
                       extra={"stage1": i1, "stage2": i2, "dtype": a.dtype})
     print(f"exported {a.out}: stage1 step {i1['step']} ({i1['hours']} h), stage2 step {i2['step']} ({i2['hours']} h)")

@@ -211,7 +211,12 @@ def test_warm_start_from_a_pipeline_continues_its_steps(tmp_path):
     # export.py lands the run's stage 1 beside the warm start's stage 2, copied as it is
     import export as E
     ex3 = tmp_path / "export3"
-    assert E.main(["--stage1", str(ck2 / "stage1.pt"), "--from", str(ex), "--out", str(ex3), "--context", "clean"]) == 0
+    assert E.main(["--stage1", str(ck2 / "stage1.pt"), "--from", str(ex), "--out", str(ex3), "--context", "clean",
+                   "--sr-temperature", "0.5", "--sr-noise", "shared"]) == 0
+    d = json.loads((ex3 / "pipeline.json").read_text())["defaults"]
+    assert (d["context"], d["sr_temperature"], d["sr_noise"]) == ("clean", 0.5, "shared")
+    _, _, used = S.generate(S.Pipeline(str(ex3)), 1, 20, seed=1, steps="3", sr_steps="2")
+    assert (used["sr_temperature"], used["sr_noise"]) == (0.5, "shared")
     info = json.loads((ex3 / "training.json").read_text())
     assert info["stage1"]["step"] == 5 and info["stage2"]["step"] == 2
     assert (ex3 / "stage2.safetensors").read_bytes() == (ex / "stage2.safetensors").read_bytes()
@@ -400,7 +405,8 @@ def test_sr_check_scores_stage_2_on_real_sequences(tmp_path):
                    "--log-every", "0", "--data-workers", "0", "--export-dir", str(ex), "--ckpt-dir", str(tmp_path / "ck"),
                    "--max-steps1", "1", "--max-steps2", "1"]) == 0
     pl = S.Pipeline(str(ex))
-    settings = [sr_check.complete(sr_check.parse_setting(s), pl.defaults) for s in ("ddpm:2", "ddpm:2:0.5:shared")]
+    # a short setting takes the pipeline's stage-2 noise (the export's defaults: 0.5, shared)
+    settings = [sr_check.complete(sr_check.parse_setting(s), pl.defaults) for s in ("ddpm:2:1:per-frame", "ddpm:2")]
     assert settings == [("ddpm", "2", 1.0, "per-frame"), ("ddpm", "2", 0.5, "shared")]
     rows = sr_check.sequence_rows(pl, 3, 32, settings, 0.0, seed=1)
     real, bicubic, sr = rows["real B"], rows["bicubic of real B at 16 px"], rows["stage 2 of real B at 16 px, ddpm 2"]
