@@ -76,6 +76,10 @@ private func bytes(
     let grids = { (files: [String: [UInt8]]) in files.filter { $0.key.hasPrefix("grids/") } }
     #expect(grids(shared) == grids(plain) && grids(plain).count == 4)
     #expect(shared.filter { $0.key.hasPrefix("frames/") && plain[$0.key] == $0.value }.isEmpty)
+    // Shared noise is frame 0's: per frame at the same temperature, frame 0 alone is the same.
+    let own = try bytes("latent", request(0.5, .perFrame))
+    let same = own.filter { $0.key.hasPrefix("frames/") && shared[$0.key] == $0.value }.keys
+    #expect(Array(same) == ["frames/frame_00000.png"] && grids(own) == grids(plain))
     // At temperature 0 no noise is left to share: per-frame and shared give the same bytes, with
     // DDPM's noise at every step and with DPM-Solver++'s x_T alone.
     #expect(try bytes("latent", request(0, .shared)) == (try bytes("latent", request(0, .perFrame))))

@@ -109,6 +109,8 @@ def parse_setting(text: str) -> tuple:
             parts[2] = float(parts[2])
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r}: the temperature {parts[2]!r} is not a number") from None
+        if not 0.0 <= parts[2] <= 1.0:
+            raise argparse.ArgumentTypeError(f"{text!r}: the temperature must be in 0...1")
     return tuple(parts)
 
 

@@ -74,6 +74,8 @@ def main(argv=None) -> int:
     ap.add_argument("--context", choices=["renoised", "clean"], default=d.context,
                     help="gridit mode's known frames (clean: for a stage 1 trained with --ctx-share)")
     a = ap.parse_args(argv)
+    if not 0.0 <= a.sr_temperature <= 1.0:
+        ap.error(f"--sr-temperature {a.sr_temperature}: use 0...1 (1 = as trained)")
     paths = [p or (os.path.join(a.ckpt_dir, f"stage{i}.pt") if a.ckpt_dir else None)
              for i, p in ((1, a.stage1), (2, a.stage2))]
     if None in paths and not a.source:

@@ -206,7 +206,11 @@ def super_resolve(pl: Pipeline, lr_u8: np.ndarray, gen, sampler: str, steps, eta
     diff = C.dref.Diffusion(str(steps))
     out = []
     hr = pl.s * pl.scale
+    if not 0.0 <= temperature <= 1.0:
+        raise ValueError(f"sr temperature {temperature}: use 0...1 (1 = as trained)")
     if length:
+        if len(lr_u8) % length:
+            raise ValueError(f"{len(lr_u8)} frames are not whole sequences of {length} (shared noise)")
         batch = length * max(1, batch // length)
 
     def draw(shape):

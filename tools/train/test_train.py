@@ -439,3 +439,7 @@ def test_stage_2_noise_temperature_and_sharing(tmp_path):
     # at temperature 0 there is no noise left to share, for DDPM's steps and DPM-Solver++'s x_T alike
     for sampler in ("ddpm", "dpmpp-2m"):
         assert (sr(0.0, 3, sampler) == sr(0.0, None, sampler)).all()
+    with pytest.raises(ValueError, match="0...1"):
+        sr(1.5, None)
+    with pytest.raises(ValueError, match="whole sequences of 4"):
+        sr(1.0, 4)
