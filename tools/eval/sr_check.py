@@ -101,22 +101,19 @@ def main(argv=None) -> int:
 
 
 def parse_setting(text: str) -> tuple:
+    import sample as S
     parts = text.split(":")
-    if not 2 <= len(parts) <= 4 or (len(parts) == 4 and parts[3] not in ("per-frame", "shared")):
+    if not 2 <= len(parts) <= 4 or (len(parts) == 4 and parts[3] not in S.SR_NOISES):
         raise argparse.ArgumentTypeError(f"{text!r}: use sampler:steps[:temperature[:per-frame|shared]]")
     if len(parts) >= 3:
-        try:
-            parts[2] = float(parts[2])
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: the temperature {parts[2]!r} is not a number") from None
-        if not 0.0 <= parts[2] <= 1.0:
-            raise argparse.ArgumentTypeError(f"{text!r}: the temperature must be in 0...1")
+        parts[2] = S.temperature_arg(parts[2])
     return tuple(parts)
 
 
 def complete(setting: tuple, d: dict) -> tuple:
     """(sampler, steps, temperature, noise), the pipeline's defaults `d` where the setting is short."""
-    full = (d["sr_sampler"], d["sr_steps"], d.get("sr_temperature", 1.0), d.get("sr_noise", "per-frame"))
+    import sample as S
+    full = (d["sr_sampler"], d["sr_steps"]) + S.sr_noise_defaults(d)
     return tuple(setting) + full[len(setting):]
 
 

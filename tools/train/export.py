@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common as C  # noqa: E402
+import sample as S  # noqa: E402
 from train import DESCRIPTION, init_weights  # noqa: E402
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
@@ -68,14 +69,12 @@ def main(argv=None) -> int:
     ap.add_argument("--eta", type=float, default=d.eta)
     ap.add_argument("--sr-sampler", default=d.sr_sampler)
     ap.add_argument("--sr-steps", default=d.sr_steps)
-    ap.add_argument("--sr-temperature", type=float, default=d.sr_temperature)
-    ap.add_argument("--sr-noise", choices=["per-frame", "shared"], default=d.sr_noise)
+    ap.add_argument("--sr-temperature", type=S.temperature_arg, default=d.sr_temperature)
+    ap.add_argument("--sr-noise", choices=S.SR_NOISES, default=d.sr_noise)
     ap.add_argument("--context-rows", type=int, default=d.context_rows)
     ap.add_argument("--context", choices=["renoised", "clean"], default=d.context,
                     help="gridit mode's known frames (clean: for a stage 1 trained with --ctx-share)")
     a = ap.parse_args(argv)
-    if not 0.0 <= a.sr_temperature <= 1.0:
-        ap.error(f"--sr-temperature {a.sr_temperature}: use 0...1 (1 = as trained)")
     paths = [p or (os.path.join(a.ckpt_dir, f"stage{i}.pt") if a.ckpt_dir else None)
              for i, p in ((1, a.stage1), (2, a.stage2))]
     if None in paths and not a.source:

@@ -133,6 +133,28 @@ def context_arg(context: str) -> str:
     return context
 
 
+SR_NOISES = ["per-frame", "shared"]
+
+
+def sr_noise_defaults(d: dict) -> tuple[float, str]:
+    """A pipeline's stage-2 (sr_temperature, sr_noise); files from before them: 1, per frame."""
+    return d.get("sr_temperature", 1.0), d.get("sr_noise", "per-frame")
+
+
+def check_temperature(t: float) -> float:
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"sr temperature {t}: use 0...1 (1 = as trained)")
+    return t
+
+
+def temperature_arg(text: str) -> float:
+    """argparse type of --sr-temperature."""
+    try:
+        return check_temperature(float(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def stage1_sequences(pl: Pipeline, n: int, length: int, gen, mode: str, sampler: str, steps, eta: float,
                      context_rows: int, bf16: bool = False, log=None, context: str = "renoised") -> torch.Tensor:
     """(N, L, S, S) float frames in [-1, 1]."""
@@ -206,8 +228,7 @@ def super_resolve(pl: Pipeline, lr_u8: np.ndarray, gen, sampler: str, steps, eta
     diff = C.dref.Diffusion(str(steps))
     out = []
     hr = pl.s * pl.scale
-    if not 0.0 <= temperature <= 1.0:
-        raise ValueError(f"sr temperature {temperature}: use 0...1 (1 = as trained)")
+    check_temperature(temperature)
     if length:
         if len(lr_u8) % length:
             raise ValueError(f"{len(lr_u8)} frames are not whole sequences of {length} (shared noise)")
@@ -245,11 +266,11 @@ def generate(pl: Pipeline, count: int, length: int, seed: int, mode=None, sample
              sr_noise=None) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Returns (lr u8 (count, L, S, S), hr u8 (count, L, rS, rS) or None, the settings used)."""
     d = pl.defaults
+    temperature, noise = sr_noise_defaults(d)
     st = dict(mode=mode or d["mode"], sampler=sampler or d["sampler"], steps=steps or d["steps"],
               eta=d["eta"] if eta is None else eta, sr_sampler=sr_sampler or d["sr_sampler"],
-              sr_steps=sr_steps or d["sr_steps"],
-              sr_temperature=d.get("sr_temperature", 1.0) if sr_temperature is None else sr_temperature,
-              sr_noise=sr_noise or d.get("sr_noise", "per-frame"), context_rows=context_rows or d["context_rows"],
+              sr_steps=sr_steps or d["sr_steps"], sr_temperature=temperature if sr_temperature is None else sr_temperature,
+              sr_noise=sr_noise or noise, context_rows=context_rows or d["context_rows"],
               context=context or d.get("context", "renoised"))
     gen = torch.Generator().manual_seed(seed)
     batch = batch or count
@@ -280,8 +301,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eta", type=float)
     ap.add_argument("--sr-sampler", choices=SAMPLERS)
     ap.add_argument("--sr-steps")
-    ap.add_argument("--sr-temperature", type=float, help="scale of stage 2's noise, 0...1")
-    ap.add_argument("--sr-noise", choices=["per-frame", "shared"])
+    ap.add_argument("--sr-temperature", type=temperature_arg, help="scale of stage 2's noise, 0...1")
+    ap.add_argument("--sr-noise", choices=SR_NOISES)
     ap.add_argument("--context-rows", type=int)
     ap.add_argument("--context", type=context_arg, help="gridit mode's known frames: renoised, clean, or noisedT (clean ones "
                     "noised to the fixed level T at every step)")
