@@ -258,7 +258,8 @@ public final class InProcessEngine: JobEngine {
         let byRole = resolved.blobs
         // The weight files are what the pipeline maps (and gc must keep while it does).
         var blobs: [BlobDigest: String] = [:]
-        for (role, path) in spec.files where [.stage1Weights, .stage2Weights, .vaeWeights].contains(role) {
+        let weights: Set<PipelineSpec.FileRole> = [.stage1Weights, .guideWeights, .stage2Weights, .vaeWeights]
+        for (role, path) in spec.files where weights.contains(role) {
             if let d = byRole[role] { blobs[d] = path }
         }
         let identity = PipelineIdentity(

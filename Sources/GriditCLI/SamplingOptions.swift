@@ -83,7 +83,9 @@ public struct SamplingOptions: ParsableArguments {
 
     @Option(
         parsing: .unconditional,
-        help: "Classifier-free guidance scale of a class-conditional model (1 = none). Default: the model's.")
+        help:
+            "Stage-1 guidance scale (1 = none): autoguidance by the pipeline's guide model, else classifier-free guidance of a class-conditional model. Default: the model's."
+    )
     public var cfgScale: Double?
 
     public var parameters: JobSpec.Parameters {

@@ -30,6 +30,10 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
     public var description: String?
     public var grid: Grid
     public var stage1: ModelFiles
+    /// A weaker stage-1 model for autoguidance (Karras et al. 2024: guiding a diffusion model
+    /// with a bad version of itself): with `cfg_scale` s ≠ 1 each stage-1 output becomes
+    /// guide + s·(stage1 − guide). Nil: no guide (an unconditional stage 1 is then unguided).
+    public var guide: ModelFiles?
     /// Nil: no super-resolution stage; frames come out at `grid.frameSize`.
     public var stage2: SuperResolution?
     /// Nil: the models work in pixel space.
@@ -144,7 +148,8 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
         public var context: String
         /// `fp32` or `bf16`.
         public var precision: String
-        /// Classifier-free guidance scale for a class-conditional stage 1 (1 = no guidance).
+        /// Guidance scale of stage 1 (1 = no guidance): autoguidance by the pipeline's `guide`, else
+        /// classifier-free guidance for a class-conditional stage 1.
         public var cfgScale: Double
 
         public init(
@@ -218,7 +223,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
     }
 
     public init(
-        name: String? = nil, description: String? = nil, grid: Grid, stage1: ModelFiles,
+        name: String? = nil, description: String? = nil, grid: Grid, stage1: ModelFiles, guide: ModelFiles? = nil,
         stage2: SuperResolution? = nil, vae: VAE? = nil, defaults: Defaults = Defaults(),
         limits: Limits = Limits()
     ) {
@@ -227,6 +232,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
         self.description = description
         self.grid = grid
         self.stage1 = stage1
+        self.guide = guide
         self.stage2 = stage2
         self.vae = vae
         self.defaults = defaults
@@ -240,6 +246,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
         description = try c.decodeIfPresent(String.self, forKey: .description)
         grid = try c.decode(Grid.self, forKey: .grid)
         stage1 = try c.decode(ModelFiles.self, forKey: .stage1)
+        guide = try c.decodeIfPresent(ModelFiles.self, forKey: .guide)
         stage2 = try c.decodeIfPresent(SuperResolution.self, forKey: .stage2)
         vae = try c.decodeIfPresent(VAE.self, forKey: .vae)
         defaults = try c.decodeIfPresent(Defaults.self, forKey: .defaults) ?? Defaults()
@@ -247,7 +254,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case format, name, description, grid, stage1, stage2, vae, defaults, limits
+        case format, name, description, grid, stage1, guide, stage2, vae, defaults, limits
     }
 
     // MARK: Files
@@ -255,6 +262,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
     /// Roles of the files a pipeline references, in a fixed order.
     public enum FileRole: String, CaseIterable, Codable, Sendable {
         case stage1Config = "stage1.config", stage1Weights = "stage1.weights"
+        case guideConfig = "guide.config", guideWeights = "guide.weights"
         case stage2Config = "stage2.config", stage2Weights = "stage2.weights"
         case vaeConfig = "vae.config", vaeWeights = "vae.weights"
     }
@@ -262,6 +270,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
     /// Every file reference with its role.
     public var files: [(role: FileRole, reference: String)] {
         var out: [(FileRole, String)] = [(.stage1Config, stage1.config), (.stage1Weights, stage1.weights)]
+        if let g = guide { out += [(.guideConfig, g.config), (.guideWeights, g.weights)] }
         if let s = stage2 { out += [(.stage2Config, s.config), (.stage2Weights, s.weights)] }
         if let v = vae { out += [(.vaeConfig, v.config), (.vaeWeights, v.weights)] }
         return out
@@ -273,6 +282,10 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
         var p = self
         p.stage1.config = try transform(.stage1Config, stage1.config)
         p.stage1.weights = try transform(.stage1Weights, stage1.weights)
+        if let g = guide {
+            p.guide?.config = try transform(.guideConfig, g.config)
+            p.guide?.weights = try transform(.guideWeights, g.weights)
+        }
         if let s = stage2 {
             p.stage2?.config = try transform(.stage2Config, s.config)
             p.stage2?.weights = try transform(.stage2Weights, s.weights)
@@ -388,12 +401,29 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
     /// Checks the models' configs against the pipeline: a stage-1 input of k frames per side, the
     /// right channel counts, a stage-2 model taking [noisy, condition] at the high resolution.
     /// Stage 1 may be class-conditional (requests then name a class; guidance by `cfg_scale`).
+    /// A guide makes the same output as stage 1 from the same input (its size may differ).
     public func validate(
-        stage1 s1: DiTConfiguration, stage2 s2: DiTConfiguration?, vae v: AutoencoderKLConfiguration?,
-        path: String? = nil
+        stage1 s1: DiTConfiguration, guide g: DiTConfiguration?, stage2 s2: DiTConfiguration?,
+        vae v: AutoencoderKLConfiguration?, path: String? = nil
     ) throws {
         func fail(_ m: String) throws -> Never { throw PipelineError(m, path: path) }
         if (vae == nil) != (v == nil) { try fail("the VAE config must be given exactly when the pipeline has a vae") }
+        if (guide == nil) != (g == nil) {
+            try fail("the guide config must be given exactly when the pipeline has a guide")
+        }
+        if let g {
+            let differ = [
+                ("input_size", g.inputSize != s1.inputSize), ("in_channels", g.inChannels != s1.inChannels),
+                ("condition_channels", g.conditionChannels != s1.conditionChannels),
+                ("num_classes", g.numClasses != s1.numClasses), ("learn_sigma", g.learnSigma != s1.learnSigma),
+                ("prediction", g.prediction != s1.prediction),
+            ].filter(\.1).map(\.0)
+            if !differ.isEmpty {
+                try fail(
+                    "the guide does not match stage 1 in \(differ.joined(separator: ", ")); a guide is a weaker "
+                        + "model of the same task (an earlier or smaller stage 1)")
+            }
+        }
         if (stage2 == nil) != (s2 == nil) {
             try fail("the stage-2 config must be given exactly when the pipeline has a stage2")
         }

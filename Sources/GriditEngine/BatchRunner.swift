@@ -58,7 +58,7 @@ final class BatchRunner {
     private var stopped: Set<Int> = []
     private var reported: Set<Int> = []
     // One workspace per model, reallocated when the batch size changes.
-    private var workspaces: [Stage: DiTWorkspace] = [:]
+    private var workspaces: [Model: DiTWorkspace] = [:]
     private var rowLimits: [Stage: Int] = [:]
 
     /// Held by a lane except inside the model's forward; everything above and below is touched
@@ -76,6 +76,9 @@ final class BatchRunner {
 
     /// Which units a loop takes: both stages in turn (one lane), or one stage (two lanes).
     enum Lane { case both, grids, frames }
+
+    /// The pipeline's models, as a forward asks for a workspace.
+    enum Model { case stage1, guide, stage2 }
 
     init(options: ExecutionOptions) { self.options = options }
 
@@ -264,11 +267,13 @@ final class BatchRunner {
         var rows: (SequenceRun) -> Int
         /// Model evaluations of one unit.
         var evaluations: (SequenceRun) -> Int
+        /// Floating-point operations of one evaluation of one unit (all its rows).
+        var flops: (SequenceRun) -> Double
         /// The unit's denoising item and condition (its dependencies are done).
         var item: (SequenceRun, Int) throws -> (DenoiseItem, Tensor?)
         /// One batched forward of the members' rows.
         var forward:
-            (_ x: Tensor, _ t: [Float], _ members: [Member], _ workspace: (Int) -> DiTWorkspace) throws -> Tensor
+            (_ x: Tensor, _ t: [Float], _ members: [Member], _ workspace: (Model, Int) -> DiTWorkspace) throws -> Tensor
         /// Stores a finished unit.
         var finish: (SequenceRun, Int, Tensor) throws -> Void
         var seconds: WritableKeyPath<RunTimings, Double>
@@ -276,16 +281,17 @@ final class BatchRunner {
         var savesTimingsPerUnit: Bool
     }
 
-    /// Stage 1: the grids, with classifier-free guidance for the guided ones.
+    /// Stage 1: the grids, with guidance for the guided ones.
     private var gridPass: StagePass {
-        let model = pipeline.stage1
+        let model = pipeline.stage1, guide = pipeline.guide
         return StagePass(
             stage: .grid, model: model, itemFloats: 6 * pipeline.configuration.modelLayout.gridCount,
             rows: { $0.settings.guided ? 2 : 1 }, evaluations: { $0.plan.stage1.evaluationsPerItem },
+            flops: { $0.plan.stage1.flopsPerItemEvaluation },
             item: { run, g in (try run.stage1Item(g), nil) },
             forward: { x, t, members, workspace in
                 try Self.forwardStage1(
-                    model, x: x, t: t, settings: members.map(\.settings), workspace: workspace)
+                    model, guide: guide, x: x, t: t, settings: members.map(\.settings), workspace: workspace)
             },
             finish: { run, g, x in try run.finishGrid(g, x: x) }, seconds: \.stage1Seconds, savesTimingsPerUnit: true)
     }
@@ -296,6 +302,7 @@ final class BatchRunner {
         return StagePass(
             stage: .sr, model: model, itemFloats: 6 * model.config.inChannels * side * side,
             rows: { _ in 1 }, evaluations: { $0.plan.stage2?.evaluationsPerItem ?? 0 },
+            flops: { $0.plan.stage2?.flopsPerItemEvaluation ?? 0 },
             item: { run, i in
                 let (item, condition) = try run.stage2Item(i)
                 return (item, condition)
@@ -307,7 +314,7 @@ final class BatchRunner {
                     (condition.mutablePointer + row * first.count).update(
                         from: member.condition!.pointer, count: first.count)
                 }
-                return try model.forward(x: x, t: t, condition: condition, workspace: workspace(members.count))
+                return try model.forward(x: x, t: t, condition: condition, workspace: workspace(.stage2, members.count))
             },
             finish: { run, i, x in try run.finishFrame(i, x: x) }, seconds: \.stage2Seconds, savesTimingsPerUnit: false)
     }
@@ -346,7 +353,6 @@ final class BatchRunner {
 
         var marks = Dictionary(members.map { ($0.unit.run, Date()) }, uniquingKeysWith: { a, _ in a })
         var evaluations = [Int](repeating: 0, count: members.count)
-        let flopsPerRow = pass.model.config.flopsPerForward(batch: 1)
         let batchRuns = Set(members.map(\.unit.run))
         inBatch.insert(lane)
         for r in batchRuns { inFlight[r, default: 0] += 1 }
@@ -361,8 +367,8 @@ final class BatchRunner {
                     let workers = self.workers(lane)
                     self.state.unlock()  // the forward touches nothing the other lane does
                     defer { self.state.lock() }
-                    return try pass.forward(x, t, rows.map { members[$0] }) { batch in
-                        let ws = self.locked { self.workspace(pass, batch: batch) }
+                    return try pass.forward(x, t, rows.map { members[$0] }) { model, batch in
+                        let ws = self.locked { self.workspace(model, batch: batch) }
                         ws.workers = workers
                         return ws
                     }
@@ -373,7 +379,7 @@ final class BatchRunner {
                     let run = self.runs[unit.run]
                     guard self.keepsGoing(unit.run) else { return false }
                     evaluations[i] += 1
-                    let work = flopsPerRow * Double(pass.rows(run))
+                    let work = pass.flops(run)
                     run.session.evaluated(work, in: pass.stage)
                     self.reportStep(run, pass.stage, unit: unit.index, step: evaluations[i], of: pass.evaluations(run))
                     guard members[i].item.isFinished else { return true }
@@ -453,44 +459,57 @@ final class BatchRunner {
         return body()
     }
 
-    private func workspace(_ pass: StagePass, batch: Int) -> DiTWorkspace {
-        if let ws = workspaces[pass.stage], ws.batch == batch { return ws }
-        workspaces[pass.stage] = nil  // free the old one first
-        let ws = pass.model.makeWorkspace(batch: batch, workers: options.threads)
-        workspaces[pass.stage] = ws
+    private func workspace(_ model: Model, batch: Int) -> DiTWorkspace {
+        if let ws = workspaces[model], ws.batch == batch { return ws }
+        workspaces[model] = nil  // free the old one first
+        let dit = model == .stage1 ? pipeline.stage1 : model == .guide ? pipeline.guide! : pipeline.stage2!
+        let ws = dit.makeWorkspace(batch: batch, workers: options.threads)
+        workspaces[model] = ws
         return ws
     }
 
     // MARK: Stage 1 guidance
 
-    /// One stage-1 forward over the batch: the labels of a class-conditional model, and for
-    /// guided items a second row with the null class whose output is combined by guidance.
+    /// One stage-1 forward over the batch: the labels of a class-conditional model, and for guided
+    /// items a weaker prediction that guidance pushes their output away from: the guide model's on
+    /// the same input and label (autoguidance), or without a guide the null class's, as more rows
+    /// of the same forward (classifier-free guidance).
     private static func forwardStage1(
-        _ model: DiT, x: Tensor, t: [Float], settings: [RunSettings], workspace: (Int) -> DiTWorkspace
+        _ model: DiT, guide: DiT?, x: Tensor, t: [Float], settings: [RunSettings],
+        workspace: (Model, Int) -> DiTWorkspace
     ) throws -> Tensor {
         let n = x.shape[0]
         let classes = model.config.numClasses
         let labels: [Int]? = classes > 0 ? settings.map { $0.classLabel ?? classes } : nil
         let guided = settings.indices.filter { settings[$0].guided }
         if guided.isEmpty {
-            return try model.forward(x: x, t: t, y: labels, workspace: workspace(n))
+            return try model.forward(x: x, t: t, y: labels, workspace: workspace(.stage1, n))
         }
-        let inner = x.count / n
-        let x2 = Tensor(zeros: [n + guided.count] + x.shape.dropFirst())
-        x2.mutablePointer.update(from: x.pointer, count: x.count)
+        // The guided rows' inputs: alone for the guide, after the batch's own rows otherwise.
+        let first = guide == nil ? n : 0, inner = x.count / n
+        let xg = Tensor(zeros: [first + guided.count] + x.shape.dropFirst())
+        if guide == nil { xg.mutablePointer.update(from: x.pointer, count: x.count) }
         for (j, row) in guided.enumerated() {
-            (x2.mutablePointer + (n + j) * inner).update(from: x.pointer + row * inner, count: inner)
+            (xg.mutablePointer + (first + j) * inner).update(from: x.pointer + row * inner, count: inner)
         }
-        let out = try model.forward(
-            x: x2, t: t + guided.map { t[$0] }, y: labels! + guided.map { _ in classes },
-            workspace: workspace(n + guided.count))
-        let result = out.slice(0..<n).copy()
+        let tg = guided.map { t[$0] }
+        let result: Tensor, weak: Tensor
+        if let guide {
+            result = try model.forward(x: x, t: t, y: labels, workspace: workspace(.stage1, n))
+            weak = try guide.forward(
+                x: xg, t: tg, y: labels.map { l in guided.map { l[$0] } }, workspace: workspace(.guide, guided.count))
+        } else {
+            let out = try model.forward(
+                x: xg, t: t + tg, y: labels! + guided.map { _ in classes },
+                workspace: workspace(.stage1, n + guided.count))
+            result = out.slice(0..<n).copy()
+            weak = out.slice(n..<n + guided.count)
+        }
         for (j, row) in guided.enumerated() {
-            let cond = result.slice(row..<row + 1)
+            let strong = result.slice(row..<row + 1)
             try classifierFreeGuidance(
-                conditional: cond, unconditional: out.slice(n + j..<n + j + 1),
-                scale: Float(settings[row].cfgScale), epsChannels: model.config.inChannels,
-                into: cond)
+                conditional: strong, unconditional: weak.slice(j..<j + 1), scale: Float(settings[row].cfgScale),
+                epsChannels: model.config.inChannels, into: strong)
         }
         return result
     }

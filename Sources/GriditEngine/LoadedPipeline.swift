@@ -12,6 +12,7 @@ import GriditTensor
 public struct PipelineConfiguration: Sendable {
     public let spec: PipelineSpec
     public let stage1: DiTConfiguration
+    public let guide: DiTConfiguration?
     public let stage2: DiTConfiguration?
     public let vae: AutoencoderKLConfiguration?
 
@@ -23,10 +24,11 @@ public struct PipelineConfiguration: Sendable {
                 throw PipelineError("\(role.rawValue) '\(reference)' is not an absolute path", path: path)
             }
             let s1 = try DiTConfiguration.load(path: spec.stage1.config)
+            let g = try spec.guide.map { try DiTConfiguration.load(path: $0.config) }
             let s2 = try spec.stage2.map { try DiTConfiguration.load(path: $0.config) }
             let v = try spec.vae.map { try AutoencoderKLConfiguration.load(path: $0.config) }
-            try spec.validate(stage1: s1, stage2: s2, vae: v, path: path)
-            self.init(spec: spec, stage1: s1, stage2: s2, vae: v)
+            try spec.validate(stage1: s1, guide: g, stage2: s2, vae: v, path: path)
+            self.init(spec: spec, stage1: s1, guide: g, stage2: s2, vae: v)
         } catch {
             throw EngineError.classify(error)
         }
@@ -34,11 +36,12 @@ public struct PipelineConfiguration: Sendable {
 
     /// A configuration from configs already at hand (tests, the model store); checked like the above.
     public init(
-        spec: PipelineSpec, stage1: DiTConfiguration, stage2: DiTConfiguration?,
+        spec: PipelineSpec, stage1: DiTConfiguration, guide: DiTConfiguration? = nil, stage2: DiTConfiguration?,
         vae: AutoencoderKLConfiguration?
     ) {
         self.spec = spec
         self.stage1 = stage1
+        self.guide = guide
         self.stage2 = stage2
         self.vae = vae
     }
@@ -94,7 +97,7 @@ public struct PipelineIdentity: Codable, Sendable, Equatable {
     }
 }
 
-/// A pipeline with its models bound: stage-1 DiT, optional stage-2 DiT and VAE, each weight
+/// A pipeline with its models bound: stage-1 DiT, optional guide, stage-2 DiT and VAE, each weight
 /// borrowed from a read-only mapping of its safetensors file (resident only as it is used).
 ///
 /// Immutable and `Sendable`: share one per pipeline digest between any number of runs.
@@ -103,6 +106,7 @@ public final class LoadedPipeline: Sendable {
     public let configuration: PipelineConfiguration
     public let identity: PipelineIdentity
     public let stage1: DiT
+    public let guide: DiT?
     public let stage2: DiT?
     public let vae: AutoencoderKL?
     /// Bytes of the mapped weight files.
@@ -136,6 +140,11 @@ public final class LoadedPipeline: Sendable {
             }
             stage1 = try DiT(
                 config: configuration.stage1, source: weights(.stage1Weights, spec.stage1.weights), precision: asked)
+            if let g = spec.guide, let cg = configuration.guide {
+                guide = try DiT(config: cg, source: weights(.guideWeights, g.weights), precision: asked)
+            } else {
+                guide = nil
+            }
             if let s2 = spec.stage2, let c2 = configuration.stage2 {
                 stage2 = try DiT(config: c2, source: weights(.stage2Weights, s2.weights), precision: asked)
             } else {

@@ -55,8 +55,9 @@ public struct RunSettings: Codable, Sendable, Equatable {
     /// `precisionUsed` as the kernels take it.
     public var precision: Precision { Precision(rawValue: precisionUsed) ?? .fp32 }
 
-    /// Whether stage 1 runs classifier-free guidance (two model rows per grid).
-    public var guided: Bool { classLabel != nil && cfgScale != 1 }
+    /// Whether stage 1 is guided (two model rows per grid): by the pipeline's guide model, or
+    /// classifier-free (the null class). A scale other than 1 is only ever set where one of them exists.
+    public var guided: Bool { cfgScale != 1 }
 
     init(spec job: JobSpec, pipeline: PipelineConfiguration, maxLength: Int?) throws {
         do { try job.validate() } catch { throw EngineError.invalid(error.message) }
@@ -143,15 +144,18 @@ public struct RunSettings: Codable, Sendable, Equatable {
             }
             if !(0..<classes).contains(label) { try fail("class_label is \(label)", "use 0...\(classes - 1)") }
             classLabel = label
-            cfgScale = r.cfgScale ?? d.cfgScale
         } else {
             if r.classLabel != nil { try fail("class_label given, but stage 1 is unconditional", "drop --class") }
+            classLabel = nil
+        }
+        if classes > 0 || pipeline.guide != nil {
+            cfgScale = r.cfgScale ?? d.cfgScale
+        } else {
             if let s = r.cfgScale, s != 1 {
                 try fail(
-                    "cfg_scale \(s) given, but stage 1 is unconditional",
-                    "guidance needs a class-conditional model; drop --cfg-scale")
+                    "cfg_scale \(s) given, but stage 1 is unconditional and the pipeline has no guide model",
+                    "guidance needs a class-conditional stage 1 or a pipeline with a guide; drop --cfg-scale")
             }
-            classLabel = nil
             cfgScale = 1
         }
 

@@ -56,7 +56,7 @@ public struct StagePlan: Codable, Sendable, Equatable {
     public var stepCount: Int
     /// Model evaluations per item (more than `stepCount` with resampling jumps).
     public var evaluationsPerItem: Int
-    /// Model rows per evaluation (2 with classifier-free guidance).
+    /// Model rows per evaluation (2 with guidance).
     public var rowsPerEvaluation: Int
     /// Grids (stage 1) or frames (stage 2).
     public var items: Int
@@ -64,6 +64,9 @@ public struct StagePlan: Codable, Sendable, Equatable {
     public var evaluations: Int
     /// Floating-point operations of all evaluations.
     public var flops: Double
+
+    /// Floating-point operations of one evaluation of one item (all its rows).
+    var flopsPerItemEvaluation: Double { flops / Double(max(items * evaluationsPerItem, 1)) }
 
     enum CodingKeys: String, CodingKey {
         case sampler, steps, items, evaluations, flops
@@ -148,11 +151,13 @@ public struct SequencePlan: Codable, Sendable, Equatable {
         let count1 = try GaussianDiffusion.spacedTimesteps(s.steps).count
         let evals1 = DenoiseSchedule.evaluations(count: count1, jumps: s.jumps)
         let rows1 = s.guided ? 2 : 1
-        let flops1 = p.stage1.flopsPerForward(batch: 1)
+        // A guided evaluation: stage 1, and the guide model (or stage 1 again with the null class).
+        let flops1 =
+            p.stage1.flopsPerForward(batch: 1) + (s.guided ? (p.guide ?? p.stage1).flopsPerForward(batch: 1) : 0)
         stage1 = StagePlan(
             sampler: s.sampler, steps: s.steps, stepCount: count1, evaluationsPerItem: evals1,
             rowsPerEvaluation: rows1, items: grids, evaluations: grids * evals1 * rows1,
-            flops: Double(grids * evals1 * rows1) * flops1)
+            flops: Double(grids * evals1) * flops1)
         if s.superResolution, let c2 = p.stage2, let sampler2 = s.srSampler, let steps2 = s.srSteps {
             let count2 = try GaussianDiffusion.spacedTimesteps(steps2).count
             stage2 = StagePlan(

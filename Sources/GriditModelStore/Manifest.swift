@@ -10,9 +10,9 @@ public enum MediaType {
 
     static func of(_ role: PipelineSpec.FileRole) -> String {
         switch role {
-        case .stage1Config, .stage2Config: return ditConfig
+        case .stage1Config, .guideConfig, .stage2Config: return ditConfig
         case .vaeConfig: return vaeConfig
-        case .stage1Weights, .stage2Weights, .vaeWeights: return safetensors
+        case .stage1Weights, .guideWeights, .stage2Weights, .vaeWeights: return safetensors
         }
     }
 }

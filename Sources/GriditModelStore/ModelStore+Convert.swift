@@ -60,6 +60,7 @@ extension ModelStore {
         var stages: [(weights: PipelineSpec.FileRole, config: PipelineSpec.FileRole)] = [
             (.stage1Weights, .stage1Config)
         ]
+        if manifest.pipeline.guide != nil { stages.append((.guideWeights, .guideConfig)) }
         if manifest.pipeline.stage2 != nil { stages.append((.stage2Weights, .stage2Config)) }
         var plans: [(role: PipelineSpec.FileRole, file: SafetensorsFile, keys: Set<String>)] = []
         for stage in stages {

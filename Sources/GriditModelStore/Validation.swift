@@ -46,10 +46,11 @@ enum PipelineValidation {
 
         do { try spec.validateFields() } catch { throw fail(nil, "\(error)") }
         let s1 = try config(.stage1Config, DiTConfiguration.load(path:))
+        let guide = spec.guide == nil ? nil : try config(.guideConfig, DiTConfiguration.load(path:))
         let s2 = spec.stage2 == nil ? nil : try config(.stage2Config, DiTConfiguration.load(path:))
         let vae = spec.vae == nil ? nil : try config(.vaeConfig, AutoencoderKLConfiguration.load(path:))
         do {
-            try spec.validate(stage1: s1, stage2: s2, vae: vae)
+            try spec.validate(stage1: s1, guide: guide, stage2: s2, vae: vae)
         } catch {
             throw fail(nil, "\(error)", hint: "fix the pipeline file or the model config it names")
         }
@@ -81,6 +82,7 @@ enum PipelineValidation {
         }
         // The binding tables against the headers: no model is built (no weight is converted or packed).
         try weights(.stage1Weights) { try DiT.checkBinding(s1, against: $0) }
+        if let guide { try weights(.guideWeights) { try DiT.checkBinding(guide, against: $0) } }
         if let s2 { try weights(.stage2Weights) { try DiT.checkBinding(s2, against: $0) } }
         if let vae { try weights(.vaeWeights) { try AutoencoderKL.checkBinding(vae, against: $0) } }
     }

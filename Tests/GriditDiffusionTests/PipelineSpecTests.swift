@@ -87,19 +87,47 @@ private let s2 = DiTConfiguration(
 
 @Test func modelConfigsMustFitTheGrid() throws {
     let p = try spec()
-    try p.validate(stage1: s1, stage2: s2, vae: nil)
+    try p.validate(stage1: s1, guide: nil, stage2: s2, vae: nil)
     var wrong = s1
     wrong.inputSize = 32
-    #expect(throws: PipelineError.self) { try p.validate(stage1: wrong, stage2: s2, vae: nil) }
+    #expect(throws: PipelineError.self) { try p.validate(stage1: wrong, guide: nil, stage2: s2, vae: nil) }
     var wrongSR = s2
     wrongSR.conditionChannels = 0
-    #expect(throws: PipelineError.self) { try p.validate(stage1: s1, stage2: wrongSR, vae: nil) }
-    #expect(throws: PipelineError.self) { try p.validate(stage1: s1, stage2: nil, vae: nil) }
+    #expect(throws: PipelineError.self) { try p.validate(stage1: s1, guide: nil, stage2: wrongSR, vae: nil) }
+    #expect(throws: PipelineError.self) { try p.validate(stage1: s1, guide: nil, stage2: nil, vae: nil) }
     // A latent pipeline: 128-pixel frames through an SD-like VAE (factor 8) are 16 latent pixels.
     var latent = p
     latent.grid = .init(k: 4, frameSize: 128, channels: 3)
     latent.stage2 = nil
     latent.vae = .init(config: "vae.json", weights: "vae.safetensors")
     let xl = DiTConfiguration(depth: 2, hiddenSize: 32, numHeads: 2, patchSize: 2, inputSize: 64, inChannels: 4)
-    try latent.validate(stage1: xl, stage2: nil, vae: .stableDiffusion)
+    try latent.validate(stage1: xl, guide: nil, stage2: nil, vae: .stableDiffusion)
+}
+
+@Test func aGuideMustMakeStageOnesOutput() throws {
+    var p = try spec()
+    p.guide = .init(config: "guide.config.json", weights: "guide.safetensors")
+    #expect(p.files.map(\.role).contains(.guideWeights))
+    #expect(p.mapFiles { role, _ in role.rawValue }.guide == .init(config: "guide.config", weights: "guide.weights"))
+    // Smaller is fine: a guide is a weaker model of the same task.
+    var smaller = s1
+    (smaller.depth, smaller.hiddenSize) = (2, 32)
+    try p.validate(stage1: s1, guide: smaller, stage2: s2, vae: nil)
+    func refused(_ guide: DiTConfiguration?, _ text: String) {
+        let error = #expect(throws: PipelineError.self) {
+            try p.validate(stage1: s1, guide: guide, stage2: s2, vae: nil)
+        }
+        #expect(error?.message.contains(text) == true, "\(String(describing: error))")
+    }
+    refused(nil, "the guide config must be given exactly when the pipeline has a guide")
+    var other = s1
+    other.prediction = s1.prediction == .v ? .epsilon : .v
+    other.inputSize = 32
+    refused(other, "the guide does not match stage 1 in input_size, prediction;")
+    other = s1
+    other.numClasses = 10
+    refused(other, "num_classes")
+    // Without a guide in the file, a guide config is an error too.
+    p.guide = nil
+    #expect(throws: PipelineError.self) { try p.validate(stage1: s1, guide: s1, stage2: s2, vae: nil) }
 }

@@ -145,6 +145,30 @@ private func bytes(
     }
 }
 
+@Test func guidedAndUnguidedRunsBatchedTogetherGetTheirOwnBytes() throws {
+    // The guide model runs on the guided rows only: a batch mixing scales must not mix rows.
+    let p = try pipeline("pixel_guide")
+    let requests = [2.0, 1.0, 3.0].map {
+        JobSpec(length: 20, parameters: .init(seed: 7, steps: "3", cfgScale: $0))
+    }
+    let alone = try requests.map { try bytes("pixel_guide", $0, options: ExecutionOptions(threads: 1, maxBatch: 1)) }
+    #expect(alone[0] != alone[1] && alone[0] != alone[2], "the scale changes the grids")
+    let scratch = TemporaryDirectory("ge-guide")
+    let runs = try requests.enumerated().map { i, r in
+        try SequenceRun(pipeline: p, spec: r, workDirectory: scratch.file("w\(i)"))
+    }
+    let outcomes = SequenceRun.execute(runs, options: ExecutionOptions(threads: 3, maxBatch: 8))
+    for (i, outcome) in outcomes.enumerated() {
+        #expect(throws: Never.self) { try outcome.get() }
+        #expect(results(of: runs[i].workDirectory) == alone[i], "run \(i)")
+    }
+    // At scale 1 the guide is not run: the grids of the same stage 1 without a guide (pixel_v's).
+    let grids = { (files: [String: [UInt8]]) in files.filter { $0.key.hasPrefix("grids/") } }
+    let plain = try bytes("pixel_v", JobSpec(length: 20, parameters: .init(seed: 7, steps: "3")))
+    #expect(!grids(plain).isEmpty && grids(plain) == grids(alone[1]))
+    #expect(runs[0].plan.stage1.rowsPerEvaluation == 2 && runs[1].plan.stage1.rowsPerEvaluation == 1)
+}
+
 @Test func runsAdmittedDuringABatchJoinAndLeaveOnTheirOwn() throws {
     let p = try pipeline("latent")
     let scratch = TemporaryDirectory("ge-admit")

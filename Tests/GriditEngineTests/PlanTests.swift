@@ -118,6 +118,12 @@ func griditPlansGiveExactlyLFramesWithContextFromEarlierFrames(k: Int) throws {
     #expect(g.stage1.rowsPerEvaluation == 2 && g.stage1.evaluations == 20)
     let unguided = try plan(guided, JobSpec(length: 4, parameters: .init(seed: 1, classLabel: 0, cfgScale: 1)))
     #expect(unguided.stage1.rowsPerEvaluation == 1 && unguided.stage1.evaluations == 10)
+    // Autoguidance counts the guide model's own operations (here a smaller one).
+    let auto = try pipeline("pixel_guide").configuration
+    let a2 = try plan(auto, JobSpec(length: 20, parameters: .init(seed: 1)))
+    let (main, weak) = (auto.stage1.flopsPerForward(batch: 1), auto.guide!.flopsPerForward(batch: 1))
+    #expect(weak < main && a2.stage1.rowsPerEvaluation == 2)
+    #expect(a2.stage1.flops == Double(a2.grids * 4) * (main + weak))
 
     let vae = AutoencoderKLConfiguration(
         inChannels: 1, outChannels: 1, latentChannels: 2, blockOutChannels: [4, 8],

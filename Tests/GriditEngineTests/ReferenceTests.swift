@@ -55,6 +55,9 @@ let referenceCases = [
                 seed: 4, sampler: .ddpm, steps: "6", contextRows: 2, noSR: true, jumpLength: 2, jumpCount: 2))),
     // v-predicting stages, clean context rows (the pipeline's defaults).
     ReferenceCase(name: "pixel_v_clean", folder: "pixel_v", request: JobSpec(length: 20, parameters: .init(seed: 6))),
+    // Autoguidance by a smaller guide model at the pipeline's cfg_scale 2.
+    ReferenceCase(
+        name: "pixel_autoguided", folder: "pixel_guide", request: JobSpec(length: 20, parameters: .init(seed: 7))),
 ]
 
 @Test(arguments: referenceCases)

@@ -32,7 +32,13 @@ import Testing
     bad(JobSpec(length: 5, parameters: .init(seed: 1, steps: "10", jumpLength: 10)), "1...9")
     bad(JobSpec(length: 5, parameters: .init(seed: 1, mode: .official, jumpLength: 2, jumpCount: 2)), "official")
     bad(JobSpec(length: 5, parameters: .init(seed: 1, classLabel: 1)), "unconditional")
-    bad(JobSpec(length: 5, parameters: .init(seed: 1, cfgScale: 4)), "class-conditional")
+    bad(JobSpec(length: 5, parameters: .init(seed: 1, cfgScale: 4)), "or a pipeline with a guide")
+    // A guide model makes cfg_scale autoguidance: the pipeline's default (2), or the request's.
+    let guide = try pipeline("pixel_guide").configuration
+    #expect(try JobSpec(length: 5, parameters: .init(seed: 1)).settings(for: guide).cfgScale == 2)
+    let unguided = try JobSpec(length: 5, parameters: .init(seed: 1, cfgScale: 1)).settings(for: guide)
+    #expect(!unguided.guided)
+    #expect(try plan(guide, JobSpec(length: 5, parameters: .init(seed: 1, cfgScale: 1))).stage1.rowsPerEvaluation == 1)
     let classcond = try pipeline("classcond").configuration
     expectEngineError(.invalidInput, mentioning: "--class 0...2") {
         _ = try JobSpec(length: 5, parameters: .init(seed: 1)).settings(for: classcond)

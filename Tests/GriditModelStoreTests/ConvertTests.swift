@@ -80,6 +80,43 @@ struct ConvertTests {
         #expect(try store.convert("tiny@\(source.digest)", precision: "bf16").reference == "tiny:bf16")
     }
 
+    @Test("a pipeline's guide model is stored, verified and converted like its stages; a mismatched guide is refused")
+    func guideModel() throws {
+        let dir = TemporaryDirectory("gms")
+        defer { dir.remove() }
+        let store = try ModelStore(stateDirectory: dir.file("state"))
+        let source = try store.importModel(from: fixturePipeline("pixel_guide"), name: "guided:v1", link: .copy)
+        let manifest = try store.manifest(try store.resolve("guided:v1"))
+        let roles = Dictionary(uniqueKeysWithValues: manifest.blobs.map { ($0.role, $0.mediaType) })
+        #expect(roles[.guideConfig] == MediaType.ditConfig && roles[.guideWeights] == MediaType.safetensors)
+        #expect(try store.verify("guided:v1").ok)
+        let spec = try store.resolvePipeline(try store.resolve("guided:v1")).spec
+        #expect(spec.guide.map { $0.weights.hasPrefix("/") } == true, "the guide's blob path is handed out")
+
+        let converted = try store.convert("guided:v1", precision: "bf16")
+        #expect(converted.digest != source.digest)
+        let bf16 = try store.resolvePipeline(try store.resolve(converted.reference)).spec
+        let keys = DiTWeights.bf16Keys(try DiTConfiguration.load(path: bf16.guide!.config))
+        let file = try SafetensorsFile(path: bf16.guide!.weights)
+        #expect(!keys.isEmpty && keys.allSatisfy { file.info($0)?.dtype == .bf16 }, "the guide is converted too")
+
+        // A guide for another task (another input size) is refused before anything is stored.
+        let bad = dir.file("bad")
+        try FileManager.default.copyItem(
+            atPath: (fixturePipeline("pixel_guide") as NSString).deletingLastPathComponent, toPath: bad)
+        var config = try DiTConfiguration.load(path: bad + "/guide.config.json")
+        config.inputSize = 8
+        try FileManager.default.removeItem(atPath: bad + "/guide.config.json")
+        try writeConfig(config, to: bad + "/guide.config.json")
+        let before = try StoreSnapshot(store)
+        let error = storeError { try store.importModel(from: bad + "/pipeline.json", name: "bad:v1", link: .copy) }
+        #expect(error?.code == .invalidInput)
+        #expect(
+            error?.message.contains("the guide does not match stage 1 in input_size;") == true,
+            "\(String(describing: error))")
+        #expect(try StoreSnapshot(store) == before)
+    }
+
     @Test("converting what is already bf16, to an unknown precision or without a name fails and changes nothing")
     func refusals() throws {
         let dir = TemporaryDirectory("gms")

@@ -52,6 +52,7 @@ class Pipeline:
             return model.eval()
 
         self.stage1 = dit(spec["stage1"])
+        self.guide = dit(spec["guide"]) if spec.get("guide") else None
         self.stage2 = dit(spec["stage2"]) if spec.get("stage2") else None
         self.scale = spec["stage2"]["scale"] if spec.get("stage2") else None
         self.vae = None
@@ -73,17 +74,18 @@ def frame_slices(k: int, s: int, f: int):
     return slice((f // k) * s, (f // k) * s + s), slice((f % k) * s, (f % k) * s + s)
 
 
-def model_out(model, x, t, label=None, cfg_scale=1.0, cond=None):
+def model_out(model, x, t, label=None, cfg_scale=1.0, cond=None, guide=None):
+    """The model's output; with cfg_scale != 1 pushed away from the guide model's output on the
+    same input (autoguidance) or, without a guide, from the null class's (classifier-free)."""
     tt = torch.full((x.shape[0],), float(t), dtype=torch.float64)
     with torch.no_grad():
-        if label is None:
+        if label is None and guide is None:
             return model(x, tt, cond=cond) if cond is not None else model(x, tt)
-        nc = model.cfg.num_classes
-        y = torch.full((x.shape[0],), label, dtype=torch.long)
+        y = None if label is None else torch.full((x.shape[0],), label, dtype=torch.long)
         out = model(x, tt, y=y)
         if cfg_scale == 1.0:
             return out
-        u = model(x, tt, y=torch.full_like(y, nc))
+        u = guide(x, tt, y=y) if guide is not None else model(x, tt, y=torch.full_like(y, model.cfg.num_classes))
         c = x.shape[1]
         guided = out.clone()
         guided[:, :c] = u[:, :c] + cfg_scale * (out[:, :c] - u[:, :c])
@@ -112,7 +114,7 @@ def sample_grid(p: Pipeline, d: Diffusion, seed: int, gid: int, sampler: str, et
             z = torch.from_numpy(grid_noise(k_side, s, c, seed, "jump", gid, step_id)).double()[None]
             x = d.renoise(x, k, z)
         else:
-            out = model_out(p.stage1, x, d.timestep_map[k], label, cfg_scale)
+            out = model_out(p.stage1, x, d.timestep_map[k], label, cfg_scale, guide=p.guide)
             z = torch.from_numpy(grid_noise(k_side, s, c, seed, "step", gid, step_id)).double()[None]
             x = reverse_step(d, x, out, k, z, sampler, eta, p.stage1.cfg.prediction)
             if replace is not None:

@@ -11,6 +11,7 @@ Pipelines (each a folder with pipeline.json, stage configs and safetensors, F32)
                 works on 12 x 12 latent grids; x2 super-resolution (16 px frames, 8 px latents)
     classcond/  1 channel, K = 2, 4 px frames, class-conditional stage 1 (3 classes), no stage 2
     pixel_v/    pixel's models read as v-predictions ("prediction": "v"), defaults context "clean"
+    pixel_guide/  pixel_v's stage 1 with a smaller guide model and cfg_scale 2 (autoguidance), no stage 2
     pixel_k2/, pixel_k5/   1 channel, K = 2 (4 px frames) and K = 5 (2 px frames), no stage 2
 
 Reference sequences (tools/reference/engine_reference.py), files <case>.frames.npy (uint8,
@@ -22,6 +23,7 @@ Reference sequences (tools/reference/engine_reference.py), files <case>.frames.n
     classcond_guided  classcond, gridit, L = 6, seed 9, class 1, cfg 3, ddpm 4 steps
     pixel_jumps       pixel, gridit, L = 20, seed 4, ddpm 6 steps, 2 context rows, RePaint jumps of 2, 2 passes
     pixel_v_clean     pixel_v, gridit, L = 20, seed 6, ddpm 4 steps, 2 clean context rows, SR ddim 3
+    pixel_autoguided  pixel_guide, gridit, L = 20, seed 7, ddpm 4 steps, 2 clean context rows, cfg_scale 2
 """
 
 from __future__ import annotations
@@ -77,9 +79,11 @@ def tiny(input_size: int, in_ch: int, cond: int = 0, classes: int = 0, predictio
 
 
 def write_pipeline(folder: Path, name: str, grid: dict, stage1: dict, stage2: dict | None, vae: dict | None,
-                   defaults: dict) -> None:
+                   defaults: dict, guide: dict | None = None) -> None:
     spec = {"format": "gridit.pipeline.v1", "name": name, "grid": grid, "stage1": stage1, "stage2": stage2,
             "vae": vae, "defaults": defaults, "limits": {"max_length": 1000}}
+    if guide is not None:
+        spec["guide"] = guide
     (folder / "pipeline.json").write_text(json.dumps(spec, indent=2) + "\n")
 
 
@@ -99,6 +103,16 @@ def build(out: Path) -> None:
     write_pipeline(pixel_v, "tiny-pixel-v", {"k": 4, "frame_size": 4, "channels": 1}, s1, {**s2, "scale": 2}, None,
                    {"mode": "gridit", "sampler": "ddpm", "steps": 4, "sr_sampler": "ddim", "sr_steps": 3,
                     "context_rows": 2, "context": "clean"})
+
+    guided = out / "pixel_guide"
+    guided.mkdir(parents=True, exist_ok=True)
+    s1 = save_dit(guided, "stage1", tiny(16, 1, prediction="v"), 101)
+    small = DiTConfig(depth=1, hidden_size=8, num_heads=2, patch_size=2, input_size=16, in_channels=1,
+                      learn_sigma=True, prediction="v")  # a smaller guide: its own workspace sizes
+    g1 = save_dit(guided, "guide", small, 111)
+    write_pipeline(guided, "tiny-pixel-guide", {"k": 4, "frame_size": 4, "channels": 1}, s1, None, None,
+                   {"mode": "gridit", "sampler": "ddpm", "steps": 4, "context_rows": 2, "context": "clean",
+                    "cfg_scale": 2}, guide=g1)
 
     latent = out / "latent"
     latent.mkdir(parents=True, exist_ok=True)
@@ -137,6 +151,8 @@ CASES = {
                                   sr=False, jumps=(2, 2))),
     "pixel_v_clean": ("pixel_v", dict(mode="gridit", length=20, seed=6, sampler="ddpm", steps="4", context_rows=2,
                                       sr=True, sr_sampler="ddim", sr_steps="3", context="clean")),
+    "pixel_autoguided": ("pixel_guide", dict(mode="gridit", length=20, seed=7, sampler="ddpm", steps="4",
+                                             context_rows=2, sr=False, context="clean", cfg_scale=2.0)),
 }
 
 

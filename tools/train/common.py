@@ -341,15 +341,20 @@ class Defaults:
     # bf16 products keep every 128-frame metric of fp32 (tools/train/README.md, "Precision") and
     # run at twice the rate where VDPBF16PS does (AMD Zen 4 and 5).
     precision: str = "bf16"
+    # stage 1's guidance scale (1: none); with a guide, autoguidance guide + s * (stage1 - guide)
+    cfg_scale: float = 1.0
 
 
-def pipeline_json(defaults: Defaults, description: str) -> dict:
-    return {
+def pipeline_json(defaults: Defaults, description: str, guide: bool = False) -> dict:
+    """pipeline.json of the moving-digits bundle; `guide`: it names guide.{config.json,safetensors}.
+    defaults.cfg_scale is written when it is not 1."""
+    spec = {
         "format": "gridit.pipeline.v1",
         "name": "moving-digits",
         "description": description,
         "grid": {"k": K, "frame_size": LR, "channels": 1},
         "stage1": {"config": "stage1.config.json", "weights": "stage1.safetensors"},
+        **({"guide": {"config": "guide.config.json", "weights": "guide.safetensors"}} if guide else {}),
         "stage2": {"config": "stage2.config.json", "weights": "stage2.safetensors", "scale": SCALE},
         "vae": None,
         "defaults": {"mode": defaults.mode, "sampler": defaults.sampler, "steps": defaults.steps,
@@ -359,21 +364,27 @@ def pipeline_json(defaults: Defaults, description: str) -> dict:
                      "precision": defaults.precision},
         "limits": {"max_length": 100000},
     }
+    if defaults.cfg_scale != 1:
+        spec["defaults"]["cfg_scale"] = defaults.cfg_scale
+    return spec
 
 
 def export_pipeline(stage1: ref.DiT, stage2: ref.DiT, out_dir: str, defaults: Defaults,
-                    description: str, dtype: torch.dtype = torch.float32, extra: dict | None = None) -> None:
-    """Writes pipeline.json, stage{1,2}.safetensors and .config.json into a fresh temp folder next
-    to out_dir, then swaps it into place (readers see the old or the new bundle, never a mix)."""
+                    description: str, dtype: torch.dtype = torch.float32, extra: dict | None = None,
+                    guide: ref.DiT | None = None) -> None:
+    """Writes pipeline.json, stage{1,2}.safetensors and .config.json (and guide.safetensors and
+    guide.config.json with a guide) into a fresh temp folder next to out_dir, then swaps it into
+    place (readers see the old or the new bundle, never a mix)."""
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    for i, m in ((1, stage1), (2, stage2)):
-        save_safetensors(m, os.path.join(tmp, f"stage{i}.safetensors"), dtype)
-        with open(os.path.join(tmp, f"stage{i}.config.json"), "w") as f:
+    models = [("stage1", stage1), ("stage2", stage2)] + ([("guide", guide)] if guide is not None else [])
+    for name, m in models:
+        save_safetensors(m, os.path.join(tmp, f"{name}.safetensors"), dtype)
+        with open(os.path.join(tmp, f"{name}.config.json"), "w") as f:
             f.write(m.cfg.to_json())
     with open(os.path.join(tmp, "pipeline.json"), "w") as f:
-        json.dump(pipeline_json(defaults, description), f, indent=2)
+        json.dump(pipeline_json(defaults, description, guide is not None), f, indent=2)
         f.write("\n")
     if extra:
         with open(os.path.join(tmp, "training.json"), "w") as f:

@@ -5,18 +5,31 @@
         [--sampler ddpm --steps 100 --sr-sampler ddpm --sr-steps 50 --sr-temperature 0.5 --sr-noise shared]
         [--context-rows 2]
     python tools/train/export.py --stage1 CKPT/stage1.pt --from models/moving-digits --out OUT --context clean
+    python tools/train/export.py --stage1 CKPT/stage1.pt --from models/moving-digits --out OUT \
+        --guide OLD_BUNDLE --cfg-scale 2          # autoguidance by an earlier stage 1
+        [--guide CKPT/snap/stage1-002000.pt --ema-guide 0.999]
 
 A stage without a checkpoint (--from) is copied from a pipeline folder as it is, with its
 training.json entry, so a run that trained one stage lands beside the other stage of the bundle.
 
-Writes pipeline.json, stage{1,2}.safetensors, stage{1,2}.config.json and training.json (steps and
-hours of each stage) by an atomic folder swap; `griditctl models import OUT/pipeline.json` takes it
-as it is.
+--guide names a weaker stage 1 for autoguidance (Karras et al. 2024): the stage 1 of a pipeline
+folder (its stage1.config.json and stage1.safetensors), or a checkpoint or snapshot (its EMA
+--ema-guide, default the first saved). It must take and predict what stage 1 does (input_size,
+in_channels, condition_channels, num_classes, learn_sigma, prediction; depth and width may differ).
+It lands as guide.{config.json,safetensors} with a "guide" entry in pipeline.json, and --cfg-scale S
+(default 1 = unguided) becomes defaults.cfg_scale: stage 1's prediction is guide + S * (stage1 - guide).
+Without --guide, the guide of the --from pipeline is carried over as it is, with its cfg_scale
+unless --cfg-scale is given; `--guide none` drops it.
+
+Writes pipeline.json, stage{1,2}.safetensors, stage{1,2}.config.json (guide.* with a guide) and
+training.json (steps and hours of each stage and the guide) by an atomic folder swap;
+`griditctl models import OUT/pipeline.json` takes it as it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -51,6 +64,32 @@ def from_pipeline(folder: str, stage: int) -> tuple[C.ref.DiT, dict]:
     return model.eval(), info
 
 
+def source_guide(folder: str) -> tuple[C.ref.DiT, dict, float] | None:
+    """The guide of a pipeline folder as it is (model, training.json entry, defaults.cfg_scale), or None."""
+    with open(os.path.join(folder, "pipeline.json")) as f:
+        spec = json.load(f)
+    g = spec.get("guide")
+    if not g:
+        return None
+    model = C.load_safetensors(os.path.join(folder, g["config"]), os.path.join(folder, g["weights"]))
+    info = {}
+    if os.path.exists(os.path.join(folder, "training.json")):
+        with open(os.path.join(folder, "training.json")) as f:
+            info = json.load(f).get("guide", {})
+    return model, info, float(spec.get("defaults", {}).get("cfg_scale", 1.0))
+
+
+def load_guide(path: str, decay: float | None) -> tuple[C.ref.DiT, dict]:
+    """--guide: stage 1 of a pipeline folder, or the EMA of a checkpoint or snapshot."""
+    if os.path.isdir(path):
+        if decay is not None:
+            raise SystemExit(f"--ema-guide is for a checkpoint; {path} is a pipeline folder")
+        model, info = from_pipeline(path, 1)
+    else:
+        model, info = load_ema(path, decay)
+    return model, {**info, "from": os.path.basename(os.path.normpath(path))}  # no machine paths in a bundle
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt-dir", help="checkpoint folder with stage1.pt and stage2.pt")
@@ -60,6 +99,11 @@ def main(argv=None) -> int:
     ap.add_argument("--ema2", type=float, help="EMA decay of stage 2")
     ap.add_argument("--from", dest="source", metavar="PIPELINE",
                     help="pipeline folder whose stages are copied where no checkpoint is given")
+    ap.add_argument("--guide", metavar="PATH", help="a weaker stage 1 for autoguidance: a pipeline folder (its stage 1) "
+                    "or a checkpoint/snapshot (default: the --from pipeline's guide, if any; none: no guide)")
+    ap.add_argument("--ema-guide", type=float, help="EMA decay of a --guide checkpoint (default: the first saved)")
+    ap.add_argument("--cfg-scale", type=float, help="defaults.cfg_scale: autoguidance scale with a guide (default 1 = "
+                    "none; with the --from pipeline's guide carried over, its scale)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="f32")
     d = C.Defaults()
@@ -81,12 +125,26 @@ def main(argv=None) -> int:
         ap.error("give --ckpt-dir, or both --stage1 and --stage2, or --from PIPELINE for the stage without one")
     (s1, i1), (s2, i2) = (load_ema(p, e) if p else from_pipeline(a.source, i)
                           for i, p, e in ((1, paths[0], a.ema1), (2, paths[1], a.ema2)))
+    if a.ema_guide is not None and a.guide in (None, "none"):
+        ap.error("--ema-guide needs --guide CHECKPOINT")
+    guide, gi, scale = None, None, a.cfg_scale
+    if a.guide not in (None, "none"):
+        guide, gi = load_guide(a.guide, a.ema_guide)
+    elif a.guide is None and a.source and (carried := source_guide(a.source)):
+        guide, gi, source_scale = carried
+        scale = source_scale if scale is None else scale
+    scale = 1.0 if scale is None else scale
+    try:  # the guide's config against stage 1's, the scale as sample.py and the engine take it
+        S.Pipeline.of(s1, s2, guide).cfg_scale(scale)
+    except ValueError as e:
+        raise SystemExit(f"export.py: {e}") from None
     defaults = C.Defaults(mode=a.mode, sampler=a.sampler, steps=a.steps, eta=a.eta, sr_sampler=a.sr_sampler,
                           sr_steps=a.sr_steps, sr_temperature=a.sr_temperature, sr_noise=a.sr_noise,
-                          context_rows=a.context_rows, context=a.context)
-    C.export_pipeline(s1, s2, a.out, defaults, DESCRIPTION, DTYPES[a.dtype],
-                      extra={"stage1": i1, "stage2": i2, "dtype": a.dtype})
-    print(f"exported {a.out}: stage1 step {i1['step']} ({i1['hours']} h), stage2 step {i2['step']} ({i2['hours']} h)")
+                          context_rows=a.context_rows, context=a.context, cfg_scale=scale)
+    extra = {"stage1": i1, "stage2": i2, "dtype": a.dtype, **({"guide": gi} if guide is not None else {})}
+    C.export_pipeline(s1, s2, a.out, defaults, DESCRIPTION, DTYPES[a.dtype], extra=extra, guide=guide)
+    print(f"exported {a.out}: stage1 step {i1['step']} ({i1['hours']} h), stage2 step {i2['step']} ({i2['hours']} h)"
+          + (f", guide step {gi.get('step', '?')} at cfg_scale {scale:g}" if guide is not None else ""))
     return 0
 
 

@@ -3,6 +3,11 @@
     python tools/train/proxy.py --ckpt-dir CKPT [--ema1 0.9999] [--stages 1,2] [--json out.json]
     python tools/train/proxy.py --stage1 CKPT/snap/stage1-012000.pt --stages 1
     python tools/train/proxy.py --pipeline models/moving-digits --stages 1 --nlong 0    # a landed bundle
+    python tools/train/proxy.py --pipeline OUT --stages 1 --cfg-scale 1                 # its guide off
+
+With `--pipeline`, stage 1 is sampled (and its x0 errors taken) as sample.py samples it: autoguided
+by the pipeline's guide at its defaults.cfg_scale, or at `--cfg-scale` (1: stage 1 alone); the
+summary line names the guidance used.
 
 Stage 1 (16 px): `--n16` one-grid clips and `--nlong` gridit roll-outs of `--long` frames (DDPM
 `--steps`, `--context-rows`, `--context`); their frames are upsampled ×4 by the bicubic stage-2
@@ -118,6 +123,8 @@ def main(argv=None) -> int:
     ap.add_argument("--long", type=int, default=64)
     ap.add_argument("--steps", help="default: the pipeline's, else 100")
     ap.add_argument("--sampler", help="default: the pipeline's, else ddpm")
+    ap.add_argument("--cfg-scale", type=float, help="stage 1's autoguidance scale with the --pipeline's guide (1 = none; "
+                    "default: the pipeline's defaults.cfg_scale, else 1)")
     ap.add_argument("--context-rows", type=int, default=2)
     ap.add_argument("--context", type=S.context_arg, help="renoised, clean or noisedT (sample.py); default: the pipeline's, else renoised")
     ap.add_argument("--sr", action="append", help="sampler:steps of stage 2 (default ddpm:50)")
@@ -139,20 +146,25 @@ def main(argv=None) -> int:
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     if 1 in stages:
         if a.pipeline:
-            full = S.Pipeline(a.pipeline)
-            model, a.context = full.stage1, a.context or full.defaults.get("context", "renoised")
-            a.sampler, a.steps = a.sampler or full.defaults["sampler"], a.steps or str(full.defaults["steps"])
+            pl = S.Pipeline(a.pipeline)
+            a.context = a.context or pl.defaults.get("context", "renoised")
+            a.sampler, a.steps = a.sampler or pl.defaults["sampler"], a.steps or str(pl.defaults["steps"])
             with open(os.path.join(a.pipeline, "training.json")) as f:
                 info = {"ema": None, **json.load(f)["stage1"]}
         else:
             model, info = E.load_ema(path(1, a.stage1), a.ema1)
+            pl = S.Pipeline.of(model)
             a.context, a.sampler, a.steps = a.context or "renoised", a.sampler or "ddpm", a.steps or "100"
+        try:  # stage 1 as the pipeline samples it: autoguided by its guide at cfg_scale != 1
+            model, guidance = pl.stage1_model(a.cfg_scale), pl.guidance(a.cfg_scale)
+        except ValueError as e:
+            ap.error(str(e))
         out["stage1"] = info
-        pl = S.Pipeline.__new__(S.Pipeline)
-        pl.stage1, pl.stage2, pl.k, pl.s, pl.scale = model, None, C.K, C.LR, 1
+        out["guidance"] = {"cfg_scale": pl.cfg_scale(a.cfg_scale), "guided": model is not pl.stage1, "text": guidance}
         g = torch.Generator().manual_seed(a.seed)
         gen = lambda n, length: C.to_u8(S.stage1_sequences(  # noqa: E731
-            pl, n, length, g, "gridit", a.sampler, a.steps, 0.0, a.context_rows, bf16=a.bf16, context=a.context))
+            pl, n, length, g, "gridit", a.sampler, a.steps, 0.0, a.context_rows, bf16=a.bf16, context=a.context,
+            cfg_scale=a.cfg_scale))
         sr = S.Pipeline(a.sr_from) if a.sr_from else None
 
         def to64(frames16: np.ndarray) -> np.ndarray:
@@ -191,7 +203,7 @@ def main(argv=None) -> int:
             if a.sheet:
                 C.md.write_png(a.sheet, C.md.contact_sheet(
                     longs[:4, ::max(1, a.long // 32)].reshape(-1, C.LR, C.LR), cols=min(32, a.long), scale=2, gap=1))
-        print(f"stage 1 step {info['step']} EMA {info['ema']} ({info['hours']} h), {a.sampler} {a.steps}, "
+        print(f"stage 1 step {info['step']} EMA {info['ema']} ({info['hours']} h), {guidance}, {a.sampler} {a.steps}, "
               f"{a.context_rows} {a.context} context rows; frames "
               + (f"super-resolved by {a.sr_from} ({a.sr_steps})" if sr else "bicubic ×4") + " for tracking")
         print(head)
@@ -201,8 +213,7 @@ def main(argv=None) -> int:
     if 2 in stages:
         model, info = E.load_ema(path(2, a.stage2), a.ema2)
         out["stage2"] = info
-        pl = S.Pipeline.__new__(S.Pipeline)
-        pl.stage1, pl.stage2, pl.k, pl.s, pl.scale = None, model, C.K, C.LR, C.SCALE
+        pl = S.Pipeline.of(stage2=model, scale=C.SCALE)
         low, high = C.md.sr_pairs(a.nsr, C.LR, C.SCALE, 9101, "heldout", **C.DATA_KW)
         sets = {"bicubic": C.to_u8(C.upsample(C.to_model(low)[:, None]))[:, 0]}
         for s in a.sr or ["ddpm:50"]:

@@ -17,11 +17,15 @@ Modes (gridit-method.md §2; same schedule as training, respaced):
 Stage 2 super-resolves every frame independently from the bicubic upsampling of its 8-bit frame,
 its noise scaled by `sr_temperature` and, with `sr_noise` "shared", the same for every frame of a
 sequence.
+With a `guide` in the pipeline (a weaker stage 1) and a guidance scale s != 1 (`--cfg-scale`, default
+the pipeline's defaults.cfg_scale, else 1), stage 1 is autoguided (Karras et al. 2024): its
+prediction channels become guide + s * (stage1 - guide), its variance channels stay stage 1's
+(`Guided`, built by `Pipeline.stage1_model`, which proxy.py samples with too).
 
 Noise comes from torch.Generator(seed) (not the engine's Philox streams): distributions match the
 Swift engine, bytes do not.
 
-    python tools/train/sample.py --pipeline DIR --out OUT --count 8 --length 128 --seed 1
+    python tools/train/sample.py --pipeline DIR --out OUT --count 8 --length 128 --seed 1 [--cfg-scale 2]
 """
 
 from __future__ import annotations
@@ -43,18 +47,102 @@ import common as C  # noqa: E402
 SAMPLERS = ["ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde"]
 
 
+GUIDE_MATCH = ("input_size", "in_channels", "condition_channels", "num_classes", "learn_sigma", "prediction")
+
+
+def check_guide(stage1: C.ref.DiTConfig, guide: C.ref.DiTConfig) -> None:
+    """A ValueError naming the fields where a guide's config differs from stage 1's (its depth and
+    width may differ; what it takes and predicts may not)."""
+    differ = [f for f in GUIDE_MATCH if getattr(guide, f) != getattr(stage1, f)]
+    if differ:
+        raise ValueError(f"the guide's {', '.join(differ)} differ from stage 1's "
+                         f"({', '.join(f'{f} {getattr(guide, f)} vs {getattr(stage1, f)}' for f in differ)}); "
+                         "a guide is a weaker model of the same task (an earlier or smaller stage 1)")
+
+
+class Guided(torch.nn.Module):
+    """Autoguidance (Karras et al. 2024, guiding a diffusion model with a bad version of itself):
+    the first C = in_channels output channels (the prediction, epsilon or v) are
+    guide + scale * (good - guide), the learned-variance channels are good's. `cfg` is good's, so
+    the samplers take it for the model."""
+
+    def __init__(self, good: torch.nn.Module, guide: torch.nn.Module, scale: float):
+        super().__init__()
+        if not (math.isfinite(scale) and scale >= 0):
+            raise ValueError(f"cfg_scale {scale}: use a finite scale >= 0 (1 = no guidance)")
+        self.good, self.guide, self.scale = good, guide, float(scale)
+        self.cfg = good.cfg
+
+    def forward(self, x, t, y=None, cond=None):
+        out = self.good(x, t, y, cond).float()
+        g = self.guide(x, t, y, cond).float()
+        c = self.cfg.in_channels
+        return torch.cat([g[:, :c] + self.scale * (out[:, :c] - g[:, :c]), out[:, c:]], dim=1)
+
+
 class Pipeline:
+    """The models of a pipeline folder: stage1, guide (None without one), stage2 (None without),
+    grid k, frame side s, stage-2 scale and the defaults."""
+
     def __init__(self, folder: str):
         with open(os.path.join(folder, "pipeline.json")) as f:
             self.spec = json.load(f)
         p = lambda name: os.path.join(folder, name)  # noqa: E731
-        s1, s2 = self.spec["stage1"], self.spec.get("stage2")
+        s1, g, s2 = self.spec["stage1"], self.spec.get("guide"), self.spec.get("stage2")
         self.stage1 = C.load_safetensors(p(s1["config"]), p(s1["weights"]))
+        self.guide = C.load_safetensors(p(g["config"]), p(g["weights"])) if g else None
+        if self.guide is not None:
+            try:
+                check_guide(self.stage1.cfg, self.guide.cfg)
+            except ValueError as e:
+                raise ValueError(f"{p('pipeline.json')}: {e}") from None
         self.stage2 = C.load_safetensors(p(s2["config"]), p(s2["weights"])) if s2 else None
         self.k = self.spec["grid"]["k"]
         self.s = self.spec["grid"]["frame_size"]
         self.scale = s2["scale"] if s2 else 1
         self.defaults = self.spec["defaults"]
+
+    @classmethod
+    def of(cls, stage1=None, stage2=None, guide=None, k: int = C.K, s: int = C.LR, scale: int = 1,
+           defaults: dict | None = None) -> "Pipeline":
+        """A pipeline of models in memory (checkpoints, tests); `defaults` over export's (common.Defaults)."""
+        pl = cls.__new__(cls)
+        pl.spec, pl.stage1, pl.guide, pl.stage2 = None, stage1, guide, stage2
+        pl.k, pl.s, pl.scale = k, s, scale
+        pl.defaults = {**C.pipeline_json(C.Defaults(), "")["defaults"], **(defaults or {})}
+        if guide is not None:
+            check_guide(stage1.cfg, guide.cfg)
+        return pl
+
+    def cfg_scale(self, scale: float | None = None) -> float:
+        """Stage 1's guidance scale: `scale`, else defaults.cfg_scale (1 when absent), checked as the
+        engine checks it: finite and >= 0; a scale != 1 given for an unconditional stage 1 without a
+        guide is an error, a default != 1 there runs unguided (1)."""
+        s = float(self.defaults.get("cfg_scale", 1.0) if scale is None else scale)
+        if not (math.isfinite(s) and s >= 0):
+            raise ValueError(f"cfg_scale {s}: use a finite scale >= 0 (1 = no guidance)")
+        if s != 1 and self.guide is None and self.stage1.cfg.num_classes == 0:
+            if scale is not None:
+                raise ValueError(f"cfg_scale {s:g} given, but stage 1 is unconditional and the pipeline has no guide; "
+                                 "drop --cfg-scale, or export the pipeline with a guide (export.py --guide)")
+            return 1.0
+        return s
+
+    def stage1_model(self, scale: float | None = None) -> torch.nn.Module:
+        """The stage-1 model to sample with at cfg_scale(scale): Guided by the guide when the
+        pipeline has one and the scale is not 1, else stage 1 itself (the guide is not run).
+        (A class-conditional stage 1 without a guide: classifier-free guidance is the Swift
+        engine's; this sampler passes no labels.)"""
+        s = self.cfg_scale(scale)
+        return Guided(self.stage1, self.guide, s) if self.guide is not None and s != 1 else self.stage1
+
+    def guidance(self, scale: float | None = None) -> str:
+        """What stage1_model(scale) does, in words (logs and summaries)."""
+        s = self.cfg_scale(scale)
+        if self.guide is not None and s != 1:
+            g = self.guide.cfg
+            return f"autoguidance cfg_scale {s:g} (guide depth {g.depth}, width {g.hidden_size})"
+        return "no guidance" + (" (the guide is not run at cfg_scale 1)" if self.guide is not None else "")
 
 
 @torch.no_grad()
@@ -156,11 +244,13 @@ def temperature_arg(text: str) -> float:
 
 
 def stage1_sequences(pl: Pipeline, n: int, length: int, gen, mode: str, sampler: str, steps, eta: float,
-                     context_rows: int, bf16: bool = False, log=None, context: str = "renoised") -> torch.Tensor:
-    """(N, L, S, S) float frames in [-1, 1]."""
+                     context_rows: int, bf16: bool = False, log=None, context: str = "renoised",
+                     cfg_scale: float | None = None) -> torch.Tensor:
+    """(N, L, S, S) float frames in [-1, 1]; stage 1 is pl.stage1_model(cfg_scale) (autoguided when
+    the pipeline has a guide and the scale is not 1; None: the pipeline's default)."""
     k, s = pl.k, pl.s
     diff = C.dref.Diffusion(str(steps))
-    model = pl.stage1
+    model = pl.stage1_model(cfg_scale)
     shape = (n, 1, k * s, k * s)
     tick = time.time()
     g0 = denoise(model, diff, torch.randn(shape, generator=gen), gen, sampler, eta, bf16=bf16)
@@ -263,22 +353,24 @@ def write_sequence(folder: str, frames: np.ndarray, meta: dict) -> None:
 def generate(pl: Pipeline, count: int, length: int, seed: int, mode=None, sampler=None, steps=None,
              eta=None, sr_sampler=None, sr_steps=None, context_rows=None, no_sr=False, batch=None,
              bf16=False, log=None, context=None, sr_temperature=None,
-             sr_noise=None) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """Returns (lr u8 (count, L, S, S), hr u8 (count, L, rS, rS) or None, the settings used)."""
+             sr_noise=None, cfg_scale=None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Returns (lr u8 (count, L, S, S), hr u8 (count, L, rS, rS) or None, the settings used).
+    cfg_scale: stage 1's guidance scale (None: the pipeline's defaults.cfg_scale, else 1)."""
     d = pl.defaults
     temperature, noise = sr_noise_defaults(d)
     st = dict(mode=mode or d["mode"], sampler=sampler or d["sampler"], steps=steps or d["steps"],
               eta=d["eta"] if eta is None else eta, sr_sampler=sr_sampler or d["sr_sampler"],
               sr_steps=sr_steps or d["sr_steps"], sr_temperature=temperature if sr_temperature is None else sr_temperature,
               sr_noise=sr_noise or noise, context_rows=context_rows or d["context_rows"],
-              context=context or d.get("context", "renoised"))
+              context=context or d.get("context", "renoised"), cfg_scale=pl.cfg_scale(cfg_scale))
     gen = torch.Generator().manual_seed(seed)
     batch = batch or count
     lrs, hrs = [], []
     for i in range(0, count, batch):
         m = min(batch, count - i)
         lr = C.to_u8(stage1_sequences(pl, m, length, gen, st["mode"], st["sampler"], st["steps"], st["eta"],
-                                      st["context_rows"], bf16=bf16, log=log, context=st["context"]))
+                                      st["context_rows"], bf16=bf16, log=log, context=st["context"],
+                                      cfg_scale=st["cfg_scale"]))
         lrs.append(lr)
         if not no_sr and pl.stage2 is not None:
             hr = super_resolve(pl, lr.reshape(-1, pl.s, pl.s), gen, st["sr_sampler"], st["sr_steps"], st["eta"],
@@ -306,6 +398,8 @@ def main(argv=None) -> int:
     ap.add_argument("--context-rows", type=int)
     ap.add_argument("--context", type=context_arg, help="gridit mode's known frames: renoised, clean, or noisedT (clean ones "
                     "noised to the fixed level T at every step)")
+    ap.add_argument("--cfg-scale", type=float, help="stage 1's guidance scale: autoguidance by the pipeline's guide "
+                    "(1 = none; default: the pipeline's defaults.cfg_scale)")
     ap.add_argument("--no-sr", action="store_true", help="write the 16x16 stage-1 frames")
     ap.add_argument("--batch", type=int, help="sequences per stage-1 batch (default: all)")
     ap.add_argument("--threads", type=int, default=2)
@@ -315,10 +409,16 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     log = None if a.quiet else (lambda m: print(m, flush=True))
     pl = Pipeline(a.pipeline)
+    try:
+        pl.cfg_scale(a.cfg_scale)
+    except ValueError as e:
+        ap.error(str(e))
+    if log:
+        log(f"stage 1: {pl.guidance(a.cfg_scale)}")
     t0 = time.time()
     lr, hr, st = generate(pl, a.count, a.length, a.seed, a.mode, a.sampler, a.steps, a.eta, a.sr_sampler,
                           a.sr_steps, a.context_rows, a.no_sr, a.batch, a.bf16, log, a.context, a.sr_temperature,
-                          a.sr_noise)
+                          a.sr_noise, a.cfg_scale)
     seconds = time.time() - t0
     frames = lr if hr is None else hr
     for i in range(a.count):

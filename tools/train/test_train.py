@@ -88,8 +88,7 @@ def test_gridit_mode_keeps_context_frames_exactly():
     cfg = C.stage_config(1, 1, 32, 2, 4)
     model = C.build_model(cfg, seed=3)
     torch.nn.init.normal_(model.final_layer.linear.weight, std=0.1)
-    pl = S.Pipeline.__new__(S.Pipeline)
-    pl.stage1, pl.stage2, pl.k, pl.s, pl.scale = model.eval(), None, 4, 16, 1
+    pl = S.Pipeline.of(model.eval())
     g = torch.Generator().manual_seed(0)
     frames = S.stage1_sequences(pl, 1, 32, g, "gridit", "ddim", "4", 0.0, context_rows=2)
     assert frames.shape == (1, 32, 16, 16)
@@ -443,3 +442,93 @@ def test_stage_2_noise_temperature_and_sharing(tmp_path):
         sr(1.5, None)
     with pytest.raises(ValueError, match="whole sequences of 4"):
         sr(1.0, 4)
+
+
+def _stage1(seed, depth=1, prediction="epsilon", random=False):
+    """A small stage 1 whose output is not zero: every weight random, or the zero-init DiT with a
+    random output layer (moderate outputs, for sampling)."""
+    cfg = C.stage_config(1, depth, 32, 2, 4)
+    cfg.prediction = prediction
+    m = C.build_model(cfg, seed=seed)
+    if random:
+        C.ref.init_random_(m, torch.Generator().manual_seed(seed))
+    else:
+        torch.nn.init.normal_(m.final_layer.linear.weight, std=0.1)
+    return m.eval()
+
+
+@torch.no_grad()
+def test_autoguidance_combines_the_prediction_channels_only():
+    main, guide = _stage1(1, random=True), _stage1(2, depth=2, random=True)
+    x, t = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(0)), torch.tensor([10.0, 700.0])
+    m, g = main(x, t), guide(x, t)
+    assert float((m - g).abs().max()) > 0.1
+    # the model as its own guide: exactly its output at any scale, variance channels included
+    for scale in (0.0, 0.5, 1.0, 2.0, 7.5):
+        assert torch.equal(S.Guided(main, main, scale)(x, t), m)
+    # another guide: scale 1 is the main model, 2 is 2 main - guide on the prediction channel
+    one, two = S.Guided(main, guide, 1.0)(x, t), S.Guided(main, guide, 2.0)(x, t)
+    assert torch.allclose(one, m, atol=1e-5, rtol=0)
+    assert torch.allclose(two[:, :1], 2 * m[:, :1] - g[:, :1], atol=1e-5, rtol=0)
+    assert torch.equal(two[:, 1:], m[:, 1:]) and S.Guided(main, guide, 2.0).cfg is main.cfg
+    # the pipeline guides only at a scale != 1 (at 1 the guide is not run)
+    pl = S.Pipeline.of(main, guide=guide, defaults={"cfg_scale": 2.0})
+    assert isinstance(pl.stage1_model(), S.Guided) and pl.stage1_model().scale == 2.0
+    assert pl.stage1_model(1.0) is main and pl.guidance(1.0).startswith("no guidance")
+    with pytest.raises(ValueError, match="prediction"):
+        S.Pipeline.of(main, guide=_stage1(2, prediction="v"))
+
+
+def test_cfg_scale_needs_a_guide_or_classes():
+    pl = S.Pipeline.of(_stage1(1))
+    with pytest.raises(ValueError, match="cfg_scale 2 given, but stage 1 is unconditional and the pipeline has no guide"):
+        pl.stage1_model(2.0)
+    with pytest.raises(ValueError, match="no guide"):
+        S.generate(pl, 1, 16, seed=1, mode="gridit", sampler="ddim", steps="2", eta=0.0, context_rows=2,
+                   no_sr=True, cfg_scale=2.0)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=">= 0"):
+            pl.cfg_scale(bad)
+    assert pl.cfg_scale(1.0) == 1.0 and pl.stage1_model() is pl.stage1
+    # a default != 1 without a guide runs unguided, as the engine runs it
+    assert S.Pipeline.of(pl.stage1, defaults={"cfg_scale": 3.0}).cfg_scale() == 1.0
+
+
+def test_export_with_a_guide_samples_guided(tmp_path):
+    import export as E
+    base, weak, out = tmp_path / "base", tmp_path / "weak", tmp_path / "out"
+    s2 = C.build_model(C.stage_config(2, 1, 32, 2, 8), seed=0).eval()
+    C.export_pipeline(_stage1(1), s2, str(base), C.Defaults(sampler="ddim", steps="3"), "test",
+                      extra={"stage1": {"step": 10, "hours": 1}, "stage2": {"step": 5, "hours": 1}})
+    C.export_pipeline(_stage1(2, depth=2), s2, str(weak), C.Defaults(), "test",
+                      extra={"stage1": {"step": 2, "hours": 0.1}, "stage2": {"step": 1, "hours": 0.1}})
+    assert E.main(["--from", str(base), "--guide", str(weak), "--cfg-scale", "2", "--out", str(out),
+                   "--sampler", "ddim", "--steps", "3"]) == 0
+    spec = json.loads((out / "pipeline.json").read_text())
+    assert spec["guide"] == {"config": "guide.config.json", "weights": "guide.safetensors"}
+    assert spec["defaults"]["cfg_scale"] == 2.0
+    assert (out / "guide.safetensors").read_bytes() == (weak / "stage1.safetensors").read_bytes()
+    assert json.loads((out / "training.json").read_text())["guide"]["step"] == 2
+    pl = S.Pipeline(str(out))
+    assert pl.guide is not None and pl.guide.cfg.depth == 2
+    kw = dict(mode="gridit", context_rows=2, no_sr=True)
+    guided, _, used = S.generate(pl, 1, 24, seed=1, **kw)
+    plain, _, used1 = S.generate(pl, 1, 24, seed=1, cfg_scale=1.0, **kw)
+    unguided, _, _ = S.generate(S.Pipeline(str(base)), 1, 24, seed=1, **kw)
+    assert (used["cfg_scale"], used1["cfg_scale"]) == (2.0, 1.0)
+    assert np.array_equal(plain, unguided) and not np.array_equal(guided, unguided)
+    # a re-export from it keeps the guide and its scale; --guide none drops them
+    again, bare = tmp_path / "again", tmp_path / "bare"
+    assert E.main(["--from", str(out), "--out", str(again)]) == 0
+    assert (again / "guide.safetensors").read_bytes() == (out / "guide.safetensors").read_bytes()
+    assert json.loads((again / "pipeline.json").read_text())["defaults"]["cfg_scale"] == 2.0
+    assert E.main(["--from", str(out), "--guide", "none", "--out", str(bare)]) == 0
+    assert "guide" not in json.loads((bare / "pipeline.json").read_text()) and not (bare / "guide.safetensors").exists()
+    # a guide of another prediction, or a scale without a guide, is refused
+    C.export_pipeline(_stage1(3, prediction="v"), s2, str(tmp_path / "v"), C.Defaults(), "test")
+    with pytest.raises(SystemExit, match="prediction"):
+        E.main(["--from", str(base), "--guide", str(tmp_path / "v"), "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="no guide"):
+        E.main(["--from", str(base), "--cfg-scale", "2", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit):
+        S.main(["--pipeline", str(base), "--out", str(tmp_path / "s"), "--cfg-scale", "2", "--count", "1"])
