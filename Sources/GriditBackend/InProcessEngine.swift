@@ -258,8 +258,7 @@ public final class InProcessEngine: JobEngine {
         let byRole = resolved.blobs
         // The weight files are what the pipeline maps (and gc must keep while it does).
         var blobs: [BlobDigest: String] = [:]
-        let weights: Set<PipelineSpec.FileRole> = [.stage1Weights, .guideWeights, .stage2Weights, .vaeWeights]
-        for (role, path) in spec.files where weights.contains(role) {
+        for (role, path) in spec.files where role.isWeights {
             if let d = byRole[role] { blobs[d] = path }
         }
         let identity = PipelineIdentity(

@@ -56,7 +56,7 @@ struct ModelUpload {
         }
         var entries = [Entry(name: "pipeline.json", path: json, size: file.size)]
         // The files of docs/PIPELINE_FORMAT.md: each model's config and weights.
-        for stage in ["stage1", "stage2", "vae"] {
+        for stage in ["stage1", "guide", "stage2", "vae"] {
             guard let model = pipeline[stage] as? [String: Any] else { continue }
             for key in ["config", "weights"] {
                 guard let name = model[key] as? String, !entries.contains(where: { $0.name == name }) else { continue }

@@ -1,7 +1,8 @@
-// Classifier-free guidance (Ho & Salimans 2022) for class-conditional models: the model runs once
-// with the label and once with the null class, and the noise prediction is pushed away from the
-// unconditional one. Only used when the model has classes and the scale is not 1 (the official
-// GriDiT scripts double an unconditional batch instead, which changes nothing but the cost).
+// Guidance of stage 1: its prediction is pushed away from a weaker one. The weaker one is the null
+// class's (classifier-free guidance, Ho & Salimans 2022, for class-conditional models) or a guide
+// model's on the same input (autoguidance, Karras et al. 2024). Only used when the scale is not 1
+// (the official GriDiT scripts double an unconditional batch instead, which changes nothing but
+// the cost).
 
 import GriditTensor
 

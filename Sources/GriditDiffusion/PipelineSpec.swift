@@ -265,6 +265,9 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
         case guideConfig = "guide.config", guideWeights = "guide.weights"
         case stage2Config = "stage2.config", stage2Weights = "stage2.weights"
         case vaeConfig = "vae.config", vaeWeights = "vae.weights"
+
+        /// A safetensors file (the others are model configs).
+        public var isWeights: Bool { rawValue.hasSuffix(".weights") }
     }
 
     /// Every file reference with its role.
@@ -401,7 +404,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
     /// Checks the models' configs against the pipeline: a stage-1 input of k frames per side, the
     /// right channel counts, a stage-2 model taking [noisy, condition] at the high resolution.
     /// Stage 1 may be class-conditional (requests then name a class; guidance by `cfg_scale`).
-    /// A guide makes the same output as stage 1 from the same input (its size may differ).
+    /// A guide makes the same output as stage 1 from the same input, and is no larger.
     public func validate(
         stage1 s1: DiTConfiguration, guide g: DiTConfiguration?, stage2 s2: DiTConfiguration?,
         vae v: AutoencoderKLConfiguration?, path: String? = nil
@@ -422,6 +425,17 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
                 try fail(
                     "the guide does not match stage 1 in \(differ.joined(separator: ", ")); a guide is a weaker "
                         + "model of the same task (an earlier or smaller stage 1)")
+            }
+            // Batches budget a guided grid's second row as a stage-1 row: a guide is no larger.
+            let larger = [
+                ("depth", g.depth > s1.depth), ("hidden_size", g.hiddenSize > s1.hiddenSize),
+                ("num_heads", g.numHeads > s1.numHeads), ("mlp_ratio", g.mlpRatio > s1.mlpRatio),
+                ("patch_size", g.patchSize < s1.patchSize),
+            ].filter(\.1).map(\.0)
+            if !larger.isEmpty {
+                try fail(
+                    "the guide is larger than stage 1 in \(larger.joined(separator: ", ")) (a smaller patch_size "
+                        + "is larger); use a guide no larger than stage 1")
             }
         }
         if (stage2 == nil) != (s2 == nil) {

@@ -485,12 +485,16 @@ final class BatchRunner {
         if guided.isEmpty {
             return try model.forward(x: x, t: t, y: labels, workspace: workspace(.stage1, n))
         }
-        // The guided rows' inputs: alone for the guide, after the batch's own rows otherwise.
+        // The guided rows' inputs: alone for the guide (x itself when every row is guided), after
+        // the batch's own rows otherwise.
         let first = guide == nil ? n : 0, inner = x.count / n
-        let xg = Tensor(zeros: [first + guided.count] + x.shape.dropFirst())
-        if guide == nil { xg.mutablePointer.update(from: x.pointer, count: x.count) }
-        for (j, row) in guided.enumerated() {
-            (xg.mutablePointer + (first + j) * inner).update(from: x.pointer + row * inner, count: inner)
+        var xg = x
+        if guide == nil || guided.count < n {
+            xg = Tensor(zeros: [first + guided.count] + x.shape.dropFirst())
+            if guide == nil { xg.mutablePointer.update(from: x.pointer, count: x.count) }
+            for (j, row) in guided.enumerated() {
+                (xg.mutablePointer + (first + j) * inner).update(from: x.pointer + row * inner, count: inner)
+            }
         }
         let tg = guided.map { t[$0] }
         let result: Tensor, weak: Tensor

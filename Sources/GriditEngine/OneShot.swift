@@ -153,6 +153,7 @@ extension LoadedPipeline {
         let p = configuration
         var cost = CostModel.nominal(p)
         cost.stage1SecondsPerEvaluation = try forwardSeconds(stage1)
+        if let guide { cost.guideSecondsPerEvaluation = try forwardSeconds(guide) }
         if let stage2 { cost.stage2SecondsPerEvaluation = try forwardSeconds(stage2) }
         if let vae {
             let image = p.imageLayout, c = p.spec.grid.channels

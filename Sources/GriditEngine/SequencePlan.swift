@@ -276,7 +276,11 @@ public struct SequencePlan: Codable, Sendable, Equatable {
 
     /// Seconds the whole plan takes under `cost`.
     public func estimatedSeconds(_ cost: CostModel) -> Double {
-        Double(stage1.evaluations) * cost.stage1SecondsPerEvaluation
+        // Stage 1's rows, and the guided rows beyond them (the guide's, or stage 1's with the null class).
+        let stage1Rows = stage1.items * stage1.evaluationsPerItem
+        let guideSeconds = cost.guideSecondsPerEvaluation ?? cost.stage1SecondsPerEvaluation
+        return Double(stage1Rows) * cost.stage1SecondsPerEvaluation
+            + Double(stage1.evaluations - stage1Rows) * guideSeconds
             + Double(stage2?.evaluations ?? 0) * cost.stage2SecondsPerEvaluation
             + Double(vae.gridDecodes) * cost.vaeGridDecodeSeconds + Double(vae.gridEncodes) * cost.vaeGridEncodeSeconds
             + Double(vae.frameEncodes) * cost.vaeFrameEncodeSeconds + Double(vae.frameDecodes)
@@ -338,6 +342,8 @@ public struct SequencePlan: Codable, Sendable, Equatable {
 /// Seconds per unit of work, used to estimate a plan's time.
 public struct CostModel: Codable, Sendable, Equatable {
     public var stage1SecondsPerEvaluation: Double
+    /// The guide model's, for a pipeline with one (nil: a guided row is a stage-1 row).
+    public var guideSecondsPerEvaluation: Double?
     public var stage2SecondsPerEvaluation: Double
     public var vaeGridDecodeSeconds: Double
     public var vaeGridEncodeSeconds: Double
@@ -353,6 +359,7 @@ public struct CostModel: Codable, Sendable, Equatable {
         let grid = p.spec.grid.k * p.spec.grid.frameSize, hr = p.highResolutionSize ?? p.spec.grid.frameSize
         return CostModel(
             stage1SecondsPerEvaluation: p.stage1.flopsPerForward(batch: 1) / rate,
+            guideSecondsPerEvaluation: p.guide.map { $0.flopsPerForward(batch: 1) / rate },
             stage2SecondsPerEvaluation: (p.stage2?.flopsPerForward(batch: 1) ?? 0) / rate,
             vaeGridDecodeSeconds: (p.vae?.flops(height: grid, width: grid, encode: false) ?? 0) / rate,
             vaeGridEncodeSeconds: (p.vae?.flops(height: grid, width: grid, encode: true) ?? 0) / rate,

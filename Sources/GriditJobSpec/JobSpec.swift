@@ -103,7 +103,8 @@ public struct JobSpec: Codable, Hashable, Sendable {
         public var jumpCount: Int?
         /// Class of a class-conditional stage 1 (required there, refused otherwise).
         public var classLabel: Int?
-        /// Classifier-free guidance scale for a class-conditional stage 1 (1 = none).
+        /// Stage-1 guidance scale (1 = none): autoguidance by the pipeline's guide model, else
+        /// classifier-free guidance of a class-conditional stage 1.
         public var cfgScale: Double?
 
         public init(

@@ -23,7 +23,7 @@ extension ModelStore {
         case pipeline
     }
 
-    /// Most entries and folder depth of a pipeline's tar (a pipeline names six files at most).
+    /// Most entries and folder depth of a pipeline's tar (a pipeline names eight files at most).
     static let maxUploadEntries = 64
     static let maxUploadDepth = 8
 

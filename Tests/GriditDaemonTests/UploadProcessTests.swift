@@ -93,6 +93,12 @@ struct UploadProcessTests {
         let streamed = try Self.griditctl(daemon, ["models", "import", folder, "--name", "up:v1", "--upload"])
         #expect(streamed.status == 0, "\(streamed.stderr)")
         #expect(try Self.digests(daemon, "up:v1") == Self.digests(daemon, "tiny:latest"))
+        // A pipeline with a guide model: its files travel too.
+        let guided = (fixturePipeline("pixel_guide") as NSString).deletingLastPathComponent
+        let withGuide = try Self.griditctl(daemon, ["models", "import", guided, "--name", "guided:v1", "--upload"])
+        #expect(withGuide.status == 0, "\(withGuide.stderr)")
+        let roles = try Self.digests(daemon, "guided:v1").keys.sorted()
+        #expect(roles == ["guide.config", "guide.weights", "manifest", "stage1.config", "stage1.weights"], "\(roles)")
 
         // A weights file that is a link: griditctl refuses to send it.
         let linked = try HostileImportProcessTests.pipelineCopy(in: dir, "linked")

@@ -127,6 +127,9 @@ private let s2 = DiTConfiguration(
     other = s1
     other.numClasses = 10
     refused(other, "num_classes")
+    other = s1
+    (other.depth, other.patchSize) = (3, 2)
+    refused(other, "the guide is larger than stage 1 in depth, patch_size")
     // Without a guide in the file, a guide config is an error too.
     p.guide = nil
     #expect(throws: PipelineError.self) { try p.validate(stage1: s1, guide: s1, stage2: s2, vae: nil) }

@@ -146,7 +146,7 @@ private func bytes(
 }
 
 @Test func guidedAndUnguidedRunsBatchedTogetherGetTheirOwnBytes() throws {
-    // The guide model runs on the guided rows only: a batch mixing scales must not mix rows.
+    // A batch mixing scales (the guide forward takes the guided rows only) must not mix rows.
     let p = try pipeline("pixel_guide")
     let requests = [2.0, 1.0, 3.0].map {
         JobSpec(length: 20, parameters: .init(seed: 7, steps: "3", cfgScale: $0))

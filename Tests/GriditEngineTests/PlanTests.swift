@@ -124,6 +124,9 @@ func griditPlansGiveExactlyLFramesWithContextFromEarlierFrames(k: Int) throws {
     let (main, weak) = (auto.stage1.flopsPerForward(batch: 1), auto.guide!.flopsPerForward(batch: 1))
     #expect(weak < main && a2.stage1.rowsPerEvaluation == 2)
     #expect(a2.stage1.flops == Double(a2.grids * 4) * (main + weak))
+    // ... and so does the time estimate: at 1 FLOP/ns each row costs its own model's operations.
+    let nominal = CostModel.nominal(auto, gflops: 1)
+    #expect(abs(a2.estimatedSeconds(nominal) - a2.stage1.flops / 1e9) < 1e-12 * a2.stage1.flops)
 
     let vae = AutoencoderKLConfiguration(
         inChannels: 1, outChannels: 1, latentChannels: 2, blockOutChannels: [4, 8],

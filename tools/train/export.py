@@ -127,6 +127,8 @@ def main(argv=None) -> int:
                           for i, p, e in ((1, paths[0], a.ema1), (2, paths[1], a.ema2)))
     if a.ema_guide is not None and a.guide in (None, "none"):
         ap.error("--ema-guide needs --guide CHECKPOINT")
+    if a.guide not in (None, "none") and a.cfg_scale is None:
+        ap.error("--guide needs --cfg-scale S: at the default 1 the guide is never run")
     guide, gi, scale = None, None, a.cfg_scale
     if a.guide not in (None, "none"):
         guide, gi = load_guide(a.guide, a.ema_guide)

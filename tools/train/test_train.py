@@ -494,7 +494,7 @@ def test_cfg_scale_needs_a_guide_or_classes():
     assert S.Pipeline.of(pl.stage1, defaults={"cfg_scale": 3.0}).cfg_scale() == 1.0
 
 
-def test_export_with_a_guide_samples_guided(tmp_path):
+def test_export_with_a_guide_samples_guided(tmp_path, capsys):
     import export as E
     base, weak, out = tmp_path / "base", tmp_path / "weak", tmp_path / "out"
     s2 = C.build_model(C.stage_config(2, 1, 32, 2, 8), seed=0).eval()
@@ -527,7 +527,10 @@ def test_export_with_a_guide_samples_guided(tmp_path):
     # a guide of another prediction, or a scale without a guide, is refused
     C.export_pipeline(_stage1(3, prediction="v"), s2, str(tmp_path / "v"), C.Defaults(), "test")
     with pytest.raises(SystemExit, match="prediction"):
-        E.main(["--from", str(base), "--guide", str(tmp_path / "v"), "--out", str(tmp_path / "x")])
+        E.main(["--from", str(base), "--guide", str(tmp_path / "v"), "--cfg-scale", "2", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit):  # a guide at the default scale 1 would never run
+        E.main(["--from", str(base), "--guide", str(weak), "--out", str(tmp_path / "x")])
+    assert "--guide needs --cfg-scale" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="no guide"):
         E.main(["--from", str(base), "--cfg-scale", "2", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit):
