@@ -134,15 +134,24 @@ private func bytes(
     ]
     let alone = try requests.map { try bytes("latent", $0) }
     let scratch = TemporaryDirectory("ge-batch")
+    let runs = try executedTogether(p, requests, in: scratch, options: ExecutionOptions(threads: 2, maxBatch: 4))
+    for (i, run) in runs.enumerated() {
+        #expect(run.isComplete)
+        #expect(results(of: run.workDirectory) == alone[i], "run \(i)")
+    }
+}
+
+/// `requests` run as one batch of `p` in `scratch` (each must succeed).
+private func executedTogether(
+    _ p: LoadedPipeline, _ requests: [JobSpec], in scratch: TemporaryDirectory, options: ExecutionOptions
+) throws -> [SequenceRun] {
     let runs = try requests.enumerated().map { i, r in
         try SequenceRun(pipeline: p, spec: r, workDirectory: scratch.file("w\(i)"))
     }
-    let outcomes = SequenceRun.execute(runs, options: ExecutionOptions(threads: 2, maxBatch: 4))
-    for (i, outcome) in outcomes.enumerated() {
+    for outcome in SequenceRun.execute(runs, options: options) {
         #expect(throws: Never.self) { try outcome.get() }
-        #expect(runs[i].isComplete)
-        #expect(results(of: runs[i].workDirectory) == alone[i], "run \(i)")
     }
+    return runs
 }
 
 @Test func guidedAndUnguidedRunsBatchedTogetherGetTheirOwnBytes() throws {
@@ -154,13 +163,9 @@ private func bytes(
     let alone = try requests.map { try bytes("pixel_guide", $0, options: ExecutionOptions(threads: 1, maxBatch: 1)) }
     #expect(alone[0] != alone[1] && alone[0] != alone[2], "the scale changes the grids")
     let scratch = TemporaryDirectory("ge-guide")
-    let runs = try requests.enumerated().map { i, r in
-        try SequenceRun(pipeline: p, spec: r, workDirectory: scratch.file("w\(i)"))
-    }
-    let outcomes = SequenceRun.execute(runs, options: ExecutionOptions(threads: 3, maxBatch: 8))
-    for (i, outcome) in outcomes.enumerated() {
-        #expect(throws: Never.self) { try outcome.get() }
-        #expect(results(of: runs[i].workDirectory) == alone[i], "run \(i)")
+    let runs = try executedTogether(p, requests, in: scratch, options: ExecutionOptions(threads: 3, maxBatch: 8))
+    for (i, run) in runs.enumerated() {
+        #expect(results(of: run.workDirectory) == alone[i], "run \(i)")
     }
     // At scale 1 the guide is not run: the grids of the same stage 1 without a guide (pixel_v's).
     let grids = { (files: [String: [UInt8]]) in files.filter { $0.key.hasPrefix("grids/") } }

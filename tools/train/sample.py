@@ -48,16 +48,22 @@ SAMPLERS = ["ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde"]
 
 
 GUIDE_MATCH = ("input_size", "in_channels", "condition_channels", "num_classes", "learn_sigma", "prediction")
+GUIDE_AT_MOST = ("depth", "hidden_size", "num_heads", "mlp_ratio")  # and patch_size at least stage 1's
 
 
 def check_guide(stage1: C.ref.DiTConfig, guide: C.ref.DiTConfig) -> None:
-    """A ValueError naming the fields where a guide's config differs from stage 1's (its depth and
-    width may differ; what it takes and predicts may not)."""
+    """A ValueError naming the fields where a guide's config breaks the engine's rules
+    (PipelineSpec.validate): what it takes and predicts is stage 1's, and it is no larger."""
     differ = [f for f in GUIDE_MATCH if getattr(guide, f) != getattr(stage1, f)]
     if differ:
-        raise ValueError(f"the guide's {', '.join(differ)} differ from stage 1's "
+        raise ValueError(f"the guide does not match stage 1 in {', '.join(differ)} "
                          f"({', '.join(f'{f} {getattr(guide, f)} vs {getattr(stage1, f)}' for f in differ)}); "
                          "a guide is a weaker model of the same task (an earlier or smaller stage 1)")
+    larger = [f for f in GUIDE_AT_MOST if getattr(guide, f) > getattr(stage1, f)]
+    larger += ["patch_size"] if guide.patch_size < stage1.patch_size else []
+    if larger:
+        raise ValueError(f"the guide is larger than stage 1 in {', '.join(larger)} (a smaller patch_size is "
+                         "larger); use a guide no larger than stage 1")
 
 
 class Guided(torch.nn.Module):
@@ -67,9 +73,7 @@ class Guided(torch.nn.Module):
     the samplers take it for the model."""
 
     def __init__(self, good: torch.nn.Module, guide: torch.nn.Module, scale: float):
-        super().__init__()
-        if not (math.isfinite(scale) and scale >= 0):
-            raise ValueError(f"cfg_scale {scale}: use a finite scale >= 0 (1 = no guidance)")
+        super().__init__()  # the scale is checked by Pipeline.cfg_scale, which builds this
         self.good, self.guide, self.scale = good, guide, float(scale)
         self.cfg = good.cfg
 

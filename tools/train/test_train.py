@@ -459,7 +459,7 @@ def _stage1(seed, depth=1, prediction="epsilon", random=False):
 
 @torch.no_grad()
 def test_autoguidance_combines_the_prediction_channels_only():
-    main, guide = _stage1(1, random=True), _stage1(2, depth=2, random=True)
+    main, guide = _stage1(1, depth=2, random=True), _stage1(2, depth=2, random=True)
     x, t = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(0)), torch.tensor([10.0, 700.0])
     m, g = main(x, t), guide(x, t)
     assert float((m - g).abs().max()) > 0.1
@@ -476,7 +476,9 @@ def test_autoguidance_combines_the_prediction_channels_only():
     assert isinstance(pl.stage1_model(), S.Guided) and pl.stage1_model().scale == 2.0
     assert pl.stage1_model(1.0) is main and pl.guidance(1.0).startswith("no guidance")
     with pytest.raises(ValueError, match="prediction"):
-        S.Pipeline.of(main, guide=_stage1(2, prediction="v"))
+        S.Pipeline.of(main, guide=_stage1(2, depth=2, prediction="v"))
+    with pytest.raises(ValueError, match="larger than stage 1 in depth"):  # the engine refuses it too
+        S.Pipeline.of(_stage1(1), guide=main)
 
 
 def test_cfg_scale_needs_a_guide_or_classes():
@@ -498,7 +500,7 @@ def test_export_with_a_guide_samples_guided(tmp_path, capsys):
     import export as E
     base, weak, out = tmp_path / "base", tmp_path / "weak", tmp_path / "out"
     s2 = C.build_model(C.stage_config(2, 1, 32, 2, 8), seed=0).eval()
-    C.export_pipeline(_stage1(1), s2, str(base), C.Defaults(sampler="ddim", steps="3"), "test",
+    C.export_pipeline(_stage1(1, depth=2), s2, str(base), C.Defaults(sampler="ddim", steps="3"), "test",
                       extra={"stage1": {"step": 10, "hours": 1}, "stage2": {"step": 5, "hours": 1}})
     C.export_pipeline(_stage1(2, depth=2), s2, str(weak), C.Defaults(), "test",
                       extra={"stage1": {"step": 2, "hours": 0.1}, "stage2": {"step": 1, "hours": 0.1}})
