@@ -568,7 +568,8 @@ extension ControlAPI {
     }
 
     /// The caller's output folder is neither on disk nor promised to another of its waiting or
-    /// running jobs (names are per user: other users' names never collide with it).
+    /// running jobs (names are per user: other users' names never collide with it), and it neither
+    /// holds nor lies inside another job's output: removing that job would delete this one's frames.
     private static func checkOutputFree(
         _ output: String, owner: UInt32, key: String?, context: DaemonContext
     ) async throws(APIError) {
@@ -579,20 +580,38 @@ extension ControlAPI {
         } catch {
             throw translate(error)
         }
-        var other: Job?
-        for job in live where try info(job).spec.output == output {
-            other = job
-            break
-        }
-        if let other {
-            if let key, other.idempotencyKey == key { return }  // the same job again
-            throw APIError(
-                .conflict, "job \(other.id) already writes to the output '\(output)'; choose another --output",
-                jobID: other.id)
+        let mine = output.split(separator: "/")
+        for job in live {
+            guard let theirs = try info(job).spec.output else { continue }
+            if theirs == output {
+                if let key, job.idempotencyKey == key { return }  // the same job again
+                throw APIError(
+                    .conflict, "job \(job.id) already writes to the output '\(output)'; choose another --output",
+                    jobID: job.id)
+            }
+            let other = theirs.split(separator: "/")
+            if mine.starts(with: other) || other.starts(with: mine) {
+                throw APIError(
+                    .conflict,
+                    "job \(job.id) writes to the output '\(theirs)', and outputs cannot lie inside one another; "
+                        + "choose an --output beside it, not in or above it", jobID: job.id)
+            }
         }
         let path = context.layout.namedOutputDirectory(owner: owner, name: output)
         if FileManager.default.fileExists(atPath: path) {
             throw APIError(.conflict, "the output folder \(path) exists already; choose another --output or remove it")
+        }
+        // A finished output above this one: a folder with the `sequence.json` file every output has.
+        for depth in 1..<mine.count {
+            let above = mine.prefix(depth).joined(separator: "/")
+            let record = context.layout.namedOutputDirectory(owner: owner, name: above) + "/sequence.json"
+            var isFolder: ObjCBool = false
+            if FileManager.default.fileExists(atPath: record, isDirectory: &isFolder), !isFolder.boolValue {
+                throw APIError(
+                    .conflict,
+                    "the output '\(above)' is a finished job's output, and outputs cannot lie inside one another; "
+                        + "choose an --output beside it, not in it")
+            }
         }
     }
 
@@ -675,7 +694,9 @@ extension ControlAPI {
         let id = try jobID(params)
         let caller = request.caller
         let job = try await store {
-            try await $0.retry(id: id, requesterUID: caller.uid, isAdmin: caller.isAdmin, now: Date())
+            try await $0.retry(
+                id: id, requesterUID: caller.uid, isAdmin: caller.isAdmin,
+                limits: SubmitPolicy.limits(for: caller, configuration: context.configuration), now: Date())
         }
         context.monitor.changed(id)
         context.monitor.wake()

@@ -98,8 +98,14 @@ public final class JobMonitor: Sendable {
 
     // MARK: Running jobs
 
+    /// A run starts with no stop request: one left from an earlier run of the job (canceled,
+    /// then retried) must not stop this one. A cancel made since is in the job's row, which
+    /// the first heartbeat reads.
     func started(_ ids: [Int64]) {
-        state.withLock { s in s.running.formUnion(ids) }
+        state.withLock { s in
+            s.running.formUnion(ids)
+            for id in ids { s.stops[id] = nil }
+        }
     }
 
     func finished(_ id: Int64) {
@@ -138,6 +144,8 @@ public final class JobMonitor: Sendable {
     /// that a lost lease overrides everything (nothing may be written then).
     func requestStop(_ id: Int64, _ reason: StopReason) {
         state.withLock { s in
+            // Only for jobs this host runs: another host's run learns of a cancel from its row.
+            guard s.running.contains(id) else { return }
             if s.stops[id] == nil || reason == .leaseLost { s.stops[id] = reason }
         }
     }

@@ -9,6 +9,7 @@
 
 import CDispatch  // declares `struct stat` and `timespec` first once Hummingbird is a dependency
 import Foundation
+import GriditJobSpec
 import Logging
 
 #if canImport(Glibc)
@@ -24,7 +25,9 @@ enum Leftovers {
     static func remove(
         in layout: StateLayout, partialOutputsUntouchedFor age: TimeInterval? = nil, logger: Logger
     ) -> [String] {
-        let outputs = partialOutputs(in: layout.outputs, depth: 8).filter { path in
+        // Partial folders sit beside their destination: outputs/named/<uid>/ and up to
+        // maxOutputLevels − 1 folders of the name above them.
+        let outputs = partialOutputs(in: layout.outputs, depth: 2 + JobSpec.maxOutputLevels).filter { path in
             guard let age else { return true }
             return newestModification(under: path).map { $0 < Date().timeIntervalSince1970 - age } ?? false
         }

@@ -388,8 +388,8 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
         if !Self.precisions.contains(d.precision) {
             try fail("defaults.precision is '\(d.precision)'; use one of \(Self.precisions)")
         }
-        if !(d.cfgScale.isFinite && d.cfgScale >= 0) {
-            try fail("defaults.cfg_scale is \(d.cfgScale); it must be >= 0")
+        if !(0...JobSpec.Parameters.maxCFGScale).contains(d.cfgScale) {
+            try fail("defaults.cfg_scale is \(d.cfgScale); it must be 0 to \(Int(JobSpec.Parameters.maxCFGScale))")
         }
         if limits.maxLength < 1 { try fail("limits.max_length is \(limits.maxLength); it must be positive") }
         for (role, ref) in files where ref.isEmpty { try fail("\(role.rawValue) is empty") }

@@ -13,7 +13,8 @@ public enum JobEvent: Hashable, Sendable {
     /// `retryable: true` is a transient error (I/O, ENOMEM): back off and try again while
     /// attempts remain. `false` is permanent (bad params, missing model): `failed` at once.
     case fail(token: LeaseToken, errorClass: String, message: String, retryable: Bool)
-    /// The worker saw `cancelRequested` and stopped: `running → canceled`.
+    /// The worker saw `cancelRequested` and stopped: `running → canceled` (back to `queued`,
+    /// uncounted, if the row no longer asks for a cancel).
     case acknowledgeCancel(token: LeaseToken)
     /// Graceful shutdown: hand the job back to the queue without counting a crash. The claim
     /// does not count as an attempt either: the job did not fail.
@@ -106,11 +107,10 @@ public struct JobStateMachine: Hashable, Sendable {
 
         case .saveProgress(let token, let progress):
             try requireLease(token, job)
-            guard progress.gridsDone >= 0, progress.framesDone >= 0, progress.framesDone <= job.length else {
-                throw StateError(
-                    .invalidArgument,
-                    "job \(job.id): progress \(progress) out of range (frames 0...\(job.length))",
-                    jobID: job.id)
+            // No upper bound from the length: official mode writes K² + 2K·N frames, more than a
+            // short length asks for.
+            guard progress.gridsDone >= 0, progress.framesDone >= 0 else {
+                throw StateError(.invalidArgument, "job \(job.id): progress \(progress) is negative", jobID: job.id)
             }
             next.progress = progress
             next.progress.live = nil  // the resume point only; the live step is never stored
@@ -147,9 +147,11 @@ public struct JobStateMachine: Hashable, Sendable {
 
         case .acknowledgeCancel(let token):
             try requireLease(token, job)
-            next.state = .canceled
-            next.finishedAt = now
-            clearLease(&next)
+            // Canceled only if the row still asks for it: a stop requested before a retry must
+            // not cancel the retried run.
+            requeueUncounted(
+                job, &next, &effects, note: "stopped by a cancel request made before the job was retried; requeued",
+                now: now)
 
         case .releaseLease(let token):
             try requireLease(token, job)

@@ -217,8 +217,12 @@ public protocol JobStore: Sendable {
     func cancel(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StateError) -> Job
 
     /// `failed`/`canceled`/`dead → queued` with attempts and crashes reset and progress kept.
-    /// Only the owner or an admin.
-    func retry(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StateError) -> Job
+    /// Only the owner or an admin, and only within `limits` as a submit of the job by its owner
+    /// (the job comes back into the queue).
+    func retry(
+        id: Int64, requesterUID: UInt32, isAdmin: Bool, limits: SubmitLimits, now: Date
+    ) async throws(StateError)
+        -> Job
 
     /// Running jobs whose lease expired (`leaseExpiresAt <= now`) count a crash and go back to
     /// `queued` (resuming from their progress), or to `dead` at `RetryPolicy.maxCrashes`, except

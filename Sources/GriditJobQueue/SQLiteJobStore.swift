@@ -81,7 +81,7 @@ public final class SQLiteJobStore: TransitionStore {
             {
                 return SubmitResult(job: try Self.fetchJob(db, id: id, root: self.root), deduplicated: true)
             }
-            try Self.checkLimits(limits, for: submission, owner: owner, db)
+            try Self.checkLimits(limits, adding: submission.workSeconds, owner: owner, db)
             let id = try Int64.fetchOne(
                 db,
                 sql: """
@@ -99,10 +99,10 @@ public final class SQLiteJobStore: TransitionStore {
         }
     }
 
-    /// Throws when the new job would break one of `limits` (read in the inserting transaction).
-    private static func checkLimits(
-        _ limits: SubmitLimits, for submission: JobSubmission, owner: UInt32, _ db: Database
-    ) throws {
+    /// Throws when one more live job of `owner` (`added` seconds of work) would break one of
+    /// `limits` (read in the writing transaction).
+    private static func checkLimits(_ limits: SubmitLimits, adding added: Double, owner: UInt32, _ db: Database) throws
+    {
         let live =
             try Int.fetchOne(
                 db, sql: "SELECT count(*) FROM job WHERE state IN ('queued', 'retryable', 'running')") ?? 0
@@ -115,7 +115,7 @@ public final class SQLiteJobStore: TransitionStore {
                  WHERE owner_uid = ? AND state IN ('queued', 'retryable', 'running')
                 """,
             arguments: [Int64(owner)])
-        try limits.checkOwner(jobs: row?["jobs"] ?? 0, work: row?["work"] ?? 0, adding: submission, owner: owner)
+        try limits.checkOwner(jobs: row?["jobs"] ?? 0, work: row?["work"] ?? 0, adding: added, owner: owner)
     }
 
     public func claim(
@@ -302,7 +302,8 @@ public final class SQLiteJobStore: TransitionStore {
 
     /// Read the row, apply `event` with the state machine, write the result: one transaction.
     public func transition(
-        _ id: Int64, _ event: JobEvent, now: Date, authorize: (@Sendable (Job) throws -> Void)?
+        _ id: Int64, _ event: JobEvent, now: Date, authorize: (@Sendable (Job) throws -> Void)?,
+        admitting limits: SubmitLimits?
     ) async throws(StateError) -> Job {
         let machine = self.machine
         let now = Date(unixMillis: now.unixMillis)  // the columns' resolution, so SQL and Swift agree
@@ -310,6 +311,7 @@ public final class SQLiteJobStore: TransitionStore {
             let job = try Self.fetchJob(db, id: id, root: self.root)
             try authorize?(job)
             let transition = try machine.apply(event, to: job, now: now)
+            if let limits { try Self.checkLimits(limits, adding: job.workSeconds, owner: job.ownerUID, db) }
             try Self.apply(transition, db, root: self.root)
             return try Self.fetchJob(db, id: id, root: self.root)
         }

@@ -33,18 +33,17 @@ extension SubmitLimits {
         }
     }
 
-    /// The owner's `jobs` live jobs and their `work` seconds leave room for `submission`.
-    public func checkOwner(jobs: Int, work: Double, adding submission: JobSubmission, owner: UInt32) throws(StateError)
-    {
+    /// The owner's `jobs` live jobs and their `work` seconds leave room for one more of `added` seconds.
+    public func checkOwner(jobs: Int, work: Double, adding added: Double, owner: UInt32) throws(StateError) {
         if let max = maxQueuedPerOwner, jobs >= max {
             throw StateError(
                 .ownerJobLimit,
                 "uid \(owner) has \(jobs) jobs queued or running, the most one user may have (\(max))")
         }
-        if let max = maxWorkPerOwner, work + submission.workSeconds > max {
+        if let max = maxWorkPerOwner, work + added > max {
             throw StateError(
                 .ownerWorkLimit,
-                "this job's estimated compute (\(computeTime(submission.workSeconds))) and that of uid \(owner)'s "
+                "this job's estimated compute (\(computeTime(added))) and that of uid \(owner)'s "
                     + "queued and running jobs (\(computeTime(work))) add up to more than one user may queue "
                     + "(\(computeTime(max)))")
         }

@@ -8,10 +8,12 @@ import GriditStateDatabase
 /// here, the same for every backend.
 public protocol TransitionStore: JobStore {
     /// Applies `event` to job `id` in one transaction, once `authorize` (if any) accepts the row
-    /// as it was, and returns the job as stored. Throws `notFound`, the state machine's errors,
-    /// or what `authorize` throws.
+    /// as it was and, with `limits`, the queue has room for the job as it would for a submit of
+    /// it by its owner (counted in the same transaction), and returns the job as stored. Throws
+    /// `notFound`, the state machine's errors, what `authorize` throws, or the limits' errors.
     func transition(
-        _ id: Int64, _ event: JobEvent, now: Date, authorize: (@Sendable (Job) throws -> Void)?
+        _ id: Int64, _ event: JobEvent, now: Date, authorize: (@Sendable (Job) throws -> Void)?,
+        admitting limits: SubmitLimits?
     ) async throws(StateError) -> Job
 
     /// `JobStore.claim`, among the jobs that match `filter` when there is one: one statement
@@ -22,6 +24,12 @@ public protocol TransitionStore: JobStore {
 }
 
 extension TransitionStore {
+    public func transition(
+        _ id: Int64, _ event: JobEvent, now: Date, authorize: (@Sendable (Job) throws -> Void)?
+    ) async throws(StateError) -> Job {
+        try await transition(id, event, now: now, authorize: authorize, admitting: nil)
+    }
+
     public func claim(workerID: String, leaseDuration: TimeInterval, now: Date) async throws(StateError) -> ClaimedJob?
     {
         try await claim(workerID: workerID, leaseDuration: leaseDuration, filter: nil, now: now)
@@ -84,9 +92,12 @@ extension TransitionStore {
         }
     }
 
-    public func retry(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StateError) -> Job {
-        try await transition(id, .retry, now: now) { job in
-            try job.authorize(requesterUID: requesterUID, isAdmin: isAdmin, action: "retry")
-        }
+    public func retry(
+        id: Int64, requesterUID: UInt32, isAdmin: Bool, limits: SubmitLimits, now: Date
+    ) async throws(StateError) -> Job {
+        try await transition(
+            id, .retry, now: now,
+            authorize: { job in try job.authorize(requesterUID: requesterUID, isAdmin: isAdmin, action: "retry") },
+            admitting: limits)
     }
 }

@@ -17,6 +17,9 @@ extension JobSpec {
 
     /// A relative folder name below the output root: `name` or `a/b`, letters, digits, `.`, `_`,
     /// `-`; no `..`, no absolute path, at most 8 levels and 200 bytes.
+    /// Folder levels an output name may have ("cats/run-1" has 2).
+    public static let maxOutputLevels = 8
+
     static func validateOutput(_ output: String) throws(JobSpecError) {
         let hint = "output must be a folder name relative to griditd's output root, like 'run-1' or 'cats/run-1'"
         guard !output.isEmpty, output.utf8.count <= 200 else { throw JobSpecError("\(hint) (1 to 200 bytes)") }
@@ -26,7 +29,9 @@ extension JobSpec {
             )
         }
         let components = output.split(separator: "/", omittingEmptySubsequences: false)
-        guard components.count <= 8 else { throw JobSpecError("\(hint) (at most 8 levels)") }
+        guard components.count <= maxOutputLevels else {
+            throw JobSpecError("\(hint) (at most \(maxOutputLevels) levels)")
+        }
         for c in components {
             if c == ".." || c == "." {
                 throw JobSpecError("\(hint); '..' and '.' are not allowed (got '\(output.prefix(60))')")
@@ -71,10 +76,15 @@ extension JobSpec.Parameters {
             throw JobSpecError("jump_count is \(n); use 1 (no resampling) ... 50 passes")
         }
         if let label = classLabel, label < 0 { throw JobSpecError("class_label must be 0 or more (got \(label))") }
-        if let scale = cfgScale, !(scale.isFinite && scale >= 0) {
-            throw JobSpecError("cfg_scale is \(scale); use a scale >= 0 (1 = no guidance)")
+        if let scale = cfgScale, !(0...Self.maxCFGScale).contains(scale) {
+            throw JobSpecError(
+                "cfg_scale is \(scale); use a scale from 0 to \(Int(Self.maxCFGScale)) (1 = no guidance)")
         }
     }
+
+    /// The largest guidance scale: far above any useful one, and small enough that the guided
+    /// prediction stays finite in float32.
+    public static let maxCFGScale = 100.0
 
     /// "250", "ddim50", a diffusers spacing ("trailing20", "linspace20", "leading20") or section
     /// counts ("10,20,30"), each 1...10000 steps. Whether they fit the 1000 training steps is the

@@ -174,10 +174,8 @@ public final class PostgresJobStore: TransitionStore {
         let now = injected(now)
         let owner64 = Int64(owner), channel = notifying
         return try await transaction(onUnknownCommit: .fail) { connection -> SubmitResult in
-            // Submits take turns (a transaction-scoped lock per schema), so that limits hold
-            // exactly and a repeated idempotency key finds the first job, across every host.
-            try await connection.sql(
-                "SELECT pg_advisory_xact_lock(hashtextextended('gridit.submit.' || current_schema(), 0))")
+            // Submits take turns, so that a repeated idempotency key finds the first job across every host.
+            try await Self.takeSubmitTurn(connection)
             do {
                 try await connection.sql("SELECT \(submission.params)::json IS NOT NULL")
             } catch let error as PSQLError where error.sqlState == "22P02" {
@@ -190,20 +188,7 @@ public final class PostgresJobStore: TransitionStore {
             {
                 return SubmitResult(job: try await self.fetchJob(connection, id: id), deduplicated: true)
             }
-            let live = try await connection.sql(
-                "SELECT count(*) FROM job WHERE state IN ('queued', 'retryable', 'running')"
-            ).first(Int.self)
-            try limits.checkQueue(live: live ?? 0)
-            if limits.maxQueuedPerOwner != nil || limits.maxWorkPerOwner != nil {
-                let rows = try await connection.sql(
-                    """
-                    SELECT count(*), coalesce(sum(work_seconds), 0) FROM job
-                     WHERE owner_uid = \(owner64) AND state IN ('queued', 'retryable', 'running')
-                    """)
-                var jobs = 0, work = 0.0
-                for row in rows { (jobs, work) = try row.decode((Int, Double).self) }
-                try limits.checkOwner(jobs: jobs, work: work, adding: submission, owner: owner)
-            }
+            try await Self.checkLimits(limits, adding: submission.workSeconds, owner: owner, connection)
             let id = try await connection.sql(
                 """
                 WITH clock AS (SELECT coalesce(\(now)::timestamptz, now()) AS now)
@@ -447,11 +432,39 @@ public final class PostgresJobStore: TransitionStore {
         return removed
     }
 
+    /// A transaction-scoped lock per schema that submits (and retries under limits) take first,
+    /// so that the limits hold exactly across every host.
+    private static func takeSubmitTurn(_ connection: PostgresSession) async throws {
+        try await connection.sql(
+            "SELECT pg_advisory_xact_lock(hashtextextended('gridit.submit.' || current_schema(), 0))")
+    }
+
+    /// Throws when one more live job of `owner` (`added` seconds of work) would break one of
+    /// `limits`; the caller holds the submit turn.
+    private static func checkLimits(
+        _ limits: SubmitLimits, adding added: Double, owner: UInt32, _ connection: PostgresSession
+    ) async throws {
+        let live = try await connection.sql(
+            "SELECT count(*) FROM job WHERE state IN ('queued', 'retryable', 'running')"
+        ).first(Int.self)
+        try limits.checkQueue(live: live ?? 0)
+        guard limits.maxQueuedPerOwner != nil || limits.maxWorkPerOwner != nil else { return }
+        let rows = try await connection.sql(
+            """
+            SELECT count(*), coalesce(sum(work_seconds), 0) FROM job
+             WHERE owner_uid = \(Int64(owner)) AND state IN ('queued', 'retryable', 'running')
+            """)
+        var jobs = 0, work = 0.0
+        for row in rows { (jobs, work) = try row.decode((Int, Double).self) }
+        try limits.checkOwner(jobs: jobs, work: work, adding: added, owner: owner)
+    }
+
     // MARK: - Transitions
 
     /// Locks the row, applies `event` with the state machine, writes the row back: one transaction.
     public func transition(
-        _ id: Int64, _ event: JobEvent, now: Date, authorize: (@Sendable (Job) throws -> Void)?
+        _ id: Int64, _ event: JobEvent, now: Date, authorize: (@Sendable (Job) throws -> Void)?,
+        admitting limits: SubmitLimits?
     ) async throws(StateError) -> Job {
         let machine = self.machine, now = injected(now), channel = notifying
         let written = WrittenRow()
@@ -464,9 +477,13 @@ public final class PostgresJobStore: TransitionStore {
                 return .committed(current)
             }
         ) { connection in
+            if limits != nil { try await Self.takeSubmitTurn(connection) }  // before the row: submits' order
             let (job, clock) = try await self.lockJob(connection, id: id, now: now)
             try authorize?(job)
             let transition = try machine.apply(event, to: job, now: clock)
+            if let limits {
+                try await Self.checkLimits(limits, adding: job.workSeconds, owner: job.ownerUID, connection)
+            }
             try await self.write(transition, connection)
             let result = try await self.fetchJob(connection, id: id)
             // Not for a heartbeat: only what another host acts on or `jobs watch` shows.

@@ -13,6 +13,7 @@
 import CModelStore
 import Foundation
 import GriditCheckpoint
+import GriditDiffusion
 
 #if canImport(Glibc)
 import Glibc
@@ -32,6 +33,9 @@ private let directoryType: UInt32 = 0o040000
 private let symlinkType: UInt32 = 0o120000
 
 enum BundleReader {
+    /// The most blobs a bundle can need: its manifest and one per file role of a pipeline.
+    static let maxBlobs = 1 + PipelineSpec.FileRole.allCases.count
+
     struct Contents {
         var index: BundleIndex
         var blobs: [BlobDigest: IngestFile]
@@ -84,6 +88,11 @@ enum BundleReader {
             } else if name.hasPrefix("blobs/sha256/"), let digest = BlobDigest("sha256:" + name.dropFirst(13)),
                 digest.hex == String(name.dropFirst(13))
             {
+                // Each blob stays an open file until the import ends: a bundle of thousands would
+                // take griditd's descriptors before the manifest could refuse the extra ones.
+                guard blobs.count < maxBlobs else {
+                    throw bad("it holds more than \(maxBlobs) blobs (a manifest and one per file of a pipeline)")
+                }
                 let file = try IngestFile.fromStream(into: root, progress: progress.map { p in { p(name, $0) } }) {
                     buffer throws(ModelStoreError) in
                     let n = archive_read_data(a, buffer.baseAddress, buffer.count)

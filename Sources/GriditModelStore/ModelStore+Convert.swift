@@ -85,7 +85,7 @@ extension ModelStore {
         }
 
         var ingested: [PipelineSpec.FileRole: IngestFile] = [:]
-        var written: Int64 = 0
+        var written: [BlobDigest: Int64] = [:]  // a blob two roles share is written once
         for plan in converted {
             let temporary = joinPath(local.ingestDirectory, UUID().uuidString.lowercased() + ".partial")
             defer { unlink(temporary) }
@@ -101,7 +101,7 @@ extension ModelStore {
             // Our own fresh file: the blob takes its inode (hashed again on the way in).
             let file = try IngestFile.fromFile(opened, into: local, mode: .hardlink)
             ingested[plan.role] = file
-            written += file.size
+            written[file.digest] = file.size
         }
 
         var spec = manifest.pipeline
@@ -120,8 +120,8 @@ extension ModelStore {
             uniquingKeysWith: { a, _ in a })
         var report = try commit(
             manifest: newManifest, manifestFile: manifestFile, files: Array(ingested.values), existing: kept,
-            source: "\(precision) conversion of \(reference) (\(digest))", tags: [tag])
-        report.bytesWritten = written
+            source: "\(precision) conversion of \(reference) (\(digest))", tags: [tag], ownSources: true)
+        report.bytesWritten = written.values.reduce(0, +)
         return report
     }
 }

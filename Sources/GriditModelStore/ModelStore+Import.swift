@@ -210,7 +210,7 @@ extension ModelStore {
     func commit(
         manifest: PipelineManifest, manifestDigest: BlobDigest? = nil, manifestSize: Int64? = nil,
         manifestFile: IngestFile?, files: [IngestFile], existing: [BlobDigest: String], source: String,
-        tags: [(name: String, tag: String)], publish: Bool = true
+        tags: [(name: String, tag: String)], publish: Bool = true, ownSources: Bool = false
     ) throws(ModelStoreError) -> ImportReport {
         let digest = manifestDigest ?? manifestFile!.digest
         let toPublish = files + (manifestFile.map { [$0] } ?? [])
@@ -295,7 +295,7 @@ extension ModelStore {
         FaultInjection.current.pause(at: "import.committed", stateDirectory: stateDirectory)
         writeRefs()
         let linked = toPublish.filter { $0.method == .hardlink && stored[$0.digest] == "hardlink" }.count
-        if linked > 0 {
+        if linked > 0 && !ownSources {  // a conversion's temporary files: nobody else writes them
             warnings.append(
                 "\(linked) file(s) were hardlinked: each source file IS the stored blob now, so editing it in place changes the model "
                     + "(verify and every load re-hash a changed blob and quarantine it). Use --link copy or auto to keep the sources independent"

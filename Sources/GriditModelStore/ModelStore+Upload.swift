@@ -9,6 +9,7 @@
 import CModelStore
 import Foundation
 import GriditCheckpoint
+import GriditDiffusion
 
 #if canImport(Glibc)
 import Glibc
@@ -59,7 +60,27 @@ extension ModelStore {
             let folder = file + ".d"
             defer { try? FileManager.default.removeItem(atPath: folder) }
             try Self.unpackPipeline(file, into: folder, limit: size)
+            try Self.checkUploadHolds(folder)
             return try importModel(from: folder, name: name, progress: progress)
+        }
+    }
+
+    /// Every file the uploaded `pipeline.json` names came with it. Said in the upload's terms:
+    /// the folder is griditd's own, which the sender never sees. (A `pipeline.json` that does
+    /// not decode is left to the import, which says why.)
+    static func checkUploadHolds(_ folder: String) throws(ModelStoreError) {
+        guard let data = FileManager.default.contents(atPath: folder + "/pipeline.json"),
+            let spec = try? JSONDecoder().decode(PipelineSpec.self, from: data)
+        else { return }
+        for (role, reference) in spec.files
+        where !reference.hasPrefix("/") && !reference.split(separator: "/").contains("..")
+            && !FileManager.default.fileExists(atPath: folder + "/" + reference)
+        {
+            throw ModelStoreError(
+                .invalidInput,
+                "the uploaded pipeline lacks '\(reference)', which its pipeline.json names as \(role.rawValue); nothing was imported",
+                hint: "send every file pipeline.json names (a griditctl older than griditd may not know the "
+                    + "\(role.rawValue.split(separator: ".")[0]) files: upgrade it)")
         }
     }
 

@@ -170,6 +170,44 @@ struct HardeningProcessTests {
         #expect(daemon.stop() == 0)
     }
 
+    @Test("output names cannot nest: removing one job's output must never delete another's frames")
+    func nestedOutputNames() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let daemon = try DaemonProcess(directory: dir, arguments: ["--start-paused"], model: tinyPipeline())
+        defer { daemon.stop() }
+        let client = daemon.client
+        func submit(_ output: String) throws(CLIError) -> JobInfo {
+            try client.post(
+                "/v1/jobs", SubmitJobRequest(spec: JobSpec(length: 4, output: output)), as: SubmitJobResponse.self
+            ).job
+        }
+        func refused(_ output: String, _ says: String) {
+            let error = #expect(throws: CLIError.self, "\(output)") { try submit(output) }
+            #expect(
+                error?.code == "conflict" && error?.message.contains(says) == true,
+                "\(output): \(String(describing: error))")
+        }
+        // Waiting jobs: neither a folder inside a promised output nor one above it.
+        let outer = try submit("proj/a")
+        refused("proj/a/b", "job \(outer.id) writes to the output 'proj/a'")
+        refused("proj", "job \(outer.id) writes to the output 'proj/a'")
+        let sibling = try submit("proj/b")  // a folder of outputs is fine
+        _ = try client.post("/v1/queue/resume", as: QueueStatus.self)
+        #expect(try waitForJob(daemon, outer.id).state == .succeeded)
+        #expect(try waitForJob(daemon, sibling.id).state == .succeeded)
+        // Finished ones: nothing inside, and the folder above exists.
+        refused("proj/a/b", "'proj/a' is a finished job's output")
+        refused("proj/a/b/c", "'proj/a' is a finished job's output")
+        refused("proj", "exists already")
+        let third = try submit("proj/c")
+        #expect(try waitForJob(daemon, third.id).state == .succeeded)
+        let root = daemon.stateDir + "/outputs/named/\(getuid())/proj"
+        #expect(try FileManager.default.contentsOfDirectory(atPath: root).sorted() == ["a", "b", "c"])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: root + "/a").sorted().contains("frames"))
+        #expect(daemon.stop() == 0)
+    }
+
     @Test("the state directory is 0750, the database, work and outputs griditd's alone; owners fetch their frames")
     func privateStateDirectory() throws {
         let dir = TemporaryDirectory()

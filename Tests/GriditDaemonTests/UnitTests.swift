@@ -48,8 +48,15 @@ struct DaemonUnitTests {
         #expect(removed == [stale])
         #expect(FileManager.default.fileExists(atPath: fresh), "another host may be writing it")
         #expect(FileManager.default.fileExists(atPath: writing), "a file deep inside was just written")
+        // Beside the deepest named output a name may have (8 levels under outputs/named/<uid>/).
+        let deepest = (1...JobSpec.maxOutputLevels).map { "l\($0)" }
+        try JobSpec(length: 1, output: deepest.joined(separator: "/")).validate()
+        let deep =
+            layout.namedOutputDirectory(owner: 1000, name: deepest.dropLast().joined(separator: "/"))
+            + "/.l8.partial-Kl78Mn"
+        try FileManager.default.createDirectory(atPath: deep, withIntermediateDirectories: true)
         #expect(
-            Set(Leftovers.remove(in: layout, logger: Logger(label: "test"))) == [fresh, writing],
+            Set(Leftovers.remove(in: layout, logger: Logger(label: "test"))) == [fresh, writing, deep],
             "one host: every partial output")
     }
 
@@ -178,6 +185,24 @@ struct DaemonUnitTests {
         try? await Task.sleep(for: .milliseconds(50))
         monitor.wake()
         #expect(await waited < .seconds(30))
+    }
+
+    @Test("stop requests: only for jobs this host runs, and never carried into a later run of the job")
+    func staleStops() {
+        let monitor = JobMonitor()
+        monitor.requestStop(7, .cancel)  // another host runs job 7
+        monitor.started([7])
+        #expect(monitor.stopReason(7) == nil, "a cancel of another host's run stops nothing here")
+        monitor.requestStop(7, .cancel)
+        #expect(monitor.stopReason(7) == .cancel)
+        // Handed back without `finished` (a shutdown, a full disk), then retried and run again.
+        monitor.started([7])
+        #expect(monitor.stopReason(7) == nil, "the retried run starts without the old request")
+        monitor.requestStop(7, .cancel)
+        monitor.requestStop(7, .leaseLost)
+        #expect(monitor.stopReason(7) == .leaseLost)
+        monitor.finished(7)
+        #expect(monitor.stopReason(7) == nil)
     }
 
     @Test("an idempotent resubmit matches when only the daemon-chosen seed differs")

@@ -115,6 +115,19 @@ struct UploadProcessTests {
             daemon, kind: "pipeline", body: Array(try Data(contentsOf: URL(fileURLWithPath: tar))))
         #expect(answer.hasPrefix("HTTP/1.1 400") && answer.contains("is a symbolic link"), "\(answer)")
 
+        // A tar that lacks a file its pipeline.json names (an old client's, without the guide's):
+        // the answer names the file, not griditd's staging folder.
+        let partial = dir.file("partial")
+        try FileManager.default.copyItem(atPath: guided, toPath: partial)
+        try FileManager.default.removeItem(atPath: partial + "/guide.config.json")
+        let partialTar = dir.file("partial.tar")
+        #expect(try runProcess("/usr/bin/tar", ["-cf", partialTar, "-C", partial, "."]).status == 0)
+        let lacking = try Self.upload(
+            daemon, kind: "pipeline", body: Array(try Data(contentsOf: URL(fileURLWithPath: partialTar))))
+        #expect(
+            lacking.hasPrefix("HTTP/1.1 400") && lacking.contains("lacks 'guide.config.json'")
+                && lacking.contains("guide.config") && !lacking.contains("/tmp/upload-"), "\(lacking)")
+
         // A stream damaged on the way (its digest is another's) imports nothing.
         let good = Array(try Data(contentsOf: URL(fileURLWithPath: tar)))
         let damaged = try Self.upload(daemon, kind: "bundle", body: good, digestOf: good + [0])

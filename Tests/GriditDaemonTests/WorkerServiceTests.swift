@@ -416,12 +416,13 @@ final class FailingRenewals: TransitionStore {
     }
 
     func transition(
-        _ id: Int64, _ event: JobEvent, now: Date, authorize: (@Sendable (Job) throws -> Void)?
+        _ id: Int64, _ event: JobEvent, now: Date, authorize: (@Sendable (Job) throws -> Void)?,
+        admitting limits: SubmitLimits?
     ) async throws(StateError) -> Job {
         if case .heartbeat = event, renewalsFail {
             throw StateError(.database, "connection refused (the test made the database unreachable)")
         }
-        return try await base.transition(id, event, now: now, authorize: authorize)
+        return try await base.transition(id, event, now: now, authorize: authorize, admitting: limits)
     }
 
     func claim(

@@ -216,6 +216,10 @@ struct JobStateMachineTests {
         #expect(requested.state == .running && requested.cancelRequested && requested.leaseToken == token)
         let acknowledged = try machine.apply(.acknowledgeCancel(token: token), to: requested, now: at(2)).job
         #expect(acknowledged.state == .canceled && acknowledged.leaseToken == nil)
+        // A stop for a cancel the row no longer holds (asked before a retry): requeued, uncounted.
+        let stale = try machine.apply(.acknowledgeCancel(token: token), to: running(), now: at(2))
+        #expect(stale.job.state == .queued && stale.job.leaseToken == nil && stale.job.attempt == running().attempt - 1)
+        #expect(stale.effects.contains { if case .recordError = $0 { true } else { false } })
         let done = job(.canceled)
         #expect(try machine.apply(.cancel, to: done, now: at(3)).job == done)
     }
@@ -233,13 +237,17 @@ struct JobStateMachineTests {
         #expect(t.job.progress == dead.progress)
     }
 
-    @Test("progress is validated against the job length")
-    func progressRange() {
+    @Test("progress cannot be negative, and may pass the length (official mode writes K² + 2K·N frames)")
+    func progressRange() throws {
         #expect(throws: StateError.self) {
             try machine.apply(
-                .saveProgress(token: token, progress: JobProgress(stage: .sr, gridsDone: 1, framesDone: 17)),
+                .saveProgress(token: token, progress: JobProgress(stage: .sr, gridsDone: 1, framesDone: -1)),
                 to: running(), now: at(1))
         }
+        let job = running()
+        let past = JobProgress(stage: .sr, gridsDone: 3, framesDone: job.length + 8)
+        #expect(
+            try machine.apply(.saveProgress(token: token, progress: past), to: job, now: at(1)).job.progress == past)
     }
 
     @Test("prune deletes terminal jobs and hands back the output dir")

@@ -11,6 +11,8 @@ import Testing
 /// store is expected to use the default `RetryPolicy` (backoff 10 s · 2^attempt, cap 600 s,
 /// two crashes ⇒ dead).
 struct JobStoreConformance: Sendable {
+    /// Limits no case here comes near, for retries that test something else.
+    let roomy = SubmitLimits(maxQueued: 1_000)
     let makeStore: @Sendable () async throws -> any JobStore
 
     struct Case: Sendable, CustomTestStringConvertible {
@@ -51,6 +53,7 @@ struct JobStoreConformance: Sendable {
         Case(name: "list the newest jobs") { try await $0.listNewest() },
         Case(name: "job ids are never reused, not even a pruned job's") { try await $0.idsNeverReused() },
         Case(name: "per-owner limits on live jobs and estimated work") { try await $0.ownerLimits() },
+        Case(name: "a retry is admitted under the submit limits") { try await $0.retryWithinLimits() },
         Case(name: "prune with a huge age; a negative or NaN one is refused") { try await $0.pruneExtremeAges() },
         Case(name: "delete one finished job: the owner or an admin, never a live one") { try await $0.deleteOne() },
     ]
@@ -345,7 +348,9 @@ struct JobStoreConformance: Sendable {
             await storeError { try await store.cancel(id: id2, requesterUID: 1, isAdmin: true, now: at(6)) }?.code
                 == .invalidTransition)
         #expect(
-            await storeError { try await store.retry(id: id2, requesterUID: 1, isAdmin: true, now: at(6)) }?.code
+            await storeError {
+                try await store.retry(id: id2, requesterUID: 1, isAdmin: true, limits: roomy, now: at(6))
+            }?.code
                 == .invalidTransition)
         #expect(
             await storeError { try await store.complete(id: id2, token: c2.token, outputDir: "/again", now: at(6)) }?
@@ -391,7 +396,9 @@ struct JobStoreConformance: Sendable {
         #expect(try await store.get(id: id).state == .queued)
         #expect(try await store.cancel(id: id, requesterUID: 0, isAdmin: true, now: at(2)).state == .canceled)
         #expect(
-            await storeError { try await store.retry(id: id, requesterUID: 1001, isAdmin: false, now: at(3)) }?.code
+            await storeError {
+                try await store.retry(id: id, requesterUID: 1001, isAdmin: false, limits: roomy, now: at(3))
+            }?.code
                 == .forbidden)
     }
 
@@ -414,7 +421,7 @@ struct JobStoreConformance: Sendable {
         #expect(try await store.get(id: dead).state == .dead)
 
         for id in [failed, canceled, dead] {
-            let job = try await store.retry(id: id, requesterUID: 1, isAdmin: false, now: at(10))
+            let job = try await store.retry(id: id, requesterUID: 1, isAdmin: false, limits: roomy, now: at(10))
             #expect(job.state == .queued, "job \(id)")
             #expect(job.attempt == 0 && job.crashCount == 0 && !job.cancelRequested && job.finishedAt == nil)
             #expect(job.errorClass == nil && job.notBefore == at(10))
@@ -426,7 +433,9 @@ struct JobStoreConformance: Sendable {
         #expect(claimed.job.id == failed && claimed.job.attempt == 1)
         // Retrying a queued or running job is not allowed.
         #expect(
-            await storeError { try await store.retry(id: canceled, requesterUID: 1, isAdmin: false, now: at(11)) }?.code
+            await storeError {
+                try await store.retry(id: canceled, requesterUID: 1, isAdmin: false, limits: roomy, now: at(11))
+            }?.code
                 == .invalidTransition)
     }
 
@@ -562,6 +571,43 @@ struct JobStoreConformance: Sendable {
         // The newest ids are gone; the next job must not get one of them (nor its folders).
         let next = try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(3)).job.id
         #expect(next > ids.max()!, "job id \(next) handed out again after a prune of \(ids)")
+    }
+
+    func retryWithinLimits() async throws {
+        let store = try await makeStore()
+        let limits = SubmitLimits(maxQueued: 3, maxQueuedPerOwner: 2, maxWorkPerOwner: 100)
+        func work(_ seconds: Double) -> JobSubmission {
+            JobSubmission(params: sampleParams, length: 4, workSeconds: seconds)
+        }
+        func retry(_ id: Int64, by uid: UInt32, _ limits: SubmitLimits) async -> StateError? {
+            await storeError {
+                try await store.retry(id: id, requesterUID: uid, isAdmin: uid == 0, limits: limits, now: at(5))
+            }
+        }
+        // Two of owner 1's jobs canceled, two more queued: a retry is one more live job of theirs.
+        let a = try await store.submit(work(10), owner: 1, limits: limits, now: at(0)).job.id
+        let b = try await store.submit(work(90), owner: 1, limits: limits, now: at(0)).job.id
+        for id in [a, b] { _ = try await store.cancel(id: id, requesterUID: 1, isAdmin: false, now: at(1)) }
+        _ = try await store.submit(work(10), owner: 1, limits: limits, now: at(2))
+        _ = try await store.submit(work(10), owner: 1, limits: limits, now: at(2))
+        let owner = await retry(a, by: 1, limits)
+        #expect(owner?.code == .ownerJobLimit, "\(String(describing: owner))")
+        #expect(try await store.get(id: a).state == .canceled)
+        // The work limit counts the retried job's own estimate.
+        let roomForJobs = SubmitLimits(maxQueued: 3, maxQueuedPerOwner: 3, maxWorkPerOwner: 100)
+        let heavy = await retry(b, by: 1, roomForJobs)
+        #expect(heavy?.code == .ownerWorkLimit, "\(String(describing: heavy))")
+        #expect(await retry(a, by: 1, roomForJobs) == nil)
+        #expect(try await store.get(id: a).state == .queued)
+        // The queue's own size binds admins too.
+        _ = try await store.cancel(id: a, requesterUID: 1, isAdmin: false, now: at(6))
+        _ = try await store.submit(work(0), owner: 2, maxQueued: 3, now: at(6))
+        let full = await retry(a, by: 0, SubmitLimits(maxQueued: 3))
+        #expect(full?.code == .queueFull, "\(String(describing: full))")
+        #expect(try await store.get(id: a).state == .canceled)
+        // A job that cannot be retried says so, whatever the limits.
+        let live = try await store.submit(work(0), owner: 2, maxQueued: 10, now: at(7)).job.id
+        #expect(await retry(live, by: 2, SubmitLimits(maxQueued: 1))?.code == .invalidTransition)
     }
 
     func ownerLimits() async throws {

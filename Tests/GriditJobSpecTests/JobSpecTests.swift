@@ -51,6 +51,8 @@ struct JobSpecTests {
         broken(JobSpec(length: 4, parameters: .init(jumpCount: 51)), "jump_count")
         broken(JobSpec(length: 4, parameters: .init(classLabel: -1)), "class_label")
         broken(JobSpec(length: 4, parameters: .init(cfgScale: -.infinity)), "cfg_scale")
+        broken(JobSpec(length: 4, parameters: .init(cfgScale: 1e300)), "cfg_scale is 1e+300; use a scale from 0 to 100")
+        try JobSpec(length: 4, parameters: .init(cfgScale: 100)).validate()
     }
 
     @Test("JSON: length, model, output and the parameters; steps as numbers; no_sr only when set")

@@ -184,6 +184,14 @@ struct BundleTests {
         try expectHostile(
             [TarEntry(name: "blobs/sha256/" + BlobDigest(of: data).hex, data: data)], mention: "does not list")
     }
+    @Test("a bundle of many blobs is refused at the first one too many, before it can hold griditd's descriptors")
+    func tooManyBlobs() throws {
+        let many = (0..<100).map { i -> TarEntry in
+            let data = Array("blob \(i)".utf8)
+            return TarEntry(name: "blobs/sha256/" + BlobDigest(of: data).hex, data: data)
+        }
+        try expectHostile(many, mention: "more than 9 blobs")
+    }
     @Test func duplicateEntry() throws {
         try expectHostile({ $0.insert($0[1], at: 2) }, mention: "appears twice")
     }

@@ -45,6 +45,12 @@ struct ConvertTests {
         let original = try store.manifest(try store.resolve("tiny:v1"))
         #expect(manifest.pipeline.defaults.precision == "bf16")
         #expect(original.pipeline.defaults.precision == "fp32")
+        // What it wrote: each new weights blob once; no warning about its own temporary files.
+        let newWeights = Dictionary(
+            manifest.blobs.filter { $0.mediaType == MediaType.safetensors }.map { ($0.digest, $0.size) }
+        ) { a, _ in a }
+        #expect(report.bytesWritten == newWeights.values.reduce(0, +))
+        #expect(report.warnings.isEmpty, "\(report.warnings)")
         for (new, old) in zip(manifest.blobs, original.blobs) {
             #expect(new.role == old.role)
             // Configs are shared blobs; the weights are new ones, smaller.
@@ -99,6 +105,21 @@ struct ConvertTests {
         let keys = DiTWeights.bf16Keys(try DiTConfiguration.load(path: bf16.guide!.config))
         let file = try SafetensorsFile(path: bf16.guide!.weights)
         #expect(!keys.isEmpty && keys.allSatisfy { file.info($0)?.dtype == .bf16 }, "the guide is converted too")
+
+        // A guide that is stage 1's own files: one blob for both roles, written once.
+        let same = dir.file("same")
+        try FileManager.default.copyItem(
+            atPath: (fixturePipeline("pixel_guide") as NSString).deletingLastPathComponent, toPath: same)
+        let json = try String(contentsOfFile: same + "/pipeline.json", encoding: .utf8)
+            .replacingOccurrences(of: "guide.config.json", with: "stage1.config.json")
+            .replacingOccurrences(of: "guide.safetensors", with: "stage1.safetensors")
+        try json.write(toFile: same + "/pipeline.json", atomically: true, encoding: .utf8)
+        _ = try store.importModel(from: same + "/pipeline.json", name: "self-guided:v1", link: .copy)
+        let shared = try store.convert("self-guided:v1", precision: "bf16")
+        let sharedManifest = try store.manifest(try store.resolve(shared.reference))
+        let weights = sharedManifest.blobs.filter { $0.mediaType == MediaType.safetensors }
+        #expect(weights.count == 2 && Set(weights.map(\.digest)).count == 1)
+        #expect(shared.bytesWritten == weights[0].size, "the shared blob counted once")
 
         // A guide for another task (another input size) is refused before anything is stored.
         let bad = dir.file("bad")

@@ -45,6 +45,7 @@ import common as C  # noqa: E402
 
 
 SAMPLERS = ["ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde"]
+MAX_CFG_SCALE = 100.0  # the engine's JobSpec.Parameters.maxCFGScale
 
 
 GUIDE_MATCH = ("input_size", "in_channels", "condition_channels", "num_classes", "learn_sigma", "prediction")
@@ -120,11 +121,11 @@ class Pipeline:
 
     def cfg_scale(self, scale: float | None = None) -> float:
         """Stage 1's guidance scale: `scale`, else defaults.cfg_scale (1 when absent), checked as the
-        engine checks it: finite and >= 0; a scale != 1 given for an unconditional stage 1 without a
+        engine checks it: 0 to MAX_CFG_SCALE; a scale != 1 given for an unconditional stage 1 without a
         guide is an error, a default != 1 there runs unguided (1)."""
         s = float(self.defaults.get("cfg_scale", 1.0) if scale is None else scale)
-        if not (math.isfinite(s) and s >= 0):
-            raise ValueError(f"cfg_scale {s}: use a finite scale >= 0 (1 = no guidance)")
+        if not 0 <= s <= MAX_CFG_SCALE:
+            raise ValueError(f"cfg_scale {s}: use a scale from 0 to {MAX_CFG_SCALE:g} (1 = no guidance)")
         if s != 1 and self.guide is None and self.stage1.cfg.num_classes == 0:
             if scale is not None:
                 raise ValueError(f"cfg_scale {s:g} given, but stage 1 is unconditional and the pipeline has no guide; "
