@@ -691,12 +691,18 @@ extension ControlAPI {
     }
 
     func retry(_ request: APIRequest, _ params: [String: String]) async throws(APIError) -> Response {
-        let id = try jobID(params)
-        let caller = request.caller
-        let job = try await store {
-            try await $0.retry(
-                id: id, requesterUID: caller.uid, isAdmin: caller.isAdmin,
-                limits: SubmitPolicy.limits(for: caller, configuration: context.configuration), now: Date())
+        let current = try await ownedJob(request, params)
+        let id = current.id, caller = request.caller, context = self.context
+        let limits = SubmitPolicy.limits(for: caller, configuration: context.configuration)
+        // The job comes back with its output name, which another job may have taken (or one
+        // around it) since: checked as a submit's is.
+        let output = try Self.info(current).spec.output
+        let job = try await gate.submit(output: output) {
+            if let output {
+                try await Self.checkOutputFree(output, owner: current.ownerUID, key: nil, context: context)
+            }
+            return try await context.store.retry(
+                id: id, requesterUID: caller.uid, isAdmin: caller.isAdmin, limits: limits, now: Date())
         }
         context.monitor.changed(id)
         context.monitor.wake()
@@ -726,10 +732,14 @@ extension ControlAPI {
     }
 
     /// Newline-delimited JSON: the job now, then every change and step, until it is terminal.
+    /// Every `--events-keepalive` seconds the row is read again, and an empty line is sent if nothing changed: a
+    /// client that went away fails that write and frees its connection slot, and a change made on
+    /// another host without a notification still arrives.
     func events(_ request: APIRequest, _ params: [String: String]) async throws(APIError) -> Response {
         let id = try await ownedJob(request, params).id
         let context = self.context
-        let updates = context.monitor.watch(id)  // subscribe before the snapshot, so nothing is missed
+        // Subscribed before the snapshot, so nothing is missed.
+        let updates = context.monitor.watch(id, tick: .seconds(context.configuration.eventsKeepalive))
         let first = try await store { try await $0.get(id: id) }
         return .stream(contentType: "application/x-ndjson") { write in
             func line(_ message: JobEventMessage) -> Data {
@@ -749,9 +759,12 @@ extension ControlAPI {
                     guard ContinuousClock.now - lastStep >= .milliseconds(100) else { continue }
                     lastStep = ContinuousClock.now
                     try await write(line(JobEventMessage(kind: .step, step: step)))
-                case .changed:
+                case .changed, .tick:
                     guard let now = try? await context.store.get(id: id) else { return }  // pruned
-                    guard now != job || now.state.isTerminal else { continue }
+                    guard now != job || now.state.isTerminal else {
+                        if case .tick = update { try await write(Data([0x0A])) }
+                        continue
+                    }
                     job = now
                     try await write(
                         line(JobEventMessage(kind: .job, job: try Self.info(job, live: context.monitor.live(id)))))
@@ -919,6 +932,13 @@ extension ControlAPI {
             throw APIError(
                 .conflict, "job \(job.id) is \(job.state.rawValue); it has output files once it succeeded",
                 jobID: job.id)
+        }
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: root, isDirectory: &isFolder), isFolder.boolValue else {
+            throw APIError(
+                .notFound,
+                "job \(job.id)'s output folder \(context.layout.relative(root)) is gone (removed outside griditd); "
+                    + "there is nothing to copy: submit the job again", jobID: job.id)
         }
         return (job, root)
     }

@@ -97,6 +97,8 @@ public struct DaemonConfiguration: Sendable {
     /// A job asked to stop (cancel, shutdown) that is still running after this many seconds
     /// (its engine step hung or its worker stopped): the engine's worker process is killed.
     public var stopGrace: TimeInterval = 30
+    /// Seconds between re-reads of a watched job (and keepalive lines of its event stream).
+    public var eventsKeepalive: TimeInterval = 15
     /// The model of a submit that names none; nil: the store's only model (`NAME:latest` if the
     /// store holds one name), else the submit is refused with a message saying what to pass.
     public var defaultModel: String?

@@ -11,6 +11,9 @@ public final class JobMonitor: Sendable {
         /// The job's row changed (state, durable progress): re-read it.
         case changed
         case step(StepProgress)
+        /// A `tick` period passed: re-read the row anyway (another host may have changed it
+        /// without a notification reaching this one).
+        case tick
     }
 
     private struct State {
@@ -98,14 +101,8 @@ public final class JobMonitor: Sendable {
 
     // MARK: Running jobs
 
-    /// A run starts with no stop request: one left from an earlier run of the job (canceled,
-    /// then retried) must not stop this one. A cancel made since is in the job's row, which
-    /// the first heartbeat reads.
     func started(_ ids: [Int64]) {
-        state.withLock { s in
-            s.running.formUnion(ids)
-            for id in ids { s.stops[id] = nil }
-        }
+        state.withLock { s in s.running.formUnion(ids) }
     }
 
     func finished(_ id: Int64) {
@@ -160,11 +157,20 @@ public final class JobMonitor: Sendable {
 
     // MARK: Watchers
 
-    /// Updates about `id` until the stream's consumer goes away.
-    public func watch(_ id: Int64) -> AsyncStream<Update> {
+    /// Updates about `id` until the stream's consumer goes away, and a `.tick` every `tick`.
+    public func watch(_ id: Int64, tick: Duration? = nil) -> AsyncStream<Update> {
         let key = UUID()
         let (stream, continuation) = AsyncStream.makeStream(of: Update.self, bufferingPolicy: .bufferingNewest(64))
+        let ticker = tick.map { period in
+            Task {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: period)
+                    continuation.yield(.tick)
+                }
+            }
+        }
         continuation.onTermination = { [weak self] _ in
+            ticker?.cancel()
             self?.state.withLock { s in
                 s.watchers[id]?[key] = nil
                 if s.watchers[id]?.isEmpty == true { s.watchers[id] = nil }

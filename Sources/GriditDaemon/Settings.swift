@@ -173,6 +173,10 @@ public enum DaemonSettings {
             "Seconds a canceled or stopping job may take to stop before griditd kills the engine's worker process.",
             \.stopGrace, .seconds(1...86_400)),
         Setting(
+            "events-keepalive", "15",
+            "Seconds between re-reads of a job that `jobs watch` follows; an empty line goes out when nothing changed, so a client that left frees its connection.",
+            \.eventsKeepalive, .seconds(1...3_600)),
+        Setting(
             "min-free", "256M",
             "Free space (K, M, G) below which no job starts; queued jobs wait without using attempts.",
             \.minFreeBytes, .bytes64),

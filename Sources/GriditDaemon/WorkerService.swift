@@ -49,9 +49,7 @@ public struct WorkerService: Service {
                 context.notifier.watchdog()
                 await retryUnrecorded()
                 if !unrecorded.isEmpty || !startsAllowed(log: true) {
-                    for c in carried {
-                        _ = try? await context.store.releaseLease(id: c.job.id, token: c.token, now: Date())
-                    }
+                    await handBack(carried)
                     carried = []
                     await context.monitor.waitForWake(timeout: .seconds(2))
                     continue
@@ -73,7 +71,7 @@ public struct WorkerService: Service {
                 carried = await run(batch, engine: engine, thread: thread, stopping: stopping)
                 await context.refreshStatus()
             }
-            for c in carried { _ = try? await context.store.releaseLease(id: c.job.id, token: c.token, now: Date()) }
+            await handBack(carried)
             await retryUnrecorded()
         } onGracefulShutdown: {
             stopping.set()
@@ -148,6 +146,18 @@ public struct WorkerService: Service {
         return claimed
     }
 
+    /// Claims the engine never took (or no longer runs), back to the queue uncounted. A carried
+    /// claim may have joined a batch before it closed: it is no longer running here either.
+    private func handBack(_ claims: [ClaimedJob]) async {
+        for c in claims {
+            _ = try? await context.store.releaseLease(id: c.job.id, token: c.token, now: Date())
+            leases.released(c.job.id)
+            if context.monitor.isRunning(c.job.id) { context.metrics.jobFinished(c.job.id, outcome: "handed_back") }
+            context.monitor.finished(c.job.id)
+            context.monitor.changed(c.job.id)
+        }
+    }
+
     /// Claimed jobs ready for the engine: their folders made. Jobs the worker cannot start (no
     /// disk space) are failed as transient right here; during shutdown all are handed back.
     private func start(_ claimed: [ClaimedJob], stopping: StopFlag) async -> ClaimedBatch? {
@@ -157,8 +167,7 @@ public struct WorkerService: Service {
             abort()
         }
         if stopping.isSet {
-            // Shutdown began while we claimed: hand them straight back.
-            for c in claimed { _ = try? await context.store.releaseLease(id: c.job.id, token: c.token, now: Date()) }
+            await handBack(claimed)  // shutdown began while we claimed
             return nil
         }
         var items: [ExecutionItem] = []
@@ -166,8 +175,7 @@ public struct WorkerService: Service {
         for c in claimed {
             // Space went below the minimum since the claim: back to the queue, no attempt used.
             if context.startBlocker(remakeReserve: false) != nil {
-                _ = try? await context.store.releaseLease(id: c.job.id, token: c.token, now: Date())
-                context.monitor.changed(c.job.id)
+                await handBack([c])
                 continue
             }
             do {
@@ -304,7 +312,7 @@ public struct WorkerService: Service {
                 // One writer for progress, heartbeats and outcomes, in the order they happened.
                 for await _ in signals {
                     let actions = scheduler.withLock {
-                        $0.handle(.tick(stops: self.stops(of: $0), final: false), now: Date())
+                        $0.handle(.tick(stops: self.stops(of: $0, stopping: stopping), final: false), now: Date())
                     }
                     _ = await perform(actions, scheduler)
                     try? await Task.sleep(for: .milliseconds(200))
@@ -336,14 +344,19 @@ public struct WorkerService: Service {
             return carried
         }
         // Every writer is done: what is left, in order.
-        let last = scheduler.withLock { $0.handle(.tick(stops: self.stops(of: $0), final: true), now: Date()) }
+        let last = scheduler.withLock {
+            $0.handle(.tick(stops: self.stops(of: $0, stopping: stopping), final: true), now: Date())
+        }
         return carried + (await perform(last, scheduler))
     }
 
-    /// Why the monitor asked the batch's jobs to stop (the API's cancel, shutdown, a lost lease).
-    private func stops(of scheduler: BatchScheduler) -> [Int64: StopReason] {
+    /// Why the batch's jobs were asked to stop (the API's cancel, a lost lease), or shutdown (as
+    /// the engine's `shouldStop` says, also for a job that started after the shutdown began).
+    private func stops(of scheduler: BatchScheduler, stopping: StopFlag) -> [Int64: StopReason] {
         var stops: [Int64: StopReason] = [:]
-        for id in scheduler.memberIDs { stops[id] = context.monitor.stopReason(id) }
+        for id in scheduler.memberIDs {
+            stops[id] = context.monitor.stopReason(id) ?? (stopping.isSet ? .shutdown : nil)
+        }
         return stops
     }
 

@@ -217,8 +217,8 @@ public protocol JobStore: Sendable {
     func cancel(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StateError) -> Job
 
     /// `failed`/`canceled`/`dead → queued` with attempts and crashes reset and progress kept.
-    /// Only the owner or an admin, and only within `limits` as a submit of the job by its owner
-    /// (the job comes back into the queue).
+    /// Only the owner or an admin, and only within `limits` (the job comes back into the queue:
+    /// the limits a submit by the requester would meet).
     func retry(
         id: Int64, requesterUID: UInt32, isAdmin: Bool, limits: SubmitLimits, now: Date
     ) async throws(StateError)

@@ -120,6 +120,7 @@ struct SettingFlags: ParsableArguments {
     @Option(help: help("lease", "seconds")) var lease: String?
     @Option(help: help("stop-timeout", "seconds")) var stopTimeout: String?
     @Option(help: help("stop-grace", "seconds")) var stopGrace: String?
+    @Option(help: help("events-keepalive", "seconds")) var eventsKeepalive: String?
     @Option(help: help("min-free", "size")) var minFree: String?
     @Option(help: help("db-reserve", "size")) var dbReserve: String?
     @Option(help: help("keep-succeeded", "age|off")) var keepSucceeded: String?
@@ -143,7 +144,8 @@ struct SettingFlags: ParsableArguments {
             "idle-timeout": idleTimeout, "max-length": maxLength, "default-model": defaultModel,
             "site-roots": siteRoots.isEmpty ? nil : siteRoots.joined(separator: ":"), "memory-budget": memoryBudget,
             "max-batch": maxBatch, "max-batch-jobs": maxBatchJobs, "keep-alive": keepAlive, "lease": lease,
-            "stop-timeout": stopTimeout, "stop-grace": stopGrace, "min-free": minFree, "db-reserve": dbReserve,
+            "stop-timeout": stopTimeout, "stop-grace": stopGrace,
+            "events-keepalive": eventsKeepalive, "min-free": minFree, "db-reserve": dbReserve,
             "keep-succeeded": keepSucceeded, "keep-failed": keepFailed, "metrics-listen": metricsListen,
             "log-level": logLevel,
         ]

@@ -313,7 +313,8 @@ struct HabitsTests {
             try Griditctl.parseAsRoot(["submit", "--length", "4", "--priority", "-3"]) as? Submit)
         #expect(submit.priority == -3)
         for (arguments, says) in [
-            (["--seed", "-1"], "whole number"), (["--cfg-scale", "-1"], "a scale from 0 to 100"), (["--eta", "-0.5"], "eta"),
+            (["--seed", "-1"], "whole number"), (["--cfg-scale", "-1"], "a scale from 0 to 100"),
+            (["--eta", "-0.5"], "eta"),
             (["--sr-temperature", "-0.5"], "sr_temperature must be in 0...1"), (["--sr-noise", "same"], "shared"),
         ] {
             do {

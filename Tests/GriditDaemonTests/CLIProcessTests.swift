@@ -104,6 +104,13 @@ struct CLIProcessTests {
         let copied = dir.file("copied")
         #expect(try griditctl(["jobs", "cp", "1", copied]).status == 0)
         #expect(FileManager.default.fileExists(atPath: copied + "/frames/frame_00007.png"))
+        // An output folder removed behind griditd's back: an error, not an empty copy.
+        let folder = daemon.stateDir + "/outputs/job-1"
+        try FileManager.default.moveItem(atPath: folder, toPath: folder + ".aside")
+        let gone = try griditctl(["jobs", "cp", "1", dir.file("gone")])
+        #expect(gone.status != 0 && gone.stderr.contains("output folder outputs/job-1 is gone"), "\(gone)")
+        #expect(!FileManager.default.fileExists(atPath: dir.file("gone")))
+        try FileManager.default.moveItem(atPath: folder + ".aside", toPath: folder)
 
         // The owner's user name and the model's tag.
         let me = getpwuid(getuid()).map { String(cString: $0.pointee.pw_name) } ?? String(getuid())

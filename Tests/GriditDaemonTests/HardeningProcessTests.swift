@@ -170,6 +170,53 @@ struct HardeningProcessTests {
         #expect(daemon.stop() == 0)
     }
 
+    @Test("a watched job that does not change gets keepalive lines, and watchers that left free their connections")
+    func eventStreamKeepalive() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let daemon = try DaemonProcess(
+            directory: dir,
+            arguments: [
+                "--start-paused", "--events-keepalive", "1", "--max-connections", "6", "--max-connections-per-user",
+                "6",
+                "--admin-connections", "1",
+            ],
+            model: tinyPipeline())
+        defer { daemon.stop() }
+        let job = try daemon.client.post("/v1/jobs", SubmitJobRequest(length: 4), as: SubmitJobResponse.self).job
+        let events = httpRequest("GET", "/v1/jobs/\(job.id)/events")
+        /// A watcher: what it read within `seconds`, then it hangs up (Ctrl-C on `jobs watch`).
+        func watch(for seconds: Double) -> String {
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            guard UnixSocket.connect(fd, to: daemon.socket) else { return "" }
+            _ = events.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            var tv = timeval(tv_sec: 0, tv_usec: 100_000)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            var received = [UInt8](), buffer = [UInt8](repeating: 0, count: 4096)
+            let deadline = Date().addingTimeInterval(seconds)
+            while Date() < deadline {
+                let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                if n == 0 { break }
+                if n > 0 { received += buffer[0..<n] }
+            }
+            return String(decoding: received, as: UTF8.self)
+        }
+        // Held 3 s: the job's line, then empty lines (chunks of one newline).
+        let held = watch(for: 3)
+        #expect(held.contains(#""kind":"job""#) && held.contains("\r\n1\r\n\n\r\n"), "\(held)")
+        // Twice as many watchers as connections, each gone at once.
+        for _ in 0..<12 { _ = watch(for: 0.05) }
+        // Their handlers notice at the next keepalive and free the slots.
+        var answered = false
+        for _ in 0..<50 where !answered {
+            usleep(200_000)
+            answered = (try? daemon.client.get("/v1/version", as: VersionInfo.self)) != nil
+        }
+        #expect(answered, "griditd still refuses connections: \(daemon.log.suffix(2000))")
+        #expect(daemon.stop() == 0)
+    }
+
     @Test("output names cannot nest: removing one job's output must never delete another's frames")
     func nestedOutputNames() throws {
         let dir = TemporaryDirectory()
@@ -205,6 +252,20 @@ struct HardeningProcessTests {
         let root = daemon.stateDir + "/outputs/named/\(getuid())/proj"
         #expect(try FileManager.default.contentsOfDirectory(atPath: root).sorted() == ["a", "b", "c"])
         #expect(try FileManager.default.contentsOfDirectory(atPath: root + "/a").sorted().contains("frames"))
+        // A retry brings its name back: checked again (a job took the folder around it meanwhile).
+        _ = try client.post("/v1/queue/pause", as: QueueStatus.self)
+        let inner = try submit("q/r")
+        _ = try client.post("/v1/jobs/\(inner.id)/cancel", as: JobInfo.self)
+        let outerLater = try submit("q")
+        _ = try client.post("/v1/queue/resume", as: QueueStatus.self)
+        #expect(try waitForJob(daemon, outerLater.id).state == .succeeded)
+        let retried = #expect(throws: CLIError.self) {
+            try client.post("/v1/jobs/\(inner.id)/retry", as: JobInfo.self)
+        }
+        #expect(
+            retried?.code == "conflict" && retried?.message.contains("'q' is a finished job's output") == true,
+            "\(String(describing: retried))")
+        #expect(try client.get("/v1/jobs/\(inner.id)", as: JobInfo.self).state == .canceled)
         #expect(daemon.stop() == 0)
     }
 
