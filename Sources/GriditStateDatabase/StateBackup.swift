@@ -116,7 +116,12 @@ public enum StateBackup {
                 guard check == "ok" else {
                     throw StateError(.database, "the copy in \(temporary) fails its check: \(check ?? "?")")
                 }
-                try target.writeWithoutTransaction { try $0.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
+                // One self-contained file: a rollback-journal database, so opening it (read-only
+                // below, or by a user's sqlite3) leaves no -wal and -shm beside it.
+                try target.writeWithoutTransaction {
+                    try $0.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)")
+                    try $0.execute(sql: "PRAGMA journal_mode = DELETE")
+                }
             } catch {
                 try? target.close()
                 throw error

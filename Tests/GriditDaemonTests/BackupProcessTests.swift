@@ -39,6 +39,9 @@ struct BackupProcessTests {
         let copied = try runProcess(griditd, ["backup", backup, "--state-dir", daemon.stateDir])
         #expect(copied.status == 0, "\(copied.stderr)")
         #expect(copied.stdout.contains("1 jobs"), "\(copied.stdout)")
+        for suffix in ["-wal", "-shm"] {
+            #expect(!FileManager.default.fileExists(atPath: backup + suffix), "one file, nothing beside it: \(suffix)")
+        }
         #expect(
             try runProcess(griditd, ["backup", backup, "--state-dir", daemon.stateDir]).stderr.contains(
                 "exists already"))
