@@ -601,12 +601,9 @@ extension ControlAPI {
         if FileManager.default.fileExists(atPath: path) {
             throw APIError(.conflict, "the output folder \(path) exists already; choose another --output or remove it")
         }
-        // A finished output above this one: a folder with the `sequence.json` file every output has.
         for depth in 1..<mine.count {
             let above = mine.prefix(depth).joined(separator: "/")
-            let record = context.layout.namedOutputDirectory(owner: owner, name: above) + "/sequence.json"
-            var isFolder: ObjCBool = false
-            if FileManager.default.fileExists(atPath: record, isDirectory: &isFolder), !isFolder.boolValue {
+            if StateLayout.isFinishedOutput(context.layout.namedOutputDirectory(owner: owner, name: above)) {
                 throw APIError(
                     .conflict,
                     "the output '\(above)' is a finished job's output, and outputs cannot lie inside one another; "
@@ -732,9 +729,9 @@ extension ControlAPI {
     }
 
     /// Newline-delimited JSON: the job now, then every change and step, until it is terminal.
-    /// Every `--events-keepalive` seconds the row is read again, and an empty line is sent if nothing changed: a
-    /// client that went away fails that write and frees its connection slot, and a change made on
-    /// another host without a notification still arrives.
+    /// Every `--events-keepalive` seconds the row is read again, and an empty line goes out if
+    /// nothing changed: a client that went away fails that write and frees its connection slot,
+    /// and a change made on another host without a notification still arrives.
     func events(_ request: APIRequest, _ params: [String: String]) async throws(APIError) -> Response {
         let id = try await ownedJob(request, params).id
         let context = self.context

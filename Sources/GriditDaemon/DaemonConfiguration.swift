@@ -1,4 +1,9 @@
+import CDispatch  // declares `struct stat` first once Hummingbird is a dependency
 import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Everything `griditd serve` can be told. Defaults suit the systemd units in `systemd/`.
 public struct DaemonConfiguration: Sendable {
@@ -167,4 +172,11 @@ public struct StateLayout: Sendable {
     }
     public func automaticOutputDirectory(job id: Int64) -> String { outputs + "/job-\(id)" }
     public func namedOutputDirectory(owner: UInt32, name: String) -> String { outputs + "/named/\(owner)/" + name }
+
+    /// Whether `folder` is a finished output: it holds the `sequence.json` file every output has
+    /// (a file: a folder of outputs may hold an output named `sequence.json`).
+    public static func isFinishedOutput(_ folder: String) -> Bool {
+        var st = stat()
+        return lstat(folder + "/sequence.json", &st) == 0 && st.st_mode & S_IFMT == S_IFREG
+    }
 }

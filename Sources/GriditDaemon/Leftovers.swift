@@ -89,7 +89,7 @@ enum Leftovers {
         let here = entries(in: folder, type: S_IFDIR) { isPartialName($0, mkdtemp: true) }
         guard depth > 1 else { return here }
         let parents = entries(in: folder, type: S_IFDIR) { !$0.hasPrefix(".") }
-            .filter { access($0 + "/sequence.json", F_OK) != 0 }
+            .filter { !StateLayout.isFinishedOutput($0) }
         return here + parents.flatMap { partialOutputs(in: $0, depth: depth - 1) }
     }
 
