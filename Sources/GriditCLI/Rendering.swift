@@ -145,14 +145,17 @@ enum Rendering {
     }
 
     /// The parameters a job gave besides its seed, as `key=value` in the API's names and order
-    /// ("context=clean eta=0.5 sampler=ddim"): whatever `JobSpec.Parameters` holds, as it holds it.
+    /// ("cfg_interval=700:999 context=clean eta=0.5"): whatever `JobSpec.Parameters` holds, as it
+    /// holds it, a list as its flag writes it.
     static func parameterList(_ parameters: JobSpec.Parameters) -> String {
         guard let object = try? JSONSerialization.jsonObject(with: APICoding.encode(parameters)) as? [String: Any]
         else {
             return ""
         }
         return object.keys.sorted().filter { $0 != "seed" }.map { key in
-            key == "no_sr" ? key : "\(key)=\(object[key]!)"
+            if key == "no_sr" { return key }
+            let value = object[key]!
+            return "\(key)=" + ((value as? [Any])?.map { "\($0)" }.joined(separator: ":") ?? "\(value)")
         }.joined(separator: " ")
     }
 

@@ -8,6 +8,9 @@ extension SequenceMode: ExpressibleByArgument {}
 extension SamplerName: ExpressibleByArgument {}
 extension ContextFrames: ExpressibleByArgument {}
 extension FrameNoise: ExpressibleByArgument {}
+extension GuidanceInterval: ExpressibleByArgument {
+    public init?(argument: String) { self.init(argument) }
+}
 
 public struct SamplingOptions: ParsableArguments {
     public init() {}
@@ -88,12 +91,18 @@ public struct SamplingOptions: ParsableArguments {
     )
     public var cfgScale: Double?
 
+    @Option(
+        help:
+            "Stage-1 timesteps where that guidance applies, lower:upper on 0...999 (700:999: only the noisiest steps). Default: the model's."
+    )
+    public var cfgInterval: GuidanceInterval?
+
     public var parameters: JobSpec.Parameters {
         JobSpec.Parameters(
             seed: seed, mode: mode, sampler: sampler, steps: steps, srSampler: srSampler, srSteps: srSteps,
             srTemperature: srTemperature, srNoise: srNoise, eta: eta, contextRows: contextRows, context: context,
             noSR: noSR, precision: precision, jumpLength: jumpLength, jumpCount: jumpCount, classLabel: classLabel,
-            cfgScale: cfgScale)
+            cfgScale: cfgScale, cfgInterval: cfgInterval)
     }
 
     static func seed(_ text: String) throws -> UInt64 {

@@ -151,12 +151,14 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
         /// Guidance scale of stage 1 (1 = no guidance): autoguidance by the pipeline's `guide`, else
         /// classifier-free guidance for a class-conditional stage 1.
         public var cfgScale: Double
+        /// Timesteps where that guidance applies, `[lower, upper]` on 0…999 (nil: every step).
+        public var cfgInterval: GuidanceInterval?
 
         public init(
             mode: String = "gridit", sampler: String = "ddpm", steps: String = "250", eta: Double = 0,
             srSampler: String = "ddpm", srSteps: String = "250", srTemperature: Double = 1,
             srNoise: String = "per-frame", contextRows: Int = 1, context: String = "renoised",
-            precision: String = "fp32", cfgScale: Double = 1
+            precision: String = "fp32", cfgScale: Double = 1, cfgInterval: GuidanceInterval? = nil
         ) {
             self.mode = mode
             self.sampler = sampler
@@ -170,6 +172,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
             self.context = context
             self.precision = precision
             self.cfgScale = cfgScale
+            self.cfgInterval = cfgInterval
         }
 
         enum CodingKeys: String, CodingKey {
@@ -182,6 +185,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
             case context
             case precision
             case cfgScale = "cfg_scale"
+            case cfgInterval = "cfg_interval"
         }
 
         public init(from decoder: any Decoder) throws {
@@ -199,6 +203,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
             context = try c.decodeIfPresent(String.self, forKey: .context) ?? d.context
             precision = try c.decodeIfPresent(String.self, forKey: .precision) ?? d.precision
             cfgScale = try c.decodeIfPresent(Double.self, forKey: .cfgScale) ?? d.cfgScale
+            cfgInterval = try c.decodeIfPresent(GuidanceInterval.self, forKey: .cfgInterval)
         }
 
         /// Steps may be written as a number (50) or a respacing string ("50", "ddim50").
@@ -391,6 +396,7 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
         if !(0...JobSpec.Parameters.maxCFGScale).contains(d.cfgScale) {
             try fail("defaults.cfg_scale is \(d.cfgScale); it must be 0 to \(Int(JobSpec.Parameters.maxCFGScale))")
         }
+        do { try d.cfgInterval?.validate("defaults.cfg_interval") } catch { try fail(error.message) }
         if limits.maxLength < 1 { try fail("limits.max_length is \(limits.maxLength); it must be positive") }
         for (role, ref) in files where ref.isEmpty { try fail("\(role.rawValue) is empty") }
     }

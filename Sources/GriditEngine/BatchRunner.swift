@@ -263,7 +263,8 @@ final class BatchRunner {
         var model: DiT
         /// Floats of per-item state beside the model's workspace (for the memory budget).
         var itemFloats: Int
-        /// Model rows one unit of a run takes (two for a grid under guidance).
+        /// Model rows one unit of a run takes at most (two for a grid under guidance, which its
+        /// steps outside the guidance interval leave unused).
         var rows: (SequenceRun) -> Int
         /// Model evaluations of one unit.
         var evaluations: (SequenceRun) -> Int
@@ -470,8 +471,8 @@ final class BatchRunner {
 
     // MARK: Stage 1 guidance
 
-    /// One stage-1 forward over the batch: the labels of a class-conditional model, and for guided
-    /// items a weaker prediction that guidance pushes their output away from: the guide model's on
+    /// One stage-1 forward over the batch: the labels of a class-conditional model, and for items
+    /// guided at their step a weaker prediction that guidance pushes their output away from: the guide model's on
     /// the same input and label (autoguidance), or without a guide the null class's, as more rows
     /// of the same forward (classifier-free guidance).
     private static func forwardStage1(
@@ -481,7 +482,7 @@ final class BatchRunner {
         let n = x.shape[0]
         let classes = model.config.numClasses
         let labels: [Int]? = classes > 0 ? settings.map { $0.classLabel ?? classes } : nil
-        let guided = settings.indices.filter { settings[$0].guided }
+        let guided = settings.indices.filter { settings[$0].guided(at: t[$0]) }
         if guided.isEmpty {
             return try model.forward(x: x, t: t, y: labels, workspace: workspace(.stage1, n))
         }

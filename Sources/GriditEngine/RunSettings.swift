@@ -32,6 +32,9 @@ public struct RunSettings: Codable, Sendable, Equatable {
     public var jumps: ResampleJumps?
     public var classLabel: Int?
     public var cfgScale: Double
+    /// The timesteps where that guidance applies; nil: every step (or no guidance). Files written
+    /// before it existed guided every step.
+    public var cfgInterval: GuidanceInterval?
     /// False with `no_sr` or when the pipeline has no stage 2.
     public var superResolution: Bool
     public var srSampler: SamplerName?
@@ -47,6 +50,7 @@ public struct RunSettings: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case length, seed, mode, sampler, steps, eta, jumps, context
         case contextRows = "context_rows", classLabel = "class_label", cfgScale = "cfg_scale"
+        case cfgInterval = "cfg_interval"
         case superResolution = "super_resolution", srSampler = "sr_sampler", srSteps = "sr_steps"
         case srTemperature = "sr_temperature", srNoise = "sr_noise"
         case precisionRequested = "precision_requested", precisionUsed = "precision_used"
@@ -58,6 +62,9 @@ public struct RunSettings: Codable, Sendable, Equatable {
     /// Whether stage 1 is guided (two model rows per grid): by the pipeline's guide model, or
     /// classifier-free (the null class). A scale other than 1 is only ever set where one of them exists.
     public var guided: Bool { cfgScale != 1 }
+
+    /// Whether the stage-1 step at model timestep `t` is guided.
+    public func guided(at t: Float) -> Bool { guided && (cfgInterval?.contains(t) ?? true) }
 
     init(spec job: JobSpec, pipeline: PipelineConfiguration, maxLength: Int?) throws {
         do { try job.validate() } catch { throw EngineError.invalid(error.message) }
@@ -156,8 +163,16 @@ public struct RunSettings: Codable, Sendable, Equatable {
                     "cfg_scale \(s) given, but stage 1 is unconditional and the pipeline has no guide model",
                     "guidance needs a class-conditional stage 1 or a pipeline with a guide; drop --cfg-scale")
             }
+            if let i = r.cfgInterval {
+                try fail(
+                    "cfg_interval \(i) given, but stage 1 is unconditional and the pipeline has no guide model",
+                    "guidance needs a class-conditional stage 1 or a pipeline with a guide; drop --cfg-interval")
+            }
             cfgScale = 1
         }
+        // Kept only where it changes something, so that settings equal in effect are equal.
+        let interval = r.cfgInterval ?? d.cfgInterval
+        cfgInterval = cfgScale != 1 && interval?.isEveryStep == false ? interval : nil
 
         superResolution = spec.stage2 != nil && !r.noSR
         if superResolution {

@@ -56,11 +56,13 @@ public struct StagePlan: Codable, Sendable, Equatable {
     public var stepCount: Int
     /// Model evaluations per item (more than `stepCount` with resampling jumps).
     public var evaluationsPerItem: Int
-    /// Model rows per evaluation (2 with guidance).
+    /// Of those, the guided ones (each a second model row): those in the guidance interval.
+    public var guidedEvaluationsPerItem: Int
+    /// Model rows per evaluation at most (2 with guidance).
     public var rowsPerEvaluation: Int
     /// Grids (stage 1) or frames (stage 2).
     public var items: Int
-    /// items × evaluationsPerItem × rowsPerEvaluation.
+    /// Model rows evaluated: items × (evaluationsPerItem + guidedEvaluationsPerItem).
     public var evaluations: Int
     /// Floating-point operations of all evaluations.
     public var flops: Double
@@ -71,7 +73,7 @@ public struct StagePlan: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case sampler, steps, items, evaluations, flops
         case stepCount = "step_count", evaluationsPerItem = "evaluations_per_item", rowsPerEvaluation =
-            "rows_per_evaluation"
+            "rows_per_evaluation", guidedEvaluationsPerItem = "guided_evaluations_per_item"
     }
 }
 
@@ -148,21 +150,26 @@ public struct SequencePlan: Codable, Sendable, Equatable {
         channels = p.spec.grid.channels
         outputFrameSize = s.superResolution ? p.highResolutionSize! : frameSize
 
-        let count1 = try GaussianDiffusion.spacedTimesteps(s.steps).count
+        let timesteps1 = try GaussianDiffusion.spacedTimesteps(s.steps), count1 = timesteps1.count
         let evals1 = DenoiseSchedule.evaluations(count: count1, jumps: s.jumps)
-        let rows1 = s.guided ? 2 : 1
-        // A guided evaluation: stage 1, and the guide model (or stage 1 again with the null class).
-        let flops1 =
-            p.stage1.flopsPerForward(batch: 1) + (s.guided ? (p.guide ?? p.stage1).flopsPerForward(batch: 1) : 0)
+        // A guided evaluation adds a row of the guide model (or of stage 1 with the null class).
+        let guided1 =
+            s.guided
+            ? DenoiseSchedule.transitions(count: count1, jumps: s.jumps).count {
+                if case .denoise(let k, _) = $0 { s.guided(at: Float(timesteps1[k])) } else { false }
+            } : 0
         stage1 = StagePlan(
             sampler: s.sampler, steps: s.steps, stepCount: count1, evaluationsPerItem: evals1,
-            rowsPerEvaluation: rows1, items: grids, evaluations: grids * evals1 * rows1,
-            flops: Double(grids * evals1) * flops1)
+            guidedEvaluationsPerItem: guided1, rowsPerEvaluation: s.guided ? 2 : 1, items: grids,
+            evaluations: grids * (evals1 + guided1),
+            flops: Double(grids)
+                * (Double(evals1) * p.stage1.flopsPerForward(batch: 1)
+                    + Double(guided1) * (p.guide ?? p.stage1).flopsPerForward(batch: 1)))
         if s.superResolution, let c2 = p.stage2, let sampler2 = s.srSampler, let steps2 = s.srSteps {
             let count2 = try GaussianDiffusion.spacedTimesteps(steps2).count
             stage2 = StagePlan(
                 sampler: sampler2, steps: steps2, stepCount: count2, evaluationsPerItem: count2,
-                rowsPerEvaluation: 1, items: frames, evaluations: frames * count2,
+                guidedEvaluationsPerItem: 0, rowsPerEvaluation: 1, items: frames, evaluations: frames * count2,
                 flops: Double(frames * count2) * c2.flopsPerForward(batch: 1))
         } else {
             stage2 = nil
@@ -315,10 +322,15 @@ public struct SequencePlan: Codable, Sendable, Equatable {
                     + "(\(2 * k) known, row \(k - 2) kept)")
         }
         let s1 = stage1
+        let guidance =
+            s1.guidedEvaluationsPerItem == 0
+            ? ""
+            : s1.guidedEvaluationsPerItem == s1.evaluationsPerItem
+                ? ", guided: 2 rows" : ", guided at \(s1.guidedEvaluationsPerItem) of them: 2 rows each"
         lines.append(
             "stage 1: \(s1.sampler.rawValue) \(s1.steps) (\(s1.stepCount) steps"
                 + (s1.evaluationsPerItem != s1.stepCount ? ", \(s1.evaluationsPerItem) with resampling" : "")
-                + (s1.rowsPerEvaluation > 1 ? ", guided: 2 rows" : "") + ") → \(s1.evaluations) model evaluations")
+                + guidance + ") → \(s1.evaluations) model evaluations")
         if let s2 = stage2 {
             lines.append(
                 "stage 2: \(s2.sampler.rawValue) \(s2.steps) (\(s2.stepCount) steps) × \(s2.items) frames → "

@@ -80,6 +80,7 @@ extension JobSpec.Parameters {
             throw JobSpecError(
                 "cfg_scale is \(scale); use a scale from 0 to \(Int(Self.maxCFGScale)) (1 = no guidance)")
         }
+        try cfgInterval?.validate()
     }
 
     /// The largest guidance scale: far above any useful one, and small enough that the guided

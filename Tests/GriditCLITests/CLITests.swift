@@ -85,6 +85,15 @@ struct CLITests {
         #expect(throws: (any Error).self) {
             try Griditctl.parseAsRoot(["submit", "--length", "4", "--sampler", "euler"])
         }
+        let interval = try #require(
+            try Griditctl.parseAsRoot(["submit", "--length", "4", "--cfg-scale", "2", "--cfg-interval", "700:999"])
+                as? Submit)
+        #expect(interval.spec.parameters.cfgInterval == GuidanceInterval(lower: 700, upper: 999))
+        for bad in ["700", "999:700", "700:1000"] {
+            #expect(throws: (any Error).self, "\(bad)") {
+                try Griditctl.parseAsRoot(["submit", "--length", "4", "--cfg-interval", bad])
+            }
+        }
         #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["submit"]) }
         #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["submit", "--length", "0"]) }
         #expect(throws: (any Error).self) { try Griditctl.parseAsRoot(["submit", "--length", "4", "--seed", "-1"]) }
@@ -143,6 +152,13 @@ struct CLITests {
         let now = Date(timeIntervalSince1970: 1_000_000)
         #expect(Rendering.ago(now.addingTimeInterval(-300), now: now) == "5 minutes ago")
         #expect(Rendering.ago(now.addingTimeInterval(-1), now: now) == "just now")
+    }
+
+    @Test("a job's parameters as key=value, an interval as its flag writes it")
+    func parameterList() {
+        let p = JobSpec.Parameters(
+            seed: 3, eta: 0.5, noSR: true, cfgScale: 2, cfgInterval: .init(lower: 700, upper: 999))
+        #expect(Rendering.parameterList(p) == "cfg_interval=700:999 cfg_scale=2 eta=0.5 no_sr")
     }
 
     @Test("nodes list: each host's state (up, draining, gone), last seen and running jobs; * marks the one answering")

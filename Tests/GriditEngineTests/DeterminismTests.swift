@@ -157,11 +157,13 @@ private func executedTogether(
 @Test func guidedAndUnguidedRunsBatchedTogetherGetTheirOwnBytes() throws {
     // A batch mixing scales (the guide forward takes the guided rows only) must not mix rows.
     let p = try pipeline("pixel_guide")
-    let requests = [2.0, 1.0, 3.0].map {
-        JobSpec(length: 20, parameters: .init(seed: 7, steps: "3", cfgScale: $0))
-    }
+    // The last one is guided at some of its steps only, so the guided rows change from step to step.
+    let requests =
+        [2.0, 1.0, 3.0].map { JobSpec(length: 20, parameters: .init(seed: 7, steps: "3", cfgScale: $0)) }
+        + [JobSpec(length: 20, parameters: .init(seed: 7, steps: "3", cfgInterval: .init(lower: 600, upper: 999)))]
     let alone = try requests.map { try bytes("pixel_guide", $0, options: ExecutionOptions(threads: 1, maxBatch: 1)) }
     #expect(alone[0] != alone[1] && alone[0] != alone[2], "the scale changes the grids")
+    #expect(alone[3] != alone[0] && alone[3] != alone[1], "the interval changes the grids")
     let scratch = TemporaryDirectory("ge-guide")
     let runs = try executedTogether(p, requests, in: scratch, options: ExecutionOptions(threads: 3, maxBatch: 8))
     for (i, run) in runs.enumerated() {

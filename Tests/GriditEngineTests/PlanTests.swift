@@ -127,6 +127,23 @@ func griditPlansGiveExactlyLFramesWithContextFromEarlierFrames(k: Int) throws {
     // ... and so does the time estimate: at 1 FLOP/ns each row costs its own model's operations.
     let nominal = CostModel.nominal(auto, gflops: 1)
     #expect(abs(a2.estimatedSeconds(nominal) - a2.stage1.flops / 1e9) < 1e-12 * a2.stage1.flops)
+    // In a guidance interval only its steps add a guide row: of "4"'s timesteps 0, 333, 666 and 999,
+    // [500, 999] holds two; with jumps, each visit of a level counts.
+    let high = GuidanceInterval(lower: 500, upper: 999)
+    let a3 = try plan(auto, JobSpec(length: 20, parameters: .init(seed: 1, steps: "4", cfgInterval: high)))
+    #expect(a3.stage1.evaluationsPerItem == 4 && a3.stage1.guidedEvaluationsPerItem == 2)
+    #expect(a3.stage1.evaluations == a3.grids * 6 && a3.stage1.flops == Double(a3.grids) * (4 * main + 2 * weak))
+    #expect(abs(a3.estimatedSeconds(nominal) - a3.stage1.flops / 1e9) < 1e-12 * a3.stage1.flops)
+    #expect(a3.render(cost: nominal).contains("(4 steps, guided at 2 of them: 2 rows each)"))
+    let low = GuidanceInterval(lower: 0, upper: 400)
+    let jumps = try plan(
+        auto, JobSpec(length: 20, parameters: .init(seed: 1, steps: "4", jumpLength: 1, jumpCount: 2, cfgInterval: low))
+    )
+    // Levels 3 2 1 0 with a jump back at levels 0, 1, 2: 1 and 0 (t 333 and 0) are each visited twice.
+    let visits = DenoiseSchedule.transitions(count: 4, jumps: ResampleJumps(length: 1, count: 2)).filter {
+        if case .denoise(let k, _) = $0 { k <= 1 } else { false }
+    }
+    #expect(jumps.stage1.guidedEvaluationsPerItem == visits.count && visits.count > 2)
 
     let vae = AutoencoderKLConfiguration(
         inChannels: 1, outChannels: 1, latentChannels: 2, blockOutChannels: [4, 8],

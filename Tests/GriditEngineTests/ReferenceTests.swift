@@ -58,6 +58,18 @@ let referenceCases = [
     // Autoguidance by a smaller guide model at the pipeline's cfg_scale 2.
     ReferenceCase(
         name: "pixel_autoguided", folder: "pixel_guide", request: JobSpec(length: 20, parameters: .init(seed: 7))),
+    // Guidance in an interval: by the guide at the noisiest two of the four steps, and by the null
+    // class at the other two.
+    ReferenceCase(
+        name: "pixel_autoguided_interval", folder: "pixel_guide",
+        request: JobSpec(length: 20, parameters: .init(seed: 8, cfgInterval: .init(lower: 500, upper: 999)))),
+    ReferenceCase(
+        name: "classcond_guided_interval", folder: "classcond",
+        request: JobSpec(
+            length: 6,
+            parameters: .init(
+                seed: 10, sampler: .ddpm, steps: "4", contextRows: 1, classLabel: 1, cfgScale: 3,
+                cfgInterval: .init(lower: 0, upper: 400)))),
 ]
 
 @Test(arguments: referenceCases)

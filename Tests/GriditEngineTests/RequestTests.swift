@@ -39,6 +39,28 @@ import Testing
     let unguided = try JobSpec(length: 5, parameters: .init(seed: 1, cfgScale: 1)).settings(for: guide)
     #expect(!unguided.guided)
     #expect(try plan(guide, JobSpec(length: 5, parameters: .init(seed: 1, cfgScale: 1))).stage1.rowsPerEvaluation == 1)
+    // The guidance interval: the request's, kept only where it changes something (a run guided at
+    // every step has none, as files from before the interval), refused where nothing is guided.
+    let high = GuidanceInterval(lower: 700, upper: 999)
+    let interval = { (p: JobSpec.Parameters) in try JobSpec(length: 5, parameters: p).settings(for: guide).cfgInterval }
+    #expect(try interval(.init(seed: 1, cfgInterval: high)) == high)
+    #expect(try interval(.init(seed: 1, cfgInterval: .init(lower: 0, upper: 999))) == nil)
+    #expect(try interval(.init(seed: 1, cfgScale: 1, cfgInterval: high)) == nil)
+    #expect(try interval(.init(seed: 1)) == nil)
+    bad(JobSpec(length: 5, parameters: .init(seed: 1, cfgInterval: high)), "drop --cfg-interval")
+    var spec = guide.spec
+    spec.defaults.cfgInterval = high
+    try spec.validateFields(path: nil)
+    let withDefault = PipelineConfiguration(
+        spec: spec, stage1: guide.stage1, guide: guide.guide, stage2: guide.stage2, vae: guide.vae)
+    spec.defaults.cfgInterval = .init(lower: 800, upper: 700)
+    #expect {
+        try spec.validateFields(path: nil)
+    } throws: {
+        "\($0)".contains("defaults.cfg_interval is [800, 700]; use timesteps 0 <= lower <= upper <= 999")
+    }
+    let fromDefault = try JobSpec(length: 5, parameters: .init(seed: 1)).settings(for: withDefault)
+    #expect(fromDefault.cfgInterval == high && fromDefault.guided(at: 999) && !fromDefault.guided(at: 699))
     let classcond = try pipeline("classcond").configuration
     expectEngineError(.invalidInput, mentioning: "--class 0...2") {
         _ = try JobSpec(length: 5, parameters: .init(seed: 1)).settings(for: classcond)

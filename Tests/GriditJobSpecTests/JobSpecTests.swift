@@ -53,6 +53,35 @@ struct JobSpecTests {
         broken(JobSpec(length: 4, parameters: .init(cfgScale: -.infinity)), "cfg_scale")
         broken(JobSpec(length: 4, parameters: .init(cfgScale: 1e300)), "cfg_scale is 1e+300; use a scale from 0 to 100")
         try JobSpec(length: 4, parameters: .init(cfgScale: 100)).validate()
+        for (lower, upper) in [(500, 400), (-1, 999), (700, 1000)] {
+            broken(
+                JobSpec(length: 4, parameters: .init(cfgInterval: .init(lower: lower, upper: upper))),
+                "cfg_interval is [\(lower), \(upper)]; use timesteps 0 <= lower <= upper <= 999")
+        }
+        try JobSpec(length: 4, parameters: .init(cfgInterval: .init(lower: 999, upper: 999))).validate()
+    }
+
+    @Test("a guidance interval: [lower, upper] in JSON, lower:upper as a flag, nothing else")
+    func guidanceInterval() throws {
+        let spec = try JSONDecoder().decode(
+            JobSpec.self, from: Data(#"{"length":3,"parameters":{"cfg_scale":2,"cfg_interval":[700,999]}}"#.utf8))
+        #expect(spec.parameters.cfgInterval == GuidanceInterval(lower: 700, upper: 999))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        #expect(
+            String(decoding: try encoder.encode(spec), as: UTF8.self)
+                == #"{"length":3,"parameters":{"cfg_interval":[700,999],"cfg_scale":2}}"#)
+        for bad in [#"[700]"#, #"[1,2,3]"#, #"{"lower":1,"upper":2}"#, #"[1.5,2]"#, #""700:999""#] {
+            #expect(throws: DecodingError.self, "\(bad)") {
+                try JSONDecoder().decode(
+                    JobSpec.self, from: Data(#"{"length":3,"parameters":{"cfg_interval":\#(bad)}}"#.utf8))
+            }
+        }
+        #expect(GuidanceInterval("700:999") == GuidanceInterval(lower: 700, upper: 999))
+        #expect(GuidanceInterval("700") == nil && GuidanceInterval("a:b") == nil && GuidanceInterval("1:2:3") == nil)
+        let high = GuidanceInterval(lower: 700, upper: 999)
+        #expect(high.contains(700) && high.contains(999) && !high.contains(699.5) && !high.isEveryStep)
+        #expect(GuidanceInterval(lower: 0, upper: 999).isEveryStep)
     }
 
     @Test("JSON: length, model, output and the parameters; steps as numbers; no_sr only when set")

@@ -74,16 +74,17 @@ def frame_slices(k: int, s: int, f: int):
     return slice((f // k) * s, (f // k) * s + s), slice((f % k) * s, (f % k) * s + s)
 
 
-def model_out(model, x, t, label=None, cfg_scale=1.0, cond=None, guide=None):
-    """The model's output; with cfg_scale != 1 pushed away from the guide model's output on the
-    same input (autoguidance) or, without a guide, from the null class's (classifier-free)."""
+def model_out(model, x, t, label=None, cfg_scale=1.0, cond=None, guide=None, cfg_interval=None):
+    """The model's output; with cfg_scale != 1 (and t in cfg_interval = (lower, upper), if given)
+    pushed away from the guide model's output on the same input (autoguidance) or, without a guide,
+    from the null class's (classifier-free)."""
     tt = torch.full((x.shape[0],), float(t), dtype=torch.float64)
     with torch.no_grad():
         if label is None and guide is None:
             return model(x, tt, cond=cond) if cond is not None else model(x, tt)
         y = None if label is None else torch.full((x.shape[0],), label, dtype=torch.long)
         out = model(x, tt, y=y)
-        if cfg_scale == 1.0:
+        if cfg_scale == 1.0 or (cfg_interval is not None and not cfg_interval[0] <= t <= cfg_interval[1]):
             return out
         u = guide(x, tt, y=y) if guide is not None else model(x, tt, y=torch.full_like(y, model.cfg.num_classes))
         c = x.shape[1]
@@ -99,7 +100,7 @@ def reverse_step(d: Diffusion, x, out, k, z, sampler: str, eta: float, predictio
 
 
 def sample_grid(p: Pipeline, d: Diffusion, seed: int, gid: int, sampler: str, eta: float, replace=None,
-                label=None, cfg_scale=1.0, jumps=(1, 1), clean=None):
+                label=None, cfg_scale=1.0, jumps=(1, 1), clean=None, cfg_interval=None):
     """One stage-1 grid. `replace(x, z, k)` edits x after each step (it decides the levels);
     `clean(x)` sets clean known frames into x_T and after every step and jump (gridit's clean context).
     `jumps` = (length, count) of RePaint resampling; the noise of a transition that revisits k is
@@ -114,7 +115,7 @@ def sample_grid(p: Pipeline, d: Diffusion, seed: int, gid: int, sampler: str, et
             z = torch.from_numpy(grid_noise(k_side, s, c, seed, "jump", gid, step_id)).double()[None]
             x = d.renoise(x, k, z)
         else:
-            out = model_out(p.stage1, x, d.timestep_map[k], label, cfg_scale, guide=p.guide)
+            out = model_out(p.stage1, x, d.timestep_map[k], label, cfg_scale, guide=p.guide, cfg_interval=cfg_interval)
             z = torch.from_numpy(grid_noise(k_side, s, c, seed, "step", gid, step_id)).double()[None]
             x = reverse_step(d, x, out, k, z, sampler, eta, p.stage1.cfg.prediction)
             if replace is not None:
@@ -161,7 +162,7 @@ def super_resolve(p: Pipeline, lr, index: int, seed: int, sampler: str, steps: s
 
 def run(directory: Path, mode: str, length: int, seed: int, sampler: str, steps: str, eta: float = 0.0,
         context_rows: int = 1, sr: bool = True, sr_sampler: str = "ddim", sr_steps: str = "3",
-        label=None, cfg_scale: float = 1.0, jumps=(1, 1), context: str = "renoised"):
+        label=None, cfg_scale: float = 1.0, jumps=(1, 1), context: str = "renoised", cfg_interval=None):
     """The frames (uint8, (F, C, H, W)) and the stage-1 grids (model space) of one sequence."""
     p = Pipeline(directory)
     d = Diffusion(steps)
@@ -176,7 +177,8 @@ def run(directory: Path, mode: str, length: int, seed: int, sampler: str, steps:
     if mode == "gridit":
         kk, per = K * K, (K - context_rows) * K
         frames_src = []  # (grid, cell) of each output frame
-        finish(0, sample_grid(p, d, seed, 0, sampler, eta, label=label, cfg_scale=cfg_scale, jumps=jumps))
+        finish(0, sample_grid(p, d, seed, 0, sampler, eta, label=label, cfg_scale=cfg_scale, jumps=jumps,
+                              cfg_interval=cfg_interval))
         frames_src += [(0, f) for f in range(min(length, kk))]
         g = 1
         while len(frames_src) < length:
@@ -201,9 +203,10 @@ def run(directory: Path, mode: str, length: int, seed: int, sampler: str, steps:
                     x[0, :, r, c] = x0[:, r, c]
 
             if context == "clean":
-                finish(g, sample_grid(p, d, seed, g, sampler, eta, None, label, cfg_scale, jumps, clean))
+                finish(g, sample_grid(p, d, seed, g, sampler, eta, None, label, cfg_scale, jumps, clean, cfg_interval))
             else:
-                finish(g, sample_grid(p, d, seed, g, sampler, eta, replace, label, cfg_scale, jumps))
+                finish(g, sample_grid(p, d, seed, g, sampler, eta, replace, label, cfg_scale, jumps,
+                                      cfg_interval=cfg_interval))
             frames_src += [(g, known + j) for j in range(new)]
             g += 1
     else:

@@ -24,6 +24,8 @@ Reference sequences (tools/reference/engine_reference.py), files <case>.frames.n
     pixel_jumps       pixel, gridit, L = 20, seed 4, ddpm 6 steps, 2 context rows, RePaint jumps of 2, 2 passes
     pixel_v_clean     pixel_v, gridit, L = 20, seed 6, ddpm 4 steps, 2 clean context rows, SR ddim 3
     pixel_autoguided  pixel_guide, gridit, L = 20, seed 7, ddpm 4 steps, 2 clean context rows, cfg_scale 2
+    pixel_autoguided_interval   pixel_autoguided at seed 8, guided only at t in [500, 999]
+    classcond_guided_interval   classcond_guided at seed 10, guided only at t in [0, 400]
 """
 
 from __future__ import annotations
@@ -153,6 +155,13 @@ CASES = {
                                       sr=True, sr_sampler="ddim", sr_steps="3", context="clean")),
     "pixel_autoguided": ("pixel_guide", dict(mode="gridit", length=20, seed=7, sampler="ddpm", steps="4",
                                              context_rows=2, sr=False, context="clean", cfg_scale=2.0)),
+    # guidance at the steps t = 666, 999 of 0, 333, 666, 999 (the guide's), and at 0, 333 (the null class's)
+    "pixel_autoguided_interval": ("pixel_guide", dict(mode="gridit", length=20, seed=8, sampler="ddpm", steps="4",
+                                                      context_rows=2, sr=False, context="clean", cfg_scale=2.0,
+                                                      cfg_interval=(500, 999))),
+    "classcond_guided_interval": ("classcond", dict(mode="gridit", length=6, seed=10, sampler="ddpm", steps="4",
+                                                    context_rows=1, sr=False, label=1, cfg_scale=3.0,
+                                                    cfg_interval=(0, 400))),
 }
 
 

@@ -343,11 +343,13 @@ class Defaults:
     precision: str = "bf16"
     # stage 1's guidance scale (1: none); with a guide, autoguidance guide + s * (stage1 - guide)
     cfg_scale: float = 1.0
+    # the timesteps [lower, upper] on 0...999 where that guidance applies (None: every step)
+    cfg_interval: tuple[int, int] | None = None
 
 
 def pipeline_json(defaults: Defaults, description: str, guide: bool = False) -> dict:
     """pipeline.json of the moving-digits bundle; `guide`: it names guide.{config.json,safetensors}.
-    defaults.cfg_scale is written when it is not 1."""
+    defaults.cfg_scale is written when it is not 1, defaults.cfg_interval when it is set."""
     spec = {
         "format": "gridit.pipeline.v1",
         "name": "moving-digits",
@@ -366,6 +368,8 @@ def pipeline_json(defaults: Defaults, description: str, guide: bool = False) -> 
     }
     if defaults.cfg_scale != 1:
         spec["defaults"]["cfg_scale"] = defaults.cfg_scale
+    if defaults.cfg_interval is not None:
+        spec["defaults"]["cfg_interval"] = list(defaults.cfg_interval)
     return spec
 
 

@@ -7,7 +7,7 @@
     python tools/train/export.py --stage1 CKPT/stage1.pt --from models/moving-digits --out OUT --context clean
     python tools/train/export.py --stage1 CKPT/stage1.pt --from models/moving-digits --out OUT \
         --guide OLD_BUNDLE --cfg-scale 2          # autoguidance by an earlier stage 1
-        [--guide CKPT/snap/stage1-002000.pt --ema-guide 0.999]
+        [--guide CKPT/snap/stage1-002000.pt --ema-guide 0.999] [--cfg-interval 700:999]
 
 A stage without a checkpoint (--from) is copied from a pipeline folder as it is, with its
 training.json entry, so a run that trained one stage lands beside the other stage of the bundle.
@@ -17,9 +17,10 @@ folder (its stage1.config.json and stage1.safetensors), or a checkpoint or snaps
 --ema-guide, default the first saved). It must take and predict what stage 1 does (input_size,
 in_channels, condition_channels, num_classes, learn_sigma, prediction; depth and width may differ).
 It lands as guide.{config.json,safetensors} with a "guide" entry in pipeline.json, and --cfg-scale S
-(default 1 = unguided) becomes defaults.cfg_scale: stage 1's prediction is guide + S * (stage1 - guide).
-Without --guide, the guide of the --from pipeline is carried over as it is, with its cfg_scale
-unless --cfg-scale is given; `--guide none` drops it.
+(default 1 = unguided) becomes defaults.cfg_scale: stage 1's prediction is guide + S * (stage1 - guide),
+and --cfg-interval LO:HI defaults.cfg_interval: guidance only at the timesteps LO <= t <= HI.
+Without --guide, the guide of the --from pipeline is carried over as it is, with its cfg_scale and
+cfg_interval unless --cfg-scale or --cfg-interval is given; `--guide none` drops it.
 
 Writes pipeline.json, stage{1,2}.safetensors, stage{1,2}.config.json (guide.* with a guide) and
 training.json (steps and hours of each stage and the guide) by an atomic folder swap;
@@ -64,8 +65,9 @@ def from_pipeline(folder: str, stage: int) -> tuple[C.ref.DiT, dict]:
     return model.eval(), info
 
 
-def source_guide(folder: str) -> tuple[C.ref.DiT, dict, float] | None:
-    """The guide of a pipeline folder as it is (model, training.json entry, defaults.cfg_scale), or None."""
+def source_guide(folder: str) -> tuple[C.ref.DiT, dict, float, list | None] | None:
+    """The guide of a pipeline folder as it is (model, training.json entry, defaults.cfg_scale and
+    .cfg_interval), or None."""
     with open(os.path.join(folder, "pipeline.json")) as f:
         spec = json.load(f)
     g = spec.get("guide")
@@ -76,7 +78,8 @@ def source_guide(folder: str) -> tuple[C.ref.DiT, dict, float] | None:
     if os.path.exists(os.path.join(folder, "training.json")):
         with open(os.path.join(folder, "training.json")) as f:
             info = json.load(f).get("guide", {})
-    return model, info, float(spec.get("defaults", {}).get("cfg_scale", 1.0))
+    d = spec.get("defaults", {})
+    return model, info, float(d.get("cfg_scale", 1.0)), d.get("cfg_interval")
 
 
 def load_guide(path: str, decay: float | None) -> tuple[C.ref.DiT, dict]:
@@ -104,6 +107,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ema-guide", type=float, help="EMA decay of a --guide checkpoint (default: the first saved)")
     ap.add_argument("--cfg-scale", type=float, help="defaults.cfg_scale: autoguidance scale with a guide (default 1 = "
                     "none; with the --from pipeline's guide carried over, its scale)")
+    ap.add_argument("--cfg-interval", type=S.interval_arg, metavar="LO:HI", help="defaults.cfg_interval: the timesteps "
+                    "LO <= t <= HI where guidance applies (default: every step; with the --from pipeline's guide "
+                    "carried over, its interval)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="f32")
     d = C.Defaults()
@@ -129,24 +135,29 @@ def main(argv=None) -> int:
         ap.error("--ema-guide needs --guide CHECKPOINT")
     if a.guide not in (None, "none") and a.cfg_scale is None:
         ap.error("--guide needs --cfg-scale S: at the default 1 the guide is never run")
-    guide, gi, scale = None, None, a.cfg_scale
+    guide, gi, scale, interval = None, None, a.cfg_scale, a.cfg_interval
     if a.guide not in (None, "none"):
         guide, gi = load_guide(a.guide, a.ema_guide)
     elif a.guide is None and a.source and (carried := source_guide(a.source)):
-        guide, gi, source_scale = carried
+        guide, gi, source_scale, source_interval = carried
         scale = source_scale if scale is None else scale
+        interval = source_interval if interval is None else interval
     scale = 1.0 if scale is None else scale
-    try:  # the guide's config against stage 1's, the scale as sample.py and the engine take it
+    if interval is not None and (guide is None or scale == 1):
+        ap.error("--cfg-interval needs a guide and a --cfg-scale other than 1: it says where guidance applies")
+    try:  # the guide's config against stage 1's, scale and interval as sample.py and the engine take them
         S.Pipeline.of(s1, s2, guide).cfg_scale(scale)
+        interval = None if interval is None else S.check_interval(interval)
     except ValueError as e:
         raise SystemExit(f"export.py: {e}") from None
     defaults = C.Defaults(mode=a.mode, sampler=a.sampler, steps=a.steps, eta=a.eta, sr_sampler=a.sr_sampler,
                           sr_steps=a.sr_steps, sr_temperature=a.sr_temperature, sr_noise=a.sr_noise,
-                          context_rows=a.context_rows, context=a.context, cfg_scale=scale)
+                          context_rows=a.context_rows, context=a.context, cfg_scale=scale, cfg_interval=interval)
     extra = {"stage1": i1, "stage2": i2, "dtype": a.dtype, **({"guide": gi} if guide is not None else {})}
     C.export_pipeline(s1, s2, a.out, defaults, DESCRIPTION, DTYPES[a.dtype], extra=extra, guide=guide)
     print(f"exported {a.out}: stage1 step {i1['step']} ({i1['hours']} h), stage2 step {i2['step']} ({i2['hours']} h)"
-          + (f", guide step {gi.get('step', '?')} at cfg_scale {scale:g}" if guide is not None else ""))
+          + (f", guide step {gi.get('step', '?')} at cfg_scale {scale:g}" if guide is not None else "")
+          + (f" in t [{interval[0]}, {interval[1]}]" if interval else ""))
     return 0
 
 

@@ -125,6 +125,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sampler", help="default: the pipeline's, else ddpm")
     ap.add_argument("--cfg-scale", type=float, help="stage 1's autoguidance scale with the --pipeline's guide (1 = none; "
                     "default: the pipeline's defaults.cfg_scale, else 1)")
+    ap.add_argument("--cfg-interval", type=S.interval_arg, metavar="LO:HI", help="timesteps of that guidance "
+                    "(default: the pipeline's defaults.cfg_interval, else every step)")
     ap.add_argument("--context-rows", type=int, default=2)
     ap.add_argument("--context", type=S.context_arg, help="renoised, clean or noisedT (sample.py); default: the pipeline's, else renoised")
     ap.add_argument("--sr", action="append", help="sampler:steps of stage 2 (default ddpm:50)")
@@ -156,15 +158,16 @@ def main(argv=None) -> int:
             pl = S.Pipeline.of(model)
             a.context, a.sampler, a.steps = a.context or "renoised", a.sampler or "ddpm", a.steps or "100"
         try:  # stage 1 as the pipeline samples it: autoguided by its guide at cfg_scale != 1
-            model, guidance = pl.stage1_model(a.cfg_scale), pl.guidance(a.cfg_scale)
+            model, guidance = pl.stage1_model(a.cfg_scale, a.cfg_interval), pl.guidance(a.cfg_scale, a.cfg_interval)
         except ValueError as e:
             ap.error(str(e))
         out["stage1"] = info
-        out["guidance"] = {"cfg_scale": pl.cfg_scale(a.cfg_scale), "guided": model is not pl.stage1, "text": guidance}
+        out["guidance"] = {"cfg_scale": pl.cfg_scale(a.cfg_scale), "cfg_interval": pl.cfg_interval(a.cfg_interval),
+                           "guided": model is not pl.stage1, "text": guidance}
         g = torch.Generator().manual_seed(a.seed)
         gen = lambda n, length: C.to_u8(S.stage1_sequences(  # noqa: E731
             pl, n, length, g, "gridit", a.sampler, a.steps, 0.0, a.context_rows, bf16=a.bf16, context=a.context,
-            cfg_scale=a.cfg_scale))
+            cfg_scale=a.cfg_scale, cfg_interval=a.cfg_interval))
         sr = S.Pipeline(a.sr_from) if a.sr_from else None
 
         def to64(frames16: np.ndarray) -> np.ndarray:

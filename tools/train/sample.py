@@ -20,12 +20,15 @@ sequence.
 With a `guide` in the pipeline (a weaker stage 1) and a guidance scale s != 1 (`--cfg-scale`, default
 the pipeline's defaults.cfg_scale, else 1), stage 1 is autoguided (Karras et al. 2024): its
 prediction channels become guide + s * (stage1 - guide), its variance channels stay stage 1's
-(`Guided`, built by `Pipeline.stage1_model`, which proxy.py samples with too).
+(`Guided`, built by `Pipeline.stage1_model`, which proxy.py samples with too). With a guidance
+interval (`--cfg-interval LO:HI`, default the pipeline's defaults.cfg_interval, else every step)
+only the steps whose timestep t has LO <= t <= HI are guided.
 
 Noise comes from torch.Generator(seed) (not the engine's Philox streams): distributions match the
 Swift engine, bytes do not.
 
     python tools/train/sample.py --pipeline DIR --out OUT --count 8 --length 128 --seed 1 [--cfg-scale 2]
+        [--cfg-interval 700:999]
 """
 
 from __future__ import annotations
@@ -46,6 +49,27 @@ import common as C  # noqa: E402
 
 SAMPLERS = ["ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde"]
 MAX_CFG_SCALE = 100.0  # the engine's JobSpec.Parameters.maxCFGScale
+MAX_TIMESTEP = 999  # the engine's GuidanceInterval.maxTimestep
+
+
+def check_interval(interval) -> tuple[int, int]:
+    """(lower, upper) from a pair or "LO:HI", checked as the engine checks cfg_interval."""
+    try:
+        lo, hi = (int(v) for v in (interval.split(":") if isinstance(interval, str) else interval))
+    except (TypeError, ValueError):
+        raise ValueError(f"cfg_interval {interval!r}: give two timesteps, LO:HI (such as 700:999)") from None
+    if not 0 <= lo <= hi <= MAX_TIMESTEP:
+        raise ValueError(f"cfg_interval [{lo}, {hi}]: use timesteps 0 <= lower <= upper <= {MAX_TIMESTEP} "
+                         "(700:999 guides only the noisiest steps)")
+    return lo, hi
+
+
+def interval_arg(text: str) -> tuple[int, int]:
+    """argparse type of --cfg-interval."""
+    try:
+        return check_interval(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 GUIDE_MATCH = ("input_size", "in_channels", "condition_channels", "num_classes", "learn_sigma", "prediction")
@@ -70,19 +94,27 @@ def check_guide(stage1: C.ref.DiTConfig, guide: C.ref.DiTConfig) -> None:
 class Guided(torch.nn.Module):
     """Autoguidance (Karras et al. 2024, guiding a diffusion model with a bad version of itself):
     the first C = in_channels output channels (the prediction, epsilon or v) are
-    guide + scale * (good - guide), the learned-variance channels are good's. `cfg` is good's, so
-    the samplers take it for the model."""
+    guide + scale * (good - guide), the learned-variance channels are good's; with an `interval`
+    (lower, upper), only for the rows whose timestep t has lower <= t <= upper (the guide runs on
+    those rows alone). `cfg` is good's, so the samplers take it for the model."""
 
-    def __init__(self, good: torch.nn.Module, guide: torch.nn.Module, scale: float):
-        super().__init__()  # the scale is checked by Pipeline.cfg_scale, which builds this
-        self.good, self.guide, self.scale = good, guide, float(scale)
+    def __init__(self, good: torch.nn.Module, guide: torch.nn.Module, scale: float,
+                 interval: tuple[int, int] | None = None):
+        super().__init__()  # scale and interval are checked by Pipeline, which builds this
+        self.good, self.guide, self.scale, self.interval = good, guide, float(scale), interval
         self.cfg = good.cfg
 
     def forward(self, x, t, y=None, cond=None):
         out = self.good(x, t, y, cond).float()
-        g = self.guide(x, t, y, cond).float()
+        rows = torch.ones(len(x), dtype=torch.bool) if self.interval is None else \
+            (t >= self.interval[0]) & (t <= self.interval[1])
+        if not rows.any():
+            return out
+        pick = lambda v: None if v is None else v[rows]  # noqa: E731
+        g = self.guide(x[rows], t[rows], pick(y), pick(cond)).float()
         c = self.cfg.in_channels
-        return torch.cat([g[:, :c] + self.scale * (out[:, :c] - g[:, :c]), out[:, c:]], dim=1)
+        out[rows, :c] = g[:, :c] + self.scale * (out[rows, :c] - g[:, :c])
+        return out
 
 
 class Pipeline:
@@ -133,20 +165,30 @@ class Pipeline:
             return 1.0
         return s
 
-    def stage1_model(self, scale: float | None = None) -> torch.nn.Module:
-        """The stage-1 model to sample with at cfg_scale(scale): Guided by the guide when the
-        pipeline has one and the scale is not 1, else stage 1 itself (the guide is not run).
-        (A class-conditional stage 1 without a guide: classifier-free guidance is the Swift
-        engine's; this sampler passes no labels.)"""
-        s = self.cfg_scale(scale)
-        return Guided(self.stage1, self.guide, s) if self.guide is not None and s != 1 else self.stage1
+    def cfg_interval(self, interval=None) -> tuple[int, int] | None:
+        """The guidance interval: `interval` (a pair or "LO:HI"), else defaults.cfg_interval,
+        checked; None for every step (also for an interval that covers 0...999, as the engine)."""
+        i = self.defaults.get("cfg_interval") if interval is None else interval
+        if i is None:
+            return None
+        lo, hi = check_interval(i)
+        return None if (lo, hi) == (0, MAX_TIMESTEP) else (lo, hi)
 
-    def guidance(self, scale: float | None = None) -> str:
-        """What stage1_model(scale) does, in words (logs and summaries)."""
-        s = self.cfg_scale(scale)
+    def stage1_model(self, scale: float | None = None, interval=None) -> torch.nn.Module:
+        """The stage-1 model to sample with at cfg_scale(scale) in cfg_interval(interval): Guided
+        by the guide when the pipeline has one and the scale is not 1, else stage 1 itself (the
+        guide is not run). (A class-conditional stage 1 without a guide: classifier-free guidance
+        is the Swift engine's; this sampler passes no labels.)"""
+        s, i = self.cfg_scale(scale), self.cfg_interval(interval)
+        return Guided(self.stage1, self.guide, s, i) if self.guide is not None and s != 1 else self.stage1
+
+    def guidance(self, scale: float | None = None, interval=None) -> str:
+        """What stage1_model(scale, interval) does, in words (logs and summaries)."""
+        s, i = self.cfg_scale(scale), self.cfg_interval(interval)
         if self.guide is not None and s != 1:
             g = self.guide.cfg
-            return f"autoguidance cfg_scale {s:g} (guide depth {g.depth}, width {g.hidden_size})"
+            return (f"autoguidance cfg_scale {s:g}" + (f" at t in [{i[0]}, {i[1]}]" if i else "")
+                    + f" (guide depth {g.depth}, width {g.hidden_size})")
         return "no guidance" + (" (the guide is not run at cfg_scale 1)" if self.guide is not None else "")
 
 
@@ -250,12 +292,12 @@ def temperature_arg(text: str) -> float:
 
 def stage1_sequences(pl: Pipeline, n: int, length: int, gen, mode: str, sampler: str, steps, eta: float,
                      context_rows: int, bf16: bool = False, log=None, context: str = "renoised",
-                     cfg_scale: float | None = None) -> torch.Tensor:
-    """(N, L, S, S) float frames in [-1, 1]; stage 1 is pl.stage1_model(cfg_scale) (autoguided when
-    the pipeline has a guide and the scale is not 1; None: the pipeline's default)."""
+                     cfg_scale: float | None = None, cfg_interval=None) -> torch.Tensor:
+    """(N, L, S, S) float frames in [-1, 1]; stage 1 is pl.stage1_model(cfg_scale, cfg_interval)
+    (autoguided when the pipeline has a guide and the scale is not 1; None: the pipeline's default)."""
     k, s = pl.k, pl.s
     diff = C.dref.Diffusion(str(steps))
-    model = pl.stage1_model(cfg_scale)
+    model = pl.stage1_model(cfg_scale, cfg_interval)
     shape = (n, 1, k * s, k * s)
     tick = time.time()
     g0 = denoise(model, diff, torch.randn(shape, generator=gen), gen, sampler, eta, bf16=bf16)
@@ -358,16 +400,18 @@ def write_sequence(folder: str, frames: np.ndarray, meta: dict) -> None:
 def generate(pl: Pipeline, count: int, length: int, seed: int, mode=None, sampler=None, steps=None,
              eta=None, sr_sampler=None, sr_steps=None, context_rows=None, no_sr=False, batch=None,
              bf16=False, log=None, context=None, sr_temperature=None,
-             sr_noise=None, cfg_scale=None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+             sr_noise=None, cfg_scale=None, cfg_interval=None) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Returns (lr u8 (count, L, S, S), hr u8 (count, L, rS, rS) or None, the settings used).
-    cfg_scale: stage 1's guidance scale (None: the pipeline's defaults.cfg_scale, else 1)."""
+    cfg_scale: stage 1's guidance scale (None: the pipeline's defaults.cfg_scale, else 1);
+    cfg_interval: its timesteps (None: defaults.cfg_interval, else every step)."""
     d = pl.defaults
     temperature, noise = sr_noise_defaults(d)
     st = dict(mode=mode or d["mode"], sampler=sampler or d["sampler"], steps=steps or d["steps"],
               eta=d["eta"] if eta is None else eta, sr_sampler=sr_sampler or d["sr_sampler"],
               sr_steps=sr_steps or d["sr_steps"], sr_temperature=temperature if sr_temperature is None else sr_temperature,
               sr_noise=sr_noise or noise, context_rows=context_rows or d["context_rows"],
-              context=context or d.get("context", "renoised"), cfg_scale=pl.cfg_scale(cfg_scale))
+              context=context or d.get("context", "renoised"), cfg_scale=pl.cfg_scale(cfg_scale),
+              cfg_interval=pl.cfg_interval(cfg_interval))
     gen = torch.Generator().manual_seed(seed)
     batch = batch or count
     lrs, hrs = [], []
@@ -375,7 +419,7 @@ def generate(pl: Pipeline, count: int, length: int, seed: int, mode=None, sample
         m = min(batch, count - i)
         lr = C.to_u8(stage1_sequences(pl, m, length, gen, st["mode"], st["sampler"], st["steps"], st["eta"],
                                       st["context_rows"], bf16=bf16, log=log, context=st["context"],
-                                      cfg_scale=st["cfg_scale"]))
+                                      cfg_scale=st["cfg_scale"], cfg_interval=st["cfg_interval"] or (0, MAX_TIMESTEP)))
         lrs.append(lr)
         if not no_sr and pl.stage2 is not None:
             hr = super_resolve(pl, lr.reshape(-1, pl.s, pl.s), gen, st["sr_sampler"], st["sr_steps"], st["eta"],
@@ -405,6 +449,8 @@ def main(argv=None) -> int:
                     "noised to the fixed level T at every step)")
     ap.add_argument("--cfg-scale", type=float, help="stage 1's guidance scale: autoguidance by the pipeline's guide "
                     "(1 = none; default: the pipeline's defaults.cfg_scale)")
+    ap.add_argument("--cfg-interval", type=interval_arg, metavar="LO:HI", help="timesteps where that guidance "
+                    "applies, 0 <= LO <= HI <= 999 (default: the pipeline's defaults.cfg_interval, else every step)")
     ap.add_argument("--no-sr", action="store_true", help="write the 16x16 stage-1 frames")
     ap.add_argument("--batch", type=int, help="sequences per stage-1 batch (default: all)")
     ap.add_argument("--threads", type=int, default=2)
@@ -416,14 +462,15 @@ def main(argv=None) -> int:
     pl = Pipeline(a.pipeline)
     try:
         pl.cfg_scale(a.cfg_scale)
+        pl.cfg_interval(a.cfg_interval)
     except ValueError as e:
         ap.error(str(e))
     if log:
-        log(f"stage 1: {pl.guidance(a.cfg_scale)}")
+        log(f"stage 1: {pl.guidance(a.cfg_scale, a.cfg_interval)}")
     t0 = time.time()
     lr, hr, st = generate(pl, a.count, a.length, a.seed, a.mode, a.sampler, a.steps, a.eta, a.sr_sampler,
                           a.sr_steps, a.context_rows, a.no_sr, a.batch, a.bf16, log, a.context, a.sr_temperature,
-                          a.sr_noise, a.cfg_scale)
+                          a.sr_noise, a.cfg_scale, a.cfg_interval)
     seconds = time.time() - t0
     frames = lr if hr is None else hr
     for i in range(a.count):

@@ -481,6 +481,25 @@ def test_autoguidance_combines_the_prediction_channels_only():
         S.Pipeline.of(_stage1(1), guide=main)
 
 
+@torch.no_grad()
+def test_guidance_in_an_interval_guides_the_rows_whose_timestep_is_in_it():
+    main, guide = _stage1(1, depth=2, random=True), _stage1(2, depth=2, random=True)
+    x, t = torch.randn(3, 1, 64, 64, generator=torch.Generator().manual_seed(0)), torch.tensor([10.0, 700.0, 999.0])
+    m, every = main(x, t), S.Guided(main, guide, 2.0)(x, t)
+    high = S.Guided(main, guide, 2.0, (700, 999))(x, t)
+    assert torch.equal(high[0], m[0])  # t 10: outside, stage 1 alone
+    assert torch.allclose(high[1:], every[1:], atol=1e-5, rtol=0) and not torch.allclose(high[1:], m[1:], atol=1e-3)
+    assert torch.equal(S.Guided(main, guide, 2.0, (0, 5))(x, t), m)  # no row in it: the guide is not run
+    # the pipeline's interval: the request's, else defaults.cfg_interval; 0...999 is every step
+    pl = S.Pipeline.of(main, guide=guide, defaults={"cfg_scale": 2.0, "cfg_interval": [700, 999]})
+    assert pl.cfg_interval() == (700, 999) and pl.stage1_model().interval == (700, 999)
+    assert pl.cfg_interval("0:999") is None and pl.stage1_model(interval=(0, 999)).interval is None
+    assert "at t in [700, 999]" in pl.guidance()
+    for bad in ("700", "a:b", "800:700", "-1:999", "700:1000", (1, 2, 3)):
+        with pytest.raises(ValueError, match="cfg_interval"):
+            pl.cfg_interval(bad)
+
+
 def test_cfg_scale_needs_a_guide_or_classes():
     pl = S.Pipeline.of(_stage1(1))
     with pytest.raises(ValueError, match="cfg_scale 2 given, but stage 1 is unconditional and the pipeline has no guide"):
@@ -533,6 +552,18 @@ def test_export_with_a_guide_samples_guided(tmp_path, capsys):
     with pytest.raises(SystemExit):  # a guide at the default scale 1 would never run
         E.main(["--from", str(base), "--guide", str(weak), "--out", str(tmp_path / "x")])
     assert "--guide needs --cfg-scale" in capsys.readouterr().err
+    # an interval lands in defaults.cfg_interval, carried over with the guide; it needs a guide
+    high = tmp_path / "high"
+    assert E.main(["--from", str(out), "--cfg-interval", "700:999", "--out", str(high)]) == 0
+    assert json.loads((high / "pipeline.json").read_text())["defaults"]["cfg_interval"] == [700, 999]
+    assert E.main(["--from", str(high), "--out", str(again)]) == 0
+    assert json.loads((again / "pipeline.json").read_text())["defaults"]["cfg_interval"] == [700, 999]
+    interval, _, used = S.generate(S.Pipeline(str(high)), 1, 24, seed=1, sampler="ddim", steps="3", **kw)
+    assert used["cfg_interval"] == (700, 999) and used["steps"] == "3" and used1["steps"] == "3"
+    assert not np.array_equal(interval, guided) and not np.array_equal(interval, plain)
+    with pytest.raises(SystemExit):
+        E.main(["--from", str(base), "--cfg-interval", "700:999", "--out", str(tmp_path / "x")])
+    assert "--cfg-interval needs a guide" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="no guide"):
         E.main(["--from", str(base), "--cfg-scale", "2", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit):
