@@ -46,7 +46,6 @@ public struct Route: Sendable {
 
 public struct ControlAPI: Sendable {
     let context: DaemonContext
-    private let gate = SubmitGate()
 
     public init(context: DaemonContext) { self.context = context }
 
@@ -534,14 +533,13 @@ extension ControlAPI {
         }
         let submission = JobSubmission(
             params: spec.storedJSON, length: spec.length, priority: priority, idempotencyKey: body.idempotencyKey,
-            maxAttempts: body.maxAttempts ?? 3, pipelineDigest: digest, workSeconds: work)
-        let context = self.context
+            maxAttempts: body.maxAttempts ?? 3, pipelineDigest: digest, workSeconds: work, outputName: spec.output)
         let limits = SubmitPolicy.limits(for: caller, configuration: context.configuration)
-        let result = try await gate.submit(output: spec.output) {
-            if let output = spec.output {
-                try await Self.checkOutputFree(output, owner: caller.uid, key: body.idempotencyKey, context: context)
-            }
-            return try await context.store.submit(submission, owner: caller.uid, limits: limits, now: Date())
+        if let output = spec.output {
+            try checkOutputOnDisk(output, owner: caller.uid)
+        }
+        let result = try await store {
+            try await $0.submit(submission, owner: caller.uid, limits: limits, now: Date())
         }
         if result.deduplicated {
             guard try Self.info(result.job).spec.matches(body.spec) else {
@@ -567,39 +565,15 @@ extension ControlAPI {
             status: result.deduplicated ? .ok : .created)
     }
 
-    /// The caller's output folder is neither on disk nor promised to another of its waiting or
-    /// running jobs (names are per user: other users' names never collide with it), and it neither
-    /// holds nor lies inside another job's output: removing that job would delete this one's frames.
-    private static func checkOutputFree(
-        _ output: String, owner: UInt32, key: String?, context: DaemonContext
-    ) async throws(APIError) {
-        let live: [Job]
-        do {
-            live = try await context.store.list(
-                JobFilter(states: [.queued, .retryable, .running], ownerUID: owner, limit: 100_000))
-        } catch {
-            throw translate(error)
-        }
+    /// The caller's output folder is not on disk, and does not lie inside a finished job's output:
+    /// removing that job would delete this one's frames. (Names are per user: other users' never
+    /// collide. Live jobs' names are the store's to check, in the transaction that adds the job.)
+    private func checkOutputOnDisk(_ output: String, owner: UInt32) throws(APIError) {
         let mine = output.split(separator: "/")
-        for job in live {
-            guard let theirs = try info(job).spec.output else { continue }
-            if theirs == output {
-                if let key, job.idempotencyKey == key { return }  // the same job again
-                throw APIError(
-                    .conflict, "job \(job.id) already writes to the output '\(output)'; choose another --output",
-                    jobID: job.id)
-            }
-            let other = theirs.split(separator: "/")
-            if mine.starts(with: other) || other.starts(with: mine) {
-                throw APIError(
-                    .conflict,
-                    "job \(job.id) writes to the output '\(theirs)', and outputs cannot lie inside one another; "
-                        + "choose an --output beside it, not in or above it", jobID: job.id)
-            }
-        }
         let path = context.layout.namedOutputDirectory(owner: owner, name: output)
         if FileManager.default.fileExists(atPath: path) {
-            throw APIError(.conflict, "the output folder \(path) exists already; choose another --output or remove it")
+            throw APIError(
+                .conflict, "the output folder \(path) exists already; choose another --output-name or remove it")
         }
         for depth in 1..<mine.count {
             let above = mine.prefix(depth).joined(separator: "/")
@@ -607,7 +581,7 @@ extension ControlAPI {
                 throw APIError(
                     .conflict,
                     "the output '\(above)' is a finished job's output, and outputs cannot lie inside one another; "
-                        + "choose an --output beside it, not in it")
+                        + "choose an --output-name beside it, not in it")
             }
         }
     }
@@ -693,13 +667,11 @@ extension ControlAPI {
         let limits = SubmitPolicy.limits(for: caller, configuration: context.configuration)
         // The job comes back with its output name, which another job may have taken (or one
         // around it) since: checked as a submit's is.
-        let output = try Self.info(current).spec.output
-        let job = try await gate.submit(output: output) {
-            if let output {
-                try await Self.checkOutputFree(output, owner: current.ownerUID, key: nil, context: context)
-            }
-            return try await context.store.retry(
-                id: id, requesterUID: caller.uid, isAdmin: caller.isAdmin, limits: limits, now: Date())
+        if let output = try Self.info(current).spec.output {
+            try checkOutputOnDisk(output, owner: current.ownerUID)
+        }
+        let job = try await store {
+            try await $0.retry(id: id, requesterUID: caller.uid, isAdmin: caller.isAdmin, limits: limits, now: Date())
         }
         context.monitor.changed(id)
         context.monitor.wake()
@@ -959,39 +931,10 @@ extension ControlAPI {
             case .forbidden: .forbidden
             case .invalidTransition: .invalidTransition
             case .invalidArgument: .badRequest
-            case .leaseLost: .conflict
+            case .leaseLost, .outputTaken: .conflict
             case .busy, .diskFull, .databaseLost: .unavailable
             default: .internalError
             }
         return APIError(code, error.message + (SubmitPolicy.remedy(error.code) ?? ""), jobID: error.jobID)
-    }
-}
-
-/// Serializes submits that name an output folder, so two of them cannot both claim one name
-/// (an actor alone would not: it is reentrant at every `await`).
-actor SubmitGate {
-    private var busy = false
-    private var waiters: [CheckedContinuation<Void, Never>] = []
-
-    func submit<T: Sendable>(output: String?, _ body: () async throws -> T) async throws(APIError) -> T {
-        if output != nil { await acquire() }
-        defer { if output != nil { release() } }
-        do {
-            return try await body()
-        } catch {
-            throw ControlAPI.translate(error)
-        }
-    }
-
-    private func acquire() async {
-        if !busy {
-            busy = true
-            return
-        }
-        await withCheckedContinuation { waiters.append($0) }
-    }
-
-    private func release() {
-        if waiters.isEmpty { busy = false } else { waiters.removeFirst().resume() }
     }
 }

@@ -33,6 +33,7 @@ enum SubmitPolicy {
     static func remedy(_ code: StateError.Code) -> String? {
         let flag: String
         switch code {
+        case .outputTaken: return "; choose another --output-name, beside it rather than in or above it"
         case .ownerJobLimit: flag = "--max-queued-per-user"
         case .ownerWorkLimit: flag = "--max-work-per-user"
         default: return nil

@@ -17,10 +17,15 @@ public struct JobSubmission: Hashable, Sendable {
     public var notBefore: Date?
     /// Estimated compute in seconds (≥ 0), what `SubmitLimits.maxWorkPerOwner` adds up.
     public var workSeconds: Double
+    /// The output folder the job names (relative to its owner's outputs, `/`-separated); nil:
+    /// the automatic one. No live job of the same owner may name it, or a folder inside or
+    /// around it (`OutputNames.check`).
+    public var outputName: String?
 
     public init(
         params: String, length: Int, priority: Int = 0, idempotencyKey: String? = nil,
-        maxAttempts: Int = 3, pipelineDigest: String? = nil, notBefore: Date? = nil, workSeconds: Double = 0
+        maxAttempts: Int = 3, pipelineDigest: String? = nil, notBefore: Date? = nil, workSeconds: Double = 0,
+        outputName: String? = nil
     ) {
         self.params = params
         self.length = length
@@ -30,6 +35,7 @@ public struct JobSubmission: Hashable, Sendable {
         self.pipelineDigest = pipelineDigest
         self.notBefore = notBefore
         self.workSeconds = workSeconds
+        self.outputName = outputName
     }
 }
 
@@ -162,9 +168,10 @@ public struct PrunedJob: Hashable, Sendable {
 /// `leaseLost` (job still live) or `invalidTransition` (job already terminal) and changes nothing.
 public protocol JobStore: Sendable {
     /// Creates a queued job, or returns the existing one for a repeated (owner, idempotency key),
-    /// whatever its state and whatever the limits. Throws `queueFull`, `ownerJobLimit` or
-    /// `ownerWorkLimit` when the new job would break one of `limits`. Job ids are never reused,
-    /// not even those of pruned jobs.
+    /// whatever its state and whatever the limits. Throws `outputTaken` when a live job of the
+    /// owner writes to its output folder (or one inside or around it), `queueFull`,
+    /// `ownerJobLimit` or `ownerWorkLimit` when the new job would break one of `limits`. Job ids
+    /// are never reused, not even those of pruned jobs.
     func submit(
         _ submission: JobSubmission, owner: UInt32, limits: SubmitLimits, now: Date
     ) async throws(StateError) -> SubmitResult

@@ -81,19 +81,23 @@ public final class SQLiteJobStore: TransitionStore {
             {
                 return SubmitResult(job: try Self.fetchJob(db, id: id, root: self.root), deduplicated: true)
             }
+            if let name = submission.outputName {
+                try OutputNames.check(name, against: try Self.liveOutputs(owner: owner, except: nil, db))
+            }
             try Self.checkLimits(limits, adding: submission.workSeconds, owner: owner, db)
             let id = try Int64.fetchOne(
                 db,
                 sql: """
                     INSERT INTO job (owner_uid, idempotency_key, state, priority, params, pipeline_digest,
-                                     length, created_at, updated_at, max_attempts, not_before, work_seconds)
-                    VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                     length, created_at, updated_at, max_attempts, not_before, work_seconds,
+                                     output_name)
+                    VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     RETURNING id
                     """,
                 arguments: [
                     Int64(owner), submission.idempotencyKey, submission.priority, submission.params,
                     submission.pipelineDigest, submission.length, nowMs, nowMs, submission.maxAttempts,
-                    submission.notBefore?.unixMillis ?? nowMs, submission.workSeconds,
+                    submission.notBefore?.unixMillis ?? nowMs, submission.workSeconds, submission.outputName,
                 ])!
             return SubmitResult(job: try Self.fetchJob(db, id: id, root: self.root), deduplicated: false)
         }
@@ -116,6 +120,21 @@ public final class SQLiteJobStore: TransitionStore {
                 """,
             arguments: [Int64(owner)])
         try limits.checkOwner(jobs: row?["jobs"] ?? 0, work: row?["work"] ?? 0, adding: added, owner: owner)
+    }
+
+    /// The named output folders of `owner`'s live jobs but `except`.
+    private static func liveOutputs(owner: UInt32, except: Int64?, _ db: Database) throws -> [(id: Int64, name: String)]
+    {
+        try Row.fetchAll(
+            db,
+            sql: """
+                SELECT id, output_name FROM job
+                 WHERE owner_uid = ? AND state IN ('queued', 'retryable', 'running') AND output_name IS NOT NULL
+                   AND id IS NOT ?
+                 ORDER BY id
+                """,
+            arguments: [Int64(owner), except]
+        ).map { ($0["id"], $0["output_name"]) }
     }
 
     public func claim(
@@ -311,7 +330,13 @@ public final class SQLiteJobStore: TransitionStore {
             let job = try Self.fetchJob(db, id: id, root: self.root)
             try authorize?(job)
             let transition = try machine.apply(event, to: job, now: now)
-            if let limits { try Self.checkLimits(limits, adding: job.workSeconds, owner: job.ownerUID, db) }
+            if let limits {
+                try Self.checkLimits(limits, adding: job.workSeconds, owner: job.ownerUID, db)
+                if let name = try String.fetchOne(db, sql: "SELECT output_name FROM job WHERE id = ?", arguments: [id])
+                {
+                    try OutputNames.check(name, against: try Self.liveOutputs(owner: job.ownerUID, except: id, db))
+                }
+            }
             try Self.apply(transition, db, root: self.root)
             return try Self.fetchJob(db, id: id, root: self.root)
         }

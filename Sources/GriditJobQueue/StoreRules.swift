@@ -22,6 +22,28 @@ extension JobSubmission {
     }
 }
 
+/// Output folder names (relative to the owner's outputs, `/`-separated): a live job's may be
+/// neither another live job's of the same owner, nor inside or around it, since removing one
+/// would delete the other's frames. The stores check it in the transaction that adds the job.
+public enum OutputNames {
+    /// Throws `outputTaken` naming the first of `live` (id, name) that `name` is, lies in or holds.
+    public static func check(_ name: String, against live: [(id: Int64, name: String)]) throws(StateError) {
+        let mine = name.split(separator: "/")
+        for (id, theirs) in live {
+            if theirs == name {
+                throw StateError(.outputTaken, "job \(id) already writes to the output '\(name)'", jobID: id)
+            }
+            let other = theirs.split(separator: "/")
+            if mine.starts(with: other) || other.starts(with: mine) {
+                throw StateError(
+                    .outputTaken,
+                    "job \(id) writes to the output '\(theirs)', and outputs cannot lie inside one another",
+                    jobID: id)
+            }
+        }
+    }
+}
+
 extension SubmitLimits {
     /// `live` queued, retryable and running jobs of everyone leave room for one more.
     public func checkQueue(live: Int) throws(StateError) {

@@ -8,9 +8,10 @@ import GriditStateDatabase
 /// here, the same for every backend.
 public protocol TransitionStore: JobStore {
     /// Applies `event` to job `id` in one transaction, once `authorize` (if any) accepts the row
-    /// as it was and, with `limits`, the queue has room for the job as it would for a submit of
-    /// it by its owner (counted in the same transaction), and returns the job as stored. Throws
-    /// `notFound`, the state machine's errors, what `authorize` throws, or the limits' errors.
+    /// as it was and, with `limits`, the job is admitted as a submit of it by its owner would be
+    /// (room in the queue, its output folder free; checked in the same transaction), and returns
+    /// the job as stored. Throws `notFound`, the state machine's errors, what `authorize` throws,
+    /// `outputTaken` or the limits' errors.
     func transition(
         _ id: Int64, _ event: JobEvent, now: Date, authorize: (@Sendable (Job) throws -> Void)?,
         admitting limits: SubmitLimits?

@@ -188,16 +188,20 @@ public final class PostgresJobStore: TransitionStore {
             {
                 return SubmitResult(job: try await self.fetchJob(connection, id: id), deduplicated: true)
             }
+            // Under the submit turn: no other host adds a job between this check and the insert.
+            if let name = submission.outputName {
+                try OutputNames.check(name, against: try await Self.liveOutputs(owner: owner, except: nil, connection))
+            }
             try await Self.checkLimits(limits, adding: submission.workSeconds, owner: owner, connection)
             let id = try await connection.sql(
                 """
                 WITH clock AS (SELECT coalesce(\(now)::timestamptz, now()) AS now)
                 INSERT INTO job (owner_uid, idempotency_key, state, priority, params, pipeline_digest, length,
-                                 created_at, updated_at, max_attempts, not_before, work_seconds)
+                                 created_at, updated_at, max_attempts, not_before, work_seconds, output_name)
                 SELECT \(owner64), \(submission.idempotencyKey)::text, 'queued', \(submission.priority), \(submission.params),
                        \(submission.pipelineDigest)::text, \(submission.length), clock.now, clock.now,
                        \(submission.maxAttempts), coalesce(\(submission.notBefore.map(Self.clamped))::timestamptz, clock.now),
-                       \(submission.workSeconds)
+                       \(submission.workSeconds), \(submission.outputName)::text
                   FROM clock
                 RETURNING id
                 """
@@ -439,6 +443,22 @@ public final class PostgresJobStore: TransitionStore {
             "SELECT pg_advisory_xact_lock(hashtextextended('gridit.submit.' || current_schema(), 0))")
     }
 
+    /// The named output folders of `owner`'s live jobs but `except`; the caller holds the submit turn.
+    private static func liveOutputs(
+        owner: UInt32, except: Int64?, _ connection: PostgresSession
+    ) async throws -> [(id: Int64, name: String)] {
+        let rows = try await connection.sql(
+            """
+            SELECT id, output_name FROM job
+             WHERE owner_uid = \(Int64(owner)) AND state IN ('queued', 'retryable', 'running')
+               AND output_name IS NOT NULL AND id IS DISTINCT FROM \(except)::bigint
+             ORDER BY id
+            """)
+        var live: [(id: Int64, name: String)] = []
+        for row in rows { live.append(try row.decode((Int64, String).self)) }
+        return live
+    }
+
     /// Throws when one more live job of `owner` (`added` seconds of work) would break one of
     /// `limits`; the caller holds the submit turn.
     private static func checkLimits(
@@ -483,6 +503,11 @@ public final class PostgresJobStore: TransitionStore {
             let transition = try machine.apply(event, to: job, now: clock)
             if let limits {
                 try await Self.checkLimits(limits, adding: job.workSeconds, owner: job.ownerUID, connection)
+                let name = try await connection.sql("SELECT output_name FROM job WHERE id = \(id)").first(String?.self)
+                if let name = name ?? nil {
+                    try OutputNames.check(
+                        name, against: try await Self.liveOutputs(owner: job.ownerUID, except: id, connection))
+                }
             }
             try await self.write(transition, connection)
             let result = try await self.fetchJob(connection, id: id)

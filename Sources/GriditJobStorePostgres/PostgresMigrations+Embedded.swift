@@ -19,6 +19,7 @@ public enum PostgresMigrations {
         SchemaMigration(identifier: "0001_create_job", sql: sql0001),
         SchemaMigration(identifier: "0002_create_node", sql: sql0002),
         SchemaMigration(identifier: "0003_create_cluster_fact", sql: sql0003),
+        SchemaMigration(identifier: "0004_job_output_name", sql: sql0004),
     ]
 }
 
@@ -149,5 +150,21 @@ CREATE TABLE cluster_fact (
   value      text NOT NULL,
   created_at timestamptz NOT NULL DEFAULT now()
 );
+
+"""#
+
+// migrations/postgres/0004_job_output_name.sql
+private let sql0004 = #"""
+-- 0004_job_output_name (PostgreSQL): the output folder a job was submitted with, so that a submit
+-- (or a retry) checks under the submit lock that no live job of the same user, on any host,
+-- writes to that folder, or to one inside or around it.
+-- Shipped migrations are frozen: never edit this file, add 0005_... instead (additive only).
+-- NULL: the automatic job-<id> folder. Jobs from before this migration get the name their
+-- params hold; a griditd of an older version inserts NULL (its own check still applies).
+
+ALTER TABLE job ADD COLUMN output_name text CHECK (output_name IS NULL OR length(output_name) > 0);
+
+UPDATE job SET output_name = params::jsonb ->> 'output'
+ WHERE jsonb_typeof(params::jsonb -> 'output') = 'string' AND length(params::jsonb ->> 'output') > 0;
 
 """#

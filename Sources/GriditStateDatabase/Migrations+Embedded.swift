@@ -16,6 +16,7 @@ extension SchemaMigration {
         SchemaMigration(identifier: "0002_create_model_store", sql: sql0002),
         SchemaMigration(identifier: "0003_job_ids_never_reused", sql: sql0003),
         SchemaMigration(identifier: "0004_job_work_estimate", sql: sql0004),
+        SchemaMigration(identifier: "0005_job_output_name", sql: sql0005),
     ]
 }
 
@@ -248,5 +249,21 @@ ALTER TABLE job ADD COLUMN work_seconds REAL NOT NULL DEFAULT 0 CHECK (work_seco
 
 -- The per-user limits sum a user's live jobs.
 CREATE INDEX job_owner_live ON job (owner_uid) WHERE state IN ('queued', 'running', 'retryable');
+
+"""#
+
+// migrations/0005_job_output_name.sql
+private let sql0005 = #"""
+-- 0005_job_output_name: the output folder a job was submitted with, so that a submit (or a retry)
+-- checks in its own transaction that no live job of the same user writes to that folder, or to
+-- one inside or around it (before, only the submitting griditd's own check stood guard).
+-- Shipped migrations are frozen: never edit this file, add 0006_... instead.
+-- NULL: the automatic job-<id> folder. Jobs from before this migration get the name their
+-- params hold.
+
+ALTER TABLE job ADD COLUMN output_name TEXT CHECK (output_name IS NULL OR length(output_name) > 0);
+
+UPDATE job SET output_name = json_extract(params, '$.output')
+ WHERE json_type(params, '$.output') = 'text' AND length(json_extract(params, '$.output')) > 0;
 
 """#

@@ -54,6 +54,7 @@ struct JobStoreConformance: Sendable {
         Case(name: "job ids are never reused, not even a pruned job's") { try await $0.idsNeverReused() },
         Case(name: "per-owner limits on live jobs and estimated work") { try await $0.ownerLimits() },
         Case(name: "a retry is admitted under the submit limits") { try await $0.retryWithinLimits() },
+        Case(name: "no two live jobs of one owner share or nest their output folders") { try await $0.outputNames() },
         Case(name: "prune with a huge age; a negative or NaN one is refused") { try await $0.pruneExtremeAges() },
         Case(name: "delete one finished job: the owner or an admin, never a live one") { try await $0.deleteOne() },
     ]
@@ -608,6 +609,51 @@ struct JobStoreConformance: Sendable {
         // A job that cannot be retried says so, whatever the limits.
         let live = try await store.submit(work(0), owner: 2, maxQueued: 10, now: at(7)).job.id
         #expect(await retry(live, by: 2, SubmitLimits(maxQueued: 1))?.code == .invalidTransition)
+    }
+
+    func outputNames() async throws {
+        let store = try await makeStore()
+        func named(_ name: String?, key: String? = nil) -> JobSubmission {
+            JobSubmission(params: sampleParams, length: 4, idempotencyKey: key, outputName: name)
+        }
+        func submit(_ name: String?, owner: UInt32 = 1, key: String? = nil) async throws -> SubmitResult {
+            try await store.submit(named(name, key: key), owner: owner, maxQueued: 100, now: at(1))
+        }
+        let a = try await submit("cats/a", key: "k").job.id
+        // Its name, one inside it, one around it: refused, naming the job; nothing created.
+        for name in ["cats/a", "cats/a/b/c", "cats"] {
+            let error = await storeError { try await submit(name) }
+            #expect(error?.code == .outputTaken && error?.jobID == a, "\(name): \(String(describing: error))")
+        }
+        let inside = await storeError { try await submit("cats/a/b") }
+        #expect(inside?.message == "job \(a) writes to the output 'cats/a', and outputs cannot lie inside one another")
+        #expect(try await store.list(JobFilter()).map(\.id) == [a])
+        // The same key is the same job; beside it, a name that only starts alike, another user's
+        // folder and the automatic one are all free.
+        #expect(try await submit("cats/a", key: "k").deduplicated)
+        for (name, owner) in [("cats/b", 1), ("cats/ab", 1), ("cats/a/b", 2), (nil, 1)] as [(String?, UInt32)] {
+            #expect(await storeError { try await submit(name, owner: owner) } == nil, "\(String(describing: name))")
+        }
+        // A finished job's name is no live job's (the daemon checks its folder on disk)...
+        _ = try await store.cancel(id: a, requesterUID: 1, isAdmin: false, now: at(2))
+        let c = try await submit("cats/a/b").job.id
+        // ... and a retry brings it back only where it is free: the job stays canceled meanwhile.
+        let retried = await storeError {
+            try await store.retry(id: a, requesterUID: 1, isAdmin: false, limits: roomy, now: at(3))
+        }
+        #expect(retried?.code == .outputTaken && retried?.jobID == c, "\(String(describing: retried))")
+        #expect(try await store.get(id: a).state == .canceled)
+        _ = try await store.cancel(id: c, requesterUID: 1, isAdmin: false, now: at(4))
+        let back = try await store.retry(id: a, requesterUID: 1, isAdmin: false, limits: roomy, now: at(5))
+        #expect(back.state == .queued)
+        // Racing submits of nested names (two hosts at once, on a shared database): one wins.
+        for _ in 0..<5 {
+            let round = UUID().uuidString
+            async let outer = storeError { try await submit(round) }
+            async let inner = storeError { try await submit(round + "/x") }
+            let errors = await [outer, inner]
+            #expect(errors.filter { $0 == nil }.count == 1 && errors.compactMap(\.?.code) == [.outputTaken])
+        }
     }
 
     func ownerLimits() async throws {

@@ -21,6 +21,7 @@ struct MigrationTests {
         "0002_create_model_store": "ad5edfda9a06e42556f6ecd9ab8862ace194da6a6da62c7fe2679edb232f0260",
         "0003_job_ids_never_reused": "0c35433462f222b784f3523ef5ed07f8f99d52c86b8cfd0c49fa3b308d04e4c3",
         "0004_job_work_estimate": "f42646eb09be6b02bcab06d1ed258957370b3cc33b355416a47490ad565e3077",
+        "0005_job_output_name": "53e9d77aad1e9dfb885ab512e645d4e134b464dc544ceb9df6bce9bf19a2f483",
     ]
 
     static var migrationsFolder: URL { repositoryRoot().appendingPathComponent("migrations") }
@@ -129,6 +130,38 @@ struct MigrationTests {
         #expect(next == last + 1, "job \(next): the id of pruned job \(last) must not come back")
         let settings = try store.connectionSettings()
         #expect(settings["foreign_keys"] == "1")
+    }
+
+    @Test("0005 on a database of 0004: live jobs' output names come from their params and bind new submits")
+    func outputNamesFromParams() async throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let path = directory.file("jobs.sqlite")
+        do {
+            let old = try StateDatabase(path: path, migrations: Array(SchemaMigration.all.prefix(4)))
+            try await old.write { db in
+                for params in [#"{"length":4,"output":"cats/a"}"#, #"{"length":4,"output":7}"#, sampleParams] {
+                    try db.execute(
+                        sql: """
+                            INSERT INTO job (owner_uid, params, length, created_at, updated_at, not_before)
+                            VALUES (1, ?, 4, 0, 0, 0)
+                            """,
+                        arguments: [params])
+                }
+            }
+            try old.close()
+        }
+        let store = try SQLiteJobStore(path: path)
+        let error = await storeError {
+            try await store.submit(
+                JobSubmission(params: sampleParams, length: 4, outputName: "cats/a/b"), owner: 1, maxQueued: 10,
+                now: at(1))
+        }
+        #expect(error?.code == .outputTaken && error?.jobID == 1, "\(String(describing: error))")
+        let names = try store.database.read { db in
+            try String?.fetchAll(db, sql: "SELECT output_name FROM job ORDER BY id")
+        }
+        #expect(names == ["cats/a", nil, nil])
     }
 
     @Test("a database with a migration unknown to this binary is refused")

@@ -13,6 +13,7 @@ struct PostgresMigrationTests {
         "0001_create_job": "93110527ef4e0977ec683a55f7ff3c4f8235affe2c565757d2e68104c9751552",
         "0002_create_node": "ba209b3110221285e76e76a0ce47abfbcaaca963e1fd96b037a5ebb0b38b7e08",
         "0003_create_cluster_fact": "957fb306ab22b08019a9b57412467538e996ed745642aaf3ecd7d307c870a6e8",
+        "0004_job_output_name": "e073f340b3b2d4004603737fda31f3ef81dbe173a5da23fd7e61a9de532bc19b",
     ]
 
     static var folder: URL { repositoryRoot().appendingPathComponent("migrations/postgres") }
