@@ -34,10 +34,11 @@ enum Rendering {
         switch job.state {
         case .succeeded: return "done"
         case .queued where job.progress.gridsDone == 0 && job.progress.framesDone == 0: return "-"
+        case _ where job.progress.stage == .grid: return "grid \(job.progress.gridsDone) done"
         default:
-            return job.progress.stage == .sr
-                ? "sr \(job.progress.framesDone)/\(job.length) frames"
-                : "grid \(job.progress.gridsDone) done"
+            // Official mode writes K² + 2K·N frames, at times more than the length asked for.
+            let done = job.progress.framesDone
+            return done <= job.length ? "sr \(done)/\(job.length) frames" : "sr \(done) frames"
         }
     }
 

@@ -272,6 +272,16 @@ struct CLITests {
                 7    queued   -          1          2          128      1000    2 minutes ago   -
 
                 """)
+        // Stage 2 counts frames against the length, unless official mode writes more than that.
+        var running = job
+        running.state = .running
+        running.progress = JobProgress(stage: .sr, gridsDone: 3, framesDone: 12)
+        #expect(Rendering.progress(running) == "sr 12/128 frames")
+        running.spec.length = 10
+        running.progress.framesDone = 24
+        #expect(Rendering.progress(running) == "sr 24 frames")
+        running.progress.stage = .grid
+        #expect(Rendering.progress(running) == "grid 3 done")
     }
 }
 
