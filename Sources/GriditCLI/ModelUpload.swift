@@ -29,7 +29,9 @@ struct ModelUpload {
     /// The stream's length: a bundle's size, or the tar's (headers, padded data, two end blocks).
     var length: Int64 {
         guard kind == "pipeline" else { return entries.reduce(0) { $0 + $1.size } }
-        return entries.reduce(1024) { $0 + 512 + ($1.size + 511) / 512 * 512 }
+        return entries.reduce(1024) {
+            $0 + Int64(Self.headers(name: $1.name, size: $1.size).count) + ($1.size + 511) / 512 * 512
+        }
     }
 
     /// What to send for `path`: a bundle (a tar file), or the pipeline JSON `path` names
@@ -114,7 +116,7 @@ struct ModelUpload {
             progress(done)
         }
         for entry in entries {
-            if kind == "pipeline" { emit(Self.tarHeader(name: entry.name, size: entry.size)) }
+            if kind == "pipeline" { emit(Self.headers(name: entry.name, size: entry.size)) }
             guard let handle = FileHandle(forReadingAtPath: entry.path) else {
                 throw CLIError(
                     "cannot read \(entry.path): \(String(cString: strerror(errno)))", status: ExitStatus.badInput)
@@ -141,9 +143,31 @@ struct ModelUpload {
         return "sha-256=:" + Data(hasher.finalize()).base64EncodedString() + ":"
     }
 
-    /// A POSIX ustar header: mode 0644, owner 0, mtime 0; names over 100 bytes split into the
-    /// prefix field; sizes of 8 GiB and more in base 256 (read by libarchive and GNU tar).
-    static func tarHeader(name: String, size: Int64) -> Data {
+    /// An entry's headers: ustar's, after a pax header with the whole path where the name fits
+    /// neither ustar's 100 bytes nor a split into its 155-byte prefix and 100-byte name.
+    static func headers(name: String, size: Int64) -> Data {
+        if let (prefix, rest) = ustarSplit(name) { return tarHeader(name: rest, prefix: prefix, size: size) }
+        // A pax record is "LENGTH path=NAME\n", LENGTH counting its own digits.
+        let body = " path=\(name)\n".utf8.count
+        var length = body + String(body).count
+        while length != body + String(length).count { length = body + String(length).count }
+        let record = Data("\(length) path=\(name)\n".utf8)
+        var data = tarHeader(name: "PaxHeader", prefix: "", size: Int64(record.count), type: "x")
+        data += record + Data(count: (512 - record.count % 512) % 512)
+        return data + tarHeader(name: "long-name", prefix: "", size: size)  // readers of pax take the record's
+    }
+
+    /// `name` as ustar's prefix and name fields, if it fits them.
+    static func ustarSplit(_ name: String) -> (prefix: String, rest: String)? {
+        if name.utf8.count <= 100 { return ("", name) }
+        guard let slash = name.utf8.prefix(156).lastIndex(of: UInt8(ascii: "/")) else { return nil }
+        let (prefix, rest) = (String(name[..<slash]), String(name[name.index(after: slash)...]))
+        return rest.utf8.count <= 100 && !rest.isEmpty ? (prefix, rest) : nil
+    }
+
+    /// A POSIX ustar header of `type` ("0": a file, "x": pax records): mode 0644, owner 0, mtime
+    /// 0; sizes of 8 GiB and more in base 256 (read by libarchive and GNU tar).
+    static func tarHeader(name: String, prefix: String, size: Int64, type: Character = "0") -> Data {
         var header = [UInt8](repeating: 0, count: 512)
         func put(_ text: String, at offset: Int, width: Int) {
             for (i, byte) in text.utf8.prefix(width).enumerated() { header[offset + i] = byte }
@@ -153,12 +177,7 @@ struct ModelUpload {
                 String(repeating: "0", count: width - 1 - String(value, radix: 8).count) + String(value, radix: 8),
                 at: offset, width: width - 1)
         }
-        var (prefix, rest) = ("", name)
-        if name.utf8.count > 100, let slash = name.utf8.prefix(155).lastIndex(of: UInt8(ascii: "/")) {
-            prefix = String(name[..<slash])
-            rest = String(name[name.index(after: slash)...])
-        }
-        put(rest, at: 0, width: 100)
+        put(name, at: 0, width: 100)
         octal(0o644, at: 100, width: 8)
         octal(0, at: 108, width: 8)
         octal(0, at: 116, width: 8)
@@ -169,7 +188,7 @@ struct ModelUpload {
             for i in 0..<8 { header[135 - i] = UInt8(truncatingIfNeeded: size >> (8 * Int64(i))) }
         }
         octal(0, at: 136, width: 12)
-        header[156] = UInt8(ascii: "0")
+        header[156] = type.asciiValue!
         put("ustar", at: 257, width: 6)
         put("00", at: 263, width: 2)
         put(prefix, at: 345, width: 155)

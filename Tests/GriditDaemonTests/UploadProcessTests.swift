@@ -100,6 +100,24 @@ struct UploadProcessTests {
         let roles = try Self.digests(daemon, "guided:v1").keys.sorted()
         #expect(roles == ["guide.config", "guide.weights", "manifest", "stage1.config", "stage1.weights"], "\(roles)")
 
+        // File names longer than a tar header holds: split into its prefix field, or (no split
+        // fits) carried by a pax record. Before, the second arrived cut to 100 bytes.
+        let long = try HostileImportProcessTests.pipelineCopy(in: dir, "long")
+        let split = String(repeating: "d", count: 120) + "/" + String(repeating: "s", count: 80) + ".safetensors"
+        let wide = String(repeating: "w", count: 150) + ".safetensors"
+        try FileManager.default.createDirectory(
+            atPath: long + "/" + String(repeating: "d", count: 120), withIntermediateDirectories: false)
+        #expect(rename(long + "/stage1.safetensors", long + "/" + split) == 0)
+        #expect(rename(long + "/stage2.safetensors", long + "/" + wide) == 0)
+        let spec = try String(contentsOfFile: long + "/pipeline.json", encoding: .utf8)
+            .replacingOccurrences(of: "\"stage1.safetensors\"", with: "\"\(split)\"")
+            .replacingOccurrences(of: "\"stage2.safetensors\"", with: "\"\(wide)\"")
+        try spec.write(toFile: long + "/pipeline.json", atomically: true, encoding: .utf8)
+        let longNames = try Self.griditctl(daemon, ["models", "import", long, "--name", "long:v1", "--upload"])
+        #expect(longNames.status == 0, "\(longNames.stderr)")
+        let (got, tiny) = (try Self.digests(daemon, "long:v1"), try Self.digests(daemon, "tiny:latest"))
+        #expect(got["stage1.weights"] == tiny["stage1.weights"] && got["stage2.weights"] == tiny["stage2.weights"])
+
         // A weights file that is a link: griditctl refuses to send it.
         let linked = try HostileImportProcessTests.pipelineCopy(in: dir, "linked")
         unlink(linked + "/stage2.safetensors")
