@@ -26,8 +26,7 @@ struct LogProcessTests {
         let uid = getuid()
         #expect(daemon.log.contains("job \(id) submitted by uid \(uid): 8 frames of sha256:"), "\(daemon.log)")
         #expect(daemon.log.contains("running job \(id) on sha256:"))
-        let succeeded = try #require(
-            daemon.log.split(separator: "\n").first { $0.contains("job \(id) succeeded in ") }, "\(daemon.log)")
+        let succeeded = try daemon.logLine(containing: "job \(id) succeeded in ")
         #expect(succeeded.contains(" s: 8 frames → outputs/job-\(id) "), "\(succeeded)")
         #expect(succeeded.contains(" job.id=\(id)") && succeeded.contains(" output="), "the fields stay: \(succeeded)")
         #expect(!daemon.log.contains("/v1/jobs/\(id) 200"), "requests are not logged at info")

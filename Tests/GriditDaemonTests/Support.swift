@@ -71,6 +71,17 @@ final class DaemonProcess: @unchecked Sendable {
     }()
     var client: GriditClient { GriditClient(socketPath: socket, timeout: 60) }
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    /// The first log line that contains `text`, waited for (griditd logs a job's end after the
+    /// state change the API shows), or a failure after `timeout` seconds.
+    func logLine(containing text: String, timeout: Double = 60) throws -> String {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            if let line = log.split(separator: "\n").first(where: { $0.contains(text) }) { return String(line) }
+            guard Date() < deadline else { throw TestFailure("no log line with \"\(text)\" in \(timeout) s:\n\(log)") }
+            usleep(20_000)
+        }
+    }
     /// The test's environment with GRIDIT_SOCKET naming this daemon, for griditctl.
     var cliEnvironment: [String: String] {
         ProcessInfo.processInfo.environment.merging(["GRIDIT_SOCKET": socket]) { $1 }
