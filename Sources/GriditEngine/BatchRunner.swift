@@ -472,9 +472,9 @@ final class BatchRunner {
     // MARK: Stage 1 guidance
 
     /// One stage-1 forward over the batch: the labels of a class-conditional model, and for items
-    /// guided at their step a weaker prediction that guidance pushes their output away from: the guide model's on
-    /// the same input and label (autoguidance), or without a guide the null class's, as more rows
-    /// of the same forward (classifier-free guidance).
+    /// guided at their step a weaker prediction that guidance pushes their output away from: the
+    /// guide model's on the same input and label (autoguidance), or without a guide the null
+    /// class's, as more rows of the same forward (classifier-free guidance).
     private static func forwardStage1(
         _ model: DiT, guide: DiT?, x: Tensor, t: [Float], settings: [RunSettings],
         workspace: (Model, Int) -> DiTWorkspace
