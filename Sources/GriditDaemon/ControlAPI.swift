@@ -568,12 +568,13 @@ extension ControlAPI {
     /// The caller's output folder is not on disk, and does not lie inside a finished job's output:
     /// removing that job would delete this one's frames. (Names are per user: other users' never
     /// collide. Live jobs' names are the store's to check, in the transaction that adds the job.)
-    private func checkOutputOnDisk(_ output: String, owner: UInt32) throws(APIError) {
+    /// `retry`: the job keeps its name, so the fix is to clear the way (or submit it again).
+    private func checkOutputOnDisk(_ output: String, owner: UInt32, retry: Bool = false) throws(APIError) {
         let mine = output.split(separator: "/")
         let path = context.layout.namedOutputDirectory(owner: owner, name: output)
+        let other = retry ? "submit the job again with another --output-name" : "choose another --output-name"
         if FileManager.default.fileExists(atPath: path) {
-            throw APIError(
-                .conflict, "the output folder \(path) exists already; choose another --output-name or remove it")
+            throw APIError(.conflict, "the output folder \(path) exists already; \(other) or remove it")
         }
         for depth in 1..<mine.count {
             let above = mine.prefix(depth).joined(separator: "/")
@@ -581,7 +582,8 @@ extension ControlAPI {
                 throw APIError(
                     .conflict,
                     "the output '\(above)' is a finished job's output, and outputs cannot lie inside one another; "
-                        + "choose an --output-name beside it, not in it")
+                        + (retry ? "remove that job (griditctl jobs rm) or \(other)" : "\(other), beside it, not in it")
+                )
             }
         }
     }
@@ -668,10 +670,20 @@ extension ControlAPI {
         // The job comes back with its output name, which another job may have taken (or one
         // around it) since: checked as a submit's is.
         if let output = try Self.info(current).spec.output {
-            try checkOutputOnDisk(output, owner: current.ownerUID)
+            try checkOutputOnDisk(output, owner: current.ownerUID, retry: true)
         }
-        let job = try await store {
-            try await $0.retry(id: id, requesterUID: caller.uid, isAdmin: caller.isAdmin, limits: limits, now: Date())
+        let job: Job
+        do {
+            job = try await context.store.retry(
+                id: id, requesterUID: caller.uid, isAdmin: caller.isAdmin, limits: limits, now: Date())
+        } catch  where error.code == .outputTaken {
+            // A retry keeps its name: the way out is the other job's end.
+            throw APIError(
+                .conflict,
+                error.message + "; retry this job once job \(error.jobID.map(String.init) ?? "that") has ended "
+                    + "(or cancel it), or submit it again with another --output-name", jobID: error.jobID)
+        } catch {
+            throw Self.translate(error)
         }
         context.monitor.changed(id)
         context.monitor.wake()

@@ -443,15 +443,19 @@ public final class PostgresJobStore: TransitionStore {
             "SELECT pg_advisory_xact_lock(hashtextextended('gridit.submit.' || current_schema(), 0))")
     }
 
-    /// The named output folders of `owner`'s live jobs but `except`; the caller holds the submit turn.
+    /// The named output folders of `owner`'s live jobs but `except`; the caller holds the submit
+    /// turn. A job that a griditd from before the column added (a rolling upgrade) has its name
+    /// in its params only.
     private static func liveOutputs(
         owner: UInt32, except: Int64?, _ connection: PostgresSession
     ) async throws -> [(id: Int64, name: String)] {
         let rows = try await connection.sql(
             """
-            SELECT id, output_name FROM job
-             WHERE owner_uid = \(Int64(owner)) AND state IN ('queued', 'retryable', 'running')
-               AND output_name IS NOT NULL AND id IS DISTINCT FROM \(except)::bigint
+            SELECT id, name FROM (
+              SELECT id, coalesce(output_name, params::jsonb ->> 'output') AS name FROM job
+               WHERE owner_uid = \(Int64(owner)) AND state IN ('queued', 'retryable', 'running')
+                 AND id IS DISTINCT FROM \(except)::bigint) AS live
+             WHERE name IS NOT NULL
              ORDER BY id
             """)
         var live: [(id: Int64, name: String)] = []
@@ -503,7 +507,9 @@ public final class PostgresJobStore: TransitionStore {
             let transition = try machine.apply(event, to: job, now: clock)
             if let limits {
                 try await Self.checkLimits(limits, adding: job.workSeconds, owner: job.ownerUID, connection)
-                let name = try await connection.sql("SELECT output_name FROM job WHERE id = \(id)").first(String?.self)
+                let name = try await connection.sql(
+                    "SELECT coalesce(output_name, params::jsonb ->> 'output') FROM job WHERE id = \(id)"
+                ).first(String?.self)
                 if let name = name ?? nil {
                     try OutputNames.check(
                         name, against: try await Self.liveOutputs(owner: job.ownerUID, except: id, connection))

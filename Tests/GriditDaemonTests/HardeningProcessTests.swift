@@ -257,13 +257,22 @@ struct HardeningProcessTests {
         let inner = try submit("q/r")
         _ = try client.post("/v1/jobs/\(inner.id)/cancel", as: JobInfo.self)
         let outerLater = try submit("q")
+        // While that job waits, the retry names it and says how to get past it (not "choose another name").
+        let waiting = #expect(throws: CLIError.self) {
+            try client.post("/v1/jobs/\(inner.id)/retry", as: JobInfo.self)
+        }
+        #expect(
+            waiting?.code == "conflict"
+                && waiting?.message.contains("retry this job once job \(outerLater.id) has ended") == true,
+            "\(String(describing: waiting))")
         _ = try client.post("/v1/queue/resume", as: QueueStatus.self)
         #expect(try waitForJob(daemon, outerLater.id).state == .succeeded)
         let retried = #expect(throws: CLIError.self) {
             try client.post("/v1/jobs/\(inner.id)/retry", as: JobInfo.self)
         }
         #expect(
-            retried?.code == "conflict" && retried?.message.contains("'q' is a finished job's output") == true,
+            retried?.code == "conflict" && retried?.message.contains("'q' is a finished job's output") == true
+                && retried?.message.contains("submit the job again with another --output-name") == true,
             "\(String(describing: retried))")
         #expect(try client.get("/v1/jobs/\(inner.id)", as: JobInfo.self).state == .canceled)
         #expect(daemon.stop() == 0)

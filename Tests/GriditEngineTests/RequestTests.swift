@@ -48,6 +48,10 @@ import Testing
     #expect(try interval(.init(seed: 1, cfgScale: 1, cfgInterval: high)) == nil)
     #expect(try interval(.init(seed: 1)) == nil)
     bad(JobSpec(length: 5, parameters: .init(seed: 1, cfgInterval: high)), "drop --cfg-interval")
+    expectEngineError(.invalidInput, mentioning: "cfg_interval [500, 600] holds none of the timesteps of steps '4'") {
+        _ = try JobSpec(length: 5, parameters: .init(seed: 1, steps: "4", cfgInterval: .init(lower: 500, upper: 600)))
+            .settings(for: guide)
+    }
     var spec = guide.spec
     spec.defaults.cfgInterval = high
     try spec.validateFields(path: nil)
