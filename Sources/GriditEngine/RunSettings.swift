@@ -126,7 +126,7 @@ public struct RunSettings: Codable, Sendable, Equatable {
             context = nil
         }
 
-        let count = try GaussianDiffusion.spacedTimesteps(steps).count
+        let timesteps = try GaussianDiffusion.spacedTimesteps(steps), count = timesteps.count
         if r.jumpLength != nil || r.jumpCount != nil {
             let j = r.jumpLength ?? 10, n = r.jumpCount ?? 2
             if mode == .official {
@@ -173,13 +173,10 @@ public struct RunSettings: Codable, Sendable, Equatable {
         // Kept only where it changes something, so that settings equal in effect are equal.
         let interval = r.cfgInterval ?? d.cfgInterval
         cfgInterval = cfgScale != 1 && interval?.isEveryStep == false ? interval : nil
-        if let i = cfgInterval {
-            let timesteps = try GaussianDiffusion.spacedTimesteps(steps)
-            if !timesteps.contains(where: { i.contains(Float($0)) }) {
-                try fail(
-                    "cfg_interval [\(i.lower), \(i.upper)] holds none of the timesteps of steps '\(steps)', so "
-                        + "nothing would be guided", "widen the interval, or ask for no guidance (cfg_scale 1)")
-            }
+        if let i = cfgInterval, !timesteps.contains(where: { i.contains(Float($0)) }) {
+            try fail(
+                "cfg_interval [\(i.lower), \(i.upper)] holds none of the timesteps of steps '\(steps)', so "
+                    + "nothing would be guided", "widen the interval, or ask for no guidance (cfg_scale 1)")
         }
 
         superResolution = spec.stage2 != nil && !r.noSR
