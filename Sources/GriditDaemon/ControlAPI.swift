@@ -536,33 +536,49 @@ extension ControlAPI {
             maxAttempts: body.maxAttempts ?? 3, pipelineDigest: digest, workSeconds: work, outputName: spec.output)
         let limits = SubmitPolicy.limits(for: caller, configuration: context.configuration)
         if let output = spec.output {
-            try checkOutputOnDisk(output, owner: caller.uid)
+            do {
+                try checkOutputOnDisk(output, owner: caller.uid)
+            } catch {
+                // A repeated submit whose job has written its folder since: answered with that job.
+                guard let key = body.idempotencyKey,
+                    let earlier = try await store({
+                        try await $0.list(JobFilter(ownerUID: caller.uid, idempotencyKey: key, limit: 1))
+                    }).first
+                else { throw error }
+                return try deduplicated(earlier, body)
+            }
         }
         let result = try await store {
             try await $0.submit(submission, owner: caller.uid, limits: limits, now: Date())
         }
-        if result.deduplicated {
-            guard try Self.info(result.job).spec.matches(body.spec) else {
-                throw APIError(
-                    .conflict,
-                    "idempotency key '\(body.idempotencyKey ?? "")' was used for job \(result.job.id) with other parameters; "
-                        + "use a new key for a different job", jobID: result.job.id)
-            }
-        } else {
-            context.logger.info(
-                "job \(result.job.id) submitted by uid \(caller.uid): \(spec.length) frames of \(body.spec.model ?? digest.map { String($0.prefix(19)) } ?? "the default model")",
-                metadata: [
-                    "job.id": "\(result.job.id)", "uid": "\(caller.uid)", "length": "\(spec.length)",
-                    "model.digest": "\(digest ?? "none")",
-                ])
-            context.monitor.wake()
-            await context.refreshStatus()
+        if result.deduplicated { return try deduplicated(result.job, body) }
+        context.logger.info(
+            "job \(result.job.id) submitted by uid \(caller.uid): \(spec.length) frames of \(body.spec.model ?? digest.map { String($0.prefix(19)) } ?? "the default model")",
+            metadata: [
+                "job.id": "\(result.job.id)", "uid": "\(caller.uid)", "length": "\(spec.length)",
+                "model.digest": "\(digest ?? "none")",
+            ])
+        context.monitor.wake()
+        await context.refreshStatus()
+        return .json(
+            SubmitJobResponse(
+                job: try Self.info(result.job), deduplicated: false, instanceID: context.configuration.instanceID),
+            status: .created)
+    }
+
+    /// The answer to a submit whose idempotency key names an earlier job: that job, if the
+    /// parameters are the same.
+    private func deduplicated(_ job: Job, _ body: SubmitJobRequest) throws(APIError) -> Response {
+        guard try Self.info(job).spec.matches(body.spec) else {
+            throw APIError(
+                .conflict,
+                "idempotency key '\(body.idempotencyKey ?? "")' was used for job \(job.id) with other parameters; "
+                    + "use a new key for a different job", jobID: job.id)
         }
         return .json(
             SubmitJobResponse(
-                job: try Self.info(result.job), deduplicated: result.deduplicated,
-                instanceID: context.configuration.instanceID),
-            status: result.deduplicated ? .ok : .created)
+                job: try Self.info(job), deduplicated: true, instanceID: context.configuration.instanceID),
+            status: .ok)
     }
 
     /// The caller's output folder is not on disk, and does not lie inside a finished job's output:

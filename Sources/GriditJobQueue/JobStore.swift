@@ -101,14 +101,20 @@ public struct JobFilter: Hashable, Sendable {
     /// Empty means every state.
     public var states: Set<JobState>
     public var ownerUID: UInt32?
+    /// Only the job an owner submitted with this key (meant with `ownerUID`: keys are per owner).
+    public var idempotencyKey: String?
     /// At most this many jobs, ordered by id (newest last).
     public var limit: Int
     /// Take the `limit` newest jobs instead of the oldest (the result is still ordered by id).
     public var newest: Bool
 
-    public init(states: Set<JobState> = [], ownerUID: UInt32? = nil, limit: Int = 1000, newest: Bool = false) {
+    public init(
+        states: Set<JobState> = [], ownerUID: UInt32? = nil, idempotencyKey: String? = nil, limit: Int = 1000,
+        newest: Bool = false
+    ) {
         self.states = states
         self.ownerUID = ownerUID
+        self.idempotencyKey = idempotencyKey
         self.limit = limit
         self.newest = newest
     }
@@ -145,6 +151,7 @@ public struct ClaimFilter: Hashable, Sendable {
 public struct PrunedJob: Hashable, Sendable {
     public var id: Int64
     public var state: JobState
+    /// Nil when the job has none, or when a later job was given its folder (`init(_:outputName:laterNames:)`).
     public var outputDir: String?
 
     public init(id: Int64, state: JobState, outputDir: String?) {

@@ -278,6 +278,47 @@ struct HardeningProcessTests {
         #expect(daemon.stop() == 0)
     }
 
+    @Test(
+        "a repeated submit is its job after the job wrote its folder; a folder given to a later job outlives the old one's removal"
+    )
+    func outputsOfRepeatedAndLaterJobs() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let daemon = try DaemonProcess(directory: dir, model: tinyPipeline())
+        defer { daemon.stop() }
+        let client = daemon.client
+        func submit(_ output: String, key: String? = nil, seed: UInt64 = 1) throws(CLIError) -> SubmitJobResponse {
+            try client.post(
+                "/v1/jobs",
+                SubmitJobRequest(
+                    spec: JobSpec(length: 4, output: output, parameters: .init(seed: seed)), idempotencyKey: key),
+                as: SubmitJobResponse.self)
+        }
+        let first = try submit("kept", key: "k1").job
+        #expect(try waitForJob(daemon, first.id).state == .succeeded)
+        // The same request again (a client that lost the answer) is that job, not "the folder exists".
+        let again = try submit("kept", key: "k1")
+        #expect(again.deduplicated && again.job.id == first.id && again.job.state == .succeeded)
+        let other = #expect(throws: CLIError.self) { try submit("kept", key: "k1", seed: 2) }
+        #expect(
+            other?.message.contains("used for job \(first.id) with other parameters") == true,
+            "\(String(describing: other))")
+        let noKey = #expect(throws: CLIError.self) { try submit("kept") }
+        #expect(noKey?.message.contains("exists already") == true, "\(String(describing: noKey))")
+        // Its folder removed by hand, the name goes to a new job; removing the old job leaves the new frames.
+        let folder = daemon.stateDir + "/outputs/named/\(getuid())/kept"
+        try FileManager.default.removeItem(atPath: folder)
+        let second = try submit("kept").job
+        #expect(try waitForJob(daemon, second.id).state == .succeeded)
+        let removed = try client.delete("/v1/jobs/\(first.id)", as: PruneResponse.self)
+        #expect(removed.pruned.map(\.id) == [first.id] && removed.pruned.first?.outputDir == nil)
+        #expect(FileManager.default.fileExists(atPath: folder + "/sequence.json"))
+        let gone = try client.delete("/v1/jobs/\(second.id)", as: PruneResponse.self)
+        #expect(gone.pruned.first?.outputDir?.hasSuffix("/named/\(getuid())/kept") == true)
+        #expect(!FileManager.default.fileExists(atPath: folder))
+        #expect(daemon.stop() == 0)
+    }
+
     @Test("the state directory is 0750, the database, work and outputs griditd's alone; owners fetch their frames")
     func privateStateDirectory() throws {
         let dir = TemporaryDirectory()
