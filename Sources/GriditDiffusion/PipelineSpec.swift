@@ -321,6 +321,8 @@ public struct PipelineSpec: Codable, Equatable, Sendable {
         } catch let DecodingError.dataCorrupted(context) where !context.codingPath.isEmpty {
             let field = context.codingPath.map(\.stringValue).joined(separator: ".")
             throw PipelineError("the field '\(field)' is invalid: \(context.debugDescription)", path: path)
+        } catch let error as JobSpecError {  // a malformed defaults.cfg_interval
+            throw PipelineError("defaults.\(error.message)", path: path)
         } catch {
             throw PipelineError("not valid JSON", path: path)
         }

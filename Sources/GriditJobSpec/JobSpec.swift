@@ -91,13 +91,14 @@ public struct GuidanceInterval: Codable, Hashable, Sendable, CustomStringConvert
         }
     }
 
+    /// Anything but two whole numbers gets one message that shows the form, not a decoder's path.
     public init(from decoder: any Decoder) throws {
-        var c = try decoder.unkeyedContainer()
-        guard c.count == 2 else {
-            throw DecodingError.dataCorruptedError(
-                in: c, debugDescription: "a guidance interval is two timesteps, [lower, upper] (such as [700, 999])")
-        }
-        self.init(lower: try c.decode(Int.self), upper: try c.decode(Int.self))
+        let expected = JobSpecError(
+            "cfg_interval is two whole timesteps [lower, upper] in 0...\(Self.maxTimestep), such as [700, 999]")
+        guard var c = try? decoder.unkeyedContainer(), c.count == 2,
+            let lower = try? c.decode(Int.self), let upper = try? c.decode(Int.self)
+        else { throw expected }
+        self.init(lower: lower, upper: upper)
     }
 
     public func encode(to encoder: any Encoder) throws {

@@ -46,6 +46,8 @@ struct CodingTests {
                 #"{"length":8,"parameters":{"sampler":"euler"}}"#,
                 "sampler 'euler' is not ddpm or ddim or dpmpp-2m or dpmpp-2m-sde"
             ),
+            (#"{"length":8,"parameters":{"cfg_interval":[700.5,999]}}"#, "cfg_interval is two whole timesteps"),
+            (#"{"length":8,"parameters":{"cfg_interval":[700]}}"#, "such as [700, 999]"),
         ] {
             #expect(throws: APIError.self, "\(body)") {
                 try APICoding.decode(SubmitJobRequest.self, from: Data(body.utf8))

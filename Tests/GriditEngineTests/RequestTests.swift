@@ -63,6 +63,13 @@ import Testing
     } throws: {
         "\($0)".contains("defaults.cfg_interval is [800, 700]; use timesteps 0 <= lower <= upper <= 999")
     }
+    var json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(spec)) as! [String: Any]
+    json["defaults"] = (json["defaults"] as! [String: Any]).merging(["cfg_interval": [700.5, 999]]) { $1 }
+    #expect {
+        try PipelineSpec.decode(try JSONSerialization.data(withJSONObject: json), path: "pipeline.json")
+    } throws: {
+        "\($0)".contains("defaults.cfg_interval is two whole timesteps [lower, upper] in 0...999")
+    }
     let fromDefault = try JobSpec(length: 5, parameters: .init(seed: 1)).settings(for: withDefault)
     #expect(fromDefault.cfgInterval == high && fromDefault.guided(at: 999) && !fromDefault.guided(at: 699))
     let classcond = try pipeline("classcond").configuration

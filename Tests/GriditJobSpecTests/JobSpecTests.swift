@@ -71,11 +71,12 @@ struct JobSpecTests {
         #expect(
             String(decoding: try encoder.encode(spec), as: UTF8.self)
                 == #"{"length":3,"parameters":{"cfg_interval":[700,999],"cfg_scale":2}}"#)
-        for bad in [#"[700]"#, #"[1,2,3]"#, #"{"lower":1,"upper":2}"#, #"[1.5,2]"#, #""700:999""#] {
-            #expect(throws: DecodingError.self, "\(bad)") {
+        for bad in [#"[700]"#, #"[1,2,3]"#, #"{"lower":1,"upper":2}"#, #"[1.5,2]"#, #""700:999""#, #"[700,"999"]"#] {
+            let error = #expect(throws: JobSpecError.self, "\(bad)") {
                 try JSONDecoder().decode(
                     JobSpec.self, from: Data(#"{"length":3,"parameters":{"cfg_interval":\#(bad)}}"#.utf8))
             }
+            #expect(error?.message.contains("two whole timesteps [lower, upper] in 0...999") == true, "\(bad)")
         }
         #expect(GuidanceInterval("700:999") == GuidanceInterval(lower: 700, upper: 999))
         #expect(GuidanceInterval("700") == nil && GuidanceInterval("a:b") == nil && GuidanceInterval("1:2:3") == nil)
