@@ -301,14 +301,19 @@ public struct PruneResponse: Codable, Hashable, Sendable {
         public var id: Int64
         public var state: JobState
         public var outputDir: String?
-        public init(id: Int64, state: JobState, outputDir: String?) {
+        /// Whether griditd removed `output_dir`: false when it was kept, on request or because it
+        /// no longer held this job's output; absent from griditd before 2026-12-07.
+        public var outputRemoved: Bool?
+        public init(id: Int64, state: JobState, outputDir: String?, outputRemoved: Bool? = nil) {
             self.id = id
             self.state = state
             self.outputDir = outputDir
+            self.outputRemoved = outputRemoved
         }
         enum CodingKeys: String, CodingKey {
             case id, state
             case outputDir = "output_dir"
+            case outputRemoved = "output_removed"
         }
     }
     public var pruned: [Pruned]

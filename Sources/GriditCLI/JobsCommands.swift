@@ -356,8 +356,13 @@ extension Jobs {
                 withQuery("/v1/jobs/\(id)", [("keep_outputs", keepOutputs ? "true" : nil)]), as: PruneResponse.self)
             output.emit(removed, json: global.json) {
                 removed.pruned.map { job in
-                    let folder = job.outputDir.map { keepOutputs ? "; kept \($0)" : " and \($0)" } ?? ""
-                    return "removed job \(job.id) (\(job.state.rawValue))\(folder)\n"
+                    let folder = job.outputDir.map { dir in
+                        if keepOutputs { return "; kept \(dir)" }
+                        // An older griditd does not say; it removed the folder.
+                        return job.outputRemoved == false
+                            ? "; kept \(dir): it no longer holds this job's output" : " and \(dir)"
+                    }
+                    return "removed job \(job.id) (\(job.state.rawValue))\(folder ?? "")\n"
                 }.joined()
             }
         }

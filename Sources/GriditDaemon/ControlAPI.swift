@@ -672,8 +672,7 @@ extension ControlAPI {
         do {
             let job = try await Retention.remove(
                 context, id: id, keepOutputs: keep == "true", requester: caller.uid, isAdmin: caller.isAdmin)
-            return .json(
-                PruneResponse(pruned: [PruneResponse.Pruned(id: job.id, state: job.state, outputDir: job.outputDir)]))
+            return .json(PruneResponse(pruned: [job]))
         } catch {
             throw Self.translate(error)
         }
@@ -713,19 +712,15 @@ extension ControlAPI {
         if let age = body.olderThanSeconds, !(age.isFinite && age >= 0) {
             throw APIError(.badRequest, "older_than_seconds must be a non-negative number")
         }
-        let pruned: [PrunedJob]
         do {
-            pruned = try await Retention.prune(
-                context, olderThan: body.olderThanSeconds, keepOutputs: body.keepOutputs ?? false,
-                requester: request.caller.uid)
+            return .json(
+                PruneResponse(
+                    pruned: try await Retention.prune(
+                        context, olderThan: body.olderThanSeconds, keepOutputs: body.keepOutputs ?? false,
+                        requester: request.caller.uid)))
         } catch {
             throw Self.translate(error)
         }
-        return .json(
-            PruneResponse(
-                pruned: pruned.map {
-                    PruneResponse.Pruned(id: $0.id, state: $0.state, outputDir: $0.outputDir)
-                }))
     }
 
     /// Newline-delimited JSON: the job now, then every change and step, until it is terminal.

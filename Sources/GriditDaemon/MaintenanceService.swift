@@ -69,7 +69,7 @@ enum Retention {
     /// off is kept). `requester`: the uid of a `jobs prune`, nil for the retention pass.
     static func prune(
         _ context: DaemonContext, olderThan: TimeInterval?, keepOutputs: Bool, requester: UInt32? = nil
-    ) async throws(StateError) -> [PrunedJob] {
+    ) async throws(StateError) -> [PruneResponse.Pruned] {
         let config = context.configuration
         let now = Date()
         var pruned: [(job: PrunedJob, age: TimeInterval)] = []
@@ -88,45 +88,71 @@ enum Retention {
         }
         context.metrics.jobsPruned(pruned.count)
         let by = requester.map { "jobs prune by uid \($0)" } ?? "retention"
-        for (job, age) in pruned {
+        return pruned.map { job, age in
             let removeOutput = removeFolders(of: job, keepOutputs: keepOutputs, context)
             // One line per job, so that the journal says where every job's frames went.
-            let output = job.outputDir.map { removeOutput ? ", removed \($0)" : ", kept \($0)" } ?? ""
             context.logger.notice(
-                "pruned job \(job.id) (\(job.state.rawValue), finished more than \(formatAge(age)) ago; \(by))\(output)",
+                "pruned job \(job.id) (\(job.state.rawValue), finished more than \(formatAge(age)) ago; \(by))\(Self.outputNote(job, removeOutput, keepOutputs))",
                 metadata: [
                     "job.id": "\(job.id)", "state": "\(job.state.rawValue)",
                     "reason": "\(requester == nil ? "retention" : "prune")",
                     "output": "\(job.outputDir ?? "")", "output.removed": "\(removeOutput)",
                 ])
+            return PruneResponse.Pruned(
+                id: job.id, state: job.state, outputDir: job.outputDir, outputRemoved: removeOutput)
         }
-        return pruned.map(\.job)
     }
 
     /// `jobs rm`: one finished job of the caller's (or anyone's, for an admin), with its folders.
     static func remove(
         _ context: DaemonContext, id: Int64, keepOutputs: Bool, requester: UInt32, isAdmin: Bool
-    ) async throws(StateError) -> PrunedJob {
+    ) async throws(StateError) -> PruneResponse.Pruned {
         let job = try await context.store.delete(id: id, requesterUID: requester, isAdmin: isAdmin, now: Date())
         context.metrics.jobsPruned(1)
         let removeOutput = removeFolders(of: job, keepOutputs: keepOutputs, context)
-        let output = job.outputDir.map { removeOutput ? ", removed \($0)" : ", kept \($0)" } ?? ""
         context.logger.notice(
-            "removed job \(job.id) (\(job.state.rawValue); jobs rm by uid \(requester))\(output)",
+            "removed job \(job.id) (\(job.state.rawValue); jobs rm by uid \(requester))\(outputNote(job, removeOutput, keepOutputs))",
             metadata: [
                 "job.id": "\(job.id)", "state": "\(job.state.rawValue)", "reason": "rm",
                 "output": "\(job.outputDir ?? "")", "output.removed": "\(removeOutput)",
             ])
-        return job
+        return PruneResponse.Pruned(id: job.id, state: job.state, outputDir: job.outputDir, outputRemoved: removeOutput)
+    }
+
+    /// ", removed DIR", ", kept DIR" or ", kept DIR (…)" for the journal.
+    private static func outputNote(_ job: PrunedJob, _ removed: Bool, _ keepOutputs: Bool) -> String {
+        guard let output = job.outputDir else { return "" }
+        if removed { return ", removed \(output)" }
+        return ", kept \(output)" + (keepOutputs ? "" : " (it no longer holds this job's output)")
     }
 
     /// A deleted job's work folder, and its output folder unless kept; whether that went.
     private static func removeFolders(of job: PrunedJob, keepOutputs: Bool, _ context: DaemonContext) -> Bool {
         removeInside(context.layout.work, context.layout.workDirectory(job: job.id))
-        let removeOutput = !keepOutputs && job.outputDir != nil
+        let removeOutput = !keepOutputs && job.outputDir.map { holdsOutput(of: job, $0) } == true
         if removeOutput, let output = job.outputDir { removeInside(context.layout.outputs, output) }
         context.monitor.changed(job.id)
         return removeOutput
+    }
+
+    /// Whether `folder` still holds `job`'s output: its `sequence.json` records the job's request
+    /// and model version. A folder that a user removed by hand can have been given to a later job
+    /// since (or kept by `jobs rm --keep-outputs` of that job); a folder half removed (no
+    /// `sequence.json`) is no finished output of anyone's. Outputs written before `sequence.json`
+    /// recorded the request (2026-12-06) are matched by their seed.
+    static func holdsOutput(of job: PrunedJob, _ folder: String) -> Bool {
+        struct Recorded: Decodable {
+            struct Pipeline: Decodable { var digest: String }
+            var pipeline: Pipeline
+            var seed: UInt64
+            var spec: JobSpec?
+        }
+        guard let data = FileManager.default.contents(atPath: folder + "/sequence.json"),
+            let recorded = try? JSONDecoder().decode(Recorded.self, from: data),
+            let spec = try? JobSpec(storedJSON: job.params, length: job.length),
+            job.pipelineDigest.map({ $0 == recorded.pipeline.digest }) ?? true
+        else { return false }
+        return recorded.spec.map { $0 == spec } ?? (recorded.seed == spec.parameters.seed)
     }
 
     /// Removes `path` only if it lies strictly inside `root` (a corrupt row must never make

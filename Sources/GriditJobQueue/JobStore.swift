@@ -147,17 +147,25 @@ public struct ClaimFilter: Hashable, Sendable {
     }
 }
 
-/// A job deleted by `prune`; the caller removes `outputDir` from disk.
+/// A job deleted by `prune`; the caller removes `outputDir` from disk if it still holds this
+/// job's output (a folder removed by hand can have been given to a later job since).
 public struct PrunedJob: Hashable, Sendable {
     public var id: Int64
     public var state: JobState
-    /// Nil when the job has none, or when a later job was given its folder (`init(_:outputName:laterNames:)`).
     public var outputDir: String?
+    /// What the job asked for (stored params and length) and the model version it ran: what its
+    /// output's `sequence.json` records.
+    public var params: String
+    public var length: Int
+    public var pipelineDigest: String?
 
-    public init(id: Int64, state: JobState, outputDir: String?) {
-        self.id = id
-        self.state = state
-        self.outputDir = outputDir
+    public init(_ job: Job) {
+        id = job.id
+        state = job.state
+        outputDir = job.outputDir
+        params = job.params
+        length = job.length
+        pipelineDigest = job.pipelineDigest
     }
 }
 

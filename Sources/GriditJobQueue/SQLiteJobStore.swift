@@ -122,20 +122,6 @@ public final class SQLiteJobStore: TransitionStore {
         try limits.checkOwner(jobs: row?["jobs"] ?? 0, work: row?["work"] ?? 0, adding: added, owner: owner)
     }
 
-    /// `job` as pruned, read before its row goes (`PrunedJob.init(_:outputName:laterNames:)`).
-    private static func pruned(_ job: Job, _ db: Database) throws -> PrunedJob {
-        let name = try String.fetchOne(db, sql: "SELECT output_name FROM job WHERE id = ?", arguments: [job.id])
-        let later = try String.fetchAll(
-            db,
-            sql: """
-                SELECT output_name FROM job
-                 WHERE owner_uid = ? AND id != ? AND output_name IS NOT NULL
-                   AND (state IN ('queued', 'retryable', 'running') OR finished_at > ?)
-                """,
-            arguments: [Int64(job.ownerUID), job.id, job.finishedAt?.unixMillis])
-        return PrunedJob(job, outputName: name, laterNames: later)
-    }
-
     /// The named output folders of `owner`'s live jobs but `except`.
     private static func liveOutputs(owner: UInt32, except: Int64?, _ db: Database) throws -> [(id: Int64, name: String)]
     {
@@ -202,9 +188,8 @@ public final class SQLiteJobStore: TransitionStore {
         return try await write { db in
             let job = try Self.fetchJob(db, id: id, root: self.root)
             try job.authorizeRemoval(requesterUID: requesterUID, isAdmin: isAdmin)
-            let pruned = try Self.pruned(job, db)
             try Self.apply(try machine.apply(.prune, to: job, now: now), db, root: self.root)
-            return pruned
+            return PrunedJob(job)
         }
     }
 
@@ -315,8 +300,8 @@ public final class SQLiteJobStore: TransitionStore {
             for row in rows {
                 let job = try Self.decodeJob(row, root: self.root)
                 let transition = try machine.apply(.prune, to: job, now: now)
-                pruned.append(try Self.pruned(job, db))
                 try Self.apply(transition, db, root: self.root)
+                pruned.append(PrunedJob(job))
             }
             return pruned
         }

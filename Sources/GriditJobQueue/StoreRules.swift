@@ -28,34 +28,19 @@ extension JobSubmission {
 public enum OutputNames {
     /// Throws `outputTaken` naming the first of `live` (id, name) that `name` is, lies in or holds.
     public static func check(_ name: String, against live: [(id: Int64, name: String)]) throws(StateError) {
+        let mine = name.split(separator: "/")
         for (id, theirs) in live {
             if theirs == name {
                 throw StateError(.outputTaken, "job \(id) already writes to the output '\(name)'", jobID: id)
             }
-            if overlap(name, theirs) {
+            let other = theirs.split(separator: "/")
+            if mine.starts(with: other) || other.starts(with: mine) {
                 throw StateError(
                     .outputTaken,
                     "job \(id) writes to the output '\(theirs)', and outputs cannot lie inside one another",
                     jobID: id)
             }
         }
-    }
-
-    /// Whether the two names are one folder, or one lies inside the other.
-    public static func overlap(_ name: String, _ other: String) -> Bool {
-        let a = name.split(separator: "/"), b = other.split(separator: "/")
-        return a.starts(with: b) || b.starts(with: a)
-    }
-}
-
-extension PrunedJob {
-    /// `job` pruned, with its output folder to remove unless a job of the same owner admitted
-    /// after it finished (live, or finished later; `laterNames`, theirs) was given that folder or
-    /// one inside or around it: that job was admitted only because the folder was gone (removed by
-    /// hand), so what lies there now is that job's.
-    public init(_ job: Job, outputName: String?, laterNames: [String]) {
-        let reused = outputName.map { name in laterNames.contains { OutputNames.overlap(name, $0) } } ?? false
-        self.init(id: job.id, state: job.state, outputDir: reused ? nil : job.outputDir)
     }
 }
 

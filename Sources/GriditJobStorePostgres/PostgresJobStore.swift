@@ -413,14 +413,12 @@ public final class PostgresJobStore: TransitionStore {
                  WHERE state = ANY(\(terminal)) AND finished_at <= clock.now - make_interval(secs => \(age))
                  ORDER BY id FOR UPDATE OF job SKIP LOCKED
                 """)
-            var jobs: [Job] = []
+            var pruned: [PrunedJob] = []
             for row in rows {
                 let job = try self.decodeJob(row)
                 _ = try machine.apply(.prune, to: job, now: try row.makeRandomAccess()["clock"].decode(Date.self))
-                jobs.append(job)
+                pruned.append(PrunedJob(job))
             }
-            var pruned: [PrunedJob] = []
-            for job in jobs { pruned.append(try await Self.pruned(job, connection)) }
             // Their error history goes with them (ON DELETE CASCADE).
             try await connection.sql("DELETE FROM job WHERE id = ANY(\(pruned.map(\.id)))")
             return pruned
@@ -435,10 +433,9 @@ public final class PostgresJobStore: TransitionStore {
             let (job, clock) = try await self.lockJob(connection, id: id, now: now)
             try job.authorizeRemoval(requesterUID: requesterUID, isAdmin: isAdmin)
             _ = try machine.apply(.prune, to: job, now: clock)
-            let pruned = try await Self.pruned(job, connection)
             // Its error history goes with it (ON DELETE CASCADE).
             try await connection.sql("DELETE FROM job WHERE id = \(id)")
-            return pruned
+            return PrunedJob(job)
         }
         return removed
     }
@@ -448,25 +445,6 @@ public final class PostgresJobStore: TransitionStore {
     private static func takeSubmitTurn(_ connection: PostgresSession) async throws {
         try await connection.sql(
             "SELECT pg_advisory_xact_lock(hashtextextended('gridit.submit.' || current_schema(), 0))")
-    }
-
-    /// `job` as pruned, read before its row goes (`PrunedJob.init(_:outputName:laterNames:)`);
-    /// names as `liveOutputs` reads them.
-    private static func pruned(_ job: Job, _ connection: PostgresSession) async throws -> PrunedJob {
-        let rows = try await connection.sql(
-            """
-            SELECT id, name FROM (
-              SELECT id, coalesce(output_name, params::jsonb ->> 'output') AS name FROM job
-               WHERE owner_uid = \(Int64(job.ownerUID))
-                 AND (id = \(job.id) OR state IN ('queued', 'retryable', 'running')
-                      OR finished_at > \(job.finishedAt)::timestamptz)) AS mine
-             WHERE name IS NOT NULL
-            """)
-        var names: [(id: Int64, name: String)] = []
-        for row in rows { names.append(try row.decode((Int64, String).self)) }
-        return PrunedJob(
-            job, outputName: names.first { $0.id == job.id }?.name,
-            laterNames: names.filter { $0.id != job.id }.map(\.name))
     }
 
     /// The named output folders of `owner`'s live jobs but `except`; the caller holds the submit

@@ -305,17 +305,28 @@ struct HardeningProcessTests {
             "\(String(describing: other))")
         let noKey = #expect(throws: CLIError.self) { try submit("kept") }
         #expect(noKey?.message.contains("exists already") == true, "\(String(describing: noKey))")
-        // Its folder removed by hand, the name goes to a new job; removing the old job leaves the new frames.
+        // Its folder removed by hand, the name goes to a new job, whose frames stay when either
+        // job is removed without them: the old one's record is no longer what the folder holds.
         let folder = daemon.stateDir + "/outputs/named/\(getuid())/kept"
         try FileManager.default.removeItem(atPath: folder)
-        let second = try submit("kept").job
+        let second = try submit("kept", seed: 2).job
         #expect(try waitForJob(daemon, second.id).state == .succeeded)
-        let removed = try client.delete("/v1/jobs/\(first.id)", as: PruneResponse.self)
-        #expect(removed.pruned.map(\.id) == [first.id] && removed.pruned.first?.outputDir == nil)
+        let keptByRequest = try client.delete("/v1/jobs/\(second.id)?keep_outputs=true", as: PruneResponse.self)
+        #expect(keptByRequest.pruned.first?.outputRemoved == false)
+        let rm = try Self.griditctl(["jobs", "rm", String(first.id), "--yes"], socket: daemon.socket)
+        #expect(
+            rm.status == 0 && rm.stdout.contains("removed job \(first.id) (succeeded); kept ")
+                && rm.stdout.contains("/kept: it no longer holds this job's output"), "\(rm.stdout)\(rm.stderr)")
         #expect(FileManager.default.fileExists(atPath: folder + "/sequence.json"))
-        let gone = try client.delete("/v1/jobs/\(second.id)", as: PruneResponse.self)
-        #expect(gone.pruned.first?.outputDir?.hasSuffix("/named/\(getuid())/kept") == true)
-        #expect(!FileManager.default.fileExists(atPath: folder))
+        let logged = try daemon.logLine(containing: "removed job \(first.id)")
+        #expect(logged.contains("(it no longer holds this job's output)"), "\(logged)")
+        // A job's own folder goes with it.
+        let third = try submit("own").job
+        #expect(try waitForJob(daemon, third.id).state == .succeeded)
+        let gone = try client.delete("/v1/jobs/\(third.id)", as: PruneResponse.self)
+        #expect(gone.pruned.first?.outputRemoved == true)
+        #expect(gone.pruned.first?.outputDir?.hasSuffix("/named/\(getuid())/own") == true)
+        #expect(!FileManager.default.fileExists(atPath: daemon.stateDir + "/outputs/named/\(getuid())/own"))
         #expect(daemon.stop() == 0)
     }
 

@@ -3,6 +3,7 @@
 import Foundation
 import GriditAPI
 import GriditFaults
+import GriditJobQueue
 import GriditJobSpec
 import GriditTestSupport
 import HTTPTypes
@@ -58,6 +59,38 @@ struct DaemonUnitTests {
         #expect(
             Set(Leftovers.remove(in: layout, logger: Logger(label: "test"))) == [fresh, writing, deep],
             "one host: every partial output")
+    }
+
+    @Test("a pruned job's folder is its output only while sequence.json records its request and model")
+    func holdsOutput() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let spec = JobSpec(length: 4, output: "x", parameters: .init(seed: 7))
+        func pruned(_ spec: JobSpec, digest: String? = "sha256:a") -> PrunedJob {
+            PrunedJob(
+                Job(
+                    id: 1, ownerUID: 1, state: .succeeded, params: spec.storedJSON, pipelineDigest: digest,
+                    length: spec.length, createdAt: Date(), updatedAt: Date(), notBefore: Date(),
+                    outputDir: dir.path))
+        }
+        func record(_ json: String) throws {
+            try Data(json.utf8).write(to: URL(fileURLWithPath: dir.file("sequence.json")))
+        }
+        #expect(!Retention.holdsOutput(of: pruned(spec), dir.path), "no sequence.json")
+        let specJSON = String(decoding: try JSONEncoder().encode(spec), as: UTF8.self)
+        try record(#"{"pipeline": {"digest": "sha256:a"}, "seed": 7, "spec": \#(specJSON)}"#)
+        #expect(Retention.holdsOutput(of: pruned(spec), dir.path))
+        #expect(Retention.holdsOutput(of: pruned(spec, digest: nil), dir.path), "no model store: the request alone")
+        #expect(!Retention.holdsOutput(of: pruned(spec, digest: "sha256:b"), dir.path), "another model")
+        var other = spec
+        other.parameters.seed = 8
+        #expect(!Retention.holdsOutput(of: pruned(other), dir.path), "another request")
+        // Outputs from before sequence.json recorded the request: the seed.
+        try record(#"{"pipeline": {"digest": "sha256:a"}, "seed": 7}"#)
+        #expect(
+            Retention.holdsOutput(of: pruned(spec), dir.path) && !Retention.holdsOutput(of: pruned(other), dir.path))
+        try record("{")
+        #expect(!Retention.holdsOutput(of: pruned(spec), dir.path), "unreadable")
     }
 
     @Test("routes match literal segments first and take parameters")

@@ -57,7 +57,6 @@ struct JobStoreConformance: Sendable {
         Case(name: "no two live jobs of one owner share or nest their output folders") { try await $0.outputNames() },
         Case(name: "prune with a huge age; a negative or NaN one is refused") { try await $0.pruneExtremeAges() },
         Case(name: "delete one finished job: the owner or an admin, never a live one") { try await $0.deleteOne() },
-        Case(name: "a pruned job's folder stays when a later job was given it") { try await $0.pruneReusedOutput() },
     ]
 
     // MARK: - Cases
@@ -125,6 +124,7 @@ struct JobStoreConformance: Sendable {
         #expect(afterDone.deduplicated && afterDone.job.id == first.job.id && afterDone.job.state == .succeeded)
         #expect(try await store.list(JobFilter()).count == 2)
         // Listed by key: keys are per owner.
+        _ = try await store.submit(submission(), owner: 7, maxQueued: 10, now: at(9))
         #expect(try await store.list(JobFilter(ownerUID: 7, idempotencyKey: "k1")).map(\.id) == [first.job.id])
         #expect(try await store.list(JobFilter(ownerUID: 8, idempotencyKey: "k1")).map(\.id) == [other.job.id])
         #expect(try await store.list(JobFilter(ownerUID: 7, idempotencyKey: "k2")).isEmpty)
@@ -560,64 +560,14 @@ struct JobStoreConformance: Sendable {
             await storeError { try await store.delete(id: done, requesterUID: 2, isAdmin: false, now: at(3)) }?
                 .code == .forbidden)
         let deleted = try await store.delete(id: done, requesterUID: 1, isAdmin: false, now: at(3))
-        #expect(deleted == PrunedJob(id: done, state: .succeeded, outputDir: "/out/done"))
+        #expect(deleted.id == done && deleted.state == .succeeded && deleted.outputDir == "/out/done")
+        // With what its output's sequence.json is checked against.
+        #expect(deleted.params == sampleParams && deleted.length == 16 && deleted.pipelineDigest == nil)
         #expect(await storeError { try await store.get(id: done) }?.code == .notFound)
         #expect(
             await storeError { try await store.delete(id: done, requesterUID: 1, isAdmin: true, now: at(4)) }?.code
                 == .notFound)
         #expect(try await store.list(JobFilter()).map(\.id) == [waiting])
-    }
-
-    func pruneReusedOutput() async throws {
-        let store = try await makeStore()
-        var clock = 0.0
-        func finished(_ name: String, owner: UInt32 = 1) async throws -> Int64 {
-            clock += 1
-            let job = try await store.submit(
-                JobSubmission(params: sampleParams, length: 4, outputName: name), owner: owner, maxQueued: 100,
-                now: at(clock)
-            ).job
-            let claimed = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(clock)))
-            #expect(claimed.job.id == job.id)
-            _ = try await store.complete(
-                id: job.id, token: claimed.token, outputDir: "/out/\(owner)/\(name)", now: at(clock + 0.5))
-            return job.id
-        }
-        // Folders removed by hand, then given to later jobs: the same name, one inside, one around.
-        let same = try await finished("a"), holder = try await finished("b"), inner = try await finished("c/d")
-        let others = [try await finished("a"), try await finished("b/x"), try await finished("c")]
-        // Beside them: a name that only starts alike, and another owner's same name.
-        let kept = try await finished("e"), kept2 = try await finished("f")
-        _ = try await finished("ee")
-        _ = try await finished("f", owner: 2)
-        for id in [same, holder] {
-            #expect(try await store.delete(id: id, requesterUID: 1, isAdmin: false, now: at(50)).outputDir == nil)
-        }
-        #expect(try await store.delete(id: kept, requesterUID: 1, isAdmin: false, now: at(50)).outputDir == "/out/1/e")
-        // A job waiting for the folder holds it too.
-        let waiting = try await finished("w")
-        let live = try await store.submit(
-            JobSubmission(params: sampleParams, length: 4, outputName: "w"), owner: 1, maxQueued: 100, now: at(50))
-        #expect(try await store.delete(id: waiting, requesterUID: 1, isAdmin: false, now: at(50)).outputDir == nil)
-        _ = try await store.cancel(id: live.job.id, requesterUID: 1, isAdmin: false, now: at(50))
-        // A prune reads each job before removing any: `c/d` keeps its folder to `c`, which goes.
-        let pruned = try await store.prune(olderThan: 0, states: [.succeeded], now: at(51))
-        #expect(pruned.first { $0.id == inner }?.outputDir == nil)
-        #expect(pruned.first { $0.id == kept2 }?.outputDir == "/out/1/f")
-        #expect(pruned.first { $0.id == others[2] }?.outputDir == "/out/1/c")
-        // What counts is the order they finished in, not their ids: a retried older job that
-        // wrote the folder again keeps it from a newer one pruned after.
-        let older = try await store.submit(
-            JobSubmission(params: sampleParams, length: 4, outputName: "r"), owner: 1, maxQueued: 100, now: at(60)
-        ).job.id
-        _ = try await store.cancel(id: older, requesterUID: 1, isAdmin: false, now: at(60))
-        clock = 60
-        let newer = try await finished("r")
-        _ = try await store.retry(id: older, requesterUID: 1, isAdmin: false, limits: roomy, now: at(70))
-        let claimed = try #require(try await store.claim(workerID: "w", leaseDuration: 60, now: at(70)))
-        _ = try await store.complete(id: older, token: claimed.token, outputDir: "/out/1/r", now: at(71))
-        #expect(try await store.delete(id: newer, requesterUID: 1, isAdmin: false, now: at(72)).outputDir == nil)
-        #expect(try await store.delete(id: older, requesterUID: 1, isAdmin: false, now: at(72)).outputDir == "/out/1/r")
     }
 
     func idsNeverReused() async throws {
