@@ -306,7 +306,7 @@ public final class InProcessEngine: JobEngine {
         switch result {
         case .success:
             do {
-                try run.finish(into: item.outputDirectory, options: outputOptions)
+                try run.finish(into: item.outputDirectory, job: item.jobID, options: outputOptions)
                 return .succeeded
             } catch {
                 // Another run of this job put the same output in place while this one ran: under

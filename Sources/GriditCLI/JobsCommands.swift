@@ -360,7 +360,7 @@ extension Jobs {
                         if keepOutputs { return "; kept \(dir)" }
                         // An older griditd does not say; it removed the folder.
                         return job.outputRemoved == false
-                            ? "; kept \(dir): it no longer holds this job's output" : " and \(dir)"
+                            ? "; left \(dir): it does not hold this job's output now" : " and \(dir)"
                     }
                     return "removed job \(job.id) (\(job.state.rawValue))\(folder ?? "")\n"
                 }.joined()

@@ -119,28 +119,34 @@ enum Retention {
         return PruneResponse.Pruned(id: job.id, state: job.state, outputDir: job.outputDir, outputRemoved: removeOutput)
     }
 
-    /// ", removed DIR", ", kept DIR" or ", kept DIR (…)" for the journal.
+    /// ", removed DIR", ", kept DIR" or ", left DIR (…)" for the journal.
     private static func outputNote(_ job: PrunedJob, _ removed: Bool, _ keepOutputs: Bool) -> String {
         guard let output = job.outputDir else { return "" }
         if removed { return ", removed \(output)" }
-        return ", kept \(output)" + (keepOutputs ? "" : " (it no longer holds this job's output)")
+        return keepOutputs ? ", kept \(output)" : ", left \(output) (it does not hold this job's output now)"
     }
 
     /// A deleted job's work folder, and its output folder unless kept; whether that went.
     private static func removeFolders(of job: PrunedJob, keepOutputs: Bool, _ context: DaemonContext) -> Bool {
         removeInside(context.layout.work, context.layout.workDirectory(job: job.id))
-        let removeOutput = !keepOutputs && job.outputDir.map { holdsOutput(of: job, $0) } == true
-        if removeOutput, let output = job.outputDir { removeInside(context.layout.outputs, output) }
+        guard !keepOutputs, let output = job.outputDir,
+            output == context.layout.automaticOutputDirectory(job: job.id) || holdsOutput(of: job, output)
+        else {
+            context.monitor.changed(job.id)
+            return false
+        }
+        removeInside(context.layout.outputs, output)
         context.monitor.changed(job.id)
-        return removeOutput
+        return true
     }
 
-    /// Whether `folder` still holds `job`'s output: its `sequence.json` records the job's request
-    /// and model version. A folder that a user removed by hand can have been given to a later job
-    /// since (or kept by `jobs rm --keep-outputs` of that job); a folder half removed (no
-    /// `sequence.json`) is no finished output of anyone's. Outputs written before `sequence.json`
-    /// recorded the request (2026-12-06) are matched by their seed.
+    /// Whether the named output `folder` still holds `job`'s output, by its `sequence.json`. A
+    /// user can remove the folder by hand, and a later job take the name (and be removed with
+    /// `--keep-outputs`): its frames must not go with the old job. The job that wrote it is
+    /// recorded since 2026-12-07; older outputs are matched by request (then by seed, before
+    /// 2026-12-06) and model version. A folder without `sequence.json` is no finished output.
     static func holdsOutput(of job: PrunedJob, _ folder: String) -> Bool {
+        struct Writer: Decodable { var job: Int64? }
         struct Recorded: Decodable {
             struct Pipeline: Decodable { var digest: String }
             var pipeline: Pipeline
@@ -148,7 +154,10 @@ enum Retention {
             var spec: JobSpec?
         }
         guard let data = FileManager.default.contents(atPath: folder + "/sequence.json"),
-            let recorded = try? JSONDecoder().decode(Recorded.self, from: data),
+            let writer = try? JSONDecoder().decode(Writer.self, from: data)
+        else { return false }
+        if let id = writer.job { return id == job.id }
+        guard let recorded = try? JSONDecoder().decode(Recorded.self, from: data),
             let spec = try? JobSpec(storedJSON: job.params, length: job.length),
             job.pipelineDigest.map({ $0 == recorded.pipeline.digest }) ?? true
         else { return false }

@@ -2,7 +2,8 @@
 //   frames/frame_00000.png …     every frame, 8-bit (hard links to the work directory's files when possible)
 //   preview.apng                 animated PNG of the first frames (at most 1024, at most 256 px)
 //   contact_sheet.png            up to 256 evenly spaced frames in a grid
-//   sequence.json                pipeline and blob digests, spec, settings, plan, timings, SHA-256 of every frame
+//   sequence.json                pipeline and blob digests, spec, settings, plan, timings, SHA-256 of every frame,
+//                                the griditd job that wrote it
 // It is assembled under a temporary name next to the destination and renamed into place when
 // complete, so the destination either does not exist or is whole.
 
@@ -71,9 +72,12 @@ public struct SequenceSummary: Codable, Sendable, Equatable {
     public var preview: Rendering
     public var contactSheet: Rendering
     public var files: [FrameFile]
+    /// The griditd job that wrote it (nil from `griditd run`): retention removes a folder only
+    /// while it is that job's.
+    public var job: Int64?
 
     enum CodingKeys: String, CodingKey {
-        case format, frames, channels, pipeline, seed, spec, settings, plan, timings, preview, files
+        case format, frames, channels, pipeline, seed, spec, settings, plan, timings, preview, files, job
         case frameSize = "frame_size", contactSheet = "contact_sheet"
     }
 
@@ -99,7 +103,9 @@ extension SequenceRun {
     /// `sequence.json` says. `output` must not exist; its parent must. On any error nothing is
     /// left at `output` (nor a temporary directory next to it).
     @discardableResult
-    public func finish(into output: String, options: OutputOptions = OutputOptions()) throws -> SequenceSummary {
+    public func finish(
+        into output: String, job: Int64? = nil, options: OutputOptions = OutputOptions()
+    ) throws -> SequenceSummary {
         guard isComplete else {
             throw EngineError.invalid(
                 "the run is not complete (\(framesDone) of \(plan.frames) frames)",
@@ -140,7 +146,7 @@ extension SequenceRun {
             channels: plan.channels,
             pipeline: .init(name: pipeline.spec.name, digest: pipeline.identity.digest, blobs: pipeline.identity.blobs),
             seed: settings.seed, spec: spec, settings: settings, plan: plan, timings: timings,
-            preview: preview, contactSheet: sheet, files: files)
+            preview: preview, contactSheet: sheet, files: files, job: job)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         try Files.write(try encoder.encode(summary), to: temporary + "/sequence.json")

@@ -422,7 +422,8 @@ struct DaemonProcessTests {
         #expect(daemon.stop() == 0)
     }
 
-    /// Jobs finished before griditd starts: `outputs` maps a job's output name to its files.
+    /// Jobs finished before griditd starts: `outputs` maps a job's output name to its files
+    /// ("{job}" in a file's text becomes the job's id).
     static func finishedJobs(
         in stateDir: String, outputs: [(name: String, files: [String: String])], finishedAt: Date
     ) async throws -> [Int64] {
@@ -439,7 +440,8 @@ struct DaemonProcessTests {
                 let file = dir + "/" + path
                 try FileManager.default.createDirectory(
                     atPath: (file as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-                try text.write(toFile: file, atomically: true, encoding: .utf8)
+                try text.replacingOccurrences(of: "{job}", with: "\(claimed.job.id)")
+                    .write(toFile: file, atomically: true, encoding: .utf8)
             }
             _ = try await store.complete(id: claimed.job.id, token: claimed.token, outputDir: dir, now: finishedAt)
             ids.append(claimed.job.id)
@@ -484,7 +486,11 @@ struct DaemonProcessTests {
         let stateDir = dir.file("state")
         let outside = dir.file("elsewhere")
         let ids = try await Self.finishedJobs(
-            in: stateDir, outputs: [("old", ["a.png": "x"]), (outside, ["keep.png": "y"])],
+            in: stateDir,
+            outputs: [
+                ("old", ["a.png": "x", "sequence.json": #"{"job": {job}}"#]),
+                (outside, ["keep.png": "y", "sequence.json": #"{"job": {job}}"#]),
+            ],
             finishedAt: Date().addingTimeInterval(-3600))
         let daemon = try DaemonProcess(directory: dir)
         defer { daemon.stop() }

@@ -315,11 +315,11 @@ struct HardeningProcessTests {
         #expect(keptByRequest.pruned.first?.outputRemoved == false)
         let rm = try Self.griditctl(["jobs", "rm", String(first.id), "--yes"], socket: daemon.socket)
         #expect(
-            rm.status == 0 && rm.stdout.contains("removed job \(first.id) (succeeded); kept ")
-                && rm.stdout.contains("/kept: it no longer holds this job's output"), "\(rm.stdout)\(rm.stderr)")
+            rm.status == 0 && rm.stdout.contains("removed job \(first.id) (succeeded); left ")
+                && rm.stdout.contains("/kept: it does not hold this job's output now"), "\(rm.stdout)\(rm.stderr)")
         #expect(FileManager.default.fileExists(atPath: folder + "/sequence.json"))
         let logged = try daemon.logLine(containing: "removed job \(first.id)")
-        #expect(logged.contains("(it no longer holds this job's output)"), "\(logged)")
+        #expect(logged.contains("(it does not hold this job's output now)"), "\(logged)")
         // A job's own folder goes with it.
         let third = try submit("own").job
         #expect(try waitForJob(daemon, third.id).state == .succeeded)

@@ -61,7 +61,7 @@ struct DaemonUnitTests {
             "one host: every partial output")
     }
 
-    @Test("a pruned job's folder is its output only while sequence.json records its request and model")
+    @Test("a pruned job's folder is its output only while sequence.json names the job (older outputs: its request)")
     func holdsOutput() throws {
         let dir = TemporaryDirectory()
         defer { dir.remove() }
@@ -91,6 +91,11 @@ struct DaemonUnitTests {
             Retention.holdsOutput(of: pruned(spec), dir.path) && !Retention.holdsOutput(of: pruned(other), dir.path))
         try record("{")
         #expect(!Retention.holdsOutput(of: pruned(spec), dir.path), "unreadable")
+        // Since the job is recorded, it decides, whatever else the file holds.
+        try record(#"{"job": 1, "spec": {"parameters": {"a_field_of_tomorrow": 1}}}"#)
+        #expect(Retention.holdsOutput(of: pruned(other), dir.path))
+        try record(#"{"job": 2, "pipeline": {"digest": "sha256:a"}, "seed": 7, "spec": \#(specJSON)}"#)
+        #expect(!Retention.holdsOutput(of: pruned(spec), dir.path), "another job's, though its request is the same")
     }
 
     @Test("routes match literal segments first and take parameters")
