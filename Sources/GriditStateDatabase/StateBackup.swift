@@ -38,48 +38,86 @@ public enum StateBackup {
     }
 
     /// Puts the backup at `backupPath` in place as the database of `stateDirectory`, whose lock
-    /// the caller holds (griditd stopped). The database there (with its `-wal` and `-shm`) is
-    /// moved aside, not deleted, and the identity marker removed, so that griditd adopts the
-    /// restored file as its database. Returns the summary and where the old files went.
+    /// the caller holds (griditd stopped). The backup is copied in and checked beside the
+    /// database first; only then is the database there (with its `-wal` and `-shm`, as a set
+    /// that can itself be restored) moved aside, not deleted, the copy renamed into its place and
+    /// the identity marker removed, so that griditd adopts the restored file as its database. A
+    /// failure before that leaves the state directory as it was. `outputLevels`: how deep named
+    /// outputs go (their `sequence.json` names their job). Returns the summary and where the old
+    /// files went.
     public static func restore(
-        _ backupPath: String, stateDirectory: String
+        _ backupPath: String, stateDirectory: String, outputLevels: Int
     ) throws(StateError) -> (Summary, movedAside: [String]) {
         let summary = try describe(try open(backupPath, readonly: true), path: backupPath)
         guard summary.migrations.contains(where: { $0.hasPrefix("0001") }) else {
             throw StateError(.invalidArgument, "\(backupPath) is not a gridit job database (it has no job table)")
         }
         let database = (stateDirectory as NSString).appendingPathComponent(StateDatabase.fileName)
-        let stamp = Int64(Date().timeIntervalSince1970)
-        var moved: [String] = []
-        for suffix in ["", "-wal", "-shm"] where FileManager.default.fileExists(atPath: database + suffix) {
-            let aside = "\(database)\(suffix).before-restore-\(stamp)"
-            guard rename(database + suffix, aside) == 0 else {
-                throw StateError(.io, "cannot move \(database + suffix) aside: \(String(cString: strerror(errno)))")
-            }
-            moved.append(aside)
+        let staged = database + ".restoring"
+        var restored: Summary
+        do {
+            let source = try open(backupPath, readonly: true)
+            defer { try? source.close() }
+            restored = try write(from: source, to: staged)
+            try continueJobIDs(staged, after: highestJobOnDisk(stateDirectory, outputLevels: outputLevels))
+        } catch {
+            unlink(staged)
+            throw error
         }
-        let source = try open(backupPath, readonly: true)
-        defer { try? source.close() }
-        var restored = try write(from: source, to: database)
+        let stamp = Int64(Date().timeIntervalSince1970)
+        var moved: [(from: String, to: String)] = []
+        func undo() {
+            for (from, to) in moved.reversed() { rename(to, from) }
+            unlink(staged)
+        }
+        for suffix in ["", "-wal", "-shm"] where FileManager.default.fileExists(atPath: database + suffix) {
+            let aside = "\(database).before-restore-\(stamp)\(suffix)"
+            guard rename(database + suffix, aside) == 0 else {
+                let reason = String(cString: strerror(errno))
+                undo()
+                throw StateError(.io, "cannot move \(database + suffix) aside: \(reason); nothing was changed")
+            }
+            moved.append((database + suffix, aside))
+        }
+        guard rename(staged, database) == 0 else {
+            let reason = String(cString: strerror(errno))
+            undo()
+            throw StateError(.io, "cannot rename \(staged) to \(database): \(reason); nothing was changed")
+        }
         restored.path = database
-        try continueJobIDs(database, after: highestJobOnDisk(stateDirectory))
         // The marker names the database griditd last opened; the restored one is adopted anew.
         unlink((stateDirectory as NSString).appendingPathComponent(DatabaseIdentity.markerName))
         DurableFiles.syncDirectory(stateDirectory)
         // Root restores for griditd's user: the files take the state directory's owner.
         var st = stat()
         if getuid() == 0, stat(stateDirectory, &st) == 0 { _ = chown(database, st.st_uid, st.st_gid) }
-        return (restored, moved)
+        return (restored, moved.map(\.to))
     }
 
     /// Ids are never reused: jobs that ran after the backup left `outputs/job-<id>` and
-    /// `work/<id>` folders, and a new job with one of their ids would take their frames for its own.
-    private static func highestJobOnDisk(_ stateDirectory: String) -> Int64 {
+    /// `work/<id>` folders, or named outputs whose `sequence.json` names them, and a new job with
+    /// one of their ids would take their frames for its own.
+    private static func highestJobOnDisk(_ stateDirectory: String, outputLevels: Int) -> Int64 {
         let files = FileManager.default
         let outputs = (try? files.contentsOfDirectory(atPath: stateDirectory + "/outputs")) ?? []
         let work = (try? files.contentsOfDirectory(atPath: stateDirectory + "/work")) ?? []
-        let ids =
+        var ids =
             outputs.compactMap { $0.hasPrefix("job-") ? Int64($0.dropFirst(4)) : nil } + work.compactMap { Int64($0) }
+        struct Writer: Decodable { var job: Int64? }
+        // outputs/named/<uid>/<name of up to `outputLevels` folders>; a finished output is not searched.
+        func scan(_ folder: String, levels: Int) {
+            if let data = files.contents(atPath: folder + "/sequence.json") {
+                if let id = (try? JSONDecoder().decode(Writer.self, from: data))?.job { ids.append(id) }
+                return
+            }
+            guard levels > 0 else { return }
+            for name in (try? files.contentsOfDirectory(atPath: folder)) ?? [] {
+                var st = stat()
+                guard lstat(folder + "/" + name, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else { continue }
+                scan(folder + "/" + name, levels: levels - 1)
+            }
+        }
+        scan(stateDirectory + "/outputs/named", levels: 1 + outputLevels)
         return ids.max() ?? 0
     }
 

@@ -41,7 +41,7 @@ struct RestoreCommand: ParsableCommand {
         commandName: "restore",
         abstract: "Put a `griditd backup` file back as the state directory's database (griditd stopped).",
         discussion: """
-            Takes the state directory's lock (griditd must be stopped; exit 75 otherwise), checks the backup, moves the database there and its -wal and -shm files aside (jobs.sqlite.before-restore-<time>) and copies the backup in. griditd adopts it at its next start. Jobs that ran after the backup are not in it; their outputs stay on disk.
+            Takes the state directory's lock (griditd must be stopped; exit 75 otherwise), checks the backup, copies it in beside the database and checks the copy, then moves the database there and its -wal and -shm files aside (jobs.sqlite.before-restore-<time>, -wal, -shm: a set that can itself be restored) and renames the copy into place; a failure before that changes nothing. griditd adopts it at its next start. Jobs that ran after the backup are not in it; their outputs stay on disk.
             """)
 
     @Argument(help: ArgumentHelp("A file `griditd backup` wrote.", valueName: "backup"))
@@ -54,7 +54,8 @@ struct RestoreCommand: ParsableCommand {
         do {
             let lock = try StateDirectoryLock(stateDirectory: stateDirectory)
             defer { lock.release() }
-            let (summary, moved) = try StateBackup.restore(backup, stateDirectory: stateDirectory)
+            let (summary, moved) = try StateBackup.restore(
+                backup, stateDirectory: stateDirectory, outputLevels: JobSpec.maxOutputLevels)
             for path in moved { print("moved aside: \(path)") }
             print(
                 "restored \(backup) to \(summary.path): \(summary.jobs) jobs, database \(summary.databaseID); start griditd"

@@ -63,9 +63,12 @@ struct BackupProcessTests {
         #expect(job.outputDir == moved + "/outputs/job-\(id)")
         let files = try daemon.client.get("/v1/jobs/\(id)/files", as: OutputFileList.self)
         #expect(files.files.contains { $0.path == "frames/frame_00007.png" }, "\(files)")
-        // The model store moved with it: a new job runs.
-        let next = try daemon.client.post("/v1/jobs", request, as: SubmitJobResponse.self).job.id
-        #expect(try waitForJob(daemon, next).outputDir == moved + "/outputs/job-\(next)")
+        // The model store moved with it: a new job runs (into a named output, which leaves no
+        // folder named by its id once it succeeded).
+        let named = SubmitJobRequest(spec: JobSpec(length: 8, output: "after/backup", parameters: .init(seed: 9)))
+        let next = try daemon.client.post("/v1/jobs", named, as: SubmitJobResponse.self).job.id
+        #expect(try waitForJob(daemon, next).outputDir == moved + "/outputs/named/\(getuid())/after/backup")
+        #expect(!FileManager.default.fileExists(atPath: moved + "/work/\(next)"))
         #expect(daemon.stop() == 0)
 
         // The database is lost: griditd refuses to start; `restore` puts the backup back.
@@ -80,7 +83,7 @@ struct BackupProcessTests {
         job = try daemon.client.get("/v1/jobs/\(id)", as: JobInfo.self)
         #expect(job.state == .succeeded && job.outputDir == moved + "/outputs/job-\(id)")
         #expect(try daemon.client.get("/v1/jobs/\(id)/files", as: OutputFileList.self).files.count == files.files.count)
-        // Job `next` is not in the backup, but its folder is on disk: its id is not given again.
+        // Job `next` is not in the backup, but its output names it: its id is not given again.
         #expect((try? daemon.client.get("/v1/jobs/\(next)", as: JobInfo.self)) == nil)
         let after = try daemon.client.post("/v1/jobs", request, as: SubmitJobResponse.self).job.id
         #expect(after > next)
@@ -89,6 +92,32 @@ struct BackupProcessTests {
         // Restore refuses while griditd runs (it holds the state directory's lock).
         let busy = try runProcess(griditd, ["restore", backup, "--state-dir", moved])
         #expect(busy.status == 75, "\(busy.stderr)")
+        #expect(daemon.stop() == 0)
+
+        // A restore that fails before the swap (here: its copy cannot take its place) changes nothing.
+        let database = moved + "/jobs.sqlite"
+        let before = try Data(contentsOf: URL(fileURLWithPath: database))
+        let entries = try FileManager.default.contentsOfDirectory(atPath: moved).sorted()
+        try FileManager.default.createDirectory(atPath: database + ".restoring/x", withIntermediateDirectories: true)
+        let failed = try runProcess(griditd, ["restore", backup, "--state-dir", moved])
+        #expect(failed.status == 1 && failed.stderr.contains("jobs.sqlite.restoring"), "\(failed.stderr)")
+        try FileManager.default.removeItem(atPath: database + ".restoring")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: database)) == before)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: moved).sorted() == entries)
+        daemon = try DaemonProcess(directory: dir, environment: ["GRIDIT_STATE_DIR": moved], stateDirFlag: false)
+        #expect(try daemon.client.get("/v1/jobs/\(after)", as: JobInfo.self).state == .succeeded)
+        #expect(daemon.stop() == 0)
+
+        // The set a restore moves aside can itself be restored: job `after` comes back.
+        #expect(try runProcess(griditd, ["restore", backup, "--state-dir", moved]).status == 0)
+        let aside = try #require(
+            try FileManager.default.contentsOfDirectory(atPath: moved).first {
+                $0.hasPrefix("jobs.sqlite.before-restore-") && !$0.hasSuffix("-wal") && !$0.hasSuffix("-shm")
+            })
+        let back = try runProcess(griditd, ["restore", moved + "/" + aside, "--state-dir", moved])
+        #expect(back.status == 0, "\(back.stderr)")
+        daemon = try DaemonProcess(directory: dir, environment: ["GRIDIT_STATE_DIR": moved], stateDirFlag: false)
+        #expect(try daemon.client.get("/v1/jobs/\(after)", as: JobInfo.self).state == .succeeded)
         #expect(daemon.stop() == 0)
     }
 }
