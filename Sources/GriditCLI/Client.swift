@@ -144,6 +144,7 @@ public struct GriditClient: Sendable {
         case .unreachable: CLIError(error.message, status: ExitStatus.unreachable, code: "unreachable")
         case .permissionDenied: CLIError(error.message, status: ExitStatus.permissionDenied, code: "forbidden")
         case .protocolError: CLIError(error.message, status: ExitStatus.unreachable, code: "protocol")
+        case .localFile: CLIError(error.message, status: ExitStatus.failure, code: "local")
         }
     }
 

@@ -498,11 +498,14 @@ struct JobFollower {
     }
 }
 
-/// Copies a finished job's output over the socket into a folder of the caller's.
+/// Copies a finished job's output over the socket into a folder of the caller's: into a private
+/// folder beside it first, which then takes the folder's place, so the destination ends up with
+/// this job's files alone or is left as it was (a failed copy leaves nothing behind).
 struct OutputCopier {
     let client: GriditClient
 
-    /// The copy goes into a new or empty folder only (never mixed with other files).
+    /// The copy goes into a new or empty folder only (never mixed with other files). Checked
+    /// again when the copy is put in place, which may be hours later (`submit --out`).
     static func checkDestination(_ directory: String, named name: String) throws {
         if let entries = try? FileManager.default.contentsOfDirectory(atPath: directory), !entries.isEmpty {
             throw ValidationError("\(name) is not empty; name a new or empty folder")
@@ -511,18 +514,71 @@ struct OutputCopier {
 
     func copy(job id: Int64, into directory: String) throws(CLIError) {
         let list = try client.get("/v1/jobs/\(id)/files", as: OutputFileList.self)
-        for file in list.files {
-            let components = file.path.split(separator: "/")
-            guard !components.contains(where: { $0 == ".." || $0 == "." }) else { continue }
-            let target = directory + "/" + components.joined(separator: "/")
-            do {
-                try FileManager.default.createDirectory(
-                    atPath: (target as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-            } catch {
-                throw CLIError("cannot create \(target): \(error.localizedDescription)", status: ExitStatus.failure)
+        let staging = try Self.makeStaging(for: directory)
+        do throws(CLIError) {
+            for file in list.files {
+                let components = file.path.split(separator: "/")
+                guard !components.contains(where: { $0 == ".." || $0 == "." }) else { continue }
+                let target = staging + "/" + components.joined(separator: "/")
+                do {
+                    try FileManager.default.createDirectory(
+                        atPath: (target as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                } catch {
+                    throw CLIError("cannot create \(target): \(error.localizedDescription)", status: ExitStatus.failure)
+                }
+                try client.download(
+                    "/v1/jobs/\(id)/files/" + components.map { segment(String($0)) }.joined(separator: "/"), to: target)
             }
-            try client.download(
-                "/v1/jobs/\(id)/files/" + components.map { segment(String($0)) }.joined(separator: "/"), to: target)
+            try Self.place(staging, at: directory)
+        } catch {
+            try? FileManager.default.removeItem(atPath: staging)
+            throw error
         }
+    }
+
+    /// A folder only the caller can enter (mkdtemp), next to `directory` (its parents created).
+    private static func makeStaging(for directory: String) throws(CLIError) -> String {
+        let path = (directory as NSString).standardizingPath
+        let parent = (path as NSString).deletingLastPathComponent
+        let name = (path as NSString).lastPathComponent
+        do {
+            try FileManager.default.createDirectory(
+                atPath: parent.isEmpty ? "." : parent, withIntermediateDirectories: true)
+        } catch {
+            throw CLIError("cannot create \(parent): \(error.localizedDescription)", status: ExitStatus.failure)
+        }
+        var template = Array("\(parent.isEmpty ? "." : parent)/.\(name).partial-XXXXXX".utf8CString)
+        guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
+            throw CLIError(
+                "cannot create a folder next to \(directory): \(String(cString: strerror(errno)))",
+                status: ExitStatus.failure, code: "local")
+        }
+        return String(cString: template)
+    }
+
+    /// Puts the finished copy in place: renamed to `directory` if that does not exist (or is an
+    /// empty folder the rename may replace), else moved into it entry by entry if it is an empty
+    /// folder of the caller's. Anything else (a file, a link, someone else's folder, a folder that
+    /// filled up meanwhile) is refused, and the destination left as it was.
+    static func place(_ staging: String, at directory: String) throws(CLIError) {
+        let mask = umask(0)
+        umask(mask)
+        chmod(staging, 0o777 & ~mask)
+        if rename(staging, directory) == 0 { return }
+        let refused = CLIError(
+            "\(directory) is not a new folder nor an empty folder of yours any more; the job's files were not copied",
+            status: ExitStatus.failure, code: "local")
+        var st = stat()
+        guard lstat(directory, &st) == 0, st.st_mode & S_IFMT == S_IFDIR, st.st_uid == geteuid(),
+            let existing = try? FileManager.default.contentsOfDirectory(atPath: directory), existing.isEmpty,
+            let entries = try? FileManager.default.contentsOfDirectory(atPath: staging)
+        else { throw refused }
+        for entry in entries where rename(staging + "/" + entry, directory + "/" + entry) != 0 {
+            throw CLIError(
+                "cannot move \(entry) into \(directory): \(String(cString: strerror(errno)))",
+                status: ExitStatus.failure,
+                code: "local")
+        }
+        rmdir(staging)
     }
 }

@@ -18,7 +18,8 @@ public struct HTTPReply: Sendable {
 
 /// Why a request got no HTTP answer.
 public struct ConnectionError: Error, CustomStringConvertible, Sendable {
-    public enum Kind: Sendable { case unreachable, permissionDenied, protocolError }
+    /// `localFile`: writing the reply to a file of the caller's failed (griditd answered).
+    public enum Kind: Sendable { case unreachable, permissionDenied, protocolError, localFile }
     public var kind: Kind
     public var message: String
     public var description: String { message }
@@ -64,7 +65,7 @@ public struct UnixHTTPClient: ControlClient {
     public func download(_ path: String, to file: String) throws(ConnectionError) -> HTTPReply {
         try exchange("GET", path) { (reader, headers) throws(ConnectionError) in
             try DurableFile.write(
-                to: file, failure: { ConnectionError(kind: .protocolError, message: "saving \(file): \($0)") }
+                to: file, failure: { ConnectionError(kind: .localFile, message: "saving \(file): \($0)") }
             ) { (out) throws(ConnectionError) in
                 var failed: ConnectionError?
                 try reader.readBody(headers: headers) { chunk in

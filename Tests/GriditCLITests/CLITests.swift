@@ -139,6 +139,9 @@ struct CLITests {
         #expect(ExitStatus.forAPIError(.internalError) == 70)
         let unreachable = GriditClient.cliError(ConnectionError(kind: .unreachable, message: "x"))
         #expect(unreachable.status == 69)
+        // A file of the caller's that cannot be written (a full disk): not "griditd unreachable".
+        let local = GriditClient.cliError(ConnectionError(kind: .localFile, message: "saving x: ENOSPC"))
+        #expect(local.status == ExitStatus.failure && local.code == "local")
     }
 
     @Test("ages and durations")

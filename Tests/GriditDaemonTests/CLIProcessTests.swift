@@ -131,6 +131,47 @@ struct CLIProcessTests {
         #expect(try griditctl(["jobs", "rm", "1", "--yes"]).status == ExitStatus.badInput)
     }
 
+    @Test("submit --out checks its folder again when it copies: a file or a link put there meanwhile is left alone")
+    func outFolderCheckedAtCopy() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let daemon = try DaemonProcess(directory: dir, arguments: ["--start-paused"], model: tinyPipeline())
+        defer { daemon.stop() }
+        /// `submit --out out` that waits, `meanwhile` while it waits, then the job runs.
+        func submit(_ out: String, meanwhile: () throws -> Void) throws -> (status: Int32, stderr: String) {
+            _ = try daemon.client.post("/v1/queue/pause", as: QueueStatus.self)
+            let (process, stderr) = try Self.start(["submit", "--length", "8", "--out", out], daemon, dir)
+            let deadline = Date().addingTimeInterval(60)
+            while !stderr().contains("queued"), process.isRunning, Date() < deadline { usleep(20_000) }
+            try meanwhile()
+            _ = try daemon.client.post("/v1/queue/resume", as: QueueStatus.self)
+            Self.wait(process)
+            return (process.terminationStatus, stderr())
+        }
+        let refusal = "is not a new folder nor an empty folder of yours any more; the job's files were not copied"
+        // A file put in the folder after the submit: not mixed with the job's files.
+        let filled = dir.file("filled")
+        let first = try submit(filled) {
+            try FileManager.default.createDirectory(atPath: filled, withIntermediateDirectories: true)
+            try "mine".write(toFile: filled + "/notes.txt", atomically: true, encoding: .utf8)
+        }
+        #expect(first.status == ExitStatus.failure && first.stderr.contains(refusal), "\(first.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: filled) == ["notes.txt"])
+        // A link to another folder put in its place: nothing is written through it.
+        let elsewhere = dir.file("elsewhere"), linked = dir.file("linked")
+        try FileManager.default.createDirectory(atPath: elsewhere, withIntermediateDirectories: true)
+        let second = try submit(linked) { #expect(symlink(elsewhere, linked) == 0) }
+        #expect(second.status == ExitStatus.failure && second.stderr.contains(refusal), "\(second.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: elsewhere).isEmpty)
+        // Nothing half copied stays behind; the frames are still there to copy.
+        #expect(!(try FileManager.default.contentsOfDirectory(atPath: dir.path)).contains { $0.contains(".partial-") })
+        let empty = dir.file("empty")
+        try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: true)
+        let copy = try runProcess(Self.griditctl, ["jobs", "cp", "2", empty], environment: daemon.cliEnvironment)
+        #expect(copy.status == 0, "\(copy)")
+        #expect(FileManager.default.fileExists(atPath: empty + "/frames/frame_00007.png"))
+    }
+
     @Test("systemd/install.sh installs bash, zsh and fish completions of both commands")
     func completions() throws {
         let dir = TemporaryDirectory()
