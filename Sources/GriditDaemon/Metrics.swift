@@ -121,7 +121,8 @@ public final class DaemonMetrics: Sendable {
     }
 
     /// A job left the engine with `outcome` (succeeded, failed, retried, crashed, requeued,
-    /// canceled, handed_back); `errorClass` for a failure.
+    /// canceled, handed_back, unrecorded: a run whose outcome could not be recorded, fenced or on a lost
+    /// database); `errorClass` for a failure.
     func jobFinished(_ id: Int64, outcome: String, errorClass: String? = nil) {
         let started = jobs.withLock { $0.removeValue(forKey: id)?.started }
         Counter(label: "gridit_jobs_finished_total", dimensions: [("outcome", outcome)], factory: factory).increment()

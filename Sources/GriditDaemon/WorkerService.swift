@@ -527,6 +527,7 @@ public struct WorkerService: Service {
                 }
             case .nothing(.databaseLost):
                 logger.critical("job \(id) stopped: the job database is lost, nothing is recorded", metadata: metadata)
+                context.metrics.jobFinished(id, outcome: "unrecorded")
                 leases.released(id)
                 context.monitor.finished(id)
                 return
@@ -534,14 +535,17 @@ public struct WorkerService: Service {
                 logger.critical(
                     "job \(id) stopped unrecorded: its lease was not renewed in time; it runs again (here or on another host) once its lease expires",
                     metadata: metadata)
+                context.metrics.jobFinished(id, outcome: "unrecorded")
                 leases.released(id)
                 context.monitor.finished(id)
                 return
             case .nothing:
                 logger.warning("job \(id) stopped: another worker owns it now", metadata: metadata)
+                context.metrics.jobFinished(id, outcome: "unrecorded")
             }
         } catch  where error.code == .leaseLost || error.code == .invalidTransition || error.code == .notFound {
             logger.warning("job \(id)'s outcome was not recorded: \(error.message)", metadata: metadata)
+            context.metrics.jobFinished(id, outcome: "unrecorded")
         } catch {
             logger.error(
                 "recording the job's outcome failed; retrying", metadata: metadata.merging(["error": "\(error)"]) { $1 }

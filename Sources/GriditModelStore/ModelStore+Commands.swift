@@ -192,14 +192,20 @@ extension ModelStore {
             throw ModelStoreError(
                 .notFound, "no local tag points at \(digest)", hint: "`models gc` removes untagged versions")
         }
-        let remaining = try write { db in
-            for t in targets { _ = try StoreSQL.removeTag(db, name: t.name, tag: t.tag, at: at) }
-            return try StoreSQL.tags(db, pointingAt: digest).map(\.reference)
+        // A tag that moved to another version since it was looked up stays.
+        let (removed, remaining) = try write { db in
+            let removed = try targets.filter {
+                try StoreSQL.removeTag(db, name: $0.name, tag: $0.tag, ifAt: digest, at: at) != nil
+            }
+            return (removed.map { "\($0.name):\($0.tag)" }, try StoreSQL.tags(db, pointingAt: digest).map(\.reference))
+        }
+        guard !removed.isEmpty else {
+            throw ModelStoreError(
+                .notFound, "no local tag points at \(digest) any more (moved meanwhile)",
+                hint: "`models list` shows the tags")
         }
         let jobs = pins.jobs[digest]?.count ?? 0
         writeRefs()
-        return TagRemoval(
-            removed: targets.map { "\($0.name):\($0.tag)" }, digest: digest.description,
-            remaining: remaining, jobs: jobs)
+        return TagRemoval(removed: removed, digest: digest.description, remaining: remaining, jobs: jobs)
     }
 }

@@ -150,8 +150,11 @@ enum StoreSQL {
         return previous
     }
 
-    static func removeTag(_ db: Database, name: String, tag: String, at: Int64) throws -> BlobDigest? {
-        guard let previous = try self.tag(db, name: name, tag: tag)?.manifest else { return nil }
+    /// Removes the tag if it still points at `manifest` (it may have moved since the caller looked).
+    static func removeTag(
+        _ db: Database, name: String, tag: String, ifAt manifest: BlobDigest, at: Int64
+    ) throws -> BlobDigest? {
+        guard let previous = try self.tag(db, name: name, tag: tag)?.manifest, previous == manifest else { return nil }
         try db.execute(sql: "DELETE FROM model_tag WHERE name = ? AND tag = ?", arguments: [name, tag])
         try db.execute(
             sql:

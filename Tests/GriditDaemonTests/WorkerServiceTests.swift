@@ -503,6 +503,10 @@ struct SelfFencingTests {
                 // fixed instants: a wall-clock bound here would race the machine's load.
                 // Nothing was written for it: the same lease, the progress it had.
                 try await waitUntil("the worker let go of it") { context.monitor.runningIDs.isEmpty }
+                // The metrics count it as ended (and forget its timings).
+                let rendered = context.metrics.render(
+                    .init(counts: [:], paused: false, running: 0, ready: true, diskFreeBytes: nil, models: []))
+                #expect(rendered.contains(#"gridit_jobs_finished_total{outcome="unrecorded"} 1"#), "\(rendered)")
                 let unchanged = try await store.get(id: id)
                 #expect(unchanged.state == .running && unchanged.leaseToken == claimed.leaseToken)
                 #expect(unchanged.leaseExpiresAt == claimed.leaseExpiresAt)

@@ -3,10 +3,11 @@ import Glibc
 import GriditAPI
 import GriditBackend
 import GriditDiffusion
-import GriditModelStore
 import GriditModels
 import GriditTestSupport
 import Testing
+
+@testable import GriditModelStore
 
 @Suite("Import, tags and references")
 struct ImportTests {
@@ -160,6 +161,23 @@ struct ImportTests {
         #expect(storeError { try store.resolve("tiny:latest") }?.code == .notFound)
         #expect(storeError { try store.resolve("tiny:latest") }?.message.contains("stable") == true)
         #expect(storeError { try store.resolve("other@\(v1.digest)") }?.code == .notFound)
+    }
+
+    @Test("models rm of a version leaves a tag that moved to another version since rm looked it up")
+    func removeOnlyWhereItPoints() throws {
+        let dir = TemporaryDirectory("gms")
+        defer { dir.remove() }
+        let store = try ModelStore(stateDirectory: dir.file("state"))
+        let v1 = try store.importModel(from: try writePipeline(in: dir.file("v1"), seed: 1), name: "tiny:latest")
+        let v2 = try store.importModel(from: try writePipeline(in: dir.file("v2"), seed: 2), name: "tiny:v2")
+        // What `remove("sha256:<v2>")` does after an import moved tiny:latest off v2 meanwhile.
+        let stale = try #require(BlobDigest(v2.digest))
+        let removed = try store.write { db in
+            try StoreSQL.removeTag(db, name: "tiny", tag: "latest", ifAt: stale, at: 0)
+        }
+        #expect(removed == nil)
+        #expect(try store.resolve("tiny:latest").description == v1.digest)
+        #expect(try store.remove("sha256:" + v2.digest.dropFirst(7), pins: JobPins()).removed == ["tiny:v2"])
     }
 
     @Test("references parse or fail with the accepted forms")
