@@ -132,10 +132,17 @@ extension ModelStore {
 
     /// Points `destination` (NAME:TAG) at the version `source` names; the change is recorded in
     /// the tag's history. A version of a site root gets a local record so it can be tagged here.
+    /// In a cluster the tag is the cluster's: the origin's tag moves too (its version must be there).
     public func tag(_ source: String, _ destination: String) throws(ModelStoreError) -> TagChange {
         try requireWritable("tag")
         let digest = try resolve(source)
         let (name, tag) = try ModelReference.parseTag(destination)
+        if let origin = originRoot, origin.existingBlob(digest) == nil {
+            throw ModelStoreError(
+                .notFound,
+                "the model origin \(origin.path) does not hold \(digest), so no host of the cluster could run it by this tag",
+                hint: "import the model on this host (it publishes the version), then tag it")
+        }
         let manifest = try loadManifest(digest)
         let manifestSize = Int64(FileManager.default.contents(atPath: blobPath(digest))?.count ?? 1)
         let at = nowMillis
@@ -154,6 +161,14 @@ extension ModelStore {
             return try StoreSQL.setTag(db, name: name, tag: tag, manifest: digest, action: "tag", at: at)
         }
         writeRefs()
+        if let origin = originRoot {
+            do { try publishTags([(name, tag)], digest: digest, to: origin) } catch {
+                throw ModelStoreError(
+                    .io,
+                    "\(name):\(tag) now names \(digest) on this host, but not in the model origin: \(error.message)",
+                    hint: "run the same `models tag` again once the shared root is reachable")
+            }
+        }
         return TagChange(reference: "\(name):\(tag)", digest: digest.description, previous: previous?.description)
     }
 
@@ -161,7 +176,8 @@ extension ModelStore {
 
     /// Removes a tag (`NAME:TAG`), or every tag pointing at a version (`NAME@sha256:…`: of that
     /// name; `sha256:…`: all). The version's blobs stay until `gc`, and not even gc removes them
-    /// while a live job pins the version (the result counts those of `pins`).
+    /// while a live job pins the version (the result counts those of `pins`). In a cluster the
+    /// origin's tag goes too while it names the same version.
     public func remove(_ reference: String, pins: JobPins) throws(ModelStoreError) -> TagRemoval {
         try requireWritable("rm")
         let parsed = try ModelReference(parsing: reference)
@@ -206,6 +222,17 @@ extension ModelStore {
         }
         let jobs = pins.jobs[digest]?.count ?? 0
         writeRefs()
+        if let origin = originRoot {
+            for t in targets where Self.originTag(origin, name: t.name, tag: t.tag) == digest {
+                let path = Self.originTagPath(origin, name: t.name, tag: t.tag)
+                guard unlink(path) == 0 || errno == ENOENT else {
+                    throw ModelStoreError(
+                        .io,
+                        "\(t.name):\(t.tag) is removed on this host, but not from the model origin (\(path): \(String(cString: strerror(errno))))",
+                        hint: "other hosts still run it by this tag; run the same `models rm` again")
+                }
+            }
+        }
         return TagRemoval(removed: removed, digest: digest.description, remaining: remaining, jobs: jobs)
     }
 }

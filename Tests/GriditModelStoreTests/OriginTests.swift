@@ -19,6 +19,29 @@ struct OriginTests {
         return (a, b, report)
     }
 
+    @Test("models tag and models rm on one host move and remove the cluster's tag, the origin's")
+    func tagAndRemoveReachTheOrigin() throws {
+        let dir = TemporaryDirectory("gms")
+        defer { dir.remove() }
+        let (a, b, report) = try Self.cluster(dir)
+        let v1 = try #require(BlobDigest(report.digest))
+        let second = try a.importModel(
+            from: try writePipeline(in: dir.file("src2"), seed: 2), name: "tiny:v2", link: .copy)
+        let v2 = try #require(BlobDigest(second.digest))
+        _ = try a.tag("tiny:v1", "tiny:latest")
+        #expect(try b.resolveToRun("tiny:latest") == v1)
+        _ = try a.tag("tiny:v2", "tiny:latest")
+        #expect(try b.resolveToRun("tiny:latest") == v2, "B runs what A moved the tag to")
+        #expect(try a.remove("tiny:latest", pins: JobPins()).removed == ["tiny:latest"])
+        for store in [a, b] {
+            #expect(storeError { try store.resolveToRun("tiny:latest") }?.code == .notFound, "removed for every host")
+        }
+        // Removing a version's tags takes the origin's with them; another version's tag stays.
+        _ = try a.remove("sha256:" + second.digest.dropFirst(7), pins: JobPins())
+        #expect(storeError { try b.resolveToRun("tiny:v2") }?.code == .notFound)
+        #expect(try b.resolveToRun("tiny:v1") == v1)
+    }
+
     @Test(
         "an import publishes its version to the origin; another store pulls it by digest as its own copy, once for concurrent pulls, untagged"
     )
