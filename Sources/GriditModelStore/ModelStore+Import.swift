@@ -177,6 +177,10 @@ extension ModelStore {
 
         var paths: [PipelineSpec.FileRole: String] = [:]
         var existing: [BlobDigest: String] = [:]
+        // Blobs found in a store root are reused: gc must keep them from now on.
+        let reused = manifest.blobs.map(\.digest)
+        holdPending(reused)
+        defer { releasePending(reused) }
         for blob in manifest.blobs {
             if let file = files[blob.digest] {
                 guard file.size == blob.size else {
@@ -203,6 +207,21 @@ extension ModelStore {
             existing: existing, source: path, tags: tags, publish: publish)
     }
 
+    /// Keeps `digests` from gc (which runs under the same lock) until `releasePending`: blobs an
+    /// import or a pull has written or decided to reuse, until its version is committed.
+    func holdPending(_ digests: [BlobDigest]) {
+        pending.withLock { p in for d in digests { p[d, default: 0] += 1 } }
+    }
+
+    func releasePending(_ digests: [BlobDigest]) {
+        pending.withLock { p in
+            for d in digests {
+                p[d]! -= 1
+                if p[d] == 0 { p.removeValue(forKey: d) }
+            }
+        }
+    }
+
     /// Publishes the ingested files and the manifest, then commits the version and its tags in one
     /// transaction. Until the commit the blobs are `pending` (gc keeps them); a crash before it
     /// leaves at most complete, unreferenced blobs, which the next gc removes. No tags: an
@@ -215,15 +234,8 @@ extension ModelStore {
         let digest = manifestDigest ?? manifestFile!.digest
         let toPublish = files + (manifestFile.map { [$0] } ?? [])
         let digests = toPublish.map(\.digest) + Array(existing.keys) + [digest]
-        pending.withLock { p in for d in digests { p[d, default: 0] += 1 } }
-        defer {
-            pending.withLock { p in
-                for d in digests {
-                    p[d]! -= 1
-                    if p[d] == 0 { p.removeValue(forKey: d) }
-                }
-            }
-        }
+        holdPending(digests)
+        defer { releasePending(digests) }
         FaultInjection.current.pause(at: "import.ingested", stateDirectory: stateDirectory)
 
         var warnings: [String] = []

@@ -85,6 +85,10 @@ extension ModelStore {
                 .invalidInput, "the manifest \(digest) in the model origin \(origin.path) is too large")
         }
         let manifest = try PipelineManifest.decode(bytes, name: "\(digest) in the model origin \(origin.path)")
+        // A blob found here (another version's) is reused: gc must keep it from now on.
+        let reused = manifest.blobs.map(\.digest)
+        holdPending(reused)
+        defer { releasePending(reused) }
         var files = [digest: manifestFile]
         for blob in manifest.blobs where files[blob.digest] == nil {
             if try intactCopy(blob.digest) != nil { continue }

@@ -19,6 +19,36 @@ struct OriginTests {
         return (a, b, report)
     }
 
+    @Test("gc while a pull copies: the blobs the pull found here (another version's) are kept for it")
+    func gcDuringPull() throws {
+        let dir = TemporaryDirectory("gms")
+        defer { dir.remove() }
+        try FileManager.default.createDirectory(atPath: dir.file("shared"), withIntermediateDirectories: true)
+        let a = try ModelStore(stateDirectory: dir.file("a"), origin: dir.file("shared/models"))
+        let b = try ModelStore(stateDirectory: dir.file("b"), origin: dir.file("shared/models"))
+        // Two versions that differ in stage 2's weights only; B holds the first, untagged.
+        let v1 = try a.importModel(
+            from: try writePipeline(in: dir.file("v1"), seed: 1, stage2Seed: 7), name: "tiny:v1", link: .copy)
+        let v2 = try a.importModel(
+            from: try writePipeline(in: dir.file("v2"), seed: 1, stage2Seed: 8), name: "tiny:v2", link: .copy)
+        _ = try b.pull(try #require(BlobDigest(v1.digest)))
+        // B finds v2's stage 1 here and copies its stage-2 weights (the second file copied, after the
+        // manifest); meanwhile a gc removes v1, unpinned, but not the files v2 takes from it.
+        var copied = 0
+        var report: GCReport?
+        let second = try #require(BlobDigest(v2.digest))
+        _ = try b.pull(second) {
+            copied += 1
+            if copied == 2 { report = try? b.gc(pins: JobPins()) }
+        }
+        #expect(report?.removedManifests == [v1.digest], "\(String(describing: report))")
+        #expect(report?.removedBlobs.count == 2, "v1's manifest and stage-2 weights: \(String(describing: report))")
+        let resolved = try b.resolvePipeline(second)
+        for path in resolved.spec.files.map(\.reference) {
+            #expect(FileManager.default.fileExists(atPath: path), "\(path)")
+        }
+    }
+
     @Test("models tag and models rm on one host move and remove the cluster's tag, the origin's")
     func tagAndRemoveReachTheOrigin() throws {
         let dir = TemporaryDirectory("gms")
