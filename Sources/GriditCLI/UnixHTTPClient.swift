@@ -60,12 +60,15 @@ public struct UnixHTTPClient: ControlClient {
         }
     }
 
-    /// A GET whose body goes to `file` (created, or replaced atomically); returns the status
-    /// (and the error body when not 200).
+    /// A GET whose body goes to `file` (created, or replaced atomically, with the mode the
+    /// caller's umask gives a new file); returns the status (and the error body when not 200).
     public func download(_ path: String, to file: String) throws(ConnectionError) -> HTTPReply {
-        try exchange("GET", path) { (reader, headers) throws(ConnectionError) in
+        let mask = umask(0)
+        umask(mask)
+        return try exchange("GET", path) { (reader, headers) throws(ConnectionError) in
             try DurableFile.write(
-                to: file, failure: { ConnectionError(kind: .localFile, message: "saving \(file): \($0)") }
+                to: file, permissions: 0o666 & ~mask,
+                failure: { ConnectionError(kind: .localFile, message: "saving \(file): \($0)") }
             ) { (out) throws(ConnectionError) in
                 var failed: ConnectionError?
                 try reader.readBody(headers: headers) { chunk in

@@ -170,6 +170,16 @@ struct CLIProcessTests {
         let copy = try runProcess(Self.griditctl, ["jobs", "cp", "2", empty], environment: daemon.cliEnvironment)
         #expect(copy.status == 0, "\(copy)")
         #expect(FileManager.default.fileExists(atPath: empty + "/frames/frame_00007.png"))
+        // Under umask 077 the copy is the caller's alone, its files too.
+        let own = dir.file("own")
+        let strict = try runProcess(
+            "/bin/sh", ["-c", "umask 077 && exec \"$0\" jobs cp 2 \"$1\"", Self.griditctl, own],
+            environment: daemon.cliEnvironment)
+        #expect(strict.status == 0, "\(strict)")
+        for file in ["", "/sequence.json", "/frames", "/frames/frame_00007.png"] {
+            let mode = try FileManager.default.attributesOfItem(atPath: own + file)[.posixPermissions] as? Int
+            #expect(mode.map { $0 & 0o077 == 0 } == true, "\(file): \(String(mode ?? -1, radix: 8))")
+        }
     }
 
     @Test("systemd/install.sh installs bash, zsh and fish completions of both commands")
