@@ -561,9 +561,7 @@ struct OutputCopier {
     /// folder of the caller's. Anything else (a file, a link, someone else's folder, a folder that
     /// filled up meanwhile) is refused, and the destination left as it was.
     static func place(_ staging: String, at directory: String) throws(CLIError) {
-        let mask = umask(0)
-        umask(mask)
-        chmod(staging, 0o777 & ~mask)
+        chmod(staging, 0o777 & ~currentUmask())
         if rename(staging, directory) == 0 { return }
         let refused = CLIError(
             "\(directory) is not a new folder nor an empty folder of yours any more; the job's files were not copied",

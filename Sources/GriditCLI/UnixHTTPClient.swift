@@ -63,8 +63,7 @@ public struct UnixHTTPClient: ControlClient {
     /// A GET whose body goes to `file` (created, or replaced atomically, with the mode the
     /// caller's umask gives a new file); returns the status (and the error body when not 200).
     public func download(_ path: String, to file: String) throws(ConnectionError) -> HTTPReply {
-        let mask = umask(0)
-        umask(mask)
+        let mask = currentUmask()
         return try exchange("GET", path) { (reader, headers) throws(ConnectionError) in
             try DurableFile.write(
                 to: file, permissions: 0o666 & ~mask,
@@ -323,4 +322,11 @@ struct ResponseReader {
             }
         }
     }
+}
+
+/// The process's umask (reading it means setting it: set back at once).
+func currentUmask() -> mode_t {
+    let mask = umask(0)
+    umask(mask)
+    return mask
 }

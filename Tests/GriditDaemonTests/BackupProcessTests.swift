@@ -68,7 +68,7 @@ struct BackupProcessTests {
         let named = SubmitJobRequest(spec: JobSpec(length: 8, output: "after/backup", parameters: .init(seed: 9)))
         let next = try daemon.client.post("/v1/jobs", named, as: SubmitJobResponse.self).job.id
         #expect(try waitForJob(daemon, next).outputDir == moved + "/outputs/named/\(getuid())/after/backup")
-        #expect(!FileManager.default.fileExists(atPath: moved + "/work/\(next)"))
+        #expect(!FileManager.default.fileExists(atPath: [moved, "work", String(next)].joined(separator: "/")))
         #expect(daemon.stop() == 0)
 
         // The database is lost: griditd refuses to start; `restore` puts the backup back.
