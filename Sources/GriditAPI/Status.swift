@@ -84,6 +84,9 @@ public struct LoadedModel: Codable, Hashable, Sendable {
     public var digest: String
     /// Tags pointing at the digest, if any.
     public var names: [String]
+    /// The precision its weights are loaded in, "fp32" or "bf16" (a version may be loaded in
+    /// both); nil from a griditd before 2026-12-08, which put a bf16 copy's in `digest`.
+    public var precision: String?
     /// Bytes of the mapped files resident in memory.
     public var residentBytes: Int64?
     /// Jobs using it now.
@@ -91,16 +94,19 @@ public struct LoadedModel: Codable, Hashable, Sendable {
     /// When it will be unmapped if nothing uses it meanwhile.
     public var expiresAt: Date?
 
-    public init(digest: String, names: [String], residentBytes: Int64?, activeJobs: Int, expiresAt: Date?) {
+    public init(
+        digest: String, names: [String], precision: String?, residentBytes: Int64?, activeJobs: Int, expiresAt: Date?
+    ) {
         self.digest = digest
         self.names = names
+        self.precision = precision
         self.residentBytes = residentBytes
         self.activeJobs = activeJobs
         self.expiresAt = expiresAt
     }
 
     enum CodingKeys: String, CodingKey {
-        case digest, names
+        case digest, names, precision
         case residentBytes = "resident_bytes"
         case activeJobs = "active_jobs"
         case expiresAt = "expires_at"

@@ -249,6 +249,13 @@ public final class InProcessEngine: JobEngine {
         precision == .fp32 ? digest : "\(digest)+\(precision.rawValue)"
     }
 
+    /// `cacheKey`'s digest and precision.
+    static func parseCacheKey(_ key: String) -> (digest: String, precision: Precision) {
+        let parts = key.split(separator: "+", maxSplits: 1)
+        guard parts.count == 2, let precision = Precision(rawValue: String(parts[1])) else { return (key, .fp32) }
+        return (String(parts[0]), precision)
+    }
+
     /// The cached pipeline of a resolved version, loading it (mapping its weights) if needed.
     private func load(
         _ resolved: ResolvedPipeline, precision: Precision

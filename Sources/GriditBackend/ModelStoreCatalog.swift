@@ -10,6 +10,7 @@ import GriditEngine
 import GriditJobQueue
 import GriditModelStore
 import GriditStateDatabase
+import GriditTensor
 import NIOPosix
 
 public final class ModelStoreCatalog: ModelCatalog {
@@ -161,9 +162,11 @@ public final class ModelStoreCatalog: ModelCatalog {
         let keys = Set(cache.keys).union(workerModels?.keys ?? [])
         let entries = (try? await run { () throws(ModelStoreError) in self.models.ps() })?.entries ?? []
         return entries.filter { keys.contains($0.key) }.map { entry in
-            LoadedModel(
-                digest: entry.key, names: entry.references, residentBytes: entry.blobs.reduce(0) { $0 + $1.resident },
-                activeJobs: entry.leases, expiresAt: entry.expiresAt)
+            let (digest, precision) = InProcessEngine.parseCacheKey(entry.key)
+            return LoadedModel(
+                digest: digest, names: entry.references, precision: precision.rawValue,
+                residentBytes: entry.blobs.reduce(0) { $0 + $1.resident }, activeJobs: entry.leases,
+                expiresAt: entry.expiresAt)
         }
     }
 

@@ -103,10 +103,10 @@ struct Status: ClientCommand {
             text +=
                 "\n"
                 + renderTable(
-                    headers: ["model", "digest", "resident", "jobs"],
+                    headers: ["model", "digest", "precision", "resident", "jobs"],
                     rows: status.loadedModels.map {
                         [
-                            $0.names.first ?? "-", String($0.digest.prefix(19)),
+                            $0.names.first ?? "-", String($0.digest.prefix(19)), $0.precision ?? "-",
                             $0.residentBytes.map(formatBytes) ?? "-", String($0.activeJobs),
                         ]
                     })

@@ -9,42 +9,57 @@ import NIOHTTP1
 import NIOHTTPTypes
 import Synchronization
 
-/// Open connections in all and per uid, and whether one more may open. A value type, so the
+/// Open connections in all and per peer, and whether one more may open. A value type, so the
 /// rules are tested without sockets; `ConnectionLimiter` holds it under a lock.
 struct ConnectionTable {
+    /// Whom a connection counts against: its uid on the Unix socket; its address on the TCP
+    /// metrics listener, whose peers have no credentials (one budget for all of them would let
+    /// anyone who reaches the port shut the scraper out).
+    enum Peer: Hashable, CustomStringConvertible {
+        case uid(UInt32)
+        case address(String)
+
+        var description: String {
+            switch self {
+            case .uid(let uid): "uid \(uid)"
+            case .address(let address): address
+            }
+        }
+    }
+
     enum Refusal: Equatable {
         /// All `maxConnections` are open.
         case full
         /// The free ones are the admins' reserve.
         case reservedForAdmins
-        /// This uid holds `maxConnectionsPerUser` already.
-        case perUser(open: Int)
+        /// This peer holds `maxConnectionsPerUser` already.
+        case perPeer(open: Int)
     }
 
     private(set) var total = 0
-    private(set) var byUID: [UInt32: Int] = [:]
+    private(set) var byPeer: [Peer: Int] = [:]
 
-    /// Takes a connection for `caller`, or says why not. Admins are bounded by `maxConnections`
+    /// Takes a connection for `peer`, or says why not. Admins are bounded by `maxConnections`
     /// alone; everyone else by their own limit and by the total less the admins' reserve.
-    mutating func enter(_ caller: Caller, limits: HTTPServerLimits) -> Refusal? {
-        let mine = byUID[caller.uid, default: 0]
-        if caller.isAdmin {
+    mutating func enter(_ peer: Peer, isAdmin: Bool, limits: HTTPServerLimits) -> Refusal? {
+        let mine = byPeer[peer, default: 0]
+        if isAdmin {
             guard total < limits.maxConnections else { return .full }
         } else {
-            guard mine < limits.maxConnectionsPerUser else { return .perUser(open: mine) }
+            guard mine < limits.maxConnectionsPerUser else { return .perPeer(open: mine) }
             guard total < limits.maxConnections - limits.adminConnections else {
                 return total < limits.maxConnections ? .reservedForAdmins : .full
             }
         }
         total += 1
-        byUID[caller.uid] = mine + 1
+        byPeer[peer] = mine + 1
         return nil
     }
 
-    mutating func leave(_ caller: Caller) {
+    mutating func leave(_ peer: Peer) {
         total -= 1
-        let left = byUID[caller.uid, default: 1] - 1
-        byUID[caller.uid] = left > 0 ? left : nil
+        let left = byPeer[peer, default: 1] - 1
+        byPeer[peer] = left > 0 ? left : nil
     }
 }
 
@@ -59,11 +74,13 @@ final class ConnectionLimiter: Sendable {
         self.adminGroup = adminGroup
     }
 
-    /// Nil when `caller` may open one more connection (then `leave` it once closed); else the
-    /// answer that names the limit.
-    func enter(_ caller: Caller) -> APIError? {
+    /// Nil when `caller` may open one more connection as `peer` (then `leave` it once closed);
+    /// else the answer that names the limit.
+    func enter(_ caller: Caller, as peer: ConnectionTable.Peer) -> APIError? {
         let limits = self.limits
-        guard let refusal = table.withLock({ $0.enter(caller, limits: limits) }) else { return nil }
+        guard let refusal = table.withLock({ $0.enter(peer, isAdmin: caller.isAdmin, limits: limits) }) else {
+            return nil
+        }
         let admins = "root and the group '\(adminGroup ?? "gridit-admin")'"
         switch refusal {
         case .full:
@@ -75,15 +92,21 @@ final class ConnectionLimiter: Sendable {
                 .unavailable,
                 "griditd is serving every connection users may open (the last \(limits.adminConnections) of "
                     + "--max-connections \(limits.maxConnections) are kept for \(admins)); retry shortly")
-        case .perUser(let open):
+        case .perPeer(let open):
+            if case .address = peer {
+                return APIError(
+                    .unavailable,
+                    "\(peer) has \(open) connections open to griditd's metrics listener already, the most one "
+                        + "address may have; a scraper needs one (close the others and retry)")
+            }
             return APIError(
                 .unavailable,
-                "uid \(caller.uid) has \(open) connections open to griditd already, the most one user may have "
+                "\(peer) has \(open) connections open to griditd already, the most one user may have "
                     + "(--max-connections-per-user); close some (each `griditctl jobs watch` holds one) and retry")
         }
     }
 
-    func leave(_ caller: Caller) { table.withLock { $0.leave(caller) } }
+    func leave(_ peer: ConnectionTable.Peer) { table.withLock { $0.leave(peer) } }
 }
 
 /// The deadlines of one connection: the request head must arrive within `headerTimeout` (from

@@ -46,6 +46,8 @@ public struct Route: Sendable {
 
 public struct ControlAPI: Sendable {
     let context: DaemonContext
+    /// The TCP listener's scrapes share one reading (see `ScrapeCache`); nil on the Unix socket.
+    private var scrapes: ScrapeCache?
 
     public init(context: DaemonContext) { self.context = context }
 
@@ -132,6 +134,12 @@ public struct ControlAPI: Sendable {
     /// The Unix socket's router, every route; or the TCP listener's, `observabilityRoutes` alone.
     /// GET routes answer HEAD too.
     public func router(observability: Bool = false) -> Router<APIContext> {
+        var api = self
+        if observability { api.scrapes = ScrapeCache(maxAge: .seconds(1)) }
+        return api.makeRouter(observability: observability)
+    }
+
+    private func makeRouter(observability: Bool) -> Router<APIContext> {
         let router = Router(context: APIContext.self, options: .autoGenerateHeadEndpoints)
         let routes = Self.routes.filter { !observability || Self.observabilityRoutes.contains($0.template) }
         // A last `{name...}` takes the rest of the path: Hummingbird's recursive wildcard.
@@ -295,14 +303,18 @@ extension ControlAPI {
 
     /// Prometheus text format 0.0.4; gauges read now, counters and histograms as they stand.
     func metricsText() async -> Response {
+        let text = if let scrapes { await scrapes.text(render: renderMetrics) } else { await renderMetrics() }
+        return .data(Data(text.utf8), contentType: "text/plain; version=0.0.4; charset=utf-8")
+    }
+
+    @Sendable private func renderMetrics() async -> String {
         let counts = (try? await context.store.counts()) ?? [:]
         let paused = (try? await context.store.isPaused()) ?? false
         let snapshot = DaemonMetrics.Snapshot(
             counts: counts, paused: paused, running: context.monitor.runningIDs.count,
             ready: await readinessReasons().isEmpty, diskFreeBytes: context.freeBytes(),
             models: await context.catalog?.loadedModels() ?? [])
-        let text = context.metrics.render(snapshot)
-        return .data(Data(text.utf8), contentType: "text/plain; version=0.0.4; charset=utf-8")
+        return context.metrics.render(snapshot)
     }
 
     /// Live: griditd answers (its event loop, its handlers).

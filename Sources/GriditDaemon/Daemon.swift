@@ -149,7 +149,7 @@ public enum Daemon {
         var observability: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if let (host, port) = configuration.metricsHostPort {
             let metricsServer = HTTPServer(
-                limits: configuration.http, authorizer: Authorizer(userGroup: nil, adminGroup: nil),
+                limits: configuration.http.metricsListener, authorizer: Authorizer(userGroup: nil, adminGroup: nil),
                 logger: Logger(label: "gridit.metrics"), anonymous: true,
                 responder: api.router(observability: true).buildResponder())
             let tcp: NIOAsyncChannel<HTTPServer.AcceptedConnection, Never>

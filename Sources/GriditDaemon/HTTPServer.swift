@@ -179,7 +179,8 @@ public struct HTTPServerLimits: Sendable {
     public var maxHeaderBytes = 64 * 1024
     /// Connections beyond this are answered 503 and closed.
     public var maxConnections = 512
-    /// The same for the connections of one uid (admins are bounded by `maxConnections` alone).
+    /// The same for the connections of one uid (admins are bounded by `maxConnections` alone), or
+    /// of one address on the TCP metrics listener.
     public var maxConnectionsPerUser = 32
     /// Of `maxConnections`, how many only root, griditd's user and the admin group may use, so
     /// that no number of users' connections locks the admins out.
@@ -192,6 +193,16 @@ public struct HTTPServerLimits: Sendable {
     public var idleTimeout: Duration = .seconds(60)
 
     public init() {}
+
+    /// The TCP metrics listener's: a scraper needs a connection or two, and anyone who reaches
+    /// the port may connect, so one address holds at most 8 of 128, none kept for admins.
+    public var metricsListener: HTTPServerLimits {
+        var limits = self
+        limits.maxConnections = min(maxConnections, 128)
+        limits.maxConnectionsPerUser = min(maxConnectionsPerUser, 8)
+        limits.adminConnections = 0
+        return limits
+    }
 }
 
 /// Serves requests on a socket until the task is cancelled; one child task per connection.
@@ -221,6 +232,8 @@ public struct HTTPServer: Sendable {
     public struct AcceptedConnection: Sendable {
         var channel: HTTP1Channel.Value
         var credentials: PeerCredentials?
+        /// A TCP peer's IP address.
+        var address: String?
     }
 
     /// Hummingbird's HTTP/1 channel with griditd's limits and `ConnectionGuard`; `responder`
@@ -254,7 +267,8 @@ public struct HTTPServer: Sendable {
             return peer.flatMap { credentials in
                 http1.setup(channel: channel, logger: logger).flatMapThrowing {
                     try HTTP10Close.add(to: channel)
-                    return AcceptedConnection(channel: $0, credentials: credentials)
+                    return AcceptedConnection(
+                        channel: $0, credentials: credentials, address: channel.remoteAddress?.ipAddress)
                 }
             }
         }
@@ -290,13 +304,14 @@ public struct HTTPServer: Sendable {
                             return await refuse(nil)
                         }
                         let caller = anonymous ? Caller.anonymous : authorizer.caller(for: credentials)
-                        if let refusal = limiter.enter(caller) {
+                        let peer: ConnectionTable.Peer =
+                            anonymous ? .address(accepted.address ?? "unknown") : .uid(caller.uid)
+                        if let refusal = limiter.enter(caller, as: peer) {
                             logger.notice(
-                                "connection refused",
-                                metadata: ["uid": "\(caller.uid)", "reason": "\(refusal.message)"])
+                                "connection refused", metadata: ["peer": "\(peer)", "reason": "\(refusal.message)"])
                             return await refuse(refusal)
                         }
-                        defer { limiter.leave(caller) }
+                        defer { limiter.leave(peer) }
                         guard caller.isMember || anonymous else {
                             return await refuse(
                                 caller.notMemberError(

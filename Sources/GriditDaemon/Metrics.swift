@@ -22,7 +22,13 @@ public final class DaemonMetrics: Sendable {
     /// `gridit_engine_gflops_per_second`.
     private let recentFlops: Mutex<LastMinute>
     /// The gauges of the models loaded at the last scrape (removed when a model unloads).
-    private let modelGauges = Mutex<[String: Gauge]>([:])
+    private let modelGauges = Mutex<[ModelSeries: Gauge]>([:])
+
+    /// A loaded model's labels: a version loaded in fp32 and in bf16 is two series.
+    struct ModelSeries: Hashable {
+        var name: String
+        var precision: String
+    }
 
     struct JobTimes {
         var started: ContinuousClock.Instant
@@ -179,19 +185,21 @@ public final class DaemonMetrics: Sendable {
 
         Gauge(label: "gridit_models_loaded", factory: factory).record(snapshot.models.count)
         modelGauges.withLock { gauges in
-            var seen: Set<String> = []
+            var seen: Set<ModelSeries> = []
             for model in snapshot.models {
-                let name = model.names.first ?? model.digest
-                seen.insert(name)
+                let series = ModelSeries(name: model.names.first ?? model.digest, precision: model.precision ?? "fp32")
+                seen.insert(series)
                 let gauge =
-                    gauges[name]
-                    ?? Gauge(label: "gridit_model_resident_bytes", dimensions: [("model", name)], factory: factory)
-                gauges[name] = gauge
+                    gauges[series]
+                    ?? Gauge(
+                        label: "gridit_model_resident_bytes",
+                        dimensions: [("model", series.name), ("precision", series.precision)], factory: factory)
+                gauges[series] = gauge
                 gauge.record(model.residentBytes ?? 0)
             }
-            for (name, gauge) in gauges where !seen.contains(name) {
+            for (series, gauge) in gauges where !seen.contains(series) {
                 gauge.destroy()
-                gauges[name] = nil
+                gauges[series] = nil
             }
         }
         return registry.emitToString()
@@ -235,5 +243,28 @@ struct LastMinute {
         let (whole, atto) = elapsed.components
         let covered = min(Double(whole) + Double(atto) * 1e-18, 59 + Double(atto) * 1e-18)
         return covered > 0 ? sum(at: now) / covered : 0
+    }
+}
+
+/// One rendering of the metrics, shared by the scrapes that ask while it is made and within
+/// `maxAge` after: anyone who reaches the TCP listener may scrape, and a rendering reads the job
+/// database and the models' residency, so a flood of scrapes costs one rendering a second.
+actor ScrapeCache {
+    let maxAge: Duration
+    private let now: @Sendable () -> ContinuousClock.Instant
+    private var latest: (rendering: Task<String, Never>, finished: ContinuousClock.Instant?)?
+
+    init(maxAge: Duration, now: @escaping @Sendable () -> ContinuousClock.Instant = { .now }) {
+        self.maxAge = maxAge
+        self.now = now
+    }
+
+    func text(render: @escaping @Sendable () async -> String) async -> String {
+        if let latest, latest.finished.map({ now() - $0 < maxAge }) ?? true { return await latest.rendering.value }
+        let rendering = Task { await render() }
+        latest = (rendering, nil)
+        let text = await rendering.value
+        if latest?.rendering == rendering { latest?.finished = now() }
+        return text
     }
 }

@@ -290,8 +290,10 @@ extension ModelStore {
     public func ps() -> MappedModels {
         let snapshot = mappings.snapshot()
         let labels = (try? versionLabels()) ?? [:]
+        // A key is a version's digest, with `+precision` when it is loaded converted (bf16).
         func references(_ key: String) -> [String] {
-            BlobDigest(key).flatMap { labels[$0] }.map { $0.components(separatedBy: ", ") } ?? []
+            BlobDigest(String(key.prefix { $0 != "+" })).flatMap { labels[$0] }.map { $0.components(separatedBy: ", ") }
+                ?? []
         }
         func blob(_ digest: BlobDigest, _ path: String) -> MappedBlob {
             if let file = snapshot.shared[digest]?.file {

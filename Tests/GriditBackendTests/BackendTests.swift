@@ -90,7 +90,7 @@ struct InProcessEngineTests {
     }
 
     @Test("jobs of one model in other precisions run as batches of their own, each on its own loaded pipeline")
-    func precisionsSplitTheBatch() throws {
+    func precisionsSplitTheBatch() async throws {
         let bf16 = Precision.bf16.effective  // fp32 on CPUs without AVX512_BF16
         let mixed = try Harness()
         let recorder = mixed.run(
@@ -105,6 +105,10 @@ struct InProcessEngineTests {
         let digest: String = mixed.digest
         let keys = bf16 == .bf16 ? [digest, digest + "+bf16"] : [digest]
         #expect(mixed.cache.keys == keys.sorted())
+        // Listed (status, metrics) by the version's digest and names, each copy with its precision.
+        let loaded = await mixed.catalog.loadedModels().map { "\($0.names) \($0.digest) \($0.precision ?? "-")" }
+        let precisions = bf16 == .bf16 ? ["fp32", "bf16"] : ["fp32"]
+        #expect(Set(loaded) == Set(precisions.map { "[\"tiny:latest\"] \(digest) \($0)" }), "\(loaded)")
         // Each job's bytes are those of the job run alone.
         let solo = try Harness()
         #expect(solo.run([solo.item(3, length: 20, seed: 3, precision: "bf16")]).outcomes == [3: [.succeeded]])

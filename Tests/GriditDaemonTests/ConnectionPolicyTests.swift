@@ -26,37 +26,59 @@ struct ConnectionPolicyTests {
     @Test("a user gets at most its own share; users together never take the admins' reserve")
     func connectionTable() {
         var table = ConnectionTable()
-        let alice = Self.caller(1001), bob = Self.caller(1002), carol = Self.caller(1003),
-            root = Self.caller(0, admin: true)
-        for _ in 0..<4 { #expect(table.enter(alice, limits: Self.limits) == nil) }
-        #expect(table.enter(alice, limits: Self.limits) == .perUser(open: 4))
-        for _ in 0..<3 { #expect(table.enter(bob, limits: Self.limits) == nil) }
+        let limits = Self.limits
+        func enter(_ uid: UInt32) -> ConnectionTable.Refusal? {
+            table.enter(.uid(uid), isAdmin: uid == 0, limits: limits)
+        }
+        let alice: UInt32 = 1001, bob: UInt32 = 1002, carol: UInt32 = 1003, root: UInt32 = 0
+        for _ in 0..<4 { #expect(enter(alice) == nil) }
+        #expect(enter(alice) == .perPeer(open: 4))
+        for _ in 0..<3 { #expect(enter(bob) == nil) }
         // 7 open = 10 - 3 reserved: no user gets in, admins do, up to 10.
-        #expect(table.enter(carol, limits: Self.limits) == .reservedForAdmins)
-        for _ in 0..<3 { #expect(table.enter(root, limits: Self.limits) == nil) }
-        #expect(table.enter(root, limits: Self.limits) == .full)
-        #expect(table.enter(carol, limits: Self.limits) == .full)
-        table.leave(alice)
-        table.leave(root)
-        #expect(table.enter(carol, limits: Self.limits) == .reservedForAdmins, "9 open: the free one is the admins'")
-        table.leave(bob)
-        table.leave(bob)
-        #expect(table.enter(carol, limits: Self.limits) == nil)
-        #expect(table.byUID[1002] == 1 && table.total == 7)
+        #expect(enter(carol) == .reservedForAdmins)
+        for _ in 0..<3 { #expect(enter(root) == nil) }
+        #expect(enter(root) == .full)
+        #expect(enter(carol) == .full)
+        table.leave(.uid(alice))
+        table.leave(.uid(root))
+        #expect(enter(carol) == .reservedForAdmins, "9 open: the free one is the admins'")
+        table.leave(.uid(bob))
+        table.leave(.uid(bob))
+        #expect(enter(carol) == nil)
+        #expect(table.byPeer[.uid(1002)] == 1 && table.total == 7)
+    }
+
+    @Test("the metrics listener's peers are budgeted by address, at most 8 each of 128")
+    func addresses() {
+        var table = ConnectionTable()
+        let limits = HTTPServerLimits().metricsListener
+        #expect(limits.maxConnections == 128 && limits.maxConnectionsPerUser == 8 && limits.adminConnections == 0)
+        for _ in 0..<8 { #expect(table.enter(.address("10.0.0.2"), isAdmin: false, limits: limits) == nil) }
+        #expect(table.enter(.address("10.0.0.2"), isAdmin: false, limits: limits) == .perPeer(open: 8))
+        #expect(table.enter(.address("10.0.0.3"), isAdmin: false, limits: limits) == nil)
+        for i in 0..<119 { #expect(table.enter(.address("10.1.0.\(i)"), isAdmin: false, limits: limits) == nil) }
+        #expect(table.enter(.address("10.0.0.4"), isAdmin: false, limits: limits) == .full)
     }
 
     @Test("refusals name the limit and what to do")
     func refusalMessages() {
         let limiter = ConnectionLimiter(limits: Self.limits, adminGroup: "gridit-admin")
-        for _ in 0..<4 { #expect(limiter.enter(Self.caller(1001)) == nil) }
-        let perUser = limiter.enter(Self.caller(1001))
+        for _ in 0..<4 { #expect(limiter.enter(Self.caller(1001), as: .uid(1001)) == nil) }
+        let perUser = limiter.enter(Self.caller(1001), as: .uid(1001))
         #expect(perUser?.code == .unavailable)
+        #expect(perUser?.message.contains("uid 1001 has 4 connections") == true)
         #expect(perUser?.message.contains("--max-connections-per-user") == true)
-        for _ in 0..<3 { #expect(limiter.enter(Self.caller(1002)) == nil) }
-        let reserved = limiter.enter(Self.caller(1003))
+        for _ in 0..<3 { #expect(limiter.enter(Self.caller(1002), as: .uid(1002)) == nil) }
+        let reserved = limiter.enter(Self.caller(1003), as: .uid(1003))
         #expect(
             reserved?.message.contains("kept for root and the group 'gridit-admin'") == true,
             "\(reserved?.message ?? "")")
+        let tcp = ConnectionLimiter(limits: Self.limits.metricsListener, adminGroup: nil)
+        for _ in 0..<4 { #expect(tcp.enter(.anonymous, as: .address("192.0.2.7")) == nil) }
+        let perAddress = tcp.enter(.anonymous, as: .address("192.0.2.7"))
+        #expect(
+            perAddress?.message.contains("192.0.2.7 has 4 connections open to griditd's metrics listener") == true,
+            "\(perAddress?.message ?? "")")
     }
 
     @Test("a fresh connection has the header timeout; the body its own; an idle or unread one the idle timeout")

@@ -1,5 +1,6 @@
 // The one-minute window behind gridit_frames_per_second and gridit_engine_gflops_per_second.
 
+import Synchronization
 import Testing
 
 @testable import GriditDaemon
@@ -57,5 +58,38 @@ struct LastMinuteTests {
         for i in 0..<50 { fresh.add(1, at: at(Double(i) / 10)) }
         #expect(abs(fresh.perSecond(at: at(5)) - 10) < 1e-9)
         #expect(LastMinute(origin: origin).perSecond(at: origin) == 0)
+    }
+}
+
+@Suite("the TCP listener's shared scrape")
+struct ScrapeCacheTests {
+    @Test("scrapes while a rendering is made and within a second after share it; a later one renders again")
+    func sharing() async {
+        let origin = ContinuousClock.now
+        let clock = Mutex(origin)
+        let renderings = Mutex(0)
+        // The first rendering waits until the second scrape has asked.
+        let (gate, open) = AsyncStream.makeStream(of: Void.self)
+        let cache = ScrapeCache(maxAge: .seconds(1), now: { clock.withLock { $0 } })
+        let render: @Sendable () async -> String = {
+            let n = renderings.withLock {
+                $0 += 1
+                return $0
+            }
+            if n == 1 { for await _ in gate { break } }
+            return "rendering \(n)"
+        }
+        async let first = cache.text(render: render)
+        while renderings.withLock({ $0 }) == 0 { await Task.yield() }
+        async let second = cache.text(render: render)
+        // `second` is queued on the actor behind nothing but `first`'s await: let it ask first.
+        for _ in 0..<100 { await Task.yield() }
+        open.yield()
+        #expect(await [first, second] == ["rendering 1", "rendering 1"])
+        clock.withLock { $0 = origin + .milliseconds(999) }
+        #expect(await cache.text(render: render) == "rendering 1")
+        clock.withLock { $0 = origin + .seconds(1) }
+        #expect(await cache.text(render: render) == "rendering 2")
+        #expect(renderings.withLock { $0 } == 2)
     }
 }

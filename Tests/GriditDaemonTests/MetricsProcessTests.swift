@@ -58,21 +58,33 @@ func parsePrometheus(_ text: String) throws -> [Sample] {
     return samples
 }
 
-/// An HTTP GET over TCP to 127.0.0.1; the whole answer.
-func tcpGet(port: Int, _ path: String) throws -> String {
+/// A TCP connection to 127.0.0.1:`port` from the loopback address `source` (any of 127/8).
+func tcpConnect(port: Int, from source: String = "127.0.0.1") throws -> Int32 {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw TestFailure("socket()") }
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_port = in_port_t(UInt16(port).bigEndian)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    let connected = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+    func withAddress<T>(_ host: String, _ port: Int, _ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T {
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr(host)
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
     }
-    guard connected == 0 else { throw TestFailure("connect to port \(port): \(String(cString: strerror(errno)))") }
+    guard withAddress(source, 0, { bind(fd, $0, $1) }) == 0,
+        withAddress("127.0.0.1", port, { connect(fd, $0, $1) }) == 0
+    else {
+        let reason = String(cString: strerror(errno))
+        close(fd)
+        throw TestFailure("connect from \(source) to port \(port): \(reason)")
+    }
+    return fd
+}
+
+/// An HTTP GET over TCP to 127.0.0.1; the whole answer.
+func tcpGet(port: Int, _ path: String) throws -> String {
+    let fd = try tcpConnect(port: port)
+    defer { close(fd) }
     let request = Array(httpRequest("GET", path))
     _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
     var received = [UInt8]()
@@ -174,6 +186,44 @@ struct MetricsProcessTests {
         let refused = try tcpGet(port: port, "/v1/status")
         #expect(refused.hasPrefix("HTTP/1.1 404") && refused.contains("only GET /metrics"), "\(refused)")
         #expect(try tcpGet(port: port, "/v1/jobs/\(id)").hasPrefix("HTTP/1.1 404"))
+        #expect(daemon.stop() == 0)
+    }
+
+    @Test("the TCP listener budgets connections per address: one address holding many does not shut a scraper out")
+    func perAddress() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let daemon = try DaemonProcess(directory: dir, arguments: ["--metrics-listen", "127.0.0.1:0"])
+        defer { daemon.stop() }
+        let port = try #require(
+            daemon.log.split(separator: "\n").first { $0.contains("metrics listener on 127.0.0.1:") }
+                .flatMap { $0.split(separator: "metrics.port=").last }.flatMap { Int($0.prefix { $0.isNumber }) })
+        // 40 idle connections from 127.0.0.2, more than one user's 32 on the socket: 8 are held,
+        // the other 32 are answered 503 at once.
+        let held = try (0..<40).map { _ in try tcpConnect(port: port, from: "127.0.0.2") }
+        defer { held.forEach { close($0) } }
+        var refusals: [String] = []
+        let deadline = Date().addingTimeInterval(8)
+        var pending = Set(held)
+        while refusals.count < 32, Date() < deadline {
+            for fd in pending {
+                var buffer = [UInt8](repeating: 0, count: 4096)
+                let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                if n > 0 {
+                    refusals.append(String(decoding: buffer[0..<n], as: UTF8.self))
+                    pending.remove(fd)
+                }
+            }
+            usleep(10_000)
+        }
+        #expect(refusals.count == 32, "\(refusals.count) of 40 refused")
+        #expect(
+            refusals.allSatisfy {
+                $0.hasPrefix("HTTP/1.1 503")
+                    && $0.contains("127.0.0.2 has 8 connections open to griditd's metrics listener")
+            }, "\(refusals.first ?? "")")
+        let scrape = try tcpGet(port: port, "/metrics")
+        #expect(scrape.hasPrefix("HTTP/1.1 200"), "\(scrape.prefix(300))")
         #expect(daemon.stop() == 0)
     }
 
