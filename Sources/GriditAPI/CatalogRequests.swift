@@ -125,8 +125,6 @@ public enum ModelCommand: Hashable, Sendable {
     case remove(reference: String)
     case verify(VerifyModelsRequest)
     case gc(GCModelsRequest)
-    /// Write a single-file bundle of the version to `path` (a file the daemon creates).
-    case export(reference: String, path: String)
     case ps
     /// Permission and filesystem checks of the store, as griditd's user sees them (`doctor`).
     case check
@@ -134,7 +132,7 @@ public enum ModelCommand: Hashable, Sendable {
     /// Changes the store (or reads every byte of it): root or the admin group only.
     public var requiresAdmin: Bool {
         switch self {
-        case .list, .show, .ps, .export, .check: false
+        case .list, .show, .ps, .check: false
         case .importPipeline, .importUpload, .tag, .convert, .remove, .verify, .gc: true
         }
     }
@@ -149,7 +147,6 @@ public enum ModelCommand: Hashable, Sendable {
         case .remove: "rm"
         case .verify: "verify"
         case .gc: "gc"
-        case .export: "export"
         case .ps: "ps"
         case .check: "check"
         }

@@ -39,7 +39,7 @@ public final class ModelStoreCatalog: ModelCatalog {
         self.init(models: models, jobs: jobs, cache: cache, blocking: blocking, workerModels: nil)
     }
 
-    private func run<T: Sendable>(
+    func run<T: Sendable>(
         _ body: @escaping @Sendable () throws(ModelStoreError) -> T
     ) async throws(APIError)
         -> T
@@ -145,9 +145,6 @@ public final class ModelStoreCatalog: ModelCatalog {
             case .gc(let request):
                 let r = ModelGCResult(try models.gc(dryRun: request.dryRun ?? false, pins: pins))
                 return ModelCommandOutput(encoding: r, text: r.render())
-            case .export(let reference, let path):
-                let r = ModelExportResult(try models.export(reference, to: path))
-                return ModelCommandOutput(encoding: r, text: r.render())
             case .ps:
                 let r = ModelPSResult(models.ps())
                 return ModelCommandOutput(encoding: r, text: r.render())
@@ -167,6 +164,27 @@ public final class ModelStoreCatalog: ModelCatalog {
                 digest: digest, names: entry.references, precision: precision.rawValue,
                 residentBytes: entry.blobs.reduce(0) { $0 + $1.resident }, activeJobs: entry.leases,
                 expiresAt: entry.expiresAt)
+        }
+    }
+
+    public func exportBundle(_ reference: String) async throws(APIError) -> any BundlePieces {
+        let models = self.models
+        let bundle = try await run { () throws(ModelStoreError) in
+            try models.exportStream(reference, name: "the download of \(reference)")
+        }
+        return Pieces(catalog: self, bundle: bundle, reference: reference)
+    }
+
+    /// `exportBundle`'s pieces, each read and hashed on the blocking pool: a client that reads
+    /// slowly holds no thread between pieces.
+    struct Pieces: BundlePieces {
+        let catalog: ModelStoreCatalog
+        let bundle: BundleStream
+        let reference: String
+
+        func next() async throws(APIError) -> [UInt8]? {
+            let (models, bundle, reference) = (catalog.models, self.bundle, self.reference)
+            return try await catalog.run { () throws(ModelStoreError) in try models.exportPiece(bundle, reference) }
         }
     }
 

@@ -870,17 +870,20 @@ extension ControlAPI {
     }
 
     func exportBundle(_ request: APIRequest, _ reference: String) async throws(APIError) -> Response {
-        let catalog = try requireCatalog()
-        let tmp = context.layout.tmp
-        try? FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
-        let path = tmp + "/export-\(UUID().uuidString).tar"
-        do {
-            _ = try await catalog.perform(.export(reference: reference, path: path), for: request.caller)
-        } catch {
-            try? FileManager.default.removeItem(atPath: path)
-            throw error
-        }
-        return .file(path: path, contentType: "application/x-tar", deleteAfter: true)
+        let pieces = try await requireCatalog().exportBundle(reference)
+        let logger = context.logger
+        return Response(
+            status: .ok, headers: [.contentType: "application/x-tar"],
+            body: ResponseBody { writer in
+                do {
+                    while let piece = try await pieces.next() { try await writer.write(ByteBuffer(bytes: piece)) }
+                } catch let error as APIError {
+                    logger.error(
+                        "a model export ended midway", metadata: ["model": "\(reference)", "error": "\(error.message)"])
+                    throw error
+                }
+                try await writer.finish(nil)
+            })
     }
 
     // MARK: - Helpers

@@ -1,7 +1,8 @@
 // What a killed griditd leaves in its state directory and a restart removes: output folders
 // being written (`.<name>.partial-XXXXXX` next to where `outputs/<name>` goes, made by
-// `SequenceRun.finish(into:)`; the job writes them again from its work folder) and model exports
-// being streamed (`tmp/export-<uuid>.tar`, `tmp/.export-<uuid>.tar.partial-<uuid>`) and uploads
+// `SequenceRun.finish(into:)`; the job writes them again from its work folder), model exports
+// staged by a griditd before 2026-12-08 (`tmp/export-<uuid>.tar`,
+// `tmp/.export-<uuid>.tar.partial-<uuid>`; exports are streamed from the blobs now) and uploads
 // being received or unpacked (`tmp/upload-<uuid>.part`, `tmp/upload-<uuid>.part.d/`). Only names
 // griditd makes, of the type it makes, are removed; a link is never followed, finished outputs
 // (they hold sequence.json) are not searched, and anything else stays where it is. Under a

@@ -19,4 +19,14 @@ public protocol ModelCatalog: Sendable {
 
     /// What is mapped now (the keep-alive cache), for `status`.
     func loadedModels() async -> [LoadedModel]
+
+    /// A version's single-file bundle (`griditctl models export`), made piece by piece as the
+    /// answer is sent: nothing is staged on disk. Errors as `resolve`'s.
+    func exportBundle(_ reference: String) async throws(APIError) -> any BundlePieces
+}
+
+/// A bundle's bytes in order; nil after the last. A failure midway (a blob whose bytes no longer
+/// match its digest, quarantined by then) ends the answer early, and the client sees it cut.
+public protocol BundlePieces: Sendable {
+    func next() async throws(APIError) -> [UInt8]?
 }

@@ -194,86 +194,153 @@ enum TarEntry {
     }
 }
 
-enum BundleWriter {
+/// A bundle's bytes in pieces, for a file or an HTTP answer alike: `next()` gives the next
+/// piece (an entry's header, or up to `ioChunkSize` of a blob), nil after the end. Every blob
+/// is opened at the start, so a gc meanwhile cannot take one away however slowly the pieces are
+/// read; a blob whose bytes do not hash to its digest ends it with `digestMismatch` (the caller
+/// quarantines it). Used by one thread or task at a time.
+public final class BundleStream: @unchecked Sendable {
     /// One file of the bundle: its entry name and the blob file holding it.
     struct Item {
         var digest: BlobDigest
         var path: String
     }
 
-    /// Writes the bundle to `fd`, hashing every blob as it streams; a blob whose bytes do not hash
-    /// to its digest aborts the export with `digestMismatch` (the caller quarantines it).
-    /// Returns the bytes of blob content written.
-    static func write(index: BundleIndex, items: [Item], to fd: Int32, name: String) throws(ModelStoreError) -> Int64 {
-        guard let a = archive_write_new() else { throw ModelStoreError(.io, "libarchive: out of memory") }
-        defer { archive_write_free(a) }
-        func failure(_ what: String) -> ModelStoreError {
-            let message = archive_error_string(a).map { String(cString: $0) } ?? "unknown error"
-            let code = archive_errno(a)
-            if code == ENOSPC || code == EDQUOT { return posixError("writing the bundle", path: name, errno: code) }
-            return ModelStoreError(.io, "writing the bundle \(name): \(what): \(message)")
+    let index: BundleIndex
+    let name: String
+    private let archive: OpaquePointer
+    /// The index entry's bytes, then each blob's open file, size and digest.
+    private var indexBytes: [UInt8]?
+    private var blobs: [(item: Item, fd: Int32, size: Int64)] = []
+    /// The blob being written, and how far.
+    private var position = 0
+    private var current: (offset: Int64, stream: DigestStream)?
+    private var closed = false
+    /// What libarchive has handed out since the last `next()`.
+    fileprivate var output: [UInt8] = []
+    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ioChunkSize, alignment: 4096)
+
+    /// `name` is what errors call the bundle (its path, or "the download").
+    init(index: BundleIndex, items: [Item], name: String) throws(ModelStoreError) {
+        self.index = index
+        self.name = name
+        guard let a = archive_write_new() else {
+            buffer.deallocate()
+            throw ModelStoreError(.io, "libarchive: out of memory")
+        }
+        archive = a
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        indexBytes = Array(try! e.encode(index))  // strings only: cannot fail
+        for item in items {
+            let fd = open(item.path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw posixError("open", path: item.path, errno: errno) }
+            guard let id = FileIdentity.of(fd: fd) else {
+                let code = errno
+                close(fd)
+                throw posixError("fstat", path: item.path, errno: code)
+            }
+            blobs.append((item, fd, id.size))
         }
         archive_write_set_format_pax_restricted(a)
         archive_write_set_bytes_in_last_block(a, 1)
-        guard archive_write_open_fd(a, fd) == ARCHIVE_OK else { throw failure("open") }
+        let opened = archive_write_open2(
+            a, Unmanaged.passUnretained(self).toOpaque(), nil,
+            { _, me, bytes, count in
+                guard let me, let bytes else { return -1 }
+                let stream = Unmanaged<BundleStream>.fromOpaque(me).takeUnretainedValue()
+                stream.output.append(contentsOf: UnsafeRawBufferPointer(start: bytes, count: count))
+                return la_ssize_t(count)
+            }, nil, nil)
+        guard opened == ARCHIVE_OK else { throw failure("open") }
+    }
 
-        func header(_ entryName: String, size: Int64) throws(ModelStoreError) {
-            guard let e = archive_entry_new() else { throw ModelStoreError(.io, "libarchive: out of memory") }
-            defer { archive_entry_free(e) }
-            archive_entry_set_pathname(e, entryName)
-            archive_entry_set_filetype(e, regularFile)
-            archive_entry_set_perm(e, 0o444)
-            archive_entry_set_size(e, size)
-            archive_entry_set_mtime(e, 0, 0)
-            guard archive_write_header(a, e) == ARCHIVE_OK else { throw failure("header of \(entryName)") }
+    deinit {
+        // Not flushed: an export ended early is abandoned, not finished.
+        if !closed { archive_write_fail(archive) }
+        archive_write_free(archive)
+        for blob in blobs { close(blob.fd) }
+        buffer.deallocate()
+    }
+
+    var items: [Item] { blobs.map(\.item) }
+
+    public func next() throws(ModelStoreError) -> [UInt8]? {
+        while output.isEmpty {
+            guard !closed else { return nil }
+            try step()
         }
-        func data(_ bytes: UnsafeRawBufferPointer, _ entryName: String) throws(ModelStoreError) {
-            var done = 0
-            while done < bytes.count {
-                let n = archive_write_data(a, bytes.baseAddress! + done, bytes.count - done)
-                guard n > 0 else { throw failure("data of \(entryName)") }
-                done += n
+        defer { output.removeAll(keepingCapacity: true) }
+        return output
+    }
+
+    /// Feeds libarchive the next entry header or chunk (it hands out whole blocks as they fill).
+    private func step() throws(ModelStoreError) {
+        if let bytes = indexBytes {
+            indexBytes = nil
+            try header(BundleIndex.entryName, size: Int64(bytes.count))
+            var failed: ModelStoreError?
+            bytes.withUnsafeBytes { b in
+                do throws(ModelStoreError) { try data(b, BundleIndex.entryName) } catch { failed = error }
             }
+            if let failed { throw failed }
+            return
         }
-
-        let e = JSONEncoder()
-        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        let indexBytes = Array(try! e.encode(index))  // strings only: cannot fail
-        try header(BundleIndex.entryName, size: Int64(indexBytes.count))
-        var indexFailure: ModelStoreError?
-        indexBytes.withUnsafeBytes { b in
-            do throws(ModelStoreError) { try data(b, BundleIndex.entryName) } catch { indexFailure = error }
+        guard position < blobs.count else {
+            closed = true
+            guard archive_write_close(archive) == ARCHIVE_OK else { throw failure("close") }
+            return
         }
-        if let indexFailure { throw indexFailure }
-
-        var total: Int64 = 0
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ioChunkSize, alignment: 4096)
-        defer { buffer.deallocate() }
-        for item in items {
-            let src = open(item.path, O_RDONLY | O_CLOEXEC)
-            guard src >= 0 else { throw posixError("open", path: item.path, errno: errno) }
-            defer { close(src) }
-            guard let id = FileIdentity.of(fd: src) else { throw posixError("fstat", path: item.path, errno: errno) }
-            let entryName = "blobs/sha256/\(item.digest.hex)"
-            try header(entryName, size: id.size)
-            var stream = DigestStream()
-            var offset: off_t = 0
-            while offset < id.size {
-                let n = pread(src, buffer.baseAddress, min(buffer.count, Int(id.size - Int64(offset))), offset)
-                if n < 0, errno == EINTR { continue }
-                guard n > 0 else { throw posixError("read", path: item.path, errno: n < 0 ? errno : EIO) }
-                let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
-                stream.update(chunk)
-                try data(chunk, entryName)
-                offset += off_t(n)
-            }
+        let (item, fd, size) = blobs[position]
+        let entryName = "blobs/sha256/\(item.digest.hex)"
+        guard var (offset, stream) = current else {
+            try header(entryName, size: size)
+            current = (0, DigestStream())
+            return
+        }
+        guard offset < size else {
+            current = nil
+            position += 1
             let actual = stream.finalize()
             guard actual == item.digest else {
                 throw ModelStoreError(.digestMismatch, "blob \(item.digest) at \(item.path) hashes to \(actual)")
             }
-            total += id.size
+            return
         }
-        guard archive_write_close(a) == ARCHIVE_OK else { throw failure("close") }
-        return total
+        let n = pread(fd, buffer.baseAddress, min(buffer.count, Int(size - offset)), off_t(offset))
+        if n < 0, errno == EINTR { return }
+        guard n > 0 else { throw posixError("read", path: item.path, errno: n < 0 ? errno : EIO) }
+        let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
+        stream.update(chunk)
+        try data(chunk, entryName)
+        offset += Int64(n)
+        current = (offset, stream)
+    }
+
+    private func failure(_ what: String) -> ModelStoreError {
+        let message = archive_error_string(archive).map { String(cString: $0) } ?? "unknown error"
+        let code = archive_errno(archive)
+        if code == ENOSPC || code == EDQUOT { return posixError("writing the bundle", path: name, errno: code) }
+        return ModelStoreError(.io, "writing the bundle \(name): \(what): \(message)")
+    }
+
+    private func header(_ entryName: String, size: Int64) throws(ModelStoreError) {
+        guard let e = archive_entry_new() else { throw ModelStoreError(.io, "libarchive: out of memory") }
+        defer { archive_entry_free(e) }
+        archive_entry_set_pathname(e, entryName)
+        archive_entry_set_filetype(e, regularFile)
+        archive_entry_set_perm(e, 0o444)
+        archive_entry_set_size(e, size)
+        archive_entry_set_mtime(e, 0, 0)
+        guard archive_write_header(archive, e) == ARCHIVE_OK else { throw failure("header of \(entryName)") }
+    }
+
+    private func data(_ bytes: UnsafeRawBufferPointer, _ entryName: String) throws(ModelStoreError) {
+        var done = 0
+        while done < bytes.count {
+            let n = archive_write_data(archive, bytes.baseAddress! + done, bytes.count - done)
+            guard n > 0 else { throw failure("data of \(entryName)") }
+            done += n
+        }
     }
 }

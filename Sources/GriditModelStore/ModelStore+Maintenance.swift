@@ -228,16 +228,49 @@ extension ModelStore {
     /// output for `-`. The file appears complete or not at all (temporary name, fsync, rename).
     /// Every blob is re-hashed while it is written; a bad one aborts the export and is quarantined.
     public func export(_ reference: String, to path: String) throws(ModelStoreError) -> ExportedBundle {
+        let destination =
+            path == "-" || path.hasPrefix("/") ? path : joinPath(FileManager.default.currentDirectoryPath, path)
+        let bundle = try exportStream(reference, name: path == "-" ? "standard output" : destination)
+        func write(to fd: Int32) throws(ModelStoreError) {
+            while let piece = try exportPiece(bundle, reference) {
+                var done = 0
+                while done < piece.count {
+                    let n = piece.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
+                    if n < 0, errno == EINTR { continue }
+                    guard n > 0 else { throw posixError("writing the bundle", path: bundle.name, errno: errno) }
+                    done += n
+                }
+            }
+        }
+        let manifest = bundle.index.manifest.description, tags = bundle.index.tags
+        if path == "-" {
+            try write(to: 1)
+            return ExportedBundle(digest: manifest, references: tags, path: "-", size: 0, blobs: bundle.items.count)
+        }
+        try DurableFile.write(
+            to: destination, failure: { posixError("export: \($0.call)", path: $0.path, errno: $0.errno) }
+        ) {
+            (out) throws(ModelStoreError) in try write(to: out.fileDescriptor)
+        }
+        return ExportedBundle(
+            digest: manifest, references: tags, path: destination,
+            size: FileIdentity.of(path: destination)?.size ?? 0, blobs: bundle.items.count)
+    }
+
+    /// The bundle of `reference` as pieces (`models export`, and griditd's download of it, which
+    /// sends them as they come: nothing is staged on disk), with the version and the tags it
+    /// carries. Read it with `exportPiece`, which quarantines a blob found corrupt.
+    public func exportStream(_ reference: String, name: String) throws(ModelStoreError) -> BundleStream {
         let parsed = try ModelReference(parsing: reference)
         let digest = try resolve(parsed)
         let manifest = try loadManifest(digest)
         var items = [
-            BundleWriter.Item(digest: digest, path: try checkedBlob(digest, what: "the manifest", full: false))
+            BundleStream.Item(digest: digest, path: try checkedBlob(digest, what: "the manifest", full: false))
         ]
         var seen: Set<BlobDigest> = [digest]
         for b in manifest.blobs where seen.insert(b.digest).inserted {
             items.append(
-                BundleWriter.Item(digest: b.digest, path: try checkedBlob(b.digest, what: b.role.rawValue, full: false))
+                BundleStream.Item(digest: b.digest, path: try checkedBlob(b.digest, what: b.role.rawValue, full: false))
             )
         }
         let tags: [String]
@@ -249,38 +282,21 @@ extension ModelStore {
             }
         }
         let index = BundleIndex(format: BundleIndex.format, manifest: digest, tags: tags)
+        return try BundleStream(index: index, items: items, name: name)
+    }
 
-        func write(to fd: Int32, name: String) throws(ModelStoreError) {
-            do {
-                _ = try BundleWriter.write(index: index, items: items, to: fd, name: name)
-            } catch  where error.code == .digestMismatch {
-                // Find which blob failed and quarantine it through the normal path.
-                for item in items {
-                    if case .corrupt(let p, let actual) = try inspect(
-                        item.digest, in: local, full: true, what: "export")
-                    {
-                        throw try mismatch(
-                            item.digest, actual: actual, at: p, in: local, what: "export of \(reference)")
-                    }
+    /// `bundle`'s next piece; a blob that fails its digest is quarantined through the normal path.
+    public func exportPiece(_ bundle: BundleStream, _ reference: String) throws(ModelStoreError) -> [UInt8]? {
+        do {
+            return try bundle.next()
+        } catch  where error.code == .digestMismatch {
+            for item in bundle.items {
+                if case .corrupt(let p, let actual) = try inspect(item.digest, in: local, full: true, what: "export") {
+                    throw try mismatch(item.digest, actual: actual, at: p, in: local, what: "export of \(reference)")
                 }
-                throw error
             }
+            throw error
         }
-
-        if path == "-" {
-            try write(to: 1, name: "standard output")
-            return ExportedBundle(
-                digest: digest.description, references: tags, path: "-", size: 0, blobs: items.count)
-        }
-        let destination = path.hasPrefix("/") ? path : joinPath(FileManager.default.currentDirectoryPath, path)
-        try DurableFile.write(
-            to: destination, failure: { posixError("export: \($0.call)", path: $0.path, errno: $0.errno) }
-        ) {
-            (out) throws(ModelStoreError) in try write(to: out.fileDescriptor, name: destination)
-        }
-        return ExportedBundle(
-            digest: digest.description, references: tags, path: destination,
-            size: FileIdentity.of(path: destination)?.size ?? 0, blobs: items.count)
     }
 
     // MARK: ps

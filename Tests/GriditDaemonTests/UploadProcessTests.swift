@@ -83,6 +83,26 @@ struct UploadProcessTests {
         #expect(daemon.stop() == 0, "\(daemon.log)")
     }
 
+    @Test("models export stages nothing: it works while griditd's tmp folder cannot take a file (as when full)")
+    func exportStagesNothing() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let daemon = try DaemonProcess(directory: dir, model: tinyPipeline())
+        defer { daemon.stop() }
+        let tmp = dir.file("state/tmp")
+        try FileManager.default.removeItem(atPath: tmp)
+        #expect(FileManager.default.createFile(atPath: tmp, contents: Data("not a folder".utf8)))
+        let bundle = dir.file("tiny.tar")
+        let exported = try Self.griditctl(daemon, ["models", "export", "tiny:latest", "-o", bundle])
+        #expect(exported.status == 0, "\(exported.stderr)")
+        try FileManager.default.removeItem(atPath: tmp)
+        try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: false)
+        let back = try Self.griditctl(daemon, ["models", "import", bundle, "--name", "back:v1"])
+        #expect(back.status == 0, "\(back.stderr)")
+        #expect(try Self.digests(daemon, "back:v1") == Self.digests(daemon, "tiny:latest"))
+        #expect(daemon.stop() == 0, "\(daemon.log)")
+    }
+
     @Test("--upload streams a visible folder too; links are refused before sending, and by griditd in a tar")
     func hostileUploads() throws {
         let dir = TemporaryDirectory()

@@ -109,6 +109,23 @@ struct BundleTests {
         #expect(renamed.reference == "copy:v9" && renamed.bytesWritten == 0)
     }
 
+    @Test(
+        "a bundle read piece by piece (griditd's download) is the file's bytes, even if gc removes the version midway")
+    func pieces() throws {
+        let dir = TemporaryDirectory("gms")
+        defer { dir.remove() }
+        let a = try ModelStore(stateDirectory: dir.file("a"))
+        _ = try a.importModel(from: try writePipeline(in: dir.file("src")), name: "tiny:v1", link: .copy)
+        _ = try a.export("tiny:v1", to: dir.file("tiny.tar"))
+        let bundle = try a.exportStream("tiny:v1", name: "the test's download")
+        var bytes = try #require(try a.exportPiece(bundle, "tiny:v1"))
+        _ = try a.remove("tiny:v1", pins: JobPins())
+        _ = try a.gc(pins: JobPins())
+        #expect(try FileManager.default.contentsOfDirectory(atPath: a.stateDirectory + "/blobs/sha256").isEmpty)
+        while let piece = try a.exportPiece(bundle, "tiny:v1") { bytes += piece }
+        #expect(Data(bytes) == (try Data(contentsOf: URL(fileURLWithPath: dir.file("tiny.tar")))))
+    }
+
     @Test("a bundle with a flipped byte is refused and nothing is imported")
     func corruptBundle() throws {
         let dir = TemporaryDirectory("gms")
