@@ -136,9 +136,19 @@ public struct WorkerService: Service {
         guard first.job.crashCount == 0 else { return claimed }
         let filter = ClaimFilter(pipelineDigest: first.job.pipelineDigest, priority: first.job.priority)
         sent = Date()
-        while claimed.count < context.configuration.maxBatchJobs,
-            let more = try await store.claim(workerID: workerID, leaseDuration: lease, matching: filter, now: sent)
-        {
+        while claimed.count < context.configuration.maxBatchJobs {
+            let more: ClaimedJob?
+            do {
+                more = try await store.claim(workerID: workerID, leaseDuration: lease, matching: filter, now: sent)
+            } catch {
+                // The jobs claimed so far are this host's: thrown away, they would sit `running`
+                // until their leases expired and count a crash each.
+                context.logger.warning(
+                    "claiming more jobs for the batch failed; running the \(claimed.count) claimed",
+                    metadata: ["error": "\(error)"])
+                break
+            }
+            guard let more else { break }
             leases.granted(more.job.id, at: more.sentAt ?? sent)
             claimed.append(more)
             sent = Date()

@@ -402,17 +402,23 @@ struct WorkerServiceTests {
     }
 }
 
-/// The SQLite store with a switch that makes lease renewals fail as an unreachable database
-/// would (test double of the worker's store, this file only); every other write goes through.
-final class FailingRenewals: TransitionStore {
+/// The SQLite store with switches that make lease renewals, or the claims that fill a batch,
+/// fail as an unreachable database would (test double of the worker's store, this file only);
+/// everything else goes through.
+final class FailingStore: TransitionStore {
     let base: SQLiteJobStore
-    private let failing = Mutex(false)
+    private let failing = Mutex((renewals: false, batchClaims: false))
 
     init(_ base: SQLiteJobStore) { self.base = base }
 
     var renewalsFail: Bool {
-        get { failing.withLock { $0 } }
-        set { failing.withLock { $0 = newValue } }
+        get { failing.withLock { $0.renewals } }
+        set { failing.withLock { $0.renewals = newValue } }
+    }
+
+    var batchClaimsFail: Bool {
+        get { failing.withLock { $0.batchClaims } }
+        set { failing.withLock { $0.batchClaims = newValue } }
     }
 
     func transition(
@@ -428,7 +434,8 @@ final class FailingRenewals: TransitionStore {
     func claim(
         workerID: String, leaseDuration: TimeInterval, filter: ClaimFilter?, now: Date
     ) async throws(StateError) -> ClaimedJob? {
-        try await base.claim(workerID: workerID, leaseDuration: leaseDuration, filter: filter, now: now)
+        if filter != nil, batchClaimsFail { throw StateError(.database, "connection lost (the test's doing)") }
+        return try await base.claim(workerID: workerID, leaseDuration: leaseDuration, filter: filter, now: now)
     }
 
     func submit(
@@ -470,7 +477,7 @@ struct SelfFencingTests {
         configuration.leaseDuration = 40
         try FileManager.default.createDirectory(atPath: configuration.stateDirectory, withIntermediateDirectories: true)
         let base = try SQLiteJobStore(path: configuration.layout.database)
-        let store = FailingRenewals(base)
+        let store = FailingStore(base)
         let engine = ScriptedEngine { _, attempt in attempt == 1 ? .runUntilStopped : .succeed(steps: 2) }
         var shared = DaemonContext(
             configuration: configuration, store: store, engine: engine, catalog: nil,
@@ -523,6 +530,56 @@ struct SelfFencingTests {
                 try await group.waitForAll()
             }
         }
+    }
+}
+
+@Suite("claims that fill a batch")
+struct BatchClaimTests {
+    @Test("a claim that fails while filling a batch: the jobs claimed before it run now, no lease left to expire")
+    func failedBatchClaim() async throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        var configuration = DaemonConfiguration(
+            stateDirectory: directory.file("state"), socketPath: directory.file("s.sock"))
+        configuration.pollInterval = 0.05
+        configuration.maxBatchJobs = 4
+        try FileManager.default.createDirectory(atPath: configuration.stateDirectory, withIntermediateDirectories: true)
+        let store = FailingStore(try SQLiteJobStore(path: configuration.layout.database))
+        store.batchClaimsFail = true
+        let engine = ScriptedEngine { _, _ in .succeed(steps: 2) }
+        let context = DaemonContext(
+            configuration: configuration, store: store, engine: engine, catalog: nil,
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        let spec = JobSpec(length: 8, parameters: .init(seed: 1))
+        var ids: [Int64] = []
+        for _ in 0..<2 {
+            ids.append(
+                try await store.submit(
+                    JobSubmission(params: spec.storedJSON, length: 8, pipelineDigest: "sha256:a"), owner: 1000,
+                    maxQueued: 10, now: Date()
+                ).job.id)
+        }
+        let worker = WorkerService(context: context)
+        try await testGracefulShutdown { trigger in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await worker.run() }
+                // Long before a lease (120 s) could expire and requeue a dropped claim.
+                let deadline = Date().addingTimeInterval(60)
+                while Date() < deadline {
+                    var done = true
+                    for id in ids where try await store.get(id: id).state != .succeeded { done = false }
+                    if done { break }
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                trigger.triggerGracefulShutdown()
+                try await group.waitForAll()
+            }
+        }
+        for id in ids {
+            let job = try await store.get(id: id)
+            #expect(job.state == .succeeded && job.crashCount == 0 && job.attempt == 1, "\(job)")
+        }
+        #expect(engine.batches == ids.map { [$0] }, "each ran alone: the claim that would add the other failed")
     }
 }
 
