@@ -270,18 +270,25 @@ public final class InProcessEngine: JobEngine {
         }
         let identity = PipelineIdentity(
             digest: digest, blobs: byRole.reduce(into: [:]) { $0[$1.key.rawValue] = $1.value.description })
+        // LoadedPipeline classifies what it catches, and knows nothing of the store: a blob that
+        // cannot be mapped (I/O) keeps the store's class through it.
+        var mapFailure: ModelStoreError?
         do {
             return try cache.lease(Self.cacheKey(digest, precision), blobs: blobs) { context in
                 try LoadedPipeline(
                     spec: spec, identity: identity, precision: precision,
                     map: { role, path in
                         guard let blob = byRole[role] else { return try MappedFile(path: path) }
-                        return try context.map(blob, path: path)
+                        do throws(ModelStoreError) { return try context.map(blob, path: path) } catch {
+                            mapFailure = error
+                            throw error
+                        }
                     })
             }
         } catch let error as ModelStoreError {
             throw Self.failure(error, digest: digest)
         } catch {
+            if let mapFailure { throw Self.failure(mapFailure, digest: digest) }
             throw Self.failure(EngineError.classify(error))
         }
     }

@@ -186,6 +186,25 @@ struct InProcessEngineTests {
         #expect(h.cache.keys.isEmpty)
     }
 
+    @Test(
+        "weights that cannot be mapped (an I/O error after the store's check) fail the job as transient, not internal")
+    func mapFailure() throws {
+        let h = try Harness()
+        // Resolved (checked) by griditd for an engine worker, which maps the files later: one
+        // goes in between, as a blob on a shared root can.
+        let resolved = try JSONEncoder().encode(try h.engine.resolve(h.digest))
+        let show = try h.models.show("tiny:latest", pins: JobPins())
+        let weights = try #require(show.blobs.first { $0.role == "stage1.weights" })
+        try FileManager.default.removeItem(atPath: try #require(weights.path))
+        let recorder = h.run([h.item(1, length: 20, seed: 1)], resolved: resolved)
+        guard case .failed(let failure)? = recorder.outcomes[1]?.first else {
+            Issue.record("expected a failure, got \(recorder.outcomes)")
+            return
+        }
+        #expect(failure.errorClass == .transient, "\(failure)")
+        #expect(failure.message.contains("mapping blob"), "\(failure.message)")
+    }
+
     @Test("gc keeps the blobs of a loaded model even when no tag or job references it any more")
     func gcKeepsMapped() throws {
         let h = try Harness()

@@ -62,7 +62,7 @@ final class Harness: @unchecked Sendable {
 
     /// Runs `items` as one batch on this thread; `joining` is offered at the engine's second `admit`.
     func run(
-        _ items: [ExecutionItem], joining: [ExecutionItem] = [], digest: String? = nil,
+        _ items: [ExecutionItem], joining: [ExecutionItem] = [], digest: String? = nil, resolved: Data? = nil,
         stop: @escaping @Sendable (Int64, Recorder) -> Bool = { _, _ in false }
     ) -> Recorder {
         let recorder = Recorder()
@@ -78,7 +78,8 @@ final class Harness: @unchecked Sendable {
             durable: { id, progress in recorder.state.withLock { $0.durable.append((id, progress)) } },
             step: { id, step in recorder.state.withLock { $0.steps.append((id, step)) } },
             shouldStop: { id in stop(id, recorder) ? .shutdown : nil })
-        engine.execute(ExecutionBatch(pipelineDigest: digest ?? self.digest, items: items), hooks: hooks)
+        engine.execute(
+            ExecutionBatch(pipelineDigest: digest ?? self.digest, items: items, resolved: resolved), hooks: hooks)
         return recorder
     }
 
