@@ -117,6 +117,7 @@ final class BatchRunner {
         for i in runs.indices where !reported.contains(i) && !isActive(i) && inFlight[i] == nil {
             reported.insert(i)
             finished(runs[i], result(i))
+            runs[i].releaseCache()
         }
     }
 

@@ -363,6 +363,13 @@ public final class SequenceRun {
         return (m, img)
     }
 
+    /// Grids held in memory (`grid`'s cache).
+    var cachedGrids: Int { gridCache.count }
+
+    /// Lets go of the grids held in memory: the run has left its batch, which may go on for
+    /// hundreds of jobs more (they are read from disk again if it is ever asked for one).
+    func releaseCache() { gridCache = [] }
+
     /// A done grid whose file is gone (or damaged): recompute it (deterministically, same bytes).
     private func markGridMissing(_ g: Int) {
         guard gridDone[g] else { return }

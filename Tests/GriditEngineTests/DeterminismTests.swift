@@ -1,11 +1,12 @@
 import Foundation
 import GriditCheckpoint
 import GriditDiffusion
-import GriditEngine
 import GriditJobSpec
 import GriditTensor
 import GriditTestSupport
 import Testing
+
+@testable import GriditEngine
 
 // Same seed ⇒ same bytes, whatever the batch composition, the thread count or where a run was
 // interrupted and resumed. "Bytes" are the stage-1 grid files (float32 model space) and the frame
@@ -201,6 +202,28 @@ private func executedTogether(
     #expect(
         results(of: late.workDirectory)
             == (try bytes("latent", JobSpec(length: 3, parameters: .init(seed: 5, steps: "2", noSR: true)))))
+}
+
+@Test func runsThatLeftABatchHoldNoGridsWhileItGoesOn() throws {
+    // One batch runner takes job after job (a seed sweep): what a run held must go when it leaves.
+    let p = try pipeline("latent")
+    let scratch = TemporaryDirectory("ge-sweep")
+    var made: [SequenceRun] = []
+    var leftWithGrids: [Int] = []
+    let outcomes = SequenceRun.execute(
+        [], options: ExecutionOptions(threads: 2, maxBatch: 4),
+        admit: {
+            guard made.count < 6, made.allSatisfy({ $0.isComplete }) else { return [] }
+            made.append(
+                try! SequenceRun(
+                    pipeline: p, spec: JobSpec(length: 8, parameters: .init(seed: UInt64(made.count), steps: "2")),
+                    workDirectory: scratch.file("r\(made.count)")))
+            return [made.last!]
+        },
+        finished: { run, _ in leftWithGrids.append(run.cachedGrids) })
+    #expect(outcomes.count == 6 && made.allSatisfy(\.isComplete))
+    #expect(leftWithGrids.allSatisfy { $0 > 0 }, "each run had grids in memory as it left: \(leftWithGrids)")
+    #expect(made.allSatisfy { $0.cachedGrids == 0 }, "\(made.map(\.cachedGrids))")
 }
 
 /// A run with only frames left (a job resumed after its last grid), admitted while the grids' lane
