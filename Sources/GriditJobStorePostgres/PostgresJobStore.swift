@@ -72,7 +72,7 @@ public final class PostgresJobStore: TransitionStore {
         self.logger = logger
         self.commitFaults = CommitFaults()
         self.client = PostgresClient(
-            configuration: location.clientConfiguration(maximumConnections: maximumConnections),
+            configuration: location.clientConfiguration(maximumConnections: maximumConnections, deadline: timeout),
             backgroundLogger: logger)
     }
 
@@ -133,14 +133,41 @@ public final class PostgresJobStore: TransitionStore {
     /// Applies this binary's pending migrations (under an advisory lock, in one transaction) and
     /// returns their identifiers. Logs migrations only a newer griditd knows: additive, so
     /// this one keeps working beside it during a rolling upgrade.
+    /// A migration that cannot have its locks within `lockWait` (another session holds its
+    /// tables) is tried `tries` times, then fails naming the cause.
     @discardableResult
-    public func migrate() async throws(StateError) -> [String] {
+    public func migrate(lockWait: Duration = .seconds(2), tries: Int = 10) async throws(StateError) -> [String] {
+        try await migrate(PostgresMigrations.all, lockWait: lockWait, tries: tries)
+    }
+
+    func migrate(_ migrations: [SchemaMigration], lockWait: Duration, tries: Int) async throws(StateError) -> [String] {
         let schema = location.schema, logger = self.logger
         do {
-            let (applied, unknown) = try await withConnection { connection in
-                try await PostgresMigrator.migrate(
-                    connection, schema: schema, migrations: PostgresMigrations.all, logger: logger)
-            }
+            var attempt = 0
+            let (applied, unknown) = try await { () async throws -> ([String], [String]) in
+                while true {
+                    attempt += 1
+                    do {
+                        return try await withConnection { connection in
+                            try await PostgresMigrator.migrate(
+                                connection, schema: schema, migrations: migrations, lockWait: lockWait, logger: logger)
+                        }
+                    } catch let error as PSQLError where error.sqlState == "55P03" {
+                        guard attempt < tries else {
+                            throw StateError(
+                                .database,
+                                "migrating the schema \(schema) at \(location) needs locks another session holds "
+                                    + "(a long transaction on griditd's tables, such as a pg_dump: see pg_stat_activity); "
+                                    + "griditd gave up after \(tries) tries of \(lockWait) rather than hold every host "
+                                    + "up behind it. Start it again once that transaction ends")
+                        }
+                        logger.notice(
+                            "the migration waits for locks another session holds; trying again",
+                            metadata: ["try": "\(attempt)", "error": "\(Self.describe(error))"])
+                        try? await Task.sleep(for: lockWait)
+                    }
+                }
+            }()
             if !unknown.isEmpty {
                 logger.notice(
                     "the job database has migrations of a newer griditd; carrying on (they are additive)",

@@ -143,8 +143,12 @@ public struct PostgresLocation: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// The connection pool's settings: few connections (each PostgreSQL backend is a process),
-    /// griditd's schema first on the search path.
-    func clientConfiguration(maximumConnections: Int) -> PostgresClient.Configuration {
+    /// griditd's schema first on the search path, and server-side limits matching the client's
+    /// `deadline`. A backend does not watch its socket while it waits on a lock or sits in a
+    /// transaction, so without them one a client gave up on, or whose host died mid-transaction,
+    /// would keep its place in the lock queue or its locks (the submit lock, a job's row) for the
+    /// two hours of the kernel's keepalive, holding every host up.
+    func clientConfiguration(maximumConnections: Int, deadline: Duration) -> PostgresClient.Configuration {
         var configuration: PostgresClient.Configuration
         switch endpoint {
         case .tcp(let host, let port):
@@ -161,8 +165,12 @@ public struct PostgresLocation: Hashable, Sendable, CustomStringConvertible {
                 unixSocketPath: path, username: user, password: password, database: database)
         }
         configuration.options.maximumConnections = maximumConnections
+        // A second past the client's deadline: the client gives up first (and retries), as before.
+        let serverLimit = String(Int((deadline + .seconds(1)) / .milliseconds(1)))
         configuration.options.additionalStartupParameters = [
             ("search_path", schema), ("application_name", applicationName),
+            ("statement_timeout", serverLimit), ("idle_in_transaction_session_timeout", serverLimit),
+            ("tcp_keepalives_idle", "30"), ("tcp_keepalives_interval", "10"), ("tcp_keepalives_count", "3"),
         ]
         return configuration
     }

@@ -27,8 +27,12 @@ extension SchemaMigration {
 enum PostgresMigrator {
     /// Returns the identifiers applied now. Migrations recorded in the database that this binary
     /// does not know are a newer griditd's: additive, so this one carries on (rolling upgrade).
+    /// Each lock a migration needs is waited for at most `lockWait`: an `ALTER TABLE` queued
+    /// behind a long reader (a pg_dump) would have every later statement on the table, every
+    /// host's claims and heartbeats, queue behind it. It fails with SQLSTATE 55P03 instead.
     static func migrate(
-        _ connection: PostgresSession, schema: String, migrations: [SchemaMigration], logger: Logger
+        _ connection: PostgresSession, schema: String, migrations: [SchemaMigration], lockWait: Duration,
+        logger: Logger
     ) async throws -> (applied: [String], unknown: [String]) {
         precondition(PostgresLocation.isPlainIdentifier(schema), "schema names are checked where they enter")
         try await connection.sql("BEGIN")
@@ -38,6 +42,8 @@ enum PostgresMigrator {
             // The schema name is a checked plain identifier: safe to splice (DDL takes no binds).
             try await connection.sql(PostgresQuery(unsafeSQL: "CREATE SCHEMA IF NOT EXISTS \(schema)"))
             try await connection.sql(PostgresQuery(unsafeSQL: "SET LOCAL search_path TO \(schema)"))
+            let wait = Int(lockWait / .milliseconds(1))
+            try await connection.sql(PostgresQuery(unsafeSQL: "SET LOCAL lock_timeout = \(wait)"))
             try await connection.sql(
                 """
                 CREATE TABLE IF NOT EXISTS schema_migration (

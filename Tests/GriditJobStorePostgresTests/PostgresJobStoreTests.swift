@@ -351,6 +351,88 @@ struct PostgresDeadlineTests {
             }
             let after = try await store.count("SELECT 41 + 1")
             #expect(after == 42)
+            // The server stops it too (statement_timeout, a second past the deadline): a backend
+            // does not notice its client is gone while it sleeps or waits on a lock.
+            let deadline = Date().addingTimeInterval(60)
+            var lingering = -1
+            while Date() < deadline {
+                lingering = try await store.count(
+                    "SELECT count(*)::int FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)' AND state = 'active'"
+                )
+                if lingering == 0 { break }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            #expect(lingering == 0, "the statement the client gave up on still runs on the server")
+        }
+    }
+
+    @Test("a session that stops in the middle of a transaction loses it, and its locks, soon after the deadline")
+    func idleInTransaction() async throws {
+        try await Self.withOneConnection { store in
+            let other = PostgresJobStore(location: store.location, maximumConnections: 1, timeout: .seconds(10))
+            try await other.withRunningPool {
+                let (locked, tookIt) = AsyncStream.makeStream(of: Void.self)
+                // A host that stopped answering (it died, or hangs) while it held a lock.
+                let holder = Task {
+                    try await store.withConnection { session in
+                        try await session.sql("BEGIN")
+                        try await session.sql("SELECT pg_advisory_xact_lock(4242)")
+                        tookIt.yield()
+                        try await Task.sleep(for: .seconds(300))
+                    }
+                }
+                for await _ in locked { break }
+                let taken = "SELECT CASE WHEN pg_try_advisory_xact_lock(4242) THEN 1 ELSE 0 END"
+                #expect(try await other.count(PostgresQuery(unsafeSQL: taken)) == 0)
+                // idle_in_transaction_session_timeout (11 s here) ends the session: the lock is free.
+                let deadline = Date().addingTimeInterval(60)
+                var free = false
+                while Date() < deadline, !free {
+                    free = try await other.count(PostgresQuery(unsafeSQL: taken)) == 1
+                    if !free { try await Task.sleep(for: .milliseconds(250)) }
+                }
+                #expect(free, "the lock of a session that stopped mid-transaction is still held")
+                holder.cancel()
+                _ = await holder.result
+            }
+        }
+    }
+
+    @Test(
+        "a migration whose table another session holds gives up, naming why, instead of queueing every host behind it")
+    func migrationLockWait() async throws {
+        try await Self.withOneConnection { store in
+            let create = SchemaMigration(identifier: "9001_t", sql: "CREATE TABLE t (a int);\n")
+            let alter = SchemaMigration(identifier: "9002_t_b", sql: "ALTER TABLE t ADD COLUMN b int;\n")
+            #expect(try await store.migrate([create], lockWait: .milliseconds(200), tries: 2) == ["9001_t"])
+            let reader = PostgresJobStore(location: store.location, maximumConnections: 2, timeout: .seconds(10))
+            try await reader.withRunningPool {
+                let (held, release) = AsyncStream.makeStream(of: Void.self)
+                let (locked, tookIt) = AsyncStream.makeStream(of: Void.self)
+                // A long reader of the table (a pg_dump's transaction).
+                let holder = Task {
+                    try await reader.withConnection { session in
+                        try await session.sql("BEGIN")
+                        try await session.sql("LOCK TABLE t IN ACCESS SHARE MODE")
+                        tookIt.yield()
+                        for await _ in held { break }
+                        try await session.sql("COMMIT")
+                    }
+                }
+                for await _ in locked { break }
+                do {
+                    _ = try await store.migrate([create, alter], lockWait: .milliseconds(200), tries: 3)
+                    Issue.record("the migration ran while another session held its table")
+                } catch let error as StateError {
+                    #expect(error.message.contains("pg_stat_activity") && error.message.contains("3 tries"), "\(error)")
+                }
+                // Nothing queued behind it: the table is read at once.
+                #expect(try await reader.count("SELECT count(*)::int FROM t") == 0)
+                release.yield()
+                try await holder.value
+                #expect(
+                    try await store.migrate([create, alter], lockWait: .milliseconds(200), tries: 2) == ["9002_t_b"])
+            }
         }
     }
 
