@@ -141,18 +141,31 @@ public final class InProcessEngine: JobEngine {
             return
         }
         // A loaded pipeline has one precision, so jobs asking for another one run after this
-        // batch, each precision as a batch of its own (they stay claimed and heartbeated).
-        var waiting = precisions(batch.items, pipeline: pipeline, hooks: hooks)
-        guard let first = waiting.first?.precision else { return }
-        run(waiting.filter { $0.precision == first }.map(\.item), pipeline: pipeline, precision: first, hooks: hooks) {
-            let new = self.precisions(hooks.admit(), pipeline: pipeline, hooks: hooks)
-            waiting += new.filter { $0.precision != first }
-            return new.filter { $0.precision == first }.map(\.item)
-        }
-        waiting.removeAll { $0.precision == first }
-        while let p = waiting.first?.precision {
-            run(waiting.filter { $0.precision == p }.map(\.item), pipeline: pipeline, precision: p, hooks: hooks)
-            waiting.removeAll { $0.precision == p }
+        // batch, each precision as a batch of its own. Jobs that wait are kept alive (their
+        // leases renewed) and end at once when stopped (a cancel). Jobs that join the first batch
+        // while others wait queue behind them: a steady stream would make them wait for ever.
+        var queue = precisions(batch.items, pipeline: pipeline, hooks: hooks)
+        var first = true
+        while let precision = queue.first?.precision {
+            let group = queue.filter { $0.precision == precision }.map(\.item)
+            queue.removeAll { $0.precision == precision }
+            let admits = first
+            first = false
+            run(group, pipeline: pipeline, precision: precision, hooks: hooks) {
+                queue.removeAll { waiting in
+                    guard hooks.shouldStop(waiting.item.jobID) != nil else {
+                        hooks.working(waiting.item.jobID)
+                        return false
+                    }
+                    hooks.finished(waiting.item.jobID, .interrupted)
+                    return true
+                }
+                guard admits else { return [] }
+                let new = self.precisions(hooks.admit(), pipeline: pipeline, hooks: hooks)
+                let joining = queue.isEmpty ? new.filter { $0.precision == precision }.map(\.item) : []
+                queue += new.filter { item in !joining.contains { $0.jobID == item.item.jobID } }
+                return joining
+            }
         }
     }
 

@@ -33,6 +33,8 @@ enum WorkerEvent: Codable, Sendable {
     case finished(jobID: Int64, outcome: ExecutionOutcome)
     case durable(jobID: Int64, progress: JobProgress)
     case step(jobID: Int64, progress: StepProgress)
+    /// `ExecutionHooks.working`: alive, no progress to show.
+    case working(jobID: Int64)
     /// The batch is over (every job reported).
     case done
     /// What the engine has loaded now, in the engine's own encoding (opaque to the daemon).

@@ -82,7 +82,8 @@ public enum WorkerChild {
                     }
                     send(.step(jobID: id, progress: progress))
                 },
-                shouldStop: { id in inbox.stopReason(id) })
+                shouldStop: { id in inbox.stopReason(id) },
+                working: { id in send(.working(jobID: id)) })
             engine.execute(batch, hooks: hooks)
             inbox.batchEnded()
             send(.done)

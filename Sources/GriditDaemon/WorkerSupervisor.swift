@@ -114,6 +114,9 @@ public final class WorkerSupervisor: Sendable {
             case .event(.step(let id, let progress)):
                 lastSign = .now
                 hooks.step(id, progress)
+            case .event(.working(let id)):
+                lastSign = .now
+                hooks.working(id)
             case .event(.done):
                 return
             case .event(.ready), .event(.models):

@@ -115,6 +115,37 @@ struct InProcessEngineTests {
         #expect(try mixed.frameDigests(3) == solo.frameDigests(3))
     }
 
+    @Test(
+        "a job waiting behind another precision's batch is kept alive, a stop ends it at once, and nothing joins ahead of it"
+    )
+    func waitingPrecision() throws {
+        let split = Precision.bf16.effective == .bf16  // else every job runs in fp32, as one batch
+        let h = try Harness()
+        // Job 3 (fp32) is offered at the engine's second admit, while job 2 (bf16) waits.
+        let recorder = h.run(
+            [h.item(1, length: 20, seed: 1), h.item(2, length: 20, seed: 2, precision: "bf16")],
+            joining: [h.item(3, length: 20, seed: 3)])
+        #expect(recorder.outcomes == [1: [.succeeded], 2: [.succeeded], 3: [.succeeded]])
+        let steps = recorder.state.withLock { $0.steps.map(\.0) }
+        if split {
+            #expect(recorder.working(2) > 0, "job 2 waited without a sign of life (its lease would lapse)")
+            // Job 3 came after job 2 had waited since the claim: it runs after job 2.
+            #expect(steps.lastIndex(of: 2)! < steps.firstIndex(of: 3)!, "job 3 ran ahead of job 2")
+        } else {
+            #expect(steps.firstIndex(of: 3)! < steps.lastIndex(of: 1)!, "job 3 joined the running batch")
+        }
+        // Stopped (a cancel) while it waits: it leaves at once, without a step.
+        let stopped = try Harness()
+        let stops = stopped.run(
+            [stopped.item(1, length: 20, seed: 1), stopped.item(2, length: 20, seed: 2, precision: "bf16")],
+            stop: { id, _ in id == 2 })
+        #expect(stops.outcomes[1] == [.succeeded] && stops.outcomes[2] == [.interrupted])
+        if split {
+            #expect(stops.state.withLock { $0.order } == [2, 1], "job 2's stop waited for job 1's batch to end")
+            #expect(stops.steps(2).isEmpty)
+        }
+    }
+
     @Test("a stopped job resumes from its work directory and writes the frames an uninterrupted run writes")
     func resumeAfterStop() throws {
         let h = try Harness(maxBatch: 4)

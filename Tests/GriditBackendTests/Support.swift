@@ -74,10 +74,16 @@ final class Harness: @unchecked Sendable {
                     return n == 2 ? joining : []
                 }
             },
-            finished: { id, outcome in recorder.state.withLock { $0.outcomes[id, default: []].append(outcome) } },
+            finished: { id, outcome in
+                recorder.state.withLock {
+                    $0.outcomes[id, default: []].append(outcome)
+                    $0.order.append(id)
+                }
+            },
             durable: { id, progress in recorder.state.withLock { $0.durable.append((id, progress)) } },
             step: { id, step in recorder.state.withLock { $0.steps.append((id, step)) } },
-            shouldStop: { id in stop(id, recorder) ? .shutdown : nil })
+            shouldStop: { id in stop(id, recorder) ? .shutdown : nil },
+            working: { id in recorder.state.withLock { $0.working[id, default: 0] += 1 } })
         engine.execute(
             ExecutionBatch(pipelineDigest: digest ?? self.digest, items: items, resolved: resolved), hooks: hooks)
         return recorder
@@ -101,12 +107,17 @@ final class Harness: @unchecked Sendable {
 final class Recorder: Sendable {
     struct State {
         var outcomes: [Int64: [ExecutionOutcome]] = [:]
+        /// Jobs in the order they were reported.
+        var order: [Int64] = []
         var durable: [(Int64, JobProgress)] = []
         var steps: [(Int64, StepProgress)] = []
+        /// `working` signals, by job.
+        var working: [Int64: Int] = [:]
     }
     let state = Mutex(State())
 
     var outcomes: [Int64: [ExecutionOutcome]] { state.withLock { $0.outcomes } }
     func durable(_ id: Int64) -> [JobProgress] { state.withLock { $0.durable.filter { $0.0 == id }.map(\.1) } }
     func steps(_ id: Int64) -> [StepProgress] { state.withLock { $0.steps.filter { $0.0 == id }.map(\.1) } }
+    func working(_ id: Int64) -> Int { state.withLock { $0.working[id, default: 0] } }
 }
