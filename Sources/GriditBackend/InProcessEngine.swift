@@ -253,7 +253,8 @@ public final class InProcessEngine: JobEngine {
             admit: { admit().compactMap(start) },
             finished: { run, result in
                 guard let item = running.removeValue(forKey: ObjectIdentifier(run)) else { return }
-                hooks.finished(item.jobID, self.conclude(run, result, item: item))
+                let others = running.values.map(\.jobID)
+                hooks.finished(item.jobID, self.conclude(run, result, item: item, hooks: hooks, others: others))
             })
     }
 
@@ -326,14 +327,22 @@ public final class InProcessEngine: JobEngine {
 
     /// How a run that left the batch ends: a complete one writes its output folder now.
     private func conclude(
-        _ run: SequenceRun, _ result: Result<Void, EngineError>, item: ExecutionItem
+        _ run: SequenceRun, _ result: Result<Void, EngineError>, item: ExecutionItem, hooks: ExecutionHooks,
+        others: [Int64]
     )
         -> ExecutionOutcome
     {
         switch result {
         case .success:
             do {
-                try run.finish(into: item.outputDirectory, job: item.jobID, options: outputOptions)
+                // Every job of the batch waits meanwhile (the output is written under the batch's
+                // lock): all of them are kept alive, at most once a second.
+                var signalled = ContinuousClock.now
+                try run.finish(into: item.outputDirectory, job: item.jobID, options: outputOptions) {
+                    guard ContinuousClock.now - signalled >= .seconds(1) else { return }
+                    signalled = .now
+                    for id in [item.jobID] + others { hooks.working(id) }
+                }
                 return .succeeded
             } catch {
                 // Another run of this job put the same output in place while this one ran: under

@@ -101,10 +101,12 @@ extension SequenceRun {
 
     /// Writes the output directory `output` of this complete run and returns what
     /// `sequence.json` says. `output` must not exist; its parent must. On any error nothing is
-    /// left at `output` (nor a temporary directory next to it).
+    /// left at `output` (nor a temporary directory next to it). `alive` is called for every frame
+    /// linked and read, and every frame the preview decodes: on a slow disk the frames of a long
+    /// sequence take minutes, which must not look like a hung engine.
     @discardableResult
     public func finish(
-        into output: String, job: Int64? = nil, options: OutputOptions = OutputOptions()
+        into output: String, job: Int64? = nil, options: OutputOptions = OutputOptions(), alive: () -> Void = {}
     ) throws -> SequenceSummary {
         guard isComplete else {
             throw EngineError.invalid(
@@ -137,9 +139,10 @@ extension SequenceRun {
             let relative = "frames/" + Self.frameName(i)
             try Files.linkOrCopy(framePath(i), to: temporary + "/" + relative)
             files.append(.init(file: relative, sha256: Files.sha256(try Files.read(framePath(i)))))
+            alive()
         }
         DurableFiles.syncDirectory(temporary + "/frames")
-        let preview = try writePreview(to: temporary + "/preview.apng", options: options)
+        let preview = try writePreview(to: temporary + "/preview.apng", options: options, alive: alive)
         let sheet = try writeContactSheet(to: temporary + "/contact_sheet.png", options: options)
         let summary = SequenceSummary(
             format: SequenceSummary.currentFormat, frames: plan.frames, frameSize: plan.outputFrameSize,
@@ -164,7 +167,9 @@ extension SequenceRun {
         return image.downsampled(by: ContactSheet.shrinkFactor(size: max(image.width, image.height), maxSize: maxSize))
     }
 
-    private func writePreview(to path: String, options: OutputOptions) throws -> SequenceSummary.Rendering {
+    private func writePreview(
+        to path: String, options: OutputOptions, alive: () -> Void
+    ) throws -> SequenceSummary.Rendering {
         let count = min(plan.frames, options.maxPreviewFrames)
         let first = try frameImage(0, maxSize: options.maxPreviewSize)
         // APNG frames are grey or RGB; an RGBA frame cannot occur (the models write 1 or 3 channels).
@@ -175,7 +180,10 @@ extension SequenceRun {
                     frameCount: count, fps: options.previewFPS
                 ) { bytes in try out.write(bytes) }
                 try writer.append(first)
-                for i in 1..<max(count, 1) { try writer.append(try frameImage(i, maxSize: options.maxPreviewSize)) }
+                for i in 1..<max(count, 1) {
+                    try writer.append(try frameImage(i, maxSize: options.maxPreviewSize))
+                    alive()
+                }
                 try writer.finish()
             } catch {
                 throw EngineError.classify(error)

@@ -18,7 +18,12 @@ import Testing
     let run = try runToEnd(
         p, JobSpec(length: 11, parameters: .init(seed: 4, steps: "3", noSR: true)), work: scratch.file("w"))
     let out = scratch.file("seq")
-    let summary = try run.finish(into: out, options: OutputOptions(previewFPS: 5, contactSheetColumns: 4))
+    var signs = 0
+    let summary = try run.finish(into: out, options: OutputOptions(previewFPS: 5, contactSheetColumns: 4)) {
+        signs += 1
+    }
+    // A sign of life per frame written and per preview frame decoded after the first.
+    #expect(signs == 11 + 10)
 
     // Every frame: the 8-bit quantisation of its grid cell in image space (the VAE decode of the grid).
     let image = p.configuration.imageLayout
