@@ -219,6 +219,11 @@ public final class InProcessEngine: JobEngine {
         func start(_ item: ExecutionItem) -> SequenceRun? {
             do throws(JobFailure) {
                 let run = try makeRun(item, pipeline: pipeline, hooks: hooks)
+                if let other = run.startedOverFrom {
+                    logger.notice(
+                        "job \(item.jobID) starts over: its work folder was computed in \(other), which this host runs as \(run.settings.precisionUsed) (its CPU); frames of both could not be continued bit for bit",
+                        metadata: ["job.id": "\(item.jobID)"])
+                }
                 if FileManager.default.fileExists(atPath: item.outputDirectory) {
                     // griditd died after the output's rename, before the database said so.
                     guard run.isFinished(at: item.outputDirectory) else {
@@ -319,7 +324,8 @@ public final class InProcessEngine: JobEngine {
                 pipeline: pipeline, spec: item.spec, workDirectory: item.workDirectory,
                 hooks: RunHooks(
                     onProgress: { hooks.durable(id, $0) }, onStep: { hooks.step(id, $0) },
-                    shouldStop: { hooks.shouldStop(id) != nil }))
+                    shouldStop: { hooks.shouldStop(id) != nil }),
+                startsOverOnOtherPrecision: true)
         } catch {
             throw Self.failure(EngineError.classify(error))
         }

@@ -99,6 +99,9 @@ public final class SequenceRun {
 
     let schedule1: DenoiseSchedule
     let schedule2: DenoiseSchedule?
+    /// The precision of the work found in the work directory and discarded (see
+    /// `startsOverOnOtherPrecision`); nil when the run resumed it or found none.
+    public private(set) var startedOverFrom: String?
     // Small LRU of grids read back from disk (model space, image space).
     private var gridCache: [(id: Int, model: Tensor, image: Tensor)] = []
 
@@ -107,9 +110,13 @@ public final class SequenceRun {
     /// Starts or resumes the run of `spec` in `workDirectory`. `maxLength` overrides the
     /// pipeline's length limit. Throws `invalid_input` for a bad spec or a work directory that
     /// holds something else.
+    /// - Parameter startsOverOnOtherPrecision: a work directory of the same run computed in
+    ///   another precision (bf16 on a host with AVX512_BF16, resumed on one without, or back) is
+    ///   emptied and the run starts over, rather than failing: its frames could not be continued
+    ///   bit for bit here. For work directories that are the job's own (griditd's).
     public init(
         pipeline: LoadedPipeline, spec: JobSpec, workDirectory: String, hooks: RunHooks = RunHooks(),
-        maxLength: Int? = nil
+        maxLength: Int? = nil, startsOverOnOtherPrecision: Bool = false
     ) throws {
         let settings = try spec.settings(for: pipeline.configuration, maxLength: maxLength)
         guard settings.precisionUsed == pipeline.precision.rawValue else {
@@ -142,7 +149,7 @@ public final class SequenceRun {
         } else {
             schedule2 = nil
         }
-        try openWorkDirectory()
+        try openWorkDirectory(startsOverOnOtherPrecision: startsOverOnOtherPrecision)
     }
 
     static func kind(_ s: SamplerName, eta: Double) -> SamplerKind {
@@ -208,7 +215,7 @@ public final class SequenceRun {
         var settings: RunSettings
     }
 
-    private func openWorkDirectory() throws {
+    private func openWorkDirectory(startsOverOnOtherPrecision: Bool) throws {
         let fm = FileManager.default
         if Files.exists(runFile) {
             var stored: RunFileIdentity
@@ -221,6 +228,16 @@ public final class SequenceRun {
                     hint: "remove the directory or choose another work directory")
             }
             stored.settings = stored.settings.filledAsOlderVersions()
+            var samePrecision = stored.settings
+            samePrecision.precisionUsed = settings.precisionUsed
+            if startsOverOnOtherPrecision, stored.format == Self.runFormat, samePrecision == settings,
+                stored.settings.precisionUsed != settings.precisionUsed,
+                stored.pipeline.digest == pipeline.identity.digest
+            {
+                Files.remove(workDirectory)
+                startedOverFrom = stored.settings.precisionUsed
+                return try openWorkDirectory(startsOverOnOtherPrecision: false)
+            }
             guard stored.format == Self.runFormat, stored.settings == settings,
                 stored.pipeline.digest == pipeline.identity.digest
             else {

@@ -253,6 +253,34 @@ private func executedTogether(
     #expect(results(of: resumed.workDirectory) == (try bytes("latent", latentRequest)))
 }
 
+@Test func aJobWhoseWorkWasComputedInAnotherPrecisionStartsOverRatherThanFail() throws {
+    let p = try pipeline("latent")
+    let scratch = TemporaryDirectory("ge-precision")
+    let work = scratch.file("w")
+    var seen = 0
+    let run = try SequenceRun(
+        pipeline: p, spec: latentRequest, workDirectory: work,
+        hooks: RunHooks(onProgress: { _ in seen += 1 }, shouldStop: { seen >= 2 }))
+    #expect(throws: EngineError.interrupted) { try run.execute(options: ExecutionOptions(threads: 1, maxBatch: 4)) }
+    // As if computed on a host with AVX512_BF16 (a bf16 job), resumed on one without (fp32).
+    let runJSON = URL(fileURLWithPath: work + "/run.json")
+    var record = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: runJSON)) as? [String: Any])
+    var settings = try #require(record["settings"] as? [String: Any])
+    settings["precision_used"] = "bf16"
+    record["settings"] = settings
+    try JSONSerialization.data(withJSONObject: record).write(to: runJSON)
+    // Any other work directory (a user's `griditd run --work`) is refused and left alone.
+    expectEngineError(.invalidInput, mentioning: "holds a different run") {
+        _ = try SequenceRun(pipeline: p, spec: latentRequest, workDirectory: work)
+    }
+    #expect(FileManager.default.fileExists(atPath: work + "/grids"))
+    let resumed = try SequenceRun(
+        pipeline: p, spec: latentRequest, workDirectory: work, startsOverOnOtherPrecision: true)
+    #expect(resumed.startedOverFrom == "bf16" && resumed.gridsDone == 0 && resumed.framesDone == 0)
+    try resumed.execute(options: ExecutionOptions(threads: 1, maxBatch: 16))
+    #expect(results(of: work) == (try bytes("latent", latentRequest)))
+}
+
 @Test func resumingAfterAnInterruptionAtAnyPointGivesTheSameBytes() throws {
     let p = try pipeline("latent")
     let scratch = TemporaryDirectory("ge-resume")
