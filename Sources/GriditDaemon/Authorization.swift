@@ -109,8 +109,8 @@ public final class Authorizer: Sendable {
         if uid == 0 || uid == daemonUID {
             return Caller(credentials: credentials, isAdmin: true, isMember: true, groups: groups)
         }
-        let admin = adminGroup.flatMap(Self.gid(of:)).map(groups.contains) ?? false
-        let member = admin || (userGroup.flatMap(Self.gid(of:)).map(groups.contains) ?? (userGroup == nil))
+        let admin = adminGroup.flatMap { Self.gid(of: $0) }.map(groups.contains) ?? false
+        let member = admin || (userGroup.flatMap { Self.gid(of: $0) }.map(groups.contains) ?? (userGroup == nil))
         return Caller(credentials: credentials, isAdmin: admin, isMember: member, groups: groups)
     }
 
@@ -120,16 +120,18 @@ public final class Authorizer: Sendable {
         if let hit = cache.withLock({ $0[uid] }), now - hit.at < .seconds(5) { return hit.groups }
         var result: Set<UInt32> = []
         var pwd = passwd()
-        var buffer = [CChar](repeating: 0, count: 16384)
-        var entry: UnsafeMutablePointer<passwd>?
-        if getpwuid_r(uid, &pwd, &buffer, buffer.count, &entry) == 0, let entry {
-            let primary = entry.pointee.pw_gid
+        let found = Self.lookUp { buffer in
+            var entry: UnsafeMutablePointer<passwd>?
+            let code = getpwuid_r(uid, &pwd, &buffer, buffer.count, &entry)
+            return (code, entry.map { (String(cString: $0.pointee.pw_name), $0.pointee.pw_gid) })
+        }
+        if let (name, primary) = found {
             result.insert(primary)
             var count: Int32 = 64
             var list = [gid_t](repeating: 0, count: Int(count))
-            if getgrouplist(entry.pointee.pw_name, primary, &list, &count) < 0, count > 64 {
+            if getgrouplist(name, primary, &list, &count) < 0, count > 64 {
                 list = [gid_t](repeating: 0, count: Int(count))
-                _ = getgrouplist(entry.pointee.pw_name, primary, &list, &count)
+                _ = getgrouplist(name, primary, &list, &count)
             }
             result.formUnion(list.prefix(Int(max(0, count))))
         }
@@ -138,12 +140,28 @@ public final class Authorizer: Sendable {
     }
 
     /// The gid of a group name, or nil when there is no such group.
-    public static func gid(of group: String) -> UInt32? {
+    public static func gid(of group: String, initialBuffer: Int = 16384) -> UInt32? {
         var grp = GroupEntry()
-        var buffer = [CChar](repeating: 0, count: 16384)
-        var entry: UnsafeMutablePointer<GroupEntry>?
-        guard getgrnam_r(group, &grp, &buffer, buffer.count, &entry) == 0, let entry else { return nil }
-        return entry.pointee.gr_gid
+        return lookUp(initialBuffer: initialBuffer) { buffer in
+            var entry: UnsafeMutablePointer<GroupEntry>?
+            let code = getgrnam_r(group, &grp, &buffer, buffer.count, &entry)
+            return (code, entry?.pointee.gr_gid)
+        }
+    }
+
+    /// A reentrant user-database lookup (`getgrnam_r`, `getpwuid_r`) given a buffer that grows
+    /// while it answers ERANGE: a group of a thousand members (its names and their pointers)
+    /// outgrows any fixed one, and would read as no group at all, locking every user out.
+    static func lookUp<T>(
+        initialBuffer: Int = 16384, _ call: (inout [CChar]) -> (code: Int32, found: T?)
+    ) -> T? {
+        var size = max(initialBuffer, 1)
+        while true {
+            var buffer = [CChar](repeating: 0, count: size)
+            let (code, found) = call(&buffer)
+            guard code == ERANGE, size < 1 << 26 else { return code == 0 ? found : nil }
+            size *= 2
+        }
     }
 }
 

@@ -1,7 +1,9 @@
+import Foundation
 import GriditAPI
 import GriditJobQueue
 import GriditStateDatabase
 import NIOCore
+import Synchronization
 import Testing
 
 @testable import GriditDaemon
@@ -58,6 +60,19 @@ struct ConnectionPolicyTests {
         #expect(table.enter(.address("10.0.0.3"), isAdmin: false, limits: limits) == nil)
         for i in 0..<119 { #expect(table.enter(.address("10.1.0.\(i)"), isAdmin: false, limits: limits) == nil) }
         #expect(table.enter(.address("10.0.0.4"), isAdmin: false, limits: limits) == .full)
+    }
+
+    @Test("a group larger than the lookup's first buffer is still found (the buffer grows on ERANGE)")
+    func largeGroups() {
+        // Too small for any entry: glibc answers ERANGE, as for a group of a thousand members.
+        #expect(Authorizer.gid(of: "root", initialBuffer: 8) == 0)
+        #expect(Authorizer.gid(of: "no-such-group-gridit", initialBuffer: 8) == nil)
+        let tries = Mutex(0)
+        let found: Int? = Authorizer.lookUp(initialBuffer: 8) { buffer in
+            tries.withLock { $0 += 1 }
+            return (buffer.count < 64 ? ERANGE : 0, buffer.count)
+        }
+        #expect(found == 64 && tries.withLock { $0 } == 4)
     }
 
     @Test("refusals name the limit and what to do")
