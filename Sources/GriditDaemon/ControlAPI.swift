@@ -964,7 +964,7 @@ extension ControlAPI {
         let code: APIError.Code =
             switch error.code {
             case .queueFull: .queueFull
-            case .ownerJobLimit, .ownerWorkLimit: .userLimit
+            case .ownerJobLimit, .ownerWorkLimit, .ownerHistoryLimit: .userLimit
             case .notFound: .notFound
             case .forbidden: .forbidden
             case .invalidTransition: .invalidTransition

@@ -42,6 +42,8 @@ public struct DaemonConfiguration: Sendable {
     public var maxQueued = 1000
     /// The same for one user who is not an admin ⇒ `user_limit` (exit 75).
     public var maxQueuedPerUser = 100
+    /// Jobs one member may have recorded, finished ones included (admins: no limit).
+    public var maxJobsPerUser = 10_000
     /// Estimated compute of one non-admin user's queued and running jobs, in seconds at the nominal
     /// rate `griditd run --dry-run` assumes (a 128-frame job of the bundled model: 28 s; one of
     /// 100,000 frames: 6.2 h) ⇒ `user_limit`.

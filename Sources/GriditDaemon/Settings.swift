@@ -107,6 +107,10 @@ public enum DaemonSettings {
             "Most waiting + running jobs of one user who is not an admin; beyond, a submit gets user_limit.",
             \.maxQueuedPerUser, .int(1...10_000_000)),
         Setting(
+            "max-jobs-per-user", "10000",
+            "Most jobs one non-admin user may have recorded, finished ones included (they go after --keep-succeeded/--keep-failed or `griditctl jobs rm`); beyond, a submit gets user_limit.",
+            \.maxJobsPerUser, .int(1...10_000_000)),
+        Setting(
             "max-work-per-user", "24h",
             "Most estimated compute of one non-admin user's waiting + running jobs (90m, 24h, 2d), at the nominal rate of `griditd run --dry-run`.",
             \.maxWorkPerUser, .duration),

@@ -26,7 +26,8 @@ enum SubmitPolicy {
         caller.isAdmin
             ? SubmitLimits(maxQueued: c.maxQueued)
             : SubmitLimits(
-                maxQueued: c.maxQueued, maxQueuedPerOwner: c.maxQueuedPerUser, maxWorkPerOwner: c.maxWorkPerUser)
+                maxQueued: c.maxQueued, maxQueuedPerOwner: c.maxQueuedPerUser, maxWorkPerOwner: c.maxWorkPerUser,
+                maxRecordedPerOwner: c.maxJobsPerUser)
     }
 
     /// What to do about a per-user limit the store refused a submit for; nil for other errors.
@@ -36,6 +37,9 @@ enum SubmitPolicy {
         case .outputTaken: return "; choose another --output-name, beside it rather than in or above it"
         case .ownerJobLimit: flag = "--max-queued-per-user"
         case .ownerWorkLimit: flag = "--max-work-per-user"
+        case .ownerHistoryLimit:
+            return "; remove finished jobs you no longer need (`griditctl jobs rm ID`; they also go after "
+                + "griditd's --keep-succeeded/--keep-failed), or ask an admin to prune them or raise --max-jobs-per-user"
         default: return nil
         }
         return "; wait for your jobs to finish or cancel some (`griditctl jobs cancel ID`), "

@@ -49,11 +49,18 @@ public struct SubmitLimits: Hashable, Sendable {
     public var maxQueuedPerOwner: Int?
     /// `workSeconds` of the owner's live jobs, the new one included (`ownerWorkLimit`); nil: none.
     public var maxWorkPerOwner: Double?
+    /// Jobs of the owner recorded in any state, the new one excluded (`ownerHistoryLimit`): a
+    /// submit-and-cancel loop keeps one live job and adds a row each time, kept for the
+    /// retention of finished jobs. Nil: none. Checked on submit only (a retry adds no row).
+    public var maxRecordedPerOwner: Int?
 
-    public init(maxQueued: Int, maxQueuedPerOwner: Int? = nil, maxWorkPerOwner: Double? = nil) {
+    public init(
+        maxQueued: Int, maxQueuedPerOwner: Int? = nil, maxWorkPerOwner: Double? = nil, maxRecordedPerOwner: Int? = nil
+    ) {
         self.maxQueued = maxQueued
         self.maxQueuedPerOwner = maxQueuedPerOwner
         self.maxWorkPerOwner = maxWorkPerOwner
+        self.maxRecordedPerOwner = maxRecordedPerOwner
     }
 }
 

@@ -85,6 +85,11 @@ public final class SQLiteJobStore: TransitionStore {
                 try OutputNames.check(name, against: try Self.liveOutputs(owner: owner, except: nil, db))
             }
             try Self.checkLimits(limits, adding: submission.workSeconds, owner: owner, db)
+            if limits.maxRecordedPerOwner != nil {
+                try limits.checkRecorded(
+                    try Int.fetchOne(db, sql: "SELECT count(*) FROM job WHERE owner_uid = ?", arguments: [Int64(owner)])
+                        ?? 0, owner: owner)
+            }
             let id = try Int64.fetchOne(
                 db,
                 sql: """

@@ -55,6 +55,14 @@ extension SubmitLimits {
         }
     }
 
+    /// The owner's `recorded` jobs (any state) leave room for one more row.
+    public func checkRecorded(_ recorded: Int, owner: UInt32) throws(StateError) {
+        guard let max = maxRecordedPerOwner, recorded >= max else { return }
+        throw StateError(
+            .ownerHistoryLimit,
+            "uid \(owner) has \(recorded) jobs recorded, finished ones included, the most one user may have (\(max))")
+    }
+
     /// The owner's `jobs` live jobs and their `work` seconds leave room for one more of `added` seconds.
     public func checkOwner(jobs: Int, work: Double, adding added: Double, owner: UInt32) throws(StateError) {
         if let max = maxQueuedPerOwner, jobs >= max {

@@ -220,6 +220,12 @@ public final class PostgresJobStore: TransitionStore {
                 try OutputNames.check(name, against: try await Self.liveOutputs(owner: owner, except: nil, connection))
             }
             try await Self.checkLimits(limits, adding: submission.workSeconds, owner: owner, connection)
+            if limits.maxRecordedPerOwner != nil {
+                try limits.checkRecorded(
+                    try await connection.sql("SELECT count(*) FROM job WHERE owner_uid = \(owner64)").first(Int.self)
+                        ?? 0,
+                    owner: owner)
+            }
             let id = try await connection.sql(
                 """
                 WITH clock AS (SELECT coalesce(\(now)::timestamptz, now()) AS now)

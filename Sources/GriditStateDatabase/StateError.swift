@@ -9,6 +9,7 @@ public struct StateError: Error, Hashable, Sendable, CustomStringConvertible {
             case queueFull = "queue_full"
             case ownerJobLimit = "owner_job_limit"
             case ownerWorkLimit = "owner_work_limit"
+            case ownerHistoryLimit = "owner_history_limit"
             case outputTaken = "output_taken"
             case notFound = "not_found"
             case leaseLost = "lease_lost"
@@ -31,6 +32,8 @@ public struct StateError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let ownerJobLimit = Code(value: .ownerJobLimit)
         /// The owner's live jobs' estimated work would exceed `SubmitLimits.maxWorkPerOwner`.
         public static let ownerWorkLimit = Code(value: .ownerWorkLimit)
+        /// The owner has `SubmitLimits.maxRecordedPerOwner` jobs recorded, finished ones included.
+        public static let ownerHistoryLimit = Code(value: .ownerHistoryLimit)
         /// Another live job of the same owner writes to the output folder asked for, or to one
         /// inside or around it; nothing was created.
         public static let outputTaken = Code(value: .outputTaken)

@@ -101,6 +101,7 @@ struct SettingFlags: ParsableArguments {
     @Flag(inversion: .prefixedNo, help: help("start-paused")) var startPaused: Bool?
     @Option(help: help("max-queued", "n")) var maxQueued: String?
     @Option(help: help("max-queued-per-user", "n")) var maxQueuedPerUser: String?
+    @Option(help: help("max-jobs-per-user", "n")) var maxJobsPerUser: String?
     @Option(help: help("max-work-per-user", "duration")) var maxWorkPerUser: String?
     @Option(parsing: .unconditional, help: help("member-priority-min", "n")) var memberPriorityMin: String?
     @Option(parsing: .unconditional, help: help("member-priority-max", "n")) var memberPriorityMax: String?
@@ -137,7 +138,8 @@ struct SettingFlags: ParsableArguments {
             "admin-group": adminGroup,
             "socket-group": socketGroup,
             "blas-threads": blasThreads, "start-paused": startPaused.map { "\($0)" }, "max-queued": maxQueued,
-            "max-queued-per-user": maxQueuedPerUser, "max-work-per-user": maxWorkPerUser, "max-job-time": maxJobTime,
+            "max-queued-per-user": maxQueuedPerUser, "max-jobs-per-user": maxJobsPerUser,
+            "max-work-per-user": maxWorkPerUser, "max-job-time": maxJobTime,
             "member-priority-min": memberPriorityMin, "member-priority-max": memberPriorityMax,
             "max-connections": maxConnections, "max-connections-per-user": maxConnectionsPerUser,
             "admin-connections": adminConnections, "header-timeout": headerTimeout, "body-timeout": bodyTimeout,

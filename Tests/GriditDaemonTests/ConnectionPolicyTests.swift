@@ -169,11 +169,15 @@ struct ConnectionPolicyTests {
         configuration.maxQueued = 50
         configuration.maxQueuedPerUser = 7
         configuration.maxWorkPerUser = 3600
+        configuration.maxJobsPerUser = 500
         let member = SubmitPolicy.limits(for: Self.caller(1001), configuration: configuration)
         #expect(member.maxQueued == 50 && member.maxQueuedPerOwner == 7 && member.maxWorkPerOwner == 3600)
+        #expect(member.maxRecordedPerOwner == 500)
         let admin = SubmitPolicy.limits(for: Self.caller(0, admin: true), configuration: configuration)
         #expect(admin.maxQueued == 50 && admin.maxQueuedPerOwner == nil && admin.maxWorkPerOwner == nil)
+        #expect(admin.maxRecordedPerOwner == nil)
         #expect(SubmitPolicy.remedy(.ownerJobLimit)?.contains("--max-queued-per-user") == true)
+        #expect(SubmitPolicy.remedy(.ownerHistoryLimit)?.contains("griditctl jobs rm") == true)
         #expect(SubmitPolicy.remedy(.ownerWorkLimit)?.contains("--max-work-per-user") == true)
         #expect(SubmitPolicy.remedy(.queueFull) == nil)
     }

@@ -53,6 +53,9 @@ struct JobStoreConformance: Sendable {
         Case(name: "list the newest jobs") { try await $0.listNewest() },
         Case(name: "job ids are never reused, not even a pruned job's") { try await $0.idsNeverReused() },
         Case(name: "per-owner limits on live jobs and estimated work") { try await $0.ownerLimits() },
+        Case(name: "per-owner limit on recorded jobs: a submit-and-cancel loop stops; a retry adds no row") {
+            try await $0.recordedLimit()
+        },
         Case(name: "a retry is admitted under the submit limits") { try await $0.retryWithinLimits() },
         Case(name: "no two live jobs of one owner share or nest their output folders") { try await $0.outputNames() },
         Case(name: "prune with a huge age; a negative or NaN one is refused") { try await $0.pruneExtremeAges() },
@@ -661,6 +664,34 @@ struct JobStoreConformance: Sendable {
             let errors = await [outer, inner]
             #expect(errors.filter { $0 == nil }.count == 1 && errors.compactMap(\.?.code) == [.outputTaken])
         }
+    }
+
+    func recordedLimit() async throws {
+        let store = try await makeStore()
+        let limits = SubmitLimits(maxQueued: 100, maxQueuedPerOwner: 5, maxRecordedPerOwner: 3)
+        let job = JobSubmission(params: sampleParams, length: 4)
+        // Submit and cancel: never more than one live job, a row each time.
+        var ids: [Int64] = []
+        for i in 0..<3 {
+            let id = try await store.submit(job, owner: 1, limits: limits, now: at(Double(i))).job.id
+            _ = try await store.cancel(id: id, requesterUID: 1, isAdmin: false, now: at(Double(i)))
+            ids.append(id)
+        }
+        let fourth = await storeError { try await store.submit(job, owner: 1, limits: limits, now: at(4)) }
+        #expect(fourth?.code == .ownerHistoryLimit, "\(String(describing: fourth))")
+        #expect(
+            fourth?.message == "uid 1 has 3 jobs recorded, finished ones included, the most one user may have (3)",
+            "\(fourth?.message ?? "")")
+        #expect(try await store.list(JobFilter()).count == 3)
+        // A retry brings back a row it already has; others' jobs are theirs; no limit, no check.
+        let retried = try await store.retry(id: ids[0], requesterUID: 1, isAdmin: false, limits: limits, now: at(5))
+        #expect(retried.state == .queued)
+        _ = try await store.submit(job, owner: 2, limits: limits, now: at(6))
+        _ = try await store.submit(job, owner: 1, limits: SubmitLimits(maxQueued: 100), now: at(6))
+        // Removing a finished job makes room.
+        _ = try await store.delete(id: ids[1], requesterUID: 1, isAdmin: false, now: at(7))
+        _ = try await store.delete(id: ids[2], requesterUID: 1, isAdmin: false, now: at(7))
+        #expect(await storeError { try await store.submit(job, owner: 1, limits: limits, now: at(8)) } == nil)
     }
 
     func ownerLimits() async throws {
