@@ -543,6 +543,8 @@ struct BatchClaimTests {
             stateDirectory: directory.file("state"), socketPath: directory.file("s.sock"))
         configuration.pollInterval = 0.05
         configuration.maxBatchJobs = 4
+        // A claim thrown away would sit `running` until its lease expired: far past the wait below.
+        configuration.leaseDuration = 900
         try FileManager.default.createDirectory(atPath: configuration.stateDirectory, withIntermediateDirectories: true)
         let store = FailingStore(try SQLiteJobStore(path: configuration.layout.database))
         store.batchClaimsFail = true
@@ -563,8 +565,8 @@ struct BatchClaimTests {
         try await testGracefulShutdown { trigger in
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await worker.run() }
-                // Long before a lease (120 s) could expire and requeue a dropped claim.
-                let deadline = Date().addingTimeInterval(60)
+                // Generous (a loaded 2-core machine), and long before a lease could expire.
+                let deadline = Date().addingTimeInterval(300)
                 while Date() < deadline {
                     var done = true
                     for id in ids where try await store.get(id: id).state != .succeeded { done = false }
