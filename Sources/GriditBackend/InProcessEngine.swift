@@ -141,18 +141,67 @@ public final class InProcessEngine: JobEngine {
             return
         }
         // A loaded pipeline has one precision, so jobs asking for another one run after this
-        // batch, each precision as a batch of its own. Jobs that wait are kept alive (their
-        // leases renewed) and end at once when stopped (a cancel). Jobs that join the first batch
-        // while others wait queue behind them: a steady stream would make them wait for ever.
-        var queue = precisions(batch.items, pipeline: pipeline, hooks: hooks)
+        // batch, each precision as a batch of its own (`WaitingJobs`). Jobs that join the first
+        // batch while others wait queue behind them: a steady stream would make them wait for ever.
+        let waiting = WaitingJobs(precisions(batch.items, pipeline: pipeline, hooks: hooks), hooks: hooks)
         var first = true
-        while let precision = queue.first?.precision {
-            let group = queue.filter { $0.precision == precision }.map(\.item)
-            queue.removeAll { $0.precision == precision }
+        while let (precision, group) = waiting.nextGroup() {
             let admits = first
             first = false
-            run(group, pipeline: pipeline, precision: precision, hooks: hooks) {
-                queue.removeAll { waiting in
+            run(group, pipeline: pipeline, precision: precision, hooks: hooks, waiting: waiting) {
+                waiting.tend(now: true)
+                guard admits else { return [] }
+                let new = self.precisions(hooks.admit(), pipeline: pipeline, hooks: hooks)
+                return waiting.admit(new, joining: precision)
+            }
+        }
+    }
+
+    /// Jobs of the batch waiting for a group of another precision to end. While they wait they
+    /// are kept alive (their leases renewed) and end at once when stopped (a cancel): tended from
+    /// the running group's steps, admissions and output writing, at most once a second, since a
+    /// batched forward of a large model takes minutes between admissions.
+    final class WaitingJobs: Sendable {
+        private let state:
+            Mutex<(items: [(item: ExecutionItem, precision: Precision)], tended: ContinuousClock.Instant)>
+        private let hooks: ExecutionHooks
+
+        init(_ items: [(item: ExecutionItem, precision: Precision)], hooks: ExecutionHooks) {
+            state = Mutex((items, .now))
+            self.hooks = hooks
+        }
+
+        /// The first waiting job's precision and every job of it, taken out of the queue.
+        func nextGroup() -> (Precision, [ExecutionItem])? {
+            state.withLock { s in
+                guard let precision = s.items.first?.precision else { return nil }
+                let group = s.items.filter { $0.precision == precision }.map(\.item)
+                s.items.removeAll { $0.precision == precision }
+                return (precision, group)
+            }
+        }
+
+        /// Of `new` jobs, those of `precision` join the running group while nothing waits; the
+        /// others wait.
+        func admit(
+            _ new: [(item: ExecutionItem, precision: Precision)], joining precision: Precision
+        ) -> [ExecutionItem] {
+            state.withLock { s in
+                let joining = s.items.isEmpty ? new.filter { $0.precision == precision }.map(\.item) : []
+                s.items += new.filter { job in !joining.contains { $0.jobID == job.item.jobID } }
+                return joining
+            }
+        }
+
+        /// Ends the waiting jobs asked to stop, and signals life for the others; `now` even if
+        /// tended less than a second ago.
+        func tend(now force: Bool = false) {
+            let hooks = self.hooks
+            state.withLock { s in
+                let now = ContinuousClock.now
+                guard force || now - s.tended >= .seconds(1) else { return }
+                s.tended = now
+                s.items.removeAll { waiting in
                     guard hooks.shouldStop(waiting.item.jobID) != nil else {
                         hooks.working(waiting.item.jobID)
                         return false
@@ -160,11 +209,6 @@ public final class InProcessEngine: JobEngine {
                     hooks.finished(waiting.item.jobID, .interrupted)
                     return true
                 }
-                guard admits else { return [] }
-                let new = self.precisions(hooks.admit(), pipeline: pipeline, hooks: hooks)
-                let joining = queue.isEmpty ? new.filter { $0.precision == precision }.map(\.item) : []
-                queue += new.filter { item in !joining.contains { $0.jobID == item.item.jobID } }
-                return joining
             }
         }
     }
@@ -198,7 +242,7 @@ public final class InProcessEngine: JobEngine {
     /// Runs `items` (and what `admit` adds) together on the pipeline loaded in `precision`.
     private func run(
         _ items: [ExecutionItem], pipeline resolved: ResolvedPipeline, precision: Precision, hooks: ExecutionHooks,
-        admit: () -> [ExecutionItem] = { [] }
+        waiting: WaitingJobs, admit: () -> [ExecutionItem]
     ) {
         let lease: CacheLease<LoadedPipeline>
         do {
@@ -218,7 +262,7 @@ public final class InProcessEngine: JobEngine {
         /// output is already complete).
         func start(_ item: ExecutionItem) -> SequenceRun? {
             do throws(JobFailure) {
-                let run = try makeRun(item, pipeline: pipeline, hooks: hooks)
+                let run = try makeRun(item, pipeline: pipeline, hooks: hooks, waiting: waiting)
                 if let other = run.startedOverFrom {
                     logger.notice(
                         "job \(item.jobID) starts over: its work folder was computed in \(other), which this host runs as \(run.settings.precisionUsed) (its CPU); frames of both could not be continued bit for bit",
@@ -259,7 +303,9 @@ public final class InProcessEngine: JobEngine {
             finished: { run, result in
                 guard let item = running.removeValue(forKey: ObjectIdentifier(run)) else { return }
                 let others = running.values.map(\.jobID)
-                hooks.finished(item.jobID, self.conclude(run, result, item: item, hooks: hooks, others: others))
+                hooks.finished(
+                    item.jobID,
+                    self.conclude(run, result, item: item, hooks: hooks, others: others, waiting: waiting))
             })
     }
 
@@ -314,7 +360,7 @@ public final class InProcessEngine: JobEngine {
 
     /// A run bound to the job's work directory (resuming what is there), reporting through `hooks`.
     private func makeRun(
-        _ item: ExecutionItem, pipeline: LoadedPipeline, hooks: ExecutionHooks
+        _ item: ExecutionItem, pipeline: LoadedPipeline, hooks: ExecutionHooks, waiting: WaitingJobs
     ) throws(JobFailure)
         -> SequenceRun
     {
@@ -323,7 +369,11 @@ public final class InProcessEngine: JobEngine {
             return try SequenceRun(
                 pipeline: pipeline, spec: item.spec, workDirectory: item.workDirectory,
                 hooks: RunHooks(
-                    onProgress: { hooks.durable(id, $0) }, onStep: { hooks.step(id, $0) },
+                    onProgress: { hooks.durable(id, $0) },
+                    onStep: {
+                        hooks.step(id, $0)
+                        waiting.tend()
+                    },
                     shouldStop: { hooks.shouldStop(id) != nil }),
                 startsOverOnOtherPrecision: true)
         } catch {
@@ -334,7 +384,7 @@ public final class InProcessEngine: JobEngine {
     /// How a run that left the batch ends: a complete one writes its output folder now.
     private func conclude(
         _ run: SequenceRun, _ result: Result<Void, EngineError>, item: ExecutionItem, hooks: ExecutionHooks,
-        others: [Int64]
+        others: [Int64], waiting: WaitingJobs
     )
         -> ExecutionOutcome
     {
@@ -348,6 +398,7 @@ public final class InProcessEngine: JobEngine {
                     guard ContinuousClock.now - signalled >= .seconds(1) else { return }
                     signalled = .now
                     for id in [item.jobID] + others { hooks.working(id) }
+                    waiting.tend()
                 }
                 return .succeeded
             } catch {

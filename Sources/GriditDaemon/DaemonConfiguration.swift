@@ -43,7 +43,7 @@ public struct DaemonConfiguration: Sendable {
     /// The same for one user who is not an admin ⇒ `user_limit` (exit 75).
     public var maxQueuedPerUser = 100
     /// Jobs one member may have recorded, finished ones included (admins: no limit).
-    public var maxJobsPerUser = 10_000
+    public var maxJobsPerUser = 100_000
     /// Estimated compute of one non-admin user's queued and running jobs, in seconds at the nominal
     /// rate `griditd run --dry-run` assumes (a 128-frame job of the bundled model: 28 s; one of
     /// 100,000 frames: 6.2 h) ⇒ `user_limit`.

@@ -268,7 +268,7 @@ public struct HTTPServer: Sendable {
                 http1.setup(channel: channel, logger: logger).flatMapThrowing {
                     try HTTP10Close.add(to: channel)
                     return AcceptedConnection(
-                        channel: $0, credentials: credentials, address: channel.remoteAddress?.ipAddress)
+                        channel: $0, credentials: credentials, address: channel.remoteAddress.flatMap(Self.peerKey))
                 }
             }
         }
@@ -322,6 +322,20 @@ public struct HTTPServer: Sendable {
                 }
             }
         }
+    }
+
+    /// A TCP peer as the metrics listener's connection budget counts it: an IPv4 address, or an
+    /// IPv6 /64 (one host may use any address of its /64; an IPv4-mapped one is its IPv4 address).
+    static func peerKey(_ address: SocketAddress) -> String? {
+        guard case .v6(let v6) = address else { return address.ipAddress }
+        let bytes = withUnsafeBytes(of: v6.address.sin6_addr) { Array($0) }
+        if bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xFF && bytes[11] == 0xFF {
+            return bytes[12...].map(String.init).joined(separator: ".")
+        }
+        let groups = stride(from: 0, to: 8, by: 2).map {
+            String(UInt16(bytes[$0]) << 8 | UInt16(bytes[$0 + 1]), radix: 16)
+        }
+        return groups.joined(separator: ":") + "::/64"
     }
 
     /// Runs the router for each request of one caller's connection.

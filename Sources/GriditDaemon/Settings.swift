@@ -107,7 +107,7 @@ public enum DaemonSettings {
             "Most waiting + running jobs of one user who is not an admin; beyond, a submit gets user_limit.",
             \.maxQueuedPerUser, .int(1...10_000_000)),
         Setting(
-            "max-jobs-per-user", "10000",
+            "max-jobs-per-user", "100000",
             "Most jobs one non-admin user may have recorded, finished ones included (they go after --keep-succeeded/--keep-failed or `griditctl jobs rm`); beyond, a submit gets user_limit.",
             \.maxJobsPerUser, .int(1...10_000_000)),
         Setting(

@@ -86,7 +86,9 @@ public struct SequenceSummary: Codable, Sendable, Equatable {
 
 extension SequenceRun {
     /// Whether `output` holds this run's finished output already: a `sequence.json` of the same
-    /// pipeline and settings (a daemon that died after the rename, before it recorded the success).
+    /// pipeline and settings (a daemon that died after the rename, before it recorded the success),
+    /// in whichever precision the host that wrote it ran (a bf16 job finished on a host with
+    /// AVX512_BF16 is done, also for a host without).
     public func isFinished(at output: String) -> Bool {
         struct Identity: Decodable {
             struct Pipeline: Decodable { var digest: String }
@@ -96,7 +98,9 @@ extension SequenceRun {
         guard let data = FileManager.default.contents(atPath: output + "/sequence.json"),
             let found = try? JSONDecoder().decode(Identity.self, from: data)
         else { return false }
-        return found.pipeline.digest == pipeline.identity.digest && found.settings.filledAsOlderVersions() == settings
+        var written = found.settings.filledAsOlderVersions()
+        written.precisionUsed = settings.precisionUsed
+        return found.pipeline.digest == pipeline.identity.digest && written == settings
     }
 
     /// Writes the output directory `output` of this complete run and returns what

@@ -1,6 +1,5 @@
 import Foundation
 import GriditAPI
-import GriditBackend
 import GriditDaemon
 import GriditDiffusion
 import GriditEngine
@@ -10,6 +9,8 @@ import GriditTensor
 import GriditTestSupport
 import Synchronization
 import Testing
+
+@testable import GriditBackend
 
 // The engine and model store adapters on a real state directory: a real SQLite file, the model
 // store's blobs and mappings, the engine running the tiny random-weight pipeline.
@@ -144,6 +145,37 @@ struct InProcessEngineTests {
             #expect(stops.state.withLock { $0.order } == [2, 1], "job 2's stop waited for job 1's batch to end")
             #expect(stops.steps(2).isEmpty)
         }
+    }
+
+    @Test("waiting jobs are tended at most once a second unless asked now: stopped ones leave, the others signal life")
+    func waitingJobsTending() async throws {
+        let h = try Harness()
+        let stops = Mutex<Set<Int64>>([])
+        let seen = Mutex<(finished: [Int64: ExecutionOutcome], working: [Int64])>(([:], []))
+        let hooks = ExecutionHooks(
+            finished: { id, outcome in seen.withLock { $0.finished[id] = outcome } }, durable: { _, _ in },
+            step: { _, _ in }, shouldStop: { id in stops.withLock { $0.contains(id) } ? .cancel : nil },
+            working: { id in seen.withLock { $0.working.append(id) } })
+        let waiting = InProcessEngine.WaitingJobs(
+            [
+                (h.item(1, length: 8, seed: 1), .bf16), (h.item(2, length: 8, seed: 2), .bf16),
+                (h.item(3, length: 8, seed: 3), .fp32),
+            ], hooks: hooks)
+        stops.withLock { $0 = [2] }
+        waiting.tend(now: true)
+        #expect(seen.withLock { $0.finished } == [2: .interrupted] && seen.withLock { $0.working } == [1, 3])
+        // A second later, from a step: the others again.
+        try await Task.sleep(for: .milliseconds(1100))
+        waiting.tend()
+        #expect(seen.withLock { $0.working } == [1, 3, 1, 3])
+        let group = try #require(waiting.nextGroup())
+        #expect(group.0 == .bf16 && group.1.map(\.jobID) == [1])
+        // Jobs of the running group's precision join only while nothing else waits.
+        #expect(waiting.admit([(h.item(4, length: 8, seed: 4), .bf16)], joining: .bf16).isEmpty)
+        #expect(waiting.nextGroup()?.1.map(\.jobID) == [3])
+        #expect(waiting.nextGroup()?.1.map(\.jobID) == [4])
+        #expect(waiting.admit([(h.item(5, length: 8, seed: 5), .bf16)], joining: .bf16).map(\.jobID) == [5])
+        #expect(waiting.nextGroup() == nil)
     }
 
     @Test("a stopped job resumes from its work directory and writes the frames an uninterrupted run writes")

@@ -75,6 +75,17 @@ struct ConnectionPolicyTests {
         #expect(found == 64 && tries.withLock { $0 } == 4)
     }
 
+    @Test("the metrics listener counts an IPv6 peer by its /64, an IPv4 one (mapped or not) by its address")
+    func peerKeys() throws {
+        func key(_ ip: String) throws -> String? { HTTPServer.peerKey(try SocketAddress(ipAddress: ip, port: 1)) }
+        #expect(try key("192.0.2.7") == "192.0.2.7")
+        #expect(try key("::ffff:192.0.2.7") == "192.0.2.7")
+        #expect(try key("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64")
+        #expect(try key("2001:db8:1:2:ffff:1:2:3") == "2001:db8:1:2::/64")
+        #expect(try key("2001:db8:1:3::1") == "2001:db8:1:3::/64")
+        #expect(try key("::1") == "0:0:0:0::/64")
+    }
+
     @Test("refusals name the limit and what to do")
     func refusalMessages() {
         let limiter = ConnectionLimiter(limits: Self.limits, adminGroup: "gridit-admin")

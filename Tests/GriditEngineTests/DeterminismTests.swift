@@ -279,6 +279,16 @@ private func executedTogether(
     #expect(resumed.startedOverFrom == "bf16" && resumed.gridsDone == 0 && resumed.framesDone == 0)
     try resumed.execute(options: ExecutionOptions(threads: 1, maxBatch: 16))
     #expect(results(of: work) == (try bytes("latent", latentRequest)))
+    // An output the other host finished (its sequence.json says bf16) is this job's output too.
+    let output = scratch.file("out")
+    try resumed.finish(into: output)
+    let summaryURL = URL(fileURLWithPath: output + "/sequence.json")
+    var summary = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: summaryURL)) as? [String: Any])
+    var written = try #require(summary["settings"] as? [String: Any])
+    written["precision_used"] = "bf16"
+    summary["settings"] = written
+    try JSONSerialization.data(withJSONObject: summary).write(to: summaryURL)
+    #expect(resumed.isFinished(at: output))
 }
 
 @Test func resumingAfterAnInterruptionAtAnyPointGivesTheSameBytes() throws {
