@@ -262,13 +262,17 @@ private func executedTogether(
         pipeline: p, spec: latentRequest, workDirectory: work,
         hooks: RunHooks(onProgress: { _ in seen += 1 }, shouldStop: { seen >= 2 }))
     #expect(throws: EngineError.interrupted) { try run.execute(options: ExecutionOptions(threads: 1, maxBatch: 4)) }
+    /// Rewrites the settings recorded in `file` as a bf16 host would have written them.
+    func recordBF16(_ file: String) throws {
+        let url = URL(fileURLWithPath: file)
+        var record = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any])
+        var settings = try #require(record["settings"] as? [String: Any])
+        settings["precision_used"] = "bf16"
+        record["settings"] = settings
+        try JSONSerialization.data(withJSONObject: record).write(to: url)
+    }
     // As if computed on a host with AVX512_BF16 (a bf16 job), resumed on one without (fp32).
-    let runJSON = URL(fileURLWithPath: work + "/run.json")
-    var record = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: runJSON)) as? [String: Any])
-    var settings = try #require(record["settings"] as? [String: Any])
-    settings["precision_used"] = "bf16"
-    record["settings"] = settings
-    try JSONSerialization.data(withJSONObject: record).write(to: runJSON)
+    try recordBF16(work + "/run.json")
     // Any other work directory (a user's `griditd run --work`) is refused and left alone.
     expectEngineError(.invalidInput, mentioning: "holds a different run") {
         _ = try SequenceRun(pipeline: p, spec: latentRequest, workDirectory: work)
@@ -282,12 +286,7 @@ private func executedTogether(
     // An output the other host finished (its sequence.json says bf16) is this job's output too.
     let output = scratch.file("out")
     try resumed.finish(into: output)
-    let summaryURL = URL(fileURLWithPath: output + "/sequence.json")
-    var summary = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: summaryURL)) as? [String: Any])
-    var written = try #require(summary["settings"] as? [String: Any])
-    written["precision_used"] = "bf16"
-    summary["settings"] = written
-    try JSONSerialization.data(withJSONObject: summary).write(to: summaryURL)
+    try recordBF16(output + "/sequence.json")
     #expect(resumed.isFinished(at: output))
 }
 
