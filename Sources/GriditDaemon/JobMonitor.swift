@@ -42,7 +42,9 @@ public final class JobMonitor: Sendable {
     }
 
     /// Waits for a `wake()` (or one that came since the last wait) or `timeout`, whichever comes first.
-    func waitForWake(timeout: Duration) async {
+    /// True when woken before the timeout.
+    @discardableResult
+    func waitForWake(timeout: Duration) async -> Bool {
         let waiter = Waiter()
         let early = wakes.withLock { w -> Bool in
             if w.pending {
@@ -52,17 +54,21 @@ public final class JobMonitor: Sendable {
             w.waiters.append(waiter)
             return false
         }
-        if early { return }
+        if early { return true }
+        let timedOut = StopFlag()
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await waiter.wait() }
             group.addTask {
-                try? await Task.sleep(for: timeout)
+                // Cancelled: the wait ended first (or the caller's task was cancelled).
+                do { try await Task.sleep(for: timeout) } catch { return }
+                timedOut.set()
                 waiter.finish()
             }
             await group.next()
             group.cancelAll()
         }
         wakes.withLock { w in w.waiters.removeAll { $0 === waiter } }
+        return !timedOut.isSet
     }
 
     /// One `waitForWake`: finished by a wake, its timeout or cancellation, whichever is first.

@@ -65,7 +65,7 @@ public struct WorkerService: Service {
                     continue
                 }
                 guard let batch else {
-                    await context.monitor.waitForWake(timeout: pollInterval)
+                    await idle(pollInterval, watchdog: true)
                     continue
                 }
                 carried = await run(batch, engine: engine, thread: thread, stopping: stopping)
@@ -115,6 +115,19 @@ public struct WorkerService: Service {
     }
 
     private var pollInterval: Duration { .milliseconds(Int64(context.configuration.pollInterval * 1000)) }
+
+    /// Waits for a wake-up or `timeout`, telling systemd's watchdog every `watchdogTick` that
+    /// this loop is alive when `watchdog` (griditd's own work): a poll interval may be longer
+    /// than WatchdogSec, and an idle host must not be killed as hung.
+    private func idle(_ timeout: Duration, watchdog: Bool) async {
+        let end = ContinuousClock.now + timeout
+        while !Task.isCancelled {
+            let left = end - .now
+            guard left > .zero else { return }
+            if await context.monitor.waitForWake(timeout: min(left, watchdogTick)) { return }
+            if watchdog { context.notifier.watchdog() }
+        }
+    }
 
     private var watchdogTick: Duration {
         min(context.notifier.watchdogInterval ?? .seconds(1), .seconds(1))
@@ -392,7 +405,7 @@ public struct WorkerService: Service {
                 let claimed = try? await context.store.claim(
                     workerID: workerID, leaseDuration: lease, matching: filter, now: sent)
             else {
-                await context.monitor.waitForWake(timeout: pollInterval)
+                await idle(pollInterval, watchdog: engineRunsApart)
                 continue
             }
             leases.granted(claimed.job.id, at: claimed.sentAt ?? sent)

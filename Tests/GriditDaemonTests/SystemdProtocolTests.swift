@@ -80,6 +80,25 @@ struct SystemdProtocolTests {
         #expect(daemon.stop() == 0)
     }
 
+    @Test("an idle griditd with a poll interval longer than the watchdog's keeps telling systemd it is alive")
+    func watchdogWhileIdle() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.remove() }
+        let listener = try NotifyListener(path: dir.file("notify"))
+        // Nothing to claim, nothing to wake it: the worker loop waits out its 600 s poll interval.
+        let daemon = try DaemonProcess(
+            directory: dir, arguments: ["--poll-interval", "600"],
+            environment: ["NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "2000000"])
+        defer { daemon.stop() }
+        let messages = listener.collect(timeout: 60) { m in
+            guard let ready = m.firstIndex(where: { $0.contains("READY=1") }) else { return false }
+            return m[ready...].filter { $0 == "WATCHDOG=1" }.count >= 4
+        }
+        let ready = try #require(messages.firstIndex { $0.contains("READY=1") }, "no READY=1 in \(messages)")
+        #expect(messages[ready...].filter { $0 == "WATCHDOG=1" }.count >= 4, "\(messages)")
+        #expect(daemon.stop() == 0)
+    }
+
     @Test(
         "socket activation: griditd serves the socket systemd passes (systemd-socket-activate)",
         .enabled(
