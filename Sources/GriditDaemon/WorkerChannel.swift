@@ -48,7 +48,8 @@ final class WorkerChannel: Sendable {
     static let maxFrame = 64 << 20
 
     let fd: Int32
-    private let sending = Mutex(())
+    /// Released: the descriptor is closed (its number may be another file's now) and sends fail.
+    private let released = Mutex(false)
 
     init(fd: Int32) { self.fd = fd }
 
@@ -63,7 +64,8 @@ final class WorkerChannel: Sendable {
         frame[2] = UInt8((n >> 8) & 0xFF)
         frame[3] = UInt8(n & 0xFF)
         frame.append(body)
-        try sending.withLock { _ in
+        try released.withLock { released in
+            guard !released else { throw Closed() }
             try frame.withUnsafeBytes { raw in
                 var offset = 0
                 while offset < raw.count {
@@ -97,6 +99,17 @@ final class WorkerChannel: Sendable {
     }
 
     func close() { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+
+    /// Closes the descriptor once no send is under way; every later send fails with `Closed`
+    /// instead of writing to whatever file reuses the number. Only by the receiving thread,
+    /// after its last `receive`.
+    func release() {
+        released.withLock { released in
+            guard !released else { return }
+            released = true
+            _ = Glibc.close(fd)
+        }
+    }
 }
 
 /// How griditd starts its engine worker: normally its own executable (`/proc/self/exe`, the

@@ -169,7 +169,7 @@ public final class WorkerSupervisor: Sendable {
             }
             if let killed {
                 logger.warning("killing the engine worker: \(killed)", metadata: ["pid": "\(child.pid)"])
-                kill(child.pid, SIGKILL)
+                child.kill()
             }
         }
     }
@@ -231,10 +231,27 @@ public final class WorkerSupervisor: Sendable {
         let pid: pid_t
         let channel: WorkerChannel
         let mailbox = Mailbox()
+        /// Set once reaped: its pid may then be another process's.
+        private let reaped = Mutex(false)
 
         init(pid: pid_t, channel: WorkerChannel) {
             self.pid = pid
             self.channel = channel
+        }
+
+        /// SIGKILL, unless the worker was reaped already.
+        func kill() { reaped.withLock { if !$0 { _ = Glibc.kill(pid, SIGKILL) } } }
+
+        /// Waits until the worker has exited, then reaps it: a `kill` meanwhile still reaches it.
+        func reap() -> Int32 {
+            var info = siginfo_t()
+            while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) < 0 && errno == EINTR {}
+            return reaped.withLock { done in
+                var status: Int32 = 0
+                while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+                done = true
+                return status
+            }
         }
     }
 
@@ -269,7 +286,7 @@ public final class WorkerSupervisor: Sendable {
                 continue
             }
         }
-        kill(pid, SIGKILL)
+        child.kill()
         throw StartFailure(message: "it did not get ready within \(Int(settings.startTimeout)) s and was killed")
     }
 
@@ -281,10 +298,8 @@ public final class WorkerSupervisor: Sendable {
                 if case .models(let data) = event { onModels(data) } else { child.mailbox.post(.event(event)) }
             }
             child.channel.close()
-            var status: Int32 = 0
-            while waitpid(child.pid, &status, 0) < 0 && errno == EINTR {}
-            Glibc.close(child.channel.fd)
-            let exit = WorkerExit(status: status)
+            let exit = WorkerExit(status: child.reap())
+            child.channel.release()
             let unexpected = state.withLock { s -> Bool in
                 if s.child === child { s.child = nil }
                 if !s.running { s.lastExit = "\(exit)" }
@@ -315,7 +330,7 @@ public final class WorkerSupervisor: Sendable {
         while ContinuousClock.now < deadline {
             if case .ended = child.mailbox.next(timeout: 0.1) { return }
         }
-        kill(child.pid, SIGKILL)
+        child.kill()
     }
 }
 

@@ -193,3 +193,24 @@ struct ConnectionPolicyTests {
         #expect(SubmitPolicy.remedy(.queueFull) == nil)
     }
 }
+
+@Suite("the engine worker's channel")
+struct WorkerChannelTests {
+    @Test("once released, a send fails instead of writing to the file that took the descriptor's number")
+    func releasedChannel() throws {
+        var ends: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &ends) == 0)
+        defer { close(ends[1]) }
+        let channel = WorkerChannel(fd: ends[0])
+        try channel.send(WorkerRequest.exit)
+        channel.close()
+        channel.release()
+        // Another connection takes the lowest free number: most likely the channel's old one.
+        var other: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &other) == 0)
+        defer { other.forEach { close($0) } }
+        #expect(throws: WorkerChannel.Closed.self) { try channel.send(WorkerRequest.exit) }
+        var byte: UInt8 = 0
+        #expect(recv(other[1], &byte, 1, Int32(MSG_DONTWAIT)) < 0, "a frame went to another connection")
+    }
+}
