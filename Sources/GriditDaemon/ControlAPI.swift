@@ -821,7 +821,7 @@ extension ControlAPI {
         case "json": type = "application/json"
         default: type = "application/octet-stream"
         }
-        return .file(path: path, contentType: type, deleteAfter: false)
+        return .file(path: path, contentType: type)
     }
 
     // MARK: - Models

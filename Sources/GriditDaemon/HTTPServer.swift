@@ -138,14 +138,13 @@ extension Response {
             })
     }
 
-    /// A file streamed from disk; `deleteAfter` removes it once sent (a temporary export).
-    static func file(path: String, contentType: String, deleteAfter: Bool) -> Response {
+    /// A file streamed from disk.
+    static func file(path: String, contentType: String) -> Response {
         guard let file = FileHandle(forReadingAtPath: path) else {
             return .error(APIError(.notFound, "the file \(path) is gone"))
         }
         let size = (try? file.seekToEnd()) ?? 0
         try? file.seek(toOffset: 0)
-        if deleteAfter { unlink(path) }  // the open handle keeps its data until sent
         return Response(
             status: .ok, headers: [.contentType: contentType],
             body: ResponseBody(contentLength: Int(size)) { writer in
