@@ -10,7 +10,7 @@ import GriditJobSpec
 import GriditTestSupport
 import Testing
 
-@Suite("backup and move", .serialized)
+@Suite("backup and move", .serialized, .offPool)
 struct BackupProcessTests {
     static func outputDirColumn(_ stateDir: String, _ id: Int64) throws -> String? {
         let queue = try DatabaseQueue(path: stateDir + "/jobs.sqlite")

@@ -13,7 +13,7 @@ import Testing
 import Glibc
 #endif
 
-@Suite("griditctl with griditd", .serialized)
+@Suite("griditctl with griditd", .serialized, .offPool)
 struct CLIProcessTests {
     static let griditctl = binaryDirectory() + "/griditctl"
 
@@ -205,7 +205,7 @@ struct CLIProcessTests {
     }
 }
 
-@Suite("griditctl submit --dry-run", .serialized)
+@Suite("griditctl submit --dry-run", .serialized, .offPool)
 struct DryRunProcessTests {
     @Test("submit --dry-run prints griditd's plan and estimate; a job over --max-job-time is refused with its estimate")
     func dryRunAndLimit() throws {

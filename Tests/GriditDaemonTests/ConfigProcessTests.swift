@@ -10,7 +10,7 @@ import Testing
 
 @testable import GriditDaemon
 
-@Suite("griditd configuration", .serialized)
+@Suite("griditd configuration", .serialized, .offPool)
 struct ConfigProcessTests {
     /// The process environment without any GRIDIT_ setting of the machine running the tests.
     static func environment(_ extra: [String: String] = [:]) -> [String: String] {

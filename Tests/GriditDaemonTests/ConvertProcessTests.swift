@@ -9,7 +9,7 @@ import GriditJobSpec
 import GriditTestSupport
 import Testing
 
-@Suite("models convert over the socket", .serialized)
+@Suite("models convert over the socket", .serialized, .offPool)
 struct ConvertProcessTests {
     @Test("griditctl models convert: a new bf16 version that lists, runs a job and converts again to the same digest")
     func convertOverTheSocket() throws {

@@ -13,7 +13,7 @@ import Testing
 import Glibc
 #endif
 
-@Suite("griditd and worker crashes", .serialized)
+@Suite("griditd and worker crashes", .serialized, .offPool)
 struct CrashTests {
     static let arguments = ["--max-batch", "4"]
 

@@ -13,7 +13,7 @@ import Testing
 import Glibc
 #endif
 
-@Suite("griditd process", .serialized)
+@Suite("griditd process", .serialized, .offPool)
 struct DaemonProcessTests {
     @Test("500 concurrent submits from 20 clients: every accepted job exists once; idempotency keys dedupe")
     func concurrentSubmits() throws {

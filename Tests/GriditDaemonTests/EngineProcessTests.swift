@@ -58,7 +58,7 @@ func entries(_ path: String) -> [String] {
     ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted()
 }
 
-@Suite("griditd with the engine", .serialized)
+@Suite("griditd with the engine", .serialized, .offPool)
 struct EngineProcessTests {
     /// 64 frames: 5 stage-1 grids, stage-2 batches of 4 frames (`--max-batch 4`).
     static let request = SubmitJobRequest(spec: JobSpec(length: 64, parameters: .init(seed: 11)))

@@ -54,7 +54,7 @@ final class Zombies {
     deinit { reap() }
 }
 
-@Suite("griditd hardened", .serialized)
+@Suite("griditd hardened", .serialized, .offPool)
 struct HardeningProcessTests {
     static let ctl = binaryDirectory() + "/griditctl"
 

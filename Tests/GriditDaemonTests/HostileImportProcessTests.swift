@@ -12,7 +12,7 @@ import Testing
 import Glibc
 #endif
 
-@Suite("griditd and hostile files", .serialized)
+@Suite("griditd and hostile files", .serialized, .offPool)
 struct HostileImportProcessTests {
     /// A copy of the tiny pipeline in `dir/name`, readable by everyone.
     static func pipelineCopy(in dir: TemporaryDirectory, _ name: String = "p") throws -> String {

@@ -13,7 +13,7 @@ import Testing
 import Glibc
 #endif
 
-@Suite("griditd's log", .serialized)
+@Suite("griditd's log", .serialized, .offPool)
 struct LogProcessTests {
     @Test("a job's lines name it and say what happened; no request lines at info, one per request at debug")
     func jobLines() throws {

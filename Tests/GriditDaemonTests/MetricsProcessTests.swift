@@ -97,7 +97,7 @@ func tcpGet(port: Int, _ path: String) throws -> String {
     return String(decoding: received, as: UTF8.self)
 }
 
-@Suite("metrics and health", .serialized)
+@Suite("metrics and health", .serialized, .offPool)
 struct MetricsProcessTests {
     static func body(_ answer: String) -> String {
         answer.range(of: "\r\n\r\n").map { String(answer[$0.upperBound...]) } ?? ""

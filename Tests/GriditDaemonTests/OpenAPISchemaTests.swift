@@ -96,7 +96,7 @@ extension Timestamp {
     }
 }
 
-@Suite("OpenAPI schemas against real answers", .serialized)
+@Suite("OpenAPI schemas against real answers", .serialized, .offPool)
 struct OpenAPISchemaTests {
     @Test("every /v1/models route answers what docs/openapi.yaml describes")
     func modelAnswersMatchSchemas() throws {

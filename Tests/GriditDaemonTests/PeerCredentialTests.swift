@@ -15,7 +15,7 @@ import Testing
 import Glibc
 #endif
 
-@Suite("peer credentials", .serialized)
+@Suite("peer credentials", .serialized, .offPool)
 struct PeerCredentialTests {
     /// Root and setpriv are needed to run clients as other uids, and the Swift runtime must be
     /// readable by them (a toolchain under /root is not); everywhere else the suite is skipped
@@ -139,7 +139,7 @@ struct ModelShowEnvelope: Decodable {
 }
 
 /// Tests of limits that need several uids at once.
-@Suite("per-user limits", .serialized)
+@Suite("per-user limits", .serialized, .offPool)
 struct PerUserLimitTests {
     static let users = PeerCredentialTests.usersGID
     static let alice: uid_t = 40_011, bob: uid_t = 40_012, carol: uid_t = 40_013, dave: uid_t = 40_014

@@ -10,7 +10,7 @@ import Testing
 import Glibc
 #endif
 
-@Suite("griditd on PostgreSQL")
+@Suite("griditd on PostgreSQL", .offPool)
 struct PostgresDaemonTests {
     @Test("serve with GRIDIT_DATABASE: a job runs to the end; another host's griditd sees the same queue")
     func queueOnPostgres() throws {

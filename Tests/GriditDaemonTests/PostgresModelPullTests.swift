@@ -12,7 +12,7 @@ import Glibc
 
 // Hosts of one PostgreSQL queue and one shared root whose own model stores lack a job's version
 // pull it from the model origin (`<shared-root>/models`): real griditd processes, real files.
-@Suite("griditd on PostgreSQL: model pulls from the origin", .serialized)
+@Suite("griditd on PostgreSQL: model pulls from the origin", .serialized, .offPool)
 struct PostgresModelPullTests {
     static let request = SubmitJobRequest(spec: JobSpec(length: 8, parameters: .init(seed: 77)))
 

@@ -12,7 +12,7 @@ import Glibc
 /// Two real griditd processes on one database: host A takes the requests (drained, so it
 /// claims nothing), host B runs the jobs. With a poll interval of 60 s, only a NOTIFY can get a
 /// job from A's submit to B's claim, or A's cancel to B's running job, within the hang guards.
-@Suite("griditd hosts wake each other (LISTEN/NOTIFY)", .serialized)
+@Suite("griditd hosts wake each other (LISTEN/NOTIFY)", .serialized, .offPool)
 struct PostgresNotifyTests {
     /// Longer than any hang guard below: a claim or stop seen in time came from a notice.
     static let slowPoll = ["--poll-interval", "60"]

@@ -12,7 +12,7 @@ import Testing
 import Glibc
 #endif
 
-@Suite("retention and jobs prune", .serialized)
+@Suite("retention and jobs prune", .serialized, .offPool)
 struct RetentionProcessTests {
     static let request = SubmitJobRequest(spec: JobSpec(length: 8, parameters: .init(seed: 3)))
 

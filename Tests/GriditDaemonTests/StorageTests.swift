@@ -65,7 +65,7 @@ func waitUntil(_ what: String, _ daemon: DaemonProcess, timeout: Double = 120, _
     throw TestFailure("timed out waiting until \(what)\n\(daemon.log)")
 }
 
-@Suite("griditd and its storage", .serialized)
+@Suite("griditd and its storage", .serialized, .offPool)
 struct StorageTests {
     @Test(
         "low disk space: a job waits queued without using attempts, status and jobs show say why; it runs once there is room"

@@ -14,7 +14,7 @@ import Testing
 import Glibc
 #endif
 
-@Suite("models import over the socket", .serialized)
+@Suite("models import over the socket", .serialized, .offPool)
 struct UploadProcessTests {
     static let ctl = binaryDirectory() + "/griditctl"
 

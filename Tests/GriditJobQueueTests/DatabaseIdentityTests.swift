@@ -13,7 +13,7 @@ import Testing
 import Glibc
 #endif
 
-@Suite("database identity and reserve")
+@Suite("database identity and reserve", .offPool)
 struct DatabaseIdentityTests {
     /// A state directory whose database (opened by its owner) holds one job.
     func populated(_ directory: TemporaryDirectory) async throws {

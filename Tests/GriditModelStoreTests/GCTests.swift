@@ -8,7 +8,7 @@ import GriditModels
 import GriditTestSupport
 import Testing
 
-@Suite("gc")
+@Suite("gc", .offPool)
 struct GCTests {
     func blobFiles(_ store: ModelStore) throws -> Set<String> {
         Set(try FileManager.default.contentsOfDirectory(atPath: store.stateDirectory + "/blobs/sha256"))
@@ -106,7 +106,7 @@ struct GCTests {
     }
 }
 
-@Suite("Mappings of other processes")
+@Suite("Mappings of other processes", .offPool)
 struct OtherProcessTests {
     @Test(
         "gc keeps a blob another process maps, and ps shows that process",

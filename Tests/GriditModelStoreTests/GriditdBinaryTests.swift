@@ -27,7 +27,7 @@ func griditd(_ arguments: [String], environment: [String: String] = [:], prefix:
         environment: ProcessInfo.processInfo.environment.merging(environment) { $1 }, timeout: 300)
 }
 
-@Suite("The griditd binary: kill -9 during import, CLI contract")
+@Suite("The griditd binary: kill -9 during import, CLI contract", .offPool)
 struct GriditdBinaryTests {
     /// Starts an import that stops at `label` (the `pause-at` fault point, which writes
     /// `<state>/test-paused` there), waits until it is there, and kills it with SIGKILL.

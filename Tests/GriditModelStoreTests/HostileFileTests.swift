@@ -42,7 +42,7 @@ func fifoHasReader(_ path: String) -> Bool {
 /// Files the daemon opens on a user's behalf that are not regular files of the pipeline's own
 /// folder: every one is refused with a clear error before it is opened for reading, and the
 /// store stays as it was.
-@Suite("Hostile files: FIFOs, devices, links, escapes, other users' files, huge shapes, NaN")
+@Suite("Hostile files: FIFOs, devices, links, escapes, other users' files, huge shapes, NaN", .offPool)
 struct HostileFileTests {
     /// A store holding one good version, and a second pipeline folder `bad/` to break.
     struct Setup {
@@ -237,7 +237,7 @@ struct HostileFileTests {
     }
 }
 
-@Suite("Link modes keep the sources independent")
+@Suite("Link modes keep the sources independent", .offPool)
 struct LinkModeTests {
     @Test("auto reflinks or copies, never hardlinks; writing the source in place leaves the blob intact")
     func autoIsIndependent() throws {
