@@ -111,7 +111,9 @@ public enum Daemon {
             configuration: configuration, store: store, engine: engine, catalog: catalog, notifier: notifier,
             faults: faults, logger: logger, database: database, node: node, nodes: nodes)
         context.singleHost = shared == nil
-        context.sharedRootToken = sharedRootToken
+        if let shared = layout.sharedRoot, let sharedRootToken {
+            context.sharedRootProbe = SharedRootProbe(root: shared, token: sharedRootToken)
+        }
         let api = ControlAPI(context: context)
         let server = HTTPServer(
             limits: configuration.http,
@@ -185,6 +187,7 @@ public enum Daemon {
                 )
             }
         }
+        let deadline = StopDeadline(logger: logger)
         var groupConfiguration = ServiceGroupConfiguration(
             services: [
                 .init(service: ControlSocketService(server: server, channel: channel)),
@@ -193,13 +196,22 @@ public enum Daemon {
             ] + changes + observability + built.services.map { .init(service: $0) } + [
                 .init(service: WorkerService(context: context)),
                 // Last: the first told of shutdown, so STOPPING=1 goes out before anything stops.
-                .init(service: StoppingNotifierService(notifier: notifier)),
+                .init(
+                    service: StoppingNotifierService(
+                        notifier: notifier, deadline: deadline, stopTimeout: configuration.stopTimeout)),
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: Logger(label: "gridit.lifecycle"))
         groupConfiguration.maximumGracefulShutdownDuration = .seconds(configuration.stopTimeout)
-        groupConfiguration.maximumCancellationDuration = .seconds(5)
-        try await ServiceGroup(configuration: groupConfiguration).run()
+        // No cancellation limit: its end is a fatalError. StopDeadline ends such a stop instead.
+        groupConfiguration.maximumCancellationDuration = nil
+        let services = Task { try await ServiceGroup(configuration: groupConfiguration).run() }
+        deadline.onSecondSignal { services.cancel() }
+        try await withTaskCancellationHandler {
+            try await services.value
+        } onCancel: {
+            services.cancel()
+        }
 
         try? await eventLoops.shutdownGracefully()
         if case .path(let path) = listen { unlink(path) }
@@ -320,9 +332,12 @@ extension ControlSocketService: CustomStringConvertible {
 /// Sends STOPPING=1 the moment shutdown begins.
 struct StoppingNotifierService: Service {
     let notifier: SystemdNotifier
+    let deadline: StopDeadline
+    let stopTimeout: TimeInterval
 
     func run() async throws {
         try? await gracefulShutdown()
+        deadline.stopStarted(stopTimeout: stopTimeout)
         notifier.stopping(status: "stopping: checkpointing the running job")
     }
 }

@@ -38,8 +38,8 @@ public struct DaemonContext: Sendable {
     /// The queue is this host's alone (SQLite): its running jobs are this node's. True unless
     /// a registry of several hosts is given.
     public var singleHost: Bool
-    /// The token of the shared root's mark (`SharedRootMark`), checked with its free space.
-    public var sharedRootToken: String?
+    /// Checks the shared root's mark (`SharedRootMark`) and free space (nil: no shared root).
+    var sharedRootProbe: SharedRootProbe?
 
     public init(
         configuration: DaemonConfiguration, store: any JobStore, engine: (any JobEngine)?,
@@ -164,10 +164,10 @@ public struct DaemonContext: Sendable {
     /// Measures the shared root's free space for `freeBytes` and checks its mark (MaintenanceService, every few
     /// seconds): on a network filesystem a statvfs is a round trip, and it blocks while a hard
     /// mount is down, too slow for every claim, listed job and status.
-    func measureSharedRoot() {
-        guard let shared = configuration.sharedRoot else { return }
-        conditions.sharedRootFree = Self.freeBytes(on: shared)
-        conditions.sharedRootProblem = sharedRootToken.flatMap { SharedRootMark.check(shared, token: $0) }
+    func measureSharedRoot() async {
+        guard let reading = await sharedRootProbe?.read() else { return }
+        conditions.sharedRootFree = reading.free
+        conditions.sharedRootProblem = reading.problem
     }
 
     private static func freeBytes(on folder: String) -> Int64? {

@@ -35,7 +35,7 @@ public struct MaintenanceService: Service {
                         metadata: ["error": "\(error.message)"])
                 }
             }
-            context.measureSharedRoot()
+            await context.measureSharedRoot()
             _ = context.startBlocker(remakeReserve: false)  // notices a lost database even with no worker
             await context.refreshStatus()
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(min(5, config.reapInterval))) }
@@ -65,42 +65,52 @@ public struct MaintenanceService: Service {
 
 /// Deleting finished jobs and their folders (the retention pass and `jobs prune`).
 enum Retention {
+    /// Jobs deleted per transaction: a first pass over a long history holds submits and
+    /// heartbeats up for one batch at a time.
+    static let batchSize = 500
+
     /// `olderThan` nil applies the configured retention per state (a state whose retention is
     /// off is kept). `requester`: the uid of a `jobs prune`, nil for the retention pass.
     static func prune(
-        _ context: DaemonContext, olderThan: TimeInterval?, keepOutputs: Bool, requester: UInt32? = nil
+        _ context: DaemonContext, olderThan: TimeInterval?, keepOutputs: Bool, requester: UInt32? = nil,
+        batchSize: Int = batchSize
     ) async throws(StateError) -> [PruneResponse.Pruned] {
         let config = context.configuration
         let now = Date()
-        var pruned: [(job: PrunedJob, age: TimeInterval)] = []
+        var passes: [(states: Set<JobState>, age: TimeInterval)] = []
         if let olderThan {
-            pruned = try await context.store.prune(olderThan: olderThan, now: now).map { ($0, olderThan) }
+            passes = [(Set(JobState.terminal), olderThan)]
         } else {
-            if let keep = config.keepSucceeded {
-                pruned += try await context.store.prune(olderThan: keep, states: [.succeeded], now: now).map {
-                    ($0, keep)
-                }
-            }
-            if let keep = config.keepFailed {
-                pruned += try await context.store.prune(olderThan: keep, states: [.failed, .canceled, .dead], now: now)
-                    .map { ($0, keep) }
-            }
+            if let keep = config.keepSucceeded { passes.append(([.succeeded], keep)) }
+            if let keep = config.keepFailed { passes.append(([.failed, .canceled, .dead], keep)) }
         }
-        context.metrics.jobsPruned(pruned.count)
         let by = requester.map { "jobs prune by uid \($0)" } ?? "retention"
-        return pruned.map { job, age in
-            let removeOutput = removeFolders(of: job, keepOutputs: keepOutputs, context)
-            // One line per job, so that the journal says where every job's frames went.
-            context.logger.notice(
-                "pruned job \(job.id) (\(job.state.rawValue), finished more than \(formatAge(age)) ago; \(by))\(Self.outputNote(job, removeOutput, keepOutputs))",
-                metadata: [
-                    "job.id": "\(job.id)", "state": "\(job.state.rawValue)",
-                    "reason": "\(requester == nil ? "retention" : "prune")",
-                    "output": "\(job.outputDir ?? "")", "output.removed": "\(removeOutput)",
-                ])
-            return PruneResponse.Pruned(
-                id: job.id, state: job.state, outputDir: job.outputDir, outputRemoved: removeOutput)
+        var results: [PruneResponse.Pruned] = []
+        for (states, age) in passes {
+            while true {
+                let batch = try await context.store.prune(olderThan: age, states: states, now: now, limit: batchSize)
+                context.metrics.jobsPruned(batch.count)
+                // Removing folders blocks (for long on a network filesystem): not on a pool thread.
+                let removed = await WorkerThread.once {
+                    batch.map { removeFolders(of: $0, keepOutputs: keepOutputs, context) }
+                }
+                for (job, removeOutput) in zip(batch, removed) {
+                    // One line per job, so that the journal says where every job's frames went.
+                    context.logger.notice(
+                        "pruned job \(job.id) (\(job.state.rawValue), finished more than \(formatAge(age)) ago; \(by))\(Self.outputNote(job, removeOutput, keepOutputs))",
+                        metadata: [
+                            "job.id": "\(job.id)", "state": "\(job.state.rawValue)",
+                            "reason": "\(requester == nil ? "retention" : "prune")",
+                            "output": "\(job.outputDir ?? "")", "output.removed": "\(removeOutput)",
+                        ])
+                    results.append(
+                        PruneResponse.Pruned(
+                            id: job.id, state: job.state, outputDir: job.outputDir, outputRemoved: removeOutput))
+                }
+                if batch.count < batchSize { break }
+            }
         }
+        return results
     }
 
     /// `jobs rm`: one finished job of the caller's (or anyone's, for an admin), with its folders.
@@ -109,7 +119,7 @@ enum Retention {
     ) async throws(StateError) -> PruneResponse.Pruned {
         let job = try await context.store.delete(id: id, requesterUID: requester, isAdmin: isAdmin, now: Date())
         context.metrics.jobsPruned(1)
-        let removeOutput = removeFolders(of: job, keepOutputs: keepOutputs, context)
+        let removeOutput = await WorkerThread.once { removeFolders(of: job, keepOutputs: keepOutputs, context) }
         context.logger.notice(
             "removed job \(job.id) (\(job.state.rawValue); jobs rm by uid \(requester))\(outputNote(job, removeOutput, keepOutputs))",
             metadata: [

@@ -371,6 +371,12 @@ extension DaemonConfiguration {
             return "max-connections-per-user is above max-connections"
         }
         if http.adminConnections >= http.maxConnections { return "admin-connections must be less than max-connections" }
+        if stopGrace >= stopTimeout {
+            return
+                "stop-grace (\(Int(stopGrace)) s) must be shorter than stop-timeout (\(Int(stopTimeout)) s): a job that "
+                + "does not stop is killed after stop-grace, before griditd stops waiting for it; lower stop-grace "
+                + "or raise stop-timeout (and the unit's TimeoutStopSec above it)"
+        }
         if databaseURL != nil && sharedRoot == nil {
             return "the job queue on PostgreSQL (database) is shared by several hosts and needs shared-root: "
                 + "a folder mounted on every host (NFS, CephFS) for work folders and outputs, so that a job "

@@ -70,3 +70,13 @@ final class WorkerThread: @unchecked Sendable {
         }
     }
 }
+
+extension WorkerThread {
+    /// Runs `body` once on a thread of its own and returns its result: blocking file work
+    /// (removing folders on a network filesystem) that must not hold a cooperative thread.
+    static func once<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { continuation in
+            Thread.detachNewThread { continuation.resume(returning: body()) }
+        }
+    }
+}

@@ -288,9 +288,13 @@ public protocol JobStore: Sendable {
     func delete(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StateError) -> PrunedJob
 
     /// Deletes jobs in `states` (terminal ones only; others are ignored) finished at or before
-    /// `now - olderThan`, and their error history. Returns them so that the caller deletes their
-    /// output directories.
-    func prune(olderThan: TimeInterval, states: Set<JobState>, now: Date) async throws(StateError) -> [PrunedJob]
+    /// `now - olderThan`, and their error history: at most `limit` of them, lowest ids first, in
+    /// one transaction (call again while `limit` come back: a long history goes in batches that
+    /// hold the writers up briefly). Returns them so that the caller deletes their folders.
+    func prune(
+        olderThan: TimeInterval, states: Set<JobState>, now: Date, limit: Int
+    ) async throws(StateError)
+        -> [PrunedJob]
 }
 
 extension JobStore {
@@ -305,8 +309,14 @@ extension JobStore {
         try await recoverExpiredLeases(now: now, sparing: [])
     }
 
-    /// Prunes every terminal state.
+    /// Prunes every terminal state, in one transaction.
     public func prune(olderThan: TimeInterval, now: Date) async throws(StateError) -> [PrunedJob] {
         try await prune(olderThan: olderThan, states: Set(JobState.terminal), now: now)
+    }
+
+    /// Prunes `states`, in one transaction.
+    public func prune(olderThan: TimeInterval, states: Set<JobState>, now: Date) async throws(StateError) -> [PrunedJob]
+    {
+        try await prune(olderThan: olderThan, states: states, now: now, limit: .max)
     }
 }

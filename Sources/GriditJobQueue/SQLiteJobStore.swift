@@ -287,8 +287,9 @@ public final class SQLiteJobStore: TransitionStore {
         }
     }
 
-    public func prune(olderThan: TimeInterval, states: Set<JobState>, now: Date) async throws(StateError) -> [PrunedJob]
-    {
+    public func prune(
+        olderThan: TimeInterval, states: Set<JobState>, now: Date, limit: Int
+    ) async throws(StateError) -> [PrunedJob] {
         guard olderThan >= 0 else {
             throw StateError(.invalidArgument, "prune needs an age of 0 seconds or more (got \(olderThan))")
         }
@@ -299,8 +300,8 @@ public final class SQLiteJobStore: TransitionStore {
         return try await write { db in
             let rows = try Row.fetchAll(
                 db,
-                sql: "SELECT * FROM job WHERE state IN (\(terminal)) AND finished_at <= ? ORDER BY id",
-                arguments: [cutoff])
+                sql: "SELECT * FROM job WHERE state IN (\(terminal)) AND finished_at <= ? ORDER BY id LIMIT ?",
+                arguments: [cutoff, max(limit, 0)])
             var pruned: [PrunedJob] = []
             for row in rows {
                 let job = try Self.decodeJob(row, root: self.root)

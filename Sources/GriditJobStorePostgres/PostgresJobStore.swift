@@ -428,8 +428,9 @@ public final class PostgresJobStore: TransitionStore {
         }
     }
 
-    public func prune(olderThan: TimeInterval, states: Set<JobState>, now: Date) async throws(StateError) -> [PrunedJob]
-    {
+    public func prune(
+        olderThan: TimeInterval, states: Set<JobState>, now: Date, limit: Int
+    ) async throws(StateError) -> [PrunedJob] {
         guard olderThan >= 0 else {
             throw StateError(.invalidArgument, "prune needs an age of 0 seconds or more (got \(olderThan))")
         }
@@ -444,7 +445,7 @@ public final class PostgresJobStore: TransitionStore {
                 WITH clock AS MATERIALIZED (SELECT coalesce(\(now)::timestamptz, now()) AS now)
                 SELECT job.*, clock.now AS clock FROM job, clock
                  WHERE state = ANY(\(terminal)) AND finished_at <= clock.now - make_interval(secs => \(age))
-                 ORDER BY id FOR UPDATE OF job SKIP LOCKED
+                 ORDER BY id LIMIT \(Int64(max(limit, 0))) FOR UPDATE OF job SKIP LOCKED
                 """)
             var pruned: [PrunedJob] = []
             for row in rows {

@@ -52,7 +52,7 @@ final class NotifyListener {
     deinit { close(fd) }
 }
 
-@Suite("systemd protocol", .serialized)
+@Suite("systemd protocol", .serialized, .offPool)
 struct SystemdProtocolTests {
     @Test("READY=1 after the socket is bound, STATUS= lines, WATCHDOG=1 from the worker loop, STOPPING=1 on SIGTERM")
     func notify() throws {
@@ -142,5 +142,64 @@ struct SystemdProtocolTests {
         kill(process.processIdentifier, SIGTERM)
         process.waitUntilExit()
         #expect(process.terminationStatus == 0)
+    }
+
+    @Test(
+        "a stop held up past --stop-timeout exits 1 with a log line, not a core dump; a second SIGTERM ends a long one in seconds; stop-grace must be below stop-timeout"
+    )
+    func stopsThatOutlastTheirLimit() throws {
+        let refused = try runProcess(
+            binaryDirectory() + "/griditd", ["config", "show", "--stop-timeout", "20", "--stop-grace", "30"],
+            environment: ConfigProcessTests.environment())
+        #expect(
+            refused.status == 78
+                && refused.stderr.contains("stop-grace (30 s) must be shorter than stop-timeout (20 s)"),
+            "\(refused.stderr)")
+
+        /// A daemon whose import over the socket never ends: the pause-at fault holds its thread,
+        /// as a copy from a hung mount would. Returns once the import is held.
+        func holdingAnImport(_ dir: TemporaryDirectory, stopTimeout: Int) throws -> (DaemonProcess, Process) {
+            let daemon = try DaemonProcess(
+                directory: dir, arguments: ["--stop-timeout", "\(stopTimeout)", "--stop-grace", "1"],
+                environment: ["GRIDIT_TEST_FAULTS": "pause-at=import.ingested"])
+            let ctl = Process()
+            ctl.executableURL = URL(fileURLWithPath: binaryDirectory() + "/griditctl")
+            ctl.arguments = ["models", "import", tinyPipeline(), "--name", "held:v1", "--socket", daemon.socket]
+            ctl.standardOutput = FileHandle.nullDevice
+            ctl.standardError = FileHandle.nullDevice
+            try ctl.run()
+            try waitForFile(daemon.stateDir + "/test-paused", daemon)
+            return (daemon, ctl)
+        }
+        func exited(_ process: Process, within seconds: Double) -> Bool {
+            let deadline = Date().addingTimeInterval(seconds)
+            while process.isRunning && Date() < deadline { usleep(20_000) }
+            return !process.isRunning
+        }
+
+        let dirA = TemporaryDirectory()
+        defer { dirA.remove() }
+        let (a, ctlA) = try holdingAnImport(dirA, stopTimeout: 2)
+        defer { kill(ctlA.processIdentifier, SIGKILL) }
+        kill(a.pid, SIGTERM)
+        #expect(exited(a.process, within: 120), "griditd did not exit:\n\(a.log)")
+        #expect(
+            a.process.terminationReason == .exit && a.process.terminationStatus == 1,
+            "\(a.process.terminationReason) \(a.process.terminationStatus):\n\(a.log)")
+        #expect(a.log.contains("exiting: stopping took longer than --stop-timeout (2 s)"), "\(a.log)")
+
+        // With 600 s to stop, a second SIGTERM: the operator wants it over.
+        let dirB = TemporaryDirectory()
+        defer { dirB.remove() }
+        let (b, ctlB) = try holdingAnImport(dirB, stopTimeout: 600)
+        defer { kill(ctlB.processIdentifier, SIGKILL) }
+        kill(b.pid, SIGTERM)
+        _ = try b.logLine(containing: "a second SIGTERM or SIGINT stops sooner")
+        kill(b.pid, SIGTERM)
+        #expect(exited(b.process, within: 120), "griditd did not exit after a second SIGTERM:\n\(b.log)")
+        #expect(
+            b.process.terminationReason == .exit && b.process.terminationStatus == 1,
+            "\(b.process.terminationReason) \(b.process.terminationStatus):\n\(b.log)")
+        #expect(b.log.contains("exiting: a second stop signal"), "\(b.log)")
     }
 }

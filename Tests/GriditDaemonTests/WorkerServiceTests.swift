@@ -404,10 +404,13 @@ struct WorkerServiceTests {
 
 /// The SQLite store with switches that make lease renewals, or the claims that fill a batch,
 /// fail as an unreachable database would (test double of the worker's store, this file only);
-/// everything else goes through.
+/// everything else goes through. It keeps the limits prunes were called with.
 final class FailingStore: TransitionStore {
     let base: SQLiteJobStore
     private let failing = Mutex((renewals: false, batchClaims: false))
+    private let prunes = Mutex<[Int]>([])
+
+    var pruneLimits: [Int] { prunes.withLock { $0 } }
 
     init(_ base: SQLiteJobStore) { self.base = base }
 
@@ -459,8 +462,13 @@ final class FailingStore: TransitionStore {
     func delete(id: Int64, requesterUID: UInt32, isAdmin: Bool, now: Date) async throws(StateError) -> PrunedJob {
         try await base.delete(id: id, requesterUID: requesterUID, isAdmin: isAdmin, now: now)
     }
-    func prune(olderThan: TimeInterval, states: Set<JobState>, now: Date) async throws(StateError) -> [PrunedJob] {
-        try await base.prune(olderThan: olderThan, states: states, now: now)
+    func prune(
+        olderThan: TimeInterval, states: Set<JobState>, now: Date, limit: Int
+    ) async throws(StateError)
+        -> [PrunedJob]
+    {
+        prunes.withLock { $0.append(limit) }
+        return try await base.prune(olderThan: olderThan, states: states, now: now, limit: limit)
     }
 }
 
@@ -622,5 +630,39 @@ struct SingleNodeTests {
             JobList.self, from: try #require(await call(.get, ["v1", "jobs"], admin: true).bodyData)
         ).jobs[0]
         #expect(job.node == nil, "a finished job on the SQLite queue names no host")
+    }
+}
+
+@Suite("retention in batches")
+struct RetentionBatchTests {
+    @Test("a prune of a long history deletes a batch per transaction, and every job's folders go")
+    func batches() async throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let configuration = DaemonConfiguration(
+            stateDirectory: directory.file("state"), socketPath: directory.file("s.sock"))
+        try FileManager.default.createDirectory(atPath: configuration.stateDirectory, withIntermediateDirectories: true)
+        let store = FailingStore(try SQLiteJobStore(path: configuration.layout.database))
+        let context = DaemonContext(
+            configuration: configuration, store: store, engine: nil, catalog: nil,
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        let spec = JobSpec(length: 8, parameters: .init(seed: 1))
+        var ids: [Int64] = []
+        for _ in 0..<5 {
+            let id = try await store.submit(
+                JobSubmission(params: spec.storedJSON, length: 8), owner: 1000, maxQueued: 10, now: Date()
+            ).job.id
+            _ = try await store.cancel(id: id, requesterUID: 1000, isAdmin: false, now: Date())
+            try FileManager.default.createDirectory(
+                atPath: context.layout.workDirectory(job: id), withIntermediateDirectories: true)
+            ids.append(id)
+        }
+        let pruned = try await Retention.prune(context, olderThan: 0, keepOutputs: false, batchSize: 2)
+        #expect(pruned.map(\.id) == ids)
+        #expect(store.pruneLimits == [2, 2, 2], "three transactions of at most 2")
+        for id in ids {
+            #expect(!FileManager.default.fileExists(atPath: context.layout.workDirectory(job: id)))
+        }
+        #expect(try await store.list(JobFilter()).isEmpty)
     }
 }

@@ -50,6 +50,9 @@ struct JobStoreConformance: Sendable {
         Case(name: "counts by state") { try await $0.countsByState() },
         Case(name: "the versions live jobs pin") { try await $0.livePins() },
         Case(name: "prune by state") { try await $0.pruneByState() },
+        Case(name: "prune in batches: at most the limit, lowest ids first; the next call takes the rest") {
+            try await $0.pruneInBatches()
+        },
         Case(name: "list the newest jobs") { try await $0.listNewest() },
         Case(name: "job ids are never reused, not even a pruned job's") { try await $0.idsNeverReused() },
         Case(name: "per-owner limits on live jobs and estimated work") { try await $0.ownerLimits() },
@@ -876,6 +879,21 @@ struct JobStoreConformance: Sendable {
         #expect(try await store.prune(olderThan: 0, states: [.succeeded, .queued], now: at(10)).map(\.id) == [done])
         #expect(try await store.prune(olderThan: 0, states: [.queued], now: at(10)).isEmpty)
         #expect(try await store.list(JobFilter()).map(\.id) == [canceled])
+    }
+
+    func pruneInBatches() async throws {
+        let store = try await makeStore()
+        var ids: [Int64] = []
+        for _ in 0..<5 { ids.append(try await store.submit(submission(), owner: 1, maxQueued: 10, now: at(0)).job.id) }
+        for id in ids { _ = try await store.cancel(id: id, requesterUID: 1, isAdmin: false, now: at(1)) }
+        let states: Set<JobState> = [.canceled]
+        #expect(
+            try await store.prune(olderThan: 0, states: states, now: at(2), limit: 2).map(\.id) == [ids[0], ids[1]])
+        #expect(try await store.list(JobFilter()).map(\.id) == Array(ids.suffix(3)))
+        #expect(
+            try await store.prune(olderThan: 0, states: states, now: at(2), limit: 2).map(\.id) == [ids[2], ids[3]])
+        #expect(try await store.prune(olderThan: 0, states: states, now: at(2), limit: 2).map(\.id) == [ids[4]])
+        #expect(try await store.prune(olderThan: 0, states: states, now: at(2), limit: 2).isEmpty)
     }
 
     func listNewest() async throws {
