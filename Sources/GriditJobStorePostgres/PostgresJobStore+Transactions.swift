@@ -26,9 +26,13 @@ enum Resolution<T: Sendable>: Sendable {
 }
 
 /// A COMMIT whose answer never arrives, acted out by the next transactions (tests only: nothing
-/// else queues one). `answerLost`: it committed; `rolledBack`: it did not.
+/// else queues one). `answerLost`: it committed; `answerLostWhile`: it committed, and `meanwhile`
+/// runs before the look-up (another host's write); `rolledBack`: it did not.
 final class CommitFaults: Sendable {
-    enum Fault: Sendable { case answerLost, rolledBack }
+    enum Fault: Sendable {
+        case answerLost, rolledBack
+        case answerLostWhile(meanwhile: @Sendable () async throws -> Void)
+    }
     private let queue = Mutex<[Fault]>([])
 
     func add(_ faults: Fault...) { queue.withLock { $0 += faults } }
@@ -66,10 +70,15 @@ extension PostgresJobStore {
                     }
                     let fault = self.commitFaults.next()
                     do {
-                        try await connection.sql(fault == .rolledBack ? "ROLLBACK" : "COMMIT")
+                        if case .rolledBack? = fault {
+                            try await connection.sql("ROLLBACK")
+                        } else {
+                            try await connection.sql("COMMIT")
+                        }
                         // The lookup comes later than the attempt, as after a real broken connection.
-                        if fault != nil {
+                        if let fault {
                             try await Task.sleep(for: .milliseconds(300))
+                            if case .answerLostWhile(let meanwhile) = fault { try await meanwhile() }
                             throw ConnectionUnusable.closed
                         }
                     } catch  where Self.isConnectionLoss(error) {

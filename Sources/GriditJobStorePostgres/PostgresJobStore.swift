@@ -532,11 +532,14 @@ public final class PostgresJobStore: TransitionStore {
         let written = WrittenRow()
         let job: Job = try await transaction(
             onUnknownCommit: .resolve { connection, _ in
-                // Committed iff the row reads back as this transaction wrote it.
-                guard let expected = written.job, let current = try? await self.fetchJob(connection, id: id),
-                    current.withoutPosition == expected.withoutPosition
-                else { return .notCommitted }
-                return .committed(current)
+                // By its transaction id, not by reading the row back: another host may have written
+                // the row since (a claim after a retry), which would make a committed change look lost.
+                guard let expected = written.job, let transaction = written.transaction else { return .notCommitted }
+                switch try await connection.sql("SELECT txid_status(\(transaction))").first(String?.self) ?? nil {
+                case "committed": return .committed(expected)
+                case "aborted": return .notCommitted
+                case let status: throw CommitStillUnknown(status: status)  // in progress: ask again
+                }
             }
         ) { connection in
             if limits != nil { try await Self.takeSubmitTurn(connection) }  // before the row: submits' order
@@ -563,6 +566,7 @@ public final class PostgresJobStore: TransitionStore {
                 try await Self.notify(connection, result, channel: channel)
             }
             written.job = result
+            written.transaction = try await connection.sql("SELECT txid_current()").first(Int64.self)
             return result
         }
         return job
@@ -621,17 +625,20 @@ public final class PostgresJobStore: TransitionStore {
 /// What a transition wrote, kept for resolving a COMMIT whose outcome is unknown.
 private final class WrittenRow: @unchecked Sendable {
     private let lock = NSLock()
-    private var stored: Job?
+    private var stored: (job: Job?, transaction: Int64?) = (nil, nil)
     var job: Job? {
-        get { lock.withLock { stored } }
-        set { lock.withLock { stored = newValue } }
+        get { lock.withLock { stored.job } }
+        set { lock.withLock { stored.job = newValue } }
+    }
+    /// The writing transaction's id (`txid_current()`), for `txid_status` after a lost COMMIT.
+    var transaction: Int64? {
+        get { lock.withLock { stored.transaction } }
+        set { lock.withLock { stored.transaction = newValue } }
     }
 }
 
-extension Job {
-    fileprivate var withoutPosition: Job {
-        var job = self
-        job.queuePosition = nil
-        return job
-    }
+/// `txid_status` neither committed nor aborted (still in progress on the lost connection's
+/// backend): the look-up is asked again.
+private struct CommitStillUnknown: Error {
+    var status: String?
 }

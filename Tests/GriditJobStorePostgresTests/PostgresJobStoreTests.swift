@@ -3,6 +3,7 @@ import GriditJobQueue
 import GriditJobSpec
 import GriditStateDatabase
 import PostgresNIO
+import Synchronization
 import Testing
 
 @testable import GriditJobStorePostgres
@@ -173,6 +174,33 @@ struct PostgresJobStoreTests {
                 id: first.job.id, token: first.token, outputDir: "/tmp/out-\(first.job.id)", now: Date())
             #expect(ended.state == .succeeded && ended.attempt == 1)
             #expect(try await store.get(id: first.job.id).state == .succeeded)
+        }
+    }
+
+    @Test(
+        "a COMMIT whose answer is lost while another host writes the row: the committed transition is known by its transaction id, not run again"
+    )
+    func unknownCommitThenAnotherWrite() async throws {
+        try await TestSchema().withStores(2, clock: .database) { stores in
+            let (a, b) = (stores[0], stores[1])
+            let id = try await a.submit(JobSubmission(params: "{}", length: 4), owner: 1, maxQueued: 10, now: Date())
+                .job.id
+            let claimed = try #require(try await a.claim(workerID: "a", leaseDuration: 60, now: Date()))
+            _ = try await a.fail(
+                id: id, token: claimed.token, errorClass: "x", message: "m", retryable: false, now: Date())
+            // The retry commits; before its answer is looked up, host B claims the job it queued.
+            let claimedByB = Mutex<ClaimedJob?>(nil)
+            a.commitFaults.add(
+                .answerLostWhile {
+                    let claim = try await b.claim(workerID: "b", leaseDuration: 60, now: Date())
+                    claimedByB.withLock { $0 = claim }
+                })
+            let retried = try await a.retry(
+                id: id, requesterUID: 1, isAdmin: false, limits: SubmitLimits(maxQueued: 10), now: Date())
+            #expect(retried.state == .queued && retried.attempt == 0, "\(retried)")
+            #expect(claimedByB.withLock { $0?.job.id } == id)
+            let now = try await a.get(id: id)
+            #expect(now.state == .running && now.attempt == 1 && now.leaseOwner == "b", "\(now)")
         }
     }
 
