@@ -212,6 +212,7 @@ public enum Daemon {
         } onCancel: {
             services.cancel()
         }
+        deadline.servicesEnded()
 
         try? await eventLoops.shutdownGracefully()
         if case .path(let path) = listen { unlink(path) }

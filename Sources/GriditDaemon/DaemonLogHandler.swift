@@ -2,6 +2,7 @@
 // $JOURNAL_STREAM) every entry goes to journald with structured fields, so that
 // `journalctl -u griditd JOB_ID=12` or `journalctl STAGE=sr` work; elsewhere one plain line per
 // entry on stderr: `2026-01-02T03:04:05.678Z info gridit.worker: job claimed job.id=12 stage=grid`.
+// Entries are written by `LogWriter`'s thread, in order: a log that blocks never blocks griditd.
 
 import CDispatch  // declares `struct stat` and `timespec` first once Hummingbird is a dependency
 import CSystemd
@@ -62,22 +63,24 @@ public struct DaemonLogHandler: LogHandler {
             for (key, value) in merged.sorted(by: { $0.key < $1.key }) {
                 fields.append("\(Self.journalFieldName(key))=\(value)")
             }
-            Self.sendToJournal(fields)
+            let entry = fields
+            LogWriter.shared.submit { Self.sendToJournal(entry) }
         case .stderr:
             var line = "\(Self.timestamp()) \(event.level) \(label): \(event.message)"
             for (key, value) in merged.sorted(by: { $0.key < $1.key }) {
                 line += " \(key)=\(Self.quoteIfNeeded("\(value)"))"
             }
             line += "\n"
-            // One write(2) per entry, so that lines from several threads never interleave.
-            var bytes = Array(line.utf8)
-            var offset = 0
-            while offset < bytes.count {
-                let n = bytes.withUnsafeMutableBytes {
-                    Glibc.write(STDERR_FILENO, $0.baseAddress! + offset, $0.count - offset)
+            let bytes = Array(line.utf8)
+            LogWriter.shared.submit {
+                var offset = 0
+                while offset < bytes.count {
+                    let n = bytes.withUnsafeBytes {
+                        Glibc.write(STDERR_FILENO, $0.baseAddress! + offset, $0.count - offset)
+                    }
+                    if n <= 0 { break }
+                    offset += n
                 }
-                if n <= 0 { break }
-                offset += n
             }
         }
     }

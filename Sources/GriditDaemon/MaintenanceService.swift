@@ -18,13 +18,15 @@ public struct MaintenanceService: Service {
         var lastReap = ContinuousClock.now - .seconds(3600)
         var lastPrune = ContinuousClock.now - .seconds(Int64(config.pruneInterval))
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            await context.measureSharedRoot()
             let now = ContinuousClock.now
             if now - lastReap >= .seconds(config.reapInterval) {
                 lastReap = now
                 await reapExpiredLeases()
             }
+            // Not while the shared root does not answer: removing its folders would hang.
             if now - lastPrune >= .seconds(config.pruneInterval),
-                config.keepSucceeded != nil || config.keepFailed != nil
+                config.keepSucceeded != nil || config.keepFailed != nil, context.conditions.sharedRootProblem == nil
             {
                 lastPrune = now
                 do {
@@ -35,7 +37,6 @@ public struct MaintenanceService: Service {
                         metadata: ["error": "\(error.message)"])
                 }
             }
-            await context.measureSharedRoot()
             _ = context.startBlocker(remakeReserve: false)  // notices a lost database even with no worker
             await context.refreshStatus()
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(min(5, config.reapInterval))) }
@@ -84,11 +85,22 @@ enum Retention {
             if let keep = config.keepSucceeded { passes.append(([.succeeded], keep)) }
             if let keep = config.keepFailed { passes.append(([.failed, .canceled, .dead], keep)) }
         }
+        precondition(batchSize > 0)
         let by = requester.map { "jobs prune by uid \($0)" } ?? "retention"
         var results: [PruneResponse.Pruned] = []
         for (states, age) in passes {
             while true {
-                let batch = try await context.store.prune(olderThan: age, states: states, now: now, limit: batchSize)
+                // The retention pass yields to a stop between batches; the next pass goes on.
+                if requester == nil && (Task.isShuttingDownGracefully || Task.isCancelled) { return results }
+                let batch: [PrunedJob]
+                do {
+                    batch = try await context.store.prune(olderThan: age, states: states, now: now, limit: batchSize)
+                } catch  where !results.isEmpty {
+                    throw StateError(
+                        error.code,
+                        error.message + "; \(results.count) jobs were pruned before it (the journal lists them): "
+                            + "prune again for the rest")
+                }
                 context.metrics.jobsPruned(batch.count)
                 // Removing folders blocks (for long on a network filesystem): not on a pool thread.
                 let removed = await WorkerThread.once {

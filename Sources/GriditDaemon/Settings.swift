@@ -309,6 +309,11 @@ public enum DaemonSettings {
             configuration.adminGroup = Authorizer.gid(of: "gridit-admin") != nil ? "gridit-admin" : nil
         }
         if sources["socket-group"]?.0 == .default { configuration.socketGroup = configuration.userGroup }
+        // A short stop-timeout with the default stop-grace: the grace fits inside (a config that
+        // started before stop-grace was checked still starts); one set by hand is refused.
+        if sources["stop-grace"]?.0 == .default, configuration.stopGrace >= configuration.stopTimeout {
+            configuration.stopGrace = max(configuration.stopTimeout / 2, 0.5)
+        }
         configuration.socketMode = configuration.userGroup == nil ? 0o660 : 0o666
         if let problem = configuration.inconsistency() { throw SettingError(message: problem) }
 

@@ -36,9 +36,6 @@ final class StopDeadline: Sendable {
     /// From the first stop signal: the stop may take `stopTimeout` and the cancellation after it
     /// `cancelGrace`; a later SIGTERM or SIGINT leaves `cancelGrace`.
     func stopStarted(stopTimeout: TimeInterval) {
-        logger.notice(
-            "stopping: running jobs checkpoint and go back to the queue within --stop-timeout (\(Int(stopTimeout)) s); a second SIGTERM or SIGINT stops sooner"
-        )
         arm(
             after: .milliseconds(Int64(stopTimeout * 1000)) + Self.cancelGrace,
             "stopping took longer than --stop-timeout (\(Int(stopTimeout)) s) and \(Self.cancelGrace) more")
@@ -54,6 +51,18 @@ final class StopDeadline: Sendable {
             return SignalSource(source: source)
         }
         signals.withLock { $0 += sources }
+        logger.notice(
+            "stopping: running jobs checkpoint and go back to the queue within --stop-timeout (\(Int(stopTimeout)) s); a second SIGTERM or SIGINT stops sooner"
+        )
+    }
+
+    /// The services have ended (the stop went as it should): what is left, closing the database
+    /// and connections, gets `limit` of its own, whatever was armed before.
+    func servicesEnded(limit: Duration = .seconds(15)) {
+        armed.withLock { armed in
+            guard armed != nil else { return }  // no stop signal: nothing armed
+            armed = Armed(at: .now + limit, why: "closing the database and connections took longer than \(limit)")
+        }
     }
 
     /// Exits `after` from now unless an earlier exit is armed.
@@ -74,6 +83,7 @@ final class StopDeadline: Sendable {
             if left <= .zero {
                 logger.critical(
                     "exiting: \(now.why); running jobs are taken back after their lease, or when griditd starts again")
+                LogWriter.shared.flush(timeout: 2)
                 fflush(nil)
                 _exit(1)
             }

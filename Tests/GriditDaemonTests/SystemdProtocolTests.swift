@@ -155,6 +155,11 @@ struct SystemdProtocolTests {
             refused.status == 78
                 && refused.stderr.contains("stop-grace (30 s) must be shorter than stop-timeout (20 s)"),
             "\(refused.stderr)")
+        // The default stop-grace fits inside a short stop-timeout (such a config started before).
+        let fitted = try runProcess(
+            binaryDirectory() + "/griditd", ["config", "show", "--stop-timeout", "20"],
+            environment: ConfigProcessTests.environment())
+        #expect(fitted.status == 0 && fitted.stdout.contains("GRIDIT_STOP_GRACE=10 "), "\(fitted.stdout)")
 
         /// A daemon whose import over the socket never ends: the pause-at fault holds its thread,
         /// as a copy from a hung mount would. Returns once the import is held.
