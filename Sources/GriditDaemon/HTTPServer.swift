@@ -78,19 +78,26 @@ public struct UploadPolicy: Sendable {
                 .internalError, "griditd cannot stage the upload in \(path): \(String(cString: strerror(errno)))")
         }
         defer { close(fd) }
+        // Writes wait on the disk (dirty-page throttling): on a thread of the upload's own, not
+        // on one of Swift's few cooperative threads.
+        let writer = WorkerThread(name: "gridit-upload", stackSize: 1 << 20)
+        defer { writer.stop() }
         var failure: Int32?
         do {
-            for try await buffer in body where failure == nil {
-                failure = buffer.withUnsafeReadableBytes { raw in
-                    var offset = 0
-                    while offset < raw.count {
-                        let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
-                        if n < 0 && errno == EINTR { continue }
-                        guard n > 0 else { return errno }
-                        offset += n
+            for try await buffer in body {
+                failure = await writer.run {
+                    buffer.withUnsafeReadableBytes { raw in
+                        var offset = 0
+                        while offset < raw.count {
+                            let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
+                            if n < 0 && errno == EINTR { continue }
+                            guard n > 0 else { return errno }
+                            offset += n
+                        }
+                        return nil
                     }
-                    return nil
                 }
+                if failure != nil { break }  // answered now: the rest of the body is not read
             }
         } catch {
             unlink(path)

@@ -136,6 +136,9 @@ extension ModelStore {
     public func tag(_ source: String, _ destination: String) throws(ModelStoreError) -> TagChange {
         try requireWritable("tag")
         let digest = try resolve(source)
+        // Pending until the tag is written: a gc meanwhile keeps the version and its blobs.
+        holdPending([digest])
+        defer { releasePending([digest]) }
         let (name, tag) = try ModelReference.parseTag(destination)
         if let origin = originRoot, origin.existingBlob(digest) == nil {
             throw ModelStoreError(
@@ -147,19 +150,30 @@ extension ModelStore {
         let manifestSize = Int64(FileManager.default.contents(atPath: blobPath(digest))?.count ?? 1)
         let at = nowMillis
         let site = sites.first { siteRefs($0).contains { $0.digest == digest } }
-        let previous = try write { db in
+        let written = try write { db in
             if try StoreSQL.manifest(db, digest) == nil {
+                // Not a site root's version: a gc removed it between the look-up and the hold.
+                guard let site else { return (found: false, previous: nil as BlobDigest?) }
                 try StoreSQL.insertManifest(
                     db,
                     StoreSQL.ManifestRow(
-                        digest: digest, size: manifestSize, createdAt: at, source: "site root \(site?.path ?? "?")"),
+                        digest: digest, size: manifestSize, createdAt: at, source: "site root \(site.path)"),
                     blobs: manifest.blobs.map {
                         StoreSQL.BlobRow(
                             role: $0.role.rawValue, digest: $0.digest, size: $0.size, mediaType: $0.mediaType)
                     })
             }
-            return try StoreSQL.setTag(db, name: name, tag: tag, manifest: digest, action: "tag", at: at)
+            return (
+                found: true,
+                previous: try StoreSQL.setTag(db, name: name, tag: tag, manifest: digest, action: "tag", at: at)
+            )
         }
+        guard written.found else {
+            throw ModelStoreError(
+                .notFound, "\(digest) was removed (models gc) while it was being tagged",
+                hint: "import the model again, then tag it")
+        }
+        let previous = written.previous
         writeRefs()
         if let origin = originRoot {
             do { try publishTags([(name, tag)], digest: digest, to: origin) } catch {

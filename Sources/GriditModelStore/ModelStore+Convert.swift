@@ -51,6 +51,11 @@ extension ModelStore {
         }
         let digest = try resolve(parsed)
         let manifest = try loadManifest(digest)
+        // The source's blobs are pending while the conversion runs (minutes): a gc meanwhile
+        // keeps those the new version reuses.
+        let sourceBlobs = [digest] + manifest.blobs.map(\.digest)
+        holdPending(sourceBlobs)
+        defer { releasePending(sourceBlobs) }
         var paths: [PipelineSpec.FileRole: String] = [:]
         for blob in manifest.blobs {
             paths[blob.role] = try checkedBlob(blob.digest, what: "\(blob.role.rawValue) of \(digest)", full: true)
@@ -87,7 +92,7 @@ extension ModelStore {
         var ingested: [PipelineSpec.FileRole: IngestFile] = [:]
         var written: [BlobDigest: Int64] = [:]  // a blob two roles share is written once
         for plan in converted {
-            let temporary = joinPath(local.ingestDirectory, UUID().uuidString.lowercased() + ".partial")
+            let temporary = joinPath(local.ingestDirectory, UUID().uuidString.lowercased() + Self.convertingSuffix)
             defer { unlink(temporary) }
             do {
                 try plan.file.writeConverted(to: temporary, bf16: plan.keys)

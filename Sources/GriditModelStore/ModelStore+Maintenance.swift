@@ -124,33 +124,41 @@ extension ModelStore {
         return try result.get()
     }
 
-    /// How long a file in the origin's `ingest/` or `tags/` must be untouched to count as left over.
+    /// How long a file in the origin's `ingest/` or `tags/`, or a conversion's file, must be
+    /// untouched to count as left over.
     static let originIngestAge: time_t = 3600
+    /// The name ending of a conversion's file in `ingest/`.
+    static let convertingSuffix = ".converting"
 
     /// The `ingest/` files of dead imports (a live importer holds a lock on its own; a dead one,
     /// even after kill -9, does not) and their bytes; removed with `remove`. Only regular files
-    /// named `<uuid>.partial`, the names importers make, are considered. In the cluster's origin
-    /// (`origin`), where the writer may be another host and NFS emulates no `flock` of a file
-    /// opened read-only, the test is age instead: untouched for `originIngestAge` (a live copy
-    /// writes every chunk); there also the `tags/` temporaries of killed tag writes.
+    /// named `<uuid>.partial`, the names importers make, are considered, and the files of killed
+    /// conversions (`<uuid>.converting` and its durable write's temporary, which hold no lock:
+    /// by age, untouched for `originIngestAge`). In the cluster's origin (`origin`), where the
+    /// writer may be another host and NFS emulates no `flock` of a file opened read-only, the
+    /// test is age for all (a live copy writes every chunk); there also the `tags/` temporaries
+    /// of killed tag writes.
     func deadIngestFiles(remove: Bool, origin: StoreRoot? = nil) -> (paths: [String], bytes: Int64) {
-        let oldest = origin == nil ? nil : time(nil) - Self.originIngestAge
-        var candidates: [String] = []
+        let oldest = time(nil) - Self.originIngestAge
+        var candidates: [(path: String, byAge: Bool)] = []
         let folders = origin.map { [$0.ingestDirectory, $0.tagsDirectory] } ?? [local.ingestDirectory]
         for folder in folders {
-            for name in ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).sorted()
-            where name.hasSuffix(".partial") || (origin != nil && DurableFiles.isTemporary(name)) {
-                candidates.append(joinPath(folder, name))
+            for name in ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).sorted() {
+                if name.hasSuffix(".partial") {
+                    candidates.append((joinPath(folder, name), origin != nil))
+                } else if name.hasSuffix(Self.convertingSuffix) || DurableFiles.isTemporary(name) {
+                    candidates.append((joinPath(folder, name), true))
+                }
             }
         }
         var paths: [String] = []
         var bytes: Int64 = 0
-        for path in candidates {
+        for (path, byAge) in candidates {
             let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
             guard fd >= 0 else { continue }
             defer { close(fd) }
             guard let id = FileIdentity.of(fd: fd), id.isRegular else { continue }
-            if let oldest {
+            if byAge {
                 guard id.mtimeNs / 1_000_000_000 < Int64(oldest) else { continue }
             } else {
                 guard flock(fd, LOCK_EX | LOCK_NB) == 0 else { continue }

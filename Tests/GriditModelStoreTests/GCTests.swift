@@ -104,6 +104,22 @@ struct GCTests {
         #expect(result.freedBytes == 3)
         #expect(FileManager.default.fileExists(atPath: ingest + "live.partial"))
     }
+
+    @Test("gc removes the files of a conversion killed an hour ago or more (they hold no lock), not a running one's")
+    func killedConversionFiles() throws {
+        let dir = TemporaryDirectory("gms")
+        defer { dir.remove() }
+        let store = try ModelStore(stateDirectory: dir.file("state"))
+        let ingest = store.stateDirectory + "/ingest/"
+        let dead = [ingest + "a.converting", ingest + ".b.converting.tmp-Xy12Ab"]
+        let live = [ingest + "c.converting", ingest + ".d.converting.tmp-Qw34Er"]
+        for path in dead + live { _ = FileManager.default.createFile(atPath: path, contents: Data([1, 2])) }
+        let twoHoursAgo = Date().addingTimeInterval(-7200)
+        for path in dead { try FileManager.default.setAttributes([.modificationDate: twoHoursAgo], ofItemAtPath: path) }
+        let result = try store.gc(pins: JobPins())
+        #expect(Set(result.removedTemporary) == Set(dead))
+        for path in live { #expect(FileManager.default.fileExists(atPath: path)) }
+    }
 }
 
 @Suite("Mappings of other processes", .offPool)
