@@ -487,6 +487,20 @@ extension ControlAPI {
 
     // MARK: - Jobs
 
+    /// A submit's or plan's check that failed: the request's fault (400, 404) or griditd's
+    /// (503 for what may pass on a later try: I/O, a full disk; 500 otherwise). No job was made.
+    static func refusal(_ failure: JobFailure) -> APIError {
+        switch failure.errorClass {
+        case .modelMissing: return APIError(.notFound, failure.message)
+        case .invalidInput: return APIError(.badRequest, failure.message)
+        case .transient, .diskFull:
+            return APIError(
+                .unavailable, "griditd could not check the job: \(failure.message); no job was made, submit again")
+        default:
+            return APIError(.internalError, "griditd could not check the job: \(failure.message); no job was made")
+        }
+    }
+
     /// `submit --dry-run`: what the submit would run and its estimate; no job is made.
     func plan(_ request: APIRequest) async throws(APIError) -> Response {
         let body = try decode(SubmitJobRequest.self, request)
@@ -495,7 +509,7 @@ extension ControlAPI {
         do {
             estimate = try await context.engine?.plan(spec, pipelineDigest: digest) ?? ("", 0)
         } catch {
-            throw APIError(error.errorClass == .modelMissing ? .notFound : .badRequest, error.message)
+            throw Self.refusal(error)
         }
         return .json(
             JobPlanResponse(
@@ -535,7 +549,7 @@ extension ControlAPI {
         do {
             work = try await context.engine?.validate(spec, pipelineDigest: digest) ?? 0
         } catch {
-            throw APIError(error.errorClass == .modelMissing ? .notFound : .badRequest, error.message)
+            throw Self.refusal(error)
         }
         if let limit = context.configuration.maxJobTime, work > limit {
             throw APIError(
