@@ -31,6 +31,7 @@
 #endif
 
 #define GK_MAX_WORKERS 64
+#define GK_WORKERS_MASK 0xffu   // the worker count's bits in `generation` (GK_MAX_WORKERS fits)
 #define GK_SPIN_PAUSE 300   // ~15-20 us of PAUSE
 #define GK_SPIN_YIELD 100   // then ~100 us of sched_yield
 
@@ -63,7 +64,11 @@ typedef struct {
     pthread_mutex_t run_lock;      // held by the caller of the job in flight
     pthread_mutex_t spawn_lock;
     int spawned;                   // pool threads 1..spawned exist
-    atomic_uint generation;        // bumped to start a job (futex word of the workers)
+    // Bumped to start a job (futex word of the workers): the job's number above the low 8 bits,
+    // its worker count in them. One word, so that a worker reads the count of the job it saw
+    // start: read apart, a thread the last job left out could take the next job's count while
+    // its caller still writes it, run its tasks early and count itself done twice.
+    atomic_uint generation;
     atomic_uint pending;           // helpers of the current job not yet finished (futex word of the caller)
     atomic_int sleepers;           // workers in (or entering) futex_wait on `generation`
     atomic_int caller_sleeping;    // the caller is in (or entering) futex_wait on `pending`
@@ -71,7 +76,6 @@ typedef struct {
     gk_task_fn fn;
     void *ctx;
     size_t tasks;
-    int workers;
     atomic_size_t next;
     // Generation each pool thread starts from: read by the spawner before the job that needs the
     // thread is published, so a thread that starts late still sees that job.
@@ -113,7 +117,7 @@ static void *worker_main(void *arg) {
             }
         }
         seen = g;
-        needed = worker < pool->workers;
+        needed = worker < (int)(g & GK_WORKERS_MASK);
         if (!needed) continue;
         run_tasks(pool, worker);
         if (atomic_fetch_sub(&pool->pending, 1) == 1 && atomic_load(&pool->caller_sleeping))
@@ -165,10 +169,11 @@ void gk_parallel_for(size_t tasks, int workers, gk_task_fn fn, void *ctx) {
     pool->fn = fn;
     pool->ctx = ctx;
     pool->tasks = tasks;
-    pool->workers = workers;
     atomic_store_explicit(&pool->next, 0, memory_order_relaxed);
     atomic_store_explicit(&pool->pending, (unsigned)(workers - 1), memory_order_relaxed);
-    atomic_fetch_add(&pool->generation, 1);
+    // Only the caller (holding run_lock) writes it: the next job number and this job's count.
+    unsigned previous = atomic_load_explicit(&pool->generation, memory_order_relaxed);
+    atomic_store(&pool->generation, (previous & ~GK_WORKERS_MASK) + (GK_WORKERS_MASK + 1) + (unsigned)workers);
     if (atomic_load(&pool->sleepers) > 0) futex_wake(&pool->generation);
     run_tasks(pool, 0);
     unsigned left;

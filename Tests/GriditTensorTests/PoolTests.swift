@@ -46,3 +46,34 @@ private func jobGotTwoThreads(patience: TimeInterval, while inside: (() -> Void)
     }
     #expect(succeeded, "no try in \(tries) gave the second caller's job a second thread")
 }
+
+@Test func everyTaskRunsOnceWhenJobsInARowAskForDifferentWorkerCounts() {
+    // A thread one job leaves out must not take part in the next before it starts (pool.c keeps
+    // a job's number and worker count in one word): it would run tasks twice, or count itself
+    // done twice so that a call returns while a task still runs. Jobs alternate between 2 and 8
+    // workers while busy threads oversubscribe the machine, which widens that window; every task
+    // counts its runs, checked when its call returns. A stress test: a race it misses in one run
+    // is rare, not excluded.
+    let spinning = Atomic<Bool>(true)
+    var busy: [Thread] = []
+    for _ in 0..<4 {
+        let thread = Thread {
+            var x = 0.0
+            while spinning.load(ordering: .relaxed) { x += 1 }
+            _ = x
+        }
+        thread.start()
+        busy.append(thread)
+    }
+    defer { spinning.store(false, ordering: .relaxed) }
+    let tasks = 16
+    let runs = Mutex([Int](repeating: 0, count: tasks))
+    var wrong: [String] = []
+    for job in 0..<20_000 where wrong.count < 5 {
+        runs.withLock { $0 = [Int](repeating: 0, count: tasks) }
+        parallelItems(tasks, workers: job % 2 == 0 ? 2 : 8) { item, _ in runs.withLock { $0[item] += 1 } }
+        let counts = runs.withLock { $0 }
+        if counts != [Int](repeating: 1, count: tasks) { wrong.append("job \(job): \(counts)") }
+    }
+    #expect(wrong.isEmpty, "\(wrong)")
+}
