@@ -66,6 +66,11 @@ public enum Daemon {
         let (database, notes) = try StateDatabase.openOwned(
             path: layout.database, initialize: configuration.initialize,
             reserveBytes: configuration.databaseReserveBytes)
+        if configuration.initialize {
+            // Ids past the folders the state directory keeps: a new job must not take their frames.
+            try StateBackup.continueJobIDs(
+                database, stateDirectory: layout.root, outputLevels: JobSpec.maxOutputLevels)
+        }
         let local = SQLiteJobStore(database: database)
         defer { try? local.close() }
         let node = try NodeIdentity.loadOrCreate(stateDirectory: layout.root)

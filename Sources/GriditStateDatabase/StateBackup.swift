@@ -126,15 +126,27 @@ public enum StateBackup {
         let queue = try open(database, readonly: false)
         defer { try? queue.close() }
         do {
-            try queue.write { db in
-                guard try db.tableExists("sqlite_sequence") else { return }
-                try db.execute(sql: "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'job'", arguments: [id])
-                if db.changesCount == 0 {
-                    try db.execute(sql: "INSERT INTO sqlite_sequence (name, seq) VALUES ('job', ?)", arguments: [id])
-                }
-            }
+            try queue.write { db in try continueJobIDs(db, after: id) }
         } catch {
             throw StateDatabase.translate(error)
+        }
+    }
+
+    /// `serve --init`: the new (or adopted) database of `stateDirectory` hands out ids past those
+    /// of the folders it keeps, as a restore does.
+    public static func continueJobIDs(
+        _ database: StateDatabase, stateDirectory: String, outputLevels: Int
+    ) throws(StateError) {
+        let id = highestJobOnDisk(stateDirectory, outputLevels: outputLevels)
+        guard id > 0 else { return }
+        try database.write { db in try continueJobIDs(db, after: id) }
+    }
+
+    private static func continueJobIDs(_ db: Database, after id: Int64) throws {
+        guard try db.tableExists("sqlite_sequence") else { return }
+        try db.execute(sql: "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'job'", arguments: [id])
+        if db.changesCount == 0 {
+            try db.execute(sql: "INSERT INTO sqlite_sequence (name, seq) VALUES ('job', ?)", arguments: [id])
         }
     }
 

@@ -70,10 +70,21 @@ struct DatabaseIdentityTests {
         #expect(
             error.message.contains("is missing") && error.message.contains("griditd serve --init"), "\(error.message)")
         #expect(!FileManager.default.fileExists(atPath: directory.file("jobs.sqlite")), "nothing was created")
+        // The lost database's jobs left folders: griditd serve --init continues ids past them.
+        for folder in ["work/7", "outputs/job-12"] {
+            try FileManager.default.createDirectory(atPath: directory.file(folder), withIntermediateDirectories: true)
+        }
         let (database, notes) = try StateDatabase.openOwned(path: directory.file("jobs.sqlite"), initialize: true)
         #expect(notes.contains { $0.contains("new, empty job database") }, "\(notes)")
+        try StateBackup.continueJobIDs(database, stateDirectory: directory.path, outputLevels: 1)
         try database.close()
         #expect(try await jobCount(directory.file("jobs.sqlite")) == 0)
+        let store = try SQLiteJobStore(path: directory.file("jobs.sqlite"))
+        defer { try? store.close() }
+        let next = try await store.submit(
+            JobSubmission(params: "{}", length: 4), owner: 1, maxQueued: 10, now: Date()
+        ).job.id
+        #expect(next == 13, "job \(next) would take the frames of the lost database's job-12")
     }
 
     @Test("a replaced or truncated database is refused; --init adopts it")
