@@ -173,7 +173,17 @@ public struct WorkerService: Service {
     /// claim may have joined a batch before it closed: it is no longer running here either.
     private func handBack(_ claims: [ClaimedJob]) async {
         for c in claims {
-            _ = try? await context.store.releaseLease(id: c.job.id, token: c.token, now: Date())
+            do {
+                _ = try await context.store.releaseLease(id: c.job.id, token: c.token, now: Date())
+            } catch  where error.code == .leaseLost || error.code == .invalidTransition || error.code == .notFound {
+                // Not this worker's any more: nothing to hand back.
+            } catch {
+                // The database refused it (a full filesystem): handed back again later, and until
+                // then running here, so that the lease reaper charges it no crash.
+                context.monitor.started([c.job.id])
+                unrecorded.add(Unrecorded.Pending(id: c.job.id, token: c.token, record: .releaseLease(.diskFull)))
+                continue
+            }
             leases.released(c.job.id)
             if context.monitor.isRunning(c.job.id) { context.metrics.jobFinished(c.job.id, outcome: "handed_back") }
             context.monitor.finished(c.job.id)
@@ -205,6 +215,7 @@ public struct WorkerService: Service {
                 items.append(try prepare(c.job))
                 tokens[c.job.id] = c.token
             } catch {
+                context.monitor.started([c.job.id])  // spared by the reaper until recorded
                 await record(.fail(error), id: c.job.id, token: c.token)
                 context.monitor.changed(c.job.id)
             }
