@@ -176,10 +176,15 @@ struct SystemdProtocolTests {
             try waitForFile(daemon.stateDir + "/test-paused", daemon)
             return (daemon, ctl)
         }
-        func exited(_ process: Process, within seconds: Double) -> Bool {
-            let deadline = Date().addingTimeInterval(seconds)
-            while process.isRunning && Date() < deadline { usleep(20_000) }
-            return !process.isRunning
+        /// Exits (within a generous 120 s) with status 1, its log saying `why`.
+        func expectForcedExit(_ daemon: DaemonProcess, saying why: String) {
+            let deadline = Date().addingTimeInterval(120)
+            while daemon.process.isRunning && Date() < deadline { usleep(20_000) }
+            #expect(!daemon.process.isRunning, "griditd did not exit:\n\(daemon.log)")
+            #expect(
+                daemon.process.terminationReason == .exit && daemon.process.terminationStatus == 1,
+                "\(daemon.process.terminationReason) \(daemon.process.terminationStatus):\n\(daemon.log)")
+            #expect(daemon.log.contains(why), "\(daemon.log)")
         }
 
         let dirA = TemporaryDirectory()
@@ -187,11 +192,7 @@ struct SystemdProtocolTests {
         let (a, ctlA) = try holdingAnImport(dirA, stopTimeout: 2)
         defer { kill(ctlA.processIdentifier, SIGKILL) }
         kill(a.pid, SIGTERM)
-        #expect(exited(a.process, within: 120), "griditd did not exit:\n\(a.log)")
-        #expect(
-            a.process.terminationReason == .exit && a.process.terminationStatus == 1,
-            "\(a.process.terminationReason) \(a.process.terminationStatus):\n\(a.log)")
-        #expect(a.log.contains("exiting: stopping took longer than --stop-timeout (2 s)"), "\(a.log)")
+        expectForcedExit(a, saying: "exiting: stopping took longer than --stop-timeout (2 s)")
 
         // With 600 s to stop, a second SIGTERM: the operator wants it over.
         let dirB = TemporaryDirectory()
@@ -201,10 +202,6 @@ struct SystemdProtocolTests {
         kill(b.pid, SIGTERM)
         _ = try b.logLine(containing: "a second SIGTERM or SIGINT stops sooner")
         kill(b.pid, SIGTERM)
-        #expect(exited(b.process, within: 120), "griditd did not exit after a second SIGTERM:\n\(b.log)")
-        #expect(
-            b.process.terminationReason == .exit && b.process.terminationStatus == 1,
-            "\(b.process.terminationReason) \(b.process.terminationStatus):\n\(b.log)")
-        #expect(b.log.contains("exiting: a second stop signal"), "\(b.log)")
+        expectForcedExit(b, saying: "exiting: a second stop signal")
     }
 }
