@@ -170,7 +170,7 @@ public struct DaemonContext: Sendable {
         conditions.sharedRootProblem = reading.problem
     }
 
-    private static func freeBytes(on folder: String) -> Int64? {
+    static func freeBytes(on folder: String) -> Int64? {
         var st = statvfs()
         guard statvfs(folder, &st) == 0 else { return nil }
         return Int64(st.f_bavail) * Int64(st.f_frsize)

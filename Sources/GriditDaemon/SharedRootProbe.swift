@@ -29,9 +29,7 @@ final class SharedRootProbe: Sendable {
     /// The shared root of a cluster whose mark holds `token`.
     convenience init(root: String, token: String) {
         self.init(root: root) {
-            var st = statvfs()
-            let free = statvfs(root, &st) == 0 ? Int64(st.f_bavail) * Int64(st.f_frsize) : nil
-            return Reading(free: free, problem: SharedRootMark.check(root, token: token))
+            Reading(free: DaemonContext.freeBytes(on: root), problem: SharedRootMark.check(root, token: token))
         }
     }
 
